@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv from scratch.
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, from the CPU wheel on disk: a bare `torch` would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fusegraph demo
+
+test: $(STAMP)
+	# the venv's bin on PATH so the FileCheck tests find `fusegraph` and `filecheck`
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fusegraph tests benchmarks examples
+	$(VENV)/bin/ruff format --check fusegraph tests benchmarks examples
+	$(VENV)/bin/mypy fusegraph
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,167 @@
+"""`Graph`: the MAX-like builder around an xDSL module holding one `func.func`."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from io import StringIO
+
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block, Operation, Region
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
+from fusegraph.compiler.errors import IRVerifyError
+from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.values import BufferValue, TensorValue, Value
+
+_CURRENT: contextvars.ContextVar[tuple[Graph, ...]] = contextvars.ContextVar("fg_graphs", default=())
+
+
+class Graph:
+    """A symbolic graph under construction, and the IR it holds.
+
+    Example:
+        >>> with Graph("mlp", input_types=[TensorType(DType.float32, ["batch", 64])]) as g:
+        ...     (x,) = g.inputs
+        ...     w = g.add_weight("w", TensorType(DType.float32, [64, 64]))
+        ...     g.output(ops.relu(x @ w.T))
+        >>> print(g)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        input_types: Sequence[TensorType | BufferType] = (),
+        *,
+        module: ModuleOp | None = None,
+    ) -> None:
+        if module is None:
+            for i, t in enumerate(input_types):
+                if not isinstance(t, (TensorType, BufferType)):
+                    raise TypeError(
+                        f"Graph {name!r}: input {i} must be a TensorType or BufferType, got {t!r}"
+                    )
+                if bad := [str(d) for d in t.shape if d.is_algebraic]:
+                    raise ValueError(
+                        f"Graph {name!r}: input {i} has algebraic dims {bad}; inputs take static or symbolic dims only"
+                    )
+            block = Block(arg_types=list(input_types))
+            fn = func.FuncOp(name, (list(input_types), []), Region(block))
+            module = ModuleOp([fn])
+        self.module = module
+        self._weights: dict[str, Operation] = {}
+        for op in self.block.ops:
+            if op.name == "fg.weight":
+                self._weights[op.weight_name] = op  # type: ignore[attr-defined]
+
+    # --- structure ---------------------------------------------------------------------
+    @property
+    def func(self) -> func.FuncOp:
+        """The graph's function."""
+        fns = [op for op in self.module.ops if isinstance(op, func.FuncOp)]
+        if len(fns) != 1:
+            raise IRVerifyError(f"a graph module must hold exactly one func.func, found {len(fns)}")
+        return fns[0]
+
+    @property
+    def name(self) -> str:
+        """The graph's name (the function's symbol)."""
+        return self.func.sym_name.data
+
+    @property
+    def block(self) -> Block:
+        """The function body."""
+        return self.func.body.block
+
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        """The graph inputs, as TensorValues and BufferValues."""
+        return tuple(Value.wrap(a) for a in self.block.args)
+
+    @property
+    def weights(self) -> dict[str, TensorType]:
+        """The weights the graph names, with their types."""
+        return {name: op.results[0].type for name, op in self._weights.items()}  # type: ignore[misc]
+
+    @property
+    def outputs(self) -> tuple[Value, ...]:
+        """The values passed to `output`."""
+        term = self.block.last_op
+        if not isinstance(term, func.ReturnOp):
+            return ()
+        return tuple(Value.wrap(v) for v in term.arguments)
+
+    # --- building ----------------------------------------------------------------------
+    def __enter__(self) -> Graph:
+        _CURRENT.set((*_CURRENT.get(), self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.set(_CURRENT.get()[:-1])
+
+    @staticmethod
+    def current() -> Graph:
+        """The innermost graph being built (inside `with Graph(...)`)."""
+        stack = _CURRENT.get()
+        if not stack:
+            raise RuntimeError("no graph is being built: use `with Graph(...) as g:`")
+        return stack[-1]
+
+    def _insert(self, op: Operation) -> None:
+        term = self.block.last_op
+        if isinstance(term, func.ReturnOp):
+            raise RuntimeError(f"graph {self.name!r}: cannot add {op.name} after output()")
+        self.block.add_op(op)
+
+    def add_weight(self, name: str, type: TensorType) -> TensorValue:
+        """A named constant bound at compile or run time: `fg.weight "name" : type`.
+
+        Adding the same name twice returns the same value when the types agree, and is a
+        ValueError when they do not.
+        """
+        from fusegraph.ops.weight import WeightOp
+
+        if (existing := self._weights.get(name)) is not None:
+            if existing.results[0].type != type:
+                raise ValueError(f"weight {name!r}: already added as {existing.results[0].type}, now {type}")
+            return TensorValue(existing.results[0])
+        op = WeightOp(name, type)
+        self._insert(op)
+        self._weights[name] = op
+        return TensorValue(op.results[0])
+
+    def output(self, *values: Value) -> None:
+        """End the graph with `func.return` of `values`."""
+        for i, v in enumerate(values):
+            if not isinstance(v, Value):
+                raise TypeError(f"Graph.output: value {i} must be a graph value, got {type(v).__name__}")
+        ssa = [v.ssa for v in values]
+        self._insert(func.ReturnOp(*ssa))
+        self.func.function_type = func.FunctionType.from_lists(
+            [a.type for a in self.block.args], [v.type for v in ssa]
+        )
+
+    # --- IR ----------------------------------------------------------------------------
+    def verify(self) -> None:
+        """Run xDSL's verifier, which runs every op's shape rule. Raises IRVerifyError."""
+        try:
+            self.module.verify()
+        except VerifyException as err:
+            raise IRVerifyError(str(err)) from None
+
+    def __str__(self) -> str:
+        out = StringIO()
+        Printer(stream=out).print_op(self.module)
+        return out.getvalue() + "\n"
+
+    def clone(self) -> Graph:
+        """A deep copy of the graph."""
+        return Graph(self.name, module=self.module.clone())
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self.block.args)} inputs, {len(self._weights)} weights)"
+
+
+__all__ = ["Graph", "TensorValue", "BufferValue"]

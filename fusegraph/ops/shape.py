@@ -1,0 +1,257 @@
+"""Shape ops: reshape, permute (and `transpose`), concat, split.
+
+Example:
+    >>> q, k, v = ops.split(qkv, [4096, 1024, 1024], axis=1)
+    >>> heads = q.reshape(["total_seq_len", 32, 128])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from xdsl.dialects.builtin import DenseArrayBase, IntegerAttr, i64
+from xdsl.ir import Attribute
+from xdsl.irdl import (
+    irdl_op_definition,
+    operand_def,
+    prop_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+    var_result_def,
+)
+from xdsl.traits import Pure
+
+from fusegraph.compiler.dims import Dim, DimLike, product
+from fusegraph.compiler.opbase import FgOp, emit, register_op
+from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.types import TensorType
+from fusegraph.compiler.values import TensorValue
+from fusegraph.ops._common import expect_same_device, expect_tensor, normalize_axis, shape_str
+
+
+# --- reshape --------------------------------------------------------------------------
+@register_op
+@irdl_op_definition
+class ReshapeOp(FgOp):
+    """`fg.reshape`: same elements, new shape (the result type's)."""
+
+    name = "fg.reshape"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+
+    def infer_types(self) -> Sequence[Attribute]:
+        return [_reshape_shape_rule(self.input.type, self.result.type.shape)]
+
+
+def _reshape_shape_rule(x: Any, shape: Sequence[Dim]) -> TensorType:
+    x = expect_tensor("fg.reshape", "input", x)
+    if x.num_elements != product(shape):
+        raise ValueError(
+            f"fg.reshape: input shape {shape_str(x.shape)} has {x.num_elements} elements, "
+            f"target shape {shape_str(shape)} has {product(shape)}"
+        )
+    return TensorType(x.dtype, shape, x.device)
+
+
+def _infer_minus_one(x: TensorType, shape: Sequence[DimLike]) -> tuple[Dim, ...]:
+    holes = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
+    if len(holes) > 1:
+        raise ValueError(f"fg.reshape: at most one -1 in the target shape, got {list(shape)}")
+    if not holes:
+        return tuple(Dim(d) for d in shape)
+    known = product([Dim(d) for i, d in enumerate(shape) if i != holes[0]])
+    try:
+        missing = x.num_elements // known
+    except ValueError:
+        raise ValueError(
+            f"fg.reshape: input shape {shape_str(x.shape)} ({x.num_elements} elements) "
+            f"is not divisible by the known target dims ({known})"
+        ) from None
+    return tuple(missing if i == holes[0] else Dim(d) for i, d in enumerate(shape))
+
+
+def reshape(x: TensorValue, shape: Sequence[DimLike]) -> TensorValue:
+    """Reshape `x`; one dim may be -1. Symbolic names must keep the element count.
+
+    Example:
+        >>> y = ops.reshape(x, ["total_seq_len", 32, -1])
+    """
+
+    def rule() -> list[TensorType]:
+        return [_reshape_shape_rule(x.type, _infer_minus_one(x.type, shape))]
+
+    op = emit(ReshapeOp, [x], result_types=rule)
+    return TensorValue(op.results[0])
+
+
+@torch_impl(ReshapeOp)
+def _reshape_torch(op: ReshapeOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
+    return x.reshape(ctx.sizes(op.result.type.shape))
+
+
+# --- permute --------------------------------------------------------------------------
+@register_op
+@irdl_op_definition
+class PermuteOp(FgOp):
+    """`fg.permute {perm = array<i64: 1, 0>}`: result dim i is input dim perm[i]."""
+
+    name = "fg.permute"
+    input = operand_def(TensorType)
+    perm = prop_def(DenseArrayBase)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+
+    @property
+    def permutation(self) -> tuple[int, ...]:
+        """The permutation as ints."""
+        return tuple(self.perm.get_values())
+
+    def infer_types(self) -> Sequence[Attribute]:
+        return [_permute_shape_rule(self.input.type, self.permutation)]
+
+
+def _permute_shape_rule(x: Any, perm: Sequence[int]) -> TensorType:
+    x = expect_tensor("fg.permute", "input", x)
+    if sorted(perm) != list(range(x.rank)):
+        raise ValueError(f"fg.permute: perm {list(perm)} is not a permutation of 0..{x.rank - 1}")
+    return TensorType(x.dtype, [x.shape[p] for p in perm], x.device)
+
+
+def permute(x: TensorValue, perm: Sequence[int]) -> TensorValue:
+    """Reorder the dims of `x`: result dim i is input dim `perm[i]`."""
+    perm = [normalize_axis("fg.permute", p, x.rank) for p in perm] if x.rank else list(perm)
+    props = {"perm": DenseArrayBase.from_list(i64, perm)}
+    op = emit(PermuteOp, [x], props, result_types=lambda: [_permute_shape_rule(x.type, perm)])
+    return TensorValue(op.results[0])
+
+
+def transpose(x: TensorValue, dim0: int, dim1: int) -> TensorValue:
+    """Swap two dims of `x` (a `fg.permute`)."""
+    a, b = normalize_axis("fg.permute", dim0, x.rank), normalize_axis("fg.permute", dim1, x.rank)
+    perm = list(range(x.rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    return permute(x, perm)
+
+
+@torch_impl(PermuteOp)
+def _permute_torch(op: PermuteOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
+    return x.permute(op.permutation)
+
+
+# --- concat ---------------------------------------------------------------------------
+@register_op
+@irdl_op_definition
+class ConcatOp(FgOp):
+    """`fg.concat {axis = 1}`: join tensors along `axis`."""
+
+    name = "fg.concat"
+    inputs = var_operand_def(TensorType)
+    axis = prop_def(IntegerAttr)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$inputs attr-dict `:` type($inputs) `->` type($result)"
+
+    def infer_types(self) -> Sequence[Attribute]:
+        return [_concat_shape_rule([v.type for v in self.inputs], self.axis.value.data)]
+
+
+def _concat_shape_rule(types: Sequence[Any], axis: int) -> TensorType:
+    if not types:
+        raise ValueError("fg.concat: needs at least one input")
+    first = expect_tensor("fg.concat", "input 0", types[0])
+    axis = normalize_axis("fg.concat", axis, first.rank)
+    total = Dim(0)
+    for i, t in enumerate(types):
+        t = expect_tensor("fg.concat", f"input {i}", t)
+        expect_same_device("fg.concat", **{"input 0": first, f"input {i}": t})
+        if t.dtype != first.dtype:
+            raise ValueError(f"fg.concat: input {i} dtype {t.dtype.name} != input 0 dtype {first.dtype.name}")
+        if t.rank != first.rank:
+            raise ValueError(f"fg.concat: input {i} rank {t.rank} != input 0 rank {first.rank}")
+        for d, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)):
+            if d != axis and a != b:
+                raise ValueError(f"fg.concat: input {i} dim {d} ({a}) != input 0 dim {d} ({b})")
+        total = total + t.shape[axis]
+    shape = list(first.shape)
+    shape[axis] = total
+    return TensorType(first.dtype, shape, first.device)
+
+
+def concat(values: Sequence[TensorValue], axis: int = 0) -> TensorValue:
+    """Concatenate `values` along `axis`; all other dims, dtypes and devices must agree."""
+    values = list(values)
+    props = {"axis": IntegerAttr(axis, i64)}
+    op = emit(
+        ConcatOp, [values], props, result_types=lambda: [_concat_shape_rule([v.type for v in values], axis)]
+    )
+    return TensorValue(op.results[0])
+
+
+@torch_impl(ConcatOp)
+def _concat_torch(op: ConcatOp, *xs: torch.Tensor, ctx: LoweringContext) -> torch.Tensor:
+    return torch.cat(list(xs), dim=op.axis.value.data)
+
+
+# --- split ----------------------------------------------------------------------------
+@register_op
+@irdl_op_definition
+class SplitOp(FgOp):
+    """`fg.split {axis = 1}`: cut a tensor into consecutive pieces (sizes from the result types)."""
+
+    name = "fg.split"
+    input = operand_def(TensorType)
+    axis = prop_def(IntegerAttr)
+    outputs = var_result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$input attr-dict `:` type($input) `->` type($outputs)"
+
+    @property
+    def sizes(self) -> list[Dim]:
+        """The size of each piece along the axis."""
+        axis = normalize_axis(self.name, self.axis.value.data, self.input.type.rank)
+        return [r.type.shape[axis] for r in self.outputs]
+
+    def infer_types(self) -> Sequence[Attribute]:
+        return _split_shape_rule(self.input.type, self.sizes, self.axis.value.data)
+
+
+def _split_shape_rule(x: Any, sizes: Sequence[DimLike], axis: int) -> list[TensorType]:
+    x = expect_tensor("fg.split", "input", x)
+    axis = normalize_axis("fg.split", axis, x.rank)
+    total = product([]) * 0
+    for s in sizes:
+        total = total + Dim(s)
+    if total != x.shape[axis]:
+        raise ValueError(
+            f"fg.split: sizes {[str(Dim(s)) for s in sizes]} sum to {total}, "
+            f"but input dim {axis} is {x.shape[axis]}"
+        )
+    out = []
+    for s in sizes:
+        shape = list(x.shape)
+        shape[axis] = Dim(s)
+        out.append(TensorType(x.dtype, shape, x.device))
+    return out
+
+
+def split(x: TensorValue, sizes: Sequence[DimLike], axis: int = 0) -> list[TensorValue]:
+    """Split `x` along `axis` into pieces of `sizes`, which must sum to the dim.
+
+    Example:
+        >>> q, k, v = ops.split(qkv, [64, 32, 32], axis=1)
+    """
+    props = {"axis": IntegerAttr(axis, i64)}
+    op = emit(SplitOp, [x], props, result_types=lambda: [_split_shape_rule(x.type, sizes, axis)])
+    return [TensorValue(r) for r in op.results]
+
+
+@torch_impl(SplitOp)
+def _split_torch(op: SplitOp, x: torch.Tensor, *, ctx: LoweringContext) -> tuple[torch.Tensor, ...]:
+    axis = normalize_axis(op.name, op.axis.value.data, x.dim())
+    return tuple(torch.split(x, [ctx.size(s) for s in op.sizes], dim=axis))

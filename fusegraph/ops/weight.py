@@ -1,0 +1,45 @@
+"""`fg.weight`: a named graph constant whose value is bound at compile or run time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import StringAttr
+from xdsl.ir import Attribute
+from xdsl.irdl import irdl_op_definition, prop_def, result_def, traits_def
+from xdsl.traits import Pure
+
+from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.types import TensorType
+
+
+@register_op
+@irdl_op_definition
+class WeightOp(FgOp):
+    """`%w = fg.weight "layers.0.self_attn.q_proj.qweight" : !fg.tensor<[512, 4096], i32, cpu>`
+
+    Weights are never printed inline; `fusegraph.compile(..., weights=...)` binds them by name.
+    """
+
+    name = "fg.weight"
+    weight_name_attr = prop_def(StringAttr, prop_name="name")
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$name attr-dict `:` type($result)"
+
+    def __init__(self, name: str, type: TensorType) -> None:
+        super().__init__(properties={"name": StringAttr(name)}, result_types=[type])
+
+    @property
+    def weight_name(self) -> str:
+        """The name the weight is bound by."""
+        return self.weight_name_attr.data
+
+    def infer_types(self) -> Sequence[Attribute]:
+        return [self.result.type]
+
+
+@torch_impl(WeightOp)
+def _weight_torch(op: WeightOp, *, ctx: LoweringContext) -> object:
+    raise NotImplementedError("fg.weight is bound by the lowering driver, not computed")

@@ -1,0 +1,72 @@
+"""One small graph per registered op, for the round-trip test.
+
+Every op family adds an entry: `EXAMPLES["fg.<op>"] = builder`, where the builder
+returns a Graph that contains the op. `test_every_registered_op_round_trips` fails for
+an op without an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+
+CPU = DeviceRef.CPU()
+F32 = DType.float32
+
+EXAMPLES: dict[str, Callable[[], Graph]] = {}
+
+
+def example(*names: str) -> Callable[[Callable[[], Graph]], Callable[[], Graph]]:
+    """Register a builder as the example for the named ops."""
+
+    def register(fn: Callable[[], Graph]) -> Callable[[], Graph]:
+        for name in names:
+            EXAMPLES[name] = fn
+        return fn
+
+    return register
+
+
+def _tensor(*shape: int | str, dtype: DType = F32) -> TensorType:
+    return TensorType(dtype, list(shape), CPU)
+
+
+@example("fg.weight", "fg.matmul", "fg.permute", "fg.relu")
+def _mlp() -> Graph:
+    with Graph("mlp", input_types=[_tensor("batch", 64)]) as g:
+        (x,) = g.inputs
+        w = g.add_weight("layers.0.w", _tensor(32, 64))
+        g.output(ops.relu(x @ w.T))
+    return g
+
+
+@example(
+    "fg.add",
+    "fg.sub",
+    "fg.mul",
+    "fg.div",
+    "fg.constant",
+    "fg.neg",
+    "fg.exp",
+    "fg.rsqrt",
+    "fg.silu",
+    "fg.cast",
+    "fg.clamp",
+)
+def _elementwise() -> Graph:
+    with Graph("elementwise", input_types=[_tensor("n", 8), _tensor(8)]) as g:
+        x, y = g.inputs
+        z = ops.silu((x + y) * 2.0 - ops.exp(-x) / ops.rsqrt(x))
+        g.output(ops.clamp(ops.cast(z, DType.bfloat16), min=-1.0, max=1.0))
+    return g
+
+
+@example("fg.reshape", "fg.split", "fg.concat")
+def _shapes() -> Graph:
+    with Graph("shapes", input_types=[_tensor("total_seq_len", 96)]) as g:
+        (x,) = g.inputs
+        q, k, v = ops.split(x, [64, 16, 16], axis=1)
+        heads = ops.concat([q, k, v], axis=1).reshape(["total_seq_len", 6, -1])
+        g.output(heads, ops.transpose(heads, 0, 1))
+    return g
