@@ -1,0 +1,67 @@
+"""Executors (eager torch on CPU/CUDA, IREE on CPU/CUDA) and the paged KV cache manager."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from fusegraph.compiler.graph import Graph
+from fusegraph.runtime.eager import CompiledGraph
+
+_BACKENDS = ("eager", "iree")
+
+
+def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
+    graph: Graph,
+    backend: str = "eager",
+    device: str = "cpu",
+    weights: Mapping[str, torch.Tensor] | None = None,
+    cuda_graphs: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Compile `graph` for `backend` on `device`.
+
+    Args:
+        graph: the graph to run; it is verified first.
+        backend: "eager" (PyTorch; Triton kernels on CUDA) or "iree" (torch-mlir + IREE).
+        device: "cpu" or "cuda" ("cuda:N" for a specific GPU).
+        weights: name -> tensor for every `fg.weight` of the graph, exactly.
+        cuda_graphs: eager on CUDA only: capture a CUDA graph per input-shape key and replay.
+        **kwargs: backend options, passed to the IREE backend.
+
+    Returns:
+        A callable `model(*inputs) -> tuple[Tensor, ...]` of the graph outputs; buffer
+        inputs (the KV blocks) are updated in the caller's tensors.
+
+    Example:
+        >>> model = fusegraph.compile(g, backend="eager", device="cpu", weights=attn.state_dict())
+        >>> (y,) = model(x, row_offsets, *kv_inputs)
+    """
+    if backend == "eager":
+        if kwargs:
+            raise ValueError(f"compile: backend='eager' takes no options {sorted(kwargs)}")
+        return CompiledGraph(graph, device=device, weights=weights, cuda_graphs=cuda_graphs)
+    if backend == "iree":
+        return _compile_iree(graph, device=device, weights=weights, cuda_graphs=cuda_graphs, **kwargs)
+    raise ValueError(f"compile: unknown backend {backend!r}; allowed: {', '.join(_BACKENDS)}")
+
+
+def _compile_iree(graph: Graph, *, cuda_graphs: bool, **kwargs: Any) -> Any:
+    if cuda_graphs:
+        raise ValueError(
+            "compile: cuda_graphs=True is an eager-backend option; not supported by backend='iree'"
+        )
+    try:
+        from fusegraph.runtime.iree_backend import compile_iree
+    except ModuleNotFoundError as err:
+        if err.name != "fusegraph.runtime.iree_backend":
+            raise
+        raise RuntimeError(
+            "compile: backend='iree' needs fusegraph.runtime.iree_backend, which is not available"
+        ) from err
+    return compile_iree(graph, **kwargs)
+
+
+__all__ = ["CompiledGraph", "compile"]
