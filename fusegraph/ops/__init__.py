@@ -1,6 +1,7 @@
 """The op families. Importing this package registers every op in the `fg` dialect."""
 
 from fusegraph.ops import weight  # noqa: F401 - registers fg.weight
+from fusegraph.ops.attention import paged_attention
 from fusegraph.ops.elementwise import (
     add,
     cast,
@@ -15,7 +16,10 @@ from fusegraph.ops.elementwise import (
     silu,
     sub,
 )
+from fusegraph.ops.kv_cache import kv_cache_store
 from fusegraph.ops.matmul import matmul
+from fusegraph.ops.rope import rope
+from fusegraph.ops.rope_split_store import rope_split_store
 from fusegraph.ops.shape import concat, permute, reshape, split, transpose
 
 __all__ = [
@@ -26,12 +30,16 @@ __all__ = [
     "constant",
     "div",
     "exp",
+    "kv_cache_store",
     "matmul",
     "mul",
     "neg",
+    "paged_attention",
     "permute",
     "relu",
     "reshape",
+    "rope",
+    "rope_split_store",
     "rsqrt",
     "silu",
     "split",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
 
 CPU = DeviceRef.CPU()
 F32 = DType.float32
@@ -69,4 +69,42 @@ def _shapes() -> Graph:
         q, k, v = ops.split(x, [64, 16, 16], axis=1)
         heads = ops.concat([q, k, v], axis=1).reshape(["total_seq_len", 6, -1])
         g.output(heads, ops.transpose(heads, 0, 1))
+    return g
+
+
+def _paged_inputs() -> list[TensorType | BufferType]:
+    """qkv, row offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table (4 q heads, 2 kv)."""
+    u32 = DType.uint32
+    return [
+        _tensor("total_seq_len", 64),
+        _tensor("batch_plus_1", dtype=u32),
+        _tensor(256, 8),
+        BufferType(F32, [16, 2, 2, 4, 2, 8], CPU),
+        _tensor("batch", dtype=u32),
+        _tensor("batch", "max_pages", dtype=u32),
+    ]
+
+
+@example("fg.rope", "fg.kv_cache.store", "fg.attention.paged")
+def _paged_unfused() -> Graph:
+    with Graph("paged_unfused", input_types=_paged_inputs()) as g:
+        qkv, ro, freqs, kv, lens, lookup = g.inputs
+        q, k, v = (t.reshape(["total_seq_len", -1, 8]) for t in ops.split(qkv, [32, 16, 16], axis=1))
+        q = ops.rope(q, ro, lens, freqs, interleaved=False)
+        k = ops.rope(k, ro, lens, freqs, interleaved=True)
+        kv = ops.kv_cache_store(kv, k, ro, lens, lookup, layer_idx=1, key_or_value=0)
+        kv = ops.kv_cache_store(kv, v, ro, lens, lookup, layer_idx=1, key_or_value=1)
+        out = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=1, scale=0.125, sliding_window=8)
+        g.output(out, ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=0.125))
+    return g
+
+
+@example("fg.rope_split_store")
+def _paged_fused() -> Graph:
+    with Graph("paged_fused", input_types=_paged_inputs()) as g:
+        qkv, ro, freqs, kv, lens, lookup = g.inputs
+        q, kv = ops.rope_split_store(
+            qkv, ro, freqs, kv, lens, lookup, layer_idx=0, interleaved=False, n_heads=4, n_kv_heads=2, head_dim=8
+        )
+        g.output(q, kv)
     return g
