@@ -1,0 +1,212 @@
+"""Triton kernel for `fg.rope_split_store`: rope + split + paged KV store in one launch.
+
+Each program takes one qkv row `t` and a block of `BLOCK_H` of its `H + 2·Hkv` heads:
+    heads [0, H)          q: rope, written to q_out[t]
+    heads [H, H+Hkv)      k: rope, written to kv_blocks[blk, 0, layer, slot]
+    heads [H+Hkv, H+2Hkv) v: copied to kv_blocks[blk, 1, layer, slot]
+where b is the sequence owning row t (the number of row_offsets[1:] <= t), the position is
+p = cache_lengths[b] + t - row_offsets[b], blk = lookup_table[b, p // page_size] and
+slot = p % page_size.
+
+Rope (freqs_cis row p = [cos θ0·p, sin θ0·p, cos θ1·p, sin θ1·p, ...]) pairs dim d with
+its partner d' and frequency i:
+    interleaved=True:  d' = d ^ 1,               i = d // 2
+    interleaved=False: d' = (d + D/2) mod D,     i = d mod D/2
+    out[d] = x[d]·cos_i − x[d']·sin_i   for the first of a pair (d even / d < D/2)
+    out[d] = x[d]·cos_i + x[d']·sin_i   for the second
+The partner is loaded a second time from global memory (an L1 hit), which keeps the
+kernel free of register shuffles. Arithmetic is fp32; stores round to the output dtype.
+
+This kernel trusts its metadata (positions inside each sequence's pages); the op's torch
+implementation is where out-of-range positions are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["rope_split_store_triton"]
+
+
+@triton.jit
+def _sequence_of_row(row_offsets_ptr, t, B, BLOCK_B: tl.constexpr):
+    """b such that row_offsets[b] <= t < row_offsets[b+1] (empty sequences skipped)."""
+    count = tl.zeros([BLOCK_B], dtype=tl.int32)
+    for start in range(0, B, BLOCK_B):
+        idx = start + tl.arange(0, BLOCK_B)
+        ends = tl.load(row_offsets_ptr + 1 + idx, mask=idx < B, other=0).to(tl.int64)
+        count += ((ends <= t) & (idx < B)).to(tl.int32)
+    return tl.sum(count, axis=0)
+
+
+@triton.jit
+def _rope_split_store_kernel(
+    qkv_ptr,
+    row_offsets_ptr,
+    freqs_ptr,
+    kv_ptr,
+    cache_lengths_ptr,
+    lookup_ptr,
+    q_out_ptr,
+    B,
+    layer_idx,
+    page_size,
+    stride_qkv_t,
+    stride_freq_p,
+    stride_q_t,
+    stride_lut_b,
+    s_kv0,
+    s_kv1,
+    s_kv2,
+    s_kv3,
+    s_kv4,
+    s_kv5,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # head index in [0, H + 2·HKV)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+
+    b = _sequence_of_row(row_offsets_ptr, t, B, BLOCK_B)
+    start = tl.load(row_offsets_ptr + b).to(tl.int64)
+    pos = tl.load(cache_lengths_ptr + b).to(tl.int64) + (t - start)
+
+    if INTERLEAVED:
+        partner = d ^ 1
+        freq_i = d // 2
+        first = (d % 2) == 0
+    else:
+        partner = (d + D // 2) % D
+        freq_i = d % (D // 2)
+        first = d < (D // 2)
+    cos = tl.load(freqs_ptr + pos * stride_freq_p + 2 * freq_i, mask=d_ok, other=0.0).to(tl.float32)
+    sin = tl.load(freqs_ptr + pos * stride_freq_p + 2 * freq_i + 1, mask=d_ok, other=0.0).to(tl.float32)
+    sin = tl.where(first, -sin, sin)
+
+    n_total: tl.constexpr = H + 2 * HKV
+    h_ok = h < n_total
+    mask = h_ok[:, None] & d_ok[None, :]
+    row = qkv_ptr + t * stride_qkv_t + h[:, None] * D
+    x = tl.load(row + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(row + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+    is_rope = (h < H + HKV)[:, None]
+    y = tl.where(is_rope, x * cos[None, :] + x_partner * sin[None, :], x)
+
+    q_mask = mask & (h < H)[:, None]
+    tl.store(q_out_ptr + t * stride_q_t + h[:, None] * D + d[None, :], y.to(q_out_ptr.dtype.element_ty), mask=q_mask)
+
+    page = tl.load(lookup_ptr + b * stride_lut_b + pos // page_size).to(tl.int64)
+    slot = pos % page_size
+    is_v = h >= H + HKV
+    kv_head = tl.where(is_v, h - H - HKV, h - H)
+    cache_off = (
+        page * s_kv0
+        + is_v.to(tl.int64)[:, None] * s_kv1
+        + layer_idx * s_kv2
+        + slot * s_kv3
+        + kv_head.to(tl.int64)[:, None] * s_kv4
+        + d[None, :] * s_kv5
+    )
+    kv_mask = mask & (h >= H)[:, None]
+    tl.store(kv_ptr + cache_off, y.to(kv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+def _as_index(t: torch.Tensor) -> torch.Tensor:
+    """Metadata as an integer tensor the kernel can load (uint32, int32 and int64 pass as is)."""
+    if t.dtype not in (torch.int32, torch.int64, torch.uint32):
+        t = t.to(torch.int64)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def rope_split_store_triton(
+    qkv: torch.Tensor,
+    row_offsets: torch.Tensor,
+    freqs_cis: torch.Tensor,
+    kv_blocks: torch.Tensor,
+    cache_lengths: torch.Tensor,
+    lookup_table: torch.Tensor,
+    *,
+    layer_idx: int,
+    interleaved: bool,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """Rope q and k, write q out and rope(k), v into the paged cache, in one launch.
+
+    Args:
+        qkv: `[T, (n_heads + 2·n_kv_heads)·head_dim]`, rows contiguous.
+        row_offsets: `[B+1]` integer row offsets of the ragged batch.
+        freqs_cis: `[max_pos, head_dim]` interleaved cos/sin table.
+        kv_blocks: `[num_blocks, 2, num_layers, page_size, n_kv_heads, head_dim]`, written in place.
+        cache_lengths: `[B]` tokens already cached per sequence.
+        lookup_table: `[B, max_pages]` block ids.
+        layer_idx, interleaved, n_heads, n_kv_heads, head_dim: as on `fg.rope_split_store`.
+
+    Returns:
+        q after rope, `[T, n_heads·head_dim]` in qkv's dtype.
+
+    Example:
+        >>> q = rope_split_store_triton(qkv, ro, freqs, kv, lens, lut, layer_idx=0,
+        ...                             interleaved=False, n_heads=32, n_kv_heads=8, head_dim=128)
+    """
+    t_rows, width = qkv.shape
+    if width != (n_heads + 2 * n_kv_heads) * head_dim:
+        raise ValueError(
+            f"rope_split_store: qkv width {width} != (n_heads + 2·n_kv_heads)·head_dim = "
+            f"({n_heads} + 2·{n_kv_heads})·{head_dim}"
+        )
+    if head_dim % 2:
+        raise ValueError(f"rope_split_store: head dim must be even, got {head_dim=}")
+    if kv_blocks.shape[4:] != (n_kv_heads, head_dim):
+        raise ValueError(f"rope_split_store: kv_blocks {tuple(kv_blocks.shape)} != [.., {n_kv_heads}, {head_dim}]")
+    if qkv.stride(1) != 1:
+        qkv = qkv.contiguous()
+    freqs_cis = freqs_cis if freqs_cis.stride(1) == 1 else freqs_cis.contiguous()
+    lookup_table = lookup_table if lookup_table.stride(1) == 1 else lookup_table.contiguous()
+    row_offsets = _as_index(row_offsets)
+    cache_lengths = _as_index(cache_lengths)
+    lookup_table = _as_index(lookup_table)
+    q_out = torch.empty((t_rows, n_heads * head_dim), dtype=qkv.dtype, device=qkv.device)
+    if t_rows == 0:
+        return q_out
+    batch = row_offsets.shape[0] - 1
+    n_total = n_heads + 2 * n_kv_heads
+    block_d = triton.next_power_of_2(head_dim)
+    block_h = max(1, min(triton.next_power_of_2(n_total), 2048 // block_d))
+    grid = (t_rows, triton.cdiv(n_total, block_h))
+    _rope_split_store_kernel[grid](
+        qkv,
+        row_offsets,
+        freqs_cis,
+        kv_blocks,
+        cache_lengths,
+        lookup_table,
+        q_out,
+        batch,
+        layer_idx,
+        kv_blocks.shape[3],
+        qkv.stride(0),
+        freqs_cis.stride(0),
+        q_out.stride(0),
+        lookup_table.stride(0),
+        *kv_blocks.stride(),
+        H=n_heads,
+        HKV=n_kv_heads,
+        D=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_H=block_h,
+        BLOCK_B=min(triton.next_power_of_2(max(batch, 1)), 1024),
+        INTERLEAVED=interleaved,
+        num_warps=4,
+    )
+    return q_out
