@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from typing import Union
 
 import sympy
@@ -148,12 +149,12 @@ class Dim:
         return self.value
 
 
-def dims_of(shape: list[DimLike] | tuple[DimLike, ...]) -> tuple[Dim, ...]:
+def dims_of(shape: Sequence[DimLike]) -> tuple[Dim, ...]:
     """Convert a list of ints, names and Dims to a tuple of Dims."""
     return tuple(Dim(d) for d in shape)
 
 
-def product(dims: tuple[Dim, ...] | list[Dim]) -> Dim:
+def product(dims: Sequence[Dim]) -> Dim:
     """The product of dims (1 for an empty shape)."""
     result = Dim(1)
     for d in dims:

@@ -7,7 +7,7 @@ pointing at their line) and in `verify_` (so parsed or rewritten IR is checked t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from xdsl.ir import Attribute, Operation, SSAValue
@@ -80,9 +80,9 @@ class FgOp(IRDLOperation):
 def emit(
     op_cls: type[IRDLOperation],
     operands: Sequence[Any],
-    properties: dict[str, Attribute] | None = None,
+    properties: Mapping[str, Attribute] | None = None,
     *,
-    result_types: Sequence[Attribute] | Callable[[], Sequence[Attribute]],
+    result_types: Sequence[Any] | Callable[[], Sequence[Any]],
 ) -> Operation:
     """Build `op_cls` into the current graph and return the op.
 
@@ -102,7 +102,7 @@ def emit(
         raise ValueError(f"{err} (at {user_source_line()})") from None
     op = op_cls.build(
         operands=[[] if v is None else v for v in ssa],
-        properties=properties or {},
+        properties=dict(properties or {}),
         result_types=types,
     )
     graph._insert(op)  # noqa: SLF001 - the graph owns insertion

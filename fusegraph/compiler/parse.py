@@ -7,7 +7,7 @@ import functools
 from xdsl.context import Context
 from xdsl.dialects.builtin import Builtin, ModuleOp
 from xdsl.dialects.func import Func
-from xdsl.ir import Dialect
+from xdsl.ir import Attribute, Dialect
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError, VerifyException
 
@@ -20,7 +20,8 @@ def fg_dialect() -> Dialect:
     from fusegraph.compiler.opbase import registered_attrs, registered_ops
     from fusegraph.compiler.types import BufferType, DeviceAttr, DTypeAttr, ShapeAttr, TensorType
 
-    attrs = [TensorType, BufferType, DTypeAttr, ShapeAttr, DeviceAttr, *registered_attrs()]
+    attrs: list[type[Attribute]] = [TensorType, BufferType, DTypeAttr, ShapeAttr, DeviceAttr]
+    attrs += registered_attrs()
     return Dialect("fg", registered_ops(), attrs)
 
 

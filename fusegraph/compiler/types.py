@@ -77,7 +77,7 @@ class _ShapedType(ParametrizedAttribute, TypeAttribute):
     dims: ShapeAttr
     device_attr: DeviceAttr
 
-    def __init__(
+    def _init_params(
         self,
         dtype: DType | DTypeAttr,
         shape: Sequence[DimLike] | ShapeAttr,
@@ -148,6 +148,14 @@ class TensorType(_ShapedType):
     dims: ShapeAttr
     device_attr: DeviceAttr
 
+    def __init__(
+        self,
+        dtype: DType | DTypeAttr,
+        shape: Sequence[DimLike] | ShapeAttr,
+        device: DeviceRef | DeviceAttr | None = None,
+    ) -> None:
+        self._init_params(dtype, shape, device)
+
 
 @irdl_attr_definition
 class BufferType(_ShapedType):
@@ -162,6 +170,14 @@ class BufferType(_ShapedType):
     element_dtype: DTypeAttr
     dims: ShapeAttr
     device_attr: DeviceAttr
+
+    def __init__(
+        self,
+        dtype: DType | DTypeAttr,
+        shape: Sequence[DimLike] | ShapeAttr,
+        device: DeviceRef | DeviceAttr | None = None,
+    ) -> None:
+        self._init_params(dtype, shape, device)
 
 
 def _shape_str(shape: Sequence[Dim]) -> str:

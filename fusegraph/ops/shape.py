@@ -214,7 +214,9 @@ class SplitOp(FgOp):
     @property
     def sizes(self) -> list[Dim]:
         """The size of each piece along the axis."""
-        axis = normalize_axis(self.name, self.axis.value.data, self.input.type.rank)
+        axis = normalize_axis(
+            self.name, self.axis.value.data, expect_tensor(self.name, "input", self.input.type).rank
+        )
         return [r.type.shape[axis] for r in self.outputs]
 
     def infer_types(self) -> Sequence[Attribute]:
