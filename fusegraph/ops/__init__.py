@@ -16,6 +16,7 @@ from fusegraph.ops.elementwise import (
     silu,
     sub,
 )
+from fusegraph.ops.gptq import qmatmul_gptq
 from fusegraph.ops.kv_cache import kv_cache_store
 from fusegraph.ops.matmul import matmul
 from fusegraph.ops.rope import rope
@@ -36,6 +37,7 @@ __all__ = [
     "neg",
     "paged_attention",
     "permute",
+    "qmatmul_gptq",
     "relu",
     "reshape",
     "rope",

@@ -108,3 +108,20 @@ def _paged_fused() -> Graph:
         )
         g.output(q, kv)
     return g
+
+
+@example("fg.qmatmul.gptq")
+def _qmatmul_gptq() -> Graph:
+    i32, f16 = DType.int32, DType.float16
+    with Graph("gptq", input_types=[_tensor("total_seq_len", 64)]) as g:
+        (x,) = g.inputs
+        qweight = g.add_weight("q_proj.qweight", _tensor(8, 32, dtype=i32))
+        scales = g.add_weight("q_proj.scales", _tensor(2, 32, dtype=f16))
+        qzeros = g.add_weight("q_proj.qzeros", _tensor(2, 4, dtype=i32))
+        g_idx = g.add_weight("q_proj.g_idx", _tensor(64, dtype=i32))
+        asym = ops.qmatmul_gptq(
+            x, qweight, scales, qzeros, g_idx, bits=4, group_size=32, sym=False, desc_act=True
+        )
+        sym = ops.qmatmul_gptq(x, qweight, scales, bits=4, group_size=32, sym=True, desc_act=False, clip=0.5)
+        g.output(asym, sym)
+    return g
