@@ -19,9 +19,11 @@ from fusegraph.ops.elementwise import (
 from fusegraph.ops.gptq import qmatmul_gptq
 from fusegraph.ops.kv_cache import kv_cache_store
 from fusegraph.ops.matmul import matmul
+from fusegraph.ops.norm import rms_norm, softmax
 from fusegraph.ops.rope import rope
 from fusegraph.ops.rope_split_store import rope_split_store
 from fusegraph.ops.shape import concat, permute, reshape, split, transpose
+from fusegraph.ops.slice import gather, slice_tensor
 
 __all__ = [
     "add",
@@ -31,6 +33,7 @@ __all__ = [
     "constant",
     "div",
     "exp",
+    "gather",
     "kv_cache_store",
     "matmul",
     "mul",
@@ -40,10 +43,13 @@ __all__ = [
     "qmatmul_gptq",
     "relu",
     "reshape",
+    "rms_norm",
     "rope",
     "rope_split_store",
     "rsqrt",
     "silu",
+    "slice_tensor",
+    "softmax",
     "split",
     "sub",
     "transpose",

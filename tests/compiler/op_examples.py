@@ -125,3 +125,13 @@ def _qmatmul_gptq() -> Graph:
         sym = ops.qmatmul_gptq(x, qweight, scales, bits=4, group_size=32, sym=True, desc_act=False, clip=0.5)
         g.output(asym, sym)
     return g
+
+
+@example("fg.slice", "fg.gather", "fg.rms_norm", "fg.softmax")
+def _slice_norm() -> Graph:
+    with Graph("slice_norm", input_types=[_tensor("n", 8, 6), _tensor("m", dtype=DType.uint32)]) as g:
+        x, idx = g.inputs
+        w = g.add_weight("norm.weight", _tensor(6))
+        rows = ops.gather(x[1:, -1], idx, axis=0)
+        g.output(ops.softmax(ops.rms_norm(rows, w, 1e-5), axis=-1), x[-3:, 2:7:3])
+    return g
