@@ -1,0 +1,115 @@
+"""`GPTQAttentionWithRope`: `AttentionWithRope` with GPTQ-quantized q/k/v/o projections.
+
+Unlike MAX's layer of the same name (GPU-only, 4-bit, group 128, symmetric, none of the flags
+below), this one takes any `QuantizationConfig` the op supports and every flag of
+`AttentionWithRope`: `stacked_qkv`, `has_bias`, `clip_qkv`, `use_qk_norm` and both values of
+`_fuse_rope_and_store`. Every projection, o_proj included, is a `GPTQLinear` emitting
+`fg.qmatmul.gptq`; weights use AutoGPTQ names (`q_proj.qweight`, `.qzeros`, `.scales`,
+`.g_idx`, and `.bias` with `has_bias`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fusegraph.compiler import DeviceRef, DType
+from fusegraph.nn.attention import AttentionWithRope
+from fusegraph.nn.kv_cache import KVCacheParams
+from fusegraph.nn.linear import Linear
+from fusegraph.nn.quant import QuantizationConfig
+from fusegraph.nn.rotary import RotaryEmbedding
+
+
+class GPTQAttentionWithRope(AttentionWithRope):
+    """GPTQ attention with rope over a paged KV cache.
+
+    Args:
+        quantization_config: The GPTQ settings of every projection.
+        rope: See `AttentionWithRope`; so are all the other arguments, which this layer
+            supports in full. `linear_cls` is accepted for MAX compatibility and unused.
+
+    Raises:
+        ValueError: As `AttentionWithRope`, and when `group_size` does not divide
+            `hidden_size` (or `num_attention_heads * head_dim`, o_proj's input).
+
+    Example:
+        >>> cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
+        >>> attn = GPTQAttentionWithRope(quantization_config=cfg, rope=rope, num_attention_heads=4,
+        ...                              num_key_value_heads=2, hidden_size=64, kv_params=kv_params)
+        >>> attn.load_state_dict(quantize_gptq_projections({"q_proj": wq, ...}, cfg))
+    """
+
+    def __init__(
+        self,
+        *,
+        quantization_config: QuantizationConfig,
+        rope: RotaryEmbedding,
+        num_attention_heads: int,
+        num_key_value_heads: int,
+        hidden_size: int,
+        kv_params: KVCacheParams,
+        devices: Sequence[DeviceRef] | None = None,
+        dtype: DType = DType.float32,
+        scale: float | None = None,
+        linear_cls: Any = Linear,
+        stacked_qkv: bool = False,
+        has_bias: bool = False,
+        clip_qkv: float | None = None,
+        use_qk_norm: bool = False,
+        rms_norm_eps: float = 1e-6,
+        _fuse_rope_and_store: bool = True,
+    ) -> None:
+        if not isinstance(quantization_config, QuantizationConfig):
+            raise ValueError(
+                f"GPTQAttentionWithRope: quantization_config must be a QuantizationConfig, "
+                f"got {type(quantization_config).__name__}"
+            )
+        self.quantization_config = quantization_config
+        super().__init__(
+            rope=rope,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            hidden_size=hidden_size,
+            kv_params=kv_params,
+            devices=devices,
+            dtype=dtype,
+            scale=scale,
+            linear_cls=linear_cls,
+            stacked_qkv=stacked_qkv,
+            has_bias=has_bias,
+            quant_config=quantization_config,
+            clip_qkv=clip_qkv,
+            use_qk_norm=use_qk_norm,
+            rms_norm_eps=rms_norm_eps,
+            _fuse_rope_and_store=_fuse_rope_and_store,
+        )
+
+    @property
+    def wqkv(self) -> torch.Tensor:
+        """MAX's "packed + scales" q/k/v weight, as a host uint8 tensor `[rows, Ntot]`.
+
+        Each int32 qweight `[K·bits/32, N]` is reinterpreted as bytes and the three are
+        concatenated column-wise (the bytes of `concat(q, k, v, axis=1)` of the int32 words,
+        which is also `qkv_proj.qweight` when `stacked_qkv`), then viewed as `[K·bits/8, Ntot]`;
+        the scales get the same treatment (`[G·s, Ntot]`, s = bytes per scale, 2 for fp16); the
+        two are stacked along axis 0. With G = K/group_size groups this is
+        `[G·(group_size·bits/8 + s), Ntot]`: `G·(group/2 + 2)` rows for 4-bit fp16 (MAX's case),
+        `G·(group + 2)` for 8-bit, `G·(group/4 + 2)` for 2-bit, `G·(3·group/8 + 2)` for 3-bit.
+        qzeros and g_idx are not part of this layout (MAX's is symmetric and takes the act-order
+        permutation separately). The graph has no bitcast op, so this is built on the host from
+        the loaded tensors.
+
+        Raises:
+            RuntimeError: The weights are not loaded.
+        """
+        state = self.state_dict()
+        names = ["qkv_proj"] if self.stacked_qkv else ["q_proj", "k_proj", "v_proj"]
+        qweight = torch.cat([state[f"{n}.qweight"] for n in names], dim=1).contiguous()
+        scales = torch.cat([state[f"{n}.scales"] for n in names], dim=1).contiguous()
+        n_total = qweight.shape[1]
+        qweight_bytes = qweight.view(torch.uint8).reshape(-1, n_total)
+        scales_bytes = scales.view(torch.uint8).reshape(-1, n_total)
+        return torch.cat([qweight_bytes, scales_bytes], dim=0)

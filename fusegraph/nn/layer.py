@@ -1,0 +1,160 @@
+"""`Module`, the base of the layers, and `LayerList`, a stack that prefixes names.
+
+A module owns *parameters* (name -> `ParamSpec`) and child modules. A child assigned as an
+attribute (`self.q_proj = Linear(...)`) is named after the attribute; the graph weight of a
+parameter is named by the full dotted path from the root module, e.g.
+`layers.3.self_attn.q_proj.qweight`. `state_dict()` and `load_state_dict()` use names relative
+to the module they are called on, as torch does, so at the root they equal the graph's names.
+
+Shared objects with a `state_dict()` of globally named tensors (the rope table) are registered
+with `_share(...)`: their entries join `state_dict()` unprefixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fusegraph.compiler import DeviceRef, DType, Graph, TensorType, TensorValue
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """The declared type of one parameter."""
+
+    shape: tuple[int, ...]
+    dtype: DType
+    device: DeviceRef
+
+    @property
+    def tensor_type(self) -> TensorType:
+        """The graph weight's type."""
+        return TensorType(self.dtype, list(self.shape), self.device)
+
+
+class Module:
+    """Base of fusegraph layers: named parameters, children, and their state."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_children", {})
+        object.__setattr__(self, "_values", {})
+        object.__setattr__(self, "_shared", [])
+        object.__setattr__(self, "_prefix", "")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, Module):
+            self._children[name] = value
+            value._set_prefix(f"{self._prefix}{name}.")
+        object.__setattr__(self, name, value)
+
+    def _set_prefix(self, prefix: str) -> None:
+        object.__setattr__(self, "_prefix", prefix)
+        for name, child in self._children.items():
+            child._set_prefix(f"{prefix}{name}.")
+
+    def _declare(self, name: str, shape: Sequence[int], dtype: DType, device: DeviceRef) -> None:
+        self._params[name] = ParamSpec(tuple(int(s) for s in shape), dtype, device)
+
+    def _share(self, obj: Any) -> None:
+        self._shared.append(obj)
+
+    def weight(self, name: str) -> TensorValue:
+        """Add parameter `name` to the current graph as a weight named by its full path."""
+        return Graph.current().add_weight(self._prefix + name, self._params[name].tensor_type)
+
+    # --- state -------------------------------------------------------------------------
+    def named_params(self) -> Iterator[tuple[str, ParamSpec]]:
+        """Every parameter of this module and its children, by relative dotted name."""
+        yield from self._params.items()
+        for child_name, child in self._children.items():
+            for name, spec in child.named_params():
+                yield f"{child_name}.{name}", spec
+
+    def _shared_state(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for obj in self._shared:
+            state.update(obj.state_dict())
+        for child in self._children.values():
+            state.update(child._shared_state())
+        return state
+
+    def _local_state(self) -> dict[str, torch.Tensor]:
+        state = dict(self._values)
+        for child_name, child in self._children.items():
+            state.update({f"{child_name}.{k}": v for k, v in child._local_state().items()})
+        return state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Exactly the tensors this module's graph weights name (parameters and shared tables).
+
+        Raises:
+            RuntimeError: A parameter has not been loaded.
+        """
+        if missing := [n for n, _ in self.named_params() if n not in self._local_state()]:
+            raise RuntimeError(f"{type(self).__name__}: parameters not loaded: {missing}")
+        return {**self._local_state(), **self._shared_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Bind parameter values by relative name, checking presence, shape and dtype.
+
+        Entries naming shared tables (`rope.freqs_cis`) are accepted and ignored: the table
+        is derived from the rope settings.
+
+        Raises:
+            ValueError: A tensor is missing, has the wrong shape or dtype, or (strict) a name is
+                not a parameter; the message names the tensor.
+        """
+        specs = dict(self.named_params())
+        if strict and (extra := sorted(set(state) - set(specs) - set(self._shared_state()))):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected tensors {extra}")
+        for name, spec in specs.items():
+            if name not in state:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: missing tensor {name!r}")
+            _check_tensor(name, state[name], spec)
+        for name in specs:
+            self._assign(name, state[name])
+
+    def _assign(self, name: str, value: torch.Tensor) -> None:
+        module, leaf = self, name
+        while leaf not in module._params:
+            head, leaf = leaf.split(".", 1)
+            module = module._children[head]
+        module._values[leaf] = value.detach()
+
+
+def _check_tensor(name: str, value: Any, spec: ParamSpec) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"tensor {name!r}: expected a torch.Tensor, got {type(value).__name__}")
+    if tuple(value.shape) != spec.shape:
+        raise ValueError(f"tensor {name!r}: shape {list(value.shape)} != expected {list(spec.shape)}")
+    if value.dtype != spec.dtype.to_torch():
+        raise ValueError(f"tensor {name!r}: dtype {value.dtype} != expected {spec.dtype.to_torch()}")
+
+
+class LayerList(Module):
+    """A sequence of modules named `0`, `1`, ...; a parent attribute `layers` gives
+    `layers.3.self_attn.q_proj.qweight`.
+
+    Example:
+        >>> class Block(Module):
+        ...     def __init__(self, attn): super().__init__(); self.self_attn = attn
+        >>> stack = LayerList([Block(a) for a in attns])
+    """
+
+    def __init__(self, layers: Sequence[Module]) -> None:
+        super().__init__()
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._children.values())[index]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._children.values())

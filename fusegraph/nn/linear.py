@@ -1,0 +1,136 @@
+"""`Linear` (dense, optional bias) and `GPTQLinear` (GPTQ-quantized weights).
+
+Both compute `y = x · Wᵀ (+ b)` for `x` `[M, in_dim]`. Parameter names are HF's: `weight`,
+`bias`; GPTQ: `qweight`, `qzeros`, `scales`, `g_idx`, `bias`.
+
+Example:
+    >>> proj = Linear(64, 128, dtype=DType.float32, device=DeviceRef.CPU(), has_bias=True)
+    >>> proj.load_state_dict({"weight": w, "bias": b})
+    >>> y = proj(x)            # inside `with Graph(...)`
+"""
+
+from __future__ import annotations
+
+from fusegraph import ops
+from fusegraph.compiler import DeviceRef, DType, TensorValue
+from fusegraph.nn.layer import Module
+from fusegraph.nn.quant import QuantizationConfig
+
+
+class Linear(Module):
+    """A dense projection, MAX's `Linear`: weight `[out_dim, in_dim]`, optional bias `[out_dim]`.
+
+    Args:
+        in_dim: Input features.
+        out_dim: Output features.
+        dtype: Weight (and activation) type.
+        device: Where the weights live (default CPU).
+        has_bias: Add a bias parameter.
+        clip_weight: Clamp the weight to `[-clip_weight, clip_weight]` in the graph.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        dtype: DType = DType.float32,
+        device: DeviceRef | None = None,
+        has_bias: bool = False,
+        clip_weight: float | None = None,
+    ) -> None:
+        super().__init__()
+        device = device if device is not None else DeviceRef.CPU()
+        self.in_dim, self.out_dim, self.dtype, self.device = in_dim, out_dim, dtype, device
+        self.has_bias, self.clip_weight = has_bias, clip_weight
+        self._declare("weight", [out_dim, in_dim], dtype, device)
+        if has_bias:
+            self._declare("bias", [out_dim], dtype, device)
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        """`x · Wᵀ (+ b)`, `x` being `[M, in_dim]`."""
+        w = self.weight("weight")
+        if self.clip_weight is not None:
+            w = ops.clamp(w, -self.clip_weight, self.clip_weight)
+        y = x @ w.T
+        return y + self.weight("bias") if self.has_bias else y
+
+
+class GPTQLinear(Module):
+    """A GPTQ-quantized projection emitting `fg.qmatmul.gptq`.
+
+    Parameters (AutoGPTQ layout, K = in_dim, N = out_dim, G = groups):
+    `qweight` int32 `[K·bits/32, N]`, `qzeros` int32 `[G, N·bits/32]`, `scales` `[G, N]`
+    (`scales_dtype`, float16 in checkpoints), `g_idx` int32 `[K]`, and `bias` `[N]` if
+    `has_bias`.
+
+    Args:
+        in_dim: Input features K.
+        out_dim: Output features N.
+        quant_config: The GPTQ settings (any the op supports: 2/3/4/8 bits, sym or not,
+            desc_act, v1 or v2 zeros).
+        dtype: Activation (and bias) type.
+        device: Where the weights live (default CPU).
+        has_bias: Add a bias parameter.
+        clip_weight: The op's `clip` attribute: clamp the dequantized weight.
+        scales_dtype: The scales' element type.
+
+    Raises:
+        ValueError: group_size does not divide in_dim, or in_dim/out_dim do not pack into
+            whole int32 words.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        quant_config: QuantizationConfig,
+        dtype: DType = DType.float32,
+        device: DeviceRef | None = None,
+        has_bias: bool = False,
+        clip_weight: float | None = None,
+        scales_dtype: DType = DType.float16,
+    ) -> None:
+        super().__init__()
+        check_gptq_dims(quant_config, in_dim, out_dim, "in_dim")
+        device = device if device is not None else DeviceRef.CPU()
+        self.in_dim, self.out_dim, self.dtype, self.device = in_dim, out_dim, dtype, device
+        self.quant_config, self.has_bias, self.clip_weight = quant_config, has_bias, clip_weight
+        bits, groups = quant_config.bits, quant_config.num_groups(in_dim)
+        self._declare("qweight", [in_dim * bits // 32, out_dim], DType.int32, device)
+        self._declare("qzeros", [groups, out_dim * bits // 32], DType.int32, device)
+        self._declare("scales", [groups, out_dim], scales_dtype, device)
+        self._declare("g_idx", [in_dim], DType.int32, device)
+        if has_bias:
+            self._declare("bias", [out_dim], dtype, device)
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        """`x · dequant(W) (+ b)` through `fg.qmatmul.gptq`."""
+        cfg = self.quant_config
+        y = ops.qmatmul_gptq(
+            x,
+            self.weight("qweight"),
+            self.weight("scales"),
+            self.weight("qzeros"),
+            self.weight("g_idx"),
+            bits=cfg.bits,
+            group_size=cfg.group_size,
+            sym=cfg.sym,
+            desc_act=cfg.desc_act,
+            zero_format=cfg.zero_format,
+            clip=self.clip_weight,
+        )
+        return y + self.weight("bias") if self.has_bias else y
+
+
+def check_gptq_dims(cfg: QuantizationConfig, in_dim: int, out_dim: int, in_name: str) -> None:
+    """Raise a ValueError naming the field when `in_dim`/`out_dim` cannot hold GPTQ weights."""
+    if cfg.group_size != -1 and in_dim % cfg.group_size:
+        raise ValueError(
+            f"GPTQ: group_size ({cfg.group_size}) must divide {in_name} ({in_dim}); "
+            f"use a divisor of {in_dim} or -1"
+        )
+    for name, dim in ((in_name, in_dim), ("out_dim", out_dim)):
+        if dim * cfg.bits % 32:
+            raise ValueError(
+                f"GPTQ: {name} ({dim}) * bits ({cfg.bits}) must be a multiple of 32 to pack into int32 words"
+            )

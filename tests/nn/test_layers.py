@@ -1,0 +1,144 @@
+"""Linear/LayerList naming, state dicts, and the attention layers' construction errors."""
+
+import pytest
+import torch
+
+from fusegraph import DeviceRef, DType, Graph, TensorType
+from fusegraph.nn import (
+    AttentionWithRope,
+    GPTQAttentionWithRope,
+    KVCacheParams,
+    LayerList,
+    Linear,
+    Module,
+    QuantizationConfig,
+    RotaryEmbedding,
+    quantize_gptq_projections,
+)
+
+CPU = DeviceRef.CPU()
+
+
+def _kv(n_kv_heads=2, head_dim=16):
+    return KVCacheParams(DType.float32, n_kv_heads, head_dim, num_layers=2, page_size=4, devices=[CPU])
+
+
+def _attn(cls=AttentionWithRope, **kw):
+    args = dict(
+        rope=RotaryEmbedding(64, 4, 1e4, 32),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=64,
+        kv_params=_kv(),
+    )
+    args.update(kw)
+    return cls(**args)
+
+
+class Block(Module):
+    def __init__(self, attn):
+        super().__init__()
+        self.self_attn = attn
+
+
+class Model(Module):
+    def __init__(self, blocks):
+        super().__init__()
+        self.layers = LayerList(blocks)
+
+
+def test_layer_list__prefixes_graph_weight_names():
+    cfg = QuantizationConfig(bits=4, group_size=32)
+    model = Model([Block(_attn(GPTQAttentionWithRope, quantization_config=cfg)) for _ in range(4)])
+    with Graph("g", input_types=[TensorType(DType.float32, ["t", 64], CPU)]) as g:
+        (x,) = g.inputs
+        g.output(model.layers[3].self_attn.q_proj(x))
+    assert sorted(g.weights) == [
+        f"layers.3.self_attn.q_proj.{s}" for s in ("g_idx", "qweight", "qzeros", "scales")
+    ]
+    names = {n for n, _ in model.named_params()}
+    assert "layers.3.self_attn.q_proj.qweight" in names and "layers.0.self_attn.o_proj.scales" in names
+
+
+def test_linear__load_state_dict_checks_presence_shape_dtype():
+    lin = Linear(8, 4, has_bias=True)
+    w, b = torch.randn(4, 8), torch.randn(4)
+    with pytest.raises(ValueError, match="missing tensor 'bias'"):
+        lin.load_state_dict({"weight": w})
+    with pytest.raises(ValueError, match=r"'weight': shape \[8, 4\] != expected \[4, 8\]"):
+        lin.load_state_dict({"weight": w.t(), "bias": b})
+    with pytest.raises(ValueError, match="'bias': dtype torch.float16 != expected torch.float32"):
+        lin.load_state_dict({"weight": w, "bias": b.half()})
+    with pytest.raises(ValueError, match=r"unexpected tensors \['extra'\]"):
+        lin.load_state_dict({"weight": w, "bias": b, "extra": b})
+    lin.load_state_dict({"weight": w, "bias": b})
+    assert lin.state_dict().keys() == {"weight", "bias"}
+
+
+def test_attention__state_dict_is_exactly_the_graph_weights():
+    attn = _attn(has_bias=True, use_qk_norm=True)
+    with pytest.raises(RuntimeError, match="not loaded"):
+        attn.state_dict()
+    attn.load_state_dict({n: torch.randn(s.shape) for n, s in attn.named_params()})
+    assert set(attn.state_dict()) == {
+        *(f"{p}_proj.{s}" for p in "qkv" for s in ("weight", "bias")),
+        "o_proj.weight",
+        "q_norm.weight",
+        "k_norm.weight",
+        "rope.freqs_cis",
+    }
+
+
+def test_gptq_attention__wqkv_is_max_packed_plus_scales_layout():
+    cfg = QuantizationConfig(bits=4, group_size=32)
+    attn = _attn(GPTQAttentionWithRope, quantization_config=cfg)
+    weights = {
+        "q_proj": torch.randn(64, 64),
+        "k_proj": torch.randn(32, 64),
+        "v_proj": torch.randn(32, 64),
+        "o_proj": torch.randn(64, 64),
+    }
+    state = quantize_gptq_projections(weights, cfg)
+    attn.load_state_dict(state)
+    wqkv = attn.wqkv
+    groups, group = 2, 32
+    assert wqkv.dtype == torch.uint8 and list(wqkv.shape) == [groups * (group // 2 + 2), 128]
+    # the first K/2 rows are the int32 words' bytes; word [r, n] of k_proj is in columns 64 + n
+    words = wqkv[: 64 // 2].reshape(64 // 8, 4 * 128)
+    k_bytes = words[:, 4 * 64 : 4 * 96].contiguous().view(torch.int32)
+    assert torch.equal(k_bytes, state["k_proj.qweight"])
+    scales = wqkv[64 // 2 :].reshape(groups, 2 * 128).contiguous().view(torch.float16)
+    assert torch.equal(scales[:, 96:], state["v_proj.scales"])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            dict(num_attention_heads=4, num_key_value_heads=3, kv_params=_kv(3)),
+            r"num_attention_heads \(4\) must be divisible by num_key_value_heads \(3\)",
+        ),
+        (dict(kv_params=_kv(head_dim=15)), r"head_dim must be even.*head_dim=15"),
+        (dict(hidden_size=48), r"hidden_size \(48\) != num_attention_heads \(4\) \* head_dim \(16\)"),
+        (dict(kv_params=_kv(head_dim=8)), r"rope.head_dim \(16\) != kv_params.head_dim \(8\)"),
+    ],
+)
+@pytest.mark.parametrize("cls", [AttentionWithRope, GPTQAttentionWithRope])
+def test_attention__construction_errors_name_the_fields(cls, kw, match):
+    extra = (
+        {"quantization_config": QuantizationConfig(bits=4, group_size=16)}
+        if cls is GPTQAttentionWithRope
+        else {}
+    )
+    with pytest.raises(ValueError, match=match):
+        _attn(cls, **extra, **kw)
+
+
+def test_attention__explicit_rope_head_dim_decouples_hidden_size():
+    attn = _attn(rope=RotaryEmbedding(48, 4, 1e4, 32, head_dim=16), hidden_size=48)
+    assert attn.q_dim == 64 and attn.hidden_size == 48
+
+
+def test_gptq_attention__group_size_not_dividing_hidden_size():
+    with pytest.raises(ValueError, match=r"group_size \(48\) must divide hidden_size \(64\)"):
+        _attn(GPTQAttentionWithRope, quantization_config=QuantizationConfig(bits=4, group_size=48))

@@ -1,0 +1,99 @@
+"""RotaryEmbedding tables against the formulas (written out here, independently of rotary.py)."""
+
+import math
+
+import pytest
+import torch
+
+from fusegraph import DType, Graph, TensorType
+from fusegraph.nn import LinearRopeScaling, Llama3RopeScaling, RotaryEmbedding, YarnRopeScaling
+
+
+def _plain_inv_freq(d, theta):
+    return [1.0 / theta ** (2 * i / d) for i in range(d // 2)]
+
+
+def _table_from(inv_freq, max_pos, factor=1.0):
+    rows = []
+    for p in range(max_pos):
+        row = []
+        for f in inv_freq:
+            row += [math.cos(f * p) * factor, math.sin(f * p) * factor]
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_table__row_p_is_cos_sin_pairs_of_theta_times_p():
+    rope = RotaryEmbedding(dim=64, n_heads=4, theta=10000.0, max_seq_len=40)
+    want = _table_from(_plain_inv_freq(16, 10000.0), 40)
+    torch.testing.assert_close(rope.table(), want, rtol=0, atol=1e-6)
+
+
+def test_linear_scaling__divides_every_frequency():
+    rope = RotaryEmbedding(64, 4, 500.0, 16, scaling=LinearRopeScaling(4.0))
+    want = _table_from([f / 4.0 for f in _plain_inv_freq(16, 500.0)], 16)
+    torch.testing.assert_close(rope.table(), want, rtol=0, atol=1e-6)
+
+
+def test_llama3_scaling__low_scaled_high_kept_medium_smoothed():
+    factor, low, high, orig = 8.0, 1.0, 4.0, 64
+    rope = RotaryEmbedding(128, 4, 10000.0, 8, scaling=Llama3RopeScaling(factor, low, high, orig))
+    want = []
+    for f in _plain_inv_freq(32, 10000.0):
+        wavelen = 2 * math.pi / f
+        if wavelen < orig / high:
+            want.append(f)
+        elif wavelen > orig / low:
+            want.append(f / factor)
+        else:
+            smooth = (orig / wavelen - low) / (high - low)
+            want.append((1 - smooth) * f / factor + smooth * f)
+    got, attention_factor = rope.inv_freq()
+    kinds = {"kept": 0, "scaled": 0, "smoothed": 0}
+    for f, w in zip(_plain_inv_freq(32, 10000.0), want):
+        kinds["kept" if w == f else "scaled" if w == f / factor else "smoothed"] += 1
+    assert all(kinds.values()), f"test must cover all three regimes, got {kinds}"
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    assert attention_factor == 1.0
+
+
+def test_yarn_scaling__ramp_blend_and_attention_factor():
+    d, theta, factor, orig = 32, 10000.0, 4.0, 64
+    rope = RotaryEmbedding(128, 4, theta, 8, scaling=YarnRopeScaling(factor, orig))
+
+    def corr(rot):
+        return d * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = max(math.floor(corr(32.0)), 0), min(math.ceil(corr(1.0)), d - 1)
+    want = []
+    for i, f in enumerate(_plain_inv_freq(d, theta)):
+        ramp = min(max((i - low) / (high - low), 0.0), 1.0)
+        extra = 1 - ramp  # 1 = keep the original frequency
+        want.append(f / factor * (1 - extra) + f * extra)
+    got, af = rope.inv_freq()
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    assert af == pytest.approx(0.1 * math.log(factor) + 1.0)
+    torch.testing.assert_close(rope.table(), _table_from(want, 8, af), rtol=0, atol=1e-6)
+
+
+def test_freqs_cis__adds_one_named_weight_to_the_current_graph():
+    rope = RotaryEmbedding(dim=64, n_heads=4, theta=10000.0, max_seq_len=32)
+    with Graph("g", input_types=[TensorType(DType.float32, [2], rope.device)]) as g:
+        a, b = rope.freqs_cis, rope.freqs_cis
+        g.output(a)
+    assert a == b
+    assert list(g.weights) == ["rope.freqs_cis"]
+    assert [int(d) for d in g.weights["rope.freqs_cis"].shape] == [32, 16]
+    assert set(rope.state_dict()) == {"rope.freqs_cis"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dim=64, n_heads=5), "divisible by n_heads"),
+        (dict(dim=64, n_heads=4, head_dim=15), "head_dim must be positive and even"),
+    ],
+)
+def test_rope__bad_dims_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RotaryEmbedding(theta=1e4, max_seq_len=8, **kwargs)
