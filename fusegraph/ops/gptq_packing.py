@@ -313,8 +313,9 @@ def pack(
             error stays within scale/2 of the stored scale.
 
     Returns:
-        {"qweight": int32 [K*bits/32, N], "qzeros": int32 [G, N*bits/32],
-         "scales": [G, N] scale_dtype, "g_idx": int32 [K]}.
+        {"qweight": int32 [K*bits/32, N], "scales": [G, N] scale_dtype,
+         "qzeros": int32 [G, N*bits/32], "g_idx": int32 [K]}, in `dequantize`'s
+        argument order.
 
     Example:
         >>> t = pack(torch.randn(64, 128), bits=4, group_size=32, sym=True, desc_act=True)
@@ -341,7 +342,7 @@ def pack(
     stored_z = z - 1 if zero_format == "v1" else z
     return {
         "qweight": pack_rows(q, bits),
-        "qzeros": pack_rows(stored_z.t(), bits).t().contiguous(),
         "scales": scales,
+        "qzeros": pack_rows(stored_z.t(), bits).t().contiguous(),
         "g_idx": g_idx,
     }
