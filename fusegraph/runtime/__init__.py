@@ -9,6 +9,7 @@ import torch
 
 from fusegraph.compiler.graph import Graph
 from fusegraph.runtime.eager import CompiledGraph
+from fusegraph.runtime.kv_cache_manager import Batch, PagedKVCacheManager
 
 _BACKENDS = ("eager", "iree")
 
@@ -64,4 +65,4 @@ def _compile_iree(graph: Graph, *, cuda_graphs: bool, **kwargs: Any) -> Any:
     return compile_iree(graph, **kwargs)
 
 
-__all__ = ["CompiledGraph", "compile"]
+__all__ = ["Batch", "CompiledGraph", "PagedKVCacheManager", "compile"]

@@ -1,0 +1,109 @@
+"""fg.rope: shape rules and numerics against the rotation formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from tests.ops.paged_reference import freqs_table, only_op, rope_reference, u32
+
+CPU = DeviceRef.CPU()
+F32, U32 = DType.float32, DType.uint32
+
+
+def _types(
+    d: int = 8, freqs_d: int | None = None, ro_dtype: DType = U32, x_rank: int = 3
+) -> list[TensorType]:
+    x_shape = ["total_seq_len", 2, d][:x_rank] if x_rank <= 3 else ["total_seq_len", 2, d, 1]
+    return [
+        TensorType(F32, x_shape, CPU),
+        TensorType(ro_dtype, ["batch_plus_1"], CPU),
+        TensorType(U32, ["batch"], CPU),
+        TensorType(F32, [64, freqs_d if freqs_d is not None else d], CPU),
+    ]
+
+
+def _build(interleaved: bool, **kw) -> Graph:
+    with Graph("rope", input_types=_types(**kw)) as g:
+        x, ro, sp, freqs = g.inputs
+        g.output(ops.rope(x, ro, sp, freqs, interleaved=interleaved))
+    return g
+
+
+# --- shape rules ------------------------------------------------------------------------
+def test_rope__result_type_is_x_type() -> None:
+    g = _build(False)
+    assert g.outputs[0].type == _types()[0]
+    g.verify()
+
+
+def test_rope__refuses_odd_head_dim() -> None:
+    with pytest.raises(ValueError, match=r"fg.rope: head dim must be even, got d=7 \(at .*test_rope.py"):
+        _build(True, d=7, freqs_d=7)
+
+
+def test_rope__refuses_freqs_of_another_head_dim() -> None:
+    with pytest.raises(ValueError, match=r"fg.rope: freqs_cis dim 1 \(16\) != head dim \(8\)"):
+        _build(True, freqs_d=16)
+
+
+def test_rope__refuses_non_uint32_row_offsets() -> None:
+    with pytest.raises(ValueError, match="fg.rope: input_row_offsets dtype must be one of uint32, got int64"):
+        _build(True, ro_dtype=DType.int64)
+
+
+def test_rope__refuses_x_of_rank_2() -> None:
+    with pytest.raises(ValueError, match=r"fg.rope: x must have rank 3, got shape \[total_seq_len, 2\]"):
+        _build(True, x_rank=2)
+
+
+def test_rope__refuses_static_row_offsets_that_do_not_match_batch() -> None:
+    types = _types()
+    types[1], types[2] = TensorType(U32, [4], CPU), TensorType(U32, [2], CPU)
+    with Graph("rope", input_types=types) as g:
+        x, ro, sp, freqs = g.inputs
+        with pytest.raises(ValueError, match=r"input_row_offsets dim 0 \(4\) != start_pos dim 0 \+ 1 \(3\)"):
+            ops.rope(x, ro, sp, freqs, interleaved=False)
+
+
+# --- numerics ---------------------------------------------------------------------------
+def _run(g: Graph, *tensors: torch.Tensor, mode: str) -> torch.Tensor:
+    op = only_op(g, "fg.rope")
+    return get_torch_impl(op)(op, *tensors, ctx=LoweringContext(mode=mode))
+
+
+@pytest.mark.parametrize("mode", ["custom", "decomposed"])
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rope__matches_rotation_formula_on_ragged_batch(interleaved: bool, mode: str) -> None:
+    torch.manual_seed(0)
+    cache_lengths, tokens, d = [0, 5, 40], [3, 1, 6], 8
+    x = torch.randn(sum(tokens), 2, d)
+    positions = [c + i for c, n in zip(cache_lengths, tokens) for i in range(n)]
+    offsets = [0, 3, 4, 10]
+    got = _run(_build(interleaved), x, u32(offsets), u32(cache_lengths), freqs_table(64, d), mode=mode)
+    want = rope_reference(x, positions, interleaved=interleaved)
+    torch.testing.assert_close(got.to(torch.float64), want, rtol=1e-5, atol=1e-5)
+
+
+def test_rope__interleaved_and_halves_pairings_differ() -> None:
+    torch.manual_seed(1)
+    x, ro, sp, f = torch.randn(2, 2, 8), u32([0, 2]), u32([3]), freqs_table(64, 8)
+    a = _run(_build(True), x, ro, sp, f, mode="custom")
+    b = _run(_build(False), x, ro, sp, f, mode="custom")
+    assert not torch.allclose(a, b)
+
+
+def test_rope__bf16_within_tolerance() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(5, 2, 8).to(torch.bfloat16)
+    got = torch.ops.fusegraph.rope(x, u32([0, 5]), u32([7]), freqs_table(64, 8), False)
+    assert got.dtype == torch.bfloat16
+    want = rope_reference(x, list(range(7, 12)), interleaved=False)
+    torch.testing.assert_close(got.to(torch.float64), want, rtol=2e-2, atol=2e-2)
+
+
+def test_rope__custom_op_passes_opcheck() -> None:
+    args = (torch.randn(4, 2, 8), u32([0, 1, 4]), u32([2, 0]), freqs_table(16, 8), True)
+    torch.library.opcheck(torch.ops.fusegraph.rope.default, args)
