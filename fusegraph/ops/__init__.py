@@ -2,6 +2,7 @@
 
 from fusegraph.ops import weight  # noqa: F401 - registers fg.weight
 from fusegraph.ops.attention import paged_attention
+from fusegraph.ops.custom import custom, register_custom_op
 from fusegraph.ops.elementwise import (
     add,
     cast,
@@ -31,6 +32,7 @@ __all__ = [
     "clamp",
     "concat",
     "constant",
+    "custom",
     "div",
     "exp",
     "gather",
@@ -41,6 +43,7 @@ __all__ = [
     "paged_attention",
     "permute",
     "qmatmul_gptq",
+    "register_custom_op",
     "relu",
     "reshape",
     "rms_norm",

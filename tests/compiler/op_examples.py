@@ -8,6 +8,7 @@ an op without an entry.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
 
@@ -134,4 +135,20 @@ def _slice_norm() -> Graph:
         w = g.add_weight("norm.weight", _tensor(6))
         rows = ops.gather(x[1:, -1], idx, axis=0)
         g.output(ops.softmax(ops.rms_norm(rows, w, 1e-5), axis=-1), x[-3:, 2:7:3])
+    return g
+
+
+@example("fg.custom")
+def _custom() -> Graph:
+    def rule(types: list, params: dict) -> list[TensorType]:
+        return [types[0], TensorType(params["out_dtype"], types[0].shape, types[0].device)]
+
+    def impl(x: Any, *, scale: int, out_dtype: DType, fast: bool, note: str) -> tuple[Any, Any]:
+        return x * scale, x.to(out_dtype.to_torch())
+
+    ops.register_custom_op("examples.scale_cast", rule, impl)
+    with Graph("custom", input_types=[_tensor("n", 4)]) as g:
+        (x,) = g.inputs
+        params = {"scale": 2, "out_dtype": DType.bfloat16, "fast": False, "note": "demo"}
+        g.output(*ops.custom("examples.scale_cast", [x], params))
     return g
