@@ -1,0 +1,175 @@
+"""Triton paged attention for ragged batches (prefill and decode), causal, GQA, sliding window.
+
+Query row t of sequence b sits at position p = cache_lengths[b] + t − row_offsets[b] and
+attends to keys 0 .. p of sequence b (p − window + 1 .. p with a sliding window); key
+position j lives in kv_blocks[lookup_table[b, j // page_size], 0|1, layer, j % page_size].
+
+Grid: (query tiles, kv heads). A query tile is BLOCK_M consecutive rows of ONE sequence
+times the G = H/Hkv query heads that share a kv head, so each K/V tile loaded from the
+cache serves BLOCK_M·G query rows. Tiles are numbered sequence by sequence; a program finds
+its sequence from the running sum of ceil(n_b / BLOCK_M) (computed in the kernel, so the
+launch needs no host sync and can be captured in a CUDA graph). The grid has
+ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return at once.
+
+The softmax is the online (flash) form, in fp32 with exp2.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["paged_attention_triton"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr,
+    B, layer_idx, page_size, qk_scale, window,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_lut,
+    s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    kvh = tl.program_id(1)
+    # Which sequence and which tile of it: the running sum of tiles per sequence.
+    seqs = tl.arange(0, BLOCK_B)
+    seq_ok = seqs < B
+    starts = tl.load(ro_ptr + seqs, mask=seq_ok, other=0).to(tl.int32)
+    ends = tl.load(ro_ptr + seqs + 1, mask=seq_ok, other=0).to(tl.int32)
+    tiles = tl.where(seq_ok, (ends - starts + BLOCK_M - 1) // BLOCK_M, 0)
+    tiles_through = tl.cumsum(tiles, axis=0)
+    b = tl.sum((tiles_through <= tile).to(tl.int32), axis=0)
+    if b >= B:
+        return
+    mine = seqs == b
+    j = tile - tl.sum(tl.where(mine, tiles_through - tiles, 0), axis=0)
+    start = tl.sum(tl.where(mine, starts, 0), axis=0)
+    n_rows = tl.sum(tl.where(mine, ends - starts, 0), axis=0)
+    cache_len = tl.load(lens_ptr + b).to(tl.int32)
+
+    # Rows of the tile: (query row r, head g within the kv head's group).
+    i = tl.arange(0, BLOCK_M * GP)
+    r = j * BLOCK_M + i // GP
+    g = i % GP
+    row_ok = (r < n_rows) & (g < G)
+    t = (start + r).to(tl.int64)
+    head = kvh * G + g
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    q = tl.load(q_ptr + t[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    pos_q = cache_len + r
+    kv_len = cache_len + tl.minimum((j + 1) * BLOCK_M, n_rows)
+    k_lo = 0
+    if HAS_WINDOW:
+        k_lo = tl.maximum(cache_len + j * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
+
+    m_i = tl.full([BLOCK_M * GP], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M * GP], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M * GP, BLOCK_D], dtype=tl.float32)
+    head_off = layer_idx * s_kv2 + kvh * s_kv4
+    for k0 in range(k_lo, kv_len, BLOCK_N):
+        k_pos = k0 + tl.arange(0, BLOCK_N)
+        k_ok = k_pos < kv_len
+        page = tl.load(lut_ptr + b * stride_lut + k_pos // page_size, mask=k_ok, other=0).to(tl.int64)
+        base = page * s_kv0 + (k_pos % page_size).to(tl.int64) * s_kv3 + head_off
+        kv_mask = k_ok[:, None] & d_ok[None, :]
+        k = tl.load(kv_ptr + base[:, None] + d[None, :] * s_kv5, mask=kv_mask, other=0.0)
+        v = tl.load(kv_ptr + s_kv1 + base[:, None] + d[None, :] * s_kv5, mask=kv_mask, other=0.0)
+        if DOT_FP32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        visible = k_ok[None, :] & (k_pos[None, :] <= pos_q[:, None])
+        if HAS_WINDOW:
+            visible = visible & (k_pos[None, :] > pos_q[:, None] - window)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + t[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+
+
+def _as_index(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype not in (torch.int32, torch.int64, torch.uint32):
+        t = t.to(torch.int64)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def paged_attention_triton(
+    q: torch.Tensor,
+    row_offsets: torch.Tensor,
+    kv_blocks: torch.Tensor,
+    cache_lengths: torch.Tensor,
+    lookup_table: torch.Tensor,
+    *,
+    layer_idx: int,
+    scale: float,
+    sliding_window: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Causal paged attention of the ragged queries `q [T, H, D]` over the cache.
+
+    The step's own keys must already be in the cache (the layer stores before it attends).
+
+    Args:
+        q: `[T, n_heads, head_dim]`.
+        row_offsets: `[B+1]`; cache_lengths: `[B]`; lookup_table: `[B, max_pages]`.
+        kv_blocks: `[num_blocks, 2, num_layers, page_size, n_kv_heads, head_dim]`.
+        layer_idx, scale, sliding_window: as on `fg.attention.paged`.
+        block_m, block_n: query rows per tile and keys per step (default: picked from the shape).
+
+    Returns:
+        `[T, n_heads, head_dim]` in q's dtype.
+
+    Example:
+        >>> out = paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=128**-0.5)
+    """
+    t_rows, n_heads, head_dim = q.shape
+    n_kv_heads = kv_blocks.shape[4]
+    if n_heads % n_kv_heads or kv_blocks.shape[5] != head_dim:
+        raise ValueError(
+            f"paged_attention: q heads {n_heads} / dim {head_dim} do not fit kv_blocks {tuple(kv_blocks.shape)}"
+        )
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    row_offsets, cache_lengths = _as_index(row_offsets), _as_index(cache_lengths)
+    lookup_table = _as_index(lookup_table)
+    out = torch.empty_like(q)
+    batch = row_offsets.shape[0] - 1
+    if t_rows == 0 or batch == 0:
+        return out
+    group = n_heads // n_kv_heads
+    gp = triton.next_power_of_2(group)
+    if block_m is None:  # decode (one row per sequence) wants few rows; prefill wants 64 rows
+        block_m = max(1, (16 if t_rows <= batch else 64) // gp)
+    block_n = block_n or (64 if head_dim <= 128 else 32)
+    grid = (triton.cdiv(t_rows, block_m) + batch, n_kv_heads)
+    on_gpu = q.device.type == "cuda"
+    _paged_attention_kernel[grid](
+        q, row_offsets, kv_blocks, cache_lengths, lookup_table, out,
+        batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), lookup_table.stride(0),
+        *kv_blocks.stride(),
+        G=group, GP=gp, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=triton.next_power_of_2(batch),
+        HAS_WINDOW=sliding_window is not None,
+        # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
+        DOT_FP32=not on_gpu, DOT_PRECISION="ieee" if q.dtype == torch.float32 or not on_gpu else "tf32",
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return out
