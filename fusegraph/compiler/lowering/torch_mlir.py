@@ -1,0 +1,292 @@
+"""Lowering to torch-mlir: fg IR -> FX (`to_fx`) -> core-aten FX (`make_fx`) -> MLIR.
+
+The path is cheap on purpose (no `torch.export`, no `run_decompositions`):
+1. `to_fx(graph, mode, inplace=False)` builds the functional GraphModule from the IR.
+2. `make_fx(tracing_mode="symbolic")` with torch-mlir's decomposition table traces it on
+   fake tensors whose symbolic dims are SymInts (one per dim name, shared across inputs)
+   and whose static dims are ints, so the result is core aten with dynamic dims exactly
+   where the IR has symbolic ones.
+3. torch-mlir's `FxImporter.import_stateless_graph` turns that into the `torch` dialect.
+4. For `linalg-on-tensors`, `tosa` and `stablehlo`, torch-mlir's pipelines lower it further.
+
+torch-mlir is imported inside the functions, so importing `fusegraph.compiler` never loads it.
+
+Example:
+    >>> m = to_torch_mlir(g, mode="custom")
+    >>> print(m)                                   # the MLIR text
+    >>> m.module                                   # the torch_mlir.ir.Module
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.lowering.fx import to_fx
+
+OutputTypeName = Literal["torch", "linalg-on-tensors", "tosa", "stablehlo"]
+_MODES = ("custom", "decomposed")
+_OUTPUT_TYPES = ("torch", "linalg-on-tensors", "tosa", "stablehlo")
+# torch-mlir's own pipelines (torch_mlir.fx._module_lowering and compiler_utils.lower_mlir_module).
+_TO_BACKEND = (
+    "builtin.module(func.func(torch-match-quantized-custom-ops), "
+    "torchdynamo-export-to-torch-backend-pipeline{ extra-library=})"
+)
+_BACKEND_PIPELINES = {
+    "linalg-on-tensors": "builtin.module(torch-backend-to-linalg-on-tensors-backend-pipeline"
+    "{allow-non-finites=true})",
+    "tosa": "builtin.module(torch-backend-to-tosa-backend-pipeline)",
+    "stablehlo": "builtin.module(torch-backend-to-stablehlo-backend-pipeline{allow-non-finites=true})",
+}
+
+
+class TorchMlirLoweringError(RuntimeError):
+    """torch-mlir rejected the module. The message has torch-mlir's diagnostics, the saved
+    input IR (`input_path`) and the `torch-mlir-opt` command that reproduces the failure."""
+
+    def __init__(self, message: str, input_path: str, command: str) -> None:
+        super().__init__(message)
+        self.input_path = input_path
+        self.command = command
+
+
+@dataclass
+class TorchMlirModule:
+    """A lowered graph. `str(m)` is the MLIR text.
+
+    Attributes:
+        module: the `torch_mlir.ir.Module` (owns its `torch_mlir.ir.Context`).
+        mode: "custom" or "decomposed".
+        output_type: the dialect level of `module`.
+        func_name: the name of the function holding the graph.
+        fx_module: the traced core-aten GraphModule that was imported.
+        timings: seconds spent in each stage (`to_fx`, `make_fx`, `import`, `lower`).
+    """
+
+    module: Any
+    mode: str
+    output_type: str
+    func_name: str
+    fx_module: torch.fx.GraphModule
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return str(self.module)
+
+    @property
+    def text(self) -> str:
+        """The MLIR text (same as `str(self)`)."""
+        return str(self.module)
+
+    def argument_types(self) -> list[str]:
+        """The MLIR types of the function's arguments, e.g. `!torch.vtensor<[?,64],f32>`."""
+        func_op = self.module.body.operations[0]
+        return [str(t) for t in func_op.type.inputs]
+
+
+def to_torch_mlir(
+    graph: Graph,
+    mode: Literal["custom", "decomposed"] = "custom",
+    output_type: OutputTypeName = "torch",
+    dump_dir: str | os.PathLike[str] | None = None,
+    dim_hints: Mapping[str, int] | None = None,
+) -> TorchMlirModule:
+    """Lower `graph` to a torch-mlir module.
+
+    Args:
+        graph: the graph; it is not modified.
+        mode: "custom" keeps fused/quantized ops as `torch.operator "torch.fusegraph.<op>"`
+            (functional forms); "decomposed" expands them to aten ops so torch-mlir's
+            backend pipelines and IREE can compile the result.
+        output_type: "torch" (the imported torch dialect), or a backend form reached with
+            torch-mlir's pipelines: "linalg-on-tensors", "tosa" or "stablehlo".
+        dump_dir: if given, write `<graph>.fx.py` (the traced FX code), `<graph>.torch.mlir`
+            and `<graph>.<output_type>.mlir` there.
+        dim_hints: example size per symbolic dim name, used only to trace (guards are
+            evaluated on them); defaults to distinct sizes, `x_plus_1` = `x` + 1.
+
+    Returns:
+        A `TorchMlirModule`; symbolic dims are dynamic (`?`) in its function signature.
+
+    Raises:
+        ValueError: bad `mode`/`output_type`, or a symbolic dim that tracing specialized.
+        TorchMlirLoweringError: a torch-mlir pipeline failed (carries the reproducer).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"to_torch_mlir: mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    if output_type not in _OUTPUT_TYPES:
+        raise ValueError(
+            f"to_torch_mlir: output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}"
+        )
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    gm = to_fx(graph, mode=mode, inplace=False)
+    timings["to_fx"] = _lap(start)
+    start = time.perf_counter()
+    traced = trace_symbolic(gm, graph, dim_hints)
+    timings["make_fx"] = _lap(start)
+    start = time.perf_counter()
+    module = import_fx(traced)
+    timings["import"] = _lap(start)
+    result = TorchMlirModule(module, mode, output_type, "main", traced, timings)
+    _check_dynamic_dims(result, graph)
+    name = _file_stem(graph)
+    if dump_dir is not None:
+        _write(dump_dir, f"{name}.fx.py", traced.code)
+        _write(dump_dir, f"{name}.torch.mlir", str(module))
+    if output_type != "torch":
+        start = time.perf_counter()
+        lower_module(module, output_type, dump_dir=dump_dir, name=name)
+        timings["lower"] = _lap(start)
+        if dump_dir is not None:
+            _write(dump_dir, f"{name}.{output_type}.mlir", str(module))
+    return result
+
+
+def example_inputs(graph: Graph, dim_hints: Mapping[str, int] | None = None) -> list[torch.Tensor]:
+    """Fake CPU tensors for the FX placeholders (graph inputs, then weights): each symbolic
+    dim name is one SymInt shared by every tensor that uses it; static dims stay ints."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    types = [a.type for a in graph.block.args] + list(graph.weights.values())
+    hints = default_dim_hints(graph) | dict(dim_hints or {})
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+    env = fake_mode.shape_env
+    symbols: dict[str, Any] = {}
+    for name, hint in hints.items():
+        expr = env.create_symbol(
+            hint, ConstantSource(name), dynamic_dim=DimDynamic.DYNAMIC, do_not_specialize_zero_one=True
+        )
+        symbols[name] = env.create_symintnode(expr, hint=hint)
+    tensors = []
+    with fake_mode:
+        for t in types:
+            sizes = [d.value if d.is_static else symbols[d.name] for d in t.shape]
+            tensors.append(torch.empty(sizes, dtype=t.dtype.to_torch()))
+    return tensors
+
+
+def default_dim_hints(graph: Graph) -> dict[str, int]:
+    """Distinct example sizes (from 5 up) for the symbolic dims of the inputs and weights;
+    a name `x_plus_1` gets `x`'s size + 1 when `x` is also a dim."""
+    types = [a.type for a in graph.block.args] + list(graph.weights.values())
+    names: list[str] = []
+    for t in types:
+        for d in t.shape:
+            if d.is_algebraic:
+                raise ValueError(f"to_torch_mlir: input/weight dim {d} must be static or symbolic")
+            if d.is_symbolic and d.name not in names:
+                names.append(d.name)
+    hints = {name: 5 + 2 * i for i, name in enumerate(names)}
+    for name in names:
+        if (base := name.removesuffix("_plus_1")) != name and base in hints:
+            hints[name] = hints[base] + 1
+    return hints
+
+
+def trace_symbolic(
+    gm: torch.fx.GraphModule, graph: Graph, dim_hints: Mapping[str, int] | None = None
+) -> torch.fx.GraphModule:
+    """`make_fx` of `gm` on `example_inputs(graph)` with torch-mlir's decomposition table."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+    inputs = example_inputs(graph, dim_hints)
+    return make_fx(gm, tracing_mode="symbolic", decomposition_table=get_decomposition_table())(*inputs)
+
+
+def import_fx(traced: torch.fx.GraphModule, func_name: str = "main") -> Any:
+    """Import a traced core-aten GraphModule with torch-mlir's FxImporter."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+    from torch_mlir.extras.fx_importer import FxImporter
+
+    context = ir.Context()
+    torch_d.register_dialect(context)
+    importer = FxImporter(context=context)
+    importer.import_stateless_graph(traced.graph, func_name=func_name)
+    return importer.module
+
+
+def lower_module(
+    module: Any, output_type: str, dump_dir: str | os.PathLike[str] | None = None, name: str = "graph"
+) -> None:
+    """Run torch-mlir's pipelines on `module` in place: to the torch backend contract, then
+    to `output_type`. A failure raises `TorchMlirLoweringError` with a reproducer."""
+    run_pipeline(module, _TO_BACKEND, "torch -> torch backend IR", dump_dir, name)
+    if output_type in _BACKEND_PIPELINES:
+        run_pipeline(
+            module, _BACKEND_PIPELINES[output_type], f"torch backend -> {output_type}", dump_dir, name
+        )
+
+
+def run_pipeline(
+    module: Any, pipeline: str, description: str, dump_dir: str | os.PathLike[str] | None, name: str
+) -> None:
+    """Run one pass pipeline; on failure save the input IR and raise with the command."""
+    from torch_mlir.compiler_utils import TorchMlirCompilerError, run_pipeline_with_repro_report
+
+    before = module.operation.get_asm(enable_debug_info=True)
+    try:
+        run_pipeline_with_repro_report(module, pipeline, description)
+    except TorchMlirCompilerError as err:
+        directory = dump_dir if dump_dir is not None else tempfile.mkdtemp(prefix="fusegraph-torch-mlir-")
+        path = _write(directory, f"{name}.repro.mlir", before)
+        command = f"torch-mlir-opt -pass-pipeline='{pipeline}' {path}"
+        diagnostics = _diagnostics(str(err))
+        raise TorchMlirLoweringError(
+            f"to_torch_mlir: {description} failed:\n{diagnostics}\n"
+            f"input IR saved to {path}\nreproduce with:\n  {command}",
+            input_path=path,
+            command=command,
+        ) from None
+
+
+def _diagnostics(message: str) -> str:
+    """torch-mlir's diagnostics, without its own reproducer (which points at a shared /tmp file)."""
+    return message.split("For Torch-MLIR developers")[0].strip()
+
+
+def _check_dynamic_dims(result: TorchMlirModule, graph: Graph) -> None:
+    """Every symbolic dim of an input must be `?` in the imported signature."""
+    arg_types = result.argument_types()
+    for i, arg in enumerate(graph.block.args):
+        dims = _mlir_dims(arg_types[i])
+        for axis, d in enumerate(arg.type.shape):
+            if d.is_symbolic and dims is not None and dims[axis] != "?":
+                raise ValueError(
+                    f"to_torch_mlir: input {i} dim {axis} ({d.name!r}) was specialized to {dims[axis]} "
+                    "while tracing; an op implementation turned it into a Python int"
+                )
+
+
+def _mlir_dims(type_text: str) -> list[str] | None:
+    if (m := re.search(r"<\[([^\]]*)\]", type_text)) is None:
+        return None
+    return [s.strip() for s in m.group(1).split(",")] if m.group(1) else []
+
+
+def _file_stem(graph: Graph) -> str:
+    return re.sub(r"\W", "_", graph.name or "graph")
+
+
+def _write(directory: str | os.PathLike[str], filename: str, text: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, filename)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _lap(start: float) -> float:
+    return time.perf_counter() - start

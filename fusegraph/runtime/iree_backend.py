@@ -1,0 +1,250 @@
+"""The IREE backend: decomposed torch-mlir compiled by `iree-base-compiler`, run by
+`iree-base-runtime` (driver `local-task` on the CPU, `cuda` on NVIDIA GPUs).
+
+The call contract is the eager `CompiledGraph`'s: `model(*inputs)` takes torch tensors and
+returns the graph outputs; each buffer input (the KV blocks) gets its final version written
+back into the caller's tensor after the call. The compiled function is functional, so the
+buffer is copied to the device and back on every call (the eager backend writes in place).
+
+- **Dynamic dims.** Symbolic dims stay dynamic in the compiled module, so one compile serves
+  every `total_seq_len` (and batch size).
+- **Cache.** The `.vmfb` is cached on disk under a hash of the MLIR text, the compile flags
+  and the compiler version: `cache_dir`, else `$FUSEGRAPH_CACHE_DIR`, else
+  `~/.cache/fusegraph/iree`.
+- **Weights** are uploaded once, at construction, and reused by every call.
+- **Integer and bf16 boundaries.** torch-mlir imports uint32 as `ui32` and lowers it to
+  signless `i32`; IREE returns such outputs as int32, which are viewed back as uint32 here.
+  Metadata values (row offsets, cache lengths, page ids) must stay below 2**31. bf16 crosses
+  the boundary as `ml_dtypes.bfloat16` (bit-identical).
+- **CUDA.** In iree-base-compiler 3.13.0 the flags that compile for an H100 are
+  `--iree-hal-target-device=cuda --iree-rocm-target=sm_90` (`--iree-cuda-target` fails with
+  "missing GPU target"); the CPU flags are `--iree-hal-target-device=local
+  --iree-hal-local-target-device-backends=llvm-cpu` (`--iree-hal-target-device=llvm-cpu` is
+  rejected as an unregistered device alias).
+
+Example:
+    >>> model = compile_iree(g, device="cpu", weights=attn.state_dict())
+    >>> (y,) = model(x, row_offsets, kv_blocks, cache_lengths, lookup_table)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.runtime.eager import bind_weights, check_inputs
+
+_DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
+_compile_count = 0
+
+
+class IreeCompileError(RuntimeError):
+    """iree-compile failed. The message has IREE's diagnostics, the saved input IR
+    (`input_path`) and the `iree-compile` command that reproduces the failure."""
+
+    def __init__(self, message: str, input_path: str, command: str) -> None:
+        super().__init__(message)
+        self.input_path = input_path
+        self.command = command
+
+
+def compile_count() -> int:
+    """How many times this process invoked iree-compile (cache hits do not count)."""
+    return _compile_count
+
+
+def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90") -> list[str]:
+    """The iree-compile flags for `device` ("cpu" or "cuda[:N]") in iree-base-compiler 3.13."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return [
+            "--iree-hal-target-device=local",
+            "--iree-hal-local-target-device-backends=llvm-cpu",
+            f"--iree-llvmcpu-target-cpu={target_cpu}",
+        ]
+    if kind == "cuda":
+        return ["--iree-hal-target-device=cuda", f"--iree-rocm-target={cuda_arch}"]
+    raise ValueError(f"compile_iree: device must be 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def default_cache_dir() -> Path:
+    """`$FUSEGRAPH_CACHE_DIR`, else `~/.cache/fusegraph/iree`."""
+    if env := os.environ.get("FUSEGRAPH_CACHE_DIR"):
+        return Path(env)
+    return Path.home() / ".cache" / "fusegraph" / "iree"
+
+
+def compile_vmfb(
+    mlir_text: str, flags: Sequence[str], cache_dir: str | os.PathLike[str] | None = None, name: str = "graph"
+) -> tuple[Path, bool]:
+    """Compile torch-dialect MLIR to a `.vmfb`, through the on-disk cache.
+
+    Returns:
+        The `.vmfb` path and whether it was a cache hit.
+
+    Raises:
+        IreeCompileError: iree-compile failed (with diagnostics and a reproducer).
+    """
+    from iree.compiler import version as compiler_version
+
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key_text = "\n".join([compiler_version.VERSION, *flags, mlir_text])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    path = directory / f"{name}-{key}.vmfb"
+    if path.exists():
+        return path, True
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = _run_iree_compile(mlir_text, flags, directory / f"{name}-{key}.input.mlir")
+    # Write then rename, so a concurrent reader never sees a partial file.
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(binary)
+    os.replace(tmp, path)
+    return path, False
+
+
+def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path) -> bytes:
+    import iree.compiler as ireec
+    from iree.compiler.tools.binaries import CompilerToolError
+
+    global _compile_count
+    _compile_count += 1
+    try:
+        return ireec.compile_str(mlir_text, input_type="torch", target_backends=[], extra_args=list(flags))
+    except CompilerToolError as err:
+        repro_path.write_text(mlir_text)
+        command = f"iree-compile --iree-input-type=torch {' '.join(flags)} {repro_path} -o out.vmfb"
+        raise IreeCompileError(
+            f"compile_iree: iree-compile failed:\n{err}\ninput IR saved to {repro_path}\n"
+            f"reproduce with:\n  {command}",
+            input_path=str(repro_path),
+            command=command,
+        ) from None
+
+
+class IreeCompiledGraph:
+    """A graph compiled by IREE: `model(*inputs) -> tuple[Tensor, ...]`.
+
+    Attributes:
+        graph: the compiled graph (a clone).
+        device: "cpu" or "cuda[:N]"; inputs must be on it, outputs come back on it.
+        vmfb_path: the cached `.vmfb`.
+        cache_hit: whether the `.vmfb` came from the cache (no iree-compile ran).
+        mlir: the decomposed torch-dialect module that was compiled.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        device: str = "cpu",
+        weights: Mapping[str, torch.Tensor] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        extra_flags: Sequence[str] = (),
+        target_cpu: str = "host",
+        cuda_arch: str = "sm_90",
+    ) -> None:
+        from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+
+        flags = [*target_flags(device, target_cpu, cuda_arch), *extra_flags]
+        graph.verify()
+        self.graph = graph.clone()
+        self.device = device
+        self.input_types: list[TensorType | BufferType] = [a.type for a in self.graph.block.args]
+        self.output_types = [v.type for v in self.graph.outputs]
+        self.buffer_inputs = [i for i, t in enumerate(self.input_types) if isinstance(t, BufferType)]
+        bound = bind_weights(self.graph.weights, weights or {}, "cpu")
+        self.mlir = to_torch_mlir(self.graph, mode="decomposed", output_type="torch")
+        self.vmfb_path, self.cache_hit = compile_vmfb(self.mlir.text, flags, cache_dir, _stem(graph.name))
+        self._load(bound)
+
+    def _load(self, weights: list[torch.Tensor]) -> None:
+        import iree.runtime as rt
+
+        self._config = rt.Config(_DRIVERS[torch.device(self.device).type])
+        self._hal_device = self._config.device
+        self._context = rt.SystemContext(config=self._config)
+        self._context.add_vm_module(rt.VmModule.mmap(self._config.vm_instance, str(self.vmfb_path)))
+        self._function = self._context.modules.module["main"]
+        self._weights = [self._upload(w) for w in weights]
+
+    def _upload(self, tensor: torch.Tensor) -> Any:
+        import iree.runtime as rt
+
+        return rt.asdevicearray(self._hal_device, to_numpy(tensor))
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run the graph; buffer inputs are updated in the caller's tensors."""
+        check_inputs(self.input_types, inputs, self.device)
+        args = [self._upload(x) for x in inputs]
+        results = self._function(*args, *self._weights)
+        results = results if isinstance(results, (tuple, list)) else (results,)
+        n = len(self.output_types)
+        outputs = tuple(
+            from_iree(r, t.dtype.to_torch(), self.device) for r, t in zip(results[:n], self.output_types)
+        )
+        for index, final in zip(self.buffer_inputs, results[n:]):
+            buffer = inputs[index]
+            buffer.copy_(from_iree(final, buffer.dtype, self.device))
+        return outputs
+
+    def __repr__(self) -> str:
+        return f"IreeCompiledGraph({self.graph.name!r}, device={self.device!r}, vmfb={str(self.vmfb_path)!r})"
+
+
+def compile_iree(
+    graph: Graph,
+    device: str = "cpu",
+    weights: Mapping[str, torch.Tensor] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **kw: Any,
+) -> IreeCompiledGraph:
+    """Compile `graph` with IREE for `device`; see `IreeCompiledGraph`.
+
+    Args:
+        graph: the graph (custom ops are decomposed to aten for IREE).
+        device: "cpu" (llvm-cpu, driver local-task) or "cuda" (sm_90 by default, driver cuda).
+        weights: name -> tensor for every weight of the graph, exactly.
+        cache_dir: where compiled `.vmfb`s are cached (default: `default_cache_dir()`).
+        **kw: `extra_flags` (more iree-compile flags), `target_cpu`, `cuda_arch`.
+
+    Returns:
+        A callable with the eager `CompiledGraph`'s contract.
+    """
+    return IreeCompiledGraph(graph, device=device, weights=weights, cache_dir=cache_dir, **kw)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A C-contiguous host array of `tensor`; bf16 becomes `ml_dtypes.bfloat16`, bit for bit."""
+    host = tensor.detach().to("cpu").contiguous()
+    if host.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return host.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return host.numpy()
+
+
+def from_iree(array: Any, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """A torch tensor of `dtype` on `device`, copied from an IREE DeviceArray. IREE returns
+    unsigned tensors as signless (numpy int32 for uint32): reinterpret, same bits."""
+    host = np.array(array.to_host(), copy=True)
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(host.view(np.int16)).view(torch.bfloat16).to(device)
+    want = torch.empty((), dtype=dtype).numpy().dtype
+    if host.dtype != want:
+        if host.dtype.itemsize != want.itemsize:
+            raise TypeError(f"compile_iree: IREE returned {host.dtype}, expected {want}")
+        host = host.view(want)
+    return torch.from_numpy(host).to(device)
+
+
+def _stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name or "graph")
