@@ -91,7 +91,7 @@ class QMatmulGptqOp(FgOp):
     clip_attr = opt_prop_def(FloatAttr, prop_name="clip")
     result = result_def(TensorType)
     traits = traits_def(Pure())
-    irdl_options = (*FgOp.irdl_options, AttrSizedOperandSegments(as_property=True))
+    irdl_options = (*FgOp.irdl_options, AttrSizedOperandSegments(as_property=True))  # type: ignore[assignment]
     assembly_format = (
         "$x `,` $qweight `,` $scales (`zeros` $qzeros^)? (`g_idx` $g_idx^)? attr-dict `:` "
         "type($x) `,` type($qweight) `,` type($scales) (`zeros` type($qzeros)^)? "
@@ -287,14 +287,23 @@ def qmatmul_gptq(
     }
     if clip is not None:
         props["clip"] = FloatAttr(float(clip), Float64Type())
-    params = {"bits": bits, "group_size": group_size, "sym": sym, "desc_act": desc_act}
 
     def rule() -> list[TensorType]:
-        types = [None if v is None else v.type for v in (qzeros, g_idx)]
+        zeros_type, g_idx_type = (None if v is None else v.type for v in (qzeros, g_idx))
         return [
             _qmatmul_gptq_shape_rule(
-                x.type, qweight.type, scales.type, *types, **params, zero_format=zero_format, clip=clip
-            )
+                x.type,
+                qweight.type,
+                scales.type,
+                zeros_type,
+                g_idx_type,
+                bits=bits,
+                group_size=group_size,
+                sym=sym,
+                desc_act=desc_act,
+                zero_format=zero_format,
+                clip=clip,
+            )  # fmt: skip
         ]
 
     op = emit(QMatmulGptqOp, [x, qweight, scales, qzeros, g_idx], props, result_types=rule)

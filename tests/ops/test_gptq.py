@@ -212,6 +212,12 @@ def test_unpack_inverts_the_reference_packing(bits, zero_format) -> None:
     assert torch.equal(z_sym, torch.full((4, N), 2 ** (bits - 1), dtype=torch.int32))
 
 
+def test_unpack__v1_adds_one_back_without_masking_as_autogptq() -> None:
+    all_ones = torch.full((1, N * 4 // 32), -1, dtype=torch.int32)  # every stored z - 1 is 15
+    _, z = unpack(torch.zeros(K * 4 // 32, N, dtype=torch.int32), all_ones, bits=4, zero_format="v1")
+    assert torch.equal(z, torch.full((1, N), 16, dtype=torch.int32))
+
+
 @pytest.mark.parametrize("bits", BITS)
 def test_pack_rows_matches_the_reference_packer(bits) -> None:
     values = torch.randint(0, 2**bits, (K, N), generator=torch.Generator().manual_seed(3))
@@ -417,3 +423,21 @@ def test_parsed_ir_keeps_optional_operands_apart_and_is_verified() -> None:
     assert op.qzeros is None and op.g_idx is not None and (op.bits, op.sym, op.clip) == (4, True, None)
     with pytest.raises(IRVerifyError, match=r"fg.qmatmul.gptq: bits must be one of 2, 3, 4, 8, got 5"):
         parse(text.replace("bits = 4", "bits = 5")).verify()
+
+
+def test_decomposition_runs_on_iree_with_dynamic_m() -> None:
+    pytest.importorskip("iree.compiler")
+    pytest.importorskip("torch_mlir")
+    t, _, _, w_dense = _ref_case(3, False, True, "v1", 32)
+    with Graph("gptq_iree", input_types=[TensorType(DType.float32, ["total_seq_len", K], CPU)]) as g:
+        (x,) = g.inputs
+        w = {
+            n: g.add_weight(n, TensorType(DType.from_torch(v.dtype), list(v.shape), CPU))
+            for n, v in t.items()
+        }
+        g.output(ops.qmatmul_gptq(x, *w.values(), bits=3, group_size=32, sym=False, desc_act=True, clip=0.3))
+    model = fusegraph.compile(g, backend="iree", device="cpu", weights=t)
+    for rows in (1, 6):
+        xs = torch.randn(rows, K)
+        (y,) = model(xs)
+        _assert_close(y, xs @ w_dense.clamp(-0.3, 0.3))
