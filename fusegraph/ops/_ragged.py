@@ -164,13 +164,15 @@ def write_rows(
 
 
 def is_tracing(*tensors: torch.Tensor) -> bool:
-    """True under fake tensors, proxy tracing (make_fx) or torch.compile, where
-    data-dependent checks can neither read values nor raise."""
+    """True under fake tensors, proxy tracing (make_fx), torch.compile or a CUDA-graph
+    capture, where data-dependent checks can neither read values nor raise."""
     from torch._subclasses.fake_tensor import is_fake
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
     if torch.compiler.is_compiling() or get_proxy_mode() is not None:
         return True
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return True  # reading values would sync the stream inside a CUDA-graph capture
     return any(is_fake(t) for t in tensors)
 
 
