@@ -46,12 +46,23 @@ def _make(k, n, bits, group_size, *, act_order, zero_format, with_zeros, seed):
 
 CASES = [
     # (m, k, n, bits, group_size, act_order, zero_format, with_zeros, dtype, desc_act, config)
-    (3, 256, 64, 4, 128, False, "v1", True, torch.float16, False, None),        # split-K, per-tile scales
-    (1, 256, 48, 4, 64, True, "v2", True, torch.float16, True, None),           # act-order, N tail
-    (5, 128, 32, 8, 32, False, "v1", True, torch.float32, None, None),          # 8-bit, g_idx path
-    (2, 256, 32, 8, -1, False, "v2", False, torch.bfloat16, False, None),       # sym, one group
-    (20, 128, 64, 4, 32, True, "v1", True, torch.float32, True,
-     {"block_m": 16, "block_n": 32, "split_k": 1}),                             # large-M path, M tail
+    (3, 256, 64, 4, 128, False, "v1", True, torch.float16, False, None),  # split-K, per-tile scales
+    (1, 256, 48, 4, 64, True, "v2", True, torch.float16, True, None),  # act-order, N tail
+    (5, 128, 32, 8, 32, False, "v1", True, torch.float32, None, None),  # 8-bit, g_idx path
+    (2, 256, 32, 8, -1, False, "v2", False, torch.bfloat16, False, None),  # sym, one group
+    (
+        20,
+        128,
+        64,
+        4,
+        32,
+        True,
+        "v1",
+        True,
+        torch.float32,
+        True,
+        {"block_m": 16, "block_n": 32, "split_k": 1},
+    ),  # large-M path, M tail
     (17, 256, 64, 2, 128, False, "v2", True, torch.float32, False, {"split_k": 1}),  # 2-bit
 ]
 
@@ -64,8 +75,17 @@ def test_gptq_matmul_kernel__matches_dequantized_math(case):
     ref = x.double() @ w
     for _ in range(2):  # twice: the split-K workspace must come back clean
         y = kernel.gptq_matmul_triton(
-            x, t["qweight"], t["scales"], t.get("qzeros"), t["g_idx"], bits=bits, group_size=gs,
-            sym=not with_zeros, zero_format=zf, desc_act=desc_act, config=config,
+            x,
+            t["qweight"],
+            t["scales"],
+            t.get("qzeros"),
+            t["g_idx"],
+            bits=bits,
+            group_size=gs,
+            sym=not with_zeros,
+            zero_format=zf,
+            desc_act=desc_act,
+            config=config,
         )
         assert y.dtype == dtype and y.shape == (m, n)
         err = (y.double() - ref).norm() / ref.norm()
@@ -76,8 +96,9 @@ def test_gptq_matmul_kernel__clip_clamps_the_dequantized_weight():
     t, w = _make(128, 32, 4, 32, act_order=False, zero_format="v1", with_zeros=True, seed=7)
     x = torch.randn(4, 128)
     ref = x.double() @ w.clamp(-0.03, 0.03)
-    y = kernel.gptq_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], None, bits=4, group_size=32,
-                                  clip=0.03)
+    y = kernel.gptq_matmul_triton(
+        x, t["qweight"], t["scales"], t["qzeros"], None, bits=4, group_size=32, clip=0.03
+    )
     assert ((y.double() - ref).norm() / ref.norm()) < 1e-5
 
 

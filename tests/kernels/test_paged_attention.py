@@ -43,10 +43,10 @@ def _reference(q, row_offsets, kv, cache_lengths, lookup, *, layer_idx, scale, w
 
 CASES = [
     # (tokens, cache lengths, h, hkv, d, page_size, dtype, window, block_m)
-    ([3, 1, 5], [0, 6, 2], 4, 2, 16, 4, torch.float32, None, None),     # ragged prefill + GQA
-    ([1, 1, 1], [9, 0, 20], 4, 1, 16, 1, torch.float16, None, None),     # decode, MQA, page 1
-    ([7, 0, 2], [3, 4, 0], 2, 2, 8, 16, torch.float32, 3, 2),            # sliding window, empty seq
-    ([4], [17], 6, 2, 16, 16, torch.bfloat16, None, None),               # G = 3 (padded to 4)
+    ([3, 1, 5], [0, 6, 2], 4, 2, 16, 4, torch.float32, None, None),  # ragged prefill + GQA
+    ([1, 1, 1], [9, 0, 20], 4, 1, 16, 1, torch.float16, None, None),  # decode, MQA, page 1
+    ([7, 0, 2], [3, 4, 0], 2, 2, 8, 16, torch.float32, 3, 2),  # sliding window, empty seq
+    ([4], [17], 6, 2, 16, 16, torch.bfloat16, None, None),  # G = 3 (padded to 4)
 ]
 
 
@@ -62,10 +62,19 @@ def test_paged_attention_kernel__matches_dense_attention_over_gathered_cache(cas
     q = torch.randn(int(row_offsets[-1]), h, d).to(dtype)
     cache_lengths = torch.tensor(lens, dtype=torch.uint32)
     scale = d**-0.5
-    ref = _reference(q, row_offsets, kv, cache_lengths, lookup, layer_idx=layer_idx, scale=scale, window=window)
+    ref = _reference(
+        q, row_offsets, kv, cache_lengths, lookup, layer_idx=layer_idx, scale=scale, window=window
+    )
     out = kernel.paged_attention_triton(
-        q, row_offsets.to(torch.int32), kv, cache_lengths, lookup, layer_idx=layer_idx, scale=scale,
-        sliding_window=window, block_m=block_m,
+        q,
+        row_offsets.to(torch.int32),
+        kv,
+        cache_lengths,
+        lookup,
+        layer_idx=layer_idx,
+        scale=scale,
+        sliding_window=window,
+        block_m=block_m,
     )
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)

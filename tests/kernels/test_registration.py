@@ -24,8 +24,14 @@ def test_kernels__leave_the_cpu_implementation_in_place():
     q = torch.randn(2, 2, 8)
     kv = torch.randn(2, 2, 1, 4, 1, 8)
     out = torch.ops.fusegraph.paged_attention(
-        q, torch.tensor([0, 2], dtype=torch.int32), kv, torch.tensor([0], dtype=torch.int32),
-        torch.tensor([[1, 0]], dtype=torch.int32), 0, 8**-0.5, None,
+        q,
+        torch.tensor([0, 2], dtype=torch.int32),
+        kv,
+        torch.tensor([0], dtype=torch.int32),
+        torch.tensor([[1, 0]], dtype=torch.int32),
+        0,
+        8**-0.5,
+        None,
     )
     # Row 0 sees only key 0, so its output is value 0 of its kv head.
     torch.testing.assert_close(out[0, 0], kv[1, 1, 0, 0, 0])

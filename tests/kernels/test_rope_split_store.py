@@ -71,12 +71,30 @@ def test_rope_split_store_kernel__matches_math_on_q_and_every_cache_byte(case):
     cache_lengths = torch.tensor(lens)
 
     ref_q, ref_kv = _reference(
-        qkv, row_offsets, freqs, kv, cache_lengths, lookup, layer_idx=layer_idx,
-        interleaved=interleaved, h=h, hkv=hkv, d=d,
+        qkv,
+        row_offsets,
+        freqs,
+        kv,
+        cache_lengths,
+        lookup,
+        layer_idx=layer_idx,
+        interleaved=interleaved,
+        h=h,
+        hkv=hkv,
+        d=d,
     )
     q = kernel.rope_split_store_triton(
-        qkv, row_offsets.to(idx_dtype), freqs, kv, cache_lengths.to(idx_dtype), lookup.to(idx_dtype),
-        layer_idx=layer_idx, interleaved=interleaved, n_heads=h, n_kv_heads=hkv, head_dim=d,
+        qkv,
+        row_offsets.to(idx_dtype),
+        freqs,
+        kv,
+        cache_lengths.to(idx_dtype),
+        lookup.to(idx_dtype),
+        layer_idx=layer_idx,
+        interleaved=interleaved,
+        n_heads=h,
+        n_kv_heads=hkv,
+        head_dim=d,
     )
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(q, ref_q, atol=tol, rtol=tol)
@@ -90,6 +108,15 @@ def test_rope_split_store_kernel__rejects_wrong_qkv_width():
     kv = torch.zeros(2, 2, 1, 4, 1, 8)
     with pytest.raises(ValueError, match="qkv width"):
         kernel.rope_split_store_triton(
-            torch.zeros(1, 30), torch.tensor([0, 1]), torch.zeros(4, 8), kv, torch.tensor([0]),
-            torch.tensor([[0]]), layer_idx=0, interleaved=False, n_heads=2, n_kv_heads=1, head_dim=8,
+            torch.zeros(1, 30),
+            torch.tensor([0, 1]),
+            torch.zeros(4, 8),
+            kv,
+            torch.tensor([0]),
+            torch.tensor([[0]]),
+            layer_idx=0,
+            interleaved=False,
+            n_heads=2,
+            n_kv_heads=1,
+            head_dim=8,
         )

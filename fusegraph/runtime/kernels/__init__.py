@@ -116,7 +116,9 @@ def register_cuda_kernels() -> dict[str, Callable[..., Any]]:
         try:
             torch.library.register_kernel(name, "cuda", fn)
         except (RuntimeError, ValueError, AttributeError) as err:
-            _log.warning("fusegraph kernels: %s is not defined, its CUDA kernel is not registered (%s)", name, err)
+            _log.warning(
+                "fusegraph kernels: %s is not defined, its CUDA kernel is not registered (%s)", name, err
+            )
             continue
         REGISTERED[name] = fn
     return REGISTERED

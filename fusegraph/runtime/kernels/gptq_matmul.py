@@ -21,6 +21,7 @@ is applied after the dot, per column: Σ_k x·(q − z)·s = s·Σ_k x·(q − z
 multiply per weight; (q − z) is exact in fp16 and bf16.
 """
 
+# ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ __all__ = ["gptq_matmul_triton"]
 
 
 @triton.jit
-def _zeros_row(qz_ptr, g, offs_n, n_ok, stride_qz_g, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
-               ZERO_V1: tl.constexpr):
+def _zeros_row(
+    qz_ptr, g, offs_n, n_ok, stride_qz_g, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, ZERO_V1: tl.constexpr
+):
     """z[g, offs_n] (g and offs_n broadcast together)."""
     PACK: tl.constexpr = 32 // BITS
     if HAS_ZEROS:

@@ -14,6 +14,7 @@ ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return 
 The softmax is the online (flash) form, in fp32 with exp2.
 """
 
+# ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
 from __future__ import annotations
 
 import torch

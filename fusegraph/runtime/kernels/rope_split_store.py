@@ -21,6 +21,7 @@ This kernel trusts its metadata (positions inside each sequence's pages); the op
 implementation is where out-of-range positions are refused.
 """
 
+# ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
 from __future__ import annotations
 
 import torch
@@ -102,7 +103,11 @@ def _rope_split_store_kernel(
     y = tl.where(is_rope, x * cos[None, :] + x_partner * sin[None, :], x)
 
     q_mask = mask & (h < H)[:, None]
-    tl.store(q_out_ptr + t * stride_q_t + h[:, None] * D + d[None, :], y.to(q_out_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(
+        q_out_ptr + t * stride_q_t + h[:, None] * D + d[None, :],
+        y.to(q_out_ptr.dtype.element_ty),
+        mask=q_mask,
+    )
 
     page = tl.load(lookup_ptr + b * stride_lut_b + pos // page_size).to(tl.int64)
     slot = pos % page_size
@@ -168,7 +173,9 @@ def rope_split_store_triton(
     if head_dim % 2:
         raise ValueError(f"rope_split_store: head dim must be even, got {head_dim=}")
     if kv_blocks.shape[4:] != (n_kv_heads, head_dim):
-        raise ValueError(f"rope_split_store: kv_blocks {tuple(kv_blocks.shape)} != [.., {n_kv_heads}, {head_dim}]")
+        raise ValueError(
+            f"rope_split_store: kv_blocks {tuple(kv_blocks.shape)} != [.., {n_kv_heads}, {head_dim}]"
+        )
     if qkv.stride(1) != 1:
         qkv = qkv.contiguous()
     freqs_cis = freqs_cis if freqs_cis.stride(1) == 1 else freqs_cis.contiguous()
