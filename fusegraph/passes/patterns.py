@@ -49,6 +49,12 @@ class NoMatch(str):
     __slots__ = ()
 
 
+class NotCandidate(NoMatch):
+    """A no-match for an op that is not a candidate at all (not reported, not "skipped")."""
+
+    __slots__ = ()
+
+
 def no_match(reason: str) -> NoMatch:
     """A no-match carrying `reason` (return it from a guard)."""
     return NoMatch(reason)
@@ -100,8 +106,8 @@ class PassReport:
 
     @property
     def refused(self) -> int:
-        """How many distinct candidates were refused and never matched."""
-        return len(self._refused)
+        """How many distinct candidates were refused, never matched, and are still in the IR."""
+        return sum(1 for op in self._refused if op.parent is not None)
 
 
 _ACTIVE: contextvars.ContextVar[PassReport | None] = contextvars.ContextVar("fg_pass_report", default=None)
@@ -164,7 +170,7 @@ class GuardedPattern(RewritePattern, Generic[M]):
             return
         found = self.match(op)
         if isinstance(found, NoMatch):
-            if self.report_refusals:
+            if self.report_refusals and not isinstance(found, NotCandidate):
                 self.report.refuse(op, f"{self.label}: {found}" if self.label else found)
             return
         self.rewrite(found, rewriter)
@@ -174,9 +180,10 @@ class GuardedPattern(RewritePattern, Generic[M]):
 
 def apply_patterns(module: ModuleOp, patterns: Sequence[RewritePattern], *, reverse: bool = False) -> bool:
     """Walk `module` with xDSL's PatternRewriteWalker until no pattern applies."""
-    walker = PatternRewriteWalker(
-        GreedyRewritePatternApplier(list(patterns)), apply_recursively=True, walk_reverse=reverse
-    )
+    # dce_enabled=False: xDSL's applier would erase "trivially dead" ops on the way, and a
+    # store whose new version nobody reads is Pure-looking but still a write.
+    applier = GreedyRewritePatternApplier(list(patterns), dce_enabled=False)
+    walker = PatternRewriteWalker(applier, apply_recursively=True, walk_reverse=reverse)
     return walker.rewrite_module(module)
 
 

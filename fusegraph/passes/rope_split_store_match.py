@@ -1,0 +1,169 @@
+"""Matching the canonical unfused rope-split-store chain (docs/internals.md), guard by guard.
+
+`match_chain(value_store)` walks back from the value store to the split, checking every
+guard before anything is touched, and returns a `Group` or the first reason it failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.ir import Operation, SSAValue
+
+from fusegraph.ops.kv_cache import KVCacheStoreOp
+from fusegraph.ops.rope import RopeOp
+from fusegraph.ops.shape import ReshapeOp, SplitOp
+from fusegraph.passes.patterns import NoMatch, block_index, defined_by, no_match, num_uses, single_user
+
+
+@dataclass
+class Group:
+    """The ops of one unfused chain."""
+
+    split: SplitOp
+    q_reshape: ReshapeOp
+    k_reshape: ReshapeOp
+    v_reshape: ReshapeOp
+    q_rope: RopeOp
+    k_rope: RopeOp
+    k_store: KVCacheStoreOp
+    v_store: KVCacheStoreOp
+    q_out: ReshapeOp
+
+    @property
+    def head_dim(self) -> int:
+        """D, from the q reshape."""
+        return int(self.q_reshape.result.type.shape[2])
+
+    @property
+    def n_heads(self) -> int:
+        """H."""
+        return int(self.q_reshape.result.type.shape[1])
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Hkv."""
+        return int(self.k_reshape.result.type.shape[1])
+
+    def ops_users_first(self) -> list[Operation]:
+        """Every op of the chain, each after all of its users (the order to erase them)."""
+        return [self.q_out, self.v_store, self.k_store, self.q_rope, self.k_rope,
+                self.q_reshape, self.k_reshape, self.v_reshape, self.split]  # fmt: skip
+
+    def insertion_point(self) -> Operation:
+        """Where the fused op goes: before the first op that produces one of its results."""
+        return min(self.q_out, self.v_store, key=block_index)
+
+
+def match_chain(v_store: KVCacheStoreOp) -> Group | NoMatch:
+    """The chain whose value store is `v_store`, or why there is none."""
+    k_store = defined_by(v_store.kv_blocks, KVCacheStoreOp, "value store's kv_blocks")
+    if isinstance(k_store, NoMatch):
+        return no_match(f"stores aren't chained: {k_store}")
+    if (reason := _check_stores(k_store, v_store)) is not None:
+        return reason
+    k_rope = defined_by(k_store.x, RopeOp, "stored key")
+    v_reshape = defined_by(v_store.x, ReshapeOp, "stored value")
+    k_reshape = k_rope if isinstance(k_rope, NoMatch) else defined_by(k_rope.x, ReshapeOp, "k rope input")
+    for found in (k_rope, v_reshape, k_reshape):
+        if isinstance(found, NoMatch):
+            return found
+    split = defined_by(k_reshape.input, SplitOp, "k reshape input")
+    if isinstance(split, NoMatch):
+        return split
+    rest = _match_q_side(split)
+    if isinstance(rest, NoMatch):
+        return rest
+    q_reshape, q_rope, q_out = rest
+    group = Group(split, q_reshape, k_reshape, v_reshape, q_rope, k_rope, k_store, v_store, q_out)
+    for check in (_check_single_use, _check_split, _check_ropes, _check_operands_dominate):
+        if (reason := check(group)) is not None:
+            return reason
+    return group
+
+
+def _check_stores(k_store: KVCacheStoreOp, v_store: KVCacheStoreOp) -> NoMatch | None:
+    if k_store.key_or_value == v_store.key_or_value:
+        return no_match(f"both stores have key_or_value={k_store.key_or_value}")
+    if k_store.layer_idx != v_store.layer_idx:
+        return no_match(f"stores target different layers ({k_store.layer_idx} vs {v_store.layer_idx})")
+    for name in ("input_row_offsets", "cache_lengths", "lookup_table"):
+        if getattr(k_store, name) is not getattr(v_store, name):
+            return no_match(f"stores use different {name}")
+    if (n := num_uses(k_store.result)) != 1:
+        return no_match(f"key store result has {n} users")
+    return None
+
+
+def _match_q_side(split: SplitOp) -> tuple[ReshapeOp, RopeOp, ReshapeOp] | NoMatch:
+    if len(split.outputs) != 3:
+        return no_match(f"split has {len(split.outputs)} results, expected 3 (q, k, v)")
+    chain: list[Operation] = []
+    value: SSAValue = split.outputs[0]
+    for what, cls in (
+        ("split result 0", ReshapeOp),
+        ("q reshape result", RopeOp),
+        ("q rope result", ReshapeOp),
+    ):
+        user = single_user(value, what)
+        if isinstance(user, NoMatch):
+            return user
+        if not isinstance(user, cls):
+            return no_match(f"{what} is used by {user.name}, not {cls.name}")
+        chain.append(user)
+        value = user.results[0]
+    return chain[0], chain[1], chain[2]  # type: ignore[return-value]
+
+
+def _check_single_use(g: Group) -> NoMatch | None:
+    values = [(f"split result {i}", r) for i, r in enumerate(g.split.outputs)]
+    values += [("k reshape result", g.k_reshape.result), ("v reshape result", g.v_reshape.result)]
+    values += [("k rope result", g.k_rope.result)]
+    for what, value in values:
+        if (n := num_uses(value)) != 1:
+            return no_match(f"{what} has {n} users")
+    if g.k_reshape.input is not g.split.outputs[1] or g.v_reshape.input is not g.split.outputs[2]:
+        return no_match("k and v are not split results 1 and 2")
+    return None
+
+
+def _check_split(g: Group) -> NoMatch | None:
+    qkv = g.split.input.type
+    if qkv.rank != 2 or g.split.axis.value.data % 2 != 1:
+        return no_match(f"split is not of a [T, (H+2Hkv)*D] tensor along axis 1 (rank {qkv.rank})")
+    shapes = [r.result.type.shape for r in (g.q_reshape, g.k_reshape, g.v_reshape)]
+    if any(len(s) != 3 or not all(d.is_static for d in s[1:]) for s in shapes):
+        return no_match("q/k/v reshapes are not to [T, heads, D] with static heads and D")
+    (_, h, d), (_, hk, dk), (_, hv, dv) = shapes
+    if not (d == dk == dv and hk == hv):
+        return no_match(f"head shapes disagree: q {h}x{d}, k {hk}x{dk}, v {hv}x{dv}")
+    if g.split.sizes != [h * d, hk * d, hk * d]:
+        return no_match(
+            f"split sizes {[str(s) for s in g.split.sizes]} don't match heads {h}, {hk}, {hk} x {d}"
+        )
+    if g.q_out.result.type != g.split.outputs[0].type:
+        return no_match("the final q reshape is not back to [T, H*D]")
+    return None
+
+
+def _check_ropes(g: Group) -> NoMatch | None:
+    q, k, s = g.q_rope, g.k_rope, g.k_store
+    if q.interleaved != k.interleaved:
+        return no_match(f"ropes disagree on interleaved ({q.interleaved} vs {k.interleaved})")
+    if q.freqs_cis is not k.freqs_cis:
+        return no_match("ropes use different freqs_cis")
+    if not (q.input_row_offsets is k.input_row_offsets is s.input_row_offsets):
+        return no_match("ropes and stores use different input_row_offsets")
+    if not (q.start_pos is k.start_pos is s.cache_lengths):
+        return no_match("rope start_pos is not the stores' cache_lengths")
+    return None
+
+
+def _check_operands_dominate(g: Group) -> NoMatch | None:
+    where = block_index(g.insertion_point())
+    operands = (g.split.input, g.k_rope.freqs_cis, g.k_store.kv_blocks, g.k_store.lookup_table)
+    for value in operands:
+        owner = value.owner
+        if isinstance(owner, Operation) and block_index(owner) >= where:
+            return no_match(f"operand from {owner.name} is defined after the fused op's position")
+    return None
