@@ -49,7 +49,7 @@ class CompiledGraph:
         self.weights = bind_weights(self.graph.weights, weights or {}, device)
         if torch.device(device).type == "cuda":
             load_cuda_kernels()
-        self.module = to_fx(self.graph, mode="custom", inplace=True, device=device)
+        self.module = hoist_constants(to_fx(self.graph, mode="custom", inplace=True, device=device))
         self._cuda_graphs = CudaGraphRunner(self.module, device) if cuda_graphs else None
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -63,6 +63,28 @@ class CompiledGraph:
 
     def __repr__(self) -> str:
         return f"CompiledGraph({self.graph.name!r}, backend='eager', device={self.device!r})"
+
+
+def hoist_constants(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Compute operand-free fg ops (`fg.constant`) once and keep them as module buffers.
+
+    Creating them per call would copy host data to the device on every step, which also
+    makes the module impossible to capture as a CUDA graph.
+    """
+    for node in list(gm.graph.nodes):
+        op = getattr(node.target, "fg_op", None)
+        if node.op != "call_function" or op is None or op.operands or len(op.results) != 1:
+            continue
+        if any(not d.is_static for d in op.results[0].type.shape):
+            continue
+        name = f"_const_{node.name}"
+        gm.register_buffer(name, node.target())
+        with gm.graph.inserting_before(node):
+            node.replace_all_uses_with(gm.graph.get_attr(name))
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
 
 
 def _check_device(device: str) -> None:
@@ -223,8 +245,17 @@ class CudaGraphRunner:
         ]
         args = [x if s is None else s for x, s in zip(inputs, static_inputs)]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            static_outputs = self.module(*args, *weights)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                static_outputs = self.module(*args, *weights)
+        except RuntimeError as err:
+            shapes = [list(x.shape) for x in inputs]
+            raise RuntimeError(
+                f"cuda_graphs: capturing the graph for input shapes {shapes} failed: {err}\n"
+                "An op synchronizes with the host during capture (.item(), .tolist(), a CPU copy); "
+                "compile with cuda_graphs=False, or skip that host work when "
+                "torch.cuda.is_current_stream_capturing()."
+            ) from err
         return graph, static_inputs, static_outputs
 
 

@@ -204,3 +204,16 @@ def test_eager__kv_cache_store_writes_callers_blocks_in_place() -> None:
     for token, (block, slot) in enumerate([(3, 1), (2, 0), (2, 1)]):  # lookup[b, pos // 2], pos % 2
         expected[block, 1, 0, slot] = x[token]
     torch.testing.assert_close(blocks, expected)
+
+
+def test_eager__constants_are_computed_once_as_module_buffers() -> None:
+    with Graph("c", input_types=[_t("n", 4)]) as g:
+        (x,) = g.inputs
+        g.output(x * 2.0 + 1.0)
+    model = fusegraph.compile(g)
+    assert "fg_constant" not in model.module.code
+    buffers = dict(model.module.named_buffers())
+    assert all(name.startswith("_const_") for name in buffers)
+    assert sorted(float(b) for b in buffers.values()) == [1.0, 2.0]
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(model(x)[0], x * 2 + 1)
