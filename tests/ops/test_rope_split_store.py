@@ -185,3 +185,35 @@ def test_rope_split_store__functional_fx_lowering_returns_the_next_cache_version
     outs = to_fx(_fused(True), mode="decomposed")(qkv, ro, freqs, kv, lens, lookup)
     ref_q, ref_kv = torch.ops.fusegraph.rope_split_store(qkv, ro, freqs, kv, lens, lookup, 1, True, H, HKV, D)
     assert torch.equal(outs[0], ref_q) and torch.equal(outs[-1], ref_kv)
+
+
+def test_rope_split_store__layer_compiles_with_iree_and_matches_eager_at_two_sizes() -> None:
+    pytest.importorskip("iree.compiler")
+    pytest.importorskip("torch_mlir")
+    with Graph("layer", input_types=_types()) as g:
+        qkv, ro, freqs, kv, lens, lookup = g.inputs
+        q, kv = ops.rope_split_store(
+            qkv,
+            ro,
+            freqs,
+            kv,
+            lens,
+            lookup,
+            layer_idx=1,
+            interleaved=False,
+            n_heads=H,
+            n_kv_heads=HKV,
+            head_dim=D,
+        )
+        q = q.reshape(["total_seq_len", H, D])
+        g.output(ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=1, scale=0.3, sliding_window=6))
+    eager, iree = fusegraph.compile(g, backend="eager"), fusegraph.compile(g, backend="iree")
+    for seed, (lengths, tokens) in enumerate([([0, 5, 2], [6, 1, 3]), ([3, 0], [1, 9])]):
+        step = make_step(lengths, tokens, page_size=PAGE, num_blocks=BLOCKS, seed=seed)
+        qkv_t, kv_t = torch.randn(step.total, (H + 2 * HKV) * D), torch.randn(BLOCKS, 2, LAYERS, PAGE, HKV, D)
+        ro_t, lens_t, lookup_t = step.metadata()
+        kv_eager, kv_iree = kv_t.clone(), kv_t.clone()
+        (want,) = eager(qkv_t, ro_t, freqs_table(64, D), kv_eager, lens_t, lookup_t)
+        (got,) = iree(qkv_t, ro_t, freqs_table(64, D), kv_iree, lens_t, lookup_t)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kv_iree, kv_eager, rtol=1e-5, atol=1e-5)
