@@ -263,7 +263,7 @@ def custom(
         >>> (z,) = ops.custom("mylib.scaled_add", [x, y], {"alpha": 2})
     """
     params = dict(parameters or {})
-    props = {"symbol": StringAttr(symbol), "parameters": encode_parameters(params)}
+    props: dict[str, Attribute] = {"symbol": StringAttr(symbol), "parameters": encode_parameters(params)}
     operands = list(operands)
 
     def rule() -> list[list[TensorType]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -44,7 +44,7 @@ class CompiledGraph:
         graph.verify()
         self.graph = graph.clone()
         self.device = device
-        self.input_types: list[TensorType | BufferType] = [a.type for a in self.graph.block.args]
+        self.input_types = [cast(TensorType | BufferType, a.type) for a in self.graph.block.args]
         self.num_outputs = len(self.graph.outputs)
         self.weights = bind_weights(self.graph.weights, weights or {}, device)
         if torch.device(device).type == "cuda":

@@ -18,17 +18,17 @@ import keyword
 import operator
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.fx
 from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
-from xdsl.irdl import OptOperandDef, VarOperandDef
+from xdsl.irdl import IRDLOperation, OptOperandDef, VarOperandDef
 
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.registry import LoweringContext, get_torch_impl
-from fusegraph.compiler.types import BufferType
+from fusegraph.compiler.types import BufferType, TensorType
 
 _MODES = ("custom", "decomposed")
 _DEVICES = ("cpu", "cuda")
@@ -106,10 +106,11 @@ class _FxBuilder:
 
     def _symbolic_dims(self) -> None:
         """One `aten.sym_size.int` node per symbolic name, at its first use in an input."""
-        sources = [*self.graph.block.args]
+        sources: list[SSAValue] = [*self.graph.block.args]
         sources += [op.results[0] for op in self.graph.block.ops if op.name == "fg.weight"]
         for value in sources:
-            for axis, dim in enumerate(value.type.shape):
+            shaped = cast(TensorType | BufferType, value.type)
+            for axis, dim in enumerate(shaped.shape):
                 if dim.is_symbolic and dim.name not in self.dims:
                     self.dims[dim.name] = self.fx.create_node(
                         "call_function", torch.ops.aten.sym_size.int, (self.env[value], axis), name=dim.name
@@ -118,7 +119,7 @@ class _FxBuilder:
     def _lower_op(self, op: Operation) -> None:
         args = tuple(self._operand_nodes(op))
         target = _op_callable(op, self.mode, self.inplace, self.device, len(self.env))
-        kwargs = {_dim_keyword(name): node for name, node in self.dims.items()}
+        kwargs: dict[str, Any] = {_dim_keyword(name): node for name, node in self.dims.items()}
         node = self.fx.create_node("call_function", target, args, kwargs, name=target.__name__)
         node.meta["fg_op"] = op.name
         results = list(op.results)
@@ -133,7 +134,7 @@ class _FxBuilder:
         """Operand nodes in operand order: None for an absent optional operand, and a
         variadic operand flattened (the torch-impl calling convention)."""
         nodes: list[torch.fx.Node | None] = []
-        for name, odef in type(op).get_irdl_definition().operands:
+        for name, odef in cast(IRDLOperation, op).get_irdl_definition().operands:
             value = getattr(op, name)
             if isinstance(odef, OptOperandDef):
                 nodes.append(None if value is None else self.env[value])
