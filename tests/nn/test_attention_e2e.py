@@ -88,7 +88,7 @@ def _stack(case, weights, extras):
 
 def _build(case, quant):
     """The layer, its loaded state, and the reference holding the same (dequantized) weights."""
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator().manual_seed(7 + case.get("seed", 0))
     weights, extras = _float_weights(case, gen)
     weights, state = _stack(case, weights, extras)
     if quant is None:
