@@ -19,6 +19,7 @@ which runs the aten decomposition.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,31 @@ def _rope_split_store_cuda(
     )  # fmt: skip
 
 
+_TRIVIAL_G_IDX: dict[int, tuple[int, bool]] = {}
+
+
+def _g_idx_is_trivial(g_idx: torch.Tensor, group_size: int) -> bool:
+    """Whether g_idx is k // group_size (what desc_act=False checkpoints store), cached per tensor.
+
+    The op carries g_idx whenever the checkpoint has one, and a trivial one lets the kernel use
+    per-tile scales (several times faster). The first look costs one host sync, so it is made
+    outside CUDA-graph capture (the runtime warms up first); during capture an unseen tensor
+    counts as act-order, which is always correct.
+    """
+    key = id(g_idx)
+    if (seen := _TRIVIAL_G_IDX.get(key)) is not None and seen[0] == g_idx._version:
+        return seen[1]
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    k = g_idx.numel()
+    rows = torch.arange(k, device=g_idx.device) // (k if group_size == -1 else group_size)
+    trivial = bool(torch.equal(g_idx.to(torch.int64), rows))
+    if seen is None:
+        weakref.finalize(g_idx, _TRIVIAL_G_IDX.pop, key, None)
+    _TRIVIAL_G_IDX[key] = (g_idx._version, trivial)
+    return trivial
+
+
 def _qmatmul_gptq_cuda(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -74,9 +100,10 @@ def _qmatmul_gptq_cuda(
             x, qweight, scales, qzeros, g_idx, bits=bits, group_size=group_size, sym=sym,
             zero_format=zero_format, clip=clip,
         )  # fmt: skip
+    desc_act = None if g_idx is None else not _g_idx_is_trivial(g_idx, group_size)
     return gptq_matmul_triton(
         x, qweight, scales, qzeros, g_idx, bits=bits, group_size=group_size, sym=sym,
-        zero_format=zero_format, clip=clip,
+        zero_format=zero_format, clip=clip, desc_act=desc_act,
     )  # fmt: skip
 
 

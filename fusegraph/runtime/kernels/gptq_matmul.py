@@ -79,16 +79,22 @@ def _gptq_matmul_kernel(
         offs_r = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
         words = tl.load(qw_ptr + offs_r[:, None] * stride_qw + offs_n[None, :],
                         mask=(offs_r < K // PACK)[:, None] & n_ok[None, :], other=0)  # fmt: skip
-        q = tl.reshape((words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1), [BLOCK_K, BLOCK_N])
+        # 2^23 + q as fp32 straight from the bits (OR into the mantissa of 2^23): no int->float
+        # conversion, which runs at a quarter of the FMA rate. Subtracting 2^23 + z is exact.
+        bits_f = ((words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)) | 0x4B000000
+        q = tl.reshape(bits_f.to(tl.float32, bitcast=True), [BLOCK_K, BLOCK_N])
         if GROUP_PER_TILE:
             g = k0 // group_size
-            z = _zeros_row(qz_ptr, g, offs_n, n_ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1)
+            z = (
+                _zeros_row(qz_ptr, g, offs_n, n_ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1).to(tl.float32)
+                + 8388608.0
+            )
             s = tl.load(scales_ptr + g * stride_s + offs_n, mask=n_ok, other=0.0).to(tl.float32)
             if HAS_CLIP:
-                w = tl.clamp((q - z[None, :]).to(tl.float32) * s[None, :], -clip, clip)
+                w = tl.clamp((q - z[None, :]) * s[None, :], -clip, clip)
                 acc += tl.dot(x, w.to(x.dtype), input_precision=DOT_PRECISION)
             else:
-                part = tl.dot(x, (q - z[None, :]).to(tl.float32).to(x.dtype), input_precision=DOT_PRECISION)
+                part = tl.dot(x, (q - z[None, :]).to(x.dtype), input_precision=DOT_PRECISION)
                 acc += part * s[None, :]
         else:
             if HAS_GIDX:
@@ -98,7 +104,7 @@ def _gptq_matmul_kernel(
             z = _zeros_row(qz_ptr, g[:, None], offs_n[None, :], n_ok[None, :], stride_qz, BITS, HAS_ZEROS,
                            ZERO_V1)  # fmt: skip
             s = tl.load(scales_ptr + g[:, None] * stride_s + offs_n[None, :], mask=n_ok[None, :], other=0.0)
-            w = (q - z).to(tl.float32) * s.to(tl.float32)
+            w = (q - (z.to(tl.float32) + 8388608.0)) * s.to(tl.float32)
             if HAS_CLIP:
                 w = tl.clamp(w, -clip, clip)
             acc += tl.dot(x, w.to(x.dtype), input_precision=DOT_PRECISION)
