@@ -123,7 +123,7 @@ class AttentionWithRope(Module):
         """Hkv·D, the width of k and of v."""
         return self.n_kv_heads * self.head_dim
 
-    def _linear(self, in_dim: int, out_dim: int, has_bias: bool, clip: float | None) -> Module:
+    def _linear(self, in_dim: int, out_dim: int, has_bias: bool, clip: float | None) -> Any:
         device = self.devices[0]
         if self.quant_config is not None:
             return GPTQLinear(in_dim, out_dim, self.quant_config, self.dtype, device, has_bias, clip)

@@ -38,6 +38,12 @@ class ParamSpec:
 class Module:
     """Base of fusegraph layers: named parameters, children, and their state."""
 
+    _params: dict[str, ParamSpec]
+    _children: dict[str, Module]
+    _values: dict[str, torch.Tensor]
+    _shared: list[Any]
+    _prefix: str
+
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_children", {})
