@@ -233,28 +233,49 @@ def lower_module(
 def run_pipeline(
     module: Any, pipeline: str, description: str, dump_dir: str | os.PathLike[str] | None, name: str
 ) -> None:
-    """Run one pass pipeline; on failure save the input IR and raise with the command."""
-    from torch_mlir.compiler_utils import TorchMlirCompilerError, run_pipeline_with_repro_report
+    """Run one pass pipeline; on failure save the input IR and raise with the command and
+    the MLIR diagnostics (collected by a handler, since they bypass Python's stderr)."""
+    from torch_mlir.passmanager import PassManager
 
     before = module.operation.get_asm(enable_debug_info=True)
-    try:
-        run_pipeline_with_repro_report(module, pipeline, description)
-    except TorchMlirCompilerError as err:
-        directory = dump_dir if dump_dir is not None else tempfile.mkdtemp(prefix="fusegraph-torch-mlir-")
-        path = _write(directory, f"{name}.repro.mlir", before)
-        command = f"torch-mlir-opt -pass-pipeline='{pipeline}' {path}"
-        diagnostics = _diagnostics(str(err))
-        raise TorchMlirLoweringError(
-            f"to_torch_mlir: {description} failed:\n{diagnostics}\n"
-            f"input IR saved to {path}\nreproduce with:\n  {command}",
-            input_path=path,
-            command=command,
-        ) from None
+    diagnostics: list[str] = []
+    with module.context as context:
+        context.emit_error_diagnostics = True
+        handler = context.attach_diagnostic_handler(lambda d: _collect(d, diagnostics))
+        try:
+            PassManager.parse(pipeline).run(module.operation)
+            failure = None
+        except Exception as err:  # noqa: BLE001 - MLIR raises a bare Exception subclass
+            failure = err
+        finally:
+            handler.detach()
+    if failure is not None:
+        _raise_lowering_error(before, pipeline, description, dump_dir, name, diagnostics or [str(failure)])
 
 
-def _diagnostics(message: str) -> str:
-    """torch-mlir's diagnostics, without its own reproducer (which points at a shared /tmp file)."""
-    return message.split("For Torch-MLIR developers")[0].strip()
+def _collect(diagnostic: Any, into: list[str]) -> bool:
+    notes = "".join(f"\n  note: {n.message}" for n in diagnostic.notes)
+    into.append(f"{diagnostic.location}: {diagnostic.message}{notes}")
+    return True
+
+
+def _raise_lowering_error(
+    before: str,
+    pipeline: str,
+    description: str,
+    dump_dir: str | os.PathLike[str] | None,
+    name: str,
+    diagnostics: list[str],
+) -> None:
+    directory = dump_dir if dump_dir is not None else tempfile.mkdtemp(prefix="fusegraph-torch-mlir-")
+    path = _write(directory, f"{name}.repro.mlir", before)
+    command = f"torch-mlir-opt -pass-pipeline='{pipeline}' {path}"
+    text = "\n".join(diagnostics)
+    raise TorchMlirLoweringError(
+        f"to_torch_mlir: {description} failed:\n{text}\ninput IR saved to {path}\nreproduce with:\n  {command}",
+        input_path=path,
+        command=command,
+    )
 
 
 def _check_dynamic_dims(result: TorchMlirModule, graph: Graph) -> None:
