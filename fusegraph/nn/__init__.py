@@ -23,6 +23,7 @@ from fusegraph.nn.rotary import (
     RotaryEmbedding,
     YarnRopeScaling,
     rope_inv_freq,
+    rope_scaling_from_hf,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "quantize_gptq",
     "quantize_gptq_projections",
     "rope_inv_freq",
+    "rope_scaling_from_hf",
     "save_gptq_checkpoint",
     "validate_gptq_tensors",
 ]

@@ -216,3 +216,50 @@ def _yarn_inv_freq(head_dim: int, theta: float, s: YarnRopeScaling) -> tuple[tor
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (s.factor * pos_freqs)
     inv_freq = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor
     return inv_freq, float(attention_factor)
+
+
+def rope_scaling_from_hf(
+    rope_scaling: dict | None, max_position_embeddings: int | None = None
+) -> RopeScaling | None:
+    """The scaling of a HF `config.json` `rope_scaling` entry (`rope_type` or `type`).
+
+    Args:
+        rope_scaling: The entry, or None.
+        max_position_embeddings: The config's value, YaRN's default original length.
+
+    Raises:
+        ValueError: An unsupported `rope_type`, naming it and the allowed ones.
+    """
+    if not rope_scaling:
+        return None
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return LinearRopeScaling(float(rope_scaling["factor"]))
+    if kind == "llama3":
+        return Llama3RopeScaling(
+            float(rope_scaling["factor"]),
+            float(rope_scaling["low_freq_factor"]),
+            float(rope_scaling["high_freq_factor"]),
+            int(rope_scaling["original_max_position_embeddings"]),
+        )
+    if kind == "yarn":
+        original = rope_scaling.get("original_max_position_embeddings") or max_position_embeddings
+        if original is None:
+            raise ValueError(
+                "rope_scaling: yarn needs original_max_position_embeddings or max_position_embeddings"
+            )
+        return YarnRopeScaling(
+            float(rope_scaling["factor"]),
+            int(original),
+            beta_fast=float(rope_scaling.get("beta_fast") or 32.0),
+            beta_slow=float(rope_scaling.get("beta_slow") or 1.0),
+            mscale=rope_scaling.get("mscale"),
+            mscale_all_dim=rope_scaling.get("mscale_all_dim"),
+            attention_factor=rope_scaling.get("attention_factor"),
+            truncate=bool(rope_scaling.get("truncate", True)),
+        )
+    raise ValueError(
+        f"rope_scaling: rope_type={kind!r} is not supported; allowed: ['default', 'linear', 'llama3', 'yarn']"
+    )

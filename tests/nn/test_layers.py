@@ -142,3 +142,52 @@ def test_attention__explicit_rope_head_dim_decouples_hidden_size():
 def test_gptq_attention__group_size_not_dividing_hidden_size():
     with pytest.raises(ValueError, match=r"group_size \(48\) must divide hidden_size \(64\)"):
         _attn(GPTQAttentionWithRope, quantization_config=QuantizationConfig(bits=4, group_size=48))
+
+
+@pytest.mark.parametrize(
+    "bits, group_size, fmt", [(2, 16, "gptq"), (3, 32, "gptq_v2"), (4, -1, "gptq"), (8, 32, "gptq_v2")]
+)
+def test_gptq_linear__any_config_the_op_supports_runs(bits, group_size, fmt):
+    import fusegraph
+    from fusegraph.nn import GPTQLinear, quantize_gptq
+    from fusegraph.ops.gptq_packing import dequantize
+
+    cfg = QuantizationConfig(
+        bits=bits, group_size=group_size, desc_act=True, sym=False, checkpoint_format=fmt
+    )
+    lin = GPTQLinear(64, 32, cfg, has_bias=True)
+    state = {**quantize_gptq(torch.randn(32, 64), cfg), "bias": torch.randn(32)}
+    lin.load_state_dict(state)
+    with Graph("g", input_types=[TensorType(DType.float32, ["m", 64], CPU)]) as g:
+        (x,) = g.inputs
+        g.output(lin(x))
+    x = torch.randn(5, 64)
+    (y,) = fusegraph.compile(g, weights=lin.state_dict())(x)
+    w = dequantize(
+        state["qweight"],
+        state["scales"],
+        state["qzeros"],
+        state["g_idx"],
+        bits=bits,
+        group_size=group_size,
+        sym=False,
+        zero_format=cfg.zero_format,
+    )
+    torch.testing.assert_close(y, x @ w + state["bias"], rtol=1e-5, atol=1e-5)
+
+
+def test_gptq_attention__loads_a_saved_checkpoint_by_prefix(tmp_path):
+    from fusegraph.nn import load_gptq_checkpoint, save_gptq_checkpoint
+
+    cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=True, checkpoint_format="gptq_v2")
+    shapes = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64)}
+    state = quantize_gptq_projections(
+        {f"model.layers.0.self_attn.{p}": torch.randn(s) for p, s in shapes.items()}, cfg
+    )
+    save_gptq_checkpoint(tmp_path, state, cfg, hf_config=True)
+    loaded_cfg, tensors = load_gptq_checkpoint(tmp_path, prefix="model.layers.0.self_attn.")
+    attn = _attn(GPTQAttentionWithRope, quantization_config=loaded_cfg)
+    attn.load_state_dict(tensors)
+    for name, t in attn.state_dict().items():
+        if name != "rope.freqs_cis":
+            assert torch.equal(t, state[f"model.layers.0.self_attn.{name}"]), name

@@ -97,3 +97,21 @@ def test_freqs_cis__adds_one_named_weight_to_the_current_graph():
 def test_rope__bad_dims_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RotaryEmbedding(theta=1e4, max_seq_len=8, **kwargs)
+
+
+def test_rope_scaling_from_hf__reads_each_rope_type():
+    from fusegraph.nn import rope_scaling_from_hf
+
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    assert rope_scaling_from_hf(llama3) == Llama3RopeScaling(8.0, 1.0, 4.0, 8192)
+    assert rope_scaling_from_hf({"type": "linear", "factor": 2}) == LinearRopeScaling(2.0)
+    assert rope_scaling_from_hf({"rope_type": "yarn", "factor": 4}, 4096) == YarnRopeScaling(4.0, 4096)
+    assert rope_scaling_from_hf(None) is None
+    with pytest.raises(ValueError, match=r"rope_type='dynamic' is not supported; allowed"):
+        rope_scaling_from_hf({"rope_type": "dynamic", "factor": 2})
