@@ -12,6 +12,7 @@ from fusegraph.nn.checkpoint import (
     validate_gptq_tensors,
 )
 from fusegraph.nn.gptq_attention import GPTQAttentionWithRope
+from fusegraph.nn.gptq_quantizer import gptq_quantize
 from fusegraph.nn.kv_cache import KVCacheParams, PagedCacheValues
 from fusegraph.nn.layer import LayerList, Module, ParamSpec
 from fusegraph.nn.linear import GPTQLinear, Linear
@@ -44,6 +45,7 @@ __all__ = [
     "RMSNorm",
     "RotaryEmbedding",
     "YarnRopeScaling",
+    "gptq_quantize",
     "load_gptq_checkpoint",
     "quantize_gptq",
     "quantize_gptq_projections",

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
+from fusegraph.nn.gptq_quantizer import gptq_quantize
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.ops.gptq_packing import pack, unpack_rows
 
@@ -173,18 +174,28 @@ def quantize_gptq(
     *,
     perm: torch.Tensor | None = None,
     scales_dtype: torch.dtype = torch.float16,
+    inputs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Round-to-nearest GPTQ quantization of one HF-layout weight `[N, K]`.
+    """GPTQ quantization of one HF-layout weight `[N, K]`: round-to-nearest, or the GPTQ
+    algorithm (`gptq_quantizer.gptq_quantize`) when calibration `inputs` are given.
 
     Args:
         weight: Float `[out_features, in_features]`.
         config: Bits, group size, sym, desc_act and zero format.
-        perm: The act order when `config.desc_act` (default: descending input-column norm).
+        perm: RTN only: the act order when `config.desc_act` (default: descending
+            input-column norm). With `inputs`, the act order is descending `diag(XᵀX)`.
         scales_dtype: The stored scales' type.
+        inputs: Calibration activations `[n, K]` of the layer; selects the GPTQ algorithm.
 
     Returns:
         `{"qweight", "qzeros", "scales", "g_idx"}` in AutoGPTQ layout.
     """
+    if inputs is not None:
+        if perm is not None:
+            raise ValueError(
+                "quantize_gptq: perm is for round-to-nearest; GPTQ orders columns by its Hessian"
+            )
+        return gptq_quantize(weight, config, inputs, scales_dtype=scales_dtype)
     return pack(
         weight,
         bits=config.bits,
