@@ -64,7 +64,7 @@ def compile_count() -> int:
 
 def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90") -> list[str]:
     """The iree-compile flags for `device` ("cpu" or "cuda[:N]") in iree-base-compiler 3.13."""
-    kind = torch.device(device).type
+    kind = device_kind(device)
     if kind == "cpu":
         return [
             "--iree-hal-target-device=local",
@@ -74,6 +74,14 @@ def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90"
     if kind == "cuda":
         return ["--iree-hal-target-device=cuda", f"--iree-rocm-target={cuda_arch}"]
     raise ValueError(f"compile_iree: device must be 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def device_kind(device: str) -> str:
+    """ "cpu" or "cuda" for a device string ("cuda:1" -> "cuda"); anything else -> "" (invalid)."""
+    kind, _, index = device.partition(":")
+    if kind not in _DRIVERS or (index and (kind != "cuda" or not index.isdigit())):
+        return ""
+    return kind
 
 
 def default_cache_dir() -> Path:
@@ -169,7 +177,7 @@ class IreeCompiledGraph:
     def _load(self, weights: list[torch.Tensor]) -> None:
         import iree.runtime as rt
 
-        self._config = rt.Config(_DRIVERS[torch.device(self.device).type])
+        self._config = rt.Config(device=_hal_device(self.device))
         self._hal_device = self._config.device
         self._context = rt.SystemContext(config=self._config)
         self._context.add_vm_module(rt.VmModule.mmap(self._config.vm_instance, str(self.vmfb_path)))
@@ -220,6 +228,21 @@ def compile_iree(
         A callable with the eager `CompiledGraph`'s contract.
     """
     return IreeCompiledGraph(graph, device=device, weights=weights, cache_dir=cache_dir, **kw)
+
+
+def _hal_device(device: str) -> Any:
+    """The IREE HAL device for "cpu", "cuda" (the first GPU) or "cuda:N"."""
+    import iree.runtime as rt
+
+    kind, _, index = device.partition(":")
+    driver = rt.get_driver(_DRIVERS[kind])
+    infos = driver.query_available_devices()
+    n = int(index or 0)
+    if n >= len(infos):
+        raise ValueError(
+            f"compile_iree: {device!r}: IREE driver {_DRIVERS[kind]!r} sees {len(infos)} devices"
+        )
+    return driver.create_device(infos[n]["device_id"])
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
