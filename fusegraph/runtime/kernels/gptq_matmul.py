@@ -9,10 +9,11 @@ k // group_size. Bits 2, 4 and 8 (the widths whose values never straddle a word)
 One kernel, two launch shapes:
 - large M (prefill): tiles of BLOCK_M × BLOCK_N, the whole K per program (SPLIT_K = 1);
 - small M (decode, and any M whose tiles cannot fill the GPU): split-K. Each program reduces
-  one K slice of a BLOCK_N column tile into an fp32 workspace with atomic adds; the last
-  program of a tile to finish (an atomic ticket) reads the sum, writes the output in x's
-  dtype and zeroes the workspace and the ticket again. So a call is one launch and the
-  workspace is clean for the next call (CUDA-graph replays included).
+  one K slice of a tile and adds it into a zeroed fp32 buffer with atomic adds; the wrapper
+  casts the buffer to x's dtype (three launches: memset, kernel, cast). A single-launch
+  variant, where the last program of a tile (an atomic ticket) wrote the output and cleaned
+  a cached workspace, gave a wrong result on 1 of 3 identical calls on an H100 (2026-11-27)
+  and was dropped.
 
 The packed tile `[BLOCK_K/pack, BLOCK_N]` is loaded once and unpacked by a broadcast shift to
 `[BLOCK_K/pack, pack, BLOCK_N]`, reshaped to `[BLOCK_K, BLOCK_N]` (row k = r·pack + i). When the
@@ -49,7 +50,7 @@ def _zeros_row(
 
 @triton.jit
 def _gptq_matmul_kernel(
-    x_ptr, qw_ptr, scales_ptr, qz_ptr, gidx_ptr, out_ptr, ws_ptr, ticket_ptr,
+    x_ptr, qw_ptr, scales_ptr, qz_ptr, gidx_ptr, out_ptr, ws_ptr,
     M, N, K, group_size, k_per_split, clip,
     stride_xm, stride_xk, stride_qw, stride_s, stride_qz, stride_om,
     BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, ZERO_V1: tl.constexpr, HAS_GIDX: tl.constexpr,
@@ -114,36 +115,11 @@ def _gptq_matmul_kernel(
     if SPLIT_K == 1:
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(ws_ptrs, acc, mask=out_mask)
-        # Every thread's adds are issued before the ticket is taken (release, GPU scope).
-        tl.debug_barrier()
-        ticket = ticket_ptr + pid_m * tl.num_programs(0) + pid_n
-        if tl.atomic_add(ticket, 1) == SPLIT_K - 1:
-            tl.debug_barrier()
-            total = tl.load(ws_ptrs, mask=out_mask, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-            tl.store(ws_ptrs, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), mask=out_mask)
-            tl.atomic_xchg(ticket, 0)
+        # Split-K: fp32 atomic adds into a zeroed buffer; the wrapper casts it to x's dtype.
+        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=out_mask, sem="relaxed")
 
 
-_WORKSPACES: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 _SM_COUNT: dict[torch.device, int] = {}
-
-
-def _workspace(device: torch.device, elems: int, tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zeroed fp32 workspace and int32 tickets, kept per device and stream (kernels re-zero them).
-
-    Two streams never share one, since calls on different streams may overlap.
-    """
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    ws, tk = _WORKSPACES.get(key, (None, None))
-    if ws is None or tk is None or ws.numel() < elems or tk.numel() < tickets:
-        ws = torch.zeros(max(elems, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
-        tk = torch.zeros(max(tickets, 0 if tk is None else tk.numel()), dtype=torch.int32, device=device)
-        _WORKSPACES[key] = (ws, tk)
-    return ws, tk
 
 
 def _sm_count(device: torch.device) -> int:
@@ -226,12 +202,12 @@ def gptq_matmul_triton(
     k_per_split = triton.cdiv(triton.cdiv(k, cfg["split_k"]), block_k) * block_k
     split_k = triton.cdiv(k, k_per_split)
     grid = (triton.cdiv(n, cfg["block_n"]), triton.cdiv(m, cfg["block_m"]), split_k)
-    ws, tickets = (out, out) if split_k == 1 else _workspace(x.device, m * n, grid[0] * grid[1])
+    acc32 = out if split_k == 1 else torch.zeros((m, n), dtype=torch.float32, device=x.device)
     _gptq_matmul_kernel[grid](
         x, qweight, scales,
         qweight if qzeros is None else qzeros,
         qweight if g_idx is None else g_idx.contiguous(),
-        out, ws, tickets,
+        out, acc32,
         m, n, k, group_size, k_per_split, 0.0 if clip is None else float(clip),
         x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0),
         0 if qzeros is None else qzeros.stride(0), out.stride(0),
@@ -244,4 +220,4 @@ def gptq_matmul_triton(
         DOT_FP32=x.device.type != "cuda",
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return out
+    return out if split_k == 1 else acc32.to(x.dtype)
