@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -207,7 +208,7 @@ class _Run:
         self.running: ModulePass | None = None
         self._started = 0.0
         self._before_text: str | None = None
-        self._reporting = None
+        self._reporting: AbstractContextManager[PassReport] | None = None
         self._dumps = 0
 
     def between(self, prev: ModulePass | None, module: ModuleOp, nxt: ModulePass | None) -> None:
@@ -226,7 +227,8 @@ class _Run:
         if self.m.print_after_change:
             self._before_text = print_module(self.module)
         self.running = p
-        self._reporting = reporting(record.report)  # type: ignore[arg-type]
+        assert record.report is not None
+        self._reporting = reporting(record.report)
         self._reporting.__enter__()
         self._started = time.perf_counter()
 

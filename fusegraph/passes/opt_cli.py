@@ -59,7 +59,8 @@ def split_chunks(text: str, split: bool) -> list[tuple[int, str]]:
     """(first line number - 1, text) of each chunk; line numbers stay those of the file."""
     if not split:
         return [(0, text)]
-    chunks, start, current = [], 0, []
+    chunks: list[tuple[int, str]] = []
+    start, current = 0, list[str]()
     for i, line in enumerate(text.splitlines(keepends=True)):
         if line.strip() == SPLIT_MARKER:
             chunks.append((start, "".join(current)))
