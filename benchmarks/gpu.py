@@ -190,7 +190,9 @@ def bench_gptq(k, bw: float) -> None:
         t_q = bench_us(lambda: gptq_call(k, t, x))
         t_a = bench_us(lambda: gptq_call(k, ta, x, True))
         t_mm = bench_us(lambda: torch.matmul(x, w))
-        bad = "" if max(errs_a) < 1e-2 else f" (act-order WRONG: errs {', '.join(f'{e:.2g}' for e in errs_a)})"
+        bad = (
+            "" if max(errs_a) < 1e-2 else f" (act-order WRONG: errs {', '.join(f'{e:.2g}' for e in errs_a)})"
+        )
         line = (f"gptq4 g128 M={m:<4} ours {t_q:7.1f} us | act-order {t_a:7.1f} us{bad} | cuBLAS fp16 {t_mm:7.1f} us"
                 f" | speedup {t_mm / t_q:4.2f}x")  # fmt: skip
         if m == 1:
