@@ -127,11 +127,18 @@ class Dim:
 
     # --- comparison and printing ------------------------------------------------------
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, (int, str)) and not isinstance(other, bool):
+        if isinstance(other, int) and not isinstance(other, bool):
+            return bool(self.expr.is_Integer) and int(self.expr) == other
+        if isinstance(other, str):
             other = Dim(other)
         if not isinstance(other, Dim):
             return NotImplemented
-        return self.expr == other.expr or sympy.expand(self.expr - other.expr) == 0
+        a, b = self.expr, other.expr
+        if a is b or a == b:
+            return True
+        if a.is_Integer or b.is_Integer or a.is_Symbol or b.is_Symbol:
+            return False  # sympy's canonical forms make these structural comparisons exact
+        return sympy.expand(a - b) == 0
 
     def __hash__(self) -> int:
         return self._hash
