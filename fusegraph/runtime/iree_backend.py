@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
 
 _DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
@@ -116,6 +116,7 @@ def compile_vmfb(
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(binary)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like any build output
     os.replace(tmp, path)
     return path, False
 
@@ -166,7 +167,7 @@ class IreeCompiledGraph:
         graph.verify()
         self.graph = graph.clone()
         self.device = device
-        self.input_types: list[TensorType | BufferType] = [a.type for a in self.graph.block.args]
+        self.input_types: list[TensorType | BufferType] = [shaped_type(a) for a in self.graph.block.args]
         self.output_types = [v.type for v in self.graph.outputs]
         self.buffer_inputs = [i for i, t in enumerate(self.input_types) if isinstance(t, BufferType)]
         bound = bind_weights(self.graph.weights, weights or {}, "cpu")
