@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import enum
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ class DType(enum.Enum):
         return f"DType.{self.name}"
 
     @property
-    def is_float(self) -> bool:
+    def is_float(self) -> builtins.bool:  # `bool` here is the member DType.bool
         """True for the floating-point types."""
         return self in (DType.float32, DType.float16, DType.bfloat16)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import FrameType
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +19,7 @@ class IRVerifyError(ValueError):
 
 def user_source_line() -> str:
     """`file:line` of the innermost stack frame outside the fusegraph package."""
-    frame = sys._getframe(1)  # noqa: SLF001 - cheap and what we need
+    frame: FrameType | None = sys._getframe(1)  # noqa: SLF001 - cheap and what we need
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
         if not filename.startswith(_PACKAGE_DIR) and "importlib" not in filename:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Sequence
 from io import StringIO
+from typing import Any
 
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
@@ -13,7 +14,7 @@ from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
 from fusegraph.compiler.errors import IRVerifyError
-from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.types import BufferType, TensorType, tensor_type
 from fusegraph.compiler.values import BufferValue, TensorValue, Value
 
 _CURRENT: contextvars.ContextVar[tuple[Graph, ...]] = contextvars.ContextVar("fg_graphs", default=())
@@ -76,14 +77,19 @@ class Graph:
         return self.func.body.block
 
     @property
-    def inputs(self) -> tuple[Value, ...]:
-        """The graph inputs, as TensorValues and BufferValues."""
+    def inputs(self) -> tuple[Any, ...]:
+        """The graph inputs: a `TensorValue` per `TensorType` input, a `BufferValue` per
+        `BufferType` input, in declaration order.
+
+        Typed `Any` (as MAX's `Graph.inputs` is) so that unpacking them into layer calls,
+        `x, row_offsets, *kv = g.inputs; PagedCacheValues(*kv)`, type-checks.
+        """
         return tuple(Value.wrap(a) for a in self.block.args)
 
     @property
     def weights(self) -> dict[str, TensorType]:
         """The weights the graph names, with their types."""
-        return {name: op.results[0].type for name, op in self._weights.items()}  # type: ignore[misc]
+        return {name: tensor_type(op.results[0]) for name, op in self._weights.items()}
 
     @property
     def outputs(self) -> tuple[Value, ...]:

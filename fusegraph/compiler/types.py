@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import sympy
-from xdsl.ir import Data, ParametrizedAttribute, TypeAttribute
+from xdsl.ir import Data, ParametrizedAttribute, SSAValue, TypeAttribute
 from xdsl.irdl import irdl_attr_definition
 from xdsl.parser import AttrParser
 from xdsl.printer import Printer
@@ -178,6 +178,31 @@ class BufferType(_ShapedType):
         device: DeviceRef | DeviceAttr | None = None,
     ) -> None:
         self._init_params(dtype, shape, device)
+
+
+def tensor_type(value: SSAValue) -> TensorType:
+    """`value.type` as a TensorType (xDSL types SSA values as `Attribute`).
+
+    Raises:
+        TypeError: naming the value's type when it is not a `!fg.tensor`.
+    """
+    if not isinstance(t := value.type, TensorType):
+        raise TypeError(f"expected a !fg.tensor value, got {value.name_hint or 'a value'} of type {t}")
+    return t
+
+
+def buffer_type(value: SSAValue) -> BufferType:
+    """`value.type` as a BufferType, or a TypeError naming the value's type."""
+    if not isinstance(t := value.type, BufferType):
+        raise TypeError(f"expected a !fg.buffer value, got {value.name_hint or 'a value'} of type {t}")
+    return t
+
+
+def shaped_type(value: SSAValue) -> TensorType | BufferType:
+    """`value.type` as a TensorType or BufferType, or a TypeError naming the value's type."""
+    if not isinstance(t := value.type, (TensorType, BufferType)):
+        raise TypeError(f"expected an fg value, got {value.name_hint or 'a value'} of type {t}")
+    return t
 
 
 def _shape_str(shape: Sequence[Dim]) -> str:

@@ -87,7 +87,8 @@ def check_heads_match_cache(op: str, operand: str, x: TensorType, kv: BufferType
         )
     if x.dtype != kv.dtype:
         raise ValueError(f"{op}: {operand} dtype {x.dtype.name} != kv_blocks dtype {kv.dtype.name}")
-    expect_same_device(op, **{operand: x, "kv_blocks": kv})
+    operands: dict[str, TensorType | BufferType] = {operand: x, "kv_blocks": kv}
+    expect_same_device(op, **operands)
 
 
 def check_freqs(op: str, freqs_cis: Any, head_dim: Dim) -> TensorType:

@@ -89,7 +89,11 @@ class PagedAttentionOp(FgOp):
     def infer_types(self) -> Sequence[Attribute]:
         operands = (self.q, self.input_row_offsets, self.kv_blocks, self.cache_lengths, self.lookup_table)
         types = [v.type for v in operands]
-        return [_attention_shape_rule(*types, self.layer_idx, self.mask, self.sliding_window)]
+        return [
+            _attention_shape_rule(
+                *types, layer_idx=self.layer_idx, mask=self.mask, sliding_window=self.sliding_window
+            )
+        ]
 
 
 def _attention_shape_rule(
@@ -98,6 +102,7 @@ def _attention_shape_rule(
     kv_blocks: Any,
     cache_lengths: Any,
     lookup_table: Any,
+    *,
     layer_idx: int,
     mask: str,
     sliding_window: int | None,
@@ -163,7 +168,8 @@ def paged_attention(
         props["sliding_window"] = IntegerAttr(sliding_window, i64)
 
     def rule() -> list[TensorType]:
-        return [_attention_shape_rule(*(v.type for v in operands), layer_idx, mask, sliding_window)]
+        types = [v.type for v in operands]
+        return [_attention_shape_rule(*types, layer_idx=layer_idx, mask=mask, sliding_window=sliding_window)]
 
     op = emit(PagedAttentionOp, operands, props, result_types=rule)
     return TensorValue(op.results[0])

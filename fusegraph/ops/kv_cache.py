@@ -79,11 +79,20 @@ class KVCacheStoreOp(FgOp):
 
     def infer_types(self) -> Sequence[Attribute]:
         operands = (self.kv_blocks, self.x, self.input_row_offsets, self.cache_lengths, self.lookup_table)
-        return [_store_shape_rule(*(v.type for v in operands), self.layer_idx, self.key_or_value)]
+        return [
+            _store_shape_rule(*(v.type for v in operands), layer_idx=self.layer_idx, kv=self.key_or_value)
+        ]
 
 
 def _store_shape_rule(
-    kv_blocks: Any, x: Any, row_offsets: Any, cache_lengths: Any, lookup_table: Any, layer_idx: int, kv: int
+    kv_blocks: Any,
+    x: Any,
+    row_offsets: Any,
+    cache_lengths: Any,
+    lookup_table: Any,
+    *,
+    layer_idx: int,
+    kv: int,
 ) -> BufferType:
     op = "fg.kv_cache.store"
     if kv not in (0, 1):
@@ -128,7 +137,7 @@ def kv_cache_store(
     props = {"layer_idx": IntegerAttr(layer_idx, i64), "key_or_value": IntegerAttr(key_or_value, i64)}
 
     def rule() -> list[BufferType]:
-        return [_store_shape_rule(*(v.type for v in operands), layer_idx, key_or_value)]
+        return [_store_shape_rule(*(v.type for v in operands), layer_idx=layer_idx, kv=key_or_value)]
 
     op = emit(KVCacheStoreOp, operands, props, result_types=rule)
     return BufferValue(op.results[0])

@@ -117,8 +117,13 @@ class RopeSplitStoreOp(FgOp):
             self.cache_lengths,
             self.lookup_table,
         )
-        heads = (self.n_heads, self.n_kv_heads, self.head_dim)
-        return _rope_split_store_shape_rule(*(v.type for v in operands), self.layer_idx, *heads)
+        return _rope_split_store_shape_rule(
+            *(v.type for v in operands),
+            layer_idx=self.layer_idx,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+        )
 
 
 def _rope_split_store_shape_rule(
@@ -128,6 +133,7 @@ def _rope_split_store_shape_rule(
     kv_blocks: Any,
     cache_lengths: Any,
     lookup_table: Any,
+    *,
     layer_idx: int,
     n_heads: int,
     n_kv_heads: int,
@@ -203,7 +209,11 @@ def rope_split_store(
 
     def rule() -> list[Attribute]:
         return _rope_split_store_shape_rule(
-            *(v.type for v in operands), layer_idx, n_heads, n_kv_heads, head_dim
+            *(v.type for v in operands),
+            layer_idx=layer_idx,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
         )
 
     op = emit(RopeSplitStoreOp, operands, props, result_types=rule)

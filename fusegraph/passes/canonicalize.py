@@ -25,6 +25,7 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 
+from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.elementwise import CastOp
 from fusegraph.ops.shape import ConcatOp, PermuteOp, ReshapeOp, SplitOp
 from fusegraph.passes.dce import EraseDeadOp
@@ -70,7 +71,7 @@ def _split_concat(op: SplitOp) -> Fold | NoMatch:
     concat = op.input.owner
     if not isinstance(concat, ConcatOp):
         return no_match("input is not produced by fg.concat")
-    rank = op.input.type.rank
+    rank = tensor_type(op.input).rank
     if concat.axis.value.data % rank != op.axis.value.data % rank:
         return no_match(f"split axis {op.axis.value.data} != concat axis {concat.axis.value.data}")
     pieces = list(concat.inputs)
@@ -83,7 +84,7 @@ def _concat_split(op: ConcatOp) -> Fold | NoMatch:
     first = op.inputs[0].owner
     if not isinstance(first, SplitOp):
         return no_match("input 0 is not produced by fg.split")
-    rank = first.input.type.rank
+    rank = tensor_type(first.input).rank
     if first.axis.value.data % rank != op.axis.value.data % rank:
         return no_match(f"concat axis {op.axis.value.data} != split axis {first.axis.value.data}")
     if list(op.inputs) != list(first.outputs):

@@ -23,6 +23,7 @@ Each output element is the same dot product as before; only the matmul's blockin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import DenseArrayBase, IntegerAttr, ModuleOp, i64
@@ -31,7 +32,7 @@ from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 from xdsl.rewriter import InsertPoint
 
-from fusegraph.compiler.types import TensorType
+from fusegraph.compiler.types import TensorType, tensor_type
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.matmul import MatmulOp
 from fusegraph.ops.shape import ConcatOp, PermuteOp, SplitOp
@@ -47,21 +48,22 @@ from fusegraph.passes.patterns import (
 )
 
 _GPTQ_CONFIG = ("bits", "group_size", "sym", "desc_act", "zero_format", "clip")
+ProjT = TypeVar("ProjT", MatmulOp, QMatmulGptqOp)
 
 
 def concat(values: list[SSAValue], axis: int) -> ConcatOp:
     """A detached `fg.concat` of `values` along `axis` (type computed here)."""
-    first: TensorType = values[0].type  # type: ignore[assignment]
+    first = tensor_type(values[0])
     shape = list(first.shape)
     for v in values[1:]:
-        shape[axis] = shape[axis] + v.type.shape[axis]  # type: ignore[attr-defined]
+        shape[axis] = shape[axis] + tensor_type(v).shape[axis]
     out = TensorType(first.dtype, shape, first.device)
     return ConcatOp.build(operands=[values], properties={"axis": IntegerAttr(axis, i64)}, result_types=[out])
 
 
-def _group(op: MatmulOp | QMatmulGptqOp) -> list[Operation] | NoMatch:
+def _group(op: ProjT) -> list[ProjT] | NoMatch:
     x = op.operands[0]
-    group = sorted((u for u in users(x) if type(u) is type(op) and u.operands[0] is x), key=block_index)
+    group = sorted((u for u in users(x) if isinstance(u, type(op)) and u.operands[0] is x), key=block_index)
     if len(group) == 1:
         return NotCandidate(f"the only {op.name} user of its input")
     if len(group) != 3:
@@ -75,20 +77,20 @@ def _group(op: MatmulOp | QMatmulGptqOp) -> list[Operation] | NoMatch:
     return group
 
 
-def _matmul_layout(group: list[Operation]) -> bool | NoMatch:
+def _matmul_layout(group: list[MatmulOp]) -> bool | NoMatch:
     """True: weights are `W.T` permutes of `[N, K]`; False: plain `[K, N]`."""
-    transposed = [isinstance(m.operands[1].owner, PermuteOp) for m in group]
-    if len(set(transposed)) != 1:
+    permutes = [m.rhs.owner if isinstance(m.rhs.owner, PermuteOp) else None for m in group]
+    if len({p is None for p in permutes}) != 1:
         return no_match("projections disagree on the weight layout (W.T vs W)")
-    for i, m in enumerate(group):
-        if m.operands[1].type.rank != 2:
+    for i, (m, permute) in enumerate(zip(group, permutes, strict=True)):
+        if tensor_type(m.rhs).rank != 2:
             return no_match(f"projection {i} has a batched rhs")
-        if transposed[0] and list(m.operands[1].owner.permutation) != [1, 0]:
+        if permute is not None and list(permute.permutation) != [1, 0]:
             return no_match(f"projection {i} weight permute is not [1, 0]")
-    return transposed[0]
+    return permutes[0] is not None
 
 
-def _gptq_agree(group: list[Operation]) -> NoMatch | None:
+def _gptq_agree(group: list[QMatmulGptqOp]) -> NoMatch | None:
     first = group[0]
     for i, op in enumerate(group[1:], start=1):
         for field in _GPTQ_CONFIG:
@@ -98,71 +100,81 @@ def _gptq_agree(group: list[Operation]) -> NoMatch | None:
             return no_match(f"projection {i} qzeros presence differs")
         if op.g_idx is not first.g_idx:
             return no_match(f"projection {i} g_idx is a different value (weights are unknown here)")
-        if op.scales.type.dtype != first.scales.type.dtype:
+        if tensor_type(op.scales).dtype != tensor_type(first.scales).dtype:
             return no_match(f"projection {i} scales dtype differs")
     return None
 
 
 @dataclass
-class _Match:
-    group: list[Operation]
-    transposed: bool | None  # None: GPTQ
+class _MatmulMatch:
+    group: list[MatmulOp]
+    transposed: bool  # weights are `W.T` permutes of `[N, K]`
 
 
-class FuseProjections(GuardedPattern[_Match]):
+@dataclass
+class _GptqMatch:
+    group: list[QMatmulGptqOp]
+
+
+class FuseProjections(GuardedPattern[_MatmulMatch | _GptqMatch]):
     """q, k, v projections of one input -> one stacked projection + fg.split"""
 
     counter = "fused"
 
-    def match(self, op: MatmulOp | QMatmulGptqOp) -> _Match | NoMatch:
+    def match(self, op: MatmulOp | QMatmulGptqOp) -> _MatmulMatch | _GptqMatch | NoMatch:
+        if isinstance(op, QMatmulGptqOp):
+            if isinstance(gptq := _group(op), NoMatch):
+                return gptq
+            reason = _gptq_agree(gptq)
+            return reason if reason is not None else _GptqMatch(gptq)
         if isinstance(group := _group(op), NoMatch):
             return group
-        if isinstance(op, QMatmulGptqOp):
-            reason = _gptq_agree(group)
-            return reason if reason is not None else _Match(group, None)
         layout = _matmul_layout(group)
-        return layout if isinstance(layout, NoMatch) else _Match(group, layout)
+        return layout if isinstance(layout, NoMatch) else _MatmulMatch(group, layout)
 
-    def rewrite(self, match: _Match, rewriter: PatternRewriter) -> None:
-        new_ops = _stacked_gptq(match.group) if match.transposed is None else _stacked_matmul(match)
-        outs = [p.results[0] for p in match.group]
-        rank = outs[0].type.rank  # type: ignore[attr-defined]
+    def rewrite(self, match: _MatmulMatch | _GptqMatch, rewriter: PatternRewriter) -> None:
+        group: list[MatmulOp] | list[QMatmulGptqOp] = match.group
+        new_ops = _stacked_matmul(match) if isinstance(match, _MatmulMatch) else _stacked_gptq(match.group)
+        outs = [p.result for p in group]
         split = SplitOp.build(
             operands=[new_ops[-1].results[0]],
-            properties={"axis": IntegerAttr(rank - 1, i64)},
+            properties={"axis": IntegerAttr(tensor_type(outs[0]).rank - 1, i64)},
             result_types=[[o.type for o in outs]],
         )
-        rewriter.insert([*new_ops, split], InsertPoint.before(match.group[-1]))
+        rewriter.insert([*new_ops, split], InsertPoint.before(group[-1]))
         for old, new in zip(outs, split.results, strict=True):
             rewriter.replace_all_uses_with(old, new)
-        for proj in match.group:
+        for proj in group:
             rhs_owner = proj.operands[1].owner
             rewriter.erase(proj)
             if isinstance(rhs_owner, PermuteOp) and rhs_owner.result.first_use is None:
                 rewriter.erase(rhs_owner)
 
 
-def _stacked_matmul(match: _Match) -> list[Operation]:
-    x = match.group[0].operands[0]
-    rhs = [p.operands[1] for p in match.group]
+def _stacked_matmul(match: _MatmulMatch) -> list[Operation]:
+    x = match.group[0].lhs
+    rhs = [p.rhs for p in match.group]
     if not match.transposed:
         w = concat(rhs, axis=1)
         return [w, MatmulOp.build(operands=[x, w.result], result_types=[_out_type(x, w.result, 1)])]
-    w = concat([r.owner.input for r in rhs], axis=0)  # type: ignore[union-attr]
-    wt_type = TensorType(w.result.type.dtype, list(reversed(w.result.type.shape)), w.result.type.device)
+    # the guards checked that every rhs is a [1, 0] permute
+    w = concat([r.owner.input for r in rhs if isinstance(r.owner, PermuteOp)], axis=0)
+    w_type = tensor_type(w.result)
+    wt_type = TensorType(w_type.dtype, list(reversed(w_type.shape)), w_type.device)
     perm = {"perm": DenseArrayBase.from_list(i64, [1, 0])}
     wt = PermuteOp.build(operands=[w.result], properties=perm, result_types=[wt_type])
     return [w, wt, MatmulOp.build(operands=[x, wt.result], result_types=[_out_type(x, wt.result, 1)])]
 
 
-def _stacked_gptq(group: list[Operation]) -> list[Operation]:
-    first: QMatmulGptqOp = group[0]  # type: ignore[assignment]
-    qweight = concat([p.qweight for p in group], axis=1)  # type: ignore[attr-defined]
-    scales = concat([p.scales for p in group], axis=1)  # type: ignore[attr-defined]
+def _stacked_gptq(group: list[QMatmulGptqOp]) -> list[Operation]:
+    first = group[0]
+    qweight = concat([p.qweight for p in group], axis=1)
+    scales = concat([p.scales for p in group], axis=1)
     new_ops: list[Operation] = [qweight, scales]
     qzeros: list[SSAValue] = []
     if first.qzeros is not None:
-        new_ops.append(zeros := concat([p.qzeros for p in group], axis=1))  # type: ignore[attr-defined]
+        # the guards checked that qzeros presence agrees
+        new_ops.append(zeros := concat([p.qzeros for p in group if p.qzeros is not None], axis=1))
         qzeros = [zeros.result]
     g_idx = [] if first.g_idx is None else [first.g_idx]
     mm = QMatmulGptqOp.build(
@@ -174,8 +186,8 @@ def _stacked_gptq(group: list[Operation]) -> list[Operation]:
 
 
 def _out_type(x: SSAValue, w: SSAValue, n_axis: int) -> TensorType:
-    xt: TensorType = x.type  # type: ignore[assignment]
-    return TensorType(xt.dtype, [*xt.shape[:-1], w.type.shape[n_axis]], xt.device)  # type: ignore[attr-defined]
+    xt = tensor_type(x)
+    return TensorType(xt.dtype, [*xt.shape[:-1], tensor_type(w).shape[n_axis]], xt.device)
 
 
 class _FuseMatmuls(FuseProjections):

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from xdsl.ir import Operation, SSAValue
 
+from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.kv_cache import KVCacheStoreOp
 from fusegraph.ops.rope import RopeOp
 from fusegraph.ops.shape import ReshapeOp, SplitOp
-from fusegraph.passes.patterns import NoMatch, block_index, defined_by, no_match, num_uses, single_user
+from fusegraph.passes.patterns import NoMatch, OpT, block_index, defined_by, no_match, num_uses, single_user
 
 
 @dataclass
@@ -62,12 +63,12 @@ def match_chain(v_store: KVCacheStoreOp) -> Group | NoMatch:
         return no_match(f"stores aren't chained: {k_store}")
     if (reason := _check_stores(k_store, v_store)) is not None:
         return reason
-    k_rope = defined_by(k_store.x, RopeOp, "stored key")
-    v_reshape = defined_by(v_store.x, ReshapeOp, "stored value")
-    k_reshape = k_rope if isinstance(k_rope, NoMatch) else defined_by(k_rope.x, ReshapeOp, "k rope input")
-    for found in (k_rope, v_reshape, k_reshape):
-        if isinstance(found, NoMatch):
-            return found
+    if isinstance(k_rope := defined_by(k_store.x, RopeOp, "stored key"), NoMatch):
+        return k_rope
+    if isinstance(v_reshape := defined_by(v_store.x, ReshapeOp, "stored value"), NoMatch):
+        return v_reshape
+    if isinstance(k_reshape := defined_by(k_rope.x, ReshapeOp, "k rope input"), NoMatch):
+        return k_reshape
     split = defined_by(k_reshape.input, SplitOp, "k reshape input")
     if isinstance(split, NoMatch):
         return split
@@ -98,21 +99,22 @@ def _check_stores(k_store: KVCacheStoreOp, v_store: KVCacheStoreOp) -> NoMatch |
 def _match_q_side(split: SplitOp) -> tuple[ReshapeOp, RopeOp, ReshapeOp] | NoMatch:
     if len(split.outputs) != 3:
         return no_match(f"split has {len(split.outputs)} results, expected 3 (q, k, v)")
-    chain: list[Operation] = []
-    value: SSAValue = split.outputs[0]
-    for what, cls in (
-        ("split result 0", ReshapeOp),
-        ("q reshape result", RopeOp),
-        ("q rope result", ReshapeOp),
-    ):
-        user = single_user(value, what)
-        if isinstance(user, NoMatch):
-            return user
-        if not isinstance(user, cls):
-            return no_match(f"{what} is used by {user.name}, not {cls.name}")
-        chain.append(user)
-        value = user.results[0]
-    return chain[0], chain[1], chain[2]  # type: ignore[return-value]
+    if isinstance(q_reshape := _sole_user(split.outputs[0], ReshapeOp, "split result 0"), NoMatch):
+        return q_reshape
+    if isinstance(q_rope := _sole_user(q_reshape.result, RopeOp, "q reshape result"), NoMatch):
+        return q_rope
+    if isinstance(q_out := _sole_user(q_rope.result, ReshapeOp, "q rope result"), NoMatch):
+        return q_out
+    return q_reshape, q_rope, q_out
+
+
+def _sole_user(value: SSAValue, cls: type[OpT], what: str) -> OpT | NoMatch:
+    user = single_user(value, what)
+    if isinstance(user, NoMatch):
+        return user
+    if not isinstance(user, cls):
+        return no_match(f"{what} is used by {user.name}, not {cls.name}")
+    return user
 
 
 def _check_single_use(g: Group) -> NoMatch | None:
@@ -128,10 +130,10 @@ def _check_single_use(g: Group) -> NoMatch | None:
 
 
 def _check_split(g: Group) -> NoMatch | None:
-    qkv = g.split.input.type
+    qkv = tensor_type(g.split.input)
     if qkv.rank != 2 or g.split.axis.value.data % 2 != 1:
         return no_match(f"split is not of a [T, (H+2Hkv)*D] tensor along axis 1 (rank {qkv.rank})")
-    shapes = [r.result.type.shape for r in (g.q_reshape, g.k_reshape, g.v_reshape)]
+    shapes = [tensor_type(r.result).shape for r in (g.q_reshape, g.k_reshape, g.v_reshape)]
     if any(len(s) != 3 or not all(d.is_static for d in s[1:]) for s in shapes):
         return no_match("q/k/v reshapes are not to [T, heads, D] with static heads and D")
     (_, h, d), (_, hk, dk), (_, hv, dv) = shapes

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.types import BufferType, TensorType, buffer_type, shaped_type
 
 # Operand names of the paged ops -> the role of a graph input passed there.
 _ROLES = {
@@ -194,7 +194,7 @@ def _plan(graph: Graph, roles: dict[int, str], steps: int) -> _Plan:
     kv = [i for i, r in roles.items() if r == "kv_blocks"]
     if not kv or "row_offsets" not in roles.values():
         return _Plan(steps=[[]])
-    kv_type = graph.block.args[kv[0]].type
+    kv_type = buffer_type(graph.block.args[kv[0]])
     num_blocks, _, num_layers, page_size, n_kv_heads, head_dim = (
         _static("kv_blocks", d) for d in kv_type.shape
     )
@@ -221,9 +221,10 @@ class _Runner:
         from fusegraph.compiler.devices import DeviceRef
         from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 
-        self.types = [a.type for a in graph.block.args]
+        self.types = [shaped_type(a) for a in graph.block.args]
         self.roles, self.dims, self.device, self.seed = roles, dims, device, seed
-        self.manager, self.seqs = None, []
+        self.manager: PagedKVCacheManager | None = None
+        self.seqs: list[int] = []
         if plan.manager_params is not None:
             ref = DeviceRef.CPU() if device == "cpu" else DeviceRef.GPU(int(device.partition(":")[2] or 0))
             self.manager = PagedKVCacheManager(plan.manager_params, plan.num_blocks, devices=[ref])
@@ -232,7 +233,7 @@ class _Runner:
 
     def inputs(self, step: int, tokens: list[int]) -> list[torch.Tensor]:
         """The inputs of `step`: paged metadata from the manager, the rest random."""
-        meta = self._paged(tokens) if self.manager is not None else {}
+        meta = self._paged(tokens)
         sizes = self._sizes(meta, tokens)
         gen = torch.Generator().manual_seed(self.seed * 1000 + step)
         inputs = []
@@ -242,6 +243,8 @@ class _Runner:
         return inputs
 
     def _paged(self, tokens: list[int]) -> dict[str, torch.Tensor]:
+        if self.manager is None:  # not a paged graph: every input is random
+            return {}
         batch = self.manager.prepare(self.seqs, tokens)
         return {
             "row_offsets": batch.row_offsets,

@@ -105,7 +105,17 @@ def _paged_fused() -> Graph:
     with Graph("paged_fused", input_types=_paged_inputs()) as g:
         qkv, ro, freqs, kv, lens, lookup = g.inputs
         q, kv = ops.rope_split_store(
-            qkv, ro, freqs, kv, lens, lookup, layer_idx=0, interleaved=False, n_heads=4, n_kv_heads=2, head_dim=8
+            qkv,
+            ro,
+            freqs,
+            kv,
+            lens,
+            lookup,
+            layer_idx=0,
+            interleaved=False,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=8,
         )
         g.output(q, kv)
     return g

@@ -31,6 +31,7 @@ import torch
 
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering.fx import to_fx
+from fusegraph.compiler.types import shaped_type
 
 OutputTypeName = Literal["torch", "linalg-on-tensors", "tosa", "stablehlo"]
 _MODES = ("custom", "decomposed")
@@ -158,10 +159,10 @@ def example_inputs(graph: Graph, dim_hints: Mapping[str, int] | None = None) -> 
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
 
-    types = [a.type for a in graph.block.args] + list(graph.weights.values())
+    types = [shaped_type(a) for a in graph.block.args] + list(graph.weights.values())
     hints = default_dim_hints(graph) | dict(dim_hints or {})
-    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
-    env = fake_mode.shape_env
+    env = ShapeEnv()
+    fake_mode = FakeTensorMode(shape_env=env)
     symbols: dict[str, Any] = {}
     for name, hint in hints.items():
         expr = env.create_symbol(
@@ -179,7 +180,7 @@ def example_inputs(graph: Graph, dim_hints: Mapping[str, int] | None = None) -> 
 def default_dim_hints(graph: Graph) -> dict[str, int]:
     """Distinct example sizes (from 5 up) for the symbolic dims of the inputs and weights;
     a name `x_plus_1` gets `x`'s size + 1 when `x` is also a dim."""
-    types = [a.type for a in graph.block.args] + list(graph.weights.values())
+    types = [shaped_type(a) for a in graph.block.args] + list(graph.weights.values())
     names: list[str] = []
     for t in types:
         for d in t.shape:
@@ -283,7 +284,7 @@ def _check_dynamic_dims(result: TorchMlirModule, graph: Graph) -> None:
     arg_types = result.argument_types()
     for i, arg in enumerate(graph.block.args):
         dims = _mlir_dims(arg_types[i])
-        for axis, d in enumerate(arg.type.shape):
+        for axis, d in enumerate(shaped_type(arg).shape):
             if d.is_symbolic and dims is not None and dims[axis] != "?":
                 raise ValueError(
                     f"to_torch_mlir: input {i} dim {axis} ({d.name!r}) was specialized to {dims[axis]} "
