@@ -14,15 +14,26 @@ from fusegraph.passes.manager import (
     PassVerifyError,
     parse_pass_pipeline,
 )
-from fusegraph.passes.registry import available_passes, pass_class
+from fusegraph.passes.registry import (
+    PassPluginError,
+    available_passes,
+    load_pass_plugin,
+    pass_class,
+    register_pass,
+    unregister_pass,
+)
 
 __all__ = [
     "PassFailedError",
     "PassManager",
+    "PassPluginError",
     "PassRecord",
     "PassStatistics",
     "PassVerifyError",
     "available_passes",
+    "load_pass_plugin",
     "parse_pass_pipeline",
     "pass_class",
+    "register_pass",
+    "unregister_pass",
 ]

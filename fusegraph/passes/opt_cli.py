@@ -4,6 +4,8 @@ Example:
     $ fusegraph opt model.mlir -p fuse-rope-split-store,canonicalize,cse,dce
     $ fusegraph opt tests.mlir -p canonicalize --split-input-file | filecheck tests.mlir
     $ fusegraph opt --list-passes
+    $ fusegraph opt model.mlir --load-pass-plugin my_pass.py -p fold-mul-one,dce
+    $ fusegraph opt model.mlir -p fuse-rope-split-store,dce --dot-compare fused.svg
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import re
 import shlex
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
+
+from xdsl.dialects.builtin import ModuleOp
 
 from fusegraph.compiler.errors import IRParseError, IRVerifyError
 from fusegraph.compiler.parse import parse_module
 from fusegraph.passes.manager import PassFailedError, PassManager, print_module
-from fusegraph.passes.registry import available_passes
+from fusegraph.passes.registry import PassPluginError, available_passes, load_pass_plugin
 
 SPLIT_MARKER = "// -----"
 _EXPECTED = re.compile(r"//\s*expected-error(?:@[+-]?\d+)?\s*\{\{(.*?)\}\}")
@@ -40,6 +45,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pass-statistics", action="store_true", help="print per-pass statistics to stderr")
     p.add_argument("--debug", action="store_true", help="say why each pattern did not match (stderr)")
     p.add_argument("--list-passes", action="store_true", help="list the passes and their options")
+    p.add_argument(
+        "--load-pass-plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a Python file that calls fusegraph.passes.register_pass (repeatable)",
+    )
+    p.add_argument("--dot", metavar="OUT.svg", help="draw the resulting graph (Graphviz; .dot without it)")
+    p.add_argument("--dot-compare", metavar="OUT.svg", help="draw the input graph beside the resulting graph")
     p.set_defaults(func=run_opt)
     return p
 
@@ -71,13 +85,57 @@ def split_chunks(text: str, split: bool) -> list[tuple[int, str]]:
     return chunks
 
 
-def run_chunk(text: str, filename: str, manager: PassManager, args: argparse.Namespace) -> str:
-    """Parse, run the pipeline, print. Raises on failure."""
+def run_chunk(
+    text: str, filename: str, manager: PassManager, args: argparse.Namespace, index: int | None = None
+) -> str:
+    """Parse, run the pipeline, draw (with --dot/--dot-compare), print. Raises on failure.
+
+    `index` numbers the picture files of one chunk among several (`out.2.svg`).
+    """
     module = parse_module(text, filename)
+    before = module.clone() if args.dot_compare else None
     stats = manager.run(module)
     if args.pass_statistics:
         print(stats, file=sys.stderr)
+    draw_pictures(module, before, manager, args, index)
     return print_module(module)
+
+
+def draw_pictures(
+    after: ModuleOp,
+    before: ModuleOp | None,
+    manager: PassManager,
+    args: argparse.Namespace,
+    index: int | None,
+) -> None:
+    """Write the --dot and --dot-compare pictures of one chunk; say where on stderr."""
+    if not (args.dot or args.dot_compare):
+        return
+    from fusegraph.compiler.dot import render, to_dot, to_dot_side_by_side
+    from fusegraph.compiler.graph import Graph
+
+    result = Graph(name="", module=after)
+    jobs = []
+    if args.dot:
+        jobs.append((args.dot, lambda: to_dot(result)))
+    if args.dot_compare and before is not None:
+        title = f"after -p {manager.pipeline_text}".replace('"', "'")
+        jobs.append(
+            (
+                args.dot_compare,
+                lambda: to_dot_side_by_side(Graph(name="", module=before), result, ("input", title)),
+            )
+        )
+    for path, make in jobs:
+        written = render(make(), _numbered(path, index))
+        note = "" if written.suffix == Path(path).suffix else " (Graphviz `dot` not found: wrote the text)"
+        print(f"fusegraph opt: wrote {written}{note}", file=sys.stderr)
+
+
+def _numbered(path: str, index: int | None) -> Path:
+    """`out.svg`, or `out.<index>.svg` for one chunk of several."""
+    p = Path(path)
+    return p if index is None else p.with_name(f"{p.stem}.{index}{p.suffix}")
 
 
 def reproducer(text: str, args: argparse.Namespace, manager: PassManager) -> str:
@@ -85,6 +143,8 @@ def reproducer(text: str, args: argparse.Namespace, manager: PassManager) -> str
     with tempfile.NamedTemporaryFile("w", prefix="fusegraph-repro-", suffix=".mlir", delete=False) as f:
         f.write(text)
     cmd = ["fusegraph", "opt", f.name, "-p", manager.pipeline_text]
+    for plugin in args.load_pass_plugin:
+        cmd += ["--load-pass-plugin", str(Path(plugin).resolve())]
     cmd += [flag for flag in ("--no-verify-each", "--debug") if getattr(args, flag[2:].replace("-", "_"))]
     return "reproduce with: " + shlex.join(cmd)
 
@@ -102,6 +162,12 @@ def check_diagnostics(text: str, error: str | None) -> str | None:
 
 def run_opt(args: argparse.Namespace) -> int:
     """Entry point of `fusegraph opt`; returns the exit status."""
+    try:
+        for plugin in args.load_pass_plugin:
+            load_pass_plugin(plugin)
+    except PassPluginError as err:
+        print(f"fusegraph opt: error: {err}", file=sys.stderr)
+        return 2
     if args.list_passes:
         print(list_passes())
         return 0
@@ -124,8 +190,10 @@ def run_opt(args: argparse.Namespace) -> int:
         print(f"fusegraph opt: error: {err}", file=sys.stderr)
         return 2
     outputs, failed = [], False
-    for first_line, chunk in split_chunks(text, args.split_input_file):
-        out, ok = _one_chunk("\n" * first_line + chunk, filename, manager, args)
+    chunks = split_chunks(text, args.split_input_file)
+    for index, (first_line, chunk) in enumerate(chunks):
+        number = index if len(chunks) > 1 else None
+        out, ok = _one_chunk("\n" * first_line + chunk, filename, manager, args, number)
         failed |= not ok
         if out is not None:
             outputs.append(out)
@@ -134,12 +202,12 @@ def run_opt(args: argparse.Namespace) -> int:
 
 
 def _one_chunk(
-    chunk: str, filename: str, manager: PassManager, args: argparse.Namespace
+    chunk: str, filename: str, manager: PassManager, args: argparse.Namespace, index: int | None = None
 ) -> tuple[str | None, bool]:
     error = None
     out = None
     try:
-        out = run_chunk(chunk, filename, manager, args)
+        out = run_chunk(chunk, filename, manager, args, index)
     except (IRParseError, IRVerifyError, PassFailedError) as err:
         error = str(err)
     if args.verify_diagnostics:
