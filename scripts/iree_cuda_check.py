@@ -44,70 +44,69 @@ SHAPE = {"hidden": 256, "n_heads": 8, "n_kv_heads": 4, "head_dim": 32, "page_siz
 # --- compile (dev machine) ------------------------------------------------------------
 def build_model(num_layers: int, seed: int) -> tuple[Any, dict[str, Any], Any]:
     """A `num_layers` GPTQ attention stack: (graph, weights, kv_params)."""
-    import torch
-
     from fusegraph import DeviceRef, DType, Graph, TensorType
-    from fusegraph.nn import (
-        GPTQAttentionWithRope,
-        KVCacheParams,
-        LayerList,
-        Module,
-        PagedCacheValues,
-        QuantizationConfig,
-        RotaryEmbedding,
-        quantize_gptq_projections,
-    )  # fmt: skip
+    from fusegraph.nn import PagedCacheValues
     from fusegraph.runtime import PagedKVCacheManager
 
-    cpu, s = DeviceRef.CPU(), SHAPE
-    kv_params = KVCacheParams(
-        dtype=DType.float32, n_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"], num_layers=num_layers,
-        page_size=s["page_size"], devices=[cpu],
-    )  # fmt: skip
-    rope = RotaryEmbedding(
-        dim=s["hidden"], n_heads=s["n_heads"], theta=10000.0, max_seq_len=256, interleaved=False
-    )
-    quant = QuantizationConfig(bits=4, group_size=64, desc_act=True, sym=False)
-
-    class Block(Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.self_attn = GPTQAttentionWithRope(
-                quantization_config=quant, rope=rope, num_attention_heads=s["n_heads"],
-                num_key_value_heads=s["n_kv_heads"], hidden_size=s["hidden"], kv_params=kv_params,
-            )  # fmt: skip
-
-    class Stack(Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = LayerList([Block() for _ in range(num_layers)])
-
-    model = Stack()
-    layers = model.layers
-    gen = torch.Generator().manual_seed(seed)
-    q_dim, kv_dim, hidden = s["n_heads"] * s["head_dim"], s["n_kv_heads"] * s["head_dim"], s["hidden"]
-    dims = {
-        "q_proj": (q_dim, hidden),
-        "k_proj": (kv_dim, hidden),
-        "v_proj": (kv_dim, hidden),
-        "o_proj": (hidden, q_dim),
-    }
-    for block in layers:
-        dense = {p: torch.randn(*shape, generator=gen) / hidden**0.5 for p, shape in dims.items()}
-        block.self_attn.load_state_dict(quantize_gptq_projections(dense, quant))
-    manager = PagedKVCacheManager(kv_params, num_blocks=s["num_blocks"])
+    cpu = DeviceRef.CPU()
+    model, rope, kv_params = _gptq_stack(num_layers, seed)
+    manager = PagedKVCacheManager(kv_params, num_blocks=SHAPE["num_blocks"])
     inputs = [
-        TensorType(DType.float32, ["total_seq_len", hidden], cpu),
+        TensorType(DType.float32, ["total_seq_len", SHAPE["hidden"]], cpu),
         TensorType(DType.uint32, ["batch_plus_1"], cpu),
         *manager.input_types(),
     ]
     with Graph("gptq_attn_cuda_check", input_types=inputs) as g:
         x, row_offsets, *kv_inputs = g.inputs
         kv = PagedCacheValues(*kv_inputs)
-        for i, block in enumerate(layers):
+        for i, block in enumerate(model.layers):
             x = block.self_attn(i, x, kv, rope.freqs_cis, row_offsets)
         g.output(x)
     return g, model.state_dict(), kv_params
+
+
+def _gptq_stack(num_layers: int, seed: int) -> tuple[Any, Any, Any]:
+    """`model.layers[i].self_attn`: 4-bit act-order GPTQ attention with random weights."""
+    import torch
+
+    from fusegraph import DeviceRef, DType
+    from fusegraph.nn import (
+        GPTQAttentionWithRope,
+        KVCacheParams,
+        LayerList,
+        Module,
+        QuantizationConfig,
+        RotaryEmbedding,
+        quantize_gptq_projections,
+    )  # fmt: skip
+
+    s = SHAPE
+    kv_params = KVCacheParams(
+        dtype=DType.float32, n_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"], num_layers=num_layers,
+        page_size=s["page_size"], devices=[DeviceRef.CPU()],
+    )  # fmt: skip
+    rope = RotaryEmbedding(
+        dim=s["hidden"], n_heads=s["n_heads"], theta=1e4, max_seq_len=256, interleaved=False
+    )
+    quant = QuantizationConfig(bits=4, group_size=64, desc_act=True, sym=False)
+    model = Module()
+    model.layers = LayerList([Module() for _ in range(num_layers)])
+    q_dim, kv_dim, hidden = s["n_heads"] * s["head_dim"], s["n_kv_heads"] * s["head_dim"], s["hidden"]
+    shapes = {
+        "q_proj": (q_dim, hidden),
+        "k_proj": (kv_dim, hidden),
+        "v_proj": (kv_dim, hidden),
+        "o_proj": (hidden, q_dim),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    for block in model.layers:
+        block.self_attn = GPTQAttentionWithRope(
+            quantization_config=quant, rope=rope, num_attention_heads=s["n_heads"],
+            num_key_value_heads=s["n_kv_heads"], hidden_size=hidden, kv_params=kv_params,
+        )  # fmt: skip
+        dense = {p: torch.randn(*shape, generator=gen) / hidden**0.5 for p, shape in shapes.items()}
+        block.self_attn.load_state_dict(quantize_gptq_projections(dense, quant))
+    return model, rope, kv_params
 
 
 def record_reference(graph: Any, weights: dict[str, Any], kv_params: Any) -> dict[str, Any]:

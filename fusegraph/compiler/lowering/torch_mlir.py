@@ -128,15 +128,9 @@ def to_torch_mlir(
             f"to_torch_mlir: output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}"
         )
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    gm = to_fx(graph, mode=mode, inplace=False)
-    timings["to_fx"] = _lap(start)
-    start = time.perf_counter()
-    traced = trace_symbolic(gm, graph, dim_hints)
-    timings["make_fx"] = _lap(start)
-    start = time.perf_counter()
-    module = import_fx(traced)
-    timings["import"] = _lap(start)
+    gm = _timed(timings, "to_fx", to_fx, graph, mode=mode, inplace=False)
+    traced = _timed(timings, "make_fx", trace_symbolic, gm, graph, dim_hints)
+    module = _timed(timings, "import", import_fx, traced)
     result = TorchMlirModule(module, mode, output_type, "main", traced, timings)
     _check_dynamic_dims(result, graph)
     name = _file_stem(graph)
@@ -144,11 +138,16 @@ def to_torch_mlir(
         _write(dump_dir, f"{name}.fx.py", traced.code)
         _write(dump_dir, f"{name}.torch.mlir", str(module))
     if output_type != "torch":
-        start = time.perf_counter()
-        lower_module(module, output_type, dump_dir=dump_dir, name=name)
-        timings["lower"] = _lap(start)
+        _timed(timings, "lower", lower_module, module, output_type, dump_dir=dump_dir, name=name)
         if dump_dir is not None:
             _write(dump_dir, f"{name}.{output_type}.mlir", str(module))
+    return result
+
+
+def _timed(timings: dict[str, float], stage: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    timings[stage] = time.perf_counter() - start
     return result
 
 
@@ -308,7 +307,3 @@ def _write(directory: str | os.PathLike[str], filename: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
-
-
-def _lap(start: float) -> float:
-    return time.perf_counter() - start
