@@ -12,6 +12,10 @@ After:
     %q2, %b2 = fg.rope_split_store %qkv, %ro, %freqs, %b0, %lens, %lookup
                  {head_dim = 16, interleaved = false, layer_idx = 3, n_heads = 4, n_kv_heads = 2}
 
+After `canonicalize` (reshape-free form) `%q2` is gone and `%qr` feeds `fg.attention.paged`
+directly; then the fused op's q result is reshaped back for those users:
+    %q2, %b2 = fg.rope_split_store ...    %qr = fg.reshape %q2   // [T, H, D]
+
 It refuses (saying why, in debug mode) when an intermediate has another user, the ropes
 disagree, the stores are not a K-then-V chain on one layer with one set of metadata, or the
 split sizes do not match the heads.
@@ -30,6 +34,7 @@ from xdsl.rewriter import InsertPoint
 
 from fusegraph.ops.kv_cache import KVCacheStoreOp
 from fusegraph.ops.rope_split_store import RopeSplitStoreOp
+from fusegraph.ops.shape import ReshapeOp
 from fusegraph.passes.patterns import GuardedPattern, NoMatch, NotCandidate, apply_patterns, current_report
 from fusegraph.passes.rope_split_store_match import Group, match_chain
 
@@ -72,10 +77,16 @@ class FuseRopeSplitStorePattern(GuardedPattern[_Match]):
                 "n_kv_heads": IntegerAttr(g.n_kv_heads, i64),
                 "head_dim": IntegerAttr(g.head_dim, i64),
             },
-            result_types=[g.q_out.result.type, g.v_store.result.type],
+            result_types=[g.split.outputs[0].type, g.v_store.result.type],
         )
         rewriter.insert(fused, InsertPoint.before(match.insert_before))
-        rewriter.replace_all_uses_with(g.q_out.result, fused.q_out)
+        if g.q_out is not None:
+            rewriter.replace_all_uses_with(g.q_out.result, fused.q_out)
+        elif g.q_rope.result.first_use is not None:
+            # reshape-free form: the q rope's users want [T, H, D]
+            q3 = ReshapeOp.build(operands=[fused.q_out], result_types=[g.q_rope.result.type])
+            rewriter.insert(q3, InsertPoint.after(fused))
+            rewriter.replace_all_uses_with(g.q_rope.result, q3.result)
         rewriter.replace_all_uses_with(g.v_store.result, fused.kv_out)
         for dead in g.ops_users_first():
             rewriter.erase(dead)

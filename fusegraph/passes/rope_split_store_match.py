@@ -2,6 +2,13 @@
 
 `match_chain(value_store)` walks back from the value store to the split, checking every
 guard before anything is touched, and returns a `Group` or the first reason it failed.
+
+The q rope result is the chain's q output. It is matched in two forms:
+  * canonical: its one user is `fg.reshape` back to `[T, H*D]` (the layer's q output), which
+    the fused op's q result replaces;
+  * reshape-free: anything else uses it, typically `fg.attention.paged` after `canonicalize`
+    folded that reshape with attention's reshape back to `[T, H, D]`. The rewrite then
+    reshapes the fused op's `[T, H*D]` q result to `[T, H, D]` for those users.
 """
 
 from __future__ import annotations
@@ -14,7 +21,16 @@ from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.kv_cache import KVCacheStoreOp
 from fusegraph.ops.rope import RopeOp
 from fusegraph.ops.shape import ReshapeOp, SplitOp
-from fusegraph.passes.patterns import NoMatch, OpT, block_index, defined_by, no_match, num_uses, single_user
+from fusegraph.passes.patterns import (
+    NoMatch,
+    OpT,
+    block_index,
+    defined_by,
+    no_match,
+    num_uses,
+    single_user,
+    users,
+)
 
 
 @dataclass
@@ -29,7 +45,7 @@ class Group:
     k_rope: RopeOp
     k_store: KVCacheStoreOp
     v_store: KVCacheStoreOp
-    q_out: ReshapeOp
+    q_out: ReshapeOp | None  # None: the q rope result's users take a [T, H, D] q (reshape-free form)
 
     @property
     def head_dim(self) -> int:
@@ -48,12 +64,15 @@ class Group:
 
     def ops_users_first(self) -> list[Operation]:
         """Every op of the chain, each after all of its users (the order to erase them)."""
-        return [self.q_out, self.v_store, self.k_store, self.q_rope, self.k_rope,
+        q_out: list[Operation] = [self.q_out] if self.q_out is not None else []
+        return [*q_out, self.v_store, self.k_store, self.q_rope, self.k_rope,
                 self.q_reshape, self.k_reshape, self.v_reshape, self.split]  # fmt: skip
 
     def insertion_point(self) -> Operation:
-        """Where the fused op goes: before the first op that produces one of its results."""
-        return min(self.q_out, self.v_store, key=block_index)
+        """Where the fused op goes: before the first op that produces one of its results or,
+        in the reshape-free form, uses the q rope result."""
+        q_side = [self.q_out] if self.q_out is not None else users(self.q_rope.result)
+        return min([*q_side, self.v_store], key=block_index)
 
 
 def match_chain(v_store: KVCacheStoreOp) -> Group | NoMatch:
@@ -96,16 +115,23 @@ def _check_stores(k_store: KVCacheStoreOp, v_store: KVCacheStoreOp) -> NoMatch |
     return None
 
 
-def _match_q_side(split: SplitOp) -> tuple[ReshapeOp, RopeOp, ReshapeOp] | NoMatch:
+def _match_q_side(split: SplitOp) -> tuple[ReshapeOp, RopeOp, ReshapeOp | None] | NoMatch:
     if len(split.outputs) != 3:
         return no_match(f"split has {len(split.outputs)} results, expected 3 (q, k, v)")
     if isinstance(q_reshape := _sole_user(split.outputs[0], ReshapeOp, "split result 0"), NoMatch):
         return q_reshape
     if isinstance(q_rope := _sole_user(q_reshape.result, RopeOp, "q reshape result"), NoMatch):
         return q_rope
-    if isinstance(q_out := _sole_user(q_rope.result, ReshapeOp, "q rope result"), NoMatch):
-        return q_out
-    return q_reshape, q_rope, q_out
+    return q_reshape, q_rope, _q_output_reshape(q_rope, split)
+
+
+def _q_output_reshape(q_rope: RopeOp, split: SplitOp) -> ReshapeOp | None:
+    """The canonical form's final `fg.reshape` of the q rope result back to the split's q type
+    `[T, H*D]`, when it is the rope result's only user; None selects the reshape-free form."""
+    user = single_user(q_rope.result, "q rope result")
+    if isinstance(user, ReshapeOp) and user.result.type == split.outputs[0].type:
+        return user
+    return None
 
 
 def _sole_user(value: SSAValue, cls: type[OpT], what: str) -> OpT | NoMatch:
@@ -143,8 +169,6 @@ def _check_split(g: Group) -> NoMatch | None:
         return no_match(
             f"split sizes {[str(s) for s in g.split.sizes]} don't match heads {h}, {hk}, {hk} x {d}"
         )
-    if g.q_out.result.type != g.split.outputs[0].type:
-        return no_match("the final q reshape is not back to [T, H*D]")
     return None
 
 
@@ -163,7 +187,15 @@ def _check_ropes(g: Group) -> NoMatch | None:
 
 def _check_operands_dominate(g: Group) -> NoMatch | None:
     where = block_index(g.insertion_point())
-    operands = (g.split.input, g.k_rope.freqs_cis, g.k_store.kv_blocks, g.k_store.lookup_table)
+    s = g.k_store
+    operands = (
+        g.split.input,
+        g.k_rope.freqs_cis,
+        s.kv_blocks,
+        s.input_row_offsets,
+        s.cache_lengths,
+        s.lookup_table,
+    )
     for value in operands:
         owner = value.owner
         if isinstance(owner, Operation) and block_index(owner) >= where:

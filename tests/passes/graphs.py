@@ -39,8 +39,10 @@ def layer_input_types(c: Layer) -> list[TensorType | BufferType]:
     ]
 
 
-def unfused_layer(c: Layer, qkv, ro, freqs, kv, lens, lookup, layer_idx: int):  # type: ignore[no-untyped-def]
-    """Emit one canonical unfused chain; `c.breaks` bends it. Returns (q [T, H*D], kv)."""
+def unfused_layer(c: Layer, qkv, ro, freqs, kv, lens, lookup, layer_idx: int, *, q_flat: bool = True):  # type: ignore[no-untyped-def]
+    """Emit one canonical unfused chain; `c.breaks` bends it. Returns (q [T, H*D], kv, leaks);
+    with `q_flat=False`, q is the rope result `[T, H, D]` (the form `canonicalize` leaves when
+    attention reshapes q back)."""
     h, hk, d, b = c.n_heads, c.n_kv_heads, c.head_dim, c.breaks
     t = qkv.shape[0]
     sizes = [h * d, hk * d, hk * d] + ([d] if "split_sizes" in b else [])
@@ -57,7 +59,7 @@ def unfused_layer(c: Layer, qkv, ro, freqs, kv, lens, lookup, layer_idx: int):  
     v_base = kv1 if "unchained" not in b else kv
     v_lookup = lookup if "metadata" not in b else lookup[:, :]
     kv2 = ops.kv_cache_store(v_base, v3, ro, lens, v_lookup, layer_idx=v_layer, key_or_value=1)
-    q2 = qr.reshape([t, h * d])
+    q2 = qr.reshape([t, h * d]) if q_flat else qr
     extra = {"split_user": q, "reshape_user": k3, "rope_user": kr}
     leaks = [extra[name] for name in ("split_user", "reshape_user", "rope_user") if name in b]
     return q2, (kv2 if "unchained" not in b else kv1), leaks
@@ -71,6 +73,20 @@ def unfused_graph(c: Layer, name: str = "layer") -> Graph:
         for i in range(c.num_layers):
             q, kv, leaks = unfused_layer(c, qkv, ro, freqs, kv, lens, lookup, i)
             outs += [q, *leaks]
+        g.output(*outs, kv)
+    return g
+
+
+def attention_graph(c: Layer, name: str, *, q_flat: bool = True) -> Graph:
+    """Unfused chains whose q feeds `fg.attention.paged`, as the layers build them: through
+    `reshape [T, H*D] -> [T, H, D]` (`q_flat`), or straight from the q rope."""
+    with Graph(name, input_types=layer_input_types(c)) as g:
+        qkv, ro, freqs, kv, lens, lookup = g.inputs
+        outs = []
+        for i in range(c.num_layers):
+            q, kv, _ = unfused_layer(c, qkv, ro, freqs, kv, lens, lookup, i, q_flat=q_flat)
+            q3 = q.reshape([qkv.shape[0], c.n_heads, c.head_dim]) if q_flat else q
+            outs.append(ops.paged_attention(q3, ro, kv, lens, lookup, layer_idx=i, scale=0.25))
         g.output(*outs, kv)
     return g
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ class Cfg:
     page_size: int = 16
     num_layers: int = 2
     interleaved: bool = False
+    stacked_qkv: bool = False
     steps: tuple[tuple[int, ...], ...] = ((5, 17, 1), (1, 1, 1))
 
 
@@ -37,11 +39,14 @@ def build(cfg: Cfg, fused: bool) -> tuple[Graph, AttentionWithRope, KVCacheParam
         dim=hidden, n_heads=cfg.n_heads, theta=10000.0, max_seq_len=256, interleaved=cfg.interleaved
     )
     attn = AttentionWithRope(rope=rope, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-                             hidden_size=hidden, kv_params=kv_params, _fuse_rope_and_store=fused)  # fmt: skip
+                             hidden_size=hidden, kv_params=kv_params, stacked_qkv=cfg.stacked_qkv,
+                             _fuse_rope_and_store=fused)  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     kvw = cfg.n_kv_heads * cfg.head_dim
     shapes = {"q_proj.weight": (hidden, hidden), "k_proj.weight": (kvw, hidden),
               "v_proj.weight": (kvw, hidden), "o_proj.weight": (hidden, hidden)}  # fmt: skip
+    if cfg.stacked_qkv:
+        shapes = {"qkv_proj.weight": (hidden + 2 * kvw, hidden), "o_proj.weight": (hidden, hidden)}
     attn.load_state_dict({k: torch.randn(s, generator=gen) / hidden**0.5 for k, s in shapes.items()})
     manager = PagedKVCacheManager(kv_params, num_blocks=128)
     types = [
@@ -92,6 +97,43 @@ def test_fuse_rope_split_store__fused_layer_equals_unfused_on_outputs_and_cache(
     assert stats["fuse-rope-split-store"].counters == {"fused": cfg.num_layers, "skipped": 0}
     assert "fg.kv_cache.store" not in str(fused) and "fg.rope %" not in str(fused)
     assert_same_numerics(unfused, fused, attn, kv_params, cfg)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "pipeline"),
+    [
+        # stacked q/k/v: canonicalize folds the q reshape [T, H, D] -> [T, H*D] with attention's
+        # reshape back, so the q rope feeds attention directly (the reshape-free form)
+        (Cfg(stacked_qkv=True), "canonicalize,fuse-rope-split-store,cse,dce"),
+        (Cfg(stacked_qkv=True, interleaved=True, n_kv_heads=4), "canonicalize,fuse-rope-split-store"),
+        # separate projections: stacking them first keeps a split for the matcher
+        (Cfg(), "fuse-qkv-projections,canonicalize,fuse-rope-split-store,cse,dce"),
+    ],
+    ids=["stacked", "stacked_interleaved_mha", "qkv_projections_first"],
+)
+def test_fuse_rope_split_store__after_canonicalize_equals_unfused_on_outputs_and_cache(
+    cfg: Cfg, pipeline: str
+) -> None:
+    unfused, attn, kv_params = build(cfg, fused=False)
+    canonical = unfused.clone()
+    PassManager("canonicalize").run(canonical)
+    assert "fg.attention.paged %" in str(canonical)
+    fused = unfused.clone()
+    stats = PassManager(pipeline).run(fused)
+    assert stats["fuse-rope-split-store"].counters == {"fused": cfg.num_layers, "skipped": 0}
+    text = str(fused)
+    assert text.count("fg.rope_split_store %") == cfg.num_layers
+    assert "fg.kv_cache.store" not in text and "fg.rope %" not in text
+    assert_same_numerics(unfused, fused, attn, kv_params, cfg)
+
+
+def test_fuse_rope_split_store__canonicalize_first_and_last_give_the_same_graph() -> None:
+    cfg = Cfg(stacked_qkv=True)
+    unfused, _, _ = build(cfg, fused=False)
+    first, last = unfused.clone(), unfused.clone()
+    PassManager("canonicalize,fuse-rope-split-store,canonicalize,cse,dce").run(first)
+    PassManager("fuse-rope-split-store,canonicalize,cse,dce").run(last)
+    assert str(first) == str(last)
 
 
 def test_unfuse_rope_split_store__unfused_layer_equals_fused_on_outputs_and_cache() -> None:

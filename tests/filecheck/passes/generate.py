@@ -11,7 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fusegraph import DType, Graph, TensorType, ops
-from tests.passes.graphs import CPU, F32, Layer, fused_graph, layer_input_types, unfused_graph
+from tests.passes.graphs import (
+    CPU,
+    F32,
+    Layer,
+    attention_graph,
+    fused_graph,
+    layer_input_types,
+    unfused_graph,
+)
 
 HERE = Path(__file__).parent
 Case = tuple[Graph, list[str]]
@@ -25,7 +33,9 @@ def _t(*shape: int | str, dtype: DType = F32) -> TensorType:
 def write(pass_name: str, cases: list[Case], header: str = "") -> None:
     chunks = []
     for graph, checks in cases:
-        chunks.append("\n".join(f"// CHECK{c}" for c in checks) + "\n" + str(graph))
+        # a check starting with a letter names its own prefix (`CANON-LABEL: ...`)
+        lines = [f"// {c}" if c[:1].isalpha() else f"// CHECK{c}" for c in checks]
+        chunks.append("\n".join(lines) + "\n" + str(graph))
     run = f"// RUN: fusegraph opt %s -p {pass_name} --split-input-file | filecheck %s\n"
     (HERE / f"{pass_name}.mlir").write_text(run + header + "\n" + "// -----\n".join(chunks))
 
@@ -46,6 +56,36 @@ ROPE_GUARDS = {
     "head_dim": "q is reshaped to other heads than k and v",
 }
 NOT_UNFUSED = ["-NOT: fg.rope %", "-NOT: fg.kv_cache.store", "-NOT: fg.split", ": func.return"]
+# the second RUN line: `canonicalize` first folds the q reshape [T, H, D] -> [T, H*D] with
+# attention's reshape back, so the q rope feeds fg.attention.paged directly
+CANON_RUN = (
+    "// RUN: fusegraph opt %s -p canonicalize,fuse-rope-split-store --split-input-file"
+    " | filecheck %s --check-prefix=CANON\n"
+)
+Q3 = "!fg.tensor<[total_seq_len, 4, 16], f32, cpu>"
+Q2_TO_Q3 = f"fg.reshape %{{{{.*}}}} : !fg.tensor<[total_seq_len, 64], f32, cpu> -> {Q3}"
+
+
+def reshape_free_cases() -> list[Case]:
+    """The q rope result used by attention directly: fused, with the q result reshaped back."""
+    fused = ": %[[Q:[0-9]+]], %[[KV:[0-9]+]] = fg.rope_split_store %0, %1, %2, %3, %4, %5"
+    return [
+        (attention_graph(Layer(), "fuse_reshape_free", q_flat=False), ["-LABEL: func.func @fuse_reshape_free", fused,
+         f"-NEXT: %[[Q3:[0-9]+]] = {Q2_TO_Q3.replace('%{{.*}}', '%[[Q]]')}",
+         "-NEXT: fg.attention.paged %[[Q3]], %1, %[[KV]], %4, %5", *NOT_UNFUSED]),
+        (attention_graph(Layer(), "canonicalize_then_fuse"), ["-LABEL: func.func @canonicalize_then_fuse", fused,
+         f"-NEXT: %[[Q3:[0-9]+]] = {Q2_TO_Q3.replace('%{{.*}}', '%[[Q]]')}",
+         "-NEXT: fg.attention.paged %[[Q3]], %1, %[[KV]], %4, %5", *NOT_UNFUSED,
+         "CANON-LABEL: func.func @canonicalize_then_fuse", f"CANON{fused}",
+         f"CANON-NEXT: %[[Q3:[0-9]+]] = {Q2_TO_Q3.replace('%{{.*}}', '%[[Q]]')}",
+         "CANON-NEXT: fg.attention.paged %[[Q3]], %1, %[[KV]], %4, %5",
+         "CANON-NOT: fg.rope %", "CANON-NOT: fg.kv_cache.store", "CANON: func.return"]),
+        (attention_graph(Layer(num_layers=3), "canonicalize_then_fuse_three_layers"),
+         ["-LABEL: func.func @canonicalize_then_fuse_three_layers", "-COUNT-3: fg.rope_split_store", *NOT_UNFUSED,
+          "CANON-LABEL: func.func @canonicalize_then_fuse_three_layers",
+          *[f"CANON: fg.rope_split_store {{{{.*}}}} {{layer_idx = {i} : i64" for i in range(3)],
+          "CANON-NOT: fg.rope %", "CANON-NOT: fg.kv_cache.store", "CANON: func.return"]),
+    ]  # fmt: skip
 
 
 def rope_cases() -> list[Case]:
@@ -209,8 +249,9 @@ def dce_cases() -> list[Case]:
 def main() -> None:
     write(
         "fuse-rope-split-store",
-        rope_cases(),
-        "// Guards, one refusal case each: "
+        rope_cases() + reshape_free_cases(),
+        CANON_RUN
+        + "// Guards, one refusal case each: "
         + "; ".join(f"refuse_{k}: {v}" for k, v in ROPE_GUARDS.items())
         + "\n",
     )
