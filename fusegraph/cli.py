@@ -28,15 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] != name and argv[0] not in ("-h", "--help"):
             sub.add_parser(name)  # listed in --help without importing its module
             continue
-        try:
-            importlib.import_module(module).add_parser(sub)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            sub.add_parser(name, help="(not available in this build)")
+        importlib.import_module(module).add_parser(sub)
     args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.error(f"{args.command}: not available in this build")
     return int(args.func(args) or 0)
 
 
