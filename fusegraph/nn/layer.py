@@ -8,11 +8,16 @@ to the module they are called on, as torch does, so at the root they equal the g
 
 Shared objects with a `state_dict()` of globally named tensors (the rope table) are registered
 with `_share(...)`: their entries join `state_dict()` unprefixed.
+
+A checkpoint may hold tensors a module's graph does not need (a `desc_act=False` GPTQ layer's
+trivial `g_idx`). Such a name is registered with `_accept(name, check)`: `load_state_dict`
+accepts it, runs `check(relative_name, tensor)` (which raises a ValueError naming the tensor
+when the value is not the one the graph assumes), and drops it; `state_dict()` never has it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +47,7 @@ class Module:
     _children: dict[str, Module]
     _values: dict[str, torch.Tensor]
     _shared: list[Any]
+    _accepted: dict[str, Callable[[str, torch.Tensor], None]]
     _prefix: str
 
     def __init__(self) -> None:
@@ -49,6 +55,7 @@ class Module:
         object.__setattr__(self, "_children", {})
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "_shared", [])
+        object.__setattr__(self, "_accepted", {})
         object.__setattr__(self, "_prefix", "")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -68,6 +75,11 @@ class Module:
     def _share(self, obj: Any) -> None:
         self._shared.append(obj)
 
+    def _accept(self, name: str, check: Callable[[str, torch.Tensor], None]) -> None:
+        """Let checkpoints hold `name` although the graph does not use it: `load_state_dict`
+        calls `check(relative_name, tensor)` on it, then drops it."""
+        self._accepted[name] = check
+
     def weight(self, name: str) -> TensorValue:
         """Add parameter `name` to the current graph as a weight named by its full path."""
         return Graph.current().add_weight(self._prefix + name, self._params[name].tensor_type)
@@ -79,6 +91,13 @@ class Module:
         for child_name, child in self._children.items():
             for name, spec in child.named_params():
                 yield f"{child_name}.{name}", spec
+
+    def named_accepted(self) -> Iterator[tuple[str, Callable[[str, torch.Tensor], None]]]:
+        """Checkpoint-only names (checked and dropped on load) of this module and its children."""
+        yield from self._accepted.items()
+        for child_name, child in self._children.items():
+            for name, check in child.named_accepted():
+                yield f"{child_name}.{name}", check
 
     def _shared_state(self) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
@@ -108,19 +127,25 @@ class Module:
         """Bind parameter values by relative name, checking presence, shape and dtype.
 
         Entries naming shared tables (`rope.freqs_cis`) are accepted and ignored: the table
-        is derived from the rope settings.
+        is derived from the rope settings. Checkpoint-only entries (`_accept`, e.g. the trivial
+        `g_idx` of a `desc_act=False` GPTQ layer) are optional, checked, and dropped.
 
         Raises:
             ValueError: A tensor is missing, has the wrong shape or dtype, or (strict) a name is
-                not a parameter; the message names the tensor.
+                not a parameter, or a checkpoint-only tensor fails its check; the message names
+                the tensor.
         """
-        specs = dict(self.named_params())
-        if strict and (extra := sorted(set(state) - set(specs) - set(self._shared_state()))):
+        specs, accepted = dict(self.named_params()), dict(self.named_accepted())
+        known = set(specs) | set(accepted) | set(self._shared_state())
+        if strict and (extra := sorted(set(state) - known)):
             raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected tensors {extra}")
         for name, spec in specs.items():
             if name not in state:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: missing tensor {name!r}")
             _check_tensor(name, state[name], spec)
+        for name, check in accepted.items():
+            if name in state:
+                check(name, state[name])
         for name in specs:
             self._assign(name, state[name])
 

@@ -1,7 +1,7 @@
 """`Linear` (dense, optional bias) and `GPTQLinear` (GPTQ-quantized weights).
 
 Both compute `y = x · Wᵀ (+ b)` for `x` `[M, in_dim]`. Parameter names are HF's: `weight`,
-`bias`; GPTQ: `qweight`, `qzeros`, `scales`, `g_idx`, `bias`.
+`bias`; GPTQ: `qweight`, `qzeros`, `scales`, `g_idx` (act order only), `bias`.
 
 Example:
     >>> proj = Linear(64, 128, dtype=DType.float32, device=DeviceRef.CPU(), has_bias=True)
@@ -10,6 +10,8 @@ Example:
 """
 
 from __future__ import annotations
+
+import torch
 
 from fusegraph import ops
 from fusegraph.compiler import DeviceRef, DType, TensorValue
@@ -60,8 +62,13 @@ class GPTQLinear(Module):
 
     Parameters (AutoGPTQ layout, K = in_dim, N = out_dim, G = groups):
     `qweight` int32 `[K·bits/32, N]`, `qzeros` int32 `[G, N·bits/32]`, `scales` `[G, N]`
-    (`scales_dtype`, float16 in checkpoints), `g_idx` int32 `[K]`, and `bias` `[N]` if
-    `has_bias`.
+    (`scales_dtype`, float16 in checkpoints), `g_idx` int32 `[K]` (only with `desc_act`), and
+    `bias` `[N]` if `has_bias`.
+
+    Without `desc_act` the graph binds no `g_idx`: the op's absent g_idx means
+    `k // group_size`, so the q/k/v projections of one input share their (absent) g_idx and
+    `fuse-qkv-projections` can stack them. `load_state_dict` still accepts a checkpoint's
+    `g_idx` for such a layer, checks that it is `arange(K) // group_size`, and drops it.
 
     Args:
         in_dim: Input features K.
@@ -99,7 +106,10 @@ class GPTQLinear(Module):
         self._declare("qweight", [in_dim * bits // 32, out_dim], DType.int32, device)
         self._declare("qzeros", [groups, out_dim * bits // 32], DType.int32, device)
         self._declare("scales", [groups, out_dim], scales_dtype, device)
-        self._declare("g_idx", [in_dim], DType.int32, device)
+        if quant_config.desc_act:
+            self._declare("g_idx", [in_dim], DType.int32, device)
+        else:
+            self._accept("g_idx", self._check_trivial_g_idx)
         if has_bias:
             self._declare("bias", [out_dim], dtype, device)
 
@@ -111,7 +121,7 @@ class GPTQLinear(Module):
             self.weight("qweight"),
             self.weight("scales"),
             self.weight("qzeros"),
-            self.weight("g_idx"),
+            self.weight("g_idx") if cfg.desc_act else None,
             bits=cfg.bits,
             group_size=cfg.group_size,
             sym=cfg.sym,
@@ -120,6 +130,23 @@ class GPTQLinear(Module):
             clip=self.clip_weight,
         )
         return y + self.weight("bias") if self.has_bias else y
+
+    def _check_trivial_g_idx(self, name: str, value: torch.Tensor) -> None:
+        """A desc_act=False checkpoint's g_idx must be the order the graph assumes."""
+        cfg, k = self.quant_config, self.in_dim
+        rule = f"arange({k}) // group_size ({cfg.group_size})"
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (k,):
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"tensor {name!r}: expected g_idx of shape [{k}] = {rule}, got {got}")
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"tensor {name!r}: g_idx must be an integer tensor, got {value.dtype}")
+        want = torch.arange(k, device=value.device) // (cfg.group_size if cfg.group_size != -1 else k)
+        if (wrong := (value.long() != want).nonzero()).numel():
+            i = int(wrong[0, 0])
+            raise ValueError(
+                f"tensor {name!r}: a desc_act=False layer needs g_idx = {rule}, but entry {i} is "
+                f"{int(value[i])} (expected {int(want[i])}); use desc_act=True for an act-order g_idx"
+            )
 
 
 def check_gptq_dims(cfg: QuantizationConfig, in_dim: int, out_dim: int, in_name: str) -> None:

@@ -7,7 +7,8 @@ Matched forms (all three projections in the same form, anchored at the last of t
   * `fg.qmatmul.gptq %x, %qweight, %scales [zeros %qzeros] [g_idx %g_idx]` with equal
     bits/group_size/sym/desc_act/zero_format/clip: qweight, scales and qzeros are
     concatenated along N (each is packed along K or per column-word, so columns stack),
-    and g_idx must be the same value (or absent) for all three.
+    and g_idx must be the same value or absent (as `GPTQLinear` emits it without desc_act)
+    for all three. Matching lives in `qkv_match.py`.
 
 Before:
     %wq_t = fg.permute %wq {perm = array<i64: 1, 0>}   (same for wk, wv)
@@ -23,7 +24,6 @@ Each output element is the same dot product as before; only the matmul's blockin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import DenseArrayBase, IntegerAttr, ModuleOp, i64
@@ -36,19 +36,8 @@ from fusegraph.compiler.types import TensorType, tensor_type
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.matmul import MatmulOp
 from fusegraph.ops.shape import ConcatOp, PermuteOp, SplitOp
-from fusegraph.passes.patterns import (
-    GuardedPattern,
-    NoMatch,
-    NotCandidate,
-    apply_patterns,
-    block_index,
-    current_report,
-    no_match,
-    users,
-)
-
-_GPTQ_CONFIG = ("bits", "group_size", "sym", "desc_act", "zero_format", "clip")
-ProjT = TypeVar("ProjT", MatmulOp, QMatmulGptqOp)
+from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report
+from fusegraph.passes.qkv_match import GptqMatch, MatmulMatch, match_projections
 
 
 def concat(values: list[SSAValue], axis: int) -> ConcatOp:
@@ -61,80 +50,17 @@ def concat(values: list[SSAValue], axis: int) -> ConcatOp:
     return ConcatOp.build(operands=[values], properties={"axis": IntegerAttr(axis, i64)}, result_types=[out])
 
 
-def _group(op: ProjT) -> list[ProjT] | NoMatch:
-    x = op.operands[0]
-    group = sorted((u for u in users(x) if isinstance(u, type(op)) and u.operands[0] is x), key=block_index)
-    if len(group) == 1:
-        return NotCandidate(f"the only {op.name} user of its input")
-    if len(group) != 3:
-        return no_match(f"input has {len(group)} {op.name} users, expected 3 (q, k, v)")
-    if group[-1] is not op:
-        return NotCandidate("not the last of the 3 projections of its input (matched there)")
-    last = block_index(op)
-    for i, proj in enumerate(group[:-1]):
-        if any(block_index(u) < last for u in users(proj.results[0])):
-            return no_match(f"projection {i} is used before the last projection")
-    return group
-
-
-def _matmul_layout(group: list[MatmulOp]) -> bool | NoMatch:
-    """True: weights are `W.T` permutes of `[N, K]`; False: plain `[K, N]`."""
-    permutes = [m.rhs.owner if isinstance(m.rhs.owner, PermuteOp) else None for m in group]
-    if len({p is None for p in permutes}) != 1:
-        return no_match("projections disagree on the weight layout (W.T vs W)")
-    for i, (m, permute) in enumerate(zip(group, permutes, strict=True)):
-        if tensor_type(m.rhs).rank != 2:
-            return no_match(f"projection {i} has a batched rhs")
-        if permute is not None and list(permute.permutation) != [1, 0]:
-            return no_match(f"projection {i} weight permute is not [1, 0]")
-    return permutes[0] is not None
-
-
-def _gptq_agree(group: list[QMatmulGptqOp]) -> NoMatch | None:
-    first = group[0]
-    for i, op in enumerate(group[1:], start=1):
-        for field in _GPTQ_CONFIG:
-            if getattr(op, field) != getattr(first, field):
-                return no_match(f"projection {i} {field} {getattr(op, field)} != {getattr(first, field)}")
-        if (op.qzeros is None) != (first.qzeros is None):
-            return no_match(f"projection {i} qzeros presence differs")
-        if op.g_idx is not first.g_idx:
-            return no_match(f"projection {i} g_idx is a different value (weights are unknown here)")
-        if tensor_type(op.scales).dtype != tensor_type(first.scales).dtype:
-            return no_match(f"projection {i} scales dtype differs")
-    return None
-
-
-@dataclass
-class _MatmulMatch:
-    group: list[MatmulOp]
-    transposed: bool  # weights are `W.T` permutes of `[N, K]`
-
-
-@dataclass
-class _GptqMatch:
-    group: list[QMatmulGptqOp]
-
-
-class FuseProjections(GuardedPattern[_MatmulMatch | _GptqMatch]):
+class FuseProjections(GuardedPattern[MatmulMatch | GptqMatch]):
     """q, k, v projections of one input -> one stacked projection + fg.split"""
 
     counter = "fused"
 
-    def match(self, op: MatmulOp | QMatmulGptqOp) -> _MatmulMatch | _GptqMatch | NoMatch:
-        if isinstance(op, QMatmulGptqOp):
-            if isinstance(gptq := _group(op), NoMatch):
-                return gptq
-            reason = _gptq_agree(gptq)
-            return reason if reason is not None else _GptqMatch(gptq)
-        if isinstance(group := _group(op), NoMatch):
-            return group
-        layout = _matmul_layout(group)
-        return layout if isinstance(layout, NoMatch) else _MatmulMatch(group, layout)
+    def match(self, op: MatmulOp | QMatmulGptqOp) -> MatmulMatch | GptqMatch | NoMatch:
+        return match_projections(op)
 
-    def rewrite(self, match: _MatmulMatch | _GptqMatch, rewriter: PatternRewriter) -> None:
+    def rewrite(self, match: MatmulMatch | GptqMatch, rewriter: PatternRewriter) -> None:
         group: list[MatmulOp] | list[QMatmulGptqOp] = match.group
-        new_ops = _stacked_matmul(match) if isinstance(match, _MatmulMatch) else _stacked_gptq(match.group)
+        new_ops = _stacked_matmul(match) if isinstance(match, MatmulMatch) else _stacked_gptq(match.group)
         outs = [p.result for p in group]
         split = SplitOp.build(
             operands=[new_ops[-1].results[0]],
@@ -151,7 +77,7 @@ class FuseProjections(GuardedPattern[_MatmulMatch | _GptqMatch]):
                 rewriter.erase(rhs_owner)
 
 
-def _stacked_matmul(match: _MatmulMatch) -> list[Operation]:
+def _stacked_matmul(match: MatmulMatch) -> list[Operation]:
     x = match.group[0].lhs
     rhs = [p.rhs for p in match.group]
     if not match.transposed:

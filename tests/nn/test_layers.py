@@ -53,9 +53,8 @@ def test_layer_list__prefixes_graph_weight_names():
     with Graph("g", input_types=[TensorType(DType.float32, ["t", 64], CPU)]) as g:
         (x,) = g.inputs
         g.output(model.layers[3].self_attn.q_proj(x))
-    assert sorted(g.weights) == [
-        f"layers.3.self_attn.q_proj.{s}" for s in ("g_idx", "qweight", "qzeros", "scales")
-    ]
+    # desc_act=False: no g_idx in the graph (absent means k // group_size)
+    assert sorted(g.weights) == [f"layers.3.self_attn.q_proj.{s}" for s in ("qweight", "qzeros", "scales")]
     names = {n for n, _ in model.named_params()}
     assert "layers.3.self_attn.q_proj.qweight" in names and "layers.0.self_attn.o_proj.scales" in names
 
@@ -87,6 +86,52 @@ def test_attention__state_dict_is_exactly_the_graph_weights():
         "k_norm.weight",
         "rope.freqs_cis",
     }
+
+
+GPTQ_SHAPES = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64)}
+
+
+@pytest.mark.parametrize("stacked_qkv", [False, True])
+def test_gptq_attention__without_desc_act_graph_and_state_dict_have_no_g_idx(stacked_qkv):
+    cfg = QuantizationConfig(bits=4, group_size=16, desc_act=False)
+    attn = _attn(GPTQAttentionWithRope, quantization_config=cfg, stacked_qkv=stacked_qkv)
+    shapes = dict(GPTQ_SHAPES)
+    if stacked_qkv:
+        shapes = {"qkv_proj": (128, 64), "o_proj": (64, 64)}
+    state = quantize_gptq_projections({p: torch.randn(s) for p, s in shapes.items()}, cfg)
+    assert torch.equal(state["o_proj.g_idx"], torch.arange(64, dtype=torch.int32) // 16)
+    attn.load_state_dict(state)  # the checkpoint's trivial g_idx is accepted and dropped
+    assert not [n for n in attn.state_dict() if n.endswith("g_idx")]
+    assert set(attn.state_dict()) == {n for n in state if not n.endswith("g_idx")} | {"rope.freqs_cis"}
+    attn.load_state_dict({n: t for n, t in state.items() if not n.endswith("g_idx")})  # absent is fine too
+    with Graph("g", input_types=[TensorType(DType.float32, ["t", 64], CPU)]) as g:
+        (x,) = g.inputs
+        g.output(attn.o_proj(x))
+    assert set(g.weights) == {"o_proj.qweight", "o_proj.qzeros", "o_proj.scales"}
+    assert "g_idx" not in str(g)
+
+
+def test_gptq_attention__without_desc_act_refuses_a_permuted_g_idx_naming_it():
+    cfg = QuantizationConfig(bits=4, group_size=16, desc_act=False)
+    attn = _attn(GPTQAttentionWithRope, quantization_config=cfg)
+    state = quantize_gptq_projections({p: torch.randn(s) for p, s in GPTQ_SHAPES.items()}, cfg)
+    state["k_proj.g_idx"] = state["k_proj.g_idx"].flip(0)
+    with pytest.raises(ValueError, match=r"'k_proj.g_idx': a desc_act=False layer needs g_idx = "
+                       r"arange\(64\) // group_size \(16\), but entry 0 is 3 \(expected 0\)"):  # fmt: skip
+        attn.load_state_dict(state)
+    state["k_proj.g_idx"] = torch.zeros(32, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"'k_proj.g_idx': expected g_idx of shape \[64\]"):
+        attn.load_state_dict(state)
+
+
+def test_gptq_attention__with_desc_act_g_idx_is_a_required_graph_weight():
+    cfg = QuantizationConfig(bits=4, group_size=16, desc_act=True)
+    attn = _attn(GPTQAttentionWithRope, quantization_config=cfg)
+    state = quantize_gptq_projections({p: torch.randn(s) for p, s in GPTQ_SHAPES.items()}, cfg)
+    with pytest.raises(ValueError, match="missing tensor 'q_proj.g_idx'"):
+        attn.load_state_dict({n: t for n, t in state.items() if n != "q_proj.g_idx"})
+    attn.load_state_dict(state)
+    assert {f"{p}.g_idx" for p in GPTQ_SHAPES} <= set(attn.state_dict())
 
 
 def test_gptq_attention__wqkv_is_max_packed_plus_scales_layout():

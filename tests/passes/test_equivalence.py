@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType
-from fusegraph.nn import AttentionWithRope, KVCacheParams, PagedCacheValues, RotaryEmbedding
+from fusegraph.nn import (
+    AttentionWithRope,
+    GPTQAttentionWithRope,
+    KVCacheParams,
+    PagedCacheValues,
+    QuantizationConfig,
+    RotaryEmbedding,
+    quantize_gptq_projections,
+)
 from fusegraph.passes import PassManager
 from fusegraph.runtime import PagedKVCacheManager
 
@@ -28,6 +36,7 @@ class Cfg:
     num_layers: int = 2
     interleaved: bool = False
     stacked_qkv: bool = False
+    gptq: QuantizationConfig | None = None  # GPTQAttentionWithRope with these settings
     steps: tuple[tuple[int, ...], ...] = ((5, 17, 1), (1, 1, 1))
 
 
@@ -38,16 +47,24 @@ def build(cfg: Cfg, fused: bool) -> tuple[Graph, AttentionWithRope, KVCacheParam
     rope = RotaryEmbedding(
         dim=hidden, n_heads=cfg.n_heads, theta=10000.0, max_seq_len=256, interleaved=cfg.interleaved
     )
-    attn = AttentionWithRope(rope=rope, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-                             hidden_size=hidden, kv_params=kv_params, stacked_qkv=cfg.stacked_qkv,
-                             _fuse_rope_and_store=fused)  # fmt: skip
+    layer_args = dict(rope=rope, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+                      hidden_size=hidden, kv_params=kv_params, stacked_qkv=cfg.stacked_qkv,
+                      _fuse_rope_and_store=fused)  # fmt: skip
+    attn = (
+        AttentionWithRope(**layer_args)
+        if cfg.gptq is None
+        else GPTQAttentionWithRope(quantization_config=cfg.gptq, **layer_args)
+    )
     gen = torch.Generator().manual_seed(0)
     kvw = cfg.n_kv_heads * cfg.head_dim
     shapes = {"q_proj.weight": (hidden, hidden), "k_proj.weight": (kvw, hidden),
               "v_proj.weight": (kvw, hidden), "o_proj.weight": (hidden, hidden)}  # fmt: skip
     if cfg.stacked_qkv:
         shapes = {"qkv_proj.weight": (hidden + 2 * kvw, hidden), "o_proj.weight": (hidden, hidden)}
-    attn.load_state_dict({k: torch.randn(s, generator=gen) / hidden**0.5 for k, s in shapes.items()})
+    state = {k: torch.randn(s, generator=gen) / hidden**0.5 for k, s in shapes.items()}
+    if cfg.gptq is not None:
+        state = quantize_gptq_projections({k.removesuffix(".weight"): w for k, w in state.items()}, cfg.gptq)
+    attn.load_state_dict(state)
     manager = PagedKVCacheManager(kv_params, num_blocks=128)
     types = [
         TensorType(DType.float32, ["total_seq_len", hidden], CPU),
@@ -152,6 +169,26 @@ def test_fuse_qkv_projections__layer_numerics_preserved() -> None:
     stats = PassManager("fuse-qkv-projections,canonicalize,dce").run(stacked)
     assert stats["fuse-qkv-projections"].counters["fused"] == 1
     assert_same_numerics(g, stacked, attn, kv_params, cfg)
+
+
+GPTQ = QuantizationConfig(bits=4, group_size=16, desc_act=False, sym=False)
+
+
+@pytest.mark.parametrize("stacked_qkv", [False, True], ids=["separate_qkv", "stacked_qkv"])
+def test_fuse_qkv_projections__gptq_layer_fuses_with_rope_split_store_and_keeps_numerics(
+    stacked_qkv: bool,
+) -> None:
+    cfg = Cfg(gptq=GPTQ, stacked_qkv=stacked_qkv)
+    unfused, attn, kv_params = build(cfg, fused=False)
+    assert "g_idx" not in str(unfused)
+    fused = unfused.clone()
+    stats = PassManager("fuse-qkv-projections,fuse-rope-split-store,cse,dce").run(fused)
+    qkv_fused = 0 if stacked_qkv else cfg.num_layers
+    assert stats["fuse-qkv-projections"].counters == {"fused": qkv_fused, "skipped": 0}
+    assert stats["fuse-rope-split-store"].counters == {"fused": cfg.num_layers, "skipped": 0}
+    # per layer: one q/k/v qmatmul and o_proj
+    assert str(fused).count("fg.qmatmul.gptq %") == 2 * cfg.num_layers
+    assert_same_numerics(unfused, fused, attn, kv_params, cfg)
 
 
 CONFIGS = st.builds(

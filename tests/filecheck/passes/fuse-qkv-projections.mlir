@@ -67,6 +67,29 @@ builtin.module {
   }
 }
 // -----
+// CHECK-LABEL: func.func @fuse_gptq_no_g_idx
+// CHECK: fg.qmatmul.gptq %0, %{{[0-9]+}}, %{{[0-9]+}} zeros %{{[0-9]+}} {bits = 4 : i64
+// CHECK: fg.split
+// CHECK-NOT: fg.qmatmul.gptq
+// CHECK: func.return
+builtin.module {
+  func.func @fuse_gptq_no_g_idx(%0: !fg.tensor<[T, 64], f32, cpu>) -> (!fg.tensor<[T, 64], f32, cpu>, !fg.tensor<[T, 32], f32, cpu>, !fg.tensor<[T, 32], f32, cpu>) {
+    %1 = fg.weight "q.qweight" : !fg.tensor<[8, 64], i32, cpu>
+    %2 = fg.weight "q.scales" : !fg.tensor<[2, 64], f32, cpu>
+    %3 = fg.weight "q.qzeros" : !fg.tensor<[2, 8], i32, cpu>
+    %4 = fg.qmatmul.gptq %0, %1, %2 zeros %3 {bits = 4 : i64, group_size = 32 : i64, sym = true, desc_act = false, zero_format = "v1"} : !fg.tensor<[T, 64], f32, cpu>, !fg.tensor<[8, 64], i32, cpu>, !fg.tensor<[2, 64], f32, cpu> zeros !fg.tensor<[2, 8], i32, cpu> -> !fg.tensor<[T, 64], f32, cpu>
+    %5 = fg.weight "k.qweight" : !fg.tensor<[8, 32], i32, cpu>
+    %6 = fg.weight "k.scales" : !fg.tensor<[2, 32], f32, cpu>
+    %7 = fg.weight "k.qzeros" : !fg.tensor<[2, 4], i32, cpu>
+    %8 = fg.qmatmul.gptq %0, %5, %6 zeros %7 {bits = 4 : i64, group_size = 32 : i64, sym = true, desc_act = false, zero_format = "v1"} : !fg.tensor<[T, 64], f32, cpu>, !fg.tensor<[8, 32], i32, cpu>, !fg.tensor<[2, 32], f32, cpu> zeros !fg.tensor<[2, 4], i32, cpu> -> !fg.tensor<[T, 32], f32, cpu>
+    %9 = fg.weight "v.qweight" : !fg.tensor<[8, 32], i32, cpu>
+    %10 = fg.weight "v.scales" : !fg.tensor<[2, 32], f32, cpu>
+    %11 = fg.weight "v.qzeros" : !fg.tensor<[2, 4], i32, cpu>
+    %12 = fg.qmatmul.gptq %0, %9, %10 zeros %11 {bits = 4 : i64, group_size = 32 : i64, sym = true, desc_act = false, zero_format = "v1"} : !fg.tensor<[T, 64], f32, cpu>, !fg.tensor<[8, 32], i32, cpu>, !fg.tensor<[2, 32], f32, cpu> zeros !fg.tensor<[2, 4], i32, cpu> -> !fg.tensor<[T, 32], f32, cpu>
+    func.return %4, %8, %12 : !fg.tensor<[T, 64], f32, cpu>, !fg.tensor<[T, 32], f32, cpu>, !fg.tensor<[T, 32], f32, cpu>
+  }
+}
+// -----
 // CHECK-LABEL: func.func @fuse_gptq_sym_no_zeros
 // CHECK: fg.qmatmul.gptq %0, %{{[0-9]+}}, %{{[0-9]+}} g_idx
 // CHECK: fg.split

@@ -153,11 +153,17 @@ def _plain_qkv(name: str) -> Graph:
 
 
 def _gptq_qkv(
-    name: str, *, bits: tuple[int, int, int] = (4, 4, 4), zeros: int = 3, shared_g_idx: bool = True
+    name: str,
+    *,
+    bits: tuple[int, int, int] = (4, 4, 4),
+    zeros: int = 3,
+    shared_g_idx: bool = True,
+    no_g_idx: bool = False,
 ) -> Graph:
+    """Three GPTQ projections of one input; `no_g_idx`: as GPTQLinear emits them without desc_act."""
     with Graph(name, input_types=[_t("T", 64)]) as g:
         (x,) = g.inputs
-        g_idx = g.add_weight("g_idx", _t(64, dtype=I32))
+        g_idx = None if no_g_idx else g.add_weight("g_idx", _t(64, dtype=I32))
         outs = []
         for i, (p, n) in enumerate((("q", 64), ("k", 32), ("v", 32))):
             b = bits[i]
@@ -179,6 +185,7 @@ def qkv_cases() -> list[Case]:
         (_linear_qkv("fuse_linear"), ["-LABEL: func.func @fuse_linear", *fused_linear]),
         (_plain_qkv("fuse_plain"), ["-LABEL: func.func @fuse_plain", ": fg.concat {{.*}} {axis = 1 : i64}", ": fg.matmul", ": fg.split", "-NOT: fg.matmul", ": func.return"]),
         (_gptq_qkv("fuse_gptq"), ["-LABEL: func.func @fuse_gptq", ": fg.concat", ": fg.concat", ": fg.concat", ": fg.qmatmul.gptq %0, {{.*}} zeros {{.*}} g_idx %1 {bits = 4 : i64", ": fg.split", "-NOT: fg.qmatmul.gptq", ": func.return"]),
+        (_gptq_qkv("fuse_gptq_no_g_idx", no_g_idx=True), ["-LABEL: func.func @fuse_gptq_no_g_idx", ": fg.qmatmul.gptq %0, %{{[0-9]+}}, %{{[0-9]+}} zeros %{{[0-9]+}} {bits = 4 : i64", ": fg.split", "-NOT: fg.qmatmul.gptq", ": func.return"]),
         (_gptq_qkv("fuse_gptq_sym_no_zeros", zeros=0), ["-LABEL: func.func @fuse_gptq_sym_no_zeros", ": fg.qmatmul.gptq %0, %{{[0-9]+}}, %{{[0-9]+}} g_idx", ": fg.split"]),
         (_linear_qkv("fuse_four_layers", layers=4), ["-LABEL: func.func @fuse_four_layers", "-COUNT-4: fg.split", "-NOT: fg.matmul %{{[0-9]+}}, %{{[0-9]+}} : !fg.tensor<[T, 64], f32, cpu>, !fg.tensor<[64, 64]"]),
         (_linear_qkv("refuse_two_projections", n=2), ["-LABEL: func.func @refuse_two_projections", *refuse]),
