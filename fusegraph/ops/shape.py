@@ -91,7 +91,13 @@ def reshape(x: TensorValue, shape: Sequence[DimLike]) -> TensorValue:
 
 @torch_impl(ReshapeOp)
 def _reshape_torch(op: ReshapeOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
-    return x.reshape(ctx.sizes(op.result.type.shape))
+    shape = op.result.type.shape
+    dynamic = [i for i, d in enumerate(shape) if not d.is_static]
+    if len(dynamic) == 1:
+        # One dynamic dim: let torch infer it (-1), which keeps symbolic tracing free of
+        # SymInt arithmetic and guards.
+        return x.reshape([-1 if i == dynamic[0] else d.value for i, d in enumerate(shape)])
+    return x.reshape(ctx.sizes(shape))
 
 
 # --- permute --------------------------------------------------------------------------
