@@ -6,7 +6,9 @@ do_bench before every repetition), with ratios measured side by side in this run
   0. the registered CUDA kernels of the torch.library ops vs the ops' CPU implementations;
   1. fused rope-split-store vs the unfused eager sequence vs torch.compile of it (decode and
      prefill), with the fraction of HBM bandwidth for prefill (vs a copy measured here);
-  2. GPTQ 4-bit g128 matmul vs torch.matmul fp16 at M = 1, 4, 16, 64, 512 (K=4096, N=6144);
+  2. GPTQ 4-bit g128 matmul vs torch.matmul fp16 at M = 1, 4, 16, 64, 512 (K=4096, N=6144), timed
+     both by do_bench of one call (host launch included) and as CUDA-graph replays (device time);
+     act-order (a random g_idx) through the sorted-rows path;
   3. a GPTQ attention decode step (bs 32, context 2048, Llama-3-8B dims): our kernels in a
      CUDA graph vs the dense fp16 layer in plain torch (SDPA) vs torch.compile of it; and the
      GPTQAttentionWithRope layer through `fusegraph.compile(..., cuda_graphs=True)`.
@@ -42,6 +44,31 @@ def log(line: str = "") -> None:
 
 def bench_us(fn) -> float:
     return do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+
+
+def graph_us(fns, reps: int = 24, replays: int = 15) -> float:
+    """Device time per call: fns[i % len(fns)] for i < reps captured in one CUDA graph, median of the
+    replays over reps. Host launch overhead is out; rotate over input copies to keep L2 cold."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(reps):
+            fns[i % len(fns)]()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / reps)
+    return sorted(times)[len(times) // 2]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -170,50 +197,42 @@ def random_gptq(k_in: int, n_out: int, *, bits: int = 4, group: int = 128, act_o
     return t, w
 
 
-def gptq_call(k, t, x, act_order=False, config=None):
-    return k.gptq(x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"] if act_order else None, bits=4,
-                  group_size=128, zero_format="v1", desc_act=act_order, config=config)  # fmt: skip
+def gptq_call(k, t, x, desc_act=False, config=None, act_order="permute"):
+    """desc_act=True passes g_idx: the kernel sorts the weight rows by group once (cached), or with
+    act_order="gather" indexes the scales through g_idx per row."""
+    return k.gptq(x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"] if desc_act else None, bits=4,
+                  group_size=128, zero_format="v1", desc_act=desc_act, config=config, act_order=act_order)  # fmt: skip
 
 
 def bench_gptq(k, bw: float) -> None:
-    k_in, n_out = 4096, 6144
-    t, w = random_gptq(k_in, n_out)
+    """do_bench of one call (host launch included) and CUDA-graph replays (device time), with the
+    weights rotated over 6 copies (78 MB of int4, 300 MB of fp16) so that L2 (50 MB) stays cold."""
+    k_in, n_out, copies = 4096, 6144, 6
+    sets = [random_gptq(k_in, n_out) for _ in range(copies)]
+    t, _ = sets[0]
     ta, wa = random_gptq(k_in, n_out, act_order=True)
     w_bytes = k_in * n_out // 2 + t["scales"].numel() * 2 + t["qzeros"].numel() * 4
-    best = None
     for m in (1, 4, 16, 64, 512):
-        x = torch.randn(m, k_in, device=DEV, dtype=torch.float16)
-        ref = x.float() @ w.float()
-        check(f"gptq M={m}", rel_err(gptq_call(k, t, x), ref), 1e-2)
+        xs = [torch.randn(m, k_in, device=DEV, dtype=torch.float16) for _ in range(copies)]
+        x = xs[0]
+        errs = [rel_err(gptq_call(k, ti, xi), xi.float() @ wi.float()) for (ti, wi), xi in zip(sets[:2], xs)]
+        check(f"gptq M={m}", max(errs), 1e-2)
         ref_a = x.float() @ wa.float()
-        errs_a = [rel_err(gptq_call(k, ta, x, True, config=c), ref_a) for c in (None, {"split_k": 1}, None)]
+        errs_a = [rel_err(gptq_call(k, ta, x, True, act_order=mode), ref_a) for mode in ("permute", "gather")]
         t_q = bench_us(lambda: gptq_call(k, t, x))
         t_a = bench_us(lambda: gptq_call(k, ta, x, True))
-        t_mm = bench_us(lambda: torch.matmul(x, w))
+        t_mm = bench_us(lambda: torch.matmul(x, sets[0][1]))
+        g_q = graph_us([lambda i=i: gptq_call(k, sets[i][0], xs[i]) for i in range(copies)])
+        g_mm = graph_us([lambda i=i: torch.matmul(xs[i], sets[i][1]) for i in range(copies)])
+        g_a = graph_us([lambda: gptq_call(k, ta, x, True)])
         bad = (
             "" if max(errs_a) < 1e-2 else f" (act-order WRONG: errs {', '.join(f'{e:.2g}' for e in errs_a)})"
         )
-        line = (f"gptq4 g128 M={m:<4} ours {t_q:7.1f} us | act-order {t_a:7.1f} us{bad} | cuBLAS fp16 {t_mm:7.1f} us"
-                f" | speedup {t_mm / t_q:4.2f}x")  # fmt: skip
+        line = (f"gptq4 g128 M={m:<4} graph: ours {g_q:6.1f} us | cuBLAS {g_mm:6.1f} us | speedup {g_mm / g_q:4.2f}x"
+                f" | act-order {g_a:6.1f} us{bad} || do_bench: ours {t_q:6.1f} | cuBLAS {t_mm:6.1f} | act-order {t_a:6.1f}")  # fmt: skip
         if m == 1:
-            best = sweep_gptq(k, t, x)
-            line += f" | HBM {w_bytes / (t_q * 1e-6) / bw:5.1%} (floor {w_bytes / bw * 1e6:.1f} us)"
-        if m <= 16 and best is not None:
-            t_b = bench_us(lambda: gptq_call(k, t, x, config=best))
-            line += f" | swept cfg {t_b:6.1f} us ({t_mm / t_b:4.2f}x)"
+            line += f" | HBM {w_bytes / (g_q * 1e-6) / bw:5.1%} (floor {w_bytes / bw * 1e6:.1f} us)"
         log(line)
-    log(f"  (swept config for M<=16: {best})")
-
-
-def sweep_gptq(k, t, x) -> dict:
-    results = []
-    for block_n in (64, 128, 256):
-        for split in (4, 8, 16, 32):
-            cfg = {"block_n": block_n, "split_k": split}
-            results.append((bench_us(lambda cfg=cfg: gptq_call(k, t, x, config=cfg)), cfg))
-    results.sort(key=lambda r: r[0])
-    print("  gptq M=1 sweep (us):", ", ".join(f"{c['block_n']}/{c['split_k']}={u:.1f}" for u, c in results))
-    return results[0][1]
 
 
 # ---- 3. decode step --------------------------------------------------------------------------------------
@@ -299,8 +318,12 @@ def bench_decode_step(k, bw: float) -> None:
         "o_proj gptq": lambda: gptq_call(k, to, x),
     }  # fmt: skip
     log(
-        "  parts (each alone, not graphed): "
+        "  parts, do_bench (launch included): "
         + ", ".join(f"{n} {bench_us(f):.1f} us" for n, f in parts.items())
+    )
+    log(
+        "  parts, CUDA graph (device time):   "
+        + ", ".join(f"{n} {graph_us([f]):.1f} us" for n, f in parts.items())
     )
 
 

@@ -108,3 +108,102 @@ def test_gptq_matmul_kernel__refuses_3_bits_and_missing_zeros():
         kernel.gptq_matmul_triton(x, qw, s, bits=3, group_size=-1, sym=True)
     with pytest.raises(ValueError, match="qzeros may be absent only when sym"):
         kernel.gptq_matmul_triton(x, torch.zeros(4, 4, dtype=torch.int32), s, bits=4, group_size=-1)
+
+
+FAST_CASES = [
+    # (m, k, n, bits, group_size, zero_format, with_zeros, dtype, config)
+    (1, 256, 64, 4, 128, "v1", True, torch.float16, {"kernel": "gemv", "block_n": 32, "split_k": 2}),
+    (
+        3,
+        256,
+        48,
+        4,
+        128,
+        "v2",
+        True,
+        torch.float32,
+        {"kernel": "gemv", "block_n": 32, "split_k": 1, "x_vec": 0},
+    ),
+    (2, 512, 32, 2, 256, "v1", False, torch.float32, {"kernel": "gemv", "block_n": 32}),
+    (2, 256, 32, 8, -1, "v1", True, torch.bfloat16, {"kernel": "gemv", "block_n": 32, "split_k": 3}),
+    (
+        3,
+        256,
+        64,
+        4,
+        128,
+        "v1",
+        True,
+        torch.float16,
+        {"kernel": "mma", "block_m": 16, "block_n": 32, "split_k": 2},
+    ),
+    (
+        20,
+        256,
+        48,
+        4,
+        128,
+        "v2",
+        True,
+        torch.bfloat16,
+        {"kernel": "mma", "block_m": 16, "block_n": 32, "nibble_dots": 1},
+    ),
+    (
+        5,
+        256,
+        32,
+        8,
+        64,
+        "v1",
+        True,
+        torch.float16,
+        {"kernel": "mma", "block_m": 16, "block_n": 32, "nibble_dots": 1},
+    ),
+    (33, 256, 64, 4, 128, "v1", False, torch.float32, None),  # default pick
+]
+
+
+@pytest.mark.parametrize("case", FAST_CASES, ids=[f"fast{i}" for i in range(len(FAST_CASES))])
+def test_gptq_matmul_kernel__fast_paths_match_dequantized_math(case):
+    """The GEMV (FMA, mantissa-bit unpacking) and tensor-core (per-tile scales) kernels, with and
+    without split-K (partials reduced in a fixed order by a second kernel)."""
+    m, k, n, bits, gs, zf, with_zeros, dtype, config = case
+    t, w = _make(k, n, bits, gs, act_order=False, zero_format=zf, with_zeros=with_zeros, seed=m + k + n)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + 1)).to(dtype)
+    ref = x.double() @ w
+    y = kernel.gptq_matmul_triton(x, t["qweight"], t["scales"], t.get("qzeros"), None, bits=bits, group_size=gs,
+                                  sym=not with_zeros, zero_format=zf, config=config)  # fmt: skip
+    assert y.dtype == dtype and y.shape == (m, n)
+    err = (y.double() - ref).norm() / ref.norm()
+    assert err < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype], err
+
+
+@pytest.mark.parametrize("bits,m", [(4, 1), (4, 17), (8, 2)])
+def test_gptq_matmul_kernel__act_order_permuted_rows_equal_the_g_idx_path(bits, m):
+    """act_order="permute" (rows sorted by argsort(g_idx) once, x's columns permuted) gives the
+    g_idx-gather result, and the prepared weights are cached per tensor version."""
+    t, w = _make(256, 32, bits, 64, act_order=True, zero_format="v1", with_zeros=True, seed=11 + m)
+    x = torch.randn(m, 256, dtype=torch.float32)
+    args = (x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"])
+    kw = {"bits": bits, "group_size": 64, "desc_act": True}
+    y_perm = kernel.gptq_matmul_triton(*args, act_order="permute", **kw)
+    y_gather = kernel.gptq_matmul_triton(*args, act_order="gather", **kw)
+    ref = x.double() @ w
+    assert ((y_perm.double() - ref).norm() / ref.norm()) < 1e-5
+    torch.testing.assert_close(y_perm, y_gather, rtol=1e-5, atol=1e-5)
+    prepared = kernel.act_order_prepare(t["qweight"], t["g_idx"], bits, 64)
+    assert prepared is not None and prepared is kernel.act_order_prepare(t["qweight"], t["g_idx"], bits, 64)
+    qw_sorted, perm = prepared
+    _, w_sorted = _make(256, 32, bits, 64, act_order=True, zero_format="v1", with_zeros=True, seed=11 + m)
+    assert torch.equal(perm, torch.argsort(t["g_idx"].long(), stable=True))
+    # rows of the sorted weight are the original rows in perm order
+    y_sorted = kernel.gptq_matmul_triton(x[:, perm], qw_sorted, t["scales"], t["qzeros"], None, bits=bits,
+                                         group_size=64, desc_act=False)  # fmt: skip
+    torch.testing.assert_close(y_sorted, y_gather, rtol=1e-5, atol=1e-5)
+
+
+def test_gptq_matmul_kernel__act_order_with_uneven_groups_falls_back_to_g_idx():
+    t, w = _make(128, 32, 4, 32, act_order=False, zero_format="v1", with_zeros=True, seed=5)
+    g_idx = t["g_idx"].clone()
+    g_idx[:8] = 1  # group 1 now has 40 rows: sorting cannot give k // group_size
+    assert kernel.act_order_prepare(t["qweight"], g_idx, 4, 32) is None

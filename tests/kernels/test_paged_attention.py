@@ -78,3 +78,31 @@ def test_paged_attention_kernel__matches_dense_attention_over_gathered_cache(cas
     )
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+
+
+SPLIT_CASES = [
+    # (tokens, cache lengths, h, hkv, d, page_size, dtype, window, num_splits)
+    ([1, 1, 1], [9, 0, 40], 4, 1, 16, 4, torch.float16, None, 3),  # decode, a split past seq 1's end
+    ([1, 1, 1], [9, 0, 40], 4, 2, 16, 4, torch.float32, 5, 4),  # sliding window: empty splits
+    ([3, 1, 5], [0, 6, 30], 4, 2, 16, 4, torch.float32, None, 2),  # prefill rows split too
+    ([1, 1], [33, 20], 4, 2, 16, 8, torch.float32, None, None),  # default pick (no split at this capacity)
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=[f"split{i}" for i in range(len(SPLIT_CASES))])
+def test_paged_attention_kernel__split_kv_matches_dense_attention(case):
+    """Split-KV (flash-decoding): partial softmax states per key slice, merged by the combine kernel."""
+    tokens, lens, h, hkv, d, page_size, dtype, window, splits = case
+    torch.manual_seed(sum(lens) + d)
+    max_pages = 48 // page_size + 2
+    num_blocks = len(tokens) * max_pages
+    row_offsets = torch.tensor([0, *torch.tensor(tokens).cumsum(0).tolist()])
+    kv = torch.randn(num_blocks, 2, 2, page_size, hkv, d).to(dtype)
+    lookup = torch.randperm(num_blocks).reshape(len(tokens), max_pages).to(torch.int32)
+    q = torch.randn(int(row_offsets[-1]), h, d).to(dtype)
+    cache_lengths = torch.tensor(lens, dtype=torch.int32)
+    ref = _reference(q, row_offsets, kv, cache_lengths, lookup, layer_idx=1, scale=d**-0.5, window=window)
+    out = kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, cache_lengths, lookup, layer_idx=1,
+                                        scale=d**-0.5, sliding_window=window, num_splits=splits, block_n=16)  # fmt: skip
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)

@@ -6,14 +6,17 @@ the same way along N (v1 stores z − 1, v2 stores z; absent means z = 2^(bits�
 scales `[G, N]`; W[k, n] = (q[k, n] − z[g, n])·scales[g, n] with g = g_idx[k] (act-order) or
 k // group_size. Bits 2, 4 and 8 (the widths whose values never straddle a word).
 
-One kernel, two launch shapes:
-- large M (prefill): tiles of BLOCK_M × BLOCK_N, the whole K per program (SPLIT_K = 1);
-- small M (decode, and any M whose tiles cannot fill the GPU): split-K. Each program reduces
-  one K slice of a tile and adds it into a zeroed fp32 buffer with atomic adds; the wrapper
-  casts the buffer to x's dtype (three launches: memset, kernel, cast). A single-launch
-  variant, where the last program of a tile (an atomic ticket) wrote the output and cleaned
-  a cached workspace, gave a wrong result on 1 of 3 identical calls on an H100 (2026-11-27)
-  and was dropped.
+Three kernels (`_pick_config` chooses; tuned on an H100, see docs/benchmarks.md):
+- `_gptq_gemv_kernel` (M = 1): FMA GEMV with mantissa-bit unpacking (no int->float conversion);
+- `_gptq_mma_kernel` (M = 2..16 and 33..): tensor-core tiles with per-tile scales after the dot;
+- `_gptq_matmul_kernel` (the general one: act-order g_idx gathers, clip, group sizes the others
+  cannot tile, and M = 17..32 where it measured fastest).
+Small grids split K: each program writes its fp32 partial to a workspace `[split, M, N]` and
+`_splitk_reduce_kernel` sums the slices in a fixed order (deterministic, two launches, no memset,
+CUDA-graph safe). An atomic-ticket single-launch variant raced on an H100 (2026-11-27) and an
+atomics-into-zeroed-buffer variant needed three launches; both are gone.
+Act-order: `act_order_prepare` sorts the weight rows by argsort(g_idx) once (cached), and x's
+columns are permuted per call, so act-order checkpoints run on the per-tile kernels.
 
 The packed tile `[BLOCK_K/pack, BLOCK_N]` is loaded once and unpacked by a broadcast shift to
 `[BLOCK_K/pack, pack, BLOCK_N]`, reshaped to `[BLOCK_K, BLOCK_N]` (row k = r·pack + i). When the
@@ -25,11 +28,13 @@ multiply per weight; (q − z) is exact in fp16 and bf16.
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["gptq_matmul_triton"]
+__all__ = ["act_order_prepare", "gptq_matmul_triton"]
 
 
 @triton.jit
@@ -115,8 +120,160 @@ def _gptq_matmul_kernel(
     if SPLIT_K == 1:
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # Split-K: fp32 atomic adds into a zeroed buffer; the wrapper casts it to x's dtype.
-        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=out_mask, sem="relaxed")
+        # Split-K: this slice's fp32 partial; `_splitk_reduce_kernel` sums the slices in order.
+        tl.store(ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=out_mask)
+
+
+# ---- fast paths (per-tile scales: no act-order g_idx, no clip, group_size a multiple of BLOCK_K) ------------
+
+
+@triton.jit
+def _gptq_gemv_kernel(
+    x_ptr, qw_ptr, scales_ptr, qz_ptr, out_ptr,
+    N, K, group_size, k_per_split,
+    stride_xm, stride_xk, stride_qw, stride_s, stride_qz, stride_om, stride_os,
+    BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, ZERO_V1: tl.constexpr, X_VEC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """One row of x times W: FMA GEMV, program (n tile, k split, row m).
+
+    Unpacking: value i of a word is moved into the top mantissa bits of an fp32 whose exponent
+    is 0, giving v = 1 + q/2^BITS exactly (a shift and a mask-or: no conversion, no subtract).
+    Over a group, Σ x·(q − z)·s = s·(2^BITS·Σ x·v − (2^BITS + z)·Σ x), so the inner loop is
+    one FMA per weight, and the scale and zero are applied once per group and column.
+    X_VEC=True loads the x slice contiguously (one vector load the pipeliner can prefetch) and
+    multiplies it as `[R, PACK, 1]` with the weights unpacked to `[R, PACK, BLOCK_N]`;
+    X_VEC=False loads x's column k0 + r·PACK + i for each value i (strided scalar loads).
+    """
+    PACK: tl.constexpr = 32 // BITS
+    R: tl.constexpr = BLOCK_K // PACK
+    MASK: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
+    TWO_B: tl.constexpr = 1 << BITS
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    x_row = x_ptr + m * stride_xm
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        words = tl.load(qw_ptr + (k0 // PACK + offs_r)[:, None] * stride_qw + offs_n[None, :],
+                        mask=n_ok[None, :], other=0)  # fmt: skip
+        if X_VEC:
+            offs_i = tl.arange(0, PACK)
+            x2 = tl.load(x_row + (k0 + offs_r[:, None] * PACK + offs_i[None, :]) * stride_xk).to(tl.float32)
+            q = (words[:, None, :] >> (offs_i * BITS)[None, :, None]) & ((1 << BITS) - 1)
+            v = ((q << (23 - BITS)) | 0x3F800000).to(tl.float32, bitcast=True)
+            col = tl.sum(tl.sum(x2[:, :, None] * v, axis=1), axis=0)
+            sx = tl.sum(tl.sum(x2, axis=1), axis=0)
+        else:
+            part = tl.zeros([R, BLOCK_N], dtype=tl.float32)
+            sxr = tl.zeros([R], dtype=tl.float32)
+            for i in tl.static_range(PACK):
+                xi = tl.load(x_row + (k0 + offs_r * PACK + i) * stride_xk).to(tl.float32)
+                if 23 - BITS - i * BITS >= 0:  # compile-time: move value i to mantissa bits [23-BITS, 23)
+                    t = words << (23 - BITS - i * BITS)
+                else:
+                    t = words >> (i * BITS + BITS - 23)
+                v = ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+                part += xi[:, None] * v
+                sxr += xi
+            col = tl.sum(part, axis=0)
+            sx = tl.sum(sxr, axis=0)
+        g = k0 // group_size
+        s = tl.load(scales_ptr + g * stride_s + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        z = _zeros_row(qz_ptr, g, offs_n, n_ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1).to(tl.float32)
+        acc += s * (col * TWO_B - (TWO_B + z) * sx)
+    tl.store(
+        out_ptr + pid_k * stride_os + m * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_ok
+    )
+
+
+@triton.jit
+def _gptq_mma_kernel(
+    x_ptr, qw_ptr, scales_ptr, qz_ptr, out_ptr,
+    M, N, K, group_size, k_per_split,
+    stride_xm, stride_xk, stride_qw, stride_s, stride_qz, stride_om, stride_os,
+    BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, ZERO_V1: tl.constexpr,
+    NIBBLE_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """Tensor-core tile `[BLOCK_M, BLOCK_N]` over one K slice, per-tile scales applied after the dot.
+
+    The weight tile is dequantized to (q − z) in x's dtype in registers (exact: |q − z| < 2^8),
+    via 2^23 + q formed from the fp32 mantissa bits. NIBBLE_DOTS=True keeps the packed order:
+    value i of the R word rows is the K=R slice {k0 + r·PACK + i}, multiplied by the matching
+    (strided) columns of x, PACK dots per tile and no reshape. NIBBLE_DOTS=False unpacks to
+    `[R, PACK, BLOCK_N]` and reshapes to `[BLOCK_K, BLOCK_N]` (one dot).
+    """
+    PACK: tl.constexpr = 32 // BITS
+    R: tl.constexpr = BLOCK_K // PACK
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    # Grouped ordering of (m, n) tiles so that neighbouring programs share weight tiles in L2.
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        words = tl.load(qw_ptr + (k0 // PACK + offs_r)[:, None] * stride_qw + offs_n[None, :],
+                        mask=n_ok[None, :], other=0)  # fmt: skip
+        g = k0 // group_size
+        z = (
+            _zeros_row(qz_ptr, g, offs_n, n_ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1).to(tl.float32)
+            + 8388608.0
+        )
+        s = tl.load(scales_ptr + g * stride_s + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        if NIBBLE_DOTS:
+            part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for i in tl.static_range(PACK):
+                kk = k0 + offs_r * PACK + i
+                xi = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                             mask=m_ok[:, None], other=0.0)  # fmt: skip
+                q = (((words >> (i * BITS)) & ((1 << BITS) - 1)) | 0x4B000000).to(tl.float32, bitcast=True)
+                if DOT_FP32:
+                    part += tl.dot(xi.to(tl.float32), q - z[None, :], input_precision="ieee")
+                else:
+                    part += tl.dot(xi, (q - z[None, :]).to(xi.dtype))
+        else:
+            kk = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                        mask=m_ok[:, None], other=0.0)  # fmt: skip
+            shifts = tl.arange(0, PACK) * BITS
+            bits_f = ((words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)) | 0x4B000000
+            q = tl.reshape(bits_f.to(tl.float32, bitcast=True), [BLOCK_K, BLOCK_N])
+            if DOT_FP32:
+                part = tl.dot(x.to(tl.float32), q - z[None, :], input_precision="ieee")
+            else:
+                part = tl.dot(x, (q - z[None, :]).to(x.dtype))
+        acc += part * s[None, :]
+    tl.store(out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])  # fmt: skip
+
+
+@triton.jit
+def _splitk_reduce_kernel(ws_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out = Σ_s ws[s] in a fixed order (deterministic), cast to out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(ws_ptr + s * numel + offs, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 _SM_COUNT: dict[torch.device, int] = {}
@@ -130,16 +287,141 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[device]
 
 
-def _pick_config(m: int, n: int, k: int, group_size: int, device: torch.device) -> dict[str, int]:
-    """Block sizes and split-K for this shape (see the module docstring)."""
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 128 if n >= 128 else max(16, triton.next_power_of_2(n))
-    block_k = 128 if group_size % 128 == 0 or group_size >= k else 64 if group_size % 64 == 0 else 32
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    want = 2 * _sm_count(device)
-    split = max(1, min(want // tiles, k // block_k)) if tiles < want else 1
-    return {"block_m": block_m, "block_n": block_n, "block_k": block_k, "split_k": split,
-            "num_warps": 4 if block_m <= 32 else 8, "num_stages": 3}  # fmt: skip
+# ---- act-order: permute the weight rows once (MAX's way) ------------------------------------------------
+
+_ACT_ORDER: dict[tuple[int, int], tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+
+def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
+    """qweight with its unpacked rows reordered: row k of the result is row perm[k] of the input."""
+    pack = 32 // bits
+    rows, n = qweight.shape
+    shifts = torch.arange(pack, device=qweight.device, dtype=torch.int64) * bits
+    out = torch.empty_like(qweight)
+    for c in range(0, n, 1024):  # column chunks bound the int64 temporaries
+        w = qweight[:, c : c + 1024].to(torch.int64) & 0xFFFFFFFF
+        q = ((w[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)).reshape(rows * pack, -1)
+        q = q.index_select(0, perm).reshape(rows, pack, -1)
+        word = (q << shifts[None, :, None]).sum(1)
+        out[:, c : c + 1024] = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+    return out
+
+
+def act_order_prepare(
+    qweight: torch.Tensor, g_idx: torch.Tensor, bits: int, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(qweight with rows sorted by group, perm) for an act-order g_idx, or None.
+
+    perm = argsort(g_idx) (stable); row k of the new qweight is row perm[k] of the old, so
+    x[:, perm] @ W_new == x @ W, and the new rows' groups are k // group_size, which lets the
+    per-tile kernels run. None when the sorted g_idx is not k // group_size (a g_idx whose
+    groups are not all group_size rows): the caller then gathers scales through g_idx.
+    Cached per (qweight, g_idx) storage and version. The first look costs a host sync, so
+    during CUDA-graph capture an unseen pair returns None (the g_idx path: always correct).
+    """
+    key = (qweight.data_ptr(), g_idx.data_ptr())
+    stamp = (qweight._version, g_idx._version, tuple(qweight.shape), g_idx.numel(), bits, group_size,
+             qweight.device)  # fmt: skip
+    if (hit := _ACT_ORDER.get(key)) is not None and hit[0] == stamp:
+        return hit[1]
+    if qweight.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    k = g_idx.numel()
+    perm = torch.argsort(g_idx.to(torch.int64), stable=True)
+    sorted_groups = g_idx.to(torch.int64).index_select(0, perm)
+    trivial = torch.arange(k, device=g_idx.device) // group_size
+    result = None
+    if torch.equal(sorted_groups, trivial):
+        result = (_repack_rows(qweight, perm, bits), perm)
+    if hit is None:
+        weakref.finalize(qweight, _ACT_ORDER.pop, key, None)
+    _ACT_ORDER[key] = (stamp, result)
+    return result
+
+
+# ---- launch configuration ------------------------------------------------------------------------------
+
+_SM_COUNT: dict[torch.device, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few splits exercise the split-K path
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNT[device]
+
+
+def _fast_block_k(bits: int, group_size: int, k: int, kernel: str) -> int | None:
+    """BLOCK_K for the per-tile kernels (divides group_size; ≥ 16 packed rows for the dots), or None."""
+    pack = 32 // bits
+    for bk in (128, 256, 64, 32, 512):
+        if group_size % bk or k % bk or bk % pack:
+            continue
+        if kernel == "mma" and bk // pack < 16:
+            continue
+        return bk
+    return None
+
+
+# Tuned on an H100 (benchmarks/gptq_sweep.py, 2026-11-27), K=4096 N=6144 4-bit g128, timed as CUDA-graph
+# replays; other shapes get the same tiles and a split-K that fills the GPU.
+# Graph-replay medians (us) of the winners: M=1 gemv 12.1 (mma 16.8, previous kernel 18.1); M=4 and 16
+# mma 16.7 / 17.5 (gemv 28.9 at M=4); M=32 the general kernel 21.2 (mma 23.9); M=64 mma 64x64 split 4
+# 23.4; M=512 mma 64x128 122.7 (128x128 with 8 warps 138.8). BLOCK_N / num_warps must stay 32 for the
+# gemv (64 with 4 warps ran 5x slower).
+_GEMV_MAX_M = 1
+_GEMV_CFG = {"block_n": 128, "num_warps": 4, "num_stages": 3, "x_vec": 1}
+_GENERAL_M = (17, 32)  # M in this range takes the general kernel (per-tile scales too)
+_WANT_PROGRAMS_PER_SM = {"gemv": 3, "mma": 3, "general": 2}
+
+
+def _mma_tiles(m: int) -> dict[str, int]:
+    if m <= 16:
+        return {"block_m": 16, "block_n": 128, "num_warps": 4, "num_stages": 3}
+    if m <= 32:
+        return {"block_m": 32, "block_n": 128, "num_warps": 4, "num_stages": 3}
+    if m <= 64:
+        return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+    return {"block_m": 64, "block_n": 128, "num_warps": 4, "num_stages": 3}
+
+
+def _pick_config(
+    m: int,
+    n: int,
+    k: int,
+    group_size: int,
+    bits: int,
+    fast: bool,
+    device: torch.device,
+    kernel: str | None = None,
+) -> dict:
+    """Kernel, block sizes and split-K for this shape (`kernel` forces one)."""
+    sms = _sm_count(device)
+    if kernel is None and _GENERAL_M[0] <= m <= _GENERAL_M[1]:
+        kernel = "general"
+    fast = fast and kernel != "general"
+    if fast:
+        kernel = kernel or ("gemv" if m <= _GEMV_MAX_M else "mma")
+        block_k = _fast_block_k(bits, group_size, k, kernel)
+        if block_k is None and kernel == "gemv":
+            fast = False
+        elif block_k is None:
+            kernel, block_k = "gemv", _fast_block_k(bits, group_size, k, "gemv")
+            fast = block_k is not None
+    if fast:
+        cfg = dict(_GEMV_CFG) if kernel == "gemv" else _mma_tiles(m)
+        cfg |= {"kernel": kernel, "block_k": block_k, "nibble_dots": 0}
+        tiles = triton.cdiv(n, cfg["block_n"]) * (m if kernel == "gemv" else triton.cdiv(m, cfg["block_m"]))
+    else:
+        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        block_k = 128 if group_size % 128 == 0 or group_size >= k else 64 if group_size % 64 == 0 else 32
+        cfg = {"kernel": "general", "block_m": block_m, "block_n": 128 if n >= 128 else max(16, triton.next_power_of_2(n)),
+               "block_k": block_k, "num_warps": 4 if block_m <= 32 else 8, "num_stages": 3}  # fmt: skip
+        tiles = triton.cdiv(m, block_m) * triton.cdiv(n, cfg["block_n"])
+    want = _WANT_PROGRAMS_PER_SM[cfg["kernel"]] * sms
+    cfg["split_k"] = max(1, min(want // tiles, k // cfg["block_k"], 16)) if tiles < sms else 1
+    return cfg
 
 
 def gptq_matmul_triton(
@@ -155,7 +437,8 @@ def gptq_matmul_triton(
     zero_format: str = "v1",
     clip: float | None = None,
     desc_act: bool | None = None,
-    config: dict[str, int] | None = None,
+    act_order: str = "permute",
+    config: dict | None = None,
 ) -> torch.Tensor:
     """`x @ W` for GPTQ tensors, dequantizing W in registers (W is never written to memory).
 
@@ -169,7 +452,11 @@ def gptq_matmul_triton(
         clip: clamp the dequantized weight to [−clip, clip].
         desc_act: False means g_idx is the trivial k // group_size and may be ignored (the
             faster per-tile scales); None or True use g_idx when it is given.
-        config: override block_m/block_n/block_k/split_k/num_warps/num_stages (benchmarks).
+        act_order: with an act-order g_idx, "permute" sorts the weight rows by group once
+            (cached, see `act_order_prepare`) and permutes x's columns (index_select), so the
+            per-tile kernels run; "gather" indexes scales and zeros through g_idx per row.
+        config: override kernel ("gemv" | "mma" | "general"), block_m/block_n/block_k,
+            split_k, num_warps, num_stages, nibble_dots (benchmarks and tests).
 
     Returns:
         `[M, N]` in x's dtype.
@@ -183,6 +470,8 @@ def gptq_matmul_triton(
         raise ValueError(f"gptq_matmul_triton: zero_format must be 'v1' or 'v2', got {zero_format!r}")
     if qzeros is None and not sym:
         raise ValueError("gptq_matmul_triton: qzeros may be absent only when sym=True")
+    if act_order not in ("permute", "gather"):
+        raise ValueError(f"gptq_matmul_triton: act_order must be 'permute' or 'gather', got {act_order!r}")
     m, k = x.shape
     pack = 32 // bits
     n = qweight.shape[1]
@@ -194,30 +483,73 @@ def gptq_matmul_triton(
     qweight = qweight.contiguous()
     scales = scales.contiguous()
     qzeros = None if qzeros is None else qzeros.contiguous()
+    perm = None
+    if g_idx is not None and act_order == "permute" and clip is None:
+        prepared = act_order_prepare(qweight, g_idx, bits, group_size)
+        if prepared is not None:
+            qweight, perm = prepared
+            g_idx = None
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
-    cfg = _pick_config(m, n, k, group_size, x.device) | (config or {})
+    fast = g_idx is None and clip is None
+    cfg = _pick_config(m, n, k, group_size, bits, fast, x.device)
+    if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
+        if config["kernel"] != "general" and not fast:
+            raise ValueError(
+                f"gptq_matmul_triton: kernel {config['kernel']!r} needs per-tile scales (no g_idx, no clip)"
+            )
+        cfg = _pick_config(m, n, k, group_size, bits, fast, x.device, kernel=config["kernel"])
+    cfg |= config or {}
+    kernel = cfg["kernel"]
+    if perm is not None:  # x[:, perm] @ W_sorted == x @ W
+        x = x.index_select(1, perm)
     block_k = cfg["block_k"]
+    if kernel != "general" and (group_size % block_k or k % block_k):
+        raise ValueError(f"gptq_matmul_triton: block_k {block_k} must divide group_size {group_size} and K")
     k_per_split = triton.cdiv(triton.cdiv(k, cfg["split_k"]), block_k) * block_k
     split_k = triton.cdiv(k, k_per_split)
-    grid = (triton.cdiv(n, cfg["block_n"]), triton.cdiv(m, cfg["block_m"]), split_k)
-    acc32 = out if split_k == 1 else torch.zeros((m, n), dtype=torch.float32, device=x.device)
-    _gptq_matmul_kernel[grid](
-        x, qweight, scales,
-        qweight if qzeros is None else qzeros,
-        qweight if g_idx is None else g_idx.contiguous(),
-        out, acc32,
-        m, n, k, group_size, k_per_split, 0.0 if clip is None else float(clip),
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0),
-        0 if qzeros is None else qzeros.stride(0), out.stride(0),
-        BITS=bits, HAS_ZEROS=qzeros is not None, ZERO_V1=zero_format == "v1", HAS_GIDX=g_idx is not None,
-        GROUP_PER_TILE=g_idx is None and group_size % block_k == 0 and k_per_split % block_k == 0,
-        HAS_CLIP=clip is not None, SPLIT_K=split_k,
-        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=block_k,
-        # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 or x.device.type != "cuda" else "tf32",
-        DOT_FP32=x.device.type != "cuda",
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    return out if split_k == 1 else acc32.to(x.dtype)
+    on_gpu = x.device.type == "cuda"
+    dest = out if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    zeros_arg = qweight if qzeros is None else qzeros
+    qz_stride = 0 if qzeros is None else qzeros.stride(0)
+    common = {"BITS": bits, "HAS_ZEROS": qzeros is not None, "ZERO_V1": zero_format == "v1",
+              "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}  # fmt: skip
+    if kernel == "gemv":
+        grid = (triton.cdiv(n, cfg["block_n"]), split_k, m)
+        _gptq_gemv_kernel[grid](
+            x, qweight, scales, zeros_arg, dest,
+            n, k, group_size, k_per_split,
+            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), qz_stride, n, m * n,
+            X_VEC=bool(cfg.get("x_vec", 1)), BLOCK_N=cfg["block_n"], BLOCK_K=block_k, **common,
+        )  # fmt: skip
+    elif kernel == "mma":
+        grid = (triton.cdiv(m, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"]), split_k)
+        _gptq_mma_kernel[grid](
+            x, qweight, scales, zeros_arg, dest,
+            m, n, k, group_size, k_per_split,
+            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), qz_stride, n, m * n,
+            NIBBLE_DOTS=bool(cfg.get("nibble_dots", 0)),
+            BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=block_k,
+            # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
+            DOT_FP32=not on_gpu or x.dtype == torch.float32, GROUP_M=cfg.get("group_m", 8), **common,
+        )  # fmt: skip
+    else:
+        grid = (triton.cdiv(n, cfg["block_n"]), triton.cdiv(m, cfg["block_m"]), split_k)
+        _gptq_matmul_kernel[grid](
+            x, qweight, scales, zeros_arg,
+            qweight if g_idx is None else g_idx.contiguous(),
+            out, dest,
+            m, n, k, group_size, k_per_split, 0.0 if clip is None else float(clip),
+            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), qz_stride, out.stride(0),
+            HAS_GIDX=g_idx is not None,
+            GROUP_PER_TILE=g_idx is None and group_size % block_k == 0 and k_per_split % block_k == 0,
+            HAS_CLIP=clip is not None, SPLIT_K=split_k,
+            BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=block_k,
+            DOT_PRECISION="ieee" if x.dtype == torch.float32 or not on_gpu else "tf32",
+            DOT_FP32=not on_gpu, **common,
+        )  # fmt: skip
+    if split_k > 1:
+        block = 256
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](dest, out, m * n, SPLIT_K=split_k, BLOCK=block)
+    return out

@@ -28,16 +28,17 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr,
-    B, layer_idx, page_size, qk_scale, window,
-    stride_qt, stride_qh, stride_ot, stride_oh, stride_lut,
+    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr,
+    B, layer_idx, page_size, qk_scale, window, split_len,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_lut, stride_os, stride_ms,
     s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
+    split = tl.program_id(2)
     # Which sequence and which tile of it: the running sum of tiles per sequence.
     seqs = tl.arange(0, BLOCK_B)
     seq_ok = seqs < B
@@ -72,6 +73,9 @@ def _paged_attention_kernel(
     k_lo = 0
     if HAS_WINDOW:
         k_lo = tl.maximum(cache_len + j * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
+    if SPLIT:  # this program's slice of the keys (split_len is a multiple of BLOCK_N)
+        k_lo = tl.maximum(k_lo, split * split_len)
+        kv_len = tl.minimum(kv_len, (split + 1) * split_len)
 
     m_i = tl.full([BLOCK_M * GP], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M * GP], dtype=tl.float32)
@@ -99,9 +103,46 @@ def _paged_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + t[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+    if SPLIT:  # partial state: unnormalized acc, running max and sum; the combine kernel merges
+        tl.store(out_ptr + split * stride_os + t[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
+                 acc, mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+        ml = ml_ptr + split * stride_ms + (t * (stride_ot // stride_oh) + head) * 2
+        tl.store(ml, m_i, mask=row_ok)
+        tl.store(ml + 1, l_i, mask=row_ok)
+    else:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + t[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+
+
+@triton.jit
+def _combine_splits_kernel(
+    acc_ptr, ml_ptr, out_ptr, n_rows, stride_os, stride_ms, stride_ot, stride_oh, H,
+    NUM_SPLITS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """out[t, h] = Σ_s 2^(m_s − M)·acc_s / Σ_s 2^(m_s − M)·l_s over the key splits (flash-decoding)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t·H + h
+    ok = rows < n_rows
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    m_max = tl.full([BLOCK_R], -1.0e30, dtype=tl.float32)
+    for s in tl.static_range(NUM_SPLITS):
+        m_max = tl.maximum(m_max, tl.load(ml_ptr + s * stride_ms + rows * 2, mask=ok, other=-1.0e30))
+    num = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    den = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for s in tl.static_range(NUM_SPLITS):
+        m_s = tl.load(ml_ptr + s * stride_ms + rows * 2, mask=ok, other=-1.0e30)
+        l_s = tl.load(ml_ptr + s * stride_ms + rows * 2 + 1, mask=ok, other=0.0)
+        w = tl.exp2(m_s - m_max)
+        a = tl.load(acc_ptr + s * stride_os + rows[:, None] * D + d[None, :], mask=ok[:, None] & d_ok[None, :],
+                    other=0.0)  # fmt: skip
+        num += w[:, None] * a
+        den += w * l_s
+    out = num / tl.where(den > 0, den, 1.0)[:, None]
+    t = rows // H
+    h = rows % H
+    tl.store(out_ptr + t[:, None] * stride_ot + h[:, None] * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
 def _as_index(t: torch.Tensor) -> torch.Tensor:
@@ -122,6 +163,9 @@ def paged_attention_triton(
     sliding_window: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    num_splits: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Causal paged attention of the ragged queries `q [T, H, D]` over the cache.
 
@@ -133,6 +177,12 @@ def paged_attention_triton(
         kv_blocks: `[num_blocks, 2, num_layers, page_size, n_kv_heads, head_dim]`.
         layer_idx, scale, sliding_window: as on `fg.attention.paged`.
         block_m, block_n: query rows per tile and keys per step (default: picked from the shape).
+        num_splits: split each sequence's keys into this many slices, one program each, merged
+            by a second kernel (flash-decoding). Default: enough to fill the GPU when the query
+            tiles alone cannot (decode), else 1. The slices are cut from the lookup table's
+            capacity (max_pages · page_size), a shape, so the launch needs no host sync and can
+            be captured in a CUDA graph; slices past a sequence's length do no work.
+        num_warps, num_stages: Triton launch options of the attention kernel.
 
     Returns:
         `[T, n_heads, head_dim]` in q's dtype.
@@ -158,19 +208,42 @@ def paged_attention_triton(
     gp = triton.next_power_of_2(group)
     if block_m is None:  # decode (one row per sequence) wants few rows; prefill wants 64 rows
         block_m = max(1, (16 if t_rows <= batch else 64) // gp)
-    block_n = block_n or (64 if head_dim <= 128 else 32)
-    grid = (triton.cdiv(t_rows, block_m) + batch, n_kv_heads)
+    if block_n is None:  # decode streams long key ranges: wider steps (H100 sweep, bs32 ctx2048: 78 vs 93 us)
+        block_n = (128 if t_rows <= batch else 64) if head_dim <= 128 else 32
+    tiles = triton.cdiv(t_rows, block_m) + batch
     on_gpu = q.device.type == "cuda"
-    _paged_attention_kernel[grid](
-        q, row_offsets, kv_blocks, cache_lengths, lookup_table, out,
-        batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), lookup_table.stride(0),
+    capacity = lookup_table.shape[1] * kv_blocks.shape[3]
+    if num_splits is None:
+        # programs that have rows (decode: one tile per sequence; the exact count needs a sync)
+        busy = (t_rows if t_rows <= batch else triton.cdiv(t_rows, block_m)) * n_kv_heads
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
+        num_splits = max(1, min(triton.cdiv(2 * sms, busy), capacity // 256)) if busy < sms else 1
+    split_len = triton.cdiv(triton.cdiv(max(capacity, 1), num_splits), block_n) * block_n
+    num_splits = max(1, triton.cdiv(capacity, split_len))
+    split = num_splits > 1
+    if split:
+        ws = torch.empty((num_splits, t_rows, n_heads, head_dim), dtype=torch.float32, device=q.device)
+        ml = torch.empty((num_splits, t_rows, n_heads, 2), dtype=torch.float32, device=q.device)
+        dest, strides = ws, (ws.stride(1), ws.stride(2), ws.stride(0), ml.stride(0))
+    else:
+        dest, ml, strides = out, out, (out.stride(0), out.stride(1), 0, 0)
+    _paged_attention_kernel[(tiles, n_kv_heads, num_splits)](
+        q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml,
+        batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0, split_len,
+        q.stride(0), q.stride(1), strides[0], strides[1], lookup_table.stride(0), strides[2], strides[3],
         *kv_blocks.stride(),
         G=group, GP=gp, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=triton.next_power_of_2(batch),
-        HAS_WINDOW=sliding_window is not None,
+        HAS_WINDOW=sliding_window is not None, SPLIT=split,
         # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
         DOT_FP32=not on_gpu, DOT_PRECISION="ieee" if q.dtype == torch.float32 or not on_gpu else "tf32",
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
+    if split:
+        n_rows, block_r = t_rows * n_heads, 16
+        _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
+            ws, ml, out, n_rows, ws.stride(0), ml.stride(0), out.stride(0), out.stride(1), n_heads,
+            NUM_SPLITS=num_splits, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_R=block_r,
+            num_warps=4,
+        )  # fmt: skip
     return out

@@ -1,0 +1,248 @@
+"""Kernel-variant sweep on one GPU call: the GPTQ matmul paths and split-KV paged attention.
+
+`python benchmarks/gpu_sweep.py` on a CUDA machine. Every variant is checked against a torch
+reference on fresh random data before it is timed. Times are CUDA-graph replays (REPS calls
+captured in one graph, the weights rotated over enough copies to overflow L2, median of
+replays / REPS), so host launch overhead is out; do_bench of one eager call (launch included)
+is printed beside the chosen configs. The best config per shape is printed in a table last and
+written to $OUT/gpu_sweep.txt; they are what `gptq_matmul._pick_config` and the attention
+default use.
+"""
+
+# ruff: noqa: B023, E731, N812
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from triton.testing import do_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gpu import random_gptq  # noqa: E402
+
+from fusegraph.runtime.kernels import gptq_matmul as G  # noqa: E402
+from fusegraph.runtime.kernels import paged_attention as PA  # noqa: E402
+
+DEV = "cuda"
+LINES: list[str] = []
+
+
+def log(s: str = "") -> None:
+    print(s, flush=True)
+    LINES.append(s)
+
+
+def rel_err(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def graph_us(fns, reps: int = 24, replays: int = 15) -> float:
+    """Median time per call of fns[i % len(fns)] for i < reps, captured in one CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(reps):
+            fns[i % len(fns)]()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / reps)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bench_us(fn) -> float:
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+# ---- GPTQ ----------------------------------------------------------------------------------------------
+
+K_IN, N_OUT, SETS = 4096, 6144, 6
+
+
+def gptq_configs(m: int) -> list[dict]:
+    cfgs: list[dict] = [{"kernel": "general"}]  # the previous kernel (its own split-K heuristic)
+    if m <= 4:
+        for bn in (32, 64, 128):
+            for split in (1, 2, 4, 8, 16):
+                cfgs.append({"kernel": "gemv", "x_vec": 1, "block_n": bn, "split_k": split, "num_warps": 4,
+                             "num_stages": 3})  # fmt: skip
+        cfgs.append(
+            {"kernel": "gemv", "x_vec": 0, "block_n": 64, "split_k": 8, "num_warps": 4, "num_stages": 3}
+        )
+        cfgs.append(
+            {"kernel": "gemv", "x_vec": 1, "block_n": 64, "split_k": 8, "num_warps": 2, "num_stages": 4}
+        )
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    if m <= 64:
+        for bn in (64, 128) if m <= 16 else (64, 128, 256):
+            for split in (2, 4, 8) if m <= 16 else (1, 2, 4):
+                cfgs.append({"kernel": "mma", "block_m": bm, "block_n": bn, "nibble_dots": 0, "split_k": split,
+                             "num_warps": 4, "num_stages": 3})  # fmt: skip
+        if m >= 16:
+            cfgs.append({"kernel": "mma", "block_m": bm, "block_n": 128, "nibble_dots": 1, "split_k": 2,
+                         "num_warps": 4, "num_stages": 3})  # fmt: skip
+            cfgs.append({"kernel": "mma", "block_m": bm, "block_n": 128, "nibble_dots": 0, "split_k": 2,
+                         "num_warps": 4, "num_stages": 4})  # fmt: skip
+        if m == 64:
+            for split in (1, 2):
+                cfgs.append({"kernel": "mma", "block_m": 64, "block_n": 128, "nibble_dots": 0, "split_k": split,
+                             "num_warps": 8, "num_stages": 3})  # fmt: skip
+    else:
+        for bmm, bn, nw in ((128, 128, 8), (128, 256, 8), (128, 128, 4), (64, 128, 4), (64, 256, 8)):
+            for nd, ns in ((0, 3), (0, 4), (1, 3)):
+                cfgs.append({"kernel": "mma", "block_m": bmm, "block_n": bn, "nibble_dots": nd, "split_k": 1,
+                             "num_warps": nw, "num_stages": ns})  # fmt: skip
+    return cfgs
+
+
+def call(t, x, cfg=None, g_idx=None, act_order="permute"):
+    return G.gptq_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], g_idx, bits=4, group_size=128,
+                                zero_format="v1", desc_act=None if g_idx is not None else False,
+                                act_order=act_order, config=cfg)  # fmt: skip
+
+
+def sweep_gptq(best: dict) -> None:
+    sets = [random_gptq(K_IN, N_OUT) for _ in range(SETS)]
+    dense = [w for _, w in sets]
+    for m in (1, 4, 16, 32, 64, 512):
+        xs = [torch.randn(m, K_IN, device=DEV, dtype=torch.float16) for _ in range(SETS)]
+        refs = [xs[i].float() @ dense[i].float() for i in range(2)]
+        t_cublas = graph_us([lambda i=i: torch.matmul(xs[i], dense[i]) for i in range(SETS)])
+        results = []
+        for cfg in gptq_configs(m):
+            try:
+                errs = []
+                for i in range(2):
+                    y = call(sets[i][0], xs[i], cfg)
+                    errs.append(rel_err(y, refs[i]))
+                if not max(errs) < 5e-3:
+                    log(f"  M={m} {cfg}: WRONG err {max(errs):.3g}")
+                    continue
+                us = graph_us([lambda i=i: call(sets[i][0], xs[i], cfg) for i in range(SETS)])
+                results.append((us, cfg))
+            except Exception as err:  # noqa: BLE001
+                log(f"  M={m} {cfg}: FAILED {type(err).__name__}: {str(err)[:300]}")
+        results.sort(key=lambda r: r[0])
+        print(f"  M={m} all (us, graph):", "; ".join(f"{u:.1f} {c}" for u, c in results), flush=True)
+        old = next((u for u, c in results if c["kernel"] == "general"), float("nan"))
+        bu, bc = results[0]
+        default_us = graph_us([lambda i=i: call(sets[i][0], xs[i]) for i in range(SETS)])
+        db_default = bench_us(lambda: call(sets[0][0], xs[0]))
+        db_old = bench_us(lambda: call(sets[0][0], xs[0], {"kernel": "general"}))
+        best[m] = (bu, bc)
+        log(f"gptq M={m:<4} graph: best {bu:6.1f} us {bc} | default {default_us:6.1f} | old {old:6.1f} | cuBLAS "
+            f"{t_cublas:6.1f} ({t_cublas / bu:4.2f}x best) | do_bench default {db_default:6.1f} old {db_old:6.1f}")  # fmt: skip
+        for kind in ("gemv", "mma"):
+            kr = [r for r in results if r[1]["kernel"] == kind]
+            if kr:
+                log(f"    best {kind}: {kr[0][0]:6.1f} us {kr[0][1]}")
+
+
+def sweep_act_order() -> None:
+    sets = [random_gptq(K_IN, N_OUT, act_order=True) for _ in range(SETS)]
+    for m in (1, 16, 512):
+        xs = [torch.randn(m, K_IN, device=DEV, dtype=torch.float16) for _ in range(SETS)]
+        row = []
+        for mode in ("permute", "gather"):
+            errs = [rel_err(call(sets[i][0], xs[i], g_idx=sets[i][0]["g_idx"], act_order=mode),
+                            xs[i].float() @ sets[i][1].float()) for i in range(2)]  # fmt: skip
+            us = graph_us([lambda i=i: call(sets[i][0], xs[i], g_idx=sets[i][0]["g_idx"], act_order=mode)
+                           for i in range(SETS)])  # fmt: skip
+            row.append(f"{mode} {us:6.1f} us (err {max(errs):.2g})")
+        log(f"act-order M={m:<4} graph: " + " | ".join(row))
+
+
+# ---- paged attention -----------------------------------------------------------------------------------
+
+
+def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
+    h, hkv, d, ps = 32, 8, 128, 128
+    pages = ctx // ps
+    lut = torch.randperm(batch * pages, device=DEV).reshape(batch, pages).to(torch.int32)
+    kv = torch.randn(batch * pages, 2, 1, ps, hkv, d, device=DEV, dtype=torch.bfloat16)
+    lens = torch.full((batch,), ctx - 1, device=DEV, dtype=torch.int32)
+    lens[::3] = torch.randint(1, ctx - 1, (len(lens[::3]),), device=DEV, dtype=torch.int32)  # ragged too
+    ro = torch.arange(batch + 1, device=DEV, dtype=torch.int32)
+    q = torch.randn(batch, h, d, device=DEV, dtype=torch.bfloat16)
+    # reference: gather each sequence's cache, SDPA per sequence in fp32
+    kk = kv[lut.long(), 0, 0].reshape(batch, pages * ps, hkv, d)
+    vv = kv[lut.long(), 1, 0].reshape(batch, pages * ps, hkv, d)
+    ref = torch.empty(batch, h, d, device=DEV)
+    for b in range(batch):
+        n = int(lens[b]) + 1
+        ref[b] = F.scaled_dot_product_attention(
+            q[b].float()[:, None], kk[b, :n].float().transpose(0, 1), vv[b, :n].float().transpose(0, 1),
+            enable_gqa=True)[:, 0]  # fmt: skip
+    floor_bytes = int((lens.long() + 1).sum()) * hkv * d * 2 * 2
+    res = []
+    for splits in (1, 2, 4, 8, 16, None):
+        for bn, ns, nw in ((64, 2, 4), (128, 2, 4), (128, 3, 4), (128, 2, 8)):
+            if splits is None and (bn, ns, nw) != (128, 2, 4):
+                continue
+            fn = lambda: PA.paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=d**-0.5,
+                                                   num_splits=splits, block_n=bn, num_stages=ns, num_warps=nw)  # fmt: skip
+            try:
+                err = rel_err(fn(), ref)
+                if not err < 1e-2:
+                    log(f"  attn splits={splits} bn={bn}: WRONG {err:.3g}")
+                    continue
+                us = graph_us([fn], reps=5, replays=10)
+                res.append((us, splits, bn, ns, nw))
+            except Exception as e:  # noqa: BLE001
+                log(f"  attn splits={splits} bn={bn} ns={ns}: FAILED {type(e).__name__}: {str(e)[:300]}")
+    res.sort()
+    print(
+        "  attn all:",
+        "; ".join(f"{r[0]:.1f} s={r[1]} bn={r[2]} ns={r[3]} nw={r[4]}" for r in res),
+        flush=True,
+    )
+    bw = 3.0e12
+    one = min((r for r in res if r[1] == 1), default=None)
+    dflt = next((r for r in res if r[1] is None), None)
+    log(f"paged attention decode bs{batch} ctx{ctx} bf16 graph: best {res[0][0]:6.1f} us (splits={res[0][1]} "
+        f"bn={res[0][2]} ns={res[0][3]} nw={res[0][4]}) | default {dflt[0] if dflt else float('nan'):6.1f} | "
+        f"no split {one[0] if one else float('nan'):6.1f} | KV floor {floor_bytes / bw * 1e6:5.1f} us")  # fmt: skip
+
+
+def main() -> int:
+    log(
+        f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
+    )
+    torch.manual_seed(0)
+    best: dict = {}
+    failed = 0
+    for name, fn in (("gptq", lambda: sweep_gptq(best)), ("act-order", sweep_act_order),
+                     ("attention", sweep_attention), ("attention bs4", lambda: sweep_attention(4, 8192))):  # fmt: skip
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            failed += 1
+            log(f"[{name}] FAILED:\n{traceback.format_exc()}")
+    if out := os.environ.get("OUT"):
+        Path(out, "gpu_sweep.txt").write_text("\n".join(LINES) + "\n")
+    print("\n==== sweep table ====\n" + "\n".join(LINES))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
