@@ -344,14 +344,6 @@ def act_order_prepare(
 _SM_COUNT: dict[torch.device, int] = {}
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few splits exercise the split-K path
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM_COUNT[device]
-
-
 def _fast_block_k(bits: int, group_size: int, k: int, kernel: str) -> int | None:
     """BLOCK_K for the per-tile kernels (divides group_size; ≥ 16 packed rows for the dots), or None."""
     pack = 32 // bits
