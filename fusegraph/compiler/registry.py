@@ -14,7 +14,7 @@ returns one tensor, or a tuple with one tensor per result.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ class LoweringContext:
         return [self.size(d) for d in shape]
 
 
-def evaluate_dim(dim: Dim, env: dict[str, Any]) -> Any:
+def evaluate_dim(dim: Dim, env: Mapping[str, Any]) -> Any:
     """Evaluate a dim with plain Python arithmetic, so that SymInts flow through."""
     import sympy
 
@@ -110,3 +110,35 @@ def get_torch_impl(op: Operation) -> TorchImpl:
 def registered_impls() -> dict[type[Operation], TorchImpl]:
     """All registered implementations (for tests that check coverage)."""
     return dict(_TORCH_IMPLS)
+
+
+# --- direct FX emitters (lowering without tracing) ------------------------------------
+FxEmitter = Callable[..., Any]
+
+_FX_EMITTERS: dict[type[Operation], FxEmitter] = {}
+
+
+class EmitUnsupportedError(NotImplementedError):
+    """An emitter cannot emit this particular op (an unusual rank, dtype or mode); the
+    lowering then falls back to tracing the op's torch implementation for the whole graph."""
+
+
+def fx_emitter(op_cls: type[Operation]) -> Callable[[FxEmitter], FxEmitter]:
+    """Register `fn(e, op, *operand_nodes)` as the direct FX emitter of `op_cls`.
+
+    It mirrors `torch_impl`, but instead of computing tensors it calls `e.call(aten_op, ...)`
+    (see `fusegraph.compiler.lowering.fx_direct.Emitter`) to append core-aten or
+    `torch.ops.fusegraph.*` nodes, and returns the result node (or a tuple, one per result).
+    It must emit exactly what `make_fx` of the torch impl would (modulo view spellings).
+    """
+
+    def register(fn: FxEmitter) -> FxEmitter:
+        _FX_EMITTERS[op_cls] = fn
+        return fn
+
+    return register
+
+
+def get_fx_emitter(op: Operation) -> FxEmitter | None:
+    """The direct FX emitter of `op`, or None if its family registered none."""
+    return _FX_EMITTERS.get(type(op))

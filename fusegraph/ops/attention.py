@@ -27,7 +27,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, r
 from xdsl.traits import Pure
 
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_tensor
@@ -259,3 +259,12 @@ def _attention_torch(
     if ctx.mode == "custom":
         return torch.ops.fusegraph.paged_attention(*args)
     return paged_attention_decomposed(*args)
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
+@fx_emitter(PagedAttentionOp)
+def _attention_fx(e: Any, op: PagedAttentionOp, *tensors: Any) -> Any:
+    props = (op.layer_idx, op.scale, op.sliding_window)
+    return e.custom(
+        op.name, torch.ops.fusegraph.paged_attention.default, *tensors, *props, results=op.result_types
+    )

@@ -40,7 +40,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import DTypeAttr, TensorType
 from fusegraph.compiler.values import TensorValue
 
@@ -286,4 +286,15 @@ def _custom_torch(op: CustomOp, *tensors: torch.Tensor, ctx: LoweringContext) ->
         raise ValueError(
             f"fg.custom {spec.name!r}: torch impl returned {len(outputs)} tensors, IR has {len(op.outputs)}"
         )
+    return outputs if len(outputs) > 1 else outputs[0]
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
+@fx_emitter(CustomOp)
+def _custom_fx(e: Any, op: CustomOp, *tensors: Any) -> Any:
+    spec = lookup_custom_op(op.symbol.data)
+    params = _json_parameters(op.parameter_values)
+    outputs = e.unpack(
+        e.custom(op.name, spec.library_op, list(tensors), params, results=op.result_types), len(op.outputs)
+    )
     return outputs if len(outputs) > 1 else outputs[0]

@@ -35,7 +35,7 @@ from xdsl.traits import Pure
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
@@ -363,3 +363,12 @@ def _qmatmul_gptq_torch(
     if ctx.mode == "custom":
         return torch.ops.fusegraph.qmatmul_gptq(x, qweight, scales, qzeros, g_idx, **params)
     return qmatmul_decomposed(x, qweight, scales, qzeros, g_idx, **params)
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
+@fx_emitter(QMatmulGptqOp)
+def _qmatmul_gptq_fx(e: Any, op: QMatmulGptqOp, *tensors: Any) -> Any:
+    params = {k: v for k, v in _params(op).items() if k != "desc_act"}
+    return e.custom(
+        op.name, torch.ops.fusegraph.qmatmul_gptq.default, *tensors, results=op.result_types, **params
+    )

@@ -30,7 +30,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, tra
 from xdsl.traits import Pure
 
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_tensor
@@ -224,3 +224,10 @@ def _store_torch(
         return torch.ops.fusegraph.kv_cache_store(*args)
     check_store_capacity(op.name, kv_blocks, x, row_offsets, cache_lengths, lookup_table)
     return kv_cache_store_decomposed(*args, inplace=ctx.inplace)
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
+@fx_emitter(KVCacheStoreOp)
+def _store_fx(e: Any, op: KVCacheStoreOp, *tensors: Any) -> Any:
+    overload = torch.ops.fusegraph.kv_cache_store.default
+    return e.custom(op.name, overload, *tensors, op.layer_idx, op.key_or_value, results=op.result_types)

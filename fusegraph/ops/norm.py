@@ -20,7 +20,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, tra
 from xdsl.traits import Pure
 
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dim, expect_rank, expect_same_device, expect_tensor, normalize_axis
@@ -123,3 +123,22 @@ def softmax(x: TensorValue, axis: int = -1) -> TensorValue:
 @torch_impl(SoftmaxOp)
 def _softmax_torch(op: SoftmaxOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
     return torch.softmax(x.to(torch.float32), dim=op.axis.value.data).to(x.dtype)
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
+@fx_emitter(RmsNormOp)
+def _rms_norm_fx(e: Any, op: RmsNormOp, x: Any, weight: Any) -> Any:
+    aten = torch.ops.aten
+    xf = e.convert(x, torch.float32)
+    mean = e.call(aten.mean.dim, e.call(aten.pow.Tensor_Scalar, xf, 2), [-1], True)
+    inv = e.call(aten.rsqrt.default, e.call(aten.add.Tensor, mean, op.eps.value.data))
+    normed = e.call(aten.mul.Tensor, xf, inv)
+    out = e.call(aten.mul.Tensor, normed, e.convert(weight, torch.float32))
+    return e.convert(out, e.val(x).dtype)
+
+
+@fx_emitter(SoftmaxOp)
+def _softmax_fx(e: Any, op: SoftmaxOp, x: Any) -> Any:
+    xf = e.convert(x, torch.float32)
+    out = e.call(torch.ops.aten._softmax.default, xf, op.axis.value.data, False)
+    return e.convert(out, e.val(x).dtype)

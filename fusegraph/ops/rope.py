@@ -26,7 +26,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
@@ -171,3 +171,11 @@ def _rope_torch(
     if ctx.mode == "custom":
         return torch.ops.fusegraph.rope(x, row_offsets, start_pos, freqs_cis, op.interleaved)
     return rope_decomposed(x, row_offsets, start_pos, freqs_cis, op.interleaved)
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
+@fx_emitter(RopeOp)
+def _rope_fx(e: Any, op: RopeOp, *tensors: Any) -> Any:
+    return e.custom(
+        op.name, torch.ops.fusegraph.rope.default, *tensors, op.interleaved, results=op.result_types
+    )

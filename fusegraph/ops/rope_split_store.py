@@ -37,7 +37,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_same_device, expect_tensor
@@ -328,3 +328,13 @@ def _rss_torch(
         return q, kv
     check_store_capacity(op.name, kv_blocks, qkv, row_offsets, cache_lengths, lookup_table)
     return rope_split_store_decomposed(*args, inplace=ctx.inplace)
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
+@fx_emitter(RopeSplitStoreOp)
+def _rss_fx(e: Any, op: RopeSplitStoreOp, *tensors: Any) -> Any:
+    props = (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim)
+    node = e.custom(
+        op.name, torch.ops.fusegraph.rope_split_store.default, *tensors, *props, results=op.result_types
+    )
+    return e.unpack(node, 2)

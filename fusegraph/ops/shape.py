@@ -26,7 +26,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dims import Dim, DimLike, product
 from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_same_device, expect_tensor, normalize_axis, shape_str
@@ -263,3 +263,26 @@ def split(x: TensorValue, sizes: Sequence[DimLike], axis: int = 0) -> list[Tenso
 def _split_torch(op: SplitOp, x: torch.Tensor, *, ctx: LoweringContext) -> tuple[torch.Tensor, ...]:
     axis = normalize_axis(op.name, op.axis.value.data, x.dim())
     return tuple(torch.split(x, [ctx.size(s) for s in op.sizes], dim=axis))
+
+
+# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
+@fx_emitter(ReshapeOp)
+def _reshape_fx(e: Any, op: ReshapeOp, x: Any) -> Any:
+    return e.reshape(x, op.result.type)
+
+
+@fx_emitter(PermuteOp)
+def _permute_fx(e: Any, op: PermuteOp, x: Any) -> Any:
+    return e.call(torch.ops.aten.permute.default, x, list(op.permutation))
+
+
+@fx_emitter(ConcatOp)
+def _concat_fx(e: Any, op: ConcatOp, *xs: Any) -> Any:
+    return e.call(torch.ops.aten.cat.default, list(xs), op.axis.value.data)
+
+
+@fx_emitter(SplitOp)
+def _split_fx(e: Any, op: SplitOp, x: Any) -> Any:
+    axis = normalize_axis(op.name, op.axis.value.data, e.val(x).dim())
+    pieces = e.call(torch.ops.aten.split_with_sizes.default, x, [e.size(s) for s in op.sizes], axis)
+    return e.unpack(pieces, len(op.outputs))

@@ -1,8 +1,11 @@
 """Lowering to torch-mlir: fg IR -> FX (`to_fx`) -> core-aten FX (`make_fx`) -> MLIR.
 
 The path is cheap on purpose (no `torch.export`, no `run_decompositions`):
-1. `to_fx(graph, mode, inplace=False)` builds the functional GraphModule from the IR.
-2. `make_fx(tracing_mode="symbolic")` with torch-mlir's decomposition table traces it on
+1. mode="custom": `to_aten_fx(graph)` (`fx_direct.py`) emits the core-aten GraphModule
+   directly from the IR, with fake-tensor metadata, without tracing (it falls back to
+   steps 1'-2' for a graph holding an op without an `@fx_emitter`).
+1'. mode="decomposed": `to_fx(graph, mode, inplace=False)` builds the functional GraphModule.
+2'. `make_fx(tracing_mode="symbolic")` with torch-mlir's decomposition table traces it on
    fake tensors whose symbolic dims are SymInts (one per dim name, shared across inputs)
    and whose static dims are ints, so the result is core aten with dynamic dims exactly
    where the IR has symbolic ones.
@@ -31,7 +34,20 @@ import torch
 
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering.fx import to_fx
+from fusegraph.compiler.lowering.fx_direct import default_dim_hints, fake_symbols, to_aten_fx
 from fusegraph.compiler.types import shaped_type
+
+__all__ = [
+    "TorchMlirLoweringError",
+    "TorchMlirModule",
+    "default_dim_hints",
+    "example_inputs",
+    "import_fx",
+    "lower_module",
+    "run_pipeline",
+    "to_torch_mlir",
+    "trace_symbolic",
+]
 
 OutputTypeName = Literal["torch", "linalg-on-tensors", "tosa", "stablehlo"]
 _MODES = ("custom", "decomposed")
@@ -68,8 +84,10 @@ class TorchMlirModule:
         mode: "custom" or "decomposed".
         output_type: the dialect level of `module`.
         func_name: the name of the function holding the graph.
-        fx_module: the traced core-aten GraphModule that was imported.
-        timings: seconds spent in each stage (`to_fx`, `make_fx`, `import`, `lower`).
+        fx_module: the core-aten GraphModule that was imported (emitted directly in
+            "custom" mode, traced in "decomposed" mode).
+        timings: seconds spent in each stage (`to_aten_fx` in "custom" mode, `to_fx` and
+            `make_fx` in "decomposed" mode, then `import`, `lower`).
     """
 
     module: Any
@@ -128,8 +146,11 @@ def to_torch_mlir(
             f"to_torch_mlir: output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}"
         )
     timings: dict[str, float] = {}
-    gm = _timed(timings, "to_fx", to_fx, graph, mode=mode, inplace=False)
-    traced = _timed(timings, "make_fx", trace_symbolic, gm, graph, dim_hints)
+    if mode == "custom":
+        traced = _timed(timings, "to_aten_fx", to_aten_fx, graph, mode=mode, dim_hints=dim_hints)
+    else:
+        gm = _timed(timings, "to_fx", to_fx, graph, mode=mode, inplace=False)
+        traced = _timed(timings, "make_fx", trace_symbolic, gm, graph, dim_hints)
     module = _timed(timings, "import", import_fx, traced)
     result = TorchMlirModule(module, mode, output_type, "main", traced, timings)
     _check_dynamic_dims(result, graph)
@@ -154,44 +175,14 @@ def _timed(timings: dict[str, float], stage: str, fn: Any, *args: Any, **kwargs:
 def example_inputs(graph: Graph, dim_hints: Mapping[str, int] | None = None) -> list[torch.Tensor]:
     """Fake CPU tensors for the FX placeholders (graph inputs, then weights): each symbolic
     dim name is one SymInt shared by every tensor that uses it; static dims stay ints."""
-    from torch._dynamo.source import ConstantSource
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
-
     types = [shaped_type(a) for a in graph.block.args] + list(graph.weights.values())
-    hints = default_dim_hints(graph) | dict(dim_hints or {})
-    env = ShapeEnv()
-    fake_mode = FakeTensorMode(shape_env=env)
-    symbols: dict[str, Any] = {}
-    for name, hint in hints.items():
-        expr = env.create_symbol(
-            hint, ConstantSource(name), dynamic_dim=DimDynamic.DYNAMIC, do_not_specialize_zero_one=True
-        )
-        symbols[name] = env.create_symintnode(expr, hint=hint)
+    fake_mode, symbols = fake_symbols(graph, dim_hints)
     tensors = []
     with fake_mode:
         for t in types:
             sizes = [d.value if d.is_static else symbols[d.name] for d in t.shape]
             tensors.append(torch.empty(sizes, dtype=t.dtype.to_torch()))
     return tensors
-
-
-def default_dim_hints(graph: Graph) -> dict[str, int]:
-    """Distinct example sizes (from 5 up) for the symbolic dims of the inputs and weights;
-    a name `x_plus_1` gets `x`'s size + 1 when `x` is also a dim."""
-    types = [shaped_type(a) for a in graph.block.args] + list(graph.weights.values())
-    names: list[str] = []
-    for t in types:
-        for d in t.shape:
-            if d.is_algebraic:
-                raise ValueError(f"to_torch_mlir: input/weight dim {d} must be static or symbolic")
-            if d.is_symbolic and d.name not in names:
-                names.append(d.name)
-    hints = {name: 5 + 2 * i for i, name in enumerate(names)}
-    for name in names:
-        if (base := name.removesuffix("_plus_1")) != name and base in hints:
-            hints[name] = hints[base] + 1
-    return hints
 
 
 def trace_symbolic(

@@ -1,0 +1,175 @@
+"""`to_aten_fx`: the core-aten GraphModule emitted from the IR without tracing. It runs on
+real tensors like the eager runtime (outputs and the functional kv_blocks), keeps symbolic
+dims dynamic, imports into torch-mlir with one `torch.operator` per custom op, and gives the
+same MLIR op histogram as the traced path; an op without an emitter falls back to tracing."""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+import fusegraph
+from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.compiler import registry
+from fusegraph.compiler.lowering import to_fx, to_torch_mlir
+from fusegraph.compiler.lowering.fx_direct import to_aten_fx
+from fusegraph.compiler.lowering.torch_mlir import import_fx, trace_symbolic
+from fusegraph.ops.shape import ReshapeOp
+from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
+
+torch_mlir = pytest.importorskip("torch_mlir")
+
+CPU = DeviceRef.CPU()
+# Shape bookkeeping that only the traced path spells out (`numel // k` for a -1 view).
+_VIEW_SPELLING = {"torch.aten.size.int", "torch.aten.numel", "torch.aten.floordiv.int"}
+
+
+def _histogram(gm: torch.fx.GraphModule) -> Counter[str]:
+    ops_ = re.findall(r"= (torch\.[\w.]+)", str(import_fx(gm)))
+    names = [name for name in ops_ if not name.startswith(("torch.constant.", "torch.prim.ListConstruct"))]
+    return Counter(n for n in names if n not in _VIEW_SPELLING)
+
+
+def _step_inputs(tokens: list[int], num_layers: int, seed: int) -> list[torch.Tensor]:
+    """x, row_offsets, kv_blocks (random: stores must overwrite the right slots only),
+    cache_lengths, lookup_table for one ragged step."""
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.tensor([0, *torch.tensor(tokens).cumsum(0).tolist()], dtype=torch.uint32)
+    pages = 4
+    lookup = torch.randperm(SMALL.num_blocks, generator=gen)[: len(tokens) * pages]
+    kv_shape = (SMALL.num_blocks, 2, num_layers, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim)
+    return [
+        torch.randn(sum(tokens), SMALL.hidden, generator=gen),
+        offsets,
+        torch.randn(kv_shape, generator=gen),
+        torch.tensor([2] * len(tokens), dtype=torch.uint32),
+        lookup.reshape(len(tokens), pages).to(torch.uint32),
+    ]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("tokens", [[3, 1], [2, 6, 1]], ids=["T4", "T9"])
+def test_direct_module_runs_like_the_eager_runtime(fused, tokens) -> None:
+    graph = gptq_attention_graph(2, fused)
+    weights = gptq_attention_weights(graph)
+    gm = to_aten_fx(graph)
+    assert gm.meta["fusegraph_lowering"] == "direct"
+    inputs = _step_inputs(tokens, 2, seed=len(tokens))
+    out, kv_next = gm(*[t.clone() for t in inputs], *weights.values())
+    model = fusegraph.compile(graph, backend="eager", device="cpu", weights=weights)
+    kv_eager = inputs[2].clone()
+    (want,) = model(inputs[0], inputs[1], kv_eager, *inputs[3:])
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(kv_next, kv_eager)  # the functional result == the in-place writes
+    assert not torch.equal(kv_next, inputs[2])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_same_histogram_as_traced_path_one_operator_per_custom_op_and_parses(fused) -> None:
+    graph = gptq_attention_graph(2, fused)
+    direct = to_torch_mlir(graph, mode="custom")
+    assert direct.fx_module.meta["fusegraph_lowering"] == "direct"
+    assert set(direct.timings) == {"to_aten_fx", "import"}
+    traced = trace_symbolic(to_fx(graph, mode="custom"), graph)
+    assert _histogram(direct.fx_module) == _histogram(traced)
+    text = str(direct)
+    operators = Counter(re.findall(r'torch\.operator "torch\.fusegraph\.(\w+)"', text))
+    custom = Counter(op.name for op in graph.block.ops if op.name not in _NOT_CUSTOM)
+    assert sum(operators.values()) == sum(custom.values())
+    assert operators["qmatmul_gptq"] == 4 and operators["paged_attention"] == 2
+    assert direct.argument_types()[0] == "!torch.vtensor<[?,64],f32>"  # total_seq_len
+    assert re.search(r"-> \(!torch\.vtensor<\[\?,64\],f32>", text)
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+
+    context = ir.Context()
+    torch_d.register_dialect(context)
+    assert ir.Module.parse(text, context).operation.verify()
+
+
+_NOT_CUSTOM = {"fg.weight", "fg.split", "fg.reshape", "func.return"}
+
+
+def _simple_graph() -> Graph:
+    """Every non-custom op family, with a reshape that needs size nodes and algebraic dims."""
+    inputs = [
+        TensorType(DType.float32, ["T", 8], CPU),
+        TensorType(DType.int32, ["n"], CPU),
+        TensorType(DType.bfloat16, ["a", "b", 4], CPU),
+    ]
+    with Graph("simple", input_types=inputs) as g:
+        x, idx, z = g.inputs
+        w = g.add_weight("w", TensorType(DType.float32, [8, 8], CPU))
+        nw = g.add_weight("nw", TensorType(DType.float32, [8], CPU))
+        c = ops.constant(2.0, DType.float32)
+        y = ops.div(ops.mul(ops.sub(ops.add(x, c), x), 3.0), c)
+        y = ops.clamp(ops.relu(ops.silu(ops.rsqrt(ops.exp(ops.neg(y))))), -1.0, 1.0)
+        y = ops.cast(ops.cast(y, DType.bfloat16), DType.float32)
+        y = ops.softmax(ops.rms_norm(ops.matmul(y, w), nw, 1e-5), -1)
+        a, b = ops.split(y, [3, 5], axis=1)
+        y = ops.reshape(ops.concat([b, a], axis=1), ["T", 2, 4])
+        y = ops.reshape(ops.permute(y, [0, 2, 1]), ["T", 8])
+        z2 = ops.reshape(ops.reshape(z, ["a", "b", 2, 2]), ["a", "b", 4])
+        zn = ops.rms_norm(z2, ops.cast(nw[0:4], DType.bfloat16))
+        g.output(y[1:, 2:6], ops.gather(y, idx, axis=0), ops.transpose(y, 0, 1), zn)
+    return g
+
+
+def test_all_plain_op_families__match_the_torch_impls_and_the_traced_histogram() -> None:
+    graph = _simple_graph()
+    gm = to_aten_fx(graph)
+    assert gm.meta["fusegraph_lowering"] == "direct"
+    args = [
+        torch.randn(7, 8),
+        torch.tensor([1, 0, 5], dtype=torch.int32),
+        torch.randn(2, 3, 4).to(torch.bfloat16),
+        torch.randn(8, 8),
+        torch.randn(8),
+    ]
+    for got, want in zip(gm(*args), to_fx(graph)(*args), strict=True):
+        torch.testing.assert_close(got, want)
+    assert _histogram(gm) == _histogram(trace_symbolic(to_fx(graph), graph))
+    text = str(to_torch_mlir(graph))
+    assert "!torch.vtensor<[?,?,4],bf16>" in text and "torch.vtensor<[?,4],f32>" in text
+
+
+def test_algebraic_dims_become_size_arithmetic() -> None:
+    with Graph("flat", input_types=[TensorType(DType.float32, ["a", "b", 4], CPU)]) as g:
+        (z,) = g.inputs
+        wide = ops.reshape(z, [z.shape[0], z.shape[1] * 4])  # [a, 4*b]: two dynamic dims
+        g.output(ops.reshape(wide, ["a", "b", 4]), wide)
+    gm = to_aten_fx(g)
+    assert gm.meta["fusegraph_lowering"] == "direct"
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.aten.sym_size.int) == 2  # one node per dim name
+    assert operator.mul in targets
+    z = torch.randn(3, 5, 4)
+    back, wide = gm(z)
+    assert torch.equal(back, z) and wide.shape == (3, 20)
+    assert "-> (!torch.vtensor<[?,?,4],f32>, !torch.vtensor<[?,?],f32>)" in str(to_torch_mlir(g))
+
+
+def test_op_without_emitter_falls_back_to_tracing_and_logs_why(monkeypatch, caplog) -> None:
+    monkeypatch.delitem(registry._FX_EMITTERS, ReshapeOp)  # noqa: SLF001
+    graph = gptq_attention_graph(1, True)
+    with caplog.at_level(logging.WARNING, logger="fusegraph.compiler.lowering.fx_direct"):
+        module = to_torch_mlir(graph, mode="custom")
+    assert module.fx_module.meta["fusegraph_lowering"] == "traced"
+    assert "fg.reshape has no @fx_emitter" in caplog.text
+    assert "torch.fusegraph.rope_split_store" in str(module)
+
+
+def test_emitter_refusal_falls_back__batched_matmul() -> None:
+    inputs = [TensorType(DType.float32, ["B", 3, 4], CPU), TensorType(DType.float32, ["B", 4, 5], CPU)]
+    with Graph("bmm", input_types=inputs) as g:
+        g.output(ops.matmul(*g.inputs))
+    gm = to_aten_fx(g)
+    assert gm.meta["fusegraph_lowering"] == "traced"
+    assert "rank-2 @ rank-2" in gm.meta["fusegraph_fallback_reason"]
+    lhs, rhs = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    torch.testing.assert_close(gm(lhs, rhs)[0], lhs @ rhs)
