@@ -5,7 +5,7 @@ reference on fresh random data before it is timed. Times are CUDA-graph replays 
 captured in one graph, the weights rotated over enough copies to overflow L2, median of
 replays / REPS), so host launch overhead is out; do_bench of one eager call (launch included)
 is printed beside the chosen configs. The best config per shape is printed in a table last and
-written to $OUT/gpu_sweep.txt; they are what `gptq_matmul._pick_config` and the attention
+written to $OUT/gpu_sweep.txt; they are what `gptq_plan.pick_config` and the attention
 default use.
 """
 

@@ -1,0 +1,155 @@
+"""Host-side planning for the Triton GPTQ matmul (`gptq_matmul.py`): the act-order weight
+permutation (MAX's way: sort the weight rows by group once, permute x's columns per call) and
+the launch configuration (kernel choice, tiles, split-K) tuned on an H100.
+
+No Triton kernels live here, so this module is plain torch and is shared by the regular and
+the interpreter-mode copies of `gptq_matmul.py`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import triton
+
+__all__ = ["act_order_prepare", "pick_config", "sm_count"]
+
+
+_SM_COUNT: dict[torch.device, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few splits exercise the split-K path
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNT[device]
+
+
+# ---- act-order: permute the weight rows once (MAX's way) ------------------------------------------------
+
+_ACT_ORDER: dict[tuple[int, int], tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+
+def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
+    """qweight with its unpacked rows reordered: row k of the result is row perm[k] of the input."""
+    pack = 32 // bits
+    rows, n = qweight.shape
+    shifts = torch.arange(pack, device=qweight.device, dtype=torch.int64) * bits
+    out = torch.empty_like(qweight)
+    for c in range(0, n, 1024):  # column chunks bound the int64 temporaries
+        w = qweight[:, c : c + 1024].to(torch.int64) & 0xFFFFFFFF
+        q = ((w[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)).reshape(rows * pack, -1)
+        q = q.index_select(0, perm).reshape(rows, pack, -1)
+        word = (q << shifts[None, :, None]).sum(1)
+        out[:, c : c + 1024] = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+    return out
+
+
+def act_order_prepare(
+    qweight: torch.Tensor, g_idx: torch.Tensor, bits: int, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(qweight with rows sorted by group, perm) for an act-order g_idx, or None.
+
+    perm = argsort(g_idx) (stable); row k of the new qweight is row perm[k] of the old, so
+    x[:, perm] @ W_new == x @ W, and the new rows' groups are k // group_size, which lets the
+    per-tile kernels run. None when the sorted g_idx is not k // group_size (a g_idx whose
+    groups are not all group_size rows): the caller then gathers scales through g_idx.
+    Cached per (qweight, g_idx) storage and version. The first look costs a host sync, so
+    during CUDA-graph capture an unseen pair returns None (the g_idx path: always correct).
+    """
+    key = (qweight.data_ptr(), g_idx.data_ptr())
+    stamp = (qweight._version, g_idx._version, tuple(qweight.shape), g_idx.numel(), bits, group_size,
+             qweight.device)  # fmt: skip
+    if (hit := _ACT_ORDER.get(key)) is not None and hit[0] == stamp:
+        return hit[1]
+    if qweight.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    k = g_idx.numel()
+    perm = torch.argsort(g_idx.to(torch.int64), stable=True)
+    sorted_groups = g_idx.to(torch.int64).index_select(0, perm)
+    trivial = torch.arange(k, device=g_idx.device) // group_size
+    result = None
+    if torch.equal(sorted_groups, trivial):
+        result = (_repack_rows(qweight, perm, bits), perm)
+    if hit is None:
+        weakref.finalize(qweight, _ACT_ORDER.pop, key, None)
+    _ACT_ORDER[key] = (stamp, result)
+    return result
+
+
+# ---- launch configuration ------------------------------------------------------------------------------
+
+
+def _fast_block_k(bits: int, group_size: int, k: int, kernel: str) -> int | None:
+    """BLOCK_K for the per-tile kernels (divides group_size; ≥ 16 packed rows for the dots), or None."""
+    pack = 32 // bits
+    for bk in (128, 256, 64, 32, 512):
+        if group_size % bk or k % bk or bk % pack:
+            continue
+        if kernel == "mma" and bk // pack < 16:
+            continue
+        return bk
+    return None
+
+
+# Tuned on an H100 (benchmarks/gptq_sweep.py, 2026-11-27), K=4096 N=6144 4-bit g128, timed as CUDA-graph
+# replays; other shapes get the same tiles and a split-K that fills the GPU.
+# Graph-replay medians (us) of the winners: M=1 gemv 12.1 (mma 16.8, previous kernel 18.1); M=4 and 16
+# mma 16.7 / 17.5 (gemv 28.9 at M=4); M=32 the general kernel 21.2 (mma 23.9); M=64 mma 64x64 split 4
+# 23.4; M=512 mma 64x128 122.7 (128x128 with 8 warps 138.8). BLOCK_N / num_warps must stay 32 for the
+# gemv (64 with 4 warps ran 5x slower).
+_GEMV_MAX_M = 1
+_GEMV_CFG: dict[str, int] = {"block_n": 128, "num_warps": 4, "num_stages": 3, "x_vec": 1}
+_GENERAL_M = (17, 32)  # M in this range takes the general kernel (per-tile scales too)
+_WANT_PROGRAMS_PER_SM = {"gemv": 3, "mma": 3, "general": 2}
+
+
+def _mma_tiles(m: int) -> dict[str, int]:
+    if m <= 16:
+        return {"block_m": 16, "block_n": 128, "num_warps": 4, "num_stages": 3}
+    if m <= 32:
+        return {"block_m": 32, "block_n": 128, "num_warps": 4, "num_stages": 3}
+    if m <= 64:
+        return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+    return {"block_m": 64, "block_n": 128, "num_warps": 4, "num_stages": 3}
+
+
+def pick_config(
+    m: int,
+    n: int,
+    k: int,
+    group_size: int,
+    bits: int,
+    fast: bool,
+    device: torch.device,
+    kernel: str | None = None,
+) -> dict[str, Any]:
+    """Kernel, block sizes and split-K for this shape (`kernel` forces one)."""
+    sms = sm_count(device)
+    if kernel is None and _GENERAL_M[0] <= m <= _GENERAL_M[1]:
+        kernel = "general"
+    fast = fast and kernel != "general"
+    if fast:
+        kernel = kernel or ("gemv" if m <= _GEMV_MAX_M else "mma")
+        block_k = _fast_block_k(bits, group_size, k, kernel)
+        if block_k is None and kernel == "gemv":
+            fast = False
+        elif block_k is None:
+            kernel, block_k = "gemv", _fast_block_k(bits, group_size, k, "gemv")
+            fast = block_k is not None
+    if fast:
+        cfg: dict[str, Any] = dict(_GEMV_CFG) if kernel == "gemv" else _mma_tiles(m)
+        cfg |= {"kernel": kernel, "block_k": block_k, "nibble_dots": 0}
+        tiles = triton.cdiv(n, cfg["block_n"]) * (m if kernel == "gemv" else triton.cdiv(m, cfg["block_m"]))
+    else:
+        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        block_k = 128 if group_size % 128 == 0 or group_size >= k else 64 if group_size % 64 == 0 else 32
+        cfg = {"kernel": "general", "block_m": block_m, "block_n": 128 if n >= 128 else max(16, triton.next_power_of_2(n)),
+               "block_k": block_k, "num_warps": 4 if block_m <= 32 else 8, "num_stages": 3}  # fmt: skip
+        tiles = triton.cdiv(m, block_m) * triton.cdiv(n, cfg["block_n"])
+    want = _WANT_PROGRAMS_PER_SM[cfg["kernel"]] * sms
+    cfg["split_k"] = max(1, min(want // tiles, k // cfg["block_k"], 16)) if tiles < sms else 1
+    return cfg
