@@ -10,7 +10,6 @@ from xdsl.irdl import irdl_op_definition, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
 from fusegraph.compiler.opbase import FgOp, register_op
-from fusegraph.compiler.registry import LoweringContext, torch_impl
 from fusegraph.compiler.types import TensorType
 
 
@@ -20,6 +19,8 @@ class WeightOp(FgOp):
     """`%w = fg.weight "layers.0.self_attn.q_proj.qweight" : !fg.tensor<[512, 4096], i32, cpu>`
 
     Weights are never printed inline; `fusegraph.compile(..., weights=...)` binds them by name.
+    The lowering drivers turn each weight into a graph placeholder, so it has no torch
+    implementation of its own.
     """
 
     name = "fg.weight"
@@ -38,8 +39,3 @@ class WeightOp(FgOp):
 
     def infer_types(self) -> Sequence[Attribute]:
         return [self.result.type]
-
-
-@torch_impl(WeightOp)
-def _weight_torch(op: WeightOp, *, ctx: LoweringContext) -> object:
-    raise NotImplementedError("fg.weight is bound by the lowering driver, not computed")
