@@ -1,12 +1,12 @@
 """GPU benchmark of fusegraph's Triton kernels against plain torch and torch.compile.
 
-One script, one call: `python benchmarks/gpu.py` on a CUDA machine. It prints the GPU name
+One script, one call: `python benchmarks/gpu.py [--only gptq,decode step,...]` on a CUDA machine. It prints the GPU name
 and a table of medians (`triton.testing.do_bench`, return_mode="median", L2 flushed by
 do_bench before every repetition), with ratios measured side by side in this run:
   0. the registered CUDA kernels of the torch.library ops vs the ops' CPU implementations;
   1. fused rope-split-store vs the unfused eager sequence vs torch.compile of it (decode and
      prefill), with the fraction of HBM bandwidth for prefill (vs a copy measured here);
-  2. GPTQ 4-bit g128 matmul vs torch.matmul fp16 at M = 1, 4, 16, 64, 512 (K=4096, N=6144), timed
+  2. GPTQ 4-bit g128 matmul vs torch.matmul fp16 at M = 1, 4, 16, 32, 64, 256, 512 (K=4096, N=6144), timed
      both by do_bench of one call (host launch included) and as CUDA-graph replays (device time);
      act-order (a random g_idx) through the sorted-rows path;
   3. a GPTQ attention decode step (bs 32, context 2048, Llama-3-8B dims): our kernels in a
@@ -212,7 +212,7 @@ def bench_gptq(k, bw: float) -> None:
     t, _ = sets[0]
     ta, wa = random_gptq(k_in, n_out, act_order=True)
     w_bytes = k_in * n_out // 2 + t["scales"].numel() * 2 + t["qzeros"].numel() * 4
-    for m in (1, 4, 16, 64, 512):
+    for m in (1, 4, 16, 32, 64, 256, 512):
         xs = [torch.randn(m, k_in, device=DEV, dtype=torch.float16) for _ in range(copies)]
         x = xs[0]
         errs = [rel_err(gptq_call(k, ti, xi), xi.float() @ wi.float()) for (ti, wi), xi in zip(sets[:2], xs)]
@@ -427,7 +427,10 @@ def main() -> int:
         ("runtime layer", (lambda: bench_runtime_layer(bw)) if k.via_package else None),
     ]
     failed = 0
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     for label, fn in sections:
+        if only and label not in only:
+            continue
         if fn is None:
             log(f"[{label}] skipped: fusegraph not importable here")
             continue

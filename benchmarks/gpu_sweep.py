@@ -1,6 +1,6 @@
 """Kernel-variant sweep on one GPU call: the GPTQ matmul paths and split-KV paged attention.
 
-`python benchmarks/gpu_sweep.py` on a CUDA machine. Every variant is checked against a torch
+`python benchmarks/gpu_sweep.py [--only gptq,dequant,act-order,attention]` on a CUDA machine. Every variant is checked against a torch
 reference on fresh random data before it is timed. Times are CUDA-graph replays (REPS calls
 captured in one graph, the weights rotated over enough copies to overflow L2, median of
 replays / REPS), so host launch overhead is out; do_bench of one eager call (launch included)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from fusegraph.runtime.kernels import paged_attention as PA  # noqa: E402
 
 DEV = "cuda"
 LINES: list[str] = []
+T0 = time.time()
+BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "1e9"))  # configs after this many seconds are skipped
 
 
 def log(s: str = "") -> None:
@@ -79,40 +82,44 @@ def bench_us(fn) -> float:
 K_IN, N_OUT, SETS = 4096, 6144, 6
 
 
+def _mma(bm, bn, split, nw=4, ns=3, swap=0):
+    return {"kernel": "mma", "block_m": bm, "block_n": bn, "nibble_dots": 0, "split_k": split, "num_warps": nw,
+            "num_stages": ns, "swap_ab": swap}  # fmt: skip
+
+
+def _gemv(bn, split, nw=4, ns=3):
+    return {"kernel": "gemv", "x_vec": 1, "block_n": bn, "split_k": split, "num_warps": nw, "num_stages": ns}
+
+
+def _dq(bk=64, bn=256, nw=4):
+    return {"kernel": "dequant", "dq_block_k": bk, "dq_block_n": bn, "dq_num_warps": nw}
+
+
 def gptq_configs(m: int) -> list[dict]:
-    cfgs: list[dict] = [{"kernel": "general"}]  # the previous kernel (its own split-K heuristic)
-    if m <= 4:
-        for bn in (32, 64, 128):
-            for split in (1, 2, 4, 8, 16):
-                cfgs.append({"kernel": "gemv", "x_vec": 1, "block_n": bn, "split_k": split, "num_warps": 4,
-                             "num_stages": 3})  # fmt: skip
-        cfgs.append(
-            {"kernel": "gemv", "x_vec": 0, "block_n": 64, "split_k": 8, "num_warps": 4, "num_stages": 3}
-        )
-        cfgs.append(
-            {"kernel": "gemv", "x_vec": 1, "block_n": 64, "split_k": 8, "num_warps": 2, "num_stages": 4}
-        )
-    bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
-    if m <= 64:
-        for bn in (64, 128) if m <= 16 else (64, 128, 256):
-            for split in (2, 4, 8) if m <= 16 else (1, 2, 4):
-                cfgs.append({"kernel": "mma", "block_m": bm, "block_n": bn, "nibble_dots": 0, "split_k": split,
-                             "num_warps": 4, "num_stages": 3})  # fmt: skip
-        if m >= 16:
-            cfgs.append({"kernel": "mma", "block_m": bm, "block_n": 128, "nibble_dots": 1, "split_k": 2,
-                         "num_warps": 4, "num_stages": 3})  # fmt: skip
-            cfgs.append({"kernel": "mma", "block_m": bm, "block_n": 128, "nibble_dots": 0, "split_k": 2,
-                         "num_warps": 4, "num_stages": 4})  # fmt: skip
-        if m == 64:
-            for split in (1, 2):
-                cfgs.append({"kernel": "mma", "block_m": 64, "block_n": 128, "nibble_dots": 0, "split_k": split,
-                             "num_warps": 8, "num_stages": 3})  # fmt: skip
-    else:
-        for bmm, bn, nw in ((128, 128, 8), (128, 256, 8), (128, 128, 4), (64, 128, 4), (64, 256, 8)):
-            for nd, ns in ((0, 3), (0, 4), (1, 3)):
-                cfgs.append({"kernel": "mma", "block_m": bmm, "block_n": bn, "nibble_dots": nd, "split_k": 1,
-                             "num_warps": nw, "num_stages": ns})  # fmt: skip
-    return cfgs
+    """Variants around the 2026-11-27 winners (the first of each list is the previous default), plus
+    the swapped-operand mma (W^T as wgmma's register A operand) and the dequantize-then-cuBLAS path."""
+    # Third call (2026-11-27): ncu showed the GEMV and the M=16 mma latency-bound (119 / 168 registers a
+    # thread, 17% / 16% achieved occupancy, 32% / 23% of DRAM); BLOCK_K 64 (half the unpacked tile)
+    # and more split-K programs. The first entry is the previous default, the second the new one.
+    if m == 1:
+        return [_gemv(128, 8) | {"reduce_block": 256}, _bk(_gemv(128, 16), 64), _bk(_gemv(128, 16), 64) | {"reduce_block": 256}, _bk(_gemv(128, 8), 64), _bk(_gemv(128, 32), 64),
+                _bk(_gemv(128, 16, 4, 4), 64), _bk(_gemv(128, 16, 4, 2), 64), _bk(_gemv(64, 16, 2), 64),
+                _bk(_gemv(128, 16), 32), _bk(_gemv(256, 16, 8), 64)]  # fmt: skip
+    if m <= 16:
+        return [_mma(16, 128, 8) | {"reduce_block": 256}, _bk(_mma(16, 128, 16), 64), _bk(_mma(16, 128, 8), 64), _bk(_mma(16, 128, 32), 64),
+                _bk(_mma(16, 128, 16, 4, 4), 64), _bk(_mma(16, 128, 16, 4, 2), 64), _bk(_mma(16, 64, 16), 64),
+                _mma(16, 64, 16), _bk(_mma(16, 64, 32), 64)]  # fmt: skip
+    if m == 32:
+        return [{"kernel": "general"}, _bk(_mma(32, 128, 8), 64), _bk(_mma(32, 128, 4), 64), _bk(_mma(32, 64, 8), 64),
+                {"kernel": "general", "block_k": 64}]  # fmt: skip
+    if m <= 128:
+        return ([_mma(64, 128, 4)] if m == 128 else []) + [_mma(64, 64, 4), _bk(_mma(64, 64, 4), 64), _bk(_mma(64, 64, 8), 64), _bk(_mma(64, 128, 4), 64),
+                _bk(_mma(64, 64, 4, 4, 4), 64), _bk(_mma(32, 64, 8), 64), _bk(_mma(64, 128, 8, 8, 3), 64)]  # fmt: skip
+    return [_mma(64, 128, 1), _dq(128, 256)]
+
+
+def _bk(cfg: dict, bk: int) -> dict:
+    return cfg | {"block_k": bk}
 
 
 def call(t, x, cfg=None, g_idx=None, act_order="permute"):
@@ -124,12 +131,15 @@ def call(t, x, cfg=None, g_idx=None, act_order="permute"):
 def sweep_gptq(best: dict) -> None:
     sets = [random_gptq(K_IN, N_OUT) for _ in range(SETS)]
     dense = [w for _, w in sets]
-    for m in (1, 4, 16, 32, 64, 512):
+    for m in (1, 4, 16, 32, 64, 128, 512):
         xs = [torch.randn(m, K_IN, device=DEV, dtype=torch.float16) for _ in range(SETS)]
         refs = [xs[i].float() @ dense[i].float() for i in range(2)]
         t_cublas = graph_us([lambda i=i: torch.matmul(xs[i], dense[i]) for i in range(SETS)])
         results = []
         for cfg in gptq_configs(m):
+            if time.time() - T0 > BUDGET_S:
+                log(f"  M={m} {cfg}: skipped (sweep time budget)")
+                continue
             try:
                 errs = []
                 for i in range(2):
@@ -144,23 +154,46 @@ def sweep_gptq(best: dict) -> None:
                 log(f"  M={m} {cfg}: FAILED {type(err).__name__}: {str(err)[:300]}")
         results.sort(key=lambda r: r[0])
         print(f"  M={m} all (us, graph):", "; ".join(f"{u:.1f} {c}" for u, c in results), flush=True)
-        old = next((u for u, c in results if c["kernel"] == "general"), float("nan"))
+        old = next((u for u, c in results if c == gptq_configs(m)[0]), float("nan"))
+        if not results:
+            continue
         bu, bc = results[0]
         default_us = graph_us([lambda i=i: call(sets[i][0], xs[i]) for i in range(SETS)])
         db_default = bench_us(lambda: call(sets[0][0], xs[0]))
-        db_old = bench_us(lambda: call(sets[0][0], xs[0], {"kernel": "general"}))
+        db_old = bench_us(lambda: call(sets[0][0], xs[0], gptq_configs(m)[0]))
         best[m] = (bu, bc)
-        log(f"gptq M={m:<4} graph: best {bu:6.1f} us {bc} | default {default_us:6.1f} | old {old:6.1f} | cuBLAS "
+        log(f"gptq M={m:<4} graph: best {bu:6.1f} us {bc} | default {default_us:6.1f} | prev default {old:6.1f} | cuBLAS "
             f"{t_cublas:6.1f} ({t_cublas / bu:4.2f}x best) | do_bench default {db_default:6.1f} old {db_old:6.1f}")  # fmt: skip
-        for kind in ("gemv", "mma"):
-            kr = [r for r in results if r[1]["kernel"] == kind]
+        for kind in ("gemv", "mma", "swap", "dequant"):
+            kr = [r for r in results if (r[1].get("swap_ab") and kind == "swap") or
+                  (r[1]["kernel"] == kind and not r[1].get("swap_ab"))]  # fmt: skip
             if kr:
                 log(f"    best {kind}: {kr[0][0]:6.1f} us {kr[0][1]}")
 
 
+def time_dequant_pass() -> None:
+    """The prefill path's dequantization pass alone: bytes (int4 + scales + zeros read, fp16 written) / time."""
+    sets = [random_gptq(K_IN, N_OUT) for _ in range(SETS)]
+    nbytes = (
+        K_IN * N_OUT // 2
+        + K_IN * N_OUT * 2
+        + sets[0][0]["scales"].numel() * 2
+        + sets[0][0]["qzeros"].numel() * 4
+    )
+    for cfg in (_dq(), _dq(128, 256), _dq(64, 128), _dq(128, 256, 8)):
+        fn = lambda i, cfg=cfg: G.dequantize_weight(sets[i][0]["qweight"], sets[i][0]["scales"], sets[i][0]["qzeros"],
+                                                   None, bits=4, group_size=128, zero_format="v1", clip=None,
+                                                   dtype=torch.float16, config=cfg)  # fmt: skip
+        err = rel_err(fn(0), sets[0][1].float())
+        us = graph_us([lambda i=i: fn(i) for i in range(SETS)])
+        log(f"dequant pass {cfg}: {us:6.1f} us, {nbytes / (us * 1e-6) / 1e12:4.2f} TB/s (err {err:.2g})")
+
+
 def sweep_act_order() -> None:
     sets = [random_gptq(K_IN, N_OUT, act_order=True) for _ in range(SETS)]
-    for m in (1, 16, 512):
+    for m in (1, 16, 256, 512):
+        if time.time() - T0 > BUDGET_S:
+            continue
         xs = [torch.randn(m, K_IN, device=DEV, dtype=torch.float16) for _ in range(SETS)]
         row = []
         for mode in ("permute", "gather"):
@@ -231,8 +264,11 @@ def main() -> int:
     torch.manual_seed(0)
     best: dict = {}
     failed = 0
-    for name, fn in (("gptq", lambda: sweep_gptq(best)), ("act-order", sweep_act_order),
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    for name, fn in (("gptq", lambda: sweep_gptq(best)), ("dequant", time_dequant_pass), ("act-order", sweep_act_order),
                      ("attention", sweep_attention), ("attention bs4", lambda: sweep_attention(4, 8192))):  # fmt: skip
+        if only and name not in only:
+            continue
         try:
             fn()
         except Exception:  # noqa: BLE001

@@ -160,6 +160,40 @@ FAST_CASES = [
         {"kernel": "mma", "block_m": 16, "block_n": 32, "nibble_dots": 1},
     ),
     (33, 256, 64, 4, 128, "v1", False, torch.float32, None),  # default pick
+    # swapped operands (W^T as the dot's A), split-K and an N tail
+    (
+        3,
+        256,
+        48,
+        4,
+        128,
+        "v1",
+        True,
+        torch.float16,
+        {"kernel": "mma", "block_m": 16, "block_n": 32, "split_k": 2, "swap_ab": 1},
+    ),  # fmt: skip
+    (
+        20,
+        256,
+        64,
+        8,
+        64,
+        "v2",
+        False,
+        torch.bfloat16,
+        {"kernel": "mma", "block_m": 16, "block_n": 64, "swap_ab": 1},
+    ),  # fmt: skip
+    (
+        33,
+        128,
+        32,
+        4,
+        128,
+        "v1",
+        True,
+        torch.float32,
+        {"kernel": "mma", "block_m": 32, "block_n": 32, "swap_ab": 1},
+    ),  # fmt: skip
 ]
 
 
@@ -207,3 +241,35 @@ def test_gptq_matmul_kernel__act_order_with_uneven_groups_falls_back_to_g_idx():
     g_idx = t["g_idx"].clone()
     g_idx[:8] = 1  # group 1 now has 40 rows: sorting cannot give k // group_size
     assert kernel.act_order_prepare(t["qweight"], g_idx, 4, 32) is None
+
+
+DEQUANT_CASES = [
+    # (m, k, n, bits, group_size, act_order, zero_format, with_zeros, dtype, clip, config)
+    (3, 256, 48, 4, 128, False, "v1", True, torch.float16, None, {"kernel": "dequant", "dq_block_n": 32}),
+    (5, 256, 64, 4, 64, True, "v2", True, torch.float32, None, {"kernel": "dequant", "dq_block_k": 128}),
+    (2, 128, 32, 8, 32, False, "v1", False, torch.bfloat16, None, {"kernel": "dequant"}),
+    (4, 256, 32, 2, -1, False, "v2", True, torch.float32, 0.05, {"kernel": "dequant", "dq_block_k": 32}),
+    (256, 128, 32, 4, 32, False, "v1", True, torch.float32, None, None),  # default pick at M >= 256
+]
+
+
+@pytest.mark.parametrize("case", DEQUANT_CASES, ids=[f"dequant{i}" for i in range(len(DEQUANT_CASES))])
+def test_gptq_matmul_kernel__prefill_dequantize_then_matmul_path(case):
+    """The large-M path: W dequantized once (act-order g_idx and clip applied in the pass, K tails
+    masked) to a transient dense weight, then torch.matmul."""
+    m, k, n, bits, gs, act_order, zf, with_zeros, dtype, clip, config = case
+    t, w = _make(
+        k, n, bits, gs, act_order=act_order, zero_format=zf, with_zeros=with_zeros, seed=m + 3 * k + n
+    )
+    if clip is not None:
+        w = w.clamp(-clip, clip)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + 2)).to(dtype)
+    ref = x.double() @ w
+    for mode in ("permute", "gather") if act_order else ("permute",):  # sorted rows, or g_idx in the pass
+        y = kernel.gptq_matmul_triton(x, t["qweight"], t["scales"], t.get("qzeros"),
+                                      t["g_idx"] if act_order else None, bits=bits, group_size=gs,
+                                      sym=not with_zeros, zero_format=zf, clip=clip, desc_act=act_order,
+                                      act_order=mode, config=config)  # fmt: skip
+        assert y.dtype == dtype and y.shape == (m, n)
+        err = (y.double() - ref).norm() / ref.norm()
+        assert err < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype], (mode, err)

@@ -6,11 +6,18 @@ the same way along N (v1 stores z − 1, v2 stores z; absent means z = 2^(bits�
 scales `[G, N]`; W[k, n] = (q[k, n] − z[g, n])·scales[g, n] with g = g_idx[k] (act-order) or
 k // group_size. Bits 2, 4 and 8 (the widths whose values never straddle a word).
 
-Three kernels (`pick_config` (gptq_plan.py) chooses; tuned on an H100, see docs/benchmarks.md):
+Three in-register kernels and a prefill path (`pick_config` / `dequant_min_m` (gptq_plan.py)
+choose; tuned on an H100, see docs/benchmarks.md):
 - `_gptq_gemv_kernel` (M = 1): FMA GEMV with mantissa-bit unpacking (no int->float conversion);
 - `_gptq_mma_kernel` (M = 2..16 and 33..): tensor-core tiles with per-tile scales after the dot;
 - `_gptq_matmul_kernel` (the general one: act-order g_idx gathers, clip, group sizes the others
-  cannot tile, and M = 17..32 where it measured fastest).
+  cannot tile, and M = 17..32 where it measured fastest);
+- M ≥ `dequant_min_m` (160): `_gptq_dequant_kernel` writes W once to a transient `[K, N]` in x's
+  dtype, then `torch.matmul` (cuBLAS). This path alone materializes the dense weight (freed after
+  the call): at M=512 one pass (23 µs, 2.7 TB/s) plus cuBLAS (37 µs) beat re-dequantizing every
+  weight tile for each row tile (125 µs). Decode sizes never take it.
+`_gptq_mma_kernel`'s SWAP_AB (W^T as the wgmma's register A operand) is correct but measured
+slower at every M on an H100 (M=16 25 vs 17.6 µs); the sweep keeps it as a variant.
 Small grids split K: each program writes its fp32 partial to a workspace `[split, M, N]` and
 `_splitk_reduce_kernel` sums the slices in a fixed order (deterministic, two launches, no memset,
 CUDA-graph safe). An atomic-ticket single-launch variant raced on an H100 (2026-11-27) and an
@@ -34,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusegraph.runtime.kernels.gptq_plan import act_order_prepare, pick_config
+from fusegraph.runtime.kernels.gptq_plan import act_order_prepare, dequant_min_m, pick_config
 
 __all__ = ["act_order_prepare", "gptq_matmul_triton"]
 
@@ -201,7 +208,7 @@ def _gptq_mma_kernel(
     stride_xm, stride_xk, stride_qw, stride_s, stride_qz, stride_om, stride_os,
     BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, ZERO_V1: tl.constexpr,
     NIBBLE_DOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_FP32: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core tile `[BLOCK_M, BLOCK_N]` over one K slice, per-tile scales applied after the dot.
 
@@ -228,9 +235,34 @@ def _gptq_mma_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < N
     offs_r = tl.arange(0, R)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
+    if SWAP_AB:
+        acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        shifts_t = tl.arange(0, PACK) * BITS
+        for k0 in range(k_begin, k_end, BLOCK_K):
+            words_t = tl.load(qw_ptr + (k0 // PACK + offs_r)[None, :] * stride_qw + offs_n[:, None],
+                              mask=n_ok[:, None], other=0)  # fmt: skip
+            g = k0 // group_size
+            z = (
+                _zeros_row(qz_ptr, g, offs_n, n_ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1).to(tl.float32)
+                + 8388608.0
+            )
+            s = tl.load(scales_ptr + g * stride_s + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            kk = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + kk[:, None] * stride_xk + offs_m[None, :] * stride_xm,
+                         mask=m_ok[None, :], other=0.0)  # fmt: skip
+            bits_t = ((words_t[:, :, None] >> shifts_t[None, None, :]) & ((1 << BITS) - 1)) | 0x4B000000
+            qt = tl.reshape(bits_t.to(tl.float32, bitcast=True), [BLOCK_N, BLOCK_K])
+            if DOT_FP32:
+                part_t = tl.dot(qt - z[:, None], xt.to(tl.float32), input_precision="ieee")
+            else:
+                part_t = tl.dot((qt - z[:, None]).to(xt.dtype), xt)
+            acc_t += part_t * s[:, None]
+        tl.store(out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None],
+                 acc_t.to(out_ptr.dtype.element_ty), mask=m_ok[None, :] & n_ok[:, None])  # fmt: skip
+        return
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         words = tl.load(qw_ptr + (k0 // PACK + offs_r)[:, None] * stride_qw + offs_n[None, :],
                         mask=n_ok[None, :], other=0)  # fmt: skip
@@ -268,6 +300,49 @@ def _gptq_mma_kernel(
 
 
 @triton.jit
+def _gptq_dequant_kernel(
+    qw_ptr, scales_ptr, qz_ptr, gidx_ptr, w_ptr,
+    N, K, group_size, clip,
+    stride_qw, stride_s, stride_qz, stride_w,
+    BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, ZERO_V1: tl.constexpr, HAS_GIDX: tl.constexpr,
+    GROUP_PER_TILE: tl.constexpr, HAS_CLIP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """W[k0:k0+BLOCK_K, n tile] = (q − z)·s (clamped with clip) in w's dtype: the prefill path's
+    one dequantization pass (then a dense matmul). Value i of the R word rows is row
+    k0 + r·PACK + i: PACK strided stores of `[R, BLOCK_N]`, each row contiguous along N."""
+    PACK: tl.constexpr = 32 // BITS
+    R: tl.constexpr = BLOCK_K // PACK
+    MASK: tl.constexpr = (1 << BITS) - 1
+    k0 = tl.program_id(0) * BLOCK_K
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_r = tl.arange(0, R)
+    r_ok = k0 // PACK + offs_r < K // PACK
+    ok = r_ok[:, None] & n_ok[None, :]
+    words = tl.load(qw_ptr + (k0 // PACK + offs_r)[:, None] * stride_qw + offs_n[None, :], mask=ok, other=0)
+    if GROUP_PER_TILE:
+        g0 = k0 // group_size
+        z_row = _zeros_row(qz_ptr, g0, offs_n, n_ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1).to(tl.float32)
+        s_row = tl.load(scales_ptr + g0 * stride_s + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    for i in tl.static_range(PACK):
+        kk = k0 + offs_r * PACK + i
+        q = (((words >> (i * BITS)) & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        if GROUP_PER_TILE:
+            w = (q - z_row[None, :]) * s_row[None, :]
+        else:
+            if HAS_GIDX:
+                g = tl.load(gidx_ptr + kk, mask=r_ok, other=0)
+            else:
+                g = kk // group_size
+            z = _zeros_row(qz_ptr, g[:, None], offs_n[None, :], ok, stride_qz, BITS, HAS_ZEROS, ZERO_V1)
+            s = tl.load(scales_ptr + g[:, None] * stride_s + offs_n[None, :], mask=ok, other=0.0)
+            w = (q - z.to(tl.float32)) * s.to(tl.float32)
+        if HAS_CLIP:
+            w = tl.clamp(w, -clip, clip)
+        tl.store(w_ptr + kk[:, None] * stride_w + offs_n[None, :], w.to(w_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _splitk_reduce_kernel(ws_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
     """out = Σ_s ws[s] in a fixed order (deterministic), cast to out's dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -294,7 +369,8 @@ def gptq_matmul_triton(
     act_order: str = "permute",
     config: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """`x @ W` for GPTQ tensors, dequantizing W in registers (W is never written to memory).
+    """`x @ W` for GPTQ tensors, dequantizing W in registers (W is never written to memory), except
+    from M = `dequant_min_m` on (prefill), where W is dequantized once to a transient dense copy.
 
     Args:
         x: `[M, K]` fp16, bf16 or fp32.
@@ -309,8 +385,9 @@ def gptq_matmul_triton(
         act_order: with an act-order g_idx, "permute" sorts the weight rows by group once
             (cached, see `act_order_prepare`) and permutes x's columns (index_select), so the
             per-tile kernels run; "gather" indexes scales and zeros through g_idx per row.
-        config: override kernel ("gemv" | "mma" | "general"), block_m/block_n/block_k,
-            split_k, num_warps, num_stages, nibble_dots (benchmarks and tests).
+        config: override kernel ("gemv" | "mma" | "general" | "dequant"), block_m/block_n/block_k,
+            split_k, num_warps, num_stages, nibble_dots, swap_ab, reduce_block, dq_block_k/dq_block_n/
+            dq_num_warps (benchmarks and tests).
 
     Returns:
         `[M, N]` in x's dtype.
@@ -343,6 +420,11 @@ def gptq_matmul_triton(
         if prepared is not None:
             qweight, perm = prepared
             g_idx = None
+    forced = (config or {}).get("kernel")
+    if forced == "dequant" or (forced is None and m >= dequant_min_m(x.device)):
+        if perm is not None:  # the sorted rows dequantize with per-tile groups (gathering is slower)
+            x = x.index_select(1, perm)
+        return _dequant_matmul(x, qweight, scales, qzeros, g_idx, bits, group_size, zero_format, clip, config)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
@@ -386,7 +468,8 @@ def gptq_matmul_triton(
             NIBBLE_DOTS=bool(cfg.get("nibble_dots", 0)),
             BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=block_k,
             # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
-            DOT_FP32=not on_gpu or x.dtype == torch.float32, GROUP_M=cfg.get("group_m", 8), **common,
+            DOT_FP32=not on_gpu or x.dtype == torch.float32, GROUP_M=cfg.get("group_m", 8),
+            SWAP_AB=bool(cfg.get("swap_ab", 0)), **common,
         )  # fmt: skip
     else:
         grid = (triton.cdiv(n, cfg["block_n"]), triton.cdiv(m, cfg["block_m"]), split_k)
@@ -404,6 +487,64 @@ def gptq_matmul_triton(
             DOT_FP32=not on_gpu, **common,
         )  # fmt: skip
     if split_k > 1:
-        block = 256
+        block = cfg.get("reduce_block", 256)
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](dest, out, m * n, SPLIT_K=split_k, BLOCK=block)
     return out
+
+
+def _dequant_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor | None,
+    g_idx: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    clip: float | None,
+    config: dict[str, Any] | None,
+) -> torch.Tensor:
+    """The prefill path (M ≥ `dequant_min_m`): one Triton pass writes W in x's dtype to a transient
+    `[K, N]` workspace (`dequantize_weight`), then `torch.matmul` (cuBLAS). Unlike the other paths
+    this materializes the dense weight (2 bytes a weight, freed after the call): at large M the
+    matmul is compute-bound and the per-tile dequantization of the in-register kernels, repeated
+    for every row tile, costs more than one pass over W (docs/benchmarks.md). Act-order runs on the sorted rows
+    (x permuted) like the other paths; the "gather" mode and clip are applied in the pass itself."""
+    w = dequantize_weight(qweight, scales, qzeros, g_idx, bits=bits, group_size=group_size,
+                          zero_format=zero_format, clip=clip, dtype=x.dtype, config=config)  # fmt: skip
+    return torch.matmul(x, w)
+
+
+def dequantize_weight(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor | None,
+    g_idx: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    clip: float | None,
+    dtype: torch.dtype,
+    config: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """W `[K, N]` in `dtype` from GPTQ tensors (one Triton pass; group_size already resolved from -1)."""
+    cfg = config or {}
+    pack = 32 // bits
+    k, n = qweight.shape[0] * pack, qweight.shape[1]
+    block_k = cfg.get("dq_block_k", max(64, 2 * pack))
+    block_n = cfg.get("dq_block_n", 256 if n >= 256 else max(16, triton.next_power_of_2(n)))
+    if block_k % pack:
+        raise ValueError(f"gptq_matmul_triton: dq_block_k {block_k} must be a multiple of {pack}")
+    w = torch.empty((k, n), dtype=dtype, device=qweight.device)
+    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
+    _gptq_dequant_kernel[grid](
+        qweight, scales, qweight if qzeros is None else qzeros,
+        qweight if g_idx is None else g_idx.contiguous(), w,
+        n, k, group_size, 0.0 if clip is None else float(clip),
+        qweight.stride(0), scales.stride(0), 0 if qzeros is None else qzeros.stride(0), w.stride(0),
+        BITS=bits, HAS_ZEROS=qzeros is not None, ZERO_V1=zero_format == "v1", HAS_GIDX=g_idx is not None,
+        GROUP_PER_TILE=g_idx is None and group_size % block_k == 0, HAS_CLIP=clip is not None,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=cfg.get("dq_num_warps", 4), num_stages=1,
+    )  # fmt: skip
+    return w

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import triton
 
-__all__ = ["act_order_prepare", "pick_config", "sm_count"]
+__all__ = ["act_order_prepare", "dequant_min_m", "pick_config", "sm_count"]
 
 
 _SM_COUNT: dict[torch.device, int] = {}
@@ -101,10 +101,28 @@ def _fast_block_k(bits: int, group_size: int, k: int, kernel: str) -> int | None
 # mma 16.7 / 17.5 (gemv 28.9 at M=4); M=32 the general kernel 21.2 (mma 23.9); M=64 mma 64x64 split 4
 # 23.4; M=512 mma 64x128 122.7 (128x128 with 8 warps 138.8). BLOCK_N / num_warps must stay 32 for the
 # gemv (64 with 4 warps ran 5x slower).
+# Third pass (same day, ncu): the GEMV held 119 registers a thread (4 blocks/SM, 17% achieved
+# occupancy, 32% of DRAM); BLOCK_K 64 and split-K 16 took it to 72 registers and 29% occupancy but
+# only 34% of DRAM (graph 12.0 vs 13.2 us in one call, 11.9 in others: within run-to-run spread).
+# The same change on the M=16 mma tile (168 -> 128 registers) was slower (18.4 vs 17.8 us): kept at
+# BLOCK_K 128, split-K 8. Larger M: the in-register kernels up to M=128 (41 us, split-K 4), then
+# dequantize-then-cuBLAS (_DEQUANT_MIN_M).
 _GEMV_MAX_M = 1
-_GEMV_CFG: dict[str, int] = {"block_n": 128, "num_warps": 4, "num_stages": 3, "x_vec": 1}
+_GEMV_CFG: dict[str, int] = {"block_n": 128, "block_k": 64, "num_warps": 4, "num_stages": 3, "x_vec": 1,
+                             "programs_per_sm": 6}  # fmt: skip
 _GENERAL_M = (17, 32)  # M in this range takes the general kernel (per-tile scales too)
 _WANT_PROGRAMS_PER_SM = {"gemv": 3, "mma": 3, "general": 2}
+
+
+# From this M on, the prefill path: dequantize W once to a transient fp16/bf16 [K, N] and let cuBLAS
+# multiply (gptq_matmul._dequant_matmul). H100, K=4096 N=6144: M=128 in-register 41 us vs 43;
+# M=192 50 vs 79; M=256 48 vs 83; M=512 57 vs 125 (docs/benchmarks.md).
+_DEQUANT_MIN_M = 160
+
+
+def dequant_min_m(device: torch.device) -> int:
+    """The smallest M that takes the dequantize-then-matmul path by default."""
+    return _DEQUANT_MIN_M
 
 
 def _mma_tiles(m: int) -> dict[str, int]:
@@ -142,6 +160,9 @@ def pick_config(
             fast = block_k is not None
     if fast:
         cfg: dict[str, Any] = dict(_GEMV_CFG) if kernel == "gemv" else _mma_tiles(m)
+        pref = cfg.pop("block_k", None)  # a tile's own BLOCK_K, where it fits the groups
+        if pref and group_size % pref == 0 and k % pref == 0 and pref % (32 // bits) == 0:
+            block_k = pref
         cfg |= {"kernel": kernel, "block_k": block_k, "nibble_dots": 0}
         tiles = triton.cdiv(n, cfg["block_n"]) * (m if kernel == "gemv" else triton.cdiv(m, cfg["block_m"]))
     else:
@@ -150,6 +171,7 @@ def pick_config(
         cfg = {"kernel": "general", "block_m": block_m, "block_n": 128 if n >= 128 else max(16, triton.next_power_of_2(n)),
                "block_k": block_k, "num_warps": 4 if block_m <= 32 else 8, "num_stages": 3}  # fmt: skip
         tiles = triton.cdiv(m, block_m) * triton.cdiv(n, cfg["block_n"])
-    want = _WANT_PROGRAMS_PER_SM[cfg["kernel"]] * sms
+    want = cfg.pop("programs_per_sm", _WANT_PROGRAMS_PER_SM[cfg["kernel"]]) * sms
     cfg["split_k"] = max(1, min(want // tiles, k // cfg["block_k"], 16)) if tiles < sms else 1
+    cfg["reduce_block"] = 256 if m * n >= 512 * sms else 64  # split-K reduce; no measured effect at M=1
     return cfg
