@@ -19,7 +19,6 @@ table is also written to $OUT/gpu_bench.txt.
 # ruff: noqa: B023 - the lambdas are timed inside the loop that defines them
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -82,25 +81,16 @@ def check(name: str, err: float, tol: float) -> None:
 
 
 def load_kernels() -> SimpleNamespace:
-    """The kernel functions, through fusegraph (registers the ops) or, failing that, by file."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        import fusegraph.runtime.kernels as k
+    """The kernel functions, through fusegraph (which also registers them as the ops' CUDA impls).
 
-        return SimpleNamespace(rss=k.rope_split_store_triton, gptq=k.gptq_matmul_triton,
-                               attn=k.paged_attention_triton, via_package=True)  # fmt: skip
-    except Exception as err:  # noqa: BLE001 - report and fall back to the standalone files
-        print(f"fusegraph not importable ({err!r}); loading the kernel files standalone")
-    mods = {}
-    for name in ("rope_split_store", "gptq_matmul", "paged_attention"):
-        spec = importlib.util.spec_from_file_location(
-            f"_k_{name}", ROOT / "fusegraph/runtime/kernels" / f"{name}.py"
-        )
-        mods[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mods[name])
-    return SimpleNamespace(rss=mods["rope_split_store"].rope_split_store_triton,
-                           gptq=mods["gptq_matmul"].gptq_matmul_triton,
-                           attn=mods["paged_attention"].paged_attention_triton, via_package=False)  # fmt: skip
+    fusegraph needs xdsl on the GPU box: carry its wheel (docs/benchmarks.md says how it was run).
+    """
+    sys.path.insert(0, str(ROOT))
+    import fusegraph.runtime.kernels as k
+
+    return SimpleNamespace(
+        rss=k.rope_split_store_triton, gptq=k.gptq_matmul_triton, attn=k.paged_attention_triton
+    )
 
 
 def freqs_table(max_pos: int, theta: float = 500000.0) -> torch.Tensor:
@@ -419,20 +409,17 @@ def main() -> int:
     log(f"device-to-device copy: {bw / 1e12:.2f} TB/s (bytes read + written)")
     torch.manual_seed(0)
     sections = [
-        ("registered ops", check_registered_ops if k.via_package else None),
+        ("registered ops", check_registered_ops),
         ("rss decode", lambda: bench_rope_split_store(k, "decode bs64x1", 64, 1, 2000, bw)),
         ("rss prefill", lambda: bench_rope_split_store(k, "prefill 4x2048", 4, 2048, 0, bw)),
         ("gptq", lambda: bench_gptq(k, bw)),
         ("decode step", lambda: bench_decode_step(k, bw)),
-        ("runtime layer", (lambda: bench_runtime_layer(bw)) if k.via_package else None),
+        ("runtime layer", lambda: bench_runtime_layer(bw)),
     ]
     failed = 0
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     for label, fn in sections:
         if only and label not in only:
-            continue
-        if fn is None:
-            log(f"[{label}] skipped: fusegraph not importable here")
             continue
         try:
             fn()

@@ -12,7 +12,7 @@ import torch
 
 from tests.kernels._interp import load_interpreted
 
-kernel = load_interpreted("gptq_matmul")
+kernel = load_interpreted("gptq_matmul", kernel_deps=("gptq_kernels",))
 
 
 def _pack_along_dim0(values: torch.Tensor, bits: int) -> torch.Tensor:
