@@ -119,12 +119,6 @@ class Dim:
             raise ValueError(f"dim {self} is not divisible by {Dim(other)}")
         return Dim(quotient)
 
-    def divides(self, other: DimLike) -> bool:
-        """Whether `other` is divisible by this dim (exactly, for static dims)."""
-        if self.is_static and Dim(other).is_static:
-            return self.value != 0 and Dim(other).value % self.value == 0
-        return sympy.simplify(Dim(other).expr / self.expr).is_integer is True
-
     # --- comparison and printing ------------------------------------------------------
     def __eq__(self, other: object) -> bool:
         if isinstance(other, int) and not isinstance(other, bool):
@@ -167,11 +161,6 @@ def product(dims: Sequence[Dim]) -> Dim:
     for d in dims:
         result = result * d
     return result
-
-
-def from_sympy(expr: sympy.Expr) -> Dim:
-    """Wrap a sympy expression built by the text parser."""
-    return Dim(expr)
 
 
 def symbol_expr(name: str) -> sympy.Symbol:

@@ -107,11 +107,6 @@ def get_torch_impl(op: Operation) -> TorchImpl:
     return fn
 
 
-def registered_impls() -> dict[type[Operation], TorchImpl]:
-    """All registered implementations (for tests that check coverage)."""
-    return dict(_TORCH_IMPLS)
-
-
 # --- direct FX emitters (lowering without tracing) ------------------------------------
 FxEmitter = Callable[..., Any]
 

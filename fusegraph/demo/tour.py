@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -267,4 +266,4 @@ def lower_excerpts(out: Printer, unfused: Graph, fused: Graph) -> None:
     out.dump("3-unfused-decomposed.torch.mlir", str(to_torch_mlir(unfused, mode="decomposed")))
 
 
-__all__ = ["run_tour", "make_layer", "build_graph", "difflib"]
+__all__ = ["build_graph", "make_layer", "run_tour"]

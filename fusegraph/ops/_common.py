@@ -7,7 +7,6 @@ from typing import Any
 
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.types import BufferType, TensorType
-from fusegraph.compiler.values import BufferValue, TensorValue
 
 
 def expect_tensor(op: str, operand: str, t: Any) -> TensorType:
@@ -27,7 +26,7 @@ def expect_buffer(op: str, operand: str, t: Any) -> BufferType:
 def expect_rank(op: str, operand: str, t: TensorType | BufferType, rank: int) -> None:
     """A ValueError unless `t` has `rank` dims."""
     if t.rank != rank:
-        raise ValueError(f"{op}: {operand} must have rank {rank}, got shape {_shape(t.shape)}")
+        raise ValueError(f"{op}: {operand} must have rank {rank}, got shape {shape_str(t.shape)}")
 
 
 def expect_dtype(op: str, operand: str, t: TensorType | BufferType, allowed: Sequence[Any]) -> None:
@@ -77,15 +76,6 @@ def broadcast_shapes(op: str, lhs: Sequence[Dim], rhs: Sequence[Dim]) -> tuple[D
     return tuple(out)
 
 
-def _shape(shape: Sequence[Dim]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
 def shape_str(shape: Sequence[Dim]) -> str:
     """`[a, b, 3]`, for error messages."""
-    return _shape(shape)
-
-
-def is_value(x: Any) -> bool:
-    """Whether `x` is a graph value."""
-    return isinstance(x, (TensorValue, BufferValue))
+    return "[" + ", ".join(str(d) for d in shape) + "]"
