@@ -333,18 +333,7 @@ def qmatmul_gptq_custom(
 
 
 @qmatmul_gptq_custom.register_fake
-def _qmatmul_gptq_fake(
-    x: Tensor,
-    qweight: Tensor,
-    scales: Tensor,
-    qzeros: Tensor | None,
-    g_idx: Tensor | None,
-    bits: int,
-    group_size: int,
-    sym: bool,
-    zero_format: str,
-    clip: float | None,
-) -> Tensor:
+def _qmatmul_gptq_fake(x: Tensor, qweight: Tensor, *args: object) -> Tensor:
     return x.new_empty((x.shape[0], qweight.shape[1]))
 
 

@@ -37,25 +37,6 @@ REGISTERED: dict[str, Callable[..., Any]] = {}
 """Op name -> the CUDA function registered for it in this process."""
 
 
-def _rope_split_store_cuda(
-    qkv: torch.Tensor,
-    input_row_offsets: torch.Tensor,
-    freqs_cis: torch.Tensor,
-    kv_blocks: torch.Tensor,
-    cache_lengths: torch.Tensor,
-    lookup_table: torch.Tensor,
-    layer_idx: int,
-    interleaved: bool,
-    n_heads: int,
-    n_kv_heads: int,
-    head_dim: int,
-) -> torch.Tensor:
-    return rope_split_store_triton(
-        qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table, layer_idx=layer_idx,
-        interleaved=interleaved, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
-    )  # fmt: skip
-
-
 _TRIVIAL_G_IDX: dict[int, tuple[int, bool]] = {}
 
 
@@ -107,26 +88,11 @@ def _qmatmul_gptq_cuda(
     )  # fmt: skip
 
 
-def _paged_attention_cuda(
-    q: torch.Tensor,
-    input_row_offsets: torch.Tensor,
-    kv_blocks: torch.Tensor,
-    cache_lengths: torch.Tensor,
-    lookup_table: torch.Tensor,
-    layer_idx: int,
-    scale: float,
-    sliding_window: int | None,
-) -> torch.Tensor:
-    return paged_attention_triton(
-        q, input_row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx=layer_idx, scale=scale,
-        sliding_window=sliding_window,
-    )  # fmt: skip
-
-
+# The Triton functions take the ops' schema arguments in schema order, so two register directly.
 _KERNELS: dict[str, Callable[..., Any]] = {
-    "fusegraph::rope_split_store_": _rope_split_store_cuda,
+    "fusegraph::rope_split_store_": rope_split_store_triton,
     "fusegraph::qmatmul_gptq": _qmatmul_gptq_cuda,
-    "fusegraph::paged_attention": _paged_attention_cuda,
+    "fusegraph::paged_attention": paged_attention_triton,
 }
 
 

@@ -139,7 +139,6 @@ def rope_split_store_triton(
     kv_blocks: torch.Tensor,
     cache_lengths: torch.Tensor,
     lookup_table: torch.Tensor,
-    *,
     layer_idx: int,
     interleaved: bool,
     n_heads: int,
