@@ -23,7 +23,13 @@ OpT = TypeVar("OpT", bound=type[Operation])
 
 
 def register_op(cls: OpT) -> OpT:
-    """Add an op class to the `fg` dialect (apply after `@irdl_op_definition`)."""
+    """Add an op class to the `fg` dialect (apply after `@irdl_op_definition`).
+
+    An `FgOp` must bring its shape rule: registering one that does not override
+    `infer_types` is a TypeError, so the base method below is never reached by a dialect op.
+    """
+    if issubclass(cls, FgOp) and cls.infer_types is FgOp.infer_types:
+        raise TypeError(f"{cls.__name__} ({cls.name}): an FgOp must implement infer_types (its shape rule)")
     if cls not in _OPS:
         _OPS.append(cls)
     return cls
@@ -61,8 +67,11 @@ class FgOp(IRDLOperation):
     irdl_options = (ParsePropInAttrDict(),)
 
     def infer_types(self) -> Sequence[Attribute]:
-        """The result types the shape rule gives for this op's operands and properties."""
-        raise NotImplementedError(f"{self.name}: infer_types not implemented")
+        """The result types the shape rule gives for this op's operands and properties.
+
+        Every registered op overrides this (`register_op` checks); the base is the contract.
+        """
+        raise TypeError(f"{self.name}: an FgOp must implement infer_types (its shape rule)")
 
     def verify_(self) -> None:
         try:
