@@ -184,16 +184,24 @@ def check_store_capacity(
     page of its lookup row that names a real block. Raises ValueError naming the sequence."""
     if is_tracing(kv_blocks, x, row_offsets, lengths, lookup_table):
         return
-    ro, ln, lt = as_index(row_offsets).tolist(), as_index(lengths).tolist(), as_index(lookup_table)
-    num_blocks, page_size, max_pages = kv_blocks.shape[0], kv_blocks.shape[3], lt.shape[1]
-    if ro[-1] != x.shape[0] or ro[0] != 0 or any(a > b for a, b in zip(ro, ro[1:], strict=False)):
-        raise ValueError(f"{op}: input_row_offsets {ro} must rise from 0 to the {x.shape[0]} rows of x")
+    check_capacity(op, kv_blocks, x.shape[0], row_offsets, lengths, lookup_table)
+
+
+def check_capacity(
+    op: str, kv_blocks: torch.Tensor, rows: int, row_offsets: Any, lengths: Any, lookup_table: Any
+) -> None:
+    """`check_store_capacity` for a write of `rows` rows (reads the metadata on the host)."""
+    # One host copy of each metadata tensor (a single sync each on a GPU), then plain Python.
+    ro, ln, lt = (as_index(t).tolist() for t in (row_offsets, lengths, lookup_table))
+    num_blocks, page_size, max_pages = kv_blocks.shape[0], kv_blocks.shape[3], lookup_table.shape[1]
+    if ro[-1] != rows or ro[0] != 0 or any(a > b for a, b in zip(ro, ro[1:], strict=False)):
+        raise ValueError(f"{op}: input_row_offsets {ro} must rise from 0 to the {rows} rows of x")
     for b, cached in enumerate(ln):
         new = ro[b + 1] - ro[b]
         if new == 0:
             continue
         last = cached + new - 1
-        pages = lt[b].tolist()
+        pages = lt[b]
         valid = next((i for i, blk in enumerate(pages) if blk >= num_blocks), max_pages)
         if last // page_size >= valid:
             raise ValueError(

@@ -21,6 +21,7 @@ from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering import to_fx
 from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.runtime.write_guard import write_guards
 
 
 class CompiledGraph:
@@ -51,10 +52,13 @@ class CompiledGraph:
             load_cuda_kernels()
         self.module = hoist_constants(to_fx(self.graph, mode="custom", inplace=True, device=device))
         self._cuda_graphs = CudaGraphRunner(self.module, device) if cuda_graphs else None
+        self._write_guards = write_guards(self.graph)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph. Buffer inputs are updated in place; returns the graph outputs."""
-        check_inputs(self.input_types, inputs, self.device)
+        dims = check_inputs(self.input_types, inputs, self.device)
+        for guard in self._write_guards:  # kernels and graph replays run no per-op check
+            guard.check(inputs, dims)
         if self._cuda_graphs is not None:
             outputs = self._cuda_graphs.run(inputs, self.weights, self.input_types)
         else:

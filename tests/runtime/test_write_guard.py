@@ -1,0 +1,46 @@
+"""The eager runtime refuses a cache overflow once per call, before anything is written,
+whatever runs the writes (torch code, Triton kernels, a replayed CUDA graph)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusegraph
+from fusegraph.compiler.dims import Dim
+from fusegraph.runtime import PagedKVCacheManager
+from fusegraph.runtime.write_guard import WriteGuard, write_guards
+from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_write_guards__one_check_for_all_layers_sharing_the_cache_inputs(fused: bool) -> None:
+    guards = write_guards(gptq_attention_graph(num_layers=2, fused=fused))
+    op = "fg.rope_split_store" if fused else "fg.kv_cache.store"
+    # inputs: x, row_offsets, kv_blocks, cache_lengths, lookup_table
+    assert guards == [WriteGuard(op, Dim("total_seq_len"), 2, 1, 3, 4)]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_compiled_graph__refuses_an_overflow_before_writing(fused: bool) -> None:
+    graph = gptq_attention_graph(num_layers=2, fused=fused)
+    model = fusegraph.compile(graph, weights=gptq_attention_weights(graph))
+
+    class Params:  # what PagedKVCacheManager reads (duck-typed KVCacheParams)
+        dtype, n_kv_heads, head_dim = fusegraph.DType.float32, SMALL.n_kv_heads, SMALL.head_dim
+        num_layers, page_size, devices = 2, SMALL.page_size, [fusegraph.DeviceRef.CPU()]
+
+    manager = PagedKVCacheManager(Params(), num_blocks=SMALL.num_blocks)
+    seq = manager.claim(max_len=2 * SMALL.page_size)
+    batch = manager.prepare([seq], [3])
+    model(torch.randn(3, SMALL.hidden), batch.row_offsets, *batch.kv_inputs)
+    manager.commit([seq], [3])
+    before = manager.kv_blocks.clone()
+    # Bypass prepare()'s own refusal: claim the cache holds more than its pages allow.
+    lengths = torch.tensor([2 * SMALL.page_size - 1], dtype=torch.uint32)
+    batch = manager.prepare([seq], [1])
+    kv_blocks, _, lookup = batch.kv_inputs
+    with pytest.raises(ValueError, match=rf"^{'fg.rope_split_store' if fused else 'fg.kv_cache.store'}: "
+                       r"sequence 0 would write position 8, past its capacity of 8 tokens"):
+        model(torch.randn(2, SMALL.hidden), torch.tensor([0, 2], dtype=torch.uint32), kv_blocks, lengths, lookup)
+    assert torch.equal(manager.kv_blocks, before)
