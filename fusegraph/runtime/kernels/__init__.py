@@ -11,9 +11,9 @@ Registration is safe without a GPU: the kernels only run when the op sees CUDA t
 op that is not defined is skipped with a log line. The kernel modules import only torch and
 triton, so they can also be loaded on their own (the GPU benchmark does).
 
-What the kernels leave to the torch implementations: bounds checks of the metadata
-(positions beyond a sequence's pages), which would need a host sync, and GPTQ at 3 bits,
-which runs the aten decomposition.
+The kernels do not bounds-check the metadata (that needs a host sync): the eager runtime
+refuses an overflowing step once per call before anything runs (`runtime/write_guard.py`).
+GPTQ at 3 bits runs the aten decomposition.
 """
 
 from __future__ import annotations
