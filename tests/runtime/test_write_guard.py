@@ -21,10 +21,23 @@ def test_write_guards__one_check_for_all_layers_sharing_the_cache_inputs(fused: 
     assert guards == [WriteGuard(op, Dim("total_seq_len"), 2, 1, 3, 4)]
 
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+_RUNS = [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=_CUDA),  # the Triton kernels write the cache
+    pytest.param("cuda", True, marks=_CUDA),  # a replayed CUDA graph writes the cache
+]
+
+
+@pytest.mark.parametrize(("device", "cuda_graphs"), _RUNS)
 @pytest.mark.parametrize("fused", [True, False])
-def test_compiled_graph__refuses_an_overflow_before_writing(fused: bool) -> None:
+def test_compiled_graph__refuses_an_overflow_before_writing(
+    fused: bool, device: str, cuda_graphs: bool
+) -> None:
     graph = gptq_attention_graph(num_layers=2, fused=fused)
-    model = fusegraph.compile(graph, weights=gptq_attention_weights(graph))
+    model = fusegraph.compile(
+        graph, device=device, weights=gptq_attention_weights(graph), cuda_graphs=cuda_graphs
+    )
 
     class Params:  # what PagedKVCacheManager reads (duck-typed KVCacheParams)
         dtype, n_kv_heads, head_dim = fusegraph.DType.float32, SMALL.n_kv_heads, SMALL.head_dim
@@ -32,15 +45,27 @@ def test_compiled_graph__refuses_an_overflow_before_writing(fused: bool) -> None
 
     manager = PagedKVCacheManager(Params(), num_blocks=SMALL.num_blocks)
     seq = manager.claim(max_len=2 * SMALL.page_size)
-    batch = manager.prepare([seq], [3])
-    model(torch.randn(3, SMALL.hidden), batch.row_offsets, *batch.kv_inputs)
-    manager.commit([seq], [3])
-    before = manager.kv_blocks.clone()
+
+    def on(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device)
+
+    kv_blocks = on(manager.kv_blocks)
+    for tokens in (3, 1, 1):  # the same shapes as the refused call below, so a CUDA graph is captured
+        batch = manager.prepare([seq], [tokens])
+        _, lengths, lookup = batch.kv_inputs
+        model(
+            on(torch.randn(tokens, SMALL.hidden)), on(batch.row_offsets), kv_blocks, on(lengths), on(lookup)
+        )
+        manager.commit([seq], [tokens])
+    before = kv_blocks.clone()
     # Bypass prepare()'s own refusal: claim the cache holds more than its pages allow.
-    lengths = torch.tensor([2 * SMALL.page_size - 1], dtype=torch.uint32)
+    lengths = torch.tensor([2 * SMALL.page_size], dtype=torch.uint32)
     batch = manager.prepare([seq], [1])
-    kv_blocks, _, lookup = batch.kv_inputs
-    with pytest.raises(ValueError, match=rf"^{'fg.rope_split_store' if fused else 'fg.kv_cache.store'}: "
-                       r"sequence 0 would write position 8, past its capacity of 8 tokens"):
-        model(torch.randn(2, SMALL.hidden), torch.tensor([0, 2], dtype=torch.uint32), kv_blocks, lengths, lookup)
-    assert torch.equal(manager.kv_blocks, before)
+    _, _, lookup = batch.kv_inputs
+    with pytest.raises(
+        ValueError,
+        match=rf"^{'fg.rope_split_store' if fused else 'fg.kv_cache.store'}: "
+        r"sequence 0 would write position 8, past its capacity of 8 tokens",
+    ):
+        model(on(torch.randn(1, SMALL.hidden)), on(batch.row_offsets), kv_blocks, on(lengths), on(lookup))
+    assert torch.equal(kv_blocks, before)
