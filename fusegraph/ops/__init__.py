@@ -2,6 +2,7 @@
 
 from fusegraph.ops import weight  # noqa: F401 - registers fg.weight
 from fusegraph.ops.attention import paged_attention
+from fusegraph.ops.collective import allgather, allreduce
 from fusegraph.ops.custom import custom, register_custom_op
 from fusegraph.ops.elementwise import (
     add,
@@ -28,6 +29,8 @@ from fusegraph.ops.slice import gather, slice_tensor
 
 __all__ = [
     "add",
+    "allgather",
+    "allreduce",
     "cast",
     "clamp",
     "concat",

@@ -162,3 +162,12 @@ def _custom() -> Graph:
         params = {"scale": 2, "out_dtype": DType.bfloat16, "fast": False, "note": "demo"}
         g.output(*ops.custom("examples.scale_cast", [x], params))
     return g
+
+
+@example("fg.allreduce", "fg.allgather")
+def _collective() -> Graph:
+    with Graph("collective", input_types=[_tensor("total_seq_len", 8)]) as g:
+        (x,) = g.inputs
+        reduced = ops.allreduce(x, group="tp", world_size=2)
+        g.output(reduced, ops.allgather(x, axis=-1, group="tp", world_size=2))
+    return g
