@@ -23,6 +23,7 @@ from typing import Any
 
 from fusegraph import ops
 from fusegraph.compiler import BufferValue, DeviceRef, DType, TensorValue
+from fusegraph.nn.attention_config import MHAMaskVariant, check_scale, resolve_mask, validate_heads
 from fusegraph.nn.kv_cache import KVCacheParams, PagedCacheValues
 from fusegraph.nn.layer import Module
 from fusegraph.nn.linear import GPTQLinear, Linear, check_gptq_dims
@@ -56,12 +57,19 @@ class AttentionWithRope(Module):
             give different results here.
         use_qk_norm: Per-head RMSNorm of q and k before rope.
         rms_norm_eps: The QK norms' epsilon.
+        sliding_window: Each query at position `p` sees keys `p - sliding_window + 1 .. p`
+            only (HF Mistral, Qwen2 `use_sliding_window`: `kv_idx > q_idx - sliding_window`),
+            in prefill chunks and decode steps alike (positions count from the cache start).
+        mask_variant: `MHAMaskVariant.CAUSAL_MASK` or `SLIDING_WINDOW_CAUSAL_MASK` (or their
+            strings "causal", "sliding_window_causal"); None follows `sliding_window`.
         _fuse_rope_and_store: Emit `fg.rope_split_store` (True) or the unfused form.
 
     Raises:
         ValueError: H not divisible by Hkv; Hkv != kv_params.n_kv_heads; an odd head_dim;
             rope.head_dim != head_dim; hidden_size != H·head_dim when the rope implied head_dim;
-            a GPTQ group_size not dividing hidden_size; dtype != kv_params.dtype.
+            a GPTQ group_size not dividing hidden_size; dtype != kv_params.dtype; a head count or
+            hidden_size that is not a positive int; a scale that is not finite and > 0; a
+            sliding_window that is not a positive int; a mask_variant that contradicts it.
 
     Example:
         >>> attn = AttentionWithRope(rope=rope, num_attention_heads=4, num_key_value_heads=2,
@@ -87,11 +95,20 @@ class AttentionWithRope(Module):
         clip_qkv: float | None = None,
         use_qk_norm: bool = False,
         rms_norm_eps: float = 1e-6,
+        sliding_window: int | None = None,
+        mask_variant: MHAMaskVariant | str | None = None,
         _fuse_rope_and_store: bool = True,
     ) -> None:
         super().__init__()
         head_dim = kv_params.head_dim
-        _validate_heads(rope, num_attention_heads, num_key_value_heads, hidden_size, kv_params)
+        validate_heads(rope, num_attention_heads, num_key_value_heads, hidden_size, kv_params)
+        self.sliding_window = resolve_mask(mask_variant, sliding_window)
+        self.mask_variant = (
+            MHAMaskVariant.CAUSAL_MASK
+            if self.sliding_window is None
+            else MHAMaskVariant.SLIDING_WINDOW_CAUSAL_MASK
+        )
+        scale = check_scale(scale)
         if dtype != kv_params.dtype:
             raise ValueError(
                 f"{type(self).__name__}: dtype ({dtype}) must equal kv_params.dtype ({kv_params.dtype})"
@@ -178,6 +195,7 @@ class AttentionWithRope(Module):
             kv_collection.lookup_table,
             layer_idx=layer_idx,
             scale=self.scale,
+            sliding_window=self.sliding_window,
         )
         return self.o_proj(attn.reshape([total, self.q_dim]))
 
@@ -242,29 +260,3 @@ class AttentionWithRope(Module):
         blocks = ops.kv_cache_store(kv.kv_blocks, k, *meta, layer_idx=layer_idx, key_or_value=0)
         blocks = ops.kv_cache_store(blocks, v, *meta, layer_idx=layer_idx, key_or_value=1)
         return q.reshape([qkv.shape[0], self.q_dim]), blocks
-
-
-def _validate_heads(
-    rope: RotaryEmbedding, n_heads: int, n_kv_heads: int, hidden_size: int, kv_params: KVCacheParams
-) -> None:
-    """The construction checks shared by both attention layers; each error names the fields."""
-    if n_kv_heads <= 0 or n_heads % n_kv_heads:
-        raise ValueError(
-            f"attention: num_attention_heads ({n_heads}) must be divisible by num_key_value_heads ({n_kv_heads})"
-        )
-    if n_kv_heads != kv_params.n_kv_heads:
-        raise ValueError(
-            f"attention: num_key_value_heads ({n_kv_heads}) != kv_params.n_kv_heads ({kv_params.n_kv_heads})"
-        )
-    head_dim = kv_params.head_dim
-    if head_dim % 2:
-        raise ValueError(
-            f"attention: head_dim must be even for rope, got head_dim={head_dim} (kv_params.head_dim)"
-        )
-    if rope.head_dim != head_dim:
-        raise ValueError(f"attention: rope.head_dim ({rope.head_dim}) != kv_params.head_dim ({head_dim})")
-    if rope.head_dim_implied and hidden_size != n_heads * head_dim:
-        raise ValueError(
-            f"attention: hidden_size ({hidden_size}) != num_attention_heads ({n_heads}) * head_dim ({head_dim}); "
-            f"head_dim is implied by the rope (dim // n_heads), pass RotaryEmbedding(head_dim=...) to decouple"
-        )

@@ -2,7 +2,8 @@
 
 Unlike MAX's layer of the same name (GPU-only, 4-bit, group 128, symmetric, none of the flags
 below), this one takes any `QuantizationConfig` the op supports and every flag of
-`AttentionWithRope`: `stacked_qkv`, `has_bias`, `clip_qkv`, `use_qk_norm` and both values of
+`AttentionWithRope`: `stacked_qkv`, `has_bias`, `clip_qkv`, `use_qk_norm`, `sliding_window` /
+`mask_variant` and both values of
 `_fuse_rope_and_store`. Every projection, o_proj included, is a `GPTQLinear` emitting
 `fg.qmatmul.gptq`; weights use AutoGPTQ names (`q_proj.qweight`, `.qzeros`, `.scales`,
 `.g_idx`, and `.bias` with `has_bias`).
@@ -17,6 +18,7 @@ import torch
 
 from fusegraph.compiler import DeviceRef, DType
 from fusegraph.nn.attention import AttentionWithRope
+from fusegraph.nn.attention_config import MHAMaskVariant
 from fusegraph.nn.kv_cache import KVCacheParams
 from fusegraph.nn.linear import Linear
 from fusegraph.nn.quant import QuantizationConfig
@@ -60,6 +62,8 @@ class GPTQAttentionWithRope(AttentionWithRope):
         clip_qkv: float | None = None,
         use_qk_norm: bool = False,
         rms_norm_eps: float = 1e-6,
+        sliding_window: int | None = None,
+        mask_variant: MHAMaskVariant | str | None = None,
         _fuse_rope_and_store: bool = True,
     ) -> None:
         if not isinstance(quantization_config, QuantizationConfig):
@@ -84,6 +88,8 @@ class GPTQAttentionWithRope(AttentionWithRope):
             clip_qkv=clip_qkv,
             use_qk_norm=use_qk_norm,
             rms_norm_eps=rms_norm_eps,
+            sliding_window=sliding_window,
+            mask_variant=mask_variant,
             _fuse_rope_and_store=_fuse_rope_and_store,
         )
 
