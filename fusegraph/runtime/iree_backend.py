@@ -42,6 +42,7 @@ import torch
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
+from fusegraph.runtime.input_checks import InputChecks, check_weights
 
 _DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
 _compile_count = 0
@@ -170,7 +171,10 @@ class IreeCompiledGraph:
         self.input_types: list[TensorType | BufferType] = [shaped_type(a) for a in self.graph.block.args]
         self.output_types = [v.type for v in self.graph.outputs]
         self.buffer_inputs = [i for i, t in enumerate(self.input_types) if isinstance(t, BufferType)]
+        # IREE has no bounds checks: every ragged op's metadata must be checkable on the host.
+        self.input_checks = InputChecks.for_graph(self.graph, strict=True)
         bound = bind_weights(self.graph.weights, weights or {}, "cpu")
+        check_weights(self.graph, dict(zip(self.graph.weights, bound)))
         self.mlir = to_torch_mlir(self.graph, mode="decomposed", output_type="torch")
         self.vmfb_path, self.cache_hit = compile_vmfb(self.mlir.text, flags, cache_dir, _stem(graph.name))
         self._load(bound)
@@ -192,7 +196,8 @@ class IreeCompiledGraph:
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph; buffer inputs are updated in the caller's tensors."""
-        check_inputs(self.input_types, inputs, self.device)
+        dims = check_inputs(self.input_types, inputs, self.device)
+        self.input_checks.check(inputs, dims)  # before IREE sees (or writes) anything
         args = [self._upload(x) for x in inputs]
         results = self._function(*args, *self._weights)
         results = results if isinstance(results, (tuple, list)) else (results,)
