@@ -41,10 +41,21 @@ class KVCacheParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"KVCacheParams: {name} must be a positive int, got {value!r}")
-        if not self.dtype.is_float:
-            raise ValueError(f"KVCacheParams: dtype must be a float type, got {self.dtype}")
-        if not self.devices:
-            raise ValueError("KVCacheParams: devices must name at least one device")
+        floats = [d.name for d in DType if d.is_float]
+        if not isinstance(self.dtype, DType) or not self.dtype.is_float:
+            raise ValueError(
+                f"KVCacheParams: dtype must be a float DType ({', '.join(f'DType.{n}' for n in floats)}), "
+                f"got {self.dtype!r}"
+            )
+        if isinstance(self.devices, (str, DeviceRef)) or not self.devices:
+            raise ValueError(
+                f"KVCacheParams: devices must be a non-empty list of DeviceRef, got {self.devices!r}"
+            )
+        if bad := [d for d in self.devices if not isinstance(d, DeviceRef)]:
+            raise ValueError(
+                f"KVCacheParams: devices must hold DeviceRef values (DeviceRef.CPU(), DeviceRef.GPU(0)), "
+                f"got {bad[0]!r}"
+            )
         object.__setattr__(self, "devices", list(self.devices))
 
     @property

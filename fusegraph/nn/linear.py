@@ -29,6 +29,9 @@ class Linear(Module):
         device: Where the weights live (default CPU).
         has_bias: Add a bias parameter.
         clip_weight: Clamp the weight to `[-clip_weight, clip_weight]` in the graph.
+
+    Raises:
+        ValueError: `in_dim` or `out_dim` is not a positive int (the message names it).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class Linear(Module):
         clip_weight: float | None = None,
     ) -> None:
         super().__init__()
+        check_positive_dims("Linear", in_dim=in_dim, out_dim=out_dim)
         device = device if device is not None else DeviceRef.CPU()
         self.in_dim, self.out_dim, self.dtype, self.device = in_dim, out_dim, dtype, device
         self.has_bias, self.clip_weight = has_bias, clip_weight
@@ -82,8 +86,8 @@ class GPTQLinear(Module):
         scales_dtype: The scales' element type.
 
     Raises:
-        ValueError: group_size does not divide in_dim, or in_dim/out_dim do not pack into
-            whole int32 words.
+        ValueError: in_dim/out_dim is not a positive int, group_size does not divide in_dim,
+            or in_dim/out_dim do not pack into whole int32 words.
     """
 
     def __init__(
@@ -98,6 +102,11 @@ class GPTQLinear(Module):
         scales_dtype: DType = DType.float16,
     ) -> None:
         super().__init__()
+        check_positive_dims("GPTQLinear", in_dim=in_dim, out_dim=out_dim)
+        if not isinstance(quant_config, QuantizationConfig):
+            raise ValueError(
+                f"GPTQLinear: quant_config must be a QuantizationConfig, got {type(quant_config).__name__}"
+            )
         check_gptq_dims(quant_config, in_dim, out_dim, "in_dim")
         device = device if device is not None else DeviceRef.CPU()
         self.in_dim, self.out_dim, self.dtype, self.device = in_dim, out_dim, dtype, device
@@ -147,6 +156,19 @@ class GPTQLinear(Module):
                 f"tensor {name!r}: a desc_act=False layer needs g_idx = {rule}, but entry {i} is "
                 f"{int(value[i])} (expected {int(want[i])}); use desc_act=True for an act-order g_idx"
             )
+
+
+def check_positive_dims(owner: str, **dims: object) -> None:
+    """Raise a ValueError naming the field unless every given dim is a positive int.
+
+    Example:
+        >>> check_positive_dims("Linear", in_dim=64, out_dim=-1)
+        Traceback (most recent call last):
+        ValueError: Linear: out_dim must be a positive int, got -1
+    """
+    for name, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 def check_gptq_dims(cfg: QuantizationConfig, in_dim: int, out_dim: int, in_name: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fusegraph import ops
 from fusegraph.compiler import DeviceRef, DType, TensorValue
 from fusegraph.nn.layer import Module
@@ -16,6 +18,9 @@ class RMSNorm(Module):
         eps: Added to the mean square.
         device: Where the weight lives (default CPU).
 
+    Raises:
+        ValueError: `dim` is not a positive int, or `eps` is not finite and >= 0.
+
     Example:
         >>> norm = RMSNorm(16, DType.float32, eps=1e-6)
         >>> y = norm(x)          # x [..., 16], inside `with Graph(...)`
@@ -25,8 +30,12 @@ class RMSNorm(Module):
         self, dim: int, dtype: DType = DType.float32, eps: float = 1e-6, device: DeviceRef | None = None
     ) -> None:
         super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"RMSNorm: dim must be a positive int, got {dim!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"RMSNorm: eps must be a finite float >= 0, got {eps!r}")
         device = device if device is not None else DeviceRef.CPU()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps = dim, float(eps)
         self._declare("weight", [dim], dtype, device)
 
     def __call__(self, x: TensorValue) -> TensorValue:

@@ -94,12 +94,27 @@ class QuantizationConfig:
             quant_method=data.get("quant_method", "gptq"),
             bits=data["bits"],
             group_size=data["group_size"],
-            desc_act=bool(data.get("desc_act", False)),
-            sym=bool(data.get("sym", True)),
+            desc_act=_json_bool("desc_act", data.get("desc_act", False)),
+            sym=_json_bool("sym", data.get("sym", True)),
             checkpoint_format=data.get("checkpoint_format", data.get("format", "gptq")),
         )
 
 
+def _json_bool(field: str, value: Any) -> bool:
+    """A JSON flag: true/false, or the strings "true"/"false" some tools write (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"QuantizationConfig: {field} must be true or false, got {value!r}")
+
+
 def _check_choice(field: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if isinstance(value, bool) or value not in allowed:
+    kind = type(allowed[0])
+    if isinstance(value, bool) or type(value) is not kind:
+        raise ValueError(
+            f"QuantizationConfig: {field} must be a {kind.__name__}, got {value!r} "
+            f"({type(value).__name__}); allowed: {list(allowed)}"
+        )
+    if value not in allowed:
         raise ValueError(f"QuantizationConfig: {field}={value!r} is not supported; allowed: {list(allowed)}")
