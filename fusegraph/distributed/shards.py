@@ -1,0 +1,306 @@
+"""Each rank's slice of a checkpoint: dense and GPTQ tensors, read from memory or
+straight from safetensors (`safe_open(...).get_slice`, so a rank reads only its rows).
+
+Rules by the projection's leaf name (HF names; anything else is replicated):
+
+| projection | split | what |
+|---|---|---|
+| `q_proj` / `k_proj` / `v_proj` (`qkv_proj`) | column (N) | the rank's q heads / kv heads |
+| `o_proj` | row (K) | the rank's q heads |
+| `gate_proj` / `up_proj` (`gate_up_proj`) | column (N) | the rank's intermediate channels |
+| `down_proj` | row (K) | the rank's intermediate channels |
+| `lm_head` | column (N) | the rank's vocabulary rows |
+
+GPTQ (`qweight [K·bits/32, N]`, `qzeros [G, N·bits/32]`, `scales [G, N]`, `g_idx [K]`):
+
+- column: `qweight`, `scales` and `qzeros` are cut along N (N boundaries must fall on whole
+  int32 words of qzeros); `g_idx` is kept whole.
+- row: `qweight` is cut along K; a rank takes the groups its rows use. Without act-order
+  the K boundaries must be group boundaries; with act-order each group's rows must all lie
+  on one rank: the rank's groups are then renumbered (`g_idx` remapped, `scales`/`qzeros`
+  rows picked). A group cut between ranks raises `GroupSplitError`.
+- a row-parallel bias is added once: rank 0 holds it, the other ranks hold zeros.
+
+Example:
+    >>> source = SafetensorsSource.from_folder("ckpt/")
+    >>> state = shard_state(source, layout, rank=1, quant_config=cfg)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from fusegraph.nn.quant import QuantizationConfig
+from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingError, TensorParallelLayout
+from fusegraph.ops.gptq_packing import _block
+
+Split = Literal["column", "row"]
+GPTQ_PARAMS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+class TensorSource(Protocol):
+    """Named tensors that can be read whole or as one contiguous range of one dim."""
+
+    def names(self) -> list[str]: ...
+
+    def shape(self, name: str) -> list[int]: ...
+
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int = 0) -> torch.Tensor: ...
+
+
+@dataclass
+class DictSource:
+    """A TensorSource over tensors already in memory (e.g. a full `state_dict`)."""
+
+    tensors: Mapping[str, torch.Tensor]
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> list[int]:
+        return list(_lookup(self.tensors, name).shape)
+
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int = 0) -> torch.Tensor:
+        t = _lookup(self.tensors, name)
+        return t if dim is None else t.narrow(dim, start, stop - start)
+
+
+class SafetensorsSource:
+    """A TensorSource over safetensors files that reads only the requested slices."""
+
+    def __init__(self, files: Iterable[str | Path]) -> None:
+        from safetensors import safe_open
+
+        self._handles: dict[str, Any] = {}
+        for file in files:
+            handle = safe_open(str(file), framework="pt")
+            for name in handle.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
+                self._handles[name] = handle
+        self.bytes_read = 0
+
+    @staticmethod
+    def from_folder(folder: str | Path) -> SafetensorsSource:
+        """Every `*.safetensors` file of `folder`."""
+        files = sorted(Path(folder).glob("*.safetensors"))
+        if not files:
+            raise ShardingError(f"{folder}: no *.safetensors files to shard")
+        return SafetensorsSource(files)
+
+    def names(self) -> list[str]:
+        return list(self._handles)
+
+    def shape(self, name: str) -> list[int]:
+        return list(_lookup(self._handles, name).get_slice(name).get_shape())
+
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int = 0) -> torch.Tensor:
+        part = _lookup(self._handles, name).get_slice(name)
+        if dim is None:
+            t = part[:]
+        else:
+            index = [slice(None)] * len(part.get_shape())
+            index[dim] = slice(start, stop)
+            t = part[tuple(index)]
+        self.bytes_read += t.numel() * t.element_size()
+        return t
+
+
+def _lookup(table: Mapping[str, Any], name: str) -> Any:
+    if name not in table:
+        raise ShardingError(f"checkpoint: no tensor named {name!r}")
+    return table[name]
+
+
+# --- which split each projection gets --------------------------------------------------
+def projection_split(
+    leaf: str, share: RankShare, layout: TensorParallelLayout
+) -> tuple[Split, list[range]] | None:
+    """(split, ranges of N or K) for projection `leaf` on this rank; None: replicated."""
+    q, kv = share.q_cols, share.kv_cols
+    if leaf in ("q_proj", "k_proj", "v_proj"):
+        return "column", [q if leaf == "q_proj" else kv]
+    if leaf == "qkv_proj":
+        qd, kvd = layout.n_heads * layout.head_dim, layout.n_kv_heads * layout.head_dim
+        return "column", [q, _shift(kv, qd), _shift(kv, qd + kvd)]
+    if leaf == "o_proj":
+        return "row", [q]
+    if leaf in ("gate_proj", "up_proj", "down_proj", "gate_up_proj"):
+        if share.channels is None or layout.intermediate_size is None:
+            raise ShardingError(f"tensor parallel: {leaf} needs the layout's intermediate_size")
+        if leaf == "gate_up_proj":
+            return "column", [share.channels, _shift(share.channels, layout.intermediate_size)]
+        return ("row" if leaf == "down_proj" else "column"), [share.channels]
+    if leaf == "lm_head":
+        if share.vocab is None:
+            raise ShardingError("tensor parallel: lm_head needs the layout's vocab_size")
+        return "column", [share.vocab]
+    return None
+
+
+def _shift(r: range, by: int) -> range:
+    return range(r.start + by, r.stop + by)
+
+
+def shard_state(
+    source: TensorSource,
+    layout: TensorParallelLayout,
+    rank: int,
+    quant_config: QuantizationConfig | None = None,
+    names: Iterable[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rank `rank`'s tensors of a full checkpoint, named as in the checkpoint.
+
+    Args:
+        source: The full checkpoint (`DictSource` or `SafetensorsSource`).
+        layout: The split (from `ShardingStrategy.layout`).
+        rank: Which rank's share to read.
+        quant_config: The GPTQ settings of the quantized projections (None: dense model).
+        names: Only these tensors (default: all of the source's).
+
+    Raises:
+        GroupSplitError: A row split would cut a GPTQ group.
+        ShardingError: A column split does not fall on whole qzeros words.
+    """
+    share = layout.rank(rank)
+    wanted = list(names) if names is not None else source.names()
+    out: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+    for name in wanted:
+        prefix, _, param = name.rpartition(".")
+        leaf = prefix.rpartition(".")[2]
+        split = projection_split(leaf, share, layout) if prefix else None
+        if split is None:
+            out[name] = source.read(name)
+            continue
+        if prefix in done:
+            continue
+        done.add(prefix)
+        present = {p for p in ("weight", "bias", *GPTQ_PARAMS) if f"{prefix}.{p}" in wanted}
+        out.update(_shard_projection(source, prefix, present, split, rank, quant_config))
+    return out
+
+
+def _shard_projection(
+    src: TensorSource,
+    prefix: str,
+    present: set[str],
+    split: tuple[Split, list[range]],
+    rank: int,
+    cfg: QuantizationConfig | None,
+) -> dict[str, torch.Tensor]:
+    kind, ranges = split
+    out: dict[str, torch.Tensor] = {}
+    if "weight" in present:  # dense [N, K]
+        out["weight"] = _cat(src, f"{prefix}.weight", 0 if kind == "column" else 1, ranges)
+    if "qweight" in present:
+        if cfg is None:
+            raise ShardingError(
+                f"tensor parallel: {prefix}.qweight is quantized but no quant_config was given"
+            )
+        out.update(_gptq_column(src, prefix, present, ranges, cfg) if kind == "column" else {})
+        out.update(_gptq_row(src, prefix, present, ranges[0], cfg) if kind == "row" else {})
+    if "bias" in present:
+        if kind == "column":
+            out["bias"] = _cat(src, f"{prefix}.bias", 0, ranges)
+        else:  # summed over the ranks by the allreduce: add it once
+            bias = src.read(f"{prefix}.bias")
+            out["bias"] = bias if rank == 0 else torch.zeros_like(bias)
+    return {f"{prefix}.{k}": v for k, v in out.items()}
+
+
+def _cat(src: TensorSource, name: str, dim: int, ranges: list[range]) -> torch.Tensor:
+    parts = [src.read(name, dim, r.start, r.stop) for r in ranges]
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _gptq_column(
+    src: TensorSource, prefix: str, present: set[str], ranges: list[range], cfg: QuantizationConfig
+) -> dict[str, torch.Tensor]:
+    words, per = _block(cfg.bits)
+    for r in ranges:
+        if r.start % per or r.stop % per:
+            raise ShardingError(
+                f"tensor parallel: {prefix}: column split [{r.start}, {r.stop}) of N does not fall on whole "
+                f"qzeros words ({per} {cfg.bits}-bit values per {words} int32 word(s))"
+            )
+    out = {
+        "qweight": _cat(src, f"{prefix}.qweight", 1, ranges),
+        "scales": _cat(src, f"{prefix}.scales", 1, ranges),
+    }
+    if "qzeros" in present:
+        packed = [range(r.start // per * words, r.stop // per * words) for r in ranges]
+        out["qzeros"] = _cat(src, f"{prefix}.qzeros", 1, packed)
+    if "g_idx" in present:
+        out["g_idx"] = src.read(f"{prefix}.g_idx")
+    return out
+
+
+def _gptq_row(
+    src: TensorSource, prefix: str, present: set[str], rows: range, cfg: QuantizationConfig
+) -> dict[str, torch.Tensor]:
+    words, per = _block(cfg.bits)
+    k0, k1 = rows.start, rows.stop
+    if k0 % per or k1 % per:
+        raise ShardingError(
+            f"tensor parallel: {prefix}: row split [{k0}, {k1}) of K does not fall on whole qweight words "
+            f"({per} {cfg.bits}-bit values per {words} int32 word(s))"
+        )
+    out = {"qweight": src.read(f"{prefix}.qweight", 0, k0 // per * words, k1 // per * words)}
+    groups = _row_groups(src, prefix, present, rows, cfg)
+    for p in ("scales", "qzeros"):
+        if p in present or p == "scales":
+            out[p] = _pick_rows(src, f"{prefix}.{p}", groups.global_ids)
+    if "g_idx" in present:
+        out["g_idx"] = groups.local_g_idx
+    return out
+
+
+@dataclass
+class _Groups:
+    global_ids: list[int]  # the global groups this rank's rows use, ascending
+    local_g_idx: torch.Tensor  # g_idx of the rank's rows, renumbered into global_ids
+
+
+def _row_groups(
+    src: TensorSource, prefix: str, present: set[str], rows: range, cfg: QuantizationConfig
+) -> _Groups:
+    words, per = _block(cfg.bits)
+    k0, k1, k = rows.start, rows.stop, src.shape(f"{prefix}.qweight")[0] // words * per
+    if cfg.group_size == -1:  # one group for every row: each rank keeps it whole
+        return _Groups([0], torch.zeros(k1 - k0, dtype=torch.int32))
+    gs = cfg.group_size
+    if "g_idx" in present and cfg.desc_act:
+        g_idx = src.read(f"{prefix}.g_idx").to(torch.int64)
+    else:
+        g_idx = torch.arange(k, dtype=torch.int64) // gs
+    mine = g_idx[k0:k1]
+    ids = torch.unique(mine)
+    outside = torch.cat([g_idx[:k0], g_idx[k1:]])
+    if (cut := ids[torch.isin(ids, outside)]).numel():
+        g = int(cut[0])
+        where = sorted({int(i) for i in (g_idx == g).nonzero().flatten()})
+        raise GroupSplitError(
+            f"tensor parallel: {prefix}: the row split [{k0}, {k1}) of K={k} cuts GPTQ group {g} "
+            f"(group_size {gs}; its rows {where[:4]}{'...' if len(where) > 4 else ''} lie on both sides); "
+            f"row-parallel layers need each group's rows on one rank"
+        )
+    want = cfg.num_groups(k1 - k0)
+    if ids.numel() != want:
+        raise GroupSplitError(
+            f"tensor parallel: {prefix}: rows [{k0}, {k1}) use {ids.numel()} GPTQ groups, but a shard of "
+            f"{k1 - k0} rows holds {want} (group_size {gs})"
+        )
+    local = torch.searchsorted(ids, mine).to(torch.int32)
+    return _Groups([int(i) for i in ids], local)
+
+
+def _pick_rows(src: TensorSource, name: str, ids: list[int]) -> torch.Tensor:
+    lo, hi = ids[0], ids[-1] + 1
+    block = src.read(name, 0, lo, hi)
+    if hi - lo == len(ids):
+        return block.contiguous()
+    return block.index_select(0, torch.tensor([i - lo for i in ids])).contiguous()
