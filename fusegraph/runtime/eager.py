@@ -21,6 +21,8 @@ from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering import to_fx
 from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.runtime.fold import fold_constants
+from fusegraph.runtime.input_checks import InputChecks, check_weights
 from fusegraph.runtime.write_guard import write_guards
 
 
@@ -31,7 +33,9 @@ class CompiledGraph:
         graph: the compiled graph (a clone; later edits to the caller's graph do not apply).
         device: the torch device string the graph runs on ("cpu" or "cuda[:N]").
         module: the `torch.fx.GraphModule` that runs (`to_fx(mode="custom", inplace=True)`).
-        weights: the bound weight tensors on `device`, in `graph.weights` order.
+
+    The weights are checked, moved to `device` and bound into `module` as buffers once;
+    everything computed from weights and constants alone is folded then (`fold_constants`).
     """
 
     def __init__(
@@ -47,48 +51,46 @@ class CompiledGraph:
         self.device = device
         self.input_types = [cast(TensorType | BufferType, a.type) for a in self.graph.block.args]
         self.num_outputs = len(self.graph.outputs)
-        self.weights = bind_weights(self.graph.weights, weights or {}, device)
+        bound = bind_weights(self.graph.weights, weights or {}, device)
+        check_weights(self.graph, dict(zip(self.graph.weights, bound)))  # g_idx range, finite scales
         if torch.device(device).type == "cuda":
             load_cuda_kernels()
-        self.module = hoist_constants(to_fx(self.graph, mode="custom", inplace=True, device=device))
+        self.module = fold_constants(
+            to_fx(self.graph, mode="custom", inplace=True, device=device),
+            dict(zip(self.graph.weights, bound)),
+            weight_dims(self.graph.weights, bound),
+        )
+        del bound  # the module keeps what it reads
         self._cuda_graphs = CudaGraphRunner(self.module, device) if cuda_graphs else None
         self._write_guards = write_guards(self.graph)
+        # The shared host checks (input_checks.py, also run by IREE); CUDA: see the write guards.
+        self._input_checks = InputChecks.for_graph(self.graph, strict=False) if device == "cpu" else None
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph. Buffer inputs are updated in place; returns the graph outputs."""
         dims = check_inputs(self.input_types, inputs, self.device)
+        if self._input_checks is not None:
+            self._input_checks.check(inputs, dims)
         for guard in self._write_guards:  # kernels and graph replays run no per-op check
             guard.check(inputs, dims)
         if self._cuda_graphs is not None:
-            outputs = self._cuda_graphs.run(inputs, self.weights, self.input_types)
+            outputs = self._cuda_graphs.run(inputs, self.input_types)
         else:
-            outputs = self.module(*inputs, *self.weights)
+            outputs = self.module(*inputs)
         return tuple(outputs[: self.num_outputs])
 
     def __repr__(self) -> str:
         return f"CompiledGraph({self.graph.name!r}, backend='eager', device={self.device!r})"
 
 
-def hoist_constants(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Compute operand-free fg ops (`fg.constant`) once and keep them as module buffers.
-
-    Creating them per call would copy host data to the device on every step, which also
-    makes the module impossible to capture as a CUDA graph.
-    """
-    for node in list(gm.graph.nodes):
-        op = getattr(node.target, "fg_op", None)
-        if node.op != "call_function" or op is None or op.operands or len(op.results) != 1:
-            continue
-        if any(not d.is_static for d in op.results[0].type.shape):
-            continue
-        name = f"_const_{node.name}"
-        gm.register_buffer(name, node.target())
-        with gm.graph.inserting_before(node):
-            node.replace_all_uses_with(gm.graph.get_attr(name))
-        gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
+def weight_dims(expected: Mapping[str, TensorType], bound: Sequence[torch.Tensor]) -> dict[str, int]:
+    """The symbolic dims that the bound weights' shapes fix (name -> size)."""
+    dims: dict[str, int] = {}
+    for t, value in zip(expected.values(), bound):
+        for d, size in zip(t.shape, value.shape):
+            if d.is_symbolic:
+                dims.setdefault(d.name, int(size))
+    return dims
 
 
 def _check_device(device: str) -> None:
@@ -217,14 +219,12 @@ class CudaGraphRunner:
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor | None], Any]] = {}
 
-    def run(
-        self, inputs: Sequence[torch.Tensor], weights: list[torch.Tensor], types: Sequence[Any]
-    ) -> Sequence[torch.Tensor]:
+    def run(self, inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> Sequence[torch.Tensor]:
         """Replay the graph captured for these input shapes, capturing it on first use."""
         key = _shape_key(inputs, types)
         if (entry := self.captured.get(key)) is None:
-            outputs = self._warm_up(inputs, weights)
-            self.captured[key] = self._capture(inputs, weights, types)
+            outputs = self._warm_up(inputs)
+            self.captured[key] = self._capture(inputs, types)
             return outputs
         graph, static_inputs, static_outputs = entry
         for static, x in zip(static_inputs, inputs):
@@ -233,17 +233,15 @@ class CudaGraphRunner:
         graph.replay()
         return [o.clone() for o in static_outputs]
 
-    def _warm_up(self, inputs: Sequence[torch.Tensor], weights: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+    def _warm_up(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            outputs = self.module(*inputs, *weights)
+            outputs = self.module(*inputs)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         return outputs
 
-    def _capture(
-        self, inputs: Sequence[torch.Tensor], weights: list[torch.Tensor], types: Sequence[Any]
-    ) -> tuple:
+    def _capture(self, inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> tuple:
         static_inputs: list[torch.Tensor | None] = [
             None if isinstance(t, BufferType) else x.clone() for x, t in zip(inputs, types)
         ]
@@ -251,7 +249,7 @@ class CudaGraphRunner:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                static_outputs = self.module(*args, *weights)
+                static_outputs = self.module(*args)
         except RuntimeError as err:
             shapes = [list(x.shape) for x in inputs]
             raise RuntimeError(
