@@ -1,7 +1,8 @@
 """Compile-time folding: everything computed from weights and constants alone runs once.
 
 The eager runtime binds the weights into the module and then evaluates, once, every op whose
-operands all derive from weights or constants (and that writes no buffer): `fg.constant`s, a
+operands all derive from weights or constants and that has no side effect (no buffer
+write, no collective: xDSL's `is_side_effect_free`): `fg.constant`s, a
 GPTQ repack of the checkpoint tensors, a weight transposed or concatenated by a pass. Each
 value that the per-call part of the graph still reads is kept as a module buffer; weights
 that only fed folded ops are dropped, so the module holds each byte once.
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torch.fx
 from torch.fx.node import map_arg
+from xdsl.traits import is_side_effect_free
 
 from fusegraph.compiler.types import BufferType
 
@@ -78,7 +80,9 @@ def _foldable_call(
     if node.target in _PURE_TARGETS:
         return (args, {}) if not node.kwargs else None
     op = getattr(node.target, "fg_op", None)
-    if op is None or any(isinstance(v.type, BufferType) for v in (*op.operands, *op.results)):
+    if op is None or not is_side_effect_free(op):  # a collective or a buffer write runs per call
+        return None
+    if any(isinstance(v.type, BufferType) for v in (*op.operands, *op.results)):
         return None
     needed = set().union(*(d.symbols for v in (*op.operands, *op.results) for d in v.type.shape))
     kwargs: dict[str, Any] = {}
