@@ -18,7 +18,7 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -62,21 +62,48 @@ def load_gptq_checkpoint(path: str | Path, prefix: str = "") -> GPTQCheckpoint:
     config = read_quantization_config(folder)
     tensors: dict[str, torch.Tensor] = {}
     for file in _safetensors_files(folder):
-        tensors.update(load_file(str(file)))
+        tensors.update(_load_safetensors(file))
     if prefix:
         tensors = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
     validate_gptq_tensors(tensors, config)
     return GPTQCheckpoint(config, tensors)
 
 
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """`load_file`, with any failure (empty, truncated, not safetensors) naming the file."""
+    try:
+        return load_file(str(file))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own and OS errors
+        size = file.stat().st_size if file.exists() else 0
+        raise CheckpointError(
+            f"{file}: not a readable safetensors file ({size} bytes; empty, truncated or another "
+            f"format?): {type(err).__name__}: {err}"
+        ) from None
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_quantization_config(folder: Path) -> QuantizationConfig:
     """The QuantizationConfig of `quantize_config.json`, else of `config.json`'s entry."""
+    data: Any
     if (file := folder / "quantize_config.json").is_file():
-        data = json.loads(file.read_text())
+        data = _read_json(file)
     elif (file := folder / "config.json").is_file():
-        data = json.loads(file.read_text()).get("quantization_config")
+        data = _read_json(file).get("quantization_config")
         if data is None:
             raise CheckpointError(f"{file}: no 'quantization_config' entry; is this a GPTQ checkpoint?")
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{file}: 'quantization_config' must be an object, got {type(data).__name__}"
+            )
     else:
         raise CheckpointError(f"{folder}: neither quantize_config.json nor config.json found")
     try:
@@ -125,13 +152,20 @@ def _check_projection(proj: str, t: Mapping[str, torch.Tensor], cfg: Quantizatio
         raise CheckpointError(
             f"tensor '{proj}.scales': dtype {scales.dtype}, expected one of {_SCALE_DTYPES}"
         )
-    if qweight.dim() != 2 or qweight.shape[0] * 32 % cfg.bits:
-        raise CheckpointError(
-            f"tensor '{proj}.qweight': shape {list(qweight.shape)} is not [K*{cfg.bits}/32, N]"
-        )
-    k, n = qweight.shape[0] * 32 // cfg.bits, qweight.shape[1]
+    for name, tensor, rank in (
+        ("qweight", qweight, 2),
+        ("qzeros", qzeros, 2),
+        ("scales", scales, 2),
+        ("g_idx", g_idx, 1),
+    ):
+        if tensor.dim() != rank:
+            raise CheckpointError(
+                f"tensor '{proj}.{name}': rank {tensor.dim()} (shape {list(tensor.shape)}), expected {rank}"
+            )
+    k, n = _projection_dims(proj, qweight, scales, g_idx, cfg)
     groups = cfg.num_groups(k)
     expected = {
+        "qweight": [k * cfg.bits // 32, n],
         "qzeros": [groups, n * cfg.bits // 32],
         "scales": [groups, n],
         "g_idx": [k],
@@ -141,13 +175,41 @@ def _check_projection(proj: str, t: Mapping[str, torch.Tensor], cfg: Quantizatio
             got = list(t[f"{proj}.{name}"].shape)
             raise CheckpointError(
                 f"tensor '{proj}.{name}': shape {got}, expected {want} "
-                f"(K={k}, N={n} from qweight {list(qweight.shape)}, bits={cfg.bits}, group_size={cfg.group_size})"
+                f"(K={k}, N={n} from qweight {list(qweight.shape)}, g_idx {list(g_idx.shape)} and "
+                f"scales {list(scales.shape)}; bits={cfg.bits}, group_size={cfg.group_size})"
             )
     if g_idx.numel() and (int(g_idx.min()) < 0 or int(g_idx.max()) >= groups):
         raise CheckpointError(
             f"tensor '{proj}.g_idx': values must lie in [0, {groups}), "
             f"got min {int(g_idx.min())}, max {int(g_idx.max())}"
         )
+    if not bool(torch.isfinite(scales).all()):
+        bad = torch.nonzero(~torch.isfinite(scales))[0].tolist()
+        raise CheckpointError(
+            f"tensor '{proj}.scales': scales must be finite, but entry {bad} is {scales[tuple(bad)].item()}"
+        )
+
+
+def _projection_dims(
+    proj: str, qweight: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, cfg: QuantizationConfig
+) -> tuple[int, int]:
+    """K and N of a projection. qweight `[K*bits/32, N]` and g_idx `[K]` each give K; when they
+    disagree, the one whose K is `group_size` times the scales' group count is trusted (so the
+    caller blames the other), and if that does not decide it the error names both."""
+    n, k_g = scales.shape[1], g_idx.shape[0]
+    rows = qweight.shape[0]
+    k_q = rows * 32 // cfg.bits if rows * 32 % cfg.bits == 0 else None
+    if k_q is None or k_q == k_g:
+        return k_g, n
+    groups, size = scales.shape[0], cfg.group_size
+    fits = [k for k in (k_q, k_g) if size != -1 and k % size == 0 and k // size == groups]
+    if len(fits) == 1:
+        return fits[0], n
+    raise CheckpointError(
+        f"GPTQ checkpoint: projection {proj!r}: qweight {list(qweight.shape)} gives K={k_q} "
+        f"(bits={cfg.bits}) but g_idx {list(g_idx.shape)} gives K={k_g}; scales {list(scales.shape)} "
+        f"(group_size={cfg.group_size}) do not decide which is wrong"
+    )
 
 
 def _check_zero_format(proj: str, qzeros: torch.Tensor, cfg: QuantizationConfig) -> None:
