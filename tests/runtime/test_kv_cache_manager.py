@@ -1,5 +1,5 @@
-"""PagedKVCacheManager: claiming and releasing blocks, step metadata, refusals, gather, and
-one ragged prefill + decode run through a compiled graph."""
+"""PagedKVCacheManager: on-demand blocks, step metadata, refusals, gather, and one ragged
+prefill + decode run through a compiled graph. Prefix sharing: test_kv_prefix_sharing.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 import fusegraph
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.runtime import PagedKVCacheManager
+from fusegraph.runtime.kv_cache_manager import KVCacheFullError
 from tests.ops.paged_reference import NO_BLOCK, dense_attention, freqs_table, rope_reference
 
 CPU = DeviceRef.CPU()
@@ -48,42 +49,97 @@ def test_manager__refuses_params_without_the_cache_fields() -> None:
         PagedKVCacheManager(SimpleNamespace(dtype=DType.float32, n_kv_heads=1, head_dim=2, num_layers=1), 4)
 
 
-def test_manager__claim_reserves_ceil_pages_and_release_returns_them() -> None:
+def test_manager__claim_reserves_nothing_and_prepare_allocates_on_demand() -> None:
     m = PagedKVCacheManager(_params(page_size=4), num_blocks=6)
-    a, b = m.claim(max_len=5), m.claim(max_len=4)
-    assert (a, b) != (b, a) and m.free_blocks == 3
+    a, b = m.claim(max_len=4096), m.claim()
+    assert a != b and m.free_blocks == 6
+    m.prepare([a, b], [5, 1])
+    assert m.pages(a) == [0, 1] and m.pages(b) == [2] and m.free_blocks == 3
+    m.commit([a, b], [5, 1])
+    m.prepare([a, b], [4, 2])  # a's positions 5..8 fill page 1 and start page 2; b stays in its page
+    assert m.pages(a) == [0, 1, 3] and m.pages(b) == [2]
+    m.commit([a, b], [4, 2])
     m.release(a)
     assert m.free_blocks == 5
     with pytest.raises(ValueError, match="release: unknown sequence 0"):
         m.release(a)
 
 
-def test_manager__claim_refuses_when_blocks_run_out() -> None:
+def test_manager__a_full_cache_raises_a_named_error_and_changes_nothing() -> None:
     m = PagedKVCacheManager(_params(page_size=4), num_blocks=3)
-    m.claim(max_len=8)
+    a, b = m.claim(), m.claim()
+    m.prepare([a], [8])
+    m.commit([a], [8])
     with pytest.raises(
-        ValueError, match=r"claim: max_len=5 needs 2 blocks of 4 tokens, but only 1 of 3 are free"
-    ):
-        m.claim(max_len=5)
-    assert m.free_blocks == 1
+        KVCacheFullError, match=r"the step needs 2 more blocks but only 1 of 3 are free"
+    ) as err:
+        m.prepare([a, b], [1, 1])
+    assert (err.value.needed, err.value.free) == (2, 1)
+    assert m.pages(a) == [0, 1] and m.pages(b) == [] and m.free_blocks == 1
+    with pytest.raises(ValueError, match="commit: sequence 0 has no prepared step"):
+        m.commit([a], [1])
+    assert m.length(a) == 8
+
+
+def test_manager__claim_refuses_a_non_integer_max_len() -> None:
+    m = PagedKVCacheManager(_params(), num_blocks=4)
+    for bad in (2.5, 0, -1, True):
+        with pytest.raises(ValueError, match=r"claim: max_len must be an int >= 1 \(or None\), got max_len="):
+            m.claim(max_len=bad)  # type: ignore[arg-type]
+    assert m.sequences == []
+
+
+def test_manager__commit_refuses_without_prepare_or_with_other_counts() -> None:
+    m = PagedKVCacheManager(_params(), num_blocks=8)
+    seqs = [m.claim(), m.claim()]
+    with pytest.raises(ValueError, match="commit: sequence 0 has no prepared step; call prepare first"):
+        m.commit(seqs, [1, 1])
+    m.prepare(seqs, [3, 1])
+    with pytest.raises(ValueError, match="commit: sequence 1 was prepared with 1 tokens, not 2"):
+        m.commit(seqs, [3, 2])
+    with pytest.raises(ValueError, match=r"prepare: sequence 0: token count must be an int >= 0, got 2.5"):
+        m.prepare(seqs, [2.5, 1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"commit: sequence 1: token count must be an int >= 0, got 1.0"):
+        m.commit(seqs, [3, 1.0])  # type: ignore[list-item]
+    assert [m.length(s) for s in seqs] == [0, 0]
+    m.commit(seqs, [3, 1])
+    assert [m.length(s) for s in seqs] == [3, 1]
+    with pytest.raises(ValueError, match="commit: sequence 0 has no prepared step"):
+        m.commit(seqs, [3, 1])  # a step commits once
 
 
 def test_manager__prepare_builds_ragged_metadata() -> None:
     m = PagedKVCacheManager(_params(page_size=4), num_blocks=8)
     seqs = [m.claim(max_len=8), m.claim(max_len=3)]
+    m.prepare(seqs, [2, 1])
     m.commit(seqs, [2, 1])
     batch = m.prepare(seqs, [5, 1])
     assert batch.row_offsets.dtype == torch.uint32
     assert batch.row_offsets.tolist() == [0, 5, 6]
     assert batch.cache_lengths.tolist() == [2, 1]
-    assert batch.lookup_table.to(torch.int64).tolist() == [[0, 1], [2, NO_BLOCK]]
+    assert batch.lookup_table.to(torch.int64).tolist() == [[0, 2], [1, NO_BLOCK]]
     assert batch.kv_inputs[0] is m.kv_blocks
     assert batch.kv_inputs[1:] == (batch.cache_lengths, batch.lookup_table)
 
 
-def test_manager__prepare_refuses_a_step_past_the_reserved_length() -> None:
+def test_manager__prepare_pads_rows_into_a_scratch_page_and_widens_the_lookup() -> None:
+    m = PagedKVCacheManager(_params(page_size=4), num_blocks=8)
+    s = m.claim()
+    batch = m.prepare([s], [1], pad_to=3, lookup_width=4)
+    scratch = int(batch.lookup_table[1, 0])
+    assert scratch not in m.pages(s) and m.free_blocks == 6
+    assert batch.row_offsets.tolist() == [0, 1, 2, 3] and batch.cache_lengths.tolist() == [0, 0, 0]
+    assert batch.lookup_table.to(torch.int64).tolist() == [
+        [0, NO_BLOCK, NO_BLOCK, NO_BLOCK],
+        [scratch, NO_BLOCK, NO_BLOCK, NO_BLOCK],
+        [scratch, NO_BLOCK, NO_BLOCK, NO_BLOCK],
+    ]
+
+
+def test_manager__prepare_refuses_a_step_past_max_len() -> None:
     m = PagedKVCacheManager(_params(page_size=4), num_blocks=8)
     seqs = [m.claim(max_len=8), m.claim(max_len=6)]
+    m.prepare(seqs, [1, 4])
     m.step(seqs, [1, 4])
     with pytest.raises(
         ValueError, match=r"prepare: sequence 1 holds 4 tokens; 3 more would reach position 6, past"
@@ -101,12 +157,16 @@ def test_manager__prepare_refuses_mismatched_arguments() -> None:
         m.prepare([s], [1, 1])
     with pytest.raises(ValueError, match="prepare: a sequence appears twice"):
         m.prepare([s, s], [1, 1])
+    with pytest.raises(ValueError, match="prepare: sequence 0: 2 tokens but 1 token ids"):
+        m.prepare([s], [2], token_ids=[[7]])
 
 
 def test_manager__gather_reads_positions_across_pages() -> None:
     m = PagedKVCacheManager(_params(page_size=2), num_blocks=8)
-    m.claim(max_len=2)  # so the next sequence's pages do not start at block 0
+    first = m.claim(max_len=2)  # so the next sequence's pages do not start at block 0
+    m.prepare([first], [2])
     s = m.claim(max_len=5)
+    m.prepare([s], [5])
     m.commit([s], [5])
     for p in range(5):
         m.kv_blocks[1 + p // 2, 0, 1, p % 2] = p
