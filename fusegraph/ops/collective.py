@@ -183,14 +183,15 @@ def all_gather(x: torch.Tensor, axis: int, group: str, world_size: int) -> torch
     from fusegraph.distributed.groups import get_group
 
     pg = get_group(group, world_size=world_size, op="fg.allgather")
-    # all_gather_into_tensor stacks along dim 0: gather [world, *x.shape], then move the
-    # rank dim next to `axis` and merge the two.
+    # The single-tensor all-gather concatenates along dim 0: gather [world * d0, ...], view
+    # it as [world, *x.shape], then move the rank dim next to `axis` and merge the two.
     src = x.contiguous()
-    stacked = torch.empty((world_size, *src.shape), dtype=src.dtype, device=src.device)
-    dist.all_gather_into_tensor(stacked, src, group=pg)
+    gathered = src.new_empty((world_size * src.shape[0], *src.shape[1:]))
+    gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # torch < 2.12
+    gather_single(gathered, src, group=pg)
     shape = list(src.shape)
     shape[axis] *= world_size
-    return stacked.movedim(0, axis).reshape(shape).contiguous()
+    return gathered.reshape(world_size, *src.shape).movedim(0, axis).reshape(shape).contiguous()
 
 
 @all_gather.register_fake

@@ -1,0 +1,38 @@
+"""Rank functions for the multi-process tests (module level, so spawn can pickle them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.distributed import CollectiveError, RankInfo
+from fusegraph.runtime import compile as fg_compile
+
+
+def _x(rank: int) -> torch.Tensor:
+    return torch.arange(12, dtype=torch.float32).reshape(3, 4) * (rank + 1) + 0.25 * rank
+
+
+def collectives(info: RankInfo) -> dict[str, Any]:
+    """Run allreduce and allgather (axes 0 and 1) in one graph; and a graph built for the
+    wrong world size."""
+    n = info.world_size
+    with Graph("tp", input_types=[TensorType(DType.float32, ["rows", 4], DeviceRef.CPU())]) as g:
+        (x,) = g.inputs
+        g.output(
+            ops.allreduce(x, world_size=n),
+            ops.allreduce(x, world_size=n),  # a second, identical exchange
+            ops.allgather(x, axis=1, world_size=n),
+            ops.allgather(x, axis=0, world_size=n),
+        )
+    outs = fg_compile(g, device="cpu")(_x(info.rank))
+    with Graph("wrong", input_types=[TensorType(DType.float32, [3, 4], DeviceRef.CPU())]) as bad:
+        bad.output(ops.allreduce(bad.inputs[0], world_size=n + 2))
+    try:
+        fg_compile(bad, device="cpu")(_x(info.rank))
+        error = ""
+    except CollectiveError as err:
+        error = str(err)
+    return {"outs": [o.clone() for o in outs], "error": error}
