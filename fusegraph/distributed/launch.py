@@ -119,7 +119,7 @@ def launch(
     strategy = ShardingStrategy.tensor_parallel(world_size, devices)  # checks len(devices)
     if start_method not in ("spawn", "fork"):
         raise ValueError(f"launch: start_method must be 'spawn' or 'fork', got {start_method!r}")
-    ctx = mp.get_context(start_method)
+    ctx: Any = mp.get_context(start_method)
     results = ctx.SimpleQueue()
     port = _free_port()
     procs = [
