@@ -1,0 +1,64 @@
+"""`DecodeGraphs`: CUDA graphs of a model's decode step, one per batch-size bucket.
+
+A decode step feeds one token per sequence, so its shapes depend on the batch size only
+(the lookup table has a fixed width). The batch is padded up to the next bucket (the
+manager's padding rows write a private scratch page), and the graph captured for that
+bucket is replayed. Prefill and mixed steps run the model normally.
+
+Example:
+    >>> graphs = DecodeGraphs.for_model(compiled, buckets=(1, 2, 4, 8), max_batch_size=8)
+    >>> bucket = graphs.bucket([1, 1, 1])  # 4
+    >>> (logits,) = graphs.run(inputs_padded_to_4)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+class DecodeGraphs:
+    """Captures `model.module` per bucket through the eager runtime's `CudaGraphRunner`."""
+
+    def __init__(self, model: Any, buckets: Sequence[int]) -> None:
+        from fusegraph.runtime.eager import CudaGraphRunner
+
+        self.model = model
+        self.buckets = sorted(set(buckets))
+        self.runner = CudaGraphRunner(model.module, model.device)
+        # The runner's run() takes the bound weights unless the module holds them itself.
+        self._takes_weights = "weights" in inspect.signature(self.runner.run).parameters
+
+    @classmethod
+    def for_model(cls, model: Any, buckets: Sequence[int] | None, max_batch_size: int) -> DecodeGraphs | None:
+        """Graphs for an eager model on CUDA; None elsewhere (or with no buckets).
+
+        Raises:
+            ValueError: a bucket is not an int >= 1.
+        """
+        if not buckets:
+            return None
+        if bad := [b for b in buckets if not isinstance(b, int) or isinstance(b, bool) or b < 1]:
+            raise ValueError(f"Generator: cuda_graph_batch_sizes must be ints >= 1, got {bad}")
+        from fusegraph.runtime.eager import CompiledGraph
+
+        if not isinstance(model, CompiledGraph) or torch.device(model.device).type != "cuda":
+            return None
+        usable = [b for b in buckets if b < max_batch_size] + [min(max(buckets), max_batch_size)]
+        return cls(model, usable)
+
+    def bucket(self, counts: Sequence[int]) -> int | None:
+        """The bucket a step of these token counts replays, or None (not a pure decode step,
+        or more sequences than the largest bucket)."""
+        if any(n != 1 for n in counts):
+            return None
+        return next((b for b in self.buckets if b >= len(counts)), None)
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """Replay (capturing on first use) the graph for these padded inputs."""
+        if self._takes_weights:
+            return self.runner.run(inputs, self.model.weights, self.model.input_types)  # type: ignore[call-arg]
+        return self.runner.run(inputs, self.model.input_types)
