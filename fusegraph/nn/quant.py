@@ -113,7 +113,7 @@ def _check_choice(field: str, value: Any, allowed: tuple[Any, ...]) -> None:
     kind = type(allowed[0])
     if isinstance(value, bool) or type(value) is not kind:
         raise ValueError(
-            f"QuantizationConfig: {field} must be a {kind.__name__}, got {value!r} "
+            f"QuantizationConfig: {field} must be of type {kind.__name__}, got {value!r} "
             f"({type(value).__name__}); allowed: {list(allowed)}"
         )
     if value not in allowed:

@@ -1,0 +1,220 @@
+"""Bad runtime metadata x {eager, IREE} x {fused, unfused}: every backend refuses every case
+before writing anything, with the same message, and the whole KV cache stays byte-identical.
+
+One IREE compile per graph per module (1 layer, tiny shapes). A good call on the same inputs
+shape runs on both backends, so the refusals are not an artefact of a broken setup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import fusegraph
+from fusegraph import DeviceRef, DType, TensorType
+from fusegraph.nn import GPTQLinear, QuantizationConfig
+from fusegraph.nn.checkpoint import quantize_gptq_projections
+from fusegraph.ops._ragged import NO_BLOCK
+from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
+
+pytest.importorskip("iree.compiler")
+pytest.importorskip("iree.runtime")
+
+U32 = torch.uint32
+CACHE_SHAPE = [SMALL.num_blocks, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["fused", "unfused"])
+def backends(request, tmp_path_factory):  # noqa: ANN001, ANN201
+    graph = gptq_attention_graph(1, fused=request.param)
+    weights = gptq_attention_weights(graph)
+    cache_dir = tmp_path_factory.mktemp("iree")
+    return SimpleNamespace(
+        fused=request.param,
+        eager=fusegraph.compile(graph, backend="eager", device="cpu", weights=weights, pipeline=None),
+        iree=fusegraph.compile(
+            graph, backend="iree", device="cpu", weights=weights, cache_dir=cache_dir, pipeline=None
+        ),
+    )
+
+
+@dataclass
+class Call:
+    """The inputs of one call: x [T, hidden], row offsets, kv_blocks, cache lengths, lookup."""
+
+    rows: int
+    row_offsets: list[int]
+    cache_lengths: list[int]
+    lookup: list[list[int]]
+    kv: Callable[[], torch.Tensor] | None = None
+
+    def inputs(self, cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = torch.randn(self.rows, SMALL.hidden, generator=torch.Generator().manual_seed(1))
+        meta = [torch.tensor(v, dtype=torch.int64).to(U32) for v in (self.row_offsets, self.cache_lengths)]
+        lookup = torch.tensor(self.lookup, dtype=torch.int64).to(U32)
+        return x, meta[0], cache, meta[1], lookup
+
+
+def _sentinel_cache() -> torch.Tensor:
+    return torch.randn(CACHE_SHAPE, generator=torch.Generator().manual_seed(7))
+
+
+def _good() -> Call:
+    """Sequence 0: 5 cached, 3 new; sequence 1: 2 cached, 1 new; 4 pages of 4 each."""
+    return Call(4, [0, 3, 4], [5, 2], [[0, 1, 2, 3], [4, 5, 6, 7]])
+
+
+def _with(**changes: object) -> Call:
+    call = _good()
+    for k, v in changes.items():
+        setattr(call, k, v)
+    return call
+
+
+def _strided_cache() -> torch.Tensor:
+    wide = torch.zeros([*CACHE_SHAPE[:-1], 2 * SMALL.head_dim])
+    view = wide[..., ::2]
+    view.copy_(_sentinel_cache())
+    return view
+
+
+_NO = NO_BLOCK
+_LONG_ROW = list(range(20))  # 80 tokens of capacity: more than the rope table's 64 positions
+# case -> (the call, the message it must be refused with): {op} is the first ragged op, {rope}
+# the first rope, {store} the first cache write (the unfused chain runs rope before the stores)
+CASES: dict[str, tuple[Call, str]] = {
+    "overflow_past_lookup_row": (
+        _with(cache_lengths=[14, 2]),
+        r"{store}: sequence 0 would reach position 16, past its capacity of 16 tokens \(4 pages of 4",
+    ),
+    "overflow_into_an_unused_page": (
+        _with(cache_lengths=[7, 2], lookup=[[0, 1, _NO, _NO], [4, 5, 6, 7]]),
+        r"{store}: sequence 0 would reach position 9, past its capacity of 8 tokens .*entry 2 is 4294967295",
+    ),
+    "cache_length_100000": (
+        _with(cache_lengths=[100000, 2]),
+        r"{rope}: sequence 0 reaches position 100002, past the rope table's 64 positions .*max_seq_len",
+    ),
+    "position_past_rope_table_within_capacity": (
+        Call(4, [0, 3, 4], [62, 2], [_LONG_ROW, [20, 21, 22, 23] + [_NO] * 16]),
+        r"{rope}: sequence 0 reaches position 64, past the rope table's 64 positions",
+    ),
+    "lookup_entry_past_the_cache": (
+        _with(cache_lengths=[5, 4], lookup=[[0, 1, 2, 3], [4, 99, 6, 7]]),
+        r"{store}: sequence 1 would reach position 4, past its capacity of 4 tokens .*entry 1 is 99, "
+        r"past num_blocks 24",
+    ),
+    "two_sequences_write_one_block": (
+        _with(lookup=[[0, 1, 2, 3], [1, 5, 6, 7]]),
+        r"{store}: sequences 0 and 1 both write block 1 of kv_blocks",
+    ),
+    "row_offsets_not_from_zero": (
+        _with(row_offsets=[1, 3, 4]),
+        r"{op}: input_row_offsets \[1, 3, 4\] must rise from 0 to the 4 rows",
+    ),
+    "row_offsets_falling": (
+        _with(row_offsets=[0, 5, 4]),
+        r"{op}: input_row_offsets \[0, 5, 4\] must rise from 0",
+    ),
+    "row_offsets_past_the_rows": (
+        _with(row_offsets=[0, 3, 6]),
+        r"{op}: input_row_offsets \[0, 3, 6\] must rise from 0 to the 4 rows",
+    ),
+    "row_offsets_of_length_batch": (
+        _with(row_offsets=[0, 4]),
+        r"{op}: input_row_offsets has 2 entries; it needs batch \+ 1 = 3",
+    ),
+    "kv_blocks_not_contiguous": (
+        _with(kv=_strided_cache),
+        r"input 2: the buffer must be contiguous",
+    ),
+}
+
+
+def _message(pattern: str, fused: bool) -> str:
+    first = "fg.rope_split_store" if fused else "fg.rope"
+    store = "fg.rope_split_store" if fused else "fg.kv_cache.store"
+    return pattern.format(op=re.escape(first), rope=re.escape(first), store=re.escape(store))
+
+
+def _refusal(model: object, call: Call) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(the error message, the cache before, the cache after) for a refused call."""
+    cache = call.kv() if call.kv is not None else _sentinel_cache()
+    before = cache.clone()
+    with pytest.raises(ValueError) as info:
+        model(*call.inputs(cache))  # type: ignore[operator]
+    return str(info.value), before, cache
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_backend_refuses_bad_metadata_alike_and_writes_nothing(backends, case: str) -> None:
+    call, pattern = CASES[case]
+    messages = {}
+    for name in ("eager", "iree"):
+        message, before, after = _refusal(getattr(backends, name), call)
+        assert re.search(_message(pattern, backends.fused), message), f"{name}: {message}"
+        assert torch.equal(before.view(torch.int32), after.view(torch.int32)), f"{name} wrote the cache"
+        messages[name] = message
+    assert messages["eager"] == messages["iree"]
+
+
+def test_the_good_call_runs_on_both_backends_and_writes_only_its_rows(backends) -> None:
+    call = _good()
+    results = {}
+    for name in ("eager", "iree"):
+        cache = _sentinel_cache()
+        (y,) = getattr(backends, name)(*call.inputs(cache))
+        results[name] = (y, cache)
+    torch.testing.assert_close(results["iree"][0], results["eager"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results["iree"][1], results["eager"][1], atol=1e-5, rtol=1e-5)
+    # Sequence 0 writes positions 5..7 (block 1, slots 1..3), sequence 1 position 2 (block 4, slot 2).
+    changed = (results["iree"][1] != _sentinel_cache()).flatten(4).any(-1)  # [blocks, 2, layers, slots]
+    written = {(b, s) for b, _, _, s in changed.nonzero().tolist()}
+    assert written == {(1, 1), (1, 2), (1, 3), (4, 2)}
+
+
+# --- weights: g_idx range and finite scales, checked once when weights are bound ---------
+def _act_order_layer() -> tuple[fusegraph.Graph, GPTQLinear, dict[str, torch.Tensor]]:
+    cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
+    layer = GPTQLinear(64, 32, cfg)
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(3))
+    state = {k.removeprefix("p."): v for k, v in quantize_gptq_projections({"p": weight}, cfg).items()}
+    with fusegraph.Graph(
+        "act_order", input_types=[TensorType(DType.float32, ["m", 64], DeviceRef.CPU())]
+    ) as g:
+        g.output(layer(g.inputs[0]))
+    return g, layer, state
+
+
+def _compile(graph: fusegraph.Graph, backend: str, weights: dict, cache_dir: object) -> object:
+    options = {"cache_dir": cache_dir} if backend == "iree" else {}
+    return fusegraph.compile(graph, backend=backend, device="cpu", weights=weights, **options)
+
+
+@pytest.mark.parametrize("bad", [2, -1], ids=["past-groups", "negative"])
+@pytest.mark.parametrize("backend", ["eager", "iree"])
+def test_a_g_idx_out_of_range_is_refused_when_weights_are_bound(backend: str, bad: int, tmp_path) -> None:  # noqa: ANN001
+    graph, layer, state = _act_order_layer()
+    state["g_idx"] = state["g_idx"].clone()
+    state["g_idx"][7] = bad
+    layer.load_state_dict(state)  # shapes and dtypes are right: the values are checked at bind
+    message = rf"weight 'g_idx': g_idx entries must lie in \[0, 2\) .*entry 7 is {bad}"
+    for weights in (layer.state_dict(), state):
+        with pytest.raises(ValueError, match=message):
+            _compile(graph, backend, weights, tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["eager", "iree"])
+def test_non_finite_scales_are_refused_when_weights_are_bound(backend: str, tmp_path) -> None:  # noqa: ANN001
+    graph, _, state = _act_order_layer()
+    state["scales"] = state["scales"].clone()
+    state["scales"][1, 3] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"weight 'scales': scales must be finite, but entry \[1, 3\] is nan"
+    ):
+        _compile(graph, backend, state, tmp_path)
