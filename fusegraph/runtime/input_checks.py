@@ -60,8 +60,10 @@ class MetadataUse:
             `cache_lengths` (`start_pos` for `fg.rope`).
         lookup_table, kv_blocks: graph-input indices for paged ops, else None.
         writes: the op writes `kv_blocks`.
-        max_pos: the rope table's row count (`freqs_cis` dim 0) when static, else None.
+        max_pos: the rope table's positions (`freqs_cis` dim 0 over its stacked tables)
+            when static, else None.
         freqs_input: the graph input that holds `freqs_cis` when it is not a weight.
+        tables: how many tables `freqs_cis` stacks (2 for longrope), to divide dim 0 by.
     """
 
     op: str
@@ -73,6 +75,7 @@ class MetadataUse:
     writes: bool = False
     max_pos: int | None = None
     freqs_input: int | None = None
+    tables: int = 1
 
 
 def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
@@ -99,17 +102,18 @@ def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
                  (("input_row_offsets", ro_i), ("cache_lengths", ln_i))}  # fmt: skip
         lookup = None if lt_i is None else _input_index(op.name, "lookup_table", operands[lt_i])
         kv = None if kv_i is None else _input_index(op.name, "kv_blocks", _buffer_root(operands[kv_i]))
-        max_pos, freqs_input = None, None
+        max_pos, freqs_input, tables = None, None, 1
         if fr_i is not None:
-            freqs = operands[fr_i]
+            # longrope (`long_after`) stacks a short and a long table (ops/_rope_math.py)
+            freqs, tables = operands[fr_i], 2 if "long_after" in op.properties else 1
             if isinstance(freqs, BlockArgument):
                 freqs_input = freqs.index
             elif (d := freqs.type.shape[0]).is_static:  # type: ignore[attr-defined]
-                max_pos = d.value
+                max_pos = d.value // tables
         rows = operands[rows_i].type.shape[0]  # type: ignore[attr-defined]
         use = MetadataUse(
             op.name, rows, index["input_row_offsets"], index["cache_lengths"], lookup, kv,
-            op.name in _WRITES, max_pos, freqs_input,
+            op.name in _WRITES, max_pos, freqs_input, tables,
         )  # fmt: skip
         uses[use] = None
     return list(uses)
@@ -185,7 +189,9 @@ class InputChecks:
             ro, ln = values(use.row_offsets), values(use.lengths)
             _check_row_offsets(use.op, ro, ln, rows)
             if use.max_pos is not None or use.freqs_input is not None:
-                max_pos = use.max_pos if use.max_pos is not None else inputs[use.freqs_input].shape[0]  # type: ignore[index]
+                max_pos = use.max_pos
+                if max_pos is None:
+                    max_pos = inputs[use.freqs_input].shape[0] // use.tables  # type: ignore[index]
                 _check_rope_positions(use.op, ro, ln, max_pos)
             if use.lookup_table is not None and use.kv_blocks is not None:
                 kv = inputs[use.kv_blocks]
