@@ -10,6 +10,7 @@ import torch
 from fusegraph.compiler.graph import Graph
 from fusegraph.runtime.eager import CompiledGraph
 from fusegraph.runtime.kv_cache_manager import Batch, PagedKVCacheManager
+from fusegraph.runtime.pipeline import DEFAULT_PIPELINE, default_pipeline, run_pipeline
 
 _BACKENDS = ("eager", "iree")
 
@@ -20,6 +21,7 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
     device: str = "cpu",
     weights: Mapping[str, torch.Tensor] | None = None,
     cuda_graphs: bool = False,
+    pipeline: str | None = "default",
     **kwargs: Any,
 ) -> Any:
     """Compile `graph` for `backend` on `device`.
@@ -30,6 +32,12 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
         device: "cpu" or "cuda" ("cuda:N" for a specific GPU).
         weights: name -> tensor for every `fg.weight` of the graph, exactly.
         cuda_graphs: eager on CUDA only: capture a CUDA graph per input-shape key and replay.
+        pipeline: the passes run (on a clone) before execution: "default" is
+            `fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce`, plus
+            `gptq-repack` before `dce` for the eager backend on CUDA when that pass is
+            registered (`fusegraph.runtime.pipeline`); None runs the graph as built; any other
+            string is pipeline text (`"cse,dce"`). `model.graph` is the IR that runs and
+            `model.pipeline` the text that ran.
         **kwargs: backend options, passed to the IREE backend.
 
     Returns:
@@ -43,9 +51,15 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
     if backend == "eager":
         if kwargs:
             raise ValueError(f"compile: backend='eager' takes no options {sorted(kwargs)}")
-        return CompiledGraph(graph, device=device, weights=weights, cuda_graphs=cuda_graphs)
+        return CompiledGraph(
+            graph, device=device, weights=weights, cuda_graphs=cuda_graphs, pipeline=pipeline
+        )
     if backend == "iree":
-        return _compile_iree(graph, device=device, weights=weights, cuda_graphs=cuda_graphs, **kwargs)
+        graph.verify()
+        ran, text, _ = run_pipeline(graph, pipeline, "iree", device)
+        model = _compile_iree(ran, device=device, weights=weights, cuda_graphs=cuda_graphs, **kwargs)
+        model.pipeline = text
+        return model
     raise ValueError(f"compile: unknown backend {backend!r}; allowed: {', '.join(_BACKENDS)}")
 
 
@@ -65,4 +79,11 @@ def _compile_iree(graph: Graph, *, cuda_graphs: bool, **kwargs: Any) -> Any:
     return compile_iree(graph, **kwargs)
 
 
-__all__ = ["Batch", "CompiledGraph", "PagedKVCacheManager", "compile"]
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "Batch",
+    "CompiledGraph",
+    "PagedKVCacheManager",
+    "compile",
+    "default_pipeline",
+]

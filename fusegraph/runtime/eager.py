@@ -23,6 +23,7 @@ from fusegraph.compiler.lowering import to_fx
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.runtime.fold import fold_constants
 from fusegraph.runtime.input_checks import InputChecks, check_weights
+from fusegraph.runtime.pipeline import run_pipeline
 from fusegraph.runtime.write_guard import write_guards
 
 
@@ -30,7 +31,10 @@ class CompiledGraph:
     """A graph compiled for the eager backend: `model(*inputs) -> tuple[Tensor, ...]`.
 
     Attributes:
-        graph: the compiled graph (a clone; later edits to the caller's graph do not apply).
+        graph: the graph that runs: a clone of the caller's graph after `pipeline` (later
+            edits to the caller's graph do not apply).
+        pipeline: the pipeline text that ran before execution, or None (`runtime/pipeline.py`).
+        pass_stats: what each pass did (`PassStatistics`), or None.
         device: the torch device string the graph runs on ("cpu" or "cuda[:N]").
         module: the `torch.fx.GraphModule` that runs (`to_fx(mode="custom", inplace=True)`).
 
@@ -44,10 +48,11 @@ class CompiledGraph:
         device: str = "cpu",
         weights: Mapping[str, torch.Tensor] | None = None,
         cuda_graphs: bool = False,
+        pipeline: str | None = None,
     ) -> None:
         _check_device(device)
         graph.verify()
-        self.graph = graph.clone()
+        self.graph, self.pipeline, self.pass_stats = run_pipeline(graph, pipeline, "eager", device)
         self.device = device
         self.input_types = [cast(TensorType | BufferType, a.type) for a in self.graph.block.args]
         self.num_outputs = len(self.graph.outputs)

@@ -99,7 +99,7 @@ def test_rope_split_store__fused_equals_unfused_on_q_and_whole_cache(interleaved
     (q_fused,) = fusegraph.compile(_fused(interleaved), backend="eager")(
         qkv, meta[0], freqs, kv_fused, *meta[1:]
     )
-    (q_unfused,) = fusegraph.compile(_unfused(interleaved), backend="eager")(
+    (q_unfused,) = fusegraph.compile(_unfused(interleaved), backend="eager", pipeline=None)(
         qkv, meta[0], freqs, kv_unfused, *meta[1:]
     )
     assert torch.equal(q_fused, q_unfused)

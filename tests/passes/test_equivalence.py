@@ -83,7 +83,7 @@ def run(
     g: Graph, attn: AttentionWithRope, kv_params: KVCacheParams, cfg: Cfg
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Outputs of every step and the final kv_blocks, from fixed inputs."""
-    model = fusegraph.compile(g, backend="eager", device="cpu", weights=attn.state_dict())
+    model = fusegraph.compile(g, backend="eager", device="cpu", weights=attn.state_dict(), pipeline=None)
     manager = PagedKVCacheManager(kv_params, num_blocks=128)
     seqs = [manager.claim(max_len=32) for _ in cfg.steps[0]]
     gen = torch.Generator().manual_seed(1)

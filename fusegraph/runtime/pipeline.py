@@ -1,0 +1,87 @@
+"""The pass pipeline `fusegraph.compile` runs before execution.
+
+`pipeline="default"` names this pipeline, resolved when `compile` is called:
+
+    fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,[gptq-repack,]dce
+
+- `fuse-qkv-projections` stacks the q, k and v projections of one input into one matmul;
+- `fuse-rope-split-store` turns split -> rope -> store into one `fg.rope_split_store`;
+- `canonicalize`, `cse`, `dce` clean up. The fusion passes run first because `canonicalize`
+  folds `split(concat(...))` back into separate projections (docs/passes.md, Pipeline order);
+- `gptq-repack` (the eager backend on CUDA, and only when a pass of that name is registered)
+  rewrites GPTQ weights into the layout the CUDA kernels read; the runtime folds the repack
+  into the weights once at compile time (`runtime/fold.py`).
+
+`pipeline=None` runs nothing (the graph as built); any other string is pipeline text for
+`PassManager` (`"cse,dce"`, options as `name{opt=val}`).
+
+Example:
+    >>> graph, text, stats = run_pipeline(g, "default", backend="eager", device="cuda")
+    >>> text
+    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,dce'
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fusegraph.compiler.graph import Graph
+from fusegraph.passes.manager import PassManager, PassStatistics
+from fusegraph.passes.registry import available_passes
+
+__all__ = ["DEFAULT_PIPELINE", "default_pipeline", "resolve_pipeline", "run_pipeline"]
+
+DEFAULT_PIPELINE = ("fuse-qkv-projections", "fuse-rope-split-store", "canonicalize", "cse", "dce")
+"""The passes of `pipeline="default"` on every target (`gptq-repack` is added for eager CUDA)."""
+
+_REPACK = "gptq-repack"
+
+
+def default_pipeline(backend: str = "eager", device: str = "cpu") -> str:
+    """The default pipeline's text for a target, read from the pass registry now.
+
+    Example:
+        >>> default_pipeline("eager", "cpu")
+        'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce'
+    """
+    passes = list(DEFAULT_PIPELINE)
+    on_cuda = torch.device(device).type == "cuda"
+    if backend == "eager" and on_cuda and _REPACK in available_passes():
+        passes.insert(passes.index("dce"), _REPACK)
+    return ",".join(passes)
+
+
+def resolve_pipeline(pipeline: str | None, backend: str = "eager", device: str = "cpu") -> str | None:
+    """The pipeline text `pipeline` stands for: "default" expands, None stays None.
+
+    Raises:
+        ValueError: `pipeline` is neither None nor a string.
+    """
+    if pipeline is None:
+        return None
+    if not isinstance(pipeline, str):
+        raise ValueError(
+            f"compile: pipeline must be 'default', None or pipeline text such as 'cse,dce', "
+            f"got {type(pipeline).__name__}"
+        )
+    return default_pipeline(backend, device) if pipeline == "default" else pipeline
+
+
+def run_pipeline(
+    graph: Graph, pipeline: str | None, backend: str = "eager", device: str = "cpu"
+) -> tuple[Graph, str | None, PassStatistics | None]:
+    """Run `pipeline` over a clone of `graph`; the caller's graph is not changed.
+
+    Returns:
+        (the graph to run, the pipeline text that ran or None, the pass statistics or None).
+
+    Raises:
+        ValueError: bad pipeline text (an unknown pass lists the known ones).
+        PassFailedError, PassVerifyError: a pass failed; the message names it.
+    """
+    text = resolve_pipeline(pipeline, backend, device)
+    clone = graph.clone()
+    if not text:
+        return clone, None, None
+    stats = PassManager(text).run(clone)
+    return clone, text, stats
