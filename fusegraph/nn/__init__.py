@@ -3,6 +3,7 @@ KV-cache parameters, the attention layers, GPTQ checkpoint IO, and whole decoder
 (`DecoderModel`, `load_model`)."""
 
 from fusegraph.nn.attention import AttentionWithRope
+from fusegraph.nn.attention_config import MHAMaskVariant
 from fusegraph.nn.checkpoint import (
     CheckpointError,
     GPTQCheckpoint,
@@ -25,8 +26,10 @@ from fusegraph.nn.mlp import MLP
 from fusegraph.nn.norm import RMSNorm
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.rotary import (
+    DynamicNTKRopeScaling,
     LinearRopeScaling,
     Llama3RopeScaling,
+    LongRopeScaling,
     RotaryEmbedding,
     YarnRopeScaling,
     rope_inv_freq,
@@ -47,8 +50,11 @@ __all__ = [
     "GPTQLinear",
     "KVCacheParams",
     "LayerList",
+    "MHAMaskVariant",
     "Linear",
+    "DynamicNTKRopeScaling",
     "LinearRopeScaling",
+    "LongRopeScaling",
     "Llama3RopeScaling",
     "ModelConfig",
     "ModelLoadError",

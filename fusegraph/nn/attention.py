@@ -240,6 +240,7 @@ class AttentionWithRope(Module):
             n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads,
             head_dim=self.head_dim,
+            variant=self.rope.variant,
         )
 
     def _unfused_rope_split_store(
@@ -253,9 +254,10 @@ class AttentionWithRope(Module):
         q, k, v = self._split_heads(qkv)
         if self.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        interleaved = self.rope.interleaved
-        q = ops.rope(q, row_offsets, kv.cache_lengths, freqs_cis, interleaved=interleaved)
-        k = ops.rope(k, row_offsets, kv.cache_lengths, freqs_cis, interleaved=interleaved)
+        rope_args = (row_offsets, kv.cache_lengths, freqs_cis)
+        flags: dict[str, Any] = {"interleaved": self.rope.interleaved, "variant": self.rope.variant}
+        q = ops.rope(q, *rope_args, **flags)
+        k = ops.rope(k, *rope_args, **flags)
         meta = (row_offsets, kv.cache_lengths, kv.lookup_table)
         blocks = ops.kv_cache_store(kv.kv_blocks, k, *meta, layer_idx=layer_idx, key_or_value=0)
         blocks = ops.kv_cache_store(blocks, v, *meta, layer_idx=layer_idx, key_or_value=1)

@@ -3,6 +3,9 @@
 Semantics (exactly the unfused chain):
     q, k, v = split(qkv, [H·D, Hkv·D, Hkv·D], axis=1), each reshaped to `[T, heads, D]`
     q, k = rope(q), rope(k)               at positions cache_lengths[b] + (t - row_offsets[b])
+                                          (first R = freqs_cis dim 1 features; longrope /
+                                          dynamic NTK by the `long_after` / `ntk_*` properties,
+                                          exactly as `fg.rope`)
     kv = store(kv, k, key_or_value=0); kv = store(kv, v, key_or_value=1)
     results: q `[T, H·D]`, the next kv_blocks version
 
@@ -12,11 +15,13 @@ its reference and decomposition) and torch.library ops that device kernels can o
 torch.library ops (stable; the Triton CUDA kernel is registered for the in-place form):
     `fusegraph::rope_split_store(Tensor qkv, Tensor input_row_offsets, Tensor freqs_cis,
     Tensor kv_blocks, Tensor cache_lengths, Tensor lookup_table, int layer_idx,
-    bool interleaved, int n_heads, int n_kv_heads, int head_dim) -> (Tensor, Tensor)`
+    bool interleaved, int n_heads, int n_kv_heads, int head_dim, int? long_after=None,
+    float[]? ntk=None) -> (Tensor, Tensor)`
     (functional: returns q and the new kv_blocks), and
     `fusegraph::rope_split_store_(Tensor qkv, Tensor input_row_offsets, Tensor freqs_cis,
     Tensor(a!) kv_blocks, Tensor cache_lengths, Tensor lookup_table, int layer_idx,
-    bool interleaved, int n_heads, int n_kv_heads, int head_dim) -> Tensor` (in place;
+    bool interleaved, int n_heads, int n_kv_heads, int head_dim, int? long_after=None,
+    float[]? ntk=None) -> Tensor` (in place;
     returns q). Both refuse, before writing, positions outside a sequence's pages.
 
 Example:
@@ -30,9 +35,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from xdsl.dialects.builtin import BoolAttr, IntegerAttr, i64
+from xdsl.dialects.builtin import BoolAttr, FloatAttr, IntegerAttr, i64
 from xdsl.ir import Attribute
-from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
+from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
 from fusegraph.compiler.dims import Dim
@@ -45,14 +50,14 @@ from fusegraph.ops._ragged import (
     as_index,
     cache_rows,
     check_even_head_dim,
-    check_freqs,
     check_kv_blocks,
     check_metadata,
     check_store_capacity,
     token_positions,
     write_rows,
 )
-from fusegraph.ops.rope import apply_rotary
+from fusegraph.ops._rope_math import RopeVariant, apply_rotary, token_freqs
+from fusegraph.ops.rope import check_rope_freqs
 
 _OP = "fg.rope_split_store"
 
@@ -74,6 +79,10 @@ class RopeSplitStoreOp(FgOp):
     n_heads_attr = prop_def(IntegerAttr, prop_name="n_heads")
     n_kv_heads_attr = prop_def(IntegerAttr, prop_name="n_kv_heads")
     head_dim_attr = prop_def(IntegerAttr, prop_name="head_dim")
+    long_after_attr = opt_prop_def(IntegerAttr, prop_name="long_after")
+    ntk_theta_attr = opt_prop_def(FloatAttr, prop_name="ntk_theta")
+    ntk_factor_attr = opt_prop_def(FloatAttr, prop_name="ntk_factor")
+    ntk_original_max_attr = opt_prop_def(IntegerAttr, prop_name="ntk_original_max")
     q_out = result_def(TensorType)
     kv_out = result_def(BufferType)
     traits = traits_def(Pure())
@@ -108,6 +117,11 @@ class RopeSplitStoreOp(FgOp):
         """Dims per head."""
         return self.head_dim_attr.value.data
 
+    @property
+    def variant(self) -> RopeVariant:
+        """The length-dependent rope scaling (longrope / dynamic NTK), if any."""
+        return RopeVariant.of(self)
+
     def infer_types(self) -> Sequence[Attribute]:
         operands = (
             self.qkv,
@@ -123,6 +137,7 @@ class RopeSplitStoreOp(FgOp):
             n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads,
             head_dim=self.head_dim,
+            variant=self.variant,
         )
 
 
@@ -138,6 +153,7 @@ def _rope_split_store_shape_rule(
     n_heads: int,
     n_kv_heads: int,
     head_dim: int,
+    variant: RopeVariant,
 ) -> list[Attribute]:
     if min(n_heads, n_kv_heads, head_dim) < 1:
         raise ValueError(
@@ -160,7 +176,7 @@ def _rope_split_store_shape_rule(
         )
     if qkv.dtype != buf.dtype:
         raise ValueError(f"{_OP}: qkv dtype {qkv.dtype.name} != kv_blocks dtype {buf.dtype.name}")
-    f = check_freqs(_OP, freqs_cis, Dim(head_dim))
+    f = check_rope_freqs(_OP, freqs_cis, Dim(head_dim), variant)
     check_metadata(_OP, row_offsets, cache_lengths, lookup_table)
     expect_same_device(_OP, qkv=qkv, freqs_cis=f, kv_blocks=buf, input_row_offsets=row_offsets)
     return [TensorType(qkv.dtype, [qkv.shape[0], n_heads * head_dim], qkv.device), buf]
@@ -179,13 +195,15 @@ def rope_split_store(
     n_heads: int,
     n_kv_heads: int,
     head_dim: int,
+    variant: RopeVariant | None = None,
 ) -> tuple[TensorValue, BufferValue]:
     """Split `qkv`, rope q and k, store k and v: one fused op.
 
     Args:
         qkv: `[total_seq_len, (n_heads + 2*n_kv_heads) * head_dim]`, q then k then v.
         input_row_offsets: uint32 `[B+1]`.
-        freqs_cis: float `[max_pos, head_dim]`.
+        freqs_cis: float `[max_pos, R]`, R <= head_dim (partial rotary when smaller);
+            `[2·max_pos, R]` with `variant.long_after`.
         kv_blocks: the current cache version.
         cache_lengths: uint32 `[B]`.
         lookup_table: uint32 `[B, max_pages]`.
@@ -194,6 +212,7 @@ def rope_split_store(
         n_heads: query heads.
         n_kv_heads: key/value heads (the cache's).
         head_dim: dims per head (the cache's; even).
+        variant: longrope / dynamic NTK selection by sequence length (see `ops.rope`).
 
     Returns:
         `(q, kv_blocks)`: q after rope `[total_seq_len, n_heads * head_dim]`, next cache version.
@@ -206,6 +225,8 @@ def rope_split_store(
     ints = {"layer_idx": layer_idx, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim}
     props: dict[str, Attribute] = {k: IntegerAttr(v, i64) for k, v in ints.items()}
     props["interleaved"] = IntegerAttr.from_bool(bool(interleaved))
+    variant = variant if variant is not None else RopeVariant()
+    props.update(variant.props())
 
     def rule() -> list[Attribute]:
         return _rope_split_store_shape_rule(
@@ -214,6 +235,7 @@ def rope_split_store(
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
+            variant=variant,
         )
 
     op = emit(RopeSplitStoreOp, operands, props, result_types=rule)
@@ -233,14 +255,17 @@ def rope_split_store_decomposed(
     n_heads: int,
     n_kv_heads: int,
     head_dim: int,
+    long_after: int | None = None,
+    ntk: list[float] | None = None,
     *,
     inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The aten form: positions and cache rows are computed once and shared by q, k and v."""
     t = qkv.shape[0]
     q, k, v = torch.split(qkv, [n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim], dim=1)
-    batch, pos = token_positions(as_index(input_row_offsets), as_index(cache_lengths), t)
-    freqs = freqs_cis.index_select(0, pos)
+    ro, lens = as_index(input_row_offsets), as_index(cache_lengths)
+    batch, pos = token_positions(ro, lens, t)
+    freqs = token_freqs(freqs_cis, batch, pos, ro, lens, RopeVariant.from_schema(long_after, ntk))
     q = apply_rotary(q.reshape(t, n_heads, head_dim), freqs, interleaved=interleaved)
     k = apply_rotary(k.reshape(t, n_kv_heads, head_dim), freqs, interleaved=interleaved)
     rows = cache_rows(
@@ -265,17 +290,19 @@ def _rss_custom(
     n_heads: int,
     n_kv_heads: int,
     head_dim: int,
+    long_after: int | None = None,
+    ntk: list[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_store_capacity("rope_split_store", kv_blocks, qkv, input_row_offsets, cache_lengths, lookup_table)
     return rope_split_store_decomposed(
         qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table,
-        layer_idx, interleaved, n_heads, n_kv_heads, head_dim,
+        layer_idx, interleaved, n_heads, n_kv_heads, head_dim, long_after, ntk,
     )  # fmt: skip
 
 
 @_rss_custom.register_fake
 def _rss_fake(qkv: torch.Tensor, row_offsets: Any, freqs: Any, kv_blocks: torch.Tensor, *args: Any) -> Any:
-    n_heads, head_dim = args[-3], args[-1]
+    n_heads, head_dim = args[4], args[6]  # after cache_lengths, lookup_table, layer_idx, interleaved
     return qkv.new_empty((qkv.shape[0], n_heads * head_dim)), torch.empty_like(kv_blocks)
 
 
@@ -292,18 +319,20 @@ def _rss_inplace_custom(
     n_heads: int,
     n_kv_heads: int,
     head_dim: int,
+    long_after: int | None = None,
+    ntk: list[float] | None = None,
 ) -> torch.Tensor:
     check_store_capacity("rope_split_store_", kv_blocks, qkv, input_row_offsets, cache_lengths, lookup_table)
     q, _ = rope_split_store_decomposed(
         qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table,
-        layer_idx, interleaved, n_heads, n_kv_heads, head_dim, inplace=True,
+        layer_idx, interleaved, n_heads, n_kv_heads, head_dim, long_after, ntk, inplace=True,
     )  # fmt: skip
     return q
 
 
 @_rss_inplace_custom.register_fake
 def _rss_inplace_fake(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
-    n_heads, head_dim = args[-3], args[-1]
+    n_heads, head_dim = args[7], args[9]  # after the 5 other tensors, layer_idx, interleaved
     return qkv.new_empty((qkv.shape[0], n_heads * head_dim))
 
 
@@ -319,7 +348,7 @@ def _rss_torch(
     *,
     ctx: LoweringContext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    props = (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim)
+    props = (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim, *op.variant.schema_args())
     args = (qkv, row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table, *props)
     if ctx.mode == "custom":
         if ctx.inplace:
@@ -333,7 +362,7 @@ def _rss_torch(
 # --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
 @fx_emitter(RopeSplitStoreOp)
 def _rss_fx(e: Any, op: RopeSplitStoreOp, *tensors: Any) -> Any:
-    props = (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim)
+    props = (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim, *op.variant.schema_args())
     node = e.custom(
         op.name, torch.ops.fusegraph.rope_split_store.default, *tensors, *props, results=op.result_types
     )

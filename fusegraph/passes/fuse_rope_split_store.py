@@ -76,6 +76,7 @@ class FuseRopeSplitStorePattern(GuardedPattern[_Match]):
                 "n_heads": IntegerAttr(g.n_heads, i64),
                 "n_kv_heads": IntegerAttr(g.n_kv_heads, i64),
                 "head_dim": IntegerAttr(g.head_dim, i64),
+                **g.q_rope.variant.props(),
             },
             result_types=[g.split.outputs[0].type, g.v_store.result.type],
         )

@@ -176,6 +176,8 @@ def _check_ropes(g: Group) -> NoMatch | None:
     q, k, s = g.q_rope, g.k_rope, g.k_store
     if q.interleaved != k.interleaved:
         return no_match(f"ropes disagree on interleaved ({q.interleaved} vs {k.interleaved})")
+    if q.variant != k.variant:
+        return no_match(f"ropes disagree on the length scaling ({q.variant} vs {k.variant})")
     if q.freqs_cis is not k.freqs_cis:
         return no_match("ropes use different freqs_cis")
     if not (q.input_row_offsets is k.input_row_offsets is s.input_row_offsets):

@@ -47,7 +47,7 @@ def unfused_chain(op: RopeSplitStoreOp) -> list[Operation]:
     split = SplitOp.build(operands=[op.qkv], properties={"axis": IntegerAttr(1, i64)}, result_types=[pieces])
     q3, k3, v3 = (_reshape(r, [t, n, d]) for r, n in zip(split.results, (h, hk, hk), strict=True))
     meta = [op.input_row_offsets, op.cache_lengths, op.freqs_cis]
-    flag = {"interleaved": IntegerAttr.from_bool(op.interleaved)}
+    flag = {"interleaved": IntegerAttr.from_bool(op.interleaved), **op.variant.props()}
     q_rope, k_rope = (
         RopeOp.build(operands=[x.result, *meta], properties=flag, result_types=[x.result.type])
         for x in (q3, k3)

@@ -44,9 +44,14 @@ def test_rope__refuses_odd_head_dim() -> None:
         _build(True, d=7, freqs_d=7)
 
 
-def test_rope__refuses_freqs_of_another_head_dim() -> None:
-    with pytest.raises(ValueError, match=r"fg.rope: freqs_cis dim 1 \(16\) != head dim \(8\)"):
+def test_rope__refuses_freqs_wider_than_the_head_or_odd() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"fg.rope: freqs_cis dim 1 \(the rotary width, 16\) must be even and in \[2, head dim \(8\)\]",
+    ):
         _build(True, freqs_d=16)
+    with pytest.raises(ValueError, match=r"rotary width, 5\) must be even"):
+        _build(True, freqs_d=5)
 
 
 def test_rope__refuses_non_uint32_row_offsets() -> None:

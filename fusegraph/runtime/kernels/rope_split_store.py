@@ -8,12 +8,16 @@ where b is the sequence owning row t (the number of row_offsets[1:] <= t), the p
 p = cache_lengths[b] + t - row_offsets[b], blk = lookup_table[b, p // page_size] and
 slot = p % page_size.
 
-Rope (freqs_cis row p = [cos θ0·p, sin θ0·p, cos θ1·p, sin θ1·p, ...]) pairs dim d with
-its partner d' and frequency i:
+Rope (freqs_cis row p = [cos θ0·p, sin θ0·p, ..., cos θ(R/2-1)·p, sin θ(R/2-1)·p], R the
+rotary width <= D) pairs dim d < R with its partner d' and frequency i:
     interleaved=True:  d' = d ^ 1,               i = d // 2
-    interleaved=False: d' = (d + D/2) mod D,     i = d mod D/2
-    out[d] = x[d]·cos_i − x[d']·sin_i   for the first of a pair (d even / d < D/2)
+    interleaved=False: d' = (d + R/2) mod R,     i = d mod R/2
+    out[d] = x[d]·cos_i − x[d']·sin_i   for the first of a pair (d even / d < R/2)
     out[d] = x[d]·cos_i + x[d']·sin_i   for the second
+and dims d >= R pass through (partial rotary). With L_b = cache_lengths[b] + the sequence's
+rows this step: longrope (LONG) reads row p + long_rows when L_b > long_after; dynamic NTK
+(DYNAMIC) computes, when L_b > ntk_original_max, θi = base_b^(−2i/R) with
+base_b = ntk_theta·(ntk_factor·L_b/ntk_original_max − (ntk_factor − 1))^(R/(R−2)) in fp32.
 The partner is loaded a second time from global memory (an L1 hit), which keeps the
 kernel free of register shuffles. Arithmetic is fp32; stores round to the output dtype.
 
@@ -58,6 +62,11 @@ def _rope_split_store_kernel(
     stride_freq_p,
     stride_q_t,
     stride_lut_b,
+    long_after,
+    long_rows,
+    ntk_theta,
+    ntk_factor,
+    ntk_original_max,
     s_kv0,
     s_kv1,
     s_kv2,
@@ -67,6 +76,9 @@ def _rope_split_store_kernel(
     H: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
+    R: tl.constexpr,
+    LONG: tl.constexpr,
+    DYNAMIC: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -79,26 +91,41 @@ def _rope_split_store_kernel(
 
     b = _sequence_of_row(row_offsets_ptr, t, B, BLOCK_B)
     start = tl.load(row_offsets_ptr + b).to(tl.int64)
-    pos = tl.load(cache_lengths_ptr + b).to(tl.int64) + (t - start)
+    cached = tl.load(cache_lengths_ptr + b).to(tl.int64)
+    pos = cached + (t - start)
+    seq_len = cached + tl.load(row_offsets_ptr + b + 1).to(tl.int64) - start  # L_b, after the step
 
+    rot = d < R
     if INTERLEAVED:
-        partner = d ^ 1
+        partner = tl.where(rot, d ^ 1, d)
         freq_i = d // 2
         first = (d % 2) == 0
     else:
-        partner = (d + D // 2) % D
-        freq_i = d % (D // 2)
-        first = d < (D // 2)
-    cos = tl.load(freqs_ptr + pos * stride_freq_p + 2 * freq_i, mask=d_ok, other=0.0).to(tl.float32)
-    sin = tl.load(freqs_ptr + pos * stride_freq_p + 2 * freq_i + 1, mask=d_ok, other=0.0).to(tl.float32)
+        partner = tl.where(rot, (d + R // 2) % R, d)
+        freq_i = d % (R // 2)
+        first = d < (R // 2)
+    row = pos
+    if LONG:
+        row = tl.where(seq_len > long_after, pos + long_rows, pos)
+    cos = tl.load(freqs_ptr + row * stride_freq_p + 2 * freq_i, mask=rot, other=1.0).to(tl.float32)
+    sin = tl.load(freqs_ptr + row * stride_freq_p + 2 * freq_i + 1, mask=rot, other=0.0).to(tl.float32)
+    if DYNAMIC:
+        grown = seq_len.to(tl.float32) * (ntk_factor / ntk_original_max.to(tl.float32)) - (ntk_factor - 1.0)
+        grown = tl.maximum(grown, 1.0)
+        log2_base = tl.log2(ntk_theta) + (R / (R - 2)) * tl.log2(grown)
+        inv_freq = tl.exp2(-(2.0 * freq_i.to(tl.float32) / R) * log2_base)
+        angle = pos.to(tl.float32) * inv_freq
+        use = (seq_len > ntk_original_max) & rot
+        cos = tl.where(use, tl.cos(angle), cos)
+        sin = tl.where(use, tl.sin(angle), sin)
     sin = tl.where(first, -sin, sin)
 
     n_total: tl.constexpr = H + 2 * HKV
     h_ok = h < n_total
     mask = h_ok[:, None] & d_ok[None, :]
-    row = qkv_ptr + t * stride_qkv_t + h[:, None] * D
-    x = tl.load(row + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    x_partner = tl.load(row + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+    head_row = qkv_ptr + t * stride_qkv_t + h[:, None] * D
+    x = tl.load(head_row + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(head_row + partner[None, :], mask=mask, other=0.0).to(tl.float32)
     is_rope = (h < H + HKV)[:, None]
     y = tl.where(is_rope, x * cos[None, :] + x_partner * sin[None, :], x)
 
@@ -144,17 +171,22 @@ def rope_split_store_triton(
     n_heads: int,
     n_kv_heads: int,
     head_dim: int,
+    long_after: int | None = None,
+    ntk: list[float] | None = None,
 ) -> torch.Tensor:
     """Rope q and k, write q out and rope(k), v into the paged cache, in one launch.
 
     Args:
         qkv: `[T, (n_heads + 2·n_kv_heads)·head_dim]`, rows contiguous.
         row_offsets: `[B+1]` integer row offsets of the ragged batch.
-        freqs_cis: `[max_pos, head_dim]` interleaved cos/sin table.
+        freqs_cis: `[max_pos, R]` interleaved cos/sin table, R <= head_dim the rotary width
+            (`[2·max_pos, R]`, short then long, with `long_after`).
         kv_blocks: `[num_blocks, 2, num_layers, page_size, n_kv_heads, head_dim]`, written in place.
         cache_lengths: `[B]` tokens already cached per sequence.
         lookup_table: `[B, max_pages]` block ids.
         layer_idx, interleaved, n_heads, n_kv_heads, head_dim: as on `fg.rope_split_store`.
+        long_after: longrope: sequences longer than this read the second (long) table.
+        ntk: dynamic NTK `[theta, factor, original_max]`.
 
     Returns:
         q after rope, `[T, n_heads·head_dim]` in qkv's dtype.
@@ -178,6 +210,12 @@ def rope_split_store_triton(
     if qkv.stride(1) != 1:
         qkv = qkv.contiguous()
     freqs_cis = freqs_cis if freqs_cis.stride(1) == 1 else freqs_cis.contiguous()
+    rotary = freqs_cis.shape[1]
+    if rotary % 2 or not 2 <= rotary <= head_dim or (ntk is not None and rotary < 4):
+        raise ValueError(
+            f"rope_split_store: freqs_cis width {rotary} must be even, in [2 (4 with ntk), {head_dim}]"
+        )
+    theta, factor, original = ntk if ntk is not None else (1.0, 1.0, 1.0)
     lookup_table = lookup_table if lookup_table.stride(1) == 1 else lookup_table.contiguous()
     row_offsets = _as_index(row_offsets)
     cache_lengths = _as_index(cache_lengths)
@@ -205,10 +243,18 @@ def rope_split_store_triton(
         freqs_cis.stride(0),
         q_out.stride(0),
         lookup_table.stride(0),
+        long_after if long_after is not None else 0,
+        freqs_cis.shape[0] // 2,
+        float(theta),
+        float(factor),
+        int(original),
         *kv_blocks.stride(),
         H=n_heads,
         HKV=n_kv_heads,
         D=head_dim,
+        R=rotary,
+        LONG=long_after is not None,
+        DYNAMIC=ntk is not None,
         BLOCK_D=block_d,
         BLOCK_H=block_h,
         BLOCK_B=min(triton.next_power_of_2(max(batch, 1)), 1024),
