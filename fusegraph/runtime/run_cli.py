@@ -9,6 +9,7 @@ names a safetensors file.
 Example:
     $ fusegraph run model.mlir --backend iree --device cpu --check
     $ fusegraph run model.mlir --backend eager --device cuda --check --weights model.safetensors
+    $ fusegraph run model.mlir --pipeline none        # the graph as written, no passes
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2, help="decode steps after the prefill (paged graphs)")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pipeline",
+        default="default",
+        help="passes run before execution: 'default', 'none', or pipeline text such as 'cse,dce' "
+        "(--check compares with the graph as written, run on eager CPU)",
+    )
     p.add_argument(
         "--tol", type=float, default=None, help="max |err|/max(1,|ref|) allowed (default by dtype)"
     )
@@ -154,9 +161,15 @@ def run_and_check(
     per step and returns (max error, tolerance) when checking."""
     import fusegraph
 
-    model = fusegraph.compile(graph, backend=args.backend, device=args.device, weights=weights)
+    pipeline = None if args.pipeline == "none" else args.pipeline
+    model = fusegraph.compile(
+        graph, backend=args.backend, device=args.device, weights=weights, pipeline=pipeline
+    )
+    print(f"pipeline: {getattr(model, 'pipeline', None) or 'none (the graph as written)'}")
     reference = (
-        fusegraph.compile(graph, backend="eager", device="cpu", weights=weights) if args.check else None
+        fusegraph.compile(graph, backend="eager", device="cpu", weights=weights, pipeline=None)
+        if args.check
+        else None
     )
     roles = input_roles(graph)
     plan = _plan(graph, roles, args.steps)

@@ -54,3 +54,21 @@ def test_run_reports_a_bad_dim_binding(tmp_path, capsys) -> None:
     path.write_text(str(gptq_attention_graph(1, fused=True)))
     assert cli_main(["run", str(path), "--dim", "batch"]) == 1
     assert "--dim expects NAME=SIZE, got 'batch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "printed"),
+    [
+        ([], "pipeline: fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce"),
+        (["--pipeline", "none"], "pipeline: none (the graph as written)"),
+        (["--pipeline", "fuse-rope-split-store"], "pipeline: fuse-rope-split-store"),
+    ],
+)
+def test_run_prints_the_pipeline_and_checks_it_against_the_graph_as_written(
+    tmp_path, capsys, flag, printed
+) -> None:
+    path = tmp_path / "attn.mlir"
+    path.write_text(str(gptq_attention_graph(1, fused=False)))
+    assert cli_main(["run", str(path), "--check", "--steps", "1", *flag]) == 0
+    out = capsys.readouterr().out
+    assert printed + "\n" in out and out.rstrip().endswith("OK")
