@@ -157,8 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     outputs = [gen.output(i) for i in ids]
     if args.json:
         print(json.dumps({"token_ids": outputs}))
-        return 0
-    if text is not None:
+    elif text is not None:
         print()
     else:
         for i, out in enumerate(outputs):

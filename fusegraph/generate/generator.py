@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,16 +58,20 @@ class TokenEvent:
 @dataclass
 class _Request:
     id: int
-    prompt: list[int]
+    tokens: list[int]  # the prompt, then the generated tokens
+    prompt_len: int
     params: SamplingParams
     rng: torch.Generator
-    output: list[int] = field(default_factory=list)
     seq: int | None = None  # the manager's sequence while running
-    cached: int = 0  # tokens of prompt + output that are in the cache
+    cached: int = 0  # tokens of `tokens` that are in the cache
 
     @property
-    def tokens(self) -> list[int]:
-        return self.prompt + self.output
+    def output(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.prompt_len
 
 
 @dataclass
@@ -90,7 +94,9 @@ class Generator:
         manager: the `PagedKVCacheManager` whose `kv_blocks` the model was compiled for.
         max_batch_size: the most requests in one step.
         max_tokens_per_step: the token budget of a step (prefill chunks are cut to fit).
-        max_seq_len: the longest sequence (prompt + output); default: the cache's capacity.
+        max_seq_len: the longest sequence (prompt + output); default: the cache's capacity or
+            the model's rope table, the smaller. On CUDA the decode graphs' lookup tables are
+            this wide, so a tight bound makes decode steps cheaper.
         cuda_graph_batch_sizes: the buckets for decode CUDA graphs (eager on CUDA only);
             None or () turns them off.
     """
@@ -115,7 +121,7 @@ class Generator:
         self.manager = manager
         self.max_batch_size = max_batch_size
         self.max_tokens_per_step = max_tokens_per_step
-        self.max_seq_len = max_seq_len or capacity
+        self.max_seq_len = max_seq_len or min(capacity, _rope_rows(model) or capacity)
         self.device = manager.kv_blocks.device
         self.stats = GeneratorStats()
         self._graphs = DecodeGraphs.for_model(model, cuda_graph_batch_sizes, max_batch_size)
@@ -141,7 +147,7 @@ class Generator:
                 "leaves no room for a new token"
             )
         params = params or SamplingParams()
-        request = _Request(next(self._ids), prompt, params, params.make_rng(self.device))
+        request = _Request(next(self._ids), prompt, len(prompt), params, params.make_rng(self.device))
         self._requests[request.id] = request
         self._waiting.append(request)
         return request.id
@@ -150,7 +156,7 @@ class Generator:
         """The tokens request `request_id` generated so far."""
         if (request := self._requests.get(request_id)) is None:
             raise ValueError(f"output: unknown request {request_id}; known: {sorted(self._requests)}")
-        return list(request.output)
+        return request.output
 
     @property
     def has_unfinished(self) -> bool:
@@ -220,7 +226,7 @@ class Generator:
 
     def _prepare(self, plan: list[tuple[_Request, int]]) -> tuple[Any, int | None]:
         counts = [n for _, n in plan]
-        ids = [r.tokens[r.cached : r.cached + n] for r, n in plan]
+        ids = [r.tokens[r.cached : r.cached + n] for r, n in plan] if self.manager.prefix_caching else None
         bucket = self._graphs.bucket(counts) if self._graphs is not None else None
         width = self._lookup_width if bucket is not None else None
         seqs = [r.seq for r, _ in plan]
@@ -241,7 +247,7 @@ class Generator:
             ) from err
         self.manager.release(victim.seq)  # type: ignore[arg-type]
         self._running.remove(victim)
-        if victim.cached > len(victim.prompt) or victim.output:
+        if victim.cached > victim.prompt_len or victim.generated:
             self.stats.preemptions += 1  # it had run (not just joined in this step)
         victim.seq, victim.cached = None, 0
         self._waiting.appendleft(victim)
@@ -250,7 +256,7 @@ class Generator:
 
     def _run(self, plan: list[tuple[_Request, int]], batch: Any, bucket: int | None) -> torch.Tensor:
         ids = [t for r, n in plan for t in r.tokens[r.cached : r.cached + n]]
-        decode = sum(1 for r, n in plan if r.output and r.cached + n == len(r.tokens) == r.cached + 1)
+        decode = sum(1 for r, n in plan if r.generated and r.cached + n == len(r.tokens) == r.cached + 1)
         tokens = torch.tensor(ids + [0] * ((bucket or 0) - len(plan)), dtype=torch.int64, device=self.device)
         inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
         self.stats.decode_tokens += decode
@@ -267,13 +273,12 @@ class Generator:
         chosen = next_tokens(logits, rows, [r.params for _, r in ready], [r.rng for _, r in ready])
         events = []
         for (_, request), token in zip(ready, chosen):
-            request.output.append(token)
+            request.tokens.append(token)
             reason = None
             if token in request.params.stop_token_ids:
                 reason = "stop"
             elif (
-                len(request.output) >= request.params.max_new_tokens
-                or len(request.tokens) >= self.max_seq_len
+                request.generated >= request.params.max_new_tokens or len(request.tokens) >= self.max_seq_len
             ):
                 reason = "length"
             if reason is not None:
@@ -282,3 +287,11 @@ class Generator:
                 request.seq = None
             events.append(TokenEvent(request.id, token, reason))
         return events
+
+
+def _rope_rows(model: Any) -> int | None:
+    """Rows of the model's rope table (`rope.freqs_cis`), if the compiled graph shows it."""
+    weights = getattr(getattr(model, "graph", None), "weights", None) or {}
+    if (t := weights.get("rope.freqs_cis")) is None or not t.shape[0].is_static:
+        return None
+    return int(t.shape[0].value)

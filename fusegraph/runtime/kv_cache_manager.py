@@ -364,8 +364,8 @@ class PagedKVCacheManager:
         n, ids = seq.pending
         seq.pending = None
         seq.length += n
-        if ids is None or seq.tokens is None:
-            seq.tokens = None  # unknown tokens: later pages cannot be keyed
+        if ids is None or seq.tokens is None or not self.prefix_caching:
+            seq.tokens = None  # unknown tokens (or no sharing): later pages are not keyed
             return
         seq.tokens.extend(ids)
         while (len(seq.keys) + 1) * self.page_size <= seq.length:

@@ -1,0 +1,240 @@
+"""Serving benchmark: fusegraph's `Generator` on a Llama-3-8B-shaped GPTQ model vs transformers.
+
+fusegraph: 32 layers, hidden 4096, GPTQ 4-bit (group 128, sym, no act-order) with random
+weights, fp16 activations and KV cache; N requests (prompt P random tokens, O output tokens,
+greedy, no stop token) all arriving at once, run with continuous batching, prefix caching off
+(random prompts share nothing anyway) and decode CUDA graphs. Reports output tokens/s, and the
+time per output token per request ((last token time - first token time) / (O - 1)): median
+and p99, plus the time to the first token.
+
+transformers: `LlamaForCausalLM` with the same shapes in fp16 (dense: transformers has no GPTQ
+kernel of its own), `generate(..., cache_implementation="static")` at batch B; its tokens/s
+is measured on one batch of B prompts (the batches of a sequential run are identical).
+
+    python benchmarks/serve.py --out results.json                 # the H200 run
+    python benchmarks/serve.py --tiny --device cpu --requests 4   # a smoke test of the code
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LLAMA3_8B = dict(
+    model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
+    max_position_embeddings=8192, torch_dtype="float16", tie_word_embeddings=False,
+)  # fmt: skip
+TINY = LLAMA3_8B | dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+GPTQ = dict(quant_method="gptq", bits=4, group_size=128, desc_act=False, sym=True)
+
+
+def random_state(model: Any, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors for every parameter of a fusegraph `DecoderModel`, scaled so that the
+    activations stay O(1) (packed GPTQ ints are uniform random bits)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    hidden = model.config.hidden_size
+    state = {}
+    for name, spec in model.named_params():
+        dtype = spec.dtype.to_torch()
+        if dtype == torch.int32:
+            t = torch.randint(-(2**31), 2**31 - 1, spec.shape, dtype=torch.int32, device=device, generator=g)
+        elif name.endswith("norm.weight"):
+            t = torch.ones(spec.shape, dtype=dtype, device=device)
+        elif name.endswith("scales"):
+            t = torch.full(spec.shape, 1.0 / (4.6 * hidden**0.5), dtype=dtype, device=device)
+        else:
+            scale = 1.0 if "embed_tokens" in name else hidden**-0.5
+            t = (torch.randn(spec.shape, device=device, generator=g) * scale).to(dtype)
+        state[name] = t
+    return state
+
+
+def build_fusegraph(cfg: dict[str, Any], device: str, num_blocks: int, page_size: int) -> tuple[Any, Any]:
+    """The GPTQ `DecoderModel` with random weights, compiled, and its KV manager."""
+    from fusegraph.compiler.devices import DeviceRef
+    from fusegraph.nn.decoder import DecoderModel
+    from fusegraph.nn.hf_config import ModelConfig
+    from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
+
+    config = ModelConfig.from_dict(cfg | {"quantization_config": GPTQ})
+    dev = DeviceRef.GPU(0) if device.startswith("cuda") else DeviceRef.CPU()
+    model = DecoderModel(config, device=dev, page_size=page_size, stacked_qkv=True, stacked_gate_up=True)
+    model.load_state_dict(random_state(model, device))
+    compiled = model.compile(num_blocks, device=device)
+    return compiled, PagedKVCacheManager(model.kv_params, num_blocks, prefix_caching=False)
+
+
+def run_fusegraph(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Serve `args.requests` random prompts at once; returns the measurements."""
+    from fusegraph.generate import Generator, SamplingParams
+
+    page = args.page_size
+    blocks = args.requests * -(-(args.prompt_len + args.output_len) // page) + 1
+    t0 = time.perf_counter()
+    compiled, manager = build_fusegraph(cfg, args.device, blocks, page)
+    setup_s = time.perf_counter() - t0
+    gen = Generator(
+        compiled, manager, max_batch_size=args.requests, max_tokens_per_step=args.tokens_per_step,
+        max_seq_len=args.prompt_len + args.output_len,
+        cuda_graph_batch_sizes=None if args.no_cuda_graphs else (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, cfg["vocab_size"], (args.requests, args.prompt_len), generator=g).tolist()
+    params = SamplingParams(max_new_tokens=args.output_len)
+    warm = Generator(compiled, manager, max_batch_size=args.requests, cuda_graph_batch_sizes=None)
+    warm.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # kernels' first-call work
+    _sync(args.device)
+    times: dict[int, list[float]] = {}
+    start = time.perf_counter()
+    ids = [gen.add_request(p, params) for p in prompts]
+    while gen.has_unfinished:
+        events = gen.step()
+        now = time.perf_counter()
+        for e in events:
+            times.setdefault(e.request_id, []).append(now)
+    _sync(args.device)
+    total = time.perf_counter() - start
+    produced = sum(len(gen.output(i)) for i in ids)
+    tpot = sorted((t[-1] - t[0]) / (len(t) - 1) for t in times.values() if len(t) > 1)
+    ttft = sorted(t[0] - start for t in times.values())
+    s = gen.stats
+    return {
+        "setup_s": round(setup_s, 2), "total_s": round(total, 3), "output_tokens": produced,
+        "output_tokens_per_s": round(produced / total, 1),
+        "tpot_ms_median": round(1e3 * statistics.median(tpot), 2), "tpot_ms_p99": round(1e3 * _p99(tpot), 2),
+        "ttft_s_median": round(statistics.median(ttft), 3), "steps": s.steps, "graph_replays": s.graph_replays,
+        "preemptions": s.preemptions, "prefill_tokens": s.prefill_tokens, "decode_tokens": s.decode_tokens,
+        "num_blocks": blocks,
+    }  # fmt: skip
+
+
+def run_transformers(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """transformers' fp16 `generate` with a static cache on one batch of `args.hf_batch`."""
+    import transformers
+
+    hf_cfg = transformers.LlamaConfig(
+        **{k: v for k, v in cfg.items() if k not in ("model_type", "torch_dtype")}
+    )
+    torch.set_default_dtype(torch.float16)
+    with torch.device(args.device):
+        model = transformers.LlamaForCausalLM(hf_cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, cfg["vocab_size"], (args.hf_batch, args.prompt_len), generator=g).to(args.device)
+    kw = dict(do_sample=False, cache_implementation="static", pad_token_id=0, eos_token_id=None)
+    if args.hf_no_compile:
+        kw["disable_compile"] = True
+
+    def timed(n: int) -> float:
+        _sync(args.device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        _sync(args.device)
+        assert out.shape[1] == args.prompt_len + n
+        return time.perf_counter() - t
+
+    timed(2)  # warm-up (and compilation, where transformers compiles)
+    first = timed(1)
+    total = timed(args.output_len)
+    produced = args.hf_batch * args.output_len
+    return {
+        "batch": args.hf_batch, "total_s": round(total, 3), "output_tokens_per_s": round(produced / total, 1),
+        "tpot_ms": round(1e3 * (total - first) / (args.output_len - 1), 2), "prefill_s": round(first, 3),
+        "compiled": not args.hf_no_compile,
+    }  # fmt: skip
+
+
+def check_graphs(args: argparse.Namespace) -> dict[str, Any]:
+    """The tiny model, staggered requests: decode CUDA graphs give the tokens eager steps give."""
+    from fusegraph.generate import Generator, SamplingParams
+
+    compiled, _ = build_fusegraph(TINY, args.device, 64, 16)
+    prompts = [[(7 * i + 3 * j) % 500 for j in range(5 + 9 * i)] for i in range(5)]
+    outputs, replays = [], []
+    for buckets in ((1, 2, 4, 8), None):
+        from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
+
+        manager = PagedKVCacheManager(compiled_kv_params(compiled), 64)
+        gen = Generator(compiled, manager, cuda_graph_batch_sizes=buckets)
+        ids = []
+        for i, p in enumerate(prompts):  # one joins every step: batches of 1..5 rows (buckets 1, 2, 4, 8)
+            # seeded sampling, since random weights make greedy tokens repeat
+            ids.append(gen.add_request(p, SamplingParams(max_new_tokens=12, temperature=1.0, seed=i)))
+            gen.step()
+        for _ in gen.stream():
+            pass
+        outputs.append([gen.output(i) for i in ids])
+        replays.append(gen.stats.graph_replays)
+    return {"graphs_equal_eager": outputs[0] == outputs[1], "graph_replays": replays[0], "tokens": outputs[0]}
+
+
+def compiled_kv_params(compiled: Any) -> Any:
+    """The KV params a compiled decoder graph's kv_blocks input implies."""
+    from types import SimpleNamespace
+
+    from fusegraph.compiler.types import BufferType
+
+    kv = next(t for t in compiled.input_types if isinstance(t, BufferType))
+    _, _, layers, page, heads, dim = (d.value for d in kv.shape)
+    return SimpleNamespace(dtype=kv.dtype, n_kv_heads=heads, head_dim=dim, num_layers=layers,
+                           page_size=page, devices=[kv.device])  # fmt: skip
+
+
+def _p99(xs: list[float]) -> float:
+    return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints one JSON object (and writes it to --out)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--requests", type=int, default=256)
+    p.add_argument("--prompt-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--tokens-per-step", type=int, default=8192, help="the Generator's token budget per step")
+    p.add_argument("--hf-batch", type=int, default=32)
+    p.add_argument("--hf-no-compile", action="store_true", help="transformers generate without torch.compile")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer model of small dims (smoke test)")
+    p.add_argument("--check-graphs", action="store_true", help="first check graph replays on the tiny model")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    cfg = TINY if args.tiny else LLAMA3_8B
+    result: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "out"}}
+    if args.device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name()
+    if args.check_graphs:
+        result["check_graphs"] = check_graphs(args)
+        print(json.dumps(result), flush=True)
+    result["fusegraph"] = run_fusegraph(args, cfg)
+    print(json.dumps(result), flush=True)
+    if not args.skip_hf:
+        result["transformers"] = run_transformers(args, cfg)
+        result["speedup"] = round(
+            result["fusegraph"]["output_tokens_per_s"] / result["transformers"]["output_tokens_per_s"], 2
+        )
+    print(json.dumps(result), flush=True)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
