@@ -2,9 +2,12 @@
 `iree-base-runtime` (driver `local-task` on the CPU, `cuda` on NVIDIA GPUs).
 
 The call contract is the eager `CompiledGraph`'s: `model(*inputs)` takes torch tensors and
-returns the graph outputs; each buffer input (the KV blocks) gets its final version written
-back into the caller's tensor after the call. The compiled function is functional, so the
-buffer is copied to the device and back on every call (the eager backend writes in place).
+returns the graph outputs; each buffer input (the KV blocks) is updated in the caller's
+tensor. The module updates it in place: the lowering marks written buffers mutable
+(`torch.overwrite.tensor.contents`, which IREE ties to the argument's storage), and the
+caller's tensor is handed over through DLPack, so no cache-sized copy happens on any call,
+on the CPU or on CUDA (where the cache stays in GPU memory). The ragged metadata are checked
+on the host first (`runtime/input_checks.py`): IREE has no bounds checks.
 
 - **Dynamic dims.** Symbolic dims stay dynamic in the compiled module, so one compile serves
   every `total_seq_len` (and batch size).
@@ -12,6 +15,8 @@ buffer is copied to the device and back on every call (the eager backend writes 
   and the compiler version: `cache_dir`, else `$FUSEGRAPH_CACHE_DIR`, else
   `~/.cache/fusegraph/iree`.
 - **Weights** are uploaded once, at construction, and reused by every call.
+- **Per call**, inputs and outputs cross by DLPack (no copy); on CUDA the host reads only
+  the metadata, for the checks. `model.transfers` counts the bytes copied.
 - **Integer and bf16 boundaries.** torch-mlir imports uint32 as `ui32` and lowers it to
   signless `i32`; IREE returns such outputs as int32, which are viewed back as uint32 here.
   Metadata values (row offsets, cache lengths, page ids) must stay below 2**31. bf16 crosses
@@ -144,12 +149,24 @@ def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path) ->
 class IreeCompiledGraph:
     """A graph compiled by IREE: `model(*inputs) -> tuple[Tensor, ...]`.
 
+    With `inplace=True` (the default) the module takes each written buffer (the KV blocks)
+    as a mutable argument and updates it in place: the caller's torch tensor is handed to
+    IREE through DLPack without a copy (host memory on the CPU, device memory on CUDA), so
+    only the new rows are written and nothing cache-sized is copied or returned. Tensor
+    inputs cross the same way and outputs come back as torch tensors over IREE's memory.
+    `inplace=False` compiles the functional form (the cache is copied in and out).
+
     Attributes:
         graph: the compiled graph (a clone).
         device: "cpu" or "cuda[:N]"; inputs must be on it, outputs come back on it.
         vmfb_path: the cached `.vmfb`.
         cache_hit: whether the `.vmfb` came from the cache (no iree-compile ran).
-        mlir: the decomposed torch-dialect module that was compiled.
+        mlir: the decomposed torch-dialect module that was compiled (None for `vmfb=`).
+        inplace: whether buffers are updated in place.
+        input_checks: the host metadata checks run before every call.
+        transfers: bytes this object copied between host and device memory, cumulative,
+            `{"h2d": n, "d2h": n}` (zero-copy DLPack hand-offs count nothing; the metadata
+            read by the checks counts as d2h on CUDA).
     """
 
     def __init__(
@@ -161,22 +178,35 @@ class IreeCompiledGraph:
         extra_flags: Sequence[str] = (),
         target_cpu: str = "host",
         cuda_arch: str = "sm_90",
+        inplace: bool = True,
+        vmfb: str | os.PathLike[str] | None = None,
     ) -> None:
-        from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+        from fusegraph.compiler.lowering.torch_mlir import buffer_outputs
 
         flags = [*target_flags(device, target_cpu, cuda_arch), *extra_flags]
         graph.verify()
         self.graph = graph.clone()
         self.device = device
+        self.inplace = inplace
         self.input_types: list[TensorType | BufferType] = [shaped_type(a) for a in self.graph.block.args]
         self.output_types = [v.type for v in self.graph.outputs]
-        self.buffer_inputs = [i for i, t in enumerate(self.input_types) if isinstance(t, BufferType)]
+        self.buffer_inputs = list(buffer_outputs(self.graph))
         # IREE has no bounds checks: every ragged op's metadata must be checkable on the host.
         self.input_checks = InputChecks.for_graph(self.graph, strict=True)
+        self._metadata = sorted({i for u in self.input_checks.uses for i in _metadata_inputs(u)})
         bound = bind_weights(self.graph.weights, weights or {}, "cpu")
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))
-        self.mlir = to_torch_mlir(self.graph, mode="decomposed", output_type="torch")
-        self.vmfb_path, self.cache_hit = compile_vmfb(self.mlir.text, flags, cache_dir, _stem(graph.name))
+        self.transfers = {"h2d": 0, "d2h": 0}
+        self.mlir: Any = None
+        if vmfb is not None:  # compiled elsewhere (e.g. for CUDA on a machine with the compiler)
+            self.vmfb_path, self.cache_hit = Path(vmfb), True
+        else:
+            from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+
+            self.mlir = to_torch_mlir(
+                self.graph, mode="decomposed", output_type="torch", inplace_buffers=inplace
+            )
+            self.vmfb_path, self.cache_hit = compile_vmfb(self.mlir.text, flags, cache_dir, _stem(graph.name))
         self._load(bound)
 
     def _load(self, weights: list[torch.Tensor]) -> None:
@@ -187,31 +217,84 @@ class IreeCompiledGraph:
         self._context = rt.SystemContext(config=self._config)
         self._context.add_vm_module(rt.VmModule.mmap(self._config.vm_instance, str(self.vmfb_path)))
         self._function = self._context.modules.module["main"]
-        self._weights = [self._upload(w) for w in weights]
+        self._weights = [self._upload(w) for w in weights]  # once
 
     def _upload(self, tensor: torch.Tensor) -> Any:
         import iree.runtime as rt
 
+        self._count("h2d", tensor)
         return rt.asdevicearray(self._hal_device, to_numpy(tensor))
+
+    def _count(self, direction: str, tensor: torch.Tensor) -> None:
+        if torch.device(self.device).type == "cuda":
+            self.transfers[direction] += tensor.numel() * tensor.element_size()
+
+    def _argument(self, x: torch.Tensor, keep: list[Any]) -> tuple[Any, bool]:
+        """(the IREE argument for `x`, whether it aliases `x`): a zero-copy DLPack import,
+        else an upload (a copy)."""
+        x = x if x.is_contiguous() else x.contiguous()
+        keep.append(x)  # the imported memory must outlive the call
+        try:
+            return self._hal_device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(x)), True
+        except Exception:  # noqa: BLE001 - IREE raises plain RuntimeError/ValueError subclasses
+            return self._upload(x), False
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph; buffer inputs are updated in the caller's tensors."""
         dims = check_inputs(self.input_types, inputs, self.device)
         self.input_checks.check(inputs, dims)  # before IREE sees (or writes) anything
-        args = [self._upload(x) for x in inputs]
-        results = self._function(*args, *self._weights)
+        for i in self._metadata:
+            self._count("d2h", inputs[i])  # the checks read the metadata on the host
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # IREE runs on its own stream
+        keep: list[Any] = []
+        args, aliased = zip(*(self._argument(x, keep) for x in inputs)) if inputs else ((), ())
+        results = self._function(*args, *self._weights)  # synchronous: done when it returns
         results = results if isinstance(results, (tuple, list)) else (results,)
         n = len(self.output_types)
-        outputs = tuple(
-            from_iree(r, t.dtype.to_torch(), self.device) for r, t in zip(results[:n], self.output_types)
-        )
-        for index, final in zip(self.buffer_inputs, results[n:]):
+        outputs = tuple(self._output(r, t.dtype.to_torch()) for r, t in zip(results[:n], self.output_types))
+        finals = results[n:] if not self.inplace else [args[i] for i in self.buffer_inputs]
+        for index, final in zip(self.buffer_inputs, finals):
+            if self.inplace and aliased[index]:
+                continue  # IREE wrote the caller's memory
             buffer = inputs[index]
-            buffer.copy_(from_iree(final, buffer.dtype, self.device))
+            host = from_iree(_as_array(self._hal_device, final), buffer.dtype, self.device)
+            self._count("d2h", buffer)
+            buffer.copy_(host)
         return outputs
+
+    def _output(self, result: Any, dtype: torch.dtype) -> torch.Tensor:
+        """A torch tensor over IREE's output memory (DLPack), else a copy."""
+        kind, _, index = self.device.partition(":")
+        try:
+            capsule = self._hal_device.create_dlpack_capsule(
+                result._buffer_view, _DLPACK_DEVICE[kind], int(index or 0)
+            )
+            tensor = torch.from_dlpack(capsule)
+        except Exception:  # noqa: BLE001 - fall back to a copy through the host
+            tensor = from_iree(result, dtype, self.device)
+            self._count("d2h", tensor)
+            return tensor
+        if tensor.dtype != dtype:  # IREE returns unsigned tensors as signless: same bits
+            tensor = tensor.view(dtype)
+        return tensor
 
     def __repr__(self) -> str:
         return f"IreeCompiledGraph({self.graph.name!r}, device={self.device!r}, vmfb={str(self.vmfb_path)!r})"
+
+
+_DLPACK_DEVICE = {"cpu": 1, "cuda": 2}  # DLDeviceType kDLCPU, kDLCUDA
+
+
+def _metadata_inputs(use: Any) -> list[int]:
+    return [i for i in (use.row_offsets, use.lengths, use.lookup_table) if i is not None]
+
+
+def _as_array(device: Any, value: Any) -> Any:
+    """A DeviceArray for an IREE result or argument (a HalBufferView or a DeviceArray)."""
+    import iree.runtime as rt
+
+    return value if isinstance(value, rt.DeviceArray) else rt.DeviceArray(device, value)
 
 
 def compile_iree(

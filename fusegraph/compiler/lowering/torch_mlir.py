@@ -9,7 +9,11 @@ The path is cheap on purpose (no `torch.export`, no `run_decompositions`):
    fake tensors whose symbolic dims are SymInts (one per dim name, shared across inputs)
    and whose static dims are ints, so the result is core aten with dynamic dims exactly
    where the IR has symbolic ones.
-3. torch-mlir's `FxImporter.import_stateless_graph` turns that into the `torch` dialect.
+3. torch-mlir's `FxImporter` turns that into the `torch` dialect. With `inplace_buffers=True`
+   each written buffer input (the KV blocks) is imported as a mutable `!torch.tensor`
+   argument: the function reads it through `torch.copy.to_vtensor` and writes its final
+   version back with `torch.overwrite.tensor.contents`, and does not return it, so IREE
+   updates the caller's buffer in place (`import_fx`).
 4. For `linalg-on-tensors`, `tosa` and `stablehlo`, torch-mlir's pipelines lower it further.
 
 torch-mlir is imported inside the functions, so importing `fusegraph.compiler` never loads it.
@@ -28,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -35,11 +40,12 @@ import torch
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering.fx import to_fx
 from fusegraph.compiler.lowering.fx_direct import default_dim_hints, fake_symbols, to_aten_fx
-from fusegraph.compiler.types import shaped_type
+from fusegraph.compiler.types import BufferType, shaped_type
 
 __all__ = [
     "TorchMlirLoweringError",
     "TorchMlirModule",
+    "buffer_outputs",
     "default_dim_hints",
     "example_inputs",
     "import_fx",
@@ -117,6 +123,7 @@ def to_torch_mlir(
     output_type: OutputTypeName = "torch",
     dump_dir: str | os.PathLike[str] | None = None,
     dim_hints: Mapping[str, int] | None = None,
+    inplace_buffers: bool = False,
 ) -> TorchMlirModule:
     """Lower `graph` to a torch-mlir module.
 
@@ -131,6 +138,10 @@ def to_torch_mlir(
             and `<graph>.<output_type>.mlir` there.
         dim_hints: example size per symbolic dim name, used only to trace (guards are
             evaluated on them); defaults to distinct sizes, `x_plus_1` = `x` + 1.
+        inplace_buffers: import each written buffer input as a mutable `!torch.tensor`
+            argument updated by `torch.overwrite.tensor.contents` (returning only the graph
+            outputs); otherwise the function is functional and also returns the final
+            version of every buffer input.
 
     Returns:
         A `TorchMlirModule`; symbolic dims are dynamic (`?`) in its function signature.
@@ -151,7 +162,8 @@ def to_torch_mlir(
     else:
         gm = _timed(timings, "to_fx", to_fx, graph, mode=mode, inplace=False)
         traced = _timed(timings, "make_fx", trace_symbolic, gm, graph, dim_hints)
-    module = _timed(timings, "import", import_fx, traced)
+    mutated = buffer_outputs(graph) if inplace_buffers else None
+    module = _timed(timings, "import", import_fx, traced, "main", mutated)
     result = TorchMlirModule(module, mode, output_type, "main", traced, timings)
     _check_dynamic_dims(result, graph)
     name = _file_stem(graph)
@@ -196,8 +208,26 @@ def trace_symbolic(
     return make_fx(gm, tracing_mode="symbolic", decomposition_table=get_decomposition_table())(*inputs)
 
 
-def import_fx(traced: torch.fx.GraphModule, func_name: str = "main") -> Any:
-    """Import a traced core-aten GraphModule with torch-mlir's FxImporter."""
+def buffer_outputs(graph: Graph) -> dict[int, int]:
+    """Graph-input index of each buffer -> the position of its final version among the FX
+    module's outputs (after the graph outputs, in input order; see `to_fx`)."""
+    buffers = [a.index for a in graph.block.args if isinstance(a.type, BufferType)]
+    return {index: len(graph.outputs) + k for k, index in enumerate(buffers)}
+
+
+def import_fx(
+    traced: torch.fx.GraphModule, func_name: str = "main", mutated: Mapping[int, int] | None = None
+) -> Any:
+    """Import a traced core-aten GraphModule with torch-mlir's FxImporter.
+
+    Args:
+        traced: the GraphModule (placeholders in argument order, a tuple output).
+        func_name: the function's name.
+        mutated: placeholder index -> output position of its final version. Each such input
+            that the module writes becomes a mutable `!torch.tensor` argument, overwritten
+            in place (`torch.overwrite.tensor.contents`) and dropped from the results; one
+            it does not write stays an immutable argument and is dropped too.
+    """
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
     from torch_mlir.extras.fx_importer import FxImporter
@@ -205,8 +235,39 @@ def import_fx(traced: torch.fx.GraphModule, func_name: str = "main") -> Any:
     context = ir.Context()
     torch_d.register_dialect(context)
     importer = FxImporter(context=context)
-    importer.import_stateless_graph(traced.graph, func_name=func_name)
+    if mutated is None:
+        importer.import_stateless_graph(traced.graph, func_name=func_name)
+    else:
+        importer.import_program(_mutating_program(traced, mutated), func_name=func_name)  # type: ignore[arg-type]
     return importer.module
+
+
+def _mutating_program(traced: torch.fx.GraphModule, mutated: Mapping[int, int]) -> Any:
+    """The parts of an `ExportedProgram` that `FxImporter.import_program` reads, with user
+    inputs mutated in place: it emits `torch.copy.to_vtensor` at the argument and
+    `torch.overwrite.tensor.contents` where the final version is produced."""
+    from torch.export.graph_signature import (
+        ExportGraphSignature,
+        InputKind,
+        InputSpec,
+        OutputKind,
+        OutputSpec,
+        TensorArgument,
+    )
+
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    (output_node,) = [n for n in traced.graph.nodes if n.op == "output"]
+    results = list(output_node.args[0])
+    target_of = {position: placeholders[index] for index, position in mutated.items()}
+    inputs = [InputSpec(InputKind.USER_INPUT, TensorArgument(p.name), None) for p in placeholders]
+    outputs = []
+    for position, node in enumerate(results):
+        if (target := target_of.get(position)) is None:
+            outputs.append(OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(node.name), None))
+        elif node is not target:  # an unwritten buffer is neither mutated nor returned
+            outputs.append(OutputSpec(OutputKind.USER_INPUT_MUTATION, TensorArgument(node.name), target.name))
+    signature = ExportGraphSignature(input_specs=inputs, output_specs=outputs)
+    return SimpleNamespace(graph=traced.graph, graph_signature=signature, state_dict={}, constants={})
 
 
 def lower_module(
