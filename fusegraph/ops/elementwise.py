@@ -288,7 +288,16 @@ def _constant_fx(e: Any, op: ConstantOp) -> Any:
 
 
 def _emit_with(target: Any) -> Any:
-    return lambda e, op, *xs: e.call(target, *xs)
+    # The result is a new contiguous tensor of the op's IR type: no fake dispatch needed.
+    return lambda e, op, *xs: e.call_fresh(target, *xs, sizes=_sizes(e, op), dtype=_dtype(op))
+
+
+def _sizes(e: Any, op: Any) -> list[Any]:
+    return list(e.fresh(op.result.type).shape)
+
+
+def _dtype(op: Any) -> torch.dtype:
+    return op.result.type.dtype.to_torch()
 
 
 for _cls, _target in (
@@ -306,7 +315,9 @@ for _cls, _target in (
 
 @fx_emitter(SiluOp)
 def _silu_fx(e: Any, op: Any, x: Any) -> Any:
-    return e.call(_aten.mul.Tensor, x, e.call(_aten.sigmoid.default, x))
+    sizes, dtype = _sizes(e, op), _dtype(op)
+    sigmoid = e.call_fresh(_aten.sigmoid.default, x, sizes=sizes, dtype=dtype)
+    return e.call_fresh(_aten.mul.Tensor, x, sigmoid, sizes=sizes, dtype=dtype)
 
 
 @fx_emitter(CastOp)

@@ -128,13 +128,29 @@ def _softmax_torch(op: SoftmaxOp, x: torch.Tensor, *, ctx: LoweringContext) -> t
 # --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
 @fx_emitter(RmsNormOp)
 def _rms_norm_fx(e: Any, op: RmsNormOp, x: Any, weight: Any) -> Any:
-    aten = torch.ops.aten
-    xf = e.convert(x, torch.float32)
-    mean = e.call(aten.mean.dim, e.call(aten.pow.Tensor_Scalar, xf, 2), [-1], True)
-    inv = e.call(aten.rsqrt.default, e.call(aten.add.Tensor, mean, op.eps.value.data))
-    normed = e.call(aten.mul.Tensor, xf, inv)
-    out = e.call(aten.mul.Tensor, normed, e.convert(weight, torch.float32))
-    return e.convert(out, e.val(x).dtype)
+    # Every intermediate is a new contiguous tensor of a known size: no fake dispatches.
+    aten, f32, dtype = torch.ops.aten, torch.float32, e.val(x).dtype
+    sizes = list(e.val(x).shape)
+    rows = dict(sizes=[*sizes[:-1], 1], dtype=f32)
+
+    def f32_of(v: Any, like: list[Any]) -> Any:
+        if e.val(v).dtype == f32:
+            return v
+        return e.call_fresh(torch.ops.prims.convert_element_type.default, v, f32, sizes=like, dtype=f32)
+
+    xf = f32_of(x, sizes)
+    square = e.call_fresh(aten.pow.Tensor_Scalar, xf, 2, sizes=sizes, dtype=f32)
+    mean = e.call_fresh(aten.mean.dim, square, [-1], True, **rows)
+    inv = e.call_fresh(
+        aten.rsqrt.default, e.call_fresh(aten.add.Tensor, mean, op.eps.value.data, **rows), **rows
+    )
+    normed = e.call_fresh(aten.mul.Tensor, xf, inv, sizes=sizes, dtype=f32)
+    out = e.call_fresh(
+        aten.mul.Tensor, normed, f32_of(weight, list(e.val(weight).shape)), sizes=sizes, dtype=f32
+    )
+    if dtype == f32:
+        return out
+    return e.call_fresh(torch.ops.prims.convert_element_type.default, out, dtype, sizes=sizes, dtype=dtype)
 
 
 @fx_emitter(SoftmaxOp)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -98,6 +98,7 @@ class Emitter:
         self._dim_sources: dict[str, tuple[torch.fx.Node, int]] = {}
         self._dims: dict[str, _Sym] = {}
         self._constants = 0
+        self._fresh_vals: dict[tuple[tuple[str, ...], torch.dtype], Any] = {}
 
     def call(self, target: Any, *args: Any, **kwargs: Any) -> torch.fx.Node:
         """Append `target(*args, **kwargs)`; its `meta["val"]` is computed on the fake
@@ -151,10 +152,26 @@ class Emitter:
             )
         return self._node(overload, tuple(positional), {}, val)
 
+    def call_fresh(self, target: Any, *args: Any, sizes: Sequence[Any], dtype: torch.dtype) -> torch.fx.Node:
+        """Append `target(*args)` for an op that returns a new contiguous tensor of `sizes`
+        (ints or the SymInts of other values) and `dtype`, without a fake dispatch (about
+        1 ms each on symbolic shapes): elementwise ops and reductions whose result the
+        emitter knows."""
+        return self._node(target, args, {}, self._fresh_cached(list(sizes), dtype))
+
+    def _fresh_cached(self, sizes: list[Any], dtype: torch.dtype) -> Any:
+        # One FakeTensor per (sizes, dtype): building one computes symbolic strides through
+        # the ShapeEnv (~0.3 ms, growing with the graph); values are only read for their
+        # shape and dtype, so nodes of equal type may share one.
+        key = (tuple(str(s) for s in sizes), dtype)
+        if (cached := self._fresh_vals.get(key)) is None:
+            cached = self._fresh_vals[key] = _fresh_fake(self.fake_mode, sizes, dtype)
+        return cached
+
     def fresh(self, t: TensorType | BufferType) -> Any:
         """A new contiguous FakeTensor of IR type `t` (SymInt sizes for non-static dims)."""
         sizes = [d.value if d.is_static else evaluate_dim(d, self.symbols) for d in t.shape]
-        return _fresh_fake(self.fake_mode, sizes, t.dtype.to_torch())
+        return self._fresh_cached(sizes, t.dtype.to_torch())
 
     def unpack(self, node: torch.fx.Node, count: int) -> tuple[torch.fx.Node, ...]:
         """`getitem` nodes for the first `count` results of a multi-result node."""
