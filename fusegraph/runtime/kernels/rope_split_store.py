@@ -21,8 +21,10 @@ base_b = ntk_theta·(ntk_factor·L_b/ntk_original_max − (ntk_factor − 1))^(R
 The partner is loaded a second time from global memory (an L1 hit), which keeps the
 kernel free of register shuffles. Arithmetic is fp32; stores round to the output dtype.
 
-This kernel trusts its metadata (positions inside each sequence's pages); the op's torch
-implementation is where out-of-range positions are refused.
+Cache writes are refused on the device, with no host sync: a row whose page is past its
+lookup row or names a block past num_blocks writes nothing, and while the cache's write flag
+is set (`write_flag.py`: the runtime's capacity check found an overflow in this step) no row
+writes. The op's torch implementation is where out-of-range positions raise.
 """
 
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
@@ -31,6 +33,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from fusegraph.runtime.kernels.write_flag import flag_for
 
 __all__ = ["rope_split_store_triton"]
 
@@ -73,6 +77,9 @@ def _rope_split_store_kernel(
     s_kv3,
     s_kv4,
     s_kv5,
+    num_blocks,
+    max_pages,
+    flag_ptr,
     H: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
@@ -83,6 +90,7 @@ def _rope_split_store_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_B: tl.constexpr,
     INTERLEAVED: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # head index in [0, H + 2·HKV)
@@ -136,7 +144,11 @@ def _rope_split_store_kernel(
         mask=q_mask,
     )
 
-    page = tl.load(lookup_ptr + b * stride_lut_b + pos // page_size).to(tl.int64)
+    in_row = pos // page_size < max_pages
+    if HAS_FLAG:
+        in_row = in_row & (tl.load(flag_ptr) == 0)
+    page = tl.load(lookup_ptr + b * stride_lut_b + tl.where(in_row, pos // page_size, 0)).to(tl.int64)
+    may_write = in_row & (page < num_blocks)
     slot = pos % page_size
     is_v = h >= H + HKV
     kv_head = tl.where(is_v, h - H - HKV, h - H)
@@ -148,7 +160,7 @@ def _rope_split_store_kernel(
         + kv_head.to(tl.int64)[:, None] * s_kv4
         + d[None, :] * s_kv5
     )
-    kv_mask = mask & (h >= H)[:, None]
+    kv_mask = tl.where(may_write, mask & (h >= H)[:, None], False)
     tl.store(kv_ptr + cache_off, y.to(kv_ptr.dtype.element_ty), mask=kv_mask)
 
 
@@ -249,6 +261,9 @@ def rope_split_store_triton(
         float(factor),
         int(original),
         *kv_blocks.stride(),
+        kv_blocks.shape[0],
+        lookup_table.shape[1],
+        kv_blocks if (flag := flag_for(kv_blocks)) is None else flag,
         H=n_heads,
         HKV=n_kv_heads,
         D=head_dim,
@@ -259,6 +274,7 @@ def rope_split_store_triton(
         BLOCK_H=block_h,
         BLOCK_B=min(triton.next_power_of_2(max(batch, 1)), 1024),
         INTERLEAVED=interleaved,
+        HAS_FLAG=flag is not None,
         num_warps=4,
     )
     return q_out
