@@ -104,6 +104,5 @@ def next_tokens(
     """The next token of each `rows[i]` of `logits [B, vocab]`; greedy rows share one argmax."""
     if not rows:
         return []
-    greedy_rows = [r for r, p in zip(rows, params) if p.greedy]
-    best = dict(zip(greedy_rows, logits[greedy_rows].argmax(dim=-1).tolist())) if greedy_rows else {}
+    best = logits.argmax(dim=-1).tolist() if any(p.greedy for p in params) else []  # one host sync
     return [best[r] if p.greedy else sample_token(logits[r], p, rng) for r, p, rng in zip(rows, params, rngs)]
