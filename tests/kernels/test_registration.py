@@ -11,6 +11,7 @@ import fusegraph.runtime.kernels as kernels
 def test_kernels__register_a_cuda_kernel_for_every_op():
     assert set(kernels.register_cuda_kernels()) == {
         "fusegraph::rope_split_store_",
+        "fusegraph::kv_cache_store_",
         "fusegraph::qmatmul_gptq",
         "fusegraph::paged_attention",
     }

@@ -3,6 +3,7 @@
 | op                             | kernel                                        |
 |--------------------------------|-----------------------------------------------|
 | `fusegraph::rope_split_store_` | `rope_split_store.rope_split_store_triton`     |
+| `fusegraph::kv_cache_store_`   | `kv_cache_store.kv_cache_store_triton`         |
 | `fusegraph::qmatmul_gptq`      | `gptq_matmul.gptq_matmul_triton` (2/4/8 bits)  |
 | `fusegraph::paged_attention`   | `paged_attention.paged_attention_triton`       |
 
@@ -11,8 +12,10 @@ Registration is safe without a GPU: the kernels only run when the op sees CUDA t
 op that is not defined is skipped with a log line. The kernel modules import only torch and
 triton, so they can also be loaded on their own (the GPU benchmark does).
 
-The kernels do not bounds-check the metadata (that needs a host sync): the eager runtime
-refuses an overflowing step once per call before anything runs (`runtime/write_guard.py`).
+The cache-writing kernels need no host sync to stay safe: a row whose page is past its lookup
+row or names a block past num_blocks writes nothing, and the eager runtime's one-launch check
+(`write_flag.py`, first in every step) sets a per-cache device flag on an overflow, which makes
+them write nothing at all; the runtime raises at its next call (`runtime/write_guard.py`).
 GPTQ at 3 bits runs the aten decomposition.
 """
 
@@ -26,10 +29,17 @@ from typing import Any
 import torch
 
 from fusegraph.runtime.kernels.gptq_matmul import gptq_matmul_triton
+from fusegraph.runtime.kernels.kv_cache_store import kv_cache_store_triton
 from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
 from fusegraph.runtime.kernels.rope_split_store import rope_split_store_triton
 
-__all__ = ["REGISTERED", "gptq_matmul_triton", "paged_attention_triton", "rope_split_store_triton"]
+__all__ = [
+    "REGISTERED",
+    "gptq_matmul_triton",
+    "kv_cache_store_triton",
+    "paged_attention_triton",
+    "rope_split_store_triton",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +101,7 @@ def _qmatmul_gptq_cuda(
 # The Triton functions take the ops' schema arguments in schema order, so two register directly.
 _KERNELS: dict[str, Callable[..., Any]] = {
     "fusegraph::rope_split_store_": rope_split_store_triton,
+    "fusegraph::kv_cache_store_": kv_cache_store_triton,
     "fusegraph::qmatmul_gptq": _qmatmul_gptq_cuda,
     "fusegraph::paged_attention": paged_attention_triton,
 }
