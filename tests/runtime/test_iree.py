@@ -1,6 +1,7 @@
 """The IREE CPU backend against the eager CPU backend on a 2-layer GPTQ attention graph:
-a ragged prefill then two decode steps (outputs and the whole KV cache), one compile for
-every total_seq_len, the on-disk cache, and the dtype boundary."""
+a ragged prefill then two decode steps on a paged cache filled with sentinels (outputs, the
+whole KV cache, and every row the steps do not own untouched), one compile for every
+total_seq_len, the on-disk cache, and the dtype boundary."""
 
 from __future__ import annotations
 
@@ -49,10 +50,17 @@ def _manager() -> PagedKVCacheManager:
     return PagedKVCacheManager(params, num_blocks=SMALL.num_blocks)
 
 
+def _sentinel() -> torch.Tensor:
+    shape = [SMALL.num_blocks, 2, NUM_LAYERS, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
+    return torch.randn(shape, generator=torch.Generator().manual_seed(99))
+
+
 def _run_steps(model, seed: int = 0) -> tuple[list[torch.Tensor], PagedKVCacheManager, list[int]]:  # noqa: ANN001
-    """Run STEPS through `model` with a fresh cache; returns outputs, the manager, the seqs."""
+    """Run STEPS through `model` with a fresh cache filled with sentinel values; returns
+    outputs, the manager, the seqs."""
     gen = torch.Generator().manual_seed(seed)
     manager = _manager()
+    manager.kv_blocks.copy_(_sentinel())
     seqs = [manager.claim(max_len=16) for _ in STEPS[0]]
     outputs = []
     for tokens in STEPS:
@@ -71,6 +79,15 @@ def test_iree_cpu_matches_eager_cpu_on_prefill_and_decode_outputs_and_cache(setu
     for step, (g, w) in enumerate(zip(got, want)):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=lambda m, s=step: f"step {s}: {m}")
     torch.testing.assert_close(got_cache.kv_blocks, want_cache.kv_blocks, atol=1e-5, rtol=1e-5)
+    # Every (block, slot) no sequence owns still holds its sentinel, in every layer and K/V.
+    owned = {
+        (got_cache.pages(s)[p // SMALL.page_size], p % SMALL.page_size)
+        for s in seqs
+        for p in range(got_cache.length(s))
+    }
+    assert len(owned) == sum(sum(step) for step in STEPS)
+    changed = (got_cache.kv_blocks != _sentinel()).flatten(4).any(-1)  # [blocks, 2, layers, slots]
+    assert {(b, slot) for b, _, _, slot in changed.nonzero().tolist()} == owned
     k, v = got_cache.gather(seqs[1], layer_idx=1)
     assert k.shape == (9, SMALL.n_kv_heads, SMALL.head_dim) and k.abs().sum() > 0 and v.abs().sum() > 0
 
