@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	# the venv's bin on PATH so the FileCheck tests find `fusegraph` and `filecheck`
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+# The mutation fuzzer's long run (CI runs 300 mutants in tests/fuzz/test_fuzz.py):
+# `make fuzz`, `make fuzz FUZZ_COUNT=10000 FUZZ_SEED=7`. Failing mutants go to fuzz-failures/.
+FUZZ_COUNT ?= 3000
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run --count $(FUZZ_COUNT) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fusegraph tests benchmarks examples

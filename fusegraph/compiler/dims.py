@@ -163,6 +163,25 @@ def product(dims: Sequence[Dim]) -> Dim:
     return result
 
 
+def dim_problem(expr: sympy.Expr) -> str | None:
+    """Why `expr` cannot be a dim, or None when it can.
+
+    A dim must be a whole number >= 0 for every (positive) value of its names: `3-11`,
+    `8/0` and `1/2` are refused; `n-11` and `n/2` are kept, as sympy cannot refute them.
+
+    Example:
+        >>> dim_problem(sympy.Integer(3) - 11)
+        'it evaluates to -8, below zero'
+    """
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        return f"it evaluates to {expr} (a division by zero?)"
+    if expr.is_integer is False:
+        return f"it evaluates to {expr}, not a whole number"
+    if expr.is_nonnegative is False:
+        return f"it evaluates to {expr}, below zero"
+    return None
+
+
 def symbol_expr(name: str) -> sympy.Symbol:
     """The sympy symbol for a dim name (used by the parser)."""
     return _symbol(name)

@@ -52,7 +52,7 @@ class Graph:
             fn = func.FuncOp(name, (list(input_types), []), Region(block))
             module = ModuleOp([fn])
         self.module = module
-        self._weights: dict[str, Operation] = {}
+        self._weights: dict[str, Operation] = {}  # name -> fg.weight op, to find duplicates fast
         for op in self.block.ops:
             if op.name == "fg.weight":
                 self._weights[op.weight_name] = op  # type: ignore[attr-defined]
@@ -88,8 +88,15 @@ class Graph:
 
     @property
     def weights(self) -> dict[str, TensorType]:
-        """The weights the graph names, with their types."""
-        return {name: tensor_type(op.results[0]) for name, op in self._weights.items()}
+        """The weights the graph names, with their types, in program order.
+
+        Read from the IR each time, so a weight a pass erased (or added) is listed as it is now.
+        """
+        return {
+            op.weight_name: tensor_type(op.results[0])  # type: ignore[attr-defined]
+            for op in self.block.ops
+            if op.name == "fg.weight"
+        }
 
     @property
     def outputs(self) -> tuple[Value, ...]:
@@ -129,7 +136,10 @@ class Graph:
         """
         from fusegraph.ops.weight import WeightOp
 
-        if (existing := self._weights.get(name)) is not None:
+        if (existing := self._weights.get(name)) is not None and existing.parent is not self.block:
+            del self._weights[name]  # a pass erased it: add it again
+            existing = None
+        if existing is not None:
             if existing.results[0].type != type:
                 raise ValueError(f"weight {name!r}: already added as {existing.results[0].type}, now {type}")
             return TensorValue(existing.results[0])
@@ -151,7 +161,12 @@ class Graph:
 
     # --- IR ----------------------------------------------------------------------------
     def verify(self) -> None:
-        """Run xDSL's verifier, which runs every op's shape rule. Raises IRVerifyError."""
+        """Run the structural checks (`structure.py`) and xDSL's verifier, which runs every op's
+        shape rule. Raises IRVerifyError."""
+        from fusegraph.compiler.structure import first_problem
+
+        if (problem := first_problem(self.module)) is not None:
+            raise IRVerifyError(problem.message)
         try:
             self.module.verify()
         except VerifyException as err:
@@ -167,7 +182,7 @@ class Graph:
         return Graph(self.name, module=self.module.clone())
 
     def __repr__(self) -> str:
-        return f"Graph({self.name!r}, {len(self.block.args)} inputs, {len(self._weights)} weights)"
+        return f"Graph({self.name!r}, {len(self.block.args)} inputs, {len(self.weights)} weights)"
 
 
 __all__ = ["Graph", "TensorValue", "BufferValue"]

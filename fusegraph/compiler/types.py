@@ -18,7 +18,7 @@ from xdsl.printer import Printer
 from xdsl.utils.mlir_lexer import MLIRTokenKind
 
 from fusegraph.compiler.devices import DeviceRef
-from fusegraph.compiler.dims import Dim, DimLike, dims_of, product, symbol_expr
+from fusegraph.compiler.dims import Dim, DimLike, dim_problem, dims_of, product, symbol_expr
 from fusegraph.compiler.dtypes import DType
 
 
@@ -229,36 +229,49 @@ def _parse_device(parser: AttrParser) -> DeviceRef:
     return DeviceRef.GPU(parser.parse_integer(allow_boolean=False, allow_negative=False))
 
 
+_MAX_DIM_DEPTH = 64  # parentheses in one dim; deeper is refused, not a RecursionError
+
+
 def _parse_shape(parser: AttrParser) -> tuple[Dim, ...]:
-    return tuple(parser.parse_comma_separated_list(parser.Delimiter.SQUARE, lambda: Dim(_parse_sum(parser))))
+    return tuple(parser.parse_comma_separated_list(parser.Delimiter.SQUARE, lambda: _parse_dim(parser)))
 
 
-def _parse_sum(parser: AttrParser) -> sympy.Expr:
-    expr = _parse_product(parser)
+def _parse_dim(parser: AttrParser) -> Dim:
+    start = parser.pos
+    expr = _parse_sum(parser, 0)
+    if (problem := dim_problem(expr)) is not None:
+        parser.raise_error(f"invalid dim: {problem}", start, parser.pos)
+    return Dim(expr)
+
+
+def _parse_sum(parser: AttrParser, depth: int) -> sympy.Expr:
+    expr = _parse_product(parser, depth)
     while True:
         if parser.parse_optional_punctuation("+") is not None:
-            expr = expr + _parse_product(parser)
+            expr = expr + _parse_product(parser, depth)
         elif parser._current_token.kind == MLIRTokenKind.MINUS:  # noqa: SLF001
             parser._consume_token()  # noqa: SLF001
-            expr = expr - _parse_product(parser)
+            expr = expr - _parse_product(parser, depth)
         else:
             return expr
 
 
-def _parse_product(parser: AttrParser) -> sympy.Expr:
-    expr = _parse_atom(parser)
+def _parse_product(parser: AttrParser, depth: int) -> sympy.Expr:
+    expr = _parse_atom(parser, depth)
     while True:
         if parser.parse_optional_punctuation("*") is not None:
-            expr = expr * _parse_atom(parser)
+            expr = expr * _parse_atom(parser, depth)
         elif parser.parse_optional_punctuation("/") is not None:
-            expr = expr / _parse_atom(parser)
+            expr = expr / _parse_atom(parser, depth)
         else:
             return expr
 
 
-def _parse_atom(parser: AttrParser) -> sympy.Expr:
+def _parse_atom(parser: AttrParser, depth: int) -> sympy.Expr:
     if parser.parse_optional_punctuation("(") is not None:
-        expr = _parse_sum(parser)
+        if depth >= _MAX_DIM_DEPTH:
+            parser.raise_error(f"dim expression nests deeper than {_MAX_DIM_DEPTH} parentheses")
+        expr = _parse_sum(parser, depth + 1)
         parser.parse_punctuation(")")
         return expr
     if (value := parser.parse_optional_integer(allow_boolean=False, allow_negative=False)) is not None:

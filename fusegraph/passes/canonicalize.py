@@ -25,6 +25,8 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 
+from fusegraph.compiler.errors import IRVerifyError
+from fusegraph.compiler.structure import first_problem
 from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.elementwise import CastOp
 from fusegraph.ops.shape import ConcatOp, PermuteOp, ReshapeOp, SplitOp
@@ -145,6 +147,10 @@ class Canonicalize(ModulePass):
     name = "canonicalize"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
+        # The folds chase `op.input.owner`: on an op that uses its own result (which xDSL's
+        # graph regions allow) they would rewrite forever. Refuse such a module up front.
+        if (problem := first_problem(op)) is not None:
+            raise IRVerifyError(f"canonicalize: the module is not a well-formed graph: {problem.message}")
         report = current_report(self.name)
         report.declare(*(r.name for r in RULES))
         patterns = [RulePattern(rule, report) for rule in RULES]

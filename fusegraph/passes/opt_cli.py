@@ -11,20 +11,20 @@ Example:
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import re
 import shlex
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from xdsl.dialects.builtin import ModuleOp
+# xDSL, the IR core and the passes are imported where they are used, so that `--help` and
+# `--list-passes` do not pay for them (or for torch, which the op families import).
+if TYPE_CHECKING:
+    from xdsl.dialects.builtin import ModuleOp
 
-from fusegraph.compiler.errors import IRParseError, IRVerifyError
-from fusegraph.compiler.parse import parse_module
-from fusegraph.passes.manager import PassFailedError, PassManager, print_module
-from fusegraph.passes.registry import PassPluginError, available_passes, load_pass_plugin
+    from fusegraph.passes.manager import PassManager
 
 SPLIT_MARKER = "// -----"
 _EXPECTED = re.compile(r"//\s*expected-error(?:@[+-]?\d+)?\s*\{\{(.*?)\}\}")
@@ -54,19 +54,86 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--dot", metavar="OUT.svg", help="draw the resulting graph (Graphviz; .dot without it)")
     p.add_argument("--dot-compare", metavar="OUT.svg", help="draw the input graph beside the resulting graph")
+    p.add_argument(
+        "--reproducer",
+        metavar="DIR",
+        help="save each failing chunk as DIR/fusegraph-repro-<n>.mlir (the reproducer command names it)",
+    )
     p.set_defaults(func=run_opt)
     return p
 
 
 def list_passes() -> str:
     """One line per pass: name, options, and the first line of its docstring."""
+    from fusegraph.passes.registry import available_passes
+
+    return _format_passes((name, load()) for name, load in available_passes().items())
+
+
+def _format_passes(passes: Any) -> str:
     lines = []
-    for name, load in available_passes().items():
-        cls = load()
+    for name, cls in passes:
         opts = [f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.init]
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         lines.append(f"  {name}{'{' + ','.join(opts) + '}' if opts else ''}    {doc}")
     return "\n".join(["passes:", *lines])
+
+
+def list_passes_statically() -> str | None:
+    """`list_passes()` read from the sources of the built-in passes, importing none of them.
+
+    None when a pass does not fit the simple form read here (a loader that is not
+    `from fusegraph.passes.<m> import <Class>`, a base class other than ModulePass, an option
+    without a literal default): the caller then imports the passes.
+    """
+    here = Path(__file__).parent
+    try:
+        registry = ast.parse((here / "registry.py").read_text())
+        loaders = {f.name: f for f in registry.body if isinstance(f, ast.FunctionDef)}
+        (table,) = [
+            _as(ast.Dict, n.value)
+            for n in registry.body
+            if isinstance(n, ast.AnnAssign) and ast.unparse(n.target) == "PASSES"
+        ]
+        lines = []
+        for key, value in zip(table.keys, table.values, strict=True):
+            name, loader = str(_as(ast.Constant, key).value), _as(ast.Name, value).id
+            (imp,) = [n for n in loaders[loader].body if isinstance(n, ast.ImportFrom)]
+            module = imp.module or ""
+            if not module.startswith("fusegraph.passes."):
+                raise ValueError(f"{loader} imports from {module}")
+            source = here / f"{module.rpartition('.')[2]}.py"
+            if not source.is_file():
+                continue  # as available_passes() skips a pass whose module is missing
+            lines.append((name, _static_pass_line(name, source, imp.names[0].name)))
+    except (KeyError, ValueError, SyntaxError, OSError):
+        return None
+    return "\n".join(["passes:", *(line for _, line in sorted(lines))])
+
+
+_Node = TypeVar("_Node", bound=ast.AST)
+
+
+def _as(kind: type[_Node], node: ast.AST | None) -> _Node:
+    """`node` if it is a `kind`; a ValueError (not the simple form) otherwise."""
+    if not isinstance(node, kind):
+        raise ValueError(f"expected {kind.__name__}, got {ast.dump(node) if node is not None else None}")
+    return node
+
+
+def _static_pass_line(name: str, source: Path, class_name: str) -> str:
+    (cls,) = [
+        n for n in ast.parse(source.read_text()).body if isinstance(n, ast.ClassDef) and n.name == class_name
+    ]
+    if [ast.unparse(b) for b in cls.bases] != ["ModulePass"]:
+        raise ValueError(f"{class_name} has other bases")
+    opts = []
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign) and "ClassVar" not in ast.unparse(stmt.annotation):
+            field_name = _as(ast.Name, stmt.target).id
+            opts.append(f"{field_name}={ast.literal_eval(_as(ast.expr, stmt.value))}")
+    doc = (ast.get_docstring(cls) or "").strip().splitlines()
+    return f"  {name}{'{' + ','.join(opts) + '}' if opts else ''}    {doc[0] if doc else ''}"
 
 
 def split_chunks(text: str, split: bool) -> list[tuple[int, str]]:
@@ -92,6 +159,9 @@ def run_chunk(
 
     `index` numbers the picture files of one chunk among several (`out.2.svg`).
     """
+    from fusegraph.compiler.parse import parse_module
+    from fusegraph.passes.manager import print_module
+
     module = parse_module(text, filename)
     before = module.clone() if args.dot_compare else None
     stats = manager.run(module)
@@ -138,11 +208,21 @@ def _numbered(path: str, index: int | None) -> Path:
     return p if index is None else p.with_name(f"{p.stem}.{index}{p.suffix}")
 
 
-def reproducer(text: str, args: argparse.Namespace, manager: PassManager) -> str:
-    """The one-line command that reproduces a failing chunk (saved to a temp file)."""
-    with tempfile.NamedTemporaryFile("w", prefix="fusegraph-repro-", suffix=".mlir", delete=False) as f:
-        f.write(text)
-    cmd = ["fusegraph", "opt", f.name, "-p", manager.pipeline_text]
+def reproducer(text: str, args: argparse.Namespace, manager: PassManager, index: int | None) -> str:
+    """The one-line command that reproduces a failing chunk.
+
+    It names the input file; with `--reproducer DIR` the chunk is first saved as
+    `DIR/fusegraph-repro-<n>.mlir` and the command names that file instead.
+    """
+    source = args.file
+    if args.reproducer is not None:
+        saved = Path(args.reproducer) / f"fusegraph-repro-{index or 0}.mlir"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(text)
+        source = str(saved)
+    cmd = ["fusegraph", "opt", source, "-p", manager.pipeline_text]
+    if source == args.file and args.split_input_file:
+        cmd.append("--split-input-file")
     for plugin in args.load_pass_plugin:
         cmd += ["--load-pass-plugin", str(Path(plugin).resolve())]
     cmd += [flag for flag in ("--no-verify-each", "--debug") if getattr(args, flag[2:].replace("-", "_"))]
@@ -162,6 +242,14 @@ def check_diagnostics(text: str, error: str | None) -> str | None:
 
 def run_opt(args: argparse.Namespace) -> int:
     """Entry point of `fusegraph opt`; returns the exit status."""
+    if args.list_passes and not args.load_pass_plugin:
+        print(list_passes_statically() or list_passes())
+        return 0
+    from fusegraph.compiler.errors import IRParseError
+    from fusegraph.compiler.parse import read_ir_file
+    from fusegraph.passes.manager import PassManager
+    from fusegraph.passes.registry import PassPluginError, load_pass_plugin
+
     try:
         for plugin in args.load_pass_plugin:
             load_pass_plugin(plugin)
@@ -185,8 +273,8 @@ def run_opt(args: argparse.Namespace) -> int:
         return 2
     filename = "<stdin>" if args.file == "-" else args.file
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file).read()  # noqa: SIM115
-    except OSError as err:
+        text = read_ir_file(args.file)
+    except (OSError, IRParseError) as err:
         print(f"fusegraph opt: error: {err}", file=sys.stderr)
         return 2
     outputs, failed = [], False
@@ -204,6 +292,9 @@ def run_opt(args: argparse.Namespace) -> int:
 def _one_chunk(
     chunk: str, filename: str, manager: PassManager, args: argparse.Namespace, index: int | None = None
 ) -> tuple[str | None, bool]:
+    from fusegraph.compiler.errors import IRParseError, IRVerifyError
+    from fusegraph.passes.manager import PassFailedError
+
     error = None
     out = None
     try:
@@ -217,7 +308,7 @@ def _one_chunk(
         return (out if error is None else None), problem is None
     if error is not None:
         print(f"{filename}: error: {error}", file=sys.stderr)
-        print(reproducer(chunk.lstrip("\n"), args, manager), file=sys.stderr)
+        print(reproducer(chunk.lstrip("\n"), args, manager, index), file=sys.stderr)
         return None, False
     return out, True
 

@@ -6,9 +6,19 @@ loads torch-mlir or IREE.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fusegraph.compiler.lowering.fx import to_fx
+if TYPE_CHECKING:
+    from fusegraph.compiler.lowering.fx import to_fx
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): `fusegraph lower --help` imports this package but not torch.
+    if name == "to_fx":
+        from fusegraph.compiler.lowering.fx import to_fx
+
+        return to_fx
+    raise AttributeError(f"module 'fusegraph.compiler.lowering' has no attribute {name!r}")
 
 
 def to_torch_mlir(graph: Any, *args: Any, **kwargs: Any) -> Any:
