@@ -77,7 +77,7 @@ def test_iree_cpu_matches_eager_cpu_on_prefill_and_decode_outputs_and_cache(setu
     want, want_cache, _ = _run_steps(eager)
     got, got_cache, seqs = _run_steps(setup.model)
     for step, (g, w) in enumerate(zip(got, want)):
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=lambda m, s=step: f"step {s}: {m}")
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=f"step {step}: outputs differ")
     torch.testing.assert_close(got_cache.kv_blocks, want_cache.kv_blocks, atol=1e-5, rtol=1e-5)
     # Every (block, slot) no sequence owns still holds its sentinel, in every layer and K/V.
     owned = {
