@@ -64,7 +64,12 @@ def _entry(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     results: Any,
+    threads: int | None,
 ) -> None:
+    if threads is not None:  # a forked child must not reuse the parent's OpenMP pool (it hangs)
+        import torch
+
+        torch.set_num_threads(threads)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank if not devices else _local_index(devices[rank], rank)),
@@ -105,7 +110,9 @@ def launch(
             equal `world_size`.
         timeout_s: Give up waiting for the ranks after this long.
         start_method: "spawn" (default; needed with CUDA) or "fork" (CPU only: the ranks
-            inherit the imported modules, which starts them in well under a second).
+            inherit the imported modules, which starts them in well under a second; each
+            forked rank runs torch with one thread, since the parent's OpenMP pool does
+            not survive a fork).
 
     Returns:
         Each rank's return value (picklable), in rank order.
@@ -120,12 +127,13 @@ def launch(
     if start_method not in ("spawn", "fork"):
         raise ValueError(f"launch: start_method must be 'spawn' or 'fork', got {start_method!r}")
     ctx: Any = mp.get_context(start_method)
+    threads = 1 if start_method == "fork" else None
     results = ctx.SimpleQueue()
     port = _free_port()
     procs = [
         ctx.Process(
             target=_entry,
-            args=(r, world_size, port, backend, strategy.devices or None, fn, args, results),
+            args=(r, world_size, port, backend, strategy.devices or None, fn, args, results, threads),
             daemon=False,
         )
         for r in range(world_size)

@@ -36,3 +36,15 @@ def collectives(info: RankInfo) -> dict[str, Any]:
     except CollectiveError as err:
         error = str(err)
     return {"outs": [o.clone() for o in outs], "error": error}
+
+
+def tp_model(info: RankInfo, folders: list[str], steps: list, new_tokens: int) -> list[dict[str, Any]]:
+    """Each model directory's logits, generated ids and cache on this rank."""
+    from fusegraph.distributed.model import load_model_shard
+    from tests.distributed._tiny import run_model
+
+    out = []
+    for folder in folders:
+        model = load_model_shard(folder, rank=info.rank, world_size=info.world_size)
+        out.append(run_model(model, steps, new_tokens))
+    return out

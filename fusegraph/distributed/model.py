@@ -1,0 +1,178 @@
+"""`load_model_shard`: one rank's share of a Hugging Face model directory, as a `DecoderModel`
+whose graph holds the collectives.
+
+Each rank builds its own model from a per-rank config (`num_attention_heads / n`,
+`num_key_value_heads / n` (or 1, replicated), `intermediate_size / n`) with
+`tp_reduce = fg.allreduce` after `o_proj` and `down_proj`, and, for an untied `lm_head`,
+`vocab_size / n` rows and `logits_gather = fg.allgather(axis=1)`. A tied `lm_head` (the
+embedding) stays replicated: every rank computes the full logits, no gather. Its weights are
+read from the safetensors files slice by slice (`fusegraph.distributed.shards`), so a rank
+never loads the other ranks' rows. Its KV cache (`model.kv_params`, `model.kv_manager`) holds
+only its kv heads. The graph's inputs and outputs are those of `DecoderModel`; every rank gets
+the same logits.
+
+Example:
+    >>> def rank_main(info):                       # launch(rank_main, 2) or torchrun
+    ...     model = load_model_shard("llama-gptq/", rank=info.rank, world_size=info.world_size)
+    ...     run = model.compile(num_blocks=64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fusegraph import ops
+from fusegraph.compiler import TensorValue
+from fusegraph.distributed.groups import DEFAULT_GROUP
+from fusegraph.distributed.shards import SafetensorsSource, shard_state
+from fusegraph.nn.decoder import DecoderModel
+from fusegraph.nn.hf_config import ModelConfig, ModelLoadError, parse_dtype
+from fusegraph.nn.hf_loader import SafetensorsDir, _device, _stack_layers
+from fusegraph.nn.mlp import make_linear
+from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingStrategy, TensorParallelLayout
+
+
+def model_layout(config: ModelConfig, strategy: ShardingStrategy) -> TensorParallelLayout:
+    """The split of `config`'s heads, channels and (untied) vocabulary over the strategy's ranks.
+
+    Raises:
+        HeadsNotDivisibleError: Heads do not split over the world size.
+        GroupSplitError: A row-parallel shard (`o_proj` or `down_proj`) would not hold whole
+            GPTQ groups.
+        ShardingError: `intermediate_size` or an untied `vocab_size` does not divide.
+    """
+    c = config
+    layout = strategy.layout(
+        n_heads=c.num_attention_heads,
+        n_kv_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        intermediate_size=c.intermediate_size,
+        vocab_size=None if c.tie_word_embeddings else c.vocab_size,
+    )
+    if (q := c.quantization) is not None and q.group_size != -1 and strategy.is_sharded:
+        share = layout.rank(0)
+        for proj, rows in (("o_proj", share.n_heads * c.head_dim), ("down_proj", share.intermediate_size)):
+            if rows is not None and rows % q.group_size:
+                raise GroupSplitError(
+                    f"tensor parallel: {proj}'s rows split into shards of {rows}, which cuts GPTQ groups of "
+                    f"group_size {q.group_size}; use a world size that gives whole groups"
+                )
+    return layout
+
+
+def rank_config(config: ModelConfig, share: RankShare) -> ModelConfig:
+    """`config` with this rank's head counts and intermediate size."""
+    return dataclasses.replace(
+        config,
+        num_attention_heads=share.n_heads,
+        num_key_value_heads=share.n_kv_heads,
+        intermediate_size=share.intermediate_size or config.intermediate_size,
+    )
+
+
+def build_model_shard(
+    config: ModelConfig,
+    strategy: ShardingStrategy,
+    rank: int,
+    *,
+    group: str = DEFAULT_GROUP,
+    **model_kwargs: Any,
+) -> DecoderModel:
+    """The (unloaded) `DecoderModel` of `rank`: divided heads and channels, collectives wired.
+
+    `model_kwargs` go to `DecoderModel` (dtype, device, fuse, stacked_qkv, ...).
+    """
+    layout = model_layout(config, strategy)
+    share, n = layout.rank(rank), strategy.world_size
+    if n == 1:
+        return DecoderModel(config, **model_kwargs)
+
+    def reduce(x: TensorValue) -> TensorValue:
+        return ops.allreduce(x, group=group, world_size=n)
+
+    def gather(logits: TensorValue) -> TensorValue:
+        return ops.allgather(logits, axis=1, group=group, world_size=n)
+
+    tied = config.tie_word_embeddings
+    model = DecoderModel(
+        rank_config(config, share), tp_reduce=reduce, logits_gather=None if tied else gather, **model_kwargs
+    )
+    if not tied and share.vocab_size is not None:  # column-parallel lm_head: this rank's rows
+        quant = config.quantization if model_kwargs.get("quantized_lm_head") else None
+        model.lm_head = make_linear(
+            config.hidden_size,
+            share.vocab_size,
+            dtype=model.dtype,
+            device=model.device,
+            quant_config=quant,
+            scales_dtype=model.scales_dtype,
+        )
+    return model
+
+
+def load_model_shard(
+    path: str | Path,
+    *,
+    rank: int,
+    world_size: int,
+    device: Any = "cpu",
+    dtype: Any = None,
+    fuse: bool = True,
+    max_seq_len: int | None = None,
+    page_size: int = 16,
+    group: str = DEFAULT_GROUP,
+) -> DecoderModel:
+    """Rank `rank`'s share of the model directory `path` (see the module docstring).
+
+    Args:
+        path: A Llama/Mistral/Qwen2/Qwen3 directory (dense or GPTQ), as for `load_model`.
+        rank: This process's rank.
+        world_size: The tensor-parallel size.
+        device: Where this rank's weights and cache live ("cpu", "cuda:N", a DeviceRef).
+        dtype: Activation/cache dtype (default: the checkpoint's).
+        fuse: Fused rope/split/store and stacked q/k/v, gate/up where the g_idx allow.
+        max_seq_len: Rows of the rope table.
+        page_size: Tokens per KV-cache page.
+        group: The process-group name the collectives use.
+
+    Raises:
+        HeadsNotDivisibleError, GroupSplitError, ShardingError: The model does not split.
+        ModelLoadError: As `load_model` (a missing directory, config or tensor).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: not a directory")
+    config = ModelConfig.from_file(folder / "config.json")
+    strategy = ShardingStrategy.tensor_parallel(world_size)
+    files = SafetensorsDir(folder)
+    kwargs: dict[str, Any] = dict(
+        dtype=parse_dtype(dtype) if dtype is not None else config.dtype,
+        device=_device(device),
+        quantized_lm_head="lm_head.qweight" in files,
+        max_seq_len=max_seq_len,
+        page_size=page_size,
+        fuse=fuse,
+    )
+    plain = build_model_shard(config, strategy, rank, group=group, **kwargs)
+    wanted = [n for n, _ in plain.named_params()]
+    wanted += [n for n, _ in plain.named_accepted() if n in files]
+    source = SafetensorsSource(sorted(set(files.origin.values())))
+    state = shard_state(source, model_layout(config, strategy), rank, config.quantization, wanted)
+    specs = dict(plain.named_params())
+    for name, tensor in state.items():
+        want = specs[name].dtype.to_torch() if name in specs else tensor.dtype
+        if tensor.dtype != want and tensor.is_floating_point() and want.is_floating_point:
+            state[name] = tensor.to(want)
+    local = rank_config(config, model_layout(config, strategy).rank(rank))
+    qkv = gate_up = [False] * config.num_hidden_layers
+    if fuse:
+        state, qkv, gate_up = _stack_layers(state, local)
+    model = plain
+    if any(qkv) or any(gate_up):
+        model = build_model_shard(
+            config, strategy, rank, group=group, stacked_qkv=qkv, stacked_gate_up=gate_up, **kwargs
+        )
+    model.load_state_dict(state)
+    return model
