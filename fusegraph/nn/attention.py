@@ -156,11 +156,16 @@ class AttentionWithRope(Module):
             self.q_proj = self._linear(self.hidden_size, self.q_dim, self.has_bias, self.clip_qkv)
             self.k_proj = self._linear(self.hidden_size, self.kv_dim, self.has_bias, self.clip_qkv)
             self.v_proj = self._linear(self.hidden_size, self.kv_dim, self.has_bias, self.clip_qkv)
-        self.o_proj = self._linear(self.q_dim, self.hidden_size, False, None)
+        self.o_proj = self._output_projection()
         if self.use_qk_norm:
             device = self.devices[0]
             self.q_norm = RMSNorm(self.head_dim, self.dtype, self.rms_norm_eps, device)
             self.k_norm = RMSNorm(self.head_dim, self.dtype, self.rms_norm_eps, device)
+
+    def _output_projection(self) -> Any:
+        """o_proj `[hidden, H·D]`, never biased (a hook: `GPTQAttentionWithRope` builds it with
+        `linear_cls`)."""
+        return self._linear(self.q_dim, self.hidden_size, False, None)
 
     # --- forward -----------------------------------------------------------------------
     def __call__(

@@ -3,10 +3,14 @@
 Unlike MAX's layer of the same name (GPU-only, 4-bit, group 128, symmetric, none of the flags
 below), this one takes any `QuantizationConfig` the op supports and every flag of
 `AttentionWithRope`: `stacked_qkv`, `has_bias`, `clip_qkv`, `use_qk_norm`, `sliding_window` /
-`mask_variant` and both values of
-`_fuse_rope_and_store`. Every projection, o_proj included, is a `GPTQLinear` emitting
-`fg.qmatmul.gptq`; weights use AutoGPTQ names (`q_proj.qweight`, `.qzeros`, `.scales`,
-`.g_idx`, and `.bias` with `has_bias`).
+`mask_variant` and both values of `_fuse_rope_and_store`. q/k/v are `GPTQLinear`s emitting
+`fg.qmatmul.gptq`; o_proj is built by `linear_cls` (default `GPTQLinear`; a `Linear` for
+checkpoints that leave o_proj dense). Weights use AutoGPTQ names (`q_proj.qweight`, `.qzeros`,
+`.scales`, `.g_idx`, and `.bias` with `has_bias`).
+
+Act order: after each `load_state_dict`, q/k/v whose loaded `g_idx` are equal share q's
+`g_idx` weight (`share_equal_g_idx`), so `fuse-qkv-projections` can stack them;
+`g_idx_sharing` holds None or the reason they stay apart.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import torch
 from fusegraph.compiler import DeviceRef, DType
 from fusegraph.nn.attention import AttentionWithRope
 from fusegraph.nn.attention_config import MHAMaskVariant
+from fusegraph.nn.gptq_share import share_equal_g_idx
 from fusegraph.nn.kv_cache import KVCacheParams
-from fusegraph.nn.linear import Linear
+from fusegraph.nn.layer import Module
+from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.rotary import RotaryEmbedding
 
@@ -31,11 +37,16 @@ class GPTQAttentionWithRope(AttentionWithRope):
     Args:
         quantization_config: The GPTQ settings of every projection.
         rope: See `AttentionWithRope`; so are all the other arguments, which this layer
-            supports in full. `linear_cls` is accepted for MAX compatibility and unused.
+            supports in full.
+        linear_cls: The class of o_proj: `GPTQLinear` (default) or a subclass, built with
+            `quantization_config`; or `Linear` (or a subclass, or any class taking `Linear`'s
+            arguments and holding `weight [hidden, H·D]`) for a dense o_proj. MAX's default,
+            `Linear`, means a GPTQ o_proj there; here it means a dense one.
 
     Raises:
-        ValueError: As `AttentionWithRope`, and when `group_size` does not divide
-            `hidden_size` (or `num_attention_heads * head_dim`, o_proj's input).
+        ValueError: As `AttentionWithRope`; when `group_size` does not divide `hidden_size`
+            (or `num_attention_heads * head_dim`, o_proj's input); when `linear_cls` cannot be
+            built as o_proj or its parameters are not a dense or GPTQ `[hidden, H·D]` projection.
 
     Example:
         >>> cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
@@ -56,7 +67,7 @@ class GPTQAttentionWithRope(AttentionWithRope):
         devices: Sequence[DeviceRef] | None = None,
         dtype: DType = DType.float32,
         scale: float | None = None,
-        linear_cls: Any = Linear,
+        linear_cls: Any = GPTQLinear,
         stacked_qkv: bool = False,
         has_bias: bool = False,
         clip_qkv: float | None = None,
@@ -93,6 +104,20 @@ class GPTQAttentionWithRope(AttentionWithRope):
             _fuse_rope_and_store=_fuse_rope_and_store,
         )
 
+    def _output_projection(self) -> Any:
+        return build_output_projection(
+            self.linear_cls,
+            self.q_dim,
+            self.hidden_size,
+            self.quantization_config,
+            self.dtype,
+            self.devices[0],
+        )
+
+    def _on_load(self) -> None:
+        if not self.stacked_qkv:
+            self.g_idx_sharing = share_equal_g_idx(self, ["q_proj", "k_proj", "v_proj"])
+
     @property
     def wqkv(self) -> torch.Tensor:
         """MAX's "packed + scales" q/k/v weight, as a host uint8 tensor `[rows, Ntot]`.
@@ -119,3 +144,39 @@ class GPTQAttentionWithRope(AttentionWithRope):
         qweight_bytes = qweight.view(torch.uint8).reshape(-1, n_total)
         scales_bytes = scales.view(torch.uint8).reshape(-1, n_total)
         return torch.cat([qweight_bytes, scales_bytes], dim=0)
+
+
+def build_output_projection(
+    linear_cls: Any, in_dim: int, out_dim: int, quant: QuantizationConfig, dtype: DType, device: DeviceRef
+) -> Module:
+    """o_proj from `linear_cls`: a `GPTQLinear` (subclass) gets `quant`; anything else is built
+    with `Linear`'s arguments. The result must hold a projection's weights: `weight [out, in]`
+    (dense) or GPTQ `qweight`/`qzeros`/`scales` of `[in, out]`.
+
+    Raises:
+        ValueError: The class cannot be built so, or does not hold those weights; the message
+            names the class, the dims and the parameters it has.
+    """
+    name = getattr(linear_cls, "__name__", repr(linear_cls))
+    where = f"GPTQAttentionWithRope: linear_cls={name} as o_proj (in_dim={in_dim}, out_dim={out_dim})"
+    if not callable(linear_cls):
+        raise ValueError(f"{where}: not a class")
+    try:
+        if isinstance(linear_cls, type) and issubclass(linear_cls, GPTQLinear):
+            proj = linear_cls(in_dim, out_dim, quant, dtype, device, False, None)
+        else:
+            proj = linear_cls(in_dim, out_dim, dtype=dtype, device=device, has_bias=False, clip_weight=None)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: cannot be built: {err}") from None
+    if not isinstance(proj, Module) or not callable(proj):
+        raise ValueError(f"{where}: built a {type(proj).__name__}, not a callable fusegraph Module")
+    params = {n: list(spec.shape) for n, spec in proj.named_params()}
+    dense = {"weight": [out_dim, in_dim]}
+    gptq = GPTQLinear(in_dim, out_dim, quant, dtype, device)
+    quantized = {n: list(spec.shape) for n, spec in gptq.named_params()}
+    if params not in (dense, quantized):
+        raise ValueError(
+            f"{where}: cannot take the projection's weights: it declares {params}, expected a dense "
+            f"{dense} or GPTQ {quantized} projection"
+        )
+    return proj

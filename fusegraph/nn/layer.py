@@ -48,6 +48,7 @@ class Module:
     _values: dict[str, torch.Tensor]
     _shared: list[Any]
     _accepted: dict[str, Callable[[str, torch.Tensor], None]]
+    _aliases: dict[str, Module]
     _prefix: str
 
     def __init__(self) -> None:
@@ -56,6 +57,7 @@ class Module:
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "_shared", [])
         object.__setattr__(self, "_accepted", {})
+        object.__setattr__(self, "_aliases", {})
         object.__setattr__(self, "_prefix", "")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -80,9 +82,24 @@ class Module:
         calls `check(relative_name, tensor)` on it, then drops it."""
         self._accepted[name] = check
 
+    def alias(self, name: str, owner: Module | None) -> None:
+        """Emit parameter `name` as `owner`'s parameter of the same name (which holds an equal
+        tensor, e.g. a shared GPTQ g_idx), or as this module's own again (None). An aliased
+        parameter is still loaded and checked, but `state_dict()` leaves it out: the graph does
+        not name it."""
+        if owner is None:
+            self._aliases.pop(name, None)
+        else:
+            self._aliases[name] = owner
+
     def weight(self, name: str) -> TensorValue:
         """Add parameter `name` to the current graph as a weight named by its full path."""
-        return Graph.current().add_weight(self._prefix + name, self._params[name].tensor_type)
+        owner = self._aliases.get(name, self)
+        return Graph.current().add_weight(owner._prefix + name, self._params[name].tensor_type)
+
+    def _on_load(self) -> None:
+        """Called on this module and every descendant after `load_state_dict` binds values
+        (e.g. to decide which equal tensors the graph can share); a no-op by default."""
 
     # --- state -------------------------------------------------------------------------
     def named_params(self) -> Iterator[tuple[str, ParamSpec]]:
@@ -121,7 +138,15 @@ class Module:
         """
         if missing := [n for n, _ in self.named_params() if n not in self._local_state()]:
             raise RuntimeError(f"{type(self).__name__}: parameters not loaded: {missing}")
-        return {**self._local_state(), **self._shared_state()}
+        aliased = set(self._aliased())
+        local = {k: v for k, v in self._local_state().items() if k not in aliased}
+        return {**local, **self._shared_state()}
+
+    def _aliased(self) -> Iterator[str]:
+        """Relative names of the parameters emitted under another module's weight."""
+        yield from self._aliases
+        for child_name, child in self._children.items():
+            yield from (f"{child_name}.{n}" for n in child._aliased())
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
         """Bind parameter values by relative name, checking presence, shape and dtype.
@@ -148,6 +173,12 @@ class Module:
                 check(name, state[name])
         for name in specs:
             self._assign(name, state[name])
+        self._loaded()
+
+    def _loaded(self) -> None:
+        for child in self._children.values():
+            child._loaded()
+        self._on_load()
 
     def _assign(self, name: str, value: torch.Tensor) -> None:
         module, leaf = self, name

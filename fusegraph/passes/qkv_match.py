@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from xdsl.ir import SSAValue
+
 from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.matmul import MatmulOp
 from fusegraph.ops.shape import PermuteOp
+from fusegraph.ops.weight import WeightOp
 from fusegraph.passes.patterns import NoMatch, NotCandidate, block_index, no_match, users
 
 _GPTQ_CONFIG = ("bits", "group_size", "sym", "desc_act", "zero_format", "clip")
@@ -87,7 +90,19 @@ def _gptq_agree(group: list[QMatmulGptqOp]) -> NoMatch | None:
         if (op.qzeros is None) != (first.qzeros is None):
             return no_match(f"projection {i} qzeros presence differs")
         if op.g_idx is not first.g_idx:
-            return no_match(f"projection {i} g_idx is a different value (weights are unknown here)")
+            return no_match(
+                f"projection {i} g_idx is a different value ({_name(op.g_idx)} vs {_name(first.g_idx)}): "
+                "act-order projections stack only when they read one g_idx (GPTQAttentionWithRope "
+                "shares q's when the loaded tensors are equal)"
+            )
         if tensor_type(op.scales).dtype != tensor_type(first.scales).dtype:
             return no_match(f"projection {i} scales dtype differs")
     return None
+
+
+def _name(value: SSAValue | None) -> str:
+    """A g_idx operand as the weight it is bound from (or what produced it)."""
+    if value is None:
+        return "absent"
+    owner = value.owner
+    return owner.weight_name if isinstance(owner, WeightOp) else getattr(owner, "name", "a block argument")

@@ -132,3 +132,25 @@ def test_window_arguments__refused_with_the_field_named(kwargs, match):
             rope=rope, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, hidden_size=HIDDEN,
             kv_params=kv_params, **kwargs,
         )  # fmt: skip
+
+
+def test_window_and_dynamic_ntk_unfused__iree_matches_hf():
+    """One IREE compile: the unfused chain with a sliding window and dynamic NTK (prompts past
+    the original max of 8), against HF Mistral with the same rope parameters."""
+    pytest.importorskip("iree.compiler")
+    from fusegraph.nn import rope_scaling_from_hf
+
+    config, _, rotary = _mistral()
+    config.max_position_embeddings = 8
+    config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    torch.manual_seed(2)
+    attn_hf = MistralAttention(config, layer_idx=0).double().eval()
+    kv_params = kv_params_for(config, 4, HEAD_DIM)
+    scaling = rope_scaling_from_hf(config.rope_parameters, config.max_position_embeddings)
+    rope = RotaryEmbedding(HIDDEN, HEADS, 10000.0, 64, head_dim=HEAD_DIM, interleaved=False, scaling=scaling)
+    layer = AttentionWithRope(
+        rope=rope, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, hidden_size=HIDDEN,
+        kv_params=kv_params, sliding_window=WINDOW, _fuse_rope_and_store=False,
+    )  # fmt: skip
+    layer.load_state_dict({k: v.detach().float() for k, v in attn_hf.state_dict().items()})
+    run_against_hf(layer, rope, kv_params, config, attn_hf, rotary, STEPS, backend="iree", tol=5e-5)
