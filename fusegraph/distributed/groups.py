@@ -24,6 +24,7 @@ import torch.distributed as dist
 DEFAULT_GROUP = "tp"
 
 _GROUPS: dict[str, Any] = {}
+_CURRENT: dict[str, RankInfo] = {}
 
 
 class CollectiveError(RuntimeError):
@@ -45,6 +46,18 @@ class RankInfo:
     world_size: int
     device: str
     backend: str
+
+
+def current_rank() -> RankInfo | None:
+    """This process's place in the tensor-parallel group, set by `init_tensor_parallel`
+    (None outside a tensor-parallel run)."""
+    return _CURRENT.get(DEFAULT_GROUP)
+
+
+def leave_tensor_parallel() -> None:
+    """Forget the group `"tp"` and this process's rank (not the torch.distributed group)."""
+    _CURRENT.pop(DEFAULT_GROUP, None)
+    unregister_group(DEFAULT_GROUP)
 
 
 def register_group(name: str, group: Any) -> None:
@@ -122,4 +135,6 @@ def init_tensor_parallel(
         device = f"cuda:{local}"
     else:
         device = "cpu"
-    return RankInfo(rank=rank, world_size=world_size, device=device, backend=dist.get_backend())
+    info = RankInfo(rank=rank, world_size=world_size, device=device, backend=dist.get_backend())
+    _CURRENT[DEFAULT_GROUP] = info
+    return info

@@ -26,11 +26,20 @@ from typing import Any
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fusegraph.distributed.groups import init_tensor_parallel, unregister_group
+from fusegraph.distributed.groups import init_tensor_parallel, leave_tensor_parallel
 
 
 class LaunchError(RuntimeError):
-    """A rank failed; the message carries that rank's traceback."""
+    """A rank failed; the message carries that rank's traceback.
+
+    Attributes:
+        rank: The failed rank (None when none reported).
+        error: The exception the rank raised, when it could be pickled back (else None).
+    """
+
+    def __init__(self, message: str, rank: int | None = None, error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.rank, self.error = rank, error
 
 
 def _free_port() -> int:
@@ -50,7 +59,7 @@ def run_rank(fn: Callable[..., Any], *args: Any, backend: str | None = None) -> 
     try:
         return fn(info, *args)
     finally:
-        unregister_group("tp")
+        leave_tensor_parallel()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -81,8 +90,13 @@ def _entry(
     # descriptors that die with this process.
     try:
         results.put(pickle.dumps((rank, True, run_rank(fn, *args, backend=backend))))
-    except BaseException:  # noqa: BLE001 - sent to the parent, which raises it
-        results.put(pickle.dumps((rank, False, traceback.format_exc())))
+    except BaseException as err:  # noqa: BLE001 - sent to the parent, which raises it
+        try:
+            payload = pickle.dumps((rank, False, (traceback.format_exc(), err)))
+            pickle.loads(payload)
+        except Exception:  # noqa: BLE001 - an exception that does not round-trip: text only
+            payload = pickle.dumps((rank, False, (traceback.format_exc(), None)))
+        results.put(payload)
 
 
 def _local_index(device: str, rank: int) -> int:
@@ -141,22 +155,22 @@ def launch(
     for p in procs:
         p.start()
     out: dict[int, Any] = {}
-    failures: list[str] = []
+    failure: LaunchError | None = None
     try:
         for _ in range(world_size):
             rank, ok, value = _get(results, procs, timeout_s)
             if not ok:
-                failures.append(f"rank {rank} failed:\n{value}")
+                failure = LaunchError(f"rank {rank} failed:\n{value[0]}", rank, value[1])
                 break
             out[rank] = value
     finally:
         for p in procs:
-            p.join(timeout=5 if not failures else 0.5)
+            p.join(timeout=5 if failure is None else 0.5)
             if p.is_alive():
                 p.kill()
                 p.join()
-    if failures:
-        raise LaunchError("\n".join(failures))
+    if failure is not None:
+        raise failure
     return [out[r] for r in range(world_size)]
 
 

@@ -51,6 +51,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-prefix-caching", action="store_true", help="do not share cached prompt prefixes")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps without CUDA graphs")
     p.add_argument("--json", action="store_true", help='print {"token_ids": [[...], ...]} only')
+    p.add_argument("--tp", type=int, default=1, metavar="N", help="tensor parallelism over N processes")
     p.set_defaults(func=run)
 
 
@@ -98,6 +99,10 @@ def spinner(message: str, enabled: bool) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     """Load, compile and generate; returns the exit status."""
     try:
+        if getattr(args, "tp", 1) != 1:
+            from fusegraph.distributed.cli import run_tp
+
+            return run_tp(_run, args)
         return _run(args)
     except (ValueError, OSError) as err:
         print(f"fusegraph generate: error: {err}", file=sys.stderr)
@@ -105,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fusegraph.distributed.cli import load_for_rank as load_model  # nn.load_model unless --tp
     from fusegraph.generate import Generator, SamplingParams
     from fusegraph.generate.text import TextStream, load_tokenizer, stop_token_ids
-    from fusegraph.nn import load_model
     from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 
     tokenizer = load_tokenizer(args.model_dir)

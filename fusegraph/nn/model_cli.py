@@ -62,6 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-seq-len", type=int, default=None, help="rope table rows (default: max_position_embeddings)"
     )
+    p.add_argument("--tp", type=int, default=1, metavar="N", help="tensor parallelism over N processes")
     p.set_defaults(func=model_cli)
     return p
 
@@ -69,6 +70,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def model_cli(args: argparse.Namespace) -> int:
     """Run the subcommand; errors print one line and a reproducer, and return 1."""
     try:
+        if getattr(args, "tp", 1) != 1:
+            from fusegraph.distributed.cli import run_tp
+
+            return run_tp(_run, args)
         return _run(args)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"fusegraph model: error: {err}", file=sys.stderr)
@@ -97,8 +102,8 @@ def parse_token_ids(text: str | None) -> list[list[int]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fusegraph.distributed.cli import load_for_rank as load_model  # nn.load_model unless --tp
     from fusegraph.nn.decoder import DEFAULT_PIPELINE
-    from fusegraph.nn.hf_loader import load_model
 
     prompts = parse_token_ids(args.token_ids) if args.logits else [[0]]
     model = load_model(
