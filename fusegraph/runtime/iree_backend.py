@@ -167,6 +167,7 @@ class IreeCompiledGraph:
         transfers: bytes this object copied between host and device memory, cumulative,
             `{"h2d": n, "d2h": n}` (zero-copy DLPack hand-offs count nothing; the metadata
             read by the checks counts as d2h on CUDA).
+        zero_copy: whether the last call handed every input and output over without a copy.
     """
 
     def __init__(
@@ -197,6 +198,7 @@ class IreeCompiledGraph:
         bound = bind_weights(self.graph.weights, weights or {}, "cpu")
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))
         self.transfers = {"h2d": 0, "d2h": 0}
+        self.zero_copy = True
         self.mlir: Any = None
         if vmfb is not None:  # compiled elsewhere (e.g. for CUDA on a machine with the compiler)
             self.vmfb_path, self.cache_hit = Path(vmfb), True
@@ -249,6 +251,7 @@ class IreeCompiledGraph:
             torch.cuda.current_stream(self.device).synchronize()  # IREE runs on its own stream
         keep: list[Any] = []
         args, aliased = zip(*(self._argument(x, keep) for x in inputs)) if inputs else ((), ())
+        self.zero_copy = all(aliased)
         results = self._function(*args, *self._weights)  # synchronous: done when it returns
         results = results if isinstance(results, (tuple, list)) else (results,)
         n = len(self.output_types)
@@ -274,6 +277,7 @@ class IreeCompiledGraph:
         except Exception:  # noqa: BLE001 - fall back to a copy through the host
             tensor = from_iree(result, dtype, self.device)
             self._count("d2h", tensor)
+            self.zero_copy = False
             return tensor
         if tensor.dtype != dtype:  # IREE returns unsigned tensors as signless: same bits
             tensor = tensor.view(dtype)
