@@ -1,0 +1,290 @@
+"""GPU decode step of a whole Llama-3-8B-shaped GPTQ model (one CUDA graph) vs transformers.
+
+Usage: `python benchmarks/gpu_model.py [--batch 1 32] [--ctx 2048] [--budget-s 200] [--skip-hf]`
+
+For each batch size it times one decode step (every sequence holding `ctx` cached tokens and
+adding one) of:
+
+- fusegraph: `DecoderModel` (32 layers, 4-bit GPTQ g128 sym, desc_act=False so q/k/v and gate/up
+  are stacked, fp16 activations and KV cache, dense fp16 lm_head), built, passed through the
+  default pipeline and compiled eager on CUDA with `cuda_graphs=True`: one CUDA graph per step,
+  timed end to end through `run(...)` (input copies, replay, output clone);
+- transformers' `LlamaForCausalLM` in fp16 with a `StaticCache`, eager and under
+  `torch.compile(mode="reduce-overhead")`;
+- the bytes floor: the bytes one step must read (int4 or fp16 weights, the fp16 lm_head, the
+  KV cache of every sequence) over the device-to-device copy bandwidth measured here.
+
+Weights are random (GPTQ words random bits, scales ~2e-3; the KV cache random), never zeros.
+It prints ms/step and tokens/s. Stages that would overrun `--budget-s` are skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontend import LLAMA3_8B  # noqa: E402
+
+from fusegraph.compiler import DeviceRef, DType  # noqa: E402
+from fusegraph.nn import DEFAULT_PIPELINE, DecoderModel  # noqa: E402
+
+PAGE = 128
+START = time.perf_counter()
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the code paths (--tiny)
+SHAPE = LLAMA3_8B
+
+
+def elapsed() -> float:
+    """Seconds since the script started."""
+    return time.perf_counter() - START
+
+
+def time_steps(step: Any, iters: int = 30, warmup: int = 3) -> float:
+    """Median ms of `step()` over `iters` runs, each timed with CUDA events."""
+    for _ in range(warmup):
+        step()
+    if DEV == "cpu":
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t) * 1e3)
+        return sorted(times)[len(times) // 2]
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 4 GiB device-to-device copy (read + write counted)."""
+    size = 2**31 if DEV == "cuda" else 2**24
+    src = torch.empty(size, dtype=torch.uint8, device=DEV).random_()
+    dst = torch.empty_like(src)
+    ms = time_steps(lambda: dst.copy_(src), iters=10)
+    return 2 * size / (ms / 1e3)
+
+
+def step_bytes(bs: int, ctx: int, int4: bool) -> int:
+    """The fewest bytes one decode step reads: weights once, lm_head, every sequence's KV."""
+    c = SHAPE
+    h, i, d = c.hidden_size, c.intermediate_size, c.head_dim
+    per_layer = (
+        h * (c.num_attention_heads + 2 * c.num_key_value_heads) * d
+        + c.num_attention_heads * d * h
+        + 3 * h * i
+    )
+    # int4: 4 bits per weight + one fp16 scale and one 4-bit zero per 128 weights of a column
+    weights = per_layer * (0.5 + 2.5 / 128) if int4 else per_layer * 2
+    kv = bs * (ctx + 1) * 2 * c.num_key_value_heads * d * 2
+    return int(c.num_hidden_layers * (weights + kv) + c.vocab_size * h * 2 + bs * h * 2)
+
+
+def random_state(model: DecoderModel) -> dict[str, torch.Tensor]:
+    """Random weights on the GPU for every parameter (GPTQ words: random bits)."""
+    state = {}
+    for name, spec in model.named_params():
+        shape, dtype = spec.shape, spec.dtype.to_torch()
+        if dtype == torch.int32:
+            state[name] = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device=DEV)
+        elif name.endswith("scales"):
+            state[name] = (torch.rand(shape, device=DEV) * 2e-3 + 1e-3).to(dtype)
+        elif "norm" in name:
+            state[name] = torch.ones(shape, dtype=dtype, device=DEV)
+        else:
+            state[name] = (torch.randn(shape, device=DEV) * 0.02).to(dtype)
+    return state
+
+
+def fusegraph_model(batches: list[int], ctx: int) -> dict[int, float]:
+    """ms/step of the fusegraph model at each batch size."""
+    from fusegraph.passes import available_passes
+
+    config = replace(SHAPE, dtype=DType.float16 if DEV == "cuda" else DType.float32)
+    model = DecoderModel(
+        config,
+        device=DeviceRef.GPU(0) if DEV == "cuda" else DeviceRef.CPU(),
+        stacked_qkv=True,
+        stacked_gate_up=True,
+        max_seq_len=ctx + 64,
+        page_size=PAGE,
+    )
+    model.load_state_dict(random_state(model))
+    pages = -(-(ctx + 1) // PAGE)
+    num_blocks = max(batches) * pages
+    pipeline = DEFAULT_PIPELINE + (",gptq-repack" if "gptq-repack" in available_passes() else "")
+    t = time.perf_counter()
+    run = model.compile(num_blocks, device=DEV, pipeline=pipeline, cuda_graphs=DEV == "cuda")
+    print(f"fusegraph: pipeline {pipeline!r}, compile {time.perf_counter() - t:.1f}s", flush=True)
+    results = {}
+    for bs in batches:
+        manager = model.kv_manager(num_blocks)
+        manager.kv_blocks.normal_(0, 1)
+        seqs = [manager.claim(max_len=ctx + 1) for _ in range(bs)]
+        manager.prepare(seqs, [ctx] * bs)
+        manager.commit(seqs, [ctx] * bs)  # as if `ctx` tokens had been prefilled (random KV)
+        batch = manager.prepare(seqs, [1] * bs)
+        tokens = torch.randint(0, config.vocab_size, (bs,), device=DEV)
+        inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
+        (logits,) = run(*inputs)  # warm-up + capture
+        (logits,) = run(*inputs)
+        if not (logits.shape == (bs, config.vocab_size) and torch.isfinite(logits).all()):
+            raise RuntimeError(
+                f"bs {bs}: bad logits {tuple(logits.shape)}, finite={bool(torch.isfinite(logits).all())}"
+            )
+        results[bs] = time_steps(lambda inputs=inputs: run(*inputs))
+        print(f"fusegraph bs {bs}: {results[bs]:.3f} ms/step ({elapsed():.0f}s)", flush=True)
+        del manager
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def hf_model(
+    batches: list[int], ctx: int, budget_s: float, compile_est_s: float
+) -> dict[str, dict[int, float]]:
+    """ms/step of transformers' LlamaForCausalLM (fp16, StaticCache), eager and compiled."""
+    from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+
+    c = SHAPE
+    config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=131072, rms_norm_eps=c.rms_norm_eps,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )  # fmt: skip
+    torch.set_default_dtype(torch.float16 if DEV == "cuda" else torch.float32)
+    with torch.device(DEV):
+        model = LlamaForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    out: dict[str, dict[int, float]] = {"eager": {}, "compiled": {}}
+    compiled = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    for kind, forward in (("eager", model.forward), ("compiled", compiled)):
+        for bs in batches:
+            if elapsed() + (compile_est_s if kind == "compiled" else 0.0) > budget_s:
+                print(f"transformers {kind} bs {bs}: skipped (past the {budget_s:.0f}s budget)", flush=True)
+                continue
+            cache = StaticCache(config=config, max_cache_len=ctx + 16)
+            ids = torch.randint(0, c.vocab_size, (bs, 1), device=DEV)
+            position = torch.tensor([ctx], device=DEV)
+
+            def step(
+                ids: torch.Tensor = ids,
+                cache: Any = cache,
+                position: torch.Tensor = position,
+                forward: Any = forward,
+            ) -> Any:
+                with torch.no_grad():
+                    return forward(input_ids=ids, past_key_values=cache, cache_position=position,
+                                   position_ids=position[None].expand(ids.shape[0], 1), use_cache=True)  # fmt: skip
+
+            t = time.perf_counter()
+            step()
+            first = time.perf_counter() - t
+            out[kind][bs] = time_steps(step, iters=20)
+            print(
+                f"transformers {kind} bs {bs}: {out[kind][bs]:.3f} ms/step (first call {first:.1f}s, {elapsed():.0f}s)",
+                flush=True,
+            )
+            del cache
+    return out
+
+
+def check_tiny() -> None:
+    """Correct first: a tiny GPTQ act-order Llama (tests/models) on this device, eager + CUDA
+    graphs, float32, against transformers on the same dequantized weights; prints the error."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fusegraph.nn import QuantizationConfig, load_model
+    from tests.models.hf_models import make_model_dir
+
+    folder = Path(tempfile.mkdtemp())
+    quant = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
+    reference = make_model_dir("llama", folder, quant=quant).to(DEV)
+    model = load_model(folder, device=DEV, dtype="float32")
+    run = model.compile(16, device=DEV, cuda_graphs=DEV == "cuda")
+    manager = model.kv_manager(16)
+    prompts = [[5, 7, 9, 11, 3], [1, 2, 3], [42]]
+    seqs = [manager.claim(max_len=32) for _ in prompts]
+    worst, scale, new = 0.0, 0.0, prompts
+    for _ in range(4):
+        batch = manager.prepare(seqs, [len(n) for n in new])
+        tokens = torch.tensor([t for n in new for t in n], device=DEV)
+        (logits,) = run(tokens, batch.row_offsets, *batch.kv_inputs)
+        manager.commit(seqs, [len(n) for n in new])
+        with torch.no_grad():
+            expected = torch.stack([reference(torch.tensor([p], device=DEV)).logits[0, -1] for p in prompts])
+        worst = max(worst, float((logits - expected.float()).abs().max()))
+        scale = max(scale, float(expected.abs().max()))
+        new = [[int(t)] for t in logits.argmax(-1)]
+        prompts = [p + n for p, n in zip(prompts, new)]
+    print(
+        f"check: tiny GPTQ act-order Llama, f32, 4 steps, max |fusegraph - transformers| = {worst:.2e} (logits up to {scale:.2f})",
+        flush=True,
+    )
+
+
+def main() -> None:
+    """Run every stage and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--budget-s", type=float, default=200.0, help="skip transformers stages past this")
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument(
+        "--skip-check", action="store_true", help="skip the tiny-model check against transformers"
+    )
+    parser.add_argument(
+        "--compile-est-s",
+        type=float,
+        default=100.0,
+        help="start torch.compile only this far inside the budget",
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="2 layers, small dims (a dry run, e.g. on the CPU)"
+    )
+    args = parser.parse_args()
+    global SHAPE
+    if args.tiny:
+        SHAPE = replace(LLAMA3_8B, vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_windows=(None, None))  # fmt: skip
+    if DEV == "cpu":
+        torch.set_num_threads(1)  # tiny matmuls on a shared CPU
+    name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
+    print(f"{name}, torch {torch.__version__}", flush=True)
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    if not args.skip_check:
+        check_tiny()
+    ours = fusegraph_model(args.batch, args.ctx)
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+    hf = {} if args.skip_hf else hf_model(args.batch, args.ctx, args.budget_s, args.compile_est_s)
+    print(f"\ndecode step, {'tiny' if args.tiny else 'Llama-3-8B'} shape, ctx {args.ctx}: ms/step (tokens/s)")
+    columns = ["fusegraph int4", "hf eager fp16", "hf compiled fp16", "floor fp16", "floor int4"]
+    print(f"{'bs':>4} " + " ".join(f"{c:>22}" for c in columns))
+    for bs in args.batch:
+        floor16 = step_bytes(bs, args.ctx, int4=False) / bandwidth * 1e3
+        floor4 = step_bytes(bs, args.ctx, int4=True) / bandwidth * 1e3
+        cells = [ours.get(bs), hf.get("eager", {}).get(bs), hf.get("compiled", {}).get(bs), floor16, floor4]
+        text = [f"{ms:9.3f} ({bs * 1e3 / ms:8.0f})" if ms else f"{'-':>20}" for ms in cells]
+        print(f"{bs:>4} " + " ".join(f"{t:>22}" for t in text))
+
+
+if __name__ == "__main__":
+    main()
