@@ -7,6 +7,7 @@ import torch
 
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from fusegraph.ops.rope import RopeVariant
 from tests.ops.paged_reference import freqs_table, only_op, rope_reference, u32
 
 CPU = DeviceRef.CPU()
@@ -112,3 +113,36 @@ def test_rope__bf16_within_tolerance() -> None:
 def test_rope__custom_op_passes_opcheck() -> None:
     args = (torch.randn(4, 2, 8), u32([0, 1, 4]), u32([2, 0]), freqs_table(16, 8), True)
     torch.library.opcheck(torch.ops.fusegraph.rope.default, args)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [RopeVariant(long_after=12), RopeVariant(ntk=(500.0, 2.5, 16))],
+    ids=["longrope", "dynamic-ntk"],
+)
+def test_rope__length_scaling_properties_print_and_parse_back(variant) -> None:
+    from fusegraph.compiler import parse
+    from fusegraph.ops.rope import RopeOp
+
+    with Graph("rope", input_types=_types(d=8, freqs_d=4)) as g:
+        x, ro, sp, freqs = g.inputs
+        g.output(ops.rope(x, ro, sp, freqs, interleaved=False, variant=variant))
+    text = str(g)
+    assert ("long_after = 12" in text) == (variant.long_after is not None)
+    assert ("ntk_original_max = 16" in text) == (variant.ntk is not None)
+    (op,) = [o for o in parse(text, "rope.mlir").module.walk() if isinstance(o, RopeOp)]
+    assert op.variant == variant
+
+
+def _rope_with(freqs_type: TensorType, variant: RopeVariant) -> None:
+    with Graph("rope", input_types=[*_types()[:3], freqs_type]) as g:
+        x, ro, sp, freqs = g.inputs
+        ops.rope(x, ro, sp, freqs, interleaved=False, variant=variant)
+
+
+def test_rope__refuses_an_odd_stacked_longrope_table_and_a_narrow_dynamic_one() -> None:
+    match = r"with long_after, freqs_cis stacks two tables: dim 0 \(63\) must be even"
+    with pytest.raises(ValueError, match=match):
+        _rope_with(TensorType(F32, [63, 8], CPU), RopeVariant(long_after=4))
+    with pytest.raises(ValueError, match=r"dynamic NTK needs a rotary width >= 4"):
+        _rope_with(TensorType(F32, [64, 2], CPU), RopeVariant(ntk=(1e4, 2.0, 8)))
