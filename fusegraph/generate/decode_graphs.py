@@ -58,7 +58,8 @@ class DecodeGraphs:
         return next((b for b in self.buckets if b >= len(counts)), None)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        """Replay (capturing on first use) the graph for these padded inputs."""
+        """Replay (capturing on first use) the graph for these padded inputs; returns the
+        module's outputs (the graph outputs, then the final version of the cache buffer)."""
         if self._takes_weights:
             return self.runner.run(inputs, self.model.weights, self.model.input_types)  # type: ignore[call-arg]
         return self.runner.run(inputs, self.model.input_types)

@@ -263,10 +263,8 @@ class Generator:
         self.stats.prefill_tokens += len(ids) - decode
         if bucket is not None and self._graphs is not None:
             self.stats.graph_replays += 1
-            (logits,) = self._graphs.run(inputs)
-        else:
-            (logits,) = self.model(*inputs)
-        return logits
+            return self._graphs.run(inputs)[0]  # the module's outputs, then the cache buffer
+        return self.model(*inputs)[0]
 
     def _sample(self, logits: torch.Tensor, ready: list[tuple[int, _Request]]) -> list[TokenEvent]:
         rows = [row for row, _ in ready]

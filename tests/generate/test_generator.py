@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fusegraph.generate import Generator, SamplingParams
+from fusegraph.generate.decode_graphs import DecodeGraphs
 from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 from tests.generate.conftest import Tiny
 
@@ -110,3 +111,28 @@ def test_generator__refuses_bad_requests_and_settings(tiny_llama: Tiny) -> None:
     assert gen.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_new_tokens=50)) == [
         tiny_llama.reference([1, 2, 3, 4, 5, 6, 7, 8], 2)
     ]  # the longest sequence ends it
+
+
+class _EagerBuckets(DecodeGraphs):
+    """The decode-graph path without CUDA: padded batches run the module directly (the
+    per-call input checks would refuse the padding rows' shared scratch page)."""
+
+    def __init__(self, model: object, buckets: tuple[int, ...]) -> None:
+        self.model, self.buckets, self.calls = model, sorted(buckets), []
+
+    def run(self, inputs):  # noqa: ANN001, ANN201
+        self.calls.append((inputs[0].shape[0], tuple(inputs[4].shape)))
+        return self.model.module(*inputs, *getattr(self.model, "weights", ()))  # type: ignore[attr-defined]
+
+
+def test_generator__padded_decode_buckets_give_the_same_tokens(tiny_llama: Tiny) -> None:
+    gen = Generator(tiny_llama.compiled, tiny_llama.manager(), cuda_graph_batch_sizes=None, max_seq_len=48)
+    gen._graphs = graphs = _EagerBuckets(tiny_llama.compiled, (1, 4, 8))
+    got = _staggered(gen, PROMPTS, NEW)
+    assert got == [tiny_llama.reference(p, NEW) for p in PROMPTS]
+    assert gen.stats.graph_replays == len(graphs.calls) > 0
+    assert {rows for rows, _ in graphs.calls} <= {1, 4} and {lut for _, lut in graphs.calls} <= {
+        (1, 12),
+        (4, 12),
+    }
+    assert (4, (4, 12)) in graphs.calls  # 3 sequences padded to the bucket of 4, lookup 48 / 4 pages wide
