@@ -1,8 +1,10 @@
 """The eager executor: the graph's FX module (in-place form) run by PyTorch.
 
-Weights are checked and moved to the device once, at compile time. Each call checks the
-inputs against the graph's input types, binds the symbolic dims, and runs the module; the
-buffer inputs (the KV blocks) are written in the caller's tensors.
+Weights are checked, moved to the device and folded into the module once, at compile time.
+Each call binds the symbolic dims (the signature is checked once per shape key), runs the
+metadata checks (on the host on CPU, on the device on CUDA) and the module; the buffer
+inputs (the KV blocks) are written in the caller's tensors. `model.bind(...)` gives a
+zero-copy step for decode loops.
 
 Example:
     >>> model = fusegraph.compile(g, backend="eager", device="cpu", weights=state_dict)
@@ -21,10 +23,11 @@ from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering import to_fx
 from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.runtime.cuda_graphs import CudaGraphRunner
 from fusegraph.runtime.fold import fold_constants
 from fusegraph.runtime.input_checks import InputChecks, check_weights
 from fusegraph.runtime.pipeline import run_pipeline
-from fusegraph.runtime.write_guard import write_guards
+from fusegraph.runtime.write_guard import DeviceWriteGuards, write_guards
 
 
 class CompiledGraph:
@@ -36,10 +39,14 @@ class CompiledGraph:
         pipeline: the pipeline text that ran before execution, or None (`runtime/pipeline.py`).
         pass_stats: what each pass did (`PassStatistics`), or None.
         device: the torch device string the graph runs on ("cpu" or "cuda[:N]").
-        module: the `torch.fx.GraphModule` that runs (`to_fx(mode="custom", inplace=True)`).
+        module: the `torch.fx.GraphModule` that runs (`to_fx(mode="custom", inplace=True)`),
+            called as `module(*inputs)`.
 
     The weights are checked, moved to `device` and bound into `module` as buffers once;
     everything computed from weights and constants alone is folded then (`fold_constants`).
+    The input signature (dtypes, ranks, static dims, symbolic dim bindings) is checked once
+    per input-shape key. On CUDA no call synchronizes with the host: cache overflows are
+    refused on the device and raised at the next call (`write_guard.py`).
     """
 
     def __init__(
@@ -58,7 +65,8 @@ class CompiledGraph:
         self.num_outputs = len(self.graph.outputs)
         bound = bind_weights(self.graph.weights, weights or {}, device)
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))  # g_idx range, finite scales
-        if torch.device(device).type == "cuda":
+        on_cuda = torch.device(device).type == "cuda"
+        if on_cuda:
             load_cuda_kernels()
         self.module = fold_constants(
             to_fx(self.graph, mode="custom", inplace=True, device=device),
@@ -66,26 +74,104 @@ class CompiledGraph:
             weight_dims(self.graph.weights, bound),
         )
         del bound  # the module keeps what it reads
-        self._cuda_graphs = CudaGraphRunner(self.module, device) if cuda_graphs else None
-        self._write_guards = write_guards(self.graph)
-        # The shared host checks (input_checks.py, also run by IREE); CUDA: see the write guards.
-        self._input_checks = InputChecks.for_graph(self.graph, strict=False) if device == "cpu" else None
+        # CPU: the shared host checks (input_checks.py, also run by IREE). CUDA: device checks.
+        self._input_checks = None if on_cuda else InputChecks.for_graph(self.graph, strict=False)
+        guards = write_guards(self.graph) if on_cuda else []
+        self._device_guards = DeviceWriteGuards(guards) if guards else None
+        self._cuda_graphs = CudaGraphRunner(self._step, device) if cuda_graphs else None
+        self._dims_by_key: dict[tuple, dict[str, int]] = {}
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Run the graph. Buffer inputs are updated in place; returns the graph outputs."""
-        dims = check_inputs(self.input_types, inputs, self.device)
+        """Run the graph. Buffer inputs are updated in place; returns the graph outputs
+        (new tensors, which later calls do not overwrite)."""
+        dims = self.signature(inputs)
         if self._input_checks is not None:
             self._input_checks.check(inputs, dims)
-        for guard in self._write_guards:  # kernels and graph replays run no per-op check
-            guard.check(inputs, dims)
+        if self._device_guards is not None:
+            self._device_guards.raise_if_refused(inputs)  # an earlier step's refusal, no sync
         if self._cuda_graphs is not None:
-            outputs = self._cuda_graphs.run(inputs, self.input_types)
+            outputs = self._cuda_graphs.run(inputs, self.input_types, dims)
         else:
-            outputs = self.module(*inputs)
+            outputs = self._step(inputs, dims)
+        if self._device_guards is not None:
+            self._device_guards.publish(inputs)
         return tuple(outputs[: self.num_outputs])
+
+    def bind(self, *inputs: torch.Tensor) -> BoundStep:
+        """A zero-copy step on these very tensors, which the caller then updates in place.
+
+        The signature is checked here, once. Each `step()` runs the graph on the bound
+        tensors: with `cuda_graphs=True` it replays a graph captured on them (the first call
+        warms up and captures), with no input copies and no output clones; the returned
+        outputs are the graph's static tensors, overwritten by the next `step()`. Shapes are
+        fixed: bind again for another batch size.
+
+        Example:
+            >>> step = model.bind(x, row_offsets, kv_blocks, cache_lengths, lookup_table)
+            >>> for _ in range(n):
+            ...     x.copy_(next_hidden); cache_lengths.add_(1)   # in place
+            ...     (y,) = step()
+        """
+        return BoundStep(self, inputs, self.signature(inputs))
+
+    def synchronize(self) -> None:
+        """Wait for the queued steps on the latest step's caches, and raise a refused write now
+        (rather than at the next call). A no-op on the CPU, where refusals raise at once.
+
+        Raises:
+            ValueError: a queued step was refused (what the next call would raise).
+        """
+        if self._device_guards is not None:
+            self._device_guards.raise_if_refused(None, wait=True)
+
+    def signature(self, inputs: Sequence[torch.Tensor]) -> dict[str, int]:
+        """The symbolic dim bindings of `inputs`, checked once per (shapes, dtypes, devices)."""
+        try:
+            key = tuple([(x.shape, x.dtype, x.device) for x in inputs])
+        except AttributeError:  # a non-tensor: check_inputs names it
+            return check_inputs(self.input_types, inputs, self.device)
+        if (dims := self._dims_by_key.get(key)) is None:
+            dims = check_inputs(self.input_types, inputs, self.device)
+            if len(self._dims_by_key) < 256:
+                self._dims_by_key[key] = dims
+        return dims
+
+    def _step(self, inputs: Sequence[torch.Tensor], dims: dict[str, int]) -> Sequence[torch.Tensor]:
+        """One step as the device runs it (and a CUDA graph captures it): checks, then the module."""
+        if self._device_guards is not None:
+            self._device_guards.launch(inputs, dims)
+        return self.module(*inputs)
 
     def __repr__(self) -> str:
         return f"CompiledGraph({self.graph.name!r}, backend='eager', device={self.device!r})"
+
+
+class BoundStep:
+    """`model.bind(*inputs)`: run the graph on fixed tensors the caller updates in place.
+
+    Attributes:
+        inputs: the bound tensors, in graph-input order.
+    """
+
+    def __init__(self, model: CompiledGraph, inputs: Sequence[torch.Tensor], dims: dict[str, int]) -> None:
+        self.model = model
+        self.inputs = tuple(inputs)
+        self.dims = dims
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        """Run one step; returns the outputs (static tensors under cuda_graphs=True)."""
+        m = self.model
+        if m._input_checks is not None:
+            m._input_checks.check(self.inputs, self.dims)
+        if m._device_guards is not None:
+            m._device_guards.raise_if_refused(self.inputs)
+        if m._cuda_graphs is not None:
+            outputs = m._cuda_graphs.run_bound(self.inputs, self.dims)
+        else:
+            outputs = m._step(self.inputs, self.dims)
+        if m._device_guards is not None:
+            m._device_guards.publish(self.inputs)
+        return tuple(outputs[: m.num_outputs])
 
 
 def weight_dims(expected: Mapping[str, TensorType], bound: Sequence[torch.Tensor]) -> dict[str, int]:
@@ -200,73 +286,3 @@ def _check_dim(i: int, axis: int, d: Dim, size: int, bindings: dict[str, tuple[i
 
 def _shape(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-class CudaGraphRunner:
-    """Captures the module as a CUDA graph per input-shape key and replays it.
-
-    The first call for a key runs eagerly on a side stream (the warm-up, whose results are
-    returned), then captures the module on static copies of the tensor inputs. Later calls
-    copy the inputs into those static tensors and replay. Buffer inputs are used directly:
-    they are persistent and written in place, so the key includes their data pointers.
-    Outputs are cloned out of the graph's static outputs, so they survive the next replay.
-    """
-
-    def __init__(self, module: torch.fx.GraphModule, device: str) -> None:
-        if torch.device(device).type != "cuda":
-            raise ValueError(f"compile: cuda_graphs=True needs device='cuda', got device={device!r}")
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "compile: cuda_graphs=True needs a CUDA device; torch.cuda.is_available() is False"
-            )
-        self.module = module
-        self.device = device
-        self.pool = torch.cuda.graph_pool_handle()
-        self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor | None], Any]] = {}
-
-    def run(self, inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> Sequence[torch.Tensor]:
-        """Replay the graph captured for these input shapes, capturing it on first use."""
-        key = _shape_key(inputs, types)
-        if (entry := self.captured.get(key)) is None:
-            outputs = self._warm_up(inputs)
-            self.captured[key] = self._capture(inputs, types)
-            return outputs
-        graph, static_inputs, static_outputs = entry
-        for static, x in zip(static_inputs, inputs):
-            if static is not None:
-                static.copy_(x)
-        graph.replay()
-        return [o.clone() for o in static_outputs]
-
-    def _warm_up(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            outputs = self.module(*inputs)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        return outputs
-
-    def _capture(self, inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> tuple:
-        static_inputs: list[torch.Tensor | None] = [
-            None if isinstance(t, BufferType) else x.clone() for x, t in zip(inputs, types)
-        ]
-        args = [x if s is None else s for x, s in zip(inputs, static_inputs)]
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                static_outputs = self.module(*args)
-        except RuntimeError as err:
-            shapes = [list(x.shape) for x in inputs]
-            raise RuntimeError(
-                f"cuda_graphs: capturing the graph for input shapes {shapes} failed: {err}\n"
-                "An op synchronizes with the host during capture (.item(), .tolist(), a CPU copy); "
-                "compile with cuda_graphs=False, or skip that host work when "
-                "torch.cuda.is_current_stream_capturing()."
-            ) from err
-        return graph, static_inputs, static_outputs
-
-
-def _shape_key(inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> tuple:
-    return tuple(
-        (tuple(x.shape), x.data_ptr() if isinstance(t, BufferType) else None) for x, t in zip(inputs, types)
-    )

@@ -27,45 +27,63 @@ _RUNS = [
     pytest.param("cuda", False, marks=_CUDA),  # the Triton kernels write the cache
     pytest.param("cuda", True, marks=_CUDA),  # a replayed CUDA graph writes the cache
 ]
+_MESSAGE = (
+    r"sequence 0 would reach position 8, past its capacity of 8 tokens \(2 pages of 4 in lookup_table row 0\)"
+)
+
+
+class _Params:  # what PagedKVCacheManager reads (duck-typed KVCacheParams)
+    dtype, n_kv_heads, head_dim = fusegraph.DType.float32, SMALL.n_kv_heads, SMALL.head_dim
+    num_layers, page_size, devices = 2, SMALL.page_size, [fusegraph.DeviceRef.CPU()]
 
 
 @pytest.mark.parametrize(("device", "cuda_graphs"), _RUNS)
 @pytest.mark.parametrize("fused", [True, False])
-def test_compiled_graph__refuses_an_overflow_before_writing(
+def test_compiled_graph__refuses_an_overflow_and_writes_nothing(
     fused: bool, device: str, cuda_graphs: bool
 ) -> None:
     graph = gptq_attention_graph(num_layers=2, fused=fused)
     model = fusegraph.compile(
         graph, device=device, weights=gptq_attention_weights(graph), cuda_graphs=cuda_graphs, pipeline=None
     )
-
-    class Params:  # what PagedKVCacheManager reads (duck-typed KVCacheParams)
-        dtype, n_kv_heads, head_dim = fusegraph.DType.float32, SMALL.n_kv_heads, SMALL.head_dim
-        num_layers, page_size, devices = 2, SMALL.page_size, [fusegraph.DeviceRef.CPU()]
-
-    manager = PagedKVCacheManager(Params(), num_blocks=SMALL.num_blocks)
+    manager = PagedKVCacheManager(_Params(), num_blocks=SMALL.num_blocks)
     seq = manager.claim(max_len=2 * SMALL.page_size)
 
     def on(t: torch.Tensor) -> torch.Tensor:
         return t.to(device)
 
     kv_blocks = on(manager.kv_blocks)
-    for tokens in (3, 1, 1):  # the same shapes as the refused call below, so a CUDA graph is captured
+
+    def step(tokens: int, lengths: torch.Tensor | None = None) -> None:
         batch = manager.prepare([seq], [tokens])
-        _, lengths, lookup = batch.kv_inputs
+        _, ok_lengths, lookup = batch.kv_inputs
+        lengths = ok_lengths if lengths is None else lengths
         model(
             on(torch.randn(tokens, SMALL.hidden)), on(batch.row_offsets), kv_blocks, on(lengths), on(lookup)
         )
+
+    for tokens in (3, 1, 1):  # the same shapes as the refused call below, so a CUDA graph is captured
+        step(tokens)
         manager.commit([seq], [tokens])
     before = kv_blocks.clone()
     # Bypass prepare()'s own refusal: claim the cache holds more than its pages allow.
-    lengths = torch.tensor([2 * SMALL.page_size], dtype=torch.uint32)
-    batch = manager.prepare([seq], [1])
-    _, _, lookup = batch.kv_inputs
-    with pytest.raises(
-        ValueError,
-        match=rf"^{'fg.rope_split_store' if fused else 'fg.kv_cache.store'}: "
-        r"sequence 0 would (write|reach) position 8, past its capacity of 8 tokens",
-    ):
-        model(on(torch.randn(1, SMALL.hidden)), on(batch.row_offsets), kv_blocks, on(lengths), on(lookup))
+    overflow = torch.tensor([2 * SMALL.page_size], dtype=torch.uint32)
+    op = "fg.rope_split_store" if fused else "fg.kv_cache.store"
+    if device == "cpu":  # the host check raises before anything runs
+        with pytest.raises(ValueError, match=rf"^{op}: {_MESSAGE}$"):
+            step(1, overflow)
+        assert torch.equal(kv_blocks, before)
+        return
+    step(1, overflow)  # refused on the device: no host sync, no error yet
+    step(1, overflow)  # queued before the refusal is seen: also writes nothing
+    torch.cuda.synchronize()
     assert torch.equal(kv_blocks, before)
+    with pytest.raises(ValueError, match=rf"^{op}: {_MESSAGE}; refused on the device: that step"):
+        step(1)  # the next call reports it before running
+    assert torch.equal(kv_blocks, before)
+    step(1)  # reported and cleared: a valid step runs and writes again
+    torch.cuda.synchronize()
+    assert not torch.equal(kv_blocks, before)
+    step(1, overflow)
+    with pytest.raises(ValueError, match=rf"^{op}: {_MESSAGE}"):
+        model.synchronize()

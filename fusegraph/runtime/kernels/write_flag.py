@@ -49,6 +49,9 @@ class CacheFlag:
     device_words: torch.Tensor
     host_words: torch.Tensor = field(repr=False)
 
+    def __post_init__(self) -> None:
+        self.host_view = self.host_words.numpy()  # reads the pinned words without torch overhead
+
     def clear(self) -> None:
         """Zero both copies (after the runtime has reported the refusal)."""
         self.device_words.zero_()
