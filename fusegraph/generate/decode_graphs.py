@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,16 +20,19 @@ import torch
 
 
 class DecodeGraphs:
-    """Captures `model.module` per bucket through the eager runtime's `CudaGraphRunner`."""
+    """Replays an eager `CompiledGraph`'s step as CUDA graphs, one per bucket.
+
+    It runs what `CompiledGraph.__call__` runs with `cuda_graphs=True` (the device write
+    guards included), through its own `CudaGraphRunner`, so that the same compiled model can
+    run prefill steps of any shape uncaptured.
+    """
 
     def __init__(self, model: Any, buckets: Sequence[int]) -> None:
-        from fusegraph.runtime.eager import CudaGraphRunner
+        from fusegraph.runtime.cuda_graphs import CudaGraphRunner
 
         self.model = model
         self.buckets = sorted(set(buckets))
-        self.runner = CudaGraphRunner(model.module, model.device)
-        # The runner's run() takes the bound weights unless the module holds them itself.
-        self._takes_weights = "weights" in inspect.signature(self.runner.run).parameters
+        self.runner = CudaGraphRunner(model._step, model.device)
 
     @classmethod
     def for_model(cls, model: Any, buckets: Sequence[int] | None, max_batch_size: int) -> DecodeGraphs | None:
@@ -60,6 +62,11 @@ class DecodeGraphs:
     def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         """Replay (capturing on first use) the graph for these padded inputs; returns the
         module's outputs (the graph outputs, then the final version of the cache buffer)."""
-        if self._takes_weights:
-            return self.runner.run(inputs, self.model.weights, self.model.input_types)  # type: ignore[call-arg]
-        return self.runner.run(inputs, self.model.input_types)
+        m = self.model
+        dims = m.signature(inputs)
+        if (guards := m._device_guards) is not None:
+            guards.raise_if_refused(inputs)  # an earlier step's refusal, no sync
+        outputs = self.runner.run(inputs, m.input_types, dims)
+        if guards is not None:
+            guards.publish(inputs)
+        return outputs

@@ -39,13 +39,13 @@ def make_hf_model(family: str, folder: Path, seed: int = 0) -> Any:
     import transformers
 
     torch.manual_seed(seed)
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=96, initializer_range=0.1,
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )  # fmt: skip
     if family == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+        model: Any = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     else:
         model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=16, **common))
     with torch.no_grad():  # non-trivial norms, so that every weight matters

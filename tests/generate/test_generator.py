@@ -118,11 +118,12 @@ class _EagerBuckets(DecodeGraphs):
     per-call input checks would refuse the padding rows' shared scratch page)."""
 
     def __init__(self, model: object, buckets: tuple[int, ...]) -> None:
-        self.model, self.buckets, self.calls = model, sorted(buckets), []
+        self.model, self.buckets = model, sorted(buckets)
+        self.calls: list[tuple[int, tuple[int, ...]]] = []
 
     def run(self, inputs):  # noqa: ANN001, ANN201
         self.calls.append((inputs[0].shape[0], tuple(inputs[4].shape)))
-        return self.model.module(*inputs, *getattr(self.model, "weights", ()))  # type: ignore[attr-defined]
+        return self.model.module(*inputs)  # type: ignore[attr-defined]
 
 
 def test_generator__padded_decode_buckets_give_the_same_tokens(tiny_llama: Tiny) -> None:
