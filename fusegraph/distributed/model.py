@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def load_model_shard(
     rank: int,
     world_size: int,
     device: Any = "cpu",
+    devices: Sequence[Any] | None = None,
     dtype: Any = None,
     fuse: bool = True,
     max_seq_len: int | None = None,
@@ -131,6 +133,8 @@ def load_model_shard(
         rank: This process's rank.
         world_size: The tensor-parallel size.
         device: Where this rank's weights and cache live ("cpu", "cuda:N", a DeviceRef).
+        devices: One device per rank instead (`devices[rank]` is used); its length must be
+            `world_size`.
         dtype: Activation/cache dtype (default: the checkpoint's).
         fuse: Fused rope/split/store and stacked q/k/v, gate/up where the g_idx allow.
         max_seq_len: Rows of the rope table.
@@ -139,13 +143,16 @@ def load_model_shard(
 
     Raises:
         HeadsNotDivisibleError, GroupSplitError, ShardingError: The model does not split.
+        WorldSizeMismatchError: `devices` does not hold `world_size` devices.
         ModelLoadError: As `load_model` (a missing directory, config or tensor).
     """
     folder = Path(path)
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: not a directory")
     config = ModelConfig.from_file(folder / "config.json")
-    strategy = ShardingStrategy.tensor_parallel(world_size)
+    strategy = ShardingStrategy.tensor_parallel(world_size, devices)
+    if devices is not None:
+        device = devices[rank]
     files = SafetensorsDir(folder)
     kwargs: dict[str, Any] = dict(
         dtype=parse_dtype(dtype) if dtype is not None else config.dtype,

@@ -85,6 +85,11 @@ def test_act_order_group_cut_by_a_row_split__named_error(tmp_path: Path) -> None
         load_model_shard(folder, rank=0, world_size=2)
 
 
-def test_world_size_not_matching_the_devices__named_error() -> None:
+def test_world_size_not_matching_the_devices__named_error(tmp_path: Path) -> None:
+    folder = _tiny.write_model(tmp_path / "m")
+    with pytest.raises(
+        WorldSizeMismatchError, match=r"world_size \(2\) != number of devices \(1: \['cpu'\]\)"
+    ):
+        load_model_shard(folder, rank=0, world_size=2, devices=["cpu"])
     with pytest.raises(WorldSizeMismatchError, match=r"world_size \(2\) != number of devices \(3"):
         launch(_workers.collectives, 2, devices=["cpu", "cpu", "cpu"], backend="gloo")
