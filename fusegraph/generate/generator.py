@@ -158,6 +158,17 @@ class Generator:
             raise ValueError(f"output: unknown request {request_id}; known: {sorted(self._requests)}")
         return request.output
 
+    def cancel(self, request_id: int) -> None:
+        """Stop a request between steps (its pages are released); its output stays readable."""
+        if (request := self._requests.get(request_id)) is None:
+            raise ValueError(f"cancel: unknown request {request_id}; known: {sorted(self._requests)}")
+        if request in self._waiting:
+            self._waiting.remove(request)
+        elif request.seq is not None:
+            self.manager.release(request.seq)
+            self._running.remove(request)
+            request.seq = None
+
     @property
     def has_unfinished(self) -> bool:
         """Whether any request is waiting or running."""
@@ -185,6 +196,8 @@ class Generator:
     def step(self) -> list[TokenEvent]:
         """Run one model step over the running requests (admitting waiting ones)."""
         plan = self._schedule()
+        if not plan:
+            return []
         while True:
             try:
                 batch, bucket = self._prepare(plan)

@@ -86,6 +86,20 @@ def test_generator__stop_tokens_and_max_new_tokens_end_a_request(tiny_llama: Tin
     assert finished == {a: "stop", b: "length"}
 
 
+def test_generator__a_cancelled_request_leaves_and_the_others_go_on(tiny_llama: Tiny) -> None:
+    gen = Generator(tiny_llama.compiled, tiny_llama.manager())
+    a, b, c = (gen.add_request(p, SamplingParams(max_new_tokens=NEW)) for p in PROMPTS)
+    gen.step()
+    gen.step()
+    gen.cancel(a)  # running
+    gen.cancel(c)  # running too (joined in the first step)
+    for _ in gen.stream():
+        pass
+    assert gen.output(b) == tiny_llama.reference(PROMPTS[1], NEW)
+    assert len(gen.output(a)) == 2 and gen.manager.free_blocks == tiny_llama.num_blocks
+    assert gen.step() == []  # nothing left to run
+
+
 def test_generator__seeded_sampling_does_not_depend_on_the_batch(tiny_llama: Tiny) -> None:
     params = SamplingParams(max_new_tokens=8, temperature=1.5, top_k=20, top_p=0.9, seed=123)
     alone = Generator(tiny_llama.compiled, tiny_llama.manager()).generate([PROMPTS[0]], params)
