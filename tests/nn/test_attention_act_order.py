@@ -8,6 +8,8 @@ Unequal `g_idx`: the three stay apart and the pass says why.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -61,6 +63,11 @@ def _weights(gen):
 
 
 def _quantized(shared_perm: bool):
+    return dict(_quantized_once(shared_perm))
+
+
+@functools.cache
+def _quantized_once(shared_perm: bool):
     """q/k/v/o quantized with act order: one permutation for q/k/v (as GPTQ gives them from
     the same inputs), or each its own."""
     gen = torch.Generator().manual_seed(4)
