@@ -6,9 +6,10 @@ do_bench before every repetition), with ratios measured side by side in this run
   0. the registered CUDA kernels of the torch.library ops vs the ops' CPU implementations;
   1. fused rope-split-store vs the unfused eager sequence vs torch.compile of it (decode and
      prefill), with the fraction of HBM bandwidth for prefill (vs a copy measured here);
-  2. GPTQ 4-bit g128 matmul vs torch.matmul fp16 at M = 1, 4, 16, 32, 64, 256, 512 (K=4096, N=6144), timed
-     both by do_bench of one call (host launch included) and as CUDA-graph replays (device time);
-     act-order (a random g_idx) through the sorted-rows path;
+  2. GPTQ matmul on the repacked layout, the four Llama-3-8B shapes at M = 1..1024: 4-bit g128 plain
+     and act-order, 8-bit, vs cuBLAS fp16, torch's tinygemm int4 and the previous kernel, as CUDA-graph
+     replays (device time, L2 cold), with the share of copy bandwidth; one whole decoder layer
+     (benchmarks/gpu_gptq.py);
   3. a GPTQ attention decode step (bs 32, context 2048, Llama-3-8B dims): our kernels in a
      CUDA graph vs the dense fp16 layer in plain torch (SDPA) vs torch.compile of it; and the
      GPTQAttentionWithRope layer through `fusegraph.compile(..., cuda_graphs=True)`.
@@ -87,9 +88,13 @@ def load_kernels() -> SimpleNamespace:
     """
     sys.path.insert(0, str(ROOT))
     import fusegraph.runtime.kernels as k
+    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
 
     return SimpleNamespace(
-        rss=k.rope_split_store_triton, gptq=k.gptq_matmul_triton, attn=k.paged_attention_triton
+        rss=k.rope_split_store_triton,
+        gptq=k.gptq_matmul_triton,
+        attn=k.paged_attention_triton,
+        tiled=gptq_tiled_matmul,
     )
 
 
@@ -195,34 +200,12 @@ def gptq_call(k, t, x, desc_act=False, config=None, act_order="permute"):
 
 
 def bench_gptq(k, bw: float) -> None:
-    """do_bench of one call (host launch included) and CUDA-graph replays (device time), with the
-    weights rotated over 6 copies (78 MB of int4, 300 MB of fp16) so that L2 (50 MB) stays cold."""
-    k_in, n_out, copies = 4096, 6144, 6
-    sets = [random_gptq(k_in, n_out) for _ in range(copies)]
-    t, _ = sets[0]
-    ta, wa = random_gptq(k_in, n_out, act_order=True)
-    w_bytes = k_in * n_out // 2 + t["scales"].numel() * 2 + t["qzeros"].numel() * 4
-    for m in (1, 4, 16, 32, 64, 256, 512):
-        xs = [torch.randn(m, k_in, device=DEV, dtype=torch.float16) for _ in range(copies)]
-        x = xs[0]
-        errs = [rel_err(gptq_call(k, ti, xi), xi.float() @ wi.float()) for (ti, wi), xi in zip(sets[:2], xs)]
-        check(f"gptq M={m}", max(errs), 1e-2)
-        ref_a = x.float() @ wa.float()
-        errs_a = [rel_err(gptq_call(k, ta, x, True, act_order=mode), ref_a) for mode in ("permute", "gather")]
-        t_q = bench_us(lambda: gptq_call(k, t, x))
-        t_a = bench_us(lambda: gptq_call(k, ta, x, True))
-        t_mm = bench_us(lambda: torch.matmul(x, sets[0][1]))
-        g_q = graph_us([lambda i=i: gptq_call(k, sets[i][0], xs[i]) for i in range(copies)])
-        g_mm = graph_us([lambda i=i: torch.matmul(xs[i], sets[i][1]) for i in range(copies)])
-        g_a = graph_us([lambda: gptq_call(k, ta, x, True)])
-        bad = (
-            "" if max(errs_a) < 1e-2 else f" (act-order WRONG: errs {', '.join(f'{e:.2g}' for e in errs_a)})"
-        )
-        line = (f"gptq4 g128 M={m:<4} graph: ours {g_q:6.1f} us | cuBLAS {g_mm:6.1f} us | speedup {g_mm / g_q:4.2f}x"
-                f" | act-order {g_a:6.1f} us{bad} || do_bench: ours {t_q:6.1f} | cuBLAS {t_mm:6.1f} | act-order {t_a:6.1f}")  # fmt: skip
-        if m == 1:
-            line += f" | HBM {w_bytes / (g_q * 1e-6) / bw:5.1%} (floor {w_bytes / bw * 1e6:.1f} us)"
-        log(line)
+    """The four Llama-3-8B shapes at M = 1..1024 and one whole decoder layer (benchmarks/gpu_gptq.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_gptq
+
+    gpu_gptq.bench_shapes(k, bw, graph_us, log)
+    gpu_gptq.bench_layer(k, graph_us, log)
 
 
 # ---- 3. decode step --------------------------------------------------------------------------------------

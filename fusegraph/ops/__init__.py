@@ -19,6 +19,7 @@ from fusegraph.ops.elementwise import (
     sub,
 )
 from fusegraph.ops.gptq import qmatmul_gptq
+from fusegraph.ops.gptq_repack import gptq_repack, qmatmul_gptq_tiled
 from fusegraph.ops.kv_cache import kv_cache_store
 from fusegraph.ops.matmul import matmul
 from fusegraph.ops.norm import rms_norm, softmax
@@ -39,6 +40,7 @@ __all__ = [
     "div",
     "exp",
     "gather",
+    "gptq_repack",
     "kv_cache_store",
     "matmul",
     "mul",
@@ -46,6 +48,7 @@ __all__ = [
     "paged_attention",
     "permute",
     "qmatmul_gptq",
+    "qmatmul_gptq_tiled",
     "register_custom_op",
     "relu",
     "reshape",

@@ -52,6 +52,12 @@ def _fuse_rope() -> type[ModulePass]:
     return FuseRopeSplitStore
 
 
+def _gptq_repack() -> type[ModulePass]:
+    from fusegraph.passes.gptq_repack import GptqRepack
+
+    return GptqRepack
+
+
 def _unfuse_rope() -> type[ModulePass]:
     from fusegraph.passes.unfuse_rope_split_store import UnfuseRopeSplitStore
 
@@ -64,6 +70,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "dce": _dce,
     "fuse-qkv-projections": _fuse_qkv,
     "fuse-rope-split-store": _fuse_rope,
+    "gptq-repack": _gptq_repack,
     "unfuse-rope-split-store": _unfuse_rope,
 }
 

@@ -138,6 +138,27 @@ def _qmatmul_gptq() -> Graph:
     return g
 
 
+@example("fg.gptq.repack", "fg.qmatmul.gptq_tiled")
+def _gptq_tiled() -> Graph:
+    i32, f16 = DType.int32, DType.float16
+    with Graph("gptq_tiled", input_types=[_tensor("total_seq_len", 256, dtype=f16)]) as g:
+        (x,) = g.inputs
+        qweight = g.add_weight("q_proj.qweight", _tensor(32, 64, dtype=i32))
+        scales = g.add_weight("q_proj.scales", _tensor(2, 64, dtype=f16))
+        qzeros = g.add_weight("q_proj.qzeros", _tensor(2, 8, dtype=i32))
+        g_idx = g.add_weight("q_proj.g_idx", _tensor(256, dtype=i32))
+        act = ops.gptq_repack(qweight, qzeros, g_idx, bits=4, group_size=128, sym=False, desc_act=True)
+        sym = ops.gptq_repack(qweight, bits=4, group_size=-1, sym=True, desc_act=False, zero_format="v2")
+        one_scale = g.add_weight("k_proj.scales", _tensor(1, 64, dtype=f16))
+        g.output(
+            ops.qmatmul_gptq_tiled(x, act.qweight, scales, act.qzeros, act.perm, bits=4, group_size=128),
+            ops.qmatmul_gptq_tiled(
+                x, sym.qweight, one_scale, sym.qzeros, bits=4, group_size=-1, zero_format="v2"
+            ),
+        )
+    return g
+
+
 @example("fg.slice", "fg.gather", "fg.rms_norm", "fg.softmax")
 def _slice_norm() -> Graph:
     with Graph("slice_norm", input_types=[_tensor("n", 8, 6), _tensor("m", dtype=DType.uint32)]) as g:

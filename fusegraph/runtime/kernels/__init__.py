@@ -5,6 +5,7 @@
 | `fusegraph::rope_split_store_` | `rope_split_store.rope_split_store_triton`     |
 | `fusegraph::kv_cache_store_`   | `kv_cache_store.kv_cache_store_triton`         |
 | `fusegraph::qmatmul_gptq`      | `gptq_matmul.gptq_matmul_triton` (2/4/8 bits)  |
+| `fusegraph::qmatmul_gptq_tiled`| `gptq_tiled.gptq_tiled_matmul` (2/3/4/8 bits)  |
 | `fusegraph::paged_attention`   | `paged_attention.paged_attention_triton`       |
 
 Importing this package registers them (`fusegraph.runtime.eager` does so for device="cuda").
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from fusegraph.runtime.kernels.gptq_matmul import gptq_matmul_triton
+from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
 from fusegraph.runtime.kernels.kv_cache_store import kv_cache_store_triton
 from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
 from fusegraph.runtime.kernels.rope_split_store import rope_split_store_triton
@@ -98,11 +100,27 @@ def _qmatmul_gptq_cuda(
     )  # fmt: skip
 
 
+def _qmatmul_gptq_tiled_cuda(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+) -> torch.Tensor:
+    return gptq_tiled_matmul(
+        x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size, zero_format=zero_format
+    )
+
+
 # The Triton functions take the ops' schema arguments in schema order, so two register directly.
 _KERNELS: dict[str, Callable[..., Any]] = {
     "fusegraph::rope_split_store_": rope_split_store_triton,
     "fusegraph::kv_cache_store_": kv_cache_store_triton,
     "fusegraph::qmatmul_gptq": _qmatmul_gptq_cuda,
+    "fusegraph::qmatmul_gptq_tiled": _qmatmul_gptq_tiled_cuda,
     "fusegraph::paged_attention": paged_attention_triton,
 }
 

@@ -253,6 +253,69 @@ def dce_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def _gptq_graph(name: str, layers: list[dict], k: int = 256, n: int = 128) -> Graph:
+    """One input x [m, k] f16 and a qmatmul per entry (bits, group_size, desc_act, clip, shared)."""
+    f16 = DType.float16
+    with Graph(name, input_types=[_t("m", k, dtype=f16)]) as g:
+        (x,) = g.inputs
+        outs, made = [], {}
+        for i, p in enumerate(layers):
+            bits, gs = p.get("bits", 4), p.get("group_size", 128)
+            groups = 1 if gs == -1 else k // gs
+            key = p.get("shared", i)
+            if key not in made:
+                made[key] = (
+                    g.add_weight(f"l{key}.qweight", _t(k * bits // 32, n, dtype=I32)),
+                    g.add_weight(f"l{key}.scales", _t(groups, n, dtype=f16)),
+                    g.add_weight(f"l{key}.qzeros", _t(groups, n * bits // 32, dtype=I32)),
+                    g.add_weight(f"l{key}.g_idx", _t(k, dtype=I32)),
+                )
+            qw, sc, qz, gi = made[key]
+            outs.append(ops.qmatmul_gptq(x, qw, sc, qz, gi, bits=bits, group_size=gs, sym=False,
+                                         desc_act=p.get("desc_act", False), clip=p.get("clip")))  # fmt: skip
+        g.output(*outs)
+    return g
+
+
+def gptq_repack_cases() -> list[Case]:
+    return [
+        (_gptq_graph("plain_4bit", [{}]), [
+            "-LABEL: func.func @plain_4bit",
+            ": %[[QT:.*]], %[[ZT:.*]] = fg.gptq.repack %{{.*}} zeros %{{.*}} g_idx %{{.*}} {bits = 4 : i64, "
+            "group_size = 128 : i64, sym = false, desc_act = false, zero_format = \"v1\"} {{.*}} -> "
+            "!fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>",
+            ": fg.qmatmul.gptq_tiled %0, %[[QT]], %{{.*}}, %[[ZT]] {bits = 4 : i64, group_size = 128 : i64",
+            "-NOT: fg.qmatmul.gptq %",
+        ]),
+        (_gptq_graph("act_order_8bit", [{"bits": 8, "desc_act": True}]), [
+            "-LABEL: func.func @act_order_8bit",
+            ": %[[QT:.*]], %[[ZT:.*]], %[[P:.*]] = fg.gptq.repack {{.*}}desc_act = true{{.*}} -> "
+            "!fg.tensor<[2, 64, 64], i32, cpu>, !fg.tensor<[2, 32], i32, cpu>, !fg.tensor<[256], i32, cpu>",
+            ": fg.qmatmul.gptq_tiled %0, %[[QT]], %{{.*}}, %[[ZT]] perm %[[P]] {bits = 8 : i64",
+        ]),
+        (_gptq_graph("shared_weights", [{"shared": 0}, {"shared": 0}, {"bits": 2, "group_size": -1}]), [
+            "-LABEL: func.func @shared_weights",
+            ": %[[QT:.*]], %[[ZT:.*]] = fg.gptq.repack {{.*}}bits = 4",
+            "-NOT: fg.gptq.repack",
+            ": fg.qmatmul.gptq_tiled %0, %[[QT]], %{{.*}}, %[[ZT]]",
+            "-NOT: fg.gptq.repack",
+            ": fg.qmatmul.gptq_tiled %0, %[[QT]], %{{.*}}, %[[ZT]]",
+            ": %[[QT2:.*]], %[[ZT2:.*]] = fg.gptq.repack {{.*}}bits = 2{{.*}}group_size = -1{{.*}} -> "
+            "!fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>",
+            ": fg.qmatmul.gptq_tiled %0, %[[QT2]], %{{.*}}, %[[ZT2]] {bits = 2",
+        ]),
+        (_gptq_graph("refuse_clip", [{"clip": 0.5}]), [
+            "-LABEL: func.func @refuse_clip", "-NOT: fg.gptq.repack", ": fg.qmatmul.gptq %",
+        ]),
+        (_gptq_graph("refuse_group_64", [{"group_size": 64}]), [
+            "-LABEL: func.func @refuse_group_64", "-NOT: fg.gptq.repack", ": fg.qmatmul.gptq %",
+        ]),
+        (_gptq_graph("refuse_n_96", [{}], n=96), [
+            "-LABEL: func.func @refuse_n_96", "-NOT: fg.gptq.repack", ": fg.qmatmul.gptq %",
+        ]),
+    ]  # fmt: skip
+
+
 def main() -> None:
     write(
         "fuse-rope-split-store",
@@ -271,6 +334,11 @@ def main() -> None:
     write("canonicalize", canonicalize_cases())
     write("cse", cse_cases())
     write("dce", dce_cases())
+    write(
+        "gptq-repack",
+        gptq_repack_cases(),
+        "// Refused (the op stays): a clip, group_size 64 (not a multiple of 128), N = 96 (not of 64).\n",
+    )
 
 
 if __name__ == "__main__":

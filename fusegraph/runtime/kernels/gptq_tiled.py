@@ -1,0 +1,248 @@
+"""Triton GPTQ matmul on the repacked layout of `fg.gptq.repack` (host side; kernels in
+`gptq_tiled_kernels.py`): `x [M, K] @ W [K, N]`.
+
+Layout (made once, at compile time, by `fusegraph.ops.gptq_repack.repack`):
+- qweight_t int32 `[N/64, K/P, 64]`, P = 32/CB values a word, CB = 8 for 8-bit checkpoints and
+  4 otherwise (2- and 3-bit values sit in 4-bit containers: correct, at 4-bit speed). Strip s
+  holds columns 64·s..64·s+63, contiguous over K, so a program streams one contiguous run. In
+  128-row block b, word row r holds in slot i the value of row k = 128·b + i·R + r (R = 128/P):
+  slot i of a block's R word rows multiplies one contiguous run of R columns of x.
+- rows sorted by group (act-order) once: row k of the layout is checkpoint row perm[k]; the
+  kernels gather x through perm (no extra launch); the prefill pass scatters W's rows back.
+- qzeros_t int32 `[G, N·CB/32]`, packed along N at CB bits, in the checkpoint's zero format
+  (always present: a sym checkpoint's constant z is written out); scales `[G, N]` unchanged.
+Needs K % 128 == 0, N % 64 == 0 and groups of a multiple of 128 rows (or one group).
+
+Paths (`plan` picks them, per shape and SM count; `config` overrides):
+- "gemv" (M ≤ 2): one row per program, FMA in fp16x2/bf16x2 after the lop3/prmt dequantization;
+- "mma" (M up to `_DEQUANT_MIN_M`): tensor-core tiles, P dots of K = R per 128-row block;
+- "dequant" (larger M): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
+Split-K: each program writes an fp32 slice; with "ticket" the last program of each tile (atomic
+counter, acq_rel) sums the slices in order and writes the output (one launch, deterministic);
+otherwise `_tiled_reduce_kernel` does (two launches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+
+from fusegraph.runtime.kernels.gptq_tiled_kernels import (
+    _tiled_dequant_kernel,
+    _tiled_gemv_kernel,
+    _tiled_mma_kernel,
+    _tiled_reduce_kernel,
+)
+
+__all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
+
+KB, NB = 128, 64
+_DEQUANT_MIN_M = 192
+_GEMV_MAX_M = 2
+_SM: dict[torch.device, int] = {}
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few splits exercise the split-K paths
+    if device not in _SM:
+        _SM[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM[device]
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets (one per output tile) of a device; every launch leaves them zeroed again,
+    so later launches and CUDA-graph replays reuse them. Launches on one device share them: two
+    split-K launches must not run at the same time on two streams."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool = False) -> dict[str, Any]:
+    """Kernel, tiles and split-K for this shape: split-K so that about `waves`·SMs programs run.
+
+    Tuned on an H200 (benchmarks/gptq_sweep.py, 2026-11-30; docs/benchmarks.md): the GEMV with 2
+    warps and U = 4 blocks a step (1 at 8 bits), about 6 programs an SM (4 with act-order's x
+    gathers); the tensor-core tiles with about 3.
+    """
+    sms = _sm_count(device)
+    blocks = k // KB
+    if m <= _GEMV_MAX_M:
+        tiles = (n // NB) * m
+        want = (4 if act_order else 6) * sms
+        split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= want), default=1)
+        per = blocks // split
+        unroll = 1 if cb == 8 else max(d for d in (1, 2, 4) if per % d == 0)
+        return {"kernel": "gemv", "split_k": split, "unroll": unroll, "num_warps": 2, "num_stages": 3,
+                "ticket": True}  # fmt: skip
+    if m < _DEQUANT_MIN_M:
+        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        block_n = 64
+        tiles = triton.cdiv(m, block_m) * (n // block_n)
+        want = 3 * sms
+        split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= want), default=1)
+        return {"kernel": "mma", "block_m": block_m, "block_n": block_n, "split_k": split, "unroll": 1,
+                "num_warps": 4, "num_stages": 3, "ticket": True}  # fmt: skip
+    return {"kernel": "dequant", "block_n": 64, "num_warps": 4}
+
+
+def _use_asm(x: torch.Tensor, cb: int) -> bool:
+    """The lop3/prmt dequantization: CUDA fp16 (4 and 8 bits) and bf16 (4 bits)."""
+    return x.device.type == "cuda" and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and cb == 4))
+
+
+def gptq_tiled_matmul(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None = None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str = "v1",
+    config: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """`x @ W` for repacked GPTQ tensors (see the module docstring for the layout).
+
+    Args:
+        x: `[M, K]` fp16, bf16 or fp32 (fp16 is the fast path; bf16 is fast at 4 bits).
+        qweight_t: int32 `[N/64, K/P, 64]` from `repack`.
+        scales: `[G, N]`.
+        qzeros_t: int32 `[G, N·CB/32]`.
+        perm: int32 `[K]` for act-order (row k of the layout is checkpoint row perm[k]), or None.
+        bits: the checkpoint's bits (2, 3, 4 or 8); CB = 8 if bits == 8 else 4.
+        group_size: rows per group, -1 for one group; a multiple of 128.
+        zero_format: "v1" (qzeros_t stores z − 1) or "v2".
+        config: override "kernel" ("gemv" | "mma" | "dequant"), "split_k", "unroll", "block_m",
+            "block_n", "num_warps", "num_stages", "ticket", "use_asm" (benchmarks and tests).
+
+    Returns:
+        `[M, N]` in x's dtype.
+
+    Example:
+        >>> t = repack(qweight, scales, qzeros, g_idx, bits=4, group_size=128, desc_act=True)
+        >>> y = gptq_tiled_matmul(x, t["qweight"], scales, t["qzeros"], t["perm"], bits=4, group_size=128)
+    """
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"gptq_tiled_matmul: bits must be 2, 3, 4 or 8, got {bits}")
+    if zero_format not in ("v1", "v2"):
+        raise ValueError(f"gptq_tiled_matmul: zero_format must be 'v1' or 'v2', got {zero_format!r}")
+    cb = 8 if bits == 8 else 4
+    p = 32 // cb
+    m, k = x.shape
+    n = qweight_t.shape[0] * NB
+    if qweight_t.dim() != 3 or qweight_t.shape[1] * p != k or qweight_t.shape[2] != NB or k % KB:
+        raise ValueError(
+            f"gptq_tiled_matmul: qweight_t {list(qweight_t.shape)} does not fit K = {k} (want [N/64, K/{p}, 64], "
+            f"K a multiple of {KB})"
+        )
+    group_size = k if group_size == -1 else group_size
+    if group_size % KB or k % group_size:
+        raise ValueError(
+            f"gptq_tiled_matmul: group_size {group_size} must be a multiple of {KB} dividing K = {k}"
+        )
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    cfg = plan(m, n, k, cb, x.device, perm is not None)
+    if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
+        cfg = plan({"gemv": 1, "mma": 17, "dequant": _DEQUANT_MIN_M}[config["kernel"]], n, k, cb, x.device,
+                   perm is not None)  # fmt: skip
+    cfg |= config or {}
+    x = x.contiguous()
+    if cfg["kernel"] == "gemv" and x.dtype == torch.float32:
+        cfg = plan(17, n, k, cb, x.device) | {k_: v for k_, v in (config or {}).items() if k_ != "kernel"}
+    if perm is not None and (
+        cfg["kernel"] == "mma" or cfg.get("permute_x")
+    ):  # one gather of x, not one a tile
+        x, perm = x.index_select(1, perm), None
+    use_asm = bool(cfg.get("use_asm", True)) and _use_asm(x, cb)
+    common = {"CB": cb, "ZERO_V1": zero_format == "v1", "HAS_PERM": perm is not None, "USE_ASM": use_asm,
+              "BF16": x.dtype == torch.bfloat16}  # fmt: skip
+    perm_arg = qweight_t if perm is None else perm
+    if cfg["kernel"] == "dequant":
+        w = tiled_dequantize(qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                             zero_format=zero_format, dtype=x.dtype, block_n=cfg.get("block_n", 128),
+                             use_asm=use_asm)  # fmt: skip
+        return torch.matmul(x, w, out=out)
+    blocks = k // KB
+    split = cfg["split_k"]
+    if blocks % split:
+        raise ValueError(f"gptq_tiled_matmul: split_k {split} must divide K/128 = {blocks}")
+    k_per_split = k // split
+    ws = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    ticket = bool(cfg.get("ticket", True)) and split > 1
+    args = (x, qweight_t, scales, qzeros_t, perm_arg, out, ws)
+    if cfg["kernel"] == "gemv":
+        unroll = cfg["unroll"]
+        if (k_per_split // KB) % unroll:
+            raise ValueError(f"gptq_tiled_matmul: unroll {unroll} must divide the blocks per split")
+        cnt = _counters(x.device, m * (n // NB)) if ticket else ws
+        _tiled_gemv_kernel[(n // NB, split, m)](
+            *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+            out.stride(0), U=unroll, SPLIT_K=split, TICKET=ticket, PREFETCH=bool(cfg.get("prefetch", False)),
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"], **common,
+        )  # fmt: skip
+    else:
+        block_m, block_n, unroll = cfg["block_m"], cfg["block_n"], cfg.get("unroll", 1)
+        if n % block_n or (k_per_split // KB) % unroll:
+            raise ValueError(
+                f"gptq_tiled_matmul: block_n {block_n} must divide N = {n}, unroll {unroll} the blocks per split"
+            )
+        grid = (triton.cdiv(m, block_m) * (n // block_n), split)
+        cnt = _counters(x.device, grid[0]) if ticket else ws
+        _tiled_mma_kernel[grid](
+            *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+            out.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_K=split, TICKET=ticket,
+            # the interpreter's bf16/fp16 dots are not exact: on the CPU (and for fp32 x) they run in fp32
+            DOT_FP32=x.device.type != "cuda" or x.dtype == torch.float32, GROUP_M=cfg.get("group_m", 8),
+            SCALE_W=bool(cfg.get("scale_w", False)), U=unroll, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common,
+        )  # fmt: skip
+    if split > 1 and not ticket:
+        block = 256
+        _tiled_reduce_kernel[(triton.cdiv(m * n, block),)](ws, out, m * n, SPLIT_K=split, BLOCK=block)
+    return out
+
+
+def tiled_dequantize(
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    dtype: torch.dtype,
+    block_n: int = 128,
+    use_asm: bool | None = None,
+) -> torch.Tensor:
+    """W `[K, N]` in `dtype` and the checkpoint's row order, from the repacked tensors (one pass)."""
+    cb = 8 if bits == 8 else 4
+    k, n = qweight_t.shape[1] * (32 // cb), qweight_t.shape[0] * NB
+    group_size = k if group_size == -1 else group_size
+    block_n = min(block_n, n)
+    while n % block_n:
+        block_n //= 2
+    w = torch.empty((k, n), dtype=dtype, device=qweight_t.device)
+    if use_asm is None:
+        use_asm = _use_asm(w, cb)
+    _tiled_dequant_kernel[(k // KB, n // block_n)](
+        qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, w, n, k, group_size,
+        scales.stride(0), qzeros_t.stride(0), w.stride(0), CB=cb, ZERO_V1=zero_format == "v1",
+        HAS_PERM=perm is not None, USE_ASM=use_asm and dtype != torch.float32, BF16=dtype == torch.bfloat16,
+        BLOCK_N=block_n, num_warps=4,
+    )  # fmt: skip
+    return w
