@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fusegraph import ops
     from fusegraph.compiler import BufferType, DeviceRef, Dim, DType, Graph, TensorType, TensorValue
+    from fusegraph.distributed import launch
+    from fusegraph.generate import Generator, SamplingParams
 
 
 def __getattr__(name: str) -> Any:
@@ -21,10 +23,17 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module("fusegraph.ops")
     if name in ("BufferType", "DeviceRef", "Dim", "DType", "Graph", "TensorType", "TensorValue"):
         return getattr(importlib.import_module("fusegraph.compiler"), name)
+    if name in ("Generator", "SamplingParams"):
+        return getattr(importlib.import_module("fusegraph.generate"), name)
+    if name == "launch":  # tensor parallelism: one process per rank
+        return importlib.import_module("fusegraph.distributed").launch
     raise AttributeError(f"module 'fusegraph' has no attribute {name!r}")
 
 
-__all__ = ["BufferType", "DType", "DeviceRef", "Dim", "Graph", "TensorType", "TensorValue", "compile", "ops"]
+__all__ = [
+    "BufferType", "DType", "DeviceRef", "Dim", "Generator", "Graph", "SamplingParams", "TensorType", "TensorValue",
+    "compile", "launch", "ops",
+]  # fmt: skip
 
 
 def compile(graph: Graph, backend: str = "eager", device: str = "cpu", **kwargs: Any) -> Any:  # noqa: A001
