@@ -37,7 +37,6 @@ import torch
 
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingError, TensorParallelLayout
-from fusegraph.ops.gptq_packing import _block
 
 Split = Literal["column", "row"]
 GPTQ_PARAMS = ("qweight", "qzeros", "scales", "g_idx")
@@ -107,6 +106,11 @@ class SafetensorsSource:
             t = part[tuple(index)]
         self.bytes_read += t.numel() * t.element_size()
         return t
+
+
+def _block(bits: int) -> tuple[int, int]:
+    """(int32 words, values) of GPTQ's smallest whole packing block (3 words hold 32 3-bit values)."""
+    return (3, 32) if bits == 3 else (1, 32 // bits)
 
 
 def _lookup(table: Mapping[str, Any], name: str) -> Any:
@@ -251,9 +255,9 @@ def _gptq_row(
         )
     out = {"qweight": src.read(f"{prefix}.qweight", 0, k0 // per * words, k1 // per * words)}
     groups = _row_groups(src, prefix, present, rows, cfg)
-    for p in ("scales", "qzeros"):
-        if p in present or p == "scales":
-            out[p] = _pick_rows(src, f"{prefix}.{p}", groups.global_ids)
+    out["scales"] = _pick_rows(src, f"{prefix}.scales", groups.global_ids)
+    if "qzeros" in present:
+        out["qzeros"] = _pick_rows(src, f"{prefix}.qzeros", groups.global_ids)
     if "g_idx" in present:
         out["g_idx"] = groups.local_g_idx
     return out
