@@ -199,8 +199,8 @@ def _field(entry: Mapping[str, Any], kind: str, name: str) -> Any:
 
 
 def _original(entry: Mapping[str, Any], kind: str, max_position_embeddings: int | None) -> int:
-    """HF `standardize_rope_params`: `original_max_position_embeddings`, else the config's
-    `max_position_embeddings`."""
+    """HF `standardize_rope_params`: the config's top-level `original_max_position_embeddings`
+    (Phi-3; merged into `entry` by the caller), else the entry's, else `max_position_embeddings`."""
     original = entry.get("original_max_position_embeddings") or max_position_embeddings
     if original is None:
         raise ValueError(
@@ -210,7 +210,9 @@ def _original(entry: Mapping[str, Any], kind: str, max_position_embeddings: int 
 
 
 def rope_scaling_from_hf(
-    rope_scaling: Mapping[str, Any] | None, max_position_embeddings: int | None = None
+    rope_scaling: Mapping[str, Any] | None,
+    max_position_embeddings: int | None = None,
+    original_max_position_embeddings: int | None = None,
 ) -> RopeScaling | None:
     """The scaling of a HF `config.json` `rope_scaling` entry (`rope_type` or `type`).
 
@@ -219,6 +221,9 @@ def rope_scaling_from_hf(
         max_position_embeddings: The config's value: the default original length of llama3,
             yarn and longrope (as HF's `standardize_rope_params`), the switch of dynamic NTK,
             and longrope's default `factor` numerator.
+        original_max_position_embeddings: A top-level config value (Phi-3 keeps it outside
+            `rope_scaling`); as in HF's `standardize_rope_params`, it wins over the entry's for
+            llama3, yarn and longrope.
 
     Raises:
         ValueError: An unsupported `rope_type` (naming it and the allowed ones), or a missing
@@ -229,6 +234,8 @@ def rope_scaling_from_hf(
     kind = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
     if kind == "default":
         return None
+    if original_max_position_embeddings is not None and kind in ("llama3", "yarn", "longrope"):
+        rope_scaling = {**rope_scaling, "original_max_position_embeddings": original_max_position_embeddings}
     if kind == "linear":
         return LinearRopeScaling(float(_field(rope_scaling, kind, "factor")))
     if kind == "llama3":

@@ -130,6 +130,8 @@ def test_rope_scaling_from_hf__reads_each_rope_type():
         match=r"rope_type='su' is not supported; allowed: \['default', 'linear', 'llama3', 'yarn', 'dynamic', 'longrope'\]",
     ):
         rope_scaling_from_hf({"rope_type": "su", "factor": 2})
+    phi3 = {**longrope, "original_max_position_embeddings": 16}
+    assert rope_scaling_from_hf(phi3, 64, original_max_position_embeddings=32).original_max_position == 32
     with pytest.raises(ValueError, match=r"rope_scaling: dynamic needs max_position_embeddings"):
         rope_scaling_from_hf({"rope_type": "dynamic", "factor": 2})
     with pytest.raises(ValueError, match=r"rope_scaling: llama3 needs 'low_freq_factor'"):
