@@ -257,14 +257,50 @@ def _parse_sum(parser: AttrParser, depth: int) -> sympy.Expr:
 
 
 def _parse_product(parser: AttrParser, depth: int) -> sympy.Expr:
-    expr = _parse_atom(parser, depth)
+    # Factors joined by * and /, each with an optional unary minus (sympy prints `-m + n`);
+    # `**` (sympy prints n*n as `n**2`) binds to the last factor, tighter than its minus.
+    expr, divide, powered = sympy.Integer(1), False, False
+    negative, last = _parse_signed_atom(parser, depth)
+
+    def fold() -> sympy.Expr:
+        factor = -last if negative else last
+        return expr / factor if divide else expr * factor
+
     while True:
         if parser.parse_optional_punctuation("*") is not None:
-            expr = expr * _parse_atom(parser, depth)
+            if parser.parse_optional_punctuation("*") is not None:
+                if powered:
+                    parser.raise_error("`a**b**c` is ambiguous: add parentheses")
+                last, powered = _power(parser, last, _parse_atom(parser, depth)), True
+                continue
+            expr, divide, powered = fold(), False, False
+            negative, last = _parse_signed_atom(parser, depth)
         elif parser.parse_optional_punctuation("/") is not None:
-            expr = expr / _parse_atom(parser, depth)
+            expr, divide, powered = fold(), True, False
+            negative, last = _parse_signed_atom(parser, depth)
         else:
-            return expr
+            return fold()
+
+
+def _parse_signed_atom(parser: AttrParser, depth: int) -> tuple[bool, sympy.Expr]:
+    negative = False
+    while parser._current_token.kind == MLIRTokenKind.MINUS:  # noqa: SLF001
+        parser._consume_token()  # noqa: SLF001
+        negative = not negative
+    return negative, _parse_atom(parser, depth)
+
+
+_MAX_EXPONENT = 64
+
+
+def _power(parser: AttrParser, base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
+    """`base**exponent` as sympy prints it: a whole exponent of a dim name, at most 64."""
+    if not exponent.is_Integer or not base.free_symbols:
+        parser.raise_error("`**` takes a dim name (or an expression over names) and a whole exponent")
+    result = base**exponent
+    if any(abs(p.exp) > _MAX_EXPONENT for p in result.atoms(sympy.Pow) if p.exp.is_Integer):
+        parser.raise_error(f"dim exponent above {_MAX_EXPONENT}")
+    return result
 
 
 def _parse_atom(parser: AttrParser, depth: int) -> sympy.Expr:

@@ -59,7 +59,7 @@ class Report:
             f"fuzz seed {self.seed}: {self.count} mutants in {self.wall_s:.1f} s: "
             f"{self.outcomes['ok']} parsed and passed, {self.outcomes['diagnostic']} diagnostics, "
             f"{kinds['raw']} raw exceptions, {kinds['slow']} slow parses, {kinds['timeout']} timeouts; "
-            f"slowest parse {self.slowest_parse_s:.3f} s; {len(self.messages)} distinct diagnostics",
+            f"slowest parse {self.slowest_parse_s:.3f} CPU s; {len(self.messages)} distinct diagnostics",
         ]
         lines += [f"  {f.kind} [{f.seed_name}] {f.detail}" for f in self.failures[:20]]
         return "\n".join(lines)
