@@ -5,13 +5,15 @@ Forward, for `x` `[T, hidden]` (T = total_seq_len of a ragged batch):
 1. `qkv = x · Wqkvᵀ (+ b)`: one `qkv_proj` (`stacked_qkv`) or `concat(q_proj, k_proj, v_proj)`.
 2. `use_qk_norm`: per-head RMSNorm of q and k (`q_norm.weight`, `k_norm.weight`, `[head_dim]`),
    before rope, as in Qwen3.
-3. Rope, split and store:
+3. Rope, split and store (the rope's `rotary_dim` and length-dependent scaling, `rope.variant`,
+   reach both forms):
    - `_fuse_rope_and_store=True`: one `fg.rope_split_store` on qkv. With `use_qk_norm`, q and k
      are normalized first: `split → reshape → rms_norm → reshape → concat(q, k, v)`, then the
      fused op (the norm cannot live inside it).
    - `False`: the canonical unfused form of docs/internals.md: `split`, reshape to heads,
      (norm), `rope(q)`, `rope(k)`, `kv_cache_store(k)`, `kv_cache_store(v)`, reshape q back.
-4. `fg.attention.paged` over the cache version holding this step's keys and values.
+4. `fg.attention.paged` over the cache version holding this step's keys and values (with
+   `sliding_window`, each query sees only the last `sliding_window` positions).
 5. `o_proj` (never biased, as in HF Qwen2/Llama).
 """
 

@@ -17,9 +17,9 @@ Each sequence `b` picks its row by its *total length after the step*
   float32 like transformers' `_compute_dynamic_ntk_parameters`.
 
 Example:
-    >>> variant = RopeVariant(long_after=4096)
-    >>> variant.props()["long_after"]
-    IntegerAttr(...)
+    >>> RopeVariant(long_after=4096).tables  # freqs_cis stacks the short and the long table
+    2
+    >>> ops.rope(q, ro, lens, freqs, interleaved=False, variant=RopeVariant(ntk=(1e4, 2.0, 4096)))
 """
 
 from __future__ import annotations
