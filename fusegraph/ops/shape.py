@@ -284,5 +284,9 @@ def _concat_fx(e: Any, op: ConcatOp, *xs: Any) -> Any:
 @fx_emitter(SplitOp)
 def _split_fx(e: Any, op: SplitOp, x: Any) -> Any:
     axis = normalize_axis(op.name, op.axis.value.data, e.val(x).dim())
-    pieces = e.call(torch.ops.aten.split_with_sizes.default, x, [e.size(s) for s in op.sizes], axis)
+    sizes = [e.size(s) for s in op.sizes]
+    results = [expect_tensor(op.name, "output", r.type) for r in op.outputs]
+    pieces = e.call_views(
+        torch.ops.aten.split_with_sizes.default, x, sizes, axis, results=results, strides=e.val(x).stride()
+    )
     return e.unpack(pieces, len(op.outputs))

@@ -159,6 +159,19 @@ class Emitter:
         emitter knows."""
         return self._node(target, args, {}, self._fresh_cached(list(sizes), dtype))
 
+    def call_views(
+        self, target: Any, *args: Any, results: Sequence[TensorType], strides: Sequence[Any]
+    ) -> torch.fx.Node:
+        """Append `target(*args)` returning a list of views of one tensor with its `strides`
+        (`split_with_sizes`), their fakes built from the IR `results` types without a fake
+        dispatch (whose symbolic size checks cost ~5 ms a call)."""
+        vals = []
+        for t in results:
+            sizes = [d.value if d.is_static else evaluate_dim(d, self.symbols) for d in t.shape]
+            meta = torch.empty_strided(sizes, list(strides), dtype=t.dtype.to_torch(), device="meta")
+            vals.append(_wrap_meta(self.fake_mode, meta, sizes, t.dtype.to_torch()))
+        return self._node(target, args, {}, vals)
+
     def _fresh_cached(self, sizes: list[Any], dtype: torch.dtype) -> Any:
         # One FakeTensor per (sizes, dtype): building one computes symbolic strides through
         # the ShapeEnv (~0.3 ms, growing with the graph); values are only read for their
@@ -360,6 +373,17 @@ class _DirectBuilder(_FxBuilder):
         ok = val.dtype == t.dtype.to_torch() and val.dim() == len(want)
         if not (ok and all(_same_size(got, w) for got, w in zip(val.shape, want))):
             raise _NotEmittableError(f"{op.name}: emitted {val.dtype} {tuple(val.shape)}, IR says {t}")
+
+
+def _wrap_meta(fake_mode: Any, meta: torch.Tensor, sizes: list[Any], dtype: torch.dtype) -> Any:
+    """A CPU FakeTensor around a meta tensor (falls back to an empty one of `sizes`)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    try:
+        return FakeTensor(fake_mode, meta, torch.device("cpu"))
+    except TypeError:  # a torch whose FakeTensor constructor differs
+        with fake_mode:
+            return torch.empty(sizes, dtype=dtype)
 
 
 def _fresh_fake(fake_mode: Any, sizes: list[Any], dtype: torch.dtype) -> Any:
