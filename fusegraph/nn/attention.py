@@ -26,6 +26,7 @@ from typing import Any
 from fusegraph import ops
 from fusegraph.compiler import BufferValue, DeviceRef, DType, TensorValue
 from fusegraph.nn.attention_config import MHAMaskVariant, check_scale, resolve_mask, validate_heads
+from fusegraph.nn.gptq_share import share_equal_g_idx
 from fusegraph.nn.kv_cache import KVCacheParams, PagedCacheValues
 from fusegraph.nn.layer import Module
 from fusegraph.nn.linear import GPTQLinear, Linear, check_gptq_dims
@@ -168,6 +169,13 @@ class AttentionWithRope(Module):
         """o_proj `[hidden, H·D]`, never biased (a hook: `GPTQAttentionWithRope` builds it with
         `linear_cls`)."""
         return self._linear(self.q_dim, self.hidden_size, False, None)
+
+    def _on_load(self) -> None:
+        """After each `load_state_dict`: act-order GPTQ q/k/v whose loaded g_idx are equal
+        emit q's g_idx weight, so `fuse-qkv-projections` can stack them (`gptq_share.py`);
+        `g_idx_sharing` is None then, else the reason they stay apart."""
+        if self.quant_config is not None and not self.stacked_qkv:
+            self.g_idx_sharing = share_equal_g_idx(self, ["q_proj", "k_proj", "v_proj"])
 
     # --- forward -----------------------------------------------------------------------
     def __call__(

@@ -23,7 +23,6 @@ import torch
 from fusegraph.compiler import DeviceRef, DType
 from fusegraph.nn.attention import AttentionWithRope
 from fusegraph.nn.attention_config import MHAMaskVariant
-from fusegraph.nn.gptq_share import share_equal_g_idx
 from fusegraph.nn.kv_cache import KVCacheParams
 from fusegraph.nn.layer import Module
 from fusegraph.nn.linear import GPTQLinear
@@ -113,10 +112,6 @@ class GPTQAttentionWithRope(AttentionWithRope):
             self.dtype,
             self.devices[0],
         )
-
-    def _on_load(self) -> None:
-        if not self.stacked_qkv:
-            self.g_idx_sharing = share_equal_g_idx(self, ["q_proj", "k_proj", "v_proj"])
 
     @property
     def wqkv(self) -> torch.Tensor:
