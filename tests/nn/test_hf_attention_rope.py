@@ -164,3 +164,34 @@ def test_gptj_partial_interleaved__fg_rope_matches_gptj_rotary(rotary_dim):
         x, torch.tensor([0, 4, 7, 9], dtype=torch.uint32), torch.tensor([4, 0, 10], dtype=torch.uint32)
     )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _run_ours(name, fuse):
+    """Our layer alone over STEPS: every step's output and each sequence's whole cache."""
+    from fusegraph.nn import PagedCacheValues
+    from fusegraph.runtime import PagedKVCacheManager
+
+    layer, rope, kv_params, *_ = _setup(name, 2, fuse)
+    manager = PagedKVCacheManager(kv_params, num_blocks=3 * ROWS // 2)
+    types = [TensorType(DType.float32, ["t", HIDDEN], CPU), TensorType(DType.uint32, ["b1"], CPU)]
+    with Graph("attn", input_types=[*types, *manager.input_types()]) as g:
+        x, ro, *kv = g.inputs
+        g.output(layer(0, x, PagedCacheValues(*kv), rope.freqs_cis, ro))
+    model = fusegraph.compile(g, backend="eager", weights=layer.state_dict(), pipeline=None)
+    gen = torch.Generator().manual_seed(1)
+    seqs = [manager.claim(max_len=ROWS) for _ in STEPS[0]]
+    outs = []
+    for tokens in STEPS:
+        batch = manager.prepare(seqs, tokens)
+        outs.append(
+            model(torch.randn(sum(tokens), HIDDEN, generator=gen), batch.row_offsets, *batch.kv_inputs)[0]
+        )
+        manager.commit(seqs, tokens)
+    return outs, [torch.cat(manager.gather(s, layer_idx=0)) for s in seqs]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fused_equals_unfused__outputs_and_whole_cache(name):
+    (fused_out, fused_kv), (plain_out, plain_kv) = _run_ours(name, True), _run_ours(name, False)
+    for got, want in zip(fused_out + fused_kv, plain_out + plain_kv, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
