@@ -27,6 +27,7 @@ from fusegraph.runtime.cuda_graphs import CudaGraphRunner
 from fusegraph.runtime.fold import fold_constants
 from fusegraph.runtime.input_checks import InputChecks, check_weights
 from fusegraph.runtime.pipeline import run_pipeline
+from fusegraph.runtime.profile import ProfileReport, profile_steps
 from fusegraph.runtime.write_guard import DeviceWriteGuards, write_guards
 
 
@@ -123,6 +124,17 @@ class CompiledGraph:
         """
         if self._device_guards is not None:
             self._device_guards.raise_if_refused(None, wait=True)
+
+    def profile(self, *inputs: torch.Tensor, steps: int = 20, warmup: int = 3) -> ProfileReport:
+        """Time `steps` calls on `inputs`: host overhead per call, wall time per step, and the
+        device time of each kernel (CPU: each aten op) per step (`runtime/profile.py`).
+
+        Example:
+            >>> print(model.profile(x, row_offsets, kv_blocks, cache_lengths, lookup_table))
+        """
+        mode = f"pipeline {self.pipeline or 'none'}, cuda_graphs={self._cuda_graphs is not None}"
+        title = f"profile of {self.graph.name!r} on {self.device} ({mode})"
+        return profile_steps(lambda: self(*inputs), self.device, title, steps, warmup)
 
     def signature(self, inputs: Sequence[torch.Tensor]) -> dict[str, int]:
         """The symbolic dim bindings of `inputs`, checked once per (shapes, dtypes, devices)."""

@@ -10,6 +10,7 @@ Example:
     $ fusegraph run model.mlir --backend iree --device cpu --check
     $ fusegraph run model.mlir --backend eager --device cuda --check --weights model.safetensors
     $ fusegraph run model.mlir --pipeline none        # the graph as written, no passes
+    $ fusegraph run model.mlir --device cuda --cuda-graphs --profile
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2, help="decode steps after the prefill (paged graphs)")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuda-graphs", action="store_true", help="eager on CUDA: capture and replay CUDA graphs")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the steps, profile the last one: host overhead per call and device time per kernel",
+    )
     p.add_argument(
         "--pipeline",
         default="default",
@@ -161,9 +168,12 @@ def run_and_check(
     per step and returns (max error, tolerance) when checking."""
     import fusegraph
 
+    if args.profile and args.backend != "eager":
+        raise ValueError(f"--profile needs --backend eager, got --backend {args.backend}")
     pipeline = None if args.pipeline == "none" else args.pipeline
+    options = {"cuda_graphs": True} if args.cuda_graphs else {}
     model = fusegraph.compile(
-        graph, backend=args.backend, device=args.device, weights=weights, pipeline=pipeline
+        graph, backend=args.backend, device=args.device, weights=weights, pipeline=pipeline, **options
     )
     print(f"pipeline: {getattr(model, 'pipeline', None) or 'none (the graph as written)'}")
     reference = (
@@ -190,9 +200,16 @@ def run_and_check(
             tol = tol if tol is not None else max(_TOLERANCE.get(o.dtype, 1e-4) for o in expected)
             line += f"; max|err|/max(1,|ref|) {max(errors):.3e}"
         print(line + (f" (tokens {tokens})" if tokens else ""))
+        if args.profile and step == len(plan.steps) - 1:
+            _profile(model, inputs[0])
         for r in runs:
             r.commit(tokens)
     return (worst, tol if tol is not None else 1e-4) if reference is not None else None
+
+
+def _profile(model: Any, inputs: list[torch.Tensor]) -> None:
+    """Print the profile of one step (the same inputs again: it rewrites the same cache slots)."""
+    print(model.profile(*inputs))
 
 
 def _errors(got: Any, want: Any) -> list[float]:

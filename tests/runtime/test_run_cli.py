@@ -72,3 +72,16 @@ def test_run_prints_the_pipeline_and_checks_it_against_the_graph_as_written(
     assert cli_main(["run", str(path), "--check", "--steps", "1", *flag]) == 0
     out = capsys.readouterr().out
     assert printed + "\n" in out and out.rstrip().endswith("OK")
+
+
+def test_run_profile_prints_host_overhead_and_time_per_op(tmp_path, capsys) -> None:
+    path = tmp_path / "attn.mlir"
+    path.write_text(str(gptq_attention_graph(1, fused=False)))
+    assert cli_main(["run", str(path), "--steps", "1", "--profile"]) == 0
+    out = capsys.readouterr().out
+    profile = out[out.index("profile of 'gptq_attn_1l_unfused' on cpu (pipeline fuse-qkv") :]
+    assert ", 20 steps\n  host " in profile and " us/call, wall " in profile and " CPU ops" in profile
+    rows = [line.split() for line in profile.splitlines()[3:] if "more)" not in line]
+    assert rows and all(float(r[0]) > 0 and r[2].startswith("aten::") for r in rows)
+    assert cli_main(["run", str(path), "--backend", "iree", "--profile"]) == 1
+    assert "--profile needs --backend eager, got --backend iree" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Where a step's time goes: host overhead per call and device time per kernel (or CPU op).
+
+`profile_steps(model, inputs)` runs the step a few times to warm up, then measures:
+- host: the time a call takes to return (Python, checks, launches; no sync inside);
+- wall: the time per step when the device is kept busy (synchronized once at the end);
+- device: per kernel (CUDA) or per aten op (CPU), from `torch.profiler`, per step.
+
+The same inputs run every time, so a step that writes the KV cache rewrites the same slots.
+
+Example:
+    >>> report = model.profile(x, row_offsets, kv_blocks, cache_lengths, lookup_table)
+    >>> print(report)
+    profile of 'attn' on cuda (pipeline ..., cuda_graphs=True), 20 steps
+      host 41.2 us/call, wall 123.0 us/step, device 119.8 us/step in 9 kernels
+        device us/step  calls/step  name
+                  61.0           2  _gptq_gemv_kernel
+    ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["ProfileReport", "profile_steps"]
+
+_ROWS = 30  # rows printed; the rest are summed in one line
+
+
+@dataclass
+class ProfileReport:
+    """Per-step timings of a compiled model; `str()` is the table `fusegraph run --profile` prints."""
+
+    title: str
+    steps: int
+    host_us: float
+    wall_us: float
+    device: str
+    ops: list[tuple[str, float, float]] = field(default_factory=list)  # name, us/step, calls/step
+
+    @property
+    def device_us(self) -> float:
+        """Total device (CUDA) or CPU-op time per step."""
+        return sum(us for _, us, _ in self.ops)
+
+    def __str__(self) -> str:
+        unit = "kernels" if self.device == "cuda" else "CPU ops"
+        lines = [
+            f"{self.title}, {self.steps} steps",
+            f"  host {self.host_us:.1f} us/call, wall {self.wall_us:.1f} us/step, "
+            f"{'device' if self.device == 'cuda' else 'cpu'} {self.device_us:.1f} us/step in {len(self.ops)} {unit}",
+            f"    {'us/step':>10}  {'calls/step':>10}  name",
+        ]
+        lines += [f"    {us:10.1f}  {calls:10.1f}  {name}" for name, us, calls in self.ops[:_ROWS]]
+        if len(self.ops) > _ROWS:
+            rest = sum(us for _, us, _ in self.ops[_ROWS:])
+            lines.append(f"    {rest:10.1f}  {'':>10}  ({len(self.ops) - _ROWS} more)")
+        return "\n".join(lines)
+
+
+def profile_steps(
+    step: Callable[[], object], device: str, title: str, steps: int = 20, warmup: int = 3
+) -> ProfileReport:
+    """Time `step()` (one model call) `steps` times after `warmup` calls; see the module doc.
+
+    Raises:
+        ValueError: `steps` or `warmup` is not a positive / non-negative int.
+    """
+    if not isinstance(steps, int) or steps < 1 or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(
+            f"profile: steps must be >= 1 and warmup >= 0, got steps={steps!r}, warmup={warmup!r}"
+        )
+    on_cuda = torch.device(device).type == "cuda"
+
+    def sync() -> None:
+        if on_cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    host = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        host += time.perf_counter() - t0
+    sync()
+    wall = time.perf_counter() - start
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    kind = "cuda" if on_cuda else "cpu"
+    return ProfileReport(
+        title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps)
+    )
+
+
+def _ops(prof: torch.profiler.profile, on_cuda: bool, steps: int) -> list[tuple[str, float, float]]:
+    """(name, us per step, calls per step), most expensive first: CUDA kernels, or top-level
+    aten ops on the CPU (self time, so nested ops are not counted twice)."""
+    rows = []
+    for e in prof.key_averages():
+        if on_cuda:
+            if e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = _device_time(e)
+        else:
+            if not e.key.startswith("aten::"):
+                continue
+            us = e.self_cpu_time_total
+        if us > 0:
+            rows.append((e.key, us / steps, e.count / steps))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def _device_time(e: object) -> float:
+    for name in ("self_device_time_total", "self_cuda_time_total", "device_time_total"):
+        if (value := getattr(e, name, None)) is not None:
+            return float(value)
+    return 0.0
