@@ -20,19 +20,26 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fusegraph import ops
 from fusegraph.compiler import TensorValue
 from fusegraph.distributed.groups import DEFAULT_GROUP
-from fusegraph.distributed.shards import SafetensorsSource, shard_state
+from fusegraph.distributed.shards import SafetensorsSource, row_group_size, shard_state
 from fusegraph.nn.decoder import DecoderModel
 from fusegraph.nn.hf_config import ModelConfig, ModelLoadError, parse_dtype
 from fusegraph.nn.hf_loader import SafetensorsDir, _device, _stack_layers
+from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.mlp import make_linear
-from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingStrategy, TensorParallelLayout
+from fusegraph.nn.sharding import (
+    GroupSplitError,
+    RankShare,
+    ShardingError,
+    ShardingStrategy,
+    TensorParallelLayout,
+)
 
 
 def model_layout(config: ModelConfig, strategy: ShardingStrategy) -> TensorParallelLayout:
@@ -40,8 +47,8 @@ def model_layout(config: ModelConfig, strategy: ShardingStrategy) -> TensorParal
 
     Raises:
         HeadsNotDivisibleError: Heads do not split over the world size.
-        GroupSplitError: A row-parallel shard (`o_proj` or `down_proj`) would not hold whole
-            GPTQ groups.
+        GroupSplitError: Without act order, a row-parallel shard (`o_proj` or `down_proj`)
+            would not hold whole GPTQ groups.
         ShardingError: `intermediate_size` or an untied `vocab_size` does not divide.
     """
     c = config
@@ -52,7 +59,7 @@ def model_layout(config: ModelConfig, strategy: ShardingStrategy) -> TensorParal
         intermediate_size=c.intermediate_size,
         vocab_size=None if c.tie_word_embeddings else c.vocab_size,
     )
-    if (q := c.quantization) is not None and q.group_size != -1 and strategy.is_sharded:
+    if (q := c.quantization) is not None and q.group_size != -1 and not q.desc_act and strategy.is_sharded:
         share = layout.rank(0)
         for proj, rows in (("o_proj", share.n_heads * c.head_dim), ("down_proj", share.intermediate_size)):
             if rows is not None and rows % q.group_size:
@@ -79,11 +86,15 @@ def build_model_shard(
     rank: int,
     *,
     group: str = DEFAULT_GROUP,
+    row_group_sizes: Mapping[str, int] | None = None,
     **model_kwargs: Any,
 ) -> DecoderModel:
     """The (unloaded) `DecoderModel` of `rank`: divided heads and channels, collectives wired.
 
-    `model_kwargs` go to `DecoderModel` (dtype, device, fuse, stacked_qkv, ...).
+    `row_group_sizes` maps a row-parallel GPTQ projection (`model.layers.3.mlp.down_proj`)
+    to the group size its shard declares when that differs from the checkpoint's (act-order
+    groups shared between ranks; see `shards.row_group_size`). `model_kwargs` go to
+    `DecoderModel` (dtype, device, fuse, stacked_qkv, ...).
     """
     layout = model_layout(config, strategy)
     share, n = layout.rank(rank), strategy.world_size
@@ -110,7 +121,42 @@ def build_model_shard(
             quant_config=quant,
             scales_dtype=model.scales_dtype,
         )
+    for prefix, size in (row_group_sizes or {}).items():
+        _regroup(model, prefix, size)
     return model
+
+
+def _regroup(model: DecoderModel, prefix: str, group_size: int) -> None:
+    """Replace the GPTQ projection `prefix` by one declaring `group_size` (same names)."""
+    *path, leaf = prefix.split(".")
+    parent: Any = model
+    for part in path:
+        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    old = getattr(parent, leaf)
+    if not isinstance(old, GPTQLinear):
+        raise ShardingError(f"tensor parallel: {prefix} is not a GPTQ projection; cannot regroup it")
+    cfg = dataclasses.replace(old.quant_config, group_size=group_size)
+    new = GPTQLinear(old.in_dim, old.out_dim, cfg, old.dtype, old.device, old.has_bias, old.clip_weight,
+                     scales_dtype=old._params["scales"].dtype)  # fmt: skip
+    setattr(parent, leaf, new)
+
+
+def row_group_sizes(
+    source: Any, config: ModelConfig, layout: TensorParallelLayout, rank: int
+) -> dict[str, int]:
+    """The row-parallel projections whose shard must declare another group size, and that size."""
+    q = config.quantization
+    if q is None or not q.desc_act or q.group_size == -1 or layout.world_size == 1:
+        return {}
+    share, out = layout.rank(rank), {}
+    for i in range(config.num_hidden_layers):
+        for prefix, rows in (
+            (f"model.layers.{i}.self_attn.o_proj", share.q_cols),
+            (f"model.layers.{i}.mlp.down_proj", share.channels),
+        ):
+            if rows is not None and (size := row_group_size(source, prefix, rows, q)) != q.group_size:
+                out[prefix] = size
+    return out
 
 
 def load_model_shard(
@@ -162,17 +208,19 @@ def load_model_shard(
         page_size=page_size,
         fuse=fuse,
     )
+    source = SafetensorsSource(sorted(set(files.origin.values())))
+    layout = model_layout(config, strategy)
+    kwargs["row_group_sizes"] = row_group_sizes(source, config, layout, rank)
     plain = build_model_shard(config, strategy, rank, group=group, **kwargs)
     wanted = [n for n, _ in plain.named_params()]
     wanted += [n for n, _ in plain.named_accepted() if n in files]
-    source = SafetensorsSource(sorted(set(files.origin.values())))
-    state = shard_state(source, model_layout(config, strategy), rank, config.quantization, wanted)
+    state = shard_state(source, layout, rank, config.quantization, wanted)
     specs = dict(plain.named_params())
     for name, tensor in state.items():
         want = specs[name].dtype.to_torch() if name in specs else tensor.dtype
         if tensor.dtype != want and tensor.is_floating_point() and want.is_floating_point:
             state[name] = tensor.to(want)
-    local = rank_config(config, model_layout(config, strategy).rank(rank))
+    local = rank_config(config, layout.rank(rank))
     qkv = gate_up = [False] * config.num_hidden_layers
     if fuse:
         state, qkv, gate_up = _stack_layers(state, local)

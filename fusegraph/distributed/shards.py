@@ -16,9 +16,10 @@ GPTQ (`qweight [K·bits/32, N]`, `qzeros [G, N·bits/32]`, `scales [G, N]`, `g_i
 - column: `qweight`, `scales` and `qzeros` are cut along N (N boundaries must fall on whole
   int32 words of qzeros); `g_idx` is kept whole.
 - row: `qweight` is cut along K; a rank takes the groups its rows use. Without act-order
-  the K boundaries must be group boundaries; with act-order each group's rows must all lie
-  on one rank: the rank's groups are then renumbered (`g_idx` remapped, `scales`/`qzeros`
-  rows picked). A group cut between ranks raises `GroupSplitError`.
+  the K boundaries must be group boundaries, else `GroupSplitError`. With act-order the
+  rank's groups are renumbered (`g_idx` remapped, `scales`/`qzeros` rows picked); a group
+  whose rows lie on several ranks is duplicated on each, as vLLM does, and the shard's layer
+  then declares a smaller group size (`row_group_size`) so that its group count holds them.
 - a row-parallel bias is added once: rank 0 holds it, the other ranks hold zeros.
 
 Example:
@@ -265,7 +266,7 @@ def _gptq_row(
 
 @dataclass
 class _Groups:
-    global_ids: list[int]  # the global groups this rank's rows use, ascending
+    global_ids: list[int]  # the global groups this rank's rows use, ascending (+ padding)
     local_g_idx: torch.Tensor  # g_idx of the rank's rows, renumbered into global_ids
 
 
@@ -278,28 +279,47 @@ def _row_groups(
         return _Groups([0], torch.zeros(k1 - k0, dtype=torch.int32))
     gs = cfg.group_size
     if "g_idx" in present and cfg.desc_act:
-        g_idx = src.read(f"{prefix}.g_idx").to(torch.int64)
-    else:
-        g_idx = torch.arange(k, dtype=torch.int64) // gs
-    mine = g_idx[k0:k1]
-    ids = torch.unique(mine)
-    outside = torch.cat([g_idx[:k0], g_idx[k1:]])
-    if (cut := ids[torch.isin(ids, outside)]).numel():
-        g = int(cut[0])
-        where = sorted({int(i) for i in (g_idx == g).nonzero().flatten()})
+        mine = src.read(f"{prefix}.g_idx").to(torch.int64)[k0:k1]
+        ids = torch.unique(mine)
+        # Groups shared with other ranks are duplicated here (vLLM keeps every group's scales
+        # on every rank); the shard's group count is padded to a whole number of groups.
+        size = local_group_size(k1 - k0, ids.numel(), gs, prefix)
+        padded = [int(i) for i in ids] + [int(ids[-1])] * ((k1 - k0) // size - ids.numel())
+        return _Groups(padded, torch.searchsorted(ids, mine).to(torch.int32))
+    if k0 % gs or k1 % gs:
         raise GroupSplitError(
-            f"tensor parallel: {prefix}: the row split [{k0}, {k1}) of K={k} cuts GPTQ group {g} "
-            f"(group_size {gs}; its rows {where[:4]}{'...' if len(where) > 4 else ''} lie on both sides); "
-            f"row-parallel layers need each group's rows on one rank"
+            f"tensor parallel: {prefix}: the row split [{k0}, {k1}) of K={k} cuts GPTQ group {k0 // gs if k0 % gs else (k1 - 1) // gs} "
+            f"(group_size {gs}, desc_act=False); row-parallel layers need the split on group boundaries: "
+            f"use a world size that gives each rank whole groups"
         )
-    want = cfg.num_groups(k1 - k0)
-    if ids.numel() != want:
+    return _Groups(list(range(k0 // gs, k1 // gs)), torch.arange(k1 - k0, dtype=torch.int32) // gs)
+
+
+def local_group_size(rows: int, groups: int, group_size: int, what: str = "projection") -> int:
+    """The group size of an act-order row shard of `rows` rows that uses `groups` groups:
+    `group_size` when they fit, else the largest divisor of `rows` giving at least `groups`
+    groups (the extra groups are padding that no row uses).
+
+    Raises:
+        GroupSplitError: No such divisor (more groups than rows).
+    """
+    if groups <= rows // group_size and rows % group_size == 0:
+        return group_size
+    size = next((d for d in range(min(group_size, rows // groups), 0, -1) if rows % d == 0), 0)
+    if size == 0:
         raise GroupSplitError(
-            f"tensor parallel: {prefix}: rows [{k0}, {k1}) use {ids.numel()} GPTQ groups, but a shard of "
-            f"{k1 - k0} rows holds {want} (group_size {gs})"
+            f"tensor parallel: {what}: a shard of {rows} rows cannot hold the {groups} GPTQ groups its rows use"
         )
-    local = torch.searchsorted(ids, mine).to(torch.int32)
-    return _Groups([int(i) for i in ids], local)
+    return size
+
+
+def row_group_size(source: TensorSource, prefix: str, rows: range, cfg: QuantizationConfig) -> int:
+    """The group size the rank's layer must declare for row-parallel projection `prefix`
+    (its act-order rows may use more groups than `len(rows) / group_size`)."""
+    if cfg.group_size == -1 or not cfg.desc_act or f"{prefix}.g_idx" not in source.names():
+        return cfg.group_size
+    mine = source.read(f"{prefix}.g_idx", 0, rows.start, rows.stop)
+    return local_group_size(len(rows), int(torch.unique(mine).numel()), cfg.group_size, prefix)
 
 
 def _pick_rows(src: TensorSource, name: str, ids: list[int]) -> torch.Tensor:

@@ -31,10 +31,17 @@ def _blockwise_perm(k: int, world: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def write_model(
-    folder: Path, *, n_kv_heads: int = 2, tied: bool = False, cut_groups: bool = False, seed: int = 0
+    folder: Path,
+    *,
+    n_kv_heads: int = 2,
+    tied: bool = False,
+    cut_groups: bool = False,
+    quant: QuantizationConfig = QUANT,
+    seed: int = 0,
 ) -> Path:
     """Write `config.json`, `quantize_config.json` and `model.safetensors` into `folder`
-    (`cut_groups`: random act orders for o_proj/down_proj too, which a row split cuts)."""
+    (`cut_groups`: random act orders for o_proj/down_proj too, so that a 2-way row split
+    leaves groups on both ranks)."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     d = {**DIMS, "num_key_value_heads": n_kv_heads}
@@ -68,9 +75,10 @@ def write_model(
             "mlp.down_proj": (rand(h, inter), down_perm),
         }
         for name, (w, perm) in linears.items():
-            t.update({f"{p}{name}.{k}": v for k, v in quantize_gptq(w, QUANT, perm=perm).items()})
+            packed = quantize_gptq(w, quant, perm=perm if quant.desc_act else None)
+            t.update({f"{p}{name}.{k}": v for k, v in packed.items()})
     save_file({k: v.contiguous() for k, v in t.items()}, str(folder / "model.safetensors"))
-    entry = {"bits": QUANT.bits, "group_size": QUANT.group_size, "desc_act": True, "sym": QUANT.sym,
+    entry = {"bits": quant.bits, "group_size": quant.group_size, "desc_act": quant.desc_act, "sym": quant.sym,
              "quant_method": "gptq", "checkpoint_format": "gptq"}  # fmt: skip
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu",
               "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,

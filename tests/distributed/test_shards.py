@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fusegraph.distributed.shards import DictSource, SafetensorsSource, shard_state
+from fusegraph.distributed.shards import DictSource, SafetensorsSource, row_group_size, shard_state
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import (
     GroupSplitError,
@@ -105,11 +105,21 @@ def test_shard_state__row_split_cutting_a_group_is_refused() -> None:
         shard_state(DictSource(full), _layout(intermediate_size=96), 0, cfg)
 
 
-def test_shard_state__act_order_group_across_ranks_is_refused() -> None:
-    cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
-    full = _gptq("self_attn.o_proj", 64, 64, cfg, torch.arange(63, -1, -1).roll(5), 6)
-    with pytest.raises(GroupSplitError, match="self_attn.o_proj: the row split .* cuts GPTQ group"):
-        shard_state(DictSource(full), _layout(), 0, cfg)
+def test_shard_state__act_order_groups_shared_by_ranks_are_duplicated() -> None:
+    cfg = QuantizationConfig(bits=4, group_size=16, desc_act=True, sym=False)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(7))  # groups span both halves
+    full = _gptq("self_attn.o_proj", 64, 64, cfg, perm, 6)
+    layout = _layout()
+    for rank in range(2):
+        rows = range(rank * 32, (rank + 1) * 32)
+        size = row_group_size(DictSource(full), "self_attn.o_proj", rows, cfg)
+        part = shard_state(DictSource(full), layout, rank, cfg)
+        local = QuantizationConfig(bits=4, group_size=size, desc_act=True, sym=False)
+        assert size < 16 and part["self_attn.o_proj.scales"].shape == (32 // size, 64)
+        assert torch.equal(
+            _dense(part, "self_attn.o_proj", local),
+            _dense(full, "self_attn.o_proj", cfg)[32 * rank : 32 * (rank + 1)],
+        )
 
 
 def test_layout__named_errors() -> None:

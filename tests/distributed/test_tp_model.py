@@ -12,16 +12,18 @@ import torch
 
 from fusegraph.distributed import launch
 from fusegraph.distributed.model import load_model_shard
-from fusegraph.nn import load_model
+from fusegraph.nn import QuantizationConfig, load_model
 from fusegraph.nn.sharding import GroupSplitError, HeadsNotDivisibleError, WorldSizeMismatchError
 from tests.distributed import _tiny, _workers
 
 NEW_TOKENS = 3
-# (name, write_model kwargs): GQA with an untied (column-parallel, gathered) lm_head; and one
-# kv head replicated on both ranks with a tied (replicated) lm_head.
+# (name, write_model kwargs): GQA with an untied (column-parallel, gathered) lm_head and
+# act orders that keep each rank's o_proj/down_proj groups whole; and one kv head replicated
+# on both ranks, a tied (replicated) lm_head, and random act orders whose groups the row split
+# shares between the ranks (duplicated on each, the shard declaring a smaller group size).
 MODELS: list[tuple[str, dict[str, Any]]] = [
     ("gqa_untied", {"n_kv_heads": 2}),
-    ("mqa_tied", {"n_kv_heads": 1, "tied": True}),
+    ("mqa_tied_shared_groups", {"n_kv_heads": 1, "tied": True, "cut_groups": True}),
 ]
 
 
@@ -76,13 +78,24 @@ def test_heads_not_divisible_by_the_world_size__named_error(tmp_path: Path) -> N
         load_model_shard(folder, rank=0, world_size=3)
 
 
-def test_act_order_group_cut_by_a_row_split__named_error(tmp_path: Path) -> None:
-    folder = _tiny.write_model(tmp_path / "m", cut_groups=True)
+def test_row_split_cutting_a_group_without_act_order__named_error(tmp_path: Path) -> None:
+    quant = QuantizationConfig(bits=4, group_size=64, desc_act=False, sym=True)
+    folder = _tiny.write_model(tmp_path / "m", quant=quant)  # o_proj: K=64, 32 rows per rank
     with pytest.raises(
-        GroupSplitError,
-        match=r"model.layers.0.self_attn.o_proj: the row split \[0, 32\) of K=64 cuts GPTQ group",
+        GroupSplitError, match="o_proj's rows split into shards of 32, which cuts GPTQ groups"
     ):
         load_model_shard(folder, rank=0, world_size=2)
+
+
+def test_act_order_shared_groups__shard_declares_a_smaller_group_size(tmp_path: Path) -> None:
+    folder = _tiny.write_model(tmp_path / "m", cut_groups=True)
+    model = load_model_shard(folder, rank=1, world_size=2)
+    o_proj = model.model.layers[0].self_attn.o_proj  # type: ignore[attr-defined]
+    assert o_proj.quant_config.group_size < _tiny.QUANT.group_size
+    assert (
+        model.state_dict()["model.layers.0.self_attn.o_proj.scales"].shape[0]
+        == 32 // o_proj.quant_config.group_size
+    )
 
 
 def test_world_size_not_matching_the_devices__named_error(tmp_path: Path) -> None:
