@@ -152,7 +152,9 @@ class CompiledGraph:
         """One step as the device runs it (and a CUDA graph captures it): checks, then the module."""
         if self._device_guards is not None:
             self._device_guards.launch(inputs, dims)
-        return self.module(*inputs)
+        # The graph outputs only: the module also returns the written buffers (the caller's
+        # tensors), which a CUDA-graph replay must not clone (a whole KV cache per step).
+        return self.module(*inputs)[: self.num_outputs]
 
     def __repr__(self) -> str:
         return f"CompiledGraph({self.graph.name!r}, backend='eager', device={self.device!r})"
