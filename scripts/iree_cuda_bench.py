@@ -91,12 +91,14 @@ def _pipeline(graph: Any, device: str) -> Any:
 def compile_artifacts(out: Path, device: str) -> None:
     from fusegraph.compiler.lowering import to_torch_mlir
     from fusegraph.runtime.iree_backend import compile_vmfb, target_flags
+    from fusegraph.runtime.iree_inplace import outputs_follow_writes
 
     out.mkdir(parents=True, exist_ok=True)
     graph = _pipeline(build(device)[0], device)
     mlir = to_torch_mlir(graph, mode="decomposed", output_type="torch", inplace_buffers=True)
     start = time.perf_counter()
-    path, _ = compile_vmfb(mlir.text, target_flags(device), name="attn8b")
+    follow = outputs_follow_writes(graph)
+    path, _ = compile_vmfb(mlir.text, target_flags(device), name="attn8b", outputs_follow_writes=follow)
     (out / f"attn8b.{device}.vmfb").write_bytes(path.read_bytes())
     manifest = {
         "graph_sha": _sha(graph),
@@ -194,7 +196,7 @@ def run(folder: Path, reps: int, device: str) -> int:
     kv_err = float((kv_iree.float() - kv_eager.float()).abs().max())
     same_ptr = kv_iree.data_ptr() == pointer and bool((kv_iree != kv0).any())
     print(f"IREE vs eager Triton: output rel err {out_err:.2e}, whole-cache max abs err {kv_err:.2e} "
-          f"(in-place: cache data_ptr kept {same_ptr}; DLPack zero-copy inputs/outputs {iree.zero_copy})")  # fmt: skip
+          f"(in-place: cache data_ptr kept {same_ptr}; DLPack zero-copy inputs/outputs {iree.zero_copy} {iree.copy_reason})")  # fmt: skip
 
     kv = kv0.clone()
     rows = {}

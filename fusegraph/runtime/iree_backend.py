@@ -48,6 +48,7 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
 from fusegraph.runtime.input_checks import InputChecks, check_weights
+from fusegraph.runtime.iree_inplace import outputs_follow_writes as _outputs_follow_writes
 
 _DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
 _compile_count = 0
@@ -98,9 +99,16 @@ def default_cache_dir() -> Path:
 
 
 def compile_vmfb(
-    mlir_text: str, flags: Sequence[str], cache_dir: str | os.PathLike[str] | None = None, name: str = "graph"
+    mlir_text: str,
+    flags: Sequence[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    name: str = "graph",
+    outputs_follow_writes: bool = False,
 ) -> tuple[Path, bool]:
     """Compile torch-dialect MLIR to a `.vmfb`, through the on-disk cache.
+
+    `outputs_follow_writes=True` (every output depends on the final buffer versions) lets
+    `iree_inplace.compile_inplace` drop IREE's dead whole-buffer copy of an in-place module.
 
     Returns:
         The `.vmfb` path and whether it was a cache hit.
@@ -111,13 +119,16 @@ def compile_vmfb(
     from iree.compiler import version as compiler_version
 
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key_text = "\n".join([compiler_version.VERSION, *flags, mlir_text])
+    marker = ["outputs-follow-writes"] if outputs_follow_writes else []
+    key_text = "\n".join([compiler_version.VERSION, *flags, *marker, mlir_text])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = directory / f"{name}-{key}.vmfb"
     if path.exists():
         return path, True
     directory.mkdir(parents=True, exist_ok=True)
-    binary = _run_iree_compile(mlir_text, flags, directory / f"{name}-{key}.input.mlir")
+    binary = _run_iree_compile(
+        mlir_text, flags, directory / f"{name}-{key}.input.mlir", outputs_follow_writes
+    )
     # Write then rename, so a concurrent reader never sees a partial file.
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
     with os.fdopen(fd, "wb") as f:
@@ -127,13 +138,17 @@ def compile_vmfb(
     return path, False
 
 
-def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path) -> bytes:
+def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path, follow: bool = False) -> bytes:
     import iree.compiler as ireec
     from iree.compiler.tools.binaries import CompilerToolError
+
+    from fusegraph.runtime.iree_inplace import compile_inplace
 
     global _compile_count
     _compile_count += 1
     try:
+        if follow:
+            return compile_inplace(mlir_text, flags)[0]
         return ireec.compile_str(mlir_text, input_type="torch", target_backends=[], extra_args=list(flags))
     except CompilerToolError as err:
         repro_path.write_text(mlir_text)
@@ -168,6 +183,7 @@ class IreeCompiledGraph:
             `{"h2d": n, "d2h": n}` (zero-copy DLPack hand-offs count nothing; the metadata
             read by the checks counts as d2h on CUDA).
         zero_copy: whether the last call handed every input and output over without a copy.
+        copy_reason: why the last copy happened instead of a DLPack hand-off ("" if none).
     """
 
     def __init__(
@@ -199,6 +215,7 @@ class IreeCompiledGraph:
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))
         self.transfers = {"h2d": 0, "d2h": 0}
         self.zero_copy = True
+        self.copy_reason = ""
         self.mlir: Any = None
         if vmfb is not None:  # compiled elsewhere (e.g. for CUDA on a machine with the compiler)
             self.vmfb_path, self.cache_hit = Path(vmfb), True
@@ -208,7 +225,10 @@ class IreeCompiledGraph:
             self.mlir = to_torch_mlir(
                 self.graph, mode="decomposed", output_type="torch", inplace_buffers=inplace
             )
-            self.vmfb_path, self.cache_hit = compile_vmfb(self.mlir.text, flags, cache_dir, _stem(graph.name))
+            follow = inplace and _outputs_follow_writes(self.graph)
+            self.vmfb_path, self.cache_hit = compile_vmfb(
+                self.mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow
+            )
         self._load(bound)
 
     def _load(self, weights: list[torch.Tensor]) -> None:
@@ -238,7 +258,8 @@ class IreeCompiledGraph:
         keep.append(x)  # the imported memory must outlive the call
         try:
             return self._hal_device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(x)), True
-        except Exception:  # noqa: BLE001 - IREE raises plain RuntimeError/ValueError subclasses
+        except Exception as err:  # noqa: BLE001 - IREE raises plain RuntimeError/ValueError subclasses
+            self.copy_reason = f"input DLPack import: {type(err).__name__}: {err}"
             return self._upload(x), False
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -274,10 +295,11 @@ class IreeCompiledGraph:
                 result._buffer_view, _DLPACK_DEVICE[kind], int(index or 0)
             )
             tensor = torch.from_dlpack(capsule)
-        except Exception:  # noqa: BLE001 - fall back to a copy through the host
+        except Exception as err:  # noqa: BLE001 - fall back to a copy through the host
+            self.copy_reason = f"output DLPack export: {type(err).__name__}: {err}"
+            self.zero_copy = False
             tensor = from_iree(result, dtype, self.device)
             self._count("d2h", tensor)
-            self.zero_copy = False
             return tensor
         if tensor.dtype != dtype:  # IREE returns unsigned tensors as signless: same bits
             tensor = tensor.view(dtype)
