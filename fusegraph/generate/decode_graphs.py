@@ -8,7 +8,7 @@ bucket is replayed. Prefill and mixed steps run the model normally.
 Example:
     >>> graphs = DecodeGraphs.for_model(compiled, buckets=(1, 2, 4, 8), max_batch_size=8)
     >>> bucket = graphs.bucket([1, 1, 1])  # 4
-    >>> (logits,) = graphs.run(inputs_padded_to_4)
+    >>> logits = graphs.run(inputs_padded_to_4)[0]  # static: read it before the next replay
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class DecodeGraphs:
         self.model = model
         self.buckets = sorted(set(buckets))
         self.runner = CudaGraphRunner(model._step, model.device)
+        self._static: dict[tuple, list[torch.Tensor]] = {}  # per shape: the tensors a graph reads
 
     @classmethod
     def for_model(cls, model: Any, buckets: Sequence[int] | None, max_batch_size: int) -> DecodeGraphs | None:
@@ -60,13 +61,28 @@ class DecodeGraphs:
         return next((b for b in self.buckets if b >= len(counts)), None)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        """Replay (capturing on first use) the graph for these padded inputs; returns the
-        module's outputs (the graph outputs, then the final version of the cache buffer)."""
+        """Replay (capturing on first use) the graph for these padded inputs.
+
+        The inputs are copied into the bucket's own tensors (the cache buffer is used as is)
+        and the graph replays on those, so nothing else is copied: the returned outputs (the
+        graph outputs, then the cache buffer) are static tensors, valid until the next replay.
+        """
+        from fusegraph.compiler.types import BufferType
+
         m = self.model
-        dims = m.signature(inputs)
+        key = tuple((tuple(x.shape), x.data_ptr() if isinstance(t, BufferType) else None)
+                    for x, t in zip(inputs, m.input_types))  # fmt: skip
+        if (static := self._static.get(key)) is None:
+            static = [x if isinstance(t, BufferType) else x.clone() for x, t in zip(inputs, m.input_types)]
+            self._static[key] = static
+        else:
+            for s, x in zip(static, inputs):
+                if s is not x:
+                    s.copy_(x)
+        dims = m.signature(static)
         if (guards := m._device_guards) is not None:
-            guards.raise_if_refused(inputs)  # an earlier step's refusal, no sync
-        outputs = self.runner.run(inputs, m.input_types, dims)
+            guards.raise_if_refused(static)  # an earlier step's refusal, no sync
+        outputs = self.runner.run_bound(static, dims)
         if guards is not None:
-            guards.publish(inputs)
+            guards.publish(static)
         return outputs

@@ -3,7 +3,10 @@ preemption and chunked prefill leave the tokens unchanged; stop tokens and max_n
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import torch
 
 from fusegraph.generate import Generator, SamplingParams
 from fusegraph.generate.decode_graphs import DecodeGraphs
@@ -127,27 +130,27 @@ def test_generator__refuses_bad_requests_and_settings(tiny_llama: Tiny) -> None:
     ]  # the longest sequence ends it
 
 
-class _EagerBuckets(DecodeGraphs):
-    """The decode-graph path without CUDA: padded batches run the module directly (the
-    per-call input checks would refuse the padding rows' shared scratch page)."""
+class _CpuRunner:
+    """`CudaGraphRunner.run_bound` without CUDA: runs the step on the bound tensors."""
 
-    def __init__(self, model: object, buckets: tuple[int, ...]) -> None:
-        self.model, self.buckets = model, sorted(buckets)
-        self.calls: list[tuple[int, tuple[int, ...]]] = []
+    def __init__(self, step: Any) -> None:
+        self.step = step
+        self.calls: list[tuple[int, tuple[int, ...], int]] = []
 
-    def run(self, inputs):  # noqa: ANN001, ANN201
-        self.calls.append((inputs[0].shape[0], tuple(inputs[4].shape)))
-        return self.model.module(*inputs)  # type: ignore[attr-defined]
+    def run_bound(self, inputs: list[torch.Tensor], dims: dict[str, int]) -> Any:
+        self.calls.append((int(inputs[0].shape[0]), tuple(inputs[4].shape), inputs[0].data_ptr()))
+        return self.step(inputs, dims)
 
 
 def test_generator__padded_decode_buckets_give_the_same_tokens(tiny_llama: Tiny) -> None:
+    # The CUDA-graph decode path on the CPU: padded to buckets, replayed on per-bucket tensors.
     gen = Generator(tiny_llama.compiled, tiny_llama.manager(), cuda_graph_batch_sizes=None, max_seq_len=48)
-    gen._graphs = graphs = _EagerBuckets(tiny_llama.compiled, (1, 4, 8))
+    graphs = object.__new__(DecodeGraphs)
+    graphs.model, graphs.buckets, graphs._static = tiny_llama.compiled, [1, 4, 8], {}
+    graphs.runner = runner = _CpuRunner(tiny_llama.compiled._step)  # type: ignore[assignment]
+    gen._graphs = graphs
     got = _staggered(gen, PROMPTS, NEW)
     assert got == [tiny_llama.reference(p, NEW) for p in PROMPTS]
-    assert gen.stats.graph_replays == len(graphs.calls) > 0
-    assert {rows for rows, _ in graphs.calls} <= {1, 4} and {lut for _, lut in graphs.calls} <= {
-        (1, 12),
-        (4, 12),
-    }
-    assert (4, (4, 12)) in graphs.calls  # 3 sequences padded to the bucket of 4, lookup 48 / 4 pages wide
+    assert gen.stats.graph_replays == len(runner.calls) > 0
+    assert {(rows, lut) for rows, lut, _ in runner.calls} == {(1, (1, 12)), (4, (4, 12))}  # 48 / 4 pages wide
+    assert len({ptr for *_, ptr in runner.calls}) == 2  # one set of static tensors per bucket
