@@ -233,6 +233,44 @@ def check_tiny() -> None:
         scale = max(scale, float(expected.abs().max()))
         new = [[int(t)] for t in logits.argmax(-1)]
         prompts = [p + n for p, n in zip(prompts, new)]
+    # The CLI's JSON contract on this device: `fusegraph model DIR --logits --json`.
+    import contextlib
+    import io
+    import json
+
+    from fusegraph.cli import main as cli
+
+    ids = ";".join(",".join(map(str, p)) for p in prompts)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        status = cli(
+            [
+                "model",
+                str(folder),
+                "--logits",
+                "--token-ids",
+                ids,
+                "--device",
+                DEV,
+                "--dtype",
+                "float32",
+                "--json",
+            ]
+        )
+    with torch.no_grad():
+        expected = (
+            torch.stack([reference(torch.tensor([p], device=DEV)).logits[0, -1] for p in prompts])
+            .float()
+            .cpu()
+        )
+    cli_error = (
+        float((torch.tensor(json.loads(out.getvalue())["logits"]) - expected).abs().max())
+        if status == 0
+        else None
+    )
+    print(
+        f"check: fusegraph model --logits --device {DEV} --json: status {status}, max error {cli_error}",
+        flush=True,
+    )
     print(
         f"check: tiny GPTQ act-order Llama, f32, 4 steps, max |fusegraph - transformers| = {worst:.2e} (logits up to {scale:.2f})",
         flush=True,
