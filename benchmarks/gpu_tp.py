@@ -38,7 +38,7 @@ from frontend import LLAMA3_8B  # noqa: E402
 
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
 from fusegraph.distributed import RankInfo, launch  # noqa: E402
-from fusegraph.distributed.model import build_model_shard, model_layout  # noqa: E402
+from fusegraph.distributed.model import build_model_shard, model_layout, row_group_sizes  # noqa: E402
 from fusegraph.distributed.shards import DictSource, shard_state  # noqa: E402
 from fusegraph.nn import DEFAULT_PIPELINE, ModelConfig  # noqa: E402
 from fusegraph.nn.quant import QuantizationConfig  # noqa: E402
@@ -62,12 +62,12 @@ def shape(base: ModelConfig, layers: int, act_order: bool, dtype: DType) -> Mode
     )
 
 
-def seeded_state(config: ModelConfig, world: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def seeded_state(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """A full random checkpoint (HF names, unstacked) on the CPU, the same on every rank.
 
     GPTQ words are random bits; scales keep each output's variance near 1/K. With act order,
-    q/k/v (and gate/up) share one random order, and o_proj/down_proj get orders that keep each
-    rank's K rows together (a row split then cuts no group)."""
+    q/k/v (and gate/up) share one random order and o_proj/down_proj get their own, so the row
+    split leaves most groups on both ranks (each shard duplicates them)."""
     from fusegraph.nn import DecoderModel
 
     gen = torch.Generator().manual_seed(seed)
@@ -80,13 +80,8 @@ def seeded_state(config: ModelConfig, world: int, seed: int = 0) -> dict[str, to
         if name.endswith("g_idx"):
             k, proj = shp[0], name.rsplit(".", 2)[-2]
             key = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "gate_proj": "mlp", "up_proj": "mlp"}
-            if proj in key:
-                perm = perms.setdefault(
-                    f"{name.rsplit('.', 3)[0]}.{key[proj]}", torch.randperm(k, generator=gen)
-                )
-            else:
-                per = k // world
-                perm = torch.cat([torch.randperm(per, generator=gen) + r * per for r in range(world)])
+            group = f"{name.rsplit('.', 3)[0]}.{key.get(proj, proj)}"
+            perm = perms.setdefault(group, torch.randperm(k, generator=gen))
             assert cfg is not None
             state[name] = act_order_g_idx(perm, cfg.group_size)
         elif dtype == torch.int32:
@@ -127,18 +122,18 @@ def check(info: RankInfo, config: ModelConfig) -> dict[str, Any]:
     from fusegraph.nn import DecoderModel
 
     dev, ref = _device(info)
-    full = seeded_state(config, info.world_size)
+    full = seeded_state(config)
     steps = [[37, 5, 130], [1, 1, 1], [1, 1, 1]]
     one = DecoderModel(config, device=ref, page_size=PAGE)
     one.load_state_dict(full)
     tp1 = _run_steps(one, steps, config.vocab_size, dev)
     del one
     strategy = ShardingStrategy.tensor_parallel(info.world_size)
-    two = build_model_shard(config, strategy, info.rank, device=ref, page_size=PAGE)
+    layout = model_layout(config, strategy)
+    regroup = row_group_sizes(DictSource(full), config, layout, info.rank)
+    two = build_model_shard(config, strategy, info.rank, device=ref, page_size=PAGE, row_group_sizes=regroup)
     names = [n for n, _ in two.named_params()]
-    two.load_state_dict(
-        shard_state(DictSource(full), model_layout(config, strategy), info.rank, config.quantization, names)
-    )
+    two.load_state_dict(shard_state(DictSource(full), layout, info.rank, config.quantization, names))
     tp2 = _run_steps(two, steps, config.vocab_size, dev)
     diff = max(float((a - b).abs().max()) for a, b in zip(tp1, tp2, strict=True))
     scale = max(float(a.abs().max()) for a in tp1)
