@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         fg, hf = result.get("fusegraph_no_graphs", result["fusegraph"]), result["transformers"]
         if "output_tokens_per_s" in fg and "output_tokens_per_s" in hf:
             result["speedup"] = round(fg["output_tokens_per_s"] / hf["output_tokens_per_s"], 2)
-        _emit(result, args.out)
+    _emit(result, args.out)
     return 0 if all("error" not in v for v in result.values() if isinstance(v, dict)) else 1
 
 
