@@ -37,7 +37,7 @@ def test_help_and_list_passes__import_neither_torch_nor_xdsl() -> None:
     code = (
         "import sys, contextlib, io\n"
         "from fusegraph.cli import main\n"
-        "for argv in (['--help'], ['opt', '--help']):\n"
+        "for argv in (['--help'], ['opt', '--help'], ['lower', '--help']):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "        main(argv)\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
@@ -139,3 +139,10 @@ def test_lower__tosa_refuses_attention_graphs_by_name(
         "fg.attention.paged, fg.kv_cache.store, fg.qmatmul.gptq, fg.rope, fg.split (on dynamic dims)" in err
     )
     assert "use --output-type linalg-on-tensors or stablehlo" in err
+
+
+def test_demo__unwritable_dump_dir_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--dump-dir", _blocked(tmp_path, "dump")]) == 2
+    err = capsys.readouterr().err
+    assert "fusegraph demo: error: [Errno 20] Not a directory" in err
+    _no_traceback(err)
