@@ -140,7 +140,7 @@ def _check_kernel(
                 valid, tl.min(tl.where((p < max_pages) & (entry >= num_blocks), p, _BIG), axis=0)
             )
         in_row = valid < max_pages
-        entry = tl.load(lut_ptr + over * stride_lut + valid, mask=in_row, other=-1).to(tl.int64)
+        entry = tl.load(lut_ptr + over * stride_lut + valid, mask=in_row, other=0).to(tl.int64)
         tl.store(flag_ptr + 1, over)
         tl.store(flag_ptr + 2, last)
         tl.store(flag_ptr + 3, valid)
