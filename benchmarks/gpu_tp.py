@@ -7,8 +7,9 @@ Usage (a machine with two GPUs; NCCL's NVLink multicast is turned off here):
 Two ranks are started with `fusegraph.distributed.launch` (NCCL, one GPU each). Each rank:
 
 1. **Check**: builds the full `--check-layers`-layer Llama-3-8B-shaped GPTQ model (4-bit,
-   g128, sym; `--act-order` for desc_act with row-parallel-safe act orders) from one seeded
-   random state, runs it whole on its own GPU (TP=1), then runs its shard of the same state
+   g128, sym; `--act-order both` (default): once without and once with act order, random
+   orders whose groups the row shards duplicate) from one seeded random state, runs it
+   whole on its own GPU (TP=1), then runs its shard of the same state
    (`build_model_shard` + `shard_state`, collectives over NCCL) on the same ragged prefill
    (3 sequences) and 2 decode steps, and reports the largest logit difference, its ratio to
    the logits' scale, and whether the argmax tokens agree.
@@ -225,8 +226,15 @@ def rank_main(info: RankInfo, args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if info.device.startswith("cuda") else "cpu"
     }
     if not args.skip_check:
-        out["check"] = check(info, shape(base, args.check_layers, args.act_order, dtype))
-        print(f"rank {info.rank} check: {out['check']} ({time.perf_counter() - start:.0f}s)", flush=True)
+        variants = {"off": [False], "on": [True], "both": [False, True]}[args.act_order]
+        out["check"] = {}
+        for act_order in variants:
+            res = check(info, shape(base, args.check_layers, act_order, dtype))
+            out["check"]["desc_act" if act_order else "g128"] = res
+            print(
+                f"rank {info.rank} check act_order={act_order}: {res} ({time.perf_counter() - start:.0f}s)",
+                flush=True,
+            )
     if not args.skip_timing:
         out["timing"] = timing(info, shape(base, args.layers, False, dtype), args.batch, args.ctx)
         print(f"rank {info.rank} timing done ({time.perf_counter() - start:.0f}s)", flush=True)
@@ -240,7 +248,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--ctx", type=int, default=2048)
-    p.add_argument("--act-order", action="store_true", help="desc_act=True in the check model")
+    p.add_argument(
+        "--act-order", choices=("off", "on", "both"), default="both", help="desc_act in the check model(s)"
+    )
     p.add_argument("--skip-check", action="store_true")
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--tiny", action="store_true", help="small dims on the CPU with gloo (a dry run)")
@@ -262,10 +272,9 @@ def main() -> None:
     )  # fmt: skip
     print(f"\ndevice: {results[0]['device']}")
     for rank, res in enumerate(results):
-        if "check" in res:
-            c = res["check"]
+        for variant, c in res.get("check", {}).items():
             print(
-                f"check rank {rank}: TP=2 vs TP=1 max |diff| {c['max_abs_diff']:.3g} (logit scale "
+                f"check rank {rank} ({variant}): TP=2 vs TP=1 max |diff| {c['max_abs_diff']:.3g} (logit scale "
                 f"{c['logit_scale']:.3g}), argmax agree: {c['argmax_agree']}, cache kv heads {c['cache_heads']}"
             )
     if "timing" not in results[0]:
