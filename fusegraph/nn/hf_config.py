@@ -177,7 +177,9 @@ def _rope(data: Mapping[str, Any], source: str) -> tuple[float, RopeScaling | No
     if float(data.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ModelLoadError(f"{source}: partial_rotary_factor != 1 is not supported")
     try:
-        scaling = rope_scaling_from_hf(scaling_entry, data.get("max_position_embeddings"))
+        scaling = rope_scaling_from_hf(
+            scaling_entry, data.get("max_position_embeddings"), data.get("original_max_position_embeddings")
+        )
     except (ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"{source}: rope settings: {err}") from None
     return float(theta), scaling
