@@ -96,26 +96,26 @@ def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype =
                     t_cub, _ = GB.checked_time(
                         "cuBLAS", lambda lay, x: torch.matmul(x, lay.w), layers, xs, graph_us
                     )
-                except Exception as err:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001
                     t_cub = float("nan")
-                    log(f"cuBLAS failed {err}")
+                    log(f"cuBLAS failed {exc}")
                 res = []
                 for cfg in variants(m, k_in, n_out, bits, kind == "act"):
                     if time.time() - T0 > BUDGET_S:
                         log(f"  {label} M={m} {kind} {cfg}: skipped (budget)")
                         continue
                     try:
-                        us, err = GB.checked_time(
+                        us, rel = GB.checked_time(
                             str(cfg), lambda lay, x: GB.ours(K, lay, x, cfg), layers, xs, graph_us, tol
                         )
-                        res.append((us, err, cfg))
+                        res.append((us, rel, cfg))
                     except Exception as e:  # noqa: BLE001
                         log(f"  {label} M={m} {kind} {cfg}: FAILED {type(e).__name__}: {str(e)[:300]}")
                 res.sort(key=lambda r: r[0])
                 nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
-                for us, err, cfg in res:
+                for us, rel, cfg in res:
                     log(f"  {label} M={m} {kind}{'' if dtype == torch.float16 else ' bf16'} {us:7.2f} us ({nbytes / (us * 1e-6) / bw:4.0%} HBM, "
-                        f"{t_cub / us:4.2f}x cuBLAS) err {err:.1e} {cfg}")  # fmt: skip
+                        f"{t_cub / us:4.2f}x cuBLAS) err {rel:.1e} {cfg}")  # fmt: skip
                 first = variants(m, k_in, n_out, bits, kind == "act")[0]
                 if res:
                     log(f"BEST {label} {k_in}x{n_out} M={m} {kind}{'' if dtype == torch.float16 else ' bf16'}: {res[0][0]:.2f} us, cuBLAS {t_cub:.2f} us "

@@ -334,6 +334,7 @@ def bench_runtime_layer(bw: float) -> None:
     weights = {n: t.to(DEV) for n, t in attn.state_dict().items()}
     model = fusegraph.compile(g, backend="eager", device="cuda", weights=weights, cuda_graphs=True)
     seqs = [manager.claim(max_len=ctx) for _ in range(batch)]
+    manager.prepare(seqs, [ctx - 1] * batch)  # pages are allocated in prepare; commit needs it
     manager.commit(seqs, [ctx - 1] * batch)
     step = manager.prepare(seqs, [1] * batch)
     xin = torch.randn(batch, HIDDEN, device=DEV, dtype=torch.float16)
@@ -380,8 +381,69 @@ def check_registered_ops() -> None:
             x.to(dev), t["qweight"].to(dev), t["scales"].to(dev), t["qzeros"].to(dev), t["g_idx"].to(dev),
             bits, 64, False, "v1", None)  # fmt: skip
         check(f"op qmatmul_gptq {bits}b act={act}", rel_err(call(DEV).cpu(), call("cpu")), 2e-3)
+    from fusegraph.ops.gptq_layout import repack
+
+    for bits, act, m in ((4, True, 1), (8, False, 1), (4, False, 9), (8, True, 300)):
+        t, _ = random_gptq(256, 128, bits=bits, group=128, act_order=act)
+        r = repack(t["qweight"], t["qzeros"], t["g_idx"] if act else None, bits=bits, group_size=128, sym=False,
+                   desc_act=act)  # fmt: skip
+        x = torch.randn(m, 256, dtype=torch.float16, device=DEV)
+        call = lambda dev: torch.ops.fusegraph.qmatmul_gptq_tiled(  # noqa: E731
+            x.to(dev), r["qweight"].to(dev), t["scales"].to(dev), r["qzeros"].to(dev),
+            None if "perm" not in r else r["perm"].to(dev), bits, 128, "v1")  # fmt: skip
+        check(f"op qmatmul_gptq_tiled {bits}b act={act} M={m}", rel_err(call(DEV).cpu(), call("cpu")), 2e-3)
     log("registered CUDA kernels match the ops' CPU implementations (rope_split_store_, paged_attention, "
-        "qmatmul_gptq 4/8-bit)")  # fmt: skip
+        "qmatmul_gptq 4/8-bit, qmatmul_gptq_tiled gemv/mma/dequant)")  # fmt: skip
+
+
+def gptq_layers_graph(device, weights: dict[str, torch.Tensor]):
+    """x [m, 512] @ three GPTQ layers (4-bit act-order, 8-bit, 3-bit one group) on `device` (a DeviceRef);
+    `weights` gets the random checkpoint tensors the first time."""
+    from fusegraph import DType, Graph, TensorType, ops
+    from fusegraph.ops.gptq_packing import pack
+
+    k_in, n_out = 512, 256
+    with Graph("gptq", input_types=[TensorType(DType.float16, ["m", k_in], device)]) as g:
+        (x,) = g.inputs
+        outs = []
+        for name, bits, gs, act in (("a", 4, 128, True), ("b", 8, 128, False), ("c", 3, -1, False)):
+            if f"{name}.qweight" not in weights:
+                t = pack(torch.randn(n_out, k_in), bits=bits, group_size=gs, sym=False, desc_act=act)
+                weights |= {f"{name}.{key}": v for key, v in t.items()}
+            w = {}
+            for key in ("qweight", "scales", "qzeros", "g_idx"):
+                v = weights[f"{name}.{key}"]
+                w[key] = g.add_weight(
+                    f"{name}.{key}", TensorType(DType.from_torch(v.dtype), list(v.shape), device)
+                )
+            outs.append(ops.qmatmul_gptq(x, w["qweight"], w["scales"], w["qzeros"], w["g_idx"], bits=bits,
+                                         group_size=gs, sym=False, desc_act=act))  # fmt: skip
+        g.output(*outs)
+    return g
+
+
+def check_gptq_compile() -> None:
+    """fusegraph.compile on CUDA (default pipeline: gptq-repack, folded at compile) == the CPU graph."""
+    from fusegraph import DeviceRef, compile  # noqa: A004
+
+    weights: dict[str, torch.Tensor] = {}
+    ref_model = compile(
+        gptq_layers_graph(DeviceRef.CPU(), weights), device="cpu", weights=weights, pipeline=None
+    )
+    x = torch.randn(3, 512, dtype=torch.float16)
+    refs = ref_model(x)
+    for graphs in (False, True):
+        g = gptq_layers_graph(DeviceRef.GPU(), weights)
+        model = compile(g, backend="eager", device="cuda", weights=weights, cuda_graphs=graphs)
+        text = str(model.graph)
+        assert text.count("fg.qmatmul.gptq_tiled") == 3 and "gptq_repack" not in model.module.code, (
+            model.pipeline
+        )
+        for _ in range(3):  # replays too
+            for i, (y, ref) in enumerate(zip(model(x.to(DEV)), refs)):
+                check(f"compiled gptq layer {i} cuda_graphs={graphs}", rel_err(y.cpu(), ref), 2e-3)
+    log(f"fusegraph.compile on CUDA (pipeline {model.pipeline}): 3 GPTQ layers (4-bit act-order, 8-bit, 3-bit) "
+        "run as fg.qmatmul.gptq_tiled, the repack folded at compile time; == the CPU graph (eager, CUDA graphs)")  # fmt: skip
 
 
 def main() -> int:
@@ -393,6 +455,7 @@ def main() -> int:
     torch.manual_seed(0)
     sections = [
         ("registered ops", check_registered_ops),
+        ("gptq compile", check_gptq_compile),
         ("rss decode", lambda: bench_rope_split_store(k, "decode bs64x1", 64, 1, 2000, bw)),
         ("rss prefill", lambda: bench_rope_split_store(k, "prefill 4x2048", 4, 2048, 0, bw)),
         ("gptq", lambda: bench_gptq(k, bw)),

@@ -110,7 +110,9 @@ class GptqRepackPattern(GuardedPattern[_Match]):
             },
             result_types=[tiled_type],
         )
-        rewriter.replace_op(op, tiled)
+        rewriter.insert(tiled, InsertPoint.before(op))
+        rewriter.replace_all_uses_with(op.result, tiled.result)
+        rewriter.erase(op)
 
 
 def _first_user_point(op: QMatmulGptqOp) -> Operation:

@@ -1,25 +1,27 @@
 """Triton GPTQ matmul on the repacked layout of `fg.gptq.repack` (host side; kernels in
 `gptq_tiled_kernels.py`): `x [M, K] @ W [K, N]`.
 
-Layout (made once, at compile time, by `fusegraph.ops.gptq_repack.repack`):
+Layout (made once, at compile time, by `fusegraph.ops.gptq_layout.repack`):
 - qweight_t int32 `[N/64, K/P, 64]`, P = 32/CB values a word, CB = 8 for 8-bit checkpoints and
   4 otherwise (2- and 3-bit values sit in 4-bit containers: correct, at 4-bit speed). Strip s
   holds columns 64·s..64·s+63, contiguous over K, so a program streams one contiguous run. In
-  128-row block b, word row r holds in slot i the value of row k = 128·b + i·R + r (R = 128/P):
-  slot i of a block's R word rows multiplies one contiguous run of R columns of x.
+  128-row block b, word row r holds in slot i = e·P/2 + j the value of row k = 128·b + 2(j·R + r) + e
+  (R = 128/P): a lop3/prmt pair of slots multiplies one 32-bit pair of x.
 - rows sorted by group (act-order) once: row k of the layout is checkpoint row perm[k]; the
-  kernels gather x through perm (no extra launch); the prefill pass scatters W's rows back.
+  GEMV gathers x through perm in the kernel, the tensor-core path permutes x once per call
+  (index_select), the prefill pass scatters W's rows back to the checkpoint order.
 - qzeros_t int32 `[G, N·CB/32]`, packed along N at CB bits, in the checkpoint's zero format
   (always present: a sym checkpoint's constant z is written out); scales `[G, N]` unchanged.
 Needs K % 128 == 0, N % 64 == 0 and groups of a multiple of 128 rows (or one group).
 
-Paths (`plan` picks them, per shape and SM count; `config` overrides):
-- "gemv" (M ≤ 2): one row per program, FMA in fp16x2/bf16x2 after the lop3/prmt dequantization;
-- "mma" (M up to `_DEQUANT_MIN_M`): tensor-core tiles, P dots of K = R per 128-row block;
-- "dequant" (larger M): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
+Paths (`plan` picks them per shape and SM count; `config` overrides; H200 numbers in
+docs/benchmarks.md):
+- "gemv" (M ≤ 2, fp16/bf16 x): one row per program, fp16x2 FMA after the lop3/prmt dequantization;
+- "mma" (M < 192, and fp32 x): tensor-core tiles, P dots of K = R per 128-row block;
+- "dequant" (M ≥ 192): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
 Split-K: each program writes an fp32 slice; with "ticket" the last program of each tile (atomic
-counter, acq_rel) sums the slices in order and writes the output (one launch, deterministic);
-otherwise `_tiled_reduce_kernel` does (two launches).
+counter, acq_rel after a CTA barrier, slices read through L2) sums the slices in order and
+writes the output (one launch, deterministic); otherwise `_tiled_reduce_kernel` does (two).
 """
 
 from __future__ import annotations
@@ -160,7 +162,12 @@ def gptq_tiled_matmul(
         cfg = plan({"gemv": 1, "mma": 17, "dequant": _DEQUANT_MIN_M}[config["kernel"]], n, k, cb, x.device,
                    perm is not None)  # fmt: skip
     cfg |= config or {}
-    x = x.contiguous()
+    x, qweight_t, scales, qzeros_t = (
+        x.contiguous(),
+        qweight_t.contiguous(),
+        scales.contiguous(),
+        qzeros_t.contiguous(),
+    )
     if cfg["kernel"] == "gemv" and x.dtype == torch.float32:
         cfg = plan(17, n, k, cb, x.device) | {k_: v for k_, v in (config or {}).items() if k_ != "kernel"}
     if perm is not None and (

@@ -1,17 +1,20 @@
 """Triton kernels of the GPTQ matmul on the repacked ("tiled") layout (device code only).
 
-`gptq_tiled.py` launches them and documents the layout; `fusegraph/ops/gptq_repack.py` makes it.
+`gptq_tiled.py` launches them and documents the layout; `fusegraph/ops/gptq_layout.py` makes it.
 In short: qweight_t int32 `[N/64, K/P, 64]` (P = 32/CB values a word, CB = 4 or 8 container
 bits), one 64-column strip after another, each strip contiguous over K; in 128-row block b,
-word row r holds in slot i (bits [i·CB, (i+1)·CB)) the value of row k = 128·b + i·R + r
-(R = 128/P), so slot i of a block's R word rows is one contiguous run of x's columns.
+word row r holds in slot i = e·P/2 + j (bits [i·CB, (i+1)·CB)) the value of row
+k = 128·b + 2(j·R + r) + e (R = 128/P): the slot pair (j, j + P/2) that one lop3/prmt unpacks
+multiplies the adjacent x pair (k, k + 1), one 32-bit load of x.
 
 Dequantization in registers (USE_ASM, fp16 and bf16 on the GPU): one `lop3` (4 bits) or `prmt`
 (8 bits) turns two values of a word into two fp16/bf16 numbers `magic + q` (1024 for fp16,
 128 for bf16), and one packed subtract of `magic + z` gives `q − z` exactly. The GEMV then
-multiplies by packed x pairs in fp16x2/bf16x2 (`_dot_asm`: 8 or 4 products summed per word,
-then fp32); the tensor-core kernel hands the P tensors `q − z` to `tl.dot` (`_dq_asm`). Without
+multiplies by the packed x pairs in fp16x2/bf16x2 (`DOT*`: 8 or 4 products summed per word,
+then fp32); the tensor-core kernel hands the P tensors `q − z` to `tl.dot` (`DQ*`). Without
 USE_ASM (the interpreter, fp32 x, bf16 x at 8 bits) the same values come from shifts and masks.
+The GEMV's fp16x2 partial sums of 4 (8-bit: 2) products are exact up to fp16 rounding; |x| near
+fp16's range (products over 65504) would overflow them, which the fp32 tensor-core path avoids.
 """
 
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE

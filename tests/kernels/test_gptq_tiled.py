@@ -1,0 +1,75 @@
+"""The tiled-layout GPTQ kernels (interpreted on the CPU) against the dequantize-then-matmul math.
+
+Every path (the GEMV, the tensor-core tiles, the dequantize-then-matmul prefill) at every bit
+width, with act-order, zero formats, sym checkpoints without qzeros and the split-K variants
+(ticket and two-launch reduce). The reference is `gptq_packing.dequantize` of the checkpoint
+tensors in float64, independent of the tiled layout. The interpreter cannot run PTX, so the
+lop3/prmt asm is checked on the GPU (benchmarks/gpu.py checks every row before timing); here the
+same kernels run with the shift-and-mask dequantization.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusegraph.ops.gptq_layout import repack
+from fusegraph.ops.gptq_packing import dequantize, pack
+from tests.kernels._interp import load_interpreted
+
+kernel = load_interpreted("gptq_tiled", kernel_deps=("gptq_tiled_kernels",))
+
+K, N = 256, 128
+# fmt: off
+CASES = [
+    # (m, bits, group_size, desc_act, sym_no_zeros, zero_format, dtype, config)
+    (1, 4, 128, False, False, "v1", torch.float16, {"kernel": "gemv"}),
+    (1, 4, 128, True, False, "v2", torch.float16, {"kernel": "gemv", "ticket": False, "split_k": 2, "unroll": 1}),
+    (2, 8, 128, True, False, "v1", torch.float16, {"kernel": "gemv", "prefetch": True, "split_k": 1, "unroll": 1}),
+    (1, 3, -1, False, True, "v1", torch.float16, {"kernel": "gemv"}),
+    (1, 2, 256, True, False, "v2", torch.bfloat16, {"kernel": "gemv", "split_k": 2, "unroll": 1}),
+    (1, 4, 128, False, False, "v1", torch.float32, None),  # fp32 x: the GEMV hands over to the tiles
+    (5, 4, 128, True, False, "v1", torch.float16, {"kernel": "mma"}),
+    (3, 8, 128, False, True, "v2", torch.float16, {"kernel": "mma", "ticket": False, "split_k": 2}),
+    (17, 3, 128, True, False, "v1", torch.float32, {"kernel": "mma", "block_m": 16, "unroll": 2, "split_k": 1}),
+    (4, 2, -1, False, False, "v1", torch.float16, {"kernel": "mma", "scale_w": True, "split_k": 1}),
+    (3, 4, 128, True, False, "v2", torch.float16, {"kernel": "dequant"}),
+    (2, 8, 256, False, False, "v1", torch.bfloat16, {"kernel": "dequant", "block_n": 64}),
+]
+# fmt: on
+
+
+def _checkpoint(bits: int, group_size: int, desc_act: bool, sym: bool, zero_format: str, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    t = pack(torch.randn(N, K, generator=gen), bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+             zero_format=zero_format)  # fmt: skip
+    w = dequantize(t["qweight"], t["scales"], None if sym else t["qzeros"], t["g_idx"], bits=bits,
+                   group_size=group_size, sym=sym, zero_format=zero_format, dtype=torch.float64)  # fmt: skip
+    r = repack(t["qweight"], None if sym else t["qzeros"], t["g_idx"] if desc_act else None, bits=bits,
+               group_size=group_size, sym=sym, desc_act=desc_act, zero_format=zero_format)  # fmt: skip
+    return t, r, w
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_gptq_tiled_kernel__matches_dequantized_math(case):
+    m, bits, gs, desc_act, sym, zf, dtype, config = case
+    t, r, w = _checkpoint(bits, gs, desc_act, sym, zf, seed=m * 31 + bits)
+    x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(dtype)
+    ref = x.double() @ w
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    for _ in range(2):  # twice: the split-K workspace and tickets must come back clean
+        y = kernel.gptq_tiled_matmul(x, r["qweight"], t["scales"], r["qzeros"], r.get("perm"), bits=bits,
+                                     group_size=gs, zero_format=zf, config=config)  # fmt: skip
+        assert y.dtype == dtype and y.shape == (m, N)
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err < tol, f"relative error {err:.3g} >= {tol}"
+
+
+def test_gptq_tiled_kernel__refuses_a_layout_that_does_not_fit():
+    _, r, _ = _checkpoint(4, 128, False, False, "v1", seed=0)
+    x = torch.randn(1, K + 128, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"gptq_tiled_matmul: qweight_t \[2, 32, 64\] does not fit K = 384"):
+        kernel.gptq_tiled_matmul(x, r["qweight"], torch.ones(3, N), r["qzeros"], bits=4, group_size=128)
+    with pytest.raises(ValueError, match="split_k 3 must divide K/128 = 2"):
+        kernel.gptq_tiled_matmul(x[:, :K], r["qweight"], torch.ones(2, N), r["qzeros"], bits=4, group_size=128,
+                                 config={"kernel": "gemv", "split_k": 3})  # fmt: skip
