@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from fusegraph import DType, Graph
-from fusegraph.nn import DEFAULT_PIPELINE, DecoderModel, Llama3RopeScaling, ModelConfig, QuantizationConfig
+from fusegraph.nn import DecoderModel, Llama3RopeScaling, ModelConfig, QuantizationConfig
 
 LLAMA3_8B = ModelConfig(
     model_type="llama",
@@ -79,7 +79,10 @@ def stages(num_layers: int, fuse: bool = True) -> dict[str, float]:
     timed("build", lambda: build(num_layers, fuse))
     graph = holder["build"]
     timed("verify", graph.verify)
-    timed("passes", lambda: PassManager(DEFAULT_PIPELINE, verify_each=False).run(graph))
+    from fusegraph.runtime.pipeline import default_pipeline
+
+    pipeline = default_pipeline("eager", "cpu")
+    timed("passes", lambda: PassManager(pipeline, verify_each=False).run(graph))
     fused = str(graph).count("fg.rope_split_store ")
     if fused != num_layers:
         raise RuntimeError(f"expected {num_layers} fused ops after the passes, found {fused}")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frontend import LLAMA3_8B  # noqa: E402
 
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
-from fusegraph.nn import DEFAULT_PIPELINE, DecoderModel  # noqa: E402
+from fusegraph.nn import DecoderModel  # noqa: E402
 
 PAGE = 128
 START = time.perf_counter()
@@ -111,8 +111,6 @@ def random_state(model: DecoderModel) -> dict[str, torch.Tensor]:
 
 def fusegraph_model(batches: list[int], ctx: int) -> dict[int, float]:
     """ms/step of the fusegraph model at each batch size."""
-    from fusegraph.passes import available_passes
-
     config = replace(SHAPE, dtype=DType.float16 if DEV == "cuda" else DType.float32)
     model = DecoderModel(
         config,
@@ -125,10 +123,9 @@ def fusegraph_model(batches: list[int], ctx: int) -> dict[int, float]:
     model.load_state_dict(random_state(model))
     pages = -(-(ctx + 1) // PAGE)
     num_blocks = max(batches) * pages
-    pipeline = DEFAULT_PIPELINE + (",gptq-repack" if "gptq-repack" in available_passes() else "")
     t = time.perf_counter()
-    run = model.compile(num_blocks, device=DEV, pipeline=pipeline, cuda_graphs=DEV == "cuda")
-    print(f"fusegraph: pipeline {pipeline!r}, compile {time.perf_counter() - t:.1f}s", flush=True)
+    run = model.compile(num_blocks, device=DEV, pipeline="default", cuda_graphs=DEV == "cuda")
+    print(f"fusegraph: pipeline {run.pipeline!r}, compile {time.perf_counter() - t:.1f}s", flush=True)
     results = {}
     for bs in batches:
         manager = model.kv_manager(num_blocks)

@@ -46,7 +46,9 @@ from fusegraph.nn.norm import RMSNorm
 from fusegraph.nn.rotary import RotaryEmbedding
 from fusegraph.nn.transformer import TransformerBlock
 
-DEFAULT_PIPELINE = "fuse-rope-split-store,canonicalize,cse,dce"
+DEFAULT_PIPELINE = "default"
+"""`fusegraph.compile`'s default pipeline, resolved per backend and device by
+`fusegraph.runtime.pipeline.default_pipeline` (fusions, cleanup, `gptq-repack` on eager CUDA)."""
 
 
 class _Backbone(Module):
@@ -186,7 +188,7 @@ class DecoderModel(Module):
 
         Example:
             >>> g = model.build_graph(num_blocks=64)
-            >>> PassManager(DEFAULT_PIPELINE).run(g)
+            >>> PassManager(default_pipeline("eager", "cpu")).run(g)
         """
         name = name or f"{self.config.model_type}_x{self.config.num_hidden_layers}"
         with Graph(name, input_types=self.input_types(num_blocks)) as g:
@@ -228,13 +230,14 @@ class DecoderModel(Module):
         cuda_graphs: bool = False,
         **options: Any,
     ) -> Any:
-        """Build the graph, run `pipeline` on it, and compile it with this model's weights.
+        """Build the graph and compile it (running `pipeline` on it) with this model's weights.
 
         Args:
             num_blocks: Pages of the KV cache the graph takes (`kv_manager(num_blocks)`).
             backend: "eager" or "iree".
             device: "cpu", "cuda" or "cuda:N" (default: the model's device).
-            pipeline: Pass pipeline text, or None for none.
+            pipeline: "default" (`fusegraph.compile`'s, resolved for the backend and device),
+                pipeline text, or None to run the graph as built.
             cuda_graphs: Eager on CUDA: capture and replay CUDA graphs.
             **options: IREE backend options.
 
@@ -242,18 +245,15 @@ class DecoderModel(Module):
             `run(tokens, row_offsets, kv_blocks, cache_lengths, lookup_table) -> (logits,)`.
         """
         import fusegraph
-        from fusegraph.passes import PassManager
 
-        graph = self.build_graph(num_blocks)
-        if pipeline:
-            PassManager(pipeline).run(graph)
         device = device or str(self.device.to_torch())
         return fusegraph.compile(
-            graph,
+            self.build_graph(num_blocks),
             backend=backend,
             device=device,
             weights=self.state_dict(),
             cuda_graphs=cuda_graphs,
+            pipeline=pipeline,
             **options,
         )
 

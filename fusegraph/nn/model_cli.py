@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "-p",
         "--passes",
         default=None,
-        help="pass pipeline (default: fusegraph.nn.DEFAULT_PIPELINE; '' for none)",
+        help="pass pipeline text (default: fusegraph.compile's default pipeline for --backend/--device; '' for none)",
     )
     p.add_argument("--mode", choices=("custom", "decomposed"), default="custom", help="--lower: the op form")
     p.add_argument("-o", "--output", default="-", help="--print-ir/--lower: output file ('-' = stdout)")
@@ -103,7 +103,6 @@ def parse_token_ids(text: str | None) -> list[list[int]]:
 
 def _run(args: argparse.Namespace) -> int:
     from fusegraph.distributed.cli import load_for_rank as load_model  # nn.load_model unless --tp
-    from fusegraph.nn.decoder import DEFAULT_PIPELINE
 
     prompts = parse_token_ids(args.token_ids) if args.logits else [[0]]
     model = load_model(
@@ -116,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     pages = sum(-(-len(p) // args.page_size) for p in prompts)
     num_blocks = args.num_blocks or max(pages, 1)
-    pipeline = DEFAULT_PIPELINE if args.passes is None else args.passes
+    pipeline = "default" if args.passes is None else args.passes
     vocab = model.config.vocab_size
     if (bad := [t for p in prompts for t in p if t >= vocab]) and args.logits:
         raise ValueError(f"--token-ids: id {bad[0]} is out of range for vocab_size {vocab}")
@@ -133,8 +132,10 @@ def _run(args: argparse.Namespace) -> int:
     graph = model.build_graph(num_blocks)
     if pipeline:
         from fusegraph.passes import PassManager
+        from fusegraph.runtime.pipeline import resolve_pipeline
 
-        PassManager(pipeline).run(graph)
+        if text := resolve_pipeline(pipeline, args.backend, args.device):
+            PassManager(text).run(graph)
     if args.print_ir:
         text = str(graph)
     else:
