@@ -15,6 +15,7 @@ Times are `triton.testing.do_bench` medians (L2 flushed before each repetition) 
 so host overhead counts when the GPU would wait for it. Every runtime row is checked against
 the hand-wired output first. A 32-layer step then runs under
 `torch.cuda.set_sync_debug_mode("error")`: no host sync between the inputs and the outputs.
+`--only "1 layer,8 layers,32 layers no sync"` picks sections.
 With $OUT set, the log is also written to $OUT/gpu_runtime.txt.
 """
 
@@ -240,6 +241,7 @@ def bench_stack(n_layers: int) -> None:
         log(f"  {name:52s} {us:9.1f} us{ratio}")
     if n_layers == 1:
         log(str(model.profile(*setup.inputs, steps=20)))
+        log(str(eager.profile(*setup.inputs, steps=20)))
 
 
 def no_sync_32_layers() -> None:
@@ -277,8 +279,12 @@ def main() -> int:
         f"GPTQAttentionWithRope decode: batch {BATCH}, context {CTX}, hidden {HIDDEN}, heads {H}/{HKV}, 4-bit g{GROUP}"
     )
     failed = 0
-    for label, fn in (("1 layer", lambda: bench_stack(1)), ("8 layers", lambda: bench_stack(8)),
-                      ("32 layers no sync", no_sync_32_layers)):  # fmt: skip
+    sections = (("1 layer", lambda: bench_stack(1)), ("8 layers", lambda: bench_stack(8)),
+                ("32 layers no sync", no_sync_32_layers))  # fmt: skip
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    for label, fn in sections:
+        if only and label not in only:
+            continue
         try:
             fn()
             if not TINY:

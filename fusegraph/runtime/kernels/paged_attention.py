@@ -29,7 +29,7 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr,
-    B, layer_idx, page_size, qk_scale, window, split_len,
+    B, layer_idx, page_size, qk_scale, window, split_len, max_pages, num_blocks,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lut, stride_os, stride_ms,
     s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -83,8 +83,11 @@ def _paged_attention_kernel(
     head_off = layer_idx * s_kv2 + kvh * s_kv4
     for k0 in range(k_lo, kv_len, BLOCK_N):
         k_pos = k0 + tl.arange(0, BLOCK_N)
-        k_ok = k_pos < kv_len
+        # A key past the lookup row or in a block past num_blocks is not read (a refused
+        # overflow still runs this step; the runtime raises it, and the loads stay in bounds).
+        k_ok = (k_pos < kv_len) & (k_pos // page_size < max_pages)
         page = tl.load(lut_ptr + b * stride_lut + k_pos // page_size, mask=k_ok, other=0).to(tl.int64)
+        k_ok = k_ok & (page < num_blocks)
         base = page * s_kv0 + (k_pos % page_size).to(tl.int64) * s_kv3 + head_off
         kv_mask = k_ok[:, None] & d_ok[None, :]
         k = tl.load(kv_ptr + base[:, None] + d[None, :] * s_kv5, mask=kv_mask, other=0.0)
@@ -230,6 +233,7 @@ def paged_attention_triton(
     _paged_attention_kernel[(tiles, n_kv_heads, num_splits)](
         q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml,
         batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0, split_len,
+        lookup_table.shape[1], kv_blocks.shape[0],
         q.stride(0), q.stride(1), strides[0], strides[1], lookup_table.stride(0), strides[2], strides[3],
         *kv_blocks.stride(),
         G=group, GP=gp, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
