@@ -173,6 +173,8 @@ def dim_problem(expr: sympy.Expr) -> str | None:
         >>> dim_problem(sympy.Integer(3) - 11)
         'it evaluates to -8, below zero'
     """
+    if expr.is_Symbol or (expr.is_Integer and expr >= 0):  # the common cases, fast
+        return None
     if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
         return f"it evaluates to {expr} (a division by zero?)"
     if expr.is_integer is False:

@@ -259,11 +259,14 @@ def _parse_sum(parser: AttrParser, depth: int) -> sympy.Expr:
 def _parse_product(parser: AttrParser, depth: int) -> sympy.Expr:
     # Factors joined by * and /, each with an optional unary minus (sympy prints `-m + n`);
     # `**` (sympy prints n*n as `n**2`) binds to the last factor, tighter than its minus.
-    expr, divide, powered = sympy.Integer(1), False, False
+    expr: sympy.Expr | None = None  # the factors folded so far (None: none yet)
+    divide, powered = False, False
     negative, last = _parse_signed_atom(parser, depth)
 
     def fold() -> sympy.Expr:
         factor = -last if negative else last
+        if expr is None:  # most dims are one name or one integer: no sympy arithmetic
+            return factor
         return expr / factor if divide else expr * factor
 
     while True:

@@ -27,16 +27,14 @@ _expr = st.recursive(
 )
 
 
-def _text(e: Expr, top: bool = True) -> str:
+def _text(e: Expr) -> str:
     if e[0] == "int":
         return str(e[1])
     if e[0] == "name":
         return e[1]
     if e[0] == "paren":
         return "(" + _text(e[1]) + ")"
-    left, right = _text(e[1], False), _text(e[2], False)
-    # always parenthesize the right operand: the text then means exactly the tree
-    return f"{left} {e[0]} ({right})" if not top else f"({left}) {e[0]} ({right})"
+    return f"({_text(e[1])}) {e[0]} ({_text(e[2])})"  # parenthesized: the text means the tree
 
 
 def _value(e: Expr, env: dict[str, int]) -> Fraction | None:
@@ -85,3 +83,10 @@ def test_dims__parse_to_the_arithmetic_or_refuse_with_a_location(e: Expr) -> Non
         if want is not None and got.is_finite:
             assert Fraction(str(got)) == want, (text, env, got, want)
     assert _parsed_dim(str(dim)) == dim  # prints and parses back
+
+
+def test_dims__precedence_and_what_sympy_prints() -> None:
+    cases = {"2 + 3 * 4": "14", "8/2*2": "8", "8/2/2": "2", "-m + n": "-m + n", "n*n": "n**2",
+             "-n**2 + n": "-n**2 + n", "2*n**2/3*m": "2*m*n**2/3", "n**(-2)": "n**(-2)", "--n": "n"}  # fmt: skip
+    for text, printed in cases.items():
+        assert str(_parsed_dim(text)) == printed, text
