@@ -70,11 +70,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_graph_cli(args: argparse.Namespace) -> int:
     """Run the graph; with --check, return 1 if any error exceeds the tolerance."""
-    from fusegraph.compiler.parse import parse
+    from fusegraph.compiler.parse import parse, read_ir_file
 
     try:
-        with open(args.file) as f:
-            graph = parse(f.read(), filename=args.file)
+        graph = parse(read_ir_file(args.file), filename=args.file)  # non-UTF-8: file:line:col
         dims = _parse_dims(args.dim)
         weights = load_weights(args.weights, graph) if args.weights else random_weights(graph, args.seed)
         worst = run_and_check(graph, weights, args, dims)
