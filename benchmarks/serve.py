@@ -107,7 +107,8 @@ def run_fusegraph(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, An
     tpot = sorted((t[-1] - t[0]) / (len(t) - 1) for t in times.values() if len(t) > 1)
     ttft = sorted(t[0] - start for t in times.values())
     s = gen.stats
-    check = check_graphs(compiled, manager, args.prompt_len + args.output_len) if args.check_graphs else None
+    seq_len = args.prompt_len + args.output_len
+    check = _guarded(check_graphs, compiled, manager, seq_len) if args.check_graphs else None
     return {
         "check_graphs": check,
         "setup_s": round(setup_s, 2), "total_s": round(total, 3), "output_tokens": produced,
