@@ -91,13 +91,13 @@ def _pipeline(graph: Any, device: str) -> Any:
 def compile_artifacts(out: Path, device: str) -> None:
     from fusegraph.compiler.lowering import to_torch_mlir
     from fusegraph.runtime.iree_backend import compile_vmfb, target_flags
-    from fusegraph.runtime.iree_inplace import outputs_follow_writes
+    from fusegraph.runtime.iree_inplace import barrier_rewrite_safe
 
     out.mkdir(parents=True, exist_ok=True)
     graph = _pipeline(build(device)[0], device)
     mlir = to_torch_mlir(graph, mode="decomposed", output_type="torch", inplace_buffers=True)
     start = time.perf_counter()
-    follow = outputs_follow_writes(graph)
+    follow = barrier_rewrite_safe(graph)
     path, _ = compile_vmfb(mlir.text, target_flags(device), name="attn8b", outputs_follow_writes=follow)
     (out / f"attn8b.{device}.vmfb").write_bytes(path.read_bytes())
     manifest = {

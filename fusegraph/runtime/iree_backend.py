@@ -15,8 +15,9 @@ on the host first (`runtime/input_checks.py`): IREE has no bounds checks.
   and the compiler version: `cache_dir`, else `$FUSEGRAPH_CACHE_DIR`, else
   `~/.cache/fusegraph/iree`.
 - **Weights** are uploaded once, at construction, and reused by every call.
-- **Per call**, inputs and outputs cross by DLPack (no copy); on CUDA the host reads only
-  the metadata, for the checks. `model.transfers` counts the bytes copied.
+- **Per call**, inputs cross by DLPack (no copy) and outputs are copied out; on CUDA the
+  host also reads the metadata, for the checks, and the outputs pass through it (IREE's CUDA
+  buffers do not export). `model.transfers` counts the bytes copied host<->device.
 - **Integer and bf16 boundaries.** torch-mlir imports uint32 as `ui32` and lowers it to
   signless `i32`; IREE returns such outputs as int32, which are viewed back as uint32 here.
   Metadata values (row offsets, cache lengths, page ids) must stay below 2**31. bf16 crosses
@@ -48,7 +49,7 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
 from fusegraph.runtime.input_checks import InputChecks, check_weights
-from fusegraph.runtime.iree_inplace import outputs_follow_writes as _outputs_follow_writes
+from fusegraph.runtime.iree_inplace import barrier_rewrite_safe
 
 _DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
 _compile_count = 0
@@ -168,7 +169,7 @@ class IreeCompiledGraph:
     as a mutable argument and updates it in place: the caller's torch tensor is handed to
     IREE through DLPack without a copy (host memory on the CPU, device memory on CUDA), so
     only the new rows are written and nothing cache-sized is copied or returned. Tensor
-    inputs cross the same way and outputs come back as torch tensors over IREE's memory.
+    inputs cross the same way; outputs (activations) are copied out.
     `inplace=False` compiles the functional form (the cache is copied in and out).
 
     Attributes:
@@ -182,7 +183,8 @@ class IreeCompiledGraph:
         transfers: bytes this object copied between host and device memory, cumulative,
             `{"h2d": n, "d2h": n}` (zero-copy DLPack hand-offs count nothing; the metadata
             read by the checks counts as d2h on CUDA).
-        zero_copy: whether the last call handed every input and output over without a copy.
+        zero_copy: whether the last call handed every input over and copied outputs only on
+            the host (False on CUDA, where outputs go through the host).
         copy_reason: why the last copy happened instead of a DLPack hand-off ("" if none).
     """
 
@@ -225,7 +227,7 @@ class IreeCompiledGraph:
             self.mlir = to_torch_mlir(
                 self.graph, mode="decomposed", output_type="torch", inplace_buffers=inplace
             )
-            follow = inplace and _outputs_follow_writes(self.graph)
+            follow = inplace and barrier_rewrite_safe(self.graph)
             self.vmfb_path, self.cache_hit = compile_vmfb(
                 self.mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow
             )
@@ -288,28 +290,20 @@ class IreeCompiledGraph:
         return outputs
 
     def _output(self, result: Any, dtype: torch.dtype) -> torch.Tensor:
-        """A torch tensor over IREE's output memory (DLPack), else a copy."""
-        kind, _, index = self.device.partition(":")
-        try:
-            capsule = self._hal_device.create_dlpack_capsule(
-                result._buffer_view, _DLPACK_DEVICE[kind], int(index or 0)
-            )
-            tensor = torch.from_dlpack(capsule)
-        except Exception as err:  # noqa: BLE001 - fall back to a copy through the host
-            self.copy_reason = f"output DLPack export: {type(err).__name__}: {err}"
+        """A torch copy of an IREE result. Not a DLPack view: a tensor over IREE's memory
+        would not keep that memory alive (it changed once the module was freed), and
+        iree-base-runtime 3.13's CUDA allocator refuses to export its buffers anyway. On CUDA
+        the copy goes through the host (counted in `transfers`)."""
+        tensor = from_iree(result, dtype, self.device)
+        if torch.device(self.device).type == "cuda":
+            self.copy_reason = "outputs are copied through the host (IREE CUDA buffers do not export)"
             self.zero_copy = False
-            tensor = from_iree(result, dtype, self.device)
             self._count("d2h", tensor)
-            return tensor
-        if tensor.dtype != dtype:  # IREE returns unsigned tensors as signless: same bits
-            tensor = tensor.view(dtype)
+            self._count("h2d", tensor)
         return tensor
 
     def __repr__(self) -> str:
         return f"IreeCompiledGraph({self.graph.name!r}, device={self.device!r}, vmfb={str(self.vmfb_path)!r})"
-
-
-_DLPACK_DEVICE = {"cpu": 1, "cuda": 2}  # DLDeviceType kDLCPU, kDLCUDA
 
 
 def _metadata_inputs(use: Any) -> list[int]:
