@@ -13,6 +13,7 @@ def test_kernels__register_a_cuda_kernel_for_every_op():
         "fusegraph::rope_split_store_",
         "fusegraph::kv_cache_store_",
         "fusegraph::qmatmul_gptq",
+        "fusegraph::qmatmul_gptq_tiled",
         "fusegraph::paged_attention",
     }
     for name in kernels.REGISTERED:

@@ -30,7 +30,7 @@ def sm_count(device: torch.device) -> int:
 
 # ---- act-order: permute the weight rows once (MAX's way) ------------------------------------------------
 
-_ACT_ORDER: dict[tuple[int, int], tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+_ACT_ORDER: dict[tuple[int, int], tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None, Any, Any]] = {}
 
 
 def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
@@ -48,6 +48,13 @@ def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.
     return out
 
 
+def _drop(key: tuple[int, int], ref: weakref.ref) -> None:
+    """Forget the entry of a freed qweight, unless another tensor at its address took the key since."""
+    hit = _ACT_ORDER.get(key)
+    if hit is not None and hit[2] is ref:
+        del _ACT_ORDER[key]
+
+
 def act_order_prepare(
     qweight: torch.Tensor, g_idx: torch.Tensor, bits: int, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -63,7 +70,9 @@ def act_order_prepare(
     key = (qweight.data_ptr(), g_idx.data_ptr())
     stamp = (qweight._version, g_idx._version, tuple(qweight.shape), g_idx.numel(), bits, group_size,
              qweight.device)  # fmt: skip
-    if (hit := _ACT_ORDER.get(key)) is not None and hit[0] == stamp:
+    hit = _ACT_ORDER.get(key)
+    # the entry must be for these very tensors: a freed tensor's address can be reused
+    if hit is not None and hit[0] == stamp and hit[2]() is qweight and hit[3]() is g_idx:
         return hit[1]
     if qweight.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return None
@@ -74,9 +83,9 @@ def act_order_prepare(
     result = None
     if torch.equal(sorted_groups, trivial):
         result = (_repack_rows(qweight, perm, bits), perm)
-    if hit is None:
-        weakref.finalize(qweight, _ACT_ORDER.pop, key, None)
-    _ACT_ORDER[key] = (stamp, result)
+    ref = weakref.ref(qweight)
+    weakref.finalize(qweight, _drop, key, ref)
+    _ACT_ORDER[key] = (stamp, result, ref, weakref.ref(g_idx))
     return result
 
 
