@@ -76,20 +76,39 @@ def _interpret_while_running() -> None:
         if isinstance(value, JITFunction)
     ]
 
+    # What the interpreter patches while a kernel runs (triton.language and its tensor and dtype
+    # classes). Some triton versions leave those patches in place when a launch raises, which
+    # breaks every kernel compiled later in the process; they are put back here regardless.
+    patched = [tl, tl.core, tl.math, tl.standard, tl.core.tensor, tl.core.dtype]
+    patched += [c for c in (getattr(tl.core, "tensor_descriptor_base", None),) if c is not None]
+
     def run_interpreted(self: Any, *args: Any, **kwargs: Any) -> Any:
         previous = os.environ.get("TRITON_INTERPRET")
+        saved = [(obj, dict(vars(obj))) for obj in patched]
         os.environ["TRITON_INTERPRET"] = "1"
         for module, name, _, interpreted in swaps:
             setattr(module, name, interpreted)
         try:
             return run(self, *args, **kwargs)
         finally:
-            for module, name, compiled, _ in swaps:
-                setattr(module, name, compiled)
+            for obj, attrs in saved:
+                _put_back(obj, attrs)
             _restore("TRITON_INTERPRET", previous)
 
     run_interpreted._fg_sets_interpret = True  # type: ignore[attr-defined]
     InterpretedFunction.run = run_interpreted  # type: ignore[method-assign]
+
+
+def _put_back(obj: Any, attrs: dict[str, Any]) -> None:
+    """Make `obj`'s own attributes what `attrs` holds again: changed ones are set back, and on
+    a class added ones are dropped (the names the interpreter adds to a module's globals stay:
+    its rewritten functions look them up)."""
+    now = vars(obj)
+    for name in [n for n in now if n not in attrs] if isinstance(obj, type) else []:
+        delattr(obj, name)
+    for name, value in attrs.items():
+        if now.get(name) is not value:
+            setattr(obj, name, value)
 
 
 def _restore(name: str, value: str | None) -> None:

@@ -16,6 +16,7 @@ from tests.kernels._interp import load_interpreted
 
 def test_interp__leaves_the_regular_kernels_and_triton_compiled_after_a_launch() -> None:
     before = os.environ.get("TRITON_INTERPRET")
+    tensor_attrs = dict(vars(tl.core.tensor))
     flag = load_interpreted("write_flag")
     words = torch.zeros(flag.FLAG_WORDS, dtype=torch.int64)
     u32 = torch.uint32
@@ -28,3 +29,4 @@ def test_interp__leaves_the_regular_kernels_and_triton_compiled_after_a_launch()
     assert isinstance(regular_rope._rope_split_store_kernel, JITFunction)
     assert isinstance(regular_gptq._gptq_gemv_kernel, JITFunction)
     assert isinstance(tl.cdiv, JITFunction)
+    assert dict(vars(tl.core.tensor)) == tensor_attrs  # the interpreter's patches are gone
