@@ -184,6 +184,11 @@ def check_store_capacity(
     page of its lookup row that names a real block. Raises ValueError naming the sequence."""
     if is_tracing(kv_blocks, x, row_offsets, lengths, lookup_table):
         return
+    if not kv_blocks.is_contiguous():
+        raise ValueError(
+            f"{op}: kv_blocks must be contiguous (it is written in place), got strides "
+            f"{list(kv_blocks.stride())} for shape {list(kv_blocks.shape)}"
+        )
     check_capacity(op, kv_blocks, x.shape[0], row_offsets, lengths, lookup_table)
 
 
@@ -194,6 +199,11 @@ def check_capacity(
     # One host copy of each metadata tensor (a single sync each on a GPU), then plain Python.
     ro, ln, lt = (as_index(t).tolist() for t in (row_offsets, lengths, lookup_table))
     num_blocks, page_size, max_pages = kv_blocks.shape[0], kv_blocks.shape[3], lookup_table.shape[1]
+    if len(ro) != len(ln) + 1 or len(lt) != len(ln):
+        raise ValueError(
+            f"{op}: input_row_offsets has {len(ro)} entries and lookup_table {len(lt)} rows; they need "
+            f"batch + 1 = {len(ln) + 1} and batch = {len(ln)} (cache_lengths has {len(ln)})"
+        )
     if ro[-1] != rows or ro[0] != 0 or any(a > b for a, b in zip(ro, ro[1:], strict=False)):
         raise ValueError(f"{op}: input_row_offsets {ro} must rise from 0 to the {rows} rows of x")
     for b, cached in enumerate(ln):

@@ -218,3 +218,17 @@ def test_non_finite_scales_are_refused_when_weights_are_bound(backend: str, tmp_
         ValueError, match=r"weight 'scales': scales must be finite, but entry \[1, 3\] is nan"
     ):
         _compile(graph, backend, state, tmp_path)
+
+
+def test_the_ops_own_store_check_names_short_row_offsets_and_a_strided_cache() -> None:
+    x = torch.randn(3, SMALL.n_kv_heads, SMALL.head_dim)
+    lengths, lookup = torch.zeros(2, dtype=U32), torch.tensor([[0], [1]], dtype=U32)
+    with pytest.raises(
+        ValueError, match=r"kv_cache_store_: input_row_offsets has 2 entries .*batch \+ 1 = 3"
+    ):
+        torch.ops.fusegraph.kv_cache_store_(
+            _sentinel_cache(), x, torch.tensor([0, 3], dtype=U32), lengths, lookup, 0, 0
+        )
+    with pytest.raises(ValueError, match=r"kv_cache_store_: kv_blocks must be contiguous"):
+        ro = torch.tensor([0, 3, 3], dtype=U32)
+        torch.ops.fusegraph.kv_cache_store_(_strided_cache(), x, ro, lengths, lookup, 0, 0)
