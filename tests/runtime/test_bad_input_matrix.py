@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import fusegraph
-from fusegraph import DeviceRef, DType, TensorType
+from fusegraph import DeviceRef, DType, TensorType, ops
 from fusegraph.nn import GPTQLinear, QuantizationConfig
 from fusegraph.nn.checkpoint import quantize_gptq_projections
 from fusegraph.ops._ragged import NO_BLOCK
-from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
+from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights, kv_input_types
 
 pytest.importorskip("iree.compiler")
 pytest.importorskip("iree.runtime")
@@ -232,3 +232,19 @@ def test_the_ops_own_store_check_names_short_row_offsets_and_a_strided_cache() -
     with pytest.raises(ValueError, match=r"kv_cache_store_: kv_blocks must be contiguous"):
         ro = torch.tensor([0, 3, 3], dtype=U32)
         torch.ops.fusegraph.kv_cache_store_(_strided_cache(), x, ro, lengths, lookup, 0, 0)
+
+
+def test_iree_refuses_a_graph_whose_metadata_it_cannot_check_before_running(tmp_path) -> None:  # noqa: ANN001
+    inputs = [
+        TensorType(DType.float32, ["total_seq_len", SMALL.n_kv_heads, SMALL.head_dim], DeviceRef.CPU()),
+        TensorType(DType.uint32, ["batch_plus_1"], DeviceRef.CPU()),
+        *kv_input_types(1),
+    ]
+    with fusegraph.Graph("computed_lengths", input_types=inputs) as g:
+        x, ro, kv, lengths, lookup = g.inputs
+        lengths = ops.add(lengths, lengths)
+        kv = ops.kv_cache_store(kv, x, ro, lengths, lookup, layer_idx=0, key_or_value=0)
+        g.output(ops.paged_attention(x, ro, kv, lengths, lookup, layer_idx=0, scale=0.25))
+    with pytest.raises(ValueError, match=r"fg.kv_cache.store: cache_lengths is computed inside the graph"):
+        _compile(g, "iree", {}, tmp_path)
+    _compile(g, "eager", {}, tmp_path)  # eager CPU: the op checks its own operands when it runs
