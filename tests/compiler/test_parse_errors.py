@@ -138,3 +138,10 @@ def test_valid_ir_still_round_trips_with_odd_but_legal_dims() -> None:
         "-> () ", ""
     )
     assert "!fg.tensor<[n, 4], f32, cpu>" in str(parse(text))
+
+
+def test_2000_nested_brackets_in_an_attribute() -> None:  # xDSL recursed until RecursionError
+    op = "fg.softmax %0 {axis = " + "[" * 2000 + "1" + "]" * 2000 + "}"
+    _raises(
+        IRParseError, _func(f"    %1 = {op} : {T} -> {T}\n    func.return %1 : {T}"), 3, "nests too deeply"
+    )
