@@ -141,7 +141,9 @@ def test_lower__tosa_refuses_attention_graphs_by_name(
     assert "use --output-type linalg-on-tensors or stablehlo" in err
 
 
-def test_demo__unwritable_dump_dir_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo__unwritable_dump_dir_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["demo", "--dump-dir", _blocked(tmp_path, "dump")]) == 2
     err = capsys.readouterr().err
     assert "fusegraph demo: error: [Errno 20] Not a directory" in err
