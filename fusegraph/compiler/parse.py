@@ -74,9 +74,11 @@ class _Source:
 
 # xDSL 0.74's lexer matches string literals with r'"(?:[^"\\\n\v\f]+|\\(?:["nt\\]|[0-9A-Fa-f]{2}))*"',
 # a nested quantifier that backtracks exponentially when the closing quote is missing
-# (about 2x per character). Upstream reproducer, 0.2 s at n=22 and doubling per character:
-#     import re; re.compile(r'"(?:[^"\\\n\v\f]+|\\(?:["nt\\]|[0-9A-Fa-f]{2}))*"').match('"' + 'a' * 22)
-#     # or: xdsl.parser.Parser(ctx, '"' + 'a' * 30).parse_module()  -- minutes
+# (about 2x per character). Upstream reproducer (xDSL 0.74, CPython 3.11): 0.16 s at n=20,
+# 0.7 s at 22, 2.7 s at 24, about 3 min at 30:
+#     import re; re.compile(r'"(?:[^"\\\n\v\f]+|\\(?:["nt\\]|[0-9A-Fa-f]{2}))*"').match('"' + 'a' * 24)
+#     from xdsl.context import Context; from xdsl.parser import Parser
+#     Parser(Context(), '"' + 'a' * 24).parse_module()
 # Dropping the inner `+` makes it linear. We do not patch xDSL: every literal is checked
 # here first, so xDSL only ever sees literals that match at once.
 def _check_string_literals(src: _Source) -> None:
