@@ -199,13 +199,17 @@ def gptq_call(k, t, x, desc_act=False, config=None, act_order="permute"):
                   group_size=128, zero_format="v1", desc_act=desc_act, config=config, act_order=act_order)  # fmt: skip
 
 
-def bench_gptq(k, bw: float) -> None:
-    """The four Llama-3-8B shapes at M = 1..1024 and one whole decoder layer (benchmarks/gpu_gptq.py)."""
+def _gptq_module():  # noqa: ANN202 - the benchmarks/gpu_gptq.py module
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_gptq
 
-    gpu_gptq.bench_shapes(k, bw, graph_us, log)
-    gpu_gptq.bench_layer(k, graph_us, log)
+    return gpu_gptq
+
+
+def bench_gptq(k, bw: float) -> None:
+    """The four Llama-3-8B shapes at M = 1..1024 and one whole decoder layer (benchmarks/gpu_gptq.py)."""
+    _gptq_module().bench_shapes(k, bw, graph_us, log)
+    _gptq_module().bench_layer(k, graph_us, log)
 
 
 # ---- 3. decode step --------------------------------------------------------------------------------------
@@ -396,56 +400,6 @@ def check_registered_ops() -> None:
         "qmatmul_gptq 4/8-bit, qmatmul_gptq_tiled gemv/mma/dequant)")  # fmt: skip
 
 
-def gptq_layers_graph(device, weights: dict[str, torch.Tensor]):
-    """x [m, 512] @ three GPTQ layers (4-bit act-order, 8-bit, 3-bit one group) on `device` (a DeviceRef);
-    `weights` gets the random checkpoint tensors the first time."""
-    from fusegraph import DType, Graph, TensorType, ops
-    from fusegraph.ops.gptq_packing import pack
-
-    k_in, n_out = 512, 256
-    with Graph("gptq", input_types=[TensorType(DType.float16, ["m", k_in], device)]) as g:
-        (x,) = g.inputs
-        outs = []
-        for name, bits, gs, act in (("a", 4, 128, True), ("b", 8, 128, False), ("c", 3, -1, False)):
-            if f"{name}.qweight" not in weights:
-                t = pack(torch.randn(n_out, k_in), bits=bits, group_size=gs, sym=False, desc_act=act)
-                weights |= {f"{name}.{key}": v for key, v in t.items()}
-            w = {}
-            for key in ("qweight", "scales", "qzeros", "g_idx"):
-                v = weights[f"{name}.{key}"]
-                w[key] = g.add_weight(
-                    f"{name}.{key}", TensorType(DType.from_torch(v.dtype), list(v.shape), device)
-                )
-            outs.append(ops.qmatmul_gptq(x, w["qweight"], w["scales"], w["qzeros"], w["g_idx"], bits=bits,
-                                         group_size=gs, sym=False, desc_act=act))  # fmt: skip
-        g.output(*outs)
-    return g
-
-
-def check_gptq_compile() -> None:
-    """fusegraph.compile on CUDA (default pipeline: gptq-repack, folded at compile) == the CPU graph."""
-    from fusegraph import DeviceRef, compile  # noqa: A004
-
-    weights: dict[str, torch.Tensor] = {}
-    ref_model = compile(
-        gptq_layers_graph(DeviceRef.CPU(), weights), device="cpu", weights=weights, pipeline=None
-    )
-    x = torch.randn(3, 512, dtype=torch.float16)
-    refs = ref_model(x)
-    for graphs in (False, True):
-        g = gptq_layers_graph(DeviceRef.GPU(), weights)
-        model = compile(g, backend="eager", device="cuda", weights=weights, cuda_graphs=graphs)
-        text = str(model.graph)
-        assert text.count("fg.qmatmul.gptq_tiled") == 3 and "gptq_repack" not in model.module.code, (
-            model.pipeline
-        )
-        for _ in range(3):  # replays too
-            for i, (y, ref) in enumerate(zip(model(x.to(DEV)), refs)):
-                check(f"compiled gptq layer {i} cuda_graphs={graphs}", rel_err(y.cpu(), ref), 2e-3)
-    log(f"fusegraph.compile on CUDA (pipeline {model.pipeline}): 3 GPTQ layers (4-bit act-order, 8-bit, 3-bit) "
-        "run as fg.qmatmul.gptq_tiled, the repack folded at compile time; == the CPU graph (eager, CUDA graphs)")  # fmt: skip
-
-
 def main() -> int:
     name = torch.cuda.get_device_name()
     log(f"GPU: {name} | torch {torch.__version__} | triton {__import__('triton').__version__}")
@@ -455,7 +409,7 @@ def main() -> int:
     torch.manual_seed(0)
     sections = [
         ("registered ops", check_registered_ops),
-        ("gptq compile", check_gptq_compile),
+        ("gptq compile", lambda: _gptq_module().check_gptq_compile(check, rel_err, log)),
         ("rss decode", lambda: bench_rope_split_store(k, "decode bs64x1", 64, 1, 2000, bw)),
         ("rss prefill", lambda: bench_rope_split_store(k, "prefill 4x2048", 4, 2048, 0, bw)),
         ("gptq", lambda: bench_gptq(k, bw)),

@@ -33,51 +33,15 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 
-from fusegraph.compiler.dims import Dim
-from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.opbase import FgOp, emit, register_op
 from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
-from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
-from fusegraph.ops.gptq_layout import (
-    NB,
-    container_bits,
-    layout_error,
-    qmatmul_tiled_decomposed,
-    repack,
-    unrepack,
-)
-from fusegraph.ops.gptq_packing import ALLOWED_BITS, ZERO_FORMATS
+from fusegraph.ops.gptq_layout import NB, container_bits, qmatmul_tiled_decomposed, repack, unrepack
+from fusegraph.ops.gptq_repack_rules import num_groups, repack_props, repack_shape_rule, tiled_shape_rule
 
 __all__ = ["GptqRepackOp", "QMatmulGptqTiledOp", "Repacked", "gptq_repack", "qmatmul_gptq_tiled", "repack",
            "unrepack"]  # fmt: skip
-
-_REPACK = "fg.gptq.repack"
-_TILED = "fg.qmatmul.gptq_tiled"
-_FLOATS = (DType.float32, DType.float16, DType.bfloat16)
-
-
-def _check_common(op: str, bits: int, zero_format: str) -> None:
-    if bits not in ALLOWED_BITS:
-        raise ValueError(f"{op}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, got {bits}")
-    if zero_format not in ZERO_FORMATS:
-        raise ValueError(f"{op}: zero_format must be one of {', '.join(ZERO_FORMATS)}, got {zero_format!r}")
-
-
-def _static(op: str, operand: str, index: int, d: Dim) -> int:
-    if not d.is_static:
-        raise ValueError(f"{op}: {operand} dim {index} must be static, got {d}")
-    return d.value
-
-
-def _expect(op: str, what: str, got: Dim, want: int, formula: str) -> None:
-    if got != Dim(want):
-        raise ValueError(f"{op}: {what} ({got}) != {formula} ({want})")
-
-
-def _groups(k: int, group_size: int) -> int:
-    return 1 if group_size == -1 else k // group_size
 
 
 # --- fg.gptq.repack -------------------------------------------------------------------------
@@ -135,7 +99,7 @@ class GptqRepackOp(FgOp):
         return self.zero_format_attr.data
 
     def infer_types(self) -> Sequence[Attribute]:
-        return _repack_shape_rule(
+        return repack_shape_rule(
             self.qweight.type,
             None if self.qzeros is None else self.qzeros.type,
             None if self.g_idx is None else self.g_idx.type,
@@ -144,64 +108,12 @@ class GptqRepackOp(FgOp):
         )  # fmt: skip
 
 
-def _repack_shape_rule(
-    qweight: Any, qzeros: Any, g_idx: Any, *, bits: int, group_size: int, sym: bool, desc_act: bool,
-    zero_format: str,
-) -> list[TensorType]:  # fmt: skip
-    op = _REPACK
-    _check_common(op, bits, zero_format)
-    qweight = expect_tensor(op, "qweight", qweight)
-    expect_rank(op, "qweight", qweight, 2)
-    expect_dtype(op, "qweight", qweight, [DType.int32])
-    expect_same_device(op, qweight=qweight, qzeros=qzeros, g_idx=g_idx)
-    rows, n = _static(op, "qweight", 0, qweight.shape[0]), _static(op, "qweight", 1, qweight.shape[1])
-    k = rows * 32 // bits
-    if (why := layout_error(k, n, group_size)) is not None:
-        raise ValueError(f"{op}: {why}")
-    groups = _groups(k, group_size)
-    if qzeros is None and not sym:
-        raise ValueError(f"{op}: qzeros may be absent only when sym=True (got sym=False)")
-    if desc_act and g_idx is None:
-        raise ValueError(f"{op}: desc_act=True requires g_idx")
-    if qzeros is not None:
-        qzeros = expect_tensor(op, "qzeros", qzeros)
-        expect_rank(op, "qzeros", qzeros, 2)
-        expect_dtype(op, "qzeros", qzeros, [DType.int32])
-        _expect(op, "qzeros dim 0", qzeros.shape[0], groups, "G")
-        _expect(op, "qzeros dim 1", qzeros.shape[1], n * bits // 32, "N*bits/32")
-    if g_idx is not None:
-        g_idx = expect_tensor(op, "g_idx", g_idx)
-        expect_rank(op, "g_idx", g_idx, 1)
-        expect_dtype(op, "g_idx", g_idx, [DType.int32])
-        _expect(op, "g_idx dim 0", g_idx.shape[0], k, "K")
-    cb = container_bits(bits)
-    out = [
-        TensorType(DType.int32, [n // NB, k * cb // 32, NB], qweight.device),
-        TensorType(DType.int32, [groups, n * cb // 32], qweight.device),
-    ]
-    if desc_act:
-        out.append(TensorType(DType.int32, [k], qweight.device))
-    return out
-
-
 class Repacked(NamedTuple):
     """The results of `fg.gptq.repack`: perm is None unless desc_act."""
 
     qweight: TensorValue
     qzeros: TensorValue
     perm: TensorValue | None
-
-
-def _repack_props(
-    bits: int, group_size: int, sym: bool, desc_act: bool, zero_format: str
-) -> dict[str, Attribute]:
-    return {
-        "bits": IntegerAttr(bits, i64),
-        "group_size": IntegerAttr(group_size, i64),
-        "sym": IntegerAttr.from_bool(sym),
-        "desc_act": IntegerAttr.from_bool(desc_act),
-        "zero_format": StringAttr(zero_format),
-    }
 
 
 def gptq_repack(
@@ -232,10 +144,10 @@ def gptq_repack(
     Example:
         >>> r = ops.gptq_repack(qw, qz, bits=4, group_size=128, sym=False, desc_act=False)
     """
-    props = _repack_props(bits, group_size, sym, desc_act, zero_format)
+    props = repack_props(bits, group_size, sym, desc_act, zero_format)
 
     def rule() -> list[Any]:
-        types = _repack_shape_rule(
+        types = repack_shape_rule(
             qweight.type, None if qzeros is None else qzeros.type, None if g_idx is None else g_idx.type,
             bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, zero_format=zero_format,
         )  # fmt: skip
@@ -264,7 +176,7 @@ def _gptq_repack_fake(qweight: Tensor, qzeros: Tensor | None, g_idx: Tensor | No
     k, n = qweight.shape[0] * 32 // bits, qweight.shape[1]
     out = [
         qweight.new_empty((n // NB, k * cb // 32, NB)),
-        qweight.new_empty((_groups(k, group_size), n * cb // 32)),
+        qweight.new_empty((num_groups(k, group_size), n * cb // 32)),
     ]
     return out + ([qweight.new_empty((k,))] if desc_act else [])
 
@@ -332,7 +244,7 @@ class QMatmulGptqTiledOp(FgOp):
 
     def infer_types(self) -> Sequence[Attribute]:
         return [
-            _tiled_shape_rule(
+            tiled_shape_rule(
                 self.x.type,
                 self.qweight_t.type,
                 self.scales.type,
@@ -343,53 +255,6 @@ class QMatmulGptqTiledOp(FgOp):
                 zero_format=self.zero_format,
             )  # fmt: skip
         ]
-
-
-def _tiled_shape_rule(
-    x: Any,
-    qweight_t: Any,
-    scales: Any,
-    qzeros_t: Any,
-    perm: Any,
-    *,
-    bits: int,
-    group_size: int,
-    zero_format: str,
-) -> TensorType:
-    op = _TILED
-    _check_common(op, bits, zero_format)
-    x, qweight_t = expect_tensor(op, "x", x), expect_tensor(op, "qweight_t", qweight_t)
-    scales, qzeros_t = expect_tensor(op, "scales", scales), expect_tensor(op, "qzeros_t", qzeros_t)
-    for name, t, rank in (
-        ("x", x, 2),
-        ("qweight_t", qweight_t, 3),
-        ("scales", scales, 2),
-        ("qzeros_t", qzeros_t, 2),
-    ):
-        expect_rank(op, name, t, rank)
-    expect_dtype(op, "x", x, _FLOATS)
-    expect_dtype(op, "scales", scales, _FLOATS)
-    expect_dtype(op, "qweight_t", qweight_t, [DType.int32])
-    expect_dtype(op, "qzeros_t", qzeros_t, [DType.int32])
-    expect_same_device(op, x=x, qweight_t=qweight_t, scales=scales, qzeros_t=qzeros_t, perm=perm)
-    k = _static(op, "x", 1, x.shape[1])
-    n = _static(op, "qweight_t", 0, qweight_t.shape[0]) * NB
-    if (why := layout_error(k, n, group_size)) is not None:
-        raise ValueError(f"{op}: {why}")
-    cb = container_bits(bits)
-    groups = _groups(k, group_size)
-    _expect(op, "qweight_t dim 1", qweight_t.shape[1], k * cb // 32, "K*CB/32")
-    _expect(op, "qweight_t dim 2", qweight_t.shape[2], NB, "64")
-    _expect(op, "scales dim 0", scales.shape[0], groups, "G")
-    _expect(op, "scales dim 1", scales.shape[1], n, "N")
-    _expect(op, "qzeros_t dim 0", qzeros_t.shape[0], groups, "G")
-    _expect(op, "qzeros_t dim 1", qzeros_t.shape[1], n * cb // 32, "N*CB/32")
-    if perm is not None:
-        perm = expect_tensor(op, "perm", perm)
-        expect_rank(op, "perm", perm, 1)
-        expect_dtype(op, "perm", perm, [DType.int32])
-        _expect(op, "perm dim 0", perm.shape[0], k, "K")
-    return TensorType(x.dtype, [x.shape[0], n], x.device)
 
 
 def qmatmul_gptq_tiled(
@@ -422,7 +287,7 @@ def qmatmul_gptq_tiled(
              "zero_format": StringAttr(zero_format)}  # fmt: skip
 
     def rule() -> list[TensorType]:
-        return [_tiled_shape_rule(x.type, qweight_t.type, scales.type, qzeros_t.type,
+        return [tiled_shape_rule(x.type, qweight_t.type, scales.type, qzeros_t.type,
                                   None if perm is None else perm.type, bits=bits, group_size=group_size,
                                   zero_format=zero_format)]  # fmt: skip
 

@@ -31,13 +31,8 @@ from xdsl.rewriter import InsertPoint
 from fusegraph.compiler.types import TensorType
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.gptq_layout import layout_error
-from fusegraph.ops.gptq_repack import (
-    GptqRepackOp,
-    QMatmulGptqTiledOp,
-    _repack_props,
-    _repack_shape_rule,
-    _tiled_shape_rule,
-)
+from fusegraph.ops.gptq_repack import GptqRepackOp, QMatmulGptqTiledOp
+from fusegraph.ops.gptq_repack_rules import repack_props, repack_shape_rule, tiled_shape_rule
 from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report, no_match
 
 TARGETS = ("cuda",)
@@ -75,7 +70,7 @@ class GptqRepackPattern(GuardedPattern[_Match]):
         key = (op.qweight, op.qzeros, op.g_idx, op.bits, op.group_size, op.sym, op.desc_act, op.zero_format)
         if (found := self.cache.get(key)) is not None:
             return found
-        types = _repack_shape_rule(
+        types = repack_shape_rule(
             op.qweight.type, None if op.qzeros is None else op.qzeros.type,
             None if op.g_idx is None else op.g_idx.type, bits=op.bits, group_size=op.group_size, sym=op.sym,
             desc_act=op.desc_act, zero_format=op.zero_format,
@@ -85,7 +80,7 @@ class GptqRepackPattern(GuardedPattern[_Match]):
         ]  # fmt: skip
         repack = GptqRepackOp.build(
             operands=operands,
-            properties=_repack_props(op.bits, op.group_size, op.sym, op.desc_act, op.zero_format),
+            properties=repack_props(op.bits, op.group_size, op.sym, op.desc_act, op.zero_format),
             result_types=[types[0], types[1], types[2:]],
         )
         # right after the last of its operands' definitions: before every op that may share it
@@ -97,7 +92,7 @@ class GptqRepackPattern(GuardedPattern[_Match]):
         op = match.op
         repack = self._repack(op, rewriter)
         perm = repack.perm
-        tiled_type = _tiled_shape_rule(
+        tiled_type = tiled_shape_rule(
             op.x.type, repack.qweight_t.type, op.scales.type, repack.qzeros_t.type,
             None if perm is None else perm.type, bits=op.bits, group_size=op.group_size, zero_format=op.zero_format,
         )  # fmt: skip

@@ -7,14 +7,11 @@ word row r holds in slot i = e·P/2 + j (bits [i·CB, (i+1)·CB)) the value of r
 k = 128·b + 2(j·R + r) + e (R = 128/P): the slot pair (j, j + P/2) that one lop3/prmt unpacks
 multiplies the adjacent x pair (k, k + 1), one 32-bit load of x.
 
-Dequantization in registers (USE_ASM, fp16 and bf16 on the GPU): one `lop3` (4 bits) or `prmt`
-(8 bits) turns two values of a word into two fp16/bf16 numbers `magic + q` (1024 for fp16,
-128 for bf16), and one packed subtract of `magic + z` gives `q − z` exactly. The GEMV then
-multiplies by the packed x pairs in fp16x2/bf16x2 (`DOT*`: 8 or 4 products summed per word,
-then fp32); the tensor-core kernel hands the P tensors `q − z` to `tl.dot` (`DQ*`). Without
-USE_ASM (the interpreter, fp32 x, bf16 x at 8 bits) the same values come from shifts and masks.
-The GEMV's fp16x2 partial sums of 4 (8-bit: 2) products are exact up to fp16 rounding; |x| near
-fp16's range (products over 65504) would overflow them, which the fp32 tensor-core path avoids.
+Dequantization in registers (USE_ASM, fp16 and bf16 on the GPU): the lop3/prmt PTX of
+`gptq_asm.py` gives `q − z` exactly in fp16/bf16 pairs; the GEMV multiplies them by packed x pairs
+(fp16x2 partial sums of a word's products, then fp32), the tensor-core kernel hands them to
+`tl.dot`. Without USE_ASM (the interpreter, fp32 x, bf16 x at 8 bits) shifts and masks give the
+same values. |x| near fp16's range would overflow the GEMV's fp16x2 partials; the tiles do not.
 """
 
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
@@ -23,67 +20,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.gptq_asm import dot_asm, dq_asm
+
 KB = tl.constexpr(128)  # rows of K per block (the interleave unit of the layout)
 NB = tl.constexpr(64)  # columns per strip
 
-_LUT = "0xea"  # lop3: (a & b) | c
-
-
-def _shifted_lop3(src: str, shift: int, dst: str, magic: str) -> str:
-    if shift == 0:
-        return f"lop3.b32 {dst}, {src}, 0x000f000f, {magic}, {_LUT};"
-    return f"shr.u32 sh, {src}, {shift}; lop3.b32 {dst}, sh, 0x000f000f, {magic}, {_LUT};"
-
-
-def _unpack4(src: str, ty: str) -> str:
-    """t0..t3 = (q_j - z, q_{j+4} - z) for j = 0..3, as packed pairs; mz in `mz`."""
-    magic = "0x64006400" if ty == "f16" else "0x43004300"
-    body = " ".join(_shifted_lop3(src, 4 * j, f"t{j}", magic) for j in range(4))
-    subs = " ".join(f"sub.{ty}x2 t{j}, t{j}, mz;" for j in range(4))
-    return body + " " + subs
-
-
-def _unpack8(src: str, ty: str) -> str:
-    """t0 = (q0 - z, q2 - z), t1 = (q1 - z, q3 - z); fp16 only (bf16 cannot hold 128 + 255)."""
-    return (f"mov.b32 mg, 0x64646464; prmt.b32 t0, {src}, mg, 0x4240; prmt.b32 t1, {src}, mg, 0x4341; "
-            f"sub.{ty}x2 t0, t0, mz; sub.{ty}x2 t1, t1, mz;")  # fmt: skip
-
-
-def _dot_asm_text(cb: int, ty: str) -> str:
-    """$0 (f32) = Σ_i x_i·(q_i − z) over one word; $1 = word, $2.. = packed x pairs, last = mz."""
-    if cb == 4:
-        unpack, pairs = _unpack4("$1", ty), 4
-    else:
-        unpack, pairs = _unpack8("$1", ty), 2
-    mz = f"${2 + pairs}"
-    prods = f"mul.{'rn.' if ty == 'bf16' else ''}{ty}x2 acc, t0, $2; " + " ".join(
-        f"fma.rn.{ty}x2 acc, t{j}, ${2 + j}, acc;" for j in range(1, pairs)
-    )
-    return (
-        "{ .reg .b32 t0, t1, t2, t3, sh, mg, mz, acc; .reg .b16 lo, hi; .reg .f32 fl, fh; "
-        f"mov.b32 mz, {mz}; {unpack} {prods} mov.b32 {{lo, hi}}, acc; "
-        f"cvt.f32.{ty} fl, lo; cvt.f32.{ty} fh, hi; add.f32 $0, fl, fh; }}"
-    )
-
-
-def _dq_asm_text(cb: int, ty: str) -> str:
-    """$0..$(P-1) = q_i − z in fp16/bf16 for the P values of word $P; mz is $(P+1)."""
-    p = 32 // cb
-    if cb == 4:
-        unpack = _unpack4(f"${p}", ty)
-        outs = " ".join(f"mov.b32 {{${j}, ${j + 4}}}, t{j};" for j in range(4))
-    else:
-        unpack = _unpack8(f"${p}", ty)
-        outs = "mov.b32 {$0, $2}, t0; mov.b32 {$1, $3}, t1;"
-    return f"{{ .reg .b32 t0, t1, t2, t3, sh, mg, mz; mov.b32 mz, ${p + 1}; {unpack} {outs} }}"
-
-
-DOT4_F16 = tl.constexpr(_dot_asm_text(4, "f16"))
-DOT4_BF16 = tl.constexpr(_dot_asm_text(4, "bf16"))
-DOT8_F16 = tl.constexpr(_dot_asm_text(8, "f16"))
-DQ4_F16 = tl.constexpr(_dq_asm_text(4, "f16"))
-DQ4_BF16 = tl.constexpr(_dq_asm_text(4, "bf16"))
-DQ8_F16 = tl.constexpr(_dq_asm_text(8, "f16"))
+DOT4_F16 = tl.constexpr(dot_asm(4, "f16"))
+DOT4_BF16 = tl.constexpr(dot_asm(4, "bf16"))
+DOT8_F16 = tl.constexpr(dot_asm(8, "f16"))
+DQ4_F16 = tl.constexpr(dq_asm(4, "f16"))
+DQ4_BF16 = tl.constexpr(dq_asm(4, "bf16"))
+DQ8_F16 = tl.constexpr(dq_asm(8, "f16"))
 
 
 @triton.jit
