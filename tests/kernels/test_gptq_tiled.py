@@ -73,3 +73,12 @@ def test_gptq_tiled_kernel__refuses_a_layout_that_does_not_fit():
     with pytest.raises(ValueError, match="split_k 3 must divide K/128 = 2"):
         kernel.gptq_tiled_matmul(x[:, :K], r["qweight"], torch.ones(2, N), r["qzeros"], bits=4, group_size=128,
                                  config={"kernel": "gemv", "split_k": 3})  # fmt: skip
+
+
+def test_gptq_tiled_kernel__gemv_reads_an_x_at_an_odd_address():
+    t, r, w = _checkpoint(4, 128, False, False, "v1", seed=3)
+    x = torch.randn(K + 1, dtype=torch.float16)[1:].view(1, K)  # contiguous, 2-byte aligned only
+    y = kernel.gptq_tiled_matmul(x, r["qweight"], t["scales"], r["qzeros"], bits=4, group_size=128,
+                                 config={"kernel": "gemv"})  # fmt: skip
+    ref = x.double() @ w
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 2e-3

@@ -170,10 +170,10 @@ def gptq_tiled_matmul(
     )
     if cfg["kernel"] == "gemv" and x.dtype == torch.float32:
         cfg = plan(17, n, k, cb, x.device) | {k_: v for k_, v in (config or {}).items() if k_ != "kernel"}
-    if perm is not None and (
-        cfg["kernel"] == "mma" or cfg.get("permute_x")
-    ):  # one gather of x, not one a tile
-        x, perm = x.index_select(1, perm), None
+    if perm is not None and (cfg["kernel"] == "mma" or cfg.get("permute_x")):
+        x, perm = x.index_select(1, perm), None  # one gather of x, not one per tile
+    if cfg["kernel"] == "gemv" and x.data_ptr() % 4:  # the GEMV reads x as 32-bit pairs
+        x = x.clone()
     use_asm = bool(cfg.get("use_asm", True)) and _use_asm(x, cb)
     common = {"CB": cb, "ZERO_V1": zero_format == "v1", "HAS_PERM": perm is not None, "USE_ASM": use_asm,
               "BF16": x.dtype == torch.bfloat16}  # fmt: skip
