@@ -4,8 +4,9 @@ The Llama-3-8B-shaped `GPTQAttentionWithRope` decode step (hidden 4096, 32 query
 heads, head dim 128, 4-bit GPTQ group 128, fp16, paged cache of 128-token pages), batch 32,
 context 2048. The GPU box has no torch-mlir and no IREE compiler, so:
 
-1. **compile** (here): build the layer's graph, lower it in place (`inplace_buffers=True`)
-   and compile it for CUDA sm_90; writes `OUT/attn8b.cuda.vmfb` and `OUT/manifest.json`.
+1. **compile** (here): build the layer's graph, lower and compile it for CUDA sm_90 as
+   `IreeCompiledGraph` does (`iree_inplace.compile_graph`: cache and outputs as mutable
+   arguments); writes `OUT/attn8b.cuda.vmfb` and `OUT/manifest.json`.
 2. **run** (GPU box; torch, triton, xdsl, iree-base-runtime): rebuild the same graph and
    weights (same seed), load the `.vmfb` into `IreeCompiledGraph(vmfb=...)` with the KV
    cache a torch CUDA tensor handed to IREE by DLPack, check it against the eager Triton
@@ -89,21 +90,20 @@ def _pipeline(graph: Any, device: str) -> Any:
 
 
 def compile_artifacts(out: Path, device: str) -> None:
-    from fusegraph.compiler.lowering import to_torch_mlir
-    from fusegraph.runtime.iree_backend import compile_vmfb, target_flags
-    from fusegraph.runtime.iree_inplace import barrier_rewrite_safe
+    from fusegraph.runtime.iree_backend import target_flags
+    from fusegraph.runtime.iree_inplace import barrier_rewrite_safe, compile_graph
 
     out.mkdir(parents=True, exist_ok=True)
     graph = _pipeline(build(device)[0], device)
-    mlir = to_torch_mlir(graph, mode="decomposed", output_type="torch", inplace_buffers=True)
-    start = time.perf_counter()
     follow = barrier_rewrite_safe(graph)
-    path, _ = compile_vmfb(mlir.text, target_flags(device), name="attn8b", outputs_follow_writes=follow)
+    start = time.perf_counter()
+    mlir, path, _ = compile_graph(graph, target_flags(device))
     (out / f"attn8b.{device}.vmfb").write_bytes(path.read_bytes())
     manifest = {
         "graph_sha": _sha(graph),
         "compile_s": time.perf_counter() - start,
         "lowering_s": mlir.timings,
+        "barrier_rewrite": follow,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     print(f"compiled in {manifest['compile_s']:.1f} s -> {out / f'attn8b.{device}.vmfb'}")

@@ -46,10 +46,10 @@ import numpy as np
 import torch
 
 from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.registry import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
 from fusegraph.runtime.input_checks import InputChecks, check_weights
-from fusegraph.runtime.iree_inplace import barrier_rewrite_safe
 
 _DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
 _compile_count = 0
@@ -105,6 +105,7 @@ def compile_vmfb(
     cache_dir: str | os.PathLike[str] | None = None,
     name: str = "graph",
     outputs_follow_writes: bool = False,
+    keep_aliases: Sequence[str] = (),
 ) -> tuple[Path, bool]:
     """Compile torch-dialect MLIR to a `.vmfb`, through the on-disk cache.
 
@@ -120,16 +121,15 @@ def compile_vmfb(
     from iree.compiler import version as compiler_version
 
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    marker = ["outputs-follow-writes"] if outputs_follow_writes else []
+    marker = ["outputs-follow-writes", *keep_aliases] if outputs_follow_writes else []
     key_text = "\n".join([compiler_version.VERSION, *flags, *marker, mlir_text])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = directory / f"{name}-{key}.vmfb"
     if path.exists():
         return path, True
     directory.mkdir(parents=True, exist_ok=True)
-    binary = _run_iree_compile(
-        mlir_text, flags, directory / f"{name}-{key}.input.mlir", outputs_follow_writes
-    )
+    repro = directory / f"{name}-{key}.input.mlir"
+    binary = _run_iree_compile(mlir_text, flags, repro, outputs_follow_writes, keep_aliases)
     # Write then rename, so a concurrent reader never sees a partial file.
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
     with os.fdopen(fd, "wb") as f:
@@ -139,7 +139,9 @@ def compile_vmfb(
     return path, False
 
 
-def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path, follow: bool = False) -> bytes:
+def _run_iree_compile(
+    mlir_text: str, flags: Sequence[str], repro_path: Path, follow: bool = False, keep: Sequence[str] = ()
+) -> bytes:
     import iree.compiler as ireec
     from iree.compiler.tools.binaries import CompilerToolError
 
@@ -149,7 +151,7 @@ def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path, fo
     _compile_count += 1
     try:
         if follow:
-            return compile_inplace(mlir_text, flags)[0]
+            return compile_inplace(mlir_text, flags, keep)[0]
         return ireec.compile_str(mlir_text, input_type="torch", target_backends=[], extra_args=list(flags))
     except CompilerToolError as err:
         repro_path.write_text(mlir_text)
@@ -222,14 +224,10 @@ class IreeCompiledGraph:
         if vmfb is not None:  # compiled elsewhere (e.g. for CUDA on a machine with the compiler)
             self.vmfb_path, self.cache_hit = Path(vmfb), True
         else:
-            from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+            from fusegraph.runtime.iree_inplace import compile_graph
 
-            self.mlir = to_torch_mlir(
-                self.graph, mode="decomposed", output_type="torch", inplace_buffers=inplace
-            )
-            follow = inplace and barrier_rewrite_safe(self.graph)
-            self.vmfb_path, self.cache_hit = compile_vmfb(
-                self.mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow
+            self.mlir, self.vmfb_path, self.cache_hit = compile_graph(
+                self.graph, flags, cache_dir, inplace=inplace
             )
         self._load(bound)
 
@@ -275,11 +273,31 @@ class IreeCompiledGraph:
         keep: list[Any] = []
         args, aliased = zip(*(self._argument(x, keep) for x in inputs)) if inputs else ((), ())
         self.zero_copy = all(aliased)
-        results = self._function(*args, *self._weights)  # synchronous: done when it returns
-        results = results if isinstance(results, (tuple, list)) else (results,)
-        n = len(self.output_types)
-        outputs = tuple(self._output(r, t.dtype.to_torch()) for r, t in zip(results[:n], self.output_types))
-        finals = results[n:] if not self.inplace else [args[i] for i in self.buffer_inputs]
+        if self.inplace:  # the module writes the outputs too, into tensors allocated here
+            outputs = tuple(
+                torch.empty(
+                    [int(evaluate_dim(d, dims)) for d in t.shape],
+                    dtype=t.dtype.to_torch(),
+                    device=self.device,
+                )
+                for t in self.output_types
+            )
+            out_args, out_aliased = zip(*(self._argument(o, keep) for o in outputs)) if outputs else ((), ())
+            self._function(*args, *self._weights, *out_args)  # synchronous: done when it returns
+            for tensor, arg, direct in zip(outputs, out_args, out_aliased):
+                if not direct:
+                    self._count("d2h", tensor)
+                    tensor.copy_(from_iree(_as_array(self._hal_device, arg), tensor.dtype, self.device))
+            self.zero_copy = self.zero_copy and all(out_aliased)
+            finals = [args[i] for i in self.buffer_inputs]
+        else:
+            results = self._function(*args, *self._weights)
+            results = results if isinstance(results, (tuple, list)) else (results,)
+            n = len(self.output_types)
+            outputs = tuple(
+                self._output(r, t.dtype.to_torch()) for r, t in zip(results[:n], self.output_types)
+            )
+            finals = list(results[n:])
         for index, final in zip(self.buffer_inputs, finals):
             if self.inplace and aliased[index]:
                 continue  # IREE wrote the caller's memory

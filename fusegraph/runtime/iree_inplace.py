@@ -16,26 +16,39 @@ one-layer attention graph gets the rewrite; a multi-layer stack keeps IREE's cop
 `compile_inplace` compiles to IREE's input level, drops the aliased tensors from the barrier,
 and compiles on from there; if the pattern is not found it compiles the module unchanged.
 
+`compile_graph(graph, flags)` lowers and compiles a graph the way `IreeCompiledGraph` runs
+it: the cache and the outputs are mutable arguments (outputs trailing, after the weights).
+
 Example:
-    >>> binary = compile_inplace(mlir_text, target_flags("cpu"))
+    >>> binary, rewritten = compile_inplace(mlir_text, target_flags("cpu"))
+    >>> mlir, vmfb_path, cache_hit = compile_graph(graph, target_flags("cuda"))
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from xdsl.ir import Operation, SSAValue
 
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.types import BufferType
 
-__all__ = ["barrier_rewrite_safe", "compile_inplace", "drop_aliases_from_barrier", "outputs_follow_writes"]
+__all__ = [
+    "barrier_rewrite_safe",
+    "compile_graph",
+    "compile_inplace",
+    "drop_aliases_from_barrier",
+    "outputs_follow_writes",
+]
 
 _log = logging.getLogger(__name__)
 
-_ALIAS = re.compile(r"^\s*(%[\w.$-]+) = hal\.tensor\.alias ", re.M)
+_ALIAS = re.compile(r"^\s*(%[\w.$-]+) = hal\.tensor\.alias .* to (%[\w.$-]+) : !hal\.buffer_view", re.M)
 _BARRIER = re.compile(
     r"^(\s*)(%[\w.$-]+)(?::(\d+))? = hal\.tensor\.barrier join\(([^:]*) : (.*?)\) => (%[\w.$-]+) : "
     r"!hal\.fence( loc\(.*\))?$",
@@ -102,10 +115,12 @@ def _ancestors(value: SSAValue) -> set[SSAValue]:
     return seen
 
 
-def drop_aliases_from_barrier(text: str) -> str | None:
+def drop_aliases_from_barrier(text: str, keep: Sequence[str] = ()) -> str | None:
     """The input-level IR with the `hal.tensor.alias` results removed from the entry's
-    `hal.tensor.barrier join(...)`; None if the pattern is not there exactly once."""
-    aliases = set(_ALIAS.findall(text))
+    `hal.tensor.barrier join(...)`, except those aliasing an argument named in `keep` (e.g.
+    `%arg12`, an output written in place); None if the pattern is not there exactly once or
+    nothing would be left to join."""
+    aliases = {value for value, target in _ALIAS.findall(text) if target not in keep}
     barriers = list(_BARRIER.finditer(text))
     if not aliases or len(barriers) != 1:
         return None
@@ -115,18 +130,18 @@ def drop_aliases_from_barrier(text: str) -> str | None:
     types = _split_types(types_text)
     if len(values) != len(types):
         return None
-    keep = [i for i, v in enumerate(values) if v not in aliases]
+    kept = [i for i, v in enumerate(values) if v not in aliases]
     dropped = [i for i, v in enumerate(values) if v in aliases]
-    if not keep or not dropped or any(re.search(rf"{re.escape(name)}#{i}\b", text) for i in dropped):
+    if not kept or not dropped or any(re.search(rf"{re.escape(name)}#{i}\b", text) for i in dropped):
         return None
-    results = f"{name}:{len(keep)}" if len(keep) > 1 else name
+    results = f"{name}:{len(kept)}" if len(kept) > 1 else name
     line = (
-        f"{indent}{results} = hal.tensor.barrier join({', '.join(values[i] for i in keep)} : "
-        f"{', '.join(types[i] for i in keep)}) => {fence} : !hal.fence{loc or ''}"
+        f"{indent}{results} = hal.tensor.barrier join({', '.join(values[i] for i in kept)} : "
+        f"{', '.join(types[i] for i in kept)}) => {fence} : !hal.fence{loc or ''}"
     )
     text = text[: m.start()] + line + text[m.end() :]
-    for new, old in enumerate(keep):
-        text = re.sub(rf"{re.escape(name)}#{old}\b", name if len(keep) == 1 else f"{name}#{new}", text)
+    for new, old in enumerate(kept):
+        text = re.sub(rf"{re.escape(name)}#{old}\b", name if len(kept) == 1 else f"{name}#{new}", text)
     return text
 
 
@@ -142,9 +157,10 @@ def _split_types(text: str) -> list[str]:
     return parts
 
 
-def compile_inplace(mlir_text: str, flags: Sequence[str]) -> tuple[bytes, bool]:
+def compile_inplace(mlir_text: str, flags: Sequence[str], keep: Sequence[str] = ()) -> tuple[bytes, bool]:
     """iree-compile a torch-dialect module whose outputs follow its buffer writes, with the
-    aliased buffers dropped from the entry barrier (see the module docstring).
+    aliased buffers dropped from the entry barrier (see the module docstring); the aliases
+    of the arguments named in `keep` (outputs written in place) stay joined.
 
     Returns:
         The `.vmfb` bytes, and whether the barrier was rewritten (False: compiled as is).
@@ -158,10 +174,35 @@ def compile_inplace(mlir_text: str, flags: Sequence[str]) -> tuple[bytes, bool]:
         mlir_text, input_type="torch", target_backends=[], extra_args=[*flags, "--compile-to=input"]
     )
     text = staged.decode() if isinstance(staged, bytes) else str(staged)
-    patched = drop_aliases_from_barrier(text)
+    patched = drop_aliases_from_barrier(text, keep)
     if patched is None:
         _log.warning("compile_inplace: no entry barrier over an aliased buffer found; compiled unchanged")
         return ireec.compile_str(
             mlir_text, input_type="torch", target_backends=[], extra_args=list(flags)
         ), False
     return ireec.compile_str(patched, target_backends=[], extra_args=[*flags, "--compile-from=input"]), True
+
+
+def compile_graph(
+    graph: Graph, flags: Sequence[str], cache_dir: str | os.PathLike[str] | None = None, inplace: bool = True
+) -> tuple[Any, Path, bool]:
+    """Lower `graph` for IREE and compile it (through the cache): the module
+    `IreeCompiledGraph(vmfb=...)` expects. In place: buffers and outputs are mutable
+    arguments (the outputs trailing, after the weights), nothing is returned.
+
+    Returns:
+        The `TorchMlirModule`, the `.vmfb` path, whether it was a cache hit.
+    """
+    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+    from fusegraph.runtime.iree_backend import _stem, compile_vmfb
+
+    mlir = to_torch_mlir(
+        graph, mode="decomposed", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
+    )
+    first_output = len(graph.block.args) + len(graph.weights)
+    outputs = [f"%arg{first_output + k}" for k in range(len(graph.outputs))]
+    follow = inplace and barrier_rewrite_safe(graph)
+    path, hit = compile_vmfb(
+        mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow, keep_aliases=outputs
+    )
+    return mlir, path, hit

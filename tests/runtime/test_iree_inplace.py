@@ -6,6 +6,7 @@ entry-barrier rewrite that removes IREE's dead whole-cache copy, and when it app
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -56,6 +57,12 @@ def test_the_lowering_overwrites_the_mutable_cache_and_returns_only_the_outputs(
         [str(FILECHECK), str(checks)], input=text, capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
+    # What IreeCompiledGraph compiles: the output too is a trailing mutable argument (after the
+    # 5 inputs and 7 weights), overwritten, and nothing is returned.
+    args = to_torch_mlir(graph, mode="decomposed", inplace_buffers=True, outputs_as_args=True)
+    assert re.search(r"%arg12: !torch.tensor<\[\?,64\],f32>\) attributes", args.text), args.text[:600]
+    assert re.search(r"torch.overwrite.tensor.contents %\d+ overwrites %arg12 ", args.text)
+    assert re.search(r"(?m)^\s+return$", args.text)
     # The functional form returns the cache and has no overwrite.
     functional = to_torch_mlir(graph, mode="decomposed").text
     assert (

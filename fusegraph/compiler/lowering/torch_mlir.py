@@ -124,6 +124,7 @@ def to_torch_mlir(
     dump_dir: str | os.PathLike[str] | None = None,
     dim_hints: Mapping[str, int] | None = None,
     inplace_buffers: bool = False,
+    outputs_as_args: bool = False,
 ) -> TorchMlirModule:
     """Lower `graph` to a torch-mlir module.
 
@@ -142,6 +143,8 @@ def to_torch_mlir(
             argument updated by `torch.overwrite.tensor.contents` (returning only the graph
             outputs); otherwise the function is functional and also returns the final
             version of every buffer input.
+        outputs_as_args: with `inplace_buffers`, also write each graph output into a trailing
+            mutable argument (caller-allocated, e.g. a torch CUDA tensor) and return nothing.
 
     Returns:
         A `TorchMlirModule`; symbolic dims are dynamic (`?`) in its function signature.
@@ -163,7 +166,9 @@ def to_torch_mlir(
         gm = _timed(timings, "to_fx", to_fx, graph, mode=mode, inplace=False)
         traced = _timed(timings, "make_fx", trace_symbolic, gm, graph, dim_hints)
     mutated = buffer_outputs(graph) if inplace_buffers else None
-    module = _timed(timings, "import", import_fx, traced, "main", mutated)
+    if outputs_as_args and not inplace_buffers:
+        raise ValueError("to_torch_mlir: outputs_as_args needs inplace_buffers=True")
+    module = _timed(timings, "import", import_fx, traced, "main", mutated, outputs_as_args)
     result = TorchMlirModule(module, mode, output_type, "main", traced, timings)
     _check_dynamic_dims(result, graph)
     name = _file_stem(graph)
@@ -216,7 +221,10 @@ def buffer_outputs(graph: Graph) -> dict[int, int]:
 
 
 def import_fx(
-    traced: torch.fx.GraphModule, func_name: str = "main", mutated: Mapping[int, int] | None = None
+    traced: torch.fx.GraphModule,
+    func_name: str = "main",
+    mutated: Mapping[int, int] | None = None,
+    outputs_as_args: bool = False,
 ) -> Any:
     """Import a traced core-aten GraphModule with torch-mlir's FxImporter.
 
@@ -227,6 +235,8 @@ def import_fx(
             that the module writes becomes a mutable `!torch.tensor` argument, overwritten
             in place (`torch.overwrite.tensor.contents`) and dropped from the results; one
             it does not write stays an immutable argument and is dropped too.
+        outputs_as_args: (with `mutated`) the graph outputs too are written into trailing
+            mutable arguments, one per output, and nothing is returned.
     """
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
@@ -238,14 +248,17 @@ def import_fx(
     if mutated is None:
         importer.import_stateless_graph(traced.graph, func_name=func_name)
     else:
-        importer.import_program(_mutating_program(traced, mutated), func_name=func_name)  # type: ignore[arg-type]
+        program = _mutating_program(traced, mutated, outputs_as_args)
+        importer.import_program(program, func_name=func_name)  # type: ignore[arg-type]
     return importer.module
 
 
-def _mutating_program(traced: torch.fx.GraphModule, mutated: Mapping[int, int]) -> Any:
+def _mutating_program(traced: torch.fx.GraphModule, mutated: Mapping[int, int], outputs_as_args: bool) -> Any:
     """The parts of an `ExportedProgram` that `FxImporter.import_program` reads, with user
     inputs mutated in place: it emits `torch.copy.to_vtensor` at the argument and
-    `torch.overwrite.tensor.contents` where the final version is produced."""
+    `torch.overwrite.tensor.contents` where the final version is produced. With
+    `outputs_as_args`, each graph output becomes one more trailing argument (`output_<k>`,
+    appended to `traced`'s placeholders) that the function overwrites; it returns nothing."""
     from torch.export.graph_signature import (
         ExportGraphSignature,
         InputKind,
@@ -259,6 +272,15 @@ def _mutating_program(traced: torch.fx.GraphModule, mutated: Mapping[int, int]) 
     (output_node,) = [n for n in traced.graph.nodes if n.op == "output"]
     results = list(output_node.args[0])
     target_of = {position: placeholders[index] for index, position in mutated.items()}
+    if outputs_as_args:
+        buffers = set(target_of)
+        for position, node in enumerate(results):
+            if position not in buffers:
+                with traced.graph.inserting_after(placeholders[-1]):
+                    holder = traced.graph.placeholder(f"output_{position}")
+                holder.meta.update({k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta})
+                placeholders.append(holder)
+                target_of[position] = holder
     inputs = [InputSpec(InputKind.USER_INPUT, TensorArgument(p.name), None) for p in placeholders]
     outputs = []
     for position, node in enumerate(results):
