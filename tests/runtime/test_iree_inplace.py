@@ -1,7 +1,6 @@
 """The IREE path updates the KV cache in place: the emitted torch-mlir overwrites the mutable
 cache argument and does not return it (FileCheck); at run time the caller's tensor is written
-directly (only the step's rows change, no copy back, no transfers), and a step on a 32 MiB
-cache costs a fraction of the functional form's, which moves the whole cache (timed); the
+directly (only the step's rows change, no copy back, no transfers: counted, never timed); the
 entry-barrier rewrite that removes IREE's dead whole-cache copy, and when it applies."""
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ def _store_graph(num_blocks: int) -> Graph:
     return g
 
 
-NUM_BLOCKS = 32768  # a 32 MiB cache: copying it costs milliseconds, the step's rows microseconds
+NUM_BLOCKS = 64
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +121,11 @@ def test_an_inplace_step_writes_only_its_rows_of_the_callers_tensor_and_moves_no
     for inplace, model in store_models.items():
         cache = torch.randn(shape, generator=torch.Generator().manual_seed(1))
         sentinel, pointer = cache.clone(), cache.data_ptr()
-        times = []
-        for _ in range(5):  # the minimum: robust to other load on the machine
+        for _ in range(2):  # the second call reuses the module on the same caller tensor
             cache.copy_(sentinel)
-            x, y, seconds = _call(model, cache)
-            times.append(seconds)
+            x, y, _ = _call(model, cache)
         torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
-        results[inplace] = (cache, min(times))
+        results[inplace] = cache
         assert cache.data_ptr() == pointer
         # Sequence 0 wrote positions 5..7 (block 1, slots 1..3), sequence 1 position 2 (block 4).
         changed = (cache != sentinel).flatten(4).any(-1)
@@ -136,12 +133,9 @@ def test_an_inplace_step_writes_only_its_rows_of_the_callers_tensor_and_moves_no
         for key_or_value in (0, 1):
             torch.testing.assert_close(cache[1, key_or_value, 0, 1:4], x[:3])
             torch.testing.assert_close(cache[4, key_or_value, 0, 2], x[3])
-    inplace_s, functional_s = results[True][1], results[False][1]
-    assert inplace_s * 4 < functional_s, (
-        f"in place {inplace_s * 1e3:.2f} ms, functional {functional_s * 1e3:.2f} ms"
-    )
     assert store_models[True].transfers == {"h2d": 0, "d2h": 0}
-    assert torch.equal(results[True][0], results[False][0]) and torch.equal(results[True][0], want_cache)
+    assert store_models[True].zero_copy  # the caller's cache was imported, not uploaded
+    assert torch.equal(results[True], results[False]) and torch.equal(results[True], want_cache)
 
 
 def test_fusegraph_compile_uses_the_inplace_form_by_default(store_models) -> None:
