@@ -36,7 +36,7 @@ def test_unterminated_string__fails_fast_at_its_line_and_column(tail: str) -> No
     text = '    "' + "a" * 200 + tail  # xDSL 0.74's lexer took ~2x longer per character
     start = time.perf_counter()
     msg = _raises(IRParseError, _func(text), 3, "string literal")
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5.0  # a hang guard, not a speed check: 2**200 steps before
     assert msg.startswith("x.mlir:3:5:") or msg.startswith("x.mlir:3:")
 
 
