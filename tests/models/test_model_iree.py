@@ -3,6 +3,7 @@ and reused (cache hit) by `fusegraph model --backend iree`."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ def test_model_iree__logits_and_cache_equal_transformers_and_eager(
     monkeypatch.setenv("FUSEGRAPH_CACHE_DIR", str(tmp_path / "cache"))
     steps = random_steps(reference.config.vocab_size)
     iree_manager, eager_manager = model.kv_manager(NUM_BLOCKS), model.kv_manager(NUM_BLOCKS)
-    iree_run = model.compile(NUM_BLOCKS, backend="iree")
-    got = run_steps(iree_run, iree_manager, steps)
+    got = run_steps(model.compile(NUM_BLOCKS, backend="iree"), iree_manager, steps)
+    gc.collect()  # the compiled module is gone: the caller's cache must still be its own memory
     eager = run_steps(model.compile(NUM_BLOCKS), eager_manager, steps)
     for i, seqs in enumerate(_sequences_after_each_step(steps)):
         torch.testing.assert_close(got[i], hf_last_logits(reference, seqs), atol=1e-4, rtol=1e-4)
