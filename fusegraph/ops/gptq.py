@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -67,9 +67,52 @@ _OP = "fg.qmatmul.gptq"
 _FLOATS = (DType.float32, DType.float16, DType.bfloat16)
 
 
+class GptqFormatProps:
+    """Typed accessors of the GPTQ properties an op class declares (`bits_attr`, ...), shared
+    by `fg.qmatmul.gptq`, `fg.gptq.repack` and `fg.qmatmul.gptq_tiled`."""
+
+    if TYPE_CHECKING:  # declared by the op class (prop_def); xDSL refuses plain annotations
+        bits_attr: IntegerAttr
+        group_size_attr: IntegerAttr
+        zero_format_attr: StringAttr
+
+    @property
+    def bits(self) -> int:
+        """Bits per quantized value: 2, 3, 4 or 8."""
+        return self.bits_attr.value.data
+
+    @property
+    def group_size(self) -> int:
+        """Input rows per group; -1 means one group."""
+        return self.group_size_attr.value.data
+
+    @property
+    def zero_format(self) -> str:
+        """ "v1" (qzeros stores z - 1) or "v2" (qzeros stores z)."""
+        return self.zero_format_attr.data
+
+
+class GptqQuantProps(GptqFormatProps):
+    """`GptqFormatProps` plus `sym` and `desc_act`."""
+
+    if TYPE_CHECKING:
+        sym_attr: BoolAttr
+        desc_act_attr: BoolAttr
+
+    @property
+    def sym(self) -> bool:
+        """Symmetric quantization (z = 2**(bits-1) when qzeros is absent)."""
+        return bool(self.sym_attr.value.data)
+
+    @property
+    def desc_act(self) -> bool:
+        """Act-order: g_idx assigns rows to groups through a permutation."""
+        return bool(self.desc_act_attr.value.data)
+
+
 @register_op
 @irdl_op_definition
-class QMatmulGptqOp(FgOp):
+class QMatmulGptqOp(GptqQuantProps, FgOp):
     """`fg.qmatmul.gptq`: `x [M, K] @ dequant(qweight, scales, qzeros, g_idx) [K, N]`.
 
     `%y = fg.qmatmul.gptq %x, %qw, %s zeros %qz g_idx %g {bits = 4 : i64, ...} : ...`;
@@ -97,31 +140,6 @@ class QMatmulGptqOp(FgOp):
         "type($x) `,` type($qweight) `,` type($scales) (`zeros` type($qzeros)^)? "
         "(`g_idx` type($g_idx)^)? `->` type($result)"
     )
-
-    @property
-    def bits(self) -> int:
-        """Bits per quantized value: 2, 3, 4 or 8."""
-        return self.bits_attr.value.data
-
-    @property
-    def group_size(self) -> int:
-        """Input rows per group; -1 means one group."""
-        return self.group_size_attr.value.data
-
-    @property
-    def sym(self) -> bool:
-        """Symmetric quantization (z = 2**(bits-1) when qzeros is absent)."""
-        return bool(self.sym_attr.value.data)
-
-    @property
-    def desc_act(self) -> bool:
-        """Act-order: g_idx is a permutation-induced group assignment."""
-        return bool(self.desc_act_attr.value.data)
-
-    @property
-    def zero_format(self) -> str:
-        """ "v1" (qzeros stores z - 1) or "v2" (qzeros stores z)."""
-        return self.zero_format_attr.data
 
     @property
     def clip(self) -> float | None:

@@ -37,6 +37,7 @@ from fusegraph.compiler.opbase import FgOp, emit, register_op
 from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
+from fusegraph.ops.gptq import GptqFormatProps, GptqQuantProps
 from fusegraph.ops.gptq_layout import NB, container_bits, qmatmul_tiled_decomposed, repack, unrepack
 from fusegraph.ops.gptq_repack_rules import num_groups, repack_props, repack_shape_rule, tiled_shape_rule
 
@@ -47,7 +48,7 @@ __all__ = ["GptqRepackOp", "QMatmulGptqTiledOp", "Repacked", "gptq_repack", "qma
 # --- fg.gptq.repack -------------------------------------------------------------------------
 @register_op
 @irdl_op_definition
-class GptqRepackOp(FgOp):
+class GptqRepackOp(GptqQuantProps, FgOp):
     """`fg.gptq.repack`: AutoGPTQ tensors -> (qweight_t, qzeros_t[, perm]) in the tiled layout.
 
     `%qt, %zt, %perm = fg.gptq.repack %qw zeros %qz g_idx %g {bits = 4 : i64, ...}`; zeros and
@@ -72,31 +73,6 @@ class GptqRepackOp(FgOp):
         "$qweight (`zeros` $qzeros^)? (`g_idx` $g_idx^)? attr-dict `:` type($qweight) "
         "(`zeros` type($qzeros)^)? (`g_idx` type($g_idx)^)? `->` type(results)"
     )
-
-    @property
-    def bits(self) -> int:
-        """Bits per value of the checkpoint: 2, 3, 4 or 8."""
-        return self.bits_attr.value.data
-
-    @property
-    def group_size(self) -> int:
-        """Input rows per group; -1 means one group."""
-        return self.group_size_attr.value.data
-
-    @property
-    def sym(self) -> bool:
-        """Symmetric quantization (z = 2**(bits-1) is written out when qzeros is absent)."""
-        return bool(self.sym_attr.value.data)
-
-    @property
-    def desc_act(self) -> bool:
-        """Act-order: the rows are sorted by g_idx and `perm` is a result."""
-        return bool(self.desc_act_attr.value.data)
-
-    @property
-    def zero_format(self) -> str:
-        """ "v1" (zeros store z - 1) or "v2" (z); kept in the repacked zeros."""
-        return self.zero_format_attr.data
 
     def infer_types(self) -> Sequence[Attribute]:
         return repack_shape_rule(
@@ -204,7 +180,7 @@ def _gptq_repack_fx(e: Any, op: GptqRepackOp, *tensors: Any) -> Any:
 # --- fg.qmatmul.gptq_tiled -------------------------------------------------------------------
 @register_op
 @irdl_op_definition
-class QMatmulGptqTiledOp(FgOp):
+class QMatmulGptqTiledOp(GptqFormatProps, FgOp):
     """`fg.qmatmul.gptq_tiled`: `x [M, K] @ W [K, N]` with W in the tiled layout of `fg.gptq.repack`.
 
     `%y = fg.qmatmul.gptq_tiled %x, %qt, %s, %zt perm %p {bits = 4 : i64, ...}`; perm is present
@@ -226,21 +202,6 @@ class QMatmulGptqTiledOp(FgOp):
         "$x `,` $qweight_t `,` $scales `,` $qzeros_t (`perm` $perm^)? attr-dict `:` type($x) `,` "
         "type($qweight_t) `,` type($scales) `,` type($qzeros_t) (`perm` type($perm)^)? `->` type($result)"
     )
-
-    @property
-    def bits(self) -> int:
-        """The checkpoint's bits (2, 3, 4 or 8); values sit in 8-bit (8) or 4-bit containers."""
-        return self.bits_attr.value.data
-
-    @property
-    def group_size(self) -> int:
-        """Input rows per group; -1 means one group."""
-        return self.group_size_attr.value.data
-
-    @property
-    def zero_format(self) -> str:
-        """ "v1" (qzeros_t stores z - 1) or "v2" (z)."""
-        return self.zero_format_attr.data
 
     def infer_types(self) -> Sequence[Attribute]:
         return [
