@@ -38,21 +38,26 @@ GPTQ = dict(quant_method="gptq", bits=4, group_size=128, desc_act=False, sym=Tru
 
 
 def random_state(model: Any, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors for every parameter of a fusegraph `DecoderModel`, scaled so that the
-    activations stay O(1) (packed GPTQ ints are uniform random bits)."""
+    """Random tensors for every parameter of a fusegraph `DecoderModel`, shaped like a real
+    GPTQ checkpoint: uniform 4-bit values around the symmetric zero 8 (v1 stores 7), and
+    scales that give each projection unit gain (`1 / (4.6 sqrt(K))`), so activations stay O(1)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    hidden = model.config.hidden_size
+    group = GPTQ["group_size"]
     state = {}
     for name, spec in model.named_params():
         dtype = spec.dtype.to_torch()
-        if dtype == torch.int32:
+        if name.endswith("qzeros"):
+            t = torch.full(spec.shape, 0x77777777, dtype=torch.int32, device=device)
+        elif dtype == torch.int32:
             t = torch.randint(-(2**31), 2**31 - 1, spec.shape, dtype=torch.int32, device=device, generator=g)
         elif name.endswith("norm.weight"):
             t = torch.ones(spec.shape, dtype=dtype, device=device)
         elif name.endswith("scales"):
-            t = torch.full(spec.shape, 1.0 / (4.6 * hidden**0.5), dtype=dtype, device=device)
+            t = torch.full(
+                spec.shape, 1.0 / (4.6 * (spec.shape[0] * group) ** 0.5), dtype=dtype, device=device
+            )
         else:
-            scale = 1.0 if "embed_tokens" in name else hidden**-0.5
+            scale = 1.0 if "embed_tokens" in name else spec.shape[-1] ** -0.5
             t = (torch.randn(spec.shape, device=device, generator=g) * scale).to(dtype)
         state[name] = t
     return state
@@ -113,17 +118,18 @@ def run_fusegraph(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, An
     tpot = sorted((t[-1] - t[0]) / (len(t) - 1) for t in times.values() if len(t) > 1)
     ttft = sorted(t[0] - start for t in times.values())
     s = gen.stats
-    seq_len = args.prompt_len + args.output_len
-    check = _guarded(check_graphs, compiled, manager, seq_len) if args.check_graphs else None
-    return {
-        "check_graphs": check,
+    out = {
         "setup_s": round(setup_s, 2), "total_s": round(total, 3), "output_tokens": produced,
         "output_tokens_per_s": round(produced / total, 1),
         "tpot_ms_median": round(1e3 * statistics.median(tpot), 2), "tpot_ms_p99": round(1e3 * _p99(tpot), 2),
         "ttft_s_median": round(statistics.median(ttft), 3), "steps": s.steps, "graph_replays": s.graph_replays,
         "preemptions": s.preemptions, "prefill_tokens": s.prefill_tokens, "decode_tokens": s.decode_tokens,
-        "num_blocks": blocks,
+        "num_blocks": blocks, "first_outputs": [gen.output(i)[:8] for i in ids[:2]],
     }  # fmt: skip
+    print(json.dumps({"fusegraph_timing": out}), flush=True)  # before anything else can fail
+    if args.check_graphs:
+        out["check_graphs"] = _guarded(check_graphs, compiled, manager, args.prompt_len + args.output_len)
+    return out
 
 
 def run_transformers(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -246,8 +252,11 @@ def _guarded(fn: Any, *args: Any) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a benchmark phase reports its failure and the run goes on
         return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
     finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the phase's model and cache are gone
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the phase's model and cache are gone
+        except Exception:  # noqa: BLE001, S110 - a poisoned CUDA context: the error above says why
+            pass
 
 
 def _emit(result: dict[str, Any], out: Path | None) -> None:

@@ -95,7 +95,13 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, rng: torch.Genera
     """The next token for one request from its `[vocab]` logits."""
     if params.greedy:
         return int(torch.argmax(logits))
-    return int(torch.multinomial(filtered_probs(logits, params), 1, generator=rng))
+    probs = filtered_probs(logits, params)
+    if not bool(torch.isfinite(probs).all()):  # else multinomial fails with a device-side assert on CUDA
+        raise ValueError(
+            f"sample_token: the model's logits are not finite ({int((~torch.isfinite(logits)).sum())} "
+            f"of {logits.numel()} entries are NaN or inf)"
+        )
+    return int(torch.multinomial(probs, 1, generator=rng))
 
 
 def next_tokens(

@@ -71,3 +71,11 @@ def test_sampling__greedy_rows_take_the_argmax() -> None:
 def test_sampling__refuses_bad_settings_naming_the_field(field: str, value: object, allowed: str) -> None:
     with pytest.raises(ValueError, match=rf"SamplingParams: {field} must be {allowed}, got"):
         SamplingParams(**{field: value})  # type: ignore[arg-type]
+
+
+def test_sampling__non_finite_logits_are_refused_by_name() -> None:
+    params = SamplingParams(temperature=1.0, seed=0)
+    bad = LOGITS.clone()
+    bad[2] = float("nan")
+    with pytest.raises(ValueError, match=r"sample_token: the model's logits are not finite \(1 of 6 entries"):
+        sample_token(bad, params, params.make_rng("cpu"))
