@@ -14,7 +14,8 @@ adding one) of:
 - the bytes floor: the bytes one step must read (int4 or fp16 weights, the fp16 lm_head, the
   KV cache of every sequence) over the device-to-device copy bandwidth measured here.
 
-Weights are random (GPTQ words random bits, scales ~2e-3; the KV cache random), never zeros.
+Weights are random (GPTQ words random bits, symmetric zeros, unit-gain scales; the KV cache
+random), never zeros.
 It prints ms/step and tokens/s. Stages that would overrun `--budget-s` are skipped and said so.
 """
 
@@ -94,14 +95,22 @@ def step_bytes(bs: int, ctx: int, int4: bool) -> int:
 
 
 def random_state(model: DecoderModel) -> dict[str, torch.Tensor]:
-    """Random weights on the GPU for every parameter (GPTQ words: random bits)."""
+    """Random weights on the device for every parameter, of unit gain per projection so that
+    32 fp16 layers stay far inside fp16's range: GPTQ words random bits (q uniform in 0..15),
+    zeros the symmetric 8 (v1 stores 7: 0x77777777), scales about 1/(4.6·sqrt(K)) (q - 8 has
+    std 4.6). Random zeros (z in 1..16) give each group a mean offset, the residual then grows
+    by ~2500 a layer and passes 65504 near layer 25 (seen on the CPU, 2026-11-30)."""
     state = {}
     for name, spec in model.named_params():
         shape, dtype = spec.shape, spec.dtype.to_torch()
-        if dtype == torch.int32:
+        if name.endswith("qzeros"):
+            state[name] = torch.full(shape, 0x77777777, dtype=torch.int32, device=DEV)
+        elif dtype == torch.int32:
             state[name] = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device=DEV)
         elif name.endswith("scales"):
-            state[name] = (torch.rand(shape, device=DEV) * 2e-3 + 1e-3).to(dtype)
+            k = shape[0] * 128  # group size 128 (the model's config)
+            gain = torch.rand(shape, device=DEV) * 0.4 + 0.8
+            state[name] = (gain / (4.6 * k**0.5)).to(dtype)
         elif "norm" in name:
             state[name] = torch.ones(shape, dtype=dtype, device=DEV)
         else:
