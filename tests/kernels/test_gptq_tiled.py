@@ -17,7 +17,7 @@ from fusegraph.ops.gptq_layout import repack
 from fusegraph.ops.gptq_packing import dequantize, pack
 from tests.kernels._interp import load_interpreted
 
-kernel = load_interpreted("gptq_tiled", kernel_deps=("gptq_tiled_kernels",))
+kernel = load_interpreted("gptq_tiled", kernel_deps=("gptq_tiled_kernels", "gptq_kernels"))
 
 K, N = 256, 128
 # fmt: off

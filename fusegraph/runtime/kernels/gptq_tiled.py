@@ -21,7 +21,7 @@ docs/benchmarks.md):
 - "dequant" (M ≥ 192): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
 Split-K: each program writes an fp32 slice; with "ticket" the last program of each tile (atomic
 counter, acq_rel after a CTA barrier, slices read through L2) sums the slices in order and
-writes the output (one launch, deterministic); otherwise `_tiled_reduce_kernel` does (two).
+writes the output (one launch, deterministic); otherwise `gptq_kernels._splitk_reduce_kernel` does (two).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any
 import torch
 import triton
 
+from fusegraph.runtime.kernels.gptq_kernels import _splitk_reduce_kernel
 from fusegraph.runtime.kernels.gptq_tiled_kernels import (
     _tiled_dequant_kernel,
     _tiled_gemv_kernel,
     _tiled_mma_kernel,
-    _tiled_reduce_kernel,
 )
 
 __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
@@ -219,7 +219,7 @@ def gptq_tiled_matmul(
         )  # fmt: skip
     if split > 1 and not ticket:
         block = 256
-        _tiled_reduce_kernel[(triton.cdiv(m * n, block),)](ws, out, m * n, SPLIT_K=split, BLOCK=block)
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](ws, out, m * n, SPLIT_K=split, BLOCK=block)
     return out
 
 

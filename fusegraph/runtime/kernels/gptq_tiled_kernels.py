@@ -389,14 +389,3 @@ def _tiled_dequant_kernel(
             rows = tl.load(perm_ptr + rows)
         val = (wq[i].to(tl.float32) * s.to(tl.float32)[None, :]).to(dt)
         tl.store(w_ptr + rows.to(tl.int64)[:, None] * stride_w + offs_n[None, :], val)
-
-
-@triton.jit
-def _tiled_reduce_kernel(ws_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    """out = Σ_s ws[s] in a fixed order (deterministic), cast to out's dtype."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(ws_ptr + s * numel + offs, mask=ok, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)

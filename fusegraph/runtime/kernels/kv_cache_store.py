@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.metadata import as_index
 from fusegraph.runtime.kernels.write_flag import flag_for
 
 __all__ = ["kv_cache_store_triton"]
@@ -55,12 +56,6 @@ def _kv_cache_store_kernel(
     tl.store(kv_ptr + dest, value.to(kv_ptr.dtype.element_ty), mask=ok)
 
 
-def _as_index(t: torch.Tensor) -> torch.Tensor:
-    if t.dtype not in (torch.int32, torch.int64, torch.uint32):
-        t = t.to(torch.int64)
-    return t if t.is_contiguous() else t.contiguous()
-
-
 def kv_cache_store_triton(
     kv_blocks: torch.Tensor,
     x: torch.Tensor,
@@ -92,13 +87,13 @@ def kv_cache_store_triton(
         return
     if x.stride(2) != 1:
         x = x.contiguous()
-    lookup_table = _as_index(lookup_table)
+    lookup_table = as_index(lookup_table)
     batch = cache_lengths.shape[0]
     width = n_kv_heads * head_dim
     block = min(triton.next_power_of_2(width), 1024)
     flag = flag_for(kv_blocks)
     _kv_cache_store_kernel[(rows, triton.cdiv(width, block))](
-        x, _as_index(input_row_offsets), _as_index(cache_lengths), lookup_table, kv_blocks,
+        x, as_index(input_row_offsets), as_index(cache_lengths), lookup_table, kv_blocks,
         kv_blocks if flag is None else flag,
         batch, layer_idx, key_or_value, kv_blocks.shape[3], kv_blocks.shape[0], lookup_table.shape[1],
         x.stride(0), x.stride(1), lookup_table.stride(0), *kv_blocks.stride(),

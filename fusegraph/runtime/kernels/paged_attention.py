@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.metadata import as_index
+
 __all__ = ["paged_attention_triton"]
 
 _LOG2E = 1.4426950408889634
@@ -148,12 +150,6 @@ def _combine_splits_kernel(
              out.to(out_ptr.dtype.element_ty), mask=ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
-def _as_index(t: torch.Tensor) -> torch.Tensor:
-    if t.dtype not in (torch.int32, torch.int64, torch.uint32):
-        t = t.to(torch.int64)
-    return t if t.is_contiguous() else t.contiguous()
-
-
 def paged_attention_triton(
     q: torch.Tensor,
     row_offsets: torch.Tensor,
@@ -201,8 +197,8 @@ def paged_attention_triton(
         )
     if q.stride(2) != 1:
         q = q.contiguous()
-    row_offsets, cache_lengths = _as_index(row_offsets), _as_index(cache_lengths)
-    lookup_table = _as_index(lookup_table)
+    row_offsets, cache_lengths = as_index(row_offsets), as_index(cache_lengths)
+    lookup_table = as_index(lookup_table)
     out = torch.empty_like(q)
     batch = row_offsets.shape[0] - 1
     if t_rows == 0 or batch == 0:

@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.metadata import as_index
 from fusegraph.runtime.kernels.write_flag import flag_for
 
 __all__ = ["rope_split_store_triton"]
@@ -164,13 +165,6 @@ def _rope_split_store_kernel(
     tl.store(kv_ptr + cache_off, y.to(kv_ptr.dtype.element_ty), mask=kv_mask)
 
 
-def _as_index(t: torch.Tensor) -> torch.Tensor:
-    """Metadata as an integer tensor the kernel can load (uint32, int32 and int64 pass as is)."""
-    if t.dtype not in (torch.int32, torch.int64, torch.uint32):
-        t = t.to(torch.int64)
-    return t if t.is_contiguous() else t.contiguous()
-
-
 def rope_split_store_triton(
     qkv: torch.Tensor,
     row_offsets: torch.Tensor,
@@ -229,9 +223,9 @@ def rope_split_store_triton(
         )
     theta, factor, original = ntk if ntk is not None else (1.0, 1.0, 1.0)
     lookup_table = lookup_table if lookup_table.stride(1) == 1 else lookup_table.contiguous()
-    row_offsets = _as_index(row_offsets)
-    cache_lengths = _as_index(cache_lengths)
-    lookup_table = _as_index(lookup_table)
+    row_offsets = as_index(row_offsets)
+    cache_lengths = as_index(cache_lengths)
+    lookup_table = as_index(lookup_table)
     q_out = torch.empty((t_rows, n_heads * head_dim), dtype=qkv.dtype, device=qkv.device)
     if t_rows == 0:
         return q_out

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.metadata import as_index
+
 __all__ = [
     "FLAG_WORDS",
     "CacheFlag",
@@ -151,12 +153,6 @@ def _check_kernel(
         tl.store(flag_ptr, 1)
 
 
-def _index(t: torch.Tensor) -> torch.Tensor:
-    if t.dtype not in (torch.int32, torch.int64, torch.uint32):
-        t = t.to(torch.int64)
-    return t if t.is_contiguous() else t.contiguous()
-
-
 def check_capacity_on_device(
     flag: torch.Tensor,
     row_offsets: torch.Tensor,
@@ -178,10 +174,10 @@ def check_capacity_on_device(
         op: `op_id(op name)`, for the message.
     """
     batch = cache_lengths.shape[0]
-    lookup_table = _index(lookup_table)
+    lookup_table = as_index(lookup_table)
     max_pages = lookup_table.shape[1]
     _check_kernel[(1,)](
-        _index(row_offsets), _index(cache_lengths), lookup_table, flag, batch, rows, num_blocks, page_size,
+        as_index(row_offsets), as_index(cache_lengths), lookup_table, flag, batch, rows, num_blocks, page_size,
         max_pages, lookup_table.stride(0), op,
         BLOCK_B=min(triton.next_power_of_2(max(batch, 1)), 256),
         BLOCK_P=min(triton.next_power_of_2(max(max_pages, 1)), 64),
