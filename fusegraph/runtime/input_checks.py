@@ -36,7 +36,7 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.registry import evaluate_dim
 from fusegraph.compiler.types import BufferType
 
-__all__ = ["InputChecks", "MetadataUse", "check_weights", "metadata_uses"]
+__all__ = ["WRITE_OPERANDS", "InputChecks", "MetadataUse", "buffer_root", "check_weights", "metadata_uses"]
 
 # op name -> operand index of (rows tensor, row offsets, lengths, lookup, kv_blocks, freqs_cis)
 _USES: dict[str, tuple[int, int, int, int | None, int | None, int | None]] = {
@@ -46,7 +46,13 @@ _USES: dict[str, tuple[int, int, int, int | None, int | None, int | None]] = {
     "fg.rope": (0, 1, 2, None, None, 3),
 }
 _WRITES = ("fg.kv_cache.store", "fg.rope_split_store")
-_BUFFER_OPERAND = {"fg.kv_cache.store": 0, "fg.rope_split_store": 3}
+# op name -> operand index of (rows tensor, kv_blocks, row offsets, lengths, lookup): the writes
+WRITE_OPERANDS: dict[str, tuple[int, int, int, int, int]] = {
+    name: (rows, kv, ro, lengths, lookup)  # type: ignore[misc]
+    for name, (rows, ro, lengths, lookup, kv, _) in _USES.items()
+    if name in _WRITES
+}
+_BUFFER_OPERAND = {name: slots[1] for name, slots in WRITE_OPERANDS.items()}
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
         index = {name: _input_index(op.name, name, operands[i]) for name, i in
                  (("input_row_offsets", ro_i), ("cache_lengths", ln_i))}  # fmt: skip
         lookup = None if lt_i is None else _input_index(op.name, "lookup_table", operands[lt_i])
-        kv = None if kv_i is None else _input_index(op.name, "kv_blocks", _buffer_root(operands[kv_i]))
+        kv = None if kv_i is None else _input_index(op.name, "kv_blocks", buffer_root(operands[kv_i]))
         max_pos, freqs_input, tables = None, None, 1
         if fr_i is not None:
             # longrope (`long_after`) stacks a short and a long table (ops/_rope_math.py)
@@ -123,7 +129,7 @@ def _all_inputs(operands: Sequence[SSAValue], slots: tuple[int | None, ...]) -> 
     _, ro_i, ln_i, lt_i, kv_i, _ = slots
     meta = [operands[i] for i in (ro_i, ln_i, lt_i) if i is not None]
     if kv_i is not None:
-        meta.append(_buffer_root(operands[kv_i]))  # type: ignore[arg-type]
+        meta.append(buffer_root(operands[kv_i]))  # type: ignore[arg-type]
     return all(isinstance(v, BlockArgument) for v in meta)
 
 
@@ -136,7 +142,7 @@ def _input_index(op: str, operand: str, value: SSAValue | None) -> int:
     return value.index
 
 
-def _buffer_root(value: SSAValue) -> SSAValue | None:
+def buffer_root(value: SSAValue) -> BlockArgument | None:
     """The graph input a buffer version descends from (through earlier writes)."""
     while not isinstance(value, BlockArgument):
         owner = value.owner

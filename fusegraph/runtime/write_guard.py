@@ -24,17 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from xdsl.ir import BlockArgument, SSAValue
+from xdsl.ir import BlockArgument
 
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.registry import evaluate_dim
-
-# op name -> (operand index of the rows tensor, of kv_blocks, of row offsets, lengths, lookup)
-_WRITES = {
-    "fg.kv_cache.store": (1, 0, 2, 3, 4),
-    "fg.rope_split_store": (0, 3, 1, 4, 5),
-}
+from fusegraph.runtime.input_checks import WRITE_OPERANDS, buffer_root
 
 
 @dataclass(frozen=True)
@@ -53,10 +48,10 @@ def write_guards(graph: Graph) -> list[WriteGuard]:
     """The distinct checks the graph's buffer writes need, where the metadata are graph inputs."""
     guards: dict[WriteGuard, None] = {}
     for op in graph.block.ops:
-        if (slots := _WRITES.get(op.name)) is None:
+        if (slots := WRITE_OPERANDS.get(op.name)) is None:
             continue
         rows_i, kv_i, *meta_i = slots
-        kv_root = _buffer_root(op.operands[kv_i])
+        kv_root = buffer_root(op.operands[kv_i])
         meta = [op.operands[i] for i in meta_i]
         if kv_root is None or not all(isinstance(v, BlockArgument) for v in meta):
             continue  # computed metadata: only the op's own check (CPU) applies
@@ -64,17 +59,6 @@ def write_guards(graph: Graph) -> list[WriteGuard]:
         indices = [v.index for v in meta]  # type: ignore[attr-defined]
         guards[WriteGuard(op.name, rows, kv_root.index, *indices)] = None
     return list(guards)
-
-
-def _buffer_root(value: SSAValue) -> BlockArgument | None:
-    """The graph input a buffer version descends from (through earlier writes), if any."""
-    while not isinstance(value, BlockArgument):
-        owner = value.owner
-        slots = _WRITES.get(getattr(owner, "name", ""))
-        if slots is None:
-            return None
-        value = owner.operands[slots[1]]  # type: ignore[union-attr]
-    return value
 
 
 class DeviceWriteGuards:
