@@ -35,6 +35,7 @@ from xdsl.ir import Operation, SSAValue
 
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.lowering.fake import fake_symbols, fresh_fake, same_size, wrap_meta
 from fusegraph.compiler.lowering.fx import _class_name, _FxBuilder, _safe_name, _unique
 from fusegraph.compiler.registry import EmitUnsupportedError, evaluate_dim, get_fx_emitter
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
@@ -169,7 +170,7 @@ class Emitter:
         for t in results:
             sizes = [d.value if d.is_static else evaluate_dim(d, self.symbols) for d in t.shape]
             meta = torch.empty_strided(sizes, list(strides), dtype=t.dtype.to_torch(), device="meta")
-            vals.append(_wrap_meta(self.fake_mode, meta, sizes, t.dtype.to_torch()))
+            vals.append(wrap_meta(self.fake_mode, meta, sizes, t.dtype.to_torch()))
         return self._node(target, args, {}, vals)
 
     def _fresh_cached(self, sizes: list[Any], dtype: torch.dtype) -> Any:
@@ -178,7 +179,7 @@ class Emitter:
         # shape and dtype, so nodes of equal type may share one.
         key = (tuple(str(s) for s in sizes), dtype)
         if (cached := self._fresh_vals.get(key)) is None:
-            cached = self._fresh_vals[key] = _fresh_fake(self.fake_mode, sizes, dtype)
+            cached = self._fresh_vals[key] = fresh_fake(self.fake_mode, sizes, dtype)
         return cached
 
     def fresh(self, t: TensorType | BufferType) -> Any:
@@ -371,70 +372,5 @@ class _DirectBuilder(_FxBuilder):
         if not isinstance(val, torch.Tensor):
             raise _NotEmittableError(f"{op.name}: emitted {type(val).__name__}, IR says {t}")
         ok = val.dtype == t.dtype.to_torch() and val.dim() == len(want)
-        if not (ok and all(_same_size(got, w) for got, w in zip(val.shape, want))):
+        if not (ok and all(same_size(got, w) for got, w in zip(val.shape, want))):
             raise _NotEmittableError(f"{op.name}: emitted {val.dtype} {tuple(val.shape)}, IR says {t}")
-
-
-def _wrap_meta(fake_mode: Any, meta: torch.Tensor, sizes: list[Any], dtype: torch.dtype) -> Any:
-    """A CPU FakeTensor around a meta tensor (falls back to an empty one of `sizes`)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    try:
-        return FakeTensor(fake_mode, meta, torch.device("cpu"))
-    except TypeError:  # a torch whose FakeTensor constructor differs
-        with fake_mode:
-            return torch.empty(sizes, dtype=dtype)
-
-
-def _fresh_fake(fake_mode: Any, sizes: list[Any], dtype: torch.dtype) -> Any:
-    """A contiguous CPU FakeTensor: wrapping a meta tensor is ~3x cheaper than dispatching
-    `torch.empty` under the fake mode (the same construction FakeTensorMode does)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    try:
-        return FakeTensor(fake_mode, torch.empty(sizes, dtype=dtype, device="meta"), torch.device("cpu"))
-    except TypeError:  # a torch whose FakeTensor constructor differs
-        with fake_mode:
-            return torch.empty(sizes, dtype=dtype)
-
-
-def _same_size(got: Any, want: Any) -> bool:
-    if isinstance(got, int) or isinstance(want, int):
-        return isinstance(got, int) and isinstance(want, int) and got == want
-    return bool((got.node.expr - want.node.expr).expand() == 0)
-
-
-def fake_symbols(graph: Graph, dim_hints: Mapping[str, int] | None = None) -> tuple[Any, dict[str, Any]]:
-    """One FakeTensorMode over one ShapeEnv, and one SymInt per symbolic dim name of the
-    graph's inputs and weights (hinted by `dim_hints`, else `default_dim_hints`)."""
-    from torch._dynamo.source import ConstantSource
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
-
-    hints = default_dim_hints(graph) | dict(dim_hints or {})
-    env = ShapeEnv()
-    symbols: dict[str, Any] = {}
-    for name, hint in hints.items():
-        expr = env.create_symbol(
-            hint, ConstantSource(name), dynamic_dim=DimDynamic.DYNAMIC, do_not_specialize_zero_one=True
-        )
-        symbols[name] = env.create_symintnode(expr, hint=hint)
-    return FakeTensorMode(shape_env=env), symbols
-
-
-def default_dim_hints(graph: Graph) -> dict[str, int]:
-    """Distinct example sizes (from 5 up) for the symbolic dims of the inputs and weights;
-    a name `x_plus_1` gets `x`'s size + 1 when `x` is also a dim."""
-    types = [shaped_type(a) for a in graph.block.args] + list(graph.weights.values())
-    names: list[str] = []
-    for t in types:
-        for d in t.shape:
-            if d.is_algebraic:
-                raise ValueError(f"to_torch_mlir: input/weight dim {d} must be static or symbolic")
-            if d.is_symbolic and d.name not in names:
-                names.append(d.name)
-    hints = {name: 5 + 2 * i for i, name in enumerate(names)}
-    for name in names:
-        if (base := name.removesuffix("_plus_1")) != name and base in hints:
-            hints[name] = hints[base] + 1
-    return hints

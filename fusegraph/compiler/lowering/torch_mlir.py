@@ -38,8 +38,9 @@ from typing import Any, Literal
 import torch
 
 from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.lowering.fake import default_dim_hints, fake_symbols
 from fusegraph.compiler.lowering.fx import to_fx
-from fusegraph.compiler.lowering.fx_direct import default_dim_hints, fake_symbols, to_aten_fx
+from fusegraph.compiler.lowering.fx_direct import to_aten_fx
 from fusegraph.compiler.types import BufferType, shaped_type
 
 __all__ = [
