@@ -19,8 +19,8 @@ import torch
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler import parse
 from fusegraph.compiler.lowering import to_torch_mlir
+from fusegraph.dialect import parse
 
 CPU = DeviceRef.CPU()
 

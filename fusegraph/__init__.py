@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fusegraph import ops
     from fusegraph.compiler import BufferType, DeviceRef, Dim, DType, Graph, TensorType, TensorValue
+    from fusegraph.dialect import parse
     from fusegraph.distributed import launch
     from fusegraph.generate import Generator, SamplingParams
 
@@ -25,6 +26,8 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module("fusegraph.compiler"), name)
     if name in ("Generator", "SamplingParams"):
         return getattr(importlib.import_module("fusegraph.generate"), name)
+    if name == "parse":  # text IR -> Graph
+        return importlib.import_module("fusegraph.dialect").parse
     if name == "launch":  # tensor parallelism: one process per rank
         return importlib.import_module("fusegraph.distributed").launch
     raise AttributeError(f"module 'fusegraph' has no attribute {name!r}")
@@ -32,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BufferType", "DType", "DeviceRef", "Dim", "Generator", "Graph", "SamplingParams", "TensorType", "TensorValue",
-    "compile", "launch", "ops",
+    "compile", "launch", "ops", "parse",
 ]  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """The `fusegraph` command: `opt`, `lower`, `run` and `demo`.
 
 Each subcommand lives next to what it drives and adds itself through `add_parser`:
-`fusegraph.passes.opt_cli`, `fusegraph.compiler.lowering.cli`, `fusegraph.runtime.run_cli`
+`fusegraph.passes.opt_cli`, `fusegraph.lower_cli`, `fusegraph.runtime.run_cli`
 and `fusegraph.demo`. Only the named subcommand's module is imported, and torch only when
 it is needed, so `fusegraph --help` and `fusegraph opt --list-passes` return at once.
 
@@ -20,7 +20,7 @@ import sys
 _SUBCOMMANDS = {
     "opt": ("fusegraph.passes.opt_cli", "run a pass pipeline over text IR (like mlir-opt)"),
     "lower": (
-        "fusegraph.compiler.lowering.cli",
+        "fusegraph.lower_cli",
         "lower text IR to torch-mlir (torch, linalg, tosa, stablehlo)",
     ),
     "run": ("fusegraph.runtime.run_cli", "run a text IR graph on random inputs (eager or IREE)"),

@@ -17,6 +17,7 @@ from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.weight import WeightOp
 
 FUSED_OPS = frozenset({"fg.rope_split_store", "fg.custom"})
 _FUSED_STYLE = 'style="filled,bold", fillcolor="#ffd27f", color="#c06000", penwidth=2'
@@ -29,8 +30,8 @@ def _short_type(value: SSAValue) -> str:
 
 
 def _op_label(op: Operation) -> str:
-    if op.name == "fg.weight":
-        return f"weight\\n{op.weight_name}"  # type: ignore[attr-defined]
+    if isinstance(op, WeightOp):
+        return f"weight\\n{op.weight_name}"
     props = []
     for name in ("layer_idx", "key_or_value", "interleaved", "bits", "axis"):
         if (attr := op.properties.get(name)) is not None:
@@ -56,7 +57,7 @@ def _body(graph: Graph, prefix: str) -> list[str]:
             lines.append(f'  {node} [label="output", shape=house, style=filled, fillcolor="#f2d9d9"];')
         else:
             style = _FUSED_STYLE if op.name in FUSED_OPS else _OP_STYLE
-            shape = "note" if op.name == "fg.weight" else "box"
+            shape = "note" if isinstance(op, WeightOp) else "box"
             lines.append(f'  {node} [label="{html.escape(_op_label(op))}", shape={shape}, {style}];')
         for operand in op.operands:
             label = html.escape(_short_type(operand))

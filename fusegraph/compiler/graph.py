@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Sequence
 from io import StringIO
-from typing import Any
+from typing import Any, TypeVar
 
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
@@ -16,6 +16,9 @@ from xdsl.utils.exceptions import VerifyException
 from fusegraph.compiler.errors import IRVerifyError
 from fusegraph.compiler.types import BufferType, TensorType, tensor_type
 from fusegraph.compiler.values import BufferValue, TensorValue, Value
+from fusegraph.compiler.weight import WeightOp
+
+OpT = TypeVar("OpT", bound=Operation)
 
 _CURRENT: contextvars.ContextVar[tuple[Graph, ...]] = contextvars.ContextVar("fg_graphs", default=())
 
@@ -52,10 +55,8 @@ class Graph:
             fn = func.FuncOp(name, (list(input_types), []), Region(block))
             module = ModuleOp([fn])
         self.module = module
-        self._weights: dict[str, Operation] = {}  # name -> fg.weight op, to find duplicates fast
-        for op in self.block.ops:
-            if op.name == "fg.weight":
-                self._weights[op.weight_name] = op  # type: ignore[attr-defined]
+        # name -> fg.weight op, to find duplicates fast
+        self._weights = {op.weight_name: op for op in self.block.ops if isinstance(op, WeightOp)}
 
     # --- structure ---------------------------------------------------------------------
     @property
@@ -87,16 +88,17 @@ class Graph:
         return tuple(Value.wrap(a) for a in self.block.args)
 
     @property
+    def weight_ops(self) -> dict[str, WeightOp]:
+        """The `fg.weight` ops by name, in program order (read from the IR each time)."""
+        return {op.weight_name: op for op in self.block.ops if isinstance(op, WeightOp)}
+
+    @property
     def weights(self) -> dict[str, TensorType]:
         """The weights the graph names, with their types, in program order.
 
         Read from the IR each time, so a weight a pass erased (or added) is listed as it is now.
         """
-        return {
-            op.weight_name: tensor_type(op.results[0])  # type: ignore[attr-defined]
-            for op in self.block.ops
-            if op.name == "fg.weight"
-        }
+        return {name: tensor_type(op.result) for name, op in self.weight_ops.items()}
 
     @property
     def outputs(self) -> tuple[Value, ...]:
@@ -122,11 +124,13 @@ class Graph:
             raise RuntimeError("no graph is being built: use `with Graph(...) as g:`")
         return stack[-1]
 
-    def _insert(self, op: Operation) -> None:
+    def add_op(self, op: OpT) -> OpT:
+        """Append a constructed op to the graph and return it (what `emit` does)."""
         term = self.block.last_op
         if isinstance(term, func.ReturnOp):
             raise RuntimeError(f"graph {self.name!r}: cannot add {op.name} after output()")
         self.block.add_op(op)
+        return op
 
     def add_weight(self, name: str, type: TensorType) -> TensorValue:
         """A named constant bound at compile or run time: `fg.weight "name" : type`.
@@ -134,8 +138,6 @@ class Graph:
         Adding the same name twice returns the same value when the types agree, and is a
         ValueError when they do not.
         """
-        from fusegraph.ops.weight import WeightOp
-
         if (existing := self._weights.get(name)) is not None and existing.parent is not self.block:
             del self._weights[name]  # a pass erased it: add it again
             existing = None
@@ -143,8 +145,7 @@ class Graph:
             if existing.results[0].type != type:
                 raise ValueError(f"weight {name!r}: already added as {existing.results[0].type}, now {type}")
             return TensorValue(existing.results[0])
-        op = WeightOp(name, type)
-        self._insert(op)
+        op = self.add_op(WeightOp(name, type))
         self._weights[name] = op
         return TensorValue(op.results[0])
 
@@ -154,7 +155,7 @@ class Graph:
             if not isinstance(v, Value):
                 raise TypeError(f"Graph.output: value {i} must be a graph value, got {type(v).__name__}")
         ssa = [v.ssa for v in values]
-        self._insert(func.ReturnOp(*ssa))
+        self.add_op(func.ReturnOp(*ssa))
         self.func.function_type = func.FunctionType.from_lists(
             [a.type for a in self.block.args], [v.type for v in ssa]
         )
@@ -185,4 +186,22 @@ class Graph:
         return f"Graph({self.name!r}, {len(self.block.args)} inputs, {len(self.weights)} weights)"
 
 
-__all__ = ["Graph", "TensorValue", "BufferValue"]
+def emit(op: OpT) -> OpT:
+    """Append a constructed op to the graph being built, and return it.
+
+    Example:
+        >>> y = TensorValue(emit(RmsNormOp(x, w, eps=1e-6)).result)
+    """
+    return Graph.current().add_op(op)
+
+
+def emit_tensor(op: Operation) -> TensorValue:
+    """`emit` an op with one tensor result, and return that result as a TensorValue.
+
+    Example:
+        >>> y = emit_tensor(RmsNormOp(x, w, eps=1e-6))
+    """
+    return TensorValue(emit(op).results[0])
+
+
+__all__ = ["BufferValue", "Graph", "TensorValue", "emit", "emit_tensor"]

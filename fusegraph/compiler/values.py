@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 from xdsl.ir import SSAValue
 
@@ -10,9 +12,6 @@ from fusegraph.compiler.devices import DeviceRef
 from fusegraph.compiler.dims import Dim, DimLike
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.types import BufferType, TensorType
-
-if TYPE_CHECKING:
-    from fusegraph.compiler.graph import Graph
 
 
 class Value:
@@ -33,9 +32,9 @@ class Value:
         raise TypeError(f"not an fg value: {ssa.type}")
 
     @property
-    def type(self) -> Any:
+    def type(self) -> TensorType | BufferType:
         """The value's fg type."""
-        return self.ssa.type
+        return cast(TensorType | BufferType, self.ssa.type)
 
     @property
     def shape(self) -> tuple[Dim, ...]:
@@ -84,65 +83,90 @@ class TensorValue(Value):
 
     __slots__ = ()
 
+    @property
+    def type(self) -> TensorType:
+        """The value's tensor type."""
+        return cast(TensorType, self.ssa.type)
+
     def __add__(self, other: Any) -> TensorValue:
-        return _ops().add(self, other)
+        return tensor_ops().add(self, other)
 
     def __radd__(self, other: Any) -> TensorValue:
-        return _ops().add(other, self)
+        return tensor_ops().add(other, self)
 
     def __sub__(self, other: Any) -> TensorValue:
-        return _ops().sub(self, other)
+        return tensor_ops().sub(self, other)
 
     def __rsub__(self, other: Any) -> TensorValue:
-        return _ops().sub(other, self)
+        return tensor_ops().sub(other, self)
 
     def __mul__(self, other: Any) -> TensorValue:
-        return _ops().mul(self, other)
+        return tensor_ops().mul(self, other)
 
     def __rmul__(self, other: Any) -> TensorValue:
-        return _ops().mul(other, self)
+        return tensor_ops().mul(other, self)
 
     def __truediv__(self, other: Any) -> TensorValue:
-        return _ops().div(self, other)
+        return tensor_ops().div(self, other)
 
     def __rtruediv__(self, other: Any) -> TensorValue:
-        return _ops().div(other, self)
+        return tensor_ops().div(other, self)
 
     def __neg__(self) -> TensorValue:
-        return _ops().neg(self)
+        return tensor_ops().neg(self)
 
     def __matmul__(self, other: TensorValue) -> TensorValue:
-        return _ops().matmul(self, other)
+        return tensor_ops().matmul(self, other)
 
     @property
     def T(self) -> TensorValue:  # noqa: N802 - numpy's spelling
         """Swap the last two dims."""
-        return _ops().transpose(self, -2, -1)
+        return tensor_ops().transpose(self, -2, -1)
 
-    def reshape(self, shape: list[DimLike]) -> TensorValue:
+    def reshape(self, shape: Sequence[DimLike]) -> TensorValue:
         """Reshape; one dim may be -1 and is inferred."""
-        return _ops().reshape(self, shape)
+        return tensor_ops().reshape(self, shape)
 
     def cast(self, dtype: DType) -> TensorValue:
         """Convert the element type."""
-        return _ops().cast(self, dtype)
+        return tensor_ops().cast(self, dtype)
 
-    def permute(self, perm: list[int]) -> TensorValue:
+    def permute(self, perm: Sequence[int]) -> TensorValue:
         """Reorder the dims."""
-        return _ops().permute(self, perm)
+        return tensor_ops().permute(self, perm)
 
     def __getitem__(self, index: Any) -> TensorValue:
-        return _ops().slice_tensor(self, index)
-
-    @property
-    def graph(self) -> Graph:
-        """The graph being built."""
-        from fusegraph.compiler.graph import Graph
-
-        return Graph.current()
+        return tensor_ops().slice_tensor(self, index)
 
 
-def _ops() -> Any:
-    import fusegraph.ops as ops
+class TensorOps(Protocol):
+    """The builders behind TensorValue's operators. `fusegraph.ops` installs itself here when
+    it is imported (`install_tensor_ops`), so the IR core never imports the op families."""
 
-    return ops
+    def add(self, lhs: Any, rhs: Any) -> TensorValue: ...
+    def sub(self, lhs: Any, rhs: Any) -> TensorValue: ...
+    def mul(self, lhs: Any, rhs: Any) -> TensorValue: ...
+    def div(self, lhs: Any, rhs: Any) -> TensorValue: ...
+    def neg(self, x: TensorValue) -> TensorValue: ...
+    def matmul(self, lhs: TensorValue, rhs: TensorValue) -> TensorValue: ...
+    def transpose(self, x: TensorValue, dim0: int, dim1: int) -> TensorValue: ...
+    def reshape(self, x: TensorValue, shape: Sequence[DimLike]) -> TensorValue: ...
+    def cast(self, x: TensorValue, dtype: DType) -> TensorValue: ...
+    def permute(self, x: TensorValue, perm: Sequence[int]) -> TensorValue: ...
+    def slice_tensor(self, x: TensorValue, index: Any) -> TensorValue: ...
+
+
+_TENSOR_OPS: list[TensorOps] = []
+
+
+def install_tensor_ops(ops: TensorOps) -> None:
+    """Make `ops` the builders of TensorValue's operators (`fusegraph.ops` calls this)."""
+    _TENSOR_OPS[:] = [ops]
+
+
+def tensor_ops() -> TensorOps:
+    """The installed operator builders. A program that built graph values without importing
+    `fusegraph.ops` gets it loaded by name here, as a plugin (xDSL loads dialects the same way)."""
+    if not _TENSOR_OPS:
+        importlib.import_module("fusegraph.ops")
+    return _TENSOR_OPS[0]

@@ -1,6 +1,9 @@
-"""The op families. Importing this package registers every op in the `fg` dialect."""
+"""The op families. Importing this package registers every op in the `fg` dialect and
+installs the builders behind TensorValue's operators."""
 
-from fusegraph.ops import weight  # noqa: F401 - registers fg.weight
+import sys
+
+from fusegraph.compiler.values import install_tensor_ops
 from fusegraph.ops.attention import paged_attention
 from fusegraph.ops.collective import allgather, allreduce
 from fusegraph.ops.custom import custom, register_custom_op
@@ -27,6 +30,8 @@ from fusegraph.ops.rope import rope
 from fusegraph.ops.rope_split_store import rope_split_store
 from fusegraph.ops.shape import concat, permute, reshape, split, transpose
 from fusegraph.ops.slice import gather, slice_tensor
+
+install_tensor_ops(sys.modules[__name__])  # type: ignore[arg-type]  # a module satisfies TensorOps
 
 __all__ = [
     "add",

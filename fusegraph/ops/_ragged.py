@@ -120,8 +120,13 @@ def token_batch(row_offsets: torch.Tensor, num_tokens: Any) -> torch.Tensor:
 
 
 def token_positions(row_offsets: torch.Tensor, lengths: torch.Tensor, num_tokens: Any) -> tuple[Any, Any]:
-    """`(batch, position)` of each row: both `[T]` int64 (metadata already int64)."""
+    """`(batch, position)` of each row: both `[T]` int64 (metadata already int64).
+
+    On CUDA, rows past `row_offsets[B]` count as the last sequence's instead of indexing past
+    `lengths` (a device assert): the eager runtime's device check refuses such row offsets."""
     batch = token_batch(row_offsets, num_tokens)
+    if row_offsets.is_cuda:
+        batch = batch.clamp(max=max(lengths.shape[0] - 1, 0))
     t = torch.arange(num_tokens, device=row_offsets.device, dtype=torch.int64)
     pos = lengths.index_select(0, batch) + t - row_offsets.index_select(0, batch)
     return batch, pos

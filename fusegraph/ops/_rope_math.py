@@ -101,7 +101,13 @@ def token_freqs(
     variant: RopeVariant,
 ) -> torch.Tensor:
     """The `[T, R]` cos/sin rows of each token (`batch`, `pos` from `token_positions`; metadata
-    int64). IREE-friendly: 1-D index_selects and elementwise math only."""
+    int64). IREE-friendly: 1-D index_selects and elementwise math only.
+
+    On CUDA a row past the table is clamped to the last one instead of device-asserting (which
+    would poison the CUDA context): the eager runtime's device check refuses such a step
+    (`runtime/write_guard.py`) and raises at the next call; its outputs are not meaningful."""
+    if pos.is_cuda:
+        pos = pos.clamp(0, max(freqs_cis.shape[0] // variant.tables - 1, 0))
     if variant.long_after is None and variant.ntk is None:
         return freqs_cis.index_select(0, pos)
     total = (lengths + row_offsets[1:] - row_offsets[:-1]).index_select(0, batch)  # L_b per token

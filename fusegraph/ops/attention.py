@@ -26,8 +26,10 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.effects import RaggedOperands
+from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.opbase import FgOp, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_tensor
@@ -59,7 +61,16 @@ class PagedAttentionOp(FgOp):
     mask_attr = prop_def(StringAttr, prop_name="mask")
     sliding_window_attr = opt_prop_def(IntegerAttr, prop_name="sliding_window")
     result = result_def(TensorType)
-    traits = traits_def(Pure())
+    traits = traits_def(
+        Pure(),
+        RaggedOperands(
+            rows="q",
+            row_offsets="input_row_offsets",
+            lengths="cache_lengths",
+            lookup_table="lookup_table",
+            kv_blocks="kv_blocks",
+        ),
+    )
     assembly_format = (
         "$q `,` $input_row_offsets `,` $kv_blocks `,` $cache_lengths `,` $lookup_table attr-dict `:` "
         "type($q) `,` type($input_row_offsets) `,` type($kv_blocks) `,` type($cache_lengths) `,` "

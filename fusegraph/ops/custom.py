@@ -38,9 +38,10 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, prop_def, traits_def, var_operand_def, var_result_def
 from xdsl.traits import Pure
 
+from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dtypes import DType
-from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.opbase import FgOp, register_op
 from fusegraph.compiler.types import DTypeAttr, TensorType
 from fusegraph.compiler.values import TensorValue
 

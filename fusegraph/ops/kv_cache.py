@@ -27,10 +27,11 @@ import torch
 from xdsl.dialects.builtin import IntegerAttr, i64
 from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
-from xdsl.traits import Pure
 
-from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.effects import RaggedOperands, WritesBuffer
+from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.opbase import FgOp, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_tensor
@@ -60,7 +61,16 @@ class KVCacheStoreOp(FgOp):
     layer_idx_attr = prop_def(IntegerAttr, prop_name="layer_idx")
     key_or_value_attr = prop_def(IntegerAttr, prop_name="key_or_value")
     result = result_def(BufferType)
-    traits = traits_def(Pure())
+    traits = traits_def(
+        WritesBuffer(),
+        RaggedOperands(
+            rows="x",
+            row_offsets="input_row_offsets",
+            lengths="cache_lengths",
+            lookup_table="lookup_table",
+            kv_blocks="kv_blocks",
+        ),
+    )
     assembly_format = (
         "$kv_blocks `,` $x `,` $input_row_offsets `,` $cache_lengths `,` $lookup_table attr-dict `:` "
         "type($kv_blocks) `,` type($x) `,` type($input_row_offsets) `,` type($cache_lengths) `,` "

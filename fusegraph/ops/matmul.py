@@ -14,8 +14,9 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import EmitUnsupportedError, LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.impls import EmitUnsupportedError, LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.opbase import FgOp, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_same_device, expect_tensor

@@ -29,10 +29,12 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
+from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
-from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.effects import RaggedOperands
+from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.opbase import FgOp, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
@@ -58,7 +60,10 @@ class RopeOp(FgOp):
     ntk_factor_attr = opt_prop_def(FloatAttr, prop_name="ntk_factor")
     ntk_original_max_attr = opt_prop_def(IntegerAttr, prop_name="ntk_original_max")
     result = result_def(TensorType)
-    traits = traits_def(Pure())
+    traits = traits_def(
+        Pure(),
+        RaggedOperands(rows="x", row_offsets="input_row_offsets", lengths="start_pos", freqs_cis="freqs_cis"),
+    )
     assembly_format = (
         "$x `,` $input_row_offsets `,` $start_pos `,` $freqs_cis attr-dict `:` "
         "type($x) `,` type($input_row_offsets) `,` type($start_pos) `,` type($freqs_cis) `->` type($result)"

@@ -38,11 +38,12 @@ import torch
 from xdsl.dialects.builtin import BoolAttr, FloatAttr, IntegerAttr, i64
 from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
-from xdsl.traits import Pure
 
+from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim
-from fusegraph.compiler.opbase import FgOp, emit, register_op
-from fusegraph.compiler.registry import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.effects import RaggedOperands, WritesBuffer
+from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.opbase import FgOp, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_same_device, expect_tensor
@@ -85,7 +86,17 @@ class RopeSplitStoreOp(FgOp):
     ntk_original_max_attr = opt_prop_def(IntegerAttr, prop_name="ntk_original_max")
     q_out = result_def(TensorType)
     kv_out = result_def(BufferType)
-    traits = traits_def(Pure())
+    traits = traits_def(
+        WritesBuffer(),
+        RaggedOperands(
+            rows="qkv",
+            row_offsets="input_row_offsets",
+            lengths="cache_lengths",
+            lookup_table="lookup_table",
+            kv_blocks="kv_blocks",
+            freqs_cis="freqs_cis",
+        ),
+    )
     assembly_format = (
         "$qkv `,` $input_row_offsets `,` $freqs_cis `,` $kv_blocks `,` $cache_lengths `,` $lookup_table "
         "attr-dict `:` type($qkv) `,` type($input_row_offsets) `,` type($freqs_cis) `,` type($kv_blocks) `,` "

@@ -1,4 +1,4 @@
-"""`dce`: erase Pure ops whose results nobody uses; never a buffer write.
+"""`dce`: erase side-effect-free ops whose results nobody uses; never a buffer write.
 
 Before:
     %0 = fg.relu %x : ...              // unused
@@ -8,9 +8,9 @@ After:
     %b1 = fg.kv_cache.store %b0, ...
     func.return %y
 
-xDSL's own `dce` trusts the `Pure` trait. A buffer-writing op (one with a `!fg.buffer`
-result) is an in-place write at run time, so it stays even if it is marked Pure and even
-if nobody reads the version it returns.
+This is xDSL's dead-code rule (`is_trivially_dead`) as it is: a buffer-writing op declares
+its write (`compiler/effects.py` WritesBuffer), so it stays even when nobody reads the
+version it returns. The pass only adds the `erased` count to the pass report.
 """
 
 from __future__ import annotations
@@ -23,23 +23,16 @@ from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.transforms.dead_code_elimination import is_trivially_dead
 
-from fusegraph.passes.patterns import (
-    GuardedPattern,
-    NoMatch,
-    apply_patterns,
-    current_report,
-    no_match,
-    writes_buffer,
-)
+from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report, no_match
 
 
 def is_removable(op: Operation) -> bool:
-    """Dead, side-effect free, and not a buffer write."""
-    return op.parent is not None and not writes_buffer(op) and is_trivially_dead(op)
+    """Dead: no result is used and the op declares no effect beyond them."""
+    return op.parent is not None and is_trivially_dead(op)
 
 
 class EraseDeadOp(GuardedPattern[Operation]):
-    """unused Pure op -> nothing"""
+    """unused side-effect-free op -> nothing"""
 
     anchor = Operation
     counter = "erased"
@@ -53,8 +46,8 @@ class EraseDeadOp(GuardedPattern[Operation]):
 
 
 @dataclass(frozen=True)
-class BufferAwareDCE(ModulePass):
-    """Dead-code elimination that keeps every buffer write."""
+class DeadCodeElimination(ModulePass):
+    """Dead-code elimination, counted in the pass report."""
 
     name = "dce"
 

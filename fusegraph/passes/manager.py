@@ -29,7 +29,7 @@ from xdsl.utils.exceptions import ArgSpecParseError, VerifyException
 
 from fusegraph.compiler.errors import IRVerifyError
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.parse import make_context
+from fusegraph.dialect import make_context
 from fusegraph.passes.patterns import PassReport, reporting
 from fusegraph.passes.registry import available_passes
 

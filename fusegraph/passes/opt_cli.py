@@ -159,7 +159,7 @@ def run_chunk(
 
     `index` numbers the picture files of one chunk among several (`out.2.svg`).
     """
-    from fusegraph.compiler.parse import parse_module
+    from fusegraph.dialect import parse_module
     from fusegraph.passes.manager import print_module
 
     module = parse_module(text, filename)
@@ -246,7 +246,7 @@ def run_opt(args: argparse.Namespace) -> int:
         print(list_passes_statically() or list_passes())
         return 0
     from fusegraph.compiler.errors import IRParseError
-    from fusegraph.compiler.parse import read_ir_file
+    from fusegraph.dialect import read_ir_file
     from fusegraph.passes.manager import PassManager
     from fusegraph.passes.registry import PassPluginError, load_pass_plugin
 

@@ -35,8 +35,6 @@ from xdsl.pattern_rewriter import (
     RewritePattern,
 )
 
-from fusegraph.compiler.types import BufferType
-
 LOG = logging.getLogger("fusegraph.passes")
 
 M = TypeVar("M")
@@ -180,8 +178,8 @@ class GuardedPattern(RewritePattern, Generic[M]):
 
 def apply_patterns(module: ModuleOp, patterns: Sequence[RewritePattern], *, reverse: bool = False) -> bool:
     """Walk `module` with xDSL's PatternRewriteWalker until no pattern applies."""
-    # dce_enabled=False: xDSL's applier would erase "trivially dead" ops on the way, and a
-    # store whose new version nobody reads is Pure-looking but still a write.
+    # dce_enabled=False: a rewrite pass changes what it matched and nothing else; dead code
+    # is the `dce` pass's job, so `-p fuse-...` output shows exactly what the pass did.
     applier = GreedyRewritePatternApplier(list(patterns), dce_enabled=False)
     walker = PatternRewriteWalker(applier, apply_recursively=True, walk_reverse=reverse)
     return walker.rewrite_module(module)
@@ -216,20 +214,6 @@ def defined_by(value: SSAValue, op_cls: type[OpT], what: str) -> OpT | NoMatch:
     if not isinstance(owner, op_cls):
         return no_match(f"{what} is produced by {owner.name}, not {op_cls.name}")
     return owner
-
-
-def same_value(what: str, a: SSAValue, b: SSAValue) -> NoMatch | None:
-    """None when `a is b`, else `<what> differ`."""
-    return None if a is b else no_match(f"{what} differ")
-
-
-def writes_buffer(op: Operation) -> bool:
-    """Whether `op` produces a new buffer version: an in-place write at run time.
-
-    Such ops are never erased or merged, whatever their traits say: the runtime performs
-    the write on the caller's buffer even when nobody reads the new version.
-    """
-    return any(isinstance(r.type, BufferType) for r in op.results)
 
 
 def block_index(op: Operation) -> int:

@@ -14,10 +14,10 @@ from typing import TypeVar
 from xdsl.ir import SSAValue
 
 from fusegraph.compiler.types import tensor_type
+from fusegraph.compiler.weight import WeightOp
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.matmul import MatmulOp
 from fusegraph.ops.shape import PermuteOp
-from fusegraph.ops.weight import WeightOp
 from fusegraph.passes.patterns import NoMatch, NotCandidate, block_index, no_match, users
 
 _GPTQ_CONFIG = ("bits", "group_size", "sym", "desc_act", "zero_format", "clip")

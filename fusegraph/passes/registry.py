@@ -29,15 +29,15 @@ def _canonicalize() -> type[ModulePass]:
 
 
 def _cse() -> type[ModulePass]:
-    from fusegraph.passes.cse import BufferAwareCSE
+    from fusegraph.passes.cse import CommonSubexpressionElimination
 
-    return BufferAwareCSE
+    return CommonSubexpressionElimination
 
 
 def _dce() -> type[ModulePass]:
-    from fusegraph.passes.dce import BufferAwareDCE
+    from fusegraph.passes.dce import DeadCodeElimination
 
-    return BufferAwareDCE
+    return DeadCodeElimination
 
 
 def _fuse_qkv() -> type[ModulePass]:

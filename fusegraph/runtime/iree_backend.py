@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.registry import evaluate_dim
+from fusegraph.compiler.impls import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
 from fusegraph.runtime.input_checks import InputChecks, check_weights

@@ -70,7 +70,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_graph_cli(args: argparse.Namespace) -> int:
     """Run the graph; with --check, return 1 if any error exceeds the tolerance."""
-    from fusegraph.compiler.parse import parse, read_ir_file
+    from fusegraph.dialect import parse, read_ir_file
 
     try:
         graph = parse(read_ir_file(args.file), filename=args.file)  # non-UTF-8: file:line:col

@@ -14,8 +14,9 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, result_def
 
 from fusegraph.compiler import BufferType, BufferValue, TensorType, TensorValue
-from fusegraph.compiler.opbase import FgOp, emit
-from fusegraph.compiler.registry import LoweringContext, torch_impl
+from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.impls import LoweringContext, torch_impl
+from fusegraph.compiler.opbase import FgOp
 
 
 @irdl_op_definition

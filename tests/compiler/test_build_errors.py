@@ -7,7 +7,8 @@ import re
 import pytest
 
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler import IRParseError, IRVerifyError, parse
+from fusegraph.compiler import IRParseError, IRVerifyError
+from fusegraph.dialect import parse
 from tests.compiler.op_examples import EXAMPLES
 
 CPU = DeviceRef.CPU()

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler import IRParseError, IRVerifyError, parse
-from fusegraph.compiler.parse import read_ir_file
+from fusegraph.compiler import IRParseError, IRVerifyError
+from fusegraph.dialect import parse, read_ir_file
 from fusegraph.passes import PassFailedError, PassManager
 
 T = "!fg.tensor<[4, 8], f32, cpu>"

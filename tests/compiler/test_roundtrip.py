@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fusegraph.compiler import parse
 from fusegraph.compiler.opbase import registered_ops
+from fusegraph.dialect import parse
 from tests.compiler.op_examples import EXAMPLES
 
 
@@ -32,7 +32,7 @@ def test_symbolic_and_algebraic_dims_print_by_name() -> None:
 
 
 def test_every_registered_op_has_a_torch_implementation() -> None:
-    from fusegraph.compiler.registry import _TORCH_IMPLS
+    from fusegraph.compiler.impls import _TORCH_IMPLS
 
     # fg.weight is bound as a graph placeholder by the lowering drivers, never computed.
     missing = sorted(op.name for op in registered_ops() if op not in _TORCH_IMPLS and op.name != "fg.weight")

@@ -10,7 +10,8 @@ from fractions import Fraction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusegraph.compiler import Dim, IRParseError, parse
+from fusegraph.compiler import Dim, IRParseError
+from fusegraph.dialect import parse
 
 Expr = tuple  # ("int", v) | ("name", s) | (op, left, right) | ("paren", e)
 

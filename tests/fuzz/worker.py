@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from fusegraph.compiler.errors import IRParseError, IRVerifyError
-from fusegraph.compiler.parse import parse, read_ir_file
+from fusegraph.dialect import parse, read_ir_file
 from fusegraph.passes.manager import PassManager, PassVerifyError
 from tests.fuzz.seeds import seed_texts
 

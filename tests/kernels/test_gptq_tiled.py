@@ -17,7 +17,9 @@ from fusegraph.ops.gptq_layout import repack
 from fusegraph.ops.gptq_packing import dequantize, pack
 from tests.kernels._interp import load_interpreted
 
-kernel = load_interpreted("gptq_tiled", kernel_deps=("gptq_tiled_kernels", "gptq_kernels"))
+load_interpreted("gptq_tiled_kernels")
+load_interpreted("gptq_tiled_mma", kernel_deps=("gptq_tiled_kernels",))  # its helpers interpreted too
+kernel = load_interpreted("gptq_tiled", kernel_deps=("gptq_tiled_kernels", "gptq_tiled_mma", "gptq_kernels"))
 
 K, N = 256, 128
 # fmt: off
@@ -33,6 +35,9 @@ CASES = [
     (3, 8, 128, False, True, "v2", torch.float16, {"kernel": "mma", "ticket": False, "split_k": 2}),
     (17, 3, 128, True, False, "v1", torch.float32, {"kernel": "mma", "block_m": 16, "unroll": 2, "split_k": 1}),
     (4, 2, -1, False, False, "v1", torch.float16, {"kernel": "mma", "scale_w": True, "split_k": 1}),
+    # the swapped tile (weight first); pf/pdl ask for the GPU only and are ignored here
+    (9, 4, 128, True, False, "v1", torch.float16, {"kernel": "mma", "swap": True, "pf": 1, "pdl": 2}),
+    (2, 8, 128, False, False, "v2", torch.float16, {"kernel": "mma", "swap": True, "split_k": 1, "unroll": 2}),
     (3, 4, 128, True, False, "v2", torch.float16, {"kernel": "dequant"}),
     (2, 8, 256, False, False, "v1", torch.bfloat16, {"kernel": "dequant", "block_n": 64}),
 ]

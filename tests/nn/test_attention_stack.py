@@ -8,7 +8,7 @@ import torch
 
 import fusegraph
 from fusegraph import DType, Graph, TensorType
-from fusegraph.compiler import parse
+from fusegraph.dialect import parse
 from fusegraph.nn import (
     KVCacheParams,
     LayerList,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from tests.ops.paged_reference import Step, dense_attention, make_step, only_op, read_reference, u32
 
 CPU = DeviceRef.CPU()

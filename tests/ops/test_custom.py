@@ -8,8 +8,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler import IRVerifyError, parse
+from fusegraph.compiler import IRVerifyError
 from fusegraph.compiler.lowering import to_fx
+from fusegraph.dialect import parse
 from fusegraph.ops.custom import decode_parameters, registered_custom_ops
 
 CPU = DeviceRef.CPU()

@@ -11,8 +11,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler import IRVerifyError, parse
-from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from fusegraph.compiler import IRVerifyError
+from fusegraph.compiler.impls import LoweringContext, get_torch_impl
+from fusegraph.dialect import parse
 from fusegraph.ops.gptq import (
     QMatmulGptqOp,
     act_order_g_idx,

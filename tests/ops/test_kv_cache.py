@@ -9,7 +9,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.ops.kv_cache import kv_cache_store_decomposed
 from fusegraph.runtime import PagedKVCacheManager
 from tests.ops.paged_reference import NO_BLOCK, make_step, only_op, u32, write_reference

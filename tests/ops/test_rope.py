@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.ops.rope import RopeVariant
 from tests.ops.paged_reference import freqs_table, only_op, rope_reference, u32
 
@@ -121,7 +121,7 @@ def test_rope__custom_op_passes_opcheck() -> None:
     ids=["longrope", "dynamic-ntk"],
 )
 def test_rope__length_scaling_properties_print_and_parse_back(variant) -> None:
-    from fusegraph.compiler import parse
+    from fusegraph.dialect import parse
     from fusegraph.ops.rope import RopeOp
 
     with Graph("rope", input_types=_types(d=8, freqs_d=4)) as g:

@@ -9,8 +9,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusegraph
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.compiler.lowering.fx import to_fx
-from fusegraph.compiler.registry import LoweringContext, get_torch_impl
 from fusegraph.ops.attention import paged_attention_decomposed
 from fusegraph.ops.rope_split_store import rope_split_store_decomposed
 from tests.ops.paged_reference import freqs_table, make_step, only_op, rope_reference, write_reference

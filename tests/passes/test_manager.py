@@ -11,7 +11,8 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from fusegraph.compiler import TensorType, parse
+from fusegraph.compiler import TensorType
+from fusegraph.dialect import parse
 from fusegraph.ops.shape import ReshapeOp
 from fusegraph.passes import PassFailedError, PassManager, PassVerifyError, parse_pass_pipeline
 from tests.passes.graphs import Layer, unfused_graph

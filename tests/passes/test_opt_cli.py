@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fusegraph.cli import main
-from fusegraph.compiler import parse
+from fusegraph.dialect import parse
 from tests.passes.graphs import Layer, unfused_graph
 
 

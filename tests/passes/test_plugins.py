@@ -13,7 +13,7 @@ from xdsl.passes import ModulePass
 
 from fusegraph import DeviceRef, DType, Graph, TensorType
 from fusegraph.cli import main
-from fusegraph.compiler import parse
+from fusegraph.dialect import parse
 from fusegraph.passes import (
     PassManager,
     PassPluginError,
@@ -118,7 +118,7 @@ def test_register_pass__same_class_twice_is_a_no_op_and_unregister_forgets_it() 
 def test_register_pass__refuses_a_taken_name() -> None:
     clash = dataclass(frozen=True)(type("MyDCE", (Noop,), {"name": "dce"}))
     with pytest.raises(ValueError, match=r"pass name 'dce' is already registered by built-in pass "
-                       r"fusegraph.passes.dce.BufferAwareDCE; pick another name"):  # fmt: skip
+                       r"fusegraph.passes.dce.DeadCodeElimination; pick another name"):  # fmt: skip
         register_pass(clash)
     register_pass(Noop)
     twin = dataclass(frozen=True)(type("Twin", (Noop,), {"name": "test-noop"}))

@@ -8,8 +8,6 @@ shape runs on both backends, so the refusals are not an artefact of a broken set
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -19,14 +17,19 @@ import fusegraph
 from fusegraph import DeviceRef, DType, TensorType, ops
 from fusegraph.nn import GPTQLinear, QuantizationConfig
 from fusegraph.nn.checkpoint import quantize_gptq_projections
-from fusegraph.ops._ragged import NO_BLOCK
 from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights, kv_input_types
+from tests.runtime.bad_input_cases import (
+    CASES,
+    U32,
+    Call,
+    good_call,
+    message_for,
+    sentinel_cache,
+    strided_cache,
+)
 
 pytest.importorskip("iree.compiler")
 pytest.importorskip("iree.runtime")
-
-U32 = torch.uint32
-CACHE_SHAPE = [SMALL.num_blocks, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fused", "unfused"])
@@ -43,108 +46,9 @@ def backends(request, tmp_path_factory):  # noqa: ANN001, ANN201
     )
 
 
-@dataclass
-class Call:
-    """The inputs of one call: x [T, hidden], row offsets, kv_blocks, cache lengths, lookup."""
-
-    rows: int
-    row_offsets: list[int]
-    cache_lengths: list[int]
-    lookup: list[list[int]]
-    kv: Callable[[], torch.Tensor] | None = None
-
-    def inputs(self, cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = torch.randn(self.rows, SMALL.hidden, generator=torch.Generator().manual_seed(1))
-        meta = [torch.tensor(v, dtype=torch.int64).to(U32) for v in (self.row_offsets, self.cache_lengths)]
-        lookup = torch.tensor(self.lookup, dtype=torch.int64).to(U32)
-        return x, meta[0], cache, meta[1], lookup
-
-
-def _sentinel_cache() -> torch.Tensor:
-    return torch.randn(CACHE_SHAPE, generator=torch.Generator().manual_seed(7))
-
-
-def _good() -> Call:
-    """Sequence 0: 5 cached, 3 new; sequence 1: 2 cached, 1 new; 4 pages of 4 each."""
-    return Call(4, [0, 3, 4], [5, 2], [[0, 1, 2, 3], [4, 5, 6, 7]])
-
-
-def _with(**changes: object) -> Call:
-    call = _good()
-    for k, v in changes.items():
-        setattr(call, k, v)
-    return call
-
-
-def _strided_cache() -> torch.Tensor:
-    wide = torch.zeros([*CACHE_SHAPE[:-1], 2 * SMALL.head_dim])
-    view = wide[..., ::2]
-    view.copy_(_sentinel_cache())
-    return view
-
-
-_NO = NO_BLOCK
-_LONG_ROW = list(range(20))  # 80 tokens of capacity: more than the rope table's 64 positions
-# case -> (the call, the message it must be refused with): {op} is the first ragged op, {rope}
-# the first rope, {store} the first cache write (the unfused chain runs rope before the stores)
-CASES: dict[str, tuple[Call, str]] = {
-    "overflow_past_lookup_row": (
-        _with(cache_lengths=[14, 2]),
-        r"{store}: sequence 0 would reach position 16, past its capacity of 16 tokens \(4 pages of 4",
-    ),
-    "overflow_into_an_unused_page": (
-        _with(cache_lengths=[7, 2], lookup=[[0, 1, _NO, _NO], [4, 5, 6, 7]]),
-        r"{store}: sequence 0 would reach position 9, past its capacity of 8 tokens .*entry 2 is 4294967295",
-    ),
-    "cache_length_100000": (
-        _with(cache_lengths=[100000, 2]),
-        r"{rope}: sequence 0 reaches position 100002, past the rope table's 64 positions .*max_seq_len",
-    ),
-    "position_past_rope_table_within_capacity": (
-        Call(4, [0, 3, 4], [62, 2], [_LONG_ROW, [20, 21, 22, 23] + [_NO] * 16]),
-        r"{rope}: sequence 0 reaches position 64, past the rope table's 64 positions",
-    ),
-    "lookup_entry_past_the_cache": (
-        _with(cache_lengths=[5, 4], lookup=[[0, 1, 2, 3], [4, 99, 6, 7]]),
-        r"{store}: sequence 1 would reach position 4, past its capacity of 4 tokens .*entry 1 is 99, "
-        r"past num_blocks 24",
-    ),
-    "two_sequences_write_one_block": (
-        _with(lookup=[[0, 1, 2, 3], [1, 5, 6, 7]]),
-        r"{store}: sequences 0 and 1 both write block 1 of kv_blocks",
-    ),
-    "row_offsets_not_from_zero": (
-        _with(row_offsets=[1, 3, 4]),
-        r"{op}: input_row_offsets \[1, 3, 4\] must rise from 0 to the 4 rows",
-    ),
-    "row_offsets_falling": (
-        _with(row_offsets=[0, 5, 4]),
-        r"{op}: input_row_offsets \[0, 5, 4\] must rise from 0",
-    ),
-    "row_offsets_past_the_rows": (
-        _with(row_offsets=[0, 3, 6]),
-        r"{op}: input_row_offsets \[0, 3, 6\] must rise from 0 to the 4 rows",
-    ),
-    "row_offsets_of_length_batch": (
-        _with(row_offsets=[0, 4]),
-        r"{op}: input_row_offsets has 2 entries; it needs batch \+ 1 = 3",
-    ),
-    "kv_blocks_not_contiguous": (
-        _with(kv=_strided_cache),
-        r"input 2: the buffer must be contiguous",
-    ),
-}
-
-
-def _message(pattern: str, fused: bool) -> str:
-    first = "fg.rope_split_store" if fused else "fg.rope"
-    store = "fg.rope_split_store" if fused else "fg.kv_cache.store"
-    return pattern.format(op=re.escape(first), rope=re.escape(first), store=re.escape(store))
-
-
 def _refusal(model: object, call: Call) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(the error message, the cache before, the cache after) for a refused call."""
-    cache = call.kv() if call.kv is not None else _sentinel_cache()
+    cache = call.kv() if call.kv is not None else sentinel_cache()
     before = cache.clone()
     with pytest.raises(ValueError) as info:
         model(*call.inputs(cache))  # type: ignore[operator]
@@ -157,23 +61,23 @@ def test_every_backend_refuses_bad_metadata_alike_and_writes_nothing(backends, c
     messages = {}
     for name in ("eager", "iree"):
         message, before, after = _refusal(getattr(backends, name), call)
-        assert re.search(_message(pattern, backends.fused), message), f"{name}: {message}"
+        assert re.search(message_for(pattern, backends.fused), message), f"{name}: {message}"
         assert torch.equal(before.view(torch.int32), after.view(torch.int32)), f"{name} wrote the cache"
         messages[name] = message
     assert messages["eager"] == messages["iree"]
 
 
 def test_the_good_call_runs_on_both_backends_and_writes_only_its_rows(backends) -> None:
-    call = _good()
+    call = good_call()
     results = {}
     for name in ("eager", "iree"):
-        cache = _sentinel_cache()
+        cache = sentinel_cache()
         (y,) = getattr(backends, name)(*call.inputs(cache))
         results[name] = (y, cache)
     torch.testing.assert_close(results["iree"][0], results["eager"][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results["iree"][1], results["eager"][1], atol=1e-5, rtol=1e-5)
     # Sequence 0 writes positions 5..7 (block 1, slots 1..3), sequence 1 position 2 (block 4, slot 2).
-    changed = (results["iree"][1] != _sentinel_cache()).flatten(4).any(-1)  # [blocks, 2, layers, slots]
+    changed = (results["iree"][1] != sentinel_cache()).flatten(4).any(-1)  # [blocks, 2, layers, slots]
     written = {(b, s) for b, _, _, s in changed.nonzero().tolist()}
     assert written == {(1, 1), (1, 2), (1, 3), (4, 2)}
 
@@ -227,11 +131,11 @@ def test_the_ops_own_store_check_names_short_row_offsets_and_a_strided_cache() -
         ValueError, match=r"kv_cache_store_: input_row_offsets has 2 entries .*batch \+ 1 = 3"
     ):
         torch.ops.fusegraph.kv_cache_store_(
-            _sentinel_cache(), x, torch.tensor([0, 3], dtype=U32), lengths, lookup, 0, 0
+            sentinel_cache(), x, torch.tensor([0, 3], dtype=U32), lengths, lookup, 0, 0
         )
     with pytest.raises(ValueError, match=r"kv_cache_store_: kv_blocks must be contiguous"):
         ro = torch.tensor([0, 3, 3], dtype=U32)
-        torch.ops.fusegraph.kv_cache_store_(_strided_cache(), x, ro, lengths, lookup, 0, 0)
+        torch.ops.fusegraph.kv_cache_store_(strided_cache(), x, ro, lengths, lookup, 0, 0)
 
 
 def test_iree_refuses_a_graph_whose_metadata_it_cannot_check_before_running(tmp_path) -> None:  # noqa: ANN001

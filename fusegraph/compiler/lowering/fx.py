@@ -27,8 +27,9 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.irdl import IRDLOperation, OptOperandDef, VarOperandDef
 
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.registry import LoweringContext, get_torch_impl
+from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.weight import WeightOp
 
 _MODES = ("custom", "decomposed")
 _DEVICES = ("cpu", "cuda")
@@ -82,9 +83,7 @@ class _FxBuilder:
         self._placeholders()
         self._symbolic_dims()
         for op in self.graph.block.ops:
-            if isinstance(op, func.ReturnOp):
-                continue
-            if op.name != "fg.weight":
+            if not isinstance(op, (func.ReturnOp, WeightOp)):
                 self._lower_op(op)
         outputs = [self.env[v] for v in self._output_values()]
         self.fx.output(tuple(outputs))
@@ -98,16 +97,15 @@ class _FxBuilder:
             if isinstance(arg.type, BufferType):
                 self.lineage[arg] = i
                 self.final_version[i] = arg
-        weight_ops = {op.weight_name: op for op in self.graph.block.ops if op.name == "fg.weight"}
-        for name in self.graph.weights:
+        for name, op in self.graph.weight_ops.items():
             node = self.fx.placeholder(_unique(_safe_name(name), used))
             node.meta["fg_weight_name"] = name
-            self.env[weight_ops[name].results[0]] = node
+            self.env[op.result] = node
 
     def _symbolic_dims(self) -> None:
         """One `aten.sym_size.int` node per symbolic name, at its first use in an input."""
         sources: list[SSAValue] = [*self.graph.block.args]
-        sources += [op.results[0] for op in self.graph.block.ops if op.name == "fg.weight"]
+        sources += [op.result for op in self.graph.weight_ops.values()]
         for value in sources:
             shaped = cast(TensorType | BufferType, value.type)
             for axis, dim in enumerate(shaped.shape):

@@ -8,7 +8,7 @@ is a FakeTensor from one `FakeTensorMode(shape_env=ShapeEnv())`, symbolic dims a
 (one symbol per dim name), and sizes an op needs are `aten.sym_size.int` nodes (plus
 `operator` arithmetic nodes for algebraic dims).
 
-Emitters are registered per op class with `@fx_emitter(OpCls)` (`compiler/registry.py`),
+Emitters are registered per op class with `@fx_emitter(OpCls)` (`compiler/impls.py`),
 next to the op's `@torch_impl`. An emitter is `fn(e: Emitter, op, *operand_nodes)` and must
 emit what `make_fx` of the torch impl would (modulo the spelling of views). A graph with an
 op that has no emitter (or whose emitter raises `EmitUnsupportedError`, or whose result type
@@ -35,10 +35,11 @@ from xdsl.ir import Operation, SSAValue
 
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.impls import EmitUnsupportedError, evaluate_dim, get_fx_emitter
 from fusegraph.compiler.lowering.fake import fake_symbols, fresh_fake, same_size, wrap_meta
 from fusegraph.compiler.lowering.fx import _class_name, _FxBuilder, _safe_name, _unique
-from fusegraph.compiler.registry import EmitUnsupportedError, evaluate_dim, get_fx_emitter
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
+from fusegraph.compiler.weight import WeightOp
 
 logger = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -322,7 +323,7 @@ class _DirectBuilder(_FxBuilder):
     def build(self) -> torch.fx.GraphModule:
         self._placeholders()
         for op in self.graph.block.ops:
-            if isinstance(op, func.ReturnOp) or op.name == "fg.weight":
+            if isinstance(op, (func.ReturnOp, WeightOp)):
                 continue
             self._emit_op(op)
         self.fx.output(tuple(self.env[v] for v in self._output_values()))
@@ -330,8 +331,7 @@ class _DirectBuilder(_FxBuilder):
 
     def _placeholders(self) -> None:
         values: list[SSAValue] = [*self.graph.block.args]
-        weight_ops = {op.weight_name: op for op in self.graph.block.ops if op.name == "fg.weight"}
-        values += [weight_ops[name].results[0] for name in self.graph.weights]
+        values += [op.result for op in self.graph.weight_ops.values()]
         names = [f"input_{i}" for i in range(len(self.graph.block.args))]
         names += [_safe_name(name) for name in self.graph.weights]
         used: set[str] = set()

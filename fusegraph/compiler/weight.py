@@ -1,4 +1,8 @@
-"""`fg.weight`: a named graph constant whose value is bound at compile or run time."""
+"""`fg.weight`: a named graph constant whose value is bound at compile or run time.
+
+It lives in the IR core because the core itself needs it: `Graph.add_weight` builds it,
+`Graph.weights` lists it, and the lowerings turn each one into a graph placeholder.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ class WeightOp(FgOp):
     Weights are never printed inline; `fusegraph.compile(..., weights=...)` binds them by name.
     The lowering drivers turn each weight into a graph placeholder, so it has no torch
     implementation of its own.
+
+    Example:
+        >>> op = WeightOp("lm_head.weight", TensorType(DType.float16, [32000, 4096]))
     """
 
     name = "fg.weight"
@@ -30,7 +37,7 @@ class WeightOp(FgOp):
     assembly_format = "$name attr-dict `:` type($result)"
 
     def __init__(self, name: str, type: TensorType) -> None:
-        super().__init__(properties={"name": StringAttr(name)}, result_types=[type])
+        super().__init__([], {"name": StringAttr(name)}, rule=lambda: [type])
 
     @property
     def weight_name(self) -> str:

@@ -1,4 +1,7 @@
-"""Reading text IR back into a Graph, with `file:line:col` errors.
+"""The `fg` dialect, and reading text IR back into a Graph with `file:line:col` errors.
+
+This is the one module that imports the op families to assemble the dialect (xDSL's
+`Dialect(...)` placement): the IR core (`fusegraph.compiler`) never imports them.
 
 The parser only ever raises the two diagnostics, each naming `file:line:col`:
 `IRParseError` for text that does not parse (including every exception xDSL raises while
@@ -10,7 +13,6 @@ structural rule of `structure.py`: one function, values defined before use, fg i
 from __future__ import annotations
 
 import functools
-import importlib
 import re
 from pathlib import Path
 
@@ -21,26 +23,24 @@ from xdsl.ir import Attribute, Dialect, Operation
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError
 
+import fusegraph.ops  # noqa: F401 - importing the op families registers them
 from fusegraph.compiler.errors import IRParseError, IRVerifyError
 from fusegraph.compiler.graph import Graph
+from fusegraph.compiler.opbase import registered_ops
 from fusegraph.compiler.structure import structure_problems
+from fusegraph.compiler.types import BufferType, DeviceAttr, DTypeAttr, ShapeAttr, TensorType
+
+_FG_ATTRS: list[type[Attribute]] = [TensorType, BufferType, DTypeAttr, ShapeAttr, DeviceAttr]
 
 
 def fg_dialect() -> Dialect:
-    """The `fg` dialect: every registered op, type and attribute."""
-    from fusegraph.compiler.opbase import registered_attrs, registered_ops
-    from fusegraph.compiler.types import BufferType, DeviceAttr, DTypeAttr, ShapeAttr, TensorType
-
-    attrs: list[type[Attribute]] = [TensorType, BufferType, DTypeAttr, ShapeAttr, DeviceAttr]
-    attrs += registered_attrs()
-    return Dialect("fg", registered_ops(), attrs)
+    """The `fg` dialect: every op class registered (the op families and any plugin op
+    imported before the call), and the fg types and attributes."""
+    return Dialect("fg", registered_ops(), _FG_ATTRS)
 
 
 @functools.lru_cache(maxsize=1)
 def _cached_context() -> Context:
-    # The op families register themselves on import; the IR core loads them by name, as a
-    # plugin, instead of importing `fusegraph.ops` (which imports the core).
-    importlib.import_module("fusegraph.ops")
     ctx = Context()
     ctx.load_dialect(Builtin)
     ctx.load_dialect(Func)

@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_lower(args: argparse.Namespace) -> int:
     """Parse, optionally run passes, lower, print. Errors print a reproducer and return 1."""
     from fusegraph.compiler.lowering.torch_mlir import TorchMlirLoweringError, to_torch_mlir
-    from fusegraph.compiler.parse import parse, read_ir_file
+    from fusegraph.dialect import parse, read_ir_file
     from fusegraph.passes.manager import PassFailedError
 
     try:
