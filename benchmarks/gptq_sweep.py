@@ -7,7 +7,7 @@ so that L2 stays cold. Prints a table per (shape, M) and writes it to $OUT/gptq_
 winners are what `gptq_tiled.plan` uses.
 """
 
-# ruff: noqa: B023, E731, N812
+# ruff: noqa: B023, E731, N803, N812
 from __future__ import annotations
 
 import os
@@ -17,6 +17,8 @@ import traceback
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,6 +27,7 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
+from fusegraph.runtime.kernels import gptq_tiled_kernels as TK  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
@@ -40,40 +43,46 @@ class K:
     tiled = staticmethod(T.gptq_tiled_matmul)
 
 
-def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False) -> list[dict]:
-    base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"))
-    out = [dict(base)]
+def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool = False) -> list[dict]:
+    """The default plan first, then L2-prefetch / PDL / split / tile variants around it."""
+    base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"), act)
+    off = {"pf": 0, "pdl": 0}
+    out = [dict(base), base | off]
     blocks = k_in // 128
     if base["kernel"] == "gemv":
-        for split in (base["split_k"] // 2, base["split_k"], base["split_k"] * 2):
+        pf = base | {"pf": 1}
+        out += [
+            pf | {"pdl": 0},
+            base | {"pf": 0, "pdl": 1},
+            pf | {"pdl": 1},
+            pf | {"pdl": 2},
+            pf | {"pdl": 3},
+        ]
+        for split in (base["split_k"] // 2, base["split_k"] * 2, base["split_k"] * 4):
             if split < 1 or blocks % split or split > 32:
                 continue
             per = blocks // split
-            for u in (1, 2) if bits == 8 else (2, 4, 8):
-                if per % u:
-                    continue
-                for nw in (2, 4):
-                    out.append(base | {"split_k": split, "unroll": u, "num_warps": nw})
-            if per % 2 == 0:
-                out.append(base | {"split_k": split, "unroll": 2, "num_warps": 4, "prefetch": True})
-        out.append(base | {"ticket": False})
-        if act:
-            out.append(base | {"permute_x": True})
+            for u in (1, 2) if bits == 8 else (2, 4):
+                if per % u == 0:
+                    out.append(pf | {"pdl": 2, "split_k": split, "unroll": u})
+        if wide:
+            out += [
+                pf | {"pdl": 2, "num_warps": 4},
+                pf | {"pdl": 2, "pf_lines": 64},
+                pf | {"pdl": 2, "ticket": False},
+            ]
     elif base["kernel"] == "mma":
         sp = base["split_k"]
-        for split in (sp // 2, sp, sp * 2):
-            if split < 1 or blocks % split:
-                continue
-            for u in (1, 2, 4):
-                if (blocks // split) % u == 0:
-                    out.append(base | {"split_k": split, "unroll": u})
-        out += [base | {"ticket": False}, base | {"num_stages": 2}]
-        if m >= 32:
-            out += [base | {"block_m": 16, "block_n": 64, "split_k": sp, "unroll": 2},
-                    base | {"block_m": 32, "block_n": 64, "split_k": sp, "unroll": 2},
-                    base | {"block_m": 64, "block_n": 64, "num_warps": 8}]  # fmt: skip
+        pf = base | {"pf": 1}
+        out += [pf | {"pdl": 0}, pf | {"pdl": 2}, base | {"swap": True, "pf": 0, "pdl": 0}, pf | {"swap": True, "pdl": 2},
+                pf | {"swap": True, "pdl": 2, "block_n": 128}, pf | {"pdl": 2, "unroll": 2}]  # fmt: skip
+        for split in (sp // 2, sp * 2):
+            if split >= 1 and blocks % split == 0:
+                out += [pf | {"pdl": 2, "split_k": split}, pf | {"swap": True, "pdl": 2, "split_k": split}]
     else:
-        out += [base | {"block_n": 64}, base | {"block_n": 256}]
+        out += [base | {"block_n": 256}]
+        out += [T.plan(160, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda")) | {"block_m": 64, "block_n": 128,
+                "pf": 1, "pdl": 2, "split_k": 1, "num_warps": 8}]  # fmt: skip
     seen, uniq = set(), []
     for v in out:
         key = tuple(sorted(v.items()))
@@ -83,7 +92,8 @@ def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False) -> lis
     return uniq
 
 
-def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype = torch.float16) -> None:
+def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype = torch.float16,
+          wide: bool = False) -> None:  # fmt: skip
     for label, k_in, n_out in shapes:
         b = GB.Bench(k_in, n_out, kinds)
         for m in ms:
@@ -100,7 +110,7 @@ def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype =
                     t_cub = float("nan")
                     log(f"cuBLAS failed {exc}")
                 res = []
-                for cfg in variants(m, k_in, n_out, bits, kind == "act"):
+                for cfg in variants(m, k_in, n_out, bits, kind == "act", wide):
                     if time.time() - T0 > BUDGET_S:
                         log(f"  {label} M={m} {kind} {cfg}: skipped (budget)")
                         continue
@@ -116,11 +126,75 @@ def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype =
                 for us, rel, cfg in res:
                     log(f"  {label} M={m} {kind}{'' if dtype == torch.float16 else ' bf16'} {us:7.2f} us ({nbytes / (us * 1e-6) / bw:4.0%} HBM, "
                         f"{t_cub / us:4.2f}x cuBLAS) err {rel:.1e} {cfg}")  # fmt: skip
-                first = variants(m, k_in, n_out, bits, kind == "act")[0]
+                first = variants(m, k_in, n_out, bits, kind == "act", wide)[0]
                 if res:
                     log(f"BEST {label} {k_in}x{n_out} M={m} {kind}{'' if dtype == torch.float16 else ' bf16'}: {res[0][0]:.2f} us, cuBLAS {t_cub:.2f} us "
                         f"({t_cub / res[0][0]:.2f}x), default {next((u for u, _, c in res if c == first), float('nan')):.2f}, "
                         f"{res[0][2]}")  # fmt: skip
+        del b
+        torch.cuda.empty_cache()
+
+
+@triton.jit
+def _null_kernel(out_ptr):
+    tl.store(out_ptr + tl.program_id(0), 1.0)
+
+
+@triton.jit
+def _read_kernel(src, out_ptr, words, BLOCK: tl.constexpr, PF_LINES: tl.constexpr):
+    """Sum one contiguous run of `words` int32 per program (a pure weight stream, no math)."""
+    run = src + tl.program_id(0).to(tl.int64) * words
+    if PF_LINES > 0:
+        TK._prefetch_l2(run, words, PF_LINES)
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for off in range(0, words, BLOCK):
+        acc += tl.load(run + off + tl.arange(0, BLOCK))
+    tl.store(out_ptr + tl.program_id(0), tl.sum(acc, 0).to(tl.float32))
+
+
+def floors(bw: float) -> None:
+    """What one launch costs here: an empty kernel, and a pure read of each shape's int4 weight bytes
+    over 3 programs an SM (with and without the L2 prefetch), as CUDA-graph replays, L2 cold."""
+    out = torch.empty(1 << 16, device="cuda")
+    log(f"null kernel (1 program): {graph_us([lambda: _null_kernel[(1,)](out)]):.2f} us; "
+        f"(396 programs): {graph_us([lambda: _null_kernel[(396,)](out)]):.2f} us")  # fmt: skip
+    for label, k_in, n_out in GB.SHAPES:
+        words = k_in * n_out // 8
+        copies = GB.copies_for(words * 4)
+        bufs = [
+            torch.randint(-(2**31), 2**31 - 1, (words,), device="cuda", dtype=torch.int32)
+            for _ in range(copies)
+        ]
+        for progs in (396, 264):
+            per = words // progs // 1024 * 1024
+            for pf in (0, 1):
+                lines = triton.next_power_of_2(per // 32) if pf else 0
+                us = graph_us([lambda b=b: _read_kernel[(progs,)](b, out, per, BLOCK=1024, PF_LINES=lines, num_warps=4)
+                               for b in bufs])  # fmt: skip
+                log(f"  read {label} {per * progs * 4 / 1e6:.1f} MB, {progs} programs, pf={pf}: {us:6.2f} us "
+                    f"({per * progs * 4 / (us * 1e-6) / bw:4.0%} of copy)")  # fmt: skip
+        del bufs
+
+
+def neighbor(bw: float) -> None:
+    """The M=1 GEMV after an ordinary kernel that writes its x (as in a model): graph time of
+    (x = x0·1.0001; x @ W) minus that of the elementwise kernel alone, with and without PDL."""
+    for label, k_in, n_out in GB.SHAPES:
+        b = GB.Bench(k_in, n_out, ("plain",))
+        layers = b.layers["plain"]
+        x0 = b.xs(1, len(layers))
+        xb = [torch.empty_like(x) for x in x0]
+        alone = graph_us([lambda i=i: torch.mul(x0[i], 1.0001, out=xb[i]) for i in range(len(layers))])
+        base = T.plan(1, n_out, k_in, 4, torch.device("cuda"))
+        for cfg in (base | {"pf": 0, "pdl": 0}, base | {"pf": 1, "pdl": 0}, base | {"pf": 1, "pdl": 1},
+                    base | {"pf": 1, "pdl": 2}):  # fmt: skip
+            both = graph_us([lambda i=i: (torch.mul(x0[i], 1.0001, out=xb[i]), GB.ours(K, layers[i], xb[i], cfg))
+                             for i in range(len(layers))])  # fmt: skip
+            y = GB.ours(K, layers[0], xb[0], cfg)
+            ref = xb[0].float() @ layers[0].w.float()
+            err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+            log(f"  after-mul {label} M=1 {both - alone:6.2f} us (pair {both:6.2f}, mul alone {alone:5.2f}) err {err:.1e} "
+                f"pf={cfg['pf']} pdl={cfg['pdl']}")  # fmt: skip
         del b
         torch.cuda.empty_cache()
 
@@ -135,7 +209,9 @@ def main() -> int:
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     qkv = [GB.SHAPES[0]]
     plan = [
-        ("m1", lambda: sweep(GB.SHAPES, (1,), bw=bw)),
+        ("floors", lambda: floors(bw)),
+        ("m1", lambda: sweep(GB.SHAPES, (1,), bw=bw, wide=True)),
+        ("neighbor", lambda: neighbor(bw)),
         ("m16", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (16,), bw=bw)),
         ("m64", lambda: sweep(qkv, (64,), bw=bw)),
         ("m4", lambda: sweep(qkv, (4,), bw=bw)),

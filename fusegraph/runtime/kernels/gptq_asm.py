@@ -12,6 +12,9 @@ from __future__ import annotations
 
 _LUT = "0xea"  # lop3: (a & b) | c
 
+# Ask L2 for the 128-byte line at $1 (no L1 allocation, no register written but the dummy $0).
+PREFETCH_L2 = "prefetch.global.L2 [$1]; mov.u32 $0, 0;"
+
 
 def _shifted_lop3(src: str, shift: int, dst: str, magic: str) -> str:
     if shift == 0:

@@ -32,11 +32,8 @@ import torch
 import triton
 
 from fusegraph.runtime.kernels.gptq_kernels import _splitk_reduce_kernel
-from fusegraph.runtime.kernels.gptq_tiled_kernels import (
-    _tiled_dequant_kernel,
-    _tiled_gemv_kernel,
-    _tiled_mma_kernel,
-)
+from fusegraph.runtime.kernels.gptq_tiled_kernels import _tiled_gemv_kernel
+from fusegraph.runtime.kernels.gptq_tiled_mma import _tiled_dequant_kernel, _tiled_mma_kernel
 
 __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 
@@ -64,6 +61,43 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
         buf = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
         _COUNTERS[device] = buf
     return buf
+
+
+def _triton_has_pdl() -> bool:
+    try:
+        import dataclasses
+
+        from triton.backends.nvidia.compiler import CUDAOptions
+
+        fields = {f.name for f in dataclasses.fields(CUDAOptions)}
+        return "launch_pdl" in fields and hasattr(triton.language.extra.cuda, "gdc_wait")
+    except Exception:  # noqa: BLE001 - an install without the NVIDIA backend: no PDL
+        return False
+
+
+_TRITON_PDL = _triton_has_pdl()
+
+
+_PDL_OK: dict[torch.device, bool] = {}
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Whether kernels on `device` can be launched with programmatic dependent launch (a Hopper or
+    newer GPU and a Triton whose launcher takes `launch_pdl`)."""
+    if device.type != "cuda" or not _TRITON_PDL:
+        return False
+    if device not in _PDL_OK:
+        _PDL_OK[device] = torch.cuda.get_device_capability(device)[0] >= 9
+    return _PDL_OK[device]
+
+
+def _pf_lines(cfg: dict[str, Any], k_per_split: int, p: int, threads: int) -> int:
+    """PF_LINES for a weight run of k_per_split rows (`cfg["pf"]`: 0 none, 1 the whole run, or an
+    explicit `cfg["pf_lines"]`): a power of two, at least one line per thread."""
+    if not cfg.get("pf", 0):
+        return 0
+    lines = int(cfg.get("pf_lines") or 2 * k_per_split // p)  # 128-byte lines of 64 words
+    return max(triton.next_power_of_2(lines), threads)
 
 
 def _divisors(n: int) -> list[int]:
@@ -127,7 +161,9 @@ def gptq_tiled_matmul(
         group_size: rows per group, -1 for one group; a multiple of 128.
         zero_format: "v1" (qzeros_t stores z − 1) or "v2".
         config: override "kernel" ("gemv" | "mma" | "dequant"), "split_k", "unroll", "block_m",
-            "block_n", "num_warps", "num_stages", "ticket", "use_asm" (benchmarks and tests).
+            "block_n", "num_warps", "num_stages", "ticket", "use_asm", "pf" (0 | 1: ask L2 for each
+            program's weight run first; "pf_lines" caps it), "pdl" (0-3, see `_pdl_enter`; Hopper
+            only, else 0), "swap" (mma: the weight as the dot's first operand) (benchmarks, tests).
 
     Returns:
         `[M, N]` in x's dtype.
@@ -175,6 +211,9 @@ def gptq_tiled_matmul(
     if cfg["kernel"] == "gemv" and x.data_ptr() % 4:  # the GEMV reads x as 32-bit pairs
         x = x.clone()
     use_asm = bool(cfg.get("use_asm", True)) and _use_asm(x, cb)
+    on_gpu = x.device.type == "cuda"
+    pdl = int(cfg.get("pdl", 0)) if pdl_supported(x.device) else 0
+    launch = {"launch_pdl": True} if pdl else {}
     common = {"CB": cb, "ZERO_V1": zero_format == "v1", "HAS_PERM": perm is not None, "USE_ASM": use_asm,
               "BF16": x.dtype == torch.bfloat16}  # fmt: skip
     perm_arg = qweight_t if perm is None else perm
@@ -199,8 +238,8 @@ def gptq_tiled_matmul(
         _tiled_gemv_kernel[(n // NB, split, m)](
             *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
             out.stride(0), U=unroll, SPLIT_K=split, TICKET=ticket, PREFETCH=bool(cfg.get("prefetch", False)),
-            num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"], **common,
+            PF_LINES=_pf_lines(cfg, k_per_split, p, 32 * cfg["num_warps"]) if on_gpu else 0, PDL=pdl,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common, **launch,
         )  # fmt: skip
     else:
         block_m, block_n, unroll = cfg["block_m"], cfg["block_n"], cfg.get("unroll", 1)
@@ -215,7 +254,9 @@ def gptq_tiled_matmul(
             out.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_K=split, TICKET=ticket,
             # the interpreter's bf16/fp16 dots are not exact: on the CPU (and for fp32 x) they run in fp32
             DOT_FP32=x.device.type != "cuda" or x.dtype == torch.float32, GROUP_M=cfg.get("group_m", 8),
-            SCALE_W=bool(cfg.get("scale_w", False)), U=unroll, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common,
+            SCALE_W=bool(cfg.get("scale_w", False)), U=unroll, SWAP=bool(cfg.get("swap", False)),
+            PF_LINES=_pf_lines(cfg, k_per_split, p, 32 * cfg["num_warps"]) if on_gpu else 0, PDL=pdl,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common, **launch,
         )  # fmt: skip
     if split > 1 and not ticket:
         block = 256

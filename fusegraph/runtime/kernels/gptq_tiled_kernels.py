@@ -1,4 +1,6 @@
-"""Triton kernels of the GPTQ matmul on the repacked ("tiled") layout (device code only).
+"""Triton kernels of the GPTQ matmul on the repacked ("tiled") layout (device code only): the
+shared helpers and the GEMV; the tensor-core tiles and the dequantization pass are in
+`gptq_tiled_mma.py`.
 
 `gptq_tiled.py` launches them and documents the layout; `fusegraph/ops/gptq_layout.py` makes it.
 In short: qweight_t int32 `[N/64, K/P, 64]` (P = 32/CB values a word, CB = 4 or 8 container
@@ -20,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fusegraph.runtime.kernels.gptq_asm import dot_asm, dq_asm
+from fusegraph.runtime.kernels.gptq_asm import PREFETCH_L2, dot_asm, dq_asm
 
 KB = tl.constexpr(128)  # rows of K per block (the interleave unit of the layout)
 NB = tl.constexpr(64)  # columns per strip
@@ -31,6 +33,34 @@ DOT8_F16 = tl.constexpr(dot_asm(8, "f16"))
 DQ4_F16 = tl.constexpr(dq_asm(4, "f16"))
 DQ4_BF16 = tl.constexpr(dq_asm(4, "bf16"))
 DQ8_F16 = tl.constexpr(dq_asm(8, "f16"))
+PREFETCH_L2_ASM = tl.constexpr(PREFETCH_L2)
+
+
+@triton.jit
+def _prefetch_l2(run, n_words, LINES: tl.constexpr):
+    """Ask L2 for the first LINES 128-byte lines of the int32 run `run[0:n_words]` (n_words a
+    multiple of 32; lines past the run repeat its last line): the program's whole weight stream is
+    requested at once, whatever the registers hold, so the loads that follow meet lines in flight."""
+    offs = tl.minimum(tl.arange(0, LINES) * 32, n_words - 32)
+    tl.inline_asm_elementwise(PREFETCH_L2_ASM, "=r,l", [run + offs], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _pdl_enter(PDL: tl.constexpr):
+    """Programmatic dependent launch (PDL ≥ 1, Hopper): wait here until the previous kernel's
+    writes are visible (nothing before this point reads or writes memory that a kernel writes);
+    PDL == 2 then lets the next kernel launch at once."""
+    if PDL >= 1:
+        tl.extra.cuda.gdc_wait()
+    if PDL == 2:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _pdl_leave(PDL: tl.constexpr):
+    """PDL == 3: let the next kernel launch once the main loop is done (before the split-K tail)."""
+    if PDL == 3:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
@@ -81,21 +111,6 @@ def _x_slices(x_rows, perm_ptr, k0, offs_r, R: tl.constexpr, P: tl.constexpr, HA
             k = tl.load(perm_ptr + k)
         xs = xs + (tl.load(x_rows + k),)  # type: ignore[assignment]
     return xs
-
-
-@triton.jit
-def _x_split(x_rows, k0, BLOCK_M: tl.constexpr, R: tl.constexpr, P: tl.constexpr):
-    """`_x_slices` for `[BLOCK_M, ·]` rows without act-order: slot pair j's columns k0 + 2jR + [0, 2R)
-    in one contiguous load, split in registers into slots j (even columns) and j + P/2 (odd)."""
-    H: tl.constexpr = P // 2
-    lo = ()
-    hi = ()
-    for j in tl.static_range(H):
-        pair = tl.load(x_rows + (tl.arange(0, 2 * R) + (k0 + 2 * R * j))[None, :])
-        a, b = tl.split(tl.reshape(pair, [BLOCK_M, R, 2]))
-        lo = lo + (a,)  # type: ignore[assignment]
-        hi = hi + (b,)  # type: ignore[assignment]
-    return lo + hi
 
 
 @triton.jit
@@ -209,13 +224,16 @@ def _tiled_gemv_kernel(
     M, N, K, group_size, k_per_split, stride_xm, stride_s, stride_qz, stride_om,
     CB: tl.constexpr, ZERO_V1: tl.constexpr, HAS_PERM: tl.constexpr, USE_ASM: tl.constexpr,
     BF16: tl.constexpr, U: tl.constexpr, SPLIT_K: tl.constexpr, TICKET: tl.constexpr, PREFETCH: tl.constexpr,
+    PF_LINES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One fp16/bf16 row of x times one 64-column strip over one K slice; program (strip, split, row).
 
     Each step takes U blocks of 128 rows (`[U, R, 64]` words); a block has one group (the layout
     needs group_size % 128 == 0), so its scale multiplies the block's column sums once. PREFETCH
     loads the next step's operands before the math of this one (registers double-buffered: the
-    loads are in flight during the math).
+    loads are in flight during the math). PF_LINES > 0 asks L2 for the first PF_LINES lines of
+    the program's weight run before anything else; PDL (see `_pdl_enter`) then waits for the
+    previous kernel: only the weights, which no kernel writes, are touched before the wait.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -230,6 +248,9 @@ def _tiled_gemv_kernel(
     acc = tl.zeros([NB], dtype=tl.float32)
     k_begin = pid_k * k_per_split
     k_last = k_begin + k_per_split - STEP
+    if PF_LINES > 0:
+        _prefetch_l2(strip + (k_begin // P) * NB, (k_per_split // P) * NB, PF_LINES)
+    _pdl_enter(PDL)
     if PREFETCH:
         w, xp0, xp1, xp2, xp3, mz, s = _gemv_load(strip, x_row, perm_ptr, s_ptr, qz_ptr, k_begin, group_size,
                                                   offs_u, offs_r, offs_n, stride_s, stride_qz, CB, ZERO_V1,
@@ -247,145 +268,7 @@ def _tiled_gemv_kernel(
                                                       offs_r, offs_n, stride_s, stride_qz, CB, ZERO_V1, HAS_PERM,
                                                       BF16)  # fmt: skip
             acc += _gemv_math(w, xp0, xp1, xp2, xp3, mz, s, CB, USE_ASM, BF16)
+    _pdl_leave(PDL)
     num_n = N // NB
     _splitk_store(acc, out_ptr + m * stride_om + offs_n, offs_n < N, ws_ptr, m * N + offs_n,
                   cnt_ptr + m * num_n + pid_n, pid_k, M * N, SPLIT_K, TICKET)  # fmt: skip
-
-
-@triton.jit
-def _dq_emulated(w, z, CB: tl.constexpr, DT: tl.constexpr):
-    """The P tensors q_i − z `[R, BN]` in DT for words `[R, BN]` and zeros `[BN]` (fp32), by shifts."""
-    P: tl.constexpr = 32 // CB
-    out = ()
-    for i in tl.static_range(P):
-        q = ((w >> (i * CB)) & ((1 << CB) - 1)).to(tl.float32)
-        out = out + ((q - z[None, :]).to(DT),)  # type: ignore[assignment]
-    return out
-
-
-@triton.jit
-def _dq_asm(w, z, CB: tl.constexpr, BF16: tl.constexpr):
-    """As `_dq_emulated`, in fp16/bf16 through lop3/prmt and one packed subtract per two values."""
-    mz = _magic_zero(z, BF16)[None, :]
-    if CB == 4:
-        if BF16:
-            out = tl.inline_asm_elementwise(
-                DQ4_BF16,
-                "=h,=h,=h,=h,=h,=h,=h,=h,r,r",
-                [w, mz],
-                dtype=(tl.bfloat16,) * 8,
-                is_pure=True,
-                pack=1,
-            )
-        else:
-            out = tl.inline_asm_elementwise(
-                DQ4_F16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, mz], dtype=(tl.float16,) * 8, is_pure=True, pack=1
-            )
-    else:
-        out = tl.inline_asm_elementwise(
-            DQ8_F16, "=h,=h,=h,=h,r,r", [w, mz], dtype=(tl.float16,) * 4, is_pure=True, pack=1
-        )
-    return out
-
-
-@triton.jit
-def _tiled_mma_kernel(
-    x_ptr, qw_ptr, s_ptr, qz_ptr, perm_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, group_size, k_per_split, stride_xm, stride_s, stride_qz, stride_om,
-    CB: tl.constexpr, ZERO_V1: tl.constexpr, HAS_PERM: tl.constexpr, USE_ASM: tl.constexpr,
-    BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
-    TICKET: tl.constexpr, DOT_FP32: tl.constexpr, GROUP_M: tl.constexpr, SCALE_W: tl.constexpr,
-    U: tl.constexpr,
-):  # fmt: skip
-    """Tensor-core tile `[BLOCK_M, BLOCK_N]` over one K slice: per 128-row block, P dots
-    `x[:, slot i rows] @ (q_i − z)` (each K = R), then the block's scale on the fp32 sum."""
-    P: tl.constexpr = 32 // CB
-    R: tl.constexpr = KB // P
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = N // BLOCK_N
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    offs_r = tl.arange(0, R)
-    # word (strip n // 64, row, column n % 64)
-    w_cols = (offs_n // NB).to(tl.int64) * (K // P) * NB + offs_n % NB
-    x_rows = x_ptr + tl.where(m_ok, offs_m, 0)[:, None] * stride_xm
-    dt = x_ptr.dtype.element_ty
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    k_begin = pid_k * k_per_split
-    for k00 in range(k_begin, k_begin + k_per_split, U * KB):
-        ws = ()
-        for u in tl.static_range(U):  # all U blocks' words in flight before the math
-            ws = ws + (tl.load(qw_ptr + w_cols[None, :] + (offs_r + (k00 + u * KB) // P)[:, None] * NB),)  # type: ignore[assignment]
-        for u in tl.static_range(U):
-            k0 = k00 + u * KB
-            g = k0 // group_size
-            z = _zero_f32(qz_ptr, g, offs_n, stride_qz, CB, ZERO_V1)
-            s = tl.load(s_ptr + g * stride_s + offs_n).to(tl.float32)
-            if HAS_PERM:
-                xs = _x_slices(x_rows, perm_ptr, k0, offs_r[None, :], R, P, HAS_PERM)
-            else:
-                xs = _x_split(x_rows, k0, BLOCK_M, R, P)
-            if USE_ASM:
-                wq = _dq_asm(ws[u], z, CB, BF16)
-            elif DOT_FP32:
-                wq = _dq_emulated(ws[u], z, CB, tl.float32)
-            else:
-                wq = _dq_emulated(ws[u], z, CB, dt)
-            if SCALE_W:  # the scale on the weights (one rounding each, Marlin's way): no second accumulator
-                for i in tl.static_range(P):
-                    if DOT_FP32:
-                        acc += tl.dot(xs[i].to(tl.float32), wq[i] * s[None, :], input_precision="ieee")
-                    else:
-                        acc += tl.dot(xs[i], wq[i] * s[None, :].to(dt))
-            else:
-                part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-                for i in tl.static_range(P):
-                    if DOT_FP32:
-                        part += tl.dot(xs[i].to(tl.float32), wq[i], input_precision="ieee")
-                    else:
-                        part += tl.dot(xs[i], wq[i])
-                acc += part * s[None, :]
-    mask = m_ok[:, None] & (offs_n < N)[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    _splitk_store(acc, out_ptrs, mask, ws_ptr, offs_m[:, None] * N + offs_n[None, :],
-                  cnt_ptr + pid, pid_k, M * N, SPLIT_K, TICKET)  # fmt: skip
-
-
-@triton.jit
-def _tiled_dequant_kernel(
-    qw_ptr, s_ptr, qz_ptr, perm_ptr, w_ptr, N, K, group_size, stride_s, stride_qz, stride_w,
-    CB: tl.constexpr, ZERO_V1: tl.constexpr, HAS_PERM: tl.constexpr, USE_ASM: tl.constexpr,
-    BF16: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """W `[K, N]` in w's dtype, one 128-row block × BLOCK_N columns a program: the prefill path's
-    single dequantization pass. With act-order, sorted row k is written to row perm[k], so W is in
-    the checkpoint's row order and x needs no permutation."""
-    P: tl.constexpr = 32 // CB
-    R: tl.constexpr = KB // P
-    k0 = tl.program_id(0) * KB
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, R)
-    w_cols = (offs_n // NB).to(tl.int64) * (K // P) * NB + offs_n % NB
-    w = tl.load(qw_ptr + w_cols[None, :] + (k0 // P + offs_r)[:, None] * NB)
-    g = k0 // group_size
-    z = _zero_f32(qz_ptr, g, offs_n, stride_qz, CB, ZERO_V1)
-    s = tl.load(s_ptr + g * stride_s + offs_n)
-    dt = w_ptr.dtype.element_ty
-    if USE_ASM:
-        wq = _dq_asm(w, z, CB, BF16)
-    else:
-        wq = _dq_emulated(w, z, CB, dt)
-    for i in tl.static_range(P):
-        rows = _slot_rows(k0, offs_r, i, R, P)
-        if HAS_PERM:
-            rows = tl.load(perm_ptr + rows)
-        val = (wq[i].to(tl.float32) * s.to(tl.float32)[None, :]).to(dt)
-        tl.store(w_ptr + rows.to(tl.int64)[:, None] * stride_w + offs_n[None, :], val)
