@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,9 +20,9 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dim, expect_rank, expect_same_device, expect_tensor, normalize_axis
@@ -41,25 +42,30 @@ class RmsNormOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input `,` $weight attr-dict `:` type($input) `,` type($weight) `->` type($result)"
 
+    def __init__(self, input: Operand, weight: Operand, *, eps: float) -> None:
+        props = {"eps": FloatAttr(float(eps), Float64Type())}
+        super().__init__([input, weight], props, rule=partial(self.rule, eps=eps))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_rms_norm_shape_rule(self.input.type, self.weight.type, self.eps.value.data)]
+        return self.rule(self.input.type, self.weight.type, eps=self.eps.value.data)
 
-
-def _rms_norm_shape_rule(x: Any, weight: Any, eps: float) -> TensorType:
-    x = expect_tensor("fg.rms_norm", "input", x)
-    weight = expect_tensor("fg.rms_norm", "weight", weight)
-    expect_same_device("fg.rms_norm", input=x, weight=weight)
-    if not x.dtype.is_float:
-        raise ValueError(f"fg.rms_norm: input dtype must be a float type, got {x.dtype.name}")
-    if x.rank < 1:
-        raise ValueError("fg.rms_norm: input must have rank >= 1, got a scalar")
-    expect_rank("fg.rms_norm", "weight", weight, 1)
-    if weight.dtype != x.dtype:
-        raise ValueError(f"fg.rms_norm: weight dtype {weight.dtype.name} != input dtype {x.dtype.name}")
-    expect_dim("fg.rms_norm", "weight dim 0", weight.shape[0], x.shape[-1])
-    if not eps >= 0.0:
-        raise ValueError(f"fg.rms_norm: eps must be >= 0, got {eps=}")
-    return x
+    @staticmethod
+    def rule(x: Any, weight: Any, *, eps: float) -> list[Attribute]:
+        """The shape rule: `x` keeps its type; `weight` is `[x.shape[-1]]` of x's dtype."""
+        x = expect_tensor("fg.rms_norm", "input", x)
+        weight = expect_tensor("fg.rms_norm", "weight", weight)
+        expect_same_device("fg.rms_norm", input=x, weight=weight)
+        if not x.dtype.is_float:
+            raise ValueError(f"fg.rms_norm: input dtype must be a float type, got {x.dtype.name}")
+        if x.rank < 1:
+            raise ValueError("fg.rms_norm: input must have rank >= 1, got a scalar")
+        expect_rank("fg.rms_norm", "weight", weight, 1)
+        if weight.dtype != x.dtype:
+            raise ValueError(f"fg.rms_norm: weight dtype {weight.dtype.name} != input dtype {x.dtype.name}")
+        expect_dim("fg.rms_norm", "weight dim 0", weight.shape[0], x.shape[-1])
+        if not eps >= 0.0:
+            raise ValueError(f"fg.rms_norm: eps must be >= 0, got {eps=}")
+        return [x]
 
 
 def rms_norm(x: TensorValue, weight: TensorValue, eps: float = 1e-6) -> TensorValue:
@@ -68,11 +74,7 @@ def rms_norm(x: TensorValue, weight: TensorValue, eps: float = 1e-6) -> TensorVa
     Example:
         >>> y = ops.rms_norm(x, w, eps=1e-6)     # x [T, 64], w [64] -> [T, 64]
     """
-    props = {"eps": FloatAttr(float(eps), Float64Type())}
-    op = emit(
-        RmsNormOp, [x, weight], props, result_types=lambda: [_rms_norm_shape_rule(x.type, weight.type, eps)]
-    )
-    return TensorValue(op.results[0])
+    return emit_tensor(RmsNormOp(x, weight, eps=eps))
 
 
 @torch_impl(RmsNormOp)
@@ -97,16 +99,20 @@ class SoftmaxOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
+    def __init__(self, input: Operand, *, axis: int) -> None:
+        super().__init__([input], {"axis": IntegerAttr(axis, i64)}, rule=partial(self.rule, axis=axis))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_softmax_shape_rule(self.input.type, self.axis.value.data)]
+        return self.rule(self.input.type, axis=self.axis.value.data)
 
-
-def _softmax_shape_rule(x: Any, axis: int) -> TensorType:
-    x = expect_tensor("fg.softmax", "input", x)
-    if not x.dtype.is_float:
-        raise ValueError(f"fg.softmax: input dtype must be a float type, got {x.dtype.name}")
-    normalize_axis("fg.softmax", axis, x.rank)
-    return x
+    @staticmethod
+    def rule(x: Any, *, axis: int) -> list[Attribute]:
+        """The shape rule: a float `x` keeps its type; `axis` is a dim of x."""
+        x = expect_tensor("fg.softmax", "input", x)
+        if not x.dtype.is_float:
+            raise ValueError(f"fg.softmax: input dtype must be a float type, got {x.dtype.name}")
+        normalize_axis("fg.softmax", axis, x.rank)
+        return [x]
 
 
 def softmax(x: TensorValue, axis: int = -1) -> TensorValue:
@@ -116,9 +122,7 @@ def softmax(x: TensorValue, axis: int = -1) -> TensorValue:
         >>> p = ops.softmax(scores)              # over the last dim
     """
     axis = normalize_axis("fg.softmax", axis, x.rank) if x.rank else axis
-    props = {"axis": IntegerAttr(axis, i64)}
-    op = emit(SoftmaxOp, [x], props, result_types=lambda: [_softmax_shape_rule(x.type, axis)])
-    return TensorValue(op.results[0])
+    return emit_tensor(SoftmaxOp(x, axis=axis))
 
 
 @torch_impl(SoftmaxOp)
