@@ -5,7 +5,7 @@ heads, head dim 128, 4-bit GPTQ group 128, fp16, paged cache of 128-token pages)
 context 2048. The GPU box has no torch-mlir and no IREE compiler, so:
 
 1. **compile** (here): build the layer's graph, lower and compile it for CUDA sm_90 as
-   `IreeCompiledGraph` does (`iree_inplace.compile_graph`: cache and outputs as mutable
+   `IreeCompiledGraph` does (`iree_compile.compile_graph`: cache and outputs as mutable
    arguments); writes `OUT/attn8b.cuda.vmfb` and `OUT/manifest.json`.
 2. **run** (GPU box; torch, triton, xdsl, iree-base-runtime): rebuild the same graph and
    weights (same seed), load the `.vmfb` into `IreeCompiledGraph(vmfb=...)` with the KV
@@ -91,7 +91,8 @@ def _pipeline(graph: Any, device: str) -> Any:
 
 def compile_artifacts(out: Path, device: str) -> None:
     from fusegraph.runtime.iree_backend import target_flags
-    from fusegraph.runtime.iree_inplace import barrier_rewrite_safe, compile_graph
+    from fusegraph.runtime.iree_compile import compile_graph
+    from fusegraph.runtime.iree_inplace import barrier_rewrite_safe
 
     out.mkdir(parents=True, exist_ok=True)
     graph = _pipeline(build(device)[0], device)

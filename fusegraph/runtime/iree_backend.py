@@ -35,9 +35,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,118 +48,31 @@ from fusegraph.compiler.impls import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
 from fusegraph.runtime.input_checks import InputChecks, check_weights
+from fusegraph.runtime.iree_compile import (
+    IreeCompileError,
+    compile_count,
+    compile_graph,
+    compile_vmfb,
+    default_cache_dir,
+    device_kind,
+    target_flags,
+)
+
+# The compile side lives in iree_compile.py; its public names are the backend's too.
+__all__ = [
+    "IreeCompileError",
+    "IreeCompiledGraph",
+    "compile_count",
+    "compile_iree",
+    "compile_vmfb",
+    "default_cache_dir",
+    "device_kind",
+    "from_iree",
+    "target_flags",
+    "to_numpy",
+]
 
 _DRIVERS = {"cpu": "local-task", "cuda": "cuda"}
-_compile_count = 0
-
-
-class IreeCompileError(RuntimeError):
-    """iree-compile failed. The message has IREE's diagnostics, the saved input IR
-    (`input_path`) and the `iree-compile` command that reproduces the failure."""
-
-    def __init__(self, message: str, input_path: str, command: str) -> None:
-        super().__init__(message)
-        self.input_path = input_path
-        self.command = command
-
-
-def compile_count() -> int:
-    """How many times this process invoked iree-compile (cache hits do not count)."""
-    return _compile_count
-
-
-def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90") -> list[str]:
-    """The iree-compile flags for `device` ("cpu" or "cuda[:N]") in iree-base-compiler 3.13."""
-    kind = device_kind(device)
-    if kind == "cpu":
-        return [
-            "--iree-hal-target-device=local",
-            "--iree-hal-local-target-device-backends=llvm-cpu",
-            f"--iree-llvmcpu-target-cpu={target_cpu}",
-        ]
-    if kind == "cuda":
-        return ["--iree-hal-target-device=cuda", f"--iree-rocm-target={cuda_arch}"]
-    raise ValueError(f"compile_iree: device must be 'cpu' or 'cuda[:N]', got {device!r}")
-
-
-def device_kind(device: str) -> str:
-    """ "cpu" or "cuda" for a device string ("cuda:1" -> "cuda"); anything else -> "" (invalid)."""
-    kind, _, index = device.partition(":")
-    if kind not in _DRIVERS or (index and (kind != "cuda" or not index.isdigit())):
-        return ""
-    return kind
-
-
-def default_cache_dir() -> Path:
-    """`$FUSEGRAPH_CACHE_DIR`, else `~/.cache/fusegraph/iree`."""
-    if env := os.environ.get("FUSEGRAPH_CACHE_DIR"):
-        return Path(env)
-    return Path.home() / ".cache" / "fusegraph" / "iree"
-
-
-def compile_vmfb(
-    mlir_text: str,
-    flags: Sequence[str],
-    cache_dir: str | os.PathLike[str] | None = None,
-    name: str = "graph",
-    outputs_follow_writes: bool = False,
-    keep_aliases: Sequence[str] = (),
-) -> tuple[Path, bool]:
-    """Compile torch-dialect MLIR to a `.vmfb`, through the on-disk cache.
-
-    `outputs_follow_writes=True` (every output depends on the final buffer versions) lets
-    `iree_inplace.compile_inplace` drop IREE's dead whole-buffer copy of an in-place module.
-
-    Returns:
-        The `.vmfb` path and whether it was a cache hit.
-
-    Raises:
-        IreeCompileError: iree-compile failed (with diagnostics and a reproducer).
-    """
-    from iree.compiler import version as compiler_version
-
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    marker = ["outputs-follow-writes", *keep_aliases] if outputs_follow_writes else []
-    key_text = "\n".join([compiler_version.VERSION, *flags, *marker, mlir_text])
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
-    path = directory / f"{name}-{key}.vmfb"
-    if path.exists():
-        return path, True
-    directory.mkdir(parents=True, exist_ok=True)
-    repro = directory / f"{name}-{key}.input.mlir"
-    binary = _run_iree_compile(mlir_text, flags, repro, outputs_follow_writes, keep_aliases)
-    # Write then rename, so a concurrent reader never sees a partial file.
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(binary)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like any build output
-    os.replace(tmp, path)
-    return path, False
-
-
-def _run_iree_compile(
-    mlir_text: str, flags: Sequence[str], repro_path: Path, follow: bool = False, keep: Sequence[str] = ()
-) -> bytes:
-    import iree.compiler as ireec
-    from iree.compiler.tools.binaries import CompilerToolError
-
-    from fusegraph.runtime.iree_inplace import compile_inplace
-
-    global _compile_count
-    _compile_count += 1
-    try:
-        if follow:
-            return compile_inplace(mlir_text, flags, keep)[0]
-        return ireec.compile_str(mlir_text, input_type="torch", target_backends=[], extra_args=list(flags))
-    except CompilerToolError as err:
-        repro_path.write_text(mlir_text)
-        command = f"iree-compile --iree-input-type=torch {' '.join(flags)} {repro_path} -o out.vmfb"
-        raise IreeCompileError(
-            f"compile_iree: iree-compile failed:\n{err}\ninput IR saved to {repro_path}\n"
-            f"reproduce with:\n  {command}",
-            input_path=str(repro_path),
-            command=command,
-        ) from None
 
 
 class IreeCompiledGraph:
@@ -224,8 +135,6 @@ class IreeCompiledGraph:
         if vmfb is not None:  # compiled elsewhere (e.g. for CUDA on a machine with the compiler)
             self.vmfb_path, self.cache_hit = Path(vmfb), True
         else:
-            from fusegraph.runtime.iree_inplace import compile_graph
-
             self.mlir, self.vmfb_path, self.cache_hit = compile_graph(
                 self.graph, flags, cache_dir, inplace=inplace
             )
@@ -394,7 +303,3 @@ def from_iree(array: Any, dtype: torch.dtype, device: str) -> torch.Tensor:
             raise TypeError(f"compile_iree: IREE returned {host.dtype}, expected {want}")
         host = host.view(want)
     return torch.from_numpy(host).to(device)
-
-
-def _stem(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name or "graph")

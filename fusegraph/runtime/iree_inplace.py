@@ -16,22 +16,18 @@ one-layer attention graph gets the rewrite; a multi-layer stack keeps IREE's cop
 `compile_inplace` compiles to IREE's input level, drops the aliased tensors from the barrier,
 and compiles on from there; if the pattern is not found it compiles the module unchanged.
 
-`compile_graph(graph, flags)` lowers and compiles a graph the way `IreeCompiledGraph` runs
-it: the cache and the outputs are mutable arguments (outputs trailing, after the weights).
+`iree_compile.compile_graph(graph, flags)` lowers and compiles a graph the way
+`IreeCompiledGraph` runs it, through `compile_inplace`.
 
 Example:
     >>> binary, rewritten = compile_inplace(mlir_text, target_flags("cpu"))
-    >>> mlir, vmfb_path, cache_hit = compile_graph(graph, target_flags("cuda"))
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from xdsl.ir import Operation, SSAValue
 
@@ -40,7 +36,6 @@ from fusegraph.compiler.types import BufferType
 
 __all__ = [
     "barrier_rewrite_safe",
-    "compile_graph",
     "compile_inplace",
     "drop_aliases_from_barrier",
     "outputs_follow_writes",
@@ -181,28 +176,3 @@ def compile_inplace(mlir_text: str, flags: Sequence[str], keep: Sequence[str] = 
             mlir_text, input_type="torch", target_backends=[], extra_args=list(flags)
         ), False
     return ireec.compile_str(patched, target_backends=[], extra_args=[*flags, "--compile-from=input"]), True
-
-
-def compile_graph(
-    graph: Graph, flags: Sequence[str], cache_dir: str | os.PathLike[str] | None = None, inplace: bool = True
-) -> tuple[Any, Path, bool]:
-    """Lower `graph` for IREE and compile it (through the cache): the module
-    `IreeCompiledGraph(vmfb=...)` expects. In place: buffers and outputs are mutable
-    arguments (the outputs trailing, after the weights), nothing is returned.
-
-    Returns:
-        The `TorchMlirModule`, the `.vmfb` path, whether it was a cache hit.
-    """
-    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
-    from fusegraph.runtime.iree_backend import _stem, compile_vmfb
-
-    mlir = to_torch_mlir(
-        graph, mode="decomposed", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
-    )
-    first_output = len(graph.block.args) + len(graph.weights)
-    outputs = [f"%arg{first_output + k}" for k in range(len(graph.outputs))]
-    follow = inplace and barrier_rewrite_safe(graph)
-    path, hit = compile_vmfb(
-        mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow, keep_aliases=outputs
-    )
-    return mlir, path, hit

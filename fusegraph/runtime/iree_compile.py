@@ -1,0 +1,157 @@
+"""Compiling for IREE: the target flags, the on-disk `.vmfb` cache, and the driver that
+lowers a graph and compiles it (`compile_graph`), with IREE's diagnostics and a reproducer
+on failure. `iree_backend.IreeCompiledGraph` loads what this produces.
+
+Example:
+    >>> mlir, vmfb, hit = compile_graph(graph, target_flags("cpu"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusegraph.compiler.graph import Graph
+from fusegraph.runtime.iree_inplace import barrier_rewrite_safe, compile_inplace
+
+_DRIVERS = ("cpu", "cuda")
+_compile_count = 0
+
+
+class IreeCompileError(RuntimeError):
+    """iree-compile failed. The message has IREE's diagnostics, the saved input IR
+    (`input_path`) and the `iree-compile` command that reproduces the failure."""
+
+    def __init__(self, message: str, input_path: str, command: str) -> None:
+        super().__init__(message)
+        self.input_path = input_path
+        self.command = command
+
+
+def compile_count() -> int:
+    """How many times this process invoked iree-compile (cache hits do not count)."""
+    return _compile_count
+
+
+def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90") -> list[str]:
+    """The iree-compile flags for `device` ("cpu" or "cuda[:N]") in iree-base-compiler 3.13."""
+    kind = device_kind(device)
+    if kind == "cpu":
+        return [
+            "--iree-hal-target-device=local",
+            "--iree-hal-local-target-device-backends=llvm-cpu",
+            f"--iree-llvmcpu-target-cpu={target_cpu}",
+        ]
+    if kind == "cuda":
+        return ["--iree-hal-target-device=cuda", f"--iree-rocm-target={cuda_arch}"]
+    raise ValueError(f"compile_iree: device must be 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def device_kind(device: str) -> str:
+    """ "cpu" or "cuda" for a device string ("cuda:1" -> "cuda"); anything else -> "" (invalid)."""
+    kind, _, index = device.partition(":")
+    if kind not in _DRIVERS or (index and (kind != "cuda" or not index.isdigit())):
+        return ""
+    return kind
+
+
+def default_cache_dir() -> Path:
+    """`$FUSEGRAPH_CACHE_DIR`, else `~/.cache/fusegraph/iree`."""
+    if env := os.environ.get("FUSEGRAPH_CACHE_DIR"):
+        return Path(env)
+    return Path.home() / ".cache" / "fusegraph" / "iree"
+
+
+def compile_vmfb(
+    mlir_text: str,
+    flags: Sequence[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    name: str = "graph",
+    outputs_follow_writes: bool = False,
+    keep_aliases: Sequence[str] = (),
+) -> tuple[Path, bool]:
+    """Compile torch-dialect MLIR to a `.vmfb`, through the on-disk cache.
+
+    `outputs_follow_writes=True` (every output depends on the final buffer versions) lets
+    `iree_inplace.compile_inplace` drop IREE's dead whole-buffer copy of an in-place module.
+
+    Returns:
+        The `.vmfb` path and whether it was a cache hit.
+
+    Raises:
+        IreeCompileError: iree-compile failed (with diagnostics and a reproducer).
+    """
+    from iree.compiler import version as compiler_version
+
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    marker = ["outputs-follow-writes", *keep_aliases] if outputs_follow_writes else []
+    key_text = "\n".join([compiler_version.VERSION, *flags, *marker, mlir_text])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    path = directory / f"{name}-{key}.vmfb"
+    if path.exists():
+        return path, True
+    directory.mkdir(parents=True, exist_ok=True)
+    repro = directory / f"{name}-{key}.input.mlir"
+    binary = _run_iree_compile(mlir_text, flags, repro, outputs_follow_writes, keep_aliases)
+    # Write then rename, so a concurrent reader never sees a partial file.
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(binary)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like any build output
+    os.replace(tmp, path)
+    return path, False
+
+
+def _run_iree_compile(
+    mlir_text: str, flags: Sequence[str], repro_path: Path, follow: bool = False, keep: Sequence[str] = ()
+) -> bytes:
+    import iree.compiler as ireec
+    from iree.compiler.tools.binaries import CompilerToolError
+
+    global _compile_count
+    _compile_count += 1
+    try:
+        if follow:
+            return compile_inplace(mlir_text, flags, keep)[0]
+        return ireec.compile_str(mlir_text, input_type="torch", target_backends=[], extra_args=list(flags))
+    except CompilerToolError as err:
+        repro_path.write_text(mlir_text)
+        command = f"iree-compile --iree-input-type=torch {' '.join(flags)} {repro_path} -o out.vmfb"
+        raise IreeCompileError(
+            f"compile_iree: iree-compile failed:\n{err}\ninput IR saved to {repro_path}\n"
+            f"reproduce with:\n  {command}",
+            input_path=str(repro_path),
+            command=command,
+        ) from None
+
+
+def compile_graph(
+    graph: Graph, flags: Sequence[str], cache_dir: str | os.PathLike[str] | None = None, inplace: bool = True
+) -> tuple[Any, Path, bool]:
+    """Lower `graph` for IREE and compile it (through the cache): the module
+    `IreeCompiledGraph(vmfb=...)` expects. In place: buffers and outputs are mutable
+    arguments (the outputs trailing, after the weights), nothing is returned.
+
+    Returns:
+        The `TorchMlirModule`, the `.vmfb` path, whether it was a cache hit.
+    """
+    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+
+    mlir = to_torch_mlir(
+        graph, mode="decomposed", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
+    )
+    first_output = len(graph.block.args) + len(graph.weights)
+    outputs = [f"%arg{first_output + k}" for k in range(len(graph.outputs))]
+    follow = inplace and barrier_rewrite_safe(graph)
+    path, hit = compile_vmfb(
+        mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow, keep_aliases=outputs
+    )
+    return mlir, path, hit
+
+
+def _stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name or "graph")
