@@ -43,46 +43,38 @@ class K:
     tiled = staticmethod(T.gptq_tiled_matmul)
 
 
+def _nat(bm: int, bn: int, split: int, nw: int, ns: int = 3) -> dict:
+    return {"kernel": "nat", "block_m": bm, "block_n": bn, "split_k": split, "num_warps": nw, "num_stages": ns,
+            "unroll": 1, "ticket": True}  # fmt: skip
+
+
 def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool = False) -> list[dict]:
-    """The default plan first, then L2-prefetch / PDL / split / tile variants around it."""
+    """The default plan first, then rolling / initial L2 prefetch, PDL, split and tile variants."""
     base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"), act)
-    off = {"pf": 0, "pdl": 0}
-    out = [dict(base), base | off]
+    out = [dict(base)]
     blocks = k_in // 128
     if base["kernel"] == "gemv":
-        pf = base | {"pf": 1}
-        out += [
-            pf | {"pdl": 0},
-            base | {"pf": 0, "pdl": 1},
-            pf | {"pdl": 1},
-            pf | {"pdl": 2},
-            pf | {"pdl": 3},
-        ]
-        for split in (base["split_k"] // 2, base["split_k"] * 2, base["split_k"] * 4):
-            if split < 1 or blocks % split or split > 32:
-                continue
-            per = blocks // split
-            for u in (1, 2) if bits == 8 else (2, 4):
-                if per % u == 0:
-                    out.append(pf | {"pdl": 2, "split_k": split, "unroll": u})
+        off = base | {"pf": 0, "pdl": 0, "pf_ahead": 0}
+        pf64 = off | {"pf": 1, "pf_lines": 64}
+        out += [off, off | {"pdl": 1}, off | {"pf_ahead": 1}, off | {"pf_ahead": 2}, off | {"pf_ahead": 1, "pdl": 1},
+                pf64 | {"pdl": 2}, pf64 | {"pdl": 2, "pf_ahead": 1}]  # fmt: skip
         if wide:
-            out += [
-                pf | {"pdl": 2, "num_warps": 4},
-                pf | {"pdl": 2, "pf_lines": 64},
-                pf | {"pdl": 2, "ticket": False},
-            ]
-    elif base["kernel"] == "mma":
-        sp = base["split_k"]
-        pf = base | {"pf": 1}
-        out += [pf | {"pdl": 0}, pf | {"pdl": 2}, base | {"swap": True, "pf": 0, "pdl": 0}, pf | {"swap": True, "pdl": 2},
-                pf | {"swap": True, "pdl": 2, "block_n": 128}, pf | {"pdl": 2, "unroll": 2}]  # fmt: skip
-        for split in (sp // 2, sp * 2):
-            if split >= 1 and blocks % split == 0:
-                out += [pf | {"pdl": 2, "split_k": split}, pf | {"swap": True, "pdl": 2, "split_k": split}]
+            for split in (base["split_k"] // 2, base["split_k"] * 2):
+                if split >= 1 and blocks % split == 0 and (blocks // split) % 2 == 0:
+                    out += [off | {"split_k": split, "unroll": 2, "pdl": 1},
+                            off | {"split_k": split, "unroll": 2, "pf_ahead": 1, "pdl": 1}]  # fmt: skip
     else:
-        out += [base | {"block_n": 256}]
-        out += [T.plan(160, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda")) | {"block_m": 64, "block_n": 128,
-                "pf": 1, "pdl": 2, "split_k": 1, "num_warps": 8}]  # fmt: skip
+        sp = max(1, min(16, 3 * 132 // max(1, (n_out // 64) * triton.cdiv(m, 64))))
+        sp = max(d for d in range(1, sp + 1) if blocks % d == 0)
+        if m <= 16:
+            out += [
+                _nat(16, 64, base.get("split_k", 4), 4),
+                _nat(16, 128, max(1, base.get("split_k", 4) // 2), 4),
+            ]
+        elif m <= 64:
+            out += [_nat(64, 64, sp, 4), _nat(64, 128, max(1, sp // 2), 4), _nat(64, 128, max(1, sp // 2), 8)]
+        else:
+            out += [_nat(128, 128, 1, 8), _nat(128, 128, 1, 8, 4), _nat(64, 128, 1, 4), _nat(128, 256, 1, 8)]
     seen, uniq = set(), []
     for v in out:
         key = tuple(sorted(v.items()))
@@ -165,14 +157,12 @@ def floors(bw: float) -> None:
             torch.randint(-(2**31), 2**31 - 1, (words,), device="cuda", dtype=torch.int32)
             for _ in range(copies)
         ]
-        for progs in (396, 264):
-            per = words // progs // 1024 * 1024
-            for pf in (0, 1):
-                lines = triton.next_power_of_2(per // 32) if pf else 0
-                us = graph_us([lambda b=b: _read_kernel[(progs,)](b, out, per, BLOCK=1024, PF_LINES=lines, num_warps=4)
-                               for b in bufs])  # fmt: skip
-                log(f"  read {label} {per * progs * 4 / 1e6:.1f} MB, {progs} programs, pf={pf}: {us:6.2f} us "
-                    f"({per * progs * 4 / (us * 1e-6) / bw:4.0%} of copy)")  # fmt: skip
+        for progs, block, nw in ((396, 1024, 4), (396, 4096, 4), (396, 4096, 8), (528, 4096, 4)):
+            per = words // progs // block * block
+            us = graph_us([lambda b=b: _read_kernel[(progs,)](b, out, per, BLOCK=block, PF_LINES=0, num_warps=nw)
+                           for b in bufs])  # fmt: skip
+            log(f"  read {label} {per * progs * 4 / 1e6:.1f} MB, {progs} programs, {block} words a step, {nw} warps: "
+                f"{us:6.2f} us ({per * progs * 4 / (us * 1e-6) / bw:4.0%} of copy)")  # fmt: skip
         del bufs
 
 
@@ -186,15 +176,16 @@ def neighbor(bw: float) -> None:
         xb = [torch.empty_like(x) for x in x0]
         alone = graph_us([lambda i=i: torch.mul(x0[i], 1.0001, out=xb[i]) for i in range(len(layers))])
         base = T.plan(1, n_out, k_in, 4, torch.device("cuda"))
-        for cfg in (base | {"pf": 0, "pdl": 0}, base | {"pf": 1, "pdl": 0}, base | {"pf": 1, "pdl": 1},
-                    base | {"pf": 1, "pdl": 2}):  # fmt: skip
+        off = base | {"pf": 0, "pdl": 0, "pf_ahead": 0}
+        for cfg in (off, off | {"pdl": 1}, off | {"pf_ahead": 1}, off | {"pf_ahead": 1, "pdl": 1},
+                    off | {"pf": 1, "pf_lines": 64, "pdl": 2}):  # fmt: skip
             both = graph_us([lambda i=i: (torch.mul(x0[i], 1.0001, out=xb[i]), GB.ours(K, layers[i], xb[i], cfg))
                              for i in range(len(layers))])  # fmt: skip
             y = GB.ours(K, layers[0], xb[0], cfg)
             ref = xb[0].float() @ layers[0].w.float()
             err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
             log(f"  after-mul {label} M=1 {both - alone:6.2f} us (pair {both:6.2f}, mul alone {alone:5.2f}) err {err:.1e} "
-                f"pf={cfg['pf']} pdl={cfg['pdl']}")  # fmt: skip
+                f"pf={cfg['pf']} pdl={cfg['pdl']} pf_ahead={cfg['pf_ahead']}")  # fmt: skip
         del b
         torch.cuda.empty_cache()
 
@@ -213,7 +204,8 @@ def main() -> int:
         ("m1", lambda: sweep(GB.SHAPES, (1,), bw=bw, wide=True)),
         ("neighbor", lambda: neighbor(bw)),
         ("m16", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (16,), bw=bw)),
-        ("m64", lambda: sweep(qkv, (64,), bw=bw)),
+        ("m64", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (64,), bw=bw)),
+        ("big", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (256, 1024), bw=bw)),
         ("m4", lambda: sweep(qkv, (4,), bw=bw)),
         ("m256", lambda: sweep(qkv, (256, 1024), bw=bw)),
         ("m1x", lambda: sweep(qkv, (1,), ("act", "int8"), bw=bw)),

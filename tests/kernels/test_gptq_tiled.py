@@ -35,7 +35,12 @@ CASES = [
     (3, 8, 128, False, True, "v2", torch.float16, {"kernel": "mma", "ticket": False, "split_k": 2}),
     (17, 3, 128, True, False, "v1", torch.float32, {"kernel": "mma", "block_m": 16, "unroll": 2, "split_k": 1}),
     (4, 2, -1, False, False, "v1", torch.float16, {"kernel": "mma", "scale_w": True, "split_k": 1}),
-    # the swapped tile (weight first); pf/pdl ask for the GPU only and are ignored here
+    # the row-order tile (one K = 128 dot a block); pf/pdl ask for the GPU only and are ignored here
+    (5, 4, 128, True, False, "v1", torch.float16, {"kernel": "nat", "pf": 1, "pdl": 2}),
+    (3, 8, 128, False, True, "v2", torch.float16, {"kernel": "nat", "split_k": 2, "ticket": False}),
+    (17, 3, 128, True, False, "v1", torch.float32, {"kernel": "nat", "block_m": 16, "split_k": 1}),
+    (2, 2, -1, False, False, "v1", torch.bfloat16, {"kernel": "nat", "block_n": 128}),
+    # the swapped tile (weight first)
     (9, 4, 128, True, False, "v1", torch.float16, {"kernel": "mma", "swap": True, "pf": 1, "pdl": 2}),
     (2, 8, 128, False, False, "v2", torch.float16, {"kernel": "mma", "swap": True, "split_k": 1, "unroll": 2}),
     (3, 4, 128, True, False, "v2", torch.float16, {"kernel": "dequant"}),

@@ -29,6 +29,10 @@ CASES = [
     (40, 8, False, torch.float16, {"kernel": "mma", "swap": True, "block_n": 128, "split_k": 2}),
     (64, 4, False, torch.bfloat16, {"kernel": "mma", "pf": 1, "pdl": 3}),
     (300, 4, True, torch.float16, None),  # the prefill path
+    (1, 4, False, torch.float16, {"kernel": "gemv", "pf_ahead": 1, "pdl": 1, "split_k": 1}),
+    (64, 4, True, torch.float16, {"kernel": "nat", "block_m": 64, "block_n": 64, "split_k": 2, "pdl": 1}),
+    (300, 8, False, torch.float16, {"kernel": "nat", "block_m": 128, "block_n": 128, "split_k": 1, "num_warps": 8}),
+    (16, 4, False, torch.bfloat16, {"kernel": "nat", "block_m": 16, "block_n": 128, "pf": 1, "pdl": 2}),
 ]
 # fmt: on
 

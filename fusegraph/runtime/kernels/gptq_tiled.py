@@ -33,7 +33,11 @@ import triton
 
 from fusegraph.runtime.kernels.gptq_kernels import _splitk_reduce_kernel
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _tiled_gemv_kernel
-from fusegraph.runtime.kernels.gptq_tiled_mma import _tiled_dequant_kernel, _tiled_mma_kernel
+from fusegraph.runtime.kernels.gptq_tiled_mma import (
+    _tiled_dequant_kernel,
+    _tiled_mma_kernel,
+    _tiled_nat_kernel,
+)
 
 __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 
@@ -163,7 +167,8 @@ def gptq_tiled_matmul(
         config: override "kernel" ("gemv" | "mma" | "dequant"), "split_k", "unroll", "block_m",
             "block_n", "num_warps", "num_stages", "ticket", "use_asm", "pf" (0 | 1: ask L2 for each
             program's weight run first; "pf_lines" caps it), "pdl" (0-3, see `_pdl_enter`; Hopper
-            only, else 0), "swap" (mma: the weight as the dot's first operand) (benchmarks, tests).
+            only, else 0), "pf_ahead" (gemv: ask L2 for the step this many steps ahead), "swap" (mma: the
+            weight as the dot's first operand) (benchmarks, tests).
 
     Returns:
         `[M, N]` in x's dtype.
@@ -195,7 +200,7 @@ def gptq_tiled_matmul(
         return out
     cfg = plan(m, n, k, cb, x.device, perm is not None)
     if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
-        cfg = plan({"gemv": 1, "mma": 17, "dequant": _DEQUANT_MIN_M}[config["kernel"]], n, k, cb, x.device,
+        cfg = plan({"gemv": 1, "mma": 17, "nat": 17, "dequant": _DEQUANT_MIN_M}[config["kernel"]], n, k, cb, x.device,
                    perm is not None)  # fmt: skip
     cfg |= config or {}
     x, qweight_t, scales, qzeros_t = (
@@ -206,7 +211,7 @@ def gptq_tiled_matmul(
     )
     if cfg["kernel"] == "gemv" and x.dtype == torch.float32:
         cfg = plan(17, n, k, cb, x.device) | {k_: v for k_, v in (config or {}).items() if k_ != "kernel"}
-    if perm is not None and (cfg["kernel"] == "mma" or cfg.get("permute_x")):
+    if perm is not None and (cfg["kernel"] in ("mma", "nat") or cfg.get("permute_x")):
         x, perm = x.index_select(1, perm), None  # one gather of x, not one per tile
     if cfg["kernel"] == "gemv" and x.data_ptr() % 4:  # the GEMV reads x as 32-bit pairs
         x = x.clone()
@@ -239,7 +244,8 @@ def gptq_tiled_matmul(
             *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
             out.stride(0), U=unroll, SPLIT_K=split, TICKET=ticket, PREFETCH=bool(cfg.get("prefetch", False)),
             PF_LINES=_pf_lines(cfg, k_per_split, p, 32 * cfg["num_warps"]) if on_gpu else 0, PDL=pdl,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common, **launch,
+            PF_AHEAD=int(cfg.get("pf_ahead", 0)) if on_gpu else 0, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"], **common, **launch,
         )  # fmt: skip
     else:
         block_m, block_n, unroll = cfg["block_m"], cfg["block_n"], cfg.get("unroll", 1)
@@ -249,15 +255,24 @@ def gptq_tiled_matmul(
             )
         grid = (triton.cdiv(m, block_m) * (n // block_n), split)
         cnt = _counters(x.device, grid[0]) if ticket else ws
-        _tiled_mma_kernel[grid](
-            *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-            out.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_K=split, TICKET=ticket,
-            # the interpreter's bf16/fp16 dots are not exact: on the CPU (and for fp32 x) they run in fp32
-            DOT_FP32=x.device.type != "cuda" or x.dtype == torch.float32, GROUP_M=cfg.get("group_m", 8),
-            SCALE_W=bool(cfg.get("scale_w", False)), U=unroll, SWAP=bool(cfg.get("swap", False)),
-            PF_LINES=_pf_lines(cfg, k_per_split, p, 32 * cfg["num_warps"]) if on_gpu else 0, PDL=pdl,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common, **launch,
-        )  # fmt: skip
+        # the interpreter's bf16/fp16 dots are not exact: on the CPU (and for fp32 x) they run in fp32
+        dot_fp32 = x.device.type != "cuda" or x.dtype == torch.float32
+        tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "SPLIT_K": split, "TICKET": ticket, "DOT_FP32": dot_fp32,
+                 "GROUP_M": cfg.get("group_m", 8), "PDL": pdl, "num_warps": cfg["num_warps"],
+                 "num_stages": cfg["num_stages"],
+                 "PF_LINES": _pf_lines(cfg, k_per_split, p, 32 * cfg["num_warps"]) if on_gpu else 0}  # fmt: skip
+        if cfg["kernel"] == "nat":
+            _tiled_nat_kernel[grid](
+                x, qweight_t, scales, qzeros_t, out, ws, cnt, m, n, k, group_size, k_per_split, x.stride(0),
+                scales.stride(0), qzeros_t.stride(0), out.stride(0), CB=cb, ZERO_V1=zero_format == "v1",
+                USE_ASM=use_asm, BF16=x.dtype == torch.bfloat16, **tiles, **launch,
+            )  # fmt: skip
+        else:
+            _tiled_mma_kernel[grid](
+                *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+                out.stride(0), SCALE_W=bool(cfg.get("scale_w", False)), U=unroll, SWAP=bool(cfg.get("swap", False)),
+                **tiles, **common, **launch,
+            )  # fmt: skip
     if split > 1 and not ticket:
         block = 256
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](ws, out, m * n, SPLIT_K=split, BLOCK=block)

@@ -177,6 +177,78 @@ def _tiled_mma_kernel(
 
 
 @triton.jit
+def _natural_tile(w, z, s, CB: tl.constexpr, USE_ASM: tl.constexpr, BF16: tl.constexpr, DT: tl.constexpr):
+    """The block's weights `(q − z)·s` `[128, BN]` in DT, rows in checkpoint order, from its words
+    `[R, BN]`: the P slot tensors interleaved back by joins (slot i = e·P/2 + j holds row
+    2(j·R + r) + e), so one dot of K = 128 takes the whole block."""
+    if USE_ASM:
+        wq = _dq_asm(w, z, CB, BF16)
+    else:
+        wq = _dq_emulated(w, z, CB, DT)
+    if CB == 4:  # dims (r, n, e, j_lo, j_hi) -> (j_hi, j_lo, r, e, n)
+        t = tl.join(tl.join(tl.join(wq[0], wq[4]), tl.join(wq[1], wq[5])),
+                    tl.join(tl.join(wq[2], wq[6]), tl.join(wq[3], wq[7])))  # fmt: skip
+        t = tl.permute(t, (4, 3, 0, 2, 1))
+    else:  # dims (r, n, e, j) -> (j, r, e, n)
+        t = tl.permute(tl.join(tl.join(wq[0], wq[2]), tl.join(wq[1], wq[3])), (3, 0, 2, 1))
+    return tl.reshape(t, [KB, w.shape[1]]) * s[None, :].to(DT)
+
+
+@triton.jit
+def _tiled_nat_kernel(
+    x_ptr, qw_ptr, s_ptr, qz_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, group_size, k_per_split, stride_xm, stride_s, stride_qz, stride_om,
+    CB: tl.constexpr, ZERO_V1: tl.constexpr, USE_ASM: tl.constexpr, BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, TICKET: tl.constexpr,
+    DOT_FP32: tl.constexpr, GROUP_M: tl.constexpr, PF_LINES: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """Tensor-core tile `[BLOCK_M, BLOCK_N]` over one K slice, one dot of K = 128 per block: the
+    block's weights are dequantized, scaled (one fp16/bf16 rounding, Marlin's way) and put back in
+    row order in registers (`_natural_tile`), so x streams in its own order (act-order: the
+    launcher permutes x once). PF_LINES and PDL as in the GEMV."""
+    P: tl.constexpr = 32 // CB
+    R: tl.constexpr = KB // P
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = N // BLOCK_N
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    offs_r = tl.arange(0, R)
+    w_cols = (offs_n // NB).to(tl.int64) * (K // P) * NB + offs_n % NB
+    x_ptrs = x_ptr + tl.where(m_ok, offs_m, 0)[:, None] * stride_xm + tl.arange(0, KB)[None, :]
+    k_begin = pid_k * k_per_split
+    if PF_LINES > 0:
+        for st in tl.static_range(BLOCK_N // NB):
+            strip = qw_ptr + (pid_n * (BLOCK_N // NB) + st).to(tl.int64) * (K // P) * NB
+            _prefetch_l2(strip + (k_begin // P) * NB, (k_per_split // P) * NB, PF_LINES)
+    _pdl_enter(PDL)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_begin, k_begin + k_per_split, KB):
+        w = tl.load(qw_ptr + w_cols[None, :] + (offs_r + k0 // P)[:, None] * NB)
+        g = k0 // group_size
+        z = _zero_f32(qz_ptr, g, offs_n, stride_qz, CB, ZERO_V1)
+        s = tl.load(s_ptr + g * stride_s + offs_n)
+        xt = tl.load(x_ptrs + k0)
+        if DOT_FP32:
+            acc = tl.dot(xt.to(tl.float32), _natural_tile(w, z, s, CB, USE_ASM, BF16, tl.float32), acc,
+                         input_precision="ieee")  # fmt: skip
+        else:
+            acc = tl.dot(xt, _natural_tile(w, z, s, CB, USE_ASM, BF16, x_ptr.dtype.element_ty), acc)
+    _pdl_leave(PDL)
+    mask = m_ok[:, None] & (offs_n < N)[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    _splitk_store(acc, out_ptrs, mask, ws_ptr, offs_m[:, None] * N + offs_n[None, :],
+                  cnt_ptr + pid, pid_k, M * N, SPLIT_K, TICKET)  # fmt: skip
+
+
+@triton.jit
 def _tiled_dequant_kernel(
     qw_ptr, s_ptr, qz_ptr, perm_ptr, w_ptr, N, K, group_size, stride_s, stride_qz, stride_w,
     CB: tl.constexpr, ZERO_V1: tl.constexpr, HAS_PERM: tl.constexpr, USE_ASM: tl.constexpr,
