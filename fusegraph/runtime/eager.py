@@ -75,19 +75,20 @@ class CompiledGraph:
             weight_dims(self.graph.weights, bound),
         )
         del bound  # the module keeps what it reads
-        # CPU: the shared host checks (input_checks.py, also run by IREE). CUDA: device checks.
-        self._input_checks = None if on_cuda else InputChecks.for_graph(self.graph, strict=False)
+        # CPU: the shared host checks (input_checks.py, also run by IREE). CUDA: those that read
+        # no tensor values (shapes, strides, dims) on the host, the metadata values on the device.
+        self._input_checks = InputChecks.for_graph(self.graph, strict=False)
+        self._check = self._input_checks.check_host if on_cuda else self._input_checks.check
         guards = write_guards(self.graph) if on_cuda else []
         self._device_guards = DeviceWriteGuards(guards) if guards else None
         self._cuda_graphs = CudaGraphRunner(self._step, device) if cuda_graphs else None
-        self._dims_by_key: dict[tuple, dict[str, int]] = {}
+        self._dims_by_key: dict[tuple[tuple[torch.Size, torch.dtype, torch.device], ...], dict[str, int]] = {}
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph. Buffer inputs are updated in place; returns the graph outputs
         (new tensors, which later calls do not overwrite)."""
         dims = self.signature(inputs)
-        if self._input_checks is not None:
-            self._input_checks.check(inputs, dims)
+        self._check(inputs, dims)
         if self._device_guards is not None:
             self._device_guards.raise_if_refused(inputs)  # an earlier step's refusal, no sync
         if self._cuda_graphs is not None:
@@ -154,7 +155,8 @@ class CompiledGraph:
             self._device_guards.launch(inputs, dims)
         # The graph outputs only: the module also returns the written buffers (the caller's
         # tensors), which a CUDA-graph replay must not clone (a whole KV cache per step).
-        return self.module(*inputs)[: self.num_outputs]
+        outputs: Sequence[torch.Tensor] = self.module(*inputs)
+        return outputs[: self.num_outputs]
 
     def __repr__(self) -> str:
         return f"CompiledGraph({self.graph.name!r}, backend='eager', device={self.device!r})"
@@ -175,8 +177,7 @@ class BoundStep:
     def __call__(self) -> tuple[torch.Tensor, ...]:
         """Run one step; returns the outputs (static tensors under cuda_graphs=True)."""
         m = self.model
-        if m._input_checks is not None:
-            m._input_checks.check(self.inputs, self.dims)
+        m._check(self.inputs, self.dims)
         if m._device_guards is not None:
             m._device_guards.raise_if_refused(self.inputs)
         if m._cuda_graphs is not None:

@@ -11,7 +11,12 @@ The checks read the ragged metadata on the host (one copy per tensor) and refuse
   its capacity, or a lookup entry past `num_blocks`): writes and paged reads alike;
 - two sequences that write the same cache block in one step;
 - a position past the rope table (`freqs_cis` rows, the model's `max_seq_len`);
-- a non-contiguous buffer input (the KV blocks are written in place).
+- a non-contiguous buffer input (the KV blocks are written in place);
+- a dim of the graph that the call's sizes make negative or fractional (`n - 11` with
+  n = 8: a slice `x[11:]` of 8 rows), naming the dim, where it is, and its value.
+
+`check_host` is the part that reads no tensor values (shapes, strides, dims): the CUDA eager
+runtime runs it on every call and checks the values on the device (`write_guard.py`).
 
 So IREE, which has no bounds checks, is never handed metadata that can index out of bounds,
 and both backends refuse the same inputs with the same messages. `check_weights` runs once,
@@ -27,16 +32,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from xdsl.ir import BlockArgument, SSAValue
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
-from fusegraph.compiler.dims import Dim
+from fusegraph.compiler.dims import Dim, symbol_expr
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.registry import evaluate_dim
-from fusegraph.compiler.types import BufferType
+from fusegraph.compiler.impls import evaluate_dim
+from fusegraph.compiler.types import BufferType, TensorType
 
-__all__ = ["WRITE_OPERANDS", "InputChecks", "MetadataUse", "buffer_root", "check_weights", "metadata_uses"]
+__all__ = [
+    "WRITE_OPERANDS",
+    "InputChecks",
+    "MetadataUse",
+    "buffer_root",
+    "check_weights",
+    "graph_dims",
+    "metadata_uses",
+]
 
 # op name -> operand index of (rows tensor, row offsets, lengths, lookup, kv_blocks, freqs_cis)
 _USES: dict[str, tuple[int, int, int, int | None, int | None, int | None]] = {
@@ -114,9 +128,9 @@ def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
             freqs, tables = operands[fr_i], 2 if "long_after" in op.properties else 1
             if isinstance(freqs, BlockArgument):
                 freqs_input = freqs.index
-            elif (d := freqs.type.shape[0]).is_static:  # type: ignore[attr-defined]
+            elif (d := _shape(freqs)[0]).is_static:
                 max_pos = d.value // tables
-        rows = operands[rows_i].type.shape[0]  # type: ignore[attr-defined]
+        rows = _shape(operands[rows_i])[0]
         use = MetadataUse(
             op.name, rows, index["input_row_offsets"], index["cache_lengths"], lookup, kv,
             op.name in _WRITES, max_pos, freqs_input, tables,
@@ -125,11 +139,15 @@ def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
     return list(uses)
 
 
+def _shape(value: SSAValue) -> tuple[Dim, ...]:
+    return tuple(cast(TensorType | BufferType, value.type).shape)
+
+
 def _all_inputs(operands: Sequence[SSAValue], slots: tuple[int | None, ...]) -> bool:
     _, ro_i, ln_i, lt_i, kv_i, _ = slots
-    meta = [operands[i] for i in (ro_i, ln_i, lt_i) if i is not None]
+    meta: list[SSAValue | None] = [operands[i] for i in (ro_i, ln_i, lt_i) if i is not None]
     if kv_i is not None:
-        meta.append(buffer_root(operands[kv_i]))  # type: ignore[arg-type]
+        meta.append(buffer_root(operands[kv_i]))
     return all(isinstance(v, BlockArgument) for v in meta)
 
 
@@ -149,8 +167,24 @@ def buffer_root(value: SSAValue) -> BlockArgument | None:
         slot = _BUFFER_OPERAND.get(getattr(owner, "name", ""))
         if slot is None:
             return None
-        value = owner.operands[slot]  # type: ignore[union-attr]
+        value = cast(Operation, owner).operands[slot]
     return value
+
+
+def graph_dims(graph: Graph) -> list[tuple[str, Dim]]:
+    """Every distinct algebraic dim of the graph's inputs and op results, with where it first
+    appears (`fg.slice result 0 dim 0`): the dims a call's sizes could make negative."""
+    found: dict[Dim, str] = {}
+    values: list[tuple[str, SSAValue]] = [(f"input {a.index}", a) for a in graph.block.args]
+    for op in graph.block.ops:
+        values += [(f"{op.name} result {r.index}", r) for r in op.results]
+    for where, value in values:
+        if not isinstance(value.type, TensorType | BufferType):
+            continue
+        for axis, d in enumerate(value.type.shape):
+            if d.is_algebraic and d not in found:
+                found[d] = f"{where} dim {axis}"
+    return [(where, d) for d, where in found.items()]
 
 
 class InputChecks:
@@ -159,23 +193,29 @@ class InputChecks:
     Attributes:
         uses: the metadata uses checked on each call.
         buffers: graph-input indices of the buffer inputs (checked contiguous).
+        dims: the graph's algebraic dims and where they appear (checked >= 0 and whole).
     """
 
-    def __init__(self, uses: Sequence[MetadataUse], buffers: Sequence[int]) -> None:
+    def __init__(
+        self, uses: Sequence[MetadataUse], buffers: Sequence[int], dims: Sequence[tuple[str, Dim]] = ()
+    ) -> None:
         self.uses = list(uses)
         self.buffers = list(buffers)
+        self.dims = list(dims)
+        self._dims_ok: set[tuple[tuple[str, int], ...]] = set()  # bindings already checked
 
     @classmethod
     def for_graph(cls, graph: Graph, strict: bool = True) -> InputChecks:
         """The checks `graph`'s ragged ops need (see `metadata_uses` for `strict`)."""
         buffers = [a.index for a in graph.block.args if isinstance(a.type, BufferType)]
-        return cls(metadata_uses(graph, strict), buffers)
+        return cls(metadata_uses(graph, strict), buffers, graph_dims(graph))
 
-    def check(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
-        """Refuse bad metadata before anything runs (inputs already passed `check_inputs`).
+    def check_host(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
+        """The checks that read no tensor values (no host sync on CUDA): contiguous buffers,
+        `batch + 1` row offsets, and the graph's dims whole and >= 0 for these sizes.
 
         Raises:
-            ValueError: the first failed check, naming the op, the operand and the sequence.
+            ValueError: the first failed check, naming the input or the dim.
         """
         for i in self.buffers:
             if not inputs[i].is_contiguous():
@@ -183,35 +223,67 @@ class InputChecks:
                     f"input {i}: the buffer must be contiguous (it is written in place), got strides "
                     f"{list(inputs[i].stride())} for shape {list(inputs[i].shape)}"
                 )
-        host: dict[int, list] = {}
+        for use in self.uses:
+            entries, batch = inputs[use.row_offsets].shape[0], inputs[use.lengths].shape[0]
+            if entries != batch + 1:
+                raise ValueError(
+                    f"{use.op}: input_row_offsets has {entries} entries; it needs batch + 1 = {batch + 1} "
+                    f"(cache_lengths has {batch})"
+                )
+        if self.dims:
+            self._check_dims(dims)
 
-        def values(i: int) -> list:
+    def check(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
+        """Refuse bad metadata before anything runs (inputs already passed `check_inputs`).
+
+        Raises:
+            ValueError: the first failed check, naming the op, the operand and the sequence.
+        """
+        self.check_host(inputs, dims)
+        host: dict[int, list[int] | list[list[int]]] = {}
+
+        def values(i: int) -> list[int]:
             if i not in host:  # one host copy per metadata tensor, shared by every use
                 host[i] = inputs[i].to(torch.int64).tolist()
-            return host[i]
+            return cast(list[int], host[i])
 
         for use in self.uses:
             rows = int(evaluate_dim(use.rows, dims))
             ro, ln = values(use.row_offsets), values(use.lengths)
             _check_row_offsets(use.op, ro, ln, rows)
-            if use.max_pos is not None or use.freqs_input is not None:
-                max_pos = use.max_pos
-                if max_pos is None:
-                    max_pos = inputs[use.freqs_input].shape[0] // use.tables  # type: ignore[index]
+            max_pos = use.max_pos
+            if max_pos is None and use.freqs_input is not None:
+                max_pos = inputs[use.freqs_input].shape[0] // use.tables
+            if max_pos is not None:
                 _check_rope_positions(use.op, ro, ln, max_pos)
             if use.lookup_table is not None and use.kv_blocks is not None:
                 kv = inputs[use.kv_blocks]
-                blocks = _check_pages(use.op, ro, ln, values(use.lookup_table), kv.shape[0], kv.shape[3])
+                lookup = cast(list[list[int]], values(use.lookup_table))
+                blocks = _check_pages(use.op, ro, ln, lookup, kv.shape[0], kv.shape[3])
                 if use.writes:
                     _check_private_writes(use.op, blocks)
 
+    def _check_dims(self, dims: Mapping[str, int]) -> None:
+        key = tuple(sorted(dims.items()))
+        if key in self._dims_ok:
+            return
+        for where, d in self.dims:
+            if not d.symbols <= dims.keys():
+                continue  # a size no input fixes (a weight's): checked when weights are bound
+            value = d.expr.subs({symbol_expr(n): dims[n] for n in d.symbols})
+            if value.is_Integer and value >= 0:
+                continue
+            bound = ", ".join(f"{n} = {dims[n]}" for n in sorted(d.symbols))
+            why = "below zero" if value.is_Integer else "not a whole number"
+            raise ValueError(
+                f"dim {d} ({where}) is {value} with {bound}: {why}; the inputs are too small for "
+                "the graph (every dim must be a whole number >= 0)"
+            )
+        if len(self._dims_ok) < 256:
+            self._dims_ok.add(key)
+
 
 def _check_row_offsets(op: str, ro: list[int], ln: list[int], rows: int) -> None:
-    if len(ro) != len(ln) + 1:
-        raise ValueError(
-            f"{op}: input_row_offsets has {len(ro)} entries; it needs batch + 1 = {len(ln) + 1} "
-            f"(cache_lengths has {len(ln)})"
-        )
     if ro[0] != 0 or ro[-1] != rows or any(a > b for a, b in zip(ro, ro[1:])):
         raise ValueError(f"{op}: input_row_offsets {ro} must rise from 0 to the {rows} rows of the input")
 
@@ -275,13 +347,15 @@ def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
     Raises:
         ValueError: naming the weight, the bad entry and the allowed range.
     """
-    weight_of = {op.results[0]: op.weight_name for op in graph.block.ops if op.name == "fg.weight"}  # type: ignore[attr-defined]
+    weight_of: dict[SSAValue, str] = {op.result: name for name, op in graph.weight_ops.items()}
+    from fusegraph.ops.gptq import QMatmulGptqOp
+
     for op in graph.block.ops:
-        if op.name != "fg.qmatmul.gptq":
+        if not isinstance(op, QMatmulGptqOp):
             continue
-        scales_name = weight_of.get(op.scales)  # type: ignore[attr-defined]
-        g_idx_name = weight_of.get(op.g_idx) if op.g_idx is not None else None  # type: ignore[attr-defined]
-        groups = op.scales.type.shape[0]  # type: ignore[attr-defined]
+        scales_name = weight_of.get(op.scales)
+        g_idx_name = weight_of.get(op.g_idx) if op.g_idx is not None else None
+        groups = _shape(op.scales)[0]
         if scales_name is not None and not bool(torch.isfinite(scales := weights[scales_name]).all()):
             bad = torch.nonzero(~torch.isfinite(scales))[0].tolist()
             raise ValueError(

@@ -60,10 +60,11 @@ def _with(**changes: object) -> Call:
     return call
 
 
-def strided_cache() -> torch.Tensor:
-    wide = torch.zeros([*CACHE_SHAPE[:-1], 2 * SMALL.head_dim])
+def strided_cache(device: str = "cpu") -> torch.Tensor:
+    """The sentinel cache as a view with a stride of 2 in the last dim (not contiguous)."""
+    wide = torch.zeros([*CACHE_SHAPE[:-1], 2 * SMALL.head_dim], device=device)
     view = wide[..., ::2]
-    view.copy_(sentinel_cache())
+    view.copy_(sentinel_cache().to(device))
     return view
 
 

@@ -152,3 +152,21 @@ def test_iree_refuses_a_graph_whose_metadata_it_cannot_check_before_running(tmp_
     with pytest.raises(ValueError, match=r"fg.kv_cache.store: cache_lengths is computed inside the graph"):
         _compile(g, "iree", {}, tmp_path)
     _compile(g, "eager", {}, tmp_path)  # eager CPU: the op checks its own operands when it runs
+
+
+@pytest.mark.parametrize("backend", ["eager", "iree"])
+def test_a_dim_the_inputs_make_negative_is_refused_before_running(backend: str, tmp_path) -> None:  # noqa: ANN001
+    # `x[11:]` has n - 11 rows: valid for n >= 11, so only the call can refuse it
+    with fusegraph.Graph("tail", input_types=[TensorType(DType.float32, ["n", 4], DeviceRef.CPU())]) as g:
+        g.output(ops.mul(g.inputs[0][11:], g.inputs[0][11:]))
+    model = _compile(g, backend, {}, tmp_path)
+    (y,) = model(torch.ones(13, 4))  # type: ignore[operator]
+    assert y.shape == (2, 4)
+    message = (
+        r"^dim n - 11 \(fg.slice result 0 dim 0\) is -3 with n = 8: below zero; the inputs are too "
+        r"small for the graph"
+    )
+    with pytest.raises(ValueError, match=message):
+        model(torch.ones(8, 4))  # type: ignore[operator]
+    (y,) = model(torch.ones(11, 4))  # type: ignore[operator]
+    assert y.shape == (0, 4)

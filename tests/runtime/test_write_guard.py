@@ -3,10 +3,13 @@ whatever runs the writes (torch code, Triton kernels, a replayed CUDA graph)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import fusegraph
+from fusegraph import ops
 from fusegraph.compiler.dims import Dim
 from fusegraph.runtime import PagedKVCacheManager
 from fusegraph.runtime.write_guard import WriteGuard, write_guards
@@ -17,8 +20,43 @@ from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_w
 def test_write_guards__one_check_for_all_layers_sharing_the_cache_inputs(fused: bool) -> None:
     guards = write_guards(gptq_attention_graph(num_layers=2, fused=fused))
     op = "fg.rope_split_store" if fused else "fg.kv_cache.store"
-    # inputs: x, row_offsets, kv_blocks, cache_lengths, lookup_table
-    assert guards == [WriteGuard(op, Dim("total_seq_len"), 2, 1, 3, 4)]
+    rope = "fg.rope_split_store" if fused else "fg.rope"  # the first op: it names bad row offsets
+    # inputs: x, row_offsets, kv_blocks, cache_lengths, lookup_table; the rope table is a weight
+    want = WriteGuard(op, Dim("total_seq_len"), 2, 1, 3, 4, rope, SMALL.max_pos, None, 1, rope)
+    assert guards == [want]
+
+
+def _rope_graph(caches: int) -> fusegraph.Graph:
+    """fg.rope with the table as input 4, then `caches` cache writes on other metadata."""
+    cpu = fusegraph.DeviceRef.CPU()
+    f32, u32 = fusegraph.DType.float32, fusegraph.DType.uint32
+    kv = [SMALL.num_blocks, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
+    types = [
+        fusegraph.TensorType(f32, ["t", SMALL.n_kv_heads, SMALL.head_dim], cpu),
+        fusegraph.TensorType(u32, ["b1"], cpu),
+        fusegraph.TensorType(u32, ["b"], cpu),
+        fusegraph.TensorType(u32, ["b", "p"], cpu),
+        fusegraph.TensorType(f32, ["max_pos", SMALL.head_dim], cpu),
+        *[fusegraph.BufferType(f32, kv, cpu) for _ in range(caches)],
+    ]
+    with fusegraph.Graph(f"rope_{caches}", input_types=types) as g:
+        x, ro, lengths, lookup, freqs, *kvs = g.inputs
+        y = ops.rope(x, ro, lengths, freqs, interleaved=False)
+        for kv_in in kvs:
+            ops.kv_cache_store(kv_in, y, ro, lengths, lookup, layer_idx=0, key_or_value=0)
+        g.output(y)
+    return g
+
+
+def test_write_guards__a_rope_check_reaches_every_written_cache_or_an_own_flag() -> None:
+    t = Dim("t")
+    rope = WriteGuard("fg.rope", t, None, 1, 2, None, "fg.rope", None, 4, 1, "fg.rope")
+    assert write_guards(_rope_graph(0)) == [rope]  # no cache: the guards' own flag
+    store = WriteGuard("fg.kv_cache.store", t, 5, 1, 2, 3, "fg.rope", None, 4, 1, "fg.rope")
+    assert write_guards(_rope_graph(1)) == [store]  # one cache: one launch checks both
+    two = write_guards(_rope_graph(2))
+    assert two[:2] == [WriteGuard("fg.kv_cache.store", t, i, 1, 2, 3) for i in (5, 6)]
+    assert two[2:] == [replace(rope, kv_blocks=i) for i in (5, 6)]  # a refused rope stops both
 
 
 _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

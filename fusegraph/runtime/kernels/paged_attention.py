@@ -33,7 +33,7 @@ def _paged_attention_kernel(
     q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr,
     B, layer_idx, page_size, qk_scale, window, split_len, max_pages, num_blocks,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lut, stride_os, stride_ms,
-    s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5,
+    s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5, T,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -61,7 +61,7 @@ def _paged_attention_kernel(
     i = tl.arange(0, BLOCK_M * GP)
     r = j * BLOCK_M + i // GP
     g = i % GP
-    row_ok = (r < n_rows) & (g < G)
+    row_ok = (r < n_rows) & (g < G) & (start + r < T)  # T: refused row offsets may pass the rows
     t = (start + r).to(tl.int64)
     head = kvh * G + g
     d = tl.arange(0, BLOCK_D)
@@ -231,7 +231,7 @@ def paged_attention_triton(
         batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0, split_len,
         lookup_table.shape[1], kv_blocks.shape[0],
         q.stride(0), q.stride(1), strides[0], strides[1], lookup_table.stride(0), strides[2], strides[3],
-        *kv_blocks.stride(),
+        *kv_blocks.stride(), t_rows,
         G=group, GP=gp, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=triton.next_power_of_2(batch),
         HAS_WINDOW=sliding_window is not None, SPLIT=split,

@@ -23,8 +23,9 @@ kernel free of register shuffles. Arithmetic is fp32; stores round to the output
 
 Cache writes are refused on the device, with no host sync: a row whose page is past its
 lookup row or names a block past num_blocks writes nothing, and while the cache's write flag
-is set (`write_flag.py`: the runtime's capacity check found an overflow in this step) no row
-writes. The op's torch implementation is where out-of-range positions raise.
+is set (`write_flag.py`: the runtime's check refused this step's metadata) no row writes. A
+position past the freqs_cis rows reads no table row (the runtime refuses it with the same flag);
+the op's torch implementation is where out-of-range positions raise.
 """
 
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
@@ -81,6 +82,7 @@ def _rope_split_store_kernel(
     num_blocks,
     max_pages,
     flag_ptr,
+    freq_rows,
     H: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
@@ -116,8 +118,9 @@ def _rope_split_store_kernel(
     row = pos
     if LONG:
         row = tl.where(seq_len > long_after, pos + long_rows, pos)
-    cos = tl.load(freqs_ptr + row * stride_freq_p + 2 * freq_i, mask=rot, other=1.0).to(tl.float32)
-    sin = tl.load(freqs_ptr + row * stride_freq_p + 2 * freq_i + 1, mask=rot, other=0.0).to(tl.float32)
+    in_table = tl.where((row >= 0) & (row < freq_rows), rot, False)  # a refused position reads no row
+    cos = tl.load(freqs_ptr + row * stride_freq_p + 2 * freq_i, mask=in_table, other=1.0).to(tl.float32)
+    sin = tl.load(freqs_ptr + row * stride_freq_p + 2 * freq_i + 1, mask=in_table, other=0.0).to(tl.float32)
     if DYNAMIC:
         grown = seq_len.to(tl.float32) * (ntk_factor / ntk_original_max.to(tl.float32)) - (ntk_factor - 1.0)
         grown = tl.maximum(grown, 1.0)
@@ -258,6 +261,7 @@ def rope_split_store_triton(
         kv_blocks.shape[0],
         lookup_table.shape[1],
         kv_blocks if (flag := flag_for(kv_blocks)) is None else flag,
+        freqs_cis.shape[0],
         H=n_heads,
         HKV=n_kv_heads,
         D=head_dim,
