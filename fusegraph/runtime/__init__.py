@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from fusegraph.compiler.graph import Graph
-from fusegraph.runtime.eager import CompiledGraph
-from fusegraph.runtime.kv_cache_manager import Batch, PagedKVCacheManager
-from fusegraph.runtime.pipeline import DEFAULT_PIPELINE, default_pipeline, run_pipeline
+    from fusegraph.compiler.graph import Graph
+    from fusegraph.runtime.eager import CompiledGraph
+    from fusegraph.runtime.kv_cache_manager import Batch, PagedKVCacheManager
+    from fusegraph.runtime.pipeline import DEFAULT_PIPELINE, default_pipeline
 
 _BACKENDS = ("eager", "iree")
+# Lazy (PEP 562): `fusegraph run --help` imports this package without torch.
+_LAZY = {
+    "CompiledGraph": "fusegraph.runtime.eager",
+    "Batch": "fusegraph.runtime.kv_cache_manager",
+    "PagedKVCacheManager": "fusegraph.runtime.kv_cache_manager",
+    "DEFAULT_PIPELINE": "fusegraph.runtime.pipeline",
+    "default_pipeline": "fusegraph.runtime.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if (module := _LAZY.get(name)) is None:
+        raise AttributeError(f"module 'fusegraph.runtime' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
@@ -48,6 +67,9 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
         >>> model = fusegraph.compile(g, backend="eager", device="cpu", weights=attn.state_dict())
         >>> (y,) = model(x, row_offsets, *kv_inputs)
     """
+    from fusegraph.runtime.eager import CompiledGraph
+    from fusegraph.runtime.pipeline import run_pipeline
+
     if backend == "eager":
         if kwargs:
             raise ValueError(f"compile: backend='eager' takes no options {sorted(kwargs)}")

@@ -20,12 +20,14 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch and the compiler are imported when the command runs, not for --help
+    import torch
 
-from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.types import BufferType, TensorType, buffer_type, shaped_type
+    from fusegraph.compiler.dims import Dim
+    from fusegraph.compiler.graph import Graph
+    from fusegraph.compiler.types import BufferType, TensorType
 
 # Operand names of the paged ops -> the role of a graph input passed there.
 _ROLES = {
@@ -35,12 +37,12 @@ _ROLES = {
     "lookup_table": "lookup_table",
     "kv_blocks": "kv_blocks",
 }
-_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3e-2}
+_TOLERANCE = {"torch.float32": 1e-4, "torch.float16": 2e-2, "torch.bfloat16": 3e-2}  # by str(dtype)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `run` subcommand to the `fusegraph` CLI."""
-    p = subparsers.add_parser("run", help="run a text IR graph on random inputs (eager or IREE)")
+    p: argparse.ArgumentParser = subparsers.add_parser("run", help="run a text IR graph on random inputs (eager or IREE)")
     p.add_argument("file", help="input IR file")
     p.add_argument("--backend", choices=("eager", "iree"), default="eager")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -109,6 +111,8 @@ def load_weights(path: str, graph: Graph) -> dict[str, torch.Tensor]:
 def random_weights(graph: Graph, seed: int) -> dict[str, torch.Tensor]:
     """Random weights by type: floats ~ N(0, 0.1²) (GPTQ scales positive), ints random bits,
     and a valid `g_idx` (k -> its group) for every `*.g_idx`."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     weights = {}
     for name, t in graph.weights.items():
@@ -133,7 +137,7 @@ def _groups_for(graph: Graph, g_idx_name: str, k: int) -> int:
     return _static(g_idx_name, scales.shape[0]) if scales is not None else 1
 
 
-def _static(name: str, d: Any) -> int:
+def _static(name: str, d: Dim) -> int:
     if not d.is_static:
         raise ValueError(f"weight {name!r} has a symbolic dim {d}; weights must be static")
     return d.value
@@ -196,7 +200,7 @@ def run_and_check(
                 runs[0].buffers(inputs[0]), runs[1].buffers(inputs[1])
             )
             worst = max([worst, *errors])
-            tol = tol if tol is not None else max(_TOLERANCE.get(o.dtype, 1e-4) for o in expected)
+            tol = tol if tol is not None else max(_TOLERANCE.get(str(o.dtype), 1e-4) for o in expected)
             line += f"; max|err|/max(1,|ref|) {max(errors):.3e}"
         print(line + (f" (tokens {tokens})" if tokens else ""))
         if args.profile and step == len(plan.steps) - 1:
@@ -223,6 +227,8 @@ def _plan(graph: Graph, roles: dict[int, str], steps: int) -> _Plan:
     kv = [i for i, r in roles.items() if r == "kv_blocks"]
     if not kv or "row_offsets" not in roles.values():
         return _Plan(steps=[[]])
+    from fusegraph.compiler.types import buffer_type
+
     kv_type = buffer_type(graph.block.args[kv[0]])
     num_blocks, _, num_layers, page_size, n_kv_heads, head_dim = (
         _static("kv_blocks", d) for d in kv_type.shape
@@ -248,6 +254,7 @@ class _Runner:
         self, graph: Graph, roles: dict[int, str], plan: _Plan, dims: dict[str, int], device: str, seed: int
     ) -> None:
         from fusegraph.compiler.devices import DeviceRef
+        from fusegraph.compiler.types import shaped_type
         from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 
         self.types = [shaped_type(a) for a in graph.block.args]
@@ -262,6 +269,8 @@ class _Runner:
 
     def inputs(self, step: int, tokens: list[int]) -> list[torch.Tensor]:
         """The inputs of `step`: paged metadata from the manager, the rest random."""
+        import torch
+
         meta = self._paged(tokens)
         sizes = self._sizes(meta, tokens)
         gen = torch.Generator().manual_seed(self.seed * 1000 + step)
@@ -297,6 +306,8 @@ class _Runner:
 
     def buffers(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The buffer inputs after the call (written in place)."""
+        from fusegraph.compiler.types import BufferType
+
         return [x for x, t in zip(inputs, self.types) if isinstance(t, BufferType)]
 
     def commit(self, tokens: list[int]) -> None:
@@ -309,6 +320,8 @@ def _names(t: TensorType | BufferType) -> list[str]:
 
 
 def _random(t: TensorType | BufferType, sizes: dict[str, int], gen: torch.Generator) -> torch.Tensor:
+    import torch
+
     shape = [d.value if d.is_static else sizes[d.name] for d in t.shape]
     dtype = t.dtype.to_torch()
     if dtype.is_floating_point:
