@@ -7,7 +7,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,17 +17,23 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.devices import DeviceRef
 from fusegraph.compiler.dtypes import DType
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import broadcast_shapes, expect_same_device, expect_tensor
 
 _FORMAT_UNARY = "$input attr-dict `:` type($input) `->` type($result)"
 _FORMAT_BINARY = "$lhs `,` $rhs attr-dict `:` type($lhs) `,` type($rhs) `->` type($result)"
+_TorchFn = Callable[..., torch.Tensor]
+_Arg = TensorValue | float
+
+
+def _f64(value: float) -> FloatAttr:
+    return FloatAttr(float(value), Float64Type())
 
 
 # --- constant -------------------------------------------------------------------------
@@ -41,18 +48,24 @@ class ConstantOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "attr-dict `:` type($result)"
 
+    def __init__(self, value: float, *, dtype: DType, device: DeviceRef) -> None:
+        super().__init__([], {"value": _f64(value)}, rule=partial(self.rule, dtype=dtype, device=device))
+
     def infer_types(self) -> Sequence[Attribute]:
         t = expect_tensor(self.name, "result", self.result.type)
         if t.rank != 0:
             raise ValueError(f"fg.constant: result must be rank 0, got rank {t.rank}")
-        return [t]
+        return self.rule(dtype=t.dtype, device=t.device)
+
+    @staticmethod
+    def rule(*, dtype: DType, device: DeviceRef) -> list[Attribute]:
+        """The shape rule: a rank-0 tensor of `dtype` on `device`."""
+        return [TensorType(dtype, [], device)]
 
 
 def constant(value: float, dtype: DType, device: DeviceRef | None = None) -> TensorValue:
     """A rank-0 constant of `dtype`."""
-    rt = TensorType(dtype, [], device or DeviceRef.CPU())
-    op = emit(ConstantOp, [], {"value": FloatAttr(float(value), Float64Type())}, result_types=[rt])
-    return TensorValue(op.results[0])
+    return emit_tensor(ConstantOp(value, dtype=dtype, device=device or DeviceRef.CPU()))
 
 
 @torch_impl(ConstantOp)
@@ -63,7 +76,7 @@ def _constant_torch(op: ConstantOp, *, ctx: LoweringContext) -> torch.Tensor:
 
 # --- binary ---------------------------------------------------------------------------
 class BinaryElementwiseOp(FgOp):
-    """Base of the broadcasting binary ops."""
+    """Base of the broadcasting binary ops: `AddOp(lhs, rhs)`."""
 
     lhs = operand_def(TensorType)
     rhs = operand_def(TensorType)
@@ -71,20 +84,24 @@ class BinaryElementwiseOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = _FORMAT_BINARY
 
+    def __init__(self, lhs: Operand, rhs: Operand) -> None:
+        super().__init__([lhs, rhs], rule=partial(self.rule, name=self.name))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_binary_shape_rule(self.name, self.lhs.type, self.rhs.type)]
+        return self.rule(self.lhs.type, self.rhs.type, name=self.name)
+
+    @staticmethod
+    def rule(lhs: Attribute, rhs: Attribute, *, name: str) -> list[Attribute]:
+        """The shape rule of op `name`: equal dtypes and devices, numpy-broadcast shapes."""
+        lhs = expect_tensor(name, "lhs", lhs)
+        rhs = expect_tensor(name, "rhs", rhs)
+        expect_same_device(name, lhs=lhs, rhs=rhs)
+        if lhs.dtype != rhs.dtype:
+            raise ValueError(f"{name}: lhs dtype {lhs.dtype.name} != rhs dtype {rhs.dtype.name}")
+        return [TensorType(lhs.dtype, broadcast_shapes(name, lhs.shape, rhs.shape), lhs.device)]
 
 
-def _binary_shape_rule(op: str, lhs: Any, rhs: Any) -> TensorType:
-    lhs = expect_tensor(op, "lhs", lhs)
-    rhs = expect_tensor(op, "rhs", rhs)
-    expect_same_device(op, lhs=lhs, rhs=rhs)
-    if lhs.dtype != rhs.dtype:
-        raise ValueError(f"{op}: lhs dtype {lhs.dtype.name} != rhs dtype {rhs.dtype.name}")
-    return TensorType(lhs.dtype, broadcast_shapes(op, lhs.shape, rhs.shape), lhs.device)
-
-
-def _make_binary(cls_name: str, op_name: str, symbol: str, fn: Any) -> type[BinaryElementwiseOp]:
+def _make_binary(cls_name: str, op_name: str, symbol: str, fn: _TorchFn) -> type[BinaryElementwiseOp]:
     doc = f"`{op_name}`: lhs {symbol} rhs, with numpy broadcasting."
     cls = type(cls_name, (BinaryElementwiseOp,), {"name": op_name, "__doc__": doc})
     cls = register_op(irdl_op_definition(cls))
@@ -98,15 +115,14 @@ MulOp = _make_binary("MulOp", "fg.mul", "*", torch.mul)
 DivOp = _make_binary("DivOp", "fg.div", "/", torch.div)
 
 
-def _binary(op_cls: type[BinaryElementwiseOp], lhs: Any, rhs: Any) -> TensorValue:
-    if not isinstance(lhs, TensorValue) and not isinstance(rhs, TensorValue):
-        raise TypeError(f"{op_cls.name}: at least one operand must be a TensorValue")
-    if not isinstance(lhs, TensorValue):
-        lhs = constant(lhs, rhs.dtype, rhs.device)
-    if not isinstance(rhs, TensorValue):
+def _binary(op_cls: type[BinaryElementwiseOp], lhs: _Arg, rhs: _Arg) -> TensorValue:
+    if isinstance(lhs, TensorValue) and not isinstance(rhs, TensorValue):
         rhs = constant(rhs, lhs.dtype, lhs.device)
-    op = emit(op_cls, [lhs, rhs], result_types=lambda: [_binary_shape_rule(op_cls.name, lhs.type, rhs.type)])
-    return TensorValue(op.results[0])
+    elif isinstance(rhs, TensorValue) and not isinstance(lhs, TensorValue):
+        lhs = constant(lhs, rhs.dtype, rhs.device)
+    if not isinstance(lhs, TensorValue) or not isinstance(rhs, TensorValue):
+        raise TypeError(f"{op_cls.name}: at least one operand must be a TensorValue")
+    return emit_tensor(op_cls(lhs, rhs))
 
 
 def add(lhs: TensorValue | float, rhs: TensorValue | float) -> TensorValue:
@@ -130,25 +146,33 @@ def div(lhs: TensorValue | float, rhs: TensorValue | float) -> TensorValue:
 
 
 # --- unary ----------------------------------------------------------------------------
+_FLOAT_ONLY = {"fg.exp", "fg.rsqrt", "fg.silu"}
+
+
 class UnaryElementwiseOp(FgOp):
-    """Base of the unary ops: the result has the input's type."""
+    """Base of the unary ops: `ExpOp(x)`; the result has the input's type."""
 
     input = operand_def(TensorType)
     result = result_def(TensorType)
     traits = traits_def(Pure())
     assembly_format = _FORMAT_UNARY
 
+    def __init__(self, input: Operand) -> None:
+        super().__init__([input], rule=partial(self.rule, name=self.name))
+
     def infer_types(self) -> Sequence[Attribute]:
-        t = expect_tensor(self.name, "input", self.input.type)
-        if not t.dtype.is_float and self.name in _FLOAT_ONLY:
-            raise ValueError(f"{self.name}: input dtype must be a float type, got {t.dtype.name}")
-        return [t]
+        return self.rule(self.input.type, name=self.name)
+
+    @staticmethod
+    def rule(x: Attribute, *, name: str) -> list[Attribute]:
+        """The shape rule of op `name`: `x` keeps its type (a float type for exp, rsqrt, silu)."""
+        x = expect_tensor(name, "input", x)
+        if not x.dtype.is_float and name in _FLOAT_ONLY:
+            raise ValueError(f"{name}: input dtype must be a float type, got {x.dtype.name}")
+        return [x]
 
 
-_FLOAT_ONLY = {"fg.exp", "fg.rsqrt", "fg.silu"}
-
-
-def _make_unary(cls_name: str, op_name: str, fn: Any) -> type[UnaryElementwiseOp]:
+def _make_unary(cls_name: str, op_name: str, fn: _TorchFn) -> type[UnaryElementwiseOp]:
     cls = type(cls_name, (UnaryElementwiseOp,), {"name": op_name, "__doc__": f"`{op_name}`, elementwise."})
     cls = register_op(irdl_op_definition(cls))
     torch_impl(cls)(lambda op, x, *, ctx: fn(x))
@@ -162,41 +186,29 @@ SiluOp = _make_unary("SiluOp", "fg.silu", torch.nn.functional.silu)
 ReluOp = _make_unary("ReluOp", "fg.relu", torch.relu)
 
 
-def _unary(op_cls: type[UnaryElementwiseOp], x: TensorValue) -> TensorValue:
-    op = emit(op_cls, [x], result_types=lambda: [_unary_rule(op_cls.name, x.type)])
-    return TensorValue(op.results[0])
-
-
-def _unary_rule(op: str, t: Any) -> TensorType:
-    t = expect_tensor(op, "input", t)
-    if op in _FLOAT_ONLY and not t.dtype.is_float:
-        raise ValueError(f"{op}: input dtype must be a float type, got {t.dtype.name}")
-    return t
-
-
 def neg(x: TensorValue) -> TensorValue:
     """Elementwise `-x`."""
-    return _unary(NegOp, x)
+    return emit_tensor(NegOp(x))
 
 
 def exp(x: TensorValue) -> TensorValue:
     """Elementwise `e**x` (float types)."""
-    return _unary(ExpOp, x)
+    return emit_tensor(ExpOp(x))
 
 
 def rsqrt(x: TensorValue) -> TensorValue:
     """Elementwise `1/sqrt(x)` (float types)."""
-    return _unary(RsqrtOp, x)
+    return emit_tensor(RsqrtOp(x))
 
 
 def silu(x: TensorValue) -> TensorValue:
     """Elementwise `x * sigmoid(x)` (float types)."""
-    return _unary(SiluOp, x)
+    return emit_tensor(SiluOp(x))
 
 
 def relu(x: TensorValue) -> TensorValue:
     """Elementwise `max(x, 0)`."""
-    return _unary(ReluOp, x)
+    return emit_tensor(ReluOp(x))
 
 
 # --- cast and clamp -------------------------------------------------------------------
@@ -211,10 +223,20 @@ class CastOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = _FORMAT_UNARY
 
+    def __init__(self, input: Operand, *, dtype: DType) -> None:
+        super().__init__([input], rule=partial(self.rule, dtype=dtype))
+
     def infer_types(self) -> Sequence[Attribute]:
-        t = expect_tensor(self.name, "input", self.input.type)
         r = expect_tensor(self.name, "result", self.result.type)
-        return [TensorType(r.dtype, t.shape, t.device)]
+        return self.rule(self.input.type, dtype=r.dtype)
+
+    @staticmethod
+    def rule(x: Attribute, *, dtype: DType) -> list[Attribute]:
+        """The shape rule: `x`'s shape and device, of `dtype`."""
+        if not isinstance(dtype, DType):
+            raise ValueError(f"fg.cast: dtype must be a DType, got {dtype!r}")
+        x = expect_tensor("fg.cast", "input", x)
+        return [TensorType(dtype, x.shape, x.device)]
 
 
 def cast(x: TensorValue, dtype: DType) -> TensorValue:
@@ -223,10 +245,7 @@ def cast(x: TensorValue, dtype: DType) -> TensorValue:
     Example:
         >>> y = ops.cast(x, DType.bfloat16)
     """
-    if not isinstance(dtype, DType):
-        raise ValueError(f"fg.cast: dtype must be a DType, got {dtype!r}")
-    op = emit(CastOp, [x], result_types=[TensorType(dtype, x.shape, x.device)])
-    return TensorValue(op.results[0])
+    return emit_tensor(CastOp(x, dtype=dtype))
 
 
 @torch_impl(CastOp)
@@ -247,12 +266,20 @@ class ClampOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = _FORMAT_UNARY
 
+    def __init__(self, input: Operand, *, min: float | None = None, max: float | None = None) -> None:
+        props = {k: _f64(v) for k, v in (("min", min), ("max", max)) if v is not None}
+        super().__init__([input], props, rule=partial(self.rule, min=min, max=max))
+
     def infer_types(self) -> Sequence[Attribute]:
-        t = expect_tensor(self.name, "input", self.input.type)
-        lo, hi = _bound(self.min), _bound(self.max)
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"fg.clamp: min ({lo}) > max ({hi})")
-        return [t]
+        return self.rule(self.input.type, min=_bound(self.min), max=_bound(self.max))
+
+    @staticmethod
+    def rule(x: Attribute, *, min: float | None, max: float | None) -> list[Attribute]:
+        """The shape rule: `x` keeps its type; `min <= max` when both are given."""
+        x = expect_tensor("fg.clamp", "input", x)
+        if min is not None and max is not None and min > max:
+            raise ValueError(f"fg.clamp: min ({min}) > max ({max})")
+        return [x]
 
 
 def _bound(attr: FloatAttr | None) -> float | None:
@@ -263,15 +290,7 @@ def clamp(x: TensorValue, min: float | None = None, max: float | None = None) ->
     """Clamp `x` to `[min, max]`. At least one bound is required."""
     if min is None and max is None:
         raise ValueError("fg.clamp: give min, max or both")
-    props = {k: FloatAttr(float(v), Float64Type()) for k, v in (("min", min), ("max", max)) if v is not None}
-
-    def rule() -> list[TensorType]:
-        if min is not None and max is not None and min > max:
-            raise ValueError(f"fg.clamp: min ({min}) > max ({max})")
-        return [expect_tensor("fg.clamp", "input", x.type)]
-
-    op = emit(ClampOp, [x], props, result_types=rule)
-    return TensorValue(op.results[0])
+    return emit_tensor(ClampOp(x, min=min, max=max))
 
 
 @torch_impl(ClampOp)
