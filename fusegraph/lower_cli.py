@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fusegraph.compiler.errors import IRParseError, IRVerifyError
+
+if TYPE_CHECKING:
+    from fusegraph.compiler.graph import Graph
 
 _MODES = ("custom", "decomposed")
 _OUTPUT_TYPES = ("torch", "linalg-on-tensors", "tosa", "stablehlo")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the `lower` subcommand to the `fusegraph` CLI."""
     p = subparsers.add_parser("lower", help="lower text IR to torch-mlir (torch, linalg, tosa, stablehlo)")
     p.add_argument("file", nargs="?", default="-", help="input IR file ('-' = stdin)")
@@ -84,7 +87,7 @@ _TOSA_OPS = frozenset({
 _TOSA_STATIC_OPS = frozenset({"fg.split", "fg.concat", "fg.slice"})  # with static shapes only
 
 
-def tosa_unsupported_ops(graph: Any) -> list[str]:
+def tosa_unsupported_ops(graph: Graph) -> list[str]:
     """The ops of `graph` that `--output-type tosa` cannot lower, sorted (empty: all can).
 
     Example:
@@ -102,7 +105,7 @@ def tosa_unsupported_ops(graph: Any) -> list[str]:
     return sorted(bad)
 
 
-def _run_passes(graph: Any, pipeline: str) -> None:
+def _run_passes(graph: Graph, pipeline: str) -> None:
     from fusegraph.passes.manager import PassManager
 
     PassManager(pipeline).run(graph)

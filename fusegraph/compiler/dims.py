@@ -90,13 +90,6 @@ class Dim:
         """The names this dim depends on."""
         return frozenset(str(s) for s in self.expr.free_symbols)
 
-    def evaluate(self, bindings: dict[str, int]) -> int:
-        """The integer size, given values for the symbolic names."""
-        value = self.expr.subs({_symbol(k): v for k, v in bindings.items()})
-        if not value.is_Integer:
-            raise ValueError(f"dim {self}: cannot evaluate with {bindings}")
-        return int(value)
-
     # --- arithmetic -------------------------------------------------------------------
     def __add__(self, other: DimLike) -> Dim:
         return Dim(self.expr + Dim(other).expr)
@@ -132,7 +125,7 @@ class Dim:
             return True
         if a.is_Integer or b.is_Integer or a.is_Symbol or b.is_Symbol:
             return False  # sympy's canonical forms make these structural comparisons exact
-        return sympy.expand(a - b) == 0
+        return bool(sympy.expand(a - b) == 0)
 
     def __hash__(self) -> int:
         return self._hash

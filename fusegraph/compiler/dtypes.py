@@ -50,7 +50,8 @@ class DType(enum.Enum):
         """The equivalent `torch.dtype`."""
         import torch
 
-        return getattr(torch, self.name)
+        dtype: torch.dtype = getattr(torch, self.name)  # the members are named after torch's dtypes
+        return dtype
 
     @classmethod
     def from_torch(cls, dtype: torch.dtype) -> DType:

@@ -8,7 +8,7 @@ from io import StringIO
 from typing import Any, TypeVar
 
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import FunctionType, ModuleOp
 from xdsl.ir import Block, Operation, Region
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
@@ -156,7 +156,7 @@ class Graph:
                 raise TypeError(f"Graph.output: value {i} must be a graph value, got {type(v).__name__}")
         ssa = [v.ssa for v in values]
         self.add_op(func.ReturnOp(*ssa))
-        self.func.function_type = func.FunctionType.from_lists(
+        self.func.function_type = FunctionType.from_lists(
             [a.type for a in self.block.args], [v.type for v in ssa]
         )
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from types import EllipsisType
+from typing import Protocol, TypeAlias, cast
 
 from xdsl.ir import SSAValue
 
@@ -12,6 +13,12 @@ from fusegraph.compiler.devices import DeviceRef
 from fusegraph.compiler.dims import Dim, DimLike
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.types import BufferType, TensorType
+
+TensorOrScalar: TypeAlias = "TensorValue | float"
+"""An elementwise operand: a tensor, or a Python scalar (an int too) that becomes a constant."""
+IndexItem: TypeAlias = int | slice | EllipsisType
+Index: TypeAlias = IndexItem | tuple[IndexItem, ...]
+"""A `TensorValue[...]` index: an int, a slice (step > 0), one `...`, or a tuple of them."""
 
 
 class Value:
@@ -88,28 +95,28 @@ class TensorValue(Value):
         """The value's tensor type."""
         return cast(TensorType, self.ssa.type)
 
-    def __add__(self, other: Any) -> TensorValue:
+    def __add__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().add(self, other)
 
-    def __radd__(self, other: Any) -> TensorValue:
+    def __radd__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().add(other, self)
 
-    def __sub__(self, other: Any) -> TensorValue:
+    def __sub__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().sub(self, other)
 
-    def __rsub__(self, other: Any) -> TensorValue:
+    def __rsub__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().sub(other, self)
 
-    def __mul__(self, other: Any) -> TensorValue:
+    def __mul__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().mul(self, other)
 
-    def __rmul__(self, other: Any) -> TensorValue:
+    def __rmul__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().mul(other, self)
 
-    def __truediv__(self, other: Any) -> TensorValue:
+    def __truediv__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().div(self, other)
 
-    def __rtruediv__(self, other: Any) -> TensorValue:
+    def __rtruediv__(self, other: TensorOrScalar) -> TensorValue:
         return tensor_ops().div(other, self)
 
     def __neg__(self) -> TensorValue:
@@ -135,7 +142,7 @@ class TensorValue(Value):
         """Reorder the dims."""
         return tensor_ops().permute(self, perm)
 
-    def __getitem__(self, index: Any) -> TensorValue:
+    def __getitem__(self, index: Index) -> TensorValue:
         return tensor_ops().slice_tensor(self, index)
 
 
@@ -143,17 +150,17 @@ class TensorOps(Protocol):
     """The builders behind TensorValue's operators. `fusegraph.ops` installs itself here when
     it is imported (`install_tensor_ops`), so the IR core never imports the op families."""
 
-    def add(self, lhs: Any, rhs: Any) -> TensorValue: ...
-    def sub(self, lhs: Any, rhs: Any) -> TensorValue: ...
-    def mul(self, lhs: Any, rhs: Any) -> TensorValue: ...
-    def div(self, lhs: Any, rhs: Any) -> TensorValue: ...
+    def add(self, lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue: ...
+    def sub(self, lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue: ...
+    def mul(self, lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue: ...
+    def div(self, lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue: ...
     def neg(self, x: TensorValue) -> TensorValue: ...
     def matmul(self, lhs: TensorValue, rhs: TensorValue) -> TensorValue: ...
     def transpose(self, x: TensorValue, dim0: int, dim1: int) -> TensorValue: ...
     def reshape(self, x: TensorValue, shape: Sequence[DimLike]) -> TensorValue: ...
     def cast(self, x: TensorValue, dtype: DType) -> TensorValue: ...
     def permute(self, x: TensorValue, perm: Sequence[int]) -> TensorValue: ...
-    def slice_tensor(self, x: TensorValue, index: Any) -> TensorValue: ...
+    def slice_tensor(self, x: TensorValue, index: Index) -> TensorValue: ...
 
 
 _TENSOR_OPS: list[TensorOps] = []

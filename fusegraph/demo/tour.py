@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def step_inputs(seed: int = 1) -> list[torch.Tensor]:
 
 
 def run_steps(
-    model: object, layer: Layer, xs: list[torch.Tensor], device: str
+    model: Callable[..., Sequence[torch.Tensor]], layer: Layer, xs: list[torch.Tensor], device: str
 ) -> tuple[list[torch.Tensor], torch.Tensor, float]:
     """Prefill + decode through `model`; returns outputs, the final K/V of every sequence, seconds."""
     manager = PagedKVCacheManager(layer.kv_params, num_blocks=16)
@@ -104,7 +105,7 @@ def run_steps(
     start = time.perf_counter()
     for tokens, x in zip(STEPS, xs, strict=True):
         batch = manager.prepare(seqs, tokens)
-        (y,) = model(x.to(device), batch.row_offsets, *batch.kv_inputs)  # type: ignore[operator]
+        (y,) = model(x.to(device), batch.row_offsets, *batch.kv_inputs)
         outputs.append(y.cpu())
         manager.commit(seqs, tokens)
     seconds = time.perf_counter() - start
@@ -151,6 +152,10 @@ def max_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+RunRow = tuple[str, str, list[torch.Tensor], torch.Tensor, float, float]
+"""(backend, graph form, outputs per step, final cache, compile seconds, run seconds)."""
+
+
 def run_tour(device: str, backends: list[str], dump_dir: str | None, color: bool) -> int:
     """Run the five steps and print the summary table. Returns the exit status."""
     out = Printer(color=color, dump_dir=Path(dump_dir) if dump_dir else None)
@@ -176,7 +181,7 @@ def run_tour(device: str, backends: list[str], dump_dir: str | None, color: bool
     out.step(4, f"run a ragged prefill {STEPS[0]} + 2 decode steps on {device}")
     xs = step_inputs()
     ref_outs, ref_cache = reference_outputs(unfused_layer, xs)
-    rows = []
+    rows: list[RunRow] = []
     for backend in backends:
         # "unfused" runs the graph as built; "fused" is what compile() does by default: the
         # default pipeline (which fuses as in step 2) on the same unfused graph.
@@ -217,7 +222,9 @@ def run_tour(device: str, backends: list[str], dump_dir: str | None, color: bool
     return 0 if ok else 1
 
 
-def summary_rows(rows: list, ref_outs: list[torch.Tensor], ref_cache: torch.Tensor) -> list[list[str]]:
+def summary_rows(
+    rows: list[RunRow], ref_outs: list[torch.Tensor], ref_cache: torch.Tensor
+) -> list[list[str]]:
     """One table row per (backend, graph form)."""
     unfused = {r[0]: r[2] for r in rows if r[1] == "unfused"}
     table = []

@@ -20,10 +20,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusegraph.distributed.groups import RankInfo, current_rank
 from fusegraph.distributed.launch import LaunchError, launch
+
+if TYPE_CHECKING:
+    from fusegraph.nn.decoder import DecoderModel
 
 
 def run_tp(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -68,7 +71,7 @@ def _rank_main(info: RankInfo, body: Callable[[argparse.Namespace], int], args: 
     return body(args)
 
 
-def load_for_rank(path: str | Path, **kwargs: Any) -> Any:
+def load_for_rank(path: str | Path, **kwargs: Any) -> DecoderModel:
     """`load_model(path, **kwargs)`, or this rank's shard inside a tensor-parallel run.
 
     Example:

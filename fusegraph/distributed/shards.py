@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import torch
 
@@ -51,6 +51,22 @@ class TensorSource(Protocol):
     def shape(self, name: str) -> list[int]: ...
 
     def read(self, name: str, dim: int | None = None, start: int = 0, stop: int = 0) -> torch.Tensor: ...
+
+
+class _SafeSlice(Protocol):
+    """What this module uses of safetensors' `PySafeSlice` (its stub leaves it untyped)."""
+
+    def get_shape(self) -> list[int]: ...
+
+    def __getitem__(self, index: slice | tuple[slice, ...]) -> torch.Tensor: ...
+
+
+class _SafeHandle(Protocol):
+    """What this module uses of a `safe_open(..., framework="pt")` handle."""
+
+    def keys(self) -> list[str]: ...
+
+    def get_slice(self, name: str) -> _SafeSlice: ...
 
 
 @dataclass
@@ -76,9 +92,9 @@ class SafetensorsSource:
     def __init__(self, files: Iterable[str | Path]) -> None:
         from safetensors import safe_open
 
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, _SafeHandle] = {}
         for file in files:
-            handle = safe_open(str(file), framework="pt")
+            handle: _SafeHandle = safe_open(str(file), framework="pt")
             for name in handle.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
                 self._handles[name] = handle
         self.bytes_read = 0
@@ -114,7 +130,10 @@ def _block(bits: int) -> tuple[int, int]:
     return (3, 32) if bits == 3 else (1, 32 // bits)
 
 
-def _lookup(table: Mapping[str, Any], name: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _lookup(table: Mapping[str, _T], name: str) -> _T:
     if name not in table:
         raise ShardingError(f"checkpoint: no tensor named {name!r}")
     return table[name]

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fusegraph import ops
 from fusegraph.compiler import BufferType, DeviceRef, DType, Graph, TensorType, TensorValue
@@ -45,6 +45,9 @@ from fusegraph.nn.mlp import MLP, make_linear
 from fusegraph.nn.norm import RMSNorm
 from fusegraph.nn.rotary import RotaryEmbedding
 from fusegraph.nn.transformer import TransformerBlock
+
+if TYPE_CHECKING:
+    from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 
 DEFAULT_PIPELINE = "default"
 """`fusegraph.compile`'s default pipeline, resolved per backend and device by
@@ -193,7 +196,7 @@ class DecoderModel(Module):
         name = name or f"{self.config.model_type}_x{self.config.num_hidden_layers}"
         with Graph(name, input_types=self.input_types(num_blocks)) as g:
             tokens, row_offsets, *kv_inputs = g.inputs
-            g.output(self(tokens, row_offsets, PagedCacheValues(*kv_inputs)))  # type: ignore[arg-type]
+            g.output(self(tokens, row_offsets, PagedCacheValues(*kv_inputs)))
         return g
 
     def __call__(self, tokens: TensorValue, row_offsets: TensorValue, kv: PagedCacheValues) -> TensorValue:
@@ -214,7 +217,7 @@ class DecoderModel(Module):
         return logits if self.dtype == DType.float32 else ops.cast(logits, DType.float32)
 
     # --- running -----------------------------------------------------------------------
-    def kv_manager(self, num_blocks: int) -> Any:
+    def kv_manager(self, num_blocks: int) -> PagedKVCacheManager:
         """A `PagedKVCacheManager` for this model's cache (same params and device)."""
         from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 

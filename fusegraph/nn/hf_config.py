@@ -213,7 +213,7 @@ def _dtype(data: Mapping[str, Any], source: str) -> DType:
     return _DTYPES[name]
 
 
-def parse_dtype(value: Any) -> DType:
+def parse_dtype(value: object) -> DType:
     """A DType from a DType, a torch.dtype or a name ("float16", "f16", "bf16", ...).
 
     Raises:

@@ -20,14 +20,14 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 
-from fusegraph.compiler import DeviceRef
+from fusegraph.compiler import DeviceRef, DType
 from fusegraph.nn.decoder import DecoderModel
 from fusegraph.nn.hf_config import ModelConfig, ModelLoadError, parse_dtype
 
@@ -95,7 +95,8 @@ class SafetensorsDir:
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor."""
         with safe_open(str(self.origin[name]), framework="pt") as f:
-            return f.get_tensor(name)
+            tensor: torch.Tensor = f.get_tensor(name)  # safetensors' stub leaves it untyped
+            return tensor
 
 
 def stack_projections(
@@ -134,7 +135,7 @@ def load_model(
     path: str | Path,
     *,
     device: str | DeviceRef = "cpu",
-    dtype: Any = None,
+    dtype: str | DType | torch.dtype | None = None,
     fuse: bool = True,
     max_seq_len: int | None = None,
     page_size: int = 16,
@@ -191,7 +192,11 @@ def load_model(
     return model
 
 
-def _parse(fn: Any, value: Any) -> Any:
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+def _parse(fn: Callable[[_In], _Out], value: _In) -> _Out:
     try:
         return fn(value)
     except ValueError as err:

@@ -18,12 +18,17 @@ import argparse
 import json
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from fusegraph.nn.decoder import DecoderModel
 
 _OUTPUT_TYPES = ("torch", "linalg-on-tensors", "tosa", "stablehlo")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the `model` subcommand to the `fusegraph` CLI."""
     p = subparsers.add_parser(
         "model", help="build a HF model directory's graph; print, lower or run it", description=__doc__
@@ -147,8 +152,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _logits(
-    model: Any, prompts: list[list[int]], num_blocks: int, pipeline: str, args: argparse.Namespace
-) -> Any:
+    model: DecoderModel, prompts: list[list[int]], num_blocks: int, pipeline: str, args: argparse.Namespace
+) -> torch.Tensor:
     import torch
 
     run = model.compile(num_blocks, backend=args.backend, device=args.device, pipeline=pipeline or None)
@@ -156,7 +161,8 @@ def _logits(
     seqs = [manager.claim(max_len=len(p)) for p in prompts]
     batch = manager.prepare(seqs, [len(p) for p in prompts])
     tokens = torch.tensor([t for p in prompts for t in p], dtype=torch.int64, device=manager.kv_blocks.device)
-    (logits,) = run(tokens, batch.row_offsets, *batch.kv_inputs)
+    outputs: tuple[torch.Tensor, ...] = run(tokens, batch.row_offsets, *batch.kv_inputs)
+    (logits,) = outputs
     return logits.float().cpu()
 
 

@@ -168,7 +168,7 @@ class PassManager:
         self.print_after = print_ir_after_all or (ir_dump is not None and no_flag)
         self.print_after_change = print_ir_after_change
         self.ir_dump = ir_dump
-        self.debug_stream: TextIO | None = sys.stderr if debug is True else (debug or None)  # type: ignore[assignment]
+        self.debug_stream: TextIO | None = sys.stderr if debug is True else (debug or None)
 
     @property
     def pipeline_text(self) -> str:

@@ -17,12 +17,15 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 # xDSL, the IR core and the passes are imported where they are used, so that `--help` and
 # `--list-passes` do not pay for them (or for torch, which the op families import).
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from xdsl.dialects.builtin import ModuleOp
+    from xdsl.passes import ModulePass
 
     from fusegraph.passes.manager import PassManager
 
@@ -30,7 +33,7 @@ SPLIT_MARKER = "// -----"
 _EXPECTED = re.compile(r"//\s*expected-error(?:@[+-]?\d+)?\s*\{\{(.*?)\}\}")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the `opt` subcommand to the `fusegraph` CLI."""
     p = subparsers.add_parser("opt", help="run a pass pipeline over text IR (like mlir-opt)")
     p.add_argument("file", nargs="?", default="-", help="input IR file ('-' = stdin)")
@@ -70,7 +73,7 @@ def list_passes() -> str:
     return _format_passes((name, load()) for name, load in available_passes().items())
 
 
-def _format_passes(passes: Any) -> str:
+def _format_passes(passes: Iterable[tuple[str, type[ModulePass]]]) -> str:
     lines = []
     for name, cls in passes:
         opts = [f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.init]
@@ -185,7 +188,7 @@ def draw_pictures(
     from fusegraph.compiler.graph import Graph
 
     result = Graph(name="", module=after)
-    jobs = []
+    jobs: list[tuple[str, Callable[[], str]]] = []  # (output path, dot text maker)
     if args.dot:
         jobs.append((args.dot, lambda: to_dot(result)))
     if args.dot_compare and before is not None:

@@ -109,7 +109,7 @@ def _ops(prof: torch.profiler.profile, on_cuda: bool, steps: int) -> list[tuple[
     rows = []
     for e in prof.key_averages():
         if on_cuda:
-            if e.device_type != torch.autograd.DeviceType.CUDA:
+            if e.device_type != torch.profiler.DeviceType.CUDA:
                 continue
             us = _device_time(e)
         else:
