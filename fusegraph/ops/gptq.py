@@ -1,8 +1,9 @@
 """`fg.qmatmul.gptq`: x @ W for a GPTQ-quantized W (AutoGPTQ/GPTQModel tensors).
 
-The op class, its builder, its shape rule, the `fusegraph::qmatmul_gptq` torch.library
-op and the torch implementation live here; packing and the aten math live in
-`gptq_packing.py` and are re-exported.
+The op class (its constructor and shape rule), its builder, the `fusegraph::qmatmul_gptq`
+torch.library op and the torch implementation live here, with the property encoding and the
+checks the three GPTQ ops share (`gptq_repack.py` has the other two); packing and the aten
+math live in `gptq_packing.py` and are re-exported.
 
 Example:
     >>> t = pack(w, bits=4, group_size=128, sym=False)          # w [N, K] float
@@ -13,13 +14,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 from xdsl.dialects.builtin import BoolAttr, Float64Type, FloatAttr, IntegerAttr, StringAttr, i64
-from xdsl.ir import Attribute
+from xdsl.ir import Attribute, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     irdl_op_definition,
@@ -32,11 +34,11 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
@@ -65,17 +67,25 @@ __all__ = [
 ]
 
 _OP = "fg.qmatmul.gptq"
-_FLOATS = (DType.float32, DType.float16, DType.bfloat16)
+FLOATS = (DType.float32, DType.float16, DType.bfloat16)
 
 
+# --- what the three GPTQ ops share: properties and checks ---------------------------------
 class GptqFormatProps:
     """Typed accessors of the GPTQ properties an op class declares (`bits_attr`, ...), shared
-    by `fg.qmatmul.gptq`, `fg.gptq.repack` and `fg.qmatmul.gptq_tiled`."""
+    by `fg.qmatmul.gptq`, `fg.gptq.repack` and `fg.qmatmul.gptq_tiled`; `params` gives them as
+    the constructor and the shape rule take them (the class's `PARAMS`, in print order)."""
 
+    PARAMS: ClassVar[tuple[str, ...]] = ("bits", "group_size", "zero_format")
     if TYPE_CHECKING:  # declared by the op class (prop_def); xDSL refuses plain annotations
         bits_attr: IntegerAttr
         group_size_attr: IntegerAttr
         zero_format_attr: StringAttr
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The properties as Python values, by name (`{"bits": 4, ...}`)."""
+        return {name: getattr(self, name) for name in self.PARAMS}
 
     @property
     def bits(self) -> int:
@@ -96,6 +106,7 @@ class GptqFormatProps:
 class GptqQuantProps(GptqFormatProps):
     """`GptqFormatProps` plus `sym` and `desc_act`."""
 
+    PARAMS: ClassVar[tuple[str, ...]] = ("bits", "group_size", "sym", "desc_act", "zero_format")
     if TYPE_CHECKING:
         sym_attr: BoolAttr
         desc_act_attr: BoolAttr
@@ -111,6 +122,76 @@ class GptqQuantProps(GptqFormatProps):
         return bool(self.desc_act_attr.value.data)
 
 
+def gptq_props(params: Mapping[str, Any]) -> dict[str, Attribute]:
+    """The properties of a GPTQ op from their Python values, in the given (print) order; an
+    absent clip (None) is left out."""
+    props: dict[str, Attribute] = {}
+    for name, value in params.items():
+        if name == "clip":
+            if value is not None:
+                props[name] = FloatAttr(float(value), Float64Type())
+        elif name == "zero_format":
+            props[name] = StringAttr(value)
+        elif name in ("sym", "desc_act"):
+            props[name] = IntegerAttr.from_bool(value)
+        else:
+            props[name] = IntegerAttr(value, i64)
+    return props
+
+
+def type_of(value: SSAValue | None) -> Attribute | None:
+    """The type of an optional operand, or None when it is absent."""
+    return None if value is None else value.type
+
+
+def expect_eq(op: str, what: str, got: Dim, want: int, formula: str) -> None:
+    if got != Dim(want):
+        raise ValueError(f"{op}: {what} ({got}) != {formula} ({want})")
+
+
+def static_dim(op: str, operand: str, index: int, d: Dim) -> int:
+    if not d.is_static:
+        raise ValueError(f"{op}: {operand} dim {index} must be static, got {d}")
+    return d.value
+
+
+def check_format(op: str, bits: int, zero_format: str) -> None:
+    if bits not in ALLOWED_BITS:
+        raise ValueError(f"{op}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, got {bits}")
+    if zero_format not in ZERO_FORMATS:
+        raise ValueError(f"{op}: zero_format must be one of {', '.join(ZERO_FORMATS)}, got {zero_format!r}")
+
+
+def num_groups(k: int, group_size: int) -> int:
+    return 1 if group_size == -1 else k // group_size
+
+
+def check_zeros_g_idx(
+    op: str, qzeros: Attribute | None, g_idx: Attribute | None, *, k: int, n: int, groups: int, bits: int,
+    sym: bool, desc_act: bool,
+) -> None:  # fmt: skip
+    """The optional operands of `fg.qmatmul.gptq` and `fg.gptq.repack`: qzeros `[G, N*bits/32]`
+    (absent only when sym) and g_idx `[K]` (required by desc_act), both int32."""
+    if qzeros is None and not sym:
+        raise ValueError(f"{op}: qzeros may be absent only when sym=True (got sym=False)")
+    if g_idx is None and desc_act:
+        raise ValueError(f"{op}: desc_act=True requires g_idx")
+    if qzeros is not None:
+        qzeros = expect_tensor(op, "qzeros", qzeros)
+        expect_rank(op, "qzeros", qzeros, 2)
+        expect_dtype(op, "qzeros", qzeros, [DType.int32])
+        if (n * bits) % 32 or (bits == 3 and n % 32):
+            raise ValueError(f"{op}: N ({n}) cannot be packed in qzeros at bits={bits}")
+        expect_eq(op, "qzeros dim 0", qzeros.shape[0], groups, "G")
+        expect_eq(op, "qzeros dim 1", qzeros.shape[1], n * bits // 32, "N*bits/32")
+    if g_idx is not None:
+        g_idx = expect_tensor(op, "g_idx", g_idx)
+        expect_rank(op, "g_idx", g_idx, 1)
+        expect_dtype(op, "g_idx", g_idx, [DType.int32])
+        expect_eq(op, "g_idx dim 0", g_idx.shape[0], k, "K")
+
+
+# --- fg.qmatmul.gptq ----------------------------------------------------------------------
 @register_op
 @irdl_op_definition
 class QMatmulGptqOp(GptqQuantProps, FgOp):
@@ -118,10 +199,14 @@ class QMatmulGptqOp(GptqQuantProps, FgOp):
 
     `%y = fg.qmatmul.gptq %x, %qw, %s zeros %qz g_idx %g {bits = 4 : i64, ...} : ...`;
     `zeros` and `g_idx` are optional (absent qzeros needs sym; absent g_idx means
-    k // group_size).
+    k // group_size). The arguments are those of `qmatmul_gptq`.
+
+    Example:
+        >>> op = QMatmulGptqOp(x, qw, s, qz, bits=4, group_size=32, sym=False, desc_act=False)
     """
 
     name = "fg.qmatmul.gptq"
+    PARAMS: ClassVar[tuple[str, ...]] = ("bits", "group_size", "sym", "desc_act", "zero_format", "clip")
     x = operand_def(TensorType)
     qweight = operand_def(TensorType)
     scales = operand_def(TensorType)
@@ -142,121 +227,63 @@ class QMatmulGptqOp(GptqQuantProps, FgOp):
         "(`g_idx` type($g_idx)^)? `->` type($result)"
     )
 
+    def __init__(
+        self, x: Operand, qweight: Operand, scales: Operand, qzeros: Operand | None = None,
+        g_idx: Operand | None = None, *, bits: int, group_size: int, sym: bool, desc_act: bool,
+        zero_format: str = "v1", clip: float | None = None,
+    ) -> None:  # fmt: skip
+        params: dict[str, Any] = dict(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+                                      zero_format=zero_format, clip=clip)  # fmt: skip
+        operands = [x, qweight, scales, qzeros, g_idx]
+        super().__init__(operands, gptq_props(params), rule=partial(self.rule, **params))
+
     @property
     def clip(self) -> float | None:
         """Clamp of the dequantized weight to [-clip, clip], or None."""
         return None if self.clip_attr is None else self.clip_attr.value.data
 
     def infer_types(self) -> Sequence[Attribute]:
-        return [
-            _qmatmul_gptq_shape_rule(
-                self.x.type,
-                self.qweight.type,
-                self.scales.type,
-                None if self.qzeros is None else self.qzeros.type,
-                None if self.g_idx is None else self.g_idx.type,
-                **_params(self),
-            )
-        ]
+        types = (self.x.type, self.qweight.type, self.scales.type, type_of(self.qzeros))
+        return self.rule(*types, type_of(self.g_idx), **self.params)
+
+    @staticmethod
+    def rule(
+        x: Attribute, qweight: Attribute, scales: Attribute, qzeros: Attribute | None, g_idx: Attribute | None,
+        *, bits: int, group_size: int, sym: bool, desc_act: bool, zero_format: str, clip: float | None,
+    ) -> list[Attribute]:  # fmt: skip
+        """The shape rule: x `[M, K]` float, qweight int32 `[K*bits/32, N]`, scales `[G, N]`
+        (+ `check_zeros_g_idx`); K and N static; the result is `[M, N]` of x's dtype."""
+        x = expect_tensor(_OP, "x", x)
+        qweight = expect_tensor(_OP, "qweight", qweight)
+        scales = expect_tensor(_OP, "scales", scales)
+        for operand, t in (("x", x), ("qweight", qweight), ("scales", scales)):
+            expect_rank(_OP, operand, t, 2)
+        expect_dtype(_OP, "x", x, FLOATS)
+        expect_dtype(_OP, "qweight", qweight, [DType.int32])
+        expect_dtype(_OP, "scales", scales, FLOATS)
+        expect_same_device(
+            _OP, x=x, qweight=qweight, scales=scales,
+            qzeros=qzeros if isinstance(qzeros, TensorType) else None,
+            g_idx=g_idx if isinstance(g_idx, TensorType) else None,
+        )  # fmt: skip
+        k, n = static_dim(_OP, "x", 1, x.shape[1]), static_dim(_OP, "qweight", 1, qweight.shape[1])
+        check_format(_OP, bits, zero_format)
+        if clip is not None and not clip > 0:
+            raise ValueError(f"{_OP}: clip must be > 0, got {clip}")
+        # 3-bit packs 32 values into 3 words, so K comes in whole blocks of 32.
+        per_block = 32 if bits == 3 else 32 // bits
+        if k % per_block:
+            raise ValueError(f"{_OP}: K ({k}) must be a multiple of {per_block} for bits={bits}")
+        if group_size != -1 and (group_size <= 0 or k % group_size):
+            raise ValueError(f"{_OP}: group_size ({group_size}) must be -1 or a positive divisor of K ({k})")
+        groups = num_groups(k, group_size)
+        expect_eq(_OP, "qweight dim 0", qweight.shape[0], k * bits // 32, "K*bits/32")
+        expect_eq(_OP, "scales dim 0", scales.shape[0], groups, "G")
+        expect_eq(_OP, "scales dim 1", scales.shape[1], n, "N")
+        check_zeros_g_idx(_OP, qzeros, g_idx, k=k, n=n, groups=groups, bits=bits, sym=sym, desc_act=desc_act)
+        return [TensorType(x.dtype, [x.shape[0], n], x.device)]
 
 
-def _params(op: QMatmulGptqOp) -> dict[str, Any]:
-    return {
-        "bits": op.bits,
-        "group_size": op.group_size,
-        "sym": op.sym,
-        "desc_act": op.desc_act,
-        "zero_format": op.zero_format,
-        "clip": op.clip,
-    }
-
-
-# --- shape rule -----------------------------------------------------------------------
-def _expect(what: str, got: Dim, want: int, formula: str) -> None:
-    if got != Dim(want):
-        raise ValueError(f"{_OP}: {what} ({got}) != {formula} ({want})")
-
-
-def _static(operand: str, dim_index: int, d: Dim) -> int:
-    if not d.is_static:
-        raise ValueError(f"{_OP}: {operand} dim {dim_index} must be static, got {d}")
-    return d.value
-
-
-def _check_params(k: int, n: int, *, bits: int, group_size: int, zero_format: str, clip: float | None) -> int:
-    """Validates the properties against K and N; returns the number of groups G."""
-    if bits not in ALLOWED_BITS:
-        raise ValueError(f"{_OP}: bits must be one of {', '.join(map(str, ALLOWED_BITS))}, got {bits}")
-    if zero_format not in ZERO_FORMATS:
-        raise ValueError(f"{_OP}: zero_format must be one of {', '.join(ZERO_FORMATS)}, got {zero_format!r}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"{_OP}: clip must be > 0, got {clip}")
-    # 3-bit packs 32 values into 3 words, so K comes in whole blocks of 32.
-    per_block = 32 if bits == 3 else 32 // bits
-    if k % per_block:
-        raise ValueError(f"{_OP}: K ({k}) must be a multiple of {per_block} for bits={bits}")
-    if group_size == -1:
-        return 1
-    if group_size <= 0 or k % group_size:
-        raise ValueError(f"{_OP}: group_size ({group_size}) must be -1 or a positive divisor of K ({k})")
-    return k // group_size
-
-
-def _check_optional(
-    qzeros: Any, g_idx: Any, *, k: int, n: int, groups: int, bits: int, sym: bool, desc_act: bool
-) -> None:
-    if qzeros is None and not sym:
-        raise ValueError(f"{_OP}: qzeros may be absent only when sym=True (got sym=False)")
-    if g_idx is None and desc_act:
-        raise ValueError(f"{_OP}: desc_act=True requires g_idx")
-    if qzeros is not None:
-        qzeros = expect_tensor(_OP, "qzeros", qzeros)
-        expect_rank(_OP, "qzeros", qzeros, 2)
-        expect_dtype(_OP, "qzeros", qzeros, [DType.int32])
-        if (n * bits) % 32 or (bits == 3 and n % 32):
-            raise ValueError(f"{_OP}: N ({n}) cannot be packed in qzeros at bits={bits}")
-        _expect("qzeros dim 0", qzeros.shape[0], groups, "G")
-        _expect("qzeros dim 1", qzeros.shape[1], n * bits // 32, "N*bits/32")
-    if g_idx is not None:
-        g_idx = expect_tensor(_OP, "g_idx", g_idx)
-        expect_rank(_OP, "g_idx", g_idx, 1)
-        expect_dtype(_OP, "g_idx", g_idx, [DType.int32])
-        _expect("g_idx dim 0", g_idx.shape[0], k, "K")
-
-
-def _qmatmul_gptq_shape_rule(
-    x: Any,
-    qweight: Any,
-    scales: Any,
-    qzeros: Any,
-    g_idx: Any,
-    *,
-    bits: int,
-    group_size: int,
-    sym: bool,
-    desc_act: bool,
-    zero_format: str,
-    clip: float | None,
-) -> TensorType:
-    x = expect_tensor(_OP, "x", x)
-    qweight = expect_tensor(_OP, "qweight", qweight)
-    scales = expect_tensor(_OP, "scales", scales)
-    for operand, t in (("x", x), ("qweight", qweight), ("scales", scales)):
-        expect_rank(_OP, operand, t, 2)
-    expect_dtype(_OP, "x", x, _FLOATS)
-    expect_dtype(_OP, "qweight", qweight, [DType.int32])
-    expect_dtype(_OP, "scales", scales, _FLOATS)
-    expect_same_device(_OP, x=x, qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx)
-    k, n = _static("x", 1, x.shape[1]), _static("qweight", 1, qweight.shape[1])
-    groups = _check_params(k, n, bits=bits, group_size=group_size, zero_format=zero_format, clip=clip)
-    _expect("qweight dim 0", qweight.shape[0], k * bits // 32, "K*bits/32")
-    _expect("scales dim 0", scales.shape[0], groups, "G")
-    _expect("scales dim 1", scales.shape[1], n, "N")
-    _check_optional(qzeros, g_idx, k=k, n=n, groups=groups, bits=bits, sym=sym, desc_act=desc_act)
-    return TensorType(x.dtype, [x.shape[0], n], x.device)
-
-
-# --- builder --------------------------------------------------------------------------
 def qmatmul_gptq(
     x: TensorValue,
     qweight: TensorValue,
@@ -297,36 +324,9 @@ def qmatmul_gptq(
         >>> qz = g.add_weight("q.qzeros", TensorType(DType.int32, [4, 8], cpu))
         >>> y = ops.qmatmul_gptq(x, qw, s, qz, bits=4, group_size=32, sym=False, desc_act=False)
     """
-    props: dict[str, Attribute] = {
-        "bits": IntegerAttr(bits, i64),
-        "group_size": IntegerAttr(group_size, i64),
-        "sym": IntegerAttr.from_bool(sym),
-        "desc_act": IntegerAttr.from_bool(desc_act),
-        "zero_format": StringAttr(zero_format),
-    }
-    if clip is not None:
-        props["clip"] = FloatAttr(float(clip), Float64Type())
-
-    def rule() -> list[TensorType]:
-        zeros_type, g_idx_type = (None if v is None else v.type for v in (qzeros, g_idx))
-        return [
-            _qmatmul_gptq_shape_rule(
-                x.type,
-                qweight.type,
-                scales.type,
-                zeros_type,
-                g_idx_type,
-                bits=bits,
-                group_size=group_size,
-                sym=sym,
-                desc_act=desc_act,
-                zero_format=zero_format,
-                clip=clip,
-            )  # fmt: skip
-        ]
-
-    op = emit(QMatmulGptqOp, [x, qweight, scales, qzeros, g_idx], props, result_types=rule)
-    return TensorValue(op.results[0])
+    op = QMatmulGptqOp(x, qweight, scales, qzeros, g_idx, bits=bits, group_size=group_size, sym=sym,
+                       desc_act=desc_act, zero_format=zero_format, clip=clip)  # fmt: skip
+    return emit_tensor(op)
 
 
 # --- torch.library op and torch implementation ------------------------------------------
@@ -367,16 +367,17 @@ def _qmatmul_gptq_torch(
     *,
     ctx: LoweringContext,
 ) -> Tensor:
-    params = {k: v for k, v in _params(op).items() if k != "desc_act"}
+    params = {k: v for k, v in op.params.items() if k != "desc_act"}
     if ctx.mode == "custom":
-        return torch.ops.fusegraph.qmatmul_gptq(x, qweight, scales, qzeros, g_idx, **params)
+        y: Tensor = torch.ops.fusegraph.qmatmul_gptq(x, qweight, scales, qzeros, g_idx, **params)
+        return y
     return qmatmul_decomposed(x, qweight, scales, qzeros, g_idx, **params)
 
 
 # --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
 @fx_emitter(QMatmulGptqOp)
 def _qmatmul_gptq_fx(e: Any, op: QMatmulGptqOp, *tensors: Any) -> Any:
-    params = {k: v for k, v in _params(op).items() if k != "desc_act"}
+    params = {k: v for k, v in op.params.items() if k != "desc_act"}
     return e.custom(
         op.name, torch.ops.fusegraph.qmatmul_gptq.default, *tensors, results=op.result_types, **params
     )

@@ -15,11 +15,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from xdsl.dialects.builtin import BoolAttr, IntegerAttr, StringAttr, i64
+from xdsl.dialects.builtin import BoolAttr, IntegerAttr, StringAttr
 from xdsl.ir import Attribute
 from xdsl.irdl import (
     AttrSizedOperandSegments,
@@ -33,17 +34,39 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.dtypes import DType
+from fusegraph.compiler.graph import emit, emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
-from fusegraph.ops.gptq import GptqFormatProps, GptqQuantProps
-from fusegraph.ops.gptq_layout import NB, container_bits, qmatmul_tiled_decomposed, repack, unrepack
-from fusegraph.ops.gptq_repack_rules import num_groups, repack_props, repack_shape_rule, tiled_shape_rule
+from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
+from fusegraph.ops.gptq import (
+    FLOATS,
+    GptqFormatProps,
+    GptqQuantProps,
+    check_format,
+    check_zeros_g_idx,
+    expect_eq,
+    gptq_props,
+    num_groups,
+    static_dim,
+    type_of,
+)
+from fusegraph.ops.gptq_layout import (
+    NB,
+    container_bits,
+    layout_error,
+    qmatmul_tiled_decomposed,
+    repack,
+    unrepack,
+)
 
 __all__ = ["GptqRepackOp", "QMatmulGptqTiledOp", "Repacked", "gptq_repack", "qmatmul_gptq_tiled", "repack",
            "unrepack"]  # fmt: skip
+
+_REPACK = "fg.gptq.repack"
+_TILED = "fg.qmatmul.gptq_tiled"
 
 
 # --- fg.gptq.repack -------------------------------------------------------------------------
@@ -53,7 +76,11 @@ class GptqRepackOp(GptqQuantProps, FgOp):
     """`fg.gptq.repack`: AutoGPTQ tensors -> (qweight_t, qzeros_t[, perm]) in the tiled layout.
 
     `%qt, %zt, %perm = fg.gptq.repack %qw zeros %qz g_idx %g {bits = 4 : i64, ...}`; zeros and
-    g_idx are optional; perm is a result exactly when desc_act.
+    g_idx are optional; perm is a result exactly when desc_act. The arguments are those of
+    `gptq_repack`.
+
+    Example:
+        >>> op = GptqRepackOp(qw, qz, bits=4, group_size=128, sym=False, desc_act=False)
     """
 
     name = "fg.gptq.repack"
@@ -75,14 +102,47 @@ class GptqRepackOp(GptqQuantProps, FgOp):
         "(`zeros` type($qzeros)^)? (`g_idx` type($g_idx)^)? `->` type(results)"
     )
 
-    def infer_types(self) -> Sequence[Attribute]:
-        return repack_shape_rule(
-            self.qweight.type,
-            None if self.qzeros is None else self.qzeros.type,
-            None if self.g_idx is None else self.g_idx.type,
-            bits=self.bits, group_size=self.group_size, sym=self.sym, desc_act=self.desc_act,
-            zero_format=self.zero_format,
+    def __init__(
+        self, qweight: Operand, qzeros: Operand | None = None, g_idx: Operand | None = None, *, bits: int,
+        group_size: int, sym: bool, desc_act: bool, zero_format: str = "v1",
+    ) -> None:  # fmt: skip
+        params: dict[str, Any] = dict(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+                                      zero_format=zero_format)  # fmt: skip
+        super().__init__([qweight, qzeros, g_idx], gptq_props(params), rule=partial(self.rule, **params))
+
+    def infer_types(self) -> Sequence[Attribute | Sequence[Attribute]]:
+        return self.rule(self.qweight.type, type_of(self.qzeros), type_of(self.g_idx), **self.params)
+
+    @staticmethod
+    def rule(
+        qweight: Attribute, qzeros: Attribute | None, g_idx: Attribute | None, *, bits: int, group_size: int,
+        sym: bool, desc_act: bool, zero_format: str,
+    ) -> list[Attribute | list[Attribute]]:  # fmt: skip
+        """The shape rule: qweight int32 `[K*bits/32, N]` (K, N static, `layout_error` none),
+        qzeros/g_idx as in `fg.qmatmul.gptq`; results `[N/64, K*CB/32, 64]`, `[G, N*CB/32]`
+        and, with desc_act, perm `[K]`, all int32."""
+        op = _REPACK
+        check_format(op, bits, zero_format)
+        qweight = expect_tensor(op, "qweight", qweight)
+        expect_rank(op, "qweight", qweight, 2)
+        expect_dtype(op, "qweight", qweight, [DType.int32])
+        expect_same_device(
+            op, qweight=qweight, qzeros=qzeros if isinstance(qzeros, TensorType) else None,
+            g_idx=g_idx if isinstance(g_idx, TensorType) else None,
         )  # fmt: skip
+        k = static_dim(op, "qweight", 0, qweight.shape[0]) * 32 // bits
+        n = static_dim(op, "qweight", 1, qweight.shape[1])
+        if (why := layout_error(k, n, group_size)) is not None:
+            raise ValueError(f"{op}: {why}")
+        groups = num_groups(k, group_size)
+        check_zeros_g_idx(op, qzeros, g_idx, k=k, n=n, groups=groups, bits=bits, sym=sym, desc_act=desc_act)
+        cb, dev = container_bits(bits), qweight.device
+        perm: list[Attribute] = [TensorType(DType.int32, [k], dev)] if desc_act else []
+        return [
+            TensorType(DType.int32, [n // NB, k * cb // 32, NB], dev),
+            TensorType(DType.int32, [groups, n * cb // 32], dev),
+            perm,
+        ]
 
 
 class Repacked(NamedTuple):
@@ -121,18 +181,10 @@ def gptq_repack(
     Example:
         >>> r = ops.gptq_repack(qw, qz, bits=4, group_size=128, sym=False, desc_act=False)
     """
-    props = repack_props(bits, group_size, sym, desc_act, zero_format)
-
-    def rule() -> list[Any]:
-        types = repack_shape_rule(
-            qweight.type, None if qzeros is None else qzeros.type, None if g_idx is None else g_idx.type,
-            bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, zero_format=zero_format,
-        )  # fmt: skip
-        return [types[0], types[1], types[2:]]
-
-    op = emit(GptqRepackOp, [qweight, qzeros, g_idx], props, result_types=rule)
-    perm = TensorValue(op.results[2]) if desc_act else None
-    return Repacked(TensorValue(op.results[0]), TensorValue(op.results[1]), perm)
+    op = emit(GptqRepackOp(qweight, qzeros, g_idx, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+                           zero_format=zero_format))  # fmt: skip
+    perm = None if op.perm is None else TensorValue(op.perm)
+    return Repacked(TensorValue(op.qweight_t), TensorValue(op.qzeros_t), perm)
 
 
 @torch.library.custom_op("fusegraph::gptq_repack", mutates_args=())
@@ -162,12 +214,9 @@ def _gptq_repack_fake(qweight: Tensor, qzeros: Tensor | None, g_idx: Tensor | No
 def _gptq_repack_torch(
     op: GptqRepackOp, qweight: Tensor, qzeros: Tensor | None, g_idx: Tensor | None, *, ctx: LoweringContext
 ) -> tuple[Tensor, ...]:
-    args = (op.bits, op.group_size, op.sym, op.desc_act, op.zero_format)
     if ctx.mode == "custom":
-        return tuple(torch.ops.fusegraph.gptq_repack(qweight, qzeros, g_idx, *args))
-    r = repack(qweight, qzeros, g_idx, bits=op.bits, group_size=op.group_size, sym=op.sym, desc_act=op.desc_act,
-               zero_format=op.zero_format)  # fmt: skip
-    return tuple(r.values())
+        return tuple(torch.ops.fusegraph.gptq_repack(qweight, qzeros, g_idx, *op.params.values()))
+    return tuple(repack(qweight, qzeros, g_idx, **op.params).values())
 
 
 @fx_emitter(GptqRepackOp)
@@ -185,7 +234,10 @@ class QMatmulGptqTiledOp(GptqFormatProps, FgOp):
     """`fg.qmatmul.gptq_tiled`: `x [M, K] @ W [K, N]` with W in the tiled layout of `fg.gptq.repack`.
 
     `%y = fg.qmatmul.gptq_tiled %x, %qt, %s, %zt perm %p {bits = 4 : i64, ...}`; perm is present
-    exactly for act-order weights.
+    exactly for act-order weights. The arguments are those of `qmatmul_gptq_tiled`.
+
+    Example:
+        >>> op = QMatmulGptqTiledOp(x, r.qweight_t, s, r.qzeros_t, r.perm, bits=4, group_size=128)
     """
 
     name = "fg.qmatmul.gptq_tiled"
@@ -204,19 +256,56 @@ class QMatmulGptqTiledOp(GptqFormatProps, FgOp):
         "type($qweight_t) `,` type($scales) `,` type($qzeros_t) (`perm` type($perm)^)? `->` type($result)"
     )
 
+    def __init__(
+        self, x: Operand, qweight_t: Operand, scales: Operand, qzeros_t: Operand, perm: Operand | None = None,
+        *, bits: int, group_size: int, zero_format: str = "v1",
+    ) -> None:  # fmt: skip
+        params: dict[str, Any] = dict(bits=bits, group_size=group_size, zero_format=zero_format)
+        operands = [x, qweight_t, scales, qzeros_t, perm]
+        super().__init__(operands, gptq_props(params), rule=partial(self.rule, **params))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [
-            tiled_shape_rule(
-                self.x.type,
-                self.qweight_t.type,
-                self.scales.type,
-                self.qzeros_t.type,
-                None if self.perm is None else self.perm.type,
-                bits=self.bits,
-                group_size=self.group_size,
-                zero_format=self.zero_format,
-            )  # fmt: skip
-        ]
+        types = (self.x.type, self.qweight_t.type, self.scales.type, self.qzeros_t.type)
+        return self.rule(*types, type_of(self.perm), **self.params)
+
+    @staticmethod
+    def rule(
+        x: Attribute, qweight_t: Attribute, scales: Attribute, qzeros_t: Attribute, perm: Attribute | None, *,
+        bits: int, group_size: int, zero_format: str,
+    ) -> list[Attribute]:  # fmt: skip
+        """The shape rule: x `[M, K]` float, qweight_t/qzeros_t as `fg.gptq.repack` gives them,
+        scales `[G, N]`, perm int32 `[K]`; the result is `[M, N]` of x's dtype."""
+        op = _TILED
+        check_format(op, bits, zero_format)
+        x, qweight_t = expect_tensor(op, "x", x), expect_tensor(op, "qweight_t", qweight_t)
+        scales, qzeros_t = expect_tensor(op, "scales", scales), expect_tensor(op, "qzeros_t", qzeros_t)
+        for name, t, rank in (("x", x, 2), ("qweight_t", qweight_t, 3), ("scales", scales, 2),
+                              ("qzeros_t", qzeros_t, 2)):  # fmt: skip
+            expect_rank(op, name, t, rank)
+        expect_dtype(op, "x", x, FLOATS)
+        expect_dtype(op, "scales", scales, FLOATS)
+        expect_dtype(op, "qweight_t", qweight_t, [DType.int32])
+        expect_dtype(op, "qzeros_t", qzeros_t, [DType.int32])
+        expect_same_device(op, x=x, qweight_t=qweight_t, scales=scales, qzeros_t=qzeros_t,
+                           perm=perm if isinstance(perm, TensorType) else None)  # fmt: skip
+        k = static_dim(op, "x", 1, x.shape[1])
+        n = static_dim(op, "qweight_t", 0, qweight_t.shape[0]) * NB
+        if (why := layout_error(k, n, group_size)) is not None:
+            raise ValueError(f"{op}: {why}")
+        cb = container_bits(bits)
+        groups = num_groups(k, group_size)
+        expect_eq(op, "qweight_t dim 1", qweight_t.shape[1], k * cb // 32, "K*CB/32")
+        expect_eq(op, "qweight_t dim 2", qweight_t.shape[2], NB, "64")
+        expect_eq(op, "scales dim 0", scales.shape[0], groups, "G")
+        expect_eq(op, "scales dim 1", scales.shape[1], n, "N")
+        expect_eq(op, "qzeros_t dim 0", qzeros_t.shape[0], groups, "G")
+        expect_eq(op, "qzeros_t dim 1", qzeros_t.shape[1], n * cb // 32, "N*CB/32")
+        if perm is not None:
+            perm = expect_tensor(op, "perm", perm)
+            expect_rank(op, "perm", perm, 1)
+            expect_dtype(op, "perm", perm, [DType.int32])
+            expect_eq(op, "perm dim 0", perm.shape[0], k, "K")
+        return [TensorType(x.dtype, [x.shape[0], n], x.device)]
 
 
 def qmatmul_gptq_tiled(
@@ -245,16 +334,9 @@ def qmatmul_gptq_tiled(
         >>> r = ops.gptq_repack(qw, qz, g, bits=4, group_size=128, sym=False, desc_act=True)
         >>> y = ops.qmatmul_gptq_tiled(x, r.qweight, s, r.qzeros, r.perm, bits=4, group_size=128)
     """
-    props = {"bits": IntegerAttr(bits, i64), "group_size": IntegerAttr(group_size, i64),
-             "zero_format": StringAttr(zero_format)}  # fmt: skip
-
-    def rule() -> list[TensorType]:
-        return [tiled_shape_rule(x.type, qweight_t.type, scales.type, qzeros_t.type,
-                                  None if perm is None else perm.type, bits=bits, group_size=group_size,
-                                  zero_format=zero_format)]  # fmt: skip
-
-    op = emit(QMatmulGptqTiledOp, [x, qweight_t, scales, qzeros_t, perm], props, result_types=rule)
-    return TensorValue(op.results[0])
+    op = QMatmulGptqTiledOp(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                            zero_format=zero_format)  # fmt: skip
+    return emit_tensor(op)
 
 
 @torch.library.custom_op("fusegraph::qmatmul_gptq_tiled", mutates_args=())
@@ -278,11 +360,12 @@ def _qmatmul_gptq_tiled_torch(
     op: QMatmulGptqTiledOp, x: Tensor, qweight_t: Tensor, scales: Tensor, qzeros_t: Tensor, perm: Tensor | None,
     *, ctx: LoweringContext,
 ) -> Tensor:  # fmt: skip
-    params = (op.bits, op.group_size, op.zero_format)
     if ctx.mode == "custom":
-        return torch.ops.fusegraph.qmatmul_gptq_tiled(x, qweight_t, scales, qzeros_t, perm, *params)
-    return qmatmul_tiled_decomposed(x, qweight_t, scales, qzeros_t, perm, bits=op.bits, group_size=op.group_size,
-                                    zero_format=op.zero_format)  # fmt: skip
+        y: Tensor = torch.ops.fusegraph.qmatmul_gptq_tiled(
+            x, qweight_t, scales, qzeros_t, perm, *op.params.values()
+        )
+        return y
+    return qmatmul_tiled_decomposed(x, qweight_t, scales, qzeros_t, perm, **op.params)
 
 
 @fx_emitter(QMatmulGptqTiledOp)

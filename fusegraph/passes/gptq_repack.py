@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 from xdsl.rewriter import InsertPoint
@@ -32,8 +32,14 @@ from fusegraph.compiler.types import TensorType
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.gptq_layout import layout_error
 from fusegraph.ops.gptq_repack import GptqRepackOp, QMatmulGptqTiledOp
-from fusegraph.ops.gptq_repack_rules import repack_props, repack_shape_rule, tiled_shape_rule
-from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report, no_match
+from fusegraph.passes.patterns import (
+    GuardedPattern,
+    NoMatch,
+    PassReport,
+    apply_patterns,
+    current_report,
+    no_match,
+)
 
 TARGETS = ("cuda",)
 
@@ -49,7 +55,7 @@ class GptqRepackPattern(GuardedPattern[_Match]):
     anchor = QMatmulGptqOp
     counter = "repacked"
 
-    def __init__(self, report, cache: dict) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, report: PassReport, cache: dict[tuple[object, ...], GptqRepackOp]) -> None:
         super().__init__(report)
         self.cache = cache
 
@@ -67,22 +73,11 @@ class GptqRepackPattern(GuardedPattern[_Match]):
 
     def _repack(self, op: QMatmulGptqOp, rewriter: PatternRewriter) -> GptqRepackOp:
         """The repack of op's weights: shared by every op with the same operands and properties."""
-        key = (op.qweight, op.qzeros, op.g_idx, op.bits, op.group_size, op.sym, op.desc_act, op.zero_format)
+        params = {k: v for k, v in op.params.items() if k != "clip"}
+        key = (op.qweight, op.qzeros, op.g_idx, *params.values())
         if (found := self.cache.get(key)) is not None:
             return found
-        types = repack_shape_rule(
-            op.qweight.type, None if op.qzeros is None else op.qzeros.type,
-            None if op.g_idx is None else op.g_idx.type, bits=op.bits, group_size=op.group_size, sym=op.sym,
-            desc_act=op.desc_act, zero_format=op.zero_format,
-        )  # fmt: skip
-        operands: list[SSAValue | list[SSAValue]] = [
-            op.qweight, [] if op.qzeros is None else [op.qzeros], [] if op.g_idx is None else [op.g_idx]
-        ]  # fmt: skip
-        repack = GptqRepackOp.build(
-            operands=operands,
-            properties=repack_props(op.bits, op.group_size, op.sym, op.desc_act, op.zero_format),
-            result_types=[types[0], types[1], types[2:]],
-        )
+        repack = GptqRepackOp(op.qweight, op.qzeros, op.g_idx, **params)
         # right after the last of its operands' definitions: before every op that may share it
         rewriter.insert(repack, InsertPoint.before(_first_user_point(op)))
         self.cache[key] = repack
@@ -91,20 +86,8 @@ class GptqRepackPattern(GuardedPattern[_Match]):
     def rewrite(self, match: _Match, rewriter: PatternRewriter) -> None:
         op = match.op
         repack = self._repack(op, rewriter)
-        perm = repack.perm
-        tiled_type = tiled_shape_rule(
-            op.x.type, repack.qweight_t.type, op.scales.type, repack.qzeros_t.type,
-            None if perm is None else perm.type, bits=op.bits, group_size=op.group_size, zero_format=op.zero_format,
-        )  # fmt: skip
-        tiled = QMatmulGptqTiledOp.build(
-            operands=[op.x, repack.qweight_t, op.scales, repack.qzeros_t, [] if perm is None else [perm]],
-            properties={
-                "bits": op.bits_attr,
-                "group_size": op.group_size_attr,
-                "zero_format": op.zero_format_attr,
-            },
-            result_types=[tiled_type],
-        )
+        tiled = QMatmulGptqTiledOp(op.x, repack.qweight_t, op.scales, repack.qzeros_t, repack.perm, bits=op.bits,
+                                   group_size=op.group_size, zero_format=op.zero_format)  # fmt: skip
         rewriter.insert(tiled, InsertPoint.before(op))
         rewriter.replace_all_uses_with(op.result, tiled.result)
         rewriter.erase(op)
@@ -118,7 +101,7 @@ def _first_user_point(op: QMatmulGptqOp) -> Operation:
     defs = [
         v.owner for v in (op.qweight, op.qzeros, op.g_idx) if v is not None and isinstance(v.owner, Operation)
     ]
-    last = None
+    last: Operation | None = None
     for candidate in block.ops:
         if candidate in defs:
             last = candidate
