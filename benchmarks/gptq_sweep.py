@@ -49,20 +49,22 @@ def _nat(bm: int, bn: int, split: int, nw: int, ns: int = 3) -> dict:
 
 
 def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool = False) -> list[dict]:
-    """The default plan first, then rolling / initial L2 prefetch, PDL, split and tile variants."""
+    """The default plan first, then L2 prefetch / PDL, split and tile variants (sweep 1 also tried a
+    swapped-operand tile and sweep 2 a rolling per-step L2 prefetch: both slower, since removed)."""
     base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"), act)
     out = [dict(base)]
     blocks = k_in // 128
     if base["kernel"] == "gemv":
-        off = base | {"pf": 0, "pdl": 0, "pf_ahead": 0}
+        off = base | {"pf": 0, "pdl": 0}
         pf64 = off | {"pf": 1, "pf_lines": 64}
-        out += [off, off | {"pdl": 1}, off | {"pf_ahead": 1}, off | {"pf_ahead": 2}, off | {"pf_ahead": 1, "pdl": 1},
-                pf64 | {"pdl": 2}, pf64 | {"pdl": 2, "pf_ahead": 1}]  # fmt: skip
+        out += [off, off | {"pdl": 1}, off | {"pf": 1}, pf64 | {"pdl": 2}, off | {"pf": 1, "pdl": 2}]
         if wide:
             for split in (base["split_k"] // 2, base["split_k"] * 2):
                 if split >= 1 and blocks % split == 0 and (blocks // split) % 2 == 0:
-                    out += [off | {"split_k": split, "unroll": 2, "pdl": 1},
-                            off | {"split_k": split, "unroll": 2, "pf_ahead": 1, "pdl": 1}]  # fmt: skip
+                    out += [
+                        off | {"split_k": split, "unroll": 2},
+                        pf64 | {"split_k": split, "unroll": 2, "pdl": 2},
+                    ]
     else:
         sp = max(1, min(16, 3 * 132 // max(1, (n_out // 64) * triton.cdiv(m, 64))))
         sp = max(d for d in range(1, sp + 1) if blocks % d == 0)
@@ -176,8 +178,8 @@ def neighbor(bw: float) -> None:
         xb = [torch.empty_like(x) for x in x0]
         alone = graph_us([lambda i=i: torch.mul(x0[i], 1.0001, out=xb[i]) for i in range(len(layers))])
         base = T.plan(1, n_out, k_in, 4, torch.device("cuda"))
-        off = base | {"pf": 0, "pdl": 0, "pf_ahead": 0}
-        for cfg in (off, off | {"pdl": 1}, off | {"pf_ahead": 1}, off | {"pf_ahead": 1, "pdl": 1},
+        off = base | {"pf": 0, "pdl": 0}
+        for cfg in (off, off | {"pdl": 1},
                     off | {"pf": 1, "pf_lines": 64, "pdl": 2}):  # fmt: skip
             both = graph_us([lambda i=i: (torch.mul(x0[i], 1.0001, out=xb[i]), GB.ours(K, layers[i], xb[i], cfg))
                              for i in range(len(layers))])  # fmt: skip
@@ -185,7 +187,7 @@ def neighbor(bw: float) -> None:
             ref = xb[0].float() @ layers[0].w.float()
             err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
             log(f"  after-mul {label} M=1 {both - alone:6.2f} us (pair {both:6.2f}, mul alone {alone:5.2f}) err {err:.1e} "
-                f"pf={cfg['pf']} pdl={cfg['pdl']} pf_ahead={cfg['pf_ahead']}")  # fmt: skip
+                f"pf={cfg['pf']} pdl={cfg['pdl']}")  # fmt: skip
         del b
         torch.cuda.empty_cache()
 

@@ -7,7 +7,7 @@ do_bench before every repetition), with ratios measured side by side in this run
   1. fused rope-split-store vs the unfused eager sequence vs torch.compile of it (decode and
      prefill), with the fraction of HBM bandwidth for prefill (vs a copy measured here);
   2. GPTQ matmul on the repacked layout, the four Llama-3-8B shapes at M = 1..1024: 4-bit g128 plain
-     and act-order, 8-bit, vs cuBLAS fp16, torch's tinygemm int4 and the previous kernel, as CUDA-graph
+     and act-order, 8-bit (and the PDL-chained launch at M <= 2), vs cuBLAS fp16 and torch's tinygemm int4, as CUDA-graph
      replays (device time, L2 cold), with the share of copy bandwidth; one whole decoder layer
      (benchmarks/gpu_gptq.py);
   3. a GPTQ attention decode step (bs 32, context 2048, Llama-3-8B dims): our kernels in a

@@ -3,7 +3,9 @@
 For qkv 4096x6144, o_proj 4096x4096, gate_up 4096x28672 and down 14336x4096 at M = 1, 4, 16,
 64, 256, 1024: ours on the repacked layout (`fg.gptq.repack` + `gptq_tiled_matmul`) 4-bit g128
 plain and act-order, 8-bit g128; cuBLAS fp16 on the dense weight; torch's tinygemm
-(`aten._weight_int4pack_mm`, bf16); the previous kernel on the checkpoint layout. Device time
+(`aten._weight_int4pack_mm`, bf16); at M ≤ 2 also "pdl4", ours launched with programmatic dependent
+launch and an 8 KB L2 prefetch (`PDL_CHAIN`: it pays between consecutive GPTQ matmuls, as here);
+the previous kernel on the checkpoint layout with GPTQ_PREV=1. Device time
 from CUDA-graph replays with every operand rotated over enough copies that L2 stays cold, and
 the share of the measured copy bandwidth that the bytes each one must read and write make.
 Every variant is checked against `x.float() @ W.float()` on its own random data before timing.
@@ -25,6 +27,7 @@ DEV = "cuda"
 SHAPES = (("qkv", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096))
 MS = tuple(int(m) for m in os.environ.get("GPTQ_MS", "1,4,16,64,256,1024").split(","))
 GROUP = 128
+PDL_CHAIN = {"pf": 1, "pf_lines": 64, "pdl": 2}  # the opt-in launch of `gptq_tiled_matmul` (Hopper)
 
 
 def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -157,14 +160,13 @@ def bench_shapes(k: Any, bw: float, graph_us: Callable, log: Callable, ms: tuple
                     k_in * n_out // 2 + k_in // GROUP * n_out * 4,
                     torch.bfloat16,
                 ),
-                (
-                    "prev4",
-                    lambda lay, x: previous(k, lay, x),
-                    "plain",
-                    quant_bytes(k_in, n_out, 4),
-                    torch.float16,
-                ),
             ]
+            if m <= 2:  # consecutive GPTQ matmuls launched with PDL, each prefetching 8 KB of its weights
+                variants.insert(2, ("pdl4", lambda lay, x: ours(k, lay, x, PDL_CHAIN), "plain", quant_bytes(k_in, n_out, 4),
+                                    torch.float16))  # fmt: skip
+            if os.environ.get("GPTQ_PREV"):
+                variants.append(("prev4", lambda lay, x: previous(k, lay, x), "plain", quant_bytes(k_in, n_out, 4),
+                                 torch.float16))  # fmt: skip
             times = {}
             for name, fn, kind, wbytes, dtype in variants:
                 layers = b.layers[kind]
@@ -176,7 +178,9 @@ def bench_shapes(k: Any, bw: float, graph_us: Callable, log: Callable, ms: tuple
                 except Exception as err:  # noqa: BLE001 - one failing variant must not hide the row
                     row[name] = f"FAILED {type(err).__name__}: {str(err)[:80]}"
             cub = times.get("cuBLAS", float("nan"))
-            ratios = " ".join(f"{n}/cuBLAS {cub / times[n]:.2f}x" for n in ("ours4", "ours8") if n in times)
+            ratios = " ".join(
+                f"{n}/cuBLAS {cub / times[n]:.2f}x" for n in ("ours4", "pdl4", "ours8") if n in times
+            )
             act = (f" act/plain {times['act4'] / times['ours4']:.2f}x" if "act4" in times and "ours4" in times
                    else "")  # fmt: skip
             tg = (
@@ -202,8 +206,11 @@ def bench_layer(k: Any, graph_us: Callable, log: Callable, ms: tuple[int, ...] =
             return lambda: [fn(benches[lb].layers["plain"][i], inputs[lb][i]) for lb in benches]
 
         res = {}
-        for name, fn, inputs in (("ours4", lambda lay, x: ours(k, lay, x), xs), ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w), xs),
-                                 ("tinygemm", tinygemm, xb)):  # fmt: skip
+        runs = [("ours4", lambda lay, x: ours(k, lay, x), xs), ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w), xs),
+                ("tinygemm", tinygemm, xb)]  # fmt: skip
+        if m <= 2:
+            runs.insert(1, ("pdl4", lambda lay, x: ours(k, lay, x, PDL_CHAIN), xs))
+        for name, fn, inputs in runs:
             try:
                 res[name] = graph_us([layer_fn(fn, inputs, i) for i in range(copies)])
             except Exception as err:  # noqa: BLE001

@@ -40,9 +40,6 @@ CASES = [
     (3, 8, 128, False, True, "v2", torch.float16, {"kernel": "nat", "split_k": 2, "ticket": False}),
     (17, 3, 128, True, False, "v1", torch.float32, {"kernel": "nat", "block_m": 16, "split_k": 1}),
     (2, 2, -1, False, False, "v1", torch.bfloat16, {"kernel": "nat", "block_n": 128}),
-    # the swapped tile (weight first)
-    (9, 4, 128, True, False, "v1", torch.float16, {"kernel": "mma", "swap": True, "pf": 1, "pdl": 2}),
-    (2, 8, 128, False, False, "v2", torch.float16, {"kernel": "mma", "swap": True, "split_k": 1, "unroll": 2}),
     (3, 4, 128, True, False, "v2", torch.float16, {"kernel": "dequant"}),
     (2, 8, 256, False, False, "v1", torch.bfloat16, {"kernel": "dequant", "block_n": 64}),
 ]
@@ -92,3 +89,13 @@ def test_gptq_tiled_kernel__gemv_reads_an_x_at_an_odd_address():
                                  config={"kernel": "gemv"})  # fmt: skip
     ref = x.double() @ w
     assert ((y.double() - ref).norm() / ref.norm()).item() < 2e-3
+
+
+def test_gptq_tiled_plan__routes_each_m_to_its_path():
+    cpu = torch.device("cpu")  # 4 "SMs" off the GPU
+    assert kernel.plan(1, 6144, 4096, 4, cpu)["kernel"] == "gemv"
+    assert kernel.plan(8, 28672, 4096, 4, cpu)["kernel"] == "nat"  # a 128-column tile per SM
+    assert kernel.plan(8, 256, 4096, 4, cpu)["kernel"] == "mma"
+    assert kernel.plan(64, 28672, 4096, 4, cpu)["kernel"] == "mma"
+    assert kernel.plan(512, 6144, 4096, 4, cpu)["kernel"] == "dequant"
+    assert "pdl" not in kernel.plan(1, 6144, 4096, 4, cpu)  # PDL and the L2 prefetch are opt-in

@@ -25,11 +25,12 @@ CASES = [
     (2, 8, False, torch.float16, {"kernel": "gemv", "pf": 1, "pdl": 1}),
     (1, 4, False, torch.bfloat16, {"kernel": "gemv", "pf": 0, "pdl": 0, "ticket": False, "split_k": 4}),
     (16, 4, False, torch.float16, {"kernel": "mma", "pf": 1, "pdl": 2}),
-    (16, 4, True, torch.float16, {"kernel": "mma", "swap": True, "pf": 1, "pdl": 2}),
-    (40, 8, False, torch.float16, {"kernel": "mma", "swap": True, "block_n": 128, "split_k": 2}),
+    (16, 4, True, torch.float16, {"kernel": "mma", "pf": 1, "pf_lines": 64, "pdl": 2}),
+    (40, 8, False, torch.float16, {"kernel": "mma", "block_n": 128, "split_k": 2}),
     (64, 4, False, torch.bfloat16, {"kernel": "mma", "pf": 1, "pdl": 3}),
     (300, 4, True, torch.float16, None),  # the prefill path
-    (1, 4, False, torch.float16, {"kernel": "gemv", "pf_ahead": 1, "pdl": 1, "split_k": 1}),
+    (1, 4, False, torch.float16, {"kernel": "gemv", "pf": 1, "pf_lines": 64, "pdl": 1, "split_k": 1}),
+    (8, 4, False, torch.float16, None),  # 8 rows, N = 256: the mma tiles by default
     (64, 4, True, torch.float16, {"kernel": "nat", "block_m": 64, "block_n": 64, "split_k": 2, "pdl": 1}),
     (300, 8, False, torch.float16, {"kernel": "nat", "block_m": 128, "block_n": 128, "split_k": 1, "num_warps": 8}),
     (16, 4, False, torch.bfloat16, {"kernel": "nat", "block_m": 16, "block_n": 128, "pf": 1, "pdl": 2}),

@@ -1,5 +1,5 @@
 """Triton GPTQ matmul on the repacked layout of `fg.gptq.repack` (host side; kernels in
-`gptq_tiled_kernels.py`): `x [M, K] @ W [K, N]`.
+`gptq_tiled_kernels.py` and `gptq_tiled_mma.py`): `x [M, K] @ W [K, N]`.
 
 Layout (made once, at compile time, by `fusegraph.ops.gptq_layout.repack`):
 - qweight_t int32 `[N/64, K/P, 64]`, P = 32/CB values a word, CB = 8 for 8-bit checkpoints and
@@ -18,7 +18,13 @@ Paths (`plan` picks them per shape and SM count; `config` overrides; H200 number
 docs/benchmarks.md):
 - "gemv" (M ≤ 2, fp16/bf16 x): one row per program, fp16x2 FMA after the lop3/prmt dequantization;
 - "mma" (M < 192, and fp32 x): tensor-core tiles, P dots of K = R per 128-row block;
+- "nat" (M ≤ 16 when N has a 128-column tile per SM): tensor-core tiles, the block's scaled weights
+  joined back into row order in registers, one dot of K = 128 per block;
 - "dequant" (M ≥ 192): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
+Options (off by default): "pf" asks L2 for each program's weight run (or its first "pf_lines"
+lines) before anything else, and "pdl" launches with programmatic dependent launch (Hopper):
+the program waits for the previous kernel only after that, so between consecutive PDL-launched
+GPTQ matmuls the weight stream starts under the previous kernel's tail.
 Split-K: each program writes an fp32 slice; with "ticket" the last program of each tile (atomic
 counter, acq_rel after a CTA barrier, slices read through L2) sums the slices in order and
 writes the output (one launch, deterministic); otherwise `gptq_kernels._splitk_reduce_kernel` does (two).
@@ -113,7 +119,9 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
 
     Tuned on an H200 (benchmarks/gptq_sweep.py, 2026-11-30; docs/benchmarks.md): the GEMV with 2
     warps and U = 4 blocks a step (1 at 8 bits), about 6 programs an SM (4 with act-order's x
-    gathers); the tensor-core tiles with about 3.
+    gathers); the tensor-core tiles with about 3; for M ≤ 16 and at least one 128-column tile per
+    SM (gate_up), the row-order tiles ("nat", 16×128: 52 vs 59 µs at M=16). The L2 prefetch and
+    PDL stay off: they help only between consecutive PDL-launched kernels (docs/benchmarks.md).
     """
     sms = _sm_count(device)
     blocks = k // KB
@@ -125,6 +133,11 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
         unroll = 1 if cb == 8 else max(d for d in (1, 2, 4) if per % d == 0)
         return {"kernel": "gemv", "split_k": split, "unroll": unroll, "num_warps": 2, "num_stages": 3,
                 "ticket": True}  # fmt: skip
+    if m <= 16 and n % 128 == 0 and n // 128 >= sms:
+        tiles = triton.cdiv(m, 16) * (n // 128)
+        split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= 3 * sms), default=1)
+        return {"kernel": "nat", "block_m": 16, "block_n": 128, "split_k": split, "unroll": 1, "num_warps": 4,
+                "num_stages": 3, "ticket": True}  # fmt: skip
     if m < _DEQUANT_MIN_M:
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64
         block_n = 64
@@ -167,8 +180,7 @@ def gptq_tiled_matmul(
         config: override "kernel" ("gemv" | "mma" | "dequant"), "split_k", "unroll", "block_m",
             "block_n", "num_warps", "num_stages", "ticket", "use_asm", "pf" (0 | 1: ask L2 for each
             program's weight run first; "pf_lines" caps it), "pdl" (0-3, see `_pdl_enter`; Hopper
-            only, else 0), "pf_ahead" (gemv: ask L2 for the step this many steps ahead), "swap" (mma: the
-            weight as the dot's first operand) (benchmarks, tests).
+            only, else 0) (benchmarks, tests).
 
     Returns:
         `[M, N]` in x's dtype.
@@ -244,8 +256,7 @@ def gptq_tiled_matmul(
             *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
             out.stride(0), U=unroll, SPLIT_K=split, TICKET=ticket, PREFETCH=bool(cfg.get("prefetch", False)),
             PF_LINES=_pf_lines(cfg, k_per_split, p, 32 * cfg["num_warps"]) if on_gpu else 0, PDL=pdl,
-            PF_AHEAD=int(cfg.get("pf_ahead", 0)) if on_gpu else 0, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"], **common, **launch,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common, **launch,
         )  # fmt: skip
     else:
         block_m, block_n, unroll = cfg["block_m"], cfg["block_n"], cfg.get("unroll", 1)
@@ -270,7 +281,7 @@ def gptq_tiled_matmul(
         else:
             _tiled_mma_kernel[grid](
                 *args, cnt, m, n, k, group_size, k_per_split, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-                out.stride(0), SCALE_W=bool(cfg.get("scale_w", False)), U=unroll, SWAP=bool(cfg.get("swap", False)),
+                out.stride(0), SCALE_W=bool(cfg.get("scale_w", False)), U=unroll,
                 **tiles, **common, **launch,
             )  # fmt: skip
     if split > 1 and not ticket:

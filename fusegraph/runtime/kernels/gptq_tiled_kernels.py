@@ -224,7 +224,7 @@ def _tiled_gemv_kernel(
     M, N, K, group_size, k_per_split, stride_xm, stride_s, stride_qz, stride_om,
     CB: tl.constexpr, ZERO_V1: tl.constexpr, HAS_PERM: tl.constexpr, USE_ASM: tl.constexpr,
     BF16: tl.constexpr, U: tl.constexpr, SPLIT_K: tl.constexpr, TICKET: tl.constexpr, PREFETCH: tl.constexpr,
-    PF_LINES: tl.constexpr, PDL: tl.constexpr, PF_AHEAD: tl.constexpr,
+    PF_LINES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One fp16/bf16 row of x times one 64-column strip over one K slice; program (strip, split, row).
 
@@ -234,8 +234,6 @@ def _tiled_gemv_kernel(
     loads are in flight during the math). PF_LINES > 0 asks L2 for the first PF_LINES lines of
     the program's weight run before anything else; PDL (see `_pdl_enter`) then waits for the
     previous kernel: only the weights, which no kernel writes, are touched before the wait.
-    PF_AHEAD > 0 asks L2, at each step, for the words of the step PF_AHEAD steps ahead (a rolling
-    prefetch: DRAM latency overlaps the math without holding registers).
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -258,9 +256,6 @@ def _tiled_gemv_kernel(
                                                   offs_u, offs_r, offs_n, stride_s, stride_qz, CB, ZERO_V1,
                                                   HAS_PERM, BF16)  # fmt: skip
     for k0 in range(k_begin, k_begin + k_per_split, STEP):
-        if PF_AHEAD > 0:
-            ka = tl.minimum(k0 + PF_AHEAD * STEP, k_last)
-            _prefetch_l2(strip + (ka // P) * NB, STEP // P * NB, STEP // P * 2)
         if PREFETCH:
             kn = tl.minimum(k0 + STEP, k_last)  # the last step reloads its own blocks (not used)
             nw_, nx0, nx1, nx2, nx3, nmz, ns_ = _gemv_load(strip, x_row, perm_ptr, s_ptr, qz_ptr, kn, group_size,

@@ -87,14 +87,11 @@ def _tiled_mma_kernel(
     CB: tl.constexpr, ZERO_V1: tl.constexpr, HAS_PERM: tl.constexpr, USE_ASM: tl.constexpr,
     BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
     TICKET: tl.constexpr, DOT_FP32: tl.constexpr, GROUP_M: tl.constexpr, SCALE_W: tl.constexpr,
-    U: tl.constexpr, PF_LINES: tl.constexpr, PDL: tl.constexpr, SWAP: tl.constexpr,
+    U: tl.constexpr, PF_LINES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core tile `[BLOCK_M, BLOCK_N]` over one K slice: per 128-row block, P dots
     `x[:, slot i rows] @ (q_i − z)` (each K = R), then the block's scale on the fp32 sum.
-
-    SWAP computes the transposed tile `(q_i − z)ᵀ @ x[:, slot i rows]ᵀ` (the weight as the dot's
-    first operand, so N fills the MMA's M side when M is small). PF_LINES and PDL as in the GEMV
-    (`_tiled_gemv_kernel`): the program's weight run is asked of L2 before `griddepcontrol.wait`."""
+    PF_LINES and PDL as in the GEMV (`_tiled_gemv_kernel`)."""
     P: tl.constexpr = 32 // CB
     R: tl.constexpr = KB // P
     pid = tl.program_id(0)
@@ -120,10 +117,7 @@ def _tiled_mma_kernel(
             strip = qw_ptr + (pid_n * (BLOCK_N // NB) + st).to(tl.int64) * (K // P) * NB
             _prefetch_l2(strip + (k_begin // P) * NB, (k_per_split // P) * NB, PF_LINES)
     _pdl_enter(PDL)
-    if SWAP:
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k00 in range(k_begin, k_begin + k_per_split, U * KB):
         ws = ()
         for u in tl.static_range(U):  # all U blocks' words in flight before the math
@@ -143,17 +137,7 @@ def _tiled_mma_kernel(
                 wq = _dq_emulated(ws[u], z, CB, tl.float32)
             else:
                 wq = _dq_emulated(ws[u], z, CB, dt)
-            if SWAP:
-                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-                for i in tl.static_range(P):
-                    if DOT_FP32:
-                        part += tl.dot(
-                            tl.trans(wq[i]), tl.trans(xs[i].to(tl.float32)), input_precision="ieee"
-                        )
-                    else:
-                        part += tl.dot(tl.trans(wq[i]), tl.trans(xs[i]))
-                acc += part * s[:, None]
-            elif SCALE_W:  # the scale on the weights (one rounding each, Marlin's way): no second accumulator
+            if SCALE_W:  # the scale on the weights (one rounding each, Marlin's way): no second accumulator
                 for i in tl.static_range(P):
                     if DOT_FP32:
                         acc += tl.dot(xs[i].to(tl.float32), wq[i] * s[None, :], input_precision="ieee")
@@ -168,8 +152,6 @@ def _tiled_mma_kernel(
                         part += tl.dot(xs[i], wq[i])
                 acc += part * s[None, :]
     _pdl_leave(PDL)
-    if SWAP:
-        acc = tl.trans(acc)
     mask = m_ok[:, None] & (offs_n < N)[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     _splitk_store(acc, out_ptrs, mask, ws_ptr, offs_m[:, None] * N + offs_n[None, :],
