@@ -38,12 +38,12 @@ import torch
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from fusegraph.compiler.dims import Dim, symbol_expr
+from fusegraph.compiler.effects import ragged_operands, writes_buffer
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.impls import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType
 
 __all__ = [
-    "WRITE_OPERANDS",
     "InputChecks",
     "MetadataUse",
     "buffer_root",
@@ -51,22 +51,6 @@ __all__ = [
     "graph_dims",
     "metadata_uses",
 ]
-
-# op name -> operand index of (rows tensor, row offsets, lengths, lookup, kv_blocks, freqs_cis)
-_USES: dict[str, tuple[int, int, int, int | None, int | None, int | None]] = {
-    "fg.kv_cache.store": (1, 2, 3, 4, 0, None),
-    "fg.rope_split_store": (0, 1, 4, 5, 3, 2),
-    "fg.attention.paged": (0, 1, 3, 4, 2, None),
-    "fg.rope": (0, 1, 2, None, None, 3),
-}
-_WRITES = ("fg.kv_cache.store", "fg.rope_split_store")
-# op name -> operand index of (rows tensor, kv_blocks, row offsets, lengths, lookup): the writes
-WRITE_OPERANDS: dict[str, tuple[int, int, int, int, int]] = {
-    name: (rows, kv, ro, lengths, lookup)  # type: ignore[misc]
-    for name, (rows, ro, lengths, lookup, kv, _) in _USES.items()
-    if name in _WRITES
-}
-_BUFFER_OPERAND = {name: slots[1] for name, slots in WRITE_OPERANDS.items()}
 
 
 @dataclass(frozen=True)
@@ -112,28 +96,29 @@ def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
     """
     uses: dict[MetadataUse, None] = {}
     for op in graph.block.ops:
-        if (slots := _USES.get(op.name)) is None:
+        if (ragged := ragged_operands(op)) is None:
             continue
-        rows_i, ro_i, ln_i, lt_i, kv_i, fr_i = slots
-        operands = op.operands
-        if not strict and not _all_inputs(op.operands, slots):
-            continue
-        index = {name: _input_index(op.name, name, operands[i]) for name, i in
-                 (("input_row_offsets", ro_i), ("cache_lengths", ln_i))}  # fmt: skip
-        lookup = None if lt_i is None else _input_index(op.name, "lookup_table", operands[lt_i])
-        kv = None if kv_i is None else _input_index(op.name, "kv_blocks", buffer_root(operands[kv_i]))
+        role = {r: ragged.operand(op, r) for r in ("row_offsets", "lengths", "lookup_table", "kv_blocks")}
+        if role["kv_blocks"] is not None:
+            role["kv_blocks"] = buffer_root(role["kv_blocks"])
+        if not strict and not all(isinstance(v, BlockArgument) for v in role.values() if v is not None):
+            continue  # computed metadata: only the op's own check (eager CPU) applies
+        names = {"row_offsets": ragged.row_offsets, "lengths": ragged.lengths, "lookup_table": "lookup_table",
+                 "kv_blocks": "kv_blocks"}  # fmt: skip
+        index = {r: None if v is None else _input_index(op.name, names[r], v) for r, v in role.items()}
         max_pos, freqs_input, tables = None, None, 1
-        if fr_i is not None:
+        if (freqs := ragged.operand(op, "freqs_cis")) is not None:
             # longrope (`long_after`) stacks a short and a long table (ops/_rope_math.py)
-            freqs, tables = operands[fr_i], 2 if "long_after" in op.properties else 1
+            tables = 2 if "long_after" in op.properties else 1
             if isinstance(freqs, BlockArgument):
                 freqs_input = freqs.index
             elif (d := _shape(freqs)[0]).is_static:
                 max_pos = d.value // tables
-        rows = _shape(operands[rows_i])[0]
+        rows_value = ragged.operand(op, "rows")
+        assert rows_value is not None  # `rows` is a required field of the trait
         use = MetadataUse(
-            op.name, rows, index["input_row_offsets"], index["cache_lengths"], lookup, kv,
-            op.name in _WRITES, max_pos, freqs_input, tables,
+            op.name, _shape(rows_value)[0], cast(int, index["row_offsets"]), cast(int, index["lengths"]),
+            index["lookup_table"], index["kv_blocks"], writes_buffer(op), max_pos, freqs_input, tables,
         )  # fmt: skip
         uses[use] = None
     return list(uses)
@@ -141,14 +126,6 @@ def metadata_uses(graph: Graph, strict: bool = True) -> list[MetadataUse]:
 
 def _shape(value: SSAValue) -> tuple[Dim, ...]:
     return tuple(cast(TensorType | BufferType, value.type).shape)
-
-
-def _all_inputs(operands: Sequence[SSAValue], slots: tuple[int | None, ...]) -> bool:
-    _, ro_i, ln_i, lt_i, kv_i, _ = slots
-    meta: list[SSAValue | None] = [operands[i] for i in (ro_i, ln_i, lt_i) if i is not None]
-    if kv_i is not None:
-        meta.append(buffer_root(operands[kv_i]))
-    return all(isinstance(v, BlockArgument) for v in meta)
 
 
 def _input_index(op: str, operand: str, value: SSAValue | None) -> int:
@@ -161,14 +138,23 @@ def _input_index(op: str, operand: str, value: SSAValue | None) -> int:
 
 
 def buffer_root(value: SSAValue) -> BlockArgument | None:
-    """The graph input a buffer version descends from (through earlier writes)."""
+    """The graph input a buffer version descends from (through earlier in-place writes)."""
     while not isinstance(value, BlockArgument):
         owner = value.owner
-        slot = _BUFFER_OPERAND.get(getattr(owner, "name", ""))
-        if slot is None:
+        if not isinstance(owner, Operation) or (written := _written_buffer(owner)) is None:
             return None
-        value = cast(Operation, owner).operands[slot]
+        value = written
     return value
+
+
+def _written_buffer(op: Operation) -> SSAValue | None:
+    """The buffer operand an in-place writer writes (its paged cache), or None."""
+    if not writes_buffer(op):
+        return None
+    if (ragged := ragged_operands(op)) is not None and ragged.kv_blocks is not None:
+        return ragged.operand(op, "kv_blocks")
+    buffers = [v for v in op.operands if isinstance(v.type, BufferType)]
+    return buffers[0] if len(buffers) == 1 else None
 
 
 def graph_dims(graph: Graph) -> list[tuple[str, Dim]]:
