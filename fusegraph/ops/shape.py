@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,10 +25,10 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim, DimLike, product
+from fusegraph.compiler.graph import emit, emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_same_device, expect_tensor, normalize_axis, shape_str
@@ -45,18 +46,23 @@ class ReshapeOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
+    def __init__(self, input: Operand, *, shape: Sequence[DimLike]) -> None:
+        super().__init__([input], rule=partial(self.rule, shape=shape))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_reshape_shape_rule(self.input.type, self.result.type.shape)]
+        return self.rule(self.input.type, shape=self.result.type.shape)
 
-
-def _reshape_shape_rule(x: Any, shape: Sequence[Dim]) -> TensorType:
-    x = expect_tensor("fg.reshape", "input", x)
-    if x.num_elements != product(shape):
-        raise ValueError(
-            f"fg.reshape: input shape {shape_str(x.shape)} has {x.num_elements} elements, "
-            f"target shape {shape_str(shape)} has {product(shape)}"
-        )
-    return TensorType(x.dtype, shape, x.device)
+    @staticmethod
+    def rule(x: Attribute, *, shape: Sequence[DimLike]) -> list[Attribute]:
+        """The shape rule: `shape` (one dim may be -1, inferred) keeps x's element count."""
+        x = expect_tensor("fg.reshape", "input", x)
+        dims = _infer_minus_one(x, shape)
+        if x.num_elements != product(dims):
+            raise ValueError(
+                f"fg.reshape: input shape {shape_str(x.shape)} has {x.num_elements} elements, "
+                f"target shape {shape_str(dims)} has {product(dims)}"
+            )
+        return [TensorType(x.dtype, dims, x.device)]
 
 
 def _infer_minus_one(x: TensorType, shape: Sequence[DimLike]) -> tuple[Dim, ...]:
@@ -82,12 +88,7 @@ def reshape(x: TensorValue, shape: Sequence[DimLike]) -> TensorValue:
     Example:
         >>> y = ops.reshape(x, ["total_seq_len", 32, -1])
     """
-
-    def rule() -> list[TensorType]:
-        return [_reshape_shape_rule(x.type, _infer_minus_one(x.type, shape))]
-
-    op = emit(ReshapeOp, [x], result_types=rule)
-    return TensorValue(op.results[0])
+    return emit_tensor(ReshapeOp(x, shape=shape))
 
 
 @torch_impl(ReshapeOp)
@@ -114,28 +115,31 @@ class PermuteOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
+    def __init__(self, input: Operand, *, perm: Sequence[int]) -> None:
+        props = {"perm": DenseArrayBase.from_list(i64, perm)}
+        super().__init__([input], props, rule=partial(self.rule, perm=perm))
+
     @property
     def permutation(self) -> tuple[int, ...]:
         """The permutation as ints."""
         return tuple(self.perm.get_values())
 
     def infer_types(self) -> Sequence[Attribute]:
-        return [_permute_shape_rule(self.input.type, self.permutation)]
+        return self.rule(self.input.type, perm=self.permutation)
 
-
-def _permute_shape_rule(x: Any, perm: Sequence[int]) -> TensorType:
-    x = expect_tensor("fg.permute", "input", x)
-    if sorted(perm) != list(range(x.rank)):
-        raise ValueError(f"fg.permute: perm {list(perm)} is not a permutation of 0..{x.rank - 1}")
-    return TensorType(x.dtype, [x.shape[p] for p in perm], x.device)
+    @staticmethod
+    def rule(x: Attribute, *, perm: Sequence[int]) -> list[Attribute]:
+        """The shape rule: `perm` is a permutation of x's dims; result dim i is x dim perm[i]."""
+        x = expect_tensor("fg.permute", "input", x)
+        if sorted(perm) != list(range(x.rank)):
+            raise ValueError(f"fg.permute: perm {list(perm)} is not a permutation of 0..{x.rank - 1}")
+        return [TensorType(x.dtype, [x.shape[p] for p in perm], x.device)]
 
 
 def permute(x: TensorValue, perm: Sequence[int]) -> TensorValue:
     """Reorder the dims of `x`: result dim i is input dim `perm[i]`."""
     perm = [normalize_axis("fg.permute", p, x.rank) for p in perm] if x.rank else list(perm)
-    props = {"perm": DenseArrayBase.from_list(i64, perm)}
-    op = emit(PermuteOp, [x], props, result_types=lambda: [_permute_shape_rule(x.type, perm)])
-    return TensorValue(op.results[0])
+    return emit_tensor(PermuteOp(x, perm=perm))
 
 
 def transpose(x: TensorValue, dim0: int, dim1: int) -> TensorValue:
@@ -164,40 +168,41 @@ class ConcatOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$inputs attr-dict `:` type($inputs) `->` type($result)"
 
+    def __init__(self, inputs: Sequence[Operand], *, axis: int) -> None:
+        super().__init__([inputs], {"axis": IntegerAttr(axis, i64)}, rule=partial(self.rule, axis=axis))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_concat_shape_rule([v.type for v in self.inputs], self.axis.value.data)]
+        return self.rule([v.type for v in self.inputs], axis=self.axis.value.data)
 
-
-def _concat_shape_rule(types: Sequence[Any], axis: int) -> TensorType:
-    if not types:
-        raise ValueError("fg.concat: needs at least one input")
-    first = expect_tensor("fg.concat", "input 0", types[0])
-    axis = normalize_axis("fg.concat", axis, first.rank)
-    total = Dim(0)
-    for i, t in enumerate(types):
-        t = expect_tensor("fg.concat", f"input {i}", t)
-        expect_same_device("fg.concat", **{"input 0": first, f"input {i}": t})
-        if t.dtype != first.dtype:
-            raise ValueError(f"fg.concat: input {i} dtype {t.dtype.name} != input 0 dtype {first.dtype.name}")
-        if t.rank != first.rank:
-            raise ValueError(f"fg.concat: input {i} rank {t.rank} != input 0 rank {first.rank}")
-        for d, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)):
-            if d != axis and a != b:
-                raise ValueError(f"fg.concat: input {i} dim {d} ({a}) != input 0 dim {d} ({b})")
-        total = total + t.shape[axis]
-    shape = list(first.shape)
-    shape[axis] = total
-    return TensorType(first.dtype, shape, first.device)
+    @staticmethod
+    def rule(types: list[Attribute], *, axis: int) -> list[Attribute]:
+        """The shape rule: equal dtypes, devices and ranks; every dim but `axis` agrees."""
+        if not types:
+            raise ValueError("fg.concat: needs at least one input")
+        first = expect_tensor("fg.concat", "input 0", types[0])
+        axis = normalize_axis("fg.concat", axis, first.rank)
+        total = Dim(0)
+        for i, t in enumerate(types):
+            t = expect_tensor("fg.concat", f"input {i}", t)
+            expect_same_device("fg.concat", **{"input 0": first, f"input {i}": t})
+            if t.dtype != first.dtype:
+                raise ValueError(
+                    f"fg.concat: input {i} dtype {t.dtype.name} != input 0 dtype {first.dtype.name}"
+                )
+            if t.rank != first.rank:
+                raise ValueError(f"fg.concat: input {i} rank {t.rank} != input 0 rank {first.rank}")
+            for d, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)):
+                if d != axis and a != b:
+                    raise ValueError(f"fg.concat: input {i} dim {d} ({a}) != input 0 dim {d} ({b})")
+            total = total + t.shape[axis]
+        shape = list(first.shape)
+        shape[axis] = total
+        return [TensorType(first.dtype, shape, first.device)]
 
 
 def concat(values: Sequence[TensorValue], axis: int = 0) -> TensorValue:
     """Concatenate `values` along `axis`; all other dims, dtypes and devices must agree."""
-    values = list(values)
-    props = {"axis": IntegerAttr(axis, i64)}
-    op = emit(
-        ConcatOp, [values], props, result_types=lambda: [_concat_shape_rule([v.type for v in values], axis)]
-    )
-    return TensorValue(op.results[0])
+    return emit_tensor(ConcatOp(list(values), axis=axis))
 
 
 @torch_impl(ConcatOp)
@@ -218,6 +223,10 @@ class SplitOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input attr-dict `:` type($input) `->` type($outputs)"
 
+    def __init__(self, input: Operand, *, sizes: Sequence[DimLike], axis: int) -> None:
+        props = {"axis": IntegerAttr(axis, i64)}
+        super().__init__([input], props, rule=partial(self.rule, sizes=sizes, axis=axis))
+
     @property
     def sizes(self) -> list[Dim]:
         """The size of each piece along the axis."""
@@ -226,27 +235,28 @@ class SplitOp(FgOp):
         )
         return [r.type.shape[axis] for r in self.outputs]
 
-    def infer_types(self) -> Sequence[Attribute]:
-        return _split_shape_rule(self.input.type, self.sizes, self.axis.value.data)
+    def infer_types(self) -> Sequence[Sequence[Attribute]]:
+        return self.rule(self.input.type, sizes=self.sizes, axis=self.axis.value.data)
 
-
-def _split_shape_rule(x: Any, sizes: Sequence[DimLike], axis: int) -> list[TensorType]:
-    x = expect_tensor("fg.split", "input", x)
-    axis = normalize_axis("fg.split", axis, x.rank)
-    total = product([]) * 0
-    for s in sizes:
-        total = total + Dim(s)
-    if total != x.shape[axis]:
-        raise ValueError(
-            f"fg.split: sizes {[str(Dim(s)) for s in sizes]} sum to {total}, "
-            f"but input dim {axis} is {x.shape[axis]}"
-        )
-    out = []
-    for s in sizes:
-        shape = list(x.shape)
-        shape[axis] = Dim(s)
-        out.append(TensorType(x.dtype, shape, x.device))
-    return out
+    @staticmethod
+    def rule(x: Attribute, *, sizes: Sequence[DimLike], axis: int) -> list[list[Attribute]]:
+        """The shape rule: one result per size (a variadic result); the sizes sum to x's `axis` dim."""
+        x = expect_tensor("fg.split", "input", x)
+        axis = normalize_axis("fg.split", axis, x.rank)
+        total = Dim(0)
+        for s in sizes:
+            total = total + Dim(s)
+        if total != x.shape[axis]:
+            raise ValueError(
+                f"fg.split: sizes {[str(Dim(s)) for s in sizes]} sum to {total}, "
+                f"but input dim {axis} is {x.shape[axis]}"
+            )
+        pieces: list[Attribute] = []
+        for s in sizes:
+            shape = list(x.shape)
+            shape[axis] = Dim(s)
+            pieces.append(TensorType(x.dtype, shape, x.device))
+        return [pieces]
 
 
 def split(x: TensorValue, sizes: Sequence[DimLike], axis: int = 0) -> list[TensorValue]:
@@ -255,9 +265,7 @@ def split(x: TensorValue, sizes: Sequence[DimLike], axis: int = 0) -> list[Tenso
     Example:
         >>> q, k, v = ops.split(qkv, [64, 32, 32], axis=1)
     """
-    props = {"axis": IntegerAttr(axis, i64)}
-    op = emit(SplitOp, [x], props, result_types=lambda: [_split_shape_rule(x.type, sizes, axis)])
-    return [TensorValue(r) for r in op.results]
+    return [TensorValue(r) for r in emit(SplitOp(x, sizes=sizes, axis=axis)).results]
 
 
 @torch_impl(SplitOp)
