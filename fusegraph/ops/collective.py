@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -38,9 +39,9 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
 from xdsl.traits import MemoryReadEffect, MemoryWriteEffect
 
-from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_tensor, normalize_axis
@@ -57,23 +58,8 @@ def _check_props(op: str, group: str, world_size: int) -> None:
         raise ValueError(f"{op}: world_size must be a positive int, got {world_size!r}")
 
 
-def _allreduce_shape_rule(x: Any, group: str, world_size: int) -> TensorType:
-    x = expect_tensor("fg.allreduce", "input", x)
-    _check_props("fg.allreduce", group, world_size)
-    if x.dtype.name == "bool":
-        raise ValueError("fg.allreduce: input dtype bool cannot be summed; use a numeric dtype")
-    return x
-
-
-def _allgather_shape_rule(x: Any, axis: int, group: str, world_size: int) -> TensorType:
-    x = expect_tensor("fg.allgather", "input", x)
-    _check_props("fg.allgather", group, world_size)
-    if x.rank < 1:
-        raise ValueError("fg.allgather: input must have rank >= 1, got a scalar")
-    axis = normalize_axis("fg.allgather", axis, x.rank)
-    shape = list(x.shape)
-    shape[axis] = shape[axis] * world_size
-    return TensorType(x.dtype, shape, x.device)
+def _group_props(group: str, world_size: int) -> dict[str, Attribute]:
+    return {"group": StringAttr(group), "world_size": IntegerAttr(world_size, i64)}
 
 
 # --- ops ------------------------------------------------------------------------------
@@ -83,7 +69,11 @@ _EFFECTS = traits_def(MemoryReadEffect(), MemoryWriteEffect())
 @register_op
 @irdl_op_definition
 class AllReduceOp(FgOp):
-    """`%y = fg.allreduce %x {group = "tp", world_size = 2 : i64}`: the sum over the ranks."""
+    """`%y = fg.allreduce %x {group = "tp", world_size = 2 : i64}`: the sum over the ranks.
+
+    Example:
+        >>> op = AllReduceOp(partial, group="tp", world_size=2)
+    """
 
     name = "fg.allreduce"
     input = operand_def(TensorType)
@@ -93,15 +83,32 @@ class AllReduceOp(FgOp):
     traits = _EFFECTS
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
+    def __init__(self, input: Operand, *, group: str = "tp", world_size: int) -> None:
+        rule = partial(self.rule, group=group, world_size=world_size)
+        super().__init__([input], _group_props(group, world_size), rule=rule)
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_allreduce_shape_rule(self.input.type, self.group.data, self.world_size.value.data)]
+        return self.rule(self.input.type, group=self.group.data, world_size=self.world_size.value.data)
+
+    @staticmethod
+    def rule(x: Attribute, *, group: str, world_size: int) -> list[Attribute]:
+        """The shape rule: a non-bool `x` keeps its type."""
+        x = expect_tensor("fg.allreduce", "input", x)
+        _check_props("fg.allreduce", group, world_size)
+        if x.dtype.name == "bool":
+            raise ValueError("fg.allreduce: input dtype bool cannot be summed; use a numeric dtype")
+        return [x]
 
 
 @register_op
 @irdl_op_definition
 class AllGatherOp(FgOp):
     """`%y = fg.allgather %x {axis = 1 : i64, group = "tp", world_size = 2 : i64}`: the
-    ranks' inputs concatenated along `axis`, in rank order."""
+    ranks' inputs concatenated along `axis`, in rank order.
+
+    Example:
+        >>> op = AllGatherOp(local_logits, axis=1, group="tp", world_size=2)
+    """
 
     name = "fg.allgather"
     input = operand_def(TensorType)
@@ -112,12 +119,26 @@ class AllGatherOp(FgOp):
     traits = _EFFECTS
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
+    def __init__(self, input: Operand, *, axis: int, group: str = "tp", world_size: int) -> None:
+        props: dict[str, Attribute] = {"axis": IntegerAttr(axis, i64), **_group_props(group, world_size)}
+        rule = partial(self.rule, axis=axis, group=group, world_size=world_size)
+        super().__init__([input], props, rule=rule)
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [
-            _allgather_shape_rule(
-                self.input.type, self.axis.value.data, self.group.data, self.world_size.value.data
-            )
-        ]
+        ws = self.world_size.value.data
+        return self.rule(self.input.type, axis=self.axis.value.data, group=self.group.data, world_size=ws)
+
+    @staticmethod
+    def rule(x: Attribute, *, axis: int, group: str, world_size: int) -> list[Attribute]:
+        """The shape rule: dim `axis` of `x` grows `world_size` times."""
+        x = expect_tensor("fg.allgather", "input", x)
+        _check_props("fg.allgather", group, world_size)
+        if x.rank < 1:
+            raise ValueError("fg.allgather: input must have rank >= 1, got a scalar")
+        axis = normalize_axis("fg.allgather", axis, x.rank)
+        shape = list(x.shape)
+        shape[axis] = shape[axis] * world_size
+        return [TensorType(x.dtype, shape, x.device)]
 
 
 # --- builders -------------------------------------------------------------------------
@@ -127,11 +148,7 @@ def allreduce(x: TensorValue, *, group: str = "tp", world_size: int) -> TensorVa
     Example:
         >>> h = ops.allreduce(partial, group="tp", world_size=2)   # same shape as partial
     """
-    props = {"group": StringAttr(group), "world_size": IntegerAttr(world_size, i64)}
-    op = emit(
-        AllReduceOp, [x], props, result_types=lambda: [_allreduce_shape_rule(x.type, group, world_size)]
-    )
-    return TensorValue(op.results[0])
+    return emit_tensor(AllReduceOp(x, group=group, world_size=world_size))
 
 
 def allgather(x: TensorValue, *, axis: int, group: str = "tp", world_size: int) -> TensorValue:
@@ -142,14 +159,7 @@ def allgather(x: TensorValue, *, axis: int, group: str = "tp", world_size: int) 
     """
     if isinstance(x, TensorValue) and x.rank >= 1:
         axis = normalize_axis("fg.allgather", axis, x.rank)
-    props = {
-        "axis": IntegerAttr(axis, i64),
-        "group": StringAttr(group),
-        "world_size": IntegerAttr(world_size, i64),
-    }
-    rule = lambda: [_allgather_shape_rule(x.type, axis, group, world_size)]  # noqa: E731
-    op = emit(AllGatherOp, [x], props, result_types=rule)
-    return TensorValue(op.results[0])
+    return emit_tensor(AllGatherOp(x, axis=axis, group=group, world_size=world_size))
 
 
 # --- torch.library ops: what the eager runtime runs -------------------------------------
@@ -203,7 +213,7 @@ def _all_gather_fake(x: torch.Tensor, axis: int, group: str, world_size: int) ->
 
 
 # --- torch implementations and direct FX emission --------------------------------------
-def _refuse_decomposed(op: Any) -> CollectiveLoweringError:
+def _refuse_decomposed(op: AllReduceOp | AllGatherOp) -> CollectiveLoweringError:
     return CollectiveLoweringError(
         f"{op.name}: a collective has no decomposed (pure aten) form, so mode 'decomposed' and the "
         f"IREE backend cannot run tensor-parallel graphs; use the eager backend, or "
@@ -211,7 +221,7 @@ def _refuse_decomposed(op: Any) -> CollectiveLoweringError:
     )
 
 
-def _library_name(op: Any) -> str:
+def _library_name(op: AllReduceOp | AllGatherOp) -> str:
     return "all_reduce" if isinstance(op, AllReduceOp) else "all_gather"
 
 
@@ -219,14 +229,18 @@ def _library_name(op: Any) -> str:
 def _allreduce_torch(op: AllReduceOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
     if ctx.mode != "custom":
         raise _refuse_decomposed(op)
-    return torch.ops.fusegraph.all_reduce(x, op.group.data, op.world_size.value.data)
+    y: torch.Tensor = torch.ops.fusegraph.all_reduce(x, op.group.data, op.world_size.value.data)
+    return y
 
 
 @torch_impl(AllGatherOp)
 def _allgather_torch(op: AllGatherOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
     if ctx.mode != "custom":
         raise _refuse_decomposed(op)
-    return torch.ops.fusegraph.all_gather(x, op.axis.value.data, op.group.data, op.world_size.value.data)
+    y: torch.Tensor = torch.ops.fusegraph.all_gather(
+        x, op.axis.value.data, op.group.data, op.world_size.value.data
+    )
+    return y
 
 
 @fx_emitter(AllReduceOp)
