@@ -25,11 +25,10 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import Float64Type, FloatAttr, IntegerAttr, i64
-from xdsl.ir import Attribute
+from xdsl.ir import Attribute, Operation
 
 
 @dataclass(frozen=True)
@@ -72,14 +71,14 @@ class RopeVariant:
         return props
 
     @staticmethod
-    def of(op: Any) -> RopeVariant:
+    def of(op: Operation) -> RopeVariant:
         """The variant stored on an `fg.rope` / `fg.rope_split_store` op."""
-        p = op.properties
-        long_after = p["long_after"].value.data if "long_after" in p else None
+        names = ("long_after", "ntk_theta", "ntk_factor", "ntk_original_max")
+        after, theta, factor, orig = (op.properties.get(n) for n in names)
         ntk = None
-        if "ntk_theta" in p:
-            ntk = (p["ntk_theta"].value.data, p["ntk_factor"].value.data, p["ntk_original_max"].value.data)
-        return RopeVariant(long_after, ntk)
+        if isinstance(theta, FloatAttr) and isinstance(factor, FloatAttr) and isinstance(orig, IntegerAttr):
+            ntk = (theta.value.data, factor.value.data, orig.value.data)
+        return RopeVariant(after.value.data if isinstance(after, IntegerAttr) else None, ntk)
 
     def schema_args(self) -> tuple[int | None, list[float] | None]:
         """`(long_after, ntk)` as the torch.library ops take them."""

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,10 +27,10 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.effects import RaggedOperands
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_tensor
@@ -77,6 +78,29 @@ class PagedAttentionOp(FgOp):
         "type($lookup_table) `->` type($result)"
     )
 
+    def __init__(
+        self,
+        q: Operand,
+        input_row_offsets: Operand,
+        kv_blocks: Operand,
+        cache_lengths: Operand,
+        lookup_table: Operand,
+        *,
+        layer_idx: int,
+        scale: float,
+        mask: str = "causal",
+        sliding_window: int | None = None,
+    ) -> None:
+        props: dict[str, Attribute] = {
+            "layer_idx": IntegerAttr(layer_idx, i64),
+            "scale": FloatAttr(float(scale), Float64Type()),
+            "mask": StringAttr(mask),
+        }
+        if sliding_window is not None:
+            props["sliding_window"] = IntegerAttr(sliding_window, i64)
+        rule = partial(self.rule, layer_idx=layer_idx, mask=mask, sliding_window=sliding_window)
+        super().__init__([q, input_row_offsets, kv_blocks, cache_lengths, lookup_table], props, rule=rule)
+
     @property
     def layer_idx(self) -> int:
         """The layer read."""
@@ -98,42 +122,39 @@ class PagedAttentionOp(FgOp):
         return None if self.sliding_window_attr is None else self.sliding_window_attr.value.data
 
     def infer_types(self) -> Sequence[Attribute]:
-        operands = (self.q, self.input_row_offsets, self.kv_blocks, self.cache_lengths, self.lookup_table)
-        types = [v.type for v in operands]
-        return [
-            _attention_shape_rule(
-                *types, layer_idx=self.layer_idx, mask=self.mask, sliding_window=self.sliding_window
+        types = (v.type for v in self.operands)
+        return self.rule(*types, layer_idx=self.layer_idx, mask=self.mask, sliding_window=self.sliding_window)
+
+    @staticmethod
+    def rule(
+        q: Attribute,
+        row_offsets: Attribute,
+        kv_blocks: Attribute,
+        cache_lengths: Attribute,
+        lookup_table: Attribute,
+        *,
+        layer_idx: int,
+        mask: str,
+        sliding_window: int | None,
+    ) -> list[Attribute]:
+        """The shape rule: the result is q's type; q is `[T, H, D]` with H a multiple of the
+        cache's kv heads and the cache's D and dtype."""
+        op = "fg.attention.paged"
+        if mask not in MASKS:
+            raise ValueError(f"{op}: mask must be one of {', '.join(MASKS)}, got {mask!r}")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"{op}: sliding_window must be >= 1, got {sliding_window=}")
+        buf = check_kv_blocks(op, kv_blocks, layer_idx)
+        qt = expect_tensor(op, "q", q)
+        expect_rank(op, "q", qt, 3)
+        check_heads_match_cache(op, "q", qt, buf, heads_dim=-1)
+        n_heads, n_kv_heads = qt.shape[1], buf.shape[4]
+        if n_heads.is_static and n_kv_heads.is_static and n_heads.value % n_kv_heads.value:
+            raise ValueError(
+                f"{op}: q n_heads ({n_heads}) must be a multiple of kv_blocks n_kv_heads ({n_kv_heads})"
             )
-        ]
-
-
-def _attention_shape_rule(
-    q: Any,
-    row_offsets: Any,
-    kv_blocks: Any,
-    cache_lengths: Any,
-    lookup_table: Any,
-    *,
-    layer_idx: int,
-    mask: str,
-    sliding_window: int | None,
-) -> TensorType:
-    op = "fg.attention.paged"
-    if mask not in MASKS:
-        raise ValueError(f"{op}: mask must be one of {', '.join(MASKS)}, got {mask!r}")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"{op}: sliding_window must be >= 1, got {sliding_window=}")
-    buf = check_kv_blocks(op, kv_blocks, layer_idx)
-    q = expect_tensor(op, "q", q)
-    expect_rank(op, "q", q, 3)
-    check_heads_match_cache(op, "q", q, buf, heads_dim=-1)
-    n_heads, n_kv_heads = q.shape[1], buf.shape[4]
-    if n_heads.is_static and n_kv_heads.is_static and n_heads.value % n_kv_heads.value:
-        raise ValueError(
-            f"{op}: q n_heads ({n_heads}) must be a multiple of kv_blocks n_kv_heads ({n_kv_heads})"
-        )
-    check_metadata(op, row_offsets, cache_lengths, lookup_table)
-    return q
+        check_metadata(op, row_offsets, cache_lengths, lookup_table)
+        return [qt]
 
 
 def paged_attention(
@@ -169,21 +190,11 @@ def paged_attention(
         >>> kv = ops.kv_cache_store(kv, v, ro, lens, lookup, layer_idx=0, key_or_value=1)
         >>> out = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=0.125)
     """
-    operands = [q, input_row_offsets, kv_blocks, cache_lengths, lookup_table]
-    props: dict[str, Attribute] = {
-        "layer_idx": IntegerAttr(layer_idx, i64),
-        "scale": FloatAttr(float(scale), Float64Type()),
-        "mask": StringAttr(mask),
-    }
-    if sliding_window is not None:
-        props["sliding_window"] = IntegerAttr(sliding_window, i64)
-
-    def rule() -> list[TensorType]:
-        types = [v.type for v in operands]
-        return [_attention_shape_rule(*types, layer_idx=layer_idx, mask=mask, sliding_window=sliding_window)]
-
-    op = emit(PagedAttentionOp, operands, props, result_types=rule)
-    return TensorValue(op.results[0])
+    meta = (input_row_offsets, kv_blocks, cache_lengths, lookup_table)
+    op = PagedAttentionOp(
+        q, *meta, layer_idx=layer_idx, scale=scale, mask=mask, sliding_window=sliding_window
+    )
+    return emit_tensor(op)
 
 
 # --- torch ----------------------------------------------------------------------------
@@ -268,7 +279,8 @@ def _attention_torch(
 ) -> torch.Tensor:
     args = (q, row_offsets, kv_blocks, cache_lengths, lookup_table, op.layer_idx, op.scale, op.sliding_window)
     if ctx.mode == "custom":
-        return torch.ops.fusegraph.paged_attention(*args)
+        out: torch.Tensor = torch.ops.fusegraph.paged_attention(*args)
+        return out
     return paged_attention_decomposed(*args)
 
 

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,10 +29,10 @@ from xdsl.dialects.builtin import IntegerAttr, i64
 from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.effects import RaggedOperands, WritesBuffer
+from fusegraph.compiler.graph import emit
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_tensor
@@ -77,6 +78,21 @@ class KVCacheStoreOp(FgOp):
         "type($lookup_table) `->` type($result)"
     )
 
+    def __init__(
+        self,
+        kv_blocks: Operand,
+        x: Operand,
+        input_row_offsets: Operand,
+        cache_lengths: Operand,
+        lookup_table: Operand,
+        *,
+        layer_idx: int,
+        key_or_value: int,
+    ) -> None:
+        props = {"layer_idx": IntegerAttr(layer_idx, i64), "key_or_value": IntegerAttr(key_or_value, i64)}
+        rule = partial(self.rule, layer_idx=layer_idx, key_or_value=key_or_value)
+        super().__init__([kv_blocks, x, input_row_offsets, cache_lengths, lookup_table], props, rule=rule)
+
     @property
     def layer_idx(self) -> int:
         """The layer written."""
@@ -88,31 +104,31 @@ class KVCacheStoreOp(FgOp):
         return self.key_or_value_attr.value.data
 
     def infer_types(self) -> Sequence[Attribute]:
-        operands = (self.kv_blocks, self.x, self.input_row_offsets, self.cache_lengths, self.lookup_table)
-        return [
-            _store_shape_rule(*(v.type for v in operands), layer_idx=self.layer_idx, kv=self.key_or_value)
-        ]
+        types = (v.type for v in self.operands)
+        return self.rule(*types, layer_idx=self.layer_idx, key_or_value=self.key_or_value)
 
-
-def _store_shape_rule(
-    kv_blocks: Any,
-    x: Any,
-    row_offsets: Any,
-    cache_lengths: Any,
-    lookup_table: Any,
-    *,
-    layer_idx: int,
-    kv: int,
-) -> BufferType:
-    op = "fg.kv_cache.store"
-    if kv not in (0, 1):
-        raise ValueError(f"{op}: key_or_value must be 0 (key) or 1 (value), got {kv}")
-    buf = check_kv_blocks(op, kv_blocks, layer_idx)
-    x = expect_tensor(op, "x", x)
-    expect_rank(op, "x", x, 3)
-    check_heads_match_cache(op, "x", x, buf, heads_dim=1)
-    check_metadata(op, row_offsets, cache_lengths, lookup_table)
-    return buf
+    @staticmethod
+    def rule(
+        kv_blocks: Attribute,
+        x: Attribute,
+        row_offsets: Attribute,
+        cache_lengths: Attribute,
+        lookup_table: Attribute,
+        *,
+        layer_idx: int,
+        key_or_value: int,
+    ) -> list[Attribute]:
+        """The shape rule: the result is the kv_blocks buffer type; `x` is `[T, Hkv, D]` of the
+        cache's heads and dtype; `layer_idx` is one of the cache's layers."""
+        op = "fg.kv_cache.store"
+        if key_or_value not in (0, 1):
+            raise ValueError(f"{op}: key_or_value must be 0 (key) or 1 (value), got {key_or_value}")
+        buf = check_kv_blocks(op, kv_blocks, layer_idx)
+        xt = expect_tensor(op, "x", x)
+        expect_rank(op, "x", xt, 3)
+        check_heads_match_cache(op, "x", xt, buf, heads_dim=1)
+        check_metadata(op, row_offsets, cache_lengths, lookup_table)
+        return [buf]
 
 
 def kv_cache_store(
@@ -143,14 +159,9 @@ def kv_cache_store(
         >>> kv = ops.kv_cache_store(kv, k, ro, lens, lookup, layer_idx=0, key_or_value=0)
         >>> kv = ops.kv_cache_store(kv, v, ro, lens, lookup, layer_idx=0, key_or_value=1)
     """
-    operands = [kv_blocks, x, input_row_offsets, cache_lengths, lookup_table]
-    props = {"layer_idx": IntegerAttr(layer_idx, i64), "key_or_value": IntegerAttr(key_or_value, i64)}
-
-    def rule() -> list[BufferType]:
-        return [_store_shape_rule(*(v.type for v in operands), layer_idx=layer_idx, kv=key_or_value)]
-
-    op = emit(KVCacheStoreOp, operands, props, result_types=rule)
-    return BufferValue(op.results[0])
+    meta = (input_row_offsets, cache_lengths, lookup_table)
+    op = KVCacheStoreOp(kv_blocks, x, *meta, layer_idx=layer_idx, key_or_value=key_or_value)
+    return BufferValue(emit(op).result)
 
 
 # --- torch ----------------------------------------------------------------------------
@@ -231,7 +242,8 @@ def _store_torch(
         if ctx.inplace:
             torch.ops.fusegraph.kv_cache_store_(*args)
             return kv_blocks
-        return torch.ops.fusegraph.kv_cache_store(*args)
+        out: torch.Tensor = torch.ops.fusegraph.kv_cache_store(*args)
+        return out
     check_store_capacity(op.name, kv_blocks, x, row_offsets, cache_lengths, lookup_table)
     return kv_cache_store_decomposed(*args, inplace=ctx.inplace)
 

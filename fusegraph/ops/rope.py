@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,12 +30,12 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.effects import RaggedOperands
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
@@ -69,6 +70,21 @@ class RopeOp(FgOp):
         "type($x) `,` type($input_row_offsets) `,` type($start_pos) `,` type($freqs_cis) `->` type($result)"
     )
 
+    def __init__(
+        self,
+        x: Operand,
+        input_row_offsets: Operand,
+        start_pos: Operand,
+        freqs_cis: Operand,
+        *,
+        interleaved: bool,
+        variant: RopeVariant | None = None,
+    ) -> None:
+        variant = variant if variant is not None else RopeVariant()
+        props = {"interleaved": IntegerAttr.from_bool(bool(interleaved)), **variant.props()}
+        operands = [x, input_row_offsets, start_pos, freqs_cis]
+        super().__init__(operands, props, rule=partial(self.rule, variant=variant))
+
     @property
     def interleaved(self) -> bool:
         """Whether adjacent dims pair up (GPT-J) rather than the two halves (NeoX)."""
@@ -80,11 +96,31 @@ class RopeOp(FgOp):
         return RopeVariant.of(self)
 
     def infer_types(self) -> Sequence[Attribute]:
-        types = (self.x.type, self.input_row_offsets.type, self.start_pos.type, self.freqs_cis.type)
-        return [_rope_shape_rule(*types, variant=self.variant)]
+        return self.rule(*(v.type for v in self.operands), variant=self.variant)
+
+    @staticmethod
+    def rule(
+        x: Attribute,
+        row_offsets: Attribute,
+        start_pos: Attribute,
+        freqs_cis: Attribute,
+        *,
+        variant: RopeVariant,
+    ) -> list[Attribute]:
+        """The shape rule: the result is x's type; x is a float `[T, H, D]` with D even, and
+        freqs_cis fits D and the variant (`check_rope_freqs`)."""
+        op = "fg.rope"
+        xt = expect_tensor(op, "x", x)
+        expect_rank(op, "x", xt, 3)
+        expect_dtype(op, "x", xt, [DType.float32, DType.float16, DType.bfloat16])
+        check_even_head_dim(op, xt.shape[2])
+        ro, pos, _ = check_metadata(op, row_offsets, start_pos, lengths_name="start_pos")
+        f = check_rope_freqs(op, freqs_cis, xt.shape[2], variant)
+        expect_same_device(op, x=xt, input_row_offsets=ro, start_pos=pos, freqs_cis=f)
+        return [xt]
 
 
-def check_rope_freqs(op: str, freqs_cis: Any, head_dim: Dim, variant: RopeVariant) -> TensorType:
+def check_rope_freqs(op: str, freqs_cis: Attribute, head_dim: Dim, variant: RopeVariant) -> TensorType:
     """Check `freqs_cis [V·P, R]` (float): R even, 2 <= R <= head_dim (partial rotary when
     smaller), V·P divisible by V (two stacked tables for longrope), R > 2 for dynamic NTK."""
     f = expect_tensor(op, "freqs_cis", freqs_cis)
@@ -103,20 +139,6 @@ def check_rope_freqs(op: str, freqs_cis: Any, head_dim: Dim, variant: RopeVarian
     if variant.tables == 2 and rows.is_static and rows.value % 2:
         raise ValueError(f"{op}: with long_after, freqs_cis stacks two tables: dim 0 ({rows}) must be even")
     return f
-
-
-def _rope_shape_rule(
-    x: Any, row_offsets: Any, start_pos: Any, freqs_cis: Any, *, variant: RopeVariant
-) -> TensorType:
-    op = "fg.rope"
-    x = expect_tensor(op, "x", x)
-    expect_rank(op, "x", x, 3)
-    expect_dtype(op, "x", x, [DType.float32, DType.float16, DType.bfloat16])
-    check_even_head_dim(op, x.shape[2])
-    check_metadata(op, row_offsets, start_pos, lengths_name="start_pos")
-    f = check_rope_freqs(op, freqs_cis, x.shape[2], variant)
-    expect_same_device(op, x=x, input_row_offsets=row_offsets, start_pos=start_pos, freqs_cis=f)
-    return x
 
 
 def rope(
@@ -147,15 +169,9 @@ def rope(
         ...     x, ro, lens, freqs = g.inputs
         ...     y = ops.rope(x, ro, lens, freqs, interleaved=True)
     """
-    variant = variant if variant is not None else RopeVariant()
-    operands = [x, input_row_offsets, start_pos, freqs_cis]
-    props: dict[str, Attribute] = {"interleaved": IntegerAttr.from_bool(bool(interleaved)), **variant.props()}
-
-    def rule() -> list[TensorType]:
-        return [_rope_shape_rule(*(v.type for v in operands), variant=variant)]
-
-    op = emit(RopeOp, operands, props, result_types=rule)
-    return TensorValue(op.results[0])
+    return emit_tensor(
+        RopeOp(x, input_row_offsets, start_pos, freqs_cis, interleaved=interleaved, variant=variant)
+    )
 
 
 # --- torch ----------------------------------------------------------------------------
@@ -213,7 +229,8 @@ def _rope_torch(
 ) -> torch.Tensor:
     args = (x, row_offsets, start_pos, freqs_cis, op.interleaved, *op.variant.schema_args())
     if ctx.mode == "custom":
-        return torch.ops.fusegraph.rope(*args)
+        out: torch.Tensor = torch.ops.fusegraph.rope(*args)
+        return out
     return rope_decomposed(*args)
 
 

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -39,11 +40,11 @@ from xdsl.dialects.builtin import BoolAttr, FloatAttr, IntegerAttr, i64
 from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.effects import RaggedOperands, WritesBuffer
+from fusegraph.compiler.graph import emit
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops._common import expect_rank, expect_same_device, expect_tensor
@@ -103,6 +104,37 @@ class RopeSplitStoreOp(FgOp):
         "type($cache_lengths) `,` type($lookup_table) `->` type($q_out) `,` type($kv_out)"
     )
 
+    def __init__(
+        self,
+        qkv: Operand,
+        input_row_offsets: Operand,
+        freqs_cis: Operand,
+        kv_blocks: Operand,
+        cache_lengths: Operand,
+        lookup_table: Operand,
+        *,
+        layer_idx: int,
+        interleaved: bool,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        variant: RopeVariant | None = None,
+    ) -> None:
+        variant = variant if variant is not None else RopeVariant()
+        ints = {"layer_idx": layer_idx, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim}
+        props: dict[str, Attribute] = {k: IntegerAttr(v, i64) for k, v in ints.items()}
+        props.update(interleaved=IntegerAttr.from_bool(bool(interleaved)), **variant.props())
+        operands = [qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table]
+        rule = partial(
+            self.rule,
+            layer_idx=layer_idx,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
+            variant=variant,
+        )
+        super().__init__(operands, props, rule=rule)
+
     @property
     def layer_idx(self) -> int:
         """The layer written."""
@@ -134,16 +166,8 @@ class RopeSplitStoreOp(FgOp):
         return RopeVariant.of(self)
 
     def infer_types(self) -> Sequence[Attribute]:
-        operands = (
-            self.qkv,
-            self.input_row_offsets,
-            self.freqs_cis,
-            self.kv_blocks,
-            self.cache_lengths,
-            self.lookup_table,
-        )
-        return _rope_split_store_shape_rule(
-            *(v.type for v in operands),
+        return self.rule(
+            *(v.type for v in self.operands),
             layer_idx=self.layer_idx,
             n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads,
@@ -151,46 +175,48 @@ class RopeSplitStoreOp(FgOp):
             variant=self.variant,
         )
 
-
-def _rope_split_store_shape_rule(
-    qkv: Any,
-    row_offsets: Any,
-    freqs_cis: Any,
-    kv_blocks: Any,
-    cache_lengths: Any,
-    lookup_table: Any,
-    *,
-    layer_idx: int,
-    n_heads: int,
-    n_kv_heads: int,
-    head_dim: int,
-    variant: RopeVariant,
-) -> list[Attribute]:
-    if min(n_heads, n_kv_heads, head_dim) < 1:
-        raise ValueError(
-            f"{_OP}: n_heads, n_kv_heads, head_dim must be >= 1, got {n_heads=}, {n_kv_heads=}, {head_dim=}"
-        )
-    check_even_head_dim(_OP, Dim(head_dim))
-    qkv = expect_tensor(_OP, "qkv", qkv)
-    expect_rank(_OP, "qkv", qkv, 2)
-    width = (n_heads + 2 * n_kv_heads) * head_dim
-    if qkv.shape[1] != Dim(width):
-        raise ValueError(
-            f"{_OP}: qkv dim 1 ({qkv.shape[1]}) != (n_heads + 2*n_kv_heads) * head_dim "
-            f"= ({n_heads} + 2*{n_kv_heads}) * {head_dim} = {width}"
-        )
-    buf = check_kv_blocks(_OP, kv_blocks, layer_idx)
-    if buf.shape[4] != Dim(n_kv_heads) or buf.shape[5] != Dim(head_dim):
-        raise ValueError(
-            f"{_OP}: kv_blocks [n_kv_heads, head_dim] = [{buf.shape[4]}, {buf.shape[5]}] "
-            f"!= [{n_kv_heads}, {head_dim}] from the attributes"
-        )
-    if qkv.dtype != buf.dtype:
-        raise ValueError(f"{_OP}: qkv dtype {qkv.dtype.name} != kv_blocks dtype {buf.dtype.name}")
-    f = check_rope_freqs(_OP, freqs_cis, Dim(head_dim), variant)
-    check_metadata(_OP, row_offsets, cache_lengths, lookup_table)
-    expect_same_device(_OP, qkv=qkv, freqs_cis=f, kv_blocks=buf, input_row_offsets=row_offsets)
-    return [TensorType(qkv.dtype, [qkv.shape[0], n_heads * head_dim], qkv.device), buf]
+    @staticmethod
+    def rule(
+        qkv: Attribute,
+        row_offsets: Attribute,
+        freqs_cis: Attribute,
+        kv_blocks: Attribute,
+        cache_lengths: Attribute,
+        lookup_table: Attribute,
+        *,
+        layer_idx: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        variant: RopeVariant,
+    ) -> list[Attribute]:
+        """The shape rule: q `[T, n_heads·head_dim]` of qkv's dtype and the kv_blocks type; qkv is
+        `[T, (n_heads + 2·n_kv_heads)·head_dim]` and the cache has n_kv_heads heads of head_dim."""
+        if min(n_heads, n_kv_heads, head_dim) < 1:
+            raise ValueError(
+                f"{_OP}: n_heads, n_kv_heads, head_dim must be >= 1, got {n_heads=}, {n_kv_heads=}, {head_dim=}"
+            )
+        check_even_head_dim(_OP, Dim(head_dim))
+        x = expect_tensor(_OP, "qkv", qkv)
+        expect_rank(_OP, "qkv", x, 2)
+        width = (n_heads + 2 * n_kv_heads) * head_dim
+        if x.shape[1] != Dim(width):
+            raise ValueError(
+                f"{_OP}: qkv dim 1 ({x.shape[1]}) != (n_heads + 2*n_kv_heads) * head_dim "
+                f"= ({n_heads} + 2*{n_kv_heads}) * {head_dim} = {width}"
+            )
+        buf = check_kv_blocks(_OP, kv_blocks, layer_idx)
+        if buf.shape[4] != Dim(n_kv_heads) or buf.shape[5] != Dim(head_dim):
+            raise ValueError(
+                f"{_OP}: kv_blocks [n_kv_heads, head_dim] = [{buf.shape[4]}, {buf.shape[5]}] "
+                f"!= [{n_kv_heads}, {head_dim}] from the attributes"
+            )
+        if x.dtype != buf.dtype:
+            raise ValueError(f"{_OP}: qkv dtype {x.dtype.name} != kv_blocks dtype {buf.dtype.name}")
+        f = check_rope_freqs(_OP, freqs_cis, Dim(head_dim), variant)
+        ro, _, _ = check_metadata(_OP, row_offsets, cache_lengths, lookup_table)
+        expect_same_device(_OP, qkv=x, freqs_cis=f, kv_blocks=buf, input_row_offsets=ro)
+        return [TensorType(x.dtype, [x.shape[0], n_heads * head_dim], x.device), buf]
 
 
 def rope_split_store(
@@ -232,25 +258,20 @@ def rope_split_store(
         >>> q, kv = ops.rope_split_store(qkv, ro, freqs, kv, lens, lookup, layer_idx=0,
         ...                              interleaved=False, n_heads=4, n_kv_heads=2, head_dim=16)
     """
-    operands = [qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table]
-    ints = {"layer_idx": layer_idx, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim}
-    props: dict[str, Attribute] = {k: IntegerAttr(v, i64) for k, v in ints.items()}
-    props["interleaved"] = IntegerAttr.from_bool(bool(interleaved))
-    variant = variant if variant is not None else RopeVariant()
-    props.update(variant.props())
-
-    def rule() -> list[Attribute]:
-        return _rope_split_store_shape_rule(
-            *(v.type for v in operands),
+    meta = (input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table)
+    op = emit(
+        RopeSplitStoreOp(
+            qkv,
+            *meta,
             layer_idx=layer_idx,
+            interleaved=interleaved,
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
             variant=variant,
         )
-
-    op = emit(RopeSplitStoreOp, operands, props, result_types=rule)
-    return TensorValue(op.results[0]), BufferValue(op.results[1])
+    )
+    return TensorValue(op.q_out), BufferValue(op.kv_out)
 
 
 # --- torch ----------------------------------------------------------------------------
