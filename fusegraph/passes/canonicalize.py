@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import DenseArrayBase, ModuleOp, i64
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
@@ -31,12 +31,19 @@ from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.elementwise import CastOp
 from fusegraph.ops.shape import ConcatOp, PermuteOp, ReshapeOp, SplitOp
 from fusegraph.passes.dce import EraseDeadOp
-from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report, no_match
+from fusegraph.passes.patterns import (
+    GuardedPattern,
+    NoMatch,
+    PassReport,
+    apply_patterns,
+    current_report,
+    no_match,
+)
 
 Fold = tuple[list[Operation], list[SSAValue]]
 
 
-def _identity(op: Any) -> Fold | NoMatch:
+def _identity(op: ReshapeOp | CastOp) -> Fold | NoMatch:
     if op.input.type != op.result.type:
         return no_match(f"{op.name} changes the type")
     return [], [op.input]
@@ -46,7 +53,7 @@ def _reshape_reshape(op: ReshapeOp) -> Fold | NoMatch:
     inner = op.input.owner
     if not isinstance(inner, ReshapeOp):
         return no_match("input is not produced by fg.reshape")
-    return [new := ReshapeOp.build(operands=[inner.input], result_types=[op.result.type])], [new.result]
+    return [new := ReshapeOp(inner.input, shape=op.result.type.shape)], [new.result]
 
 
 def _permute_permute(op: PermuteOp) -> Fold | NoMatch:
@@ -54,12 +61,7 @@ def _permute_permute(op: PermuteOp) -> Fold | NoMatch:
     if not isinstance(inner, PermuteOp):
         return no_match("input is not produced by fg.permute")
     # result dim i = inner result dim perm[i] = x dim inner_perm[perm[i]]
-    perm = [inner.permutation[p] for p in op.permutation]
-    new = PermuteOp.build(
-        operands=[inner.input],
-        properties={"perm": DenseArrayBase.from_list(i64, perm)},
-        result_types=[op.result.type],
-    )
+    new = PermuteOp(inner.input, perm=[inner.permutation[p] for p in op.permutation])
     return [new], [new.result]
 
 
@@ -124,7 +126,7 @@ RULES: tuple[Rule, ...] = (
 class RulePattern(GuardedPattern[tuple[Operation, Fold]]):
     """Applies one `Rule`; its counter is the rule's name."""
 
-    def __init__(self, rule: Rule, report: Any) -> None:
+    def __init__(self, rule: Rule, report: PassReport) -> None:
         super().__init__(report)
         self.rule = rule
         self.anchor = rule.anchor  # type: ignore[misc]
