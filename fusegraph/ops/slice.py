@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,11 +22,11 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
+from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_same_device, expect_tensor, normalize_axis
@@ -34,6 +35,7 @@ END = 2**63 - 1
 """A stop that means "to the end of the dim" (torch's `aten.slice` uses the same value)."""
 
 _INDEX_DTYPES = (DType.int32, DType.int64, DType.uint32)
+_NAMES = ("starts", "stops", "steps")
 
 
 # --- slice ----------------------------------------------------------------------------
@@ -57,6 +59,10 @@ class SliceOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
+    def __init__(self, input: Operand, *, bounds: Sequence[tuple[int, int, int]]) -> None:
+        props = {k: DenseArrayBase.from_list(i64, [b[i] for b in bounds]) for i, k in enumerate(_NAMES)}
+        super().__init__([input], props, rule=partial(self.rule, bounds=bounds))
+
     @property
     def bounds(self) -> list[tuple[int, int, int]]:
         """`(start, stop, step)` per input dim."""
@@ -65,15 +71,16 @@ class SliceOp(FgOp):
         )
 
     def infer_types(self) -> Sequence[Attribute]:
-        return [_slice_shape_rule(self.input.type, self.bounds)]
+        return self.rule(self.input.type, bounds=self.bounds)
 
-
-def _slice_shape_rule(x: Any, bounds: Sequence[tuple[int, int, int]]) -> TensorType:
-    x = expect_tensor("fg.slice", "input", x)
-    if len(bounds) != x.rank:
-        raise ValueError(f"fg.slice: {len(bounds)} bounds for input of rank {x.rank}")
-    shape = [_slice_length(axis, d, *b) for axis, (d, b) in enumerate(zip(x.shape, bounds))]
-    return TensorType(x.dtype, shape, x.device)
+    @staticmethod
+    def rule(x: Attribute, *, bounds: Sequence[tuple[int, int, int]]) -> list[Attribute]:
+        """The shape rule: one `(start, stop, step)` per dim of x, each step > 0."""
+        x = expect_tensor("fg.slice", "input", x)
+        if len(bounds) != x.rank:
+            raise ValueError(f"fg.slice: {len(bounds)} bounds for input of rank {x.rank}")
+        shape = [_slice_length(axis, d, *b) for axis, (d, b) in enumerate(zip(x.shape, bounds))]
+        return [TensorType(x.dtype, shape, x.device)]
 
 
 def _slice_length(axis: int, d: Dim, start: int, stop: int, step: int) -> Dim:
@@ -109,9 +116,7 @@ def slice_tensor(x: TensorValue, index: Any) -> TensorValue:
     """
     bounds, dropped = _expand_index(x, index if isinstance(index, tuple) else (index,))
     bounds = [_normalize(axis, d, b) for axis, (d, b) in enumerate(zip(x.shape, bounds))]
-    props = {name: DenseArrayBase.from_list(i64, [b[k] for b in bounds]) for k, name in enumerate(_NAMES)}
-    op = emit(SliceOp, [x], props, result_types=lambda: [_slice_shape_rule(x.type, bounds)])
-    result = TensorValue(op.results[0])
+    result = emit_tensor(SliceOp(x, bounds=bounds))
     if not dropped:
         return result
     from fusegraph.ops.shape import reshape
@@ -119,10 +124,7 @@ def slice_tensor(x: TensorValue, index: Any) -> TensorValue:
     return reshape(result, [d for axis, d in enumerate(result.shape) if axis not in dropped])
 
 
-_NAMES = ("starts", "stops", "steps")
-
-
-def _expand_index(x: TensorValue, index: tuple) -> tuple[list[tuple[int, int, int]], set[int]]:
+def _expand_index(x: TensorValue, index: tuple[Any, ...]) -> tuple[list[tuple[int, int, int]], set[int]]:
     """One `(start, stop, step)` per dim, and the dims an int index drops."""
     if sum(item is Ellipsis for item in index) > 1:
         raise ValueError(f"fg.slice: at most one '...' in an index, got {index}")
@@ -191,17 +193,22 @@ class GatherOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input `,` $indices attr-dict `:` type($input) `,` type($indices) `->` type($result)"
 
+    def __init__(self, input: Operand, indices: Operand, *, axis: int) -> None:
+        props = {"axis": IntegerAttr(axis, i64)}
+        super().__init__([input, indices], props, rule=partial(self.rule, axis=axis))
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [_gather_shape_rule(self.input.type, self.indices.type, self.axis.value.data)]
+        return self.rule(self.input.type, self.indices.type, axis=self.axis.value.data)
 
-
-def _gather_shape_rule(x: Any, indices: Any, axis: int) -> TensorType:
-    x = expect_tensor("fg.gather", "input", x)
-    indices = expect_tensor("fg.gather", "indices", indices)
-    expect_dtype("fg.gather", "indices", indices, _INDEX_DTYPES)
-    expect_same_device("fg.gather", input=x, indices=indices)
-    axis = normalize_axis("fg.gather", axis, x.rank)
-    return TensorType(x.dtype, [*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]], x.device)
+    @staticmethod
+    def rule(x: Attribute, indices: Attribute, *, axis: int) -> list[Attribute]:
+        """The shape rule: `x.shape[:axis] + indices.shape + x.shape[axis+1:]`; int indices."""
+        x = expect_tensor("fg.gather", "input", x)
+        indices = expect_tensor("fg.gather", "indices", indices)
+        expect_dtype("fg.gather", "indices", indices, _INDEX_DTYPES)
+        expect_same_device("fg.gather", input=x, indices=indices)
+        axis = normalize_axis("fg.gather", axis, x.rank)
+        return [TensorType(x.dtype, [*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]], x.device)]
 
 
 def gather(x: TensorValue, indices: TensorValue, axis: int = 0) -> TensorValue:
@@ -210,14 +217,7 @@ def gather(x: TensorValue, indices: TensorValue, axis: int = 0) -> TensorValue:
     Example:
         >>> rows = ops.gather(freqs_cis, positions, axis=0)   # [max_pos, D], [T] -> [T, D]
     """
-    props = {"axis": IntegerAttr(axis, i64)}
-    op = emit(
-        GatherOp,
-        [x, indices],
-        props,
-        result_types=lambda: [_gather_shape_rule(x.type, indices.type, axis)],
-    )
-    return TensorValue(op.results[0])
+    return emit_tensor(GatherOp(x, indices, axis=axis))
 
 
 @torch_impl(GatherOp)
