@@ -192,6 +192,31 @@ def neighbor(bw: float) -> None:
         torch.cuda.empty_cache()
 
 
+def act_order(bw: float) -> None:
+    """Act-order: x permuted once (one Triton launch) vs gathered through perm in the kernel, and
+    what a column permutation of x costs alone (ours vs torch's index_select), as graph replays."""
+    for m, k_in in ((1, 4096), (16, 4096), (1, 14336)):
+        x = torch.randn(m, k_in, device="cuda", dtype=torch.float16)
+        perm = torch.randperm(k_in, device="cuda").to(torch.int32)
+        ours_us = graph_us([lambda: T._permute_cols(x, perm)])
+        torch_us = graph_us([lambda: x.index_select(1, perm)])
+        log(f"  permute x [{m}, {k_in}]: ours {ours_us:5.2f} us, index_select {torch_us:5.2f} us")
+    for ms, shapes in (((1,), GB.SHAPES), ((16,), [GB.SHAPES[0], GB.SHAPES[1], GB.SHAPES[3]])):
+        for label, k_in, n_out in shapes:
+            b = GB.Bench(k_in, n_out, ("act",))
+            layers = b.layers["act"]
+            for m in ms:
+                xs = b.xs(m, len(layers))
+                base = T.plan(m, n_out, k_in, 4, torch.device("cuda"), True)
+                for cfg in (base, base | {"permute_x": True}, base | {"permute_x": False}):
+                    us, err = GB.checked_time(
+                        str(cfg), lambda lay, x: GB.ours(K, lay, x, cfg), layers, xs, graph_us
+                    )
+                    log(f"  act {label} M={m} {us:6.2f} us err {err:.1e} {cfg}")
+            del b
+            torch.cuda.empty_cache()
+
+
 def main() -> int:
     log(
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
@@ -203,6 +228,7 @@ def main() -> int:
     qkv = [GB.SHAPES[0]]
     plan = [
         ("floors", lambda: floors(bw)),
+        ("act", lambda: act_order(bw)),
         ("m1", lambda: sweep(GB.SHAPES, (1,), bw=bw, wide=True)),
         ("neighbor", lambda: neighbor(bw)),
         ("m16", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (16,), bw=bw)),

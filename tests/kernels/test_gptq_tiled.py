@@ -29,9 +29,11 @@ CASES = [
     (1, 4, 128, True, False, "v2", torch.float16, {"kernel": "gemv", "ticket": False, "split_k": 2, "unroll": 1}),
     (2, 8, 128, True, False, "v1", torch.float16, {"kernel": "gemv", "prefetch": True, "split_k": 1, "unroll": 1}),
     (1, 3, -1, False, True, "v1", torch.float16, {"kernel": "gemv"}),
+    (2, 4, 128, True, False, "v1", torch.float16, {"kernel": "gemv", "permute_x": True}),  # x permuted first
     (1, 2, 256, True, False, "v2", torch.bfloat16, {"kernel": "gemv", "split_k": 2, "unroll": 1}),
     (1, 4, 128, False, False, "v1", torch.float32, None),  # fp32 x: the GEMV hands over to the tiles
     (5, 4, 128, True, False, "v1", torch.float16, {"kernel": "mma"}),
+    (6, 4, 128, True, False, "v2", torch.float16, {"kernel": "mma", "permute_x": False}),  # gathered in the tiles
     (3, 8, 128, False, True, "v2", torch.float16, {"kernel": "mma", "ticket": False, "split_k": 2}),
     (17, 3, 128, True, False, "v1", torch.float32, {"kernel": "mma", "block_m": 16, "unroll": 2, "split_k": 1}),
     (4, 2, -1, False, False, "v1", torch.float16, {"kernel": "mma", "scale_w": True, "split_k": 1}),
@@ -99,3 +101,5 @@ def test_gptq_tiled_plan__routes_each_m_to_its_path():
     assert kernel.plan(64, 28672, 4096, 4, cpu)["kernel"] == "mma"
     assert kernel.plan(512, 6144, 4096, 4, cpu)["kernel"] == "dequant"
     assert "pdl" not in kernel.plan(1, 6144, 4096, 4, cpu)  # PDL and the L2 prefetch are opt-in
+    assert kernel.plan(1, 4096, 14336, 4, cpu, act_order=True)["permute_x"]  # long K: x permuted once
+    assert not kernel.plan(1, 6144, 4096, 4, cpu, act_order=True)["permute_x"]

@@ -8,8 +8,9 @@ Layout (made once, at compile time, by `fusegraph.ops.gptq_layout.repack`):
   128-row block b, word row r holds in slot i = e·P/2 + j the value of row k = 128·b + 2(j·R + r) + e
   (R = 128/P): a lop3/prmt pair of slots multiplies one 32-bit pair of x.
 - rows sorted by group (act-order) once: row k of the layout is checkpoint row perm[k]; the
-  GEMV gathers x through perm in the kernel, the tensor-core path permutes x once per call
-  (index_select), the prefill pass scatters W's rows back to the checkpoint order.
+  GEMV gathers x through perm in the kernel (or, for long K, permutes it first), the tensor-core
+  paths permute x once per call (`_permute_cols_kernel`: one launch; torch's index_select along
+  dim 1 cost 4-7 µs here), the prefill pass scatters W's rows back to the checkpoint order.
 - qzeros_t int32 `[G, N·CB/32]`, packed along N at CB bits, in the checkpoint's zero format
   (always present: a sym checkpoint's constant z is written out); scales `[G, N]` unchanged.
 Needs K % 128 == 0, N % 64 == 0 and groups of a multiple of 128 rows (or one group).
@@ -38,7 +39,7 @@ import torch
 import triton
 
 from fusegraph.runtime.kernels.gptq_kernels import _splitk_reduce_kernel
-from fusegraph.runtime.kernels.gptq_tiled_kernels import _tiled_gemv_kernel
+from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel, _tiled_gemv_kernel
 from fusegraph.runtime.kernels.gptq_tiled_mma import (
     _tiled_dequant_kernel,
     _tiled_mma_kernel,
@@ -50,6 +51,7 @@ __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 KB, NB = 128, 64
 _DEQUANT_MIN_M = 192
 _GEMV_MAX_M = 2
+_PERMUTE_X_MIN_K = 8192  # act-order GEMV: from this K on, permute x once instead of gathering per program
 _SM: dict[torch.device, int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
@@ -132,7 +134,7 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
         per = blocks // split
         unroll = 1 if cb == 8 else max(d for d in (1, 2, 4) if per % d == 0)
         return {"kernel": "gemv", "split_k": split, "unroll": unroll, "num_warps": 2, "num_stages": 3,
-                "ticket": True}  # fmt: skip
+                "ticket": True, "permute_x": act_order and k >= _PERMUTE_X_MIN_K}  # fmt: skip
     if m <= 16 and n % 128 == 0 and n // 128 >= sms:
         tiles = triton.cdiv(m, 16) * (n // 128)
         split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= 3 * sms), default=1)
@@ -147,6 +149,15 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
         return {"kernel": "mma", "block_m": block_m, "block_n": block_n, "split_k": split, "unroll": 1,
                 "num_warps": 4, "num_stages": 3, "ticket": True}  # fmt: skip
     return {"kernel": "dequant", "block_n": 64, "num_warps": 4}
+
+
+def _permute_cols(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """x[:, perm] (contiguous) in one launch."""
+    m, k = x.shape
+    y = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(k))
+    _permute_cols_kernel[(triton.cdiv(k, block), m)](x, perm, y, k, x.stride(0), BLOCK=block, num_warps=4)
+    return y
 
 
 def _use_asm(x: torch.Tensor, cb: int) -> bool:
@@ -178,7 +189,8 @@ def gptq_tiled_matmul(
         group_size: rows per group, -1 for one group; a multiple of 128.
         zero_format: "v1" (qzeros_t stores z − 1) or "v2".
         config: override "kernel" ("gemv" | "mma" | "dequant"), "split_k", "unroll", "block_m",
-            "block_n", "num_warps", "num_stages", "ticket", "use_asm", "pf" (0 | 1: ask L2 for each
+            "block_n", "num_warps", "num_stages", "ticket", "use_asm", "permute_x" (act-order: permute x
+            once first; False: gemv and mma gather it through perm in the kernel), "pf" (0 | 1: ask L2 for each
             program's weight run first; "pf_lines" caps it), "pdl" (0-3, see `_pdl_enter`; Hopper
             only, else 0) (benchmarks, tests).
 
@@ -223,8 +235,8 @@ def gptq_tiled_matmul(
     )
     if cfg["kernel"] == "gemv" and x.dtype == torch.float32:
         cfg = plan(17, n, k, cb, x.device) | {k_: v for k_, v in (config or {}).items() if k_ != "kernel"}
-    if perm is not None and (cfg["kernel"] in ("mma", "nat") or cfg.get("permute_x")):
-        x, perm = x.index_select(1, perm), None  # one gather of x, not one per tile
+    if perm is not None and (cfg["kernel"] == "nat" or cfg.get("permute_x", cfg["kernel"] == "mma")):
+        x, perm = _permute_cols(x, perm), None  # one gather of x, not one per tile
     if cfg["kernel"] == "gemv" and x.data_ptr() % 4:  # the GEMV reads x as 32-bit pairs
         x = x.clone()
     use_asm = bool(cfg.get("use_asm", True)) and _use_asm(x, cb)

@@ -46,6 +46,16 @@ def _prefetch_l2(run, n_words, LINES: tl.constexpr):
 
 
 @triton.jit
+def _permute_cols_kernel(x_ptr, perm_ptr, y_ptr, K, stride_xm, BLOCK: tl.constexpr):
+    """y[m, k] = x[m, perm[k]] for one row m and BLOCK columns a program (act-order's x, once a call)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = tl.program_id(1).to(tl.int64)
+    mask = offs < K
+    src = tl.load(perm_ptr + offs, mask=mask, other=0)
+    tl.store(y_ptr + m * K + offs, tl.load(x_ptr + m * stride_xm + src, mask=mask), mask=mask)
+
+
+@triton.jit
 def _pdl_enter(PDL: tl.constexpr):
     """Programmatic dependent launch (PDL ≥ 1, Hopper): wait here until the previous kernel's
     writes are visible (nothing before this point reads or writes memory that a kernel writes);
