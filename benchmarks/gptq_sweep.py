@@ -217,6 +217,32 @@ def act_order(bw: float) -> None:
             torch.cuda.empty_cache()
 
 
+def small_m(bw: float) -> None:
+    """M = 4 and 16: the default tiles against the row-order tiles ("nat") with a split-K that fills
+    about three programs an SM."""
+    for label, k_in, n_out in GB.SHAPES:
+        b = GB.Bench(k_in, n_out, ("plain",))
+        layers = b.layers["plain"]
+        for m in (4, 16):
+            xs = b.xs(m, len(layers))
+            t_cub, _ = GB.checked_time("cuBLAS", lambda lay, x: torch.matmul(x, lay.w), layers, xs, graph_us)
+            blocks = k_in // 128
+            cfgs = [T.plan(m, n_out, k_in, 4, torch.device("cuda"))]
+            for bn in (64, 128):
+                tiles = n_out // bn
+                split = max(d for d in range(1, 17) if blocks % d == 0 and tiles * d <= 3 * 132)
+                cfgs += [_nat(16, bn, split, 4), _nat(16, bn, max(1, split // 2), 4)]
+            for cfg in cfgs:
+                us, err = GB.checked_time(
+                    str(cfg), lambda lay, x: GB.ours(K, lay, x, cfg), layers, xs, graph_us
+                )
+                log(
+                    f"  small {label} M={m} {us:6.2f} us ({t_cub / us:4.2f}x cuBLAS {t_cub:5.1f}) err {err:.1e} {cfg}"
+                )
+        del b
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     log(
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
@@ -229,6 +255,7 @@ def main() -> int:
     plan = [
         ("floors", lambda: floors(bw)),
         ("act", lambda: act_order(bw)),
+        ("small", lambda: small_m(bw)),
         ("m1", lambda: sweep(GB.SHAPES, (1,), bw=bw, wide=True)),
         ("neighbor", lambda: neighbor(bw)),
         ("m16", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (16,), bw=bw)),
