@@ -26,28 +26,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import DenseArrayBase, IntegerAttr, ModuleOp, i64
-from xdsl.ir import Operation, SSAValue
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 from xdsl.rewriter import InsertPoint
 
-from fusegraph.compiler.types import TensorType, tensor_type
+from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.gptq import QMatmulGptqOp
 from fusegraph.ops.matmul import MatmulOp
 from fusegraph.ops.shape import ConcatOp, PermuteOp, SplitOp
 from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report
 from fusegraph.passes.qkv_match import GptqMatch, MatmulMatch, match_projections
-
-
-def concat(values: list[SSAValue], axis: int) -> ConcatOp:
-    """A detached `fg.concat` of `values` along `axis` (type computed here)."""
-    first = tensor_type(values[0])
-    shape = list(first.shape)
-    for v in values[1:]:
-        shape[axis] = shape[axis] + tensor_type(v).shape[axis]
-    out = TensorType(first.dtype, shape, first.device)
-    return ConcatOp.build(operands=[values], properties={"axis": IntegerAttr(axis, i64)}, result_types=[out])
 
 
 class FuseProjections(GuardedPattern[MatmulMatch | GptqMatch]):
@@ -62,11 +52,8 @@ class FuseProjections(GuardedPattern[MatmulMatch | GptqMatch]):
         group: list[MatmulOp] | list[QMatmulGptqOp] = match.group
         new_ops = _stacked_matmul(match) if isinstance(match, MatmulMatch) else _stacked_gptq(match.group)
         outs = [p.result for p in group]
-        split = SplitOp.build(
-            operands=[new_ops[-1].results[0]],
-            properties={"axis": IntegerAttr(tensor_type(outs[0]).rank - 1, i64)},
-            result_types=[[o.type for o in outs]],
-        )
+        axis = tensor_type(outs[0]).rank - 1
+        split = SplitOp(new_ops[-1].results[0], sizes=[tensor_type(o).shape[axis] for o in outs], axis=axis)
         rewriter.insert([*new_ops, split], InsertPoint.before(group[-1]))
         for old, new in zip(outs, split.results, strict=True):
             rewriter.replace_all_uses_with(old, new)
@@ -81,39 +68,26 @@ def _stacked_matmul(match: MatmulMatch) -> list[Operation]:
     x = match.group[0].lhs
     rhs = [p.rhs for p in match.group]
     if not match.transposed:
-        w = concat(rhs, axis=1)
-        return [w, MatmulOp.build(operands=[x, w.result], result_types=[_out_type(x, w.result, 1)])]
+        w = ConcatOp(rhs, axis=1)
+        return [w, MatmulOp(x, w.result)]
     # the guards checked that every rhs is a [1, 0] permute
-    w = concat([r.owner.input for r in rhs if isinstance(r.owner, PermuteOp)], axis=0)
-    w_type = tensor_type(w.result)
-    wt_type = TensorType(w_type.dtype, list(reversed(w_type.shape)), w_type.device)
-    perm = {"perm": DenseArrayBase.from_list(i64, [1, 0])}
-    wt = PermuteOp.build(operands=[w.result], properties=perm, result_types=[wt_type])
-    return [w, wt, MatmulOp.build(operands=[x, wt.result], result_types=[_out_type(x, wt.result, 1)])]
+    w = ConcatOp([r.owner.input for r in rhs if isinstance(r.owner, PermuteOp)], axis=0)
+    wt = PermuteOp(w.result, perm=[1, 0])
+    return [w, wt, MatmulOp(x, wt.result)]
 
 
 def _stacked_gptq(group: list[QMatmulGptqOp]) -> list[Operation]:
     first = group[0]
-    qweight = concat([p.qweight for p in group], axis=1)
-    scales = concat([p.scales for p in group], axis=1)
+    qweight = ConcatOp([p.qweight for p in group], axis=1)
+    scales = ConcatOp([p.scales for p in group], axis=1)
     new_ops: list[Operation] = [qweight, scales]
-    qzeros: list[SSAValue] = []
+    qzeros = None
     if first.qzeros is not None:
         # the guards checked that qzeros presence agrees
-        new_ops.append(zeros := concat([p.qzeros for p in group if p.qzeros is not None], axis=1))
-        qzeros = [zeros.result]
-    g_idx = [] if first.g_idx is None else [first.g_idx]
-    mm = QMatmulGptqOp.build(
-        operands=[first.x, qweight.result, scales.result, qzeros, g_idx],
-        properties=dict(first.properties),
-        result_types=[_out_type(first.x, scales.result, 1)],
-    )
+        new_ops.append(zeros := ConcatOp([p.qzeros for p in group if p.qzeros is not None], axis=1))
+        qzeros = zeros.result
+    mm = QMatmulGptqOp(first.x, qweight.result, scales.result, qzeros, first.g_idx, **first.params)
     return [*new_ops, mm]
-
-
-def _out_type(x: SSAValue, w: SSAValue, n_axis: int) -> TensorType:
-    xt = tensor_type(x)
-    return TensorType(xt.dtype, [*xt.shape[:-1], tensor_type(w).shape[n_axis]], xt.device)
 
 
 class _FuseMatmuls(FuseProjections):
