@@ -230,7 +230,7 @@ def small_m(bw: float) -> None:
             cfgs = [T.plan(m, n_out, k_in, 4, torch.device("cuda"))]
             for bn in (64, 128):
                 tiles = n_out // bn
-                split = max(d for d in range(1, 17) if blocks % d == 0 and tiles * d <= 3 * 132)
+                split = max((d for d in range(1, 17) if blocks % d == 0 and tiles * d <= 3 * 132), default=1)
                 cfgs += [_nat(16, bn, split, 4), _nat(16, bn, max(1, split // 2), 4)]
             for cfg in cfgs:
                 us, err = GB.checked_time(

@@ -51,6 +51,7 @@ __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 KB, NB = 128, 64
 _DEQUANT_MIN_M = 192
 _GEMV_MAX_M = 2
+_NAT_MIN_TILES = 40  # M <= 16: the row-order tiles from this many 128-column tiles on (qkv, gate_up)
 _PERMUTE_X_MIN_K = 8192  # act-order GEMV: from this K on, permute x once instead of gathering per program
 _SM: dict[torch.device, int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -121,9 +122,10 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
 
     Tuned on an H200 (benchmarks/gptq_sweep.py, 2026-11-30; docs/benchmarks.md): the GEMV with 2
     warps and U = 4 blocks a step (1 at 8 bits), about 6 programs an SM (4 with act-order's x
-    gathers); the tensor-core tiles with about 3; for M ≤ 16 and at least one 128-column tile per
-    SM (gate_up), the row-order tiles ("nat", 16×128: 52 vs 59 µs at M=16). The L2 prefetch and
-    PDL stay off: they help only between consecutive PDL-launched kernels (docs/benchmarks.md).
+    gathers); the tensor-core tiles with about 3; for M ≤ 16 and at least 40 128-column tiles the
+    row-order tiles ("nat" 16×128; M=16: gate_up 52 vs 59 µs, qkv 14.7 vs 15.5; with 32 tiles,
+    o_proj, they lost at M=16: 12.5 vs 12.2). The L2 prefetch and PDL stay off: they help only
+    between consecutive PDL-launched kernels (docs/benchmarks.md).
     """
     sms = _sm_count(device)
     blocks = k // KB
@@ -135,7 +137,7 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
         unroll = 1 if cb == 8 else max(d for d in (1, 2, 4) if per % d == 0)
         return {"kernel": "gemv", "split_k": split, "unroll": unroll, "num_warps": 2, "num_stages": 3,
                 "ticket": True, "permute_x": act_order and k >= _PERMUTE_X_MIN_K}  # fmt: skip
-    if m <= 16 and n % 128 == 0 and n // 128 >= sms:
+    if m <= 16 and n % 128 == 0 and n // 128 >= _NAT_MIN_TILES:
         tiles = triton.cdiv(m, 16) * (n // 128)
         split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= 3 * sms), default=1)
         return {"kernel": "nat", "block_m": 16, "block_n": 128, "split_k": split, "unroll": 1, "num_warps": 4,
