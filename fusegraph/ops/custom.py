@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -38,10 +39,10 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, prop_def, traits_def, var_operand_def, var_result_def
 from xdsl.traits import Pure
 
-from fusegraph.compiler._legacy_emit import emit
 from fusegraph.compiler.dtypes import DType
+from fusegraph.compiler.graph import emit
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
-from fusegraph.compiler.opbase import FgOp, register_op
+from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import DTypeAttr, TensorType
 from fusegraph.compiler.values import TensorValue
 
@@ -74,7 +75,9 @@ class CustomOpDef:
     @property
     def library_op(self) -> torch._ops.OpOverload:
         """The torch op (`torch.ops.fusegraph_custom.<name>.default`), e.g. for opcheck."""
-        return getattr(getattr(torch.ops, NAMESPACE), self.name.replace(".", "_")).default
+        namespace = getattr(torch.ops, NAMESPACE)
+        op: torch._ops.OpOverload = getattr(namespace, self.name.replace(".", "_")).default
+        return op
 
 
 _REGISTRY: dict[str, CustomOpDef] = {}
@@ -238,21 +241,30 @@ class CustomOp(FgOp):
         """The parameters as Python values."""
         return decode_attr_parameters(self.parameters)
 
-    def infer_types(self) -> Sequence[Attribute]:
-        spec = lookup_custom_op(self.symbol.data)
-        return _apply_shape_rule(spec, [v.type for v in self.inputs], self.parameter_values)
+    def __init__(
+        self, inputs: Sequence[Operand], *, symbol: str, parameters: Mapping[str, ParamValue] | None = None
+    ) -> None:
+        params = dict(parameters or {})
+        props: dict[str, Attribute] = {"symbol": StringAttr(symbol), "parameters": encode_parameters(params)}
+        super().__init__([inputs], props, rule=partial(self.rule, symbol=symbol, params=params))
 
+    def infer_types(self) -> Sequence[Sequence[Attribute]]:
+        types = [v.type for v in self.inputs]
+        return self.rule(types, symbol=self.symbol.data, params=self.parameter_values)
 
-def _apply_shape_rule(spec: CustomOpDef, types: list[Any], params: dict[str, ParamValue]) -> list[TensorType]:
-    results = list(spec.shape_rule(types, params))
-    if not results:
-        raise ValueError(f"fg.custom {spec.name!r}: shape rule returned no result types")
-    for i, t in enumerate(results):
-        if not isinstance(t, TensorType):
-            raise ValueError(
-                f"fg.custom {spec.name!r}: shape rule result {i} must be a TensorType, got {t!r}"
-            )
-    return results
+    @staticmethod
+    def rule(types: list[Attribute], *, symbol: str, params: dict[str, ParamValue]) -> list[list[Attribute]]:
+        """The shape rule: the registered op's `shape_rule`, checked to give TensorTypes."""
+        spec = lookup_custom_op(symbol)
+        results = list(spec.shape_rule(types, params))
+        if not results:
+            raise ValueError(f"fg.custom {spec.name!r}: shape rule returned no result types")
+        for i, t in enumerate(results):
+            if not isinstance(t, TensorType):
+                raise ValueError(
+                    f"fg.custom {spec.name!r}: shape rule result {i} must be a TensorType, got {t!r}"
+                )
+        return [results]
 
 
 def custom(
@@ -263,15 +275,7 @@ def custom(
     Example:
         >>> (z,) = ops.custom("mylib.scaled_add", [x, y], {"alpha": 2})
     """
-    params = dict(parameters or {})
-    props: dict[str, Attribute] = {"symbol": StringAttr(symbol), "parameters": encode_parameters(params)}
-    operands = list(operands)
-
-    def rule() -> list[list[TensorType]]:
-        spec = lookup_custom_op(symbol)
-        return [_apply_shape_rule(spec, [v.type for v in operands], params)]
-
-    op = emit(CustomOp, [operands], props, result_types=rule)
+    op = emit(CustomOp(list(operands), symbol=symbol, parameters=parameters))
     return [TensorValue(r) for r in op.results]
 
 
