@@ -15,32 +15,32 @@ Act order: after each `load_state_dict`, q/k/v whose loaded `g_idx` are equal sh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from fusegraph.compiler import DeviceRef, DType
+from fusegraph.compiler import DeviceRef, DType, TensorValue
 from fusegraph.nn.attention import AttentionWithRope
-from fusegraph.nn.attention_config import MHAMaskVariant
-from fusegraph.nn.kv_cache import KVCacheParams
 from fusegraph.nn.layer import Module
 from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.quant import QuantizationConfig
-from fusegraph.nn.rotary import RotaryEmbedding
 
 
 class GPTQAttentionWithRope(AttentionWithRope):
     """GPTQ attention with rope over a paged KV cache.
 
     Args:
-        quantization_config: The GPTQ settings of every projection.
-        rope: See `AttentionWithRope`; so are all the other arguments, which this layer
-            supports in full.
+        quantization_config: The GPTQ settings of every projection (the base class's
+            `quant_config`).
         linear_cls: The class of o_proj: `GPTQLinear` (default) or a subclass, built with
             `quantization_config`; or `Linear` (or a subclass, or any class taking `Linear`'s
             arguments and holding `weight [hidden, H·D]`) for a dense o_proj. MAX's default,
             `Linear`, means a GPTQ o_proj there; here it means a dense one.
+        **kwargs: Every other argument of `AttentionWithRope` (`rope`, `num_attention_heads`,
+            `num_key_value_heads`, `hidden_size`, `kv_params`, `devices`, `dtype`, `scale`,
+            `stacked_qkv`, `has_bias`, `clip_qkv`, `use_qk_norm`, `rms_norm_eps`,
+            `sliding_window`, `mask_variant`, `_fuse_rope_and_store`), supported in full.
 
     Raises:
         ValueError: As `AttentionWithRope`; when `group_size` does not divide `hidden_size`
@@ -58,23 +58,8 @@ class GPTQAttentionWithRope(AttentionWithRope):
         self,
         *,
         quantization_config: QuantizationConfig,
-        rope: RotaryEmbedding,
-        num_attention_heads: int,
-        num_key_value_heads: int,
-        hidden_size: int,
-        kv_params: KVCacheParams,
-        devices: Sequence[DeviceRef] | None = None,
-        dtype: DType = DType.float32,
-        scale: float | None = None,
-        linear_cls: Any = GPTQLinear,
-        stacked_qkv: bool = False,
-        has_bias: bool = False,
-        clip_qkv: float | None = None,
-        use_qk_norm: bool = False,
-        rms_norm_eps: float = 1e-6,
-        sliding_window: int | None = None,
-        mask_variant: MHAMaskVariant | str | None = None,
-        _fuse_rope_and_store: bool = True,
+        linear_cls: Callable[..., Callable[[TensorValue], TensorValue]] = GPTQLinear,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(quantization_config, QuantizationConfig):
             raise ValueError(
@@ -82,28 +67,9 @@ class GPTQAttentionWithRope(AttentionWithRope):
                 f"got {type(quantization_config).__name__}"
             )
         self.quantization_config = quantization_config
-        super().__init__(
-            rope=rope,
-            num_attention_heads=num_attention_heads,
-            num_key_value_heads=num_key_value_heads,
-            hidden_size=hidden_size,
-            kv_params=kv_params,
-            devices=devices,
-            dtype=dtype,
-            scale=scale,
-            linear_cls=linear_cls,
-            stacked_qkv=stacked_qkv,
-            has_bias=has_bias,
-            quant_config=quantization_config,
-            clip_qkv=clip_qkv,
-            use_qk_norm=use_qk_norm,
-            rms_norm_eps=rms_norm_eps,
-            sliding_window=sliding_window,
-            mask_variant=mask_variant,
-            _fuse_rope_and_store=_fuse_rope_and_store,
-        )
+        super().__init__(linear_cls=linear_cls, quant_config=quantization_config, **kwargs)
 
-    def _output_projection(self) -> Any:
+    def _output_projection(self) -> Callable[[TensorValue], TensorValue]:
         return build_output_projection(
             self.linear_cls,
             self.q_dim,
@@ -142,8 +108,13 @@ class GPTQAttentionWithRope(AttentionWithRope):
 
 
 def build_output_projection(
-    linear_cls: Any, in_dim: int, out_dim: int, quant: QuantizationConfig, dtype: DType, device: DeviceRef
-) -> Module:
+    linear_cls: Callable[..., Callable[[TensorValue], TensorValue]],
+    in_dim: int,
+    out_dim: int,
+    quant: QuantizationConfig,
+    dtype: DType,
+    device: DeviceRef,
+) -> Callable[[TensorValue], TensorValue]:
     """o_proj from `linear_cls`: a `GPTQLinear` (subclass) gets `quant`; anything else is built
     with `Linear`'s arguments. The result must hold a projection's weights: `weight [out, in]`
     (dense) or GPTQ `qweight`/`qzeros`/`scales` of `[in, out]`.
@@ -156,11 +127,12 @@ def build_output_projection(
     where = f"GPTQAttentionWithRope: linear_cls={name} as o_proj (in_dim={in_dim}, out_dim={out_dim})"
     if not callable(linear_cls):
         raise ValueError(f"{where}: not a class")
+    make: Callable[..., object] = linear_cls
     try:
         if isinstance(linear_cls, type) and issubclass(linear_cls, GPTQLinear):
-            proj = linear_cls(in_dim, out_dim, quant, dtype, device, False, None)
+            proj = make(in_dim, out_dim, quant, dtype, device, False, None)
         else:
-            proj = linear_cls(in_dim, out_dim, dtype=dtype, device=device, has_bias=False, clip_weight=None)
+            proj = make(in_dim, out_dim, dtype=dtype, device=device, has_bias=False, clip_weight=None)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: cannot be built: {err}") from None
     if not isinstance(proj, Module) or not callable(proj):

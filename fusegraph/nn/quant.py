@@ -60,11 +60,6 @@ class QuantizationConfig:
         """The `zero_format` attribute of `fg.qmatmul.gptq`: "v1" or "v2"."""
         return "v2" if self.checkpoint_format == "gptq_v2" else "v1"
 
-    @property
-    def pack_factor(self) -> int:
-        """Values per int32 word for 2/4/8 bits (3-bit packs 32 values in 3 words)."""
-        return 32 // self.bits
-
     def num_groups(self, in_features: int) -> int:
         """The number of scale/zero rows for a projection with `in_features` inputs."""
         return 1 if self.group_size == -1 else -(-in_features // self.group_size)
