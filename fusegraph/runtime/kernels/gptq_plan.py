@@ -104,18 +104,7 @@ def _fast_block_k(bits: int, group_size: int, k: int, kernel: str) -> int | None
     return None
 
 
-# Tuned on an H100 (benchmarks/gptq_sweep.py, 2026-11-27), K=4096 N=6144 4-bit g128, timed as CUDA-graph
-# replays; other shapes get the same tiles and a split-K that fills the GPU.
-# Graph-replay medians (us) of the winners: M=1 gemv 12.1 (mma 16.8, previous kernel 18.1); M=4 and 16
-# mma 16.7 / 17.5 (gemv 28.9 at M=4); M=32 the general kernel 21.2 (mma 23.9); M=64 mma 64x64 split 4
-# 23.4; M=512 mma 64x128 122.7 (128x128 with 8 warps 138.8). BLOCK_N / num_warps must stay 32 for the
-# gemv (64 with 4 warps ran 5x slower).
-# Third pass (same day, ncu): the GEMV held 119 registers a thread (4 blocks/SM, 17% achieved
-# occupancy, 32% of DRAM); BLOCK_K 64 and split-K 16 took it to 72 registers and 29% occupancy but
-# only 34% of DRAM (graph 12.0 vs 13.2 us in one call, 11.9 in others: within run-to-run spread).
-# The same change on the M=16 mma tile (168 -> 128 registers) was slower (18.4 vs 17.8 us): kept at
-# BLOCK_K 128, split-K 8. Larger M: the in-register kernels up to M=128 (41 us, split-K 4), then
-# dequantize-then-cuBLAS (_DEQUANT_MIN_M).
+# Tuned on an H100 (benchmarks/gptq_sweep.py); the measurements behind this table: docs/benchmarks.md, "GPTQ launch table".
 _GEMV_MAX_M = 1
 _GEMV_CFG: dict[str, int] = {"block_n": 128, "block_k": 64, "num_warps": 4, "num_stages": 3, "x_vec": 1,
                              "programs_per_sm": 6}  # fmt: skip
