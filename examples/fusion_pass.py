@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import torch
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.ops.custom import CustomOp, encode_parameters
+from fusegraph.ops.custom import CustomOp
 from fusegraph.ops.elementwise import AddOp
 from fusegraph.ops.matmul import MatmulOp
 from fusegraph.passes import PassManager, register_pass
@@ -87,11 +87,7 @@ class FuseAddmmPattern(GuardedPattern[AddmmMatch]):
         return AddmmMatch(op, mm)
 
     def rewrite(self, match: AddmmMatch, rewriter: PatternRewriter) -> None:
-        fused = CustomOp.build(
-            operands=[[match.matmul.lhs, match.matmul.rhs, match.add.rhs]],
-            properties={"symbol": StringAttr("examples.addmm"), "parameters": encode_parameters({})},
-            result_types=[[match.add.result.type]],
-        )
+        fused = CustomOp([match.matmul.lhs, match.matmul.rhs, match.add.rhs], symbol="examples.addmm")
         rewriter.replace(match.add, fused)
         rewriter.erase(match.matmul)
 
