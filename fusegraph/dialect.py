@@ -142,7 +142,10 @@ def parse_module(text: str, filename: str = "<string>") -> ModuleOp:
     """
     src = _Source(text, filename)
     _check_string_literals(src)
-    parser = _LocatingParser(_cached_context(), text, filename)
+    try:  # the constructor lexes the first token (a NUL byte there is a ParseError)
+        parser = _LocatingParser(_cached_context(), text, filename)
+    except ParseError as err:
+        raise IRParseError(str(err)) from None
     try:
         module = parser.parse_module()
     except ParseError as err:

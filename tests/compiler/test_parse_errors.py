@@ -145,3 +145,8 @@ def test_2000_nested_brackets_in_an_attribute() -> None:  # xDSL recursed until 
     _raises(
         IRParseError, _func(f"    %1 = {op} : {T} -> {T}\n    func.return %1 : {T}"), 3, "nests too deeply"
     )
+
+
+def test_a_character_the_lexer_refuses_first_in_the_file() -> None:
+    # xDSL lexes the first token while the parser is built (fuzzer: a NUL byte at 1:1)
+    _raises(IRParseError, "\x00" + _func("    func.return %0 : " + T), 1, "Unexpected character")
