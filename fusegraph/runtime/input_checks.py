@@ -271,7 +271,13 @@ class InputChecks:
 
 def _check_row_offsets(op: str, ro: list[int], ln: list[int], rows: int) -> None:
     if ro[0] != 0 or ro[-1] != rows or any(a > b for a, b in zip(ro, ro[1:])):
-        raise ValueError(f"{op}: input_row_offsets {ro} must rise from 0 to the {rows} rows of the input")
+        falls = next(
+            (f", entry {b + 1} falls below entry {b}" for b in range(len(ln)) if ro[b + 1] < ro[b]), ""
+        )
+        raise ValueError(  # worded as the CUDA device check can (write_guard.refusal_message)
+            f"{op}: input_row_offsets must rise from 0 to the {rows} rows of the input "
+            f"(first entry {ro[0]}, last entry {ro[-1]}{falls})"
+        )
 
 
 def _check_rope_positions(op: str, ro: list[int], ln: list[int], max_pos: int) -> None:

@@ -86,6 +86,16 @@ def test_check__two_sequences_writing_one_block_set_code_4(tokens, cached, looku
     assert _check_more(tokens, cached, lookup) == words
 
 
+def test_check__a_long_write_among_decodes_is_checked_to_its_last_page() -> None:
+    # the tiles are as wide as an average sequence's pages (2 here); seq 4 writes 6 pages, and
+    # its last one is block 0, which seq 0 writes
+    rows = [[0, 15, 15, 15, 15, 15], [1] + [15] * 5, [2] + [15] * 5, [3] + [15] * 5, [10, 11, 12, 13, 14, 0]]
+    words = _check_more([1, 1, 1, 1, 20], [0, 0, 0, 0, 2], rows, num_blocks=16)
+    assert words == [4, 4, 0, 0, -1, 16, 4, 3]
+    rows[4][5] = 9
+    assert _check_more([1, 1, 1, 1, 20], [0, 0, 0, 0, 2], rows, num_blocks=16) == [0] * 8
+
+
 def test_check__shared_blocks_that_only_one_sequence_writes_are_allowed() -> None:
     # prefix sharing: both read block 0 (cached), each writes its own next page; seq 1 writes nothing
     assert _check_more([1, 0, 2], [4, 4, 4], [[0, 1], [0, 9], [0, 2]]) == [0] * 8

@@ -100,15 +100,15 @@ CASES: dict[str, tuple[Call, str]] = {
     ),
     "row_offsets_not_from_zero": (
         _with(row_offsets=[1, 3, 4]),
-        r"{op}: input_row_offsets \[1, 3, 4\] must rise from 0 to the 4 rows",
+        r"{op}: input_row_offsets must rise from 0 to the 4 rows of the input \(first entry 1, last entry 4\)$",
     ),
     "row_offsets_falling": (
         _with(row_offsets=[0, 5, 4]),
-        r"{op}: input_row_offsets \[0, 5, 4\] must rise from 0",
+        r"{op}: input_row_offsets must rise .* \(first entry 0, last entry 4, entry 2 falls below entry 1\)$",
     ),
     "row_offsets_past_the_rows": (
         _with(row_offsets=[0, 3, 6]),
-        r"{op}: input_row_offsets \[0, 3, 6\] must rise from 0 to the 4 rows",
+        r"{op}: input_row_offsets must rise from 0 to the 4 rows of the input \(first entry 0, last entry 6\)$",
     ),
     "row_offsets_of_length_batch": (
         _with(row_offsets=[0, 4]),

@@ -157,33 +157,41 @@ def _written(  # type: ignore[no-untyped-def]
 
 
 @triton.jit  # type: ignore[untyped-decorator]  # Triton kernels are untyped
-def _shared_block(ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, span,  # type: ignore[no-untyped-def]
+def _shared_block(ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, span, extent,  # type: ignore[no-untyped-def]
                   BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """(sequence * span + page offset) of the first written page another, earlier sequence
-    also writes, else _BIG. Pages must be checked (every written block < num_blocks)."""
-    for start in range(0, B, BLOCK_B):  # 1: every written block's owner word to _BIG
-        for j0 in range(0, span, BLOCK_P):
+    also writes, else _BIG. Pages must be checked (every written block < num_blocks).
+    `extent`: the most pages after its first that any sequence writes (0 in a decode step),
+    so the tiles cover only offsets some sequence writes."""
+    j0 = 0
+    while j0 <= extent:  # 1: every written block's owner word to _BIG
+        for start in range(0, B, BLOCK_B):
             b, j, block, used = _written(
                 ro_ptr, lens_ptr, lut_ptr, start, j0, B, page_size, stride_lut, BLOCK_B, BLOCK_P
             )
             tl.atomic_xchg(own_ptr + block, tl.full(b.shape, _BIG, tl.int32), mask=used)
+        j0 += BLOCK_P
     tl.debug_barrier()
-    for start in range(0, B, BLOCK_B):  # 2: each block keeps its lowest writing sequence
-        for j0 in range(0, span, BLOCK_P):
+    j0 = 0
+    while j0 <= extent:  # 2: each block keeps its lowest writing sequence
+        for start in range(0, B, BLOCK_B):
             b, j, block, used = _written(
                 ro_ptr, lens_ptr, lut_ptr, start, j0, B, page_size, stride_lut, BLOCK_B, BLOCK_P
             )
             tl.atomic_min(own_ptr + block, b.to(tl.int32), mask=used)
+        j0 += BLOCK_P
     tl.debug_barrier()
     first = tl.program_id(0).to(tl.int64) * 0 + _BIG
-    for start in range(0, B, BLOCK_B):  # 3: a page whose block an earlier sequence owns
-        for j0 in range(0, span, BLOCK_P):
+    j0 = 0
+    while j0 <= extent:  # 3: a page whose block an earlier sequence owns
+        for start in range(0, B, BLOCK_B):
             b, j, block, used = _written(
                 ro_ptr, lens_ptr, lut_ptr, start, j0, B, page_size, stride_lut, BLOCK_B, BLOCK_P
             )
             owner = tl.atomic_add(own_ptr + block, tl.zeros(b.shape, tl.int32), mask=used)  # read at L2
             key = b.to(tl.int64) * span + j
             first = tl.minimum(first, tl.min(tl.min(tl.where(used & (owner < b), key, _BIG), axis=1), axis=0))
+        j0 += BLOCK_P
     return first
 
 
@@ -201,6 +209,7 @@ def _check_kernel(  # type: ignore[no-untyped-def]
     falls = ro_first * 0 + _BIG  # int64 scalars (loop-carried)
     over = ro_first * 0 + _BIG
     past = ro_first * 0 + _BIG
+    extent = ro_first * 0  # the most pages after its first that a sequence writes
     for start in range(0, B, BLOCK_B):
         b = start + tl.arange(0, BLOCK_B)
         ok = b < B
@@ -215,6 +224,7 @@ def _check_kernel(  # type: ignore[no-untyped-def]
             )
         if HAS_PAGES:
             need = (cached + hi - lo - 1) // page_size  # the page of the last new position
+            extent = tl.maximum(extent, tl.max(tl.where(writes, need - cached // page_size, 0), axis=0))
             bad = writes & (need >= max_pages)
             for p0 in range(0, max_pages, BLOCK_P):
                 p = p0 + tl.arange(0, BLOCK_P)
@@ -260,7 +270,7 @@ def _check_kernel(  # type: ignore[no-untyped-def]
         _store(flag_ptr, 1, over, last, valid, tl.where(in_row, entry, -1), num_blocks, page_size, op)
     elif HAS_OWNERS:
         key = _shared_block(
-            ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, span, BLOCK_B, BLOCK_S
+            ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, span, extent, BLOCK_B, BLOCK_S
         )
         if key < _BIG:
             seq = key // span
@@ -317,8 +327,10 @@ def check_capacity_on_device(
     has_pages = lookup_table is not None
     lut = as_index(lookup_table) if lookup_table is not None else as_index(cache_lengths)
     max_pages = lut.shape[1] if has_pages else 0
-    # pages one sequence writes: at most (rows - 1) // page_size + 2 (a partial page at each end)
+    # pages one sequence writes: at most (rows - 1) // page_size + 2 (a partial page at each end);
+    # the shared-block tiles are as wide as an average sequence's pages (decode: 2)
     span = max(1, min(max_pages, (rows - 1) // max(page_size, 1) + 2))
+    typical = min(span, -(-rows // max(batch * page_size, 1)) + 1)
     has_owners = has_pages and owners is not None
     _check_kernel[(1,)](
         as_index(row_offsets), as_index(cache_lengths), lut, flag, owners if has_owners else flag,
@@ -327,7 +339,7 @@ def check_capacity_on_device(
         op if offsets_op is None else offsets_op, span,
         BLOCK_B=min(triton.next_power_of_2(max(batch, 1)), 256),
         BLOCK_P=min(triton.next_power_of_2(max(max_pages, 1)), 64),
-        BLOCK_S=min(triton.next_power_of_2(span), 64),
+        BLOCK_S=min(triton.next_power_of_2(typical), 64),
         HAS_PAGES=has_pages, HAS_ROPE=max_pos is not None, HAS_OWNERS=has_owners,
         num_warps=4,
     )  # fmt: skip
