@@ -96,8 +96,8 @@ def test_gptq_tiled_kernel__gemv_reads_an_x_at_an_odd_address():
 def test_gptq_tiled_plan__routes_each_m_to_its_path():
     cpu = torch.device("cpu")  # 4 "SMs" off the GPU
     assert kernel.plan(1, 6144, 4096, 4, cpu)["kernel"] == "gemv"
-    assert kernel.plan(8, 28672, 4096, 4, cpu)["kernel"] == "nat"  # at least 40 128-column tiles
-    assert kernel.plan(8, 4096, 4096, 4, cpu)["kernel"] == "mma"
+    assert kernel.plan(8, 28672, 4096, 4, cpu)["kernel"] == "nat"
+    assert kernel.plan(8, 4096 + 64, 4096, 4, cpu)["kernel"] == "mma"  # N not a multiple of 128
     assert kernel.plan(64, 28672, 4096, 4, cpu)["kernel"] == "mma"
     assert kernel.plan(512, 6144, 4096, 4, cpu)["kernel"] == "dequant"
     assert "pdl" not in kernel.plan(1, 6144, 4096, 4, cpu)  # PDL and the L2 prefetch are opt-in

@@ -27,10 +27,11 @@ CASES = [
     (16, 4, False, torch.float16, {"kernel": "mma", "pf": 1, "pdl": 2}),
     (16, 4, True, torch.float16, {"kernel": "mma", "pf": 1, "pf_lines": 64, "pdl": 2}),
     (40, 8, False, torch.float16, {"kernel": "mma", "block_n": 128, "split_k": 2}),
+    (12, 4, False, torch.float16, {"kernel": "mma"}),
     (64, 4, False, torch.bfloat16, {"kernel": "mma", "pf": 1, "pdl": 3}),
     (300, 4, True, torch.float16, None),  # the prefill path
     (1, 4, False, torch.float16, {"kernel": "gemv", "pf": 1, "pf_lines": 64, "pdl": 1, "split_k": 1}),
-    (8, 4, False, torch.float16, None),  # 8 rows, N = 256: the mma tiles by default
+    (8, 4, False, torch.float16, None),  # 8 rows: the row-order tiles by default
     (2, 4, True, torch.float16, {"kernel": "gemv", "permute_x": True}),
     (64, 4, True, torch.float16, {"kernel": "nat", "block_m": 64, "block_n": 64, "split_k": 2, "pdl": 1}),
     (300, 8, False, torch.float16, {"kernel": "nat", "block_m": 128, "block_n": 128, "split_k": 1, "num_warps": 8}),

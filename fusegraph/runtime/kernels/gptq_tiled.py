@@ -19,7 +19,7 @@ Paths (`plan` picks them per shape and SM count; `config` overrides; H200 number
 docs/benchmarks.md):
 - "gemv" (M ≤ 2, fp16/bf16 x): one row per program, fp16x2 FMA after the lop3/prmt dequantization;
 - "mma" (M < 192, and fp32 x): tensor-core tiles, P dots of K = R per 128-row block;
-- "nat" (M ≤ 16 when N has a 128-column tile per SM): tensor-core tiles, the block's scaled weights
+- "nat" (2 < M ≤ 16, N % 128 == 0): tensor-core tiles, the block's scaled weights
   joined back into row order in registers, one dot of K = 128 per block;
 - "dequant" (M ≥ 192): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
 Options (off by default): "pf" asks L2 for each program's weight run (or its first "pf_lines"
@@ -51,7 +51,6 @@ __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 KB, NB = 128, 64
 _DEQUANT_MIN_M = 192
 _GEMV_MAX_M = 2
-_NAT_MIN_TILES = 40  # M <= 16: the row-order tiles from this many 128-column tiles on (qkv, gate_up)
 _PERMUTE_X_MIN_K = 8192  # act-order GEMV: from this K on, permute x once instead of gathering per program
 _SM: dict[torch.device, int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -122,10 +121,11 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
 
     Tuned on an H200 (benchmarks/gptq_sweep.py, 2026-11-30; docs/benchmarks.md): the GEMV with 2
     warps and U = 4 blocks a step (1 at 8 bits), about 6 programs an SM (4 with act-order's x
-    gathers); the tensor-core tiles with about 3; for M ≤ 16 and at least 40 128-column tiles the
-    row-order tiles ("nat" 16×128; M=16: gate_up 52 vs 59 µs, qkv 14.7 vs 15.5; with 32 tiles,
-    o_proj, they lost at M=16: 12.5 vs 12.2). The L2 prefetch and PDL stay off: they help only
-    between consecutive PDL-launched kernels (docs/benchmarks.md).
+    gathers); the tensor-core tiles with about 3; for 2 < M ≤ 16 the row-order tiles ("nat" 16×128,
+    split-K to about 3 programs an SM; M=4 / 16: qkv 14.2 / 14.8 µs vs 15.2 / 15.5 for "mma",
+    gate_up 54.1 / 52.3 vs 54.2 / 59.1, down 26.5 / 27.3 vs 31.2 / 31.5, o_proj 11.4 / 12.5 vs
+    11.9 / 12.2). The L2 prefetch and PDL stay off: they help only between consecutive
+    PDL-launched kernels (docs/benchmarks.md).
     """
     sms = _sm_count(device)
     blocks = k // KB
@@ -137,7 +137,7 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
         unroll = 1 if cb == 8 else max(d for d in (1, 2, 4) if per % d == 0)
         return {"kernel": "gemv", "split_k": split, "unroll": unroll, "num_warps": 2, "num_stages": 3,
                 "ticket": True, "permute_x": act_order and k >= _PERMUTE_X_MIN_K}  # fmt: skip
-    if m <= 16 and n % 128 == 0 and n // 128 >= _NAT_MIN_TILES:
+    if m <= 16 and n % 128 == 0:
         tiles = triton.cdiv(m, 16) * (n // 128)
         split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= 3 * sms), default=1)
         return {"kernel": "nat", "block_m": 16, "block_n": 128, "split_k": split, "unroll": 1, "num_warps": 4,
