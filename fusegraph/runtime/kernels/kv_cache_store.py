@@ -23,8 +23,8 @@ from fusegraph.runtime.kernels.write_flag import flag_for
 __all__ = ["kv_cache_store_triton"]
 
 
-@triton.jit  # type: ignore[untyped-decorator]  # Triton kernels are untyped
-def _kv_cache_store_kernel(  # type: ignore[no-untyped-def]
+@triton.jit
+def _kv_cache_store_kernel(
     x_ptr, ro_ptr, lens_ptr, lut_ptr, kv_ptr, flag_ptr,
     B, layer_idx, key_or_value, page_size, num_blocks, max_pages, stride_xt, stride_xh, stride_lut,
     s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5,

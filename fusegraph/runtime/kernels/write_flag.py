@@ -127,8 +127,8 @@ def op_name(ident: int) -> str:
     return _OPS[ident] if 0 <= ident < len(_OPS) else f"op #{ident}"
 
 
-@triton.jit  # type: ignore[untyped-decorator]  # Triton kernels are untyped
-def _written(  # type: ignore[no-untyped-def]
+@triton.jit
+def _written(
     ro_ptr,
     lens_ptr,
     lut_ptr,
@@ -156,8 +156,8 @@ def _written(  # type: ignore[no-untyped-def]
     return b[:, None] + j[None, :] * 0, j[None, :] + b[:, None] * 0, block, used
 
 
-@triton.jit  # type: ignore[untyped-decorator]  # Triton kernels are untyped
-def _shared_block(ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, span, extent,  # type: ignore[no-untyped-def]
+@triton.jit
+def _shared_block(ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, span, extent,
                   BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """(sequence * span + page offset) of the first written page another, earlier sequence
     also writes, else _BIG. Pages must be checked (every written block < num_blocks).
@@ -195,8 +195,8 @@ def _shared_block(ro_ptr, lens_ptr, lut_ptr, own_ptr, B, page_size, stride_lut, 
     return first
 
 
-@triton.jit  # type: ignore[untyped-decorator]  # Triton kernels are untyped
-def _check_kernel(  # type: ignore[no-untyped-def]
+@triton.jit
+def _check_kernel(
     ro_ptr, lens_ptr, lut_ptr, flag_ptr, own_ptr, B, rows, num_blocks, page_size, max_pages, stride_lut, op,
     max_pos, rope_op, offsets_op, span,
     BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -281,7 +281,7 @@ def _check_kernel(  # type: ignore[no-untyped-def]
 
 
 @triton.jit
-def _store(flag_ptr, code, seq, a, b, c, num_blocks, page_size, op):  # type: ignore[no-untyped-def]
+def _store(flag_ptr, code, seq, a, b, c, num_blocks, page_size, op):
     """Write the refusal's words, word 0 (the code the writing kernels test) last."""
     zero = tl.program_id(0).to(tl.int64) * 0
     tl.store(flag_ptr + 1, zero + seq)
