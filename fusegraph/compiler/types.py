@@ -49,7 +49,7 @@ class ShapeAttr(Data[tuple[Dim, ...]]):
             return _parse_shape(parser)
 
     def print_parameter(self, printer: Printer) -> None:
-        printer.print_string(f"<{_shape_str(self.data)}>")
+        printer.print_string(f"<{shape_str(self.data)}>")
 
 
 @irdl_attr_definition
@@ -128,10 +128,10 @@ class _ShapedType(ParametrizedAttribute, TypeAttribute):
         return (DTypeAttr(dtype), ShapeAttr(shape), DeviceAttr(device))
 
     def print_parameters(self, printer: Printer) -> None:
-        printer.print_string(f"<{_shape_str(self.shape)}, {self.dtype.value}, {self.device}>")
+        printer.print_string(f"<{shape_str(self.shape)}, {self.dtype.value}, {self.device}>")
 
     def __str__(self) -> str:
-        return f"!{self.name}<{_shape_str(self.shape)}, {self.dtype.value}, {self.device}>"
+        return f"!{self.name}<{shape_str(self.shape)}, {self.dtype.value}, {self.device}>"
 
 
 @irdl_attr_definition
@@ -205,7 +205,8 @@ def shaped_type(value: SSAValue) -> TensorType | BufferType:
     return t
 
 
-def _shape_str(shape: Sequence[Dim]) -> str:
+def shape_str(shape: Sequence[Dim]) -> str:
+    """`[a, b, 3]`: how the IR prints a shape (also used by error messages)."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 

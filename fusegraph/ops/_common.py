@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fusegraph.compiler.dims import Dim
-from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.types import BufferType, TensorType, shape_str
 
 
 def expect_tensor(op: str, operand: str, t: Any) -> TensorType:
@@ -74,8 +74,3 @@ def broadcast_shapes(op: str, lhs: Sequence[Dim], rhs: Sequence[Dim]) -> tuple[D
         else:
             raise ValueError(f"{op}: lhs dim {i} ({a}) and rhs dim {i} ({b}) cannot broadcast")
     return tuple(out)
-
-
-def shape_str(shape: Sequence[Dim]) -> str:
-    """`[a, b, 3]`, for error messages."""
-    return "[" + ", ".join(str(d) for d in shape) + "]"

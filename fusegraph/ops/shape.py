@@ -29,9 +29,9 @@ from fusegraph.compiler.dims import Dim, DimLike, product
 from fusegraph.compiler.graph import emit, emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
-from fusegraph.compiler.types import TensorType
+from fusegraph.compiler.types import TensorType, shape_str
 from fusegraph.compiler.values import TensorValue
-from fusegraph.ops._common import expect_same_device, expect_tensor, normalize_axis, shape_str
+from fusegraph.ops._common import expect_same_device, expect_tensor, normalize_axis
 
 
 # --- reshape --------------------------------------------------------------------------

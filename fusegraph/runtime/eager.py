@@ -22,7 +22,7 @@ import torch
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.lowering import to_fx
-from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.types import BufferType, TensorType, shape_str
 from fusegraph.runtime.cuda_graphs import CudaGraphRunner
 from fusegraph.runtime.fold import fold_constants
 from fusegraph.runtime.input_checks import InputChecks, check_weights
@@ -253,7 +253,7 @@ def _check_weight(name: str, t: TensorType, value: torch.Tensor) -> None:
     )
     if not shape_ok:
         raise ValueError(
-            f"compile: weight {name!r} shape: expected {_shape(t.shape)}, got {list(value.shape)}"
+            f"compile: weight {name!r} shape: expected {shape_str(t.shape)}, got {list(value.shape)}"
         )
 
 
@@ -278,7 +278,7 @@ def check_inputs(
         if x.device.type != want_device.type:
             raise ValueError(f"input {i}: device expected {device}, got {x.device}")
         if x.dim() != t.rank:
-            raise ValueError(f"input {i}: rank expected {t.rank} {_shape(t.shape)}, got {list(x.shape)}")
+            raise ValueError(f"input {i}: rank expected {t.rank} {shape_str(t.shape)}, got {list(x.shape)}")
         for axis, (d, size) in enumerate(zip(t.shape, x.shape)):
             _check_dim(i, axis, d, size, bindings)
     return {name: size for name, (size, _, _) in bindings.items()}
@@ -297,7 +297,3 @@ def _check_dim(i: int, axis: int, d: Dim, size: int, bindings: dict[str, tuple[i
             f"input {i}: dim {axis} is {d.name!r} = {size}, but input {seen[1]} dim {seen[2]} "
             f"bound {d.name!r} = {seen[0]}"
         )
-
-
-def _shape(shape: Sequence[Dim]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
