@@ -73,8 +73,8 @@ def main() -> int:
     model = fusegraph.compile(g, backend="eager", device="cpu")
     (y,) = model(x, gate)
     want = rms_gate_torch(x, gate, eps=1e-5) + x
-    err = float((y - want).abs().max())
-    print(f"eager: max |y - torch| = {err:.1e}")
+    max_err = float((y - want).abs().max())
+    print(f"eager: max |y - torch| = {max_err:.1e}")
 
     custom = str(to_torch_mlir(g, mode="custom"))
     print("custom mode:", next(ln.strip() for ln in custom.splitlines() if "torch.operator" in ln))
@@ -89,7 +89,7 @@ def main() -> int:
     )
     print("decomposed mode:", ", ".join(aten))
 
-    ok = err < 1e-5 and "torch.operator" not in decomposed and "torch.aten.sigmoid" in decomposed
+    ok = max_err < 1e-5 and "torch.operator" not in decomposed and "torch.aten.sigmoid" in decomposed
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

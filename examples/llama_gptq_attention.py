@@ -99,8 +99,10 @@ def main() -> int:
         block.self_attn.load_state_dict(state)
         norm = 1 + 0.1 * torch.randn(HIDDEN, generator=gen)
         block.input_layernorm.load_state_dict({"weight": norm})
-        w = [dequantized(state, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        refs.append(DenseAttentionReference(*w, n_heads=HEADS, n_kv_heads=KV_HEADS, head_dim=HEAD_DIM))
+        wq, wk, wv, wo = (dequantized(state, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        refs.append(
+            DenseAttentionReference(wq, wk, wv, wo, n_heads=HEADS, n_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+        )
         norms.append(norm)
 
     manager = PagedKVCacheManager(kv_params, num_blocks=16)

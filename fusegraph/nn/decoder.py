@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fusegraph import ops
 from fusegraph.compiler import BufferType, DeviceRef, DType, Graph, TensorType, TensorValue
@@ -204,7 +204,7 @@ class DecoderModel(Module):
         x = self.model.embed_tokens(tokens)
         freqs_cis = self.rope.freqs_cis
         for i, block in enumerate(self.model.layers):
-            x = cast(TransformerBlock, block)(i, x, kv, freqs_cis, row_offsets)
+            x = block(i, x, kv, freqs_cis, row_offsets)
         # Each sequence's last row is row_offsets[b + 1] - 1; norm and lm_head run on those only.
         last = ops.cast(row_offsets[1:], DType.int64) - 1.0
         x = self.model.norm(ops.gather(x, last, axis=0))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 
@@ -197,9 +197,12 @@ def _check_tensor(name: str, value: Any, spec: ParamSpec) -> None:
         raise ValueError(f"tensor {name!r}: dtype {value.dtype} != expected {spec.dtype.to_torch()}")
 
 
-class LayerList(Module):
+_M = TypeVar("_M", bound=Module)
+
+
+class LayerList(Module, Generic[_M]):
     """A sequence of modules named `0`, `1`, ...; a parent attribute `layers` gives
-    `layers.3.self_attn.q_proj.qweight`.
+    `layers.3.self_attn.q_proj.qweight`. Indexing and iteration give the modules' own type.
 
     Example:
         >>> class Block(Module):
@@ -207,7 +210,7 @@ class LayerList(Module):
         >>> stack = LayerList([Block(a) for a in attns])
     """
 
-    def __init__(self, layers: Sequence[Module]) -> None:
+    def __init__(self, layers: Sequence[_M]) -> None:
         super().__init__()
         for i, layer in enumerate(layers):
             setattr(self, str(i), layer)
@@ -215,8 +218,8 @@ class LayerList(Module):
     def __len__(self) -> int:
         return len(self._children)
 
-    def __getitem__(self, index: int) -> Module:
-        return list(self._children.values())[index]
+    def __getitem__(self, index: int) -> _M:
+        return cast(_M, list(self._children.values())[index])  # the children are the layers given
 
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._children.values())
+    def __iter__(self) -> Iterator[_M]:
+        return iter(cast(list[_M], list(self._children.values())))

@@ -117,7 +117,10 @@ def _run_iree_compile(
     try:
         if follow:
             return compile_inplace(mlir_text, flags, keep)[0]
-        return ireec.compile_str(mlir_text, input_type="torch", target_backends=[], extra_args=list(flags))
+        vmfb: bytes = ireec.compile_str(  # bytes when no output_file is given (iree ships no stub)
+            mlir_text, input_type="torch", target_backends=[], extra_args=list(flags)
+        )
+        return vmfb
     except CompilerToolError as err:
         repro_path.write_text(mlir_text)
         command = f"iree-compile --iree-input-type=torch {' '.join(flags)} {repro_path} -o out.vmfb"

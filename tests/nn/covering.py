@@ -31,6 +31,7 @@ def covering_array(
             gain = sum((c, tuple(row[i] for i in c)) in uncovered for c in combos)
             if gain > best_gain:
                 best, best_gain = row, gain
+        assert best is not None  # candidates >= 1
         rows.append(best)
         uncovered -= {(c, tuple(best[i] for i in c)) for c in combos}
     return [{n: factors[n][v] for n, v in zip(names, row, strict=True)} for row in rows]

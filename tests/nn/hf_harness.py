@@ -10,6 +10,8 @@ batch per step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -18,6 +20,9 @@ import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType
 from fusegraph.nn import KVCacheParams, PagedCacheValues
 from fusegraph.runtime import PagedKVCacheManager
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import CacheLayerMixin
 
 CPU = DeviceRef.CPU()
 
@@ -48,8 +53,9 @@ class HFSequence:
 
     def cached_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """HF's cached K, V of layer 0 as `[len, Hkv, D]` each."""
-        layer = self.cache.layers[0]
-        return layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1)
+        layer = cast("CacheLayerMixin", self.cache.layers[0])  # a key/value layer, filled
+        keys, values = cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)
+        return keys[0].transpose(0, 1), values[0].transpose(0, 1)
 
 
 def hf_state(attn) -> dict[str, torch.Tensor]:

@@ -138,8 +138,12 @@ def test_equal_g_idx__one_shared_weight_stacked_and_equal_to_unstacked_and_refer
         )
         for p in ("q_proj", "k_proj", "v_proj", "o_proj")
     }
+    wq, wk, wv, wo = (dense[p] for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
     ref = ReferenceAttention(
-        *(dense[p] for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        wq,
+        wk,
+        wv,
+        wo,
         n_heads=HEADS,
         n_kv_heads=KV_HEADS,
         head_dim=HEAD_DIM,

@@ -59,6 +59,7 @@ def test_bad_constructor_values__refused_naming_the_field(over, match, gptq):
 def test_explicit_scale__reaches_the_attention_op():
     from fusegraph import Graph, TensorType
     from fusegraph.nn import PagedCacheValues
+    from fusegraph.ops.attention import PagedAttentionOp
     from fusegraph.runtime import PagedKVCacheManager
 
     attn = AttentionWithRope(**_kwargs(scale=0.3, sliding_window=3))
@@ -71,5 +72,5 @@ def test_explicit_scale__reaches_the_attention_op():
     with Graph("g", input_types=types) as g:
         x, ro, *kv = g.inputs
         g.output(attn(0, x, PagedCacheValues(*kv), attn.rope.freqs_cis, ro))
-    (op,) = [o for o in g.module.walk() if o.name == "fg.attention.paged"]
+    (op,) = [o for o in g.module.walk() if isinstance(o, PagedAttentionOp)]
     assert (op.scale, op.sliding_window) == (0.3, 3)

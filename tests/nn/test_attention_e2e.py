@@ -7,6 +7,9 @@ matrix is a 3-way covering array (every combination of any three flag values app
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 import torch
 
@@ -30,7 +33,7 @@ HIDDEN, HEADS, HEAD_DIM, THETA, GROUP = 64, 4, 16, 10000.0, 16
 STEPS = ([5, 17, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1])
 CPU = DeviceRef.CPU()
 
-LAYER_FACTORS = {
+LAYER_FACTORS: dict[str, Sequence[Any]] = {
     "fuse": [True, False],
     "stacked_qkv": [False, True],
     "has_bias": [False, True],
@@ -40,7 +43,12 @@ LAYER_FACTORS = {
     "interleaved": [False, True],
     "page_size": [16, 1],
 }
-GPTQ_FACTORS = {**LAYER_FACTORS, "bits": [4, 8], "sym": [True, False], "desc_act": [False, True]}
+GPTQ_FACTORS: dict[str, Sequence[Any]] = {
+    **LAYER_FACTORS,
+    "bits": [4, 8],
+    "sym": [True, False],
+    "desc_act": [False, True],
+}
 DENSE_CASES = covering_array(LAYER_FACTORS, strength=3, seed=1)
 GPTQ_CASES = covering_array(GPTQ_FACTORS, strength=3, seed=2)
 
@@ -113,8 +121,12 @@ def _build(case, quant):
                 dense.pop("qkv_proj").split([HEADS * HEAD_DIM, kv_dim, kv_dim]),
             )
         )
+    wq, wk, wv, wo = (dense[p].double() for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
     ref = ReferenceAttention(
-        *(dense[p].double() for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        wq,
+        wk,
+        wv,
+        wo,
         n_heads=HEADS,
         n_kv_heads=case["n_kv_heads"],
         head_dim=HEAD_DIM,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ class Model(Module):
 def _graph(fuse: bool, gptq: bool, qk_norm: bool) -> str:
     kv = KVCacheParams(DType.float32, 2, 16, num_layers=2, page_size=4, devices=[CPU])
     rope = RotaryEmbedding(64, 4, 1e4, 32, interleaved=False)
-    kw = dict(
+    kw: dict[str, Any] = dict(
         rope=rope,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -51,6 +52,7 @@ def _graph(fuse: bool, gptq: bool, qk_norm: bool) -> str:
         use_qk_norm=qk_norm,
         _fuse_rope_and_store=fuse,
     )
+    layers: list[AttentionWithRope]
     if gptq:
         layers = [
             GPTQAttentionWithRope(quantization_config=QuantizationConfig(bits=4, group_size=32), **kw)

@@ -35,7 +35,7 @@ def _dims():
 
 
 def _llama_dynamic():
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]  # HF configs take these through **kwargs; their typed __init__ omits them
         **_dims(),
         max_position_embeddings=ORIGINAL,
         rope_parameters={"rope_type": "dynamic", "factor": 3.0, "rope_theta": 500.0},
@@ -47,7 +47,7 @@ def _llama_dynamic():
 def _phi3_longrope():
     gen = torch.Generator().manual_seed(5)
     rotary = int(HEAD_DIM * 0.5)
-    config = Phi3Config(
+    config = Phi3Config(  # type: ignore[call-arg]  # HF configs take these through **kwargs; their typed __init__ omits them
         **_dims(),
         max_position_embeddings=ROWS,
         original_max_position_embeddings=ORIGINAL,
@@ -64,7 +64,7 @@ def _phi3_longrope():
 
 
 def _glm_partial_interleaved():
-    config = GlmConfig(
+    config = GlmConfig(  # type: ignore[call-arg]  # HF configs take these through **kwargs; their typed __init__ omits them
         **_dims(),
         head_dim=HEAD_DIM,
         partial_rotary_factor=0.5,

@@ -22,7 +22,7 @@ STEPS = [[9, 7, 1], [0, 5, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
 
 
 def _mistral():
-    config = MistralConfig(
+    config = MistralConfig(  # type: ignore[call-arg]  # HF configs take these through **kwargs; their typed __init__ omits them
         hidden_size=HIDDEN,
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,
@@ -38,7 +38,7 @@ def _mistral():
 
 
 def _qwen2():
-    config = Qwen2Config(
+    config = Qwen2Config(  # type: ignore[call-arg]  # HF configs take these through **kwargs; their typed __init__ omits them
         hidden_size=HIDDEN,
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,

@@ -1,6 +1,7 @@
 """RotaryEmbedding tables against the formulas (written out here, independently of rotary.py)."""
 
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -131,7 +132,8 @@ def test_rope_scaling_from_hf__reads_each_rope_type():
     ):
         rope_scaling_from_hf({"rope_type": "su", "factor": 2})
     phi3 = {**longrope, "original_max_position_embeddings": 16}
-    assert rope_scaling_from_hf(phi3, 64, original_max_position_embeddings=32).original_max_position == 32
+    scaled = cast(LongRopeScaling, rope_scaling_from_hf(phi3, 64, original_max_position_embeddings=32))
+    assert scaled.original_max_position == 32
     with pytest.raises(ValueError, match=r"rope_scaling: dynamic needs max_position_embeddings"):
         rope_scaling_from_hf({"rope_type": "dynamic", "factor": 2})
     with pytest.raises(ValueError, match=r"rope_scaling: llama3 needs 'low_freq_factor'"):
@@ -151,7 +153,7 @@ def test_llama3_without_original_max__falls_back_to_max_position_embeddings_as_h
         hidden_size=256, num_attention_heads=2, max_position_embeddings=256,
         rope_parameters={**entry, "rope_theta": 10000.0},
     )  # fmt: skip
-    assert config.rope_parameters["original_max_position_embeddings"] == 256  # HF's own fallback
+    assert cast(dict, config.rope_parameters)["original_max_position_embeddings"] == 256  # HF's own fallback
     want, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     got, _ = RotaryEmbedding(256, 2, 10000.0, 8, scaling=scaling).inv_freq()
     torch.testing.assert_close(got.float(), want, rtol=1e-6, atol=0)
