@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from fusegraph.compiler.dims import Dim
+from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.types import BufferType, TensorType, shape_str
 
 
-def expect_tensor(op: str, operand: str, t: Any) -> TensorType:
+def expect_tensor(op: str, operand: str, t: object) -> TensorType:
     """`t` as a TensorType, or a ValueError naming the op and operand."""
     if not isinstance(t, TensorType):
         raise ValueError(f"{op}: {operand} must be a !fg.tensor, got {t}")
     return t
 
 
-def expect_buffer(op: str, operand: str, t: Any) -> BufferType:
+def expect_buffer(op: str, operand: str, t: object) -> BufferType:
     """`t` as a BufferType, or a ValueError naming the op and operand."""
     if not isinstance(t, BufferType):
         raise ValueError(f"{op}: {operand} must be a !fg.buffer, got {t}")
@@ -29,7 +29,7 @@ def expect_rank(op: str, operand: str, t: TensorType | BufferType, rank: int) ->
         raise ValueError(f"{op}: {operand} must have rank {rank}, got shape {shape_str(t.shape)}")
 
 
-def expect_dtype(op: str, operand: str, t: TensorType | BufferType, allowed: Sequence[Any]) -> None:
+def expect_dtype(op: str, operand: str, t: TensorType | BufferType, allowed: Sequence[DType]) -> None:
     """A ValueError unless `t.dtype` is one of `allowed`."""
     if t.dtype not in allowed:
         names = ", ".join(d.name for d in allowed)

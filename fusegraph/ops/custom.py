@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from torch._library.custom_ops import CustomOpDef as LibraryOp
 from xdsl.dialects.builtin import (
     DictionaryAttr,
     Float64Type,
@@ -49,6 +50,10 @@ from fusegraph.compiler.values import TensorValue
 NAMESPACE = "fusegraph_custom"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 ParamValue = bool | int | float | str | DType
+#: `(operand types, parameters) -> result types` (TensorTypes).
+ShapeRule = Callable[[list[Attribute], dict[str, ParamValue]], Sequence[Attribute]]
+#: `(*tensors, **parameters) -> a tensor, or one tensor per result`.
+TorchFn = Callable[..., torch.Tensor | Sequence[torch.Tensor]]
 
 
 @dataclass
@@ -63,9 +68,9 @@ class CustomOpDef:
     """
 
     name: str
-    shape_rule: Callable[[list[Any], dict[str, ParamValue]], Sequence[Any]]
-    torch_impl: Callable[..., Any]
-    kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    shape_rule: ShapeRule
+    torch_impl: TorchFn
+    kernels: dict[str, TorchFn] = field(default_factory=dict)
 
     @property
     def library_name(self) -> str:
@@ -81,15 +86,15 @@ class CustomOpDef:
 
 
 _REGISTRY: dict[str, CustomOpDef] = {}
-_LIBRARY_OPS: dict[str, Any] = {}
+_LIBRARY_OPS: dict[str, LibraryOp] = {}
 _KERNEL_DEVICES: dict[str, set[str]] = {}
 
 
 def register_custom_op(
     name: str,
-    shape_rule: Callable[[list[Any], dict[str, ParamValue]], Sequence[Any]],
-    torch_impl: Callable[..., Any],
-    kernels: Mapping[str, Callable[..., Any]] | None = None,
+    shape_rule: ShapeRule,
+    torch_impl: TorchFn,
+    kernels: Mapping[str, TorchFn] | None = None,
 ) -> CustomOpDef:
     """Register a custom op under `name`; registering a name again replaces its functions.
 
@@ -139,6 +144,7 @@ def _define_library_op(spec: CustomOpDef) -> None:
             mutates_args=(),
             schema="(Tensor[] operands, str parameters) -> Tensor[]",
         )
+        assert isinstance(lib_op, LibraryOp)  # given the function, custom_op returns the op
         lib_op.register_fake(_make_dispatch(name, device=None))
         _LIBRARY_OPS[name] = lib_op
         _KERNEL_DEVICES[name] = set()
@@ -164,8 +170,8 @@ def _aliases(out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> bool:
     return any(isinstance(x, torch.Tensor) and x.untyped_storage()._cdata == storage for x in inputs)
 
 
-def _as_tuple(result: Any) -> tuple[torch.Tensor, ...]:
-    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+def _as_tuple(result: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return (result,) if isinstance(result, torch.Tensor) else tuple(result)
 
 
 # --- parameters -----------------------------------------------------------------------
@@ -177,7 +183,7 @@ def encode_parameters(parameters: Mapping[str, ParamValue]) -> DictionaryAttr:
     return DictionaryAttr(attrs)
 
 
-def _param_attr(key: str, value: Any) -> Attribute:
+def _param_attr(key: str, value: object) -> Attribute:
     if isinstance(value, bool):
         return IntegerAttr(int(value), i1)
     if isinstance(value, int):
