@@ -97,6 +97,7 @@ def test_gptq_tiled_plan__routes_each_m_to_its_path():
     cpu = torch.device("cpu")  # 4 "SMs" off the GPU
     assert kernel.plan(1, 6144, 4096, 4, cpu)["kernel"] == "gemv"
     assert kernel.plan(8, 28672, 4096, 4, cpu)["kernel"] == "nat"
+    assert kernel.plan(8, 28672, 4096, 8, cpu)["kernel"] == "mma"  # not at 8 bits
     assert kernel.plan(8, 4096 + 64, 4096, 4, cpu)["kernel"] == "mma"  # N not a multiple of 128
     assert kernel.plan(64, 28672, 4096, 4, cpu)["kernel"] == "mma"
     assert kernel.plan(512, 6144, 4096, 4, cpu)["kernel"] == "dequant"

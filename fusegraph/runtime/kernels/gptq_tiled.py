@@ -19,7 +19,7 @@ Paths (`plan` picks them per shape and SM count; `config` overrides; H200 number
 docs/benchmarks.md):
 - "gemv" (M ≤ 2, fp16/bf16 x): one row per program, fp16x2 FMA after the lop3/prmt dequantization;
 - "mma" (M < 192, and fp32 x): tensor-core tiles, P dots of K = R per 128-row block;
-- "nat" (2 < M ≤ 16, N % 128 == 0): tensor-core tiles, the block's scaled weights
+- "nat" (2 < M ≤ 16, N % 128 == 0, 2-4 bits): tensor-core tiles, the block's scaled weights
   joined back into row order in registers, one dot of K = 128 per block;
 - "dequant" (M ≥ 192): W written once in x's dtype (transient), then `torch.matmul` (cuBLAS).
 Options (off by default): "pf" asks L2 for each program's weight run (or its first "pf_lines"
@@ -109,7 +109,7 @@ def _pf_lines(cfg: dict[str, Any], k_per_split: int, p: int, threads: int) -> in
     if not cfg.get("pf", 0):
         return 0
     lines = int(cfg.get("pf_lines") or 2 * k_per_split // p)  # 128-byte lines of 64 words
-    return max(triton.next_power_of_2(lines), threads)
+    return max(int(triton.next_power_of_2(lines)), threads)
 
 
 def _divisors(n: int) -> list[int]:
@@ -124,8 +124,8 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
     gathers); the tensor-core tiles with about 3; for 2 < M ≤ 16 the row-order tiles ("nat" 16×128,
     split-K to about 3 programs an SM; M=4 / 16: qkv 14.2 / 14.8 µs vs 15.2 / 15.5 for "mma",
     gate_up 54.1 / 52.3 vs 54.2 / 59.1, down 26.5 / 27.3 vs 31.2 / 31.5, o_proj 11.4 / 12.5 vs
-    11.9 / 12.2). The L2 prefetch and PDL stay off: they help only between consecutive
-    PDL-launched kernels (docs/benchmarks.md).
+    11.9 / 12.2); not at 8 bits (qkv M=16: 20.4 vs 15.2 µs). The L2 prefetch and PDL stay off:
+    they help only between consecutive PDL-launched kernels (docs/benchmarks.md).
     """
     sms = _sm_count(device)
     blocks = k // KB
@@ -137,7 +137,7 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
         unroll = 1 if cb == 8 else max(d for d in (1, 2, 4) if per % d == 0)
         return {"kernel": "gemv", "split_k": split, "unroll": unroll, "num_warps": 2, "num_stages": 3,
                 "ticket": True, "permute_x": act_order and k >= _PERMUTE_X_MIN_K}  # fmt: skip
-    if m <= 16 and n % 128 == 0:
+    if m <= 16 and n % 128 == 0 and cb == 4:
         tiles = triton.cdiv(m, 16) * (n // 128)
         split = max((d for d in _divisors(blocks) if d <= 16 and tiles * d <= 3 * sms), default=1)
         return {"kernel": "nat", "block_m": 16, "block_n": 128, "split_k": split, "unroll": 1, "num_warps": 4,
