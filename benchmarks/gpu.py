@@ -26,6 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -173,7 +174,7 @@ def bench_rope_split_store(k, label: str, batch: int, tokens: int, max_cache: in
 def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     per = 32 // bits
     v = values.to(torch.int64).reshape(values.shape[0] // per, per, -1)
-    word = sum((v[:, i] & ((1 << bits) - 1)) << (i * bits) for i in range(per))
+    word = cast(torch.Tensor, sum((v[:, i] & ((1 << bits) - 1)) << (i * bits) for i in range(per)))
     return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
 
 

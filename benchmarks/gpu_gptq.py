@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -33,7 +33,7 @@ PDL_CHAIN = {"pf": 1, "pf_lines": 64, "pdl": 2}  # the opt-in launch of `gptq_ti
 def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     per = 32 // bits
     v = values.to(torch.int64).reshape(values.shape[0] // per, per, -1)
-    word = sum((v[:, i] & ((1 << bits) - 1)) << (i * bits) for i in range(per))
+    word = cast(torch.Tensor, sum((v[:, i] & ((1 << bits) - 1)) << (i * bits) for i in range(per)))
     return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
 
 
@@ -107,7 +107,7 @@ class Bench:
         n = copies_for(quant_bytes(k_in, n_out, 4))
         self.k_in, self.n_out = k_in, n_out
         self.layers: dict[str, list[SimpleNamespace]] = {}
-        spec = {"plain": {}, "act": {"act_order": True}, "int8": {"bits": 8}}
+        spec: dict[str, dict[str, Any]] = {"plain": {}, "act": {"act_order": True}, "int8": {"bits": 8}}
         for kind in kinds:
             count = n if kind == "plain" else copies_for(quant_bytes(k_in, n_out, 8 if kind == "int8" else 4))
             self.layers[kind] = [make_layer(k_in, n_out, **spec[kind]) for _ in range(count)]

@@ -40,9 +40,10 @@ def test_rope_split_store_cuda__matches_the_decomposition(name):
     cache_lengths = torch.tensor(lens, dtype=torch.uint32)
     args = (qkv, row_offsets, freqs, kv, cache_lengths, lookup.to(torch.uint32))
     flags = (1, interleaved, h, hkv, d, long_after, ntk)
-    want_q, want_kv = rope_split_store_decomposed(*args, *flags)
-    cuda = [a.cuda() for a in args]
-    got_q = rope_split_store_triton(*cuda, *flags)
+    want_q, want_kv = rope_split_store_decomposed(*(args + flags))
+    qkv_d, row_offsets_d, freqs_d, kv_d, lengths_d, lookup_d = (a.cuda() for a in args)
+    cuda = (qkv_d, row_offsets_d, freqs_d, kv_d, lengths_d, lookup_d)
+    got_q = rope_split_store_triton(*(cuda + flags))
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(got_q.cpu(), want_q, rtol=tol, atol=tol)
     torch.testing.assert_close(cuda[3].cpu(), want_kv, rtol=tol, atol=tol)

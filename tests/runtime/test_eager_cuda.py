@@ -20,7 +20,9 @@ def _t(*shape: int | str, dtype: DType = F32) -> TensorType:
 
 def _store_graph() -> Graph:
     kv_type = BufferType(F32, [8, 2, 1, 2, 1, 3], CPU)
-    inputs = [_t("t", 1, 3), _t("b1", dtype=U32), kv_type, _t("b", dtype=U32), _t("b", 4, dtype=U32)]
+    inputs: list[TensorType | BufferType] = [
+        _t("t", 1, 3), _t("b1", dtype=U32), kv_type, _t("b", dtype=U32), _t("b", 4, dtype=U32)
+    ]  # fmt: skip
     with Graph("store", input_types=inputs) as g:
         x, ro, kv, lens, lookup = g.inputs
         kv = ops.kv_cache_store(kv, x, ro, lens, lookup, layer_idx=0, key_or_value=0)
@@ -35,7 +37,9 @@ def _steps() -> list[tuple[torch.Tensor, ...]]:
     """A ragged prefill (3 + 2 tokens), then three decode steps of the same shape."""
     u32 = torch.uint32
     lookup = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]], dtype=u32)
-    steps = [(torch.tensor([0, 3, 5], dtype=u32), torch.tensor([0, 0], dtype=u32), lookup)]
+    steps: list[tuple[torch.Tensor, ...]] = [
+        (torch.tensor([0, 3, 5], dtype=u32), torch.tensor([0, 0], dtype=u32), lookup)
+    ]
     for step in range(3):
         steps.append(
             (torch.tensor([0, 1, 2], dtype=u32), torch.tensor([3 + step, 2 + step], dtype=u32), lookup)
@@ -70,8 +74,8 @@ def test_eager_cuda__matches_cpu_on_outputs_and_cache(cuda_graphs: bool) -> None
 def test_eager_cuda__graphs_capture_once_per_shape_and_replay() -> None:
     with Graph("mlp", input_types=[_t("n", 8)]) as g:
         (x,) = g.inputs
-        w = g.add_weight("w", _t(8, 8))
-        g.output(ops.softmax(ops.silu(x @ w), axis=-1), x[1:] * 2.0)
+        wv = g.add_weight("w", _t(8, 8))
+        g.output(ops.softmax(ops.silu(x @ wv), axis=-1), x[1:] * 2.0)
     w = torch.randn(8, 8)
     cpu = fusegraph.compile(g, weights={"w": w})
     gpu = fusegraph.compile(g, device="cuda", weights={"w": w}, cuda_graphs=True)

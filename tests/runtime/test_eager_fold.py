@@ -18,9 +18,9 @@ def _t(*shape: int | str) -> TensorType:
 def test_fold__weight_only_ops_run_once_and_the_raw_weight_is_not_kept() -> None:
     with Graph("fold", input_types=[_t("batch", 8)]) as g:
         (x,) = g.inputs
-        w = g.add_weight("w", _t(4, 8))
-        b = g.add_weight("b", _t(4))
-        g.output(x @ (w * 2.0 + 1.0).T + b)
+        wv = g.add_weight("w", _t(4, 8))
+        bv = g.add_weight("b", _t(4))
+        g.output(x @ (wv * 2.0 + 1.0).T + bv)
     w, b = torch.randn(4, 8), torch.randn(4)
     model = fusegraph.compile(g, weights={"w": w, "b": b})
     buffers = dict(model.module.named_buffers())
@@ -38,8 +38,8 @@ def test_fold__weight_only_ops_run_once_and_the_raw_weight_is_not_kept() -> None
 def test_fold__a_weight_with_a_symbolic_dim_folds_with_the_size_it_binds() -> None:
     with Graph("symbolic", input_types=[_t("n", "k")]) as g:
         (x,) = g.inputs
-        w = g.add_weight("w", _t("k", 3))
-        g.output(x @ (w * 2.0))
+        wv = g.add_weight("w", _t("k", 3))
+        g.output(x @ (wv * 2.0))
     w = torch.randn(5, 3)
     model = fusegraph.compile(g, weights={"w": w})
     assert [n for n, _ in model.module.named_buffers() if n.startswith("_folded_")]
@@ -51,8 +51,8 @@ def test_fold__a_weight_with_a_symbolic_dim_folds_with_the_size_it_binds() -> No
 def test_fold__a_weight_used_as_is_becomes_one_buffer_shared_by_its_readers() -> None:
     with Graph("shared", input_types=[_t("n", 4)]) as g:
         (x,) = g.inputs
-        w = g.add_weight("w", _t(4))
-        g.output(x * w, x + w)
+        wv = g.add_weight("w", _t(4))
+        g.output(x * wv, x + wv)
     w = torch.randn(4)
     model = fusegraph.compile(g, weights={"w": w})
     assert [n for n, _ in model.module.named_buffers() if n.startswith("_w_")] == ["_w_w"]

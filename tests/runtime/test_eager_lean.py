@@ -56,7 +56,12 @@ def _decode(
 def test_signature__is_checked_once_per_shape_key_and_a_new_key_is_checked(monkeypatch) -> None:
     calls = []
     real = eager_mod.check_inputs
-    monkeypatch.setattr(eager_mod, "check_inputs", lambda *a: calls.append(1) or real(*a))
+
+    def counted(*a):
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(eager_mod, "check_inputs", counted)
     _decode("cpu", steps=3, use_bind=False)
     assert len(calls) == 2  # the prefill's key, then the decode key (three calls)
 

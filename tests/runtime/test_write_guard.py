@@ -31,7 +31,7 @@ def _rope_graph(caches: int) -> fusegraph.Graph:
     cpu = fusegraph.DeviceRef.CPU()
     f32, u32 = fusegraph.DType.float32, fusegraph.DType.uint32
     kv = [SMALL.num_blocks, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
-    types = [
+    types: list[fusegraph.TensorType | fusegraph.BufferType] = [
         fusegraph.TensorType(f32, ["t", SMALL.n_kv_heads, SMALL.head_dim], cpu),
         fusegraph.TensorType(u32, ["b1"], cpu),
         fusegraph.TensorType(u32, ["b"], cpu),
