@@ -95,21 +95,32 @@ def run_fusegraph(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, An
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, cfg["vocab_size"], (args.requests, args.prompt_len), generator=g).tolist()
     params = SamplingParams(max_new_tokens=args.output_len)
-    # Warm-up, untimed: the kernels' JIT compiles for the batch sizes the run meets (mixed steps
-    # of 16..256 sequences), and the decode graph of the full batch, captured by `gen` itself.
-    n = 16
-    while n < args.requests:
-        gen.generate([[1] * 8] * n, SamplingParams(max_new_tokens=1))
-        n *= 2
-    gen.generate([[1] * 8] * args.requests, SamplingParams(max_new_tokens=3))
-    gen.stats = GeneratorStats()
+    # Warm-up, untimed: the same workload (other random prompts) once, so that every Triton
+    # specialization the run meets is compiled and every decode graph it replays is captured
+    # (last session's timed loop paid ~30 s of this). --warmup quick: a few small batches only.
+    t0 = time.perf_counter()
+    if args.warmup == "full":
+        warm = torch.randint(0, cfg["vocab_size"], (args.requests, args.prompt_len), generator=g).tolist()
+        gen.generate(warm, params)
+    else:
+        n = 16
+        while n < args.requests:
+            gen.generate([[1] * 8] * n, SamplingParams(max_new_tokens=1))
+            n *= 2
+        gen.generate([[1] * 8] * args.requests, SamplingParams(max_new_tokens=3))
     _sync(args.device)
+    warmup_s = time.perf_counter() - t0
+    gen.stats = GeneratorStats()
     times: dict[int, list[float]] = {}
+    step_ms: list[float] = []
     start = time.perf_counter()
     ids = [gen.add_request(p, params) for p in prompts]
+    last = start
     while gen.has_unfinished:
         events = gen.step()
         now = time.perf_counter()
+        step_ms.append(1e3 * (now - last))
+        last = now
         for e in events:
             times.setdefault(e.request_id, []).append(now)
     _sync(args.device)
@@ -119,11 +130,12 @@ def run_fusegraph(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, An
     ttft = sorted(t[0] - start for t in times.values())
     s = gen.stats
     out = {
-        "setup_s": round(setup_s, 2), "total_s": round(total, 3), "output_tokens": produced,
+        "setup_s": round(setup_s, 2), "warmup_s": round(warmup_s, 2), "total_s": round(total, 3), "output_tokens": produced,
         "output_tokens_per_s": round(produced / total, 1),
         "tpot_ms_median": round(1e3 * statistics.median(tpot), 2), "tpot_ms_p99": round(1e3 * _p99(tpot), 2),
         "ttft_s_median": round(statistics.median(ttft), 3), "steps": s.steps, "graph_replays": s.graph_replays,
         "preemptions": s.preemptions, "prefill_tokens": s.prefill_tokens, "decode_tokens": s.decode_tokens,
+        "slowest_step_ms": round(max(step_ms), 1), "steps_over_1s": sum(t > 1e3 for t in step_ms),
         "num_blocks": blocks, "first_outputs": [gen.output(i)[:8] for i in ids[:2]],
     }  # fmt: skip
     print(json.dumps({"fusegraph_timing": out}), flush=True)  # before anything else can fail
@@ -141,7 +153,7 @@ def run_transformers(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str,
     )
     torch.set_default_dtype(torch.float16)
     with torch.device(args.device):
-        model = transformers.LlamaForCausalLM(hf_cfg).eval()
+        model = transformers.LlamaForCausalLM(hf_cfg).eval()  # type: ignore[no-untyped-call]
     torch.set_default_dtype(torch.float32)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg["vocab_size"], (args.hf_batch, args.prompt_len), generator=g).to(args.device)
@@ -208,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--tokens-per-step", type=int, default=8192, help="the Generator's token budget per step")
+    p.add_argument(
+        "--warmup",
+        choices=("full", "quick"),
+        default="full",
+        help="untimed warm-up: the same workload once (full) or a few small batches (quick)",
+    )
     p.add_argument("--hf-batch", type=int, default=32)
     p.add_argument("--hf-no-compile", action="store_true", help="transformers generate without torch.compile")
     p.add_argument("--skip-hf", action="store_true")

@@ -33,7 +33,8 @@ class DecodeGraphs:
         self.model = model
         self.buckets = sorted(set(buckets))
         self.runner = CudaGraphRunner(model._step, model.device)
-        self._static: dict[tuple, list[torch.Tensor]] = {}  # per shape: the tensors a graph reads
+        # per shape key: the tensors a graph reads
+        self._static: dict[tuple[object, ...], list[torch.Tensor]] = {}
 
     @classmethod
     def for_model(cls, model: Any, buckets: Sequence[int] | None, max_batch_size: int) -> DecodeGraphs | None:

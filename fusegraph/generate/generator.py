@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -215,12 +216,24 @@ class Generator:
         return self._sample(logits, ready)
 
     def _plan_running(self, budget: int) -> list[tuple[_Request, int]]:
-        """Decodes first (oldest first), then prefill chunks, within `budget` tokens."""
-        plan = []
-        for request in sorted(self._running, key=lambda r: (len(r.tokens) - r.cached > 1, r.id)):
-            if (n := min(len(request.tokens) - request.cached, budget)) > 0:
-                plan.append((request, n))
-                budget -= n
+        """Decodes first, then prefill chunks, oldest first (`_running` is in id order),
+        within `budget` tokens."""
+        plan: list[tuple[_Request, int]] = []
+        prefills = []
+        for request in self._running:
+            left = len(request.tokens) - request.cached
+            if left == 1:
+                plan.append((request, 1))
+            elif left > 1:
+                prefills.append((request, left))
+        if len(plan) >= budget:
+            return plan[:budget]
+        budget -= len(plan)
+        for request, left in prefills:
+            if budget <= 0:
+                break
+            plan.append((request, min(left, budget)))
+            budget -= plan[-1][1]
         return plan
 
     def _schedule(self) -> list[tuple[_Request, int]]:
@@ -231,7 +244,7 @@ class Generator:
             request = self._waiting.popleft()
             request.seq = self.manager.claim(max_len=self.max_seq_len, prompt=request.tokens)
             request.cached = self.manager.length(request.seq)  # a cached prefix skips its prefill
-            self._running.append(request)
+            bisect.insort(self._running, request, key=_request_id)
             n = min(len(request.tokens) - request.cached, budget)
             plan.append((request, n))
             budget -= n
@@ -250,7 +263,7 @@ class Generator:
         self, plan: list[tuple[_Request, int]], err: KVCacheFullError
     ) -> list[tuple[_Request, int]]:
         """Release the newest running request; it waits again and is recomputed later."""
-        victim = max(self._running, key=lambda r: r.id)
+        victim = self._running[-1]  # the newest: `_running` is in id order
         if len(self._running) == 1:
             m = self.manager
             raise ValueError(
@@ -268,16 +281,21 @@ class Generator:
         return plan or self._plan_running(self.max_tokens_per_step)
 
     def _run(self, plan: list[tuple[_Request, int]], batch: Any, bucket: int | None) -> torch.Tensor:
-        ids = [t for r, n in plan for t in r.tokens[r.cached : r.cached + n]]
-        decode = sum(1 for r, n in plan if r.generated and r.cached + n == len(r.tokens) == r.cached + 1)
-        tokens = torch.tensor(ids + [0] * ((bucket or 0) - len(plan)), dtype=torch.int64, device=self.device)
-        inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
+        ids: list[int] = []
+        decode = 0
+        for r, n in plan:
+            ids += r.tokens[r.cached : r.cached + n]
+            decode += n == 1 and r.cached + 1 == len(r.tokens) and len(r.tokens) > r.prompt_len
         self.stats.decode_tokens += decode
         self.stats.prefill_tokens += len(ids) - decode
+        ids += [0] * ((bucket or 0) - len(plan))  # padding rows
+        tokens = torch.tensor(ids, dtype=torch.int64).to(self.device)
+        inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
         if bucket is not None and self._graphs is not None:
             self.stats.graph_replays += 1
             return self._graphs.run(inputs)[0]  # the module's outputs, then the cache buffer
-        return self.model(*inputs)[0]
+        logits: torch.Tensor = self.model(*inputs)[0]
+        return logits
 
     def _sample(self, logits: torch.Tensor, ready: list[tuple[int, _Request]]) -> list[TokenEvent]:
         rows = [row for row, _ in ready]
@@ -298,6 +316,10 @@ class Generator:
                 request.seq = None
             events.append(TokenEvent(request.id, token, reason))
         return events
+
+
+def _request_id(request: _Request) -> int:
+    return request.id
 
 
 def _rope_rows(model: Any) -> int | None:

@@ -53,7 +53,7 @@ class TextStream:
     def push(self, token: int) -> str:
         """Add a token; returns the new text it completes ('' while a character is partial)."""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text: str = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd") or not text.startswith(self.text):
             return ""  # an incomplete UTF-8 sequence, or a merge that rewrote the tail: wait
         new, self.text = text[len(self.text) :], text

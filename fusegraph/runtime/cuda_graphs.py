@@ -23,6 +23,8 @@ import torch
 from fusegraph.compiler.types import BufferType
 
 Step = Callable[[Sequence[torch.Tensor], dict[str, int]], Sequence[torch.Tensor]]
+# a captured graph, the static copies of its tensor inputs (None: used in place), its outputs
+_Entry = tuple[torch.cuda.CUDAGraph, list[torch.Tensor | None], Sequence[torch.Tensor]]
 
 
 class CudaGraphRunner:
@@ -38,7 +40,7 @@ class CudaGraphRunner:
         self.step = step
         self.device = device
         self.pool = torch.cuda.graph_pool_handle()
-        self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor | None], Any]] = {}
+        self.captured: dict[tuple[object, ...], _Entry] = {}
 
     def run(
         self, inputs: Sequence[torch.Tensor], types: Sequence[Any], dims: dict[str, int]
@@ -69,7 +71,7 @@ class CudaGraphRunner:
         return entry[2]
 
     def _warm_up(self, inputs: Sequence[torch.Tensor], dims: dict[str, int]) -> Sequence[torch.Tensor]:
-        stream = torch.cuda.Stream(device=self.device)
+        stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             outputs = self.step(inputs, dims)
@@ -78,7 +80,7 @@ class CudaGraphRunner:
 
     def _capture(
         self, inputs: Sequence[torch.Tensor], static_inputs: list[torch.Tensor | None], dims: dict[str, int]
-    ) -> tuple:
+    ) -> _Entry:
         args = [x if s is None else s for x, s in zip(inputs, static_inputs)]
         graph = torch.cuda.CUDAGraph()
         try:
@@ -95,7 +97,7 @@ class CudaGraphRunner:
         return graph, static_inputs, static_outputs
 
 
-def _shape_key(inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> tuple:
+def _shape_key(inputs: Sequence[torch.Tensor], types: Sequence[Any]) -> tuple[object, ...]:
     return tuple(
         (tuple(x.shape), x.data_ptr() if isinstance(t, BufferType) else None) for x, t in zip(inputs, types)
     )

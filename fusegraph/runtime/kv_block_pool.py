@@ -8,6 +8,8 @@ A block is in exactly one of three states:
 - free: unused and holding nothing anyone can find.
 
 Allocation takes a free block first, else evicts the least recently released cached block.
+`KVCacheFullError` (re-exported by `kv_cache_manager`) is what a step that needs more blocks
+than `num_free` raises.
 
 Example:
     >>> pool = BlockPool(4)
@@ -36,6 +38,22 @@ def chain_hash(parent: bytes | None, tokens: Sequence[int]) -> bytes:
     h = hashlib.blake2b(parent or b"", digest_size=16)
     h.update(array("q", tokens).tobytes())
     return h.digest()
+
+
+class KVCacheFullError(RuntimeError):
+    """`prepare` needs more blocks than the cache has free; nothing was changed.
+
+    Attributes:
+        needed: blocks the step needed.
+        free: blocks that were free (including evictable cached pages).
+    """
+
+    def __init__(self, needed: int, free: int, num_blocks: int) -> None:
+        super().__init__(
+            f"prepare: the KV cache is full: the step needs {needed} more blocks but only {free} "
+            f"of {num_blocks} are free; release or preempt a sequence, or make num_blocks larger"
+        )
+        self.needed, self.free = needed, free
 
 
 class BlockPool:

@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,25 +38,11 @@ from fusegraph.compiler.devices import DeviceRef
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.ops._ragged import NO_BLOCK
-from fusegraph.runtime.kv_block_pool import BlockPool, chain_hash
+from fusegraph.runtime.kv_block_pool import BlockPool, KVCacheFullError, chain_hash
+
+__all__ = ["Batch", "KVCacheFullError", "PagedKVCacheManager"]
 
 _PARAMS = ("dtype", "n_kv_heads", "head_dim", "num_layers", "page_size")
-
-
-class KVCacheFullError(RuntimeError):
-    """`prepare` needs more blocks than the cache has free; nothing was changed.
-
-    Attributes:
-        needed: blocks the step needed.
-        free: blocks that were free (including evictable cached pages).
-    """
-
-    def __init__(self, needed: int, free: int, num_blocks: int) -> None:
-        super().__init__(
-            f"prepare: the KV cache is full: the step needs {needed} more blocks but only {free} "
-            f"of {num_blocks} are free; release or preempt a sequence, or make num_blocks larger"
-        )
-        self.needed, self.free = needed, free
 
 
 @dataclass(frozen=True)
@@ -235,7 +223,8 @@ class PagedKVCacheManager:
             raise ValueError(f"{what}: needs at least one sequence")
         if len(set(seqs)) != len(seqs):
             raise ValueError(f"{what}: a sequence appears twice in {list(seqs)}")
-        found = [self._get(what, s) for s in seqs]
+        known = self._seqs
+        found = [known[s] if s in known else self._get(what, s) for s in seqs]
         for seq_id, seq, n in zip(seqs, found, tokens, strict=True):
             if not _is_count(n) or n < 0:
                 raise ValueError(f"{what}: sequence {seq_id}: token count must be an int >= 0, got {n!r}")
@@ -272,15 +261,19 @@ class PagedKVCacheManager:
         """
         found = self._check_step("prepare", seqs, tokens)
         ids = self._check_ids(seqs, tokens, token_ids)
-        need = [-(-(s.length + n) // self.page_size) for s, n in zip(found, tokens)]
-        new_pages = sum(max(0, k - len(s.pages)) for s, k in zip(found, need))
-        copies = sum(self._needs_copy(s, n) for s, n in zip(found, tokens))
+        page, refs = self.page_size, self.pool.refs
+        need = [(s.length + n + page - 1) // page for s, n in zip(found, tokens)]
+        new_pages = sum(k - len(s.pages) for s, k in zip(found, need) if k > len(s.pages))
+        # a write into a partial last page another sequence shares copies that page first
+        copy = [
+            s for s, n in zip(found, tokens) if n and s.length % page and refs[s.pages[s.length // page]] > 1
+        ]
         scratch = int(pad_to is not None and pad_to > len(seqs) and self._scratch is None)
-        if (needed := new_pages + copies + scratch) > self.pool.num_free:
+        if (needed := new_pages + len(copy) + scratch) > self.pool.num_free:
             raise KVCacheFullError(needed, self.pool.num_free, self.num_blocks)
-        for seq, n, k in zip(found, tokens, need):
-            if self._needs_copy(seq, n):
-                self._copy_on_write(seq)
+        for seq in copy:
+            self._copy_on_write(seq)
+        for seq, k in zip(found, need):
             while len(seq.pages) < k:
                 seq.pages.append(self.pool.allocate())
         for seq, n, i in zip(found, tokens, ids):
@@ -299,12 +292,6 @@ class PagedKVCacheManager:
                 raise ValueError(f"prepare: sequence {seq_id}: {n} tokens but {len(row)} token ids")
         return [[int(t) for t in row] for row in token_ids]
 
-    def _needs_copy(self, seq: _Sequence, n: int) -> bool:
-        """Whether the step writes into a partial last page another sequence shares."""
-        if n == 0 or seq.length % self.page_size == 0:
-            return False
-        return self.pool.refs[seq.pages[seq.length // self.page_size]] > 1
-
     def _copy_on_write(self, seq: _Sequence) -> None:
         index = seq.length // self.page_size
         old, new = seq.pages[index], self.pool.allocate()
@@ -321,22 +308,28 @@ class PagedKVCacheManager:
         lookup_width: int | None,
     ) -> Batch:
         lengths = [s.length for s in found]
-        width = max([1, lookup_width or 0, *need])
-        lookup = [s.pages[:k] + [NO_BLOCK] * (width - k) for s, k in zip(found, need)]
+        width = max(1, lookup_width or 0, *need)
+        lookup: list[int] = []
+        for s, k in zip(found, need):
+            lookup += s.pages[:k]
+            lookup += [NO_BLOCK] * (width - k)
         if pad_to is not None and pad_to > len(found):
             if self._scratch is None:
                 self._scratch = self.pool.allocate()  # held for good: padding rows write it
             pad = pad_to - len(found)
             tokens = tokens + [1] * pad
             lengths = lengths + [0] * pad
-            lookup += [[self._scratch] + [NO_BLOCK] * (width - 1)] * pad
-        offsets = [0]
-        for n in tokens:
-            offsets.append(offsets[-1] + n)
+            lookup += ([self._scratch] + [NO_BLOCK] * (width - 1)) * pad
+        # One host array, one transfer: offsets, lengths (each padded to 16 bytes), the table.
+        rows = len(lengths)
+        a, b = -(-(rows + 1) // 4) * 4, -(-rows // 4) * 4
+        offsets = [0, *itertools.accumulate(tokens), *[0] * (a - rows - 1)]
+        host = array("I", offsets + lengths + [0] * (b - rows) + lookup)
+        meta = torch.frombuffer(host, dtype=torch.uint32).to(self.kv_blocks.device)
         return Batch(
-            row_offsets=self._u32(offsets),
-            cache_lengths=self._u32(lengths),
-            lookup_table=self._u32(lookup),
+            row_offsets=meta[: rows + 1],
+            cache_lengths=meta[a : a + rows],
+            lookup_table=meta[a + b :].view(rows, width),
             kv_blocks=self.kv_blocks,
         )
 
@@ -372,11 +365,7 @@ class PagedKVCacheManager:
             index = len(seq.keys)
             page = seq.tokens[index * self.page_size : (index + 1) * self.page_size]
             seq.keys.append(chain_hash(seq.keys[-1] if seq.keys else None, page))
-            if self.prefix_caching:
-                self.pool.register(seq.pages[index], seq.keys[-1])
-
-    def _u32(self, values: list[Any]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64).to(torch.uint32).to(self.device.to_torch())
+            self.pool.register(seq.pages[index], seq.keys[-1])
 
     # --- inspection -------------------------------------------------------------------
     def gather(self, seq_id: int, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:

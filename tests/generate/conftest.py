@@ -78,7 +78,8 @@ class Tiny:
         """transformers' greedy `generate` of `n` tokens for the prompt alone."""
         with torch.no_grad():
             out = self.hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
-        return out[0, len(prompt) :].tolist()
+        tokens: list[int] = out[0, len(prompt) :].tolist()
+        return tokens
 
 
 def _tiny(family: str, tmp: Path, num_blocks: int = 64, page_size: int = 4) -> Tiny:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -68,8 +69,8 @@ def test_cli__seeded_sampling_repeats(tiny_llama: Tiny, capsys: pytest.CaptureFi
 
 
 def test_cli__refuses_bad_input_in_one_line(
-    tiny_llama: Tiny, tmp_path, capsys: pytest.CaptureFixture[str]
-) -> None:  # noqa: ANN001
+    tiny_llama: Tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["generate", str(tiny_llama.folder), "--token-ids", "1,x;2", "--json"]) == 2
     assert "--token-ids: prompt 0 ('1,x') is not comma-separated ints" in capsys.readouterr().err
     (tmp_path / "config.json").write_text((tiny_llama.folder / "config.json").read_text())

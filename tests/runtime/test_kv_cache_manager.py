@@ -4,6 +4,7 @@ prefill + decode run through a compiled graph. Prefix sharing: test_kv_prefix_sh
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from tests.ops.paged_reference import NO_BLOCK, dense_attention, freqs_table, ro
 CPU = DeviceRef.CPU()
 
 
-def _params(page_size: int = 4, **kw) -> SimpleNamespace:
+def _params(page_size: int = 4, **kw: Any) -> SimpleNamespace:
     fields = dict(
         dtype=DType.float32, n_kv_heads=2, head_dim=8, num_layers=2, page_size=page_size, devices=[CPU]
     )
@@ -209,7 +210,8 @@ def test_manager__ragged_prefill_then_decode_through_a_compiled_graph() -> None:
         )
     model = fusegraph.compile(g, backend="eager")
     seqs = [m.claim(max_len=40) for _ in range(3)]
-    freqs_t, history = freqs_table(64, d), {s: [] for s in seqs}
+    freqs_t = freqs_table(64, d)
+    history: dict[int, list[torch.Tensor]] = {s: [] for s in seqs}
     for tokens in ([5, 17, 1], [1, 1, 1], [1, 1, 1]):
         batch = m.prepare(seqs, tokens)
         x = torch.randn(sum(tokens), (heads + 4) * d)

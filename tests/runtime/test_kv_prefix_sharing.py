@@ -15,11 +15,11 @@ from fusegraph.runtime.kv_cache_manager import KVCacheFullError, PagedKVCacheMan
 PAGE = 4
 
 
-def _manager(num_blocks: int, **kw: bool) -> PagedKVCacheManager:
+def _manager(num_blocks: int, *, prefix_caching: bool = True) -> PagedKVCacheManager:
     params = SimpleNamespace(
         dtype=DType.float32, n_kv_heads=1, head_dim=1, num_layers=1, page_size=PAGE, devices=[DeviceRef.CPU()]
     )
-    return PagedKVCacheManager(params, num_blocks=num_blocks, **kw)
+    return PagedKVCacheManager(params, num_blocks=num_blocks, prefix_caching=prefix_caching)
 
 
 def _kv(prefix: list[int]) -> float:
