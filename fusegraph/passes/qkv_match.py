@@ -20,7 +20,6 @@ from fusegraph.ops.matmul import MatmulOp
 from fusegraph.ops.shape import PermuteOp
 from fusegraph.passes.patterns import NoMatch, NotCandidate, block_index, no_match, users
 
-_GPTQ_CONFIG = ("bits", "group_size", "sym", "desc_act", "zero_format", "clip")
 ProjT = TypeVar("ProjT", MatmulOp, QMatmulGptqOp)
 
 
@@ -82,11 +81,11 @@ def _matmul_layout(group: list[MatmulOp]) -> bool | NoMatch:
 
 
 def _gptq_agree(group: list[QMatmulGptqOp]) -> NoMatch | None:
-    first = group[0]
+    first, want = group[0], group[0].params
     for i, op in enumerate(group[1:], start=1):
-        for field in _GPTQ_CONFIG:
-            if getattr(op, field) != getattr(first, field):
-                return no_match(f"projection {i} {field} {getattr(op, field)} != {getattr(first, field)}")
+        for field, value in op.params.items():
+            if value != want[field]:
+                return no_match(f"projection {i} {field} {value} != {want[field]}")
         if (op.qzeros is None) != (first.qzeros is None):
             return no_match(f"projection {i} qzeros presence differs")
         if op.g_idx is not first.g_idx:
