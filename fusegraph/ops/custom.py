@@ -177,10 +177,7 @@ def _as_tuple(result: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tens
 # --- parameters -----------------------------------------------------------------------
 def encode_parameters(parameters: Mapping[str, ParamValue]) -> DictionaryAttr:
     """Parameters as a DictionaryAttr (sorted by name), or a ValueError naming a bad one."""
-    attrs: dict[str, Attribute] = {}
-    for key in sorted(parameters):
-        attrs[key] = _param_attr(key, parameters[key])
-    return DictionaryAttr(attrs)
+    return DictionaryAttr({key: _param_attr(key, parameters[key]) for key in sorted(parameters)})
 
 
 def _param_attr(key: str, value: object) -> Attribute:

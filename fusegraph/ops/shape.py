@@ -195,9 +195,7 @@ class ConcatOp(FgOp):
                 if d != axis and a != b:
                     raise ValueError(f"fg.concat: input {i} dim {d} ({a}) != input 0 dim {d} ({b})")
             total = total + t.shape[axis]
-        shape = list(first.shape)
-        shape[axis] = total
-        return [TensorType(first.dtype, shape, first.device)]
+        return [TensorType(first.dtype, [*first.shape[:axis], total, *first.shape[axis + 1 :]], first.device)]
 
 
 def concat(values: Sequence[TensorValue], axis: int = 0) -> TensorValue:
@@ -243,20 +241,15 @@ class SplitOp(FgOp):
         """The shape rule: one result per size (a variadic result); the sizes sum to x's `axis` dim."""
         x = expect_tensor("fg.split", "input", x)
         axis = normalize_axis("fg.split", axis, x.rank)
-        total = Dim(0)
-        for s in sizes:
-            total = total + Dim(s)
+        total = sum((Dim(s) for s in sizes), Dim(0))
         if total != x.shape[axis]:
             raise ValueError(
                 f"fg.split: sizes {[str(Dim(s)) for s in sizes]} sum to {total}, "
                 f"but input dim {axis} is {x.shape[axis]}"
             )
-        pieces: list[Attribute] = []
-        for s in sizes:
-            shape = list(x.shape)
-            shape[axis] = Dim(s)
-            pieces.append(TensorType(x.dtype, shape, x.device))
-        return [pieces]
+        return [
+            [TensorType(x.dtype, [*x.shape[:axis], Dim(s), *x.shape[axis + 1 :]], x.device) for s in sizes]
+        ]
 
 
 def split(x: TensorValue, sizes: Sequence[DimLike], axis: int = 0) -> list[TensorValue]:
