@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.ops.custom import ParamValue
 
 CPU = DeviceRef.CPU()
 F32 = DType.float32
@@ -180,7 +181,12 @@ def _custom() -> Graph:
     ops.register_custom_op("examples.scale_cast", rule, impl)
     with Graph("custom", input_types=[_tensor("n", 4)]) as g:
         (x,) = g.inputs
-        params = {"scale": 2, "out_dtype": DType.bfloat16, "fast": False, "note": "demo"}
+        params: dict[str, ParamValue] = {
+            "scale": 2,
+            "out_dtype": DType.bfloat16,
+            "fast": False,
+            "note": "demo",
+        }
         g.output(*ops.custom("examples.scale_cast", [x], params))
     return g
 

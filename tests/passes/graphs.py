@@ -28,7 +28,14 @@ class Layer:
 def layer_input_types(c: Layer) -> list[TensorType | BufferType]:
     """qkv, row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table."""
     qkv_width = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + (c.head_dim if "split_sizes" in c.breaks else 0)
-    kv_shape = ["num_blocks", 2, c.num_layers + ("layers" in c.breaks), c.page_size, c.n_kv_heads, c.head_dim]
+    kv_shape: list[int | str] = [
+        "num_blocks",
+        2,
+        c.num_layers + ("layers" in c.breaks),
+        c.page_size,
+        c.n_kv_heads,
+        c.head_dim,
+    ]
     return [
         TensorType(F32, ["total_seq_len", qkv_width], CPU),
         TensorType(U32, ["batch_plus_1"], CPU),

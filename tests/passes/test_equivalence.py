@@ -4,6 +4,7 @@ after `fuse-rope-split-store` and after `unfuse-rope-split-store`; plus property
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def build(cfg: Cfg, fused: bool) -> tuple[Graph, AttentionWithRope, KVCacheParam
     rope = RotaryEmbedding(
         dim=hidden, n_heads=cfg.n_heads, theta=10000.0, max_seq_len=256, interleaved=cfg.interleaved
     )
-    layer_args = dict(rope=rope, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+    layer_args: dict[str, Any] = dict(rope=rope, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
                       hidden_size=hidden, kv_params=kv_params, stacked_qkv=cfg.stacked_qkv,
                       _fuse_rope_and_store=fused)  # fmt: skip
     attn = (

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from xdsl.passes import ModulePass
@@ -116,12 +117,12 @@ def test_register_pass__same_class_twice_is_a_no_op_and_unregister_forgets_it() 
 
 
 def test_register_pass__refuses_a_taken_name() -> None:
-    clash = dataclass(frozen=True)(type("MyDCE", (Noop,), {"name": "dce"}))
+    clash = cast(type[Noop], dataclass(frozen=True)(type("MyDCE", (Noop,), {"name": "dce"})))
     with pytest.raises(ValueError, match=r"pass name 'dce' is already registered by built-in pass "
                        r"fusegraph.passes.dce.DeadCodeElimination; pick another name"):  # fmt: skip
         register_pass(clash)
     register_pass(Noop)
-    twin = dataclass(frozen=True)(type("Twin", (Noop,), {"name": "test-noop"}))
+    twin = cast(type[Noop], dataclass(frozen=True)(type("Twin", (Noop,), {"name": "test-noop"})))
     with pytest.raises(ValueError, match=r"'test-noop' is already registered by plugin pass .*\.Noop"):
         register_pass(twin)
 
@@ -132,7 +133,7 @@ def test_register_pass__refuses_what_is_not_a_module_pass() -> None:
     with pytest.raises(TypeError, match="expected a ModulePass subclass"):
         register_pass(Noop())  # type: ignore[type-var]
     for bad in ("Fold_Mul", "fold mul", ""):
-        cls = dataclass(frozen=True)(type("Bad", (Noop,), {"name": bad}))
+        cls = cast(type[Noop], dataclass(frozen=True)(type("Bad", (Noop,), {"name": bad})))
         with pytest.raises(ValueError, match=r"Bad.name must be a kebab-case string"):
             register_pass(cls)
 
