@@ -118,11 +118,17 @@ class Generator:
         capacity = manager.num_blocks * manager.page_size
         if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 2):
             raise ValueError(f"Generator: max_seq_len must be an int >= 2 (or None), got {max_seq_len!r}")
+        rope = _rope_rows(model)
+        if max_seq_len is not None and rope is not None and max_seq_len > rope:
+            raise ValueError(
+                f"Generator: max_seq_len={max_seq_len} passes the model's rope table ({rope} positions); "
+                f"use at most {rope}"
+            )
         self.model = model
         self.manager = manager
         self.max_batch_size = max_batch_size
         self.max_tokens_per_step = max_tokens_per_step
-        self.max_seq_len = max_seq_len or min(capacity, _rope_rows(model) or capacity)
+        self.max_seq_len = max_seq_len or min(capacity, rope or capacity)
         self.device = manager.kv_blocks.device
         self.stats = GeneratorStats()
         self._graphs = DecodeGraphs.for_model(model, cuda_graph_batch_sizes, max_batch_size)

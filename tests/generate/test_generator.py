@@ -123,6 +123,8 @@ def test_generator__refuses_bad_requests_and_settings(tiny_llama: Tiny) -> None:
         gen.add_request(list(range(10)))
     with pytest.raises(ValueError, match="Generator: max_tokens_per_step must be an int >= 1, got 0"):
         Generator(tiny_llama.compiled, tiny_llama.manager(), max_tokens_per_step=0)
+    with pytest.raises(ValueError, match=r"max_seq_len=97 passes the model's rope table \(96 positions\)"):
+        Generator(tiny_llama.compiled, tiny_llama.manager(), max_seq_len=97)
     with pytest.raises(ValueError, match="output: unknown request 7"):
         gen.output(7)
     assert gen.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_new_tokens=50)) == [
