@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusegraph import ops
-from fusegraph.compiler import TensorValue
+from fusegraph.compiler import DeviceRef, DType, TensorValue
 from fusegraph.distributed.groups import DEFAULT_GROUP
-from fusegraph.distributed.shards import SafetensorsSource, row_group_size, shard_state
+from fusegraph.distributed.shards import SafetensorsSource, TensorSource, row_group_size, shard_state
 from fusegraph.nn.decoder import DecoderModel
 from fusegraph.nn.hf_config import ModelConfig, ModelLoadError, parse_dtype
 from fusegraph.nn.hf_loader import SafetensorsDir, _device, _stack_layers
@@ -40,6 +40,9 @@ from fusegraph.nn.sharding import (
     ShardingStrategy,
     TensorParallelLayout,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def model_layout(config: ModelConfig, strategy: ShardingStrategy) -> TensorParallelLayout:
@@ -142,7 +145,7 @@ def _regroup(model: DecoderModel, prefix: str, group_size: int) -> None:
 
 
 def row_group_sizes(
-    source: Any, config: ModelConfig, layout: TensorParallelLayout, rank: int
+    source: TensorSource, config: ModelConfig, layout: TensorParallelLayout, rank: int
 ) -> dict[str, int]:
     """The row-parallel projections whose shard must declare another group size, and that size."""
     q = config.quantization
@@ -164,9 +167,9 @@ def load_model_shard(
     *,
     rank: int,
     world_size: int,
-    device: Any = "cpu",
-    devices: Sequence[Any] | None = None,
-    dtype: Any = None,
+    device: str | DeviceRef = "cpu",
+    devices: Sequence[str | DeviceRef] | None = None,
+    dtype: str | DType | torch.dtype | None = None,
     fuse: bool = True,
     max_seq_len: int | None = None,
     page_size: int = 16,

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fusegraph.compiler.devices import DeviceRef
 
 
 class ShardingError(ValueError):
@@ -74,12 +77,12 @@ class ShardingStrategy:
             )
 
     @staticmethod
-    def tensor_parallel(n: int, devices: Sequence[Any] | None = None) -> ShardingStrategy:
+    def tensor_parallel(n: int, devices: Sequence[str | DeviceRef] | None = None) -> ShardingStrategy:
         """Shard heads and channels over `n` ranks (optionally naming each rank's device)."""
         return ShardingStrategy(n, tuple(_device_str(d) for d in devices or ()))
 
     @staticmethod
-    def from_devices(devices: Sequence[Any]) -> ShardingStrategy:
+    def from_devices(devices: Sequence[str | DeviceRef]) -> ShardingStrategy:
         """One rank per device: `devices=[gpu0, gpu1]` means tensor parallelism over 2."""
         if not devices:
             raise ShardingError("ShardingStrategy.from_devices: devices must name at least one device")
@@ -117,7 +120,7 @@ class ShardingStrategy:
         )
 
 
-def _device_str(device: Any) -> str:
+def _device_str(device: str | DeviceRef) -> str:
     to_torch = getattr(device, "to_torch", None)
     return str(to_torch()) if callable(to_torch) else str(device)
 

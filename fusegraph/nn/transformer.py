@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fusegraph.compiler import TensorValue
 from fusegraph.nn.kv_cache import PagedCacheValues
 from fusegraph.nn.layer import Module
 from fusegraph.nn.mlp import MLP
 from fusegraph.nn.norm import RMSNorm
+
+if TYPE_CHECKING:
+    from fusegraph.nn.attention import AttentionWithRope
 
 
 class TransformerBlock(Module):
@@ -33,7 +36,7 @@ class TransformerBlock(Module):
 
     def __init__(
         self,
-        attention: Any,
+        attention: AttentionWithRope,
         mlp: MLP,
         attention_norm: RMSNorm,
         mlp_norm: RMSNorm,
