@@ -14,9 +14,9 @@ from xdsl.ir import Attribute
 from xdsl.irdl import irdl_op_definition, operand_def, result_def
 
 from fusegraph.compiler import BufferType, BufferValue, TensorType, TensorValue
-from fusegraph.compiler._legacy_emit import emit
+from fusegraph.compiler.graph import emit
 from fusegraph.compiler.impls import LoweringContext, torch_impl
-from fusegraph.compiler.opbase import FgOp
+from fusegraph.compiler.opbase import FgOp, Operand
 
 
 @irdl_op_definition
@@ -29,14 +29,21 @@ class BufferAccumulateOp(FgOp):
     result = result_def(BufferType)
     assembly_format = "$buffer `,` $x attr-dict `:` type($buffer) `,` type($x) `->` type($result)"
 
+    def __init__(self, buffer: Operand, x: Operand) -> None:
+        super().__init__([buffer, x], rule=self.rule)
+
+    @staticmethod
+    def rule(buffer: Attribute, x: Attribute) -> list[Attribute]:
+        """The next version has the buffer's type."""
+        return [buffer]
+
     def infer_types(self) -> Sequence[Attribute]:
-        return [self.buffer.type]
+        return self.rule(self.buffer.type, self.x.type)
 
 
 def buffer_accumulate(buffer: BufferValue, x: TensorValue) -> BufferValue:
     """Emit `test.buffer_accumulate`; returns the next buffer version."""
-    op = emit(BufferAccumulateOp, [buffer, x], result_types=[buffer.type])
-    return BufferValue(op.results[0])
+    return BufferValue(emit(BufferAccumulateOp(buffer, x)).results[0])
 
 
 @torch_impl(BufferAccumulateOp)
