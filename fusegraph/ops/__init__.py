@@ -31,7 +31,7 @@ from fusegraph.ops.rope_split_store import rope_split_store
 from fusegraph.ops.shape import concat, permute, reshape, split, transpose
 from fusegraph.ops.slice import gather, slice_tensor
 
-install_tensor_ops(sys.modules[__name__])  # type: ignore[arg-type]  # a module satisfies TensorOps
+install_tensor_ops(sys.modules[__name__])  # a module satisfies TensorOps
 
 __all__ = [
     "add",

@@ -23,13 +23,12 @@ from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
-from fusegraph.compiler.values import TensorValue
+from fusegraph.compiler.values import TensorOrScalar, TensorValue
 from fusegraph.ops._common import broadcast_shapes, expect_same_device, expect_tensor
 
 _FORMAT_UNARY = "$input attr-dict `:` type($input) `->` type($result)"
 _FORMAT_BINARY = "$lhs `,` $rhs attr-dict `:` type($lhs) `,` type($rhs) `->` type($result)"
 _TorchFn = Callable[..., torch.Tensor]
-_Arg = TensorValue | float
 
 
 def _f64(value: float) -> FloatAttr:
@@ -115,7 +114,7 @@ MulOp = _make_binary("MulOp", "fg.mul", "*", torch.mul)
 DivOp = _make_binary("DivOp", "fg.div", "/", torch.div)
 
 
-def _binary(op_cls: type[BinaryElementwiseOp], lhs: _Arg, rhs: _Arg) -> TensorValue:
+def _binary(op_cls: type[BinaryElementwiseOp], lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue:
     if isinstance(lhs, TensorValue) and not isinstance(rhs, TensorValue):
         rhs = constant(rhs, lhs.dtype, lhs.device)
     elif isinstance(rhs, TensorValue) and not isinstance(lhs, TensorValue):
@@ -125,22 +124,22 @@ def _binary(op_cls: type[BinaryElementwiseOp], lhs: _Arg, rhs: _Arg) -> TensorVa
     return emit_tensor(op_cls(lhs, rhs))
 
 
-def add(lhs: TensorValue | float, rhs: TensorValue | float) -> TensorValue:
+def add(lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue:
     """Elementwise `lhs + rhs` with numpy broadcasting; a Python scalar becomes a constant."""
     return _binary(AddOp, lhs, rhs)
 
 
-def sub(lhs: TensorValue | float, rhs: TensorValue | float) -> TensorValue:
+def sub(lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue:
     """Elementwise `lhs - rhs` with numpy broadcasting."""
     return _binary(SubOp, lhs, rhs)
 
 
-def mul(lhs: TensorValue | float, rhs: TensorValue | float) -> TensorValue:
+def mul(lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue:
     """Elementwise `lhs * rhs` with numpy broadcasting."""
     return _binary(MulOp, lhs, rhs)
 
 
-def div(lhs: TensorValue | float, rhs: TensorValue | float) -> TensorValue:
+def div(lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue:
     """Elementwise `lhs / rhs` with numpy broadcasting."""
     return _binary(DivOp, lhs, rhs)
 

@@ -28,7 +28,7 @@ from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
-from fusegraph.compiler.values import TensorValue
+from fusegraph.compiler.values import Index, IndexItem, TensorValue
 from fusegraph.ops._common import expect_dtype, expect_same_device, expect_tensor, normalize_axis
 
 END = 2**63 - 1
@@ -36,6 +36,8 @@ END = 2**63 - 1
 
 _INDEX_DTYPES = (DType.int32, DType.int64, DType.uint32)
 _NAMES = ("starts", "stops", "steps")
+#: `(start, stop, step)` of one dim.
+Bounds = tuple[int, int, int]
 
 
 # --- slice ----------------------------------------------------------------------------
@@ -59,12 +61,12 @@ class SliceOp(FgOp):
     traits = traits_def(Pure())
     assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
-    def __init__(self, input: Operand, *, bounds: Sequence[tuple[int, int, int]]) -> None:
+    def __init__(self, input: Operand, *, bounds: Sequence[Bounds]) -> None:
         props = {k: DenseArrayBase.from_list(i64, [b[i] for b in bounds]) for i, k in enumerate(_NAMES)}
         super().__init__([input], props, rule=partial(self.rule, bounds=bounds))
 
     @property
-    def bounds(self) -> list[tuple[int, int, int]]:
+    def bounds(self) -> list[Bounds]:
         """`(start, stop, step)` per input dim."""
         return list(
             zip(self.starts.get_values(), self.stops.get_values(), self.steps.get_values(), strict=False)
@@ -74,7 +76,7 @@ class SliceOp(FgOp):
         return self.rule(self.input.type, bounds=self.bounds)
 
     @staticmethod
-    def rule(x: Attribute, *, bounds: Sequence[tuple[int, int, int]]) -> list[Attribute]:
+    def rule(x: Attribute, *, bounds: Sequence[Bounds]) -> list[Attribute]:
         """The shape rule: one `(start, stop, step)` per dim of x, each step > 0."""
         x = expect_tensor("fg.slice", "input", x)
         if len(bounds) != x.rank:
@@ -101,7 +103,7 @@ def _slice_length(axis: int, d: Dim, start: int, stop: int, step: int) -> Dim:
     return Dim(len(range(0, max(extent.value, 0), step)))
 
 
-def slice_tensor(x: TensorValue, index: Any) -> TensorValue:
+def slice_tensor(x: TensorValue, index: Index) -> TensorValue:
     """`x[index]` with Python indexing: ints, slices (step > 0) and one `...`.
 
     Args:
@@ -124,14 +126,14 @@ def slice_tensor(x: TensorValue, index: Any) -> TensorValue:
     return reshape(result, [d for axis, d in enumerate(result.shape) if axis not in dropped])
 
 
-def _expand_index(x: TensorValue, index: tuple[Any, ...]) -> tuple[list[tuple[int, int, int]], set[int]]:
+def _expand_index(x: TensorValue, index: tuple[IndexItem, ...]) -> tuple[list[Bounds], set[int]]:
     """One `(start, stop, step)` per dim, and the dims an int index drops."""
     if sum(item is Ellipsis for item in index) > 1:
         raise ValueError(f"fg.slice: at most one '...' in an index, got {index}")
     explicit = len(index) - (Ellipsis in index)
     if explicit > x.rank:
         raise ValueError(f"fg.slice: too many indices ({explicit}) for input of rank {x.rank}")
-    bounds: list[tuple[int, int, int]] = []
+    bounds: list[Bounds] = []
     dropped: set[int] = set()
     for item in index:
         if item is Ellipsis:
@@ -149,7 +151,7 @@ def _expand_index(x: TensorValue, index: tuple[Any, ...]) -> tuple[list[tuple[in
     return bounds, dropped
 
 
-def _slice_bounds(axis: int, item: slice) -> tuple[int, int, int]:
+def _slice_bounds(axis: int, item: slice) -> Bounds:
     step = 1 if item.step is None else item.step
     if not all(v is None or isinstance(v, int) for v in (item.start, item.stop, item.step)):
         raise ValueError(f"fg.slice: dim {axis} slice bounds must be ints or None, got {item}")
@@ -158,13 +160,13 @@ def _slice_bounds(axis: int, item: slice) -> tuple[int, int, int]:
     return (0 if item.start is None else item.start, END if item.stop is None else item.stop, step)
 
 
-def _int_bounds(axis: int, d: Dim, i: int) -> tuple[int, int, int]:
+def _int_bounds(axis: int, d: Dim, i: int) -> Bounds:
     if d.is_static and not -d.value <= i < d.value:
         raise ValueError(f"fg.slice: index {i} out of range for dim {axis} of size {d.value}")
     return (i, END if i == -1 else i + 1, 1)
 
 
-def _normalize(axis: int, d: Dim, bounds: tuple[int, int, int]) -> tuple[int, int, int]:
+def _normalize(axis: int, d: Dim, bounds: Bounds) -> Bounds:
     """Absolute, clamped bounds on static dims; symbolic dims keep the Python form."""
     start, stop, step = bounds
     if not d.is_static:
