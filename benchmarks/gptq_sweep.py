@@ -14,7 +14,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import triton
@@ -43,12 +45,14 @@ class K:
     tiled = staticmethod(T.gptq_tiled_matmul)
 
 
-def _nat(bm: int, bn: int, split: int, nw: int, ns: int = 3) -> dict:
+def _nat(bm: int, bn: int, split: int, nw: int, ns: int = 3) -> dict[str, Any]:
     return {"kernel": "nat", "block_m": bm, "block_n": bn, "split_k": split, "num_warps": nw, "num_stages": ns,
             "unroll": 1, "ticket": True}  # fmt: skip
 
 
-def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool = False) -> list[dict]:
+def variants(
+    m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool = False
+) -> list[dict[str, Any]]:
     """The default plan first, then L2 prefetch / PDL, split and tile variants (sweep 1 also tried a
     swapped-operand tile and sweep 2 a rolling per-step L2 prefetch: both slower, since removed)."""
     base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"), act)
@@ -86,8 +90,8 @@ def variants(m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: 
     return uniq
 
 
-def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype = torch.float16,
-          wide: bool = False) -> None:  # fmt: skip
+def sweep(shapes: Sequence[tuple[str, int, int]], ms: Sequence[int], kinds: tuple[str, ...] = ("plain",), bw: float = 4.2e12,
+          dtype: torch.dtype = torch.float16, wide: bool = False) -> None:  # fmt: skip
     for label, k_in, n_out in shapes:
         b = GB.Bench(k_in, n_out, kinds)
         for m in ms:
@@ -130,12 +134,12 @@ def sweep(shapes, ms, kinds=("plain",), bw: float = 4.2e12, dtype: torch.dtype =
 
 
 @triton.jit
-def _null_kernel(out_ptr):
+def _null_kernel(out_ptr):  # type: ignore[no-untyped-def]
     tl.store(out_ptr + tl.program_id(0), 1.0)
 
 
-@triton.jit
-def _read_kernel(src, out_ptr, words, BLOCK: tl.constexpr, PF_LINES: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _read_kernel(src, out_ptr, words, BLOCK: tl.constexpr, PF_LINES: tl.constexpr):  # type: ignore[no-untyped-def]
     """Sum one contiguous run of `words` int32 per program (a pure weight stream, no math)."""
     run = src + tl.program_id(0).to(tl.int64) * words
     if PF_LINES > 0:
@@ -252,7 +256,7 @@ def main() -> int:
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     qkv = [GB.SHAPES[0]]
-    plan = [
+    plan: list[tuple[str, Callable[[], None]]] = [
         ("floors", lambda: floors(bw)),
         ("act", lambda: act_order(bw)),
         ("small", lambda: small_m(bw)),

@@ -71,21 +71,26 @@ def tinygemm_weight(
     return w4, sz
 
 
-def ours(k: Any, layer: SimpleNamespace, x: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+def ours(
+    k: Any, layer: SimpleNamespace, x: torch.Tensor, config: dict[str, Any] | None = None
+) -> torch.Tensor:
     r = layer.r
-    return k.tiled(x, r["qweight"], layer.t["scales"], r["qzeros"], r.get("perm"), bits=layer.bits,
-                   group_size=GROUP, zero_format="v1", config=config)  # fmt: skip
+    y: torch.Tensor = k.tiled(x, r["qweight"], layer.t["scales"], r["qzeros"], r.get("perm"), bits=layer.bits,
+                              group_size=GROUP, zero_format="v1", config=config)  # fmt: skip
+    return y
 
 
 def previous(k: Any, layer: SimpleNamespace, x: torch.Tensor) -> torch.Tensor:
     t = layer.t
-    return k.gptq(x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"] if layer.act else None, bits=layer.bits,
-                  group_size=GROUP, zero_format="v1", desc_act=layer.act)  # fmt: skip
+    y: torch.Tensor = k.gptq(x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"] if layer.act else None,
+                             bits=layer.bits, group_size=GROUP, zero_format="v1", desc_act=layer.act)  # fmt: skip
+    return y
 
 
 def tinygemm(layer: SimpleNamespace, x: torch.Tensor) -> torch.Tensor:
     w4, sz = layer.tg
-    return torch.ops.aten._weight_int4pack_mm(x, w4, GROUP, sz)
+    y: torch.Tensor = torch.ops.aten._weight_int4pack_mm(x, w4, GROUP, sz)
+    return y
 
 
 def quant_bytes(k_in: int, n_out: int, bits: int) -> int:
@@ -116,7 +121,7 @@ class Bench:
         return [torch.randn(m, self.k_in, device=DEV, dtype=dtype) for _ in range(count)]
 
 
-def checked_time(name: str, fn: Callable, layers: list, xs: list, graph_us: Callable, tol: float = 5e-3,
+def checked_time(name: str, fn: Callable[..., Any], layers: list[SimpleNamespace], xs: list[torch.Tensor], graph_us: Callable[..., Any], tol: float = 5e-3,
                  ref_dtype: torch.dtype = torch.float32) -> tuple[float, float]:  # fmt: skip
     """(graph µs, error) of fn(layer, x) rotated over the copies, after checking two copies against
     x @ W; raises AssertionError naming the variant when the error is over tol."""
@@ -133,7 +138,9 @@ def checked_time(name: str, fn: Callable, layers: list, xs: list, graph_us: Call
     ), err
 
 
-def bench_shapes(k: Any, bw: float, graph_us: Callable, log: Callable, ms: tuple[int, ...] = MS) -> None:
+def bench_shapes(
+    k: Any, bw: float, graph_us: Callable[..., Any], log: Callable[..., Any], ms: tuple[int, ...] = MS
+) -> None:
     """The table of the issue: per shape and M, µs and % of copy bandwidth of every variant."""
     log(f"GPTQ g128, CUDA-graph device time (us), L2 cold; HBM% = bytes to move / time / copy bandwidth "
         f"({bw / 1e12:.2f} TB/s)")  # fmt: skip
@@ -142,7 +149,7 @@ def bench_shapes(k: Any, bw: float, graph_us: Callable, log: Callable, ms: tuple
         for m in ms:
             row: dict[str, str] = {}
             io = m * (k_in + n_out) * 2
-            variants: list[tuple[str, Callable, str, int, torch.dtype]] = [
+            variants: list[tuple[str, Callable[..., Any], str, int, torch.dtype]] = [
                 ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w), "plain", k_in * n_out * 2, torch.float16),
                 (
                     "ours4",
@@ -194,7 +201,9 @@ def bench_shapes(k: Any, bw: float, graph_us: Callable, log: Callable, ms: tuple
         torch.cuda.empty_cache()
 
 
-def bench_layer(k: Any, graph_us: Callable, log: Callable, ms: tuple[int, ...] = MS) -> None:
+def bench_layer(
+    k: Any, graph_us: Callable[..., Any], log: Callable[..., Any], ms: tuple[int, ...] = MS
+) -> None:
     """The four projections of one Llama-3-8B decoder layer (stacked wqkv) back to back."""
     benches = {label: Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in SHAPES}
     copies = min(len(b.layers["plain"]) for b in benches.values())
@@ -202,7 +211,9 @@ def bench_layer(k: Any, graph_us: Callable, log: Callable, ms: tuple[int, ...] =
         xs = {label: b.xs(m, copies) for label, b in benches.items()}
         xb = {label: [x.bfloat16() for x in v] for label, v in xs.items()}
 
-        def layer_fn(fn: Callable, inputs: dict, i: int) -> Callable:
+        def layer_fn(
+            fn: Callable[..., Any], inputs: dict[str, list[torch.Tensor]], i: int
+        ) -> Callable[..., Any]:
             return lambda: [fn(benches[lb].layers["plain"][i], inputs[lb][i]) for lb in benches]
 
         res = {}
@@ -245,7 +256,9 @@ def gptq_layers_graph(device: Any, weights: dict[str, torch.Tensor]) -> Any:
     return g
 
 
-def check_gptq_compile(check: Callable, rel_err: Callable, log: Callable) -> None:
+def check_gptq_compile(
+    check: Callable[..., Any], rel_err: Callable[..., Any], log: Callable[..., Any]
+) -> None:
     """fusegraph.compile on CUDA (default pipeline: gptq-repack, folded at compile) == the CPU graph."""
     from fusegraph import DeviceRef, compile  # noqa: A004
 

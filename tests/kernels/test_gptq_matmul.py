@@ -7,6 +7,8 @@ W[k, n] = (q − z)·scales[g_idx[k], n] in float64, then x @ W.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -24,7 +26,17 @@ def _pack_along_dim0(values: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
 
 
-def _make(k, n, bits, group_size, *, act_order, zero_format, with_zeros, seed):
+def _make(
+    k: int,
+    n: int,
+    bits: int,
+    group_size: int,
+    *,
+    act_order: bool,
+    zero_format: str,
+    with_zeros: bool,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     gs = k if group_size == -1 else group_size
     groups = k // gs
@@ -68,7 +80,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-def test_gptq_matmul_kernel__matches_dequantized_math(case):
+def test_gptq_matmul_kernel__matches_dequantized_math(case: tuple[Any, ...]) -> None:
     m, k, n, bits, gs, act_order, zf, with_zeros, dtype, desc_act, config = case
     t, w = _make(k, n, bits, gs, act_order=act_order, zero_format=zf, with_zeros=with_zeros, seed=m * k + n)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype)
@@ -92,7 +104,7 @@ def test_gptq_matmul_kernel__matches_dequantized_math(case):
         assert err < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype], err
 
 
-def test_gptq_matmul_kernel__clip_clamps_the_dequantized_weight():
+def test_gptq_matmul_kernel__clip_clamps_the_dequantized_weight() -> None:
     t, w = _make(128, 32, 4, 32, act_order=False, zero_format="v1", with_zeros=True, seed=7)
     x = torch.randn(4, 128)
     ref = x.double() @ w.clamp(-0.03, 0.03)
@@ -102,7 +114,7 @@ def test_gptq_matmul_kernel__clip_clamps_the_dequantized_weight():
     assert ((y.double() - ref).norm() / ref.norm()) < 1e-5
 
 
-def test_gptq_matmul_kernel__refuses_3_bits_and_missing_zeros():
+def test_gptq_matmul_kernel__refuses_3_bits_and_missing_zeros() -> None:
     x, qw, s = torch.zeros(1, 32), torch.zeros(3, 4, dtype=torch.int32), torch.zeros(1, 4)
     with pytest.raises(ValueError, match="bits must be 2, 4 or 8"):
         kernel.gptq_matmul_triton(x, qw, s, bits=3, group_size=-1, sym=True)
@@ -198,7 +210,7 @@ FAST_CASES = [
 
 
 @pytest.mark.parametrize("case", FAST_CASES, ids=[f"fast{i}" for i in range(len(FAST_CASES))])
-def test_gptq_matmul_kernel__fast_paths_match_dequantized_math(case):
+def test_gptq_matmul_kernel__fast_paths_match_dequantized_math(case: tuple[Any, ...]) -> None:
     """The GEMV (FMA, mantissa-bit unpacking) and tensor-core (per-tile scales) kernels, with and
     without split-K (partials reduced in a fixed order by a second kernel)."""
     m, k, n, bits, gs, zf, with_zeros, dtype, config = case
@@ -213,7 +225,7 @@ def test_gptq_matmul_kernel__fast_paths_match_dequantized_math(case):
 
 
 @pytest.mark.parametrize("bits,m", [(4, 1), (4, 17), (8, 2)])
-def test_gptq_matmul_kernel__act_order_permuted_rows_equal_the_g_idx_path(bits, m):
+def test_gptq_matmul_kernel__act_order_permuted_rows_equal_the_g_idx_path(bits: int, m: int) -> None:
     """act_order="permute" (rows sorted by argsort(g_idx) once, x's columns permuted) gives the
     g_idx-gather result, and the prepared weights are cached per tensor version."""
     t, w = _make(256, 32, bits, 64, act_order=True, zero_format="v1", with_zeros=True, seed=11 + m)
@@ -236,7 +248,7 @@ def test_gptq_matmul_kernel__act_order_permuted_rows_equal_the_g_idx_path(bits, 
     torch.testing.assert_close(y_sorted, y_gather, rtol=1e-5, atol=1e-5)
 
 
-def test_gptq_matmul_kernel__act_order_with_uneven_groups_falls_back_to_g_idx():
+def test_gptq_matmul_kernel__act_order_with_uneven_groups_falls_back_to_g_idx() -> None:
     t, w = _make(128, 32, 4, 32, act_order=False, zero_format="v1", with_zeros=True, seed=5)
     g_idx = t["g_idx"].clone()
     g_idx[:8] = 1  # group 1 now has 40 rows: sorting cannot give k // group_size
@@ -254,7 +266,7 @@ DEQUANT_CASES = [
 
 
 @pytest.mark.parametrize("case", DEQUANT_CASES, ids=[f"dequant{i}" for i in range(len(DEQUANT_CASES))])
-def test_gptq_matmul_kernel__prefill_dequantize_then_matmul_path(case):
+def test_gptq_matmul_kernel__prefill_dequantize_then_matmul_path(case: tuple[Any, ...]) -> None:
     """The large-M path: W dequantized once (act-order g_idx and clip applied in the pass, K tails
     masked) to a transient dense weight, then torch.matmul."""
     m, k, n, bits, gs, act_order, zf, with_zeros, dtype, clip, config = case

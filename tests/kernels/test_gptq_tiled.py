@@ -10,6 +10,8 @@ same kernels run with the shift-and-mask dequantization.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -48,7 +50,9 @@ CASES = [
 # fmt: on
 
 
-def _checkpoint(bits: int, group_size: int, desc_act: bool, sym: bool, zero_format: str, seed: int):
+def _checkpoint(
+    bits: int, group_size: int, desc_act: bool, sym: bool, zero_format: str, seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     t = pack(torch.randn(N, K, generator=gen), bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
              zero_format=zero_format)  # fmt: skip
@@ -60,7 +64,7 @@ def _checkpoint(bits: int, group_size: int, desc_act: bool, sym: bool, zero_form
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-def test_gptq_tiled_kernel__matches_dequantized_math(case):
+def test_gptq_tiled_kernel__matches_dequantized_math(case: tuple[Any, ...]) -> None:
     m, bits, gs, desc_act, sym, zf, dtype, config = case
     t, r, w = _checkpoint(bits, gs, desc_act, sym, zf, seed=m * 31 + bits)
     x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(dtype)
@@ -74,7 +78,7 @@ def test_gptq_tiled_kernel__matches_dequantized_math(case):
         assert err < tol, f"relative error {err:.3g} >= {tol}"
 
 
-def test_gptq_tiled_kernel__refuses_a_layout_that_does_not_fit():
+def test_gptq_tiled_kernel__refuses_a_layout_that_does_not_fit() -> None:
     _, r, _ = _checkpoint(4, 128, False, False, "v1", seed=0)
     x = torch.randn(1, K + 128, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"gptq_tiled_matmul: qweight_t \[2, 32, 64\] does not fit K = 384"):
@@ -84,7 +88,7 @@ def test_gptq_tiled_kernel__refuses_a_layout_that_does_not_fit():
                                  config={"kernel": "gemv", "split_k": 3})  # fmt: skip
 
 
-def test_gptq_tiled_kernel__gemv_reads_an_x_at_an_odd_address():
+def test_gptq_tiled_kernel__gemv_reads_an_x_at_an_odd_address() -> None:
     t, r, w = _checkpoint(4, 128, False, False, "v1", seed=3)
     x = torch.randn(K + 1, dtype=torch.float16)[1:].view(1, K)  # contiguous, 2-byte aligned only
     y = kernel.gptq_tiled_matmul(x, r["qweight"], t["scales"], r["qzeros"], bits=4, group_size=128,
@@ -93,7 +97,7 @@ def test_gptq_tiled_kernel__gemv_reads_an_x_at_an_odd_address():
     assert ((y.double() - ref).norm() / ref.norm()).item() < 2e-3
 
 
-def test_gptq_tiled_plan__routes_each_m_to_its_path():
+def test_gptq_tiled_plan__routes_each_m_to_its_path() -> None:
     cpu = torch.device("cpu")  # 4 "SMs" off the GPU
     assert kernel.plan(1, 6144, 4096, 4, cpu)["kernel"] == "gemv"
     assert kernel.plan(8, 28672, 4096, 4, cpu)["kernel"] == "nat"

@@ -8,6 +8,8 @@ poisoned (NaN) output first, so an unwritten element fails.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -41,7 +43,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-def test_gptq_tiled_cuda__matches_dequantized_math_eager_and_in_a_cuda_graph(case):
+def test_gptq_tiled_cuda__matches_dequantized_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
     from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
 
     m, bits, desc_act, dtype, config = case

@@ -30,7 +30,7 @@ def sm_count(device: torch.device) -> int:
 
 # ---- act-order: permute the weight rows once (MAX's way) ------------------------------------------------
 
-_ACT_ORDER: dict[tuple[int, int], tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None, Any, Any]] = {}
+_ACT_ORDER: dict[tuple[int, int], tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None, Any, Any]] = {}
 
 
 def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.
     return out
 
 
-def _drop(key: tuple[int, int], ref: weakref.ref) -> None:
+def _drop(key: tuple[int, int], ref: weakref.ref[torch.Tensor]) -> None:
     """Forget the entry of a freed qweight, unless another tensor at its address took the key since."""
     hit = _ACT_ORDER.get(key)
     if hit is not None and hit[2] is ref:
