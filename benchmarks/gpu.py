@@ -24,12 +24,14 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import cast
+from types import ModuleType, SimpleNamespace
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
 from triton.testing import do_bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +45,14 @@ def log(line: str = "") -> None:
     ROWS.append(line)
 
 
-def bench_us(fn) -> float:
-    return do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+def bench_us(fn: Callable[[], object]) -> float:
+    return float(do_bench(fn, warmup=25, rep=200, return_mode="median")) * 1e3
 
 
-def graph_us(fns, reps: int = 24, replays: int = 15) -> float:
+def graph_us(fns: Sequence[Callable[[], object]], reps: int = 24, replays: int = 15) -> float:
     """Device time per call: fns[i % len(fns)] for i < reps captured in one CUDA graph, median of the
     replays over reps. Host launch overhead is out; rotate over input copies to keep L2 cold."""
-    side = torch.cuda.Stream()
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for f in fns:
@@ -61,20 +63,20 @@ def graph_us(fns, reps: int = 24, replays: int = 15) -> float:
         for i in range(reps):
             fns[i % len(fns)]()
     graph.replay()
-    times = []
+    times: list[float] = []
     for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         a.record()
         graph.replay()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / reps)
+        times.append(float(a.elapsed_time(b)) * 1e3 / reps)
     return sorted(times)[len(times) // 2]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    return float(((a - b).norm() / b.norm().clamp_min(1e-30)).item())
 
 
 def check(name: str, err: float, tol: float) -> None:
@@ -115,17 +117,17 @@ def copy_bandwidth() -> float:
 # ---- 1. rope-split-store ---------------------------------------------------------------------------------
 
 
-def unfused_rope_split_store(qkv, ro, freqs, kv, lens, lut):
+def unfused_rope_split_store(qkv: Tensor, ro: Tensor, freqs: Tensor, kv: Tensor, lens: Tensor, lut: Tensor) -> Tensor:
     """split, rope(q), rope(k), store(k), store(v) in plain torch (NeoX layout)."""
     t_rows = qkv.shape[0]
-    q, k, v = qkv.split([H * D, HKV * D, HKV * D], dim=1)
+    q, k, v = torch.split(qkv, [H * D, HKV * D, HKV * D], dim=1)
     t = torch.arange(t_rows, device=qkv.device)
     # token -> sequence as a compare-and-count (searchsorted tripped an index assert in inductor, torch 2.11)
     b = (t[:, None] >= ro[1:][None, :]).sum(-1)
     pos = lens[b] + t - ro[b]
     cos, sin = freqs[pos, 0::2][:, None], freqs[pos, 1::2][:, None]
 
-    def rope(x, n):
+    def rope(x: Tensor, n: int) -> Tensor:
         x = x.reshape(t_rows, n, D).float()
         x1, x2 = x[..., : D // 2], x[..., D // 2 :]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(qkv.dtype)
@@ -138,7 +140,7 @@ def unfused_rope_split_store(qkv, ro, freqs, kv, lens, lut):
     return qr.reshape(t_rows, H * D)
 
 
-def bench_rope_split_store(k, label: str, batch: int, tokens: int, max_cache: int, bw: float) -> None:
+def bench_rope_split_store(k: SimpleNamespace, label: str, batch: int, tokens: int, max_cache: int, bw: float) -> None:
     page_size = 128
     lens = torch.randint(0, max_cache + 1, (batch,), device=DEV)
     pages = math.ceil((int(lens.max()) + tokens) / page_size)
@@ -178,7 +180,9 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
 
 
-def random_gptq(k_in: int, n_out: int, *, bits: int = 4, group: int = 128, act_order: bool = False):
+def random_gptq(
+    k_in: int, n_out: int, *, bits: int = 4, group: int = 128, act_order: bool = False
+) -> tuple[dict[str, Tensor], Tensor]:
     """Random GPTQ tensors (v1 zeros) and their dense fp16 weight [K, N]."""
     groups = k_in // group
     q = torch.randint(0, 2**bits, (k_in, n_out), device=DEV)
@@ -193,21 +197,23 @@ def random_gptq(k_in: int, n_out: int, *, bits: int = 4, group: int = 128, act_o
     return t, w
 
 
-def gptq_call(k, t, x, desc_act=False, config=None, act_order="permute"):
+def gptq_call(k: SimpleNamespace, t: dict[str, Tensor], x: Tensor, desc_act: bool = False,
+              config: dict[str, Any] | None = None, act_order: str = "permute") -> Tensor:  # fmt: skip
     """desc_act=True passes g_idx: the kernel sorts the weight rows by group once (cached), or with
     act_order="gather" indexes the scales through g_idx per row."""
-    return k.gptq(x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"] if desc_act else None, bits=4,
-                  group_size=128, zero_format="v1", desc_act=desc_act, config=config, act_order=act_order)  # fmt: skip
+    y: Tensor = k.gptq(x, t["qweight"], t["scales"], t["qzeros"], t["g_idx"] if desc_act else None, bits=4,
+                       group_size=128, zero_format="v1", desc_act=desc_act, config=config, act_order=act_order)  # fmt: skip
+    return y
 
 
-def _gptq_module():  # noqa: ANN202 - the benchmarks/gpu_gptq.py module
+def _gptq_module() -> ModuleType:  # the benchmarks/gpu_gptq.py module
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_gptq
 
     return gpu_gptq
 
 
-def bench_gptq(k, bw: float) -> None:
+def bench_gptq(k: SimpleNamespace, bw: float) -> None:
     """The four Llama-3-8B shapes at M = 1..1024 and one whole decoder layer (benchmarks/gpu_gptq.py)."""
     _gptq_module().bench_shapes(k, bw, graph_us, log)
     _gptq_module().bench_layer(k, graph_us, log)
@@ -216,13 +222,13 @@ def bench_gptq(k, bw: float) -> None:
 # ---- 3. decode step --------------------------------------------------------------------------------------
 
 
-def dense_step(x, wqkv, wo, k_cache, v_cache, freqs, pos: int):
+def dense_step(x: Tensor, wqkv: Tensor, wo: Tensor, k_cache: Tensor, v_cache: Tensor, freqs: Tensor, pos: int) -> Tensor:
     """The same layer with dense fp16 weights in plain torch: every sequence at position `pos`."""
     b = x.shape[0]
-    q, kk, v = (x @ wqkv).split([H * D, HKV * D, HKV * D], dim=1)
+    q, kk, v = torch.split(x @ wqkv, [H * D, HKV * D, HKV * D], dim=1)
     cos, sin = freqs[pos, 0::2].half(), freqs[pos, 1::2].half()
 
-    def rope(t, n):
+    def rope(t: Tensor, n: int) -> Tensor:
         t = t.view(b, n, D)
         t1, t2 = t[..., : D // 2], t[..., D // 2 :]
         return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin], -1)
@@ -235,7 +241,7 @@ def dense_step(x, wqkv, wo, k_cache, v_cache, freqs, pos: int):
     return o.reshape(b, H * D) @ wo
 
 
-def bench_decode_step(k, bw: float) -> None:
+def bench_decode_step(k: SimpleNamespace, bw: float) -> None:
     batch, ctx, page_size = 32, 2048, 128
     pos = ctx - 1
     pages = ctx // page_size
@@ -254,14 +260,14 @@ def bench_decode_step(k, bw: float) -> None:
     lut32 = lut.to(torch.int32)
     x = torch.randn(batch, HIDDEN, device=DEV, dtype=torch.float16)
 
-    def ours(x):
+    def ours(x: Tensor) -> Tensor:
         qkv = gptq_call(k, tq, x)
         q = k.rss(qkv, ro, freqs, kv, lens, lut32, layer_idx=0, interleaved=False, n_heads=H, n_kv_heads=HKV,
                   head_dim=D)  # fmt: skip
         a = k.attn(q.view(batch, H, D), ro, kv, lens, lut32, layer_idx=0, scale=D**-0.5)
         return gptq_call(k, to, a.view(batch, H * D))
 
-    side = torch.cuda.Stream()
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         ours(x)
@@ -367,7 +373,9 @@ def check_registered_ops() -> None:
     qkv = torch.randn(9, (h + 2 * hkv) * d, dtype=torch.float16)
     freqs = torch.randn(64, d)
     kv = torch.randn(12, 2, 2, ps, hkv, d, dtype=torch.float16)
-    args = lambda dev, kvb: (qkv.to(dev), ro.to(dev), freqs.to(dev), kvb, lens.to(dev), lut.to(dev), 1)  # noqa: E731
+    def args(dev: str, kvb: Tensor) -> tuple[Any, ...]:
+        return (qkv.to(dev), ro.to(dev), freqs.to(dev), kvb, lens.to(dev), lut.to(dev), 1)
+
     kv_cpu, kv_gpu = kv.clone(), kv.to(DEV)
     for interleaved in (False, True):
         q_cpu = torch.ops.fusegraph.rope_split_store_(*args("cpu", kv_cpu), interleaved, h, hkv, d)
@@ -382,9 +390,12 @@ def check_registered_ops() -> None:
     for bits, act in ((4, False), (8, True), (4, True)):
         t, _ = random_gptq(256, 96, bits=bits, group=64, act_order=act)
         x = torch.randn(5, 256, dtype=torch.float16, device=DEV)
-        call = lambda dev: torch.ops.fusegraph.qmatmul_gptq(  # noqa: E731
-            x.to(dev), t["qweight"].to(dev), t["scales"].to(dev), t["qzeros"].to(dev), t["g_idx"].to(dev),
-            bits, 64, False, "v1", None)  # fmt: skip
+        def call(dev: str) -> Tensor:
+            y: Tensor = torch.ops.fusegraph.qmatmul_gptq(
+                x.to(dev), t["qweight"].to(dev), t["scales"].to(dev), t["qzeros"].to(dev), t["g_idx"].to(dev),
+                bits, 64, False, "v1", None)  # fmt: skip
+            return y
+
         check(f"op qmatmul_gptq {bits}b act={act}", rel_err(call(DEV).cpu(), call("cpu")), 2e-3)
     from fusegraph.ops.gptq_layout import repack
 
@@ -393,9 +404,12 @@ def check_registered_ops() -> None:
         r = repack(t["qweight"], t["qzeros"], t["g_idx"] if act else None, bits=bits, group_size=128, sym=False,
                    desc_act=act)  # fmt: skip
         x = torch.randn(m, 256, dtype=torch.float16, device=DEV)
-        call = lambda dev: torch.ops.fusegraph.qmatmul_gptq_tiled(  # noqa: E731
-            x.to(dev), r["qweight"].to(dev), t["scales"].to(dev), r["qzeros"].to(dev),
-            None if "perm" not in r else r["perm"].to(dev), bits, 128, "v1")  # fmt: skip
+        def call(dev: str) -> Tensor:
+            y: Tensor = torch.ops.fusegraph.qmatmul_gptq_tiled(
+                x.to(dev), r["qweight"].to(dev), t["scales"].to(dev), r["qzeros"].to(dev),
+                None if "perm" not in r else r["perm"].to(dev), bits, 128, "v1")  # fmt: skip
+            return y
+
         check(f"op qmatmul_gptq_tiled {bits}b act={act} M={m}", rel_err(call(DEV).cpu(), call("cpu")), 2e-3)
     log("registered CUDA kernels match the ops' CPU implementations (rope_split_store_, paged_attention, "
         "qmatmul_gptq 4/8-bit, qmatmul_gptq_tiled gemv/mma/dequant)")  # fmt: skip
