@@ -7,6 +7,8 @@ along N only when every projection reads the *same* g_idx value; the pass never 
 values, so the layer decides once weights are loaded: equal tensors -> the later projections
 emit the first one's `g_idx` weight (and `state_dict()` drops their copies); unequal -> each
 keeps its own, and the pass keeps them apart with the reason "g_idx is a different value".
+`g_idx_mismatch` states the rule on the tensors; `load_model` stacks a layer's q/k/v (gate/up)
+weights by it too.
 
 Example:
     >>> class Block(Module):
@@ -41,7 +43,22 @@ def share_equal_g_idx(parent: Module, names: Sequence[str]) -> str | None:
             p.alias("g_idx", None)
     if not all(isinstance(p, GPTQLinear) and p.quant_config.desc_act for p in projections):
         return "not all act-order (desc_act) GPTQ projections: no g_idx in the graph to share"
-    values = [p._values.get("g_idx") for p in projections if isinstance(p, GPTQLinear)]
+    gptq = [p for p in projections if isinstance(p, GPTQLinear)]
+    if why := g_idx_mismatch(names, [p._values.get("g_idx") for p in gptq]):
+        return why
+    for p in gptq[1:]:
+        p.alias("g_idx", gptq[0])
+    return None
+
+
+def g_idx_mismatch(names: Sequence[str], values: Sequence[torch.Tensor | None]) -> str | None:
+    """Why the loaded `g_idx` tensors `values` of projections `names` are not one value, or None
+    when they are (the rule `share_equal_g_idx` and `load_model`'s stacking apply).
+
+    Example:
+        >>> g_idx_mismatch(["q_proj", "k_proj"], [torch.tensor([0, 1]), torch.tensor([0, 0])])
+        'k_proj.g_idx differs from q_proj.g_idx (first at k=1: 0 vs 1)'
+    """
     first = values[0]
     if first is None or any(v is None for v in values):
         return "g_idx not loaded"
@@ -52,7 +69,4 @@ def share_equal_g_idx(parent: Module, names: Sequence[str]) -> str | None:
         if not torch.equal(value, first):
             k = int((value != first).nonzero()[0, 0])
             return f"{name}.g_idx differs from {names[0]}.g_idx (first at k={k}: {int(value[k])} vs {int(first[k])})"
-    for p in projections[1:]:
-        assert isinstance(p, Module) and isinstance(projections[0], Module)
-        p.alias("g_idx", projections[0])
     return None

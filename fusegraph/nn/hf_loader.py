@@ -29,6 +29,7 @@ from safetensors import safe_open
 
 from fusegraph.compiler import DeviceRef, DType
 from fusegraph.nn.decoder import DecoderModel
+from fusegraph.nn.gptq_share import g_idx_mismatch
 from fusegraph.nn.hf_config import ModelConfig, ModelLoadError, parse_dtype
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -289,11 +290,7 @@ def _stack_layers(
             (f"model.layers.{i}.mlp.", _GATE_UP, "gate_up_proj", gate_up_flags),
         ):
             local = {k.removeprefix(block): v for k, v in state.items() if k.startswith(block)}
-            g_idx = [local.get(f"{p}.g_idx") for p in parts]
-            first = g_idx[0]
-            ok = not desc_act or (
-                first is not None and all(g is not None and torch.equal(g, first) for g in g_idx)
-            )
+            ok = not desc_act or g_idx_mismatch(parts, [local.get(f"{p}.g_idx") for p in parts]) is None
             flags.append(ok)
             if not ok:
                 continue
