@@ -117,7 +117,9 @@ def copy_bandwidth() -> float:
 # ---- 1. rope-split-store ---------------------------------------------------------------------------------
 
 
-def unfused_rope_split_store(qkv: Tensor, ro: Tensor, freqs: Tensor, kv: Tensor, lens: Tensor, lut: Tensor) -> Tensor:
+def unfused_rope_split_store(
+    qkv: Tensor, ro: Tensor, freqs: Tensor, kv: Tensor, lens: Tensor, lut: Tensor
+) -> Tensor:
     """split, rope(q), rope(k), store(k), store(v) in plain torch (NeoX layout)."""
     t_rows = qkv.shape[0]
     q, k, v = torch.split(qkv, [H * D, HKV * D, HKV * D], dim=1)
@@ -140,7 +142,9 @@ def unfused_rope_split_store(qkv: Tensor, ro: Tensor, freqs: Tensor, kv: Tensor,
     return qr.reshape(t_rows, H * D)
 
 
-def bench_rope_split_store(k: SimpleNamespace, label: str, batch: int, tokens: int, max_cache: int, bw: float) -> None:
+def bench_rope_split_store(
+    k: SimpleNamespace, label: str, batch: int, tokens: int, max_cache: int, bw: float
+) -> None:
     page_size = 128
     lens = torch.randint(0, max_cache + 1, (batch,), device=DEV)
     pages = math.ceil((int(lens.max()) + tokens) / page_size)
@@ -222,7 +226,9 @@ def bench_gptq(k: SimpleNamespace, bw: float) -> None:
 # ---- 3. decode step --------------------------------------------------------------------------------------
 
 
-def dense_step(x: Tensor, wqkv: Tensor, wo: Tensor, k_cache: Tensor, v_cache: Tensor, freqs: Tensor, pos: int) -> Tensor:
+def dense_step(
+    x: Tensor, wqkv: Tensor, wo: Tensor, k_cache: Tensor, v_cache: Tensor, freqs: Tensor, pos: int
+) -> Tensor:
     """The same layer with dense fp16 weights in plain torch: every sequence at position `pos`."""
     b = x.shape[0]
     q, kk, v = torch.split(x @ wqkv, [H * D, HKV * D, HKV * D], dim=1)
@@ -373,6 +379,7 @@ def check_registered_ops() -> None:
     qkv = torch.randn(9, (h + 2 * hkv) * d, dtype=torch.float16)
     freqs = torch.randn(64, d)
     kv = torch.randn(12, 2, 2, ps, hkv, d, dtype=torch.float16)
+
     def args(dev: str, kvb: Tensor) -> tuple[Any, ...]:
         return (qkv.to(dev), ro.to(dev), freqs.to(dev), kvb, lens.to(dev), lut.to(dev), 1)
 
@@ -390,6 +397,7 @@ def check_registered_ops() -> None:
     for bits, act in ((4, False), (8, True), (4, True)):
         t, _ = random_gptq(256, 96, bits=bits, group=64, act_order=act)
         x = torch.randn(5, 256, dtype=torch.float16, device=DEV)
+
         def call(dev: str) -> Tensor:
             y: Tensor = torch.ops.fusegraph.qmatmul_gptq(
                 x.to(dev), t["qweight"].to(dev), t["scales"].to(dev), t["qzeros"].to(dev), t["g_idx"].to(dev),
@@ -404,6 +412,7 @@ def check_registered_ops() -> None:
         r = repack(t["qweight"], t["qzeros"], t["g_idx"] if act else None, bits=bits, group_size=128, sym=False,
                    desc_act=act)  # fmt: skip
         x = torch.randn(m, 256, dtype=torch.float16, device=DEV)
+
         def call(dev: str) -> Tensor:
             y: Tensor = torch.ops.fusegraph.qmatmul_gptq_tiled(
                 x.to(dev), r["qweight"].to(dev), t["scales"].to(dev), r["qzeros"].to(dev),
