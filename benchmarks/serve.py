@@ -5,7 +5,8 @@ weights, fp16 activations and KV cache; N requests (prompt P random tokens, O ou
 greedy, no stop token) all arriving at once, run with continuous batching, prefix caching off
 (random prompts share nothing anyway) and decode CUDA graphs. Reports output tokens/s, and the
 time per output token per request ((last token time - first token time) / (O - 1)): median
-and p99, plus the time to the first token.
+and p99, plus the time to the first token. Untimed first: the same workload once on other random
+prompts (`--warmup full`), so that the timed pass compiles no Triton kernel and captures no graph.
 
 transformers: `LlamaForCausalLM` with the same shapes in fp16 (dense: transformers has no GPTQ
 kernel of its own), `generate(..., cache_implementation="static")` at batch B; its tokens/s
