@@ -170,17 +170,22 @@ class DeviceWriteGuards:
     def raise_if_refused(self, inputs: Sequence[torch.Tensor] | None = None, wait: bool = False) -> None:
         """Raise the refusal an earlier step recorded on these inputs' caches (None: the caches
         of the latest step). Reads the pinned copies (no sync) unless `wait`, which first waits
-        for the steps queued on the caches' devices."""
-        for flag in self._flags(inputs):
-            device = flag.device_words.device
-            if wait:
+        for the steps queued on the caches' devices. A refusal that set several flags (a rope
+        position, checked for every written cache) is raised once: every flag is cleared."""
+        flags = self._flags(inputs)
+        devices = {flag.device_words.device for flag in flags}
+        if wait:
+            for device in devices:
                 torch.cuda.synchronize(device)
-            if int(flag.host_view[0]) == 0:
-                continue
-            torch.cuda.synchronize(device)  # the error path: let queued steps finish
-            words = flag.device_words.tolist()
+        refused = next((flag for flag in flags if int(flag.host_view[0]) != 0), None)
+        if refused is None:
+            return
+        for device in devices:  # the error path: let queued steps finish
+            torch.cuda.synchronize(device)
+        words = refused.device_words.tolist()
+        for flag in flags:
             flag.clear()
-            raise ValueError(refusal_message(words))
+        raise ValueError(refusal_message(words))
 
     def _flags(self, inputs: Sequence[torch.Tensor] | None) -> list[CacheFlag]:
         from fusegraph.runtime.kernels.write_flag import cache_flag

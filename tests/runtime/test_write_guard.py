@@ -27,7 +27,7 @@ def test_write_guards__one_check_for_all_layers_sharing_the_cache_inputs(fused: 
 
 
 def _rope_graph(caches: int) -> fusegraph.Graph:
-    """fg.rope with the table as input 4, then `caches` cache writes on other metadata."""
+    """fg.rope with the table as input 4, then its rows written into `caches` caches (inputs 5..)."""
     cpu = fusegraph.DeviceRef.CPU()
     f32, u32 = fusegraph.DType.float32, fusegraph.DType.uint32
     kv = [SMALL.num_blocks, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
@@ -124,3 +124,30 @@ def test_compiled_graph__refuses_an_overflow_and_writes_nothing(
     step(1, overflow)
     with pytest.raises(ValueError, match=rf"^{op}: {_MESSAGE}"):
         model.synchronize()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+@pytest.mark.parametrize("caches", [0, 1, 2])
+def test_compiled_graph__refuses_a_rope_position_past_the_table_once_and_writes_no_cache(
+    caches: int, device: str
+) -> None:
+    from tests.lowering._graphs import freqs_cis
+
+    model = fusegraph.compile(_rope_graph(caches), device=device, pipeline=None)
+    kv_shape = [SMALL.num_blocks, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
+    kvs = [torch.randn(kv_shape, device=device) for _ in range(caches)]
+    x = torch.randn(2, SMALL.n_kv_heads, SMALL.head_dim, device=device)
+
+    def call(cached: int) -> None:
+        meta = [torch.tensor(v).to(torch.uint32).to(device) for v in ([0, 2], [cached], [[0, 1]])]
+        model(x, *meta, freqs_cis(4, SMALL.head_dim).to(device), *kvs)  # a table of 4 positions
+
+    before = [kv.clone() for kv in kvs]
+    message = r"^fg.rope: sequence 0 reaches position 4, past the rope table's 4 positions \(freqs_cis rows"
+    with pytest.raises(ValueError, match=message):
+        call(3)  # positions 3, 4
+        model.synchronize()  # CUDA: refused on the device, raised here
+    assert all(torch.equal(a, b) for a, b in zip(kvs, before))
+    call(2)  # positions 2, 3: runs, and the refusal above is not raised a second time
+    model.synchronize()
+    assert all(not torch.equal(a, b) for a, b in zip(kvs, before))
