@@ -16,16 +16,19 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from triton.testing import do_bench
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gpu import random_gptq  # noqa: E402
+from gpu import bench_us, graph_us, random_gptq, rel_err  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_matmul as G  # noqa: E402
 from fusegraph.runtime.kernels import paged_attention as PA  # noqa: E402
@@ -41,61 +44,25 @@ def log(s: str = "") -> None:
     LINES.append(s)
 
 
-def rel_err(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def graph_us(fns, reps: int = 24, replays: int = 15) -> float:
-    """Median time per call of fns[i % len(fns)] for i < reps, captured in one CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fns[i % len(fns)]()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / reps)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def bench_us(fn) -> float:
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-
-
 # ---- GPTQ ----------------------------------------------------------------------------------------------
 
 K_IN, N_OUT, SETS = 4096, 6144, 6
 
 
-def _mma(bm, bn, split, nw=4, ns=3, swap=0):
+def _mma(bm: int, bn: int, split: int, nw: int = 4, ns: int = 3, swap: int = 0) -> dict[str, Any]:
     return {"kernel": "mma", "block_m": bm, "block_n": bn, "nibble_dots": 0, "split_k": split, "num_warps": nw,
             "num_stages": ns, "swap_ab": swap}  # fmt: skip
 
 
-def _gemv(bn, split, nw=4, ns=3):
+def _gemv(bn: int, split: int, nw: int = 4, ns: int = 3) -> dict[str, Any]:
     return {"kernel": "gemv", "x_vec": 1, "block_n": bn, "split_k": split, "num_warps": nw, "num_stages": ns}
 
 
-def _dq(bk=64, bn=256, nw=4):
+def _dq(bk: int = 64, bn: int = 256, nw: int = 4) -> dict[str, Any]:
     return {"kernel": "dequant", "dq_block_k": bk, "dq_block_n": bn, "dq_num_warps": nw}
 
 
-def gptq_configs(m: int) -> list[dict]:
+def gptq_configs(m: int) -> list[dict[str, Any]]:
     """Variants around the 2026-11-27 winners (the first of each list is the previous default), plus
     the swapped-operand mma (W^T as wgmma's register A operand) and the dequantize-then-cuBLAS path."""
     # Third call (2026-11-27): ncu showed the GEMV and the M=16 mma latency-bound (119 / 168 registers a
@@ -118,23 +85,24 @@ def gptq_configs(m: int) -> list[dict]:
     return [_mma(64, 128, 1), _dq(128, 256)]
 
 
-def _bk(cfg: dict, bk: int) -> dict:
+def _bk(cfg: dict[str, Any], bk: int) -> dict[str, Any]:
     return cfg | {"block_k": bk}
 
 
-def call(t, x, cfg=None, g_idx=None, act_order="permute"):
+def call(t: dict[str, Tensor], x: Tensor, cfg: dict[str, Any] | None = None, g_idx: Tensor | None = None,
+         act_order: str = "permute") -> Tensor:  # fmt: skip
     return G.gptq_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], g_idx, bits=4, group_size=128,
                                 zero_format="v1", desc_act=None if g_idx is not None else False,
                                 act_order=act_order, config=cfg)  # fmt: skip
 
 
-def sweep_gptq(best: dict) -> None:
+def sweep_gptq(best: dict[int, tuple[float, dict[str, Any]]]) -> None:
     sets = [random_gptq(K_IN, N_OUT) for _ in range(SETS)]
     dense = [w for _, w in sets]
     for m in (1, 4, 16, 32, 64, 128, 512):
         xs = [torch.randn(m, K_IN, device=DEV, dtype=torch.float16) for _ in range(SETS)]
         refs = [xs[i].float() @ dense[i].float() for i in range(2)]
-        t_cublas = graph_us([lambda i=i: torch.matmul(xs[i], dense[i]) for i in range(SETS)])
+        t_cublas = graph_us([partial(torch.matmul, xs[i], dense[i]) for i in range(SETS)])
         results = []
         for cfg in gptq_configs(m):
             if time.time() - T0 > BUDGET_S:
@@ -148,7 +116,7 @@ def sweep_gptq(best: dict) -> None:
                 if not max(errs) < 5e-3:
                     log(f"  M={m} {cfg}: WRONG err {max(errs):.3g}")
                     continue
-                us = graph_us([lambda i=i: call(sets[i][0], xs[i], cfg) for i in range(SETS)])
+                us = graph_us([partial(call, sets[i][0], xs[i], cfg) for i in range(SETS)])
                 results.append((us, cfg))
             except Exception as err:  # noqa: BLE001
                 log(f"  M={m} {cfg}: FAILED {type(err).__name__}: {str(err)[:300]}")
@@ -158,7 +126,7 @@ def sweep_gptq(best: dict) -> None:
         if not results:
             continue
         bu, bc = results[0]
-        default_us = graph_us([lambda i=i: call(sets[i][0], xs[i]) for i in range(SETS)])
+        default_us = graph_us([partial(call, sets[i][0], xs[i]) for i in range(SETS)])
         db_default = bench_us(lambda: call(sets[0][0], xs[0]))
         db_old = bench_us(lambda: call(sets[0][0], xs[0], gptq_configs(m)[0]))
         best[m] = (bu, bc)
@@ -181,11 +149,14 @@ def time_dequant_pass() -> None:
         + sets[0][0]["qzeros"].numel() * 4
     )
     for cfg in (_dq(), _dq(128, 256), _dq(64, 128), _dq(128, 256, 8)):
-        fn = lambda i, cfg=cfg: G.dequantize_weight(sets[i][0]["qweight"], sets[i][0]["scales"], sets[i][0]["qzeros"],
-                                                   None, bits=4, group_size=128, zero_format="v1", clip=None,
-                                                   dtype=torch.float16, config=cfg)  # fmt: skip
+
+        def fn(i: int, cfg: dict[str, Any] = cfg) -> Tensor:
+            return G.dequantize_weight(sets[i][0]["qweight"], sets[i][0]["scales"], sets[i][0]["qzeros"], None,
+                                       bits=4, group_size=128, zero_format="v1", clip=None, dtype=torch.float16,
+                                       config=cfg)  # fmt: skip
+
         err = rel_err(fn(0), sets[0][1].float())
-        us = graph_us([lambda i=i: fn(i) for i in range(SETS)])
+        us = graph_us([partial(fn, i) for i in range(SETS)])
         log(f"dequant pass {cfg}: {us:6.1f} us, {nbytes / (us * 1e-6) / 1e12:4.2f} TB/s (err {err:.2g})")
 
 
@@ -199,7 +170,7 @@ def sweep_act_order() -> None:
         for mode in ("permute", "gather"):
             errs = [rel_err(call(sets[i][0], xs[i], g_idx=sets[i][0]["g_idx"], act_order=mode),
                             xs[i].float() @ sets[i][1].float()) for i in range(2)]  # fmt: skip
-            us = graph_us([lambda i=i: call(sets[i][0], xs[i], g_idx=sets[i][0]["g_idx"], act_order=mode)
+            us = graph_us([partial(call, sets[i][0], xs[i], g_idx=sets[i][0]["g_idx"], act_order=mode)
                            for i in range(SETS)])  # fmt: skip
             row.append(f"{mode} {us:6.1f} us (err {max(errs):.2g})")
         log(f"act-order M={m:<4} graph: " + " | ".join(row))
@@ -232,8 +203,11 @@ def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
         for bn, ns, nw in ((64, 2, 4), (128, 2, 4), (128, 3, 4), (128, 2, 8)):
             if splits is None and (bn, ns, nw) != (128, 2, 4):
                 continue
-            fn = lambda: PA.paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=d**-0.5,
-                                                   num_splits=splits, block_n=bn, num_stages=ns, num_warps=nw)  # fmt: skip
+
+            def fn() -> Tensor:
+                return PA.paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=d**-0.5, num_splits=splits,
+                                                 block_n=bn, num_stages=ns, num_warps=nw)  # fmt: skip
+
             try:
                 err = rel_err(fn(), ref)
                 if not err < 1e-2:
@@ -262,11 +236,12 @@ def main() -> int:
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
     )
     torch.manual_seed(0)
-    best: dict = {}
+    best: dict[int, tuple[float, dict[str, Any]]] = {}
     failed = 0
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
-    for name, fn in (("gptq", lambda: sweep_gptq(best)), ("dequant", time_dequant_pass), ("act-order", sweep_act_order),
-                     ("attention", sweep_attention), ("attention bs4", lambda: sweep_attention(4, 8192))):  # fmt: skip
+    sections: tuple[tuple[str, Callable[[], None]], ...] = (("gptq", lambda: sweep_gptq(best)), ("dequant", time_dequant_pass), ("act-order", sweep_act_order),
+                     ("attention", sweep_attention), ("attention bs4", lambda: sweep_attention(4, 8192)))  # fmt: skip
+    for name, fn in sections:
         if only and name not in only:
             continue
         try:
