@@ -121,6 +121,10 @@ def test_manager__prepare_builds_ragged_metadata() -> None:
     assert batch.lookup_table.to(torch.int64).tolist() == [[0, 2], [1, NO_BLOCK]]
     assert batch.kv_inputs[0] is m.kv_blocks
     assert batch.kv_inputs[1:] == (batch.cache_lengths, batch.lookup_table)
+    # one packed host array, one transfer: each part a contiguous, 16-byte aligned view
+    parts = (batch.row_offsets, batch.cache_lengths, batch.lookup_table)
+    assert [tuple(t.shape) for t in parts] == [(3,), (2,), (2, 2)]
+    assert all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in parts)
 
 
 def test_manager__prepare_pads_rows_into_a_scratch_page_and_widens_the_lookup() -> None:
