@@ -30,7 +30,9 @@ def sm_count(device: torch.device) -> int:
 
 # ---- act-order: permute the weight rows once (MAX's way) ------------------------------------------------
 
-_ACT_ORDER: dict[tuple[int, int], tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None, Any, Any]] = {}
+_ACT_ORDER: dict[
+    tuple[int, int], tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None, Any, Any]
+] = {}
 
 
 def _repack_rows(qweight: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
