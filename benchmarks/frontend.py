@@ -86,8 +86,17 @@ def stages(num_layers: int, fuse: bool = True) -> dict[str, float]:
     fused = str(graph).count("fg.rope_split_store ")
     if fused != num_layers:
         raise RuntimeError(f"expected {num_layers} fused ops after the passes, found {fused}")
-    timed("to_torch_mlir", lambda: str(to_torch_mlir(graph, mode="custom")))
+
+    def lower() -> str:
+        holder["to_torch_mlir_module"] = module = to_torch_mlir(graph, mode="custom")
+        return str(module)
+
+    timed("to_torch_mlir", lower)
     times["total"] = sum(times.values())
+    module = holder["to_torch_mlir_module"]
+    if (path := module.fx_module.meta["fusegraph_lowering"]) != "direct":
+        raise RuntimeError(f"to_aten_fx took the {path} path: {module.fx_module.meta}")
+    times["(to_aten_fx)"] = module.timings["to_aten_fx"]  # wall time, inside to_torch_mlir
     return times
 
 

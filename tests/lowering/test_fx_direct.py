@@ -1,7 +1,8 @@
-"""`to_aten_fx`: the core-aten GraphModule emitted from the IR without tracing. It runs on
+"""`to_aten_fx`: the core-aten GraphModule built op by op from the torch impls. It runs on
 real tensors like the eager runtime (outputs and the functional kv_blocks), keeps symbolic
-dims dynamic, imports into torch-mlir with one `torch.operator` per custom op, and gives the
-same MLIR op histogram as the traced path; an op without an emitter falls back to tracing."""
+dims dynamic, imports into torch-mlir with one `torch.operator` per custom op, gives the
+same MLIR op histogram as tracing the whole graph, traces each op signature once, and falls
+back to tracing the whole graph when an op's impl cannot be traced alone."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import torch
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
-from fusegraph.compiler import registry
-from fusegraph.compiler.lowering import to_fx, to_torch_mlir
+from fusegraph.compiler.lowering import fx_direct, to_fx, to_torch_mlir
 from fusegraph.compiler.lowering.fx_direct import to_aten_fx
-from fusegraph.compiler.lowering.torch_mlir import import_fx, trace_symbolic
-from fusegraph.ops.shape import ReshapeOp
+from fusegraph.compiler.lowering.symbolic import trace_symbolic
+from fusegraph.compiler.lowering.torch_mlir import import_fx
 from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
 
 torch_mlir = pytest.importorskip("torch_mlir")
@@ -154,22 +154,62 @@ def test_algebraic_dims_become_size_arithmetic() -> None:
     assert "-> (!torch.vtensor<[?,?,4],f32>, !torch.vtensor<[?,?],f32>)" in str(to_torch_mlir(g))
 
 
-def test_op_without_emitter_falls_back_to_tracing_and_logs_why(monkeypatch, caplog) -> None:
-    monkeypatch.delitem(registry._FX_EMITTERS, ReshapeOp)  # noqa: SLF001
+def test_each_op_signature_is_traced_once__custom_ops_are_recorded_without_tracing(monkeypatch) -> None:
+    traced: list[str] = []
+    real_trace_op = fx_direct.trace_op
+
+    def counting(op, *args):
+        traced.append(op.name)
+        return real_trace_op(op, *args)
+
+    monkeypatch.setattr(fx_direct, "trace_op", counting)
+    per_graph = []
+    for layers in (1, 3):
+        graph = gptq_attention_graph(layers, False)
+        assert to_aten_fx(graph).meta["fusegraph_lowering"] == "direct"
+        per_graph.append(Counter(traced))
+        traced.clear()
+    ops_ = Counter(op.name for op in graph.block.ops)
+    assert ops_["fg.reshape"] == 18 and ops_["fg.qmatmul.gptq"] == 6
+    # Three identical layers trace what one layer traces; the custom ops are never traced.
+    assert per_graph[0] == per_graph[1] and set(per_graph[1]) == {"fg.reshape", "fg.split"}
+
+
+def test_impl_that_cannot_be_traced_alone_falls_back_to_tracing_and_logs_why(monkeypatch, caplog) -> None:
+    def refuse(op, *args):
+        raise RuntimeError(f"cannot trace {op.name}")
+
+    monkeypatch.setattr(fx_direct, "trace_op", refuse)
     graph = gptq_attention_graph(1, True)
     with caplog.at_level(logging.WARNING, logger="fusegraph.compiler.lowering.fx_direct"):
         module = to_torch_mlir(graph, mode="custom")
     assert module.fx_module.meta["fusegraph_lowering"] == "traced"
-    assert "fg.reshape has no @fx_emitter" in caplog.text
+    assert "fg.reshape: tracing its torch implementation failed: cannot trace fg.reshape" in caplog.text
     assert "torch.fusegraph.rope_split_store" in str(module)
 
 
-def test_emitter_refusal_falls_back__batched_matmul() -> None:
-    inputs = [TensorType(DType.float32, ["B", 3, 4], CPU), TensorType(DType.float32, ["B", 4, 5], CPU)]
+def test_batched_matmul_and_split_into_symbolic_pieces() -> None:
+    """torch.matmul's batched case, and `ctx.size` of dims that are no operand's size (the
+    pieces `n` and `T - n` are bound to the graph's own size nodes)."""
+    inputs = [
+        TensorType(DType.float32, ["B", 3, 4], CPU),
+        TensorType(DType.float32, ["B", 4, 5], CPU),
+        TensorType(DType.float32, ["T", 2], CPU),
+        TensorType(DType.float32, ["n"], CPU),
+    ]
     with Graph("bmm", input_types=inputs) as g:
-        g.output(ops.matmul(*g.inputs))
-    gm = to_aten_fx(g)
-    assert gm.meta["fusegraph_lowering"] == "traced"
-    assert "rank-2 @ rank-2" in gm.meta["fusegraph_fallback_reason"]
-    lhs, rhs = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
-    torch.testing.assert_close(gm(lhs, rhs)[0], lhs @ rhs)
+        lhs, rhs, x, n = g.inputs
+        head, tail = ops.split(x, [n.shape[0], x.shape[0] - n.shape[0]], axis=0)
+        g.output(ops.matmul(lhs, rhs), head, tail)
+    hints = {"T": 7, "n": 3}  # the trace's example sizes: T - n must be a size
+    gm = to_aten_fx(g, dim_hints=hints)
+    assert gm.meta["fusegraph_lowering"] == "direct"
+    lhs, rhs, x = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.randn(7, 2)
+    out, head, tail = gm(lhs, rhs, x, torch.zeros(3))
+    torch.testing.assert_close(out, lhs @ rhs)
+    assert torch.equal(head, x[:3]) and torch.equal(tail, x[3:])
+    sizes = [n.args for n in gm.graph.nodes if n.target is torch.ops.aten.sym_size.int]
+    assert len(sizes) == len(set(sizes))  # one size node per dim name
+    assert "-> (!torch.vtensor<[?,3,5],f32>, !torch.vtensor<[?,2],f32>, !torch.vtensor<[?,2],f32>)" in str(
+        to_torch_mlir(g, dim_hints=hints)
+    )

@@ -1,9 +1,9 @@
 """Lowering to torch-mlir: fg IR -> FX (`to_fx`) -> core-aten FX (`make_fx`) -> MLIR.
 
 The path is cheap on purpose (no `torch.export`, no `run_decompositions`):
-1. mode="custom": `to_aten_fx(graph)` (`fx_direct.py`) emits the core-aten GraphModule
-   directly from the IR, with fake-tensor metadata, without tracing (it falls back to
-   steps 1'-2' for a graph holding an op without an `@fx_emitter`).
+1. mode="custom": `to_aten_fx(graph)` (`fx_direct.py`) builds the core-aten GraphModule op by
+   op from the torch implementations (each distinct op traced once), with fake-tensor metadata
+   (it falls back to steps 1'-2' for a graph holding an op whose impl cannot be traced alone).
 1'. mode="decomposed": `to_fx(graph, mode, inplace=False)` builds the functional GraphModule.
 2'. `make_fx(tracing_mode="symbolic")` with torch-mlir's decomposition table traces it on
    fake tensors whose symbolic dims are SymInts (one per dim name, shared across inputs)
@@ -38,22 +38,19 @@ from typing import Any, Literal
 import torch
 
 from fusegraph.compiler.graph import Graph
-from fusegraph.compiler.lowering.fake import default_dim_hints, fake_symbols
 from fusegraph.compiler.lowering.fx import to_fx
 from fusegraph.compiler.lowering.fx_direct import to_aten_fx
+from fusegraph.compiler.lowering.symbolic import trace_symbolic
 from fusegraph.compiler.types import BufferType, shaped_type
 
 __all__ = [
     "TorchMlirLoweringError",
     "TorchMlirModule",
     "buffer_outputs",
-    "default_dim_hints",
-    "example_inputs",
     "import_fx",
     "lower_module",
     "run_pipeline",
     "to_torch_mlir",
-    "trace_symbolic",
 ]
 
 OutputTypeName = Literal["torch", "linalg-on-tensors", "tosa", "stablehlo"]
@@ -190,30 +187,6 @@ def _timed(timings: dict[str, float], stage: str, fn: Any, *args: Any, **kwargs:
     return result
 
 
-def example_inputs(graph: Graph, dim_hints: Mapping[str, int] | None = None) -> list[torch.Tensor]:
-    """Fake CPU tensors for the FX placeholders (graph inputs, then weights): each symbolic
-    dim name is one SymInt shared by every tensor that uses it; static dims stay ints."""
-    types = [shaped_type(a) for a in graph.block.args] + list(graph.weights.values())
-    fake_mode, symbols = fake_symbols(graph, dim_hints)
-    tensors = []
-    with fake_mode:
-        for t in types:
-            sizes = [d.value if d.is_static else symbols[d.name] for d in t.shape]
-            tensors.append(torch.empty(sizes, dtype=t.dtype.to_torch()))
-    return tensors
-
-
-def trace_symbolic(
-    gm: torch.fx.GraphModule, graph: Graph, dim_hints: Mapping[str, int] | None = None
-) -> torch.fx.GraphModule:
-    """`make_fx` of `gm` on `example_inputs(graph)` with torch-mlir's decomposition table."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
-
-    inputs = example_inputs(graph, dim_hints)
-    return make_fx(gm, tracing_mode="symbolic", decomposition_table=get_decomposition_table())(*inputs)
-
-
 def buffer_outputs(graph: Graph) -> dict[int, int]:
     """Graph-input index of each buffer -> the position of its final version among the FX
     module's outputs (after the graph outputs, in input order; see `to_fx`)."""
@@ -250,7 +223,7 @@ def import_fx(
         importer.import_stateless_graph(traced.graph, func_name=func_name)
     else:
         program = _mutating_program(traced, mutated, outputs_as_args)
-        importer.import_program(program, func_name=func_name)  # type: ignore[arg-type]
+        importer.import_program(program, func_name=func_name)
     return importer.module
 
 
