@@ -20,11 +20,11 @@ Forward, for `x` `[T, hidden]` (T = total_seq_len of a ragged batch):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from fusegraph import ops
 from fusegraph.compiler import BufferValue, DeviceRef, DType, TensorValue
+from fusegraph.compiler.graph import emit
 from fusegraph.nn.attention_config import MHAMaskVariant, check_scale, resolve_mask, validate_heads
 from fusegraph.nn.gptq_share import share_equal_g_idx
 from fusegraph.nn.kv_cache import KVCacheParams, PagedCacheValues
@@ -33,6 +33,10 @@ from fusegraph.nn.linear import GPTQLinear, Linear, check_gptq_dims
 from fusegraph.nn.norm import RMSNorm
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.rotary import RotaryEmbedding
+from fusegraph.ops.rope_split_store_chain import UnfusedChain
+
+#: A q/k/v/o projection: `Linear`, `GPTQLinear` or what `linear_cls` builds.
+Projection = Callable[[TensorValue], TensorValue]
 
 
 class AttentionWithRope(Module):
@@ -91,7 +95,7 @@ class AttentionWithRope(Module):
         devices: Sequence[DeviceRef] | None = None,
         dtype: DType = DType.float32,
         scale: float | None = None,
-        linear_cls: Any = Linear,
+        linear_cls: Callable[..., Projection] = Linear,
         stacked_qkv: bool = False,
         has_bias: bool = False,
         quant_config: QuantizationConfig | None = None,
@@ -143,7 +147,7 @@ class AttentionWithRope(Module):
         """Hkv·D, the width of k and of v."""
         return self.n_kv_heads * self.head_dim
 
-    def _linear(self, in_dim: int, out_dim: int, has_bias: bool, clip: float | None) -> Any:
+    def _linear(self, in_dim: int, out_dim: int, has_bias: bool, clip: float | None) -> Projection:
         device = self.devices[0]
         if self.quant_config is not None:
             return GPTQLinear(in_dim, out_dim, self.quant_config, self.dtype, device, has_bias, clip)
@@ -165,7 +169,7 @@ class AttentionWithRope(Module):
             self.q_norm = RMSNorm(self.head_dim, self.dtype, self.rms_norm_eps, device)
             self.k_norm = RMSNorm(self.head_dim, self.dtype, self.rms_norm_eps, device)
 
-    def _output_projection(self) -> Any:
+    def _output_projection(self) -> Projection:
         """o_proj `[hidden, H·D]`, never biased (a hook: `GPTQAttentionWithRope` builds it with
         `linear_cls`)."""
         return self._linear(self.q_dim, self.hidden_size, False, None)
@@ -219,16 +223,6 @@ class AttentionWithRope(Module):
             return self.qkv_proj(x)
         return ops.concat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=1)
 
-    def _split_heads(self, qkv: TensorValue) -> tuple[TensorValue, TensorValue, TensorValue]:
-        """`split` into q, k, v and reshape each to `[T, heads, D]`, T from qkv's dim 0."""
-        total, d = qkv.shape[0], self.head_dim
-        q, k, v = ops.split(qkv, [self.q_dim, self.kv_dim, self.kv_dim], axis=1)
-        return (
-            q.reshape([total, self.n_heads, d]),
-            k.reshape([total, self.n_kv_heads, d]),
-            v.reshape([total, self.n_kv_heads, d]),
-        )
-
     def _fused_rope_split_store(
         self,
         layer_idx: int,
@@ -266,14 +260,23 @@ class AttentionWithRope(Module):
         freqs_cis: TensorValue,
         row_offsets: TensorValue,
     ) -> tuple[TensorValue, BufferValue]:
-        q, k, v = self._split_heads(qkv)
-        if self.use_qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        rope_args = (row_offsets, kv.cache_lengths, freqs_cis)
-        flags: dict[str, Any] = {"interleaved": self.rope.interleaved, "variant": self.rope.variant}
-        q = ops.rope(q, *rope_args, **flags)
-        k = ops.rope(k, *rope_args, **flags)
-        meta = (row_offsets, kv.cache_lengths, kv.lookup_table)
-        blocks = ops.kv_cache_store(kv.kv_blocks, k, *meta, layer_idx=layer_idx, key_or_value=0)
-        blocks = ops.kv_cache_store(blocks, v, *meta, layer_idx=layer_idx, key_or_value=1)
-        return q.reshape([qkv.shape[0], self.q_dim]), blocks
+        def qk_norm(q: TensorValue, k: TensorValue) -> tuple[TensorValue, TensorValue]:
+            return self.q_norm(q), self.k_norm(k)
+
+        chain = UnfusedChain.build(
+            qkv,
+            row_offsets,
+            freqs_cis,
+            kv.kv_blocks,
+            kv.cache_lengths,
+            kv.lookup_table,
+            layer_idx=layer_idx,
+            interleaved=self.rope.interleaved,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+            variant=self.rope.variant,
+            add=emit,
+            qk_transform=qk_norm if self.use_qk_norm else None,
+        )
+        return TensorValue(chain.q), BufferValue(chain.kv)

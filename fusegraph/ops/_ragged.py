@@ -91,16 +91,6 @@ def check_heads_match_cache(op: str, operand: str, x: TensorType, kv: BufferType
     expect_same_device(op, **operands)
 
 
-def check_freqs(op: str, freqs_cis: Any, head_dim: Dim) -> TensorType:
-    """Check `freqs_cis [max_pos, head_dim]` (float) against the head dim."""
-    f = expect_tensor(op, "freqs_cis", freqs_cis)
-    expect_rank(op, "freqs_cis", f, 2)
-    expect_dtype(op, "freqs_cis", f, [DType.float32, DType.float16, DType.bfloat16])
-    if f.shape[1] != head_dim:
-        raise ValueError(f"{op}: freqs_cis dim 1 ({f.shape[1]}) != head dim ({head_dim})")
-    return f
-
-
 def check_even_head_dim(op: str, d: Dim) -> None:
     """Rope pairs dims, so the head dim must be even (when static)."""
     if d.is_static and d.value % 2:
@@ -113,13 +103,15 @@ def as_index(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int64)
 
 
-def token_batch(row_offsets: torch.Tensor, num_tokens: Any) -> torch.Tensor:
+def token_batch(row_offsets: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """The sequence each of the `num_tokens` rows belongs to, `[T]` int64."""
     t = torch.arange(num_tokens, device=row_offsets.device, dtype=torch.int64)
     return (t[:, None] >= row_offsets[1:][None]).sum(-1)
 
 
-def token_positions(row_offsets: torch.Tensor, lengths: torch.Tensor, num_tokens: Any) -> tuple[Any, Any]:
+def token_positions(
+    row_offsets: torch.Tensor, lengths: torch.Tensor, num_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(batch, position)` of each row: both `[T]` int64 (metadata already int64).
 
     On CUDA, rows past `row_offsets[B]` count as the last sequence's instead of indexing past
@@ -133,7 +125,7 @@ def token_positions(row_offsets: torch.Tensor, lengths: torch.Tensor, num_tokens
 
 
 def cache_rows(
-    kv_shape: Any,
+    kv_shape: torch.Size,
     lookup_table: torch.Tensor,
     batch: torch.Tensor,
     pos: torch.Tensor,

@@ -1,16 +1,10 @@
 """`fg.rope_split_store`: the fused op that `fuse-rope-split-store` produces.
 
-Semantics (exactly the unfused chain):
-    q, k, v = split(qkv, [H·D, Hkv·D, Hkv·D], axis=1), each reshaped to `[T, heads, D]`
-    q, k = rope(q), rope(k)               at positions cache_lengths[b] + (t - row_offsets[b])
-                                          (first R = freqs_cis dim 1 features; longrope /
-                                          dynamic NTK by the `long_after` / `ntk_*` properties,
-                                          exactly as `fg.rope`)
-    kv = store(kv, k, key_or_value=0); kv = store(kv, v, key_or_value=1)
-    results: q `[T, H·D]`, the next kv_blocks version
-
-It is built exactly as a custom op is: a shape rule, a torch implementation (which is also
-its reference and decomposition) and torch.library ops that device kernels can override.
+Semantics: exactly the unfused chain `UnfusedChain.build` constructs
+(`ops/rope_split_store_chain.py`): split qkv into q, k, v `[T, heads, D]`, rope q and k
+(as `fg.rope`, variants included), store k then v; results q `[T, H·D]` and the next kv_blocks.
+It is built as a custom op is: a shape rule, a torch implementation (also its reference and
+decomposition) and torch.library ops that device kernels can override.
 
 torch.library ops (stable; the Triton CUDA kernel is registered for the in-place form):
     `fusegraph::rope_split_store(Tensor qkv, Tensor input_row_offsets, Tensor freqs_cis,
@@ -21,8 +15,7 @@ torch.library ops (stable; the Triton CUDA kernel is registered for the in-place
     `fusegraph::rope_split_store_(Tensor qkv, Tensor input_row_offsets, Tensor freqs_cis,
     Tensor(a!) kv_blocks, Tensor cache_lengths, Tensor lookup_table, int layer_idx,
     bool interleaved, int n_heads, int n_kv_heads, int head_dim, int? long_after=None,
-    float[]? ntk=None) -> Tensor` (in place;
-    returns q). Both refuse, before writing, positions outside a sequence's pages.
+    float[]? ntk=None) -> Tensor` (in place; returns q). Both refuse, before writing, positions outside a sequence's pages.
 
 Example:
     >>> q, kv = ops.rope_split_store(qkv, ro, freqs, kv, lens, lookup, layer_idx=0,

@@ -1,14 +1,7 @@
 """`fuse-rope-split-store`: split -> reshape -> rope(q), rope(k) -> store(k), store(v)  ==>  one op
 
-Matches the canonical unfused form of docs/internals.md, anchored at the value store:
-    %q, %k, %v = fg.split %qkv {axis = 1}
-    %q3 = fg.reshape %q    %k3 = fg.reshape %k    %v3 = fg.reshape %v
-    %qr = fg.rope %q3, %ro, %lens, %freqs {interleaved = false}
-    %kr = fg.rope %k3, %ro, %lens, %freqs {interleaved = false}
-    %b1 = fg.kv_cache.store %b0, %kr, %ro, %lens, %lookup {key_or_value = 0, layer_idx = 3}
-    %b2 = fg.kv_cache.store %b1, %v3, %ro, %lens, %lookup {key_or_value = 1, layer_idx = 3}
-    %q2 = fg.reshape %qr                                   // [T, H*D]
-After:
+Matches the canonical unfused chain (`ops/rope_split_store_chain.py`, docs/internals.md),
+anchored at the value store, and replaces it with the one op it equals:
     %q2, %b2 = fg.rope_split_store %qkv, %ro, %freqs, %b0, %lens, %lookup
                  {head_dim = 16, interleaved = false, layer_idx = 3, n_heads = 4, n_kv_heads = 2}
 
@@ -26,22 +19,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 from xdsl.rewriter import InsertPoint
 
+from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.kv_cache import KVCacheStoreOp
-from fusegraph.ops.rope_split_store import RopeSplitStoreOp
+from fusegraph.ops.rope_split_store_chain import UnfusedChain
 from fusegraph.ops.shape import ReshapeOp
 from fusegraph.passes.patterns import GuardedPattern, NoMatch, NotCandidate, apply_patterns, current_report
-from fusegraph.passes.rope_split_store_match import Group, match_chain
+from fusegraph.passes.rope_split_store_match import insertion_point, match_chain
 
 
 @dataclass
 class _Match:
-    group: Group
+    chain: UnfusedChain
     insert_before: Operation
 
 
@@ -54,42 +48,23 @@ class FuseRopeSplitStorePattern(GuardedPattern[_Match]):
     def match(self, op: KVCacheStoreOp) -> _Match | NoMatch:
         if op.key_or_value != 1:
             return NotCandidate("a key store (the chain is matched at its value store)")
-        group = match_chain(op)
-        if isinstance(group, NoMatch):
-            return group
-        return _Match(group, group.insertion_point())
+        chain = match_chain(op)
+        if isinstance(chain, NoMatch):
+            return chain
+        return _Match(chain, insertion_point(chain))
 
     def rewrite(self, match: _Match, rewriter: PatternRewriter) -> None:
-        g = match.group
-        fused = RopeSplitStoreOp.build(
-            operands=[
-                g.split.input,
-                g.k_store.input_row_offsets,
-                g.k_rope.freqs_cis,
-                g.k_store.kv_blocks,
-                g.k_store.cache_lengths,
-                g.k_store.lookup_table,
-            ],  # fmt: skip
-            properties={
-                "layer_idx": IntegerAttr(g.v_store.layer_idx, i64),
-                "interleaved": IntegerAttr.from_bool(g.q_rope.interleaved),
-                "n_heads": IntegerAttr(g.n_heads, i64),
-                "n_kv_heads": IntegerAttr(g.n_kv_heads, i64),
-                "head_dim": IntegerAttr(g.head_dim, i64),
-                **g.q_rope.variant.props(),
-            },
-            result_types=[g.split.outputs[0].type, g.v_store.result.type],
-        )
+        chain, fused = match.chain, match.chain.fused()
         rewriter.insert(fused, InsertPoint.before(match.insert_before))
-        if g.q_out is not None:
-            rewriter.replace_all_uses_with(g.q_out.result, fused.q_out)
-        elif g.q_rope.result.first_use is not None:
+        if chain.q_out is not None:
+            rewriter.replace_all_uses_with(chain.q_out.result, fused.q_out)
+        elif chain.q_rope.result.first_use is not None:
             # reshape-free form: the q rope's users want [T, H, D]
-            q3 = ReshapeOp.build(operands=[fused.q_out], result_types=[g.q_rope.result.type])
+            q3 = ReshapeOp(fused.q_out, shape=tensor_type(chain.q_rope.result).shape)
             rewriter.insert(q3, InsertPoint.after(fused))
-            rewriter.replace_all_uses_with(g.q_rope.result, q3.result)
-        rewriter.replace_all_uses_with(g.v_store.result, fused.kv_out)
-        for dead in g.ops_users_first():
+            rewriter.replace_all_uses_with(chain.q_rope.result, q3.result)
+        rewriter.replace_all_uses_with(chain.kv, fused.kv_out)
+        for dead in reversed(chain.ops()):
             rewriter.erase(dead)
 
 

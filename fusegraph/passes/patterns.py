@@ -203,7 +203,8 @@ def single_user(value: SSAValue, what: str) -> Operation | NoMatch:
     """The one op using `value`, or `<what> has N users`."""
     if (n := num_uses(value)) != 1:
         return no_match(f"{what} has {n} users")
-    return next(iter(value.uses)).operation
+    user: Operation = next(iter(value.uses)).operation
+    return user
 
 
 def defined_by(value: SSAValue, op_cls: type[OpT], what: str) -> OpT | NoMatch:

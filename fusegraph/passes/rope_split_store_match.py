@@ -1,7 +1,8 @@
 """Matching the canonical unfused rope-split-store chain (docs/internals.md), guard by guard.
 
 `match_chain(value_store)` walks back from the value store to the split, checking every
-guard before anything is touched, and returns a `Group` or the first reason it failed.
+guard before anything is touched, and returns the `UnfusedChain` (the one definition of the
+chain, `ops/rope_split_store_chain.py`) or the first reason it failed.
 
 The q rope result is the chain's q output. It is matched in two forms:
   * canonical: its one user is `fg.reshape` back to `[T, H*D]` (the layer's q output), which
@@ -13,13 +14,12 @@ The q rope result is the chain's q output. It is matched in two forms:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from xdsl.ir import Operation, SSAValue
 
 from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.kv_cache import KVCacheStoreOp
 from fusegraph.ops.rope import RopeOp
+from fusegraph.ops.rope_split_store_chain import UnfusedChain
 from fusegraph.ops.shape import ReshapeOp, SplitOp
 from fusegraph.passes.patterns import (
     NoMatch,
@@ -33,49 +33,15 @@ from fusegraph.passes.patterns import (
 )
 
 
-@dataclass
-class Group:
-    """The ops of one unfused chain."""
-
-    split: SplitOp
-    q_reshape: ReshapeOp
-    k_reshape: ReshapeOp
-    v_reshape: ReshapeOp
-    q_rope: RopeOp
-    k_rope: RopeOp
-    k_store: KVCacheStoreOp
-    v_store: KVCacheStoreOp
-    q_out: ReshapeOp | None  # None: the q rope result's users take a [T, H, D] q (reshape-free form)
-
-    @property
-    def head_dim(self) -> int:
-        """D, from the q reshape."""
-        return int(self.q_reshape.result.type.shape[2])
-
-    @property
-    def n_heads(self) -> int:
-        """H."""
-        return int(self.q_reshape.result.type.shape[1])
-
-    @property
-    def n_kv_heads(self) -> int:
-        """Hkv."""
-        return int(self.k_reshape.result.type.shape[1])
-
-    def ops_users_first(self) -> list[Operation]:
-        """Every op of the chain, each after all of its users (the order to erase them)."""
-        q_out: list[Operation] = [self.q_out] if self.q_out is not None else []
-        return [*q_out, self.v_store, self.k_store, self.q_rope, self.k_rope,
-                self.q_reshape, self.k_reshape, self.v_reshape, self.split]  # fmt: skip
-
-    def insertion_point(self) -> Operation:
-        """Where the fused op goes: before the first op that produces one of its results or,
-        in the reshape-free form, uses the q rope result."""
-        q_side = [self.q_out] if self.q_out is not None else users(self.q_rope.result)
-        return min([*q_side, self.v_store], key=block_index)
+def insertion_point(chain: UnfusedChain) -> Operation:
+    """Where the fused op goes: before the first op that produces one of its results or, in
+    the reshape-free form, uses the q rope result."""
+    q_side: list[Operation] = [chain.q_out] if chain.q_out is not None else users(chain.q_rope.result)
+    first: Operation = min([*q_side, chain.v_store], key=block_index)
+    return first
 
 
-def match_chain(v_store: KVCacheStoreOp) -> Group | NoMatch:
+def match_chain(v_store: KVCacheStoreOp) -> UnfusedChain | NoMatch:
     """The chain whose value store is `v_store`, or why there is none."""
     k_store = defined_by(v_store.kv_blocks, KVCacheStoreOp, "value store's kv_blocks")
     if isinstance(k_store, NoMatch):
@@ -95,7 +61,7 @@ def match_chain(v_store: KVCacheStoreOp) -> Group | NoMatch:
     if isinstance(rest, NoMatch):
         return rest
     q_reshape, q_rope, q_out = rest
-    group = Group(split, q_reshape, k_reshape, v_reshape, q_rope, k_rope, k_store, v_store, q_out)
+    group = UnfusedChain(split, q_reshape, k_reshape, v_reshape, q_rope, k_rope, k_store, v_store, q_out)
     for check in (_check_single_use, _check_split, _check_ropes, _check_operands_dominate):
         if (reason := check(group)) is not None:
             return reason
@@ -143,7 +109,7 @@ def _sole_user(value: SSAValue, cls: type[OpT], what: str) -> OpT | NoMatch:
     return user
 
 
-def _check_single_use(g: Group) -> NoMatch | None:
+def _check_single_use(g: UnfusedChain) -> NoMatch | None:
     values = [(f"split result {i}", r) for i, r in enumerate(g.split.outputs)]
     values += [("k reshape result", g.k_reshape.result), ("v reshape result", g.v_reshape.result)]
     values += [("k rope result", g.k_rope.result)]
@@ -155,7 +121,7 @@ def _check_single_use(g: Group) -> NoMatch | None:
     return None
 
 
-def _check_split(g: Group) -> NoMatch | None:
+def _check_split(g: UnfusedChain) -> NoMatch | None:
     qkv = tensor_type(g.split.input)
     if qkv.rank != 2 or g.split.axis.value.data % 2 != 1:
         return no_match(f"split is not of a [T, (H+2Hkv)*D] tensor along axis 1 (rank {qkv.rank})")
@@ -172,7 +138,7 @@ def _check_split(g: Group) -> NoMatch | None:
     return None
 
 
-def _check_ropes(g: Group) -> NoMatch | None:
+def _check_ropes(g: UnfusedChain) -> NoMatch | None:
     q, k, s = g.q_rope, g.k_rope, g.k_store
     if q.interleaved != k.interleaved:
         return no_match(f"ropes disagree on interleaved ({q.interleaved} vs {k.interleaved})")
@@ -187,8 +153,8 @@ def _check_ropes(g: Group) -> NoMatch | None:
     return None
 
 
-def _check_operands_dominate(g: Group) -> NoMatch | None:
-    where = block_index(g.insertion_point())
+def _check_operands_dominate(g: UnfusedChain) -> NoMatch | None:
+    where = block_index(insertion_point(g))
     s = g.k_store
     operands = (
         g.split.input,

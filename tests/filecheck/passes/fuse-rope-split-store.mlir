@@ -3,7 +3,7 @@
 // Guards, one refusal case each: refuse_split_user: split result 0 has another user; refuse_reshape_user: the k reshape has another user; refuse_rope_user: the k rope has another user; refuse_interleaved: the ropes disagree on interleaved; refuse_freqs: the ropes use different freqs_cis; refuse_start_pos: the k rope's start_pos is not the cache lengths; refuse_layers: the stores target different layers; refuse_same_kov: both stores write values; refuse_metadata: the stores use different lookup tables; refuse_unchained: the value store does not take the key store's buffer; refuse_split_sizes: the split has a 4th piece; refuse_head_dim: q is reshaped to other heads than k and v
 
 // CHECK-LABEL: func.func @fuse_one
-// CHECK: %{{.*}}, %{{.*}} = fg.rope_split_store %0, %1, %2, %3, %4, %5 {layer_idx = 0 : i64, interleaved = false, n_heads = 4 : i64, n_kv_heads = 2 : i64, head_dim = 16 : i64}
+// CHECK: %{{.*}}, %{{.*}} = fg.rope_split_store %0, %1, %2, %3, %4, %5 {layer_idx = 0 : i64, n_heads = 4 : i64, n_kv_heads = 2 : i64, head_dim = 16 : i64, interleaved = false}
 // CHECK-NOT: fg.rope %
 // CHECK-NOT: fg.kv_cache.store
 // CHECK-NOT: fg.split
@@ -24,7 +24,7 @@ builtin.module {
 }
 // -----
 // CHECK-LABEL: func.func @fuse_interleaved_mha
-// CHECK: fg.rope_split_store {{.*}}interleaved = true, n_heads = 4 : i64, n_kv_heads = 4 : i64
+// CHECK: fg.rope_split_store {{.*}}n_heads = 4 : i64, n_kv_heads = 4 : i64, head_dim = 16 : i64, interleaved = true
 // CHECK-NOT: fg.rope %
 // CHECK-NOT: fg.kv_cache.store
 // CHECK-NOT: fg.split

@@ -90,8 +90,8 @@ def reshape_free_cases() -> list[Case]:
 
 def rope_cases() -> list[Case]:
     cases: list[Case] = [
-        (unfused_graph(Layer(), "fuse_one"), ["-LABEL: func.func @fuse_one", ": %{{.*}}, %{{.*}} = fg.rope_split_store %0, %1, %2, %3, %4, %5 {layer_idx = 0 : i64, interleaved = false, n_heads = 4 : i64, n_kv_heads = 2 : i64, head_dim = 16 : i64}", *NOT_UNFUSED]),
-        (unfused_graph(Layer(interleaved=True, n_kv_heads=4), "fuse_interleaved_mha"), ["-LABEL: func.func @fuse_interleaved_mha", ": fg.rope_split_store {{.*}}interleaved = true, n_heads = 4 : i64, n_kv_heads = 4 : i64", *NOT_UNFUSED]),
+        (unfused_graph(Layer(), "fuse_one"), ["-LABEL: func.func @fuse_one", ": %{{.*}}, %{{.*}} = fg.rope_split_store %0, %1, %2, %3, %4, %5 {layer_idx = 0 : i64, n_heads = 4 : i64, n_kv_heads = 2 : i64, head_dim = 16 : i64, interleaved = false}", *NOT_UNFUSED]),
+        (unfused_graph(Layer(interleaved=True, n_kv_heads=4), "fuse_interleaved_mha"), ["-LABEL: func.func @fuse_interleaved_mha", ": fg.rope_split_store {{.*}}n_heads = 4 : i64, n_kv_heads = 4 : i64, head_dim = 16 : i64, interleaved = true", *NOT_UNFUSED]),
         (unfused_graph(Layer(num_layers=4), "fuse_four_layers"), ["-LABEL: func.func @fuse_four_layers", "-COUNT-4: fg.rope_split_store", *NOT_UNFUSED]),
     ]  # fmt: skip
     for brk, why in ROPE_GUARDS.items():
