@@ -166,8 +166,7 @@ class IreeCompiledGraph:
         x = x if x.is_contiguous() else x.contiguous()
         keep.append(x)  # the imported memory must outlive the call
         try:
-            # to_dlpack is public API that torch's stub leaves out of torch.utils.dlpack.__all__
-            capsule = torch.utils.dlpack.to_dlpack(x)  # type: ignore[attr-defined]
+            capsule = torch.utils.dlpack.to_dlpack(x)
             return self._hal_device.from_dlpack_capsule(capsule), True
         except Exception as err:  # noqa: BLE001 - IREE raises plain RuntimeError/ValueError subclasses
             self.copy_reason = f"input DLPack import: {type(err).__name__}: {err}"

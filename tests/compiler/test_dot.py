@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_side_by_side_puts_two_clusters_in_one_picture() -> None:
 def test_render_writes_dot_text_when_graphviz_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dot.shutil, "which", lambda _: None)
+    monkeypatch.setattr(shutil, "which", lambda _: None)  # the module dot.render calls
     out = dot.render(dot.to_dot(EXAMPLES["fg.matmul"]()), tmp_path / "g.svg")
     assert out == tmp_path / "g.dot"
     assert out.read_text().startswith("digraph")

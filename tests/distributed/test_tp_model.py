@@ -5,7 +5,7 @@ its kv heads; and the named errors for models that do not split."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ import torch
 from fusegraph.distributed import launch
 from fusegraph.distributed.model import load_model_shard
 from fusegraph.nn import QuantizationConfig, load_model
+from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.sharding import GroupSplitError, HeadsNotDivisibleError, WorldSizeMismatchError
 from tests.distributed import _tiny, _workers
 
@@ -90,7 +91,7 @@ def test_row_split_cutting_a_group_without_act_order__named_error(tmp_path: Path
 def test_act_order_shared_groups__shard_declares_a_smaller_group_size(tmp_path: Path) -> None:
     folder = _tiny.write_model(tmp_path / "m", cut_groups=True)
     model = load_model_shard(folder, rank=1, world_size=2)
-    o_proj = model.model.layers[0].self_attn.o_proj  # type: ignore[attr-defined]
+    o_proj = cast(GPTQLinear, model.model.layers[0].self_attn.o_proj)
     assert o_proj.quant_config.group_size < _tiny.QUANT.group_size
     assert (
         model.state_dict()["model.layers.0.self_attn.o_proj.scales"].shape[0]
