@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,8 @@ def floors(bw: float) -> None:
         ]
         for progs, block, nw in ((396, 1024, 4), (396, 4096, 4), (396, 4096, 8), (528, 4096, 4)):
             per = words // progs // block * block
-            us = graph_us([lambda b=b: _read_kernel[(progs,)](b, out, per, BLOCK=block, PF_LINES=0, num_warps=nw)
-                           for b in bufs])  # fmt: skip
+            read = _read_kernel[(progs,)]
+            us = graph_us([partial(read, b, out, per, BLOCK=block, PF_LINES=0, num_warps=nw) for b in bufs])
             log(f"  read {label} {per * progs * 4 / 1e6:.1f} MB, {progs} programs, {block} words a step, {nw} warps: "
                 f"{us:6.2f} us ({per * progs * 4 / (us * 1e-6) / bw:4.0%} of copy)")  # fmt: skip
         del bufs
@@ -180,13 +181,20 @@ def neighbor(bw: float) -> None:
         layers = b.layers["plain"]
         x0 = b.xs(1, len(layers))
         xb = [torch.empty_like(x) for x in x0]
-        alone = graph_us([lambda i=i: torch.mul(x0[i], 1.0001, out=xb[i]) for i in range(len(layers))])
+
+        def mul(i: int) -> torch.Tensor:
+            return torch.mul(x0[i], 1.0001, out=xb[i])
+
+        def pair(i: int, cfg: dict[str, Any]) -> torch.Tensor:
+            mul(i)
+            return GB.ours(K, layers[i], xb[i], cfg)
+
+        alone = graph_us([partial(mul, i) for i in range(len(layers))])
         base = T.plan(1, n_out, k_in, 4, torch.device("cuda"))
         off = base | {"pf": 0, "pdl": 0}
         for cfg in (off, off | {"pdl": 1},
                     off | {"pf": 1, "pf_lines": 64, "pdl": 2}):  # fmt: skip
-            both = graph_us([lambda i=i: (torch.mul(x0[i], 1.0001, out=xb[i]), GB.ours(K, layers[i], xb[i], cfg))
-                             for i in range(len(layers))])  # fmt: skip
+            both = graph_us([partial(pair, i, cfg) for i in range(len(layers))])
             y = GB.ours(K, layers[0], xb[0], cfg)
             ref = xb[0].float() @ layers[0].w.float()
             err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
