@@ -43,7 +43,8 @@ def main() -> None:
                 flag, ro, lens, lut, rows, num_blocks, page_size, 0, owners=owners, max_pos=8192
             )
 
-        pages(), every()
+        pages()
+        every()
         torch.cuda.synchronize()
         assert int(flag[0]) == 0, f"{name}: a valid step was refused: {flag.tolist()}"
         t_pages = triton.testing.do_bench(pages, warmup=20, rep=100) * 1e3
