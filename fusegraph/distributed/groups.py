@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 DEFAULT_GROUP = "tp"
 
-_GROUPS: dict[str, Any] = {}
+_GROUPS: dict[str, ProcessGroup | None] = {}  # None: torch.distributed's default group
 _CURRENT: dict[str, RankInfo] = {}
 
 
@@ -60,8 +63,8 @@ def leave_tensor_parallel() -> None:
     unregister_group(DEFAULT_GROUP)
 
 
-def register_group(name: str, group: Any) -> None:
-    """Make `group` (a torch.distributed ProcessGroup) the one graphs call `name`.
+def register_group(name: str, group: ProcessGroup | None) -> None:
+    """Make `group` (a torch.distributed ProcessGroup; None: the default one) the one graphs call `name`.
 
     Example:
         >>> register_group("tp", dist.group.WORLD)
@@ -76,7 +79,7 @@ def unregister_group(name: str) -> None:
     _GROUPS.pop(name, None)
 
 
-def get_group(name: str, *, world_size: int, op: str) -> Any:
+def get_group(name: str, *, world_size: int, op: str) -> ProcessGroup | None:
     """The process group registered as `name`, checked to have `world_size` ranks.
 
     Raises:
