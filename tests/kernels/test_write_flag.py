@@ -18,7 +18,17 @@ kernel = load_interpreted("write_flag")
 U32 = torch.uint32
 
 
-def _check(tokens, cached, lookup, *, num_blocks=8, page_size=4, rows=None, offsets=None, flag=None):
+def _check(
+    tokens: list[int],
+    cached: list[int],
+    lookup: list[list[int]],
+    *,
+    num_blocks: int = 8,
+    page_size: int = 4,
+    rows: int | None = None,
+    offsets: list[int] | None = None,
+    flag: torch.Tensor | None = None,
+) -> list[int]:
     ro = torch.tensor(offsets if offsets is not None else [0, *torch.tensor(tokens).cumsum(0).tolist()])
     flag = torch.zeros(kernel.FLAG_WORDS, dtype=torch.int64) if flag is None else flag
     rows = sum(tokens) if rows is None else rows
@@ -46,7 +56,9 @@ def test_check__a_step_inside_every_sequence_capacity_leaves_the_flag_clear() ->
     ],
     ids=["past_the_row", "entry_past_num_blocks", "first_of_two"],
 )
-def test_check__an_overflow_sets_the_words_the_host_message_needs(tokens, cached, lookup, words) -> None:
+def test_check__an_overflow_sets_the_words_the_host_message_needs(
+    tokens: list[int], cached: list[int], lookup: list[list[int]], words: list[int]
+) -> None:
     assert _check(tokens, cached, lookup) == words
 
 
@@ -61,7 +73,16 @@ def test_check__the_first_refusal_stays_until_the_host_clears_it() -> None:
     assert _check([1], [9], [[0, 1]], flag=flag) == [1, 0, 8, 2, -1, 8, 4, 3]  # a new overflow
 
 
-def _check_more(tokens, cached, lookup, *, max_pos=None, owners=True, num_blocks=8, page_size=4):
+def _check_more(
+    tokens: list[int],
+    cached: list[int],
+    lookup: list[list[int]] | None,
+    *,
+    max_pos: int | None = None,
+    owners: bool = True,
+    num_blocks: int = 8,
+    page_size: int = 4,
+) -> list[int]:
     ro = torch.tensor([0, *torch.tensor(tokens).cumsum(0).tolist()])
     flag = torch.zeros(kernel.FLAG_WORDS, dtype=torch.int64)
     scratch = torch.full((num_blocks,), 7, dtype=torch.int32) if owners else None  # stale words
@@ -84,7 +105,9 @@ def _check_more(tokens, cached, lookup, *, max_pos=None, owners=True, num_blocks
     ],
     ids=["decode_into_a_neighbour", "first_page_of_the_later_writer", "three_writers"],
 )
-def test_check__two_sequences_writing_one_block_set_code_4(tokens, cached, lookup, words) -> None:
+def test_check__two_sequences_writing_one_block_set_code_4(
+    tokens: list[int], cached: list[int], lookup: list[list[int]], words: list[int]
+) -> None:
     assert _check_more(tokens, cached, lookup) == words
 
 

@@ -8,7 +8,10 @@ shape runs on both backends, so the refusals are not an artefact of a broken set
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +36,7 @@ pytest.importorskip("iree.runtime")
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fused", "unfused"])
-def backends(request, tmp_path_factory):  # noqa: ANN001, ANN201
+def backends(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     graph = gptq_attention_graph(1, fused=request.param)
     weights = gptq_attention_weights(graph)
     cache_dir = tmp_path_factory.mktemp("iree")
@@ -46,17 +49,21 @@ def backends(request, tmp_path_factory):  # noqa: ANN001, ANN201
     )
 
 
-def _refusal(model: object, call: Call) -> tuple[str, torch.Tensor, torch.Tensor]:
+def _refusal(
+    model: Callable[..., tuple[torch.Tensor, ...]], call: Call
+) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(the error message, the cache before, the cache after) for a refused call."""
     cache = call.kv() if call.kv is not None else sentinel_cache()
     before = cache.clone()
     with pytest.raises(ValueError) as info:
-        model(*call.inputs(cache))  # type: ignore[operator]
+        model(*call.inputs(cache))
     return str(info.value), before, cache
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_every_backend_refuses_bad_metadata_alike_and_writes_nothing(backends, case: str) -> None:
+def test_every_backend_refuses_bad_metadata_alike_and_writes_nothing(
+    backends: SimpleNamespace, case: str
+) -> None:
     call, pattern = CASES[case]
     messages = {}
     for name in ("eager", "iree"):
@@ -67,7 +74,7 @@ def test_every_backend_refuses_bad_metadata_alike_and_writes_nothing(backends, c
     assert messages["eager"] == messages["iree"]
 
 
-def test_the_good_call_runs_on_both_backends_and_writes_only_its_rows(backends) -> None:
+def test_the_good_call_runs_on_both_backends_and_writes_only_its_rows(backends: SimpleNamespace) -> None:
     call = good_call()
     results = {}
     for name in ("eager", "iree"):
@@ -95,14 +102,18 @@ def _act_order_layer() -> tuple[fusegraph.Graph, GPTQLinear, dict[str, torch.Ten
     return g, layer, state
 
 
-def _compile(graph: fusegraph.Graph, backend: str, weights: dict, cache_dir: object) -> object:
+def _compile(
+    graph: fusegraph.Graph, backend: str, weights: dict[str, torch.Tensor], cache_dir: object
+) -> Any:
     options = {"cache_dir": cache_dir} if backend == "iree" else {}
     return fusegraph.compile(graph, backend=backend, device="cpu", weights=weights, **options)
 
 
 @pytest.mark.parametrize("bad", [2, -1], ids=["past-groups", "negative"])
 @pytest.mark.parametrize("backend", ["eager", "iree"])
-def test_a_g_idx_out_of_range_is_refused_when_weights_are_bound(backend: str, bad: int, tmp_path) -> None:  # noqa: ANN001
+def test_a_g_idx_out_of_range_is_refused_when_weights_are_bound(
+    backend: str, bad: int, tmp_path: Path
+) -> None:
     graph, layer, state = _act_order_layer()
     state["g_idx"] = state["g_idx"].clone()
     state["g_idx"][7] = bad
@@ -114,7 +125,7 @@ def test_a_g_idx_out_of_range_is_refused_when_weights_are_bound(backend: str, ba
 
 
 @pytest.mark.parametrize("backend", ["eager", "iree"])
-def test_non_finite_scales_are_refused_when_weights_are_bound(backend: str, tmp_path) -> None:  # noqa: ANN001
+def test_non_finite_scales_are_refused_when_weights_are_bound(backend: str, tmp_path: Path) -> None:
     graph, _, state = _act_order_layer()
     state["scales"] = state["scales"].clone()
     state["scales"][1, 3] = float("nan")
@@ -138,7 +149,7 @@ def test_the_ops_own_store_check_names_short_row_offsets_and_a_strided_cache() -
         torch.ops.fusegraph.kv_cache_store_(strided_cache(), x, ro, lengths, lookup, 0, 0)
 
 
-def test_iree_refuses_a_graph_whose_metadata_it_cannot_check_before_running(tmp_path) -> None:  # noqa: ANN001
+def test_iree_refuses_a_graph_whose_metadata_it_cannot_check_before_running(tmp_path: Path) -> None:
     inputs = [
         TensorType(DType.float32, ["total_seq_len", SMALL.n_kv_heads, SMALL.head_dim], DeviceRef.CPU()),
         TensorType(DType.uint32, ["batch_plus_1"], DeviceRef.CPU()),
@@ -155,18 +166,18 @@ def test_iree_refuses_a_graph_whose_metadata_it_cannot_check_before_running(tmp_
 
 
 @pytest.mark.parametrize("backend", ["eager", "iree"])
-def test_a_dim_the_inputs_make_negative_is_refused_before_running(backend: str, tmp_path) -> None:  # noqa: ANN001
+def test_a_dim_the_inputs_make_negative_is_refused_before_running(backend: str, tmp_path: Path) -> None:
     # `x[11:]` has n - 11 rows: valid for n >= 11, so only the call can refuse it
     with fusegraph.Graph("tail", input_types=[TensorType(DType.float32, ["n", 4], DeviceRef.CPU())]) as g:
         g.output(ops.mul(g.inputs[0][11:], g.inputs[0][11:]))
     model = _compile(g, backend, {}, tmp_path)
-    (y,) = model(torch.ones(13, 4))  # type: ignore[operator]
+    (y,) = model(torch.ones(13, 4))
     assert y.shape == (2, 4)
     message = (
         r"^dim n - 11 \(fg.slice result 0 dim 0\) is -3 with n = 8: below zero; the inputs are too "
         r"small for the graph"
     )
     with pytest.raises(ValueError, match=message):
-        model(torch.ones(8, 4))  # type: ignore[operator]
-    (y,) = model(torch.ones(11, 4))  # type: ignore[operator]
+        model(torch.ones(8, 4))
+    (y,) = model(torch.ones(11, 4))
     assert y.shape == (0, 4)
