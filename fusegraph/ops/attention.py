@@ -29,7 +29,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.effects import RaggedOperands
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
@@ -282,12 +282,3 @@ def _attention_torch(
         out: torch.Tensor = torch.ops.fusegraph.paged_attention(*args)
         return out
     return paged_attention_decomposed(*args)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
-@fx_emitter(PagedAttentionOp)
-def _attention_fx(e: Any, op: PagedAttentionOp, *tensors: Any) -> Any:
-    props = (op.layer_idx, op.scale, op.sliding_window)
-    return e.custom(
-        op.name, torch.ops.fusegraph.paged_attention.default, *tensors, *props, results=op.result_types
-    )

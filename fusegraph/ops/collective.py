@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import IntegerAttr, StringAttr, i64
@@ -40,7 +39,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, tra
 from xdsl.traits import MemoryReadEffect, MemoryWriteEffect
 
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
@@ -241,20 +240,3 @@ def _allgather_torch(op: AllGatherOp, x: torch.Tensor, *, ctx: LoweringContext) 
         x, op.axis.value.data, op.group.data, op.world_size.value.data
     )
     return y
-
-
-@fx_emitter(AllReduceOp)
-def _allreduce_fx(e: Any, op: AllReduceOp, x: Any) -> Any:
-    if e.mode != "custom":
-        raise _refuse_decomposed(op)
-    overload = torch.ops.fusegraph.all_reduce.default
-    return e.custom(op.name, overload, x, op.group.data, op.world_size.value.data, results=op.result_types)
-
-
-@fx_emitter(AllGatherOp)
-def _allgather_fx(e: Any, op: AllGatherOp, x: Any) -> Any:
-    if e.mode != "custom":
-        raise _refuse_decomposed(op)
-    overload = torch.ops.fusegraph.all_gather.default
-    props = (op.axis.value.data, op.group.data, op.world_size.value.data)
-    return e.custom(op.name, overload, x, *props, results=op.result_types)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import Float64Type, FloatAttr
@@ -20,7 +19,7 @@ from xdsl.traits import Pure
 from fusegraph.compiler.devices import DeviceRef
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorOrScalar, TensorValue
@@ -295,55 +294,3 @@ def clamp(x: TensorValue, min: float | None = None, max: float | None = None) ->
 @torch_impl(ClampOp)
 def _clamp_torch(op: ClampOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
     return torch.clamp(x, _bound(op.min), _bound(op.max))
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
-_aten = torch.ops.aten
-
-
-@fx_emitter(ConstantOp)
-def _constant_fx(e: Any, op: ConstantOp) -> Any:
-    return e.constant(torch.tensor(op.value.value.data, dtype=op.result.type.dtype.to_torch()))
-
-
-def _emit_with(target: Any) -> Any:
-    # The result is a new contiguous tensor of the op's IR type: no fake dispatch needed.
-    return lambda e, op, *xs: e.call_fresh(target, *xs, sizes=_sizes(e, op), dtype=_dtype(op))
-
-
-def _sizes(e: Any, op: Any) -> list[Any]:
-    return list(e.fresh(op.result.type).shape)
-
-
-def _dtype(op: Any) -> torch.dtype:
-    return op.result.type.dtype.to_torch()
-
-
-for _cls, _target in (
-    (AddOp, _aten.add.Tensor),
-    (SubOp, _aten.sub.Tensor),
-    (MulOp, _aten.mul.Tensor),
-    (DivOp, _aten.div.Tensor),
-    (NegOp, _aten.neg.default),
-    (ExpOp, _aten.exp.default),
-    (RsqrtOp, _aten.rsqrt.default),
-    (ReluOp, _aten.relu.default),
-):
-    fx_emitter(_cls)(_emit_with(_target))
-
-
-@fx_emitter(SiluOp)
-def _silu_fx(e: Any, op: Any, x: Any) -> Any:
-    sizes, dtype = _sizes(e, op), _dtype(op)
-    sigmoid = e.call_fresh(_aten.sigmoid.default, x, sizes=sizes, dtype=dtype)
-    return e.call_fresh(_aten.mul.Tensor, x, sigmoid, sizes=sizes, dtype=dtype)
-
-
-@fx_emitter(CastOp)
-def _cast_fx(e: Any, op: CastOp, x: Any) -> Any:
-    return e.convert(x, op.result.type.dtype.to_torch())
-
-
-@fx_emitter(ClampOp)
-def _clamp_fx(e: Any, op: ClampOp, x: Any) -> Any:
-    return e.call(_aten.clamp.default, x, _bound(op.min), _bound(op.max))

@@ -37,7 +37,7 @@ from xdsl.traits import Pure
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
@@ -372,12 +372,3 @@ def _qmatmul_gptq_torch(
         y: Tensor = torch.ops.fusegraph.qmatmul_gptq(x, qweight, scales, qzeros, g_idx, **params)
         return y
     return qmatmul_decomposed(x, qweight, scales, qzeros, g_idx, **params)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
-@fx_emitter(QMatmulGptqOp)
-def _qmatmul_gptq_fx(e: Any, op: QMatmulGptqOp, *tensors: Any) -> Any:
-    params = {k: v for k, v in op.params.items() if k != "desc_act"}
-    return e.custom(
-        op.name, torch.ops.fusegraph.qmatmul_gptq.default, *tensors, results=op.result_types, **params
-    )

@@ -36,7 +36,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.graph import emit, emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
@@ -219,14 +219,6 @@ def _gptq_repack_torch(
     return tuple(repack(qweight, qzeros, g_idx, **op.params).values())
 
 
-@fx_emitter(GptqRepackOp)
-def _gptq_repack_fx(e: Any, op: GptqRepackOp, *tensors: Any) -> Any:
-    node = e.custom(op.name, torch.ops.fusegraph.gptq_repack.default, *tensors, results=op.result_types,
-                    bits=op.bits, group_size=op.group_size, sym=op.sym, desc_act=op.desc_act,
-                    zero_format=op.zero_format)  # fmt: skip
-    return e.unpack(node, len(op.results))
-
-
 # --- fg.qmatmul.gptq_tiled -------------------------------------------------------------------
 @register_op
 @irdl_op_definition
@@ -366,9 +358,3 @@ def _qmatmul_gptq_tiled_torch(
         )
         return y
     return qmatmul_tiled_decomposed(x, qweight_t, scales, qzeros_t, perm, **op.params)
-
-
-@fx_emitter(QMatmulGptqTiledOp)
-def _qmatmul_gptq_tiled_fx(e: Any, op: QMatmulGptqTiledOp, *tensors: Any) -> Any:
-    return e.custom(op.name, torch.ops.fusegraph.qmatmul_gptq_tiled.default, *tensors, results=op.result_types,
-                    bits=op.bits, group_size=op.group_size, zero_format=op.zero_format)  # fmt: skip

@@ -31,7 +31,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, tra
 
 from fusegraph.compiler.effects import RaggedOperands, WritesBuffer
 from fusegraph.compiler.graph import emit
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
@@ -246,10 +246,3 @@ def _store_torch(
         return out
     check_store_capacity(op.name, kv_blocks, x, row_offsets, cache_lengths, lookup_table)
     return kv_cache_store_decomposed(*args, inplace=ctx.inplace)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
-@fx_emitter(KVCacheStoreOp)
-def _store_fx(e: Any, op: KVCacheStoreOp, *tensors: Any) -> Any:
-    overload = torch.ops.fusegraph.kv_cache_store.default
-    return e.custom(op.name, overload, *tensors, op.layer_idx, op.key_or_value, results=op.result_types)

@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from xdsl.ir import Attribute
@@ -15,7 +14,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, result_def, traits_def
 from xdsl.traits import Pure
 
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import EmitUnsupportedError, LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
@@ -73,12 +72,3 @@ def _matmul_torch(
     op: MatmulOp, lhs: torch.Tensor, rhs: torch.Tensor, *, ctx: LoweringContext
 ) -> torch.Tensor:
     return torch.matmul(lhs, rhs)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
-@fx_emitter(MatmulOp)
-def _matmul_fx(e: Any, op: MatmulOp, lhs: Any, rhs: Any) -> Any:
-    ranks = (e.val(lhs).dim(), e.val(rhs).dim())
-    if ranks != (2, 2):  # torch.matmul's other cases expand/fold views; trace those
-        raise EmitUnsupportedError(f"only rank-2 @ rank-2 is emitted directly, got ranks {ranks}")
-    return e.call(torch.ops.aten.mm.default, lhs, rhs)

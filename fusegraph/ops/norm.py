@@ -21,7 +21,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, tra
 from xdsl.traits import Pure
 
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
@@ -128,38 +128,3 @@ def softmax(x: TensorValue, axis: int = -1) -> TensorValue:
 @torch_impl(SoftmaxOp)
 def _softmax_torch(op: SoftmaxOp, x: torch.Tensor, *, ctx: LoweringContext) -> torch.Tensor:
     return torch.softmax(x.to(torch.float32), dim=op.axis.value.data).to(x.dtype)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
-@fx_emitter(RmsNormOp)
-def _rms_norm_fx(e: Any, op: RmsNormOp, x: Any, weight: Any) -> Any:
-    # Every intermediate is a new contiguous tensor of a known size: no fake dispatches.
-    aten, f32, dtype = torch.ops.aten, torch.float32, e.val(x).dtype
-    sizes = list(e.val(x).shape)
-    rows = dict(sizes=[*sizes[:-1], 1], dtype=f32)
-
-    def f32_of(v: Any, like: list[Any]) -> Any:
-        if e.val(v).dtype == f32:
-            return v
-        return e.call_fresh(torch.ops.prims.convert_element_type.default, v, f32, sizes=like, dtype=f32)
-
-    xf = f32_of(x, sizes)
-    square = e.call_fresh(aten.pow.Tensor_Scalar, xf, 2, sizes=sizes, dtype=f32)
-    mean = e.call_fresh(aten.mean.dim, square, [-1], True, **rows)
-    inv = e.call_fresh(
-        aten.rsqrt.default, e.call_fresh(aten.add.Tensor, mean, op.eps.value.data, **rows), **rows
-    )
-    normed = e.call_fresh(aten.mul.Tensor, xf, inv, sizes=sizes, dtype=f32)
-    out = e.call_fresh(
-        aten.mul.Tensor, normed, f32_of(weight, list(e.val(weight).shape)), sizes=sizes, dtype=f32
-    )
-    if dtype == f32:
-        return out
-    return e.call_fresh(torch.ops.prims.convert_element_type.default, out, dtype, sizes=sizes, dtype=dtype)
-
-
-@fx_emitter(SoftmaxOp)
-def _softmax_fx(e: Any, op: SoftmaxOp, x: Any) -> Any:
-    xf = e.convert(x, torch.float32)
-    out = e.call(torch.ops.aten._softmax.default, xf, op.axis.value.data, False)
-    return e.convert(out, e.val(x).dtype)

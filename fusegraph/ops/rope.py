@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import BoolAttr, FloatAttr, IntegerAttr
@@ -34,7 +33,7 @@ from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.effects import RaggedOperands
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
@@ -232,10 +231,3 @@ def _rope_torch(
         out: torch.Tensor = torch.ops.fusegraph.rope(*args)
         return out
     return rope_decomposed(*args)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
-@fx_emitter(RopeOp)
-def _rope_fx(e: Any, op: RopeOp, *tensors: Any) -> Any:
-    props = (op.interleaved, *op.variant.schema_args())
-    return e.custom(op.name, torch.ops.fusegraph.rope.default, *tensors, *props, results=op.result_types)

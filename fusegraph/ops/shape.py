@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import DenseArrayBase, IntegerAttr, i64
@@ -27,7 +26,7 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dims import Dim, DimLike, product
 from fusegraph.compiler.graph import emit, emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType, shape_str
 from fusegraph.compiler.values import TensorValue
@@ -265,30 +264,3 @@ def split(x: TensorValue, sizes: Sequence[DimLike], axis: int = 0) -> list[Tenso
 def _split_torch(op: SplitOp, x: torch.Tensor, *, ctx: LoweringContext) -> tuple[torch.Tensor, ...]:
     axis = normalize_axis(op.name, op.axis.value.data, x.dim())
     return tuple(torch.split(x, [ctx.size(s) for s in op.sizes], dim=axis))
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
-@fx_emitter(ReshapeOp)
-def _reshape_fx(e: Any, op: ReshapeOp, x: Any) -> Any:
-    return e.reshape(x, op.result.type)
-
-
-@fx_emitter(PermuteOp)
-def _permute_fx(e: Any, op: PermuteOp, x: Any) -> Any:
-    return e.call(torch.ops.aten.permute.default, x, list(op.permutation))
-
-
-@fx_emitter(ConcatOp)
-def _concat_fx(e: Any, op: ConcatOp, *xs: Any) -> Any:
-    return e.call(torch.ops.aten.cat.default, list(xs), op.axis.value.data)
-
-
-@fx_emitter(SplitOp)
-def _split_fx(e: Any, op: SplitOp, x: Any) -> Any:
-    axis = normalize_axis(op.name, op.axis.value.data, e.val(x).dim())
-    sizes = [e.size(s) for s in op.sizes]
-    results = [expect_tensor(op.name, "output", r.type) for r in op.outputs]
-    pieces = e.call_views(
-        torch.ops.aten.split_with_sizes.default, x, sizes, axis, results=results, strides=e.val(x).stride()
-    )
-    return e.unpack(pieces, len(op.outputs))

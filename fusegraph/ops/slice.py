@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import DenseArrayBase, IntegerAttr, i64
@@ -25,7 +24,7 @@ from xdsl.traits import Pure
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.graph import emit_tensor
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import Index, IndexItem, TensorValue
@@ -230,23 +229,3 @@ def _gather_torch(
     axis = normalize_axis(op.name, op.axis.value.data, x.dim())
     flat = torch.index_select(x, axis, indices.reshape(-1).to(torch.int64))
     return flat.reshape(ctx.sizes(op.result.type.shape))
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): what make_fx records for the impls ---
-@fx_emitter(SliceOp)
-def _slice_fx(e: Any, op: SliceOp, x: Any) -> Any:
-    # Indexing skips a slice that is statically the whole dim, and slices every other dim.
-    for axis, (d, (start, stop, step)) in enumerate(
-        zip(expect_tensor(op.name, "input", op.input.type).shape, op.bounds)
-    ):
-        if not (d.is_static and start == 0 and stop >= d.value and step == 1):
-            x = e.call(torch.ops.aten.slice.Tensor, x, axis, start, stop, step)
-    return x
-
-
-@fx_emitter(GatherOp)
-def _gather_fx(e: Any, op: GatherOp, x: Any, indices: Any) -> Any:
-    axis = normalize_axis(op.name, op.axis.value.data, e.val(x).dim())
-    flat = e.convert(e.view(indices, [-1]), torch.int64)
-    picked = e.call(torch.ops.aten.index_select.default, x, axis, flat)
-    return e.reshape(picked, op.result.type)
