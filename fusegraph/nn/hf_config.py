@@ -95,15 +95,15 @@ class ModelConfig:
     ) -> ModelConfig:
         """Build from a parsed `config.json` (see `from_file`)."""
         r = _Reader(data, source)
-        model_type = r.get("model_type", str)
+        model_type = r.string("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ModelLoadError(
                 f"{source}: model_type={model_type!r} is not supported; supported: {list(SUPPORTED_MODEL_TYPES)}"
             )
         if (act := data.get("hidden_act", "silu")) != "silu":
             raise ModelLoadError(f"{source}: hidden_act={act!r} is not supported; allowed: ['silu']")
-        hidden, heads = r.get("hidden_size", int), r.get("num_attention_heads", int)
-        layers = r.get("num_hidden_layers", int)
+        hidden, heads = r.positive_int("hidden_size"), r.positive_int("num_attention_heads")
+        layers = r.positive_int("num_hidden_layers")
         head_dim = data.get("head_dim") or (hidden // heads if heads and hidden % heads == 0 else None)
         if head_dim is None:
             raise ModelLoadError(
@@ -112,9 +112,9 @@ class ModelConfig:
         theta, scaling = _rope(data, source)
         return cls(
             model_type=model_type,
-            vocab_size=r.get("vocab_size", int),
+            vocab_size=r.positive_int("vocab_size"),
             hidden_size=hidden,
-            intermediate_size=r.get("intermediate_size", int),
+            intermediate_size=r.positive_int("intermediate_size"),
             num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=int(data.get("num_key_value_heads") or heads),
@@ -138,13 +138,20 @@ class _Reader:
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         self.data, self.source = data, source
 
-    def get(self, key: str, kind: type) -> Any:
+    def _required(self, key: str) -> object:
         if key not in self.data:
             raise ModelLoadError(f"{self.source}: missing required field {key!r}")
-        value = self.data[key]
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        return self.data[key]
+
+    def positive_int(self, key: str) -> int:
+        value = self._required(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ModelLoadError(f"{self.source}: field {key!r} must be a positive int, got {value!r}")
-        if kind is str and not isinstance(value, str):
+        return value
+
+    def string(self, key: str) -> str:
+        value = self._required(key)
+        if not isinstance(value, str):
             raise ModelLoadError(f"{self.source}: field {key!r} must be a string, got {value!r}")
         return value
 
