@@ -40,9 +40,9 @@ _ROLES = {
 _TOLERANCE = {"torch.float32": 1e-4, "torch.float16": 2e-2, "torch.bfloat16": 3e-2}  # by str(dtype)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the `run` subcommand to the `fusegraph` CLI."""
-    p: argparse.ArgumentParser = subparsers.add_parser("run", help="run a text IR graph on random inputs (eager or IREE)")
+    p = subparsers.add_parser("run", help="run a text IR graph on random inputs (eager or IREE)")
     p.add_argument("file", help="input IR file")
     p.add_argument("--backend", choices=("eager", "iree"), default="eager")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
