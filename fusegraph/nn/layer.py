@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import torch
 
 from fusegraph.compiler import DeviceRef, DType, Graph, TensorType, TensorValue
+
+
+class SharedState(Protocol):
+    """An object shared by several modules whose `state_dict()` names tensors globally (the rope table)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Module:
     _params: dict[str, ParamSpec]
     _children: dict[str, Module]
     _values: dict[str, torch.Tensor]
-    _shared: list[Any]
+    _shared: list[SharedState]
     _accepted: dict[str, Callable[[str, torch.Tensor], None]]
     _aliases: dict[str, Module]
     _prefix: str
@@ -74,7 +80,7 @@ class Module:
     def _declare(self, name: str, shape: Sequence[int], dtype: DType, device: DeviceRef) -> None:
         self._params[name] = ParamSpec(tuple(int(s) for s in shape), dtype, device)
 
-    def _share(self, obj: Any) -> None:
+    def _share(self, obj: SharedState) -> None:
         self._shared.append(obj)
 
     def _accept(self, name: str, check: Callable[[str, torch.Tensor], None]) -> None:
@@ -188,7 +194,7 @@ class Module:
         module._values[leaf] = value.detach()
 
 
-def _check_tensor(name: str, value: Any, spec: ParamSpec) -> None:
+def _check_tensor(name: str, value: object, spec: ParamSpec) -> None:
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"tensor {name!r}: expected a torch.Tensor, got {type(value).__name__}")
     if tuple(value.shape) != spec.shape:
