@@ -156,15 +156,8 @@ def _check_ropes(g: UnfusedChain) -> NoMatch | None:
 def _check_operands_dominate(g: UnfusedChain) -> NoMatch | None:
     where = block_index(insertion_point(g))
     s = g.k_store
-    operands = (
-        g.split.input,
-        g.k_rope.freqs_cis,
-        s.kv_blocks,
-        s.input_row_offsets,
-        s.cache_lengths,
-        s.lookup_table,
-    )
-    for value in operands:
+    meta = (s.kv_blocks, s.input_row_offsets, s.cache_lengths, s.lookup_table)
+    for value in (g.split.input, g.k_rope.freqs_cis, *meta):
         owner = value.owner
         if isinstance(owner, Operation) and block_index(owner) >= where:
             return no_match(f"operand from {owner.name} is defined after the fused op's position")

@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from xdsl.ir import Operation
@@ -14,6 +15,10 @@ from xdsl.ir import Operation
 from fusegraph import Graph
 
 NO_BLOCK = 2**32 - 1
+
+
+#: The torch-impl modes the op tests run (`LoweringContext.mode`).
+Mode = Literal["custom", "decomposed"]
 
 
 def u32(values: Sequence) -> torch.Tensor:

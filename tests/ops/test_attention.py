@@ -8,7 +8,8 @@ import torch
 
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.impls import LoweringContext, get_torch_impl
-from tests.ops.paged_reference import Step, dense_attention, make_step, only_op, read_reference, u32
+from fusegraph.ops.attention import PagedAttentionOp
+from tests.ops.paged_reference import Mode, Step, dense_attention, make_step, only_op, read_reference, u32
 
 CPU = DeviceRef.CPU()
 F32, U32 = DType.float32, DType.uint32
@@ -70,13 +71,15 @@ def test_attention__refuses_head_dim_mismatch() -> None:
 
 def test_attention__sliding_window_prints_and_reads_back() -> None:
     op = only_op(_build(sliding_window=5), "fg.attention.paged")
+    assert isinstance(op, PagedAttentionOp)
     assert (op.sliding_window, op.mask, op.layer_idx, op.scale) == (5, "causal", 1, 0.3)
-    assert only_op(_build(), "fg.attention.paged").sliding_window is None
+    op = only_op(_build(), "fg.attention.paged")
+    assert isinstance(op, PagedAttentionOp) and op.sliding_window is None
 
 
 # --- numerics ---------------------------------------------------------------------------
 def _check(
-    step: Step, n_heads: int, n_kv_heads: int, window: int | None = None, mode: str = "custom"
+    step: Step, n_heads: int, n_kv_heads: int, window: int | None = None, mode: Mode = "custom"
 ) -> None:
     torch.manual_seed(sum(step.tokens) + n_kv_heads)
     d, layer, scale = 8, 1, 8**-0.5
@@ -96,7 +99,7 @@ def _check(
 
 @pytest.mark.parametrize("mode", ["custom", "decomposed"])
 @pytest.mark.parametrize(("n_heads", "n_kv_heads"), [(8, 2), (8, 1), (2, 2)], ids=["gqa", "mqa", "mha"])
-def test_attention__prefill_matches_dense_causal(n_heads: int, n_kv_heads: int, mode: str) -> None:
+def test_attention__prefill_matches_dense_causal(n_heads: int, n_kv_heads: int, mode: Mode) -> None:
     _check(make_step([0, 0], [7, 3], page_size=4, num_blocks=24), n_heads, n_kv_heads, mode=mode)
 
 
@@ -106,7 +109,7 @@ def test_attention__decode_matches_dense_causal(n_heads: int, n_kv_heads: int) -
 
 
 @pytest.mark.parametrize("mode", ["custom", "decomposed"])
-def test_attention__mixed_batch_of_1_and_37_token_sequences(mode: str) -> None:
+def test_attention__mixed_batch_of_1_and_37_token_sequences(mode: Mode) -> None:
     _check(make_step([12, 0, 3], [1, 37, 1], page_size=8, num_blocks=24), 8, 2, mode=mode)
 
 

@@ -8,7 +8,7 @@ import torch
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.ops.rope import RopeVariant
-from tests.ops.paged_reference import freqs_table, only_op, rope_reference, u32
+from tests.ops.paged_reference import Mode, freqs_table, only_op, rope_reference, u32
 
 CPU = DeviceRef.CPU()
 F32, U32 = DType.float32, DType.uint32
@@ -17,7 +17,8 @@ F32, U32 = DType.float32, DType.uint32
 def _types(
     d: int = 8, freqs_d: int | None = None, ro_dtype: DType = U32, x_rank: int = 3
 ) -> list[TensorType]:
-    x_shape = ["total_seq_len", 2, d][:x_rank] if x_rank <= 3 else ["total_seq_len", 2, d, 1]
+    dims: list[int | str] = ["total_seq_len", 2, d, 1]
+    x_shape = dims[:x_rank] if x_rank <= 3 else dims
     return [
         TensorType(F32, x_shape, CPU),
         TensorType(ro_dtype, ["batch_plus_1"], CPU),
@@ -75,14 +76,14 @@ def test_rope__refuses_static_row_offsets_that_do_not_match_batch() -> None:
 
 
 # --- numerics ---------------------------------------------------------------------------
-def _run(g: Graph, *tensors: torch.Tensor, mode: str) -> torch.Tensor:
+def _run(g: Graph, *tensors: torch.Tensor, mode: Mode) -> torch.Tensor:
     op = only_op(g, "fg.rope")
     return get_torch_impl(op)(op, *tensors, ctx=LoweringContext(mode=mode))
 
 
 @pytest.mark.parametrize("mode", ["custom", "decomposed"])
 @pytest.mark.parametrize("interleaved", [True, False])
-def test_rope__matches_rotation_formula_on_ragged_batch(interleaved: bool, mode: str) -> None:
+def test_rope__matches_rotation_formula_on_ragged_batch(interleaved: bool, mode: Mode) -> None:
     torch.manual_seed(0)
     cache_lengths, tokens, d = [0, 5, 40], [3, 1, 6], 8
     x = torch.randn(sum(tokens), 2, d)

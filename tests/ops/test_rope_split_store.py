@@ -12,8 +12,8 @@ from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.compiler.lowering.fx import to_fx
 from fusegraph.ops.attention import paged_attention_decomposed
-from fusegraph.ops.rope_split_store import rope_split_store_decomposed
-from tests.ops.paged_reference import freqs_table, make_step, only_op, rope_reference, write_reference
+from fusegraph.ops.rope_split_store import RopeSplitStoreOp, rope_split_store_decomposed
+from tests.ops.paged_reference import Mode, freqs_table, make_step, only_op, rope_reference, write_reference
 
 CPU = DeviceRef.CPU()
 F32, U32 = DType.float32, DType.uint32
@@ -60,6 +60,7 @@ def _unfused(interleaved: bool, layer_idx: int = 1) -> Graph:
 def test_rope_split_store__result_types() -> None:
     g = _fused(False)
     op = only_op(g, "fg.rope_split_store")
+    assert isinstance(op, RopeSplitStoreOp)
     assert op.results[0].type == TensorType(F32, ["total_seq_len", H * D], CPU)
     assert op.results[1].type == _types()[3]
     assert (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim) == (1, False, H, HKV, D)
@@ -109,7 +110,7 @@ def test_rope_split_store__fused_equals_unfused_on_q_and_whole_cache(interleaved
 
 @pytest.mark.parametrize("mode", ["custom", "decomposed"])
 @pytest.mark.parametrize("interleaved", [True, False])
-def test_rope_split_store__matches_reference_from_the_math(interleaved: bool, mode: str) -> None:
+def test_rope_split_store__matches_reference_from_the_math(interleaved: bool, mode: Mode) -> None:
     step, qkv, kv = _inputs(1)
     op = only_op(_fused(interleaved), "fg.rope_split_store")
     ro, lens, lookup = step.metadata()

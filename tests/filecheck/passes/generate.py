@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fusegraph import DType, Graph, TensorType, ops
+from fusegraph import BufferType, DType, Graph, TensorType, ops
 from tests.passes.graphs import (
     CPU,
     F32,
@@ -198,7 +198,7 @@ def qkv_cases() -> list[Case]:
 
 
 # --- canonicalize / cse / dce ---------------------------------------------------------
-def _graph(name: str, body: Callable, *types: TensorType) -> Graph:  # type: ignore[type-arg]
+def _graph(name: str, body: Callable, *types: TensorType | BufferType) -> Graph:  # type: ignore[type-arg]
     with Graph(name, input_types=list(types or [_t("T", 64)])) as g:
         out = body(*g.inputs)
         g.output(*(out if isinstance(out, (list, tuple)) else [out]))
