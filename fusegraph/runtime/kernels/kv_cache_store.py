@@ -38,7 +38,7 @@ def _kv_cache_store_kernel(
         idx = start + seqs
         ends = tl.load(ro_ptr + 1 + idx, mask=idx < B, other=0).to(tl.int64)
         count += ((ends <= t) & (idx < B)).to(tl.int32)
-    b = tl.sum(count, axis=0)
+    b = tl.minimum(tl.sum(count, axis=0), B - 1)  # rows past row_offsets[B] (refused): the last
     pos = tl.load(lens_ptr + b).to(tl.int64) + t - tl.load(ro_ptr + b).to(tl.int64)
     in_row = pos // page_size < max_pages
     if HAS_FLAG:
@@ -83,7 +83,7 @@ def kv_cache_store_triton(
         raise ValueError(
             f"kv_cache_store: kv_blocks {tuple(kv_blocks.shape)} != [.., {n_kv_heads}, {head_dim}] of x"
         )
-    if rows == 0:
+    if rows == 0 or cache_lengths.shape[0] == 0:  # no sequence owns a row: nothing to write
         return
     if x.stride(2) != 1:
         x = x.contiguous()

@@ -43,13 +43,14 @@ __all__ = ["rope_split_store_triton"]
 
 @triton.jit
 def _sequence_of_row(row_offsets_ptr, t, B, BLOCK_B: tl.constexpr):
-    """b such that row_offsets[b] <= t < row_offsets[b+1] (empty sequences skipped)."""
+    """b such that row_offsets[b] <= t < row_offsets[b+1] (empty sequences skipped); B - 1 for a
+    row past row_offsets[B] (row offsets the runtime refuses), so nothing is read past the batch."""
     count = tl.zeros([BLOCK_B], dtype=tl.int32)
     for start in range(0, B, BLOCK_B):
         idx = start + tl.arange(0, BLOCK_B)
         ends = tl.load(row_offsets_ptr + 1 + idx, mask=idx < B, other=0).to(tl.int64)
         count += ((ends <= t) & (idx < B)).to(tl.int32)
-    return tl.sum(count, axis=0)
+    return tl.minimum(tl.sum(count, axis=0), B - 1)
 
 
 @triton.jit
@@ -232,6 +233,8 @@ def rope_split_store_triton(
     q_out = torch.empty((t_rows, n_heads * head_dim), dtype=qkv.dtype, device=qkv.device)
     if t_rows == 0:
         return q_out
+    if row_offsets.shape[0] == 1:  # no sequence owns a row (row offsets the runtime refuses)
+        return q_out.zero_()
     batch = row_offsets.shape[0] - 1
     n_total = n_heads + 2 * n_kv_heads
     block_d = triton.next_power_of_2(head_dim)
