@@ -99,18 +99,36 @@ class BinaryElementwiseOp(FgOp):
         return [TensorType(lhs.dtype, broadcast_shapes(name, lhs.shape, rhs.shape), lhs.device)]
 
 
-def _make_binary(cls_name: str, op_name: str, symbol: str, fn: _TorchFn) -> type[BinaryElementwiseOp]:
-    doc = f"`{op_name}`: lhs {symbol} rhs, with numpy broadcasting."
-    cls = type(cls_name, (BinaryElementwiseOp,), {"name": op_name, "__doc__": doc})
-    cls = register_op(irdl_op_definition(cls))
-    torch_impl(cls)(lambda op, lhs, rhs, *, ctx: fn(lhs, rhs))
-    return cls
+@register_op
+@irdl_op_definition
+class AddOp(BinaryElementwiseOp):
+    """`fg.add`: lhs + rhs, with numpy broadcasting."""
+
+    name = "fg.add"
 
 
-AddOp = _make_binary("AddOp", "fg.add", "+", torch.add)
-SubOp = _make_binary("SubOp", "fg.sub", "-", torch.sub)
-MulOp = _make_binary("MulOp", "fg.mul", "*", torch.mul)
-DivOp = _make_binary("DivOp", "fg.div", "/", torch.div)
+@register_op
+@irdl_op_definition
+class SubOp(BinaryElementwiseOp):
+    """`fg.sub`: lhs - rhs, with numpy broadcasting."""
+
+    name = "fg.sub"
+
+
+@register_op
+@irdl_op_definition
+class MulOp(BinaryElementwiseOp):
+    """`fg.mul`: lhs * rhs, with numpy broadcasting."""
+
+    name = "fg.mul"
+
+
+@register_op
+@irdl_op_definition
+class DivOp(BinaryElementwiseOp):
+    """`fg.div`: lhs / rhs, with numpy broadcasting."""
+
+    name = "fg.div"
 
 
 def _binary(op_cls: type[BinaryElementwiseOp], lhs: TensorOrScalar, rhs: TensorOrScalar) -> TensorValue:
@@ -170,18 +188,63 @@ class UnaryElementwiseOp(FgOp):
         return [x]
 
 
-def _make_unary(cls_name: str, op_name: str, fn: _TorchFn) -> type[UnaryElementwiseOp]:
-    cls = type(cls_name, (UnaryElementwiseOp,), {"name": op_name, "__doc__": f"`{op_name}`, elementwise."})
-    cls = register_op(irdl_op_definition(cls))
-    torch_impl(cls)(lambda op, x, *, ctx: fn(x))
-    return cls
+@register_op
+@irdl_op_definition
+class NegOp(UnaryElementwiseOp):
+    """`fg.neg`: -x."""
+
+    name = "fg.neg"
 
 
-NegOp = _make_unary("NegOp", "fg.neg", torch.neg)
-ExpOp = _make_unary("ExpOp", "fg.exp", torch.exp)
-RsqrtOp = _make_unary("RsqrtOp", "fg.rsqrt", torch.rsqrt)
-SiluOp = _make_unary("SiluOp", "fg.silu", torch.nn.functional.silu)
-ReluOp = _make_unary("ReluOp", "fg.relu", torch.relu)
+@register_op
+@irdl_op_definition
+class ExpOp(UnaryElementwiseOp):
+    """`fg.exp`: e**x (float types)."""
+
+    name = "fg.exp"
+
+
+@register_op
+@irdl_op_definition
+class RsqrtOp(UnaryElementwiseOp):
+    """`fg.rsqrt`: 1/sqrt(x) (float types)."""
+
+    name = "fg.rsqrt"
+
+
+@register_op
+@irdl_op_definition
+class SiluOp(UnaryElementwiseOp):
+    """`fg.silu`: x * sigmoid(x) (float types)."""
+
+    name = "fg.silu"
+
+
+@register_op
+@irdl_op_definition
+class ReluOp(UnaryElementwiseOp):
+    """`fg.relu`: max(x, 0)."""
+
+    name = "fg.relu"
+
+
+def _impl_of(fn: _TorchFn) -> Callable[..., torch.Tensor]:
+    """The torch implementation of an elementwise op: `fn` of its operand tensors."""
+    return lambda op, *xs, ctx: fn(*xs)
+
+
+for _cls, _fn in (
+    (AddOp, torch.add),
+    (SubOp, torch.sub),
+    (MulOp, torch.mul),
+    (DivOp, torch.div),
+    (NegOp, torch.neg),
+    (ExpOp, torch.exp),
+    (RsqrtOp, torch.rsqrt),
+    (SiluOp, torch.nn.functional.silu),
+    (ReluOp, torch.relu),
+):
+    torch_impl(_cls)(_impl_of(_fn))
 
 
 def neg(x: TensorValue) -> TensorValue:
