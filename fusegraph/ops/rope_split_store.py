@@ -6,16 +6,12 @@ Semantics: exactly the unfused chain `UnfusedChain.build` constructs
 It is built as a custom op is: a shape rule, a torch implementation (also its reference and
 decomposition) and torch.library ops that device kernels can override.
 
-torch.library ops (stable; the Triton CUDA kernel is registered for the in-place form):
-    `fusegraph::rope_split_store(Tensor qkv, Tensor input_row_offsets, Tensor freqs_cis,
-    Tensor kv_blocks, Tensor cache_lengths, Tensor lookup_table, int layer_idx,
-    bool interleaved, int n_heads, int n_kv_heads, int head_dim, int? long_after=None,
-    float[]? ntk=None) -> (Tensor, Tensor)`
-    (functional: returns q and the new kv_blocks), and
-    `fusegraph::rope_split_store_(Tensor qkv, Tensor input_row_offsets, Tensor freqs_cis,
-    Tensor(a!) kv_blocks, Tensor cache_lengths, Tensor lookup_table, int layer_idx,
-    bool interleaved, int n_heads, int n_kv_heads, int head_dim, int? long_after=None,
-    float[]? ntk=None) -> Tensor` (in place; returns q). Both refuse, before writing, positions outside a sequence's pages.
+torch.library ops (stable; the Triton CUDA kernel is registered for the in-place form), their
+arguments those of `rope_split_store_decomposed` (the tensors, then layer_idx, interleaved,
+n_heads, n_kv_heads, head_dim, `int? long_after=None, float[]? ntk=None`):
+`fusegraph::rope_split_store(...) -> (Tensor, Tensor)` (functional: q and the new kv_blocks) and
+`fusegraph::rope_split_store_(..., Tensor(a!) kv_blocks, ...) -> Tensor` (in place; returns q).
+Both refuse, before writing, positions outside a sequence's pages.
 
 Example:
     >>> q, kv = ops.rope_split_store(qkv, ro, freqs, kv, lens, lookup, layer_idx=0,
@@ -36,7 +32,7 @@ from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, r
 from fusegraph.compiler.dims import Dim
 from fusegraph.compiler.effects import RaggedOperands, WritesBuffer
 from fusegraph.compiler.graph import emit
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import BufferType, TensorType
 from fusegraph.compiler.values import BufferValue, TensorValue
@@ -118,15 +114,7 @@ class RopeSplitStoreOp(FgOp):
         props: dict[str, Attribute] = {k: IntegerAttr(v, i64) for k, v in ints.items()}
         props.update(interleaved=IntegerAttr.from_bool(bool(interleaved)), **variant.props())
         operands = [qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table]
-        rule = partial(
-            self.rule,
-            layer_idx=layer_idx,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            head_dim=head_dim,
-            variant=variant,
-        )
-        super().__init__(operands, props, rule=rule)
+        super().__init__(operands, props, rule=partial(self.rule, **ints, variant=variant))
 
     @property
     def layer_idx(self) -> int:
@@ -159,14 +147,8 @@ class RopeSplitStoreOp(FgOp):
         return RopeVariant.of(self)
 
     def infer_types(self) -> Sequence[Attribute]:
-        return self.rule(
-            *(v.type for v in self.operands),
-            layer_idx=self.layer_idx,
-            n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads,
-            head_dim=self.head_dim,
-            variant=self.variant,
-        )
+        ints = {name: getattr(self, name) for name in ("layer_idx", "n_heads", "n_kv_heads", "head_dim")}
+        return self.rule(*(v.type for v in self.operands), **ints, variant=self.variant)
 
     @staticmethod
     def rule(
@@ -176,6 +158,7 @@ class RopeSplitStoreOp(FgOp):
         kv_blocks: Attribute,
         cache_lengths: Attribute,
         lookup_table: Attribute,
+        /,
         *,
         layer_idx: int,
         n_heads: int,
@@ -251,19 +234,9 @@ def rope_split_store(
         >>> q, kv = ops.rope_split_store(qkv, ro, freqs, kv, lens, lookup, layer_idx=0,
         ...                              interleaved=False, n_heads=4, n_kv_heads=2, head_dim=16)
     """
-    meta = (input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table)
-    op = emit(
-        RopeSplitStoreOp(
-            qkv,
-            *meta,
-            layer_idx=layer_idx,
-            interleaved=interleaved,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            head_dim=head_dim,
-            variant=variant,
-        )
-    )
+    op = emit(RopeSplitStoreOp(qkv, input_row_offsets, freqs_cis, kv_blocks, cache_lengths, lookup_table,
+                               layer_idx=layer_idx, interleaved=interleaved, n_heads=n_heads,
+                               n_kv_heads=n_kv_heads, head_dim=head_dim, variant=variant))  # fmt: skip
     return TensorValue(op.q_out), BufferValue(op.kv_out)
 
 
@@ -382,13 +355,3 @@ def _rss_torch(
         return q, kv
     check_store_capacity(op.name, kv_blocks, qkv, row_offsets, cache_lengths, lookup_table)
     return rope_split_store_decomposed(*args, inplace=ctx.inplace)
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
-@fx_emitter(RopeSplitStoreOp)
-def _rss_fx(e: Any, op: RopeSplitStoreOp, *tensors: Any) -> Any:
-    props = (op.layer_idx, op.interleaved, op.n_heads, op.n_kv_heads, op.head_dim, *op.variant.schema_args())
-    node = e.custom(
-        op.name, torch.ops.fusegraph.rope_split_store.default, *tensors, *props, results=op.result_types
-    )
-    return e.unpack(node, 2)
