@@ -118,7 +118,9 @@ def token_positions(
     `lengths` (a device assert): the eager runtime's device check refuses such row offsets."""
     batch = token_batch(row_offsets, num_tokens)
     if row_offsets.is_cuda:
-        batch = batch.clamp(max=max(lengths.shape[0] - 1, 0))
+        if lengths.shape[0] == 0:  # no sequence (rows > 0): a step the device check refuses
+            lengths = lengths.new_zeros(1)
+        batch = batch.clamp(max=lengths.shape[0] - 1)
     t = torch.arange(num_tokens, device=row_offsets.device, dtype=torch.int64)
     pos = lengths.index_select(0, batch) + t - row_offsets.index_select(0, batch)
     return batch, pos
