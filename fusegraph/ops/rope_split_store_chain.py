@@ -1,17 +1,10 @@
-"""The unfused form of `fg.rope_split_store`, defined once (docs/internals.md pins it down):
-
-    %q, %k, %v = fg.split %qkv {axis = 1}                 // [T, H·D], [T, Hkv·D], [T, Hkv·D]
-    %q3 = fg.reshape %q    %k3 = fg.reshape %k    %v3 = fg.reshape %v     // [T, heads, D]
-    %qr = fg.rope %q3, %ro, %lens, %freqs {interleaved = false}
-    %kr = fg.rope %k3, %ro, %lens, %freqs {interleaved = false}
-    %b1 = fg.kv_cache.store %b0, %kr, %ro, %lens, %lookup {key_or_value = 0, layer_idx = 3}
-    %b2 = fg.kv_cache.store %b1, %v3, %ro, %lens, %lookup {key_or_value = 1, layer_idx = 3}
-    %q2 = fg.reshape %qr                                   // [T, H·D]
+"""The unfused form of `fg.rope_split_store`, defined once (docs/internals.md prints it): split
+qkv into q, k, v; reshape each to `[T, heads, D]`; rope q and k; store k, then v on the buffer
+version the k store returned; reshape q back to `[T, H·D]`.
 
 `UnfusedChain.build` constructs it (the attention layer's unfused path, through `emit`, and
 `unfuse-rope-split-store`, through `UnfusedChain.of(fused_op)`); `passes/rope_split_store_match.py`
-finds one in the IR and `UnfusedChain.fused()` gives the one op it equals
-(`fuse-rope-split-store`).
+finds one in the IR and `UnfusedChain.fused()` is the one op it equals (`fuse-rope-split-store`).
 
 Example:
     >>> chain = UnfusedChain.build(qkv, ro, freqs, kv, lens, lookup, layer_idx=0, interleaved=False,
