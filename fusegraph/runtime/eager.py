@@ -64,9 +64,15 @@ class CompiledGraph:
         self.device = device
         self.input_types = [cast(TensorType | BufferType, a.type) for a in self.graph.block.args]
         self.num_outputs = len(self.graph.outputs)
+        on_cuda = torch.device(device).type == "cuda"
+        # CPU: the shared host checks (input_checks.py, also run by IREE); an op whose metadata
+        # the graph computes checks its own operands when it runs. CUDA: the checks that read no
+        # tensor values (shapes, strides, dims) on the host, the metadata values on the device
+        # before the step, so (as for IREE) the metadata must be graph inputs.
+        self._input_checks = InputChecks.for_graph(self.graph, strict=on_cuda)
+        self._check = self._input_checks.check_host if on_cuda else self._input_checks.check
         bound = bind_weights(self.graph.weights, weights or {}, device)
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))  # g_idx range, finite scales
-        on_cuda = torch.device(device).type == "cuda"
         if on_cuda:
             load_cuda_kernels()
         self.module = fold_constants(
@@ -75,10 +81,6 @@ class CompiledGraph:
             weight_dims(self.graph.weights, bound),
         )
         del bound  # the module keeps what it reads
-        # CPU: the shared host checks (input_checks.py, also run by IREE). CUDA: those that read
-        # no tensor values (shapes, strides, dims) on the host, the metadata values on the device.
-        self._input_checks = InputChecks.for_graph(self.graph, strict=False)
-        self._check = self._input_checks.check_host if on_cuda else self._input_checks.check
         guards = write_guards(self.graph) if on_cuda else []
         self._device_guards = DeviceWriteGuards(guards) if guards else None
         self._cuda_graphs = CudaGraphRunner(self._step, device) if cuda_graphs else None

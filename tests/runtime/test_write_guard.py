@@ -13,7 +13,7 @@ from fusegraph import ops
 from fusegraph.compiler.dims import Dim
 from fusegraph.runtime import PagedKVCacheManager
 from fusegraph.runtime.write_guard import WriteGuard, write_guards
-from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
+from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights, kv_input_types
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -151,3 +151,23 @@ def test_compiled_graph__refuses_a_rope_position_past_the_table_once_and_writes_
     call(2)  # positions 2, 3: runs, and the refusal above is not raised a second time
     model.synchronize()
     assert all(not torch.equal(a, b) for a, b in zip(kvs, before))
+
+
+def test_cuda_eager_refuses_a_graph_whose_metadata_it_cannot_check_before_the_step() -> None:
+    # The device check runs first in the step, on graph inputs (as IREE's host check does); the
+    # eager CPU ops check their own operands, so the CPU accepts the graph. Refused before any
+    # CUDA work: this runs without a GPU too.
+    inputs = [
+        fusegraph.TensorType(
+            fusegraph.DType.float32, ["t", SMALL.n_kv_heads, SMALL.head_dim], fusegraph.DeviceRef.CPU()
+        ),
+        fusegraph.TensorType(fusegraph.DType.uint32, ["b1"], fusegraph.DeviceRef.CPU()),
+        *kv_input_types(1),
+    ]
+    with fusegraph.Graph("computed_lengths", input_types=inputs) as g:
+        x, ro, kv, lengths, lookup = g.inputs
+        ops.kv_cache_store(kv, x, ro, ops.add(lengths, lengths), lookup, layer_idx=0, key_or_value=0)
+        g.output(x)
+    fusegraph.compile(g, device="cpu", pipeline=None)
+    with pytest.raises(ValueError, match=r"^fg.kv_cache.store: cache_lengths is computed inside the graph"):
+        fusegraph.compile(g, device="cuda", pipeline=None)
