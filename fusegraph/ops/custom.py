@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import torch
 from torch._library.custom_ops import CustomOpDef as LibraryOp
@@ -42,16 +41,17 @@ from xdsl.traits import Pure
 
 from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.graph import emit
-from fusegraph.compiler.impls import LoweringContext, fx_emitter, torch_impl
+from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import DTypeAttr, TensorType
 from fusegraph.compiler.values import TensorValue
+from fusegraph.ops._common import expect_tensor
 
 NAMESPACE = "fusegraph_custom"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 ParamValue = bool | int | float | str | DType
-#: `(operand types, parameters) -> result types` (TensorTypes).
-ShapeRule = Callable[[list[Attribute], dict[str, ParamValue]], Sequence[Attribute]]
+#: `(operand types, parameters) -> result types`.
+ShapeRule = Callable[[list[TensorType], dict[str, ParamValue]], Sequence[TensorType]]
 #: `(*tensors, **parameters) -> a tensor, or one tensor per result`.
 TorchFn = Callable[..., torch.Tensor | Sequence[torch.Tensor]]
 
@@ -259,7 +259,8 @@ class CustomOp(FgOp):
     def rule(types: list[Attribute], *, symbol: str, params: dict[str, ParamValue]) -> list[list[Attribute]]:
         """The shape rule: the registered op's `shape_rule`, checked to give TensorTypes."""
         spec = lookup_custom_op(symbol)
-        results = list(spec.shape_rule(types, params))
+        tensors = [expect_tensor(f"fg.custom {symbol!r}", f"input {i}", t) for i, t in enumerate(types)]
+        results: list[Attribute] = list(spec.shape_rule(tensors, params))
         if not results:
             raise ValueError(f"fg.custom {spec.name!r}: shape rule returned no result types")
         for i, t in enumerate(results):
@@ -294,15 +295,4 @@ def _custom_torch(op: CustomOp, *tensors: torch.Tensor, ctx: LoweringContext) ->
         raise ValueError(
             f"fg.custom {spec.name!r}: torch impl returned {len(outputs)} tensors, IR has {len(op.outputs)}"
         )
-    return outputs if len(outputs) > 1 else outputs[0]
-
-
-# --- direct FX emission (`lowering/fx_direct.py`): the functional op, as make_fx records it ---
-@fx_emitter(CustomOp)
-def _custom_fx(e: Any, op: CustomOp, *tensors: Any) -> Any:
-    spec = lookup_custom_op(op.symbol.data)
-    params = _json_parameters(op.parameter_values)
-    outputs = e.unpack(
-        e.custom(op.name, spec.library_op, list(tensors), params, results=op.result_types), len(op.outputs)
-    )
     return outputs if len(outputs) > 1 else outputs[0]

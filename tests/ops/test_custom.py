@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -11,7 +13,7 @@ from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler import IRVerifyError
 from fusegraph.compiler.lowering import to_fx
 from fusegraph.dialect import parse
-from fusegraph.ops.custom import decode_parameters, registered_custom_ops
+from fusegraph.ops.custom import ParamValue, decode_parameters, registered_custom_ops
 
 CPU = DeviceRef.CPU()
 F32 = DType.float32
@@ -38,7 +40,7 @@ def _scaled_add_torch(
 
 
 SPEC = ops.register_custom_op("test.scaled_add", _scaled_add_rule, _scaled_add_torch)
-PARAMS = {"alpha": 3, "prod_dtype": DType.bfloat16, "negate": True, "tag": "v1"}
+PARAMS: dict[str, ParamValue] = {"alpha": 3, "prod_dtype": DType.bfloat16, "negate": True, "tag": "v1"}
 
 
 def _graph() -> Graph:
@@ -60,7 +62,7 @@ def test_custom__prints_parameters_and_round_trips() -> None:
 
 
 @pytest.mark.parametrize("mode", ["custom", "decomposed"])
-def test_custom__runs_in_both_modes_against_the_math(mode: str) -> None:
+def test_custom__runs_in_both_modes_against_the_math(mode: Literal["custom", "decomposed"]) -> None:
     gm = to_fx(_graph(), mode=mode)
     x, y = torch.randn(5, 4), torch.randn(5, 4)
     total, prod = gm(x, y)
@@ -125,6 +127,6 @@ def test_custom__shape_rule_and_parameter_errors() -> None:
             ValueError,
             match=r"parameter 'alpha' = \[1\] has type list; allowed: bool, int, float, str, DType",
         ):
-            ops.custom("test.scaled_add", [x, x], {**PARAMS, "alpha": [1]})
+            ops.custom("test.scaled_add", [x, x], {**PARAMS, "alpha": [1]})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"register_custom_op: name must be dotted identifiers"):
         ops.register_custom_op("bad name", _scaled_add_rule, _scaled_add_torch)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from xdsl.ir import Attribute, Block, Operation, SSAValue
+from xdsl.ir import Block, Operation, SSAValue
 
 from fusegraph import DeviceRef, DType, TensorType, ops
 from fusegraph.compiler import Dim
@@ -31,7 +31,7 @@ def _t(*shape: int | str | Dim, dtype: DType = F32) -> TensorType:
 ARGS = [_t("T", 64), _t(64, 32), _t(64), _t(256, 16), _t("T", dtype=DType.uint32)]
 
 
-def _pair_rule(types: list[Attribute], params: dict[str, ParamValue]) -> list[Attribute]:
+def _pair_rule(types: list[TensorType], params: dict[str, ParamValue]) -> list[TensorType]:
     assert isinstance(n := params["n"], int)
     return [types[0], TensorType(F32, [n], CPU)]
 
