@@ -28,6 +28,7 @@ from xdsl.pattern_rewriter import PatternRewriter
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.compiler.types import tensor_type
 from fusegraph.ops.custom import CustomOp
 from fusegraph.ops.elementwise import AddOp
 from fusegraph.ops.matmul import MatmulOp
@@ -79,11 +80,11 @@ class FuseAddmmPattern(GuardedPattern[AddmmMatch]):
         # another user still needs the matmul alone: fusing would compute it twice
         if isinstance(user := single_user(mm.result, "matmul result"), NoMatch):
             return user
-        if (rank := mm.lhs.type.rank) != 2:
+        if (rank := tensor_type(mm.lhs).rank) != 2:
             return no_match(f"matmul is batched (lhs rank {rank})")
-        n = mm.result.type.shape[1]
-        if op.rhs.type.shape != (n,):
-            return no_match(f"bias shape {[str(d) for d in op.rhs.type.shape]} is not [{n}]")
+        n, bias = mm.result.type.shape[1], tensor_type(op.rhs).shape
+        if bias != (n,):
+            return no_match(f"bias shape {[str(d) for d in bias]} is not [{n}]")
         return AddmmMatch(op, mm)
 
     def rewrite(self, match: AddmmMatch, rewriter: PatternRewriter) -> None:

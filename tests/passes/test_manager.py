@@ -12,6 +12,7 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from fusegraph.compiler import TensorType
+from fusegraph.compiler.types import tensor_type
 from fusegraph.dialect import parse
 from fusegraph.ops.shape import ReshapeOp
 from fusegraph.passes import PassFailedError, PassManager, PassVerifyError, parse_pass_pipeline
@@ -74,7 +75,7 @@ class BreakReshape(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         reshape = next(o for o in op.walk() if isinstance(o, ReshapeOp))
-        bad_type = TensorType(reshape.input.type.dtype, [3], reshape.input.type.device)
+        bad_type = TensorType(tensor_type(reshape.input).dtype, [3], tensor_type(reshape.input).device)
         bad = ReshapeOp.build(operands=[reshape.input], result_types=[bad_type])
         Rewriter.insert_op(bad, InsertPoint.before(reshape))
 
