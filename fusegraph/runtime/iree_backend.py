@@ -47,7 +47,7 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.impls import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
-from fusegraph.runtime.input_checks import InputChecks, check_weights
+from fusegraph.runtime.input_checks import InputChecks, MetadataUse, check_weights
 from fusegraph.runtime.iree_compile import (
     IreeCompileError,
     compile_count,
@@ -166,7 +166,8 @@ class IreeCompiledGraph:
         x = x if x.is_contiguous() else x.contiguous()
         keep.append(x)  # the imported memory must outlive the call
         try:
-            capsule = torch.utils.dlpack.to_dlpack(x)
+            # public API that torch's stub leaves out of torch.utils.dlpack.__all__ (--strict only)
+            capsule = torch.utils.dlpack.to_dlpack(x)  # type: ignore[attr-defined]
             return self._hal_device.from_dlpack_capsule(capsule), True
         except Exception as err:  # noqa: BLE001 - IREE raises plain RuntimeError/ValueError subclasses
             self.copy_reason = f"input DLPack import: {type(err).__name__}: {err}"
@@ -234,7 +235,7 @@ class IreeCompiledGraph:
         return f"IreeCompiledGraph({self.graph.name!r}, device={self.device!r}, vmfb={str(self.vmfb_path)!r})"
 
 
-def _metadata_inputs(use: Any) -> list[int]:
+def _metadata_inputs(use: MetadataUse) -> list[int]:
     return [i for i in (use.row_offsets, use.lengths, use.lookup_table) if i is not None]
 
 
