@@ -1,5 +1,6 @@
-"""Per-op torch implementations: each op's torch code is both its eager kernel and its
-lowering (to FX, and from there to torch-mlir).
+"""Per-op torch implementations: each op's torch code is its one statement of the op's math,
+both its eager kernel and its lowering (`to_fx` calls it; `to_aten_fx` derives the op's
+core-aten nodes from it; see `compiler/lowering/fx_direct.py`).
 
 An op family file registers its implementation next to its op class:
 
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from xdsl.ir import Operation
 
 from fusegraph.compiler.dims import Dim
+
+if TYPE_CHECKING:
+    import torch
 
 TorchImpl = Callable[..., Any]
 
@@ -36,26 +40,28 @@ class LoweringContext:
             "decomposed" expands them to aten ops (what IREE can compile).
         inplace: write buffers in place (the eager runtime) rather than returning a new
             version (the functional form that torch-mlir imports).
-        dims: the runtime size of each symbolic dim, as ints or SymInts.
+        dims: the runtime size of each symbolic dim: an int (a SymInt while tracing, as
+            torch's own `Tensor.size` is typed).
         device: the torch device string that tensors are created on.
     """
 
     mode: Literal["custom", "decomposed"] = "custom"
     inplace: bool = False
-    dims: dict[str, Any] = field(default_factory=dict)
+    dims: Mapping[str, int | torch.SymInt] = field(default_factory=dict)
     device: str = "cpu"
 
-    def size(self, dim: Dim) -> Any:
+    def size(self, dim: Dim) -> int:
         """The runtime size of `dim`, evaluated from the symbolic dims seen so far."""
         return evaluate_dim(dim, self.dims)
 
-    def sizes(self, shape: tuple[Dim, ...]) -> list[Any]:
+    def sizes(self, shape: tuple[Dim, ...]) -> list[int]:
         """`size` of each dim of a shape."""
         return [self.size(d) for d in shape]
 
 
-def evaluate_dim(dim: Dim, env: Mapping[str, Any]) -> Any:
-    """Evaluate a dim with plain Python arithmetic, so that SymInts flow through."""
+def evaluate_dim(dim: Dim, env: Mapping[str, int | torch.SymInt]) -> int:
+    """Evaluate a dim with plain Python arithmetic, so that SymInts flow through (typed `int`,
+    as torch types sizes)."""
     import sympy
 
     def walk(e: sympy.Expr) -> Any:
@@ -87,7 +93,7 @@ def evaluate_dim(dim: Dim, env: Mapping[str, Any]) -> Any:
             return result
         raise ValueError(f"dim {dim}: cannot evaluate {e}")
 
-    return walk(dim.expr)
+    return cast(int, walk(dim.expr))
 
 
 def torch_impl(op_cls: type[Operation]) -> Callable[[TorchImpl], TorchImpl]:
@@ -105,35 +111,3 @@ def get_torch_impl(op: Operation) -> TorchImpl:
     if (fn := _TORCH_IMPLS.get(type(op))) is None:
         raise NotImplementedError(f"{op.name}: no torch implementation registered")
     return fn
-
-
-# --- direct FX emitters (lowering without tracing) ------------------------------------
-FxEmitter = Callable[..., Any]
-
-_FX_EMITTERS: dict[type[Operation], FxEmitter] = {}
-
-
-class EmitUnsupportedError(NotImplementedError):
-    """An emitter cannot emit this particular op (an unusual rank, dtype or mode); the
-    lowering then falls back to tracing the op's torch implementation for the whole graph."""
-
-
-def fx_emitter(op_cls: type[Operation]) -> Callable[[FxEmitter], FxEmitter]:
-    """Register `fn(e, op, *operand_nodes)` as the direct FX emitter of `op_cls`.
-
-    It mirrors `torch_impl`, but instead of computing tensors it calls `e.call(aten_op, ...)`
-    (see `fusegraph.compiler.lowering.fx_direct.Emitter`) to append core-aten or
-    `torch.ops.fusegraph.*` nodes, and returns the result node (or a tuple, one per result).
-    It must emit exactly what `make_fx` of the torch impl would (modulo view spellings).
-    """
-
-    def register(fn: FxEmitter) -> FxEmitter:
-        _FX_EMITTERS[op_cls] = fn
-        return fn
-
-    return register
-
-
-def get_fx_emitter(op: Operation) -> FxEmitter | None:
-    """The direct FX emitter of `op`, or None if its family registered none."""
-    return _FX_EMITTERS.get(type(op))
