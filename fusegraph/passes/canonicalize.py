@@ -9,8 +9,9 @@ After:
     func.return %0
 
 Each rule is `(name, anchor op class, fold)`. A fold looks at one op and returns either
-`(new_ops, replacement values)` or a `NoMatch` reason; it never mutates. Ops left dead by
-a fold are erased by the buffer-aware DCE afterwards.
+`(new_ops, replacement values)` or a `NoMatch` reason; it never mutates, and builds new
+ops with their constructors (`ReshapeOp(x, shape=...)`). Ops left dead by a fold are erased
+by the dce pattern afterwards (a buffer write never is).
 """
 
 from __future__ import annotations
