@@ -177,7 +177,12 @@ def is_tracing(*tensors: torch.Tensor) -> bool:
 
 
 def check_store_capacity(
-    op: str, kv_blocks: torch.Tensor, x: torch.Tensor, row_offsets: Any, lengths: Any, lookup_table: Any
+    op: str,
+    kv_blocks: torch.Tensor,
+    x: torch.Tensor,
+    row_offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    lookup_table: torch.Tensor,
 ) -> None:
     """Eager refusal before any write: every new position of every sequence must fall in a
     page of its lookup row that names a real block. Raises ValueError naming the sequence."""
@@ -188,13 +193,7 @@ def check_store_capacity(
             f"{op}: kv_blocks must be contiguous (it is written in place), got strides "
             f"{list(kv_blocks.stride())} for shape {list(kv_blocks.shape)}"
         )
-    check_capacity(op, kv_blocks, x.shape[0], row_offsets, lengths, lookup_table)
-
-
-def check_capacity(
-    op: str, kv_blocks: torch.Tensor, rows: int, row_offsets: Any, lengths: Any, lookup_table: Any
-) -> None:
-    """`check_store_capacity` for a write of `rows` rows (reads the metadata on the host)."""
+    rows = x.shape[0]
     # One host copy of each metadata tensor (a single sync each on a GPU), then plain Python.
     ro, ln, lt = (as_index(t).tolist() for t in (row_offsets, lengths, lookup_table))
     num_blocks, page_size, max_pages = kv_blocks.shape[0], kv_blocks.shape[3], lookup_table.shape[1]
