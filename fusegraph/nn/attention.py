@@ -197,14 +197,7 @@ class AttentionWithRope(Module):
         """
         total = x.shape[0]
         qkv = self._project_qkv(x)
-        if self._fuse_rope_and_store:
-            q, kv_blocks = self._fused_rope_split_store(
-                layer_idx, qkv, kv_collection, freqs_cis, input_row_offsets
-            )
-        else:
-            q, kv_blocks = self._unfused_rope_split_store(
-                layer_idx, qkv, kv_collection, freqs_cis, input_row_offsets
-            )
+        q, kv_blocks = self._rope_split_store(layer_idx, qkv, kv_collection, freqs_cis, input_row_offsets)
         kv_collection.kv_blocks = kv_blocks
         attn = ops.paged_attention(
             q.reshape([total, self.n_heads, self.head_dim]),
@@ -223,7 +216,7 @@ class AttentionWithRope(Module):
             return self.qkv_proj(x)
         return ops.concat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=1)
 
-    def _fused_rope_split_store(
+    def _rope_split_store(
         self,
         layer_idx: int,
         qkv: TensorValue,
@@ -231,6 +224,20 @@ class AttentionWithRope(Module):
         freqs_cis: TensorValue,
         row_offsets: TensorValue,
     ) -> tuple[TensorValue, BufferValue]:
+        """One `fg.rope_split_store`, or (`_fuse_rope_and_store=False`) the chain it equals;
+        `use_qk_norm` normalizes q and k per head before the rope in both."""
+        if not self._fuse_rope_and_store:
+
+            def qk_norm(q: TensorValue, k: TensorValue) -> tuple[TensorValue, TensorValue]:
+                return self.q_norm(q), self.k_norm(k)
+
+            chain = UnfusedChain.build(
+                qkv, row_offsets, freqs_cis, kv.kv_blocks, kv.cache_lengths, kv.lookup_table,
+                layer_idx=layer_idx, interleaved=self.rope.interleaved, n_heads=self.n_heads,
+                n_kv_heads=self.n_kv_heads, head_dim=self.head_dim, variant=self.rope.variant,
+                add=emit, qk_transform=qk_norm if self.use_qk_norm else None,
+            )  # fmt: skip
+            return TensorValue(chain.q), BufferValue(chain.kv)
         if self.use_qk_norm:
             total = qkv.shape[0]
             q, k, v = ops.split(qkv, [self.q_dim, self.kv_dim, self.kv_dim], axis=1)
@@ -238,45 +245,7 @@ class AttentionWithRope(Module):
             k = self.k_norm(k.reshape([total, self.n_kv_heads, self.head_dim])).reshape([total, self.kv_dim])
             qkv = ops.concat([q, k, v], axis=1)
         return ops.rope_split_store(
-            qkv,
-            row_offsets,
-            freqs_cis,
-            kv.kv_blocks,
-            kv.cache_lengths,
-            kv.lookup_table,
-            layer_idx=layer_idx,
-            interleaved=self.rope.interleaved,
-            n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads,
-            head_dim=self.head_dim,
-            variant=self.rope.variant,
-        )
-
-    def _unfused_rope_split_store(
-        self,
-        layer_idx: int,
-        qkv: TensorValue,
-        kv: PagedCacheValues,
-        freqs_cis: TensorValue,
-        row_offsets: TensorValue,
-    ) -> tuple[TensorValue, BufferValue]:
-        def qk_norm(q: TensorValue, k: TensorValue) -> tuple[TensorValue, TensorValue]:
-            return self.q_norm(q), self.k_norm(k)
-
-        chain = UnfusedChain.build(
-            qkv,
-            row_offsets,
-            freqs_cis,
-            kv.kv_blocks,
-            kv.cache_lengths,
-            kv.lookup_table,
-            layer_idx=layer_idx,
-            interleaved=self.rope.interleaved,
-            n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads,
-            head_dim=self.head_dim,
-            variant=self.rope.variant,
-            add=emit,
-            qk_transform=qk_norm if self.use_qk_norm else None,
-        )
-        return TensorValue(chain.q), BufferValue(chain.kv)
+            qkv, row_offsets, freqs_cis, kv.kv_blocks, kv.cache_lengths, kv.lookup_table,
+            layer_idx=layer_idx, interleaved=self.rope.interleaved, n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads, head_dim=self.head_dim, variant=self.rope.variant,
+        )  # fmt: skip
