@@ -10,6 +10,7 @@ import torch
 
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.types import BufferType
+from fusegraph.compiler.values import BufferValue, TensorValue
 from fusegraph.ops.gptq_packing import pack
 
 CPU = DeviceRef.CPU()
@@ -62,7 +63,10 @@ def gptq_attention_graph(num_layers: int = 2, fused: bool = True, s: AttnShape =
     return g
 
 
-def _layer(s, layer, x, row_offsets, freqs, kv, lengths, lookup, fused):
+def _layer(
+    s: AttnShape, layer: int, x: TensorValue, row_offsets: TensorValue, freqs: TensorValue, kv: BufferValue,
+    lengths: TensorValue, lookup: TensorValue, fused: bool,
+) -> tuple[TensorValue, BufferValue]:  # fmt: skip
     HIDDEN, N_HEADS, N_KV_HEADS, HEAD_DIM = s.hidden, s.n_heads, s.n_kv_heads, s.head_dim
     qkv_width = (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM
     qkv = _gptq_matmul(f"layers.{layer}.qkv_proj", x, HIDDEN, qkv_width)
@@ -88,11 +92,11 @@ def _layer(s, layer, x, row_offsets, freqs, kv, lengths, lookup, fused):
     return out, kv
 
 
-def _heads(x, n: int, d: int):
+def _heads(x: TensorValue, n: int, d: int) -> TensorValue:
     return ops.reshape(x, ["total_seq_len", n, d])
 
 
-def _gptq_matmul(prefix: str, x, k: int, n: int):
+def _gptq_matmul(prefix: str, x: TensorValue, k: int, n: int) -> TensorValue:
     cur = Graph.current()
     qweight = cur.add_weight(f"{prefix}.qweight", TensorType(DType.int32, [k * BITS // 32, n], CPU))
     scales = cur.add_weight(f"{prefix}.scales", TensorType(DType.float16, [k // GROUP, n], CPU))

@@ -10,15 +10,17 @@ import logging
 import operator
 import re
 from collections import Counter
+from typing import Any
 
 import pytest
 import torch
+from xdsl.ir import Operation
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.lowering import fx_direct, to_fx, to_torch_mlir
 from fusegraph.compiler.lowering.fx_direct import to_aten_fx
-from fusegraph.compiler.lowering.symbolic import trace_symbolic
+from fusegraph.compiler.lowering.symbolic import trace_op, trace_symbolic
 from fusegraph.compiler.lowering.torch_mlir import import_fx
 from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
 
@@ -54,7 +56,7 @@ def _step_inputs(tokens: list[int], num_layers: int, seed: int) -> list[torch.Te
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("tokens", [[3, 1], [2, 6, 1]], ids=["T4", "T9"])
-def test_direct_module_runs_like_the_eager_runtime(fused, tokens) -> None:
+def test_direct_module_runs_like_the_eager_runtime(fused: bool, tokens: list[int]) -> None:
     graph = gptq_attention_graph(2, fused)
     weights = gptq_attention_weights(graph)
     gm = to_aten_fx(graph)
@@ -70,7 +72,7 @@ def test_direct_module_runs_like_the_eager_runtime(fused, tokens) -> None:
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
-def test_same_histogram_as_traced_path_one_operator_per_custom_op_and_parses(fused) -> None:
+def test_same_histogram_as_traced_path_one_operator_per_custom_op_and_parses(fused: bool) -> None:
     graph = gptq_attention_graph(2, fused)
     direct = to_torch_mlir(graph, mode="custom")
     assert direct.fx_module.meta["fusegraph_lowering"] == "direct"
@@ -154,13 +156,14 @@ def test_algebraic_dims_become_size_arithmetic() -> None:
     assert "-> (!torch.vtensor<[?,?,4],f32>, !torch.vtensor<[?,?],f32>)" in str(to_torch_mlir(g))
 
 
-def test_each_op_signature_is_traced_once__custom_ops_are_recorded_without_tracing(monkeypatch) -> None:
+def test_each_op_signature_is_traced_once__custom_ops_are_recorded_without_tracing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     traced: list[str] = []
-    real_trace_op = fx_direct.trace_op
 
-    def counting(op, *args):
+    def counting(op: Operation, *args: Any) -> torch.fx.GraphModule:
         traced.append(op.name)
-        return real_trace_op(op, *args)
+        return trace_op(op, *args)
 
     monkeypatch.setattr(fx_direct, "trace_op", counting)
     per_graph = []
@@ -175,8 +178,10 @@ def test_each_op_signature_is_traced_once__custom_ops_are_recorded_without_traci
     assert per_graph[0] == per_graph[1] and set(per_graph[1]) == {"fg.reshape", "fg.split"}
 
 
-def test_impl_that_cannot_be_traced_alone_falls_back_to_tracing_and_logs_why(monkeypatch, caplog) -> None:
-    def refuse(op, *args):
+def test_impl_that_cannot_be_traced_alone_falls_back_to_tracing_and_logs_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(op: Operation, *args: Any) -> torch.fx.GraphModule:
         raise RuntimeError(f"cannot trace {op.name}")
 
     monkeypatch.setattr(fx_direct, "trace_op", refuse)

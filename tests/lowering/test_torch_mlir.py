@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -15,19 +18,26 @@ import torch
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.cli import main as cli_main
 from fusegraph.compiler.lowering import to_fx, to_torch_mlir
-from fusegraph.compiler.lowering.torch_mlir import TorchMlirLoweringError, TorchMlirModule, lower_module
+from fusegraph.compiler.lowering.torch_mlir import (
+    OutputTypeName,
+    TorchMlirLoweringError,
+    TorchMlirModule,
+    lower_module,
+)
 from tests.lowering._graphs import gptq_attention_graph, gptq_attention_weights
 
 torch_mlir = pytest.importorskip("torch_mlir")
 
 LOWERED: dict[tuple[bool, str], TorchMlirModule] = {}
+Mode = Literal["custom", "decomposed"]
+Lowered = Callable[[bool, Mode], TorchMlirModule]
 
 
 @pytest.fixture(scope="module")
-def lowered():  # noqa: ANN201
+def lowered() -> Lowered:
     """Lower each (fused, mode) 2-layer graph once per session, on first use."""
 
-    def get(fused: bool, mode: str) -> TorchMlirModule:
+    def get(fused: bool, mode: Mode) -> TorchMlirModule:
         if (fused, mode) not in LOWERED:
             LOWERED[fused, mode] = to_torch_mlir(gptq_attention_graph(2, fused), mode=mode)
         return LOWERED[fused, mode]
@@ -35,7 +45,7 @@ def lowered():  # noqa: ANN201
     return get
 
 
-def _reparse(text: str):  # noqa: ANN202
+def _reparse(text: str) -> Any:
     """A fresh torch-mlir Module parsed from text, in a context with the torch dialect."""
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
@@ -64,7 +74,9 @@ def _operators(text: str) -> Counter[str]:
     ],
     ids=["fused", "unfused"],
 )
-def test_custom_mode__one_torch_operator_per_custom_op_and_parses_back(lowered, fused, expected) -> None:
+def test_custom_mode__one_torch_operator_per_custom_op_and_parses_back(
+    lowered: Lowered, fused: bool, expected: dict[str, int]
+) -> None:
     module = lowered(fused, "custom")
     text = str(module)
     assert _operators(text) == Counter({f"torch.fusegraph.{k}": v for k, v in expected.items()})
@@ -73,7 +85,7 @@ def test_custom_mode__one_torch_operator_per_custom_op_and_parses_back(lowered, 
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
-def test_decomposed_mode__pure_aten_with_mm_and_lowers_to_linalg(lowered, fused) -> None:
+def test_decomposed_mode__pure_aten_with_mm_and_lowers_to_linalg(lowered: Lowered, fused: bool) -> None:
     text = str(lowered(fused, "decomposed"))
     assert "torch.operator" not in text
     assert "torch.aten.mm" in text
@@ -85,7 +97,7 @@ def test_decomposed_mode__pure_aten_with_mm_and_lowers_to_linalg(lowered, fused)
 
 
 @pytest.mark.parametrize("mode", ["custom", "decomposed"])
-def test_symbolic_dims_stay_dynamic_in_the_signature(lowered, mode) -> None:
+def test_symbolic_dims_stay_dynamic_in_the_signature(lowered: Lowered, mode: Mode) -> None:
     x, row_offsets, kv_blocks, lengths, lookup = lowered(True, mode).argument_types()[:5]
     assert x == "!torch.vtensor<[?,64],f32>"  # total_seq_len
     assert row_offsets == lengths == "!torch.vtensor<[?],ui32>"
@@ -93,7 +105,7 @@ def test_symbolic_dims_stay_dynamic_in_the_signature(lowered, mode) -> None:
     assert kv_blocks == "!torch.vtensor<[24,2,2,4,2,16],f32>"
 
 
-def test_traced_fx_module_is_not_specialized_to_the_trace_sizes(lowered) -> None:
+def test_traced_fx_module_is_not_specialized_to_the_trace_sizes(lowered: Lowered) -> None:
     """The imported FX graph, run on real tensors, matches to_fx at sizes unlike the hints."""
     graph = gptq_attention_graph(2, True)
     weights = list(gptq_attention_weights(graph).values())
@@ -109,7 +121,7 @@ def test_traced_fx_module_is_not_specialized_to_the_trace_sizes(lowered) -> None
             torch.testing.assert_close(g, w)
 
 
-def test_pipeline_failure_raises_with_reproducer_and_saved_input(lowered, tmp_path) -> None:
+def test_pipeline_failure_raises_with_reproducer_and_saved_input(lowered: Lowered, tmp_path: Path) -> None:
     module = _reparse(str(lowered(True, "custom")))
     with pytest.raises(TorchMlirLoweringError, match="torch.operator") as info:
         lower_module(module, "linalg-on-tensors", dump_dir=tmp_path, name="attn")
@@ -130,7 +142,7 @@ def _mlp() -> Graph:
 
 
 @pytest.mark.parametrize("output_type", ["tosa", "stablehlo"])
-def test_other_backends_and_dump_dir(tmp_path, output_type) -> None:
+def test_other_backends_and_dump_dir(tmp_path: Path, output_type: OutputTypeName) -> None:
     module = to_torch_mlir(_mlp(), mode="decomposed", output_type=output_type, dump_dir=tmp_path)
     assert module.argument_types() == ["tensor<?x8xf32>", "tensor<8x8xf32>"]
     assert f"{output_type}." in str(module)
@@ -146,7 +158,9 @@ def test_rejects_unknown_mode_and_output_type() -> None:
         to_torch_mlir(_mlp(), output_type="llvm")  # type: ignore[arg-type]
 
 
-def test_cli_lower_writes_output_and_reports_errors_with_reproducer(tmp_path, capsys) -> None:
+def test_cli_lower_writes_output_and_reports_errors_with_reproducer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src, out = tmp_path / "mlp.mlir", tmp_path / "out.mlir"
     src.write_text(str(_mlp()))
     assert (
