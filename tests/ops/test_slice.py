@@ -71,10 +71,10 @@ def test_slice__errors_name_dim_and_value(index: tuple, message: str) -> None:
 @pytest.mark.parametrize("index_dtype", [DType.int32, DType.int64, DType.uint32])
 def test_gather__matches_index_select_with_every_index_dtype(index_dtype: DType) -> None:
     with Graph("g", input_types=[_t(10, "d"), _t("b", 3, dtype=index_dtype)]) as g:
-        table, idx = g.inputs
-        rows = ops.gather(table, idx, axis=0)
-        assert rows.shape == (Dim("b"), Dim(3), Dim("d"))
-        g.output(rows, ops.gather(table, idx, axis=-1))
+        table_in, idx_in = g.inputs
+        gathered = ops.gather(table_in, idx_in, axis=0)
+        assert gathered.shape == (Dim("b"), Dim(3), Dim("d"))
+        g.output(gathered, ops.gather(table_in, idx_in, axis=-1))
     model = fusegraph.compile(g)
     table = torch.randn(10, 10)
     idx = torch.tensor([[9, 0, 3], [1, 1, 2]]).to(index_dtype.to_torch())
