@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# `fusegraph.compile` is `fusegraph.runtime.compile` (that package imports torch lazily too).
+from fusegraph.runtime import compile
+
 if TYPE_CHECKING:
     from fusegraph import ops
     from fusegraph.compiler import BufferType, DeviceRef, Dim, DType, Graph, TensorType, TensorValue
@@ -37,21 +40,3 @@ __all__ = [
     "BufferType", "DType", "DeviceRef", "Dim", "Generator", "Graph", "SamplingParams", "TensorType", "TensorValue",
     "compile", "launch", "ops", "parse",
 ]  # fmt: skip
-
-
-def compile(graph: Graph, backend: str = "eager", device: str = "cpu", **kwargs: Any) -> Any:  # noqa: A001
-    """Compile `graph` for `backend` ("eager" or "iree") on `device` ("cpu" or "cuda").
-
-    Runs the default pass pipeline first (`pipeline="default"`: fuse the qkv projections and
-    rope + split + store, canonicalize, cse, dce; `pipeline=None` runs the graph as built).
-    Returns a callable taking the graph inputs as torch tensors and returning the outputs.
-    See `fusegraph.runtime.compile` for the options.
-
-    Example:
-        >>> model = fusegraph.compile(g, device="cuda", weights=attn.state_dict(), cuda_graphs=True)
-        >>> model.pipeline
-        'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce'
-    """
-    from fusegraph.runtime import compile as _compile
-
-    return _compile(graph, backend=backend, device=device, **kwargs)

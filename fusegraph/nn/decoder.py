@@ -47,6 +47,7 @@ from fusegraph.nn.rotary import RotaryEmbedding
 from fusegraph.nn.transformer import TransformerBlock
 
 if TYPE_CHECKING:
+    from fusegraph.runtime import CompiledModel
     from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 
 DEFAULT_PIPELINE = "default"
@@ -232,7 +233,7 @@ class DecoderModel(Module):
         pipeline: str | None = DEFAULT_PIPELINE,
         cuda_graphs: bool = False,
         **options: Any,
-    ) -> Any:
+    ) -> CompiledModel:
         """Build the graph and compile it (running `pipeline` on it) with this model's weights.
 
         Args:

@@ -161,8 +161,7 @@ def _logits(
     seqs = [manager.claim(max_len=len(p)) for p in prompts]
     batch = manager.prepare(seqs, [len(p) for p in prompts])
     tokens = torch.tensor([t for p in prompts for t in p], dtype=torch.int64, device=manager.kv_blocks.device)
-    outputs: tuple[torch.Tensor, ...] = run(tokens, batch.row_offsets, *batch.kv_inputs)
-    (logits,) = outputs
+    (logits,) = run(tokens, batch.row_offsets, *batch.kv_inputs)
     return logits.float().cpu()
 
 

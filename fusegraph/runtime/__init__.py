@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 if TYPE_CHECKING:
     import torch
 
     from fusegraph.compiler.graph import Graph
     from fusegraph.runtime.eager import CompiledGraph
+    from fusegraph.runtime.iree_backend import IreeCompiledGraph
     from fusegraph.runtime.kv_cache_manager import Batch, PagedKVCacheManager
     from fusegraph.runtime.pipeline import DEFAULT_PIPELINE, default_pipeline
 
@@ -34,6 +35,47 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+class CompiledModel(Protocol):
+    """What `compile` returns on every backend (`CompiledGraph`, `IreeCompiledGraph`)."""
+
+    graph: Graph
+    """The IR that runs (after the pipeline)."""
+    pipeline: str | None
+    """The pipeline text that ran, or None."""
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+
+@overload
+def compile(
+    graph: Graph,
+    backend: Literal["eager"] = "eager",
+    device: str = "cpu",
+    weights: Mapping[str, torch.Tensor] | None = None,
+    cuda_graphs: bool = False,
+    pipeline: str | None = "default",
+    **kwargs: Any,
+) -> CompiledGraph: ...
+@overload
+def compile(
+    graph: Graph,
+    backend: Literal["iree"],
+    device: str = "cpu",
+    weights: Mapping[str, torch.Tensor] | None = None,
+    cuda_graphs: bool = False,
+    pipeline: str | None = "default",
+    **kwargs: Any,
+) -> IreeCompiledGraph: ...
+@overload
+def compile(
+    graph: Graph,
+    backend: str = "eager",
+    device: str = "cpu",
+    weights: Mapping[str, torch.Tensor] | None = None,
+    cuda_graphs: bool = False,
+    pipeline: str | None = "default",
+    **kwargs: Any,
+) -> CompiledModel: ...
 def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
     graph: Graph,
     backend: str = "eager",
@@ -42,7 +84,7 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
     cuda_graphs: bool = False,
     pipeline: str | None = "default",
     **kwargs: Any,
-) -> Any:
+) -> CompiledModel:
     """Compile `graph` for `backend` on `device`.
 
     Args:
@@ -60,8 +102,9 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
         **kwargs: backend options, passed to the IREE backend.
 
     Returns:
-        A callable `model(*inputs) -> tuple[Tensor, ...]` of the graph outputs; buffer
-        inputs (the KV blocks) are updated in the caller's tensors.
+        A `CompiledModel`: `model(*inputs) -> tuple[Tensor, ...]` of the graph outputs; buffer
+        inputs (the KV blocks) are updated in the caller's tensors. Typed `CompiledGraph` for
+        `backend="eager"` and `IreeCompiledGraph` for `backend="iree"`.
 
     Example:
         >>> model = fusegraph.compile(g, backend="eager", device="cpu", weights=attn.state_dict())
@@ -85,7 +128,7 @@ def compile(  # noqa: A001 - the public name, as in `fusegraph.compile`
     raise ValueError(f"compile: unknown backend {backend!r}; allowed: {', '.join(_BACKENDS)}")
 
 
-def _compile_iree(graph: Graph, *, cuda_graphs: bool, **kwargs: Any) -> Any:
+def _compile_iree(graph: Graph, *, cuda_graphs: bool, **kwargs: Any) -> IreeCompiledGraph:
     if cuda_graphs:
         raise ValueError(
             "compile: cuda_graphs=True is an eager-backend option; not supported by backend='iree'"
@@ -105,6 +148,7 @@ __all__ = [
     "DEFAULT_PIPELINE",
     "Batch",
     "CompiledGraph",
+    "CompiledModel",
     "PagedKVCacheManager",
     "compile",
     "default_pipeline",

@@ -118,6 +118,7 @@ class IreeCompiledGraph:
         flags = [*target_flags(device, target_cpu, cuda_arch), *extra_flags]
         graph.verify()
         self.graph = graph.clone()
+        self.pipeline: str | None = None  # the pipeline text `compile` ran before (None: as built)
         self.device = device
         self.inplace = inplace
         self.input_types: list[TensorType | BufferType] = [shaped_type(a) for a in self.graph.block.args]

@@ -105,7 +105,7 @@ def _act_order_layer() -> tuple[fusegraph.Graph, GPTQLinear, dict[str, torch.Ten
 def _compile(
     graph: fusegraph.Graph, backend: str, weights: dict[str, torch.Tensor], cache_dir: object
 ) -> Any:
-    options = {"cache_dir": cache_dir} if backend == "iree" else {}
+    options: dict[str, Any] = {"cache_dir": cache_dir} if backend == "iree" else {}
     return fusegraph.compile(graph, backend=backend, device="cpu", weights=weights, **options)
 
 

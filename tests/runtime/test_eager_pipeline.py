@@ -3,11 +3,14 @@ clone; `model.graph` is what runs; fused equals unfused on outputs and the whole
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 
 import fusegraph
 from fusegraph.nn import QuantizationConfig
+from fusegraph.passes.manager import PassStatistics
 from fusegraph.runtime import PagedKVCacheManager, default_pipeline
 from fusegraph.runtime import pipeline as pipeline_mod
 from tests.passes.test_equivalence import Cfg, build
@@ -39,7 +42,7 @@ def test_compile__default_pipeline_fuses_qkv_and_rope_store_and_equals_the_graph
     layers = _GPTQ.num_layers
     assert ran.count("fg.qmatmul.gptq") == 2 * layers  # stacked qkv + o_proj, was q, k, v, o
     assert ran.count("fg.rope_split_store") == layers and "fg.kv_cache.store" not in ran
-    assert model.pass_stats["fuse-qkv-projections"].counters["fused"] == layers
+    assert cast(PassStatistics, model.pass_stats)["fuse-qkv-projections"].counters["fused"] == layers
     as_built = fusegraph.compile(graph, weights=attn.state_dict(), pipeline=None)
     assert as_built.pipeline is None and str(as_built.graph) == text
     (outs, kv), (want, kv_want) = _steps(model, kv_params, _GPTQ), _steps(as_built, kv_params, _GPTQ)
@@ -53,7 +56,8 @@ def test_compile__a_text_pipeline_runs_and_is_recorded() -> None:
     graph, attn, _ = build(Cfg(num_layers=1), fused=False)
     model = fusegraph.compile(graph, weights=attn.state_dict(), pipeline="fuse-rope-split-store,dce")
     assert model.pipeline == "fuse-rope-split-store,dce"
-    assert [r.name for r in model.pass_stats.records] == ["fuse-rope-split-store", "dce"]
+    stats = cast(PassStatistics, model.pass_stats)
+    assert [r.name for r in stats.records] == ["fuse-rope-split-store", "dce"]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +70,7 @@ def test_compile__a_text_pipeline_runs_and_is_recorded() -> None:
 def test_compile__a_bad_pipeline_is_a_clear_error(pipeline: object, message: str) -> None:
     graph, attn, _ = build(Cfg(num_layers=1), fused=False)
     with pytest.raises(ValueError, match=message):
-        fusegraph.compile(graph, weights=attn.state_dict(), pipeline=pipeline)
+        fusegraph.compile(graph, weights=attn.state_dict(), pipeline=pipeline)  # type: ignore[call-overload]  # bad on purpose
 
 
 def test_default_pipeline__adds_gptq_repack_on_eager_cuda_only_when_registered(monkeypatch) -> None:
