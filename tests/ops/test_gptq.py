@@ -4,13 +4,14 @@ independent bit packer; packing helpers; shape-rule errors; tracing and opcheck.
 from __future__ import annotations
 
 import re
+from typing import Any, Literal, cast
 
 import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusegraph
-from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph import DeviceRef, DType, Graph, TensorType, TensorValue, ops
 from fusegraph.compiler import IRVerifyError
 from fusegraph.compiler.impls import LoweringContext, get_torch_impl
 from fusegraph.dialect import parse
@@ -106,13 +107,14 @@ def _graph_op(t: dict, x_dtype: DType = DType.float32, **params) -> QMatmulGptqO
             else g.add_weight(name, TensorType(DType.from_torch(v.dtype), list(v.shape), CPU))
             for name, v in t.items()
         }
-        y = ops.qmatmul_gptq(x, w["qweight"], w["scales"], w["qzeros"], w["g_idx"], **params)
+        qweight, scales = cast(TensorValue, w["qweight"]), cast(TensorValue, w["scales"])
+        y = ops.qmatmul_gptq(x, qweight, scales, w["qzeros"], w["g_idx"], **params)
         g.output(y)
     g.verify()
-    return y.ssa.owner
+    return cast(QMatmulGptqOp, y.ssa.owner)
 
 
-def _run(op: QMatmulGptqOp, x: torch.Tensor, t: dict, mode: str) -> torch.Tensor:
+def _run(op: QMatmulGptqOp, x: torch.Tensor, t: dict, mode: Literal["custom", "decomposed"]) -> torch.Tensor:
     args = (t["qweight"], t["scales"], t["qzeros"], t["g_idx"])
     return get_torch_impl(op)(op, x, *args, ctx=LoweringContext(mode=mode))
 
@@ -326,13 +328,17 @@ def _types(bits=4, k=K, n=N, groups=4, x_dtype=DType.float32, scale_dtype=DType.
 
 
 def _build(types: dict, drop=(), **overrides):
-    params = dict(bits=4, group_size=32, sym=False, desc_act=True, zero_format="v1") | overrides
+    params: dict[str, Any] = (
+        dict(bits=4, group_size=32, sym=False, desc_act=True, zero_format="v1") | overrides
+    )
     present = {name: t for name, t in types.items() if name not in drop}
     with Graph("g", input_types=list(present.values())) as g:
         values = dict(zip(present, g.inputs, strict=True))
-        return ops.qmatmul_gptq(
-            *(values.get(n) for n in ("x", "qweight", "scales", "qzeros", "g_idx")), **params
+        x, qweight, scales, qzeros, g_idx = (
+            values.get(n) for n in ("x", "qweight", "scales", "qzeros", "g_idx")
         )
+        # a dropped operand is None on purpose: the rule must name it
+        return ops.qmatmul_gptq(x, qweight, scales, qzeros, g_idx, **params)  # type: ignore[arg-type]
 
 
 def test_shape_rule__infers_m_by_n_in_x_dtype() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fusegraph
-from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph import DeviceRef, DType, Graph, TensorType, TensorValue, ops
 from fusegraph.ops.gptq_layout import repack, tile_rows, unrepack
 from fusegraph.ops.gptq_packing import dequantize, pack, unpack
 from fusegraph.passes import PassManager
@@ -58,7 +58,7 @@ def test_tile_rows__places_each_value_by_the_layout_formula():
     words = tile_rows(q, 4).to(torch.int64) & 0xFFFFFFFF
     for b, j, r, e, n in ((0, 0, 0, 0, 0), (1, 3, 15, 1, 127), (0, 2, 7, 1, 64), (1, 1, 4, 0, 5)):
         k = 128 * b + 2 * (j * 16 + r) + e
-        word = words[n // 64, b * 16 + r, n % 64].item()
+        word = int(words[n // 64, b * 16 + r, n % 64].item())
         assert (word >> (4 * (e * 4 + j))) & 15 == q[k, n].item()
 
 
@@ -76,7 +76,9 @@ def test_repack__refuses_what_the_layout_cannot_hold():
         repack(t["qweight"], t["qzeros"], None, bits=4, group_size=64, sym=False, desc_act=False)
 
 
-def _weights(g: Graph, name: str, bits: int, groups: int, k: int = K, n: int = N):
+def _weights(
+    g: Graph, name: str, bits: int, groups: int, k: int = K, n: int = N
+) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
     i32, f16 = DType.int32, DType.float16
     return (
         g.add_weight(f"{name}.qweight", TensorType(i32, [k * bits // 32, n], CPU)),
@@ -120,7 +122,7 @@ def _checkpoint_graph() -> Graph:
 
 def _checkpoint_weights() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for name, bits, gs, desc, sym, zf in (("act4", 4, 128, True, False, "v1"), ("int8", 8, -1, False, False, "v2"),
                                           ("sym2", 2, 128, False, True, "v1")):  # fmt: skip
         t = pack(torch.randn(N, K), bits=bits, group_size=gs, sym=sym, desc_act=desc, zero_format=zf)
