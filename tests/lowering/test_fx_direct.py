@@ -18,10 +18,12 @@ from xdsl.ir import Operation
 
 import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
+from fusegraph.compiler import impls
 from fusegraph.compiler.lowering import fx_direct, to_fx, to_torch_mlir
 from fusegraph.compiler.lowering.fx_direct import to_aten_fx
 from fusegraph.compiler.lowering.symbolic import trace_op, trace_symbolic
 from fusegraph.compiler.lowering.torch_mlir import import_fx
+from fusegraph.ops.elementwise import NegOp
 from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
 
 torch_mlir = pytest.importorskip("torch_mlir")
@@ -218,3 +220,21 @@ def test_batched_matmul_and_split_into_symbolic_pieces() -> None:
     assert "-> (!torch.vtensor<[?,3,5],f32>, !torch.vtensor<[?,2],f32>, !torch.vtensor<[?,2],f32>)" in str(
         to_torch_mlir(g, dim_hints=hints)
     )
+
+
+def test_an_impl_doing_more_than_one_custom_call_is_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A custom call followed by aten math is not recorded as one node: the partly recorded
+    node is dropped and the impl is traced (its custom call and the add)."""
+
+    def impl(op: Operation, x: torch.Tensor, *, ctx: Any) -> torch.Tensor:
+        return torch.ops.fusegraph.all_reduce(x, "tp", 1) + 1.0
+
+    monkeypatch.setitem(impls._TORCH_IMPLS, NegOp, impl)  # noqa: SLF001
+    with Graph("g", input_types=[TensorType(DType.float32, ["T", 4], CPU)]) as g:
+        g.output(ops.neg(g.inputs[0]))
+    gm = to_aten_fx(g)
+    assert gm.meta["fusegraph_lowering"] == "direct"
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets == [torch.ops.fusegraph.all_reduce.default, torch.ops.aten.add.Tensor]
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(gm(x)[0], x + 1.0)

@@ -168,8 +168,8 @@ class _DirectBuilder(_FxBuilder):
         try:
             with recorder:
                 out = get_torch_impl(op)(op, *vals, ctx=ctx)
-            return map_aggregate(out, lambda v: recorder.results[id(v)])
-        except (_NotOneCallError, KeyError):
+            return map_aggregate(out, recorder.result_node)
+        except _NotOneCallError:
             if recorder.node is not None:  # unused; the graph must not keep it
                 for user in list(recorder.node.users):
                     self.fx.erase_node(user)
@@ -314,6 +314,12 @@ class _OneCall(TorchDispatchMode):  # type: ignore[no-untyped-call]
             items.append(v)
         node.meta["val"] = type(val)(items)
         return node.meta["val"]
+
+    def result_node(self, v: Any) -> torch.fx.Node:
+        """The node of a value the impl returns: one of the recorded call's results."""
+        if (node := self.results.get(id(v))) is None:
+            raise _NotOneCallError("the impl returns a value that is not the call's result")
+        return node
 
     def _arg(self, a: Any) -> Any:
         if isinstance(a, torch.Tensor):
