@@ -227,9 +227,11 @@ def test_an_impl_doing_more_than_one_custom_call_is_traced(monkeypatch: pytest.M
     node is dropped and the impl is traced (its custom call and the add)."""
 
     def impl(op: Operation, x: torch.Tensor, *, ctx: Any) -> torch.Tensor:
-        return torch.ops.fusegraph.all_reduce(x, "tp", 1) + 1.0
+        summed: torch.Tensor = torch.ops.fusegraph.all_reduce(x, "tp", 1)
+        return summed + 1.0
 
-    monkeypatch.setitem(impls._TORCH_IMPLS, NegOp, impl)  # noqa: SLF001
+    table: dict[type[Operation], impls.TorchImpl] = {**impls._TORCH_IMPLS, NegOp: impl}  # noqa: SLF001
+    monkeypatch.setattr(impls, "_TORCH_IMPLS", table)
     with Graph("g", input_types=[TensorType(DType.float32, ["T", 4], CPU)]) as g:
         g.output(ops.neg(g.inputs[0]))
     gm = to_aten_fx(g)
