@@ -137,7 +137,6 @@ def trace_op(
     split, a gather's reshape) is a placeholder the caller binds to its own size node.
     """
     from torch._guards import TracingContext, tracing
-    from torch.fx._lazy_graph_module import _use_lazy_graph_module
     from torch.fx.experimental.proxy_tensor import make_fx
 
     impl, present = get_torch_impl(op), [t for t in operands if t is not None]
@@ -150,9 +149,7 @@ def trace_op(
         ctx = LoweringContext(mode=mode, inplace=False, dims=dict(zip(names, args[len(present) :])))  # type: ignore[arg-type]
         return impl(op, *tensors, ctx=ctx)
 
-    # The values' mode (also for an op without operands); a lazy GraphModule skips the Python
-    # code generation (~6 ms) of a module that is only read, never run.
-    with tracing(TracingContext(fake_mode)), _use_lazy_graph_module(True):
+    with tracing(TracingContext(fake_mode)):  # the values' mode, also for an op without operands
         gm = make_fx(run, tracing_mode="symbolic", decomposition_table=decompositions())(
             *present, *dims.values()
         )
