@@ -3,11 +3,16 @@ CPU eager on outputs and on the KV cache; custom-op CUDA kernels are dispatched.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import pytest
 import torch
 
 import fusegraph
 from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
+
+if TYPE_CHECKING:
+    from fusegraph.runtime.cuda_graphs import CudaGraphRunner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -83,7 +88,7 @@ def test_eager_cuda__graphs_capture_once_per_shape_and_replay() -> None:
         x = torch.randn(n, 8)
         for want, got in zip(cpu(x), gpu(x.cuda())):
             torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
-    assert len(gpu._cuda_graphs.captured) == 2
+    assert len(cast("CudaGraphRunner", gpu._cuda_graphs).captured) == 2
 
 
 def test_eager_cuda__custom_op_dispatches_its_cuda_kernel() -> None:
