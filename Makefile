@@ -31,7 +31,8 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fusegraph tests benchmarks examples
 	$(VENV)/bin/ruff format --check fusegraph tests benchmarks examples
-	$(VENV)/bin/mypy fusegraph
+	# pyproject's [tool.mypy]: check_untyped_defs, so test and benchmark bodies are checked too
+	$(VENV)/bin/mypy fusegraph tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
