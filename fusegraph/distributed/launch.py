@@ -21,12 +21,17 @@ import pickle
 import socket
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fusegraph.distributed.groups import init_tensor_parallel, leave_tensor_parallel
+
+if TYPE_CHECKING:
+    from fusegraph.compiler.devices import DeviceRef
+
+_R = TypeVar("_R")  # what the rank function returns
 
 
 class LaunchError(RuntimeError):
@@ -48,7 +53,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_rank(fn: Callable[..., Any], *args: Any, backend: str | None = None) -> Any:
+def run_rank(fn: Callable[..., _R], *args: Any, backend: str | None = None) -> _R:
     """Join the group from torchrun's environment, run `fn(info, *args)`, leave the group.
 
     Example:
@@ -105,14 +110,14 @@ def _local_index(device: str, rank: int) -> int:
 
 
 def launch(
-    fn: Callable[..., Any],
+    fn: Callable[..., _R],
     world_size: int,
     *args: Any,
     backend: str | None = None,
-    devices: Sequence[Any] | None = None,
+    devices: Sequence[str | DeviceRef] | None = None,
     timeout_s: float = 300.0,
     start_method: str = "spawn",
-) -> list[Any]:
+) -> list[_R]:
     """Run `fn(info, *args)` on `world_size` ranks (one spawned process each).
 
     Args:
@@ -154,7 +159,7 @@ def launch(
     ]
     for p in procs:
         p.start()
-    out: dict[int, Any] = {}
+    out: dict[int, _R] = {}
     failure: LaunchError | None = None
     try:
         for _ in range(world_size):
@@ -181,7 +186,8 @@ def _get(results: Any, procs: list[Any], timeout_s: float) -> tuple[int, bool, A
     deadline = time.monotonic() + timeout_s
     while True:
         if not results.empty():
-            return pickle.loads(results.get())  # type: ignore[no-any-return]
+            result: tuple[int, bool, Any] = pickle.loads(results.get())  # what _entry put
+            return result
         dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
         if dead:
             raise LaunchError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} before reporting")
