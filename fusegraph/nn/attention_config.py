@@ -70,14 +70,14 @@ def resolve_mask(mask_variant: Any, sliding_window: Any) -> int | None:
     return sliding_window
 
 
-def check_positive_int(field: str, value: Any) -> int:
+def check_positive_int(field: str, value: object) -> int:
     """`value` if it is a positive int (not a bool, float or string), else a ValueError naming `field`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"attention: {field} must be a positive int, got {value!r}")
     return value
 
 
-def check_scale(scale: Any) -> float | None:
+def check_scale(scale: object) -> float | None:
     """The attention scale: None (default `1/sqrt(head_dim)`) or a finite float > 0."""
     if scale is None:
         return None
@@ -92,12 +92,12 @@ def check_scale(scale: Any) -> float | None:
 
 
 def validate_heads(
-    rope: RotaryEmbedding, n_heads: Any, n_kv_heads: Any, hidden_size: Any, kv_params: KVCacheParams
+    rope: RotaryEmbedding, n_heads: object, n_kv_heads: object, hidden_size: object, kv_params: KVCacheParams
 ) -> None:
     """The construction checks shared by both attention layers; each error names the fields."""
-    check_positive_int("num_attention_heads", n_heads)
-    check_positive_int("num_key_value_heads", n_kv_heads)
-    check_positive_int("hidden_size", hidden_size)
+    n_heads = check_positive_int("num_attention_heads", n_heads)
+    n_kv_heads = check_positive_int("num_key_value_heads", n_kv_heads)
+    hidden_size = check_positive_int("hidden_size", hidden_size)
     if n_heads % n_kv_heads:
         raise ValueError(
             f"attention: num_attention_heads ({n_heads}) must be divisible by num_key_value_heads ({n_kv_heads})"
