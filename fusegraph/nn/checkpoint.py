@@ -271,12 +271,19 @@ def quantize_gptq(
 
 
 def quantize_gptq_projections(
-    weights: Mapping[str, torch.Tensor], config: QuantizationConfig, **kwargs: object
+    weights: Mapping[str, torch.Tensor],
+    config: QuantizationConfig,
+    *,
+    perm: torch.Tensor | None = None,
+    scales_dtype: torch.dtype = torch.float16,
+    inputs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`quantize_gptq` each `{prefix: weight}`, giving `{prefix.qweight: ..., ...}`."""
+    """`quantize_gptq` each `{prefix: weight}` (same keyword options), giving
+    `{prefix.qweight: ..., ...}`."""
     out: dict[str, torch.Tensor] = {}
     for prefix, weight in weights.items():
-        out.update({f"{prefix}.{k}": v for k, v in quantize_gptq(weight, config, **kwargs).items()})  # type: ignore[arg-type]
+        t = quantize_gptq(weight, config, perm=perm, scales_dtype=scales_dtype, inputs=inputs)
+        out.update({f"{prefix}.{k}": v for k, v in t.items()})
     return out
 
 

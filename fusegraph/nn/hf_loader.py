@@ -281,7 +281,7 @@ def _stack_layers(
 ) -> tuple[dict[str, torch.Tensor], list[bool], list[bool]]:
     """Stack q/k/v and gate/up of each layer where their g_idx agree (always when dense)."""
     quantized = config.quantization is not None
-    desc_act = quantized and config.quantization.desc_act  # type: ignore[union-attr]
+    desc_act = config.quantization is not None and config.quantization.desc_act
     qkv_flags: list[bool] = []
     gate_up_flags: list[bool] = []
     for i in range(config.num_hidden_layers):

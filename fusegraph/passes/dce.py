@@ -21,6 +21,7 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import PatternRewriter
 from xdsl.transforms.dead_code_elimination import is_trivially_dead
 
 from fusegraph.passes.patterns import GuardedPattern, NoMatch, apply_patterns, current_report, no_match
@@ -41,7 +42,7 @@ class EraseDeadOp(GuardedPattern[Operation]):
     def match(self, op: Operation) -> Operation | NoMatch:
         return op if is_removable(op) else no_match("live")
 
-    def rewrite(self, match: Operation, rewriter) -> None:  # type: ignore[no-untyped-def]
+    def rewrite(self, match: Operation, rewriter: PatternRewriter) -> None:
         rewriter.erase(match)
 
 
