@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
@@ -25,6 +25,9 @@ from torch.fx.node import map_arg
 from xdsl.traits import is_side_effect_free
 
 from fusegraph.compiler.types import BufferType
+
+if TYPE_CHECKING:
+    from torch.fx.node import Argument, ArgumentT
 
 __all__ = ["fold_constants"]
 
@@ -121,8 +124,8 @@ def _as_arg(gm: torch.fx.GraphModule, node: torch.fx.Node, value: Any) -> Any:
     return value
 
 
-def _substitute(arg: Any, node: torch.fx.Node, replacement: Any) -> Any:
-    def swap(n: torch.fx.Node) -> Any:
+def _substitute(arg: ArgumentT, node: torch.fx.Node, replacement: Argument) -> ArgumentT:
+    def swap(n: torch.fx.Node) -> Argument:
         return replacement if n is node else n
 
     return map_arg(arg, swap)
