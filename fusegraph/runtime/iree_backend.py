@@ -87,6 +87,7 @@ class IreeCompiledGraph:
 
     Attributes:
         graph: the compiled graph (a clone).
+        pipeline: the pipeline text `fusegraph.compile` ran before (None: the graph as built).
         device: "cpu" or "cuda[:N]"; inputs must be on it, outputs come back on it.
         vmfb_path: the cached `.vmfb`.
         cache_hit: whether the `.vmfb` came from the cache (no iree-compile ran).
@@ -118,7 +119,7 @@ class IreeCompiledGraph:
         flags = [*target_flags(device, target_cpu, cuda_arch), *extra_flags]
         graph.verify()
         self.graph = graph.clone()
-        self.pipeline: str | None = None  # the pipeline text `compile` ran before (None: as built)
+        self.pipeline: str | None = None
         self.device = device
         self.inplace = inplace
         self.input_types: list[TensorType | BufferType] = [shaped_type(a) for a in self.graph.block.args]
