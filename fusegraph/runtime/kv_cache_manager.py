@@ -123,7 +123,9 @@ class PagedKVCacheManager:
         self.kv_blocks = torch.zeros(shape, dtype=params.dtype.to_torch(), device=self.device.to_torch())
         self.pool = BlockPool(num_blocks)
         self.prefix_hit_tokens = 0  # prompt tokens whose prefill a cached prefix skipped
-        self._scratch: int | None = None  # the page padding rows write into
+        # One private page per padding row (held for good): two rows writing one block is
+        # what the runtime refuses as a write into another sequence's cache.
+        self._scratch: list[int] = []
         self._seqs: dict[int, _Sequence] = {}
         self._next_id = 0
 
@@ -251,7 +253,7 @@ class PagedKVCacheManager:
             seqs: the sequences of the step, in row order.
             tokens: how many new tokens each adds.
             token_ids: the new tokens' ids per sequence; needed for prefix sharing.
-            pad_to: add padding rows (one token each, writing a private scratch page) up to
+            pad_to: add padding rows (one token each, each writing its own scratch page) up to
                 this batch size, for replaying a CUDA graph captured at that size.
             lookup_width: the lookup table's minimum width (a fixed shape for CUDA graphs).
 
@@ -268,7 +270,7 @@ class PagedKVCacheManager:
         copy = [
             s for s, n in zip(found, tokens) if n and s.length % page and refs[s.pages[s.length // page]] > 1
         ]
-        scratch = int(pad_to is not None and pad_to > len(seqs) and self._scratch is None)
+        scratch = max(0, (pad_to or 0) - len(seqs) - len(self._scratch))
         if (needed := new_pages + len(copy) + scratch) > self.pool.num_free:
             raise KVCacheFullError(needed, self.pool.num_free, self.num_blocks)
         for seq in copy:
@@ -314,12 +316,13 @@ class PagedKVCacheManager:
             lookup += s.pages[:k]
             lookup += [NO_BLOCK] * (width - k)
         if pad_to is not None and pad_to > len(found):
-            if self._scratch is None:
-                self._scratch = self.pool.allocate()  # held for good: padding rows write it
             pad = pad_to - len(found)
+            while len(self._scratch) < pad:
+                self._scratch.append(self.pool.allocate())
             tokens = tokens + [1] * pad
             lengths = lengths + [0] * pad
-            lookup += ([self._scratch] + [NO_BLOCK] * (width - 1)) * pad
+            for page in self._scratch[:pad]:
+                lookup += [page] + [NO_BLOCK] * (width - 1)
         # One host array, one transfer: offsets, lengths (each padded to 16 bytes), the table.
         rows = len(lengths)
         a, b = -(-(rows + 1) // 4) * 4, -(-rows // 4) * 4

@@ -133,14 +133,16 @@ def test_generator__refuses_bad_requests_and_settings(tiny_llama: Tiny) -> None:
 
 
 class _CpuRunner:
-    """`CudaGraphRunner.run_bound` without CUDA: runs the step on the bound tensors."""
+    """`CudaGraphRunner.run_bound` without CUDA: runs the metadata checks (what the device
+    check refuses inside a replay on CUDA), then the step on the bound tensors."""
 
-    def __init__(self, step: Any) -> None:
-        self.step = step
+    def __init__(self, compiled: Any) -> None:
+        self.step, self.checks = compiled._step, compiled._input_checks
         self.calls: list[tuple[int, tuple[int, ...], int]] = []
 
     def run_bound(self, inputs: list[torch.Tensor], dims: dict[str, int]) -> Any:
         self.calls.append((int(inputs[0].shape[0]), tuple(inputs[4].shape), inputs[0].data_ptr()))
+        self.checks.check(inputs, dims)  # padding rows must not share a block
         return self.step(inputs, dims)
 
 
@@ -149,7 +151,7 @@ def test_generator__padded_decode_buckets_give_the_same_tokens(tiny_llama: Tiny)
     gen = Generator(tiny_llama.compiled, tiny_llama.manager(), cuda_graph_batch_sizes=None, max_seq_len=48)
     graphs = object.__new__(DecodeGraphs)
     graphs.model, graphs.buckets, graphs._static = tiny_llama.compiled, [1, 4, 8], {}
-    graphs.runner = runner = _CpuRunner(tiny_llama.compiled._step)  # type: ignore[assignment]
+    graphs.runner = runner = _CpuRunner(tiny_llama.compiled)  # type: ignore[assignment]
     gen._graphs = graphs
     got = _staggered(gen, PROMPTS, NEW)
     assert got == [tiny_llama.reference(p, NEW) for p in PROMPTS]

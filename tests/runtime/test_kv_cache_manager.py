@@ -127,18 +127,23 @@ def test_manager__prepare_builds_ragged_metadata() -> None:
     assert all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in parts)
 
 
-def test_manager__prepare_pads_rows_into_a_scratch_page_and_widens_the_lookup() -> None:
+def test_manager__prepare_pads_rows_into_their_own_scratch_pages_and_widens_the_lookup() -> None:
+    # Each padding row writes a page of its own: two rows writing one block is what the
+    # runtime refuses as a write into another sequence's cache (on CUDA, inside the graph).
     m = PagedKVCacheManager(_params(page_size=4), num_blocks=8)
     s = m.claim()
     batch = m.prepare([s], [1], pad_to=3, lookup_width=4)
-    scratch = int(batch.lookup_table[1, 0])
-    assert scratch not in m.pages(s) and m.free_blocks == 6
+    first, second = int(batch.lookup_table[1, 0]), int(batch.lookup_table[2, 0])
+    assert first != second and not {first, second} & set(m.pages(s)) and m.free_blocks == 5
     assert batch.row_offsets.tolist() == [0, 1, 2, 3] and batch.cache_lengths.tolist() == [0, 0, 0]
     assert batch.lookup_table.to(torch.int64).tolist() == [
         [0, NO_BLOCK, NO_BLOCK, NO_BLOCK],
-        [scratch, NO_BLOCK, NO_BLOCK, NO_BLOCK],
-        [scratch, NO_BLOCK, NO_BLOCK, NO_BLOCK],
+        [first, NO_BLOCK, NO_BLOCK, NO_BLOCK],
+        [second, NO_BLOCK, NO_BLOCK, NO_BLOCK],
     ]
+    m.commit([s], [1])
+    again = m.prepare([s], [1], pad_to=3, lookup_width=4)  # the scratch pages are reused
+    assert [int(again.lookup_table[i, 0]) for i in (1, 2)] == [first, second] and m.free_blocks == 5
 
 
 def test_manager__prepare_refuses_a_step_past_max_len() -> None:
