@@ -82,9 +82,11 @@ def build_fusegraph(cfg: dict[str, Any], device: str, num_blocks: int, page_size
 def run_fusegraph(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
     """Serve `args.requests` random prompts at once; returns the measurements."""
     from fusegraph.generate import Generator, GeneratorStats, SamplingParams
+    from fusegraph.generate.generator import DEFAULT_BUCKETS
 
     page = args.page_size
-    blocks = args.requests * -(-(args.prompt_len + args.output_len) // page) + 1
+    # every request's pages, plus one scratch page per padding row of the widest decode bucket
+    blocks = args.requests * -(-(args.prompt_len + args.output_len) // page) + max(DEFAULT_BUCKETS) - 1
     t0 = time.perf_counter()
     compiled, manager = build_fusegraph(cfg, args.device, blocks, page)
     setup_s = time.perf_counter() - t0
