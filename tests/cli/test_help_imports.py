@@ -13,7 +13,15 @@ import sys
 
 import pytest
 
-_HEAVY = ("torch", "triton", "xdsl", "sympy", "fusegraph.ops", "fusegraph.runtime.eager", "fusegraph.nn.layer")
+_HEAVY = (
+    "torch",
+    "triton",
+    "xdsl",
+    "sympy",
+    "fusegraph.ops",
+    "fusegraph.runtime.eager",
+    "fusegraph.nn.layer",
+)
 _PROBE = """
 import contextlib, io, json, sys
 from fusegraph.cli import main
