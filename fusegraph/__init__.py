@@ -6,7 +6,9 @@ store; lower to torch-mlir; run eagerly (PyTorch, Triton on CUDA) or through IRE
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fusegraph.compiler.lazy import lazy_exports
 
 # `fusegraph.compile` is `fusegraph.runtime.compile` (that package imports torch lazily too).
 from fusegraph.runtime import compile
@@ -19,21 +21,21 @@ if TYPE_CHECKING:
     from fusegraph.generate import Generator, SamplingParams
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy (PEP 562), so that `fusegraph --help` does not import torch (3 s) through `ops`.
-    import importlib
-
-    if name == "ops":
-        return importlib.import_module("fusegraph.ops")
-    if name in ("BufferType", "DeviceRef", "Dim", "DType", "Graph", "TensorType", "TensorValue"):
-        return getattr(importlib.import_module("fusegraph.compiler"), name)
-    if name in ("Generator", "SamplingParams"):
-        return getattr(importlib.import_module("fusegraph.generate"), name)
-    if name == "parse":  # text IR -> Graph
-        return importlib.import_module("fusegraph.dialect").parse
-    if name == "launch":  # tensor parallelism: one process per rank
-        return importlib.import_module("fusegraph.distributed").launch
-    raise AttributeError(f"module 'fusegraph' has no attribute {name!r}")
+# Lazy (PEP 562), so that `fusegraph --help` does not import torch (3 s) through `ops`.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ops": "fusegraph.ops",
+        **dict.fromkeys(
+            ["BufferType", "DeviceRef", "Dim", "DType", "Graph", "TensorType", "TensorValue"],
+            "fusegraph.compiler",
+        ),
+        "Generator": "fusegraph.generate",
+        "SamplingParams": "fusegraph.generate",
+        "parse": "fusegraph.dialect",  # text IR -> Graph
+        "launch": "fusegraph.distributed",  # tensor parallelism: one process per rank
+    },
+)
 
 
 __all__ = [

@@ -3,8 +3,9 @@ text IR (print with `str(graph)`; `fusegraph.dialect.parse` reads it back)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fusegraph.compiler.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from fusegraph.compiler.devices import DeviceRef
@@ -18,24 +19,21 @@ if TYPE_CHECKING:
 # Lazy (PEP 562): the CLIs import modules under `fusegraph.compiler`, and `--help` needs
 # neither xDSL nor sympy. Each name is imported from its module on first use.
 _HOMES = {
-    "BufferType": "types",
-    "BufferValue": "values",
-    "DType": "dtypes",
-    "DeviceRef": "devices",
-    "Dim": "dims",
-    "Graph": "graph",
-    "IRParseError": "errors",
-    "IRVerifyError": "errors",
-    "TensorType": "types",
-    "TensorValue": "values",
-    "Value": "values",
+    "BufferType": "fusegraph.compiler.types",
+    "BufferValue": "fusegraph.compiler.values",
+    "DType": "fusegraph.compiler.dtypes",
+    "DeviceRef": "fusegraph.compiler.devices",
+    "Dim": "fusegraph.compiler.dims",
+    "Graph": "fusegraph.compiler.graph",
+    "IRParseError": "fusegraph.compiler.errors",
+    "IRVerifyError": "fusegraph.compiler.errors",
+    "TensorType": "fusegraph.compiler.types",
+    "TensorValue": "fusegraph.compiler.values",
+    "Value": "fusegraph.compiler.values",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if (home := _HOMES.get(name)) is not None:
-        return getattr(importlib.import_module(f"fusegraph.compiler.{home}"), name)
-    raise AttributeError(f"module 'fusegraph.compiler' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 __all__ = [

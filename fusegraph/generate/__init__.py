@@ -3,7 +3,9 @@ sampling (`SamplingParams`), tokenizers (`load_tokenizer`) and `fusegraph genera
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fusegraph.compiler.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from fusegraph.generate.generator import Generator, GeneratorStats, TokenEvent
@@ -18,14 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if (module := _LAZY.get(name)) is None:
-        raise AttributeError(f"module 'fusegraph.generate' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["Generator", "GeneratorStats", "SamplingParams", "TokenEvent"]

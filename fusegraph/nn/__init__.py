@@ -4,7 +4,9 @@ KV-cache parameters, the attention layers, GPTQ checkpoint IO, and whole decoder
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fusegraph.compiler.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from fusegraph.nn.attention import AttentionWithRope
@@ -85,14 +87,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if (module := _LAZY.get(name)) is None:
-        raise AttributeError(f"module 'fusegraph.nn' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
+from fusegraph.compiler.lazy import lazy_exports
+
 if TYPE_CHECKING:
     import torch
 
@@ -25,14 +27,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if (module := _LAZY.get(name)) is None:
-        raise AttributeError(f"module 'fusegraph.runtime' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 class CompiledModel(Protocol):
