@@ -177,6 +177,16 @@ def _describe(err: Exception) -> str:
     )
 
 
+def write_ir_file(path: str, text: str) -> None:
+    """Write IR text to `path` ('-' = stdout): what `read_ir_file` reads back."""
+    if path == "-":
+        import sys
+
+        sys.stdout.write(text)
+        return
+    Path(path).write_text(text, encoding="utf-8")
+
+
 def read_ir_file(path: str) -> str:
     """The text of an IR file ('-' = stdin). A file that is not UTF-8 is an IRParseError at
     the first bad byte; a missing or unreadable one an OSError (the caller reports it)."""

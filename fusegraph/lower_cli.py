@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run_lower(args: argparse.Namespace) -> int:
     """Parse, optionally run passes, lower, print. Errors print a reproducer and return 1."""
     from fusegraph.compiler.lowering.torch_mlir import TorchMlirLoweringError, to_torch_mlir
-    from fusegraph.dialect import parse, read_ir_file
+    from fusegraph.dialect import parse, read_ir_file, write_ir_file
     from fusegraph.passes.manager import PassFailedError
 
     try:
@@ -70,7 +70,7 @@ def run_lower(args: argparse.Namespace) -> int:
     if args.timings:
         print(" ".join(f"{k}={v:.3f}s" for k, v in module.timings.items()), file=sys.stderr)
     try:
-        _write_output(args.output, str(module))
+        write_ir_file(args.output, str(module))
     except OSError as err:
         print(f"fusegraph lower: error: cannot write -o {args.output}: {err}", file=sys.stderr)
         return 2
@@ -109,14 +109,6 @@ def _run_passes(graph: Graph, pipeline: str) -> None:
     from fusegraph.passes.manager import PassManager
 
     PassManager(pipeline).run(graph)
-
-
-def _write_output(path: str, text: str) -> None:
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -249,7 +249,7 @@ def run_opt(args: argparse.Namespace) -> int:
         print(list_passes_statically() or list_passes())
         return 0
     from fusegraph.compiler.errors import IRParseError
-    from fusegraph.dialect import read_ir_file
+    from fusegraph.dialect import read_ir_file, write_ir_file
     from fusegraph.passes.manager import PassManager
     from fusegraph.passes.registry import PassPluginError, load_pass_plugin
 
@@ -288,7 +288,9 @@ def run_opt(args: argparse.Namespace) -> int:
         failed |= not ok
         if out is not None:
             outputs.append(out)
-    _write(args.output, f"\n{SPLIT_MARKER}\n".join(o.rstrip("\n") for o in outputs) + "\n" if outputs else "")
+    write_ir_file(
+        args.output, f"\n{SPLIT_MARKER}\n".join(o.rstrip("\n") for o in outputs) + "\n" if outputs else ""
+    )
     return 1 if failed else 0
 
 
@@ -314,11 +316,3 @@ def _one_chunk(
         print(reproducer(chunk.lstrip("\n"), args, manager, index), file=sys.stderr)
         return None, False
     return out, True
-
-
-def _write(path: str, text: str) -> None:
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    with open(path, "w") as f:
-        f.write(text)
