@@ -185,10 +185,15 @@ def check_zeros_g_idx(
         expect_eq(op, "qzeros dim 0", qzeros.shape[0], groups, "G")
         expect_eq(op, "qzeros dim 1", qzeros.shape[1], n * bits // 32, "N*bits/32")
     if g_idx is not None:
-        g_idx = expect_tensor(op, "g_idx", g_idx)
-        expect_rank(op, "g_idx", g_idx, 1)
-        expect_dtype(op, "g_idx", g_idx, [DType.int32])
-        expect_eq(op, "g_idx dim 0", g_idx.shape[0], k, "K")
+        expect_row_vector(op, "g_idx", g_idx, k)
+
+
+def expect_row_vector(op: str, operand: str, value: Attribute, k: int) -> None:
+    """`operand` is an int32 `[K]` tensor: one entry per input row (g_idx, perm)."""
+    t = expect_tensor(op, operand, value)
+    expect_rank(op, operand, t, 1)
+    expect_dtype(op, operand, t, [DType.int32])
+    expect_eq(op, f"{operand} dim 0", t.shape[0], k, "K")
 
 
 # --- fg.qmatmul.gptq ----------------------------------------------------------------------

@@ -48,6 +48,7 @@ from fusegraph.ops.gptq import (
     check_format,
     check_zeros_g_idx,
     expect_eq,
+    expect_row_vector,
     gptq_props,
     num_groups,
     static_dim,
@@ -293,10 +294,7 @@ class QMatmulGptqTiledOp(GptqFormatProps, FgOp):
         expect_eq(op, "qzeros_t dim 0", qzeros_t.shape[0], groups, "G")
         expect_eq(op, "qzeros_t dim 1", qzeros_t.shape[1], n * cb // 32, "N*CB/32")
         if perm is not None:
-            perm = expect_tensor(op, "perm", perm)
-            expect_rank(op, "perm", perm, 1)
-            expect_dtype(op, "perm", perm, [DType.int32])
-            expect_eq(op, "perm dim 0", perm.shape[0], k, "K")
+            expect_row_vector(op, "perm", perm, k)
         return [TensorType(x.dtype, [x.shape[0], n], x.device)]
 
 
