@@ -22,9 +22,10 @@ on the host first (`runtime/input_checks.py`): IREE has no bounds checks.
   signless `i32`; IREE returns such outputs as int32, which are viewed back as uint32 here.
   Metadata values (row offsets, cache lengths, page ids) must stay below 2**31. bf16 crosses
   the boundary as `ml_dtypes.bfloat16` (bit-identical).
-- **CUDA.** In iree-base-compiler 3.13.0 the flags that compile for an H100 are
-  `--iree-hal-target-device=cuda --iree-rocm-target=sm_90` (`--iree-cuda-target` fails with
-  "missing GPU target"); the CPU flags are `--iree-hal-target-device=local
+- **CUDA.** In iree-base-compiler 3.13.0 the flags that compile for an H100/H200 are
+  `--iree-hal-target-device=cuda --iree-cuda-target=sm_89` (IREE has no sm_90 target details:
+  `--iree-cuda-target=sm_90` fails with "missing GPU target"; `--iree-rocm-target=sm_90`, used
+  before 2026-11-30, is the ROCm flag and left IREE's default sm_60); the CPU flags are `--iree-hal-target-device=local
   --iree-hal-local-target-device-backends=llvm-cpu` (`--iree-hal-target-device=llvm-cpu` is
   rejected as an unregistered device alias).
 

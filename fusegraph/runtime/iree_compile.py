@@ -37,8 +37,29 @@ def compile_count() -> int:
     return _compile_count
 
 
+# The CUDA archs iree-base-compiler 3.13 has target details for (KnownTargets.cpp); it has
+# none for sm_90 (`--iree-cuda-target=sm_90` fails with "missing GPU target").
+_IREE_CUDA_ARCHS = (60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 120, 121)
+
+
+def iree_cuda_arch(cuda_arch: str) -> str:
+    """The `--iree-cuda-target` for a device of compute capability `cuda_arch` ("sm_90"): the
+    newest arch IREE 3.13 knows that is not newer (sm_90 -> sm_89, whose PTX the driver JITs for
+    the H100/H200). `sm_90a` counts as sm_90.
+
+    Example:
+        >>> iree_cuda_arch("sm_90")
+        'sm_89'
+    """
+    digits = cuda_arch.removeprefix("sm_").rstrip("a")
+    if not cuda_arch.startswith("sm_") or not digits.isdigit() or int(digits) < _IREE_CUDA_ARCHS[0]:
+        raise ValueError(f"target_flags: cuda_arch must be 'sm_<NN>' with NN >= 60, got {cuda_arch!r}")
+    return f"sm_{max(a for a in _IREE_CUDA_ARCHS if a <= int(digits))}"
+
+
 def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90") -> list[str]:
-    """The iree-compile flags for `device` ("cpu" or "cuda[:N]") in iree-base-compiler 3.13."""
+    """The iree-compile flags for `device` ("cpu" or "cuda[:N]") in iree-base-compiler 3.13.
+    On CUDA the executable target is `iree_cuda_arch(cuda_arch)`."""
     kind = device_kind(device)
     if kind == "cpu":
         return [
@@ -47,7 +68,7 @@ def target_flags(device: str, target_cpu: str = "host", cuda_arch: str = "sm_90"
             f"--iree-llvmcpu-target-cpu={target_cpu}",
         ]
     if kind == "cuda":
-        return ["--iree-hal-target-device=cuda", f"--iree-rocm-target={cuda_arch}"]
+        return ["--iree-hal-target-device=cuda", f"--iree-cuda-target={iree_cuda_arch(cuda_arch)}"]
     raise ValueError(f"compile_iree: device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 

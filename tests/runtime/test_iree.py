@@ -133,7 +133,7 @@ def test_compile_error_carries_diagnostics_and_a_reproducer(tmp_path) -> None:
 
 
 def test_cuda_target_flags_are_the_ones_that_work_in_iree_3_13() -> None:
-    assert target_flags("cuda") == ["--iree-hal-target-device=cuda", "--iree-rocm-target=sm_90"]
+    assert target_flags("cuda") == ["--iree-hal-target-device=cuda", "--iree-cuda-target=sm_89"]
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
         target_flags("tpu")
 
