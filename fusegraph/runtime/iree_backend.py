@@ -101,6 +101,9 @@ class IreeCompiledGraph:
         zero_copy: whether the last call handed every input over and copied outputs only on
             the host (False on CUDA, where outputs go through the host).
         copy_reason: why the last copy happened instead of a DLPack hand-off ("" if none).
+        copied_inputs: the indices of the inputs the last call uploaded (copied) instead of
+            handing over; e.g. metadata views that are not 64-byte aligned, which IREE's CPU
+            heap import refuses (`PagedKVCacheManager` packs them in one 16-byte-padded array).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class IreeCompiledGraph:
         self.transfers = {"h2d": 0, "d2h": 0}
         self.zero_copy = True
         self.copy_reason = ""
+        self.copied_inputs: list[int] = []
         self.mlir: Any = None
         if vmfb is not None:  # compiled elsewhere (e.g. for CUDA on a machine with the compiler)
             self.vmfb_path, self.cache_hit = Path(vmfb), True
@@ -187,6 +191,7 @@ class IreeCompiledGraph:
         keep: list[Any] = []
         args, aliased = zip(*(self._argument(x, keep) for x in inputs)) if inputs else ((), ())
         self.zero_copy = all(aliased)
+        self.copied_inputs = [i for i, direct in enumerate(aliased) if not direct]
         if self.inplace:  # the module writes the outputs too, into tensors allocated here
             outputs = tuple(
                 torch.empty(

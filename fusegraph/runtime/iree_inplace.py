@@ -1,26 +1,37 @@
-"""Compile an in-place module without IREE's dead whole-buffer copy.
+"""Compile an in-place module without IREE's whole-buffer copies.
 
 torch-mlir's `torch.overwrite.tensor.contents` on a mutable argument becomes, in IREE's torch
-input conversion, `hal.tensor.alias %final to %arg` (the scatter then runs in the argument's
-storage) followed by `hal.tensor.barrier join(%alias, %outputs...)`. In iree-base-compiler
-3.13 that barrier materializes its (unused) copy of the aliased tensor: one whole-cache
-device copy per call (256 MiB per decode step for a Llama-3-8B layer at bs 32, ctx 2048).
+input conversion, a `hal.tensor.import` of the argument at entry and a `hal.tensor.alias`
+of its final version to the argument at exit (the writes run in the argument's storage).
+The import does not `consume` the argument: IREE treats its storage as borrowed from the
+caller, and since iree-base-compiler 3.13 (IREE #22844, "Preserve borrowed imports during
+copy elision") `--iree-stream-elide-async-copies` keeps every copy-on-write clone whose
+source chain reaches a borrowed import and whose clone is then written. In a module that
+writes the cache in place this leaves, per call:
+- one layer: a clone of the final cache for the entry `hal.tensor.barrier` (unused, but the
+  alias that feeds it writes the borrowed storage);
+- several layers: in addition, a clone of the cache before the second layer's store, made
+  because layer 1's attention reads the version layer 2's store overwrites (a copy-on-write
+  fork). The scatters then write the clone and the result is copied back.
+Each is a whole-cache device copy: 256 MiB per call for one Llama-3-8B layer at bs 32, ctx
+2048, and one more per layer.
 
-This is safe when IREE performs every write in the argument's storage and the outputs are
-ready only after the writes are: `barrier_rewrite_safe(graph)` requires that every graph
-output depend on the final version of every written buffer (the paged attention reads the
-cache after the last store) and that no buffer version be read by one op and overwritten by
-another (a layer's attention reading the version the next layer's store updates): for such
-graphs IREE 3.13 clones the cache and writes the clone, so the clone must stay joined. So a
-one-layer attention graph gets the rewrite; a multi-layer stack keeps IREE's copies.
-`compile_inplace` compiles to IREE's input level, drops the aliased tensors from the barrier,
-and compiles on from there; if the pattern is not found it compiles the module unchanged.
+The caller hands the buffer over for the call (`IreeCompiledGraph` passes the cache tensor and
+reads it only after the call returns), so the import may `consume` it: IREE then owns the
+storage and elides those clones by its own last-use analysis (a clone whose source has no
+later reader), which leaves no whole-cache copy for one layer or many.
+`consume_safe(graph)` additionally requires that every read of a buffer version that is
+later overwritten be ordered before the overwrite by data dependence (layer L's attention
+feeds layer L+1's projections, hence its store), so that no schedule IREE picks can let a
+write of layer L+1 reach a read of layer L. `compile_inplace` compiles to IREE's input level,
+marks the imports of the arguments the module writes in place `consume`, and compiles on from
+there; if no such import is found it compiles the module unchanged.
 
 `iree_compile.compile_graph(graph, flags)` lowers and compiles a graph the way
-`IreeCompiledGraph` runs it, through `compile_inplace`.
+`IreeCompiledGraph` runs it, through `compile_inplace` when `consume_safe(graph)`.
 
 Example:
-    >>> binary, rewritten = compile_inplace(mlir_text, target_flags("cpu"))
+    >>> binary, consumed = compile_inplace(mlir_text, target_flags("cpu"))
 """
 
 from __future__ import annotations
@@ -35,71 +46,53 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.types import BufferType
 
 __all__ = [
-    "barrier_rewrite_safe",
     "compile_inplace",
-    "drop_aliases_from_barrier",
-    "outputs_follow_writes",
+    "consume_safe",
+    "mark_consumed",
+    "stage_inplace",
 ]
 
 _log = logging.getLogger(__name__)
 
-_ALIAS = re.compile(r"^\s*(%[\w.$-]+) = hal\.tensor\.alias .* to (%[\w.$-]+) : !hal\.buffer_view", re.M)
-_BARRIER = re.compile(
-    r"^(\s*)(%[\w.$-]+)(?::(\d+))? = hal\.tensor\.barrier join\(([^:]*) : (.*?)\) => (%[\w.$-]+) : "
-    r"!hal\.fence( loc\(.*\))?$",
+# `hal.tensor.alias [wait(%f) =>] %value : tensor<...> to %argN : !hal.buffer_view`
+_ALIAS_TARGET = re.compile(r"^\s*%[\w.$-]+ = hal\.tensor\.alias .* to (%[\w.$-]+) : !hal\.buffer_view", re.M)
+# `%x = hal.tensor.import [on(...)] [wait(%f) =>] [consume] %argN ...` (HALOps.td's format)
+_IMPORT = re.compile(
+    r"^(\s*%[\w.$-]+ = hal\.tensor\.import (?:on\(.*?\) )?(?:wait\(%[\w.$-]+\) => )?)(consume )?(%[\w.$-]+)\b",
     re.M,
 )
 
 
-def barrier_rewrite_safe(graph: Graph) -> bool:
-    """`outputs_follow_writes(graph)`, and each written buffer version is used only by the op
-    that writes the next version (no read of a version that is then overwritten)."""
-    if not outputs_follow_writes(graph):
-        return False
-    for op in graph.block.ops:
-        for r in op.results:
-            if not isinstance(r.type, BufferType):
-                continue
-            users = [use.operation for use in r.uses]
-            writes_on = any(isinstance(o.type, BufferType) for u in users for o in u.results)
-            if writes_on and len(users) != 1:
-                return False
-    for arg in graph.block.args:
-        users = [use.operation for use in arg.uses]
-        if isinstance(arg.type, BufferType) and len(users) > 1:
+def consume_safe(graph: Graph) -> bool:
+    """Whether IREE may own the graph's written buffers for the call (see the module
+    docstring): some buffer is written, each buffer version is overwritten by at most one op,
+    and every other op that reads a version is an ancestor of the op that overwrites it.
+
+    Example:
+        >>> consume_safe(gptq_attention_graph(2))   # layer 0's attention feeds layer 1's store
+        True
+    """
+    values: list[SSAValue] = [*graph.block.args, *(r for op in graph.block.ops for r in op.results)]
+    written = False
+    for value in values:
+        if not isinstance(value.type, BufferType):
+            continue
+        users = list(dict.fromkeys(use.operation for use in value.uses))
+        writers = [u for u in users if any(isinstance(r.type, BufferType) for r in u.results)]
+        if not writers:
+            continue
+        if len(writers) > 1:
+            return False  # a fork: two next versions of one buffer
+        written = True
+        before = _ancestors(writers[0].operands)
+        if any(u is not writers[0] and not any(r in before for r in u.results) for u in users):
             return False
-    return True
+    return written
 
 
-def outputs_follow_writes(graph: Graph) -> bool:
-    """True when every graph output depends on the final version of every buffer input that
-    the graph writes (so an output being ready implies the writes are done)."""
-    finals = _final_buffer_versions(graph)
-    returned = list(graph.block.last_op.operands) if graph.block.last_op is not None else []
-    if not finals or not returned:
-        return False
-    for output in returned:
-        ancestors = _ancestors(output)
-        if not all(v in ancestors for v in finals):
-            return False
-    return True
-
-
-def _final_buffer_versions(graph: Graph) -> list[SSAValue]:
-    """The last written version of each buffer input (buffer results that nothing writes on)."""
-    finals = []
-    for op in graph.block.ops:
-        for r in op.results:
-            if isinstance(r.type, BufferType) and not any(
-                isinstance(o.type, BufferType) for use in r.uses for o in use.operation.results
-            ):
-                finals.append(r)
-    return finals
-
-
-def _ancestors(value: SSAValue) -> set[SSAValue]:
+def _ancestors(values: Sequence[SSAValue]) -> set[SSAValue]:
     seen: set[SSAValue] = set()
-    stack = [value]
+    stack = list(values)
     while stack:
         v = stack.pop()
         if v in seen:
@@ -110,55 +103,38 @@ def _ancestors(value: SSAValue) -> set[SSAValue]:
     return seen
 
 
-def drop_aliases_from_barrier(text: str, keep: Sequence[str] = ()) -> str | None:
-    """The input-level IR with the `hal.tensor.alias` results removed from the entry's
-    `hal.tensor.barrier join(...)`, except those aliasing an argument named in `keep` (e.g.
-    `%arg12`, an output written in place); None if the pattern is not there exactly once or
-    nothing would be left to join."""
-    aliases = {value for value, target in _ALIAS.findall(text) if target not in keep}
-    barriers = list(_BARRIER.finditer(text))
-    if not aliases or len(barriers) != 1:
-        return None
-    m = barriers[0]
-    indent, name, _count, values_text, types_text, fence, loc = m.groups()
-    values = [v.strip() for v in values_text.split(",")]
-    types = _split_types(types_text)
-    if len(values) != len(types):
-        return None
-    kept = [i for i, v in enumerate(values) if v not in aliases]
-    dropped = [i for i, v in enumerate(values) if v in aliases]
-    if not kept or not dropped or any(re.search(rf"{re.escape(name)}#{i}\b", text) for i in dropped):
-        return None
-    results = f"{name}:{len(kept)}" if len(kept) > 1 else name
-    line = (
-        f"{indent}{results} = hal.tensor.barrier join({', '.join(values[i] for i in kept)} : "
-        f"{', '.join(types[i] for i in kept)}) => {fence} : !hal.fence{loc or ''}"
-    )
-    text = text[: m.start()] + line + text[m.end() :]
-    for new, old in enumerate(kept):
-        text = re.sub(rf"{re.escape(name)}#{old}\b", name if len(kept) == 1 else f"{name}#{new}", text)
-    return text
-
-
-def _split_types(text: str) -> list[str]:
-    """Split `tensor<...>, tensor<...>` at commas outside angle brackets and braces."""
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(text):
-        depth += c in "<{[(" and 1 or (c in ">}])" and -1 or 0)
-        if c == "," and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return parts
-
-
-def compile_inplace(mlir_text: str, flags: Sequence[str], keep: Sequence[str] = ()) -> tuple[bytes, bool]:
-    """iree-compile a torch-dialect module whose outputs follow its buffer writes, with the
-    aliased buffers dropped from the entry barrier (see the module docstring); the aliases
-    of the arguments named in `keep` (outputs written in place) stay joined.
+def mark_consumed(text: str) -> tuple[str, list[str]]:
+    """IREE input-level IR with every `hal.tensor.import` of an argument that a
+    `hal.tensor.alias` writes marked `consume`.
 
     Returns:
-        The `.vmfb` bytes, and whether the barrier was rewritten (False: compiled as is).
+        The text and the arguments whose imports were marked (sorted; empty: nothing to mark,
+        the text unchanged).
+
+    Example:
+        >>> mark_consumed("%9 = hal.tensor.import wait(%arg6) => %arg2 : ...\\n"
+        ...               "%5 = hal.tensor.alias wait(%arg6) => %4 : tensor<8xf32> to %arg2 : !hal.buffer_view")[1]
+        ['%arg2']
+    """
+    targets = set(_ALIAS_TARGET.findall(text))
+    marked: set[str] = set()
+
+    def mark(m: re.Match[str]) -> str:
+        prefix, consumed, source = m.groups()
+        if source not in targets or consumed:
+            return m.group(0)
+        marked.add(source)
+        return f"{prefix}consume {source}"
+
+    return _IMPORT.sub(mark, text), sorted(marked)
+
+
+def stage_inplace(mlir_text: str, flags: Sequence[str]) -> tuple[str, list[str]]:
+    """A torch-dialect in-place module compiled to IREE's input level, with the imports of
+    the arguments it writes in place marked `consume` (`mark_consumed`).
+
+    Returns:
+        The input-level text and the consumed arguments.
 
     Raises:
         iree.compiler.tools.binaries.CompilerToolError: iree-compile failed.
@@ -168,11 +144,25 @@ def compile_inplace(mlir_text: str, flags: Sequence[str], keep: Sequence[str] = 
     staged = ireec.compile_str(
         mlir_text, input_type="torch", target_backends=[], extra_args=[*flags, "--compile-to=input"]
     )
-    text = staged.decode() if isinstance(staged, bytes) else str(staged)
-    patched = drop_aliases_from_barrier(text, keep)
-    if patched is None:
-        _log.warning("compile_inplace: no entry barrier over an aliased buffer found; compiled unchanged")
+    return mark_consumed(staged.decode() if isinstance(staged, bytes) else str(staged))
+
+
+def compile_inplace(mlir_text: str, flags: Sequence[str]) -> tuple[bytes, bool]:
+    """iree-compile a torch-dialect in-place module whose graph is `consume_safe`, with its
+    written arguments consumed by the entry (see the module docstring).
+
+    Returns:
+        The `.vmfb` bytes, and whether any import was marked (False: compiled as is).
+
+    Raises:
+        iree.compiler.tools.binaries.CompilerToolError: iree-compile failed.
+    """
+    import iree.compiler as ireec
+
+    text, consumed = stage_inplace(mlir_text, flags)
+    if not consumed:
+        _log.warning("compile_inplace: no import of an argument written in place found; compiled unchanged")
         return ireec.compile_str(
             mlir_text, input_type="torch", target_backends=[], extra_args=list(flags)
         ), False
-    return ireec.compile_str(patched, target_backends=[], extra_args=[*flags, "--compile-from=input"]), True
+    return ireec.compile_str(text, target_backends=[], extra_args=[*flags, "--compile-from=input"]), True

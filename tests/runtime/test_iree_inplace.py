@@ -1,15 +1,17 @@
 """The IREE path updates the KV cache in place: the emitted torch-mlir overwrites the mutable
-cache argument and does not return it (FileCheck); at run time the caller's tensor is written
-directly (only the step's rows change, no copy back, no transfers: counted, never timed); the
-entry-barrier rewrite that removes IREE's dead whole-cache copy, and when it applies."""
+cache argument and does not return it (FileCheck); a 2-layer module, whose entry consumes the
+cache, has no whole-cache copy in IREE's stream IR (a borrowed import has one); at run time a
+ragged prefill and a decode write only their rows of the caller's tensor, byte-identical to
+eager in every layer (no copy back, no transfers: counted, never timed); and when the entry
+may consume the cache (`consume_safe`)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,11 +20,9 @@ import fusegraph
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
 from fusegraph.runtime.iree_backend import compile_iree
-from fusegraph.runtime.iree_inplace import (
-    barrier_rewrite_safe,
-    drop_aliases_from_barrier,
-    outputs_follow_writes,
-)
+from fusegraph.runtime.iree_compile import target_flags
+from fusegraph.runtime.iree_inplace import consume_safe, mark_consumed, stage_inplace
+from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 from tests.lowering._graphs import SMALL, AttnShape, gptq_attention_graph, kv_input_types
 
 pytest.importorskip("iree.compiler")
@@ -70,23 +70,34 @@ def test_the_lowering_overwrites_the_mutable_cache_and_returns_only_the_outputs(
     )
 
 
-def _store_graph(num_blocks: int) -> Graph:
-    """Store K = V = x into a cache of `num_blocks` blocks, then attend with q = x (so the
-    output depends on the writes, as in every attention layer)."""
+def _store_graph(num_blocks: int, num_layers: int = 2, chained: bool = True) -> Graph:
+    """Each layer stores K = V = its input h into the cache, then attends with q = h; it outputs
+    every layer's attention. Layer l+1's input is `x + (a - a)` for layer l's attention a:
+    exactly x (a is finite), so the cache is exact and comparable byte for byte, yet computed
+    from a, so layer l+1's store depends on layer l's attention as in a real stack. With
+    `chained=False` every layer stores x itself: nothing orders layer 0's attention before
+    layer 1's store."""
     inputs = [
         TensorType(DType.float32, ["total_seq_len", SMALL.n_kv_heads, SMALL.head_dim], CPU),
         TensorType(DType.uint32, ["batch_plus_1"], CPU),
-        *kv_input_types(1, AttnShape(num_blocks=num_blocks)),
+        *kv_input_types(num_layers, AttnShape(num_blocks=num_blocks)),
     ]
-    with Graph(f"store_{num_blocks}", input_types=inputs) as g:
+    with Graph(f"store_{num_layers}l_{num_blocks}", input_types=inputs) as g:
         x, ro, kv, lengths, lookup = g.inputs
-        kv = ops.kv_cache_store(kv, x, ro, lengths, lookup, layer_idx=0, key_or_value=0)
-        kv = ops.kv_cache_store(kv, x, ro, lengths, lookup, layer_idx=0, key_or_value=1)
-        g.output(ops.paged_attention(x, ro, kv, lengths, lookup, layer_idx=0, scale=0.25))
+        h, outputs = x, []
+        for layer in range(num_layers):
+            for key_or_value in (0, 1):
+                kv = ops.kv_cache_store(
+                    kv, h, ro, lengths, lookup, layer_idx=layer, key_or_value=key_or_value
+                )
+            outputs.append(ops.paged_attention(h, ro, kv, lengths, lookup, layer_idx=layer, scale=0.25))
+            h = ops.add(x, ops.sub(outputs[-1], outputs[-1])) if chained else x
+        g.output(*outputs)
     return g
 
 
-NUM_BLOCKS = 64
+NUM_BLOCKS, LAYERS = 64, 2
+STEPS = ([5, 7, 1], [1, 1, 1])  # a ragged prefill, then a decode step
 
 
 @pytest.fixture(scope="module")
@@ -99,43 +110,77 @@ def store_models(tmp_path_factory):  # noqa: ANN201
     }
 
 
-def _call(model, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:  # noqa: ANN001
-    """One call writing 3 rows of sequence 0 and 1 of sequence 1; (x, output, seconds)."""
-    x = torch.randn(4, SMALL.n_kv_heads, SMALL.head_dim, generator=torch.Generator().manual_seed(0))
-    ro = torch.tensor([0, 3, 4], dtype=torch.uint32)
-    lengths = torch.tensor([5, 2], dtype=torch.uint32)
-    lookup = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]], dtype=torch.uint32)
-    start = time.perf_counter()
-    (y,) = model(x, ro, cache, lengths, lookup)
-    return x, y, time.perf_counter() - start
+def _sentinel() -> torch.Tensor:
+    shape = [NUM_BLOCKS, 2, LAYERS, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
 
-def test_an_inplace_step_writes_only_its_rows_of_the_callers_tensor_and_moves_no_cache(store_models) -> None:
-    shape = [NUM_BLOCKS, 2, 1, SMALL.page_size, SMALL.n_kv_heads, SMALL.head_dim]
+def _run(model) -> tuple[list[torch.Tensor], PagedKVCacheManager, set[tuple[int, int]]]:  # noqa: ANN001
+    """STEPS through `model` on a sentinel-filled cache: the outputs, the manager, and the
+    (block, slot) pairs the sequences own afterwards."""
+    params = SimpleNamespace(
+        dtype=DType.float32, n_kv_heads=SMALL.n_kv_heads, head_dim=SMALL.head_dim,
+        num_layers=LAYERS, page_size=SMALL.page_size,
+    )  # fmt: skip
+    manager = PagedKVCacheManager(params, num_blocks=NUM_BLOCKS)
+    manager.kv_blocks.copy_(_sentinel())
+    pointer, gen = manager.kv_blocks.data_ptr(), torch.Generator().manual_seed(0)
+    seqs = [manager.claim(max_len=16) for _ in STEPS[0]]
+    outputs: list[torch.Tensor] = []
+    for tokens in STEPS:
+        batch = manager.prepare(seqs, tokens)
+        x = torch.randn(sum(tokens), SMALL.n_kv_heads, SMALL.head_dim, generator=gen)
+        outputs.extend(model(x, batch.row_offsets, *batch.kv_inputs))
+        manager.commit(seqs, tokens)
+    assert manager.kv_blocks.data_ptr() == pointer
+    page = SMALL.page_size
+    owned = {(manager.pages(s)[p // page], p % page) for s in seqs for p in range(manager.length(s))}
+    return outputs, manager, owned
+
+
+def test_a_2_layer_step_writes_only_its_rows_of_the_callers_cache_byte_identical_to_eager(
+    store_models,
+) -> None:
     eager = fusegraph.compile(
         _store_graph(NUM_BLOCKS), backend="eager", device="cpu", weights={}, pipeline=None
     )
-    want_cache = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    _, want, _ = _call(eager, want_cache)
-    results = {}
+    want, want_cache, owned = _run(eager)
+    assert len(owned) == sum(map(sum, STEPS))
     for inplace, model in store_models.items():
-        cache = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-        sentinel, pointer = cache.clone(), cache.data_ptr()
-        for _ in range(2):  # the second call reuses the module on the same caller tensor
-            cache.copy_(sentinel)
-            x, y, _ = _call(model, cache)
-        torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
-        results[inplace] = cache
-        assert cache.data_ptr() == pointer
-        # Sequence 0 wrote positions 5..7 (block 1, slots 1..3), sequence 1 position 2 (block 4).
-        changed = (cache != sentinel).flatten(4).any(-1)
-        assert {(b, s) for b, _, _, s in changed.nonzero().tolist()} == {(1, 1), (1, 2), (1, 3), (4, 2)}
-        for key_or_value in (0, 1):
-            torch.testing.assert_close(cache[1, key_or_value, 0, 1:4], x[:3])
-            torch.testing.assert_close(cache[4, key_or_value, 0, 2], x[3])
+        got, cache, _ = _run(model)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+        assert torch.equal(cache.kv_blocks.view(torch.int32), want_cache.kv_blocks.view(torch.int32))
+        # Every (block, slot) the sequences do not own keeps its sentinel, in both layers, K and V.
+        changed = (cache.kv_blocks != _sentinel()).flatten(4).any(-1)  # [blocks, 2, layers, slots]
+        assert {(b, s) for b, _, _, s in changed.nonzero().tolist()} == owned, f"{inplace=}"
+        assert changed.sum() == len(owned) * 2 * LAYERS
     assert store_models[True].transfers == {"h2d": 0, "d2h": 0}
-    assert store_models[True].zero_copy  # the caller's cache was imported, not uploaded
-    assert torch.equal(results[True], results[False]) and torch.equal(results[True], want_cache)
+    assert 2 not in store_models[True].copied_inputs  # the caller's cache was imported, not uploaded
+
+
+CACHE_BYTES = NUM_BLOCKS * 2 * LAYERS * SMALL.page_size * SMALL.n_kv_heads * SMALL.head_dim * 4
+
+
+def _cache_copies(text: str, *args: str) -> list[str]:
+    """The commands copying or cloning CACHE_BYTES (the static cache size) in IREE's stream IR
+    of `text` (compiled with `args`)."""
+    import iree.compiler as ireec
+
+    flags = [*target_flags("cpu"), *args, "--compile-to=stream"]
+    stream = ireec.compile_str(text, target_backends=[], extra_args=flags).decode()
+    copies = re.findall(r"stream\.(?:cmd\.copy|cmd\.clone|async\.clone|async\.copy) .*", stream)
+    return [c for c in copies if f"%c{CACHE_BYTES}" in c]
+
+
+def test_the_consumed_2_layer_module_has_no_whole_cache_copy_and_a_borrowed_one_has(store_models) -> None:
+    text = store_models[True].mlir.text
+    staged, consumed = stage_inplace(text, target_flags("cpu"))
+    assert consumed == ["%arg2"]  # the cache (the outputs are aliased, never imported)
+    assert re.search(r"hal\.tensor\.import wait\(%\w+\) => consume %arg2 ", staged)
+    assert _cache_copies(staged, "--compile-from=input") == []
+    # The same module with the import borrowed (IREE's default): the cache is copied.
+    assert _cache_copies(text, "--iree-input-type=torch")
 
 
 def test_fusegraph_compile_uses_the_inplace_form_by_default(store_models) -> None:
@@ -146,32 +191,30 @@ def test_fusegraph_compile_uses_the_inplace_form_by_default(store_models) -> Non
     assert model.inplace and model.cache_hit and model.vmfb_path == store_models[True].vmfb_path
 
 
-BARRIER_IR = """\
-    %5 = hal.tensor.alias wait(%arg2) => %4 : tensor<8x2xf32> to %arg1 : !hal.buffer_view
-    %6:2 = hal.tensor.barrier join(%5, %3 : tensor<8x2xf32>, tensor<?x4xf32>) => %arg3 : !hal.fence loc("x":1:2)
-    %dim = tensor.dim %6#1, %c0 : tensor<?x4xf32>
-    %7 = hal.tensor.export %6#1 : tensor<?x4xf32>{%dim} -> !hal.buffer_view
+INPUT_IR = """\
+    %8 = hal.tensor.import wait(%arg6) => %arg4 : !hal.buffer_view -> tensor<?x?xi32>{%6, %7}
+    %9 = hal.tensor.import wait(%arg6) => %arg2 : !hal.buffer_view -> tensor<8x2x1x4x2x16xf32>
+    %118 = hal.tensor.alias wait(%arg6) => %4 : tensor<8x2x1x4x2x16xf32> to %arg2 : !hal.buffer_view
+    %119 = hal.tensor.alias wait(%arg6) => %5 : tensor<?x2x16xf32>{%d} to %arg5 : !hal.buffer_view
 """
 
 
-def test_the_entry_barrier_keeps_the_outputs_and_drops_the_aliased_cache() -> None:
-    got = drop_aliases_from_barrier(BARRIER_IR)
-    assert got is not None
-    assert '%6 = hal.tensor.barrier join(%3 : tensor<?x4xf32>) => %arg3 : !hal.fence loc("x":1:2)' in got
-    assert "tensor.dim %6, %c0" in got and "hal.tensor.export %6 :" in got and "#1" not in got
-    assert "hal.tensor.alias" in got  # the write into the argument's storage stays
-    # A barrier result of the alias that is used elsewhere: left alone.
-    assert drop_aliases_from_barrier(BARRIER_IR + "    %8 = foo %6#0\n") is None
-    assert drop_aliases_from_barrier(BARRIER_IR.replace("hal.tensor.alias", "hal.tensor.other")) is None
+def test_only_the_imports_of_arguments_written_in_place_are_consumed() -> None:
+    text, consumed = mark_consumed(INPUT_IR)
+    assert consumed == ["%arg2"]
+    assert "hal.tensor.import wait(%arg6) => consume %arg2 : !hal.buffer_view" in text
+    assert "hal.tensor.import wait(%arg6) => %arg4 :" in text  # read only: still borrowed
+    assert mark_consumed(text) == (text, [])  # already consumed
+    functional = INPUT_IR.replace("hal.tensor.alias", "hal.tensor.other")
+    assert mark_consumed(functional) == (functional, [])
 
 
-def test_the_barrier_rewrite_applies_only_where_iree_writes_the_callers_storage() -> None:
-    assert barrier_rewrite_safe(gptq_attention_graph(1, fused=True))
-    assert barrier_rewrite_safe(gptq_attention_graph(1, fused=False))
-    assert barrier_rewrite_safe(_store_graph(8))
-    # Layer 0's attention reads the version layer 1 overwrites: IREE 3.13 clones the cache.
-    assert outputs_follow_writes(gptq_attention_graph(2, fused=True))
-    assert not barrier_rewrite_safe(gptq_attention_graph(2, fused=True))
+def test_the_entry_consumes_the_cache_only_where_reads_precede_the_next_write() -> None:
+    for layers, fused in ((1, True), (1, False), (2, True), (2, False)):
+        assert consume_safe(gptq_attention_graph(layers, fused=fused)), (layers, fused)
+    assert consume_safe(_store_graph(8))
+    # Layer 1's store does not depend on layer 0's attention: nothing orders them.
+    assert not consume_safe(_store_graph(8, chained=False))
     inputs = [
         TensorType(DType.float32, ["total_seq_len", SMALL.n_kv_heads, SMALL.head_dim], CPU),
         TensorType(DType.uint32, ["batch_plus_1"], CPU),
@@ -180,5 +223,15 @@ def test_the_barrier_rewrite_applies_only_where_iree_writes_the_callers_storage(
     with Graph("store_only", input_types=inputs) as g:
         x, ro, kv, lengths, lookup = g.inputs
         ops.kv_cache_store(kv, x, ro, lengths, lookup, layer_idx=0, key_or_value=0)
-        g.output(ops.add(x, x))  # does not read the cache: the barrier must cover the write
-    assert not outputs_follow_writes(g) and not barrier_rewrite_safe(g)
+        g.output(ops.add(x, x))  # nothing reads the cache: the write is all there is
+    assert consume_safe(g)
+    with Graph("fork", input_types=inputs) as g:
+        x, ro, kv, lengths, lookup = g.inputs
+        ops.kv_cache_store(kv, x, ro, lengths, lookup, layer_idx=0, key_or_value=0)
+        ops.kv_cache_store(kv, x, ro, lengths, lookup, layer_idx=0, key_or_value=1)  # the same version
+        g.output(ops.add(x, x))
+    assert not consume_safe(g)
+    with Graph("no_write", input_types=inputs) as g:
+        x, ro, kv, lengths, lookup = g.inputs
+        g.output(ops.paged_attention(x, ro, kv, lengths, lookup, layer_idx=0, scale=0.25))
+    assert not consume_safe(g)
