@@ -1,7 +1,8 @@
 """The IREE CPU backend against the eager CPU backend on a 2-layer GPTQ attention graph:
 a ragged prefill then two decode steps on a paged cache filled with sentinels (outputs, the
 whole KV cache, and every row the steps do not own untouched), one compile for every
-total_seq_len, the on-disk cache, and the dtype boundary."""
+total_seq_len, the on-disk cache, the dtype boundary, and every bad-metadata case refused
+before the 2-layer module writes anything."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from fusegraph.runtime.iree_backend import (
 )
 from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager
 from tests.lowering._graphs import SMALL, gptq_attention_graph, gptq_attention_weights
+from tests.runtime.bad_input_cases import CASES, good_call, message_for
 
 pytest.importorskip("iree.compiler")
 pytest.importorskip("iree.runtime")
@@ -117,6 +119,23 @@ def test_inputs_and_weights_are_checked(setup) -> None:
     with pytest.raises(ValueError, match=r"missing \['freqs_cis'\]"):
         weights = {k: v for k, v in setup.weights.items() if k != "freqs_cis"}
         compile_iree(setup.graph, device="cpu", weights=weights, cache_dir=setup.cache_dir)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_2_layer_module_refuses_bad_metadata_before_writing_the_cache(setup, case: str) -> None:
+    call, pattern = CASES[case]
+    cache = _sentinel()
+    if call.kv is not None:  # the strided case: the same values, every other float of a wider tensor
+        cache = torch.zeros([*cache.shape[:-1], 2 * cache.shape[-1]])[..., ::2].copy_(_sentinel())
+    with pytest.raises(ValueError, match=message_for(pattern, fused=True)):
+        setup.model(*call.inputs(cache))
+    assert torch.equal(cache.view(torch.int32), _sentinel().view(torch.int32)), "the cache was written"
+    # The same module then runs a good call and writes exactly its rows, in both layers.
+    cache = _sentinel()
+    setup.model(*good_call().inputs(cache))
+    changed = (cache != _sentinel()).flatten(4).any(-1).nonzero().tolist()  # [blocks, 2, layers, slots]
+    assert {(b, s) for b, _, _, s in changed} == {(1, 1), (1, 2), (1, 3), (4, 2)}
+    assert len(changed) == 4 * 2 * NUM_LAYERS
 
 
 def test_compile_error_carries_diagnostics_and_a_reproducer(tmp_path) -> None:
