@@ -52,10 +52,12 @@ def _nat(bm: int, bn: int, split: int, nw: int, ns: int = 3) -> dict[str, Any]:
 
 
 def variants(
-    m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool = False
+    m: int, k_in: int, n_out: int, bits: int, act: bool = False, wide: bool | str = False
 ) -> list[dict[str, Any]]:
-    """The default plan first, then L2 prefetch / PDL, split and tile variants (sweep 1 also tried a
+    """wide="cuda": the CUDA kernel's variants (`cuda_variants`). Else the default plan first, then L2 prefetch / PDL, split and tile variants (sweep 1 also tried a
     swapped-operand tile and sweep 2 a rolling per-step L2 prefetch: both slower, since removed)."""
+    if wide == "cuda":
+        return cuda_variants(m, k_in, n_out, bits)
     base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"), act)
     out = [dict(base)]
     blocks = k_in // 128
@@ -92,7 +94,7 @@ def variants(
 
 
 def sweep(shapes: Sequence[tuple[str, int, int]], ms: Sequence[int], kinds: tuple[str, ...] = ("plain",), bw: float = 4.2e12,
-          dtype: torch.dtype = torch.float16, wide: bool = False) -> None:  # fmt: skip
+          dtype: torch.dtype = torch.float16, wide: bool | str = False) -> None:  # fmt: skip
     for label, k_in, n_out in shapes:
         b = GB.Bench(k_in, n_out, kinds)
         for m in ms:
@@ -255,6 +257,30 @@ def small_m(bw: float) -> None:
         torch.cuda.empty_cache()
 
 
+def cuda_variants(m: int, k_in: int, n_out: int, bits: int) -> list[dict[str, Any]]:
+    """The CUDA kernel (`gptq_cuda.py`): its default plan first, then splits around it (cluster or
+    ticket reduction), 8 warps, deeper rings."""
+    from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
+
+    base = cuda_small_m_plan(m, n_out, k_in, bits, 132, forced=True)
+    if base is None:
+        return []
+    blocks, tiles = k_in // 128, n_out // 64
+    out = [{"kernel": "cuda"} | base]
+    for d in (
+        d for d in range(1, 17) if blocks % d == 0 and 132 <= tiles * d <= 8 * 132 and m * blocks // d <= 256
+    ):
+        st = max(2, min(4, -(-(blocks // d) // 4)))
+        for warps, stages in ((4, st), (8, max(2, min(4, -(-(blocks // d) // 8)))), (4, 4)):
+            out.append(
+                {"kernel": "cuda", "split_k": d, "warps": warps, "stages": stages, "cluster": 1 < d <= 8}
+            )
+        if 1 < d <= 8:
+            out.append({"kernel": "cuda", "split_k": d, "warps": 4, "stages": st, "cluster": False})
+    seen: set[tuple[Any, ...]] = set()
+    return [v for v in out if not (tuple(sorted(v.items())) in seen or seen.add(tuple(sorted(v.items()))))]
+
+
 def main() -> int:
     log(
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
@@ -277,6 +303,8 @@ def main() -> int:
         ("m256", lambda: sweep(qkv, (256, 1024), bw=bw)),
         ("m1x", lambda: sweep(qkv, (1,), ("act", "int8"), bw=bw)),
         ("bf16", lambda: sweep(qkv, (1, 16), bw=bw, dtype=torch.bfloat16)),
+        ("cuda", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cuda")),
+        ("cuda4", lambda: sweep(GB.SHAPES, (4,), bw=bw, wide="cuda")),
     ]
     failed = 0
     for name, fn in plan:

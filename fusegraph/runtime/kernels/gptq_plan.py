@@ -175,3 +175,46 @@ def pick_config(
     cfg["split_k"] = max(1, min(want // tiles, k // cfg["block_k"], 16)) if tiles < sms else 1
     cfg["reduce_block"] = 256 if m * n >= 512 * sms else 64  # split-K reduce; no measured effect at M=1
     return cfg
+
+
+# ---- the compiled CUDA kernel for small M (gptq_cuda.py) ------------------------------------------------
+
+_CUDA_MAX_M = 16  # the CUDA kernel's range (M = 1.._CUDA_MAX_M); beyond it the Triton paths run
+_CUDA_X_SLICE_BYTES = 48 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
+
+
+def cuda_small_m_plan(
+    m: int,
+    n: int,
+    k: int,
+    bits: int,
+    sms: int,
+    *,
+    act_order: bool = False,
+    bf16: bool = False,
+    forced: bool = False,
+) -> dict[str, Any] | None:
+    """Launch plan of the CUDA small-M kernel (`gptq_cuda.py`) for `x [m, k] @ W [k, n]`, or None
+    when it should not run (the Triton kernels do): M outside 1..16, bf16 at 8 bits, a shape off
+    the repacked layout (N % 64, K % 128).
+
+    Split-K: the smallest divisor d of K/128 with (N/64)·d ≥ 2.5·SMs CTAs (a strip's K slice a
+    CTA), larger while the CTA's slice of x would pass 48 KB of shared memory; d ≤ 8 reduces in a
+    thread-block cluster, a larger d through a workspace and a ticket. 4 warps; each warp's ring
+    holds its share of the slice's blocks (2 to 4 stages).
+
+    Example:
+        >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
+        {'split_k': 4, 'warps': 4, 'stages': 2, 'cluster': True}
+    """
+    del act_order, forced  # the same plan; kept for the measured exceptions to come
+    if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
+        return None
+    tiles, blocks = n // 64, k // 128
+    divisors = [d for d in range(1, blocks + 1) if blocks % d == 0]
+    split = next((d for d in divisors if tiles * d >= 2.5 * sms), blocks)
+    while m * (blocks // split) * 256 > _CUDA_X_SLICE_BYTES and split < blocks:
+        split = next(d for d in divisors if d > split)
+    warps = 4
+    stages = max(2, min(4, -(-(blocks // split) // warps)))
+    return {"split_k": split, "warps": warps, "stages": stages, "cluster": 1 < split <= 8}

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import triton
 
+from fusegraph.runtime.kernels.gptq_cuda import maybe_gptq_cuda
 from fusegraph.runtime.kernels.gptq_kernels import _splitk_reduce_kernel
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel, _tiled_gemv_kernel
 from fusegraph.runtime.kernels.gptq_tiled_mma import (
@@ -224,6 +225,9 @@ def gptq_tiled_matmul(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
+    if (y := maybe_gptq_cuda(x.contiguous(), qweight_t.contiguous(), scales.contiguous(), qzeros_t.contiguous(), perm,
+                             bits=bits, group_size=group_size, zero_format=zero_format, config=config)) is not None:
+        return y  # the compiled CUDA kernel (gptq_cuda.py), where its plan takes M and the shape
     cfg = plan(m, n, k, cb, x.device, perm is not None)
     if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
         cfg = plan({"gemv": 1, "mma": 17, "nat": 17, "dequant": _DEQUANT_MIN_M}[config["kernel"]], n, k, cb, x.device,

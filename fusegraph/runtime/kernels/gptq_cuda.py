@@ -1,0 +1,224 @@
+"""The compiled CUDA C++ GPTQ kernel for small M (1..16), on the layout of `fg.gptq.repack`.
+
+`gptq_tiled_matmul` (the Triton kernels) calls `maybe_gptq_cuda` first: when the plan
+(`gptq_plan.cuda_small_m_plan`) takes the shape and the kernel can be built here, the CUDA
+kernel runs; otherwise it returns None and the Triton kernels run. The source is
+`gptq_cuda_src.py`; it is compiled at run time by NVRTC through `torch.cuda._compile_kernel`
+(no nvcc on the user's machine), once per (device, `KernelSpec`) in a process. If NVRTC or that
+function is missing, or a compile fails, the Triton path runs and `cuda_path_status()` says why
+(logged once at WARNING). `FUSEGRAPH_GPTQ_CUDA=0` turns the path off.
+
+Launches go to torch's current stream and allocate only through torch (the split-K workspace of
+the ticket reduction), so they can be captured in CUDA graphs once the kernel is compiled (the
+first eager call compiles it; a compile during capture is refused and falls back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
+from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
+
+__all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
+
+_log = logging.getLogger(__name__)
+
+_KERNELS: dict[tuple[int, KernelSpec], Any] = {}
+_FAILED: dict[tuple[int, KernelSpec], str] = {}
+_SMEM_SET: dict[tuple[int, KernelSpec], int] = {}
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_STATUS: dict[str, str] = {}
+_SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
+_CUDA_KEYS = {"kernel", "cuda", "split_k", "warps", "stages", "cluster", "min_blocks"}
+
+
+def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
+    if device not in _SM:
+        props = torch.cuda.get_device_properties(device)
+        _SM[device] = (props.multi_processor_count, (props.major, props.minor))
+    return _SM[device]
+
+
+def cuda_path_status() -> str:
+    """Which path small-M GPTQ matmuls take in this process and, if Triton, why.
+
+    Example:
+        >>> cuda_path_status()
+        'cuda: not used yet'
+    """
+    if os.environ.get("FUSEGRAPH_GPTQ_CUDA", "1") == "0":
+        return "triton: FUSEGRAPH_GPTQ_CUDA=0"
+    if "error" in _STATUS:
+        return f"triton: {_STATUS['error']}"
+    if not hasattr(torch.cuda, "_compile_kernel"):
+        return "triton: this torch has no torch.cuda._compile_kernel (NVRTC)"
+    if _KERNELS:
+        return f"cuda: {len(_KERNELS)} compiled kernel(s)"
+    return "cuda: not used yet"
+
+
+def _kernel(spec: KernelSpec, device: torch.device, smem: int) -> Any | None:
+    """The compiled kernel of `spec` on `device` (compiled once), or None (reason in `_FAILED`)."""
+    key = (device.index or 0, spec)
+    kern = _KERNELS.get(key)
+    if kern is None:
+        if key in _FAILED:
+            return None
+        if torch.cuda.is_current_stream_capturing():
+            _FAILED[key] = "not compiled before CUDA-graph capture"
+            return None
+        try:
+            with torch.cuda.device(device):
+                kern = torch.cuda._compile_kernel(kernel_source(spec), KERNEL_NAME)
+        except Exception as err:  # noqa: BLE001 - no NVRTC, no CUDA_HOME for its include path, a compile error
+            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
+            _STATUS["error"] = f"compiling {spec} failed: {_FAILED[key]}"
+            _log.warning(
+                "gptq_cuda: the CUDA kernel is not available, Triton runs instead (%s)", _STATUS["error"]
+            )
+            return None
+        _KERNELS[key] = kern
+    if smem > _SMEM_SET.get(key, 48 * 1024 - 1):
+        _raise_smem_limit(kern, smem)
+        _SMEM_SET[key] = smem
+    return kern
+
+
+def _raise_smem_limit(kern: Any, smem: int) -> None:
+    """Let `kern` launch with `smem` bytes of dynamic shared memory (over the default 48 KB)."""
+    if hasattr(kern, "set_shared_memory_config"):
+        kern.set_shared_memory_config(smem)
+        return
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    max_dynamic_smem = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, max_dynamic_smem, smem))
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets, one per strip; each launch leaves them zeroed again."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def _unsupported(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
+                 bits: int) -> str | None:  # fmt: skip
+    """Why the CUDA kernel cannot take these operands, or None."""
+    if x.device.type != "cuda":
+        return "not a CUDA tensor"
+    if x.dtype not in (torch.float16, torch.bfloat16) or scales.dtype != x.dtype:
+        return f"x {x.dtype} / scales {scales.dtype}: needs fp16 or bf16, the same for both"
+    if x.dtype == torch.bfloat16 and bits == 8:
+        return "bf16 at 8 bits"
+    cap = _device_info(x.device)[1]
+    if (cap < (9, 0) and x.dtype == torch.bfloat16) or cap < (8, 0):
+        return f"compute capability {cap}"
+    aligned = {"x": (x, 4), "qweight": (qweight_t, 16), "scales": (scales, 8), "qzeros": (qzeros_t, 4)}
+    for name, (t, align) in aligned.items():
+        if t.data_ptr() % align:
+            return f"{name} not {align}-byte aligned"
+    if x.stride(0) % 2:
+        return "x's row stride is odd"
+    return None
+
+
+def gptq_cuda_matmul(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    plan: dict[str, Any],
+) -> torch.Tensor | None:
+    """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "stages", "cluster"}), or None
+    when the kernel cannot be compiled here. Operands as in `gptq_tiled_matmul`, already checked
+    there (contiguous, K % 128 == 0, group_size a multiple of 128 dividing K).
+
+    Example:
+        >>> y = gptq_cuda_matmul(x, t["qweight"], scales, t["qzeros"], None, bits=4, group_size=128,
+        ...                      zero_format="v1", plan={"split_k": 4, "warps": 4, "stages": 3, "cluster": True})
+    """
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    blocks = k // 128
+    split = int(plan["split_k"])
+    if blocks % split:
+        raise ValueError(f"gptq_cuda_matmul: split_k {split} must divide K/128 = {blocks}")
+    bps = blocks // split
+    cap = _device_info(x.device)[1]
+    spec = KernelSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
+                      warps=int(plan["warps"]), stages=int(plan["stages"]), split=split,
+                      cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
+                      zero_v1=zero_format == "v1", min_blocks=int(plan.get("min_blocks", 2)))  # fmt: skip
+    smem = smem_bytes(spec, m, bps)
+    kern = _kernel(spec, x.device, smem)
+    if kern is None:
+        return None
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    ticket = split > 1 and not spec.cluster
+    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if ticket else out
+    cnt = _counters(x.device, n // 64) if ticket else out
+    kern(
+        grid=(n // 64, split, 1), block=(32 * spec.warps, 1, 1), shared_mem=smem,
+        args=[x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
+              k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+              out.stride(0)],
+    )  # fmt: skip
+    return out
+
+
+def maybe_gptq_cuda(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    config: dict[str, Any] | None,
+) -> torch.Tensor | None:
+    """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
+
+    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "stages", "cluster"}
+    forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
+    adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it.
+    """
+    cfg = config or {}
+    forced = cfg.get("kernel") == "cuda"
+    if (not forced and (cfg.keys() - _CUDA_KEYS or cfg.get("cuda") is False)) or x.device.type != "cuda":
+        return None  # a Triton option or kernel was asked for
+    if not forced and os.environ.get("FUSEGRAPH_GPTQ_CUDA", "1") == "0":
+        return None
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    why = _unsupported(x, qweight_t, scales, qzeros_t, bits)
+    plan = None
+    if why is None:
+        sms = _device_info(x.device)[0]
+        plan = cuda_small_m_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
+                                 forced=forced)  # fmt: skip
+        why = None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}"
+    if plan is None:
+        if forced:
+            raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
+        return None
+    plan |= {key: cfg[key] for key in ("split_k", "warps", "stages", "cluster", "min_blocks") if key in cfg}
+    y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                         zero_format=zero_format, plan=plan)  # fmt: skip
+    if y is None and forced:
+        raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {cuda_path_status()}")
+    return y

@@ -1,0 +1,77 @@
+"""The pure-Python parts of the CUDA small-M GPTQ kernel, on the CPU: the plan (which calls it
+takes, split-K, stages), the generated source and its parameter checks, the Triton fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusegraph.runtime.kernels.gptq_cuda_src import KernelSpec, kernel_source, smem_bytes
+from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "split"), [(6144, 4096, 4), (4096, 4096, 8), (28672, 4096, 1), (4096, 14336, 7)]
+)
+def test_cuda_plan__splits_k_until_the_ctas_fill_132_sms(n: int, k: int, split: int) -> None:
+    plan = cuda_small_m_plan(1, n, k, 4, 132)
+    assert plan is not None and plan["split_k"] == split
+    assert (n // 64) * split >= 2.5 * 132 and (k // 128) % split == 0
+    assert plan["cluster"] == (1 < split <= 8)
+
+
+def test_cuda_plan__keeps_the_staged_x_slice_under_48_kb_at_m_16() -> None:
+    plan = cuda_small_m_plan(16, 4096, 14336, 4, 132)
+    assert plan is not None
+    bps = 14336 // 128 // plan["split_k"]
+    assert 16 * bps * 256 <= 48 * 1024 and plan["split_k"] == 14 and not plan["cluster"]
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "bits", "bf16"),
+    [(0, 256, 512, 4, False), (17, 256, 512, 4, False), (1, 96, 512, 4, False), (1, 256, 500, 4, False),
+     (1, 256, 512, 8, True), (1, 256, 512, 5, False)],
+)  # fmt: skip
+def test_cuda_plan__refuses_what_the_kernel_does_not_take(
+    m: int, n: int, k: int, bits: int, bf16: bool
+) -> None:
+    assert cuda_small_m_plan(m, n, k, bits, 132, bf16=bf16) is None
+
+
+def test_kernel_source__carries_the_spec_as_defines() -> None:
+    spec = KernelSpec(bits=8, bf16=False, mt=2, warps=4, stages=3, split=6, cluster=True, has_perm=True,
+                      zero_v1=False)  # fmt: skip
+    src = kernel_source(spec)
+    for line in ("#define BITS 8", "#define MT 2", "#define STAGES 3", "#define SPLIT 6", "#define CLUSTER 1",
+                 "#define HAS_PERM 1", "#define ZERO_V1 0"):  # fmt: skip
+        assert line in src
+    assert "%(" not in src and 'extern "C" __global__ void' in src and "#include" not in src
+    # rings (4 warps x 3 stages x 18 chunks x 512 B) + 16 rows of x (2 blocks) + the CTA's sums
+    assert smem_bytes(spec, 16, 2) == 4 * 3 * 18 * 512 + 16 * (2 * 64 + 4) * 4 + 16 * 64 * 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
+     ({"mt": 3}, "mt must be 1 or 2"), ({"stages": 1}, "stages 1"), ({"split": 9, "cluster": True}, "cluster needs")],
+)  # fmt: skip
+def test_kernel_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
+    base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "warps": 4, "stages": 2, "split": 2,
+                               "cluster": False, "has_perm": False, "zero_v1": True}  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        KernelSpec(**(base | kwargs))  # type: ignore[arg-type]
+
+
+def test_maybe_gptq_cuda__leaves_cpu_tensors_and_forced_triton_kernels_to_triton() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda import cuda_path_status, maybe_gptq_cuda
+
+    x = torch.randn(1, 128, dtype=torch.float16)
+    qw = torch.zeros(1, 16, 64, dtype=torch.int32)
+    s = torch.ones(1, 64, dtype=torch.float16)
+    qz = torch.zeros(1, 8, dtype=torch.int32)
+    for config in (None, {"kernel": "gemv"}, {"cuda": False}):
+        assert (
+            maybe_gptq_cuda(x, qw, s, qz, None, bits=4, group_size=128, zero_format="v1", config=config)
+            is None
+        )
+    assert cuda_path_status().split(":")[0] in ("cuda", "triton")

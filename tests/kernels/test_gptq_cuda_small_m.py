@@ -1,0 +1,114 @@
+"""The compiled CUDA small-M GPTQ kernel (`gptq_cuda.py`) on a CUDA GPU (skipped elsewhere), against the math.
+
+Every M in 1..16, 4-bit plain and act-order, 8-bit, bf16, both split-K reductions (cluster and
+ticket), eager and under CUDA-graph replay; the reference is `gptq_packing.dequantize` of the
+checkpoint tensors in float64, and every replay writes into a poisoned (NaN) output first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from fusegraph.ops.gptq_layout import repack
+from fusegraph.ops.gptq_packing import dequantize, pack
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _layer(k: int, n: int, bits: int, desc_act: bool, dtype: torch.dtype, seed: int) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    t = pack(torch.randn(n, k, generator=gen), bits=bits, group_size=128, sym=False, desc_act=desc_act)
+    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=bits, group_size=128, sym=False,
+                   dtype=torch.float64)  # fmt: skip
+    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=bits, group_size=128,
+               sym=False, desc_act=desc_act)  # fmt: skip
+    dev = {key: v.cuda() for key, v in r.items()}
+    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
+
+
+def _run(layer: dict[str, Any], x: torch.Tensor, bits: int, config: dict[str, Any] | None) -> torch.Tensor:
+    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
+
+    r = layer["r"]
+    return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r.get("perm"), bits=bits,
+                             group_size=128, config=config)  # fmt: skip
+
+
+def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+# (k, n, bits, desc_act, dtype, config)
+CASES = [
+    (512, 256, 4, False, torch.float16, {"split_k": 4, "cluster": True}),
+    (512, 256, 4, True, torch.float16, {"split_k": 2, "cluster": False}),
+    (1024, 128, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 2, "stages": 2}),
+    (512, 192, 8, False, torch.float16, {"split_k": 4, "cluster": True}),
+    (512, 256, 8, True, torch.float16, {"split_k": 1, "stages": 3}),
+    (512, 256, 4, False, torch.bfloat16, {"split_k": 2, "cluster": True}),
+    (1024, 64, 4, True, torch.float16, {"split_k": 8, "cluster": False, "warps": 1, "stages": 4}),
+]
+
+
+@pytest.mark.parametrize("m", range(1, 17))
+def test_gptq_cuda__every_m_matches_the_math(m: int) -> None:
+    layer = _layer(512, 256, 4, m % 2 == 0, torch.float16, seed=m)
+    x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
+    ref = x.double().cpu() @ layer["w"]
+    err = _err(
+        _run(layer, x, 4, {"kernel": "cuda", "split_k": 2 if m % 3 else 4, "cluster": m % 4 != 1}), ref
+    )
+    assert err < 3e-3, f"M={m}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("m", [1, 7, 16])
+def test_gptq_cuda__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...], m: int) -> None:
+    k, n, bits, desc_act, dtype, config = case
+    layer = _layer(k, n, bits, desc_act, dtype, seed=m * 7 + bits)
+    x = torch.randn(m, k, generator=layer["gen"]).to(dtype).cuda()
+    ref = x.double().cpu() @ layer["w"]
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    cfg = {"kernel": "cuda"} | config
+    for _ in range(2):  # twice: the tickets must come back zeroed
+        err = _err(_run(layer, x, bits, cfg), ref)
+        assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _run(layer, x, bits, cfg)
+    for _ in range(3):
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        err = _err(y, ref)
+        assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
+
+
+def test_gptq_cuda__the_default_plan_takes_small_m_and_leaves_the_rest_to_triton() -> None:
+    from fusegraph.runtime.kernels import gptq_cuda
+
+    layer = _layer(512, 256, 4, False, torch.float16, seed=3)
+    for m in (1, 16, 17, 40):
+        x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
+        before = len(gptq_cuda._KERNELS)
+        err = _err(_run(layer, x, 4, None), x.double().cpu() @ layer["w"])
+        assert err < 3e-3, f"M={m}: relative error {err:.3g}"
+        if m > 16:  # Triton's kernels, no new CUDA kernel
+            assert len(gptq_cuda._KERNELS) == before
+    assert gptq_cuda.cuda_path_status().startswith("cuda:"), gptq_cuda.cuda_path_status()
+
+
+def test_gptq_cuda__refuses_what_it_cannot_run_when_forced() -> None:
+    layer = _layer(512, 256, 8, False, torch.bfloat16, seed=5)
+    x = torch.randn(2, 512, generator=layer["gen"]).bfloat16().cuda()
+    with pytest.raises(ValueError, match="kernel 'cuda' cannot run: bf16 at 8 bits"):
+        _run(layer, x, 8, {"kernel": "cuda"})
+    y = _run(layer, x, 8, None)  # the Triton path takes it
+    assert _err(y, x.double().cpu() @ layer["w"]) < 2e-2
+    layer4 = _layer(512, 256, 4, False, torch.float16, seed=6)
+    with pytest.raises(ValueError, match="no plan for M=17"):
+        _run(layer4, torch.randn(17, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})
