@@ -305,6 +305,7 @@ def main() -> int:
         ("bf16", lambda: sweep(qkv, (1, 16), bw=bw, dtype=torch.bfloat16)),
         ("cuda", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cuda")),
         ("cuda4", lambda: sweep(GB.SHAPES, (4,), bw=bw, wide="cuda")),
+        ("cudaq", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (1, 16), bw=bw, wide="cuda")),
     ]
     failed = 0
     for name, fn in plan:
