@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from fusegraph.compiler.graph import Graph
-from fusegraph.runtime.iree_inplace import barrier_rewrite_safe, compile_inplace
+from fusegraph.runtime.iree_inplace import compile_inplace, consume_safe
 
+_log = logging.getLogger(__name__)
 _DRIVERS = ("cpu", "cuda")
 _compile_count = 0
 
@@ -92,13 +94,13 @@ def compile_vmfb(
     flags: Sequence[str],
     cache_dir: str | os.PathLike[str] | None = None,
     name: str = "graph",
-    outputs_follow_writes: bool = False,
-    keep_aliases: Sequence[str] = (),
+    consume: bool = False,
 ) -> tuple[Path, bool]:
     """Compile torch-dialect MLIR to a `.vmfb`, through the on-disk cache.
 
-    `outputs_follow_writes=True` (every output depends on the final buffer versions) lets
-    `iree_inplace.compile_inplace` drop IREE's dead whole-buffer copy of an in-place module.
+    `consume=True` (the graph is `iree_inplace.consume_safe`) compiles through
+    `iree_inplace.compile_inplace`: the entry consumes the buffers written in place, so IREE
+    keeps no whole-buffer copy of them.
 
     Returns:
         The `.vmfb` path and whether it was a cache hit.
@@ -109,7 +111,7 @@ def compile_vmfb(
     from iree.compiler import version as compiler_version
 
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    marker = ["outputs-follow-writes", *keep_aliases] if outputs_follow_writes else []
+    marker = ["consume-written-buffers"] if consume else []
     key_text = "\n".join([compiler_version.VERSION, *flags, *marker, mlir_text])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = directory / f"{name}-{key}.vmfb"
@@ -117,7 +119,7 @@ def compile_vmfb(
         return path, True
     directory.mkdir(parents=True, exist_ok=True)
     repro = directory / f"{name}-{key}.input.mlir"
-    binary = _run_iree_compile(mlir_text, flags, repro, outputs_follow_writes, keep_aliases)
+    binary = _run_iree_compile(mlir_text, flags, repro, consume)
     # Write then rename, so a concurrent reader never sees a partial file.
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".vmfb.tmp")
     with os.fdopen(fd, "wb") as f:
@@ -127,17 +129,15 @@ def compile_vmfb(
     return path, False
 
 
-def _run_iree_compile(
-    mlir_text: str, flags: Sequence[str], repro_path: Path, follow: bool = False, keep: Sequence[str] = ()
-) -> bytes:
+def _run_iree_compile(mlir_text: str, flags: Sequence[str], repro_path: Path, consume: bool = False) -> bytes:
     import iree.compiler as ireec
     from iree.compiler.tools.binaries import CompilerToolError
 
     global _compile_count
     _compile_count += 1
     try:
-        if follow:
-            return compile_inplace(mlir_text, flags, keep)[0]
+        if consume:
+            return compile_inplace(mlir_text, flags)[0]
         vmfb: bytes = ireec.compile_str(  # bytes when no output_file is given (iree ships no stub)
             mlir_text, input_type="torch", target_backends=[], extra_args=list(flags)
         )
@@ -154,26 +154,47 @@ def _run_iree_compile(
 
 
 def compile_graph(
-    graph: Graph, flags: Sequence[str], cache_dir: str | os.PathLike[str] | None = None, inplace: bool = True
+    graph: Graph,
+    flags: Sequence[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    inplace: bool = True,
+    dispatches: bool | None = None,
 ) -> tuple[Any, Path, bool]:
     """Lower `graph` for IREE and compile it (through the cache): the module
     `IreeCompiledGraph(vmfb=...)` expects. In place: buffers and outputs are mutable
     arguments (the outputs trailing, after the weights), nothing is returned.
+
+    `dispatches` (default: when `flags` target CUDA, in place) keeps the fused ops as our
+    Triton kernels, IREE custom dispatches (`iree_dispatch.add_dispatches`); a graph with an
+    op that has none (`DispatchUnsupportedError`) is compiled decomposed instead, with a warning.
+    Otherwise the ops are decomposed into aten ops that IREE compiles itself.
 
     Returns:
         The `TorchMlirModule`, the `.vmfb` path, whether it was a cache hit.
     """
     from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
 
-    mlir = to_torch_mlir(
-        graph, mode="decomposed", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
-    )
-    first_output = len(graph.block.args) + len(graph.weights)
-    outputs = [f"%arg{first_output + k}" for k in range(len(graph.outputs))]
-    follow = inplace and barrier_rewrite_safe(graph)
-    path, hit = compile_vmfb(
-        mlir.text, flags, cache_dir, _stem(graph.name), outputs_follow_writes=follow, keep_aliases=outputs
-    )
+    if dispatches is None:
+        dispatches = inplace and "--iree-hal-target-device=cuda" in flags
+    consume = inplace and consume_safe(graph)
+    text = None
+    if dispatches:
+        from fusegraph.runtime.iree_dispatch import DispatchUnsupportedError, add_dispatches
+
+        mlir = to_torch_mlir(
+            graph, mode="custom", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
+        )
+        directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        try:
+            text = add_dispatches(mlir.text, directory / "ptx")
+        except DispatchUnsupportedError as err:
+            _log.warning("compile_graph: %s; compiling the decomposed form", err)
+    if text is None:
+        mlir = to_torch_mlir(
+            graph, mode="decomposed", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
+        )
+        text = mlir.text
+    path, hit = compile_vmfb(text, flags, cache_dir, _stem(graph.name), consume=consume)
     return mlir, path, hit
 
 

@@ -1,15 +1,24 @@
-"""IREE CUDA target flags and the custom dispatches (`iree_dispatch*`): flags name the CUDA
-target, the PTX entry matches the declared ABI, and the module compiles for CUDA here."""
+"""IREE CUDA target flags and the custom dispatches (`iree_dispatch*`): the flags name the CUDA
+target; the module keeps the fused ops as our Triton kernels (FileCheck); each PTX entry's
+parameters are exactly the bindings and constants its export declares; the module compiles
+for CUDA here, with no whole-cache copy. The kernels' numerics run on a GPU
+(`scripts/iree_cuda_bench.py`, docs/iree_dispatch.md)."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fusegraph.runtime.iree_compile import iree_cuda_arch, target_flags
 
 ireec = pytest.importorskip("iree.compiler")
+pytest.importorskip("triton")
+
+FILECHECK = Path(sys.executable).with_name("filecheck")
 
 _ADD = """
 func.func @f(%a: tensor<4xf32>, %b: tensor<4xf32>) -> tensor<4xf32> {
@@ -17,6 +26,10 @@ func.func @f(%a: tensor<4xf32>, %b: tensor<4xf32>) -> tensor<4xf32> {
   return %0 : tensor<4xf32>
 }
 """
+
+
+def _text(out: object) -> str:
+    return out.decode() if isinstance(out, bytes) else str(out)
 
 
 def test_cuda_flags_name_the_cuda_target_not_rocm() -> None:
@@ -31,10 +44,129 @@ def test_cuda_flags_name_the_cuda_target_not_rocm() -> None:
 
 
 def test_cuda_flags_reach_the_executable_target() -> None:
-    text = ireec.compile_str(
+    out = ireec.compile_str(
         _ADD, target_backends=[], extra_args=[*target_flags("cuda"), "--compile-to=executable-targets"]
     )
-    archs = set(
-        re.findall(r'#iree_gpu\.target<arch = "(sm_\d+)"', text.decode() if isinstance(text, bytes) else text)
-    )
+    archs = set(re.findall(r'#iree_gpu\.target<arch = "(sm_\d+)"', _text(out)))
     assert archs == {"sm_89"}  # with the ROCm flag it was IREE's default, sm_60
+
+
+@pytest.fixture(scope="module")
+def dispatch_module(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(the custom-mode torch module of one fused GPTQ attention layer, it with dispatches)."""
+    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+    from fusegraph.runtime.iree_dispatch import add_dispatches
+    from tests.lowering._graphs import gptq_attention_graph
+
+    graph = gptq_attention_graph(num_layers=1, fused=True)
+    text = to_torch_mlir(graph, mode="custom", inplace_buffers=True, outputs_as_args=True).text
+    return text, add_dispatches(text, tmp_path_factory.mktemp("ptx"))
+
+
+CHECKS = """
+CHECK-LABEL: func.func @main(
+CHECK-NOT:     torch.operator
+CHECK:         call @fg_qmatmul_gptq_0(%arg0,
+CHECK:         %[[RSS:.+]]:2 = func.call @fg_rope_split_store_1(
+CHECK:         torch.overwrite.tensor.contents %[[RSS]]#1 overwrites %arg2
+CHECK:         call @fg_paged_attention_2({{.*}}, %[[RSS]]#1,
+CHECK:         call @fg_qmatmul_gptq_3(
+CHECK-NOT:     torch.operator
+CHECK-LABEL: func.func private @fg_qmatmul_gptq_0(
+CHECK:         flow.dispatch @fg_qmatmul_gptq_0_k0::@_gptq_matmul_kernel[%[[M:.+]]](
+CHECK:         flow.dispatch @fg_qmatmul_gptq_0_k1::@_splitk_reduce_kernel
+CHECK:       "hal.executable.source"() <{sym_name = "fg_qmatmul_gptq_0_k0"{{.*}}objects = #hal.executable.objects<{#hal.executable.target<"cuda", "cuda-nvptx-fb"> = [#hal.executable.object<{path = "{{.*}}/_gptq_matmul_kernel-{{[0-9a-f]+}}.ptx"}>]}>}>
+CHECK-LABEL: func.func private @fg_rope_split_store_1(
+CHECK:         %[[KV:.+]] = torch_c.to_builtin_tensor %a3 : !torch.vtensor<[24,2,1,4,2,16],f32> -> tensor<24x2x1x4x2x16xf32>
+CHECK:         flow.dispatch @fg_rope_split_store_1_k0::@_rope_split_store_kernel[{{.*}}]({{.*}}) : (i32, i32, i32, {{.*}}) -> (tensor<?x64xf32>{{.*}}, %[[KV]])
+CHECK:       "hal.executable.export"() <{sym_name = "_rope_split_store_kernel"{{.*}}layout = #hal.pipeline.layout<constants = 3, bindings = [#hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer>]>
+CHECK-LABEL: func.func private @fg_paged_attention_2(
+CHECK:         flow.dispatch @fg_paged_attention_2_k0::@_paged_attention_kernel[%{{.+}}, %{{.+}}]
+"""
+
+
+def test_fused_ops_become_custom_dispatches(dispatch_module: tuple[str, str], tmp_path: Path) -> None:
+    before, after = dispatch_module
+    assert before.count('torch.operator "torch.fusegraph.') == 4
+    checks = tmp_path / "checks.txt"
+    checks.write_text(CHECKS)
+    result = subprocess.run(
+        [str(FILECHECK), str(checks)], input=after, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_ptx_entries_match_the_declared_layouts(dispatch_module: tuple[str, str]) -> None:
+    from fusegraph.runtime.iree_dispatch_ptx import PTX_VERSION, entry_params
+
+    _, text = dispatch_module
+    sources = re.findall(
+        r'path = "([^"]+)".*?\n\s*"hal.executable.export"\(\) <\{sym_name = "(\w+)".*?constants = (\d+), '
+        r"bindings = \[(.*?)\]>, workgroup_size = \[(\d+) : index.*?\}>",
+        text,
+    )
+    assert len(sources) == 6  # 2 GPTQ matmuls (matmul + split-K reduce each), rope_split_store, attention
+    for path, export, constants, bindings, threads in sources:
+        ptx = Path(path).read_text()
+        name, params = entry_params(ptx)
+        kinds = [t for t, _ in params]
+        n_bindings = bindings.count("#hal.pipeline.binding")
+        assert name == export
+        assert kinds == ["u64"] * n_bindings + ["u32"] * int(constants), (export, kinds, bindings)
+        assert f".reqntid {threads}" in ptx
+        assert f".version {PTX_VERSION // 10}.{PTX_VERSION % 10}" in ptx
+        assert "scratch" not in ptx.split("{", 1)[0]  # Triton's scratch pointers are gone
+
+
+def test_a_kernel_with_scalars_before_pointers_is_refused() -> None:
+    import triton
+    import triton.language as tl
+
+    from fusegraph.runtime.iree_dispatch_ptx import triton_ptx
+
+    @triton.jit
+    def scale(n, x_ptr, BLOCK: tl.constexpr):  # noqa: N803
+        offs = tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)
+
+    with pytest.raises(ValueError, match="not pointers then scalars"):
+        triton_ptx(scale, {"n": "i32", "x_ptr": "*fp32"}, {"BLOCK": 64})
+    kernel = triton_ptx(scale, {"x_ptr": "*fp32"}, {"n": 10, "BLOCK": 64})
+    assert kernel.params == (("x_ptr", "*fp32"),) and kernel.threads == 128
+
+
+def test_unsupported_op_is_refused_by_name() -> None:
+    from fusegraph.runtime.iree_dispatch import DispatchUnsupportedError, add_dispatches
+
+    text = (
+        "module {\n  func.func @main(%arg0: !torch.vtensor<[4],f32>) -> !torch.vtensor<[4],f32> {\n"
+        '    %0 = torch.operator "torch.fusegraph.all_reduce"(%arg0) : (!torch.vtensor<[4],f32>) -> '
+        "!torch.vtensor<[4],f32>\n    return %0 : !torch.vtensor<[4],f32>\n  }\n}\n"
+    )
+    with pytest.raises(DispatchUnsupportedError, match="no custom dispatch for fg op 'all_reduce'"):
+        add_dispatches(text, "/nonexistent-unused")
+
+
+def test_dispatch_module_compiles_for_cuda_with_no_cache_copy(dispatch_module: tuple[str, str]) -> None:
+    from fusegraph.runtime.iree_inplace import stage_inplace
+
+    _, text = dispatch_module
+    staged, consumed = stage_inplace(text, target_flags("cuda"))
+    assert consumed == ["%arg2"]
+    stream = _text(
+        ireec.compile_str(
+            staged,
+            target_backends=[],
+            extra_args=[*target_flags("cuda"), "--compile-from=input", "--compile-to=stream"],
+        )
+    )
+    dispatched = re.findall(r"stream\.cmd\.dispatch @(fg_\w+)::@(\w+)", stream)
+    assert [k for _, k in dispatched] == [
+        "_gptq_matmul_kernel", "_splitk_reduce_kernel", "_rope_split_store_kernel", "_paged_attention_kernel",
+        "_gptq_matmul_kernel", "_splitk_reduce_kernel",
+    ]  # fmt: skip
+    assert "stream.cmd.copy" not in stream  # the cache is written where it lies
+    vmfb = ireec.compile_str(
+        staged, target_backends=[], extra_args=[*target_flags("cuda"), "--compile-from=input"]
+    )
+    assert len(vmfb) > 10_000
