@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from fusegraph.runtime.iree_dispatch import (
+from fusegraph.runtime.iree_dispatch_ir import (
     DispatchOptions,
     DispatchUnsupportedError,
     Emitted,
