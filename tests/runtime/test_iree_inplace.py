@@ -183,6 +183,19 @@ def test_the_consumed_2_layer_module_has_no_whole_cache_copy_and_a_borrowed_one_
     assert _cache_copies(text, "--iree-input-type=torch")
 
 
+def test_a_graph_that_is_not_consume_safe_is_compiled_borrowed_and_stays_exact(tmp_path) -> None:
+    graph = _store_graph(NUM_BLOCKS, chained=False)  # layer 1's store is not ordered after layer 0's reads
+    assert not consume_safe(graph)  # so compile_graph keeps IREE's borrowed import (and its copies)
+    model = compile_iree(graph, device="cpu", weights={}, cache_dir=tmp_path)
+    eager = fusegraph.compile(graph, backend="eager", device="cpu", weights={}, pipeline=None)
+    (got, cache, owned), (want, want_cache, _) = _run(model), _run(eager)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cache.kv_blocks.view(torch.int32), want_cache.kv_blocks.view(torch.int32))
+    changed = (cache.kv_blocks != _sentinel()).flatten(4).any(-1)
+    assert {(b, s) for b, _, _, s in changed.nonzero().tolist()} == owned
+
+
 def test_fusegraph_compile_uses_the_inplace_form_by_default(store_models) -> None:
     model = fusegraph.compile(
         _store_graph(NUM_BLOCKS), backend="iree", device="cpu", weights={},
