@@ -267,16 +267,14 @@ def cuda_variants(m: int, k_in: int, n_out: int, bits: int) -> list[dict[str, An
         return []
     blocks, tiles = k_in // 128, n_out // 64
     out = [{"kernel": "cuda"} | base]
+    mb = base["min_blocks"]
     for d in (
         d for d in range(1, 17) if blocks % d == 0 and 132 <= tiles * d <= 8 * 132 and m * blocks // d <= 256
     ):
-        st = max(2, min(4, -(-(blocks // d) // 4)))
-        for warps, stages in ((4, st), (8, max(2, min(4, -(-(blocks // d) // 8)))), (4, 4)):
-            out.append(
-                {"kernel": "cuda", "split_k": d, "warps": warps, "stages": stages, "cluster": 1 < d <= 8}
-            )
+        v = {"kernel": "cuda", "split_k": d, "warps": 4, "stages": 2, "cluster": False, "min_blocks": mb}
+        out += [v, v | {"stages": 4}, v | {"warps": 8, "min_blocks": 2}]
         if 1 < d <= 8:
-            out.append({"kernel": "cuda", "split_k": d, "warps": 4, "stages": st, "cluster": False})
+            out.append(v | {"cluster": True})
     seen: set[tuple[Any, ...]] = set()
     return [v for v in out if not (tuple(sorted(v.items())) in seen or seen.add(tuple(sorted(v.items()))))]
 

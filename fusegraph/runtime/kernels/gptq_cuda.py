@@ -110,7 +110,7 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def _unsupported(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
-                 bits: int) -> str | None:  # fmt: skip
+                 perm: torch.Tensor | None, bits: int) -> str | None:  # fmt: skip
     """Why the CUDA kernel cannot take these operands, or None."""
     if x.device.type != "cuda":
         return "not a CUDA tensor"
@@ -121,12 +121,14 @@ def _unsupported(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor,
     cap = _device_info(x.device)[1]
     if (cap < (9, 0) and x.dtype == torch.bfloat16) or cap < (8, 0):
         return f"compute capability {cap}"
-    aligned = {"x": (x, 4), "qweight": (qweight_t, 16), "scales": (scales, 8), "qzeros": (qzeros_t, 4)}
+    aligned = {"x": (x, 16), "qweight": (qweight_t, 16), "scales": (scales, 8), "qzeros": (qzeros_t, 4)}
+    if perm is not None:
+        aligned["perm"] = (perm, 16)
     for name, (t, align) in aligned.items():
         if t.data_ptr() % align:
             return f"{name} not {align}-byte aligned"
-    if x.stride(0) % 2:
-        return "x's row stride is odd"
+    if x.stride(0) % 8:
+        return "x's row stride is not a multiple of 8"
     return None
 
 
@@ -205,7 +207,9 @@ def maybe_gptq_cuda(
         return None
     m, k = x.shape
     n = qweight_t.shape[0] * 64
-    why = _unsupported(x, qweight_t, scales, qzeros_t, bits)
+    if x.device.type == "cuda" and (x.data_ptr() % 16 or x.stride(0) % 8):
+        x = x.clone(memory_format=torch.contiguous_format)  # the kernel copies x in 16-byte chunks
+    why = _unsupported(x, qweight_t, scales, qzeros_t, perm, bits)
     plan = None
     if why is None:
         sms = _device_info(x.device)[0]

@@ -59,7 +59,7 @@ class KernelSpec:
     cluster: bool
     has_perm: bool
     zero_v1: bool
-    min_blocks: int = 2
+    min_blocks: int = 4
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -76,9 +76,10 @@ class KernelSpec:
 
     @property
     def stage_bytes(self) -> int:
-        """One warp's ring slot: its 16-byte weight chunks, scales and zeros for one block, per lane."""
+        """One warp's ring slot: 16-byte weight chunks (8 a lane at 4 bits, 16 at 8), then the 8
+        column groups' scales (16 B) and zeros (8 B) for one block."""
         words = 8 if self.bits == 4 else 16
-        return (words + 2) * 512
+        return words * 512 + 256
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
@@ -105,13 +106,14 @@ typedef unsigned short u16;
 typedef unsigned long long u64;
 struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
 struct __attribute__((aligned(8))) u32x2 { u32 x, y; };
+struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
 
 #define P (32 / BITS)            // values a word
 #define R (128 / P)              // word rows a 128-row block
 #define NQ (R / 4)               // word rows a lane takes per block (t + 4q)
 #define NJ (P / 2)               // value pairs a word
 #define NW (2 * NQ)              // 16-byte chunks a lane copies per block
-#define SLOT_BYTES ((NW + 2) * 512)
+#define SLOT_BYTES (NW * 512 + 256)  // + the 8 column groups' scales (16 B) and zeros (8 B)
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
   u32 a;
@@ -186,6 +188,8 @@ __device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u3
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ u32 comp(const u32x4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
 // The NJ pairs (q - z) of word w: d[j] holds the rows 2(jR + r) + {0, 1} of its column.
 __device__ __forceinline__ void dequant(u32 w, u32 mz, u32 nzh, u32* d) {
 #if BITS == 4 && !BF16
@@ -248,33 +252,47 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
       cp16(s + (2 * q) * 512, src + q * 64);
       cp16(s + (2 * q + 1) * 512, src + q * 64 + 8);
     }
-    const int grp = blk * 128 / group_size;
-    const u16* sp = ssrc + (u64)grp * stride_s;
-    cp8(s + NW * 512, sp);
-    cp8(s + NW * 512 + 8, sp + 32);
-    const u32* zp = zsrc + (u64)grp * stride_qz;
-    cp4(s + (NW + 1) * 512, zp);
-    cp4(s + (NW + 1) * 512 + 4, zp + zoff_y);
+    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+    if (t == 0) {  // the 4 lanes of a column group share its scales and zeros
+      const u32 sz = s - lane * 16 + NW * 512 + g * 16;
+      const u16* sp = ssrc + (u64)grp * stride_s;
+      cp8(sz, sp);
+      cp8(sz + 8, sp + 32);
+      const u32* zp = zsrc + (u64)grp * stride_qz;
+      cp4(sz + 128 - g * 8, zp);
+      cp4(sz + 132 - g * 8, zp + zoff_y);
+    }
   };
 
+  // x's slice to shared memory (16-byte chunks of 8 values; every copy in flight at once), then the
+  // first STAGES - 1 blocks of each warp
+  const int row_chunks = bps * 16, chunks = M * row_chunks;
+#if HAS_PERM
+#pragma unroll 2
+  for (int c = tid; c < chunks; c += NWARPS * 32) {
+    const int m = c / row_chunks, cc = c - m * row_chunks;
+    const i32x4 p0 = *(const i32x4*)(perm + kb0 * 128 + cc * 8), p1 = *(const i32x4*)(perm + kb0 * 128 + cc * 8 + 4);
+    const u16* xr = x + (u64)m * stride_xm;
+    u32x4 v;
+    v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
+    v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
+    v.z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
+    v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
+    *(u32x4*)(xs + m * xstride + cc * 4) = v;
+  }
+#else
+  for (int c = tid; c < chunks; c += NWARPS * 32) {
+    const int m = c / row_chunks, cc = c - m * row_chunks;
+    cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
+  }
+#endif
+  cp_commit();
 #pragma unroll
   for (int u = 0; u < STAGES - 1; ++u) {
     if (u < nbw) issue(u);
     cp_commit();
   }
-
-  // x's slice to shared memory while the weights stream in
-  const int half_words = bps * 64;
-  for (int i = tid; i < M * half_words; i += NWARPS * 32) {
-    const int m = i / half_words, kk = i - m * half_words;
-#if HAS_PERM
-    const int k = kb0 * 128 + 2 * kk;
-    const u32 lo = x[(u64)m * stride_xm + perm[k]], hi = x[(u64)m * stride_xm + perm[k + 1]];
-    xs[m * xstride + kk] = lo | (hi << 16);
-#else
-    xs[m * xstride + kk] = ((const u32*)(x + (u64)m * stride_xm + kb0 * 128))[kk];
-#endif
-  }
+  cp_wait<STAGES - 1>();  // x's group is done
   __syncthreads();
 
   float acc[4][MT][4];
@@ -290,11 +308,9 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     cp_commit();
     cp_wait<STAGES - 1>();
     const unsigned char* st = ring + (u %% STAGES) * SLOT_BYTES + lane * 16;
-    u32x4 wv[NW];
-#pragma unroll
-    for (int c = 0; c < NW; ++c) wv[c] = *(const u32x4*)(st + c * 512);
-    const u32x4 sv = *(const u32x4*)(st + NW * 512);
-    const u32x2 zv = *(const u32x2*)(st + (NW + 1) * 512);
+    const unsigned char* sz = st - lane * 16 + NW * 512;
+    const u32x4 sv = *(const u32x4*)(sz + g * 16);
+    const u32x2 zv = *(const u32x2*)(sz + 128 + g * 8);
     const int lb = warp + NWARPS * u;  // block within the slice
     u32 bf[8][MT][2];
 #pragma unroll
@@ -307,56 +323,62 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
         bf[kt][mt][1] = m < M ? xr[8 * kt + 4] : 0u;
       }
     }
+    u32 mz[4][2], nzh[4][2];  // per column (i, h): the packed magic + z, and -(64 + z) for the x16 pairs
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      u32 mz[2], nzh[2];
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const u32 zw = h ? zv.y : zv.x;
 #if BITS == 4
-        const u32 z = ((zw >> (zshift + 4 * i)) & 15u) + ZERO_V1;
+        const u32 z = (zw >> (zshift + 4 * i)) & 15u;
 #else
-        const u32 z = ((zw >> (8 * i)) & 255u) + ZERO_V1;
+        const u32 z = (zw >> (8 * i)) & 255u;
 #endif
 #if BF16
-        mz[h] = (0x4300u + z) * 0x10001u;
-        nzh[h] = 0u;
+        mz[i][h] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;  // 128 + z
+        nzh[i][h] = 0u;
 #else
-        mz[h] = (0x6400u + z) * 0x10001u;
-        nzh[h] = sub2(0x63806380u, mz[h]);  // 960 - (1024 + z) = -(64 + z)
+        mz[i][h] = z * 0x10001u + (0x6400u + ZERO_V1) * 0x10001u;  // 1024 + z
+        nzh[i][h] = sub2(0x63806380u, mz[i][h]);  // 960 - (1024 + z) = -(64 + z)
 #endif
       }
-      u32 d[NQ][2][NJ];
+    float cb[4][MT][4];
 #pragma unroll
-      for (int q = 0; q < NQ; ++q)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const u32x4 v = wv[2 * q + h];
-          const u32 w = i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-          dequant(w, mz[h], nzh[h], d[q][h]);
-        }
-      float cb[MT][4];
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) cb[mt][c] = 0.f;
+        for (int c = 0; c < 4; ++c) cb[i][mt][c] = 0.f;
 #pragma unroll
-      for (int kt = 0; kt < 8; ++kt) {
-        const int j = kt / (NQ / 2), qq = kt %% (NQ / 2);
+    for (int qq = 0; qq < NQ / 2; ++qq) {
+      // word rows t + 8qq (a0/a1: columns 4g+i / 32+4g+i) and t + 8qq + 4 (a2/a3)
+      const u32x4 w00 = *(const u32x4*)(st + (4 * qq) * 512), w01 = *(const u32x4*)(st + (4 * qq + 1) * 512);
+      const u32x4 w10 = *(const u32x4*)(st + (4 * qq + 2) * 512), w11 = *(const u32x4*)(st + (4 * qq + 3) * 512);
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-          mma(cb[mt], d[2 * qq][0][j], d[2 * qq][1][j], d[2 * qq + 1][0][j], d[2 * qq + 1][1][j],
-              bf[kt][mt][0], bf[kt][mt][1]);
+      for (int i = 0; i < 4; ++i) {
+        u32 d0[NJ], d1[NJ], d2[NJ], d3[NJ];
+        dequant(comp(w00, i), mz[i][0], nzh[i][0], d0);
+        dequant(comp(w01, i), mz[i][1], nzh[i][1], d1);
+        dequant(comp(w10, i), mz[i][0], nzh[i][0], d2);
+        dequant(comp(w11, i), mz[i][1], nzh[i][1], d3);
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+            mma(cb[i][mt], d0[j], d1[j], d2[j], d3[j], bf[j * (NQ / 2) + qq][mt][0], bf[j * (NQ / 2) + qq][mt][1]);
       }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
       const u32 sx = i < 2 ? sv.x : sv.y, sy = i < 2 ? sv.z : sv.w;
       const float scx = h2f((i & 1) ? (sx >> 16) : (sx & 0xffffu));
       const float scy = h2f((i & 1) ? (sy >> 16) : (sy & 0xffffu));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        acc[i][mt][0] += cb[mt][0] * scx;
-        acc[i][mt][1] += cb[mt][1] * scx;
-        acc[i][mt][2] += cb[mt][2] * scy;
-        acc[i][mt][3] += cb[mt][3] * scy;
+        acc[i][mt][0] += cb[i][mt][0] * scx;
+        acc[i][mt][1] += cb[i][mt][1] * scx;
+        acc[i][mt][2] += cb[i][mt][2] * scy;
+        acc[i][mt][3] += cb[i][mt][3] * scy;
       }
     }
   }

@@ -199,13 +199,13 @@ def cuda_small_m_plan(
     the repacked layout (N % 64, K % 128).
 
     Split-K: the smallest divisor d of K/128 with (N/64)·d ≥ 2.5·SMs CTAs (a strip's K slice a
-    CTA), larger while the CTA's slice of x would pass 48 KB of shared memory; d ≤ 8 reduces in a
-    thread-block cluster, a larger d through a workspace and a ticket. 4 warps; each warp's ring
-    holds its share of the slice's blocks (2 to 4 stages).
+    CTA), larger while the CTA's slice of x would pass 48 KB of shared memory; the partial sums
+    meet through a workspace and a ticket (the cluster reduction is an option). 4 warps, 2 stages,
+    registers capped for 4 CTAs an SM (3 at M > 8, where the second n-tile needs more).
 
     Example:
         >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
-        {'split_k': 4, 'warps': 4, 'stages': 2, 'cluster': True}
+        {'split_k': 4, 'warps': 4, 'stages': 2, 'cluster': False, 'min_blocks': 4}
     """
     del act_order, forced  # the same plan; kept for the measured exceptions to come
     if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
@@ -215,6 +215,4 @@ def cuda_small_m_plan(
     split = next((d for d in divisors if tiles * d >= 2.5 * sms), blocks)
     while m * (blocks // split) * 256 > _CUDA_X_SLICE_BYTES and split < blocks:
         split = next(d for d in divisors if d > split)
-    warps = 4
-    stages = max(2, min(4, -(-(blocks // split) // warps)))
-    return {"split_k": split, "warps": warps, "stages": stages, "cluster": 1 < split <= 8}
+    return {"split_k": split, "warps": 4, "stages": 2, "cluster": False, "min_blocks": 4 if m <= 8 else 3}
