@@ -81,6 +81,8 @@ CHECK:         %[[KV:.+]] = torch_c.to_builtin_tensor %a3 : !torch.vtensor<[24,2
 CHECK:         flow.dispatch @fg_rope_split_store_1_k0::@_rope_split_store_kernel[{{.*}}]({{.*}}) : (i32, i32, i32, {{.*}}) -> (tensor<?x64xf32>{{.*}}, %[[KV]])
 CHECK:       "hal.executable.export"() <{sym_name = "_rope_split_store_kernel"{{.*}}layout = #hal.pipeline.layout<constants = 3, bindings = [#hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer>]>
 CHECK-LABEL: func.func private @fg_paged_attention_2(
+CHECK:         cf.assert %{{.+}}, "iree_dispatch: fg.attention.paged: a call with 0 rows has no launch"
+CHECK:         cf.assert %{{.+}}, "iree_dispatch: fg.attention.paged: batch above max_batch 256"
 CHECK:         flow.dispatch @fg_paged_attention_2_k0::@_paged_attention_kernel[%{{.+}}, %{{.+}}]
 """
 
