@@ -4,20 +4,26 @@ The Llama-3-8B-shaped `GPTQAttentionWithRope` decode step (hidden 4096, 32 query
 heads, head dim 128, 4-bit GPTQ group 128, fp16, paged cache of 128-token pages), batch 32,
 context 2048. The GPU box has no torch-mlir and no IREE compiler, so:
 
-1. **compile** (here): build the layer's graph, lower and compile it for CUDA sm_90 as
+1. **compile** (here): build the layer's graph, lower and compile it for CUDA as
    `IreeCompiledGraph` does (`iree_compile.compile_graph`: cache and outputs as mutable
-   arguments); writes `OUT/attn8b.cuda.vmfb` and `OUT/manifest.json`.
+   arguments), in the `VARIANTS` asked for: `dispatch` (the fused ops as our Triton kernels,
+   IREE custom dispatches), `decomposed` (IREE's code for the aten decomposition), and
+   `decomposed-rocmflag` (the flags used before the CUDA target fix). Writes
+   `OUT/attn8b.cuda.<variant>.vmfb` and `OUT/manifest.json`.
 2. **run** (GPU box; torch, triton, xdsl, iree-base-runtime): rebuild the same graph and
-   weights (same seed), load the `.vmfb` into `IreeCompiledGraph(vmfb=...)` with the KV
+   weights (same seed), load each `.vmfb` into `IreeCompiledGraph(vmfb=...)` with the KV
    cache a torch CUDA tensor handed to IREE by DLPack, check it against the eager Triton
-   path (outputs and the whole cache), then time a decode step of each and count the bytes
-   copied host<->device per step (CUPTI memcpy records through torch.profiler, and the
-   backend's own counter).
+   path (outputs and the whole cache, on the decode step and on a ragged prefill), then time a
+   decode step of each, count the bytes copied host<->device per step (CUPTI memcpy records
+   through torch.profiler, and the backend's own counter), list the GPU kernel time per step,
+   and split an IREE call into the host checks alone and the VM invoke alone.
 
 Usage:
     .venv/bin/python scripts/iree_cuda_bench.py compile --out build/iree_bench
     # GPU box, with build/iree_bench and .whl carried:
-    python scripts/iree_cuda_bench.py run --dir build/iree_bench
+    python scripts/iree_cuda_bench.py run --dir build/iree_bench [--variants dispatch] \
+        [--iree-flags=--cuda_allow_inline_execution=true]
+    # self-test here: compile/run --device cpu --tiny --variants decomposed
 """
 
 from __future__ import annotations
@@ -84,30 +90,40 @@ def build(device: str) -> tuple[Any, dict[str, Any], Any]:
 
 def _pipeline(graph: Any, device: str) -> Any:
     """The graph as `compile()` runs it for IREE (the default pipeline)."""
-    from fusegraph.runtime import run_pipeline
+    from fusegraph.runtime.pipeline import run_pipeline
 
     return run_pipeline(graph, "default", "iree", device)[0]
 
 
-def compile_artifacts(out: Path, device: str) -> None:
+# The modules compiled and compared: name -> (dispatches, target flags or None for the default).
+VARIANTS = {
+    "dispatch": (True, None),  # our Triton kernels as IREE custom dispatches
+    "decomposed": (False, None),  # IREE's own code for the decomposed ops (right target)
+    "decomposed-rocmflag": (
+        False,
+        ["--iree-hal-target-device=cuda", "--iree-rocm-target=sm_90"],
+    ),  # before 325d691
+}
+
+
+def compile_artifacts(out: Path, device: str, variants: list[str]) -> None:
     from fusegraph.runtime.iree_backend import target_flags
     from fusegraph.runtime.iree_compile import compile_graph
-    from fusegraph.runtime.iree_inplace import barrier_rewrite_safe
+    from fusegraph.runtime.iree_inplace import consume_safe
 
     out.mkdir(parents=True, exist_ok=True)
     graph = _pipeline(build(device)[0], device)
-    follow = barrier_rewrite_safe(graph)
-    start = time.perf_counter()
-    mlir, path, _ = compile_graph(graph, target_flags(device))
-    (out / f"attn8b.{device}.vmfb").write_bytes(path.read_bytes())
-    manifest = {
-        "graph_sha": _sha(graph),
-        "compile_s": time.perf_counter() - start,
-        "lowering_s": mlir.timings,
-        "barrier_rewrite": follow,
-    }
+    manifest: dict[str, Any] = {"graph_sha": _sha(graph), "consume_written_buffers": consume_safe(graph)}
+    for variant in variants:
+        dispatches, flags = VARIANTS[variant]
+        start = time.perf_counter()
+        mlir, path, _ = compile_graph(
+            graph, flags or target_flags(device), dispatches=dispatches and device == "cuda"
+        )
+        (out / f"attn8b.{device}.{variant}.vmfb").write_bytes(path.read_bytes())
+        manifest[variant] = {"compile_s": time.perf_counter() - start, "lowering": mlir.mode, "flags": flags}
+        print(f"{variant}: {mlir.mode} lowering, compiled in {manifest[variant]['compile_s']:.1f} s")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    print(f"compiled in {manifest['compile_s']:.1f} s -> {out / f'attn8b.{device}.vmfb'}")
 
 
 def _sha(graph: Any) -> str:
@@ -129,11 +145,19 @@ def _memcpy_bytes(fn: Any, steps: int) -> dict[str, float]:
         prof.export_chrome_trace(f.name)
         events = json.loads(Path(f.name).read_text()).get("traceEvents", [])
     totals = {"HtoD": 0.0, "DtoH": 0.0, "DtoD": 0.0}
+    kernels: dict[str, float] = {}
     for e in events:
+        if e.get("cat") == "kernel":
+            kernels[e.get("name", "?")[:60]] = (
+                kernels.get(e.get("name", "?")[:60], 0.0) + e.get("dur", 0) / steps
+            )
         if e.get("cat") == "gpu_memcpy":
             kind = next((k for k in totals if k in e.get("name", "")), None)
             if kind is not None:
                 totals[kind] += e.get("args", {}).get("bytes", 0)
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
+    print(f"    GPU kernel time per step {sum(kernels.values()):.1f} us: "
+          + "; ".join(f"{n} {us:.1f}" for n, us in top))  # fmt: skip
     return {k: v / steps for k, v in totals.items()}
 
 
@@ -154,8 +178,41 @@ def _time_ms(fn: Any, reps: int) -> float:
     return (time.perf_counter() - start) / reps * 1e3
 
 
-def run(folder: Path, reps: int, device: str) -> int:
+def _errors(y: Any, y_ref: Any, kv: Any, kv_ref: Any) -> tuple[float, float, bool]:
+    """(output max rel err, whole-cache max abs err, both bit-identical)."""
+    out_err = float((y.float() - y_ref.float()).abs().max() / y_ref.float().abs().max())
+    kv_err = float((kv.float() - kv_ref.float()).abs().max())
+    return out_err, kv_err, bool((y == y_ref).all() and (kv == kv_ref).all())
+
+
+def _overheads(iree: Any, inputs: list[Any], reps: int) -> None:
+    """Where an IREE call's time goes: the backend's host checks alone, and the VM invoke alone
+    (arguments imported once, outputs allocated once; reads the backend's private members)."""
     import torch
+
+    from fusegraph.runtime.eager import check_inputs
+
+    def checks() -> None:
+        iree.input_checks.check(inputs, check_inputs(iree.input_types, inputs, iree.device))
+
+    keep: list[Any] = []
+    args = [iree._argument(t, keep)[0] for t in inputs]
+    out = torch.empty(inputs[0].shape, dtype=inputs[0].dtype, device=inputs[0].device)
+    out_arg = iree._argument(out, keep)[0]
+    check_ms = _time_ms(checks, reps)
+    invoke_ms = _time_ms(lambda: iree._function(*args, *iree._weights, out_arg), reps)
+    print(f"    of which: host input checks alone {check_ms * 1e3:.1f} us; IREE VM invoke alone (prebuilt "
+          f"arguments) {invoke_ms * 1e3:.1f} us", flush=True)  # fmt: skip
+
+
+def run(folder: Path, reps: int, device: str, variants: list[str], iree_flags: list[str]) -> int:
+    import torch
+
+    if iree_flags:  # IREE runtime flags (e.g. --cuda_allow_inline_execution=true), before any device
+        import iree.runtime as rt
+
+        rt.flags.parse_flags(*iree_flags)
+        print(f"IREE runtime flags: {' '.join(iree_flags)}")
 
     import fusegraph
     from fusegraph.runtime import PagedKVCacheManager
@@ -167,7 +224,8 @@ def run(folder: Path, reps: int, device: str) -> int:
     if _sha(fused) != manifest["graph_sha"]:
         print(f"WARNING: graph sha {_sha(fused)} != compiled {manifest['graph_sha']}")
     weights = {n: t.to(device) for n, t in weights.items()}
-    manager = PagedKVCacheManager(kv_params, num_blocks=BATCH * CTX // PAGE)
+    blocks = BATCH * CTX // PAGE
+    manager = PagedKVCacheManager(kv_params, num_blocks=blocks)
     manager.kv_blocks.normal_(generator=torch.Generator(device=device).manual_seed(1))
     seqs = [manager.claim(max_len=CTX) for _ in range(BATCH)]
     manager.prepare(seqs, [CTX - 1] * BATCH)
@@ -175,13 +233,16 @@ def run(folder: Path, reps: int, device: str) -> int:
     step = manager.prepare(seqs, [1] * BATCH)
     x = torch.randn(BATCH, HIDDEN, device=device, dtype=torch.float16)
     kv0 = manager.kv_blocks.clone()
+    # a ragged prefill of new sequences on a second cache (sentinel-filled): another total_seq_len
+    pre = PagedKVCacheManager(kv_params, num_blocks=blocks)
+    pre.kv_blocks.fill_(-7.0)
+    lengths = [min(CTX, n) for n in (100, 37, 3 * PAGE, 1)]
+    pstep = pre.prepare([pre.claim(max_len=CTX) for _ in lengths], lengths)
+    xp = torch.randn(sum(lengths), HIDDEN, device=device, dtype=torch.float16)
     cache_mb = kv0.numel() * kv0.element_size() / 2**20
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"{name}; bs {BATCH}, ctx {CTX}, KV cache {cache_mb:.0f} MiB (fp16)")
 
-    start = time.perf_counter()
-    iree = IreeCompiledGraph(fused, device=device, weights=weights, vmfb=folder / f"attn8b.{device}.vmfb")
-    print(f"IREE module loaded, weights uploaded in {time.perf_counter() - start:.1f} s")
     eager = fusegraph.compile(graph, backend="eager", device=device, weights=weights)
     graphs = fusegraph.compile(
         graph, backend="eager", device=device, weights=weights, cuda_graphs=device == "cuda"
@@ -190,39 +251,61 @@ def run(folder: Path, reps: int, device: str) -> int:
     def call(model: Any, kv: torch.Tensor) -> torch.Tensor:
         return model(x, step.row_offsets, kv, step.kv_inputs[1], step.kv_inputs[2])[0]
 
-    kv_iree, kv_eager = kv0.clone(), kv0.clone()
-    pointer = kv_iree.data_ptr()
-    y_iree, y_eager = call(iree, kv_iree), call(eager, kv_eager)
-    out_err = float((y_iree.float() - y_eager.float()).abs().max() / y_eager.float().abs().max())
-    kv_err = float((kv_iree.float() - kv_eager.float()).abs().max())
-    same_ptr = kv_iree.data_ptr() == pointer and bool((kv_iree != kv0).any())
-    print(f"IREE vs eager Triton: output rel err {out_err:.2e}, whole-cache max abs err {kv_err:.2e} "
-          f"(in-place: cache data_ptr kept {same_ptr}; DLPack zero-copy inputs/outputs {iree.zero_copy} {iree.copy_reason})")  # fmt: skip
+    def prefill(model: Any, kv: torch.Tensor) -> torch.Tensor:
+        return model(xp, pstep.row_offsets, kv, pstep.kv_inputs[1], pstep.kv_inputs[2])[0]
 
-    kv = kv0.clone()
-    rows = {}
-    for name, model in (
-        (f"iree {device} (in place)", iree),
-        ("eager Triton", eager),
-        ("eager Triton + CUDA graphs", graphs),
-    ):
-        before = dict(iree.transfers)
-        ms = _time_ms(lambda m=model: call(m, kv), reps)
-        counted = {k: (iree.transfers[k] - before[k]) / (reps + 1) for k in before} if model is iree else None
-        traffic = _memcpy_bytes(lambda m=model: call(m, kv), 5) if device == "cuda" else {}
-        rows[name] = (ms, traffic, counted)
-        print(f"{name:28s} {ms * 1e3:9.1f} us/step | CUPTI memcpy per step: H2D {traffic.get('HtoD', 0):.0f} B, "
+    kv_ref, kvp_ref = kv0.clone(), pre.kv_blocks.clone()
+    y_ref, yp_ref = call(eager, kv_ref), prefill(eager, kvp_ref)
+    rows: dict[str, tuple[float, dict[str, float], dict[str, float] | None]] = {}
+
+    def measure(label: str, model: Any, iree: Any = None) -> None:
+        kv = kv0.clone()
+        before = dict(iree.transfers) if iree is not None else {}
+        ms = _time_ms(lambda: call(model, kv), reps)
+        counted = (
+            {k: (iree.transfers[k] - before[k]) / (reps + 1) for k in before} if iree is not None else None
+        )
+        traffic = _memcpy_bytes(lambda: call(model, kv), 5) if device == "cuda" else {}
+        rows[label] = (ms, traffic, counted)
+        print(f"{label:34s} {ms * 1e3:9.1f} us/step | CUPTI memcpy per step: H2D {traffic.get('HtoD', 0):.0f} B, "
               f"D2H {traffic.get('DtoH', 0):.0f} B, D2D {traffic.get('DtoD', 0):.0f} B"
-              + (f" | backend counter h2d {counted['h2d']:.0f} B, d2h {counted['d2h']:.0f} B" if counted else ""))  # fmt: skip
+              + (f" | backend counter h2d {counted['h2d']:.0f} B, d2h {counted['d2h']:.0f} B" if counted else ""),
+              flush=True)  # fmt: skip
+
+    measure("eager Triton", eager)
+    measure("eager Triton + CUDA graphs", graphs)
+    ok = True
+    for variant in reversed(variants):  # decomposed first: a faulting custom kernel would end the process
+        path = folder / f"attn8b.{device}.{variant}.vmfb"
+        if variant not in manifest or not path.exists():
+            continue
+        start = time.perf_counter()
+        iree = IreeCompiledGraph(fused, device=device, weights=weights, vmfb=path)
+        print(f"[{variant}] ({manifest[variant]['lowering']} lowering) loaded, weights uploaded in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+        kv_i, kvp_i = kv0.clone(), pre.kv_blocks.clone()
+        pointer = kv_i.data_ptr()
+        y_i, yp_i = call(iree, kv_i), prefill(iree, kvp_i)
+        out_err, kv_err, same = _errors(y_i, y_ref, kv_i, kv_ref)
+        p_out, p_kv, p_same = _errors(yp_i, yp_ref, kvp_i, kvp_ref)
+        in_place = kv_i.data_ptr() == pointer and bool((kv_i != kv0).any())
+        print(f"[{variant}] vs eager Triton: decode bs {BATCH}: output rel err {out_err:.2e}, whole-cache max abs "
+              f"err {kv_err:.2e}, bit-identical {same}; ragged prefill {lengths}: output rel err {p_out:.2e}, "
+              f"whole-cache max abs err {p_kv:.2e}, bit-identical {p_same}; cache written in place "
+              f"(data_ptr kept) {in_place}; zero-copy {iree.zero_copy} {iree.copy_reason}", flush=True)  # fmt: skip
+        ok = ok and max(out_err, p_out) < 2e-2 and max(kv_err, p_kv) < 1e-2
+        measure(f"iree {device} {variant}", iree, iree)
+        _overheads(iree, [x, step.row_offsets, kv0.clone(), step.kv_inputs[1], step.kv_inputs[2]], reps)
     act = x.numel() * 2 * 2  # x in, y out
     meta = sum(t.numel() * 4 for t in (step.row_offsets, step.kv_inputs[1], step.kv_inputs[2]))
     print(
         f"host<->device floor per step: activations {act} B if they crossed (x, y), metadata {meta} B; "
         f"activations here live on the GPU, so the floor is the metadata the host checks read ({meta} B)"
     )
-    ratio = rows[f"iree {device} (in place)"][0] / rows["eager Triton + CUDA graphs"][0]
-    print(f"IREE / Triton (CUDA graphs) time ratio: {ratio:.2f}x")
-    return 0 if out_err < 2e-2 and kv_err < 1e-2 else 1
+    for label, (ms, _, _) in rows.items():
+        print(f"{label:34s} / eager Triton {ms / rows['eager Triton'][0]:6.2f}x, "
+              f"/ Triton + CUDA graphs {ms / rows['eager Triton + CUDA graphs'][0]:6.2f}x")  # fmt: skip
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,9 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="lower in place and compile for CUDA sm_90 (here)")
     c.add_argument("--out", type=Path, default=Path("build/iree_bench"))
+    c.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     r = sub.add_parser("run", help="check and time on the GPU box")
     r.add_argument("--dir", type=Path, default=Path("build/iree_bench"))
     r.add_argument("--reps", type=int, default=20)
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    r.add_argument(
+        "--iree-flags",
+        nargs="*",
+        default=[],
+        help="IREE runtime flags, e.g. --cuda_allow_inline_execution=true",
+    )
     for p in (c, r):
         p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a self-test here")
         p.add_argument("--tiny", action="store_true", help="a small layer (self-test)")
@@ -240,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         use_tiny_shape()
     if args.command == "compile":
-        compile_artifacts(args.out, args.device)
+        compile_artifacts(args.out, args.device, args.variants)
         return 0
-    return run(args.dir, args.reps, args.device)
+    return run(args.dir, args.reps, args.device, args.variants, args.iree_flags)
 
 
 if __name__ == "__main__":
