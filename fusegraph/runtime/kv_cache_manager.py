@@ -323,12 +323,15 @@ class PagedKVCacheManager:
             lengths = lengths + [0] * pad
             for page in self._scratch[:pad]:
                 lookup += [page] + [NO_BLOCK] * (width - 1)
-        # One host array, one transfer: offsets, lengths (each padded to 16 bytes), the table.
+        # One host array, one transfer: offsets, lengths (each padded to 64 bytes, the alignment
+        # IREE's CPU driver needs to import a buffer rather than copy it), the table.
         rows = len(lengths)
-        a, b = -(-(rows + 1) // 4) * 4, -(-rows // 4) * 4
+        a, b = -(-(rows + 1) // 16) * 16, -(-rows // 16) * 16
         offsets = [0, *itertools.accumulate(tokens), *[0] * (a - rows - 1)]
         host = array("I", offsets + lengths + [0] * (b - rows) + lookup)
-        meta = torch.frombuffer(host, dtype=torch.uint32).to(self.kv_blocks.device)
+        meta = torch.frombuffer(host, dtype=torch.uint32)
+        # A CPU cache shares the array's memory otherwise: clone into torch's 64-byte-aligned storage.
+        meta = meta.clone() if self.kv_blocks.device.type == "cpu" else meta.to(self.kv_blocks.device)
         return Batch(
             row_offsets=meta[: rows + 1],
             cache_lengths=meta[a : a + rows],
