@@ -26,12 +26,14 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from fusegraph.runtime.iree_dispatch_ir import (
     DispatchOptions,
     DispatchUnsupportedError,
     executable,
+    guard_function,
     parse_operators,
     torch_type,
     write_ptx,
@@ -39,6 +41,9 @@ from fusegraph.runtime.iree_dispatch_ir import (
 from fusegraph.runtime.iree_dispatch_ops import BUILDERS
 
 __all__ = ["DispatchOptions", "DispatchUnsupportedError", "add_dispatches"]
+
+_ENTRY_ARG = re.compile(r"%arg\d+")
+_ENTRY_FUNC = re.compile(r"^\s*func\.func @main\(.*\{[ \t]*\n", re.M)
 
 
 def add_dispatches(text: str, ptx_dir: str | os.PathLike[str], options: DispatchOptions | None = None) -> str:
@@ -62,6 +67,7 @@ def add_dispatches(text: str, ptx_dir: str | os.PathLike[str], options: Dispatch
     directory.mkdir(parents=True, exist_ok=True)
     pieces: list[str] = []
     functions: list[str] = []
+    entry_calls: list[str] = []
     end = 0
     for m, op in parse_operators(text):
         builder = BUILDERS.get(op.op)
@@ -76,6 +82,20 @@ def add_dispatches(text: str, ptx_dir: str | os.PathLike[str], options: Dispatch
         res_types = [torch_type(d, t) for d, t in op.results]
         results = m.group(2) + (f":{m.group(3)}" if m.group(3) else "")
         pieces.append(text[end : m.start()])
+        # guards of entry arguments run at the entry, before any launch; the others before the op
+        at_entry = [g for g in emitted.guards if _ENTRY_ARG.fullmatch(op.tensors[g.operand].name)]
+        here = [g for g in emitted.guards if g not in at_entry]
+        for suffix, guards in (("entry_guard", at_entry), ("guard", here)):
+            if not guards:
+                continue
+            used, lines = guard_function(f"{fname}_{suffix}", op, guards)
+            functions.extend(lines)
+            types = ", ".join(torch_type(op.tensors[i].dims, op.tensors[i].dtype) for i in used)
+            call = f"func.call @{fname}_{suffix}({', '.join(op.tensors[i].name for i in used)}) : ({types}) -> ()"
+            if guards is at_entry:
+                entry_calls.append(call)
+            else:
+                pieces.append(f"{m.group(1)}{call}\n")
         pieces.append(
             f"{m.group(1)}{results} = func.call @{fname}({', '.join(args)}) : ({', '.join(arg_types)}) -> "
             f"({', '.join(res_types)})"
@@ -89,5 +109,12 @@ def add_dispatches(text: str, ptx_dir: str | os.PathLike[str], options: Dispatch
             functions.extend(executable(f"{fname}_k{k}", launch, write_ptx(directory, launch.kernel)))
     pieces.append(text[end:])
     out = "".join(pieces)
+    if entry_calls:
+        entry = _ENTRY_FUNC.search(out)
+        if entry is None:
+            raise DispatchUnsupportedError(
+                "iree_dispatch: no `func.func @main(...) {` line to put the guards in"
+            )
+        out = out[: entry.end()] + "".join(f"    {c}\n" for c in entry_calls) + out[entry.end() :]
     close = out.rstrip().rfind("}")
     return out[:close] + "\n".join(functions) + "\n}\n"

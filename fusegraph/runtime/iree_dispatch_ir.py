@@ -20,6 +20,7 @@ __all__ = [
     "DispatchOptions",
     "DispatchUnsupportedError",
     "Emitted",
+    "Guard",
     "Launch",
     "Operator",
     "TensorArg",
@@ -95,12 +96,26 @@ class Launch:
     written: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A host-side check of the call (`cf.assert`, before any launch of the module when the
+    operand is an argument of the entry): `dim(operand, axis) <predicate> bound` (`arith.cmpi`
+    predicate on index values), else the call fails with `message`."""
+
+    operand: int
+    axis: int
+    predicate: str
+    bound: int
+    message: str
+
+
 @dataclass
 class Emitted:
-    """What an op builder returns: the private function's body and its launches."""
+    """What an op builder returns: the private function's body, its launches, its guards."""
 
     body: list[str]
     launches: list[Launch] = field(default_factory=list)
+    guards: list[Guard] = field(default_factory=list)
 
 
 def builtin_type(dims: list[int | None], dtype: str) -> str:
@@ -216,3 +231,26 @@ def executable(name: str, launch: Launch, ptx: Path) -> list[str]:
         "    hal.executable.source_end",
         "  }) : () -> ()",
     ]
+
+
+def guard_function(name: str, op: Operator, guards: list[Guard]) -> tuple[list[int], list[str]]:
+    """(the operands it takes, the lines of `func.func private @name`) checking `guards`."""
+    used = sorted({g.operand for g in guards})
+    tensors = op.tensors
+    sig = ", ".join(f"%a{i}: {torch_type(tensors[i].dims, tensors[i].dtype)}" for i in used)
+    lines = [f"  func.func private @{name}({sig}) {{"]
+    for i in used:
+        t = tensors[i]
+        lines.append(
+            f"    %b{i} = torch_c.to_builtin_tensor %a{i} : {torch_type(t.dims, t.dtype)} -> {builtin_type(t.dims, t.dtype)}"
+        )
+    for k, g in enumerate(guards):
+        t = tensors[g.operand]
+        lines += [
+            f"    %axis{k} = arith.constant {g.axis} : index",
+            f"    %dim{k} = tensor.dim %b{g.operand}, %axis{k} : {builtin_type(t.dims, t.dtype)}",
+            f"    %bound{k} = arith.constant {g.bound} : index",
+            f"    %ok{k} = arith.cmpi {g.predicate}, %dim{k}, %bound{k} : index",
+            f'    cf.assert %ok{k}, "{g.message}"',
+        ]
+    return used, [*lines, "    return", "  }"]

@@ -22,6 +22,7 @@ from fusegraph.runtime.iree_dispatch_ir import (
     DispatchOptions,
     DispatchUnsupportedError,
     Emitted,
+    Guard,
     Launch,
     Operator,
     TensorArg,
@@ -93,6 +94,7 @@ class _Body:
         self.values: dict[str, str] = {}
         self.tensors = op.tensors
         self.launches: list[Launch] = []
+        self.guards: list[Guard] = []
         for i, t in enumerate(self.tensors):
             self.lines.append(
                 f"%b{i} = torch_c.to_builtin_tensor %a{i} : {torch_type(t.dims, t.dtype)} -> {builtin_type(t.dims, t.dtype)}"
@@ -124,15 +126,12 @@ class _Body:
     def i32(self, value: str) -> str:
         return self._new(f"i32({value})", f"arith.index_cast {value} : index to i32")
 
-    def require(self, predicate: str, a: str, b: str, message: str) -> None:
-        """A host-side check before the launches (`cf.assert`: the call fails with `message`)."""
-        ok = self._new(f"cmp{predicate}({a},{b})", f"arith.cmpi {predicate}, {a}, {b} : index")
-        self.lines.append(f'cf.assert {ok}, "{message}"')
-
-    def nonempty(self, rows: str) -> None:
-        """CUDA refuses a launch of zero blocks: an empty step is refused by name instead."""
+    def nonempty(self, operand: int) -> None:
+        """CUDA refuses a launch of zero blocks: a call whose `operand` has 0 rows is refused by name."""
         name = _FG_NAMES.get(self.op.op, self.op.op)
-        self.require("ugt", rows, self.index(0), f"iree_dispatch: {name}: a call with 0 rows has no launch")
+        self.guards.append(
+            Guard(operand, 0, "ugt", 0, f"iree_dispatch: {name}: a call with 0 rows has no launch")
+        )
 
     def operand(self, i: int) -> Value:
         """Tensor operand `i` as (builtin value, type, its dynamic dims)."""
@@ -203,7 +202,7 @@ class _Body:
             outs.append(f"%o{k}")
         types = ", ".join(torch_type(d, t) for d, t in self.op.results)
         self.lines.append(f"return {', '.join(outs)} : {types}")
-        return Emitted(self.lines, self.launches)
+        return Emitted(self.lines, self.launches, self.guards)
 
 
 def _dims(dyn: list[str]) -> str:
@@ -265,7 +264,7 @@ def rope_split_store(op: Operator, fname: str, opts: DispatchOptions) -> Emitted
     kernel = _kernel("rope_split_store", dyn, const, opts, num_warps=4)
     body = _Body(op)
     t, batch, pages = body.dim(0, 0), body.arith("subi", body.dim(1, 0), body.index(1)), body.dim(5, 1)
-    body.nonempty(t)
+    body.nonempty(0)
     launch = Launch(kernel, ["%t"], _grid("%t", _cdiv(n_total, block_h)), frozenset({"kv_ptr", "q_out_ptr"}))
     operands = {n: body.operand(i) for i, n in enumerate(list(dyn)[:6])}
     q_type = builtin_type([None, h * d], qkv.dtype)
@@ -301,11 +300,9 @@ def paged_attention(op: Operator, fname: str, opts: DispatchOptions) -> Emitted:
     kernel = _kernel("paged_attention", dyn, const, opts, num_warps=4, num_stages=2)
     body = _Body(op)
     t, batch, pages = body.dim(0, 0), body.arith("subi", body.dim(1, 0), body.index(1)), body.dim(4, 1)
-    body.nonempty(t)
-    limit = body.index(opts.max_batch)
-    body.require(
-        "ule", batch, limit, f"iree_dispatch: fg.attention.paged: batch above max_batch {opts.max_batch}"
-    )
+    body.nonempty(0)
+    message = f"iree_dispatch: fg.attention.paged: batch above max_batch {opts.max_batch}"
+    body.guards.append(Guard(1, 0, "ule", opts.max_batch + 1, message))  # row_offsets: batch + 1 entries
     grid = _grid("%x", hkv, 1, (f"%m = arith.constant {block_m} : index", "%tiles = arith.ceildivui %t, %m : index",
                                "%x = arith.addi %tiles, %b : index"))  # fmt: skip
     launch = Launch(kernel, ["%t", "%b"], grid, frozenset({"out_ptr"}))
@@ -350,7 +347,7 @@ def qmatmul_gptq(op: Operator, fname: str, opts: DispatchOptions) -> Emitted:
     kernel = _kernel("gptq_matmul", dyn, const, opts, num_warps=4 if block_m <= 32 else 8, num_stages=3)
     body = _Body(op)
     m = body.dim(0, 0)
-    body.nonempty(m)
+    body.nonempty(0)
     grid = _grid("%gn", "%gm", split, (f"%gn = arith.constant {_cdiv(n, block_n)} : index",
                                        f"%bm = arith.constant {block_m} : index",
                                        "%gm = arith.ceildivui %m, %bm : index"))  # fmt: skip

@@ -65,6 +65,8 @@ def dispatch_module(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]
 
 CHECKS = """
 CHECK-LABEL: func.func @main(
+CHECK-NEXT:    func.call @fg_qmatmul_gptq_0_entry_guard(%arg0)
+CHECK-NEXT:    func.call @fg_paged_attention_2_entry_guard(%arg1)
 CHECK-NOT:     torch.operator
 CHECK:         call @fg_qmatmul_gptq_0(%arg0,
 CHECK:         %[[RSS:.+]]:2 = func.call @fg_rope_split_store_1(
@@ -80,9 +82,13 @@ CHECK-LABEL: func.func private @fg_rope_split_store_1(
 CHECK:         %[[KV:.+]] = torch_c.to_builtin_tensor %a3 : !torch.vtensor<[24,2,1,4,2,16],f32> -> tensor<24x2x1x4x2x16xf32>
 CHECK:         flow.dispatch @fg_rope_split_store_1_k0::@_rope_split_store_kernel[{{.*}}]({{.*}}) : (i32, i32, i32, {{.*}}) -> (tensor<?x64xf32>{{.*}}, %[[KV]])
 CHECK:       "hal.executable.export"() <{sym_name = "_rope_split_store_kernel"{{.*}}layout = #hal.pipeline.layout<constants = 3, bindings = [#hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer, ReadOnly>, #hal.pipeline.binding<storage_buffer>]>
-CHECK-LABEL: func.func private @fg_paged_attention_2(
+CHECK-LABEL: func.func private @fg_paged_attention_2_entry_guard(%a1: !torch.vtensor<[?],ui32>)
+CHECK:         %[[B:.+]] = arith.constant 257 : index
+CHECK:         %[[OK:.+]] = arith.cmpi ule, %{{.+}}, %[[B]] : index
+CHECK:         cf.assert %[[OK]], "iree_dispatch: fg.attention.paged: batch above max_batch 256"
+CHECK-LABEL: func.func private @fg_paged_attention_2_guard(
 CHECK:         cf.assert %{{.+}}, "iree_dispatch: fg.attention.paged: a call with 0 rows has no launch"
-CHECK:         cf.assert %{{.+}}, "iree_dispatch: fg.attention.paged: batch above max_batch 256"
+CHECK-LABEL: func.func private @fg_paged_attention_2(
 CHECK:         flow.dispatch @fg_paged_attention_2_k0::@_paged_attention_kernel[%{{.+}}, %{{.+}}]
 """
 
@@ -172,3 +178,30 @@ def test_dispatch_module_compiles_for_cuda_with_no_cache_copy(dispatch_module: t
         staged, target_backends=[], extra_args=[*target_flags("cuda"), "--compile-from=input"]
     )
     assert len(vmfb) > 10_000
+
+
+def test_two_layer_dispatch_module_writes_the_cache_in_place(tmp_path: Path) -> None:
+    """Two layers on one cache: layer 1's store writes the version layer 0's attention read; with
+    the consumed entry IREE still copies nothing (the dispatches tie the cache)."""
+    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+    from fusegraph.runtime.iree_dispatch import add_dispatches
+    from fusegraph.runtime.iree_inplace import consume_safe, stage_inplace
+    from tests.lowering._graphs import gptq_attention_graph
+
+    graph = gptq_attention_graph(num_layers=2, fused=True)
+    assert consume_safe(graph)
+    text = add_dispatches(
+        to_torch_mlir(graph, mode="custom", inplace_buffers=True, outputs_as_args=True).text, tmp_path
+    )
+    staged, consumed = stage_inplace(text, target_flags("cuda"))
+    assert consumed == ["%arg2"]
+    stream = _text(
+        ireec.compile_str(
+            staged,
+            target_backends=[],
+            extra_args=[*target_flags("cuda"), "--compile-from=input", "--compile-to=stream"],
+        )
+    )
+    kernels = re.findall(r"stream\.cmd\.dispatch @fg_\w+::@(\w+)", stream)
+    assert kernels.count("_rope_split_store_kernel") == 2 and kernels.count("_paged_attention_kernel") == 2
+    assert "stream.cmd.copy" not in stream and "stream.async.clone" not in stream
