@@ -259,7 +259,7 @@ def small_m(bw: float) -> None:
 
 def cuda_variants(m: int, k_in: int, n_out: int, bits: int) -> list[dict[str, Any]]:
     """The CUDA kernel (`gptq_cuda.py`): its default plan first, then splits around it (cluster or
-    ticket reduction), 8 warps, deeper rings."""
+    ticket reduction), 8 warps, register caps for 2-4 CTAs an SM."""
     from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
 
     base = cuda_small_m_plan(m, n_out, k_in, bits, 132, forced=True)
@@ -267,12 +267,11 @@ def cuda_variants(m: int, k_in: int, n_out: int, bits: int) -> list[dict[str, An
         return []
     blocks, tiles = k_in // 128, n_out // 64
     out = [{"kernel": "cuda"} | base]
-    mb = base["min_blocks"]
     for d in (
         d for d in range(1, 17) if blocks % d == 0 and 132 <= tiles * d <= 8 * 132 and m * blocks // d <= 256
     ):
-        v = {"kernel": "cuda", "split_k": d, "warps": 4, "stages": 2, "cluster": False, "min_blocks": mb}
-        out += [v, v | {"stages": 4}, v | {"warps": 8, "min_blocks": 2}]
+        v = {"kernel": "cuda", "split_k": d, "warps": 4, "cluster": False, "min_blocks": base["min_blocks"]}
+        out += [v, v | {"min_blocks": 4}, v | {"warps": 8, "min_blocks": 1}, v | {"min_blocks": 2}]
         if 1 < d <= 8:
             out.append(v | {"cluster": True})
     seen: set[tuple[Any, ...]] = set()

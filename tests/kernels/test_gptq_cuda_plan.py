@@ -1,5 +1,5 @@
 """The pure-Python parts of the CUDA small-M GPTQ kernel, on the CPU: the plan (which calls it
-takes, split-K, stages), the generated source and its parameter checks, the Triton fallback."""
+takes, split-K, register caps), the generated source and its parameter checks, the Triton fallback."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_cuda_plan__splits_k_until_the_ctas_fill_132_sms(n: int, k: int, split: 
     plan = cuda_small_m_plan(1, n, k, 4, 132)
     assert plan is not None and plan["split_k"] == split
     assert (n // 64) * split >= 2.5 * 132 and (k // 128) % split == 0
-    assert not plan["cluster"] and plan["min_blocks"] == 4  # the ticket reduction; 4 CTAs an SM
+    assert not plan["cluster"] and plan["min_blocks"] == 3  # the ticket reduction; 3 CTAs an SM
 
 
 def test_cuda_plan__keeps_the_staged_x_slice_under_48_kb_at_m_16() -> None:
@@ -39,24 +39,24 @@ def test_cuda_plan__refuses_what_the_kernel_does_not_take(
 
 
 def test_kernel_source__carries_the_spec_as_defines() -> None:
-    spec = KernelSpec(bits=8, bf16=False, mt=2, warps=4, stages=3, split=6, cluster=True, has_perm=True,
+    spec = KernelSpec(bits=8, bf16=False, mt=2, warps=4, split=6, cluster=True, has_perm=True,
                       zero_v1=False)  # fmt: skip
     src = kernel_source(spec)
-    for line in ("#define BITS 8", "#define MT 2", "#define STAGES 3", "#define SPLIT 6", "#define CLUSTER 1",
+    for line in ("#define BITS 8", "#define MT 2", "#define NWARPS 4", "#define SPLIT 6", "#define CLUSTER 1",
                  "#define HAS_PERM 1", "#define ZERO_V1 0"):  # fmt: skip
         assert line in src
     assert "%(" not in src and 'extern "C" __global__ void' in src and "#include" not in src
-    # rings (4 warps x 3 stages x (16 chunks x 512 B + scales and zeros)) + 16 rows of x (2 blocks) + the sums
-    assert smem_bytes(spec, 16, 2) == 4 * 3 * (16 * 512 + 256) + 16 * (2 * 64 + 4) * 4 + 16 * 64 * 4
+    # the 4 warps' partial sums + 16 rows of x (2 blocks, padded) + the CTA's sums
+    assert smem_bytes(spec, 16, 2) == 4 * 16 * 64 * 4 + 16 * (2 * 64 + 4) * 4 + 16 * 64 * 4
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
-     ({"mt": 3}, "mt must be 1 or 2"), ({"stages": 1}, "stages 1"), ({"split": 9, "cluster": True}, "cluster needs")],
+     ({"mt": 3}, "mt must be 1 or 2"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"), ({"split": 9, "cluster": True}, "cluster needs")],
 )  # fmt: skip
 def test_kernel_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
-    base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "warps": 4, "stages": 2, "split": 2,
+    base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "warps": 4, "split": 2,
                                "cluster": False, "has_perm": False, "zero_v1": True}  # fmt: skip
     with pytest.raises(ValueError, match=match):
         KernelSpec(**(base | kwargs))  # type: ignore[arg-type]

@@ -5,11 +5,13 @@ tiled layout of `fg.gptq.repack` (`gptq_tiled.py`'s docstring): qweight_t int32 
 in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128·b + 2(j·R + r) + e.
 
 - A CTA is one 64-column strip times one K slice (`bps` blocks, blockIdx.y of SPLIT); its warps
-  take the slice's blocks in turn. Each thread streams 16-byte words with `cp.async.cg` into its
-  own part of a STAGES-deep shared-memory ring (no barrier: a thread reads back only what it
-  copied), together with its 8 columns' scales and packed zeros.
+  take the slice's blocks in turn. Each lane loads its 16-byte words straight into registers
+  (`ld.global.nc.L1::no_allocate.v4`), two register buffers deep: the next block's words are in
+  flight while this block's are used. (A first version streamed through a cp.async shared-memory
+  ring: Nsight Compute showed twice the L2 sectors of the bytes and the issue stalled on the
+  LDGSTS queue.)
 - Tensor cores with W^T as the A operand (`mma.m16n8k16`, A = 16 columns × 16 rows, B = x^T,
-  n = the row of x): lane (g, t) copies word rows t + 4q of columns 4g..4g+3 and 32+4g..+3, which
+  n = the row of x): lane (g, t) loads word rows t + 4q of columns 4g..4g+3 and 32+4g..+3, which
   are exactly the A fragments it needs (a0/a2 of column 4g+i, a1/a3 of 32+4g+i). M ≤ 8 takes one
   n-tile, M ≤ 16 two (MT).
 - Dequantization in registers (the magic-number trick): fp16 4-bit `lop3(w, 0x000f000f, 0x6400)`
@@ -17,16 +19,19 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
   high ones (one `sub`/`fma.rn.f16x2` per pair, exact: q − z); bf16 shifts each pair down (magic
   128); 8-bit fp16 takes byte pairs with `prmt`. The scale multiplies each block's fp32 mma sums
   (one group a block: group_size is a multiple of 128), so the products and sums stay fp32.
-- x's slice is staged once per CTA in shared memory (gathered through perm for act-order), padded
-  so that the B-fragment loads hit 32 distinct banks.
-- Split-K reduction: CLUSTER=1 puts the SPLIT CTAs of a strip in one thread-block cluster and sums
-  their partials through distributed shared memory (no workspace, no atomics, deterministic);
-  otherwise each CTA writes an fp32 slice and the last one (atomic ticket) sums them in order.
+- x's slice is staged once per CTA in shared memory (cp.async; gathered through perm for
+  act-order), padded so that the B-fragment loads hit 32 distinct banks.
+- Split-K reduction: each CTA sums its warps in shared memory; then either the last CTA of a strip
+  (atomic ticket) sums the SPLIT fp32 slices of a workspace in order, or, with CLUSTER=1, the SPLIT
+  CTAs of a strip form one thread-block cluster and sum through distributed shared memory.
+The device helpers (loads, PTX wrappers, dequantization) are in `gptq_cuda_ptx.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS
 
 __all__ = ["KernelSpec", "kernel_source", "smem_bytes", "KERNEL_NAME"]
 
@@ -42,7 +47,6 @@ class KernelSpec:
         bf16: x, scales and output are bf16 (4 bits only), else fp16.
         mt: n-tiles of 8 rows of x: 1 (M ≤ 8) or 2 (M ≤ 16).
         warps: warps per CTA.
-        stages: depth of each warp's cp.async ring (≥ 2).
         split: CTAs along K per strip (gridDim.y).
         cluster: split-K reduction through a thread-block cluster (split ≤ 8) instead of a ticket.
         has_perm: act-order (x gathered through perm).
@@ -54,7 +58,6 @@ class KernelSpec:
     bf16: bool
     mt: int
     warps: int
-    stages: int
     split: int
     cluster: bool
     has_perm: bool
@@ -68,25 +71,17 @@ class KernelSpec:
             raise ValueError("gptq_cuda: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
         if self.mt not in (1, 2):
             raise ValueError(f"gptq_cuda: mt must be 1 or 2, got {self.mt}")
-        if self.warps not in (1, 2, 4, 8) or self.stages < 2 or self.split < 1:
-            raise ValueError(f"gptq_cuda: warps {self.warps} (1/2/4/8), stages {self.stages} (≥ 2), split "
-                             f"{self.split} (≥ 1)")  # fmt: skip
+        if self.warps not in (1, 2, 4, 8) or self.split < 1:
+            raise ValueError(
+                f"gptq_cuda: warps must be 1, 2, 4 or 8 and split ≥ 1, got {self.warps}, {self.split}"
+            )
         if self.cluster and not 2 <= self.split <= 8:
             raise ValueError(f"gptq_cuda: cluster needs 2 ≤ split ≤ 8, got {self.split}")
 
-    @property
-    def stage_bytes(self) -> int:
-        """One warp's ring slot: 16-byte weight chunks (8 a lane at 4 bits, 16 at 8), then the 8
-        column groups' scales (16 B) and zeros (8 B) for one block."""
-        words = 8 if self.bits == 4 else 16
-        return words * 512 + 256
-
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
-    """Dynamic shared memory of one CTA: the rings, x's slice (m rows, padded), the CTA's partial sums."""
-    rings = spec.warps * spec.stages * spec.stage_bytes
-    red = spec.warps * m * 64 * 4  # the cross-warp reduction reuses the rings
-    return max(rings, red) + m * (bps * 64 + 4) * 4 + m * 64 * 4
+    """Dynamic shared memory of one CTA: its warps' partial sums, x's slice (m rows, padded), the CTA's sums."""
+    return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4
 
 
 _SOURCE = r"""
@@ -94,120 +89,17 @@ _SOURCE = r"""
 #define BF16 %(bf16)d
 #define MT %(mt)d
 #define NWARPS %(warps)d
-#define STAGES %(stages)d
 #define SPLIT %(split)d
 #define CLUSTER %(cluster)d
 #define HAS_PERM %(has_perm)d
 #define ZERO_V1 %(zero_v1)d
 #define MIN_BLOCKS %(min_blocks)d
-
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
-struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
-struct __attribute__((aligned(8))) u32x2 { u32 x, y; };
-struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
-
-#define P (32 / BITS)            // values a word
-#define R (128 / P)              // word rows a 128-row block
-#define NQ (R / 4)               // word rows a lane takes per block (t + 4q)
-#define NJ (P / 2)               // value pairs a word
-#define NW (2 * NQ)              // 16-byte chunks a lane copies per block
-#define SLOT_BYTES (NW * 512 + 256)  // + the 8 column groups' scales (16 B) and zeros (8 B)
-
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-  u32 a;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %%1; cvt.u32.u64 %%0, t; }" : "=r"(a) : "l"(p));
-  return a;
-}
-__device__ __forceinline__ void cp16(u32 s, const void* g) {
-  asm volatile("cp.async.cg.shared.global [%%0], [%%1], 16;" :: "r"(s), "l"(g));
-}
-__device__ __forceinline__ void cp8(u32 s, const void* g) {
-  asm volatile("cp.async.ca.shared.global [%%0], [%%1], 8;" :: "r"(s), "l"(g));
-}
-__device__ __forceinline__ void cp4(u32 s, const void* g) {
-  asm volatile("cp.async.ca.shared.global [%%0], [%%1], 4;" :: "r"(s), "l"(g));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %%0;" :: "n"(N) : "memory");
-}
-__device__ __forceinline__ u32 lop3(u32 a, u32 b, u32 c) {  // (a & b) | c
-  u32 d;
-  asm("lop3.b32 %%0, %%1, %%2, %%3, 0xea;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
-  u32 d;
-  asm("prmt.b32 %%0, %%1, %%2, %%3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
-__device__ __forceinline__ u32 sub2(u32 a, u32 b) {
-  u32 d;
-#if BF16
-  asm("sub.rn.bf16x2 %%0, %%1, %%2;" : "=r"(d) : "r"(a), "r"(b));
-#else
-  asm("sub.rn.f16x2 %%0, %%1, %%2;" : "=r"(d) : "r"(a), "r"(b));
-#endif
-  return d;
-}
-__device__ __forceinline__ u32 fma2(u32 a, u32 b, u32 c) {
-  u32 d;
-  asm("fma.rn.f16x2 %%0, %%1, %%2, %%3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-__device__ __forceinline__ float h2f(u32 h) {
-#if BF16
-  return __uint_as_float(h << 16);
-#else
-  float f;
-  u16 v = (u16)h;
-  asm("cvt.f32.f16 %%0, %%1;" : "=f"(f) : "h"(v));
-  return f;
-#endif
-}
-__device__ __forceinline__ u16 f2h(float f) {
-  u16 h;
-#if BF16
-  asm("cvt.rn.bf16.f32 %%0, %%1;" : "=h"(h) : "f"(f));
-#else
-  asm("cvt.rn.f16.f32 %%0, %%1;" : "=h"(h) : "f"(f));
-#endif
-  return h;
-}
-__device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if BF16
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%%0,%%1,%%2,%%3}, {%%4,%%5,%%6,%%7}, {%%8,%%9}, "
-      "{%%0,%%1,%%2,%%3};"
-#else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%%0,%%1,%%2,%%3}, {%%4,%%5,%%6,%%7}, {%%8,%%9}, "
-      "{%%0,%%1,%%2,%%3};"
-#endif
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ u32 comp(const u32x4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
-
-// The NJ pairs (q - z) of word w: d[j] holds the rows 2(jR + r) + {0, 1} of its column.
-__device__ __forceinline__ void dequant(u32 w, u32 mz, u32 nzh, u32* d) {
-#if BITS == 4 && !BF16
-  const u32 w8 = w >> 8;
-  d[0] = sub2(lop3(w, 0x000f000fu, 0x64006400u), mz);
-  d[1] = fma2(lop3(w, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh);
-  d[2] = sub2(lop3(w8, 0x000f000fu, 0x64006400u), mz);
-  d[3] = fma2(lop3(w8, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh);
-#elif BITS == 4
-  d[0] = sub2(lop3(w, 0x000f000fu, 0x43004300u), mz);
-  d[1] = sub2(lop3(w >> 4, 0x000f000fu, 0x43004300u), mz);
-  d[2] = sub2(lop3(w >> 8, 0x000f000fu, 0x43004300u), mz);
-  d[3] = sub2(lop3(w >> 12, 0x000f000fu, 0x43004300u), mz);
-#else
-  d[0] = sub2(prmt(w, 0x64646464u, 0x4240u), mz);
-  d[1] = sub2(prmt(w, 0x64646464u, 0x4341u), mz);
-#endif
-}
+%(helpers)s
+struct Blk {  // one lane's operands of one 128-row block
+  u32x4 w[NW];   // word rows t + 4q, columns 4g..4g+3 (w[2q]) and 32+4g.. (w[2q+1])
+  u32x2 sx, sy;  // the scales of those columns
+  u32 zx, zy;    // their packed zeros
+};
 
 extern "C" __global__ void
 #if CLUSTER
@@ -222,15 +114,12 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   const int strip = blockIdx.x, ks = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int kb0 = ks * bps;                        // the CTA's first block
-  const int xstride = bps * 64 + 4;                // u32 words a row of x's slice (+4: no bank conflicts)
-  const int rings = NWARPS * STAGES * SLOT_BYTES;
-  const int red_bytes = NWARPS * M * 64 * 4;
-  u32* xs = (u32*)(smem + (rings > red_bytes ? rings : red_bytes));
+  const int kb0 = ks * bps;          // the CTA's first block
+  const int xstride = bps * 64 + 4;  // u32 words a row of x's slice (+4: the B-fragment loads hit 32 banks)
+  float* red = (float*)smem;         // [NWARPS][M][64] partial sums
+  u32* xs = (u32*)(red + NWARPS * M * 64);
   float* fin = (float*)(xs + M * xstride);
-  unsigned char* ring = smem + warp * STAGES * SLOT_BYTES;
 
-  // this lane's sources: word rows t + 4q, u32x4 g (columns 4g..4g+3) and g + 8 (32 + 4g..)
   const u32x4* wsrc = qw + (u64)strip * (K / P) * 16 + t * 16 + g;
   const u16* ssrc = sc + strip * 64 + 4 * g;
 #if BITS == 4
@@ -240,34 +129,30 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   const u32* zsrc = qz + strip * 16 + g;
   const int zoff_y = 8, zshift = 0;
 #endif
-  const int nbw = warp < bps ? (bps - warp + NWARPS - 1) / NWARPS : 0;  // this warp's blocks
-  const u32 ring_s = smem_u32(ring) + lane * 16;
+  const int nbw = warp < bps ? (bps - warp + NWARPS - 1) / NWARPS : 0;  // this warp's blocks: warp + NWARPS u
 
-  auto issue = [&](int u) {
+  auto load = [&](Blk& b, int u) {
     const int blk = kb0 + warp + NWARPS * u;
-    const u32 s = ring_s + (u %% STAGES) * SLOT_BYTES;
     const u32x4* src = wsrc + (u64)blk * R * 16;
 #pragma unroll
     for (int q = 0; q < NQ; ++q) {
-      cp16(s + (2 * q) * 512, src + q * 64);
-      cp16(s + (2 * q + 1) * 512, src + q * 64 + 8);
+      b.w[2 * q] = ldg_stream(src + q * 64);
+      b.w[2 * q + 1] = ldg_stream(src + q * 64 + 8);
     }
     const int grp = group_size == 128 ? blk : blk * 128 / group_size;
-    if (t == 0) {  // the 4 lanes of a column group share its scales and zeros
-      const u32 sz = s - lane * 16 + NW * 512 + g * 16;
-      const u16* sp = ssrc + (u64)grp * stride_s;
-      cp8(sz, sp);
-      cp8(sz + 8, sp + 32);
-      const u32* zp = zsrc + (u64)grp * stride_qz;
-      cp4(sz + 128 - g * 8, zp);
-      cp4(sz + 132 - g * 8, zp + zoff_y);
-    }
+    const u16* sp = ssrc + (u64)grp * stride_s;
+    b.sx = ldg8(sp);
+    b.sy = ldg8(sp + 32);
+    const u32* zp = zsrc + (u64)grp * stride_qz;
+    b.zx = ldg4(zp);
+    b.zy = ldg4(zp + zoff_y);
   };
 
-  // x's slice to shared memory (16-byte chunks of 8 values; every copy in flight at once), then the
-  // first STAGES - 1 blocks of each warp
+  // x's slice to shared memory (16-byte chunks of 8 values), while the first block's words stream in
   const int row_chunks = bps * 16, chunks = M * row_chunks;
 #if HAS_PERM
+  Blk a, b;
+  if (nbw > 0) load(a, 0);
 #pragma unroll 2
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
@@ -285,14 +170,11 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     const int m = c / row_chunks, cc = c - m * row_chunks;
     cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
   }
-#endif
   cp_commit();
-#pragma unroll
-  for (int u = 0; u < STAGES - 1; ++u) {
-    if (u < nbw) issue(u);
-    cp_commit();
-  }
-  cp_wait<STAGES - 1>();  // x's group is done
+  Blk a, b;
+  if (nbw > 0) load(a, 0);
+  cp_wait<0>();
+#endif
   __syncthreads();
 
   float acc[4][MT][4];
@@ -303,14 +185,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[i][mt][c] = 0.f;
 
-  for (int u = 0; u < nbw; ++u) {
-    if (u + STAGES - 1 < nbw) issue(u + STAGES - 1);
-    cp_commit();
-    cp_wait<STAGES - 1>();
-    const unsigned char* st = ring + (u %% STAGES) * SLOT_BYTES + lane * 16;
-    const unsigned char* sz = st - lane * 16 + NW * 512;
-    const u32x4 sv = *(const u32x4*)(sz + g * 16);
-    const u32x2 zv = *(const u32x2*)(sz + 128 + g * 8);
+  auto compute = [&](const Blk& bk, int u) {
     const int lb = warp + NWARPS * u;  // block within the slice
     u32 bf[8][MT][2];
 #pragma unroll
@@ -323,12 +198,12 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
         bf[kt][mt][1] = m < M ? xr[8 * kt + 4] : 0u;
       }
     }
-    u32 mz[4][2], nzh[4][2];  // per column (i, h): the packed magic + z, and -(64 + z) for the x16 pairs
+    u32 mz[4][2], nzh[4][2];  // per column (i, h): packed magic + z, and -(64 + z) for the x16 pairs
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const u32 zw = h ? zv.y : zv.x;
+        const u32 zw = h ? bk.zy : bk.zx;
 #if BITS == 4
         const u32 z = (zw >> (zshift + 4 * i)) & 15u;
 #else
@@ -350,17 +225,14 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #pragma unroll
         for (int c = 0; c < 4; ++c) cb[i][mt][c] = 0.f;
 #pragma unroll
-    for (int qq = 0; qq < NQ / 2; ++qq) {
-      // word rows t + 8qq (a0/a1: columns 4g+i / 32+4g+i) and t + 8qq + 4 (a2/a3)
-      const u32x4 w00 = *(const u32x4*)(st + (4 * qq) * 512), w01 = *(const u32x4*)(st + (4 * qq + 1) * 512);
-      const u32x4 w10 = *(const u32x4*)(st + (4 * qq + 2) * 512), w11 = *(const u32x4*)(st + (4 * qq + 3) * 512);
+    for (int qq = 0; qq < NQ / 2; ++qq) {  // word rows t + 8qq (a0/a1) and t + 8qq + 4 (a2/a3)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         u32 d0[NJ], d1[NJ], d2[NJ], d3[NJ];
-        dequant(comp(w00, i), mz[i][0], nzh[i][0], d0);
-        dequant(comp(w01, i), mz[i][1], nzh[i][1], d1);
-        dequant(comp(w10, i), mz[i][0], nzh[i][0], d2);
-        dequant(comp(w11, i), mz[i][1], nzh[i][1], d3);
+        dequant(comp(bk.w[4 * qq], i), mz[i][0], nzh[i][0], d0);
+        dequant(comp(bk.w[4 * qq + 1], i), mz[i][1], nzh[i][1], d1);
+        dequant(comp(bk.w[4 * qq + 2], i), mz[i][0], nzh[i][0], d2);
+        dequant(comp(bk.w[4 * qq + 3], i), mz[i][1], nzh[i][1], d3);
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -370,7 +242,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const u32 sx = i < 2 ? sv.x : sv.y, sy = i < 2 ? sv.z : sv.w;
+      const u32 sx = i < 2 ? bk.sx.x : bk.sx.y, sy = i < 2 ? bk.sy.x : bk.sy.y;
       const float scx = h2f((i & 1) ? (sx >> 16) : (sx & 0xffffu));
       const float scy = h2f((i & 1) ? (sy >> 16) : (sy & 0xffffu));
 #pragma unroll
@@ -381,11 +253,18 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
         acc[i][mt][3] += cb[i][mt][3] * scy;
       }
     }
-  }
-  cp_wait<0>();
-  __syncthreads();  // every warp is done with its ring: reuse it for the cross-warp sums
+  };
 
-  float* red = (float*)smem;  // [NWARPS][M][64]
+  // two register buffers: the next block's words are in flight while this one's are used
+  for (int u = 0; u < nbw; u += 2) {
+    if (u + 1 < nbw) load(b, u + 1);
+    compute(a, u);
+    if (u + 1 < nbw) {
+      if (u + 2 < nbw) load(a, u + 2);
+      compute(b, u + 1);
+    }
+  }
+
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -459,7 +338,7 @@ def kernel_source(spec: KernelSpec) -> str:
     """The CUDA C++ text of `fg_gptq_small_m` for `spec` (no headers: NVRTC needs no include path).
 
     Example:
-        >>> src = kernel_source(KernelSpec(4, False, 1, 4, 3, 4, True, False, True))
+        >>> src = kernel_source(KernelSpec(4, False, 1, 4, 4, False, False, True))
         >>> "fg_gptq_small_m" in src
         True
     """
@@ -468,7 +347,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "bf16": int(spec.bf16),
         "mt": spec.mt,
         "warps": spec.warps,
-        "stages": spec.stages,
+        "helpers": HELPERS,
         "split": spec.split,
         "cluster": int(spec.cluster),
         "has_perm": int(spec.has_perm),

@@ -200,12 +200,12 @@ def cuda_small_m_plan(
 
     Split-K: the smallest divisor d of K/128 with (N/64)·d ≥ 2.5·SMs CTAs (a strip's K slice a
     CTA), larger while the CTA's slice of x would pass 48 KB of shared memory; the partial sums
-    meet through a workspace and a ticket (the cluster reduction is an option). 4 warps, 2 stages,
-    registers capped for 4 CTAs an SM (3 at M > 8, where the second n-tile needs more).
+    meet through a workspace and a ticket (the cluster reduction is an option). 4 warps, registers
+    capped for 3 CTAs an SM (2 at 8 bits or M > 8).
 
     Example:
         >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
-        {'split_k': 4, 'warps': 4, 'stages': 2, 'cluster': False, 'min_blocks': 4}
+        {'split_k': 4, 'warps': 4, 'cluster': False, 'min_blocks': 3}
     """
     del act_order, forced  # the same plan; kept for the measured exceptions to come
     if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
@@ -215,4 +215,6 @@ def cuda_small_m_plan(
     split = next((d for d in divisors if tiles * d >= 2.5 * sms), blocks)
     while m * (blocks // split) * 256 > _CUDA_X_SLICE_BYTES and split < blocks:
         split = next(d for d in divisors if d > split)
-    return {"split_k": split, "warps": 4, "stages": 2, "cluster": False, "min_blocks": 4 if m <= 8 else 3}
+    # registers (two blocks of words in flight): 168 a thread for 4 bits and M <= 8, about 230-240 else
+    min_blocks = 3 if m <= 8 and bits != 8 else 2
+    return {"split_k": split, "warps": 4, "cluster": False, "min_blocks": min_blocks}

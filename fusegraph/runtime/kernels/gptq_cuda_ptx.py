@@ -1,0 +1,130 @@
+"""The device helpers of the CUDA small-M GPTQ kernel (`gptq_cuda_src.py` puts them in front of the
+kernel), as CUDA C++ text with inline PTX: loads, cp.async, lop3/prmt, packed f16x2/bf16x2 math,
+conversions, `mma.sync.m16n8k16`, and the magic-number dequantization of one word.
+
+They read the macros BITS, BF16 (and P, NJ derived here) that the kernel text defines first.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HELPERS"]
+
+HELPERS = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
+struct __attribute__((aligned(8))) u32x2 { u32 x, y; };
+struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
+
+#define P (32 / BITS)            // values a word
+#define R (128 / P)              // word rows a 128-row block
+#define NQ (R / 4)               // word rows a lane takes per block (t + 4q)
+#define NJ (P / 2)               // value pairs a word
+#define NW (2 * NQ)              // 16-byte words a lane loads per block
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+__device__ __forceinline__ void cp16(u32 s, const void* g) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(g));
+}
+__device__ __forceinline__ u32x4 ldg_stream(const u32x4* p) {  // read once: no L1 allocation
+  u32x4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ u32x2 ldg8(const void* p) {  // shared by a column group's 4 lanes: through L1
+  u32x2 v;
+  asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ u32 ldg4(const void* p) {
+  u32 v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+__device__ __forceinline__ u32 lop3(u32 a, u32 b, u32 c) {  // (a & b) | c
+  u32 d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
+  u32 d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+__device__ __forceinline__ u32 sub2(u32 a, u32 b) {
+  u32 d;
+#if BF16
+  asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+#else
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+#endif
+  return d;
+}
+__device__ __forceinline__ u32 fma2(u32 a, u32 b, u32 c) {
+  u32 d;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+__device__ __forceinline__ float h2f(u32 h) {
+#if BF16
+  return __uint_as_float(h << 16);
+#else
+  float f;
+  u16 v = (u16)h;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+  return f;
+#endif
+}
+__device__ __forceinline__ u16 f2h(float f) {
+  u16 h;
+#if BF16
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+  return h;
+}
+__device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if BF16
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+#endif
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 comp(const u32x4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+// The NJ pairs (q - z) of word w: d[j] holds the rows 2(jR + r) + {0, 1} of its column.
+__device__ __forceinline__ void dequant(u32 w, u32 mz, u32 nzh, u32* d) {
+#if BITS == 4 && !BF16
+  const u32 w8 = w >> 8;
+  d[0] = sub2(lop3(w, 0x000f000fu, 0x64006400u), mz);
+  d[1] = fma2(lop3(w, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh);
+  d[2] = sub2(lop3(w8, 0x000f000fu, 0x64006400u), mz);
+  d[3] = fma2(lop3(w8, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh);
+#elif BITS == 4
+  d[0] = sub2(lop3(w, 0x000f000fu, 0x43004300u), mz);
+  d[1] = sub2(lop3(w >> 4, 0x000f000fu, 0x43004300u), mz);
+  d[2] = sub2(lop3(w >> 8, 0x000f000fu, 0x43004300u), mz);
+  d[3] = sub2(lop3(w >> 12, 0x000f000fu, 0x43004300u), mz);
+#else
+  d[0] = sub2(prmt(w, 0x64646464u, 0x4240u), mz);
+  d[1] = sub2(prmt(w, 0x64646464u, 0x4341u), mz);
+#endif
+}
+
+"""
