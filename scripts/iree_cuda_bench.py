@@ -38,6 +38,7 @@ from typing import Any
 
 HIDDEN, H, HKV, D, PAGE = 4096, 32, 8, 128, 128
 BATCH, CTX = 32, 2048
+LAYERS = 1  # `--layers`: chained attention layers on one cache
 
 
 def use_tiny_shape() -> None:
@@ -47,7 +48,8 @@ def use_tiny_shape() -> None:
 
 
 def build(device: str) -> tuple[Any, dict[str, Any], Any]:
-    """(graph, weights, kv_params) of the layer; weights are seeded, so identical anywhere."""
+    """(graph, weights, kv_params) of `LAYERS` chained attention layers sharing one paged cache
+    (weights `layers.<i>.self_attn.*`); weights are seeded, so identical anywhere."""
     import torch
 
     from fusegraph import DeviceRef, DType, Graph, TensorType
@@ -55,6 +57,8 @@ def build(device: str) -> tuple[Any, dict[str, Any], Any]:
     from fusegraph.nn import (
         GPTQAttentionWithRope,
         KVCacheParams,
+        LayerList,
+        Module,
         PagedCacheValues,
         QuantizationConfig,
         RotaryEmbedding,
@@ -62,18 +66,23 @@ def build(device: str) -> tuple[Any, dict[str, Any], Any]:
     from fusegraph.nn.checkpoint import quantize_gptq_projections
 
     dev = DeviceRef.GPU() if device == "cuda" else DeviceRef.CPU()
-    kv_params = KVCacheParams(dtype=DType.float16, n_kv_heads=HKV, head_dim=D, num_layers=1, page_size=PAGE,
+    kv_params = KVCacheParams(dtype=DType.float16, n_kv_heads=HKV, head_dim=D, num_layers=LAYERS, page_size=PAGE,
                               devices=[dev])  # fmt: skip
     rope = RotaryEmbedding(
         dim=HIDDEN, n_heads=H, theta=500000.0, max_seq_len=CTX, interleaved=False, device=dev
     )
     cfg = QuantizationConfig(bits=4, group_size=128, desc_act=False, sym=False)
-    attn = GPTQAttentionWithRope(quantization_config=cfg, rope=rope, num_attention_heads=H, num_key_value_heads=HKV,
-                                 hidden_size=HIDDEN, kv_params=kv_params, dtype=DType.float16, devices=[dev])  # fmt: skip
+    model = Module()
+    model.layers = LayerList([Module() for _ in range(LAYERS)])
     gen = torch.Generator().manual_seed(0)
-    dense = {p: torch.randn(n, HIDDEN, generator=gen) * 0.02 for p, n in (("q_proj", H * D), ("k_proj", HKV * D),
-                                                                         ("v_proj", HKV * D), ("o_proj", HIDDEN))}  # fmt: skip
-    attn.load_state_dict(quantize_gptq_projections(dense, cfg))
+    for block in model.layers:
+        block.self_attn = GPTQAttentionWithRope(
+            quantization_config=cfg, rope=rope, num_attention_heads=H, num_key_value_heads=HKV, hidden_size=HIDDEN,
+            kv_params=kv_params, dtype=DType.float16, devices=[dev],
+        )  # fmt: skip
+        dense = {p: torch.randn(n, HIDDEN, generator=gen) * 0.02 for p, n in (("q_proj", H * D), ("k_proj", HKV * D),
+                                                                             ("v_proj", HKV * D), ("o_proj", HIDDEN))}  # fmt: skip
+        block.self_attn.load_state_dict(quantize_gptq_projections(dense, cfg))
     u32 = DType.uint32
     inputs = [
         TensorType(DType.float16, ["total_seq_len", HIDDEN], dev),
@@ -84,8 +93,11 @@ def build(device: str) -> tuple[Any, dict[str, Any], Any]:
     ]
     with Graph("attn8b", input_types=inputs) as g:
         x, ro, *kv_inputs = g.inputs
-        g.output(attn(0, x, PagedCacheValues(*kv_inputs), rope.freqs_cis, ro))
-    return g, attn.state_dict(), kv_params
+        kv = PagedCacheValues(*kv_inputs)  # one object: each layer's store moves it to the next cache version
+        for i, block in enumerate(model.layers):
+            x = block.self_attn(i, x, kv, rope.freqs_cis, ro)
+        g.output(x)
+    return g, model.state_dict(), kv_params
 
 
 def _pipeline(graph: Any, device: str) -> Any:
@@ -205,6 +217,35 @@ def _overheads(iree: Any, inputs: list[Any], reps: int) -> None:
           f"arguments) {invoke_ms * 1e3:.1f} us", flush=True)  # fmt: skip
 
 
+def _guards(iree: Any, kv_params: Any, blocks: int, decode: list[Any]) -> None:
+    """The dispatch module's host-side refusals: a batch above the attention kernel's tile, and a
+    call with no rows; the cache must stay untouched."""
+    import torch
+
+    from fusegraph.runtime import PagedKVCacheManager
+    from fusegraph.runtime.iree_dispatch_ir import DispatchOptions
+
+    def attempt(label: str, inputs: list[Any]) -> None:
+        kv = inputs[2]
+        kv.fill_(3.0)
+        before = kv.clone()
+        try:
+            iree(*inputs)
+            outcome = "ran (not refused)"
+        except Exception as err:  # noqa: BLE001 - report whatever IREE or the checks raise
+            outcome = f"refused: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        print(f"    guard, {label}: {outcome}; cache untouched {torch.equal(kv, before)}", flush=True)
+
+    n = DispatchOptions().max_batch + 1
+    if n <= blocks:
+        m = PagedKVCacheManager(kv_params, num_blocks=blocks)
+        st = m.prepare([m.claim(max_len=CTX) for _ in range(n)], [1] * n)
+        xg = torch.randn(n, HIDDEN, device=decode[0].device, dtype=decode[0].dtype)
+        attempt(f"batch {n} > max_batch", [xg, st.row_offsets, m.kv_blocks, st.kv_inputs[1], st.kv_inputs[2]])
+    x, ro, kv, lens, lut = decode
+    attempt("0 rows", [x[:0], torch.zeros_like(ro), kv, lens, lut])
+
+
 def run(folder: Path, reps: int, device: str, variants: list[str], iree_flags: list[str]) -> int:
     import torch
 
@@ -296,6 +337,8 @@ def run(folder: Path, reps: int, device: str, variants: list[str], iree_flags: l
         ok = ok and max(out_err, p_out) < 2e-2 and max(kv_err, p_kv) < 1e-2
         measure(f"iree {device} {variant}", iree, iree)
         _overheads(iree, [x, step.row_offsets, kv0.clone(), step.kv_inputs[1], step.kv_inputs[2]], reps)
+        if manifest[variant]["lowering"] == "custom":
+            _guards(iree, kv_params, blocks, [x, step.row_offsets, kv0.clone(), *step.kv_inputs[1:]])
     act = x.numel() * 2 * 2  # x in, y out
     meta = sum(t.numel() * 4 for t in (step.row_offsets, step.kv_inputs[1], step.kv_inputs[2]))
     print(
@@ -325,9 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         help="IREE runtime flags, e.g. --cuda_allow_inline_execution=true",
     )
     for p in (c, r):
+        p.add_argument("--layers", type=int, default=1, help="chained attention layers on one cache")
         p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a self-test here")
         p.add_argument("--tiny", action="store_true", help="a small layer (self-test)")
     args = parser.parse_args(argv)
+    global LAYERS
+    LAYERS = args.layers
     if args.tiny:
         use_tiny_shape()
     if args.command == "compile":
