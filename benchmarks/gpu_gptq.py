@@ -5,9 +5,9 @@ For qkv 4096x6144, o_proj 4096x4096, gate_up 4096x28672 and down 14336x4096 at M
 plain and act-order, 8-bit g128; cuBLAS fp16 on the dense weight; torch's tinygemm
 (`aten._weight_int4pack_mm`, bf16); at M ≤ 2 also "pdl4", ours launched with programmatic dependent
 launch and an 8 KB L2 prefetch (`PDL_CHAIN`: it pays between consecutive GPTQ matmuls, as here);
-the previous kernel on the checkpoint layout with GPTQ_PREV=1. "ours" is the default dispatch;
-at M ≤ 16 each path is also forced: "tri*" the Triton kernels, "cuda*" the compiled CUDA kernel
-(`gptq_cuda.py`). GPTQ_NO_PDL=1 leaves out the PDL column. Device time
+the previous kernel on the checkpoint layout with GPTQ_PREV=1. "ours" is the default dispatch (at
+M ≤ 16 the compiled CUDA kernel of `gptq_cuda.py`); at M ≤ 16 "tri*" is `gptq_tiled_matmul` forced
+onto its Triton kernels. GPTQ_NO_PDL=1 leaves out the PDL column. Device time
 from CUDA-graph replays with every operand rotated over enough copies that L2 stays cold, and
 the share of the measured copy bandwidth that the bytes each one must read and write make.
 Every variant is checked against `x.float() @ W.float()` on its own random data before timing.
@@ -31,7 +31,6 @@ MS = tuple(int(m) for m in os.environ.get("GPTQ_MS", "1,4,16,64,256,1024").split
 GROUP = 128
 PDL_CHAIN = {"pf": 1, "pf_lines": 64, "pdl": 2}  # the opt-in launch of `gptq_tiled_matmul` (Hopper)
 TRITON = {"cuda": False}  # `gptq_tiled_matmul` on its Triton kernels only
-CUDA = {"kernel": "cuda"}  # the compiled CUDA small-M kernel (gptq_cuda.py), M <= 16
 
 
 def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -167,13 +166,10 @@ def bench_shapes(
                     torch.bfloat16,
                 ),
             ]
-            if m <= 16:  # the default dispatch above against each path forced: Triton, the CUDA kernel
-                variants[2:2] = [("tri4", lambda lay, x: ours(k, lay, x, TRITON), "plain", q4, f16),
-                                 ("cuda4", lambda lay, x: ours(k, lay, x, CUDA), "plain", q4, f16)]  # fmt: skip
-                variants += [("triact4", lambda lay, x: ours(k, lay, x, TRITON), "act", q4, f16),
-                             ("cudaact4", lambda lay, x: ours(k, lay, x, CUDA), "act", q4, f16),
-                             ("tri8", lambda lay, x: ours(k, lay, x, TRITON), "int8", q8, f16),
-                             ("cuda8", lambda lay, x: ours(k, lay, x, CUDA), "int8", q8, f16)]  # fmt: skip
+            if m <= 16:  # the default dispatch (the CUDA kernel where its plan takes M) against Triton forced
+                variants[2:2] = [("tri4", lambda lay, x: ours(k, lay, x, TRITON), "plain", q4, f16)]
+                variants[4:4] = [("triact4", lambda lay, x: ours(k, lay, x, TRITON), "act", q4, f16)]
+                variants[6:6] = [("tri8", lambda lay, x: ours(k, lay, x, TRITON), "int8", q8, f16)]
             if m <= 2 and not os.environ.get("GPTQ_NO_PDL"):  # consecutive GPTQ matmuls launched with PDL
                 variants.insert(2, ("pdl4", lambda lay, x: ours(k, lay, x, PDL_CHAIN), "plain", quant_bytes(k_in, n_out, 4),
                                     torch.float16))  # fmt: skip
@@ -192,9 +188,9 @@ def bench_shapes(
                     row[name] = f"FAILED {type(err).__name__}: {str(err)[:80]}"
             cub = times.get("cuBLAS", float("nan"))
             ratios = " ".join(
-                f"{n}/cuBLAS {cub / times[n]:.2f}x" for n in ("ours4", "cuda4", "pdl4", "ours8") if n in times
-            ) + "".join(f" {a}/{b} {times[b] / times[a]:.2f}x" for a, b in (("cuda4", "tri4"), ("cudaact4", "triact4"),
-                        ("cuda8", "tri8")) if a in times and b in times)  # fmt: skip
+                f"{n}/cuBLAS {cub / times[n]:.2f}x" for n in ("ours4", "pdl4", "ours8") if n in times
+            ) + "".join(f" {a}/{b} {times[b] / times[a]:.2f}x" for a, b in (("ours4", "tri4"), ("act4", "triact4"),
+                        ("ours8", "tri8")) if a in times and b in times)  # fmt: skip
             act = (f" act/plain {times['act4'] / times['ours4']:.2f}x" if "act4" in times and "ours4" in times
                    else "")  # fmt: skip
             tg = (

@@ -45,11 +45,11 @@ def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
 CASES = [
     (512, 256, 4, False, torch.float16, {"split_k": 4, "cluster": True}),
     (512, 256, 4, True, torch.float16, {"split_k": 2, "cluster": False}),
-    (1024, 128, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 2}),
+    (1024, 128, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 2, "l2pf": 2}),
     (512, 192, 8, False, torch.float16, {"split_k": 4, "cluster": True}),
     (512, 256, 8, True, torch.float16, {"split_k": 1}),
     (512, 256, 4, False, torch.bfloat16, {"split_k": 2, "cluster": True}),
-    (1024, 64, 4, True, torch.float16, {"split_k": 8, "cluster": False, "warps": 1}),
+    (1024, 64, 4, True, torch.float16, {"split_k": 2, "cluster": False, "warps": 1, "l2pf": 1}),
 ]
 
 

@@ -37,6 +37,9 @@ __device__ __forceinline__ u32x4 ldg_stream(const u32x4* p) {  // read once: no 
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
+__device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {  // one bulk request (Hopper)
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
+}
 __device__ __forceinline__ u32x2 ldg8(const void* p) {  // shared by a column group's 4 lanes: through L1
   u32x2 v;
   asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));

@@ -52,6 +52,7 @@ class KernelSpec:
         has_perm: act-order (x gathered through perm).
         zero_v1: the qzeros store z − 1.
         min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
+        l2pf: also ask L2 for each warp's block this many blocks ahead (one bulk prefetch, Hopper), 0: no.
     """
 
     bits: int
@@ -63,6 +64,7 @@ class KernelSpec:
     has_perm: bool
     zero_v1: bool
     min_blocks: int = 4
+    l2pf: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -94,6 +96,7 @@ _SOURCE = r"""
 #define HAS_PERM %(has_perm)d
 #define ZERO_V1 %(zero_v1)d
 #define MIN_BLOCKS %(min_blocks)d
+#define L2PF %(l2pf)d
 %(helpers)s
 struct Blk {  // one lane's operands of one 128-row block
   u32x4 w[NW];   // word rows t + 4q, columns 4g..4g+3 (w[2q]) and 32+4g.. (w[2q+1])
@@ -133,6 +136,10 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 
   auto load = [&](Blk& b, int u) {
     const int blk = kb0 + warp + NWARPS * u;
+#if L2PF
+    if (lane == 0 && u + L2PF < nbw)  // the block L2PF ahead of this one: one bulk L2 request of its words
+      prefetch_l2(qw + (u64)strip * (K / P) * 16 + (u64)(blk + NWARPS * L2PF) * R * 16, R * 256);
+#endif
     const u32x4* src = wsrc + (u64)blk * R * 16;
 #pragma unroll
     for (int q = 0; q < NQ; ++q) {
@@ -148,6 +155,11 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     b.zy = ldg4(zp + zoff_y);
   };
 
+#if L2PF
+  if (lane == 0)  // blocks 1..L2PF of this warp; load(u) asks for block u + L2PF
+    for (int u = 1; u <= L2PF && u < nbw; ++u)
+      prefetch_l2(qw + (u64)strip * (K / P) * 16 + (u64)(kb0 + warp + NWARPS * u) * R * 16, R * 256);
+#endif
   // x's slice to shared memory (16-byte chunks of 8 values), while the first block's words stream in
   const int row_chunks = bps * 16, chunks = M * row_chunks;
 #if HAS_PERM
@@ -353,4 +365,5 @@ def kernel_source(spec: KernelSpec) -> str:
         "has_perm": int(spec.has_perm),
         "zero_v1": int(spec.zero_v1),
         "min_blocks": spec.min_blocks,
+        "l2pf": spec.l2pf,
     }

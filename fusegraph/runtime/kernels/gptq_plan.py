@@ -180,7 +180,7 @@ def pick_config(
 # ---- the compiled CUDA kernel for small M (gptq_cuda.py) ------------------------------------------------
 
 _CUDA_MAX_M = 16  # the CUDA kernel's range (M = 1.._CUDA_MAX_M); beyond it the Triton paths run
-_CUDA_X_SLICE_BYTES = 48 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
+_CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
 
 
 def cuda_small_m_plan(
@@ -198,23 +198,26 @@ def cuda_small_m_plan(
     when it should not run (the Triton kernels do): M outside 1..16, bf16 at 8 bits, a shape off
     the repacked layout (N % 64, K % 128).
 
-    Split-K: the smallest divisor d of K/128 with (N/64)·d ≥ 2.5·SMs CTAs (a strip's K slice a
-    CTA), larger while the CTA's slice of x would pass 48 KB of shared memory; the partial sums
-    meet through a workspace and a ticket (the cluster reduction is an option). 4 warps, registers
-    capped for 3 CTAs an SM (2 at 8 bits or M > 8).
+    Measured on an H200 (benchmarks/gptq_sweep.py "cuda", 2026-11-30; docs/benchmarks.md): few CTAs
+    that each stream a long K slice beat many short ones, so split-K is the smallest divisor d of
+    K/128 with (N/64)·d ≥ 1.4·SMs CTAs (qkv 2, o_proj 4, gate_up 1, down 4 at M=1), larger while
+    the CTA's staged slice of x would pass 64 KB of shared memory (M=16: gate_up 2, down 7). The
+    partial sums meet in a thread-block cluster at d = 2 (qkv M=1 9.1 vs 9.8 µs with the ticket),
+    else through a workspace and an atomic ticket. 4 warps; registers capped for 3 CTAs an SM at 4
+    bits and M ≤ 8 (168 a thread), else 2 (the second n-tile or the 8-bit words need ~240).
 
     Example:
         >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
-        {'split_k': 4, 'warps': 4, 'cluster': False, 'min_blocks': 3}
+        {'split_k': 2, 'warps': 4, 'cluster': True, 'min_blocks': 3}
     """
     del act_order, forced  # the same plan; kept for the measured exceptions to come
     if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
         return None
     tiles, blocks = n // 64, k // 128
     divisors = [d for d in range(1, blocks + 1) if blocks % d == 0]
-    split = next((d for d in divisors if tiles * d >= 2.5 * sms), blocks)
+    split = next((d for d in divisors if tiles * d >= 1.4 * sms), blocks)
     while m * (blocks // split) * 256 > _CUDA_X_SLICE_BYTES and split < blocks:
         split = next(d for d in divisors if d > split)
     # registers (two blocks of words in flight): 168 a thread for 4 bits and M <= 8, about 230-240 else
     min_blocks = 3 if m <= 8 and bits != 8 else 2
-    return {"split_k": split, "warps": 4, "cluster": False, "min_blocks": min_blocks}
+    return {"split_k": split, "warps": 4, "cluster": split == 2, "min_blocks": min_blocks}
