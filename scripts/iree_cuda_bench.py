@@ -205,7 +205,15 @@ def _overheads(iree: Any, inputs: list[Any], reps: int) -> None:
     from fusegraph.runtime.eager import check_inputs
 
     def checks() -> None:
-        iree.input_checks.check(inputs, check_inputs(iree.input_types, inputs, iree.device))
+        dims = check_inputs(iree.input_types, inputs, iree.device)
+        if iree._device_guards is None:
+            iree.input_checks.check(inputs, dims)
+            return
+        iree.input_checks.check_host(inputs, dims)
+        iree._device_guards.launch(inputs, dims)
+        iree._device_guards.publish(inputs)
+        torch.cuda.current_stream().synchronize()
+        iree._device_guards.raise_if_refused(inputs)
 
     keep: list[Any] = []
     args = [iree._argument(t, keep)[0] for t in inputs]
@@ -213,13 +221,14 @@ def _overheads(iree: Any, inputs: list[Any], reps: int) -> None:
     out_arg = iree._argument(out, keep)[0]
     check_ms = _time_ms(checks, reps)
     invoke_ms = _time_ms(lambda: iree._function(*args, *iree._weights, out_arg), reps)
-    print(f"    of which: host input checks alone {check_ms * 1e3:.1f} us; IREE VM invoke alone (prebuilt "
+    print(f"    of which: input checks alone ({'device' if iree.device_checks else 'host'}) {check_ms * 1e3:.1f} us; IREE VM invoke alone (prebuilt "
           f"arguments) {invoke_ms * 1e3:.1f} us", flush=True)  # fmt: skip
 
 
 def _guards(iree: Any, kv_params: Any, blocks: int, decode: list[Any]) -> None:
-    """The dispatch module's host-side refusals: a batch above the attention kernel's tile, and a
-    call with no rows; the cache must stay untouched."""
+    """The dispatch module's refusals: a batch above the attention kernel's tile and a call with
+    no rows (the module's entry checks), bad metadata (the input checks); the cache must stay
+    untouched."""
     import torch
 
     from fusegraph.runtime import PagedKVCacheManager
@@ -244,6 +253,12 @@ def _guards(iree: Any, kv_params: Any, blocks: int, decode: list[Any]) -> None:
         attempt(f"batch {n} > max_batch", [xg, st.row_offsets, m.kv_blocks, st.kv_inputs[1], st.kv_inputs[2]])
     x, ro, kv, lens, lut = decode
     attempt("0 rows", [x[:0], torch.zeros_like(ro), kv, lens, lut])
+    falling = ro.clone()
+    falling[1], falling[2] = 2, 1
+    attempt("row offsets 0, 2, 1, ... (falling)", [x, falling, kv, lens, lut])
+    past = lut.clone()
+    past[0, int(lens[0]) // kv.shape[3]] = kv.shape[0] + 5  # the page sequence 0 writes this step
+    attempt("a written page past num_blocks", [x, ro, kv, lens, past])
 
 
 def run(folder: Path, reps: int, device: str, variants: list[str], iree_flags: list[str]) -> int:
@@ -321,8 +336,9 @@ def run(folder: Path, reps: int, device: str, variants: list[str], iree_flags: l
         if variant not in manifest or not path.exists():
             continue
         start = time.perf_counter()
-        iree = IreeCompiledGraph(fused, device=device, weights=weights, vmfb=path)
-        print(f"[{variant}] ({manifest[variant]['lowering']} lowering) loaded, weights uploaded in "
+        custom = manifest[variant]["lowering"] == "custom"  # our kernels bound their reads: device checks
+        iree = IreeCompiledGraph(fused, device=device, weights=weights, vmfb=path, device_checks=custom)
+        print(f"[{variant}] ({manifest[variant]['lowering']} lowering, device checks {iree.device_checks}) loaded, weights uploaded in "
               f"{time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
         kv_i, kvp_i = kv0.clone(), pre.kv_blocks.clone()
         pointer = kv_i.data_ptr()
@@ -337,7 +353,7 @@ def run(folder: Path, reps: int, device: str, variants: list[str], iree_flags: l
         ok = ok and max(out_err, p_out) < 2e-2 and max(kv_err, p_kv) < 1e-2
         measure(f"iree {device} {variant}", iree, iree)
         _overheads(iree, [x, step.row_offsets, kv0.clone(), step.kv_inputs[1], step.kv_inputs[2]], reps)
-        if manifest[variant]["lowering"] == "custom":
+        if custom:
             _guards(iree, kv_params, blocks, [x, step.row_offsets, kv0.clone(), *step.kv_inputs[1:]])
     act = x.numel() * 2 * 2  # x in, y out
     meta = sum(t.numel() * 4 for t in (step.row_offsets, step.kv_inputs[1], step.kv_inputs[2]))

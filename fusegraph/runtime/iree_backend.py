@@ -58,6 +58,7 @@ from fusegraph.runtime.iree_compile import (
     device_kind,
     target_flags,
 )
+from fusegraph.runtime.write_guard import DeviceWriteGuards, write_guards
 
 # The compile side lives in iree_compile.py; its public names are the backend's too.
 __all__ = [
@@ -92,9 +93,16 @@ class IreeCompiledGraph:
         device: "cpu" or "cuda[:N]"; inputs must be on it, outputs come back on it.
         vmfb_path: the cached `.vmfb`.
         cache_hit: whether the `.vmfb` came from the cache (no iree-compile ran).
-        mlir: the decomposed torch-dialect module that was compiled (None for `vmfb=`).
+        mlir: the torch-dialect module that was compiled (None for `vmfb=`): decomposed, or on
+            CUDA custom with the fused ops as custom dispatches (`mlir.mode`).
         inplace: whether buffers are updated in place.
-        input_checks: the host metadata checks run before every call.
+        input_checks: the host metadata checks run before every call (on CUDA with
+            `device_checks`, only their no-sync part, `check_host`).
+        device_checks: on CUDA, the eager runtime's device checks (`write_guard.py`) replace
+            the host metadata checks: launched before the call, their flag read after one
+            stream sync, a refusal raised (same `ValueError`) before IREE runs. Default: when
+            the module was compiled here with custom dispatches (`iree_dispatch`), whose
+            kernels bound their own reads; IREE's code for the decomposed ops does not.
         transfers: bytes this object copied between host and device memory, cumulative,
             `{"h2d": n, "d2h": n}` (zero-copy DLPack hand-offs count nothing; the metadata
             read by the checks counts as d2h on CUDA).
@@ -117,6 +125,7 @@ class IreeCompiledGraph:
         cuda_arch: str = "sm_90",
         inplace: bool = True,
         vmfb: str | os.PathLike[str] | None = None,
+        device_checks: bool | None = None,
     ) -> None:
         from fusegraph.compiler.lowering.torch_mlir import buffer_outputs
 
@@ -145,6 +154,12 @@ class IreeCompiledGraph:
             self.mlir, self.vmfb_path, self.cache_hit = compile_graph(
                 self.graph, flags, cache_dir, inplace=inplace
             )
+        on_cuda = torch.device(device).type == "cuda"
+        if device_checks is None:
+            device_checks = self.mlir is not None and self.mlir.mode == "custom"
+        self.device_checks = on_cuda and device_checks
+        guards = write_guards(self.graph) if self.device_checks else []
+        self._device_guards = DeviceWriteGuards(guards) if guards else None
         self._load(bound)
 
     def _load(self, weights: list[torch.Tensor]) -> None:
@@ -183,11 +198,19 @@ class IreeCompiledGraph:
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph; buffer inputs are updated in the caller's tensors."""
         dims = check_inputs(self.input_types, inputs, self.device)
-        self.input_checks.check(inputs, dims)  # before IREE sees (or writes) anything
-        for i in self._metadata:
-            self._count("d2h", inputs[i])  # the checks read the metadata on the host
-        if torch.device(self.device).type == "cuda":
+        if self._device_guards is not None:  # CUDA: device checks, refused before IREE writes
+            self.input_checks.check_host(inputs, dims)
+            self._device_guards.launch(inputs, dims)
+            self._device_guards.publish(inputs)
             torch.cuda.current_stream(self.device).synchronize()  # IREE runs on its own stream
+            self._device_guards.raise_if_refused(inputs)
+            self.transfers["d2h"] += 64 * max(1, len(self._device_guards.caches))  # 8 flag words a cache
+        else:
+            self.input_checks.check(inputs, dims)  # before IREE sees (or writes) anything
+            for i in self._metadata:
+                self._count("d2h", inputs[i])  # the checks read the metadata on the host
+            if torch.device(self.device).type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()  # IREE runs on its own stream
         keep: list[Any] = []
         args, aliased = zip(*(self._argument(x, keep) for x in inputs)) if inputs else ((), ())
         self.zero_copy = all(aliased)

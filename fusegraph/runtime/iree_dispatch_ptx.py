@@ -113,7 +113,10 @@ def triton_ptx(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
 
+    if not isinstance(fn, JITFunction):  # e.g. decorated while TRITON_INTERPRET=1 was set
+        raise ValueError(f"iree_dispatch: {fn!r} is not a compiled Triton kernel (JITFunction)")
     names = list(fn.arg_names)
     missing = [n for n in names if n not in dynamic and n not in constexprs]
     if missing:
