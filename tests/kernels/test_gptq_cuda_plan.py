@@ -80,3 +80,12 @@ def test_maybe_gptq_cuda__leaves_cpu_tensors_and_forced_triton_kernels_to_triton
             is None
         )
     assert cuda_path_status().split(":")[0] in ("cuda", "triton")
+
+
+def test_cuda_plan__leaves_act_order_and_8_bit_past_m_4_to_triton_unless_forced() -> None:
+    for kwargs in ({"act_order": True}, {}):
+        bits = 4 if kwargs else 8
+        assert cuda_small_m_plan(4, 6144, 4096, bits, 132, **kwargs) is not None
+        assert cuda_small_m_plan(5, 6144, 4096, bits, 132, **kwargs) is None
+        assert cuda_small_m_plan(16, 6144, 4096, bits, 132, forced=True, **kwargs) is not None
+    assert cuda_small_m_plan(16, 6144, 4096, 4, 132) is not None  # plain 4-bit: every M to 16

@@ -180,6 +180,9 @@ def pick_config(
 # ---- the compiled CUDA kernel for small M (gptq_cuda.py) ------------------------------------------------
 
 _CUDA_MAX_M = 16  # the CUDA kernel's range (M = 1.._CUDA_MAX_M); beyond it the Triton paths run
+# act-order and 8-bit take it only up to this M by default: at M=16 the Triton kernels won (H200: act-order
+# 0.48-0.82x, its per-CTA gather of x through perm grows with M; 8-bit 0.92-0.95x on three shapes of four)
+_CUDA_MAX_M_SLOW = 4
 _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
 
 
@@ -195,8 +198,9 @@ def cuda_small_m_plan(
     forced: bool = False,
 ) -> dict[str, Any] | None:
     """Launch plan of the CUDA small-M kernel (`gptq_cuda.py`) for `x [m, k] @ W [k, n]`, or None
-    when it should not run (the Triton kernels do): M outside 1..16, bf16 at 8 bits, a shape off
-    the repacked layout (N % 64, K % 128).
+    when it should not run (the Triton kernels do): M outside 1..16, act-order or 8 bits at M > 4
+    (slower there than Triton; `forced` plans them anyway), bf16 at 8 bits, a shape off the
+    repacked layout (N % 64, K % 128).
 
     Measured on an H200 (benchmarks/gptq_sweep.py "cuda", 2026-11-30; docs/benchmarks.md): few CTAs
     that each stream a long K slice beat many short ones, so split-K is the smallest divisor d of
@@ -204,15 +208,17 @@ def cuda_small_m_plan(
     the CTA's staged slice of x would pass 64 KB of shared memory (M=16: gate_up 2, down 7). The
     partial sums meet in a thread-block cluster at d = 2 (qkv M=1 9.1 vs 9.8 µs with the ticket),
     else through a workspace and an atomic ticket. 4 warps; registers capped for 3 CTAs an SM at 4
-    bits and M ≤ 8 (168 a thread), else 2 (the second n-tile or the 8-bit words need ~240).
+    bits and M ≤ 8 (168 a thread), else 2 (the second n-tile or the 8-bit words need ~240). An L2
+    bulk prefetch of the blocks ahead (`l2pf`) was slower on every shape, so it stays off.
 
     Example:
         >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
         {'split_k': 2, 'warps': 4, 'cluster': True, 'min_blocks': 3}
     """
-    del act_order, forced  # the same plan; kept for the measured exceptions to come
     if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
         return None
+    if not forced and m > _CUDA_MAX_M_SLOW and (act_order or bits == 8):
+        return None  # measured slower than the Triton kernels there (docs/benchmarks.md)
     tiles, blocks = n // 64, k // 128
     divisors = [d for d in range(1, blocks + 1) if blocks % d == 0]
     split = next((d for d in divisors if tiles * d >= 1.4 * sms), blocks)
