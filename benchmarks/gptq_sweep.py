@@ -267,9 +267,7 @@ def cuda_variants(m: int, k_in: int, n_out: int, bits: int, prefetch: bool = Fal
         return []
     blocks, tiles = k_in // 128, n_out // 64
     out = [{"kernel": "cuda"} | base]
-    if (
-        prefetch
-    ):  # the default plan with each warp's block 1, 2 or 4 ahead asked of L2, and the other reduction
+    if prefetch:  # the default plan with each warp's block 1, 2 or 4 ahead asked of L2; the other reduction
         return out + [out[0] | {"l2pf": d} for d in (1, 2, 4)] + [out[0] | {"cluster": not base["cluster"]}]
     for d in (
         d for d in range(1, 17) if blocks % d == 0 and 132 <= tiles * d <= 8 * 132 and m * blocks // d <= 256
@@ -278,8 +276,10 @@ def cuda_variants(m: int, k_in: int, n_out: int, bits: int, prefetch: bool = Fal
         out += [v, v | {"min_blocks": 4}, v | {"warps": 8, "min_blocks": 1}, v | {"min_blocks": 2}]
         if 1 < d <= 8:
             out.append(v | {"cluster": True})
-    seen: set[tuple[Any, ...]] = set()
-    return [v for v in out if not (tuple(sorted(v.items())) in seen or seen.add(tuple(sorted(v.items()))))]
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for v in out:
+        unique.setdefault(tuple(sorted(v.items())), v)
+    return list(unique.values())
 
 
 def main() -> int:

@@ -227,8 +227,11 @@ def gptq_tiled_matmul(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    if (y := maybe_gptq_cuda(x.contiguous(), qweight_t.contiguous(), scales.contiguous(), qzeros_t.contiguous(), perm,
-                             bits=bits, group_size=group_size, zero_format=zero_format, config=config)) is not None:
+    y = maybe_gptq_cuda(
+        x.contiguous(), qweight_t.contiguous(), scales.contiguous(), qzeros_t.contiguous(), perm, bits=bits,
+        group_size=group_size, zero_format=zero_format, config=config,
+    )  # fmt: skip
+    if y is not None:
         return y  # the compiled CUDA kernel (gptq_cuda.py), where its plan takes M and the shape
     cfg = plan(m, n, k, cb, x.device, perm is not None)
     if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
