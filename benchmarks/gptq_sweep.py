@@ -56,8 +56,8 @@ def variants(
 ) -> list[dict[str, Any]]:
     """wide="cuda": the CUDA kernel's variants (`cuda_variants`). Else the default plan first, then L2 prefetch / PDL, split and tile variants (sweep 1 also tried a
     swapped-operand tile and sweep 2 a rolling per-step L2 prefetch: both slower, since removed)."""
-    if wide in ("cuda", "cudapf"):
-        return cuda_variants(m, k_in, n_out, bits, prefetch=wide == "cudapf")
+    if wide in ("cuda", "cudapf", "cudatma"):
+        return cuda_variants(m, k_in, n_out, bits, prefetch=wide == "cudapf", tma=wide == "cudatma")
     base = T.plan(m, n_out, k_in, 8 if bits == 8 else 4, torch.device("cuda"), act)
     out = [dict(base)]
     blocks = k_in // 128
@@ -257,7 +257,9 @@ def small_m(bw: float) -> None:
         torch.cuda.empty_cache()
 
 
-def cuda_variants(m: int, k_in: int, n_out: int, bits: int, prefetch: bool = False) -> list[dict[str, Any]]:
+def cuda_variants(
+    m: int, k_in: int, n_out: int, bits: int, prefetch: bool = False, tma: bool = False
+) -> list[dict[str, Any]]:
     """The CUDA kernel (`gptq_cuda.py`): its default plan first, then splits around it (cluster or
     ticket reduction), 8 warps, register caps for 2-4 CTAs an SM."""
     from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
@@ -267,6 +269,8 @@ def cuda_variants(m: int, k_in: int, n_out: int, bits: int, prefetch: bool = Fal
         return []
     blocks, tiles = k_in // 128, n_out // 64
     out = [{"kernel": "cuda"} | base]
+    if tma:  # the default plan streaming through a 2-4 stage bulk-copy ring, with 3 or 4 CTAs an SM
+        return out + [out[0] | {"tma": s, "min_blocks": b} for s in (2, 3, 4) for b in (3, 4)]
     if prefetch:  # the default plan with each warp's block 1, 2 or 4 ahead asked of L2; the other reduction
         return out + [out[0] | {"l2pf": d} for d in (1, 2, 4)] + [out[0] | {"cluster": not base["cluster"]}]
     for d in (
@@ -308,6 +312,7 @@ def main() -> int:
         ("cuda4", lambda: sweep(GB.SHAPES, (4,), bw=bw, wide="cuda")),
         ("cudaq", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (1, 16), bw=bw, wide="cuda")),
         ("cudapf", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudapf")),
+        ("cudatma", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudatma")),
     ]
     failed = 0
     for name, fn in plan:

@@ -50,6 +50,11 @@ CASES = [
     (512, 256, 8, True, torch.float16, {"split_k": 1}),
     (512, 256, 4, False, torch.bfloat16, {"split_k": 2, "cluster": True}),
     (1024, 64, 4, True, torch.float16, {"split_k": 2, "cluster": False, "warps": 1, "l2pf": 1}),
+    # the bulk-copy ring (TMA): stages reused (8 blocks a warp), cluster and ticket, 8-bit, bf16, act-order
+    (2048, 128, 4, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 1, "tma": 3}),
+    (2048, 192, 8, False, torch.float16, {"split_k": 1, "warps": 2, "tma": 2}),
+    (1024, 256, 4, True, torch.float16, {"split_k": 2, "cluster": False, "warps": 2, "tma": 2}),
+    (1024, 128, 4, False, torch.bfloat16, {"split_k": 4, "cluster": False, "tma": 4}),
 ]
 
 

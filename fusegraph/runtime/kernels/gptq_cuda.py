@@ -34,7 +34,7 @@ _SMEM_SET: dict[tuple[int, KernelSpec], int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
-_CUDA_KEYS = {"kernel", "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf"}
+_CUDA_KEYS = {"kernel", "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma"}
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
@@ -144,7 +144,7 @@ def gptq_cuda_matmul(
     zero_format: str,
     plan: dict[str, Any],
 ) -> torch.Tensor | None:
-    """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "cluster", "min_blocks", "l2pf"}), or None
+    """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "cluster", "min_blocks", "l2pf", "tma"}), or None
     when the kernel cannot be compiled here. Operands as in `gptq_tiled_matmul`, already checked
     there (contiguous, K % 128 == 0, group_size a multiple of 128 dividing K).
 
@@ -164,8 +164,14 @@ def gptq_cuda_matmul(
                       warps=int(plan["warps"]), split=split,
                       cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
                       zero_v1=zero_format == "v1", min_blocks=int(plan.get("min_blocks", 2)),
-                      l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0)  # fmt: skip
+                      l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
+                      tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0)  # fmt: skip
     smem = smem_bytes(spec, m, bps)
+    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
+    if smem > limit:
+        raise ValueError(
+            f"gptq_cuda_matmul: {spec} at M={m} needs {smem} B of shared memory, the GPU has {limit}"
+        )
     kern = _kernel(spec, x.device, smem)
     if kern is None:
         return None
@@ -196,7 +202,7 @@ def maybe_gptq_cuda(
 ) -> torch.Tensor | None:
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
-    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf"}
+    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma"}
     forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
     adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it.
     """
@@ -221,7 +227,9 @@ def maybe_gptq_cuda(
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
-    plan |= {key: cfg[key] for key in ("split_k", "warps", "cluster", "min_blocks", "l2pf") if key in cfg}
+    plan |= {
+        key: cfg[key] for key in ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma") if key in cfg
+    }
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

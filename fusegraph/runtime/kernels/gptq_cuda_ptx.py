@@ -3,11 +3,14 @@ kernel), as CUDA C++ text with inline PTX: loads, cp.async, lop3/prmt, packed f1
 conversions, `mma.sync.m16n8k16`, and the magic-number dequantization of one word.
 
 They read the macros BITS, BF16 (and P, NJ derived here) that the kernel text defines first.
+`EPILOGUE` is the end of the kernel: the CTA's warps summed in shared memory (`red`), then the
+split-K reduction (a cluster through distributed shared memory, or the last CTA by atomic ticket)
+and the output store.
 """
 
 from __future__ import annotations
 
-__all__ = ["HELPERS"]
+__all__ = ["EPILOGUE", "HELPERS"]
 
 HELPERS = r"""
 typedef unsigned int u32;
@@ -39,6 +42,29 @@ __device__ __forceinline__ u32x4 ldg_stream(const u32x4* p) {  // read once: no 
 }
 __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {  // one bulk request (Hopper)
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
+}
+// mbarrier + bulk copies (TMA, Hopper): one barrier a ring stage, lane 0 arms it with the stage's bytes
+__device__ __forceinline__ void mbar_init(u32 bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+  u32 done = 0;
+  while (!done)
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {  // generic-proxy reads of a stage before TMA rewrites it
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 __device__ __forceinline__ u32x2 ldg8(const void* p) {  // shared by a column group's 4 lanes: through L1
   u32x2 v;
@@ -130,4 +156,63 @@ __device__ __forceinline__ void dequant(u32 w, u32 mz, u32 nzh, u32* d) {
 #endif
 }
 
+"""
+
+# The kernel's end: `red` holds each warp's sums [NWARPS][M][64]; reads the kernel's locals.
+EPILOGUE = r"""
+  const int total = M * 64;
+  for (int i = tid; i < total; i += NWARPS * 32) {
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < NWARPS; ++w) s += red[w * total + i];
+#if SPLIT == 1
+    out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
+#elif CLUSTER
+    fin[i] = s;
+#else
+    ws[((u64)ks * M + (i >> 6)) * N + strip * 64 + (i & 63)] = s;
+#endif
+  }
+#if SPLIT > 1 && CLUSTER
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
+    const int share = (total + SPLIT - 1) / SPLIT;
+    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
+    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
+      const u32 local = smem_u32(fin + i);
+      float s = 0.f;
+#pragma unroll
+      for (int r = 0; r < SPLIT; ++r) {
+        u32 remote;
+        float v;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(r));
+        asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+        s += v;
+      }
+      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
+    }
+  }
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#elif SPLIT > 1
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(cnt + strip, 1) == SPLIT - 1;
+  __syncthreads();
+  if (last) {
+    __threadfence();
+    for (int i = tid; i < total; i += NWARPS * 32) {
+      float s = 0.f;
+      for (int r = 0; r < SPLIT; ++r) {
+        float v;
+        const float* p = ws + ((u64)r * M + (i >> 6)) * N + strip * 64 + (i & 63);
+        asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+        s += v;
+      }
+      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
+    }
+    if (tid == 0) cnt[strip] = 0;  // ready for the next launch
+  }
+#endif
+}
 """

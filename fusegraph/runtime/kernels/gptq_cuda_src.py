@@ -24,14 +24,15 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
 - Split-K reduction: each CTA sums its warps in shared memory; then either the last CTA of a strip
   (atomic ticket) sums the SPLIT fp32 slices of a workspace in order, or, with CLUSTER=1, the SPLIT
   CTAs of a strip form one thread-block cluster and sum through distributed shared memory.
-The device helpers (loads, PTX wrappers, dequantization) are in `gptq_cuda_ptx.py`.
+The device helpers (loads, PTX wrappers, dequantization) and the kernel's split-K epilogue are in
+`gptq_cuda_ptx.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS
+from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, HELPERS
 
 __all__ = ["KernelSpec", "kernel_source", "smem_bytes", "KERNEL_NAME"]
 
@@ -53,6 +54,8 @@ class KernelSpec:
         zero_v1: the qzeros store z − 1.
         min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
         l2pf: also ask L2 for each warp's block this many blocks ahead (one bulk prefetch, Hopper), 0: no.
+        tma: 0 loads the words into registers; n ≥ 2 streams them through an n-stage shared-memory
+            ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
     """
 
     bits: int
@@ -65,6 +68,7 @@ class KernelSpec:
     zero_v1: bool
     min_blocks: int = 4
     l2pf: int = 0
+    tma: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -77,13 +81,17 @@ class KernelSpec:
             raise ValueError(
                 f"gptq_cuda: warps must be 1, 2, 4 or 8 and split ≥ 1, got {self.warps}, {self.split}"
             )
+        if self.tma == 1 or self.tma < 0:
+            raise ValueError(f"gptq_cuda: tma must be 0 or a ring of ≥ 2 stages, got {self.tma}")
         if self.cluster and not 2 <= self.split <= 8:
             raise ValueError(f"gptq_cuda: cluster needs 2 ≤ split ≤ 8, got {self.split}")
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
     """Dynamic shared memory of one CTA: its warps' partial sums, x's slice (m rows, padded), the CTA's sums."""
-    return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4
+    rows = 128 // (32 // spec.bits)
+    ring = spec.warps * spec.tma * (rows * 288 + 128 + 8 * spec.bits + 8)  # stages + their mbarriers
+    return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4 + ring
 
 
 _SOURCE = r"""
@@ -97,6 +105,10 @@ _SOURCE = r"""
 #define ZERO_V1 %(zero_v1)d
 #define MIN_BLOCKS %(min_blocks)d
 #define L2PF %(l2pf)d
+#define TMA %(tma)d  // 0: registers; else the stages of each warp's bulk-copy ring
+#define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
+#define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
+#define STAGE_B (R * ROWB + 128 + ZB)
 %(helpers)s
 struct Blk {  // one lane's operands of one 128-row block
   u32x4 w[NW];   // word rows t + 4q, columns 4g..4g+3 (w[2q]) and 32+4g.. (w[2q+1])
@@ -122,6 +134,10 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   float* red = (float*)smem;         // [NWARPS][M][64] partial sums
   u32* xs = (u32*)(red + NWARPS * M * 64);
   float* fin = (float*)(xs + M * xstride);
+#if TMA
+  unsigned char* ring = (unsigned char*)(fin + M * 64) + warp * TMA * STAGE_B;  // this warp's stages
+  const u32 bars = smem_u32((unsigned char*)(fin + M * 64) + NWARPS * TMA * STAGE_B) + warp * TMA * 8;
+#endif
 
   const u32x4* wsrc = qw + (u64)strip * (K / P) * 16 + t * 16 + g;
   const u16* ssrc = sc + strip * 64 + 4 * g;
@@ -155,6 +171,29 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     b.zy = ldg4(zp + zoff_y);
   };
 
+#if TMA
+  auto issue = [&](int u) {  // block u of this warp into stage u %% TMA: one bulk copy a word row
+    const int blk = kb0 + warp + NWARPS * u, st = u %% TMA;
+    const u32 bar = bars + st * 8, dst = smem_u32(ring + st * STAGE_B);
+    if (lane == 0) mbar_expect(bar, R * 256 + 128 + ZB);
+    __syncwarp();
+    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+    for (int c = lane; c < R + 2; c += 32) {
+      if (c < R)
+        bulk_copy(dst + c * ROWB, (const unsigned char*)qw + ((u64)strip * (K / P) + (u64)blk * R + c) * 256, 256, bar);
+      else if (c == R)
+        bulk_copy(dst + R * ROWB, sc + (u64)grp * stride_s + strip * 64, 128, bar);
+      else
+        bulk_copy(dst + R * ROWB + 128, (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB, ZB, bar);
+    }
+  };
+  if (lane == 0) {
+    for (int st = 0; st < TMA; ++st) mbar_init(bars + st * 8);
+    mbar_init_fence();
+  }
+  __syncwarp();
+  for (int u = 0; u < TMA && u < nbw; ++u) issue(u);
+#endif
 #if L2PF
   if (lane == 0)  // blocks 1..L2PF of this warp; load(u) asks for block u + L2PF
     for (int u = 1; u <= L2PF && u < nbw; ++u)
@@ -164,7 +203,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   const int row_chunks = bps * 16, chunks = M * row_chunks;
 #if HAS_PERM
   Blk a, b;
-  if (nbw > 0) load(a, 0);
+  if (nbw > 0 && !TMA) load(a, 0);
 #pragma unroll 2
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
@@ -184,7 +223,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   }
   cp_commit();
   Blk a, b;
-  if (nbw > 0) load(a, 0);
+  if (nbw > 0 && !TMA) load(a, 0);
   cp_wait<0>();
 #endif
   __syncthreads();
@@ -267,6 +306,28 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     }
   };
 
+#if TMA
+  for (int u = 0; u < nbw; ++u) {  // wait for stage u %% TMA, read this lane's words, refill it TMA blocks on
+    const unsigned char* st = ring + (u %% TMA) * STAGE_B;
+    mbar_wait(bars + (u %% TMA) * 8, (u / TMA) & 1);
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) {
+      a.w[2 * q] = *(const u32x4*)(st + (t + 4 * q) * ROWB + g * 16);
+      a.w[2 * q + 1] = *(const u32x4*)(st + (t + 4 * q) * ROWB + 128 + g * 16);
+    }
+    a.sx = *(const u32x2*)(st + R * ROWB + g * 8);
+    a.sy = *(const u32x2*)(st + R * ROWB + 64 + g * 8);
+    const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
+    a.zx = *(const u32*)(st + R * ROWB + 128 + zw * 4);
+    a.zy = *(const u32*)(st + R * ROWB + 128 + (zw + zoff_y) * 4);
+    __syncwarp();
+    if (u + TMA < nbw) {
+      fence_proxy_async();
+      issue(u + TMA);
+    }
+    compute(a, u);
+  }
+#else
   // two register buffers: the next block's words are in flight while this one's are used
   for (int u = 0; u < nbw; u += 2) {
     if (u + 1 < nbw) load(b, u + 1);
@@ -276,6 +337,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
       compute(b, u + 1);
     }
   }
+#endif
 
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -288,62 +350,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
         if (m < M) red[(warp * M + m) * 64 + col] = acc[i][mt][c];
       }
   __syncthreads();
-  const int total = M * 64;
-  for (int i = tid; i < total; i += NWARPS * 32) {
-    float s = 0.f;
-#pragma unroll
-    for (int w = 0; w < NWARPS; ++w) s += red[w * total + i];
-#if SPLIT == 1
-    out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
-#elif CLUSTER
-    fin[i] = s;
-#else
-    ws[((u64)ks * M + (i >> 6)) * N + strip * 64 + (i & 63)] = s;
-#endif
-  }
-#if SPLIT > 1 && CLUSTER
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
-    const int share = (total + SPLIT - 1) / SPLIT;
-    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
-    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
-      const u32 local = smem_u32(fin + i);
-      float s = 0.f;
-#pragma unroll
-      for (int r = 0; r < SPLIT; ++r) {
-        u32 remote;
-        float v;
-        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
-        asm volatile("ld.shared::cluster.f32 %%0, [%%1];" : "=f"(v) : "r"(remote) : "memory");
-        s += v;
-      }
-      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
-    }
-  }
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#elif SPLIT > 1
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(cnt + strip, 1) == SPLIT - 1;
-  __syncthreads();
-  if (last) {
-    __threadfence();
-    for (int i = tid; i < total; i += NWARPS * 32) {
-      float s = 0.f;
-      for (int r = 0; r < SPLIT; ++r) {
-        float v;
-        const float* p = ws + ((u64)r * M + (i >> 6)) * N + strip * 64 + (i & 63);
-        asm volatile("ld.global.cg.f32 %%0, [%%1];" : "=f"(v) : "l"(p));
-        s += v;
-      }
-      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
-    }
-    if (tid == 0) cnt[strip] = 0;  // ready for the next launch
-  }
-#endif
-}
-"""
+%(epilogue)s"""
 
 
 def kernel_source(spec: KernelSpec) -> str:
@@ -366,4 +373,6 @@ def kernel_source(spec: KernelSpec) -> str:
         "zero_v1": int(spec.zero_v1),
         "min_blocks": spec.min_blocks,
         "l2pf": spec.l2pf,
+        "tma": spec.tma,
+        "epilogue": EPILOGUE,
     }
