@@ -152,7 +152,7 @@ class IreeCompiledGraph:
             self.vmfb_path, self.cache_hit = Path(vmfb), True
         else:
             self.mlir, self.vmfb_path, self.cache_hit = compile_graph(
-                self.graph, flags, cache_dir, inplace=inplace
+                self.graph, flags, cache_dir, inplace=inplace, cuda_arch=cuda_arch
             )
         on_cuda = torch.device(device).type == "cuda"
         if device_checks is None:

@@ -159,6 +159,7 @@ def compile_graph(
     cache_dir: str | os.PathLike[str] | None = None,
     inplace: bool = True,
     dispatches: bool | None = None,
+    cuda_arch: str = "sm_90",
 ) -> tuple[Any, Path, bool]:
     """Lower `graph` for IREE and compile it (through the cache): the module
     `IreeCompiledGraph(vmfb=...)` expects. In place: buffers and outputs are mutable
@@ -167,6 +168,7 @@ def compile_graph(
     `dispatches` (default: when `flags` target CUDA, in place) keeps the fused ops as our
     Triton kernels, IREE custom dispatches (`iree_dispatch.add_dispatches`); a graph with an
     op that has none (`DispatchUnsupportedError`) is compiled decomposed instead, with a warning.
+    Their PTX is compiled for `cuda_arch` (the device's compute capability, e.g. "sm_90").
     Otherwise the ops are decomposed into aten ops that IREE compiles itself.
 
     Returns:
@@ -179,14 +181,16 @@ def compile_graph(
     consume = inplace and consume_safe(graph)
     text = None
     if dispatches:
-        from fusegraph.runtime.iree_dispatch import DispatchUnsupportedError, add_dispatches
+        from fusegraph.runtime.iree_dispatch import DispatchOptions, DispatchUnsupportedError, add_dispatches
 
         mlir = to_torch_mlir(
             graph, mode="custom", output_type="torch", inplace_buffers=inplace, outputs_as_args=inplace
         )
         directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         try:
-            text = add_dispatches(mlir.text, directory / "ptx")
+            iree_cuda_arch(cuda_arch)  # refuses anything but "sm_<NN>"
+            arch = int(cuda_arch.removeprefix("sm_").rstrip("a"))
+            text = add_dispatches(mlir.text, directory / "ptx", DispatchOptions(arch=arch))
         except DispatchUnsupportedError as err:
             _log.warning("compile_graph: %s; compiling the decomposed form", err)
     if text is None:

@@ -206,3 +206,22 @@ def test_two_layer_dispatch_module_writes_the_cache_in_place(tmp_path: Path) -> 
     kernels = re.findall(r"stream\.cmd\.dispatch @fg_\w+::@(\w+)", stream)
     assert kernels.count("_rope_split_store_kernel") == 2 and kernels.count("_paged_attention_kernel") == 2
     assert "stream.cmd.copy" not in stream and "stream.async.clone" not in stream
+
+
+def test_compile_graph_on_cuda_compiles_the_dispatch_module_for_the_device_arch(tmp_path: Path) -> None:
+    """What `IreeCompiledGraph` runs on CUDA: custom lowering, PTX for `cuda_arch` (an A100 here:
+    sm_80, IREE target sm_80), the entry consuming the cache; the CPU keeps the decomposed form."""
+    from fusegraph.runtime.iree_compile import compile_graph
+    from tests.lowering._graphs import gptq_attention_graph
+
+    graph = gptq_attention_graph(num_layers=1, fused=True)
+    mlir, vmfb, hit = compile_graph(
+        graph, target_flags("cuda", cuda_arch="sm_80"), tmp_path, cuda_arch="sm_80"
+    )
+    assert mlir.mode == "custom" and vmfb.exists() and not hit
+    targets = set()
+    for ptx in (tmp_path / "ptx").glob("*.ptx"):
+        target = re.search(r"\.target (\w+)", ptx.read_text())
+        assert target is not None, ptx
+        targets.add(target.group(1))
+    assert targets == {"sm_80"}
