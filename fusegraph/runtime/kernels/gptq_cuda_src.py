@@ -9,7 +9,7 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
   (`ld.global.nc.L1::no_allocate.v4`), two register buffers deep: the next block's words are in
   flight while this block's are used. (A first version streamed through a cp.async shared-memory
   ring: Nsight Compute showed twice the L2 sectors of the bytes and the issue stalled on the
-  LDGSTS queue.)
+  LDGSTS queue. The `tma` option, a bulk-copy ring, is correct but measured slower: off.)
 - Tensor cores with W^T as the A operand (`mma.m16n8k16`, A = 16 columns × 16 rows, B = x^T,
   n = the row of x): lane (g, t) loads word rows t + 4q of columns 4g..4g+3 and 32+4g..+3, which
   are exactly the A fragments it needs (a0/a2 of column 4g+i, a1/a3 of 32+4g+i). M ≤ 8 takes one

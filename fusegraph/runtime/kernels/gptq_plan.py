@@ -209,7 +209,8 @@ def cuda_small_m_plan(
     partial sums meet in a thread-block cluster at d = 2 (qkv M=1 9.1 vs 9.8 µs with the ticket),
     else through a workspace and an atomic ticket. 4 warps; registers capped for 3 CTAs an SM at 4
     bits and M ≤ 8 (168 a thread), else 2 (the second n-tile or the 8-bit words need ~240). An L2
-    bulk prefetch of the blocks ahead (`l2pf`) was slower on every shape, so it stays off.
+    bulk prefetch of the blocks ahead (`l2pf`) and a bulk-copy shared-memory ring (`tma`) were
+    slower on every shape, so both stay off.
 
     Example:
         >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
