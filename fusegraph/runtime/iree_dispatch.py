@@ -32,6 +32,7 @@ from pathlib import Path
 from fusegraph.runtime.iree_dispatch_ir import (
     DispatchOptions,
     DispatchUnsupportedError,
+    concatenated_pieces,
     executable,
     guard_function,
     parse_operators,
@@ -69,7 +70,8 @@ def add_dispatches(text: str, ptx_dir: str | os.PathLike[str], options: Dispatch
     functions: list[str] = []
     entry_calls: list[str] = []
     end = 0
-    for m, op in parse_operators(text):
+    for m, found in parse_operators(text):
+        op = concatenated_pieces(text, found) or found  # weights concatenated by a pass: a matmul per piece
         builder = BUILDERS.get(op.op)
         if builder is None:
             raise DispatchUnsupportedError(

@@ -25,6 +25,7 @@ __all__ = [
     "Operator",
     "TensorArg",
     "builtin_type",
+    "concatenated_pieces",
     "executable",
     "parse_operators",
     "torch_type",
@@ -34,6 +35,13 @@ __all__ = [
 _CONST = re.compile(r"^\s*(%[\w.$-]+) = torch\.constant\.(int|float|bool|str|none)(?: (.*?))?\s*$", re.M)
 _OPERATOR = re.compile(
     r'^(\s*)(%[\w.$-]+)(?::(\d+))? = torch\.operator "torch\.fusegraph\.(\w+)"\((.*?)\) : \((.*?)\) -> (.*?)\s*$',
+    re.M,
+)
+_LIST = re.compile(
+    r"^\s*(%[\w.$-]+) = torch\.prim\.ListConstruct (.*?) : \((.*?)\) -> !torch\.list<vtensor>\s*$", re.M
+)
+_CAT = re.compile(
+    r"^\s*(%[\w.$-]+) = torch\.aten\.cat (%[\w.$-]+), (%[\w.$-]+) : !torch\.list<vtensor>, !torch\.int -> .*$",
     re.M,
 )
 _VTENSOR = re.compile(r"!torch\.vtensor<\[([^\]]*)\],(\w+)>")
@@ -254,3 +262,38 @@ def guard_function(name: str, op: Operator, guards: list[Guard]) -> tuple[list[i
             f'    cf.assert %ok{k}, "{g.message}"',
         ]
     return used, [*lines, "    return", "  }"]
+
+
+def concatenated_pieces(text: str, op: Operator) -> Operator | None:
+    """For a GPTQ operator whose qweight, scales and qzeros are each `torch.aten.cat` of the
+    same number of tensors along N (what `fuse-qkv-projections` leaves), the operator
+    `qmatmul_gptq_pieces` on the pieces (`x, qw_1, s_1, qz_1, ..., qw_p, s_p, qz_p`, then the
+    GPTQ attributes); None when the pattern is not there exactly."""
+    if (
+        op.op != "qmatmul_gptq"
+        or len(op.args) != 10
+        or not all(isinstance(a, TensorArg) for a in op.args[1:4])
+    ):
+        return None
+    constants = _constants(text)
+    lists = {name: (items, types) for name, items, types in _LIST.findall(text)}
+    cats = {name: (lst, dim) for name, lst, dim in _CAT.findall(text)}
+    pieces: list[list[TensorArg]] = []
+    for arg in op.args[1:4]:
+        assert isinstance(arg, TensorArg)
+        found = cats.get(arg.name)
+        if found is None or found[0] not in lists or constants.get(found[1]) not in (1, -1):
+            return None
+        items, types = lists[found[0]]
+        names = [v.strip() for v in items.split(",")]
+        pieces.append(
+            [TensorArg(n, *_parse_vtensor(t)) for n, t in zip(names, _split_types(types), strict=True)]
+        )
+    if len({len(p) for p in pieces}) != 1 or len(pieces[0]) < 2:
+        return None
+    if any(qw.dims[1] != sc.dims[1] for qw, sc in zip(pieces[0], pieces[1], strict=True)):
+        return None
+    flat: list[object] = [op.args[0]]
+    for qw, sc, qz in zip(*pieces, strict=True):
+        flat += [qw, sc, qz]
+    return Operator("qmatmul_gptq_pieces", [*flat, *op.args[4:]], op.results, op.index)

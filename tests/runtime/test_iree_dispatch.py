@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fusegraph.compiler.graph import Graph
 from fusegraph.runtime.iree_compile import iree_cuda_arch, target_flags
 
 ireec = pytest.importorskip("iree.compiler")
@@ -225,3 +226,80 @@ def test_compile_graph_on_cuda_compiles_the_dispatch_module_for_the_device_arch(
         assert target is not None, ptx
         targets.add(target.group(1))
     assert targets == {"sm_80"}
+
+
+def _fused_qkv_layer() -> Graph:
+    """A small fp16 `GPTQAttentionWithRope` through the IREE pipeline: `fuse-qkv-projections`
+    concatenates the q, k and v weights, so its qkv matmul reads three `torch.aten.cat`s."""
+    from fusegraph import DeviceRef, DType, Graph, TensorType
+    from fusegraph.compiler.types import BufferType
+    from fusegraph.nn import (
+        GPTQAttentionWithRope,
+        KVCacheParams,
+        PagedCacheValues,
+        QuantizationConfig,
+        RotaryEmbedding,
+    )
+    from fusegraph.runtime.pipeline import run_pipeline
+
+    gpu = DeviceRef.GPU()
+    kv_params = KVCacheParams(
+        dtype=DType.float16, n_kv_heads=2, head_dim=32, num_layers=1, page_size=16, devices=[gpu]
+    )
+    rope = RotaryEmbedding(dim=128, n_heads=4, theta=1e4, max_seq_len=64, interleaved=False, device=gpu)
+    attn = GPTQAttentionWithRope(
+        quantization_config=QuantizationConfig(bits=4, group_size=64, desc_act=False, sym=False), rope=rope,
+        num_attention_heads=4, num_key_value_heads=2, hidden_size=128, kv_params=kv_params, dtype=DType.float16,
+        devices=[gpu],
+    )  # fmt: skip
+    u32 = DType.uint32
+    inputs: list[TensorType | BufferType] = [
+        TensorType(DType.float16, ["total_seq_len", 128], gpu),
+        TensorType(u32, ["batch_plus_1"], gpu),
+        BufferType(DType.float16, kv_params.blocks_shape(8), gpu),
+        TensorType(u32, ["batch"], gpu),
+        TensorType(u32, ["batch", "max_pages"], gpu),
+    ]
+    with Graph("qkv_fused", input_types=inputs) as g:
+        x, ro, *kv = g.inputs
+        g.output(attn(0, x, PagedCacheValues(*kv), rope.freqs_cis, ro))
+    return run_pipeline(g, "default", "iree", "cuda")[0]
+
+
+def test_concatenated_qkv_weights_become_one_matmul_per_piece(tmp_path: Path) -> None:
+    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+    from fusegraph.runtime.iree_dispatch import add_dispatches
+    from fusegraph.runtime.iree_inplace import stage_inplace
+
+    text = to_torch_mlir(_fused_qkv_layer(), mode="custom", inplace_buffers=True, outputs_as_args=True).text
+    assert text.count("torch.aten.cat") == 3  # qweight, scales, qzeros of q, k and v
+    out = add_dispatches(text, tmp_path)
+    call = re.search(r"func\.call @fg_qmatmul_gptq_pieces_0\((.*?)\) :", out)
+    assert call is not None and len(call.group(1).split(",")) == 10  # x, then (qweight, scales, qzeros) x 3
+    staged, _ = stage_inplace(out, target_flags("cuda"))
+    stream = _text(
+        ireec.compile_str(
+            staged,
+            target_backends=[],
+            extra_args=[*target_flags("cuda"), "--compile-from=input", "--compile-to=stream"],
+        )
+    )
+    kernels = re.findall(r"stream\.cmd\.dispatch @[\w$]+::@([\w$]+)", stream)
+    assert kernels.count("_reduce_into_columns_kernel") == 3 and kernels.count("_gptq_matmul_kernel") == 4
+    assert all(k.startswith("_") for k in kernels), kernels  # no IREE-generated copy of the weights
+    assert "stream.cmd.copy" not in stream
+
+
+def test_reduce_into_columns_writes_the_sum_into_its_columns_only() -> None:
+    import torch
+
+    from tests.kernels._interp import load_interpreted
+
+    kernels = load_interpreted("iree_dispatch_reduce")
+    gen = torch.Generator().manual_seed(0)
+    ws = torch.randn(3, 5, 24, generator=gen)  # 3 K slices, M = 5, a 24-column piece
+    out = torch.full((5, 64), -7.0, dtype=torch.float16)
+    kernels._reduce_into_columns_kernel[(4,)](ws, out, 5, N_PIECE=24, N_OUT=64, COL0=16, SPLIT_K=3, BLOCK=32)
+    want = (ws[0] + ws[1] + ws[2]).to(torch.float16)  # the kernel's order, in fp32
+    assert torch.equal(out[:, 16:40], want)
+    assert bool((out[:, :16] == -7.0).all() and (out[:, 40:] == -7.0).all())
