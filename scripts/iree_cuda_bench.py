@@ -219,9 +219,16 @@ def _overheads(iree: Any, inputs: list[Any], reps: int) -> None:
     args = [iree._argument(t, keep)[0] for t in inputs]
     out = torch.empty(inputs[0].shape, dtype=inputs[0].dtype, device=inputs[0].device)
     out_arg = iree._argument(out, keep)[0]
+
+    def imports() -> None:
+        held: list[Any] = []
+        for t in [*inputs, out]:
+            iree._argument(t, held)
+
     check_ms = _time_ms(checks, reps)
+    import_ms = _time_ms(imports, reps)
     invoke_ms = _time_ms(lambda: iree._function(*args, *iree._weights, out_arg), reps)
-    print(f"    of which: input checks alone ({'device' if iree.device_checks else 'host'}) {check_ms * 1e3:.1f} us; IREE VM invoke alone (prebuilt "
+    print(f"    of which: input checks alone ({'device' if iree.device_checks else 'host'}) {check_ms * 1e3:.1f} us; DLPack imports of the {len(inputs) + 1} arguments {import_ms * 1e3:.1f} us; IREE VM invoke alone (prebuilt "
           f"arguments) {invoke_ms * 1e3:.1f} us", flush=True)  # fmt: skip
 
 
