@@ -291,8 +291,16 @@ def concatenated_pieces(text: str, op: Operator) -> Operator | None:
         )
     if len({len(p) for p in pieces}) != 1 or len(pieces[0]) < 2:
         return None
-    if any(qw.dims[1] != sc.dims[1] for qw, sc in zip(pieces[0], pieces[1], strict=True)):
-        return None
+    bits = op.args[5]
+    pack = 32 // bits if isinstance(bits, int) and bits in (2, 4, 8) else 0
+    for qw, sc, qz in zip(*pieces, strict=True):  # each piece one projection's (qweight, scales, qzeros)
+        if (
+            qw.dims[1] is None
+            or qw.dims[1] != sc.dims[1]
+            or qz.dims[1] is None
+            or qz.dims[1] * pack != qw.dims[1]
+        ):
+            return None
     flat: list[object] = [op.args[0]]
     for qw, sc, qz in zip(*pieces, strict=True):
         flat += [qw, sc, qz]
