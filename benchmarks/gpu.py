@@ -1,6 +1,6 @@
 """GPU benchmark of fusegraph's Triton kernels against plain torch and torch.compile.
 
-One script, one call: `python benchmarks/gpu.py [--only gptq,decode step,...]` on a CUDA machine. It prints the GPU name
+One script, one call: `python benchmarks/gpu.py [--only gptq,decode step,iree,...] [--iree-dir DIR]` on a CUDA machine. It prints the GPU name
 and a table of medians (`triton.testing.do_bench`, return_mode="median", L2 flushed by
 do_bench before every repetition), with ratios measured side by side in this run:
   0. the registered CUDA kernels of the torch.library ops vs the ops' CPU implementations;
@@ -13,7 +13,12 @@ do_bench before every repetition), with ratios measured side by side in this run
   3. a GPTQ attention decode step (bs 32, context 2048, Llama-3-8B dims): our kernels in a
      CUDA graph vs the dense fp16 layer in plain torch (SDPA) vs torch.compile of it; and the
      GPTQAttentionWithRope layer through `fusegraph.compile(..., cuda_graphs=True)`
-     (benchmarks/gpu_decode.py).
+     (benchmarks/gpu_decode.py);
+  4. the same layer's decode step compiled by IREE for CUDA (custom dispatches, cache in place)
+     vs eager Triton vs Triton + CUDA graphs, with host<->device bytes per step
+     (benchmarks/gpu_iree.py). The GPU box has no IREE compiler: compile the module first
+     (`.venv/bin/python benchmarks/gpu_iree.py compile --out build/iree_bench`), carry
+     `build/iree_bench` and pass `--iree-dir build/iree_bench`; without it the section says so.
 Every row checks its result against a torch reference before it is timed. With $OUT set, the
 table is also written to $OUT/gpu_bench.txt.
 """
@@ -281,6 +286,24 @@ def check_registered_ops() -> None:
         "qmatmul_gptq 4/8-bit, qmatmul_gptq_tiled gemv/mma/dequant)")  # fmt: skip
 
 
+def bench_iree() -> None:
+    """Section 4: `gpu_iree.py run` on the module compiled beforehand into `--iree-dir`."""
+    folder = Path(_flag("--iree-dir") or "build/iree_bench")
+    if not (folder / "manifest.json").exists():
+        log(f"[iree] skipped: no compiled module in {folder}; compile it where iree-base-compiler is "
+            f"installed (.venv/bin/python benchmarks/gpu_iree.py compile --out {folder}) and carry it")  # fmt: skip
+        return
+    if _module("gpu_iree").main(["run", "--dir", str(folder)]) != 0:
+        raise RuntimeError("gpu_iree: the IREE module disagreed with eager Triton (see above)")
+    log(
+        f"[iree] {folder}: rows above (per step: time, host<->device bytes; ratios to eager Triton and graphs)"
+    )
+
+
+def _flag(name: str) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv[:-1] else None
+
+
 def main() -> int:
     name = torch.cuda.get_device_name()
     log(f"GPU: {name} | torch {torch.__version__} | triton {__import__('triton').__version__}")
@@ -296,9 +319,10 @@ def main() -> int:
         ("gptq", lambda: bench_gptq(k, bw)),
         ("decode step", lambda: _module("gpu_decode").bench_decode_step(k, bw, log)),
         ("runtime layer", lambda: _module("gpu_decode").bench_runtime_layer(bw, log)),
+        ("iree", bench_iree),
     ]
     failed = 0
-    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    only = (_flag("--only") or "").split(",") if _flag("--only") else None
     for label, fn in sections:
         if only and label not in only:
             continue

@@ -2,7 +2,7 @@
 target; the module keeps the fused ops as our Triton kernels (FileCheck); each PTX entry's
 parameters are exactly the bindings and constants its export declares; the module compiles
 for CUDA here, with no whole-cache copy. The kernels' numerics run on a GPU
-(`scripts/iree_cuda_bench.py`, docs/iree_dispatch.md)."""
+(`benchmarks/gpu_iree.py`, docs/iree_dispatch.md)."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ context 2048. The GPU box has no torch-mlir and no IREE compiler, so:
    and split an IREE call into the host checks alone and the VM invoke alone.
 
 Usage:
-    .venv/bin/python scripts/iree_cuda_bench.py compile --out build/iree_bench
+    .venv/bin/python benchmarks/gpu_iree.py compile --out build/iree_bench
     # GPU box, with build/iree_bench and .whl carried:
-    python scripts/iree_cuda_bench.py run --dir build/iree_bench [--variants dispatch] \
+    python benchmarks/gpu_iree.py run --dir build/iree_bench [--variants dispatch] \
         [--iree-flags=--cuda_allow_inline_execution=true]
     # self-test here: compile/run --device cpu --tiny --variants decomposed
 """
@@ -72,19 +72,31 @@ def build(device: str) -> tuple[Any, dict[str, Any], Any]:
         dim=HIDDEN, n_heads=H, theta=500000.0, max_seq_len=CTX, interleaved=False, device=dev
     )
     cfg = QuantizationConfig(bits=4, group_size=128, desc_act=False, sym=False)
-    model = Module()
-    model.layers = LayerList([Module() for _ in range(LAYERS)])
+
+    class Block(Module):  # the weight names of a decoder layer: layers.<i>.self_attn.*
+        def __init__(self, self_attn: GPTQAttentionWithRope) -> None:
+            super().__init__()
+            self.self_attn = self_attn
+
+    class Stack(Module):
+        def __init__(self, layers: list[Block]) -> None:
+            super().__init__()
+            self.layers = LayerList(layers)
+
     gen = torch.Generator().manual_seed(0)
-    for block in model.layers:
-        block.self_attn = GPTQAttentionWithRope(
+    blocks = []
+    for _ in range(LAYERS):
+        attn = GPTQAttentionWithRope(
             quantization_config=cfg, rope=rope, num_attention_heads=H, num_key_value_heads=HKV, hidden_size=HIDDEN,
             kv_params=kv_params, dtype=DType.float16, devices=[dev],
         )  # fmt: skip
         dense = {p: torch.randn(n, HIDDEN, generator=gen) * 0.02 for p, n in (("q_proj", H * D), ("k_proj", HKV * D),
                                                                              ("v_proj", HKV * D), ("o_proj", HIDDEN))}  # fmt: skip
-        block.self_attn.load_state_dict(quantize_gptq_projections(dense, cfg))
+        attn.load_state_dict(quantize_gptq_projections(dense, cfg))
+        blocks.append(Block(attn))
+    model = Stack(blocks)
     u32 = DType.uint32
-    inputs = [
+    inputs: list[TensorType | BufferType] = [
         TensorType(DType.float16, ["total_seq_len", HIDDEN], dev),
         TensorType(u32, ["batch_plus_1"], dev),
         BufferType(DType.float16, kv_params.blocks_shape(BATCH * CTX // PAGE), dev),  # as the manager's
@@ -94,7 +106,7 @@ def build(device: str) -> tuple[Any, dict[str, Any], Any]:
     with Graph("attn8b", input_types=inputs) as g:
         x, ro, *kv_inputs = g.inputs
         kv = PagedCacheValues(*kv_inputs)  # one object: each layer's store moves it to the next cache version
-        for i, block in enumerate(model.layers):
+        for i, block in enumerate(blocks):
             x = block.self_attn(i, x, kv, rope.freqs_cis, ro)
         g.output(x)
     return g, model.state_dict(), kv_params
