@@ -286,6 +286,70 @@ def cuda_variants(
     return list(unique.values())
 
 
+def mid_variants(m: int, k_in: int, n_out: int, bits: int = 4, act: bool = False) -> list[dict[str, Any]]:
+    """The mid-M CUDA kernel (`gptq_cuda_mid.py`): its default plan first, then 4 or 2 strips a CTA
+    with the splits that give 1-4 CTAs an SM (cluster up to 8, else the ticket)."""
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
+
+    base = cuda_mid_m_plan(m, n_out, k_in, bits, 132, act_order=act, forced=True)
+    if base is None:
+        return []
+    out = [{"kernel": "cuda"} | base]
+    blocks = k_in // 128
+    for w in (4, 2):
+        tiles = n_out // 64 // w
+        for d in (d for d in range(1, 17) if blocks % d == 0 and 100 <= tiles * d <= 4 * 132 * 4 // w):
+            out.append({"kernel": "cuda", "mid": True, "split_k": d, "warps": w, "cluster": 2 <= d <= 8,
+                        "min_blocks": 8 // w})  # fmt: skip
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for v in out:
+        unique.setdefault(tuple(sorted(v.items())), v)
+    return list(unique.values())[:7]
+
+
+def mid_m(bw: float, ms: Sequence[int] = (64, 32, 16)) -> None:
+    """M = 64, 32, 16 on the four shapes: cuBLAS fp16, tinygemm (bf16), the Triton path, the default
+    dispatch, and the mid-M CUDA kernel's variants, each as CUDA-graph device time, L2 cold."""
+    benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in GB.SHAPES}
+    for m in ms:
+        for label, k_in, n_out in GB.SHAPES:
+            layers = benches[label].layers["plain"]
+            xs = benches[label].xs(m, len(layers))
+            xb = [x.bfloat16() for x in xs]
+            times: dict[str, float] = {}
+            runs: list[tuple[str, Callable[..., Any], list[torch.Tensor], float]] = [
+                ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w), xs, 5e-3),
+                ("tinygemm", GB.tinygemm, xb, 2e-2),
+                ("triton", lambda lay, x: GB.ours(K, lay, x, GB.TRITON), xs, 5e-3),
+                ("default", lambda lay, x: GB.ours(K, lay, x), xs, 5e-3),
+            ]
+            runs += [(f"mid{v}", lambda lay, x, v=v: GB.ours(K, lay, x, v), xs, 5e-3)
+                     for v in mid_variants(m, k_in, n_out)]  # fmt: skip
+            for name, fn, xin, tol in runs:
+                if time.time() - T0 > BUDGET_S:
+                    log(f"  {label} M={m} {name}: skipped (budget)")
+                    continue
+                try:
+                    times[name], err = GB.checked_time(name, fn, layers, xin, graph_us, tol)
+                except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
+                    log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                cub = times.get("cuBLAS", float("nan"))
+                nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
+                log(f"  {label} M={m} {name:<9} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM, "
+                    f"{cub / times[name]:4.2f}x cuBLAS) err {err:.1e}")  # fmt: skip
+            mids = {n_: t for n_, t in times.items() if n_.startswith("mid")}
+            best = min(mids, key=mids.__getitem__) if mids else "-"
+            fmt = {
+                n_: f"{times[n_]:.2f}" if n_ in times else "-"
+                for n_ in ("cuBLAS", "tinygemm", "triton", "default")
+            }
+            log(f"MID {label} {k_in}x{n_out} M={m}: cuBLAS {fmt['cuBLAS']} | tinygemm {fmt['tinygemm']} | triton "
+                f"{fmt['triton']} | default {fmt['default']} | best cuda {mids.get(best, float('nan')):.2f} {best}")  # fmt: skip
+    del benches
+    torch.cuda.empty_cache()
+
+
 def main() -> int:
     log(
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
@@ -313,6 +377,7 @@ def main() -> int:
         ("cudaq", lambda: sweep([GB.SHAPES[0], GB.SHAPES[2]], (1, 16), bw=bw, wide="cuda")),
         ("cudapf", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudapf")),
         ("cudatma", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudatma")),
+        ("midm", lambda: mid_m(bw)),
     ]
     failed = 0
     for name, fn in plan:
@@ -325,7 +390,7 @@ def main() -> int:
             log(f"[{name}] FAILED:\n{traceback.format_exc()}")
     if out := os.environ.get("OUT"):
         Path(out, "gptq_sweep.txt").write_text("\n".join(LINES) + "\n")
-    print("\n==== BEST ====\n" + "\n".join(line for line in LINES if line.startswith("BEST")))
+    print("\n==== BEST ====\n" + "\n".join(line for line in LINES if line.startswith(("BEST", "MID"))))
     return 1 if failed else 0
 
 

@@ -90,3 +90,67 @@ def test_cuda_plan__leaves_act_order_and_8_bit_past_m_4_to_triton_unless_forced(
         assert cuda_small_m_plan(5, 6144, 4096, bits, 132, **kwargs) is None
         assert cuda_small_m_plan(16, 6144, 4096, bits, 132, forced=True, **kwargs) is not None
     assert cuda_small_m_plan(16, 6144, 4096, 4, 132) is not None  # plain 4-bit: every M to 16
+
+
+# ---- the mid-M kernel (gptq_cuda_mid.py) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "split", "cluster"),
+    [(6144, 4096, 8, True), (4096, 4096, 16, False), (28672, 4096, 2, True), (4096, 14336, 14, False)],
+)
+def test_cuda_mid_plan__four_strips_a_cta_and_split_k_until_every_sm_has_a_cta(
+    n: int, k: int, split: int, cluster: bool
+) -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+
+    plan = cuda_plan(64, n, k, 4, 132)
+    assert plan == {"split_k": split, "warps": 4, "cluster": cluster, "min_blocks": 2, "mid": True}
+    assert (n // 256) * split >= 132 and (k // 128) % split == 0
+
+
+def test_cuda_plan__routes_small_mid_and_large_m() -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
+
+    assert "mid" not in (cuda_plan(16, 6144, 4096, 4, 132) or {"mid": 1})  # the small-M kernel
+    for m in (17, 33, 64):
+        assert (cuda_plan(m, 6144, 4096, 4, 132) or {}).get("mid") is True
+    assert cuda_plan(65, 6144, 4096, 4, 132) is None  # Triton
+    assert (cuda_plan(8, 6144, 4096, 4, 132, mid=True) or {}).get("mid") is True  # forced onto the mid kernel
+    # act-order and 8 bits stay on Triton at mid M unless forced; N/64 not a multiple of 4: fewer strips a CTA
+    assert cuda_plan(40, 6144, 4096, 4, 132, act_order=True) is None
+    assert cuda_plan(40, 6144, 4096, 8, 132) is None
+    assert cuda_plan(40, 6144, 4096, 8, 132, forced=True) is not None
+    assert (cuda_mid_m_plan(40, 192, 512, 4, 132) or {}).get("warps") == 1
+    assert (cuda_mid_m_plan(40, 384, 512, 4, 132) or {}).get("warps") == 2
+    assert cuda_mid_m_plan(40, 256, 512, 8, 132, bf16=True, forced=True) is None
+
+
+def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_uses() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec, mid_kernel_source, mid_smem_bytes
+
+    spec = MidSpec(bits=4, bf16=True, mt=8, warps=4, split=8, cluster=True, has_perm=False, zero_v1=True,
+                   min_blocks=2)  # fmt: skip
+    src = mid_kernel_source(spec)
+    for line in ("#define BITS 4", "#define BF16 1", "#define MT 8", "#define NWARPS 4", "#define SPLIT 8",
+                 "#define CLUSTER 1", "#define HAS_PERM 0", "#define MIN_BLOCKS 2"):  # fmt: skip
+        assert line in src
+    assert "%(" not in src and "fg_gptq_mid_m" in src and "#include" not in src
+    # two staged blocks of x (64 rows, 68 words) or the [64][256] fp32 sums, whichever is larger
+    assert mid_smem_bytes(spec, 64) == max(2 * 64 * 68 * 4, 64 * 256 * 4) == 65536
+    assert mid_smem_bytes(MidSpec(4, False, 3, 1, 1, False, False, True), 17) == 2 * 24 * 68 * 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
+     ({"mt": 9}, "mt must be 1..8"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"),
+     ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks must be")],
+)  # fmt: skip
+def test_mid_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec
+
+    base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 8, "warps": 4, "split": 2,
+                               "cluster": False, "has_perm": False, "zero_v1": True}  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        MidSpec(**(base | kwargs))  # type: ignore[arg-type]

@@ -94,16 +94,16 @@ def test_gptq_cuda__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, 
         assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
 
 
-def test_gptq_cuda__the_default_plan_takes_small_m_and_leaves_the_rest_to_triton() -> None:
+def test_gptq_cuda__the_default_plan_takes_m_to_64_and_leaves_the_rest_to_triton() -> None:
     from fusegraph.runtime.kernels import gptq_cuda
 
     layer = _layer(512, 256, 4, False, torch.float16, seed=3)
-    for m in (1, 16, 17, 40):
+    for m in (1, 16, 65, 80):
         x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
         before = len(gptq_cuda._KERNELS)
         err = _err(_run(layer, x, 4, None), x.double().cpu() @ layer["w"])
         assert err < 3e-3, f"M={m}: relative error {err:.3g}"
-        if m > 16:  # Triton's kernels, no new CUDA kernel
+        if m > 64:  # Triton's kernels, no new CUDA kernel (M 17..64: test_gptq_cuda_mid_m.py)
             assert len(gptq_cuda._KERNELS) == before
     assert gptq_cuda.cuda_path_status().startswith("cuda:"), gptq_cuda.cuda_path_status()
 
@@ -116,5 +116,5 @@ def test_gptq_cuda__refuses_what_it_cannot_run_when_forced() -> None:
     y = _run(layer, x, 8, None)  # the Triton path takes it
     assert _err(y, x.double().cpu() @ layer["w"]) < 2e-2
     layer4 = _layer(512, 256, 4, False, torch.float16, seed=6)
-    with pytest.raises(ValueError, match="no plan for M=17"):
-        _run(layer4, torch.randn(17, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})
+    with pytest.raises(ValueError, match="no plan for M=65"):
+        _run(layer4, torch.randn(65, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})

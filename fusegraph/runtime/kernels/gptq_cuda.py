@@ -1,10 +1,11 @@
-"""The compiled CUDA C++ GPTQ kernel for small M (1..16), on the layout of `fg.gptq.repack`.
+"""The compiled CUDA C++ GPTQ kernels for small M (1..16) and mid M (17..64), on the layout of `fg.gptq.repack`.
 
 `gptq_tiled_matmul` (the Triton kernels) calls `maybe_gptq_cuda` first: when the plan
-(`gptq_plan.cuda_small_m_plan`) takes the shape and the kernel can be built here, the CUDA
-kernel runs; otherwise it returns None and the Triton kernels run. The source is
-`gptq_cuda_src.py`; it is compiled at run time by NVRTC through `torch.cuda._compile_kernel`
-(no nvcc on the user's machine), once per (device, `KernelSpec`) in a process. If NVRTC or that
+(`gptq_plan.cuda_plan`) takes the shape and the kernel can be built here, the CUDA
+kernel runs; otherwise it returns None and the Triton kernels run. The sources are
+`gptq_cuda_src.py` (M ≤ 16) and `gptq_cuda_mid.py` (M > 16, or forced with "mid": True); they are
+compiled at run time by NVRTC through `torch.cuda._compile_kernel`
+(no nvcc on the user's machine), once per (device, `KernelSpec` / `MidSpec`) in a process. If NVRTC or that
 function is missing, or a compile fails, the Triton path runs and `cuda_path_status()` says why
 (logged once at WARNING). `FUSEGRAPH_GPTQ_CUDA=0` turns the path off.
 
@@ -21,20 +22,27 @@ from typing import Any
 
 import torch
 
+from fusegraph.runtime.kernels.gptq_cuda_mid import (
+    MID_KERNEL_NAME,
+    MidSpec,
+    mid_kernel_source,
+    mid_smem_bytes,
+)
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
-from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
+from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
 __all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
 
 _log = logging.getLogger(__name__)
 
-_KERNELS: dict[tuple[int, KernelSpec], Any] = {}
-_FAILED: dict[tuple[int, KernelSpec], str] = {}
-_SMEM_SET: dict[tuple[int, KernelSpec], int] = {}
+_KERNELS: dict[tuple[int, KernelSpec | MidSpec], Any] = {}
+_FAILED: dict[tuple[int, KernelSpec | MidSpec], str] = {}
+_SMEM_SET: dict[tuple[int, KernelSpec | MidSpec], int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
-_CUDA_KEYS = {"kernel", "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma"}
+_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid")
+_CUDA_KEYS = {"kernel", "cuda", *_PLAN_KEYS}
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
@@ -62,7 +70,7 @@ def cuda_path_status() -> str:
     return "cuda: not used yet"
 
 
-def _kernel(spec: KernelSpec, device: torch.device, smem: int) -> Any | None:
+def _kernel(spec: KernelSpec | MidSpec, device: torch.device, smem: int) -> Any | None:
     """The compiled kernel of `spec` on `device` (compiled once), or None (reason in `_FAILED`)."""
     key = (device.index or 0, spec)
     kern = _KERNELS.get(key)
@@ -74,7 +82,10 @@ def _kernel(spec: KernelSpec, device: torch.device, smem: int) -> Any | None:
             return None
         try:
             with torch.cuda.device(device):
-                kern = torch.cuda._compile_kernel(kernel_source(spec), KERNEL_NAME)
+                if isinstance(spec, MidSpec):
+                    kern = torch.cuda._compile_kernel(mid_kernel_source(spec), MID_KERNEL_NAME)
+                else:
+                    kern = torch.cuda._compile_kernel(kernel_source(spec), KERNEL_NAME)
         except Exception as err:  # noqa: BLE001 - no NVRTC, no CUDA_HOME for its include path, a compile error
             _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
             _STATUS["error"] = f"compiling {spec} failed: {_FAILED[key]}"
@@ -144,8 +155,9 @@ def gptq_cuda_matmul(
     zero_format: str,
     plan: dict[str, Any],
 ) -> torch.Tensor | None:
-    """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "cluster", "min_blocks", "l2pf", "tma"}), or None
-    when the kernel cannot be compiled here. Operands as in `gptq_tiled_matmul`, already checked
+    """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid"}), or None
+    when the kernel cannot be compiled here. M > 16 (or "mid": True) runs the mid-M kernel
+    (`gptq_cuda_mid.py`: "warps" is then its 64-column strips per CTA; "l2pf"/"tma" do not apply). Operands as in `gptq_tiled_matmul`, already checked
     there (contiguous, K % 128 == 0, group_size a multiple of 128 dividing K).
 
     Example:
@@ -160,6 +172,9 @@ def gptq_cuda_matmul(
         raise ValueError(f"gptq_cuda_matmul: split_k {split} must divide K/128 = {blocks}")
     bps = blocks // split
     cap = _device_info(x.device)[1]
+    if m > 16 or plan.get("mid"):
+        return _mid_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                           zero_format=zero_format, plan=plan, bps=bps, cap=cap)  # fmt: skip
     spec = KernelSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
                       warps=int(plan["warps"]), split=split,
                       cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
@@ -188,6 +203,45 @@ def gptq_cuda_matmul(
     return out
 
 
+def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
+                perm: torch.Tensor | None, *, bits: int, group_size: int, zero_format: str, plan: dict[str, Any],
+                bps: int, cap: tuple[int, int]) -> torch.Tensor | None:  # fmt: skip
+    """The mid-M kernel's launch (`gptq_cuda_matmul` checked split_k and computed bps)."""
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    split, warps = int(plan["split_k"]), int(plan["warps"])
+    if m > 64:
+        raise ValueError(f"gptq_cuda_matmul: the mid-M kernel takes M ≤ 64, got M={m}")
+    if n % (64 * warps):
+        raise ValueError(
+            f"gptq_cuda_matmul: warps {warps} (64-column strips a CTA) must divide N/64 = {n // 64}"
+        )
+    spec = MidSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=(m + 7) // 8, warps=warps,
+                   split=split, cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0),
+                   has_perm=perm is not None, zero_v1=zero_format == "v1",
+                   min_blocks=int(plan.get("min_blocks", 1)))  # fmt: skip
+    smem = mid_smem_bytes(spec, m)
+    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
+    if smem > limit:
+        raise ValueError(
+            f"gptq_cuda_matmul: {spec} at M={m} needs {smem} B of shared memory, the GPU has {limit}"
+        )
+    kern = _kernel(spec, x.device, smem)
+    if kern is None:
+        return None
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    ticket = split > 1 and not spec.cluster
+    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if ticket else out
+    cnt = _counters(x.device, n // (64 * warps)) if ticket else out
+    kern(
+        grid=(n // (64 * warps), split, 1), block=(32 * warps, 1, 1), shared_mem=smem,
+        args=[x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
+              k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+              out.stride(0)],
+    )  # fmt: skip
+    return out
+
+
 def maybe_gptq_cuda(
     x: torch.Tensor,
     qweight_t: torch.Tensor,
@@ -202,7 +256,7 @@ def maybe_gptq_cuda(
 ) -> torch.Tensor | None:
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
-    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma"}
+    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid"}
     forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
     adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it.
     """
@@ -220,16 +274,14 @@ def maybe_gptq_cuda(
     plan = None
     if why is None:
         sms = _device_info(x.device)[0]
-        plan = cuda_small_m_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
-                                 forced=forced)  # fmt: skip
+        plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
+                         forced=forced, mid=bool(cfg.get("mid")))  # fmt: skip
         why = None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}"
     if plan is None:
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
-    plan |= {
-        key: cfg[key] for key in ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma") if key in cfg
-    }
+    plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

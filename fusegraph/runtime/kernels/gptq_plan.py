@@ -14,7 +14,15 @@ from typing import Any
 import torch
 import triton
 
-__all__ = ["act_order_prepare", "dequant_min_m", "pick_config", "sm_count"]
+__all__ = [
+    "act_order_prepare",
+    "cuda_mid_m_plan",
+    "cuda_plan",
+    "cuda_small_m_plan",
+    "dequant_min_m",
+    "pick_config",
+    "sm_count",
+]
 
 
 _SM_COUNT: dict[torch.device, int] = {}
@@ -228,3 +236,74 @@ def cuda_small_m_plan(
     # registers (two blocks of words in flight): 168 a thread for 4 bits and M <= 8, about 230-240 else
     min_blocks = 3 if m <= 8 and bits != 8 else 2
     return {"split_k": split, "warps": 4, "cluster": split == 2, "min_blocks": min_blocks}
+
+
+# ---- the compiled CUDA kernel for mid M (gptq_cuda_mid.py) ---------------------------------------------
+
+_CUDA_MID_M = (17, 64)  # the mid-M kernel's range; its accumulators (16 fp32 per 8 rows of x) cap M at 64
+
+
+def cuda_mid_m_plan(
+    m: int,
+    n: int,
+    k: int,
+    bits: int,
+    sms: int,
+    *,
+    act_order: bool = False,
+    bf16: bool = False,
+    forced: bool = False,
+    any_m: bool = False,
+) -> dict[str, Any] | None:
+    """Launch plan of the CUDA mid-M kernel (`gptq_cuda_mid.py`) for `x [m, k] @ W [k, n]`, or None
+    when it should not run (the Triton kernels do): M outside 17..64 (any M ≤ 64 when `forced` or `any_m`),
+    act-order or 8 bits unless `forced`, bf16 at 8 bits, a shape off the repacked layout.
+
+    A CTA takes `warps` 64-column strips (4 where N/64 allows) and one K slice; split-K is the
+    smallest divisor d of K/128 with (N/64/warps)·d ≥ the SM count, summed in a thread-block cluster
+    when d ≤ 8, else through a workspace and an atomic ticket; registers capped for 8 warps an SM.
+
+    Example:
+        >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
+        {'split_k': 8, 'warps': 4, 'cluster': True, 'min_blocks': 2, 'mid': True}
+    """
+    lo = 1 if forced or any_m else _CUDA_MID_M[0]
+    if not lo <= m <= _CUDA_MID_M[1] or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
+        return None
+    if not forced and (act_order or bits == 8):
+        return None
+    warps = next(w for w in (4, 2, 1) if (n // 64) % w == 0)
+    tiles, blocks = n // 64 // warps, k // 128
+    split = next((d for d in range(1, blocks + 1) if blocks % d == 0 and tiles * d >= sms), blocks)
+    return {
+        "split_k": split,
+        "warps": warps,
+        "cluster": 2 <= split <= 8,
+        "min_blocks": 8 // warps,
+        "mid": True,
+    }
+
+
+def cuda_plan(
+    m: int,
+    n: int,
+    k: int,
+    bits: int,
+    sms: int,
+    *,
+    act_order: bool = False,
+    bf16: bool = False,
+    forced: bool = False,
+    mid: bool = False,
+) -> dict[str, Any] | None:
+    """The CUDA kernels' plan for this call: the small-M kernel's (M ≤ 16) or the mid-M kernel's
+    (M 17..64, or any M ≤ 64 with `mid`), or None (the Triton kernels run).
+
+    Example:
+        >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
+        True
+    """
+    kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
+    if mid or m > _CUDA_MAX_M:
+        return cuda_mid_m_plan(m, n, k, bits, sms, any_m=mid, **kw)
+    return cuda_small_m_plan(m, n, k, bits, sms, **kw)

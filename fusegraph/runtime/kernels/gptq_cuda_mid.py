@@ -1,0 +1,345 @@
+"""CUDA C++ source of the mid-M GPTQ kernel (M = 17..64; `gptq_cuda.py` compiles it with NVRTC), as text.
+
+`fg_gptq_mid_m` multiplies x `[M ≤ 64, K]` (fp16, or bf16 at 4 bits) by W in the tiled layout of
+`fg.gptq.repack` (the small-M kernel's, `gptq_cuda_src.py`) with the same fragments, loads and
+dequantization, but a different division of the work, because at M > 16 each dequantized weight
+fragment feeds up to 8 tensor-core products and the accumulators of a warp grow to MT·16 fp32:
+
+- A CTA is NWARPS adjacent 64-column strips (warp w takes strip NWARPS·blockIdx.x + w) times one K
+  slice (`bps` blocks, blockIdx.y of SPLIT). All its warps walk the same 128-row blocks, so each
+  block of x (M rows × 128, 256 B a row) is staged in shared memory once per CTA (cp.async, two
+  buffers: block u+1 lands while block u is used; gathered through perm for act-order) and read by
+  every warp; rows M..8·MT−1 stay zero.
+- A lane keeps one block of words in registers and refills it half a block at a time: after the
+  word rows of the first half (qq = 0) fed their mmas, the next block's first half is requested,
+  and so on, so loads are in flight while the rest of the block computes.
+- The scale is folded into the dequantized fp16/bf16 pair ((q − z)·s, one packed multiply), so the
+  accumulators are the whole sum (no per-block fp32 partials: at MT = 8 they would not fit).
+- Per 16-row step kt, the B fragments of the MT n-tiles are read from shared memory once and used
+  by the 4 column groups i; each A fragment (4 dequantized pairs) feeds MT mmas.
+- Epilogue: the accumulators go to shared memory ([M][NWARPS·64] fp32, over the x buffers), then
+  the output is written (SPLIT = 1), or the SPLIT CTAs of a strip group sum in a thread-block
+  cluster, or the last CTA (atomic ticket) sums the fp32 slices of a workspace, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS
+
+__all__ = ["MID_KERNEL_NAME", "MidSpec", "mid_kernel_source", "mid_smem_bytes"]
+
+MID_KERNEL_NAME = "fg_gptq_mid_m"
+_XS = 68  # u32 words a staged row of x (64 + 4: the B-fragment loads hit 32 distinct banks)
+
+
+@dataclass(frozen=True)
+class MidSpec:
+    """The compile-time parameters of one mid-M kernel instance.
+
+    Attributes:
+        bits: container bits, 4 or 8.
+        bf16: x, scales and output are bf16 (4 bits only), else fp16.
+        mt: n-tiles of 8 rows of x, 1..8 (M ≤ 8·mt).
+        warps: warps per CTA = 64-column strips per CTA (1, 2, 4 or 8).
+        split: CTAs along K per strip group (gridDim.y).
+        cluster: split-K reduction through a thread-block cluster (2 ≤ split ≤ 8) instead of a ticket.
+        has_perm: act-order (x gathered through perm).
+        zero_v1: the qzeros store z − 1.
+        min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
+    """
+
+    bits: int
+    bf16: bool
+    mt: int
+    warps: int
+    split: int
+    cluster: bool
+    has_perm: bool
+    zero_v1: bool
+    min_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"gptq_cuda_mid: bits must be 4 or 8, got {self.bits}")
+        if self.bf16 and self.bits == 8:
+            raise ValueError("gptq_cuda_mid: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
+        if not 1 <= self.mt <= 8:
+            raise ValueError(f"gptq_cuda_mid: mt must be 1..8, got {self.mt}")
+        if self.warps not in (1, 2, 4, 8) or self.split < 1:
+            raise ValueError(
+                f"gptq_cuda_mid: warps must be 1, 2, 4 or 8 and split ≥ 1, got {self.warps}, {self.split}"
+            )
+        if self.cluster and not 2 <= self.split <= 8:
+            raise ValueError(f"gptq_cuda_mid: cluster needs 2 ≤ split ≤ 8, got {self.split}")
+        if self.min_blocks < 1:
+            raise ValueError(f"gptq_cuda_mid: min_blocks must be ≥ 1, got {self.min_blocks}")
+
+
+def mid_smem_bytes(spec: MidSpec, m: int) -> int:
+    """Dynamic shared memory of one CTA: two staged blocks of x, or (after the loop) its [M][warps·64] sums."""
+    return max(2 * 8 * spec.mt * _XS * 4, m * spec.warps * 64 * 4)
+
+
+_SOURCE = r"""
+#define BITS %(bits)d
+#define BF16 %(bf16)d
+#define MT %(mt)d
+#define NWARPS %(warps)d
+#define SPLIT %(split)d
+#define CLUSTER %(cluster)d
+#define HAS_PERM %(has_perm)d
+#define ZERO_V1 %(zero_v1)d
+#define MIN_BLOCKS %(min_blocks)d
+#define XS %(xs)d
+#define MROWS (8 * MT)
+#define CW (64 * NWARPS)  // the CTA's output columns
+%(helpers)s
+__device__ __forceinline__ u32 mul2(u32 a, u32 b) {
+  u32 d;
+#if BF16
+  asm("fma.rn.bf16x2 %%0, %%1, %%2, %%3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+#else
+  asm("mul.rn.f16x2 %%0, %%1, %%2;" : "=r"(d) : "r"(a), "r"(b));
+#endif
+  return d;
+}
+// Pair J of word w, (q - z)·s: the rows 2(J·R + r) + {0, 1} of its column, scale folded in.
+template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s2) {
+#if BITS == 4 && !BF16
+  const u32 v = (J >= 2) ? (w >> 8) : w;
+  const u32 d = (J & 1) ? fma2(lop3(v, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh)
+                        : sub2(lop3(v, 0x000f000fu, 0x64006400u), mz);
+#elif BITS == 4
+  const u32 d = sub2(lop3(w >> (4 * J), 0x000f000fu, 0x43004300u), mz);
+#else
+  const u32 d = sub2(prmt(w, 0x64646464u, J ? 0x4341u : 0x4240u), mz);
+#endif
+  return mul2(d, s2);
+}
+
+extern "C" __global__ void
+#if CLUSTER
+__cluster_dims__(1, SPLIT, 1)
+#endif
+__launch_bounds__(NWARPS * 32, MIN_BLOCKS)
+fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
+              const u32* __restrict__ qz, const int* __restrict__ perm, u16* __restrict__ out,
+              float* __restrict__ ws, int* __restrict__ cnt, int M, int N, int K, int group_size, int bps,
+              int stride_xm, int stride_s, int stride_qz, int stride_om) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int cta = blockIdx.x, ks = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int strip = cta * NWARPS + warp, kb0 = ks * bps;
+  u32* xs = (u32*)smem;      // [2][MROWS][XS]: x's block u in buffer u & 1
+  float* fin = (float*)smem;  // after the loop: [M][CW] sums
+  const u32x4* wsrc = qw + (u64)strip * (K / P) * 16 + t * 16 + g;
+  const u16* ssrc = sc + strip * 64 + 4 * g;
+#if BITS == 4
+  const u32* zsrc = qz + strip * 8 + (g >> 1);
+  const int zoff_y = 4, zshift = 16 * (g & 1);
+#else
+  const u32* zsrc = qz + strip * 16 + g;
+  const int zoff_y = 8, zshift = 0;
+#endif
+
+  auto stage = [&](int u) {  // x's rows of block kb0 + u into buffer u & 1, 16-byte chunks of 8 values
+    u32* dst = xs + (u & 1) * MROWS * XS;
+    const int kbase = (kb0 + u) * 128;
+    for (int c = tid; c < M * 16; c += NWARPS * 32) {
+      const int m = c >> 4, cc = c & 15;
+#if HAS_PERM
+      const i32x4 p0 = *(const i32x4*)(perm + kbase + cc * 8), p1 = *(const i32x4*)(perm + kbase + cc * 8 + 4);
+      const u16* xr = x + (u64)m * stride_xm;
+      u32x4 v;
+      v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
+      v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
+      v.z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
+      v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
+      *(u32x4*)(dst + m * XS + cc * 4) = v;
+#else
+      cp16(smem_u32(dst + m * XS + cc * 4), x + (u64)m * stride_xm + kbase + cc * 8);
+#endif
+    }
+  };
+  u32x4 w[NW];   // this lane's words of the current block (rows t + 4q; columns 4g.. and 32 + 4g..)
+  u32x2 sx, sy;  // the scales of those columns
+  u32 zx, zy;    // their packed zeros
+  auto load_words = [&](int blk, int q) {
+    const u32x4* src = wsrc + (u64)blk * R * 16 + q * 64;
+    w[2 * q] = ldg_stream(src);
+    w[2 * q + 1] = ldg_stream(src + 8);
+  };
+  auto load_meta = [&](int blk) {
+    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+    const u16* sp = ssrc + (u64)grp * stride_s;
+    sx = ldg8(sp);
+    sy = ldg8(sp + 32);
+    const u32* zp = zsrc + (u64)grp * stride_qz;
+    zx = ldg4(zp);
+    zy = ldg4(zp + zoff_y);
+  };
+
+  stage(0);
+  cp_commit();
+#pragma unroll
+  for (int q = 0; q < NQ; ++q) load_words(kb0, q);
+  load_meta(kb0);
+  for (int i = tid; i < 2 * (MROWS - M) * 64; i += NWARPS * 32) {  // the padding rows of both buffers: zero
+    const int b = i / ((MROWS - M) * 64), r = i - b * (MROWS - M) * 64;
+    xs[b * MROWS * XS + (M + (r >> 6)) * XS + (r & 63)] = 0u;
+  }
+
+  float acc[4][MT][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[i][mt][c] = 0.f;
+
+  for (int u = 0; u < bps; ++u) {
+    cp_wait<0>();
+    __syncthreads();  // block u of x is in; every warp is done with buffer (u + 1) & 1
+    const bool more = u + 1 < bps;
+    if (more) {
+      stage(u + 1);
+      cp_commit();
+    }
+    u32 mz[4][2], nzh[4][2], s2[4][2];  // per column (i, h): magic + z, -(64 + z), the scale twice
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const u32 zw = h ? zy : zx;
+#if BITS == 4
+        const u32 z = (zw >> (zshift + 4 * i)) & 15u;
+#else
+        const u32 z = (zw >> (8 * i)) & 255u;
+#endif
+#if BF16
+        mz[i][h] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;  // 128 + z
+        nzh[i][h] = 0u;
+#else
+        mz[i][h] = z * 0x10001u + (0x6400u + ZERO_V1) * 0x10001u;  // 1024 + z
+        nzh[i][h] = sub2(0x63806380u, mz[i][h]);  // 960 - (1024 + z) = -(64 + z)
+#endif
+        const u32 sw = h ? (i < 2 ? sy.x : sy.y) : (i < 2 ? sx.x : sx.y);
+        s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
+      }
+    if (more) load_meta(kb0 + u + 1);
+    const u32* xb = xs + (u & 1) * MROWS * XS + g * XS + t;
+#pragma unroll
+    for (int qq = 0; qq < NQ / 2; ++qq) {  // word rows t + 8qq (a0/a1) and t + 8qq + 4 (a2/a3)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const int kt = j * (NQ / 2) + qq;  // the 16-row step of x these fragments multiply
+        u32 bf[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          bf[mt][0] = xb[mt * 8 * XS + 8 * kt];
+          bf[mt][1] = xb[mt * 8 * XS + 8 * kt + 4];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          u32 a0, a1, a2, a3;
+#define DQ(J) { a0 = dq<J>(comp(w[4 * qq], i), mz[i][0], nzh[i][0], s2[i][0]); \
+                a1 = dq<J>(comp(w[4 * qq + 1], i), mz[i][1], nzh[i][1], s2[i][1]); \
+                a2 = dq<J>(comp(w[4 * qq + 2], i), mz[i][0], nzh[i][0], s2[i][0]); \
+                a3 = dq<J>(comp(w[4 * qq + 3], i), mz[i][1], nzh[i][1], s2[i][1]); }
+          if (j == 0) DQ(0) else if (j == 1) DQ(1) else if (j == 2) DQ(2) else DQ(3)
+#undef DQ
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) mma(acc[i][mt], a0, a1, a2, a3, bf[mt][0], bf[mt][1]);
+        }
+      }
+      if (more) {  // this half's words are used: request the next block's
+        load_words(kb0 + u + 1, 2 * qq);
+        load_words(kb0 + u + 1, 2 * qq + 1);
+      }
+    }
+  }
+
+  __syncthreads();  // every warp is done with the x buffers: they become fin
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int m = 8 * mt + 2 * t + (c & 1);
+        if (m < M) fin[m * CW + warp * 64 + (c >> 1) * 32 + 4 * g + i] = acc[i][mt][c];
+      }
+  __syncthreads();
+  const int total = M * CW, col0 = cta * CW;
+#if SPLIT == 1
+  for (int i = tid; i < total; i += NWARPS * 32) out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(fin[i]);
+#elif CLUSTER
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
+    const int share = (total + SPLIT - 1) / SPLIT;
+    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
+    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
+      const u32 local = smem_u32(fin + i);
+      float s = 0.f;
+#pragma unroll
+      for (int r = 0; r < SPLIT; ++r) {
+        u32 remote;
+        float v;
+        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
+        asm volatile("ld.shared::cluster.f32 %%0, [%%1];" : "=f"(v) : "r"(remote) : "memory");
+        s += v;
+      }
+      out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(s);
+    }
+  }
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i %% CW] = fin[i];
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(cnt + cta, 1) == SPLIT - 1;
+  __syncthreads();
+  if (last) {
+    __threadfence();
+    for (int i = tid; i < total; i += NWARPS * 32) {
+      float s = 0.f;
+      for (int r = 0; r < SPLIT; ++r) {
+        float v;
+        const float* p = ws + ((u64)r * M + i / CW) * N + col0 + i %% CW;
+        asm volatile("ld.global.cg.f32 %%0, [%%1];" : "=f"(v) : "l"(p));
+        s += v;
+      }
+      out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(s);
+    }
+    if (tid == 0) cnt[cta] = 0;  // ready for the next launch
+  }
+#endif
+}
+"""
+
+
+def mid_kernel_source(spec: MidSpec) -> str:
+    """The CUDA C++ text of `fg_gptq_mid_m` for `spec` (no headers: NVRTC needs no include path).
+
+    Example:
+        >>> src = mid_kernel_source(MidSpec(4, False, 8, 4, 8, True, False, True))
+        >>> "#define MT 8" in src and "fg_gptq_mid_m" in src
+        True
+    """
+    return _SOURCE % {
+        "bits": spec.bits,
+        "bf16": int(spec.bf16),
+        "mt": spec.mt,
+        "warps": spec.warps,
+        "split": spec.split,
+        "cluster": int(spec.cluster),
+        "has_perm": int(spec.has_perm),
+        "zero_v1": int(spec.zero_v1),
+        "min_blocks": spec.min_blocks,
+        "xs": _XS,
+        "helpers": HELPERS,
+    }
