@@ -96,34 +96,51 @@ def test_cuda_plan__leaves_act_order_and_8_bit_past_m_4_to_triton_unless_forced(
 
 
 @pytest.mark.parametrize(
-    ("n", "k", "split", "cluster"),
-    [(6144, 4096, 8, True), (4096, 4096, 16, False), (28672, 4096, 2, True), (4096, 14336, 14, False)],
+    ("n", "k", "split", "warps"),
+    [(6144, 4096, 8, 4), (4096, 4096, 8, 2), (28672, 4096, 2, 4), (4096, 14336, 7, 2)],
 )
-def test_cuda_mid_plan__four_strips_a_cta_and_split_k_until_every_sm_has_a_cta(
-    n: int, k: int, split: int, cluster: bool
+def test_cuda_mid_plan__cluster_split_k_and_4_or_2_strips_a_cta_as_measured_fastest(
+    n: int, k: int, split: int, warps: int
 ) -> None:
-    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
 
-    plan = cuda_plan(64, n, k, 4, 132)
-    assert plan == {"split_k": split, "warps": 4, "cluster": cluster, "min_blocks": 2, "mid": True}
-    assert (n // 256) * split >= 132 and (k // 128) % split == 0
+    for m in (16, 32, 64):
+        plan = cuda_mid_m_plan(m, n, k, 4, 132)
+        assert plan == {
+            "split_k": split,
+            "warps": warps,
+            "cluster": True,
+            "min_blocks": 8 // warps,
+            "mid": True,
+        }
+    assert (n // 64 // warps) * split >= 1.4 * 132 and (k // 128) % split == 0 and split <= 8
 
 
 def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
 
-    assert "mid" not in (cuda_plan(16, 6144, 4096, 4, 132) or {"mid": 1})  # the small-M kernel
-    for m in (17, 33, 64):
-        assert (cuda_plan(m, 6144, 4096, 4, 132) or {}).get("mid") is True
-    assert cuda_plan(65, 6144, 4096, 4, 132) is None  # Triton
-    assert (cuda_plan(8, 6144, 4096, 4, 132, mid=True) or {}).get("mid") is True  # forced onto the mid kernel
-    # act-order and 8 bits stay on Triton at mid M unless forced; N/64 not a multiple of 4: fewer strips a CTA
-    assert cuda_plan(40, 6144, 4096, 4, 132, act_order=True) is None
-    assert cuda_plan(40, 6144, 4096, 8, 132) is None
-    assert cuda_plan(40, 6144, 4096, 8, 132, forced=True) is not None
-    assert (cuda_mid_m_plan(40, 192, 512, 4, 132) or {}).get("warps") == 1
+    def kernel(m: int, n: int, k: int, **kw: object) -> str:
+        plan = cuda_plan(m, n, k, 4, 132, **kw)  # type: ignore[arg-type]
+        return "triton" if plan is None else "mid" if plan.get("mid") else "small"
+
+    assert [kernel(m, 6144, 4096) for m in (1, 8, 9, 16, 17, 64, 65)] == [
+        "small", "small", "mid", "mid", "mid", "mid", "triton"
+    ]  # fmt: skip
+    # o_proj (2048 strip-blocks) is below the work threshold past M=16 (measured slower than Triton there)
+    assert [kernel(m, 4096, 4096) for m in (16, 17, 64)] == ["mid", "triton", "triton"]
+    assert kernel(64, 4096, 4096, forced=True) == "mid"
+    assert kernel(12, 6144, 4096, mid=False) == "small" and kernel(4, 6144, 4096, mid=True) == "mid"
+    assert kernel(17, 6144, 4096, mid=False) == "triton"
+    # act-order and 8 bits: the mid-M kernel only when forced; at M 9..16 the small-M plan decides (Triton)
+    for kw in ({"act_order": True}, {}):
+        bits = 4 if kw else 8
+        assert cuda_plan(40, 6144, 4096, bits, 132, **kw) is None  # type: ignore[arg-type]
+        assert cuda_plan(12, 6144, 4096, bits, 132, **kw) is None  # type: ignore[arg-type]
+        assert (cuda_plan(40, 6144, 4096, bits, 132, forced=True, **kw) or {}).get("mid") is True  # type: ignore[arg-type]
+    assert (cuda_mid_m_plan(40, 192, 512, 4, 132) or {}).get("warps") == 1  # N/64 odd
     assert (cuda_mid_m_plan(40, 384, 512, 4, 132) or {}).get("warps") == 2
     assert cuda_mid_m_plan(40, 256, 512, 8, 132, bf16=True, forced=True) is None
+    assert cuda_mid_m_plan(65, 6144, 4096, 4, 132, forced=True) is None
 
 
 def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_uses() -> None:

@@ -1,4 +1,5 @@
 """The compiled CUDA small-M GPTQ kernel (`gptq_cuda.py`) on a CUDA GPU (skipped elsewhere), against the math.
+(Forced with "mid": False: by default M 9..16 run the mid-M kernel, tested in test_gptq_cuda_mid_m.py.)
 
 Every M in 1..16, 4-bit plain and act-order, 8-bit, bf16, both split-K reductions (cluster and
 ticket), eager and under CUDA-graph replay; the reference is `gptq_packing.dequantize` of the
@@ -65,7 +66,10 @@ def test_gptq_cuda__every_m_matches_the_math(m: int) -> None:
     x = torch.randn(m, 520, generator=layer["gen"]).half().cuda()[:, off : off + 512]
     ref = x.double().cpu() @ layer["w"]
     err = _err(
-        _run(layer, x, 4, {"kernel": "cuda", "split_k": 2 if m % 3 else 4, "cluster": m % 4 != 1}), ref
+        _run(
+            layer, x, 4, {"kernel": "cuda", "mid": False, "split_k": 2 if m % 3 else 4, "cluster": m % 4 != 1}
+        ),
+        ref,
     )
     assert err < 3e-3, f"M={m}: relative error {err:.3g}"
 
@@ -78,7 +82,7 @@ def test_gptq_cuda__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, 
     x = torch.randn(m, k, generator=layer["gen"]).to(dtype).cuda()
     ref = x.double().cpu() @ layer["w"]
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
-    cfg = {"kernel": "cuda"} | config
+    cfg = {"kernel": "cuda", "mid": False} | config  # the small-M kernel (M 9..16 default to the mid-M one)
     for _ in range(2):  # twice: the tickets must come back zeroed
         err = _err(_run(layer, x, bits, cfg), ref)
         assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
@@ -94,7 +98,7 @@ def test_gptq_cuda__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, 
         assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
 
 
-def test_gptq_cuda__the_default_plan_takes_m_to_64_and_leaves_the_rest_to_triton() -> None:
+def test_gptq_cuda__the_default_plan_takes_small_m_and_leaves_m_over_64_to_triton() -> None:
     from fusegraph.runtime.kernels import gptq_cuda
 
     layer = _layer(512, 256, 4, False, torch.float16, seed=3)

@@ -275,7 +275,7 @@ def maybe_gptq_cuda(
     if why is None:
         sms = _device_info(x.device)[0]
         plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
-                         forced=forced, mid=bool(cfg.get("mid")))  # fmt: skip
+                         forced=forced, mid=cfg.get("mid"))  # fmt: skip
         why = None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}"
     if plan is None:
         if forced:

@@ -240,7 +240,13 @@ def cuda_small_m_plan(
 
 # ---- the compiled CUDA kernel for mid M (gptq_cuda_mid.py) ---------------------------------------------
 
-_CUDA_MID_M = (17, 64)  # the mid-M kernel's range; its accumulators (16 fp32 per 8 rows of x) cap M at 64
+_CUDA_MID_MAX_M = 64  # its accumulators (16 fp32 a thread per 8 rows of x) cap M at 64
+# By default the mid-M kernel takes M from here (9..16: it beat the small-M kernel at M=16 on all four
+# shapes, H200: 10.7/10.1/30.5/20.8 us vs 13.9/11.7/49.8/26.6; M ≤ 8 stays on the small-M kernel, not measured)
+_CUDA_MID_FROM_M = 9
+# Past M=16, only shapes with at least this many (64-column strip, 128-row block) pairs: o_proj (2048) was
+# slower than Triton at M=32 (13.6 vs 13.3 us) and M=64 (20.7 vs 18.3); qkv (3072) faster (14.3 vs 17.0, 21.8 vs 22.3)
+_CUDA_MID_MIN_WORK = 2500
 
 
 def cuda_mid_m_plan(
@@ -253,35 +259,37 @@ def cuda_mid_m_plan(
     act_order: bool = False,
     bf16: bool = False,
     forced: bool = False,
-    any_m: bool = False,
 ) -> dict[str, Any] | None:
     """Launch plan of the CUDA mid-M kernel (`gptq_cuda_mid.py`) for `x [m, k] @ W [k, n]`, or None
-    when it should not run (the Triton kernels do): M outside 17..64 (any M ≤ 64 when `forced` or `any_m`),
-    act-order or 8 bits unless `forced`, bf16 at 8 bits, a shape off the repacked layout.
+    when it cannot or should not run: M outside 1..64, act-order or 8 bits unless `forced` (not
+    measured), bf16 at 8 bits, a shape off the repacked layout. (`cuda_plan` decides which M take it.)
 
-    A CTA takes `warps` 64-column strips (4 where N/64 allows) and one K slice; split-K is the
-    smallest divisor d of K/128 with (N/64/warps)·d ≥ the SM count, summed in a thread-block cluster
-    when d ≤ 8, else through a workspace and an atomic ticket; registers capped for 8 warps an SM.
+    Measured on an H200 (benchmarks/gptq_sweep.py "midm", 2026-11-30; docs/benchmarks.md): the
+    split-K partial sums must meet in a thread-block cluster (the ticket's workspace at split 14-16
+    was 2-4x slower), so split-K ≤ 8. A CTA takes 4 64-column strips with the smallest split d ≤ 8
+    that gives (N/256)·d ≥ 1.4·SMs CTAs (qkv d=8, gate_up d=2); where none does, 2 strips and the
+    same rule (o_proj d=8, down d=7), the largest d ≤ 8 if still none. That was the fastest
+    variant on every shape at M = 16, 32 and 64 but one (gate_up M=16: 2 strips, 1% faster).
+    Registers are capped for 8 warps an SM (255 a thread at 4 bits and M > 56, no spills).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
         {'split_k': 8, 'warps': 4, 'cluster': True, 'min_blocks': 2, 'mid': True}
     """
-    lo = 1 if forced or any_m else _CUDA_MID_M[0]
-    if not lo <= m <= _CUDA_MID_M[1] or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
+    if not 1 <= m <= _CUDA_MID_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
         return None
     if not forced and (act_order or bits == 8):
         return None
-    warps = next(w for w in (4, 2, 1) if (n // 64) % w == 0)
-    tiles, blocks = n // 64 // warps, k // 128
-    split = next((d for d in range(1, blocks + 1) if blocks % d == 0 and tiles * d >= sms), blocks)
-    return {
-        "split_k": split,
-        "warps": warps,
-        "cluster": 2 <= split <= 8,
-        "min_blocks": 8 // warps,
-        "mid": True,
-    }
+    blocks = k // 128
+    small = [d for d in range(1, min(8, blocks) + 1) if blocks % d == 0]
+    split: int | None = None
+    for warps in [w for w in (4, 2) if (n // 64) % w == 0] or [1]:
+        split = next((d for d in small if (n // 64 // warps) * d >= 1.4 * sms), None)
+        if split is not None:
+            break
+    if split is None:
+        split = small[-1]
+    return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": 8 // warps, "mid": True}
 
 
 def cuda_plan(
@@ -294,16 +302,25 @@ def cuda_plan(
     act_order: bool = False,
     bf16: bool = False,
     forced: bool = False,
-    mid: bool = False,
+    mid: bool | None = None,
 ) -> dict[str, Any] | None:
-    """The CUDA kernels' plan for this call: the small-M kernel's (M ≤ 16) or the mid-M kernel's
-    (M 17..64, or any M ≤ 64 with `mid`), or None (the Triton kernels run).
+    """The CUDA kernels' plan for this call, or None (the Triton kernels run).
+
+    `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
+    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`), else the small-M kernel for M ≤ 16.
+    True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
 
     Example:
         >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
         True
+        >>> cuda_plan(64, 4096, 4096, 4, 132) is None  # o_proj at M=64: Triton
+        True
     """
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
-    if mid or m > _CUDA_MAX_M:
-        return cuda_mid_m_plan(m, n, k, bits, sms, any_m=mid, **kw)
-    return cuda_small_m_plan(m, n, k, bits, sms, **kw)
+    if mid is None:
+        big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
+        plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
+        if plan is None and m <= _CUDA_MAX_M:
+            plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
+        return plan
+    return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
