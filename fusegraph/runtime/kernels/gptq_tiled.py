@@ -16,8 +16,8 @@ Layout (made once, at compile time, by `fusegraph.ops.gptq_layout.repack`):
 Needs K % 128 == 0, N % 64 == 0 and groups of a multiple of 128 rows (or one group).
 
 Paths (`plan` picks them per shape and SM count; `config` overrides; H200 numbers in
-docs/benchmarks.md). First, for M ≤ 16, the compiled CUDA kernel (`gptq_cuda.py`, NVRTC) runs
-where `gptq_plan.cuda_small_m_plan` takes the call; otherwise (or without NVRTC) the Triton ones:
+docs/benchmarks.md). First, for M ≤ 64, the compiled CUDA kernels (`gptq_cuda.py`, NVRTC) run
+where `gptq_plan.cuda_plan` takes the call; otherwise (or without NVRTC) the Triton ones:
 - "gemv" (M ≤ 2, fp16/bf16 x): one row per program, fp16x2 FMA after the lop3/prmt dequantization;
 - "mma" (M < 192, and fp32 x): tensor-core tiles, P dots of K = R per 128-row block;
 - "nat" (2 < M ≤ 16, N % 128 == 0, 2-4 bits): tensor-core tiles, the block's scaled weights
@@ -193,7 +193,7 @@ def gptq_tiled_matmul(
         group_size: rows per group, -1 for one group; a multiple of 128.
         zero_format: "v1" (qzeros_t stores z − 1) or "v2".
         config: override "kernel" ("cuda" | "gemv" | "mma" | "dequant"; "cuda" also takes "warps", "cluster",
-            "min_blocks", "l2pf", see `gptq_cuda.maybe_gptq_cuda`; {"cuda": False} keeps to Triton), "split_k", "unroll", "block_m",
+            "min_blocks", "l2pf", "mid", see `gptq_cuda.maybe_gptq_cuda`; {"cuda": False} keeps to Triton), "split_k", "unroll", "block_m",
             "block_n", "num_warps", "num_stages", "ticket", "use_asm", "permute_x" (act-order: permute x
             once first; False: gemv and mma gather it through perm in the kernel), "pf" (0 | 1: ask L2 for each
             program's weight run first; "pf_lines" caps it), "pdl" (0-3, see `_pdl_enter`; Hopper
