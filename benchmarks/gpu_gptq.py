@@ -166,7 +166,7 @@ def bench_shapes(
                     torch.bfloat16,
                 ),
             ]
-            if m <= 16:  # the default dispatch (the CUDA kernel where its plan takes M) against Triton forced
+            if m <= 64:  # the default dispatch (CUDA kernels where their plan takes M) vs Triton forced
                 variants[2:2] = [("tri4", lambda lay, x: ours(k, lay, x, TRITON), "plain", q4, f16)]
                 variants[4:4] = [("triact4", lambda lay, x: ours(k, lay, x, TRITON), "act", q4, f16)]
                 variants[6:6] = [("tri8", lambda lay, x: ours(k, lay, x, TRITON), "int8", q8, f16)]
