@@ -131,12 +131,15 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     assert kernel(64, 4096, 4096, forced=True) == "mid"
     assert kernel(12, 6144, 4096, mid=False) == "small" and kernel(4, 6144, 4096, mid=True) == "mid"
     assert kernel(17, 6144, 4096, mid=False) == "triton"
-    # act-order and 8 bits: the mid-M kernel only when forced; at M 9..16 the small-M plan decides (Triton)
-    for kw in ({"act_order": True}, {}):
-        bits = 4 if kw else 8
-        assert cuda_plan(40, 6144, 4096, bits, 132, **kw) is None  # type: ignore[arg-type]
-        assert cuda_plan(12, 6144, 4096, bits, 132, **kw) is None  # type: ignore[arg-type]
-        assert (cuda_plan(40, 6144, 4096, bits, 132, forced=True, **kw) or {}).get("mid") is True  # type: ignore[arg-type]
+    # 8 bits: the mid-M kernel only when forced; at M 9..16 the small-M plan decides (Triton)
+    assert cuda_plan(40, 6144, 4096, 8, 132) is None and cuda_plan(12, 6144, 4096, 8, 132) is None
+    assert (cuda_plan(40, 6144, 4096, 8, 132, forced=True) or {}).get("mid") is True
+    # act-order with the in-kernel gather (xperm=False): likewise
+    for m in (40, 12):
+        assert cuda_plan(m, 6144, 4096, 4, 132, act_order=True, xperm=False) is None
+    assert (cuda_plan(40, 6144, 4096, 4, 132, act_order=True, xperm=False, forced=True) or {}).get(
+        "mid"
+    ) is True
     assert (cuda_mid_m_plan(40, 192, 512, 4, 132) or {}).get("warps") == 1  # N/64 odd
     assert (cuda_mid_m_plan(40, 384, 512, 4, 132) or {}).get("warps") == 2
     assert cuda_mid_m_plan(40, 256, 512, 8, 132, bf16=True, forced=True) is None
@@ -171,3 +174,34 @@ def test_mid_spec__names_the_bad_field(kwargs: dict[str, object], match: str) ->
                                "cluster": False, "has_perm": False, "zero_v1": True}  # fmt: skip
     with pytest.raises(ValueError, match=match):
         MidSpec(**(base | kwargs))  # type: ignore[arg-type]
+
+
+# ---- act-order: x permuted once past M = 4, then the plain plan -----------------------------------------
+
+
+@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)])
+def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int, k: int) -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+
+    for m in range(1, 66):
+        plain = cuda_plan(m, n, k, 4, 132)
+        act = cuda_plan(m, n, k, 4, 132, act_order=True)
+        if m <= 4:  # the small-M kernel gathers x through perm itself
+            assert act == cuda_small_m_plan(m, n, k, 4, 132, act_order=True) and act is not None
+            assert "xperm" not in act
+        else:  # the plain plan (None, i.e. Triton, where the plain path is Triton: o_proj past M=16, M > 64)
+            assert act == (None if plain is None else plain | {"xperm": True}), m
+    # forced either way
+    assert (cuda_plan(2, n, k, 4, 132, act_order=True, xperm=True) or {}).get("xperm") is True
+    assert "xperm" not in (
+        cuda_plan(16, n, k, 4, 132, act_order=True, xperm=False, forced=True) or {"xperm": 0}
+    )
+
+
+def test_cuda_plan__act_order_8_bit_and_bf16_follow_their_plain_plans() -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+
+    assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True) == cuda_plan(16, 6144, 4096, 8, 132)
+    assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True, bf16=True) is None  # bf16 at 8 bits: Triton
+    plan = cuda_plan(32, 6144, 4096, 4, 132, act_order=True, bf16=True)
+    assert plan is not None and plan["mid"] and plan["xperm"]

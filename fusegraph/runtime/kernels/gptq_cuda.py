@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 import torch
+import triton
 
 from fusegraph.runtime.kernels.gptq_cuda_mid import (
     MID_KERNEL_NAME,
@@ -30,7 +31,9 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
     mid_smem_bytes,
 )
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
 
 __all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
 
@@ -42,8 +45,8 @@ _SMEM_SET: dict[tuple[int, KernelSpec | MidSpec], int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
-_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid")
-_CUDA_KEYS = {"kernel", "cuda", *_PLAN_KEYS}
+_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm")
+_CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma.maybe_wgmma
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
@@ -243,6 +246,15 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
     return out
 
 
+def _permute_x(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """x[:, perm] as a new contiguous tensor, in one launch of the Triton permutation kernel."""
+    m, k = x.shape
+    y = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(k))
+    _permute_cols_kernel[(triton.cdiv(k, block), m)](x, perm, y, k, x.stride(0), BLOCK=block, num_warps=4)
+    return y
+
+
 def maybe_gptq_cuda(
     x: torch.Tensor,
     qweight_t: torch.Tensor,
@@ -257,9 +269,11 @@ def maybe_gptq_cuda(
 ) -> torch.Tensor | None:
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
-    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid"}
-    forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
+    `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
+    "xperm"} forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
     adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it.
+    Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
+    gather): x is permuted once (`_permute_x`), then the kernel runs on the row-sorted weight without perm.
     """
     cfg = config or {}
     forced = cfg.get("kernel") == "cuda"
@@ -271,18 +285,23 @@ def maybe_gptq_cuda(
     n = qweight_t.shape[0] * 64
     if x.device.type == "cuda" and (x.data_ptr() % 16 or x.stride(0) % 8):
         x = x.clone(memory_format=torch.contiguous_format)  # the kernel copies x in 16-byte chunks
+    if cfg.get("wgmma"):  # the Hopper wgmma kernel, asked for by name (raises if it cannot run)
+        return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                           zero_format=zero_format, config=cfg, sms=_device_info(x.device)[0])  # fmt: skip
     why = _unsupported(x, qweight_t, scales, qzeros_t, perm, bits)
     plan = None
     if why is None:
         sms = _device_info(x.device)[0]
         plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
-                         forced=forced, mid=cfg.get("mid"))  # fmt: skip
+                         forced=forced, mid=cfg.get("mid"), xperm=cfg.get("xperm"))  # fmt: skip
         why = None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}"
     if plan is None:
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
+    if perm is not None and plan.pop("xperm", False):
+        x, perm = _permute_x(x, perm), None  # act-order: x's columns sorted once, then the plain kernel
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

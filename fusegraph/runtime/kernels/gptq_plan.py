@@ -292,6 +292,13 @@ def cuda_mid_m_plan(
     return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": 8 // warps, "mid": True}
 
 
+# act-order: up to this M the small-M kernel gathers x through perm itself (H200 M=1: qkv 9.7 vs plain 8.9 µs);
+# past it x is permuted once (`xperm`: one Triton launch) and the plain plan runs on the row-sorted weight
+_CUDA_ACT_GATHER_MAX_M = 4
+# 8 bits: the mid-M kernel takes M from here to 64 (65: never by default)
+_CUDA_8BIT_MID_FROM_M = 65
+
+
 def cuda_plan(
     m: int,
     n: int,
@@ -303,20 +310,31 @@ def cuda_plan(
     bf16: bool = False,
     forced: bool = False,
     mid: bool | None = None,
+    xperm: bool | None = None,
 ) -> dict[str, Any] | None:
     """The CUDA kernels' plan for this call, or None (the Triton kernels run).
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`), else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
+    Act-order: up to M = `_CUDA_ACT_GATHER_MAX_M` the kernel gathers x through perm; past it (or
+    with `xperm` True) the plan is the plain one plus {"xperm": True}: x is permuted once, then the
+    kernel runs without perm (None where the plain plan is None). `xperm` False: always the gather.
 
     Example:
         >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
         True
         >>> cuda_plan(64, 4096, 4096, 4, 132) is None  # o_proj at M=64: Triton
         True
+        >>> cuda_plan(16, 6144, 4096, 4, 132, act_order=True)["xperm"]
+        True
     """
+    if act_order and (xperm or (xperm is None and m > _CUDA_ACT_GATHER_MAX_M)):
+        plain = cuda_plan(m, n, k, bits, sms, bf16=bf16, forced=forced, mid=mid)
+        return None if plain is None else plain | {"xperm": True}
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
+    if mid is None and bits == 8 and m >= _CUDA_8BIT_MID_FROM_M and not forced:
+        return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
         plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
