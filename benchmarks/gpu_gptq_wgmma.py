@@ -1,0 +1,116 @@
+"""The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma.py`) against the default dispatch and cuBLAS fp16.
+
+`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,128,32]`: the four Llama-3-8B shapes (plain
+4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
+`gptq_tiled_matmul` (the CUDA mid-M kernel at M ≤ 64, Triton past it), and the wgmma kernel at its
+plan's split-K and its neighbours (half, double). Device time from CUDA-graph replays with every
+operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
+against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
+timing new rows once spent.
+"""
+
+# ruff: noqa: B023, E731, N812
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_gptq as GB  # noqa: E402
+from gpu import copy_bandwidth, graph_us  # noqa: E402
+
+from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan  # noqa: E402
+
+LINES: list[str] = []
+T0 = time.time()
+BUDGET_S = float(os.environ.get("WGMMA_BUDGET_S", "60"))
+
+
+class K:
+    tiled = staticmethod(T.gptq_tiled_matmul)
+
+
+def log(s: str = "") -> None:
+    print(s, flush=True)
+    LINES.append(s)
+
+
+def splits(m: int, k_in: int, n_out: int, sms: int) -> list[int]:
+    """The plan's split-K first, then half and double where they divide K/128 and fit a cluster (≤ 8)."""
+    plan = wgmma_plan(m, n_out, k_in, sms)
+    if plan is None:
+        return []
+    s = int(plan["split_k"])
+    blocks = k_in // 128
+    return [s] + [d for d in (s // 2, 2 * s) if 1 <= d <= 8 and blocks % d == 0 and d != s]
+
+
+def run(ms: tuple[int, ...], bw: float) -> None:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in GB.SHAPES}
+    for m in ms:
+        for label, k_in, n_out in GB.SHAPES:
+            layers = benches[label].layers["plain"]
+            xs = benches[label].xs(m, len(layers))
+            runs: list[tuple[str, Callable[..., Any]]] = [
+                ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w)),
+                ("default", lambda lay, x: GB.ours(K, lay, x)),
+            ]
+            runs += [
+                (
+                    f"wgmma/s{s}",
+                    lambda lay, x, s=s: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": True, "split_k": s}),
+                )
+                for s in splits(m, k_in, n_out, sms)
+            ]
+            times: dict[str, float] = {}
+            for name, fn in runs:
+                if time.time() - T0 > BUDGET_S:
+                    log(f"  {label} M={m} {name}: skipped (budget)")
+                    continue
+                try:
+                    times[name], err = GB.checked_time(name, fn, layers, xs, graph_us, 5e-3)
+                except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
+                    log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                cub = times.get("cuBLAS", float("nan"))
+                nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
+                log(f"  {label} M={m} {name:<10} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM, "
+                    f"{cub / times[name]:4.2f}x cuBLAS) err {err:.1e}")  # fmt: skip
+            wg = {n_: t for n_, t in times.items() if n_.startswith("wgmma")}
+            best = min(wg, key=wg.__getitem__) if wg else "-"
+            cub = times.get("cuBLAS", float("nan"))
+            dflt = times.get("default", float("nan"))
+            bt = wg.get(best, float("nan"))
+            log(f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x) | "
+                f"wgmma {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {dflt / bt:.2f}x default)")  # fmt: skip
+
+
+def main() -> int:
+    log(
+        f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | cc {torch.cuda.get_device_capability()}"
+    )
+    bw = copy_bandwidth()
+    log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    torch.manual_seed(0)
+    ms = (64, 256, 128, 32)  # the M = 64 and M ≥ 256 targets first, in case the budget runs out
+    if "--ms" in sys.argv:
+        ms = tuple(int(v) for v in sys.argv[sys.argv.index("--ms") + 1].split(","))
+    run(ms, bw)
+    log(f"wall {time.time() - T0:.1f} s")
+    if out := os.environ.get("OUT"):
+        Path(out, "gptq_wgmma.txt").write_text("\n".join(LINES) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma_src.py`) on the layout of `fg.gptq.repack`: plan and launch.
+
+For plain 4-bit (no act-order) x `[M, K]` fp16/bf16 on a compute-capability-9.0 GPU: each CTA is one
+warpgroup over four 64-column strips, a K slice and a chunk of ≤ 64 rows of x (rows past 64 take
+more chunks, each reading the weights again). Compiled by NVRTC (`torch.cuda._compile_kernel`)
+for sm_90a, once per (device, `WgmmaSpec`) in a process. Off by default: `gptq_cuda.maybe_gptq_cuda`
+runs it when the config says {"kernel": "cuda", "wgmma": True} (optionally "split_k").
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import (
+    WGMMA_KERNEL_NAME,
+    WgmmaSpec,
+    wgmma_kernel_source,
+    wgmma_smem_bytes,
+)
+
+__all__ = ["gptq_wgmma_matmul", "maybe_wgmma", "wgmma_plan", "wgmma_unsupported"]
+
+_log = logging.getLogger(__name__)
+_KERNELS: dict[tuple[int, WgmmaSpec], Any] = {}
+_FAILED: dict[tuple[int, WgmmaSpec], str] = {}
+_SMEM_SET: dict[tuple[int, WgmmaSpec], int] = {}
+TOK = 64  # rows of x a CTA takes at most (the wgmma's N ≤ 64: its 4·16 accumulators a column group fit)
+
+
+def wgmma_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
+    """{"split_k": s} for the wgmma kernel on x `[m, k]` · W `[k, n]`, or None when it cannot take the shape.
+
+    s is the smallest divisor of K/128 (≤ 8, a cluster) whose CTAs (N/256 · ⌈M/64⌉ · s) fill the
+    `sms` SMs, else the largest such divisor.
+
+    Example:
+        >>> wgmma_plan(64, 6144, 4096, 132)
+        {'split_k': 8}
+    """
+    if m < 1 or n % 256 or k % 128:
+        return None
+    tiles = (n // 256) * ((m + TOK - 1) // TOK)
+    splits = [s for s in range(1, 9) if (k // 128) % s == 0]
+    for s in splits:
+        if tiles * s >= sms:
+            return {"split_k": s}
+    return {"split_k": splits[-1]}
+
+
+def wgmma_unsupported(x: torch.Tensor, n: int, bits: int, perm: torch.Tensor | None) -> str | None:
+    """Why the wgmma kernel cannot take these operands, or None."""
+    if x.device.type != "cuda":
+        return "not a CUDA tensor"
+    if bits != 4 or perm is not None:
+        return f"bits={bits}, act-order={perm is not None}: it takes plain 4-bit only"
+    cap = torch.cuda.get_device_capability(x.device)
+    if cap != (9, 0):
+        return f"compute capability {cap}: wgmma needs sm_90a (9.0)"
+    if n % 256:
+        return f"N={n} is not a multiple of 256 (4 strips of 64 a CTA)"
+    return None
+
+
+def _kernel(spec: WgmmaSpec, device: torch.device, smem: int) -> Any:
+    """The compiled kernel of `spec` on `device` (compiled once); raises RuntimeError if NVRTC fails."""
+    key = (device.index or 0, spec)
+    if key in _FAILED:
+        raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}")
+    kern = _KERNELS.get(key)
+    if kern is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"gptq_cuda_wgmma: {spec} is not compiled; run it once before CUDA-graph capture"
+            )
+        try:
+            with torch.cuda.device(device):
+                kern = torch.cuda._compile_kernel(
+                    wgmma_kernel_source(spec), WGMMA_KERNEL_NAME, compute_capability="90a"
+                )
+        except Exception as err:  # noqa: BLE001 - no NVRTC, an old one without sm_90a, a compile error
+            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
+            _log.warning("gptq_cuda_wgmma: %s did not compile: %s", spec, _FAILED[key])
+            raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}") from err
+        _KERNELS[key] = kern
+    if smem > _SMEM_SET.get(key, 48 * 1024 - 1):
+        if hasattr(kern, "set_shared_memory_config"):
+            kern.set_shared_memory_config(smem)
+        else:
+            from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+            _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, 8, smem))  # max dynamic smem
+        _SMEM_SET[key] = smem
+    return kern
+
+
+def gptq_wgmma_matmul(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    *,
+    group_size: int,
+    zero_format: str,
+    split_k: int,
+) -> torch.Tensor:
+    """`x @ W` for plain 4-bit repacked GPTQ tensors with the wgmma kernel (see the module docstring).
+
+    Operands as in `gptq_tiled_matmul` (already checked there: contiguous, K % 128 == 0, group_size a
+    multiple of 128 dividing K); x 16-byte aligned with a row stride that is a multiple of 8.
+
+    Example:
+        >>> y = gptq_wgmma_matmul(x, t["qweight"], scales, t["qzeros"], group_size=128, zero_format="v1",
+        ...                       split_k=4)
+    """
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    why = wgmma_unsupported(x, n, 4, None)
+    if why is not None:
+        raise ValueError(f"gptq_wgmma_matmul: {why}")
+    if x.dtype not in (torch.float16, torch.bfloat16) or scales.dtype != x.dtype:
+        raise ValueError(
+            f"gptq_wgmma_matmul: x {x.dtype} / scales {scales.dtype}: needs fp16 or bf16, both alike"
+        )
+    blocks = k // 128
+    if not 1 <= split_k <= 8 or blocks % split_k:
+        raise ValueError(
+            f"gptq_wgmma_matmul: split_k must be 1..8 and divide K/128 = {blocks}, got {split_k}"
+        )
+    if x.data_ptr() % 16 or x.stride(0) % 8 or x.stride(1) != 1:
+        raise ValueError(
+            "gptq_wgmma_matmul: x must be 16-byte aligned with a row stride that is a multiple of 8"
+        )
+    spec = WgmmaSpec(bf16=x.dtype == torch.bfloat16, mt=(min(m, TOK) + 7) // 8, split=split_k,
+                     zero_v1=zero_format == "v1")  # fmt: skip
+    smem = wgmma_smem_bytes(spec)
+    kern = _kernel(spec, x.device, smem)
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    kern(
+        grid=(n // 256, split_k, (m + TOK - 1) // TOK), block=(128, 1, 1), shared_mem=smem,
+        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks // split_k,
+              x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0)],
+    )  # fmt: skip
+    return out
+
+
+def maybe_wgmma(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    config: dict[str, Any],
+    sms: int,
+) -> torch.Tensor:
+    """`x @ W` with the wgmma kernel, as `gptq_cuda.maybe_gptq_cuda` calls it for a config with "wgmma": True.
+
+    Act-order runs on x's columns gathered once through perm (the repacked rows are sorted). "split_k"
+    in `config` overrides the plan's. Raises ValueError naming the reason when the kernel cannot run.
+
+    Example:
+        >>> y = maybe_wgmma(x, t["qweight"], scales, t["qzeros"], None, bits=4, group_size=128,
+        ...                 zero_format="v1", config={"wgmma": True}, sms=132)
+    """
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    why = wgmma_unsupported(x, n, bits, None)
+    plan = wgmma_plan(m, n, k, sms) if why is None else None
+    if plan is None:
+        raise ValueError(
+            f"gptq_tiled_matmul: the wgmma kernel cannot run: {why or f'no plan for M={m} N={n} K={k}'}"
+        )
+    if perm is not None:
+        x = x.index_select(1, perm)  # act-order: the kernel runs on the row-sorted weight
+    split = int(config.get("split_k", plan["split_k"]))
+    return gptq_wgmma_matmul(x, qweight_t, scales, qzeros_t, group_size=group_size, zero_format=zero_format,
+                             split_k=split)  # fmt: skip

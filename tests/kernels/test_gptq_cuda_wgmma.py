@@ -1,0 +1,117 @@
+"""The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma*.py`) against the math.
+
+On a compute-capability-9.0 GPU (skipped elsewhere): M = 8..256 (one or more 64-row chunks), fp16
+and bf16, split-K 1..8 through a cluster, act-order through the gathered x, an x view at an odd
+offset, eager and under CUDA-graph replay (each replay writes into a poisoned output first). The
+reference is `gptq_packing.dequantize` of the checkpoint tensors in float64, times x in float64.
+The plan and the generated source are checked on any machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from fusegraph.ops.gptq_layout import repack
+from fusegraph.ops.gptq_packing import dequantize, pack
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import WgmmaSpec, wgmma_kernel_source, wgmma_smem_bytes
+
+_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+hopper = pytest.mark.skipif(not _HOPPER, reason="needs a compute-capability-9.0 GPU (wgmma, sm_90a)")
+
+
+def test_gptq_cuda_wgmma__plan_fills_the_sms_with_the_smallest_split() -> None:
+    assert wgmma_plan(64, 6144, 4096, 132) == {"split_k": 8}  # 24 CTAs a split
+    assert wgmma_plan(64, 28672, 4096, 132) == {"split_k": 2}  # 112 CTAs a split
+    assert wgmma_plan(256, 28672, 4096, 132) == {"split_k": 1}  # 4 chunks of 64 rows: 448 CTAs
+    assert wgmma_plan(64, 4096, 14336, 132) == {"split_k": 8}  # 16 CTAs; 112 blocks: 8 divides
+    assert wgmma_plan(32, 192, 512, 132) is None  # N is not a multiple of 256
+    assert wgmma_plan(32, 256, 640, 132) == {"split_k": 5}  # 5 blocks: only 1 and 5 divide
+
+
+def test_gptq_cuda_wgmma__source_has_the_wgmma_of_its_width_and_the_descriptor_strides() -> None:
+    src = wgmma_kernel_source(WgmmaSpec(bf16=True, mt=3, split=1, zero_v1=False))
+    assert "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1" in src
+    assert "%16, 1, 1, 1, 0;" in src  # 12 accumulators, 4 A registers, then the B descriptor
+    assert "#define MT 3" in src and "__cluster_dims__" in src  # (the macro guards the cluster)
+    assert wgmma_smem_bytes(WgmmaSpec(bf16=False, mt=8, split=4, zero_v1=True)) == 64 * 256 * 4
+    with pytest.raises(ValueError, match="split must be 1..8"):
+        WgmmaSpec(bf16=False, mt=8, split=16, zero_v1=True)
+
+
+def _layer(k: int, n: int, desc_act: bool, dtype: torch.dtype, seed: int) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    t = pack(torch.randn(n, k, generator=gen), bits=4, group_size=128, sym=False, desc_act=desc_act)
+    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=4, group_size=128, sym=False,
+                   dtype=torch.float64)  # fmt: skip
+    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=4, group_size=128,
+               sym=False, desc_act=desc_act)  # fmt: skip
+    dev = {key: v.cuda() for key, v in r.items()}
+    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
+
+
+def _run(layer: dict[str, Any], x: torch.Tensor, config: dict[str, Any] | None) -> torch.Tensor:
+    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
+
+    r = layer["r"]
+    return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r.get("perm"), bits=4,
+                             group_size=128, config=config)  # fmt: skip
+
+
+def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+# (m, k, n, desc_act, dtype, split_k or None: the plan's)
+CASES = [
+    (8, 512, 256, False, torch.float16, 1),
+    (32, 1024, 512, False, torch.float16, 4),
+    (33, 512, 256, False, torch.float16, 2),
+    (64, 1024, 256, False, torch.float16, 8),
+    (64, 512, 512, False, torch.float16, None),
+    (96, 512, 256, False, torch.float16, 2),
+    (128, 1024, 256, False, torch.float16, 1),
+    (256, 512, 512, False, torch.float16, 4),
+    (57, 1024, 256, False, torch.bfloat16, 4),
+    (100, 512, 256, True, torch.float16, 2),
+]
+
+
+@hopper
+@pytest.mark.parametrize(
+    "case", CASES, ids=[f"m{c[0]}_k{c[1]}_n{c[2]}_{'act' if c[3] else 'plain'}" for c in CASES]
+)
+def test_gptq_cuda_wgmma__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
+    m, k, n, desc_act, dtype, split = case
+    layer = _layer(k, n, desc_act, dtype, seed=m * 3 + k)
+    off = m % 3  # an odd offset: the dispatcher copies x to 16-byte alignment first (off 0: a plain view)
+    x = torch.randn(m, k + 8, generator=layer["gen"]).to(dtype).cuda()[:, off : off + k]
+    ref = x.double().cpu() @ layer["w"]
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": True} | ({} if split is None else {"split_k": split})
+    err = _err(_run(layer, x, cfg), ref)
+    assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _run(layer, x, cfg)
+    for _ in range(2):
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        err = _err(y, ref)
+        assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
+
+
+@hopper
+def test_gptq_cuda_wgmma__refuses_what_it_cannot_run() -> None:
+    layer = _layer(512, 192, False, torch.float16, seed=5)
+    x = torch.randn(32, 512, generator=layer["gen"]).half().cuda()
+    with pytest.raises(ValueError, match="N=192 is not a multiple of 256"):
+        _run(layer, x, {"kernel": "cuda", "wgmma": True})
+    layer = _layer(512, 256, False, torch.float16, seed=6)
+    with pytest.raises(ValueError, match=r"split_k must be 1..8 and divide K/128 = 4, got 3"):
+        _run(layer, x, {"kernel": "cuda", "wgmma": True, "split_k": 3})
