@@ -43,6 +43,7 @@ def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double().cpu() - ref).norm() / ref.norm()).item()
 
 
+_AHEAD = {"kernel": "cuda", "xperm": False, "perm_ahead": True}
 # (m, k, n, bits, dtype, config, kernel ("small" | "mid"), x permuted first)
 CASES = [
     (5, 512, 256, 4, torch.float16, None, "small", True),
@@ -56,6 +57,11 @@ CASES = [
     (16, 512, 256, 4, torch.float16, {"kernel": "cuda", "xperm": False}, "mid", False),
     (16, 512, 192, 8, torch.float16, {"kernel": "cuda"}, "mid", True),
     (64, 512, 256, 8, torch.float16, {"kernel": "cuda", "mid": True}, "mid", True),
+    # the mid-M kernel's gather issued a block ahead (perm_ahead): 1, 2, 5 and 8 n-tiles, 4/2/1 strips a CTA
+    (16, 512, 256, 4, torch.float16, _AHEAD | {"split_k": 1}, "mid", False),
+    (5, 1024, 256, 4, torch.bfloat16, _AHEAD | {"mid": True, "split_k": 2, "cluster": False}, "mid", False),
+    (40, 1024, 512, 4, torch.float16, _AHEAD | {"warps": 2, "split_k": 4}, "mid", False),
+    (64, 512, 192, 8, torch.float16, _AHEAD | {"split_k": 2}, "mid", False),
 ]
 
 

@@ -45,7 +45,7 @@ _SMEM_SET: dict[tuple[int, KernelSpec | MidSpec], int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
-_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm")
+_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead")
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma.maybe_wgmma
 
 
@@ -161,7 +161,8 @@ def gptq_cuda_matmul(
 ) -> torch.Tensor | None:
     """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid"}), or None
     when the kernel cannot be compiled here. M > 16 (or "mid": True) runs the mid-M kernel
-    (`gptq_cuda_mid.py`: "warps" is then its 64-column strips per CTA; "l2pf"/"tma" do not apply). Operands as in `gptq_tiled_matmul`, already checked
+    (`gptq_cuda_mid.py`: "warps" is then its 64-column strips per CTA; "l2pf"/"tma" do not apply; with
+    perm, "perm_ahead" gathers block u+1 of x before block u's math). Operands as in `gptq_tiled_matmul`, already checked
     there (contiguous, K % 128 == 0, group_size a multiple of 128 dividing K).
 
     Example:
@@ -223,7 +224,8 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
     spec = MidSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=(m + 7) // 8, warps=warps,
                    split=split, cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0),
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
-                   min_blocks=int(plan.get("min_blocks", 1)))  # fmt: skip
+                   min_blocks=int(plan.get("min_blocks", 1)),
+                   perm_ahead=bool(plan.get("perm_ahead")) and perm is not None)  # fmt: skip
     smem = mid_smem_bytes(spec, m)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -270,7 +272,7 @@ def maybe_gptq_cuda(
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
-    "xperm"} forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
+    "xperm", "perm_ahead"} forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
     adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it.
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
     gather): x is permuted once (`_permute_x`), then the kernel runs on the row-sorted weight without perm.

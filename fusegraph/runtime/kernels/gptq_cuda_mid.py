@@ -48,6 +48,9 @@ class MidSpec:
         has_perm: act-order (x gathered through perm).
         zero_v1: the qzeros store z − 1.
         min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
+        perm_ahead: act-order only: block u+1's x is gathered through perm into registers before block
+            u's math and stored to shared memory after it (the gather's latency under the math), instead
+            of gathered and stored before the math.
     """
 
     bits: int
@@ -59,6 +62,7 @@ class MidSpec:
     has_perm: bool
     zero_v1: bool
     min_blocks: int = 1
+    perm_ahead: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -75,6 +79,8 @@ class MidSpec:
             raise ValueError(f"gptq_cuda_mid: cluster needs 2 ≤ split ≤ 8, got {self.split}")
         if self.min_blocks < 1:
             raise ValueError(f"gptq_cuda_mid: min_blocks must be ≥ 1, got {self.min_blocks}")
+        if self.perm_ahead and not self.has_perm:
+            raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm (it changes the act-order gather)")
 
 
 def mid_smem_bytes(spec: MidSpec, m: int) -> int:
@@ -92,6 +98,7 @@ _SOURCE = r"""
 #define HAS_PERM %(has_perm)d
 #define ZERO_V1 %(zero_v1)d
 #define MIN_BLOCKS %(min_blocks)d
+#define PERM_AHEAD %(perm_ahead)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
@@ -164,6 +171,33 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #endif
     }
   };
+#if PERM_AHEAD
+#define GCH ((MROWS * 16 + NWARPS * 32 - 1) / (NWARPS * 32))  // 16-byte chunks of x a thread gathers a block
+  u32x4 gv[GCH];  // block u+1's chunks (rows tid/16 + i·NWARPS·2, columns 8·(tid%%16)..), gathered ahead
+  auto gather = [&](int u) {
+    const int kbase = (kb0 + u) * 128, cc = tid & 15;  // NWARPS·32 is a multiple of 16: cc is fixed
+    const i32x4 p0 = *(const i32x4*)(perm + kbase + cc * 8), p1 = *(const i32x4*)(perm + kbase + cc * 8 + 4);
+#pragma unroll
+    for (int i = 0; i < GCH; ++i) {
+      const int m = (tid + i * NWARPS * 32) >> 4;
+      if (m < M) {
+        const u16* xr = x + (u64)m * stride_xm;
+        gv[i].x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
+        gv[i].y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
+        gv[i].z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
+        gv[i].w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
+      }
+    }
+  };
+  auto put = [&](int u) {  // the gathered chunks into buffer u & 1
+    u32* dst = xs + (u & 1) * MROWS * XS + (tid & 15) * 4;
+#pragma unroll
+    for (int i = 0; i < GCH; ++i) {
+      const int m = (tid + i * NWARPS * 32) >> 4;
+      if (m < M) *(u32x4*)(dst + m * XS) = gv[i];
+    }
+  };
+#endif
   u32x4 w[NW];   // this lane's words of the current block (rows t + 4q; columns 4g.. and 32 + 4g..)
   u32x2 sx, sy;  // the scales of those columns
   u32 zx, zy;    // their packed zeros
@@ -182,7 +216,12 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     zy = ldg4(zp + zoff_y);
   };
 
+#if PERM_AHEAD
+  gather(0);
+  put(0);
+#else
   stage(0);
+#endif
   cp_commit();
 #pragma unroll
   for (int q = 0; q < NQ; ++q) load_words(kb0, q);
@@ -205,8 +244,12 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     __syncthreads();  // block u of x is in; every warp is done with buffer (u + 1) & 1
     const bool more = u + 1 < bps;
     if (more) {
+#if PERM_AHEAD
+      gather(u + 1);  // stored by put after this block's math
+#else
       stage(u + 1);
       cp_commit();
+#endif
     }
     u32 mz[4][2], nzh[4][2], s2[4][2];  // per column (i, h): magic + z, -(64 + z), the scale twice
 #pragma unroll
@@ -260,6 +303,9 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         load_words(kb0 + u + 1, 2 * qq + 1);
       }
     }
+#if PERM_AHEAD
+    if (more) put(u + 1);  // buffer (u + 1) & 1 is free: every warp passed this iteration's barrier
+#endif
   }
 
   __syncthreads();  // every warp is done with the x buffers: they become fin
@@ -340,6 +386,7 @@ def mid_kernel_source(spec: MidSpec) -> str:
         "has_perm": int(spec.has_perm),
         "zero_v1": int(spec.zero_v1),
         "min_blocks": spec.min_blocks,
+        "perm_ahead": int(spec.perm_ahead),
         "xs": _XS,
         "helpers": HELPERS,
     }

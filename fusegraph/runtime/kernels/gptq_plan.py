@@ -295,6 +295,9 @@ def cuda_mid_m_plan(
 # act-order: up to this M the small-M kernel gathers x through perm itself (H200 M=1: qkv 9.7 vs plain 8.9 µs);
 # past it x is permuted once (`xperm`: one Triton launch) and the plain plan runs on the row-sorted weight
 _CUDA_ACT_GATHER_MAX_M = 4
+# act-order past that M up to this one: where the plain plan is the mid-M kernel, it gathers x itself with
+# the gather of block u+1 issued before block u's math ("perm_ahead") instead of xperm (0: never)
+_CUDA_ACT_AHEAD_MAX_M = 0
 # 8 bits: the mid-M kernel takes M from here to 64 (65: never by default)
 _CUDA_8BIT_MID_FROM_M = 65
 
@@ -319,7 +322,9 @@ def cuda_plan(
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
     Act-order: up to M = `_CUDA_ACT_GATHER_MAX_M` the kernel gathers x through perm; past it (or
     with `xperm` True) the plan is the plain one plus {"xperm": True}: x is permuted once, then the
-    kernel runs without perm (None where the plain plan is None). `xperm` False: always the gather.
+    kernel runs without perm (None where the plain plan is None), except up to M = `_CUDA_ACT_AHEAD_MAX_M`
+    where the plain plan is the mid-M kernel: it then gathers x itself, ahead ({"perm_ahead": True}).
+    `xperm` False: always the in-kernel gather.
 
     Example:
         >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
@@ -331,6 +336,8 @@ def cuda_plan(
     """
     if act_order and (xperm or (xperm is None and m > _CUDA_ACT_GATHER_MAX_M)):
         plain = cuda_plan(m, n, k, bits, sms, bf16=bf16, forced=forced, mid=mid)
+        if plain is not None and plain.get("mid") and xperm is None and m <= _CUDA_ACT_AHEAD_MAX_M:
+            return plain | {"perm_ahead": True}
         return None if plain is None else plain | {"xperm": True}
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
     if mid is None and bits == 8 and m >= _CUDA_8BIT_MID_FROM_M and not forced:
