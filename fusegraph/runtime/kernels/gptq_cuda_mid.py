@@ -174,9 +174,13 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #if PERM_AHEAD
 #define GCH ((MROWS * 16 + NWARPS * 32 - 1) / (NWARPS * 32))  // 16-byte chunks of x a thread gathers a block
   u32x4 gv[GCH];  // block u+1's chunks (rows tid/16 + i·NWARPS·2, columns 8·(tid%%16)..), gathered ahead
-  auto gather = [&](int u) {
-    const int kbase = (kb0 + u) * 128, cc = tid & 15;  // NWARPS·32 is a multiple of 16: cc is fixed
-    const i32x4 p0 = *(const i32x4*)(perm + kbase + cc * 8), p1 = *(const i32x4*)(perm + kbase + cc * 8 + 4);
+  i32x4 p0, p1;   // the perm of the thread's 8 columns of the next block to gather
+  auto load_perm = [&](int u) {
+    const int* pp = perm + (kb0 + u) * 128 + (tid & 15) * 8;
+    p0 = *(const i32x4*)pp;
+    p1 = *(const i32x4*)(pp + 4);
+  };
+  auto gather = [&](int u) {  // block u's chunks into gv (its perm is in p0/p1), then block u+1's perm
 #pragma unroll
     for (int i = 0; i < GCH; ++i) {
       const int m = (tid + i * NWARPS * 32) >> 4;
@@ -188,6 +192,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         gv[i].w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
       }
     }
+    if (u + 1 < bps) load_perm(u + 1);  // in flight until the next gather: its loads need no wait
   };
   auto put = [&](int u) {  // the gathered chunks into buffer u & 1
     u32* dst = xs + (u & 1) * MROWS * XS + (tid & 15) * 4;
@@ -217,6 +222,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   };
 
 #if PERM_AHEAD
+  load_perm(0);
   gather(0);
   put(0);
 #else
