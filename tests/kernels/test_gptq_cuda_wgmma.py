@@ -37,7 +37,10 @@ def test_gptq_cuda_wgmma__source_has_the_wgmma_of_its_width_and_the_descriptor_s
     assert "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1" in src
     assert "%16, 1, 1, 1, 0;" in src  # 12 accumulators, 4 A registers, then the B descriptor
     assert "#define MT 3" in src and "__cluster_dims__" in src  # (the macro guards the cluster)
-    assert wgmma_smem_bytes(WgmmaSpec(bf16=False, mt=8, split=4, zero_v1=True)) == 64 * 256 * 4
+    assert (
+        wgmma_smem_bytes(WgmmaSpec(bf16=False, mt=8, split=4, zero_v1=True)) == 64 * 256 * 4
+    )  # > 3 blocks of x
+    assert wgmma_smem_bytes(WgmmaSpec(bf16=False, mt=1, split=1, zero_v1=True)) == 8 * 256 * 4
     with pytest.raises(ValueError, match="split must be 1..8"):
         WgmmaSpec(bf16=False, mt=8, split=16, zero_v1=True)
 

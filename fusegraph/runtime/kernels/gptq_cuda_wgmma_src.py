@@ -11,12 +11,13 @@
   16-row step) are the wgmma A fragment of warp w's 16 rows: so one wgmma (m64, four strips' group
   i) a column group and 16-row step, four a step.
 - B = x^T `[16, TOK]` from shared memory through a matrix descriptor, K-major, no swizzle: x's block
-  (TOK rows × 128) is staged (cp.async, two buffers) as 8×8 core matrices of 128 contiguous bytes,
+  (TOK rows × 128) is staged (cp.async, three buffers) as 8×8 core matrices of 128 contiguous bytes,
   core matrix (k chunk c, row group r) at (c·MT + r)·128, row m of it at +16·(m % 8); so the
   descriptor's leading byte offset (the next 8 values of K) is MT·128 and its stride byte offset
   (the next 8 rows) is 128. Rows past M stay zero.
 - Each step's four wgmmas form one commit group; `wgmma.wait_group 1` keeps one step in flight
-  while the next is dequantized; the block ends with `wait_group 0` (its buffer is restaged next).
+  while the next is dequantized, also across blocks: block u + 1 is staged into the buffer that
+  block u − 2 read, whose wgmmas are complete by then (three buffers, one barrier a block).
 - Epilogue: the accumulators (the m64nN layout: row 16w + g (+8), column 8j + 2t (+1)) go to shared
   memory ([TOK][256] fp32), then to the output (SPLIT = 1) or, split-K, summed over the SPLIT CTAs
   of a thread-block cluster through distributed shared memory, in rank order.
@@ -57,8 +58,8 @@ class WgmmaSpec:
 
 
 def wgmma_smem_bytes(spec: WgmmaSpec) -> int:
-    """Dynamic shared memory of one CTA: two staged blocks of x, or (after the loop) its [TOK][256] sums."""
-    return max(2 * 16 * spec.mt * 128, 8 * spec.mt * 256 * 4)
+    """Dynamic shared memory of one CTA: three staged blocks of x, or (after the loop) its [TOK][256] sums."""
+    return max(3 * 16 * spec.mt * 128, 8 * spec.mt * 256 * 4)
 
 
 def _wgmma_asm(mt: int, bf16: bool) -> str:
@@ -133,15 +134,15 @@ fg_gptq_wgmma(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   const int g = lane >> 2, t = lane & 3;
   const int strip = cta * 4 + warp, kb0 = ks * bps;
   float* fin = (float*)smem;  // after the loop: [mc][CW] sums
-  const u32 xs0 = smem_u32(smem);  // [2][16 k chunks][MT row groups][8 rows][16 B]
+  const u32 xs0 = smem_u32(smem);  // [3][16 k chunks][MT row groups][8 rows][16 B]
   const u32x4* wsrc = qw + (u64)strip * (K / P) * 16 + t * 16 + g;
   const u16* ssrc = sc + strip * 64 + 4 * g;
   const u32* zsrc = qz + strip * 8 + (g >> 1);
   const int zshift = 16 * (g & 1);
   const u16* xrow = x + (u64)m0 * stride_xm;
 
-  auto stage = [&](int u) {  // x's rows of block kb0 + u into buffer u & 1, 16-byte chunks of 8 values
-    const u32 dst = xs0 + (u & 1) * (16 * TOK * 16);
+  auto stage = [&](int u) {  // x's rows of block kb0 + u into buffer u %% 3, 16-byte chunks of 8 values
+    const u32 dst = xs0 + (u %% 3) * (16 * TOK * 16);
     const int kbase = (kb0 + u) * 128;
     for (int c = tid; c < mc * 16; c += 128) {
       const int m = c >> 4, cc = c & 15;
@@ -171,7 +172,7 @@ fg_gptq_wgmma(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #pragma unroll
   for (int q = 0; q < NQ; ++q) load_words(kb0, q);
   load_meta(kb0);
-  for (int i = tid; i < 2 * 16 * (TOK - mc); i += 128) {  // the rows past M of both buffers: zero
+  for (int i = tid; i < 3 * 16 * (TOK - mc); i += 128) {  // the rows past M of the three buffers: zero
     const int b = i / (16 * (TOK - mc)), r = i - b * 16 * (TOK - mc);
     const int m = mc + r / 16, cc = r %% 16;
     u32* p = (u32*)(smem + b * (16 * TOK * 16) + (cc * MT + (m >> 3)) * 128 + (m & 7) * 16);
@@ -213,7 +214,7 @@ fg_gptq_wgmma(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
       }
     if (more) load_meta(kb0 + u + 1);
-    const u32 xb = xs0 + (u & 1) * (16 * TOK * 16);
+    const u32 xb = xs0 + (u %% 3) * (16 * TOK * 16);
 #pragma unroll
     for (int qq = 0; qq < NQ / 2; ++qq) {
 #pragma unroll
@@ -245,11 +246,10 @@ fg_gptq_wgmma(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         load_words(kb0 + u + 1, 2 * qq + 1);
       }
     }
-    wg_wait<0>();  // this buffer is restaged after the next barrier
-#pragma unroll
-    for (int i = 0; i < 4; ++i) keep(acc[i]);
   }
-
+  wg_wait<0>();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) keep(acc[i]);
   __syncthreads();  // every warp is done with the x buffers: they become fin
 #pragma unroll
   for (int i = 0; i < 4; ++i)
