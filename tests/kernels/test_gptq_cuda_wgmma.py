@@ -32,6 +32,25 @@ def test_gptq_cuda_wgmma__plan_fills_the_sms_with_the_smallest_split() -> None:
     assert wgmma_plan(32, 256, 640, 132) == {"split_k": 5}  # 5 blocks: only 1 and 5 divide
 
 
+def test_gptq_cuda_wgmma__default_dispatch_takes_only_its_measured_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
+
+    monkeypatch.setattr(wg, "_WGMMA_DEFAULT_M", (32, 256))
+    monkeypatch.setattr(wg, "_WGMMA_MIN_WORK", 2500)
+    fp16, hopper_cc = torch.float16, (9, 0)
+    assert wg.wgmma_takes_by_default(64, 6144, 4096, 4, False, fp16, hopper_cc)  # qkv: 96 strips x 32 blocks
+    assert not wg.wgmma_takes_by_default(64, 4096, 4096, 4, False, fp16, hopper_cc)  # o_proj: 2048 < 2500
+    assert not wg.wgmma_takes_by_default(16, 6144, 4096, 4, False, fp16, hopper_cc)  # M below the range
+    assert not wg.wgmma_takes_by_default(257, 6144, 4096, 4, False, fp16, hopper_cc)  # M above it
+    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 4, True, fp16, hopper_cc)  # act-order
+    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 8, False, fp16, hopper_cc)  # 8-bit
+    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 4, False, torch.bfloat16, hopper_cc)  # not measured
+    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 4, False, fp16, (8, 9))  # no wgmma
+    assert not wg.wgmma_takes_by_default(64, 6016, 4096, 4, False, fp16, hopper_cc)  # N % 256
+
+
 def test_gptq_cuda_wgmma__source_has_the_wgmma_of_its_width_and_the_descriptor_strides() -> None:
     src = wgmma_kernel_source(WgmmaSpec(bf16=True, mt=3, split=1, zero_v1=False))
     assert "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1" in src

@@ -31,7 +31,7 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
     mid_smem_bytes,
 )
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
-from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import default_wgmma, maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
 
@@ -290,6 +290,9 @@ def maybe_gptq_cuda(
     if cfg.get("wgmma"):  # the Hopper wgmma kernel, asked for by name (raises if it cannot run)
         return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                            zero_format=zero_format, config=cfg, sms=_device_info(x.device)[0])  # fmt: skip
+    if not cfg and (y := default_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                                       zero_format=zero_format, sms=_device_info(x.device)[0])) is not None:  # fmt: skip
+        return y  # where gptq_cuda_wgmma's default range takes the call (off until measured)
     why = _unsupported(x, qweight_t, scales, qzeros_t, perm, bits)
     plan = None
     if why is None:

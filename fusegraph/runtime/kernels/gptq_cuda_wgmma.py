@@ -21,7 +21,14 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import (
     wgmma_smem_bytes,
 )
 
-__all__ = ["gptq_wgmma_matmul", "maybe_wgmma", "wgmma_plan", "wgmma_unsupported"]
+__all__ = [
+    "default_wgmma",
+    "gptq_wgmma_matmul",
+    "maybe_wgmma",
+    "wgmma_plan",
+    "wgmma_takes_by_default",
+    "wgmma_unsupported",
+]
 
 _log = logging.getLogger(__name__)
 _KERNELS: dict[tuple[int, WgmmaSpec], Any] = {}
@@ -181,3 +188,57 @@ def maybe_wgmma(
     split = int(config.get("split_k", plan["split_k"]))
     return gptq_wgmma_matmul(x, qweight_t, scales, qzeros_t, group_size=group_size, zero_format=zero_format,
                              split_k=split)  # fmt: skip
+
+
+# The default dispatch's use of the kernel (plain 4-bit fp16 on sm_90): M in this range (None: never)
+# and at least this many strip-blocks (N/64 · K/128), from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py).
+_WGMMA_DEFAULT_M: tuple[int, int] | None = None
+_WGMMA_MIN_WORK = 2500
+
+
+def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, act_order: bool, dtype: torch.dtype,
+                           cap: tuple[int, int]) -> bool:  # fmt: skip
+    """Whether the default dispatch (no config) runs the wgmma kernel for this call.
+
+    Example:
+        >>> wgmma_takes_by_default(64, 6144, 4096, 4, False, torch.float16, (8, 9))
+        False
+    """
+    if _WGMMA_DEFAULT_M is None or not _WGMMA_DEFAULT_M[0] <= m <= _WGMMA_DEFAULT_M[1]:
+        return False
+    if bits != 4 or act_order or dtype != torch.float16 or cap != (9, 0) or n % 256 or k % 128:
+        return False
+    return (n // 64) * (k // 128) >= _WGMMA_MIN_WORK
+
+
+def default_wgmma(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    perm: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    zero_format: str,
+    sms: int,
+) -> torch.Tensor | None:
+    """The wgmma kernel's `x @ W` where the default dispatch takes it (`wgmma_takes_by_default`), else
+    None: also when it cannot be compiled here (the other kernels run; the reason is logged once).
+
+    Example:
+        >>> y = default_wgmma(x, t["qweight"], scales, t["qzeros"], None, bits=4, group_size=128,
+        ...                   zero_format="v1", sms=132)
+    """
+    if _WGMMA_DEFAULT_M is None or x.device.type != "cuda" or scales.dtype != x.dtype:
+        return None
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    cap = torch.cuda.get_device_capability(x.device)
+    if not wgmma_takes_by_default(m, n, k, bits, perm is not None, x.dtype, cap):
+        return None
+    try:
+        return maybe_wgmma(x, qweight_t, scales, qzeros_t, None, bits=bits, group_size=group_size,
+                           zero_format=zero_format, config={}, sms=sms)  # fmt: skip
+    except RuntimeError:  # not compiled (logged once by _kernel): the other kernels run
+        return None
