@@ -85,7 +85,7 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                 cub = times.get("cuBLAS", float("nan"))
                 nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
                 log(f"  {label} M={m} {name:<10} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM, "
-                    f"{cub / times[name]:4.2f}x cuBLAS) err {err:.1e}")  # fmt: skip
+                    f"{cub / times[name]:4.2f}x cuBLAS, {2 * m * k_in * n_out / times[name] / 1e6:4.0f} TFLOPS) err {err:.1e}")  # fmt: skip
             wg = {n_: t for n_, t in times.items() if n_.startswith("wgmma")}
             best = min(wg, key=wg.__getitem__) if wg else "-"
             cub = times.get("cuBLAS", float("nan"))
