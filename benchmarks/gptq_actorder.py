@@ -1,13 +1,14 @@
 """Act-order and 8-bit on the CUDA GPTQ kernels (issue #11): the four Llama-3-8B shapes on one GPU.
 
-`python benchmarks/gptq_actorder.py`: per shape and M (1, 4, 16, 32, 64; `ACT_MS`), 4-bit g128
+`python benchmarks/gptq_actorder.py`: per M (16, 64, 4, 1, 32 in that order; `ACT_MS`) and shape, 4-bit g128
 plain (the default dispatch) against act-order as the default dispatch, the CUDA kernel on x
 permuted once ("xperm"), the CUDA kernel gathering x through perm ("gather": the small-M kernel's
-staging at M ≤ 4, the mid-M kernel's at M = 16), the mid-M kernel gathering a block ahead
-("ahead", M ≥ 16) and the Triton kernels; at M = 16 and 64 (`INT8_MS`) 8-bit as the default
+staging at M ≤ 4, the mid-M kernel's at M = 16), the small-M kernel gathering column-chunk major
+with its loads ahead ("gather2", M ≤ 8), the mid-M kernel gathering a block ahead ("ahead", M ≥ 16)
+and the Triton kernels; at M = 16 and 64 (`INT8_MS`) 8-bit as the default
 dispatch, the mid-M CUDA kernel and Triton. Also the permutation of x alone. Every variant is
 checked against `x.float() @ W.float()` before it is timed as CUDA-graph replays, operands
-rotated so that L2 stays cold (`gpu_gptq.checked_time`). Writes $OUT/gptq_actorder.txt;
+rotated so that L2 stays cold (`gpu_gptq.checked_time`). Writes $OUT/gptq_actorder.txt (line by line);
 `ACT_BUDGET_S` (default 60) skips what is left past that many seconds.
 """
 
@@ -31,7 +32,7 @@ from gpu import copy_bandwidth, graph_us  # noqa: E402
 from fusegraph.runtime.kernels import gptq_cuda  # noqa: E402
 from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul  # noqa: E402
 
-MS = tuple(int(m) for m in os.environ.get("ACT_MS", "1,4,16,32,64").split(","))
+MS = tuple(int(m) for m in os.environ.get("ACT_MS", "16,64,4,1,32").split(","))
 INT8_MS = tuple(int(m) for m in os.environ.get("INT8_MS", "16,64").split(","))
 BUDGET_S = float(os.environ.get("ACT_BUDGET_S", "60"))
 T0 = time.time()
@@ -41,6 +42,8 @@ LINES: list[str] = []
 def log(s: str) -> None:
     print(s, flush=True)
     LINES.append(s)
+    if out := os.environ.get("OUT"):  # every line at once: a timeout keeps what was measured
+        Path(out, "gptq_actorder.txt").write_text("\n".join(LINES) + "\n")
 
 
 class K:
@@ -56,6 +59,8 @@ def act_variants(m: int) -> list[tuple[str, str, dict[str, Any] | None]]:
     ]
     if m <= 4 or m == 16:
         out.append(("gather", "act", {"kernel": "cuda", "xperm": False}))
+    if m <= 8:
+        out.append(("gather2", "act", {"kernel": "cuda", "xperm": False, "perm_ahead": True}))
     if m >= 16:
         out.append(("ahead", "act", {"kernel": "cuda", "xperm": False, "mid": True, "perm_ahead": True}))
     out.append(("triton", "act", GB.TRITON))
@@ -82,10 +87,12 @@ def main() -> int:
     torch.manual_seed(0)
     permute_alone()
     failed = 0
-    for label, k_in, n_out in GB.SHAPES:
-        kinds = ("plain", "act", "int8") if INT8_MS else ("plain", "act")
-        b = GB.Bench(k_in, n_out, kinds)
-        for m in MS:
+    kinds = ("plain", "act", "int8") if INT8_MS else ("plain", "act")
+    benches = {label: GB.Bench(k_in, n_out, kinds) for label, k_in, n_out in GB.SHAPES}
+    log(f"operands ready: {time.time() - T0:.0f} s")
+    for m in MS:  # M-major in the order given (most wanted first), so that a budget cut drops the rest
+        for label, k_in, n_out in GB.SHAPES:
+            b = benches[label]
             times: dict[str, float] = {}
             cells: list[str] = []
             for name, kind, cfg in act_variants(m):
@@ -105,17 +112,13 @@ def main() -> int:
                 nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
                 cells.append(f"{name} {us:6.2f} ({nbytes / (us * 1e-6) / bw:4.0%})")
             plain = times.get("plain", float("nan"))
-            ratios = " ".join(f"{n}/plain {times[n] / plain:.2f}x" for n in ("act", "xperm", "gather", "ahead", "triton")
+            ratios = " ".join(f"{n}/plain {times[n] / plain:.2f}x" for n in ("act", "xperm", "gather", "gather2", "ahead", "triton")
                               if n in times)  # fmt: skip
             if "int8tri" in times:
                 ratios += "".join(f" {n}/int8tri {times[n] / times['int8tri']:.2f}x" for n in ("int8", "int8mid")
                                   if n in times)  # fmt: skip
             log(f"ACT {label:<8}{k_in}x{n_out:<6} M={m:<3}" + " | ".join(cells) + f" || {ratios}")
-        del b
-        torch.cuda.empty_cache()
     log(f"total {time.time() - T0:.0f} s, {failed} failed; cuda path: {gptq_cuda.cuda_path_status()}")
-    if out := os.environ.get("OUT"):
-        Path(out, "gptq_actorder.txt").write_text("\n".join(LINES) + "\n")
     return 1 if failed else 0
 
 

@@ -1,7 +1,8 @@
 """Act-order on the compiled CUDA GPTQ kernels (`gptq_cuda.py`) on a CUDA GPU (skipped elsewhere), against the math.
 
 Past M = 4 (or forced with "xperm": True) x is permuted once and the small-M or mid-M kernel runs
-without perm on the row-sorted weight; "xperm": False keeps the in-kernel gather. Both kernels,
+without perm on the row-sorted weight; "xperm": False keeps the in-kernel gather, "perm_ahead" its
+variant with the loads ahead (mid-M: a block early; small-M: column-chunk major). Both kernels,
 4 and 8 bits, fp16 and bf16, eager and under CUDA-graph replay (each replay writes into a
 poisoned output first). The reference is `gptq_packing.dequantize` of the act-order checkpoint
 tensors (scales gathered through g_idx, checkpoint row order) in float64.
@@ -62,6 +63,10 @@ CASES = [
     (5, 1024, 256, 4, torch.bfloat16, _AHEAD | {"mid": True, "split_k": 2, "cluster": False}, "mid", False),
     (40, 1024, 512, 4, torch.float16, _AHEAD | {"warps": 2, "split_k": 4}, "mid", False),
     (64, 512, 192, 8, torch.float16, _AHEAD | {"split_k": 2}, "mid", False),
+    # the small-M kernel's slice gathered column-chunk major (perm_ahead): 1 and 2 n-tiles, 1-4 chunks a thread
+    (1, 512, 256, 4, torch.float16, _AHEAD | {"mid": False}, "small", False),
+    (4, 4096, 128, 4, torch.bfloat16, _AHEAD | {"mid": False, "split_k": 1}, "small", False),
+    (13, 4096, 128, 8, torch.float16, _AHEAD | {"mid": False, "split_k": 1, "warps": 2}, "small", False),
 ]
 
 

@@ -207,23 +207,27 @@ def test_cuda_plan__act_order_8_bit_and_bf16_follow_their_plain_plans() -> None:
     assert plan is not None and plan["mid"] and plan["xperm"]
 
 
-def test_cuda_plan__act_order_gathers_ahead_on_the_mid_kernel_up_to_its_knob(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_cuda_plan__act_order_gathers_ahead_where_its_knobs_say(monkeypatch: pytest.MonkeyPatch) -> None:
     from fusegraph.runtime.kernels import gptq_plan
     from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec, mid_kernel_source
 
-    monkeypatch.setattr(gptq_plan, "_CUDA_ACT_AHEAD_MAX_M", 32)
-    plain16 = gptq_plan.cuda_plan(16, 6144, 4096, 4, 132)
-    assert gptq_plan.cuda_plan(16, 6144, 4096, 4, 132, act_order=True) == (plain16 or {}) | {
-        "perm_ahead": True
-    }
-    assert (gptq_plan.cuda_plan(6, 6144, 4096, 4, 132, act_order=True) or {}).get("xperm") is True  # small-M
-    assert (gptq_plan.cuda_plan(33, 6144, 4096, 4, 132, act_order=True) or {}).get("xperm") is True
+    monkeypatch.setattr(gptq_plan, "_CUDA_ACT_AHEAD", True)
+    monkeypatch.setattr(gptq_plan, "_CUDA_ACT_GATHER_MAX_M", 16)
+    for m in (1, 4, 8, 16):  # the small-M kernel to M=8, the mid-M kernel past it, each with the gather ahead
+        plan = gptq_plan.cuda_plan(m, 6144, 4096, 4, 132, act_order=True)
+        assert plan == (gptq_plan.cuda_plan(m, 6144, 4096, 4, 132) or {}) | {"perm_ahead": True}
+    assert (gptq_plan.cuda_plan(17, 6144, 4096, 4, 132, act_order=True) or {}).get("xperm") is True
     assert (gptq_plan.cuda_plan(16, 6144, 4096, 4, 132, act_order=True, xperm=True) or {}).get(
         "xperm"
     ) is True
+    assert "perm_ahead" not in (
+        gptq_plan.cuda_plan(16, 6144, 4096, 4, 132, act_order=True, xperm=False) or {}
+    )
     spec = MidSpec(4, False, 2, 4, 8, True, True, True, 2, perm_ahead=True)
     assert "#define PERM_AHEAD 1" in mid_kernel_source(spec) and "%(" not in mid_kernel_source(spec)
     with pytest.raises(ValueError, match="perm_ahead needs has_perm"):
         MidSpec(4, False, 2, 4, 8, True, False, True, 2, perm_ahead=True)
+    small = KernelSpec(4, False, 1, 4, 2, True, True, True, 3, perm_ahead=True)
+    assert "#define PERM_AHEAD 1" in kernel_source(small) and "gather_x<8 * MT>" in kernel_source(small)
+    with pytest.raises(ValueError, match="perm_ahead needs has_perm"):
+        KernelSpec(4, False, 1, 4, 2, True, False, True, 3, perm_ahead=True)

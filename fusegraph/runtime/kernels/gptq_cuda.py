@@ -162,7 +162,8 @@ def gptq_cuda_matmul(
     """`x @ W` with the CUDA kernel and `plan` ({"split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid"}), or None
     when the kernel cannot be compiled here. M > 16 (or "mid": True) runs the mid-M kernel
     (`gptq_cuda_mid.py`: "warps" is then its 64-column strips per CTA; "l2pf"/"tma" do not apply; with
-    perm, "perm_ahead" gathers block u+1 of x before block u's math). Operands as in `gptq_tiled_matmul`, already checked
+    perm, "perm_ahead" gathers block u+1 of x before block u's math; in the small-M kernel it gathers x's
+    slice column-chunk major, loads ahead). Operands as in `gptq_tiled_matmul`, already checked
     there (contiguous, K % 128 == 0, group_size a multiple of 128 dividing K).
 
     Example:
@@ -185,7 +186,8 @@ def gptq_cuda_matmul(
                       cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
                       zero_v1=zero_format == "v1", min_blocks=int(plan.get("min_blocks", 2)),
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
-                      tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0)  # fmt: skip
+                      tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
+                      perm_ahead=bool(plan.get("perm_ahead")) and perm is not None)  # fmt: skip
     smem = smem_bytes(spec, m, bps)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:

@@ -155,6 +155,40 @@ __device__ __forceinline__ void dequant(u32 w, u32 mz, u32 nzh, u32* d) {
   d[1] = sub2(prmt(w, 0x64646464u, 0x4341u), mz);
 #endif
 }
+// Act-order: x's columns perm[0 .. 8·chunks) of rows 0..M-1 (M <= ROWS) into shared memory (row m at xs + m·xstride),
+// column-chunk major with the loads ahead: a thread's perm of up to 2 chunks of 8 columns first, then per chunk every
+// row's values into registers, then the stores (3 load latencies where a chunk-by-chunk loop waits twice per chunk).
+template <int ROWS>
+__device__ __forceinline__ void gather_x(const u16* __restrict__ x, const int* __restrict__ perm, u32* xs, int M,
+                                         int chunks, int stride_xm, int xstride, int tid, int nthreads) {
+  for (int c0 = tid; c0 < chunks; c0 += 2 * nthreads) {
+    i32x4 p[2][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (c0 + h * nthreads < chunks) {
+        p[h][0] = *(const i32x4*)(perm + (c0 + h * nthreads) * 8);
+        p[h][1] = *(const i32x4*)(perm + (c0 + h * nthreads) * 8 + 4);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int cc = c0 + h * nthreads;
+      if (cc >= chunks) break;
+      u32x4 v[ROWS];
+#pragma unroll
+      for (int m = 0; m < ROWS; ++m)
+        if (m < M) {
+          const u16* xr = x + (u64)m * stride_xm;
+          v[m].x = (u32)xr[p[h][0].x] | ((u32)xr[p[h][0].y] << 16);
+          v[m].y = (u32)xr[p[h][0].z] | ((u32)xr[p[h][0].w] << 16);
+          v[m].z = (u32)xr[p[h][1].x] | ((u32)xr[p[h][1].y] << 16);
+          v[m].w = (u32)xr[p[h][1].z] | ((u32)xr[p[h][1].w] << 16);
+        }
+#pragma unroll
+      for (int m = 0; m < ROWS; ++m)
+        if (m < M) *(u32x4*)(xs + m * xstride + cc * 4) = v[m];
+    }
+  }
+}
 
 """
 

@@ -56,6 +56,7 @@ class KernelSpec:
         l2pf: also ask L2 for each warp's block this many blocks ahead (one bulk prefetch, Hopper), 0: no.
         tma: 0 loads the words into registers; n ≥ 2 streams them through an n-stage shared-memory
             ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
+        perm_ahead: act-order only: x's slice gathered column-chunk major, loads ahead (`gather_x`).
     """
 
     bits: int
@@ -69,6 +70,7 @@ class KernelSpec:
     min_blocks: int = 4
     l2pf: int = 0
     tma: int = 0
+    perm_ahead: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -85,6 +87,8 @@ class KernelSpec:
             raise ValueError(f"gptq_cuda: tma must be 0 or a ring of ≥ 2 stages, got {self.tma}")
         if self.cluster and not 2 <= self.split <= 8:
             raise ValueError(f"gptq_cuda: cluster needs 2 ≤ split ≤ 8, got {self.split}")
+        if self.perm_ahead and not self.has_perm:
+            raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
@@ -104,6 +108,7 @@ _SOURCE = r"""
 #define HAS_PERM %(has_perm)d
 #define ZERO_V1 %(zero_v1)d
 #define MIN_BLOCKS %(min_blocks)d
+#define PERM_AHEAD %(perm_ahead)d
 #define L2PF %(l2pf)d
 #define TMA %(tma)d  // 0: registers; else the stages of each warp's bulk-copy ring
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
@@ -204,6 +209,9 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #if HAS_PERM
   Blk a, b;
   if (nbw > 0 && !TMA) load(a, 0);
+#if PERM_AHEAD
+  gather_x<8 * MT>(x, perm + kb0 * 128, xs, M, row_chunks, stride_xm, xstride, tid, NWARPS * 32);
+#else
 #pragma unroll 2
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
@@ -216,6 +224,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
     *(u32x4*)(xs + m * xstride + cc * 4) = v;
   }
+#endif
 #else
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
@@ -374,5 +383,6 @@ def kernel_source(spec: KernelSpec) -> str:
         "min_blocks": spec.min_blocks,
         "l2pf": spec.l2pf,
         "tma": spec.tma,
+        "perm_ahead": int(spec.perm_ahead),
         "epilogue": EPILOGUE,
     }

@@ -295,9 +295,9 @@ def cuda_mid_m_plan(
 # act-order: up to this M the small-M kernel gathers x through perm itself (H200 M=1: qkv 9.7 vs plain 8.9 µs);
 # past it x is permuted once (`xperm`: one Triton launch) and the plain plan runs on the row-sorted weight
 _CUDA_ACT_GATHER_MAX_M = 4
-# act-order past that M up to this one: where the plain plan is the mid-M kernel, it gathers x itself with
-# the gather of block u+1 issued before block u's math ("perm_ahead") instead of xperm (0: never)
-_CUDA_ACT_AHEAD_MAX_M = 0
+# the in-kernel gather with its loads ahead ("perm_ahead": the small-M kernel column-chunk major, the mid-M
+# kernel a block early) by default
+_CUDA_ACT_AHEAD = False
 # 8 bits: the mid-M kernel takes M from here to 64 (65: never by default)
 _CUDA_8BIT_MID_FROM_M = 65
 
@@ -320,11 +320,10 @@ def cuda_plan(
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`), else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
-    Act-order: up to M = `_CUDA_ACT_GATHER_MAX_M` the kernel gathers x through perm; past it (or
-    with `xperm` True) the plan is the plain one plus {"xperm": True}: x is permuted once, then the
-    kernel runs without perm (None where the plain plan is None), except up to M = `_CUDA_ACT_AHEAD_MAX_M`
-    where the plain plan is the mid-M kernel: it then gathers x itself, ahead ({"perm_ahead": True}).
-    `xperm` False: always the in-kernel gather.
+    Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M` its
+    kernel gathers x through perm (with {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); past it (or with
+    `xperm` True) the plan gets {"xperm": True}: x is permuted once, then the kernel runs without
+    perm. `xperm` False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
 
     Example:
         >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
@@ -334,11 +333,14 @@ def cuda_plan(
         >>> cuda_plan(16, 6144, 4096, 4, 132, act_order=True)["xperm"]
         True
     """
-    if act_order and (xperm or (xperm is None and m > _CUDA_ACT_GATHER_MAX_M)):
-        plain = cuda_plan(m, n, k, bits, sms, bf16=bf16, forced=forced, mid=mid)
-        if plain is not None and plain.get("mid") and xperm is None and m <= _CUDA_ACT_AHEAD_MAX_M:
-            return plain | {"perm_ahead": True}
-        return None if plain is None else plain | {"xperm": True}
+    if act_order:
+        gather = xperm is False or (xperm is None and m <= _CUDA_ACT_GATHER_MAX_M)
+        if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
+            return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
+        plan = cuda_plan(m, n, k, bits, sms, bf16=bf16, forced=forced, mid=mid)
+        if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
+            return plan
+        return plan | ({"perm_ahead": True} if gather else {"xperm": True})
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
     if mid is None and bits == 8 and m >= _CUDA_8BIT_MID_FROM_M and not forced:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
