@@ -119,8 +119,8 @@ def test_cuda_mid_plan__cluster_split_k_and_4_or_2_strips_a_cta_as_measured_fast
 def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
 
-    def kernel(m: int, n: int, k: int, **kw: object) -> str:
-        plan = cuda_plan(m, n, k, 4, 132, **kw)  # type: ignore[arg-type]
+    def kernel(m: int, n: int, k: int, bits: int = 4, **kw: object) -> str:
+        plan = cuda_plan(m, n, k, bits, 132, **kw)  # type: ignore[arg-type]
         return "triton" if plan is None else "mid" if plan.get("mid") else "small"
 
     assert [kernel(m, 6144, 4096) for m in (1, 8, 9, 16, 17, 64, 65)] == [
@@ -131,9 +131,13 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     assert kernel(64, 4096, 4096, forced=True) == "mid"
     assert kernel(12, 6144, 4096, mid=False) == "small" and kernel(4, 6144, 4096, mid=True) == "mid"
     assert kernel(17, 6144, 4096, mid=False) == "triton"
-    # 8 bits: the mid-M kernel only when forced; at M 9..16 the small-M plan decides (Triton)
-    assert cuda_plan(40, 6144, 4096, 8, 132) is None and cuda_plan(12, 6144, 4096, 8, 132) is None
+    # 8 bits: the mid-M kernel at M 9..16, past 16 only on wide shapes (gate_up) unless forced; Triton at 5..8
+    assert [kernel(m, 6144, 4096, bits=8) for m in (4, 5, 8, 9, 16, 17, 64)] == [
+        "small", "triton", "triton", "mid", "mid", "triton", "triton"
+    ]  # fmt: skip
+    assert [kernel(m, 28672, 4096, bits=8) for m in (16, 40, 64, 65)] == ["mid", "mid", "mid", "triton"]
     assert (cuda_plan(40, 6144, 4096, 8, 132, forced=True) or {}).get("mid") is True
+    assert cuda_plan(12, 6144, 4096, 8, 132, bf16=True) is None  # bf16 at 8 bits: Triton
     # act-order with the in-kernel gather (xperm=False): likewise
     for m in (40, 12):
         assert cuda_plan(m, 6144, 4096, 4, 132, act_order=True, xperm=False) is None
@@ -186,7 +190,7 @@ def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int,
     for m in range(1, 66):
         plain = cuda_plan(m, n, k, 4, 132)
         act = cuda_plan(m, n, k, 4, 132, act_order=True)
-        if m <= 4:  # the small-M kernel gathers x through perm itself
+        if m <= 4 and (n // 64) * m * k <= 1 << 20:  # the small-M kernel gathers x through perm itself
             assert act == cuda_small_m_plan(m, n, k, 4, 132, act_order=True) and act is not None
             assert "xperm" not in act
         else:  # the plain plan (None, i.e. Triton, where the plain path is Triton: o_proj past M=16, M > 64)
@@ -201,7 +205,10 @@ def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int,
 def test_cuda_plan__act_order_8_bit_and_bf16_follow_their_plain_plans() -> None:
     from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
-    assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True) == cuda_plan(16, 6144, 4096, 8, 132)
+    assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True) == (cuda_plan(16, 6144, 4096, 8, 132) or {}) | {
+        "xperm": True
+    }
+    assert cuda_plan(2, 6144, 4096, 8, 132, act_order=True) == cuda_plan(2, 6144, 4096, 8, 132)  # the gather
     assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True, bf16=True) is None  # bf16 at 8 bits: Triton
     plan = cuda_plan(32, 6144, 4096, 4, 132, act_order=True, bf16=True)
     assert plan is not None and plan["mid"] and plan["xperm"]
@@ -213,6 +220,7 @@ def test_cuda_plan__act_order_gathers_ahead_where_its_knobs_say(monkeypatch: pyt
 
     monkeypatch.setattr(gptq_plan, "_CUDA_ACT_AHEAD", True)
     monkeypatch.setattr(gptq_plan, "_CUDA_ACT_GATHER_MAX_M", 16)
+    monkeypatch.setattr(gptq_plan, "_CUDA_ACT_GATHER_MAX_WORK", 1 << 30)
     for m in (1, 4, 8, 16):  # the small-M kernel to M=8, the mid-M kernel past it, each with the gather ahead
         plan = gptq_plan.cuda_plan(m, 6144, 4096, 4, 132, act_order=True)
         assert plan == (gptq_plan.cuda_plan(m, 6144, 4096, 4, 132) or {}) | {"perm_ahead": True}
@@ -231,3 +239,18 @@ def test_cuda_plan__act_order_gathers_ahead_where_its_knobs_say(monkeypatch: pyt
     assert "#define PERM_AHEAD 1" in kernel_source(small) and "gather_x<8 * MT>" in kernel_source(small)
     with pytest.raises(ValueError, match="perm_ahead needs has_perm"):
         KernelSpec(4, False, 1, 4, 2, True, False, True, 3, perm_ahead=True)
+
+
+def test_cuda_plan__act_order_gathers_in_the_kernel_only_where_that_is_little_work() -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+
+    def route(m: int, n: int, k: int) -> str:
+        plan = cuda_plan(m, n, k, 4, 132, act_order=True)
+        return "triton" if plan is None else "xperm" if plan.get("xperm") else "gather"
+
+    # as measured on the H200 (M=1, 4): the gather where it beat permuting x first
+    shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]  # qkv, o_proj, gate_up, down
+    assert [route(1, n, k) for n, k in shapes] == ["gather", "gather", "xperm", "gather"]
+    assert [route(4, n, k) for n, k in shapes] == ["xperm", "gather", "xperm", "xperm"]
+    assert [route(16, n, k) for n, k in shapes] == ["xperm"] * 4
+    assert [route(64, n, k) for n, k in shapes] == ["xperm", "triton", "xperm", "xperm"]

@@ -292,14 +292,20 @@ def cuda_mid_m_plan(
     return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": 8 // warps, "mid": True}
 
 
-# act-order: up to this M the small-M kernel gathers x through perm itself (H200 M=1: qkv 9.7 vs plain 8.9 µs);
-# past it x is permuted once (`xperm`: one Triton launch) and the plain plan runs on the row-sorted weight
+# act-order (H200, docs/benchmarks.md "act-order on the CUDA kernels"): the small-M kernel gathers x through perm
+# itself up to this M where its gathers, (N/64)·M·K values over all CTAs, are at most _CUDA_ACT_GATHER_MAX_WORK:
+# that cost 0.7-1.5 µs to ~1M values (M=1 qkv/o_proj/down, M=4 o_proj), 3-10 µs past 1.5M (M=1 gate_up, M=4
+# qkv/gate_up/down); elsewhere x is permuted once (`xperm`: one Triton launch, 1.5-1.8 µs in a graph with the
+# plain kernel after it) and the plain plan runs on the row-sorted weight (M=16-64: the gather was 1.4-5x slower)
 _CUDA_ACT_GATHER_MAX_M = 4
+_CUDA_ACT_GATHER_MAX_WORK = 1 << 20
 # the in-kernel gather with its loads ahead ("perm_ahead": the small-M kernel column-chunk major, the mid-M
-# kernel a block early) by default
+# kernel a block early): correct, measured slower on every shape (M=1/4: 1.06-1.22x the plain gather; M=16-64:
+# 1.07-5x), so off
 _CUDA_ACT_AHEAD = False
-# 8 bits: the mid-M kernel takes M from here to 64 (65: never by default)
-_CUDA_8BIT_MID_FROM_M = 65
+# 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
+# one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
+_CUDA_8BIT_MID_MIN_N = 16384
 
 
 def cuda_plan(
@@ -320,10 +326,12 @@ def cuda_plan(
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`), else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
-    Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M` its
-    kernel gathers x through perm (with {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); past it (or with
-    `xperm` True) the plan gets {"xperm": True}: x is permuted once, then the kernel runs without
-    perm. `xperm` False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
+    8 bits: the mid-M kernel for M 9..16, and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
+    Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
+    the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
+    {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
+    {"xperm": True}: x is permuted once, then the kernel runs without perm. `xperm` False: the
+    in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
 
     Example:
         >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
@@ -334,7 +342,8 @@ def cuda_plan(
         True
     """
     if act_order:
-        gather = xperm is False or (xperm is None and m <= _CUDA_ACT_GATHER_MAX_M)
+        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= _CUDA_ACT_GATHER_MAX_WORK
+        gather = xperm is False or (xperm is None and small_work)
         if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
         plan = cuda_plan(m, n, k, bits, sms, bf16=bf16, forced=forced, mid=mid)
@@ -342,7 +351,8 @@ def cuda_plan(
             return plan
         return plan | ({"perm_ahead": True} if gather else {"xperm": True})
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
-    if mid is None and bits == 8 and m >= _CUDA_8BIT_MID_FROM_M and not forced:
+    wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
+    if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
