@@ -51,6 +51,15 @@ def test_gptq_cuda_wgmma__default_dispatch_takes_only_its_measured_range(
     assert not wg.wgmma_takes_by_default(64, 6016, 4096, 4, False, fp16, hopper_cc)  # N % 256
 
 
+def test_gptq_cuda_wgmma__default_range_is_the_measured_one() -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
+
+    fp16, hopper_cc = torch.float16, (9, 0)
+    for m, k, n, takes in [(65, 4096, 28672, True), (128, 14336, 4096, True), (64, 4096, 28672, False),
+                           (129, 4096, 28672, False), (128, 4096, 6144, False), (128, 4096, 4096, False)]:  # fmt: skip
+        assert wg.wgmma_takes_by_default(m, n, k, 4, False, fp16, hopper_cc) is takes, (m, k, n)
+
+
 def test_gptq_cuda_wgmma__source_has_the_wgmma_of_its_width_and_the_descriptor_strides() -> None:
     src = wgmma_kernel_source(WgmmaSpec(bf16=True, mt=3, split=1, zero_v1=False))
     assert "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1" in src
@@ -137,3 +146,24 @@ def test_gptq_cuda_wgmma__refuses_what_it_cannot_run() -> None:
     layer = _layer(512, 256, False, torch.float16, seed=6)
     with pytest.raises(ValueError, match=r"split_k must be 1..8 and divide K/128 = 4, got 3"):
         _run(layer, x, {"kernel": "cuda", "wgmma": True, "split_k": 3})
+
+
+@hopper
+def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
+
+    monkeypatch.setattr(wg, "_WGMMA_MIN_WORK", 1)  # this small shape counts as large
+    calls: list[int] = []
+    real = wg.gptq_wgmma_matmul
+
+    def spy(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(wg, "gptq_wgmma_matmul", spy)
+    layer = _layer(512, 256, False, torch.float16, seed=11)
+    for m, runs in [(80, True), (64, False), (129, False)]:
+        x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
+        err = _err(_run(layer, x, None), x.double().cpu() @ layer["w"])
+        assert err < 3e-3, f"M={m}: relative error {err:.3g}"
+        assert (m in calls) is runs, f"M={m}: wgmma kernel ran: {m in calls}, expected {runs}"

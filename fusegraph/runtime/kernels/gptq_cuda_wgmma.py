@@ -3,8 +3,9 @@
 For plain 4-bit (no act-order) x `[M, K]` fp16/bf16 on a compute-capability-9.0 GPU: each CTA is one
 warpgroup over four 64-column strips, a K slice and a chunk of ≤ 64 rows of x (rows past 64 take
 more chunks, each reading the weights again). Compiled by NVRTC (`torch.cuda._compile_kernel`)
-for sm_90a, once per (device, `WgmmaSpec`) in a process. Off by default: `gptq_cuda.maybe_gptq_cuda`
-runs it when the config says {"kernel": "cuda", "wgmma": True} (optionally "split_k").
+for sm_90a, once per (device, `WgmmaSpec`) in a process. `gptq_cuda.maybe_gptq_cuda` runs it
+when the config says {"kernel": "cuda", "wgmma": True} (optionally "split_k"), and for config-less calls
+where `wgmma_takes_by_default` says so (plain 4-bit fp16, M 65..128, large shapes: measured faster there).
 """
 
 from __future__ import annotations
@@ -191,9 +192,12 @@ def maybe_wgmma(
 
 
 # The default dispatch's use of the kernel (plain 4-bit fp16 on sm_90): M in this range (None: never)
-# and at least this many strip-blocks (N/64 · K/128), from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py).
-_WGMMA_DEFAULT_M: tuple[int, int] | None = None
-_WGMMA_MIN_WORK = 2500
+# and at least this many strip-blocks (N/64 · K/128). From the H200 benchmark (benchmarks/gpu_gptq_wgmma.py,
+# docs/benchmarks.md): at M = 128 it beat the default (Triton) on gate_up (14336 strip-blocks) 103 vs 176 µs
+# and down (7168) 55 vs 81, barely on qkv (3072: 32 vs 34) and not on o_proj (2048: 31 vs 28); at M = 64 the
+# mid-M kernel is as fast or faster on two of four shapes, at M = 256 Triton on all four.
+_WGMMA_DEFAULT_M: tuple[int, int] | None = (65, 128)
+_WGMMA_MIN_WORK = 5000
 
 
 def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, act_order: bool, dtype: torch.dtype,
@@ -201,7 +205,9 @@ def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, act_order: bool, d
     """Whether the default dispatch (no config) runs the wgmma kernel for this call.
 
     Example:
-        >>> wgmma_takes_by_default(64, 6144, 4096, 4, False, torch.float16, (8, 9))
+        >>> wgmma_takes_by_default(128, 28672, 4096, 4, False, torch.float16, (9, 0))
+        True
+        >>> wgmma_takes_by_default(64, 28672, 4096, 4, False, torch.float16, (9, 0))
         False
     """
     if _WGMMA_DEFAULT_M is None or not _WGMMA_DEFAULT_M[0] <= m <= _WGMMA_DEFAULT_M[1]:
