@@ -300,8 +300,8 @@ def cuda_mid_m_plan(
 _CUDA_ACT_GATHER_MAX_M = 4
 _CUDA_ACT_GATHER_MAX_WORK = 1 << 20
 # the in-kernel gather with its loads ahead ("perm_ahead": the small-M kernel column-chunk major, the mid-M
-# kernel a block early): correct, measured slower on every shape (M=1/4: 1.06-1.22x the plain gather; M=16-64:
-# 1.07-5x), so off
+# kernel a block early): correct, measured slower on every shape (M=1/4: 1.04-1.22x the plain gather; M=16:
+# 1.07-1.16x; M=32/64: 1.8-5.5x the plain kernel), so off
 _CUDA_ACT_AHEAD = False
 # 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
 # one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)

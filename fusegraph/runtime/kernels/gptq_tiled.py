@@ -7,7 +7,8 @@ Layout (made once, at compile time, by `fusegraph.ops.gptq_layout.repack`):
   holds columns 64·s..64·s+63, contiguous over K, so a program streams one contiguous run. In
   128-row block b, word row r holds in slot i = e·P/2 + j the value of row k = 128·b + 2(j·R + r) + e
   (R = 128/P): a lop3/prmt pair of slots multiplies one 32-bit pair of x.
-- rows sorted by group (act-order) once: row k of the layout is checkpoint row perm[k]; the
+- rows sorted by group (act-order) once: row k of the layout is checkpoint row perm[k]; the CUDA
+  kernels gather x through perm (small work) or take x permuted once (`gptq_plan.cuda_plan`); the Triton
   GEMV gathers x through perm in the kernel (or, for long K, permutes it first), the tensor-core
   paths permute x once per call (`_permute_cols_kernel`: one launch; torch's index_select along
   dim 1 cost 4-7 µs here), the prefill pass scatters W's rows back to the checkpoint order.
