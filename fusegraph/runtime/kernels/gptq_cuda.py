@@ -3,8 +3,9 @@
 `gptq_tiled_matmul` (the Triton kernels) calls `maybe_gptq_cuda` first: when the plan
 (`gptq_plan.cuda_plan`) takes the shape and the kernel can be built here, the CUDA
 kernel runs; otherwise it returns None and the Triton kernels run. The sources are
-`gptq_cuda_src.py` and `gptq_cuda_mid.py` (when M > 16 or the plan says "mid": by default plain 4-bit
-M 9..64, see `gptq_plan.cuda_plan`); they are
+`gptq_cuda_src.py` and `gptq_cuda_mid.py` (when M > 16 or the plan says "mid": by default 4-bit
+M 9..64, 8-bit M 9..16, see `gptq_plan.cuda_plan`; act-order as its plain plan, x permuted once by
+`_permute_x` where the kernel's own gather through perm would cost more); they are
 compiled at run time by NVRTC through `torch.cuda._compile_kernel`
 (no nvcc on the user's machine), once per (device, `KernelSpec` / `MidSpec`) in a process. If NVRTC or that
 function is missing, or a compile fails, the Triton path runs and `cuda_path_status()` says why

@@ -261,8 +261,9 @@ def cuda_mid_m_plan(
     forced: bool = False,
 ) -> dict[str, Any] | None:
     """Launch plan of the CUDA mid-M kernel (`gptq_cuda_mid.py`) for `x [m, k] @ W [k, n]`, or None
-    when it cannot or should not run: M outside 1..64, act-order or 8 bits unless `forced` (not
-    measured), bf16 at 8 bits, a shape off the repacked layout. (`cuda_plan` decides which M take it.)
+    when it cannot or should not run: M outside 1..64, act-order or 8 bits unless `forced` (`cuda_plan`
+    forces them where they were measured faster), bf16 at 8 bits, a shape off the repacked layout.
+    (`cuda_plan` decides which M take it.)
 
     Measured on an H200 (benchmarks/gptq_sweep.py "midm", 2026-11-30; docs/benchmarks.md): the
     split-K partial sums must meet in a thread-block cluster (the ticket's workspace at split 14-16
