@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS
+from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 
 __all__ = ["MID_KERNEL_NAME", "MidSpec", "mid_kernel_source", "mid_smem_bytes"]
 
@@ -102,30 +102,7 @@ _SOURCE = r"""
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
-%(helpers)s
-__device__ __forceinline__ u32 mul2(u32 a, u32 b) {
-  u32 d;
-#if BF16
-  asm("fma.rn.bf16x2 %%0, %%1, %%2, %%3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
-#else
-  asm("mul.rn.f16x2 %%0, %%1, %%2;" : "=r"(d) : "r"(a), "r"(b));
-#endif
-  return d;
-}
-// Pair J of word w, (q - z)·s: the rows 2(J·R + r) + {0, 1} of its column, scale folded in.
-template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s2) {
-#if BITS == 4 && !BF16
-  const u32 v = (J >= 2) ? (w >> 8) : w;
-  const u32 d = (J & 1) ? fma2(lop3(v, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh)
-                        : sub2(lop3(v, 0x000f000fu, 0x64006400u), mz);
-#elif BITS == 4
-  const u32 d = sub2(lop3(w >> (4 * J), 0x000f000fu, 0x43004300u), mz);
-#else
-  const u32 d = sub2(prmt(w, 0x64646464u, J ? 0x4341u : 0x4240u), mz);
-#endif
-  return mul2(d, s2);
-}
-
+%(helpers)s%(scaled_dequant)s
 extern "C" __global__ void
 #if CLUSTER
 __cluster_dims__(1, SPLIT, 1)
@@ -395,4 +372,5 @@ def mid_kernel_source(spec: MidSpec) -> str:
         "perm_ahead": int(spec.perm_ahead),
         "xs": _XS,
         "helpers": HELPERS,
+        "scaled_dequant": SCALED_DEQUANT,
     }

@@ -3,6 +3,7 @@ kernel), as CUDA C++ text with inline PTX: loads, cp.async, lop3/prmt, packed f1
 conversions, `mma.sync.m16n8k16`, and the magic-number dequantization of one word.
 
 They read the macros BITS, BF16 (and P, NJ derived here) that the kernel text defines first.
+`SCALED_DEQUANT` (`dq<J>`: a word's pair J as (q - z)·s) is shared by the mid-M and wgmma kernels.
 `EPILOGUE` is the end of the kernel: the CTA's warps summed in shared memory (`red`), then the
 split-K reduction (a cluster through distributed shared memory, or the last CTA by atomic ticket)
 and the output store.
@@ -10,7 +11,7 @@ and the output store.
 
 from __future__ import annotations
 
-__all__ = ["EPILOGUE", "HELPERS"]
+__all__ = ["EPILOGUE", "HELPERS", "SCALED_DEQUANT"]
 
 HELPERS = r"""
 typedef unsigned int u32;
@@ -190,6 +191,33 @@ __device__ __forceinline__ void gather_x(const u16* __restrict__ x, const int* _
   }
 }
 
+"""
+
+# The dequantization with the scale folded in, of the mid-M and wgmma kernels (reads BITS and BF16):
+# `dq<J>` gives pair J of a word as (q - z)·s in one f16x2/bf16x2 register.
+SCALED_DEQUANT = r"""
+__device__ __forceinline__ u32 mul2(u32 a, u32 b) {
+  u32 d;
+#if BF16
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+#else
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+#endif
+  return d;
+}
+// Pair J of word w, (q - z)·s: the rows 2(J·R + r) + {0, 1} of its column, scale folded in.
+template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s2) {
+#if BITS == 4 && !BF16
+  const u32 v = (J >= 2) ? (w >> 8) : w;
+  const u32 d = (J & 1) ? fma2(lop3(v, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh)
+                        : sub2(lop3(v, 0x000f000fu, 0x64006400u), mz);
+#elif BITS == 4
+  const u32 d = sub2(lop3(w >> (4 * J), 0x000f000fu, 0x43004300u), mz);
+#else
+  const u32 d = sub2(prmt(w, 0x64646464u, J ? 0x4341u : 0x4240u), mz);
+#endif
+  return mul2(d, s2);
+}
 """
 
 # The kernel's end: `red` holds each warp's sums [NWARPS][M][64]; reads the kernel's locals.

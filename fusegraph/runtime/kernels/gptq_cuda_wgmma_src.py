@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS
+from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 
 __all__ = ["WGMMA_KERNEL_NAME", "WgmmaSpec", "wgmma_kernel_source", "wgmma_smem_bytes"]
 
@@ -85,28 +85,7 @@ _SOURCE = r"""
 #define SPLIT %(split)d
 #define ZERO_V1 %(zero_v1)d
 #define CW 256  // the CTA's output columns: 4 strips of 64
-%(helpers)s
-__device__ __forceinline__ u32 mul2(u32 a, u32 b) {
-  u32 d;
-#if BF16
-  asm("fma.rn.bf16x2 %%0, %%1, %%2, %%3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
-#else
-  asm("mul.rn.f16x2 %%0, %%1, %%2;" : "=r"(d) : "r"(a), "r"(b));
-#endif
-  return d;
-}
-// Pair J of word w, (q - z)·s: the rows 2(J·R + r) + {0, 1} of its column, scale folded in.
-template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s2) {
-#if !BF16
-  const u32 v = (J >= 2) ? (w >> 8) : w;
-  const u32 d = (J & 1) ? fma2(lop3(v, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh)
-                        : sub2(lop3(v, 0x000f000fu, 0x64006400u), mz);
-#else
-  const u32 d = sub2(lop3(w >> (4 * J), 0x000f000fu, 0x43004300u), mz);
-#endif
-  return mul2(d, s2);
-}
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+%(helpers)s%(scaled_dequant)s__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %%0;" :: "n"(N) : "memory");
@@ -304,5 +283,6 @@ def wgmma_kernel_source(spec: WgmmaSpec) -> str:
         "split": spec.split,
         "zero_v1": int(spec.zero_v1),
         "helpers": HELPERS,
+        "scaled_dequant": SCALED_DEQUANT,
         "wgmma_asm": _wgmma_asm(spec.mt, spec.bf16),
     }
