@@ -15,33 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from fusegraph.ops.gptq_layout import repack
-from fusegraph.ops.gptq_packing import dequantize, pack
+from tests.kernels.gptq_cuda_cases import cuda_layer, rel_err, run_tiled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _layer(k: int, n: int, bits: int, dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    t = pack(torch.randn(n, k, generator=gen), bits=bits, group_size=128, sym=False, desc_act=True)
-    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=bits, group_size=128, sym=False,
-                   dtype=torch.float64)  # fmt: skip
-    r = repack(t["qweight"], t["qzeros"], t["g_idx"], bits=bits, group_size=128, sym=False, desc_act=True)
-    assert r.get("perm") is not None
-    dev = {key: v.cuda() for key, v in r.items()}
-    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
-
-
-def _run(layer: dict[str, Any], x: torch.Tensor, bits: int, config: dict[str, Any] | None) -> torch.Tensor:
-    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
-
-    r = layer["r"]
-    return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r["perm"], bits=bits,
-                             group_size=128, config=config)  # fmt: skip
-
-
-def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((y.double().cpu() - ref).norm() / ref.norm()).item()
 
 
 _AHEAD = {"kernel": "cuda", "xperm": False, "perm_ahead": True}
@@ -91,34 +67,35 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
 
     monkeypatch.setattr(gptq_cuda, "gptq_cuda_matmul", spy_matmul)
     monkeypatch.setattr(gptq_cuda, "_permute_x", spy_permute)
-    layer = _layer(k, n, bits, dtype, seed=m * 7 + bits + n)
+    layer = cuda_layer(k, n, bits, True, dtype, seed=m * 7 + bits + n)
+    assert layer["r"].get("perm") is not None  # act-order: the repack sorted the rows
     x = torch.randn(m, k, generator=layer["gen"]).to(dtype).cuda()
     ref = x.double().cpu() @ layer["w"]
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     for _ in range(2):
-        err = _err(_run(layer, x, bits, config), ref)
+        err = rel_err(run_tiled(layer, x, bits, config), ref)
         assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
     assert seen == [(not permuted, kernel == "mid")] * 2, seen
     assert permutes == ([m] * 2 if permuted else [])
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        y = _run(layer, x, bits, config)
+        y = run_tiled(layer, x, bits, config)
     for _ in range(3):
         y.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        err = _err(y, ref)
+        err = rel_err(y, ref)
         assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
 
 
 def test_gptq_cuda_act_order__a_plain_triton_shape_stays_on_triton_with_act_order() -> None:
     from fusegraph.runtime.kernels import gptq_cuda
 
-    layer = _layer(512, 256, 4, torch.float16, seed=3)
+    layer = cuda_layer(512, 256, 4, True, torch.float16, seed=3)
     x = torch.randn(40, 512, generator=layer["gen"]).half().cuda()
     r = layer["r"]
     # a small shape past M=16 is below the mid-M kernel's work threshold: no CUDA plan, Triton runs
     assert gptq_cuda.maybe_gptq_cuda(x, r["qweight"], layer["scales"], r["qzeros"], r["perm"], bits=4,
                                      group_size=128, zero_format="v1", config=None) is None  # fmt: skip
-    assert _err(_run(layer, x, 4, None), x.double().cpu() @ layer["w"]) < 3e-3
+    assert rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"]) < 3e-3

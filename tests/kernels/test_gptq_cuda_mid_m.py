@@ -13,46 +13,22 @@ from typing import Any
 import pytest
 import torch
 
-from fusegraph.ops.gptq_layout import repack
-from fusegraph.ops.gptq_packing import dequantize, pack
+from tests.kernels.gptq_cuda_cases import check_eager_and_replay, cuda_layer, rel_err, run_tiled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _layer(k: int, n: int, bits: int, desc_act: bool, dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    t = pack(torch.randn(n, k, generator=gen), bits=bits, group_size=128, sym=False, desc_act=desc_act)
-    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=bits, group_size=128, sym=False,
-                   dtype=torch.float64)  # fmt: skip
-    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=bits, group_size=128,
-               sym=False, desc_act=desc_act)  # fmt: skip
-    dev = {key: v.cuda() for key, v in r.items()}
-    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
-
-
-def _run(layer: dict[str, Any], x: torch.Tensor, bits: int, config: dict[str, Any] | None) -> torch.Tensor:
-    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
-
-    r = layer["r"]
-    return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r.get("perm"), bits=bits,
-                             group_size=128, config=config)  # fmt: skip
-
-
-def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((y.double().cpu() - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("m", [12, 17, 24, 32, 33, 48, 64])
 def test_gptq_cuda_mid__its_plan_runs_the_mid_kernel_and_matches_the_math(m: int) -> None:
     from fusegraph.runtime.kernels import gptq_cuda
 
-    layer = _layer(512, 256, 4, False, torch.float16, seed=m)
+    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=m)
     off = m % 5  # a view at an odd offset: the wrapper copies x to 16-byte alignment first (off 0: none)
     x = torch.randn(m, 520, generator=layer["gen"]).half().cuda()[:, off : off + 512]
     # M ≤ 16: the default dispatch; past 16 this small shape goes to Triton by default, so force the CUDA path
     # (the same plan, cuda_plan, without the work threshold)
-    y = _run(layer, x, 4, None if m <= 16 else {"kernel": "cuda"})
-    err = _err(y, x.double().cpu() @ layer["w"])
+    y = run_tiled(layer, x, 4, None if m <= 16 else {"kernel": "cuda"})
+    err = rel_err(y, x.double().cpu() @ layer["w"])
     assert err < 3e-3, f"M={m}: relative error {err:.3g}"
     mids = [
         spec for _, spec in gptq_cuda._KERNELS if type(spec).__name__ == "MidSpec" and spec.mt == (m + 7) // 8
@@ -80,33 +56,21 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_gptq_cuda_mid__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
     m, k, n, bits, desc_act, dtype, config = case
-    layer = _layer(k, n, bits, desc_act, dtype, seed=m * 7 + bits)
+    layer = cuda_layer(k, n, bits, desc_act, dtype, seed=m * 7 + bits)
     x = torch.randn(m, k, generator=layer["gen"]).to(dtype).cuda()
     ref = x.double().cpu() @ layer["w"]
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     cfg = {"kernel": "cuda", "mid": True} | config
-    for _ in range(2):  # twice: the tickets must come back zeroed
-        err = _err(_run(layer, x, bits, cfg), ref)
-        assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = _run(layer, x, bits, cfg)
-    for _ in range(3):
-        y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        err = _err(y, ref)
-        assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
+    check_eager_and_replay(lambda: run_tiled(layer, x, bits, cfg), ref, tol)
 
 
 def test_gptq_cuda_mid__refuses_what_it_cannot_run_when_forced() -> None:
-    layer = _layer(512, 192, 4, False, torch.float16, seed=9)
+    layer = cuda_layer(512, 192, 4, False, torch.float16, seed=9)
     x = torch.randn(32, 512, generator=layer["gen"]).half().cuda()
     with pytest.raises(ValueError, match=r"warps 4 \(64-column strips a CTA\) must divide N/64 = 3"):
-        _run(layer, x, 4, {"kernel": "cuda", "warps": 4})
+        run_tiled(layer, x, 4, {"kernel": "cuda", "warps": 4})
     x65 = torch.randn(65, 512, generator=layer["gen"]).half().cuda()
     with pytest.raises(ValueError, match="no plan for M=65"):
-        _run(layer, x65, 4, {"kernel": "cuda"})
-    y = _run(layer, x65, 4, None)  # the Triton path takes M > 64
-    assert _err(y, x65.double().cpu() @ layer["w"]) < 3e-3
+        run_tiled(layer, x65, 4, {"kernel": "cuda"})
+    y = run_tiled(layer, x65, 4, None)  # the Triton path takes M > 64
+    assert rel_err(y, x65.double().cpu() @ layer["w"]) < 3e-3

@@ -13,33 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from fusegraph.ops.gptq_layout import repack
-from fusegraph.ops.gptq_packing import dequantize, pack
+from tests.kernels.gptq_cuda_cases import check_eager_and_replay, cuda_layer, rel_err, run_tiled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _layer(k: int, n: int, bits: int, desc_act: bool, dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    t = pack(torch.randn(n, k, generator=gen), bits=bits, group_size=128, sym=False, desc_act=desc_act)
-    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=bits, group_size=128, sym=False,
-                   dtype=torch.float64)  # fmt: skip
-    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=bits, group_size=128,
-               sym=False, desc_act=desc_act)  # fmt: skip
-    dev = {key: v.cuda() for key, v in r.items()}
-    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
-
-
-def _run(layer: dict[str, Any], x: torch.Tensor, bits: int, config: dict[str, Any] | None) -> torch.Tensor:
-    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
-
-    r = layer["r"]
-    return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r.get("perm"), bits=bits,
-                             group_size=128, config=config)  # fmt: skip
-
-
-def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((y.double().cpu() - ref).norm() / ref.norm()).item()
 
 
 # (k, n, bits, desc_act, dtype, config)
@@ -61,12 +37,12 @@ CASES = [
 
 @pytest.mark.parametrize("m", range(1, 17))
 def test_gptq_cuda__every_m_matches_the_math(m: int) -> None:
-    layer = _layer(512, 256, 4, m % 2 == 0, torch.float16, seed=m)
+    layer = cuda_layer(512, 256, 4, m % 2 == 0, torch.float16, seed=m)
     off = m % 7  # a view at an odd offset: the wrapper copies x to 16-byte alignment first (off 0: none)
     x = torch.randn(m, 520, generator=layer["gen"]).half().cuda()[:, off : off + 512]
     ref = x.double().cpu() @ layer["w"]
-    err = _err(
-        _run(
+    err = rel_err(
+        run_tiled(
             layer, x, 4, {"kernel": "cuda", "mid": False, "split_k": 2 if m % 3 else 4, "cluster": m % 4 != 1}
         ),
         ref,
@@ -78,36 +54,24 @@ def test_gptq_cuda__every_m_matches_the_math(m: int) -> None:
 @pytest.mark.parametrize("m", [1, 7, 16])
 def test_gptq_cuda__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...], m: int) -> None:
     k, n, bits, desc_act, dtype, config = case
-    layer = _layer(k, n, bits, desc_act, dtype, seed=m * 7 + bits)
+    layer = cuda_layer(k, n, bits, desc_act, dtype, seed=m * 7 + bits)
     x = torch.randn(m, k, generator=layer["gen"]).to(dtype).cuda()
     ref = x.double().cpu() @ layer["w"]
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     # the small-M kernel (M 9..16 default to the mid-M one); act-order: its own gather of x (past M=4 the
     # default permutes x first: test_gptq_cuda_act_order.py)
     cfg = {"kernel": "cuda", "mid": False, "xperm": False} | config
-    for _ in range(2):  # twice: the tickets must come back zeroed
-        err = _err(_run(layer, x, bits, cfg), ref)
-        assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = _run(layer, x, bits, cfg)
-    for _ in range(3):
-        y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        err = _err(y, ref)
-        assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
+    check_eager_and_replay(lambda: run_tiled(layer, x, bits, cfg), ref, tol)
 
 
 def test_gptq_cuda__the_default_plan_takes_small_m_and_leaves_m_over_64_to_triton() -> None:
     from fusegraph.runtime.kernels import gptq_cuda
 
-    layer = _layer(512, 256, 4, False, torch.float16, seed=3)
+    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=3)
     for m in (1, 16, 65, 80):
         x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
         before = len(gptq_cuda._KERNELS)
-        err = _err(_run(layer, x, 4, None), x.double().cpu() @ layer["w"])
+        err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
         assert err < 3e-3, f"M={m}: relative error {err:.3g}"
         if m > 64:  # Triton's kernels, no new CUDA kernel (M 17..64: test_gptq_cuda_mid_m.py)
             assert len(gptq_cuda._KERNELS) == before
@@ -115,12 +79,12 @@ def test_gptq_cuda__the_default_plan_takes_small_m_and_leaves_m_over_64_to_trito
 
 
 def test_gptq_cuda__refuses_what_it_cannot_run_when_forced() -> None:
-    layer = _layer(512, 256, 8, False, torch.bfloat16, seed=5)
+    layer = cuda_layer(512, 256, 8, False, torch.bfloat16, seed=5)
     x = torch.randn(2, 512, generator=layer["gen"]).bfloat16().cuda()
     with pytest.raises(ValueError, match="kernel 'cuda' cannot run: bf16 at 8 bits"):
-        _run(layer, x, 8, {"kernel": "cuda"})
-    y = _run(layer, x, 8, None)  # the Triton path takes it
-    assert _err(y, x.double().cpu() @ layer["w"]) < 2e-2
-    layer4 = _layer(512, 256, 4, False, torch.float16, seed=6)
+        run_tiled(layer, x, 8, {"kernel": "cuda"})
+    y = run_tiled(layer, x, 8, None)  # the Triton path takes it
+    assert rel_err(y, x.double().cpu() @ layer["w"]) < 2e-2
+    layer4 = cuda_layer(512, 256, 4, False, torch.float16, seed=6)
     with pytest.raises(ValueError, match="no plan for M=65"):
-        _run(layer4, torch.randn(65, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})
+        run_tiled(layer4, torch.randn(65, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})

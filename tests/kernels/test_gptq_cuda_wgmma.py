@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from fusegraph.ops.gptq_layout import repack
-from fusegraph.ops.gptq_packing import dequantize, pack
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import WgmmaSpec, wgmma_kernel_source, wgmma_smem_bytes
+from tests.kernels.gptq_cuda_cases import check_eager_and_replay, cuda_layer, rel_err, run_tiled
 
 _HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not _HOPPER, reason="needs a compute-capability-9.0 GPU (wgmma, sm_90a)")
@@ -73,29 +72,6 @@ def test_gptq_cuda_wgmma__source_has_the_wgmma_of_its_width_and_the_descriptor_s
         WgmmaSpec(bf16=False, mt=8, split=16, zero_v1=True)
 
 
-def _layer(k: int, n: int, desc_act: bool, dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    t = pack(torch.randn(n, k, generator=gen), bits=4, group_size=128, sym=False, desc_act=desc_act)
-    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=4, group_size=128, sym=False,
-                   dtype=torch.float64)  # fmt: skip
-    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=4, group_size=128,
-               sym=False, desc_act=desc_act)  # fmt: skip
-    dev = {key: v.cuda() for key, v in r.items()}
-    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
-
-
-def _run(layer: dict[str, Any], x: torch.Tensor, config: dict[str, Any] | None) -> torch.Tensor:
-    from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
-
-    r = layer["r"]
-    return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r.get("perm"), bits=4,
-                             group_size=128, config=config)  # fmt: skip
-
-
-def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((y.double().cpu() - ref).norm() / ref.norm()).item()
-
-
 # (m, k, n, desc_act, dtype, split_k or None: the plan's)
 CASES = [
     (8, 512, 256, False, torch.float16, 1),
@@ -117,35 +93,24 @@ CASES = [
 )
 def test_gptq_cuda_wgmma__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
     m, k, n, desc_act, dtype, split = case
-    layer = _layer(k, n, desc_act, dtype, seed=m * 3 + k)
+    layer = cuda_layer(k, n, 4, desc_act, dtype, seed=m * 3 + k)
     off = m % 3  # an odd offset: the dispatcher copies x to 16-byte alignment first (off 0: a plain view)
     x = torch.randn(m, k + 8, generator=layer["gen"]).to(dtype).cuda()[:, off : off + k]
     ref = x.double().cpu() @ layer["w"]
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": True} | ({} if split is None else {"split_k": split})
-    err = _err(_run(layer, x, cfg), ref)
-    assert err < tol, f"eager: relative error {err:.3g} >= {tol}"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = _run(layer, x, cfg)
-    for _ in range(2):
-        y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        err = _err(y, ref)
-        assert err < tol, f"graph replay: relative error {err:.3g} >= {tol}"
+    check_eager_and_replay(lambda: run_tiled(layer, x, 4, cfg), ref, tol, eager=1, replays=2)
 
 
 @hopper
 def test_gptq_cuda_wgmma__refuses_what_it_cannot_run() -> None:
-    layer = _layer(512, 192, False, torch.float16, seed=5)
+    layer = cuda_layer(512, 192, 4, False, torch.float16, seed=5)
     x = torch.randn(32, 512, generator=layer["gen"]).half().cuda()
     with pytest.raises(ValueError, match="N=192 is not a multiple of 256"):
-        _run(layer, x, {"kernel": "cuda", "wgmma": True})
-    layer = _layer(512, 256, False, torch.float16, seed=6)
+        run_tiled(layer, x, 4, {"kernel": "cuda", "wgmma": True})
+    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=6)
     with pytest.raises(ValueError, match=r"split_k must be 1..8 and divide K/128 = 4, got 3"):
-        _run(layer, x, {"kernel": "cuda", "wgmma": True, "split_k": 3})
+        run_tiled(layer, x, 4, {"kernel": "cuda", "wgmma": True, "split_k": 3})
 
 
 @hopper
@@ -161,9 +126,9 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch:
         return real(x, *args, **kwargs)
 
     monkeypatch.setattr(wg, "gptq_wgmma_matmul", spy)
-    layer = _layer(512, 256, False, torch.float16, seed=11)
+    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=11)
     for m, runs in [(80, True), (64, False), (129, False)]:
         x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
-        err = _err(_run(layer, x, None), x.double().cpu() @ layer["w"])
+        err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
         assert err < 3e-3, f"M={m}: relative error {err:.3g}"
         assert (m in calls) is runs, f"M={m}: wgmma kernel ran: {m in calls}, expected {runs}"
