@@ -102,7 +102,8 @@ def main() -> int:
     bw = copy_bandwidth()
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     torch.manual_seed(0)
-    ms = (64, 256, 128, 32)  # the M = 64 and M ≥ 256 targets first, in case the budget runs out
+    # the M = 64 and M ≥ 256 targets first, in case the budget runs out
+    ms: tuple[int, ...] = (64, 256, 128, 32)
     if "--ms" in sys.argv:
         ms = tuple(int(v) for v in sys.argv[sys.argv.index("--ms") + 1].split(","))
     run(ms, bw)
