@@ -295,7 +295,7 @@ def maybe_gptq_cuda(
                            zero_format=zero_format, config=cfg, sms=_device_info(x.device)[0])  # fmt: skip
     if not cfg and (y := default_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                                        zero_format=zero_format, sms=_device_info(x.device)[0])) is not None:  # fmt: skip
-        return y  # where gptq_cuda_wgmma's default range takes the call (off until measured)
+        return y  # where gptq_cuda_wgmma's measured default range takes the call (_WGMMA_DEFAULT_M)
     why = _unsupported(x, qweight_t, scales, qzeros_t, perm, bits)
     plan = None
     if why is None:
