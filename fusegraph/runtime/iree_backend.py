@@ -110,8 +110,8 @@ class IreeCompiledGraph:
             the host (False on CUDA, where outputs go through the host).
         copy_reason: why the last copy happened instead of a DLPack hand-off ("" if none).
         copied_inputs: the indices of the inputs the last call uploaded (copied) instead of
-            handing over; e.g. metadata views that are not 64-byte aligned, which IREE's CPU
-            heap import refuses (`PagedKVCacheManager` packs them in one 16-byte-padded array).
+            handing over; e.g. tensors that are not 64-byte aligned, which IREE's CPU heap
+            import refuses (`PagedKVCacheManager` pads its packed metadata views to 64 bytes).
     """
 
     def __init__(
