@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from xdsl.dialects.builtin import BoolAttr, FloatAttr, IntegerAttr, i64
@@ -299,8 +298,21 @@ def _rss_custom(
 
 
 @_rss_custom.register_fake
-def _rss_fake(qkv: torch.Tensor, row_offsets: Any, freqs: Any, kv_blocks: torch.Tensor, *args: Any) -> Any:
-    n_heads, head_dim = args[4], args[6]  # after cache_lengths, lookup_table, layer_idx, interleaved
+def _rss_fake(
+    qkv: torch.Tensor,
+    input_row_offsets: torch.Tensor,
+    freqs_cis: torch.Tensor,
+    kv_blocks: torch.Tensor,
+    cache_lengths: torch.Tensor,
+    lookup_table: torch.Tensor,
+    layer_idx: int,
+    interleaved: bool,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    long_after: int | None = None,
+    ntk: list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     return qkv.new_empty((qkv.shape[0], n_heads * head_dim)), torch.empty_like(kv_blocks)
 
 
@@ -329,8 +341,21 @@ def _rss_inplace_custom(
 
 
 @_rss_inplace_custom.register_fake
-def _rss_inplace_fake(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
-    n_heads, head_dim = args[7], args[9]  # after the 5 other tensors, layer_idx, interleaved
+def _rss_inplace_fake(
+    qkv: torch.Tensor,
+    input_row_offsets: torch.Tensor,
+    freqs_cis: torch.Tensor,
+    kv_blocks: torch.Tensor,
+    cache_lengths: torch.Tensor,
+    lookup_table: torch.Tensor,
+    layer_idx: int,
+    interleaved: bool,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    long_after: int | None = None,
+    ntk: list[float] | None = None,
+) -> torch.Tensor:
     return qkv.new_empty((qkv.shape[0], n_heads * head_dim))
 
 
