@@ -106,8 +106,21 @@ def torch_impl(op_cls: type[Operation]) -> Callable[[TorchImpl], TorchImpl]:
     return register
 
 
+class MissingTorchImplError(LookupError):
+    """An op reached the eager runtime or the lowering without a registered torch implementation."""
+
+
 def get_torch_impl(op: Operation) -> TorchImpl:
-    """The torch implementation of `op`, or a clear error if it has none."""
+    """The torch implementation of `op`.
+
+    Raises:
+        MissingTorchImplError: none is registered for the op's class; the message says how to
+            register one.
+    """
     if (fn := _TORCH_IMPLS.get(type(op))) is None:
-        raise NotImplementedError(f"{op.name}: no torch implementation registered")
+        cls = type(op).__name__
+        raise MissingTorchImplError(
+            f"{op.name}: no torch implementation registered for {cls}; "
+            f"register one with @torch_impl({cls}) (fusegraph.compiler.impls)"
+        )
     return fn
