@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from xdsl.dialects.builtin import BoolAttr, FloatAttr, IntegerAttr, i64
@@ -297,7 +298,6 @@ def _rss_custom(
     )  # fmt: skip
 
 
-@_rss_custom.register_fake
 def _rss_fake(
     qkv: torch.Tensor,
     input_row_offsets: torch.Tensor,
@@ -314,6 +314,9 @@ def _rss_fake(
     ntk: list[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return qkv.new_empty((qkv.shape[0], n_heads * head_dim)), torch.empty_like(kv_blocks)
+
+
+_rss_custom.register_fake(_rss_fake)
 
 
 @torch.library.custom_op("fusegraph::rope_split_store_", mutates_args=("kv_blocks",))
@@ -340,23 +343,12 @@ def _rss_inplace_custom(
     return q
 
 
-@_rss_inplace_custom.register_fake
-def _rss_inplace_fake(
-    qkv: torch.Tensor,
-    input_row_offsets: torch.Tensor,
-    freqs_cis: torch.Tensor,
-    kv_blocks: torch.Tensor,
-    cache_lengths: torch.Tensor,
-    lookup_table: torch.Tensor,
-    layer_idx: int,
-    interleaved: bool,
-    n_heads: int,
-    n_kv_heads: int,
-    head_dim: int,
-    long_after: int | None = None,
-    ntk: list[float] | None = None,
-) -> torch.Tensor:
-    return qkv.new_empty((qkv.shape[0], n_heads * head_dim))
+def _rss_inplace_fake(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """q of the in-place op: the functional op's first result (the two share one schema)."""
+    return _rss_fake(*args, **kwargs)[0]
+
+
+_rss_inplace_custom.register_fake(_rss_inplace_fake)
 
 
 @torch_impl(RopeSplitStoreOp)
