@@ -32,6 +32,11 @@ CASES = [
     (2048, 192, 8, False, torch.float16, {"split_k": 1, "warps": 2, "tma": 2}),
     (1024, 256, 4, True, torch.float16, {"split_k": 2, "cluster": False, "warps": 2, "tma": 2}),
     (1024, 128, 4, False, torch.bfloat16, {"split_k": 4, "cluster": False, "tma": 4}),
+    # deeper register buffers: a warp's 8 or 4 blocks over 3 or 4 buffers (the loop wraps, ends mid-round)
+    (2048, 128, 4, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 1, "bufs": 3}),
+    (1024, 256, 4, True, torch.float16, {"split_k": 1, "warps": 2, "bufs": 4}),
+    (1024, 192, 8, False, torch.float16, {"split_k": 1, "warps": 1, "bufs": 3, "min_blocks": 1}),
+    (2048, 128, 4, False, torch.bfloat16, {"split_k": 2, "cluster": False, "warps": 1, "bufs": 4}),
 ]
 
 

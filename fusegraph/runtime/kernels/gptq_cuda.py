@@ -46,7 +46,8 @@ _SMEM_SET: dict[tuple[int, KernelSpec | MidSpec], int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
-_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead")
+_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
+              "bufs")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma.maybe_wgmma
 
 
@@ -188,7 +189,8 @@ def gptq_cuda_matmul(
                       zero_v1=zero_format == "v1", min_blocks=int(plan.get("min_blocks", 2)),
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
-                      perm_ahead=bool(plan.get("perm_ahead")) and perm is not None)  # fmt: skip
+                      perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
+                      bufs=int(plan.get("bufs", 2)))  # fmt: skip
     smem = smem_bytes(spec, m, bps)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:

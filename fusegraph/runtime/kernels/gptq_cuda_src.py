@@ -57,6 +57,7 @@ class KernelSpec:
         tma: 0 loads the words into registers; n ≥ 2 streams them through an n-stage shared-memory
             ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
         perm_ahead: act-order only: x's slice gathered column-chunk major, loads ahead (`gather_x`).
+        bufs: register buffers of words a warp (2..4): bufs − 1 blocks in flight while one is used.
     """
 
     bits: int
@@ -71,6 +72,7 @@ class KernelSpec:
     l2pf: int = 0
     tma: int = 0
     perm_ahead: bool = False
+    bufs: int = 2
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -87,6 +89,8 @@ class KernelSpec:
             raise ValueError(f"gptq_cuda: tma must be 0 or a ring of ≥ 2 stages, got {self.tma}")
         if self.cluster and not 2 <= self.split <= 8:
             raise ValueError(f"gptq_cuda: cluster needs 2 ≤ split ≤ 8, got {self.split}")
+        if not 2 <= self.bufs <= 4 or (self.tma and self.bufs != 2):
+            raise ValueError(f"gptq_cuda: bufs must be 2..4 (2 with tma), got {self.bufs}")
         if self.perm_ahead and not self.has_perm:
             raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
 
@@ -111,6 +115,7 @@ _SOURCE = r"""
 #define PERM_AHEAD %(perm_ahead)d
 #define L2PF %(l2pf)d
 #define TMA %(tma)d  // 0: registers; else the stages of each warp's bulk-copy ring
+#define NBUF %(bufs)d  // register buffers of words a warp (TMA: 2, only the first used)
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
 #define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
 #define STAGE_B (R * ROWB + 128 + ZB)
@@ -207,8 +212,10 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   // x's slice to shared memory (16-byte chunks of 8 values), while the first block's words stream in
   const int row_chunks = bps * 16, chunks = M * row_chunks;
 #if HAS_PERM
-  Blk a, b;
-  if (nbw > 0 && !TMA) load(a, 0);
+  Blk bb[NBUF];
+#pragma unroll
+  for (int s = 0; s < NBUF - 1; ++s)
+    if (s < nbw && !TMA) load(bb[s], s);
 #if PERM_AHEAD
   gather_x<8 * MT>(x, perm + kb0 * 128, xs, M, row_chunks, stride_xm, xstride, tid, NWARPS * 32);
 #else
@@ -231,8 +238,10 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
   }
   cp_commit();
-  Blk a, b;
-  if (nbw > 0 && !TMA) load(a, 0);
+  Blk bb[NBUF];
+#pragma unroll
+  for (int s = 0; s < NBUF - 1; ++s)
+    if (s < nbw && !TMA) load(bb[s], s);
   cp_wait<0>();
 #endif
   __syncthreads();
@@ -316,6 +325,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   };
 
 #if TMA
+  Blk& a = bb[0];
   for (int u = 0; u < nbw; ++u) {  // wait for stage u %% TMA, read this lane's words, refill it TMA blocks on
     const unsigned char* st = ring + (u %% TMA) * STAGE_B;
     mbar_wait(bars + (u %% TMA) * 8, (u / TMA) & 1);
@@ -337,14 +347,14 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     compute(a, u);
   }
 #else
-  // two register buffers: the next block's words are in flight while this one's are used
-  for (int u = 0; u < nbw; u += 2) {
-    if (u + 1 < nbw) load(b, u + 1);
-    compute(a, u);
-    if (u + 1 < nbw) {
-      if (u + 2 < nbw) load(a, u + 2);
-      compute(b, u + 1);
-    }
+  // NBUF register buffers: the next NBUF - 1 blocks' words are in flight while this one's are used
+  for (int u = 0; u < nbw; u += NBUF) {
+#pragma unroll
+    for (int s = 0; s < NBUF; ++s)
+      if (u + s < nbw) {
+        if (u + s + NBUF - 1 < nbw) load(bb[(s + NBUF - 1) %% NBUF], u + s + NBUF - 1);
+        compute(bb[s], u + s);
+      }
   }
 #endif
 
@@ -384,5 +394,6 @@ def kernel_source(spec: KernelSpec) -> str:
         "l2pf": spec.l2pf,
         "tma": spec.tma,
         "perm_ahead": int(spec.perm_ahead),
+        "bufs": spec.bufs,
         "epilogue": EPILOGUE,
     }
