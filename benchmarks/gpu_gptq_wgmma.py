@@ -1,9 +1,10 @@
 """The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma.py`) against the default dispatch and cuBLAS fp16.
 
-`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,128,32]`: the four Llama-3-8B shapes (plain
+`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512]`: the four Llama-3-8B shapes (plain
 4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
-`gptq_tiled_matmul` (the CUDA mid-M kernel at M ≤ 64, Triton past it), and the wgmma kernel at its
-plan's split-K and its neighbours (half, double). Device time from CUDA-graph replays with every
+`gptq_tiled_matmul`, the single-warpgroup wgmma kernel at its plan's split-K (M ≤ 256; its
+neighbours too with WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws") at its plan, split-K
+half and double, and one CTA an SM where the plan has two. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent.
@@ -29,10 +30,12 @@ from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import ws_plan  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
 BUDGET_S = float(os.environ.get("WGMMA_BUDGET_S", "60"))
+WS_ONLY_PLAN = os.environ.get("WGMMA_OLD_SPLITS", "0") == "0"  # the single-warpgroup kernel at its plan only
 
 
 class K:
@@ -54,6 +57,21 @@ def splits(m: int, k_in: int, n_out: int, sms: int) -> list[int]:
     return [s] + [d for d in (s // 2, 2 * s) if 1 <= d <= 8 and blocks % d == 0 and d != s]
 
 
+def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict[str, Any]]]:
+    """The warp-specialized kernel at its plan, then split-K half/double and, at tok ≤ 64, one CTA an SM."""
+    plan = ws_plan(m, n_out, k_in, sms)
+    if plan is None:
+        return []
+    s, blocks = int(plan["split_k"]), k_in // 128
+    out: list[tuple[str, dict[str, Any]]] = [(f"ws/s{s}", {})]
+    out += [
+        (f"ws/s{d}", {"split_k": d}) for d in (s // 2, 2 * s) if 1 <= d <= 8 and blocks % d == 0 and d != s
+    ]
+    if plan["minb"] == 2:
+        out.append((f"ws/s{s}/minb1", {"minb": 1}))
+    return out
+
+
 def run(ms: tuple[int, ...], bw: float) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in GB.SHAPES}
@@ -70,7 +88,12 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                     f"wgmma/s{s}",
                     lambda lay, x, s=s: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": True, "split_k": s}),
                 )
-                for s in splits(m, k_in, n_out, sms)
+                for s in splits(m, k_in, n_out, sms)[: 1 if WS_ONLY_PLAN else 3]
+                if m <= 256
+            ]
+            runs += [
+                (name, lambda lay, x, c=c: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": "ws"} | c))
+                for name, c in ws_variants(m, k_in, n_out, sms)
             ]
             times: dict[str, float] = {}
             for name, fn in runs:
@@ -86,13 +109,18 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                 nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
                 log(f"  {label} M={m} {name:<10} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM, "
                     f"{cub / times[name]:4.2f}x cuBLAS, {2 * m * k_in * n_out / times[name] / 1e6:4.0f} TFLOPS) err {err:.1e}")  # fmt: skip
-            wg = {n_: t for n_, t in times.items() if n_.startswith("wgmma")}
-            best = min(wg, key=wg.__getitem__) if wg else "-"
             cub = times.get("cuBLAS", float("nan"))
             dflt = times.get("default", float("nan"))
-            bt = wg.get(best, float("nan"))
-            log(f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x) | "
-                f"wgmma {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {dflt / bt:.2f}x default)")  # fmt: skip
+            line = f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
+            for pre in ("wgmma", "ws"):
+                wg = {n_: t for n_, t in times.items() if n_.startswith(pre + "/")}
+                best = min(wg, key=wg.__getitem__) if wg else "-"
+                bt = wg.get(best, float("nan"))
+                line += (
+                    f" | {pre} {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {dflt / bt:.2f}x default, "
+                    f"{2 * m * k_in * n_out / bt / 1e6:.0f} TFLOPS)"
+                )
+            log(line)
 
 
 def main() -> int:
@@ -103,7 +131,7 @@ def main() -> int:
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     torch.manual_seed(0)
     # the M = 64 and M ≥ 256 targets first, in case the budget runs out
-    ms: tuple[int, ...] = (64, 256, 128, 32)
+    ms: tuple[int, ...] = (64, 256, 1024, 128, 512)
     if "--ms" in sys.argv:
         ms = tuple(int(v) for v in sys.argv[sys.argv.index("--ms") + 1].split(","))
     run(ms, bw)

@@ -132,3 +132,66 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch:
         err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
         assert err < 3e-3, f"M={m}: relative error {err:.3g}"
         assert (m in calls) is runs, f"M={m}: wgmma kernel ran: {m in calls}, expected {runs}"
+
+
+# ---- the warp-specialized kernel ({"wgmma": "ws"}, gptq_cuda_wgmma_ws*.py) ----
+
+
+def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sms() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import ws_plan, ws_tok
+
+    assert ws_plan(256, 28672, 4096, 132) == {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
+    assert ws_plan(256, 4096, 4096, 132) == {"split_k": 8, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
+    assert ws_plan(64, 6144, 4096, 132)["split_k"] == 8  # 48 tiles, two CTAs an SM
+    assert ws_plan(64, 6144, 4096, 132)["minb"] == 2
+    assert ws_plan(100, 192, 512, 132)["ncw"] == 1  # 3 strips: one a CTA
+    assert ws_plan(8, 100, 512, 132) is None  # N not a multiple of 64
+    assert [ws_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
+
+
+def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import WsSpec, ws_kernel_source, ws_smem_bytes
+
+    with pytest.raises(ValueError, match="tok must be a multiple of 8 in 8..256, got 260"):
+        WsSpec(bf16=False, tok=260, split=1, zero_v1=True)
+    with pytest.raises(ValueError, match="minb=2 .* needs tok <= 64, got 128"):
+        WsSpec(bf16=False, tok=128, split=1, zero_v1=True, minb=2)
+    with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
+        WsSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
+    spec = WsSpec(bf16=True, tok=200, split=4, zero_v1=False)
+    assert spec.regs() == (40, 232) and WsSpec(False, 64, 1, True, 4, 2, 2).regs() == (24, 104)
+    src = ws_kernel_source(spec)
+    assert (
+        "wgmma.mma_async.sync.aligned.m64n200k16.f32.bf16.bf16" in src
+        and "__cluster_dims__(1, 1, SPLIT)" in src
+    )
+    assert "setmaxnreg.dec.sync.aligned.u32 40" in src and "#define STAGES 3" in src
+    assert ws_smem_bytes(spec) == 128 + 3 * (200 * 256 + 2 * (4096 + 256))  # the ring holds the split-K sums
+
+
+# (m, k, n, desc_act, dtype, config past {"kernel": "cuda", "wgmma": "ws"})
+WS_CASES = [
+    (64, 512, 256, False, torch.float16, {}),
+    (128, 1024, 512, False, torch.float16, {"split_k": 4}),
+    (200, 512, 256, False, torch.bfloat16, {"split_k": 2}),
+    (256, 1024, 384, False, torch.float16, {"split_k": 1}),
+    (1024, 512, 256, False, torch.float16, {}),
+    (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2}),
+    (96, 1024, 192, True, torch.float16, {"split_k": 1, "stages": 3}),
+    (33, 512, 256, False, torch.float16, {"split_k": 2, "minb": 1, "stages": 2, "ncw": 1}),
+]
+
+
+@hopper
+@pytest.mark.parametrize(
+    "case", WS_CASES, ids=[f"ws_m{c[0]}_k{c[1]}_n{c[2]}_{c[4]}_{len(c[5])}" for c in WS_CASES]
+)
+def test_gptq_cuda_wgmma__ws_matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
+    m, k, n, desc_act, dtype, extra = case
+    layer = cuda_layer(k, n, 4, desc_act, dtype, seed=m * 7 + k)
+    off = m % 3  # an odd offset: the dispatcher copies x to 16-byte alignment first
+    x = torch.randn(m, k + 8, generator=layer["gen"]).to(dtype).cuda()[:, off : off + k]
+    ref = x.double().cpu() @ layer["w"]
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": "ws"} | extra
+    check_eager_and_replay(lambda: run_tiled(layer, x, 4, cfg), ref, tol, eager=1, replays=2)

@@ -21,6 +21,7 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import (
     wgmma_kernel_source,
     wgmma_smem_bytes,
 )
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import WS_KEYS, gptq_rswg_matmul, ws_plan
 
 __all__ = [
     "default_wgmma",
@@ -167,7 +168,9 @@ def maybe_wgmma(
     config: dict[str, Any],
     sms: int,
 ) -> torch.Tensor:
-    """`x @ W` with the wgmma kernel, as `gptq_cuda.maybe_gptq_cuda` calls it for a config with "wgmma": True.
+    """`x @ W` with the wgmma kernel, as `gptq_cuda.maybe_gptq_cuda` calls it for a config with "wgmma": True
+    (the single-warpgroup kernel) or "wgmma": "ws" (the warp-specialized one; "tok", "stages", "ncw" and "minb"
+    in `config` override its plan's).
 
     Act-order runs on x's columns gathered once through perm (the repacked rows are sorted). "split_k"
     in `config` overrides the plan's. Raises ValueError naming the reason when the kernel cannot run.
@@ -178,6 +181,18 @@ def maybe_wgmma(
     """
     m, k = x.shape
     n = qweight_t.shape[0] * 64
+    if config.get("wgmma") == "ws":  # the warp-specialized kernel (gptq_cuda_wgmma_ws.py)
+        why = wgmma_unsupported(x, 256, bits, None)
+        ws = ws_plan(m, n, k, sms) if why is None else None
+        if ws is None:
+            raise ValueError(
+                f"gptq_tiled_matmul: the wgmma kernel cannot run: {why or f'no plan for M={m} N={n} K={k}'}"
+            )
+        if perm is not None:
+            x = x.index_select(1, perm)
+        ws |= {key: int(config[key]) for key in WS_KEYS if key in config}
+        return gptq_rswg_matmul(x, qweight_t, scales, qzeros_t, group_size=group_size, zero_format=zero_format,
+                                plan=ws)  # fmt: skip
     why = wgmma_unsupported(x, n, bits, None)
     plan = wgmma_plan(m, n, k, sms) if why is None else None
     if plan is None:

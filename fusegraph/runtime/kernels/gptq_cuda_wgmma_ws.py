@@ -1,0 +1,143 @@
+"""The warp-specialized RS-wgmma GPTQ kernel (`gptq_cuda_wgmma_ws_src.py`): plan and launch.
+
+For plain 4-bit x `[M, K]` fp16/bf16 on a compute-capability-9.0 GPU: a CTA is a producer warpgroup
+(cp.async ring) and `ncw` consumer warpgroups, each owning one 64-column strip, over one tile of up
+to 256 rows of x (the wgmma's N: M ≤ 256 takes one pass over the weights) and a K slice (split-K
+through a thread-block cluster). `gptq_cuda_wgmma.maybe_wgmma` runs it for {"wgmma": "ws"}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
+    WS_KERNEL_NAME,
+    WsSpec,
+    ws_kernel_source,
+    ws_smem_bytes,
+)
+
+__all__ = ["WS_KEYS", "gptq_rswg_matmul", "ws_plan"]
+
+SMEM_MAX = 232448  # the opt-in dynamic shared memory of one CTA on sm_90 (227 KB)
+WS_KEYS = ("split_k", "tok", "stages", "ncw", "minb")  # what a config may set (overrides the plan)
+_KERNELS: dict[tuple[int, WsSpec], Any] = {}
+_FAILED: dict[tuple[int, WsSpec], str] = {}
+
+
+def ws_tok(m: int) -> int:
+    """The rows of x a CTA takes: M rounded up to 8 up to 256, else M spread evenly over ⌈M/256⌉ tiles."""
+    tiles = (m + 255) // 256
+    per = (m + tiles - 1) // tiles
+    return max(8, (per + 7) // 8 * 8)
+
+
+def ws_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
+    """{"split_k", "tok", "stages", "ncw", "minb"} for x `[m, k]` · W `[k, n]`, or None when the kernel cannot take it.
+
+    tok = `ws_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; split-K
+    the smallest divisor of K/128 (≤ 8) whose CTAs fill the SMs, else the largest; the deepest ring
+    (≤ 4 stages) that fits.
+
+    Example:
+        >>> ws_plan(256, 28672, 4096, 132)
+        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1}
+    """
+    if m < 1 or n % 64 or k % 128:
+        return None
+    tok = ws_tok(m)
+    ncw = 2 if (n // 64) % 2 == 0 else 1
+    minb = 2 if tok <= 64 else 1
+    tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
+    splits = [s for s in range(1, 9) if (k // 128) % s == 0]
+    split = next((s for s in splits if tiles * s >= sms * minb), splits[-1])
+    stages = 4
+    while stages > 2 and minb * ws_smem_bytes(WsSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX:
+        stages -= 1
+    return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": minb}
+
+
+def _kernel(spec: WsSpec, device: torch.device, smem: int) -> Any:
+    """The compiled kernel of `spec` on `device` (compiled once); raises RuntimeError if NVRTC fails."""
+    key = (device.index or 0, spec)
+    if key in _FAILED:
+        raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}")
+    kern = _KERNELS.get(key)
+    if kern is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"gptq_cuda_wgmma: {spec} is not compiled; run it once before CUDA-graph capture"
+            )
+        try:
+            with torch.cuda.device(device):
+                kern = torch.cuda._compile_kernel(
+                    ws_kernel_source(spec), WS_KERNEL_NAME, compute_capability="90a"
+                )
+            if hasattr(kern, "set_shared_memory_config"):
+                kern.set_shared_memory_config(smem)
+            else:
+                from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+                _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, 8, smem))
+        except Exception as err:  # noqa: BLE001 - no NVRTC, an old one without sm_90a, a compile error
+            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
+            raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}") from err
+        _KERNELS[key] = kern
+    return kern
+
+
+def gptq_rswg_matmul(
+    x: torch.Tensor,
+    qweight_t: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros_t: torch.Tensor,
+    *,
+    group_size: int,
+    zero_format: str,
+    plan: dict[str, Any],
+) -> torch.Tensor:
+    """`x @ W` for plain 4-bit repacked GPTQ tensors with the warp-specialized kernel (module docstring).
+
+    Operands as in `gptq_tiled_matmul` (checked there: contiguous, K % 128 == 0, group_size a multiple
+    of 128 dividing K); x 16-byte aligned with a row stride that is a multiple of 8; `plan` as `ws_plan`
+    gives it. Raises ValueError naming the operand or plan field that it cannot take.
+
+    Example:
+        >>> y = gptq_rswg_matmul(x, t["qweight"], scales, t["qzeros"], group_size=128, zero_format="v1",
+        ...                      plan=ws_plan(256, 4096, 4096, 132))
+    """
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
+    if x.dtype not in (torch.float16, torch.bfloat16) or scales.dtype != x.dtype:
+        raise ValueError(
+            f"gptq_wgmma_matmul: x {x.dtype} / scales {scales.dtype}: needs fp16 or bf16, both alike"
+        )
+    if x.data_ptr() % 16 or x.stride(0) % 8 or x.stride(1) != 1:
+        raise ValueError(
+            "gptq_wgmma_matmul: x must be 16-byte aligned with a row stride that is a multiple of 8"
+        )
+    if scales.stride(0) % 8 or qzeros_t.stride(0) % 4 or scales.data_ptr() % 16 or qzeros_t.data_ptr() % 16:
+        raise ValueError("gptq_wgmma_matmul: scales/qzeros rows must be 16-byte aligned (N a multiple of 64)")
+    split, tok, ncw = int(plan["split_k"]), int(plan["tok"]), int(plan["ncw"])
+    blocks = k // 128
+    if not 1 <= split <= 8 or blocks % split:
+        raise ValueError(f"gptq_wgmma_matmul: split_k must be 1..8 and divide K/128 = {blocks}, got {split}")
+    if ncw not in (1, 2) or n % (64 * ncw):
+        raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
+    spec = WsSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
+                  stages=int(plan["stages"]), ncw=ncw, minb=int(plan["minb"]))  # fmt: skip
+    smem = ws_smem_bytes(spec)
+    if smem > SMEM_MAX:
+        raise ValueError(
+            f"gptq_wgmma_matmul: {smem} bytes of shared memory for {spec}: at most {SMEM_MAX}; fewer stages"
+        )
+    kern = _kernel(spec, x.device, smem)
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    kern(
+        grid=((m + tok - 1) // tok, n // (64 * ncw), split), block=(128 * (ncw + 1), 1, 1), shared_mem=smem,
+        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks // split,
+              x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0)],
+    )  # fmt: skip
+    return out

@@ -1,0 +1,345 @@
+"""CUDA C++ source of the warp-specialized Hopper RS-wgmma GPTQ kernel (`gptq_cuda_wgmma.py` compiles it for sm_90a).
+
+`fg_gptq_rswg` multiplies x `[M, K]` (fp16 or bf16) by a plain 4-bit W in the tiled layout of
+`fg.gptq.repack` (`gptq_cuda_src.py`'s docstring; strip s, 128-row block b: 16 word rows of 64
+columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = TOK tokens ≤ 256:
+
+- A CTA is one producer warpgroup and NCW consumer warpgroups; consumer c owns the 64-column strip
+  NCW·blockIdx.y + c, all share one tile of TOK rows of x (blockIdx.x) and one K slice (blockIdx.z of
+  SPLIT, a thread-block cluster when SPLIT > 1). `setmaxnreg` gives the consumers the registers.
+- Producer: its 128 threads stream each 128-row block into a STAGES-deep shared-memory ring with
+  `cp.async` (16-byte chunks): the strips' words (chunk (r, cg) of word row r stored at
+  r·16 + (cg ^ 2(r & 3)), so the consumers' word loads hit 32 banks), their scales and zero words,
+  and x's block as 8×8 core matrices (K-major, no swizzle, as the single-warpgroup kernel);
+  `cp.async.mbarrier.arrive.noinc` completes the stage's `full` barrier; it waits on `empty`.
+- Consumer warp w: A rows 16w + g and 16w + 8 + g are the strip's columns 16w + g and 16w + 8 + g;
+  a lane takes its 8 words of a block from shared memory, and for each of the 8 16-row steps
+  dequantizes its 4 A registers (lop3 magic numbers, scale folded, `SCALED_DEQUANT`) into one of two
+  register sets, so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`).
+  B = x^T through a matrix descriptor (leading byte offset TOK·16 = the next 8 values of K, stride
+  byte offset 128 = the next 8 rows). A stage is released (`empty`) once its last wgmma is complete.
+- Epilogue: SPLIT = 1 stores the accumulators from registers; else they go to shared memory and the
+  SPLIT CTAs of the cluster sum them through distributed shared memory, in rank order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
+
+__all__ = ["WS_KERNEL_NAME", "WsSpec", "ws_kernel_source", "ws_smem_bytes"]
+
+WS_KERNEL_NAME = "fg_gptq_rswg"
+_META = 256  # bytes a stage gives one strip's scales (128) and zero words (32), rounded up
+
+
+@dataclass(frozen=True)
+class WsSpec:
+    """The compile-time parameters of one warp-specialized kernel instance (plain 4-bit only).
+
+    Attributes:
+        bf16: x, scales and output are bf16, else fp16.
+        tok: rows of x a CTA takes, the wgmma's N: a multiple of 8, 8..256.
+        split: CTAs along K per tile (gridDim.z); > 1 reduces through a cluster (≤ 8).
+        zero_v1: the qzeros store z − 1.
+        stages: depth of the shared-memory ring, 2..8.
+        ncw: consumer warpgroups (64-column strips) a CTA, 1 or 2.
+        minb: CTAs an SM (`__launch_bounds__`), 1 or 2: sets the registers `setmaxnreg` shares out.
+    """
+
+    bf16: bool
+    tok: int
+    split: int
+    zero_v1: bool
+    stages: int = 3
+    ncw: int = 2
+    minb: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tok % 8 or not 8 <= self.tok <= 256:
+            raise ValueError(f"gptq_cuda_wgmma: tok must be a multiple of 8 in 8..256, got {self.tok}")
+        if not 1 <= self.split <= 8:
+            raise ValueError(f"gptq_cuda_wgmma: split must be 1..8 (a cluster), got {self.split}")
+        if not 2 <= self.stages <= 8:
+            raise ValueError(f"gptq_cuda_wgmma: stages must be 2..8, got {self.stages}")
+        if self.ncw not in (1, 2) or self.minb not in (1, 2):
+            raise ValueError(f"gptq_cuda_wgmma: ncw and minb must be 1 or 2, got {self.ncw}, {self.minb}")
+        if self.minb == 2 and self.tok > 64:
+            raise ValueError(
+                f"gptq_cuda_wgmma: minb=2 (80 registers a thread) needs tok <= 64, got {self.tok}"
+            )
+
+    def regs(self) -> tuple[int, int]:
+        """(producer, consumer) registers a thread after `setmaxnreg`, within the SM's 64K per `minb` CTAs."""
+        threads = 128 * (self.ncw + 1)
+        per = min(255, 65536 // (self.minb * threads)) // 8 * 8
+        prod = 40 if self.minb == 1 else 24
+        cons = min(240, (per * threads - prod * 128) // (128 * self.ncw) // 8 * 8)
+        return prod, cons
+
+
+def ws_stage_bytes(spec: WsSpec) -> int:
+    """Bytes of one ring stage: x's block (TOK × 128 values), the strips' words (4 KB each) and meta."""
+    return spec.tok * 256 + spec.ncw * (4096 + _META)
+
+
+def ws_smem_bytes(spec: WsSpec) -> int:
+    """Dynamic shared memory of one CTA: 128 bytes of barriers, then the ring (or, after the loop, split-K sums)."""
+    fin = spec.tok * 64 * spec.ncw * 4 if spec.split > 1 else 0
+    return 128 + max(spec.stages * ws_stage_bytes(spec), fin)
+
+
+def _wgmma_asm(tok: int, bf16: bool) -> str:
+    """The inline-asm statement of one `wgmma.mma_async.m64n{tok}k16` with A from registers."""
+    nacc = tok // 2
+    regs = ", ".join(f"%{i}" for i in range(nacc))
+    a = ", ".join(f"%{nacc + i}" for i in range(4))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(nacc))
+    ty = "bf16" if bf16 else "f16"
+    return (
+        f'asm volatile("wgmma.mma_async.sync.aligned.m64n{tok}k16.f32.{ty}.{ty} {{{regs}}}, {{{a}}}, %{nacc + 4}, '
+        f'1, 1, 1, 0;\\n" : {outs} : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));'
+    )
+
+
+_SOURCE = r"""
+#define BITS 4
+#define BF16 %(bf16)d
+#define TOK %(tok)d
+#define MTT (TOK / 8)
+#define NACC (TOK / 2)
+#define SPLIT %(split)d
+#define ZERO_V1 %(zero_v1)d
+#define STAGES %(stages)d
+#define NCW %(ncw)d
+#define STAGE_BYTES %(stage_bytes)d
+#define XBYTES (TOK * 256)
+#define META %(meta)d
+%(helpers)s%(scaled_dequant)s__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %%0;" :: "n"(N) : "memory");
+}
+__device__ __forceinline__ void keep(float* d) {  // pin the accumulators across the async wgmmas
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+__device__ __forceinline__ void wgmma(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
+  %(wgmma_asm)s
+}
+__device__ __forceinline__ void cp_arrive(u32 bar) {  // the barrier completes once this thread's cp.asyncs land
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%%0];" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_init_n(u32 bar, u32 n) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%%0], %%1;" :: "r"(bar), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%%0];" :: "r"(bar) : "memory");
+}
+
+extern "C" __global__ void
+#if SPLIT > 1
+__cluster_dims__(1, 1, SPLIT)
+#endif
+__launch_bounds__(128 * (NCW + 1), %(minb)d)
+fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
+             const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int bps,
+             int stride_xm, int stride_s, int stride_qz, int stride_om) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int m0 = blockIdx.x * TOK, strip0 = blockIdx.y * NCW, ks = blockIdx.z, kb0 = ks * bps;
+  const int mc = M - m0 < TOK ? M - m0 : TOK;  // rows of x this CTA takes
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const u32 bars = smem_u32(smem);  // full[STAGES], then empty[STAGES]
+  const u32 ring = bars + 128;
+  unsigned char* ringp = smem + 128;
+  // rows of x past M stay zero in every stage (the producer never writes them)
+  for (int i = tid; i < STAGES * 16 * (TOK - mc); i += blockDim.x) {
+    const int s = i / (16 * (TOK - mc)), r = i - s * 16 * (TOK - mc);
+    const int m = mc + r / 16, cc = r %% 16;
+    u32* p = (u32*)(ringp + s * STAGE_BYTES + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16);
+    p[0] = p[1] = p[2] = p[3] = 0u;
+  }
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init_n(bars + 8 * s, 128);  // full: the producer's 128 threads
+      mbar_init_n(bars + 8 * (STAGES + s), 128 * NCW);  // empty: every consumer thread
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---------------- producer ----------------
+    %(dec)s
+    const int p = tid;
+    const u16* xrow = x + (u64)m0 * stride_xm;
+    const int rows8 = (mc + 7) & ~7;
+    for (int u = 0; u < bps; ++u) {
+      const int s = u %% STAGES, blk = kb0 + u;
+      mbar_wait(bars + 8 * (STAGES + s), ((u / STAGES) & 1) ^ 1);
+      const u32 st = ring + s * STAGE_BYTES;
+      const int kbase = blk * 128;
+      for (int c = p; c < rows8 * 16; c += 128) {  // x: 8 rows x 4 chunks a warp (sectors whole, banks distinct)
+        const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
+        if (m < mc) cp16(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, xrow + (u64)m * stride_xm + kbase + cc * 8);
+      }
+      const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+#pragma unroll
+      for (int c = 0; c < NCW; ++c) {
+        const int strip = strip0 + c;
+        const u32x4* src = qw + ((u64)strip * (K / P) + (u64)blk * R) * 16;  // 256 chunks
+        const u32 wdst = st + XBYTES + c * 4096;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int ci = p + 128 * h, r = ci >> 4, cg = ci & 15;
+          cp16(wdst + (r * 16 + (cg ^ (2 * (r & 3)))) * 16, src + ci);
+        }
+        const u32 mdst = st + XBYTES + NCW * 4096 + c * META;
+        if (p < 8) cp16(mdst + p * 16, sc + (u64)grp * stride_s + strip * 64 + p * 8);
+        else if (p < 10) cp16(mdst + 128 + (p - 8) * 16, qz + (u64)grp * stride_qz + strip * 8 + (p - 8) * 4);
+      }
+      cp_arrive(bars + 8 * s);
+    }
+    cp_wait<0>();
+  } else {  // ---------------- consumers ----------------
+    %(inc)s
+    const int cw = wg - 1, ctid = tid & 127, lane = tid & 31, warp = ctid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int c0 = 16 * warp + g, c1 = c0 + 8;  // this lane's A rows g, g + 8: the strip's columns c0, c1
+    float acc[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    const u64 dconst = ((u64)((MTT * 128) >> 4) << 16) | ((u64)(128 >> 4) << 32);
+    // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
+    const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
+    u32 a[2][4];
+    for (int u = 0; u < bps; ++u) {
+      const int s = u %% STAGES;
+      mbar_wait(bars + 8 * s, (u / STAGES) & 1);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> wgmma reads
+      const unsigned char* st = ringp + s * STAGE_BYTES;
+      const unsigned char* wt = st + XBYTES + cw * 4096;
+      u32 wv[2][2][2];  // [qq][row t + 8qq, t + 4 + 8qq][c0, c1]
+#pragma unroll
+      for (int qq = 0; qq < 2; ++qq)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = t + 8 * qq + 4 * h;
+          wv[qq][h][0] = *(const u32*)(wt + r * 256 + woff0);
+          wv[qq][h][1] = *(const u32*)(wt + r * 256 + woff1);
+        }
+      const unsigned char* mt = st + XBYTES + NCW * 4096 + cw * META;
+      const u32 zw0 = *(const u32*)(mt + 128 + 4 * (c0 >> 3)), zw1 = *(const u32*)(mt + 128 + 4 * (c1 >> 3));
+      const u32 s0 = *(const u16*)(mt + 2 * c0), s1 = *(const u16*)(mt + 2 * c1);
+      u32 mz[2], nzh[2], s2[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const u32 z = ((h ? zw1 : zw0) >> (4 * ((h ? c1 : c0) & 7))) & 15u;
+#if BF16
+        mz[h] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;
+        nzh[h] = 0u;
+#else
+        mz[h] = z * 0x10001u + (0x6400u + ZERO_V1) * 0x10001u;
+        nzh[h] = sub2(0x63806380u, mz[h]);
+#endif
+        s2[h] = (h ? s1 : s0) * 0x10001u;
+      }
+      const u32 xb = ring + s * STAGE_BYTES;
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt) {  // the 16-row step kt: pair J = kt / 2 of word rows t + 8(kt %% 2) (+4)
+        const int qq = kt & 1, b = kt & 1;
+        const u64 desc = dconst | (u64)(((xb + 2 * kt * MTT * 128) & 0x3FFFFu) >> 4);
+#define DQ(J) { a[b][0] = dq<J>(wv[qq][0][0], mz[0], nzh[0], s2[0]); a[b][1] = dq<J>(wv[qq][0][1], mz[1], nzh[1], s2[1]); \
+                a[b][2] = dq<J>(wv[qq][1][0], mz[0], nzh[0], s2[0]); a[b][3] = dq<J>(wv[qq][1][1], mz[1], nzh[1], s2[1]); }
+        if (kt < 2) DQ(0) else if (kt < 4) DQ(1) else if (kt < 6) DQ(2) else DQ(3)
+#undef DQ
+        keep(acc);
+        wg_fence();
+        wgmma(acc, a[b][0], a[b][1], a[b][2], a[b][3], desc);
+        wg_commit();
+        keep(acc);
+        wg_wait<1>();
+        if (kt == 0 && u > 0) mbar_arrive(bars + 8 * (STAGES + (u - 1) %% STAGES));  // block u - 1's wgmmas are done
+      }
+    }
+    wg_wait<0>();
+    keep(acc);
+#if SPLIT == 1
+    u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
+#pragma unroll
+    for (int j = 0; j < MTT; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int m = 8 * j + 2 * t + (c & 1);
+        if (m < mc) orow[(u64)m * stride_om + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
+      }
+#else
+    float* fin = (float*)ringp;  // [TOK][NCW * 64]; every stage is consumed once all consumers pass the barrier
+    asm volatile("bar.sync 1, %%0;" :: "r"(128 * NCW) : "memory");
+#pragma unroll
+    for (int j = 0; j < MTT; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int m = 8 * j + 2 * t + (c & 1);
+        if (m < mc) fin[m * (NCW * 64) + cw * 64 + ((c >> 1) ? c1 : c0)] = acc[4 * j + c];
+      }
+#endif
+  }
+#if SPLIT > 1
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
+    const float* fin = (const float*)ringp;
+    const int cwid = NCW * 64, total = mc * cwid;
+    const int share = (total + SPLIT - 1) / SPLIT;
+    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
+    u16* orow = out + (u64)m0 * stride_om + strip0 * 64;
+    for (int i = lo + tid; i < hi; i += blockDim.x) {
+      const u32 local = smem_u32(fin + i);
+      float s = 0.f;
+#pragma unroll
+      for (int r = 0; r < SPLIT; ++r) {
+        u32 remote;
+        float v;
+        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
+        asm volatile("ld.shared::cluster.f32 %%0, [%%1];" : "=f"(v) : "r"(remote) : "memory");
+        s += v;
+      }
+      orow[(u64)(i / cwid) * stride_om + i %% cwid] = f2h(s);
+    }
+  }
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+"""
+
+
+def ws_kernel_source(spec: WsSpec) -> str:
+    """The CUDA C++ text of `fg_gptq_rswg` for `spec` (no headers; compile for sm_90a).
+
+    Example:
+        >>> src = ws_kernel_source(WsSpec(bf16=False, tok=256, split=1, zero_v1=True))
+        >>> "m64n256k16.f32.f16.f16" in src and "setmaxnreg.inc.sync.aligned.u32 232" in src
+        True
+    """
+    prod, cons = spec.regs()
+    compiled = (
+        min(255, 65536 // (spec.minb * 128 * (spec.ncw + 1))) // 8 * 8
+    )  # what ptxas gets (launch bounds)
+    dec = f'asm volatile("setmaxnreg.dec.sync.aligned.u32 {prod};" ::: "memory");' if prod < compiled else ""
+    inc = f'asm volatile("setmaxnreg.inc.sync.aligned.u32 {cons};" ::: "memory");' if cons > compiled else ""
+    return _SOURCE % {
+        "bf16": int(spec.bf16),
+        "tok": spec.tok,
+        "split": spec.split,
+        "zero_v1": int(spec.zero_v1),
+        "stages": spec.stages,
+        "ncw": spec.ncw,
+        "minb": spec.minb,
+        "stage_bytes": ws_stage_bytes(spec),
+        "meta": _META,
+        "dec": dec,
+        "inc": inc,
+        "helpers": HELPERS,
+        "scaled_dequant": SCALED_DEQUANT,
+        "wgmma_asm": _wgmma_asm(spec.tok, spec.bf16),
+    }
