@@ -30,7 +30,7 @@ from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan  # noqa: E402
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import ws_plan  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
@@ -59,7 +59,7 @@ def splits(m: int, k_in: int, n_out: int, sms: int) -> list[int]:
 
 def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict[str, Any]]]:
     """The warp-specialized kernel at its plan, then split-K half/double and, at tok ≤ 64, one CTA an SM."""
-    plan = ws_plan(m, n_out, k_in, sms)
+    plan = rswg_plan(m, n_out, k_in, sms)
     if plan is None:
         return []
     s, blocks = int(plan["split_k"]), k_in // 128

@@ -138,35 +138,37 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch:
 
 
 def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sms() -> None:
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import ws_plan, ws_tok
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan, rswg_tok
 
-    assert ws_plan(256, 28672, 4096, 132) == {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
-    assert ws_plan(256, 4096, 4096, 132) == {"split_k": 8, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
-    assert ws_plan(64, 6144, 4096, 132)["split_k"] == 8  # 48 tiles, two CTAs an SM
-    assert ws_plan(64, 6144, 4096, 132)["minb"] == 2
-    assert ws_plan(100, 192, 512, 132)["ncw"] == 1  # 3 strips: one a CTA
-    assert ws_plan(8, 100, 512, 132) is None  # N not a multiple of 64
-    assert [ws_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
+    assert rswg_plan(256, 28672, 4096, 132) == {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
+    assert rswg_plan(256, 4096, 4096, 132) == {"split_k": 8, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
+    assert rswg_plan(64, 6144, 4096, 132)["split_k"] == 8  # 48 tiles, two CTAs an SM
+    assert rswg_plan(64, 6144, 4096, 132)["minb"] == 2
+    assert rswg_plan(100, 192, 512, 132)["ncw"] == 1  # 3 strips: one a CTA
+    assert rswg_plan(8, 100, 512, 132) is None  # N not a multiple of 64
+    assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
 
 
 def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() -> None:
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import WsSpec, ws_kernel_source, ws_smem_bytes
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import RswgSpec, rswg_kernel_source, rswg_smem_bytes
 
     with pytest.raises(ValueError, match="tok must be a multiple of 8 in 8..256, got 260"):
-        WsSpec(bf16=False, tok=260, split=1, zero_v1=True)
+        RswgSpec(bf16=False, tok=260, split=1, zero_v1=True)
     with pytest.raises(ValueError, match="minb=2 .* needs tok <= 64, got 128"):
-        WsSpec(bf16=False, tok=128, split=1, zero_v1=True, minb=2)
+        RswgSpec(bf16=False, tok=128, split=1, zero_v1=True, minb=2)
     with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
-        WsSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
-    spec = WsSpec(bf16=True, tok=200, split=4, zero_v1=False)
-    assert spec.regs() == (40, 232) and WsSpec(False, 64, 1, True, 4, 2, 2).regs() == (24, 104)
-    src = ws_kernel_source(spec)
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
+    spec = RswgSpec(bf16=True, tok=200, split=4, zero_v1=False)
+    assert spec.regs() == (40, 232) and RswgSpec(False, 64, 1, True, 4, 2, 2).regs() == (24, 104)
+    src = rswg_kernel_source(spec)
     assert (
         "wgmma.mma_async.sync.aligned.m64n200k16.f32.bf16.bf16" in src
         and "__cluster_dims__(1, 1, SPLIT)" in src
     )
     assert "setmaxnreg.dec.sync.aligned.u32 40" in src and "#define STAGES 3" in src
-    assert ws_smem_bytes(spec) == 128 + 3 * (200 * 256 + 2 * (4096 + 256))  # the ring holds the split-K sums
+    assert rswg_smem_bytes(spec) == 128 + 3 * (
+        200 * 256 + 2 * (4096 + 256)
+    )  # the ring holds the split-K sums
 
 
 # (m, k, n, desc_act, dtype, config past {"kernel": "cuda", "wgmma": "ws"})

@@ -21,7 +21,7 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import (
     wgmma_kernel_source,
     wgmma_smem_bytes,
 )
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import WS_KEYS, gptq_rswg_matmul, ws_plan
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import RSWG_KEYS, gptq_rswg_matmul, rswg_plan
 
 __all__ = [
     "default_wgmma",
@@ -183,14 +183,14 @@ def maybe_wgmma(
     n = qweight_t.shape[0] * 64
     if config.get("wgmma") == "ws":  # the warp-specialized kernel (gptq_cuda_wgmma_ws.py)
         why = wgmma_unsupported(x, 256, bits, None)
-        ws = ws_plan(m, n, k, sms) if why is None else None
+        ws = rswg_plan(m, n, k, sms) if why is None else None
         if ws is None:
             raise ValueError(
                 f"gptq_tiled_matmul: the wgmma kernel cannot run: {why or f'no plan for M={m} N={n} K={k}'}"
             )
         if perm is not None:
             x = x.index_select(1, perm)
-        ws |= {key: int(config[key]) for key in WS_KEYS if key in config}
+        ws |= {key: int(config[key]) for key in RSWG_KEYS if key in config}
         return gptq_rswg_matmul(x, qweight_t, scales, qzeros_t, group_size=group_size, zero_format=zero_format,
                                 plan=ws)  # fmt: skip
     why = wgmma_unsupported(x, n, bits, None)

@@ -13,53 +13,55 @@ from typing import Any
 import torch
 
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
-    WS_KERNEL_NAME,
-    WsSpec,
-    ws_kernel_source,
-    ws_smem_bytes,
+    RSWG_KERNEL_NAME,
+    RswgSpec,
+    rswg_kernel_source,
+    rswg_smem_bytes,
 )
 
-__all__ = ["WS_KEYS", "gptq_rswg_matmul", "ws_plan"]
+__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "rswg_plan"]
 
 SMEM_MAX = 232448  # the opt-in dynamic shared memory of one CTA on sm_90 (227 KB)
-WS_KEYS = ("split_k", "tok", "stages", "ncw", "minb")  # what a config may set (overrides the plan)
-_KERNELS: dict[tuple[int, WsSpec], Any] = {}
-_FAILED: dict[tuple[int, WsSpec], str] = {}
+RSWG_KEYS = ("split_k", "tok", "stages", "ncw", "minb")  # what a config may set (overrides the plan)
+_KERNELS: dict[tuple[int, RswgSpec], Any] = {}
+_FAILED: dict[tuple[int, RswgSpec], str] = {}
 
 
-def ws_tok(m: int) -> int:
+def rswg_tok(m: int) -> int:
     """The rows of x a CTA takes: M rounded up to 8 up to 256, else M spread evenly over ⌈M/256⌉ tiles."""
     tiles = (m + 255) // 256
     per = (m + tiles - 1) // tiles
     return max(8, (per + 7) // 8 * 8)
 
 
-def ws_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
+def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     """{"split_k", "tok", "stages", "ncw", "minb"} for x `[m, k]` · W `[k, n]`, or None when the kernel cannot take it.
 
-    tok = `ws_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; split-K
+    tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; split-K
     the smallest divisor of K/128 (≤ 8) whose CTAs fill the SMs, else the largest; the deepest ring
     (≤ 4 stages) that fits.
 
     Example:
-        >>> ws_plan(256, 28672, 4096, 132)
+        >>> rswg_plan(256, 28672, 4096, 132)
         {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1}
     """
     if m < 1 or n % 64 or k % 128:
         return None
-    tok = ws_tok(m)
+    tok = rswg_tok(m)
     ncw = 2 if (n // 64) % 2 == 0 else 1
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     splits = [s for s in range(1, 9) if (k // 128) % s == 0]
     split = next((s for s in splits if tiles * s >= sms * minb), splits[-1])
     stages = 4
-    while stages > 2 and minb * ws_smem_bytes(WsSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX:
+    while (
+        stages > 2 and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX
+    ):
         stages -= 1
     return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": minb}
 
 
-def _kernel(spec: WsSpec, device: torch.device, smem: int) -> Any:
+def _kernel(spec: RswgSpec, device: torch.device, smem: int) -> Any:
     """The compiled kernel of `spec` on `device` (compiled once); raises RuntimeError if NVRTC fails."""
     key = (device.index or 0, spec)
     if key in _FAILED:
@@ -73,7 +75,7 @@ def _kernel(spec: WsSpec, device: torch.device, smem: int) -> Any:
         try:
             with torch.cuda.device(device):
                 kern = torch.cuda._compile_kernel(
-                    ws_kernel_source(spec), WS_KERNEL_NAME, compute_capability="90a"
+                    rswg_kernel_source(spec), RSWG_KERNEL_NAME, compute_capability="90a"
                 )
             if hasattr(kern, "set_shared_memory_config"):
                 kern.set_shared_memory_config(smem)
@@ -101,12 +103,12 @@ def gptq_rswg_matmul(
     """`x @ W` for plain 4-bit repacked GPTQ tensors with the warp-specialized kernel (module docstring).
 
     Operands as in `gptq_tiled_matmul` (checked there: contiguous, K % 128 == 0, group_size a multiple
-    of 128 dividing K); x 16-byte aligned with a row stride that is a multiple of 8; `plan` as `ws_plan`
+    of 128 dividing K); x 16-byte aligned with a row stride that is a multiple of 8; `plan` as `rswg_plan`
     gives it. Raises ValueError naming the operand or plan field that it cannot take.
 
     Example:
         >>> y = gptq_rswg_matmul(x, t["qweight"], scales, t["qzeros"], group_size=128, zero_format="v1",
-        ...                      plan=ws_plan(256, 4096, 4096, 132))
+        ...                      plan=rswg_plan(256, 4096, 4096, 132))
     """
     m, k = x.shape
     n = qweight_t.shape[0] * 64
@@ -126,9 +128,9 @@ def gptq_rswg_matmul(
         raise ValueError(f"gptq_wgmma_matmul: split_k must be 1..8 and divide K/128 = {blocks}, got {split}")
     if ncw not in (1, 2) or n % (64 * ncw):
         raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
-    spec = WsSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
+    spec = RswgSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
                   stages=int(plan["stages"]), ncw=ncw, minb=int(plan["minb"]))  # fmt: skip
-    smem = ws_smem_bytes(spec)
+    smem = rswg_smem_bytes(spec)
     if smem > SMEM_MAX:
         raise ValueError(
             f"gptq_wgmma_matmul: {smem} bytes of shared memory for {spec}: at most {SMEM_MAX}; fewer stages"

@@ -28,14 +28,14 @@ from dataclasses import dataclass
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 
-__all__ = ["WS_KERNEL_NAME", "WsSpec", "ws_kernel_source", "ws_smem_bytes"]
+__all__ = ["RSWG_KERNEL_NAME", "RswgSpec", "rswg_kernel_source", "rswg_smem_bytes"]
 
-WS_KERNEL_NAME = "fg_gptq_rswg"
+RSWG_KERNEL_NAME = "fg_gptq_rswg"
 _META = 256  # bytes a stage gives one strip's scales (128) and zero words (32), rounded up
 
 
 @dataclass(frozen=True)
-class WsSpec:
+class RswgSpec:
     """The compile-time parameters of one warp-specialized kernel instance (plain 4-bit only).
 
     Attributes:
@@ -79,15 +79,15 @@ class WsSpec:
         return prod, cons
 
 
-def ws_stage_bytes(spec: WsSpec) -> int:
+def rswg_stage_bytes(spec: RswgSpec) -> int:
     """Bytes of one ring stage: x's block (TOK × 128 values), the strips' words (4 KB each) and meta."""
     return spec.tok * 256 + spec.ncw * (4096 + _META)
 
 
-def ws_smem_bytes(spec: WsSpec) -> int:
+def rswg_smem_bytes(spec: RswgSpec) -> int:
     """Dynamic shared memory of one CTA: 128 bytes of barriers, then the ring (or, after the loop, split-K sums)."""
     fin = spec.tok * 64 * spec.ncw * 4 if spec.split > 1 else 0
-    return 128 + max(spec.stages * ws_stage_bytes(spec), fin)
+    return 128 + max(spec.stages * rswg_stage_bytes(spec), fin)
 
 
 def _wgmma_asm(tok: int, bf16: bool) -> str:
@@ -313,11 +313,11 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 """
 
 
-def ws_kernel_source(spec: WsSpec) -> str:
+def rswg_kernel_source(spec: RswgSpec) -> str:
     """The CUDA C++ text of `fg_gptq_rswg` for `spec` (no headers; compile for sm_90a).
 
     Example:
-        >>> src = ws_kernel_source(WsSpec(bf16=False, tok=256, split=1, zero_v1=True))
+        >>> src = rswg_kernel_source(RswgSpec(bf16=False, tok=256, split=1, zero_v1=True))
         >>> "m64n256k16.f32.f16.f16" in src and "setmaxnreg.inc.sync.aligned.u32 232" in src
         True
     """
@@ -335,7 +335,7 @@ def ws_kernel_source(spec: WsSpec) -> str:
         "stages": spec.stages,
         "ncw": spec.ncw,
         "minb": spec.minb,
-        "stage_bytes": ws_stage_bytes(spec),
+        "stage_bytes": rswg_stage_bytes(spec),
         "meta": _META,
         "dec": dec,
         "inc": inc,
