@@ -174,9 +174,12 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     const int p = tid;
     const u16* xrow = x + (u64)m0 * stride_xm;
     const int rows8 = (mc + 7) & ~7;
+    int s = 0;
+    u32 ph = 1;  // a fresh barrier counts its phase before 0 as complete: the first STAGES waits pass
+#pragma unroll 1
     for (int u = 0; u < bps; ++u) {
-      const int s = u %% STAGES, blk = kb0 + u;
-      mbar_wait(bars + 8 * (STAGES + s), ((u / STAGES) & 1) ^ 1);
+      const int blk = kb0 + u;
+      mbar_wait(bars + 8 * (STAGES + s), ph);
       const u32 st = ring + s * STAGE_BYTES;
       const int kbase = blk * 128;
       for (int c = p; c < rows8 * 16; c += 128) {  // x: 8 rows x 4 chunks a warp (sectors whole, banks distinct)
@@ -199,6 +202,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         else if (p < 10) cp16(mdst + 128 + (p - 8) * 16, qz + (u64)grp * stride_qz + strip * 8 + (p - 8) * 4);
       }
       cp_arrive(bars + 8 * s);
+      if (++s == STAGES) s = 0, ph ^= 1u;
     }
     cp_wait<0>();
   } else {  // ---------------- consumers ----------------
@@ -213,9 +217,11 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
     const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
     u32 a[2][4];
+    int s = 0, prev = STAGES - 1;
+    u32 ph = 0;
+#pragma unroll 1
     for (int u = 0; u < bps; ++u) {
-      const int s = u %% STAGES;
-      mbar_wait(bars + 8 * s, (u / STAGES) & 1);
+      mbar_wait(bars + 8 * s, ph);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> wgmma reads
       const unsigned char* st = ringp + s * STAGE_BYTES;
       const unsigned char* wt = st + XBYTES + cw * 4096;
@@ -259,8 +265,10 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         wg_commit();
         keep(acc);
         wg_wait<1>();
-        if (kt == 0 && u > 0) mbar_arrive(bars + 8 * (STAGES + (u - 1) %% STAGES));  // block u - 1's wgmmas are done
+        if (kt == 0 && u > 0) mbar_arrive(bars + 8 * (STAGES + prev));  // block u - 1's wgmmas are done
       }
+      prev = s;
+      if (++s == STAGES) s = 0, ph ^= 1u;
     }
     wg_wait<0>();
     keep(acc);
