@@ -38,6 +38,7 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_cuda as C  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_mid import MID_KERNEL_NAME, MidSpec, mid_kernel_source  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, HELPERS  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes  # noqa: E402
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
@@ -137,34 +138,41 @@ extern "C" __global__ void __launch_bounds__(128) fg_permute(const u16* __restri
 """
 )
 
-_PROBES: dict[tuple[KernelSpec, tuple[str, ...]], Any] = {}
+Spec = KernelSpec | MidSpec
+_PROBES: dict[tuple[Spec, tuple[str, ...]], Any] = {}
 _FLOOR: dict[str, Any] = {}
 
 
-def _compile(key: tuple[KernelSpec, tuple[str, ...]]) -> tuple[tuple[KernelSpec, tuple[str, ...]], Any]:
+def _compile(key: tuple[Spec, tuple[str, ...]]) -> tuple[tuple[Spec, tuple[str, ...]], Any]:
     spec, edits = key
+    if isinstance(spec, MidSpec):
+        return key, torch.cuda._compile_kernel(mid_kernel_source(spec), MID_KERNEL_NAME)
     src = kernel_source(spec)
     for e in edits:
         src = EDITS[e](src)
     return key, torch.cuda._compile_kernel(src, KERNEL_NAME)
 
 
-def precompile(keys: list[tuple[KernelSpec, tuple[str, ...]]]) -> None:
+def precompile(keys: list[tuple[Spec, tuple[str, ...]]]) -> None:
     """NVRTC compiles in parallel threads; production specs (no edits) go where `gptq_cuda` looks."""
     todo = [k for k in dict.fromkeys(keys) if k not in _PROBES and (k[1] or (0, k[0]) not in C._KERNELS)]
     t = time.time()
     with ThreadPoolExecutor(12) as pool:
         for (spec, edits), kern in pool.map(_compile, todo):
-            if edits:
+            if edits and isinstance(spec, KernelSpec):
                 _PROBES[(spec, edits)] = kern
             else:
                 C._KERNELS[(0, spec)] = kern
     log(f"  (compiled {len(todo)} kernels in {time.time() - t:.1f} s)")
 
 
-def spec_of(m: int, k: int, bits: int, plan: dict[str, Any], perm: bool = False) -> KernelSpec:
-    """The `KernelSpec` `gptq_cuda_matmul` builds for this plan (fp16, v1 zeros, sm_90)."""
+def spec_of(m: int, k: int, bits: int, plan: dict[str, Any], perm: bool = False) -> Spec:
+    """The spec `gptq_cuda_matmul` builds for this plan (fp16, v1 zeros, sm_90)."""
     split = int(plan["split_k"])
+    if plan.get("mid"):
+        return MidSpec(bits=bits, bf16=False, mt=(m + 7) // 8, warps=int(plan["warps"]), split=split,
+                       cluster=bool(plan["cluster"]) and split > 1, has_perm=perm, zero_v1=True,
+                       min_blocks=int(plan.get("min_blocks", 1)), bufs=int(plan.get("bufs", 1)))  # fmt: skip
     return KernelSpec(bits=bits, bf16=False, mt=1 if m <= 8 else 2, warps=int(plan["warps"]), split=split,
                       cluster=bool(plan["cluster"]) and split > 1, has_perm=perm, zero_v1=True,
                       min_blocks=int(plan.get("min_blocks", 2)), bufs=int(plan.get("bufs", 2)))  # fmt: skip
@@ -285,7 +293,17 @@ def small_variants(
             out.append((p, ()))
     out += [(base | {"cluster": not base["cluster"]}, ())] if base["split_k"] > 1 else []
     out += [(base | {"warps": 8, "min_blocks": 1}, ()), (base | {"warps": 8, "min_blocks": 1, "bufs": 3}, ())]
-    out += [(base | {"min_blocks": mb}, ()) for mb in (2, 4) if mb != base["min_blocks"] and full]
+    out += [
+        (base | {"min_blocks": mb}, ()) for mb in (2, 4) if mb != base["min_blocks"] and full and bits == 4
+    ]
+    if full and bits == 4:  # 8 warps over one K slice: 4 (or 2) blocks a warp, all in flight with bufs = 4
+        out += [
+            (base | {"split_k": 1, "cluster": False, "warps": 8, "min_blocks": 1, "bufs": b}, ())
+            for b in (2, 4)
+        ]
+    mid = cuda_plan(m, n, k, bits, SMS, mid=True, forced=True)
+    if mid is not None:  # the mid-M kernel (4 strips a CTA share x, scale folded) with whole blocks ahead
+        out += [(mid | {"bufs": b}, ()) for b in ((1, 2, 3) if bits == 4 else (1, 2))]
     for p in (base, deep[1]) if full and deep else (base,):
         out += [(p, ("noreduce",)), (p, ("nox",)), (p, ("nocompute",)), (p, ("noreduce", "nox", "nocompute"))]
     return out
@@ -332,11 +350,11 @@ def small(bw: float, ms: tuple[int, ...], bits: int, shapes: tuple[Any, ...] = G
                 name = f"M={m} {'+'.join(e) or 'ok'} " + " ".join(
                     f"{k_}={v}" for k_, v in p.items() if k_ != "kernel"
                 )
-                fn = (
-                    partial(launch_probe, spec, e)
-                    if e
-                    else partial(ours_cfg, {"kernel": "cuda", "mid": False} | p)
-                )
+                fn: Callable[[Any, torch.Tensor], torch.Tensor]
+                if e and isinstance(spec, KernelSpec):
+                    fn = partial(launch_probe, spec, e)
+                else:
+                    fn = partial(ours_cfg, {"kernel": "cuda", "mid": False} | p)
                 rows.append((timed(label, name, fn, layers, xs, not e, nbytes, bw, cub), name))
             ok = [r for r in rows if " ok " in r[1] and r[0] == r[0]]
             best = min(ok) if ok else (float("nan"), "-")
@@ -348,7 +366,7 @@ def small(bw: float, ms: tuple[int, ...], bits: int, shapes: tuple[Any, ...] = G
 
 
 def mid16(bw: float) -> None:
-    """M = 16: the mid-M kernel as planned and around it, with and without its split-K reduction."""
+    """M = 16: the mid-M kernel as planned, with whole blocks of words ahead, other splits and strips."""
     for label, k_in, n_out in GB.SHAPES:
         if time.time() - T0 > BUDGET_S:
             log(f"  {label} M=16: skipped (budget)")
@@ -364,31 +382,21 @@ def mid16(bw: float) -> None:
         base = cuda_plan(m, n_out, k_in, 4, SMS)
         assert base is not None
         blocks = k_in // 128
-        plans = [base]
+        plans = [base, base | {"bufs": 2}, base | {"bufs": 3}, base | {"bufs": 4}]
         for w in (4, 2, 8):
             if (n_out // 64) % w:
                 continue
             for d in (1, 2, 4, 8, 7):
                 if blocks % d == 0 and 100 <= (n_out // 64 // w) * d <= 4 * SMS:
-                    plans.append(
-                        {
-                            "split_k": d,
-                            "warps": w,
-                            "cluster": d > 1,
-                            "min_blocks": max(1, 8 // w),
-                            "mid": True,
-                        }
-                    )
-        plans += [base | {"min_blocks": 1}, base | {"min_blocks": 4}]
-        for key in list(dict.fromkeys(tuple(sorted(p.items())) for p in plans))[:9]:
-            cfg = dict(key)
-            timed(label, "M=16 mid " + " ".join(f"{k_}={v}" for k_, v in cfg.items() if k_ != "mid"),
+                    plans.append({"split_k": d, "warps": w, "cluster": d > 1, "min_blocks": max(1, 8 // w),
+                                  "mid": True, "bufs": 2})  # fmt: skip
+        keys = list(dict.fromkeys(tuple(sorted(p.items())) for p in plans))[:10]
+        small = [{"split_k": 2, "warps": 4, "cluster": True, "min_blocks": 2, "bufs": 3, "mid": False}]
+        cfgs = [dict(key) for key in keys] + (small if blocks % 2 == 0 else [])
+        precompile([(spec_of(m, k_in, 4, cfg), ()) for cfg in cfgs])
+        for cfg in cfgs:
+            timed(label, "M=16 " + " ".join(f"{k_}={v}" for k_, v in cfg.items()),
                   partial(ours_cfg, {"kernel": "cuda"} | cfg), layers, xs, True, nbytes, bw, cub)  # fmt: skip
-        for bufs in (2, 3):
-            sp = {"split_k": 2, "warps": 4, "cluster": True, "min_blocks": 2, "bufs": bufs, "mid": False}
-            if blocks % 2 == 0:
-                timed(label, f"M=16 small {sp}", partial(ours_cfg, {"kernel": "cuda"} | sp),
-                      layers, xs, True, nbytes, bw, cub)  # fmt: skip
         del b, layers
         torch.cuda.empty_cache()
 

@@ -50,6 +50,12 @@ CASES = [
     (24, 1024, 256, 4, False, torch.bfloat16, {"split_k": 4, "cluster": False, "warps": 2}),
     (16, 512, 256, 4, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4}),  # M ≤ 16 forced
     (5, 512, 256, 4, False, torch.float16, {"split_k": 4, "cluster": False, "warps": 4}),
+    # whole blocks of words ahead ("bufs"): 8 blocks a CTA over 2, 3, 4 buffers; act-order, 8-bit, bf16
+    (16, 1024, 256, 4, False, torch.float16, {"split_k": 1, "warps": 4, "bufs": 2}),
+    (13, 2048, 256, 4, True, torch.float16, {"split_k": 2, "cluster": True, "warps": 2, "bufs": 3}),
+    (16, 1024, 192, 8, False, torch.float16, {"split_k": 1, "warps": 1, "bufs": 2}),
+    (24, 1024, 256, 4, False, torch.bfloat16, {"split_k": 1, "warps": 4, "bufs": 4}),
+    (9, 2048, 256, 4, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 4, "bufs": 3}),
 ]
 
 

@@ -230,7 +230,8 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    split=split, cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0),
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
                    min_blocks=int(plan.get("min_blocks", 1)),
-                   perm_ahead=bool(plan.get("perm_ahead")) and perm is not None)  # fmt: skip
+                   perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
+                   bufs=int(plan.get("bufs", 1)))  # fmt: skip
     smem = mid_smem_bytes(spec, m)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:

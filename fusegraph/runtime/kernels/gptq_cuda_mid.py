@@ -51,6 +51,8 @@ class MidSpec:
         perm_ahead: act-order only: block u+1's x is gathered through perm into registers before block
             u's math and stored to shared memory after it (the gather's latency under the math), instead
             of gathered and stored before the math.
+        bufs: register blocks of words a lane (1..4): 1 refills its one block half a block ahead; n ≥ 2
+            requests block u + n − 1 whole before block u's math (n − 1 blocks in flight).
     """
 
     bits: int
@@ -63,6 +65,7 @@ class MidSpec:
     zero_v1: bool
     min_blocks: int = 1
     perm_ahead: bool = False
+    bufs: int = 1
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -77,6 +80,8 @@ class MidSpec:
             )
         if self.cluster and not 2 <= self.split <= 8:
             raise ValueError(f"gptq_cuda_mid: cluster needs 2 ≤ split ≤ 8, got {self.split}")
+        if not 1 <= self.bufs <= 4:
+            raise ValueError(f"gptq_cuda_mid: bufs must be 1..4, got {self.bufs}")
         if self.min_blocks < 1:
             raise ValueError(f"gptq_cuda_mid: min_blocks must be ≥ 1, got {self.min_blocks}")
         if self.perm_ahead and not self.has_perm:
@@ -99,6 +104,7 @@ _SOURCE = r"""
 #define ZERO_V1 %(zero_v1)d
 #define MIN_BLOCKS %(min_blocks)d
 #define PERM_AHEAD %(perm_ahead)d
+#define NBUF %(bufs)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
@@ -180,10 +186,10 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     }
   };
 #endif
-  u32x4 w[NW];   // this lane's words of the current block (rows t + 4q; columns 4g.. and 32 + 4g..)
+  u32x4 wb[NBUF][NW];  // this lane's words of NBUF blocks (rows t + 4q; columns 4g.. and 32 + 4g..)
   u32x2 sx, sy;  // the scales of those columns
   u32 zx, zy;    // their packed zeros
-  auto load_words = [&](int blk, int q) {
+  auto load_words = [&](u32x4* w, int blk, int q) {
     const u32x4* src = wsrc + (u64)blk * R * 16 + q * 64;
     w[2 * q] = ldg_stream(src);
     w[2 * q + 1] = ldg_stream(src + 8);
@@ -207,7 +213,10 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #endif
   cp_commit();
 #pragma unroll
-  for (int q = 0; q < NQ; ++q) load_words(kb0, q);
+  for (int b = 0; b < (NBUF > 1 ? NBUF - 1 : 1); ++b)
+#pragma unroll
+    for (int q = 0; q < NQ; ++q)
+      if (b < bps) load_words(wb[b], kb0 + b, q);
   load_meta(kb0);
   for (int i = tid; i < 2 * (MROWS - M) * 64; i += NWARPS * 32) {  // the padding rows of both buffers: zero
     const int b = i / ((MROWS - M) * 64), r = i - b * (MROWS - M) * 64;
@@ -222,10 +231,18 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[i][mt][c] = 0.f;
 
-  for (int u = 0; u < bps; ++u) {
+  for (int u0 = 0; u0 < bps; u0 += NBUF)
+#pragma unroll
+  for (int sb = 0; sb < NBUF; ++sb) {
+    const int u = u0 + sb;
+    if (u >= bps) break;
+    u32x4* w = wb[sb];
     cp_wait<0>();
     __syncthreads();  // block u of x is in; every warp is done with buffer (u + 1) & 1
     const bool more = u + 1 < bps;
+#pragma unroll
+    for (int q = 0; q < NQ; ++q)  // NBUF > 1: block u + NBUF - 1 whole, into the buffer block u - 1 left
+      if (NBUF > 1 && u + NBUF - 1 < bps) load_words(wb[(sb + NBUF - 1) %% NBUF], kb0 + u + NBUF - 1, q);
     if (more) {
 #if PERM_AHEAD
       gather(u + 1);  // stored by put after this block's math
@@ -281,9 +298,9 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
           for (int mt = 0; mt < MT; ++mt) mma(acc[i][mt], a0, a1, a2, a3, bf[mt][0], bf[mt][1]);
         }
       }
-      if (more) {  // this half's words are used: request the next block's
-        load_words(kb0 + u + 1, 2 * qq);
-        load_words(kb0 + u + 1, 2 * qq + 1);
+      if (NBUF == 1 && more) {  // this half's words are used: request the next block's
+        load_words(w, kb0 + u + 1, 2 * qq);
+        load_words(w, kb0 + u + 1, 2 * qq + 1);
       }
     }
 #if PERM_AHEAD
@@ -370,6 +387,7 @@ def mid_kernel_source(spec: MidSpec) -> str:
         "zero_v1": int(spec.zero_v1),
         "min_blocks": spec.min_blocks,
         "perm_ahead": int(spec.perm_ahead),
+        "bufs": spec.bufs,
         "xs": _XS,
         "helpers": HELPERS,
         "scaled_dequant": SCALED_DEQUANT,
