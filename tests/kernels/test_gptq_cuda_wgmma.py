@@ -177,6 +177,7 @@ WS_CASES = [
     (128, 1024, 512, False, torch.float16, {"split_k": 4}),
     (200, 512, 256, False, torch.bfloat16, {"split_k": 2}),
     (256, 1024, 384, False, torch.float16, {"split_k": 1}),
+    (248, 512, 256, False, torch.bfloat16, {"split_k": 1, "coalesce": 1}),
     (1024, 512, 256, False, torch.float16, {}),
     (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2}),
     (96, 1024, 192, True, torch.float16, {"split_k": 1, "stages": 3}),

@@ -22,7 +22,14 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
 __all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "rswg_plan"]
 
 SMEM_MAX = 232448  # the opt-in dynamic shared memory of one CTA on sm_90 (227 KB)
-RSWG_KEYS = ("split_k", "tok", "stages", "ncw", "minb")  # what a config may set (overrides the plan)
+RSWG_KEYS = (
+    "split_k",
+    "tok",
+    "stages",
+    "ncw",
+    "minb",
+    "coalesce",
+)  # what a config may set (overrides the plan)
 _KERNELS: dict[tuple[int, RswgSpec], Any] = {}
 _FAILED: dict[tuple[int, RswgSpec], str] = {}
 
@@ -129,7 +136,8 @@ def gptq_rswg_matmul(
     if ncw not in (1, 2) or n % (64 * ncw):
         raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
     spec = RswgSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
-                  stages=int(plan["stages"]), ncw=ncw, minb=int(plan["minb"]))  # fmt: skip
+                  stages=int(plan["stages"]), ncw=ncw, minb=int(plan["minb"]),
+                    coalesce=bool(plan.get("coalesce", False)))  # fmt: skip
     smem = rswg_smem_bytes(spec)
     if smem > SMEM_MAX:
         raise ValueError(

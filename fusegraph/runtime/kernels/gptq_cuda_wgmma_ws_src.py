@@ -18,7 +18,8 @@ columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = 
   register sets, so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`).
   B = x^T through a matrix descriptor (leading byte offset TOK·16 = the next 8 values of K, stride
   byte offset 128 = the next 8 rows). A stage is released (`empty`) once its last wgmma is complete.
-- Epilogue: SPLIT = 1 stores the accumulators from registers; else they go to shared memory and the
+- Epilogue: SPLIT = 1 stores the accumulators from registers (or, `coalesce`, through shared memory
+  as 16-byte row pieces); else they go to shared memory and the
   SPLIT CTAs of the cluster sum them through distributed shared memory, in rank order.
 """
 
@@ -46,6 +47,8 @@ class RswgSpec:
         stages: depth of the shared-memory ring, 2..8.
         ncw: consumer warpgroups (64-column strips) a CTA, 1 or 2.
         minb: CTAs an SM (`__launch_bounds__`), 1 or 2: sets the registers `setmaxnreg` shares out.
+        coalesce: SPLIT = 1 stores the outputs through shared memory as 16-byte row pieces (else
+            straight from the accumulator registers, 2 bytes a store).
     """
 
     bf16: bool
@@ -55,6 +58,7 @@ class RswgSpec:
     stages: int = 3
     ncw: int = 2
     minb: int = 1
+    coalesce: bool = False
 
     def __post_init__(self) -> None:
         if self.tok % 8 or not 8 <= self.tok <= 256:
@@ -116,6 +120,7 @@ _SOURCE = r"""
 #define STAGE_BYTES %(stage_bytes)d
 #define XBYTES (TOK * 256)
 #define META %(meta)d
+#define COALESCE %(coalesce)d
 %(helpers)s%(scaled_dequant)s__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() {
@@ -272,7 +277,23 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     }
     wg_wait<0>();
     keep(acc);
-#if SPLIT == 1
+#if SPLIT == 1 && COALESCE
+    // through shared memory ([TOK][72] halves a warpgroup: rows 144 B apart, so the fragment stores
+    // hit distinct banks), then 16-byte stores of whole 128-byte row pieces
+    asm volatile("bar.sync 1, %%0;" :: "r"(128 * NCW) : "memory");  // the ring is free: every wgmma is done
+    u16* ob = (u16*)(ringp + cw * TOK * 144);
+#pragma unroll
+    for (int j = 0; j < MTT; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) ob[(8 * j + 2 * t + (c & 1)) * 72 + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
+    if (cw == 0) asm volatile("bar.sync 2, 128;" ::: "memory");  // this warpgroup's rows are in place
+    else asm volatile("bar.sync 3, 128;" ::: "memory");
+    u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
+    for (int i = ctid; i < mc * 8; i += 128) {
+      const int m = i >> 3, q = i & 7;
+      *(u32x4*)(orow + (u64)m * stride_om + q * 8) = *(const u32x4*)(ob + m * 72 + q * 8);
+    }
+#elif SPLIT == 1
     u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
 #pragma unroll
     for (int j = 0; j < MTT; ++j)
@@ -345,6 +366,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "minb": spec.minb,
         "stage_bytes": rswg_stage_bytes(spec),
         "meta": _META,
+        "coalesce": int(spec.coalesce),
         "dec": dec,
         "inc": inc,
         "helpers": HELPERS,
