@@ -65,14 +65,12 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
         return []
     s, blocks = int(plan["split_k"]), k_in // 128
     out: list[tuple[str, dict[str, Any]]] = [(f"ws/s{s}", {})]
-    out += [
-        (f"ws/s{d}", {"split_k": d}) for d in (s // 2, 2 * s) if 1 <= d <= 8 and blocks % d == 0 and d != s
-    ]
+    out += [(f"ws/s{d}", {"split_k": d}) for d in (s // 2, 2 * s) if 1 <= d <= min(8, blocks) and d != s]
     if plan["minb"] == 2:
         out.append((f"ws/s{s}/minb1", {"minb": 1}))
     if s == 1:
         out.append(("ws/s1/co", {"coalesce": 1}))
-    elif blocks % 8 == 0 and s < 8 and m >= 256:
+    elif m >= 256:
         out.append(("ws/s1/co", {"split_k": 1, "coalesce": 1}))
     return out
 

@@ -141,9 +141,16 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan, rswg_tok
 
     assert rswg_plan(256, 28672, 4096, 132) == {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
-    assert rswg_plan(256, 4096, 4096, 132) == {"split_k": 8, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
-    assert rswg_plan(64, 6144, 4096, 132)["split_k"] == 8  # 48 tiles, two CTAs an SM
-    assert rswg_plan(64, 6144, 4096, 132)["minb"] == 2
+    # 32 tiles: 4 a tile is one wave of 8 blocks a CTA (cost 1 x (8 + 2 + 1)); 8 would be 2 waves of 4
+    assert rswg_plan(256, 4096, 4096, 132) == {"split_k": 4, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
+    assert rswg_plan(64, 6144, 4096, 132) == {
+        "split_k": 5,
+        "tok": 64,
+        "stages": 4,
+        "ncw": 2,
+        "minb": 2,
+    }  # 240 CTAs
+    assert rswg_plan(64, 4096, 640, 132)["split_k"] == 5  # at most K/128 = 5 blocks
     assert rswg_plan(100, 192, 512, 132)["ncw"] == 1  # 3 strips: one a CTA
     assert rswg_plan(8, 100, 512, 132) is None  # N not a multiple of 64
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
@@ -180,7 +187,7 @@ WS_CASES = [
     (248, 512, 256, False, torch.bfloat16, {"split_k": 1, "coalesce": 1}),
     (1024, 512, 256, False, torch.float16, {}),
     (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2}),
-    (96, 1024, 192, True, torch.float16, {"split_k": 1, "stages": 3}),
+    (96, 1024, 192, True, torch.float16, {"split_k": 3, "stages": 3}),  # 8 blocks over 3: 2, 3, 3
     (33, 512, 256, False, torch.float16, {"split_k": 2, "minb": 1, "stages": 2, "ncw": 1}),
 ]
 

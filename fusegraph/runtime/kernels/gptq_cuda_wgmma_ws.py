@@ -30,6 +30,8 @@ RSWG_KEYS = (
     "minb",
     "coalesce",
 )  # what a config may set (overrides the plan)
+_FIXED_BLOCKS = 2.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of the loop
+_REDUCE_BLOCKS = 1.0  # and the cluster's split-K sum
 _KERNELS: dict[tuple[int, RswgSpec], Any] = {}
 _FAILED: dict[tuple[int, RswgSpec], str] = {}
 
@@ -45,8 +47,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     """{"split_k", "tok", "stages", "ncw", "minb"} for x `[m, k]` · W `[k, n]`, or None when the kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; split-K
-    the smallest divisor of K/128 (≤ 8) whose CTAs fill the SMs, else the largest; the deepest ring
-    (≤ 4 stages) that fits.
+    (1..8, need not divide K/128) the one of least waves × (blocks a CTA + a fixed cost); the deepest
+    ring (≤ 4 stages) that fits.
 
     Example:
         >>> rswg_plan(256, 28672, 4096, 132)
@@ -58,8 +60,13 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     ncw = 2 if (n // 64) % 2 == 0 else 1
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
-    splits = [s for s in range(1, 9) if (k // 128) % s == 0]
-    split = next((s for s in splits if tiles * s >= sms * minb), splits[-1])
+    blocks = k // 128
+    slots = sms * minb
+
+    def cost(s: int) -> float:  # waves × (blocks a CTA + the ring's fill and the epilogue, in blocks)
+        return -(-tiles * s // slots) * (-(-blocks // s) + _FIXED_BLOCKS + (_REDUCE_BLOCKS if s > 1 else 0.0))
+
+    split = min(range(1, min(8, blocks) + 1), key=lambda s: (cost(s), s))
     stages = 4
     while (
         stages > 2 and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX
@@ -131,8 +138,8 @@ def gptq_rswg_matmul(
         raise ValueError("gptq_wgmma_matmul: scales/qzeros rows must be 16-byte aligned (N a multiple of 64)")
     split, tok, ncw = int(plan["split_k"]), int(plan["tok"]), int(plan["ncw"])
     blocks = k // 128
-    if not 1 <= split <= 8 or blocks % split:
-        raise ValueError(f"gptq_wgmma_matmul: split_k must be 1..8 and divide K/128 = {blocks}, got {split}")
+    if not 1 <= split <= min(8, blocks):
+        raise ValueError(f"gptq_wgmma_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
     if ncw not in (1, 2) or n % (64 * ncw):
         raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
     spec = RswgSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
@@ -147,7 +154,7 @@ def gptq_rswg_matmul(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     kern(
         grid=((m + tok - 1) // tok, n // (64 * ncw), split), block=(128 * (ncw + 1), 1, 1), shared_mem=smem,
-        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks // split,
+        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
               x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0)],
     )  # fmt: skip
     return out

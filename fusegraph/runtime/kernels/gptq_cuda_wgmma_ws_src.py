@@ -6,7 +6,7 @@ columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = 
 
 - A CTA is one producer warpgroup and NCW consumer warpgroups; consumer c owns the 64-column strip
   NCW·blockIdx.y + c, all share one tile of TOK rows of x (blockIdx.x) and one K slice (blockIdx.z of
-  SPLIT, a thread-block cluster when SPLIT > 1). `setmaxnreg` gives the consumers the registers.
+  SPLIT, a thread-block cluster when SPLIT > 1; SPLIT need not divide K/128). `setmaxnreg` gives the consumers the registers.
 - Producer: its 128 threads stream each 128-row block into a STAGES-deep shared-memory ring with
   `cp.async` (16-byte chunks): the strips' words (chunk (r, cg) of word row r stored at
   r·16 + (cg ^ 2(r & 3)), so the consumers' word loads hit 32 banks), their scales and zero words,
@@ -149,10 +149,11 @@ __cluster_dims__(1, 1, SPLIT)
 #endif
 __launch_bounds__(128 * (NCW + 1), %(minb)d)
 fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
-             const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int bps,
+             const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int blocks,
              int stride_xm, int stride_s, int stride_qz, int stride_om) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int m0 = blockIdx.x * TOK, strip0 = blockIdx.y * NCW, ks = blockIdx.z, kb0 = ks * bps;
+  const int m0 = blockIdx.x * TOK, strip0 = blockIdx.y * NCW, ks = blockIdx.z;
+  const int kb0 = ks * blocks / SPLIT, bps = (ks + 1) * blocks / SPLIT - kb0;  // this CTA's blocks (need not divide)
   const int mc = M - m0 < TOK ? M - m0 : TOK;  // rows of x this CTA takes
   const int tid = threadIdx.x, wg = tid >> 7;
   const u32 bars = smem_u32(smem);  // full[STAGES], then empty[STAGES]
