@@ -199,7 +199,7 @@ def launch_probe(spec: KernelSpec, edits: tuple[str, ...], lay: Any, x: torch.Te
     return out
 
 
-def ours_cfg(cfg: dict[str, Any], lay: Any, x: torch.Tensor) -> torch.Tensor:
+def ours_cfg(cfg: dict[str, Any] | None, lay: Any, x: torch.Tensor) -> torch.Tensor:
     return GB.ours(K, lay, x, cfg)
 
 
@@ -401,6 +401,39 @@ def mid16(bw: float) -> None:
         torch.cuda.empty_cache()
 
 
+def act(bw: float, ms: tuple[int, ...] = (1, 16)) -> None:
+    """Act-order: plain vs the default, x permuted first (Triton), permuted by `fg_permute_x` with the
+    GEMM launched by PDL, and (M ≤ 4) the in-kernel gather."""
+    for label, k_in, n_out in GB.SHAPES:
+        if time.time() - T0 > BUDGET_S:
+            log(f"  {label} act: skipped (budget)")
+            continue
+        b = GB.Bench(k_in, n_out, ("plain", "act"))
+        for m in ms:
+            nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
+            runs: list[tuple[str, str, dict[str, Any] | None]] = [
+                ("plain", "plain", None), ("act", "act", None), ("xperm", "act", {"kernel": "cuda", "xperm": True}),
+                ("xperm+pdl", "act", {"kernel": "cuda", "xperm": True, "pdl": True}),
+            ]  # fmt: skip
+            if m <= 4:
+                runs.append(("gather", "act", {"kernel": "cuda", "xperm": False}))
+            times = {}
+            for name, kind, cfg in runs:
+                layers = b.layers[kind]
+                xs = b.xs(m, len(layers))
+                fn = partial(ours_cfg, cfg) if cfg else (lambda lay, x: GB.ours(K, lay, x))
+                times[name] = timed(
+                    label, f"M={m} act {name} {cfg}", fn, layers, xs, True, nbytes, bw, float("nan")
+                )
+            p = times["plain"]
+            log(
+                f"ACT {label} M={m}: plain {p:.2f} | "
+                + " | ".join(f"{n_} {t:.2f} ({t / p:.2f}x)" for n_, t in times.items() if n_ != "plain")
+            )
+        del b
+        torch.cuda.empty_cache()
+
+
 def ncu_once() -> None:
     """Eager launches of the qkv M=1 default (the first compiles; ncu profiles a later one)."""
     lay = GB.make_layer(4096, 6144)
@@ -422,6 +455,7 @@ def main() -> int:
     plan: list[tuple[str, Callable[[], None]]] = [
         ("floor", lambda: floors(bw)),
         ("m1", lambda: small(bw, (1,), 4)),
+        ("act", lambda: act(bw)),
         ("m16", lambda: mid16(bw)),
         ("int8", lambda: small(bw, (1,), 8, (GB.SHAPES[0], GB.SHAPES[3], GB.SHAPES[1], GB.SHAPES[2]))),
         ("m4", lambda: small(bw, (4,), 4, (GB.SHAPES[0], GB.SHAPES[3]))),
@@ -437,7 +471,10 @@ def main() -> int:
             log(f"[{name}] FAILED:\n{traceback.format_exc()}")
     if out := os.environ.get("OUT"):
         Path(out, "gptq_cuda_probe.txt").write_text("\n".join(LINES) + "\n")
-    print("\n==== SUMMARY ====\n" + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR"))))
+    print(
+        "\n==== SUMMARY ====\n"
+        + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR", "ACT")))
+    )
     return 1 if failed else 0
 
 

@@ -59,7 +59,8 @@ def test_kernel_source__carries_the_spec_as_defines() -> None:
     ("kwargs", "match"),
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 3}, "mt must be 1 or 2"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"), ({"split": 9, "cluster": True}, "cluster needs"),
-     ({"tma": 1}, "tma must be 0 or a ring")],
+     ({"tma": 1}, "tma must be 0 or a ring"), ({"bufs": 5}, "bufs must be 2..4"), ({"bufs": 3, "tma": 2}, "2 with tma"),
+     ({"pdl": True, "has_perm": True}, "pdl needs no perm")],
 )  # fmt: skip
 def test_kernel_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "warps": 4, "split": 2,
@@ -169,7 +170,8 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     ("kwargs", "match"),
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 9}, "mt must be 1..8"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"),
-     ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks must be")],
+     ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks ≥ 1"),
+     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm")],
 )  # fmt: skip
 def test_mid_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec

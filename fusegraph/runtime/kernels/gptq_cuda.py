@@ -25,12 +25,14 @@ from typing import Any
 import torch
 import triton
 
+from fusegraph.runtime.kernels.gptq_cuda_launch import launch
 from fusegraph.runtime.kernels.gptq_cuda_mid import (
     MID_KERNEL_NAME,
     MidSpec,
     mid_kernel_source,
     mid_smem_bytes,
 )
+from fusegraph.runtime.kernels.gptq_cuda_ptx import PERMUTE_NAME, PERMUTE_SOURCE
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import default_wgmma, maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
@@ -47,7 +49,8 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs")  # fmt: skip
+              "bufs", "pdl")  # fmt: skip
+_PERMUTE: dict[int, Any] = {}
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma.maybe_wgmma
 
 
@@ -190,7 +193,7 @@ def gptq_cuda_matmul(
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)))  # fmt: skip
+                      bufs=int(plan.get("bufs", 2)), pdl=bool(plan.get("pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
     smem = smem_bytes(spec, m, bps)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -204,12 +207,10 @@ def gptq_cuda_matmul(
     ticket = split > 1 and not spec.cluster
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if ticket else out
     cnt = _counters(x.device, n // 64) if ticket else out
-    kern(
-        grid=(n // 64, split, 1), block=(32 * spec.warps, 1, 1), shared_mem=smem,
-        args=[x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
-              k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-              out.stride(0)],
-    )  # fmt: skip
+    launch(kern, (n // 64, split, 1), (32 * spec.warps, 1, 1), smem,
+           [x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
+            k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+            out.stride(0)], pdl=spec.pdl)  # fmt: skip
     return out
 
 
@@ -231,7 +232,7 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                   bufs=int(plan.get("bufs", 1)))  # fmt: skip
+                   bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
     smem = mid_smem_bytes(spec, m)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -245,19 +246,26 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
     ticket = split > 1 and not spec.cluster
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if ticket else out
     cnt = _counters(x.device, n // (64 * warps)) if ticket else out
-    kern(
-        grid=(n // (64 * warps), split, 1), block=(32 * warps, 1, 1), shared_mem=smem,
-        args=[x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
-              k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-              out.stride(0)],
-    )  # fmt: skip
+    launch(kern, (n // (64 * warps), split, 1), (32 * warps, 1, 1), smem,
+           [x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
+            k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
+            out.stride(0)], pdl=spec.pdl)  # fmt: skip
     return out
 
 
-def _permute_x(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """x[:, perm] as a new contiguous tensor, in one launch of the Triton permutation kernel."""
+def _permute_x(x: torch.Tensor, perm: torch.Tensor, cuda: bool = False) -> torch.Tensor:
+    """x[:, perm] as a new contiguous tensor, in one launch of the Triton permutation kernel, or (`cuda`,
+    for a GEMM launched after it with PDL) of `fg_permute_x`, which lets that GEMM start at once."""
     m, k = x.shape
     y = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    dev = x.device.index or 0
+    if cuda and dev not in _PERMUTE and not torch.cuda.is_current_stream_capturing():
+        with torch.cuda.device(x.device):
+            _PERMUTE[dev] = torch.cuda._compile_kernel(PERMUTE_SOURCE, PERMUTE_NAME)
+    if cuda and dev in _PERMUTE:  # x 16-byte aligned, row stride % 8 == 0 (maybe_gptq_cuda), K % 128 == 0
+        grid = ((k // 8 + 127) // 128, m, 1)
+        _PERMUTE[dev](grid=grid, block=(128, 1, 1), args=[x, perm, y, k, x.stride(0)])
+        return y
     block = min(1024, triton.next_power_of_2(k))
     _permute_cols_kernel[(triton.cdiv(k, block), m)](x, perm, y, k, x.stride(0), BLOCK=block, num_warps=4)
     return y
@@ -311,8 +319,12 @@ def maybe_gptq_cuda(
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
-    if perm is not None and plan.pop("xperm", False):
-        x, perm = _permute_x(x, perm), None  # act-order: x's columns sorted once, then the plain kernel
+    if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
+        hopper = _device_info(x.device)[1] >= (9, 0)
+        plan["pdl"] = bool(plan.get("pdl")) and hopper  # the kernel may start under the sort
+        x, perm = _permute_x(x, perm, cuda=plan["pdl"]), None
+    else:
+        plan.pop("pdl", None)  # PDL only right after our own permutation (no earlier writer of its operands)
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

@@ -1,25 +1,21 @@
 """CUDA C++ source of the mid-M GPTQ kernel (M = 17..64; `gptq_cuda.py` compiles it with NVRTC), as text.
 
-`fg_gptq_mid_m` multiplies x `[M ≤ 64, K]` (fp16, or bf16 at 4 bits) by W in the tiled layout of
-`fg.gptq.repack` (the small-M kernel's, `gptq_cuda_src.py`) with the same fragments, loads and
-dequantization, but a different division of the work, because at M > 16 each dequantized weight
-fragment feeds up to 8 tensor-core products and the accumulators of a warp grow to MT·16 fp32:
+`fg_gptq_mid_m`: x `[M ≤ 64, K]` (fp16, or bf16 at 4 bits) times W in `fg.gptq.repack`'s layout, with the
+small-M kernel's fragments, loads and dequantization (`gptq_cuda_src.py`) but another division of the work:
 
 - A CTA is NWARPS adjacent 64-column strips (warp w takes strip NWARPS·blockIdx.x + w) times one K
   slice (`bps` blocks, blockIdx.y of SPLIT). All its warps walk the same 128-row blocks, so each
   block of x (M rows × 128, 256 B a row) is staged in shared memory once per CTA (cp.async, two
   buffers: block u+1 lands while block u is used; gathered through perm for act-order) and read by
   every warp; rows M..8·MT−1 stay zero.
-- A lane keeps one block of words in registers and refills it half a block at a time: after the
-  word rows of the first half (qq = 0) fed their mmas, the next block's first half is requested,
-  and so on, so loads are in flight while the rest of the block computes.
+- A lane keeps one block of words in registers and refills it half a block at a time (bufs = 1),
+  or keeps `bufs` blocks and requests block u + bufs − 1 whole before block u's math.
 - The scale is folded into the dequantized fp16/bf16 pair ((q − z)·s, one packed multiply), so the
   accumulators are the whole sum (no per-block fp32 partials: at MT = 8 they would not fit).
 - Per 16-row step kt, the B fragments of the MT n-tiles are read from shared memory once and used
   by the 4 column groups i; each A fragment (4 dequantized pairs) feeds MT mmas.
-- Epilogue: the accumulators go to shared memory ([M][NWARPS·64] fp32, over the x buffers), then
-  the output is written (SPLIT = 1), or the SPLIT CTAs of a strip group sum in a thread-block
-  cluster, or the last CTA (atomic ticket) sums the fp32 slices of a workspace, in order.
+- Epilogue: the sums go to shared memory ([M][NWARPS·64] fp32), then out (SPLIT = 1), or the
+  SPLIT CTAs sum in a thread-block cluster, or the last (atomic ticket) sums a workspace, in order.
 """
 
 from __future__ import annotations
@@ -53,6 +49,8 @@ class MidSpec:
             of gathered and stored before the math.
         bufs: register blocks of words a lane (1..4): 1 refills its one block half a block ahead; n ≥ 2
             requests block u + n − 1 whole before block u's math (n − 1 blocks in flight).
+        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
+            the first blocks' words are requested before `griddepcontrol.wait`, x after it.
     """
 
     bits: int
@@ -66,6 +64,7 @@ class MidSpec:
     min_blocks: int = 1
     perm_ahead: bool = False
     bufs: int = 1
+    pdl: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -80,12 +79,10 @@ class MidSpec:
             )
         if self.cluster and not 2 <= self.split <= 8:
             raise ValueError(f"gptq_cuda_mid: cluster needs 2 ≤ split ≤ 8, got {self.split}")
-        if not 1 <= self.bufs <= 4:
-            raise ValueError(f"gptq_cuda_mid: bufs must be 1..4, got {self.bufs}")
-        if self.min_blocks < 1:
-            raise ValueError(f"gptq_cuda_mid: min_blocks must be ≥ 1, got {self.min_blocks}")
-        if self.perm_ahead and not self.has_perm:
-            raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm (it changes the act-order gather)")
+        if not 1 <= self.bufs <= 4 or self.min_blocks < 1:
+            raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
+        if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):
+            raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm; pdl, no perm")
 
 
 def mid_smem_bytes(spec: MidSpec, m: int) -> int:
@@ -105,6 +102,7 @@ _SOURCE = r"""
 #define MIN_BLOCKS %(min_blocks)d
 #define PERM_AHEAD %(perm_ahead)d
 #define NBUF %(bufs)d
+#define PDL %(pdl)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
@@ -209,7 +207,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   gather(0);
   put(0);
 #else
-  stage(0);
+  if (!PDL) stage(0);
 #endif
   cp_commit();
 #pragma unroll
@@ -218,6 +216,11 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     for (int q = 0; q < NQ; ++q)
       if (b < bps) load_words(wb[b], kb0 + b, q);
   load_meta(kb0);
+  if (PDL) {
+    pdl_wait();  // x is written by the kernel before this one
+    stage(0);
+    cp_commit();
+  }
   for (int i = tid; i < 2 * (MROWS - M) * 64; i += NWARPS * 32) {  // the padding rows of both buffers: zero
     const int b = i / ((MROWS - M) * 64), r = i - b * (MROWS - M) * 64;
     xs[b * MROWS * XS + (M + (r >> 6)) * XS + (r & 63)] = 0u;
@@ -388,6 +391,7 @@ def mid_kernel_source(spec: MidSpec) -> str:
         "min_blocks": spec.min_blocks,
         "perm_ahead": int(spec.perm_ahead),
         "bufs": spec.bufs,
+        "pdl": int(spec.pdl),
         "xs": _XS,
         "helpers": HELPERS,
         "scaled_dequant": SCALED_DEQUANT,

@@ -11,7 +11,7 @@ and the output store.
 
 from __future__ import annotations
 
-__all__ = ["EPILOGUE", "HELPERS", "SCALED_DEQUANT"]
+__all__ = ["EPILOGUE", "HELPERS", "PERMUTE_NAME", "PERMUTE_SOURCE", "SCALED_DEQUANT", "TMA_ISSUE", "TMA_LOOP"]
 
 HELPERS = r"""
 typedef unsigned int u32;
@@ -76,6 +76,9 @@ __device__ __forceinline__ u32 ldg4(const void* p) {
   u32 v;
   asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
   return v;
+}
+__device__ __forceinline__ void pdl_wait() {  // programmatic dependent launch: the previous kernel's writes
+  asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() {
@@ -220,6 +223,59 @@ template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s
 }
 """
 
+# The small-M kernel's bulk-copy ring (its `tma` option, measured slower: off): `issue(u)` copies block u of a warp
+# into stage u % TMA (one bulk copy a word row, its scales and zeros; mbarrier completion), then the first TMA.
+TMA_ISSUE = r"""
+#if TMA
+  auto issue = [&](int u) {  // block u of this warp into stage u % TMA: one bulk copy a word row
+    const int blk = kb0 + warp + NWARPS * u, st = u % TMA;
+    const u32 bar = bars + st * 8, dst = smem_u32(ring + st * STAGE_B);
+    if (lane == 0) mbar_expect(bar, R * 256 + 128 + ZB);
+    __syncwarp();
+    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+    for (int c = lane; c < R + 2; c += 32) {
+      if (c < R)
+        bulk_copy(dst + c * ROWB, (const unsigned char*)qw + ((u64)strip * (K / P) + (u64)blk * R + c) * 256, 256, bar);
+      else if (c == R)
+        bulk_copy(dst + R * ROWB, sc + (u64)grp * stride_s + strip * 64, 128, bar);
+      else
+        bulk_copy(dst + R * ROWB + 128, (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB, ZB, bar);
+    }
+  };
+  if (lane == 0) {
+    for (int st = 0; st < TMA; ++st) mbar_init(bars + st * 8);
+    mbar_init_fence();
+  }
+  __syncwarp();
+  for (int u = 0; u < TMA && u < nbw; ++u) issue(u);
+#endif
+"""
+# The ring's loop: wait for stage u % TMA, read this lane's words from it, refill it TMA blocks on, compute.
+TMA_LOOP = r"""
+#if TMA
+  Blk& a = bb[0];
+  for (int u = 0; u < nbw; ++u) {  // wait for stage u % TMA, read this lane's words, refill it TMA blocks on
+    const unsigned char* st = ring + (u % TMA) * STAGE_B;
+    mbar_wait(bars + (u % TMA) * 8, (u / TMA) & 1);
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) {
+      a.w[2 * q] = *(const u32x4*)(st + (t + 4 * q) * ROWB + g * 16);
+      a.w[2 * q + 1] = *(const u32x4*)(st + (t + 4 * q) * ROWB + 128 + g * 16);
+    }
+    a.sx = *(const u32x2*)(st + R * ROWB + g * 8);
+    a.sy = *(const u32x2*)(st + R * ROWB + 64 + g * 8);
+    const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
+    a.zx = *(const u32*)(st + R * ROWB + 128 + zw * 4);
+    a.zy = *(const u32*)(st + R * ROWB + 128 + (zw + zoff_y) * 4);
+    __syncwarp();
+    if (u + TMA < nbw) {
+      fence_proxy_async();
+      issue(u + TMA);
+    }
+    compute(a, u);
+  }
+"""
+
 # The kernel's end: `red` holds each warp's sums [NWARPS][M][64]; reads the kernel's locals.
 EPILOGUE = r"""
   const int total = M * 64;
@@ -276,5 +332,29 @@ EPILOGUE = r"""
     if (tid == 0) cnt[strip] = 0;  // ready for the next launch
   }
 #endif
+}
+"""
+
+# Act-order's x[:, perm] for a kernel launched after it with programmatic dependent launch (Hopper): it lets the
+# next kernel start at once (`griddepcontrol.launch_dependents`), which streams its weights until `pdl_wait`.
+PERMUTE_NAME = "fg_permute_x"
+PERMUTE_SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
+struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
+extern "C" __global__ void __launch_bounds__(128) fg_permute_x(const u16* __restrict__ x, const int* __restrict__ perm,
+                                                               u16* __restrict__ y, int K, int stride_xm) {
+  asm volatile("griddepcontrol.launch_dependents;");
+  const int c = (blockIdx.x * 128 + threadIdx.x) * 8, m = blockIdx.y;  // 8 columns a thread
+  if (c >= K) return;
+  const i32x4 p0 = *(const i32x4*)(perm + c), p1 = *(const i32x4*)(perm + c + 4);
+  const u16* xr = x + (unsigned long long)m * stride_xm;
+  u32x4 v;
+  v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
+  v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
+  v.z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
+  v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
+  *(u32x4*)(y + (unsigned long long)m * K + c) = v;
 }
 """

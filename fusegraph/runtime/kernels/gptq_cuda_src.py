@@ -6,10 +6,8 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
 
 - A CTA is one 64-column strip times one K slice (`bps` blocks, blockIdx.y of SPLIT); its warps
   take the slice's blocks in turn. Each lane loads its 16-byte words straight into registers
-  (`ld.global.nc.L1::no_allocate.v4`), two register buffers deep: the next block's words are in
-  flight while this block's are used. (A first version streamed through a cp.async shared-memory
-  ring: Nsight Compute showed twice the L2 sectors of the bytes and the issue stalled on the
-  LDGSTS queue. The `tma` option, a bulk-copy ring, is correct but measured slower: off.)
+  (`ld.global.nc.L1::no_allocate.v4`), NBUF register buffers deep (NBUF − 1 blocks in flight while
+  one is used). The `tma` option, a bulk-copy ring, is correct but measured slower: off.
 - Tensor cores with W^T as the A operand (`mma.m16n8k16`, A = 16 columns × 16 rows, B = x^T,
   n = the row of x): lane (g, t) loads word rows t + 4q of columns 4g..4g+3 and 32+4g..+3, which
   are exactly the A fragments it needs (a0/a2 of column 4g+i, a1/a3 of 32+4g+i). M ≤ 8 takes one
@@ -24,15 +22,14 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
 - Split-K reduction: each CTA sums its warps in shared memory; then either the last CTA of a strip
   (atomic ticket) sums the SPLIT fp32 slices of a workspace in order, or, with CLUSTER=1, the SPLIT
   CTAs of a strip form one thread-block cluster and sum through distributed shared memory.
-The device helpers (loads, PTX wrappers, dequantization) and the kernel's split-K epilogue are in
-`gptq_cuda_ptx.py`.
+Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL the weights stream before x is read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, HELPERS
+from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, HELPERS, TMA_ISSUE, TMA_LOOP
 
 __all__ = ["KernelSpec", "kernel_source", "smem_bytes", "KERNEL_NAME"]
 
@@ -58,6 +55,8 @@ class KernelSpec:
             ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
         perm_ahead: act-order only: x's slice gathered column-chunk major, loads ahead (`gather_x`).
         bufs: register buffers of words a warp (2..4): bufs − 1 blocks in flight while one is used.
+        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
+            the first blocks' words are requested before `griddepcontrol.wait`, x after it.
     """
 
     bits: int
@@ -73,6 +72,7 @@ class KernelSpec:
     tma: int = 0
     perm_ahead: bool = False
     bufs: int = 2
+    pdl: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -93,6 +93,8 @@ class KernelSpec:
             raise ValueError(f"gptq_cuda: bufs must be 2..4 (2 with tma), got {self.bufs}")
         if self.perm_ahead and not self.has_perm:
             raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
+        if self.pdl and (self.has_perm or self.tma):
+            raise ValueError("gptq_cuda: pdl needs no perm and tma off (x is read after the wait)")
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
@@ -116,6 +118,7 @@ _SOURCE = r"""
 #define L2PF %(l2pf)d
 #define TMA %(tma)d  // 0: registers; else the stages of each warp's bulk-copy ring
 #define NBUF %(bufs)d  // register buffers of words a warp (TMA: 2, only the first used)
+#define PDL %(pdl)d
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
 #define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
 #define STAGE_B (R * ROWB + 128 + ZB)
@@ -181,30 +184,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     b.zy = ldg4(zp + zoff_y);
   };
 
-#if TMA
-  auto issue = [&](int u) {  // block u of this warp into stage u %% TMA: one bulk copy a word row
-    const int blk = kb0 + warp + NWARPS * u, st = u %% TMA;
-    const u32 bar = bars + st * 8, dst = smem_u32(ring + st * STAGE_B);
-    if (lane == 0) mbar_expect(bar, R * 256 + 128 + ZB);
-    __syncwarp();
-    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
-    for (int c = lane; c < R + 2; c += 32) {
-      if (c < R)
-        bulk_copy(dst + c * ROWB, (const unsigned char*)qw + ((u64)strip * (K / P) + (u64)blk * R + c) * 256, 256, bar);
-      else if (c == R)
-        bulk_copy(dst + R * ROWB, sc + (u64)grp * stride_s + strip * 64, 128, bar);
-      else
-        bulk_copy(dst + R * ROWB + 128, (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB, ZB, bar);
-    }
-  };
-  if (lane == 0) {
-    for (int st = 0; st < TMA; ++st) mbar_init(bars + st * 8);
-    mbar_init_fence();
-  }
-  __syncwarp();
-  for (int u = 0; u < TMA && u < nbw; ++u) issue(u);
-#endif
-#if L2PF
+%(tma_issue)s#if L2PF
   if (lane == 0)  // blocks 1..L2PF of this warp; load(u) asks for block u + L2PF
     for (int u = 1; u <= L2PF && u < nbw; ++u)
       prefetch_l2(qw + (u64)strip * (K / P) * 16 + (u64)(kb0 + warp + NWARPS * u) * R * 16, R * 256);
@@ -233,15 +213,22 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   }
 #endif
 #else
-  for (int c = tid; c < chunks; c += NWARPS * 32) {
-    const int m = c / row_chunks, cc = c - m * row_chunks;
-    cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
-  }
-  cp_commit();
+  auto stage_x = [&]() {
+    for (int c = tid; c < chunks; c += NWARPS * 32) {
+      const int m = c / row_chunks, cc = c - m * row_chunks;
+      cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
+    }
+    cp_commit();
+  };
+  if (!PDL) stage_x();
   Blk bb[NBUF];
 #pragma unroll
   for (int s = 0; s < NBUF - 1; ++s)
     if (s < nbw && !TMA) load(bb[s], s);
+  if (PDL) {
+    pdl_wait();  // x is written by the kernel before this one
+    stage_x();
+  }
   cp_wait<0>();
 #endif
   __syncthreads();
@@ -324,29 +311,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     }
   };
 
-#if TMA
-  Blk& a = bb[0];
-  for (int u = 0; u < nbw; ++u) {  // wait for stage u %% TMA, read this lane's words, refill it TMA blocks on
-    const unsigned char* st = ring + (u %% TMA) * STAGE_B;
-    mbar_wait(bars + (u %% TMA) * 8, (u / TMA) & 1);
-#pragma unroll
-    for (int q = 0; q < NQ; ++q) {
-      a.w[2 * q] = *(const u32x4*)(st + (t + 4 * q) * ROWB + g * 16);
-      a.w[2 * q + 1] = *(const u32x4*)(st + (t + 4 * q) * ROWB + 128 + g * 16);
-    }
-    a.sx = *(const u32x2*)(st + R * ROWB + g * 8);
-    a.sy = *(const u32x2*)(st + R * ROWB + 64 + g * 8);
-    const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
-    a.zx = *(const u32*)(st + R * ROWB + 128 + zw * 4);
-    a.zy = *(const u32*)(st + R * ROWB + 128 + (zw + zoff_y) * 4);
-    __syncwarp();
-    if (u + TMA < nbw) {
-      fence_proxy_async();
-      issue(u + TMA);
-    }
-    compute(a, u);
-  }
-#else
+%(tma_loop)s#else
   // NBUF register buffers: the next NBUF - 1 blocks' words are in flight while this one's are used
   for (int u = 0; u < nbw; u += NBUF) {
 #pragma unroll
@@ -395,5 +360,8 @@ def kernel_source(spec: KernelSpec) -> str:
         "tma": spec.tma,
         "perm_ahead": int(spec.perm_ahead),
         "bufs": spec.bufs,
+        "pdl": int(spec.pdl),
+        "tma_issue": TMA_ISSUE,
+        "tma_loop": TMA_LOOP,
         "epilogue": EPILOGUE,
     }

@@ -1,0 +1,71 @@
+"""Launching an NVRTC-compiled kernel (`torch.cuda._compile_kernel`'s) with programmatic dependent launch.
+
+`torch.cuda._compile_kernel` launches through `cuLaunchKernel`, which takes no launch attributes. For
+act-order the CUDA GPTQ kernels run right after their own permutation of x (`gptq_cuda`): launched
+with the programmatic-stream-serialization attribute (Hopper), a kernel may start while the
+permutation runs, stream its first weight blocks, and wait for x at `griddepcontrol.wait`. This
+module builds the `CUlaunchConfig` for `cuLaunchKernelEx` by ctypes (the CUDA 12+ driver ABI); it
+is captured by CUDA graphs like any other launch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+
+__all__ = ["launch"]
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+class _AttrValue(ctypes.Union):
+    _fields_ = [("flag", ctypes.c_int), ("raw", ctypes.c_char * 64)]  # CUlaunchAttributeValue: 64 bytes
+
+
+class _Attr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", _AttrValue)]
+
+
+class _Config(ctypes.Structure):
+    _fields_ = [
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("shared_mem", ctypes.c_uint),
+        ("stream", ctypes.c_void_p),
+        ("attrs", ctypes.POINTER(_Attr)),
+        ("num_attrs", ctypes.c_uint),
+    ]
+
+
+def launch(kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int,
+           args: list[Any], *, pdl: bool) -> None:  # fmt: skip
+    """Launch `kern` (a `torch.cuda._compile_kernel` result) on torch's current stream; `pdl`: as a
+    programmatic dependent launch (its `griddepcontrol.wait` waits for the kernel before it).
+
+    `args` as `kern`'s own call takes them: CUDA tensors (as pointers) and Python ints (as C ints).
+
+    Example:
+        >>> launch(kern, (96, 2, 1), (128, 1, 1), 9216, [x, qweight_t, 4096], pdl=True)
+    """
+    if not pdl:
+        kern(grid=grid, block=block, shared_mem=shared_mem, args=args)
+        return
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    values: list[ctypes.c_void_p | ctypes.c_int] = []
+    params = (ctypes.c_void_p * len(args))()
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.Tensor):
+            values.append(ctypes.c_void_p(arg.data_ptr()))
+        elif isinstance(arg, int):
+            values.append(ctypes.c_int(arg))
+        else:
+            raise TypeError(f"gptq_cuda_launch: argument {i} is a {type(arg).__name__}, not a tensor or int")
+        params[i] = ctypes.cast(ctypes.byref(values[-1]), ctypes.c_void_p)
+    attr = _Attr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value.flag = 1
+    cfg = _Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem,
+                  ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attr), 1)  # fmt: skip
+    _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, params, None))
