@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusegraph.runtime.kernels.gptq_cuda_src import KernelSpec, kernel_source, smem_bytes
-from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
+from fusegraph.runtime.kernels.gptq_plan import _CUDA_ACT_PDL, cuda_small_m_plan
 
 
 @pytest.mark.parametrize(
@@ -193,10 +193,10 @@ def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int,
         plain = cuda_plan(m, n, k, 4, 132)
         act = cuda_plan(m, n, k, 4, 132, act_order=True)
         if m <= 4 and (n // 64) * m * k <= 1 << 20:  # the small-M kernel gathers x through perm itself
-            assert act == cuda_small_m_plan(m, n, k, 4, 132, act_order=True) and act is not None
+            assert act == {"kernel": "small"} | (cuda_small_m_plan(m, n, k, 4, 132, act_order=True) or {})
             assert "xperm" not in act
         else:  # the plain plan (None, i.e. Triton, where the plain path is Triton: o_proj past M=16, M > 64)
-            assert act == (None if plain is None else plain | {"xperm": True}), m
+            assert act == (None if plain is None else plain | {"xperm": True, "pdl": _CUDA_ACT_PDL}), m
     # forced either way
     assert (cuda_plan(2, n, k, 4, 132, act_order=True, xperm=True) or {}).get("xperm") is True
     assert "xperm" not in (
@@ -208,7 +208,8 @@ def test_cuda_plan__act_order_8_bit_and_bf16_follow_their_plain_plans() -> None:
     from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
     assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True) == (cuda_plan(16, 6144, 4096, 8, 132) or {}) | {
-        "xperm": True
+        "xperm": True,
+        "pdl": _CUDA_ACT_PDL,
     }
     assert cuda_plan(2, 6144, 4096, 8, 132, act_order=True) == cuda_plan(2, 6144, 4096, 8, 132)  # the gather
     assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True, bf16=True) is None  # bf16 at 8 bits: Triton
@@ -256,3 +257,52 @@ def test_cuda_plan__act_order_gathers_in_the_kernel_only_where_that_is_little_wo
     assert [route(4, n, k) for n, k in shapes] == ["xperm", "gather", "xperm", "xperm"]
     assert [route(16, n, k) for n, k in shapes] == ["xperm"] * 4
     assert [route(64, n, k) for n, k in shapes] == ["xperm", "triton", "xperm", "xperm"]
+
+
+# ---- the one routing place: which CUDA kernel (small, mid, wgmma, ws) or Triton --------------------------------
+
+
+def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_kernel() -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
+    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+
+    hopper = (9, 0)
+
+    def kernel(m: int, n: int, k: int, **kw: object) -> str:
+        plan = cuda_plan(m, n, k, 4, 132, **kw)  # type: ignore[arg-type]
+        return "triton" if plan is None else str(plan["kernel"])
+
+    for n, k in [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]:  # qkv, o_proj, gate_up, down
+        for m in (1, 8, 9, 16, 17, 64, 65, 100, 128, 129, 256):
+            by_wgmma = wg.wgmma_takes_by_default(m, n, k, 4, False, torch.float16, hopper)
+            got = kernel(m, n, k, cap=hopper)
+            # the wgmma kernel exactly where its measured default range says, else what the plan says off sm_90
+            assert got == ("wgmma" if by_wgmma else kernel(m, n, k)), (m, n, k, got)
+            assert kernel(m, n, k, cap=hopper, configured=True) == kernel(m, n, k)  # config given: no default
+    assert kernel(128, 28672, 4096, cap=hopper) == "wgmma"  # gate_up M=128 (measured 1.70x the Triton path)
+    assert [kernel(m, 6144, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "mid", "triton"]
+    # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)
+    assert cuda_plan(1, 6144, 4096, 4, 132, wgmma=True) == {"kernel": "wgmma", "wgmma": True}
+    assert cuda_plan(64, 6144, 4096, 4, 132, wgmma="ws") == {"kernel": "wgmma", "wgmma": "ws"}
+    assert cuda_plan(64, 6144, 4096, 4, 132, ws=True, wgmma=True) == {"kernel": "ws"}
+    assert kernel(64, 6144, 4096, ws=False, wgmma=False, cap=hopper, configured=True) == "mid"
+
+
+def test_cuda_plan__the_ws_kernel_runs_by_default_only_in_its_knobs_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fusegraph.runtime.kernels import gptq_plan
+
+    hopper = (9, 0)
+    assert all(
+        (gptq_plan.cuda_plan(m, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") != "ws"
+        for m in (1, 64, 256)
+    )  # off until measured (_WS_DEFAULT_M None)
+    monkeypatch.setattr(gptq_plan, "_WS_DEFAULT_M", (129, 1024))
+    monkeypatch.setattr(gptq_plan, "_WS_MIN_WORK", 5000)
+    assert (gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") == "ws"
+    assert gptq_plan.cuda_plan(256, 4096, 4096, 4, 132, cap=hopper) is None  # o_proj: 2048 strip-blocks
+    assert gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=(8, 0)) is None  # not sm_90
+    assert gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper, act_order=True) is None
+    assert gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper, configured=True) is None
+    assert (gptq_plan.cuda_plan(64, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") == "mid"

@@ -1,8 +1,9 @@
 """The compiled CUDA C++ GPTQ kernels for small M (≤ 16) and mid M (≤ 64), on the layout of `fg.gptq.repack`.
 
-`gptq_tiled_matmul` (the Triton kernels) calls `maybe_gptq_cuda` first: when the plan
-(`gptq_plan.cuda_plan`) takes the shape and the kernel can be built here, the CUDA
-kernel runs; otherwise it returns None and the Triton kernels run. The sources are
+`gptq_tiled_matmul` (the Triton kernels) calls `maybe_gptq_cuda` first: `gptq_plan.cuda_plan`, the one
+place that routes, names the CUDA kernel ("small", "mid", or on sm_90 "wgmma" / "ws": the Hopper kernels of
+`gptq_cuda_wgmma.py` / `gptq_cuda_ws.py`) and its plan, and this module launches it; where there is no
+plan or the kernel cannot be built here, it returns None and the Triton kernels run. The sources are
 `gptq_cuda_src.py` and `gptq_cuda_mid.py` (when M > 16 or the plan says "mid": by default 4-bit
 M 9..64, 8-bit M 9..16, see `gptq_plan.cuda_plan`; act-order as its plain plan, x permuted once by
 `_permute_x` where the kernel's own gather through perm would cost more); they are
@@ -34,7 +35,8 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
 )
 from fusegraph.runtime.kernels.gptq_cuda_ptx import PERMUTE_NAME, PERMUTE_SOURCE
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
-from fusegraph.runtime.kernels.gptq_cuda_wgmma import default_wgmma, maybe_wgmma
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
+from fusegraph.runtime.kernels.gptq_cuda_ws import maybe_ws
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
 
@@ -51,7 +53,7 @@ _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
               "bufs", "pdl")  # fmt: skip
 _PERMUTE: dict[int, Any] = {}
-_CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma.maybe_wgmma
+_CUDA_KEYS = {"kernel", "cuda", "wgmma", "ws", *_PLAN_KEYS}  # "wgmma"/"ws": gptq_cuda_wgmma / gptq_cuda_ws
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
@@ -286,10 +288,12 @@ def maybe_gptq_cuda(
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
-    "xperm", "perm_ahead"} forces it (a ValueError if it cannot run); a config with only those keys (no "kernel")
-    adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it.
+    "xperm", "perm_ahead", "bufs", "pdl"} forces it (a ValueError if it cannot run); a config with only those keys
+    (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
+    "wgmma": True / "ws" or "ws": True ask for the Hopper kernels (their own keys need "kernel": "cuda").
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
-    gather): x is permuted once (`_permute_x`), then the kernel runs on the row-sorted weight without perm.
+    gather): x is permuted once (`_permute_x`; "pdl": by `fg_permute_x`, the kernel launched with
+    programmatic dependent launch), then the kernel runs on the row-sorted weight without perm.
     """
     cfg = config or {}
     forced = cfg.get("kernel") == "cuda"
@@ -301,27 +305,31 @@ def maybe_gptq_cuda(
     n = qweight_t.shape[0] * 64
     if x.device.type == "cuda" and (x.data_ptr() % 16 or x.stride(0) % 8):
         x = x.clone(memory_format=torch.contiguous_format)  # the kernel copies x in 16-byte chunks
-    if cfg.get("wgmma"):  # the Hopper wgmma kernel, asked for by name (raises if it cannot run)
-        return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
-                           zero_format=zero_format, config=cfg, sms=_device_info(x.device)[0])  # fmt: skip
-    if not cfg and (y := default_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
-                                       zero_format=zero_format, sms=_device_info(x.device)[0])) is not None:  # fmt: skip
-        return y  # where gptq_cuda_wgmma's measured default range takes the call (_WGMMA_DEFAULT_M)
+    sms, cap = _device_info(x.device)
+    hopper_asked = bool(cfg.get("wgmma") or cfg.get("ws"))  # they check their operands themselves
     why = _unsupported(x, qweight_t, scales, qzeros_t, perm, bits)
     plan = None
-    if why is None:
-        sms = _device_info(x.device)[0]
+    if why is None or hopper_asked:
         plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
-                         forced=forced, mid=cfg.get("mid"), xperm=cfg.get("xperm"))  # fmt: skip
-        why = None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}"
+                         forced=forced, mid=cfg.get("mid"), xperm=cfg.get("xperm"), wgmma=cfg.get("wgmma"),
+                         ws=cfg.get("ws"), cap=cap, configured=bool(cfg))  # fmt: skip
+        why = why or (None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}")
+    if plan is not None and plan["kernel"] in ("wgmma", "ws"):  # the Hopper kernels (raise if asked, unable)
+        run = maybe_wgmma if plan["kernel"] == "wgmma" else maybe_ws
+        try:
+            return run(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                       zero_format=zero_format, config=cfg or plan, sms=sms)  # fmt: skip
+        except RuntimeError:  # by default only: not compiled here (logged once), the Triton kernels run
+            if cfg:
+                raise
+            return None
     if plan is None:
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
     if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
-        hopper = _device_info(x.device)[1] >= (9, 0)
-        plan["pdl"] = bool(plan.get("pdl")) and hopper  # the kernel may start under the sort
+        plan["pdl"] = bool(plan.get("pdl")) and cap >= (9, 0)  # the kernel may start under the sort
         x, perm = _permute_x(x, perm, cuda=plan["pdl"]), None
     else:
         plan.pop("pdl", None)  # PDL only right after our own permutation (no earlier writer of its operands)

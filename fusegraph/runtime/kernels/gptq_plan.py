@@ -14,6 +14,9 @@ from typing import Any
 import torch
 import triton
 
+from fusegraph.runtime.kernels import gptq_cuda_wgmma as _wg
+from fusegraph.runtime.kernels import gptq_cuda_ws as _ws
+
 __all__ = [
     "act_order_prepare",
     "cuda_mid_m_plan",
@@ -194,17 +197,8 @@ _CUDA_MAX_M_SLOW = 4
 _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
 
 
-def cuda_small_m_plan(
-    m: int,
-    n: int,
-    k: int,
-    bits: int,
-    sms: int,
-    *,
-    act_order: bool = False,
-    bf16: bool = False,
-    forced: bool = False,
-) -> dict[str, Any] | None:
+def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
+                      forced: bool = False) -> dict[str, Any] | None:  # fmt: skip
     """Launch plan of the CUDA small-M kernel (`gptq_cuda.py`) for `x [m, k] @ W [k, n]`, or None
     when it should not run (the Triton kernels do): M outside 1..16, act-order or 8 bits at M > 4
     (slower there than Triton; `forced` plans them anyway), bf16 at 8 bits, a shape off the
@@ -249,17 +243,8 @@ _CUDA_MID_FROM_M = 9
 _CUDA_MID_MIN_WORK = 2500
 
 
-def cuda_mid_m_plan(
-    m: int,
-    n: int,
-    k: int,
-    bits: int,
-    sms: int,
-    *,
-    act_order: bool = False,
-    bf16: bool = False,
-    forced: bool = False,
-) -> dict[str, Any] | None:
+def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
+                    forced: bool = False) -> dict[str, Any] | None:  # fmt: skip
     """Launch plan of the CUDA mid-M kernel (`gptq_cuda_mid.py`) for `x [m, k] @ W [k, n]`, or None
     when it cannot or should not run: M outside 1..64, act-order or 8 bits unless `forced` (`cuda_plan`
     forces them where they were measured faster), bf16 at 8 bits, a shape off the repacked layout.
@@ -304,9 +289,43 @@ _CUDA_ACT_GATHER_MAX_WORK = 1 << 20
 # kernel a block early): correct, measured slower on every shape (M=1/4: 1.04-1.22x the plain gather; M=16:
 # 1.07-1.16x; M=32/64: 1.8-5.5x the plain kernel), so off
 _CUDA_ACT_AHEAD = False
+# act-order's x permuted by `fg_permute_x` and the kernel launched with programmatic dependent launch (sm_90)
+_CUDA_ACT_PDL = False
 # 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
 # one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
 _CUDA_8BIT_MID_MIN_N = 16384
+
+
+def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool, bf16: bool, forced: bool,
+                  mid: bool | None, xperm: bool | None) -> dict[str, Any] | None:  # fmt: skip
+    """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key."""
+    if act_order:
+        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= _CUDA_ACT_GATHER_MAX_WORK
+        gather = xperm is False or (xperm is None and small_work)
+        if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
+            return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
+        plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced, mid=mid,
+                             xperm=None)  # fmt: skip
+        if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
+            return plan
+        return plan | ({"perm_ahead": True} if gather else {"xperm": True, "pdl": _CUDA_ACT_PDL})
+    kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
+    wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
+    if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
+        return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
+    if mid is None:
+        big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
+        plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
+        if plan is None and m <= _CUDA_MAX_M:
+            plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
+        return plan
+    return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
+
+
+# WSPEC's warp-specialized kernel (gptq_cuda_ws.py) in the default dispatch: the M range (None: never, until
+# measured) and the fewest strip-blocks (N/64 · K/128) where it takes config-less plain 4-bit calls on sm_90
+_WS_DEFAULT_M: tuple[int, int] | None = None
+_WS_MIN_WORK = 0
 
 
 def cuda_plan(
@@ -321,8 +340,20 @@ def cuda_plan(
     forced: bool = False,
     mid: bool | None = None,
     xperm: bool | None = None,
+    wgmma: bool | str | None = None,
+    ws: bool | None = None,
+    cap: tuple[int, int] | None = None,
+    configured: bool = False,
 ) -> dict[str, Any] | None:
-    """The CUDA kernels' plan for this call, or None (the Triton kernels run).
+    """Which CUDA kernel runs this call, and its plan, or None (the Triton kernels run): the one place
+    that decides. `gptq_cuda.maybe_gptq_cuda` switches on the plan's "kernel":
+
+    - "ws": WSPEC's warp-specialized kernel (`gptq_cuda_ws.maybe_ws`) when `ws` is asked for, or for a
+      config-less (`configured` False) plain 4-bit call on sm_90 (`cap`) in `_WS_DEFAULT_M` (off: None);
+    - "wgmma": the wgmma kernels (`gptq_cuda_wgmma.maybe_wgmma`; the plan's "wgmma" is True, or "ws" for
+      RSWG's warp-specialized one) when `wgmma` is asked for, or for a config-less call on sm_90 where
+      `gptq_cuda_wgmma.wgmma_takes_by_default` says so (measured faster there);
+    - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`), else the small-M kernel for M ≤ 16.
@@ -331,34 +362,32 @@ def cuda_plan(
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
-    {"xperm": True}: x is permuted once, then the kernel runs without perm. `xperm` False: the
-    in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
+    {"xperm": True, "pdl": `_CUDA_ACT_PDL`}: x is permuted once (with "pdl" by `fg_permute_x`, the
+    kernel launched with programmatic dependent launch), then the kernel runs without perm. `xperm`
+    False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
 
     Example:
-        >>> cuda_plan(64, 6144, 4096, 4, 132)["mid"]
-        True
+        >>> cuda_plan(64, 6144, 4096, 4, 132)["kernel"]
+        'mid'
         >>> cuda_plan(64, 4096, 4096, 4, 132) is None  # o_proj at M=64: Triton
         True
         >>> cuda_plan(16, 6144, 4096, 4, 132, act_order=True)["xperm"]
         True
+        >>> cuda_plan(128, 28672, 4096, 4, 132, cap=(9, 0))["kernel"]  # gate_up at M=128
+        'wgmma'
     """
-    if act_order:
-        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= _CUDA_ACT_GATHER_MAX_WORK
-        gather = xperm is False or (xperm is None and small_work)
-        if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
-            return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
-        plan = cuda_plan(m, n, k, bits, sms, bf16=bf16, forced=forced, mid=mid)
-        if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
-            return plan
-        return plan | ({"perm_ahead": True} if gather else {"xperm": True})
-    kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
-    wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
-    if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
-        return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
-    if mid is None:
-        big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
-        plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
-        if plan is None and m <= _CUDA_MAX_M:
-            plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
-        return plan
-    return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
+    if ws:
+        return {"kernel": "ws"}
+    if wgmma:
+        return {"kernel": "wgmma", "wgmma": wgmma}
+    if not configured and cap == (9, 0):  # the Hopper kernels' measured default ranges
+        if (_WS_DEFAULT_M is not None and _WS_DEFAULT_M[0] <= m <= _WS_DEFAULT_M[1] and bits == 4
+                and not act_order and (n // 64) * (k // 128) >= _WS_MIN_WORK
+                and _ws.ws_plan(m, n, k, bits, sms) is not None):  # fmt: skip
+            return {"kernel": "ws"}
+        dtype = torch.bfloat16 if bf16 else torch.float16
+        if _wg.wgmma_takes_by_default(m, n, k, bits, act_order, dtype, cap):
+            return {"kernel": "wgmma", "wgmma": True}
+    plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
+                         xperm=xperm)  # fmt: skip
+    return None if plan is None else {"kernel": "mid" if plan.get("mid") else "small"} | plan
