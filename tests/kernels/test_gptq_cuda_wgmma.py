@@ -161,8 +161,11 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
 
     with pytest.raises(ValueError, match="tok must be a multiple of 8 in 8..256, got 260"):
         RswgSpec(bf16=False, tok=260, split=1, zero_v1=True)
-    with pytest.raises(ValueError, match="minb=2 .* needs tok <= 64, got 128"):
+    with pytest.raises(
+        ValueError, match="minb=2 with ncw=2 leaves 80 registers a thread: tok <= 64, got 128"
+    ):
         RswgSpec(bf16=False, tok=128, split=1, zero_v1=True, minb=2)
+    assert RswgSpec(bf16=False, tok=160, split=1, zero_v1=True, ncw=1, minb=2).compiled_regs() == 128
     with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
     spec = RswgSpec(bf16=True, tok=200, split=4, zero_v1=False)

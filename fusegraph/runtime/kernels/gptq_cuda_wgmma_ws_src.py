@@ -46,7 +46,8 @@ class RswgSpec:
         zero_v1: the qzeros store z − 1.
         stages: depth of the shared-memory ring, 2..8.
         ncw: consumer warpgroups (64-column strips) a CTA, 1 or 2.
-        minb: CTAs an SM (`__launch_bounds__`), 1 or 2: sets the registers `setmaxnreg` shares out.
+        minb: CTAs an SM (`__launch_bounds__`), 1 or 2: sets the registers a thread (tok/2 accumulators
+            and about 40 more, 48 at minb=2, must fit) and what `setmaxnreg` shares out.
         coalesce: SPLIT = 1 stores the outputs through shared memory as 16-byte row pieces (else
             straight from the accumulator registers, 2 bytes a store).
     """
@@ -69,15 +70,20 @@ class RswgSpec:
             raise ValueError(f"gptq_cuda_wgmma: stages must be 2..8, got {self.stages}")
         if self.ncw not in (1, 2) or self.minb not in (1, 2):
             raise ValueError(f"gptq_cuda_wgmma: ncw and minb must be 1 or 2, got {self.ncw}, {self.minb}")
-        if self.minb == 2 and self.tok > 64:
+        if self.tok // 2 + (40 if self.minb == 1 else 48) > self.compiled_regs():
             raise ValueError(
-                f"gptq_cuda_wgmma: minb=2 (80 registers a thread) needs tok <= 64, got {self.tok}"
+                f"gptq_cuda_wgmma: minb={self.minb} with ncw={self.ncw} leaves {self.compiled_regs()} registers a"
+                f" thread: tok <= {2 * (self.compiled_regs() - (40 if self.minb == 1 else 48))}, got {self.tok}"
             )
+
+    def compiled_regs(self) -> int:
+        """The registers a thread ptxas gets under `__launch_bounds__(128·(ncw + 1), minb)`."""
+        return min(255, 65536 // (self.minb * 128 * (self.ncw + 1))) // 8 * 8
 
     def regs(self) -> tuple[int, int]:
         """(producer, consumer) registers a thread after `setmaxnreg`, within the SM's 64K per `minb` CTAs."""
         threads = 128 * (self.ncw + 1)
-        per = min(255, 65536 // (self.minb * threads)) // 8 * 8
+        per = self.compiled_regs()
         prod = 40 if self.minb == 1 else 24
         cons = min(240, (per * threads - prod * 128) // (128 * self.ncw) // 8 * 8)
         return prod, cons
@@ -352,9 +358,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         True
     """
     prod, cons = spec.regs()
-    compiled = (
-        min(255, 65536 // (spec.minb * 128 * (spec.ncw + 1))) // 8 * 8
-    )  # what ptxas gets (launch bounds)
+    compiled = spec.compiled_regs()
     dec = f'asm volatile("setmaxnreg.dec.sync.aligned.u32 {prod};" ::: "memory");' if prod < compiled else ""
     inc = f'asm volatile("setmaxnreg.inc.sync.aligned.u32 {cons};" ::: "memory");' if cons > compiled else ""
     return _SOURCE % {
