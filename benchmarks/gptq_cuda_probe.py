@@ -306,6 +306,11 @@ def small_variants(
         out += [(mid | {"bufs": b}, ()) for b in ((1, 2, 3) if bits == 4 else (1, 2))]
     for p in (base, deep[1]) if full and deep else (base,):
         out += [(p, ("noreduce",)), (p, ("nox",)), (p, ("nocompute",)), (p, ("noreduce", "nox", "nocompute"))]
+    if full and deep and blocks % 4 == 0:  # the same loads alone on other grids: 384 CTAs, 96 CTAs of 8 warps
+        pure = ("noreduce", "nox", "nocompute")
+        out += [(base | {"split_k": 4, "cluster": True, "bufs": 2, "min_blocks": 3}, pure),
+                (base | {"split_k": 4, "cluster": True, "bufs": 4, "min_blocks": 2}, pure),
+                (base | {"split_k": 1, "cluster": False, "warps": 8, "min_blocks": 1, "bufs": 4}, pure)]  # fmt: skip
     return out
 
 
@@ -365,9 +370,9 @@ def small(bw: float, ms: tuple[int, ...], bits: int, shapes: tuple[Any, ...] = G
         torch.cuda.empty_cache()
 
 
-def mid16(bw: float) -> None:
+def mid16(bw: float, shapes: tuple[Any, ...] = GB.SHAPES) -> None:
     """M = 16: the mid-M kernel as planned, with whole blocks of words ahead, other splits and strips."""
-    for label, k_in, n_out in GB.SHAPES:
+    for label, k_in, n_out in shapes:
         if time.time() - T0 > BUDGET_S:
             log(f"  {label} M=16: skipped (budget)")
             continue
@@ -401,10 +406,10 @@ def mid16(bw: float) -> None:
         torch.cuda.empty_cache()
 
 
-def act(bw: float, ms: tuple[int, ...] = (1, 16)) -> None:
+def act(bw: float, shapes: tuple[Any, ...] = GB.SHAPES, ms: tuple[int, ...] = (1, 16)) -> None:
     """Act-order: plain vs the default, x permuted first (Triton), permuted by `fg_permute_x` with the
     GEMM launched by PDL, and (M ≤ 4) the in-kernel gather."""
-    for label, k_in, n_out in GB.SHAPES:
+    for label, k_in, n_out in shapes:
         if time.time() - T0 > BUDGET_S:
             log(f"  {label} act: skipped (budget)")
             continue
@@ -452,13 +457,18 @@ def main() -> int:
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    qkv, o_proj, gate_up, down = GB.SHAPES
     plan: list[tuple[str, Callable[[], None]]] = [
-        ("floor", lambda: floors(bw)),
-        ("m1", lambda: small(bw, (1,), 4)),
-        ("act", lambda: act(bw)),
-        ("m16", lambda: mid16(bw)),
-        ("int8", lambda: small(bw, (1,), 8, (GB.SHAPES[0], GB.SHAPES[3], GB.SHAPES[1], GB.SHAPES[2]))),
-        ("m4", lambda: small(bw, (4,), 4, (GB.SHAPES[0], GB.SHAPES[3]))),
+        ("floor", lambda: floors(bw)),  # most wanted first: a budget cut drops the rest
+        ("m1", lambda: small(bw, (1,), 4, (qkv,))),
+        ("m16", lambda: mid16(bw, (qkv,))),
+        ("act", lambda: act(bw, (qkv, down))),
+        ("int8", lambda: small(bw, (1,), 8, (qkv,))),
+        ("m1", lambda: small(bw, (1,), 4, (down, gate_up, o_proj))),
+        ("m16", lambda: mid16(bw, (gate_up, down, o_proj))),
+        ("act", lambda: act(bw, (gate_up, o_proj))),
+        ("int8", lambda: small(bw, (1,), 8, (down, gate_up, o_proj))),
+        ("m4", lambda: small(bw, (4,), 4, (qkv, down))),
     ]
     failed = 0
     for name, fn in plan:
