@@ -156,6 +156,23 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
 
 
+def test_gptq_cuda_wgmma__default_kind_names_the_warp_specialized_kernel_in_its_ranges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
+
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((129, 1024, 3000),))
+    fp16, hopper_cc = torch.float16, (9, 0)
+    assert wg.wgmma_default_kind(256, 6144, 4096, 4, False, fp16, hopper_cc) == "ws"  # 3072 strip-blocks
+    assert wg.wgmma_default_kind(256, 4096, 4096, 4, False, fp16, hopper_cc) is False  # 2048: too small
+    assert (
+        wg.wgmma_default_kind(128, 28672, 4096, 4, False, fp16, hopper_cc) is True
+    )  # the older kernel's range
+    assert wg.wgmma_default_kind(256, 6144, 4096, 4, True, fp16, hopper_cc) is False  # act-order
+    assert wg.wgmma_default_kind(256, 6144, 4096, 8, False, fp16, hopper_cc) is False  # 8-bit
+    assert wg.wgmma_default_kind(256, 6144, 4096, 4, False, fp16, (8, 0)) is False  # no wgmma
+
+
 def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import RswgSpec, rswg_kernel_source, rswg_smem_bytes
 

@@ -6,6 +6,8 @@ more chunks, each reading the weights again). Compiled by NVRTC (`torch.cuda._co
 for sm_90a, once per (device, `WgmmaSpec`) in a process. `gptq_cuda.maybe_gptq_cuda` runs it
 when the config says {"kernel": "cuda", "wgmma": True} (optionally "split_k"), and for config-less calls
 where `wgmma_takes_by_default` says so (plain 4-bit fp16, M 65..128, large shapes: measured faster there).
+{"wgmma": "ws"} runs the warp-specialized kernel of `gptq_cuda_wgmma_ws.py` instead (M up to 256 a pass);
+`wgmma_default_kind` says which of the two (if any) the default dispatch (`gptq_plan.cuda_plan`) runs.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import (
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import RSWG_KEYS, gptq_rswg_matmul, rswg_plan
 
 __all__ = [
-    "default_wgmma",
     "gptq_wgmma_matmul",
     "maybe_wgmma",
     "wgmma_plan",
+    "wgmma_default_kind",
     "wgmma_takes_by_default",
     "wgmma_unsupported",
 ]
@@ -232,34 +234,33 @@ def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, act_order: bool, d
     return (n // 64) * (k // 128) >= _WGMMA_MIN_WORK
 
 
-def default_wgmma(
-    x: torch.Tensor,
-    qweight_t: torch.Tensor,
-    scales: torch.Tensor,
-    qzeros_t: torch.Tensor,
-    perm: torch.Tensor | None,
-    *,
-    bits: int,
-    group_size: int,
-    zero_format: str,
-    sms: int,
-) -> torch.Tensor | None:
-    """The wgmma kernel's `x @ W` where the default dispatch takes it (`wgmma_takes_by_default`), else
-    None: also when it cannot be compiled here (the other kernels run; the reason is logged once).
+# The default dispatch's use of the warp-specialized kernel (gptq_cuda_wgmma_ws.py): plain 4-bit fp16 on
+# sm_90 with M in one of these ranges on shapes of at least that many strip-blocks (N/64 · K/128); an empty
+# tuple: never. Set from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py, docs/benchmarks.md).
+_RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ()
+
+
+def wgmma_default_kind(m: int, n: int, k: int, bits: int, act_order: bool, dtype: torch.dtype,
+                       cap: tuple[int, int]) -> bool | str:  # fmt: skip
+    """Which wgmma kernel the default dispatch (no config) runs for this call: "ws" (the warp-specialized
+    one), True (the single-warpgroup one, `wgmma_takes_by_default`) or False (neither); the value of a
+    plan's "wgmma" key.
 
     Example:
-        >>> y = default_wgmma(x, t["qweight"], scales, t["qzeros"], None, bits=4, group_size=128,
-        ...                   zero_format="v1", sms=132)
+        >>> wgmma_default_kind(128, 28672, 4096, 4, False, torch.float16, (9, 0)) in ("ws", True)
+        True
+        >>> wgmma_default_kind(128, 28672, 4096, 4, True, torch.float16, (9, 0))  # act-order
+        False
     """
-    if _WGMMA_DEFAULT_M is None or x.device.type != "cuda" or scales.dtype != x.dtype:
-        return None
-    m, k = x.shape
-    n = qweight_t.shape[0] * 64
-    cap = torch.cuda.get_device_capability(x.device)
-    if not wgmma_takes_by_default(m, n, k, bits, perm is not None, x.dtype, cap):
-        return None
-    try:
-        return maybe_wgmma(x, qweight_t, scales, qzeros_t, None, bits=bits, group_size=group_size,
-                           zero_format=zero_format, config={}, sms=sms)  # fmt: skip
-    except RuntimeError:  # not compiled (logged once by _kernel): the other kernels run
-        return None
+    if (
+        bits == 4
+        and not act_order
+        and dtype == torch.float16
+        and cap == (9, 0)
+        and not n % 128
+        and not k % 128
+    ):
+        work = (n // 64) * (k // 128)
+        if any(lo <= m <= hi and work >= w for lo, hi, w in _RSWG_DEFAULT):
+            return "ws"
+    return wgmma_takes_by_default(m, n, k, bits, act_order, dtype, cap)
