@@ -172,6 +172,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     u32* p = (u32*)(ringp + s * STAGE_BYTES + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16);
     p[0] = p[1] = p[2] = p[3] = 0u;
   }
+  fence_proxy_async();  // those zeros (generic stores) are read by wgmma (the async proxy)
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init_n(bars + 8 * s, 128);  // full: the producer's 128 threads
