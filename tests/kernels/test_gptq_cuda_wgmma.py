@@ -205,6 +205,7 @@ WS_CASES = [
     (200, 512, 256, False, torch.bfloat16, {"split_k": 2}),
     (256, 1024, 384, False, torch.float16, {"split_k": 1}),
     (248, 512, 256, False, torch.bfloat16, {"split_k": 1, "coalesce": 1}),
+    (72, 1024, 384, False, torch.float16, {"split_k": 3, "vred": 1}),
     (1024, 512, 256, False, torch.float16, {}),
     (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2}),
     (96, 1024, 192, True, torch.float16, {"split_k": 3, "stages": 3}),  # 8 blocks over 3: 2, 3, 3

@@ -144,7 +144,7 @@ def gptq_rswg_matmul(
         raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
     spec = RswgSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
                   stages=int(plan["stages"]), ncw=ncw, minb=int(plan["minb"]),
-                    coalesce=bool(plan.get("coalesce", False)))  # fmt: skip
+                    coalesce=bool(plan.get("coalesce", False)), vred=bool(plan.get("vred", False)))  # fmt: skip
     smem = rswg_smem_bytes(spec)
     if smem > SMEM_MAX:
         raise ValueError(

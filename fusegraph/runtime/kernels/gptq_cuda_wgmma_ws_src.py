@@ -50,6 +50,7 @@ class RswgSpec:
             and about 40 more, 48 at minb=2, must fit) and what `setmaxnreg` shares out.
         coalesce: SPLIT = 1 stores the outputs through shared memory as 16-byte row pieces (else
             straight from the accumulator registers, 2 bytes a store).
+        vred: the split-K sum reads 4 floats a remote load and stores 4 outputs at once.
     """
 
     bf16: bool
@@ -60,6 +61,7 @@ class RswgSpec:
     ncw: int = 2
     minb: int = 1
     coalesce: bool = False
+    vred: bool = False
 
     def __post_init__(self) -> None:
         if self.tok % 8 or not 8 <= self.tok <= 256:
@@ -96,7 +98,7 @@ def rswg_stage_bytes(spec: RswgSpec) -> int:
 
 def rswg_smem_bytes(spec: RswgSpec) -> int:
     """Dynamic shared memory of one CTA: 128 bytes of barriers, then the ring (or, after the loop, split-K sums)."""
-    fin = spec.tok * 64 * spec.ncw * 4 if spec.split > 1 else 0
+    fin = spec.tok * (64 * spec.ncw + 4) * 4 if spec.split > 1 else 0
     return 128 + max(spec.stages * rswg_stage_bytes(spec), fin)
 
 
@@ -127,6 +129,8 @@ _SOURCE = r"""
 #define XBYTES (TOK * 256)
 #define META %(meta)d
 #define COALESCE %(coalesce)d
+#define VRED %(vred)d
+#define FSTRIDE (NCW * 64 + 4)  // split-K sums: a row's floats (padded: the fragment stores hit distinct banks)
 %(helpers)s%(scaled_dequant)s__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() {
@@ -311,14 +315,14 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         if (m < mc) orow[(u64)m * stride_om + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
       }
 #else
-    float* fin = (float*)ringp;  // [TOK][NCW * 64]; every stage is consumed once all consumers pass the barrier
+    float* fin = (float*)ringp;  // [TOK][FSTRIDE]; every stage is consumed once all consumers pass the barrier
     asm volatile("bar.sync 1, %%0;" :: "r"(128 * NCW) : "memory");
 #pragma unroll
     for (int j = 0; j < MTT; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int m = 8 * j + 2 * t + (c & 1);
-        if (m < mc) fin[m * (NCW * 64) + cw * 64 + ((c >> 1) ? c1 : c0)] = acc[4 * j + c];
+        if (m < mc) fin[m * FSTRIDE + cw * 64 + ((c >> 1) ? c1 : c0)] = acc[4 * j + c];
       }
 #endif
   }
@@ -327,11 +331,31 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
     const float* fin = (const float*)ringp;
     const int cwid = NCW * 64, total = mc * cwid;
-    const int share = (total + SPLIT - 1) / SPLIT;
+    const int share = (total / 4 + SPLIT - 1) / SPLIT * 4;  // a multiple of 4 (cwid is)
     const int lo = ks * share, hi = lo + share < total ? lo + share : total;
     u16* orow = out + (u64)m0 * stride_om + strip0 * 64;
+#if VRED
+    for (int i = lo / 4 + tid; i < hi / 4; i += blockDim.x) {  // 4 outputs a thread (share is a multiple of 4)
+      const int row = i / (cwid / 4), col = 4 * (i %% (cwid / 4));
+      const u32 local = smem_u32(fin + row * FSTRIDE + col);
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll
+      for (int r = 0; r < SPLIT; ++r) {
+        u32 remote;
+        float v0, v1, v2, v3;
+        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
+        asm volatile("ld.shared::cluster.v4.f32 {%%0, %%1, %%2, %%3}, [%%4];"
+                     : "=f"(v0), "=f"(v1), "=f"(v2), "=f"(v3) : "r"(remote) : "memory");
+        s0 += v0; s1 += v1; s2 += v2; s3 += v3;
+      }
+      u32x2 h;
+      h.x = (u32)f2h(s0) | ((u32)f2h(s1) << 16);
+      h.y = (u32)f2h(s2) | ((u32)f2h(s3) << 16);
+      *(u32x2*)(orow + (u64)row * stride_om + col) = h;
+    }
+#else
     for (int i = lo + tid; i < hi; i += blockDim.x) {
-      const u32 local = smem_u32(fin + i);
+      const u32 local = smem_u32(fin + (i / cwid) * FSTRIDE + i %% cwid);
       float s = 0.f;
 #pragma unroll
       for (int r = 0; r < SPLIT; ++r) {
@@ -343,6 +367,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       }
       orow[(u64)(i / cwid) * stride_om + i %% cwid] = f2h(s);
     }
+#endif
   }
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 #endif
@@ -373,6 +398,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "stage_bytes": rswg_stage_bytes(spec),
         "meta": _META,
         "coalesce": int(spec.coalesce),
+        "vred": int(spec.vred),
         "dec": dec,
         "inc": inc,
         "helpers": HELPERS,
