@@ -143,26 +143,54 @@ _PROBES: dict[tuple[Spec, tuple[str, ...]], Any] = {}
 _FLOOR: dict[str, Any] = {}
 
 
-def _compile(key: tuple[Spec, tuple[str, ...]]) -> tuple[tuple[Spec, tuple[str, ...]], Any]:
+def _source(key: tuple[Spec, tuple[str, ...]]) -> tuple[str, str]:
     spec, edits = key
     if isinstance(spec, MidSpec):
-        return key, torch.cuda._compile_kernel(mid_kernel_source(spec), MID_KERNEL_NAME)
+        return mid_kernel_source(spec), MID_KERNEL_NAME
     src = kernel_source(spec)
     for e in edits:
         src = EDITS[e](src)
-    return key, torch.cuda._compile_kernel(src, KERNEL_NAME)
+    return src, KERNEL_NAME
+
+
+def _nvrtc(src_name: tuple[str, str]) -> tuple[bytes, str]:
+    """NVRTC alone (no CUDA context needed, so it runs in a worker thread)."""
+    from torch.cuda._utils import _nvrtc_compile
+
+    ptx, mangled = _nvrtc_compile(*src_name)
+    return ptx, mangled
+
+
+def _load(ptx: bytes, mangled: str) -> Any:
+    """The module loaded in this (the main) thread, where torch's CUDA context is current."""
+    from torch.cuda._utils import _cuda_load_module
+
+    mod = _cuda_load_module(ptx, [mangled])
+    return mod[mangled] if isinstance(mod, dict) else getattr(mod, mangled)
+
+
+def compile_all(sources: list[tuple[str, str]]) -> list[Any]:
+    """(source, kernel name) pairs compiled by NVRTC in parallel threads, the modules loaded here; on any
+    trouble with torch's private helpers, one `torch.cuda._compile_kernel` at a time."""
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            return [_load(ptx, mangled) for ptx, mangled in pool.map(_nvrtc, sources)]
+    except Exception as e:  # noqa: BLE001 - fall back to the public path
+        log(f"  (parallel compile failed: {type(e).__name__}: {str(e)[:200]}; compiling one at a time)")
+        return [torch.cuda._compile_kernel(src, name) for src, name in sources]
 
 
 def precompile(keys: list[tuple[Spec, tuple[str, ...]]]) -> None:
-    """NVRTC compiles in parallel threads; production specs (no edits) go where `gptq_cuda` looks."""
+    """NVRTC compiles in parallel threads, the modules load here; production specs (no edits) go where
+    `gptq_cuda` looks for them. Any trouble with torch's private helpers: one `_compile_kernel` at a time."""
     todo = [k for k in dict.fromkeys(keys) if k not in _PROBES and (k[1] or (0, k[0]) not in C._KERNELS)]
     t = time.time()
-    with ThreadPoolExecutor(12) as pool:
-        for (spec, edits), kern in pool.map(_compile, todo):
-            if edits and isinstance(spec, KernelSpec):
-                _PROBES[(spec, edits)] = kern
-            else:
-                C._KERNELS[(0, spec)] = kern
+    kerns = compile_all([_source(key) for key in todo])
+    for (spec, edits), kern in zip(todo, kerns, strict=True):
+        if edits and isinstance(spec, KernelSpec):
+            _PROBES[(spec, edits)] = kern
+        else:
+            C._KERNELS[(0, spec)] = kern
     log(f"  (compiled {len(todo)} kernels in {time.time() - t:.1f} s)")
 
 
@@ -230,7 +258,8 @@ def timed(label: str, name: str, fn: Callable[[Any, torch.Tensor], torch.Tensor]
 
 def floors(bw: float) -> None:
     """An empty CUDA kernel, a pure read of each shape's int4 bytes, our permutation of x."""
-    kern = {n: torch.cuda._compile_kernel(_FLOOR_SRC, n) for n in ("fg_null", "fg_read", "fg_permute")}
+    names = ("fg_null", "fg_read", "fg_permute")
+    kern = dict(zip(names, compile_all([(_FLOOR_SRC, n) for n in names]), strict=True))
     _FLOOR.update(kern)
     out = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
     for g in (1, 192, 396):
@@ -263,12 +292,18 @@ def floors(bw: float) -> None:
             f"CUDA {graph_us([cu]):5.2f} us")  # fmt: skip
 
 
+def launch_plan(m: int, n: int, k: int, bits: int, **kw: Any) -> dict[str, Any] | None:
+    """`cuda_plan`'s launch keys (without the kernel's name: the probe's configs say "kernel": "cuda")."""
+    plan = cuda_plan(m, n, k, bits, SMS, **kw)
+    return None if plan is None else {key: v for key, v in plan.items() if key != "kernel"}
+
+
 def small_variants(
     m: int, k: int, n: int, bits: int, full: bool
 ) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
     """(plan, ablations) pairs: the default plan first, then bufs / splits / warps / caps, then ablations
     (`full`: more splits and caps, and the ablations of the deepest plan too)."""
-    base = cuda_plan(m, n, k, bits, SMS, mid=False, forced=True)
+    base = launch_plan(m, n, k, bits, mid=False, forced=True)
     assert base is not None
     blocks = k // 128
     out: list[tuple[dict[str, Any], tuple[str, ...]]] = [(base, ())]
@@ -301,7 +336,7 @@ def small_variants(
             (base | {"split_k": 1, "cluster": False, "warps": 8, "min_blocks": 1, "bufs": b}, ())
             for b in (2, 4)
         ]
-    mid = cuda_plan(m, n, k, bits, SMS, mid=True, forced=True)
+    mid = launch_plan(m, n, k, bits, mid=True, forced=True)
     if mid is not None:  # the mid-M kernel (4 strips a CTA share x, scale folded) with whole blocks ahead
         out += [(mid | {"bufs": b}, ()) for b in ((1, 2, 3) if bits == 4 else (1, 2))]
     for p in (base, deep[1]) if full and deep else (base,):
@@ -384,7 +419,7 @@ def mid16(bw: float, shapes: tuple[Any, ...] = GB.SHAPES) -> None:
         cub = timed(
             label, "M=16 cuBLAS", lambda lay, x: torch.matmul(x, lay.w), layers, xs, True, nbytes, bw, 1.0
         )
-        base = cuda_plan(m, n_out, k_in, 4, SMS)
+        base = launch_plan(m, n_out, k_in, 4)
         assert base is not None
         blocks = k_in // 128
         plans = [base, base | {"bufs": 2}, base | {"bufs": 3}, base | {"bufs": 4}]
@@ -418,7 +453,7 @@ def act(bw: float, shapes: tuple[Any, ...] = GB.SHAPES, ms: tuple[int, ...] = (1
             nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
             runs: list[tuple[str, str, dict[str, Any] | None]] = [
                 ("plain", "plain", None), ("act", "act", None), ("xperm", "act", {"kernel": "cuda", "xperm": True}),
-                ("xperm+pdl", "act", {"kernel": "cuda", "xperm": True, "pdl": True}),
+                ("xperm+pdl", "act", {"kernel": "cuda", "xperm": True, "xperm_pdl": True}),
             ]  # fmt: skip
             if m <= 4:
                 runs.append(("gather", "act", {"kernel": "cuda", "xperm": False}))

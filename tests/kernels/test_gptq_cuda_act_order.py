@@ -2,7 +2,7 @@
 
 Past M = 4 (or forced with "xperm": True) x is permuted once and the small-M or mid-M kernel runs
 without perm on the row-sorted weight; "xperm": False keeps the in-kernel gather, "perm_ahead" its
-variant with the loads ahead (mid-M: a block early; small-M: column-chunk major); "pdl": x permuted
+variant with the loads ahead (mid-M: a block early; small-M: column-chunk major); "xperm_pdl": x permuted
 by `fg_permute_x` and the kernel launched with programmatic dependent launch (sm_90). Both kernels,
 4 and 8 bits, fp16 and bf16, eager and under CUDA-graph replay (each replay writes into a
 poisoned output first). The reference is `gptq_packing.dequantize` of the act-order checkpoint
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 _AHEAD = {"kernel": "cuda", "xperm": False, "perm_ahead": True}
-_PDL = {"kernel": "cuda", "xperm": True, "pdl": True}
+_PDL = {"kernel": "cuda", "xperm": True, "xperm_pdl": True}
 # (m, k, n, bits, dtype, config, kernel ("small" | "mid"), x permuted first)
 CASES = [
     (5, 512, 256, 4, torch.float16, None, "small", True),
@@ -46,11 +46,11 @@ CASES = [
     (4, 4096, 128, 4, torch.bfloat16, _AHEAD | {"mid": False, "split_k": 1}, "small", False),
     (13, 4096, 128, 8, torch.float16, _AHEAD | {"mid": False, "split_k": 1, "warps": 2}, "small", False),
     # x permuted by the CUDA kernel, the GEMM launched with PDL: small-M and mid-M, cluster and ticket, deeper buffers
-    (1, 512, 256, 4, torch.float16, {"kernel": "cuda", "xperm": True, "pdl": True}, "small", True),
+    (1, 512, 256, 4, torch.float16, {"kernel": "cuda", "xperm": True, "xperm_pdl": True}, "small", True),
     (7, 1024, 256, 8, torch.float16, _PDL | {"split_k": 2, "cluster": False, "bufs": 3}, "small", True),
     (16, 1024, 512, 4, torch.float16, _PDL, "mid", True),
     (16, 2048, 256, 4, torch.bfloat16, _PDL | {"bufs": 2, "split_k": 2, "cluster": False}, "mid", True),
-    (64, 1024, 256, 4, torch.float16, {"kernel": "cuda", "pdl": True}, "mid", True),
+    (64, 1024, 256, 4, torch.float16, {"kernel": "cuda", "xperm_pdl": True}, "mid", True),
 ]
 
 
@@ -68,7 +68,7 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
 
     def spy_matmul(*args: Any, **kw: Any) -> torch.Tensor | None:
         seen.append((args[4] is not None, bool(kw["plan"].get("mid")) or args[0].shape[0] > 16))
-        pdl.append(bool(kw["plan"].get("pdl")))
+        pdl.append(bool(kw["plan"].get("xperm_pdl")))
         return matmul(*args, **kw)
 
     def spy_permute(x: torch.Tensor, perm: torch.Tensor, cuda: bool = False) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
     assert seen == [(not permuted, kernel == "mid")] * 2, seen
     assert permutes == ([m] * 2 if permuted else [])
     hopper = torch.cuda.get_device_capability() >= (9, 0)
-    assert pdl == [bool(config and config.get("pdl")) and hopper] * 2, pdl
+    assert pdl == [bool(config and config.get("xperm_pdl")) and hopper] * 2, pdl
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -51,7 +51,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "pdl")  # fmt: skip
+              "bufs", "xperm_pdl")  # fmt: skip
 _PERMUTE: dict[int, Any] = {}
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", "ws", *_PLAN_KEYS}  # "wgmma"/"ws": gptq_cuda_wgmma / gptq_cuda_ws
 
@@ -195,7 +195,7 @@ def gptq_cuda_matmul(
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)), pdl=bool(plan.get("pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
+                      bufs=int(plan.get("bufs", 2)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
     smem = smem_bytes(spec, m, bps)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -234,7 +234,7 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                   bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
+                   bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
     smem = mid_smem_bytes(spec, m)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -288,11 +288,11 @@ def maybe_gptq_cuda(
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
-    "xperm", "perm_ahead", "bufs", "pdl"} forces it (a ValueError if it cannot run); a config with only those keys
-    (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
+    "xperm", "perm_ahead", "bufs", "xperm_pdl"} forces it (a ValueError if it cannot run); a config with only
+    those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
     "wgmma": True / "ws" or "ws": True ask for the Hopper kernels (their own keys need "kernel": "cuda").
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
-    gather): x is permuted once (`_permute_x`; "pdl": by `fg_permute_x`, the kernel launched with
+    gather): x is permuted once (`_permute_x`; "xperm_pdl": by `fg_permute_x`, the kernel launched with
     programmatic dependent launch), then the kernel runs on the row-sorted weight without perm.
     """
     cfg = config or {}
@@ -329,10 +329,11 @@ def maybe_gptq_cuda(
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
     if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
-        plan["pdl"] = bool(plan.get("pdl")) and cap >= (9, 0)  # the kernel may start under the sort
-        x, perm = _permute_x(x, perm, cuda=plan["pdl"]), None
-    else:
-        plan.pop("pdl", None)  # PDL only right after our own permutation (no earlier writer of its operands)
+        pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
+        x, perm = _permute_x(x, perm, cuda=pdl), None
+        plan["xperm_pdl"] = pdl
+    else:  # PDL only right after our own permutation (no earlier writer of the kernel's operands)
+        plan.pop("xperm_pdl", None)
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

@@ -308,7 +308,7 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
                              xperm=None)  # fmt: skip
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
-        return plan | ({"perm_ahead": True} if gather else {"xperm": True, "pdl": _CUDA_ACT_PDL})
+        return plan | ({"perm_ahead": True} if gather else {"xperm": True, "xperm_pdl": _CUDA_ACT_PDL})
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
@@ -362,7 +362,7 @@ def cuda_plan(
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
-    {"xperm": True, "pdl": `_CUDA_ACT_PDL`}: x is permuted once (with "pdl" by `fg_permute_x`, the
+    {"xperm": True, "xperm_pdl": `_CUDA_ACT_PDL`}: x is permuted once (with "xperm_pdl" by `fg_permute_x`, the
     kernel launched with programmatic dependent launch), then the kernel runs without perm. `xperm`
     False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
 
