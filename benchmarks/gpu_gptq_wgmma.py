@@ -32,7 +32,7 @@ from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan  # noqa: E402
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import precompile, rswg_plan, rswg_spec  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
@@ -83,6 +83,15 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
 
 def run(ms: tuple[int, ...], bw: float) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    t0 = time.time()
+    specs = [
+        rswg_spec(rswg_plan(m, n_out, k_in, sms) | c, bf16=False, zero_v1=True)  # type: ignore[operator]
+        for m in ms
+        for _, k_in, n_out in GB.SHAPES
+        for _, c in ws_variants(m, k_in, n_out, sms)
+    ]
+    done = precompile(specs, torch.device("cuda"), threads=min(16, os.cpu_count() or 1))
+    log(f"precompiled {done} of {len(set(specs))} warp-specialized kernels in {time.time() - t0:.1f} s")
     benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in GB.SHAPES}
     for m in ms:
         for label, k_in, n_out in GB.SHAPES:

@@ -8,6 +8,8 @@ through a thread-block cluster). `gptq_cuda_wgmma.maybe_wgmma` runs it for {"wgm
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -19,7 +21,7 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     rswg_smem_bytes,
 )
 
-__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "rswg_plan"]
+__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "precompile", "rswg_plan", "rswg_spec"]
 
 SMEM_MAX = 232448  # the opt-in dynamic shared memory of one CTA on sm_90 (227 KB)
 RSWG_KEYS = (
@@ -75,7 +77,35 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": minb}
 
 
-def _kernel(spec: RswgSpec, device: torch.device, smem: int) -> Any:
+def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
+    """The kernel instance of a plan (`rswg_plan`'s keys, "coalesce" and "vred" optional).
+
+    Example:
+        >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok
+        256
+    """
+    return RswgSpec(bf16=bf16, tok=int(plan["tok"]), split=int(plan["split_k"]), zero_v1=zero_v1,
+                    stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
+                    coalesce=bool(plan.get("coalesce", False)), vred=bool(plan.get("vred", False)))  # fmt: skip
+
+
+def _compile(spec: RswgSpec, device: torch.device) -> Any:
+    """NVRTC-compile `spec` for `device` and raise its dynamic shared-memory limit (raises on failure)."""
+    with torch.cuda.device(device):
+        kern = torch.cuda._compile_kernel(
+            rswg_kernel_source(spec), RSWG_KERNEL_NAME, compute_capability="90a"
+        )
+        smem = rswg_smem_bytes(spec)
+        if hasattr(kern, "set_shared_memory_config"):
+            kern.set_shared_memory_config(smem)
+        else:
+            from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+            _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, 8, smem))
+    return kern
+
+
+def _kernel(spec: RswgSpec, device: torch.device) -> Any:
     """The compiled kernel of `spec` on `device` (compiled once); raises RuntimeError if NVRTC fails."""
     key = (device.index or 0, spec)
     if key in _FAILED:
@@ -87,21 +117,34 @@ def _kernel(spec: RswgSpec, device: torch.device, smem: int) -> Any:
                 f"gptq_cuda_wgmma: {spec} is not compiled; run it once before CUDA-graph capture"
             )
         try:
-            with torch.cuda.device(device):
-                kern = torch.cuda._compile_kernel(
-                    rswg_kernel_source(spec), RSWG_KERNEL_NAME, compute_capability="90a"
-                )
-            if hasattr(kern, "set_shared_memory_config"):
-                kern.set_shared_memory_config(smem)
-            else:
-                from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
-
-                _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, 8, smem))
+            kern = _compile(spec, device)
         except Exception as err:  # noqa: BLE001 - no NVRTC, an old one without sm_90a, a compile error
             _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
             raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}") from err
         _KERNELS[key] = kern
     return kern
+
+
+def precompile(specs: Iterable[RswgSpec], device: torch.device, threads: int = 8) -> int:
+    """Compile the specs not yet compiled on `device` in `threads` threads (NVRTC runs without the GIL),
+    for benchmarks; a spec that fails here is left for `_kernel` to compile (and report). Returns the
+    number compiled.
+
+    Example:
+        >>> precompile([rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True)], x.device)
+        1
+    """
+    todo = sorted({s for s in specs if (device.index or 0, s) not in _KERNELS}, key=repr)
+
+    def one(spec: RswgSpec) -> bool:
+        try:
+            _KERNELS[(device.index or 0, spec)] = _compile(spec, device)
+        except Exception:  # noqa: BLE001 - compiled again (and reported) on first use
+            return False
+        return True
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return sum(pool.map(one, todo))
 
 
 def gptq_rswg_matmul(
@@ -142,15 +185,13 @@ def gptq_rswg_matmul(
         raise ValueError(f"gptq_wgmma_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
     if ncw not in (1, 2) or n % (64 * ncw):
         raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
-    spec = RswgSpec(bf16=x.dtype == torch.bfloat16, tok=tok, split=split, zero_v1=zero_format == "v1",
-                  stages=int(plan["stages"]), ncw=ncw, minb=int(plan["minb"]),
-                    coalesce=bool(plan.get("coalesce", False)), vred=bool(plan.get("vred", False)))  # fmt: skip
+    spec = rswg_spec(plan, bf16=x.dtype == torch.bfloat16, zero_v1=zero_format == "v1")
     smem = rswg_smem_bytes(spec)
     if smem > SMEM_MAX:
         raise ValueError(
             f"gptq_wgmma_matmul: {smem} bytes of shared memory for {spec}: at most {SMEM_MAX}; fewer stages"
         )
-    kern = _kernel(spec, x.device, smem)
+    kern = _kernel(spec, x.device)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     kern(
         grid=((m + tok - 1) // tok, n // (64 * ncw), split), block=(128 * (ncw + 1), 1, 1), shared_mem=smem,
