@@ -92,7 +92,27 @@ def _nocompute(src: str) -> str:
     return _edit(src, "= acc[i][mt][c];", "= acc[i][mt][c] + (sink == 0x9e3779b9u ? 1.f : 0.f);")
 
 
-EDITS: dict[str, Callable[[str], str]] = {"noreduce": _noreduce, "nox": _nox, "nocompute": _nocompute}
+def _nodeq(src: str) -> str:  # the words go to the mma as they are (no dequantization)
+    for a in range(4):
+        old = (
+            f"dequant(comp(bk.w[4 * qq{f' + {a}' if a else ''}], i), mz[i][{a % 2}], nzh[i][{a % 2}], d{a});"
+        )
+        src = _edit(
+            src,
+            old,
+            f"for (int j = 0; j < NJ; ++j) d{a}[j] = comp(bk.w[4 * qq{f' + {a}' if a else ''}], i) ^ j;",
+        )
+    return src
+
+
+def _nomma(src: str) -> str:  # dequantized, but xor-ed into the sums instead of multiplied
+    old = "mma(cb[i][mt], d0[j], d1[j], d2[j], d3[j], bf[j * (NQ / 2) + qq][mt][0], bf[j * (NQ / 2) + qq][mt][1]);"
+    new = "cb[i][mt][0] += __uint_as_float((d0[j] ^ d1[j] ^ d2[j] ^ d3[j] ^ bf[j * (NQ / 2) + qq][mt][0]) & 0x3fffffffu);"
+    return _edit(src, old, new)
+
+
+EDITS: dict[str, Callable[[str], str]] = {"noreduce": _noreduce, "nox": _nox, "nocompute": _nocompute,
+                                          "nodeq": _nodeq, "nomma": _nomma}  # fmt: skip
 
 _FLOOR_SRC = (
     "#define BITS 4\n#define BF16 0\n"
@@ -341,6 +361,7 @@ def small_variants(
         out += [(mid | {"bufs": b}, ()) for b in ((1, 2, 3) if bits == 4 else (1, 2))]
     for p in (base, deep[1]) if full and deep else (base,):
         out += [(p, ("noreduce",)), (p, ("nox",)), (p, ("nocompute",)), (p, ("noreduce", "nox", "nocompute"))]
+        out += [(p, ("nodeq",)), (p, ("nomma",))] if full else []
     if full and deep and blocks % 4 == 0:  # the same loads alone on other grids: 384 CTAs, 96 CTAs of 8 warps
         pure = ("noreduce", "nox", "nocompute")
         out += [(base | {"split_k": 4, "cluster": True, "bufs": 2, "min_blocks": 3}, pure),
