@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_parts import CLUSTER_SUM, CONSUMER_STORE, ws_device
 
 __all__ = ["RSWG_KERNEL_NAME", "RswgSpec", "rswg_kernel_source", "rswg_smem_bytes"]
 
@@ -102,19 +103,6 @@ def rswg_smem_bytes(spec: RswgSpec) -> int:
     return 128 + max(spec.stages * rswg_stage_bytes(spec), fin)
 
 
-def _wgmma_asm(tok: int, bf16: bool) -> str:
-    """The inline-asm statement of one `wgmma.mma_async.m64n{tok}k16` with A from registers."""
-    nacc = tok // 2
-    regs = ", ".join(f"%{i}" for i in range(nacc))
-    a = ", ".join(f"%{nacc + i}" for i in range(4))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(nacc))
-    ty = "bf16" if bf16 else "f16"
-    return (
-        f'asm volatile("wgmma.mma_async.sync.aligned.m64n{tok}k16.f32.{ty}.{ty} {{{regs}}}, {{{a}}}, %{nacc + 4}, '
-        f'1, 1, 1, 0;\\n" : {outs} : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));'
-    )
-
-
 _SOURCE = r"""
 #define BITS 4
 #define BF16 %(bf16)d
@@ -131,29 +119,7 @@ _SOURCE = r"""
 #define COALESCE %(coalesce)d
 #define VRED %(vred)d
 #define FSTRIDE (NCW * 64 + 4)  // split-K sums: a row's floats (padded: the fragment stores hit distinct banks)
-%(helpers)s%(scaled_dequant)s__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %%0;" :: "n"(N) : "memory");
-}
-__device__ __forceinline__ void keep(float* d) {  // pin the accumulators across the async wgmmas
-#pragma unroll
-  for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
-}
-__device__ __forceinline__ void wgmma(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
-  %(wgmma_asm)s
-}
-__device__ __forceinline__ void cp_arrive(u32 bar) {  // the barrier completes once this thread's cp.asyncs land
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%%0];" :: "r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_init_n(u32 bar, u32 n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%%0], %%1;" :: "r"(bar), "r"(n) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%%0];" :: "r"(bar) : "memory");
-}
-
-extern "C" __global__ void
+%(helpers)s%(scaled_dequant)s%(device)sextern "C" __global__ void
 #if SPLIT > 1
 __cluster_dims__(1, 1, SPLIT)
 #endif
@@ -289,89 +255,8 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     }
     wg_wait<0>();
     keep(acc);
-#if SPLIT == 1 && COALESCE
-    // through shared memory ([TOK][72] halves a warpgroup: rows 144 B apart, so the fragment stores
-    // hit distinct banks), then 16-byte stores of whole 128-byte row pieces
-    asm volatile("bar.sync 1, %%0;" :: "r"(128 * NCW) : "memory");  // the ring is free: every wgmma is done
-    u16* ob = (u16*)(ringp + cw * TOK * 144);
-#pragma unroll
-    for (int j = 0; j < MTT; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) ob[(8 * j + 2 * t + (c & 1)) * 72 + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
-    if (cw == 0) asm volatile("bar.sync 2, 128;" ::: "memory");  // this warpgroup's rows are in place
-    else asm volatile("bar.sync 3, 128;" ::: "memory");
-    u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
-    for (int i = ctid; i < mc * 8; i += 128) {
-      const int m = i >> 3, q = i & 7;
-      *(u32x4*)(orow + (u64)m * stride_om + q * 8) = *(const u32x4*)(ob + m * 72 + q * 8);
-    }
-#elif SPLIT == 1
-    u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
-#pragma unroll
-    for (int j = 0; j < MTT; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int m = 8 * j + 2 * t + (c & 1);
-        if (m < mc) orow[(u64)m * stride_om + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
-      }
-#else
-    float* fin = (float*)ringp;  // [TOK][FSTRIDE]; every stage is consumed once all consumers pass the barrier
-    asm volatile("bar.sync 1, %%0;" :: "r"(128 * NCW) : "memory");
-#pragma unroll
-    for (int j = 0; j < MTT; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int m = 8 * j + 2 * t + (c & 1);
-        if (m < mc) fin[m * FSTRIDE + cw * 64 + ((c >> 1) ? c1 : c0)] = acc[4 * j + c];
-      }
-#endif
-  }
-#if SPLIT > 1
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
-    const float* fin = (const float*)ringp;
-    const int cwid = NCW * 64, total = mc * cwid;
-    const int share = (total / 4 + SPLIT - 1) / SPLIT * 4;  // a multiple of 4 (cwid is)
-    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
-    u16* orow = out + (u64)m0 * stride_om + strip0 * 64;
-#if VRED
-    for (int i = lo / 4 + tid; i < hi / 4; i += blockDim.x) {  // 4 outputs a thread (share is a multiple of 4)
-      const int row = i / (cwid / 4), col = 4 * (i %% (cwid / 4));
-      const u32 local = smem_u32(fin + row * FSTRIDE + col);
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-#pragma unroll
-      for (int r = 0; r < SPLIT; ++r) {
-        u32 remote;
-        float v0, v1, v2, v3;
-        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
-        asm volatile("ld.shared::cluster.v4.f32 {%%0, %%1, %%2, %%3}, [%%4];"
-                     : "=f"(v0), "=f"(v1), "=f"(v2), "=f"(v3) : "r"(remote) : "memory");
-        s0 += v0; s1 += v1; s2 += v2; s3 += v3;
-      }
-      u32x2 h;
-      h.x = (u32)f2h(s0) | ((u32)f2h(s1) << 16);
-      h.y = (u32)f2h(s2) | ((u32)f2h(s3) << 16);
-      *(u32x2*)(orow + (u64)row * stride_om + col) = h;
-    }
-#else
-    for (int i = lo + tid; i < hi; i += blockDim.x) {
-      const u32 local = smem_u32(fin + (i / cwid) * FSTRIDE + i %% cwid);
-      float s = 0.f;
-#pragma unroll
-      for (int r = 0; r < SPLIT; ++r) {
-        u32 remote;
-        float v;
-        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
-        asm volatile("ld.shared::cluster.f32 %%0, [%%1];" : "=f"(v) : "r"(remote) : "memory");
-        s += v;
-      }
-      orow[(u64)(i / cwid) * stride_om + i %% cwid] = f2h(s);
-    }
-#endif
-  }
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
+%(store)s  }
+%(cluster_sum)s}
 """
 
 
@@ -403,5 +288,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "inc": inc,
         "helpers": HELPERS,
         "scaled_dequant": SCALED_DEQUANT,
-        "wgmma_asm": _wgmma_asm(spec.tok, spec.bf16),
+        "device": ws_device(spec.tok, spec.bf16),
+        "store": CONSUMER_STORE,
+        "cluster_sum": CLUSTER_SUM,
     }
