@@ -289,8 +289,10 @@ _CUDA_ACT_GATHER_MAX_WORK = 1 << 20
 # kernel a block early): correct, measured slower on every shape (M=1/4: 1.04-1.22x the plain gather; M=16:
 # 1.07-1.16x; M=32/64: 1.8-5.5x the plain kernel), so off
 _CUDA_ACT_AHEAD = False
-# act-order's x permuted by `fg_permute_x` and the kernel launched with programmatic dependent launch (sm_90)
-_CUDA_ACT_PDL = False
+# x permuted by `fg_permute_x`, the kernel launched with PDL (sm_90), at these M and K: H200 M=16, qkv 12.49 ->
+# 12.10 us, o_proj 11.87 -> 11.34, gate_up 32.12 -> 31.46, down (K=14336) 23.11 -> 31.29; M=1 no better
+_CUDA_ACT_PDL: tuple[int, int] | None = (9, 16)
+_CUDA_ACT_PDL_MAX_K = 8192
 # 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
 # one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
 _CUDA_8BIT_MID_MIN_N = 16384
@@ -308,7 +310,8 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
                              xperm=None)  # fmt: skip
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
-        return plan | ({"perm_ahead": True} if gather else {"xperm": True, "xperm_pdl": _CUDA_ACT_PDL})
+        pdl = _CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1] and k <= _CUDA_ACT_PDL_MAX_K  # fmt: skip
+        return plan | ({"perm_ahead": True} if gather else {"xperm": True, "xperm_pdl": pdl})
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
@@ -362,9 +365,9 @@ def cuda_plan(
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
-    {"xperm": True, "xperm_pdl": `_CUDA_ACT_PDL`}: x is permuted once (with "xperm_pdl" by `fg_permute_x`, the
-    kernel launched with programmatic dependent launch), then the kernel runs without perm. `xperm`
-    False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
+    {"xperm": True, "xperm_pdl": M in `_CUDA_ACT_PDL` and K ≤ `_CUDA_ACT_PDL_MAX_K`}: x is permuted once (with
+    "xperm_pdl" by `fg_permute_x`, the kernel launched with programmatic dependent launch), then the kernel
+    runs without perm. `xperm` False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
 
     Example:
         >>> cuda_plan(64, 6144, 4096, 4, 132)["kernel"]
