@@ -50,6 +50,8 @@ def variants(m: int, k_in: int, n_out: int, sms: int) -> list[dict[str, int]]:
     if plan is None:
         return []
     out = [plan]
+    if (plan["bm"], plan["bn"]) != (128, 256):  # the other producer count
+        out.append(ring_plan(plan["bm"], plan["bn"], plan["split_k"], 0, 3 - plan["nprod"]))
     blocks = k_in // 128
     other_bn = 384 - plan["bn"]
     if n_out % other_bn == 0:
@@ -57,11 +59,14 @@ def variants(m: int, k_in: int, n_out: int, sms: int) -> list[dict[str, int]]:
     for s in (plan["split_k"] // 2, plan["split_k"] * 2):
         if 1 <= s <= 8 and blocks % s == 0 and s != plan["split_k"]:
             out.append(ring_plan(plan["bm"], plan["bn"], s))
+    tiles = -(-m // plan["bm"]) * (n_out // plan["bn"])
+    if tiles > sms:  # persistent: one CTA an SM looping over the tiles
+        out.append(ring_plan(plan["bm"], plan["bn"], 1, sms))
     return out
 
 
 def name_of(p: dict[str, int]) -> str:
-    return f"ws/{p['bm']}x{p['bn']}s{p['split_k']}"
+    return f"ws/{p['bm']}x{p['bn']}s{p['split_k']}w{p['nprod']}" + (f"p{p['ctas']}" if p.get("ctas") else "")
 
 
 def run(ms: tuple[int, ...], bw: float) -> None:

@@ -18,7 +18,13 @@ import torch
 from fusegraph.ops.gptq_layout import repack
 from fusegraph.ops.gptq_packing import dequantize, pack
 from fusegraph.runtime.kernels.gptq_cuda_ws import gptq_ws_matmul, maybe_ws, ws_plan
-from fusegraph.runtime.kernels.gptq_cuda_ws_src import SMEM_LIMIT, WsSpec, ws_kernel_source, ws_smem_bytes
+from fusegraph.runtime.kernels.gptq_cuda_ws_src import (
+    SMEM_LIMIT,
+    WsSpec,
+    ws_kernel_source,
+    ws_registers,
+    ws_smem_bytes,
+)
 from tests.kernels.gptq_cuda_cases import check_eager_and_replay
 
 _HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -37,25 +43,23 @@ def _layer(k: int, n: int, gs: int, desc_act: bool, seed: int, device: str) -> d
 
 
 def test_gptq_cuda_ws__plan_picks_tiles_and_split_by_waves() -> None:
-    assert ws_plan(64, 28672, 4096, 4, 132) == {"bm": 64, "bn": 256, "split_k": 1, "stages": 4, "rstages": 4}
-    assert ws_plan(64, 4096, 14336, 4, 132) == {"bm": 64, "bn": 256, "split_k": 8, "stages": 4, "rstages": 4}
-    assert ws_plan(1024, 28672, 4096, 4, 132) == {
-        "bm": 128,
-        "bn": 256,
-        "split_k": 1,
-        "stages": 3,
-        "rstages": 4,
-    }
-    assert ws_plan(256, 4096, 14336, 4, 132)["split_k"] == 4  # type: ignore[index] # 32 tiles: 4 splits fill 128 SMs
-    assert ws_plan(65, 384, 512, 4, 132)["bn"] == 128  # type: ignore[index] # 384 columns: only 128 divides
-    assert ws_plan(64, 192, 512, 4, 132) is None  # N not a multiple of 128
-    assert ws_plan(64, 256, 520, 4, 132) is None  # K not a multiple of 128
+    def tile(m: int, n: int, k: int) -> tuple[int, int, int, int] | None:
+        p = ws_plan(m, n, k, 4, 132)
+        return None if p is None else (p["bm"], p["bn"], p["split_k"], p["nprod"])
+
+    assert tile(64, 28672, 4096) == (64, 256, 1, 2)  # 112 tiles: no split
+    assert tile(64, 4096, 14336) == (64, 256, 8, 2)  # 16 tiles x 8 splits
+    assert tile(1024, 28672, 4096) == (128, 256, 1, 1)  # 128 x 256: one producer warpgroup (registers)
+    assert tile(256, 4096, 14336) == (128, 256, 4, 1)  # 32 tiles: 4 splits fill 128 SMs
+    assert tile(65, 384, 512) == (128, 128, 4, 2)  # 384 columns: only 128 divides
+    assert tile(64, 192, 512) is None  # N not a multiple of 128
+    assert tile(64, 256, 520) is None  # K not a multiple of 128
     assert ws_plan(64, 256, 512, 8, 132) is None  # 8-bit
     for m in (64, 128, 1024):
         plan = ws_plan(m, 6144, 4096, 4, 132)
-        assert plan is not None
+        assert plan is not None and plan["ctas"] == 0
         spec = WsSpec(bf16=False, zero_v1=True, bm=plan["bm"], bn=plan["bn"], split=plan["split_k"],
-                      stages=plan["stages"], rstages=plan["rstages"])  # fmt: skip
+                      stages=plan["stages"], rstages=plan["rstages"], nprod=plan["nprod"])  # fmt: skip
         assert ws_smem_bytes(spec) <= SMEM_LIMIT
 
 
@@ -63,10 +67,13 @@ def test_gptq_cuda_ws__source_has_the_wgmma_of_its_tile_and_the_register_split()
     src = ws_kernel_source(WsSpec(bf16=True, zero_v1=False, bm=128, bn=128, split=2))
     assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0," in src
     assert "%64, %65, 1, 1, 1, 0, 0;" in src  # 64 accumulators, then the A and B descriptors
-    assert "setmaxnreg.dec.sync.aligned.u32 40;" in src and "setmaxnreg.inc.sync.aligned.u32 232;" in src
+    assert "setmaxnreg.dec.sync.aligned.u32 48;" in src and "setmaxnreg.inc.sync.aligned.u32 224;" in src
+    assert ws_registers(WsSpec(bf16=False, zero_v1=True, bm=128, bn=128, nprod=2)) == (48, 208)  # 512 threads
     assert "#define SPLIT 2" in src and "#define BM 128" in src
     with pytest.raises(ValueError, match="bn must be 128 or 256"):
         WsSpec(bf16=False, zero_v1=True, bn=64)
+    with pytest.raises(ValueError, match="nprod=2 with bm=128, bn=256"):
+        WsSpec(bf16=False, zero_v1=True, bm=128, bn=256, nprod=2)
     with pytest.raises(ValueError, match="shared memory"):
         WsSpec(bf16=False, zero_v1=True, bm=128, bn=256, stages=4, rstages=4)
 
@@ -98,18 +105,22 @@ def test_gptq_cuda_ws__refuses_what_it_cannot_run_naming_the_operand() -> None:
 
 # (m, k, n, dtype, group_size, plan override or {}, act-order)
 CASES: list[tuple[int, int, int, torch.dtype, int, dict[str, int], bool]] = [
-    (64, 512, 256, torch.float16, 128, {"bm": 64, "bn": 256, "split_k": 1}, False),
+    (64, 512, 256, torch.float16, 128, {"bm": 64, "bn": 256, "split_k": 1, "nprod": 1}, False),
+    (64, 512, 512, torch.float16, 128, {"bm": 64, "bn": 256, "split_k": 2, "nprod": 2}, False),
     (33, 1024, 256, torch.float16, 256, {"bm": 64, "bn": 128, "split_k": 4}, False),
     (65, 1024, 512, torch.float16, 128, {}, False),
     (128, 512, 256, torch.float16, 256, {"bm": 128, "bn": 128, "split_k": 2}, False),
     (200, 1024, 384, torch.float16, 128, {"bn": 128, "split_k": 8}, False),
     (256, 2048, 1024, torch.float16, 128, {"bm": 128, "bn": 256, "split_k": 1}, False),
+    (255, 512, 512, torch.float16, 128, {"bm": 128, "bn": 128, "split_k": 1, "nprod": 1}, False),
     (256, 1024, 256, torch.float16, 128, {"bm": 64, "bn": 128, "split_k": 1}, False),
     (1024, 512, 512, torch.float16, 128, {}, False),
     (64, 4096, 512, torch.float16, 128, {"split_k": 8}, False),
     (100, 1024, 256, torch.bfloat16, 128, {"split_k": 2}, False),
     (130, 4096, 1024, torch.bfloat16, 256, {}, False),
     (96, 1024, 256, torch.float16, 128, {"split_k": 2}, True),
+    (250, 1024, 512, torch.float16, 128, {"bm": 64, "bn": 128, "split_k": 1, "ctas": 3}, False),  # persistent
+    (1000, 512, 512, torch.float16, 256, {"bm": 128, "bn": 256, "split_k": 1, "ctas": 5}, False),
 ]
 
 

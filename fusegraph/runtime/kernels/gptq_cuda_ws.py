@@ -42,15 +42,21 @@ def _rings(bm: int, bn: int, split: int) -> tuple[int, int]:
     return 2, 1
 
 
-def ring_plan(bm: int, bn: int, split: int) -> dict[str, int]:
-    """A plan dict for this tile and split-K with the deepest rings that fit (as `ws_plan` returns).
+def ring_plan(bm: int, bn: int, split: int, ctas: int = 0, nprod: int = 0) -> dict[str, int]:
+    """A plan dict for this tile, split-K, CTA count and producer count with the deepest rings that fit.
+
+    ctas: 0 launches one CTA a tile; n > 0 at most n CTAs that loop over the tiles (persistent, split 1
+    only). nprod: producer warpgroups, 1 or 2 (0: 2 where the registers allow, i.e. not 128 x 256).
 
     Example:
         >>> ring_plan(128, 256, 2)
-        {'bm': 128, 'bn': 256, 'split_k': 2, 'stages': 3, 'rstages': 4}
+        {'bm': 128, 'bn': 256, 'split_k': 2, 'stages': 3, 'rstages': 4, 'ctas': 0, 'nprod': 1}
     """
     stages, rstages = _rings(bm, bn, split)
-    return {"bm": bm, "bn": bn, "split_k": split, "stages": stages, "rstages": rstages}
+    if nprod == 0:
+        nprod = 1 if (bm, bn) == (128, 256) else 2
+    return {"bm": bm, "bn": bn, "split_k": split, "stages": stages, "rstages": rstages, "ctas": ctas,
+            "nprod": nprod}  # fmt: skip
 
 
 def ws_plan(m: int, n: int, k: int, bits: int, sms: int) -> dict[str, int] | None:
@@ -145,6 +151,10 @@ def _check_plan(plan: dict[str, int], m: int, n: int, k: int) -> None:
         raise ValueError(f"gptq_ws_matmul: plan bm must be 64 or 128, got {plan['bm']}")
     if plan["bn"] not in (128, 256) or n % plan["bn"]:
         raise ValueError(f"gptq_ws_matmul: plan bn must be 128 or 256 and divide N={n}, got {plan['bn']}")
+    if plan.get("ctas", 0) < 0 or plan.get("ctas", 0) and plan["split_k"] > 1:
+        raise ValueError(
+            f"gptq_ws_matmul: plan ctas must be >= 0, and 0 unless split_k = 1, got {plan.get('ctas')}"
+        )
     blocks = k // 128
     if not 1 <= plan["split_k"] <= 8 or blocks % plan["split_k"]:
         raise ValueError(
@@ -228,15 +238,18 @@ def gptq_ws_matmul(
             raise ValueError(f"gptq_ws_matmul: no plan for M={m} N={n} K={k} bits={bits}")
     _check_plan(plan, m, n, k)
     spec = WsSpec(bf16=x.dtype == torch.bfloat16, zero_v1=zero_format == "v1", bm=plan["bm"], bn=plan["bn"],
-                  split=plan["split_k"], stages=plan["stages"], rstages=plan["rstages"])  # fmt: skip
+                  split=plan["split_k"], stages=plan["stages"], rstages=plan["rstages"],
+                  nprod=plan.get("nprod", 1))  # fmt: skip
     kern = _kernel(spec, x.device)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
+    mtiles = (m + spec.bm - 1) // spec.bm
+    ntiles = mtiles * (n // spec.bn)
+    ctas = ntiles if not plan.get("ctas") else min(int(plan["ctas"]), ntiles)
     kern(
-        grid=((m + spec.bm - 1) // spec.bm, spec.split, n // spec.bn), block=(128 * (spec.bm // 64 + 1), 1, 1),
-        shared_mem=ws_smem_bytes(spec),
-        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, gs, k // 128 // spec.split, x.stride(0),
+        grid=(ctas, spec.split, 1), block=(128 * (spec.bm // 64 + spec.nprod), 1, 1), shared_mem=ws_smem_bytes(spec),
+        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, gs, k // 128 // spec.split, mtiles, ntiles, x.stride(0),
               scales.stride(0), qzeros_t.stride(0), out.stride(0)],
     )  # fmt: skip
     return out
@@ -258,7 +271,7 @@ def maybe_ws(
     """`x @ W` with the warp-specialized kernel, as the dispatcher calls it for a config with "ws": True.
 
     Act-order runs on x's columns gathered once through perm (the repacked rows are sorted).
-    "split_k", "block_m", "block_n" in `config` override the plan's. Raises ValueError naming the
+    "split_k", "block_m", "block_n", "ctas", "nprod" in `config` override the plan's. Raises ValueError naming the
     reason when the kernel cannot run.
 
     Example:
@@ -275,8 +288,9 @@ def maybe_ws(
         )
     if perm is not None:
         x = x.index_select(1, perm)  # act-order: the kernel runs on the row-sorted weight
-    if any(key in config for key in ("split_k", "block_m", "block_n")):
+    if any(key in config for key in ("split_k", "block_m", "block_n", "ctas", "nprod")):
         plan = ring_plan(int(config.get("block_m", plan["bm"])), int(config.get("block_n", plan["bn"])),
-                         int(config.get("split_k", plan["split_k"])))  # fmt: skip
+                         int(config.get("split_k", plan["split_k"])), int(config.get("ctas", plan["ctas"])),
+                         int(config.get("nprod", 0)))  # fmt: skip
     return gptq_ws_matmul(x, qweight_t, scales, qzeros_t, bits=bits, group_size=group_size, plan=plan,
                           zero_format=zero_format)  # fmt: skip

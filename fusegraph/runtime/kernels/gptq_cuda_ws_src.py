@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from string import Template
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
+from fusegraph.runtime.kernels.gptq_cuda_ws_parts import WS_DEVICE
 
-__all__ = ["SMEM_LIMIT", "WS_KERNEL_NAME", "WsSpec", "ring_smem_bytes", "ws_kernel_source", "ws_smem_bytes"]
+__all__ = ["SMEM_LIMIT", "WS_KERNEL_NAME", "WsSpec", "ring_smem_bytes", "ws_kernel_source", "ws_registers",
+           "ws_smem_bytes"]  # fmt: skip
 
 WS_KERNEL_NAME = "fg_gptq_ws"
 SMEM_LIMIT = 227 * 1024  # an H100/H200 CTA's opt-in dynamic shared memory
@@ -52,6 +54,7 @@ class WsSpec:
         split: CTAs along K (gridDim.y); > 1 sums through a thread-block cluster (≤ 8).
         stages: depth of the x/W tile ring (half blocks of 64 rows of K), ≥ 2.
         rstages: depth of the raw-word ring (128-row blocks), ≥ 1.
+        nprod: producer warpgroups (1 or 2): the dequantization's threads.
     """
 
     bf16: bool
@@ -61,6 +64,7 @@ class WsSpec:
     split: int = 1
     stages: int = 3
     rstages: int = 4
+    nprod: int = 1
 
     def __post_init__(self) -> None:
         if self.bm not in (64, 128):
@@ -69,6 +73,10 @@ class WsSpec:
             raise ValueError(f"gptq_cuda_ws: bn must be 128 or 256, got {self.bn}")
         if not 1 <= self.split <= 8:
             raise ValueError(f"gptq_cuda_ws: split must be 1..8 (a cluster), got {self.split}")
+        if self.nprod not in (1, 2):
+            raise ValueError(f"gptq_cuda_ws: nprod must be 1 or 2, got {self.nprod}")
+        if self.nprod == 2 and self.bm == 128 and self.bn == 256:
+            raise ValueError("gptq_cuda_ws: nprod=2 with bm=128, bn=256 needs 512 threads of 154+ registers")
         if self.stages < 2 or self.rstages < 1:
             raise ValueError(
                 f"gptq_cuda_ws: stages must be >= 2 and rstages >= 1, got {self.stages}, {self.rstages}"
@@ -119,12 +127,16 @@ _SOURCE = Template(r"""
 #define BM ${bm}
 #define BN ${bn}
 #define NCONS (BM / 64)
-#define NTHREADS (128 * (NCONS + 1))
+#define NPROD ${nprod}
+#define NPT (128 * NPROD)  // producer threads
+#define NTHREADS (NPT + 128 * NCONS)
 #define SPLIT ${split}
 #define STAGES ${stages}
 #define RSTAGES ${rstages}
 #define NSTRIP (BN / 64)
-#define NCOL (BN / 128)  // W columns a producer thread dequantizes
+#define NCOL (BN > NPT ? BN / NPT : 1)  // W columns a producer thread dequantizes
+#define RQS (NPT > BN ? NPT / BN : 1)  // producer threads a column
+#define NRQ (4 / RQS)  // groups of 4 word rows a thread dequantizes per column
 #define NACC (BN / 2)
 #define A_BYTES ${a_bytes}
 #define B_BYTES ${b_bytes}
@@ -144,60 +156,7 @@ __device__ __forceinline__ void keep(float* d) {  // pin the accumulators across
 __device__ __forceinline__ void wgmma(float* d, u64 da, u64 db) {
   ${wgmma_asm}
 }
-__device__ __forceinline__ void bar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(u32 bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
-}
-__device__ __forceinline__ void cp16z(u32 s, const void* g, u32 bytes) {  // bytes < 16: the rest zero
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(g), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_arrive_noinc(u32 bar) {  // the thread's cp.asyncs so far arrive on bar
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(bar) : "memory");
-}
-__device__ __forceinline__ void sts128(u32 a, u32 x, u32 y, u32 z, u32 w) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" :: "r"(a), "r"(x), "r"(y), "r"(z), "r"(w) : "memory");
-}
-__device__ __forceinline__ u32 lds32(u32 a) {
-  u32 v;
-  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
-  return v;
-}
-__device__ __forceinline__ u32 lds16(u32 a) {
-  u16 v;
-  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(a) : "memory");
-  return v;
-}
-// W's tile for half HALF of a block: pairs J = 2·HALF + jj of the words of word rows 4rq..4rq+3, column n
-template <int HALF>
-__device__ __forceinline__ void dequant_half(u32 raw, u32 bt, int ltid, const u32* mz, const u32* nzh, const u32* s2) {
-#pragma unroll
-  for (int cc = 0; cc < NCOL; ++cc) {
-    const int n = ltid + 128 * cc;
-    const u32 src = raw + ((n >> 6) * 16 * 64 + (n & 63)) * 4;
-    const u32 dst = bt + (n >> 3) * 128 + (n & 7) * 16;
-#pragma unroll
-    for (int rq = 0; rq < 4; ++rq) {
-      const u32 w0 = lds32(src + (4 * rq) * 256), w1 = lds32(src + (4 * rq + 1) * 256);
-      const u32 w2 = lds32(src + (4 * rq + 2) * 256), w3 = lds32(src + (4 * rq + 3) * 256);
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        constexpr int J0 = 2 * HALF;
-        u32 d0, d1, d2, d3;
-        if (jj == 0) {
-          d0 = dq<J0>(w0, mz[cc], nzh[cc], s2[cc]); d1 = dq<J0>(w1, mz[cc], nzh[cc], s2[cc]);
-          d2 = dq<J0>(w2, mz[cc], nzh[cc], s2[cc]); d3 = dq<J0>(w3, mz[cc], nzh[cc], s2[cc]);
-        } else {
-          d0 = dq<J0 + 1>(w0, mz[cc], nzh[cc], s2[cc]); d1 = dq<J0 + 1>(w1, mz[cc], nzh[cc], s2[cc]);
-          d2 = dq<J0 + 1>(w2, mz[cc], nzh[cc], s2[cc]); d3 = dq<J0 + 1>(w3, mz[cc], nzh[cc], s2[cc]);
-        }
-        sts128(dst + (jj * 4 + rq) * (BN / 8) * 128, d0, d1, d2, d3);  // k chunk 4jj + rq
-      }
-    }
-  }
-}
-
+${ws_device}
 extern "C" __global__ void
 #if SPLIT > 1
 __cluster_dims__(1, SPLIT, 1)
@@ -205,11 +164,12 @@ __cluster_dims__(1, SPLIT, 1)
 __launch_bounds__(NTHREADS, 1)
 fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __restrict__ sc,
            const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int bps,
-           int stride_xm, int stride_s, int stride_qz, int stride_om) {
+           int mtiles, int ntiles, int stride_xm, int stride_s, int stride_qz, int stride_om) {
   extern __shared__ __align__(1024) unsigned char smem[];
-  const int tid = threadIdx.x, wg = tid >> 7, ltid = tid & 127;
-  const int m0 = blockIdx.x * BM, ks = blockIdx.y, n0 = blockIdx.z * BN, kb0 = ks * bps;
-  const int mc = M - m0 < BM ? M - m0 : BM;  // rows of x this CTA takes
+  const int tid = threadIdx.x, wg = tid >> 7, ptid = tid;  // ptid: the producer thread (wg < NPROD)
+  const int ks = blockIdx.y, kb0 = ks * bps;
+  // this CTA's tiles: blockIdx.x, + gridDim.x, ... (row tile fastest: the CTAs that run together share W's tile)
+  const int my_tiles = (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
   const u32 sbase = smem_u32(smem);
   const u32 a_ring = sbase, b_ring = sbase + STAGES * A_BYTES, r_ring = b_ring + STAGES * B_BYTES;
   const u32 bars = sbase + BAR_OFF;
@@ -218,20 +178,22 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 #define RFULL(r) (bars + 8 * (2 * STAGES + (r)))
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      bar_init(FULL(s), 256);  // 128 cp.async arrivals (noinc) + 128 after the W stores
+      bar_init(FULL(s), 2 * NPT);  // NPT cp.async arrivals (noinc) + NPT after the W stores
       bar_init(EMPTY(s), 128 * NCONS);
     }
     for (int r = 0; r < RSTAGES; ++r) bar_init(RFULL(r), 1);
     mbar_init_fence();
   }
   __syncthreads();
-  const int nh = 2 * bps;  // half-block steps
-  if (wg == 0) {  // ---- producer warpgroup
-#if NCONS > 1
+  int mc = 0;  // rows of x in the (last) tile
+  if (wg < NPROD) {  // ---- producer warpgroups
+#if NTHREADS > 256
     asm volatile("setmaxnreg.dec.sync.aligned.u32 ${preg};" ::: "memory");
 #endif
-    auto issue_raw = [&](int u) {  // block kb0 + u's raw words, scales and zeros into raw slot u % RSTAGES
-      const int blk = kb0 + u, r = u % RSTAGES;
+    const int items = my_tiles * bps;  // (tile, block) pairs of this CTA, in order
+    auto issue_raw = [&](int i) {  // item i's raw words, scales and zeros into raw slot i % RSTAGES
+      const int tt = blockIdx.x + (i / bps) * gridDim.x, n0 = (tt / mtiles) * BN;
+      const int blk = kb0 + i % bps, r = i % RSTAGES;
       const int grp = group_size == 128 ? blk : blk * 128 / group_size;
       const u32 dst = r_ring + r * RAW_BYTES, bar = RFULL(r);
       mbar_expect(bar, RAW_BYTES);
@@ -241,17 +203,19 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
       bulk_copy(dst + NSTRIP * 4096, sc + (u64)grp * stride_s + n0, BN * 2, bar);
       bulk_copy(dst + NSTRIP * 4096 + BN * 2, qz + (u64)grp * stride_qz + n0 / 8, BN / 2, bar);
     };
-    if (ltid == 0)
-      for (int u = 0; u < RSTAGES && u < bps; ++u) issue_raw(u);
-    const u16* xt = x + (u64)m0 * stride_xm;
-    for (int u = 0; u < bps; ++u) {
-      const int r = u % RSTAGES;
-      mbar_wait(RFULL(r), (u / RSTAGES) & 1);
+    if (ptid == 0)
+      for (int i = 0; i < RSTAGES && i < items; ++i) issue_raw(i);
+    for (int i = 0; i < items; ++i) {
+      const int r = i % RSTAGES, u = i % bps;
+      const int m0 = ((blockIdx.x + (i / bps) * gridDim.x) % mtiles) * BM;
+      mc = M - m0 < BM ? M - m0 : BM;
+      const u16* xt = x + (u64)m0 * stride_xm;
+      mbar_wait(RFULL(r), (i / RSTAGES) & 1);
       const u32 raw = r_ring + r * RAW_BYTES;
       u32 mz[NCOL], nzh[NCOL], s2[NCOL];
 #pragma unroll
       for (int cc = 0; cc < NCOL; ++cc) {
-        const int n = ltid + 128 * cc;
+        const int n = ptid % BN + NPT * cc;
         const u32 z = (lds32(raw + NSTRIP * 4096 + BN * 2 + (n >> 3) * 4) >> (4 * (n & 7))) & 15u;
 #if BF16
         mz[cc] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;
@@ -264,79 +228,87 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
       }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int h = 2 * u + half, s = h % STAGES;
+        const int h = 2 * i + half, s = h % STAGES;
         mbar_wait(EMPTY(s), ((h / STAGES) & 1) ^ 1);
         const u32 at = a_ring + s * A_BYTES;
         const int kcol = (kb0 + u) * 128 + half * 64;
-        for (int c = ltid; c < BM * 8; c += 128) {  // x's tile: 16-byte chunk (row m, k chunk kc)
-          const int m = c % BM, kc = c / BM;
+        for (int c = ptid; c < BM * 8; c += NPT) {  // x's tile: 16-byte chunk (row m, k chunk kc); lane pairs: 32 B
+          const int m = (c >> 1) % BM, kc = 2 * (c / (2 * BM)) + (c & 1);
           const bool in = m < mc;
           cp16z(at + (kc * (BM / 8) + (m >> 3)) * 128 + (m & 7) * 16,
                 in ? (const void*)(xt + (u64)m * stride_xm + kcol + kc * 8) : (const void*)x, in ? 16u : 0u);
         }
         cp_arrive_noinc(FULL(s));
-        if (half == 0) dequant_half<0>(raw, b_ring + s * B_BYTES, ltid, mz, nzh, s2);
-        else dequant_half<1>(raw, b_ring + s * B_BYTES, ltid, mz, nzh, s2);
+        if (half == 0) dequant_half<0>(raw, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
+        else dequant_half<1>(raw, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
         fence_proxy_async();  // the generic-proxy W stores -> the wgmmas' async-proxy reads
         bar_arrive(FULL(s));
       }
-      asm volatile("bar.sync 1, 128;" ::: "memory");  // every producer thread is done with raw slot r
-      if (ltid == 0 && u + RSTAGES < bps) {
+      asm volatile("bar.sync 1, %0;" :: "n"(NPT) : "memory");  // every producer thread is done with raw slot r
+      if (ptid == 0 && i + RSTAGES < items) {
         fence_proxy_async();
-        issue_raw(u + RSTAGES);
+        issue_raw(i + RSTAGES);
       }
     }
   } else {  // ---- consumer warpgroups
-#if NCONS > 1
+#if NTHREADS > 256
     asm volatile("setmaxnreg.inc.sync.aligned.u32 ${creg};" ::: "memory");
 #endif
-    const int c = wg - 1;
-    const bool active = 64 * c < mc;  // rows past M: wait and release, no wgmmas
-    float acc[NACC];
-#pragma unroll
-    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    const int c = wg - NPROD;
+    const int w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int rl = 64 * c + 16 * w4 + g;  // the tile's row of acc[4j], acc[4j + 1]; +8 for 4j + 2, 4j + 3
     // descriptors: start >> 4 (bits 0-13), leading byte offset >> 4 (16-29), stride byte offset >> 4 (32-45)
     const u64 dA = ((u64)((BM / 8 * 128) >> 4) << 16) | ((u64)(128 >> 4) << 32);
     const u64 dB = ((u64)((BN / 8 * 128) >> 4) << 16) | ((u64)(128 >> 4) << 32);
-    for (int h = 0; h < nh; ++h) {
-      const int s = h % STAGES;
-      mbar_wait(FULL(s), (h / STAGES) & 1);
-      if (active) {
-        fence_proxy_async();  // the cp.async x tile (generic proxy) -> the wgmmas
-        const u32 at = a_ring + s * A_BYTES + c * 8 * 128, bt = b_ring + s * B_BYTES;
-        keep(acc);
-        wg_fence();
+    float acc[NACC];
+    int h = 0;  // the half-block step, over this CTA's tiles
+    for (int tl = 0; tl < my_tiles; ++tl) {
+      const int tt = blockIdx.x + tl * gridDim.x, m0 = (tt % mtiles) * BM;
+      mc = M - m0 < BM ? M - m0 : BM;
+      const bool active = 64 * c < mc;  // rows past M: wait and release, no wgmmas
 #pragma unroll
-        for (int kt = 0; kt < 4; ++kt) {
-          const u64 da = dA | (u64)(((at + 2 * kt * (BM / 8) * 128) & 0x3FFFFu) >> 4);
-          const u64 db = dB | (u64)(((bt + 2 * kt * (BN / 8) * 128) & 0x3FFFFu) >> 4);
-          wgmma(acc, da, db);
+      for (int j = 0; j < NACC; ++j) acc[j] = 0.f;
+      for (int hl = 0; hl < 2 * bps; ++hl, ++h) {
+        const int s = h % STAGES;
+        mbar_wait(FULL(s), (h / STAGES) & 1);
+        if (active) {
+          fence_proxy_async();  // the cp.async x tile (generic proxy) -> the wgmmas
+          const u32 at = a_ring + s * A_BYTES + c * 8 * 128, bt = b_ring + s * B_BYTES;
+          keep(acc);
+          wg_fence();
+#pragma unroll
+          for (int kt = 0; kt < 4; ++kt) {
+            const u64 da = dA | (u64)(((at + 2 * kt * (BM / 8) * 128) & 0x3FFFFu) >> 4);
+            const u64 db = dB | (u64)(((bt + 2 * kt * (BN / 8) * 128) & 0x3FFFFu) >> 4);
+            wgmma(acc, da, db);
+          }
+          wg_commit();
+          keep(acc);
+          wg_wait<1>();
+          keep(acc);
         }
-        wg_commit();
-        keep(acc);
-        wg_wait<1>();
-        keep(acc);
+        if (hl > 0) bar_arrive(EMPTY((h - 1) % STAGES));
       }
-      if (h > 0) bar_arrive(EMPTY((h - 1) % STAGES));
-    }
-    wg_wait<0>();
-    keep(acc);
-    const int w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int rl = 64 * c + 16 * w4 + g;  // the tile's row of acc[4j], acc[4j + 1]; +8 for 4j + 2, 4j + 3
+      wg_wait<0>();
+      keep(acc);
+      bar_arrive(EMPTY((h - 1) % STAGES));  // the tile's last stage: the producer may run on into the next tile
 #if SPLIT == 1
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int row = rl + 8 * hh;
-      if (row < mc) {
-        u16* orow = out + (u64)(m0 + row) * stride_om + n0 + 2 * t;
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = rl + 8 * hh;
+        if (row < mc) {
+          u16* orow = out + (u64)(m0 + row) * stride_om + (tt / mtiles) * BN + 2 * t;
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j)
-          *(u32*)(orow + 8 * j) = (u32)f2h(acc[4 * j + 2 * hh]) | ((u32)f2h(acc[4 * j + 2 * hh + 1]) << 16);
+          for (int j = 0; j < BN / 8; ++j)
+            *(u32*)(orow + 8 * j) = (u32)f2h(acc[4 * j + 2 * hh]) | ((u32)f2h(acc[4 * j + 2 * hh + 1]) << 16);
+        }
       }
+#endif
     }
-#else
+#if SPLIT > 1
+    // one tile a CTA (gridDim.x = the tiles): its sums go over the idle rings
     asm volatile("bar.sync 2, %0;" :: "n"(128 * NCONS) : "memory");  // every consumer's wgmmas are done with the rings
-    const u32 fin = sbase;  // [BM][FSTR] floats: this CTA's sums, over the idle rings
+    const u32 fin = sbase;  // [BM][FSTR] floats
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
@@ -348,6 +320,8 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 #if SPLIT > 1
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
   {  // CTA `ks` of the cluster sums its share of the column pairs over the cluster's CTAs, in rank order
+    const int m0 = (blockIdx.x % mtiles) * BM, n0 = (blockIdx.x / mtiles) * BN;
+    mc = M - m0 < BM ? M - m0 : BM;
     const int total = mc * (BN / 2), share = (total + SPLIT - 1) / SPLIT;
     const int lo = ks * share, hi = lo + share < total ? lo + share : total;
     for (int i = lo + tid; i < hi; i += NTHREADS) {
@@ -372,10 +346,21 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 """)
 
 
-def ws_kernel_source(spec: WsSpec, preg: int = 40, creg: int = 232) -> str:
-    """The CUDA C++ text of `fg_gptq_ws` for `spec` (no headers; compile for sm_90a).
+def ws_registers(spec: WsSpec, preg: int = 48) -> tuple[int, int]:
+    """(producer, consumer) registers a thread after `setmaxnreg` (used past 256 threads): the producers
+    keep `preg`, the consumers share the rest of the CTA's launch-time pool (at most 240).
 
-    `preg`/`creg`: the producer's and consumers' register counts after `setmaxnreg` (two consumers).
+    Example:
+        >>> ws_registers(WsSpec(bf16=False, zero_v1=True, bm=128, bn=128, nprod=2))
+        (48, 208)
+    """
+    threads = 128 * (spec.nprod + spec.bm // 64)
+    pool = min(255, 65536 // threads) // 8 * 8 * threads
+    return preg, min(240, (pool - 128 * spec.nprod * preg) // (128 * (spec.bm // 64)) // 8 * 8)
+
+
+def ws_kernel_source(spec: WsSpec) -> str:
+    """The CUDA C++ text of `fg_gptq_ws` for `spec` (no headers; compile for sm_90a).
 
     Example:
         >>> src = ws_kernel_source(WsSpec(bf16=False, zero_v1=True, bm=128, bn=256, split=2))
@@ -384,7 +369,8 @@ def ws_kernel_source(spec: WsSpec, preg: int = 40, creg: int = 232) -> str:
     """
     return _SOURCE.substitute(
         bf16=int(spec.bf16), zero_v1=int(spec.zero_v1), bm=spec.bm, bn=spec.bn, split=spec.split,
-        stages=spec.stages, rstages=spec.rstages, preg=preg, creg=creg, helpers=HELPERS,
-        scaled_dequant=SCALED_DEQUANT, wgmma_asm=_wgmma_asm(spec.bn, spec.bf16),
+        stages=spec.stages, rstages=spec.rstages, nprod=spec.nprod, helpers=HELPERS,
+        scaled_dequant=SCALED_DEQUANT, wgmma_asm=_wgmma_asm(spec.bn, spec.bf16), ws_device=WS_DEVICE,
         **_layout(spec.bm, spec.bn, spec.split, spec.stages, spec.rstages),
+        **dict(zip(("preg", "creg"), ws_registers(spec), strict=True)),
     )  # fmt: skip
