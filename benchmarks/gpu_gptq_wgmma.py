@@ -5,7 +5,7 @@
 `gptq_tiled_matmul`, the single-warpgroup wgmma kernel at its plan's split-K (M ≤ 256; its
 neighbours too with WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws") at its plan, split-K
 half and double, one CTA an SM where the plan has two, one strip a CTA (two an SM) at M ≤ 64,
-the vectorized split-K sum ("vred"), and split-K 1 with the output stored through shared memory
+stream-K ("sk"), the vectorized split-K sum ("vred"), and split-K 1 with the output stored through shared memory
 ("co") at M ≥ 256. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
@@ -72,6 +72,7 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
     if plan["tok"] <= 64:  # one strip a CTA, two CTAs an SM, twice the split
         d = min(8, blocks, 2 * s)
         out.append((f"ws/s{d}/ncw1", {"ncw": 1, "minb": 2, "split_k": d, "stages": 3}))
+    out.append(("ws/sk", {"split_k": 1, "sk": 1}))
     if s > 1:
         out.append((f"ws/s{s}/vred", {"vred": 1}))
     if s == 1:

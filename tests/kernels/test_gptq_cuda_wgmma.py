@@ -173,6 +173,26 @@ def test_gptq_cuda_wgmma__default_kind_names_the_warp_specialized_kernel_in_its_
     assert wg.wgmma_default_kind(256, 6144, 4096, 4, False, fp16, (8, 0)) is False  # no wgmma
 
 
+def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import RSWG_KEYS, rswg_plan, rswg_spec
+
+    plan = rswg_plan(256, 4096, 4096, 132)
+    assert plan is not None
+    for key, field in [
+        ("coalesce", "coalesce"),
+        ("vred", "vred"),
+        ("sk", "sk"),
+        ("minb", "minb"),
+        ("stages", "stages"),
+    ]:
+        assert key in RSWG_KEYS
+        flipped = {"coalesce": 1, "vred": 1, "sk": 1, "minb": 1, "stages": 2}[key]
+        over = plan | {key: flipped} | ({"split_k": 1} if key == "sk" else {})
+        assert getattr(rswg_spec(over, bf16=False, zero_v1=True), field) == flipped
+    with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 4"):
+        rswg_spec(plan | {"sk": 1}, bf16=False, zero_v1=True)
+
+
 def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import RswgSpec, rswg_kernel_source, rswg_smem_bytes
 
@@ -193,7 +213,7 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
         and "__cluster_dims__(1, 1, SPLIT)" in src
     )
     assert "setmaxnreg.dec.sync.aligned.u32 40" in src and "#define STAGES 3" in src
-    assert rswg_smem_bytes(spec) == 128 + 3 * (
+    assert rswg_smem_bytes(spec) == 256 + 3 * (
         200 * 256 + 2 * (4096 + 256)
     )  # the ring holds the split-K sums
 
@@ -206,6 +226,10 @@ WS_CASES = [
     (256, 1024, 384, False, torch.float16, {"split_k": 1}),
     (248, 512, 256, False, torch.bfloat16, {"split_k": 1, "coalesce": 1}),
     (72, 1024, 384, False, torch.float16, {"split_k": 3, "vred": 1}),
+    # stream-K: 4 tiles x 8 blocks over 3 CTAs; 3 row tiles (the last partial) x 2 x 4 over 5; 2 x 4 over 7
+    (256, 1024, 512, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 3}),
+    (520, 512, 256, False, torch.bfloat16, {"split_k": 1, "sk": 1, "ctas": 5}),
+    (64, 512, 256, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 7}),
     (1024, 512, 256, False, torch.float16, {}),
     (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2}),
     (96, 1024, 192, True, torch.float16, {"split_k": 3, "stages": 3}),  # 8 blocks over 3: 2, 3, 3

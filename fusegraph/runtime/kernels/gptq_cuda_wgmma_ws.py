@@ -31,9 +31,13 @@ RSWG_KEYS = (
     "ncw",
     "minb",
     "coalesce",
+    "vred",
+    "sk",
+    "ctas",
 )  # what a config may set (overrides the plan)
 _FIXED_BLOCKS = 2.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of the loop
 _REDUCE_BLOCKS = 1.0  # and the cluster's split-K sum
+_SK_BUF: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 _KERNELS: dict[tuple[int, RswgSpec], Any] = {}
 _FAILED: dict[tuple[int, RswgSpec], str] = {}
 
@@ -78,7 +82,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
 
 
 def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
-    """The kernel instance of a plan (`rswg_plan`'s keys, "coalesce" and "vred" optional).
+    """The kernel instance of a plan (`rswg_plan`'s keys; "coalesce", "vred", "sk" optional).
 
     Example:
         >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok
@@ -86,7 +90,8 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
     """
     return RswgSpec(bf16=bf16, tok=int(plan["tok"]), split=int(plan["split_k"]), zero_v1=zero_v1,
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
-                    coalesce=bool(plan.get("coalesce", False)), vred=bool(plan.get("vred", False)))  # fmt: skip
+                    coalesce=bool(plan.get("coalesce", False)), vred=bool(plan.get("vred", False)),
+                    sk=bool(plan.get("sk", False)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:
@@ -193,9 +198,37 @@ def gptq_rswg_matmul(
         )
     kern = _kernel(spec, x.device)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    tiles_m = (m + tok - 1) // tok
+    grid = (tiles_m, n // (64 * ncw), split)
+    cnt = ws = out  # (not read without stream-K)
+    if spec.sk:
+        units = tiles_m * (n // (64 * ncw)) * blocks
+        if units >= 2**31:
+            raise ValueError(f"gptq_wgmma_matmul: sk: {units} (tile, block) pairs, at most 2^31 - 1")
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        ctas = min(units, int(plan.get("ctas", sms * spec.minb)))
+        cnt, ws = _sk_buffers(x.device, tiles_m * (n // (64 * ncw)), ctas * 2 * tok * 64 * ncw)
+        grid = (ctas, 1, 1)
     kern(
-        grid=((m + tok - 1) // tok, n // (64 * ncw), split), block=(128 * (ncw + 1), 1, 1), shared_mem=smem,
+        grid=grid, block=(128 * (ncw + 1), 1, 1), shared_mem=smem,
         args=[x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
-              x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0)],
+              x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws],
     )  # fmt: skip
     return out
+
+
+def _sk_buffers(device: torch.device, tiles: int, floats: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stream-K's tickets (int32, one a tile, zero between launches: the last CTA of a tile resets its own)
+    and parts workspace (fp32) on `device`, kept and grown, never while a CUDA graph is being captured."""
+    key = device.index or 0
+    have = _SK_BUF.get(key)
+    if have is None or have[0].numel() < tiles or have[1].numel() < floats:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "gptq_cuda_wgmma: sk workspace too small; run this shape once before CUDA-graph capture"
+            )
+        old = (0, 0) if have is None else (have[0].numel(), have[1].numel())
+        have = (torch.zeros(max(tiles, old[0]), dtype=torch.int32, device=device),
+                torch.empty(max(floats, old[1]), dtype=torch.float32, device=device))  # fmt: skip
+        _SK_BUF[key] = have
+    return have

@@ -4,13 +4,15 @@
 from registers, mbarrier init/arrive, the cp.async barrier arrive). `CONSUMER_STORE`: the end of a consumer
 warpgroup: its accumulators to the output (SPLIT = 1, straight or, COALESCE, through shared memory) or to
 the CTA's split-K sums in shared memory. `CLUSTER_SUM`: the split-K sum over the thread-block cluster
-(distributed shared memory, rank order; VRED: 4 floats a remote load). They read the kernel's macros
-and locals.
+(distributed shared memory, rank order; VRED: 4 floats a remote load). `SK_EPILOGUE`: stream-K's end
+of a tile's run of blocks in a consumer (a whole tile stored; a part written to the workspace, and the
+last part's CTA, by ticket, sums every part in CTA order and stores). They read the kernel's macros and
+locals.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLUSTER_SUM", "CONSUMER_STORE", "ws_device"]
+__all__ = ["CLUSTER_SUM", "CONSUMER_STORE", "SK_EPILOGUE", "ws_device"]
 
 
 def _wgmma_asm(tok: int, bf16: bool) -> str:
@@ -45,6 +47,10 @@ __device__ __forceinline__ void cp_arrive(u32 bar) {  // the barrier completes o
 __device__ __forceinline__ void mbar_init_n(u32 bar, u32 n) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(n) : "memory");
 }
+__device__ __forceinline__ void cp16z(u32 s, const void* g, u32 n) {  // 16 bytes, the last 16 - n of them zero
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(g), "r"(n));
+}
+struct __attribute__((aligned(16))) f32x4 { float x, y, z, w; };
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
@@ -147,4 +153,69 @@ CLUSTER_SUM = r"""
   }
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 #endif
+"""
+
+SK_EPILOGUE = r"""
+    if (u % blocks == blocks - 1 || u == u1 - 1) {  // the end of this CTA's run of the tile's blocks
+      wg_wait<0>();
+      keep(acc);
+      mbar_arrive(bars + 8 * (STAGES + pend));
+      pend = -1;
+      const int tile = u / blocks, blk = u % blocks;
+      const int tb = tile * blocks;
+      const int m0 = (tile % tiles_m) * TOK, strip0 = (tile / tiles_m) * NCW;
+      const int mcs = M - m0 < TOK ? M - m0 : TOK;
+      const int me = cw * 128 + ctid;
+      bool store = u0 <= tb && blk == blocks - 1;  // the whole tile is this CTA's
+      if (!store) {  // a part: slot 0 if it is this CTA's first run, else 1
+        f32x4* mine = (f32x4*)(ws + ((u64)gc * 2 + (u0 >= tb ? 0 : 1)) * (TOK * 64 * NCW));
+#pragma unroll
+        for (int i = 0; i < NACC / 4; ++i) {
+          f32x4 v;
+          v.x = acc[4 * i]; v.y = acc[4 * i + 1]; v.z = acc[4 * i + 2]; v.w = acc[4 * i + 3];
+          mine[i * (128 * NCW) + me] = v;
+        }
+        __threadfence();
+        asm volatile("bar.sync 1, %0;" :: "r"(128 * NCW) : "memory");
+        // the CTAs of the tile's first and last blocks: CTA of unit v = ceil((v + 1)·G / U) - 1
+        const int gf = (int)(((long long)(tb + 1) * G + U - 1) / U - 1);
+        const int gl = (int)(((long long)(tb + blocks) * G + U - 1) / U - 1);
+        volatile int* flag = (volatile int*)(smem + 240);
+        if (me == 0) {
+          const int last = atomicAdd(cnt + tile, 1) == gl - gf;
+          if (last) cnt[tile] = 0;  // ready for the next launch
+          *flag = last;
+        }
+        asm volatile("bar.sync 1, %0;" :: "r"(128 * NCW) : "memory");
+        store = *flag != 0;
+        if (store) {  // the last part in: sum the CTAs' parts in CTA order
+          __threadfence();
+#pragma unroll
+          for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+          for (int r = gf; r <= gl; ++r) {
+            const int ur = (int)((long long)r * U / G);
+            const f32x4* part = (const f32x4*)(ws + ((u64)r * 2 + (ur >= tb ? 0 : 1)) * (TOK * 64 * NCW));
+#pragma unroll
+            for (int i = 0; i < NACC / 4; ++i) {
+              float v0, v1, v2, v3;
+              asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                           : "=f"(v0), "=f"(v1), "=f"(v2), "=f"(v3) : "l"(part + i * (128 * NCW) + me));
+              acc[4 * i] += v0; acc[4 * i + 1] += v1; acc[4 * i + 2] += v2; acc[4 * i + 3] += v3;
+            }
+          }
+        }
+      }
+      if (store) {
+        u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
+#pragma unroll
+        for (int j = 0; j < MTT; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int m = 8 * j + 2 * t + (c & 1);
+            if (m < mcs) orow[(u64)m * stride_om + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
+          }
+      }
+#pragma unroll
+      for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    }
 """

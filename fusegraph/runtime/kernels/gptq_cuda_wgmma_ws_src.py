@@ -28,7 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_parts import CLUSTER_SUM, CONSUMER_STORE, ws_device
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_parts import (
+    CLUSTER_SUM,
+    CONSUMER_STORE,
+    SK_EPILOGUE,
+    ws_device,
+)
 
 __all__ = ["RSWG_KERNEL_NAME", "RswgSpec", "rswg_kernel_source", "rswg_smem_bytes"]
 
@@ -52,6 +57,8 @@ class RswgSpec:
         coalesce: SPLIT = 1 stores the outputs through shared memory as 16-byte row pieces (else
             straight from the accumulator registers, 2 bytes a store).
         vred: the split-K sum reads 4 floats a remote load and stores 4 outputs at once.
+        sk: stream-K (split must be 1): a grid of resident CTAs, each taking an equal run of the
+            (tile, block) pairs; a tile split between CTAs is summed by the last to finish (a ticket).
     """
 
     bf16: bool
@@ -63,12 +70,15 @@ class RswgSpec:
     minb: int = 1
     coalesce: bool = False
     vred: bool = False
+    sk: bool = False
 
     def __post_init__(self) -> None:
         if self.tok % 8 or not 8 <= self.tok <= 256:
             raise ValueError(f"gptq_cuda_wgmma: tok must be a multiple of 8 in 8..256, got {self.tok}")
         if not 1 <= self.split <= 8:
             raise ValueError(f"gptq_cuda_wgmma: split must be 1..8 (a cluster), got {self.split}")
+        if self.sk and self.split != 1:
+            raise ValueError(f"gptq_cuda_wgmma: sk (stream-K) needs split=1, got {self.split}")
         if not 2 <= self.stages <= 8:
             raise ValueError(f"gptq_cuda_wgmma: stages must be 2..8, got {self.stages}")
         if self.ncw not in (1, 2) or self.minb not in (1, 2):
@@ -98,9 +108,9 @@ def rswg_stage_bytes(spec: RswgSpec) -> int:
 
 
 def rswg_smem_bytes(spec: RswgSpec) -> int:
-    """Dynamic shared memory of one CTA: 128 bytes of barriers, then the ring (or, after the loop, split-K sums)."""
+    """Dynamic shared memory of one CTA: 256 bytes of barriers (and a flag), then the ring (or, after the loop, split-K sums)."""
     fin = spec.tok * (64 * spec.ncw + 4) * 4 if spec.split > 1 else 0
-    return 128 + max(spec.stages * rswg_stage_bytes(spec), fin)
+    return 256 + max(spec.stages * rswg_stage_bytes(spec), fin)
 
 
 _SOURCE = r"""
@@ -118,6 +128,7 @@ _SOURCE = r"""
 #define META %(meta)d
 #define COALESCE %(coalesce)d
 #define VRED %(vred)d
+#define SK %(sk)d
 #define FSTRIDE (NCW * 64 + 4)  // split-K sums: a row's floats (padded: the fragment stores hit distinct banks)
 %(helpers)s%(scaled_dequant)s%(device)sextern "C" __global__ void
 #if SPLIT > 1
@@ -126,22 +137,30 @@ __cluster_dims__(1, 1, SPLIT)
 __launch_bounds__(128 * (NCW + 1), %(minb)d)
 fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
              const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int blocks,
-             int stride_xm, int stride_s, int stride_qz, int stride_om) {
+             int stride_xm, int stride_s, int stride_qz, int stride_om, int tiles_m, int* __restrict__ cnt,
+             float* __restrict__ ws) {
   extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const u32 bars = smem_u32(smem);  // full[STAGES], then empty[STAGES]; the stream-K flag at 240
+  const u32 ring = bars + 256;
+  unsigned char* ringp = smem + 256;
+#if SK  // stream-K: CTA g takes units [g·U/G, (g+1)·U/G) of the U = tiles · blocks (tile, block) pairs
+  const int G = gridDim.x, gc = blockIdx.x;
+  const int U = tiles_m * (N / (64 * NCW)) * blocks;  // (< 2^31: the host checks)
+  const int u0 = (int)((long long)gc * U / G), u1 = (int)((long long)(gc + 1) * U / G);
+#else
   const int m0 = blockIdx.x * TOK, strip0 = blockIdx.y * NCW, ks = blockIdx.z;
   const int kb0 = ks * blocks / SPLIT, bps = (ks + 1) * blocks / SPLIT - kb0;  // this CTA's blocks (need not divide)
   const int mc = M - m0 < TOK ? M - m0 : TOK;  // rows of x this CTA takes
-  const int tid = threadIdx.x, wg = tid >> 7;
-  const u32 bars = smem_u32(smem);  // full[STAGES], then empty[STAGES]
-  const u32 ring = bars + 128;
-  unsigned char* ringp = smem + 128;
-  // rows of x past M stay zero in every stage (the producer never writes them)
+#endif
+#if !SK  // rows of x past M stay zero in every stage (the producer never writes them)
   for (int i = tid; i < STAGES * 16 * (TOK - mc); i += blockDim.x) {
     const int s = i / (16 * (TOK - mc)), r = i - s * 16 * (TOK - mc);
     const int m = mc + r / 16, cc = r %% 16;
     u32* p = (u32*)(ringp + s * STAGE_BYTES + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16);
     p[0] = p[1] = p[2] = p[3] = 0u;
   }
+#endif
   fence_proxy_async();  // those zeros (generic stores) are read by wgmma (the async proxy)
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -155,10 +174,27 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   if (wg == 0) {  // ---------------- producer ----------------
     %(dec)s
     const int p = tid;
-    const u16* xrow = x + (u64)m0 * stride_xm;
-    const int rows8 = (mc + 7) & ~7;
     int s = 0;
     u32 ph = 1;  // a fresh barrier counts its phase before 0 as complete: the first STAGES waits pass
+#if SK
+#pragma unroll 1
+    for (int u = u0; u < u1; ++u) {
+      const int tile = u / blocks, blk = u %% blocks;
+      const int m0 = (tile %% tiles_m) * TOK, strip0 = (tile / tiles_m) * NCW;
+      const int mt = M - m0 < TOK ? M - m0 : TOK;
+      const u16* xrow = x + (u64)m0 * stride_xm;
+      mbar_wait(bars + 8 * (STAGES + s), ph);
+      const u32 st = ring + s * STAGE_BYTES;
+      const int kbase = blk * 128;
+      for (int c = p; c < TOK * 16; c += 128) {  // every row: those past M zero-filled (src-size 0)
+        const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
+        const bool in = m < mt;
+        cp16z(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, in ? xrow + (u64)m * stride_xm + kbase + cc * 8 : x,
+              in ? 16u : 0u);
+      }
+#else
+    const u16* xrow = x + (u64)m0 * stride_xm;
+    const int rows8 = (mc + 7) & ~7;
 #pragma unroll 1
     for (int u = 0; u < bps; ++u) {
       const int blk = kb0 + u;
@@ -169,6 +205,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
         if (m < mc) cp16(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, xrow + (u64)m * stride_xm + kbase + cc * 8);
       }
+#endif
       const int grp = group_size == 128 ? blk : blk * 128 / group_size;
 #pragma unroll
       for (int c = 0; c < NCW; ++c) {
@@ -200,10 +237,15 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
     const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
     u32 a[2][4];
-    int s = 0, prev = STAGES - 1;
+    int s = 0, pend = -1;  // pend: the stage whose wgmmas are the last in flight, to release once done
     u32 ph = 0;
+#if SK
+#pragma unroll 1
+    for (int u = u0; u < u1; ++u) {
+#else
 #pragma unroll 1
     for (int u = 0; u < bps; ++u) {
+#endif
       mbar_wait(bars + 8 * s, ph);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> wgmma reads
       const unsigned char* st = ringp + s * STAGE_BYTES;
@@ -248,14 +290,18 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         wg_commit();
         keep(acc);
         wg_wait<1>();
-        if (kt == 0 && u > 0) mbar_arrive(bars + 8 * (STAGES + prev));  // block u - 1's wgmmas are done
+        if (kt == 0 && pend >= 0) mbar_arrive(bars + 8 * (STAGES + pend));  // the last block's wgmmas are done
       }
-      prev = s;
+      pend = s;
       if (++s == STAGES) s = 0, ph ^= 1u;
+#if SK
+%(sk_epilogue)s#endif
     }
     wg_wait<0>();
     keep(acc);
-%(store)s  }
+#if !SK
+%(store)s#endif
+  }
 %(cluster_sum)s}
 """
 
@@ -284,6 +330,8 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "meta": _META,
         "coalesce": int(spec.coalesce),
         "vred": int(spec.vred),
+        "sk": int(spec.sk),
+        "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
         "inc": inc,
         "helpers": HELPERS,
