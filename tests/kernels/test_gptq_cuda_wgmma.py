@@ -239,7 +239,7 @@ WS_CASES = [
 
 @hopper
 @pytest.mark.parametrize(
-    "case", WS_CASES, ids=[f"ws_m{c[0]}_k{c[1]}_n{c[2]}_{c[4]}_{len(c[5])}" for c in WS_CASES]
+    "case", WS_CASES, ids=[f"ws_m{c[0]}_k{c[1]}_n{c[2]}_{str(c[4])[6:]}_{'_'.join(c[5])}" for c in WS_CASES]
 )
 def test_gptq_cuda_wgmma__ws_matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
     m, k, n, desc_act, dtype, extra = case
