@@ -5,8 +5,8 @@
 `gptq_tiled_matmul`, the single-warpgroup wgmma kernel at its plan's split-K (M ≤ 256; its
 neighbours too with WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws") at its plan, split-K
 half and double, one CTA an SM where the plan has two, one strip a CTA (two an SM) at M ≤ 64,
-stream-K ("sk"), the vectorized split-K sum ("vred"), and split-K 1 with the output stored through shared memory
-("co") at M ≥ 256. Device time from CUDA-graph replays with every
+stream-K ("sk"), the vectorized split-K sum ("vred"), and with WGMMA_PROBES=1 its ablations
+("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked). Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent.
@@ -38,6 +38,7 @@ LINES: list[str] = []
 T0 = time.time()
 BUDGET_S = float(os.environ.get("WGMMA_BUDGET_S", "60"))
 WS_ONLY_PLAN = os.environ.get("WGMMA_OLD_SPLITS", "0") == "0"  # the single-warpgroup kernel at its plan only
+PROBES = os.environ.get("WGMMA_PROBES", "0") == "1"  # also time the warp-specialized kernel's ablations
 
 
 class K:
@@ -75,10 +76,8 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
     out.append(("ws/sk", {"split_k": 1, "sk": 1}))
     if s > 1:
         out.append((f"ws/s{s}/vred", {"vred": 1}))
-    if s == 1:
-        out.append(("ws/s1/co", {"coalesce": 1}))
-    elif m >= 256:
-        out.append(("ws/s1/co", {"split_k": 1, "coalesce": 1}))
+    if PROBES:  # ablations (wrong results, timed unchecked): what the kernel costs without each part
+        out += [(f"ws/s{s}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
     return out
 
 
@@ -120,7 +119,11 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                     log(f"  {label} M={m} {name}: skipped (budget)")
                     continue
                 try:
-                    times[name], err = GB.checked_time(name, fn, layers, xs, graph_us, 5e-3)
+                    if "/p" in name:  # an ablation: its results are wrong by design
+                        times[name] = graph_us([lambda i=i: fn(layers[i], xs[i]) for i in range(len(layers))])
+                        err = float("nan")
+                    else:
+                        times[name], err = GB.checked_time(name, fn, layers, xs, graph_us, 5e-3)
                 except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
                     log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     continue
@@ -132,7 +135,7 @@ def run(ms: tuple[int, ...], bw: float) -> None:
             dflt = times.get("default", float("nan"))
             line = f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
             for pre in ("wgmma", "ws"):
-                wg = {n_: t for n_, t in times.items() if n_.startswith(pre + "/")}
+                wg = {n_: t for n_, t in times.items() if n_.startswith(pre + "/") and "/p" not in n_}
                 best = min(wg, key=wg.__getitem__) if wg else "-"
                 bt = wg.get(best, float("nan"))
                 line += (

@@ -179,14 +179,13 @@ def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
     plan = rswg_plan(256, 4096, 4096, 132)
     assert plan is not None
     for key, field in [
-        ("coalesce", "coalesce"),
         ("vred", "vred"),
         ("sk", "sk"),
         ("minb", "minb"),
         ("stages", "stages"),
     ]:
         assert key in RSWG_KEYS
-        flipped = {"coalesce": 1, "vred": 1, "sk": 1, "minb": 1, "stages": 2}[key]
+        flipped = {"vred": 1, "sk": 1, "minb": 1, "stages": 2}[key]
         over = plan | {key: flipped} | ({"split_k": 1} if key == "sk" else {})
         assert getattr(rswg_spec(over, bf16=False, zero_v1=True), field) == flipped
     with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 4"):
@@ -224,7 +223,7 @@ WS_CASES = [
     (128, 1024, 512, False, torch.float16, {"split_k": 4}),
     (200, 512, 256, False, torch.bfloat16, {"split_k": 2}),
     (256, 1024, 384, False, torch.float16, {"split_k": 1}),
-    (248, 512, 256, False, torch.bfloat16, {"split_k": 1, "coalesce": 1}),
+    (248, 512, 256, False, torch.bfloat16, {"split_k": 1}),
     (72, 1024, 384, False, torch.float16, {"split_k": 3, "vred": 1}),
     # stream-K: 4 tiles x 8 blocks over 3 CTAs; 3 row tiles (the last partial) x 2 x 4 over 5; 2 x 4 over 7
     (256, 1024, 512, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 3}),

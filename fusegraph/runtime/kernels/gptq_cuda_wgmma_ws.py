@@ -30,10 +30,10 @@ RSWG_KEYS = (
     "stages",
     "ncw",
     "minb",
-    "coalesce",
     "vred",
     "sk",
     "ctas",
+    "probe",
 )  # what a config may set (overrides the plan)
 _FIXED_BLOCKS = 2.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of the loop
 _REDUCE_BLOCKS = 1.0  # and the cluster's split-K sum
@@ -82,7 +82,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
 
 
 def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
-    """The kernel instance of a plan (`rswg_plan`'s keys; "coalesce", "vred", "sk" optional).
+    """The kernel instance of a plan (`rswg_plan`'s keys; "vred", "sk", "probe" optional).
 
     Example:
         >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok
@@ -90,8 +90,8 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
     """
     return RswgSpec(bf16=bf16, tok=int(plan["tok"]), split=int(plan["split_k"]), zero_v1=zero_v1,
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
-                    coalesce=bool(plan.get("coalesce", False)), vred=bool(plan.get("vred", False)),
-                    sk=bool(plan.get("sk", False)))  # fmt: skip
+                    vred=bool(plan.get("vred", False)),
+                    sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:

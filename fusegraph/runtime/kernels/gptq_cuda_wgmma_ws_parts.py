@@ -2,7 +2,7 @@
 
 `ws_device`: its device helpers (wgmma fence/commit/wait, the `wgmma.mma_async.m64nNk16` statement with A
 from registers, mbarrier init/arrive, the cp.async barrier arrive). `CONSUMER_STORE`: the end of a consumer
-warpgroup: its accumulators to the output (SPLIT = 1, straight or, COALESCE, through shared memory) or to
+warpgroup: its accumulators to the output (SPLIT = 1, straight from the registers) or to
 the CTA's split-K sums in shared memory. `CLUSTER_SUM`: the split-K sum over the thread-block cluster
 (distributed shared memory, rank order; VRED: 4 floats a remote load). `SK_EPILOGUE`: stream-K's end
 of a tile's run of blocks in a consumer (a whole tile stored; a part written to the workspace, and the
@@ -69,23 +69,7 @@ def ws_device(tok: int, bf16: bool) -> str:
 
 
 CONSUMER_STORE = r"""
-#if SPLIT == 1 && COALESCE
-    // through shared memory ([TOK][72] halves a warpgroup: rows 144 B apart, so the fragment stores
-    // hit distinct banks), then 16-byte stores of whole 128-byte row pieces
-    asm volatile("bar.sync 1, %0;" :: "r"(128 * NCW) : "memory");  // the ring is free: every wgmma is done
-    u16* ob = (u16*)(ringp + cw * TOK * 144);
-#pragma unroll
-    for (int j = 0; j < MTT; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) ob[(8 * j + 2 * t + (c & 1)) * 72 + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
-    if (cw == 0) asm volatile("bar.sync 2, 128;" ::: "memory");  // this warpgroup's rows are in place
-    else asm volatile("bar.sync 3, 128;" ::: "memory");
-    u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
-    for (int i = ctid; i < mc * 8; i += 128) {
-      const int m = i >> 3, q = i & 7;
-      *(u32x4*)(orow + (u64)m * stride_om + q * 8) = *(const u32x4*)(ob + m * 72 + q * 8);
-    }
-#elif SPLIT == 1
+#if SPLIT == 1
     u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
 #pragma unroll
     for (int j = 0; j < MTT; ++j)

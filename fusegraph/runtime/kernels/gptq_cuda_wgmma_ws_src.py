@@ -18,8 +18,7 @@ columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = 
   register sets, so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`).
   B = x^T through a matrix descriptor (leading byte offset TOK·16 = the next 8 values of K, stride
   byte offset 128 = the next 8 rows). A stage is released (`empty`) once its last wgmma is complete.
-- Epilogue: SPLIT = 1 stores the accumulators from registers (or, `coalesce`, through shared memory
-  as 16-byte row pieces); else they go to shared memory and the
+- Epilogue: SPLIT = 1 stores the accumulators from registers; else they go to shared memory and the
   SPLIT CTAs of the cluster sum them through distributed shared memory, in rank order.
 """
 
@@ -54,11 +53,11 @@ class RswgSpec:
         ncw: consumer warpgroups (64-column strips) a CTA, 1 or 2.
         minb: CTAs an SM (`__launch_bounds__`), 1 or 2: sets the registers a thread (tok/2 accumulators
             and about 40 more, 48 at minb=2, must fit) and what `setmaxnreg` shares out.
-        coalesce: SPLIT = 1 stores the outputs through shared memory as 16-byte row pieces (else
-            straight from the accumulator registers, 2 bytes a store).
         vred: the split-K sum reads 4 floats a remote load and stores 4 outputs at once.
         sk: stream-K (split must be 1): a grid of resident CTAs, each taking an equal run of the
             (tile, block) pairs; a tile split between CTAs is summed by the last to finish (a ticket).
+        probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
+            3 the wgmmas, 4 the loads of the words; 0 (default) none.
     """
 
     bf16: bool
@@ -68,9 +67,9 @@ class RswgSpec:
     stages: int = 3
     ncw: int = 2
     minb: int = 1
-    coalesce: bool = False
     vred: bool = False
     sk: bool = False
+    probe: int = 0
 
     def __post_init__(self) -> None:
         if self.tok % 8 or not 8 <= self.tok <= 256:
@@ -126,9 +125,9 @@ _SOURCE = r"""
 #define STAGE_BYTES %(stage_bytes)d
 #define XBYTES (TOK * 256)
 #define META %(meta)d
-#define COALESCE %(coalesce)d
 #define VRED %(vred)d
 #define SK %(sk)d
+#define PROBE %(probe)d  // benchmarks only, wrong results: 1 no dequant, 2 no x loads, 3 no wgmma, 4 no word loads
 #define FSTRIDE (NCW * 64 + 4)  // split-K sums: a row's floats (padded: the fragment stores hit distinct banks)
 %(helpers)s%(scaled_dequant)s%(device)sextern "C" __global__ void
 #if SPLIT > 1
@@ -203,7 +202,8 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       const int kbase = blk * 128;
       for (int c = p; c < rows8 * 16; c += 128) {  // x: 8 rows x 4 chunks a warp (sectors whole, banks distinct)
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
-        if (m < mc) cp16(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, xrow + (u64)m * stride_xm + kbase + cc * 8);
+        if (m < mc && PROBE != 2)
+          cp16(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, xrow + (u64)m * stride_xm + kbase + cc * 8);
       }
 #endif
       const int grp = group_size == 128 ? blk : blk * 128 / group_size;
@@ -215,7 +215,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int ci = p + 128 * h, r = ci >> 4, cg = ci & 15;
-          cp16(wdst + (r * 16 + (cg ^ (2 * (r & 3)))) * 16, src + ci);
+          if (PROBE != 4) cp16(wdst + (r * 16 + (cg ^ (2 * (r & 3)))) * 16, src + ci);
         }
         const u32 mdst = st + XBYTES + NCW * 4096 + c * META;
         if (p < 8) cp16(mdst + p * 16, sc + (u64)grp * stride_s + strip * 64 + p * 8);
@@ -282,11 +282,19 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         const u64 desc = dconst | (u64)(((xb + 2 * kt * MTT * 128) & 0x3FFFFu) >> 4);
 #define DQ(J) { a[b][0] = dq<J>(wv[qq][0][0], mz[0], nzh[0], s2[0]); a[b][1] = dq<J>(wv[qq][0][1], mz[1], nzh[1], s2[1]); \
                 a[b][2] = dq<J>(wv[qq][1][0], mz[0], nzh[0], s2[0]); a[b][3] = dq<J>(wv[qq][1][1], mz[1], nzh[1], s2[1]); }
+#if PROBE == 1  // no dequantization: the words themselves as A
+        a[b][0] = wv[qq][0][0]; a[b][1] = wv[qq][0][1]; a[b][2] = wv[qq][1][0]; a[b][3] = wv[qq][1][1];
+#else
         if (kt < 2) DQ(0) else if (kt < 4) DQ(1) else if (kt < 6) DQ(2) else DQ(3)
+#endif
 #undef DQ
         keep(acc);
         wg_fence();
+#if PROBE == 3  // no wgmma: keep the dequantized registers alive instead
+        asm volatile("" :: "r"(a[b][0]), "r"(a[b][1]), "r"(a[b][2]), "r"(a[b][3]), "l"(desc));
+#else
         wgmma(acc, a[b][0], a[b][1], a[b][2], a[b][3], desc);
+#endif
         wg_commit();
         keep(acc);
         wg_wait<1>();
@@ -328,9 +336,9 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "minb": spec.minb,
         "stage_bytes": rswg_stage_bytes(spec),
         "meta": _META,
-        "coalesce": int(spec.coalesce),
         "vred": int(spec.vred),
         "sk": int(spec.sk),
+        "probe": spec.probe,
         "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
         "inc": inc,
