@@ -355,7 +355,7 @@ def cuda_plan(
       config-less (`configured` False) plain 4-bit call on sm_90 (`cap`) in `_WS_DEFAULT_M` (off: None);
     - "wgmma": the wgmma kernels (`gptq_cuda_wgmma.maybe_wgmma`; the plan's "wgmma" is True, or "ws" for
       RSWG's warp-specialized one) when `wgmma` is asked for, or for a config-less call on sm_90 where
-      `gptq_cuda_wgmma.wgmma_takes_by_default` says so (measured faster there);
+      `gptq_cuda_wgmma.wgmma_default_kind` names one (measured faster there);
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
@@ -388,9 +388,11 @@ def cuda_plan(
                 and not act_order and (n // 64) * (k // 128) >= _WS_MIN_WORK
                 and _ws.ws_plan(m, n, k, bits, sms) is not None):  # fmt: skip
             return {"kernel": "ws"}
-        dtype = torch.bfloat16 if bf16 else torch.float16
-        if _wg.wgmma_takes_by_default(m, n, k, bits, act_order, dtype, cap):
-            return {"kernel": "wgmma", "wgmma": True}
+        kind = _wg.wgmma_default_kind(
+            m, n, k, bits, act_order, torch.bfloat16 if bf16 else torch.float16, cap
+        )
+        if kind:
+            return {"kernel": "wgmma", "wgmma": kind}
     plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
                          xperm=xperm)  # fmt: skip
     return None if plan is None else {"kernel": "mid" if plan.get("mid") else "small"} | plan
