@@ -3,10 +3,10 @@
 `python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512]`: the four Llama-3-8B shapes (plain
 4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
 `gptq_tiled_matmul`, the single-warpgroup wgmma kernel at its plan's split-K (M ≤ 256; its
-neighbours too with WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws") at its plan, split-K
-half and double, one CTA an SM where the plan has two, one strip a CTA (two an SM) at M ≤ 64,
-stream-K ("sk"), the vectorized split-K sum ("vred"), and with WGMMA_PROBES=1 its ablations
-("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked). Device time from CUDA-graph replays with every
+neighbours too with WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws") at its plan, with x by
+the copy engine ("tma") at the plan's split-K, half and double, stream-K ("sk", also with "tma"),
+and with WGMMA_PROBES=1 its ablations (with "tma"; "p1".."p4": no dequantization, no x loads, no
+wgmma, no word loads; timed unchecked). Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent.
@@ -61,23 +61,19 @@ def splits(m: int, k_in: int, n_out: int, sms: int) -> list[int]:
 
 
 def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict[str, Any]]]:
-    """The warp-specialized kernel at its plan, then split-K half/double and, at tok ≤ 64, one CTA an SM."""
+    """The warp-specialized kernel: its plan (x by cp.async), then x by the copy engine at the plan's
+    split-K, half and double, and stream-K with and without it (and the ablations with PROBES)."""
     plan = rswg_plan(m, n_out, k_in, sms)
     if plan is None:
         return []
     s, blocks = int(plan["split_k"]), k_in // 128
-    out: list[tuple[str, dict[str, Any]]] = [(f"ws/s{s}", {})]
-    out += [(f"ws/s{d}", {"split_k": d}) for d in (s // 2, 2 * s) if 1 <= d <= min(8, blocks) and d != s]
-    if plan["minb"] == 2:
-        out.append((f"ws/s{s}/minb1", {"minb": 1}))
-    if plan["tok"] <= 64:  # one strip a CTA, two CTAs an SM, twice the split
-        d = min(8, blocks, 2 * s)
-        out.append((f"ws/s{d}/ncw1", {"ncw": 1, "minb": 2, "split_k": d, "stages": 3}))
-    out.append(("ws/sk", {"split_k": 1, "sk": 1}))
-    if s > 1:
-        out.append((f"ws/s{s}/vred", {"vred": 1}))
+    out: list[tuple[str, dict[str, Any]]] = [(f"ws/s{s}", {"tma": 0})]
+    out += [
+        (f"ws/s{d}/tma", {"split_k": d, "tma": 1}) for d in (s, s // 2, 2 * s) if 1 <= d <= min(8, blocks)
+    ]
+    out += [("ws/sk", {"split_k": 1, "sk": 1, "tma": 0}), ("ws/sk/tma", {"split_k": 1, "sk": 1, "tma": 1})]
     if PROBES:  # ablations (wrong results, timed unchecked): what the kernel costs without each part
-        out += [(f"ws/s{s}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
+        out += [(f"ws/s{s}/tma/p{p}", {"probe": p, "tma": 1}) for p in (1, 2, 3, 4)]
     return out
 
 

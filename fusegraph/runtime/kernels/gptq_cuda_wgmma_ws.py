@@ -8,6 +8,7 @@ through a thread-block cluster). `gptq_cuda_wgmma.maybe_wgmma` runs it for {"wgm
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,6 +35,7 @@ RSWG_KEYS = (
     "sk",
     "ctas",
     "probe",
+    "tma",
 )  # what a config may set (overrides the plan)
 _FIXED_BLOCKS = 2.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of the loop
 _REDUCE_BLOCKS = 1.0  # and the cluster's split-K sum
@@ -91,7 +93,8 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
     return RswgSpec(bf16=bf16, tok=int(plan["tok"]), split=int(plan["split_k"]), zero_v1=zero_v1,
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
                     vred=bool(plan.get("vred", False)),
-                    sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)))  # fmt: skip
+                    sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
+                    tma=bool(plan.get("tma", False)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:
@@ -209,12 +212,58 @@ def gptq_rswg_matmul(
         ctas = min(units, int(plan.get("ctas", sms * spec.minb)))
         cnt, ws = _sk_buffers(x.device, tiles_m * (n // (64 * ncw)), ctas * 2 * tok * 64 * ncw)
         grid = (ctas, 1, 1)
-    kern(
-        grid=grid, block=(128 * (ncw + 1), 1, 1), shared_mem=smem,
-        args=[x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
-              x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws],
-    )  # fmt: skip
+    tmap = _tma_map(x, tok) if spec.tma else ctypes.create_string_buffer(192)
+    _launch(kern, grid, (128 * (ncw + 1), 1, 1), smem,
+            [x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
+             x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws, tmap])  # fmt: skip
     return out
+
+
+def _aligned64(buf: ctypes.Array[ctypes.c_char]) -> int:
+    """The 64-byte aligned address inside a 192-byte buffer (a CUtensorMap is 128 bytes, 64-aligned)."""
+    return (ctypes.addressof(buf) + 63) & ~63
+
+
+def _tma_map(x: torch.Tensor, tok: int) -> ctypes.Array[ctypes.c_char]:
+    """The tensor map of x `[M, K]` for boxes of 64 values x `tok` rows with the 128-byte swizzle (rows past
+    M read as zeros), encoded by the driver (`cuTensorMapEncodeTiled`) into a 192-byte host buffer."""
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    buf = ctypes.create_string_buffer(192)
+    m, k = x.shape
+    dims = (ctypes.c_uint64 * 2)(k, m)
+    strides = (ctypes.c_uint64 * 1)(x.stride(0) * x.element_size())
+    box = (ctypes.c_uint32 * 2)(64, tok)
+    one = (ctypes.c_uint32 * 2)(1, 1)
+    dtype = 9 if x.dtype == torch.bfloat16 else 6  # CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 / FLOAT16
+    _check_cuda(_get_gpu_runtime_library().cuTensorMapEncodeTiled(
+        ctypes.c_void_p(_aligned64(buf)), ctypes.c_int(dtype), ctypes.c_uint(2), ctypes.c_void_p(x.data_ptr()),
+        dims, strides, box, one, ctypes.c_int(0), ctypes.c_int(3), ctypes.c_int(2), ctypes.c_int(0),
+    ))  # fmt: skip  # no interleave, 128-byte swizzle, 128-byte L2 promotion, zero fill
+    return buf
+
+
+def _launch(
+    kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], smem: int, args: list[Any]
+) -> None:
+    """`cuLaunchKernel` on torch's current stream: tensors as pointers, ints as C ints, a 192-byte buffer as
+    the 128-byte tensor map it holds (passed by value: a `__grid_constant__` parameter)."""
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    keep: list[Any] = []
+    params = (ctypes.c_void_p * len(args))()
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.Tensor):
+            keep.append(ctypes.c_void_p(arg.data_ptr()))
+            params[i] = ctypes.cast(ctypes.byref(keep[-1]), ctypes.c_void_p)
+        elif isinstance(arg, int):
+            keep.append(ctypes.c_int(arg))
+            params[i] = ctypes.cast(ctypes.byref(keep[-1]), ctypes.c_void_p)
+        else:  # the tensor map's buffer
+            params[i] = ctypes.c_void_p(_aligned64(arg))
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    _check_cuda(_get_gpu_runtime_library().cuLaunchKernel(
+        kern.func, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, None))  # fmt: skip
 
 
 def _sk_buffers(device: torch.device, tiles: int, floats: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,11 @@ __device__ __forceinline__ void cp16z(u32 s, const void* g, u32 n) {  // 16 byte
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(g), "r"(n));
 }
 struct __attribute__((aligned(16))) f32x4 { float x, y, z, w; };
+struct __align__(64) TmaDesc { unsigned long long d[16]; };  // a CUtensorMap (128 bytes, opaque)
+__device__ __forceinline__ void tma_2d(u32 dst, const TmaDesc* map, int c0, int c1, u32 bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+               :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }

@@ -56,6 +56,8 @@ class RswgSpec:
         vred: the split-K sum reads 4 floats a remote load and stores 4 outputs at once.
         sk: stream-K (split must be 1): a grid of resident CTAs, each taking an equal run of the
             (tile, block) pairs; a tile split between CTAs is summed by the last to finish (a ticket).
+        tma: x's blocks are loaded by the copy engine (`cp.async.bulk.tensor`, a tensor map with the
+            128-byte swizzle) instead of 16-byte cp.asyncs of 128 threads.
         probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
             3 the wgmmas, 4 the loads of the words; 0 (default) none.
     """
@@ -70,6 +72,7 @@ class RswgSpec:
     vred: bool = False
     sk: bool = False
     probe: int = 0
+    tma: bool = False
 
     def __post_init__(self) -> None:
         if self.tok % 8 or not 8 <= self.tok <= 256:
@@ -103,13 +106,13 @@ class RswgSpec:
 
 def rswg_stage_bytes(spec: RswgSpec) -> int:
     """Bytes of one ring stage: x's block (TOK × 128 values), the strips' words (4 KB each) and meta."""
-    return spec.tok * 256 + spec.ncw * (4096 + _META)
+    return (spec.tok * 256 + spec.ncw * (4096 + _META) + 1023) // 1024 * 1024  # 1024-byte aligned stages
 
 
 def rswg_smem_bytes(spec: RswgSpec) -> int:
     """Dynamic shared memory of one CTA: 256 bytes of barriers (and a flag), then the ring (or, after the loop, split-K sums)."""
     fin = spec.tok * (64 * spec.ncw + 4) * 4 if spec.split > 1 else 0
-    return 256 + max(spec.stages * rswg_stage_bytes(spec), fin)
+    return 256 + 1024 + max(spec.stages * rswg_stage_bytes(spec), fin)  # (+ the ring's alignment)
 
 
 _SOURCE = r"""
@@ -127,6 +130,7 @@ _SOURCE = r"""
 #define META %(meta)d
 #define VRED %(vred)d
 #define SK %(sk)d
+#define TMA %(tma)d  // x's blocks by the copy engine (a tensor map, 128-byte swizzle), else cp.async
 #define PROBE %(probe)d  // benchmarks only, wrong results: 1 no dequant, 2 no x loads, 3 no wgmma, 4 no word loads
 #define FSTRIDE (NCW * 64 + 4)  // split-K sums: a row's floats (padded: the fragment stores hit distinct banks)
 %(helpers)s%(scaled_dequant)s%(device)sextern "C" __global__ void
@@ -137,12 +141,12 @@ __launch_bounds__(128 * (NCW + 1), %(minb)d)
 fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
              const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int blocks,
              int stride_xm, int stride_s, int stride_qz, int stride_om, int tiles_m, int* __restrict__ cnt,
-             float* __restrict__ ws) {
+             float* __restrict__ ws, const __grid_constant__ TmaDesc tmx) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, wg = tid >> 7;
   const u32 bars = smem_u32(smem);  // full[STAGES], then empty[STAGES]; the stream-K flag at 240
-  const u32 ring = bars + 256;
-  unsigned char* ringp = smem + 256;
+  const u32 ring = (bars + 256 + 1023) & ~1023u;  // 1024-byte aligned stages (the swizzle's period)
+  unsigned char* ringp = smem + (ring - bars);
 #if SK  // stream-K: CTA g takes units [g·U/G, (g+1)·U/G) of the U = tiles · blocks (tile, block) pairs
   const int G = gridDim.x, gc = blockIdx.x;
   const int U = tiles_m * (N / (64 * NCW)) * blocks;  // (< 2^31: the host checks)
@@ -152,7 +156,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   const int kb0 = ks * blocks / SPLIT, bps = (ks + 1) * blocks / SPLIT - kb0;  // this CTA's blocks (need not divide)
   const int mc = M - m0 < TOK ? M - m0 : TOK;  // rows of x this CTA takes
 #endif
-#if !SK  // rows of x past M stay zero in every stage (the producer never writes them)
+#if !SK && !TMA  // rows of x past M stay zero in every stage (the producer never writes them)
   for (int i = tid; i < STAGES * 16 * (TOK - mc); i += blockDim.x) {
     const int s = i / (16 * (TOK - mc)), r = i - s * 16 * (TOK - mc);
     const int m = mc + r / 16, cc = r %% 16;
@@ -163,7 +167,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   fence_proxy_async();  // those zeros (generic stores) are read by wgmma (the async proxy)
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init_n(bars + 8 * s, 128);  // full: the producer's 128 threads
+      mbar_init_n(bars + 8 * s, 128 + TMA);  // full: the producer's 128 threads (+ the copy engine's bytes)
       mbar_init_n(bars + 8 * (STAGES + s), 128 * NCW);  // empty: every consumer thread
     }
     mbar_init_fence();
@@ -185,12 +189,25 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       mbar_wait(bars + 8 * (STAGES + s), ph);
       const u32 st = ring + s * STAGE_BYTES;
       const int kbase = blk * 128;
+#if TMA
+      (void)mt; (void)xrow;
+      if (p == 0) {  // two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
+        if (PROBE == 2) {
+          mbar_arrive(bars + 8 * s);
+        } else {
+          mbar_expect(bars + 8 * s, TOK * 256);
+          tma_2d(st, &tmx, kbase, m0, bars + 8 * s);
+          tma_2d(st + TOK * 128, &tmx, kbase + 64, m0, bars + 8 * s);
+        }
+      }
+#else
       for (int c = p; c < TOK * 16; c += 128) {  // every row: those past M zero-filled (src-size 0)
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
         const bool in = m < mt;
         cp16z(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, in ? xrow + (u64)m * stride_xm + kbase + cc * 8 : x,
               in ? 16u : 0u);
       }
+#endif
 #else
     const u16* xrow = x + (u64)m0 * stride_xm;
     const int rows8 = (mc + 7) & ~7;
@@ -200,11 +217,24 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       mbar_wait(bars + 8 * (STAGES + s), ph);
       const u32 st = ring + s * STAGE_BYTES;
       const int kbase = blk * 128;
+#if TMA
+      (void)xrow; (void)rows8;
+      if (p == 0) {  // two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
+        if (PROBE == 2) {
+          mbar_arrive(bars + 8 * s);
+        } else {
+          mbar_expect(bars + 8 * s, TOK * 256);
+          tma_2d(st, &tmx, kbase, m0, bars + 8 * s);
+          tma_2d(st + TOK * 128, &tmx, kbase + 64, m0, bars + 8 * s);
+        }
+      }
+#else
       for (int c = p; c < rows8 * 16; c += 128) {  // x: 8 rows x 4 chunks a warp (sectors whole, banks distinct)
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
         if (m < mc && PROBE != 2)
           cp16(st + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16, xrow + (u64)m * stride_xm + kbase + cc * 8);
       }
+#endif
 #endif
       const int grp = group_size == 128 ? blk : blk * 128 / group_size;
 #pragma unroll
@@ -233,7 +263,11 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     float acc[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+#if TMA  // K-major, 128-byte swizzle: 8-row groups 1024 bytes apart, a 16-row step 32 bytes into its 64-wide half
+    const u64 dconst = (1ull << 16) | ((u64)(1024 >> 4) << 32) | (1ull << 62);
+#else
     const u64 dconst = ((u64)((MTT * 128) >> 4) << 16) | ((u64)(128 >> 4) << 32);
+#endif
     // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
     const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
     u32 a[2][4];
@@ -279,7 +313,11 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #pragma unroll
       for (int kt = 0; kt < 8; ++kt) {  // the 16-row step kt: pair J = kt / 2 of word rows t + 8(kt %% 2) (+4)
         const int qq = kt & 1, b = kt & 1;
+#if TMA
+        const u64 desc = dconst | (u64)(((xb + (kt >> 2) * (TOK * 128) + (kt & 3) * 32) & 0x3FFFFu) >> 4);
+#else
         const u64 desc = dconst | (u64)(((xb + 2 * kt * MTT * 128) & 0x3FFFFu) >> 4);
+#endif
 #define DQ(J) { a[b][0] = dq<J>(wv[qq][0][0], mz[0], nzh[0], s2[0]); a[b][1] = dq<J>(wv[qq][0][1], mz[1], nzh[1], s2[1]); \
                 a[b][2] = dq<J>(wv[qq][1][0], mz[0], nzh[0], s2[0]); a[b][3] = dq<J>(wv[qq][1][1], mz[1], nzh[1], s2[1]); }
 #if PROBE == 1  // no dequantization: the words themselves as A
@@ -338,6 +376,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "meta": _META,
         "vred": int(spec.vred),
         "sk": int(spec.sk),
+        "tma": int(spec.tma),
         "probe": spec.probe,
         "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
