@@ -74,6 +74,8 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
     out += [("ws/sk", {"split_k": 1, "sk": 1, "tma": 0}), ("ws/sk/tma", {"split_k": 1, "sk": 1, "tma": 1})]
     if PROBES:  # ablations (wrong results, timed unchecked): what the kernel costs without each part
         out += [(f"ws/s{s}/tma/p{p}", {"probe": p, "tma": 1}) for p in (1, 2, 3, 4)]
+    if os.environ.get("WGMMA_NO_TMA") == "1":
+        out = [(name, c) for name, c in out if not c.get("tma")]
     return out
 
 
