@@ -22,7 +22,6 @@ from fusegraph.runtime.kernels.gptq_cuda_ws_src import (
     SMEM_LIMIT,
     WsSpec,
     ws_kernel_source,
-    ws_registers,
     ws_smem_bytes,
 )
 from tests.kernels.gptq_cuda_cases import check_eager_and_replay
@@ -67,8 +66,7 @@ def test_gptq_cuda_ws__source_has_the_wgmma_of_its_tile_and_the_register_split()
     src = ws_kernel_source(WsSpec(bf16=True, zero_v1=False, bm=128, bn=128, split=2))
     assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0," in src
     assert "%64, %65, 1, 1, 1, 0, 0;" in src  # 64 accumulators, then the A and B descriptors
-    assert "setmaxnreg.dec.sync.aligned.u32 48;" in src and "setmaxnreg.inc.sync.aligned.u32 224;" in src
-    assert ws_registers(WsSpec(bf16=False, zero_v1=True, bm=128, bn=128, nprod=2)) == (48, 208)  # 512 threads
+    assert "setmaxnreg" not in src and "#define NPROD 1" in src
     assert "#define SPLIT 2" in src and "#define BM 128" in src
     with pytest.raises(ValueError, match="bn must be 128 or 256"):
         WsSpec(bf16=False, zero_v1=True, bn=64)

@@ -36,35 +36,29 @@ __device__ __forceinline__ u32 lds16(u32 a) {
   asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(a) : "memory");
   return v;
 }
-// W's tile for half HALF of a block: pairs J = 2·HALF + jj of the words of word rows 4rq..4rq+3, column n
+// W's tile for half HALF of a block from the thread's words (loaded once a block): pairs J = 2·HALF + jj of
+// word rows 4rq..4rq+3 of column n give 8 consecutive K values, one core-matrix row
 // (producer thread ptid: columns ptid % BN + NPT·cc, rq = ptid / BN + RQS·i)
 template <int HALF>
-__device__ __forceinline__ void dequant_half(u32 raw, u32 bt, int ptid, const u32* mz, const u32* nzh, const u32* s2) {
+__device__ __forceinline__ void dequant_half(const u32 (&w)[NCOL][NRQ][4], u32 bt, int ptid, const u32* mz,
+                                             const u32* nzh, const u32* s2) {
 #pragma unroll
   for (int cc = 0; cc < NCOL; ++cc) {
     const int n = ptid % BN + NPT * cc;
-    const u32 src = raw + ((n >> 6) * 16 * 64 + (n & 63)) * 4;
     const u32 dst = bt + (n >> 3) * 128 + (n & 7) * 16;
 #pragma unroll
     for (int i = 0; i < NRQ; ++i) {
       const int rq = ptid / BN + RQS * i;
-      const u32 w0 = lds32(src + (4 * rq) * 256), w1 = lds32(src + (4 * rq + 1) * 256);
-      const u32 w2 = lds32(src + (4 * rq + 2) * 256), w3 = lds32(src + (4 * rq + 3) * 256);
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
         constexpr int J0 = 2 * HALF;
-        u32 d0, d1, d2, d3;
-        if (jj == 0) {
-          d0 = dq<J0>(w0, mz[cc], nzh[cc], s2[cc]); d1 = dq<J0>(w1, mz[cc], nzh[cc], s2[cc]);
-          d2 = dq<J0>(w2, mz[cc], nzh[cc], s2[cc]); d3 = dq<J0>(w3, mz[cc], nzh[cc], s2[cc]);
-        } else {
-          d0 = dq<J0 + 1>(w0, mz[cc], nzh[cc], s2[cc]); d1 = dq<J0 + 1>(w1, mz[cc], nzh[cc], s2[cc]);
-          d2 = dq<J0 + 1>(w2, mz[cc], nzh[cc], s2[cc]); d3 = dq<J0 + 1>(w3, mz[cc], nzh[cc], s2[cc]);
-        }
-        sts128(dst + (jj * 4 + rq) * (BN / 8) * 128, d0, d1, d2, d3);  // k chunk 4jj + rq
+        u32 d[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          d[e] = jj == 0 ? dq<J0>(w[cc][i][e], mz[cc], nzh[cc], s2[cc]) : dq<J0 + 1>(w[cc][i][e], mz[cc], nzh[cc], s2[cc]);
+        sts128(dst + (jj * 4 + rq) * (BN / 8) * 128, d[0], d[1], d[2], d[3]);  // k chunk 4jj + rq
       }
     }
   }
 }
-
 """

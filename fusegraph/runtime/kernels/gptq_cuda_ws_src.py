@@ -5,23 +5,27 @@
 e·4 + j the value of row 128·b + 2(16j + r) + e, so a word holds adjacent K-row pairs), fp16 or bf16,
 with SS `wgmma.mma_async.m64nBNk16` (both operands from shared memory, f32 accumulate):
 
-- A CTA is one producer warpgroup and BM/64 consumer warpgroups (BM = 64 or 128 rows of x) over BN
-  = 128 or 256 columns and a K slice of `bps` 128-row blocks (blockIdx.y of SPLIT); blockIdx.x is
-  the row tile, so the CTAs that run together share the weight tile through L2.
-- Producer, per 128-row block: thread 0 bulk-copies (TMA, 1-D) the raw words of the BN/64 strips
+- A CTA is NPROD (1 or 2) producer warpgroups and BM/64 consumer warpgroups (BM = 64 or 128 rows
+  of x) over BN = 128 or 256 columns and a K slice of `bps` 128-row blocks (blockIdx.y of SPLIT).
+  CTA b takes the tiles b, b + gridDim.x, ... (persistent when gridDim.x < the tiles; split 1 only),
+  row tile fastest, so the CTAs that run together share the weight tile through L2.
+- Producers, per 128-row block: thread 0 bulk-copies (TMA, 1-D) the raw words of the BN/64 strips
   (4 KiB each), the group's BN scales and BN/8 zero words into an RS-deep raw ring (mbarrier
-  `rfull`, transaction bytes). Per half block (KSTEP = 64 rows), after `empty[s]`: x's tile
-  [BM, 64] goes into stage s by cp.async (rows past M zero-filled; `cp.async.mbarrier.arrive.noinc`
-  counts them on `full[s]`), and the raw words are dequantized in registers (lop3 magic numbers,
-  (q − z)·s rounded once to fp16/bf16, `SCALED_DEQUANT`) and stored as W's tile [64, BN] (st.shared.v4:
-  4 word rows × one pair = 8 consecutive K values of one column = one core-matrix row), then
-  `fence.proxy.async` and an arrival on `full[s]`.
+  `rfull`, transaction bytes); each thread loads its words into registers once (then the slot is
+  refilled). Per half block (KSTEP = 64 rows), after `empty[s]`: x's tile [BM, 64] goes into stage
+  s by cp.async (rows past M zero-filled; `cp.async.mbarrier.arrive.noinc` counts them on
+  `full[s]`), and the words are dequantized (lop3 magic numbers, (q − z)·s rounded once to
+  fp16/bf16, `SCALED_DEQUANT`) and stored as W's tile [64, BN] (st.shared.v4: 4 word rows × one
+  pair = 8 consecutive K values of one column = one core-matrix row), then `fence.proxy.async` and
+  an arrival on `full[s]`.
 - Both tiles are K-major without swizzle: 8×8 core matrices of 128 contiguous bytes, core matrix
   (k chunk c, row group g) at (c·ROWS/8 + g)·128, so a descriptor's leading byte offset (next 8
   values of K) is ROWS/8·128 and its stride byte offset (next 8 rows) 128.
 - Consumer warpgroup c (rows 64c.. of the tile), per half block: wait `full[s]`, four wgmmas
   (k16 each) in one commit group, `wgmma.wait_group 1`, then arrive on `empty` of the previous
-  stage (its wgmmas are complete). Registers: producer `setmaxnreg` down to PREG, consumers up to CREG.
+  stage (its wgmmas are complete). No `setmaxnreg`: ptxas allocates the whole kernel under the launch
+  cap (65536 / threads: 168 at 384 threads), which the consumers fit (≤ 152 at m64n256), and a
+  producer cut to 40-48 registers was latency-bound (Nsight Compute: 'wait' and short-scoreboard stalls).
 - Epilogue: SPLIT = 1 stores the accumulators (m64nBN layout: row 16w + g (+8), column 8j + 2t
   (+1)) straight to the output, masked past M; SPLIT > 1 puts them in shared memory and the SPLIT
   CTAs of a thread-block cluster sum them through distributed shared memory, in rank order.
@@ -35,8 +39,7 @@ from string import Template
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 from fusegraph.runtime.kernels.gptq_cuda_ws_parts import WS_DEVICE
 
-__all__ = ["SMEM_LIMIT", "WS_KERNEL_NAME", "WsSpec", "ring_smem_bytes", "ws_kernel_source", "ws_registers",
-           "ws_smem_bytes"]  # fmt: skip
+__all__ = ["SMEM_LIMIT", "WS_KERNEL_NAME", "WsSpec", "ring_smem_bytes", "ws_kernel_source", "ws_smem_bytes"]
 
 WS_KERNEL_NAME = "fg_gptq_ws"
 SMEM_LIMIT = 227 * 1024  # an H100/H200 CTA's opt-in dynamic shared memory
@@ -137,6 +140,7 @@ _SOURCE = Template(r"""
 #define NCOL (BN > NPT ? BN / NPT : 1)  // W columns a producer thread dequantizes
 #define RQS (NPT > BN ? NPT / BN : 1)  // producer threads a column
 #define NRQ (4 / RQS)  // groups of 4 word rows a thread dequantizes per column
+#define XJ (BM * 8 / NPT)  // 16-byte chunks of x's half-block tile a producer thread copies
 #define NACC (BN / 2)
 #define A_BYTES ${a_bytes}
 #define B_BYTES ${b_bytes}
@@ -187,31 +191,61 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
   __syncthreads();
   int mc = 0;  // rows of x in the (last) tile
   if (wg < NPROD) {  // ---- producer warpgroups
-#if NTHREADS > 256
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 ${preg};" ::: "memory");
-#endif
     const int items = my_tiles * bps;  // (tile, block) pairs of this CTA, in order
-    auto issue_raw = [&](int i) {  // item i's raw words, scales and zeros into raw slot i % RSTAGES
-      const int tt = blockIdx.x + (i / bps) * gridDim.x, n0 = (tt / mtiles) * BN;
-      const int blk = kb0 + i % bps, r = i % RSTAGES;
+    int ia = 0, ia_tl = 0, ia_u = 0;  // thread 0: the next item whose raw words to fetch, its tile and block
+    auto issue_next = [&]() {  // item ia's raw words, scales and zeros into raw slot ia % RSTAGES
+      const int n0 = ((blockIdx.x + ia_tl * gridDim.x) / mtiles) * BN, blk = kb0 + ia_u;
       const int grp = group_size == 128 ? blk : blk * 128 / group_size;
-      const u32 dst = r_ring + r * RAW_BYTES, bar = RFULL(r);
+      const u32 dst = r_ring + (ia % RSTAGES) * RAW_BYTES, bar = RFULL(ia % RSTAGES);
       mbar_expect(bar, RAW_BYTES);
 #pragma unroll
       for (int st = 0; st < NSTRIP; ++st)
         bulk_copy(dst + st * 4096, qw + ((u64)(n0 / 64 + st) * (K / 8) + (u64)blk * 16) * 64, 4096, bar);
       bulk_copy(dst + NSTRIP * 4096, sc + (u64)grp * stride_s + n0, BN * 2, bar);
       bulk_copy(dst + NSTRIP * 4096 + BN * 2, qz + (u64)grp * stride_qz + n0 / 8, BN / 2, bar);
+      ++ia;
+      if (++ia_u == bps) ia_u = 0, ++ia_tl;
     };
     if (ptid == 0)
-      for (int i = 0; i < RSTAGES && i < items; ++i) issue_raw(i);
-    for (int i = 0; i < items; ++i) {
-      const int r = i % RSTAGES, u = i % bps;
-      const int m0 = ((blockIdx.x + (i / bps) * gridDim.x) % mtiles) * BM;
+      while (ia < RSTAGES && ia < items) issue_next();
+    // the thread's 16-byte chunks of x's tile (row m, k chunk kc; a lane pair reads 32 B of a row), hoisted
+    u32 xs_off[XJ];
+    int xrow[XJ], xkc[XJ];
+#pragma unroll
+    for (int j = 0; j < XJ; ++j) {
+      const int c = ptid + NPT * j, m = (c >> 1) % BM, kc = 2 * (c / (2 * BM)) + (c & 1);
+      xs_off[j] = (kc * (BM / 8) + (m >> 3)) * 128 + (m & 7) * 16;
+      xrow[j] = m;
+      xkc[j] = kc;
+    }
+    u32 wsrc[NCOL];  // the thread's columns in a raw slot
+#pragma unroll
+    for (int cc = 0; cc < NCOL; ++cc) {
+      const int n = ptid % BN + NPT * cc;
+      wsrc[cc] = ((n >> 6) * 16 * 64 + (n & 63)) * 4 + (ptid / BN) * 4 * 256;
+    }
+    int i = 0;  // the item
+    for (int tl = 0; tl < my_tiles; ++tl) {
+      const int m0 = ((blockIdx.x + tl * gridDim.x) % mtiles) * BM;
       mc = M - m0 < BM ? M - m0 : BM;
-      const u16* xt = x + (u64)m0 * stride_xm;
+      const u16* xp[XJ];  // row m0 + xrow[j] of x at the K slice, chunk xkc[j]; rows past M: row 0 (zero-filled)
+      bool xin[XJ];
+#pragma unroll
+      for (int j = 0; j < XJ; ++j) {
+        xin[j] = xrow[j] < mc;
+        xp[j] = x + (xin[j] ? (u64)(m0 + xrow[j]) * stride_xm + xkc[j] * 8 : 0) + kb0 * 128;
+      }
+      for (int u = 0; u < bps; ++u, ++i) {
+      const int r = i % RSTAGES;
       mbar_wait(RFULL(r), (i / RSTAGES) & 1);
       const u32 raw = r_ring + r * RAW_BYTES;
+      u32 w[NCOL][NRQ][4];
+#pragma unroll
+      for (int cc = 0; cc < NCOL; ++cc)
+#pragma unroll
+        for (int q = 0; q < NRQ; ++q)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) w[cc][q][e] = lds32(raw + wsrc[cc] + (4 * RQS * q + e) * 256);
       u32 mz[NCOL], nzh[NCOL], s2[NCOL];
 #pragma unroll
       for (int cc = 0; cc < NCOL; ++cc) {
@@ -226,34 +260,31 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 #endif
         s2[cc] = lds16(raw + NSTRIP * 4096 + n * 2) * 0x10001u;
       }
+      asm volatile("bar.sync 1, %0;" :: "n"(NPT) : "memory");  // every producer thread has its words of raw slot r
+      if (ptid == 0 && ia < items) {
+        fence_proxy_async();
+        issue_next();
+      }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int h = 2 * i + half, s = h % STAGES;
         mbar_wait(EMPTY(s), ((h / STAGES) & 1) ^ 1);
         const u32 at = a_ring + s * A_BYTES;
-        const int kcol = (kb0 + u) * 128 + half * 64;
-        for (int c = ptid; c < BM * 8; c += NPT) {  // x's tile: 16-byte chunk (row m, k chunk kc); lane pairs: 32 B
-          const int m = (c >> 1) % BM, kc = 2 * (c / (2 * BM)) + (c & 1);
-          const bool in = m < mc;
-          cp16z(at + (kc * (BM / 8) + (m >> 3)) * 128 + (m & 7) * 16,
-                in ? (const void*)(xt + (u64)m * stride_xm + kcol + kc * 8) : (const void*)x, in ? 16u : 0u);
+#pragma unroll
+        for (int j = 0; j < XJ; ++j) {
+          cp16z(at + xs_off[j], xp[j] + half * 64, xin[j] ? 16u : 0u);
         }
         cp_arrive_noinc(FULL(s));
-        if (half == 0) dequant_half<0>(raw, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
-        else dequant_half<1>(raw, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
+        if (half == 0) dequant_half<0>(w, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
+        else dequant_half<1>(w, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
         fence_proxy_async();  // the generic-proxy W stores -> the wgmmas' async-proxy reads
         bar_arrive(FULL(s));
       }
-      asm volatile("bar.sync 1, %0;" :: "n"(NPT) : "memory");  // every producer thread is done with raw slot r
-      if (ptid == 0 && i + RSTAGES < items) {
-        fence_proxy_async();
-        issue_raw(i + RSTAGES);
+#pragma unroll
+      for (int j = 0; j < XJ; ++j) xp[j] += 128;
       }
     }
   } else {  // ---- consumer warpgroups
-#if NTHREADS > 256
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 ${creg};" ::: "memory");
-#endif
     const int c = wg - NPROD;
     const int w4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int rl = 64 * c + 16 * w4 + g;  // the tile's row of acc[4j], acc[4j + 1]; +8 for 4j + 2, 4j + 3
@@ -346,19 +377,6 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 """)
 
 
-def ws_registers(spec: WsSpec, preg: int = 48) -> tuple[int, int]:
-    """(producer, consumer) registers a thread after `setmaxnreg` (used past 256 threads): the producers
-    keep `preg`, the consumers share the rest of the CTA's launch-time pool (at most 240).
-
-    Example:
-        >>> ws_registers(WsSpec(bf16=False, zero_v1=True, bm=128, bn=128, nprod=2))
-        (48, 208)
-    """
-    threads = 128 * (spec.nprod + spec.bm // 64)
-    pool = min(255, 65536 // threads) // 8 * 8 * threads
-    return preg, min(240, (pool - 128 * spec.nprod * preg) // (128 * (spec.bm // 64)) // 8 * 8)
-
-
 def ws_kernel_source(spec: WsSpec) -> str:
     """The CUDA C++ text of `fg_gptq_ws` for `spec` (no headers; compile for sm_90a).
 
@@ -372,5 +390,4 @@ def ws_kernel_source(spec: WsSpec) -> str:
         stages=spec.stages, rstages=spec.rstages, nprod=spec.nprod, helpers=HELPERS,
         scaled_dequant=SCALED_DEQUANT, wgmma_asm=_wgmma_asm(spec.bn, spec.bf16), ws_device=WS_DEVICE,
         **_layout(spec.bm, spec.bn, spec.split, spec.stages, spec.rstages),
-        **dict(zip(("preg", "creg"), ws_registers(spec), strict=True)),
     )  # fmt: skip
