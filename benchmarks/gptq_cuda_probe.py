@@ -484,6 +484,7 @@ def act(bw: float, shapes: tuple[Any, ...] = GB.SHAPES, ms: tuple[int, ...] = (1
             ]  # fmt: skip
             if m <= 4:
                 runs.append(("gather", "act", {"kernel": "cuda", "xperm": False}))
+                runs.append(("xfull", "act", {"kernel": "cuda", "xperm": False, "xfull": True}))
             times = {}
             for name, kind, cfg in runs:
                 layers = b.layers[kind]
@@ -498,6 +499,64 @@ def act(bw: float, shapes: tuple[Any, ...] = GB.SHAPES, ms: tuple[int, ...] = (1
                 + " | ".join(f"{n_} {t:.2f} ({t / p:.2f}x)" for n_, t in times.items() if n_ != "plain")
             )
         del b
+        torch.cuda.empty_cache()
+
+
+def candidates(bw: float, ms: tuple[int, ...], bits: int, shapes: tuple[Any, ...] = GB.SHAPES) -> None:
+    """Plans for the default at small M: the small-M kernel with its K split over CTAs (cluster or ticket)
+    or over 8 warps of one CTA, and the mid-M kernel (4 or 2 strips a CTA share x), each checked first."""
+    for label, k_in, n_out in shapes:
+        if time.time() - T0 > BUDGET_S:
+            log(f"  {label} {bits}-bit candidates: skipped (budget)")
+            continue
+        b = GB.Bench(k_in, n_out, ("plain" if bits == 4 else "int8",))
+        layers = b.layers["plain" if bits == 4 else "int8"]
+        blocks = k_in // 128
+        for m in ms:
+            xs = b.xs(m, len(layers))
+            nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
+            mb = 3 if bits == 4 and m <= 8 else 2
+            cfgs: list[dict[str, Any]] = [{}]  # the default dispatch
+            for d in (1, 2, 4, 7, 8):
+                if blocks % d:
+                    continue
+                for w in (4, 8):
+                    for cl in (True, False) if 2 <= d <= 8 else (False,):
+                        if (n_out // 64) * d * w > 8 * 132 * 4 or blocks // d < w:
+                            continue
+                        cfgs.append(
+                            {
+                                "mid": False,
+                                "split_k": d,
+                                "warps": w,
+                                "cluster": cl,
+                                "min_blocks": mb if w == 4 else 1,
+                            }
+                        )
+            mid = launch_plan(m, n_out, k_in, bits, mid=True, forced=True)
+            if mid is not None:
+                cfgs.append(mid)
+            precompile([(spec_of(m, k_in, bits, c), ()) for c in cfgs[1:]])
+            cub = timed(
+                label,
+                f"M={m} cuBLAS",
+                lambda lay, x: torch.matmul(x, lay.w),
+                layers,
+                xs,
+                True,
+                nbytes,
+                bw,
+                1.0,
+            )
+            rows = []
+            for c in cfgs:
+                name = f"M={m} {bits}-bit cand " + (" ".join(f"{k_}={v}" for k_, v in c.items()) or "default")
+                fn = partial(ours_cfg, {"kernel": "cuda"} | c) if c else (lambda lay, x: GB.ours(K, lay, x))
+                rows.append((timed(label, name, fn, layers, xs, True, nbytes, bw, cub), name))
+            ok = sorted(r for r in rows if r[0] == r[0])
+            log(f"CAND {label} {bits}-bit M={m}: cuBLAS {cub:.2f} | default {rows[0][0]:.2f} | best {ok[0][0]:.2f} {ok[0][1]}"
+                + (f" | 2nd {ok[1][0]:.2f} {ok[1][1]}" if len(ok) > 1 else ""))  # fmt: skip
+        del b, layers
         torch.cuda.empty_cache()
 
 
@@ -533,6 +592,9 @@ def main() -> int:
         ("int8", lambda: small(bw, (1,), 8, (down, gate_up, o_proj))),
         ("act", lambda: act(bw, (down, gate_up, o_proj), (16, 4))),
         ("m4", lambda: small(bw, (4,), 4, (qkv, down))),
+        ("act14", lambda: act(bw, GB.SHAPES, (1, 4))),  # run C: the xfull gather
+        ("cand", lambda: candidates(bw, (1, 4), 4)),
+        ("cand8", lambda: candidates(bw, (1,), 8)),
     ]
     failed = 0
     for name, fn in plan:
@@ -547,7 +609,7 @@ def main() -> int:
         Path(out, "gptq_cuda_probe.txt").write_text("\n".join(LINES) + "\n")
     print(
         "\n==== SUMMARY ====\n"
-        + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR", "ACT")))
+        + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR", "ACT", "CAND")))
     )
     return 1 if failed else 0
 

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 _AHEAD = {"kernel": "cuda", "xperm": False, "perm_ahead": True}
 _PDL = {"kernel": "cuda", "xperm": True, "xperm_pdl": True}
+_XFULL = {"kernel": "cuda", "xperm": False, "xfull": True}
 # (m, k, n, bits, dtype, config, kernel ("small" | "mid"), x permuted first)
 CASES = [
     (5, 512, 256, 4, torch.float16, None, "small", True),
@@ -51,6 +52,10 @@ CASES = [
     (16, 1024, 512, 4, torch.float16, _PDL, "mid", True),
     (16, 2048, 256, 4, torch.bfloat16, _PDL | {"bufs": 2, "split_k": 2, "cluster": False}, "mid", True),
     (64, 1024, 256, 4, torch.float16, {"kernel": "cuda", "xperm_pdl": True}, "mid", True),
+    # the small-M kernel's gather from all of x copied to shared memory first ("xfull"): 1 and 2 n-tiles, 8-bit, bf16
+    (1, 1024, 256, 4, torch.float16, _XFULL, "small", False),
+    (4, 2048, 128, 4, torch.bfloat16, _XFULL | {"split_k": 4, "cluster": False}, "small", False),
+    (13, 1024, 192, 8, torch.float16, _XFULL | {"mid": False, "split_k": 1, "warps": 2}, "small", False),
 ]
 
 

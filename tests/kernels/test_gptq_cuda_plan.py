@@ -60,7 +60,7 @@ def test_kernel_source__carries_the_spec_as_defines() -> None:
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 3}, "mt must be 1 or 2"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"), ({"split": 9, "cluster": True}, "cluster needs"),
      ({"tma": 1}, "tma must be 0 or a ring"), ({"bufs": 5}, "bufs must be 2..4"), ({"bufs": 3, "tma": 2}, "2 with tma"),
-     ({"pdl": True, "has_perm": True}, "pdl needs no perm")],
+     ({"pdl": True, "has_perm": True}, "pdl needs no perm"), ({"xfull": True}, "xfull needs has_perm")],
 )  # fmt: skip
 def test_kernel_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "warps": 4, "split": 2,

@@ -57,6 +57,8 @@ class KernelSpec:
         bufs: register buffers of words a warp (2..4): bufs − 1 blocks in flight while one is used.
         pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
             the first blocks' words are requested before `griddepcontrol.wait`, x after it.
+        xfull: act-order: all of x's rows and the slice's perm are copied to shared memory first (with the
+            first words in flight), and the slice is gathered from there, not from global memory.
     """
 
     bits: int
@@ -73,6 +75,7 @@ class KernelSpec:
     perm_ahead: bool = False
     bufs: int = 2
     pdl: bool = False
+    xfull: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -95,13 +98,16 @@ class KernelSpec:
             raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
         if self.pdl and (self.has_perm or self.tma):
             raise ValueError("gptq_cuda: pdl needs no perm and tma off (x is read after the wait)")
+        if self.xfull and (not self.has_perm or self.perm_ahead or self.tma):
+            raise ValueError("gptq_cuda: xfull needs has_perm, and perm_ahead and tma off")
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
     """Dynamic shared memory of one CTA: its warps' partial sums, x's slice (m rows, padded), the CTA's sums."""
     rows = 128 // (32 // spec.bits)
     ring = spec.warps * spec.tma * (rows * 288 + 128 + 8 * spec.bits + 8)  # stages + their mbarriers
-    return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4 + ring
+    full = m * bps * spec.split * 256 + bps * 512 if spec.xfull else 0  # x's M × K, the slice's perm
+    return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4 + ring + full
 
 
 _SOURCE = r"""
@@ -119,6 +125,7 @@ _SOURCE = r"""
 #define TMA %(tma)d  // 0: registers; else the stages of each warp's bulk-copy ring
 #define NBUF %(bufs)d  // register buffers of words a warp (TMA: 2, only the first used)
 #define PDL %(pdl)d
+#define XFULL %(xfull)d
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
 #define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
 #define STAGE_B (R * ROWB + 128 + ZB)
@@ -192,18 +199,33 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   // x's slice to shared memory (16-byte chunks of 8 values), while the first block's words stream in
   const int row_chunks = bps * 16, chunks = M * row_chunks;
 #if HAS_PERM
+  u16* xf = (u16*)(fin + M * 64);      // XFULL: x's rows [M][K] and the slice's perm [bps·128] in shared memory
+  int* ps = (int*)(xf + (u64)M * K);
+  if (XFULL) {
+    for (int c = tid; c < M * (K / 8); c += NWARPS * 32)
+      cp16(smem_u32(xf + (u64)c * 8), x + (u64)(c / (K / 8)) * stride_xm + (c %% (K / 8)) * 8);
+    for (int c = tid; c < bps * 32; c += NWARPS * 32) cp16(smem_u32(ps + c * 4), perm + kb0 * 128 + c * 4);
+    cp_commit();
+  }
   Blk bb[NBUF];
 #pragma unroll
   for (int s = 0; s < NBUF - 1; ++s)
     if (s < nbw && !TMA) load(bb[s], s);
+  if (XFULL) {
+    cp_wait<0>();
+    __syncthreads();
+  }
 #if PERM_AHEAD
   gather_x<8 * MT>(x, perm + kb0 * 128, xs, M, row_chunks, stride_xm, xstride, tid, NWARPS * 32);
 #else
+  const u16* xg = XFULL ? xf : x;  // where the gather reads x and perm
+  const int* pg = XFULL ? ps : perm + kb0 * 128;
+  const int xg_stride = XFULL ? K : stride_xm;
 #pragma unroll 2
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
-    const i32x4 p0 = *(const i32x4*)(perm + kb0 * 128 + cc * 8), p1 = *(const i32x4*)(perm + kb0 * 128 + cc * 8 + 4);
-    const u16* xr = x + (u64)m * stride_xm;
+    const i32x4 p0 = *(const i32x4*)(pg + cc * 8), p1 = *(const i32x4*)(pg + cc * 8 + 4);
+    const u16* xr = xg + (u64)m * xg_stride;
     u32x4 v;
     v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
     v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
@@ -361,6 +383,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "perm_ahead": int(spec.perm_ahead),
         "bufs": spec.bufs,
         "pdl": int(spec.pdl),
+        "xfull": int(spec.xfull),
         "tma_issue": TMA_ISSUE,
         "tma_loop": TMA_LOOP,
         "epilogue": EPILOGUE,
