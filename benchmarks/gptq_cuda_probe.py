@@ -485,6 +485,9 @@ def act(bw: float, shapes: tuple[Any, ...] = GB.SHAPES, ms: tuple[int, ...] = (1
             if m <= 4:
                 runs.append(("gather", "act", {"kernel": "cuda", "xperm": False}))
                 runs.append(("xfull", "act", {"kernel": "cuda", "xperm": False, "xfull": True}))
+                runs.append(
+                    ("xfull+fold", "act", {"kernel": "cuda", "xperm": False, "xfull": True, "fold": True})
+                )
             times = {}
             for name, kind, cfg in runs:
                 layers = b.layers[kind]
@@ -536,6 +539,11 @@ def candidates(bw: float, ms: tuple[int, ...], bits: int, shapes: tuple[Any, ...
             mid = launch_plan(m, n_out, k_in, bits, mid=True, forced=True)
             if mid is not None:
                 cfgs.append(mid)
+            small = launch_plan(m, n_out, k_in, bits, mid=False, forced=True) or {}
+            w8 = {"mid": False, "split_k": max(1, small.get("split_k", 2) // 2), "warps": 8, "cluster": False,
+                  "min_blocks": 1}  # fmt: skip
+            cfgs += [c | {"fold": True} for c in ({"mid": False} | small, w8, w8 | {"cluster": w8["split_k"] > 1})
+                     if c["split_k"] <= 8 or not c["cluster"]]  # fmt: skip
             precompile([(spec_of(m, k_in, bits, c), ()) for c in cfgs[1:]])
             cub = timed(
                 label,

@@ -37,6 +37,10 @@ CASES = [
     (1024, 256, 4, True, torch.float16, {"split_k": 1, "warps": 2, "bufs": 4}),
     (1024, 192, 8, False, torch.float16, {"split_k": 1, "warps": 1, "bufs": 3, "min_blocks": 1}),
     (2048, 128, 4, False, torch.bfloat16, {"split_k": 2, "cluster": False, "warps": 1, "bufs": 4}),
+    # the raw magic-number pairs and the bias off each block's sums ("fold", fp16): 4 and 8 bits, both reductions
+    (1024, 256, 4, False, torch.float16, {"split_k": 2, "cluster": True, "fold": True}),
+    (2048, 192, 8, False, torch.float16, {"split_k": 4, "cluster": False, "warps": 2, "fold": True}),
+    (1024, 256, 4, True, torch.float16, {"split_k": 1, "warps": 8, "fold": True, "xfull": True}),
 ]
 
 

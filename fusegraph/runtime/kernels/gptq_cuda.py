@@ -51,7 +51,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold")  # fmt: skip
 _PERMUTE: dict[int, Any] = {}
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", "ws", *_PLAN_KEYS}  # "wgmma"/"ws": gptq_cuda_wgmma / gptq_cuda_ws
 
@@ -196,7 +196,9 @@ def gptq_cuda_matmul(
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
                       bufs=int(plan.get("bufs", 2)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0),
-                      xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"))  # fmt: skip
+                      xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
+                      fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
+                      and bps <= 32 * int(plan["warps"]))  # fmt: skip
     smem = smem_bytes(spec, m, bps)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -289,7 +291,7 @@ def maybe_gptq_cuda(
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
-    "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull"} forces it (a ValueError if it cannot run); a config with only
+    "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold"} forces it (a ValueError if it cannot run); a config with only
     those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
     "wgmma": True / "ws" or "ws": True ask for the Hopper kernels (their own keys need "kernel": "cuda").
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel

@@ -11,7 +11,8 @@ and the output store.
 
 from __future__ import annotations
 
-__all__ = ["EPILOGUE", "HELPERS", "PERMUTE_NAME", "PERMUTE_SOURCE", "SCALED_DEQUANT", "TMA_ISSUE", "TMA_LOOP"]
+__all__ = ["EPILOGUE", "FOLD_SUMS", "HELPERS", "PERMUTE_NAME", "PERMUTE_SOURCE", "SCALED_DEQUANT", "TMA_ISSUE",
+           "TMA_LOOP"]  # fmt: skip
 
 HELPERS = r"""
 typedef unsigned int u32;
@@ -20,6 +21,7 @@ typedef unsigned long long u64;
 struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
 struct __attribute__((aligned(8))) u32x2 { u32 x, y; };
 struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
+struct __attribute__((aligned(8))) f32x2 { float x, y; };
 
 #define P (32 / BITS)            // values a word
 #define R (128 / P)              // word rows a 128-row block
@@ -79,6 +81,11 @@ __device__ __forceinline__ u32 ldg4(const void* p) {
 }
 __device__ __forceinline__ void pdl_wait() {  // programmatic dependent launch: the previous kernel's writes
   asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+__device__ __forceinline__ float shfl_xor(float v, int o) {
+  float r;
+  asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(o));
+  return r;
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() {
@@ -141,9 +148,18 @@ __device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u3
 
 __device__ __forceinline__ u32 comp(const u32x4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
-// The NJ pairs (q - z) of word w: d[j] holds the rows 2(jR + r) + {0, 1} of its column.
+// The NJ pairs (q - z) of word w: d[j] holds the rows 2(jR + r) + {0, 1} of its column. FOLD (fp16): the raw pairs,
+// 1024 + q (4-bit odd j: 1024 + 16q, multiplied by x/16), whose bias 1024 + z the kernel takes off each block's sums.
 __device__ __forceinline__ void dequant(u32 w, u32 mz, u32 nzh, u32* d) {
-#if BITS == 4 && !BF16
+#if FOLD && BITS == 4
+  d[0] = lop3(w, 0x000f000fu, 0x64006400u);
+  d[1] = lop3(w, 0x00f000f0u, 0x64006400u);
+  d[2] = lop3(w >> 8, 0x000f000fu, 0x64006400u);
+  d[3] = lop3(w >> 8, 0x00f000f0u, 0x64006400u);
+#elif FOLD
+  d[0] = prmt(w, 0x64646464u, 0x4240u);
+  d[1] = prmt(w, 0x64646464u, 0x4341u);
+#elif BITS == 4 && !BF16
   const u32 w8 = w >> 8;
   d[0] = sub2(lop3(w, 0x000f000fu, 0x64006400u), mz);
   d[1] = fma2(lop3(w, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh);
@@ -221,6 +237,27 @@ template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s
 #endif
   return mul2(d, s2);
 }
+"""
+
+# FOLD: after x's slice is staged, (1024·Σx_lo + 64·Σx_hi, Σx) of each row's block into `xsum` [M][bps] (the warps'
+# partial-sum space, free until the epilogue): x_hi are the rows whose 4-bit pairs come ×16 (j odd: 32..63, 96..127)
+FOLD_SUMS = r"""
+#if FOLD
+  f32x2* xsum = (f32x2*)red;
+  for (int pr = warp; pr < M * bps; pr += NWARPS) {  // one warp a (row, block): 64 words, 2 rows each
+    const int m = pr / bps, lb = pr - m * bps;
+    const u32 w0 = xs[m * xstride + lb * 64 + lane], w1 = xs[m * xstride + lb * 64 + 32 + lane];
+    float v = h2f(w0 & 0xffffu) + h2f(w0 >> 16) + h2f(w1 & 0xffffu) + h2f(w1 >> 16);
+    float hi = BITS == 4 && lane >= 16 ? v : 0.f;  // words 16..31 of each half: rows 32..63 and 96..127
+#pragma unroll
+    for (int o = 16; o; o >>= 1) {
+      v += shfl_xor(v, o);
+      hi += shfl_xor(hi, o);
+    }
+    if (lane == 0) xsum[pr] = f32x2{1024.f * (v - hi) + 64.f * hi, v};
+  }
+  __syncthreads();
+#endif
 """
 
 # The small-M kernel's bulk-copy ring (its `tma` option, measured slower: off): `issue(u)` copies block u of a warp

@@ -4,24 +4,18 @@ One kernel, `fg_gptq_small_m`, for x `[M ≤ 16, K]` (fp16, or bf16 at 4 bits) t
 tiled layout of `fg.gptq.repack` (`gptq_tiled.py`'s docstring): qweight_t int32 `[N/64, K/P, 64]`,
 in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128·b + 2(j·R + r) + e.
 
-- A CTA is one 64-column strip times one K slice (`bps` blocks, blockIdx.y of SPLIT); its warps
-  take the slice's blocks in turn. Each lane loads its 16-byte words straight into registers
-  (`ld.global.nc.L1::no_allocate.v4`), NBUF register buffers deep (NBUF − 1 blocks in flight while
-  one is used). The `tma` option, a bulk-copy ring, is correct but measured slower: off.
-- Tensor cores with W^T as the A operand (`mma.m16n8k16`, A = 16 columns × 16 rows, B = x^T,
-  n = the row of x): lane (g, t) loads word rows t + 4q of columns 4g..4g+3 and 32+4g..+3, which
-  are exactly the A fragments it needs (a0/a2 of column 4g+i, a1/a3 of 32+4g+i). M ≤ 8 takes one
-  n-tile, M ≤ 16 two (MT).
-- Dequantization in registers (the magic-number trick): fp16 4-bit `lop3(w, 0x000f000f, 0x6400)`
-  minus (1024 + z) for the low nibble pairs, `lop3(w, 0x00f000f0, 0x6400)`·1/16 − (64 + z) for the
-  high ones (one `sub`/`fma.rn.f16x2` per pair, exact: q − z); bf16 shifts each pair down (magic
-  128); 8-bit fp16 takes byte pairs with `prmt`. The scale multiplies each block's fp32 mma sums
-  (one group a block: group_size is a multiple of 128), so the products and sums stay fp32.
-- x's slice is staged once per CTA in shared memory (cp.async; gathered through perm for
-  act-order), padded so that the B-fragment loads hit 32 distinct banks.
-- Split-K reduction: each CTA sums its warps in shared memory; then either the last CTA of a strip
-  (atomic ticket) sums the SPLIT fp32 slices of a workspace in order, or, with CLUSTER=1, the SPLIT
-  CTAs of a strip form one thread-block cluster and sum through distributed shared memory.
+- A CTA is one 64-column strip times one K slice (`bps` blocks, blockIdx.y of SPLIT); its warps take the
+  slice's blocks in turn; each lane loads its 16-byte words into registers (`ld.global.nc.L1::no_allocate.v4`),
+  NBUF buffers deep (the `tma` option, a bulk-copy ring, is correct but measured slower: off).
+- `mma.m16n8k16` with W^T as A (16 columns × 16 rows) and x^T as B: lane (g, t) loads word rows t + 4q of
+  columns 4g..4g+3 and 32+4g..+3, exactly its A fragments. M ≤ 8 takes one n-tile, M ≤ 16 two (MT).
+- Magic-number dequantization in registers (fp16 4-bit: `lop3(w, 0x000f000f, 0x6400)` − (1024 + z), and
+  `lop3(w, 0x00f000f0, 0x6400)`·1/16 − (64 + z); bf16 magic 128; 8-bit `prmt`), or with FOLD the raw pairs and
+  the bias taken off each block's fp32 sums; the scale multiplies each block's fp32 sums (one group a block).
+- x's slice is staged once per CTA in shared memory (cp.async; gathered through perm for act-order),
+  padded so that the B-fragment loads hit 32 distinct banks.
+- Split-K: each CTA sums its warps in shared memory, then the last CTA of a strip (atomic ticket) sums the
+  SPLIT fp32 slices of a workspace, or (CLUSTER) the strip's CTAs sum through distributed shared memory.
 Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL the weights stream before x is read.
 """
 
@@ -29,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, HELPERS, TMA_ISSUE, TMA_LOOP
+from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, FOLD_SUMS, HELPERS, TMA_ISSUE, TMA_LOOP
 
 __all__ = ["KernelSpec", "kernel_source", "smem_bytes", "KERNEL_NAME"]
 
@@ -59,6 +53,8 @@ class KernelSpec:
             the first blocks' words are requested before `griddepcontrol.wait`, x after it.
         xfull: act-order: all of x's rows and the slice's perm are copied to shared memory first (with the
             first words in flight), and the slice is gathered from there, not from global memory.
+        fold: fp16: the mma takes the raw magic-number pairs (1024 + q; 4-bit odd pairs 1024 + 16q times
+            x/16) and each block's sums lose (1024 + z)·Σx after (`FOLD_SUMS`): 4 instructions fewer a word.
     """
 
     bits: int
@@ -76,6 +72,7 @@ class KernelSpec:
     bufs: int = 2
     pdl: bool = False
     xfull: bool = False
+    fold: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -86,7 +83,7 @@ class KernelSpec:
             raise ValueError(f"gptq_cuda: mt must be 1 or 2, got {self.mt}")
         if self.warps not in (1, 2, 4, 8) or self.split < 1:
             raise ValueError(
-                f"gptq_cuda: warps must be 1, 2, 4 or 8 and split ≥ 1, got {self.warps}, {self.split}"
+                f"gptq_cuda: warps must be 1, 2, 4 or 8, split ≥ 1, got {self.warps}, {self.split}"
             )
         if self.tma == 1 or self.tma < 0:
             raise ValueError(f"gptq_cuda: tma must be 0 or a ring of ≥ 2 stages, got {self.tma}")
@@ -100,6 +97,8 @@ class KernelSpec:
             raise ValueError("gptq_cuda: pdl needs no perm and tma off (x is read after the wait)")
         if self.xfull and (not self.has_perm or self.perm_ahead or self.tma):
             raise ValueError("gptq_cuda: xfull needs has_perm, and perm_ahead and tma off")
+        if self.fold and (self.bf16 or self.tma):
+            raise ValueError("gptq_cuda: fold needs fp16 and tma off")
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
@@ -126,6 +125,7 @@ _SOURCE = r"""
 #define NBUF %(bufs)d  // register buffers of words a warp (TMA: 2, only the first used)
 #define PDL %(pdl)d
 #define XFULL %(xfull)d
+#define FOLD %(fold)d
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
 #define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
 #define STAGE_B (R * ROWB + 128 + ZB)
@@ -198,6 +198,10 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #endif
   // x's slice to shared memory (16-byte chunks of 8 values), while the first block's words stream in
   const int row_chunks = bps * 16, chunks = M * row_chunks;
+  Blk bb[NBUF];  // the first NBUF - 1 blocks' words in flight while x is staged
+#pragma unroll
+  for (int s = 0; s < NBUF - 1; ++s)
+    if (s < nbw && !TMA) load(bb[s], s);
 #if HAS_PERM
   u16* xf = (u16*)(fin + M * 64);      // XFULL: x's rows [M][K] and the slice's perm [bps·128] in shared memory
   int* ps = (int*)(xf + (u64)M * K);
@@ -206,12 +210,6 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
       cp16(smem_u32(xf + (u64)c * 8), x + (u64)(c / (K / 8)) * stride_xm + (c %% (K / 8)) * 8);
     for (int c = tid; c < bps * 32; c += NWARPS * 32) cp16(smem_u32(ps + c * 4), perm + kb0 * 128 + c * 4);
     cp_commit();
-  }
-  Blk bb[NBUF];
-#pragma unroll
-  for (int s = 0; s < NBUF - 1; ++s)
-    if (s < nbw && !TMA) load(bb[s], s);
-  if (XFULL) {
     cp_wait<0>();
     __syncthreads();
   }
@@ -235,26 +233,16 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   }
 #endif
 #else
-  auto stage_x = [&]() {
-    for (int c = tid; c < chunks; c += NWARPS * 32) {
-      const int m = c / row_chunks, cc = c - m * row_chunks;
-      cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
-    }
-    cp_commit();
-  };
-  if (!PDL) stage_x();
-  Blk bb[NBUF];
-#pragma unroll
-  for (int s = 0; s < NBUF - 1; ++s)
-    if (s < nbw && !TMA) load(bb[s], s);
-  if (PDL) {
-    pdl_wait();  // x is written by the kernel before this one
-    stage_x();
+  if (PDL) pdl_wait();  // x is written by the kernel before this one
+  for (int c = tid; c < chunks; c += NWARPS * 32) {
+    const int m = c / row_chunks, cc = c - m * row_chunks;
+    cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
   }
+  cp_commit();
   cp_wait<0>();
 #endif
   __syncthreads();
-
+%(fold_sums)s
   float acc[4][MT][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -274,9 +262,12 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
       for (int kt = 0; kt < 8; ++kt) {
         bf[kt][mt][0] = m < M ? xr[8 * kt] : 0u;
         bf[kt][mt][1] = m < M ? xr[8 * kt + 4] : 0u;
+        if (FOLD && BITS == 4 && ((kt / (NQ / 2)) & 1))  // x/16 for the ×16 pairs (fma with -0: exact)
+          for (int h = 0; h < 2; ++h) bf[kt][mt][h] = fma2(bf[kt][mt][h], 0x2c002c00u, 0x80008000u);
       }
     }
     u32 mz[4][2], nzh[4][2];  // per column (i, h): packed magic + z, and -(64 + z) for the x16 pairs
+    float zf[4][2];           // FOLD: z
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -287,6 +278,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #else
         const u32 z = (zw >> (8 * i)) & 255u;
 #endif
+        zf[i][h] = (float)(z + ZERO_V1);
 #if BF16
         mz[i][h] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;  // 128 + z
         nzh[i][h] = 0u;
@@ -325,6 +317,14 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
       const float scy = h2f((i & 1) ? (sy >> 16) : (sy & 0xffffu));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
+#if FOLD  // the raw pairs' bias of this block: (1024·Σx_lo + 64·Σx_hi) + z·Σx of the lane's rows 2t, 2t + 1
+        const f32x2 r0 = ((f32x2*)red)[min(8 * mt + 2 * t, M - 1) * bps + lb];
+        const f32x2 r1 = ((f32x2*)red)[min(8 * mt + 2 * t + 1, M - 1) * bps + lb];
+        cb[i][mt][0] -= r0.x + zf[i][0] * r0.y;
+        cb[i][mt][1] -= r1.x + zf[i][0] * r1.y;
+        cb[i][mt][2] -= r0.x + zf[i][1] * r0.y;
+        cb[i][mt][3] -= r1.x + zf[i][1] * r1.y;
+#endif
         acc[i][mt][0] += cb[i][mt][0] * scx;
         acc[i][mt][1] += cb[i][mt][1] * scx;
         acc[i][mt][2] += cb[i][mt][2] * scy;
@@ -345,6 +345,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   }
 #endif
 
+  if (FOLD) __syncthreads();  // every warp is done with xsum (in red)
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -384,6 +385,8 @@ def kernel_source(spec: KernelSpec) -> str:
         "bufs": spec.bufs,
         "pdl": int(spec.pdl),
         "xfull": int(spec.xfull),
+        "fold": int(spec.fold),
+        "fold_sums": FOLD_SUMS,
         "tma_issue": TMA_ISSUE,
         "tma_loop": TMA_LOOP,
         "epilogue": EPILOGUE,
