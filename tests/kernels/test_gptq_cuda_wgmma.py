@@ -118,6 +118,7 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch:
     from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
 
     monkeypatch.setattr(wg, "_WGMMA_MIN_WORK", 1)  # this small shape counts as large
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ())  # (the warp-specialized kernel's range comes first)
     calls: list[int] = []
     real = wg.gptq_wgmma_matmul
 
@@ -137,20 +138,47 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch:
 # ---- the warp-specialized kernel ({"wgmma": "ws"}, gptq_cuda_wgmma_ws*.py) ----
 
 
+@hopper
+def test_gptq_cuda_wgmma__the_default_dispatch_runs_the_ws_kernel_in_its_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
+
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((64, 256, 0), (257, 1 << 20, 5000)))
+    calls: list[int] = []
+    real = wg.gptq_rswg_matmul
+
+    def spy(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(wg, "gptq_rswg_matmul", spy)
+    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=12)
+    for m, runs in [(64, True), (200, True), (300, False), (63, False)]:  # 300: 32 strip-blocks < 5000
+        x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
+        err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
+        assert err < 3e-3, f"M={m}: relative error {err:.3g}"
+        assert (m in calls) is runs, f"M={m}: warp-specialized kernel ran: {m in calls}, expected {runs}"
+
+
 def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sms() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan, rswg_tok
 
-    assert rswg_plan(256, 28672, 4096, 132) == {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
-    # 32 tiles: 4 a tile is one wave of 8 blocks a CTA (cost 1 x (8 + 2 + 1)); 8 would be 2 waves of 4
-    assert rswg_plan(256, 4096, 4096, 132) == {"split_k": 4, "tok": 256, "stages": 3, "ncw": 2, "minb": 1}
-    assert rswg_plan(64, 6144, 4096, 132) == {
-        "split_k": 5,
+    plan = {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1, "tma": 1, "sk": 0}
+    assert rswg_plan(256, 28672, 4096, 132) == plan  # gate_up: 224 tiles
+    assert rswg_plan(256, 4096, 4096, 132)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
+    assert rswg_plan(512, 4096, 4096, 132)["split_k"] == 2  # 64 tiles
+    assert rswg_plan(1024, 4096, 4096, 132)["split_k"] == 1  # 128 tiles: one an SM
+    assert rswg_plan(64, 6144, 4096, 132) | {"stages": 0} == plan | {
+        "split_k": 2,
         "tok": 64,
-        "stages": 4,
-        "ncw": 2,
+        "stages": 0,
         "minb": 2,
-    }  # 240 CTAs
-    assert rswg_plan(64, 4096, 640, 132)["split_k"] == 5  # at most K/128 = 5 blocks
+    }
+    assert rswg_plan(64, 4096, 4096, 132)["split_k"] == 4  # o_proj at tok 64: 8 blocks a CTA at least
+    assert rswg_plan(128, 4096, 14336, 132)["sk"] == 1  # down: 32 tiles, 112 blocks: stream-K
+    assert rswg_plan(512, 4096, 14336, 132)["sk"] == 0  # 64 tiles
+    assert rswg_plan(64, 4096, 640, 132)["split_k"] == 1  # 5 blocks only
     assert rswg_plan(100, 192, 512, 132)["ncw"] == 1  # 3 strips: one a CTA
     assert rswg_plan(8, 100, 512, 132) is None  # N not a multiple of 64
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
@@ -177,18 +205,12 @@ def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import RSWG_KEYS, rswg_plan, rswg_spec
 
     plan = rswg_plan(256, 4096, 4096, 132)
-    assert plan is not None
-    for key, field in [
-        ("vred", "vred"),
-        ("sk", "sk"),
-        ("minb", "minb"),
-        ("stages", "stages"),
-    ]:
+    assert plan is not None and plan["tma"] == 1 and plan["split_k"] == 2
+    for key, value in [("vred", 1), ("sk", 1), ("tma", 0), ("stages", 2), ("probe", 3)]:
         assert key in RSWG_KEYS
-        flipped = {"vred": 1, "sk": 1, "minb": 1, "stages": 2}[key]
-        over = plan | {key: flipped} | ({"split_k": 1} if key == "sk" else {})
-        assert getattr(rswg_spec(over, bf16=False, zero_v1=True), field) == flipped
-    with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 4"):
+        over = plan | {key: value} | ({"split_k": 1} if key == "sk" else {})
+        assert getattr(rswg_spec(over, bf16=False, zero_v1=True), key) == value
+    with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 2"):
         rswg_spec(plan | {"sk": 1}, bf16=False, zero_v1=True)
 
 
@@ -218,25 +240,22 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
 
 # (m, k, n, desc_act, dtype, config past {"kernel": "cuda", "wgmma": "ws"})
 WS_CASES = [
-    (64, 512, 256, False, torch.float16, {}),
+    (64, 512, 256, False, torch.float16, {}),  # the plan: x by the copy engine, two CTAs an SM
     (128, 1024, 512, False, torch.float16, {"split_k": 4}),
-    (200, 512, 256, False, torch.bfloat16, {"split_k": 2}),
-    (256, 1024, 384, False, torch.float16, {"split_k": 1}),
-    (248, 512, 256, False, torch.bfloat16, {"split_k": 1}),
+    (248, 512, 256, False, torch.bfloat16, {"split_k": 1}),  # rows past M read as zeros by the copy engine
     (72, 1024, 384, False, torch.float16, {"split_k": 3, "vred": 1}),
+    (33, 512, 256, False, torch.float16, {"split_k": 1, "ncw": 1, "minb": 1, "stages": 2}),
+    (1024, 512, 256, False, torch.float16, {}),
+    (96, 1024, 192, True, torch.float16, {"split_k": 3, "stages": 3}),  # act-order; 8 blocks over 3: 2, 3, 3
     # stream-K: 4 tiles x 8 blocks over 3 CTAs; 3 row tiles (the last partial) x 2 x 4 over 5; 2 x 4 over 7
-    (256, 1024, 512, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 3}),
+    (256, 1024, 512, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 3, "tma": 0}),
     (520, 512, 256, False, torch.bfloat16, {"split_k": 1, "sk": 1, "ctas": 5}),
     (64, 512, 256, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 7}),
-    # x by the copy engine (tensor map, 128-byte swizzle; rows past M read as zeros)
-    (64, 1024, 256, False, torch.float16, {"tma": 1}),
-    (200, 1024, 512, False, torch.bfloat16, {"split_k": 2, "tma": 1}),
-    (33, 512, 256, False, torch.float16, {"split_k": 1, "tma": 1, "ncw": 1, "minb": 1, "stages": 2}),
-    (520, 512, 256, False, torch.float16, {"split_k": 1, "sk": 1, "ctas": 5, "tma": 1}),
-    (1024, 512, 256, False, torch.float16, {}),
-    (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2}),
-    (96, 1024, 192, True, torch.float16, {"split_k": 3, "stages": 3}),  # 8 blocks over 3: 2, 3, 3
-    (33, 512, 256, False, torch.float16, {"split_k": 2, "minb": 1, "stages": 2, "ncw": 1}),
+    # x by 16-byte cp.asyncs
+    (200, 512, 256, False, torch.bfloat16, {"split_k": 2, "tma": 0}),
+    (256, 1024, 384, False, torch.float16, {"split_k": 1, "tma": 0}),
+    (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2, "tma": 0}),
+    (33, 512, 256, False, torch.float16, {"split_k": 2, "minb": 1, "stages": 2, "ncw": 1, "tma": 0}),
 ]
 
 

@@ -37,8 +37,8 @@ RSWG_KEYS = (
     "probe",
     "tma",
 )  # what a config may set (overrides the plan)
-_FIXED_BLOCKS = 2.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of the loop
-_REDUCE_BLOCKS = 1.0  # and the cluster's split-K sum
+_MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
+_SK_MIN_BLOCKS = 64  # stream-K where the tiles are few (≤ a quarter of the SMs) and K is at least this long
 _SK_BUF: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 _KERNELS: dict[tuple[int, RswgSpec], Any] = {}
 _FAILED: dict[tuple[int, RswgSpec], str] = {}
@@ -52,15 +52,18 @@ def rswg_tok(m: int) -> int:
 
 
 def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
-    """{"split_k", "tok", "stages", "ncw", "minb"} for x `[m, k]` · W `[k, n]`, or None when the kernel cannot take it.
+    """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk"} for x `[m, k]` · W `[k, n]`, or None when the
+    kernel cannot take it.
 
-    tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; split-K
-    (1..8, need not divide K/128) the one of least waves × (blocks a CTA + a fixed cost); the deepest
-    ring (≤ 4 stages) that fits.
+    tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
+    copy engine. Split-K: the largest s ≤ 8 whose CTAs (tiles · s) fit one an SM while each keeps at
+    least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64), else 1; stream-K instead where the tiles are at most
+    a quarter of the SMs and K has ≥ `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits.
+    (From the H200 benchmark of the four Llama-3-8B shapes at M = 64..1024, docs/benchmarks.md.)
 
     Example:
         >>> rswg_plan(256, 28672, 4096, 132)
-        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1}
+        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0}
     """
     if m < 1 or n % 64 or k % 128:
         return None
@@ -69,18 +72,18 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
-    slots = sms * minb
-
-    def cost(s: int) -> float:  # waves × (blocks a CTA + the ring's fill and the epilogue, in blocks)
-        return -(-tiles * s // slots) * (-(-blocks // s) + _FIXED_BLOCKS + (_REDUCE_BLOCKS if s > 1 else 0.0))
-
-    split = min(range(1, min(8, blocks) + 1), key=lambda s: (cost(s), s))
+    min_blocks = _MIN_BLOCKS // 2 if tok <= 64 else _MIN_BLOCKS
+    fits = [s for s in range(1, min(8, blocks) + 1) if tiles * s <= sms and blocks // s >= min_blocks]
+    split = fits[-1] if fits else 1
+    sk = int(4 * tiles <= sms and blocks >= _SK_MIN_BLOCKS)
+    if sk:
+        split = 1
     stages = 4
     while (
         stages > 2 and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX
     ):
         stages -= 1
-    return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": minb}
+    return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": minb, "tma": 1, "sk": sk}
 
 
 def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
