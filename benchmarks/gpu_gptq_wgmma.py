@@ -2,11 +2,12 @@
 
 `python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512]`: the four Llama-3-8B shapes (plain
 4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
-`gptq_tiled_matmul`, the single-warpgroup wgmma kernel at its plan's split-K (M ≤ 256; its
-neighbours too with WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws") at its plan, with x by
-the copy engine ("tma") at the plan's split-K, half and double, stream-K ("sk", also with "tma"),
-and with WGMMA_PROBES=1 its ablations (with "tma"; "p1".."p4": no dequantization, no x loads, no
-wgmma, no word loads; timed unchecked). Device time from CUDA-graph replays with every
+`gptq_tiled_matmul` ("default") and without the wgmma kernels ("prev": {"wgmma": False}), the
+single-warpgroup wgmma kernel at its plan's split-K (M ≤ 128; its neighbours too with
+WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws", x by the copy engine) at its plan, split-K
+half and double (or 2 and 4 where the plan takes stream-K), stream-K, the vectorized split-K sum,
+and with WGMMA_PROBES=1 its ablations ("p1".."p4": no dequantization, no x loads, no wgmma, no word
+loads; timed unchecked) and x by cp.async. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent.
@@ -61,21 +62,28 @@ def splits(m: int, k_in: int, n_out: int, sms: int) -> list[int]:
 
 
 def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict[str, Any]]]:
-    """The warp-specialized kernel: its plan (x by cp.async), then x by the copy engine at the plan's
-    split-K, half and double, and stream-K with and without it (and the ablations with PROBES)."""
+    """The warp-specialized kernel: its plan, then split-K half and double, stream-K (or split-K where the
+    plan takes stream-K), the vectorized split-K sum, x by cp.async (and the ablations with PROBES)."""
     plan = rswg_plan(m, n_out, k_in, sms)
     if plan is None:
         return []
     s, blocks = int(plan["split_k"]), k_in // 128
-    out: list[tuple[str, dict[str, Any]]] = [(f"ws/s{s}", {"tma": 0})]
-    out += [
-        (f"ws/s{d}/tma", {"split_k": d, "tma": 1}) for d in (s, s // 2, 2 * s) if 1 <= d <= min(8, blocks)
+    tag = "sk" if plan["sk"] else f"s{s}"
+    out: list[tuple[str, dict[str, Any]]] = [(f"ws/{tag}", {})]
+    alt = [(2, {"split_k": 2, "sk": 0}), (4, {"split_k": 4, "sk": 0})] if plan["sk"] else []
+    alt += [
+        (d, {"split_k": d}) for d in (s // 2, 2 * s) if not plan["sk"] and 1 <= d <= min(8, blocks) and d != s
     ]
-    out += [("ws/sk", {"split_k": 1, "sk": 1, "tma": 0}), ("ws/sk/tma", {"split_k": 1, "sk": 1, "tma": 1})]
+    out += [(f"ws/s{d}", c) for d, c in alt]
+    if not plan["sk"]:
+        out.append(("ws/sk", {"split_k": 1, "sk": 1}))
+    if s > 1 and not plan["sk"]:
+        out.append((f"ws/s{s}/vred", {"vred": 1}))
     if PROBES:  # ablations (wrong results, timed unchecked): what the kernel costs without each part
-        out += [(f"ws/s{s}/tma/p{p}", {"probe": p, "tma": 1}) for p in (1, 2, 3, 4)]
+        out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
+        out.append((f"ws/{tag}/cpasync", {"tma": 0}))
     if os.environ.get("WGMMA_NO_TMA") == "1":
-        out = [(name, c) for name, c in out if not c.get("tma")]
+        out = [(name, c | {"tma": 0}) for name, c in out]
     return out
 
 
@@ -98,6 +106,7 @@ def run(ms: tuple[int, ...], bw: float) -> None:
             runs: list[tuple[str, Callable[..., Any]]] = [
                 ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w)),
                 ("default", lambda lay, x: GB.ours(K, lay, x)),
+                ("prev", lambda lay, x: GB.ours(K, lay, x, {"wgmma": False})),  # the dispatch without wgmma
             ]
             runs += [
                 (
@@ -105,7 +114,7 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                     lambda lay, x, s=s: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": True, "split_k": s}),
                 )
                 for s in splits(m, k_in, n_out, sms)[: 1 if WS_ONLY_PLAN else 3]
-                if m <= 256
+                if m <= 128
             ]
             runs += [
                 (name, lambda lay, x, c=c: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": "ws"} | c))
@@ -132,12 +141,14 @@ def run(ms: tuple[int, ...], bw: float) -> None:
             cub = times.get("cuBLAS", float("nan"))
             dflt = times.get("default", float("nan"))
             line = f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
+            prev = times.get("prev", float("nan"))
+            line += f" | prev {prev:.2f} ({cub / prev:.2f}x)"
             for pre in ("wgmma", "ws"):
                 wg = {n_: t for n_, t in times.items() if n_.startswith(pre + "/") and "/p" not in n_}
                 best = min(wg, key=wg.__getitem__) if wg else "-"
                 bt = wg.get(best, float("nan"))
                 line += (
-                    f" | {pre} {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {dflt / bt:.2f}x default, "
+                    f" | {pre} {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {prev / bt:.2f}x prev, "
                     f"{2 * m * k_in * n_out / bt / 1e6:.0f} TFLOPS)"
                 )
             log(line)
@@ -151,7 +162,7 @@ def main() -> int:
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     torch.manual_seed(0)
     # the M = 64 and M ≥ 256 targets first, in case the budget runs out
-    ms: tuple[int, ...] = (64, 256, 1024, 128, 512)
+    ms: tuple[int, ...] = (64, 256, 1024, 128, 512, 32)
     if "--ms" in sys.argv:
         ms = tuple(int(v) for v in sys.argv[sys.argv.index("--ms") + 1].split(","))
     run(ms, bw)
