@@ -47,9 +47,10 @@ def test_gptq_cuda_ws__plan_picks_tiles_and_split_by_waves() -> None:
         return None if p is None else (p["bm"], p["bn"], p["split_k"], p["nprod"])
 
     assert tile(64, 28672, 4096) == (64, 256, 1, 2)  # 112 tiles: no split
-    assert tile(64, 4096, 14336) == (64, 256, 8, 2)  # 16 tiles x 8 splits
+    assert tile(64, 4096, 14336) == (64, 256, 4, 2)  # 16 tiles x 4 splits reach 45% of the SMs
     assert tile(1024, 28672, 4096) == (128, 256, 1, 1)  # 128 x 256: one producer warpgroup (registers)
-    assert tile(256, 4096, 14336) == (128, 256, 4, 1)  # 32 tiles: 4 splits fill 128 SMs
+    assert tile(256, 4096, 14336) == (128, 256, 4, 1)  # 32 tiles of 112 blocks: 90% of the SMs for long CTAs
+    assert tile(512, 4096, 4096) == (128, 256, 2, 1)  # 64 tiles of 64 units: 2 splits
     assert tile(65, 384, 512) == (128, 128, 4, 2)  # 384 columns: only 128 divides
     assert tile(64, 192, 512) is None  # N not a multiple of 128
     assert tile(64, 256, 520) is None  # K not a multiple of 128
@@ -158,3 +159,22 @@ def test_gptq_cuda_ws__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[An
         eager=2,
         replays=2,
     )
+
+
+@hopper
+def test_gptq_cuda_ws__the_dispatcher_runs_it_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusegraph.runtime.kernels import gptq_cuda_ws as ws
+    from tests.kernels.gptq_cuda_cases import cuda_layer, rel_err, run_tiled
+
+    calls: list[int] = []
+    real = ws.gptq_ws_matmul
+
+    def spy(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(ws, "gptq_ws_matmul", spy)
+    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=13)
+    x = torch.randn(96, 512, generator=layer["gen"]).half().cuda()
+    err = rel_err(run_tiled(layer, x, 4, {"kernel": "cuda", "ws": True}), x.double().cpu() @ layer["w"])
+    assert err < 3e-3 and calls == [96], (err, calls)

@@ -62,36 +62,27 @@ def ring_plan(bm: int, bn: int, split: int, ctas: int = 0, nprod: int = 0) -> di
 def ws_plan(m: int, n: int, k: int, bits: int, sms: int) -> dict[str, int] | None:
     """The tile and split-K of the warp-specialized kernel for x `[m, k]` · W `[k, n]`, or None when it cannot take it.
 
-    BM = 64 for m ≤ 64, else 128. Over BN ∈ {256, 128} (dividing n) and split-K s ∈ divisors of K/128
-    (≤ 8, a cluster), it takes the least waves·BN·(K/128/s + 2 + 1.5 if s > 1): the busiest SM's
-    work, each CTA charged two blocks for the ring's fill and the epilogue and 1.5 more for the
-    cluster sum; BN = 128 counted 15% dearer (half the x reuse); BN = 256 and the smaller split on ties.
-    Returns {"bm", "bn", "split_k", "stages", "rstages"}.
+    BM = 64 for m ≤ 64, else 128; BN = 256 where it divides n, else 128; split-K: the smallest
+    divisor s of K/128 (≤ 8, a cluster) whose CTAs (tiles · s) reach 45% of the `sms` SMs, or 90%
+    when a CTA would take 48 or more 64-row block units (K/128/s · BM/64), else the largest. From
+    the H200 runs (docs/benchmarks.md): the time a block hardly depends on BN or the producer
+    count, so BN = 128 and extra CTAs mostly add work; a cost model of waves · work picked the
+    wrong tile or split on 8 of 20 Llama-3-8B cells.
+    Returns `ring_plan`'s dict (one CTA a tile).
 
     Example:
         >>> ws_plan(64, 6144, 4096, 4, 132)
-        {'bm': 64, 'bn': 256, 'split_k': 4, 'stages': 4, 'rstages': 3}
+        {'bm': 64, 'bn': 256, 'split_k': 4, 'stages': 4, 'rstages': 4, 'ctas': 0, 'nprod': 2}
     """
     if bits != 4 or m < 1 or n % 128 or k % 128 or sms < 1:
         return None
     bm = 64 if m <= 64 else 128
-    blocks = k // 128
-    mt = (m + bm - 1) // bm
-    best: tuple[float, int, int] | None = None
-    for bn in (256, 128):
-        if n % bn:
-            continue
-        for s in (d for d in range(1, 9) if blocks % d == 0):
-            ctas = mt * (n // bn) * s
-            per_cta = (
-                blocks // s + 2 + (1.5 if s > 1 else 0)
-            )  # + the ring's fill and the epilogue, + the cluster sum
-            cost = -(-ctas // sms) * bn * per_cta * (1.0 if bn == 256 else 1.15)
-            if best is None or cost < best[0]:
-                best = (cost, bn, s)
-    if best is None:
-        return None
-    return ring_plan(bm, best[1], best[2])
+    bn = 256 if n % 256 == 0 else 128
+    tiles = (m + bm - 1) // bm * (n // bn)
+    splits = [d for d in range(1, 9) if (k // 128) % d == 0]
+    units = (k // 128) * bm // 64
+    split = next((d for d in splits if tiles * d >= (0.9 if units // d >= 48 else 0.45) * sms), splits[-1])
+    return ring_plan(bm, bn, split)
 
 
 def ws_unsupported(x: torch.Tensor, n: int, bits: int, perm: torch.Tensor | None) -> str | None:

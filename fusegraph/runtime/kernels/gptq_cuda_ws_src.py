@@ -9,12 +9,13 @@ with SS `wgmma.mma_async.m64nBNk16` (both operands from shared memory, f32 accum
   of x) over BN = 128 or 256 columns and a K slice of `bps` 128-row blocks (blockIdx.y of SPLIT).
   CTA b takes the tiles b, b + gridDim.x, ... (persistent when gridDim.x < the tiles; split 1 only),
   row tile fastest, so the CTAs that run together share the weight tile through L2.
-- Producers, per 128-row block: thread 0 bulk-copies (TMA, 1-D) the raw words of the BN/64 strips
-  (4 KiB each), the group's BN scales and BN/8 zero words into an RS-deep raw ring (mbarrier
-  `rfull`, transaction bytes); each thread loads its words into registers once (then the slot is
-  refilled). Per half block (KSTEP = 64 rows), after `empty[s]`: x's tile [BM, 64] goes into stage
-  s by cp.async (rows past M zero-filled; `cp.async.mbarrier.arrive.noinc` counts them on
-  `full[s]`), and the words are dequantized (lop3 magic numbers, (q − z)·s rounded once to
+- Producers, per 128-row block: warp 0 bulk-copies (TMA, 1-D, a lane a copy) the raw words of the
+  BN/64 strips (4 KiB each), the group's BN scales and BN/8 zero words into an RS-deep raw ring
+  (mbarrier `rfull`, transaction bytes); each thread loads its words into registers once and
+  arrives on `rempty`, after which warp 0 refills the slot (no producer-wide barrier). Per half block (KSTEP = 64 rows), after `empty[s]`: x's tile [BM, 64] goes into stage
+  s by cp.async (rows past M zero-filled; lanes l, l + 16 share a 32-byte sector, 8 lanes fill
+  128 contiguous bytes: Nsight Compute counted 8 wavefronts a copy with lane pairs instead of 4;
+  `cp.async.mbarrier.arrive.noinc` counts them on `full[s]`), and the words are dequantized (lop3 magic numbers, (q − z)·s rounded once to
   fp16/bf16, `SCALED_DEQUANT`) and stored as W's tile [64, BN] (st.shared.v4: 4 word rows × one
   pair = 8 consecutive K values of one column = one core-matrix row), then `fence.proxy.async` and
   an arrival on `full[s]`.
@@ -98,7 +99,7 @@ def _layout(bm: int, bn: int, split: int, stages: int, rstages: int) -> dict[str
     fin = bm * (bn + 8) * 4 if split > 1 else 0
     bar_off = (max(ring, fin) + 15) // 16 * 16
     return {"a_bytes": a_bytes, "b_bytes": b_bytes, "raw_bytes": raw_bytes, "bar_off": bar_off,
-            "total": bar_off + 8 * (2 * stages + rstages)}  # fmt: skip
+            "total": bar_off + 8 * (2 * stages + 2 * rstages)}  # fmt: skip
 
 
 def ring_smem_bytes(bm: int, bn: int, split: int, stages: int, rstages: int) -> int:
@@ -180,40 +181,48 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 #define FULL(s) (bars + 8 * (s))
 #define EMPTY(s) (bars + 8 * (STAGES + (s)))
 #define RFULL(r) (bars + 8 * (2 * STAGES + (r)))
+#define REMPTY(r) (bars + 8 * (2 * STAGES + RSTAGES + (r)))
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       bar_init(FULL(s), 2 * NPT);  // NPT cp.async arrivals (noinc) + NPT after the W stores
       bar_init(EMPTY(s), 128 * NCONS);
     }
-    for (int r = 0; r < RSTAGES; ++r) bar_init(RFULL(r), 1);
+    for (int r = 0; r < RSTAGES; ++r) {
+      bar_init(RFULL(r), 1);
+      bar_init(REMPTY(r), NPT);  // every producer thread has its words of the slot
+    }
     mbar_init_fence();
   }
   __syncthreads();
   int mc = 0;  // rows of x in the (last) tile
   if (wg < NPROD) {  // ---- producer warpgroups
     const int items = my_tiles * bps;  // (tile, block) pairs of this CTA, in order
-    int ia = 0, ia_tl = 0, ia_u = 0;  // thread 0: the next item whose raw words to fetch, its tile and block
-    auto issue_next = [&]() {  // item ia's raw words, scales and zeros into raw slot ia % RSTAGES
-      const int n0 = ((blockIdx.x + ia_tl * gridDim.x) / mtiles) * BN, blk = kb0 + ia_u;
-      const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+    int ia = 0, ia_tl = 0, ia_u = 0;  // warp 0: the next item whose raw words to fetch, its tile and block
+    auto issue_next = [&]() {  // warp 0: item ia's raw words, scales and zeros into raw slot ia % RSTAGES, a lane a copy
+      const int lane = ptid & 31, n0 = ((blockIdx.x + ia_tl * gridDim.x) / mtiles) * BN, blk = kb0 + ia_u;
       const u32 dst = r_ring + (ia % RSTAGES) * RAW_BYTES, bar = RFULL(ia % RSTAGES);
-      mbar_expect(bar, RAW_BYTES);
-#pragma unroll
-      for (int st = 0; st < NSTRIP; ++st)
-        bulk_copy(dst + st * 4096, qw + ((u64)(n0 / 64 + st) * (K / 8) + (u64)blk * 16) * 64, 4096, bar);
-      bulk_copy(dst + NSTRIP * 4096, sc + (u64)grp * stride_s + n0, BN * 2, bar);
-      bulk_copy(dst + NSTRIP * 4096 + BN * 2, qz + (u64)grp * stride_qz + n0 / 8, BN / 2, bar);
+      if (lane == 0) mbar_expect(bar, RAW_BYTES);
+      __syncwarp();
+      if (lane < NSTRIP) {
+        bulk_copy(dst + lane * 4096, qw + ((u64)(n0 / 64 + lane) * (K / 8) + (u64)blk * 16) * 64, 4096, bar);
+      } else if (lane < NSTRIP + 2) {
+        const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+        if (lane == NSTRIP) bulk_copy(dst + NSTRIP * 4096, sc + (u64)grp * stride_s + n0, BN * 2, bar);
+        else bulk_copy(dst + NSTRIP * 4096 + BN * 2, qz + (u64)grp * stride_qz + n0 / 8, BN / 2, bar);
+      }
       ++ia;
       if (++ia_u == bps) ia_u = 0, ++ia_tl;
     };
-    if (ptid == 0)
+    if (ptid < 32)
       while (ia < RSTAGES && ia < items) issue_next();
-    // the thread's 16-byte chunks of x's tile (row m, k chunk kc; a lane pair reads 32 B of a row), hoisted
+    // the thread's 16-byte chunks of x's tile, hoisted: lanes l and l + 16 read the two halves of a 32-byte sector
+    // of row m (k chunks kc, kc + 1), and each 8 lanes write 128 contiguous bytes (one wavefront) of a core matrix
     u32 xs_off[XJ];
     int xrow[XJ], xkc[XJ];
 #pragma unroll
     for (int j = 0; j < XJ; ++j) {
-      const int c = ptid + NPT * j, m = (c >> 1) % BM, kc = 2 * (c / (2 * BM)) + (c & 1);
+      const int q = (ptid >> 5) * 16 + (ptid & 15) + (NPT / 2) * j;  // the (row, k-chunk pair) index
+      const int m = q % BM, kc = 2 * (q / BM) + ((ptid >> 4) & 1);
       xs_off[j] = (kc * (BM / 8) + (m >> 3)) * 128 + (m & 7) * 16;
       xrow[j] = m;
       xkc[j] = kc;
@@ -260,8 +269,9 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
 #endif
         s2[cc] = lds16(raw + NSTRIP * 4096 + n * 2) * 0x10001u;
       }
-      asm volatile("bar.sync 1, %0;" :: "n"(NPT) : "memory");  // every producer thread has its words of raw slot r
-      if (ptid == 0 && ia < items) {
+      bar_arrive(REMPTY(r));
+      if (ptid < 32 && i >= 1 && ia < items) {  // refill the previous item's slot once every thread has its words
+        mbar_wait(REMPTY((i - 1) % RSTAGES), ((i - 1) / RSTAGES) & 1);
         fence_proxy_async();
         issue_next();
       }
@@ -272,7 +282,7 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
         const u32 at = a_ring + s * A_BYTES;
 #pragma unroll
         for (int j = 0; j < XJ; ++j) {
-          cp16z(at + xs_off[j], xp[j] + half * 64, xin[j] ? 16u : 0u);
+          cp16z(at + xs_off[j], xp[j] + u * 128 + half * 64, xin[j] ? 16u : 0u);
         }
         cp_arrive_noinc(FULL(s));
         if (half == 0) dequant_half<0>(w, b_ring + s * B_BYTES, ptid, mz, nzh, s2);
@@ -280,8 +290,6 @@ fg_gptq_ws(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __r
         fence_proxy_async();  // the generic-proxy W stores -> the wgmmas' async-proxy reads
         bar_arrive(FULL(s));
       }
-#pragma unroll
-      for (int j = 0; j < XJ; ++j) xp[j] += 128;
       }
     }
   } else {  // ---- consumer warpgroups
