@@ -568,6 +568,30 @@ def candidates(bw: float, ms: tuple[int, ...], bits: int, shapes: tuple[Any, ...
         torch.cuda.empty_cache()
 
 
+def table(bw: float, ms: tuple[int, ...] = (1, 4, 16)) -> None:
+    """The default dispatch on the four shapes: plain 4-bit, act-order, 8-bit, against cuBLAS fp16."""
+    for label, k_in, n_out in GB.SHAPES:
+        if time.time() - T0 > BUDGET_S:
+            log(f"  {label} table: skipped (budget)")
+            continue
+        b = GB.Bench(k_in, n_out, ("plain", "act", "int8"))
+        for m in ms:
+            t: dict[str, float] = {}
+            for name, kind in (("cuBLAS", "plain"), ("plain", "plain"), ("act", "act"), ("8-bit", "int8")):
+                layers = b.layers[kind]
+                bits = 8 if kind == "int8" else 4
+                nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
+                fn = (lambda lay, x: torch.matmul(x, lay.w)) if name == "cuBLAS" else partial(ours_cfg, None)
+                t[name] = timed(label, f"M={m} {name}", fn, layers, b.xs(m, len(layers)), True, nbytes, bw,
+                                t.get("cuBLAS", float("nan")))  # fmt: skip
+            hbm = (GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2) / (t["plain"] * 1e-6) / bw
+            log(f"TABLE {label} M={m}: cuBLAS {t['cuBLAS']:.2f} | plain {t['plain']:.2f} ({hbm:.0%} HBM, "
+                f"{t['cuBLAS'] / t['plain']:.2f}x) | act {t['act']:.2f} ({t['act'] / t['plain']:.2f}x plain) | "
+                f"8-bit {t['8-bit']:.2f} ({t['cuBLAS'] / t['8-bit']:.2f}x cuBLAS)")  # fmt: skip
+        del b
+        torch.cuda.empty_cache()
+
+
 def ncu_once() -> None:
     """Eager launches on qkv M=1, two each (the first compiles): the default, then with 4 buffers of words
     (ncu profiles launches 2..4: `--launch-skip 1 --launch-count 3`)."""
@@ -603,6 +627,7 @@ def main() -> int:
         ("act14", lambda: act(bw, GB.SHAPES, (1, 4))),  # run C: the xfull gather
         ("cand", lambda: candidates(bw, (1, 4), 4)),
         ("cand8", lambda: candidates(bw, (1,), 8)),
+        ("table", lambda: table(bw)),  # run D: the default dispatch after the plan changes
     ]
     failed = 0
     for name, fn in plan:
@@ -617,7 +642,7 @@ def main() -> int:
         Path(out, "gptq_cuda_probe.txt").write_text("\n".join(LINES) + "\n")
     print(
         "\n==== SUMMARY ====\n"
-        + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR", "ACT", "CAND")))
+        + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR", "ACT", "CAND", "TABLE")))
     )
     return 1 if failed else 0
 

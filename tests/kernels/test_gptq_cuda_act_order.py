@@ -1,6 +1,6 @@
 """Act-order on the compiled CUDA GPTQ kernels (`gptq_cuda.py`) on a CUDA GPU (skipped elsewhere), against the math.
 
-Past M = 4 (or forced with "xperm": True) x is permuted once and the small-M or mid-M kernel runs
+Past M = 1 (or forced with "xperm": True) x is permuted once and the small-M or mid-M kernel runs
 without perm on the row-sorted weight; "xperm": False keeps the in-kernel gather, "perm_ahead" its
 variant with the loads ahead (mid-M: a block early; small-M: column-chunk major); "xperm_pdl": x permuted
 by `fg_permute_x` and the kernel launched with programmatic dependent launch (sm_90). Both kernels,
@@ -33,7 +33,8 @@ CASES = [
     (33, 512, 256, 4, torch.float16, {"kernel": "cuda"}, "mid", True),
     (64, 1024, 256, 4, torch.float16, {"kernel": "cuda"}, "mid", True),
     (3, 512, 256, 4, torch.float16, {"kernel": "cuda", "xperm": True}, "small", True),
-    (4, 512, 256, 4, torch.float16, None, "small", False),
+    (4, 512, 256, 4, torch.float16, None, "small", True),  # M=4: permuted first (+ PDL) since run C
+    (1, 1024, 512, 4, torch.float16, None, "small", False),  # M=1: the gather, in one CTA of 8 warps a strip
     (16, 512, 256, 4, torch.float16, {"kernel": "cuda", "xperm": False}, "mid", False),
     (16, 512, 192, 8, torch.float16, {"kernel": "cuda"}, "mid", True),
     (64, 512, 256, 8, torch.float16, {"kernel": "cuda", "mid": True}, "mid", True),
@@ -93,7 +94,9 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
     assert seen == [(not permuted, kernel == "mid")] * 2, seen
     assert permutes == ([m] * 2 if permuted else [])
     hopper = torch.cuda.get_device_capability() >= (9, 0)
-    assert pdl == [bool(config and config.get("xperm_pdl")) and hopper] * 2, pdl
+    # PDL after the permutation: as asked, else by default at M ≤ 16 with K ≤ 8192 (gptq_plan._CUDA_ACT_PDL)
+    want = (config or {}).get("xperm_pdl", m <= 16 and k <= 8192)
+    assert pdl == [bool(permuted and want and hopper)] * 2, pdl
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -56,6 +56,9 @@ CASES = [
     (16, 1024, 192, 8, False, torch.float16, {"split_k": 1, "warps": 1, "bufs": 2}),
     (24, 1024, 256, 4, False, torch.bfloat16, {"split_k": 1, "warps": 4, "bufs": 4}),
     (9, 2048, 256, 4, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 4, "bufs": 3}),
+    # M ≤ 8 (one n-tile), as the default plan now runs on wide shapes: 4 and 8 bits
+    (3, 1024, 512, 8, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4}),
+    (1, 1024, 512, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 4}),
 ]
 
 

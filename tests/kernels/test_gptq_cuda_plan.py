@@ -11,13 +11,19 @@ from fusegraph.runtime.kernels.gptq_plan import cuda_small_m_plan
 
 
 @pytest.mark.parametrize(
-    ("n", "k", "split"), [(6144, 4096, 2), (4096, 4096, 4), (28672, 4096, 1), (4096, 14336, 4)]
+    ("n", "k", "split", "warps"),
+    [(6144, 4096, 1, 8), (4096, 4096, 2, 8), (28672, 4096, 1, 4), (4096, 14336, 2, 8)],
 )
-def test_cuda_plan__splits_k_until_the_ctas_are_1_4_times_the_132_sms(n: int, k: int, split: int) -> None:
+def test_cuda_plan__one_cta_of_8_warps_an_sm_where_it_fits_else_4_warps_over_1_4_ctas_an_sm(
+    n: int, k: int, split: int, warps: int
+) -> None:
     plan = cuda_small_m_plan(1, n, k, 4, 132)
-    assert plan is not None and plan["split_k"] == split
-    assert (n // 64) * split >= 1.4 * 132 and (k // 128) % split == 0
-    assert plan["cluster"] == (split == 2) and plan["min_blocks"] == 3  # 3 CTAs an SM
+    assert plan is not None and (plan["split_k"], plan["warps"]) == (split, warps)
+    assert (k // 128) % split == 0 and plan["cluster"] == (split == 2)
+    if warps == 8:  # every strip's split in one wave of one CTA an SM, the largest such split
+        assert (n // 64) * split <= 132 < (n // 64) * 2 * split and plan["min_blocks"] == 1
+    else:  # more strips than SMs: 1.4 CTAs an SM or more, 3 CTAs an SM by registers
+        assert (n // 64) * split >= 1.4 * 132 and plan["min_blocks"] == 3
 
 
 def test_cuda_plan__keeps_the_staged_x_slice_within_64_kb_at_m_16() -> None:
@@ -124,18 +130,22 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
         plan = cuda_plan(m, n, k, bits, 132, **kw)  # type: ignore[arg-type]
         return "triton" if plan is None else "mid" if plan.get("mid") else "small"
 
+    # the mid-M kernel at M ≤ 8 on wide shapes (N ≥ 6144: qkv, gate_up; measured faster), the small-M one elsewhere
     assert [kernel(m, 6144, 4096) for m in (1, 8, 9, 16, 17, 64, 65)] == [
-        "small", "small", "mid", "mid", "mid", "mid", "triton"
+        "mid", "mid", "mid", "mid", "mid", "mid", "triton"
     ]  # fmt: skip
+    assert [kernel(m, 4096, 14336) for m in (1, 8, 9)] == ["small", "small", "mid"]
     # o_proj (2048 strip-blocks) is below the work threshold past M=16 (measured slower than Triton there)
     assert [kernel(m, 4096, 4096) for m in (16, 17, 64)] == ["mid", "triton", "triton"]
     assert kernel(64, 4096, 4096, forced=True) == "mid"
     assert kernel(12, 6144, 4096, mid=False) == "small" and kernel(4, 6144, 4096, mid=True) == "mid"
     assert kernel(17, 6144, 4096, mid=False) == "triton"
-    # 8 bits: the mid-M kernel at M 9..16, past 16 only on wide shapes (gate_up) unless forced; Triton at 5..8
+    # 8 bits: the mid-M kernel to M=16 on N ≥ 6144, at M 9..16 elsewhere, past 16 only on N ≥ 16384 (gate_up)
+    # unless forced; on narrower shapes the small-M kernel to M=4, Triton at 5..8
     assert [kernel(m, 6144, 4096, bits=8) for m in (4, 5, 8, 9, 16, 17, 64)] == [
-        "small", "triton", "triton", "mid", "mid", "triton", "triton"
+        "mid", "mid", "mid", "mid", "mid", "triton", "triton"
     ]  # fmt: skip
+    assert [kernel(m, 4096, 4096, bits=8) for m in (4, 5, 9, 17)] == ["small", "triton", "mid", "triton"]
     assert [kernel(m, 28672, 4096, bits=8) for m in (16, 40, 64, 65)] == ["mid", "mid", "mid", "triton"]
     assert (cuda_plan(40, 6144, 4096, 8, 132, forced=True) or {}).get("mid") is True
     assert cuda_plan(12, 6144, 4096, 8, 132, bf16=True) is None  # bf16 at 8 bits: Triton
@@ -192,11 +202,11 @@ def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int,
     for m in range(1, 66):
         plain = cuda_plan(m, n, k, 4, 132)
         act = cuda_plan(m, n, k, 4, 132, act_order=True)
-        if m <= 4 and (n // 64) * m * k <= 1 << 20:  # the small-M kernel gathers x through perm itself
+        if m == 1 and (n // 64) * k <= 1 << 20:  # the small-M kernel gathers x through perm itself
             assert act == {"kernel": "small"} | (cuda_small_m_plan(m, n, k, 4, 132, act_order=True) or {})
             assert "xperm" not in act
         else:  # the plain plan (None, i.e. Triton, where the plain path is Triton: o_proj past M=16, M > 64)
-            pdl = 9 <= m <= 16 and k <= 8192  # PDL after the permutation where it was measured faster
+            pdl = m <= 16 and k <= 8192  # PDL after the permutation where it was measured faster
             assert act == (None if plain is None else plain | {"xperm": True, "xperm_pdl": pdl}), m
     # forced either way
     assert (cuda_plan(2, n, k, 4, 132, act_order=True, xperm=True) or {}).get("xperm") is True
@@ -212,7 +222,8 @@ def test_cuda_plan__act_order_8_bit_and_bf16_follow_their_plain_plans() -> None:
         "xperm": True,
         "xperm_pdl": True,
     }
-    assert cuda_plan(2, 6144, 4096, 8, 132, act_order=True) == cuda_plan(2, 6144, 4096, 8, 132)  # the gather
+    # the gather, in the small-M kernel
+    assert cuda_plan(1, 6144, 4096, 8, 132, act_order=True) == cuda_plan(1, 6144, 4096, 8, 132, mid=False)
     assert cuda_plan(16, 6144, 4096, 8, 132, act_order=True, bf16=True) is None  # bf16 at 8 bits: Triton
     plan = cuda_plan(32, 6144, 4096, 4, 132, act_order=True, bf16=True)
     assert plan is not None and plan["mid"] and plan["xperm"]
@@ -227,7 +238,8 @@ def test_cuda_plan__act_order_gathers_ahead_where_its_knobs_say(monkeypatch: pyt
     monkeypatch.setattr(gptq_plan, "_CUDA_ACT_GATHER_MAX_WORK", 1 << 30)
     for m in (1, 4, 8, 16):  # the small-M kernel to M=8, the mid-M kernel past it, each with the gather ahead
         plan = gptq_plan.cuda_plan(m, 6144, 4096, 4, 132, act_order=True)
-        assert plan == (gptq_plan.cuda_plan(m, 6144, 4096, 4, 132) or {}) | {"perm_ahead": True}
+        plain = gptq_plan.cuda_plan(m, 6144, 4096, 4, 132, mid=False if m <= 8 else None)
+        assert plan == (plain or {}) | {"perm_ahead": True}
     assert (gptq_plan.cuda_plan(17, 6144, 4096, 4, 132, act_order=True) or {}).get("xperm") is True
     assert (gptq_plan.cuda_plan(16, 6144, 4096, 4, 132, act_order=True, xperm=True) or {}).get(
         "xperm"
@@ -255,7 +267,9 @@ def test_cuda_plan__act_order_gathers_in_the_kernel_only_where_that_is_little_wo
     # as measured on the H200 (M=1, 4): the gather where it beat permuting x first
     shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]  # qkv, o_proj, gate_up, down
     assert [route(1, n, k) for n, k in shapes] == ["gather", "gather", "xperm", "gather"]
-    assert [route(4, n, k) for n, k in shapes] == ["xperm", "gather", "xperm", "xperm"]
+    assert [route(4, n, k) for n, k in shapes] == [
+        "xperm"
+    ] * 4  # M=4: x permuted first (+ PDL) won everywhere
     assert [route(16, n, k) for n, k in shapes] == ["xperm"] * 4
     assert [route(64, n, k) for n, k in shapes] == ["xperm", "triton", "xperm", "xperm"]
 
@@ -282,7 +296,7 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
             assert kernel(m, n, k, cap=hopper) == ("wgmma" if kind else kernel(m, n, k)), (m, n, k)
             assert kernel(m, n, k, cap=hopper, configured=True) == kernel(m, n, k)  # config given: no default
     assert kernel(128, 28672, 4096, cap=hopper) == "wgmma"  # gate_up M=128 (measured 1.70x the Triton path)
-    assert [kernel(m, 6144, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "mid", "triton"]
+    assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "triton", "triton"]
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)
     assert cuda_plan(1, 6144, 4096, 4, 132, wgmma=True) == {"kernel": "wgmma", "wgmma": True}
     assert cuda_plan(64, 6144, 4096, 4, 132, wgmma="ws") == {"kernel": "wgmma", "wgmma": "ws"}
@@ -303,8 +317,14 @@ def test_cuda_plan__the_ws_kernel_runs_by_default_only_in_its_knobs_range(
     monkeypatch.setattr(gptq_plan, "_WS_DEFAULT_M", (129, 1024))
     monkeypatch.setattr(gptq_plan, "_WS_MIN_WORK", 5000)
     assert (gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") == "ws"
-    assert gptq_plan.cuda_plan(256, 4096, 4096, 4, 132, cap=hopper) is None  # o_proj: 2048 strip-blocks
-    assert gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=(8, 0)) is None  # not sm_90
-    assert gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper, act_order=True) is None
-    assert gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper, configured=True) is None
-    assert (gptq_plan.cuda_plan(64, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") == "mid"
+
+    def kernel(m: int, n: int, **kw: object) -> object:
+        return (gptq_plan.cuda_plan(m, n, 4096, 4, 132, **kw) or {}).get("kernel")  # type: ignore[arg-type]
+
+    assert kernel(256, 4096, cap=hopper) != "ws"  # o_proj: 2048 strip-blocks
+    assert kernel(256, 28672, cap=(8, 0)) != "ws"  # not sm_90
+    assert kernel(256, 28672, cap=hopper, act_order=True) != "ws"
+    assert (
+        kernel(256, 28672, cap=hopper, configured=True) != "ws"
+    )  # a config given: its kernel, not the default
+    assert kernel(64, 28672, cap=hopper) != "ws"  # M below the range

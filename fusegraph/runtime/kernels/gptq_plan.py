@@ -204,19 +204,15 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     (slower there than Triton; `forced` plans them anyway), bf16 at 8 bits, a shape off the
     repacked layout (N % 64, K % 128).
 
-    Measured on an H200 (benchmarks/gptq_sweep.py "cuda", 2026-11-30; docs/benchmarks.md): few CTAs
-    that each stream a long K slice beat many short ones, so split-K is the smallest divisor d of
-    K/128 with (N/64)·d ≥ 1.4·SMs CTAs (qkv 2, o_proj 4, gate_up 1, down 4 at M=1), larger while
-    the CTA's staged slice of x would pass 64 KB of shared memory (M=16: gate_up 2, down 7). The
-    partial sums meet in a thread-block cluster at d = 2 (qkv M=1 9.1 vs 9.8 µs with the ticket),
-    else through a workspace and an atomic ticket. 4 warps; registers capped for 3 CTAs an SM at 4
-    bits and M ≤ 8 (168 a thread), else 2 (the second n-tile or the 8-bit words need ~240). An L2
-    bulk prefetch of the blocks ahead (`l2pf`) and a bulk-copy shared-memory ring (`tma`) were
-    slower on every shape, so both stay off.
+    Measured on an H200 (benchmarks/gptq_cuda_probe.py, 2026-11-30; docs/benchmarks.md): one CTA of 8 warps
+    an SM where it fits, split-K the largest divisor d of K/128 with (N/64)·d ≤ SMs, ≥ 8 blocks and ≤ 64 KB of
+    x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65). Else 4 warps,
+    the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a cluster at d = 2, else a ticket.
+    `bufs` > 2, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
     Example:
-        >>> cuda_small_m_plan(1, 6144, 4096, 4, 132)
-        {'split_k': 2, 'warps': 4, 'cluster': True, 'min_blocks': 3}
+        >>> cuda_small_m_plan(1, 4096, 4096, 4, 132)
+        {'split_k': 2, 'warps': 8, 'cluster': True, 'min_blocks': 1}
     """
     if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
         return None
@@ -224,6 +220,9 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
         return None  # measured slower than the Triton kernels there (docs/benchmarks.md)
     tiles, blocks = n // 64, k // 128
     divisors = [d for d in range(1, blocks + 1) if blocks % d == 0]
+    fits = [d for d in divisors if tiles * d <= sms and blocks // d >= 8 and m * blocks // d * 256 <= 65536]
+    if fits:  # one CTA of 8 warps an SM
+        return {"split_k": fits[-1], "warps": 8, "cluster": 2 <= fits[-1] <= 8, "min_blocks": 1}
     split = next((d for d in divisors if tiles * d >= 1.4 * sms), blocks)
     while m * (blocks // split) * 256 > _CUDA_X_SLICE_BYTES and split < blocks:
         split = next(d for d in divisors if d > split)
@@ -241,6 +240,9 @@ _CUDA_MID_FROM_M = 9
 # Past M=16, only shapes with at least this many (64-column strip, 128-row block) pairs: o_proj (2048) was
 # slower than Triton at M=32 (13.6 vs 13.3 us) and M=64 (20.7 vs 18.3); qkv (3072) faster (14.3 vs 17.0, 21.8 vs 22.3)
 _CUDA_MID_MIN_WORK = 2500
+# M ≤ 8 (plain, or x permuted first) takes the mid-M kernel on shapes of N ≥ this (H200 M=1: qkv 8.55 vs 9.20 µs,
+# gate_up 24.90 vs 25.46; M=4: 8.81 vs 9.75, 25.57 vs 30.09; 8-bit M=1 qkv 11.09 vs 12.29); o_proj and down do not
+_CUDA_MID_SMALL_M_MIN_N = 6144
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -278,20 +280,17 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": 8 // warps, "mid": True}
 
 
-# act-order (H200, docs/benchmarks.md "act-order on the CUDA kernels"): the small-M kernel gathers x through perm
-# itself up to this M where its gathers, (N/64)·M·K values over all CTAs, are at most _CUDA_ACT_GATHER_MAX_WORK:
-# that cost 0.7-1.5 µs to ~1M values (M=1 qkv/o_proj/down, M=4 o_proj), 3-10 µs past 1.5M (M=1 gate_up, M=4
-# qkv/gate_up/down); elsewhere x is permuted once (`xperm`: one Triton launch, 1.5-1.8 µs in a graph with the
-# plain kernel after it) and the plain plan runs on the row-sorted weight (M=16-64: the gather was 1.4-5x slower)
-_CUDA_ACT_GATHER_MAX_M = 4
+# act-order (H200, docs/benchmarks.md): the small-M kernel gathers x through perm itself up to this M where its
+# gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK (M=1 qkv/o_proj/down); elsewhere x is permuted
+# once (`xperm`) and the plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes)
+_CUDA_ACT_GATHER_MAX_M = 1
 _CUDA_ACT_GATHER_MAX_WORK = 1 << 20
-# the in-kernel gather with its loads ahead ("perm_ahead": the small-M kernel column-chunk major, the mid-M
-# kernel a block early): correct, measured slower on every shape (M=1/4: 1.04-1.22x the plain gather; M=16:
-# 1.07-1.16x; M=32/64: 1.8-5.5x the plain kernel), so off
+# the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
-# x permuted by `fg_permute_x`, the kernel launched with PDL (sm_90), at these M and K: H200 M=16, qkv 12.49 ->
-# 12.10 us, o_proj 11.87 -> 11.34, gate_up 32.12 -> 31.46, down (K=14336) 23.11 -> 31.29; M=1 no better
-_CUDA_ACT_PDL: tuple[int, int] | None = (9, 16)
+# x permuted by `fg_permute_x`, the kernel launched with PDL (sm_90), at these M and K (H200, x permuted first
+# without / with: M=16 qkv 12.49 / 12.10 us, o_proj 11.87 / 11.34; M=4 qkv 11.15 / 10.45; gate_up M=1 26.59 / 25.81;
+# down (K=14336) M=16 23.11 / 31.29)
+_CUDA_ACT_PDL: tuple[int, int] | None = (1, 16)
 _CUDA_ACT_PDL_MAX_K = 8192
 # 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
 # one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
@@ -306,8 +305,8 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
         gather = xperm is False or (xperm is None and small_work)
         if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
-        plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced, mid=mid,
-                             xperm=None)  # fmt: skip
+        plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced,
+                             mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None)  # fmt: skip
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
         pdl = _CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1] and k <= _CUDA_ACT_PDL_MAX_K  # fmt: skip
@@ -315,6 +314,8 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
+        return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
+    if mid is None and m < _CUDA_MID_FROM_M and n >= _CUDA_MID_SMALL_M_MIN_N and not (bf16 and bits == 8):
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
