@@ -293,14 +293,17 @@ def maybe_gptq_cuda(
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
     "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold"} forces it (a ValueError if it cannot run); a config with only
     those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
-    "wgmma": True / "ws" or "ws": True ask for the Hopper kernels (their own keys need "kernel": "cuda").
+    "wgmma": True / "ws" or "ws": True ask for the Hopper kernels (with their own keys).
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
     gather): x is permuted once (`_permute_x`; "xperm_pdl": by `fg_permute_x`, the kernel launched with
     programmatic dependent launch), then the kernel runs on the row-sorted weight without perm.
     """
     cfg = config or {}
     forced = cfg.get("kernel") == "cuda"
-    if (not forced and (cfg.keys() - _CUDA_KEYS or cfg.get("cuda") is False)) or x.device.type != "cuda":
+    hopper_asked = bool(cfg.get("wgmma") or cfg.get("ws"))  # their own keys too; they check their operands
+    if (not forced and not hopper_asked and (cfg.keys() - _CUDA_KEYS or cfg.get("cuda") is False)) or (
+        x.device.type != "cuda"
+    ):
         return None  # a Triton option or kernel was asked for
     if not forced and os.environ.get("FUSEGRAPH_GPTQ_CUDA", "1") == "0":
         return None
@@ -309,7 +312,6 @@ def maybe_gptq_cuda(
     if x.device.type == "cuda" and (x.data_ptr() % 16 or x.stride(0) % 8):
         x = x.clone(memory_format=torch.contiguous_format)  # the kernel copies x in 16-byte chunks
     sms, cap = _device_info(x.device)
-    hopper_asked = bool(cfg.get("wgmma") or cfg.get("ws"))  # they check their operands themselves
     why = _unsupported(x, qweight_t, scales, qzeros_t, perm, bits)
     plan = None
     if why is None or hopper_asked:
