@@ -5,7 +5,7 @@ place that routes, names the CUDA kernel ("small", "mid", or on sm_90 "wgmma" / 
 `gptq_cuda_wgmma.py` / `gptq_cuda_ws.py`) and its plan, and this module launches it; where there is no
 plan or the kernel cannot be built here, it returns None and the Triton kernels run. The sources are
 `gptq_cuda_src.py` and `gptq_cuda_mid.py` (when M > 16 or the plan says "mid": by default 4-bit
-M 9..64, 8-bit M 9..16, see `gptq_plan.cuda_plan`; act-order as its plain plan, x permuted once by
+M 9..64 and M ≤ 8 on N ≥ 6144, see `gptq_plan.cuda_plan`; act-order as its plain plan, x permuted once by
 `_permute_x` where the kernel's own gather through perm would cost more); they are
 compiled at run time by NVRTC through `torch.cuda._compile_kernel`
 (no nvcc on the user's machine), once per (device, `KernelSpec` / `MidSpec`) in a process. If NVRTC or that

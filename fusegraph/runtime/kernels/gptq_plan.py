@@ -234,8 +234,8 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
 # ---- the compiled CUDA kernel for mid M (gptq_cuda_mid.py) ---------------------------------------------
 
 _CUDA_MID_MAX_M = 64  # its accumulators (16 fp32 a thread per 8 rows of x) cap M at 64
-# By default the mid-M kernel takes M from here (9..16: it beat the small-M kernel at M=16 on all four
-# shapes, H200: 10.7/10.1/30.5/20.8 us vs 13.9/11.7/49.8/26.6; M ≤ 8 stays on the small-M kernel, not measured)
+# By default the mid-M kernel takes M from here on every shape (9..16: it beat the small-M kernel at M=16 on all
+# four, H200: 10.7/10.1/30.5/20.8 us vs 13.9/11.7/49.8/26.6), below it on N ≥ _CUDA_MID_SMALL_M_MIN_N
 _CUDA_MID_FROM_M = 9
 # Past M=16, only shapes with at least this many (64-column strip, 128-row block) pairs: o_proj (2048) was
 # slower than Triton at M=32 (13.6 vs 13.3 us) and M=64 (20.7 vs 18.3); qkv (3072) faster (14.3 vs 17.0, 21.8 vs 22.3)
@@ -360,9 +360,10 @@ def cuda_plan(
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
-    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`), else the small-M kernel for M ≤ 16.
+    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
+    else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
-    8 bits: the mid-M kernel for M 9..16, and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
+    8 bits: the mid-M kernel for M 9..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
