@@ -191,9 +191,7 @@ def pick_config(
 # ---- the compiled CUDA kernel for small M (gptq_cuda.py) ------------------------------------------------
 
 _CUDA_MAX_M = 16  # the small-M CUDA kernel's range (1.._CUDA_MAX_M); past it the mid-M kernel or Triton
-# act-order and 8-bit take it only up to this M by default: at M=16 the Triton kernels won (H200: act-order
-# 0.48-0.82x, its per-CTA gather of x through perm grows with M; 8-bit 0.92-0.95x on three shapes of four)
-_CUDA_MAX_M_SLOW = 4
+_CUDA_MAX_M_SLOW = 4  # act-order / 8-bit take it to this M unless forced (H200 M=16: Triton won, 3rd session)
 _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
 
 
