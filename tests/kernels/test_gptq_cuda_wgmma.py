@@ -164,22 +164,27 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_the_ws_kernel_in_its_range(
 def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sms() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan, rswg_tok
 
+    def rswg(m: int, n: int, k: int) -> dict[str, Any]:
+        plan = rswg_plan(m, n, k, 132)
+        assert plan is not None
+        return plan
+
     plan = {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1, "tma": 1, "sk": 0}
-    assert rswg_plan(256, 28672, 4096, 132) == plan  # gate_up: 224 tiles
-    assert rswg_plan(256, 4096, 4096, 132)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
-    assert rswg_plan(512, 4096, 4096, 132)["split_k"] == 2  # 64 tiles
-    assert rswg_plan(1024, 4096, 4096, 132)["split_k"] == 1  # 128 tiles: one an SM
-    assert rswg_plan(64, 6144, 4096, 132) | {"stages": 0} == plan | {
+    assert rswg(256, 28672, 4096) == plan  # gate_up: 224 tiles
+    assert rswg(256, 4096, 4096)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
+    assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
+    assert rswg(1024, 4096, 4096)["split_k"] == 1  # 128 tiles: one an SM
+    assert rswg(64, 6144, 4096) | {"stages": 0} == plan | {
         "split_k": 2,
         "tok": 64,
         "stages": 0,
         "minb": 2,
     }
-    assert rswg_plan(64, 4096, 4096, 132)["split_k"] == 4  # o_proj at tok 64: 8 blocks a CTA at least
-    assert rswg_plan(128, 4096, 14336, 132)["sk"] == 1  # down: 32 tiles, 112 blocks: stream-K
-    assert rswg_plan(512, 4096, 14336, 132)["sk"] == 0  # 64 tiles
-    assert rswg_plan(64, 4096, 640, 132)["split_k"] == 1  # 5 blocks only
-    assert rswg_plan(100, 192, 512, 132)["ncw"] == 1  # 3 strips: one a CTA
+    assert rswg(64, 4096, 4096)["split_k"] == 4  # o_proj at tok 64: 8 blocks a CTA at least
+    assert rswg(128, 4096, 14336)["sk"] == 1  # down: 32 tiles, 112 blocks: stream-K
+    assert rswg(512, 4096, 14336)["sk"] == 0  # 64 tiles
+    assert rswg(64, 4096, 640)["split_k"] == 1  # 5 blocks only
+    assert rswg(100, 192, 512)["ncw"] == 1  # 3 strips: one a CTA
     assert rswg_plan(8, 100, 512, 132) is None  # N not a multiple of 64
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
 
