@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_gptq as GB  # noqa: E402
 from gptq_cuda_probe_kit import (  # noqa: E402
-    _FLOOR,
-    _FLOOR_SRC,
     BUDGET_S,
+    FLOOR,
+    FLOOR_SRC,
     LINES,
     SMS,
     T0,
@@ -63,8 +63,8 @@ from fusegraph.runtime.kernels import gptq_cuda as C  # noqa: E402
 def floors(bw: float) -> None:
     """An empty CUDA kernel, a pure read of each shape's int4 bytes, our permutation of x."""
     names = ("fg_null", "fg_read", "fg_permute")
-    kern = dict(zip(names, compile_all([(_FLOOR_SRC, n) for n in names]), strict=True))
-    _FLOOR.update(kern)
+    kern = dict(zip(names, compile_all([(FLOOR_SRC, n) for n in names]), strict=True))
+    FLOOR.update(kern)
     out = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
     for g in (1, 192, 396):
         us = graph_us([lambda: kern["fg_null"](grid=(g, 1, 1), block=(128, 1, 1), args=[out])])

@@ -103,7 +103,7 @@ def _nomma(src: str) -> str:  # dequantized, but xor-ed into the sums instead of
 EDITS: dict[str, Callable[[str], str]] = {"noreduce": _noreduce, "nox": _nox, "nocompute": _nocompute,
                                           "nodeq": _nodeq, "nomma": _nomma}  # fmt: skip
 
-_FLOOR_SRC = (
+FLOOR_SRC = (
     "#define BITS 4\n#define BF16 0\n"
     + HELPERS
     + r"""
@@ -149,7 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) fg_permute(const u16* __restri
 
 Spec = KernelSpec | MidSpec
 _PROBES: dict[tuple[Spec, tuple[str, ...]], Any] = {}
-_FLOOR: dict[str, Any] = {}
+FLOOR: dict[str, Any] = {}
 
 
 def _source(key: tuple[Spec, tuple[str, ...]]) -> tuple[str, str]:
