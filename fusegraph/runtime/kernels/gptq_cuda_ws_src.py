@@ -13,8 +13,7 @@ with SS `wgmma.mma_async.m64nBNk16` (both operands from shared memory, f32 accum
   BN/64 strips (4 KiB each), the group's BN scales and BN/8 zero words into an RS-deep raw ring
   (mbarrier `rfull`, transaction bytes); each thread loads its words into registers once and
   arrives on `rempty`, after which warp 0 refills the slot (no producer-wide barrier). Per half block (KSTEP = 64 rows), after `empty[s]`: x's tile [BM, 64] goes into stage
-  s by cp.async (rows past M zero-filled; lanes l, l + 16 share a 32-byte sector, 8 lanes fill
-  128 contiguous bytes: Nsight Compute counted 8 wavefronts a copy with lane pairs instead of 4;
+  s by cp.async (rows past M zero-filled; lanes l, l + 16 share a 32-byte sector;
   `cp.async.mbarrier.arrive.noinc` counts them on `full[s]`), and the words are dequantized (lop3 magic numbers, (q − z)·s rounded once to
   fp16/bf16, `SCALED_DEQUANT`) and stored as W's tile [64, BN] (st.shared.v4: 4 word rows × one
   pair = 8 consecutive K values of one column = one core-matrix row), then `fence.proxy.async` and
@@ -24,9 +23,8 @@ with SS `wgmma.mma_async.m64nBNk16` (both operands from shared memory, f32 accum
   values of K) is ROWS/8·128 and its stride byte offset (next 8 rows) 128.
 - Consumer warpgroup c (rows 64c.. of the tile), per half block: wait `full[s]`, four wgmmas
   (k16 each) in one commit group, `wgmma.wait_group 1`, then arrive on `empty` of the previous
-  stage (its wgmmas are complete). No `setmaxnreg`: ptxas allocates the whole kernel under the launch
-  cap (65536 / threads: 168 at 384 threads), which the consumers fit (≤ 152 at m64n256), and a
-  producer cut to 40-48 registers was latency-bound (Nsight Compute: 'wait' and short-scoreboard stalls).
+  stage. No `setmaxnreg`: ptxas allocates the whole kernel under the launch cap (168 registers at 384
+  threads; the consumers fit in 152), and a producer cut to 40-48 registers was latency-bound.
 - Epilogue: SPLIT = 1 stores the accumulators (m64nBN layout: row 16w + g (+8), column 8j + 2t
   (+1)) straight to the output, masked past M; SPLIT > 1 puts them in shared memory and the SPLIT
   CTAs of a thread-block cluster sum them through distributed shared memory, in rank order.
