@@ -300,31 +300,4 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)
     assert cuda_plan(1, 6144, 4096, 4, 132, wgmma=True) == {"kernel": "wgmma", "wgmma": True}
     assert cuda_plan(64, 6144, 4096, 4, 132, wgmma="ws") == {"kernel": "wgmma", "wgmma": "ws"}
-    assert cuda_plan(64, 6144, 4096, 4, 132, ws=True, wgmma=True) == {"kernel": "ws"}
-    assert kernel(64, 6144, 4096, ws=False, wgmma=False, cap=hopper, configured=True) == "mid"
-
-
-def test_cuda_plan__the_ws_kernel_runs_by_default_only_in_its_knobs_range(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from fusegraph.runtime.kernels import gptq_plan
-
-    hopper = (9, 0)
-    assert all(
-        (gptq_plan.cuda_plan(m, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") != "ws"
-        for m in (1, 64, 256)
-    )  # off until measured (_WS_DEFAULT_M None)
-    monkeypatch.setattr(gptq_plan, "_WS_DEFAULT_M", (129, 1024))
-    monkeypatch.setattr(gptq_plan, "_WS_MIN_WORK", 5000)
-    assert (gptq_plan.cuda_plan(256, 28672, 4096, 4, 132, cap=hopper) or {}).get("kernel") == "ws"
-
-    def kernel(m: int, n: int, **kw: object) -> object:
-        return (gptq_plan.cuda_plan(m, n, 4096, 4, 132, **kw) or {}).get("kernel")  # type: ignore[arg-type]
-
-    assert kernel(256, 4096, cap=hopper) != "ws"  # o_proj: 2048 strip-blocks
-    assert kernel(256, 28672, cap=(8, 0)) != "ws"  # not sm_90
-    assert kernel(256, 28672, cap=hopper, act_order=True) != "ws"
-    assert (
-        kernel(256, 28672, cap=hopper, configured=True) != "ws"
-    )  # a config given: its kernel, not the default
-    assert kernel(64, 28672, cap=hopper) != "ws"  # M below the range
+    assert kernel(64, 6144, 4096, wgmma=False, cap=hopper, configured=True) == "mid"

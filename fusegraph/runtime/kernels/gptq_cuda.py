@@ -1,8 +1,8 @@
 """The compiled CUDA C++ GPTQ kernels for small M (≤ 16) and mid M (≤ 64), on the layout of `fg.gptq.repack`.
 
 `gptq_tiled_matmul` (the Triton kernels) calls `maybe_gptq_cuda` first: `gptq_plan.cuda_plan`, the one
-place that routes, names the CUDA kernel ("small", "mid", or on sm_90 "wgmma" / "ws": the Hopper kernels of
-`gptq_cuda_wgmma.py` / `gptq_cuda_ws.py`) and its plan, and this module launches it; where there is no
+place that routes, names the CUDA kernel ("small", "mid", or on sm_90 "wgmma": the Hopper kernels of
+`gptq_cuda_wgmma.py`) and its plan, and this module launches it; where there is no
 plan or the kernel cannot be built here, it returns None and the Triton kernels run. The sources are
 `gptq_cuda_src.py` and `gptq_cuda_mid.py` (when M > 16 or the plan says "mid": by default 4-bit
 M 9..64 and M ≤ 8 on N ≥ 6144, see `gptq_plan.cuda_plan`; act-order as its plain plan, x permuted once by
@@ -36,7 +36,6 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
 from fusegraph.runtime.kernels.gptq_cuda_ptx import PERMUTE_NAME, PERMUTE_SOURCE
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
-from fusegraph.runtime.kernels.gptq_cuda_ws import maybe_ws
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
 
@@ -53,7 +52,7 @@ _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
               "bufs", "xperm_pdl", "xfull", "fold")  # fmt: skip
 _PERMUTE: dict[int, Any] = {}
-_CUDA_KEYS = {"kernel", "cuda", "wgmma", "ws", *_PLAN_KEYS}  # "wgmma"/"ws": gptq_cuda_wgmma / gptq_cuda_ws
+_CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
@@ -293,14 +292,14 @@ def maybe_gptq_cuda(
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
     "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold"} forces it (a ValueError if it cannot run); a config with only
     those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
-    "wgmma": True / "ws" or "ws": True ask for the Hopper kernels (with their own keys).
+    "wgmma": True / "ws" asks for the Hopper kernels (with their own keys).
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
     gather): x is permuted once (`_permute_x`; "xperm_pdl": by `fg_permute_x`, the kernel launched with
     programmatic dependent launch), then the kernel runs on the row-sorted weight without perm.
     """
     cfg = config or {}
     forced = cfg.get("kernel") == "cuda"
-    hopper_asked = bool(cfg.get("wgmma") or cfg.get("ws"))  # their own keys too; they check their operands
+    hopper_asked = bool(cfg.get("wgmma"))  # their own keys too; they check their operands
     if (not forced and not hopper_asked and (cfg.keys() - _CUDA_KEYS or cfg.get("cuda") is False)) or (
         x.device.type != "cuda"
     ):
@@ -317,13 +316,12 @@ def maybe_gptq_cuda(
     if why is None or hopper_asked:
         plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
                          forced=forced, mid=cfg.get("mid"), xperm=cfg.get("xperm"), wgmma=cfg.get("wgmma"),
-                         ws=cfg.get("ws"), cap=cap, configured=bool(cfg))  # fmt: skip
+                         cap=cap, configured=bool(cfg))  # fmt: skip
         why = why or (None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}")
-    if plan is not None and plan["kernel"] in ("wgmma", "ws"):  # the Hopper kernels (raise if asked, unable)
-        run = maybe_wgmma if plan["kernel"] == "wgmma" else maybe_ws
+    if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         try:
-            return run(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
-                       zero_format=zero_format, config=cfg or plan, sms=sms)  # fmt: skip
+            return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
+                               zero_format=zero_format, config=cfg or plan, sms=sms)  # fmt: skip
         except RuntimeError:  # by default only: not compiled here (logged once), the Triton kernels run
             if cfg:
                 raise

@@ -15,7 +15,6 @@ import torch
 import triton
 
 from fusegraph.runtime.kernels import gptq_cuda_wgmma as _wg
-from fusegraph.runtime.kernels import gptq_cuda_ws as _ws
 
 __all__ = [
     "act_order_prepare",
@@ -324,12 +323,6 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
 
 
-# WSPEC's warp-specialized kernel (gptq_cuda_ws.py) in the default dispatch: the M range (None: never, until
-# measured) and the fewest strip-blocks (N/64 · K/128) where it takes config-less plain 4-bit calls on sm_90
-_WS_DEFAULT_M: tuple[int, int] | None = None
-_WS_MIN_WORK = 0
-
-
 def cuda_plan(
     m: int,
     n: int,
@@ -343,18 +336,15 @@ def cuda_plan(
     mid: bool | None = None,
     xperm: bool | None = None,
     wgmma: bool | str | None = None,
-    ws: bool | None = None,
     cap: tuple[int, int] | None = None,
     configured: bool = False,
 ) -> dict[str, Any] | None:
     """Which CUDA kernel runs this call, and its plan, or None (the Triton kernels run): the one place
     that decides. `gptq_cuda.maybe_gptq_cuda` switches on the plan's "kernel":
 
-    - "ws": WSPEC's warp-specialized kernel (`gptq_cuda_ws.maybe_ws`) when `ws` is asked for, or for a
-      config-less (`configured` False) plain 4-bit call on sm_90 (`cap`) in `_WS_DEFAULT_M` (off: None);
     - "wgmma": the wgmma kernels (`gptq_cuda_wgmma.maybe_wgmma`; the plan's "wgmma" is True, or "ws" for
-      RSWG's warp-specialized one) when `wgmma` is asked for, or for a config-less call on sm_90 where
-      `gptq_cuda_wgmma.wgmma_default_kind` names one (measured faster there);
+      RSWG's warp-specialized one) when `wgmma` is asked for, or for a config-less (`configured` False)
+      call on sm_90 (`cap`) where `gptq_cuda_wgmma.wgmma_default_kind` names one (measured faster there);
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
@@ -379,15 +369,9 @@ def cuda_plan(
         >>> cuda_plan(128, 28672, 4096, 4, 132, cap=(9, 0))["kernel"]  # gate_up at M=128
         'wgmma'
     """
-    if ws:
-        return {"kernel": "ws"}
     if wgmma:
         return {"kernel": "wgmma", "wgmma": wgmma}
     if not configured and cap == (9, 0):  # the Hopper kernels' measured default ranges
-        if (_WS_DEFAULT_M is not None and _WS_DEFAULT_M[0] <= m <= _WS_DEFAULT_M[1] and bits == 4
-                and not act_order and (n // 64) * (k // 128) >= _WS_MIN_WORK
-                and _ws.ws_plan(m, n, k, bits, sms) is not None):  # fmt: skip
-            return {"kernel": "ws"}
         kind = _wg.wgmma_default_kind(
             m, n, k, bits, act_order, torch.bfloat16 if bf16 else torch.float16, cap
         )
