@@ -169,18 +169,20 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
         assert plan is not None
         return plan
 
-    plan = {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1, "tma": 1, "sk": 0}
+    plan = {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1, "tma": 1, "sk": 0, "vred": 0}
     assert rswg(256, 28672, 4096) == plan  # gate_up: 224 tiles
     assert rswg(256, 4096, 4096)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
     assert rswg(1024, 4096, 4096)["split_k"] == 1  # 128 tiles: one an SM
     assert rswg(64, 6144, 4096) | {"stages": 0} == plan | {
-        "split_k": 2,
+        "split_k": 4,
         "tok": 64,
         "stages": 0,
         "minb": 2,
+        "vred": 1,
     }
     assert rswg(64, 4096, 4096)["split_k"] == 4  # o_proj at tok 64: 8 blocks a CTA at least
+    assert rswg(32, 6144, 4096)["split_k"] == 4  # qkv: 192 CTAs, two an SM
     assert rswg(128, 4096, 14336)["sk"] == 1  # down: 32 tiles, 112 blocks: stream-K
     assert rswg(512, 4096, 14336)["sk"] == 0  # 64 tiles
     assert rswg(64, 4096, 640)["split_k"] == 1  # 5 blocks only

@@ -236,10 +236,10 @@ def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, act_order: bool, d
 
 # The default dispatch's use of the warp-specialized kernel (gptq_cuda_wgmma_ws.py): plain 4-bit fp16 on
 # sm_90 with M in one of these ranges on shapes of at least that many strip-blocks (N/64 · K/128); an empty
-# tuple: never. Set from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py, docs/benchmarks.md, run C): with x
-# by the copy engine it beat the default on all four Llama-3-8B shapes at M = 64..256 (1.2-1.95x), and past
-# 256 on gate_up and down (14336 / 7168 strip-blocks: 1.18-1.61x) but not qkv (3072: 0.90-0.96x).
-_RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((64, 256, 0), (257, 1 << 20, 5000))
+# tuple: never. Set from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py, docs/benchmarks.md, run D): with x
+# by the copy engine it beat the dispatch without it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x,
+# o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). M < 32 was not measured.
+_RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
 
 
 def wgmma_default_kind(m: int, n: int, k: int, bits: int, act_order: bool, dtype: torch.dtype,

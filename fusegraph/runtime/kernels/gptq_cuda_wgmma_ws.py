@@ -52,18 +52,19 @@ def rswg_tok(m: int) -> int:
 
 
 def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
-    """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk"} for x `[m, k]` · W `[k, n]`, or None when the
+    """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred"} for x `[m, k]` · W `[k, n]`, or None when the
     kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
-    copy engine. Split-K: the largest s ≤ 8 whose CTAs (tiles · s) fit one an SM while each keeps at
-    least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64), else 1; stream-K instead where the tiles are at most
-    a quarter of the SMs and K has ≥ `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits.
+    copy engine. Split-K: the largest s ≤ 8 whose CTAs (tiles · s) fit the SMs (`minb` an SM) while each
+    keeps at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64), else 1, its cluster sum 4 floats a load
+    ("vred"); stream-K instead where the tiles are at most a quarter of the SMs and K has at least
+    `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits.
     (From the H200 benchmark of the four Llama-3-8B shapes at M = 64..1024, docs/benchmarks.md.)
 
     Example:
         >>> rswg_plan(256, 28672, 4096, 132)
-        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0}
+        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0}
     """
     if m < 1 or n % 64 or k % 128:
         return None
@@ -73,7 +74,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
     min_blocks = _MIN_BLOCKS // 2 if tok <= 64 else _MIN_BLOCKS
-    fits = [s for s in range(1, min(8, blocks) + 1) if tiles * s <= sms and blocks // s >= min_blocks]
+    fits = [s for s in range(1, min(8, blocks) + 1) if tiles * s <= sms * minb and blocks // s >= min_blocks]
     split = fits[-1] if fits else 1
     sk = int(4 * tiles <= sms and blocks >= _SK_MIN_BLOCKS)
     if sk:
@@ -83,7 +84,17 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
         stages > 2 and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX
     ):
         stages -= 1
-    return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": minb, "tma": 1, "sk": sk}
+    vred = int(split > 1)
+    return {
+        "split_k": split,
+        "tok": tok,
+        "stages": stages,
+        "ncw": ncw,
+        "minb": minb,
+        "tma": 1,
+        "sk": sk,
+        "vred": vred,
+    }
 
 
 def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
