@@ -5,7 +5,7 @@
 `gptq_tiled_matmul` ("default") and without the wgmma kernels ("prev": {"wgmma": False}), the
 single-warpgroup wgmma kernel at its plan's split-K (M ≤ 128; its neighbours too with
 WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws", x by the copy engine) at its plan, split-K
-half and double (or 2 and 4 where the plan takes stream-K), stream-K, the vectorized split-K sum,
+half and double (or 2 and 4 where the plan takes stream-K), stream-K, the split-K sum a float a load ("novred"), 128 rows a CTA past M = 128,
 and with WGMMA_PROBES=1 its ablations ("p1".."p4": no dequantization, no x loads, no wgmma, no word
 loads; timed unchecked) and x by cp.async. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
@@ -79,7 +79,9 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
     if not plan["sk"]:
         out.append(("ws/sk", {"split_k": 1, "sk": 1}))
     if s > 1 and not plan["sk"]:
-        out.append((f"ws/s{s}/vred", {"vred": 1}))
+        out.append((f"ws/s{s}/novred", {"vred": 0}))
+    if plan["tok"] > 128 and not plan["sk"]:  # half the rows a CTA: twice the tiles
+        out.append((f"ws/s{s}/tok128", {"tok": 128, "stages": 4}))
     if PROBES:  # ablations (wrong results, timed unchecked): what the kernel costs without each part
         out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
         out.append((f"ws/{tag}/cpasync", {"tma": 0}))
