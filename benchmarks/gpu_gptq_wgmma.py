@@ -1,13 +1,14 @@
 """The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma.py`) against the default dispatch and cuBLAS fp16.
 
-`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512]`: the four Llama-3-8B shapes (plain
-4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
+`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512,32]`: the four Llama-3-8B shapes
+(plain 4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
 `gptq_tiled_matmul` ("default") and without the wgmma kernels ("prev": {"wgmma": False}), the
 single-warpgroup wgmma kernel at its plan's split-K (M ≤ 128; its neighbours too with
-WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws", x by the copy engine) at its plan, split-K
-half and double (or 2 and 4 where the plan takes stream-K), stream-K, the split-K sum a float a load ("novred"), 128 rows a CTA past M = 128,
-and with WGMMA_PROBES=1 its ablations ("p1".."p4": no dequantization, no x loads, no wgmma, no word
-loads; timed unchecked) and x by cp.async. Device time from CUDA-graph replays with every
+WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws", x by the copy engine) at its plan and its
+neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
+sum a float a load ("novred"), 128 rows a CTA past M = 128; with WGMMA_PROBES=1 its ablations
+("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked) and x by
+cp.async. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent.
