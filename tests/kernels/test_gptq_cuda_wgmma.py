@@ -174,6 +174,8 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     assert rswg(256, 4096, 4096)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
     assert rswg(1024, 4096, 4096)["split_k"] == 1  # 128 tiles: one an SM
+    assert rswg(1024, 6144, 4096)["split_k"] == 2  # 192 tiles: 3 rounds of 16 blocks beat 2 of 32
+    assert rswg(512, 6144, 4096)["split_k"] == 1  # 96 tiles
     assert rswg(64, 6144, 4096) | {"stages": 0} == plan | {
         "split_k": 4,
         "tok": 64,

@@ -38,6 +38,8 @@ RSWG_KEYS = (
     "tma",
 )  # what a config may set (overrides the plan)
 _MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
+_FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
+_REDUCE_BLOCKS = 4.0  # the split-K sum over a cluster
 _SK_MIN_BLOCKS = 64  # stream-K where the tiles are few (≤ a quarter of the SMs) and K is at least this long
 _SK_BUF: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 _KERNELS: dict[tuple[int, RswgSpec], Any] = {}
@@ -56,10 +58,10 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
-    copy engine. Split-K: the largest s ≤ 8 whose CTAs (tiles · s) fit the SMs (`minb` an SM) while each
-    keeps at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64), else 1, its cluster sum 4 floats a load
-    ("vred"); stream-K instead where the tiles are at most a quarter of the SMs and K has at least
-    `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits.
+    copy engine. Split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
+    the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
+    cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
+    SMs and K has at least `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits.
     (From the H200 benchmark of the four Llama-3-8B shapes at M = 64..1024, docs/benchmarks.md.)
 
     Example:
@@ -74,8 +76,15 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
     min_blocks = _MIN_BLOCKS // 2 if tok <= 64 else _MIN_BLOCKS
-    fits = [s for s in range(1, min(8, blocks) + 1) if tiles * s <= sms * minb and blocks // s >= min_blocks]
-    split = fits[-1] if fits else 1
+    slots = sms * minb
+
+    def cost(
+        s: int,
+    ) -> float:  # rounds of CTAs x (blocks a CTA + its fixed cost) + the split-K sum, in blocks
+        return -(-tiles * s // slots) * (blocks / s + _FIXED_BLOCKS) + (_REDUCE_BLOCKS if s > 1 else 0.0)
+
+    fits = [s for s in range(1, min(8, blocks) + 1) if blocks // s >= min_blocks] or [1]
+    split = min(fits, key=lambda s: (cost(s), s))
     sk = int(4 * tiles <= sms and blocks >= _SK_MIN_BLOCKS)
     if sk:
         split = 1
