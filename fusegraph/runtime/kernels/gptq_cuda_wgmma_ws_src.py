@@ -6,20 +6,21 @@ columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = 
 
 - A CTA is one producer warpgroup and NCW consumer warpgroups; consumer c owns the 64-column strip
   NCW·blockIdx.y + c, all share one tile of TOK rows of x (blockIdx.x) and one K slice (blockIdx.z of
-  SPLIT, a thread-block cluster when SPLIT > 1; SPLIT need not divide K/128). `setmaxnreg` gives the consumers the registers.
-- Producer: its 128 threads stream each 128-row block into a STAGES-deep shared-memory ring with
-  `cp.async` (16-byte chunks): the strips' words (chunk (r, cg) of word row r stored at
-  r·16 + (cg ^ 2(r & 3)), so the consumers' word loads hit 32 banks), their scales and zero words,
-  and x's block as 8×8 core matrices (K-major, no swizzle, as the single-warpgroup kernel);
-  `cp.async.mbarrier.arrive.noinc` completes the stage's `full` barrier; it waits on `empty`.
+  SPLIT, a cluster when SPLIT > 1, need not divide K/128), or with SK a stream-K run of (tile, block)
+  pairs (gridDim.x resident CTAs). `setmaxnreg` gives the consumers the registers.
+- Producer: each 128-row block into a STAGES-deep ring (1024-byte aligned stages): with TMA x's
+  block as two boxes of 64 values x TOK rows (`cp.async.bulk.tensor`, 128-byte swizzle, rows past M
+  zero; `mbarrier.expect_tx`), else 8x8 core matrices (no swizzle) by 16-byte cp.asyncs; the strips'
+  words by cp.async (chunk (r, cg) of word row r at r·16 + (cg ^ 2(r & 3)): the consumers' word loads
+  hit 32 banks), their scales and zero words; `cp.async.mbarrier.arrive.noinc` arrives on `full`.
 - Consumer warp w: A rows 16w + g and 16w + 8 + g are the strip's columns 16w + g and 16w + 8 + g;
-  a lane takes its 8 words of a block from shared memory, and for each of the 8 16-row steps
-  dequantizes its 4 A registers (lop3 magic numbers, scale folded, `SCALED_DEQUANT`) into one of two
-  register sets, so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`).
-  B = x^T through a matrix descriptor (leading byte offset TOK·16 = the next 8 values of K, stride
-  byte offset 128 = the next 8 rows). A stage is released (`empty`) once its last wgmma is complete.
-- Epilogue: SPLIT = 1 stores the accumulators from registers; else they go to shared memory and the
-  SPLIT CTAs of the cluster sum them through distributed shared memory, in rank order.
+  a lane takes its 8 words of a block from shared memory and for each 16-row step dequantizes its 4
+  A registers (lop3 magic numbers, scale folded, `SCALED_DEQUANT`) into one of two register sets,
+  so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`). B = x^T through a
+  descriptor (K-major: SW128, 1024-byte 8-row groups, or no swizzle, LBO TOK·16, SBO 128). A stage
+  is released (`empty`) once its last wgmma is complete.
+- Epilogue (`gptq_cuda_wgmma_ws_parts.py`): stores from registers, or the cluster's split-K sum
+  through distributed shared memory in rank order, or stream-K's ticket sum of a split tile.
 """
 
 from __future__ import annotations
