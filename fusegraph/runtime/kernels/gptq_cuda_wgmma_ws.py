@@ -167,11 +167,13 @@ def precompile(specs: Iterable[RswgSpec], device: torch.device, threads: int = 8
         >>> precompile([rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True)], x.device)
         1
     """
-    todo = sorted({s for s in specs if (device.index or 0, s) not in _KERNELS}, key=repr)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    todo = sorted({s for s in specs if (index, s) not in _KERNELS}, key=repr)
 
     def one(spec: RswgSpec) -> bool:
         try:
-            _KERNELS[(device.index or 0, spec)] = _compile(spec, device)
+            torch.cuda.set_device(index)  # a new thread: the device's context current for the driver calls
+            _KERNELS[(index, spec)] = _compile(spec, device)
         except Exception:  # noqa: BLE001 - compiled again (and reported) on first use
             return False
         return True
