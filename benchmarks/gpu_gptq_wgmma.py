@@ -42,6 +42,9 @@ T0 = time.time()
 BUDGET_S = float(os.environ.get("WGMMA_BUDGET_S", "60"))
 WS_ONLY_PLAN = os.environ.get("WGMMA_OLD_SPLITS", "0") == "0"  # the single-warpgroup kernel at its plan only
 PROBES = os.environ.get("WGMMA_PROBES", "0") == "1"  # also time the warp-specialized kernel's ablations
+PROBE_MS = {
+    int(v) for v in os.environ.get("WGMMA_PROBE_MS", "").split(",") if v
+}  # at these M only (empty: all)
 
 
 class K:
@@ -83,7 +86,9 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
         out.append((f"ws/s{s}/novred", {"vred": 0}))
     if plan["tok"] > 128 and not plan["sk"]:  # half the rows a CTA: twice the tiles
         out.append((f"ws/s{s}/tok128", {"tok": 128, "stages": 4}))
-    if PROBES:  # ablations (wrong results, timed unchecked): what the kernel costs without each part
+    if PROBES and (
+        not PROBE_MS or m in PROBE_MS
+    ):  # ablations (wrong results, timed unchecked): what the kernel costs without each part
         out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
         out.append((f"ws/{tag}/cpasync", {"tma": 0}))
     if os.environ.get("WGMMA_NO_TMA") == "1":
