@@ -4,10 +4,11 @@ For plain 4-bit (no act-order) x `[M, K]` fp16/bf16 on a compute-capability-9.0 
 warpgroup over four 64-column strips, a K slice and a chunk of ≤ 64 rows of x (rows past 64 take
 more chunks, each reading the weights again). Compiled by NVRTC (`torch.cuda._compile_kernel`)
 for sm_90a, once per (device, `WgmmaSpec`) in a process. `gptq_cuda.maybe_gptq_cuda` runs it
-when the config says {"kernel": "cuda", "wgmma": True} (optionally "split_k"), and for config-less calls
-where `wgmma_takes_by_default` says so (plain 4-bit fp16, M 65..128, large shapes: measured faster there).
-{"wgmma": "ws"} runs the warp-specialized kernel of `gptq_cuda_wgmma_ws.py` instead (M up to 256 a pass);
-`wgmma_default_kind` says which of the two (if any) the default dispatch (`gptq_plan.cuda_plan`) runs.
+when the config says {"kernel": "cuda", "wgmma": True} (optionally "split_k"). {"wgmma": "ws"} runs the
+warp-specialized kernel of `gptq_cuda_wgmma_ws.py` instead (M up to 256 a pass, x by the copy engine).
+`wgmma_default_kind` says which of the two (if any) the default dispatch (`gptq_plan.cuda_plan`) runs:
+the warp-specialized one in `_RSWG_DEFAULT`'s ranges (plain 4-bit fp16 from M = 32: measured faster),
+else this one where `wgmma_takes_by_default` says so (M 65..128 of large shapes, inside those ranges now).
 """
 
 from __future__ import annotations
