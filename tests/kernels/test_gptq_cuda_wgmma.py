@@ -281,3 +281,27 @@ def test_gptq_cuda_wgmma__ws_matches_the_math_eager_and_in_a_cuda_graph(case: tu
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": "ws"} | extra
     check_eager_and_replay(lambda: run_tiled(layer, x, 4, cfg), ref, tol, eager=1, replays=2)
+
+
+def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import gptq_rswg_matmul, rswg_plan
+
+    x = torch.zeros(4, 256, dtype=torch.float16)
+    qw, qz = torch.zeros(4, 32, 64, dtype=torch.int32), torch.zeros(2, 32, dtype=torch.int32)
+    scales = torch.zeros(2, 256, dtype=torch.float16)
+    plan = rswg_plan(4, 256, 256, 132)
+    assert plan is not None
+
+    def run(x_: torch.Tensor, **over: int) -> None:
+        gptq_rswg_matmul(x_, qw, scales, qz, group_size=128, zero_format="v1", plan=plan | over)
+
+    with pytest.raises(ValueError, match=r"gptq_rswg_matmul: split_k must be 1..2 \(8 and K/128\), got 3"):
+        run(x, split_k=3)
+    with pytest.raises(ValueError, match="gptq_rswg_matmul: ncw must be 1 or 2 with N=256"):
+        run(x, ncw=3)
+    with pytest.raises(ValueError, match="gptq_rswg_matmul: x torch.float32 / scales torch.float16"):
+        run(x.float())
+    with pytest.raises(ValueError, match="the wgmma kernel cannot run: not a CUDA tensor"):
+        maybe_wgmma(x, qw, scales, qz, None, bits=4, group_size=128, zero_format="v1", config={"wgmma": "ws"},
+                    sms=132)  # fmt: skip

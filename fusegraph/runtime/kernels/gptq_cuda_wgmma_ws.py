@@ -206,25 +206,25 @@ def gptq_rswg_matmul(
     n = qweight_t.shape[0] * 64
     if x.dtype not in (torch.float16, torch.bfloat16) or scales.dtype != x.dtype:
         raise ValueError(
-            f"gptq_wgmma_matmul: x {x.dtype} / scales {scales.dtype}: needs fp16 or bf16, both alike"
+            f"gptq_rswg_matmul: x {x.dtype} / scales {scales.dtype}: needs fp16 or bf16, both alike"
         )
     if x.data_ptr() % 16 or x.stride(0) % 8 or x.stride(1) != 1:
         raise ValueError(
-            "gptq_wgmma_matmul: x must be 16-byte aligned with a row stride that is a multiple of 8"
+            "gptq_rswg_matmul: x must be 16-byte aligned with a row stride that is a multiple of 8"
         )
     if scales.stride(0) % 8 or qzeros_t.stride(0) % 4 or scales.data_ptr() % 16 or qzeros_t.data_ptr() % 16:
-        raise ValueError("gptq_wgmma_matmul: scales/qzeros rows must be 16-byte aligned (N a multiple of 64)")
+        raise ValueError("gptq_rswg_matmul: scales/qzeros rows must be 16-byte aligned (N a multiple of 64)")
     split, tok, ncw = int(plan["split_k"]), int(plan["tok"]), int(plan["ncw"])
     blocks = k // 128
     if not 1 <= split <= min(8, blocks):
-        raise ValueError(f"gptq_wgmma_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
+        raise ValueError(f"gptq_rswg_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
     if ncw not in (1, 2) or n % (64 * ncw):
-        raise ValueError(f"gptq_wgmma_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
+        raise ValueError(f"gptq_rswg_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
     spec = rswg_spec(plan, bf16=x.dtype == torch.bfloat16, zero_v1=zero_format == "v1")
     smem = rswg_smem_bytes(spec)
     if smem > SMEM_MAX:
         raise ValueError(
-            f"gptq_wgmma_matmul: {smem} bytes of shared memory for {spec}: at most {SMEM_MAX}; fewer stages"
+            f"gptq_rswg_matmul: {smem} bytes of shared memory for {spec}: at most {SMEM_MAX}; fewer stages"
         )
     kern = _kernel(spec, x.device)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -234,7 +234,7 @@ def gptq_rswg_matmul(
     if spec.sk:
         units = tiles_m * (n // (64 * ncw)) * blocks
         if units >= 2**31:
-            raise ValueError(f"gptq_wgmma_matmul: sk: {units} (tile, block) pairs, at most 2^31 - 1")
+            raise ValueError(f"gptq_rswg_matmul: sk: {units} (tile, block) pairs, at most 2^31 - 1")
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
         ctas = min(units, int(plan.get("ctas", sms * spec.minb)))
         cnt, ws = _sk_buffers(x.device, tiles_m * (n // (64 * ncw)), ctas * 2 * tok * 64 * ncw)
