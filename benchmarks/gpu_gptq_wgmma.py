@@ -2,10 +2,8 @@
 
 `python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512,32]`: the four Llama-3-8B shapes
 (plain 4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
-`gptq_tiled_matmul` ("default") and without the wgmma kernels ("prev": {"wgmma": False}), the
-single-warpgroup wgmma kernel at its plan's split-K (M ≤ 128; its neighbours too with
-WGMMA_OLD_SPLITS=1), and the warp-specialized one ("ws", x by the copy engine) at its plan and its
-neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
+`gptq_tiled_matmul` ("default") and without the wgmma kernel ("prev": {"wgmma": False}), and the
+warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
 sum a float a load ("novred"), 128 rows a CTA past M = 128; with WGMMA_PROBES=1 its ablations
 ("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked) and x by
 cp.async. Device time from CUDA-graph replays with every
@@ -34,13 +32,11 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
-from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import precompile, rswg_plan, rswg_spec  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
 BUDGET_S = float(os.environ.get("WGMMA_BUDGET_S", "60"))
-WS_ONLY_PLAN = os.environ.get("WGMMA_OLD_SPLITS", "0") == "0"  # the single-warpgroup kernel at its plan only
 PROBES = os.environ.get("WGMMA_PROBES", "0") == "1"  # also time the warp-specialized kernel's ablations
 PROBE_MS = {
     int(v) for v in os.environ.get("WGMMA_PROBE_MS", "").split(",") if v
@@ -54,16 +50,6 @@ class K:
 def log(s: str = "") -> None:
     print(s, flush=True)
     LINES.append(s)
-
-
-def splits(m: int, k_in: int, n_out: int, sms: int) -> list[int]:
-    """The plan's split-K first, then half and double where they divide K/128 and fit a cluster (≤ 8)."""
-    plan = wgmma_plan(m, n_out, k_in, sms)
-    if plan is None:
-        return []
-    s = int(plan["split_k"])
-    blocks = k_in // 128
-    return [s] + [d for d in (s // 2, 2 * s) if 1 <= d <= 8 and blocks % d == 0 and d != s]
 
 
 def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict[str, Any]]]:
@@ -118,15 +104,7 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                 ("prev", lambda lay, x: GB.ours(K, lay, x, {"wgmma": False})),  # the dispatch without wgmma
             ]
             runs += [
-                (
-                    f"wgmma/s{s}",
-                    lambda lay, x, s=s: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": True, "split_k": s}),
-                )
-                for s in splits(m, k_in, n_out, sms)[: 1 if WS_ONLY_PLAN else 3]
-                if m <= 128
-            ]
-            runs += [
-                (name, lambda lay, x, c=c: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": "ws"} | c))
+                (name, lambda lay, x, c=c: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": True} | c))
                 for name, c in ws_variants(m, k_in, n_out, sms)
             ]
             times: dict[str, float] = {}
@@ -153,14 +131,13 @@ def run(ms: tuple[int, ...], bw: float) -> None:
             line = f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
             prev = times.get("prev", float("nan"))
             line += f" | prev {prev:.2f} ({cub / prev:.2f}x)"
-            for pre in ("wgmma", "ws"):
-                wg = {n_: t for n_, t in times.items() if n_.startswith(pre + "/") and "/p" not in n_}
-                best = min(wg, key=wg.__getitem__) if wg else "-"
-                bt = wg.get(best, float("nan"))
-                line += (
-                    f" | {pre} {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {prev / bt:.2f}x prev, "
-                    f"{2 * m * k_in * n_out / bt / 1e6:.0f} TFLOPS)"
-                )
+            wg = {n_: t for n_, t in times.items() if n_.startswith("ws/") and "/p" not in n_}
+            best = min(wg, key=wg.__getitem__) if wg else "-"
+            bt = wg.get(best, float("nan"))
+            line += (
+                f" | ws {bt:.2f} {best} ({cub / bt:.2f}x cuBLAS, {prev / bt:.2f}x prev, "
+                f"{2 * m * k_in * n_out / bt / 1e6:.0f} TFLOPS)"
+            )
             log(line)
 
 

@@ -1,10 +1,11 @@
-"""The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma*.py`) against the math.
+"""The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma*.py`: the warp-specialized RS-wgmma kernel) against the math.
 
-On a compute-capability-9.0 GPU (skipped elsewhere): M = 8..256 (one or more 64-row chunks), fp16
-and bf16, split-K 1..8 through a cluster, act-order through the gathered x, an x view at an odd
-offset, eager and under CUDA-graph replay (each replay writes into a poisoned output first). The
-reference is `gptq_packing.dequantize` of the checkpoint tensors in float64, times x in float64.
-The plan and the generated source are checked on any machine.
+On a compute-capability-9.0 GPU (skipped elsewhere): M = 33..1024 (up to 256 rows of x a pass), fp16
+and bf16, split-K through a cluster and stream-K, x by the copy engine and by cp.async, act-order
+through the gathered x, an x view at an odd offset, eager and under CUDA-graph replay (each replay
+writes into a poisoned output first), and the default dispatch. The reference is
+`gptq_packing.dequantize` of the checkpoint tensors in float64, times x in float64. The plan, the
+kernel instance and the refusals are checked on any machine.
 """
 
 from __future__ import annotations
@@ -14,132 +15,14 @@ from typing import Any
 import pytest
 import torch
 
-from fusegraph.runtime.kernels.gptq_cuda_wgmma import wgmma_plan
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_src import WgmmaSpec, wgmma_kernel_source, wgmma_smem_bytes
 from tests.kernels.gptq_cuda_cases import check_eager_and_replay, cuda_layer, rel_err, run_tiled
 
 _HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not _HOPPER, reason="needs a compute-capability-9.0 GPU (wgmma, sm_90a)")
 
 
-def test_gptq_cuda_wgmma__plan_fills_the_sms_with_the_smallest_split() -> None:
-    assert wgmma_plan(64, 6144, 4096, 132) == {"split_k": 8}  # 24 CTAs a split
-    assert wgmma_plan(64, 28672, 4096, 132) == {"split_k": 2}  # 112 CTAs a split
-    assert wgmma_plan(256, 28672, 4096, 132) == {"split_k": 1}  # 4 chunks of 64 rows: 448 CTAs
-    assert wgmma_plan(64, 4096, 14336, 132) == {"split_k": 8}  # 16 CTAs; 112 blocks: 8 divides
-    assert wgmma_plan(32, 192, 512, 132) is None  # N is not a multiple of 256
-    assert wgmma_plan(32, 256, 640, 132) == {"split_k": 5}  # 5 blocks: only 1 and 5 divide
-
-
-def test_gptq_cuda_wgmma__default_dispatch_takes_only_its_measured_range(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
-
-    monkeypatch.setattr(wg, "_WGMMA_DEFAULT_M", (32, 256))
-    monkeypatch.setattr(wg, "_WGMMA_MIN_WORK", 2500)
-    fp16, hopper_cc = torch.float16, (9, 0)
-    assert wg.wgmma_takes_by_default(64, 6144, 4096, 4, False, fp16, hopper_cc)  # qkv: 96 strips x 32 blocks
-    assert not wg.wgmma_takes_by_default(64, 4096, 4096, 4, False, fp16, hopper_cc)  # o_proj: 2048 < 2500
-    assert not wg.wgmma_takes_by_default(16, 6144, 4096, 4, False, fp16, hopper_cc)  # M below the range
-    assert not wg.wgmma_takes_by_default(257, 6144, 4096, 4, False, fp16, hopper_cc)  # M above it
-    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 4, True, fp16, hopper_cc)  # act-order
-    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 8, False, fp16, hopper_cc)  # 8-bit
-    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 4, False, torch.bfloat16, hopper_cc)  # not measured
-    assert not wg.wgmma_takes_by_default(64, 6144, 4096, 4, False, fp16, (8, 9))  # no wgmma
-    assert not wg.wgmma_takes_by_default(64, 6016, 4096, 4, False, fp16, hopper_cc)  # N % 256
-
-
-def test_gptq_cuda_wgmma__default_range_is_the_measured_one() -> None:
-    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
-
-    fp16, hopper_cc = torch.float16, (9, 0)
-    for m, k, n, takes in [(65, 4096, 28672, True), (128, 14336, 4096, True), (64, 4096, 28672, False),
-                           (129, 4096, 28672, False), (128, 4096, 6144, False), (128, 4096, 4096, False)]:  # fmt: skip
-        assert wg.wgmma_takes_by_default(m, n, k, 4, False, fp16, hopper_cc) is takes, (m, k, n)
-
-
-def test_gptq_cuda_wgmma__source_has_the_wgmma_of_its_width_and_the_descriptor_strides() -> None:
-    src = wgmma_kernel_source(WgmmaSpec(bf16=True, mt=3, split=1, zero_v1=False))
-    assert "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1" in src
-    assert "%16, 1, 1, 1, 0;" in src  # 12 accumulators, 4 A registers, then the B descriptor
-    assert "#define MT 3" in src and "__cluster_dims__" in src  # (the macro guards the cluster)
-    assert (
-        wgmma_smem_bytes(WgmmaSpec(bf16=False, mt=8, split=4, zero_v1=True)) == 64 * 256 * 4
-    )  # > 3 blocks of x
-    assert wgmma_smem_bytes(WgmmaSpec(bf16=False, mt=1, split=1, zero_v1=True)) == 8 * 256 * 4
-    with pytest.raises(ValueError, match="split must be 1..8"):
-        WgmmaSpec(bf16=False, mt=8, split=16, zero_v1=True)
-
-
-# (m, k, n, desc_act, dtype, split_k or None: the plan's)
-CASES = [
-    (8, 512, 256, False, torch.float16, 1),
-    (32, 1024, 512, False, torch.float16, 4),
-    (33, 512, 256, False, torch.float16, 2),
-    (64, 1024, 256, False, torch.float16, 8),
-    (64, 512, 512, False, torch.float16, None),
-    (96, 512, 256, False, torch.float16, 2),
-    (128, 1024, 256, False, torch.float16, 1),
-    (256, 512, 512, False, torch.float16, 4),
-    (57, 1024, 256, False, torch.bfloat16, 4),
-    (100, 512, 256, True, torch.float16, 2),
-]
-
-
 @hopper
-@pytest.mark.parametrize(
-    "case", CASES, ids=[f"m{c[0]}_k{c[1]}_n{c[2]}_{'act' if c[3] else 'plain'}" for c in CASES]
-)
-def test_gptq_cuda_wgmma__matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
-    m, k, n, desc_act, dtype, split = case
-    layer = cuda_layer(k, n, 4, desc_act, dtype, seed=m * 3 + k)
-    off = m % 3  # an odd offset: the dispatcher copies x to 16-byte alignment first (off 0: a plain view)
-    x = torch.randn(m, k + 8, generator=layer["gen"]).to(dtype).cuda()[:, off : off + k]
-    ref = x.double().cpu() @ layer["w"]
-    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
-    cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": True} | ({} if split is None else {"split_k": split})
-    check_eager_and_replay(lambda: run_tiled(layer, x, 4, cfg), ref, tol, eager=1, replays=2)
-
-
-@hopper
-def test_gptq_cuda_wgmma__refuses_what_it_cannot_run() -> None:
-    layer = cuda_layer(512, 192, 4, False, torch.float16, seed=5)
-    x = torch.randn(32, 512, generator=layer["gen"]).half().cuda()
-    with pytest.raises(ValueError, match="N=192 is not a multiple of 256"):
-        run_tiled(layer, x, 4, {"kernel": "cuda", "wgmma": True})
-    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=6)
-    with pytest.raises(ValueError, match=r"split_k must be 1..8 and divide K/128 = 4, got 3"):
-        run_tiled(layer, x, 4, {"kernel": "cuda", "wgmma": True, "split_k": 3})
-
-
-@hopper
-def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
-
-    monkeypatch.setattr(wg, "_WGMMA_MIN_WORK", 1)  # this small shape counts as large
-    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ())  # (the warp-specialized kernel's range comes first)
-    calls: list[int] = []
-    real = wg.gptq_wgmma_matmul
-
-    def spy(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(x.shape[0])
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr(wg, "gptq_wgmma_matmul", spy)
-    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=11)
-    for m, runs in [(80, True), (64, False), (129, False)]:
-        x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
-        err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
-        assert err < 3e-3, f"M={m}: relative error {err:.3g}"
-        assert (m in calls) is runs, f"M={m}: wgmma kernel ran: {m in calls}, expected {runs}"
-
-
-# ---- the warp-specialized kernel ({"wgmma": "ws"}, gptq_cuda_wgmma_ws*.py) ----
-
-
-@hopper
-def test_gptq_cuda_wgmma__the_default_dispatch_runs_the_ws_kernel_in_its_range(
+def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
@@ -193,21 +76,22 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
 
 
-def test_gptq_cuda_wgmma__default_kind_names_the_warp_specialized_kernel_in_its_ranges(
+def test_gptq_cuda_wgmma__the_default_takes_plain_4bit_fp16_on_sm90_in_its_ranges(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
 
     monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((129, 1024, 3000),))
     fp16, hopper_cc = torch.float16, (9, 0)
-    assert wg.wgmma_default_kind(256, 6144, 4096, 4, False, fp16, hopper_cc) == "ws"  # 3072 strip-blocks
-    assert wg.wgmma_default_kind(256, 4096, 4096, 4, False, fp16, hopper_cc) is False  # 2048: too small
-    assert (
-        wg.wgmma_default_kind(128, 28672, 4096, 4, False, fp16, hopper_cc) is True
-    )  # the older kernel's range
-    assert wg.wgmma_default_kind(256, 6144, 4096, 4, True, fp16, hopper_cc) is False  # act-order
-    assert wg.wgmma_default_kind(256, 6144, 4096, 8, False, fp16, hopper_cc) is False  # 8-bit
-    assert wg.wgmma_default_kind(256, 6144, 4096, 4, False, fp16, (8, 0)) is False  # no wgmma
+    assert wg.wgmma_takes_by_default(256, 6144, 4096, 4, False, fp16, hopper_cc)  # 3072 strip-blocks
+    assert not wg.wgmma_takes_by_default(256, 4096, 4096, 4, False, fp16, hopper_cc)  # 2048: too small
+    assert not wg.wgmma_takes_by_default(128, 28672, 4096, 4, False, fp16, hopper_cc)  # M below the range
+    assert not wg.wgmma_takes_by_default(1025, 28672, 4096, 4, False, fp16, hopper_cc)  # M above it
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, True, fp16, hopper_cc)  # act-order
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 8, False, fp16, hopper_cc)  # 8-bit
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, False, torch.bfloat16, hopper_cc)  # not timed
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, False, fp16, (8, 0))  # no wgmma
+    assert not wg.wgmma_takes_by_default(256, 6080, 4096, 4, False, fp16, hopper_cc)  # N % 128
 
 
 def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
@@ -247,7 +131,7 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
     assert rswg_smem_bytes(spec) == 256 + 1024 + 3 * stage  # the ring holds the split-K sums
 
 
-# (m, k, n, desc_act, dtype, config past {"kernel": "cuda", "wgmma": "ws"})
+# (m, k, n, desc_act, dtype, config past {"kernel": "cuda", "wgmma": True})
 WS_CASES = [
     (64, 512, 256, False, torch.float16, {}),  # the plan: x by the copy engine, two CTAs an SM
     (128, 1024, 512, False, torch.float16, {"split_k": 4}),
@@ -279,7 +163,7 @@ def test_gptq_cuda_wgmma__ws_matches_the_math_eager_and_in_a_cuda_graph(case: tu
     x = torch.randn(m, k + 8, generator=layer["gen"]).to(dtype).cuda()[:, off : off + k]
     ref = x.double().cpu() @ layer["w"]
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
-    cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": "ws"} | extra
+    cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": True} | extra
     check_eager_and_replay(lambda: run_tiled(layer, x, 4, cfg), ref, tol, eager=1, replays=2)
 
 
@@ -303,5 +187,11 @@ def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() 
     with pytest.raises(ValueError, match="gptq_rswg_matmul: x torch.float32 / scales torch.float16"):
         run(x.float())
     with pytest.raises(ValueError, match="the wgmma kernel cannot run: not a CUDA tensor"):
+        maybe_wgmma(x, qw, scales, qz, None, bits=4, group_size=128, zero_format="v1", config={"wgmma": True},
+                    sms=132)  # fmt: skip
+    with pytest.raises(ValueError, match="config 'wgmma' must be True .or left out., got 'ws'"):
         maybe_wgmma(x, qw, scales, qz, None, bits=4, group_size=128, zero_format="v1", config={"wgmma": "ws"},
+                    sms=132)  # fmt: skip
+    with pytest.raises(ValueError, match="the wgmma kernel cannot run: bits=8: it takes 4-bit only"):
+        maybe_wgmma(x, qw, scales, qz, None, bits=8, group_size=128, zero_format="v1", config={"wgmma": True},
                     sms=132)  # fmt: skip

@@ -4,8 +4,8 @@ For plain 4-bit x `[M, K]` fp16/bf16 on a compute-capability-9.0 GPU: a CTA is a
 (a shared-memory ring: x by the copy engine through a tensor map, the words by cp.async) and `ncw`
 consumer warpgroups, each owning one 64-column strip, over one tile of up to 256 rows of x (the
 wgmma's N: M ≤ 256 takes one pass over the weights) and a K slice (split-K through a thread-block
-cluster) or a stream-K run. `gptq_cuda_wgmma.maybe_wgmma` runs it for {"wgmma": "ws"} (the default
-dispatch's plan where `gptq_cuda_wgmma.wgmma_default_kind` says "ws").
+cluster) or a stream-K run. `gptq_cuda_wgmma.maybe_wgmma` runs it for {"wgmma": True} (the default
+dispatch's plan where `gptq_cuda_wgmma.wgmma_takes_by_default` says so).
 """
 
 from __future__ import annotations

@@ -335,16 +335,16 @@ def cuda_plan(
     forced: bool = False,
     mid: bool | None = None,
     xperm: bool | None = None,
-    wgmma: bool | str | None = None,
+    wgmma: bool | None = None,
     cap: tuple[int, int] | None = None,
     configured: bool = False,
 ) -> dict[str, Any] | None:
     """Which CUDA kernel runs this call, and its plan, or None (the Triton kernels run): the one place
     that decides. `gptq_cuda.maybe_gptq_cuda` switches on the plan's "kernel":
 
-    - "wgmma": the wgmma kernels (`gptq_cuda_wgmma.maybe_wgmma`; the plan's "wgmma" is True, or "ws" for
-      RSWG's warp-specialized one) when `wgmma` is asked for, or for a config-less (`configured` False)
-      call on sm_90 (`cap`) where `gptq_cuda_wgmma.wgmma_default_kind` names one (measured faster there);
+    - "wgmma": the Hopper wgmma kernel (`gptq_cuda_wgmma.maybe_wgmma`, the plan's "wgmma" True) when
+      `wgmma` is asked for, or for a config-less (`configured` False) call on sm_90 (`cap`) where
+      `gptq_cuda_wgmma.wgmma_takes_by_default` says so (measured faster there);
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
@@ -372,11 +372,9 @@ def cuda_plan(
     if wgmma:
         return {"kernel": "wgmma", "wgmma": wgmma}
     if not configured and cap == (9, 0):  # the Hopper kernels' measured default ranges
-        kind = _wg.wgmma_default_kind(
-            m, n, k, bits, act_order, torch.bfloat16 if bf16 else torch.float16, cap
-        )
-        if kind:
-            return {"kernel": "wgmma", "wgmma": kind}
+        dtype = torch.bfloat16 if bf16 else torch.float16
+        if _wg.wgmma_takes_by_default(m, n, k, bits, act_order, dtype, cap):
+            return {"kernel": "wgmma", "wgmma": True}
     plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
                          xperm=xperm)  # fmt: skip
     return None if plan is None else {"kernel": "mid" if plan.get("mid") else "small"} | plan

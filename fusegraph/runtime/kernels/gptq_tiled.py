@@ -17,9 +17,10 @@ Layout (made once, at compile time, by `fusegraph.ops.gptq_layout.repack`):
 Needs K % 128 == 0, N % 64 == 0 and groups of a multiple of 128 rows (or one group).
 
 Paths (`plan` picks them per shape and SM count; `config` overrides; H200 numbers in
-docs/benchmarks.md). First, for M ≤ 64, the compiled CUDA kernels (`gptq_cuda.py`, NVRTC) run
-where `gptq_plan.cuda_plan` takes the call (on sm_90 also plain 4-bit fp16 M 65..128 of large shapes:
-the wgmma kernel, `gptq_cuda_wgmma.py`); otherwise (or without NVRTC) the Triton ones:
+docs/benchmarks.md). First, the compiled CUDA kernels (`gptq_cuda.py`, NVRTC) run where
+`gptq_plan.cuda_plan` takes the call (the small-M and mid-M kernels for M ≤ 64; on sm_90 the
+warp-specialized wgmma kernel of `gptq_cuda_wgmma*.py` for plain 4-bit fp16 from M = 32, any M);
+otherwise (or without NVRTC) the Triton ones:
 - "gemv" (M ≤ 2, fp16/bf16 x): one row per program, fp16x2 FMA after the lop3/prmt dequantization;
 - "mma" (M < 192, and fp32 x): tensor-core tiles, P dots of K = R per 128-row block;
 - "nat" (2 < M ≤ 16, N % 128 == 0, 2-4 bits): tensor-core tiles, the block's scaled weights
