@@ -289,13 +289,16 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
 
     for n, k in [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]:  # qkv, o_proj, gate_up, down
         for m in (1, 8, 9, 16, 17, 64, 65, 100, 128, 129, 256):
-            kind = wg.wgmma_takes_by_default(m, n, k, 4, False, torch.float16, hopper)
+            kind = wg.wgmma_takes_by_default(m, n, k, 4, torch.float16, hopper)
             plan = cuda_plan(m, n, k, 4, 132, cap=hopper)
             # the wgmma kernel exactly where its measured default range says, else what the plan says off sm_90
             assert (plan or {}).get("wgmma", False) == kind, (m, n, k, plan)
             assert kernel(m, n, k, cap=hopper) == ("wgmma" if kind else kernel(m, n, k)), (m, n, k)
             assert kernel(m, n, k, cap=hopper, configured=True) == kernel(m, n, k)  # config given: no default
     assert kernel(128, 28672, 4096, cap=hopper) == "wgmma"  # gate_up M=128 (measured 1.70x the Triton path)
+    # act-order takes it too (x permuted once first); 8-bit and bf16 do not (not measured)
+    assert kernel(256, 6144, 4096, cap=hopper, act_order=True) == "wgmma"
+    assert kernel(256, 6144, 4096, cap=hopper, bf16=True) != "wgmma"
     assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "triton", "triton"]
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)
     assert cuda_plan(1, 6144, 4096, 4, 132, wgmma=True) == {"kernel": "wgmma", "wgmma": True}

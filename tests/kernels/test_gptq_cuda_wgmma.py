@@ -36,12 +36,16 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(
         return real(x, *args, **kwargs)
 
     monkeypatch.setattr(wg, "gptq_rswg_matmul", spy)
-    layer = cuda_layer(512, 256, 4, False, torch.float16, seed=12)
-    for m, runs in [(64, True), (200, True), (300, False), (63, False)]:  # 300: 32 strip-blocks < 5000
-        x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
-        err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
-        assert err < 3e-3, f"M={m}: relative error {err:.3g}"
-        assert (m in calls) is runs, f"M={m}: warp-specialized kernel ran: {m in calls}, expected {runs}"
+    for desc_act in (False, True):  # act-order: x permuted once, then the same kernel
+        layer = cuda_layer(512, 256, 4, desc_act, torch.float16, seed=12)
+        for m, runs in [(64, True), (200, True), (300, False), (63, False)]:  # 300: 32 strip-blocks < 5000
+            calls.clear()
+            x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
+            err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])
+            assert err < 3e-3, f"M={m} act-order={desc_act}: relative error {err:.3g}"
+            assert (m in calls) is runs, (
+                f"M={m} act-order={desc_act}: the kernel ran: {m in calls}, expected {runs}"
+            )
 
 
 def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sms() -> None:
@@ -83,15 +87,14 @@ def test_gptq_cuda_wgmma__the_default_takes_plain_4bit_fp16_on_sm90_in_its_range
 
     monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((129, 1024, 3000),))
     fp16, hopper_cc = torch.float16, (9, 0)
-    assert wg.wgmma_takes_by_default(256, 6144, 4096, 4, False, fp16, hopper_cc)  # 3072 strip-blocks
-    assert not wg.wgmma_takes_by_default(256, 4096, 4096, 4, False, fp16, hopper_cc)  # 2048: too small
-    assert not wg.wgmma_takes_by_default(128, 28672, 4096, 4, False, fp16, hopper_cc)  # M below the range
-    assert not wg.wgmma_takes_by_default(1025, 28672, 4096, 4, False, fp16, hopper_cc)  # M above it
-    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, True, fp16, hopper_cc)  # act-order
-    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 8, False, fp16, hopper_cc)  # 8-bit
-    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, False, torch.bfloat16, hopper_cc)  # not timed
-    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, False, fp16, (8, 0))  # no wgmma
-    assert not wg.wgmma_takes_by_default(256, 6080, 4096, 4, False, fp16, hopper_cc)  # N % 128
+    assert wg.wgmma_takes_by_default(256, 6144, 4096, 4, fp16, hopper_cc)  # 3072 strip-blocks
+    assert not wg.wgmma_takes_by_default(256, 4096, 4096, 4, fp16, hopper_cc)  # 2048: too small
+    assert not wg.wgmma_takes_by_default(128, 28672, 4096, 4, fp16, hopper_cc)  # M below the range
+    assert not wg.wgmma_takes_by_default(1025, 28672, 4096, 4, fp16, hopper_cc)  # M above it
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 8, fp16, hopper_cc)  # 8-bit
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, torch.bfloat16, hopper_cc)  # not timed
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, fp16, (8, 0))  # no wgmma
+    assert not wg.wgmma_takes_by_default(256, 6080, 4096, 4, fp16, hopper_cc)  # N % 128
 
 
 def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:

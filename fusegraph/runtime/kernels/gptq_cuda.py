@@ -319,6 +319,8 @@ def maybe_gptq_cuda(
                          cap=cap, configured=bool(cfg))  # fmt: skip
         why = why or (None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}")
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
+        if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight
+            x, perm = _permute_x(x, perm), None
         try:
             return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                                zero_format=zero_format, config=cfg or plan, sms=sms)  # fmt: skip

@@ -82,18 +82,20 @@ def maybe_wgmma(
 _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
 
 
-def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, act_order: bool, dtype: torch.dtype,
+def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
                            cap: tuple[int, int]) -> bool:  # fmt: skip
     """Whether the default dispatch (no config) runs the wgmma kernel for this call (`gptq_plan.cuda_plan`
-    asks): plain 4-bit fp16 on sm_90, N and K multiples of 128, M in one of `_RSWG_DEFAULT`'s ranges.
+    asks): 4-bit fp16 on sm_90, N and K multiples of 128, M in one of `_RSWG_DEFAULT`'s ranges; act-order
+    too (x permuted once by the caller, then the same kernel: the H200 table had act-order at M ≥ 256 at
+    1.4-1.9x the plain time on the paths without it).
 
     Example:
-        >>> wgmma_takes_by_default(128, 28672, 4096, 4, False, torch.float16, (9, 0))
+        >>> wgmma_takes_by_default(128, 28672, 4096, 4, torch.float16, (9, 0))
         True
-        >>> wgmma_takes_by_default(128, 28672, 4096, 4, True, torch.float16, (9, 0))  # act-order
+        >>> wgmma_takes_by_default(128, 28672, 4096, 4, torch.bfloat16, (9, 0))  # bf16: not timed
         False
     """
-    if bits != 4 or act_order or dtype != torch.float16 or cap != (9, 0) or n % 128 or k % 128:
+    if bits != 4 or dtype != torch.float16 or cap != (9, 0) or n % 128 or k % 128:
         return False
     work = (n // 64) * (k // 128)
     return any(lo <= m <= hi and work >= w for lo, hi, w in _RSWG_DEFAULT)

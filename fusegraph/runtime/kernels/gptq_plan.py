@@ -373,7 +373,7 @@ def cuda_plan(
         return {"kernel": "wgmma", "wgmma": wgmma}
     if not configured and cap == (9, 0):  # the Hopper kernels' measured default ranges
         dtype = torch.bfloat16 if bf16 else torch.float16
-        if _wg.wgmma_takes_by_default(m, n, k, bits, act_order, dtype, cap):
+        if _wg.wgmma_takes_by_default(m, n, k, bits, dtype, cap):
             return {"kernel": "wgmma", "wgmma": True}
     plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
                          xperm=xperm)  # fmt: skip
