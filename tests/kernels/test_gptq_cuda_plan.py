@@ -296,8 +296,17 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
             assert kernel(m, n, k, cap=hopper) == ("wgmma" if kind else kernel(m, n, k)), (m, n, k)
             assert kernel(m, n, k, cap=hopper, configured=True) == kernel(m, n, k)  # config given: no default
     assert kernel(128, 28672, 4096, cap=hopper) == "wgmma"  # gate_up M=128 (measured 1.70x the Triton path)
-    # act-order takes it too (x permuted once first); 8-bit and bf16 do not (not measured)
-    assert kernel(256, 6144, 4096, cap=hopper, act_order=True) == "wgmma"
+    # act-order takes it too (x permuted once first) where that was measured faster; 8-bit and bf16 do not
+    act = {"cap": hopper, "act_order": True}
+    assert [kernel(m, 4096, 4096, **act) for m in (64, 128, 256, 1024)] == [
+        "wgmma",
+        "wgmma",
+        "triton",
+        "triton",
+    ]
+    assert [kernel(m, 6144, 4096, **act) for m in (64, 256, 1024)] == ["wgmma", "wgmma", "triton"]
+    assert [kernel(m, 28672, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
+    assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma", "wgmma", "triton"]
     assert kernel(256, 6144, 4096, cap=hopper, bf16=True) != "wgmma"
     assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "triton", "triton"]
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)

@@ -85,9 +85,8 @@ _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
 def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
                            cap: tuple[int, int]) -> bool:  # fmt: skip
     """Whether the default dispatch (no config) runs the wgmma kernel for this call (`gptq_plan.cuda_plan`
-    asks): 4-bit fp16 on sm_90, N and K multiples of 128, M in one of `_RSWG_DEFAULT`'s ranges; act-order
-    too (x permuted once by the caller, then the same kernel: the H200 table had act-order at M ≥ 256 at
-    1.4-1.9x the plain time on the paths without it).
+    asks): 4-bit fp16 on sm_90, N and K multiples of 128, M in one of `_RSWG_DEFAULT`'s ranges (act-order:
+    `gptq_plan.cuda_plan` also weighs the permutation of x that must come first).
 
     Example:
         >>> wgmma_takes_by_default(128, 28672, 4096, 4, torch.float16, (9, 0))

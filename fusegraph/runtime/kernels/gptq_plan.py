@@ -323,6 +323,16 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
 
 
+def _act_order_wgmma(m: int, n: int, k: int) -> bool:
+    """Whether act-order takes the wgmma kernel where plain does: it runs after one permutation of x (a
+    column gather, work ∝ M·K, `gptq_cuda._permute_x`). Measured (H200, the issue #11 table of 2026-11-30,
+    fourth session): faster than the paths without the kernel at M ≤ 128 on all four Llama-3-8B shapes
+    (e.g. gate_up M=64 46.1 vs 67.1 µs), at M = 256 but on o_proj (K·N = 4096², 29.6 vs 26.3 µs), and
+    past 256 only on gate_up (N = 28672; M=1024 394.5 vs 451.4; down 232.9 vs 214.7, qkv 94.3 vs 89.1):
+    elsewhere the dequantize path (W's rows scattered back to checkpoint order, x unpermuted) stays."""
+    return m <= 128 or (m <= 256 and n * k > 4096 * 4096) or n >= 16384
+
+
 def cuda_plan(
     m: int,
     n: int,
@@ -373,7 +383,9 @@ def cuda_plan(
         return {"kernel": "wgmma", "wgmma": wgmma}
     if not configured and cap == (9, 0):  # the Hopper kernels' measured default ranges
         dtype = torch.bfloat16 if bf16 else torch.float16
-        if _wg.wgmma_takes_by_default(m, n, k, bits, dtype, cap):
+        if _wg.wgmma_takes_by_default(m, n, k, bits, dtype, cap) and (
+            not act_order or _act_order_wgmma(m, n, k)
+        ):
             return {"kernel": "wgmma", "wgmma": True}
     plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
                          xperm=xperm)  # fmt: skip
