@@ -19,7 +19,6 @@ Every line goes to stdout and $OUT/gptq_cuda_probe.txt. The ablations, compiles 
 # ruff: noqa: B023, E731, N812
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -53,7 +52,7 @@ from gptq_cuda_probe_kit import (  # noqa: E402
     spec_of,
     timed,
 )
-from gpu import copy_bandwidth, graph_us  # noqa: E402
+from gpu import copy_bandwidth, graph_us, run_sections  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_cuda as C  # noqa: E402
 
@@ -355,17 +354,7 @@ def main() -> int:
         ("cand8", lambda: candidates(bw, (1,), 8)),
         ("table", lambda: table(bw)),  # run D: the default dispatch after the plan changes
     ]
-    failed = 0
-    for name, fn in plan:
-        if only and name not in only:
-            continue
-        try:
-            fn()
-        except Exception:  # noqa: BLE001
-            failed += 1
-            log(f"[{name}] FAILED:\n{traceback.format_exc()}")
-    if out := os.environ.get("OUT"):
-        Path(out, "gptq_cuda_probe.txt").write_text("\n".join(LINES) + "\n")
+    failed = run_sections(plan, only, log, LINES, "gptq_cuda_probe.txt")
     print(
         "\n==== SUMMARY ====\n"
         + "\n".join(line for line in LINES if line.startswith(("BEST", "FLOOR", "ACT", "CAND", "TABLE")))

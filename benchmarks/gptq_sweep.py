@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_gptq as GB  # noqa: E402
-from gpu import copy_bandwidth, graph_us  # noqa: E402
+from gpu import copy_bandwidth, graph_us, run_sections  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
 from fusegraph.runtime.kernels import gptq_tiled_kernels as TK  # noqa: E402
@@ -379,17 +378,7 @@ def main() -> int:
         ("cudatma", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudatma")),
         ("midm", lambda: mid_m(bw)),
     ]
-    failed = 0
-    for name, fn in plan:
-        if only and name not in only:
-            continue
-        try:
-            fn()
-        except Exception:  # noqa: BLE001
-            failed += 1
-            log(f"[{name}] FAILED:\n{traceback.format_exc()}")
-    if out := os.environ.get("OUT"):
-        Path(out, "gptq_sweep.txt").write_text("\n".join(LINES) + "\n")
+    failed = run_sections(plan, only, log, LINES, "gptq_sweep.txt")
     print("\n==== BEST ====\n" + "\n".join(line for line in LINES if line.startswith(("BEST", "MID"))))
     return 1 if failed else 0
 

@@ -80,6 +80,24 @@ def graph_us(fns: Sequence[Callable[[], object]], reps: int = 24, replays: int =
     return sorted(times)[len(times) // 2]
 
 
+def run_sections(sections: Sequence[tuple[str, Callable[[], object]]], only: Sequence[str] | None,
+                 log: Callable[[str], None], lines: Sequence[str], out_name: str) -> int:  # fmt: skip
+    """Run each (name, fn) of `sections` that `only` (None: all) names, logging a failing one's traceback
+    instead of stopping; then write `lines` to $OUT/`out_name` where OUT is set. Returns how many failed."""
+    failed = 0
+    for name, fn in sections:
+        if only and name not in only:
+            continue
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - one failing section must not hide the others
+            failed += 1
+            log(f"[{name}] FAILED:\n{traceback.format_exc()}")
+    if out := os.environ.get("OUT"):
+        Path(out, out_name).write_text("\n".join(lines) + "\n")
+    return failed
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float(((a - b).norm() / b.norm().clamp_min(1e-30)).item())
@@ -321,18 +339,8 @@ def main() -> int:
         ("runtime layer", lambda: _module("gpu_decode").bench_runtime_layer(bw, log)),
         ("iree", bench_iree),
     ]
-    failed = 0
     only = (_flag("--only") or "").split(",") if _flag("--only") else None
-    for label, fn in sections:
-        if only and label not in only:
-            continue
-        try:
-            fn()
-        except Exception:  # noqa: BLE001 - one broken section must not hide the others
-            failed += 1
-            log(f"[{label}] FAILED:\n{traceback.format_exc()}")
-    if out := os.environ.get("OUT"):
-        Path(out, "gpu_bench.txt").write_text("\n".join(ROWS) + "\n")
+    failed = run_sections(sections, only, log, ROWS, "gpu_bench.txt")
     print("\n==== table ====\n" + "\n".join(r for r in ROWS if "Traceback" not in r))
     return 1 if failed else 0
 

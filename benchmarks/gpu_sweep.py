@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gpu import bench_us, graph_us, random_gptq, rel_err  # noqa: E402
+from gpu import bench_us, graph_us, random_gptq, rel_err, run_sections  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_matmul as G  # noqa: E402
 from fusegraph.runtime.kernels import paged_attention as PA  # noqa: E402
@@ -237,20 +236,10 @@ def main() -> int:
     )
     torch.manual_seed(0)
     best: dict[int, tuple[float, dict[str, Any]]] = {}
-    failed = 0
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     sections: tuple[tuple[str, Callable[[], None]], ...] = (("gptq", lambda: sweep_gptq(best)), ("dequant", time_dequant_pass), ("act-order", sweep_act_order),
                      ("attention", sweep_attention), ("attention bs4", lambda: sweep_attention(4, 8192)))  # fmt: skip
-    for name, fn in sections:
-        if only and name not in only:
-            continue
-        try:
-            fn()
-        except Exception:  # noqa: BLE001
-            failed += 1
-            log(f"[{name}] FAILED:\n{traceback.format_exc()}")
-    if out := os.environ.get("OUT"):
-        Path(out, "gpu_sweep.txt").write_text("\n".join(LINES) + "\n")
+    failed = run_sections(sections, only, log, LINES, "gpu_sweep.txt")
     print("\n==== sweep table ====\n" + "\n".join(LINES))
     return 1 if failed else 0
 
