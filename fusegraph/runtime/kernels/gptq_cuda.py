@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import triton
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import launch
+from fusegraph.runtime.kernels.gptq_cuda_launch import launch, raise_smem_limit
 from fusegraph.runtime.kernels.gptq_cuda_mid import (
     MID_KERNEL_NAME,
     MidSpec,
@@ -105,20 +105,9 @@ def _kernel(spec: KernelSpec | MidSpec, device: torch.device, smem: int) -> Any 
             return None
         _KERNELS[key] = kern
     if smem > _SMEM_SET.get(key, 48 * 1024 - 1):
-        _raise_smem_limit(kern, smem)
+        raise_smem_limit(kern, smem)
         _SMEM_SET[key] = smem
     return kern
-
-
-def _raise_smem_limit(kern: Any, smem: int) -> None:
-    """Let `kern` launch with `smem` bytes of dynamic shared memory (over the default 48 KB)."""
-    if hasattr(kern, "set_shared_memory_config"):
-        kern.set_shared_memory_config(smem)
-        return
-    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
-
-    max_dynamic_smem = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, max_dynamic_smem, smem))
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
@@ -177,7 +166,6 @@ def gptq_cuda_matmul(
         ...                      zero_format="v1", plan={"split_k": 4, "warps": 4, "cluster": False})
     """
     m, k = x.shape
-    n = qweight_t.shape[0] * 64
     blocks = k // 128
     split = int(plan["split_k"])
     if blocks % split:
@@ -198,24 +186,7 @@ def gptq_cuda_matmul(
                       xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
                       and bps <= 32 * int(plan["warps"]))  # fmt: skip
-    smem = smem_bytes(spec, m, bps)
-    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
-    if smem > limit:
-        raise ValueError(
-            f"gptq_cuda_matmul: {spec} at M={m} needs {smem} B of shared memory, the GPU has {limit}"
-        )
-    kern = _kernel(spec, x.device, smem)
-    if kern is None:
-        return None
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    ticket = split > 1 and not spec.cluster
-    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if ticket else out
-    cnt = _counters(x.device, n // 64) if ticket else out
-    launch(kern, (n // 64, split, 1), (32 * spec.warps, 1, 1), smem,
-           [x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
-            k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-            out.stride(0)], pdl=spec.pdl)  # fmt: skip
-    return out
+    return _launch(spec, smem_bytes(spec, m, bps), 1, x, qweight_t, scales, qzeros_t, perm, group_size, bps)
 
 
 def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
@@ -237,7 +208,19 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
                    bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
-    smem = mid_smem_bytes(spec, m)
+    return _launch(
+        spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
+    )
+
+
+def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor, qweight_t: torch.Tensor,
+            scales: torch.Tensor, qzeros_t: torch.Tensor, perm: torch.Tensor | None, group_size: int,
+            bps: int) -> torch.Tensor | None:  # fmt: skip
+    """Launch `spec` (compiled on first use; None if it cannot be) over CTAs of `strips` 64-column strips
+    and `bps` 128-row blocks of K, with `smem` bytes of shared memory (refused past the GPU's limit), and
+    the split-K workspace and tickets where the slices do not meet in a cluster."""
+    m, k = x.shape
+    n = qweight_t.shape[0] * 64
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
         raise ValueError(
@@ -247,10 +230,10 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
     if kern is None:
         return None
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    ticket = split > 1 and not spec.cluster
-    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if ticket else out
-    cnt = _counters(x.device, n // (64 * warps)) if ticket else out
-    launch(kern, (n // (64 * warps), split, 1), (32 * warps, 1, 1), smem,
+    ticket = spec.split > 1 and not spec.cluster
+    ws = torch.empty((spec.split, m, n), dtype=torch.float32, device=x.device) if ticket else out
+    cnt = _counters(x.device, n // (64 * strips)) if ticket else out
+    launch(kern, (n // (64 * strips), spec.split, 1), (32 * spec.warps, 1, 1), smem,
            [x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
             k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
             out.stride(0)], pdl=spec.pdl)  # fmt: skip

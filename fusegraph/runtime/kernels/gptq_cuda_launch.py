@@ -1,4 +1,5 @@
-"""Launching an NVRTC-compiled kernel (`torch.cuda._compile_kernel`'s) with programmatic dependent launch.
+"""Launching an NVRTC-compiled kernel (`torch.cuda._compile_kernel`'s) with programmatic dependent launch,
+and letting it take more than 48 KB of dynamic shared memory (`raise_smem_limit`).
 
 `torch.cuda._compile_kernel` launches through `cuLaunchKernel`, which takes no launch attributes. For
 act-order the CUDA GPTQ kernels run right after their own permutation of x (`gptq_cuda`): launched
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["launch"]
+__all__ = ["launch", "raise_smem_limit"]
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
@@ -69,3 +70,19 @@ def launch(kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], s
     cfg = _Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem,
                   ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attr), 1)  # fmt: skip
     _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, params, None))
+
+
+def raise_smem_limit(kern: Any, smem: int) -> None:
+    """Let `kern` (a `torch.cuda._compile_kernel` result) launch with `smem` bytes of dynamic shared memory
+    (over the default 48 KB).
+
+    Example:
+        >>> raise_smem_limit(kern, 160 * 1024)
+    """
+    if hasattr(kern, "set_shared_memory_config"):
+        kern.set_shared_memory_config(smem)
+        return
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    max_dynamic_smem = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, max_dynamic_smem, smem))

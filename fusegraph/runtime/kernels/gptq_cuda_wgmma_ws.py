@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fusegraph.runtime.kernels.gptq_cuda_launch import raise_smem_limit
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     RSWG_KERNEL_NAME,
     RswgSpec,
@@ -128,13 +129,7 @@ def _compile(spec: RswgSpec, device: torch.device) -> Any:
         kern = torch.cuda._compile_kernel(
             rswg_kernel_source(spec), RSWG_KERNEL_NAME, compute_capability="90a"
         )
-        smem = rswg_smem_bytes(spec)
-        if hasattr(kern, "set_shared_memory_config"):
-            kern.set_shared_memory_config(smem)
-        else:
-            from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
-
-            _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, 8, smem))
+        raise_smem_limit(kern, rswg_smem_bytes(spec))
     return kern
 
 
