@@ -27,6 +27,7 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_cuda as C  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_launch import raise_smem_limit  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_mid import MID_KERNEL_NAME, MidSpec, mid_kernel_source  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, HELPERS  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes  # noqa: E402
@@ -225,7 +226,7 @@ def launch_probe(spec: KernelSpec, edits: tuple[str, ...], lay: Any, x: torch.Te
     smem = smem_bytes(spec, m, bps)
     kern = _PROBES[(spec, edits)]
     if smem > 48 * 1024 - 1:
-        C._raise_smem_limit(kern, smem)
+        raise_smem_limit(kern, smem)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ticket = spec.split > 1 and not spec.cluster
     ws = torch.empty((spec.split, m, n), dtype=torch.float32, device=x.device) if ticket else out
