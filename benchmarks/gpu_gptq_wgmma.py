@@ -1,21 +1,23 @@
 """The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma.py`) against the default dispatch and cuBLAS fp16.
 
-`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512,32]`: the four Llama-3-8B shapes
-(plain 4-bit g128, fp16) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
+`python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512,32] [--bits 4,8]`: the four Llama-3-8B
+shapes (plain g128, fp16, 4 and/or 8 bits) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
 `gptq_tiled_matmul` ("default") and without the wgmma kernel ("prev": {"wgmma": False}), and the
 warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
-sum a float a load ("novred"), 128 rows a CTA past M = 128; with WGMMA_PROBES=1 its ablations
+sum a float a load ("novred"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
+at M ≥ 256), two CTAs an SM at 64 rows ("t64m2"); with WGMMA_PROBES=1 its ablations
 ("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked) and x by
 cp.async. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
-timing new rows once spent.
+timing new rows once spent; WGMMA_ONLY (a regex) keeps the plan and the variants whose names match.
 """
 
 # ruff: noqa: B023, E731, N812
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -52,10 +54,11 @@ def log(s: str = "") -> None:
     LINES.append(s)
 
 
-def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict[str, Any]]]:
+def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[tuple[str, dict[str, Any]]]:
     """The warp-specialized kernel: its plan, then split-K half and double, stream-K (or split-K where the
-    plan takes stream-K), the vectorized split-K sum, x by cp.async (and the ablations with PROBES)."""
-    plan = rswg_plan(m, n_out, k_in, sms)
+    plan takes stream-K), the vectorized split-K sum, 128 rows a CTA (split 1/2/4, stream-K), x by cp.async
+    (and the ablations with PROBES)."""
+    plan = rswg_plan(m, n_out, k_in, sms, bits)
     if plan is None:
         return []
     s, blocks = int(plan["split_k"]), k_in // 128
@@ -70,33 +73,41 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int) -> list[tuple[str, dict
         out.append(("ws/sk", {"split_k": 1, "sk": 1}))
     if s > 1 and not plan["sk"]:
         out.append((f"ws/s{s}/novred", {"vred": 0}))
-    if plan["tok"] > 128 and not plan["sk"]:  # half the rows a CTA: twice the tiles
-        out.append((f"ws/s{s}/tok128", {"tok": 128, "stages": 4}))
+    if plan["tok"] > 128:  # half the rows a CTA: twice the tiles
+        out += [(f"ws/t128/s{d}", {"tok": 128, "stages": 4, "split_k": d, "sk": 0, "vred": int(d > 1)})
+                for d in (1, 2, 4) if d <= blocks]  # fmt: skip
+        out.append(("ws/t128/sk", {"tok": 128, "stages": 4, "split_k": 1, "sk": 1, "vred": 0}))
+    if plan["tok"] > 64 and m <= 256:  # 64 rows a CTA, two CTAs an SM
+        out.append(("ws/t64m2", {"tok": 64, "minb": 2, "stages": 3 if bits == 8 else 4}))
     if PROBES and (
         not PROBE_MS or m in PROBE_MS
     ):  # ablations (wrong results, timed unchecked): what the kernel costs without each part
         out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
         out.append((f"ws/{tag}/cpasync", {"tma": 0}))
+    if only := os.environ.get("WGMMA_ONLY"):  # a regex: the plan and the variants whose names match it
+        out = out[:1] + [(name, c) for name, c in out[1:] if re.search(only, name)]
     if os.environ.get("WGMMA_NO_TMA") == "1":
         out = [(name, c | {"tma": 0}) for name, c in out]
     return out
 
 
-def run(ms: tuple[int, ...], bw: float) -> None:
+def run(ms: tuple[int, ...], bw: float, bits: int = 4) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    log(f"## {bits}-bit g128, fp16")
     t0 = time.time()
     specs = [
-        rswg_spec(rswg_plan(m, n_out, k_in, sms) | c, bf16=False, zero_v1=True)  # type: ignore[operator]
+        rswg_spec(rswg_plan(m, n_out, k_in, sms, bits) | c, bf16=False, zero_v1=True, bits=bits)  # type: ignore[operator]
         for m in ms
         for _, k_in, n_out in GB.SHAPES
-        for _, c in ws_variants(m, k_in, n_out, sms)
+        for _, c in ws_variants(m, k_in, n_out, sms, bits)
     ]
     done = precompile(specs, torch.device("cuda"), threads=min(16, os.cpu_count() or 1))
     log(f"precompiled {done} of {len(set(specs))} warp-specialized kernels in {time.time() - t0:.1f} s")
-    benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in GB.SHAPES}
+    kind = "int8" if bits == 8 else "plain"
+    benches = {label: GB.Bench(k_in, n_out, (kind,)) for label, k_in, n_out in GB.SHAPES}
     for m in ms:
         for label, k_in, n_out in GB.SHAPES:
-            layers = benches[label].layers["plain"]
+            layers = benches[label].layers[kind]
             xs = benches[label].xs(m, len(layers))
             runs: list[tuple[str, Callable[..., Any]]] = [
                 ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w)),
@@ -105,7 +116,7 @@ def run(ms: tuple[int, ...], bw: float) -> None:
             ]
             runs += [
                 (name, lambda lay, x, c=c: GB.ours(K, lay, x, {"kernel": "cuda", "wgmma": True} | c))
-                for name, c in ws_variants(m, k_in, n_out, sms)
+                for name, c in ws_variants(m, k_in, n_out, sms, bits)
             ]
             times: dict[str, float] = {}
             for name, fn in runs:
@@ -123,12 +134,12 @@ def run(ms: tuple[int, ...], bw: float) -> None:
                     log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     continue
                 cub = times.get("cuBLAS", float("nan"))
-                nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
+                nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
                 log(f"  {label} M={m} {name:<10} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM, "
                     f"{cub / times[name]:4.2f}x cuBLAS, {2 * m * k_in * n_out / times[name] / 1e6:4.0f} TFLOPS) err {err:.1e}")  # fmt: skip
             cub = times.get("cuBLAS", float("nan"))
             dflt = times.get("default", float("nan"))
-            line = f"WGMMA {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
+            line = f"WGMMA{bits} {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
             prev = times.get("prev", float("nan"))
             line += f" | prev {prev:.2f} ({cub / prev:.2f}x)"
             wg = {n_: t for n_, t in times.items() if n_.startswith("ws/") and "/p" not in n_}
@@ -152,7 +163,11 @@ def main() -> int:
     ms: tuple[int, ...] = (64, 256, 1024, 128, 512, 32)
     if "--ms" in sys.argv:
         ms = tuple(int(v) for v in sys.argv[sys.argv.index("--ms") + 1].split(","))
-    run(ms, bw)
+    bits_list = (4,)
+    if "--bits" in sys.argv:
+        bits_list = tuple(int(v) for v in sys.argv[sys.argv.index("--bits") + 1].split(","))
+    for bits in bits_list:
+        run(ms, bw, bits)
     log(f"wall {time.time() - T0:.1f} s")
     if out := os.environ.get("OUT"):
         Path(out, "gptq_wgmma.txt").write_text("\n".join(LINES) + "\n")

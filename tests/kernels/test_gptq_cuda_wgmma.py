@@ -58,7 +58,17 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
         assert plan is not None
         return plan
 
-    plan = {"split_k": 1, "tok": 256, "stages": 3, "ncw": 2, "minb": 1, "tma": 1, "sk": 0, "vred": 0}
+    plan = {
+        "split_k": 1,
+        "tok": 256,
+        "stages": 3,
+        "ncw": 2,
+        "minb": 1,
+        "tma": 1,
+        "sk": 0,
+        "vred": 0,
+        "pdl": 0,
+    }
     assert rswg(256, 28672, 4096) == plan  # gate_up: 224 tiles
     assert rswg(256, 4096, 4096)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
@@ -79,6 +89,9 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     assert rswg(64, 4096, 640)["split_k"] == 1  # 5 blocks only
     assert rswg(100, 192, 512)["ncw"] == 1  # 3 strips: one a CTA
     assert rswg_plan(8, 100, 512, 132) is None  # N not a multiple of 64
+    assert rswg_plan(256, 4096, 4096, 132, 3) is None  # 4 or 8 bits
+    eight = rswg_plan(256, 28672, 4096, 132, 8)
+    assert eight is not None and eight["stages"] == 2 and rswg_plan(128, 28672, 4096, 132, 8)["stages"] == 4  # type: ignore[index]
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
 
 
@@ -124,6 +137,16 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
     assert RswgSpec(bf16=False, tok=160, split=1, zero_v1=True, ncw=1, minb=2).compiled_regs() == 128
     with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
+    with pytest.raises(ValueError, match="bits must be 4 or 8, got 3"):
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, bits=3)
+    with pytest.raises(ValueError, match="bits=8 needs fp16"):
+        RswgSpec(bf16=True, tok=64, split=1, zero_v1=True, bits=8)
+    eight = RswgSpec(bf16=False, tok=256, split=1, zero_v1=True, stages=2, bits=8, pdl=True)
+    src8 = rswg_kernel_source(eight)
+    assert "#define BITS 8" in src8 and "#define PDL 1" in src8 and "griddepcontrol.wait" in src8
+    assert (
+        rswg_smem_bytes(eight) == 256 + 1024 + 2 * 82944
+    )  # (64 KB of x, 8 KB of words a strip) 1 KB aligned
     spec = RswgSpec(bf16=True, tok=200, split=4, zero_v1=False)
     assert spec.regs() == (40, 232) and RswgSpec(False, 64, 1, True, 4, 2, 2).regs() == (24, 104)
     src = rswg_kernel_source(spec)
@@ -154,6 +177,18 @@ WS_CASES = [
     (256, 1024, 384, False, torch.float16, {"split_k": 1, "tma": 0}),
     (520, 1024, 256, False, torch.float16, {"split_k": 1, "stages": 2, "tma": 0}),
     (33, 512, 256, False, torch.float16, {"split_k": 2, "minb": 1, "stages": 2, "ncw": 1, "tma": 0}),
+    # a programmatic dependent launch (the producer waits for the kernel before it, then reads x)
+    (100, 1024, 256, False, torch.float16, {"pdl": 1, "split_k": 2}),
+    (256, 1024, 512, False, torch.float16, {"pdl": 1, "split_k": 1, "sk": 1, "ctas": 5}),
+]
+# 8-bit: the words twice the bytes, 32 word rows a block (m, k, n, desc_act, config)
+WS8_CASES = [
+    (32, 512, 256, False, {}),
+    (64, 1024, 256, False, {"split_k": 3}),  # two CTAs an SM (the plan), blocks 2, 3, 3 in a cluster
+    (256, 512, 384, False, {}),  # the plan: 2 stages at 256 rows
+    (1024, 512, 256, True, {"tok": 128, "stages": 4, "split_k": 2}),  # act-order, 8 row tiles
+    (300, 1024, 256, False, {"split_k": 1, "sk": 1, "ctas": 7, "tma": 0}),  # stream-K, x by cp.async
+    (72, 512, 192, False, {"ncw": 1, "pdl": 1}),
 ]
 
 
@@ -170,6 +205,19 @@ def test_gptq_cuda_wgmma__ws_matches_the_math_eager_and_in_a_cuda_graph(case: tu
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": True} | extra
     check_eager_and_replay(lambda: run_tiled(layer, x, 4, cfg), ref, tol, eager=1, replays=2)
+
+
+@hopper
+@pytest.mark.parametrize(
+    "case", WS8_CASES, ids=[f"ws8_m{c[0]}_k{c[1]}_n{c[2]}_{'_'.join(c[4])}" for c in WS8_CASES]
+)
+def test_gptq_cuda_wgmma__ws_8bit_matches_the_math_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
+    m, k, n, desc_act, extra = case
+    layer = cuda_layer(k, n, 8, desc_act, torch.float16, seed=m * 5 + k)
+    x = torch.randn(m, k, generator=layer["gen"]).half().cuda()
+    ref = x.double().cpu() @ layer["w"]
+    cfg: dict[str, Any] = {"kernel": "cuda", "wgmma": True} | extra
+    check_eager_and_replay(lambda: run_tiled(layer, x, 8, cfg), ref, 3e-3, eager=1, replays=2)
 
 
 def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() -> None:
@@ -197,6 +245,11 @@ def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() 
     with pytest.raises(ValueError, match="config 'wgmma' must be True .or left out., got 'ws'"):
         maybe_wgmma(x, qw, scales, qz, None, bits=4, group_size=128, zero_format="v1", config={"wgmma": "ws"},
                     sms=132)  # fmt: skip
-    with pytest.raises(ValueError, match="the wgmma kernel cannot run: bits=8: it takes 4-bit only"):
-        maybe_wgmma(x, qw, scales, qz, None, bits=8, group_size=128, zero_format="v1", config={"wgmma": True},
+    with pytest.raises(ValueError, match="the wgmma kernel cannot run: bits=3: it takes 4 or 8 bits"):
+        maybe_wgmma(x, qw, scales, qz, None, bits=3, group_size=128, zero_format="v1", config={"wgmma": True},
                     sms=132)  # fmt: skip
+    with pytest.raises(ValueError, match="gptq_rswg_matmul: bits must be 4 or 8, got 2"):
+        gptq_rswg_matmul(x, qw, scales, qz, group_size=128, zero_format="v1", plan=plan, bits=2)
+    with pytest.raises(ValueError, match="gptq_rswg_matmul: bits=8 needs fp16 x, got torch.bfloat16"):
+        gptq_rswg_matmul(x.bfloat16(), qw, scales.bfloat16(), qz, group_size=128, zero_format="v1", plan=plan,
+                         bits=8)  # fmt: skip

@@ -22,8 +22,10 @@ __all__ = ["maybe_wgmma", "wgmma_takes_by_default", "wgmma_unsupported"]
 
 def wgmma_unsupported(x: torch.Tensor, bits: int) -> str | None:
     """Why the wgmma kernel cannot take these operands, or None (act-order runs on x gathered first)."""
-    if bits != 4:
-        return f"bits={bits}: it takes 4-bit only"
+    if bits not in (4, 8):
+        return f"bits={bits}: it takes 4 or 8 bits"
+    if bits == 8 and x.dtype != torch.float16:
+        return f"bits=8 with {x.dtype}: 8 bits need fp16"
     if x.device.type != "cuda":
         return "not a CUDA tensor"
     cap = torch.cuda.get_device_capability(x.device)
@@ -63,7 +65,7 @@ def maybe_wgmma(
     m, k = x.shape
     n = qweight_t.shape[0] * 64
     why = wgmma_unsupported(x, bits)
-    plan = rswg_plan(m, n, k, sms) if why is None else None
+    plan = rswg_plan(m, n, k, sms, bits) if why is None else None
     if plan is None:
         raise ValueError(
             f"gptq_tiled_matmul: the wgmma kernel cannot run: {why or f'no plan for M={m} N={n} K={k}'}"
@@ -72,7 +74,7 @@ def maybe_wgmma(
         x = x.index_select(1, perm)  # act-order: the kernel runs on the row-sorted weight
     plan |= {key: int(config[key]) for key in RSWG_KEYS if key in config}
     return gptq_rswg_matmul(x, qweight_t, scales, qzeros_t, group_size=group_size, zero_format=zero_format,
-                            plan=plan)  # fmt: skip
+                            plan=plan, bits=bits)  # fmt: skip
 
 
 # The default dispatch's use of the kernel: plain 4-bit fp16 on sm_90 with M in one of these ranges on

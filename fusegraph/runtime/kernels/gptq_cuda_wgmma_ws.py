@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import raise_smem_limit
+from fusegraph.runtime.kernels.gptq_cuda_launch import (  # the cuLaunchKernelEx structs (PDL)
+    _PROGRAMMATIC_STREAM_SERIALIZATION,
+    _Attr,
+    _Config,
+    raise_smem_limit,
+)
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     RSWG_KERNEL_NAME,
     RswgSpec,
@@ -39,6 +44,7 @@ RSWG_KEYS = (
     "ctas",
     "probe",
     "tma",
+    "pdl",
 )  # what a config may set (overrides the plan)
 _MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
 _FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
@@ -56,7 +62,7 @@ def rswg_tok(m: int) -> int:
     return max(8, (per + 7) // 8 * 8)
 
 
-def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
+def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any] | None:
     """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred"} for x `[m, k]` · W `[k, n]`, or None when the
     kernel cannot take it.
 
@@ -64,14 +70,15 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
     copy engine. Split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
-    SMs and K has at least `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits.
+    SMs and K has at least `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits (8-bit: its
+    words are twice the bytes). "pdl" 0 (a caller sets 1 to launch it as a programmatic dependent launch).
     (From the H200 benchmark of the four Llama-3-8B shapes at M = 64..1024, docs/benchmarks.md.)
 
     Example:
         >>> rswg_plan(256, 28672, 4096, 132)
-        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0}
+        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0, 'pdl': 0}
     """
-    if m < 1 or n % 64 or k % 128:
+    if m < 1 or n % 64 or k % 128 or bits not in (4, 8):
         return None
     tok = rswg_tok(m)
     ncw = 2 if (n // 64) % 2 == 0 else 1
@@ -93,7 +100,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
         split = 1
     stages = 4
     while (
-        stages > 2 and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb)) > SMEM_MAX
+        stages > 2
+        and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb, bits=bits)) > SMEM_MAX
     ):
         stages -= 1
     vred = int(split > 1)
@@ -106,11 +114,12 @@ def rswg_plan(m: int, n: int, k: int, sms: int) -> dict[str, Any] | None:
         "tma": 1,
         "sk": sk,
         "vred": vred,
+        "pdl": 0,
     }
 
 
-def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
-    """The kernel instance of a plan (`rswg_plan`'s keys; "vred", "sk", "probe" optional).
+def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4) -> RswgSpec:
+    """The kernel instance of a plan (`rswg_plan`'s keys; "vred", "sk", "probe", "tma", "pdl" optional).
 
     Example:
         >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok
@@ -120,7 +129,7 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool) -> RswgSpec:
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
                     vred=bool(plan.get("vred", False)),
                     sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
-                    tma=bool(plan.get("tma", False)))  # fmt: skip
+                    tma=bool(plan.get("tma", False)), bits=bits, pdl=bool(plan.get("pdl", False)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:
@@ -186,12 +195,15 @@ def gptq_rswg_matmul(
     group_size: int,
     zero_format: str,
     plan: dict[str, Any],
+    bits: int = 4,
 ) -> torch.Tensor:
-    """`x @ W` for plain 4-bit repacked GPTQ tensors with the warp-specialized kernel (module docstring).
+    """`x @ W` for plain 4- or 8-bit repacked GPTQ tensors with the warp-specialized kernel (module docstring).
 
     Operands as in `gptq_tiled_matmul` (checked there: contiguous, K % 128 == 0, group_size a multiple
     of 128 dividing K); x 16-byte aligned with a row stride that is a multiple of 8; `plan` as `rswg_plan`
-    gives it. Raises ValueError naming the operand or plan field that it cannot take.
+    gives it; 8 bits need fp16. With plan["pdl"] it is launched as a programmatic dependent launch (its
+    producer waits for the kernel before it, `griddepcontrol.wait`, before it reads x). Raises ValueError
+    naming the operand or plan field that it cannot take.
 
     Example:
         >>> y = gptq_rswg_matmul(x, t["qweight"], scales, t["qzeros"], group_size=128, zero_format="v1",
@@ -215,7 +227,11 @@ def gptq_rswg_matmul(
         raise ValueError(f"gptq_rswg_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
     if ncw not in (1, 2) or n % (64 * ncw):
         raise ValueError(f"gptq_rswg_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
-    spec = rswg_spec(plan, bf16=x.dtype == torch.bfloat16, zero_v1=zero_format == "v1")
+    if bits not in (4, 8):
+        raise ValueError(f"gptq_rswg_matmul: bits must be 4 or 8, got {bits}")
+    if bits == 8 and x.dtype != torch.float16:
+        raise ValueError(f"gptq_rswg_matmul: bits=8 needs fp16 x, got {x.dtype}")
+    spec = rswg_spec(plan, bf16=x.dtype == torch.bfloat16, zero_v1=zero_format == "v1", bits=bits)
     smem = rswg_smem_bytes(spec)
     if smem > SMEM_MAX:
         raise ValueError(
@@ -237,7 +253,8 @@ def gptq_rswg_matmul(
     tmap = _tma_map(x, tok) if spec.tma else ctypes.create_string_buffer(192)
     _launch(kern, grid, (128 * (ncw + 1), 1, 1), smem,
             [x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
-             x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws, tmap])  # fmt: skip
+             x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws, tmap],
+            pdl=spec.pdl)  # fmt: skip
     return out
 
 
@@ -266,10 +283,17 @@ def _tma_map(x: torch.Tensor, tok: int) -> ctypes.Array[ctypes.c_char]:
 
 
 def _launch(
-    kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], smem: int, args: list[Any]
+    kern: Any,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    smem: int,
+    args: list[Any],
+    *,
+    pdl: bool,
 ) -> None:
     """`cuLaunchKernel` on torch's current stream: tensors as pointers, ints as C ints, a 192-byte buffer as
-    the 128-byte tensor map it holds (passed by value: a `__grid_constant__` parameter)."""
+    the 128-byte tensor map it holds (passed by value: a `__grid_constant__` parameter); `pdl`: through
+    `cuLaunchKernelEx` with the programmatic-stream-serialization attribute (`gptq_cuda_launch`'s structs)."""
     from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
 
     keep: list[Any] = []
@@ -284,6 +308,14 @@ def _launch(
         else:  # the tensor map's buffer
             params[i] = ctypes.c_void_p(_aligned64(arg))
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    if pdl:
+        attr = _Attr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+        attr.value.flag = 1
+        cfg = _Config(
+            (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), smem, stream, ctypes.pointer(attr), 1
+        )
+        _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, params, None))
+        return
     _check_cuda(_get_gpu_runtime_library().cuLaunchKernel(
         kern.func, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, None))  # fmt: skip
 

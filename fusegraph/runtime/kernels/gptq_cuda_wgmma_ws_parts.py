@@ -1,6 +1,7 @@
 """Parts of the warp-specialized RS-wgmma kernel's CUDA text (`gptq_cuda_wgmma_ws_src.py` assembles them).
 
-`ws_device`: its device helpers (wgmma fence/commit/wait, the `wgmma.mma_async.m64nNk16` statement with A
+`X_ZERO_FILL`: rows of x past M zeroed once in every stage (x by cp.async). `ws_device`: its device helpers
+(x's block by the copy engine, wgmma fence/commit/wait, the `wgmma.mma_async.m64nNk16` statement with A
 from registers, mbarrier init/arrive, the cp.async barrier arrive). `CONSUMER_STORE`: the end of a consumer
 warpgroup: its accumulators to the output (SPLIT = 1, straight from the registers) or to
 the CTA's split-K sums in shared memory. `CLUSTER_SUM`: the split-K sum over the thread-block cluster
@@ -12,7 +13,7 @@ locals.
 
 from __future__ import annotations
 
-__all__ = ["CLUSTER_SUM", "CONSUMER_STORE", "SK_EPILOGUE", "ws_device"]
+__all__ = ["CLUSTER_SUM", "CONSUMER_STORE", "SK_EPILOGUE", "X_ZERO_FILL", "ws_device"]
 
 
 def _wgmma_asm(tok: int, bf16: bool) -> str:
@@ -59,6 +60,16 @@ __device__ __forceinline__ void tma_2d(u32 dst, const TmaDesc* map, int c0, int 
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
+// x's 128-row block at column kbase, rows m0..: two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
+__device__ __forceinline__ void x_tma(u32 st, const TmaDesc* map, int kbase, int m0, u32 bar) {
+  if (PROBE == 2) {
+    mbar_arrive(bar);
+  } else {
+    mbar_expect(bar, TOK * 256);
+    tma_2d(st, map, kbase, m0, bar);
+    tma_2d(st + TOK * 128, map, kbase + 64, m0, bar);
+  }
+}
 
 """
 
@@ -72,6 +83,17 @@ def ws_device(tok: int, bf16: bool) -> str:
     """
     return _DEVICE.replace("@WGMMA@", _wgmma_asm(tok, bf16))
 
+
+X_ZERO_FILL = r"""
+#if !SK && !TMA  // rows of x past M stay zero in every stage (the producer never writes them)
+  for (int i = tid; i < STAGES * 16 * (TOK - mc); i += blockDim.x) {
+    const int s = i / (16 * (TOK - mc)), r = i - s * 16 * (TOK - mc);
+    const int m = mc + r / 16, cc = r % 16;
+    u32* p = (u32*)(ringp + s * STAGE_BYTES + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16);
+    p[0] = p[1] = p[2] = p[3] = 0u;
+  }
+#endif
+"""
 
 CONSUMER_STORE = r"""
 #if SPLIT == 1

@@ -1,8 +1,8 @@
 """CUDA C++ source of the warp-specialized Hopper RS-wgmma GPTQ kernel (`gptq_cuda_wgmma.py` compiles it for sm_90a).
 
-`fg_gptq_rswg` multiplies x `[M, K]` (fp16 or bf16) by a plain 4-bit W in the tiled layout of
-`fg.gptq.repack` (`gptq_cuda_src.py`'s docstring; strip s, 128-row block b: 16 word rows of 64
-columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = TOK tokens ≤ 256:
+`fg_gptq_rswg` multiplies x `[M, K]` (fp16 or bf16; 8 bits: fp16) by a plain 4- or 8-bit W in the tiled
+layout of `fg.gptq.repack` (`gptq_cuda_src.py`'s docstring; strip s, 128-row block b: 16 (8-bit: 32) word
+rows of 64 columns, 4 (8) KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = TOK tokens ≤ 256:
 
 - A CTA is one producer warpgroup and NCW consumer warpgroups; consumer c owns the 64-column strip
   NCW·blockIdx.y + c, all share one tile of TOK rows of x (blockIdx.x) and one K slice (blockIdx.z of
@@ -14,8 +14,8 @@ columns, 4 KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = 
   words by cp.async (chunk (r, cg) of word row r at r·16 + (cg ^ 2(r & 3)): the consumers' word loads
   hit 32 banks), their scales and zero words; `cp.async.mbarrier.arrive.noinc` arrives on `full`.
 - Consumer warp w: A rows 16w + g and 16w + 8 + g are the strip's columns 16w + g and 16w + 8 + g;
-  a lane takes its 8 words of a block from shared memory and for each 16-row step dequantizes its 4
-  A registers (lop3 magic numbers, scale folded, `SCALED_DEQUANT`) into one of two register sets,
+  a lane takes its 8 (8-bit: 16, 4 at a time) words of a block from shared memory and for each 16-row
+  step dequantizes its 4 A registers (lop3 / prmt magic numbers, scale folded, `SCALED_DEQUANT`) into one of two register sets,
   so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`). B = x^T through a
   descriptor (K-major: SW128, 1024-byte 8-row groups, or no swizzle, LBO TOK·16, SBO 128). A stage
   is released (`empty`) once its last wgmma is complete.
@@ -32,6 +32,7 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_parts import (
     CLUSTER_SUM,
     CONSUMER_STORE,
     SK_EPILOGUE,
+    X_ZERO_FILL,
     ws_device,
 )
 
@@ -59,6 +60,9 @@ class RswgSpec:
             (tile, block) pairs; a tile split between CTAs is summed by the last to finish (a ticket).
         tma: x's blocks are loaded by the copy engine (`cp.async.bulk.tensor`, a tensor map with the
             128-byte swizzle) instead of 16-byte cp.asyncs of 128 threads.
+        bits: 4 or 8 (fp16 only): a strip's 128-row block is 16 or 32 word rows (4 or 8 KB).
+        pdl: launched as a programmatic dependent launch: the producer asks L2 for the CTA's first
+            weight blocks, then waits (`griddepcontrol.wait`) for the kernel before it, then reads x.
         probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
             3 the wgmmas, 4 the loads of the words; 0 (default) none.
     """
@@ -74,8 +78,14 @@ class RswgSpec:
     sk: bool = False
     probe: int = 0
     tma: bool = False
+    bits: int = 4
+    pdl: bool = False
 
     def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"gptq_cuda_wgmma: bits must be 4 or 8, got {self.bits}")
+        if self.bits == 8 and self.bf16:
+            raise ValueError("gptq_cuda_wgmma: bits=8 needs fp16 (bf16 cannot hold 128 + 255 exactly)")
         if self.tok % 8 or not 8 <= self.tok <= 256:
             raise ValueError(f"gptq_cuda_wgmma: tok must be a multiple of 8 in 8..256, got {self.tok}")
         if not 1 <= self.split <= 8:
@@ -106,8 +116,9 @@ class RswgSpec:
 
 
 def rswg_stage_bytes(spec: RswgSpec) -> int:
-    """Bytes of one ring stage: x's block (TOK × 128 values), the strips' words (4 KB each) and meta."""
-    return (spec.tok * 256 + spec.ncw * (4096 + _META) + 1023) // 1024 * 1024  # 1024-byte aligned stages
+    """Bytes of one ring stage: x's block (TOK × 128 values), the strips' words (4 or 8 KB each) and meta."""
+    wbytes = 32 * spec.bits * 32  # 128 rows x 64 columns at `bits` bits
+    return (spec.tok * 256 + spec.ncw * (wbytes + _META) + 1023) // 1024 * 1024  # 1024-byte aligned stages
 
 
 def rswg_smem_bytes(spec: RswgSpec) -> int:
@@ -117,7 +128,11 @@ def rswg_smem_bytes(spec: RswgSpec) -> int:
 
 
 _SOURCE = r"""
-#define BITS 4
+#define BITS %(bits)d
+#define WBYTES (R * 256)  // a strip's words of one 128-row block
+#define QG (R / 8)  // groups of 8 word rows a lane reads a block (2 or 4)
+#define ZW (BITS * 2)  // zero words of a strip (64 columns)
+#define PDL %(pdl)d
 #define BF16 %(bf16)d
 #define TOK %(tok)d
 #define MTT (TOK / 8)
@@ -157,15 +172,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   const int kb0 = ks * blocks / SPLIT, bps = (ks + 1) * blocks / SPLIT - kb0;  // this CTA's blocks (need not divide)
   const int mc = M - m0 < TOK ? M - m0 : TOK;  // rows of x this CTA takes
 #endif
-#if !SK && !TMA  // rows of x past M stay zero in every stage (the producer never writes them)
-  for (int i = tid; i < STAGES * 16 * (TOK - mc); i += blockDim.x) {
-    const int s = i / (16 * (TOK - mc)), r = i - s * 16 * (TOK - mc);
-    const int m = mc + r / 16, cc = r %% 16;
-    u32* p = (u32*)(ringp + s * STAGE_BYTES + (cc * MTT + (m >> 3)) * 128 + (m & 7) * 16);
-    p[0] = p[1] = p[2] = p[3] = 0u;
-  }
-#endif
-  fence_proxy_async();  // those zeros (generic stores) are read by wgmma (the async proxy)
+%(zero_fill)s  fence_proxy_async();  // those zeros (generic stores) are read by wgmma (the async proxy)
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init_n(bars + 8 * s, 128 + TMA);  // full: the producer's 128 threads (+ the copy engine's bytes)
@@ -181,6 +188,9 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     int s = 0;
     u32 ph = 1;  // a fresh barrier counts its phase before 0 as complete: the first STAGES waits pass
 #if SK
+#if PDL
+    pdl_wait();  // x (and the workspace) after the kernel before
+#endif
 #pragma unroll 1
     for (int u = u0; u < u1; ++u) {
       const int tile = u / blocks, blk = u %% blocks;
@@ -192,15 +202,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       const int kbase = blk * 128;
 #if TMA
       (void)mt; (void)xrow;
-      if (p == 0) {  // two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
-        if (PROBE == 2) {
-          mbar_arrive(bars + 8 * s);
-        } else {
-          mbar_expect(bars + 8 * s, TOK * 256);
-          tma_2d(st, &tmx, kbase, m0, bars + 8 * s);
-          tma_2d(st + TOK * 128, &tmx, kbase + 64, m0, bars + 8 * s);
-        }
-      }
+      if (p == 0) x_tma(st, &tmx, kbase, m0, bars + 8 * s);
 #else
       for (int c = p; c < TOK * 16; c += 128) {  // every row: those past M zero-filled (src-size 0)
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
@@ -212,6 +214,13 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #else
     const u16* xrow = x + (u64)m0 * stride_xm;
     const int rows8 = (mc + 7) & ~7;
+#if PDL  // the weights do not depend on the kernel before: ask L2 for the first blocks, then wait for x
+    if (p < NCW) {
+      const int nb = bps < 2 * STAGES ? bps : 2 * STAGES;
+      if (nb > 0) prefetch_l2(qw + ((u64)(strip0 + p) * (K / P) + (u64)kb0 * R) * 16, (u32)nb * WBYTES);
+    }
+    pdl_wait();
+#endif
 #pragma unroll 1
     for (int u = 0; u < bps; ++u) {
       const int blk = kb0 + u;
@@ -220,15 +229,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       const int kbase = blk * 128;
 #if TMA
       (void)xrow; (void)rows8;
-      if (p == 0) {  // two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
-        if (PROBE == 2) {
-          mbar_arrive(bars + 8 * s);
-        } else {
-          mbar_expect(bars + 8 * s, TOK * 256);
-          tma_2d(st, &tmx, kbase, m0, bars + 8 * s);
-          tma_2d(st + TOK * 128, &tmx, kbase + 64, m0, bars + 8 * s);
-        }
-      }
+      if (p == 0) x_tma(st, &tmx, kbase, m0, bars + 8 * s);
 #else
       for (int c = p; c < rows8 * 16; c += 128) {  // x: 8 rows x 4 chunks a warp (sectors whole, banks distinct)
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
@@ -241,16 +242,16 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #pragma unroll
       for (int c = 0; c < NCW; ++c) {
         const int strip = strip0 + c;
-        const u32x4* src = qw + ((u64)strip * (K / P) + (u64)blk * R) * 16;  // 256 chunks
-        const u32 wdst = st + XBYTES + c * 4096;
+        const u32x4* src = qw + ((u64)strip * (K / P) + (u64)blk * R) * 16;  // WBYTES / 16 chunks
+        const u32 wdst = st + XBYTES + c * WBYTES;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < WBYTES / 2048; ++h) {
           const int ci = p + 128 * h, r = ci >> 4, cg = ci & 15;
           if (PROBE != 4) cp16(wdst + (r * 16 + (cg ^ (2 * (r & 3)))) * 16, src + ci);
         }
-        const u32 mdst = st + XBYTES + NCW * 4096 + c * META;
+        const u32 mdst = st + XBYTES + NCW * WBYTES + c * META;
         if (p < 8) cp16(mdst + p * 16, sc + (u64)grp * stride_s + strip * 64 + p * 8);
-        else if (p < 10) cp16(mdst + 128 + (p - 8) * 16, qz + (u64)grp * stride_qz + strip * 8 + (p - 8) * 4);
+        else if (p < 8 + ZW / 4) cp16(mdst + 128 + (p - 8) * 16, qz + (u64)grp * stride_qz + strip * ZW + (p - 8) * 4);
       }
       cp_arrive(bars + 8 * s);
       if (++s == STAGES) s = 0, ph ^= 1u;
@@ -284,23 +285,21 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       mbar_wait(bars + 8 * s, ph);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> wgmma reads
       const unsigned char* st = ringp + s * STAGE_BYTES;
-      const unsigned char* wt = st + XBYTES + cw * 4096;
-      u32 wv[2][2][2];  // [qq][row t + 8qq, t + 4 + 8qq][c0, c1]
+      const unsigned char* wt = st + XBYTES + cw * WBYTES;
+      u32 wv[QG][2][2];  // [qq][row t + 8qq, t + 4 + 8qq][c0, c1]
+#define LOADW(qq) _Pragma("unroll") for (int h = 0; h < 2; ++h) { const int r = t + 8 * (qq) + 4 * h; \
+        wv[qq][h][0] = *(const u32*)(wt + r * 256 + woff0); wv[qq][h][1] = *(const u32*)(wt + r * 256 + woff1); }
+#if BITS == 4
 #pragma unroll
-      for (int qq = 0; qq < 2; ++qq)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = t + 8 * qq + 4 * h;
-          wv[qq][h][0] = *(const u32*)(wt + r * 256 + woff0);
-          wv[qq][h][1] = *(const u32*)(wt + r * 256 + woff1);
-        }
-      const unsigned char* mt = st + XBYTES + NCW * 4096 + cw * META;
-      const u32 zw0 = *(const u32*)(mt + 128 + 4 * (c0 >> 3)), zw1 = *(const u32*)(mt + 128 + 4 * (c1 >> 3));
+      for (int qq = 0; qq < QG; ++qq) LOADW(qq)
+#endif
+      const unsigned char* mt = st + XBYTES + NCW * WBYTES + cw * META;
+      const u32 zw0 = *(const u32*)(mt + 128 + 4 * (c0 / P)), zw1 = *(const u32*)(mt + 128 + 4 * (c1 / P));
       const u32 s0 = *(const u16*)(mt + 2 * c0), s1 = *(const u16*)(mt + 2 * c1);
       u32 mz[2], nzh[2], s2[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const u32 z = ((h ? zw1 : zw0) >> (4 * ((h ? c1 : c0) & 7))) & 15u;
+        const u32 z = ((h ? zw1 : zw0) >> (BITS * ((h ? c1 : c0) %% P))) & ((1u << BITS) - 1u);
 #if BF16
         mz[h] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;
         nzh[h] = 0u;
@@ -312,8 +311,13 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       }
       const u32 xb = ring + s * STAGE_BYTES;
 #pragma unroll
-      for (int kt = 0; kt < 8; ++kt) {  // the 16-row step kt: pair J = kt / 2 of word rows t + 8(kt %% 2) (+4)
-        const int qq = kt & 1, b = kt & 1;
+      for (int i = 0; i < 8; ++i) {  // the 16-row step kt: pair jj of word rows t + 8qq (+4)
+#if BITS == 8  // a word's two steps back to back (kt = qq, qq + 4): 4 words a lane live, loaded when first used
+        const int qq = i >> 1, jj = i & 1, kt = qq + 4 * jj, b = i & 1;
+        if (jj == 0) LOADW(qq)
+#else
+        const int kt = i, qq = kt & 1, jj = kt >> 1, b = kt & 1;
+#endif
 #if TMA
         const u64 desc = dconst | (u64)(((xb + (kt >> 2) * (TOK * 128) + (kt & 3) * 32) & 0x3FFFFu) >> 4);
 #else
@@ -324,7 +328,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #if PROBE == 1  // no dequantization: the words themselves as A
         a[b][0] = wv[qq][0][0]; a[b][1] = wv[qq][0][1]; a[b][2] = wv[qq][1][0]; a[b][3] = wv[qq][1][1];
 #else
-        if (kt < 2) DQ(0) else if (kt < 4) DQ(1) else if (kt < 6) DQ(2) else DQ(3)
+        if (jj == 0) DQ(0) else if (jj == 1) DQ(1) else if (jj == 2) DQ(2) else DQ(3)
 #endif
 #undef DQ
         keep(acc);
@@ -337,7 +341,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         wg_commit();
         keep(acc);
         wg_wait<1>();
-        if (kt == 0 && pend >= 0) mbar_arrive(bars + 8 * (STAGES + pend));  // the last block's wgmmas are done
+        if (i == 0 && pend >= 0) mbar_arrive(bars + 8 * (STAGES + pend));  // the last block's wgmmas are done
       }
       pend = s;
       if (++s == STAGES) s = 0, ph ^= 1u;
@@ -379,6 +383,8 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "sk": int(spec.sk),
         "tma": int(spec.tma),
         "probe": spec.probe,
+        "bits": spec.bits,
+        "pdl": int(spec.pdl),
         "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
         "inc": inc,
@@ -387,4 +393,5 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "device": ws_device(spec.tok, spec.bf16),
         "store": CONSUMER_STORE,
         "cluster_sum": CLUSTER_SUM,
+        "zero_fill": X_ZERO_FILL,
     }
