@@ -97,3 +97,34 @@ def test_gptq_cuda__refuses_what_it_cannot_run_when_forced() -> None:
     layer4 = cuda_layer(512, 256, 4, False, torch.float16, seed=6)
     with pytest.raises(ValueError, match="no plan for M=65"):
         run_tiled(layer4, torch.randn(65, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})
+
+
+# The stream-K warp-specialized kernel (`gptq_cuda_stream.py`): (k, n, bits, dtype, config). With "grid" 3 on
+# 8x4 units a CTA's run holds a whole strip and partial ones (stored whole, and summed by ticket in CTA order);
+# grid 5 with 2-3 stages wraps the ring; 8-bit; bf16; unpadded word rows; act-order with x permuted first.
+STREAM_CASES = [
+    (1024, 256, 4, False, torch.float16, {"grid": 3, "stages": 4, "consumers": 4}),
+    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 2, "consumers": 3, "xperm": True}),
+    (1024, 192, 8, False, torch.float16, {"grid": 4, "stages": 3, "consumers": 2}),
+    (1024, 256, 4, False, torch.bfloat16, {"grid": 3, "stages": 8, "consumers": 8, "pad": False}),
+    (512, 128, 4, False, torch.float16, {}),  # the default grid: more CTAs than units, one unit each
+]
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+    reason="needs sm_90 (bulk copies)",
+)
+@pytest.mark.parametrize("case", STREAM_CASES, ids=[f"stream{i}" for i in range(len(STREAM_CASES))])
+@pytest.mark.parametrize("m", [3, 16])
+def test_gptq_cuda__stream_k_kernel_matches_the_math_eager_and_in_a_cuda_graph(
+    case: tuple[Any, ...], m: int
+) -> None:
+    k, n, bits, desc_act, dtype, config = case
+    layer = cuda_layer(k, n, bits, desc_act, dtype, seed=m * 5 + bits)
+    off = m % 3  # x at an odd offset: the wrapper copies it to 16-byte alignment (off 0: none)
+    x = torch.randn(m, k + 8, generator=layer["gen"]).to(dtype).cuda()[:, off : off + k]
+    ref = x.double().cpu() @ layer["w"]
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    cfg = {"kernel": "cuda", "stream": True} | config
+    check_eager_and_replay(lambda: run_tiled(layer, x, bits, cfg), ref, tol)

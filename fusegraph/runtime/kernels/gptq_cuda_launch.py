@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["launch", "raise_smem_limit"]
+__all__ = ["launch", "launch_params", "raise_smem_limit"]
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
@@ -53,8 +53,6 @@ def launch(kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], s
     if not pdl:
         kern(grid=grid, block=block, shared_mem=shared_mem, args=args)
         return
-    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
-
     values: list[ctypes.c_void_p | ctypes.c_int] = []
     params = (ctypes.c_void_p * len(args))()
     for i, arg in enumerate(args):
@@ -65,11 +63,26 @@ def launch(kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], s
         else:
             raise TypeError(f"gptq_cuda_launch: argument {i} is a {type(arg).__name__}, not a tensor or int")
         params[i] = ctypes.cast(ctypes.byref(values[-1]), ctypes.c_void_p)
+    launch_params(kern.func, grid, block, shared_mem, params, pdl=True)
+
+
+def launch_params(func: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int,
+                  params: Any, *, pdl: bool) -> None:  # fmt: skip
+    """`cuLaunchKernelEx` of the driver function `func` on torch's current stream with `params` as the
+    driver takes them (a ctypes array of void pointers, one to each argument's bytes: any argument type,
+    e.g. a tensor map by value); `pdl`: with the programmatic-stream-serialization attribute.
+
+    Example:
+        >>> launch_params(kern.func, (132, 1, 1), (384, 1, 1), 200 * 1024, params, pdl=True)
+    """
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
     attr = _Attr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
     attr.value.flag = 1
     cfg = _Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem,
-                  ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attr), 1)  # fmt: skip
-    _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, params, None))
+                  ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attr) if pdl else None,
+                  1 if pdl else 0)  # fmt: skip
+    _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), func, params, None))
 
 
 def raise_smem_limit(kern: Any, smem: int) -> None:
