@@ -1,15 +1,21 @@
-"""Act-order and 8-bit on the CUDA GPTQ kernels (issue #11): the four Llama-3-8B shapes on one GPU.
+"""Act-order on the GPTQ kernels (issue #11): the permutation of x alone, and act-order against plain per path.
 
-`python benchmarks/gptq_actorder.py`: per M (16, 64, 4, 1, 32 in that order; `ACT_MS`) and shape, 4-bit g128
-plain (the default dispatch) against act-order as the default dispatch, the CUDA kernel on x
-permuted once ("xperm"), the CUDA kernel gathering x through perm ("gather": the small-M kernel's
-staging at M ≤ 4, the mid-M kernel's at M = 16), the small-M kernel gathering column-chunk major
-with its loads ahead ("gather2", M ≤ 8), the mid-M kernel gathering a block ahead ("ahead", M ≥ 16)
-and the Triton kernels; at M = 16 and 64 (`INT8_MS`) 8-bit as the default
-dispatch, the mid-M CUDA kernel and Triton. Also the permutation of x alone. Every variant is
-checked against `x.float() @ W.float()` before it is timed as CUDA-graph replays, operands
-rotated so that L2 stays cold (`gpu_gptq.checked_time`). Writes $OUT/gptq_actorder.txt (line by line);
-`ACT_BUDGET_S` (default 60) skips what is left past that many seconds.
+`python benchmarks/gptq_actorder.py` on a CUDA GPU, in one run:
+
+1. `PERM` rows: the permutation `y = x[:, perm]` alone at M = 1, 16, 64, 256, 1024 (`PERM_MS`) and K = 4096,
+   14336: the Triton kernel (`_permute_cols_kernel`, one program a row and 1024 columns), the previous
+   CUDA kernel (`fg_permute_x`, 8 columns a thread gathered from global memory) and `fg_permute_rows`
+   (`gptq_cuda_permute.py`: rows staged in shared memory), each checked bit-equal to `x[:, perm]` first,
+   with its bytes floor: M·K·2 bytes read and written at the measured copy bandwidth.
+2. `ACT` rows: per M (`ACT_MS`) and Llama-3-8B shape, plain 4-bit g128 (the default dispatch) against
+   act-order by the default dispatch ("act"), the default dispatch with the previous permutation ("act_old":
+   the Triton kernel, `fg_permute_x` where the plan launches the GEMM with PDL), the small-M/mid-M kernel
+   on x permuted with PDL forced ("xpdl", M ≤ 16), the wgmma kernel forced ("wg", M ≥ 32; "wg_pdl" with
+   its "pdl" key where it has one) and the dequantize-then-cuBLAS path ("deq", M ≥ 64).
+
+Every variant is checked against `x.float() @ W.float()` before it is timed as CUDA-graph replays,
+operands rotated so that L2 stays cold (`gpu_gptq.checked_time`). Writes $OUT/gptq_actorder.txt line by
+line; `ACT_BUDGET_S` (default 80) skips what is left past that many seconds.
 """
 
 # ruff: noqa: B023, E731, N812
@@ -18,10 +24,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import triton
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,13 +38,39 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_cuda  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import RSWG_KEYS  # noqa: E402
 from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul  # noqa: E402
+from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel  # noqa: E402
 
-MS = tuple(int(m) for m in os.environ.get("ACT_MS", "16,64,4,1,32").split(","))
-INT8_MS = tuple(int(m) for m in os.environ.get("INT8_MS", "16,64").split(","))
-BUDGET_S = float(os.environ.get("ACT_BUDGET_S", "60"))
+ACT_MS = tuple(int(m) for m in os.environ.get("ACT_MS", "64,256,1024,16,4,1").split(","))
+PERM_MS = tuple(int(m) for m in os.environ.get("PERM_MS", "1,16,64,256,1024").split(","))
+BUDGET_S = float(os.environ.get("ACT_BUDGET_S", "80"))
 T0 = time.time()
 LINES: list[str] = []
+
+# the previous CUDA permutation (third/fourth session): 8 columns a thread, gathered from global memory
+_OLD_SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
+struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
+extern "C" __global__ void __launch_bounds__(128) fg_permute_x(const u16* __restrict__ x, const int* __restrict__ perm,
+                                                               u16* __restrict__ y, int K, int stride_xm) {
+  asm volatile("griddepcontrol.launch_dependents;");
+  const int c = (blockIdx.x * 128 + threadIdx.x) * 8, m = blockIdx.y;
+  if (c >= K) return;
+  const i32x4 p0 = *(const i32x4*)(perm + c), p1 = *(const i32x4*)(perm + c + 4);
+  const u16* xr = x + (unsigned long long)m * stride_xm;
+  u32x4 v;
+  v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
+  v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
+  v.z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
+  v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
+  *(u32x4*)(y + (unsigned long long)m * K + c) = v;
+}
+"""
+_OLD: list[Any] = []
 
 
 def log(s: str) -> None:
@@ -46,78 +80,112 @@ def log(s: str) -> None:
         Path(out, "gptq_actorder.txt").write_text("\n".join(LINES) + "\n")
 
 
+def perm_triton(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    m, k = x.shape
+    y = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(k))
+    _permute_cols_kernel[(triton.cdiv(k, block), m)](x, perm, y, k, x.stride(0), BLOCK=block, num_warps=4)
+    return y
+
+
+def perm_old(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    if not _OLD:
+        _OLD.append(torch.cuda._compile_kernel(_OLD_SOURCE, "fg_permute_x"))
+    m, k = x.shape
+    y = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    _OLD[0](grid=((k // 8 + 127) // 128, m, 1), block=(128, 1, 1), args=[x, perm, y, k, x.stride(0)])
+    return y
+
+
+def perm_new(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    y = permute_rows(x, perm)
+    assert y is not None
+    return y
+
+
+def _bind(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+          perm: torch.Tensor) -> Callable[[], torch.Tensor]:  # fmt: skip
+    return lambda: fn(x, perm)
+
+
+def permute_alone(bw: float) -> None:
+    variants: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = [
+        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new)]  # fmt: skip
+    for k_in in (4096, 14336):
+        perm = torch.randperm(k_in, device="cuda").to(torch.int32)
+        for m in PERM_MS:
+            copies = GB.copies_for(2 * m * k_in * 2)
+            xs = [torch.randn(m, k_in, device="cuda", dtype=torch.float16) for _ in range(copies)]
+            floor = 2 * m * k_in * 2 / bw * 1e6
+            cells = []
+            for name, fn in variants:
+                if not torch.equal(fn(xs[0], perm), xs[0][:, perm.long()]):
+                    cells.append(f"{name} WRONG")
+                    continue
+                us = graph_us([_bind(fn, xs[i], perm) for i in range(copies)])
+                cells.append(f"{name} {us:6.2f} ({floor / us:4.0%})")
+            log(f"PERM M={m:<5}K={k_in:<6} floor {floor:6.2f} us | " + " | ".join(cells))
+
+
+def act_variants(m: int) -> list[tuple[str, str, dict[str, Any] | None, Any]]:
+    """(name, layer kind, config, permutation override or None) of one M, plain first."""
+
+    def old(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:  # fg_permute_x where the plan used PDL
+        return (perm_old if x.shape[0] <= 16 and x.shape[1] <= 8192 else perm_triton)(x, perm)
+
+    out: list[tuple[str, str, dict[str, Any] | None, Any]] = [
+        ("plain", "plain", None, None), ("act", "act", None, None), ("act_old", "act", None, old)]  # fmt: skip
+    if m <= 16:
+        out.append(("xpdl", "act", {"xperm": True, "xperm_pdl": True}, None))
+    if m >= 32:
+        out += [("wg", "act", {"wgmma": True}, None), ("wg_old", "act", {"wgmma": True}, perm_triton)]
+        if "pdl" in RSWG_KEYS:
+            out.append(("wg_pdl", "act", {"wgmma": True, "pdl": 1}, None))
+    if m >= 64:
+        out.append(("deq", "act", {"cuda": False, "kernel": "dequant"}, None))
+    return out
+
+
 class K:
     tiled = staticmethod(gptq_tiled_matmul)
 
 
-def act_variants(m: int) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """(name, layer kind, config) of one M, the default dispatch first."""
-    out: list[tuple[str, str, dict[str, Any] | None]] = [
-        ("plain", "plain", None),
-        ("act", "act", None),
-        ("xperm", "act", {"kernel": "cuda", "xperm": True}),
-    ]
-    if m <= 4 or m == 16:
-        out.append(("gather", "act", {"kernel": "cuda", "xperm": False}))
-    if m <= 8:
-        out.append(("gather2", "act", {"kernel": "cuda", "xperm": False, "perm_ahead": True}))
-    if m >= 16:
-        out.append(("ahead", "act", {"kernel": "cuda", "xperm": False, "mid": True, "perm_ahead": True}))
-    out.append(("triton", "act", GB.TRITON))
-    if m in INT8_MS:
-        out += [("int8", "int8", None), ("int8mid", "int8", {"kernel": "cuda", "mid": True}),
-                ("int8tri", "int8", GB.TRITON)]  # fmt: skip
-    return out
-
-
-def permute_alone() -> None:
-    for m, k_in in ((1, 4096), (16, 4096), (64, 4096), (16, 14336)):
-        x = torch.randn(m, k_in, device="cuda", dtype=torch.float16)
-        perm = torch.randperm(k_in, device="cuda").to(torch.int32)
-        assert torch.equal(gptq_cuda._permute_x(x, perm), x[:, perm.long()])
-        log(f"permute x [{m}, {k_in}] alone: {graph_us([lambda: gptq_cuda._permute_x(x, perm)]):5.2f} us")
-
-
 def main() -> int:
-    log(
-        f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
-    )
+    log(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     bw = copy_bandwidth()
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s; GPTQ g128 fp16, CUDA-graph device time (us), L2 cold")
     torch.manual_seed(0)
-    permute_alone()
+    permute_alone(bw)
+    log(f"permutation rows done: {time.time() - T0:.0f} s")
     failed = 0
-    kinds = ("plain", "act", "int8") if INT8_MS else ("plain", "act")
-    benches = {label: GB.Bench(k_in, n_out, kinds) for label, k_in, n_out in GB.SHAPES}
+    benches = {label: GB.Bench(k_in, n_out, ("plain", "act")) for label, k_in, n_out in GB.SHAPES}
     log(f"operands ready: {time.time() - T0:.0f} s")
-    for m in MS:  # M-major in the order given (most wanted first), so that a budget cut drops the rest
+    default_permute = gptq_cuda._permute_x
+    for m in ACT_MS:  # M-major in the order given, so that a budget cut drops the rest
         for label, k_in, n_out in GB.SHAPES:
             b = benches[label]
             times: dict[str, float] = {}
             cells: list[str] = []
-            for name, kind, cfg in act_variants(m):
+            for name, kind, cfg, permute in act_variants(m):
                 if time.time() - T0 > BUDGET_S:
                     cells.append(f"{name} skipped (budget)")
                     continue
                 layers = b.layers[kind]
+                gptq_cuda._permute_x = permute or default_permute  # type: ignore[assignment]
                 try:
-                    us, err = GB.checked_time(name, lambda lay, x: GB.ours(K, lay, x, cfg), layers,
-                                              b.xs(m, len(layers)), graph_us)  # fmt: skip
+                    us, _ = GB.checked_time(name, lambda lay, x: GB.ours(K, lay, x, cfg), layers,
+                                            b.xs(m, len(layers)), graph_us)  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
                     failed += 1
                     cells.append(f"{name} FAILED {type(e).__name__}: {str(e)[:160]}")
                     continue
+                finally:
+                    gptq_cuda._permute_x = default_permute  # type: ignore[assignment]
                 times[name] = us
-                bits = 8 if kind == "int8" else 4
-                nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
-                cells.append(f"{name} {us:6.2f} ({nbytes / (us * 1e-6) / bw:4.0%})")
+                cells.append(f"{name} {us:6.2f}")
             plain = times.get("plain", float("nan"))
-            ratios = " ".join(f"{n}/plain {times[n] / plain:.2f}x" for n in ("act", "xperm", "gather", "gather2", "ahead", "triton")
-                              if n in times)  # fmt: skip
-            if "int8tri" in times:
-                ratios += "".join(f" {n}/int8tri {times[n] / times['int8tri']:.2f}x" for n in ("int8", "int8mid")
-                                  if n in times)  # fmt: skip
-            log(f"ACT {label:<8}{k_in}x{n_out:<6} M={m:<3}" + " | ".join(cells) + f" || {ratios}")
+            ratios = " ".join(f"{n}/plain {t / plain:.2f}x" for n, t in times.items() if n != "plain")
+            log(f"ACT {label:<8}{k_in}x{n_out:<6} M={m:<5}" + " | ".join(cells) + f" || {ratios}")
     log(f"total {time.time() - T0:.0f} s, {failed} failed; cuda path: {gptq_cuda.cuda_path_status()}")
     return 1 if failed else 0
 

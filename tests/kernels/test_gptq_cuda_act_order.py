@@ -3,7 +3,7 @@
 Past M = 1 (or forced with "xperm": True) x is permuted once and the small-M or mid-M kernel runs
 without perm on the row-sorted weight; "xperm": False keeps the in-kernel gather, "perm_ahead" its
 variant with the loads ahead (mid-M: a block early; small-M: column-chunk major); "xperm_pdl": x permuted
-by `fg_permute_x` and the kernel launched with programmatic dependent launch (sm_90). Both kernels,
+first (`fg_permute_rows`) and the kernel launched with programmatic dependent launch (sm_90). Both kernels,
 4 and 8 bits, fp16 and bf16, eager and under CUDA-graph replay (each replay writes into a
 poisoned output first). The reference is `gptq_packing.dequantize` of the act-order checkpoint
 tensors (scales gathered through g_idx, checkpoint row order) in float64.
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.kernels.gptq_cuda_cases import cuda_layer, rel_err, run_tiled
+from tests.kernels.gptq_cuda_cases import check_eager_and_replay, cuda_layer, rel_err, run_tiled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -77,9 +77,9 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
         pdl.append(bool(kw["plan"].get("xperm_pdl")))
         return matmul(*args, **kw)
 
-    def spy_permute(x: torch.Tensor, perm: torch.Tensor, cuda: bool = False) -> torch.Tensor:
+    def spy_permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
         permutes.append(x.shape[0])
-        return permute(x, perm, cuda)
+        return permute(x, perm)
 
     monkeypatch.setattr(gptq_cuda, "gptq_cuda_matmul", spy_matmul)
     monkeypatch.setattr(gptq_cuda, "_permute_x", spy_permute)
@@ -120,3 +120,74 @@ def test_gptq_cuda_act_order__a_plain_triton_shape_stays_on_triton_with_act_orde
     assert gptq_cuda.maybe_gptq_cuda(x, r["qweight"], layer["scales"], r["qzeros"], r["perm"], bits=4,
                                      group_size=128, zero_format="v1", config=None) is None  # fmt: skip
     assert rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"]) < 3e-3
+
+
+# (M, K, dtype, offset of x in its storage (elements), extra row stride): 16-byte paths and the element
+# paths (odd offset or stride, K % 8), K past one CTA's 2048-column slice and not a multiple of it, rows a CTA > 1
+PERMUTE_CASES = [
+    (1, 4096, torch.float16, 0, 0),
+    (3, 4100, torch.bfloat16, 0, 4),
+    (16, 14336, torch.float16, 0, 0),
+    (5, 1000, torch.float16, 1, 3),
+    (7, 2053, torch.bfloat16, 3, 0),
+    (600, 384, torch.float16, 0, 8),
+    (300, 6150, torch.float16, 8, 2),
+]
+
+
+@pytest.mark.parametrize("case", PERMUTE_CASES, ids=[f"perm{i}" for i in range(len(PERMUTE_CASES))])
+def test_permute_rows__equals_indexing_bit_for_bit_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
+
+    m, k, dtype, offset, pad = case
+    gen = torch.Generator().manual_seed(m * 31 + k)
+    base = torch.randn(offset + m * (k + pad), generator=gen).to(dtype).cuda()
+    x = base[offset:].view(m, k + pad)[:, :k]  # a view: any offset, row stride k + pad
+    perm = torch.randperm(k, generator=gen).to(torch.int32).cuda()
+    want = x[:, perm.long()]
+    y = permute_rows(x, perm)
+    assert y is not None and y.is_contiguous() and torch.equal(y, want)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = permute_rows(x, perm)
+    assert y is not None
+    x.copy_(torch.randn(m, k, generator=gen).to(dtype))  # new values in the same storage
+    y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, x[:, perm.long()])
+
+
+def test_permute_rows__declines_what_it_cannot_take() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_permute import PERMUTE_MAX_K, permute_rows
+
+    perm = torch.arange(8, dtype=torch.int32, device="cuda")
+    assert permute_rows(torch.randn(2, 8, device="cuda"), perm) is None  # fp32
+    assert permute_rows(torch.randn(8, 2, device="cuda").half().t(), perm) is None  # columns strided
+    big = torch.zeros(1, PERMUTE_MAX_K + 8, device="cuda", dtype=torch.float16)
+    assert permute_rows(big, torch.arange(PERMUTE_MAX_K + 8, dtype=torch.int32, device="cuda")) is None
+    with pytest.raises(ValueError, match="perm must be int32"):
+        permute_rows(torch.zeros(2, 8, device="cuda", dtype=torch.float16), perm.long())
+
+
+def test_gptq_cuda_act_order__wgmma_path_on_x_permuted_first_matches_the_math(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default dispatch at M = 64 on sm_90 (the wgmma kernel, on the row-sorted weight after one permutation),
+    elsewhere whatever runs there: against the float64 dequantize-then-matmul of the checkpoint layout."""
+    from fusegraph.runtime.kernels import gptq_cuda
+
+    permutes: list[int] = []
+    permute = gptq_cuda._permute_x
+
+    def spy_permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        permutes.append(x.shape[0])
+        return permute(x, perm)
+
+    monkeypatch.setattr(gptq_cuda, "_permute_x", spy_permute)
+    layer = cuda_layer(1024, 256, 4, True, torch.float16, seed=11)
+    x = torch.randn(64, 1024, generator=layer["gen"]).half().cuda()
+    ref = x.double().cpu() @ layer["w"]
+    check_eager_and_replay(lambda: run_tiled(layer, x, 4, None), ref, 3e-3)
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert permutes and set(permutes) == {64}

@@ -33,7 +33,7 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
     mid_kernel_source,
     mid_smem_bytes,
 )
-from fusegraph.runtime.kernels.gptq_cuda_ptx import PERMUTE_NAME, PERMUTE_SOURCE
+from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_stream import (
     STREAM_KERNEL_NAME,
@@ -58,7 +58,6 @@ _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
               "bufs", "xperm_pdl", "xfull", "fold", "stream", "consumers", "stages", "pad", "ctas", "grid")  # fmt: skip
-_PERMUTE: dict[int, Any] = {}
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -291,19 +290,15 @@ def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor,
     return out
 
 
-def _permute_x(x: torch.Tensor, perm: torch.Tensor, cuda: bool = False) -> torch.Tensor:
-    """x[:, perm] as a new contiguous tensor, in one launch of the Triton permutation kernel, or (`cuda`,
-    for a GEMM launched after it with PDL) of `fg_permute_x`, which lets that GEMM start at once."""
+def _permute_x(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """x[:, perm] as a new contiguous tensor in one launch: `fg_permute_rows` (`gptq_cuda_permute.py`: rows
+    staged in shared memory, and it lets a kernel launched after it with PDL start at once), or the Triton
+    permutation kernel where that cannot run (K past its limit; not compiled before CUDA-graph capture)."""
+    y = permute_rows(x, perm, _device_info(x.device)[0])
+    if y is not None:
+        return y
     m, k = x.shape
     y = torch.empty((m, k), dtype=x.dtype, device=x.device)
-    dev = x.device.index or 0
-    if cuda and dev not in _PERMUTE and not torch.cuda.is_current_stream_capturing():
-        with torch.cuda.device(x.device):
-            _PERMUTE[dev] = torch.cuda._compile_kernel(PERMUTE_SOURCE, PERMUTE_NAME)
-    if cuda and dev in _PERMUTE:  # x 16-byte aligned, row stride % 8 == 0 (maybe_gptq_cuda), K % 128 == 0
-        grid = ((k // 8 + 127) // 128, m, 1)
-        _PERMUTE[dev](grid=grid, block=(128, 1, 1), args=[x, perm, y, k, x.stride(0)])
-        return y
     block = min(1024, triton.next_power_of_2(k))
     _permute_cols_kernel[(triton.cdiv(k, block), m)](x, perm, y, k, x.stride(0), BLOCK=block, num_warps=4)
     return y
@@ -369,7 +364,7 @@ def maybe_gptq_cuda(
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
     if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
         pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
-        x, perm = _permute_x(x, perm, cuda=pdl), None
+        x, perm = _permute_x(x, perm), None
         plan["xperm_pdl"] = pdl
     else:  # PDL only right after our own permutation (no earlier writer of the kernel's operands)
         plan.pop("xperm_pdl", None)

@@ -1,0 +1,215 @@
+"""Act-order's column permutation of x, `y = x[:, perm]`, as one compiled CUDA kernel (`fg_permute_rows`).
+
+GPTQ act-order runs the plain kernels on the row-sorted weight after x's columns are permuted once
+(`gptq_cuda.maybe_gptq_cuda`). A gather straight from global memory (the Triton `_permute_cols_kernel`,
+one element a lane) costs one L1 wavefront per element: at M = 1024, K = 14336 about 65 µs on an H200,
+four times the bytes it moves. This kernel copies whole rows of x into shared memory with 16-byte
+`cp.async`s (the next row's copy in flight while this one is gathered), gathers there (a random
+2-byte read costs about 3-4 bank wavefronts per warp instead of 32 L1 ones), and writes y with
+16-byte stores; a thread keeps the perm entries of its 8-column chunks in registers for all the rows
+of its CTA. It executes `griddepcontrol.launch_dependents` first, so that a kernel launched after it
+with programmatic dependent launch (`gptq_cuda_launch.launch(pdl=True)`) starts at once and streams
+its weights until its own `griddepcontrol.wait`.
+
+The grid (`permute_plan`): CTAs of 256 threads, each an output column slice of `CH`·2048 columns of
+`rows` rows of x, about two CTAs an SM: at small M the columns are split (each CTA copies the whole
+row, from L2 after the first), at large M each CTA takes whole rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fusegraph.runtime.kernels.gptq_cuda_launch import raise_smem_limit
+
+__all__ = ["PERMUTE_MAX_K", "permute_plan", "permute_rows", "permute_rows_source"]
+
+PERMUTE_ROWS_NAME = "fg_permute_rows"
+PERMUTE_MAX_K = 32768  # two rows of x in shared memory: 128 KB
+_THREADS = 256
+_KERNELS: dict[tuple[int, int, bool], Any] = {}
+_SMEM_SET: dict[tuple[int, int, bool], int] = {}
+_FAILED: dict[tuple[int, int, bool], str] = {}
+
+_SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
+struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
+#define CH %(ch)d    // 8-column chunks a thread (its perm entries stay in registers)
+#define VEC %(vec)d  // x 16-byte aligned, its row stride and K multiples of 8: 16-byte copies and stores
+#define NT 256
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %%1; cvt.u32.u64 %%0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
+extern "C" __global__ void __launch_bounds__(NT) fg_permute_rows(
+    const u16* __restrict__ x, const int* __restrict__ perm, u16* __restrict__ y, int M, int K, int stride_xm,
+    int rows, int cols) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");  // a PDL-launched kernel after this one may start now
+#endif
+  extern __shared__ __align__(16) u16 buf[];          // [2][KP]: row r in buf[(r - r0) & 1]
+  const int KP = (K + 7) & ~7, tid = threadIdx.x;
+  const int c0 = blockIdx.x * cols, r0 = blockIdx.y * rows;
+  const int c1 = min(K, c0 + cols), r1 = min(M, r0 + rows);
+  if (r0 >= r1) return;
+  auto stage = [&](int r, int b) {  // row r of x to buffer b
+    const u16* src = x + (u64)r * stride_xm;
+    u16* dst = buf + b * KP;
+    if (VEC) {
+      for (int c = tid; c < K / 8; c += NT)
+        asm volatile("cp.async.cg.shared.global [%%0], [%%1], 16;" :: "r"(smem_u32(dst + c * 8)), "l"(src + c * 8));
+    } else {
+      for (int c = tid; c < K; c += NT) dst[c] = src[c];
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  };
+  stage(r0, 0);
+  int p[CH][8];  // perm of this thread's chunks (column c0 + 8 (tid + NT j) + e), loaded under the first copy
+#pragma unroll
+  for (int j = 0; j < CH; ++j) {
+    const int c = c0 + 8 * (tid + NT * j);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) p[j][e] = 0;
+    if (VEC && c + 8 <= c1) {
+      const i32x4 a = *(const i32x4*)(perm + c), b = *(const i32x4*)(perm + c + 4);
+      p[j][0] = a.x; p[j][1] = a.y; p[j][2] = a.z; p[j][3] = a.w;
+      p[j][4] = b.x; p[j][5] = b.y; p[j][6] = b.z; p[j][7] = b.w;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (c + e < c1) p[j][e] = perm[c + e];
+    }
+  }
+  for (int r = r0; r < r1; ++r) {
+    const int b = (r - r0) & 1;
+    if (r + 1 < r1) {
+      stage(r + 1, b ^ 1);  // the next row's copy in flight while this one is gathered
+      asm volatile("cp.async.wait_group 1;" ::: "memory");
+    } else {
+      asm volatile("cp.async.wait_group 0;" ::: "memory");
+    }
+    __syncthreads();
+    const u16* xs = buf + b * KP;
+    u16* yr = y + (u64)r * K;
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      const int c = c0 + 8 * (tid + NT * j);
+      if (VEC && c + 8 <= c1) {
+        u32x4 v;
+        v.x = (u32)xs[p[j][0]] | ((u32)xs[p[j][1]] << 16);
+        v.y = (u32)xs[p[j][2]] | ((u32)xs[p[j][3]] << 16);
+        v.z = (u32)xs[p[j][4]] | ((u32)xs[p[j][5]] << 16);
+        v.w = (u32)xs[p[j][6]] | ((u32)xs[p[j][7]] << 16);
+        *(u32x4*)(yr + c) = v;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (c + e < c1) yr[c + e] = xs[p[j][e]];
+      }
+    }
+    __syncthreads();  // buffer b is refilled by the next iteration's copy
+  }
+}
+"""
+
+
+def permute_rows_source(ch: int, vec: bool) -> str:
+    """CUDA C++ source of `fg_permute_rows` with `ch` 8-column chunks a thread (1..16), 16-byte paths if `vec`.
+
+    Example:
+        >>> "fg_permute_rows" in permute_rows_source(2, True)
+        True
+    """
+    if not 1 <= ch <= 16:
+        raise ValueError(f"permute_rows_source: ch must be in 1..16, got {ch}")
+    return _SOURCE % {"ch": ch, "vec": int(vec)}
+
+
+def permute_plan(m: int, k: int, sms: int) -> dict[str, int]:
+    """The grid of `fg_permute_rows` for x `[m, k]` on `sms` SMs: {"ch", "cols", "rows", "grid_x", "grid_y",
+    "smem"}. About two CTAs an SM: the columns split in slices of ch·2048 (each CTA copies whole rows,
+    so a slice re-reads the row from L2) while m·slices stays under 2·SMs, then rows a CTA to fill it.
+
+    Example:
+        >>> permute_plan(1024, 14336, 132)
+        {'ch': 7, 'cols': 14336, 'rows': 4, 'grid_x': 1, 'grid_y': 256, 'smem': 57344}
+        >>> permute_plan(1, 4096, 132)
+        {'ch': 1, 'cols': 2048, 'rows': 1, 'grid_x': 2, 'grid_y': 1, 'smem': 8192}
+    """
+    if m < 1 or not 1 <= k <= PERMUTE_MAX_K or sms < 1:
+        raise ValueError(
+            f"permute_plan: needs M ≥ 1, 1 ≤ K ≤ {PERMUTE_MAX_K}, SMs ≥ 1; got M={m} K={k} SMs={sms}"
+        )
+    chunks = (k + 7) // 8
+    most = (chunks + _THREADS - 1) // _THREADS  # slices of one chunk a thread
+    slices = max(1, min(most, 2 * sms // m))
+    ch = -(-chunks // (slices * _THREADS))
+    cols = ch * 8 * _THREADS
+    grid_x = -(-k // cols)
+    rows = max(1, -(-m * grid_x // (2 * sms)))
+    grid_y = -(-m // rows)
+    smem = (2 if rows > 1 else 1) * ((k + 7) // 8 * 8) * 2
+    return {"ch": ch, "cols": cols, "rows": rows, "grid_x": grid_x, "grid_y": grid_y, "smem": smem}
+
+
+def _kernel(device: torch.device, ch: int, vec: bool, smem: int) -> Any | None:
+    key = (device.index or 0, ch, vec)
+    kern = _KERNELS.get(key)
+    if kern is None:
+        if key in _FAILED or torch.cuda.is_current_stream_capturing():
+            return None  # compiled on the first eager call only
+        try:
+            with torch.cuda.device(device):
+                kern = torch.cuda._compile_kernel(permute_rows_source(ch, vec), PERMUTE_ROWS_NAME)
+        except Exception as err:  # noqa: BLE001 - no NVRTC or a compile error: the caller permutes another way
+            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
+            return None
+        _KERNELS[key] = kern
+    if smem > _SMEM_SET.get(key, 48 * 1024 - 1):
+        raise_smem_limit(kern, smem)
+        _SMEM_SET[key] = smem
+    return kern
+
+
+def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None) -> torch.Tensor | None:
+    """`x[:, perm]` as a new contiguous `[M, K]` tensor by `fg_permute_rows`, or None when it cannot run
+    here (not fp16/bf16 on CUDA, K past `PERMUTE_MAX_K`, x's row stride not 1 in its columns, or the
+    kernel not yet compiled during CUDA-graph capture: the caller then permutes another way).
+
+    `perm` int32 `[K]`, every entry in 0..K-1 (not checked on the device). x may sit at any offset
+    and row stride; 16-byte aligned x with a row stride and K multiples of 8 takes 16-byte copies.
+
+    Example:
+        >>> y = permute_rows(x, perm)  # == x[:, perm.long()], bit for bit
+    """
+    if x.dim() != 2 or x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    m, k = x.shape
+    if perm.shape != (k,) or perm.dtype != torch.int32 or perm.device != x.device:
+        raise ValueError(f"permute_rows: perm must be int32 [{k}] on {x.device}, got {perm.dtype} "
+                         f"{list(perm.shape)} on {perm.device}")  # fmt: skip
+    if k > PERMUTE_MAX_K or (k > 1 and x.stride(1) != 1):
+        return None
+    y = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    if m == 0 or k == 0:
+        return y
+    if sms is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    plan = permute_plan(m, k, sms)
+    perm = perm.contiguous()
+    stride = x.stride(0) if m > 1 else k
+    vec = x.data_ptr() % 16 == 0 and stride % 8 == 0 and k % 8 == 0 and perm.data_ptr() % 16 == 0
+    kern = _kernel(x.device, plan["ch"], vec, plan["smem"])
+    if kern is None:
+        return None
+    kern(grid=(plan["grid_x"], plan["grid_y"], 1), block=(_THREADS, 1, 1), shared_mem=plan["smem"],
+         args=[x, perm, y, m, k, stride, plan["rows"], plan["cols"]])  # fmt: skip
+    return y
