@@ -101,8 +101,11 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4) -> None:
         for _, k_in, n_out in GB.SHAPES
         for _, c in ws_variants(m, k_in, n_out, sms, bits)
     ]
-    done = precompile(specs, torch.device("cuda"), threads=min(16, os.cpu_count() or 1))
+    errors: list[str] = []
+    done = precompile(specs, torch.device("cuda"), threads=min(16, os.cpu_count() or 1), errors=errors)
     log(f"precompiled {done} of {len(set(specs))} warp-specialized kernels in {time.time() - t0:.1f} s")
+    if errors:
+        log(f"  first precompile failure: {errors[0]}")
     kind = "int8" if bits == 8 else "plain"
     benches = {label: GB.Bench(k_in, n_out, (kind,)) for label, k_in, n_out in GB.SHAPES}
     for m in ms:

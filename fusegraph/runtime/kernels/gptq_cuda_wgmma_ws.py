@@ -162,10 +162,12 @@ def _kernel(spec: RswgSpec, device: torch.device) -> Any:
     return kern
 
 
-def precompile(specs: Iterable[RswgSpec], device: torch.device, threads: int = 8) -> int:
+def precompile(
+    specs: Iterable[RswgSpec], device: torch.device, threads: int = 8, errors: list[str] | None = None
+) -> int:
     """Compile the specs not yet compiled on `device` in `threads` threads (NVRTC runs without the GIL),
     for benchmarks; a spec that fails here is left for `_kernel` to compile (and report). Returns the
-    number compiled.
+    number compiled; the failures' reasons are appended to `errors`.
 
     Example:
         >>> precompile([rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True)], x.device)
@@ -178,7 +180,9 @@ def precompile(specs: Iterable[RswgSpec], device: torch.device, threads: int = 8
         try:
             torch.cuda.set_device(index)  # a new thread: the device's context current for the driver calls
             _KERNELS[(index, spec)] = _compile(spec, device)
-        except Exception:  # noqa: BLE001 - compiled again (and reported) on first use
+        except Exception as err:  # noqa: BLE001 - compiled again (and reported) on first use
+            if errors is not None:
+                errors.append(f"{spec}: {type(err).__name__}: {str(err)[:200]}")
             return False
         return True
 
