@@ -17,12 +17,7 @@ from typing import Any
 
 import torch
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import (  # the cuLaunchKernelEx structs (PDL)
-    _PROGRAMMATIC_STREAM_SERIALIZATION,
-    _Attr,
-    _Config,
-    raise_smem_limit,
-)
+from fusegraph.runtime.kernels.gptq_cuda_launch import launch_params, raise_smem_limit
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     RSWG_KERNEL_NAME,
     RswgSpec,
@@ -297,7 +292,7 @@ def _launch(
 ) -> None:
     """`cuLaunchKernel` on torch's current stream: tensors as pointers, ints as C ints, a 192-byte buffer as
     the 128-byte tensor map it holds (passed by value: a `__grid_constant__` parameter); `pdl`: through
-    `cuLaunchKernelEx` with the programmatic-stream-serialization attribute (`gptq_cuda_launch`'s structs)."""
+    `cuLaunchKernelEx` with the programmatic-stream-serialization attribute (`gptq_cuda_launch.launch_params`)."""
     from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
 
     keep: list[Any] = []
@@ -313,12 +308,7 @@ def _launch(
             params[i] = ctypes.c_void_p(_aligned64(arg))
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
     if pdl:
-        attr = _Attr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
-        attr.value.flag = 1
-        cfg = _Config(
-            (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), smem, stream, ctypes.pointer(attr), 1
-        )
-        _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, params, None))
+        launch_params(kern.func, grid, block, smem, params, pdl=True)
         return
     _check_cuda(_get_gpu_runtime_library().cuLaunchKernel(
         kern.func, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, None))  # fmt: skip
