@@ -289,6 +289,9 @@ _CUDA_ACT_AHEAD = False
 # down (K=14336) M=16 23.11 / 31.29)
 _CUDA_ACT_PDL: tuple[int, int] | None = (1, 16)
 _CUDA_ACT_PDL_MAX_K = 8192
+# act-order on the wgmma kernel: launched with PDL ("pdl": 1) after the permutation of x, so that it asks L2 for
+# its first weight blocks while x is permuted (its griddepcontrol.wait comes before x's first load)
+_CUDA_ACT_WGMMA_PDL = True
 # 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
 # one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
 _CUDA_8BIT_MID_MIN_N = 16384
@@ -386,7 +389,7 @@ def cuda_plan(
         if _wg.wgmma_takes_by_default(m, n, k, bits, dtype, cap) and (
             not act_order or _act_order_wgmma(m, n, k)
         ):
-            return {"kernel": "wgmma", "wgmma": True}
+            return {"kernel": "wgmma", "wgmma": True} | ({"pdl": 1} if act_order and _CUDA_ACT_WGMMA_PDL else {})
     plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
                          xperm=xperm)  # fmt: skip
     return None if plan is None else {"kernel": "mid" if plan.get("mid") else "small"} | plan
