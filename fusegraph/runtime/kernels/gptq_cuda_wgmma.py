@@ -82,12 +82,16 @@ def maybe_wgmma(
 # by the copy engine it beat the dispatch without it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x,
 # o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). M < 32 was not measured.
 _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
+# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above).
+_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ()
+_RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ()
 
 
 def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
                            cap: tuple[int, int]) -> bool:  # fmt: skip
     """Whether the default dispatch (no config) runs the wgmma kernel for this call (`gptq_plan.cuda_plan`
-    asks): 4-bit fp16 on sm_90, N and K multiples of 128, M in one of `_RSWG_DEFAULT`'s ranges (act-order:
+    asks): on sm_90, N and K multiples of 128, M in one of the ranges of `_RSWG_DEFAULT` (4-bit fp16),
+    `_RSWG_DEFAULT_8BIT` (8-bit fp16) or `_RSWG_DEFAULT_BF16` (4-bit bf16) (act-order:
     `gptq_plan.cuda_plan` also weighs the permutation of x that must come first).
 
     Example:
@@ -96,7 +100,9 @@ def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype
         >>> wgmma_takes_by_default(128, 28672, 4096, 4, torch.bfloat16, (9, 0))  # bf16: not timed
         False
     """
-    if bits != 4 or dtype != torch.float16 or cap != (9, 0) or n % 128 or k % 128:
+    if cap != (9, 0) or n % 128 or k % 128:
         return False
+    ranges = {(4, torch.float16): _RSWG_DEFAULT, (8, torch.float16): _RSWG_DEFAULT_8BIT,
+              (4, torch.bfloat16): _RSWG_DEFAULT_BF16}.get((bits, dtype), ())  # fmt: skip
     work = (n // 64) * (k // 128)
-    return any(lo <= m <= hi and work >= w for lo, hi, w in _RSWG_DEFAULT)
+    return any(lo <= m <= hi and work >= w for lo, hi, w in ranges)
