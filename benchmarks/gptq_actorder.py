@@ -5,12 +5,14 @@
 1. `PERM` rows: the permutation `y = x[:, perm]` alone at M = 1, 16, 64, 256, 1024 (`PERM_MS`) and K = 4096,
    14336: the Triton kernel (`_permute_cols_kernel`, one program a row and 1024 columns), the previous
    CUDA kernel (`fg_permute_x`, 8 columns a thread gathered from global memory) and `fg_permute_rows`
-   (`gptq_cuda_permute.py`: rows staged in shared memory), each checked bit-equal to `x[:, perm]` first,
-   with its bytes floor: M·K·2 bytes read and written at the measured copy bandwidth.
+   (`gptq_cuda_permute.py`: rows staged in shared memory; "rows1" / "rows4" its grid for about one / four
+   CTAs an SM), each checked bit-equal to `x[:, perm]` first, with its bytes floor: M·K·2 bytes read and
+   written at the measured copy bandwidth.
 2. `ACT` rows: per M (`ACT_MS`) and Llama-3-8B shape, plain 4-bit g128 (the default dispatch) against
    act-order by the default dispatch ("act"), the default dispatch with the previous permutation ("act_old":
    the Triton kernel, `fg_permute_x` where the plan launches the GEMM with PDL), the small-M/mid-M kernel
-   on x permuted with PDL forced ("xpdl", M ≤ 16), the wgmma kernel forced ("wg", M ≥ 32; "wg_pdl" with
+   on x permuted with PDL forced ("xpdl", M ≤ 16; "xpdl_pf2"/"pf4" with the small-M kernel's L2 prefetch of
+   2 / 4 blocks ahead, o_proj and down at M ≤ 8), the wgmma kernel forced ("wg", M ≥ 32; "wg_pdl" with
    its "pdl" key where it has one) and the dequantize-then-cuBLAS path ("deq", M ≥ 64).
 
 Every variant is checked against `x.float() @ W.float()` before it is timed as CUDA-graph replays,
@@ -43,10 +45,11 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import RSWG_KEYS  # noqa: E402
 from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul  # noqa: E402
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel  # noqa: E402
 
-ACT_MS = tuple(int(m) for m in os.environ.get("ACT_MS", "64,256,1024,16,4,1").split(","))
+ACT_MS = tuple(int(m) for m in os.environ.get("ACT_MS", "256,1024,64,16,4,1").split(","))
 PERM_MS = tuple(int(m) for m in os.environ.get("PERM_MS", "1,16,64,256,1024").split(","))
 BUDGET_S = float(os.environ.get("ACT_BUDGET_S", "80"))
 T0 = time.time()
+SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
 LINES: list[str] = []
 
 # the previous CUDA permutation (third/fourth session): 8 columns a thread, gathered from global memory
@@ -97,8 +100,8 @@ def perm_old(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def perm_new(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    y = permute_rows(x, perm)
+def perm_new(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None) -> torch.Tensor:
+    y = permute_rows(x, perm, sms)
     assert y is not None
     return y
 
@@ -110,7 +113,8 @@ def _bind(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Ten
 
 def permute_alone(bw: float) -> None:
     variants: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = [
-        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new)]  # fmt: skip
+        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new),
+        ("rows1", lambda x, p: perm_new(x, p, SMS // 2)), ("rows4", lambda x, p: perm_new(x, p, 2 * SMS))]  # fmt: skip
     for k_in in (4096, 14336):
         perm = torch.randperm(k_in, device="cuda").to(torch.int32)
         for m in PERM_MS:
@@ -127,7 +131,7 @@ def permute_alone(bw: float) -> None:
             log(f"PERM M={m:<5}K={k_in:<6} floor {floor:6.2f} us | " + " | ".join(cells))
 
 
-def act_variants(m: int) -> list[tuple[str, str, dict[str, Any] | None, Any]]:
+def act_variants(m: int, n: int) -> list[tuple[str, str, dict[str, Any] | None, Any]]:
     """(name, layer kind, config, permutation override or None) of one M, plain first."""
 
     def old(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:  # fg_permute_x where the plan used PDL
@@ -137,6 +141,12 @@ def act_variants(m: int) -> list[tuple[str, str, dict[str, Any] | None, Any]]:
         ("plain", "plain", None, None), ("act", "act", None, None), ("act_old", "act", None, old)]  # fmt: skip
     if m <= 16:
         out.append(("xpdl", "act", {"xperm": True, "xperm_pdl": True}, None))
+    if (
+        m <= 8 and n < 6144
+    ):  # the small-M kernel (o_proj, down): L2 asked for blocks ahead, before its PDL wait too
+        out += [
+            (f"xpdl_pf{pf}", "act", {"xperm": True, "xperm_pdl": True, "l2pf": pf}, None) for pf in (2, 4)
+        ]
     if m >= 32:
         out += [("wg", "act", {"wgmma": True}, None), ("wg_old", "act", {"wgmma": True}, perm_triton)]
         if "pdl" in RSWG_KEYS:
@@ -166,7 +176,7 @@ def main() -> int:
             b = benches[label]
             times: dict[str, float] = {}
             cells: list[str] = []
-            for name, kind, cfg, permute in act_variants(m):
+            for name, kind, cfg, permute in act_variants(m, n_out):
                 if time.time() - T0 > BUDGET_S:
                     cells.append(f"{name} skipped (budget)")
                     continue
@@ -185,7 +195,11 @@ def main() -> int:
                 cells.append(f"{name} {us:6.2f}")
             plain = times.get("plain", float("nan"))
             ratios = " ".join(f"{n}/plain {t / plain:.2f}x" for n, t in times.items() if n != "plain")
-            log(f"ACT {label:<8}{k_in}x{n_out:<6} M={m:<5}" + " | ".join(cells) + f" || {ratios}")
+            log(
+                f"ACT {label:<8}{k_in}x{n_out:<6} M={m:<5}"
+                + " | ".join(cells)
+                + f" || {ratios} [{time.time() - T0:.0f} s]"
+            )
     log(f"total {time.time() - T0:.0f} s, {failed} failed; cuda path: {gptq_cuda.cuda_path_status()}")
     return 1 if failed else 0
 
