@@ -31,32 +31,42 @@ from fusegraph.runtime.kernels import gptq_cuda as C  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_stream import (  # noqa: E402
     STREAM_KERNEL_NAME,
     StreamSpec,
+    stream_grid,
     stream_kernel_source,
     stream_smem_bytes,
 )
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
 
-# name: (consumer warps, stages, CTAs an SM, padded rows)
-PLANS: dict[str, tuple[int, int, int, bool]] = {
-    "A": (8, 8, 1, True),
-    "B": (8, 12, 1, True),
-    "C": (8, 8, 1, False),
-    "D": (4, 6, 2, True),
-    "E": (10, 10, 1, True),
-    "F": (4, 4, 3, True),
+# name: (consumer warps, stages, CTAs an SM, padded rows, cluster size or 0 for the ticket)
+PLANS: dict[str, tuple[int, int, int, bool, int]] = {
+    "A": (8, 8, 1, True, 0),
+    "B": (8, 12, 1, True, 0),
+    "C": (8, 8, 1, False, 0),
+    "D": (4, 6, 2, True, 0),
+    "E": (8, 8, 1, True, 4),
+    "F": (8, 12, 1, True, 4),
+    "G": (4, 6, 2, True, 8),
 }
-RING = ("A", "C", "D")  # the ring alone on these plans (M=1 4-bit)
+RING = ("A", "C", "D", "E")  # the ring alone on these plans (M=1 4-bit)
 
 
 def _cfg(name: str) -> dict[str, Any]:
-    nc, st, ctas, pad = PLANS[name]
-    return {"kernel": "cuda", "stream": True, "consumers": nc, "stages": st, "ctas": ctas, "pad": pad}
+    nc, st, ctas, pad, cl = PLANS[name]
+    return {
+        "kernel": "cuda",
+        "stream": True,
+        "consumers": nc,
+        "stages": st,
+        "ctas": ctas,
+        "pad": pad,
+        "cl": cl,
+    }
 
 
 def _spec(name: str, m: int, bits: int, probe: int = 0) -> StreamSpec:
-    nc, st, ctas, pad = PLANS[name]
+    nc, st, ctas, pad, cl = PLANS[name]
     return StreamSpec(bits=bits, bf16=False, mt=1 if m <= 8 else 2, consumers=nc, stages=st, pad=pad,
-                      probe=probe, min_blocks=ctas)  # fmt: skip
+                      probe=probe, min_blocks=ctas, cl=cl)  # fmt: skip
 
 
 def precompile(specs: list[StreamSpec], defaults: list[Any]) -> dict[StreamSpec, Any]:
@@ -89,13 +99,32 @@ def ring(kern: Any, spec: StreamSpec, ctas: int, lay: Any, x: torch.Tensor) -> t
     smem = stream_smem_bytes(spec, m)
     if smem > 48 * 1024 - 1:
         C.raise_smem_limit(kern, smem)
-    grid = min(SMS * ctas, (n // 64) * (k // 128))
+    grid = stream_grid(spec, n, k, SMS * ctas)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws = torch.empty((grid, 2, m, 64), dtype=torch.float32, device=x.device)
     kern(grid=(grid, 1, 1), block=(32 * spec.consumers + 32, 1, 1), shared_mem=smem,
          args=[x, qw, sc, qz, out, ws, C._counters(x.device, n // 64), m, n, k, 128, x.stride(0), sc.stride(0),
                qz.stride(0), out.stride(0)])  # fmt: skip
     return out
+
+
+def active_clusters(kern: Any, spec: StreamSpec, smem: int) -> str:
+    """cuOccupancyMaxActiveClusters of a cluster kernel (how many of its clusters the GPU holds at once)."""
+    import ctypes
+
+    from torch.cuda._utils import _get_gpu_runtime_library
+
+    from fusegraph.runtime.kernels.gptq_cuda_launch import _Config
+
+    if smem > 48 * 1024 - 1:
+        C.raise_smem_limit(kern, smem)
+    cfg = _Config((ctypes.c_uint * 3)(spec.cl * 32, 1, 1), (ctypes.c_uint * 3)(32 * spec.consumers + 32, 1, 1), smem,
+                  ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), None, 0)  # fmt: skip
+    num = ctypes.c_int(0)
+    rc = _get_gpu_runtime_library().cuOccupancyMaxActiveClusters(
+        ctypes.byref(num), kern.func, ctypes.byref(cfg)
+    )
+    return f"{num.value} (rc {rc})"
 
 
 def stream(
@@ -131,6 +160,13 @@ def stream(
                 us = timed(label, f"M={m} {bits}-bit stream {n_} {PLANS[n_]}", partial(ours_cfg, _cfg(n_)), layers,
                            xs, True, nbytes, bw, cub)  # fmt: skip
                 rows.append((us, n_))
+            for n_ in [n_ for n_ in names if PLANS[n_][4]] if label == "qkv" else []:
+                sp = _spec(n_, m, bits)
+                try:
+                    got = active_clusters(C._KERNELS[(0, sp)], sp, stream_smem_bytes(sp, m))
+                except Exception as e:  # noqa: BLE001 - a diagnostic only
+                    got = f"unknown ({type(e).__name__}: {str(e)[:100]})"
+                log(f"CLUSTERS {n_} {PLANS[n_]} M={m} {bits}-bit: at most {got} active clusters of {sp.cl}")
             ok = sorted(r for r in rows if r[0] == r[0])
             best = ok[0] if ok else (float("nan"), "-")
             ring_s = " ".join(f"{n_} {t:.2f}" for n_, t in rt.items())
@@ -156,7 +192,9 @@ def main() -> int:
         ("m4", lambda: stream(bw, (4,), 4, names)),
     ]
     failed = run_sections(plan, only, log, LINES, "gptq_stream_probe.txt")
-    print("\n==== SUMMARY ====\n" + "\n".join(line for line in LINES if line.startswith("STREAM")))
+    print(
+        "\n==== SUMMARY ====\n" + "\n".join(line for line in LINES if line.startswith(("STREAM", "CLUSTERS")))
+    )
     return 1 if failed else 0
 
 

@@ -38,6 +38,7 @@ from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, ker
 from fusegraph.runtime.kernels.gptq_cuda_stream import (
     STREAM_KERNEL_NAME,
     StreamSpec,
+    stream_grid,
     stream_kernel_source,
     stream_smem_bytes,
 )
@@ -57,7 +58,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold", "stream", "consumers", "stages", "pad", "ctas", "grid")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold", "stream", "consumers", "stages", "pad", "ctas", "grid", "cl")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -229,7 +230,7 @@ def _stream_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tenso
                    cap: tuple[int, int]) -> torch.Tensor | None:  # fmt: skip
     """The stream-K kernel's launch (`gptq_cuda_stream.py`): "ctas" CTAs an SM of "consumers" + 1 warps over
     all (strip, block) units ("grid": that many CTAs instead), an S = "stages" ring (sm_90: bulk copies), "pad"
-    its word rows."""
+    its word rows; "cl": clusters of that many CTAs take whole strips (`StreamSpec.cl`)."""
     m, k = x.shape
     n = qweight_t.shape[0] * 64
     if m > 16 or perm is not None or cap < (9, 0):
@@ -243,7 +244,7 @@ def _stream_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tenso
     spec = StreamSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
                       consumers=int(plan.get("consumers", 8)), stages=int(plan.get("stages", 8)),
                       pad=bool(plan.get("pad", True)), zero_v1=zero_format == "v1",
-                      min_blocks=min(ctas, 4))  # fmt: skip
+                      min_blocks=min(ctas, 4), cl=int(plan.get("cl", 0)))  # fmt: skip
     smem = stream_smem_bytes(spec, m)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -253,7 +254,7 @@ def _stream_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tenso
     kern = _kernel(spec, x.device, smem)
     if kern is None:
         return None
-    grid = min(int(plan.get("grid") or _device_info(x.device)[0] * ctas), (n // 64) * (k // 128))
+    grid = stream_grid(spec, n, k, int(plan.get("grid") or _device_info(x.device)[0] * ctas))
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws = torch.empty((grid, 2, m, 64), dtype=torch.float32, device=x.device)
     kern(grid=(grid, 1, 1), block=(32 * spec.consumers + 32, 1, 1), shared_mem=smem,

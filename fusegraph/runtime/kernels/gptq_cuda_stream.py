@@ -15,7 +15,9 @@ into equal runs (CTA c takes units ⌊c·T/CTAS⌋ .. ⌊(c+1)·T/CTAS⌋): ever
 - A run covers whole strips and at most two partial ones. At the end of each strip of its run the
   consumers sum their warps in shared memory; a whole strip is stored; a partial one goes to the CTA's
   slot of a workspace, and the CTA that completes the strip's units (atomic ticket) sums the slots of
-  the strip's CTAs in CTA order (deterministic) and stores it.
+  the strip's CTAs in CTA order (deterministic) and stores it. Or (CL) clusters of CL CTAs take whole
+  strips each, and after one cluster barrier the CTA holding a partial strip's first unit sums the
+  cluster's slots of it in rank order through distributed shared memory.
 PROBE = 1 times the ring alone (the consumers read one word of each stage; the result is wrong by design).
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS
 
-__all__ = ["STREAM_KERNEL_NAME", "StreamSpec", "stream_kernel_source", "stream_smem_bytes"]
+__all__ = ["STREAM_KERNEL_NAME", "StreamSpec", "stream_grid", "stream_kernel_source", "stream_smem_bytes"]
 
 STREAM_KERNEL_NAME = "fg_gptq_stream"
 
@@ -44,6 +46,9 @@ class StreamSpec:
         zero_v1: the qzeros store z − 1.
         probe: 1: the ring alone (timing only).
         min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
+        cl: 0: the grid splits all units and partial strips are summed by atomic ticket through global
+            memory; 2, 4 or 8: clusters of `cl` CTAs each take whole strips (the launch gives every cluster
+            the same number where it can) and sum their partial strips through distributed shared memory.
     """
 
     bits: int
@@ -55,6 +60,7 @@ class StreamSpec:
     zero_v1: bool = True
     probe: int = 0
     min_blocks: int = 1
+    cl: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -67,6 +73,8 @@ class StreamSpec:
             raise ValueError(
                 f"gptq_cuda_stream: consumers must be 1..12 and stages 2..16, got {self.consumers}, {self.stages}"
             )
+        if self.cl not in (0, 2, 4, 8):
+            raise ValueError(f"gptq_cuda_stream: cl must be 0, 2, 4 or 8, got {self.cl}")
         if self.probe not in (0, 1) or self.min_blocks not in (1, 2, 3, 4):
             raise ValueError(
                 f"gptq_cuda_stream: probe must be 0 or 1, min_blocks 1..4, got {self.probe}, {self.min_blocks}"
@@ -83,9 +91,26 @@ def stream_smem_bytes(spec: StreamSpec, m: int) -> int:
 
     Example:
         >>> stream_smem_bytes(StreamSpec(4, False, 1, 8, 8), 1)
-        59520
+        58512
     """
-    return spec.stages * _stage_bytes(spec) + 16 * spec.stages + 16 + spec.consumers * m * 64 * 4
+    sums = (spec.consumers + (2 if spec.cl else 0)) * m * 64 * 4
+    return spec.stages * _stage_bytes(spec) + 16 * spec.stages + 16 + sums
+
+
+def stream_grid(spec: StreamSpec, n: int, k: int, ctas: int) -> int:
+    """The CTAs of one launch for `ctas` wanted (at most one a (strip, block) unit); with clusters, as many as
+    keep the most strips a cluster takes lowest (a multiple of `spec.cl`).
+
+    Example:
+        >>> stream_grid(StreamSpec(4, False, 1, 8, 8, cl=4), 6144, 4096, 132)  # qkv: 32 clusters of 3 strips
+        128
+    """
+    strips = n // 64
+    grid = min(ctas, strips * (k // 128))
+    if spec.cl:
+        most = -(-strips // max(1, grid // spec.cl))
+        grid = -(-strips // most) * spec.cl
+    return grid
 
 
 _SOURCE = r"""
@@ -98,6 +123,7 @@ _SOURCE = r"""
 #define ZERO_V1 %(zero_v1)d
 #define PROBE %(probe)d
 #define MIN_BLOCKS %(min_blocks)d
+#define CL %(cl)d                       // 0: partial strips summed by ticket; else in a cluster of CL CTAs
 #define FOLD 0
 #define STAGE_B %(stage_b)d
 #define WP (PAD ? 288 : 256)          // bytes between word rows in a stage
@@ -114,7 +140,11 @@ __device__ __forceinline__ void cbar() {  // the consumer warps only (named barr
 }
 __device__ __forceinline__ long long unit0(int c, long long T, int G) { return (long long)c * T / G; }
 
-extern "C" __global__ void __launch_bounds__((NC + 1) * 32, MIN_BLOCKS)
+extern "C" __global__ void
+#if CL
+__cluster_dims__(CL, 1, 1)
+#endif
+__launch_bounds__((NC + 1) * 32, MIN_BLOCKS)
 fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __restrict__ sc,
                const u32* __restrict__ qz, u16* __restrict__ out, float* __restrict__ ws, int* __restrict__ cnt,
                int M, int N, int K, int group_size, int stride_xm, int stride_s, int stride_qz, int stride_om) {
@@ -123,10 +153,20 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
   const int G = gridDim.x, c = blockIdx.x;
   const int B = K / 128;                         // blocks a strip
   const long long T = (long long)(N / 64) * B;   // units
+#if CL  // cluster q takes strips q·NS/nq .. (q+1)·NS/nq, its CTAs equal runs of their units
+  const int NS = N / 64, nq = G / CL, q = c / CL, rk = c %% CL;
+  const long long U = (long long)(q * NS / nq) * B, TQ = (long long)((q + 1) * NS / nq - q * NS / nq) * B;
+  auto cu0 = [&](int rr) { return U + rr * TQ / CL; };
+  const long long u0 = cu0(rk), u1 = cu0(rk + 1);
+  int pst[2] = {-1, -1}, pown[2] = {0, 0};  // the run's partial strips (slot 0: its first, 1: its last), owned
+#else
   const long long u0 = unit0(c, T, G), u1 = unit0(c + 1, T, G);
+#endif
+  const int total = M * 64;
   const int nu = (int)(u1 - u0);
   const u32 full = smem_u32(smem + S * STAGE_B), empty = full + 8 * S;
   float* red = (float*)(smem + S * STAGE_B + 16 * S + 16);  // [NC][M][64]
+  float* fin = red + NC * M * 64;                             // CL: [2][M][64], the partial strips' sums
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
       mbar_init(full + 8 * s);
@@ -164,10 +204,7 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
           bulk_copy(dst + XOFF + (k - r - 2) * XP * 4, x + (u64)(k - r - 2) * stride_xm + blk * 128, 256, bar);
       }
     }
-    return;
-  }
-
-  // the consumers
+  } else {  // the consumers
   const int g = lane >> 2, t = lane & 3;
 #if BITS == 4
   const int zw = g >> 1, zoff_y = 4, zshift = 16 * (g & 1);
@@ -296,8 +333,15 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
     cbar();
     const bool whole = ua == (long long)strip * B && j1 - j0 == B;
     const int slot = j0 == 0 ? 0 : 1;  // a partial strip is the run's first or its last
-    const int total = M * 64;
+#if CL
+    float* mine = fin + slot * total;
+    if (!whole) {
+      pst[slot] = strip;
+      pown[slot] = ua == (long long)strip * B;  // the run holds the strip's first unit: it sums the strip
+    }
+#else
     float* mine = ws + ((u64)c * 2 + slot) * total;
+#endif
     for (int i = tid; i < total; i += NC * 32) {
       float v = 0.f;
 #pragma unroll
@@ -307,7 +351,7 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
       else
         mine[i] = v;
     }
-    if (!whole) {
+    if (!CL && !whole) {
       __threadfence();
       cbar();
       if (tid == 0) last = atomicAdd(cnt + strip, j1 - j0) + (j1 - j0) == B;
@@ -334,6 +378,28 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
     cbar();  // red is free again
     j0 = j1;
   }
+  }
+#if CL  // every CTA's partial sums are in; each strip's owner sums its CTAs' slots in rank order
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (warp < NC)
+    for (int sl = 0; sl < 2; ++sl) {
+      if (pst[sl] < 0 || !pown[sl]) continue;
+      const long long sa = (long long)pst[sl] * B, sb = sa + B;
+      for (int i = tid; i < total; i += NC * 32) {
+        float v = 0.f;
+        for (int rr = rk; rr < CL && cu0(rr) < sb; ++rr) {
+          const u32 local = smem_u32(fin + (cu0(rr) >= sa ? 0 : 1) * total + i);
+          u32 remote;
+          float p;
+          asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(rr));
+          asm volatile("ld.shared::cluster.f32 %%0, [%%1];" : "=f"(p) : "r"(remote) : "memory");
+          v += p;
+        }
+        out[(u64)(i >> 6) * stride_om + pst[sl] * 64 + (i & 63)] = f2h(v);
+      }
+    }
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
 }
 """
 
@@ -355,6 +421,7 @@ def stream_kernel_source(spec: StreamSpec) -> str:
         "zero_v1": int(spec.zero_v1),
         "probe": spec.probe,
         "min_blocks": spec.min_blocks,
+        "cl": spec.cl,
         "stage_b": _stage_bytes(spec),
         "helpers": HELPERS,
     }
