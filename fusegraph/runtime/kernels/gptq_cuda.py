@@ -324,8 +324,8 @@ def maybe_gptq_cuda(
     those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
     "wgmma": True asks for the Hopper wgmma kernel (with its own keys, `gptq_cuda_wgmma.maybe_wgmma`).
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
-    gather): x is permuted once (`_permute_x`; "xperm_pdl": by `fg_permute_x`, the kernel launched with
-    programmatic dependent launch), then the kernel runs on the row-sorted weight without perm.
+    gather): x is permuted once (`_permute_x`; "xperm_pdl": the kernel launched with programmatic
+    dependent launch after it), then the kernel runs on the row-sorted weight without perm.
     """
     cfg = config or {}
     forced = cfg.get("kernel") == "cuda"

@@ -11,7 +11,7 @@ and the output store.
 
 from __future__ import annotations
 
-__all__ = ["EPILOGUE", "FOLD_SUMS", "HELPERS", "PERMUTE_NAME", "PERMUTE_SOURCE", "SCALED_DEQUANT", "TMA_ISSUE",
+__all__ = ["EPILOGUE", "FOLD_SUMS", "HELPERS", "SCALED_DEQUANT", "TMA_ISSUE",
            "TMA_LOOP"]  # fmt: skip
 
 HELPERS = r"""
@@ -369,29 +369,5 @@ EPILOGUE = r"""
     if (tid == 0) cnt[strip] = 0;  // ready for the next launch
   }
 #endif
-}
-"""
-
-# Act-order's x[:, perm] for a kernel launched after it with programmatic dependent launch (Hopper): it lets the
-# next kernel start at once (`griddepcontrol.launch_dependents`), which streams its weights until `pdl_wait`.
-PERMUTE_NAME = "fg_permute_x"
-PERMUTE_SOURCE = r"""
-typedef unsigned int u32;
-typedef unsigned short u16;
-struct __attribute__((aligned(16))) u32x4 { u32 x, y, z, w; };
-struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
-extern "C" __global__ void __launch_bounds__(128) fg_permute_x(const u16* __restrict__ x, const int* __restrict__ perm,
-                                                               u16* __restrict__ y, int K, int stride_xm) {
-  asm volatile("griddepcontrol.launch_dependents;");
-  const int c = (blockIdx.x * 128 + threadIdx.x) * 8, m = blockIdx.y;  // 8 columns a thread
-  if (c >= K) return;
-  const i32x4 p0 = *(const i32x4*)(perm + c), p1 = *(const i32x4*)(perm + c + 4);
-  const u16* xr = x + (unsigned long long)m * stride_xm;
-  u32x4 v;
-  v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
-  v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
-  v.z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
-  v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
-  *(u32x4*)(y + (unsigned long long)m * K + c) = v;
 }
 """

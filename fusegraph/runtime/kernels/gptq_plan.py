@@ -284,7 +284,7 @@ _CUDA_ACT_GATHER_MAX_M = 1
 _CUDA_ACT_GATHER_MAX_WORK = 1 << 20
 # the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
-# x permuted by `fg_permute_x`, the kernel launched with PDL (sm_90), at these M and K (H200, x permuted first
+# x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M and K (H200, x permuted first
 # without / with: M=16 qkv 12.49 / 12.10 us, o_proj 11.87 / 11.34; M=4 qkv 11.15 / 10.45; gate_up M=1 26.59 / 25.81;
 # down (K=14336) M=16 23.11 / 31.29)
 _CUDA_ACT_PDL: tuple[int, int] | None = (1, 16)
@@ -369,7 +369,7 @@ def cuda_plan(
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
     {"xperm": True, "xperm_pdl": M in `_CUDA_ACT_PDL` and K ≤ `_CUDA_ACT_PDL_MAX_K`}: x is permuted once (with
-    "xperm_pdl" by `fg_permute_x`, the kernel launched with programmatic dependent launch), then the kernel
+    "xperm_pdl" the kernel launched with programmatic dependent launch after the permutation), then the kernel
     runs without perm. `xperm` False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
 
     Example:
