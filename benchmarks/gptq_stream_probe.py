@@ -46,8 +46,9 @@ PLANS: dict[str, tuple[int, int, int, bool, int]] = {
     "E": (8, 8, 1, True, 4),
     "F": (8, 12, 1, True, 4),
     "G": (4, 6, 2, True, 8),
+    "H": (8, 16, 1, True, 4),
 }
-RING = ("A", "C", "D", "E")  # the ring alone on these plans (M=1 4-bit)
+RING = ("A", "C", "E")  # the ring alone on these plans (M=1 4-bit)
 
 
 def _cfg(name: str) -> dict[str, Any]:
@@ -184,11 +185,11 @@ def main() -> int:
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     names = sys.argv[sys.argv.index("--cfgs") + 1].split(",") if "--cfgs" in sys.argv else list(PLANS)
-    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "A,B,D").split(",")]
+    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "A,E,F,H").split(",")]
     plan = [
         ("m1", lambda: stream(bw, (1,), 4, names)),
-        ("m16", lambda: stream(bw, (16,), 4, names)),
         ("int8", lambda: stream(bw, (1,), 8, names8)),
+        ("m16", lambda: stream(bw, (16,), 4, names)),
         ("m4", lambda: stream(bw, (4,), 4, names)),
     ]
     failed = run_sections(plan, only, log, LINES, "gptq_stream_probe.txt")
