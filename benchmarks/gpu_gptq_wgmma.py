@@ -1,7 +1,7 @@
 """The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma.py`) against the default dispatch and cuBLAS fp16.
 
 `python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512,32] [--bits 4,8]`: the four Llama-3-8B
-shapes (plain g128, fp16, 4 and/or 8 bits) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
+shapes (plain g128, fp16 or with --bf16 bf16 x and scales, 4 and/or 8 bits) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
 `gptq_tiled_matmul` ("default") and without the wgmma kernel ("prev": {"wgmma": False}), and the
 warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
 sum a float a load ("novred"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -96,12 +97,19 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
     return out
 
 
-def run(ms: tuple[int, ...], bw: float, bits: int = 4) -> None:
+def _bf16(lay: SimpleNamespace) -> SimpleNamespace:
+    """The layer with bf16 scales and a bf16 dense weight (for cuBLAS and the check)."""
+    return SimpleNamespace(
+        **(vars(lay) | {"t": lay.t | {"scales": lay.t["scales"].bfloat16()}, "w": lay.w.bfloat16()})
+    )
+
+
+def run(ms: tuple[int, ...], bw: float, bits: int = 4, bf16: bool = False) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    log(f"## {bits}-bit g128, fp16")
+    log(f"## {bits}-bit g128, {'bf16' if bf16 else 'fp16'}")
     t0 = time.time()
     specs = [
-        rswg_spec(rswg_plan(m, n_out, k_in, sms, bits) | c, bf16=False, zero_v1=True, bits=bits)  # type: ignore[operator]
+        rswg_spec(rswg_plan(m, n_out, k_in, sms, bits) | c, bf16=bf16, zero_v1=True, bits=bits)  # type: ignore[operator]
         for m in ms
         for _, k_in, n_out in GB.SHAPES
         for _, c in ws_variants(m, k_in, n_out, sms, bits)
@@ -113,10 +121,13 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4) -> None:
         log(f"  first precompile failure: {errors[0]}")
     kind = "int8" if bits == 8 else "plain"
     benches = {label: GB.Bench(k_in, n_out, (kind,)) for label, k_in, n_out in GB.SHAPES}
+    if bf16:
+        for b in benches.values():
+            b.layers[kind] = [_bf16(lay) for lay in b.layers[kind]]
     for m in ms:
         for label, k_in, n_out in GB.SHAPES:
             layers = benches[label].layers[kind]
-            xs = benches[label].xs(m, len(layers))
+            xs = benches[label].xs(m, len(layers), torch.bfloat16 if bf16 else torch.float16)
             runs: list[tuple[str, Callable[..., Any]]] = [
                 ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w)),
                 ("default", lambda lay, x: GB.ours(K, lay, x)),
@@ -137,7 +148,9 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4) -> None:
                         times[name] = graph_us(calls)
                         err = float("nan")
                     else:
-                        times[name], err = GB.checked_time(name, fn, layers, xs, graph_us, 5e-3)
+                        times[name], err = GB.checked_time(
+                            name, fn, layers, xs, graph_us, 2e-2 if bf16 else 5e-3
+                        )
                 except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
                     log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     continue
@@ -147,7 +160,7 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4) -> None:
                     f"{cub / times[name]:4.2f}x cuBLAS, {2 * m * k_in * n_out / times[name] / 1e6:4.0f} TFLOPS) err {err:.1e}")  # fmt: skip
             cub = times.get("cuBLAS", float("nan"))
             dflt = times.get("default", float("nan"))
-            line = f"WGMMA{bits} {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
+            line = f"WGMMA{bits}{'bf' if bf16 else ''} {label} {k_in}x{n_out} M={m}: cuBLAS {cub:.2f} | default {dflt:.2f} ({cub / dflt:.2f}x)"
             prev = times.get("prev", float("nan"))
             line += f" | prev {prev:.2f} ({cub / prev:.2f}x)"
             wg = {n_: t for n_, t in times.items() if n_.startswith("ws/") and "/p" not in n_}
@@ -171,11 +184,11 @@ def main() -> int:
     ms: tuple[int, ...] = (64, 256, 1024, 128, 512, 32)
     if "--ms" in sys.argv:
         ms = tuple(int(v) for v in sys.argv[sys.argv.index("--ms") + 1].split(","))
-    bits_list = (4,)
+    bits_list: tuple[int, ...] = (4,)
     if "--bits" in sys.argv:
         bits_list = tuple(int(v) for v in sys.argv[sys.argv.index("--bits") + 1].split(","))
     for bits in bits_list:
-        run(ms, bw, bits)
+        run(ms, bw, bits, bf16="--bf16" in sys.argv)
     log(f"wall {time.time() - T0:.1f} s")
     if out := os.environ.get("OUT"):
         Path(out, "gptq_wgmma.txt").write_text("\n".join(LINES) + "\n")
