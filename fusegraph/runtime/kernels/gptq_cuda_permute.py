@@ -49,7 +49,7 @@ __device__ __forceinline__ u32 smem_u32(const void* p) {
   return a;
 }
 
-extern "C" __global__ void __launch_bounds__(NT) fg_permute_rows(
+extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_rows(
     const u16* __restrict__ x, const int* __restrict__ perm, u16* __restrict__ y, int M, int K, int stride_xm,
     int rows, int cols) {
 #if __CUDA_ARCH__ >= 900
@@ -72,20 +72,22 @@ extern "C" __global__ void __launch_bounds__(NT) fg_permute_rows(
     asm volatile("cp.async.commit_group;" ::: "memory");
   };
   stage(r0, 0);
-  int p[CH][8];  // perm of this thread's chunks (column c0 + 8 (tid + NT j) + e), loaded under the first copy
+  u32 p[CH][4];  // perm of this thread's chunks (column c0 + 8 (tid + NT j) + e), two 16-bit entries a word
 #pragma unroll
-  for (int j = 0; j < CH; ++j) {
+  for (int j = 0; j < CH; ++j) {  // loaded while the first row is copied
     const int c = c0 + 8 * (tid + NT * j);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) p[j][e] = 0;
+    for (int e = 0; e < 4; ++e) p[j][e] = 0u;
     if (VEC && c + 8 <= c1) {
       const i32x4 a = *(const i32x4*)(perm + c), b = *(const i32x4*)(perm + c + 4);
-      p[j][0] = a.x; p[j][1] = a.y; p[j][2] = a.z; p[j][3] = a.w;
-      p[j][4] = b.x; p[j][5] = b.y; p[j][6] = b.z; p[j][7] = b.w;
+      p[j][0] = (u32)a.x | ((u32)a.y << 16);
+      p[j][1] = (u32)a.z | ((u32)a.w << 16);
+      p[j][2] = (u32)b.x | ((u32)b.y << 16);
+      p[j][3] = (u32)b.z | ((u32)b.w << 16);
     } else {
 #pragma unroll
       for (int e = 0; e < 8; ++e)
-        if (c + e < c1) p[j][e] = perm[c + e];
+        if (c + e < c1) p[j][e >> 1] |= (u32)perm[c + e] << (16 * (e & 1));
     }
   }
   for (int r = r0; r < r1; ++r) {
@@ -104,15 +106,15 @@ extern "C" __global__ void __launch_bounds__(NT) fg_permute_rows(
       const int c = c0 + 8 * (tid + NT * j);
       if (VEC && c + 8 <= c1) {
         u32x4 v;
-        v.x = (u32)xs[p[j][0]] | ((u32)xs[p[j][1]] << 16);
-        v.y = (u32)xs[p[j][2]] | ((u32)xs[p[j][3]] << 16);
-        v.z = (u32)xs[p[j][4]] | ((u32)xs[p[j][5]] << 16);
-        v.w = (u32)xs[p[j][6]] | ((u32)xs[p[j][7]] << 16);
+        v.x = (u32)xs[p[j][0] & 0xffff] | ((u32)xs[p[j][0] >> 16] << 16);
+        v.y = (u32)xs[p[j][1] & 0xffff] | ((u32)xs[p[j][1] >> 16] << 16);
+        v.z = (u32)xs[p[j][2] & 0xffff] | ((u32)xs[p[j][2] >> 16] << 16);
+        v.w = (u32)xs[p[j][3] & 0xffff] | ((u32)xs[p[j][3] >> 16] << 16);
         *(u32x4*)(yr + c) = v;
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e)
-          if (c + e < c1) yr[c + e] = xs[p[j][e]];
+          if (c + e < c1) yr[c + e] = xs[(p[j][e >> 1] >> (16 * (e & 1))) & 0xffff];
       }
     }
     __syncthreads();  // buffer b is refilled by the next iteration's copy
