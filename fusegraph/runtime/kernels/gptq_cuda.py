@@ -346,7 +346,7 @@ def maybe_gptq_cuda(
     if why is None or hopper_asked:
         plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
                          forced=forced, mid=cfg.get("mid"), xperm=cfg.get("xperm"), wgmma=cfg.get("wgmma"),
-                         cap=cap, configured=bool(cfg))  # fmt: skip
+                         cap=cap, configured=bool(cfg), stream=cfg.get("stream"))  # fmt: skip
         why = why or (None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}")
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight
