@@ -59,6 +59,16 @@ CASES = [
     # M ≤ 8 (one n-tile), as the default plan now runs on wide shapes: 4 and 8 bits
     (3, 1024, 512, 8, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4}),
     (1, 1024, 512, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 4}),
+    # the first blocks asked of L2 ("l2pf"), act-order's x permuted first and the kernel launched with PDL
+    (
+        16,
+        2048,
+        256,
+        4,
+        True,
+        torch.float16,
+        {"split_k": 2, "cluster": True, "warps": 4, "l2pf": 6, "xperm": True, "xperm_pdl": True},
+    ),
 ]
 
 

@@ -219,7 +219,8 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                   bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0))  # fmt: skip
+                   bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0),
+                   l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0)  # fmt: skip
     return _launch(
         spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )

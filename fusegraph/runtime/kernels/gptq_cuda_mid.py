@@ -20,7 +20,7 @@ small-M kernel's fragments, loads and dequantization (`gptq_cuda_src.py`) but an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 
@@ -51,6 +51,8 @@ class MidSpec:
             requests block u + n − 1 whole before block u's math (n − 1 blocks in flight).
         pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
             the first blocks' words are requested before `griddepcontrol.wait`, x after it.
+        l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
+            with pdl, before the wait), 0: no.
     """
 
     bits: int
@@ -65,6 +67,7 @@ class MidSpec:
     perm_ahead: bool = False
     bufs: int = 1
     pdl: bool = False
+    l2pf: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -83,6 +86,8 @@ class MidSpec:
             raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
         if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):
             raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm; pdl, no perm")
+        if not 0 <= self.l2pf <= 64:
+            raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 
 
 def mid_smem_bytes(spec: MidSpec, m: int) -> int:
@@ -103,6 +108,7 @@ _SOURCE = r"""
 #define PERM_AHEAD %(perm_ahead)d
 #define NBUF %(bufs)d
 #define PDL %(pdl)d
+#define L2PF %(l2pf)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
@@ -210,6 +216,11 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   if (!PDL) stage(0);
 #endif
   cp_commit();
+#if L2PF
+  if (lane == 0)  // the strip's first L2PF blocks into L2 (the ones in registers next are asked for anyway)
+    for (int b = NBUF > 1 ? NBUF - 1 : 1; b < L2PF && b < bps; ++b)
+      prefetch_l2(qw + (u64)strip * (K / P) * 16 + (u64)(kb0 + b) * R * 16, R * 256);
+#endif
 #pragma unroll
   for (int b = 0; b < (NBUF > 1 ? NBUF - 1 : 1); ++b)
 #pragma unroll
@@ -379,20 +390,5 @@ def mid_kernel_source(spec: MidSpec) -> str:
         >>> "#define MT 8" in src and "fg_gptq_mid_m" in src
         True
     """
-    return _SOURCE % {
-        "bits": spec.bits,
-        "bf16": int(spec.bf16),
-        "mt": spec.mt,
-        "warps": spec.warps,
-        "split": spec.split,
-        "cluster": int(spec.cluster),
-        "has_perm": int(spec.has_perm),
-        "zero_v1": int(spec.zero_v1),
-        "min_blocks": spec.min_blocks,
-        "perm_ahead": int(spec.perm_ahead),
-        "bufs": spec.bufs,
-        "pdl": int(spec.pdl),
-        "xs": _XS,
-        "helpers": HELPERS,
-        "scaled_dequant": SCALED_DEQUANT,
-    }
+    values = {f.name: int(getattr(spec, f.name)) for f in fields(spec)}  # every field is an int or a bool
+    return _SOURCE % (values | {"xs": _XS, "helpers": HELPERS, "scaled_dequant": SCALED_DEQUANT})
