@@ -117,7 +117,15 @@ def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
 
     plan = rswg_plan(256, 4096, 4096, 132)
     assert plan is not None and plan["tma"] == 1 and plan["split_k"] == 2
-    for key, value in [("vred", 1), ("sk", 1), ("tma", 0), ("stages", 2), ("probe", 3)]:
+    for key, value in [
+        ("vred", 1),
+        ("sk", 1),
+        ("tma", 0),
+        ("stages", 2),
+        ("probe", 3),
+        ("pdl", 1),
+        ("sred", 1),
+    ]:
         assert key in RSWG_KEYS
         over = plan | {key: value} | ({"split_k": 1} if key == "sk" else {})
         assert getattr(rswg_spec(over, bf16=False, zero_v1=True), key) == value
@@ -139,6 +147,8 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
     with pytest.raises(ValueError, match="bits must be 4 or 8, got 3"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, bits=3)
+    with pytest.raises(ValueError, match="sred .the st.async split-K sum. needs split > 1 and no sk, got 1"):
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, sred=True)
     with pytest.raises(ValueError, match="bits=8 needs fp16"):
         RswgSpec(bf16=True, tok=64, split=1, zero_v1=True, bits=8)
     eight = RswgSpec(bf16=False, tok=256, split=1, zero_v1=True, stages=2, bits=8, pdl=True)
@@ -180,6 +190,9 @@ WS_CASES = [
     # a programmatic dependent launch (the producer waits for the kernel before it, then reads x)
     (100, 1024, 256, False, torch.float16, {"pdl": 1, "split_k": 2}),
     (256, 1024, 512, False, torch.float16, {"pdl": 1, "split_k": 1, "sk": 1, "ctas": 5}),
+    # the split-K sum by row bands (st.async): 3 CTAs, bands of 32 rows (the last: 8, past M zero)
+    (72, 1024, 384, False, torch.float16, {"split_k": 3, "sred": 1}),
+    (256, 1024, 256, False, torch.bfloat16, {"split_k": 2, "tok": 128, "stages": 4, "sred": 1}),
 ]
 # 8-bit: the words twice the bytes, 32 word rows a block (m, k, n, desc_act, config)
 WS8_CASES = [
@@ -189,6 +202,7 @@ WS8_CASES = [
     (1024, 512, 256, True, {"tok": 128, "stages": 4, "split_k": 2}),  # act-order, 8 row tiles
     (300, 1024, 256, False, {"split_k": 1, "sk": 1, "ctas": 7, "tma": 0}),  # stream-K, x by cp.async
     (72, 512, 192, False, {"ncw": 1, "pdl": 1}),
+    (200, 1024, 256, False, {"split_k": 4, "sred": 1}),
 ]
 
 

@@ -40,6 +40,7 @@ RSWG_KEYS = (
     "probe",
     "tma",
     "pdl",
+    "sred",
 )  # what a config may set (overrides the plan)
 _MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
 _FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
@@ -124,7 +125,8 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4)
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
                     vred=bool(plan.get("vred", False)),
                     sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
-                    tma=bool(plan.get("tma", False)), bits=bits, pdl=bool(plan.get("pdl", False)))  # fmt: skip
+                    tma=bool(plan.get("tma", False)), bits=bits, pdl=bool(plan.get("pdl", False)),
+                    sred=bool(plan.get("sred", False)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:

@@ -4,7 +4,9 @@
 (x's block by the copy engine, wgmma fence/commit/wait, the `wgmma.mma_async.m64nNk16` statement with A
 from registers, mbarrier init/arrive, the cp.async barrier arrive). `CONSUMER_STORE`: the end of a consumer
 warpgroup: its accumulators to the output (SPLIT = 1, straight from the registers) or to
-the CTA's split-K sums in shared memory. `CLUSTER_SUM`: the split-K sum over the thread-block cluster
+the CTA's split-K sums in shared memory. With SRED the split-K sum is the consumers' own (in `CONSUMER_STORE`):
+each CTA owns a band of rows and the others send it their fragments of it by `st.async`. `CLUSTER_SUM`:
+otherwise the split-K sum over the thread-block cluster
 (distributed shared memory, rank order; VRED: 4 floats a remote load). `SK_EPILOGUE`: stream-K's end
 of a tile's run of blocks in a consumer (a whole tile stored; a part written to the workspace, and the
 last part's CTA, by ticket, sums every part in CTA order and stores). They read the kernel's macros and
@@ -60,6 +62,17 @@ __device__ __forceinline__ void tma_2d(u32 dst, const TmaDesc* map, int c0, int 
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// 16 bytes into CTA `rank`'s shared memory at its address `local`, counted on its barrier at `bar` (st.async)
+__device__ __forceinline__ void st_async4(u32 local, u32 bar, int rank, float a, float b, float c, float d) {
+  u32 ra, rb;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(local), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rb) : "r"(bar), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];"
+               :: "r"(ra), "f"(a), "f"(b), "f"(c), "f"(d), "r"(rb) : "memory");
+}
 // x's 128-row block at column kbase, rows m0..: two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
 __device__ __forceinline__ void x_tma(u32 st, const TmaDesc* map, int kbase, int m0, u32 bar) {
   if (PROBE == 2) {
@@ -105,6 +118,38 @@ CONSUMER_STORE = r"""
         const int m = 8 * j + 2 * t + (c & 1);
         if (m < mc) orow[(u64)m * stride_om + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
       }
+#elif SRED  // CTA r owns the rows [r·RS, (r + 1)·RS): the others send it their fragments of those rows
+    {
+      const u32 rbar = bars + 8 * (2 * STAGES);
+      const int g0 = ks * (RS / 8), g1 = ((ks + 1) * RS < TOK ? (ks + 1) * RS : TOK) / 8;
+      if (ctid == 0 && cw == 0) mbar_expect(rbar, (u32)((SPLIT - 1) * (g1 > g0 ? g1 - g0 : 0) * 128 * NCW * 16));
+      cluster_sync();  // every ring is free and every owner's barrier armed
+#pragma unroll
+      for (int j = 0; j < MTT; ++j) {  // to slot q of the owner's [SPLIT - 1][RS / 8][128 · NCW] float4s
+        const int own = 8 * j / RS;
+        if (own != ks) {
+          const int q = ks < own ? ks : ks - 1;
+          const u32 off = (u32)(((q * (RS / 8) + j - own * (RS / 8)) * (128 * NCW) + cw * 128 + ctid) * 16);
+          st_async4(ring + off, rbar, own, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        }
+      }
+      mbar_wait(rbar, 0);
+      u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
+#pragma unroll
+      for (int j = 0; j < MTT; ++j) {
+        if (8 * j / RS != ks) continue;
+        for (int q = 0; q < SPLIT - 1; ++q) {  // the others' parts in rank order
+          const f32x4 v = *(const f32x4*)(ringp + ((q * (RS / 8) + j - g0) * (128 * NCW) + cw * 128 + ctid) * 16);
+          acc[4 * j] += v.x; acc[4 * j + 1] += v.y; acc[4 * j + 2] += v.z; acc[4 * j + 3] += v.w;
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int m = 8 * j + 2 * t + (c & 1);
+          if (m < mc) orow[(u64)m * stride_om + ((c >> 1) ? c1 : c0)] = f2h(acc[4 * j + c]);
+        }
+      }
+      cluster_sync();  // no CTA leaves while its parts may still be read
+    }
 #else
     float* fin = (float*)ringp;  // [TOK][FSTRIDE]; every stage is consumed once all consumers pass the barrier
     asm volatile("bar.sync 1, %0;" :: "r"(128 * NCW) : "memory");
@@ -119,7 +164,7 @@ CONSUMER_STORE = r"""
 """
 
 CLUSTER_SUM = r"""
-#if SPLIT > 1
+#if SPLIT > 1 && !SRED
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
   {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
     const float* fin = (const float*)ringp;
