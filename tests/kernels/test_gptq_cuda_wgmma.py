@@ -149,11 +149,15 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, bits=3)
     with pytest.raises(ValueError, match="sred .the st.async split-K sum. needs split > 1 and no sk, got 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, sred=True)
+    with pytest.raises(
+        ValueError, match="pdl must be 0..64 .0: off; P: L2 prefetch of P·stages blocks., got -1"
+    ):
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, pdl=-1)
     with pytest.raises(ValueError, match="bits=8 needs fp16"):
         RswgSpec(bf16=True, tok=64, split=1, zero_v1=True, bits=8)
-    eight = RswgSpec(bf16=False, tok=256, split=1, zero_v1=True, stages=2, bits=8, pdl=True)
+    eight = RswgSpec(bf16=False, tok=256, split=1, zero_v1=True, stages=2, bits=8, pdl=3)
     src8 = rswg_kernel_source(eight)
-    assert "#define BITS 8" in src8 and "#define PDL 1" in src8 and "griddepcontrol.wait" in src8
+    assert "#define BITS 8" in src8 and "#define PDL 3" in src8 and "griddepcontrol.wait" in src8
     assert (
         rswg_smem_bytes(eight) == 256 + 1024 + 2 * 82944
     )  # (64 KB of x, 8 KB of words a strip) 1 KB aligned
@@ -201,7 +205,7 @@ WS8_CASES = [
     (256, 512, 384, False, {}),  # the plan: 2 stages at 256 rows
     (1024, 512, 256, True, {"tok": 128, "stages": 4, "split_k": 2}),  # act-order, 8 row tiles
     (300, 1024, 256, False, {"split_k": 1, "sk": 1, "ctas": 7, "tma": 0}),  # stream-K, x by cp.async
-    (72, 512, 192, False, {"ncw": 1, "pdl": 1}),
+    (72, 512, 192, False, {"ncw": 1, "pdl": 4}),
     (200, 1024, 256, False, {"split_k": 4, "sred": 1}),
 ]
 

@@ -29,8 +29,9 @@ class RswgSpec:
         tma: x's blocks are loaded by the copy engine (`cp.async.bulk.tensor`, a tensor map with the
             128-byte swizzle) instead of 16-byte cp.asyncs of 128 threads.
         bits: 4 or 8 (fp16 only): a strip's 128-row block is 16 or 32 word rows (4 or 8 KB).
-        pdl: launched as a programmatic dependent launch: the producer asks L2 for the CTA's first
-            weight blocks, then waits (`griddepcontrol.wait`) for the kernel before it, then reads x.
+        pdl: 0, or P ≥ 1: launched as a programmatic dependent launch: the producer asks L2 for the
+            first P·STAGES weight blocks of each of its strips, then waits (`griddepcontrol.wait`) for the
+            kernel before it, then reads x.
         sred: the split-K sum by bands: CTA r of the cluster owns rows [r·RS, (r + 1)·RS) of the tile
             and the others store their fragments of them into its ring by `st.async` (no staging).
         probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
@@ -49,7 +50,7 @@ class RswgSpec:
     probe: int = 0
     tma: bool = False
     bits: int = 4
-    pdl: bool = False
+    pdl: int = 0
     sred: bool = False
 
     def __post_init__(self) -> None:
@@ -61,6 +62,10 @@ class RswgSpec:
             raise ValueError(f"gptq_cuda_wgmma: tok must be a multiple of 8 in 8..256, got {self.tok}")
         if not 1 <= self.split <= 8:
             raise ValueError(f"gptq_cuda_wgmma: split must be 1..8 (a cluster), got {self.split}")
+        if not 0 <= self.pdl <= 64:
+            raise ValueError(
+                f"gptq_cuda_wgmma: pdl must be 0..64 (0: off; P: L2 prefetch of P·stages blocks), got {self.pdl}"
+            )
         if self.sred and (self.split == 1 or self.sk):
             raise ValueError(
                 f"gptq_cuda_wgmma: sred (the st.async split-K sum) needs split > 1 and no sk, got {self.split}"

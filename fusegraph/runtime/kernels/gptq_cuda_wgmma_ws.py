@@ -67,7 +67,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
     SMs and K has at least `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits (8-bit: its
-    words are twice the bytes). "pdl" 0 (a caller sets 1 to launch it as a programmatic dependent launch).
+    words are twice the bytes). "pdl" 0 (a caller sets P ≥ 1 to launch it as a programmatic dependent
+    launch that first asks L2 for P·stages weight blocks a strip).
     (From the H200 benchmark of the four Llama-3-8B shapes at M = 64..1024, docs/benchmarks.md.)
 
     Example:
@@ -125,7 +126,7 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4)
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
                     vred=bool(plan.get("vred", False)),
                     sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
-                    tma=bool(plan.get("tma", False)), bits=bits, pdl=bool(plan.get("pdl", False)),
+                    tma=bool(plan.get("tma", False)), bits=bits, pdl=int(plan.get("pdl", 0)),
                     sred=bool(plan.get("sred", False)))  # fmt: skip
 
 
@@ -202,9 +203,10 @@ def gptq_rswg_matmul(
 
     Operands as in `gptq_tiled_matmul` (checked there: contiguous, K % 128 == 0, group_size a multiple
     of 128 dividing K); x 16-byte aligned with a row stride that is a multiple of 8; `plan` as `rswg_plan`
-    gives it; 8 bits need fp16. With plan["pdl"] it is launched as a programmatic dependent launch (its
-    producer waits for the kernel before it, `griddepcontrol.wait`, before it reads x). Raises ValueError
-    naming the operand or plan field that it cannot take.
+    gives it; 8 bits need fp16. With plan["pdl"] = P ≥ 1 it is launched as a programmatic dependent
+    launch (its producer asks L2 for P·stages weight blocks a strip, then waits for the kernel before it,
+    `griddepcontrol.wait`, before it reads x). Raises ValueError naming the operand or plan field that it
+    cannot take.
 
     Example:
         >>> y = gptq_rswg_matmul(x, t["qweight"], scales, t["qzeros"], group_size=128, zero_format="v1",
@@ -255,7 +257,7 @@ def gptq_rswg_matmul(
     _launch(kern, grid, (128 * (ncw + 1), 1, 1), smem,
             [x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
              x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws, tmap],
-            pdl=spec.pdl)  # fmt: skip
+            pdl=spec.pdl > 0)  # fmt: skip
     return out
 
 

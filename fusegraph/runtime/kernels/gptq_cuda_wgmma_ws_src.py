@@ -131,7 +131,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     const int rows8 = (mc + 7) & ~7;
 #if PDL  // the weights do not depend on the kernel before: ask L2 for the first blocks, then wait for x
     if (p < NCW) {
-      const int nb = bps < 2 * STAGES ? bps : 2 * STAGES;
+      const int nb = bps < PDL * STAGES ? bps : PDL * STAGES;
       if (nb > 0) prefetch_l2(qw + ((u64)(strip0 + p) * (K / P) + (u64)kb0 * R) * 16, (u32)nb * WBYTES);
     }
     pdl_wait();
@@ -303,7 +303,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "tma": int(spec.tma),
         "probe": spec.probe,
         "bits": spec.bits,
-        "pdl": int(spec.pdl),
+        "pdl": spec.pdl,
         "sred": int(spec.sred),
         "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
