@@ -40,13 +40,13 @@ from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
 # name: (consumer warps, stages, CTAs an SM, padded rows, cluster size or 0 for the ticket)
 PLANS: dict[str, tuple[int, int, int, bool, int]] = {
     "A": (8, 8, 1, True, 0),
-    "B": (8, 12, 1, True, 0),
     "C": (8, 8, 1, False, 0),
     "D": (4, 6, 2, True, 0),
     "E": (8, 8, 1, True, 4),
     "F": (8, 12, 1, True, 4),
     "G": (4, 6, 2, True, 8),
     "H": (8, 16, 1, True, 4),
+    "I": (11, 12, 1, True, 4),  # 12 warps: the same 168-register cap as 9 (3 warps a scheduler)
 }
 RING = ("A", "C", "E")  # the ring alone on these plans (M=1 4-bit)
 
@@ -178,6 +178,31 @@ def stream(
         torch.cuda.empty_cache()
 
 
+def act(bw: float, ms: tuple[int, ...], name: str, shapes: tuple[Any, ...] = GB.SHAPES) -> None:
+    """Act-order: the default dispatch (plain and act-order) against the stream-K kernel on x permuted first,
+    launched plainly and with PDL after the permutation."""
+    for label, k_in, n_out in shapes:
+        if time.time() - T0 > BUDGET_S:
+            log(f"  {label} act: skipped (budget)")
+            continue
+        b = GB.Bench(k_in, n_out, ("plain", "act"))
+        for m in ms:
+            nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
+            t = {}
+            for run, kind, cfg in (("plain", "plain", None), ("act", "act", None),
+                                   ("stream", "act", _cfg(name)), ("stream+pdl", "act", _cfg(name) | {"xperm_pdl": True})):  # fmt: skip
+                layers = b.layers[kind]
+                fn = partial(ours_cfg, cfg) if cfg else (lambda lay, x: GB.ours(K, lay, x))
+                t[run] = timed(label, f"M={m} act {run} {cfg}", fn, layers, b.xs(m, len(layers)), True, nbytes, bw,
+                               float("nan"))  # fmt: skip
+            log(
+                f"STREAM-ACT {label} M={m}: "
+                + " | ".join(f"{r} {v:.2f} ({v / t['plain']:.2f}x)" for r, v in t.items())
+            )
+        del b
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     log(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | {C.cuda_path_status()}")
     bw = copy_bandwidth()
@@ -185,12 +210,13 @@ def main() -> int:
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     names = sys.argv[sys.argv.index("--cfgs") + 1].split(",") if "--cfgs" in sys.argv else list(PLANS)
-    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "A,E,F,H").split(",")]
+    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "A,E,F,I").split(",")]
     plan = [
         ("m1", lambda: stream(bw, (1,), 4, names)),
         ("int8", lambda: stream(bw, (1,), 8, names8)),
         ("m16", lambda: stream(bw, (16,), 4, names)),
         ("m4", lambda: stream(bw, (4,), 4, names)),
+        ("act", lambda: act(bw, (1, 16), os.environ.get("STREAM_ACT_CFG", "F"))),
     ]
     failed = run_sections(plan, only, log, LINES, "gptq_stream_probe.txt")
     print(

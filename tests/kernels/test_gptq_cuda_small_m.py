@@ -112,6 +112,9 @@ STREAM_CASES = [
     # clusters of 4 CTAs over 3 strips (24 units: runs of 6, partial strips owned by ranks 0, 1, 2), 8-bit in pairs
     (1024, 384, 4, False, torch.float16, {"grid": 8, "cl": 4, "stages": 3, "consumers": 2}),
     (1024, 384, 8, True, torch.float16, {"grid": 6, "cl": 2, "xperm": True}),
+    # act-order: x permuted first, the kernel launched with PDL (x of its first 3 stages copied after the wait)
+    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "xperm_pdl": True}),
+    (1024, 384, 4, True, torch.float16, {"grid": 8, "cl": 4, "stages": 8, "xperm_pdl": True}),
 ]
 
 

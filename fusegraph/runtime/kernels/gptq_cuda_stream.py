@@ -56,6 +56,8 @@ class StreamSpec:
         cl: 0: the grid splits all units and partial strips are summed by atomic ticket through global
             memory; 2, 4 or 8: clusters of `cl` CTAs each take whole strips (the launch gives every cluster
             the same number where it can) and sum their partial strips through distributed shared memory.
+        pdl: launched with programmatic dependent launch after the kernel that writes x: the producer
+            streams the first `stages` units' words, scales and zeros, then `griddepcontrol.wait`, then x.
     """
 
     bits: int
@@ -68,6 +70,7 @@ class StreamSpec:
     probe: int = 0
     min_blocks: int = 1
     cl: int = 0
+    pdl: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -157,6 +160,7 @@ def stream_kernel_source(spec: StreamSpec) -> str:
         "probe": spec.probe,
         "min_blocks": spec.min_blocks,
         "cl": spec.cl,
+        "pdl": int(spec.pdl),
         "stage_b": _stage_bytes(spec),
         "helpers": HELPERS,
     }

@@ -16,6 +16,7 @@ STREAM_SOURCE = r"""
 #define PAD %(pad)d
 #define ZERO_V1 %(zero_v1)d
 #define PROBE %(probe)d
+#define PDL %(pdl)d  // launched after x's writer with PDL: the first S units' x copied after griddepcontrol.wait
 #define MIN_BLOCKS %(min_blocks)d
 #define CL %(cl)d                       // 0: partial strips summed by ticket; else in a cluster of CL CTAs
 #define FOLD 0
@@ -94,8 +95,16 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
           bulk_copy(dst + SOFF, sc + (u64)grp * stride_s + strip * 64, 128, bar);
         else if (k == r + 1)
           bulk_copy(dst + SOFF + 128, (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB, ZB, bar);
-        else
+        else if (!PDL || j >= S)
           bulk_copy(dst + XOFF + (k - r - 2) * XP * 4, x + (u64)(k - r - 2) * stride_xm + blk * 128, 256, bar);
+      }
+      if (PDL && j == min(S, nu) - 1) {  // the first stages' words are on their way: now x of those units
+        pdl_wait();
+        for (int k = lane; k < (j + 1) * M; k += 32) {
+          const int jj = k / M, mm = k - jj * M, bj = (int)((u0 + jj) %% B);
+          bulk_copy(smem_u32(smem + jj * STAGE_B) + XOFF + mm * XP * 4, x + (u64)mm * stride_xm + bj * 128, 256,
+                    full + 8 * jj);
+        }
       }
     }
   } else {  // the consumers
