@@ -29,7 +29,9 @@ def test_stream_spec__names_the_bad_field(kwargs: dict[str, object], match: str)
 
 
 def test_stream_source__carries_the_spec_as_defines() -> None:
-    src = stream_kernel_source(StreamSpec(8, False, 2, 6, 12, pad=False, zero_v1=False, min_blocks=2, cl=4, pdl=True))
+    src = stream_kernel_source(
+        StreamSpec(8, False, 2, 6, 12, pad=False, zero_v1=False, min_blocks=2, cl=4, pdl=True)
+    )
     for line in ("#define BITS 8", "#define MT 2", "#define NC 6", "#define S 12", "#define PAD 0",
                  "#define ZERO_V1 0", "#define MIN_BLOCKS 2", "#define CL 4", "#define PDL 1"):  # fmt: skip
         assert line in src
