@@ -177,6 +177,7 @@ def precompile(
     def one(spec: RswgSpec) -> bool:
         try:
             torch.cuda.set_device(index)  # a new thread: the device's context current for the driver calls
+            torch.cuda.synchronize(index)  # (a runtime call binds the primary context to this thread)
             _KERNELS[(index, spec)] = _compile(spec, device)
         except Exception as err:  # noqa: BLE001 - compiled again (and reported) on first use
             if errors is not None:
