@@ -101,19 +101,19 @@ def test_gptq_cuda__refuses_what_it_cannot_run_when_forced() -> None:
 
 # The stream-K warp-specialized kernel (`gptq_cuda_stream.py`): (k, n, bits, dtype, config). With "grid" 3 on
 # 8x4 units a CTA's run holds a whole strip and partial ones (stored whole, and summed by ticket in CTA order);
-# grid 5 with 2-3 stages wraps the ring; 8-bit; bf16; unpadded word rows; act-order with x permuted first; "cl":
+# grid 5 with 3 stages wraps the ring; 8-bit; bf16; unpadded word rows; act-order with x permuted first; "cl":
 # the partial strips summed in a cluster.
 STREAM_CASES = [
     (1024, 256, 4, False, torch.float16, {"grid": 3, "stages": 4, "consumers": 4}),
-    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 2, "consumers": 3, "xperm": True}),
-    (1024, 192, 8, False, torch.float16, {"grid": 4, "stages": 3, "consumers": 2}),
+    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "consumers": 3, "xperm": True}),
+    (1024, 192, 8, False, torch.float16, {"grid": 4, "stages": 4, "consumers": 2}),
     (1024, 256, 4, False, torch.bfloat16, {"grid": 3, "stages": 8, "consumers": 8, "pad": False}),
     (512, 128, 4, False, torch.float16, {}),  # the default grid: more CTAs than units, one unit each
     # clusters of 4 CTAs over 3 strips (24 units: runs of 6, partial strips owned by ranks 0, 1, 2), 8-bit in pairs
-    (1024, 384, 4, False, torch.float16, {"grid": 8, "cl": 4, "stages": 3, "consumers": 2}),
+    (1024, 384, 4, False, torch.float16, {"grid": 8, "cl": 4, "stages": 2, "consumers": 2}),
     (1024, 384, 8, True, torch.float16, {"grid": 6, "cl": 2, "xperm": True}),
     # act-order: x permuted first, the kernel launched with PDL (x of its first 3 stages copied after the wait)
-    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "xperm_pdl": True}),
+    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "consumers": 3, "xperm_pdl": True}),
     (1024, 384, 4, True, torch.float16, {"grid": 8, "cl": 4, "stages": 8, "xperm_pdl": True}),
 ]
 

@@ -36,7 +36,7 @@ STREAM_KERNEL_NAME = "fg_gptq_stream"
 # it was measured faster than the small-M and mid-M kernels on all four Llama-3-8B shapes (H200; docs/benchmarks.md,
 # "fifth session: small M"); act-order there too, x permuted first. Empty: nowhere.
 STREAM_DEFAULT: tuple[tuple[int, int, int], ...] = ()
-STREAM_PLAN: dict[str, int | bool] = {"consumers": 8, "stages": 12, "ctas": 1, "pad": True, "cl": 4}
+STREAM_PLAN: dict[str, int | bool] = {"consumers": 8, "stages": 16, "ctas": 1, "pad": False, "cl": 0}
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class StreamSpec:
         bf16: x, scales and output are bf16 (4 bits only), else fp16.
         mt: n-tiles of 8 rows of x: 1 (M ≤ 8) or 2 (M ≤ 16).
         consumers: consumer warps a CTA (1..12); one more warp produces.
-        stages: the ring's stages (2..16), one unit each.
+        stages: the ring's stages (2..16, a multiple of `consumers`), one unit each.
         pad: the word rows land 288 bytes apart (one bulk copy each: conflict-free reads), else as one copy.
         zero_v1: the qzeros store z − 1.
         probe: 1: the ring alone (timing only).
@@ -79,9 +79,10 @@ class StreamSpec:
             raise ValueError("gptq_cuda_stream: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
         if self.mt not in (1, 2):
             raise ValueError(f"gptq_cuda_stream: mt must be 1 or 2, got {self.mt}")
-        if not 1 <= self.consumers <= 12 or not 2 <= self.stages <= 16:
+        if not 1 <= self.consumers <= 12 or not 2 <= self.stages <= 16 or self.stages % self.consumers:
             raise ValueError(
-                f"gptq_cuda_stream: consumers must be 1..12 and stages 2..16, got {self.consumers}, {self.stages}"
+                "gptq_cuda_stream: consumers must be 1..12 and stages 2..16 a multiple of consumers (a stage's "
+                f"units all go to one warp: its mbarrier phases stay in order), got {self.consumers}, {self.stages}"
             )
         if self.cl not in (0, 2, 4, 8):
             raise ValueError(f"gptq_cuda_stream: cl must be 0, 2, 4 or 8, got {self.cl}")
@@ -111,11 +112,11 @@ def stream_plan(m: int, n: int, k: int, bits: int, *, bf16: bool = False, cap: t
                 default: bool = False) -> dict[str, int | bool] | None:  # fmt: skip
     """The stream-K kernel's launch plan ({"stream": True} and `STREAM_PLAN`), or None where it cannot run
     (M outside 1..16, a shape off the repacked layout, bits other than 4 and 8, bf16 at 8 bits, before sm_90)
-    or, with `default`, where `STREAM_DEFAULT` does not take it.
+    or, with `default`, where `STREAM_DEFAULT` does not take it. Fewer stages where the ring would pass 200 KB.
 
     Example:
-        >>> stream_plan(1, 6144, 4096, 4, cap=(9, 0))["cl"]
-        4
+        >>> stream_plan(1, 6144, 4096, 4, cap=(9, 0))["stages"]
+        16
     """
     if (cap is not None and cap < (9, 0)) or not 1 <= m <= 16 or n % 64 or k % 128:
         return None
@@ -123,7 +124,16 @@ def stream_plan(m: int, n: int, k: int, bits: int, *, bf16: bool = False, cap: t
         return None
     if default and not any(b == bits and lo <= m <= hi for b, lo, hi in STREAM_DEFAULT):
         return None
-    return {"stream": True} | STREAM_PLAN
+    plan = {"stream": True} | STREAM_PLAN
+    nc, ctas = int(plan["consumers"]), int(plan["ctas"])
+    while int(plan["stages"]) > nc:  # fewer stages where the ring would not fit (8-bit, M > 8)
+        spec = StreamSpec(
+            bits, bf16, 1 if m <= 8 else 2, nc, int(plan["stages"]), bool(plan["pad"]), cl=int(plan["cl"])
+        )
+        if stream_smem_bytes(spec, m) * ctas <= 200 * 1024:
+            break
+        plan["stages"] = int(plan["stages"]) - nc
+    return plan
 
 
 def stream_grid(spec: StreamSpec, n: int, k: int, ctas: int) -> int:

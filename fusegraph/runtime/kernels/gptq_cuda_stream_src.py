@@ -81,10 +81,7 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
       const int strip = (int)(u / B), blk = (int)(u - (long long)strip * B);
       const int grp = group_size == 128 ? blk : blk * 128 / group_size;
       const u32 bar = full + 8 * s, dst = smem_u32(smem + s * STAGE_B);
-      if (lane == 0) {
-        fence_proxy_async();
-        mbar_expect(bar, tx);
-      }
+      if (lane == 0) mbar_expect(bar, tx);  // (no proxy fence here: it kept one unit in flight, run A)
       __syncwarp();
       const unsigned char* wsrc = (const unsigned char*)qw + ((u64)strip * (K / P) + (u64)blk * R) * 256;
       for (int k = lane; k < ncopy; k += 32) {
