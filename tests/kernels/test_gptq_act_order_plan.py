@@ -14,16 +14,25 @@ SHAPES = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336))  # (N, K): q
 
 @pytest.mark.parametrize("m", [1, 2, 5, 16, 64, 100, 256, 1024, 4000])
 @pytest.mark.parametrize("k", [8, 1000, 2053, 4096, 14336, PERMUTE_MAX_K])
-def test_permute_plan__covers_every_row_and_column_once_in_about_two_waves(m: int, k: int) -> None:
+def test_permute_plan__covers_every_row_and_column_once_in_about_one_wave(m: int, k: int) -> None:
     p = permute_plan(m, k, 132)
+    row = (k + 7) // 8 * 8 * 2
+    per_sm = 4 if row <= 16384 else 2
     assert p["cols"] == p["ch"] * 2048 and 1 <= p["ch"] <= 16
     assert (p["grid_x"] - 1) * p["cols"] < k <= p["grid_x"] * p["cols"]  # column slices: none empty
     assert (p["grid_y"] - 1) * p["rows"] < m <= p["grid_y"] * p["rows"]  # row tiles: none empty
     ctas = p["grid_x"] * p["grid_y"]
-    assert ctas <= 2 * 132 or p["rows"] == 1 and p["grid_x"] == 1  # more only where a CTA has 1 row of all K
-    assert p["smem"] == (2 if p["rows"] > 1 else 1) * ((k + 7) // 8 * 8) * 2 <= 2 * PERMUTE_MAX_K * 2
-    if m * -(-k // 2048) <= 2 * 132:  # small M: one chunk a thread, one row a CTA
-        assert (p["ch"], p["rows"]) == (1, 1)
+    assert (
+        ctas <= per_sm * 132 or p["rows"] == 1 and p["grid_x"] == 1
+    )  # more only where a CTA has 1 row of all K
+    assert 1 <= p["nb"] <= min(4, p["rows"]) and p["smem"] == p["nb"] * row
+    assert p["nb"] == 1 or per_sm * p["smem"] <= 220 * 1024  # the ring of every CTA an SM fits
+    if m * -(-k // 2048) <= per_sm * 132:  # small M: one chunk a thread, one row a CTA
+        assert (p["ch"], p["rows"], p["nb"]) == (1, 1, 1)
+    forced = permute_plan(m, k, 132, per_sm=1, stages=3)
+    assert (
+        forced["nb"] == 3 and forced["smem"] == 3 * row and forced["grid_x"] * forced["grid_y"] <= max(132, m)
+    )
 
 
 def test_permute_plan__refuses_what_the_kernel_cannot_take() -> None:
@@ -32,8 +41,11 @@ def test_permute_plan__refuses_what_the_kernel_cannot_take() -> None:
             permute_plan(m, k, 132)
     with pytest.raises(ValueError, match="ch must be in 1..16"):
         permute_rows_source(17, True)
-    src = permute_rows_source(3, False)
-    assert "#define CH 3" in src and "#define VEC 0" in src and "griddepcontrol.launch_dependents" in src
+    with pytest.raises(ValueError, match="nb must be in 1..8"):
+        permute_rows_source(2, True, 0)
+    src = permute_rows_source(3, False, 4)
+    assert "#define CH 3" in src and "#define VEC 0" in src and "#define NB 4" in src
+    assert "griddepcontrol.launch_dependents" in src
 
 
 @pytest.mark.parametrize(("n", "k"), SHAPES)

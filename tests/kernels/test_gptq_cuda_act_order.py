@@ -94,8 +94,8 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
     assert seen == [(not permuted, kernel == "mid")] * 2, seen
     assert permutes == ([m] * 2 if permuted else [])
     hopper = torch.cuda.get_device_capability() >= (9, 0)
-    # PDL after the permutation: as asked, else by default at M ≤ 16 with K ≤ 8192 (gptq_plan._CUDA_ACT_PDL)
-    want = (config or {}).get("xperm_pdl", m <= 16 and k <= 8192)
+    # PDL after the permutation: as asked, else by default at M ≤ 16, the mid-M kernel to K = 8192 (gptq_plan._CUDA_ACT_PDL)
+    want = (config or {}).get("xperm_pdl", m <= 16 and (k <= 8192 or kernel == "small"))
     assert pdl == [bool(permuted and want and hopper)] * 2, pdl
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -122,16 +122,20 @@ def test_gptq_cuda_act_order__a_plain_triton_shape_stays_on_triton_with_act_orde
     assert rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"]) < 3e-3
 
 
-# (M, K, dtype, offset of x in its storage (elements), extra row stride): 16-byte paths and the element
-# paths (odd offset or stride, K % 8), K past one CTA's 2048-column slice and not a multiple of it, rows a CTA > 1
+# (M, K, dtype, offset of x in its storage (elements), extra row stride, {per_sm, stages} overrides): 16-byte paths
+# and the element paths (odd offset or stride, K % 8), K past one CTA's 2048-column slice and not a multiple of it,
+# rows a CTA > 1 through rings of 2-4 rows (and 1: no copy ahead)
 PERMUTE_CASES = [
-    (1, 4096, torch.float16, 0, 0),
-    (3, 4100, torch.bfloat16, 0, 4),
-    (16, 14336, torch.float16, 0, 0),
-    (5, 1000, torch.float16, 1, 3),
-    (7, 2053, torch.bfloat16, 3, 0),
-    (600, 384, torch.float16, 0, 8),
-    (300, 6150, torch.float16, 8, 2),
+    (1, 4096, torch.float16, 0, 0, {}),
+    (3, 4100, torch.bfloat16, 0, 4, {}),
+    (16, 14336, torch.float16, 0, 0, {}),
+    (5, 1000, torch.float16, 1, 3, {}),
+    (7, 2053, torch.bfloat16, 3, 0, {}),
+    (600, 384, torch.float16, 0, 8, {}),
+    (300, 6150, torch.float16, 8, 2, {}),
+    (700, 1024, torch.float16, 0, 0, {"per_sm": 1, "stages": 3}),
+    (530, 2056, torch.bfloat16, 5, 1, {"per_sm": 1, "stages": 4}),
+    (270, 4096, torch.float16, 0, 0, {"per_sm": 1, "stages": 1}),
 ]
 
 
@@ -139,17 +143,17 @@ PERMUTE_CASES = [
 def test_permute_rows__equals_indexing_bit_for_bit_eager_and_in_a_cuda_graph(case: tuple[Any, ...]) -> None:
     from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
 
-    m, k, dtype, offset, pad = case
+    m, k, dtype, offset, pad, kw = case
     gen = torch.Generator().manual_seed(m * 31 + k)
     base = torch.randn(offset + m * (k + pad), generator=gen).to(dtype).cuda()
     x = base[offset:].view(m, k + pad)[:, :k]  # a view: any offset, row stride k + pad
     perm = torch.randperm(k, generator=gen).to(torch.int32).cuda()
     want = x[:, perm.long()]
-    y = permute_rows(x, perm)
+    y = permute_rows(x, perm, **kw)
     assert y is not None and y.is_contiguous() and torch.equal(y, want)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        y = permute_rows(x, perm)
+        y = permute_rows(x, perm, **kw)
     assert y is not None
     x.copy_(torch.randn(m, k, generator=gen).to(dtype))  # new values in the same storage
     y.fill_(float("nan"))

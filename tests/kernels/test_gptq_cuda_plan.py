@@ -202,11 +202,12 @@ def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int,
     for m in range(1, 66):
         plain = cuda_plan(m, n, k, 4, 132)
         act = cuda_plan(m, n, k, 4, 132, act_order=True)
-        if m == 1 and (n // 64) * k <= 1 << 20:  # the small-M kernel gathers x through perm itself
+        if m == 1 and (n // 64) * k <= 1 << 19:  # the small-M kernel gathers x through perm itself
             assert act == {"kernel": "small"} | (cuda_small_m_plan(m, n, k, 4, 132, act_order=True) or {})
             assert "xperm" not in act
         else:  # the plain plan (None, i.e. Triton, where the plain path is Triton: o_proj past M=16, M > 64)
-            pdl = m <= 16 and k <= 8192  # PDL after the permutation where it was measured faster
+            # PDL after the permutation where it was measured faster: M ≤ 16, the mid-M kernel only to K = 8192
+            pdl = m <= 16 and (k <= 8192 or not (plain or {}).get("mid"))
             assert act == (None if plain is None else plain | {"xperm": True, "xperm_pdl": pdl}), m
     # forced either way
     assert (cuda_plan(2, n, k, 4, 132, act_order=True, xperm=True) or {}).get("xperm") is True
@@ -266,7 +267,7 @@ def test_cuda_plan__act_order_gathers_in_the_kernel_only_where_that_is_little_wo
 
     # as measured on the H200 (M=1, 4): the gather where it beat permuting x first
     shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]  # qkv, o_proj, gate_up, down
-    assert [route(1, n, k) for n, k in shapes] == ["gather", "gather", "xperm", "gather"]
+    assert [route(1, n, k) for n, k in shapes] == ["gather", "gather", "xperm", "xperm"]
     assert [route(4, n, k) for n, k in shapes] == [
         "xperm"
     ] * 4  # M=4: x permuted first (+ PDL) won everywhere
@@ -298,15 +299,11 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
     assert kernel(128, 28672, 4096, cap=hopper) == "wgmma"  # gate_up M=128 (measured 1.70x the Triton path)
     # act-order takes it too (x permuted once first) where that was measured faster; 8-bit and bf16 do not
     act = {"cap": hopper, "act_order": True}
-    assert [kernel(m, 4096, 4096, **act) for m in (64, 128, 256, 1024)] == [
-        "wgmma",
-        "wgmma",
-        "triton",
-        "triton",
-    ]
-    assert [kernel(m, 6144, 4096, **act) for m in (64, 256, 1024)] == ["wgmma", "wgmma", "triton"]
+    o_proj = ["wgmma", "wgmma", "triton", "wgmma"]  # M=256: the dequantize path (gptq_plan._act_order_wgmma)
+    assert [kernel(m, 4096, 4096, **act) for m in (64, 128, 256, 1024)] == o_proj
+    assert [kernel(m, 6144, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 28672, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
-    assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma", "wgmma", "triton"]
+    assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert kernel(256, 6144, 4096, cap=hopper, bf16=True) != "wgmma"
     assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "triton", "triton"]
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)

@@ -275,17 +275,19 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
 # gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK (M=1 qkv/o_proj/down); elsewhere x is permuted
 # once (`xperm`) and the plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes)
 _CUDA_ACT_GATHER_MAX_M = 1
-_CUDA_ACT_GATHER_MAX_WORK = 1 << 20
+# (fifth session, H200 M=1 gather / permuted + PDL: down (917K values) 15.28 / 14.41 µs; qkv (393K) 9.15 / 9.80;
+# o_proj (262K) 7.42 / 8.05)
+_CUDA_ACT_GATHER_MAX_WORK = 1 << 19
 # the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
-# x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M and K (H200, x permuted first
-# without / with: M=16 qkv 12.49 / 12.10 us, o_proj 11.87 / 11.34; M=4 qkv 11.15 / 10.45; gate_up M=1 26.59 / 25.81;
-# down (K=14336) M=16 23.11 / 31.29)
+# x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M, the mid-M kernel
+# only to this K (H200, x permuted first without / with: M=16 qkv 12.49 / 12.10 us, o_proj 11.87 / 11.34; M=4 qkv
+# 11.15 / 10.45; gate_up M=1 26.59 / 25.81; mid-M down (K=14336) M=16 22.82 / 30.36; small-M down M=4 16.76 / 15.74)
 _CUDA_ACT_PDL: tuple[int, int] | None = (1, 16)
 _CUDA_ACT_PDL_MAX_K = 8192
-# act-order on the wgmma kernel: launched with PDL ("pdl": 1) after the permutation of x, so that it asks L2 for
-# its first weight blocks while x is permuted (its griddepcontrol.wait comes before x's first load)
-_CUDA_ACT_WGMMA_PDL = True
+# act-order on the wgmma kernel: launched with PDL after the permutation of x ("pdl": P, P·stages weight blocks a strip
+# asked of L2 before its griddepcontrol.wait, which comes before x's first load); 0: no PDL
+_CUDA_ACT_WGMMA_PDL = 1
 # 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
 # one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
 _CUDA_8BIT_MID_MIN_N = 16384
@@ -303,7 +305,8 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
                              mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None)  # fmt: skip
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
-        pdl = _CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1] and k <= _CUDA_ACT_PDL_MAX_K  # fmt: skip
+        pdl = (_CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1]
+               and (k <= _CUDA_ACT_PDL_MAX_K or not plan.get("mid")))  # fmt: skip
         return plan | ({"perm_ahead": True} if gather else {"xperm": True, "xperm_pdl": pdl})
     kw = {"act_order": act_order, "bf16": bf16, "forced": forced}
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
@@ -321,13 +324,13 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
 
 
 def _act_order_wgmma(m: int, n: int, k: int) -> bool:
-    """Whether act-order takes the wgmma kernel where plain does: it runs after one permutation of x (a
-    column gather, work ∝ M·K, `gptq_cuda._permute_x`). Measured (H200, the issue #11 table of 2026-11-30,
-    fourth session): faster than the paths without the kernel at M ≤ 128 on all four Llama-3-8B shapes
-    (e.g. gate_up M=64 46.1 vs 67.1 µs), at M = 256 but on o_proj (K·N = 4096², 29.6 vs 26.3 µs), and
-    past 256 only on gate_up (N = 28672; M=1024 394.5 vs 451.4; down 232.9 vs 214.7, qkv 94.3 vs 89.1):
-    elsewhere the dequantize path (W's rows scattered back to checkpoint order, x unpermuted) stays."""
-    return m <= 128 or (m <= 256 and n * k > 4096 * 4096) or n >= 16384
+    """Whether act-order takes the wgmma kernel where plain does: it runs after one permutation of x (M·K values
+    read and written, `gptq_cuda._permute_x`, the kernel launched with PDL under it); the other path dequantizes
+    W once (N·K values written, rows back in checkpoint order) for cuBLAS on the unpermuted x. The wgmma path
+    but where our plain kernel is far behind cuBLAS and the dequantization cheap against it: N·K ≤ 4096² at
+    128 < M ≤ 256 (H200, fifth session run A: o_proj M=256 plain 25.97 µs, cuBLAS 15.2; act-order dequantize
+    path 26.30 vs wgmma 28.21; M=1024 wgmma 53.94 vs 56.81; qkv M=256 28.67 vs 40.28, down 73.59 vs 93.68)."""
+    return not (128 < m <= 256 and n * k <= 4096 * 4096)
 
 
 def cuda_plan(
@@ -386,7 +389,8 @@ def cuda_plan(
         if _wg.wgmma_takes_by_default(m, n, k, bits, dtype, cap) and (
             not act_order or _act_order_wgmma(m, n, k)
         ):
-            return {"kernel": "wgmma", "wgmma": True} | ({"pdl": 1} if act_order and _CUDA_ACT_WGMMA_PDL else {})
+            pdl = {"pdl": _CUDA_ACT_WGMMA_PDL} if act_order and _CUDA_ACT_WGMMA_PDL else {}
+            return {"kernel": "wgmma", "wgmma": True} | pdl
     asked = stream or not configured
     sp = stream_plan(m, n, k, bits, bf16=bf16, cap=cap, default=not stream) if asked else None
     if sp is not None and (stream or cap == (9, 0)):
