@@ -70,7 +70,17 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
         "pdl": 0,
     }
     assert rswg(256, 28672, 4096) == plan  # gate_up: 224 tiles
-    assert rswg(256, 4096, 4096)["split_k"] == 2  # o_proj: 32 tiles, 16 blocks a CTA at least
+    # o_proj and down at M = 256: 32 tiles of 256 rows; 64 of 128 rows split in 2 fill 128 SMs
+    assert rswg(256, 4096, 4096) | rswg(256, 4096, 14336) == plan | {
+        "tok": 128,
+        "stages": 4,
+        "split_k": 2,
+        "vred": 1,
+    }
+    assert (rswg(256, 6144, 4096)["tok"], rswg(256, 6144, 4096)["split_k"]) == (
+        256,
+        2,
+    )  # qkv: 96 CTAs of 256 rows
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
     assert rswg(1024, 4096, 4096)["split_k"] == 1  # 128 tiles: one an SM
     assert rswg(1024, 6144, 4096)["split_k"] == 2  # 192 tiles: 3 rounds of 16 blocks beat 2 of 32
@@ -101,12 +111,16 @@ def test_gptq_cuda_wgmma__the_default_takes_plain_4bit_fp16_on_sm90_in_its_range
     from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
 
     monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((129, 1024, 3000),))
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT_8BIT", ((300, 1024, 0),))
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT_BF16", ())
     fp16, hopper_cc = torch.float16, (9, 0)
     assert wg.wgmma_takes_by_default(256, 6144, 4096, 4, fp16, hopper_cc)  # 3072 strip-blocks
     assert not wg.wgmma_takes_by_default(256, 4096, 4096, 4, fp16, hopper_cc)  # 2048: too small
     assert not wg.wgmma_takes_by_default(128, 28672, 4096, 4, fp16, hopper_cc)  # M below the range
     assert not wg.wgmma_takes_by_default(1025, 28672, 4096, 4, fp16, hopper_cc)  # M above it
-    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 8, fp16, hopper_cc)  # 8-bit
+    assert not wg.wgmma_takes_by_default(256, 6144, 4096, 8, fp16, hopper_cc)  # 8-bit: its own ranges
+    assert wg.wgmma_takes_by_default(300, 6144, 4096, 8, fp16, hopper_cc)
+    assert not wg.wgmma_takes_by_default(300, 6144, 4096, 8, torch.bfloat16, hopper_cc)  # no 8-bit bf16
     assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, torch.bfloat16, hopper_cc)  # not timed
     assert not wg.wgmma_takes_by_default(256, 6144, 4096, 4, fp16, (8, 0))  # no wgmma
     assert not wg.wgmma_takes_by_default(256, 6080, 4096, 4, fp16, hopper_cc)  # N % 128

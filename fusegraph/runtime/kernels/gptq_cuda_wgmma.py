@@ -82,8 +82,9 @@ def maybe_wgmma(
 # by the copy engine it beat the dispatch without it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x,
 # o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). M < 32 was not measured.
 _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
-# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above).
-_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ()
+# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above). 8-bit: from M = 64 (H200, fifth session: 1.02-1.93x
+# the dispatch without it on all four Llama-3-8B shapes at M = 64, 256, 1024; M < 64 not measured).
+_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((64, 1 << 20, 0),)
 _RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ()
 
 

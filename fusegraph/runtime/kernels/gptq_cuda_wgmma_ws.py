@@ -51,11 +51,49 @@ _KERNELS: dict[tuple[int, RswgSpec], Any] = {}
 _FAILED: dict[tuple[int, RswgSpec], str] = {}
 
 
-def rswg_tok(m: int) -> int:
-    """The rows of x a CTA takes: M rounded up to 8 up to 256, else M spread evenly over ⌈M/256⌉ tiles."""
-    tiles = (m + 255) // 256
+def rswg_tok(m: int, cap: int = 256) -> int:
+    """The rows of x a CTA takes: M rounded up to 8 up to `cap`, else M spread evenly over ⌈M/cap⌉ tiles."""
+    tiles = (m + cap - 1) // cap
     per = (m + tiles - 1) // tiles
     return max(8, (per + 7) // 8 * 8)
+
+
+# Past 128 rows a tile (M > 128) the plan weighs tok and tok halved (≤ 128 rows) at split 1 and 2 by an
+# estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row block costs a
+# CTA 0.25 + tok/256 µs (×1.2 for 8-bit's 2-stage ring), a CTA 2.6 µs more (ring fill, epilogue) and the
+# cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs. (Split 4 and stream-K lost
+# at every M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's fp32 parts.)
+_BLOCK_US, _CTA_US, _SUM_US = (0.25, 1.0), 2.6, (0.8, 2.1)
+_TWO_STAGE = 1.2
+
+
+def _stages(tok: int, split: int, ncw: int, minb: int, bits: int) -> int:
+    """The deepest ring, 2..4 stages, whose shared memory fits `minb` CTAs an SM."""
+    stages = 4
+    while (
+        stages > 2
+        and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb, bits=bits)) > SMEM_MAX
+    ):
+        stages -= 1
+    return stages
+
+
+def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[int, int, int]:
+    """(tok, split, stages) for tok > 128: the least estimate (above) of tok or tok halved at split 1 or 2."""
+    blocks = k // 128
+    best: tuple[float, int, int, int] | None = None
+    for cap in (256, 128):
+        tok = rswg_tok(m, cap)
+        for split in (1, 2) if blocks >= 2 else (1,):
+            stages = _stages(tok, split, ncw, 1, bits)
+            ctas = -(-m // tok) * (n // (64 * ncw)) * split
+            block = (_BLOCK_US[0] + _BLOCK_US[1] * tok / 256) * (_TWO_STAGE if stages == 2 else 1.0)
+            fixed = _CTA_US + ((_SUM_US[0] + _SUM_US[1] * tok / 256) if split > 1 else 0.0)
+            est = -(-ctas // sms) * (blocks / split * block + fixed)
+            if best is None or est < best[0]:
+                best = (est, tok, split, stages)
+    assert best is not None
+    return best[1], best[2], best[3]
 
 
 def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any] | None:
@@ -63,7 +101,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
-    copy engine. Split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
+    copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`.
+    Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
     SMs and K has at least `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits (8-bit: its
@@ -79,6 +118,10 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
         return None
     tok = rswg_tok(m)
     ncw = 2 if (n // 64) % 2 == 0 else 1
+    if tok > 128:
+        tok, split, stages = _wide_plan(m, n, k, sms, bits, ncw)
+        return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
+                "vred": int(split > 1), "pdl": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
@@ -95,12 +138,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     sk = int(4 * tiles <= sms and blocks >= _SK_MIN_BLOCKS)
     if sk:
         split = 1
-    stages = 4
-    while (
-        stages > 2
-        and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb, bits=bits)) > SMEM_MAX
-    ):
-        stages -= 1
+    stages = _stages(tok, split, ncw, minb, bits)
     vred = int(split > 1)
     return {
         "split_k": split,
