@@ -4,7 +4,7 @@
 shapes (plain g128, fp16 or with --bf16 bf16 x and scales, 4 and/or 8 bits) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
 `gptq_tiled_matmul` ("default") and without the wgmma kernel ("prev": {"wgmma": False}), and the
 warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
-sum a float a load ("novred") or by row bands sent by st.async ("sred"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
+sum a float a load ("novred") or by row bands sent by st.async ("sred"), x multicast to 2 column tiles ("mc"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
 at M ≥ 256), two CTAs an SM at 64 rows ("t64m2", split 1 and 2) and at 128 rows of one strip ("t128n1m2"); with WGMMA_PROBES=1 its ablations
 ("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked) and x by
 cp.async. Device time from CUDA-graph replays with every
@@ -80,6 +80,13 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
                 for d in (1, 2, 4) if d <= blocks]  # fmt: skip
         out.append(("ws/t128/s2/sred", {"tok": 128, "stages": 4, "split_k": 2, "sk": 0, "sred": 1}))
         out.append(("ws/t128/sk", {"tok": 128, "stages": 4, "split_k": 1, "sk": 1, "vred": 0}))
+    if (n_out // (64 * int(plan["ncw"]))) % 2 == 0 and m > 128:  # x multicast to 2 column tiles (split 1)
+        out.append(
+            (
+                "ws/mc" if s == 1 and not plan["sk"] else "ws/s1/mc",
+                {"split_k": 1, "sk": 0, "vred": 0, "mc": 1},
+            )
+        )
     if plan["tok"] > 64 and m <= 256:  # 64 rows a CTA, two CTAs an SM (split 1 and 2)
         out += [(f"ws/t64m2/s{d}", {"tok": 64, "minb": 2, "stages": 3 if bits == 8 else 4, "split_k": d, "sk": 0,
                                     "vred": int(d > 1)}) for d in (1, 2)]  # fmt: skip

@@ -139,9 +139,10 @@ def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
         ("probe", 3),
         ("pdl", 1),
         ("sred", 1),
+        ("mc", 1),
     ]:
         assert key in RSWG_KEYS
-        over = plan | {key: value} | ({"split_k": 1} if key == "sk" else {})
+        over = plan | {key: value} | ({"split_k": 1} if key in ("sk", "mc") else {})
         assert getattr(rswg_spec(over, bf16=False, zero_v1=True), key) == value
     with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 2"):
         rswg_spec(plan | {"sk": 1}, bf16=False, zero_v1=True)
@@ -167,6 +168,10 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
         ValueError, match="pdl must be 0..64 .0: off; P: L2 prefetch of P·stages blocks., got -1"
     ):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, pdl=-1)
+    with pytest.raises(
+        ValueError, match="mc .x multicast to a cluster of 2 column tiles. needs split=1, no sk and tma"
+    ):
+        RswgSpec(bf16=False, tok=64, split=2, zero_v1=True, tma=True, mc=True)
     with pytest.raises(ValueError, match="bits=8 needs fp16"):
         RswgSpec(bf16=True, tok=64, split=1, zero_v1=True, bits=8)
     eight = RswgSpec(bf16=False, tok=256, split=1, zero_v1=True, stages=2, bits=8, pdl=3)
@@ -211,6 +216,9 @@ WS_CASES = [
     # the split-K sum by row bands (st.async): 3 CTAs, bands of 32 rows (the last: 8, past M zero)
     (72, 1024, 384, False, torch.float16, {"split_k": 3, "sred": 1}),
     (256, 1024, 256, False, torch.bfloat16, {"split_k": 2, "tok": 128, "stages": 4, "sred": 1}),
+    # x multicast to a cluster of two column tiles (each loads half of x's block into both)
+    (256, 1024, 512, False, torch.float16, {"split_k": 1, "tok": 256, "stages": 3, "mc": 1}),
+    (300, 512, 1024, False, torch.bfloat16, {"split_k": 1, "mc": 1, "pdl": 1}),  # 2 row tiles, rows past M
 ]
 # 8-bit: the words twice the bytes, 32 word rows a block (m, k, n, desc_act, config)
 WS8_CASES = [
@@ -221,6 +229,7 @@ WS8_CASES = [
     (300, 1024, 256, False, {"split_k": 1, "sk": 1, "ctas": 7, "tma": 0}),  # stream-K, x by cp.async
     (72, 512, 192, False, {"ncw": 1, "pdl": 4}),
     (200, 1024, 256, False, {"split_k": 4, "sred": 1}),
+    (520, 1024, 512, False, {"split_k": 1, "tok": 128, "stages": 4, "mc": 1}),
 ]
 
 
@@ -269,6 +278,12 @@ def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() 
         run(x, split_k=3)
     with pytest.raises(ValueError, match="gptq_rswg_matmul: ncw must be 1 or 2 with N=256"):
         run(x, ncw=3)
+    with pytest.raises(
+        ValueError, match="gptq_rswg_matmul: mc needs an even number of column tiles, N=384 has 3"
+    ):
+        gptq_rswg_matmul(x, torch.zeros(6, 32, 64, dtype=torch.int32), torch.zeros(2, 384, dtype=torch.float16),
+                         torch.zeros(2, 48, dtype=torch.int32), group_size=128, zero_format="v1",
+                         plan=plan | {"split_k": 1, "ncw": 2, "mc": 1})  # fmt: skip
     with pytest.raises(ValueError, match="gptq_rswg_matmul: x torch.float32 / scales torch.float16"):
         run(x.float())
     with pytest.raises(ValueError, match="the wgmma kernel cannot run: not a CUDA tensor"):

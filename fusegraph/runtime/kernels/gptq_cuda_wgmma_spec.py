@@ -32,6 +32,8 @@ class RswgSpec:
         pdl: 0, or P ≥ 1: launched as a programmatic dependent launch: the producer asks L2 for the
             first P·STAGES weight blocks of each of its strips, then waits (`griddepcontrol.wait`) for the
             kernel before it, then reads x.
+        mc: x multicast: a cluster of the 2 CTAs of column tiles 2j, 2j + 1 (same rows of x), each loading
+            half of x's block into both (`.multicast::cluster`); their consumers free a stage in both CTAs.
         sred: the split-K sum by bands: CTA r of the cluster owns rows [r·RS, (r + 1)·RS) of the tile
             and the others store their fragments of them into its ring by `st.async` (no staging).
         probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
@@ -52,6 +54,7 @@ class RswgSpec:
     bits: int = 4
     pdl: int = 0
     sred: bool = False
+    mc: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -65,6 +68,11 @@ class RswgSpec:
         if not 0 <= self.pdl <= 64:
             raise ValueError(
                 f"gptq_cuda_wgmma: pdl must be 0..64 (0: off; P: L2 prefetch of P·stages blocks), got {self.pdl}"
+            )
+        if self.mc and (self.split != 1 or self.sk or not self.tma):
+            raise ValueError(
+                f"gptq_cuda_wgmma: mc (x multicast to a cluster of 2 column tiles) needs split=1, no sk and tma, got"
+                f" split={self.split}, sk={self.sk}, tma={self.tma}"
             )
         if self.sred and (self.split == 1 or self.sk):
             raise ValueError(

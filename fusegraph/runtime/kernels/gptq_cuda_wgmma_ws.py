@@ -41,6 +41,7 @@ RSWG_KEYS = (
     "tma",
     "pdl",
     "sred",
+    "mc",
 )  # what a config may set (overrides the plan)
 _MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
 _FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
@@ -165,7 +166,7 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4)
                     vred=bool(plan.get("vred", False)),
                     sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
                     tma=bool(plan.get("tma", False)), bits=bits, pdl=int(plan.get("pdl", 0)),
-                    sred=bool(plan.get("sred", False)))  # fmt: skip
+                    sred=bool(plan.get("sred", False)), mc=bool(plan.get("mc", False)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:
@@ -269,6 +270,10 @@ def gptq_rswg_matmul(
         raise ValueError(f"gptq_rswg_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
     if ncw not in (1, 2) or n % (64 * ncw):
         raise ValueError(f"gptq_rswg_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
+    if plan.get("mc") and (n // (64 * ncw)) % 2:
+        raise ValueError(
+            f"gptq_rswg_matmul: mc needs an even number of column tiles, N={n} has {n // (64 * ncw)}"
+        )
     if bits not in (4, 8):
         raise ValueError(f"gptq_rswg_matmul: bits must be 4 or 8, got {bits}")
     if bits == 8 and x.dtype != torch.float16:

@@ -73,6 +73,27 @@ __device__ __forceinline__ void st_async4(u32 local, u32 bar, int rank, float a,
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];"
                :: "r"(ra), "f"(a), "f"(b), "f"(c), "f"(d), "r"(rb) : "memory");
 }
+// MC: arrive on the peer CTA's (cluster rank ^ 1) barrier at the same address
+__device__ __forceinline__ void mbar_arrive_peer(u32 bar) {
+  u32 rank, ra;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(bar), "r"(rank ^ 1u));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" :: "r"(ra) : "memory");
+}
+// MC: this CTA's half of x's block (64 values x TOK rows, half = cluster rank) into both CTAs of the cluster
+__device__ __forceinline__ void x_tma_mc(u32 st, const TmaDesc* map, int kbase, int m0, u32 bar) {
+  u32 rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  if (PROBE == 2) {
+    mbar_arrive(bar);
+  } else {
+    mbar_expect(bar, TOK * 256);  // both halves land here (the peer's may come first: tx-count below zero)
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;"
+                 :: "r"(st + rank * (TOK * 128)), "l"((unsigned long long)map), "r"(kbase + 64 * (int)rank), "r"(m0),
+                    "r"(bar), "h"((unsigned short)3) : "memory");
+  }
+}
 // x's 128-row block at column kbase, rows m0..: two boxes of 64 values x TOK rows (rows past M: zeros), 128-byte swizzle
 __device__ __forceinline__ void x_tma(u32 st, const TmaDesc* map, int kbase, int m0, u32 bar) {
   if (PROBE == 2) {

@@ -45,6 +45,7 @@ _SOURCE = r"""
 #define QG (R / 8)  // groups of 8 word rows a lane reads a block (2 or 4)
 #define ZW (BITS * 2)  // zero words of a strip (64 columns)
 #define PDL %(pdl)d
+#define MC %(mc)d  // x multicast: the two CTAs of a cluster (column tiles 2j, 2j + 1) each load half of x's block into both
 #define SRED %(sred)d  // split-K: each CTA of the cluster sums its band of RS rows, sent to it by st.async
 #define RS ((TOK / 8 + SPLIT - 1) / SPLIT * 8)
 #define BF16 %(bf16)d
@@ -66,6 +67,8 @@ _SOURCE = r"""
 %(helpers)s%(scaled_dequant)s%(device)sextern "C" __global__ void
 #if SPLIT > 1
 __cluster_dims__(1, 1, SPLIT)
+#elif MC
+__cluster_dims__(1, 2, 1)
 #endif
 __launch_bounds__(128 * (NCW + 1), %(minb)d)
 fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
@@ -90,12 +93,16 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init_n(bars + 8 * s, 128 + TMA);  // full: the producer's 128 threads (+ the copy engine's bytes)
-      mbar_init_n(bars + 8 * (STAGES + s), 128 * NCW);  // empty: every consumer thread
+      mbar_init_n(bars + 8 * (STAGES + s), 128 * NCW * (MC + 1));  // empty: every consumer thread (of both, MC)
     }
     if (SRED) mbar_init_n(bars + 8 * (2 * STAGES), 1);  // the split-K band's parts (st.async bytes)
     mbar_init_fence();
   }
+#if MC
+  cluster_sync();  // the peer's barriers are ready before its x arrives here
+#else
   __syncthreads();
+#endif
 
   if (wg == 0) {  // ---------------- producer ----------------
     %(dec)s
@@ -144,7 +151,11 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       const int kbase = blk * 128;
 #if TMA
       (void)xrow; (void)rows8;
+#if MC
+      if (p == 0) x_tma_mc(st, &tmx, kbase, m0, bars + 8 * s);
+#else
       if (p == 0) x_tma(st, &tmx, kbase, m0, bars + 8 * s);
+#endif
 #else
       for (int c = p; c < rows8 * 16; c += 128) {  // x: 8 rows x 4 chunks a warp (sectors whole, banks distinct)
         const int m = (c & 7) + 8 * (c >> 7), cc = (c >> 3) & 15;
@@ -260,7 +271,10 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         wg_commit();
         keep(acc);
         wg_wait<1>();
-        if (i == 0 && pend >= 0) mbar_arrive(bars + 8 * (STAGES + pend));  // the last block's wgmmas are done
+        if (i == 0 && pend >= 0) {  // the last block's wgmmas are done: its stage is free (MC: in both CTAs)
+          mbar_arrive(bars + 8 * (STAGES + pend));
+          if (MC) mbar_arrive_peer(bars + 8 * (STAGES + pend));
+        }
       }
       pend = s;
       if (++s == STAGES) s = 0, ph ^= 1u;
@@ -272,7 +286,10 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #if !SK
 %(store)s#endif
   }
-%(cluster_sum)s}
+%(cluster_sum)s#if MC
+  cluster_sync();  // no CTA leaves while its peer may still arrive on its barriers
+#endif
+}
 """
 
 
@@ -305,6 +322,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "bits": spec.bits,
         "pdl": spec.pdl,
         "sred": int(spec.sred),
+        "mc": int(spec.mc),
         "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
         "inc": inc,
