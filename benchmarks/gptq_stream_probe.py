@@ -37,36 +37,30 @@ from fusegraph.runtime.kernels.gptq_cuda_stream import (  # noqa: E402
 )
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
 
-# name: (consumer warps, stages, CTAs an SM, padded rows, cluster size or 0 for the ticket)
-PLANS: dict[str, tuple[int, int, int, bool, int]] = {
-    "A": (8, 8, 1, True, 0),
-    "C": (8, 8, 1, False, 0),
-    "D": (4, 8, 2, True, 0),
-    "J": (8, 16, 1, False, 0),
-    "K": (4, 8, 2, False, 0),
-    "L": (6, 12, 1, False, 0),
-    "E": (8, 16, 1, False, 2),  # clusters of 2 (run A: at most 30 clusters of 4 or 8 fit; 4 took two waves)
+# name: (consumer warps, stages, CTAs an SM, padded rows, cluster size or 0 for the ticket, cp.async producer warps
+# or 0 for one bulk-copy producer)
+PLANS: dict[str, tuple[int, int, int, bool, int, int]] = {
+    "K": (4, 8, 2, False, 0, 0),
+    "P": (8, 16, 1, True, 0, 1),
+    "Q": (8, 16, 1, True, 0, 2),
+    "R": (4, 8, 2, True, 0, 2),
+    "T": (8, 8, 1, True, 0, 2),
+    "U": (4, 8, 2, True, 0, 1),
+    "V": (8, 16, 1, True, 0, 4),
 }
-RING = ("A", "C", "J")  # the ring alone on these plans (M=1 4-bit)
+RING = ("P", "Q", "V")  # the ring alone on these plans (M=1 4-bit)
 
 
 def _cfg(name: str) -> dict[str, Any]:
-    nc, st, ctas, pad, cl = PLANS[name]
-    return {
-        "kernel": "cuda",
-        "stream": True,
-        "consumers": nc,
-        "stages": st,
-        "ctas": ctas,
-        "pad": pad,
-        "cl": cl,
-    }
+    nc, st, ctas, pad, cl, npr = PLANS[name]
+    return {"kernel": "cuda", "stream": True, "consumers": nc, "stages": st, "ctas": ctas, "pad": pad, "cl": cl,
+            "cpa": npr > 0, "producers": max(npr, 1)}  # fmt: skip
 
 
 def _spec(name: str, m: int, bits: int, probe: int = 0) -> StreamSpec:
-    nc, st, ctas, pad, cl = PLANS[name]
-    return StreamSpec(bits=bits, bf16=False, mt=1 if m <= 8 else 2, consumers=nc, stages=st, pad=pad,
-                      probe=probe, min_blocks=ctas, cl=cl)  # fmt: skip
+    nc, st, ctas, pad, cl, npr = PLANS[name]
+    return StreamSpec(bits=bits, bf16=False, mt=1 if m <= 8 else 2, consumers=nc, stages=st, pad=pad, probe=probe,
+                      min_blocks=ctas, cl=cl, cpa=npr > 0, producers=max(npr, 1))  # fmt: skip
 
 
 def precompile(specs: list[StreamSpec], defaults: list[Any]) -> dict[StreamSpec, Any]:
@@ -102,7 +96,7 @@ def ring(kern: Any, spec: StreamSpec, ctas: int, lay: Any, x: torch.Tensor) -> t
     grid = stream_grid(spec, n, k, SMS * ctas)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws = torch.empty((grid, 2, m, 64), dtype=torch.float32, device=x.device)
-    kern(grid=(grid, 1, 1), block=(32 * spec.consumers + 32, 1, 1), shared_mem=smem,
+    kern(grid=(grid, 1, 1), block=(32 * (spec.consumers + spec.producers), 1, 1), shared_mem=smem,
          args=[x, qw, sc, qz, out, ws, C._counters(x.device, n // 64), m, n, k, 128, x.stride(0), sc.stride(0),
                qz.stride(0), out.stride(0)])  # fmt: skip
     return out
@@ -222,13 +216,13 @@ def main() -> int:
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     names = sys.argv[sys.argv.index("--cfgs") + 1].split(",") if "--cfgs" in sys.argv else list(PLANS)
-    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "A,C,J").split(",")]
+    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "K,Q,R,T").split(",")]
     plan = [
         ("m1", lambda: stream(bw, (1,), 4, names)),
         ("m16", lambda: stream(bw, (16,), 4, names)),
         ("int8", lambda: stream(bw, (1,), 8, names8)),
         ("m4", lambda: stream(bw, (4,), 4, names)),
-        ("act", lambda: act(bw, (1, 16), os.environ.get("STREAM_ACT_CFG", "J"))),
+        ("act", lambda: act(bw, (1, 16), os.environ.get("STREAM_ACT_CFG", "Q"))),
     ]
     failed = run_sections(plan, only, log, LINES, "gptq_stream_probe.txt")
     print(

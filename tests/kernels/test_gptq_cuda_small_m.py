@@ -115,6 +115,31 @@ STREAM_CASES = [
     # act-order: x permuted first, the kernel launched with PDL (x of its first 3 stages copied after the wait)
     (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "consumers": 3, "xperm_pdl": True}),
     (1024, 384, 4, True, torch.float16, {"grid": 8, "cl": 4, "stages": 8, "xperm_pdl": True}),
+    # the producers' copies by cp.async: 1, 2 or 4 producer warps, 8-bit, bf16, act-order with PDL, a cluster
+    (
+        1024,
+        256,
+        4,
+        False,
+        torch.float16,
+        {"grid": 3, "stages": 4, "consumers": 2, "cpa": True, "producers": 2},
+    ),
+    (
+        1024,
+        192,
+        8,
+        True,
+        torch.float16,
+        {"grid": 5, "stages": 4, "consumers": 4, "cpa": True, "xperm_pdl": True},
+    ),
+    (
+        1024,
+        384,
+        4,
+        False,
+        torch.bfloat16,
+        {"grid": 8, "cl": 2, "stages": 8, "consumers": 4, "cpa": True, "producers": 4},
+    ),
 ]
 
 

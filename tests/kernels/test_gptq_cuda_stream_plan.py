@@ -20,7 +20,8 @@ from fusegraph.runtime.kernels.gptq_plan import cuda_plan
     ("kwargs", "match"),
     [({"bits": 3}, "bits must be 4 or 8"), ({"bf16": True, "bits": 8}, "bf16 needs bits=4"),
      ({"mt": 3}, "mt must be 1 or 2"), ({"consumers": 0}, "consumers must be 1..12"),
-     ({"stages": 1}, "stages 2..16"), ({"stages": 12}, "a multiple of consumers"), ({"cl": 3}, "cl must be 0, 2, 4 or 8"), ({"min_blocks": 5}, "min_blocks 1..4")],
+     ({"stages": 1}, "stages 2..16"), ({"stages": 12}, "a multiple of consumers"), ({"cl": 3}, "cl must be 0, 2, 4 or 8"), ({"min_blocks": 5}, "min_blocks 1..4"),
+     ({"producers": 2}, r"> 1 with cpa"), ({"producers": 3, "cpa": True}, "producers must be 1, 2 or 4")],
 )  # fmt: skip
 def test_stream_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     args: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "consumers": 8, "stages": 8} | kwargs

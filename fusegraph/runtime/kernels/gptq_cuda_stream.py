@@ -36,7 +36,8 @@ STREAM_KERNEL_NAME = "fg_gptq_stream"
 # it was measured faster than the small-M and mid-M kernels on all four Llama-3-8B shapes (H200; docs/benchmarks.md,
 # "fifth session: small M"); act-order there too, x permuted first. Empty: nowhere.
 STREAM_DEFAULT: tuple[tuple[int, int, int], ...] = ()
-STREAM_PLAN: dict[str, int | bool] = {"consumers": 8, "stages": 16, "ctas": 1, "pad": False, "cl": 0}
+STREAM_PLAN: dict[str, int | bool] = {"consumers": 8, "stages": 16, "ctas": 1, "pad": True, "cl": 0, "cpa": True,
+                                      "producers": 2}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class StreamSpec:
             the same number where it can) and sum their partial strips through distributed shared memory.
         pdl: launched with programmatic dependent launch after the kernel that writes x: the producer
             streams the first `stages` units' words, scales and zeros, then `griddepcontrol.wait`, then x.
+        cpa: the producers copy 16 bytes a lane by `cp.async` (arrivals by `cp.async.mbarrier.arrive.noinc`,
+            word rows padded) instead of bulk copies (run B, H200: one SM's bulk copies streamed ~5 GB/s).
+        producers: producer warps (1, 2 or 4; `cpa` only): warp NC + p takes the units j ≡ p (mod producers).
     """
 
     bits: int
@@ -71,6 +75,8 @@ class StreamSpec:
     min_blocks: int = 1
     cl: int = 0
     pdl: bool = False
+    cpa: bool = False
+    producers: int = 1
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -84,6 +90,14 @@ class StreamSpec:
                 "gptq_cuda_stream: consumers must be 1..12 and stages 2..16 a multiple of consumers (a stage's "
                 f"units all go to one warp: its mbarrier phases stay in order), got {self.consumers}, {self.stages}"
             )
+        if (
+            self.producers not in (1, 2, 4)
+            or (self.producers > 1 and not self.cpa)
+            or self.stages % self.producers
+        ):
+            raise ValueError(
+                f"gptq_cuda_stream: producers must be 1, 2 or 4 (> 1 with cpa), dividing stages, got {self.producers}"
+            )
         if self.cl not in (0, 2, 4, 8):
             raise ValueError(f"gptq_cuda_stream: cl must be 0, 2, 4 or 8, got {self.cl}")
         if self.probe not in (0, 1) or self.min_blocks not in (1, 2, 3, 4):
@@ -94,7 +108,7 @@ class StreamSpec:
 
 def _stage_bytes(spec: StreamSpec) -> int:
     rows = 128 * spec.bits // 32
-    return (rows * (288 if spec.pad else 256) + 192 + 8 * spec.mt * 272 + 127) // 128 * 128
+    return (rows * (288 if spec.pad or spec.cpa else 256) + 192 + 8 * spec.mt * 272 + 127) // 128 * 128
 
 
 def stream_smem_bytes(spec: StreamSpec, m: int) -> int:
@@ -126,10 +140,11 @@ def stream_plan(m: int, n: int, k: int, bits: int, *, bf16: bool = False, cap: t
         return None
     plan = {"stream": True} | STREAM_PLAN
     nc, ctas = int(plan["consumers"]), int(plan["ctas"])
-    while int(plan["stages"]) > nc:  # fewer stages where the ring would not fit (8-bit, M > 8)
-        spec = StreamSpec(
-            bits, bf16, 1 if m <= 8 else 2, nc, int(plan["stages"]), bool(plan["pad"]), cl=int(plan["cl"])
-        )
+    while int(plan["stages"]) > max(
+        nc, int(plan["producers"])
+    ):  # fewer stages where the ring would not fit (8-bit, M > 8)
+        spec = StreamSpec(bits, bf16, 1 if m <= 8 else 2, nc, int(plan["stages"]), bool(plan["pad"]), cl=int(plan["cl"]),
+                          cpa=bool(plan["cpa"]), producers=int(plan["producers"]))  # fmt: skip
         if stream_smem_bytes(spec, m) * ctas <= 200 * 1024:
             break
         plan["stages"] = int(plan["stages"]) - nc
@@ -171,6 +186,8 @@ def stream_kernel_source(spec: StreamSpec) -> str:
         "min_blocks": spec.min_blocks,
         "cl": spec.cl,
         "pdl": int(spec.pdl),
+        "cpa": int(spec.cpa),
+        "producers": spec.producers,
         "stage_b": _stage_bytes(spec),
         "helpers": HELPERS,
     }

@@ -16,12 +16,14 @@ STREAM_SOURCE = r"""
 #define PAD %(pad)d
 #define ZERO_V1 %(zero_v1)d
 #define PROBE %(probe)d
+#define CPA %(cpa)d  // 1: the producers copy by cp.async (16 B a lane), 0: by bulk copies (TMA)
+#define NP %(producers)d  // producer warps (CPA): warp NC + p takes the units j = p mod NP
 #define PDL %(pdl)d  // launched after x's writer with PDL: the first S units' x copied after griddepcontrol.wait
 #define MIN_BLOCKS %(min_blocks)d
 #define CL %(cl)d                       // 0: partial strips summed by ticket; else in a cluster of CL CTAs
 #define FOLD 0
 #define STAGE_B %(stage_b)d
-#define WP (PAD ? 288 : 256)          // bytes between word rows in a stage
+#define WP (PAD || CPA ? 288 : 256)   // bytes between word rows in a stage
 #define ZB (8 * BITS)                  // one group's packed zeros of 64 columns
 #define SOFF (R * WP)                  // scales (128 B), zeros (ZB), x (M rows of 272 B) after the words
 #define XOFF (SOFF + 192)
@@ -39,7 +41,7 @@ extern "C" __global__ void
 #if CL
 __cluster_dims__(CL, 1, 1)
 #endif
-__launch_bounds__((NC + 1) * 32, MIN_BLOCKS)
+__launch_bounds__((NC + NP) * 32, MIN_BLOCKS)
 fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __restrict__ sc,
                const u32* __restrict__ qz, u16* __restrict__ out, float* __restrict__ ws, int* __restrict__ cnt,
                int M, int N, int K, int group_size, int stride_xm, int stride_s, int stride_qz, int stride_om) {
@@ -64,13 +66,53 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
   float* fin = red + NC * M * 64;                             // CL: [2][M][64], the partial strips' sums
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      mbar_init(full + 8 * s);
+      asm volatile("mbarrier.init.shared::cta.b64 [%%0], %%1;" :: "r"(full + 8 * s), "r"(CPA ? 32 : 1) : "memory");
       asm volatile("mbarrier.init.shared::cta.b64 [%%0], 1;" :: "r"(empty + 8 * s) : "memory");
     }
     mbar_init_fence();
   }
   __syncthreads();
 
+#if CPA
+  if (warp >= NC) {  // producer warp p: units j = p mod NP into stage j %% S, 16 B a lane, once unit j - S is freed
+    const int p = warp - NC, first = min(S, nu);  // the first round: with PDL, x after griddepcontrol.wait
+    auto copy_x = [&](int j, int blk) {
+      const u32 dst = smem_u32(smem + (j %% S) * STAGE_B) + XOFF;
+      for (int c = lane; c < M * 16; c += 32)
+        cp16(dst + (c >> 4) * XP * 4 + (c & 15) * 16, x + (u64)(c >> 4) * stride_xm + blk * 128 + (c & 15) * 8);
+    };
+    auto arrive = [&](int j) {  // this lane's copies of unit j (and before) land: one arrival of 32
+      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%%0];" :: "r"(full + 8 * (j %% S)) : "memory");
+    };
+    for (int j = p; j < nu; j += NP) {
+      const int s = j %% S;
+      if (j >= S) mbar_wait(empty + 8 * s, ((j / S) - 1) & 1);
+      const long long u = u0 + j;
+      const int strip = (int)(u / B), blk = (int)(u - (long long)strip * B);
+      const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+      const u32 dst = smem_u32(smem + s * STAGE_B);
+      const unsigned char* wsrc = (const unsigned char*)qw + ((u64)strip * (K / P) + (u64)blk * R) * 256;
+#pragma unroll 4
+      for (int c = lane; c < R * 16; c += 32) cp16(dst + (c >> 4) * WP + (c & 15) * 16, wsrc + c * 16);
+      if (lane < 8)
+        cp16(dst + SOFF + lane * 16, sc + (u64)grp * stride_s + strip * 64 + lane * 8);
+      else if (lane < 8 + ZB / 16)
+        cp16(dst + SOFF + 128 + (lane - 8) * 16,
+             (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB + (lane - 8) * 16);
+      if (!PDL || j >= S) {
+        copy_x(j, blk);
+        arrive(j);
+      }
+      if (PDL && j < S && j + NP >= first) {  // this producer's first round is on its way: x of those units
+        pdl_wait();
+        for (int jj = p; jj <= j; jj += NP) {
+          copy_x(jj, (int)((u0 + jj) %% B));
+          arrive(jj);
+        }
+      }
+    }
+  } else {
+#else
   if (warp == NC) {  // the producer: unit j into stage j %% S once the consumer of unit j - S freed it
     const u32 tx = R * 256 + 128 + ZB + M * 256;
     const int ncopy = (PAD ? R : 1) + 2 + M;
@@ -104,7 +146,8 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
         }
       }
     }
-  } else {  // the consumers
+  } else if (warp < NC) {  // the consumers
+#endif
   const int g = lane >> 2, t = lane & 3;
 #if BITS == 4
   const int zw = g >> 1, zoff_y = 4, zshift = 16 * (g & 1);
