@@ -297,14 +297,16 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
             assert kernel(m, n, k, cap=hopper) == ("wgmma" if kind else kernel(m, n, k)), (m, n, k)
             assert kernel(m, n, k, cap=hopper, configured=True) == kernel(m, n, k)  # config given: no default
     assert kernel(128, 28672, 4096, cap=hopper) == "wgmma"  # gate_up M=128 (measured 1.70x the Triton path)
-    # act-order takes it too (x permuted once first) where that was measured faster; 8-bit and bf16 do not
+    # act-order takes it too (x permuted once first) where that was measured faster
     act = {"cap": hopper, "act_order": True}
     o_proj = ["wgmma", "wgmma", "triton", "wgmma"]  # M=256: the dequantize path (gptq_plan._act_order_wgmma)
     assert [kernel(m, 4096, 4096, **act) for m in (64, 128, 256, 1024)] == o_proj
     assert [kernel(m, 6144, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 28672, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
-    assert kernel(256, 6144, 4096, cap=hopper, bf16=True) != "wgmma"
+    # bf16 and 8-bit fp16 from M = 32 too (gptq_cuda_wgmma._RSWG_DEFAULT_BF16 / _8BIT, measured faster there)
+    assert kernel(256, 6144, 4096, cap=hopper, bf16=True) == "wgmma"
+    assert str((cuda_plan(64, 6144, 4096, 8, 132, cap=hopper) or {}).get("kernel")) == "wgmma"
     assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small", "small", "mid", "triton", "triton"]
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)
     assert cuda_plan(1, 6144, 4096, 4, 132, wgmma=True) == {"kernel": "wgmma", "wgmma": True}

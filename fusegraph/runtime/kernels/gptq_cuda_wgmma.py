@@ -1,10 +1,10 @@
 """The Hopper wgmma GPTQ kernel's front: when it runs and how `gptq_cuda.maybe_gptq_cuda` calls it.
 
 The kernel itself is the warp-specialized RS-wgmma one of `gptq_cuda_wgmma_ws.py` (plan, NVRTC build
-for sm_90a, launch) and `gptq_cuda_wgmma_ws_src.py` (its source): plain 4-bit x `[M, K]` fp16/bf16
+for sm_90a, launch) and `gptq_cuda_wgmma_ws_src.py` (its source): plain 4-bit x `[M, K]` fp16/bf16 or 8-bit fp16
 on a compute-capability-9.0 GPU. A config with {"wgmma": True} asks for it (its plan's keys,
 `gptq_cuda_wgmma_ws.RSWG_KEYS`, override the plan); `wgmma_takes_by_default` says where the default
-dispatch (`gptq_plan.cuda_plan`) runs it: plain 4-bit fp16 from M = 32 up (measured faster there).
+dispatch (`gptq_plan.cuda_plan`) runs it: 4-bit fp16 or bf16 and 8-bit fp16 from M = 32 up (measured faster there).
 (A first, single-warpgroup wgmma kernel lost to it at every measured cell and was removed; its code
 is in the history at 8d3255a, `gptq_cuda_wgmma_src.py`.)
 """
@@ -82,10 +82,11 @@ def maybe_wgmma(
 # by the copy engine it beat the dispatch without it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x,
 # o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). M < 32 was not measured.
 _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
-# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above). 8-bit: from M = 64 (H200, fifth session: 1.02-1.93x
-# the dispatch without it on all four Llama-3-8B shapes at M = 64, 256, 1024; M < 64 not measured).
-_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((64, 1 << 20, 0),)
-_RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ()
+# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above), from the H200 runs of the fifth session
+# (docs/benchmarks.md): 8-bit beat the dispatch without it on all four Llama-3-8B shapes at M = 32, 64, 128, 256,
+# 512 and 1024 (1.08-2.64x); bf16 at M = 64, 256 and 1024 on all four and M = 32 on three (1.02-1.94x).
+_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
+_RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
 
 
 def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
@@ -98,7 +99,7 @@ def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype
     Example:
         >>> wgmma_takes_by_default(128, 28672, 4096, 4, torch.float16, (9, 0))
         True
-        >>> wgmma_takes_by_default(128, 28672, 4096, 4, torch.bfloat16, (9, 0))  # bf16: not timed
+        >>> wgmma_takes_by_default(128, 28672, 4096, 8, torch.bfloat16, (9, 0))  # 8-bit needs fp16
         False
     """
     if cap != (9, 0) or n % 128 or k % 128:

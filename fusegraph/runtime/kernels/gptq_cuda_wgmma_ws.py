@@ -1,6 +1,6 @@
 """The warp-specialized RS-wgmma GPTQ kernel (`gptq_cuda_wgmma_ws_src.py`): plan and launch.
 
-For plain 4-bit x `[M, K]` fp16/bf16 on a compute-capability-9.0 GPU: a CTA is a producer warpgroup
+For plain 4-bit x `[M, K]` fp16/bf16 or 8-bit fp16 on a compute-capability-9.0 GPU: a CTA is a producer warpgroup
 (a shared-memory ring: x by the copy engine through a tensor map, the words by cp.async) and `ncw`
 consumer warpgroups, each owning one 64-column strip, over one tile of up to 256 rows of x (the
 wgmma's N: M ≤ 256 takes one pass over the weights) and a K slice (split-K through a thread-block
