@@ -37,8 +37,8 @@ from fusegraph.runtime.kernels.gptq_cuda_stream import (  # noqa: E402
 )
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
 
-# name: (consumer warps, stages, CTAs an SM, padded rows, cluster size or 0 for the ticket, cp.async producer warps
-# or 0 for one bulk-copy producer)
+# name: (consumer warps, stages, CTAs an SM, padded rows, cluster size or 0 for the ticket, cp.async producer warps,
+# 0 for one bulk-copy producer, -1 for none: "direct", each consumer loads its next unit into registers)
 PLANS: dict[str, tuple[int, int, int, bool, int, int]] = {
     "K": (4, 8, 2, False, 0, 0),
     "P": (8, 16, 1, True, 0, 1),
@@ -47,20 +47,22 @@ PLANS: dict[str, tuple[int, int, int, bool, int, int]] = {
     "T": (8, 8, 1, True, 0, 2),
     "U": (4, 8, 2, True, 0, 1),
     "V": (8, 16, 1, True, 0, 4),
+    "W": (8, 8, 1, True, 0, -1),
+    "X": (4, 4, 2, True, 0, -1),
 }
-RING = ("P", "Q", "V")  # the ring alone on these plans (M=1 4-bit)
+RING = ("P", "Q", "W")  # the ring alone on these plans (M=1 4-bit)
 
 
 def _cfg(name: str) -> dict[str, Any]:
     nc, st, ctas, pad, cl, npr = PLANS[name]
     return {"kernel": "cuda", "stream": True, "consumers": nc, "stages": st, "ctas": ctas, "pad": pad, "cl": cl,
-            "cpa": npr > 0, "producers": max(npr, 1)}  # fmt: skip
+            "cpa": npr > 0, "producers": max(npr, 1), "direct": npr < 0}  # fmt: skip
 
 
 def _spec(name: str, m: int, bits: int, probe: int = 0) -> StreamSpec:
     nc, st, ctas, pad, cl, npr = PLANS[name]
     return StreamSpec(bits=bits, bf16=False, mt=1 if m <= 8 else 2, consumers=nc, stages=st, pad=pad, probe=probe,
-                      min_blocks=ctas, cl=cl, cpa=npr > 0, producers=max(npr, 1))  # fmt: skip
+                      min_blocks=ctas, cl=cl, cpa=npr > 0, producers=max(npr, 1), direct=npr < 0)  # fmt: skip
 
 
 def precompile(specs: list[StreamSpec], defaults: list[Any]) -> dict[StreamSpec, Any]:
@@ -96,7 +98,7 @@ def ring(kern: Any, spec: StreamSpec, ctas: int, lay: Any, x: torch.Tensor) -> t
     grid = stream_grid(spec, n, k, SMS * ctas)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws = torch.empty((grid, 2, m, 64), dtype=torch.float32, device=x.device)
-    kern(grid=(grid, 1, 1), block=(32 * (spec.consumers + spec.producers), 1, 1), shared_mem=smem,
+    kern(grid=(grid, 1, 1), block=(32 * (spec.consumers + (0 if spec.direct else spec.producers)), 1, 1), shared_mem=smem,
          args=[x, qw, sc, qz, out, ws, C._counters(x.device, n // 64), m, n, k, 128, x.stride(0), sc.stride(0),
                qz.stride(0), out.stride(0)])  # fmt: skip
     return out
@@ -216,7 +218,7 @@ def main() -> int:
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     names = sys.argv[sys.argv.index("--cfgs") + 1].split(",") if "--cfgs" in sys.argv else list(PLANS)
-    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "K,Q,R,T").split(",")]
+    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "K,Q,R,W").split(",")]
     plan = [
         ("m1", lambda: stream(bw, (1,), 4, names)),
         ("m16", lambda: stream(bw, (16,), 4, names)),

@@ -140,6 +140,16 @@ STREAM_CASES = [
         torch.bfloat16,
         {"grid": 8, "cl": 2, "stages": 8, "consumers": 4, "cpa": True, "producers": 4},
     ),
+    # no producers ("direct"): each consumer's next unit in registers; 8-bit, act-order
+    (1024, 256, 4, False, torch.float16, {"grid": 3, "stages": 4, "consumers": 4, "direct": True}),
+    (
+        1024,
+        192,
+        8,
+        True,
+        torch.float16,
+        {"grid": 5, "stages": 2, "consumers": 2, "direct": True, "xperm": True},
+    ),
 ]
 
 

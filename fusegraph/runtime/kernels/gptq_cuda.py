@@ -59,7 +59,7 @@ _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
               "bufs", "xperm_pdl", "xfull", "fold", "stream", "consumers", "stages", "pad", "ctas", "grid", "cl",
-              "cpa", "producers")  # fmt: skip
+              "cpa", "producers", "direct")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -247,7 +247,7 @@ def _stream_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tenso
                       consumers=int(plan.get("consumers", 8)), stages=int(plan.get("stages", 8)),
                       pad=bool(plan.get("pad", True)), zero_v1=zero_format == "v1",
                       min_blocks=min(ctas, 4), cl=int(plan.get("cl", 0)), pdl=bool(plan.get("xperm_pdl")),
-                      cpa=bool(plan.get("cpa")), producers=int(plan.get("producers", 1)))  # fmt: skip
+                      cpa=bool(plan.get("cpa")), producers=int(plan.get("producers", 1)), direct=bool(plan.get("direct")))  # fmt: skip
     smem = stream_smem_bytes(spec, m)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -260,7 +260,7 @@ def _stream_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tenso
     grid = stream_grid(spec, n, k, int(plan.get("grid") or _device_info(x.device)[0] * ctas))
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws = torch.empty((grid, 2, m, 64), dtype=torch.float32, device=x.device)
-    launch(kern, (grid, 1, 1), (32 * (spec.consumers + spec.producers), 1, 1), smem,
+    launch(kern, (grid, 1, 1), (32 * (spec.consumers + (0 if spec.direct else spec.producers)), 1, 1), smem,
            [x, qweight_t, scales, qzeros_t, out, ws, _counters(x.device, n // 64), m, n, k,
             k if group_size == -1 else group_size, x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0)],
            pdl=spec.pdl)  # fmt: skip

@@ -62,6 +62,8 @@ class StreamSpec:
         cpa: the producers copy 16 bytes a lane by `cp.async` (arrivals by `cp.async.mbarrier.arrive.noinc`,
             word rows padded) instead of bulk copies (run B, H200: one SM's bulk copies streamed ~5 GB/s).
         producers: producer warps (1, 2 or 4; `cpa` only): warp NC + p takes the units j ≡ p (mod producers).
+        direct: no producers and no ring: each consumer warp loads its next unit (words, scales, zeros, x's
+            fragments) into registers while it computes this one (the small-M kernel's loads, stream-K's split).
     """
 
     bits: int
@@ -77,6 +79,7 @@ class StreamSpec:
     pdl: bool = False
     cpa: bool = False
     producers: int = 1
+    direct: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -119,7 +122,7 @@ def stream_smem_bytes(spec: StreamSpec, m: int) -> int:
         58512
     """
     sums = (spec.consumers + (2 if spec.cl else 0)) * m * 64 * 4
-    return spec.stages * _stage_bytes(spec) + 16 * spec.stages + 16 + sums
+    return (0 if spec.direct else spec.stages * _stage_bytes(spec)) + 16 * spec.stages + 16 + sums
 
 
 def stream_plan(m: int, n: int, k: int, bits: int, *, bf16: bool = False, cap: tuple[int, int] | None = None,
@@ -188,6 +191,7 @@ def stream_kernel_source(spec: StreamSpec) -> str:
         "pdl": int(spec.pdl),
         "cpa": int(spec.cpa),
         "producers": spec.producers,
+        "direct": int(spec.direct),
         "stage_b": _stage_bytes(spec),
         "helpers": HELPERS,
     }

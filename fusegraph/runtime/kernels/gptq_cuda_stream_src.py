@@ -16,6 +16,8 @@ STREAM_SOURCE = r"""
 #define PAD %(pad)d
 #define ZERO_V1 %(zero_v1)d
 #define PROBE %(probe)d
+#define DIRECT %(direct)d  // no producer: each consumer loads its next unit into registers while it computes this one
+#define RING_B (DIRECT ? 0 : S * STAGE_B)
 #define CPA %(cpa)d  // 1: the producers copy by cp.async (16 B a lane), 0: by bulk copies (TMA)
 #define NP %(producers)d  // producer warps (CPA): warp NC + p takes the units j = p mod NP
 #define PDL %(pdl)d  // launched after x's writer with PDL: the first S units' x copied after griddepcontrol.wait
@@ -41,7 +43,7 @@ extern "C" __global__ void
 #if CL
 __cluster_dims__(CL, 1, 1)
 #endif
-__launch_bounds__((NC + NP) * 32, MIN_BLOCKS)
+__launch_bounds__((NC + (DIRECT ? 0 : NP)) * 32, MIN_BLOCKS)
 fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16* __restrict__ sc,
                const u32* __restrict__ qz, u16* __restrict__ out, float* __restrict__ ws, int* __restrict__ cnt,
                int M, int N, int K, int group_size, int stride_xm, int stride_s, int stride_qz, int stride_om) {
@@ -61,8 +63,8 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
 #endif
   const int total = M * 64;
   const int nu = (int)(u1 - u0);
-  const u32 full = smem_u32(smem + S * STAGE_B), empty = full + 8 * S;
-  float* red = (float*)(smem + S * STAGE_B + 16 * S + 16);  // [NC][M][64]
+  const u32 full = smem_u32(smem + RING_B), empty = full + 8 * S;
+  float* red = (float*)(smem + RING_B + 16 * S + 16);  // [NC][M][64]
   float* fin = red + NC * M * 64;                             // CL: [2][M][64], the partial strips' sums
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
@@ -161,16 +163,63 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][mt][e] = 0.f;
-#if PROBE
-  u32 sink = 0u;
-#endif
+  u32 sink = 0u;  // PROBE
   __shared__ int last;
+#if DIRECT
+  struct Unit {  // one lane's operands of one unit: words, scales, zeros, x's B fragments
+    u32x4 w[NW];
+    u32x2 sx, sy;
+    u32 zx, zy;
+    u32 bf[8][MT][2];
+  };
+  auto fetch = [&](Unit& un, int j) {
+    const long long u = u0 + j;
+    const int strip = (int)(u / B), blk = (int)(u - (long long)strip * B);
+    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
+    const u32x4* src = (const u32x4*)qw + ((u64)strip * (K / P) + (u64)blk * R) * 16 + t * 16 + g;
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) {
+      un.w[2 * q] = ldg_stream(src + q * 64);
+      un.w[2 * q + 1] = ldg_stream(src + q * 64 + 8);
+    }
+    const u16* sp = sc + (u64)grp * stride_s + strip * 64 + 4 * g;
+    un.sx = ldg8(sp);
+    un.sy = ldg8(sp + 32);
+    const u32* zp = qz + (u64)grp * stride_qz + strip * (ZB / 4) + zw;
+    un.zx = ldg4(zp);
+    un.zy = ldg4(zp + zoff_y);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int m = g + 8 * mt;
+      const u32* xr = (const u32*)(x + (u64)(m < M ? m : 0) * stride_xm) + blk * 64 + t;
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt) {
+        un.bf[kt][mt][0] = m < M ? ldg4(xr + 8 * kt) : 0u;
+        un.bf[kt][mt][1] = m < M ? ldg4(xr + 8 * kt + 4) : 0u;
+      }
+    }
+  };
+  Unit nx;  // this warp's next unit, in flight
+  if (warp < nu) fetch(nx, warp);
+#endif
   int j0 = 0;
   while (j0 < nu) {  // one strip of the run a round: units j0 .. j1 - 1
     const long long ua = u0 + j0;
     const int strip = (int)(ua / B);
     const int j1 = (int)(min(u1, (long long)(strip + 1) * B) - u0);
     for (int j = j0 + ((warp - j0 %% NC) + NC) %% NC; j < j1; j += NC) {
+#if DIRECT
+      const Unit cu = nx;
+      if (j + NC < nu) fetch(nx, j + NC);
+#if PROBE
+      sink ^= cu.w[0].x ^ cu.w[NW - 1].w ^ cu.bf[7][MT - 1][1] ^ cu.zx;
+#else
+      const u32x4* w = cu.w;
+      const u32x2 sx = cu.sx, sy = cu.sy;
+      const u32 zx = cu.zx, zy = cu.zy;
+      const u32(*bf)[MT][2] = cu.bf;
+#endif
+#else
       const int s = j %% S;
       const unsigned char* st = smem + s * STAGE_B;
       mbar_wait(full + 8 * s, (j / S) & 1);
@@ -200,6 +249,9 @@ fg_gptq_stream(const u16* __restrict__ x, const u32* __restrict__ qw, const u16*
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(empty + 8 * s);  // the stage's data is in registers
+#endif  // PROBE
+#endif  // DIRECT
+#if !PROBE
       u32 mz[4][2], nzh[4][2];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
