@@ -93,7 +93,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init_n(bars + 8 * s, 128 + TMA);  // full: the producer's 128 threads (+ the copy engine's bytes)
-      mbar_init_n(bars + 8 * (STAGES + s), 128 * NCW * (MC + 1));  // empty: every consumer thread (of both, MC)
+      mbar_init_n(bars + 8 * (STAGES + s), MC ? 8 * NCW : 128 * NCW);  // empty: every consumer thread (MC: warp of both)
     }
     if (SRED) mbar_init_n(bars + 8 * (2 * STAGES), 1);  // the split-K band's parts (st.async bytes)
     mbar_init_fence();
@@ -272,8 +272,15 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         keep(acc);
         wg_wait<1>();
         if (i == 0 && pend >= 0) {  // the last block's wgmmas are done: its stage is free (MC: in both CTAs)
+#if MC
+          __syncwarp();
+          if (lane == 0) {
+            mbar_arrive(bars + 8 * (STAGES + pend));
+            mbar_arrive_peer(bars + 8 * (STAGES + pend));
+          }
+#else
           mbar_arrive(bars + 8 * (STAGES + pend));
-          if (MC) mbar_arrive_peer(bars + 8 * (STAGES + pend));
+#endif
         }
       }
       pend = s;
