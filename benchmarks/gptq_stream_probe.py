@@ -218,7 +218,7 @@ def main() -> int:
     torch.manual_seed(0)
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     names = sys.argv[sys.argv.index("--cfgs") + 1].split(",") if "--cfgs" in sys.argv else list(PLANS)
-    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "K,Q,R,W").split(",")]
+    names8 = [n_ for n_ in names if n_ in os.environ.get("STREAM_CFGS8", "K,Q,R,W,X").split(",")]
     plan = [
         ("m1", lambda: stream(bw, (1,), 4, names)),
         ("m16", lambda: stream(bw, (16,), 4, names)),
