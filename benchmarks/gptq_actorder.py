@@ -5,15 +5,14 @@
 1. `PERM` rows: the permutation `y = x[:, perm]` alone at M = 1, 16, 64, 256, 1024 (`PERM_MS`) and K = 4096,
    14336: the Triton kernel (`_permute_cols_kernel`, one program a row and 1024 columns), the previous
    CUDA kernel (`fg_permute_x`, 8 columns a thread gathered from global memory) and `fg_permute_rows`
-   (`gptq_cuda_permute.py`: rows staged in shared memory; "rows" its plan, "rows_a" two CTAs an SM and
-   a 2-row ring, "rows_s2" a 2-row ring), each checked bit-equal to `x[:, perm]` first, with its bytes
-   floor: M·K·2 bytes read and written at the measured copy bandwidth.
+   (`gptq_cuda_permute.py`: "rows" its plan, rows staged in shared memory; "direct" gathered from global
+   memory instead; "rows_p4" four CTAs an SM on every K), each checked bit-equal to `x[:, perm]` first,
+   with its bytes floor: M·K·2 bytes read and written at the measured copy bandwidth.
 2. `ACT` rows: per M (`ACT_MS`) and Llama-3-8B shape, plain 4-bit g128 (the default dispatch) against
-   act-order by the default dispatch ("act"); at M ≤ 16 the small-M/mid-M kernel on x permuted with PDL
-   forced ("xpdl"; "pf<P>" with the kernels' L2 prefetch: small-M P blocks ahead, mid-M the first P
-   blocks, before the PDL wait); at M ≥ 32 the wgmma kernel forced with "pdl": P ("wg<P>", 0: no PDL);
-   at M ≥ 64 the dequantize-then-cuBLAS path ("deq"); then plain and act-order again ("plain2", "act2":
-   the run's noise; the ratios are against the faster plain).
+   act-order by the default dispatch ("act"), with the permutation's "direct" mode (M ≤ 64) or four CTAs
+   an SM ("act_p4", M ≥ 256), the wgmma kernel without PDL ("wg0") and the dequantize-then-cuBLAS path
+   ("deq") at M ≥ 64; then plain and act-order again ("plain2", "act2": the run's noise; the ratios are
+   against the faster plain).
 
 Every variant is checked against `x.float() @ W.float()` before it is timed as CUDA-graph replays,
 operands rotated so that L2 stays cold (`gpu_gptq.checked_time`). Writes $OUT/gptq_actorder.txt line by
@@ -100,11 +99,19 @@ def perm_old(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def perm_new(
-    x: torch.Tensor, perm: torch.Tensor, per_sm: int | None = None, stages: int | None = None
+    x: torch.Tensor, perm: torch.Tensor, per_sm: int | None = None, direct: bool | None = None
 ) -> torch.Tensor:
-    y = permute_rows(x, perm, per_sm=per_sm, stages=stages)
+    y = permute_rows(x, perm, per_sm=per_sm, direct=direct)
     assert y is not None
     return y
+
+
+def perm_direct(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    return perm_new(x, perm, direct=True)
+
+
+def perm_p4(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    return perm_new(x, perm, per_sm=4)
 
 
 def _bind(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -114,9 +121,8 @@ def _bind(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Ten
 
 def permute_alone(bw: float) -> None:
     variants: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = [
-        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new),
-        ("rows_a", lambda x, p: perm_new(x, p, per_sm=2, stages=2)),
-        ("rows_s2", lambda x, p: perm_new(x, p, stages=2))]  # fmt: skip
+        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new), ("direct", perm_direct),
+        ("rows_p4", perm_p4)]  # fmt: skip
     for k_in in (4096, 14336):
         perm = torch.randperm(k_in, device="cuda").to(torch.int32)
         for m in PERM_MS:
@@ -133,19 +139,21 @@ def permute_alone(bw: float) -> None:
             log(f"PERM M={m:<5}K={k_in:<6} floor {floor:6.2f} us | " + " | ".join(cells))
 
 
-def act_variants(m: int, n: int) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """(name, layer kind, config) of one M, plain first; plain and the default act-order again last (noise)."""
-    out: list[tuple[str, str, dict[str, Any] | None]] = [("plain", "plain", None), ("act", "act", None)]
-    if (
-        m <= 16
-    ):  # x permuted, the kernel launched with PDL; its L2 prefetch (small-M: P blocks ahead; mid-M: first P)
-        out.append(("xpdl", "act", {"xperm": True, "xperm_pdl": True}))
-        out += [(f"pf{p}", "act", {"xperm": True, "xperm_pdl": True, "l2pf": p}) for p in (1, 2, 4, 8)]
-    if m >= 32:  # the wgmma kernel, launched with PDL asking L2 for P·stages blocks a strip (0: no PDL)
-        out += [(f"wg{p}", "act", {"wgmma": True, "pdl": p}) for p in (0, 1, 2, 4, 8)]
-    if m >= 64:
-        out.append(("deq", "act", {"cuda": False, "kernel": "dequant"}))
-    return out + [("plain2", "plain", None), ("act2", "act", None)]
+def act_variants(m: int, n: int) -> list[tuple[str, str, dict[str, Any] | None, Any]]:
+    """(name, layer kind, config, permutation or None: the default) of one M, plain first; plain and the default
+    act-order again last (the run's noise)."""
+    out: list[tuple[str, str, dict[str, Any] | None, Any]] = [
+        ("plain", "plain", None, None), ("act", "act", None, None)]  # fmt: skip
+    if m <= 64:  # x gathered from global memory by fg_permute_rows (no shared-memory ring)
+        out.append(("act_direct", "act", None, perm_direct))
+    if m >= 256:  # fg_permute_rows at four CTAs an SM on every K
+        out.append(("act_p4", "act", None, perm_p4))
+    if m >= 64:  # the wgmma kernel without PDL; the dequantize-then-cuBLAS path
+        out += [
+            ("wg0", "act", {"wgmma": True, "pdl": 0}, None),
+            ("deq", "act", {"cuda": False, "kernel": "dequant"}, None),
+        ]
+    return out + [("plain2", "plain", None, None), ("act2", "act", None, None)]
 
 
 class K:
@@ -162,16 +170,18 @@ def main() -> int:
     failed = 0
     benches = {label: GB.Bench(k_in, n_out, ("plain", "act")) for label, k_in, n_out in GB.SHAPES}
     log(f"operands ready: {time.time() - T0:.0f} s")
+    default_permute = gptq_cuda._permute_x
     for m in ACT_MS:  # M-major in the order given, so that a budget cut drops the rest
         for label, k_in, n_out in GB.SHAPES:
             b = benches[label]
             times: dict[str, float] = {}
             cells: list[str] = []
-            for name, kind, cfg in act_variants(m, n_out):
+            for name, kind, cfg, permute in act_variants(m, n_out):
                 if time.time() - T0 > BUDGET_S:
                     cells.append(f"{name} skipped (budget)")
                     continue
                 layers = b.layers[kind]
+                gptq_cuda._permute_x = permute or default_permute  # type: ignore[assignment]
                 try:
                     us, _ = GB.checked_time(name, lambda lay, x: GB.ours(K, lay, x, cfg), layers,
                                             b.xs(m, len(layers)), graph_us)  # fmt: skip
@@ -179,6 +189,8 @@ def main() -> int:
                     failed += 1
                     cells.append(f"{name} FAILED {type(e).__name__}: {str(e)[:160]}")
                     continue
+                finally:
+                    gptq_cuda._permute_x = default_permute  # type: ignore[assignment]
                 times[name] = us
                 cells.append(f"{name} {us:6.2f}")
             plain = times.get("plain", float("nan"))

@@ -30,9 +30,10 @@ def test_permute_plan__covers_every_row_and_column_once_in_about_one_wave(m: int
     if m * -(-k // 2048) <= per_sm * 132:  # small M: one chunk a thread, one row a CTA
         assert (p["ch"], p["rows"], p["nb"]) == (1, 1, 1)
     forced = permute_plan(m, k, 132, per_sm=1, stages=3)
-    assert (
-        forced["nb"] == 3 and forced["smem"] == 3 * row and forced["grid_x"] * forced["grid_y"] <= max(132, m)
-    )
+    assert forced["nb"] == 3 and forced["smem"] == 3 * row
+    assert forced["grid_x"] * forced["grid_y"] <= max(132, m)
+    direct = permute_plan(m, k, 132, direct=True)  # the same grid, no shared memory
+    assert direct == p | {"direct": 1, "smem": 0} and p["direct"] == 0
 
 
 def test_permute_plan__refuses_what_the_kernel_cannot_take() -> None:
@@ -44,7 +45,13 @@ def test_permute_plan__refuses_what_the_kernel_cannot_take() -> None:
     with pytest.raises(ValueError, match="nb must be in 1..8"):
         permute_rows_source(2, True, 0)
     src = permute_rows_source(3, False, 4)
-    assert "#define CH 3" in src and "#define VEC 0" in src and "#define NB 4" in src
+    assert (
+        "#define CH 3" in src
+        and "#define VEC 0" in src
+        and "#define NB 4" in src
+        and "#define DIRECT 0" in src
+    )
+    assert "#define DIRECT 1" in permute_rows_source(1, True, 1, True)
     assert "griddepcontrol.launch_dependents" in src
 
 

@@ -38,9 +38,9 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(
     monkeypatch.setattr(wg, "gptq_rswg_matmul", spy)
     for desc_act in (False, True):  # act-order: x permuted once, then the same kernel
         layer = cuda_layer(512, 256, 4, desc_act, torch.float16, seed=12)
-        # 300: 32 strip-blocks < 5000; act-order at M = 200 on a shape this small: x's permutation first is not
-        # worth it (gptq_plan._act_order_wgmma), the other paths run
-        for m, runs in [(64, True), (200, not desc_act), (300, False), (63, False)]:
+        # 300: 32 strip-blocks < 5000; act-order at M = 200 ≤ N = 256 too (x permuted first,
+        # gptq_plan._act_order_wgmma)
+        for m, runs in [(64, True), (200, True), (300, False), (63, False)]:
             calls.clear()
             x = torch.randn(m, 512, generator=layer["gen"]).half().cuda()
             err = rel_err(run_tiled(layer, x, 4, None), x.double().cpu() @ layer["w"])

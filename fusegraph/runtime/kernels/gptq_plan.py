@@ -324,13 +324,13 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
 
 
 def _act_order_wgmma(m: int, n: int, k: int) -> bool:
-    """Whether act-order takes the wgmma kernel where plain does: it runs after one permutation of x (M·K values
-    read and written, `gptq_cuda._permute_x`, the kernel launched with PDL under it); the other path dequantizes
-    W once (N·K values written, rows back in checkpoint order) for cuBLAS on the unpermuted x. The wgmma path
-    but where our plain kernel is far behind cuBLAS and the dequantization cheap against it: N·K ≤ 4096² at
-    128 < M ≤ 256 (H200, fifth session run A: o_proj M=256 plain 25.97 µs, cuBLAS 15.2; act-order dequantize
-    path 26.30 vs wgmma 28.21; M=1024 wgmma 53.94 vs 56.81; qkv M=256 28.67 vs 40.28, down 73.59 vs 93.68)."""
-    return not (128 < m <= 256 and n * k <= 4096 * 4096)
+    """Whether act-order takes the wgmma kernel where plain does: after one permutation of x (M·K values read
+    and written, `gptq_cuda._permute_x`, the kernel launched with PDL under it); the other path dequantizes W
+    once (N·K values written and read, rows back in checkpoint order) for cuBLAS on the unpermuted x. So the
+    wgmma kernel while M ≤ N (the permutation moves fewer bytes than the dequantization). H200, fifth session
+    run B: wgmma / dequantize path at M=256: qkv 28.6 / 40.2 µs, o_proj 18.8 / 26.5, gate_up 97.9 / 182.6, down
+    54.3 / 93.8; M=1024: 87.5 / 86.5 (a tie), 53.9 / 57.7, 386.2 / 449.3, 182.3 / 203.5."""
+    return m <= n
 
 
 def cuda_plan(
