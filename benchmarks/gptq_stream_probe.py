@@ -47,6 +47,7 @@ PLANS: dict[str, tuple[int, int, int, bool, int, int]] = {
     "T": (8, 8, 1, True, 0, 2),
     "U": (4, 8, 2, True, 0, 1),
     "V": (8, 16, 1, True, 0, 4),
+    "Y": (4, 16, 1, True, 0, 4),  # 8 warps: consumers take up to 255 registers
     "W": (8, 8, 1, True, 0, -1),
     "X": (4, 4, 2, True, 0, -1),
 }

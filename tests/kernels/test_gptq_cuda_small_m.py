@@ -99,58 +99,27 @@ def test_gptq_cuda__refuses_what_it_cannot_run_when_forced() -> None:
         run_tiled(layer4, torch.randn(65, 512, device="cuda", dtype=torch.float16), 4, {"kernel": "cuda"})
 
 
-# The stream-K warp-specialized kernel (`gptq_cuda_stream.py`): (k, n, bits, dtype, config). With "grid" 3 on
+# The stream-K warp-specialized kernel (`gptq_cuda_stream.py`): (k, n, bits, desc_act, dtype, config). With "grid" 3 on
 # 8x4 units a CTA's run holds a whole strip and partial ones (stored whole, and summed by ticket in CTA order);
-# grid 5 with 3 stages wraps the ring; 8-bit; bf16; unpadded word rows; act-order with x permuted first; "cl":
-# the partial strips summed in a cluster.
+# grid 5 with 3 stages wraps the ring; "cl": the partial strips summed in a cluster (4 CTAs over 3 strips: runs of
+# 6, partial strips owned by ranks 0, 1, 2); act-order with x permuted first, "xperm_pdl": the kernel launched
+# with PDL (x of the first stages copied after the wait). Producers: one bulk-copy warp (BULK), 1, 2 or 4 cp.async
+# warps ("cpa", the default plan's), or none ("direct": each consumer's next unit in registers).
+BULK = {"cpa": False, "producers": 1}
 STREAM_CASES = [
-    (1024, 256, 4, False, torch.float16, {"grid": 3, "stages": 4, "consumers": 4}),
-    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "consumers": 3, "xperm": True}),
-    (1024, 192, 8, False, torch.float16, {"grid": 4, "stages": 4, "consumers": 2}),
-    (1024, 256, 4, False, torch.bfloat16, {"grid": 3, "stages": 8, "consumers": 8, "pad": False}),
-    (512, 128, 4, False, torch.float16, {}),  # the default grid: more CTAs than units, one unit each
-    # clusters of 4 CTAs over 3 strips (24 units: runs of 6, partial strips owned by ranks 0, 1, 2), 8-bit in pairs
-    (1024, 384, 4, False, torch.float16, {"grid": 8, "cl": 4, "stages": 2, "consumers": 2}),
-    (1024, 384, 8, True, torch.float16, {"grid": 6, "cl": 2, "xperm": True}),
-    # act-order: x permuted first, the kernel launched with PDL (x of its first 3 stages copied after the wait)
-    (1024, 256, 4, True, torch.float16, {"grid": 5, "stages": 3, "consumers": 3, "xperm_pdl": True}),
-    (1024, 384, 4, True, torch.float16, {"grid": 8, "cl": 4, "stages": 8, "xperm_pdl": True}),
-    # the producers' copies by cp.async: 1, 2 or 4 producer warps, 8-bit, bf16, act-order with PDL, a cluster
-    (
-        1024,
-        256,
-        4,
-        False,
-        torch.float16,
-        {"grid": 3, "stages": 4, "consumers": 2, "cpa": True, "producers": 2},
-    ),
-    (
-        1024,
-        192,
-        8,
-        True,
-        torch.float16,
-        {"grid": 5, "stages": 4, "consumers": 4, "cpa": True, "xperm_pdl": True},
-    ),
-    (
-        1024,
-        384,
-        4,
-        False,
-        torch.bfloat16,
-        {"grid": 8, "cl": 2, "stages": 8, "consumers": 4, "cpa": True, "producers": 4},
-    ),
-    # no producers ("direct"): each consumer's next unit in registers; 8-bit, act-order
+    (1024, 256, 4, False, torch.float16, BULK | {"grid": 3, "stages": 4, "consumers": 4}),
+    (1024, 256, 4, True, torch.float16, BULK | {"grid": 5, "stages": 3, "consumers": 3, "xperm": True}),
+    (1024, 192, 8, False, torch.float16, BULK | {"grid": 4, "stages": 4, "consumers": 2}),
+    (1024, 256, 4, False, torch.bfloat16, BULK | {"grid": 3, "stages": 8, "consumers": 8, "pad": False}),
+    (1024, 384, 4, False, torch.float16, BULK | {"grid": 8, "cl": 4, "stages": 2, "consumers": 2}),
+    (1024, 256, 4, True, torch.float16, BULK | {"grid": 5, "stages": 3, "consumers": 3, "xperm_pdl": True}),
+    (512, 128, 4, False, torch.float16, {}),  # the default plan and grid: more CTAs than units, one unit each
+    (1024, 256, 4, False, torch.float16, {"grid": 3, "stages": 4, "consumers": 2, "cpa": True, "producers": 2}),
+    (1024, 192, 8, True, torch.float16, {"grid": 5, "stages": 4, "consumers": 4, "cpa": True, "xperm_pdl": True}),
+    (1024, 384, 4, False, torch.bfloat16, {"grid": 8, "cl": 2, "stages": 8, "consumers": 4, "cpa": True, "producers": 4}),
     (1024, 256, 4, False, torch.float16, {"grid": 3, "stages": 4, "consumers": 4, "direct": True}),
-    (
-        1024,
-        192,
-        8,
-        True,
-        torch.float16,
-        {"grid": 5, "stages": 2, "consumers": 2, "direct": True, "xperm": True},
-    ),
-]
+    (1024, 192, 8, True, torch.float16, {"grid": 5, "stages": 2, "consumers": 2, "direct": True, "xperm": True}),
+]  # fmt: skip
 
 
 @pytest.mark.skipif(
