@@ -5,7 +5,8 @@ shapes (plain g128, fp16 or with --bf16 bf16 x and scales, 4 and/or 8 bits) at e
 `gptq_tiled_matmul` ("default") and without the wgmma kernel ("prev": {"wgmma": False}), and the
 warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
 sum a float a load ("novred") or by row bands sent by st.async ("sred"), x multicast to 2 column tiles ("mc"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
-at M ≥ 256), two CTAs an SM at 64 rows ("t64m2", split 1 and 2) and at 128 rows of one strip ("t128n1m2"); with WGMMA_PROBES=1 its ablations
+at M ≥ 256), two CTAs an SM at 64 rows ("t64m2", split 1 and 2) and at 128 rows of one strip ("t128n1m2"), one strip a
+CTA ("n1", split 1 and 2); with WGMMA_PROBES=1 its ablations
 ("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked) and x by
 cp.async. Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
@@ -90,6 +91,13 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
     if plan["tok"] > 64 and m <= 256:  # 64 rows a CTA, two CTAs an SM (split 1 and 2)
         out += [(f"ws/t64m2/s{d}", {"tok": 64, "minb": 2, "stages": 3 if bits == 8 else 4, "split_k": d, "sk": 0,
                                     "vred": int(d > 1)}) for d in (1, 2)]  # fmt: skip
+    if (
+        plan["tok"] > 128 and plan["ncw"] == 2
+    ):  # one 64-column strip a CTA: twice the column tiles (split 1, 2)
+        out += [
+            (f"ws/n1/s{d}", {"ncw": 1, "split_k": d, "sk": 0, "vred": int(d > 1), "stages": 3})
+            for d in (1, 2)
+        ]
     if plan["tok"] > 128 and m <= 512:  # one 64-column strip and 128 rows a CTA, two CTAs an SM
         out.append(
             ("ws/t128n1m2", {"tok": 128, "ncw": 1, "minb": 2, "stages": 3, "split_k": 1, "sk": 0, "vred": 0})
