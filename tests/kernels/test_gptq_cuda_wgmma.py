@@ -1,9 +1,10 @@
 """The Hopper wgmma GPTQ kernel (`gptq_cuda_wgmma*.py`: the warp-specialized RS-wgmma kernel) against the math.
 
-On a compute-capability-9.0 GPU (skipped elsewhere): M = 33..1024 (up to 256 rows of x a pass), fp16
-and bf16, split-K through a cluster and stream-K, x by the copy engine and by cp.async, act-order
-through the gathered x, an x view at an odd offset, eager and under CUDA-graph replay (each replay
-writes into a poisoned output first), and the default dispatch. The reference is
+On a compute-capability-9.0 GPU (skipped elsewhere): M = 32..1024 (up to 256 rows of x a pass), 4-bit fp16
+and bf16 and 8-bit fp16, split-K through a cluster (its sum by remote loads or by row bands, "sred") and
+stream-K, x by the copy engine (also multicast to two column tiles, "mc") and by cp.async, a programmatic
+dependent launch ("pdl"), act-order through the gathered x, an x view at an odd offset, eager and under
+CUDA-graph replay (each replay writes into a poisoned output first), and the default dispatch. The reference is
 `gptq_packing.dequantize` of the checkpoint tensors in float64, times x in float64. The plan, the
 kernel instance and the refusals are checked on any machine.
 """
