@@ -5,12 +5,12 @@
 1. `PERM` rows: the permutation `y = x[:, perm]` alone at M = 1, 16, 64, 256, 1024 (`PERM_MS`) and K = 4096,
    14336: the Triton kernel (`_permute_cols_kernel`, one program a row and 1024 columns), the previous
    CUDA kernel (`fg_permute_x`, 8 columns a thread gathered from global memory) and `fg_permute_rows`
-   (`gptq_cuda_permute.py`: "rows" its plan, rows staged in shared memory; "direct" gathered from global
-   memory instead; "rows_p4" four CTAs an SM on every K), each checked bit-equal to `x[:, perm]` first,
-   with its bytes floor: M·K·2 bytes read and written at the measured copy bandwidth.
+   (`gptq_cuda_permute.py`: "rows" its plan, rows staged in shared memory, about four CTAs an SM;
+   "rows_p2" two), each checked bit-equal to `x[:, perm]` first, with its bytes floor: M·K·2 bytes read
+   and written at the measured copy bandwidth.
 2. `ACT` rows: per M (`ACT_MS`) and Llama-3-8B shape, plain 4-bit g128 (the default dispatch) against
-   act-order by the default dispatch ("act"), with the permutation's "direct" mode (M ≤ 64) or four CTAs
-   an SM ("act_p4", M ≥ 256), the wgmma kernel without PDL ("wg0") and the dequantize-then-cuBLAS path
+   act-order by the default dispatch ("act"), with the permutation at two CTAs an SM ("act_p2", M ≥ 256),
+   the wgmma kernel without PDL ("wg0") and the dequantize-then-cuBLAS path
    ("deq") at M ≥ 64; then plain and act-order again ("plain2", "act2": the run's noise; the ratios are
    against the faster plain).
 
@@ -98,20 +98,14 @@ def perm_old(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def perm_new(
-    x: torch.Tensor, perm: torch.Tensor, per_sm: int | None = None, direct: bool | None = None
-) -> torch.Tensor:
-    y = permute_rows(x, perm, per_sm=per_sm, direct=direct)
+def perm_new(x: torch.Tensor, perm: torch.Tensor, per_sm: int | None = None) -> torch.Tensor:
+    y = permute_rows(x, perm, per_sm=per_sm)
     assert y is not None
     return y
 
 
-def perm_direct(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    return perm_new(x, perm, direct=True)
-
-
-def perm_p4(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    return perm_new(x, perm, per_sm=4)
+def perm_p2(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    return perm_new(x, perm, per_sm=2)
 
 
 def _bind(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -121,8 +115,7 @@ def _bind(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Ten
 
 def permute_alone(bw: float) -> None:
     variants: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = [
-        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new), ("direct", perm_direct),
-        ("rows_p4", perm_p4)]  # fmt: skip
+        ("triton", perm_triton), ("old", perm_old), ("rows", perm_new), ("rows_p2", perm_p2)]  # fmt: skip
     for k_in in (4096, 14336):
         perm = torch.randperm(k_in, device="cuda").to(torch.int32)
         for m in PERM_MS:
@@ -144,10 +137,8 @@ def act_variants(m: int, n: int) -> list[tuple[str, str, dict[str, Any] | None, 
     act-order again last (the run's noise)."""
     out: list[tuple[str, str, dict[str, Any] | None, Any]] = [
         ("plain", "plain", None, None), ("act", "act", None, None)]  # fmt: skip
-    if m <= 64:  # x gathered from global memory by fg_permute_rows (no shared-memory ring)
-        out.append(("act_direct", "act", None, perm_direct))
-    if m >= 256:  # fg_permute_rows at four CTAs an SM on every K
-        out.append(("act_p4", "act", None, perm_p4))
+    if m >= 256:  # fg_permute_rows at two CTAs an SM
+        out.append(("act_p2", "act", None, perm_p2))
     if m >= 64:  # the wgmma kernel without PDL; the dequantize-then-cuBLAS path
         out += [
             ("wg0", "act", {"wgmma": True, "pdl": 0}, None),

@@ -126,7 +126,7 @@ def test_gptq_cuda_act_order__a_plain_triton_shape_stays_on_triton_with_act_orde
 
 # (M, K, dtype, offset of x in its storage (elements), extra row stride, {per_sm, stages} overrides): 16-byte paths
 # and the element paths (odd offset or stride, K % 8), K past one CTA's 2048-column slice and not a multiple of it,
-# rows a CTA > 1 through rings of 2-4 rows (and 1: no copy ahead), and x gathered from global memory ("direct")
+# rows a CTA > 1 through rings of 2-4 rows (and 1: no copy ahead)
 PERMUTE_CASES = [
     (1, 4096, torch.float16, 0, 0, {}),
     (3, 4100, torch.bfloat16, 0, 4, {}),
@@ -138,8 +138,8 @@ PERMUTE_CASES = [
     (700, 1024, torch.float16, 0, 0, {"per_sm": 1, "stages": 3}),
     (530, 2056, torch.bfloat16, 5, 1, {"per_sm": 1, "stages": 4}),
     (270, 4096, torch.float16, 0, 0, {"per_sm": 1, "stages": 1}),
-    (9, 4096, torch.float16, 0, 0, {"direct": True}),  # no ring: gathered from global memory
-    (6, 2053, torch.bfloat16, 3, 5, {"direct": True}),
+    (1024, 14336, torch.float16, 0, 0, {}),  # the default plan at down's M = 1024 (2 rows a CTA, no ring)
+    (1024, 4096, torch.bfloat16, 0, 0, {"per_sm": 2}),  # 4 rows a CTA through a 4-row ring
 ]
 
 

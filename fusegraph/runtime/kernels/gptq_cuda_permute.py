@@ -12,7 +12,7 @@ with programmatic dependent launch (`gptq_cuda_launch.launch(pdl=True)`) starts 
 its weights until its own `griddepcontrol.wait`.
 
 The grid (`permute_plan`): CTAs of 256 threads, each an output column slice of `CH`·2048 columns of
-`rows` rows of x through a ring of up to 4 rows, about four CTAs an SM (two where a row is over 16 KB):
+`rows` rows of x through a ring of up to 4 rows (as many as fit four CTAs an SM), about four CTAs an SM:
 at small M the columns are split (each CTA copies the whole row, from L2 after the first), at large M
 each CTA takes whole rows.
 """
@@ -30,9 +30,9 @@ __all__ = ["PERMUTE_MAX_K", "permute_plan", "permute_rows", "permute_rows_source
 PERMUTE_ROWS_NAME = "fg_permute_rows"
 PERMUTE_MAX_K = 32768  # two rows of x in shared memory: 128 KB
 _THREADS = 256
-_KERNELS: dict[tuple[int, int, bool, int, bool], Any] = {}
-_SMEM_SET: dict[tuple[int, int, bool, int, bool], int] = {}
-_FAILED: dict[tuple[int, int, bool, int, bool], str] = {}
+_KERNELS: dict[tuple[int, int, bool, int], Any] = {}
+_SMEM_SET: dict[tuple[int, int, bool, int], int] = {}
+_FAILED: dict[tuple[int, int, bool, int], str] = {}
 
 _SOURCE = r"""
 typedef unsigned int u32;
@@ -43,7 +43,6 @@ struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
 #define CH %(ch)d    // 8-column chunks a thread (its perm entries stay in registers)
 #define VEC %(vec)d  // x 16-byte aligned, its row stride and K multiples of 8: 16-byte copies and stores
 #define NB %(nb)d    // rows of x in the shared-memory ring (NB - 1 copies in flight while one is gathered)
-#define DIRECT %(direct)d  // no ring: gather straight from global memory (through L1)
 #define NT 256
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
@@ -75,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_row
   };
 #pragma unroll
   for (int s = 0; s < NB - 1; ++s) {  // the ring's first NB - 1 rows in flight
-    if (!DIRECT && r0 + s < r1) stage(r0 + s, s);
+    if (r0 + s < r1) stage(r0 + s, s);
     asm volatile("cp.async.commit_group;" ::: "memory");  // one group a row, empty past r1: uniform counts
   }
   u32 p[CH][4];  // perm of this thread's chunks (column c0 + 8 (tid + NT j) + e), two 16-bit entries a word
@@ -98,11 +97,11 @@ extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_row
   }
   for (int r = r0; r < r1; ++r) {
     const int b = (r - r0) %% NB, rn = r + NB - 1;
-    if (!DIRECT && rn < r1) stage(rn, (rn - r0) %% NB);  // into the buffer of row r - 1, read before the last barrier
+    if (rn < r1) stage(rn, (rn - r0) %% NB);  // into the buffer of row r - 1, read before the last barrier
     asm volatile("cp.async.commit_group;" ::: "memory");
     asm volatile("cp.async.wait_group %%0;" :: "n"(NB - 1) : "memory");  // row r's group is done
     __syncthreads();
-    const u16* xs = DIRECT ? x + (u64)r * stride_xm : buf + b * KP;
+    const u16* xs = buf + b * KP;
     u16* yr = y + (u64)r * K;
 #pragma unroll
     for (int j = 0; j < CH; ++j) {
@@ -126,9 +125,9 @@ extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_row
 """
 
 
-def permute_rows_source(ch: int, vec: bool, nb: int = 2, direct: bool = False) -> str:
+def permute_rows_source(ch: int, vec: bool, nb: int = 2) -> str:
     """CUDA C++ source of `fg_permute_rows` with `ch` 8-column chunks a thread (1..16), 16-byte paths if `vec`,
-    a ring of `nb` rows (1..8), or (`direct`) no ring: x gathered from global memory.
+    a ring of `nb` rows (1..8).
 
     Example:
         >>> "fg_permute_rows" in permute_rows_source(2, True)
@@ -138,30 +137,27 @@ def permute_rows_source(ch: int, vec: bool, nb: int = 2, direct: bool = False) -
         raise ValueError(f"permute_rows_source: ch must be in 1..16, got {ch}")
     if not 1 <= nb <= 8:
         raise ValueError(f"permute_rows_source: nb must be in 1..8, got {nb}")
-    return _SOURCE % {"ch": ch, "vec": int(vec), "nb": nb, "direct": int(direct)}
+    return _SOURCE % {"ch": ch, "vec": int(vec), "nb": nb}
 
 
-def permute_plan(
-    m: int, k: int, sms: int, per_sm: int | None = None, stages: int | None = None, direct: bool = False
-) -> dict[str, int]:
-    """The grid of `fg_permute_rows` for x `[m, k]` on `sms` SMs: {"ch", "cols", "rows", "nb", "direct", "grid_x",
-    "grid_y", "smem"}. About `per_sm` CTAs an SM (default 4, 2 where a row of x is over 16 KB): the columns split in
+def permute_plan(m: int, k: int, sms: int, per_sm: int = 4, stages: int | None = None) -> dict[str, int]:
+    """The grid of `fg_permute_rows` for x `[m, k]` on `sms` SMs: {"ch", "cols", "rows", "nb", "grid_x", "grid_y",
+    "smem"}. About `per_sm` CTAs an SM (default 4): the columns split in
     slices of ch·2048 (each CTA copies whole rows, so a slice re-reads the row from L2) while m·slices stays
     under that, then rows a CTA to fill it; a ring of `stages` rows (default: up to 4 that fit the CTAs an SM
-    in 220 KB, at most its rows); `direct`: no ring, x gathered from global memory (no shared memory).
+    in 220 KB, at most its rows).
 
     Example:
         >>> permute_plan(1024, 14336, 132)
-        {'ch': 7, 'cols': 14336, 'rows': 4, 'nb': 3, 'direct': 0, 'grid_x': 1, 'grid_y': 256, 'smem': 86016}
+        {'ch': 7, 'cols': 14336, 'rows': 2, 'nb': 1, 'grid_x': 1, 'grid_y': 512, 'smem': 28672}
         >>> permute_plan(1, 4096, 132)
-        {'ch': 1, 'cols': 2048, 'rows': 1, 'nb': 1, 'direct': 0, 'grid_x': 2, 'grid_y': 1, 'smem': 8192}
+        {'ch': 1, 'cols': 2048, 'rows': 1, 'nb': 1, 'grid_x': 2, 'grid_y': 1, 'smem': 8192}
     """
     if m < 1 or not 1 <= k <= PERMUTE_MAX_K or sms < 1:
         raise ValueError(
             f"permute_plan: needs M ≥ 1, 1 ≤ K ≤ {PERMUTE_MAX_K}, SMs ≥ 1; got M={m} K={k} SMs={sms}"
         )
     row = (k + 7) // 8 * 8 * 2
-    per_sm = per_sm or (4 if row <= 16384 else 2)
     want = per_sm * sms
     chunks = (k + 7) // 8
     most = (chunks + _THREADS - 1) // _THREADS  # slices of one chunk a thread
@@ -177,22 +173,21 @@ def permute_plan(
         "cols": cols,
         "rows": rows,
         "nb": nb,
-        "direct": int(direct),
         "grid_x": grid_x,
         "grid_y": grid_y,
-        "smem": 0 if direct else nb * row,
+        "smem": nb * row,
     }
 
 
-def _kernel(device: torch.device, ch: int, vec: bool, nb: int, direct: bool, smem: int) -> Any | None:
-    key = (device.index or 0, ch, vec, nb, direct)
+def _kernel(device: torch.device, ch: int, vec: bool, nb: int, smem: int) -> Any | None:
+    key = (device.index or 0, ch, vec, nb)
     kern = _KERNELS.get(key)
     if kern is None:
         if key in _FAILED or torch.cuda.is_current_stream_capturing():
             return None  # compiled on the first eager call only
         try:
             with torch.cuda.device(device):
-                kern = torch.cuda._compile_kernel(permute_rows_source(ch, vec, nb, direct), PERMUTE_ROWS_NAME)
+                kern = torch.cuda._compile_kernel(permute_rows_source(ch, vec, nb), PERMUTE_ROWS_NAME)
         except Exception as err:  # noqa: BLE001 - no NVRTC or a compile error: the caller permutes another way
             _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
             return None
@@ -204,15 +199,14 @@ def _kernel(device: torch.device, ch: int, vec: bool, nb: int, direct: bool, sme
 
 
 def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None, *, per_sm: int | None = None,
-                 stages: int | None = None, direct: bool | None = None) -> torch.Tensor | None:  # fmt: skip
+                 stages: int | None = None) -> torch.Tensor | None:  # fmt: skip
     """`x[:, perm]` as a new contiguous `[M, K]` tensor by `fg_permute_rows`, or None when it cannot run
     here (not fp16/bf16 on CUDA, K past `PERMUTE_MAX_K`, x's row stride not 1 in its columns, or the
     kernel not yet compiled during CUDA-graph capture: the caller then permutes another way).
 
     `perm` int32 `[K]`, every entry in 0..K-1 (not checked on the device). x may sit at any offset
     and row stride; 16-byte aligned x with a row stride and K multiples of 8 takes 16-byte copies.
-    `per_sm` / `stages` / `direct` override `permute_plan`'s CTAs an SM, ring depth and gather from global
-    memory (for benchmarks).
+    `per_sm` / `stages` override `permute_plan`'s CTAs an SM and ring depth (for benchmarks).
 
     Example:
         >>> y = permute_rows(x, perm)  # == x[:, perm.long()], bit for bit
@@ -230,11 +224,11 @@ def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None, *,
         return y
     if sms is None:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    plan = permute_plan(m, k, sms, per_sm, stages, bool(direct))
+    plan = permute_plan(m, k, sms, per_sm or 4, stages)
     perm = perm.contiguous()
     stride = x.stride(0) if m > 1 else k
     vec = x.data_ptr() % 16 == 0 and stride % 8 == 0 and k % 8 == 0 and perm.data_ptr() % 16 == 0
-    kern = _kernel(x.device, plan["ch"], vec, plan["nb"], bool(plan["direct"]), plan["smem"])
+    kern = _kernel(x.device, plan["ch"], vec, plan["nb"], plan["smem"])
     if kern is None:
         return None
     kern(grid=(plan["grid_x"], plan["grid_y"], 1), block=(_THREADS, 1, 1), shared_mem=plan["smem"],
