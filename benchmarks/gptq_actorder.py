@@ -11,7 +11,8 @@
 2. `ACT` rows: per M (`ACT_MS`) and Llama-3-8B shape, plain 4-bit g128 (the default dispatch) against
    act-order by the default dispatch ("act"), with the permutation at two CTAs an SM ("act_p2", M ≥ 256),
    the wgmma kernel without PDL ("wg0") and the dequantize-then-cuBLAS path
-   ("deq") at M ≥ 64; then plain and act-order again ("plain2", "act2": the run's noise; the ratios are
+   ("deq") at M ≥ 64; at M ≤ 16 the kernels gathering x through perm themselves ("g_small", "g_mid",
+   "g_ahead": the mid-M kernel a block ahead); then plain and act-order again ("plain2", "act2": the run's noise; the ratios are
    against the faster plain).
 
 Every variant is checked against `x.float() @ W.float()` before it is timed as CUDA-graph replays,
@@ -44,7 +45,7 @@ from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul  # noqa: E402
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel  # noqa: E402
 
 ACT_MS = tuple(int(m) for m in os.environ.get("ACT_MS", "256,1024,64,16,4,1").split(","))
-PERM_MS = tuple(int(m) for m in os.environ.get("PERM_MS", "1,16,64,256,1024").split(","))
+PERM_MS = tuple(int(m) for m in os.environ.get("PERM_MS", "1,16,64,256,1024").split(",") if m)
 BUDGET_S = float(os.environ.get("ACT_BUDGET_S", "80"))
 T0 = time.time()
 SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
@@ -137,6 +138,12 @@ def act_variants(m: int, n: int) -> list[tuple[str, str, dict[str, Any] | None, 
     act-order again last (the run's noise)."""
     out: list[tuple[str, str, dict[str, Any] | None, Any]] = [
         ("plain", "plain", None, None), ("act", "act", None, None)]  # fmt: skip
+    if (
+        m <= 16
+    ):  # the kernels' own gather of x through perm (no permutation): small-M, mid-M, mid-M a block ahead
+        gather = {"kernel": "cuda", "xperm": False}
+        out += [("g_small", "act", gather | {"mid": False}, None), ("g_mid", "act", gather | {"mid": True}, None),
+                ("g_ahead", "act", gather | {"mid": True, "perm_ahead": True}, None)]  # fmt: skip
     if m >= 256:  # fg_permute_rows at two CTAs an SM
         out.append(("act_p2", "act", None, perm_p2))
     if m >= 64:  # the wgmma kernel without PDL; the dequantize-then-cuBLAS path
@@ -156,7 +163,8 @@ def main() -> int:
     bw = copy_bandwidth()
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s; GPTQ g128 fp16, CUDA-graph device time (us), L2 cold")
     torch.manual_seed(0)
-    permute_alone(bw)
+    if PERM_MS:
+        permute_alone(bw)
     log(f"permutation rows done: {time.time() - T0:.0f} s")
     failed = 0
     benches = {label: GB.Bench(k_in, n_out, ("plain", "act")) for label, k_in, n_out in GB.SHAPES}
