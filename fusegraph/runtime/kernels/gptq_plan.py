@@ -272,12 +272,10 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
 
 
 # act-order (H200, docs/benchmarks.md): the small-M kernel gathers x through perm itself up to this M where its
-# gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK (M=1 qkv/o_proj/down); elsewhere x is permuted
-# once (`xperm`) and the plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes)
-_CUDA_ACT_GATHER_MAX_M = 1
-# (fifth session, H200 M=1 gather / permuted + PDL: down (917K values) 15.28 / 14.41 µs; qkv (393K) 9.15 / 9.80;
-# o_proj (262K) 7.42 / 8.05)
-_CUDA_ACT_GATHER_MAX_WORK = 1 << 19
+# gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK (M=1 gather / permuted + PDL: qkv (393K values)
+# 9.15 / 9.80 µs, o_proj (262K) 7.42 / 8.05, down (917K) 15.28 / 14.41); elsewhere x is permuted once (`xperm`)
+# and the plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes)
+_CUDA_ACT_GATHER_MAX_M, _CUDA_ACT_GATHER_MAX_WORK = 1, 1 << 19
 # the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
 # x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M, the mid-M kernel
@@ -324,12 +322,11 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
 
 
 def _act_order_wgmma(m: int, n: int, k: int) -> bool:
-    """Whether act-order takes the wgmma kernel where plain does: after one permutation of x (M·K values read
-    and written, `gptq_cuda._permute_x`, the kernel launched with PDL under it); the other path dequantizes W
-    once (N·K values written and read, rows back in checkpoint order) for cuBLAS on the unpermuted x. So the
-    wgmma kernel while M ≤ N (the permutation moves fewer bytes than the dequantization). H200, fifth session
-    run B: wgmma / dequantize path at M=256: qkv 28.6 / 40.2 µs, o_proj 18.8 / 26.5, gate_up 97.9 / 182.6, down
-    54.3 / 93.8; M=1024: 87.5 / 86.5 (a tie), 53.9 / 57.7, 386.2 / 449.3, 182.3 / 203.5."""
+    """Whether act-order takes the wgmma kernel where plain does (x permuted once first, M·K values, the kernel
+    launched with PDL under it) rather than the dequantize path (W's N·K values written once in checkpoint row
+    order, cuBLAS on the unpermuted x): while M ≤ N, the permutation moving fewer bytes. H200, fifth session run B,
+    wgmma / dequantize at M=256: qkv 28.6 / 40.2 µs, o_proj 18.8 / 26.5, gate_up 97.9 / 182.6, down 54.3 / 93.8;
+    M=1024: 87.5 / 86.5 (a tie), 53.9 / 57.7, 386.2 / 449.3, 182.3 / 203.5."""
     return m <= n
 
 
