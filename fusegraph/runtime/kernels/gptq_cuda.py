@@ -298,7 +298,7 @@ def _permute_x(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """x[:, perm] as a new contiguous tensor in one launch: `fg_permute_rows` (`gptq_cuda_permute.py`: rows
     staged in shared memory, and it lets a kernel launched after it with PDL start at once), or the Triton
     permutation kernel where that cannot run (K past its limit; not compiled before CUDA-graph capture)."""
-    y = permute_rows(x, perm, _device_info(x.device)[0])
+    y = permute_rows(x, perm, _device_info(x.device)[0]) if perm.dtype == torch.int32 else None
     if y is not None:
         return y
     m, k = x.shape
