@@ -300,7 +300,9 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
     # act-order takes it too (x permuted once first) where that was measured faster
     act = {"cap": hopper, "act_order": True}
     assert [kernel(m, 4096, 4096, **act) for m in (64, 128, 256, 1024)] == ["wgmma"] * 4
-    assert kernel(8192, 4096, 4096, **act) == "triton"  # M > N: the dequantize path (gptq_plan._act_order_wgmma)
+    assert (
+        kernel(8192, 4096, 4096, **act) == "triton"
+    )  # M > N: the dequantize path (gptq_plan._act_order_wgmma)
     assert [kernel(m, 6144, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 28672, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
