@@ -35,13 +35,6 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
 )
 from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
-from fusegraph.runtime.kernels.gptq_cuda_stream import (
-    STREAM_KERNEL_NAME,
-    StreamSpec,
-    stream_grid,
-    stream_kernel_source,
-    stream_smem_bytes,
-)
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
@@ -50,16 +43,14 @@ __all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
 
 _log = logging.getLogger(__name__)
 
-_Spec = KernelSpec | MidSpec | StreamSpec
-_KERNELS: dict[tuple[int, _Spec], Any] = {}
-_FAILED: dict[tuple[int, _Spec], str] = {}
-_SMEM_SET: dict[tuple[int, _Spec], int] = {}
+_KERNELS: dict[tuple[int, KernelSpec | MidSpec], Any] = {}
+_FAILED: dict[tuple[int, KernelSpec | MidSpec], str] = {}
+_SMEM_SET: dict[tuple[int, KernelSpec | MidSpec], int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold", "stream", "consumers", "stages", "pad", "ctas", "grid", "cl",
-              "cpa", "producers", "direct")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -88,7 +79,7 @@ def cuda_path_status() -> str:
     return "cuda: not used yet"
 
 
-def _kernel(spec: _Spec, device: torch.device, smem: int) -> Any | None:
+def _kernel(spec: KernelSpec | MidSpec, device: torch.device, smem: int) -> Any | None:
     """The compiled kernel of `spec` on `device` (compiled once), or None (reason in `_FAILED`)."""
     key = (device.index or 0, spec)
     kern = _KERNELS.get(key)
@@ -102,8 +93,6 @@ def _kernel(spec: _Spec, device: torch.device, smem: int) -> Any | None:
             with torch.cuda.device(device):
                 if isinstance(spec, MidSpec):
                     kern = torch.cuda._compile_kernel(mid_kernel_source(spec), MID_KERNEL_NAME)
-                elif isinstance(spec, StreamSpec):
-                    kern = torch.cuda._compile_kernel(stream_kernel_source(spec), STREAM_KERNEL_NAME)
                 else:
                     kern = torch.cuda._compile_kernel(kernel_source(spec), KERNEL_NAME)
         except Exception as err:  # noqa: BLE001 - no NVRTC, no CUDA_HOME for its include path, a compile error
@@ -175,9 +164,6 @@ def gptq_cuda_matmul(
         >>> y = gptq_cuda_matmul(x, t["qweight"], scales, t["qzeros"], None, bits=4, group_size=128,
         ...                      zero_format="v1", plan={"split_k": 4, "warps": 4, "cluster": False})
     """
-    if plan.get("stream"):
-        return _stream_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
-                              zero_format=zero_format, plan=plan, cap=_device_info(x.device)[1])  # fmt: skip
     m, k = x.shape
     blocks = k // 128
     split = int(plan["split_k"])
@@ -225,46 +211,6 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
     return _launch(
         spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
-
-
-def _stream_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
-                   perm: torch.Tensor | None, *, bits: int, group_size: int, zero_format: str, plan: dict[str, Any],
-                   cap: tuple[int, int]) -> torch.Tensor | None:  # fmt: skip
-    """The stream-K kernel's launch (`gptq_cuda_stream.py`): "ctas" CTAs an SM of "consumers" + 1 warps over
-    all (strip, block) units ("grid": that many CTAs instead), an S = "stages" ring (sm_90: bulk copies), "pad"
-    its word rows; "cl": clusters of that many CTAs take whole strips (`StreamSpec.cl`)."""
-    m, k = x.shape
-    n = qweight_t.shape[0] * 64
-    if m > 16 or perm is not None or cap < (9, 0):
-        raise ValueError(
-            f"gptq_cuda_matmul: the stream-K kernel takes M ≤ 16 without perm on sm_90+, got M={m}, "
-            f"perm {perm is not None}, compute capability {cap}"
-        )
-    if scales.stride(0) % 8 or qzeros_t.stride(0) % 4 or qzeros_t.data_ptr() % 16 or scales.data_ptr() % 16:
-        return None  # the bulk copies need 16-byte aligned rows of scales and zeros
-    ctas = int(plan.get("ctas", 1))
-    spec = StreamSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
-                      consumers=int(plan.get("consumers", 8)), stages=int(plan.get("stages", 8)),
-                      pad=bool(plan.get("pad", True)), zero_v1=zero_format == "v1",
-                      min_blocks=min(ctas, 4), cl=int(plan.get("cl", 0)), pdl=bool(plan.get("xperm_pdl")),
-                      cpa=bool(plan.get("cpa")), producers=int(plan.get("producers", 1)), direct=bool(plan.get("direct")))  # fmt: skip
-    smem = stream_smem_bytes(spec, m)
-    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
-    if smem > limit:
-        raise ValueError(
-            f"gptq_cuda_matmul: {spec} at M={m} needs {smem} B of shared memory, the GPU has {limit}"
-        )
-    kern = _kernel(spec, x.device, smem)
-    if kern is None:
-        return None
-    grid = stream_grid(spec, n, k, int(plan.get("grid") or _device_info(x.device)[0] * ctas))
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    ws = torch.empty((grid, 2, m, 64), dtype=torch.float32, device=x.device)
-    launch(kern, (grid, 1, 1), (32 * (spec.consumers + (0 if spec.direct else spec.producers)), 1, 1), smem,
-           [x, qweight_t, scales, qzeros_t, out, ws, _counters(x.device, n // 64), m, n, k,
-            k if group_size == -1 else group_size, x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0)],
-           pdl=spec.pdl)  # fmt: skip
-    return out
 
 
 def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor, qweight_t: torch.Tensor,
@@ -349,7 +295,7 @@ def maybe_gptq_cuda(
     if why is None or hopper_asked:
         plan = cuda_plan(m, n, k, bits, sms, act_order=perm is not None, bf16=x.dtype == torch.bfloat16,
                          forced=forced, mid=cfg.get("mid"), xperm=cfg.get("xperm"), wgmma=cfg.get("wgmma"),
-                         cap=cap, configured=bool(cfg), stream=cfg.get("stream"))  # fmt: skip
+                         cap=cap, configured=bool(cfg))  # fmt: skip
         why = why or (None if plan is not None else f"no plan for M={m} N={n} K={k} bits={bits}")
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight

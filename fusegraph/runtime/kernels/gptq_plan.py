@@ -15,7 +15,6 @@ import torch
 import triton
 
 from fusegraph.runtime.kernels import gptq_cuda_wgmma as _wg
-from fusegraph.runtime.kernels.gptq_cuda_stream import stream_plan
 
 __all__ = ["act_order_prepare", "cuda_mid_m_plan", "cuda_plan", "cuda_small_m_plan", "dequant_min_m", "pick_config",
            "sm_count"]  # fmt: skip
@@ -345,7 +344,6 @@ def cuda_plan(
     wgmma: bool | None = None,
     cap: tuple[int, int] | None = None,
     configured: bool = False,
-    stream: bool | None = None,
 ) -> dict[str, Any] | None:
     """Which CUDA kernel runs this call, and its plan, or None (the Triton kernels run): the one place
     that decides. `gptq_cuda.maybe_gptq_cuda` switches on the plan's "kernel":
@@ -353,8 +351,6 @@ def cuda_plan(
     - "wgmma": the Hopper wgmma kernel (`gptq_cuda_wgmma.maybe_wgmma`, the plan's "wgmma" True) when
       `wgmma` is asked for, or for a config-less (`configured` False) call on sm_90 (`cap`) where
       `gptq_cuda_wgmma.wgmma_takes_by_default` says so (measured faster there);
-    - "stream": the stream-K kernel (`gptq_cuda_stream.stream_plan`) when `stream` is asked for, or for a
-      config-less call on sm_90 in `gptq_cuda_stream.STREAM_DEFAULT` (act-order: x permuted first);
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
@@ -388,10 +384,6 @@ def cuda_plan(
         ):
             pdl = {"pdl": _CUDA_ACT_WGMMA_PDL} if act_order and _CUDA_ACT_WGMMA_PDL else {}
             return {"kernel": "wgmma", "wgmma": True} | pdl
-    asked = stream or not configured
-    sp = stream_plan(m, n, k, bits, bf16=bf16, cap=cap, default=not stream) if asked else None
-    if sp is not None and (stream or cap == (9, 0)):
-        return {"kernel": "stream"} | sp | ({"xperm": True, "xperm_pdl": False} if act_order else {})
     plan = _small_or_mid(m, n, k, bits, sms, act_order=act_order, bf16=bf16, forced=forced, mid=mid,
                          xperm=xperm)  # fmt: skip
     return None if plan is None else {"kernel": "mid" if plan.get("mid") else "small"} | plan
