@@ -7,7 +7,8 @@ plain and act-order, 8-bit g128; cuBLAS fp16 on the dense weight; torch's tinyge
 launch and an 8 KB L2 prefetch (`PDL_CHAIN`: it pays between consecutive GPTQ matmuls, as here);
 the previous kernel on the checkpoint layout with GPTQ_PREV=1. "ours" is the default dispatch (at
 M ≤ 16 the compiled CUDA kernel of `gptq_cuda.py`); at M ≤ 16 "tri*" is `gptq_tiled_matmul` forced
-onto its Triton kernels. GPTQ_NO_PDL=1 leaves out the PDL column. Device time
+onto its Triton kernels. GPTQ_NO_PDL=1 leaves out the PDL column; GPTQ_REPEAT=1 times ours4 and cuBLAS
+again at the end of each row ("ours4b", "cuBLASb": the order's effect on a cell). Device time
 from CUDA-graph replays with every operand rotated over enough copies that L2 stays cold, and
 the share of the measured copy bandwidth that the bytes each one must read and write make.
 Every variant is checked against `x.float() @ W.float()` on its own random data before timing.
@@ -173,6 +174,9 @@ def bench_shapes(
             if m <= 2 and not os.environ.get("GPTQ_NO_PDL"):  # consecutive GPTQ matmuls launched with PDL
                 variants.insert(2, ("pdl4", lambda lay, x: ours(k, lay, x, PDL_CHAIN), "plain", quant_bytes(k_in, n_out, 4),
                                     torch.float16))  # fmt: skip
+            if os.environ.get("GPTQ_REPEAT"):  # the same kernels again, last: how much the order moves a cell
+                variants += [("ours4b", lambda lay, x: ours(k, lay, x), "plain", q4, f16),
+                             ("cuBLASb", lambda lay, x: torch.matmul(x, lay.w), "plain", k_in * n_out * 2, f16)]  # fmt: skip
             if os.environ.get("GPTQ_PREV"):
                 variants.append(("prev4", lambda lay, x: previous(k, lay, x), "plain", quant_bytes(k_in, n_out, 4),
                                  torch.float16))  # fmt: skip
