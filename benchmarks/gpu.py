@@ -30,6 +30,7 @@ import importlib
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,9 +56,14 @@ def bench_us(fn: Callable[[], object]) -> float:
     return float(do_bench(fn, warmup=25, rep=200, return_mode="median")) * 1e3
 
 
-def graph_us(fns: Sequence[Callable[[], object]], reps: int = 24, replays: int = 15) -> float:
+def graph_us(
+    fns: Sequence[Callable[[], object]], reps: int = 24, replays: int = 15, warm_ms: float = 30.0
+) -> float:
     """Device time per call: fns[i % len(fns)] for i < reps captured in one CUDA graph, median of the
-    replays over reps. Host launch overhead is out; rotate over input copies to keep L2 cold."""
+    replays over reps. Host launch overhead is out; rotate over input copies to keep L2 cold. The graph
+    is replayed for at least `warm_ms` first, so that a cell is not timed while the clocks still move
+    after the one before it (the fifth session's A/B call: a variant timed again at the end of its row
+    ran up to 10% faster without this)."""
     side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -69,6 +75,12 @@ def graph_us(fns: Sequence[Callable[[], object]], reps: int = 24, replays: int =
         for i in range(reps):
             fns[i % len(fns)]()
     graph.replay()
+    warm_end = time.perf_counter() + warm_ms / 1e3
+    while True:  # at least one more replay, then until warm_ms have passed on the host clock
+        graph.replay()
+        torch.cuda.synchronize()
+        if time.perf_counter() >= warm_end:
+            break
     times: list[float] = []
     for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
