@@ -163,7 +163,8 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
 
 def _permute_cols(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """x[:, perm] (contiguous) in one launch: `gptq_cuda_permute.permute_rows` (rows staged in shared
-    memory: on an H200 1.3-1.8x faster at M ≥ 256, K = 4096, 2.7-3.2x at K = 14336) where it runs, else the Triton gather."""
+    memory; on an H200 at M ≥ 256 1.3-1.8x faster at K = 4096, 2.7-3.2x at K = 14336) where it runs,
+    else the Triton gather."""
     y = permute_rows(x, perm) if x.is_cuda and perm.dtype == torch.int32 else None
     if y is not None:
         return y
