@@ -337,25 +337,15 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #if SPLIT == 1
   for (int i = tid; i < total; i += NWARPS * 32) out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(fin[i]);
 #elif CLUSTER
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  cluster_sync();
   {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
     const int share = (total + SPLIT - 1) / SPLIT;
     const int lo = ks * share, hi = lo + share < total ? lo + share : total;
     for (int i = lo + tid; i < hi; i += NWARPS * 32) {
-      const u32 local = smem_u32(fin + i);
-      float s = 0.f;
-#pragma unroll
-      for (int r = 0; r < SPLIT; ++r) {
-        u32 remote;
-        float v;
-        asm volatile("mapa.shared::cluster.u32 %%0, %%1, %%2;" : "=r"(remote) : "r"(local), "r"(r));
-        asm volatile("ld.shared::cluster.f32 %%0, [%%1];" : "=f"(v) : "r"(remote) : "memory");
-        s += v;
-      }
-      out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(s);
+      out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
     }
   }
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  cluster_sync();
 #else
   for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i %% CW] = fin[i];
   __shared__ int last;

@@ -46,6 +46,23 @@ __device__ __forceinline__ u32x4 ldg_stream(const u32x4* p) {  // read once: no 
 __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {  // one bulk request (Hopper)
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
 }
+// thread-block clusters (Hopper): every thread of every CTA of the cluster meets here
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// the sum, in rank order, of the float at shared address `local` in each of the cluster's first `n` CTAs
+__device__ __forceinline__ float cluster_sum(u32 local, int n) {
+  float s = 0.f;
+#pragma unroll
+  for (int r = 0; r < n; ++r) {
+    u32 remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(r));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    s += v;
+  }
+  return s;
+}
 // mbarrier + bulk copies (TMA, Hopper): one barrier a ring stage, lane 0 arms it with the stage's bytes
 __device__ __forceinline__ void mbar_init(u32 bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(bar) : "memory");
@@ -329,25 +346,15 @@ EPILOGUE = r"""
 #endif
   }
 #if SPLIT > 1 && CLUSTER
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  cluster_sync();
   {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
     const int share = (total + SPLIT - 1) / SPLIT;
     const int lo = ks * share, hi = lo + share < total ? lo + share : total;
     for (int i = lo + tid; i < hi; i += NWARPS * 32) {
-      const u32 local = smem_u32(fin + i);
-      float s = 0.f;
-#pragma unroll
-      for (int r = 0; r < SPLIT; ++r) {
-        u32 remote;
-        float v;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(r));
-        asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-        s += v;
-      }
-      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
+      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
     }
   }
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  cluster_sync();
 #elif SPLIT > 1
   __shared__ int last;
   __threadfence();

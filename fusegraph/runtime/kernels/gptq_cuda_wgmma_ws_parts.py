@@ -62,9 +62,6 @@ __device__ __forceinline__ void tma_2d(u32 dst, const TmaDesc* map, int c0, int 
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
 // 16 bytes into CTA `rank`'s shared memory at its address `local`, counted on its barrier at `bar` (st.async)
 __device__ __forceinline__ void st_async4(u32 local, u32 bar, int rank, float a, float b, float c, float d) {
   u32 ra, rb;
@@ -186,7 +183,7 @@ CONSUMER_STORE = r"""
 
 CLUSTER_SUM = r"""
 #if SPLIT > 1 && !SRED
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  cluster_sync();
   {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
     const float* fin = (const float*)ringp;
     const int cwid = NCW * 64, total = mc * cwid;
@@ -214,21 +211,11 @@ CLUSTER_SUM = r"""
     }
 #else
     for (int i = lo + tid; i < hi; i += blockDim.x) {
-      const u32 local = smem_u32(fin + (i / cwid) * FSTRIDE + i % cwid);
-      float s = 0.f;
-#pragma unroll
-      for (int r = 0; r < SPLIT; ++r) {
-        u32 remote;
-        float v;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(r));
-        asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-        s += v;
-      }
-      orow[(u64)(i / cwid) * stride_om + i % cwid] = f2h(s);
+      orow[(u64)(i / cwid) * stride_om + i % cwid] = f2h(cluster_sum(smem_u32(fin + (i / cwid) * FSTRIDE + i % cwid), SPLIT));
     }
 #endif
   }
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  cluster_sync();
 #endif
 """
 
