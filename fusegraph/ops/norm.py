@@ -5,6 +5,7 @@ the reduction (as HF Llama and MAX do).
 
 Example:
     >>> h = ops.rms_norm(x, g.add_weight("norm.weight", TensorType(DType.float32, [64])), 1e-6)
+    >>> hp = ops.rms_norm(x, w, 1e-6, perm=perm)  # perm int32 [64]: hp[:, j] == h[:, perm[j]]
     >>> p = ops.softmax(scores, axis=-1)
 """
 
@@ -17,73 +18,146 @@ from typing import Any
 import torch
 from xdsl.dialects.builtin import Float64Type, FloatAttr, IntegerAttr, i64
 from xdsl.ir import Attribute
-from xdsl.irdl import irdl_op_definition, operand_def, prop_def, result_def, traits_def
+from xdsl.irdl import irdl_op_definition, operand_def, opt_operand_def, prop_def, result_def, traits_def
 from xdsl.traits import Pure
 
+from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
-from fusegraph.ops._common import expect_dim, expect_rank, expect_same_device, expect_tensor, normalize_axis
+from fusegraph.ops._common import (
+    expect_dim,
+    expect_dtype,
+    expect_rank,
+    expect_same_device,
+    expect_tensor,
+    normalize_axis,
+)
+
+_RMS = "fg.rms_norm"
 
 
 # --- rms_norm -------------------------------------------------------------------------
 @register_op
 @irdl_op_definition
 class RmsNormOp(FgOp):
-    """`fg.rms_norm {eps = 1e-06 : f64}`: `x / sqrt(mean(x**2, -1) + eps) * weight`."""
+    """`fg.rms_norm {eps = 1e-06 : f64}`: `x / sqrt(mean(x**2, -1) + eps) * weight`.
+
+    With the optional `perm` operand (int32 `[D]`, D = x's last dim, static) the result's
+    last dim is permuted: `y[..., j] = norm(x)[..., perm[j]]` (an act-order GEMM's input,
+    emitted by its producer instead of by a separate permute kernel).
+
+    Example:
+        >>> op = RmsNormOp(x, w, perm, eps=1e-6)  # %y = fg.rms_norm %x, %w perm %p {eps = ...}
+    """
 
     name = "fg.rms_norm"
     input = operand_def(TensorType)
     weight = operand_def(TensorType)
+    perm = opt_operand_def(TensorType)
     eps = prop_def(FloatAttr)
     result = result_def(TensorType)
     traits = traits_def(Pure())
-    assembly_format = "$input `,` $weight attr-dict `:` type($input) `,` type($weight) `->` type($result)"
+    assembly_format = (
+        "$input `,` $weight (`perm` $perm^)? attr-dict `:` type($input) `,` type($weight) "
+        "(`perm` type($perm)^)? `->` type($result)"
+    )
 
-    def __init__(self, input: Operand, weight: Operand, *, eps: float) -> None:
+    def __init__(self, input: Operand, weight: Operand, perm: Operand | None = None, *, eps: float) -> None:
         props = {"eps": FloatAttr(float(eps), Float64Type())}
-        super().__init__([input, weight], props, rule=partial(self.rule, eps=eps))
+        super().__init__([input, weight, perm], props, rule=partial(self.rule, eps=eps))
 
     def infer_types(self) -> Sequence[Attribute]:
-        return self.rule(self.input.type, self.weight.type, eps=self.eps.value.data)
+        perm = None if self.perm is None else self.perm.type
+        return self.rule(self.input.type, self.weight.type, perm, eps=self.eps.value.data)
 
     @staticmethod
-    def rule(x: Any, weight: Any, *, eps: float) -> list[Attribute]:
-        """The shape rule: `x` keeps its type; `weight` is `[x.shape[-1]]` of x's dtype."""
-        x = expect_tensor("fg.rms_norm", "input", x)
-        weight = expect_tensor("fg.rms_norm", "weight", weight)
-        expect_same_device("fg.rms_norm", input=x, weight=weight)
+    def rule(x: Any, weight: Any, perm: Any = None, *, eps: float) -> list[Attribute]:
+        """The shape rule: `x` keeps its type; `weight` is `[x.shape[-1]]` of x's dtype;
+        `perm`, when present, is int32 `[x.shape[-1]]` with that dim static."""
+        x = expect_tensor(_RMS, "input", x)
+        weight = expect_tensor(_RMS, "weight", weight)
+        perm = None if perm is None else expect_tensor(_RMS, "perm", perm)
+        expect_same_device(_RMS, input=x, weight=weight, perm=perm)
         if not x.dtype.is_float:
-            raise ValueError(f"fg.rms_norm: input dtype must be a float type, got {x.dtype.name}")
+            raise ValueError(f"{_RMS}: input dtype must be a float type, got {x.dtype.name}")
         if x.rank < 1:
-            raise ValueError("fg.rms_norm: input must have rank >= 1, got a scalar")
-        expect_rank("fg.rms_norm", "weight", weight, 1)
+            raise ValueError(f"{_RMS}: input must have rank >= 1, got a scalar")
+        expect_rank(_RMS, "weight", weight, 1)
         if weight.dtype != x.dtype:
-            raise ValueError(f"fg.rms_norm: weight dtype {weight.dtype.name} != input dtype {x.dtype.name}")
-        expect_dim("fg.rms_norm", "weight dim 0", weight.shape[0], x.shape[-1])
+            raise ValueError(f"{_RMS}: weight dtype {weight.dtype.name} != input dtype {x.dtype.name}")
+        expect_dim(_RMS, "weight dim 0", weight.shape[0], x.shape[-1])
+        if perm is not None:
+            expect_rank(_RMS, "perm", perm, 1)
+            expect_dtype(_RMS, "perm", perm, [DType.int32])
+            if not x.shape[-1].is_static:
+                raise ValueError(f"{_RMS}: perm needs a static input dim -1, got {x.shape[-1]}")
+            expect_dim(_RMS, "perm dim 0", perm.shape[0], x.shape[-1])
         if not eps >= 0.0:
-            raise ValueError(f"fg.rms_norm: eps must be >= 0, got {eps=}")
+            raise ValueError(f"{_RMS}: eps must be >= 0, got {eps=}")
         return [x]
 
 
-def rms_norm(x: TensorValue, weight: TensorValue, eps: float = 1e-6) -> TensorValue:
+def rms_norm(
+    x: TensorValue, weight: TensorValue, eps: float = 1e-6, perm: TensorValue | None = None
+) -> TensorValue:
     """RMS-normalize the last dim of `x` and scale by `weight` (`[D]`, x's dtype).
+
+    Args:
+        x: `[..., D]` float.
+        weight: `[D]`, x's dtype.
+        eps: added to the mean of squares, >= 0.
+        perm: optional int32 `[D]` (D static): the result's last dim is `perm`-gathered,
+            `y[..., j] = norm(x)[..., perm[j]]`.
+
+    Returns:
+        x's type.
 
     Example:
         >>> y = ops.rms_norm(x, w, eps=1e-6)     # x [T, 64], w [64] -> [T, 64]
+        >>> yp = ops.rms_norm(x, w, 1e-6, perm)  # yp[:, j] == y[:, perm[j]]
     """
-    return emit_tensor(RmsNormOp(x, weight, eps=eps))
+    return emit_tensor(RmsNormOp(x, weight, perm, eps=eps))
+
+
+def rms_norm_math(
+    x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """The aten math of `fg.rms_norm`: fp32 compute, x's dtype out, then the perm gather."""
+    xf = x.to(torch.float32)
+    normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    y = (normed * weight.to(torch.float32)).to(x.dtype)
+    return y if perm is None else y.index_select(-1, perm)
+
+
+@torch.library.custom_op("fusegraph::rms_norm", mutates_args=())
+def rms_norm_custom(
+    x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """`torch.ops.fusegraph.rms_norm`: the aten math by default; the Triton kernel
+    (`runtime/kernels/rms_norm.py`) is registered on top for CUDA."""
+    return rms_norm_math(x, weight, perm, eps).contiguous()
+
+
+@rms_norm_custom.register_fake
+def _rms_norm_fake(
+    x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    return x.new_empty(x.shape)
 
 
 @torch_impl(RmsNormOp)
 def _rms_norm_torch(
-    op: RmsNormOp, x: torch.Tensor, weight: torch.Tensor, *, ctx: LoweringContext
+    op: RmsNormOp, x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, *, ctx: LoweringContext
 ) -> torch.Tensor:
-    xf = x.to(torch.float32)
-    normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + op.eps.value.data)
-    return (normed * weight.to(torch.float32)).to(x.dtype)
+    # The custom op exists for its CUDA kernel, so only a CUDA run calls it: lowerings
+    # (to_torch_mlir, IREE) and CPU runs keep the aten math, which every backend compiles.
+    if ctx.mode == "custom" and torch.device(ctx.device).type == "cuda":
+        y: torch.Tensor = torch.ops.fusegraph.rms_norm(x, weight, perm, op.eps.value.data)
+        return y
+    return rms_norm_math(x, weight, perm, op.eps.value.data)
 
 
 # --- softmax --------------------------------------------------------------------------
