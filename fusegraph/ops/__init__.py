@@ -22,6 +22,7 @@ from fusegraph.ops.elementwise import (
     sub,
 )
 from fusegraph.ops.gptq import qmatmul_gptq
+from fusegraph.ops.gptq_permute import gptq_permute_columns
 from fusegraph.ops.gptq_repack import gptq_repack, qmatmul_gptq_tiled
 from fusegraph.ops.kv_cache import kv_cache_store
 from fusegraph.ops.matmul import matmul
@@ -45,6 +46,7 @@ __all__ = [
     "div",
     "exp",
     "gather",
+    "gptq_permute_columns",
     "gptq_repack",
     "kv_cache_store",
     "matmul",

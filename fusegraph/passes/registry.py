@@ -40,6 +40,12 @@ def _dce() -> type[ModulePass]:
     return DeadCodeElimination
 
 
+def _fold_act_order() -> type[ModulePass]:
+    from fusegraph.passes.fold_act_order import FoldActOrderPermutation
+
+    return FoldActOrderPermutation
+
+
 def _fuse_qkv() -> type[ModulePass]:
     from fusegraph.passes.fuse_qkv_projections import FuseQKVProjections
 
@@ -68,6 +74,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "canonicalize": _canonicalize,
     "cse": _cse,
     "dce": _dce,
+    "fold-act-order-permutation": _fold_act_order,
     "fuse-qkv-projections": _fuse_qkv,
     "fuse-rope-split-store": _fuse_rope,
     "gptq-repack": _gptq_repack,
