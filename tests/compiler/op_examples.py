@@ -165,8 +165,13 @@ def _slice_norm() -> Graph:
     with Graph("slice_norm", input_types=[_tensor("n", 8, 6), _tensor("m", dtype=DType.uint32)]) as g:
         x, idx = g.inputs
         w = g.add_weight("norm.weight", _tensor(6))
+        perm = g.add_weight("norm.perm", _tensor(6, dtype=DType.int32))  # the act-order form
         rows = ops.gather(x[1:, -1], idx, axis=0)
-        g.output(ops.softmax(ops.rms_norm(rows, w, 1e-5), axis=-1), x[-3:, 2:7:3])
+        g.output(
+            ops.softmax(ops.rms_norm(rows, w, 1e-5), axis=-1),
+            x[-3:, 2:7:3],
+            ops.rms_norm(rows, w, 1e-5, perm),
+        )
     return g
 
 

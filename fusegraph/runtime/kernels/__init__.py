@@ -7,6 +7,7 @@
 | `fusegraph::qmatmul_gptq`      | `gptq_matmul.gptq_matmul_triton` (2/4/8 bits)  |
 | `fusegraph::qmatmul_gptq_tiled`| `gptq_tiled.gptq_tiled_matmul` (2/3/4/8 bits)  |
 | `fusegraph::paged_attention`   | `paged_attention.paged_attention_triton`       |
+| `fusegraph::rms_norm`          | `rms_norm.rms_norm_cuda` (optional perm)       |
 
 Importing this package registers them (`fusegraph.runtime.eager` does so for device="cuda").
 Registration is safe without a GPU: the kernels only run when the op sees CUDA tensors. An
@@ -33,6 +34,7 @@ from fusegraph.runtime.kernels.gptq_matmul import gptq_matmul_triton
 from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
 from fusegraph.runtime.kernels.kv_cache_store import kv_cache_store_triton
 from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
+from fusegraph.runtime.kernels.rms_norm import rms_norm_cuda
 from fusegraph.runtime.kernels.rope_split_store import rope_split_store_triton
 
 __all__ = [
@@ -122,6 +124,7 @@ _KERNELS: dict[str, Callable[..., Any]] = {
     "fusegraph::qmatmul_gptq": _qmatmul_gptq_cuda,
     "fusegraph::qmatmul_gptq_tiled": _qmatmul_gptq_tiled_cuda,
     "fusegraph::paged_attention": paged_attention_triton,
+    "fusegraph::rms_norm": rms_norm_cuda,
 }
 
 

@@ -1,0 +1,160 @@
+"""Triton kernel for `fusegraph::rms_norm` (`fg.rms_norm`): one launch instead of ~8 aten kernels.
+
+`y = (x / sqrt(mean(x**2, -1) + eps) * weight)[..., perm]` over the last dim D of `x`; the
+leading dims are flattened to rows. A program normalizes ROWS rows (ROWS > 1 only for small D,
+e.g. Qwen3's qk-norm at D = head_dim = 128) held in registers, BLOCK >= D columns each; past
+`MAX_BLOCK` columns a row is streamed twice in BLOCK chunks (sum of squares, then the scaled
+store). The sum of squares is accumulated in float32 and the scaling is done in float32 as in
+the aten math (`ops/norm.py: rms_norm_math`), then rounded once to x's dtype.
+
+`perm` (int32 `[D]`) gathers inside the row: column j loads `x[perm[j]]` and `weight[perm[j]]`
+and stores `y[j]` (a permutation leaves the sum of squares unchanged), so an act-order GEMM gets
+its permuted input without a separate permute kernel. No host sync: it can be captured in a
+CUDA graph.
+"""
+
+# ruff: noqa: N803, N806 - Triton's convention: constexpr parameters are UPPER_CASE
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["MAX_BLOCK", "rms_norm_cuda", "rms_norm_plan", "rms_norm_rows"]
+
+MAX_BLOCK = 16384
+"""The most columns a program holds in registers at once (a row longer than that is chunked)."""
+_ROW_ELEMS = 2048  # elements a program aims at when it packs several short rows
+_OP = "fg.rms_norm"
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, w_ptr, perm_ptr, y_ptr, M, D, stride_xm, eps,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < M
+    x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    y_row = y_ptr + rows.to(tl.int64)[:, None] * D
+    if not CHUNKED:
+        cols = tl.arange(0, BLOCK)
+        col_ok = cols < D
+        src = tl.load(perm_ptr + cols, mask=col_ok, other=0) if HAS_PERM else cols
+        ok = row_ok[:, None] & col_ok[None, :]
+        x = tl.load(x_row + src[None, :], mask=ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + src, mask=col_ok, other=0.0).to(tl.float32)
+        rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+        y = x * rstd[:, None] * w[None, :]
+        tl.store(y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
+    else:  # ROWS == 1: the sum of squares over the row in chunks (order-free), then the stores
+        acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            ok = row_ok[:, None] & (cols < D)[None, :]
+            x = tl.load(x_row + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            acc += x * x
+        rstd = tl.math.rsqrt(tl.sum(acc, axis=1) / D + eps)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            col_ok = cols < D
+            src = tl.load(perm_ptr + cols, mask=col_ok, other=0) if HAS_PERM else cols
+            ok = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(x_row + src[None, :], mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + src, mask=col_ok, other=0.0).to(tl.float32)
+            y = x * rstd[:, None] * w[None, :]
+            tl.store(y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+def rms_norm_plan(m: int, d: int) -> dict[str, int | bool]:
+    """The launch shape for `m` rows of `d` columns: rows a program (ROWS), columns held at
+    once (BLOCK), whether a row is chunked (CHUNKED), num_warps and the grid size.
+
+    Example:
+        >>> rms_norm_plan(1, 4096)
+        {'ROWS': 1, 'BLOCK': 4096, 'CHUNKED': False, 'num_warps': 8, 'programs': 1}
+    """
+    block = min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK)
+    chunked = d > MAX_BLOCK
+    rows = 1 if chunked else max(1, min(triton.next_power_of_2(max(m, 1)), _ROW_ELEMS // block))
+    warps = max(1, min(16, rows * block // 512))
+    return {
+        "ROWS": rows,
+        "BLOCK": block,
+        "CHUNKED": chunked,
+        "num_warps": warps,
+        "programs": triton.cdiv(m, rows),
+    }
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
+    """ValueErrors naming the op, the operand and the dims (never a Triton error)."""
+    if x.dtype not in _FLOATS:
+        raise ValueError(f"{_OP}: input dtype must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{_OP}: input must have rank >= 1, got a scalar")
+    d = x.shape[-1]
+    if weight.dim() != 1 or weight.shape[0] != d:
+        raise ValueError(f"{_OP}: weight shape {list(weight.shape)} != [{d}] (input dim -1)")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"{_OP}: weight dtype {weight.dtype} != input dtype {x.dtype}")
+    operands = {"weight": weight} if perm is None else {"weight": weight, "perm": perm}
+    for name, t in operands.items():
+        if t.device != x.device:
+            raise ValueError(f"{_OP}: {name} on {t.device}, input on {x.device}")
+    if perm is None:
+        return
+    if perm.dtype != torch.int32:
+        raise ValueError(f"{_OP}: perm dtype must be int32, got {perm.dtype}")
+    if perm.dim() != 1 or perm.shape[0] != d:
+        raise ValueError(f"{_OP}: perm shape {list(perm.shape)} != [{d}] (input dim -1)")
+
+
+def rms_norm_rows(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, perm: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`(x / sqrt(mean(x**2, -1) + eps) * weight)[..., perm]` in one launch.
+
+    Args:
+        x: `[..., D]` float16/bfloat16/float32 (made contiguous if its rows are not).
+        weight: `[D]`, x's dtype.
+        eps: added to the mean of squares.
+        perm: optional int32 `[D]`, values in [0, D) (a permutation; not checked on the device):
+            `y[..., j] = norm(x)[..., perm[j]]`.
+
+    Returns:
+        A new contiguous tensor of x's shape and dtype.
+
+    Raises:
+        ValueError: a dtype, device or shape mismatch, naming `fg.rms_norm`, the operand and the dims.
+
+    Example:
+        >>> y = rms_norm_rows(h, norm_weight, 1e-5)            # h [T, 4096] fp16
+        >>> yp = rms_norm_rows(h, norm_weight, 1e-5, perm)     # the act-order GEMM's input
+    """
+    _check(x, weight, perm)
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)
+    if d > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    y = torch.empty((m, d), dtype=x.dtype, device=x.device)
+    weight = weight.contiguous()
+    perm = None if perm is None else perm.contiguous()
+    p = rms_norm_plan(m, d)
+    _rms_norm_kernel[(p["programs"],)](
+        x2, weight, weight if perm is None else perm, y, m, d, x2.stride(0), float(eps),
+        ROWS=p["ROWS"], BLOCK=p["BLOCK"], HAS_PERM=perm is not None, CHUNKED=p["CHUNKED"],
+        num_warps=p["num_warps"],
+    )  # fmt: skip
+    return y.reshape(x.shape)
+
+
+def rms_norm_cuda(
+    x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """`torch.ops.fusegraph.rms_norm`'s CUDA kernel: `rms_norm_rows` in the op's schema order."""
+    return rms_norm_rows(x, weight, eps, perm)
