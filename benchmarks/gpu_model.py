@@ -5,9 +5,9 @@ Usage: `python benchmarks/gpu_model.py [--batch 1 32] [--ctx 2048] [--budget-s 2
 For each batch size it times one decode step (every sequence holding `ctx` cached tokens and
 adding one) of:
 
-- fusegraph: `DecoderModel` (32 layers, 4-bit GPTQ g128 sym, desc_act=False so q/k/v and gate/up
-  are stacked, fp16 activations and KV cache, dense fp16 lm_head), built, passed through the
-  default pipeline and compiled eager on CUDA with `cuda_graphs=True`: one CUDA graph per step,
+- fusegraph: `DecoderModel` (32 layers, 4-bit GPTQ g128 sym, desc_act=False, or True with --act-order:
+  rows in a random order per projection; q/k/v and gate/up are stacked, fp16 activations and KV
+  cache, dense fp16 lm_head), built, passed through the default pipeline and compiled eager on CUDA with `cuda_graphs=True`: one CUDA graph per step,
   timed end to end through `run(...)` (input copies, replay, output clone);
 - transformers' `LlamaForCausalLM` in fp16 with a `StaticCache`, eager and under
   `torch.compile(mode="reduce-overhead")`;
@@ -35,6 +35,7 @@ from frontend import LLAMA3_8B  # noqa: E402
 
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
 from fusegraph.nn import DecoderModel  # noqa: E402
+from fusegraph.ops.gptq import act_order_g_idx  # noqa: E402
 
 PAGE = 128
 START = time.perf_counter()
@@ -105,6 +106,8 @@ def random_state(model: DecoderModel) -> dict[str, torch.Tensor]:
         shape, dtype = spec.shape, spec.dtype.to_torch()
         if name.endswith("qzeros"):
             state[name] = torch.full(shape, 0x77777777, dtype=torch.int32, device=DEV)
+        elif name.endswith("g_idx"):  # act-order: the rows quantized in a random order, 128 a group
+            state[name] = act_order_g_idx(torch.randperm(shape[0], device=DEV), 128)
         elif dtype == torch.int32:
             state[name] = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device=DEV)
         elif name.endswith("scales"):
@@ -381,6 +384,12 @@ def main() -> None:
         help="start torch.compile only this far inside the budget",
     )
     parser.add_argument(
+        "--act-order",
+        action="store_true",
+        help="desc_act=True: every projection's rows in a random order (fold-act-order-permutation folds the"
+        " q/k/v, gate/up and down permutations; FUSEGRAPH_FOLD_ACT_ORDER=0 leaves them to the runtime)",
+    )
+    parser.add_argument(
         "--tiny", action="store_true", help="2 layers, small dims (a dry run, e.g. on the CPU)"
     )
     args = parser.parse_args()
@@ -388,6 +397,9 @@ def main() -> None:
     if args.tiny:
         SHAPE = replace(LLAMA3_8B, vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_windows=(None, None))  # fmt: skip
+    if args.act_order:
+        assert SHAPE.quantization is not None
+        SHAPE = replace(SHAPE, quantization=replace(SHAPE.quantization, desc_act=True))
     if DEV == "cpu":
         torch.set_num_threads(1)  # tiny matmuls on a shared CPU
     name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
