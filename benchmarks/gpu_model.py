@@ -8,7 +8,8 @@ adding one) of:
 - fusegraph: `DecoderModel` (32 layers, 4-bit GPTQ g128 sym, desc_act=False, or True with --act-order:
   rows in a random order per projection; q/k/v and gate/up are stacked, fp16 activations and KV
   cache, dense fp16 lm_head), built, passed through the default pipeline and compiled eager on
-  CUDA with `cuda_graphs=True`: one CUDA graph per step, timed end to end through `run(...)` (input copies, replay, output clone);
+  CUDA with `cuda_graphs=True`: one CUDA graph per step, timed end to end through `run(...)`
+  (input copies, replay, output clone);
 - transformers' `LlamaForCausalLM` in fp16 with a `StaticCache`, eager and under
   `torch.compile(mode="reduce-overhead")`;
 - the bytes floor: the bytes one step must read (int4 or fp16 weights, the fp16 lm_head, the
