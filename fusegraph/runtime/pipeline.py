@@ -2,7 +2,7 @@
 
 `pipeline="default"` names this pipeline, resolved when `compile` is called:
 
-    fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,[gptq-repack,]dce
+    fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,[gptq-repack,fold-act-order-permutation,]dce
 
 - `fuse-qkv-projections` stacks the q, k and v projections of one input into one matmul;
 - `fuse-rope-split-store` turns split -> rope -> store into one `fg.rope_split_store`;
@@ -10,7 +10,11 @@
   folds `split(concat(...))` back into separate projections (docs/passes.md, Pipeline order);
 - `gptq-repack` (the eager backend on CUDA, and only when a pass of that name is registered)
   rewrites GPTQ weights into the layout the CUDA kernels read; the runtime folds the repack
-  into the weights once at compile time (`runtime/fold.py`).
+  into the weights once at compile time (`runtime/fold.py`);
+- `fold-act-order-permutation` (right after it, when registered) makes the producer of an
+  act-order matmul's input write it permuted (the MLP's gate/up weights, `fg.rms_norm perm`),
+  so no per-call permutation kernel runs there. Off with `FUSEGRAPH_FOLD_ACT_ORDER=0` or
+  `default_pipeline(..., fold_act_order=False)` (pass that text as `pipeline=`).
 
 `pipeline=None` runs nothing (the graph as built); any other string is pipeline text for
 `PassManager` (`"cse,dce"`, options as `name{opt=val}`).
@@ -18,10 +22,12 @@
 Example:
     >>> graph, text, stats = run_pipeline(g, "default", backend="eager", device="cuda")
     >>> text
-    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,dce'
+    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,fold-act-order-permutation,dce'
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -32,23 +38,50 @@ from fusegraph.passes.registry import available_passes
 __all__ = ["DEFAULT_PIPELINE", "default_pipeline", "resolve_pipeline", "run_pipeline"]
 
 DEFAULT_PIPELINE = ("fuse-qkv-projections", "fuse-rope-split-store", "canonicalize", "cse", "dce")
-"""The passes of `pipeline="default"` on every target (`gptq-repack` is added for eager CUDA)."""
+"""The passes of `pipeline="default"` on every target (`gptq-repack` and
+`fold-act-order-permutation` are added for eager CUDA)."""
 
 _REPACK = "gptq-repack"
+_FOLD = "fold-act-order-permutation"
+FOLD_ENV = "FUSEGRAPH_FOLD_ACT_ORDER"
+"""Set to 0 to leave `fold-act-order-permutation` out of the default pipeline."""
 
 
-def default_pipeline(backend: str = "eager", device: str = "cpu") -> str:
+def default_pipeline(
+    backend: str = "eager", device: str = "cpu", *, fold_act_order: bool | None = None
+) -> str:
     """The default pipeline's text for a target, read from the pass registry now.
+
+    Args:
+        backend: "eager" or "iree".
+        device: "cpu", "cuda" or "cuda:N".
+        fold_act_order: with `gptq-repack`, add `fold-act-order-permutation` after it; None:
+            yes unless the environment sets `FUSEGRAPH_FOLD_ACT_ORDER=0`.
+
+    Raises:
+        ValueError: `FUSEGRAPH_FOLD_ACT_ORDER` is set to something other than 0 or 1.
 
     Example:
         >>> default_pipeline("eager", "cpu")
         'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce'
+        >>> default_pipeline("eager", "cuda", fold_act_order=False)
+        'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,dce'
     """
     passes = list(DEFAULT_PIPELINE)
     on_cuda = torch.device(device).type == "cuda"
-    if backend == "eager" and on_cuda and _REPACK in available_passes():
+    known = available_passes()
+    if backend == "eager" and on_cuda and _REPACK in known:
         passes.insert(passes.index("dce"), _REPACK)
+        if _FOLD in known and (_fold_from_env() if fold_act_order is None else fold_act_order):
+            passes.insert(passes.index("dce"), _FOLD)
     return ",".join(passes)
+
+
+def _fold_from_env() -> bool:
+    value = os.environ.get(FOLD_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{FOLD_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def resolve_pipeline(pipeline: str | None, backend: str = "eager", device: str = "cpu") -> str | None:

@@ -160,6 +160,20 @@ def _gptq_tiled() -> Graph:
     return g
 
 
+@example("fg.gptq.permute_columns")
+def _gptq_permute_columns() -> Graph:
+    i32, f16 = DType.int32, DType.float16
+    with Graph("gptq_permute_columns", input_types=[_tensor(128, dtype=i32)]) as g:
+        (perm,) = g.inputs
+        qzeros = g.add_weight("gate_up_proj.qzeros", _tensor(2, 32, dtype=i32))
+        scales = g.add_weight("gate_up_proj.scales", _tensor(2, 256, dtype=f16))
+        g.output(
+            ops.gptq_permute_columns(qzeros, perm, parts=2, packed_bits=4),
+            ops.gptq_permute_columns(scales, perm, parts=2),
+        )
+    return g
+
+
 @example("fg.slice", "fg.gather", "fg.rms_norm", "fg.softmax")
 def _slice_norm() -> Graph:
     with Graph("slice_norm", input_types=[_tensor("n", 8, 6), _tensor("m", dtype=DType.uint32)]) as g:

@@ -1,0 +1,110 @@
+"""`fold-act-order-permutation` on a tiny act-order GPTQ Llama, run on the CPU through the CUDA
+pipeline's passes: with the fold == without it (logits of every step and the whole KV cache),
+and both == transformers on the same dequantized weights. The graph that runs permutes x per
+call only for o_proj (its input comes from attention)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import torch
+
+from fusegraph.nn import QuantizationConfig, load_model
+from fusegraph.passes.manager import PassStatistics
+from fusegraph.runtime.pipeline import FOLD_ENV, default_pipeline
+
+pytest.importorskip("transformers")
+
+from tests.models.hf_models import hf_last_logits, make_model_dir  # noqa: E402 - needs transformers
+from tests.models.runner import random_steps, run_steps  # noqa: E402
+
+REPACK = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack"
+FOLDED, UNFOLDED = f"{REPACK},fold-act-order-permutation,dce", f"{REPACK},dce"
+LAYERS, NUM_BLOCKS = 2, 24
+# K multiple of 128 and N of 64 everywhere (the tiled layout): hidden 128, I 256, head_dim 32
+DIMS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS, num_attention_heads=4,
+            num_key_value_heads=2)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def llama_act_order(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """4-bit g128 act-order, asymmetric; q/k/v and gate/up share their permutation (GPTQ's way)."""
+    folder = tmp_path_factory.mktemp("llama_act_order")
+    quant = QuantizationConfig(bits=4, group_size=128, desc_act=True, sym=False)
+    return folder, make_model_dir("llama", folder, quant=quant, seed=3, **DIMS)
+
+
+def _run(folder: Path, fuse: bool, pipeline: str) -> tuple[Any, list[torch.Tensor], torch.Tensor]:
+    model = load_model(folder, dtype="float32", fuse=fuse)
+    manager = model.kv_manager(NUM_BLOCKS)
+    run = model.compile(NUM_BLOCKS, pipeline=pipeline)
+    logits = run_steps(run, manager, random_steps(model.config.vocab_size))
+    return run, logits, manager.kv_blocks.clone()
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["stacked", "separate"])
+def test_fold_act_order__model_equals_unfolded_on_logits_and_cache_and_equals_transformers(
+    llama_act_order: tuple[Path, Any], fuse: bool
+) -> None:
+    folder, reference = llama_act_order
+    run, logits, kv = _run(folder, fuse, FOLDED)
+    _, want, kv_want = _run(folder, fuse, UNFOLDED)
+    for i, (got, exp) in enumerate(zip(logits, want, strict=True)):
+        torch.testing.assert_close(got, exp, atol=2e-5, rtol=2e-5, msg=lambda m: f"step {i}: {m}")
+    torch.testing.assert_close(kv, kv_want, atol=2e-5, rtol=2e-5)
+    assert kv.abs().sum() > 0
+    steps = random_steps(reference.config.vocab_size)
+    seqs = list(accumulate(steps, lambda acc, step: [a + s for a, s in zip(acc, step, strict=True)]))
+    for i, (got, s) in enumerate(zip(logits, seqs, strict=True)):
+        torch.testing.assert_close(got, hf_last_logits(reference, s), atol=1e-4, rtol=1e-4,
+                                   msg=lambda m: f"step {i} vs transformers: {m}")  # fmt: skip
+    ran = str(run.graph)
+    # only o_proj still gathers x per call; every other act-order matmul reads x permuted
+    tiled_with_perm = [
+        line for line in ran.splitlines() if "fg.qmatmul.gptq_tiled" in line and " perm %" in line
+    ]
+    assert len(tiled_with_perm) == LAYERS
+    counters = cast(PassStatistics, run.pass_stats)["fold-act-order-permutation"].counters
+    assert counters["mlp"] == LAYERS and counters["skipped"] == LAYERS  # one down_proj and one o_proj a layer
+    assert counters["norm"] >= 2 * LAYERS  # qkv and gate_up inputs (more when projections are separate)
+    assert ran.count("fg.rms_norm") == counters["norm"] + 1  # the originals are gone; the final norm stays
+
+
+def test_fold_act_order__report_says_why_o_proj_stays() -> None:
+    from fusegraph import DType, Graph, TensorType
+    from fusegraph.compiler import DeviceRef
+    from fusegraph.nn.linear import GPTQLinear
+    from fusegraph.passes import PassManager
+
+    cpu = DeviceRef.CPU()
+    proj = GPTQLinear(128, 128, QuantizationConfig(bits=4, group_size=128, desc_act=True), DType.float16, cpu)
+    with Graph("o_proj", input_types=[TensorType(DType.float16, ["m", 128], cpu)]) as g:
+        g.output(proj(g.inputs[0]))
+    stats = PassManager("gptq-repack,fold-act-order-permutation").run(g)
+    assert stats["fold-act-order-permutation"].counters == {"folded": 0, "mlp": 0, "norm": 0, "skipped": 1}
+    assert any("x is produced by a graph input" in r and "stays at run time" in r for r in stats.reasons)
+
+
+def test_default_pipeline__folds_act_order_after_gptq_repack_unless_turned_off(monkeypatch: Any) -> None:
+    monkeypatch.delenv(FOLD_ENV, raising=False)
+    assert default_pipeline("eager", "cuda") == FOLDED
+    assert default_pipeline("eager", "cuda", fold_act_order=False) == UNFOLDED
+    assert "fold-act-order" not in default_pipeline("eager", "cpu") + default_pipeline("iree", "cuda")
+    monkeypatch.setenv(FOLD_ENV, "0")
+    assert default_pipeline("eager", "cuda") == UNFOLDED
+    assert default_pipeline("eager", "cuda", fold_act_order=True) == FOLDED
+    monkeypatch.setenv(FOLD_ENV, "yes")
+    with pytest.raises(ValueError, match="FUSEGRAPH_FOLD_ACT_ORDER must be 0 or 1, got 'yes'"):
+        default_pipeline("eager", "cuda")
