@@ -30,6 +30,21 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM: tl.constexpr):
+    """Columns `cols` of the rows, as float32, and their weights: `x[perm[cols]]`,
+    `w[perm[cols]]` with a perm (an entry outside [0, D) reads 0), else `x[cols]`, `w[cols]`."""
+    col_ok = cols < D
+    if HAS_PERM:
+        src = tl.load(perm_ptr + cols, mask=col_ok, other=0)
+        col_ok = col_ok & (src >= 0) & (src < D)
+    else:
+        src = cols
+    x = tl.load(x_row + src[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + src, mask=col_ok, other=0.0).to(tl.float32)
+    return x, w
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, w_ptr, perm_ptr, y_ptr, M, D, stride_xm, eps,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr,
@@ -38,33 +53,30 @@ def _rms_norm_kernel(
     row_ok = rows < M
     x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     y_row = y_ptr + rows.to(tl.int64)[:, None] * D
-    if not CHUNKED:
+    if not CHUNKED:  # the rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
-        col_ok = cols < D
-        src = tl.load(perm_ptr + cols, mask=col_ok, other=0) if HAS_PERM else cols
-        ok = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_row + src[None, :], mask=ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + src, mask=col_ok, other=0.0).to(tl.float32)
+        x, w = _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM)
         rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)
         y = x * rstd[:, None] * w[None, :]
-        tl.store(y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
-    else:  # ROWS == 1: the sum of squares over the row in chunks (order-free), then the stores
+        tl.store(
+            y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < D)[None, :]
+        )
+    else:  # ROWS == 1: the sum of squares in row order (a permutation does not change it), then the stores
         acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
         for start in range(0, D, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            ok = row_ok[:, None] & (cols < D)[None, :]
-            x = tl.load(x_row + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            acc += x * x
+            x = tl.load(x_row + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
+            acc += x.to(tl.float32) * x.to(tl.float32)
         rstd = tl.math.rsqrt(tl.sum(acc, axis=1) / D + eps)
         for start in range(0, D, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            col_ok = cols < D
-            src = tl.load(perm_ptr + cols, mask=col_ok, other=0) if HAS_PERM else cols
-            ok = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_row + src[None, :], mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + src, mask=col_ok, other=0.0).to(tl.float32)
+            x, w = _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM)
             y = x * rstd[:, None] * w[None, :]
-            tl.store(y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
+            tl.store(
+                y_row + cols[None, :],
+                y.to(y_ptr.dtype.element_ty),
+                mask=row_ok[:, None] & (cols < D)[None, :],
+            )
 
 
 def rms_norm_plan(m: int, d: int) -> dict[str, int | bool]:
@@ -120,7 +132,8 @@ def rms_norm_rows(
         x: `[..., D]` float16/bfloat16/float32 (made contiguous if its rows are not).
         weight: `[D]`, x's dtype.
         eps: added to the mean of squares.
-        perm: optional int32 `[D]`, values in [0, D) (a permutation; not checked on the device):
+        perm: optional int32 `[D]`, a permutation of [0, D) (not checked: that would sync; an
+            entry outside [0, D) reads 0 instead of memory out of bounds):
             `y[..., j] = norm(x)[..., perm[j]]`.
 
     Returns:

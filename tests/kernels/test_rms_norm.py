@@ -1,0 +1,109 @@
+"""The Triton rms_norm kernel (interpreted on the CPU) against the float64 math: several rows a
+program, one row chunked in BLOCK pieces, the perm gather, strided and non-contiguous inputs,
+leading dims, empty inputs, and an eager ValueError for every mismatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels._interp import load_interpreted
+from tests.ops.test_rms_norm_perm import ULPS, assert_within_ulps, reference
+
+kernel = load_interpreted("rms_norm")
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+
+
+def _operands(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    d = shape[-1]
+    x = (torch.randn(*shape, generator=gen) * 3).to(dtype)
+    w = (torch.rand(d, generator=gen) + 0.5).to(dtype)
+    return x, w, torch.randperm(d, generator=gen).to(torch.int32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "max_block", "plan"),
+    [
+        ((5, 12), F16, None, {"ROWS": 8, "BLOCK": 16, "CHUNKED": False}),  # rows and columns masked
+        ((2, 3, 128), BF16, None, {"ROWS": 8, "BLOCK": 128, "CHUNKED": False}),  # qk-norm shaped
+        ((1, 40), F32, 16, {"ROWS": 1, "BLOCK": 16, "CHUNKED": True}),  # three chunks, a partial one
+        ((3, 33), F16, 32, {"ROWS": 1, "BLOCK": 32, "CHUNKED": True}),
+    ],
+)
+@pytest.mark.parametrize("with_perm", [False, True])
+def test_rms_norm_rows__matches_the_math(
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    max_block: int | None,
+    plan: dict[str, object],
+    with_perm: bool,
+) -> None:
+    if max_block is not None:  # chunk short rows, as rows longer than 16384 columns are
+        monkeypatch.setattr(kernel, "MAX_BLOCK", max_block)
+    x, w, perm = _operands(shape, dtype, seed=len(shape) + shape[-1])
+    p = perm if with_perm else None
+    rows = x.numel() // shape[-1]
+    assert plan.items() <= kernel.rms_norm_plan(rows, shape[-1]).items()
+    y = kernel.rms_norm_rows(x, w, 1e-5, p)
+    assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous()
+    assert_within_ulps(y, reference(x, w, 1e-5, p), ULPS[dtype])
+
+
+def test_rms_norm_rows__reads_strided_and_non_contiguous_rows() -> None:
+    x, w, perm = _operands((4, 24), F32, seed=7)
+    wide = torch.randn(4, 40)
+    wide[:, 8:32] = x
+    strided = wide[:, 8:32]  # row stride 40, unit column stride: read in place
+    assert_within_ulps(kernel.rms_norm_rows(strided, w, 1e-6, perm), reference(x, w, 1e-6, perm), ULPS[F32])
+    cols = x.t().contiguous().t()  # column-major: copied first
+    assert_within_ulps(kernel.rms_norm_rows(cols, w, 1e-6), reference(x, w, 1e-6), ULPS[F32])
+
+
+def test_rms_norm_rows__an_out_of_range_perm_entry_reads_zero() -> None:
+    # Not a permutation, so the values are unspecified; what holds is memory safety: the entry
+    # reads nothing out of bounds and its column is written (0), not left as torch.empty's bytes.
+    x, w, _ = _operands((2, 8), F32, seed=1)
+    y = kernel.rms_norm_rows(x, w, 1e-6, torch.tensor([7, 6, 5, 4, 3, 2, 1, 99], dtype=torch.int32))
+    assert torch.equal(y[:, 7], torch.zeros(2)) and bool(y.isfinite().all())
+    assert bool((y[:, :7] != 0).all())
+
+
+def test_rms_norm_rows__empty_input() -> None:
+    y = kernel.rms_norm_rows(torch.empty(0, 3, 16, dtype=F16), torch.ones(16, dtype=F16), 1e-6)
+    assert y.shape == (0, 3, 16) and y.dtype == F16
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "perm", "message"),
+    [
+        (
+            torch.ones(2, 8, dtype=torch.float64),
+            torch.ones(8),
+            None,
+            "input dtype must be float16, bfloat16 or",
+        ),
+        (torch.ones(()), torch.ones(1), None, "input must have rank >= 1, got a scalar"),
+        (torch.ones(2, 8), torch.ones(4), None, r"weight shape \[4\] != \[8\] \(input dim -1\)"),
+        (
+            torch.ones(2, 8),
+            torch.ones(8, dtype=F16),
+            None,
+            "weight dtype torch.float16 != input dtype torch.float32",
+        ),
+        (torch.ones(2, 8), torch.ones(8), torch.arange(8), "perm dtype must be int32, got torch.int64"),
+        (
+            torch.ones(2, 8),
+            torch.ones(8),
+            torch.zeros(2, 4, dtype=torch.int32),
+            r"perm shape \[2, 4\] != \[8\]",
+        ),
+        (torch.ones(2, 8), torch.ones(8, device="meta"), None, "weight on meta, input on cpu"),
+    ],
+)
+def test_rms_norm_rows__mismatches_raise_value_errors(
+    x: torch.Tensor, w: torch.Tensor, perm: torch.Tensor | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^fg.rms_norm: {message}"):
+        kernel.rms_norm_rows(x, w, 1e-6, perm)
