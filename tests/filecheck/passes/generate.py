@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fusegraph import BufferType, DType, Graph, TensorType, ops
+from tests.filecheck.passes.fold_act_order_cases import HEADER as fold_act_order_header
+from tests.filecheck.passes.fold_act_order_cases import fold_act_order_cases
 from tests.passes.graphs import (
     CPU,
     F32,
@@ -334,6 +336,7 @@ def main() -> None:
     write("canonicalize", canonicalize_cases())
     write("cse", cse_cases())
     write("dce", dce_cases())
+    write("fold-act-order-permutation", fold_act_order_cases(), fold_act_order_header)
     write(
         "gptq-repack",
         gptq_repack_cases(),

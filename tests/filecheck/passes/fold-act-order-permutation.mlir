@@ -1,0 +1,225 @@
+// RUN: fusegraph opt %s -p fold-act-order-permutation --split-input-file | filecheck %s
+// Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),
+// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)).
+// Left (the matmul keeps perm): x from a graph input (o_proj-like), silu(gate) * up with another
+// user, a reshape between the norm and the matmul.
+
+// CHECK-LABEL: func.func @fold_stacked_gate_up
+// CHECK: %{{.*}}, %{{.*}}, %[[P:[0-9]+]] = fg.gptq.repack
+// CHECK: %[[QZ:[0-9]+]] = fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 2 : i64, packed_bits = 4 : i64}
+// CHECK: %[[QW:[0-9]+]] = fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 2 : i64, packed_bits = 0 : i64}
+// CHECK: %[[S:[0-9]+]] = fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 2 : i64, packed_bits = 0 : i64} : !fg.tensor<[1, 512], f16, cpu>
+// CHECK: %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[GP:[0-9]+]] = fg.gptq.repack %[[QW]] zeros %[[QZ]]
+// CHECK: %[[X:[0-9]+]] = fg.rms_norm %0, %{{[0-9]+}} perm %[[GP]]
+// CHECK: %[[GU:[0-9]+]] = fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %[[S]], %[[ZT]] {bits
+// CHECK: %[[A:[0-9]+]], %[[B:[0-9]+]] = fg.split %[[GU]]
+// CHECK: %[[SA:[0-9]+]] = fg.silu %[[A]]
+// CHECK: %[[Y:[0-9]+]] = fg.mul %[[SA]], %[[B]]
+// CHECK: fg.qmatmul.gptq_tiled %[[Y]], %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits
+// CHECK-NOT: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @fold_stacked_gate_up(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "l0.norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "l0.mlp.gate_up_proj.qweight" : !fg.tensor<[16, 512], i32, cpu>
+    %4 = fg.weight "l0.mlp.gate_up_proj.scales" : !fg.tensor<[1, 512], f16, cpu>
+    %5 = fg.weight "l0.mlp.gate_up_proj.qzeros" : !fg.tensor<[1, 64], i32, cpu>
+    %6 = fg.weight "l0.mlp.gate_up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 512], i32, cpu> zeros !fg.tensor<[1, 64], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 64], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 512], f16, cpu>, !fg.tensor<[1, 64], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 512], f16, cpu>
+    %11, %12 = fg.split %10 {axis = 1 : i64} : !fg.tensor<[m, 512], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+    %13 = fg.silu %11 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %14 = fg.mul %13, %12 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %15 = fg.weight "l0.mlp.down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %16 = fg.weight "l0.mlp.down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %17 = fg.weight "l0.mlp.down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %18 = fg.weight "l0.mlp.down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %19, %20, %21 = fg.gptq.repack %15 zeros %17 g_idx %18 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %22 = fg.qmatmul.gptq_tiled %14, %19, %16, %20 perm %21 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %22 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @fold_separate_gate_up_bias
+// CHECK: %{{.*}}, %{{.*}}, %[[P:[0-9]+]] = fg.gptq.repack
+// CHECK-COUNT-3: fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 1 : i64
+// CHECK: %[[G:[0-9]+]] = fg.qmatmul.gptq_tiled %[[XG:[0-9]+]], {{.*}} {bits
+// CHECK: %[[BG:[0-9]+]] = fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 1 : i64, packed_bits = 0 : i64} : !fg.tensor<[256], f16, cpu>
+// CHECK: %[[GB:[0-9]+]] = fg.add %[[G]], %[[BG]]
+// CHECK-COUNT-3: fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 1 : i64
+// CHECK: %[[U:[0-9]+]] = fg.qmatmul.gptq_tiled
+// CHECK: %[[BU:[0-9]+]] = fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = 1 : i64
+// CHECK: %[[UB:[0-9]+]] = fg.add %[[U]], %[[BU]]
+// CHECK: %[[SG:[0-9]+]] = fg.silu %[[GB]]
+// CHECK: %[[Y:[0-9]+]] = fg.mul %[[SG]], %[[UB]]
+// CHECK: fg.qmatmul.gptq_tiled %[[Y]], {{.*}} {bits
+// CHECK-NOT: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @fold_separate_gate_up_bias(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "l0.norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "l0.mlp.gate_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %4 = fg.weight "l0.mlp.gate_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %5 = fg.weight "l0.mlp.gate_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %6 = fg.weight "l0.mlp.gate_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %11 = fg.weight "l0.mlp.gate_proj.bias" : !fg.tensor<[256], f16, cpu>
+    %12 = fg.add %10, %11 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %13 = fg.weight "l0.mlp.up_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %14 = fg.weight "l0.mlp.up_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %15 = fg.weight "l0.mlp.up_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %16 = fg.weight "l0.mlp.up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %17, %18, %19 = fg.gptq.repack %13 zeros %15 g_idx %16 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %20 = fg.qmatmul.gptq_tiled %2, %17, %14, %18 perm %19 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %21 = fg.weight "l0.mlp.up_proj.bias" : !fg.tensor<[256], f16, cpu>
+    %22 = fg.add %20, %21 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %23 = fg.silu %12 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %24 = fg.mul %23, %22 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %25 = fg.weight "l0.mlp.down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %26 = fg.weight "l0.mlp.down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %27 = fg.weight "l0.mlp.down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %28 = fg.weight "l0.mlp.down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %29, %30, %31 = fg.gptq.repack %25 zeros %27 g_idx %28 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %32 = fg.qmatmul.gptq_tiled %24, %29, %26, %30 perm %31 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %33 = fg.weight "l0.mlp.down_proj.bias" : !fg.tensor<[128], f16, cpu>
+    %34 = fg.add %32, %33 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %34 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @fold_norm_qkv
+// CHECK: %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[P:[0-9]+]] = fg.gptq.repack
+// CHECK: %[[X:[0-9]+]] = fg.rms_norm %0, %{{[0-9]+}} perm %[[P]] {eps
+// CHECK: fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %{{[0-9]+}}, %[[ZT]] {bits
+// CHECK-NOT: fg.rms_norm
+// CHECK: fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %{{[0-9]+}}, %[[ZT]] {bits
+// CHECK-NOT: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @fold_norm_qkv(%0: !fg.tensor<[m, 128], f16, cpu>) -> (!fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>) {
+    %1 = fg.weight "norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "qkv_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %4 = fg.weight "qkv_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %5 = fg.weight "qkv_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %6 = fg.weight "qkv_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %11 = fg.weight "other.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %12 = fg.qmatmul.gptq_tiled %2, %7, %11, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    func.return %10, %12 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @fold_two_layers
+// CHECK: fg.rms_norm %{{[0-9]+}}, %{{[0-9]+}} perm
+// CHECK: fg.qmatmul.gptq_tiled %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits
+// CHECK: fg.qmatmul.gptq_tiled %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits
+// CHECK-NOT: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: fg.rms_norm %{{[0-9]+}}, %{{[0-9]+}} perm
+// CHECK: fg.qmatmul.gptq_tiled %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits
+// CHECK: fg.qmatmul.gptq_tiled %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits
+// CHECK-NOT: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @fold_two_layers(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "l0.norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "l0.mlp.gate_up_proj.qweight" : !fg.tensor<[16, 512], i32, cpu>
+    %4 = fg.weight "l0.mlp.gate_up_proj.scales" : !fg.tensor<[1, 512], f16, cpu>
+    %5 = fg.weight "l0.mlp.gate_up_proj.qzeros" : !fg.tensor<[1, 64], i32, cpu>
+    %6 = fg.weight "l0.mlp.gate_up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 512], i32, cpu> zeros !fg.tensor<[1, 64], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 64], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 512], f16, cpu>, !fg.tensor<[1, 64], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 512], f16, cpu>
+    %11, %12 = fg.split %10 {axis = 1 : i64} : !fg.tensor<[m, 512], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+    %13 = fg.silu %11 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %14 = fg.mul %13, %12 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %15 = fg.weight "l0.mlp.down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %16 = fg.weight "l0.mlp.down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %17 = fg.weight "l0.mlp.down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %18 = fg.weight "l0.mlp.down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %19, %20, %21 = fg.gptq.repack %15 zeros %17 g_idx %18 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %22 = fg.qmatmul.gptq_tiled %14, %19, %16, %20 perm %21 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %23 = fg.weight "l1.norm.weight" : !fg.tensor<[128], f16, cpu>
+    %24 = fg.rms_norm %22, %23 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %25 = fg.weight "l1.mlp.gate_up_proj.qweight" : !fg.tensor<[16, 512], i32, cpu>
+    %26 = fg.weight "l1.mlp.gate_up_proj.scales" : !fg.tensor<[1, 512], f16, cpu>
+    %27 = fg.weight "l1.mlp.gate_up_proj.qzeros" : !fg.tensor<[1, 64], i32, cpu>
+    %28 = fg.weight "l1.mlp.gate_up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %29, %30, %31 = fg.gptq.repack %25 zeros %27 g_idx %28 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 512], i32, cpu> zeros !fg.tensor<[1, 64], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 64], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %32 = fg.qmatmul.gptq_tiled %24, %29, %26, %30 perm %31 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 512], f16, cpu>, !fg.tensor<[1, 64], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 512], f16, cpu>
+    %33, %34 = fg.split %32 {axis = 1 : i64} : !fg.tensor<[m, 512], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+    %35 = fg.silu %33 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %36 = fg.mul %35, %34 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %37 = fg.weight "l1.mlp.down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %38 = fg.weight "l1.mlp.down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %39 = fg.weight "l1.mlp.down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %40 = fg.weight "l1.mlp.down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %41, %42, %43 = fg.gptq.repack %37 zeros %39 g_idx %40 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %44 = fg.qmatmul.gptq_tiled %36, %41, %38, %42 perm %43 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %44 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_mul_has_another_user
+// CHECK-NOT: fg.gptq.permute_columns
+// CHECK: fg.rms_norm %0, %{{[0-9]+}} perm
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: func.return
+builtin.module {
+  func.func @refuse_mul_has_another_user(%0: !fg.tensor<[m, 128], f16, cpu>) -> (!fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>) {
+    %1 = fg.weight "l0.norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "l0.mlp.gate_up_proj.qweight" : !fg.tensor<[16, 512], i32, cpu>
+    %4 = fg.weight "l0.mlp.gate_up_proj.scales" : !fg.tensor<[1, 512], f16, cpu>
+    %5 = fg.weight "l0.mlp.gate_up_proj.qzeros" : !fg.tensor<[1, 64], i32, cpu>
+    %6 = fg.weight "l0.mlp.gate_up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 512], i32, cpu> zeros !fg.tensor<[1, 64], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 64], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 512], f16, cpu>, !fg.tensor<[1, 64], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 512], f16, cpu>
+    %11, %12 = fg.split %10 {axis = 1 : i64} : !fg.tensor<[m, 512], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+    %13 = fg.silu %11 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %14 = fg.mul %13, %12 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %15 = fg.weight "l0.mlp.down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %16 = fg.weight "l0.mlp.down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %17 = fg.weight "l0.mlp.down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %18 = fg.weight "l0.mlp.down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %19, %20, %21 = fg.gptq.repack %15 zeros %17 g_idx %18 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %22 = fg.qmatmul.gptq_tiled %14, %19, %16, %20 perm %21 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %22, %14 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_o_proj_input
+// CHECK-NOT: fg.rms_norm {{.*}} perm
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: func.return
+builtin.module {
+  func.func @refuse_o_proj_input(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "o_proj.qweight" : !fg.tensor<[16, 128], i32, cpu>
+    %2 = fg.weight "o_proj.scales" : !fg.tensor<[1, 128], f16, cpu>
+    %3 = fg.weight "o_proj.qzeros" : !fg.tensor<[1, 16], i32, cpu>
+    %4 = fg.weight "o_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %5, %6, %7 = fg.gptq.repack %1 zeros %3 g_idx %4 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 128], i32, cpu> zeros !fg.tensor<[1, 16], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %8 = fg.qmatmul.gptq_tiled %0, %5, %2, %6 perm %7 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 128], f16, cpu>, !fg.tensor<[1, 16], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %8 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_reshape_after_norm
+// CHECK-NOT: fg.rms_norm {{.*}} perm
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: func.return
+builtin.module {
+  func.func @refuse_reshape_after_norm(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.reshape %2 : !fg.tensor<[m, 128], f16, cpu> -> !fg.tensor<[m, 2, 64], f16, cpu>
+    %4 = fg.reshape %3 : !fg.tensor<[m, 2, 64], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %5 = fg.weight "proj.qweight" : !fg.tensor<[16, 128], i32, cpu>
+    %6 = fg.weight "proj.scales" : !fg.tensor<[1, 128], f16, cpu>
+    %7 = fg.weight "proj.qzeros" : !fg.tensor<[1, 16], i32, cpu>
+    %8 = fg.weight "proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %9, %10, %11 = fg.gptq.repack %5 zeros %7 g_idx %8 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 128], i32, cpu> zeros !fg.tensor<[1, 16], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %12 = fg.qmatmul.gptq_tiled %4, %9, %6, %10 perm %11 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 128], f16, cpu>, !fg.tensor<[1, 16], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %12 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}

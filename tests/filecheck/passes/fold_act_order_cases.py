@@ -1,0 +1,168 @@
+"""FileCheck cases of `fold-act-order-permutation` (written by `generate.py`).
+
+Each input is a graph built with the layers (`MLP`, `GPTQLinear`) or the ops API, already run
+through `gptq-repack` (the pass's input in the CUDA pipeline): act-order matmuls are
+`fg.qmatmul.gptq_tiled ... perm %p`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fusegraph import DeviceRef, DType, Graph, TensorType, TensorValue, ops
+from fusegraph.nn import QuantizationConfig
+from fusegraph.nn.linear import GPTQLinear
+from fusegraph.nn.mlp import MLP
+from fusegraph.passes import PassManager
+
+CPU = DeviceRef.CPU()
+F16 = DType.float16
+ACT = QuantizationConfig(bits=4, group_size=128, desc_act=True, sym=False)
+H, INTER = 128, 256
+Case = tuple[Graph, list[str]]
+
+HEADER = (
+    "// Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),\n"
+    "// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)).\n"
+    "// Left (the matmul keeps perm): x from a graph input (o_proj-like), silu(gate) * up with another\n"
+    "// user, a reshape between the norm and the matmul.\n"
+)
+
+
+def _t(*shape: int | str, dtype: DType = F16) -> TensorType:
+    return TensorType(dtype, list(shape), CPU)
+
+
+def _repacked(name: str, body: Callable[[Graph, TensorValue], list[TensorValue]]) -> Graph:
+    with Graph(name, input_types=[_t("m", H)]) as g:
+        g.output(*body(g, g.inputs[0]))
+    PassManager("gptq-repack").run(g)
+    return g
+
+
+def _norm(g: Graph, x: TensorValue, name: str = "norm") -> TensorValue:
+    return ops.rms_norm(x, g.add_weight(f"{name}.weight", _t(H)), 1e-5)
+
+
+def _mlp(
+    stacked: bool, bias: bool = False, leak: bool = False, layers: int = 1
+) -> Callable[..., list[TensorValue]]:
+    def body(g: Graph, x: TensorValue) -> list[TensorValue]:
+        outs = []
+        for li in range(layers):
+            mlp = MLP(H, INTER, F16, quant_config=ACT, stacked_gate_up=stacked, has_bias=bias)
+            mlp._set_prefix(f"l{li}.mlp.")  # noqa: SLF001 - weight names per layer
+            x = mlp(_norm(g, x, f"l{li}.norm"))
+        outs.append(x)
+        if leak:  # silu(gate) * up is also an output: its columns are needed unpermuted
+            mul = next(op for op in g.block.ops if op.name == "fg.mul")
+            outs.append(TensorValue(mul.results[0]))
+        return outs
+
+    return body
+
+
+def _qkv(shared: bool) -> Callable[..., list[TensorValue]]:
+    """rms_norm -> a stacked qkv projection; `shared`: a second matmul on the same repacked
+    weights (other scales), so both read one perm and share one permuted norm."""
+
+    def body(g: Graph, x: TensorValue) -> list[TensorValue]:
+        h = _norm(g, x)
+        qkv = GPTQLinear(H, 2 * H, ACT, F16, CPU)
+        qkv._set_prefix("qkv_proj.")  # noqa: SLF001
+        outs = [qkv(h)]
+        if shared:
+            w = qkv.weight
+            s2 = g.add_weight("other.scales", _t(1, 2 * H))
+            outs.append(ops.qmatmul_gptq(h, w("qweight"), s2, w("qzeros"), w("g_idx"), bits=4, group_size=128,
+                                         sym=False, desc_act=True))  # fmt: skip
+        return outs
+
+    return body
+
+
+def _o_proj(g: Graph, x: TensorValue) -> list[TensorValue]:
+    o = GPTQLinear(H, H, ACT, F16, CPU)
+    o._set_prefix("o_proj.")  # noqa: SLF001
+    return [o(x)]
+
+
+def _reshaped_norm(g: Graph, x: TensorValue) -> list[TensorValue]:
+    h = _norm(g, x).reshape(["m", 2, 64]).reshape(["m", H])
+    o = GPTQLinear(H, H, ACT, F16, CPU)
+    o._set_prefix("proj.")  # noqa: SLF001
+    return [o(h)]
+
+
+TILED_NO_PERM = "fg.qmatmul.gptq_tiled %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits"
+KEEPS_PERM = "fg.qmatmul.gptq_tiled {{.*}} perm %"
+
+
+def fold_act_order_cases() -> list[Case]:
+    permute = "fg.gptq.permute_columns %{{[0-9]+}}, %[[P]] {parts = "
+    stacked = [
+        "-LABEL: func.func @fold_stacked_gate_up",
+        ": %{{.*}}, %{{.*}}, %[[P:[0-9]+]] = fg.gptq.repack",
+        f": %[[QZ:[0-9]+]] = {permute}2 : i64, packed_bits = 4 : i64}}",
+        f": %[[QW:[0-9]+]] = {permute}2 : i64, packed_bits = 0 : i64}}",
+        f": %[[S:[0-9]+]] = {permute}2 : i64, packed_bits = 0 : i64}} : !fg.tensor<[1, 512], f16, cpu>",
+        ": %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[GP:[0-9]+]] = fg.gptq.repack %[[QW]] zeros %[[QZ]]",
+        ": %[[X:[0-9]+]] = fg.rms_norm %0, %{{[0-9]+}} perm %[[GP]]",
+        ": %[[GU:[0-9]+]] = fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %[[S]], %[[ZT]] {bits",
+        ": %[[A:[0-9]+]], %[[B:[0-9]+]] = fg.split %[[GU]]",
+        ": %[[SA:[0-9]+]] = fg.silu %[[A]]",
+        ": %[[Y:[0-9]+]] = fg.mul %[[SA]], %[[B]]",
+        ": fg.qmatmul.gptq_tiled %[[Y]], %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits",
+        f"-NOT: {KEEPS_PERM}",
+    ]
+    separate = [
+        "-LABEL: func.func @fold_separate_gate_up_bias",
+        ": %{{.*}}, %{{.*}}, %[[P:[0-9]+]] = fg.gptq.repack",
+        f"-COUNT-3: {permute}1 : i64",
+        ": %[[G:[0-9]+]] = fg.qmatmul.gptq_tiled %[[XG:[0-9]+]], {{.*}} {bits",
+        f": %[[BG:[0-9]+]] = {permute}1 : i64, packed_bits = 0 : i64}} : !fg.tensor<[256], f16, cpu>",
+        ": %[[GB:[0-9]+]] = fg.add %[[G]], %[[BG]]",
+        f"-COUNT-3: {permute}1 : i64",
+        ": %[[U:[0-9]+]] = fg.qmatmul.gptq_tiled",
+        f": %[[BU:[0-9]+]] = {permute}1 : i64",
+        ": %[[UB:[0-9]+]] = fg.add %[[U]], %[[BU]]",
+        ": %[[SG:[0-9]+]] = fg.silu %[[GB]]",
+        ": %[[Y:[0-9]+]] = fg.mul %[[SG]], %[[UB]]",
+        ": fg.qmatmul.gptq_tiled %[[Y]], {{.*}} {bits",
+        f"-NOT: {KEEPS_PERM}",
+    ]
+    qkv = [
+        "-LABEL: func.func @fold_norm_qkv",
+        ": %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[P:[0-9]+]] = fg.gptq.repack",
+        ": %[[X:[0-9]+]] = fg.rms_norm %0, %{{[0-9]+}} perm %[[P]] {eps",
+        ": fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %{{[0-9]+}}, %[[ZT]] {bits",
+        "-NOT: fg.rms_norm",
+        ": fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %{{[0-9]+}}, %[[ZT]] {bits",
+        f"-NOT: {KEEPS_PERM}",
+    ]
+    layer = [": fg.rms_norm %{{[0-9]+}}, %{{[0-9]+}} perm", f": {TILED_NO_PERM}", f": {TILED_NO_PERM}"]
+    multi = [
+        "-LABEL: func.func @fold_two_layers",
+        *layer,
+        f"-NOT: {KEEPS_PERM}",
+        *layer,
+        f"-NOT: {KEEPS_PERM}",
+    ]
+    refused_leak = [
+        "-LABEL: func.func @refuse_mul_has_another_user",
+        "-NOT: fg.gptq.permute_columns",
+        ": fg.rms_norm %0, %{{[0-9]+}} perm",  # the gate_up input is still folded
+        f": {KEEPS_PERM}",  # down_proj keeps its perm
+        ": func.return",
+    ]
+    refused = ["-NOT: fg.rms_norm {{.*}} perm", f": {KEEPS_PERM}", ": func.return"]
+    return [
+        (_repacked("fold_stacked_gate_up", _mlp(stacked=True)), stacked),
+        (_repacked("fold_separate_gate_up_bias", _mlp(stacked=False, bias=True)), separate),
+        (_repacked("fold_norm_qkv", _qkv(shared=True)), qkv),
+        (_repacked("fold_two_layers", _mlp(stacked=True, layers=2)), multi),
+        (_repacked("refuse_mul_has_another_user", _mlp(stacked=True, leak=True)), refused_leak),
+        (_repacked("refuse_o_proj_input", _o_proj), ["-LABEL: func.func @refuse_o_proj_input", *refused]),
+        (_repacked("refuse_reshape_after_norm", _reshaped_norm), ["-LABEL: func.func @refuse_reshape_after_norm",
+                                                                   *refused]),
+    ]  # fmt: skip
