@@ -75,7 +75,7 @@ def test_rms_norm_perm__builder_adds_the_operand_and_keeps_the_type() -> None:
     ],
 )
 def test_rms_norm_perm__errors(x_type: TensorType, perm_type: TensorType, message: str) -> None:
-    w_type = _t(x_type.shape[-1])
+    w_type = TensorType(F32, [x_type.shape[-1]], CPU)
     with Graph("n", input_types=[x_type, w_type, perm_type]) as g:
         x, w, perm = g.inputs
         with pytest.raises(ValueError, match=message):
