@@ -28,6 +28,7 @@ import torch
 
 DEV = "cuda"
 SHAPES = (("qkv", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096))
+SHAPES_LABELS = tuple(label for label, _, _ in SHAPES)
 MS = tuple(int(m) for m in os.environ.get("GPTQ_MS", "1,4,16,64,256,1024").split(","))
 GROUP = 128
 PDL_CHAIN = {"pf": 1, "pf_lines": 64, "pdl": 2}  # the opt-in launch of `gptq_tiled_matmul` (Hopper)
@@ -235,6 +236,50 @@ def bench_layer(
                 log(f"layer M={m} {name}: FAILED {type(err).__name__}: {str(err)[:120]}")
         log(f"layer (wqkv+o+gate_up+down) M={m:<5} " + " | ".join(f"{n} {v:7.1f} us" for n, v in res.items())
             + (f" || cuBLAS/ours {res['cuBLAS'] / res['ours4']:.2f}x" if {"cuBLAS", "ours4"} <= res.keys() else ""))  # fmt: skip
+
+
+FOLDED = ("qkv", "gate_up", "down")  # what `fold-act-order-permutation` folds in a Llama layer (o_proj stays)
+
+
+def bench_layer_act(
+    k: Any, graph_us: Callable[..., Any], log: Callable[..., Any], ms: tuple[int, ...] = (1, 16, 64, 256)
+) -> dict[int, dict[str, float]]:
+    """One Llama-3-8B layer (wqkv + o_proj + gate_up + down) 4-bit g128: plain; act-order with x permuted per
+    matmul ("act"); act-order as `fold-act-order-permutation` leaves it ("act_fold": x of wqkv, gate_up and
+    down already permuted by its producer, those GEMMs without perm; o_proj still permutes). The folded
+    GEMMs are checked first: W_sorted without perm on x[:, perm] equals x @ W."""
+    benches = {label: Bench(k_in, n_out, ("plain", "act")) for label, k_in, n_out in SHAPES}
+    copies = min(min(len(v) for v in b.layers.values()) for b in benches.values())
+    for label, b in benches.items():
+        lay = b.layers["act"][0]
+        x = b.xs(16, 1)[0]
+        y = k.tiled(x[:, lay.r["perm"].long()].contiguous(), lay.r["qweight"], lay.t["scales"], lay.r["qzeros"],
+                    None, bits=4, group_size=GROUP, zero_format="v1")  # fmt: skip
+        ref = x.float() @ lay.w.float()
+        err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+        if not err < 5e-3:
+            raise AssertionError(f"act_fold {label}: relative error {err:.3g} >= 5e-3")
+
+    def tiled(lay: SimpleNamespace, x: torch.Tensor, perm: bool) -> torch.Tensor:
+        y: torch.Tensor = k.tiled(x, lay.r["qweight"], lay.t["scales"], lay.r["qzeros"],
+                                  lay.r.get("perm") if perm else None, bits=4, group_size=GROUP, zero_format="v1")  # fmt: skip
+        return y
+
+    out: dict[int, dict[str, float]] = {}
+    for m in ms:
+        xs = {label: b.xs(m, copies) for label, b in benches.items()}
+        runs = {"plain": ("plain", set(SHAPES_LABELS)), "act": ("act", set(SHAPES_LABELS)),
+                "act_fold": ("act", set(SHAPES_LABELS) - set(FOLDED))}  # fmt: skip
+        res: dict[str, float] = {}
+        for name, (kind, permuted) in runs.items():
+            fns = [lambda i=i, kind=kind, permuted=permuted: [
+                tiled(benches[lb].layers[kind][i], xs[lb][i], lb in permuted) for lb in benches]
+                for i in range(copies)]  # fmt: skip
+            res[name] = graph_us(fns)
+        out[m] = res
+        log(f"layer act-order (wqkv+o+gate_up+down) M={m:<5} " + " | ".join(f"{n} {v:7.1f} us" for n, v in res.items())
+            + f" || act/plain {res['act'] / res['plain']:.3f}x act_fold/plain {res['act_fold'] / res['plain']:.3f}x")  # fmt: skip
+    return out
 
 
 def gptq_layers_graph(device: Any, weights: dict[str, torch.Tensor]) -> Any:

@@ -26,7 +26,7 @@ REPACK = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repac
 FOLDED, UNFOLDED = f"{REPACK},fold-act-order-permutation,dce", f"{REPACK},dce"
 LAYERS, NUM_BLOCKS = 2, 24
 # K multiple of 128 and N of 64 everywhere (the tiled layout): hidden 128, I 256, head_dim 32
-DIMS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS, num_attention_heads=4,
+DIMS: dict[str, Any] = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS, num_attention_heads=4,
             num_key_value_heads=2)  # fmt: skip
 
 

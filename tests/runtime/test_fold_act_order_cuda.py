@@ -1,0 +1,89 @@
+"""`fold-act-order-permutation` on CUDA (skipped without a GPU): a tiny act-order GPTQ Llama (norms,
+attention, stacked or separate MLP) compiled for CUDA with the fold on and off gives the same logits
+and KV cache; with the fold only o_proj's matmul still permutes x per call, and the permutation
+kernels run only for it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fusegraph.nn import QuantizationConfig, load_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytest.importorskip("transformers")
+
+from tests.models.hf_models import make_model_dir  # noqa: E402 - needs transformers
+from tests.models.runner import run_steps  # noqa: E402
+
+REPACK = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack"
+FOLDED, UNFOLDED = f"{REPACK},fold-act-order-permutation,dce", f"{REPACK},dce"
+LAYERS, NUM_BLOCKS = 2, 24
+DIMS: dict[str, Any] = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=LAYERS, num_attention_heads=4,
+            num_key_value_heads=2)  # fmt: skip
+# a 32-token prefill (the permutation kernel's range), then decode steps
+STEPS = [
+    [[(7 * i + j) % 96 for i in range(n)] for j, n in enumerate(step)] for step in ([20, 12], [1, 1], [3, 1])
+]
+PERMUTE_KERNELS = ("permute_rows", "permute_cols")
+
+
+class _CountTiled(TorchDispatchMode):
+    """Counts fusegraph::qmatmul_gptq_tiled calls that get a perm (x permuted per call) and those without."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if "qmatmul_gptq_tiled" in str(func):
+            self.calls["perm" if args[4] is not None else "no_perm"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def llama_act_order(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("llama_act_order_cuda")
+    quant = QuantizationConfig(bits=4, group_size=128, desc_act=True, sym=False)
+    make_model_dir("llama", folder, quant=quant, seed=5, **DIMS)
+    return folder
+
+
+def _run(
+    folder: Path, fuse: bool, pipeline: str
+) -> tuple[list[torch.Tensor], torch.Tensor, Counter[str], int]:
+    """Logits of every step and the KV cache; GEMM calls of the prefill step with and without perm; how
+    many permutation kernels ran over all steps."""
+    model = load_model(folder, device="cuda", dtype="float16", fuse=fuse)
+    run = model.compile(NUM_BLOCKS, pipeline=pipeline)
+    with _CountTiled() as counts:
+        first = run_steps(run, model.kv_manager(NUM_BLOCKS), STEPS[:1])
+    manager = model.kv_manager(NUM_BLOCKS)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        logits = run_steps(run, manager, STEPS)
+        torch.cuda.synchronize()
+    torch.testing.assert_close(logits[0], first[0])  # the same first step, run twice
+    permutes = sum(e.count for e in prof.key_averages() if any(p in e.key for p in PERMUTE_KERNELS))
+    return logits, manager.kv_blocks.clone(), counts.calls, permutes
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["stacked", "separate"])
+def test_fold_act_order_cuda__equals_unfolded_and_only_o_proj_permutes_x(
+    llama_act_order: Path, fuse: bool
+) -> None:
+    logits, kv, calls, permutes = _run(llama_act_order, fuse, FOLDED)
+    want, kv_want, calls_want, permutes_want = _run(llama_act_order, fuse, UNFOLDED)
+    for i, (got, exp) in enumerate(zip(logits, want, strict=True)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, exp, atol=2e-2, rtol=2e-2, msg=lambda m: f"step {i}: {m}")
+    torch.testing.assert_close(kv, kv_want, atol=1e-2, rtol=1e-2)
+    assert kv.abs().sum() > 0
+    assert calls["perm"] == LAYERS  # one prefill step: o_proj of each layer
+    assert calls_want["perm"] == calls["perm"] + calls["no_perm"]  # unfolded: every GPTQ matmul permutes x
+    # the 32-token prefill permutes x in a separate kernel: once per o_proj folded, per matmul unfolded
+    assert permutes < permutes_want and permutes <= LAYERS * len(STEPS)
