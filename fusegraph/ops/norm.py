@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -35,6 +36,7 @@ from fusegraph.ops._common import (
     expect_tensor,
     normalize_axis,
 )
+from fusegraph.ops._ragged import is_tracing
 
 _RMS = "fg.rms_norm"
 
@@ -132,12 +134,46 @@ def rms_norm_math(
     return y if perm is None else y.index_select(-1, perm)
 
 
+_PERM_CHECKED: dict[int, tuple[int, int]] = {}
+
+
+def check_perm(perm: torch.Tensor, d: int) -> None:
+    """A ValueError naming the first bad entry unless `perm` holds each of 0..d-1 once.
+
+    Each tensor is read once (one host sync on a GPU) and again only after it is written (its
+    `_version` moves); nothing is read under tracing or CUDA-graph capture, where values cannot
+    be read (the eager runtime runs every op once before it captures). The CUDA kernel also
+    masks an out-of-range entry, so an unchecked one never reads out of bounds.
+
+    Example:
+        >>> check_perm(torch.tensor([2, 0, 1], dtype=torch.int32), 3)  # passes
+    """
+    if is_tracing(perm):
+        return
+    key, stamp = id(perm), (perm.data_ptr(), perm._version)
+    if _PERM_CHECKED.get(key) == stamp:
+        return
+    seen: dict[int, int] = {}
+    for j, v in enumerate(perm.reshape(-1).tolist()):
+        if not 0 <= v < d:
+            raise ValueError(f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{j}] = {v}")
+        if (i := seen.setdefault(v, j)) != j:
+            raise ValueError(
+                f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{i}] = perm[{j}] = {v}"
+            )
+    if key not in _PERM_CHECKED:
+        weakref.finalize(perm, _PERM_CHECKED.pop, key, None)
+    _PERM_CHECKED[key] = stamp
+
+
 @torch.library.custom_op("fusegraph::rms_norm", mutates_args=())
 def rms_norm_custom(
     x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """`torch.ops.fusegraph.rms_norm`: the aten math by default; the Triton kernel
     (`runtime/kernels/rms_norm.py`) is registered on top for CUDA."""
+    if perm is not None:
+        check_perm(perm, x.shape[-1])
     return rms_norm_math(x, weight, perm, eps).contiguous()
 
 
@@ -152,6 +188,8 @@ def _rms_norm_fake(
 def _rms_norm_torch(
     op: RmsNormOp, x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, *, ctx: LoweringContext
 ) -> torch.Tensor:
+    if perm is not None:
+        check_perm(perm, x.shape[-1])
     # The custom op exists for its CUDA kernel, so only a CUDA run calls it: lowerings
     # (to_torch_mlir, IREE) and CPU runs keep the aten math, which every backend compiles.
     if ctx.mode == "custom" and torch.device(ctx.device).type == "cuda":

@@ -126,3 +126,22 @@ def test_rms_norm_eager_cuda__decode_shaped_graph_matches_the_math(cuda_graphs: 
     names = _kernel_names(lambda: model(x))
     assert sum(KERNEL in n for n in names) == 3, names
     assert not any("indexselect" in n.lower().replace("_", "") or "rsqrt" in n.lower() for n in names), names
+
+
+def test_rms_norm_custom_op_cuda__checks_perm_once_and_never_inside_a_capture() -> None:
+    x, w, perm = _operands(8, 512, torch.float16, seed=4)
+    bad = perm.clone()
+    bad[3] = 512
+    with pytest.raises(
+        ValueError, match=r"^fg.rms_norm: perm must be a permutation of 0..511, got perm\[3\] = 512"
+    ):
+        torch.ops.fusegraph.rms_norm(x, w, bad, 1e-6)
+    torch.ops.fusegraph.rms_norm(x, w, perm, 1e-6)  # compiles the kernel outside the capture
+    torch.cuda.synchronize()
+    unseen = perm.flip(0).contiguous()  # not checked yet: a capture must not read it (no sync)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = torch.ops.fusegraph.rms_norm(x, w, unseen, 1e-6)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_within_ulps(y.cpu(), reference(x.cpu(), w.cpu(), 1e-6, unseen.cpu()), 1.0)

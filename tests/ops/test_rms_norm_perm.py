@@ -180,3 +180,33 @@ def test_rms_norm_perm__lowers_to_aten_with_an_index_select(mode: str) -> None:
         assert module.fx_module.meta["fusegraph_lowering"] == "direct"  # derived op by op, no fallback
     (y,) = module.fx_module(x, w, perm)[:1]
     assert_within_ulps(y, reference(x, w, 1e-5, perm), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([3, 0, 1, 8], r"perm must be a permutation of 0..3, got perm\[3\] = 8"),
+        ([3, 0, -1, 2], r"perm must be a permutation of 0..3, got perm\[2\] = -1"),
+        ([3, 0, 3, 2], r"perm must be a permutation of 0..3, got perm\[0\] = perm\[2\] = 3"),
+    ],
+)
+def test_rms_norm_perm__a_non_permutation_raises_in_every_path(values: list[int], message: str) -> None:
+    x, w, _ = _operands(torch.float32, d=4)
+    perm = torch.tensor(values, dtype=torch.int32)
+    op = next(o for o in _graph(4).block.ops if isinstance(o, RmsNormOp))
+    for ctx in (LoweringContext(mode="custom", device="cuda"), LoweringContext(mode="decomposed")):
+        with pytest.raises(ValueError, match=f"^fg.rms_norm: {message}$"):
+            get_torch_impl(op)(op, x, w, perm, ctx=ctx)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.fusegraph.rms_norm(x, w, perm, 1e-6)
+    model = fusegraph.compile(_graph(4), weights={"norm.weight": w, "norm.perm": perm})
+    with pytest.raises(ValueError, match=message):
+        model(x)
+
+
+def test_rms_norm_perm__is_checked_again_after_it_is_written() -> None:
+    x, w, perm = _operands(torch.float32, d=4)
+    assert_within_ulps(torch.ops.fusegraph.rms_norm(x, w, perm, 1e-6), reference(x, w, 1e-6, perm), 4.0)
+    perm[1] = 7  # in place: the tensor's version moves, so the cached check no longer holds
+    with pytest.raises(ValueError, match=r"got perm\[1\] = 7"):
+        torch.ops.fusegraph.rms_norm(x, w, perm, 1e-6)

@@ -7,10 +7,11 @@ e.g. Qwen3's qk-norm at D = head_dim = 128) held in registers, BLOCK >= D column
 store). The sum of squares is accumulated in float32 and the scaling is done in float32 as in
 the aten math (`ops/norm.py: rms_norm_math`), then rounded once to x's dtype.
 
-`perm` (int32 `[D]`) gathers inside the row: column j loads `x[perm[j]]` and `weight[perm[j]]`
-and stores `y[j]` (a permutation leaves the sum of squares unchanged), so an act-order GEMM gets
-its permuted input without a separate permute kernel. No host sync: it can be captured in a
-CUDA graph.
+`perm` (int32 `[D]`, a permutation) gathers inside the row: column j loads `x[perm[j]]` and
+`weight[perm[j]]` and stores `y[j]` (a permutation leaves the sum of squares unchanged), so an
+act-order GEMM gets its permuted input without a separate permute kernel. `rms_norm_cuda` (the
+op's kernel) checks the perm's values once per tensor; the kernel reads 0 for an entry outside
+[0, D) as a last guard. No host sync after that check: it can be captured in a CUDA graph.
 """
 
 # ruff: noqa: N803, N806 - Triton's convention: constexpr parameters are UPPER_CASE
@@ -132,9 +133,9 @@ def rms_norm_rows(
         x: `[..., D]` float16/bfloat16/float32 (made contiguous if its rows are not).
         weight: `[D]`, x's dtype.
         eps: added to the mean of squares.
-        perm: optional int32 `[D]`, a permutation of [0, D) (not checked: that would sync; an
-            entry outside [0, D) reads 0 instead of memory out of bounds):
-            `y[..., j] = norm(x)[..., perm[j]]`.
+        perm: optional int32 `[D]`, a permutation of [0, D): `y[..., j] = norm(x)[..., perm[j]]`.
+            Its values are not read here (that would sync; `rms_norm_cuda`, the op's kernel, checks
+            them once per tensor); an entry outside [0, D) reads 0, never memory out of bounds.
 
     Returns:
         A new contiguous tensor of x's shape and dtype.
@@ -169,5 +170,10 @@ def rms_norm_rows(
 def rms_norm_cuda(
     x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
-    """`torch.ops.fusegraph.rms_norm`'s CUDA kernel: `rms_norm_rows` in the op's schema order."""
+    """`torch.ops.fusegraph.rms_norm`'s CUDA kernel: `rms_norm_rows` in the op's schema order,
+    its perm's values checked once per tensor first (`ops.norm.check_perm`)."""
+    if perm is not None and x.dim() >= 1:
+        from fusegraph.ops.norm import check_perm  # here: the kernel modules import only torch, triton
+
+        check_perm(perm, x.shape[-1])
     return rms_norm_rows(x, weight, eps, perm)
