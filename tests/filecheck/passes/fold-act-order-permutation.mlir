@@ -160,6 +160,37 @@ builtin.module {
   }
 }
 // -----
+// CHECK-LABEL: func.func @fold_keeps_a_shared_repack
+// CHECK: %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[GP:[0-9]+]] = fg.gptq.repack %{{[0-9]+}} zeros
+// CHECK: fg.gptq.repack %{{[0-9]+}} zeros
+// CHECK: fg.gptq.permute_columns
+// CHECK: %[[QT2:[0-9]+]], %[[ZT2:[0-9]+]], %{{[0-9]+}} = fg.gptq.repack
+// CHECK: fg.qmatmul.gptq_tiled %{{[0-9]+}}, %[[QT2]], %{{[0-9]+}}, %[[ZT2]] {bits
+// CHECK: fg.qmatmul.gptq_tiled %0, %[[QT]], %{{[0-9]+}}, %[[ZT]] perm %[[GP]]
+builtin.module {
+  func.func @fold_keeps_a_shared_repack(%0: !fg.tensor<[m, 128], f16, cpu>) -> (!fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 512], f16, cpu>) {
+    %1 = fg.weight "norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "mlp.gate_up_proj.qweight" : !fg.tensor<[16, 512], i32, cpu>
+    %4 = fg.weight "mlp.gate_up_proj.scales" : !fg.tensor<[1, 512], f16, cpu>
+    %5 = fg.weight "mlp.gate_up_proj.qzeros" : !fg.tensor<[1, 64], i32, cpu>
+    %6 = fg.weight "mlp.gate_up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 512], i32, cpu> zeros !fg.tensor<[1, 64], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 64], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 512], f16, cpu>, !fg.tensor<[1, 64], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 512], f16, cpu>
+    %11, %12 = fg.split %10 {axis = 1 : i64} : !fg.tensor<[m, 512], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+    %13 = fg.silu %11 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %14 = fg.mul %13, %12 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %15 = fg.weight "mlp.down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %16 = fg.weight "mlp.down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %17 = fg.weight "mlp.down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %18 = fg.weight "mlp.down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %19, %20, %21 = fg.gptq.repack %15 zeros %17 g_idx %18 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %22 = fg.qmatmul.gptq_tiled %14, %19, %16, %20 perm %21 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %23 = fg.qmatmul.gptq_tiled %0, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[8, 16, 64], i32, cpu>, !fg.tensor<[1, 512], f16, cpu>, !fg.tensor<[1, 64], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 512], f16, cpu>
+    func.return %22, %23 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 512], f16, cpu>
+  }
+}
+// -----
 // CHECK-LABEL: func.func @refuse_mul_has_another_user
 // CHECK-NOT: fg.gptq.permute_columns
 // CHECK: fg.rms_norm %0, %{{[0-9]+}} perm

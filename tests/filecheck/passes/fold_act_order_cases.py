@@ -62,6 +62,17 @@ def _mlp(
     return body
 
 
+def _shared_repack(g: Graph, x: TensorValue) -> list[TensorValue]:
+    """The stacked MLP, and another matmul on gate_up's weights (so `gptq-repack` shares one repack)."""
+    mlp = MLP(H, INTER, F16, quant_config=ACT, stacked_gate_up=True)
+    mlp._set_prefix("mlp.")  # noqa: SLF001
+    y = mlp(_norm(g, x))
+    w = mlp.gate_up_proj.weight
+    other = ops.qmatmul_gptq(x, w("qweight"), w("scales"), w("qzeros"), w("g_idx"), bits=4, group_size=128,
+                             sym=False, desc_act=True)  # fmt: skip
+    return [y, other]
+
+
 def _qkv(shared: bool) -> Callable[..., list[TensorValue]]:
     """rms_norm -> a stacked qkv projection; `shared`: a second matmul on the same repacked
     weights (other scales), so both read one perm and share one permuted norm."""
@@ -148,6 +159,15 @@ def fold_act_order_cases() -> list[Case]:
         *layer,
         f"-NOT: {KEEPS_PERM}",
     ]
+    shared = [
+        "-LABEL: func.func @fold_keeps_a_shared_repack",
+        ": %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[GP:[0-9]+]] = fg.gptq.repack %{{[0-9]+}} zeros",
+        ": fg.gptq.repack %{{[0-9]+}} zeros",  # down_proj's
+        ": fg.gptq.permute_columns",
+        ": %[[QT2:[0-9]+]], %[[ZT2:[0-9]+]], %{{[0-9]+}} = fg.gptq.repack",  # the permuted gate_up weights
+        ": fg.qmatmul.gptq_tiled %{{[0-9]+}}, %[[QT2]], %{{[0-9]+}}, %[[ZT2]] {bits",
+        ": fg.qmatmul.gptq_tiled %0, %[[QT]], %{{[0-9]+}}, %[[ZT]] perm %[[GP]]",  # the other user: unchanged
+    ]
     refused_leak = [
         "-LABEL: func.func @refuse_mul_has_another_user",
         "-NOT: fg.gptq.permute_columns",
@@ -161,6 +181,7 @@ def fold_act_order_cases() -> list[Case]:
         (_repacked("fold_separate_gate_up_bias", _mlp(stacked=False, bias=True)), separate),
         (_repacked("fold_norm_qkv", _qkv(shared=True)), qkv),
         (_repacked("fold_two_layers", _mlp(stacked=True, layers=2)), multi),
+        (_repacked("fold_keeps_a_shared_repack", _shared_repack), shared),
         (_repacked("refuse_mul_has_another_user", _mlp(stacked=True, leak=True)), refused_leak),
         (_repacked("refuse_o_proj_input", _o_proj), ["-LABEL: func.func @refuse_o_proj_input", *refused]),
         (_repacked("refuse_reshape_after_norm", _reshaped_norm), ["-LABEL: func.func @refuse_reshape_after_norm",
