@@ -148,22 +148,22 @@ def check_perm(perm: torch.Tensor, d: int) -> None:
     Example:
         >>> check_perm(torch.tensor([2, 0, 1], dtype=torch.int32), 3)  # passes
     """
+    key = id(perm)  # only real tensors are recorded (and dropped when freed), so look first
+    if (stamp := _PERM_CHECKED.get(key)) is not None and stamp == (perm.data_ptr(), perm._version):
+        return
     if is_tracing(perm):
         return
-    key, stamp = id(perm), (perm.data_ptr(), perm._version)
-    if _PERM_CHECKED.get(key) == stamp:
-        return
-    seen: dict[int, int] = {}
+    first_at: dict[int, int] = {}
     for j, v in enumerate(perm.reshape(-1).tolist()):
         if not 0 <= v < d:
             raise ValueError(f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{j}] = {v}")
-        if (i := seen.setdefault(v, j)) != j:
+        if (i := first_at.setdefault(v, j)) != j:
             raise ValueError(
                 f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{i}] = perm[{j}] = {v}"
             )
-    if key not in _PERM_CHECKED:
+    if stamp is None:
         weakref.finalize(perm, _PERM_CHECKED.pop, key, None)
-    _PERM_CHECKED[key] = stamp
+    _PERM_CHECKED[key] = (perm.data_ptr(), perm._version)
 
 
 @torch.library.custom_op("fusegraph::rms_norm", mutates_args=())

@@ -4,11 +4,14 @@ torch-mlir lowering, all against the float64 math `y[..., j] = norm(x)[..., perm
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusegraph
+import fusegraph.ops.norm as norm_module
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.compiler.errors import IRVerifyError
 from fusegraph.compiler.impls import LoweringContext, get_torch_impl
@@ -210,3 +213,7 @@ def test_rms_norm_perm__is_checked_again_after_it_is_written() -> None:
     perm[1] = 7  # in place: the tensor's version moves, so the cached check no longer holds
     with pytest.raises(ValueError, match=r"got perm\[1\] = 7"):
         torch.ops.fusegraph.rms_norm(x, w, perm, 1e-6)
+    key = id(perm)
+    del perm
+    gc.collect()
+    assert key not in norm_module._PERM_CHECKED  # a freed perm's entry goes with it
