@@ -19,7 +19,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 pytest.importorskip("transformers")
 
 from tests.models.hf_models import make_model_dir  # noqa: E402 - needs transformers
-from tests.models.runner import run_steps  # noqa: E402
 
 REPACK = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack"
 FOLDED, UNFOLDED = f"{REPACK},fold-act-order-permutation,dce", f"{REPACK},dce"
@@ -52,6 +51,21 @@ def llama_act_order(tmp_path_factory: pytest.TempPathFactory) -> Path:
     quant = QuantizationConfig(bits=4, group_size=128, desc_act=True, sym=False)
     make_model_dir("llama", folder, quant=quant, seed=5, **DIMS)
     return folder
+
+
+def run_steps(run: Any, manager: Any, steps: list[list[list[int]]]) -> list[torch.Tensor]:
+    """`tests.models.runner.run_steps` with the token ids on the cache's device."""
+    seqs = [manager.claim(max_len=64) for _ in steps[0]]
+    out = []
+    for step in steps:
+        lengths = [len(t) for t in step]
+        batch = manager.prepare(seqs, lengths)
+        tokens = torch.tensor(
+            [t for seq in step for t in seq], dtype=torch.int64, device=manager.kv_blocks.device
+        )
+        out.append(run(tokens, batch.row_offsets, *batch.kv_inputs)[0])
+        manager.commit(seqs, lengths)
+    return out
 
 
 def _run(
