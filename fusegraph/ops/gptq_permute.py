@@ -37,6 +37,7 @@ from fusegraph.compiler.opbase import FgOp, Operand, register_op
 from fusegraph.compiler.types import TensorType
 from fusegraph.compiler.values import TensorValue
 from fusegraph.ops._common import expect_dtype, expect_rank, expect_same_device, expect_tensor
+from fusegraph.ops._ragged import is_tracing
 from fusegraph.ops.gptq_packing import ALLOWED_BITS, pack_rows, unpack_rows
 
 __all__ = ["GptqPermuteColumnsOp", "gptq_permute_columns", "permute_columns"]
@@ -141,14 +142,35 @@ def gptq_permute_columns(
 
 
 def permute_columns(t: Tensor, perm: Tensor, *, parts: int = 1, packed_bits: int = 0) -> Tensor:
-    """The torch implementation of `fg.gptq.permute_columns` (any device)."""
+    """The torch implementation of `fg.gptq.permute_columns` (any device).
+
+    Raises:
+        ValueError: perm is not a permutation of 0..P-1 (checked unless tracing or capturing).
+    """
     p = perm.shape[0]
+    if not is_tracing(perm):
+        _check_perm(perm)
     offsets = torch.arange(parts, dtype=torch.int64, device=perm.device) * p
     index = (offsets[:, None] + perm.to(torch.int64)[None, :]).reshape(-1)
     if not packed_bits:
         return t.index_select(-1, index)
     values = unpack_rows(t.t(), packed_bits)  # [N, R]: column values, one row per column
     return pack_rows(values.index_select(0, index), packed_bits).t().contiguous()
+
+
+def _check_perm(perm: Tensor) -> None:
+    """A ValueError naming the first entry that is out of 0..P-1 or repeated (one host read)."""
+    p = perm.shape[0]
+    if torch.equal(perm.to(torch.int64).sort().values, torch.arange(p, device=perm.device)):
+        return
+    seen: dict[int, int] = {}
+    for j, v in enumerate(perm.tolist()):
+        if not 0 <= v < p:
+            raise ValueError(f"{_OP}: perm must be a permutation of 0..{p - 1}, got perm[{j}] = {v}")
+        if (i := seen.setdefault(v, j)) != j:
+            raise ValueError(
+                f"{_OP}: perm must be a permutation of 0..{p - 1}, got perm[{i}] = perm[{j}] = {v}"
+            )
 
 
 @torch_impl(GptqPermuteColumnsOp)

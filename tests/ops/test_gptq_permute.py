@@ -51,6 +51,17 @@ def test_permute_columns__a_bias_and_the_graph_op_gather_within_each_block():
 
 
 @pytest.mark.parametrize(
+    ("perm", "message"),
+    [([1, 4, 0, 2], r"got perm\[1\] = 4"), ([1, 0, 1, 2], r"got perm\[0\] = perm\[2\] = 1")],
+)
+def test_permute_columns__refuses_a_perm_that_is_not_a_permutation(perm, message):
+    with pytest.raises(
+        ValueError, match=r"fg.gptq.permute_columns: perm must be a permutation of 0..3, " + message
+    ):
+        permute_columns(torch.zeros(2, 8), torch.tensor(perm, dtype=torch.int32), parts=2)
+
+
+@pytest.mark.parametrize(
     ("t", "perm", "parts", "packed_bits", "message"),
     [
         (_t(2, 2, 8), _t(8), 1, 0, "fg.gptq.permute_columns: input must have rank 1 or 2, got 3"),
