@@ -1,8 +1,15 @@
 // RUN: fusegraph opt %s -p fold-act-order-permutation --split-input-file | filecheck %s
+// RUN: fusegraph opt %s -p fold-act-order-permutation --split-input-file --debug 2>&1 >/dev/null | filecheck %s --check-prefix=WHY
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: silu(gate) * up has 2 users (its columns are needed unpermuted)
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: gate is produced by fg.matmul, not fg.qmatmul.gptq_tiled
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: neither operand of the fg.mul is an fg.silu
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: the fg.silu has 2 users
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: x is produced by a graph input, not by silu(gate) * up of GPTQ projections or by fg.rms_norm
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: x is produced by fg.reshape, not by
 // Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),
 // the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)).
-// Left (the matmul keeps perm): x from a graph input (o_proj-like), silu(gate) * up with another
-// user, a reshape between the norm and the matmul.
+// Left (the matmul keeps perm, the reason in --debug): silu(gate) * up or the silu with another user,
+// dense gate/up, relu instead of silu, x from a graph input (o_proj-like), a reshape after the norm.
 
 // CHECK-LABEL: func.func @fold_stacked_gate_up
 // CHECK: %{{.*}}, %{{.*}}, %[[P:[0-9]+]] = fg.gptq.repack
@@ -216,6 +223,92 @@ builtin.module {
     %19, %20, %21 = fg.gptq.repack %15 zeros %17 g_idx %18 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
     %22 = fg.qmatmul.gptq_tiled %14, %19, %16, %20 perm %21 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
     func.return %22, %14 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_dense_gate_up
+// CHECK-NOT: fg.rms_norm {{.*}} perm
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: func.return
+builtin.module {
+  func.func @refuse_dense_gate_up(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "gate.weight" : !fg.tensor<[128, 256], f16, cpu>
+    %4 = fg.matmul %2, %3 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %5 = fg.weight "up.weight" : !fg.tensor<[128, 256], f16, cpu>
+    %6 = fg.matmul %2, %5 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %7 = fg.silu %4 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %8 = fg.mul %7, %6 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %9 = fg.weight "down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %10 = fg.weight "down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %11 = fg.weight "down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %12 = fg.weight "down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %13, %14, %15 = fg.gptq.repack %9 zeros %11 g_idx %12 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %16 = fg.qmatmul.gptq_tiled %8, %13, %10, %14 perm %15 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %16 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_relu_not_silu
+// CHECK-NOT: fg.gptq.permute_columns
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @refuse_relu_not_silu(%0: !fg.tensor<[m, 128], f16, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %1 = fg.weight "norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "gate_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %4 = fg.weight "gate_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %5 = fg.weight "gate_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %6 = fg.weight "gate_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %11 = fg.weight "up_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %12 = fg.weight "up_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %13 = fg.weight "up_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %14 = fg.weight "up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %15, %16, %17 = fg.gptq.repack %11 zeros %13 g_idx %14 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %18 = fg.qmatmul.gptq_tiled %2, %15, %12, %16 perm %17 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %19 = fg.relu %10 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %20 = fg.mul %19, %18 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %21 = fg.weight "down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %22 = fg.weight "down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %23 = fg.weight "down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %24 = fg.weight "down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %25, %26, %27 = fg.gptq.repack %21 zeros %23 g_idx %24 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %28 = fg.qmatmul.gptq_tiled %20, %25, %22, %26 perm %27 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %28 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_silu_has_another_user
+// CHECK-NOT: fg.gptq.permute_columns
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @refuse_silu_has_another_user(%0: !fg.tensor<[m, 128], f16, cpu>) -> (!fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>) {
+    %1 = fg.weight "norm.weight" : !fg.tensor<[128], f16, cpu>
+    %2 = fg.rms_norm %0, %1 {eps = 1.000000e-05 : f64} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[128], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %3 = fg.weight "gate_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %4 = fg.weight "gate_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %5 = fg.weight "gate_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %6 = fg.weight "gate_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %7, %8, %9 = fg.gptq.repack %3 zeros %5 g_idx %6 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %10 = fg.qmatmul.gptq_tiled %2, %7, %4, %8 perm %9 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %11 = fg.weight "up_proj.qweight" : !fg.tensor<[16, 256], i32, cpu>
+    %12 = fg.weight "up_proj.scales" : !fg.tensor<[1, 256], f16, cpu>
+    %13 = fg.weight "up_proj.qzeros" : !fg.tensor<[1, 32], i32, cpu>
+    %14 = fg.weight "up_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %15, %16, %17 = fg.gptq.repack %11 zeros %13 g_idx %14 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 256], i32, cpu> zeros !fg.tensor<[1, 32], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 32], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %18 = fg.qmatmul.gptq_tiled %2, %15, %12, %16 perm %17 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[4, 16, 64], i32, cpu>, !fg.tensor<[1, 256], f16, cpu>, !fg.tensor<[1, 32], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %19 = fg.silu %10 : !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %20 = fg.mul %19, %18 : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[m, 256], f16, cpu> -> !fg.tensor<[m, 256], f16, cpu>
+    %21 = fg.weight "down_proj.qweight" : !fg.tensor<[32, 128], i32, cpu>
+    %22 = fg.weight "down_proj.scales" : !fg.tensor<[2, 128], f16, cpu>
+    %23 = fg.weight "down_proj.qzeros" : !fg.tensor<[2, 16], i32, cpu>
+    %24 = fg.weight "down_proj.g_idx" : !fg.tensor<[256], i32, cpu>
+    %25, %26, %27 = fg.gptq.repack %21 zeros %23 g_idx %24 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[32, 128], i32, cpu> zeros !fg.tensor<[2, 16], i32, cpu> g_idx !fg.tensor<[256], i32, cpu> -> !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 16], i32, cpu>, !fg.tensor<[256], i32, cpu>
+    %28 = fg.qmatmul.gptq_tiled %20, %25, %22, %26 perm %27 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 256], f16, cpu>, !fg.tensor<[2, 32, 64], i32, cpu>, !fg.tensor<[2, 128], f16, cpu>, !fg.tensor<[2, 16], i32, cpu> perm !fg.tensor<[256], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %28, %19 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 256], f16, cpu>
   }
 }
 // -----

@@ -21,11 +21,24 @@ ACT = QuantizationConfig(bits=4, group_size=128, desc_act=True, sym=False)
 H, INTER = 128, 256
 Case = tuple[Graph, list[str]]
 
+WHY = [
+    "silu(gate) * up has 2 users (its columns are needed unpermuted)",
+    "gate is produced by fg.matmul, not fg.qmatmul.gptq_tiled",
+    "neither operand of the fg.mul is an fg.silu",
+    "the fg.silu has 2 users",
+    "x is produced by a graph input, not by silu(gate) * up of GPTQ projections or by fg.rms_norm",
+    "x is produced by fg.reshape, not by",
+]
 HEADER = (
-    "// Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),\n"
+    "// RUN: fusegraph opt %s -p fold-act-order-permutation --split-input-file --debug 2>&1 >/dev/null"
+    " | filecheck %s --check-prefix=WHY\n"
+    + "".join(
+        f"// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{{{[0-9]+}}}}: {w}\n" for w in WHY
+    )
+    + "// Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),\n"
     "// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)).\n"
-    "// Left (the matmul keeps perm): x from a graph input (o_proj-like), silu(gate) * up with another\n"
-    "// user, a reshape between the norm and the matmul.\n"
+    "// Left (the matmul keeps perm, the reason in --debug): silu(gate) * up or the silu with another user,\n"
+    "// dense gate/up, relu instead of silu, x from a graph input (o_proj-like), a reshape after the norm.\n"
 )
 
 
@@ -103,6 +116,31 @@ def _reshaped_norm(g: Graph, x: TensorValue) -> list[TensorValue]:
     o = GPTQLinear(H, H, ACT, F16, CPU)
     o._set_prefix("proj.")  # noqa: SLF001
     return [o(h)]
+
+
+def _ops_mlp(
+    gate_kind: str = "gptq", act: str = "silu", silu_leak: bool = False
+) -> Callable[..., list[TensorValue]]:
+    """rms_norm -> gate, up (GPTQ act-order, or dense `gate_kind="dense"`) -> act(gate) * up -> GPTQ down."""
+
+    def body(g: Graph, x: TensorValue) -> list[TensorValue]:
+        h = _norm(g, x)
+        if gate_kind == "dense":
+            gate = h @ g.add_weight("gate.weight", _t(H, INTER))
+            up = h @ g.add_weight("up.weight", _t(H, INTER))
+        else:
+            gate, up = (_proj(g, f"{n}_proj", H, INTER)(h) for n in ("gate", "up"))
+        a = ops.silu(gate) if act == "silu" else ops.relu(gate)
+        y = _proj(g, "down_proj", INTER, H)(a * up)
+        return [y, a] if silu_leak else [y]
+
+    return body
+
+
+def _proj(g: Graph, name: str, k: int, n: int) -> GPTQLinear:
+    proj = GPTQLinear(k, n, ACT, F16, CPU)
+    proj._set_prefix(f"{name}.")  # noqa: SLF001
+    return proj
 
 
 TILED_NO_PERM = "fg.qmatmul.gptq_tiled %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}}, %{{[0-9]+}} {bits"
@@ -183,6 +221,12 @@ def fold_act_order_cases() -> list[Case]:
         (_repacked("fold_two_layers", _mlp(stacked=True, layers=2)), multi),
         (_repacked("fold_keeps_a_shared_repack", _shared_repack), shared),
         (_repacked("refuse_mul_has_another_user", _mlp(stacked=True, leak=True)), refused_leak),
+        (_repacked("refuse_dense_gate_up", _ops_mlp(gate_kind="dense")), ["-LABEL: func.func @refuse_dense_gate_up",
+                                                                         *refused]),
+        (_repacked("refuse_relu_not_silu", _ops_mlp(act="relu")), ["-LABEL: func.func @refuse_relu_not_silu",
+                                                                 "-NOT: fg.gptq.permute_columns", f": {KEEPS_PERM}"]),
+        (_repacked("refuse_silu_has_another_user", _ops_mlp(silu_leak=True)),
+         ["-LABEL: func.func @refuse_silu_has_another_user", "-NOT: fg.gptq.permute_columns", f": {KEEPS_PERM}"]),
         (_repacked("refuse_o_proj_input", _o_proj), ["-LABEL: func.func @refuse_o_proj_input", *refused]),
         (_repacked("refuse_reshape_after_norm", _reshaped_norm), ["-LABEL: func.func @refuse_reshape_after_norm",
                                                                    *refused]),
