@@ -80,7 +80,8 @@ def maybe_wgmma(
 # The default dispatch's use of the kernel: plain 4-bit fp16 on sm_90 with M in one of these ranges on
 # shapes of at least that many strip-blocks (N/64 · K/128); an empty tuple: never. Set from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py, docs/benchmarks.md, run D): with x
 # by the copy engine it beat the dispatch without it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x,
-# o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). M < 32 was not measured.
+# o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). Below M = 32 it lost on all four
+# shapes at M = 1, 8 and 16 (sixth session: its best plan took 1.10-1.77x the default's time; qkv M=16 12.2 vs 10.9 µs).
 _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
 # The same for 8-bit fp16 and for 4-bit bf16 (ranges as above), from the H200 runs of the fifth session
 # (docs/benchmarks.md): 8-bit beat the dispatch without it on all four Llama-3-8B shapes at M = 32, 64, 128, 256,
