@@ -123,6 +123,23 @@ def test_cuda_mid_plan__cluster_split_k_and_4_or_2_strips_a_cta_as_measured_fast
     assert (n // 64 // warps) * split >= 1.4 * 132 and (k // 128) % split == 0 and split <= 8
 
 
+def test_cuda_mid_plan__one_x_tile_doubles_a_short_split_at_16_warps_an_sm() -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
+
+    # gate_up at M <= 8: 224 CTAs (< 2 an SM) -> split 4, 448 CTAs at 4 an SM: all resident at once
+    for m in (1, 4, 8):
+        for bits in (4, 8):
+            plan = cuda_mid_m_plan(m, 28672, 4096, bits, 132, forced=True)
+            assert plan is not None and (plan["split_k"], plan["min_blocks"]) == (4, 4)
+            assert (28672 // 256) * plan["split_k"] <= plan["min_blocks"] * 132
+    # not past one n-tile of x, not bf16 or 2/3 bits (not measured), not where the split is at its cap (qkv)
+    unchanged = [cuda_mid_m_plan(9, 28672, 4096, 4, 132), cuda_mid_m_plan(1, 28672, 4096, 4, 132, bf16=True, forced=True),
+                 cuda_mid_m_plan(1, 28672, 4096, 3, 132, forced=True)]  # fmt: skip
+    assert all(p is not None and (p["split_k"], p["min_blocks"]) == (2, 2) for p in unchanged)
+    qkv = cuda_mid_m_plan(1, 6144, 4096, 4, 132, forced=True)
+    assert qkv is not None and (qkv["split_k"], qkv["min_blocks"]) == (8, 2)
+
+
 def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
 

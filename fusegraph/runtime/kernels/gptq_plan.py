@@ -233,6 +233,10 @@ _CUDA_MID_MIN_WORK = 2500
 # M ≤ 8 (plain, or x permuted first) takes the mid-M kernel on shapes of N ≥ this (H200 M=1: qkv 8.55 vs 9.20 µs,
 # gate_up 24.90 vs 25.46; M=4: 8.81 vs 9.75, 25.57 vs 30.09; 8-bit M=1 qkv 11.09 vs 12.29); o_proj and down do not
 _CUDA_MID_SMALL_M_MIN_N = 6144
+# M ≤ this (one n-tile of x), 4/8 bits, fp16: < 2 CTAs an SM get twice the split where all fit at 16 warps an SM (H200,
+# 6th session: gate_up split 4, M=1 24.6 -> 22.4-22.7 µs, M=8 26.8 -> 24.4, 8-bit M=1 34.8 -> 32.9; at 3 CTAs an SM,
+# a 2nd wave, 28.5; split 2 at 4 an SM 25.4; qkv at split 8 stays: 4 an SM was 8.95 vs 8.73)
+_CUDA_MID_ONE_TILE_M = 8
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -248,7 +252,9 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     that gives (N/256)·d ≥ 1.4·SMs CTAs (qkv d=8, gate_up d=2); where none does, 2 strips and the
     same rule (o_proj d=8, down d=7), the largest d ≤ 8 if still none. That was the fastest
     variant on every shape at M = 16, 32 and 64 but one (gate_up M=16: 2 strips, 1% faster).
-    Registers are capped for 8 warps an SM (255 a thread at 4 bits and M > 56, no spills).
+    Registers are capped for 8 warps an SM (255 a thread at 4 bits and M > 56, no spills). At M ≤ 8
+    (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
+    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -267,7 +273,12 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
             break
     if split is None:
         split = small[-1]
-    return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": 8 // warps, "mid": True}
+    ctas, min_blocks = (n // 64 // warps) * split, 8 // warps
+    # one n-tile of x: 128 registers a thread suffice, so twice the split keeps every CTA resident (16 warps an SM)
+    one_tile = m <= _CUDA_MID_ONE_TILE_M and bits in (4, 8) and not bf16
+    if one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms:
+        split, min_blocks = 2 * split, 16 // warps
+    return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
 
 
 # act-order (H200, docs/benchmarks.md): the small-M kernel gathers x through perm itself up to this M where its
