@@ -30,6 +30,7 @@ from fusegraph.ops.norm import rms_norm, softmax
 from fusegraph.ops.rope import rope
 from fusegraph.ops.rope_split_store import rope_split_store
 from fusegraph.ops.shape import concat, permute, reshape, split, transpose
+from fusegraph.ops.silu_mul import silu_mul
 from fusegraph.ops.slice import gather, slice_tensor
 
 install_tensor_ops(sys.modules[__name__])  # a module satisfies TensorOps
@@ -64,6 +65,7 @@ __all__ = [
     "rope_split_store",
     "rsqrt",
     "silu",
+    "silu_mul",
     "slice_tensor",
     "softmax",
     "split",

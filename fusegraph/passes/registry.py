@@ -58,6 +58,12 @@ def _fuse_rope() -> type[ModulePass]:
     return FuseRopeSplitStore
 
 
+def _fuse_silu_mul() -> type[ModulePass]:
+    from fusegraph.passes.fuse_silu_mul import FuseSiluMul
+
+    return FuseSiluMul
+
+
 def _gptq_repack() -> type[ModulePass]:
     from fusegraph.passes.gptq_repack import GptqRepack
 
@@ -77,6 +83,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "fold-act-order-permutation": _fold_act_order,
     "fuse-qkv-projections": _fuse_qkv,
     "fuse-rope-split-store": _fuse_rope,
+    "fuse-silu-mul": _fuse_silu_mul,
     "gptq-repack": _gptq_repack,
     "unfuse-rope-split-store": _unfuse_rope,
 }

@@ -2,7 +2,7 @@
 
 `pipeline="default"` names this pipeline, resolved when `compile` is called:
 
-    fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,[gptq-repack,fold-act-order-permutation,]dce
+    fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,[CUDA_EAGER_PASSES,]dce
 
 - `fuse-qkv-projections` stacks the q, k and v projections of one input into one matmul;
 - `fuse-rope-split-store` turns split -> rope -> store into one `fg.rope_split_store`;
@@ -14,7 +14,10 @@
 - `fold-act-order-permutation` (right after it, when registered) makes the producer of an
   act-order matmul's input write it permuted (the MLP's gate/up weights, `fg.rms_norm perm`),
   so no per-call permutation kernel runs there. Off with `FUSEGRAPH_FOLD_ACT_ORDER=0` or
-  `default_pipeline(..., fold_act_order=False)` (pass that text as `pipeline=`).
+  `default_pipeline(..., fold_act_order=False)` (pass that text as `pipeline=`);
+- `fuse-silu-mul` (when registered) makes the MLP's `silu(gate) * up` one op (one kernel), and
+  `fuse-add-rms-norm` the residual add and the next norm; off with `FUSEGRAPH_FUSE_SILU_MUL=0` /
+  `FUSEGRAPH_FUSE_ADD_RMS_NORM=0` or `default_pipeline(..., off=[name])`.
 
 `pipeline=None` runs nothing (the graph as built); any other string is pipeline text for
 `PassManager` (`"cse,dce"`, options as `name{opt=val}`).
@@ -22,12 +25,13 @@
 Example:
     >>> graph, text, stats = run_pipeline(g, "default", backend="eager", device="cuda")
     >>> text
-    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,fold-act-order-permutation,dce'
+    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,fold-act-order-permutation,fuse-silu-mul,dce'
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 import torch
 
@@ -35,20 +39,32 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.passes.manager import PassManager, PassStatistics
 from fusegraph.passes.registry import available_passes
 
-__all__ = ["DEFAULT_PIPELINE", "default_pipeline", "resolve_pipeline", "run_pipeline"]
+__all__ = ["CUDA_EAGER_PASSES", "DEFAULT_PIPELINE", "default_pipeline", "resolve_pipeline", "run_pipeline"]
 
 DEFAULT_PIPELINE = ("fuse-qkv-projections", "fuse-rope-split-store", "canonicalize", "cse", "dce")
-"""The passes of `pipeline="default"` on every target (`gptq-repack` and
-`fold-act-order-permutation` are added for eager CUDA)."""
+"""The passes of `pipeline="default"` on every target (`CUDA_EAGER_PASSES` are added for eager CUDA)."""
 
 _REPACK = "gptq-repack"
 _FOLD = "fold-act-order-permutation"
 FOLD_ENV = "FUSEGRAPH_FOLD_ACT_ORDER"
 """Set to 0 to leave `fold-act-order-permutation` out of the default pipeline."""
 
+CUDA_EAGER_PASSES: tuple[tuple[str, str | None], ...] = (
+    (_REPACK, None),
+    (_FOLD, FOLD_ENV),  # only after gptq-repack: it reads the repack's perm
+    ("fuse-silu-mul", "FUSEGRAPH_FUSE_SILU_MUL"),
+    ("fuse-add-rms-norm", "FUSEGRAPH_FUSE_ADD_RMS_NORM"),
+)
+"""(pass, the environment variable that leaves it out when 0), inserted in this order before `dce`
+for the eager backend on CUDA, each only when a pass of that name is registered."""
+
 
 def default_pipeline(
-    backend: str = "eager", device: str = "cpu", *, fold_act_order: bool | None = None
+    backend: str = "eager",
+    device: str = "cpu",
+    *,
+    fold_act_order: bool | None = None,
+    off: Collection[str] = (),
 ) -> str:
     """The default pipeline's text for a target, read from the pass registry now.
 
@@ -57,30 +73,37 @@ def default_pipeline(
         device: "cpu", "cuda" or "cuda:N".
         fold_act_order: with `gptq-repack`, add `fold-act-order-permutation` after it; None:
             yes unless the environment sets `FUSEGRAPH_FOLD_ACT_ORDER=0`.
+        off: names of `CUDA_EAGER_PASSES` to leave out (as their variable set to 0 does).
 
     Raises:
-        ValueError: `FUSEGRAPH_FOLD_ACT_ORDER` is set to something other than 0 or 1.
+        ValueError: one of the variables is set to something other than 0 or 1.
 
     Example:
         >>> default_pipeline("eager", "cpu")
         'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce'
-        >>> default_pipeline("eager", "cuda", fold_act_order=False)
+        >>> default_pipeline("eager", "cuda", fold_act_order=False, off=["fuse-silu-mul"])
         'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,dce'
     """
     passes = list(DEFAULT_PIPELINE)
-    on_cuda = torch.device(device).type == "cuda"
+    if backend != "eager" or torch.device(device).type != "cuda":
+        return ",".join(passes)
     known = available_passes()
-    if backend == "eager" and on_cuda and _REPACK in known:
-        passes.insert(passes.index("dce"), _REPACK)
-        if _FOLD in known and (_fold_from_env() if fold_act_order is None else fold_act_order):
-            passes.insert(passes.index("dce"), _FOLD)
+    for name, env in CUDA_EAGER_PASSES:
+        explicit = fold_act_order if name == _FOLD else None
+        wanted = name in known and name not in off and (_on_in_env(env) if explicit is None else explicit)
+        if name == _FOLD:
+            wanted = wanted and _REPACK in passes
+        if wanted:
+            passes.insert(passes.index("dce"), name)
     return ",".join(passes)
 
 
-def _fold_from_env() -> bool:
-    value = os.environ.get(FOLD_ENV, "1").strip()
+def _on_in_env(env: str | None) -> bool:
+    if env is None:
+        return True
+    value = os.environ.get(env, "1").strip()
     if value not in ("0", "1"):
-        raise ValueError(f"{FOLD_ENV} must be 0 or 1, got {value!r}")
+        raise ValueError(f"{env} must be 0 or 1, got {value!r}")
     return value == "1"
 
 

@@ -98,12 +98,18 @@ def test_fold_act_order__report_says_why_o_proj_stays() -> None:
 
 
 def test_default_pipeline__folds_act_order_after_gptq_repack_unless_turned_off(monkeypatch: Any) -> None:
-    monkeypatch.delenv(FOLD_ENV, raising=False)
-    assert default_pipeline("eager", "cuda") == FOLDED
-    assert default_pipeline("eager", "cuda", fold_act_order=False) == UNFOLDED
+    for env in (FOLD_ENV, "FUSEGRAPH_FUSE_SILU_MUL"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("FUSEGRAPH_FUSE_ADD_RMS_NORM", "0")  # another helper's pass, not this test's
+    silu_mul = "fuse-silu-mul,dce"
+    assert default_pipeline("eager", "cuda") == FOLDED.replace("dce", silu_mul)
+    assert default_pipeline("eager", "cuda", fold_act_order=False) == UNFOLDED.replace("dce", silu_mul)
+    assert default_pipeline("eager", "cuda", off=["fold-act-order-permutation", "fuse-silu-mul"]) == UNFOLDED
     assert "fold-act-order" not in default_pipeline("eager", "cpu") + default_pipeline("iree", "cuda")
     monkeypatch.setenv(FOLD_ENV, "0")
-    assert default_pipeline("eager", "cuda") == UNFOLDED
+    assert default_pipeline("eager", "cuda") == UNFOLDED.replace("dce", silu_mul)
+    assert default_pipeline("eager", "cuda", fold_act_order=True) == FOLDED.replace("dce", silu_mul)
+    monkeypatch.setenv("FUSEGRAPH_FUSE_SILU_MUL", "0")
     assert default_pipeline("eager", "cuda", fold_act_order=True) == FOLDED
     monkeypatch.setenv(FOLD_ENV, "yes")
     with pytest.raises(ValueError, match="FUSEGRAPH_FOLD_ACT_ORDER must be 0 or 1, got 'yes'"):

@@ -8,6 +8,7 @@
 | `fusegraph::qmatmul_gptq_tiled`| `gptq_tiled.gptq_tiled_matmul` (2/3/4/8 bits)  |
 | `fusegraph::paged_attention`   | `paged_attention.paged_attention_triton`       |
 | `fusegraph::rms_norm`          | `rms_norm.rms_norm_cuda` (optional perm)       |
+| `fusegraph::silu_mul`          | `silu_mul.silu_mul_cuda` (stacked or two)      |
 
 Importing this package registers them (`fusegraph.runtime.eager` does so for device="cuda").
 Registration is safe without a GPU: the kernels only run when the op sees CUDA tensors. An
@@ -36,6 +37,7 @@ from fusegraph.runtime.kernels.kv_cache_store import kv_cache_store_triton
 from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
 from fusegraph.runtime.kernels.rms_norm import rms_norm_cuda
 from fusegraph.runtime.kernels.rope_split_store import rope_split_store_triton
+from fusegraph.runtime.kernels.silu_mul import silu_mul_cuda
 
 __all__ = [
     "REGISTERED",
@@ -125,6 +127,7 @@ _KERNELS: dict[str, Callable[..., Any]] = {
     "fusegraph::qmatmul_gptq_tiled": _qmatmul_gptq_tiled_cuda,
     "fusegraph::paged_attention": paged_attention_triton,
     "fusegraph::rms_norm": rms_norm_cuda,
+    "fusegraph::silu_mul": silu_mul_cuda,
 }
 
 
