@@ -174,6 +174,15 @@ def _gptq_permute_columns() -> Graph:
     return g
 
 
+@example("fg.silu_mul")
+def _silu_mul() -> Graph:
+    f16 = DType.float16
+    with Graph("silu_mul", input_types=[_tensor("t", 64, dtype=f16), _tensor("t", 32, dtype=f16)]) as g:
+        gate_up, up = g.inputs
+        g.output(ops.silu_mul(gate_up), ops.silu_mul(up, up))
+    return g
+
+
 @example("fg.slice", "fg.gather", "fg.rms_norm", "fg.softmax")
 def _slice_norm() -> Graph:
     with Graph("slice_norm", input_types=[_tensor("n", 8, 6), _tensor("m", dtype=DType.uint32)]) as g:

@@ -13,6 +13,8 @@ from pathlib import Path
 from fusegraph import BufferType, DType, Graph, TensorType, ops
 from tests.filecheck.passes.fold_act_order_cases import HEADER as fold_act_order_header
 from tests.filecheck.passes.fold_act_order_cases import fold_act_order_cases
+from tests.filecheck.passes.fuse_silu_mul_cases import HEADER as fuse_silu_mul_header
+from tests.filecheck.passes.fuse_silu_mul_cases import fuse_silu_mul_cases
 from tests.passes.graphs import (
     CPU,
     F32,
@@ -337,6 +339,7 @@ def main() -> None:
     write("cse", cse_cases())
     write("dce", dce_cases())
     write("fold-act-order-permutation", fold_act_order_cases(), fold_act_order_header)
+    write("fuse-silu-mul", fuse_silu_mul_cases(), fuse_silu_mul_header)
     write(
         "gptq-repack",
         gptq_repack_cases(),
