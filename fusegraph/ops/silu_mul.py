@@ -1,8 +1,8 @@
-"""`fg.silu_mul`: the gated MLP's `silu(gate) * up` in one op (one kernel on CUDA instead of three).
+"""`fg.silu_mul`: the gated MLP's `silu(gate) * up` in one op (one kernel on CUDA instead of two).
 
 Two forms: `fg.silu_mul %gate, %up` (two `[..., I]` tensors of one type) and `fg.silu_mul %gu`
 (one `[..., 2I]` tensor: the stacked gate_up projection's output, gate columns first), which
-reads the halves in place, so no split copy is made. The math is the unfused ops' to the bit:
+reads the halves in place (as the unfused split's views do). The math is the unfused ops' to the bit:
 `silu` rounded to the input dtype, then the product rounded again (`silu_mul_math`); the pass
 `fuse-silu-mul` rewrites `fg.mul(fg.silu(a), b)` into it.
 

@@ -1,4 +1,4 @@
-"""`fuse-silu-mul`: `fg.mul(fg.silu(gate), up)`  ==>  `fg.silu_mul` (one kernel on CUDA instead of two or three).
+"""`fuse-silu-mul`: `fg.mul(fg.silu(gate), up)`  ==>  `fg.silu_mul` (one kernel on CUDA instead of two).
 
 Before:  %a, %b = fg.split %gu {axis = 1}    %s = fg.silu %a    %y = fg.mul %s, %b
 After:   %y = fg.silu_mul %gu                       (stacked gate_up: the halves read in place)

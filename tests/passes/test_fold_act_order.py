@@ -82,6 +82,23 @@ def test_fold_act_order__model_equals_unfolded_on_logits_and_cache_and_equals_tr
     assert ran.count("fg.rms_norm") == counters["norm"] + 1  # the originals are gone; the final norm stays
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["stacked", "separate"])
+def test_fuse_silu_mul__model_equals_unfused_on_logits_and_cache(
+    llama_act_order: tuple[Path, Any], fuse: bool
+) -> None:
+    folder, _ = llama_act_order
+    run, logits, kv = _run(folder, fuse, FOLDED.replace(",dce", ",fuse-silu-mul,dce"))
+    _, want, kv_want = _run(folder, fuse, FOLDED)
+    for i, (got, exp) in enumerate(zip(logits, want, strict=True)):
+        assert torch.equal(got, exp), f"step {i}"  # on the CPU the op runs the unfused ops' aten math
+    assert torch.equal(kv, kv_want)
+    ran = str(run.graph)
+    assert ran.count("fg.silu_mul") == LAYERS and "fg.silu %" not in ran and "fg.mul" not in ran
+    counters = cast(PassStatistics, run.pass_stats)["fuse-silu-mul"].counters
+    assert counters == {"fused": LAYERS, "stacked": LAYERS if fuse else 0, "skipped": 0}
+    assert "fg.split" not in ran  # stacked: the gate_up split is gone (its halves are read in place)
+
+
 def test_fold_act_order__report_says_why_o_proj_stays() -> None:
     from fusegraph import DType, Graph, TensorType
     from fusegraph.compiler import DeviceRef

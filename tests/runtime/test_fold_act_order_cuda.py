@@ -101,3 +101,25 @@ def test_fold_act_order_cuda__equals_unfolded_and_only_o_proj_permutes_x(
     assert calls_want["perm"] == calls["perm"] + calls["no_perm"]  # unfolded: every GPTQ matmul permutes x
     # the 32-token prefill permutes x in a separate kernel: once per o_proj folded, per matmul unfolded
     assert permutes < permutes_want and permutes <= LAYERS * len(STEPS)
+
+
+def test_fuse_silu_mul_cuda__the_default_pipeline_equals_it_without_the_fusion(llama_act_order: Path) -> None:
+    from fusegraph.runtime.pipeline import default_pipeline
+
+    full = default_pipeline("eager", "cuda")
+    assert "fold-act-order-permutation,fuse-silu-mul" in full
+    logits, kv, _, _ = _run(llama_act_order, True, full)
+    want, kv_want, _, _ = _run(
+        llama_act_order, True, default_pipeline("eager", "cuda", off=["fuse-silu-mul"])
+    )
+    for i, (got, exp) in enumerate(zip(logits, want, strict=True)):
+        torch.testing.assert_close(got, exp, atol=2e-2, rtol=2e-2, msg=lambda m: f"step {i}: {m}")
+    torch.testing.assert_close(kv, kv_want, atol=1e-2, rtol=1e-2)
+    model = load_model(llama_act_order, device="cuda", dtype="float16")
+    run = model.compile(NUM_BLOCKS, pipeline=full)
+    run_steps(run, model.kv_manager(NUM_BLOCKS), STEPS[:1])  # Triton compiles outside the profile
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run_steps(run, model.kv_manager(NUM_BLOCKS), STEPS)
+        torch.cuda.synchronize()
+    launches = sum(e.count for e in prof.key_averages() if "_silu_mul_kernel" in e.key)
+    assert launches == LAYERS * len(STEPS)

@@ -1,11 +1,11 @@
 """Triton kernel for `fusegraph::silu_mul` (`fg.silu_mul`): `silu(gate) * up` in one launch.
 
-The unfused form is three kernels on CUDA for a stacked gate_up (a split copy, silu, mul) or two
-(silu, mul), each a round trip of `[M, I]` through memory; this one reads gate and up once and
-writes y once. With one operand `x [M, 2I]` the halves are read in place (gate columns first).
-The math rounds as the unfused ops do: silu in float32 rounded to the dtype, then the product in
-float32 rounded again, so fused equals unfused up to the exp's last bit. A program does BLOCK
-columns of one row; no host sync, so it can be captured in a CUDA graph.
+The unfused form is two kernels on CUDA (silu, then mul; a stacked gate_up's split is views), so
+`[M, I]` makes an extra round trip through memory (silu's output written, then read back); this
+one reads gate and up once and writes y once. With one operand `x [M, 2I]` the halves are read
+in place (gate columns first). As the unfused ops do, it rounds silu (float32) to the dtype and
+then the product (float32) again, so fused equals unfused up to the exp's last bit. A program
+does BLOCK columns of one row; no host sync, so it can be captured in a CUDA graph.
 """
 
 # ruff: noqa: N803 - Triton's convention: constexpr parameters are UPPER_CASE
