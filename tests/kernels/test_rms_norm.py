@@ -51,6 +51,31 @@ def test_rms_norm_rows__matches_the_math(
     assert_within_ulps(y, reference(x, w, 1e-5, p), ULPS[dtype])
 
 
+@pytest.mark.parametrize(("shape", "split"), [((1, 40), 4), ((3, 64), 2), ((2, 2, 24), 8)])
+def test_rms_norm_rows__splits_a_rows_permuted_stores_over_programs(
+    shape: tuple[int, ...], split: int
+) -> None:
+    x, w, perm = _operands(shape, F16, seed=split)
+    plan = kernel.rms_norm_plan(x.numel() // shape[-1], shape[-1], True, 1, split)
+    assert plan["SPLIT"] == split and plan["grid"][1] == split
+    assert_within_ulps(
+        kernel.rms_norm_rows(x, w, 1e-5, perm, split=split), reference(x, w, 1e-5, perm), ULPS[F16]
+    )
+
+
+def test_rms_norm_plan__splits_only_permuted_rows_and_only_as_far_as_the_sms_go() -> None:
+    assert kernel.rms_norm_plan(1, 4096, True, 132)["SPLIT"] == 16  # 4096 / 256 columns a program
+    assert kernel.rms_norm_plan(32, 4096, True, 132)["SPLIT"] == 4
+    assert kernel.rms_norm_plan(256, 4096, True, 132)["SPLIT"] == 1
+    assert kernel.rms_norm_plan(1, 4096, False, 132)["SPLIT"] == 1
+    assert kernel.rms_norm_plan(1, 20000, True, 132)["SPLIT"] == 1  # chunked
+    for bad in (0, 3, 8192):
+        with pytest.raises(
+            ValueError, match=f"^fg.rms_norm: split must be a power of two <= 4096 .* got {bad}$"
+        ):
+            kernel.rms_norm_plan(1, 4096, True, 132, bad)
+
+
 def test_rms_norm_rows__reads_strided_and_non_contiguous_rows() -> None:
     x, w, perm = _operands((4, 24), F32, seed=7)
     wide = torch.randn(4, 40)

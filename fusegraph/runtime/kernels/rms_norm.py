@@ -7,15 +7,20 @@ e.g. Qwen3's qk-norm at D = head_dim = 128) held in registers, BLOCK >= D column
 store). The sum of squares is accumulated in float32 and the scaling is done in float32 as in
 the aten math (`ops/norm.py: rms_norm_math`), then rounded once to x's dtype.
 
-`perm` (int32 `[D]`, a permutation) gathers inside the row: column j loads `x[perm[j]]` and
-`weight[perm[j]]` and stores `y[j]` (a permutation leaves the sum of squares unchanged), so an
-act-order GEMM gets its permuted input without a separate permute kernel. `rms_norm_cuda` (the
+`perm` (int32 `[D]`, a permutation) gathers inside the row: the sum of squares is taken from x's
+row read in order (coalesced; a permutation does not change it), then column j loads
+`x[perm[j]]` (from L1: that read brought the lines in) and `weight[perm[j]]` and stores `y[j]`,
+so an act-order GEMM gets its permuted input without a separate permute kernel. The scattered
+loads are what a permuted row costs; with few rows they are split over SPLIT programs a row
+(each re-reads the row for its sum from L2) to use more SMs. `rms_norm_cuda` (the
 op's kernel) checks the perm's values once per tensor; the kernel reads 0 for an entry outside
 [0, D) as a last guard. No host sync after that check: it can be captured in a CUDA graph.
 """
 
 # ruff: noqa: N803, N806 - Triton's convention: constexpr parameters are UPPER_CASE
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -26,6 +31,7 @@ __all__ = ["MAX_BLOCK", "rms_norm_cuda", "rms_norm_plan", "rms_norm_rows"]
 MAX_BLOCK = 16384
 """The most columns a program holds in registers at once (a row longer than that is chunked)."""
 _ROW_ELEMS = 2048  # elements a program aims at when it packs several short rows
+_MIN_SLICE = 256  # the fewest columns a program stores when a row's permuted stores are split
 _OP = "fg.rms_norm"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -48,57 +54,76 @@ def _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM: tl.constexpr):
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, w_ptr, perm_ptr, y_ptr, M, D, stride_xm, eps,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
     x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     y_row = y_ptr + rows.to(tl.int64)[:, None] * D
-    if not CHUNKED:  # the rows in registers: one read of x
+    # 1. The sum of squares in row order (a permutation does not change it): coalesced loads.
+    if not CHUNKED:
         cols = tl.arange(0, BLOCK)
-        x, w = _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        x = tl.load(x_row + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)
-        y = x * rstd[:, None] * w[None, :]
-        tl.store(
-            y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < D)[None, :]
-        )
-    else:  # ROWS == 1: the sum of squares in row order (a permutation does not change it), then the stores
+        if not HAS_PERM:  # the rows are in registers: scale and store them
+            w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+            tl.store(
+                y_row + cols[None, :], (x * rstd[:, None] * w[None, :]).to(y_ptr.dtype.element_ty), mask=ok
+            )
+    else:
         acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
         for start in range(0, D, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             x = tl.load(x_row + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
             acc += x.to(tl.float32) * x.to(tl.float32)
         rstd = tl.math.rsqrt(tl.sum(acc, axis=1) / D + eps)
-        for start in range(0, D, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            x, w = _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM)
-            y = x * rstd[:, None] * w[None, :]
+    # 2. This program's 1/SPLIT of the columns (all of them, chunk by chunk, when CHUNKED): the
+    # gathered x[perm] re-reads the lines step 1 just brought into L1. SPLIT > 1 spreads a few
+    # rows' scattered loads over several SMs.
+    if HAS_PERM or CHUNKED:
+        for start in range(tl.program_id(1) * (BLOCK // SPLIT), D, BLOCK):
+            part = start + tl.arange(0, BLOCK // SPLIT)
+            xg, wg = _gathered(x_row, w_ptr, perm_ptr, part, row_ok, D, HAS_PERM)
+            y = xg * rstd[:, None] * wg[None, :]
             tl.store(
-                y_row + cols[None, :],
+                y_row + part[None, :],
                 y.to(y_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & (cols < D)[None, :],
+                mask=row_ok[:, None] & (part < D)[None, :],
             )
 
 
-def rms_norm_plan(m: int, d: int) -> dict[str, int | bool]:
+def rms_norm_plan(
+    m: int, d: int, perm: bool = False, sms: int = 1, split: int | None = None
+) -> dict[str, int | bool]:
     """The launch shape for `m` rows of `d` columns: rows a program (ROWS), columns held at
-    once (BLOCK), whether a row is chunked (CHUNKED), num_warps and the grid size.
+    once (BLOCK), whether a row is chunked (CHUNKED), the programs a row's permuted stores are
+    split over (SPLIT; with a perm and few rows, up to one program an SM of `sms`, unless
+    `split` is given), num_warps and the grid.
 
     Example:
         >>> rms_norm_plan(1, 4096)
-        {'ROWS': 1, 'BLOCK': 4096, 'CHUNKED': False, 'num_warps': 8, 'programs': 1}
+        {'ROWS': 1, 'BLOCK': 4096, 'CHUNKED': False, 'SPLIT': 1, 'num_warps': 8, 'grid': (1, 1)}
     """
     block = min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK)
     chunked = d > MAX_BLOCK
     rows = 1 if chunked else max(1, min(triton.next_power_of_2(max(m, 1)), _ROW_ELEMS // block))
+    programs = triton.cdiv(m, rows)
+    if split is None:
+        fits = max(1, sms // programs)
+        split = 1 if chunked or not perm else min(1 << (fits.bit_length() - 1), max(1, block // _MIN_SLICE))
+    if split < 1 or split & (split - 1) or (split > 1 and (chunked or split > block)):
+        raise ValueError(
+            f"{_OP}: split must be a power of two <= {block} (BLOCK), and 1 for a chunked row, got {split}"
+        )
     warps = max(1, min(16, rows * block // 512))
-    return {
-        "ROWS": rows,
-        "BLOCK": block,
-        "CHUNKED": chunked,
-        "num_warps": warps,
-        "programs": triton.cdiv(m, rows),
-    }
+    return {"ROWS": rows, "BLOCK": block, "CHUNKED": chunked, "SPLIT": split, "num_warps": warps,
+            "grid": (programs, split)}  # fmt: skip
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
@@ -125,7 +150,12 @@ def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None) -> 
 
 
 def rms_norm_rows(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, perm: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    perm: torch.Tensor | None = None,
+    *,
+    split: int | None = None,
 ) -> torch.Tensor:
     """`(x / sqrt(mean(x**2, -1) + eps) * weight)[..., perm]` in one launch.
 
@@ -136,6 +166,8 @@ def rms_norm_rows(
         perm: optional int32 `[D]`, a permutation of [0, D): `y[..., j] = norm(x)[..., perm[j]]`.
             Its values are not read here (that would sync; `rms_norm_cuda`, the op's kernel, checks
             them once per tensor); an entry outside [0, D) reads 0, never memory out of bounds.
+        split: programs a row's permuted stores are spread over (a power of two; None: the plan's
+            choice, more for fewer rows, see `rms_norm_plan`).
 
     Returns:
         A new contiguous tensor of x's shape and dtype.
@@ -158,10 +190,11 @@ def rms_norm_rows(
     y = torch.empty((m, d), dtype=x.dtype, device=x.device)
     weight = weight.contiguous()
     perm = None if perm is None else perm.contiguous()
-    p = rms_norm_plan(m, d)
-    _rms_norm_kernel[(p["programs"],)](
+    sms = _sm_count(x.device) if x.is_cuda else 1
+    p = rms_norm_plan(m, d, perm is not None, sms, split)
+    _rms_norm_kernel[p["grid"]](
         x2, weight, weight if perm is None else perm, y, m, d, x2.stride(0), float(eps),
-        ROWS=p["ROWS"], BLOCK=p["BLOCK"], HAS_PERM=perm is not None, CHUNKED=p["CHUNKED"],
+        ROWS=p["ROWS"], BLOCK=p["BLOCK"], HAS_PERM=perm is not None, CHUNKED=p["CHUNKED"], SPLIT=p["SPLIT"],
         num_warps=p["num_warps"],
     )  # fmt: skip
     return y.reshape(x.shape)
