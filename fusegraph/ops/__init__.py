@@ -4,6 +4,7 @@ installs the builders behind TensorValue's operators."""
 import sys
 
 from fusegraph.compiler.values import install_tensor_ops
+from fusegraph.ops.add_rms_norm import add_rms_norm
 from fusegraph.ops.attention import paged_attention
 from fusegraph.ops.collective import allgather, allreduce
 from fusegraph.ops.custom import custom, register_custom_op
@@ -37,6 +38,7 @@ install_tensor_ops(sys.modules[__name__])  # a module satisfies TensorOps
 
 __all__ = [
     "add",
+    "add_rms_norm",
     "allgather",
     "allreduce",
     "cast",

@@ -79,27 +79,34 @@ class RmsNormOp(FgOp):
     def rule(x: Any, weight: Any, perm: Any = None, *, eps: float) -> list[Attribute]:
         """The shape rule: `x` keeps its type; `weight` is `[x.shape[-1]]` of x's dtype;
         `perm`, when present, is int32 `[x.shape[-1]]` with that dim static."""
-        x = expect_tensor(_RMS, "input", x)
-        weight = expect_tensor(_RMS, "weight", weight)
-        perm = None if perm is None else expect_tensor(_RMS, "perm", perm)
-        expect_same_device(_RMS, input=x, weight=weight, perm=perm)
-        if not x.dtype.is_float:
-            raise ValueError(f"{_RMS}: input dtype must be a float type, got {x.dtype.name}")
-        if x.rank < 1:
-            raise ValueError(f"{_RMS}: input must have rank >= 1, got a scalar")
-        expect_rank(_RMS, "weight", weight, 1)
-        if weight.dtype != x.dtype:
-            raise ValueError(f"{_RMS}: weight dtype {weight.dtype.name} != input dtype {x.dtype.name}")
-        expect_dim(_RMS, "weight dim 0", weight.shape[0], x.shape[-1])
-        if perm is not None:
-            expect_rank(_RMS, "perm", perm, 1)
-            expect_dtype(_RMS, "perm", perm, [DType.int32])
-            if not x.shape[-1].is_static:
-                raise ValueError(f"{_RMS}: perm needs a static input dim -1, got {x.shape[-1]}")
-            expect_dim(_RMS, "perm dim 0", perm.shape[0], x.shape[-1])
-        if not eps >= 0.0:
-            raise ValueError(f"{_RMS}: eps must be >= 0, got {eps=}")
-        return [x]
+        return [norm_operands(_RMS, x, weight, perm, eps)]
+
+
+def norm_operands(op: str, x: Any, weight: Any, perm: Any, eps: float, x_name: str = "input") -> TensorType:
+    """The shape rule of an RMSNorm's operands (x float, weight `[D]` of x's dtype, perm int32
+    `[D]` with D static, eps >= 0), errors naming `op`; x's type."""
+    x_t = expect_tensor(op, x_name, x)
+    weight = expect_tensor(op, "weight", weight)
+    perm = None if perm is None else expect_tensor(op, "perm", perm)
+    x = x_t
+    expect_same_device(op, **{x_name: x_t, "weight": weight, "perm": perm})
+    if not x.dtype.is_float:
+        raise ValueError(f"{op}: {x_name} dtype must be a float type, got {x.dtype.name}")
+    if x.rank < 1:
+        raise ValueError(f"{op}: {x_name} must have rank >= 1, got a scalar")
+    expect_rank(op, "weight", weight, 1)
+    if weight.dtype != x.dtype:
+        raise ValueError(f"{op}: weight dtype {weight.dtype.name} != {x_name} dtype {x.dtype.name}")
+    expect_dim(op, "weight dim 0", weight.shape[0], x.shape[-1])
+    if perm is not None:
+        expect_rank(op, "perm", perm, 1)
+        expect_dtype(op, "perm", perm, [DType.int32])
+        if not x.shape[-1].is_static:
+            raise ValueError(f"{op}: perm needs a static {x_name} dim -1, got {x.shape[-1]}")
+        expect_dim(op, "perm dim 0", perm.shape[0], x.shape[-1])
+    if not eps >= 0.0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps=}")
+    return x_t
 
 
 def rms_norm(

@@ -198,6 +198,18 @@ def _slice_norm() -> Graph:
     return g
 
 
+@example("fg.add_rms_norm")
+def _add_rms_norm() -> Graph:
+    f16 = DType.float16
+    with Graph("add_rms_norm", input_types=[_tensor("t", 8, dtype=f16), _tensor("t", 8, dtype=f16)]) as g:
+        x, attn = g.inputs
+        w = g.add_weight("norm.weight", _tensor(8, dtype=f16))
+        perm = g.add_weight("q_proj.perm", _tensor(8, dtype=DType.int32))
+        h, y = ops.add_rms_norm(x, attn, w, 1e-5)
+        g.output(y, *ops.add_rms_norm(h, attn, w, 1e-5, perm))
+    return g
+
+
 @example("fg.custom")
 def _custom() -> Graph:
     def rule(types: list, params: dict) -> list[TensorType]:

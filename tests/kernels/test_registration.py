@@ -16,6 +16,7 @@ def test_kernels__register_a_cuda_kernel_for_every_op():
         "fusegraph::qmatmul_gptq_tiled",
         "fusegraph::paged_attention",
         "fusegraph::rms_norm",
+        "fusegraph::add_rms_norm",
         "fusegraph::silu_mul",
     }
     for name in kernels.REGISTERED:

@@ -8,6 +8,7 @@
 | `fusegraph::qmatmul_gptq_tiled`| `gptq_tiled.gptq_tiled_matmul` (2/3/4/8 bits)  |
 | `fusegraph::paged_attention`   | `paged_attention.paged_attention_triton`       |
 | `fusegraph::rms_norm`          | `rms_norm.rms_norm_cuda` (optional perm)       |
+| `fusegraph::add_rms_norm`      | `rms_norm.add_rms_norm_cuda` (residual + norm) |
 | `fusegraph::silu_mul`          | `silu_mul.silu_mul_cuda` (stacked or two)      |
 
 Importing this package registers them (`fusegraph.runtime.eager` does so for device="cuda").
@@ -35,7 +36,7 @@ from fusegraph.runtime.kernels.gptq_matmul import gptq_matmul_triton
 from fusegraph.runtime.kernels.gptq_tiled import gptq_tiled_matmul
 from fusegraph.runtime.kernels.kv_cache_store import kv_cache_store_triton
 from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
-from fusegraph.runtime.kernels.rms_norm import rms_norm_cuda
+from fusegraph.runtime.kernels.rms_norm import add_rms_norm_cuda, rms_norm_cuda
 from fusegraph.runtime.kernels.rope_split_store import rope_split_store_triton
 from fusegraph.runtime.kernels.silu_mul import silu_mul_cuda
 
@@ -127,6 +128,7 @@ _KERNELS: dict[str, Callable[..., Any]] = {
     "fusegraph::qmatmul_gptq_tiled": _qmatmul_gptq_tiled_cuda,
     "fusegraph::paged_attention": paged_attention_triton,
     "fusegraph::rms_norm": rms_norm_cuda,
+    "fusegraph::add_rms_norm": add_rms_norm_cuda,
     "fusegraph::silu_mul": silu_mul_cuda,
 }
 

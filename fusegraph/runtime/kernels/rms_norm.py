@@ -26,45 +26,73 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_BLOCK", "rms_norm_cuda", "rms_norm_plan", "rms_norm_rows"]
+__all__ = [
+    "MAX_BLOCK",
+    "add_rms_norm_cuda",
+    "add_rms_norm_rows",
+    "rms_norm_cuda",
+    "rms_norm_plan",
+    "rms_norm_rows",
+]
 
 MAX_BLOCK = 16384
 """The most columns a program holds in registers at once (a row longer than that is chunked)."""
 _ROW_ELEMS = 2048  # elements a program aims at when it packs several short rows
 _MIN_SLICE = 256  # the fewest columns a program stores when a row's permuted stores are split
 _OP = "fg.rms_norm"
+_ADD_OP = "fg.add_rms_norm"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _gathered(x_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM: tl.constexpr):
-    """Columns `cols` of the rows, as float32, and their weights: `x[perm[cols]]`,
-    `w[perm[cols]]` with a perm (an entry outside [0, D) reads 0), else `x[cols]`, `w[cols]`."""
+def _values(x_row, r_row, idx, mask, HAS_RES: tl.constexpr):
+    """x at `idx` of the rows, as float32; with a residual, `x + r` rounded to x's dtype first
+    (what `fg.add` stores and the unfused norm reads)."""
+    x = tl.load(x_row + idx, mask=mask, other=0.0)
+    if HAS_RES:
+        x = (x.to(tl.float32) + tl.load(r_row + idx, mask=mask, other=0.0).to(tl.float32)).to(x.dtype)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _gathered(x_row, r_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM: tl.constexpr, HAS_RES: tl.constexpr):
+    """Columns `cols` of the rows and their weights, as float32: `x[perm[cols]]`, `w[perm[cols]]`
+    with a perm (an entry outside [0, D) reads 0), else `x[cols]`, `w[cols]`."""
     col_ok = cols < D
     if HAS_PERM:
         src = tl.load(perm_ptr + cols, mask=col_ok, other=0)
         col_ok = col_ok & (src >= 0) & (src < D)
     else:
         src = cols
-    x = tl.load(x_row + src[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    x = _values(x_row, r_row, src[None, :], row_ok[:, None] & col_ok[None, :], HAS_RES)
     w = tl.load(w_ptr + src, mask=col_ok, other=0.0).to(tl.float32)
     return x, w
 
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, w_ptr, perm_ptr, y_ptr, M, D, stride_xm, eps,
+    x_ptr, r_ptr, s_ptr, w_ptr, perm_ptr, y_ptr, M, D, stride_xm, stride_rm, eps,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_RES: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
     x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    r_row = r_ptr + rows.to(tl.int64)[:, None] * stride_rm
     y_row = y_ptr + rows.to(tl.int64)[:, None] * D
+    s_row = s_ptr + rows.to(tl.int64)[:, None] * D
     # 1. The sum of squares in row order (a permutation does not change it): coalesced loads.
     if not CHUNKED:
         cols = tl.arange(0, BLOCK)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        x = tl.load(x_row + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        x = _values(x_row, r_row, cols[None, :], ok, HAS_RES)
+        if HAS_RES:
+            # of a split row, program 0 stores the sum (a tensor mask: the interpreter wants one)
+            tl.store(
+                s_row + cols[None, :],
+                x.to(s_ptr.dtype.element_ty),
+                mask=ok & (tl.program_id(1) + 0 * cols == 0),
+            )
         rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)
         if not HAS_PERM:  # the rows are in registers: scale and store them
             w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
@@ -75,16 +103,20 @@ def _rms_norm_kernel(
         acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
         for start in range(0, D, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = tl.load(x_row + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
-            acc += x.to(tl.float32) * x.to(tl.float32)
+            ok = row_ok[:, None] & (cols < D)[None, :]
+            x = _values(x_row, r_row, cols[None, :], ok, HAS_RES)
+            if HAS_RES:
+                tl.store(s_row + cols[None, :], x.to(s_ptr.dtype.element_ty), mask=ok)  # SPLIT == 1
+            acc += x * x
         rstd = tl.math.rsqrt(tl.sum(acc, axis=1) / D + eps)
     # 2. This program's 1/SPLIT of the columns (all of them, chunk by chunk, when CHUNKED): the
-    # gathered x[perm] re-reads the lines step 1 just brought into L1. SPLIT > 1 spreads a few
-    # rows' scattered loads over several SMs.
+    # gathered x[perm] re-reads the lines step 1 just brought into L1 (a residual sum is formed
+    # again from x and r, not read back: no program waits for another's stores). SPLIT > 1
+    # spreads a few rows' scattered loads over several SMs.
     if HAS_PERM or CHUNKED:
         for start in range(tl.program_id(1) * (BLOCK // SPLIT), D, BLOCK):
             part = start + tl.arange(0, BLOCK // SPLIT)
-            xg, wg = _gathered(x_row, w_ptr, perm_ptr, part, row_ok, D, HAS_PERM)
+            xg, wg = _gathered(x_row, r_row, w_ptr, perm_ptr, part, row_ok, D, HAS_PERM, HAS_RES)
             y = xg * rstd[:, None] * wg[None, :]
             tl.store(
                 y_row + part[None, :],
@@ -126,27 +158,27 @@ def _sm_count(device: torch.device) -> int:
     return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
+def _check(op: str, x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
     """ValueErrors naming the op, the operand and the dims (never a Triton error)."""
     if x.dtype not in _FLOATS:
-        raise ValueError(f"{_OP}: input dtype must be float16, bfloat16 or float32, got {x.dtype}")
+        raise ValueError(f"{op}: input dtype must be float16, bfloat16 or float32, got {x.dtype}")
     if x.dim() < 1:
-        raise ValueError(f"{_OP}: input must have rank >= 1, got a scalar")
+        raise ValueError(f"{op}: input must have rank >= 1, got a scalar")
     d = x.shape[-1]
     if weight.dim() != 1 or weight.shape[0] != d:
-        raise ValueError(f"{_OP}: weight shape {list(weight.shape)} != [{d}] (input dim -1)")
+        raise ValueError(f"{op}: weight shape {list(weight.shape)} != [{d}] (input dim -1)")
     if weight.dtype != x.dtype:
-        raise ValueError(f"{_OP}: weight dtype {weight.dtype} != input dtype {x.dtype}")
+        raise ValueError(f"{op}: weight dtype {weight.dtype} != input dtype {x.dtype}")
     operands = {"weight": weight} if perm is None else {"weight": weight, "perm": perm}
     for name, t in operands.items():
         if t.device != x.device:
-            raise ValueError(f"{_OP}: {name} on {t.device}, input on {x.device}")
+            raise ValueError(f"{op}: {name} on {t.device}, input on {x.device}")
     if perm is None:
         return
     if perm.dtype != torch.int32:
-        raise ValueError(f"{_OP}: perm dtype must be int32, got {perm.dtype}")
+        raise ValueError(f"{op}: perm dtype must be int32, got {perm.dtype}")
     if perm.dim() != 1 or perm.shape[0] != d:
-        raise ValueError(f"{_OP}: perm shape {list(perm.shape)} != [{d}] (input dim -1)")
+        raise ValueError(f"{op}: perm shape {list(perm.shape)} != [{d}] (input dim -1)")
 
 
 def rms_norm_rows(
@@ -179,13 +211,59 @@ def rms_norm_rows(
         >>> y = rms_norm_rows(h, norm_weight, 1e-5)            # h [T, 4096] fp16
         >>> yp = rms_norm_rows(h, norm_weight, 1e-5, perm)     # the act-order GEMM's input
     """
-    _check(x, weight, perm)
+    return _launch(x, None, weight, eps, perm, split)[1]
+
+
+def add_rms_norm_rows(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    perm: torch.Tensor | None = None,
+    *,
+    split: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`s = x + residual` (rounded to x's dtype) and `rms_norm_rows(s, weight, eps, perm)`, one launch.
+
+    Args:
+        x, residual: `[..., D]` of one shape and dtype (float16/bfloat16/float32).
+        weight, eps, perm, split: as for `rms_norm_rows`.
+
+    Returns:
+        (s, y): new contiguous tensors of x's shape and dtype.
+
+    Raises:
+        ValueError: a dtype, device or shape mismatch, naming `fg.add_rms_norm`, the operand and the dims.
+
+    Example:
+        >>> h, y = add_rms_norm_rows(h, attn_out, norm_weight, 1e-5)   # the residual stream, the normed input
+    """
+    return _launch(x, residual, weight, eps, perm, split)
+
+
+def _launch(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    perm: torch.Tensor | None,
+    split: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    op = _OP if residual is None else _ADD_OP
+    _check(op, x, weight, perm)
+    if residual is not None and (
+        residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device
+    ):
+        raise ValueError(
+            f"{op}: rhs {list(residual.shape)} {residual.dtype} on {residual.device} != "
+            f"lhs {list(x.shape)} {x.dtype} on {x.device}"
+        )
+    shape = x.shape
+    s = torch.empty(shape, dtype=x.dtype, device=x.device) if residual is not None else x
     if x.numel() == 0:
-        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return s, torch.empty(shape, dtype=x.dtype, device=x.device)
     d = x.shape[-1]
-    x2 = x.reshape(-1, d)
-    if d > 1 and x2.stride(1) != 1:
-        x2 = x2.contiguous()
+    x2, r2 = _rows(x, d), None if residual is None else _rows(residual, d)
     m = x2.shape[0]
     y = torch.empty((m, d), dtype=x.dtype, device=x.device)
     weight = weight.contiguous()
@@ -193,11 +271,18 @@ def rms_norm_rows(
     sms = _sm_count(x.device) if x.is_cuda else 1
     p = rms_norm_plan(m, d, perm is not None, sms, split)
     _rms_norm_kernel[p["grid"]](
-        x2, weight, weight if perm is None else perm, y, m, d, x2.stride(0), float(eps),
+        x2, x2 if r2 is None else r2, y if residual is None else s, weight, weight if perm is None else perm, y,
+        m, d, x2.stride(0), 0 if r2 is None else r2.stride(0), float(eps),
         ROWS=p["ROWS"], BLOCK=p["BLOCK"], HAS_PERM=perm is not None, CHUNKED=p["CHUNKED"], SPLIT=p["SPLIT"],
-        num_warps=p["num_warps"],
+        HAS_RES=residual is not None, num_warps=p["num_warps"],
     )  # fmt: skip
-    return y.reshape(x.shape)
+    return s, y.reshape(shape)
+
+
+def _rows(x: torch.Tensor, d: int) -> torch.Tensor:
+    """x as `[rows, d]` with unit column stride (a view when it can be)."""
+    x2 = x.reshape(-1, d)
+    return x2.contiguous() if d > 1 and x2.stride(1) != 1 else x2
 
 
 def rms_norm_cuda(
@@ -210,3 +295,15 @@ def rms_norm_cuda(
 
         check_perm(perm, x.shape[-1])
     return rms_norm_rows(x, weight, eps, perm)
+
+
+def add_rms_norm_cuda(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.ops.fusegraph.add_rms_norm`'s CUDA kernel: `add_rms_norm_rows` in the op's schema
+    order, its perm checked once per tensor first."""
+    if perm is not None and x.dim() >= 1:
+        from fusegraph.ops.norm import check_perm  # here: the kernel modules import only torch, triton
+
+        check_perm(perm, x.shape[-1])
+    return add_rms_norm_rows(x, residual, weight, eps, perm)
