@@ -46,6 +46,12 @@ def _fold_act_order() -> type[ModulePass]:
     return FoldActOrderPermutation
 
 
+def _fuse_add_rms_norm() -> type[ModulePass]:
+    from fusegraph.passes.fuse_add_rms_norm import FuseAddRmsNorm
+
+    return FuseAddRmsNorm
+
+
 def _fuse_qkv() -> type[ModulePass]:
     from fusegraph.passes.fuse_qkv_projections import FuseQKVProjections
 
@@ -81,6 +87,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "cse": _cse,
     "dce": _dce,
     "fold-act-order-permutation": _fold_act_order,
+    "fuse-add-rms-norm": _fuse_add_rms_norm,
     "fuse-qkv-projections": _fuse_qkv,
     "fuse-rope-split-store": _fuse_rope,
     "fuse-silu-mul": _fuse_silu_mul,
