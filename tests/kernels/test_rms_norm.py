@@ -132,3 +132,38 @@ def test_rms_norm_rows__mismatches_raise_value_errors(
 ) -> None:
     with pytest.raises(ValueError, match=f"^fg.rms_norm: {message}"):
         kernel.rms_norm_rows(x, w, 1e-6, perm)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "split", "max_block"),
+    [((3, 40), F16, None, None), ((1, 40), F32, 4, None), ((2, 2, 24), F16, 2, None), ((2, 40), F32, 1, 16)],
+)
+@pytest.mark.parametrize("with_perm", [False, True])
+def test_add_rms_norm_rows__sum_as_the_add_and_norm_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    split: int | None,
+    max_block: int | None,
+    with_perm: bool,
+) -> None:
+    if max_block is not None:
+        monkeypatch.setattr(kernel, "MAX_BLOCK", max_block)
+    x, w, perm = _operands(shape, dtype, seed=shape[-1])
+    r, _, _ = _operands(shape, dtype, seed=shape[-1] + 1)
+    p = perm if with_perm else None
+    s, y = kernel.add_rms_norm_rows(x, r, w, 1e-5, p, split=None if not with_perm else split)
+    assert torch.equal(s, x + r)  # fp16/fp32: the interpreter rounds as aten does (bf16 it truncates)
+    assert_within_ulps(y, reference(x + r, w, 1e-5, p), ULPS[dtype])
+
+
+def test_add_rms_norm_rows__a_residual_of_another_shape_or_dtype_raises() -> None:
+    x, w = torch.ones(2, 8), torch.ones(8)
+    for r, what in (
+        (torch.ones(2, 4), r"\[2, 4\] torch.float32"),
+        (torch.ones(2, 8, dtype=F16), r"\[2, 8\] torch.float16"),
+    ):
+        with pytest.raises(ValueError, match=f"^fg.add_rms_norm: rhs {what} on cpu != lhs"):
+            kernel.add_rms_norm_rows(x, r, w, 1e-6)
+    with pytest.raises(ValueError, match=r"^fg.add_rms_norm: weight shape \[4\] != \[8\]"):
+        kernel.add_rms_norm_rows(x, x, torch.ones(4), 1e-6)

@@ -3,8 +3,8 @@
 `y = (x / sqrt(mean(x**2, -1) + eps) * weight)[..., perm]` over the last dim D of `x`; the
 leading dims are flattened to rows. A program normalizes ROWS rows (ROWS > 1 only for small D,
 e.g. Qwen3's qk-norm at D = head_dim = 128) held in registers, BLOCK >= D columns each; past
-`MAX_BLOCK` columns a row is streamed twice in BLOCK chunks (sum of squares, then the scaled
-store). The sum of squares is accumulated in float32 and the scaling is done in float32 as in
+`MAX_BLOCK` columns a row is streamed twice in 4096-column chunks (sum of squares, then the
+scaled store). The sum of squares is accumulated in float32 and the scaling is done in float32 as in
 the aten math (`ops/norm.py: rms_norm_math`), then rounded once to x's dtype.
 
 `perm` (int32 `[D]`, a permutation) gathers inside the row: the sum of squares is taken from x's
@@ -38,6 +38,7 @@ __all__ = [
 MAX_BLOCK = 16384
 """The most columns a program holds in registers at once (a row longer than that is chunked)."""
 _ROW_ELEMS = 2048  # elements a program aims at when it packs several short rows
+_CHUNK = 4096  # columns a program streams at a time through a chunked row (no spills at 8 warps)
 _MIN_SLICE = 256  # the fewest columns a program stores when a row's permuted stores are split
 _OP = "fg.rms_norm"
 _ADD_OP = "fg.add_rms_norm"
@@ -137,8 +138,8 @@ def rms_norm_plan(
         >>> rms_norm_plan(1, 4096)
         {'ROWS': 1, 'BLOCK': 4096, 'CHUNKED': False, 'SPLIT': 1, 'num_warps': 8, 'grid': (1, 1)}
     """
-    block = min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK)
     chunked = d > MAX_BLOCK
+    block = min(_CHUNK, MAX_BLOCK) if chunked else min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK)
     rows = 1 if chunked else max(1, min(triton.next_power_of_2(max(m, 1)), _ROW_ELEMS // block))
     programs = triton.cdiv(m, rows)
     if split is None:
