@@ -21,6 +21,7 @@ op's kernel) checks the perm's values once per tensor; the kernel reads 0 for an
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import triton
@@ -128,7 +129,7 @@ def _rms_norm_kernel(
 
 def rms_norm_plan(
     m: int, d: int, perm: bool = False, sms: int = 1, split: int | None = None
-) -> dict[str, int | bool]:
+) -> dict[str, Any]:
     """The launch shape for `m` rows of `d` columns: rows a program (ROWS), columns held at
     once (BLOCK), whether a row is chunked (CHUNKED), the programs a row's permuted stores are
     split over (SPLIT; with a perm and few rows, up to one program an SM of `sms`, unless
