@@ -106,3 +106,13 @@ def test_add_rms_norm__eager_runtime_matches_the_math() -> None:
     s, y = fusegraph.compile(_graph(), weights={"norm.weight": w, "norm.perm": perm})(x, r)
     assert torch.equal(s, x + r)
     assert_within_ulps(y, reference(x + r, w, 1e-5, perm), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["custom", "decomposed"])
+def test_add_rms_norm__lowers_to_aten(mode: str) -> None:
+    pytest.importorskip("torch_mlir")
+    from fusegraph.compiler.lowering import to_torch_mlir
+
+    text = str(to_torch_mlir(_graph(), mode=mode))  # type: ignore[arg-type]
+    assert "torch.operator" not in text and "torch.aten.add.Tensor" in text
+    assert text.count("torch.aten.index_select") == 1 and "torch.aten.rsqrt" in text
