@@ -20,7 +20,7 @@ shared with another matmul stays for it.
 
 RMSNorm (q/k/v, gate/up inputs): `%x = fg.rms_norm %h, %w` feeding the matmul becomes a new
 `fg.rms_norm %h, %w perm %p` (one per distinct (rms_norm, perm) pair); the original stays for
-its other users (`dce` removes it when there are none).
+its other users, and is erased when there are none.
 
 Anything else (o_proj's input from attention, a reshape in between, a chain with other users)
 is left as is, counted in `skipped` with the reason (`--debug`): the runtime permutation stays.
@@ -70,6 +70,8 @@ class FoldActOrderPattern(GuardedPattern[MlpFold | NormFold]):
         if isinstance(match, NormFold):
             self.report.count("norm")
             _replace_x(match.matmul, self._permuted_norm(match, rewriter).result, rewriter)
+            if match.norm.result.first_use is None:  # no other reader: later passes must not see it
+                rewriter.erase(match.norm)
             return
         self.report.count("mlp")
         _rewrite_mlp(match, rewriter)
