@@ -30,8 +30,11 @@ def test_silu_mul_cuda__matches_the_math_and_the_unfused_ops(dtype, m, i, stacke
     assert y.shape == (m, i) and y.dtype == dtype and y.is_contiguous()
     tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-6}[dtype]
     torch.testing.assert_close(y.double(), _reference(g, u), rtol=tol, atol=tol)
+    # fp16/bf16: the unfused ops' two roundings, within exp's last bit (2 ulps); fp32 has no rounding step to
+    # hide Triton's exp against torch's, so a few ulps (the H200 measured up to 3.8e-7 relative, about 3 ulps)
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(y, silu_mul_math(g, u), rtol=2 * eps, atol=eps)
+    ulps = 8 if dtype == torch.float32 else 2
+    torch.testing.assert_close(y, silu_mul_math(g, u), rtol=ulps * eps, atol=eps)
 
 
 def test_silu_mul_cuda__captures_in_a_cuda_graph() -> None:
