@@ -14,7 +14,7 @@
 - `fold-act-order-permutation` (right after it, when registered) makes the producer of an
   act-order matmul's input write it permuted (the MLP's gate/up weights, `fg.rms_norm perm`),
   so no per-call permutation kernel runs there. Off with `FUSEGRAPH_FOLD_ACT_ORDER=0` or
-  `default_pipeline(..., fold_act_order=False)` (pass that text as `pipeline=`);
+  `default_pipeline(..., off=[name])` (pass that text as `pipeline=`);
 - `fuse-silu-mul` (when registered) makes the MLP's `silu(gate) * up` one op (one kernel), and
   `fuse-add-rms-norm` the residual add and the next norm; off with `FUSEGRAPH_FUSE_SILU_MUL=0` /
   `FUSEGRAPH_FUSE_ADD_RMS_NORM=0` or `default_pipeline(..., off=[name])`.
@@ -25,7 +25,7 @@
 Example:
     >>> graph, text, stats = run_pipeline(g, "default", backend="eager", device="cuda")
     >>> text
-    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,fold-act-order-permutation,fuse-silu-mul,dce'
+    'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,fold-act-order-permutation,fuse-silu-mul,fuse-add-rms-norm,dce'
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def default_pipeline(
     backend: str = "eager",
     device: str = "cpu",
     *,
-    fold_act_order: bool | None = None,
+    on: Collection[str] = (),
     off: Collection[str] = (),
 ) -> str:
     """The default pipeline's text for a target, read from the pass registry now.
@@ -71,29 +71,28 @@ def default_pipeline(
     Args:
         backend: "eager" or "iree".
         device: "cpu", "cuda" or "cuda:N".
-        fold_act_order: with `gptq-repack`, add `fold-act-order-permutation` after it; None:
-            yes unless the environment sets `FUSEGRAPH_FOLD_ACT_ORDER=0`.
+        on: names of `CUDA_EAGER_PASSES` to add whatever their variable says.
         off: names of `CUDA_EAGER_PASSES` to leave out (as their variable set to 0 does).
 
     Raises:
-        ValueError: one of the variables is set to something other than 0 or 1.
+        ValueError: one of the variables is set to something other than 0 or 1, or a name is
+            both in `on` and in `off`.
 
     Example:
         >>> default_pipeline("eager", "cpu")
         'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,dce'
-        >>> default_pipeline("eager", "cuda", fold_act_order=False, off=["fuse-silu-mul"])
-        'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,dce'
+        >>> default_pipeline("eager", "cuda", off=["fuse-silu-mul", "fuse-add-rms-norm"])
+        'fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack,fold-act-order-permutation,dce'
     """
+    if both := sorted(set(on) & set(off)):
+        raise ValueError(f"default_pipeline: {both} both in on and in off")
     passes = list(DEFAULT_PIPELINE)
     if backend != "eager" or torch.device(device).type != "cuda":
         return ",".join(passes)
     known = available_passes()
     for name, env in CUDA_EAGER_PASSES:
-        explicit = fold_act_order if name == _FOLD else None
-        wanted = name in known and name not in off and (_on_in_env(env) if explicit is None else explicit)
-        if name == _FOLD:
-            wanted = wanted and _REPACK in passes
-        if wanted:
+        wanted = name in on or (name not in off and _on_in_env(env))
+        if wanted and name in known and (name != _FOLD or _REPACK in passes):
             passes.insert(passes.index("dce"), name)
     return ",".join(passes)
 

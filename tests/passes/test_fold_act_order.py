@@ -120,14 +120,20 @@ def test_default_pipeline__folds_act_order_after_gptq_repack_unless_turned_off(m
     monkeypatch.setenv("FUSEGRAPH_FUSE_ADD_RMS_NORM", "0")  # another helper's pass, not this test's
     silu_mul = "fuse-silu-mul,dce"
     assert default_pipeline("eager", "cuda") == FOLDED.replace("dce", silu_mul)
-    assert default_pipeline("eager", "cuda", fold_act_order=False) == UNFOLDED.replace("dce", silu_mul)
+    assert default_pipeline("eager", "cuda", off=["fold-act-order-permutation"]) == UNFOLDED.replace(
+        "dce", silu_mul
+    )
     assert default_pipeline("eager", "cuda", off=["fold-act-order-permutation", "fuse-silu-mul"]) == UNFOLDED
     assert "fold-act-order" not in default_pipeline("eager", "cpu") + default_pipeline("iree", "cuda")
     monkeypatch.setenv(FOLD_ENV, "0")
     assert default_pipeline("eager", "cuda") == UNFOLDED.replace("dce", silu_mul)
-    assert default_pipeline("eager", "cuda", fold_act_order=True) == FOLDED.replace("dce", silu_mul)
+    assert default_pipeline("eager", "cuda", on=["fold-act-order-permutation"]) == FOLDED.replace(
+        "dce", silu_mul
+    )
     monkeypatch.setenv("FUSEGRAPH_FUSE_SILU_MUL", "0")
-    assert default_pipeline("eager", "cuda", fold_act_order=True) == FOLDED
+    assert default_pipeline("eager", "cuda", on=["fold-act-order-permutation"]) == FOLDED
     monkeypatch.setenv(FOLD_ENV, "yes")
     with pytest.raises(ValueError, match="FUSEGRAPH_FOLD_ACT_ORDER must be 0 or 1, got 'yes'"):
         default_pipeline("eager", "cuda")
+    with pytest.raises(ValueError, match="both in on and in off"):
+        default_pipeline("eager", "cuda", on=["fuse-silu-mul"], off=["fuse-silu-mul"])
