@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import triton
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import launch, raise_smem_limit
+from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache, launch
 from fusegraph.runtime.kernels.gptq_cuda_mid import (
     MID_KERNEL_NAME,
     MidSpec,
@@ -43,9 +43,8 @@ __all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
 
 _log = logging.getLogger(__name__)
 
-_KERNELS: dict[tuple[int, KernelSpec | MidSpec], Any] = {}
-_FAILED: dict[tuple[int, KernelSpec | MidSpec], str] = {}
-_SMEM_SET: dict[tuple[int, KernelSpec | MidSpec], int] = {}
+_CACHE: KernelCache[tuple[int, KernelSpec | MidSpec]] = KernelCache()  # by (device index, spec)
+_KERNELS, _FAILED = _CACHE.kernels, _CACHE.failed
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
@@ -82,30 +81,22 @@ def cuda_path_status() -> str:
 def _kernel(spec: KernelSpec | MidSpec, device: torch.device, smem: int) -> Any | None:
     """The compiled kernel of `spec` on `device` (compiled once), or None (reason in `_FAILED`)."""
     key = (device.index or 0, spec)
-    kern = _KERNELS.get(key)
-    if kern is None:
-        if key in _FAILED:
-            return None
-        if torch.cuda.is_current_stream_capturing():
-            _FAILED[key] = "not compiled before CUDA-graph capture"
-            return None
-        try:
-            with torch.cuda.device(device):
-                if isinstance(spec, MidSpec):
-                    kern = torch.cuda._compile_kernel(mid_kernel_source(spec), MID_KERNEL_NAME)
-                else:
-                    kern = torch.cuda._compile_kernel(kernel_source(spec), KERNEL_NAME)
-        except Exception as err:  # noqa: BLE001 - no NVRTC, no CUDA_HOME for its include path, a compile error
-            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
-            _STATUS["error"] = f"compiling {spec} failed: {_FAILED[key]}"
-            _log.warning(
-                "gptq_cuda: the CUDA kernel is not available, Triton runs instead (%s)", _STATUS["error"]
-            )
-            return None
-        _KERNELS[key] = kern
-    if smem > _SMEM_SET.get(key, 48 * 1024 - 1):
-        raise_smem_limit(kern, smem)
-        _SMEM_SET[key] = smem
+    if key not in _KERNELS and key not in _FAILED and torch.cuda.is_current_stream_capturing():
+        _FAILED[key] = "not compiled before CUDA-graph capture"
+    failed_before = key in _FAILED
+
+    def build() -> Any:
+        with torch.cuda.device(device):
+            if isinstance(spec, MidSpec):
+                return torch.cuda._compile_kernel(mid_kernel_source(spec), MID_KERNEL_NAME)
+            return torch.cuda._compile_kernel(kernel_source(spec), KERNEL_NAME)
+
+    kern = _CACHE.get(key, build, smem)
+    if kern is None and not failed_before:  # it failed to compile just now
+        _STATUS["error"] = f"compiling {spec} failed: {_FAILED[key]}"
+        _log.warning(
+            "gptq_cuda: the CUDA kernel is not available, Triton runs instead (%s)", _STATUS["error"]
+        )
     return kern
 
 

@@ -1,5 +1,6 @@
 """Launching an NVRTC-compiled kernel (`torch.cuda._compile_kernel`'s) with programmatic dependent launch,
-and letting it take more than 48 KB of dynamic shared memory (`raise_smem_limit`).
+letting it take more than 48 KB of dynamic shared memory (`raise_smem_limit`), and compiling each kernel
+once (`KernelCache`, shared by the small-M, mid-M, wgmma and permutation kernels).
 
 `torch.cuda._compile_kernel` launches through `cuLaunchKernel`, which takes no launch attributes. For
 act-order the CUDA GPTQ kernels run right after their own permutation of x (`gptq_cuda`): launched
@@ -12,11 +13,14 @@ is captured by CUDA graphs like any other launch.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import torch
 
-__all__ = ["launch", "launch_params", "raise_smem_limit"]
+__all__ = ["KernelCache", "launch", "launch_params", "raise_smem_limit"]
+
+K = TypeVar("K", bound=Hashable)
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
@@ -99,3 +103,40 @@ def raise_smem_limit(kern: Any, smem: int) -> None:
 
     max_dynamic_smem = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, max_dynamic_smem, smem))
+
+
+class KernelCache(Generic[K]):
+    """NVRTC kernels compiled once per key (a device index and a spec), a failure remembered.
+
+    Attributes:
+        kernels: the compiled kernels by key.
+        failed: why a key's kernel is not there (its compile error, or what a caller recorded).
+
+    Example:
+        >>> kern = cache.get((0, spec), lambda: torch.cuda._compile_kernel(src, name), smem=96 * 1024)
+        >>> kern is None and cache.failed.get((0, spec))    # the compile error, if that was why
+    """
+
+    def __init__(self) -> None:
+        self.kernels: dict[K, Any] = {}
+        self.failed: dict[K, str] = {}
+        self._smem: dict[K, int] = {}
+
+    def get(self, key: K, build: Callable[[], Any], smem: int = 0) -> Any | None:
+        """The kernel of `key`, compiled by `build()` on first use, allowed `smem` bytes of dynamic shared
+        memory; None when `key` failed before or now (the reason in `failed[key]`), or when it is not
+        compiled yet while a CUDA graph is captured (compiling there would break the capture)."""
+        kern = self.kernels.get(key)
+        if kern is None:
+            if key in self.failed or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                return None
+            try:
+                kern = build()
+            except Exception as err:  # noqa: BLE001 - no NVRTC, no CUDA_HOME for its includes, a compile error
+                self.failed[key] = f"{type(err).__name__}: {str(err)[:300]}"
+                return None
+            self.kernels[key] = kern
+        if smem > self._smem.get(key, 48 * 1024 - 1):
+            raise_smem_limit(kern, smem)
+            self._smem[key] = smem
+        return kern

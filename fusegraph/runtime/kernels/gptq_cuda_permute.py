@@ -23,16 +23,14 @@ from typing import Any
 
 import torch
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import raise_smem_limit
+from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache
 
 __all__ = ["PERMUTE_MAX_K", "permute_plan", "permute_rows", "permute_rows_source"]
 
 PERMUTE_ROWS_NAME = "fg_permute_rows"
 PERMUTE_MAX_K = 32768  # two rows of x in shared memory: 128 KB
 _THREADS = 256
-_KERNELS: dict[tuple[int, int, bool, int], Any] = {}
-_SMEM_SET: dict[tuple[int, int, bool, int], int] = {}
-_FAILED: dict[tuple[int, int, bool, int], str] = {}
+_CACHE: KernelCache[tuple[int, int, bool, int]] = KernelCache()  # by (device index, ch, vec, nb)
 
 _SOURCE = r"""
 typedef unsigned int u32;
@@ -180,22 +178,13 @@ def permute_plan(m: int, k: int, sms: int, per_sm: int = 4, stages: int | None =
 
 
 def _kernel(device: torch.device, ch: int, vec: bool, nb: int, smem: int) -> Any | None:
-    key = (device.index or 0, ch, vec, nb)
-    kern = _KERNELS.get(key)
-    if kern is None:
-        if key in _FAILED or torch.cuda.is_current_stream_capturing():
-            return None  # compiled on the first eager call only
-        try:
-            with torch.cuda.device(device):
-                kern = torch.cuda._compile_kernel(permute_rows_source(ch, vec, nb), PERMUTE_ROWS_NAME)
-        except Exception as err:  # noqa: BLE001 - no NVRTC or a compile error: the caller permutes another way
-            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
-            return None
-        _KERNELS[key] = kern
-    if smem > _SMEM_SET.get(key, 48 * 1024 - 1):
-        raise_smem_limit(kern, smem)
-        _SMEM_SET[key] = smem
-    return kern
+    """The compiled kernel (once), or None: no NVRTC, a compile error, or not compiled before a capture."""
+
+    def build() -> Any:
+        with torch.cuda.device(device):
+            return torch.cuda._compile_kernel(permute_rows_source(ch, vec, nb), PERMUTE_ROWS_NAME)
+
+    return _CACHE.get((device.index or 0, ch, vec, nb), build, smem)
 
 
 def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None, *, per_sm: int | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import launch_params, raise_smem_limit
+from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache, launch_params, raise_smem_limit
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     RSWG_KERNEL_NAME,
     RswgSpec,
@@ -48,8 +48,8 @@ _FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in b
 _REDUCE_BLOCKS = 4.0  # the split-K sum over a cluster
 _SK_MIN_BLOCKS = 64  # stream-K where the tiles are few (≤ a quarter of the SMs) and K is at least this long
 _SK_BUF: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-_KERNELS: dict[tuple[int, RswgSpec], Any] = {}
-_FAILED: dict[tuple[int, RswgSpec], str] = {}
+_CACHE: KernelCache[tuple[int, RswgSpec]] = KernelCache()  # by (device index, spec)
+_KERNELS, _FAILED = _CACHE.kernels, _CACHE.failed
 
 
 def rswg_tok(m: int, cap: int = 256) -> int:
@@ -182,20 +182,11 @@ def _compile(spec: RswgSpec, device: torch.device) -> Any:
 def _kernel(spec: RswgSpec, device: torch.device) -> Any:
     """The compiled kernel of `spec` on `device` (compiled once); raises RuntimeError if NVRTC fails."""
     key = (device.index or 0, spec)
-    if key in _FAILED:
-        raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}")
-    kern = _KERNELS.get(key)
+    kern = _CACHE.get(key, lambda: _compile(spec, device))  # _compile raises its shared-memory limit
+    if kern is None and key not in _FAILED:
+        raise RuntimeError(f"gptq_cuda_wgmma: {spec} is not compiled; run it once before CUDA-graph capture")
     if kern is None:
-        if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                f"gptq_cuda_wgmma: {spec} is not compiled; run it once before CUDA-graph capture"
-            )
-        try:
-            kern = _compile(spec, device)
-        except Exception as err:  # noqa: BLE001 - no NVRTC, an old one without sm_90a, a compile error
-            _FAILED[key] = f"{type(err).__name__}: {str(err)[:300]}"
-            raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}") from err
-        _KERNELS[key] = kern
+        raise RuntimeError(f"gptq_cuda_wgmma: {spec} did not compile: {_FAILED[key]}")
     return kern
 
 
