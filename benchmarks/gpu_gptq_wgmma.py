@@ -3,7 +3,8 @@
 `python benchmarks/gpu_gptq_wgmma.py [--ms 64,256,1024,128,512,32] [--bits 4,8]`: the four Llama-3-8B
 shapes (plain g128, fp16 or with --bf16 bf16 x and scales, 4 and/or 8 bits) at each M: cuBLAS fp16 on the dense weight, the default dispatch of
 `gptq_tiled_matmul` ("default") and without the wgmma kernel ("prev": {"wgmma": False}), and the
-warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours: split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
+warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its neighbours (3 strips a CTA,
+"c3", at split 1, 2, 4 where N/64 divides by 3); split-K half and double (2 and 4 where the plan takes stream-K), stream-K, the split-K
 sum a float a load ("novred") or by row bands sent by st.async ("sred"), x multicast to 2 column tiles ("mc"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
 at M ≥ 256), two CTAs an SM at 64 rows ("t64m2", split 1 and 2) and at 128 rows of one strip ("t128n1m2"), one strip a
 CTA ("n1", split 1 and 2); with WGMMA_PROBES=1 its ablations
@@ -36,7 +37,7 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import precompile, rswg_plan, rswg_spec  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import _stages, precompile, rswg_plan, rswg_spec, rswg_tok  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
@@ -102,6 +103,11 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
         out.append(
             ("ws/t128n1m2", {"tok": 128, "ncw": 1, "minb": 2, "stages": 3, "split_k": 1, "sk": 0, "vred": 0})
         )
+    if (n_out // 64) % 3 == 0 and m >= 32:  # 3 strips a CTA (qkv's 96 strips: 32 column tiles), ≤ 128 rows
+        t3 = rswg_tok(m, 128)
+        out += [(f"ws/c3/t{t3}/s{d}", {"ncw": 3, "tok": t3, "minb": 1, "split_k": d, "sk": 0, "vred": int(d > 1),
+                                        "stages": _stages(t3, d, 3, 1, bits)})
+                for d in (1, 2, 4) if d <= blocks]  # fmt: skip
     if PROBES and (
         not PROBE_MS or m in PROBE_MS
     ):  # ablations (wrong results, timed unchecked): what the kernel costs without each part

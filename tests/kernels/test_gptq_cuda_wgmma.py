@@ -54,8 +54,8 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(
 def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sms() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan, rswg_tok
 
-    def rswg(m: int, n: int, k: int) -> dict[str, Any]:
-        plan = rswg_plan(m, n, k, 132)
+    def rswg(m: int, n: int, k: int, bits: int = 4) -> dict[str, Any]:
+        plan = rswg_plan(m, n, k, 132, bits)
         assert plan is not None
         return plan
 
@@ -78,14 +78,16 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
         "split_k": 2,
         "vred": 1,
     }
-    assert (rswg(256, 6144, 4096)["tok"], rswg(256, 6144, 4096)["split_k"]) == (
-        256,
-        2,
-    )  # qkv: 96 CTAs of 256 rows
+    # qkv (96 strips) at M = 256 / 512: three strips a CTA, 128 CTAs (two strips: 96 CTAs of 256 rows)
+    three = plan | {"ncw": 3, "tok": 128, "stages": 4}
+    assert rswg(256, 6144, 4096) == three | {"split_k": 2, "vred": 1}
+    assert rswg(512, 6144, 4096) == three
+    assert rswg(512, 6144, 4096, bits=8)["ncw"] == 2  # measured at 4 bits only
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
     assert rswg(1024, 4096, 4096)["split_k"] == 1  # 128 tiles: one an SM
-    assert rswg(1024, 6144, 4096)["split_k"] == 2  # 192 tiles: 3 rounds of 16 blocks beat 2 of 32
-    assert rswg(512, 6144, 4096)["split_k"] == 1  # 96 tiles
+    # 192 tiles: 3 rounds of 16 blocks beat 2 of 32; they fill 97% of the rounds, as three strips would
+    assert rswg(1024, 6144, 4096)["split_k"] == 2 and rswg(1024, 6144, 4096)["ncw"] == 2
+    assert rswg(128, 6144, 4096)["ncw"] == 2  # 128 rows: the two-strip plan
     assert rswg(64, 6144, 4096) | {"stages": 0} == plan | {
         "split_k": 4,
         "tok": 64,
@@ -159,6 +161,15 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
     ):
         RswgSpec(bf16=False, tok=128, split=1, zero_v1=True, minb=2)
     assert RswgSpec(bf16=False, tok=160, split=1, zero_v1=True, ncw=1, minb=2).compiled_regs() == 128
+    three = RswgSpec(bf16=False, tok=128, split=2, zero_v1=True, ncw=3)  # 512 threads: 128 registers compiled
+    assert three.compiled_regs() == 128 and three.regs() == (40, 152)
+    assert "setmaxnreg.inc.sync.aligned.u32 152" in rswg_kernel_source(three)
+    with pytest.raises(
+        ValueError, match="minb=1 with ncw=3 leaves 128 registers a thread: tok <= 176, got 184"
+    ):
+        RswgSpec(bf16=False, tok=184, split=1, zero_v1=True, ncw=3)
+    with pytest.raises(ValueError, match="ncw must be 1..3 and minb 1 or 2, got 4, 1"):
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, ncw=4)
     with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
     with pytest.raises(ValueError, match="bits must be 4 or 8, got 3"):
@@ -220,6 +231,10 @@ WS_CASES = [
     # x multicast to a cluster of two column tiles (each loads half of x's block into both)
     (256, 1024, 512, False, torch.float16, {"split_k": 1, "tok": 256, "stages": 3, "mc": 1}),
     (300, 512, 1024, False, torch.bfloat16, {"split_k": 1, "mc": 1, "pdl": 1}),  # 2 row tiles, rows past M
+    # three 64-column strips a CTA (512 threads)
+    (256, 1024, 384, False, torch.float16, {"ncw": 3, "tok": 128, "split_k": 2, "stages": 4}),
+    (96, 1024, 576, False, torch.bfloat16, {"ncw": 3, "split_k": 3}),
+    (200, 512, 384, False, torch.float16, {"ncw": 3, "tok": 104, "split_k": 1, "tma": 0}),
 ]
 # 8-bit: the words twice the bytes, 32 word rows a block (m, k, n, desc_act, config)
 WS8_CASES = [
@@ -231,6 +246,7 @@ WS8_CASES = [
     (72, 512, 192, False, {"ncw": 1, "pdl": 4}),
     (200, 1024, 256, False, {"split_k": 4, "sred": 1}),
     (520, 1024, 512, False, {"split_k": 1, "tok": 128, "stages": 4, "mc": 1}),
+    (256, 512, 384, False, {"ncw": 3, "tok": 128, "split_k": 1, "stages": 3}),
 ]
 
 
@@ -277,7 +293,7 @@ def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() 
 
     with pytest.raises(ValueError, match=r"gptq_rswg_matmul: split_k must be 1..2 \(8 and K/128\), got 3"):
         run(x, split_k=3)
-    with pytest.raises(ValueError, match="gptq_rswg_matmul: ncw must be 1 or 2 with N=256"):
+    with pytest.raises(ValueError, match="gptq_rswg_matmul: ncw must be 1..3 with N=256"):
         run(x, ncw=3)
     with pytest.raises(
         ValueError, match="gptq_rswg_matmul: mc needs an even number of column tiles, N=384 has 3"

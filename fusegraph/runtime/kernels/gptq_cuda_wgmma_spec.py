@@ -20,7 +20,8 @@ class RswgSpec:
         split: CTAs along K per tile (gridDim.z); > 1 reduces through a cluster (≤ 8).
         zero_v1: the qzeros store z − 1.
         stages: depth of the shared-memory ring, 2..8.
-        ncw: consumer warpgroups (64-column strips) a CTA, 1 or 2.
+        ncw: consumer warpgroups (64-column strips) a CTA, 1..3 (3: qkv's 96 strips in 32 column tiles, one
+            round of 128 CTAs where 2 strips give 48 tiles; 4 was slower on every shape, so not offered).
         minb: CTAs an SM (`__launch_bounds__`), 1 or 2: sets the registers a thread (tok/2 accumulators
             and about 40 more, 48 at minb=2, must fit) and what `setmaxnreg` shares out.
         vred: the split-K sum reads 4 floats a remote load and stores 4 outputs at once.
@@ -82,8 +83,10 @@ class RswgSpec:
             raise ValueError(f"gptq_cuda_wgmma: sk (stream-K) needs split=1, got {self.split}")
         if not 2 <= self.stages <= 8:
             raise ValueError(f"gptq_cuda_wgmma: stages must be 2..8, got {self.stages}")
-        if self.ncw not in (1, 2) or self.minb not in (1, 2):
-            raise ValueError(f"gptq_cuda_wgmma: ncw and minb must be 1 or 2, got {self.ncw}, {self.minb}")
+        if self.ncw not in (1, 2, 3) or self.minb not in (1, 2):
+            raise ValueError(
+                f"gptq_cuda_wgmma: ncw must be 1..3 and minb 1 or 2, got {self.ncw}, {self.minb}"
+            )
         if self.tok // 2 + (40 if self.minb == 1 else 48) > self.compiled_regs():
             raise ValueError(
                 f"gptq_cuda_wgmma: minb={self.minb} with ncw={self.ncw} leaves {self.compiled_regs()} registers a"

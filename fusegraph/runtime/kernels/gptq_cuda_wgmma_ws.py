@@ -97,12 +97,40 @@ def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[i
     return best[1], best[2], best[3]
 
 
+# Three strips a CTA (ncw = 3, 512 threads, ≤ 128 rows) where N/64 divides by 3, 4 bits, past 128 rows: taken when
+# its CTAs fill the last round of SMs by more than this factor over the two-strip plan's. H200, sixth session (qkv,
+# 96 strips: 32 column tiles; docs/benchmarks.md): M=256 128 rows split 2 (128 CTAs) 24.5 µs vs 26.2 (96 CTAs);
+# M=512 split 1 45.9 vs 50.5; M=1024 (both fill 97%) 93.6 vs 93.3; four strips a CTA lost on every shape.
+_NCW3_FILL_GAIN = 1.1
+
+
+def _fill(ctas: int, sms: int) -> float:
+    """The share of the SMs' CTA slots the grid keeps busy over its rounds (1 CTA an SM)."""
+    return ctas / (-(-ctas // sms) * sms)
+
+
+def _three_strip_plan(m: int, n: int, k: int, sms: int, bits: int, two: float) -> dict[str, Any] | None:
+    """The ncw = 3 plan past 128 rows (split 1 or 2, whichever fills more), or None where the two-strip plan's
+    fill `two` is within `_NCW3_FILL_GAIN` of it or N/64 does not divide by 3."""
+    if bits != 4 or (n // 64) % 3 or m <= 128:
+        return None
+    tok, blocks = rswg_tok(m, 128), k // 128
+    tiles = -(-m // tok) * (n // 192)
+    split = max((s for s in (1, 2) if s <= blocks), key=lambda s: (_fill(tiles * s, sms), -s))
+    if _fill(tiles * split, sms) <= _NCW3_FILL_GAIN * two:
+        return None
+    return {"split_k": split, "tok": tok, "stages": _stages(tok, split, 3, 1, bits), "ncw": 3, "minb": 1, "tma": 1,
+            "sk": 0, "vred": int(split > 1), "pdl": 0}  # fmt: skip
+
+
 def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any] | None:
     """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred"} for x `[m, k]` · W `[k, n]`, or None when the
     kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
-    copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`.
+    copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`; three
+    strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
+    M = 256 and 512).
     Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
@@ -114,6 +142,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     Example:
         >>> rswg_plan(256, 28672, 4096, 132)
         {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0, 'pdl': 0}
+        >>> rswg_plan(256, 6144, 4096, 132)["ncw"]  # qkv: 3 strips a CTA, 128 CTAs
+        3
     """
     if m < 1 or n % 64 or k % 128 or bits not in (4, 8):
         return None
@@ -121,6 +151,9 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     ncw = 2 if (n // 64) % 2 == 0 else 1
     if tok > 128:
         tok, split, stages = _wide_plan(m, n, k, sms, bits, ncw)
+        three = _three_strip_plan(m, n, k, sms, bits, _fill(-(-m // tok) * (n // (64 * ncw)) * split, sms))
+        if three is not None:
+            return three
         return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
                 "vred": int(split > 1), "pdl": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
@@ -158,8 +191,8 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4)
     """The kernel instance of a plan (`rswg_plan`'s keys; "vred", "sk", "probe", "tma", "pdl" optional).
 
     Example:
-        >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok
-        256
+        >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok  # 128 rows, split 2
+        128
     """
     return RswgSpec(bf16=bf16, tok=int(plan["tok"]), split=int(plan["split_k"]), zero_v1=zero_v1,
                     stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
@@ -259,8 +292,8 @@ def gptq_rswg_matmul(
     blocks = k // 128
     if not 1 <= split <= min(8, blocks):
         raise ValueError(f"gptq_rswg_matmul: split_k must be 1..{min(8, blocks)} (8 and K/128), got {split}")
-    if ncw not in (1, 2) or n % (64 * ncw):
-        raise ValueError(f"gptq_rswg_matmul: ncw must be 1 or 2 with N={n} a multiple of 64·ncw, got {ncw}")
+    if ncw not in (1, 2, 3) or n % (64 * ncw):
+        raise ValueError(f"gptq_rswg_matmul: ncw must be 1..3 with N={n} a multiple of 64·ncw, got {ncw}")
     if plan.get("mc") and (n // (64 * ncw)) % 2:
         raise ValueError(
             f"gptq_rswg_matmul: mc needs an even number of column tiles, N={n} has {n // (64 * ncw)}"
