@@ -349,52 +349,6 @@ def mid_m(bw: float, ms: Sequence[int] = (64, 32, 16)) -> None:
     torch.cuda.empty_cache()
 
 
-def wring(bw: float, ms: Sequence[int] = (1, 4, 16)) -> None:
-    """The mid-M kernel with each lane's words D blocks ahead in shared memory ("wring", x's slice staged once)
-    against its plan without, at its split and at half and twice the split, on the four shapes."""
-    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
-
-    benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in GB.SHAPES}
-    for m in ms:
-        for label, k_in, n_out in GB.SHAPES:
-            layers = benches[label].layers["plain"]
-            xs = benches[label].xs(m, len(layers))
-            plan = cuda_mid_m_plan(m, n_out, k_in, 4, 132, forced=True)
-            if plan is None:
-                continue
-            base = {"kernel": "cuda"} | plan
-            split, blocks = int(base["split_k"]), k_in // 128
-            variants = [("mid", base)] + [(f"mid/w{d}", base | {"wring": d}) for d in (2, 3, 4, 6)]
-            for d in (split // 2, 2 * split):
-                if d >= 1 and blocks % d == 0 and d != split:
-                    variants += [(f"mid/s{d}/w{r}", base | {"split_k": d, "cluster": 2 <= d <= 8, "wring": r})
-                                 for r in (2, 4, 8)]  # fmt: skip
-            runs: list[tuple[str, Callable[..., Any]]] = [
-                ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w)),
-                ("default", lambda lay, x: GB.ours(K, lay, x)),
-            ] + [(name, lambda lay, x, v=v: GB.ours(K, lay, x, v)) for name, v in variants]
-            times: dict[str, float] = {}
-            for name, fn in runs:
-                if time.time() - T0 > BUDGET_S:
-                    log(f"  {label} M={m} {name}: skipped (budget)")
-                    continue
-                try:
-                    times[name], err = GB.checked_time(name, fn, layers, xs, graph_us)
-                except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
-                    log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
-                    continue
-                nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
-                log(f"  {label} M={m} {name:<12} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM) "
-                    f"err {err:.1e}")  # fmt: skip
-            mids = {n_: t for n_, t in times.items() if n_.startswith("mid")}
-            best = min(mids, key=mids.__getitem__) if mids else "-"
-            log(f"WRING {label} M={m}: cuBLAS {times.get('cuBLAS', float('nan')):.2f} | default "
-                f"{times.get('default', float('nan')):.2f} | mid {times.get('mid', float('nan')):.2f} | best "
-                f"{mids.get(best, float('nan')):.2f} {best}")  # fmt: skip
-    del benches
-    torch.cuda.empty_cache()
-
-
 def main() -> int:
     log(
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
@@ -423,12 +377,9 @@ def main() -> int:
         ("cudapf", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudapf")),
         ("cudatma", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudatma")),
         ("midm", lambda: mid_m(bw)),
-        ("wring", lambda: wring(bw)),
     ]
     failed = run_sections(plan, only, log, LINES, "gptq_sweep.txt")
-    print(
-        "\n==== BEST ====\n" + "\n".join(line for line in LINES if line.startswith(("BEST", "MID", "WRING")))
-    )
+    print("\n==== BEST ====\n" + "\n".join(line for line in LINES if line.startswith(("BEST", "MID"))))
     return 1 if failed else 0
 
 

@@ -59,14 +59,6 @@ CASES = [
     # M ≤ 8 (one n-tile), as the default plan now runs on wide shapes: 4 and 8 bits
     (3, 1024, 512, 8, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4}),
     (1, 1024, 512, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 4}),
-    # each lane's words D blocks ahead in shared memory ("wring"), x's slice staged once: cluster and ticket,
-    # slices shorter than the ring (empty groups), act-order gathered in the kernel, 8-bit, bf16, M = 64
-    (1, 1024, 512, 4, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4, "wring": 4}),
-    (4, 2048, 256, 4, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 2, "wring": 3}),
-    (16, 512, 256, 4, False, torch.bfloat16, {"split_k": 1, "warps": 4, "wring": 6}),
-    (33, 1024, 192, 8, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 1, "wring": 2}),
-    (9, 1024, 256, 4, True, torch.float16, {"split_k": 1, "warps": 4, "wring": 3, "xperm": False}),
-    (64, 1024, 256, 4, False, torch.float16, {"split_k": 4, "cluster": True, "warps": 4, "wring": 2}),
     # the first blocks asked of L2 ("l2pf"), act-order's x permuted first and the kernel launched with PDL
     (
         16,

@@ -191,14 +191,6 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     # two staged blocks of x (64 rows, 68 words) or the [64][256] fp32 sums, whichever is larger
     assert mid_smem_bytes(spec, 64) == max(2 * 64 * 68 * 4, 64 * 256 * 4) == 65536
     assert mid_smem_bytes(MidSpec(4, False, 3, 1, 1, False, False, True), 17) == 2 * 24 * 68 * 4
-    # wring: x's whole slice (bps blocks of 8·mt rows) then each warp's slots of 4 KB (8 KB at 8 bits)
-    ring = MidSpec(4, False, 1, 4, 8, True, False, True, wring=4)
-    assert mid_smem_bytes(ring, 1, bps=4) == 4 * 8 * 68 * 4 + 4 * 4 * 4096
-    assert (
-        mid_smem_bytes(MidSpec(8, False, 2, 2, 1, False, False, True, wring=2), 16, bps=3)
-        == 3 * 16 * 272 + 2 * 2 * 8192
-    )
-    assert "#define WRING 4" in mid_kernel_source(ring) and "#define WRING 0" in mid_kernel_source(spec)
 
 
 @pytest.mark.parametrize(
@@ -206,9 +198,7 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 9}, "mt must be 1..8"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"),
      ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks ≥ 1"),
-     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm"),
-     ({"wring": 1}, "wring must be 0 or 2..8"), ({"wring": 3, "bufs": 2}, "with bufs 1"),
-     ({"wring": 2, "pdl": True}, "no pdl")],
+     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm")],
 )  # fmt: skip
 def test_mid_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec

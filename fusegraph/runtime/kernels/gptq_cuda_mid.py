@@ -53,9 +53,6 @@ class MidSpec:
             the first blocks' words are requested before `griddepcontrol.wait`, x after it.
         l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
             with pdl, before the wait), 0: no.
-        wring: 0, or D ≥ 2: a lane copies its words of D blocks ahead into its own slots of a shared-memory
-            ring (cp.async, no registers held), and x's whole K slice is staged at the start (no barrier
-            per block); bufs 1, no perm_ahead, no pdl.
     """
 
     bits: int
@@ -71,7 +68,6 @@ class MidSpec:
     bufs: int = 1
     pdl: bool = False
     l2pf: int = 0
-    wring: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -90,20 +86,12 @@ class MidSpec:
             raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
         if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):
             raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm; pdl, no perm")
-        if self.wring and (not 2 <= self.wring <= 8 or self.bufs != 1 or self.perm_ahead or self.pdl):
-            raise ValueError(
-                f"gptq_cuda_mid: wring must be 0 or 2..8, with bufs 1, no perm_ahead, no pdl, got {self}"
-            )
         if not 0 <= self.l2pf <= 64:
             raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 
 
-def mid_smem_bytes(spec: MidSpec, m: int, bps: int = 1) -> int:
-    """Dynamic shared memory of one CTA: two staged blocks of x (with `wring`: all `bps` blocks of its K slice,
-    then each warp's ring of words), or (after the loop) its [M][warps·64] sums."""
-    if spec.wring:
-        x = bps * 8 * spec.mt * _XS * 4
-        return max(x + spec.warps * spec.wring * 32 * spec.bits * 32, m * spec.warps * 64 * 4)
+def mid_smem_bytes(spec: MidSpec, m: int) -> int:
+    """Dynamic shared memory of one CTA: two staged blocks of x, or (after the loop) its [M][warps·64] sums."""
     return max(2 * 8 * spec.mt * _XS * 4, m * spec.warps * 64 * 4)
 
 
@@ -121,7 +109,6 @@ _SOURCE = r"""
 #define NBUF %(bufs)d
 #define PDL %(pdl)d
 #define L2PF %(l2pf)d
-#define WRING %(wring)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
@@ -153,7 +140,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #endif
 
   auto stage = [&](int u) {  // x's rows of block kb0 + u into buffer u & 1, 16-byte chunks of 8 values
-    u32* dst = xs + (WRING ? u : (u & 1)) * MROWS * XS;
+    u32* dst = xs + (u & 1) * MROWS * XS;
     const int kbase = (kb0 + u) * 128;
     for (int c = tid; c < M * 16; c += NWARPS * 32) {
       const int m = c >> 4, cc = c & 15;
@@ -221,33 +208,14 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     zy = ldg4(zp + zoff_y);
   };
 
-#if WRING
-  // [warp][slot][NW·32 chunks]: a block's 16-byte chunks in order, chunk c at c ^ 2((c >> 4) & 3), so that the
-  // copies are lane-contiguous (whole sectors: a cp.async warp gathered as load_words reads each sector twice)
-  // and a quarter-warp's reads of load_words' chunks t·16 + g (+8, +64q) hit 8 distinct bank groups
-  u32x4* wring = (u32x4*)(xs + bps * MROWS * XS) + warp * WRING * NW * 32;
-  const u32x4* wblk = qw + (u64)strip * (K / P) * 16;  // the strip's block 0
-#define WSWZ(c) ((c) ^ (2 * (((c) >> 4) & 3)))
-  auto words_async = [&](int blk, int slot) {  // the warp's block blk into its slot
-    const u32x4* src = wblk + (u64)blk * R * 16 + lane;
-#pragma unroll
-    for (int i = 0; i < NW; ++i) cp16(smem_u32(wring + slot * NW * 32 + WSWZ(i * 32 + lane)), src + i * 32);
-  };
-  for (int u = 0; u < bps; ++u) stage(u);  // x's whole slice, in the first group with block 0's words
-#pragma unroll
-  for (int b = 0; b < WRING; ++b) {  // one commit group a block (empty past the slice)
-    if (b < bps) words_async(kb0 + b, b);
-    cp_commit();
-  }
-#elif PERM_AHEAD
+#if PERM_AHEAD
   load_perm(0);
   gather(0);
   put(0);
-  cp_commit();
 #else
   if (!PDL) stage(0);
-  cp_commit();
 #endif
+  cp_commit();
 #if L2PF
   if (lane == 0)  // the strip's first L2PF blocks into L2 (the ones in registers next are asked for anyway)
     for (int b = NBUF > 1 ? NBUF - 1 : 1; b < L2PF && b < bps; ++b)
@@ -257,14 +225,14 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   for (int b = 0; b < (NBUF > 1 ? NBUF - 1 : 1); ++b)
 #pragma unroll
     for (int q = 0; q < NQ; ++q)
-      if (b < bps && !WRING) load_words(wb[b], kb0 + b, q);
+      if (b < bps) load_words(wb[b], kb0 + b, q);
   load_meta(kb0);
   if (PDL) {
     pdl_wait();  // x is written by the kernel before this one
     stage(0);
     cp_commit();
   }
-  for (int i = tid; i < (WRING ? bps : 2) * (MROWS - M) * 64; i += NWARPS * 32) {  // every buffer's padding rows: 0
+  for (int i = tid; i < 2 * (MROWS - M) * 64; i += NWARPS * 32) {  // the padding rows of both buffers: zero
     const int b = i / ((MROWS - M) * 64), r = i - b * (MROWS - M) * 64;
     xs[b * MROWS * XS + (M + (r >> 6)) * XS + (r & 63)] = 0u;
   }
@@ -283,20 +251,13 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     const int u = u0 + sb;
     if (u >= bps) break;
     u32x4* w = wb[sb];
-#if WRING
-    cp_wait<WRING - 1>();  // this lane's words of block u are in (and at u = 0 x's slice, staged by every thread)
-    if (u == 0) __syncthreads();
-#pragma unroll
-    for (int j = 0; j < NW; ++j) w[j] = wring[(u %% WRING) * NW * 32 + WSWZ(t * 16 + g + (j >> 1) * 64 + (j & 1) * 8)];
-#else
     cp_wait<0>();
     __syncthreads();  // block u of x is in; every warp is done with buffer (u + 1) & 1
-#endif
     const bool more = u + 1 < bps;
 #pragma unroll
     for (int q = 0; q < NQ; ++q)  // NBUF > 1: block u + NBUF - 1 whole, into the buffer block u - 1 left
       if (NBUF > 1 && u + NBUF - 1 < bps) load_words(wb[(sb + NBUF - 1) %% NBUF], kb0 + u + NBUF - 1, q);
-    if (more && !WRING) {
+    if (more) {
 #if PERM_AHEAD
       gather(u + 1);  // stored by put after this block's math
 #else
@@ -326,7 +287,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
       }
     if (more) load_meta(kb0 + u + 1);
-    const u32* xb = xs + (WRING ? u : (u & 1)) * MROWS * XS + g * XS + t;
+    const u32* xb = xs + (u & 1) * MROWS * XS + g * XS + t;
 #pragma unroll
     for (int qq = 0; qq < NQ / 2; ++qq) {  // word rows t + 8qq (a0/a1) and t + 8qq + 4 (a2/a3)
 #pragma unroll
@@ -351,16 +312,13 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
           for (int mt = 0; mt < MT; ++mt) mma(acc[i][mt], a0, a1, a2, a3, bf[mt][0], bf[mt][1]);
         }
       }
-      if (NBUF == 1 && !WRING && more) {  // this half's words are used: request the next block's
+      if (NBUF == 1 && more) {  // this half's words are used: request the next block's
         load_words(w, kb0 + u + 1, 2 * qq);
         load_words(w, kb0 + u + 1, 2 * qq + 1);
       }
     }
 #if PERM_AHEAD
     if (more) put(u + 1);  // buffer (u + 1) & 1 is free: every warp passed this iteration's barrier
-#elif WRING
-    if (u + WRING < bps) words_async(kb0 + u + WRING, u %% WRING);  // the slot's words are in registers, used
-    cp_commit();
 #endif
   }
 
