@@ -349,6 +349,92 @@ def mid_m(bw: float, ms: Sequence[int] = (64, 32, 16)) -> None:
     torch.cuda.empty_cache()
 
 
+def mid_grids(bw: float, ms: Sequence[int] = (1, 4, 16)) -> None:
+    """The mid-M kernel at small M on the wide shapes (qkv, gate_up): its plan against other grids, 1-8 strips a
+    CTA at splits that give 1-6 CTAs an SM (the plan's 192 CTAs of qkv leave 60 SMs with two and 72 with one),
+    cluster up to split 8, else the ticket; registers capped for the CTAs an SM the grid asks."""
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
+
+    shapes = [GB.SHAPES[0], GB.SHAPES[2]]
+    benches = {label: GB.Bench(k_in, n_out, ("plain",)) for label, k_in, n_out in shapes}
+    for m in ms:
+        for label, k_in, n_out in shapes:
+            layers = benches[label].layers["plain"]
+            xs = benches[label].xs(m, len(layers))
+            plan = cuda_mid_m_plan(m, n_out, k_in, 4, 132, forced=True)
+            variants: list[tuple[str, dict[str, Any]]] = [("plan", {"kernel": "cuda"} | plan)] if plan else []
+            blocks = k_in // 128
+            for w in (1, 2, 4, 8):
+                for d in (d for d in (2, 4, 8, 16) if blocks % d == 0):
+                    ctas = n_out // 64 // w * d
+                    per_sm = -(-ctas // 132)
+                    if ctas < 128 or per_sm > 6 or per_sm * w > 16:
+                        continue
+                    g: dict[str, Any] = {"kernel": "cuda", "mid": True, "split_k": d, "warps": w,
+                                         "cluster": d <= 8, "min_blocks": max(1, min(16 // w, per_sm))}  # fmt: skip
+                    if plan is None or any(
+                        g[key] != plan.get(key) for key in ("split_k", "warps", "min_blocks")
+                    ):
+                        variants.append((f"w{w}/s{d}/b{g['min_blocks']}", g))
+            times: dict[str, float] = {}
+            runs: list[tuple[str, dict[str, Any] | None]] = [("default", None), *variants]
+            for name, v in runs:
+                if time.time() - T0 > BUDGET_S:
+                    log(f"  {label} M={m} {name}: skipped (budget)")
+                    continue
+                try:
+                    times[name], err = GB.checked_time(name, lambda lay, x, v=v: GB.ours(K, lay, x, v), layers, xs,
+                                                       graph_us)  # fmt: skip
+                except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
+                    log(f"  {label} M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                nbytes = GB.quant_bytes(k_in, n_out, 4) + m * (k_in + n_out) * 2
+                log(f"  {label} M={m} {name:<12} {times[name]:7.2f} us ({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM) "
+                    f"err {err:.1e}")  # fmt: skip
+            best = min(times, key=times.__getitem__) if times else "-"
+            log(f"GRID {label} M={m}: default {times.get('default', float('nan')):.2f} | plan "
+                f"{times.get('plan', float('nan')):.2f} | best {times.get(best, float('nan')):.2f} {best}")  # fmt: skip
+    del benches
+    torch.cuda.empty_cache()
+
+
+def scale_fold(bw: float, ms: Sequence[int] = (1, 4, 8, 16)) -> None:
+    """The mid-M kernel with the scale out of its inner loop ("sfold": each block's fp32 sums of (q - z)·x scaled
+    once) against its plan without, 4-bit and 8-bit, on the four shapes (o_proj and down forced onto it)."""
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
+
+    benches = {label: GB.Bench(k_in, n_out, ("plain", "int8")) for label, k_in, n_out in GB.SHAPES}
+    for m in ms:
+        for label, k_in, n_out in GB.SHAPES:
+            for kind, bits in (("plain", 4), ("int8", 8)):
+                layers = benches[label].layers[kind]
+                xs = benches[label].xs(m, len(layers))
+                plan = cuda_mid_m_plan(m, n_out, k_in, bits, 132, forced=True)
+                if plan is None:
+                    continue
+                runs = [("default", None), ("mid", {"kernel": "cuda"} | plan)]
+                if (m + 7) // 8 <= 2:
+                    runs.append(("mid/sfold", {"kernel": "cuda", "sfold": True} | plan))
+                times: dict[str, float] = {}
+                for name, v in runs:
+                    if time.time() - T0 > BUDGET_S:
+                        log(f"  {label} {bits}-bit M={m} {name}: skipped (budget)")
+                        continue
+                    try:
+                        times[name], err = GB.checked_time(name, lambda lay, x, v=v: GB.ours(K, lay, x, v), layers,
+                                                           xs, graph_us)  # fmt: skip
+                    except Exception as e:  # noqa: BLE001 - one failing variant must not hide the row
+                        log(f"  {label} {bits}-bit M={m} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                        continue
+                    nbytes = GB.quant_bytes(k_in, n_out, bits) + m * (k_in + n_out) * 2
+                    log(f"  {label} {bits}-bit M={m} {name:<10} {times[name]:7.2f} us "
+                        f"({nbytes / (times[name] * 1e-6) / bw:4.0%} HBM) err {err:.1e}")  # fmt: skip
+                fmt = {n_: f"{times[n_]:.2f}" if n_ in times else "-" for n_, _ in runs}
+                log(f"SFOLD {label} {bits}-bit M={m}: " + " | ".join(f"{n_} {t}" for n_, t in fmt.items()))
+    del benches
+    torch.cuda.empty_cache()
+
+
 def main() -> int:
     log(
         f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {__import__('triton').__version__}"
@@ -377,9 +463,14 @@ def main() -> int:
         ("cudapf", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudapf")),
         ("cudatma", lambda: sweep(GB.SHAPES, (1, 16), bw=bw, wide="cudatma")),
         ("midm", lambda: mid_m(bw)),
+        ("grids", lambda: mid_grids(bw)),
+        ("sfold", lambda: scale_fold(bw)),
     ]
     failed = run_sections(plan, only, log, LINES, "gptq_sweep.txt")
-    print("\n==== BEST ====\n" + "\n".join(line for line in LINES if line.startswith(("BEST", "MID"))))
+    print(
+        "\n==== BEST ====\n"
+        + "\n".join(line for line in LINES if line.startswith(("BEST", "MID", "GRID", "SFOLD")))
+    )
     return 1 if failed else 0
 
 

@@ -49,7 +49,16 @@ CASES = [
     (13, 4096, 128, 8, torch.float16, _AHEAD | {"mid": False, "split_k": 1, "warps": 2}, "small", False),
     # x permuted by the CUDA kernel, the GEMM launched with PDL: small-M and mid-M, cluster and ticket, deeper buffers
     (1, 512, 256, 4, torch.float16, {"kernel": "cuda", "xperm": True, "xperm_pdl": True}, "small", True),
-    (7, 1024, 256, 8, torch.float16, _PDL | {"split_k": 2, "cluster": False, "bufs": 3}, "small", True),
+    (
+        7,
+        1024,
+        256,
+        8,
+        torch.float16,
+        _PDL | {"mid": False, "split_k": 2, "cluster": False, "bufs": 3},
+        "small",
+        True,
+    ),
     (16, 1024, 512, 4, torch.float16, _PDL, "mid", True),
     (16, 2048, 256, 4, torch.bfloat16, _PDL | {"bufs": 2, "split_k": 2, "cluster": False}, "mid", True),
     (64, 1024, 256, 4, torch.float16, {"kernel": "cuda", "xperm_pdl": True}, "mid", True),

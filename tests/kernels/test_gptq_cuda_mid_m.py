@@ -59,6 +59,21 @@ CASES = [
     # M ≤ 8 (one n-tile), as the default plan now runs on wide shapes: 4 and 8 bits
     (3, 1024, 512, 8, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4}),
     (1, 1024, 512, 4, False, torch.float16, {"split_k": 8, "cluster": True, "warps": 4}),
+    # the scale out of the inner loop ("sfold": each block's fp32 sums scaled once), one and two n-tiles of x:
+    # 4 and 8 bits, bf16, cluster and ticket, act-order gathered in the kernel (M=1) and x permuted first (M=16)
+    (
+        1,
+        1024,
+        512,
+        4,
+        False,
+        torch.float16,
+        {"split_k": 2, "cluster": True, "warps": 4, "min_blocks": 4, "sfold": True},
+    ),
+    (8, 2048, 256, 8, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 2, "sfold": True}),
+    (5, 1024, 256, 4, False, torch.bfloat16, {"split_k": 1, "warps": 4, "sfold": True}),
+    (1, 1024, 256, 4, True, torch.float16, {"split_k": 2, "cluster": True, "warps": 4, "sfold": True}),
+    (16, 1024, 512, 4, True, torch.float16, {"split_k": 4, "cluster": True, "warps": 4, "sfold": True}),
     # the first blocks asked of L2 ("l2pf"), act-order's x permuted first and the kernel launched with PDL
     (
         16,

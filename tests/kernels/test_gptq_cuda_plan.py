@@ -140,6 +140,20 @@ def test_cuda_mid_plan__one_x_tile_doubles_a_short_split_at_16_warps_an_sm() -> 
     assert qkv is not None and (qkv["split_k"], qkv["min_blocks"]) == (8, 2)
 
 
+def test_cuda_mid_plan__folds_the_scale_out_of_the_loop_at_one_x_tile_where_the_registers_allow() -> None:
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
+
+    def sfold(m: int, n: int, k: int, bits: int) -> bool:
+        plan = cuda_mid_m_plan(m, n, k, bits, 132, forced=True)
+        assert plan is not None
+        return bool(plan.get("sfold"))
+
+    assert all(sfold(m, n, k, 4) for m in (1, 8) for n, k in ((6144, 4096), (28672, 4096), (4096, 14336)))
+    assert not sfold(9, 6144, 4096, 4) and not sfold(16, 28672, 4096, 4)  # two n-tiles: not taken
+    # 8 bits: where a thread keeps 255 registers (qkv: 4 warps x 2 CTAs an SM), not at 128 (gate_up: 4 x 4 spills)
+    assert sfold(1, 6144, 4096, 8) and sfold(8, 4096, 4096, 8) and not sfold(1, 28672, 4096, 8)
+
+
 def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
 
@@ -158,11 +172,18 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     assert kernel(12, 6144, 4096, mid=False) == "small" and kernel(4, 6144, 4096, mid=True) == "mid"
     assert kernel(17, 6144, 4096, mid=False) == "triton"
     # 8 bits: the mid-M kernel to M=16 on N ≥ 6144, at M 9..16 elsewhere, past 16 only on N ≥ 16384 (gate_up)
-    # unless forced; on narrower shapes the small-M kernel to M=4, Triton at 5..8
+    # unless forced; on narrower shapes the small-M kernel to M=4, the mid-M one at 5..8 (Triton 1.35-1.43x slower)
     assert [kernel(m, 6144, 4096, bits=8) for m in (4, 5, 8, 9, 16, 17, 64)] == [
         "mid", "mid", "mid", "mid", "mid", "triton", "triton"
     ]  # fmt: skip
-    assert [kernel(m, 4096, 4096, bits=8) for m in (4, 5, 9, 17)] == ["small", "triton", "mid", "triton"]
+    assert [kernel(m, 4096, 4096, bits=8) for m in (4, 5, 8, 9, 17)] == [
+        "small",
+        "mid",
+        "mid",
+        "mid",
+        "triton",
+    ]
+    assert kernel(5, 4096, 4096, bits=8, bf16=True) == "triton"  # no 8-bit bf16 CUDA kernel
     assert [kernel(m, 28672, 4096, bits=8) for m in (16, 40, 64, 65)] == ["mid", "mid", "mid", "triton"]
     assert (cuda_plan(40, 6144, 4096, 8, 132, forced=True) or {}).get("mid") is True
     assert cuda_plan(12, 6144, 4096, 8, 132, bf16=True) is None  # bf16 at 8 bits: Triton
@@ -191,6 +212,8 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     # two staged blocks of x (64 rows, 68 words) or the [64][256] fp32 sums, whichever is larger
     assert mid_smem_bytes(spec, 64) == max(2 * 64 * 68 * 4, 64 * 256 * 4) == 65536
     assert mid_smem_bytes(MidSpec(4, False, 3, 1, 1, False, False, True), 17) == 2 * 24 * 68 * 4
+    folded = mid_kernel_source(MidSpec(4, False, 1, 4, 8, True, False, True, sfold=True))
+    assert "#define SFOLD 1" in folded and "#define SFOLD 0" in src
 
 
 @pytest.mark.parametrize(
@@ -198,7 +221,8 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 9}, "mt must be 1..8"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"),
      ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks ≥ 1"),
-     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm")],
+     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm"),
+     ({"sfold": True, "mt": 3}, "sfold needs mt <= 2")],
 )  # fmt: skip
 def test_mid_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec

@@ -49,7 +49,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold", "sfold")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -198,7 +198,7 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
                    bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0),
-                   l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0)  # fmt: skip
+                   l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0, sfold=bool(plan.get("sfold")))  # fmt: skip
     return _launch(
         spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
@@ -260,7 +260,7 @@ def maybe_gptq_cuda(
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
-    "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold"} forces it (a ValueError if it cannot run); a config with only
+    "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold", "sfold"} forces it (a ValueError if it cannot run); a config with only
     those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
     "wgmma": True asks for the Hopper wgmma kernel (with its own keys, `gptq_cuda_wgmma.maybe_wgmma`).
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel

@@ -53,6 +53,9 @@ class MidSpec:
             the first blocks' words are requested before `griddepcontrol.wait`, x after it.
         l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
             with pdl, before the wait), 0: no.
+        sfold: mt ≤ 2 only: the scale leaves the inner loop: a block's mmas take (q − z) (exact in fp16/bf16)
+            into fp32 partial sums that are scaled once at the block's end (16·MT more registers a thread,
+            one packed multiply a pair less).
     """
 
     bits: int
@@ -68,6 +71,7 @@ class MidSpec:
     bufs: int = 1
     pdl: bool = False
     l2pf: int = 0
+    sfold: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -86,6 +90,10 @@ class MidSpec:
             raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
         if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):
             raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm; pdl, no perm")
+        if self.sfold and self.mt > 2:
+            raise ValueError(
+                f"gptq_cuda_mid: sfold needs mt <= 2 (its partial sums in registers), got mt={self.mt}"
+            )
         if not 0 <= self.l2pf <= 64:
             raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 
@@ -109,6 +117,7 @@ _SOURCE = r"""
 #define NBUF %(bufs)d
 #define PDL %(pdl)d
 #define L2PF %(l2pf)d
+#define SFOLD %(sfold)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
@@ -287,6 +296,18 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
       }
     if (more) load_meta(kb0 + u + 1);
+#if SFOLD  // this block's sums of (q - z)·x, scaled once at its end
+    float pacc[4][MT][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) pacc[i][mt][c] = 0.f;
+#define ACC pacc
+#else
+#define ACC acc
+#endif
     const u32* xb = xs + (u & 1) * MROWS * XS + g * XS + t;
 #pragma unroll
     for (int qq = 0; qq < NQ / 2; ++qq) {  // word rows t + 8qq (a0/a1) and t + 8qq + 4 (a2/a3)
@@ -309,7 +330,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
           if (j == 0) DQ(0) else if (j == 1) DQ(1) else if (j == 2) DQ(2) else DQ(3)
 #undef DQ
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) mma(acc[i][mt], a0, a1, a2, a3, bf[mt][0], bf[mt][1]);
+          for (int mt = 0; mt < MT; ++mt) mma(ACC[i][mt], a0, a1, a2, a3, bf[mt][0], bf[mt][1]);
         }
       }
       if (NBUF == 1 && more) {  // this half's words are used: request the next block's
@@ -317,6 +338,17 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         load_words(w, kb0 + u + 1, 2 * qq + 1);
       }
     }
+#undef ACC
+#if SFOLD  // C rows g (c = 0, 1) and g + 8 (c = 2, 3): the columns of scales s2[i][0] and s2[i][1]
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const float sf = h2f(s2[i][c >> 1]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) acc[i][mt][c] = fmaf(sf, pacc[i][mt][c], acc[i][mt][c]);
+      }
+#endif
 #if PERM_AHEAD
     if (more) put(u + 1);  // buffer (u + 1) & 1 is free: every warp passed this iteration's barrier
 #endif

@@ -252,7 +252,12 @@ template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s
 #else
   const u32 d = sub2(prmt(w, 0x64646464u, J ? 0x4341u : 0x4240u), mz);
 #endif
+#if defined(SFOLD) && SFOLD  // the mid-M kernel scales each block's fp32 sums instead
+  (void)s2;
+  return d;
+#else
   return mul2(d, s2);
+#endif
 }
 """
 

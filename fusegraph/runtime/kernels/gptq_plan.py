@@ -237,6 +237,11 @@ _CUDA_MID_SMALL_M_MIN_N = 6144
 # 6th session: gate_up split 4, M=1 24.6 -> 22.4-22.7 µs, M=8 26.8 -> 24.4, 8-bit M=1 34.8 -> 32.9; at 3 CTAs an SM,
 # a 2nd wave, 28.5; split 2 at 4 an SM 25.4; qkv at split 8 stays: 4 an SM was 8.95 vs 8.73)
 _CUDA_MID_ONE_TILE_M = 8
+# M ≤ this (one n-tile of x): the scale leaves the inner loop ("sfold": each block's fp32 sums scaled once), 4 bits, or
+# 8 bits where a thread keeps 255 registers (at 128 its partial sums spill: gate_up M=1 41.5 vs 33.8 µs). H200, seventh
+# session: gate_up M=1 22.9 -> 20.2 µs, M=8 24.8 -> 21.7; qkv 8.75 -> 8.73, M=8 9.48 -> 9.34; 8-bit qkv M=4 11.28 ->
+# 10.88. (M 9..16, two n-tiles: -4..+5% by shape, so not taken; a probe without the multiply: gate_up M=1 18.7 µs)
+_CUDA_MID_SFOLD_MAX_M = 8
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -254,7 +259,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     variant on every shape at M = 16, 32 and 64 but one (gate_up M=16: 2 strips, 1% faster).
     Registers are capped for 8 warps an SM (255 a thread at 4 bits and M > 56, no spills). At M ≤ 8
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
-    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster).
+    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), and the scale leaves the
+    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -278,7 +284,10 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     one_tile = m <= _CUDA_MID_ONE_TILE_M and bits in (4, 8) and not bf16
     if one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms:
         split, min_blocks = 2 * split, 16 // warps
-    return {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
+    plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
+    if m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8):
+        plan["sfold"] = True
+    return plan
 
 
 # act-order (H200, docs/benchmarks.md): the small-M kernel gathers x through perm itself up to this M where its
@@ -296,8 +305,9 @@ _CUDA_ACT_PDL_MAX_K = 8192
 # act-order on the wgmma kernel: launched with PDL after the permutation of x ("pdl": P, P·stages weight blocks a strip
 # asked of L2 before its griddepcontrol.wait, which comes before x's first load); 0: no PDL
 _CUDA_ACT_WGMMA_PDL = 1
-# 8 bits: the mid-M kernel for M 9..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
-# one 16-row tile) and past 16 on shapes of at least this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
+# 8 bits: the mid-M kernel for M 5..16 (M=16: 0.75-0.90x Triton's time on all four shapes; both take M 9..16 in
+# one 16-row tile; M=8, 7th session: o_proj 10.0 vs 13.5 µs, down 24.1 vs 34.5) and past 16 on shapes of at least
+# this N (M=64: gate_up 0.67x; qkv, o_proj, down 1.13-1.32x)
 _CUDA_8BIT_MID_MIN_N = 16384
 
 
@@ -321,6 +331,10 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None and m < _CUDA_MID_FROM_M and n >= _CUDA_MID_SMALL_M_MIN_N and not (bf16 and bits == 8):
+        return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
+    if (
+        mid is None and bits == 8 and not bf16 and _CUDA_MAX_M_SLOW < m < _CUDA_MID_FROM_M
+    ):  # past the small-M kernel
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
@@ -368,7 +382,7 @@ def cuda_plan(
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
     else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
-    8 bits: the mid-M kernel for M 9..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
+    8 bits: the mid-M kernel for M 5..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
