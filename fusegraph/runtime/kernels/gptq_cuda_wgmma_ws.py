@@ -98,7 +98,7 @@ def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[i
 
 
 # Three strips a CTA (ncw = 3, 512 threads, ≤ 128 rows) where N/64 divides by 3, 4 bits, past 128 rows: taken when
-# its CTAs fill the last round of SMs by more than this factor over the two-strip plan's. H200, sixth session (qkv,
+# its CTAs fill the last round of SMs by more than this factor over the two-strip plan's. H200, seventh session (qkv,
 # 96 strips: 32 column tiles; docs/benchmarks.md): M=256 128 rows split 2 (128 CTAs) 24.5 µs vs 26.2 (96 CTAs);
 # M=512 split 1 45.9 vs 50.5; M=1024 (both fill 97%) 93.6 vs 93.3; four strips a CTA lost on every shape.
 _NCW3_FILL_GAIN = 1.1

@@ -332,9 +332,9 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None and m < _CUDA_MID_FROM_M and n >= _CUDA_MID_SMALL_M_MIN_N and not (bf16 and bits == 8):
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
-    if (
-        mid is None and bits == 8 and not bf16 and _CUDA_MAX_M_SLOW < m < _CUDA_MID_FROM_M
-    ):  # past the small-M kernel
+    # 8 bits at M 5..8 (past the small-M kernel's range): the mid-M kernel, not Triton
+    eight_past_small = bits == 8 and not bf16 and _CUDA_MAX_M_SLOW < m < _CUDA_MID_FROM_M
+    if mid is None and eight_past_small:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
