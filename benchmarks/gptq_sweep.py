@@ -412,9 +412,10 @@ def scale_fold(bw: float, ms: Sequence[int] = (1, 4, 8, 16)) -> None:
                 plan = cuda_mid_m_plan(m, n_out, k_in, bits, 132, forced=True)
                 if plan is None:
                     continue
-                runs = [("default", None), ("mid", {"kernel": "cuda"} | plan)]
+                runs = [("default", None), ("mid", {"kernel": "cuda"} | plan | {"sfold": False})]
+                # without and with sfold: the plan takes it itself at M <= 8 (gptq_plan._CUDA_MID_SFOLD_MAX_M)
                 if (m + 7) // 8 <= 2:
-                    runs.append(("mid/sfold", {"kernel": "cuda", "sfold": True} | plan))
+                    runs.append(("mid/sfold", {"kernel": "cuda"} | plan | {"sfold": True}))
                 times: dict[str, float] = {}
                 for name, v in runs:
                     if time.time() - T0 > BUDGET_S:
