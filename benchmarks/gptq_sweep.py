@@ -352,7 +352,7 @@ def mid_m(bw: float, ms: Sequence[int] = (64, 32, 16)) -> None:
 def mid_grids(bw: float, ms: Sequence[int] = (1, 4, 16)) -> None:
     """The mid-M kernel at small M on the wide shapes (qkv, gate_up): its plan against other grids, 1-8 strips a
     CTA at splits that give 1-6 CTAs an SM (the plan's 192 CTAs of qkv leave 60 SMs with two and 72 with one),
-    cluster up to split 8, else the ticket; registers capped for the CTAs an SM the grid asks."""
+    cluster up to split 8, else the ticket; registers capped for the CTAs an SM the grid asks; sfold as the plan."""
     from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan
 
     shapes = [GB.SHAPES[0], GB.SHAPES[2]]
@@ -371,7 +371,8 @@ def mid_grids(bw: float, ms: Sequence[int] = (1, 4, 16)) -> None:
                     if ctas < 128 or per_sm > 6 or per_sm * w > 16:
                         continue
                     g: dict[str, Any] = {"kernel": "cuda", "mid": True, "split_k": d, "warps": w,
-                                         "cluster": d <= 8, "min_blocks": max(1, min(16 // w, per_sm))}  # fmt: skip
+                                         "cluster": d <= 8, "min_blocks": max(1, min(16 // w, per_sm)),
+                                         "sfold": bool(plan and plan.get("sfold"))}  # fmt: skip
                     if plan is None or any(
                         g[key] != plan.get(key) for key in ("split_k", "warps", "min_blocks")
                     ):
