@@ -136,8 +136,13 @@ def test_cuda_mid_plan__one_x_tile_doubles_a_short_split_at_16_warps_an_sm() -> 
     unchanged = [cuda_mid_m_plan(9, 28672, 4096, 4, 132), cuda_mid_m_plan(1, 28672, 4096, 4, 132, bf16=True, forced=True),
                  cuda_mid_m_plan(1, 28672, 4096, 3, 132, forced=True)]  # fmt: skip
     assert all(p is not None and (p["split_k"], p["min_blocks"]) == (2, 2) for p in unchanged)
-    qkv = cuda_mid_m_plan(1, 6144, 4096, 4, 132, forced=True)
-    assert qkv is not None and (qkv["split_k"], qkv["min_blocks"]) == (8, 2)
+    # qkv: the split is at its cap (8); at 4 bits and M <= 4, 2 strips a CTA instead: 384 CTAs, 3 an SM
+    for m in (1, 4):
+        qkv = cuda_mid_m_plan(m, 6144, 4096, 4, 132, forced=True)
+        assert qkv is not None and (qkv["split_k"], qkv["warps"], qkv["min_blocks"]) == (8, 2, 3)
+    for m, bits in ((5, 4), (8, 4), (1, 8)):  # not measured there: 4 strips a CTA, 192 CTAs
+        qkv = cuda_mid_m_plan(m, 6144, 4096, bits, 132, forced=True)
+        assert qkv is not None and (qkv["split_k"], qkv["warps"], qkv["min_blocks"]) == (8, 4, 2)
 
 
 def test_cuda_mid_plan__folds_the_scale_out_of_the_loop_at_one_x_tile_where_the_registers_allow() -> None:

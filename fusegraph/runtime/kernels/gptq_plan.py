@@ -242,6 +242,9 @@ _CUDA_MID_ONE_TILE_M = 8
 # session: gate_up M=1 22.9 -> 20.2 µs, M=8 24.8 -> 21.7; qkv 8.75 -> 8.73, M=8 9.48 -> 9.34; 8-bit qkv M=4 11.28 ->
 # 10.88. (M 9..16, two n-tiles: -4..+5% by shape, so not taken; a probe without the multiply: gate_up M=1 18.7 µs)
 _CUDA_MID_SFOLD_MAX_M = 8
+# 4 bits, M ≤ this, one n-tile whose split is at its cap (qkv: 192 CTAs of 4 strips, < 2 an SM): 2 strips a CTA, twice the
+# CTAs (H200, 7th session, with sfold: qkv M=1 7.88 vs 8.57 µs, M=4 8.17 vs 8.78; before sfold 8.53 vs 8.51, a tie)
+_CUDA_MID_HALF_STRIPS_MAX_M = 4
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -259,7 +262,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     variant on every shape at M = 16, 32 and 64 but one (gate_up M=16: 2 strips, 1% faster).
     Registers are capped for 8 warps an SM (255 a thread at 4 bits and M > 56, no spills). At M ≤ 8
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
-    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), and the scale leaves the
+    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), or, where the split is at its cap,
+    2 strips a CTA at 4 bits and M ≤ 4 (`_CUDA_MID_HALF_STRIPS_MAX_M`: qkv 8% faster); and the scale leaves the
     inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster).
 
     Example:
@@ -284,6 +288,9 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     one_tile = m <= _CUDA_MID_ONE_TILE_M and bits in (4, 8) and not bf16
     if one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms:
         split, min_blocks = 2 * split, 16 // warps
+    elif one_tile and bits == 4 and m <= _CUDA_MID_HALF_STRIPS_MAX_M and warps == 4 and ctas < 2 * sms:
+        warps, ctas = 2, 2 * ctas
+        min_blocks = -(-ctas // sms)
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
     if m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8):
         plan["sfold"] = True
