@@ -122,6 +122,10 @@ _SOURCE = r"""
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
 %(helpers)s%(scaled_dequant)s
+// SFOLD: (q - z) only, each block's fp32 sums are scaled at its end; else the scale folded into the pair
+template <int J> __device__ __forceinline__ u32 dq_mid(u32 w, u32 mz, u32 nzh, u32 s2) {
+  return SFOLD ? dq_raw<J>(w, mz, nzh) : dq<J>(w, mz, nzh, s2);
+}
 extern "C" __global__ void
 #if CLUSTER
 __cluster_dims__(1, SPLIT, 1)
@@ -323,10 +327,10 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           u32 a0, a1, a2, a3;
-#define DQ(J) { a0 = dq<J>(comp(w[4 * qq], i), mz[i][0], nzh[i][0], s2[i][0]); \
-                a1 = dq<J>(comp(w[4 * qq + 1], i), mz[i][1], nzh[i][1], s2[i][1]); \
-                a2 = dq<J>(comp(w[4 * qq + 2], i), mz[i][0], nzh[i][0], s2[i][0]); \
-                a3 = dq<J>(comp(w[4 * qq + 3], i), mz[i][1], nzh[i][1], s2[i][1]); }
+#define DQ(J) { a0 = dq_mid<J>(comp(w[4 * qq], i), mz[i][0], nzh[i][0], s2[i][0]); \
+                a1 = dq_mid<J>(comp(w[4 * qq + 1], i), mz[i][1], nzh[i][1], s2[i][1]); \
+                a2 = dq_mid<J>(comp(w[4 * qq + 2], i), mz[i][0], nzh[i][0], s2[i][0]); \
+                a3 = dq_mid<J>(comp(w[4 * qq + 3], i), mz[i][1], nzh[i][1], s2[i][1]); }
           if (j == 0) DQ(0) else if (j == 1) DQ(1) else if (j == 2) DQ(2) else DQ(3)
 #undef DQ
 #pragma unroll

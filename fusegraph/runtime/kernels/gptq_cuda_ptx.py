@@ -229,8 +229,8 @@ __device__ __forceinline__ void gather_x(const u16* __restrict__ x, const int* _
 
 """
 
-# The dequantization with the scale folded in, of the mid-M and wgmma kernels (reads BITS and BF16):
-# `dq<J>` gives pair J of a word as (q - z)·s in one f16x2/bf16x2 register.
+# The dequantization of the mid-M and wgmma kernels (reads BITS and BF16): `dq_raw<J>` gives pair J of a word as
+# (q - z) (exact) in one f16x2/bf16x2 register, `dq<J>` as (q - z)·s (the scale folded in).
 SCALED_DEQUANT = r"""
 __device__ __forceinline__ u32 mul2(u32 a, u32 b) {
   u32 d;
@@ -241,8 +241,8 @@ __device__ __forceinline__ u32 mul2(u32 a, u32 b) {
 #endif
   return d;
 }
-// Pair J of word w, (q - z)·s: the rows 2(J·R + r) + {0, 1} of its column, scale folded in.
-template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s2) {
+// Pair J of word w, (q - z): the rows 2(J·R + r) + {0, 1} of its column.
+template <int J> __device__ __forceinline__ u32 dq_raw(u32 w, u32 mz, u32 nzh) {
 #if BITS == 4 && !BF16
   const u32 v = (J >= 2) ? (w >> 8) : w;
   const u32 d = (J & 1) ? fma2(lop3(v, 0x00f000f0u, 0x64006400u), 0x2c002c00u, nzh)
@@ -252,12 +252,11 @@ template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s
 #else
   const u32 d = sub2(prmt(w, 0x64646464u, J ? 0x4341u : 0x4240u), mz);
 #endif
-#if defined(SFOLD) && SFOLD  // the mid-M kernel scales each block's fp32 sums instead
-  (void)s2;
   return d;
-#else
-  return mul2(d, s2);
-#endif
+}
+// The same pair times its column's scale, (q - z)·s.
+template <int J> __device__ __forceinline__ u32 dq(u32 w, u32 mz, u32 nzh, u32 s2) {
+  return mul2(dq_raw<J>(w, mz, nzh), s2);
 }
 """
 
