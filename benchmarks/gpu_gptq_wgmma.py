@@ -37,7 +37,8 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import _stages, precompile, rswg_plan, rswg_spec, rswg_tok  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import ring_stages, rswg_plan, rswg_spec, rswg_tok  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import precompile  # noqa: E402
 
 LINES: list[str] = []
 T0 = time.time()
@@ -106,7 +107,7 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
     if (n_out // 64) % 3 == 0 and m >= 32:  # 3 strips a CTA (qkv's 96 strips: 32 column tiles), ≤ 128 rows
         t3 = rswg_tok(m, 128)
         out += [(f"ws/c3/t{t3}/s{d}", {"ncw": 3, "tok": t3, "minb": 1, "split_k": d, "sk": 0, "vred": int(d > 1),
-                                        "stages": _stages(t3, d, 3, 1, bits)})
+                                        "stages": ring_stages(t3, d, 3, 1, bits)})
                 for d in (1, 2, 4) if d <= blocks]  # fmt: skip
     if PROBES and (
         not PROBE_MS or m in PROBE_MS

@@ -20,87 +20,14 @@ small-M kernel's fragments, loads and dequantization (`gptq_cuda_src.py`) but an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
+from fusegraph.runtime.kernels.gptq_cuda_mid_spec import XS, MidSpec, mid_smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 
 __all__ = ["MID_KERNEL_NAME", "MidSpec", "mid_kernel_source", "mid_smem_bytes"]
 
 MID_KERNEL_NAME = "fg_gptq_mid_m"
-_XS = 68  # u32 words a staged row of x (64 + 4: the B-fragment loads hit 32 distinct banks)
-
-
-@dataclass(frozen=True)
-class MidSpec:
-    """The compile-time parameters of one mid-M kernel instance.
-
-    Attributes:
-        bits: container bits, 4 or 8.
-        bf16: x, scales and output are bf16 (4 bits only), else fp16.
-        mt: n-tiles of 8 rows of x, 1..8 (M ≤ 8·mt).
-        warps: warps per CTA = 64-column strips per CTA (1, 2, 4 or 8).
-        split: CTAs along K per strip group (gridDim.y).
-        cluster: split-K reduction through a thread-block cluster (2 ≤ split ≤ 8) instead of a ticket.
-        has_perm: act-order (x gathered through perm).
-        zero_v1: the qzeros store z − 1.
-        min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
-        perm_ahead: act-order only: block u+1's x is gathered through perm into registers before block
-            u's math and stored to shared memory after it (the gather's latency under the math), instead
-            of gathered and stored before the math.
-        bufs: register blocks of words a lane (1..4): 1 refills its one block half a block ahead; n ≥ 2
-            requests block u + n − 1 whole before block u's math (n − 1 blocks in flight).
-        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
-            the first blocks' words are requested before `griddepcontrol.wait`, x after it.
-        l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
-            with pdl, before the wait), 0: no.
-        sfold: mt ≤ 2 only: the scale leaves the inner loop: a block's mmas take (q − z) (exact in fp16/bf16)
-            into fp32 partial sums that are scaled once at the block's end (16·MT more registers a thread,
-            one packed multiply a pair less).
-    """
-
-    bits: int
-    bf16: bool
-    mt: int
-    warps: int
-    split: int
-    cluster: bool
-    has_perm: bool
-    zero_v1: bool
-    min_blocks: int = 1
-    perm_ahead: bool = False
-    bufs: int = 1
-    pdl: bool = False
-    l2pf: int = 0
-    sfold: bool = False
-
-    def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ValueError(f"gptq_cuda_mid: bits must be 4 or 8, got {self.bits}")
-        if self.bf16 and self.bits == 8:
-            raise ValueError("gptq_cuda_mid: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
-        if not 1 <= self.mt <= 8:
-            raise ValueError(f"gptq_cuda_mid: mt must be 1..8, got {self.mt}")
-        if self.warps not in (1, 2, 4, 8) or self.split < 1:
-            raise ValueError(
-                f"gptq_cuda_mid: warps must be 1, 2, 4 or 8 and split ≥ 1, got {self.warps}, {self.split}"
-            )
-        if self.cluster and not 2 <= self.split <= 8:
-            raise ValueError(f"gptq_cuda_mid: cluster needs 2 ≤ split ≤ 8, got {self.split}")
-        if not 1 <= self.bufs <= 4 or self.min_blocks < 1:
-            raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
-        if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):
-            raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm; pdl, no perm")
-        if self.sfold and self.mt > 2:
-            raise ValueError(
-                f"gptq_cuda_mid: sfold needs mt <= 2 (its partial sums in registers), got mt={self.mt}"
-            )
-        if not 0 <= self.l2pf <= 64:
-            raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
-
-
-def mid_smem_bytes(spec: MidSpec, m: int) -> int:
-    """Dynamic shared memory of one CTA: two staged blocks of x, or (after the loop) its [M][warps·64] sums."""
-    return max(2 * 8 * spec.mt * _XS * 4, m * spec.warps * 64 * 4)
 
 
 _SOURCE = r"""
@@ -417,4 +344,4 @@ def mid_kernel_source(spec: MidSpec) -> str:
         True
     """
     values = {f.name: int(getattr(spec, f.name)) for f in fields(spec)}  # every field is an int or a bool
-    return _SOURCE % (values | {"xs": _XS, "helpers": HELPERS, "scaled_dequant": SCALED_DEQUANT})
+    return _SOURCE % (values | {"xs": XS, "helpers": HELPERS, "scaled_dequant": SCALED_DEQUANT})

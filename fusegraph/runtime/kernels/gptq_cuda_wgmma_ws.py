@@ -1,4 +1,5 @@
-"""The warp-specialized RS-wgmma GPTQ kernel (`gptq_cuda_wgmma_ws_src.py`): plan and launch.
+"""The warp-specialized RS-wgmma GPTQ kernel (`gptq_cuda_wgmma_ws_src.py`): compile and launch (its plan:
+`gptq_cuda_wgmma_plan.py`).
 
 For plain 4-bit x `[M, K]` fp16/bf16 or 8-bit fp16 on a compute-capability-9.0 GPU: a CTA is a producer warpgroup
 (a shared-memory ring: x by the copy engine through a tensor map, the words by cp.async) and `ncw`
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache, launch_params, raise_smem_limit
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import RSWG_KEYS, SMEM_MAX, rswg_plan, rswg_spec, rswg_tok
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     RSWG_KERNEL_NAME,
     RswgSpec,
@@ -25,181 +27,11 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     rswg_smem_bytes,
 )
 
-__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "precompile", "rswg_plan", "rswg_spec"]
+__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "precompile", "rswg_plan", "rswg_spec", "rswg_tok"]
 
-SMEM_MAX = 232448  # the opt-in dynamic shared memory of one CTA on sm_90 (227 KB)
-RSWG_KEYS = (
-    "split_k",
-    "tok",
-    "stages",
-    "ncw",
-    "minb",
-    "vred",
-    "sk",
-    "ctas",
-    "probe",
-    "tma",
-    "pdl",
-    "sred",
-    "mc",
-)  # what a config may set (overrides the plan)
-_MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
-_FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
-_REDUCE_BLOCKS = 4.0  # the split-K sum over a cluster
-_SK_MIN_BLOCKS = 64  # stream-K where the tiles are few (≤ a quarter of the SMs) and K is at least this long
 _SK_BUF: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 _CACHE: KernelCache[tuple[int, RswgSpec]] = KernelCache()  # by (device index, spec)
 _KERNELS, _FAILED = _CACHE.kernels, _CACHE.failed
-
-
-def rswg_tok(m: int, cap: int = 256) -> int:
-    """The rows of x a CTA takes: M rounded up to 8 up to `cap`, else M spread evenly over ⌈M/cap⌉ tiles."""
-    tiles = (m + cap - 1) // cap
-    per = (m + tiles - 1) // tiles
-    return max(8, (per + 7) // 8 * 8)
-
-
-# Past 128 rows a tile (M > 128) the plan weighs tok and tok halved (≤ 128 rows) at split 1 and 2 by an
-# estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row block costs a
-# CTA 0.25 + tok/256 µs (×1.2 for 8-bit's 2-stage ring), a CTA 2.6 µs more (ring fill, epilogue) and the
-# cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs. (Split 4 and stream-K lost
-# at every M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's fp32 parts.)
-_BLOCK_US, _CTA_US, _SUM_US = (0.25, 1.0), 2.6, (0.8, 2.1)
-_TWO_STAGE = 1.2
-
-
-def _stages(tok: int, split: int, ncw: int, minb: int, bits: int) -> int:
-    """The deepest ring, 2..4 stages, whose shared memory fits `minb` CTAs an SM."""
-    stages = 4
-    while (
-        stages > 2
-        and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb, bits=bits)) > SMEM_MAX
-    ):
-        stages -= 1
-    return stages
-
-
-def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[int, int, int]:
-    """(tok, split, stages) for tok > 128: the least estimate (above) of tok or tok halved at split 1 or 2."""
-    blocks = k // 128
-    best: tuple[float, int, int, int] | None = None
-    for cap in (256, 128):
-        tok = rswg_tok(m, cap)
-        for split in (1, 2) if blocks >= 2 else (1,):
-            stages = _stages(tok, split, ncw, 1, bits)
-            ctas = -(-m // tok) * (n // (64 * ncw)) * split
-            block = (_BLOCK_US[0] + _BLOCK_US[1] * tok / 256) * (_TWO_STAGE if stages == 2 else 1.0)
-            fixed = _CTA_US + ((_SUM_US[0] + _SUM_US[1] * tok / 256) if split > 1 else 0.0)
-            est = -(-ctas // sms) * (blocks / split * block + fixed)
-            if best is None or est < best[0]:
-                best = (est, tok, split, stages)
-    assert best is not None
-    return best[1], best[2], best[3]
-
-
-# Three strips a CTA (ncw = 3, 512 threads, ≤ 128 rows) where N/64 divides by 3, 4 bits, past 128 rows: taken when
-# its CTAs fill the last round of SMs by more than this factor over the two-strip plan's. H200, seventh session (qkv,
-# 96 strips: 32 column tiles; docs/benchmarks.md): M=256 128 rows split 2 (128 CTAs) 24.5 µs vs 26.2 (96 CTAs);
-# M=512 split 1 45.9 vs 50.5; M=1024 (both fill 97%) 93.6 vs 93.3; four strips a CTA lost on every shape.
-_NCW3_FILL_GAIN = 1.1
-
-
-def _fill(ctas: int, sms: int) -> float:
-    """The share of the SMs' CTA slots the grid keeps busy over its rounds (1 CTA an SM)."""
-    return ctas / (-(-ctas // sms) * sms)
-
-
-def _three_strip_plan(m: int, n: int, k: int, sms: int, bits: int, two: float) -> dict[str, Any] | None:
-    """The ncw = 3 plan past 128 rows (split 1 or 2, whichever fills more), or None where the two-strip plan's
-    fill `two` is within `_NCW3_FILL_GAIN` of it or N/64 does not divide by 3."""
-    if bits != 4 or (n // 64) % 3 or m <= 128:
-        return None
-    tok, blocks = rswg_tok(m, 128), k // 128
-    tiles = -(-m // tok) * (n // 192)
-    split = max((s for s in (1, 2) if s <= blocks), key=lambda s: (_fill(tiles * s, sms), -s))
-    if _fill(tiles * split, sms) <= _NCW3_FILL_GAIN * two:
-        return None
-    return {"split_k": split, "tok": tok, "stages": _stages(tok, split, 3, 1, bits), "ncw": 3, "minb": 1, "tma": 1,
-            "sk": 0, "vred": int(split > 1), "pdl": 0}  # fmt: skip
-
-
-def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any] | None:
-    """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred"} for x `[m, k]` · W `[k, n]`, or None when the
-    kernel cannot take it.
-
-    tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
-    copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`; three
-    strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
-    M = 256 and 512).
-    Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
-    the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
-    cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
-    SMs and K has at least `_SK_MIN_BLOCKS` blocks. The deepest ring (≤ 4 stages) that fits (8-bit: its
-    words are twice the bytes). "pdl" 0 (a caller sets P ≥ 1 to launch it as a programmatic dependent
-    launch that first asks L2 for P·stages weight blocks a strip).
-    (From the H200 benchmark of the four Llama-3-8B shapes at M = 64..1024, docs/benchmarks.md.)
-
-    Example:
-        >>> rswg_plan(256, 28672, 4096, 132)
-        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0, 'pdl': 0}
-        >>> rswg_plan(256, 6144, 4096, 132)["ncw"]  # qkv: 3 strips a CTA, 128 CTAs
-        3
-    """
-    if m < 1 or n % 64 or k % 128 or bits not in (4, 8):
-        return None
-    tok = rswg_tok(m)
-    ncw = 2 if (n // 64) % 2 == 0 else 1
-    if tok > 128:
-        tok, split, stages = _wide_plan(m, n, k, sms, bits, ncw)
-        three = _three_strip_plan(m, n, k, sms, bits, _fill(-(-m // tok) * (n // (64 * ncw)) * split, sms))
-        if three is not None:
-            return three
-        return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
-                "vred": int(split > 1), "pdl": 0}  # fmt: skip
-    minb = 2 if tok <= 64 else 1
-    tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
-    blocks = k // 128
-    min_blocks = _MIN_BLOCKS // 2 if tok <= 64 else _MIN_BLOCKS
-    slots = sms * minb
-
-    def cost(
-        s: int,
-    ) -> float:  # rounds of CTAs x (blocks a CTA + its fixed cost) + the split-K sum, in blocks
-        return -(-tiles * s // slots) * (blocks / s + _FIXED_BLOCKS) + (_REDUCE_BLOCKS if s > 1 else 0.0)
-
-    fits = [s for s in range(1, min(8, blocks) + 1) if blocks // s >= min_blocks] or [1]
-    split = min(fits, key=lambda s: (cost(s), s))
-    sk = int(4 * tiles <= sms and blocks >= _SK_MIN_BLOCKS)
-    if sk:
-        split = 1
-    stages = _stages(tok, split, ncw, minb, bits)
-    vred = int(split > 1)
-    return {
-        "split_k": split,
-        "tok": tok,
-        "stages": stages,
-        "ncw": ncw,
-        "minb": minb,
-        "tma": 1,
-        "sk": sk,
-        "vred": vred,
-        "pdl": 0,
-    }
-
-
-def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4) -> RswgSpec:
-    """The kernel instance of a plan (`rswg_plan`'s keys; "vred", "sk", "probe", "tma", "pdl" optional).
-
-    Example:
-        >>> rswg_spec(rswg_plan(256, 4096, 4096, 132), bf16=False, zero_v1=True).tok  # 128 rows, split 2
-        128
-    """
-    return RswgSpec(bf16=bf16, tok=int(plan["tok"]), split=int(plan["split_k"]), zero_v1=zero_v1,
-                    stages=int(plan["stages"]), ncw=int(plan["ncw"]), minb=int(plan["minb"]),
-                    vred=bool(plan.get("vred", False)),
-                    sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
-                    tma=bool(plan.get("tma", False)), bits=bits, pdl=int(plan.get("pdl", 0)),
-                    sred=bool(plan.get("sred", False)), mc=bool(plan.get("mc", False)))  # fmt: skip
 
 
 def _compile(spec: RswgSpec, device: torch.device) -> Any:
