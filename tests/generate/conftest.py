@@ -11,17 +11,16 @@ from typing import Any
 import pytest
 import torch
 
+from tests.models.runner import one_torch_thread
+
 VOCAB = 96
 WORDS = [f"w{i}" for i in range(VOCAB)]
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    # Two CPU threads fighting other processes make these tiny matmuls ~20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def write_tokenizer(folder: Path) -> None:

@@ -8,21 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from fusegraph.nn import QuantizationConfig
 from tests.models.hf_models import make_model_dir
+from tests.models.runner import one_torch_thread
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread() -> Iterator[None]:
-    # Tiny matmuls on a shared 2-core box: one thread is ~40x faster than two contending.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

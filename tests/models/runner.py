@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,6 +13,18 @@ NUM_BLOCKS = 24
 # Per step, the tokens each of three sequences adds: a ragged prefill, decode steps, and a step
 # where sequences add different numbers of tokens.
 STEPS = [[5, 11, 1], [1, 1, 1], [2, 1, 3], [1, 1, 1]]
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one CPU thread inside the block: on a shared 2-core box, tiny matmuls run far faster on one thread
+    than on two contending (~20-40x in the model tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_steps(run: Any, manager: Any, new_tokens: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:

@@ -20,7 +20,7 @@ from fusegraph.runtime.pipeline import FOLD_ENV, default_pipeline
 pytest.importorskip("transformers")
 
 from tests.models.hf_models import hf_last_logits, make_model_dir  # noqa: E402 - needs transformers
-from tests.models.runner import random_steps, run_steps  # noqa: E402
+from tests.models.runner import one_torch_thread, random_steps, run_steps  # noqa: E402
 
 REPACK = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse,gptq-repack"
 FOLDED, UNFOLDED = f"{REPACK},fold-act-order-permutation,dce", f"{REPACK},dce"
@@ -32,10 +32,8 @@ DIMS: dict[str, Any] = dict(hidden_size=128, intermediate_size=256, num_hidden_l
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

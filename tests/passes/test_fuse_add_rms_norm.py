@@ -18,7 +18,7 @@ from fusegraph.passes.manager import PassStatistics
 pytest.importorskip("transformers")
 
 from tests.models.hf_models import hf_last_logits, make_model_dir  # noqa: E402 - needs transformers
-from tests.models.runner import random_steps, run_steps  # noqa: E402
+from tests.models.runner import one_torch_thread, random_steps, run_steps  # noqa: E402
 
 BASE = "fuse-qkv-projections,fuse-rope-split-store,canonicalize,cse"
 GPTQ = f"{BASE},gptq-repack,fold-act-order-permutation"
@@ -32,10 +32,8 @@ FUSED = 2 * LAYERS - 1
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _run(folder: Path, pipeline: str) -> tuple[Any, list[torch.Tensor], torch.Tensor]:
