@@ -68,7 +68,7 @@ def rope_split_store(op: Operator, fname: str, opts: DispatchOptions) -> Emitted
              "ntk_original_max": 1, **kv_strides(kv, op.op), "num_blocks": kv.dims[0], "flag_ptr": None,
              "freq_rows": rows, "H": h, "HKV": hkv, "D": d, "R": rotary, "LONG": False, "DYNAMIC": False,
              "BLOCK_D": block_d, "BLOCK_H": block_h, "BLOCK_B": 64, "INTERLEAVED": bool(interleaved),
-             "HAS_FLAG": False}  # fmt: skip
+             "HAS_FLAG": False, "PDL": 0}  # fmt: skip
     dyn = {"qkv_ptr": ptr(qkv), "row_offsets_ptr": "*i32", "freqs_ptr": ptr(freqs), "kv_ptr": ptr(kv),
            "cache_lengths_ptr": "*i32", "lookup_ptr": "*i32", "q_out_ptr": ptr(qkv), "B": "i32",
            "stride_lut_b": "i32", "max_pages": "i32"}  # fmt: skip
@@ -105,7 +105,7 @@ def paged_attention(op: Operator, fname: str, opts: DispatchOptions) -> Emitted:
              "stride_ms": 0, **kv_strides(kv, op.op), "ml_ptr": None, "G": group, "GP": gp, "D": head_dim,
              "BLOCK_D": max(16, pow2(head_dim)), "BLOCK_M": block_m, "BLOCK_N": block_n,
              "BLOCK_B": pow2(opts.max_batch), "HAS_WINDOW": window is not None, "SPLIT": False, "DOT_FP32": False,
-             "DOT_PRECISION": "ieee" if q.dtype == "f32" else "tf32"}  # fmt: skip
+             "DOT_PRECISION": "ieee" if q.dtype == "f32" else "tf32", "PDL": 0}  # fmt: skip
     dyn = {"q_ptr": ptr(q), "ro_ptr": "*i32", "kv_ptr": ptr(kv), "lens_ptr": "*i32", "lut_ptr": "*i32",
            "out_ptr": ptr(q), "B": "i32", "max_pages": "i32", "stride_lut": "i32", "T": "i32"}  # fmt: skip
     kernel = kernel_ptx(paged_attention_kernel, dyn, const, opts, num_warps=4, num_stages=2)

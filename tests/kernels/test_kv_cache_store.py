@@ -10,7 +10,7 @@ import torch
 from tests.kernels._interp import load_interpreted
 
 store = load_interpreted("kv_cache_store")
-rope_store = load_interpreted("rope_split_store")
+rope_store = load_interpreted("rope_split_store", kernel_deps=("pdl",))
 U32 = torch.uint32
 POISON = -7777.0
 BLOCKS, LAYERS, PAGE, HKV, D = 6, 2, 4, 2, 8

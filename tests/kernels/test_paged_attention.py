@@ -14,7 +14,7 @@ import torch
 
 from tests.kernels._interp import load_interpreted
 
-kernel = load_interpreted("paged_attention")
+kernel = load_interpreted("paged_attention", kernel_deps=("pdl",))
 
 
 def _reference(q, row_offsets, kv, cache_lengths, lookup, *, layer_idx, scale, window):

@@ -10,7 +10,7 @@ import torch
 from tests.kernels._interp import load_interpreted
 from tests.ops.test_rms_norm_perm import ULPS, assert_within_ulps, reference
 
-kernel = load_interpreted("rms_norm")
+kernel = load_interpreted("rms_norm", kernel_deps=("pdl",))
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 
 

@@ -15,7 +15,7 @@ import torch
 
 from tests.kernels._interp import load_interpreted
 
-kernel = load_interpreted("rope_split_store")
+kernel = load_interpreted("rope_split_store", kernel_deps=("pdl",))
 POISON = -7777.0
 
 

@@ -10,7 +10,7 @@ import torch
 from fusegraph.ops.silu_mul import silu_mul_math
 from tests.kernels._interp import load_interpreted
 
-kernel = load_interpreted("silu_mul")
+kernel = load_interpreted("silu_mul", kernel_deps=("pdl",))
 
 
 def _reference(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

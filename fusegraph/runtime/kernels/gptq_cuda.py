@@ -38,6 +38,7 @@ from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, ker
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
+from fusegraph.runtime.kernels.pdl import chain_blocks
 
 __all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
 
@@ -49,7 +50,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold", "sfold")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -165,6 +166,7 @@ def gptq_cuda_matmul(
     if m > 16 or plan.get("mid"):
         return _mid_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                            zero_format=zero_format, plan=plan, bps=bps, cap=cap)  # fmt: skip
+    pdl = bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0)
     spec = KernelSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
                       warps=int(plan["warps"]), split=split,
                       cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
@@ -172,7 +174,7 @@ def gptq_cuda_matmul(
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0),
+                      bufs=int(plan.get("bufs", 2)), pdl=pdl, chain=0 if pdl or cap < (9, 0) else int(plan.get("chain", 0)),
                       xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
                       and bps <= 32 * int(plan["warps"]))  # fmt: skip
@@ -192,13 +194,14 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
         raise ValueError(
             f"gptq_cuda_matmul: warps {warps} (64-column strips a CTA) must divide N/64 = {n // 64}"
         )
+    pdl = bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0)
     spec = MidSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=(m + 7) // 8, warps=warps,
                    split=split, cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0),
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                   bufs=int(plan.get("bufs", 1)), pdl=bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0),
-                   l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0, sfold=bool(plan.get("sfold")))  # fmt: skip
+                   bufs=int(plan.get("bufs", 1)), pdl=pdl, l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
+                   sfold=bool(plan.get("sfold")), chain=0 if pdl or cap < (9, 0) else int(plan.get("chain", 0)))  # fmt: skip
     return _launch(
         spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
@@ -227,7 +230,7 @@ def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor,
     launch(kern, (n // (64 * strips), spec.split, 1), (32 * spec.warps, 1, 1), smem,
            [x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
             k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-            out.stride(0)], pdl=spec.pdl)  # fmt: skip
+            out.stride(0)], pdl=spec.pdl or spec.chain > 0)  # fmt: skip
     return out
 
 
@@ -291,6 +294,10 @@ def maybe_gptq_cuda(
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight
             x, perm = _permute_x(x, perm), None
+        elif not cfg and chain_blocks(
+            x.device
+        ):  # the chain (`pdl.py`): its first blocks asked of L2 before the wait
+            plan |= {"pdl": plan.get("pdl", 1)}
         try:
             return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                                zero_format=zero_format, config=cfg or plan, sms=sms)  # fmt: skip
@@ -307,8 +314,10 @@ def maybe_gptq_cuda(
         pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
         x, perm = _permute_x(x, perm), None
         plan["xperm_pdl"] = pdl
-    else:  # PDL only right after our own permutation (no earlier writer of the kernel's operands)
+    else:  # registers before the wait only right after our own permutation (no earlier writer of the weights)
         plan.pop("xperm_pdl", None)
+        if "chain" not in cfg:  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
+            plan["chain"] = chain_blocks(x.device)
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

@@ -43,6 +43,7 @@ _SOURCE = r"""
 #define PERM_AHEAD %(perm_ahead)d
 #define NBUF %(bufs)d
 #define PDL %(pdl)d
+#define CHAIN %(chain)d
 #define L2PF %(l2pf)d
 #define SFOLD %(sfold)d
 #define XS %(xs)d
@@ -148,6 +149,12 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     zy = ldg4(zp + zoff_y);
   };
 
+#if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL
+  if (lane == 0)  // the strip's first CHAIN blocks of this slice, one bulk request a block
+    for (int b = 0; b < CHAIN && b < bps; ++b) prefetch_l2(qw + ((u64)strip * (K / P) + (u64)(kb0 + b) * R) * 16, R * 256);
+  pdl_trigger();
+  pdl_wait();
+#endif
 #if PERM_AHEAD
   load_perm(0);
   gather(0);

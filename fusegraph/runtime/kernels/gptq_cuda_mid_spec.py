@@ -33,6 +33,10 @@ class MidSpec:
             the first blocks' words are requested before `griddepcontrol.wait`, x after it.
         l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
             with pdl, before the wait), 0: no.
+        chain: launched with programmatic dependent launch after whatever kernel comes before (the eager
+            runtime's chain, `pdl.py`): each warp asks L2 for its strip's first `chain` blocks, lets the kernel
+            after it launch, and waits (`griddepcontrol.wait`) before anything else; 0: no. Only prefetches
+            come before the wait, and L2 is coherent, so no operand may be stale, whoever writes it.
         sfold: mt ≤ 2 only: the scale leaves the inner loop: a block's mmas take (q − z) (exact in fp16/bf16)
             into fp32 partial sums that are scaled once at the block's end (16·MT more registers a thread,
             one packed multiply a pair less).
@@ -52,6 +56,7 @@ class MidSpec:
     pdl: bool = False
     l2pf: int = 0
     sfold: bool = False
+    chain: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -74,6 +79,8 @@ class MidSpec:
             raise ValueError(
                 f"gptq_cuda_mid: sfold needs mt <= 2 (its partial sums in registers), got mt={self.mt}"
             )
+        if not 0 <= self.chain <= 64 or (self.chain and self.pdl):
+            raise ValueError(f"gptq_cuda_mid: chain must be 0..64 blocks, and not with pdl, got {self.chain}")
         if not 0 <= self.l2pf <= 64:
             raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 

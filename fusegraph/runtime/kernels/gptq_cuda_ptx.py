@@ -99,6 +99,9 @@ __device__ __forceinline__ u32 ldg4(const void* p) {
 __device__ __forceinline__ void pdl_wait() {  // programmatic dependent launch: the previous kernel's writes
   asm volatile("griddepcontrol.wait;" ::: "memory");
 }
+__device__ __forceinline__ void pdl_trigger() {  // a kernel launched with PDL after this one may start now
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
 __device__ __forceinline__ float shfl_xor(float v, int o) {
   float r;
   asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(o));

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from fusegraph.runtime.kernels.metadata import as_index
+from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
 
 __all__ = ["paged_attention_triton"]
 
@@ -37,7 +38,9 @@ def _paged_attention_kernel(
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_enter(PDL)
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -123,9 +126,10 @@ def _paged_attention_kernel(
 @triton.jit
 def _combine_splits_kernel(
     acc_ptr, ml_ptr, out_ptr, n_rows, stride_os, stride_ms, stride_ot, stride_oh, H,
-    NUM_SPLITS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """out[t, h] = Σ_s 2^(m_s − M)·acc_s / Σ_s 2^(m_s − M)·l_s over the key splits (flash-decoding)."""
+    pdl_enter(PDL)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t·H + h
     ok = rows < n_rows
     d = tl.arange(0, BLOCK_D)
@@ -237,13 +241,13 @@ def paged_attention_triton(
         HAS_WINDOW=sliding_window is not None, SPLIT=split,
         # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
         DOT_FP32=not on_gpu, DOT_PRECISION="ieee" if q.dtype == torch.float32 or not on_gpu else "tf32",
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **triton_pdl(q.device),
     )  # fmt: skip
     if split:
         n_rows, block_r = t_rows * n_heads, 16
         _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
             ws, ml, out, n_rows, ws.stride(0), ml.stride(0), out.stride(0), out.stride(1), n_heads,
             NUM_SPLITS=num_splits, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_R=block_r,
-            num_warps=4,
+            num_warps=4, **triton_pdl(q.device),
         )  # fmt: skip
     return out

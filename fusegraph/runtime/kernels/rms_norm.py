@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
+
 __all__ = [
     "MAX_BLOCK",
     "add_rms_norm_cuda",
@@ -75,8 +77,9 @@ def _gathered(x_row, r_row, w_ptr, perm_ptr, cols, row_ok, D, HAS_PERM: tl.const
 def _rms_norm_kernel(
     x_ptr, r_ptr, s_ptr, w_ptr, perm_ptr, y_ptr, M, D, stride_xm, stride_rm, eps,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
-    HAS_RES: tl.constexpr,
+    HAS_RES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_enter(PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
     x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
@@ -276,7 +279,7 @@ def _launch(
         x2, x2 if r2 is None else r2, y if residual is None else s, weight, weight if perm is None else perm, y,
         m, d, x2.stride(0), 0 if r2 is None else r2.stride(0), float(eps),
         ROWS=p["ROWS"], BLOCK=p["BLOCK"], HAS_PERM=perm is not None, CHUNKED=p["CHUNKED"], SPLIT=p["SPLIT"],
-        HAS_RES=residual is not None, num_warps=p["num_warps"],
+        HAS_RES=residual is not None, num_warps=p["num_warps"], **triton_pdl(x.device),
     )  # fmt: skip
     return s, y.reshape(shape)
 

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from fusegraph.runtime.kernels.metadata import as_index
+from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
 from fusegraph.runtime.kernels.write_flag import flag_for
 
 __all__ = ["rope_split_store_triton"]
@@ -95,7 +96,9 @@ def _rope_split_store_kernel(
     BLOCK_B: tl.constexpr,
     INTERLEAVED: tl.constexpr,
     HAS_FLAG: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # head index in [0, H + 2·HKV)
     d = tl.arange(0, BLOCK_D)
@@ -277,5 +280,6 @@ def rope_split_store_triton(
         INTERLEAVED=interleaved,
         HAS_FLAG=flag is not None,
         num_warps=4,
+        **triton_pdl(qkv.device),
     )
     return q_out

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
+
 __all__ = ["silu_mul_cuda", "silu_mul_rows"]
 
 BLOCK = 1024
@@ -23,7 +25,8 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, n_cols, stride_g, stride_u, BLOCK: tl.constexpr):
+def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, n_cols, stride_g, stride_u, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -81,7 +84,7 @@ def silu_mul_rows(gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.T
     y = torch.empty((m, n), dtype=gate.dtype, device=gate.device)
     if m and n:
         _silu_mul_kernel[(m, triton.cdiv(n, BLOCK))](
-            g_src, u_src, y, n, stride_g, stride_u, BLOCK=BLOCK, num_warps=4
+            g_src, u_src, y, n, stride_g, stride_u, BLOCK=BLOCK, num_warps=4, **triton_pdl(y.device)
         )
     return y.reshape(shape)
 

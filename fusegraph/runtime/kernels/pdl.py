@@ -1,0 +1,98 @@
+"""Programmatic dependent launch (PDL, Hopper) through the eager runtime's kernels: the chain.
+
+A decode step is a few hundred short kernels, each waiting for the one before to finish before its
+first CTA starts. With PDL a kernel may launch while the one before still runs, do work that reads
+nothing the earlier kernels write, and wait (`griddepcontrol.wait`) for them before the rest:
+
+- the GPTQ kernels (`gptq_cuda.py`'s small-M and mid-M kernels, spec field `chain`; the wgmma kernel,
+  plan key "pdl") ask L2 for their first weight blocks before the wait. Only L2 prefetches come before
+  it: L2 is coherent, so nothing they read later can be stale, whoever wrote the weights;
+- the Triton kernels around them (RMSNorm, rope-split-store, paged attention, silu·mul) let the kernel
+  after them launch at their start (`griddepcontrol.launch_dependents`), and at mode 2 are PDL launches
+  themselves, waiting before their first load.
+
+Every kernel launched with PDL waits before its first read of anything an earlier kernel writes and
+before its first write, so a chain keeps stream order for memory: each kernel sees the writes of all
+kernels before it, and none writes what an earlier one still reads.
+
+`FUSEGRAPH_PDL` picks the mode: 0 off; 1 the GPTQ kernels are PDL launches and the Triton kernels let
+them start early; 2 (the default) also the Triton kernels are PDL launches. Off where the GPU is not
+sm_90+ or Triton has no `gdc_*` (`triton.language.extra.cuda`).
+
+Example:
+    >>> pdl_mode(torch.device("cpu"))
+    0
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+try:  # Triton's grid-dependency control (PDL) intrinsics
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - an older Triton: the chain is off
+    gdc_launch_dependents = gdc_wait = None
+
+__all__ = ["chain_blocks", "pdl_enter", "pdl_mode", "triton_pdl"]
+
+_CAP: dict[torch.device, tuple[int, int]] = {}
+# the weight blocks (128 rows of a 64-column strip) each warp of a GPTQ kernel asks L2 for before its wait
+_CHAIN_BLOCKS = 2
+
+
+def pdl_mode(device: torch.device) -> int:
+    """The chain's mode on `device` (see the module): 0 off, 1 the GPTQ kernels only, 2 every kernel."""
+    if device.type != "cuda" or gdc_wait is None:
+        return 0
+    if device not in _CAP:
+        _CAP[device] = torch.cuda.get_device_capability(device)
+    if _CAP[device] < (9, 0):
+        return 0
+    mode = os.environ.get("FUSEGRAPH_PDL", "2")
+    if mode not in ("0", "1", "2"):
+        raise ValueError(f"FUSEGRAPH_PDL must be 0, 1 or 2, got {mode!r}")
+    return int(mode)
+
+
+def chain_blocks(device: torch.device) -> int:
+    """The GPTQ kernels' `chain` on `device`: weight blocks a warp prefetches before its wait, 0 off."""
+    if pdl_mode(device) == 0:
+        return 0
+    return int(os.environ.get("FUSEGRAPH_PDL_BLOCKS", _CHAIN_BLOCKS))
+
+
+def _triton_launches_pdl() -> bool:
+    """Whether this Triton launches a kernel with PDL (its `launch_pdl` option)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:  # pragma: no cover - no NVIDIA backend
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+def triton_pdl(device: torch.device) -> dict[str, Any]:
+    """The launch options of a Triton kernel of the chain on `device`: its `PDL` constexpr (for `pdl_enter`)
+    and, at mode 2, `launch_pdl`.
+
+    Example:
+        >>> _kernel[grid](x, y, n, BLOCK=1024, **triton_pdl(x.device))
+    """
+    mode = pdl_mode(device)
+    if mode == 2 and _triton_launches_pdl():
+        return {"PDL": 2, "launch_pdl": True}
+    return {"PDL": min(mode, 1)}
+
+
+@triton.jit
+def pdl_enter(PDL: tl.constexpr):  # noqa: N803 - Triton's constexpr convention
+    """A Triton kernel's first statement in the chain: PDL ≥ 1 lets the kernel after it launch; PDL 2 (a PDL
+    launch itself) then waits for the kernels before it, before any load or store."""
+    if PDL >= 1:
+        gdc_launch_dependents()
+    if PDL >= 2:
+        gdc_wait()
