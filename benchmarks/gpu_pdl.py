@@ -30,6 +30,7 @@ import gpu_model as GM  # noqa: E402, N812
 
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
 from fusegraph.nn import DecoderModel  # noqa: E402
+from fusegraph.runtime.profile import profile_steps  # noqa: E402
 
 
 def main() -> None:
@@ -92,7 +93,11 @@ def main() -> None:
             args.profile
         ):  # per-kernel device time; under PDL kernels overlap, so it can sum past the wall time
             for mode, run in runs.items():
-                print(f"bs {bs}, FUSEGRAPH_PDL={mode}: {run.profile(*inputs, steps=5)}", flush=True)
+                title = f"bs {bs}, FUSEGRAPH_PDL={mode}"
+                print(
+                    profile_steps(lambda run=run, inputs=inputs: run(*inputs), "cuda", title, steps=5),
+                    flush=True,
+                )
         del manager
         torch.cuda.empty_cache()
     if bad:
