@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -89,15 +90,12 @@ def main() -> None:
             print(f"bs {bs} round {r}: " + ", ".join(line) + " ms/step", flush=True)
         ref = best[args.modes[0]]
         print(f"bs {bs} best: " + ", ".join(f"mode {m} {v:.3f} ms ({ref / v:.3f}x)" for m, v in best.items()))
-        if (
-            args.profile
-        ):  # per-kernel device time; under PDL kernels overlap, so it can sum past the wall time
+        if args.profile:  # per-kernel device time; under PDL kernels overlap, so it can pass the wall time
             for mode, run in runs.items():
-                title = f"bs {bs}, FUSEGRAPH_PDL={mode}"
-                print(
-                    profile_steps(lambda run=run, inputs=inputs: run(*inputs), "cuda", title, steps=5),
-                    flush=True,
+                report = profile_steps(
+                    partial(run, *inputs), "cuda", f"bs {bs}, FUSEGRAPH_PDL={mode}", steps=5
                 )
+                print(report, flush=True)
         del manager
         torch.cuda.empty_cache()
     if bad:
