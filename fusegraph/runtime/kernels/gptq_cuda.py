@@ -38,7 +38,7 @@ from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, ker
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
-from fusegraph.runtime.kernels.pdl import chain_blocks
+from fusegraph.runtime.kernels.pdl import gemm_chain
 
 __all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
 
@@ -50,7 +50,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -174,7 +174,7 @@ def gptq_cuda_matmul(
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)), pdl=pdl, chain=0 if pdl or cap < (9, 0) else int(plan.get("chain", 0)),
+                      bufs=int(plan.get("bufs", 2)), pdl=pdl, **_chain(plan, pdl, cap),
                       xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
                       and bps <= 32 * int(plan["warps"]))  # fmt: skip
@@ -201,10 +201,16 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
                    bufs=int(plan.get("bufs", 1)), pdl=pdl, l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
-                   sfold=bool(plan.get("sfold")), chain=0 if pdl or cap < (9, 0) else int(plan.get("chain", 0)))  # fmt: skip
+                   sfold=bool(plan.get("sfold")), **_chain(plan, pdl, cap))  # fmt: skip
     return _launch(
         spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
+
+
+def _chain(plan: dict[str, Any], pdl: bool, cap: tuple[int, int]) -> dict[str, Any]:
+    """The spec's chain fields from the plan: off with the register-loading pdl or before sm_90."""
+    on = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
+    return {"chain": on, "chain_l2": int(plan.get("chain_l2", 0)) if on else 0}
 
 
 def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor, qweight_t: torch.Tensor,
@@ -230,7 +236,7 @@ def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor,
     launch(kern, (n // (64 * strips), spec.split, 1), (32 * spec.warps, 1, 1), smem,
            [x, qweight_t, scales, qzeros_t, qweight_t if perm is None else perm, out, ws, cnt, m, n, k,
             k if group_size == -1 else group_size, bps, x.stride(0), scales.stride(0), qzeros_t.stride(0),
-            out.stride(0)], pdl=spec.pdl or spec.chain > 0)  # fmt: skip
+            out.stride(0)], pdl=spec.pdl or spec.chain)  # fmt: skip
     return out
 
 
@@ -294,9 +300,9 @@ def maybe_gptq_cuda(
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight
             x, perm = _permute_x(x, perm), None
-        elif not cfg and chain_blocks(
+        elif not cfg and gemm_chain(
             x.device
-        ):  # the chain (`pdl.py`): its first blocks asked of L2 before the wait
+        ):  # the chain (`pdl.py`): first blocks asked of L2 before the wait
             plan |= {"pdl": plan.get("pdl", 1)}
         try:
             return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
@@ -317,7 +323,7 @@ def maybe_gptq_cuda(
     else:  # registers before the wait only right after our own permutation (no earlier writer of the weights)
         plan.pop("xperm_pdl", None)
         if "chain" not in cfg:  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
-            plan["chain"] = chain_blocks(x.device)
+            plan |= gemm_chain(x.device)
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

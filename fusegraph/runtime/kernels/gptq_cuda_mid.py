@@ -44,6 +44,7 @@ _SOURCE = r"""
 #define NBUF %(bufs)d
 #define PDL %(pdl)d
 #define CHAIN %(chain)d
+#define CHAIN_L2 %(chain_l2)d
 #define L2PF %(l2pf)d
 #define SFOLD %(sfold)d
 #define XS %(xs)d
@@ -150,8 +151,8 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   };
 
 #if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL
-  if (lane == 0)  // the strip's first CHAIN blocks of this slice, one bulk request a block
-    for (int b = 0; b < CHAIN && b < bps; ++b) prefetch_l2(qw + ((u64)strip * (K / P) + (u64)(kb0 + b) * R) * 16, R * 256);
+  if (lane == 0)  // the strip's first CHAIN_L2 blocks of this slice, one bulk request a block
+    for (int b = 0; b < CHAIN_L2 && b < bps; ++b) prefetch_l2(qw + ((u64)strip * (K / P) + (u64)(kb0 + b) * R) * 16, R * 256);
   pdl_trigger();
   pdl_wait();
 #endif

@@ -34,9 +34,10 @@ class MidSpec:
         l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
             with pdl, before the wait), 0: no.
         chain: launched with programmatic dependent launch after whatever kernel comes before (the eager
-            runtime's chain, `pdl.py`): each warp asks L2 for its strip's first `chain` blocks, lets the kernel
-            after it launch, and waits (`griddepcontrol.wait`) before anything else; 0: no. Only prefetches
+            runtime's chain, `pdl.py`): each warp asks L2 for its strip's first `chain_l2` blocks, lets the
+            kernel after it launch, and waits (`griddepcontrol.wait`) before anything else. Only prefetches
             come before the wait, and L2 is coherent, so no operand may be stale, whoever writes it.
+        chain_l2: with chain, the blocks each warp asks L2 for before its wait (0..64).
         sfold: mt ≤ 2 only: the scale leaves the inner loop: a block's mmas take (q − z) (exact in fp16/bf16)
             into fp32 partial sums that are scaled once at the block's end (16·MT more registers a thread,
             one packed multiply a pair less).
@@ -56,7 +57,8 @@ class MidSpec:
     pdl: bool = False
     l2pf: int = 0
     sfold: bool = False
-    chain: int = 0
+    chain: bool = False
+    chain_l2: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -79,8 +81,10 @@ class MidSpec:
             raise ValueError(
                 f"gptq_cuda_mid: sfold needs mt <= 2 (its partial sums in registers), got mt={self.mt}"
             )
-        if not 0 <= self.chain <= 64 or (self.chain and self.pdl):
-            raise ValueError(f"gptq_cuda_mid: chain must be 0..64 blocks, and not with pdl, got {self.chain}")
+        if not 0 <= self.chain_l2 <= 64 or (self.chain and self.pdl):
+            raise ValueError(
+                f"gptq_cuda_mid: chain_l2 must be 0..64 blocks and chain not with pdl, got {self.chain_l2}"
+            )
         if not 0 <= self.l2pf <= 64:
             raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 

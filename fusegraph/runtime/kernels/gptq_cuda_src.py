@@ -54,9 +54,10 @@ class KernelSpec:
         xfull: act-order: all of x's rows and the slice's perm are copied to shared memory first (with the
             first words in flight), and the slice is gathered from there, not from global memory.
         chain: launched with programmatic dependent launch after whatever kernel comes before (the eager
-            runtime's chain, `pdl.py`): each warp asks L2 for its first `chain` blocks, lets the kernel after it
-            launch, and waits (`griddepcontrol.wait`) before anything else; 0: no. Only prefetches come before
-            the wait, and L2 is coherent, so no operand may be stale, whoever writes it.
+            runtime's chain, `pdl.py`): each warp asks L2 for its first `chain_l2` blocks, lets the kernel after
+            it launch, and waits (`griddepcontrol.wait`) before anything else. Only prefetches come before the
+            wait, and L2 is coherent, so no operand may be stale, whoever writes it.
+        chain_l2: with chain, the blocks each warp asks L2 for before its wait (0..64).
         fold: fp16: the mma takes the raw magic-number pairs (1024 + q; 4-bit odd pairs 1024 + 16q times
             x/16) and each block's sums lose (1024 + z)·Σx after (`FOLD_SUMS`): 4 instructions fewer a word.
     """
@@ -77,7 +78,8 @@ class KernelSpec:
     pdl: bool = False
     xfull: bool = False
     fold: bool = False
-    chain: int = 0
+    chain: bool = False
+    chain_l2: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -100,8 +102,10 @@ class KernelSpec:
             raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
         if self.pdl and (self.has_perm or self.tma):
             raise ValueError("gptq_cuda: pdl needs no perm and tma off (x is read after the wait)")
-        if not 0 <= self.chain <= 64 or (self.chain and self.pdl):
-            raise ValueError(f"gptq_cuda: chain must be 0..64 blocks, and not with pdl, got {self.chain}")
+        if not 0 <= self.chain_l2 <= 64 or (self.chain and self.pdl):
+            raise ValueError(
+                f"gptq_cuda: chain_l2 must be 0..64 blocks and chain not with pdl, got {self.chain_l2}"
+            )
         if self.xfull and (not self.has_perm or self.perm_ahead or self.tma):
             raise ValueError("gptq_cuda: xfull needs has_perm, and perm_ahead and tma off")
         if self.fold and (self.bf16 or self.tma):
@@ -132,6 +136,7 @@ _SOURCE = r"""
 #define NBUF %(bufs)d  // register buffers of words a warp (TMA: 2, only the first used)
 #define PDL %(pdl)d
 #define CHAIN %(chain)d
+#define CHAIN_L2 %(chain_l2)d
 #define XFULL %(xfull)d
 #define FOLD %(fold)d
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
@@ -200,8 +205,8 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   };
 
 #if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL
-  if (lane == 0)  // the warp's first CHAIN blocks, one bulk request a block
-    for (int u = 0; u < CHAIN && u < nbw; ++u)
+  if (lane == 0)  // the warp's first CHAIN_L2 blocks, one bulk request a block
+    for (int u = 0; u < CHAIN_L2 && u < nbw; ++u)
       prefetch_l2(qw + ((u64)strip * (K / P) + (u64)(kb0 + warp + NWARPS * u) * R) * 16, R * 256);
   pdl_trigger();
   pdl_wait();
@@ -399,7 +404,8 @@ def kernel_source(spec: KernelSpec) -> str:
         "perm_ahead": int(spec.perm_ahead),
         "bufs": spec.bufs,
         "pdl": int(spec.pdl),
-        "chain": spec.chain,
+        "chain": int(spec.chain),
+        "chain_l2": spec.chain_l2,
         "xfull": int(spec.xfull),
         "fold": int(spec.fold),
         "fold_sums": FOLD_SUMS,

@@ -4,8 +4,8 @@ A decode step is a few hundred short kernels, each waiting for the one before to
 first CTA starts. With PDL a kernel may launch while the one before still runs, do work that reads
 nothing the earlier kernels write, and wait (`griddepcontrol.wait`) for them before the rest:
 
-- the GPTQ kernels (`gptq_cuda.py`'s small-M and mid-M kernels, spec field `chain`; the wgmma kernel,
-  plan key "pdl") ask L2 for their first weight blocks before the wait. Only L2 prefetches come before
+- the GPTQ kernels (`gptq_cuda.py`'s small-M and mid-M kernels, spec fields `chain` and `chain_l2`; the
+  wgmma kernel, plan key "pdl") ask L2 for their first weight blocks before the wait. Only L2 prefetches come before
   it: L2 is coherent, so nothing they read later can be stale, whoever wrote the weights;
 - the Triton kernels around them (RMSNorm, rope-split-store, paged attention, silu·mul) let the kernel
   after them launch at their start (`griddepcontrol.launch_dependents`), and at mode 2 are PDL launches
@@ -16,7 +16,8 @@ before its first write, so a chain keeps stream order for memory: each kernel se
 kernels before it, and none writes what an earlier one still reads.
 
 `FUSEGRAPH_PDL` picks the mode: 0 off; 1 the GPTQ kernels are PDL launches and the Triton kernels let
-them start early; 2 (the default) also the Triton kernels are PDL launches. Off where the GPU is not
+them start early; 2 (the default) also the Triton kernels are PDL launches. `FUSEGRAPH_PDL_L2` sets the
+weight blocks a warp of the small- and mid-M kernels prefetches before its wait (default 2). Off where the GPU is not
 sm_90+ or Triton has no `gdc_*` (`triton.language.extra.cuda`).
 
 Example:
@@ -38,7 +39,7 @@ try:  # Triton's grid-dependency control (PDL) intrinsics
 except ImportError:  # pragma: no cover - an older Triton: the chain is off
     gdc_launch_dependents = gdc_wait = None
 
-__all__ = ["chain_blocks", "pdl_enter", "pdl_mode", "triton_pdl"]
+__all__ = ["gemm_chain", "pdl_enter", "pdl_mode", "triton_pdl"]
 
 _CAP: dict[torch.device, tuple[int, int]] = {}
 # the weight blocks (128 rows of a 64-column strip) each warp of a GPTQ kernel asks L2 for before its wait
@@ -59,11 +60,15 @@ def pdl_mode(device: torch.device) -> int:
     return int(mode)
 
 
-def chain_blocks(device: torch.device) -> int:
-    """The GPTQ kernels' `chain` on `device`: weight blocks a warp prefetches before its wait, 0 off."""
+def gemm_chain(device: torch.device) -> dict[str, Any]:
+    """The small- and mid-M GPTQ kernels' plan keys on `device`: {"chain": True, "chain_l2": the weight blocks a
+    warp asks L2 for before its wait (`FUSEGRAPH_PDL_L2`, default 2)}, or {} with the chain off."""
     if pdl_mode(device) == 0:
-        return 0
-    return int(os.environ.get("FUSEGRAPH_PDL_BLOCKS", _CHAIN_BLOCKS))
+        return {}
+    blocks = os.environ.get("FUSEGRAPH_PDL_L2", str(_CHAIN_BLOCKS))
+    if not blocks.isdigit() or int(blocks) > 64:
+        raise ValueError(f"FUSEGRAPH_PDL_L2 must be 0..64 (weight blocks a warp prefetches), got {blocks!r}")
+    return {"chain": True, "chain_l2": int(blocks)}
 
 
 def _triton_launches_pdl() -> bool:
