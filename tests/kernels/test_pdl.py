@@ -38,7 +38,7 @@ def test_pdl_mode__from_the_environment(monkeypatch: pytest.MonkeyPatch, env: st
     else:
         monkeypatch.setenv("FUSEGRAPH_PDL", env)
     assert pdl.pdl_mode(HOPPER) == mode
-    assert pdl.gemm_chain(HOPPER) == ({"chain": True, "chain_l2": 2} if chain else {})
+    assert pdl.gemm_chain(HOPPER) == ({"chain": True, "chain_l2": 1} if chain else {})
     assert pdl.triton_pdl(HOPPER)["PDL"] == mode or (mode == 2 and not pdl._triton_launches_pdl())
 
 

@@ -17,7 +17,7 @@ kernels before it, and none writes what an earlier one still reads.
 
 `FUSEGRAPH_PDL` picks the mode: 0 off; 1 the GPTQ kernels are PDL launches and the Triton kernels let
 them start early; 2 (the default) also the Triton kernels are PDL launches. `FUSEGRAPH_PDL_L2` sets the
-weight blocks a warp of the small- and mid-M kernels prefetches before its wait (default 2). Off where the GPU is not
+weight blocks a warp of the small- and mid-M kernels prefetches before its wait (default 1). Off where the GPU is not
 sm_90+ or Triton has no `gdc_*` (`triton.language.extra.cuda`).
 
 Example:
@@ -43,7 +43,7 @@ __all__ = ["gemm_chain", "pdl_enter", "pdl_mode", "triton_pdl"]
 
 _CAP: dict[torch.device, tuple[int, int]] = {}
 # the weight blocks (128 rows of a 64-column strip) each warp of a GPTQ kernel asks L2 for before its wait
-_CHAIN_BLOCKS = 2
+_CHAIN_BLOCKS = 1
 
 
 def pdl_mode(device: torch.device) -> int:
@@ -62,7 +62,7 @@ def pdl_mode(device: torch.device) -> int:
 
 def gemm_chain(device: torch.device) -> dict[str, Any]:
     """The small- and mid-M GPTQ kernels' plan keys on `device`: {"chain": True, "chain_l2": the weight blocks a
-    warp asks L2 for before its wait (`FUSEGRAPH_PDL_L2`, default 2)}, or {} with the chain off."""
+    warp asks L2 for before its wait (`FUSEGRAPH_PDL_L2`, default 1)}, or {} with the chain off."""
     if pdl_mode(device) == 0:
         return {}
     blocks = os.environ.get("FUSEGRAPH_PDL_L2", str(_CHAIN_BLOCKS))
