@@ -1,6 +1,6 @@
 """The PDL chain (`fusegraph/runtime/kernels/pdl.py`) on CUDA (skipped without a GPU): a tiny GPTQ Llama compiled
 with CUDA graphs under `FUSEGRAPH_PDL` 0, 1 and 2 gives bit-identical logits and KV cache over a prefill and
-decode steps, and on sm_90 the chained GEMM kernels really ran."""
+decode steps, plain and act-order, and on sm_90 the chained GEMM kernels really ran."""
 
 from __future__ import annotations
 

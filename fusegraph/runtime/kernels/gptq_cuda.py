@@ -316,14 +316,17 @@ def maybe_gptq_cuda(
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
+    chain = gemm_chain(x.device) if "chain" not in cfg else {}
     if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
         pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
         x, perm = _permute_x(x, perm), None
-        plan["xperm_pdl"] = pdl
+        # in the chain the sort itself starts before the kernels ahead of it end: only L2 prefetches may
+        # come before this kernel's wait (registers loaded there could miss a write two kernels back)
+        plan["xperm_pdl"] = pdl and not chain
+        plan |= chain
     else:  # registers before the wait only right after our own permutation (no earlier writer of the weights)
         plan.pop("xperm_pdl", None)
-        if "chain" not in cfg:  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
-            plan |= gemm_chain(x.device)
+        plan |= chain  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:

@@ -23,14 +23,15 @@ from typing import Any
 
 import torch
 
-from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache
+from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache, launch
+from fusegraph.runtime.kernels.pdl import pdl_mode
 
 __all__ = ["PERMUTE_MAX_K", "permute_plan", "permute_rows", "permute_rows_source"]
 
 PERMUTE_ROWS_NAME = "fg_permute_rows"
 PERMUTE_MAX_K = 32768  # two rows of x in shared memory: 128 KB
 _THREADS = 256
-_CACHE: KernelCache[tuple[int, int, bool, int]] = KernelCache()  # by (device index, ch, vec, nb)
+_CACHE: KernelCache[tuple[int, int, bool, int, bool]] = KernelCache()  # by (device index, ch, vec, nb, chain)
 
 _SOURCE = r"""
 typedef unsigned int u32;
@@ -42,6 +43,7 @@ struct __attribute__((aligned(16))) i32x4 { int x, y, z, w; };
 #define VEC %(vec)d  // x 16-byte aligned, its row stride and K multiples of 8: 16-byte copies and stores
 #define NB %(nb)d    // rows of x in the shared-memory ring (NB - 1 copies in flight while one is gathered)
 #define NT 256
+#define CHAIN %(chain)d  // a PDL launch itself (the runtime's chain, pdl.py): waits before its first read
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
   u32 a;
@@ -54,6 +56,7 @@ extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_row
     int rows, int cols) {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;");  // a PDL-launched kernel after this one may start now
+  if (CHAIN) asm volatile("griddepcontrol.wait;" ::: "memory");  // the kernels before: x written, y free
 #endif
   extern __shared__ __align__(16) u16 buf[];          // [NB][KP]: row r in buf[(r - r0) %% NB]
   const int KP = (K + 7) & ~7, tid = threadIdx.x;
@@ -123,9 +126,9 @@ extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_row
 """
 
 
-def permute_rows_source(ch: int, vec: bool, nb: int = 2) -> str:
+def permute_rows_source(ch: int, vec: bool, nb: int = 2, chain: bool = False) -> str:
     """CUDA C++ source of `fg_permute_rows` with `ch` 8-column chunks a thread (1..16), 16-byte paths if `vec`,
-    a ring of `nb` rows (1..8).
+    a ring of `nb` rows (1..8); `chain`: launched with PDL, it waits for the kernels before it first.
 
     Example:
         >>> "fg_permute_rows" in permute_rows_source(2, True)
@@ -135,7 +138,7 @@ def permute_rows_source(ch: int, vec: bool, nb: int = 2) -> str:
         raise ValueError(f"permute_rows_source: ch must be in 1..16, got {ch}")
     if not 1 <= nb <= 8:
         raise ValueError(f"permute_rows_source: nb must be in 1..8, got {nb}")
-    return _SOURCE % {"ch": ch, "vec": int(vec), "nb": nb}
+    return _SOURCE % {"ch": ch, "vec": int(vec), "nb": nb, "chain": int(chain)}
 
 
 def permute_plan(m: int, k: int, sms: int, per_sm: int = 4, stages: int | None = None) -> dict[str, int]:
@@ -177,14 +180,14 @@ def permute_plan(m: int, k: int, sms: int, per_sm: int = 4, stages: int | None =
     }
 
 
-def _kernel(device: torch.device, ch: int, vec: bool, nb: int, smem: int) -> Any | None:
+def _kernel(device: torch.device, ch: int, vec: bool, nb: int, smem: int, chain: bool) -> Any | None:
     """The compiled kernel (once), or None: no NVRTC, a compile error, or not compiled before a capture."""
 
     def build() -> Any:
         with torch.cuda.device(device):
-            return torch.cuda._compile_kernel(permute_rows_source(ch, vec, nb), PERMUTE_ROWS_NAME)
+            return torch.cuda._compile_kernel(permute_rows_source(ch, vec, nb, chain), PERMUTE_ROWS_NAME)
 
-    return _CACHE.get((device.index or 0, ch, vec, nb), build, smem)
+    return _CACHE.get((device.index or 0, ch, vec, nb, chain), build, smem)
 
 
 def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None, *, per_sm: int | None = None,
@@ -217,9 +220,10 @@ def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None, *,
     perm = perm.contiguous()
     stride = x.stride(0) if m > 1 else k
     vec = x.data_ptr() % 16 == 0 and stride % 8 == 0 and k % 8 == 0 and perm.data_ptr() % 16 == 0
-    kern = _kernel(x.device, plan["ch"], vec, plan["nb"], plan["smem"])
+    chain = pdl_mode(x.device) > 0  # a PDL launch in the runtime's chain (`pdl.py`)
+    kern = _kernel(x.device, plan["ch"], vec, plan["nb"], plan["smem"], chain)
     if kern is None:
         return None
-    kern(grid=(plan["grid_x"], plan["grid_y"], 1), block=(_THREADS, 1, 1), shared_mem=plan["smem"],
-         args=[x, perm, y, m, k, stride, plan["rows"], plan["cols"]])  # fmt: skip
+    launch(kern, (plan["grid_x"], plan["grid_y"], 1), (_THREADS, 1, 1), plan["smem"],
+           [x, perm, y, m, k, stride, plan["rows"], plan["cols"]], pdl=chain)  # fmt: skip
     return y
