@@ -65,10 +65,11 @@ def test_chain_spec__refused_with_register_pdl_or_out_of_range() -> None:
     lambda on: kernel_source(KernelSpec(4, False, 1, 8, 2, True, False, True, chain=on, chain_l2=2 * on)),
 ], ids=["mid", "small"])  # fmt: skip
 def test_chain_source__only_prefetches_before_the_wait(source: object) -> None:
-    """The chain's prologue is the kernel's first code on memory: L2 prefetches, the trigger, the wait."""
+    """The chain's prologue is the kernel's first code on memory: L2 prefetches, the wait, then the trigger (after
+    the wait: at most one kernel ahead of the running one)."""
     text = source(True)  # type: ignore[operator]
     assert "#define CHAIN 1\n#define CHAIN_L2 2" in text and "#define CHAIN 0" in source(False)  # type: ignore[operator]
     body = text[text.index("#if CHAIN  //") :]
     prologue = body[: body.index("#endif")]
-    assert prologue.index("prefetch_l2") < prologue.index("pdl_trigger()") < prologue.index("pdl_wait()")
+    assert prologue.index("prefetch_l2") < prologue.index("pdl_wait()") < prologue.index("pdl_trigger()")
     assert "ldg" not in prologue and "cp16" not in prologue  # nothing read into registers or shared memory

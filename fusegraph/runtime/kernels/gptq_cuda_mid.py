@@ -153,8 +153,8 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL
   if (lane == 0)  // the strip's first CHAIN_L2 blocks of this slice, one bulk request a block
     for (int b = 0; b < CHAIN_L2 && b < bps; ++b) prefetch_l2(qw + ((u64)strip * (K / P) + (u64)(kb0 + b) * R) * 16, R * 256);
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();  // after the wait: one kernel at most starts ahead of the one that runs
 #endif
 #if PERM_AHEAD
   load_perm(0);

@@ -55,8 +55,8 @@ extern "C" __global__ void __launch_bounds__(NT, CH <= 8 ? 4 : 1) fg_permute_row
     const u16* __restrict__ x, const int* __restrict__ perm, u16* __restrict__ y, int M, int K, int stride_xm,
     int rows, int cols) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");  // a PDL-launched kernel after this one may start now
   if (CHAIN) asm volatile("griddepcontrol.wait;" ::: "memory");  // the kernels before: x written, y free
+  asm volatile("griddepcontrol.launch_dependents;");  // a PDL-launched kernel after this one may start now
 #endif
   extern __shared__ __align__(16) u16 buf[];          // [NB][KP]: row r in buf[(r - r0) %% NB]
   const int KP = (K + 7) & ~7, tid = threadIdx.x;

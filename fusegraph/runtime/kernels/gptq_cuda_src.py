@@ -208,8 +208,8 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   if (lane == 0)  // the warp's first CHAIN_L2 blocks, one bulk request a block
     for (int u = 0; u < CHAIN_L2 && u < nbw; ++u)
       prefetch_l2(qw + ((u64)strip * (K / P) + (u64)(kb0 + warp + NWARPS * u) * R) * 16, R * 256);
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();  // after the wait: one kernel at most starts ahead of the one that runs
 #endif
 %(tma_issue)s#if L2PF
   if (lane == 0)  // blocks 1..L2PF of this warp; load(u) asks for block u + L2PF

@@ -111,8 +111,8 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     u32 ph = 1;  // a fresh barrier counts its phase before 0 as complete: the first STAGES waits pass
 #if SK
 #if PDL
-    pdl_trigger();  // a kernel launched with PDL after this one may start
     pdl_wait();  // x (and the workspace) after the kernel before
+    pdl_trigger();  // after the wait: a kernel launched with PDL after this one may start
 #endif
 #pragma unroll 1
     for (int u = u0; u < u1; ++u) {
@@ -142,8 +142,8 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       const int nb = bps < PDL * STAGES ? bps : PDL * STAGES;
       if (nb > 0) prefetch_l2(qw + ((u64)(strip0 + p) * (K / P) + (u64)kb0 * R) * 16, (u32)nb * WBYTES);
     }
-    pdl_trigger();  // a kernel launched with PDL after this one may start
     pdl_wait();
+    pdl_trigger();  // after the wait: a kernel launched with PDL after this one may start
 #endif
 #pragma unroll 1
     for (int u = 0; u < bps; ++u) {
