@@ -85,7 +85,9 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
 
     def spy_matmul(*args: Any, **kw: Any) -> torch.Tensor | None:
         seen.append((args[4] is not None, bool(kw["plan"].get("mid")) or args[0].shape[0] > 16))
-        pdl.append(bool(kw["plan"].get("xperm_pdl")))
+        pdl.append(
+            bool(kw["plan"].get("xperm_pdl")) or bool(kw["plan"].get("chain"))
+        )  # a PDL launch either way
         return matmul(*args, **kw)
 
     def spy_permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -105,9 +107,11 @@ def test_gptq_cuda_act_order__matches_the_math_eager_and_in_a_cuda_graph(
     assert seen == [(not permuted, kernel == "mid")] * 2, seen
     assert permutes == ([m] * 2 if permuted else [])
     hopper = torch.cuda.get_device_capability() >= (9, 0)
-    # PDL after the permutation: as asked, else by default at M ≤ 16, the mid-M kernel to K = 8192 (gptq_plan._CUDA_ACT_PDL)
+    # PDL after the permutation: as asked, else by default at M ≤ 16, the mid-M kernel to K = 8192 (gptq_plan._CUDA_ACT_PDL);
+    # in the runtime's PDL chain (`pdl.py`, on by default on sm_90) every launch is one ("chain", L2 prefetches only)
     want = (config or {}).get("xperm_pdl", m <= 16 and (k <= 8192 or kernel == "small"))
-    assert pdl == [bool(permuted and want and hopper)] * 2, pdl
+    chained = bool(gptq_cuda.gemm_chain(x.device))
+    assert pdl == [bool(hopper and (chained or (permuted and want)))] * 2, pdl
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

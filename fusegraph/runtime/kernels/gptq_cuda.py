@@ -317,6 +317,11 @@ def maybe_gptq_cuda(
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
     chain = gemm_chain(x.device) if "chain" not in cfg else {}
+    split = int(plan["split_k"])
+    if plan.get("cluster") and split & (
+        split - 1
+    ):  # measured slower in the chain: clusters of 3, 5, 6 or 7 CTAs
+        chain = {}  # (H200 down M=16, split 7: 23.7 µs chained, 20.6 not; clusters of 2 and 8 gained 3-10%)
     if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
         pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
         x, perm = _permute_x(x, perm), None
