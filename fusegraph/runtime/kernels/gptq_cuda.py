@@ -300,9 +300,7 @@ def maybe_gptq_cuda(
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight
             x, perm = _permute_x(x, perm), None
-        elif not cfg and gemm_chain(
-            x.device
-        ):  # the chain (`pdl.py`): first blocks asked of L2 before the wait
+        elif not cfg and gemm_chain(x.device):  # the chain (`pdl.py`): L2 prefetches before the wait
             plan |= {"pdl": plan.get("pdl", 1)}
         try:
             return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
@@ -318,10 +316,10 @@ def maybe_gptq_cuda(
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
     chain = gemm_chain(x.device) if "chain" not in cfg else {}
     split = int(plan["split_k"])
-    if plan.get("cluster") and split & (
-        split - 1
-    ):  # measured slower in the chain: clusters of 3, 5, 6 or 7 CTAs
-        chain = {}  # (H200 down M=16, split 7: 23.7 µs chained, 20.6 not; clusters of 2 and 8 gained 3-10%)
+    # no chain on clusters of 3, 5, 6 or 7 CTAs: measured slower (H200 down M=16, split 7: 23.7 µs chained, 20.6
+    # not; the clusters of 2 and 8 of qkv, o_proj and gate_up gained 0-10%)
+    if plan.get("cluster") and split & (split - 1):
+        chain = {}
     if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
         pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
         x, perm = _permute_x(x, perm), None
