@@ -6,8 +6,10 @@ plain and act-order, 8-bit g128; cuBLAS fp16 on the dense weight; torch's tinyge
 (`aten._weight_int4pack_mm`, bf16); at M ≤ 2 also "pdl4", ours launched with programmatic dependent
 launch and an 8 KB L2 prefetch (`PDL_CHAIN`: it pays between consecutive GPTQ matmuls, as here);
 the previous kernel on the checkpoint layout with GPTQ_PREV=1. "ours" is the default dispatch (at
-M ≤ 16 the compiled CUDA kernel of `gptq_cuda.py`); at M ≤ 16 "tri*" is `gptq_tiled_matmul` forced
-onto its Triton kernels. GPTQ_NO_PDL=1 leaves out the PDL column; GPTQ_REPEAT=1 times ours4 and cuBLAS
+M ≤ 16 the compiled CUDA kernel of `gptq_cuda.py`), on sm_90 in the PDL chain (`runtime/kernels/pdl.py`): the
+graph's consecutive calls overlap, each one's launch and first weight block under the call before, as in a
+decode step; at M ≤ 16 "nochain4" is the same kernels without it (cuBLAS and tinygemm are not chained
+either) and "tri*" is `gptq_tiled_matmul` forced onto its Triton kernels. GPTQ_NO_PDL=1 leaves out the PDL column; GPTQ_REPEAT=1 times ours4 and cuBLAS
 again at the end of each row ("ours4b", "cuBLASb": the order's effect on a cell). Device time
 from CUDA-graph replays with every operand rotated over enough copies that L2 stays cold, and
 the share of the measured copy bandwidth that the bytes each one must read and write make.
@@ -33,6 +35,8 @@ MS = tuple(int(m) for m in os.environ.get("GPTQ_MS", "1,4,16,64,256,1024").split
 GROUP = 128
 PDL_CHAIN = {"pf": 1, "pf_lines": 64, "pdl": 2}  # the opt-in launch of `gptq_tiled_matmul` (Hopper)
 TRITON = {"cuda": False}  # `gptq_tiled_matmul` on its Triton kernels only
+# the CUDA kernels without the PDL chain (`runtime/kernels/pdl.py`): at M ≤ 16 (a config skips the wgmma default)
+NO_CHAIN = {"chain": False}
 
 
 def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -172,6 +176,8 @@ def bench_shapes(
                 variants[2:2] = [("tri4", lambda lay, x: ours(k, lay, x, TRITON), "plain", q4, f16)]
                 variants[4:4] = [("triact4", lambda lay, x: ours(k, lay, x, TRITON), "act", q4, f16)]
                 variants[6:6] = [("tri8", lambda lay, x: ours(k, lay, x, TRITON), "int8", q8, f16)]
+            if m <= 16:  # the same kernels, not chained: each call starts after the one before has ended
+                variants.insert(2, ("nochain4", lambda lay, x: ours(k, lay, x, NO_CHAIN), "plain", q4, f16))
             if m <= 2 and not os.environ.get("GPTQ_NO_PDL"):  # consecutive GPTQ matmuls launched with PDL
                 variants.insert(2, ("pdl4", lambda lay, x: ours(k, lay, x, PDL_CHAIN), "plain", quant_bytes(k_in, n_out, 4),
                                     torch.float16))  # fmt: skip
@@ -193,7 +199,7 @@ def bench_shapes(
                     row[name] = f"FAILED {type(err).__name__}: {str(err)[:80]}"
             cub = times.get("cuBLAS", float("nan"))
             ratios = " ".join(
-                f"{n}/cuBLAS {cub / times[n]:.2f}x" for n in ("ours4", "pdl4", "ours8") if n in times
+                f"{n}/cuBLAS {cub / times[n]:.2f}x" for n in ("ours4", "nochain4", "pdl4", "ours8") if n in times
             ) + "".join(f" {a}/{b} {times[b] / times[a]:.2f}x" for a, b in (("ours4", "tri4"), ("act4", "triact4"),
                         ("ours8", "tri8")) if a in times and b in times)  # fmt: skip
             act = (f" act/plain {times['act4'] / times['ours4']:.2f}x" if "act4" in times and "ours4" in times
@@ -227,6 +233,8 @@ def bench_layer(
         res = {}
         runs = [("ours4", lambda lay, x: ours(k, lay, x), xs), ("cuBLAS", lambda lay, x: torch.matmul(x, lay.w), xs),
                 ("tinygemm", tinygemm, xb)]  # fmt: skip
+        if m <= 16:
+            runs.insert(1, ("nochain4", lambda lay, x: ours(k, lay, x, NO_CHAIN), xs))
         if m <= 2:
             runs.insert(1, ("pdl4", lambda lay, x: ours(k, lay, x, PDL_CHAIN), xs))
         for name, fn, inputs in runs:
