@@ -52,7 +52,7 @@ _CHAIN_BLOCKS = 1
 
 def pdl_mode(device: torch.device) -> int:
     """The chain's mode on `device` (see the module): 0 off, 1 the GPTQ kernels only, 2 every kernel."""
-    if device.type != "cuda" or gdc_wait is None:
+    if device.type != "cuda" or gdc_wait is None or torch.version.hip:  # griddepcontrol: NVIDIA sm_90+ only
         return 0
     if device not in _CAP:
         _CAP[device] = torch.cuda.get_device_capability(device)
