@@ -163,10 +163,10 @@ def gptq_cuda_matmul(
         raise ValueError(f"gptq_cuda_matmul: split_k {split} must divide K/128 = {blocks}")
     bps = blocks // split
     cap = _device_info(x.device)[1]
+    pdl = _pdl_fields(plan, perm, cap)
     if m > 16 or plan.get("mid"):
         return _mid_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
-                           zero_format=zero_format, plan=plan, bps=bps, cap=cap)  # fmt: skip
-    pdl = bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0)
+                           zero_format=zero_format, plan=plan, bps=bps, cap=cap, pdl=pdl)  # fmt: skip
     spec = KernelSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
                       warps=int(plan["warps"]), split=split,
                       cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
@@ -174,7 +174,7 @@ def gptq_cuda_matmul(
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)), pdl=pdl, **_chain(plan, pdl, cap),
+                      bufs=int(plan.get("bufs", 2)), **pdl,
                       xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
                       and bps <= 32 * int(plan["warps"]))  # fmt: skip
@@ -183,8 +183,8 @@ def gptq_cuda_matmul(
 
 def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
                 perm: torch.Tensor | None, *, bits: int, group_size: int, zero_format: str, plan: dict[str, Any],
-                bps: int, cap: tuple[int, int]) -> torch.Tensor | None:  # fmt: skip
-    """The mid-M kernel's launch (`gptq_cuda_matmul` checked split_k and computed bps)."""
+                bps: int, cap: tuple[int, int], pdl: dict[str, Any]) -> torch.Tensor | None:  # fmt: skip
+    """The mid-M kernel's launch (`gptq_cuda_matmul` checked split_k, computed bps and the PDL fields)."""
     m, k = x.shape
     n = qweight_t.shape[0] * 64
     split, warps = int(plan["split_k"]), int(plan["warps"])
@@ -194,23 +194,24 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
         raise ValueError(
             f"gptq_cuda_matmul: warps {warps} (64-column strips a CTA) must divide N/64 = {n // 64}"
         )
-    pdl = bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0)
     spec = MidSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=(m + 7) // 8, warps=warps,
                    split=split, cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0),
                    has_perm=perm is not None, zero_v1=zero_format == "v1",
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                   bufs=int(plan.get("bufs", 1)), pdl=pdl, l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
-                   sfold=bool(plan.get("sfold")), **_chain(plan, pdl, cap))  # fmt: skip
+                   bufs=int(plan.get("bufs", 1)), l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
+                   sfold=bool(plan.get("sfold")), **pdl)  # fmt: skip
     return _launch(
         spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
 
 
-def _chain(plan: dict[str, Any], pdl: bool, cap: tuple[int, int]) -> dict[str, Any]:
-    """The spec's chain fields from the plan: off with the register-loading pdl or before sm_90."""
-    on = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
-    return {"chain": on, "chain_l2": int(plan.get("chain_l2", 0)) if on else 0}
+def _pdl_fields(plan: dict[str, Any], perm: torch.Tensor | None, cap: tuple[int, int]) -> dict[str, Any]:
+    """A spec's PDL fields from the plan (both kernels): "pdl" (registers loaded before the wait, right after our
+    own permutation of x), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
+    pdl = bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0)
+    chain = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
+    return {"pdl": pdl, "chain": chain, "chain_l2": int(plan.get("chain_l2", 0)) if chain else 0}
 
 
 def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor, qweight_t: torch.Tensor,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fusegraph.runtime.kernels.pdl import chain_error
+
 __all__ = ["XS", "MidSpec", "mid_smem_bytes"]
 
 XS = 68  # u32 words a staged row of x (64 + 4: the B-fragment loads hit 32 distinct banks)
@@ -81,10 +83,8 @@ class MidSpec:
             raise ValueError(
                 f"gptq_cuda_mid: sfold needs mt <= 2 (its partial sums in registers), got mt={self.mt}"
             )
-        if not 0 <= self.chain_l2 <= 64 or (self.chain and self.pdl):
-            raise ValueError(
-                f"gptq_cuda_mid: chain_l2 must be 0..64 blocks and chain not with pdl, got {self.chain_l2}"
-            )
+        if why := chain_error(self.chain, self.chain_l2, self.pdl):
+            raise ValueError(f"gptq_cuda_mid: {why}")
         if not 0 <= self.l2pf <= 64:
             raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 

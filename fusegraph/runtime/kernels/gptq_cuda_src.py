@@ -21,103 +21,12 @@ Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL the weights strea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, FOLD_SUMS, HELPERS, TMA_ISSUE, TMA_LOOP
+from fusegraph.runtime.kernels.gptq_cuda_small_spec import KernelSpec, smem_bytes
 
 __all__ = ["KernelSpec", "kernel_source", "smem_bytes", "KERNEL_NAME"]
 
 KERNEL_NAME = "fg_gptq_small_m"
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    """The compile-time parameters of one kernel instance.
-
-    Attributes:
-        bits: container bits, 4 or 8.
-        bf16: x, scales and output are bf16 (4 bits only), else fp16.
-        mt: n-tiles of 8 rows of x: 1 (M ≤ 8) or 2 (M ≤ 16).
-        warps: warps per CTA.
-        split: CTAs along K per strip (gridDim.y).
-        cluster: split-K reduction through a thread-block cluster (split ≤ 8) instead of a ticket.
-        has_perm: act-order (x gathered through perm).
-        zero_v1: the qzeros store z − 1.
-        min_blocks: `__launch_bounds__`'s minimum CTAs an SM (caps the registers).
-        l2pf: also ask L2 for each warp's block this many blocks ahead (one bulk prefetch, Hopper), 0: no.
-        tma: 0 loads the words into registers; n ≥ 2 streams them through an n-stage shared-memory
-            ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
-        perm_ahead: act-order only: x's slice gathered column-chunk major, loads ahead (`gather_x`).
-        bufs: register buffers of words a warp (2..4): bufs − 1 blocks in flight while one is used.
-        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
-            the first blocks' words are requested before `griddepcontrol.wait`, x after it.
-        xfull: act-order: all of x's rows and the slice's perm are copied to shared memory first (with the
-            first words in flight), and the slice is gathered from there, not from global memory.
-        chain: launched with programmatic dependent launch after whatever kernel comes before (the eager
-            runtime's chain, `pdl.py`): each warp asks L2 for its first `chain_l2` blocks, lets the kernel after
-            it launch, and waits (`griddepcontrol.wait`) before anything else. Only prefetches come before the
-            wait, and L2 is coherent, so no operand may be stale, whoever writes it.
-        chain_l2: with chain, the blocks each warp asks L2 for before its wait (0..64).
-        fold: fp16: the mma takes the raw magic-number pairs (1024 + q; 4-bit odd pairs 1024 + 16q times
-            x/16) and each block's sums lose (1024 + z)·Σx after (`FOLD_SUMS`): 4 instructions fewer a word.
-    """
-
-    bits: int
-    bf16: bool
-    mt: int
-    warps: int
-    split: int
-    cluster: bool
-    has_perm: bool
-    zero_v1: bool
-    min_blocks: int = 4
-    l2pf: int = 0
-    tma: int = 0
-    perm_ahead: bool = False
-    bufs: int = 2
-    pdl: bool = False
-    xfull: bool = False
-    fold: bool = False
-    chain: bool = False
-    chain_l2: int = 0
-
-    def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ValueError(f"gptq_cuda: bits must be 4 or 8, got {self.bits}")
-        if self.bf16 and self.bits == 8:
-            raise ValueError("gptq_cuda: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
-        if self.mt not in (1, 2):
-            raise ValueError(f"gptq_cuda: mt must be 1 or 2, got {self.mt}")
-        if self.warps not in (1, 2, 4, 8) or self.split < 1:
-            raise ValueError(
-                f"gptq_cuda: warps must be 1, 2, 4 or 8, split ≥ 1, got {self.warps}, {self.split}"
-            )
-        if self.tma == 1 or self.tma < 0:
-            raise ValueError(f"gptq_cuda: tma must be 0 or a ring of ≥ 2 stages, got {self.tma}")
-        if self.cluster and not 2 <= self.split <= 8:
-            raise ValueError(f"gptq_cuda: cluster needs 2 ≤ split ≤ 8, got {self.split}")
-        if not 2 <= self.bufs <= 4 or (self.tma and self.bufs != 2):
-            raise ValueError(f"gptq_cuda: bufs must be 2..4 (2 with tma), got {self.bufs}")
-        if self.perm_ahead and not self.has_perm:
-            raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
-        if self.pdl and (self.has_perm or self.tma):
-            raise ValueError("gptq_cuda: pdl needs no perm and tma off (x is read after the wait)")
-        if not 0 <= self.chain_l2 <= 64 or (self.chain and self.pdl):
-            raise ValueError(
-                f"gptq_cuda: chain_l2 must be 0..64 blocks and chain not with pdl, got {self.chain_l2}"
-            )
-        if self.xfull and (not self.has_perm or self.perm_ahead or self.tma):
-            raise ValueError("gptq_cuda: xfull needs has_perm, and perm_ahead and tma off")
-        if self.fold and (self.bf16 or self.tma):
-            raise ValueError("gptq_cuda: fold needs fp16 and tma off")
-
-
-def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
-    """Dynamic shared memory of one CTA: its warps' partial sums, x's slice (m rows, padded), the CTA's sums."""
-    rows = 128 // (32 // spec.bits)
-    ring = spec.warps * spec.tma * (rows * 288 + 128 + 8 * spec.bits + 8)  # stages + their mbarriers
-    full = m * bps * spec.split * 256 + bps * 512 if spec.xfull else 0  # x's M × K, the slice's perm
-    return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4 + ring + full
 
 
 _SOURCE = r"""

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -43,7 +44,7 @@ try:  # Triton's grid-dependency control (PDL) intrinsics
 except ImportError:  # pragma: no cover - an older Triton: the chain is off
     gdc_launch_dependents = gdc_wait = None
 
-__all__ = ["gemm_chain", "pdl_enter", "pdl_mode", "triton_pdl"]
+__all__ = ["chain_error", "gemm_chain", "pdl_enter", "pdl_mode", "triton_pdl"]
 
 _CAP: dict[torch.device, tuple[int, int]] = {}
 # the weight blocks (128 rows of a 64-column strip) each warp of a GPTQ kernel asks L2 for before its wait
@@ -75,6 +76,19 @@ def gemm_chain(device: torch.device) -> dict[str, Any]:
     return {"chain": True, "chain_l2": int(blocks)}
 
 
+def chain_error(chain: bool, chain_l2: int, pdl: bool) -> str | None:
+    """Why a GPTQ kernel spec's chain fields are wrong, or None (its `__post_init__` raises the reason).
+
+    Example:
+        >>> chain_error(True, 1, pdl=True)
+        'chain_l2 must be 0..64 blocks and chain not with pdl, got 1'
+    """
+    if 0 <= chain_l2 <= 64 and not (chain and pdl):
+        return None
+    return f"chain_l2 must be 0..64 blocks and chain not with pdl, got {chain_l2}"
+
+
+@functools.cache
 def _triton_launches_pdl() -> bool:
     """Whether this Triton launches a kernel with PDL (its `launch_pdl` option)."""
     try:
