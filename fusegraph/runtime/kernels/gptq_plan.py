@@ -122,6 +122,10 @@ def pick_config(
 _CUDA_MAX_M = 16  # the small-M CUDA kernel's range (1.._CUDA_MAX_M); past it the mid-M kernel or Triton
 _CUDA_MAX_M_SLOW = 4  # act-order / 8-bit take it to this M unless forced (H200 M=16: Triton won, 3rd session)
 _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
+# 4 bits, M ≤ this, one CTA of 8 warps an SM whose warps take ≤ 2 blocks each: 3 register buffers, all of a warp's words
+# in flight at once (H200, 9th session, chained: o_proj M=1 5.98 vs 6.16 µs, M=4 6.35 vs 6.70; down, 7 blocks a warp,
+# 0.91x, and 8 bits 0.93x, so not there)
+_CUDA_SMALL_BUFS3_MAX_M = 8
 
 
 def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -133,13 +137,14 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
 
     Measured on an H200 (benchmarks/gptq_cuda_probe.py, 2026-11-30; docs/benchmarks.md): one CTA of 8 warps
     an SM where it fits, split-K the largest divisor d of K/128 with (N/64)·d ≤ SMs, ≥ 8 blocks and ≤ 64 KB of
-    x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65). Else 4 warps,
+    x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65), with 3 register
+    buffers at 4 bits and M ≤ 8 where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj). Else 4 warps,
     the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a cluster at d = 2, else a ticket.
     `bufs` > 2, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
     Example:
         >>> cuda_small_m_plan(1, 4096, 4096, 4, 132)
-        {'split_k': 2, 'warps': 8, 'cluster': True, 'min_blocks': 1}
+        {'split_k': 2, 'warps': 8, 'cluster': True, 'min_blocks': 1, 'bufs': 3}
     """
     if not 1 <= m <= _CUDA_MAX_M or n % 64 or k % 128 or bits not in (2, 3, 4, 8) or (bf16 and bits == 8):
         return None
@@ -149,7 +154,10 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     divisors = [d for d in range(1, blocks + 1) if blocks % d == 0]
     fits = [d for d in divisors if tiles * d <= sms and blocks // d >= 8 and m * blocks // d * 256 <= 65536]
     if fits:  # one CTA of 8 warps an SM
-        return {"split_k": fits[-1], "warps": 8, "cluster": 2 <= fits[-1] <= 8, "min_blocks": 1}
+        plan: dict[str, Any] = {"split_k": fits[-1], "warps": 8, "cluster": 2 <= fits[-1] <= 8, "min_blocks": 1}
+        if bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and blocks // fits[-1] <= 2 * 8:
+            plan["bufs"] = 3
+        return plan
     split = next((d for d in divisors if tiles * d >= 1.4 * sms), blocks)
     while m * (blocks // split) * 256 > _CUDA_X_SLICE_BYTES and split < blocks:
         split = next(d for d in divisors if d > split)
@@ -177,7 +185,9 @@ _CUDA_MID_ONE_TILE_M = 8
 # M ≤ this (one n-tile of x): the scale leaves the inner loop ("sfold": each block's fp32 sums scaled once), 4 bits, or
 # 8 bits where a thread keeps 255 registers (at 128 its partial sums spill: gate_up M=1 41.5 vs 33.8 µs). H200, seventh
 # session: gate_up M=1 22.9 -> 20.2 µs, M=8 24.8 -> 21.7; qkv 8.75 -> 8.73, M=8 9.48 -> 9.34; 8-bit qkv M=4 11.28 ->
-# 10.88. (M 9..16, two n-tiles: -4..+5% by shape, so not taken; a probe without the multiply: gate_up M=1 18.7 µs)
+# 10.88. (a probe without the multiply: gate_up M=1 18.7 µs.) M 9..16, two n-tiles: only on 4-bit CTAs of 4 strips
+# (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82;
+# down's 2 strips 22.09 vs 21.05; unchained, 7th session, -4..+5% by shape)
 _CUDA_MID_SFOLD_MAX_M = 8
 # 4 bits, M ≤ this, one n-tile whose split is at its cap (qkv: 192 CTAs of 4 strips, < 2 an SM): 2 strips a CTA, twice the
 # CTAs (H200, 7th session, with sfold: qkv M=1 7.88 vs 8.57 µs, M=4 8.17 vs 8.78; before sfold 8.53 vs 8.51, a tie)
@@ -201,7 +211,7 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
     still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), or, where the split is at its cap,
     2 strips a CTA at 4 bits and M ≤ 4 (`_CUDA_MID_HALF_STRIPS_MAX_M`: qkv 8% faster); and the scale leaves the
-    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster).
+    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster; at M 9..16 with 4 strips a CTA).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -229,16 +239,18 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
         warps, ctas = 2, 2 * ctas
         min_blocks = -(-ctas // sms)
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
-    if m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8):
+    one_tile_fold = m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8)
+    if one_tile_fold or (m <= 16 and bits == 4 and warps == 4):  # two n-tiles: 4-bit CTAs of 4 strips only
         plan["sfold"] = True
     return plan
 
 
 # act-order (H200, docs/benchmarks.md): the small-M kernel gathers x through perm itself up to this M where its
-# gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK (M=1 gather / permuted + PDL: qkv (393K values)
-# 9.15 / 9.80 µs, o_proj (262K) 7.42 / 8.05, down (917K) 15.28 / 14.41); elsewhere x is permuted once (`xperm`)
-# and the plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes)
-_CUDA_ACT_GATHER_MAX_M, _CUDA_ACT_GATHER_MAX_WORK = 1, 1 << 19
+# gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK; elsewhere x is permuted once (`xperm`) and the
+# plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes). M=1, chained (9th
+# session), gather / permuted: o_proj (262K values) 6.80-7.26 / 7.58-7.85 µs; qkv (393K, the gather on the small-M
+# kernel, permuted on its mid-M plan) 8.57-8.65 / 8.26-8.32; down (917K) 14.52-14.77 / 14.16-14.32
+_CUDA_ACT_GATHER_MAX_M, _CUDA_ACT_GATHER_MAX_WORK = 1, 1 << 18
 # the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
 # x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M, the mid-M kernel
@@ -256,15 +268,17 @@ _CUDA_8BIT_MID_MIN_N = 16384
 
 
 def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool, bf16: bool, forced: bool,
-                  mid: bool | None, xperm: bool | None) -> dict[str, Any] | None:  # fmt: skip
-    """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key."""
+                  mid: bool | None, xperm: bool | None, sorted_x: bool = False) -> dict[str, Any] | None:  # fmt: skip
+    """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key (`sorted_x`: the plain
+    plan of an act-order call)."""
     if act_order:
         small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= _CUDA_ACT_GATHER_MAX_WORK
         gather = xperm is False or (xperm is None and small_work)
         if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
         plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced,
-                             mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None)  # fmt: skip
+                             mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None,
+                             sorted_x=True)  # fmt: skip
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
         pdl = (_CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1]
@@ -283,6 +297,9 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
         plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
+        if plan is not None and m <= _CUDA_MAX_M and not sorted_x:  # M 9..16: one CTA of 8 warps an SM where it fits
+            one = cuda_small_m_plan(m, n, k, bits, sms, **kw)  # (o_proj M=16, chained: 9.13-9.16 vs 10.13-10.21 µs;
+            plan = one if one is not None and one["warps"] == 8 else plan  # after a permutation of x, 11.58 vs 11.16)
         if plan is None and m <= _CUDA_MAX_M:
             plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
         return plan
@@ -323,7 +340,8 @@ def cuda_plan(
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
-    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
+    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`; at M ≤ 16 of a plain call not where the small-M
+    kernel's plan is one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
     else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
     8 bits: the mid-M kernel for M 5..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
