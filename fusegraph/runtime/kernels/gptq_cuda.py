@@ -315,6 +315,8 @@ def maybe_gptq_cuda(
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
+    if cfg.get("tma") and "bufs" not in cfg:  # a bulk-copy ring: the plan's register buffers do not apply
+        plan.pop("bufs", None)
     chain = gemm_chain(x.device) if "chain" not in cfg else {}
     split = int(plan["split_k"])
     # no chain on clusters of 3, 5, 6 or 7 CTAs: measured slower (H200 down M=16, split 7: 23.7 µs chained, 20.6

@@ -123,9 +123,10 @@ _CUDA_MAX_M = 16  # the small-M CUDA kernel's range (1.._CUDA_MAX_M); past it th
 _CUDA_MAX_M_SLOW = 4  # act-order / 8-bit take it to this M unless forced (H200 M=16: Triton won, 3rd session)
 _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K slice) stays under this
 # 4 bits, M ≤ this, one CTA of 8 warps an SM whose warps take ≤ 2 blocks each: 3 register buffers, all of a warp's words
-# in flight at once (H200, 9th session, chained: o_proj M=1 5.98 vs 6.16 µs, M=4 6.35 vs 6.70; down, 7 blocks a warp,
-# 0.91x, and 8 bits 0.93x, so not there)
-_CUDA_SMALL_BUFS3_MAX_M = 8
+# in flight at once (H200, 9th session, chained: o_proj M=1 5.98 vs 6.16 µs, M=4 6.35 vs 6.70, M=9 7.58 vs 7.86,
+# M=16 8.98 vs 9.13; after act-order's gather / permutation M=1 6.56 vs 6.84, M=4 7.22 vs 8.16; down, 7 blocks a
+# warp, 0.91x, and 8 bits 0.93x, so not there)
+_CUDA_SMALL_BUFS3_MAX_M = 16
 
 
 def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -138,7 +139,7 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     Measured on an H200 (benchmarks/gptq_cuda_probe.py, 2026-11-30; docs/benchmarks.md): one CTA of 8 warps
     an SM where it fits, split-K the largest divisor d of K/128 with (N/64)·d ≤ SMs, ≥ 8 blocks and ≤ 64 KB of
     x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65), with 3 register
-    buffers at 4 bits and M ≤ 8 where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj). Else 4 warps,
+    buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj). Else 4 warps,
     the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a cluster at d = 2, else a ticket.
     `bufs` > 2, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
@@ -154,7 +155,12 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     divisors = [d for d in range(1, blocks + 1) if blocks % d == 0]
     fits = [d for d in divisors if tiles * d <= sms and blocks // d >= 8 and m * blocks // d * 256 <= 65536]
     if fits:  # one CTA of 8 warps an SM
-        plan: dict[str, Any] = {"split_k": fits[-1], "warps": 8, "cluster": 2 <= fits[-1] <= 8, "min_blocks": 1}
+        plan: dict[str, Any] = {
+            "split_k": fits[-1],
+            "warps": 8,
+            "cluster": 2 <= fits[-1] <= 8,
+            "min_blocks": 1,
+        }
         if bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and blocks // fits[-1] <= 2 * 8:
             plan["bufs"] = 3
         return plan
@@ -297,9 +303,15 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
         plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
-        if plan is not None and m <= _CUDA_MAX_M and not sorted_x:  # M 9..16: one CTA of 8 warps an SM where it fits
-            one = cuda_small_m_plan(m, n, k, bits, sms, **kw)  # (o_proj M=16, chained: 9.13-9.16 vs 10.13-10.21 µs;
-            plan = one if one is not None and one["warps"] == 8 else plan  # after a permutation of x, 11.58 vs 11.16)
+        if (
+            plan is not None and m <= _CUDA_MAX_M and not sorted_x
+        ):  # M 9..16: one CTA of 8 warps an SM where it fits
+            one = cuda_small_m_plan(
+                m, n, k, bits, sms, **kw
+            )  # (o_proj M=16, chained: 9.13-9.16 vs 10.13-10.21 µs;
+            plan = (
+                one if one is not None and one["warps"] == 8 else plan
+            )  # after a permutation of x, 11.58 vs 11.16)
         if plan is None and m <= _CUDA_MAX_M:
             plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
         return plan
