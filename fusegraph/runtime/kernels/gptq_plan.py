@@ -303,15 +303,14 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
         plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
-        if (
-            plan is not None and m <= _CUDA_MAX_M and not sorted_x
-        ):  # M 9..16: one CTA of 8 warps an SM where it fits
-            one = cuda_small_m_plan(
-                m, n, k, bits, sms, **kw
-            )  # (o_proj M=16, chained: 9.13-9.16 vs 10.13-10.21 µs;
-            plan = (
-                one if one is not None and one["warps"] == 8 else plan
-            )  # after a permutation of x, 11.58 vs 11.16)
+        # M 9..16 of a plain call: the small-M kernel where its one CTA of 8 warps an SM fits (H200, 9th session,
+        # chained, o_proj M=16: 9.13-9.16 vs 10.13-10.21 µs; after act-order's permutation of x 11.58 vs 11.16)
+        one = (
+            cuda_small_m_plan(m, n, k, bits, sms, **kw)
+            if plan and m <= _CUDA_MAX_M and not sorted_x
+            else None
+        )
+        plan = one if one is not None and one["warps"] == 8 else plan
         if plan is None and m <= _CUDA_MAX_M:
             plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
         return plan
