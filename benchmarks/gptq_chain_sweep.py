@@ -39,6 +39,7 @@ from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
 
 SMS = 132
 ABLATIONS = (
+    "plain plan/xperm",
     "nochain",
     "bufs2",
     "bufs3",
@@ -87,12 +88,21 @@ def candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | None]
 
 
 def act_candidates(
-    plain: list[tuple[float, str, dict[str, Any] | None]],
+    plain: list[tuple[float, str, dict[str, Any] | None]], plain_plan: dict[str, Any] | None
 ) -> list[tuple[str, dict[str, Any] | None]]:
-    """Act-order's default and chain ablations, then the three fastest forced plain plans with x permuted first
-    and with the kernel's own gather through perm."""
+    """Act-order's default and chain ablations, the plain call's default plan on x permuted first, then the three
+    fastest forced plain plans with x permuted first and with the kernel's own gather through perm."""
     out: list[tuple[str, dict[str, Any] | None]] = [("default", None), ("nochain", {"chain": False}),
                                                     ("xperm", {"xperm": True}), ("gather", {"xperm": False})]  # fmt: skip
+    if (
+        plain_plan is not None and plain_plan["kernel"] != "wgmma"
+    ):  # as the plain call runs it, x permuted first
+        out.append(
+            (
+                "plain plan/xperm",
+                plain_plan | {"kernel": "cuda", "mid": plain_plan["kernel"] == "mid", "xperm": True},
+            )
+        )
     forced = [(name, cfg) for _, name, cfg in sorted(plain, key=lambda r: r[0]) if cfg and "kernel" in cfg]
     for name, cfg in forced[:3]:
         out += [(f"{name}/xperm", cfg | {"xperm": True}), (f"{name}/gather", cfg | {"xperm": False})]
@@ -166,7 +176,8 @@ def sweep(bw: float) -> None:
         for m in ms:
             plain = cell(b, label, "plain", m, candidates(m, n_out, k_in), bw)
             if "act" in kinds and time.time() - T0 < BUDGET_S:
-                cell(b, label, "act", m, act_candidates(plain), bw)
+                plain_plan = cuda_plan(m, n_out, k_in, 4, SMS, cap=(9, 0))
+                cell(b, label, "act", m, act_candidates(plain, plain_plan), bw)
             if "int8" in kinds and m in ms8 and time.time() - T0 < BUDGET_S:
                 cell(b, label, "int8", m, candidates(m, n_out, k_in), bw)
         del b

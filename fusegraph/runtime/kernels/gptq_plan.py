@@ -274,17 +274,15 @@ _CUDA_8BIT_MID_MIN_N = 16384
 
 
 def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool, bf16: bool, forced: bool,
-                  mid: bool | None, xperm: bool | None, sorted_x: bool = False) -> dict[str, Any] | None:  # fmt: skip
-    """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key (`sorted_x`: the plain
-    plan of an act-order call)."""
+                  mid: bool | None, xperm: bool | None) -> dict[str, Any] | None:  # fmt: skip
+    """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key."""
     if act_order:
         small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= _CUDA_ACT_GATHER_MAX_WORK
         gather = xperm is False or (xperm is None and small_work)
         if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
         plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced,
-                             mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None,
-                             sorted_x=True)  # fmt: skip
+                             mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None)  # fmt: skip
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
         pdl = (_CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1]
@@ -303,13 +301,9 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     if mid is None:
         big = (n // 64) * (k // 128) >= _CUDA_MID_MIN_WORK or forced or m <= _CUDA_MAX_M
         plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
-        # M 9..16 of a plain call: the small-M kernel where its one CTA of 8 warps an SM fits (H200, 9th session,
-        # chained, o_proj M=16: 9.13-9.16 vs 10.13-10.21 µs; after act-order's permutation of x 11.58 vs 11.16)
-        one = (
-            cuda_small_m_plan(m, n, k, bits, sms, **kw)
-            if plan and m <= _CUDA_MAX_M and not sorted_x
-            else None
-        )
+        # M 9..16: the small-M kernel where its one CTA of 8 warps an SM fits (H200, 9th session, chained, o_proj M=16:
+        # 8.98-9.16 vs 10.13-10.21 µs; after act-order's permutation of x, M=9 9.54 vs 10.50, M=16 10.98 vs 11.02)
+        one = cuda_small_m_plan(m, n, k, bits, sms, **kw) if plan and m <= _CUDA_MAX_M else None
         plan = one if one is not None and one["warps"] == 8 else plan
         if plan is None and m <= _CUDA_MAX_M:
             plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
@@ -351,8 +345,8 @@ def cuda_plan(
     - "mid" / "small": the mid-M / small-M kernels, as follows.
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
-    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`; at M ≤ 16 of a plain call not where the small-M
-    kernel's plan is one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
+    least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`; at M ≤ 16 not where the small-M kernel's plan is
+    one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
     else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
     8 bits: the mid-M kernel for M 5..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
