@@ -141,7 +141,7 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65), with 3 register
     buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj). Else 4 warps,
     the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a cluster at d = 2, else a ticket.
-    `bufs` > 2, `l2pf`, `tma` and `fold` were slower on every shape: off.
+    `bufs` > 2 elsewhere, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
     Example:
         >>> cuda_small_m_plan(1, 4096, 4096, 4, 132)
@@ -161,7 +161,7 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
             "cluster": 2 <= fits[-1] <= 8,
             "min_blocks": 1,
         }
-        if bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and blocks // fits[-1] <= 2 * 8:
+        if bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and blocks // fits[-1] <= 2 * 8:  # ≤ 2 blocks a warp
             plan["bufs"] = 3
         return plan
     split = next((d for d in divisors if tiles * d >= 1.4 * sms), blocks)
