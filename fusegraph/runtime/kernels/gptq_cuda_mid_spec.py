@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fusegraph.runtime.kernels.gptq_cuda_small_spec import shape_error
 from fusegraph.runtime.kernels.pdl import chain_error
 
 __all__ = ["XS", "MidSpec", "mid_smem_bytes"]
@@ -63,18 +64,10 @@ class MidSpec:
     chain_l2: int = 0
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ValueError(f"gptq_cuda_mid: bits must be 4 or 8, got {self.bits}")
-        if self.bf16 and self.bits == 8:
-            raise ValueError("gptq_cuda_mid: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
+        if why := shape_error(self.bits, self.bf16, self.warps, self.split, self.cluster):
+            raise ValueError(f"gptq_cuda_mid: {why}")
         if not 1 <= self.mt <= 8:
             raise ValueError(f"gptq_cuda_mid: mt must be 1..8, got {self.mt}")
-        if self.warps not in (1, 2, 4, 8) or self.split < 1:
-            raise ValueError(
-                f"gptq_cuda_mid: warps must be 1, 2, 4 or 8 and split ≥ 1, got {self.warps}, {self.split}"
-            )
-        if self.cluster and not 2 <= self.split <= 8:
-            raise ValueError(f"gptq_cuda_mid: cluster needs 2 ≤ split ≤ 8, got {self.split}")
         if not 1 <= self.bufs <= 4 or self.min_blocks < 1:
             raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
         if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):

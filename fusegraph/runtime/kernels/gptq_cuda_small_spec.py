@@ -7,7 +7,26 @@ from dataclasses import dataclass
 
 from fusegraph.runtime.kernels.pdl import chain_error
 
-__all__ = ["KernelSpec", "smem_bytes"]
+__all__ = ["KernelSpec", "shape_error", "smem_bytes"]
+
+
+def shape_error(bits: int, bf16: bool, warps: int, split: int, cluster: bool) -> str | None:
+    """Why the fields both the small-M and the mid-M kernel specs have are wrong, or None (each spec's
+    `__post_init__` raises the reason, its kernel named).
+
+    Example:
+        >>> shape_error(8, True, 4, 2, False)
+        'bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)'
+    """
+    if bits not in (4, 8):
+        return f"bits must be 4 or 8, got {bits}"
+    if bf16 and bits == 8:
+        return "bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)"
+    if warps not in (1, 2, 4, 8) or split < 1:
+        return f"warps must be 1, 2, 4 or 8 and split ≥ 1, got {warps}, {split}"
+    if cluster and not 2 <= split <= 8:
+        return f"cluster needs 2 ≤ split ≤ 8, got {split}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,20 +81,12 @@ class KernelSpec:
     chain_l2: int = 0
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ValueError(f"gptq_cuda: bits must be 4 or 8, got {self.bits}")
-        if self.bf16 and self.bits == 8:
-            raise ValueError("gptq_cuda: bf16 needs bits=4 (bf16 cannot hold 128 + 255 exactly)")
+        if why := shape_error(self.bits, self.bf16, self.warps, self.split, self.cluster):
+            raise ValueError(f"gptq_cuda: {why}")
         if self.mt not in (1, 2):
             raise ValueError(f"gptq_cuda: mt must be 1 or 2, got {self.mt}")
-        if self.warps not in (1, 2, 4, 8) or self.split < 1:
-            raise ValueError(
-                f"gptq_cuda: warps must be 1, 2, 4 or 8, split ≥ 1, got {self.warps}, {self.split}"
-            )
         if self.tma == 1 or self.tma < 0:
             raise ValueError(f"gptq_cuda: tma must be 0 or a ring of ≥ 2 stages, got {self.tma}")
-        if self.cluster and not 2 <= self.split <= 8:
-            raise ValueError(f"gptq_cuda: cluster needs 2 ≤ split ≤ 8, got {self.split}")
         if not 2 <= self.bufs <= 4 or (self.tma and self.bufs != 2):
             raise ValueError(f"gptq_cuda: bufs must be 2..4 (2 with tma), got {self.bufs}")
         if self.perm_ahead and not self.has_perm:
