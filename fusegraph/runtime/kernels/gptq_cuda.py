@@ -329,10 +329,9 @@ def maybe_gptq_cuda(
         # in the chain the sort itself starts before the kernels ahead of it end: only L2 prefetches may
         # come before this kernel's wait (registers loaded there could miss a write two kernels back)
         plan["xperm_pdl"] = pdl and not chain
-        plan |= chain
     else:  # registers before the wait only right after our own permutation (no earlier writer of the weights)
         plan.pop("xperm_pdl", None)
-        plan |= chain  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
+    plan |= chain  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:
