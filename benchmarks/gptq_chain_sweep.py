@@ -1,6 +1,6 @@
 """The small-M GPTQ plans re-measured in the PDL chain (issue #11): one GPU call.
 
-`python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...]`: for
+`python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...] [--cpa]`: for
 each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same without the chain ("nochain"),
 with deeper register buffers, L2 prefetches ahead or the scale out of the mid-M loop ("bufs3", "l2pf1", "sfold"),
 and forced plans of the small-M and mid-M CUDA kernels around it (warps, split-K, cluster or ticket, register caps);
@@ -9,6 +9,8 @@ The default is timed again last ("default again": the spread of a cell). As in `
 are captured back to back in a CUDA graph with the operands rotated past L2, so chained calls overlap as in a decode
 step. Every variant is checked against `x.float() @ W` first. The plans were last swept without the chain (fourth
 session); a kernel that keeps one CTA an SM leaves no room for the next kernel's CTAs to start early.
+
+`--cpa`: the plain and 8-bit cells take `cpa_candidates` instead (the cp.async rings of both kernels).
 
 All the variants' kernels are compiled first by NVRTC in parallel threads (`gptq_cuda_probe_kit.compile_all`).
 Every line goes to stdout and $OUT/gptq_chain_sweep.txt.
@@ -84,6 +86,34 @@ def candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | None]
             if strips % warps == 0 and SMS // 2 <= strips // warps * d <= 8 * SMS:
                 out += [(f"mid w{warps} s{d}{kind} mb{mb}", {"kernel": "cuda", "mid": True, "split_k": d,
                          "warps": warps, "cluster": cluster, "min_blocks": mb, "sfold": m <= 16}) for mb in caps]  # fmt: skip
+    return out
+
+
+def cpa_candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | None]]:
+    """`--cpa`: the default, the default plan with a cp.async ring of S stages ("cpa"), and forced small-M and mid-M
+    plans with rings of 2-4 stages (rings holding all of a warp's blocks were slower on every shape at M=1)."""
+    out: list[tuple[str, dict[str, Any] | None]] = [("default", None)]
+    out += [(f"default cpa{s}", {"cpa": s}) for s in (2, 3, 4, 6)]
+    blocks, strips = k // 128, n // 64
+    for d in (d for d in (1, 2, 4, 7, 8) if blocks % d == 0):
+        cluster = 2 <= d <= 8
+        kind = "c" if cluster else "t"
+        for warps in (1, 2, 4):  # mid-M: 64-column strips a CTA, one warp a strip, each warp the whole slice
+            ctas = strips // warps * d
+            if strips % warps or not SMS <= ctas <= 8 * SMS:
+                continue
+            mb = -(-ctas // SMS)
+            for s in (2, 3):
+                out.append((f"mid w{warps} s{d}{kind} mb{mb} cpa{s}", {"kernel": "cuda", "mid": True, "split_k": d,
+                            "warps": warps, "cluster": cluster, "min_blocks": mb, "sfold": m <= 16, "cpa": s}))  # fmt: skip
+        for warps in (4, 8):  # small-M: one strip a CTA, its warps share the slice's blocks
+            ctas = strips * d
+            if not SMS // 2 <= ctas <= 4 * SMS or d * warps > blocks:
+                continue
+            mb = max(1, -(-ctas // SMS))
+            for s in (2, 3, 4):
+                out.append((f"small w{warps} s{d}{kind} mb{mb} cpa{s}", {"kernel": "cuda", "mid": False, "split_k": d,
+                            "warps": warps, "cluster": cluster, "min_blocks": mb, "cpa": s}))  # fmt: skip
     return out
 
 
@@ -174,12 +204,13 @@ def sweep(bw: float) -> None:
     for label, k_in, n_out in shapes:
         b = GB.Bench(k_in, n_out, tuple(kinds))
         for m in ms:
-            plain = cell(b, label, "plain", m, candidates(m, n_out, k_in), bw)
+            pick = cpa_candidates if "--cpa" in sys.argv else candidates
+            plain = cell(b, label, "plain", m, pick(m, n_out, k_in), bw)
             if "act" in kinds and time.time() - T0 < BUDGET_S:
                 plain_plan = cuda_plan(m, n_out, k_in, 4, SMS, cap=(9, 0))
                 cell(b, label, "act", m, act_candidates(plain, plain_plan), bw)
             if "int8" in kinds and m in ms8 and time.time() - T0 < BUDGET_S:
-                cell(b, label, "int8", m, candidates(m, n_out, k_in), bw)
+                cell(b, label, "int8", m, pick(m, n_out, k_in), bw)
         del b
         torch.cuda.empty_cache()
 

@@ -84,6 +84,47 @@ CASES = [
         torch.float16,
         {"split_k": 2, "cluster": True, "warps": 4, "l2pf": 6, "xperm": True, "xperm_pdl": True},
     ),
+    # the cp.async ring ("cpa"): all of a slice's blocks in flight (4 blocks, 5 stages) and stages reused (8 over
+    # 3 or 2), M = 1..64, cluster and ticket, 8-bit, bf16, act-order's gather and x permuted first under PDL
+    (
+        1,
+        1024,
+        512,
+        4,
+        False,
+        torch.float16,
+        {"split_k": 2, "cluster": True, "warps": 2, "cpa": 5, "sfold": True},
+    ),
+    (16, 2048, 256, 4, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 4, "cpa": 3}),
+    (64, 1024, 256, 4, False, torch.float16, {"split_k": 1, "warps": 4, "cpa": 2}),
+    (33, 1024, 256, 8, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 2, "cpa": 4}),
+    (5, 1024, 256, 4, False, torch.bfloat16, {"split_k": 1, "warps": 4, "cpa": 3, "sfold": True}),
+    (
+        1,
+        1024,
+        256,
+        4,
+        True,
+        torch.float16,
+        {"split_k": 2, "cluster": True, "warps": 4, "cpa": 3, "sfold": True},
+    ),
+    (
+        16,
+        2048,
+        256,
+        4,
+        True,
+        torch.float16,
+        {
+            "split_k": 2,
+            "cluster": True,
+            "warps": 4,
+            "cpa": 3,
+            "xperm": True,
+            "xperm_pdl": True,
+            "chain": False,
+        },
+    ),
 ]
 
 

@@ -115,8 +115,10 @@ def test_cuda_mid_plan__cluster_split_k_and_4_or_2_strips_a_cta_as_measured_fast
         plan = cuda_mid_m_plan(m, n, k, 4, 132)
         # at M ≤ 16 (two n-tiles), CTAs of 4 strips fold the scale out of the loop (9th session, chained)
         sfold = {"sfold": True} if m <= 16 and warps == 4 else {}
+        # and CTAs of 2 strips stream through a 3-stage cp.async ring at 2 CTAs an SM (10th session, chained)
+        ring = {"cpa": 3, "min_blocks": 2} if m <= 16 and warps == 2 else {}
         want = {"split_k": split, "warps": warps, "cluster": True, "min_blocks": 8 // warps, "mid": True}
-        assert plan == want | sfold
+        assert plan == want | sfold | ring
     assert (n // 64 // warps) * split >= 1.4 * 132 and (k // 128) % split == 0 and split <= 8
 
 
@@ -370,3 +372,31 @@ def test_cuda_small_plan__three_register_buffers_where_a_warp_has_at_most_two_bl
     assert all((cuda_small_m_plan(m, 4096, 4096, 4, 132) or {}).get("bufs") == 3 for m in (1, 4, 9, 16))
     assert "bufs" not in (cuda_small_m_plan(1, 4096, 14336, 4, 132) or {"bufs": 0})
     assert "bufs" not in (cuda_small_m_plan(1, 4096, 4096, 8, 132) or {"bufs": 0})
+
+
+def test_cuda_plans__a_cp_async_ring_where_registers_cannot_hold_the_words_in_flight() -> None:
+    """The small-M kernel's one CTA of 8 warps an SM: a 2-stage ring to M = 8 for 4-bit down (7 blocks a warp) and
+    8-bit o_proj (2 blocks of twice the words), not 4-bit o_proj (its 3 register buffers); the mid-M kernel's CTAs of
+    2 strips at M 9..16, 4 bits: a 3-stage ring at 2 CTAs an SM (H200, 10th session, chained: 1.04-1.13x)."""
+    from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
+
+    assert all((cuda_small_m_plan(m, 4096, 14336, 4, 132) or {}).get("cpa") == 2 for m in (1, 4))  # M ≤ 4 fit
+    assert all((cuda_small_m_plan(m, 4096, 4096, 8, 132) or {}).get("cpa") == 2 for m in (1, 4))
+    assert "cpa" not in (cuda_small_m_plan(1, 4096, 4096, 4, 132) or {"cpa": 0})  # 3 buffers instead
+    assert "cpa" not in (cuda_small_m_plan(1, 4096, 14336, 8, 132) or {"cpa": 0})
+    assert "cpa" not in (cuda_small_m_plan(9, 4096, 14336, 4, 132, forced=True) or {"cpa": 0})
+    assert "cpa" not in (
+        cuda_small_m_plan(1, 28672, 4096, 4, 132) or {"cpa": 0}
+    )  # 4 warps, not one CTA an SM
+    down16 = cuda_plan(16, 4096, 14336, 4, 132)
+    assert down16 is not None and down16["kernel"] == "mid"
+    assert (down16["warps"], down16["cpa"], down16["min_blocks"]) == (2, 3, 2)
+    for m, n, k, bits in (
+        (8, 4096, 14336, 4),
+        (17, 4096, 14336, 4),
+        (16, 6144, 4096, 4),
+        (16, 4096, 14336, 8),
+    ):
+        assert "cpa" not in (cuda_mid_m_plan(m, n, k, bits, 132, forced=True) or {"cpa": 0}), (m, n, k, bits)
+    act = cuda_plan(1, 4096, 14336, 4, 132, act_order=True)  # x permuted first, then the plain plan
+    assert act is not None and act.get("xperm") and act.get("cpa") == 2

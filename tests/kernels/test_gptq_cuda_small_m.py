@@ -41,6 +41,21 @@ CASES = [
     (1024, 256, 4, False, torch.float16, {"split_k": 2, "cluster": True, "fold": True}),
     (2048, 192, 8, False, torch.float16, {"split_k": 4, "cluster": False, "warps": 2, "fold": True}),
     (1024, 256, 4, True, torch.float16, {"split_k": 1, "warps": 8, "fold": True, "xfull": True}),
+    # each warp's cp.async ring ("cpa"): all of a warp's blocks in flight (2 a warp, 3 stages) and stages reused
+    # (8 blocks a warp over 3), cluster and ticket, 8-bit, bf16, act-order's gather, the plan's 3 buffers dropped
+    (1024, 256, 4, False, torch.float16, {"split_k": 2, "cluster": True, "warps": 2, "cpa": 3}),
+    (2048, 128, 4, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 1, "cpa": 3}),
+    (2048, 192, 8, False, torch.float16, {"split_k": 1, "warps": 4, "cpa": 4}),
+    (1024, 128, 4, False, torch.bfloat16, {"split_k": 4, "cluster": True, "warps": 1, "cpa": 2}),
+    (1024, 256, 4, True, torch.float16, {"split_k": 2, "cluster": True, "warps": 2, "cpa": 5}),
+    (
+        1024,
+        256,
+        4,
+        True,
+        torch.float16,
+        {"split_k": 2, "cluster": True, "cpa": 3, "xperm": True, "xperm_pdl": True, "chain": False},
+    ),
 ]
 
 

@@ -50,7 +50,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2")  # fmt: skip
+              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2", "cpa")  # fmt: skip
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
@@ -174,7 +174,7 @@ def gptq_cuda_matmul(
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)), **pdl,
+                      bufs=int(plan.get("bufs", 2)), cpa=int(plan.get("cpa", 0)), **pdl,
                       xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
                       and bps <= 32 * int(plan["warps"]))  # fmt: skip
@@ -200,9 +200,10 @@ def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, 
                    min_blocks=int(plan.get("min_blocks", 1)),
                    perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
                    bufs=int(plan.get("bufs", 1)), l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
-                   sfold=bool(plan.get("sfold")), **pdl)  # fmt: skip
+                   sfold=bool(plan.get("sfold")), cpa=0 if plan.get("perm_ahead") else int(plan.get("cpa", 0)),
+                   **pdl)  # fmt: skip
     return _launch(
-        spec, mid_smem_bytes(spec, m), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
+        spec, mid_smem_bytes(spec, m, bps), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
 
 
@@ -270,7 +271,7 @@ def maybe_gptq_cuda(
     """The CUDA kernel's `x @ W` when the plan takes this call, else None (the caller runs Triton).
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid",
-    "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold", "sfold"} forces it (a ValueError if it cannot run); a config with only
+    "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold", "sfold", "cpa"} forces it (a ValueError if it cannot run); a config with only
     those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
     "wgmma": True asks for the Hopper wgmma kernel (with its own keys, `gptq_cuda_wgmma.maybe_wgmma`).
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
@@ -315,8 +316,12 @@ def maybe_gptq_cuda(
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
-    if cfg.get("tma") and "bufs" not in cfg:  # a bulk-copy ring: the plan's register buffers do not apply
+    if (
+        cfg.get("tma") or cfg.get("cpa")
+    ) and "bufs" not in cfg:  # a ring: the plan's register buffers do not apply
         plan.pop("bufs", None)
+    if "cpa" not in cfg and any(cfg.get(key) for key in ("bufs", "tma", "fold", "xfull", "perm_ahead")):
+        plan.pop("cpa", None)  # options the plan's cp.async ring excludes, asked for: the ring gives way
     chain = gemm_chain(x.device) if "chain" not in cfg else {}
     split = int(plan["split_k"])
     # no chain on clusters of 3, 5, 6 or 7 CTAs: measured slower (H200 down M=16, split 7: 23.7 µs chained, 20.6

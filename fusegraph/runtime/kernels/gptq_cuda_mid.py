@@ -46,10 +46,14 @@ _SOURCE = r"""
 #define CHAIN %(chain)d
 #define CHAIN_L2 %(chain_l2)d
 #define L2PF %(l2pf)d
+#define CPA %(cpa)d  // 0: words in registers (NBUF); else the stages of a cp.async ring of x's blocks and the words
 #define SFOLD %(sfold)d
 #define XS %(xs)d
 #define MROWS (8 * MT)
 #define CW (64 * NWARPS)  // the CTA's output columns
+#define XSTAGE (MROWS * XS * 4)            // CPA: x's block in a stage (bytes)
+#define WSTAGE (R * 256 + 128 + 8 * BITS)  // CPA: one warp's words (`cpa_words`), scales and zeros of the block
+#define STAGE (XSTAGE + NWARPS * WSTAGE)
 %(helpers)s%(scaled_dequant)s
 // SFOLD: (q - z) only, each block's fp32 sums are scaled at its end; else the scale folded into the pair
 template <int J> __device__ __forceinline__ u32 dq_mid(u32 w, u32 mz, u32 nzh, u32 s2) {
@@ -69,7 +73,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int strip = cta * NWARPS + warp, kb0 = ks * bps;
-  u32* xs = (u32*)smem;      // [2][MROWS][XS]: x's block u in buffer u & 1
+  u32* xs = (u32*)smem;      // [2][MROWS][XS]: x's block u in buffer u & 1 (CPA: block u in stage u %% CPA)
   float* fin = (float*)smem;  // after the loop: [M][CW] sums
   const u32x4* wsrc = qw + (u64)strip * (K / P) * 16 + t * 16 + g;
   const u16* ssrc = sc + strip * 64 + 4 * g;
@@ -81,8 +85,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   const int zoff_y = 8, zshift = 0;
 #endif
 
-  auto stage = [&](int u) {  // x's rows of block kb0 + u into buffer u & 1, 16-byte chunks of 8 values
-    u32* dst = xs + (u & 1) * MROWS * XS;
+  auto stage = [&](u32* dst, int u, bool async) {  // x's rows of block kb0 + u into dst, 16-byte chunks of 8 values
     const int kbase = (kb0 + u) * 128;
     for (int c = tid; c < M * 16; c += NWARPS * 32) {
       const int m = c >> 4, cc = c & 15;
@@ -96,10 +99,29 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
       v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
       *(u32x4*)(dst + m * XS + cc * 4) = v;
 #else
-      cp16(smem_u32(dst + m * XS + cc * 4), x + (u64)m * stride_xm + kbase + cc * 8);
+      const u16* src = x + (u64)m * stride_xm + kbase + cc * 8;
+      if (async)
+        cp16(smem_u32(dst + m * XS + cc * 4), src);
+      else  // CPA after a PDL wait: the first stages' x by plain loads (their words are in earlier groups)
+        *(u32x4*)(dst + m * XS + cc * 4) = *(const u32x4*)src;
 #endif
     }
   };
+#if CPA
+  // block u into stage u %% CPA: x's rows (CTA-wide), then this lane's words and the warp's scales and zeros
+  auto issue = [&](int u, bool with_x) {
+    unsigned char* st = smem + (u %% CPA) * STAGE;
+    if (with_x) stage((u32*)st, u, true);
+    unsigned char* wst = st + XSTAGE + warp * WSTAGE;
+    const int blk = kb0 + u, grp = group_size == 128 ? blk : blk * 128 / group_size;
+    cpa_words(smem_u32(wst), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
+    if (lane < 8)  // the strip's 64 scales of the group
+      cp16ca(smem_u32(wst + R * 256 + lane * 16), sc + (u64)grp * stride_s + strip * 64 + lane * 8);
+    else if (lane < 8 + BITS / 2)  // its packed zeros (8·BITS bytes)
+      cp16ca(smem_u32(wst + R * 256 + 128 + (lane - 8) * 16),
+           (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * 8 * BITS + (lane - 8) * 16);
+  };
+#endif
 #if PERM_AHEAD
 #define GCH ((MROWS * 16 + NWARPS * 32 - 1) / (NWARPS * 32))  // 16-byte chunks of x a thread gathers a block
   u32x4 gv[GCH];  // block u+1's chunks (rows tid/16 + i·NWARPS·2, columns 8·(tid%%16)..), gathered ahead
@@ -156,19 +178,28 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   pdl_wait();
   pdl_trigger();  // after the wait: one kernel at most starts ahead of the one that runs
 #endif
-#if PERM_AHEAD
+#if CPA  // the first CPA - 1 blocks in flight (with PDL their words before the wait, x after it)
+  for (int b = 0; b < CPA - 1; ++b) {
+    if (b < bps) issue(b, !PDL);
+    cp_commit();
+  }
+  if (PDL) pdl_wait();
+  for (int b = 0; PDL && b < CPA - 1 && b < bps; ++b) stage((u32*)(smem + b * STAGE), b, false);
+#elif PERM_AHEAD
   load_perm(0);
   gather(0);
   put(0);
-#else
-  if (!PDL) stage(0);
-#endif
   cp_commit();
+#else
+  if (!PDL) stage(xs, 0, true);
+  cp_commit();
+#endif
 #if L2PF
   if (lane == 0)  // the strip's first L2PF blocks into L2 (the ones in registers next are asked for anyway)
     for (int b = NBUF > 1 ? NBUF - 1 : 1; b < L2PF && b < bps; ++b)
       prefetch_l2(qw + (u64)strip * (K / P) * 16 + (u64)(kb0 + b) * R * 16, R * 256);
 #endif
+#if !CPA
 #pragma unroll
   for (int b = 0; b < (NBUF > 1 ? NBUF - 1 : 1); ++b)
 #pragma unroll
@@ -177,12 +208,15 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   load_meta(kb0);
   if (PDL) {
     pdl_wait();  // x is written by the kernel before this one
-    stage(0);
+    stage(xs, 0, true);
     cp_commit();
   }
-  for (int i = tid; i < 2 * (MROWS - M) * 64; i += NWARPS * 32) {  // the padding rows of both buffers: zero
+#endif
+  // the padding rows of x's buffers (CPA: of each stage in use): zero
+  const int nxb = CPA ? (bps < CPA ? bps : CPA) : 2, xb_stride = CPA ? STAGE / 4 : MROWS * XS;
+  for (int i = tid; i < nxb * (MROWS - M) * 64; i += NWARPS * 32) {
     const int b = i / ((MROWS - M) * 64), r = i - b * (MROWS - M) * 64;
-    xs[b * MROWS * XS + (M + (r >> 6)) * XS + (r & 63)] = 0u;
+    xs[b * xb_stride + (M + (r >> 6)) * XS + (r & 63)] = 0u;
   }
 
   float acc[4][MT][4];
@@ -199,9 +233,25 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     const int u = u0 + sb;
     if (u >= bps) break;
     u32x4* w = wb[sb];
+    const bool more = u + 1 < bps;
+#if CPA
+    cp_wait<CPA - 2>();
+    __syncthreads();  // block u's stage is in; every warp is done with block u - 1's stage: it takes u + CPA - 1
+    if (u + CPA - 1 < bps) issue(u + CPA - 1, true);
+    cp_commit();
+    const unsigned char* cst = smem + (u %% CPA) * STAGE;
+    {
+      const unsigned char* wst = cst + XSTAGE + warp * WSTAGE;
+      cpa_read(wst, g, t, w);
+      sx = *(const u32x2*)(wst + R * 256 + g * 8);
+      sy = *(const u32x2*)(wst + R * 256 + 64 + g * 8);
+      const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
+      zx = *(const u32*)(wst + R * 256 + 128 + zw * 4);
+      zy = *(const u32*)(wst + R * 256 + 128 + (zw + zoff_y) * 4);
+    }
+#else
     cp_wait<0>();
     __syncthreads();  // block u of x is in; every warp is done with buffer (u + 1) & 1
-    const bool more = u + 1 < bps;
 #pragma unroll
     for (int q = 0; q < NQ; ++q)  // NBUF > 1: block u + NBUF - 1 whole, into the buffer block u - 1 left
       if (NBUF > 1 && u + NBUF - 1 < bps) load_words(wb[(sb + NBUF - 1) %% NBUF], kb0 + u + NBUF - 1, q);
@@ -209,10 +259,11 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #if PERM_AHEAD
       gather(u + 1);  // stored by put after this block's math
 #else
-      stage(u + 1);
+      stage(xs + ((u + 1) & 1) * MROWS * XS, u + 1, true);
       cp_commit();
 #endif
     }
+#endif
     u32 mz[4][2], nzh[4][2], s2[4][2];  // per column (i, h): magic + z, -(64 + z), the scale twice
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -234,7 +285,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         const u32 sw = h ? (i < 2 ? sy.x : sy.y) : (i < 2 ? sx.x : sx.y);
         s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
       }
-    if (more) load_meta(kb0 + u + 1);
+    if (more && !CPA) load_meta(kb0 + u + 1);
 #if SFOLD  // this block's sums of (q - z)·x, scaled once at its end
     float pacc[4][MT][4];
 #pragma unroll
@@ -247,7 +298,11 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #else
 #define ACC acc
 #endif
+#if CPA
+    const u32* xb = (const u32*)cst + g * XS + t;
+#else
     const u32* xb = xs + (u & 1) * MROWS * XS + g * XS + t;
+#endif
 #pragma unroll
     for (int qq = 0; qq < NQ / 2; ++qq) {  // word rows t + 8qq (a0/a1) and t + 8qq + 4 (a2/a3)
 #pragma unroll
@@ -272,7 +327,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
           for (int mt = 0; mt < MT; ++mt) mma(ACC[i][mt], a0, a1, a2, a3, bf[mt][0], bf[mt][1]);
         }
       }
-      if (NBUF == 1 && more) {  // this half's words are used: request the next block's
+      if (NBUF == 1 && more && !CPA) {  // this half's words are used: request the next block's
         load_words(w, kb0 + u + 1, 2 * qq);
         load_words(w, kb0 + u + 1, 2 * qq + 1);
       }
@@ -293,6 +348,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #endif
   }
 
+  cp_wait<0>();      // CPA: the groups after the last block's are empty
   __syncthreads();  // every warp is done with the x buffers: they become fin
 #pragma unroll
   for (int i = 0; i < 4; ++i)

@@ -44,6 +44,10 @@ class MidSpec:
         sfold: mt ≤ 2 only: the scale leaves the inner loop: a block's mmas take (q − z) (exact in fp16/bf16)
             into fp32 partial sums that are scaled once at the block's end (16·MT more registers a thread,
             one packed multiply a pair less).
+        cpa: 0 keeps the words in registers (`bufs`); n ≥ 2 streams each block through an n-stage shared-memory
+            ring that cp.async fills: a stage holds x's block (the CTA's), each lane's own 16-byte words and each
+            warp's scales and zeros, so n − 1 blocks are in flight during a block's math whatever the registers
+            (bufs must be 1, perm_ahead off; with pdl the first stages' words are requested before the wait).
     """
 
     bits: int
@@ -62,6 +66,7 @@ class MidSpec:
     sfold: bool = False
     chain: bool = False
     chain_l2: int = 0
+    cpa: int = 0
 
     def __post_init__(self) -> None:
         if why := shape_error(self.bits, self.bf16, self.warps, self.split, self.cluster):
@@ -78,10 +83,25 @@ class MidSpec:
             )
         if why := chain_error(self.chain, self.chain_l2, self.pdl):
             raise ValueError(f"gptq_cuda_mid: {why}")
+        if self.cpa == 1 or not 0 <= self.cpa <= 16 or (self.cpa and (self.bufs != 1 or self.perm_ahead)):
+            raise ValueError(
+                f"gptq_cuda_mid: cpa must be 0 or a ring of 2..16 stages (with bufs 1, perm_ahead off), got "
+                f"cpa={self.cpa}, bufs={self.bufs}, perm_ahead={self.perm_ahead}"
+            )
         if not 0 <= self.l2pf <= 64:
             raise ValueError(f"gptq_cuda_mid: l2pf must be 0..64 blocks, got {self.l2pf}")
 
 
-def mid_smem_bytes(spec: MidSpec, m: int) -> int:
-    """Dynamic shared memory of one CTA: two staged blocks of x, or (after the loop) its [M][warps·64] sums."""
+def mid_smem_bytes(spec: MidSpec, m: int, bps: int = 1) -> int:
+    """Dynamic shared memory of one CTA of `bps` blocks a K slice: two staged blocks of x (with `cpa`, its stages
+    in use, min(cpa, bps): x's block and each warp's words, scales and zeros), or after the loop its [M][warps·64]
+    sums.
+
+    Example:
+        >>> mid_smem_bytes(MidSpec(4, False, 1, 2, 8, True, False, True, cpa=5), 1, bps=4)
+        42752
+    """
+    if spec.cpa:
+        stage = 8 * spec.mt * XS * 4 + spec.warps * (128 // (32 // spec.bits) * 256 + 128 + 8 * spec.bits)
+        return max(min(spec.cpa, bps) * stage, m * spec.warps * 64 * 4)
     return max(2 * 8 * spec.mt * XS * 4, m * spec.warps * 64 * 4)

@@ -34,8 +34,16 @@ __device__ __forceinline__ u32 smem_u32(const void* p) {
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
   return a;
 }
+// 16 bytes global -> shared, asynchronously, bypassing L1 (.cg), or through it (.ca: cp16ca). On an H200 (ncu, 10th
+// session) each .cg copy was its own L2 request, so a warp's 32 copies of 16 contiguous bytes each read every sector
+// twice (gate_up M=1 through a ring: 3.45M requests for 3.50M sectors, 37 µs; with .ca 0.50M for 1.93M as the register
+// loads, 21 µs). The words' rings and the small-M kernel's x slice copy with .ca (o_proj M=16 8.7 -> 7.6 µs); the
+// mid-M kernel's x blocks and the wgmma kernel keep .cg (.ca measured 0-6% slower there, M = 16..1024).
 __device__ __forceinline__ void cp16(u32 s, const void* g) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(g));
+}
+__device__ __forceinline__ void cp16ca(u32 s, const void* g) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" :: "r"(s), "l"(g));
 }
 __device__ __forceinline__ u32x4 ldg_stream(const u32x4* p) {  // read once: no L1 allocation
   u32x4 v;
@@ -110,6 +118,22 @@ __device__ __forceinline__ float shfl_xor(float v, int o) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() {
   asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+// The cp.async rings (`cpa`): a block's words are copied in global order (lane L takes 16-byte chunk 32c + L, so
+// each copy is 512 contiguous bytes, whole sectors) to where their reader takes them: chunk k of lane 4g + t (word
+// row t + 4(k / 2), columns 4g.. or 32 + 4g..) at 16-byte slot 32k + 4g + (t ^ (g / 2)), so that the quarter-warps
+// of both the copies and the reads hit 8 distinct bank groups.
+__device__ __forceinline__ int cpa_slot(int k, int g, int t) { return 32 * k + 4 * g + (t ^ (g >> 1)); }
+__device__ __forceinline__ void cpa_words(u32 dst, const u32x4* blk, int lane) {
+#pragma unroll
+  for (int c = 0; c < NW; ++c) {
+    const int row = 2 * c + (lane >> 4), g = lane & 7;
+    cp16ca(dst + cpa_slot(2 * (row >> 2) + ((lane >> 3) & 1), g, row & 3) * 16, blk + 32 * c + lane);
+  }
+}
+__device__ __forceinline__ void cpa_read(const unsigned char* st, int g, int t, u32x4* w) {
+#pragma unroll
+  for (int k = 0; k < NW; ++k) w[k] = *(const u32x4*)(st + cpa_slot(k, g, t) * 16);
 }
 __device__ __forceinline__ u32 lop3(u32 a, u32 b, u32 c) {  // (a & b) | c
   u32 d;

@@ -59,6 +59,10 @@ class KernelSpec:
         chain_l2: with chain, the blocks each warp asks L2 for before its wait (0..64).
         fold: fp16: the mma takes the raw magic-number pairs (1024 + q; 4-bit odd pairs 1024 + 16q times
             x/16) and each block's sums lose (1024 + z)·Σx after (`FOLD_SUMS`): 4 instructions fewer a word.
+        cpa: 0 keeps the words in registers (`bufs`); n ≥ 2 streams each warp's blocks through its own n-stage
+            shared-memory ring that cp.async fills (each lane's 16-byte words, the warp's scales and zeros), so
+            n − 1 blocks a warp are in flight during a block's math whatever the registers (tma, xfull and fold
+            off, bufs 2; x is staged by plain loads after the first stages are requested).
     """
 
     bits: int
@@ -79,6 +83,7 @@ class KernelSpec:
     fold: bool = False
     chain: bool = False
     chain_l2: int = 0
+    cpa: int = 0
 
     def __post_init__(self) -> None:
         if why := shape_error(self.bits, self.bf16, self.warps, self.split, self.cluster):
@@ -97,13 +102,24 @@ class KernelSpec:
             raise ValueError(f"gptq_cuda: {why}")
         if self.xfull and (not self.has_perm or self.perm_ahead or self.tma):
             raise ValueError("gptq_cuda: xfull needs has_perm, and perm_ahead and tma off")
+        if self.cpa == 1 or not 0 <= self.cpa <= 16 or (self.cpa and (self.tma or self.xfull or self.fold)):
+            raise ValueError(
+                f"gptq_cuda: cpa must be 0 or a ring of 2..16 stages (tma, xfull, fold off), got {self.cpa}"
+            )
+        if self.cpa and self.bufs != 2:
+            raise ValueError(
+                f"gptq_cuda: cpa keeps one block in registers (bufs 2, the default), got bufs={self.bufs}"
+            )
         if self.fold and (self.bf16 or self.tma):
             raise ValueError("gptq_cuda: fold needs fp16 and tma off")
 
 
 def smem_bytes(spec: KernelSpec, m: int, bps: int) -> int:
-    """Dynamic shared memory of one CTA: its warps' partial sums, x's slice (m rows, padded), the CTA's sums."""
+    """Dynamic shared memory of one CTA: its warps' partial sums, x's slice (m rows, padded), the CTA's sums, and a
+    ring per warp (`tma`'s stages and mbarriers, or `cpa`'s stages in use: min(cpa, the warp's blocks))."""
     rows = 128 // (32 // spec.bits)
     ring = spec.warps * spec.tma * (rows * 288 + 128 + 8 * spec.bits + 8)  # stages + their mbarriers
+    if spec.cpa:
+        ring = spec.warps * min(spec.cpa, -(-bps // spec.warps)) * (rows * 256 + 128 + 8 * spec.bits)
     full = m * bps * spec.split * 256 + bps * 512 if spec.xfull else 0  # x's M × K, the slice's perm
     return spec.warps * m * 64 * 4 + m * (bps * 64 + 4) * 4 + m * 64 * 4 + ring + full

@@ -48,6 +48,8 @@ _SOURCE = r"""
 #define CHAIN_L2 %(chain_l2)d
 #define XFULL %(xfull)d
 #define FOLD %(fold)d
+#define CPA %(cpa)d  // 0: words in registers (NBUF); else the stages of each warp's cp.async ring
+#define WSTAGE (R * 256 + 128 + ZB)  // CPA: a warp's words (`cpa_words`), scales and zeros of one block
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
 #define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
 #define STAGE_B (R * ROWB + 128 + ZB)
@@ -76,6 +78,10 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   float* red = (float*)smem;         // [NWARPS][M][64] partial sums
   u32* xs = (u32*)(red + NWARPS * M * 64);
   float* fin = (float*)(xs + M * xstride);
+#if CPA
+  const int nbw_max = (bps + NWARPS - 1) / NWARPS, nslot = nbw_max < CPA ? nbw_max : CPA;
+  unsigned char* cring = (unsigned char*)(fin + M * 64) + warp * nslot * WSTAGE;  // this warp's stages
+#endif
 #if TMA
   unsigned char* ring = (unsigned char*)(fin + M * 64) + warp * TMA * STAGE_B;  // this warp's stages
   const u32 bars = smem_u32((unsigned char*)(fin + M * 64) + NWARPS * TMA * STAGE_B) + warp * TMA * 8;
@@ -113,6 +119,19 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     b.zy = ldg4(zp + zoff_y);
   };
 
+#if CPA
+  // block u of this warp into stage u %% CPA: its words (`cpa_words`), scales and zeros (lanes 0..9)
+  auto issue = [&](int u) {
+    const int blk = kb0 + warp + NWARPS * u, grp = group_size == 128 ? blk : blk * 128 / group_size;
+    unsigned char* st = cring + (u %% CPA) * WSTAGE;
+    cpa_words(smem_u32(st), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
+    if (lane < 8)
+      cp16ca(smem_u32(st + R * 256 + lane * 16), sc + (u64)grp * stride_s + strip * 64 + lane * 8);
+    else if (lane < 8 + BITS / 2)
+      cp16ca(smem_u32(st + R * 256 + 128 + (lane - 8) * 16),
+           (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB + (lane - 8) * 16);
+  };
+#endif
 #if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL
   if (lane == 0)  // the warp's first CHAIN_L2 blocks, one bulk request a block
     for (int u = 0; u < CHAIN_L2 && u < nbw; ++u)
@@ -130,7 +149,13 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   Blk bb[NBUF];  // the first NBUF - 1 blocks' words in flight while x is staged
 #pragma unroll
   for (int s = 0; s < NBUF - 1; ++s)
-    if (s < nbw && !TMA) load(bb[s], s);
+    if (s < nbw && !TMA && !CPA) load(bb[s], s);
+#if CPA  // the first CPA - 1 blocks (with PDL before the wait), x after them by plain loads
+  for (int s = 0; s < CPA - 1; ++s) {
+    if (s < nbw) issue(s);
+    cp_commit();
+  }
+#endif
 #if HAS_PERM
   u16* xf = (u16*)(fin + M * 64);      // XFULL: x's rows [M][K] and the slice's perm [bps·128] in shared memory
   int* ps = (int*)(xf + (u64)M * K);
@@ -165,10 +190,16 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   if (PDL) pdl_wait();  // x is written by the kernel before this one
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
-    cp16(smem_u32(xs + m * xstride + cc * 4), x + (u64)m * stride_xm + kb0 * 128 + cc * 8);
+    const u16* src = x + (u64)m * stride_xm + kb0 * 128 + cc * 8;
+    if (CPA)  // the words' groups stay in flight
+      *(u32x4*)(xs + m * xstride + cc * 4) = *(const u32x4*)src;
+    else
+      cp16ca(smem_u32(xs + m * xstride + cc * 4), src);
   }
-  cp_commit();
-  cp_wait<0>();
+  if (!CPA) {
+    cp_commit();
+    cp_wait<0>();
+  }
 #endif
   __syncthreads();
 %(fold_sums)s
@@ -262,7 +293,23 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     }
   };
 
-%(tma_loop)s#else
+%(tma_loop)s#elif CPA
+  Blk& a = bb[0];
+  for (int u = 0; u < nbw; ++u) {  // block u's stage is in; stage (u - 1) %% CPA takes block u + CPA - 1
+    cp_wait<CPA - 2>();
+    __syncwarp();  // every lane's copies are seen by all; all lanes are done with stage (u - 1) %% CPA
+    const unsigned char* st = cring + (u %% CPA) * WSTAGE;
+    cpa_read(st, g, t, a.w);
+    a.sx = *(const u32x2*)(st + R * 256 + g * 8);
+    a.sy = *(const u32x2*)(st + R * 256 + 64 + g * 8);
+    const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
+    a.zx = *(const u32*)(st + R * 256 + 128 + zw * 4);
+    a.zy = *(const u32*)(st + R * 256 + 128 + (zw + zoff_y) * 4);
+    if (u + CPA - 1 < nbw) issue(u + CPA - 1);
+    cp_commit();
+    compute(a, u);
+  }
+#else
   // NBUF register buffers: the next NBUF - 1 blocks' words are in flight while this one's are used
   for (int u = 0; u < nbw; u += NBUF) {
 #pragma unroll
@@ -317,6 +364,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "chain_l2": spec.chain_l2,
         "xfull": int(spec.xfull),
         "fold": int(spec.fold),
+        "cpa": spec.cpa,
         "fold_sums": FOLD_SUMS,
         "tma_issue": TMA_ISSUE,
         "tma_loop": TMA_LOOP,

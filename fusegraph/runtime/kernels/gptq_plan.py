@@ -127,6 +127,12 @@ _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K sl
 # M=16 8.98 vs 9.13; after act-order's gather / permutation M=1 6.56 vs 6.84, M=4 7.22 vs 8.16; down, 7 blocks a
 # warp, 0.91x, and 8 bits 0.93x, so not there)
 _CUDA_SMALL_BUFS3_MAX_M = 16
+# M ≤ this on that one-CTA plan: each warp's words through a 2-stage cp.async ring (`cpa`) where registers cannot hold
+# them all: 4 bits with > 2 blocks a warp, 8 bits with ≤ 2 (H200, 10th session, chained: down M=1 11.65-11.74 vs
+# 12.59-12.61 µs, M=4 13.32 vs 13.87, act-order (x permuted first) M=1 13.35 vs 14.24, M=4 14.85 vs 16.27; 8-bit o_proj
+# M=1 7.80 vs 8.29, M=4 7.93 vs 8.58; not o_proj at 4 bits (its 3 buffers: 1.03x plain, 0.96-0.97x act-order), not
+# 8-bit down (M=4 0.93x), not past M=8 (o_proj M=16 1.00x))
+_CUDA_SMALL_CPA_MAX_M = 8
 
 
 def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -139,7 +145,8 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     Measured on an H200 (benchmarks/gptq_cuda_probe.py, 2026-11-30; docs/benchmarks.md): one CTA of 8 warps
     an SM where it fits, split-K the largest divisor d of K/128 with (N/64)·d ≤ SMs, ≥ 8 blocks and ≤ 64 KB of
     x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65), with 3 register
-    buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj). Else 4 warps,
+    buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj), or to M = 8 a 2-stage cp.async
+    ring where registers cannot hold a warp's blocks (`_CUDA_SMALL_CPA_MAX_M`: 4-bit down, 8-bit o_proj). Else 4 warps,
     the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a cluster at d = 2, else a ticket.
     `bufs` > 2 elsewhere, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
@@ -161,7 +168,10 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
             "cluster": 2 <= fits[-1] <= 8,
             "min_blocks": 1,
         }
-        if bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and blocks // fits[-1] <= 2 * 8:  # ≤ 2 blocks a warp
+        two = blocks // fits[-1] <= 2 * 8  # ≤ 2 blocks a warp
+        if m <= _CUDA_SMALL_CPA_MAX_M and (bits == 4) != two and bits in (4, 8):
+            plan["cpa"] = 2
+        elif bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and two:
             plan["bufs"] = 3
         return plan
     split = next((d for d in divisors if tiles * d >= 1.4 * sms), blocks)
@@ -198,6 +208,10 @@ _CUDA_MID_SFOLD_MAX_M = 8
 # 4 bits, M ≤ this, one n-tile whose split is at its cap (qkv: 192 CTAs of 4 strips, < 2 an SM): 2 strips a CTA, twice the
 # CTAs (H200, 7th session, with sfold: qkv M=1 7.88 vs 8.57 µs, M=4 8.17 vs 8.78; before sfold 8.53 vs 8.51, a tie)
 _CUDA_MID_HALF_STRIPS_MAX_M = 4
+# 4 bits, M 9..16 (two n-tiles), CTAs of 2 strips (down: 224 CTAs): a 3-stage cp.async ring (`cpa`) and 2 CTAs an SM by
+# registers (H200, 10th session, chained: down M=16 18.21 vs 20.55 µs; after act-order's permutation 21.40 vs 23.06;
+# the ring at the plan's 4 CTAs an SM 20.06; qkv's and gate_up's 4-strip CTAs: 0.96-1.01x)
+_CUDA_MID_CPA_M = (9, 16)
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -217,7 +231,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
     still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), or, where the split is at its cap,
     2 strips a CTA at 4 bits and M ≤ 4 (`_CUDA_MID_HALF_STRIPS_MAX_M`: qkv 8% faster); and the scale leaves the
-    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster; at M 9..16 with 4 strips a CTA).
+    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster; at M 9..16 with 4 strips a CTA). At M 9..16,
+    4-bit CTAs of 2 strips stream through a 3-stage cp.async ring at 2 CTAs an SM (`_CUDA_MID_CPA_M`: down 13% faster).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -245,6 +260,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
         warps, ctas = 2, 2 * ctas
         min_blocks = -(-ctas // sms)
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
+    if bits == 4 and warps == 2 and _CUDA_MID_CPA_M[0] <= m <= _CUDA_MID_CPA_M[1]:
+        plan |= {"cpa": 3, "min_blocks": 2}
     one_tile_fold = m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8)
     if one_tile_fold or (m <= 16 and bits == 4 and warps == 4):  # two n-tiles: 4-bit CTAs of 4 strips only
         plan["sfold"] = True
