@@ -167,10 +167,14 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
         plan = cuda_plan(m, n, k, bits, 132, **kw)  # type: ignore[arg-type]
         return "triton" if plan is None else "mid" if plan.get("mid") else "small"
 
-    # the mid-M kernel at M ≤ 8 on wide shapes (N ≥ 6144: qkv, gate_up; measured faster), the small-M one elsewhere
-    assert [kernel(m, 6144, 4096) for m in (1, 8, 9, 16, 17, 64, 65)] == [
-        "mid", "mid", "mid", "mid", "mid", "mid", "triton"
+    # the mid-M kernel at M ≤ 8 on wide shapes (N ≥ 6144: qkv, gate_up; measured faster), the small-M one elsewhere;
+    # at M=1 (4 bits) the small-M kernel's one CTA of 8 warps an SM with its cp.async ring wherever it fits (qkv)
+    assert [kernel(m, 6144, 4096) for m in (1, 2, 8, 9, 16, 17, 64, 65)] == [
+        "small", "mid", "mid", "mid", "mid", "mid", "mid", "triton"
     ]  # fmt: skip
+    assert (
+        kernel(1, 28672, 4096) == "mid" and kernel(1, 6144, 4096, bits=8) == "mid"
+    )  # no such plan fits / no ring
     assert [kernel(m, 4096, 14336) for m in (1, 8, 9)] == ["small", "small", "mid"]
     # o_proj (2048 strip-blocks) is below the work threshold past M=16 (measured slower than Triton there); at M 9..16
     # the small-M kernel's one CTA of 8 warps an SM fits it (chained, 1.11x the mid-M kernel; after act-order's
@@ -252,7 +256,10 @@ def test_cuda_plan__act_order_past_m_4_is_the_plain_plan_on_a_permuted_x(n: int,
     for m in range(1, 66):
         plain = cuda_plan(m, n, k, 4, 132)
         act = cuda_plan(m, n, k, 4, 132, act_order=True)
-        if m == 1 and (n // 64) * k <= 1 << 18:  # the small-M kernel gathers x through perm itself
+        ring = (cuda_small_m_plan(m, n, k, 4, 132) or {}).get(
+            "cpa"
+        )  # the gather goes further on its ring's plan
+        if m == 1 and (n // 64) * k <= (1 << 19 if ring else 1 << 18):  # the small-M kernel gathers x itself
             assert act == {"kernel": "small"} | (cuda_small_m_plan(m, n, k, 4, 132, act_order=True) or {})
             assert "xperm" not in act
         else:  # the plain plan (None, i.e. Triton, where the plain path is Triton: o_proj past M=16, M > 64)
@@ -316,9 +323,10 @@ def test_cuda_plan__act_order_gathers_in_the_kernel_only_where_that_is_little_wo
         plan = cuda_plan(m, n, k, 4, 132, act_order=True)
         return "triton" if plan is None else "xperm" if plan.get("xperm") else "gather"
 
-    # as measured on the H200 (M=1, 4; chained, 9th session): the gather where it beat permuting x first
+    # as measured on the H200 (M=1, 4; chained, 9th and 10th sessions): the gather where it beat permuting x first
+    # (qkv: on its one-CTA small-M plan with the cp.async ring)
     shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]  # qkv, o_proj, gate_up, down
-    assert [route(1, n, k) for n, k in shapes] == ["xperm", "gather", "xperm", "xperm"]
+    assert [route(1, n, k) for n, k in shapes] == ["gather", "gather", "xperm", "xperm"]
     assert [route(4, n, k) for n, k in shapes] == [
         "xperm"
     ] * 4  # M=4: x permuted first (+ PDL) won everywhere

@@ -133,6 +133,10 @@ _CUDA_SMALL_BUFS3_MAX_M = 16
 # M=1 7.80 vs 8.29, M=4 7.93 vs 8.58; not o_proj at 4 bits (its 3 buffers: 1.03x plain, 0.96-0.97x act-order), not
 # 8-bit down (M=4 0.93x), not past M=8 (o_proj M=16 1.00x))
 _CUDA_SMALL_CPA_MAX_M = 8
+# M ≤ this, 4 bits: that one-CTA plan with its ring wherever it fits, also on N ≥ _CUDA_MID_SMALL_M_MIN_N (qkv: 96 CTAs,
+# 4 blocks a warp; H200, 10th session, chained: M=1 6.98 vs the mid-M kernel's 7.17 µs, 4 warps with 3 stages 6.94-6.96;
+# act-order's own gather on it 7.78 vs x permuted first on the mid-M kernel 8.34; M=4 a tie, 7.53 vs 7.51)
+_CUDA_SMALL_RING_MAX_M = 1
 
 
 def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -271,9 +275,10 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
 # act-order (H200, docs/benchmarks.md): the small-M kernel gathers x through perm itself up to this M where its
 # gathers, (N/64)·M·K values, are at most _CUDA_ACT_GATHER_MAX_WORK; elsewhere x is permuted once (`xperm`) and the
 # plain plan runs on the row-sorted weight (M=4: faster than the gather on all four shapes). M=1, chained (9th
-# session), gather / permuted: o_proj (262K values) 6.80-7.26 / 7.58-7.85 µs; qkv (393K, the gather on the small-M
-# kernel, permuted on its mid-M plan) 8.57-8.65 / 8.26-8.32; down (917K) 14.52-14.77 / 14.16-14.32
-_CUDA_ACT_GATHER_MAX_M, _CUDA_ACT_GATHER_MAX_WORK = 1, 1 << 18
+# session), gather / permuted: o_proj (262K values) 6.80-7.26 / 7.58-7.85 µs; down (917K) 14.52-14.77 / 14.16-14.32;
+# and to _CUDA_ACT_GATHER_RING_MAX_WORK where the plain plan is the one-CTA small-M plan with its ring (4 bits): qkv
+# (393K, 10th session) 7.78 / 8.36 (permuted on the mid-M plan, 9th session: 8.26-8.32)
+_CUDA_ACT_GATHER_MAX_M, _CUDA_ACT_GATHER_MAX_WORK, _CUDA_ACT_GATHER_RING_MAX_WORK = 1, 1 << 18, 1 << 19
 # the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
 # x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M, the mid-M kernel
@@ -294,7 +299,9 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
                   mid: bool | None, xperm: bool | None) -> dict[str, Any] | None:  # fmt: skip
     """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key."""
     if act_order:
-        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= _CUDA_ACT_GATHER_MAX_WORK
+        ring = bits == 4 and bool((cuda_small_m_plan(m, n, k, bits, sms, bf16=bf16) or {}).get("cpa"))
+        most = max(_CUDA_ACT_GATHER_MAX_WORK, _CUDA_ACT_GATHER_RING_MAX_WORK if ring else 0)
+        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= most
         gather = xperm is False or (xperm is None and small_work)
         if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
@@ -309,6 +316,12 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
+    if (
+        mid is None and m <= _CUDA_SMALL_RING_MAX_M and bits == 4
+    ):  # the one-CTA plan with its ring, where it fits
+        one = cuda_small_m_plan(m, n, k, bits, sms, **kw)
+        if one is not None and one.get("cpa"):
+            return one
     if mid is None and m < _CUDA_MID_FROM_M and n >= _CUDA_MID_SMALL_M_MIN_N and not (bf16 and bits == 8):
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     # 8 bits at M 5..8 (past the small-M kernel's range): the mid-M kernel, not Triton
