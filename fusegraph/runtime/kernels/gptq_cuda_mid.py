@@ -9,7 +9,8 @@ small-M kernel's fragments, loads and dequantization (`gptq_cuda_src.py`) but an
   buffers: block u+1 lands while block u is used; gathered through perm for act-order) and read by
   every warp; rows M..8·MT−1 stay zero.
 - A lane keeps one block of words in registers and refills it half a block at a time (bufs = 1),
-  or keeps `bufs` blocks and requests block u + bufs − 1 whole before block u's math.
+  or keeps `bufs` blocks and requests block u + bufs − 1 whole before block u's math, or (`cpa`) each block
+  (x's rows, the words, scales and zeros) streams through a CPA-stage cp.async ring in shared memory.
 - The scale is folded into the dequantized fp16/bf16 pair ((q − z)·s, one packed multiply), so the
   accumulators are the whole sum (no per-block fp32 partials: at MT = 8 they would not fit).
 - Per 16-row step kt, the B fragments of the MT n-tiles are read from shared memory once and used

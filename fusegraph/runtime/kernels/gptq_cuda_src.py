@@ -6,7 +6,8 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
 
 - A CTA is one 64-column strip times one K slice (`bps` blocks, blockIdx.y of SPLIT); its warps take the
   slice's blocks in turn; each lane loads its 16-byte words into registers (`ld.global.nc.L1::no_allocate.v4`),
-  NBUF buffers deep (the `tma` option, a bulk-copy ring, is correct but measured slower: off).
+  NBUF buffers deep (the `tma` option, a bulk-copy ring, is correct but measured slower: off), or (`cpa`) through
+  the warp's own cp.async ring in shared memory, CPA − 1 blocks ahead (`cpa_words` / `cpa_read`).
 - `mma.m16n8k16` with W^T as A (16 columns × 16 rows) and x^T as B: lane (g, t) loads word rows t + 4q of
   columns 4g..4g+3 and 32+4g..+3, exactly its A fragments. M ≤ 8 takes one n-tile, M ≤ 16 two (MT).
 - Magic-number dequantization in registers (fp16 4-bit: `lop3(w, 0x000f000f, 0x6400)` − (1024 + z), and
