@@ -59,6 +59,12 @@ def test_kernel_source__carries_the_spec_as_defines() -> None:
     assert "%(" not in src and 'extern "C" __global__ void' in src and "#include" not in src
     # the 4 warps' partial sums + 16 rows of x (2 blocks, padded) + the CTA's sums
     assert smem_bytes(spec, 16, 2) == 4 * 16 * 64 * 4 + 16 * (2 * 64 + 4) * 4 + 16 * 64 * 4
+    # + with a cp.async ring, each warp's stages in use (min(cpa, its blocks)): 8 KB of words at 8 bits, 128 B of
+    # scales and 64 B of zeros each
+    ring = KernelSpec(8, False, 1, 4, 2, True, False, True, cpa=3)
+    assert "#define CPA 3" in kernel_source(ring) and "cpa_read(" in kernel_source(ring)
+    base = 4 * 1 * 64 * 4 + (8 * 64 + 4) * 4 + 64 * 4
+    assert smem_bytes(ring, 1, 8) == base + 4 * 2 * (8192 + 128 + 64)  # 2 blocks a warp: 2 stages
 
 
 @pytest.mark.parametrize(
@@ -66,7 +72,9 @@ def test_kernel_source__carries_the_spec_as_defines() -> None:
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 3}, "mt must be 1 or 2"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"), ({"split": 9, "cluster": True}, "cluster needs"),
      ({"tma": 1}, "tma must be 0 or a ring"), ({"bufs": 5}, "bufs must be 2..4"), ({"bufs": 3, "tma": 2}, "2 with tma"),
-     ({"pdl": True, "has_perm": True}, "pdl needs no perm"), ({"xfull": True}, "xfull needs has_perm")],
+     ({"pdl": True, "has_perm": True}, "pdl needs no perm"), ({"xfull": True}, "xfull needs has_perm"),
+     ({"cpa": 1}, "cpa must be 0 or a ring of 2..16"), ({"cpa": 17}, "cpa must be 0 or a ring"),
+     ({"cpa": 3, "tma": 2}, "tma, xfull, fold off"), ({"cpa": 3, "bufs": 3}, "cpa keeps one block in registers")],
 )  # fmt: skip
 def test_kernel_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     base: dict[str, object] = {"bits": 4, "bf16": False, "mt": 1, "warps": 4, "split": 2,
@@ -227,6 +235,12 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     assert mid_smem_bytes(MidSpec(4, False, 3, 1, 1, False, False, True), 17) == 2 * 24 * 68 * 4
     folded = mid_kernel_source(MidSpec(4, False, 1, 4, 8, True, False, True, sfold=True))
     assert "#define SFOLD 1" in folded and "#define SFOLD 0" in src
+    # the cp.async ring: the stages in use (min(cpa, bps)) of x's block (8 rows of 68 words) and each warp's words
+    # (4 KB at 4 bits), scales (128 B) and zeros (32 B), or the sums, whichever is larger
+    ring = MidSpec(4, False, 1, 2, 8, True, False, True, cpa=5)
+    assert "#define CPA 5" in mid_kernel_source(ring) and "cpa_words(" in mid_kernel_source(ring)
+    assert mid_smem_bytes(ring, 1, bps=4) == 4 * (8 * 68 * 4 + 2 * (4096 + 128 + 32))
+    assert mid_smem_bytes(ring, 1, bps=16) == 5 * (8 * 68 * 4 + 2 * (4096 + 128 + 32))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +249,8 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
      ({"mt": 9}, "mt must be 1..8"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"),
      ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks ≥ 1"),
      ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm"),
-     ({"sfold": True, "mt": 3}, "sfold needs mt <= 2")],
+     ({"sfold": True, "mt": 3}, "sfold needs mt <= 2"), ({"cpa": 1}, "cpa must be 0 or a ring of 2..16"),
+     ({"cpa": 3, "bufs": 2}, "with bufs 1"), ({"cpa": 3, "has_perm": True, "perm_ahead": True}, "perm_ahead off")],
 )  # fmt: skip
 def test_mid_spec__names_the_bad_field(kwargs: dict[str, object], match: str) -> None:
     from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec

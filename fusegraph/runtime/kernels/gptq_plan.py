@@ -376,12 +376,13 @@ def cuda_plan(
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`; at M ≤ 16 not where the small-M kernel's plan is
-    one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`,
-    else the small-M kernel for M ≤ 16.
+    one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N` (but not at M ≤ `_CUDA_SMALL_RING_MAX_M`,
+    4 bits, where that one-CTA plan fits with a cp.async ring: qkv M=1), else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
     8 bits: the mid-M kernel for M 5..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
-    the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values, its kernel gathers x through perm (with
+    the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values (`_CUDA_ACT_GATHER_RING_MAX_WORK` where the plain
+    plan is the small-M kernel's one CTA an SM with a ring, 4 bits), its kernel gathers x through perm (with
     {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
     {"xperm": True, "xperm_pdl": M in `_CUDA_ACT_PDL` and K ≤ `_CUDA_ACT_PDL_MAX_K`}: x is permuted once (with
     "xperm_pdl" the kernel launched with programmatic dependent launch after the permutation), then the kernel
