@@ -316,9 +316,8 @@ def maybe_gptq_cuda(
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
     plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
-    if (
-        cfg.get("tma") or cfg.get("cpa")
-    ) and "bufs" not in cfg:  # a ring: the plan's register buffers do not apply
+    ring = cfg.get("tma") or cfg.get("cpa")
+    if ring and "bufs" not in cfg:  # a ring asked for: the plan's register buffers do not apply
         plan.pop("bufs", None)
     if "cpa" not in cfg and any(cfg.get(key) for key in ("bufs", "tma", "fold", "xfull", "perm_ahead")):
         plan.pop("cpa", None)  # options the plan's cp.async ring excludes, asked for: the ring gives way

@@ -316,9 +316,8 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
-    if (
-        mid is None and m <= _CUDA_SMALL_RING_MAX_M and bits == 4
-    ):  # the one-CTA plan with its ring, where it fits
+    # M=1, 4 bits: the small-M kernel's one-CTA plan with its ring wherever it fits (qkv too)
+    if mid is None and m <= _CUDA_SMALL_RING_MAX_M and bits == 4:
         one = cuda_small_m_plan(m, n, k, bits, sms, **kw)
         if one is not None and one.get("cpa"):
             return one
