@@ -25,6 +25,7 @@ from dataclasses import fields
 
 from fusegraph.runtime.kernels.gptq_cuda_mid_spec import XS, MidSpec, mid_smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
+from fusegraph.runtime.kernels.gptq_cuda_rings import RING_HELPERS
 
 __all__ = ["MID_KERNEL_NAME", "MidSpec", "mid_kernel_source", "mid_smem_bytes"]
 
@@ -55,7 +56,7 @@ _SOURCE = r"""
 #define XSTAGE (MROWS * XS * 4)            // CPA: x's block in a stage (bytes)
 #define WSTAGE (R * 256 + 128 + 8 * BITS)  // CPA: one warp's words (`cpa_words`), scales and zeros of the block
 #define STAGE (XSTAGE + NWARPS * WSTAGE)
-%(helpers)s%(scaled_dequant)s
+%(helpers)s%(ring_helpers)s%(scaled_dequant)s
 // SFOLD: (q - z) only, each block's fp32 sums are scaled at its end; else the scale folded into the pair
 template <int J> __device__ __forceinline__ u32 dq_mid(u32 w, u32 mz, u32 nzh, u32 s2) {
   return SFOLD ? dq_raw<J>(w, mz, nzh) : dq<J>(w, mz, nzh, s2);
@@ -409,4 +410,7 @@ def mid_kernel_source(spec: MidSpec) -> str:
         True
     """
     values = {f.name: int(getattr(spec, f.name)) for f in fields(spec)}  # every field is an int or a bool
-    return _SOURCE % (values | {"xs": XS, "helpers": HELPERS, "scaled_dequant": SCALED_DEQUANT})
+    return _SOURCE % (
+        values
+        | {"xs": XS, "helpers": HELPERS, "ring_helpers": RING_HELPERS, "scaled_dequant": SCALED_DEQUANT}
+    )

@@ -22,7 +22,8 @@ Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL the weights strea
 
 from __future__ import annotations
 
-from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, FOLD_SUMS, HELPERS, TMA_ISSUE, TMA_LOOP
+from fusegraph.runtime.kernels.gptq_cuda_ptx import EPILOGUE, FOLD_SUMS, HELPERS
+from fusegraph.runtime.kernels.gptq_cuda_rings import RING_HELPERS, TMA_ISSUE, TMA_LOOP
 from fusegraph.runtime.kernels.gptq_cuda_small_spec import KernelSpec, smem_bytes
 
 __all__ = ["KernelSpec", "kernel_source", "smem_bytes", "KERNEL_NAME"]
@@ -54,7 +55,7 @@ _SOURCE = r"""
 #define ROWB 288     // a 256-byte word row + 32 bytes of padding in the ring: conflict-free reads
 #define ZB (8 * BITS)  // bytes of one group's packed zeros for 64 columns
 #define STAGE_B (R * ROWB + 128 + ZB)
-%(helpers)s
+%(helpers)s%(ring_helpers)s
 struct Blk {  // one lane's operands of one 128-row block
   u32x4 w[NW];   // word rows t + 4q, columns 4g..4g+3 (w[2q]) and 32+4g.. (w[2q+1])
   u32x2 sx, sy;  // the scales of those columns
@@ -351,6 +352,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "mt": spec.mt,
         "warps": spec.warps,
         "helpers": HELPERS,
+        "ring_helpers": RING_HELPERS,
         "split": spec.split,
         "cluster": int(spec.cluster),
         "has_perm": int(spec.has_perm),
