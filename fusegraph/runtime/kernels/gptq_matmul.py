@@ -6,7 +6,7 @@ the same way along N (v1 stores z − 1, v2 stores z; absent means z = 2^(bits�
 scales `[G, N]`; W[k, n] = (q[k, n] − z[g, n])·scales[g, n] with g = g_idx[k] (act-order) or
 k // group_size. Bits 2, 4 and 8 (the widths whose values never straddle a word).
 
-Three in-register kernels and a prefill path (`pick_config` / `dequant_min_m` (gptq_plan.py)
+Three in-register kernels and a prefill path (`pick_config` / `dequant_min_m` (gptq_triton_plan.py)
 choose; tuned on an H100, see docs/benchmarks.md):
 - `_gptq_gemv_kernel` (M = 1): FMA GEMV with mantissa-bit unpacking (no int->float conversion);
 - `_gptq_mma_kernel` (M = 2..16 and 33..): tensor-core tiles with per-tile scales after the dot;
