@@ -202,9 +202,15 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
                   mid: bool | None, xperm: bool | None) -> dict[str, Any] | None:  # fmt: skip
     """`cuda_plan` for the small-M and mid-M kernels (see there), without the "kernel" key."""
     if act_order:
-        ring = bits == 4 and bool((cuda_small_m_plan(m, n, k, bits, sms, bf16=bf16) or {}).get("cpa"))
-        most = max(_CUDA_ACT_GATHER_MAX_WORK, _CUDA_ACT_GATHER_RING_MAX_WORK if ring else 0)
-        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (n // 64) * m * k <= most
+        work = (n // 64) * m * k
+        small_work = m <= _CUDA_ACT_GATHER_MAX_M and (
+            work <= _CUDA_ACT_GATHER_MAX_WORK
+            or (  # further where the plain plan is the one-CTA small-M plan with its ring
+                bits == 4
+                and work <= _CUDA_ACT_GATHER_RING_MAX_WORK
+                and bool((cuda_small_m_plan(m, n, k, bits, sms, bf16=bf16) or {}).get("cpa"))
+            )
+        )
         gather = xperm is False or (xperm is None and small_work)
         if gather and m > _CUDA_ACT_GATHER_MAX_M and not forced:
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
