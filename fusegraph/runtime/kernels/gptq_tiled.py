@@ -53,6 +53,7 @@ from fusegraph.runtime.kernels.gptq_tiled_mma import (
     _tiled_mma_kernel,
     _tiled_nat_kernel,
 )
+from fusegraph.runtime.kernels.gptq_triton_plan import sm_count
 
 __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 
@@ -60,16 +61,7 @@ KB, NB = 128, 64
 _DEQUANT_MIN_M = 192
 _GEMV_MAX_M = 2
 _PERMUTE_X_MIN_K = 8192  # act-order GEMV: from this K on, permute x once instead of gathering per program
-_SM: dict[torch.device, int] = {}
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few splits exercise the split-K paths
-    if device not in _SM:
-        _SM[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM[device]
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
@@ -135,7 +127,7 @@ def plan(m: int, n: int, k: int, cb: int, device: torch.device, act_order: bool 
     11.9 / 12.2); not at 8 bits (qkv M=16: 20.4 vs 15.2 µs). The L2 prefetch and PDL stay off:
     they help only between consecutive PDL-launched kernels (docs/benchmarks.md).
     """
-    sms = _sm_count(device)
+    sms = sm_count(device)  # 4 in the interpreter: a few splits exercise the split-K paths
     blocks = k // KB
     if m <= _GEMV_MAX_M:
         tiles = (n // NB) * m
