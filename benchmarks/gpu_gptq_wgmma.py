@@ -8,16 +8,19 @@ warp-specialized wgmma kernel ("ws", x by the copy engine) at its plan and its n
 sum a float a load ("novred") or by row bands sent by st.async ("sred"), x multicast to 2 column tiles ("mc"), 128 rows a CTA past M = 128 (split 1, 2, 4 and stream-K: the tile counts
 at M ≥ 256), two CTAs an SM at 64 rows ("t64m2", split 1 and 2) and at 128 rows of one strip ("t128n1m2"), one strip a
 CTA ("n1", split 1 and 2); with WGMMA_PROBES=1 its ablations
-("p1".."p4": no dequantization, no x loads, no wgmma, no word loads; timed unchecked) and x by
-cp.async. Device time from CUDA-graph replays with every
+("p1".."p6": no dequantization, no x loads, no wgmma, no word loads, no blocks, no blocks and no epilogue; timed unchecked) and x by
+cp.async; 4 and 8 steps' wgmmas in flight ("i4", "i8"; the plan keeps 2); at split 1 the outputs staged in shared memory ("os"). Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
-timing new rows once spent; WGMMA_ONLY (a regex) keeps the plan and the variants whose names match.
+timing new rows once spent; WGMMA_ONLY (a regex) keeps the plan and the variants whose names match;
+WGMMA_EXTRA ("name:{json config};...") adds variants of the plan.
 """
 
 # ruff: noqa: B023, E731, N812
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import sys
@@ -109,11 +112,17 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
         out += [(f"ws/c3/t{t3}/s{d}", {"ncw": 3, "tok": t3, "minb": 1, "split_k": d, "sk": 0, "vred": int(d > 1),
                                         "stages": ring_stages(t3, d, 3, 1, bits)})
                 for d in (1, 2, 4) if d <= blocks]  # fmt: skip
+    out += [(f"ws/{tag}/i{d}", {"infl": d}) for d in (4, 8)]  # 4 or 8 steps' wgmmas in flight (the plan: 2)
+    if s == 1 and not plan["sk"]:  # the outputs through shared memory, by 16-byte stores
+        out.append((f"ws/{tag}/os", {"ostage": 1}))
     if PROBES and (
         not PROBE_MS or m in PROBE_MS
     ):  # ablations (wrong results, timed unchecked): what the kernel costs without each part
-        out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4)]
+        out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4, 5, 6)]
         out.append((f"ws/{tag}/cpasync", {"tma": 0}))
+    for item in filter(None, os.environ.get("WGMMA_EXTRA", "").split(";")):  # "name:{json config}" variants
+        name, _, cfg = item.partition(":")
+        out.append((f"ws/{name}", json.loads(cfg)))
     if only := os.environ.get("WGMMA_ONLY"):  # a regex: the plan and the variants whose names match it
         out = out[:1] + [(name, c) for name, c in out[1:] if re.search(only, name)]
     if os.environ.get("WGMMA_NO_TMA") == "1":
@@ -132,12 +141,15 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4, bf16: bool = False) -> No
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     log(f"## {bits}-bit g128, {'bf16' if bf16 else 'fp16'}")
     t0 = time.time()
-    specs = [
-        rswg_spec(rswg_plan(m, n_out, k_in, sms, bits) | c, bf16=bf16, zero_v1=True, bits=bits)  # type: ignore[operator]
-        for m in ms
-        for _, k_in, n_out in GB.SHAPES
-        for _, c in ws_variants(m, k_in, n_out, sms, bits)
-    ]
+    specs = []
+    for m in ms:
+        for _, k_in, n_out in GB.SHAPES:
+            for _, c in ws_variants(m, k_in, n_out, sms, bits):
+                with contextlib.suppress(
+                    ValueError
+                ):  # a variant the spec refuses fails (reported) in its row
+                    specs.append(rswg_spec(rswg_plan(m, n_out, k_in, sms, bits) | c, bf16=bf16, zero_v1=True,  # type: ignore[operator]
+                                           bits=bits))  # fmt: skip
     errors: list[str] = []
     done = precompile(specs, torch.device("cuda"), threads=min(16, os.cpu_count() or 1), errors=errors)
     log(f"precompiled {done} of {len(set(specs))} warp-specialized kernels in {time.time() - t0:.1f} s")

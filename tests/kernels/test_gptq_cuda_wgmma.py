@@ -69,18 +69,20 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
         "sk": 0,
         "vred": 0,
         "pdl": 0,
+        "ostage": 1,
     }
-    assert rswg(256, 28672, 4096) == plan  # gate_up: 224 tiles
+    assert rswg(256, 28672, 4096) == plan  # gate_up: 224 tiles, the outputs staged
     # o_proj and down at M = 256: 32 tiles of 256 rows; 64 of 128 rows split in 2 fill 128 SMs
     assert rswg(256, 4096, 4096) | rswg(256, 4096, 14336) == plan | {
         "tok": 128,
         "stages": 4,
         "split_k": 2,
         "vred": 1,
+        "ostage": 0,
     }
     # qkv (96 strips) at M = 256 / 512: three strips a CTA, 128 CTAs (two strips: 96 CTAs of 256 rows)
     three = plan | {"ncw": 3, "tok": 128, "stages": 4}
-    assert rswg(256, 6144, 4096) == three | {"split_k": 2, "vred": 1}
+    assert rswg(256, 6144, 4096) == three | {"split_k": 2, "vred": 1, "ostage": 0}
     assert rswg(512, 6144, 4096) == three
     assert rswg(512, 6144, 4096, bits=8)["ncw"] == 2  # measured at 4 bits only
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
@@ -94,10 +96,18 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
         "stages": 0,
         "minb": 2,
         "vred": 1,
+        "ostage": 0,
     }
-    assert rswg(64, 4096, 4096)["split_k"] == 4  # o_proj at tok 64: 8 blocks a CTA at least
     assert rswg(32, 6144, 4096)["split_k"] == 4  # qkv: 192 CTAs, two an SM
-    assert rswg(128, 4096, 14336)["sk"] == 1  # down: 32 tiles, 112 blocks: stream-K
+    assert rswg(128, 28672, 4096)["ostage"] == 0  # staged outputs only past 128 rows
+    # o_proj and down to 128 rows: one strip a CTA at split 2, 128 CTAs, one an SM, 6 stages (8 bits: two strips)
+    one = {"split_k": 2, "ncw": 1, "minb": 1, "stages": 6, "sk": 0, "vred": 1}
+    for m, k in ((32, 4096), (64, 4096), (128, 4096), (64, 14336), (128, 14336)):
+        assert rswg(m, 4096, k).items() >= one.items(), (m, k)
+    assert rswg(64, 4096, 4096, bits=8)["ncw"] == 2 and rswg(256, 4096, 4096)["ncw"] == 2
+    assert rswg(64, 4096, 4096, bits=8)["split_k"] == 4  # 8 blocks a CTA at least
+    assert rswg(128, 6144, 4096)["ncw"] == 2 and rswg(64, 28672, 4096)["ncw"] == 2  # 192 / 896 one-strip CTAs
+    assert rswg(128, 4096, 14336, bits=8)["sk"] == 1  # 8-bit down: 32 tiles, 112 blocks: stream-K
     assert rswg(512, 4096, 14336)["sk"] == 0  # 64 tiles
     assert rswg(64, 4096, 640)["split_k"] == 1  # 5 blocks only
     assert rswg(100, 192, 512)["ncw"] == 1  # 3 strips: one a CTA
@@ -143,12 +153,30 @@ def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
         ("pdl", 1),
         ("sred", 1),
         ("mc", 1),
+        ("infl", 8),
+        ("ostage", 1),
     ]:
         assert key in RSWG_KEYS
-        over = plan | {key: value} | ({"split_k": 1} if key in ("sk", "mc") else {})
+        over = plan | {key: value} | ({"split_k": 1} if key in ("sk", "mc", "ostage") else {})
         assert getattr(rswg_spec(over, bf16=False, zero_v1=True), key) == value
     with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 2"):
         rswg_spec(plan | {"sk": 1}, bf16=False, zero_v1=True)
+
+
+def test_gptq_cuda_wgmma__a_config_overrides_the_plan_and_its_split_drops_the_staged_stores() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma import with_config
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan, rswg_spec
+
+    plan = rswg_plan(256, 28672, 4096, 132)
+    assert plan is not None and plan["ostage"] == 1 and plan["split_k"] == 1
+    for over in ({"split_k": 2}, {"sk": 1}, {"split_k": 4, "tok": 128, "stages": 4}):
+        merged = with_config(plan, over | {"wgmma": True})
+        assert merged["ostage"] == 0 and rswg_spec(merged, bf16=False, zero_v1=True).ostage is False
+    assert with_config(plan, {"stages": 2})["ostage"] == 1  # split 1 still: staged
+    with pytest.raises(
+        ValueError, match="ostage .staged output stores. needs split=1 and no sk, got split=2"
+    ):
+        rswg_spec(with_config(plan, {"split_k": 2, "ostage": 1}), bf16=False, zero_v1=True)
 
 
 def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() -> None:
@@ -170,6 +198,19 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
         RswgSpec(bf16=False, tok=184, split=1, zero_v1=True, ncw=3)
     with pytest.raises(ValueError, match="ncw must be 1..3 and minb 1 or 2, got 4, 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, ncw=4)
+    with pytest.raises(ValueError, match="infl .steps in flight. must be 2, 4 or 8, got 3"):
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, infl=3)
+    deep = rswg_kernel_source(RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, infl=8))
+    assert "#define INFL 8" in deep and "u32 a[INFL][4];" in deep and "wg_wait<INFL - 1>();" in deep
+    with pytest.raises(
+        ValueError, match="ostage .staged output stores. needs split=1 and no sk, got split=2"
+    ):
+        RswgSpec(bf16=False, tok=64, split=2, zero_v1=True, ostage=True)
+    staged = RswgSpec(bf16=False, tok=176, split=1, zero_v1=True, ncw=3, stages=2, ostage=True)
+    assert rswg_smem_bytes(staged) == 256 + 1024 + 176 * (3 * 64 + 4) * 4  # the fp32 tile outgrows 2 stages
+    assert "#define OSTAGE 1" in rswg_kernel_source(
+        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, ostage=True)
+    )
     with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
     with pytest.raises(ValueError, match="bits must be 4 or 8, got 3"):
@@ -235,6 +276,27 @@ WS_CASES = [
     (256, 1024, 384, False, torch.float16, {"ncw": 3, "tok": 128, "split_k": 2, "stages": 4}),
     (96, 1024, 576, False, torch.bfloat16, {"ncw": 3, "split_k": 3}),
     (200, 512, 384, False, torch.float16, {"ncw": 3, "tok": 104, "split_k": 1, "tma": 0}),
+    # 4 or 8 steps' wgmmas in flight (a stage freed INFL - 2 steps into the next block): a CTA of one block,
+    # split-K in a cluster, stream-K, x multicast, bf16, 256 rows
+    (64, 1024, 256, False, torch.float16, {"infl": 4}),
+    (72, 512, 384, False, torch.float16, {"split_k": 3, "infl": 8}),
+    (256, 1024, 512, False, torch.bfloat16, {"split_k": 1, "sk": 1, "ctas": 5, "infl": 8}),
+    (300, 512, 1024, False, torch.float16, {"split_k": 1, "mc": 1, "infl": 4}),
+    (1024, 1024, 256, False, torch.float16, {"infl": 8}),
+    # the outputs through shared memory, stored a row at a time: rows past M, 1 and 3 strips, x multicast
+    (64, 512, 256, False, torch.float16, {"split_k": 1, "ostage": 1}),
+    (
+        64,
+        4096,
+        1024,
+        False,
+        torch.float16,
+        {"split_k": 1, "ostage": 1},
+    ),  # 32 blocks a CTA (H200: wrong with fp16 staging)
+    (248, 512, 256, False, torch.bfloat16, {"split_k": 1, "ostage": 1, "infl": 4}),
+    (33, 512, 256, False, torch.float16, {"split_k": 1, "ncw": 1, "minb": 1, "stages": 2, "ostage": 1}),
+    (200, 512, 384, False, torch.float16, {"ncw": 3, "tok": 104, "split_k": 1, "tma": 0, "ostage": 1}),
+    (300, 512, 1024, False, torch.bfloat16, {"split_k": 1, "mc": 1, "ostage": 1}),
 ]
 # 8-bit: the words twice the bytes, 32 word rows a block (m, k, n, desc_act, config)
 WS8_CASES = [
@@ -247,6 +309,16 @@ WS8_CASES = [
     (200, 1024, 256, False, {"split_k": 4, "sred": 1}),
     (520, 1024, 512, False, {"split_k": 1, "tok": 128, "stages": 4, "mc": 1}),
     (256, 512, 384, False, {"ncw": 3, "tok": 128, "split_k": 1, "stages": 3}),
+    (64, 1024, 256, False, {"split_k": 3, "infl": 4}),
+    (256, 1024, 384, True, {"infl": 8}),
+    (200, 512, 256, False, {"split_k": 1, "ostage": 1}),
+    (
+        64,
+        4096,
+        2048,
+        False,
+        {"split_k": 1, "ostage": 1},
+    ),  # 32 blocks a CTA: the staged tile after a long ring
 ]
 
 

@@ -34,6 +34,20 @@ def wgmma_unsupported(x: torch.Tensor, bits: int) -> str | None:
     return None
 
 
+def with_config(plan: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """`plan` with the `RSWG_KEYS` that `config` sets. A config's split-K or stream-K drops the plan's staged output
+    stores ("ostage", split 1 only) unless the config sets "ostage" itself (then the spec refuses a bad pair).
+
+    Example:
+        >>> with_config({"split_k": 1, "sk": 0, "ostage": 1}, {"split_k": 2, "wgmma": True})
+        {'split_k': 2, 'sk': 0, 'ostage': 0}
+    """
+    out = plan | {key: int(config[key]) for key in RSWG_KEYS if key in config}
+    if "ostage" not in config and (out["split_k"] != 1 or out.get("sk")):
+        out["ostage"] = 0
+    return out
+
+
 def maybe_wgmma(
     x: torch.Tensor,
     qweight_t: torch.Tensor,
@@ -72,7 +86,7 @@ def maybe_wgmma(
         )
     if perm is not None:
         x = x.index_select(1, perm)  # act-order: the kernel runs on the row-sorted weight
-    plan |= {key: int(config[key]) for key in RSWG_KEYS if key in config}
+    plan = with_config(plan, config)
     return gptq_rswg_matmul(x, qweight_t, scales, qzeros_t, group_size=group_size, zero_format=zero_format,
                             plan=plan, bits=bits)  # fmt: skip
 

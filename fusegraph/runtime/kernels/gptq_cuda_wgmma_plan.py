@@ -25,6 +25,8 @@ RSWG_KEYS = (
     "pdl",
     "sred",
     "mc",
+    "infl",
+    "ostage",
 )  # what a config may set (overrides the plan)
 _MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
 _FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
@@ -48,9 +50,9 @@ _BLOCK_US, _CTA_US, _SUM_US = (0.25, 1.0), 2.6, (0.8, 2.1)
 _TWO_STAGE = 1.2
 
 
-def ring_stages(tok: int, split: int, ncw: int, minb: int, bits: int) -> int:
-    """The deepest ring, 2..4 stages, whose shared memory fits `minb` CTAs an SM."""
-    stages = 4
+def ring_stages(tok: int, split: int, ncw: int, minb: int, bits: int, most: int = 4) -> int:
+    """The deepest ring, 2..`most` stages, whose shared memory fits `minb` CTAs an SM."""
+    stages = most
     while (
         stages > 2
         and minb * rswg_smem_bytes(RswgSpec(False, tok, split, True, stages, ncw, minb, bits=bits)) > SMEM_MAX
@@ -84,6 +86,21 @@ def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[i
 _NCW3_FILL_GAIN = 1.1
 
 
+# Past 128 rows a tile, split 1: the outputs staged in shared memory and stored a row at a time (16-byte stores) instead
+# of 2-byte stores from the fragments. H200, 11th session, µs, staged / not: gate_up M=256 99.5 / 103.8, M=512 203.5 /
+# 210.6, M=1024 386.1 / 409.7; qkv M=512 (three strips) 41.4 / 45.9; o_proj M=1024 49.8 / 51.9; down M=1024 182.0 / 179.0;
+# 8-bit qkv M=256 29.0 / 29.9. Not at M ≤ 128 (gate_up M=64 46.0 / 43.2). Alone, the stores of gate_up's M=64 outputs
+# took 4.6 µs, staged 2.6 (the kernel without its blocks, "probe" 5).
+_OSTAGE_MIN_M = 129
+# One 64-column strip a CTA at split 2 (a cluster of 2), one CTA an SM with a 6-stage ring, where those CTAs fit in one
+# round (o_proj, down: 64 strips, 128 CTAs) and M ≤ this. The two-strip plan takes split 4 (o_proj) or stream-K (down)
+# there, and a cluster's split-K sum costs about 1.3 µs a CTA of the cluster (the kernel without its blocks: split 1
+# 1.8 µs, 2 3.8, 4 5.1, 8 9.3-11.7). H200, 11th session, µs, one strip / the two-strip plan: o_proj M=32 9.04 / 11.47,
+# M=64 9.29 / 13.70, M=128 11.10 / 15.36; down M=32 22.95 / 25.31, M=64 23.85 / 30.47, M=128 28.72 / 39.05. (qkv, 96
+# strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x; gate_up slower at every M: not there.)
+_ONE_STRIP_MAX_M, _ONE_STRIP_STAGES = 128, 6
+
+
 def _fill(ctas: int, sms: int) -> float:
     """The share of the SMs' CTA slots the grid keeps busy over its rounds (1 CTA an SM)."""
     return ctas / (-(-ctas // sms) * sms)
@@ -100,17 +117,19 @@ def _three_strip_plan(m: int, n: int, k: int, sms: int, bits: int, two: float) -
     if _fill(tiles * split, sms) <= _NCW3_FILL_GAIN * two:
         return None
     return {"split_k": split, "tok": tok, "stages": ring_stages(tok, split, 3, 1, bits), "ncw": 3, "minb": 1, "tma": 1,
-            "sk": 0, "vred": int(split > 1), "pdl": 0}  # fmt: skip
+            "sk": 0, "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1)}  # fmt: skip
 
 
 def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any] | None:
-    """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred"} for x `[m, k]` · W `[k, n]`, or None when the
-    kernel cannot take it.
+    """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred", "pdl", "ostage"} for x `[m, k]` · W `[k, n]`, or
+    None when the kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
     copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`; three
     strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
-    M = 256 and 512).
+    M = 256 and 512); at split 1 the outputs staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
+    To 128 rows at 4 bits where one-strip CTAs at split 2 fit in one round of the SMs (o_proj, down): those, one an
+    SM, a 6-stage ring (`_ONE_STRIP_MAX_M`).
     Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
@@ -121,7 +140,9 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
 
     Example:
         >>> rswg_plan(256, 28672, 4096, 132)
-        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0, 'pdl': 0}
+        {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0, 'pdl': 0, 'ostage': 1}
+        >>> rswg_plan(64, 4096, 4096, 132)["ncw"], rswg_plan(64, 4096, 4096, 132)["split_k"]  # o_proj: 128 CTAs
+        (1, 2)
         >>> rswg_plan(256, 6144, 4096, 132)["ncw"]  # qkv: 3 strips a CTA, 128 CTAs
         3
     """
@@ -135,7 +156,10 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
         if three is not None:
             return three
         return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
-                "vred": int(split > 1), "pdl": 0}  # fmt: skip
+                "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1 and m >= _OSTAGE_MIN_M)}  # fmt: skip
+    if bits == 4 and m <= _ONE_STRIP_MAX_M and (n // 64) * 2 <= sms and k // 128 >= 2 * _MIN_BLOCKS:
+        return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, 1, bits, _ONE_STRIP_STAGES), "ncw": 1,
+                "minb": 1, "tma": 1, "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
@@ -164,6 +188,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
         "sk": sk,
         "vred": vred,
         "pdl": 0,
+        "ostage": 0,
     }
 
 
@@ -179,4 +204,5 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4)
                     vred=bool(plan.get("vred", False)),
                     sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
                     tma=bool(plan.get("tma", False)), bits=bits, pdl=int(plan.get("pdl", 0)),
-                    sred=bool(plan.get("sred", False)), mc=bool(plan.get("mc", False)))  # fmt: skip
+                    sred=bool(plan.get("sred", False)), mc=bool(plan.get("mc", False)),
+                    infl=int(plan.get("infl", 2)), ostage=bool(plan.get("ostage", False)))  # fmt: skip

@@ -37,8 +37,13 @@ class RswgSpec:
             half of x's block into both (`.multicast::cluster`); their consumers free a stage in both CTAs.
         sred: the split-K sum by bands: CTA r of the cluster owns rows [r·RS, (r + 1)·RS) of the tile
             and the others store their fragments of them into its ring by `st.async` (no staging).
+        infl: a consumer's 16-row steps in flight, 2, 4 or 8: its wgmma groups outstanding and its register sets
+            of A, so the dequantization of a step runs under the wgmmas of the INFL − 1 before it.
+        ostage: split 1 (not stream-K): the outputs staged in shared memory and stored a row at a time by 16-byte
+            stores, not 2-byte stores from the accumulator fragments.
         probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
-            3 the wgmmas, 4 the loads of the words; 0 (default) none.
+            3 the wgmmas, 4 the loads of the words, 5 every block (what is left: launch, prologue, epilogue), 6 every
+            block and the epilogue (launch and prologue); 0 (default) none.
     """
 
     bf16: bool
@@ -56,6 +61,8 @@ class RswgSpec:
     pdl: int = 0
     sred: bool = False
     mc: bool = False
+    infl: int = 2
+    ostage: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -81,6 +88,13 @@ class RswgSpec:
             )
         if self.sk and self.split != 1:
             raise ValueError(f"gptq_cuda_wgmma: sk (stream-K) needs split=1, got {self.split}")
+        if self.ostage and (self.split != 1 or self.sk):
+            raise ValueError(
+                f"gptq_cuda_wgmma: ostage (staged output stores) needs split=1 and no sk, got split="
+                f"{self.split}, sk={self.sk}"
+            )
+        if self.infl not in (2, 4, 8):
+            raise ValueError(f"gptq_cuda_wgmma: infl (steps in flight) must be 2, 4 or 8, got {self.infl}")
         if not 2 <= self.stages <= 8:
             raise ValueError(f"gptq_cuda_wgmma: stages must be 2..8, got {self.stages}")
         if self.ncw not in (1, 2, 3) or self.minb not in (1, 2):
@@ -114,5 +128,7 @@ def rswg_stage_bytes(spec: RswgSpec) -> int:
 
 def rswg_smem_bytes(spec: RswgSpec) -> int:
     """Dynamic shared memory of one CTA: 256 bytes of barriers (and a flag), then the ring (or, after the loop, split-K sums)."""
-    fin = spec.tok * (64 * spec.ncw + 4) * 4 if spec.split > 1 else 0
+    fin = (
+        spec.tok * (64 * spec.ncw + 4) * 4 if spec.split > 1 or spec.ostage else 0
+    )  # fp32 sums or staged outputs
     return 256 + 1024 + max(spec.stages * rswg_stage_bytes(spec), fin)  # (+ the ring's alignment)

@@ -127,7 +127,30 @@ X_ZERO_FILL = r"""
 """
 
 CONSUMER_STORE = r"""
-#if SPLIT == 1
+#if SPLIT == 1 && OSTAGE  // through shared memory (fp32, as the split-K sums): the tile's rows by 16-byte stores
+    {
+      // fp32 from the accumulators after the barrier: ptxas moved fp16 conversions of them above the wgmma wait
+      float* tile = (float*)ringp;  // [TOK][FSTRIDE]: every stage is consumed once all consumers pass the barrier
+      asm volatile("bar.sync 1, %0;" :: "r"(128 * NCW) : "memory");
+#pragma unroll
+      for (int j = 0; j < MTT; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          tile[(8 * j + 2 * t + (c & 1)) * FSTRIDE + cw * 64 + ((c >> 1) ? c1 : c0)] = acc[4 * j + c];
+      asm volatile("bar.sync 1, %0;" :: "r"(128 * NCW) : "memory");
+      u16* obase = out + (u64)m0 * stride_om + strip0 * 64;
+      for (int i = cw * 128 + ctid; i < mc * NCW * 8; i += 128 * NCW) {  // row i / (8·NCW), 8 outputs a thread
+        const int r = i / (NCW * 8), q = i - r * (NCW * 8);
+        const f32x4 lo = *(const f32x4*)(tile + r * FSTRIDE + q * 8), hi = *(const f32x4*)(tile + r * FSTRIDE + q * 8 + 4);
+        u32x4 h;
+        h.x = (u32)f2h(lo.x) | ((u32)f2h(lo.y) << 16);
+        h.y = (u32)f2h(lo.z) | ((u32)f2h(lo.w) << 16);
+        h.z = (u32)f2h(hi.x) | ((u32)f2h(hi.y) << 16);
+        h.w = (u32)f2h(hi.z) | ((u32)f2h(hi.w) << 16);
+        *(u32x4*)(obase + (u64)r * stride_om + q * 8) = h;
+      }
+    }
+#elif SPLIT == 1
     u16* orow = out + (u64)m0 * stride_om + (strip0 + cw) * 64;
 #pragma unroll
     for (int j = 0; j < MTT; ++j)

@@ -15,9 +15,9 @@ rows of 64 columns, 4 (8) KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 ac
   hit 32 banks), their scales and zero words; `cp.async.mbarrier.arrive.noinc` arrives on `full`.
 - Consumer warp w: A rows 16w + g and 16w + 8 + g are the strip's columns 16w + g and 16w + 8 + g;
   a lane takes its 8 (8-bit: 16, 4 at a time) words of a block from shared memory and for each 16-row
-  step dequantizes its 4 A registers (lop3 / prmt magic numbers, scale folded, `SCALED_DEQUANT`) into one of two register sets,
-  so step s + 1 is dequantized while step s's wgmma runs (`wgmma.wait_group 1`). B = x^T through a
-  descriptor (K-major: SW128, 1024-byte 8-row groups, or no swizzle, LBO TOK·16, SBO 128). A stage
+  step dequantizes its 4 A registers (lop3 / prmt magic numbers, scale folded, `SCALED_DEQUANT`) into one of
+  INFL register sets, so step s + 1 is dequantized while steps s - INFL + 2 .. s run (`wgmma.wait_group INFL - 1`).
+  B = x^T through a descriptor (K-major: SW128, 1024-byte 8-row groups, or no swizzle, LBO TOK·16, SBO 128). A stage
   is released (`empty`) once its last wgmma is complete.
 - Epilogue (`gptq_cuda_wgmma_ws_parts.py`): stores from registers, or the cluster's split-K sum
   through distributed shared memory in rank order, or stream-K's ticket sum of a split tile.
@@ -45,6 +45,7 @@ _SOURCE = r"""
 #define QG (R / 8)  // groups of 8 word rows a lane reads a block (2 or 4)
 #define ZW (BITS * 2)  // zero words of a strip (64 columns)
 #define PDL %(pdl)d
+#define OSTAGE %(ostage)d  // SPLIT = 1: the outputs staged in shared memory (fp32), stored by rows (16-byte stores)
 #define MC %(mc)d  // x multicast: the two CTAs of a cluster (column tiles 2j, 2j + 1) each load half of x's block into both
 #define SRED %(sred)d  // split-K: each CTA of the cluster sums its band of RS rows, sent to it by st.async
 #define RS ((TOK / 8 + SPLIT - 1) / SPLIT * 8)
@@ -55,6 +56,7 @@ _SOURCE = r"""
 #define SPLIT %(split)d
 #define ZERO_V1 %(zero_v1)d
 #define STAGES %(stages)d
+#define INFL %(infl)d  // a consumer's 16-row steps in flight (wgmma groups; its A register sets): 2, 4 or 8
 #define NCW %(ncw)d
 #define STAGE_BYTES %(stage_bytes)d
 #define XBYTES (TOK * 256)
@@ -62,7 +64,8 @@ _SOURCE = r"""
 #define VRED %(vred)d
 #define SK %(sk)d
 #define TMA %(tma)d  // x's blocks by the copy engine (a tensor map, 128-byte swizzle), else cp.async
-#define PROBE %(probe)d  // benchmarks only, wrong results: 1 no dequant, 2 no x loads, 3 no wgmma, 4 no word loads
+#define PROBE %(probe)d  // benchmarks only, wrong results: 1 no dequant, 2 no x loads, 3 no wgmma, 4 no word loads,
+                        // 5 no blocks (launch, prologue, epilogue), 6 no blocks and no epilogue
 #define FSTRIDE (NCW * 64 + 4)  // split-K sums: a row's floats (padded: the fragment stores hit distinct banks)
 %(helpers)s%(scaled_dequant)s%(device)sextern "C" __global__ void
 #if SPLIT > 1
@@ -83,10 +86,10 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #if SK  // stream-K: CTA g takes units [g·U/G, (g+1)·U/G) of the U = tiles · blocks (tile, block) pairs
   const int G = gridDim.x, gc = blockIdx.x;
   const int U = tiles_m * (N / (64 * NCW)) * blocks;  // (< 2^31: the host checks)
-  const int u0 = (int)((long long)gc * U / G), u1 = (int)((long long)(gc + 1) * U / G);
+  const int u0 = (int)((long long)gc * U / G), u1 = PROBE >= 5 ? u0 : (int)((long long)(gc + 1) * U / G);
 #else
   const int m0 = blockIdx.x * TOK, strip0 = blockIdx.y * NCW, ks = blockIdx.z;
-  const int kb0 = ks * blocks / SPLIT, bps = (ks + 1) * blocks / SPLIT - kb0;  // this CTA's blocks (need not divide)
+  const int kb0 = ks * blocks / SPLIT, bps = PROBE >= 5 ? 0 : (ks + 1) * blocks / SPLIT - kb0;  // (need not divide)
   const int mc = M - m0 < TOK ? M - m0 : TOK;  // rows of x this CTA takes
 #endif
 %(zero_fill)s  fence_proxy_async();  // those zeros (generic stores) are read by wgmma (the async proxy)
@@ -185,7 +188,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       if (++s == STAGES) s = 0, ph ^= 1u;
     }
     cp_wait<0>();
-#if SPLIT > 1 && SRED
+#if SPLIT > 1 && SRED && PROBE < 6
     cluster_sync();  // the consumers' two (CONSUMER_STORE)
     cluster_sync();
 #endif
@@ -204,7 +207,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #endif
     // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
     const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
-    u32 a[2][4];
+    u32 a[INFL][4];
     int s = 0, pend = -1;  // pend: the stage whose wgmmas are the last in flight, to release once done
     u32 ph = 0;
 #if SK
@@ -215,7 +218,9 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     for (int u = 0; u < bps; ++u) {
 #endif
       mbar_wait(bars + 8 * s, ph);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> wgmma reads
+#if !TMA  // x by cp.async (the generic proxy) read by wgmma (the async proxy); the copy engine's x needs no fence
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
       const unsigned char* st = ringp + s * STAGE_BYTES;
       const unsigned char* wt = st + XBYTES + cw * WBYTES;
       u32 wv[QG][2][2];  // [qq][row t + 8qq, t + 4 + 8qq][c0, c1]
@@ -245,10 +250,10 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #pragma unroll
       for (int i = 0; i < 8; ++i) {  // the 16-row step kt: pair jj of word rows t + 8qq (+4)
 #if BITS == 8  // a word's two steps back to back (kt = qq, qq + 4): 4 words a lane live, loaded when first used
-        const int qq = i >> 1, jj = i & 1, kt = qq + 4 * jj, b = i & 1;
+        const int qq = i >> 1, jj = i & 1, kt = qq + 4 * jj, b = i %% INFL;
         if (jj == 0) LOADW(qq)
 #else
-        const int kt = i, qq = kt & 1, jj = kt >> 1, b = kt & 1;
+        const int kt = i, qq = kt & 1, jj = kt >> 1, b = i %% INFL;
 #endif
 #if TMA
         const u64 desc = dconst | (u64)(((xb + (kt >> 2) * (TOK * 128) + (kt & 3) * 32) & 0x3FFFFu) >> 4);
@@ -272,8 +277,8 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #endif
         wg_commit();
         keep(acc);
-        wg_wait<1>();
-        if (i == 0 && pend >= 0) {  // the last block's wgmmas are done: its stage is free (MC: in both CTAs)
+        wg_wait<INFL - 1>();  // step i - INFL + 1 is done: its A registers (set b + 1) may be written
+        if (i == INFL - 2 && pend >= 0) {  // the last block's wgmmas are done: its stage is free (MC: in both CTAs)
 #if MC
           __syncwarp();
           if (lane == 0) {
@@ -287,15 +292,17 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       }
       pend = s;
       if (++s == STAGES) s = 0, ph ^= 1u;
-#if SK
+#if SK && PROBE < 6
 %(sk_epilogue)s#endif
     }
     wg_wait<0>();
     keep(acc);
-#if !SK
+#if !SK && PROBE < 6
 %(store)s#endif
   }
-%(cluster_sum)s#if MC
+#if PROBE < 6
+%(cluster_sum)s#endif
+#if MC
   cluster_sync();  // no CTA leaves while its peer may still arrive on its barriers
 #endif
 }
@@ -320,6 +327,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "split": spec.split,
         "zero_v1": int(spec.zero_v1),
         "stages": spec.stages,
+        "infl": spec.infl,
         "ncw": spec.ncw,
         "minb": spec.minb,
         "stage_bytes": rswg_stage_bytes(spec),
@@ -332,6 +340,7 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "pdl": spec.pdl,
         "sred": int(spec.sred),
         "mc": int(spec.mc),
+        "ostage": int(spec.ostage),
         "sk_epilogue": SK_EPILOGUE,
         "dec": dec,
         "inc": inc,
