@@ -96,8 +96,10 @@ _OSTAGE_MIN_M = 129
 # round (o_proj, down: 64 strips, 128 CTAs) and M ≤ this. The two-strip plan takes split 4 (o_proj) or stream-K (down)
 # there, and a cluster's split-K sum costs about 1.3 µs a CTA of the cluster (the kernel without its blocks: split 1
 # 1.8 µs, 2 3.8, 4 5.1, 8 9.3-11.7). H200, 11th session, µs, one strip / the two-strip plan: o_proj M=32 9.04 / 11.47,
-# M=64 9.29 / 13.70, M=128 11.10 / 15.36; down M=32 22.95 / 25.31, M=64 23.85 / 30.47, M=128 28.72 / 39.05. (qkv, 96
-# strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x; gate_up slower at every M: not there.)
+# M=64 9.29 / 13.70, M=128 11.10 / 15.36; down M=32 22.95 / 25.31, M=64 23.85 / 30.47, M=128 28.72 / 39.05; 8 bits
+# (5 stages fit at 128 rows): o_proj M=32 9.92 / 12.58, M=64 10.77 / 14.78, M=128 12.98 / 16.00; down M=32 24.67 /
+# 28.51, M=64 26.88 / 33.93, M=128 35.20 / 39.06. (qkv, 96 strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x;
+# gate_up slower at every M: not there.)
 _ONE_STRIP_MAX_M, _ONE_STRIP_STAGES = 128, 6
 
 
@@ -128,8 +130,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`; three
     strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
     M = 256 and 512); at split 1 the outputs staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
-    To 128 rows at 4 bits where one-strip CTAs at split 2 fit in one round of the SMs (o_proj, down): those, one an
-    SM, a 6-stage ring (`_ONE_STRIP_MAX_M`).
+    To 128 rows where one-strip CTAs at split 2 fit in one round of the SMs (o_proj, down): those, one an SM, the
+    deepest ring to 6 stages (`_ONE_STRIP_MAX_M`).
     Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
@@ -157,7 +159,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
             return three
         return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
                 "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1 and m >= _OSTAGE_MIN_M)}  # fmt: skip
-    if bits == 4 and m <= _ONE_STRIP_MAX_M and (n // 64) * 2 <= sms and k // 128 >= 2 * _MIN_BLOCKS:
+    if m <= _ONE_STRIP_MAX_M and (n // 64) * 2 <= sms and k // 128 >= 2 * _MIN_BLOCKS:
         return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, 1, bits, _ONE_STRIP_STAGES), "ncw": 1,
                 "minb": 1, "tma": 1, "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
