@@ -105,7 +105,9 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     for m, k in ((32, 4096), (64, 4096), (128, 4096), (64, 14336), (128, 14336)):
         assert rswg(m, 4096, k).items() >= one.items(), (m, k)
     assert rswg(64, 4096, 4096, bits=8).items() >= one.items() and rswg(256, 4096, 4096)["ncw"] == 2
-    assert rswg(128, 4096, 4096, bits=8)["stages"] == 5 and rswg(64, 4096, 640)["ncw"] == 2  # 5 blocks: no split
+    assert (
+        rswg(128, 4096, 4096, bits=8)["stages"] == 5 and rswg(64, 4096, 640)["ncw"] == 2
+    )  # 5 blocks: no split
     assert rswg(128, 6144, 4096)["ncw"] == 2 and rswg(64, 28672, 4096)["ncw"] == 2  # 192 / 896 one-strip CTAs
     assert rswg(256, 4096, 14336)["split_k"] == 2 and rswg(160, 4096, 14336)["ncw"] == 2  # past 128 rows
     assert rswg(512, 4096, 14336)["sk"] == 0  # 64 tiles
