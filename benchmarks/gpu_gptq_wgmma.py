@@ -145,11 +145,10 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4, bf16: bool = False) -> No
     for m in ms:
         for _, k_in, n_out in GB.SHAPES:
             for _, c in ws_variants(m, k_in, n_out, sms, bits):
-                with contextlib.suppress(
-                    ValueError
-                ):  # a variant the spec refuses fails (reported) in its row
-                    specs.append(rswg_spec(rswg_plan(m, n_out, k_in, sms, bits) | c, bf16=bf16, zero_v1=True,  # type: ignore[operator]
-                                           bits=bits))  # fmt: skip
+                plan = rswg_plan(m, n_out, k_in, sms, bits) | c  # type: ignore[operator]
+                # a variant the spec refuses is not compiled here; its row reports why
+                with contextlib.suppress(ValueError):
+                    specs.append(rswg_spec(plan, bf16=bf16, zero_v1=True, bits=bits))
     errors: list[str] = []
     done = precompile(specs, torch.device("cuda"), threads=min(16, os.cpu_count() or 1), errors=errors)
     log(f"precompiled {done} of {len(set(specs))} warp-specialized kernels in {time.time() - t0:.1f} s")

@@ -127,8 +127,8 @@ def rswg_stage_bytes(spec: RswgSpec) -> int:
 
 
 def rswg_smem_bytes(spec: RswgSpec) -> int:
-    """Dynamic shared memory of one CTA: 256 bytes of barriers (and a flag), then the ring (or, after the loop, split-K sums)."""
-    fin = (
-        spec.tok * (64 * spec.ncw + 4) * 4 if spec.split > 1 or spec.ostage else 0
-    )  # fp32 sums or staged outputs
+    """Dynamic shared memory of one CTA: 256 bytes of barriers (and a flag), then the ring (or, after the loop, split-K
+    sums or staged outputs)."""
+    staged = spec.split > 1 or spec.ostage  # the split-K sums, or the staged outputs, in fp32
+    fin = spec.tok * (64 * spec.ncw + 4) * 4 if staged else 0
     return 256 + 1024 + max(spec.stages * rswg_stage_bytes(spec), fin)  # (+ the ring's alignment)

@@ -19,8 +19,8 @@ rows of 64 columns, 4 (8) KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 ac
   INFL register sets, so step s + 1 is dequantized while steps s - INFL + 2 .. s run (`wgmma.wait_group INFL - 1`).
   B = x^T through a descriptor (K-major: SW128, 1024-byte 8-row groups, or no swizzle, LBO TOK·16, SBO 128). A stage
   is released (`empty`) once its last wgmma is complete.
-- Epilogue (`gptq_cuda_wgmma_ws_parts.py`): stores from registers, or the cluster's split-K sum
-  through distributed shared memory in rank order, or stream-K's ticket sum of a split tile.
+- Epilogue (`gptq_cuda_wgmma_ws_parts.py`): stores from registers or (OSTAGE) staged through the ring, or the
+  cluster's split-K sum through distributed shared memory in rank order, or stream-K's ticket sum of a split tile.
 """
 
 from __future__ import annotations
