@@ -374,7 +374,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
       out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
     }
   }
-  cluster_sync();
+  cluster_exit();
 #else
   for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i %% CW] = fin[i];
   __shared__ int last;

@@ -58,6 +58,11 @@ __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {  // one 
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+// a cluster's last barrier: no CTA leaves while a peer may still load from its shared memory. Execution only (a peer's
+// loads have returned before it gets here: its stores use them); a release would wait for this thread's global stores
+__device__ __forceinline__ void cluster_exit() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
+}
 // the sum, in rank order, of the float at shared address `local` in each of the cluster's first `n` CTAs
 __device__ __forceinline__ float cluster_sum(u32 local, int n) {
   float s = 0.f;
@@ -316,7 +321,7 @@ EPILOGUE = r"""
       out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
     }
   }
-  cluster_sync();
+  cluster_exit();
 #elif SPLIT > 1
   __shared__ int last;
   __threadfence();

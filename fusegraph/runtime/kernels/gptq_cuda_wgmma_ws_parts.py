@@ -238,7 +238,7 @@ CLUSTER_SUM = r"""
     }
 #endif
   }
-  cluster_sync();
+  cluster_exit();
 #endif
 """
 
