@@ -58,7 +58,9 @@ def test_kernel_source__carries_the_spec_as_defines() -> None:
         assert line in src
     assert "%(" not in src and 'extern "C" __global__ void' in src and "#include" not in src
     # the cluster's sum: a release barrier before the remote loads, an execution-only one after the stores
-    assert src.index("cluster_sync();\n  {") < src.index("cluster_sum(smem_u32") < src.index("cluster_exit();")
+    assert (
+        src.index("cluster_sync();\n  {") < src.index("cluster_sum(smem_u32") < src.index("cluster_exit();")
+    )
     assert "barrier.cluster.arrive.relaxed.aligned" in src
     # the 4 warps' partial sums + 16 rows of x (2 blocks, padded) + the CTA's sums
     assert smem_bytes(spec, 16, 2) == 4 * 16 * 64 * 4 + 16 * (2 * 64 + 4) * 4 + 16 * 64 * 4
@@ -233,7 +235,9 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
                  "#define CLUSTER 1", "#define HAS_PERM 0", "#define MIN_BLOCKS 2"):  # fmt: skip
         assert line in src
     assert "%(" not in src and "fg_gptq_mid_m" in src and "#include" not in src
-    assert src.index("cluster_sync();\n  {") < src.index("cluster_sum(smem_u32") < src.index("cluster_exit();")
+    assert (
+        src.index("cluster_sync();\n  {") < src.index("cluster_sum(smem_u32") < src.index("cluster_exit();")
+    )
     # two staged blocks of x (64 rows, 68 words) or the [64][256] fp32 sums, whichever is larger
     assert mid_smem_bytes(spec, 64) == max(2 * 64 * 68 * 4, 64 * 256 * 4) == 65536
     assert mid_smem_bytes(MidSpec(4, False, 3, 1, 1, False, False, True), 17) == 2 * 24 * 68 * 4

@@ -244,7 +244,11 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
     )
     assert "setmaxnreg.dec.sync.aligned.u32 40" in src and "#define STAGES 3" in src
     # the cluster's split-K sum: a release barrier before the remote loads, an execution-only one after the stores
-    assert src.index("  cluster_sync();\n  {") < src.index("ld.shared::cluster.v4.f32") < src.index("  cluster_exit();")
+    assert (
+        src.index("  cluster_sync();\n  {")
+        < src.index("ld.shared::cluster.v4.f32")
+        < src.index("  cluster_exit();")
+    )
     stage = (200 * 256 + 2 * (4096 + 256) + 1023) // 1024 * 1024  # 1024-byte aligned stages
     assert rswg_smem_bytes(spec) == 256 + 1024 + 3 * stage  # the ring holds the split-K sums
 
