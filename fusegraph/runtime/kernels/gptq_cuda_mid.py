@@ -15,14 +15,15 @@ small-M kernel's fragments, loads and dequantization (`gptq_cuda_src.py`) but an
   accumulators are the whole sum (no per-block fp32 partials: at MT = 8 they would not fit).
 - Per 16-row step kt, the B fragments of the MT n-tiles are read from shared memory once and used
   by the 4 column groups i; each A fragment (4 dequantized pairs) feeds MT mmas.
-- Epilogue: the sums go to shared memory ([M][NWARPS·64] fp32), then out (SPLIT = 1), or the
-  SPLIT CTAs sum in a thread-block cluster, or the last (atomic ticket) sums a workspace, in order.
+- Epilogue (`gptq_cuda_mid_parts.py`): the sums go to shared memory ([M][NWARPS·64] fp32), then out (SPLIT = 1),
+  or the SPLIT CTAs sum in a thread-block cluster, or the last (atomic ticket) sums a workspace, in order.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
 
+from fusegraph.runtime.kernels.gptq_cuda_mid_parts import MID_EPILOGUE
 from fusegraph.runtime.kernels.gptq_cuda_mid_spec import XS, MidSpec, mid_smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 from fusegraph.runtime.kernels.gptq_cuda_rings import RING_HELPERS
@@ -350,54 +351,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #endif
   }
 
-  cp_wait<0>();      // CPA: the groups after the last block's are empty
-  __syncthreads();  // every warp is done with the x buffers: they become fin
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int m = 8 * mt + 2 * t + (c & 1);
-        if (m < M) fin[m * CW + warp * 64 + (c >> 1) * 32 + 4 * g + i] = acc[i][mt][c];
-      }
-  __syncthreads();
-  const int total = M * CW, col0 = cta * CW;
-#if SPLIT == 1
-  for (int i = tid; i < total; i += NWARPS * 32) out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(fin[i]);
-#elif CLUSTER
-  cluster_sync();
-  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
-    const int share = (total + SPLIT - 1) / SPLIT;
-    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
-    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
-      out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
-    }
-  }
-  cluster_exit();
-#else
-  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i %% CW] = fin[i];
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(cnt + cta, 1) == SPLIT - 1;
-  __syncthreads();
-  if (last) {
-    __threadfence();
-    for (int i = tid; i < total; i += NWARPS * 32) {
-      float s = 0.f;
-      for (int r = 0; r < SPLIT; ++r) {
-        float v;
-        const float* p = ws + ((u64)r * M + i / CW) * N + col0 + i %% CW;
-        asm volatile("ld.global.cg.f32 %%0, [%%1];" : "=f"(v) : "l"(p));
-        s += v;
-      }
-      out[(u64)(i / CW) * stride_om + col0 + i %% CW] = f2h(s);
-    }
-    if (tid == 0) cnt[cta] = 0;  // ready for the next launch
-  }
-#endif
-}
+%(epilogue)s}
 """
 
 
@@ -412,5 +366,11 @@ def mid_kernel_source(spec: MidSpec) -> str:
     values = {f.name: int(getattr(spec, f.name)) for f in fields(spec)}  # every field is an int or a bool
     return _SOURCE % (
         values
-        | {"xs": XS, "helpers": HELPERS, "ring_helpers": RING_HELPERS, "scaled_dequant": SCALED_DEQUANT}
+        | {
+            "xs": XS,
+            "helpers": HELPERS,
+            "ring_helpers": RING_HELPERS,
+            "scaled_dequant": SCALED_DEQUANT,
+            "epilogue": MID_EPILOGUE,
+        }
     )

@@ -1,0 +1,61 @@
+"""The mid-M GPTQ kernel's epilogue as CUDA C++ text (`gptq_cuda_mid.py` puts it at the end of `fg_gptq_mid_m`).
+
+`MID_EPILOGUE`: each warp's fp32 sums into shared memory (`fin`, [M][NWARPS·64], the x buffers once every warp is
+done with them), then the outputs: stored (SPLIT = 1); or summed over the SPLIT CTAs of a thread-block cluster,
+each CTA its share in rank order through distributed shared memory (a release barrier before, an execution-only
+one after); or written to the workspace, and the last CTA of the tile (an atomic ticket) sums the SPLIT slices in
+order and resets its ticket. It reads the kernel's macros and locals.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MID_EPILOGUE"]
+
+MID_EPILOGUE = r"""  cp_wait<0>();      // CPA: the groups after the last block's are empty
+  __syncthreads();  // every warp is done with the x buffers: they become fin
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int m = 8 * mt + 2 * t + (c & 1);
+        if (m < M) fin[m * CW + warp * 64 + (c >> 1) * 32 + 4 * g + i] = acc[i][mt][c];
+      }
+  __syncthreads();
+  const int total = M * CW, col0 = cta * CW;
+#if SPLIT == 1
+  for (int i = tid; i < total; i += NWARPS * 32) out[(u64)(i / CW) * stride_om + col0 + i % CW] = f2h(fin[i]);
+#elif CLUSTER
+  cluster_sync();
+  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
+    const int share = (total + SPLIT - 1) / SPLIT;
+    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
+    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
+      out[(u64)(i / CW) * stride_om + col0 + i % CW] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
+    }
+  }
+  cluster_exit();
+#else
+  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i % CW] = fin[i];
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(cnt + cta, 1) == SPLIT - 1;
+  __syncthreads();
+  if (last) {
+    __threadfence();
+    for (int i = tid; i < total; i += NWARPS * 32) {
+      float s = 0.f;
+      for (int r = 0; r < SPLIT; ++r) {
+        float v;
+        const float* p = ws + ((u64)r * M + i / CW) * N + col0 + i % CW;
+        asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+        s += v;
+      }
+      out[(u64)(i / CW) * stride_om + col0 + i % CW] = f2h(s);
+    }
+    if (tid == 0) cnt[cta] = 0;  // ready for the next launch
+  }
+#endif
+"""
