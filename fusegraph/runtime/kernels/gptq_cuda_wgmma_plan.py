@@ -94,8 +94,8 @@ _NCW3_FILL_GAIN = 1.1
 _OSTAGE_MIN_M = 129
 # One 64-column strip a CTA at split 2 (a cluster of 2), one CTA an SM with a 6-stage ring, where those CTAs fit in one
 # round (o_proj, down: 64 strips, 128 CTAs) and M ≤ this. The two-strip plan takes split 4 (o_proj) or stream-K (down)
-# there, and a cluster's split-K sum costs about 1.3 µs a CTA of the cluster (the kernel without its blocks: split 1
-# 1.8 µs, 2 3.8, 4 5.1, 8 9.3-11.7). H200, 11th session, µs, one strip / the two-strip plan: o_proj M=32 9.04 / 11.47,
+# there, and a cluster's split-K sum costs about 1-1.5 µs a CTA of the cluster (the kernel without its blocks: split 1
+# 2.3 µs, staged 1.8, 2 3.8, 4 5.1, 8 9.3-11.7). H200, 11th session, µs, one strip / the two-strip plan: o_proj M=32 9.04 / 11.47,
 # M=64 9.29 / 13.70, M=128 11.10 / 15.36; down M=32 22.95 / 25.31, M=64 23.85 / 30.47, M=128 28.72 / 39.05; 8 bits
 # (5 stages fit at 128 rows): o_proj M=32 9.92 / 12.58, M=64 10.77 / 14.78, M=128 12.98 / 16.00; down M=32 24.67 /
 # 28.51, M=64 26.88 / 33.93, M=128 35.20 / 39.06. (qkv, 96 strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x;
