@@ -9,11 +9,11 @@ sum a float a load ("novred") or by row bands sent by st.async ("sred"), x multi
 at M ≥ 256), two CTAs an SM at 64 rows ("t64m2", split 1 and 2) and at 128 rows of one strip ("t128n1m2"), one strip a
 CTA ("n1", split 1 and 2); with WGMMA_PROBES=1 its ablations
 ("p1".."p6": no dequantization, no x loads, no wgmma, no word loads, no blocks, no blocks and no epilogue; timed unchecked) and x by
-cp.async; 4 and 8 steps' wgmmas in flight ("i4", "i8"; the plan keeps 2); at split 1 the outputs staged in shared memory ("os"). Device time from CUDA-graph replays with every
+cp.async; at split 1 the outputs staged in shared memory ("os"). Device time from CUDA-graph replays with every
 operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each variant is checked
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent; WGMMA_ONLY (a regex) keeps the plan and the variants whose names match;
-WGMMA_EXTRA ("name:{json config};...") adds variants of the plan.
+WGMMA_EXTRA ("name:{json config};...") adds variants of the plan (4 wgmma steps in flight: 'i4:{"infl":4}').
 """
 
 # ruff: noqa: B023, E731, N812
@@ -112,7 +112,6 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
         out += [(f"ws/c3/t{t3}/s{d}", {"ncw": 3, "tok": t3, "minb": 1, "split_k": d, "sk": 0, "vred": int(d > 1),
                                         "stages": ring_stages(t3, d, 3, 1, bits)})
                 for d in (1, 2, 4) if d <= blocks]  # fmt: skip
-    out += [(f"ws/{tag}/i{d}", {"infl": d}) for d in (4, 8)]  # 4 or 8 steps' wgmmas in flight (the plan: 2)
     if s == 1 and not plan["sk"]:  # the outputs through shared memory, by 16-byte stores
         out.append((f"ws/{tag}/os", {"ostage": 1}))
     if PROBES and (
