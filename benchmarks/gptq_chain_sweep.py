@@ -11,6 +11,8 @@ step. Every variant is checked against `x.float() @ W` first. The plans were las
 session); a kernel that keeps one CTA an SM leaves no room for the next kernel's CTAs to start early.
 
 `--cpa`: the plain and 8-bit cells take `cpa_candidates` instead (the cp.async rings of both kernels).
+SWEEP_EXTRA ("name:{json config};...") adds variants to every plain and 8-bit cell; SWEEP_ONLY (a regex) keeps the
+default, "default again" and the variants whose names match it.
 
 All the variants' kernels are compiled first by NVRTC in parallel threads (`gptq_cuda_probe_kit.compile_all`).
 Every line goes to stdout and $OUT/gptq_chain_sweep.txt.
@@ -19,6 +21,9 @@ Every line goes to stdout and $OUT/gptq_chain_sweep.txt.
 # ruff: noqa: B023, E731, N812
 from __future__ import annotations
 
+import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -117,6 +122,16 @@ def cpa_candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | N
     return out
 
 
+def with_extra(variants: list[tuple[str, dict[str, Any] | None]]) -> list[tuple[str, dict[str, Any] | None]]:
+    """`variants` with SWEEP_EXTRA's named configs added, then filtered by SWEEP_ONLY (the default always kept)."""
+    for item in filter(None, os.environ.get("SWEEP_EXTRA", "").split(";")):
+        name, _, cfg = item.partition(":")
+        variants = [*variants, (name, json.loads(cfg))]
+    if only := os.environ.get("SWEEP_ONLY"):
+        variants = [(n, c) for n, c in variants if n == "default" or re.search(only, n)]
+    return variants
+
+
 def act_candidates(
     plain: list[tuple[float, str, dict[str, Any] | None]], plain_plan: dict[str, Any] | None
 ) -> list[tuple[str, dict[str, Any] | None]]:
@@ -205,12 +220,12 @@ def sweep(bw: float) -> None:
         b = GB.Bench(k_in, n_out, tuple(kinds))
         for m in ms:
             pick = cpa_candidates if "--cpa" in sys.argv else candidates
-            plain = cell(b, label, "plain", m, pick(m, n_out, k_in), bw)
+            plain = cell(b, label, "plain", m, with_extra(pick(m, n_out, k_in)), bw)
             if "act" in kinds and time.time() - T0 < BUDGET_S:
                 plain_plan = cuda_plan(m, n_out, k_in, 4, SMS, cap=(9, 0))
                 cell(b, label, "act", m, act_candidates(plain, plain_plan), bw)
             if "int8" in kinds and m in ms8 and time.time() - T0 < BUDGET_S:
-                cell(b, label, "int8", m, pick(m, n_out, k_in), bw)
+                cell(b, label, "int8", m, with_extra(pick(m, n_out, k_in)), bw)
         del b
         torch.cuda.empty_cache()
 
