@@ -90,15 +90,19 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     # 192 tiles: 3 rounds of 16 blocks beat 2 of 32; they fill 97% of the rounds, as three strips would
     assert rswg(1024, 6144, 4096)["split_k"] == 2 and rswg(1024, 6144, 4096)["ncw"] == 2
     assert rswg(128, 6144, 4096)["ncw"] == 2  # 128 rows: the two-strip plan
-    assert rswg(64, 6144, 4096) | {"stages": 0} == plan | {
+    # qkv at 41..64 rows: one strip a CTA at split 2, 192 CTAs, two an SM, 4 stages
+    two = {"split_k": 2, "tok": 64, "ncw": 1, "minb": 2, "stages": 4, "sk": 0, "vred": 1, "ostage": 0}
+    assert rswg(64, 6144, 4096).items() >= two.items() and rswg(41, 6144, 4096)["ncw"] == 1
+    assert rswg(40, 6144, 4096)["ncw"] == 2 and rswg(65, 6144, 4096)["ncw"] == 2  # outside the range
+    assert rswg(64, 6144, 4096, bits=8)["ncw"] == 1 and rswg(64, 28672, 4096)["ncw"] == 2  # 896 CTAs: not
+    assert rswg(32, 6144, 4096) | {"stages": 0} == plan | {
         "split_k": 4,
-        "tok": 64,
+        "tok": 32,
         "stages": 0,
         "minb": 2,
         "vred": 1,
         "ostage": 0,
-    }
-    assert rswg(32, 6144, 4096)["split_k"] == 4  # qkv: 192 CTAs, two an SM
+    }  # qkv at 32 rows: the two-strip plan, 192 CTAs, two an SM
     assert rswg(128, 28672, 4096)["ostage"] == 0  # staged outputs only past 128 rows
     # o_proj and down to 128 rows: one strip a CTA at split 2, 128 CTAs, one an SM, 6 stages (8 bits at 128 rows: 5)
     one = {"split_k": 2, "ncw": 1, "minb": 1, "stages": 6, "sk": 0, "vred": 1}

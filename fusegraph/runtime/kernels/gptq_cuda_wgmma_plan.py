@@ -101,6 +101,12 @@ _OSTAGE_MIN_M = 129
 # 28.51, M=64 26.88 / 33.93, M=128 35.20 / 39.06. (qkv, 96 strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x;
 # gate_up slower at every M: not there.)
 _ONE_STRIP_MAX_M, _ONE_STRIP_STAGES = 128, 6
+# The same at two CTAs an SM (4 stages) where those CTAs fit in one round of two an SM and M is in this range (tok 48..64):
+# qkv (96 strips, 192 CTAs; the two-strip plan takes split 4). H200, 12th session, µs, the default dispatch (chained) with
+# the old plan / this one: 4 bits M=48 12.79 / 11.68, M=64 13.84 / 11.73; forced, unchained, the old plan / this one:
+# 4 bits M=48 12.92 / 12.72, M=56 13.31 / 13.39, M=64 14.00 / 12.99; 8 bits M=48 18.35 / 14.39, M=56 18.83 / 15.10,
+# M=64 19.23 / 14.40. Not at M=32 (11.95 / 11.97), 80 (13.57 / 13.16 at split 2) or 96 (18.73 / 14.60).
+_ONE_STRIP_M2 = (41, 64)
 
 
 def _fill(ctas: int, sms: int) -> float:
@@ -131,7 +137,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
     M = 256 and 512); at split 1 the outputs staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
     To 128 rows where one-strip CTAs at split 2 fit in one round of the SMs (o_proj, down): those, one an SM, the
-    deepest ring to 6 stages (`_ONE_STRIP_MAX_M`).
+    deepest ring to 6 stages (`_ONE_STRIP_MAX_M`); at 41..64 rows where they fit in one round of two an SM (qkv): those,
+    two an SM, 4 stages (`_ONE_STRIP_M2`).
     Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
@@ -145,6 +152,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
         {'split_k': 1, 'tok': 256, 'stages': 3, 'ncw': 2, 'minb': 1, 'tma': 1, 'sk': 0, 'vred': 0, 'pdl': 0, 'ostage': 1}
         >>> rswg_plan(64, 4096, 4096, 132)["ncw"], rswg_plan(64, 4096, 4096, 132)["split_k"]  # o_proj: 128 CTAs
         (1, 2)
+        >>> rswg_plan(64, 6144, 4096, 132)["minb"], rswg_plan(64, 6144, 4096, 132)["ncw"]  # qkv: 192 CTAs, 2 an SM
+        (2, 1)
         >>> rswg_plan(256, 6144, 4096, 132)["ncw"]  # qkv: 3 strips a CTA, 128 CTAs
         3
     """
@@ -162,6 +171,9 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     if m <= _ONE_STRIP_MAX_M and (n // 64) * 2 <= sms and k // 128 >= 2 * _MIN_BLOCKS:
         return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, 1, bits, _ONE_STRIP_STAGES), "ncw": 1,
                 "minb": 1, "tma": 1, "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
+    if _ONE_STRIP_M2[0] <= m <= _ONE_STRIP_M2[1] and (n // 64) * 2 <= 2 * sms and k // 128 >= 2 * _MIN_BLOCKS:
+        return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, 2, bits), "ncw": 1, "minb": 2, "tma": 1,
+                "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
