@@ -4,14 +4,18 @@
 done with them), then the outputs: stored (SPLIT = 1); or summed over the SPLIT CTAs of a thread-block cluster,
 each CTA its share in rank order through distributed shared memory (a release barrier before, an execution-only
 one after); or written to the workspace, and the last CTA of the tile (an atomic ticket) sums the SPLIT slices in
-order and resets its ticket. It reads the kernel's macros and locals.
+order and resets its ticket (those two sums: `gptq_cuda_split_sum.py`, shared with the small-M kernel). It reads the kernel's macros and locals.
 """
 
 from __future__ import annotations
 
+from fusegraph.runtime.kernels.gptq_cuda_split_sum import split_sum
+
 __all__ = ["MID_EPILOGUE"]
 
-MID_EPILOGUE = r"""  cp_wait<0>();      // CPA: the groups after the last block's are empty
+_CLUSTER_SUM, _TICKET_SUM = split_sum("(i / CW)", "col0 + i % CW", "cta")
+MID_EPILOGUE = (
+    r"""  cp_wait<0>();      // CPA: the groups after the last block's are empty
   __syncthreads();  // every warp is done with the x buffers: they become fin
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -27,35 +31,9 @@ MID_EPILOGUE = r"""  cp_wait<0>();      // CPA: the groups after the last block'
 #if SPLIT == 1
   for (int i = tid; i < total; i += NWARPS * 32) out[(u64)(i / CW) * stride_om + col0 + i % CW] = f2h(fin[i]);
 #elif CLUSTER
-  cluster_sync();
-  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
-    const int share = (total + SPLIT - 1) / SPLIT;
-    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
-    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
-      out[(u64)(i / CW) * stride_om + col0 + i % CW] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
-    }
-  }
-  cluster_exit();
-#else
-  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i % CW] = fin[i];
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(cnt + cta, 1) == SPLIT - 1;
-  __syncthreads();
-  if (last) {
-    __threadfence();
-    for (int i = tid; i < total; i += NWARPS * 32) {
-      float s = 0.f;
-      for (int r = 0; r < SPLIT; ++r) {
-        float v;
-        const float* p = ws + ((u64)r * M + i / CW) * N + col0 + i % CW;
-        asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-        s += v;
-      }
-      out[(u64)(i / CW) * stride_om + col0 + i % CW] = f2h(s);
-    }
-    if (tid == 0) cnt[cta] = 0;  // ready for the next launch
-  }
-#endif
 """
+    + _CLUSTER_SUM
+    + "#else\n  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i % CW] = fin[i];\n"
+    + _TICKET_SUM
+    + "#endif\n"
+)

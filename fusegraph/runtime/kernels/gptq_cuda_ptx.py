@@ -5,12 +5,14 @@ conversions, `mma.sync.m16n8k16`, and the magic-number dequantization of one wor
 They read the macros BITS, BF16 (and P, NJ derived here) that the kernel text defines first.
 `SCALED_DEQUANT` (`dq<J>`: a word's pair J as (q - z)·s) is shared by the mid-M and wgmma kernels.
 `EPILOGUE` is the end of the kernel: the CTA's warps summed in shared memory (`red`), then the
-split-K reduction (a cluster through distributed shared memory, or the last CTA by atomic ticket)
-and the output store. The weight rings of both small-M kernels (bulk-copy and cp.async) are in
+split-K reduction (a cluster through distributed shared memory, or the last CTA by atomic ticket:
+`gptq_cuda_split_sum.py`, shared with the mid-M kernel) and the output store. The weight rings of both small-M kernels (bulk-copy and cp.async) are in
 `gptq_cuda_rings.py`.
 """
 
 from __future__ import annotations
+
+from fusegraph.runtime.kernels.gptq_cuda_split_sum import split_sum
 
 __all__ = ["EPILOGUE", "FOLD_SUMS", "HELPERS", "SCALED_DEQUANT"]
 
@@ -298,7 +300,9 @@ FOLD_SUMS = r"""
 """
 
 # The kernel's end: `red` holds each warp's sums [NWARPS][M][64]; reads the kernel's locals.
-EPILOGUE = r"""
+_CLUSTER_SUM, _TICKET_SUM = split_sum("(i >> 6)", "strip * 64 + (i & 63)", "strip")
+EPILOGUE = (
+    r"""
   const int total = M * 64;
   for (int i = tid; i < total; i += NWARPS * 32) {
     float s = 0.f;
@@ -313,35 +317,9 @@ EPILOGUE = r"""
 #endif
   }
 #if SPLIT > 1 && CLUSTER
-  cluster_sync();
-  {  // CTA `ks` of the cluster sums its share of the outputs over the cluster's CTAs, in rank order
-    const int share = (total + SPLIT - 1) / SPLIT;
-    const int lo = ks * share, hi = lo + share < total ? lo + share : total;
-    for (int i = lo + tid; i < hi; i += NWARPS * 32) {
-      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(cluster_sum(smem_u32(fin + i), SPLIT));
-    }
-  }
-  cluster_exit();
-#elif SPLIT > 1
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(cnt + strip, 1) == SPLIT - 1;
-  __syncthreads();
-  if (last) {
-    __threadfence();
-    for (int i = tid; i < total; i += NWARPS * 32) {
-      float s = 0.f;
-      for (int r = 0; r < SPLIT; ++r) {
-        float v;
-        const float* p = ws + ((u64)r * M + (i >> 6)) * N + strip * 64 + (i & 63);
-        asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-        s += v;
-      }
-      out[(u64)(i >> 6) * stride_om + strip * 64 + (i & 63)] = f2h(s);
-    }
-    if (tid == 0) cnt[strip] = 0;  // ready for the next launch
-  }
-#endif
-}
 """
+    + _CLUSTER_SUM
+    + "#elif SPLIT > 1\n"
+    + _TICKET_SUM
+    + "#endif\n}\n"
+)
