@@ -4,7 +4,8 @@
 done with them), then the outputs: stored (SPLIT = 1); or summed over the SPLIT CTAs of a thread-block cluster,
 each CTA its share in rank order through distributed shared memory (a release barrier before, an execution-only
 one after); or written to the workspace, and the last CTA of the tile (an atomic ticket) sums the SPLIT slices in
-order and resets its ticket (those two sums: `gptq_cuda_split_sum.py`, shared with the small-M kernel). It reads the kernel's macros and locals.
+order and resets its ticket (those two sums: `gptq_cuda_split_sum.py`, shared with the small-M kernel). It reads
+the kernel's macros and locals.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ MID_EPILOGUE = (
 #elif CLUSTER
 """
     + _CLUSTER_SUM
-    + "#else\n  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i % CW] = fin[i];\n"
+    + "#else\n"
+    + "  for (int i = tid; i < total; i += NWARPS * 32) ws[((u64)ks * M + i / CW) * N + col0 + i % CW] = fin[i];\n"
     + _TICKET_SUM
     + "#endif\n"
 )

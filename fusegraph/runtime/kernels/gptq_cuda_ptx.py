@@ -6,8 +6,8 @@ They read the macros BITS, BF16 (and P, NJ derived here) that the kernel text de
 `SCALED_DEQUANT` (`dq<J>`: a word's pair J as (q - z)·s) is shared by the mid-M and wgmma kernels.
 `EPILOGUE` is the end of the kernel: the CTA's warps summed in shared memory (`red`), then the
 split-K reduction (a cluster through distributed shared memory, or the last CTA by atomic ticket:
-`gptq_cuda_split_sum.py`, shared with the mid-M kernel) and the output store. The weight rings of both small-M kernels (bulk-copy and cp.async) are in
-`gptq_cuda_rings.py`.
+`gptq_cuda_split_sum.py`, shared with the mid-M kernel) and the output store. The weight rings of both
+small-M kernels (bulk-copy and cp.async) are in `gptq_cuda_rings.py`.
 """
 
 from __future__ import annotations

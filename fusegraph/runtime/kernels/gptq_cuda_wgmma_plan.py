@@ -101,11 +101,12 @@ _OSTAGE_MIN_M = 129
 # 28.51, M=64 26.88 / 33.93, M=128 35.20 / 39.06. (qkv, 96 strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x;
 # gate_up slower at every M: not there.)
 _ONE_STRIP_MAX_M, _ONE_STRIP_STAGES = 128, 6
-# The same at two CTAs an SM (4 stages) where those CTAs fit in one round of two an SM and M is in this range (tok 48..64):
-# qkv (96 strips, 192 CTAs; the two-strip plan takes split 4). H200, 12th session, µs, the default dispatch (chained) with
-# the old plan / this one: 4 bits M=48 12.79 / 11.68, M=64 13.84 / 11.73; forced, unchained, the old plan / this one:
-# 4 bits M=48 12.92 / 12.72, M=56 13.31 / 13.39, M=64 14.00 / 12.99; 8 bits M=48 18.35 / 14.39, M=56 18.83 / 15.10,
-# M=64 19.23 / 14.40. Not at M=32 (11.95 / 11.97), 80 (13.57 / 13.16 at split 2) or 96 (18.73 / 14.60).
+# The same at two CTAs an SM (4 stages) where those CTAs fit in one round of two an SM and M is in this range
+# (tok 48..64): qkv (96 strips, 192 CTAs; the two-strip plan takes split 4). H200, 12th session, µs, the default
+# dispatch (chained) with the old plan / this one: 4 bits M=48 12.79 / 11.68, M=64 13.84 / 11.73; forced, unchained,
+# the old plan / this one: 4 bits M=48 12.92 / 12.72, M=56 13.31 / 13.39, M=64 14.00 / 12.99; 8 bits M=48 18.35 /
+# 14.39, M=56 18.83 / 15.10, M=64 19.23 / 14.40. Not at M=32 (11.95 / 11.97), 80 (13.57 / 13.16 at split 2) or 96
+# (18.73 / 14.60). bf16 takes it too, not timed.
 _ONE_STRIP_M2 = (41, 64)
 
 
