@@ -21,7 +21,6 @@ Every line goes to stdout and $OUT/gptq_chain_sweep.txt.
 # ruff: noqa: B023, E731, N812
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -124,9 +123,7 @@ def cpa_candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | N
 
 def with_extra(variants: list[tuple[str, dict[str, Any] | None]]) -> list[tuple[str, dict[str, Any] | None]]:
     """`variants` with SWEEP_EXTRA's named configs added, then filtered by SWEEP_ONLY (the default always kept)."""
-    for item in filter(None, os.environ.get("SWEEP_EXTRA", "").split(";")):
-        name, _, cfg = item.partition(":")
-        variants = [*variants, (name, json.loads(cfg))]
+    variants = [*variants, *GB.named_configs(os.environ.get("SWEEP_EXTRA", ""))]
     if only := os.environ.get("SWEEP_ONLY"):
         variants = [(n, c) for n, c in variants if n == "default" or re.search(only, n)]
     return variants

@@ -20,6 +20,7 @@ A last row times the four projections of one decoder layer (stacked wqkv) back t
 # ruff: noqa: B023, E731
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -100,6 +101,20 @@ def tinygemm(layer: SimpleNamespace, x: torch.Tensor) -> torch.Tensor:
     w4, sz = layer.tg
     y: torch.Tensor = torch.ops.aten._weight_int4pack_mm(x, w4, GROUP, sz)
     return y
+
+
+def named_configs(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The variants a sweep's environment variable adds, "name:{json config};..." (none for "").
+
+    Example:
+        >>> named_configs('i4:{"infl": 4};s2:{"split_k": 2}')
+        [('i4', {'infl': 4}), ('s2', {'split_k': 2})]
+    """
+    out = []
+    for item in filter(None, text.split(";")):
+        name, _, cfg = item.partition(":")
+        out.append((name, json.loads(cfg)))
+    return out
 
 
 def quant_bytes(k_in: int, n_out: int, bits: int) -> int:

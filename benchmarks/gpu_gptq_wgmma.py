@@ -20,7 +20,6 @@ WGMMA_EXTRA ("name:{json config};...") adds variants of the plan (4 wgmma steps 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
@@ -40,6 +39,7 @@ import gpu_gptq as GB  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
 
 from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import with_config  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import ring_stages, rswg_plan, rswg_spec, rswg_tok  # noqa: E402
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import precompile  # noqa: E402
 
@@ -119,9 +119,8 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
     ):  # ablations (wrong results, timed unchecked): what the kernel costs without each part
         out += [(f"ws/{tag}/p{p}", {"probe": p}) for p in (1, 2, 3, 4, 5, 6)]
         out.append((f"ws/{tag}/cpasync", {"tma": 0}))
-    for item in filter(None, os.environ.get("WGMMA_EXTRA", "").split(";")):  # "name:{json config}" variants
-        name, _, cfg = item.partition(":")
-        out.append((f"ws/{name}", json.loads(cfg)))
+    extra = GB.named_configs(os.environ.get("WGMMA_EXTRA", ""))  # "name:{json config};..."
+    out += [(f"ws/{name}", c) for name, c in extra]
     if only := os.environ.get("WGMMA_ONLY"):  # a regex: the plan and the variants whose names match it
         out = out[:1] + [(name, c) for name, c in out[1:] if re.search(only, name)]
     if os.environ.get("WGMMA_NO_TMA") == "1":
@@ -144,8 +143,8 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4, bf16: bool = False) -> No
     for m in ms:
         for _, k_in, n_out in GB.SHAPES:
             for _, c in ws_variants(m, k_in, n_out, sms, bits):
-                plan = rswg_plan(m, n_out, k_in, sms, bits) | c  # type: ignore[operator]
-                # a variant the spec refuses is not compiled here; its row reports why
+                plan = with_config(rswg_plan(m, n_out, k_in, sms, bits), c)  # type: ignore[arg-type]
+                # as its row's call merges it (`maybe_wgmma`); a variant the spec refuses fails in its row
                 with contextlib.suppress(ValueError):
                     specs.append(rswg_spec(plan, bf16=bf16, zero_v1=True, bits=bits))
     errors: list[str] = []
