@@ -245,12 +245,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     const unsigned char* cst = smem + (u %% CPA) * STAGE;
     {
       const unsigned char* wst = cst + XSTAGE + warp * WSTAGE;
-      cpa_read(wst, g, t, w);
-      sx = *(const u32x2*)(wst + R * 256 + g * 8);
-      sy = *(const u32x2*)(wst + R * 256 + 64 + g * 8);
-      const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
-      zx = *(const u32*)(wst + R * 256 + 128 + zw * 4);
-      zy = *(const u32*)(wst + R * 256 + 128 + (zw + zoff_y) * 4);
+      cpa_read(wst, g, t, zoff_y, w, sx, sy, zx, zy);
     }
 #else
     cp_wait<0>();

@@ -1,9 +1,10 @@
 """The shared-memory rings that stream GPTQ weight blocks into the small-M kernels (`gptq_cuda_src.py`,
 `gptq_cuda_mid.py`), as CUDA C++ text:
 
-- `RING_HELPERS` (both kernels, after `gptq_cuda_ptx.HELPERS`): the cp.async ring's copies and reads of a block's
-  words (`cpa_words`, `cpa_read`). A stage's scales and zeros follow its words (128 bytes of scales, then 8·BITS
-  bytes of packed zeros), in both rings.
+- `RING_HELPERS` (both kernels, after `gptq_cuda_ptx.HELPERS`): the cp.async ring's copies of a block's words
+  (`cpa_words`) and a lane's reads of a stage (`cpa_read`: its words, scales and zeros). A stage's scales and zeros
+  follow its words (128 bytes of scales, then 8·BITS bytes of packed zeros), in both rings; each kernel copies them
+  itself (a shared helper for those copies compiled to different SASS, so it stays written twice).
 - `TMA_ISSUE`, `TMA_LOOP` (the small-M kernel's `tma` option, measured slower: off): each warp's bulk-copy ring.
 """
 
@@ -24,9 +25,17 @@ __device__ __forceinline__ void cpa_words(u32 dst, const u32x4* blk, int lane) {
     cp16ca(dst + cpa_slot(2 * (row >> 2) + ((lane >> 3) & 1), g, row & 3) * 16, blk + 32 * c + lane);
   }
 }
-__device__ __forceinline__ void cpa_read(const unsigned char* st, int g, int t, u32x4* w) {
+// lane (g, t)'s words of the stage `st` (word rows t + 4q, columns 4g.. and 32 + 4g..), their scales and the packed
+// zero words of columns 4g.. and 32 + 4g.. (`zoff_y` words on)
+__device__ __forceinline__ void cpa_read(const unsigned char* st, int g, int t, int zoff_y, u32x4* w, u32x2& sx,
+                                         u32x2& sy, u32& zx, u32& zy) {
 #pragma unroll
   for (int k = 0; k < NW; ++k) w[k] = *(const u32x4*)(st + cpa_slot(k, g, t) * 16);
+  sx = *(const u32x2*)(st + R * 256 + g * 8);
+  sy = *(const u32x2*)(st + R * 256 + 64 + g * 8);
+  const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
+  zx = *(const u32*)(st + R * 256 + 128 + zw * 4);
+  zy = *(const u32*)(st + R * 256 + 128 + (zw + zoff_y) * 4);
 }
 """
 

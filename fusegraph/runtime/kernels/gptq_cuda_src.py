@@ -301,12 +301,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     cp_wait<CPA - 2>();
     __syncwarp();  // every lane's copies are seen by all; all lanes are done with stage (u - 1) %% CPA
     const unsigned char* st = cring + (u %% CPA) * WSTAGE;
-    cpa_read(st, g, t, a.w);
-    a.sx = *(const u32x2*)(st + R * 256 + g * 8);
-    a.sy = *(const u32x2*)(st + R * 256 + 64 + g * 8);
-    const int zw = BITS == 4 ? g >> 1 : g;  // the packed-zeros word of columns 4g.. (and 32 + 4g..)
-    a.zx = *(const u32*)(st + R * 256 + 128 + zw * 4);
-    a.zy = *(const u32*)(st + R * 256 + 128 + (zw + zoff_y) * 4);
+    cpa_read(st, g, t, zoff_y, a.w, a.sx, a.sy, a.zx, a.zy);
     if (u + CPA - 1 < nbw) issue(u + CPA - 1);
     cp_commit();
     compute(a, u);
