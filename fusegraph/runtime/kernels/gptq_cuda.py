@@ -34,6 +34,7 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
     mid_smem_bytes,
 )
 from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
+from fusegraph.runtime.kernels.gptq_cuda_specs import PLAN_KEYS, launch_plan, mid_m_spec, small_m_spec
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
@@ -49,9 +50,7 @@ _KERNELS, _FAILED = _CACHE.kernels, _CACHE.failed
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
-_PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2", "cpa")  # fmt: skip
-_CUDA_KEYS = {"kernel", "cuda", "wgmma", *_PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
+_CUDA_KEYS = {"kernel", "cuda", "wgmma", *PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
@@ -162,57 +161,33 @@ def gptq_cuda_matmul(
     if blocks % split:
         raise ValueError(f"gptq_cuda_matmul: split_k {split} must divide K/128 = {blocks}")
     bps = blocks // split
-    cap = _device_info(x.device)[1]
-    pdl = _pdl_fields(plan, perm, cap)
+    kind: dict[str, Any] = {"bits": bits, "bf16": x.dtype == torch.bfloat16, "has_perm": perm is not None,
+                            "zero_v1": zero_format == "v1", "cap": _device_info(x.device)[1]}  # fmt: skip
     if m > 16 or plan.get("mid"):
-        return _mid_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
-                           zero_format=zero_format, plan=plan, bps=bps, cap=cap, pdl=pdl)  # fmt: skip
-    spec = KernelSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=1 if m <= 8 else 2,
-                      warps=int(plan["warps"]), split=split,
-                      cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0), has_perm=perm is not None,
-                      zero_v1=zero_format == "v1", min_blocks=int(plan.get("min_blocks", 2)),
-                      l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
-                      tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
-                      perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                      bufs=int(plan.get("bufs", 2)), cpa=int(plan.get("cpa", 0)), **pdl,
-                      xfull=bool(plan.get("xfull")) and perm is not None and not plan.get("perm_ahead"),
-                      fold=bool(plan.get("fold")) and x.dtype == torch.float16 and not plan.get("tma")
-                      and bps <= 32 * int(plan["warps"]))  # fmt: skip
+        return _mid_matmul(x, qweight_t, scales, qzeros_t, perm, group_size=group_size, plan=plan, bps=bps,
+                           kind=kind)  # fmt: skip
+    spec = small_m_spec(plan, m=m, bps=bps, **kind)
     return _launch(spec, smem_bytes(spec, m, bps), 1, x, qweight_t, scales, qzeros_t, perm, group_size, bps)
 
 
 def _mid_matmul(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,
-                perm: torch.Tensor | None, *, bits: int, group_size: int, zero_format: str, plan: dict[str, Any],
-                bps: int, cap: tuple[int, int], pdl: dict[str, Any]) -> torch.Tensor | None:  # fmt: skip
-    """The mid-M kernel's launch (`gptq_cuda_matmul` checked split_k, computed bps and the PDL fields)."""
+                perm: torch.Tensor | None, *, group_size: int, plan: dict[str, Any], bps: int,
+                kind: dict[str, Any]) -> torch.Tensor | None:  # fmt: skip
+    """The mid-M kernel's launch (`gptq_cuda_matmul` checked split_k and computed bps; `kind`: `mid_m_spec`'s
+    bits, bf16, has_perm, zero_v1 and cap)."""
     m, k = x.shape
     n = qweight_t.shape[0] * 64
-    split, warps = int(plan["split_k"]), int(plan["warps"])
+    warps = int(plan["warps"])
     if m > 64:
         raise ValueError(f"gptq_cuda_matmul: the mid-M kernel takes M ≤ 64, got M={m}")
     if n % (64 * warps):
         raise ValueError(
             f"gptq_cuda_matmul: warps {warps} (64-column strips a CTA) must divide N/64 = {n // 64}"
         )
-    spec = MidSpec(bits=8 if bits == 8 else 4, bf16=x.dtype == torch.bfloat16, mt=(m + 7) // 8, warps=warps,
-                   split=split, cluster=bool(plan["cluster"]) and split > 1 and cap >= (9, 0),
-                   has_perm=perm is not None, zero_v1=zero_format == "v1",
-                   min_blocks=int(plan.get("min_blocks", 1)),
-                   perm_ahead=bool(plan.get("perm_ahead")) and perm is not None,
-                   bufs=int(plan.get("bufs", 1)), l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
-                   sfold=bool(plan.get("sfold")), cpa=0 if plan.get("perm_ahead") else int(plan.get("cpa", 0)),
-                   **pdl)  # fmt: skip
+    spec = mid_m_spec(plan, m=m, **kind)
     return _launch(
         spec, mid_smem_bytes(spec, m, bps), warps, x, qweight_t, scales, qzeros_t, perm, group_size, bps
     )
-
-
-def _pdl_fields(plan: dict[str, Any], perm: torch.Tensor | None, cap: tuple[int, int]) -> dict[str, Any]:
-    """A spec's PDL fields from the plan (both kernels): "pdl" (registers loaded before the wait, right after our
-    own permutation of x), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
-    pdl = bool(plan.get("xperm_pdl")) and perm is None and cap >= (9, 0)
-    chain = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
-    return {"pdl": pdl, "chain": chain, "chain_l2": int(plan.get("chain_l2", 0)) if chain else 0}
 
 
 def _launch(spec: KernelSpec | MidSpec, smem: int, strips: int, x: torch.Tensor, qweight_t: torch.Tensor,
@@ -315,27 +290,14 @@ def maybe_gptq_cuda(
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
-    plan |= {key: cfg[key] for key in _PLAN_KEYS if key in cfg}
-    ring = cfg.get("tma") or cfg.get("cpa")
-    if ring and "bufs" not in cfg:  # a ring asked for: the plan's register buffers do not apply
-        plan.pop("bufs", None)
-    if "cpa" not in cfg and any(cfg.get(key) for key in ("bufs", "tma", "fold", "xfull", "perm_ahead")):
-        plan.pop("cpa", None)  # options the plan's cp.async ring excludes, asked for: the ring gives way
-    chain = gemm_chain(x.device) if "chain" not in cfg else {}
-    split = int(plan["split_k"])
-    # no chain on clusters of 3, 5, 6 or 7 CTAs: measured slower (H200 down M=16, split 7: 23.7 µs chained, 20.6
-    # not; the clusters of 2 and 8 of qkv, o_proj and gate_up gained 0-10%)
-    if plan.get("cluster") and split & (split - 1):
-        chain = {}
-    if perm is not None and plan.pop("xperm", False):  # act-order: x sorted once, then the plain kernel
-        pdl = bool(plan.get("xperm_pdl")) and cap >= (9, 0)  # the kernel may start under the sort
+    chain = (
+        gemm_chain(x.device) if "chain" not in cfg else {}
+    )  # (`pdl.py`): only L2 prefetches before the wait
+    plan, permute_x = launch_plan(plan, cfg, act_order=perm is not None, chain=chain, cap=cap)
+    if (
+        perm is not None and permute_x
+    ):  # act-order: x sorted once, then the plain kernel on the row-sorted weight
         x, perm = _permute_x(x, perm), None
-        # in the chain the sort itself starts before the kernels ahead of it end: only L2 prefetches may
-        # come before this kernel's wait (registers loaded there could miss a write two kernels back)
-        plan["xperm_pdl"] = pdl and not chain
-    else:  # registers before the wait only right after our own permutation (no earlier writer of the weights)
-        plan.pop("xperm_pdl", None)
-    plan |= chain  # the chain (`pdl.py`): a PDL launch, only L2 prefetches before its wait
     y = gptq_cuda_matmul(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                          zero_format=zero_format, plan=plan)  # fmt: skip
     if y is None and forced:
