@@ -262,15 +262,14 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #else
         const int kt = i, qq = kt & 1, jj = kt >> 1, b = i %% INFL;
 #endif
-#if TMA  // step kt's x rows in the stage: 128-byte swizzled rows of 64 values, or no swizzle (core matrices)
-        const u32 xoff = (kt >> 2) * (TOK * 128) + (kt & 3) * 32;
+#if TMA && TOK <= 64
+        const u64 desc = dbase + (u64)((((kt >> 2) * (TOK * 128) + (kt & 3) * 32)) >> 4);
+#elif TOK <= 64
+        const u64 desc = dbase + (u64)((2 * kt * MTT * 128) >> 4);
+#elif TMA
+        const u64 desc = dconst | (u64)(((xb + (kt >> 2) * (TOK * 128) + (kt & 3) * 32) & 0x3FFFFu) >> 4);
 #else
-        const u32 xoff = 2 * kt * MTT * 128;
-#endif
-#if TOK <= 64
-        const u64 desc = dbase + (u64)(xoff >> 4);
-#else
-        const u64 desc = dconst | (u64)(((xb + xoff) & 0x3FFFFu) >> 4);
+        const u64 desc = dconst | (u64)(((xb + 2 * kt * MTT * 128) & 0x3FFFFu) >> 4);
 #endif
 #define DQ(J) { a[b][0] = dq<J>(wv[qq][0][0], mz[0], nzh[0], s2[0]); a[b][1] = dq<J>(wv[qq][0][1], mz[1], nzh[1], s2[1]); \
                 a[b][2] = dq<J>(wv[qq][1][0], mz[0], nzh[0], s2[0]); a[b][3] = dq<J>(wv[qq][1][1], mz[1], nzh[1], s2[1]); }
