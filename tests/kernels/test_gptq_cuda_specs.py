@@ -126,3 +126,33 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
             assert smem <= 227 * 1024 and "%(" not in text, (m, bits, bf16, act_order, plan)
             built += 1
     assert built >= 64  # each shape runs these kernels over much of M ≤ 64
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_default_wgmma_plan_builds_a_valid_spec_and_text(shape: str) -> None:
+    """Where the default dispatch takes the Hopper wgmma kernel (4 and 8 bits, fp16 and bf16, plain and act-order,
+    M to 1024), its plan merged as `maybe_wgmma` merges it builds a spec, a text and a CTA's shared memory within the
+    GPU's opt-in limit."""
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma import with_config
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import SMEM_MAX, rswg_plan, rswg_spec
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import rswg_kernel_source, rswg_smem_bytes
+
+    n, k = SHAPES[shape]
+    built = 0
+    for m in (*range(16, 65, 4), 96, 128, 200, 256, 512, 1024):
+        for bits, bf16, act_order in (
+            (4, False, False),
+            (4, True, False),
+            (8, False, False),
+            (4, False, True),
+        ):
+            plan = cuda_plan(m, n, k, bits, 132, act_order=act_order, bf16=bf16, cap=HOPPER)
+            if plan is None or plan["kernel"] != "wgmma":
+                continue
+            config = plan if act_order else plan | {"pdl": plan.get("pdl", 1)}  # the chain's L2 prefetch
+            wplan = rswg_plan(m, n, k, 132, bits)
+            assert wplan is not None, (m, bits)
+            spec = rswg_spec(with_config(wplan, config), bf16=bf16, zero_v1=True, bits=bits)
+            assert rswg_smem_bytes(spec) <= SMEM_MAX and "%(" not in rswg_kernel_source(spec), (m, bits, spec)
+            built += 1
+    assert built >= 40  # the wgmma kernel runs much of M ≥ 32 on each shape
