@@ -1,10 +1,9 @@
 """Compile the CUDA GPTQ kernels without a GPU: their registers and spills, and whether a change left them identical.
 
 Two sets of kernel instances (`--set`):
-- "defaults": the kernel each default call runs on an H200 (132 SMs, sm_90, the PDL chain on) for the four
+- "defaults" (a tree with `gptq_cuda_specs.default_specs`): the kernel each default call runs on an H200 (132 SMs, sm_90, the PDL chain on) for the four
   Llama-3-8B shapes at M = 1..64 and 96..1024 (a few), 4 and 8 bits, fp16 and bf16, plain and act-order. The
-  small-M and mid-M kernels through `gptq_plan.cuda_plan` and `gptq_cuda_specs`, the wgmma kernel through
-  `rswg_plan` and `with_config`, as `gptq_cuda.maybe_gptq_cuda` launches them.
+  kernels as `gptq_cuda.maybe_gptq_cuda` launches them (`gptq_cuda_specs.default_specs`).
 - "spread": specs across each kernel's options (rings, buffers, splits, clusters, tiles, strips, epilogues), for
   checking that a refactor of a kernel's text compiles to the same cubins.
 
@@ -39,14 +38,11 @@ HOPPER, SMS, CHAIN = (9, 0), 132, {"chain": True, "chain_l2": 1}
 
 
 def defaults() -> Iterator[tuple[str, str, str]]:
-    """(kernel, instance label, text) of the default dispatch's kernels."""
-    from fusegraph.runtime.kernels.gptq_cuda_mid import mid_kernel_source
-    from fusegraph.runtime.kernels.gptq_cuda_specs import launch_plan, mid_m_spec, small_m_spec
+    """(kernel, instance label, text) of the default dispatch's kernels (`gptq_cuda_specs.default_specs`)."""
+    from fusegraph.runtime.kernels.gptq_cuda_mid import MidSpec, mid_kernel_source
+    from fusegraph.runtime.kernels.gptq_cuda_specs import default_specs
     from fusegraph.runtime.kernels.gptq_cuda_src import kernel_source
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma import with_config
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import rswg_plan, rswg_spec
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import rswg_kernel_source
-    from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import RswgSpec, rswg_kernel_source
 
     ms = [*range(1, 65), 96, 128, 256, 512, 1024]
     kinds = [
@@ -55,27 +51,15 @@ def defaults() -> Iterator[tuple[str, str, str]]:
         (8, False, False),
         (4, False, True),
     ]  # bits, bf16, act-order
-    for (shape, (n, k)), m, (bits, bf16, act) in itertools.product(SHAPES.items(), ms, kinds):
-        label = f"{shape} M={m} {bits}-bit{' bf16' if bf16 else ''}{' act-order' if act else ''}"
-        plan = cuda_plan(m, n, k, bits, SMS, act_order=act, bf16=bf16, cap=HOPPER)
-        if plan is None:
-            continue
-        if plan["kernel"] == "wgmma":
-            config = (
-                plan if act else plan | {"pdl": plan.get("pdl", 1)}
-            )  # the chain's L2 prefetch, x not permuted
-            wplan = rswg_plan(m, n, k, SMS, bits)
-            if wplan is not None:
-                spec = rswg_spec(with_config(wplan, config), bf16=bf16, zero_v1=True, bits=bits)
+    for shape, (n, k) in SHAPES.items():
+        for m, (bits, bf16, act), spec in default_specs(n, k, ms, kinds, sms=SMS, cap=HOPPER, chain=CHAIN):
+            label = f"{shape} M={m} {bits}-bit{' bf16' if bf16 else ''}{' act-order' if act else ''}"
+            if isinstance(spec, RswgSpec):
                 yield "wgmma", label, rswg_kernel_source(spec)
-            continue
-        plan, permuted = launch_plan(plan, {}, act_order=act, chain=CHAIN, cap=HOPPER)
-        kind: dict[str, Any] = {"bits": bits, "bf16": bf16, "has_perm": act and not permuted, "zero_v1": True}
-        if m > 16 or plan.get("mid"):
-            yield "mid", label, mid_kernel_source(mid_m_spec(plan, m=m, cap=HOPPER, **kind))
-        else:
-            bps = k // 128 // int(plan["split_k"])
-            yield "small", label, kernel_source(small_m_spec(plan, m=m, bps=bps, cap=HOPPER, **kind))
+            elif isinstance(spec, MidSpec):
+                yield "mid", label, mid_kernel_source(spec)
+            else:
+                yield "small", label, kernel_source(spec)
 
 
 def spread() -> Iterator[tuple[str, str, str]]:

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from fusegraph.runtime.kernels.gptq_cuda_mid import mid_kernel_source, mid_smem_bytes
-from fusegraph.runtime.kernels.gptq_cuda_specs import launch_plan, mid_m_spec, small_m_spec
+from fusegraph.runtime.kernels.gptq_cuda_mid_spec import MidSpec
+from fusegraph.runtime.kernels.gptq_cuda_specs import default_specs, launch_plan, mid_m_spec, small_m_spec
 from fusegraph.runtime.kernels.gptq_cuda_src import kernel_source, smem_bytes
-from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_spec import RswgSpec
 
 CHAIN = {"chain": True, "chain_l2": 1}
 HOPPER, AMPERE = (9, 0), (8, 0)
@@ -102,28 +103,20 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
     shared-memory size within the 227 KB a CTA may have."""
     n, k = SHAPES[shape]
     built = 0
-    for m in range(1, 65):
-        for bits, bf16, act_order, chain in ((4, False, False, CHAIN), (4, True, False, {}), (8, False, False, CHAIN),
-                                             (4, False, True, CHAIN), (4, False, True, {})):  # fmt: skip
-            plan = cuda_plan(m, n, k, bits, 132, act_order=act_order, bf16=bf16, cap=HOPPER)
-            if plan is None or plan["kernel"] == "wgmma":
+    for chain, kinds in ((CHAIN, [(4, False, False), (8, False, False), (4, False, True)]),
+                         ({}, [(4, True, False), (4, False, True)])):  # fmt: skip
+        for m, kind, spec in default_specs(n, k, range(1, 65), kinds, sms=132, cap=HOPPER, chain=chain):
+            if isinstance(spec, RswgSpec):
                 continue
-            plan, permuted = launch_plan(plan, {}, act_order=act_order, chain=chain, cap=HOPPER)
-            kind: dict[str, Any] = {
-                "bits": bits,
-                "bf16": bf16,
-                "has_perm": act_order and not permuted,
-                "zero_v1": True,
-            }
-            bps = k // 128 // int(plan["split_k"])
-            assert (k // 128) % int(plan["split_k"]) == 0, (m, bits, plan)
-            if m > 16 or plan.get("mid"):
-                mid = mid_m_spec(plan, m=m, cap=HOPPER, **kind)
-                smem, text = mid_smem_bytes(mid, m, bps), mid_kernel_source(mid)
+            assert (k // 128) % spec.split == 0, (m, kind, spec)
+            bps = k // 128 // spec.split
+            if isinstance(spec, MidSpec):
+                smem, text = mid_smem_bytes(spec, m, bps), mid_kernel_source(spec)
             else:
-                small = small_m_spec(plan, m=m, bps=bps, cap=HOPPER, **kind)
-                smem, text = smem_bytes(small, m, bps), kernel_source(small)
-            assert smem <= 227 * 1024 and "%(" not in text, (m, bits, bf16, act_order, plan)
+                smem, text = smem_bytes(spec, m, bps), kernel_source(spec)
+            assert smem <= 227 * 1024 and "%(" not in text, (m, kind, spec)
+            odd_cluster = spec.cluster and spec.split & (spec.split - 1)  # 3, 5, 6 or 7 CTAs: no chain
+            assert spec.chain == (bool(chain) and not spec.pdl and not odd_cluster), (m, kind, spec)
             built += 1
     assert built >= 64  # each shape runs these kernels over much of M ≤ 64
 
@@ -131,28 +124,22 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_every_default_wgmma_plan_builds_a_valid_spec_and_text(shape: str) -> None:
     """Where the default dispatch takes the Hopper wgmma kernel (4 and 8 bits, fp16 and bf16, plain and act-order,
-    M to 1024), its plan merged as `maybe_wgmma` merges it builds a spec, a text and a CTA's shared memory within the
-    GPU's opt-in limit."""
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma import with_config
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import SMEM_MAX, rswg_plan, rswg_spec
+    M to 1024), its plan merged as `maybe_wgmma` merges it builds a spec (a missing plan raises), a text and a CTA's
+    shared memory within the GPU's opt-in limit; in the chain the plain kernels prefetch ahead of their wait."""
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import SMEM_MAX
     from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import rswg_kernel_source, rswg_smem_bytes
 
     n, k = SHAPES[shape]
+    kinds = [(4, False, False), (4, True, False), (8, False, False), (4, False, True)]
     built = 0
-    for m in (*range(16, 65, 4), 96, 128, 200, 256, 512, 1024):
-        for bits, bf16, act_order in (
-            (4, False, False),
-            (4, True, False),
-            (8, False, False),
-            (4, False, True),
-        ):
-            plan = cuda_plan(m, n, k, bits, 132, act_order=act_order, bf16=bf16, cap=HOPPER)
-            if plan is None or plan["kernel"] != "wgmma":
-                continue
-            config = plan if act_order else plan | {"pdl": plan.get("pdl", 1)}  # the chain's L2 prefetch
-            wplan = rswg_plan(m, n, k, 132, bits)
-            assert wplan is not None, (m, bits)
-            spec = rswg_spec(with_config(wplan, config), bf16=bf16, zero_v1=True, bits=bits)
-            assert rswg_smem_bytes(spec) <= SMEM_MAX and "%(" not in rswg_kernel_source(spec), (m, bits, spec)
-            built += 1
+    for m, (_, _, act_order), spec in default_specs(n, k, (*range(16, 65, 4), 96, 128, 200, 256, 512, 1024), kinds,
+                                                    sms=132, cap=HOPPER, chain=CHAIN):  # fmt: skip
+        if not isinstance(spec, RswgSpec):
+            continue
+        assert rswg_smem_bytes(spec) <= SMEM_MAX and "%(" not in rswg_kernel_source(spec), (m, spec)
+        assert act_order or spec.pdl >= 1, (
+            m,
+            spec,
+        )  # the chain's L2 prefetch (act-order: after the permutation)
+        built += 1
     assert built >= 40  # the wgmma kernel runs much of M ≥ 32 on each shape

@@ -34,7 +34,14 @@ from fusegraph.runtime.kernels.gptq_cuda_mid import (
     mid_smem_bytes,
 )
 from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
-from fusegraph.runtime.kernels.gptq_cuda_specs import PLAN_KEYS, launch_plan, mid_m_spec, small_m_spec
+from fusegraph.runtime.kernels.gptq_cuda_specs import (
+    PLAN_KEYS,
+    launch_plan,
+    mid_m_spec,
+    small_m_spec,
+    takes_mid,
+    wgmma_config,
+)
 from fusegraph.runtime.kernels.gptq_cuda_src import KERNEL_NAME, KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
@@ -163,7 +170,7 @@ def gptq_cuda_matmul(
     bps = blocks // split
     kind: dict[str, Any] = {"bits": bits, "bf16": x.dtype == torch.bfloat16, "has_perm": perm is not None,
                             "zero_v1": zero_format == "v1", "cap": _device_info(x.device)[1]}  # fmt: skip
-    if m > 16 or plan.get("mid"):
+    if takes_mid(plan, m):
         return _mid_matmul(x, qweight_t, scales, qzeros_t, perm, group_size=group_size, plan=plan, bps=bps,
                            kind=kind)  # fmt: skip
     spec = small_m_spec(plan, m=m, bps=bps, **kind)
@@ -277,8 +284,8 @@ def maybe_gptq_cuda(
     if plan is not None and plan["kernel"] == "wgmma":  # the Hopper kernels (raise if asked, unable)
         if perm is not None and why is None:  # act-order: x permuted once (one launch), the row-sorted weight
             x, perm = _permute_x(x, perm), None
-        elif not cfg and gemm_chain(x.device):  # the chain (`pdl.py`): L2 prefetches before the wait
-            plan |= {"pdl": plan.get("pdl", 1)}
+        elif not cfg:  # the chain (`pdl.py`): L2 prefetches before the wait
+            plan = wgmma_config(plan, chained=bool(gemm_chain(x.device)))
         try:
             return maybe_wgmma(x, qweight_t, scales, qzeros_t, perm, bits=bits, group_size=group_size,
                                zero_format=zero_format, config=cfg or plan, sms=sms)  # fmt: skip

@@ -4,17 +4,32 @@ dispatch can be checked and its kernels listed without a GPU (`scripts/gptq_cubi
 
 - `launch_plan`: the plan `gptq_plan.cuda_plan` made, with a caller's config keys, the runtime's PDL chain and
   act-order's choice between x permuted once and the kernel's own gather;
-- `small_m_spec` / `mid_m_spec`: the `KernelSpec` / `MidSpec` that plan compiles to.
+- `takes_mid`, `small_m_spec` / `mid_m_spec`: which kernel, and the `KernelSpec` / `MidSpec` that plan compiles to;
+- `wgmma_config`: the config a default wgmma plan hands `gptq_cuda_wgmma.maybe_wgmma`;
+- `default_specs`: the spec each config-less call of a shape runs, all three kernels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fusegraph.runtime.kernels.gptq_cuda_mid_spec import MidSpec
 from fusegraph.runtime.kernels.gptq_cuda_small_spec import KernelSpec
+from fusegraph.runtime.kernels.gptq_cuda_wgmma import with_config
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_plan import rswg_plan, rswg_spec
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_spec import RswgSpec
+from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
-__all__ = ["PLAN_KEYS", "launch_plan", "mid_m_spec", "small_m_spec"]
+__all__ = [
+    "PLAN_KEYS",
+    "default_specs",
+    "launch_plan",
+    "mid_m_spec",
+    "small_m_spec",
+    "takes_mid",
+    "wgmma_config",
+]
 
 PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
              "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2", "cpa")  # fmt: skip
@@ -104,3 +119,58 @@ def mid_m_spec(plan: dict[str, Any], *, m: int, bits: int, bf16: bool, has_perm:
                    bufs=int(plan.get("bufs", 1)), l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                    sfold=bool(plan.get("sfold")), cpa=0 if plan.get("perm_ahead") else int(plan.get("cpa", 0)),
                    **_pdl_fields(plan, has_perm, cap))  # fmt: skip
+
+
+def takes_mid(plan: dict[str, Any], m: int) -> bool:
+    """Whether `plan` runs the mid-M kernel (M > 16, or its "mid" key), else the small-M one."""
+    return m > 16 or bool(plan.get("mid"))
+
+
+def wgmma_config(plan: dict[str, Any], *, chained: bool) -> dict[str, Any]:
+    """The default wgmma plan as `maybe_wgmma`'s config: in the PDL chain ("pdl", default 1) the kernel's L2 prefetch
+    before its wait. Not after act-order's own permutation of x (the plan's "pdl" then stands as it is).
+
+    Example:
+        >>> wgmma_config({"kernel": "wgmma", "wgmma": True}, chained=True)["pdl"]
+        1
+    """
+    return plan | {"pdl": plan.get("pdl", 1)} if chained else plan
+
+
+def default_specs(n: int, k: int, ms: Sequence[int], kinds: Sequence[tuple[int, bool, bool]], *, sms: int,
+                  cap: tuple[int, int], chain: dict[str, Any]
+                  ) -> Iterator[tuple[int, tuple[int, bool, bool], KernelSpec | MidSpec | RswgSpec]]:  # fmt: skip
+    """(m, (bits, bf16, act_order), spec) for each config-less call of x `[m, k]` · W `[k, n]` that a CUDA kernel
+    takes on a GPU of `sms` SMs and capability `cap` with the runtime's `chain` (`pdl.gemm_chain`), as
+    `gptq_cuda.maybe_gptq_cuda` would launch it: a `KernelSpec`, `MidSpec` or `RswgSpec` (zeros stored as z − 1).
+
+    Example:
+        >>> [type(s).__name__ for _, _, s in default_specs(6144, 4096, (1, 64), [(4, False, False)], sms=132,
+        ...                                                cap=(9, 0), chain={})]
+        ['KernelSpec', 'RswgSpec']
+    """
+    for m in ms:
+        for bits, bf16, act_order in kinds:
+            plan = cuda_plan(m, n, k, bits, sms, act_order=act_order, bf16=bf16, cap=cap)
+            if plan is None:
+                continue
+            spec: KernelSpec | MidSpec | RswgSpec
+            if plan["kernel"] == "wgmma":  # act-order: x permuted first, the plain kernel
+                wplan = rswg_plan(m, n, k, sms, bits)
+                if wplan is None:  # as maybe_wgmma refuses it
+                    raise ValueError(f"default_specs: the wgmma kernel has no plan for M={m} N={n} K={k}")
+                config = wgmma_config(plan, chained=bool(chain) and not act_order)
+                spec = rswg_spec(with_config(wplan, config), bf16=bf16, zero_v1=True, bits=bits)
+            else:
+                plan, permuted = launch_plan(plan, {}, act_order=act_order, chain=chain, cap=cap)
+                kind: dict[str, Any] = {
+                    "bits": bits,
+                    "bf16": bf16,
+                    "has_perm": act_order and not permuted,
+                    "zero_v1": True,
+                }
+                if takes_mid(plan, m):
+                    spec = mid_m_spec(plan, m=m, cap=cap, **kind)
+                else:
+                    spec = small_m_spec(plan, m=m, bps=k // 128 // int(plan["split_k"]), cap=cap, **kind)
+            yield m, (bits, bf16, act_order), spec
