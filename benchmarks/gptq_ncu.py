@@ -19,12 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_gptq as GB  # noqa: E402, N812
-
-from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402, N812
-
-
-class K:
-    tiled = staticmethod(T.gptq_tiled_matmul)
+from gptq_sweep_kit import K  # noqa: E402
 
 
 def main() -> None:

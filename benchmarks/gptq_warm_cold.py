@@ -23,13 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_gptq as GB  # noqa: E402
+from gptq_sweep_kit import K  # noqa: E402
 from gpu import copy_bandwidth, graph_us  # noqa: E402
-
-from fusegraph.runtime.kernels import gptq_tiled as T  # noqa: E402
-
-
-class K:
-    tiled = staticmethod(T.gptq_tiled_matmul)
 
 
 def _arg(name: str, default: str) -> list[str]:
