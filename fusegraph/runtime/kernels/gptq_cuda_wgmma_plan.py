@@ -92,22 +92,22 @@ _NCW3_FILL_GAIN = 1.1
 # 8-bit qkv M=256 29.0 / 29.9. Not at M ≤ 128 (gate_up M=64 46.0 / 43.2). Alone, the stores of gate_up's M=64 outputs
 # took 4.6 µs, staged 2.6 (the kernel without its blocks, "probe" 5).
 _OSTAGE_MIN_M = 129
-# One 64-column strip a CTA at split 2 (a cluster of 2), one CTA an SM with a 6-stage ring, where those CTAs fit in one
-# round (o_proj, down: 64 strips, 128 CTAs) and M ≤ this. The two-strip plan takes split 4 (o_proj) or stream-K (down)
+# One 64-column strip a CTA at split 2 (a cluster of 2), rules as data: (CTAs an SM, the range of M, the deepest ring)
+# where those CTAs fit in one round of that many an SM. First, one CTA an SM with a 6-stage ring to M = 128 (o_proj,
+# down: 64 strips, 128 CTAs; `_ONE_STRIP_MAX_M` in the sessions' notes). The two-strip plan takes split 4 (o_proj) or stream-K (down)
 # there, and a cluster's split-K sum costs about 1-1.5 µs a CTA of the cluster (the kernel without its blocks: split 1
 # 2.3 µs, staged 1.8, 2 3.8, 4 5.1, 8 9.3-11.7). H200, 11th session, µs, one strip / the two-strip plan: o_proj M=32 9.04 / 11.47,
 # M=64 9.29 / 13.70, M=128 11.10 / 15.36; down M=32 22.95 / 25.31, M=64 23.85 / 30.47, M=128 28.72 / 39.05; 8 bits
 # (5 stages fit at 128 rows): o_proj M=32 9.92 / 12.58, M=64 10.77 / 14.78, M=128 12.98 / 16.00; down M=32 24.67 /
 # 28.51, M=64 26.88 / 33.93, M=128 35.20 / 39.06. (qkv, 96 strips: two CTAs an SM, M=64 1.09x, M=32 0.96x, M=128 0.77x;
 # gate_up slower at every M: not there.)
-_ONE_STRIP_MAX_M, _ONE_STRIP_STAGES = 128, 6
-# The same at two CTAs an SM (4 stages) where those CTAs fit in one round of two an SM and M is in this range
-# (tok 48..64): qkv (96 strips, 192 CTAs; the two-strip plan takes split 4). H200, 12th session, µs, the default
+# Then two CTAs an SM (4 stages) at M = 41..64 (tok 48..64; `_ONE_STRIP_M2` in the notes): qkv (96 strips, 192 CTAs;
+# the two-strip plan takes split 4). H200, 12th session, µs, the default
 # dispatch (chained) with the old plan / this one: 4 bits M=48 12.79 / 11.68, M=64 13.84 / 11.73; forced, unchained,
 # the old plan / this one: 4 bits M=48 12.92 / 12.72, M=56 13.31 / 13.39, M=64 14.00 / 12.99; 8 bits M=48 18.35 /
 # 14.39, M=56 18.83 / 15.10, M=64 19.23 / 14.40. Not at M=32 (11.95 / 11.97), 80 (13.57 / 13.16 at split 2) or 96
 # (18.73 / 14.60). bf16 takes it too, not timed.
-_ONE_STRIP_M2 = (41, 64)
+_ONE_STRIP: tuple[tuple[int, tuple[int, int], int], ...] = ((1, (1, 128), 6), (2, (41, 64), 4))
 
 
 def _fill(ctas: int, sms: int) -> float:
@@ -137,9 +137,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`; three
     strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
     M = 256 and 512); at split 1 the outputs staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
-    To 128 rows where one-strip CTAs at split 2 fit in one round of the SMs (o_proj, down): those, one an SM, the
-    deepest ring to 6 stages (`_ONE_STRIP_MAX_M`); at 41..64 rows where they fit in one round of two an SM (qkv): those,
-    two an SM, 4 stages (`_ONE_STRIP_M2`).
+    One-strip CTAs at split 2 where they fit in one round (`_ONE_STRIP`): one an SM to 128 rows with the deepest ring
+    to 6 stages (o_proj, down), two an SM at 41..64 rows with 4 (qkv).
     Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
@@ -169,12 +168,10 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
             return three
         return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
                 "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1 and m >= _OSTAGE_MIN_M)}  # fmt: skip
-    if m <= _ONE_STRIP_MAX_M and (n // 64) * 2 <= sms and k // 128 >= 2 * _MIN_BLOCKS:
-        return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, 1, bits, _ONE_STRIP_STAGES), "ncw": 1,
-                "minb": 1, "tma": 1, "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
-    if _ONE_STRIP_M2[0] <= m <= _ONE_STRIP_M2[1] and (n // 64) * 2 <= 2 * sms and k // 128 >= 2 * _MIN_BLOCKS:
-        return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, 2, bits), "ncw": 1, "minb": 2, "tma": 1,
-                "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
+    for per_sm, (lo, hi), most in _ONE_STRIP:
+        if lo <= m <= hi and (n // 64) * 2 <= per_sm * sms and k // 128 >= 2 * _MIN_BLOCKS:
+            return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, per_sm, bits, most), "ncw": 1,
+                    "minb": per_sm, "tma": 1, "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
     tiles = ((m + tok - 1) // tok) * (n // (64 * ncw))
     blocks = k // 128
