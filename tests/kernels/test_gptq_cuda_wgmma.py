@@ -240,7 +240,8 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
         rswg_smem_bytes(eight) == 256 + 1024 + 2 * 82944
     )  # (64 KB of x, 8 KB of words a strip) 1 KB aligned
     spec = RswgSpec(bf16=True, tok=200, split=4, zero_v1=False)
-    assert spec.regs() == (40, 232) and RswgSpec(False, 64, 1, True, 4, 2, 2).regs() == (24, 104)
+    assert spec.regs() == (40, 232) and RswgSpec(False, 64, 1, True, 4, 2, 2).regs() == (32, 104)
+    assert RswgSpec(False, 64, 2, True, 4, 1, 2).regs() == (32, 224)  # 24 producer registers spilled
     src = rswg_kernel_source(spec)
     assert (
         "wgmma.mma_async.sync.aligned.m64n200k16.f32.bf16.bf16" in src

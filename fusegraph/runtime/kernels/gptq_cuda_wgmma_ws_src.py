@@ -207,6 +207,13 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #endif
     // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
     const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
+    // the lane's offsets in a stage (its words at row t, zero words, scales) and its zeros' shifts, computed once and
+    // hidden from ptxas, which would otherwise re-derive them from the thread index each block
+    const u32 mo = XBYTES + NCW * WBYTES + cw * META;
+    u32 lw0 = XBYTES + cw * WBYTES + t * 256 + woff0, lw1 = XBYTES + cw * WBYTES + t * 256 + woff1;
+    u32 lz0 = mo + 128 + 4 * (c0 / P), lz1 = mo + 128 + 4 * (c1 / P), ls0 = mo + 2 * c0, ls1 = mo + 2 * c1;
+    u32 zsh0 = BITS * (c0 %% P), zsh1 = BITS * (c1 %% P);
+    asm volatile("" : "+r"(lw0), "+r"(lw1), "+r"(lz0), "+r"(lz1), "+r"(ls0), "+r"(ls1), "+r"(zsh0), "+r"(zsh1));
     u32 a[INFL][4];
     int s = 0, pend = -1;  // pend: the stage whose wgmmas are the last in flight, to release once done
     u32 ph = 0;
@@ -222,21 +229,19 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #endif
       const unsigned char* st = ringp + s * STAGE_BYTES;
-      const unsigned char* wt = st + XBYTES + cw * WBYTES;
       u32 wv[QG][2][2];  // [qq][row t + 8qq, t + 4 + 8qq][c0, c1]
-#define LOADW(qq) _Pragma("unroll") for (int h = 0; h < 2; ++h) { const int r = t + 8 * (qq) + 4 * h; \
-        wv[qq][h][0] = *(const u32*)(wt + r * 256 + woff0); wv[qq][h][1] = *(const u32*)(wt + r * 256 + woff1); }
+#define LOADW(qq) _Pragma("unroll") for (int h = 0; h < 2; ++h) { const int r = 8 * (qq) + 4 * h; \
+        wv[qq][h][0] = *(const u32*)(st + lw0 + r * 256); wv[qq][h][1] = *(const u32*)(st + lw1 + r * 256); }
 #if BITS == 4
 #pragma unroll
       for (int qq = 0; qq < QG; ++qq) LOADW(qq)
 #endif
-      const unsigned char* mt = st + XBYTES + NCW * WBYTES + cw * META;
-      const u32 zw0 = *(const u32*)(mt + 128 + 4 * (c0 / P)), zw1 = *(const u32*)(mt + 128 + 4 * (c1 / P));
-      const u32 s0 = *(const u16*)(mt + 2 * c0), s1 = *(const u16*)(mt + 2 * c1);
+      const u32 zw0 = *(const u32*)(st + lz0), zw1 = *(const u32*)(st + lz1);
+      const u32 s0 = *(const u16*)(st + ls0), s1 = *(const u16*)(st + ls1);
       u32 mz[2], nzh[2], s2[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const u32 z = ((h ? zw1 : zw0) >> (BITS * ((h ? c1 : c0) %% P))) & ((1u << BITS) - 1u);
+        const u32 z = ((h ? zw1 : zw0) >> (h ? zsh1 : zsh0)) & ((1u << BITS) - 1u);
 #if BF16
         mz[h] = z * 0x10001u + (0x4300u + ZERO_V1) * 0x10001u;
         nzh[h] = 0u;
