@@ -62,6 +62,12 @@ _SOURCE = r"""
 template <int J> __device__ __forceinline__ u32 dq_mid(u32 w, u32 mz, u32 nzh, u32 s2) {
   return SFOLD ? dq_raw<J>(w, mz, nzh) : dq<J>(w, mz, nzh, s2);
 }
+// ptxas rebuilds loop-invariant addresses (64-bit products, a lane's offsets from threadIdx) wherever the loop uses
+// them instead of holding them in registers: an empty asm that may "change" a value makes it hold that value
+template <class T> __device__ __forceinline__ void keep(T*& p) { asm volatile("" : "+l"(p)); }
+__device__ __forceinline__ void keep(u32& v) { asm volatile("" : "+r"(v)); }
+// x's staging shared address is held too where a thread may use more than 128 registers (at 128 it spills)
+#define HOLD_X (65536 / (MIN_BLOCKS * NWARPS * 32) > 128)
 extern "C" __global__ void
 #if CLUSTER
 __cluster_dims__(1, SPLIT, 1)
@@ -88,25 +94,38 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   const int zoff_y = 8, zshift = 0;
 #endif
 
-  auto stage = [&](u32* dst, int u, bool async) {  // x's rows of block kb0 + u into dst, 16-byte chunks of 8 values
+  keep(wsrc);  // the lane's words of block 0 (the loop's are a product of the block index from it)
+
+#define GCH ((MROWS * 16 + NWARPS * 32 - 1) / (NWARPS * 32))  // 16-byte chunks of x a thread stages a block
+  // The thread's chunks (8 values each) of x's block: rows xr0 + 2·NWARPS·i (i < GCH; those < M), columns 8·xc..
+  // (HAS_PERM: their perm entries). xrow: row xr0 (without HAS_PERM its chunk of block 0); xthr: the thread's chunk
+  // of row xr0 in a buffer at xs, and xs_thr its shared-window address (held with HOLD_X; holding xrow too spills
+  // some 8-bit kernels). Each block's addresses are steps from these.
+  const int xr0 = tid >> 4, xc = tid & 15;
+  const u16* xrow = x + (u64)xr0 * stride_xm + (HAS_PERM ? 0 : xc * 8);
+  u32* const xthr = xs + xr0 * XS + xc * 4;
+  u32 xs_thr = smem_u32(xthr);
+  if (HOLD_X) keep(xs_thr);
+  auto stage = [&](u32* dst, int u, bool async) {  // x's rows of block kb0 + u into dst (in smem)
     const int kbase = (kb0 + u) * 128;
-    for (int c = tid; c < M * 16; c += NWARPS * 32) {
-      const int m = c >> 4, cc = c & 15;
+    const u16* xr = HAS_PERM ? xrow : xrow + kbase;  // row m = xr0 + 2·NWARPS·i's chunk (HAS_PERM: row m)
+#pragma unroll
+    for (int i = 0; i < GCH; ++i, xr += (u64)(2 * NWARPS) * stride_xm) {
+      if (xr0 + 2 * NWARPS * i >= M) break;
+      const int off = (int)(dst - xs) + 2 * NWARPS * i * XS;  // row m's chunk in dst, from xthr
 #if HAS_PERM
-      const i32x4 p0 = *(const i32x4*)(perm + kbase + cc * 8), p1 = *(const i32x4*)(perm + kbase + cc * 8 + 4);
-      const u16* xr = x + (u64)m * stride_xm;
+      const i32x4 p0 = *(const i32x4*)(perm + kbase + xc * 8), p1 = *(const i32x4*)(perm + kbase + xc * 8 + 4);
       u32x4 v;
       v.x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
       v.y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
       v.z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
       v.w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
-      *(u32x4*)(dst + m * XS + cc * 4) = v;
+      *(u32x4*)(xthr + off) = v;
 #else
-      const u16* src = x + (u64)m * stride_xm + kbase + cc * 8;
       if (async)
-        cp16(smem_u32(dst + m * XS + cc * 4), src);
+        cp16(xs_thr + 4 * off, xr);
       else  // CPA after a PDL wait: the first stages' x by plain loads (their words are in earlier groups)
-        *(u32x4*)(dst + m * XS + cc * 4) = *(const u32x4*)src;
+        *(u32x4*)(xthr + off) = *(const u32x4*)xr;
 #endif
     }
   };
@@ -126,7 +145,6 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   };
 #endif
 #if PERM_AHEAD
-#define GCH ((MROWS * 16 + NWARPS * 32 - 1) / (NWARPS * 32))  // 16-byte chunks of x a thread gathers a block
   u32x4 gv[GCH];  // block u+1's chunks (rows tid/16 + i·NWARPS·2, columns 8·(tid%%16)..), gathered ahead
   i32x4 p0, p1;   // the perm of the thread's 8 columns of the next block to gather
   auto load_perm = [&](int u) {
@@ -165,14 +183,23 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     w[2 * q] = ldg_stream(src);
     w[2 * q + 1] = ldg_stream(src + 8);
   };
-  auto load_meta = [&](int blk) {
-    const int grp = group_size == 128 ? blk : blk * 128 / group_size;
-    const u16* sp = ssrc + (u64)grp * stride_s;
+  // The scales and zeros of the blocks' groups, loaded block after block (kb0, kb0 + 1, ..): sp and zp, those of
+  // the next block's group, step a group row whenever the blocks pass group_size rows (gk: the next block's first
+  // row from its group's), in place of a division of the block index each block.
+  int gk = kb0 * 128 %% group_size;
+  const u16* sp = ssrc + (u64)(kb0 * 128 / group_size) * stride_s;
+  const u32* zp = zsrc + (u64)(kb0 * 128 / group_size) * stride_qz;
+  auto load_meta = [&]() {  // the next block's
     sx = ldg8(sp);
     sy = ldg8(sp + 32);
-    const u32* zp = zsrc + (u64)grp * stride_qz;
     zx = ldg4(zp);
     zy = ldg4(zp + zoff_y);
+    for (gk += 128; gk >= group_size; gk -= group_size) {
+      sp += stride_s;
+      zp += stride_qz;
+    }
+    keep(sp);
+    keep(zp);
   };
 
 #if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL
@@ -208,7 +235,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #pragma unroll
     for (int q = 0; q < NQ; ++q)
       if (b < bps) load_words(wb[b], kb0 + b, q);
-  load_meta(kb0);
+  load_meta();
   if (PDL) {
     pdl_wait();  // x is written by the kernel before this one
     stage(xs, 0, true);
@@ -283,7 +310,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         const u32 sw = h ? (i < 2 ? sy.x : sy.y) : (i < 2 ? sx.x : sx.y);
         s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
       }
-    if (more && !CPA) load_meta(kb0 + u + 1);
+    if (more && !CPA) load_meta();
 #if SFOLD  // this block's sums of (q - z)·x, scaled once at its end
     float pacc[4][MT][4];
 #pragma unroll
