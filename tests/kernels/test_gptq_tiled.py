@@ -83,6 +83,13 @@ def test_gptq_tiled_kernel__refuses_a_layout_that_does_not_fit() -> None:
     x = torch.randn(1, K + 128, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"gptq_tiled_matmul: qweight_t \[2, 32, 64\] does not fit K = 384"):
         kernel.gptq_tiled_matmul(x, r["qweight"], torch.ones(3, N), r["qzeros"], bits=4, group_size=128)
+    # a group size the kernels cannot step through names itself (not a hang, a crash or a bare ZeroDivisionError)
+    for gs in (0, -128, 192):
+        want = f"group_size {gs} must be -1 or a positive multiple of 128 dividing K"
+        with pytest.raises(ValueError, match=want):
+            kernel.gptq_tiled_matmul(
+                x[:, :K], r["qweight"], torch.ones(2, N), r["qzeros"], bits=4, group_size=gs
+            )
     with pytest.raises(ValueError, match="split_k 3 must divide K/128 = 2"):
         kernel.gptq_tiled_matmul(x[:, :K], r["qweight"], torch.ones(2, N), r["qzeros"], bits=4, group_size=128,
                                  config={"kernel": "gemv", "split_k": 3})  # fmt: skip

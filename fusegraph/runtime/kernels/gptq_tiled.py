@@ -223,9 +223,9 @@ def gptq_tiled_matmul(
             f"K a multiple of {KB})"
         )
     group_size = k if group_size == -1 else group_size
-    if group_size % KB or k % group_size:
+    if group_size <= 0 or group_size % KB or k % group_size:  # (the kernels step through groups: > 0)
         raise ValueError(
-            f"gptq_tiled_matmul: group_size {group_size} must be a multiple of {KB} dividing K = {k}"
+            f"gptq_tiled_matmul: group_size {group_size} must be -1 or a positive multiple of {KB} dividing K = {k}"
         )
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
