@@ -15,17 +15,19 @@ from fusegraph.ops.gptq_layout import repack
 from fusegraph.ops.gptq_packing import dequantize, pack
 
 
-def cuda_layer(k: int, n: int, bits: int, desc_act: bool, dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    """A seeded [k, n] GPTQ layer (group 128, asymmetric): "w" its float64 weight (the math), "r"
-    the repacked tensors on the GPU, "scales" in `dtype` on the GPU, "gen" the generator for x."""
+def cuda_layer(
+    k: int, n: int, bits: int, desc_act: bool, dtype: torch.dtype, seed: int, group_size: int = 128
+) -> dict[str, Any]:
+    """A seeded [k, n] GPTQ layer (asymmetric, groups of `group_size` rows, -1: one): "w" its float64 weight (the
+    math), "r" the repacked tensors on the GPU, "scales" in `dtype` on the GPU, "gen" the generator for x."""
     gen = torch.Generator().manual_seed(seed)
-    t = pack(torch.randn(n, k, generator=gen), bits=bits, group_size=128, sym=False, desc_act=desc_act)
-    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=bits, group_size=128, sym=False,
+    t = pack(torch.randn(n, k, generator=gen), bits=bits, group_size=group_size, sym=False, desc_act=desc_act)
+    w = dequantize(t["qweight"], t["scales"], t["qzeros"], t["g_idx"], bits=bits, group_size=group_size, sym=False,
                    dtype=torch.float64)  # fmt: skip
-    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=bits, group_size=128,
+    r = repack(t["qweight"], t["qzeros"], t["g_idx"] if desc_act else None, bits=bits, group_size=group_size,
                sym=False, desc_act=desc_act)  # fmt: skip
     dev = {key: v.cuda() for key, v in r.items()}
-    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen}
+    return {"w": w, "r": dev, "scales": t["scales"].to(dtype).cuda(), "gen": gen, "group_size": group_size}
 
 
 def run_tiled(
@@ -36,7 +38,7 @@ def run_tiled(
 
     r = layer["r"]
     return gptq_tiled_matmul(x, r["qweight"], layer["scales"], r["qzeros"], r.get("perm"), bits=bits,
-                             group_size=128, config=config)  # fmt: skip
+                             group_size=layer["group_size"], config=config)  # fmt: skip
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:

@@ -118,7 +118,11 @@ def gptq_rswg_matmul(
         raise ValueError(
             "gptq_rswg_matmul: x must be 16-byte aligned with a row stride that is a multiple of 8"
         )
-    if scales.stride(0) % 8 or qzeros_t.stride(0) % 4 or scales.data_ptr() % 16 or qzeros_t.data_ptr() % 16:
+    # row strides: one group's single row (group_size -1) may carry any stride (torch keeps 1 for a size-1 dim);
+    # no block reads past row 0 there, so its row length stands in
+    s_row = scales.stride(0) if scales.shape[0] > 1 else scales.shape[1]
+    z_row = qzeros_t.stride(0) if qzeros_t.shape[0] > 1 else qzeros_t.shape[1]
+    if s_row % 8 or z_row % 4 or scales.data_ptr() % 16 or qzeros_t.data_ptr() % 16:
         raise ValueError("gptq_rswg_matmul: scales/qzeros rows must be 16-byte aligned (N a multiple of 64)")
     split, tok, ncw = int(plan["split_k"]), int(plan["tok"]), int(plan["ncw"])
     blocks = k // 128
@@ -156,7 +160,7 @@ def gptq_rswg_matmul(
     tmap = _tma_map(x, tok) if spec.tma else ctypes.create_string_buffer(192)
     _launch(kern, grid, (128 * (ncw + 1), 1, 1), smem,
             [x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
-             x.stride(0), scales.stride(0), qzeros_t.stride(0), out.stride(0), tiles_m, cnt, ws, tmap],
+             x.stride(0), s_row, z_row, out.stride(0), tiles_m, cnt, ws, tmap],
             pdl=spec.pdl > 0)  # fmt: skip
     return out
 
