@@ -365,7 +365,7 @@ def test_gptq_cuda_wgmma__ws_8bit_matches_the_math_eager_and_in_a_cuda_graph(cas
 
 def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() -> None:
     from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
-    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import gptq_rswg_matmul, rswg_plan
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import gptq_rswg_matmul, row_stride, rswg_plan
 
     x = torch.zeros(4, 256, dtype=torch.float16)
     qw, qz = torch.zeros(4, 32, 64, dtype=torch.int32), torch.zeros(2, 32, dtype=torch.int32)
@@ -378,6 +378,15 @@ def test_gptq_cuda_wgmma__ws_refuses_bad_operands_and_plan_fields_naming_them() 
 
     with pytest.raises(ValueError, match=r"gptq_rswg_matmul: split_k must be 1..2 \(8 and K/128\), got 3"):
         run(x, split_k=3)
+    with pytest.raises(
+        ValueError, match=r"scales/qzeros rows must be 16-byte aligned \(N a multiple of 64\)"
+    ):
+        gptq_rswg_matmul(x, qw, torch.zeros(2, 260, dtype=torch.float16)[:, :256], qz, group_size=128,
+                         zero_format="v1", plan=plan)  # fmt: skip
+    # one group (-1): torch keeps stride 1 for a single row (the repacked qzeros), which the row check once read,
+    # refusing every per-channel checkpoint; a single row's length stands in (no block reads past row 0)
+    one = torch.zeros(32, 1, dtype=torch.int32).t()
+    assert one.stride(0) == 1 and row_stride(one) == 32 and row_stride(qz) == 32
     with pytest.raises(ValueError, match="gptq_rswg_matmul: ncw must be 1..3 with N=256"):
         run(x, ncw=3)
     with pytest.raises(

@@ -27,7 +27,7 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_src import (
     rswg_smem_bytes,
 )
 
-__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "precompile", "rswg_plan", "rswg_spec", "rswg_tok"]
+__all__ = ["RSWG_KEYS", "gptq_rswg_matmul", "precompile", "row_stride", "rswg_plan", "rswg_spec", "rswg_tok"]
 
 _SK_BUF: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 _CACHE: KernelCache[tuple[int, RswgSpec]] = KernelCache()  # by (device index, spec)
@@ -118,10 +118,7 @@ def gptq_rswg_matmul(
         raise ValueError(
             "gptq_rswg_matmul: x must be 16-byte aligned with a row stride that is a multiple of 8"
         )
-    # row strides: one group's single row (group_size -1) may carry any stride (torch keeps 1 for a size-1 dim);
-    # no block reads past row 0 there, so its row length stands in
-    s_row = scales.stride(0) if scales.shape[0] > 1 else scales.shape[1]
-    z_row = qzeros_t.stride(0) if qzeros_t.shape[0] > 1 else qzeros_t.shape[1]
+    s_row, z_row = row_stride(scales), row_stride(qzeros_t)
     if s_row % 8 or z_row % 4 or scales.data_ptr() % 16 or qzeros_t.data_ptr() % 16:
         raise ValueError("gptq_rswg_matmul: scales/qzeros rows must be 16-byte aligned (N a multiple of 64)")
     split, tok, ncw = int(plan["split_k"]), int(plan["tok"]), int(plan["ncw"])
@@ -163,6 +160,17 @@ def gptq_rswg_matmul(
              x.stride(0), s_row, z_row, out.stride(0), tiles_m, cnt, ws, tmap],
             pdl=spec.pdl > 0)  # fmt: skip
     return out
+
+
+def row_stride(t: torch.Tensor) -> int:
+    """The row stride the kernel steps a group by: `t.stride(0)`, or for a single row (one group, group_size -1), whose
+    stride torch may leave at any value (1 after a transpose), its length: no block reads past row 0.
+
+    Example:
+        >>> row_stride(torch.zeros(32, 1).t()), row_stride(torch.zeros(3, 32))
+        (32, 32)
+    """
+    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
 
 
 def _aligned64(buf: ctypes.Array[ctypes.c_char]) -> int:
