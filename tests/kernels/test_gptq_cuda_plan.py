@@ -103,6 +103,19 @@ def test_maybe_gptq_cuda__leaves_cpu_tensors_and_forced_triton_kernels_to_triton
     assert cuda_path_status().split(":")[0] in ("cuda", "triton")
 
 
+def test_gptq_cuda_matmul__refuses_a_group_size_it_cannot_step_through() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda import gptq_cuda_matmul
+
+    x = torch.randn(1, 256, dtype=torch.float16)
+    qw, qz = torch.zeros(1, 32, 64, dtype=torch.int32), torch.zeros(2, 8, dtype=torch.int32)
+    s = torch.ones(2, 64, dtype=torch.float16)
+    for gs in (0, -128, 384):  # checked before anything is launched: never a kernel that loops forever
+        with pytest.raises(
+            ValueError, match=f"group_size {gs} must be -1 or a positive multiple of 128 dividing K"
+        ):
+            gptq_cuda_matmul(x, qw, s, qz, None, bits=4, group_size=gs, zero_format="v1", plan={"split_k": 1})
+
+
 def test_cuda_plan__leaves_act_order_and_8_bit_past_m_4_to_triton_unless_forced() -> None:
     for kwargs in ({"act_order": True}, {}):
         bits = 4 if kwargs else 8

@@ -163,6 +163,11 @@ def gptq_cuda_matmul(
         ...                      zero_format="v1", plan={"split_k": 4, "warps": 4, "cluster": False})
     """
     m, k = x.shape
+    gs = k if group_size == -1 else group_size
+    if gs <= 0 or gs % 128 or k % gs:  # (the mid-M kernel steps through groups: a bad size would never end)
+        raise ValueError(
+            f"gptq_cuda_matmul: group_size {group_size} must be -1 or a positive multiple of 128 dividing K = {k}"
+        )
     blocks = k // 128
     split = int(plan["split_k"])
     if blocks % split:
