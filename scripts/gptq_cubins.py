@@ -10,14 +10,16 @@ Two sets of kernel instances (`--set`):
 Each distinct kernel text is written to OUT/<kernel>-<n>.cu (OUT/index.txt: name, then the instances that use it)
 and compiled with nvcc for sm_90a (`-j` at a time). With `--report`, each cubin's ptxas line (registers, spills) is
 printed. With `--against DIR` (an earlier OUT of the same set), each cubin is compared with DIR's cubin of the same
-name: "identical", or "differs" (with nvdisasm given, SASS instruction counts too). The kernels that spill are
+name: "identical", or "differs" (with nvdisasm given, SASS instruction counts too: all, and the main loop's, the
+innermost loop holding an HMMA or HGMMA: the K-block loop). The kernels that spill are
 listed; exit 1 on a compile failure or a difference. `--tree PATH` builds the texts from another checkout's `fusegraph` (an export of an older commit: run it
 there first, then here with `--against`).
 
 Usage:
     .venv/bin/python scripts/gptq_cubins.py --set spread --out build/cubins-old --tree /tmp/old
     .venv/bin/python scripts/gptq_cubins.py --set spread --out build/cubins-new --against build/cubins-old
-    .venv/bin/python scripts/gptq_cubins.py --set defaults --out build/cubins --report
+    .venv/bin/python scripts/gptq_cubins.py --set defaults --out build/cubins --report --nvdisasm nvdisasm
+    (nvdisasm: CUDA's, or the `nvidia-cuda-nvdisasm` wheel's nvidia/cu13/bin/nvdisasm)
 """
 
 from __future__ import annotations
@@ -117,9 +119,36 @@ def compile_one(nvcc: str, cu: Path) -> str:
     return f"{used.group(0) if used else '?'}, {spill.group(0) if spill else '?'}"
 
 
-def sass_count(nvdisasm: str, cubin: Path) -> int:
+def sass(nvdisasm: str, cubin: Path) -> tuple[list[str], dict[str, int]]:
+    """The cubin's SASS instructions in order, and each branch label's index into them."""
     out = subprocess.run([nvdisasm, "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in out.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", line))
+    instrs: list[str] = []
+    labels: dict[str, int] = {}
+    for line in out.splitlines():
+        if label := re.match(r"\s*(\.L_x_\d+):", line):
+            labels[label.group(1)] = len(instrs)
+        elif instr := re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?);", line):
+            instrs.append(instr.group(1))
+    return instrs, labels
+
+
+def main_loop(instrs: list[str], labels: dict[str, int]) -> int:
+    """Instructions in the innermost loop (the shortest backward branch's body) that holds an HMMA or HGMMA: the
+    kernel's K-block loop (the wgmma consumer's: a block; the small-M kernel with register buffers: one block a
+    buffer), what the sessions' SASS counts compare (0 where there is none)."""
+    sizes = []
+    for i, instr in enumerate(instrs):
+        target = re.search(r"BRA\s+`\((\.L_x_\d+)\)", instr)
+        start = labels.get(target.group(1), i) if target else i
+        if start < i and any("MMA" in body for body in instrs[start : i + 1]):
+            sizes.append(i + 1 - start)
+    return min(sizes, default=0)
+
+
+def sass_counts(nvdisasm: str, cubin: Path) -> tuple[int, int]:
+    """(SASS instructions, those of the main loop)."""
+    instrs, labels = sass(nvdisasm, cubin)
+    return len(instrs), main_loop(instrs, labels)
 
 
 def main() -> int:
@@ -130,7 +159,8 @@ def main() -> int:
     ap.add_argument("--against", help="an earlier OUT of the same set: compare cubins by name")
     ap.add_argument("--report", action="store_true", help="print each kernel's registers and spills")
     ap.add_argument("--nvcc", default="nvcc")
-    ap.add_argument("--nvdisasm", help="with --against: SASS instruction counts of the cubins that differ")
+    ap.add_argument("--nvdisasm", help="SASS instruction counts, all and the main loop's: of the cubins that differ"
+                    " (--against), of every kernel (--report)")  # fmt: skip
     ap.add_argument("-j", type=int, default=2)
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.tree).resolve()))
@@ -158,8 +188,13 @@ def main() -> int:
     spilled = [n for n, line in lines.items() if n not in bad and not line.endswith(" 0 bytes spill loads")]
     if args.report:
         for name, labels in texts.values():
+            loop = ""
+            if args.nvdisasm and name not in bad:
+                loop = ", {} SASS instructions, main loop {}".format(
+                    *sass_counts(args.nvdisasm, out / f"{name}.cubin")
+                )
             print(
-                f"{name}: {lines[name]} | {labels[0]}"
+                f"{name}: {lines[name]}{loop} | {labels[0]}"
                 + (f" (+{len(labels) - 1} more)" if len(labels) > 1 else "")
             )
     print(f"{len(names)} kernels ({', '.join(f'{k} {v}' for k, v in counts.items())}); {len(bad)} failed"
@@ -174,9 +209,11 @@ def main() -> int:
                 differ.append(name)
         for name in differ[:20]:
             detail = ""
-            if args.nvdisasm and (old / f"{name}.cubin").exists():
-                detail = f": {sass_count(args.nvdisasm, old / f'{name}.cubin')} -> " \
-                         f"{sass_count(args.nvdisasm, out / f'{name}.cubin')} SASS instructions"  # fmt: skip
+            if args.nvdisasm and (old / f"{name}.cubin").exists() and name not in bad:
+                (was, was_loop), (now, now_loop) = (
+                    sass_counts(args.nvdisasm, d / f"{name}.cubin") for d in (old, out)
+                )
+                detail = f": {was} -> {now} SASS instructions, main loop {was_loop} -> {now_loop}"
             print(f"differs {name}{detail}")
         print(f"against {old}: {len(names) - len(differ)} identical, {len(differ)} differ")
         bad += differ
