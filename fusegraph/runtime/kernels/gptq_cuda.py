@@ -48,7 +48,7 @@ from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
 from fusegraph.runtime.kernels.pdl import gemm_chain
 
-__all__ = ["cuda_path_status", "gptq_cuda_matmul", "maybe_gptq_cuda"]
+__all__ = ["cuda_path_status", "gptq_cuda_matmul", "group_rows", "maybe_gptq_cuda"]
 
 _log = logging.getLogger(__name__)
 
@@ -139,6 +139,23 @@ def _unsupported(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor,
     return None
 
 
+def group_rows(group_size: int, k: int, caller: str) -> int:
+    """The rows of a group (K for group_size -1), or a ValueError naming `caller` where the kernels cannot step
+    through them: they must be a positive multiple of 128 dividing K (the mid-M kernel steps a group at a time, so a
+    size of 0 or below would never end).
+
+    Example:
+        >>> group_rows(-1, 4096, "f"), group_rows(256, 4096, "f")
+        (4096, 256)
+    """
+    rows = k if group_size == -1 else group_size
+    if rows <= 0 or rows % 128 or k % rows:
+        raise ValueError(
+            f"{caller}: group_size {group_size} must be -1 or a positive multiple of 128 dividing K = {k}"
+        )
+    return rows
+
+
 def gptq_cuda_matmul(
     x: torch.Tensor,
     qweight_t: torch.Tensor,
@@ -163,11 +180,7 @@ def gptq_cuda_matmul(
         ...                      zero_format="v1", plan={"split_k": 4, "warps": 4, "cluster": False})
     """
     m, k = x.shape
-    gs = k if group_size == -1 else group_size
-    if gs <= 0 or gs % 128 or k % gs:  # (the mid-M kernel steps through groups: a bad size would never end)
-        raise ValueError(
-            f"gptq_cuda_matmul: group_size {group_size} must be -1 or a positive multiple of 128 dividing K = {k}"
-        )
+    group_rows(group_size, k, "gptq_cuda_matmul")
     blocks = k // 128
     split = int(plan["split_k"])
     if blocks % split:
@@ -302,9 +315,8 @@ def maybe_gptq_cuda(
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
-    chain = (
-        gemm_chain(x.device) if "chain" not in cfg else {}
-    )  # (`pdl.py`): only L2 prefetches before the wait
+    # the runtime's chain (`pdl.py`: only L2 prefetches before the wait), unless the config sets its own
+    chain = gemm_chain(x.device) if "chain" not in cfg else {}
     plan, permute_x = launch_plan(plan, cfg, act_order=perm is not None, chain=chain, cap=cap)
     if (
         perm is not None and permute_x

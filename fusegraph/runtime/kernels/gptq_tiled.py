@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import triton
 
-from fusegraph.runtime.kernels.gptq_cuda import maybe_gptq_cuda
+from fusegraph.runtime.kernels.gptq_cuda import group_rows, maybe_gptq_cuda
 from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
 from fusegraph.runtime.kernels.gptq_kernels import _splitk_reduce_kernel
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel, _tiled_gemv_kernel
@@ -222,11 +222,7 @@ def gptq_tiled_matmul(
             f"gptq_tiled_matmul: qweight_t {list(qweight_t.shape)} does not fit K = {k} (want [N/64, K/{p}, 64], "
             f"K a multiple of {KB})"
         )
-    group_size = k if group_size == -1 else group_size
-    if group_size <= 0 or group_size % KB or k % group_size:  # (the kernels step through groups: > 0)
-        raise ValueError(
-            f"gptq_tiled_matmul: group_size {group_size} must be -1 or a positive multiple of {KB} dividing K = {k}"
-        )
+    group_size = group_rows(group_size, k, "gptq_tiled_matmul")
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
