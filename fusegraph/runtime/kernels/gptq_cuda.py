@@ -315,9 +315,8 @@ def maybe_gptq_cuda(
         if forced:
             raise ValueError(f"gptq_tiled_matmul: kernel 'cuda' cannot run: {why}")
         return None
-    # the runtime's chain (`pdl.py`: only L2 prefetches before the wait), unless the config sets its own
-    chain = gemm_chain(x.device) if "chain" not in cfg else {}
-    plan, permute_x = launch_plan(plan, cfg, act_order=perm is not None, chain=chain, cap=cap)
+    # the runtime's chain (`pdl.py`: only L2 prefetches before the wait; `launch_plan` drops it for a config's "chain")
+    plan, permute_x = launch_plan(plan, cfg, act_order=perm is not None, chain=gemm_chain(x.device), cap=cap)
     if (
         perm is not None and permute_x
     ):  # act-order: x sorted once, then the plain kernel on the row-sorted weight

@@ -40,7 +40,7 @@ def launch_plan(
 ) -> tuple[dict[str, Any], bool]:
     """(the plan to launch, whether x is permuted first) from `cuda_plan`'s `plan` (a copy is changed), a caller's
     `cfg` (its `PLAN_KEYS` override the plan's), act-order, the runtime's chain keys (`pdl.gemm_chain`: {} off, or
-    {"chain": True, "chain_l2": n}) and the compute capability.
+    {"chain": True, "chain_l2": n}; not where `cfg` has its own "chain") and the compute capability.
 
     A ring asked for drops the plan's register buffers; options the plan's cp.async ring excludes, asked for, drop
     the ring. No chain on clusters of 3, 5, 6 or 7 CTAs (measured slower: H200 down M=16, split 7, 23.7 µs chained
