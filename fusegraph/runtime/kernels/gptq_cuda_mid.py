@@ -62,10 +62,6 @@ _SOURCE = r"""
 template <int J> __device__ __forceinline__ u32 dq_mid(u32 w, u32 mz, u32 nzh, u32 s2) {
   return SFOLD ? dq_raw<J>(w, mz, nzh) : dq<J>(w, mz, nzh, s2);
 }
-// ptxas rebuilds loop-invariant addresses (64-bit products, a lane's offsets from threadIdx) wherever the loop uses
-// them instead of holding them in registers: an empty asm that may "change" a value makes it hold that value
-template <class T> __device__ __forceinline__ void keep(T*& p) { asm volatile("" : "+l"(p)); }
-__device__ __forceinline__ void keep(u32& v) { asm volatile("" : "+r"(v)); }
 // x's staging shared address is held too where a thread may use more than 128 registers (at 128 it spills)
 #define HOLD_X (65536 / (MIN_BLOCKS * NWARPS * 32) > 128)
 extern "C" __global__ void
@@ -94,7 +90,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   const int zoff_y = 8, zshift = 0;
 #endif
 
-  keep(wsrc);  // the lane's words of block 0 (the loop's are a product of the block index from it)
+  hold(wsrc);  // the lane's words of block 0 (the loop's are a product of the block index from it)
 
 #define GCH ((MROWS * 16 + NWARPS * 32 - 1) / (NWARPS * 32))  // 16-byte chunks of x a thread stages a block
   // The thread's chunks (8 values each) of x's block: rows xr0 + 2·NWARPS·i (i < GCH; those < M), columns 8·xc..
@@ -105,7 +101,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   const u16* xrow = x + (u64)xr0 * stride_xm + (HAS_PERM ? 0 : xc * 8);
   u32* const xthr = xs + xr0 * XS + xc * 4;
   u32 xs_thr = smem_u32(xthr);
-  if (HOLD_X) keep(xs_thr);
+  if (HOLD_X) hold(xs_thr);
   auto stage = [&](u32* dst, int u, bool async) {  // x's rows of block kb0 + u into dst (in smem)
     const int kbase = (kb0 + u) * 128;
     const u16* xr = HAS_PERM ? xrow : xrow + kbase;  // row m = xr0 + 2·NWARPS·i's chunk (HAS_PERM: row m)
@@ -198,8 +194,8 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
       sp += stride_s;
       zp += stride_qz;
     }
-    keep(sp);
-    keep(zp);
+    hold(sp);
+    hold(zp);
   };
 
 #if CHAIN  // a PDL launch after any kernel: only L2 prefetches (coherent) before the wait, then as without PDL

@@ -117,6 +117,10 @@ __device__ __forceinline__ void pdl_wait() {  // programmatic dependent launch: 
 __device__ __forceinline__ void pdl_trigger() {  // a kernel launched with PDL after this one may start now
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
+// ptxas rebuilds loop-invariant values (a lane's offsets from threadIdx, 64-bit products) wherever a loop uses them
+// instead of holding them in registers: an empty asm that may "change" the value makes it hold that value
+__device__ __forceinline__ void hold(u32& v) { asm volatile("" : "+r"(v)); }
+template <class T> __device__ __forceinline__ void hold(T*& p) { asm volatile("" : "+l"(p)); }
 __device__ __forceinline__ float shfl_xor(float v, int o) {
   float r;
   asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(o));

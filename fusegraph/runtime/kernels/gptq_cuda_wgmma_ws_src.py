@@ -208,12 +208,12 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     // word (r, c) of a strip's block at chunk r·16 + ((c >> 2) ^ 2(r & 3)), word c & 3; r & 3 == t here
     const int woff0 = (((c0 >> 2) ^ (2 * t)) * 4 + (c0 & 3)) * 4, woff1 = (((c1 >> 2) ^ (2 * t)) * 4 + (c1 & 3)) * 4;
     // the lane's offsets in a stage (its words at row t, zero words, scales) and its zeros' shifts, computed once and
-    // hidden from ptxas, which would otherwise re-derive them from the thread index each block
+    // held (`hold`), not re-derived from the thread index each block
     const u32 mo = XBYTES + NCW * WBYTES + cw * META;
     u32 lw0 = XBYTES + cw * WBYTES + t * 256 + woff0, lw1 = XBYTES + cw * WBYTES + t * 256 + woff1;
     u32 lz0 = mo + 128 + 4 * (c0 / P), lz1 = mo + 128 + 4 * (c1 / P), ls0 = mo + 2 * c0, ls1 = mo + 2 * c1;
     u32 zsh0 = BITS * (c0 %% P), zsh1 = BITS * (c1 %% P);
-    asm volatile("" : "+r"(lw0), "+r"(lw1), "+r"(lz0), "+r"(lz1), "+r"(ls0), "+r"(ls1), "+r"(zsh0), "+r"(zsh1));
+    hold(lw0), hold(lw1), hold(lz0), hold(lz1), hold(ls0), hold(ls1), hold(zsh0), hold(zsh1);
     u32 a[INFL][4];
     int s = 0, pend = -1;  // pend: the stage whose wgmmas are the last in flight, to release once done
     u32 ph = 0;
