@@ -36,6 +36,9 @@ _CUDA_SMALL_BUFS3_MAX_M = 16
 # M=1 7.80 vs 8.29, M=4 7.93 vs 8.58; not o_proj at 4 bits (its 3 buffers: 1.03x plain, 0.96-0.97x act-order), not
 # 8-bit down (M=4 0.93x), not past M=8 (o_proj M=16 1.00x))
 _CUDA_SMALL_CPA_MAX_M = 8
+# and 8 bits with > 2 blocks a warp (down, 7) to this M (H200, 15th session, chained, two calls: down M=1 17.86-17.87 vs
+# 18.42-18.43 µs; M=2 18.70 vs 18.44, M=4 20.88-21.12 vs 18.71-18.85; 3 stages at M=1 20.31)
+_CUDA_SMALL_CPA_8BIT_DEEP_MAX_M = 1
 # M ≤ this, 4 bits: that one-CTA plan with its ring wherever it fits, also on N ≥ _CUDA_MID_SMALL_M_MIN_N (qkv: 96 CTAs,
 # 4 blocks a warp; H200, 10th session, chained: M=1 6.98 vs the mid-M kernel's 7.17 µs, 4 warps with 3 stages 6.94-6.96;
 # act-order's own gather on it 7.78 vs x permuted first on the mid-M kernel 8.34; M=4 a tie, 7.53 vs 7.51)
@@ -53,8 +56,9 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     an SM where it fits, split-K the largest divisor d of K/128 with (N/64)·d ≤ SMs, ≥ 8 blocks and ≤ 64 KB of
     x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65), with 3 register
     buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj), or to M = 8 a 2-stage cp.async
-    ring where registers cannot hold a warp's blocks (`_CUDA_SMALL_CPA_MAX_M`: 4-bit down, 8-bit o_proj). Else 4 warps,
-    the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a cluster at d = 2, else a ticket.
+    ring where registers cannot hold a warp's blocks (`_CUDA_SMALL_CPA_MAX_M`: 4-bit down, 8-bit o_proj; 8-bit down
+    only at M=1, `_CUDA_SMALL_CPA_8BIT_DEEP_MAX_M`). Else 4 warps, the smallest d with (N/64)·d ≥ 1.4·SMs (larger
+    while x passes 64 KB), a cluster at d = 2, else a ticket.
     `bufs` > 2 elsewhere, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
     Example:
@@ -76,7 +80,8 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
             "min_blocks": 1,
         }
         two = blocks // fits[-1] <= 2 * 8  # ≤ 2 blocks a warp
-        if m <= _CUDA_SMALL_CPA_MAX_M and (bits == 4) != two and bits in (4, 8):
+        deep8 = bits == 8 and not two and m <= _CUDA_SMALL_CPA_8BIT_DEEP_MAX_M
+        if (m <= _CUDA_SMALL_CPA_MAX_M and (bits == 4) != two and bits in (4, 8)) or deep8:
             plan["cpa"] = 2
         elif bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and two:
             plan["bufs"] = 3
@@ -108,17 +113,16 @@ _CUDA_MID_ONE_TILE_M = 8
 # M ≤ this (one n-tile of x): the scale leaves the inner loop ("sfold": each block's fp32 sums scaled once), 4 bits, or
 # 8 bits where a thread keeps 255 registers (at 128 its partial sums spill: gate_up M=1 41.5 vs 33.8 µs). H200, seventh
 # session: gate_up M=1 22.9 -> 20.2 µs, M=8 24.8 -> 21.7; qkv 8.75 -> 8.73, M=8 9.48 -> 9.34; 8-bit qkv M=4 11.28 ->
-# 10.88. (a probe without the multiply: gate_up M=1 18.7 µs.) M 9..16, two n-tiles: only on 4-bit CTAs of 4 strips
-# (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82;
-# down's 2 strips 22.09 vs 21.05; unchained, 7th session, -4..+5% by shape)
+# 10.88. (a probe without the multiply: gate_up M=1 18.7 µs.) M 9..16, two n-tiles: 4 bits only, on CTAs of 4 strips
+# (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82) and of
+# 2 (down: 224 CTAs), at the plan's 4 CTAs an SM. H200, 15th session, chained, against the 10th session's rule there (a
+# 3-stage cp.async ring at 2 CTAs an SM, 18.21 vs 20.55 µs then; since the mid-M loop's stepped addresses the ring
+# gains nothing: 18.71 vs 18.79 without): down M=16 16.78 / 17.03 vs 18.50-18.79, M=12 16.59 vs 18.60, M=9 16.13 vs
+# 18.05 (two calls; with the ring as well 16.75, a tie)
 _CUDA_MID_SFOLD_MAX_M = 8
 # 4 bits, M ≤ this, one n-tile whose split is at its cap (qkv: 192 CTAs of 4 strips, < 2 an SM): 2 strips a CTA, twice the
 # CTAs (H200, 7th session, with sfold: qkv M=1 7.88 vs 8.57 µs, M=4 8.17 vs 8.78; before sfold 8.53 vs 8.51, a tie)
 _CUDA_MID_HALF_STRIPS_MAX_M = 4
-# 4 bits, M 9..16 (two n-tiles), CTAs of 2 strips (down: 224 CTAs): a 3-stage cp.async ring (`cpa`) and 2 CTAs an SM by
-# registers (H200, 10th session, chained: down M=16 18.21 vs 20.55 µs; after act-order's permutation 21.40 vs 23.06;
-# the ring at the plan's 4 CTAs an SM 20.06; qkv's and gate_up's 4-strip CTAs: 0.96-1.01x)
-_CUDA_MID_CPA_M = (9, 16)
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -138,8 +142,7 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
     still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), or, where the split is at its cap,
     2 strips a CTA at 4 bits and M ≤ 4 (`_CUDA_MID_HALF_STRIPS_MAX_M`: qkv 8% faster); and the scale leaves the
-    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster; at M 9..16 with 4 strips a CTA). At M 9..16,
-    4-bit CTAs of 2 strips stream through a 3-stage cp.async ring at 2 CTAs an SM (`_CUDA_MID_CPA_M`: down 13% faster).
+    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster), and at M 9..16 at 4 bits (down 10% faster).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -167,10 +170,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
         warps, ctas = 2, 2 * ctas
         min_blocks = -(-ctas // sms)
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
-    if bits == 4 and warps == 2 and _CUDA_MID_CPA_M[0] <= m <= _CUDA_MID_CPA_M[1]:
-        plan |= {"cpa": 3, "min_blocks": 2}
     one_tile_fold = m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8)
-    if one_tile_fold or (m <= 16 and bits == 4 and warps == 4):  # two n-tiles: 4-bit CTAs of 4 strips only
+    if one_tile_fold or (m <= 16 and bits == 4):
         plan["sfold"] = True
     return plan
 
