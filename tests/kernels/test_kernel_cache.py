@@ -3,6 +3,7 @@ shared-memory limit raised only upward (CPU: the kernel is a stand-in with `set_
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache
@@ -47,3 +48,34 @@ def test_kernel_cache__remembers_a_failure_and_its_reason() -> None:
     assert len(calls) == 1
     assert cache.failed == {"k": "RuntimeError: nvrtc: error: identifier 'x' is undefined"}
     assert "k" not in cache.kernels
+
+
+def test_kernel_cache__threads_compiling_one_key_share_the_kernel_whose_limit_was_raised() -> None:
+    """Two threads miss the same key at once (NVRTC runs without the GIL): both get the kernel stored first, with
+    the larger limit raised on it. Before, the second build replaced the first in the cache after the first had
+    recorded its limit, so the kernel kept launched had 48 KB ("CUDA error: invalid argument" on the H200)."""
+    cache: KernelCache[str] = KernelCache()
+    both_building = threading.Barrier(2)
+    builds: list[_Kernel] = []
+
+    def build() -> Any:
+        both_building.wait(timeout=10)  # both threads are past the cache lookup before either stores
+        builds.append(_Kernel())
+        return builds[-1]
+
+    got: dict[int, Any] = {}
+
+    def worker(i: int, smem: int) -> None:
+        got[i] = cache.get("k", build, smem=smem)
+
+    threads = [
+        threading.Thread(target=worker, args=(i, smem)) for i, smem in enumerate((96 * 1024, 160 * 1024))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(builds) == 2 and got[0] is got[1] is cache.kernels["k"]
+    kept = cache.kernels["k"]
+    assert kept.smem == sorted(kept.smem) and kept.smem[-1] == 160 * 1024  # only ever raised, to the larger
+    assert cache.get("k", build, smem=160 * 1024) is kept and len(builds) == 2

@@ -13,6 +13,7 @@ is captured by CUDA graphs like any other launch.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -106,7 +107,9 @@ def raise_smem_limit(kern: Any, smem: int) -> None:
 
 
 class KernelCache(Generic[K]):
-    """NVRTC kernels compiled once per key (a device index and a spec), a failure remembered.
+    """NVRTC kernels compiled once per key (a device index and a spec), a failure remembered. Safe to share between
+    threads: NVRTC runs without the GIL, so two threads may compile one key at once; both then get the kernel stored
+    first, and its shared-memory limit only rises.
 
     Attributes:
         kernels: the compiled kernels by key.
@@ -121,6 +124,7 @@ class KernelCache(Generic[K]):
         self.kernels: dict[K, Any] = {}
         self.failed: dict[K, str] = {}
         self._smem: dict[K, int] = {}
+        self._smem_lock = threading.Lock()  # the limit's check, raise and record, as one step
 
     def get(self, key: K, build: Callable[[], Any], smem: int = 0) -> Any | None:
         """The kernel of `key`, compiled by `build()` on first use, allowed `smem` bytes of dynamic shared
@@ -135,8 +139,9 @@ class KernelCache(Generic[K]):
             except Exception as err:  # noqa: BLE001 - no NVRTC, no CUDA_HOME for its includes, a compile error
                 self.failed[key] = f"{type(err).__name__}: {str(err)[:300]}"
                 return None
-            self.kernels[key] = kern
-        if smem > self._smem.get(key, 48 * 1024 - 1):
-            raise_smem_limit(kern, smem)
-            self._smem[key] = smem
+            kern = self.kernels.setdefault(key, kern)  # another thread's, if it stored one first
+        with self._smem_lock:
+            if smem > self._smem.get(key, 48 * 1024 - 1):
+                raise_smem_limit(kern, smem)
+                self._smem[key] = smem
         return kern
