@@ -1,0 +1,149 @@
+"""The small- and mid-M CUDA GPTQ plans against their neighbours, as the runtime launches them (in the PDL chain).
+
+For each case "shape:M:bits" of `CASES` (default: the issue's cells where a target is short), the default dispatch is
+timed first and last (the spread of the run), then the plan `gptq_plan.cuda_plan` gives and each neighbour: the mid-M
+kernel's CTAs of 8, 4 or 2 strips at every split-K ≤ 8 whose CTAs fit one to four an SM, with and without the scale
+folded out of the loop ("sfold"), and to M = 16 the small-M kernel's grids with 2 or 3 register buffers or a 2-stage
+cp.async ring. `X_<shape>_<M>_<bits>='[{config}, ...]'` replaces a case's neighbours by those configs ("kernel":
+"cuda" is added). Every variant is checked against x @ W first, then timed as CUDA-graph replays with L2 cold
+(`gpu.graph_us`). The kernels are compiled first on 14 threads (NVRTC runs without the GIL).
+
+    CASES=down:16:4,down:1:8 python benchmarks/gptq_plan_sweep.py
+
+Prints each case's six fastest with their ratio to cuBLAS fp16; with OUT set, all of them to $OUT/plan_sweep.txt.
+(The fifteenth session's sweep, docs/benchmarks.md: 4-bit down M 9..16 and 8-bit down M=1 changed plan.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import gptq_sweep_kit as kit
+import torch
+from gptq_sweep_kit import GB, K, log, timed
+
+from fusegraph.runtime.kernels.gptq_plan import cuda_plan
+
+SMS = 132
+SHAPES = {label: (k_in, n_out) for label, k_in, n_out in GB.SHAPES}
+DEFAULT_CASES = "qkv:1:8,o_proj:1:8,gate_up:1:8,down:1:8,qkv:16:4,o_proj:16:4,gate_up:16:4,down:16:4"
+Config = dict[str, Any]
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def mid_neighbours(m: int, k: int, n: int, bits: int) -> list[Config]:
+    """The mid-M kernel's grids: 8, 4 or 2 strips a CTA, split ≤ 8 (a cluster), 0.7-4 CTAs an SM, the CTAs an SM
+    needed to hold them all (and 8 warps an SM if more), each with and without sfold to M = 16."""
+    out: list[Config] = []
+    for warps in (w for w in (8, 4, 2) if (n // 64) % w == 0):
+        for split in (d for d in _divisors(k // 128) if d <= 8):
+            ctas = n // 64 // warps * split
+            if not 0.7 * SMS <= ctas <= 4 * SMS:
+                continue
+            resident = math.ceil(ctas / SMS)
+            for min_blocks in (b for b in sorted({resident, max(resident, 8 // warps)}) if b * warps <= 16):
+                cfg = {
+                    "mid": True,
+                    "split_k": split,
+                    "warps": warps,
+                    "cluster": split > 1,
+                    "min_blocks": min_blocks,
+                }
+                out.append(cfg)
+                if m <= 16 and (
+                    bits == 4 or min_blocks * warps <= 8
+                ):  # 8-bit fold sums spill at 128 registers
+                    out.append(cfg | {"sfold": True})
+    return out
+
+
+def small_neighbours(m: int, k: int, n: int) -> list[Config]:
+    """The small-M kernel's grids: 8 or 4 warps, split ≤ 8 (a cluster), 0.7-4 CTAs an SM, ≤ 64 KB of x a CTA, with
+    2 or 3 register buffers, or (M ≤ 8) a 2-stage cp.async ring."""
+    out: list[Config] = []
+    blocks = k // 128
+    for warps in (8, 4):
+        for split in (d for d in _divisors(blocks) if d <= 8 and blocks // d >= warps // 2):
+            ctas = n // 64 * split
+            resident = math.ceil(ctas / SMS)
+            if not 0.7 * SMS <= ctas <= 4 * SMS or m * blocks // split * 256 > 65536 or resident * warps > 16:
+                continue
+            base = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": resident}
+            out += [base, base | {"bufs": 3}] + ([base | {"cpa": 2}] if m <= 8 else [])
+    return out
+
+
+def variants(label: str, m: int, bits: int) -> list[Config]:
+    """The case's plan (as a config), then its neighbours or the configs of `X_<label>_<m>_<bits>`, each once."""
+    k, n = SHAPES[label]
+    plan = cuda_plan(m, n, k, bits, SMS, cap=(9, 0))
+    found: list[Config] = []
+    if plan is not None and plan["kernel"] != "wgmma":
+        found.append({key: value for key, value in plan.items() if key != "kernel"})
+    if extra := os.environ.get(f"X_{label}_{m}_{bits}"):
+        found += json.loads(extra)
+    else:
+        found += mid_neighbours(m, k, n, bits) + (small_neighbours(m, k, n) if m <= 16 else [])
+    unique = {tuple(sorted(cfg.items())): {"kernel": "cuda"} | cfg for cfg in found}
+    return list(unique.values())
+
+
+def main() -> None:
+    kit.BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "400"))
+    cases = [(label, int(m), int(bits)) for label, m, bits in
+             (c.split(":") for c in os.environ.get("CASES", DEFAULT_CASES).split(",") if c)]  # fmt: skip
+    layers: dict[tuple[str, int], list[Any]] = {}
+    for label, _, bits in cases:
+        if (label, bits) not in layers:
+            kind = "int8" if bits == 8 else "plain"
+            layers[(label, bits)] = GB.Bench(*SHAPES[label], (kind,)).layers[kind]
+    runs = [(label, m, bits, variants(label, m, bits)) for label, m, bits in cases]
+    started = time.time()
+    jobs = [(layers[(label, bits)][0], torch.randn(m, SHAPES[label][0], device="cuda", dtype=torch.float16), cfg)
+            for label, m, bits, cfgs in runs for cfg in cfgs]  # fmt: skip
+
+    def compile_one(job: tuple[Any, torch.Tensor, Config]) -> str | None:
+        try:
+            GB.ours(K, *job)
+        except Exception as err:  # noqa: BLE001 - reported, and timed (and reported) again below
+            return f"{job[2]}: {type(err).__name__}: {str(err)[:200]}"
+        return None
+
+    with ThreadPoolExecutor(14) as pool:
+        failed = [why for why in pool.map(compile_one, jobs) if why]
+    torch.cuda.synchronize()
+    log(f"compiled {len(jobs)} variants in {time.time() - started:.1f} s ({len(failed)} refused)")
+    kit.T0 = time.time()
+    for label, m, bits, cfgs in runs:
+        lays = layers[(label, bits)]
+        xs = [torch.randn(m, SHAPES[label][0], device="cuda", dtype=torch.float16) for _ in lays]
+        row = f"{label} M={m} {bits}-bit"
+        cublas = timed(row, "cuBLAS", lambda lay, x: torch.matmul(x, lay.w), lays, xs)
+        first = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
+        got = [(t[0], cfg) for cfg in cfgs if (t := timed(row, str(cfg), lambda lay, x, c=cfg: GB.ours(K, lay, x, c), lays, xs))]  # fmt: skip
+        last = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
+        if not (cublas and first and last and got):
+            log(f"== {row}: not timed (see above)")
+            continue
+        got.sort(key=lambda item: item[0])
+        lines = [
+            f"== {row}: cuBLAS {cublas[0]:.2f} µs, default {first[0]:.2f} / {last[0]:.2f} (first / last)"
+        ]
+        lines += [f"   {us:7.2f}  {cublas[0] / us:4.2f}x  {cfg}" for us, cfg in got]
+        for line in lines[:7]:
+            log(line)
+        if out := os.environ.get("OUT"):
+            with open(os.path.join(out, "plan_sweep.txt"), "a") as f:
+                f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
