@@ -114,15 +114,17 @@ _CUDA_MID_ONE_TILE_M = 8
 # 8 bits where a thread keeps 255 registers (at 128 its partial sums spill: gate_up M=1 41.5 vs 33.8 µs). H200, seventh
 # session: gate_up M=1 22.9 -> 20.2 µs, M=8 24.8 -> 21.7; qkv 8.75 -> 8.73, M=8 9.48 -> 9.34; 8-bit qkv M=4 11.28 ->
 # 10.88. (a probe without the multiply: gate_up M=1 18.7 µs.) M 9..16, two n-tiles: 4 bits only, on CTAs of 4 strips
-# (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82) and of
-# 2 (down: 224 CTAs), at the plan's 4 CTAs an SM. H200, 15th session, chained, against the 10th session's rule there (a
-# 3-stage cp.async ring at 2 CTAs an SM, 18.21 vs 20.55 µs then; since the mid-M loop's stepped addresses the ring
-# gains nothing: 18.71 vs 18.79 without): down M=16 16.78 / 17.03 vs 18.50-18.79, M=12 16.59 vs 18.60, M=9 16.13 vs
-# 18.05 (two calls; with the ring as well 16.75, a tie)
+# (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82) and, with
+# their ring, of 2 (`_CUDA_MID_CPA_M`)
 _CUDA_MID_SFOLD_MAX_M = 8
 # 4 bits, M ≤ this, one n-tile whose split is at its cap (qkv: 192 CTAs of 4 strips, < 2 an SM): 2 strips a CTA, twice the
 # CTAs (H200, 7th session, with sfold: qkv M=1 7.88 vs 8.57 µs, M=4 8.17 vs 8.78; before sfold 8.53 vs 8.51, a tie)
 _CUDA_MID_HALF_STRIPS_MAX_M = 4
+# 4 bits, M 9..16 (two n-tiles), CTAs of 2 strips (down: 224 CTAs): a 3-stage cp.async ring (`cpa`) with the scale out of
+# the loop, at 4 CTAs an SM (H200, 15th session, chained, µs, 3 rounds: down M=16 16.59-16.77 vs the 10th session's rule,
+# the ring alone at 2 CTAs an SM, 18.47-18.93; M=9 16.06-16.20 vs 17.94-17.98; the ring and sfold at 2 an SM 16.91-17.11,
+# sfold alone 19.12-19.40, neither 20.08-20.29; qkv's and gate_up's 4-strip CTAs: the ring 1.25-1.35x slower)
+_CUDA_MID_CPA_M = (9, 16)
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -142,7 +144,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
     still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), or, where the split is at its cap,
     2 strips a CTA at 4 bits and M ≤ 4 (`_CUDA_MID_HALF_STRIPS_MAX_M`: qkv 8% faster); and the scale leaves the
-    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster), and at M 9..16 at 4 bits (down 10% faster).
+    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster), and at M 9..16 at 4 bits, where CTAs of 2 strips
+    also stream through a 3-stage cp.async ring (`_CUDA_MID_CPA_M`: down 11% faster than the ring alone).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -170,8 +173,10 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
         warps, ctas = 2, 2 * ctas
         min_blocks = -(-ctas // sms)
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
+    if bits == 4 and warps == 2 and _CUDA_MID_CPA_M[0] <= m <= _CUDA_MID_CPA_M[1]:
+        plan["cpa"] = 3
     one_tile_fold = m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8)
-    if one_tile_fold or (m <= 16 and bits == 4):
+    if one_tile_fold or (m <= 16 and bits == 4):  # two n-tiles: at 4 bits
         plan["sfold"] = True
     return plan
 
