@@ -3,9 +3,10 @@
 For each case "shape:M:bits" of `CASES` (default: the issue's cells where a target is short), the default dispatch is
 timed first and last (the spread of the run), then the plan `gptq_plan.cuda_plan` gives and each neighbour: the mid-M
 kernel's CTAs of 8, 4 or 2 strips at every split-K ≤ 8 whose CTAs fit one to four an SM, with and without the scale
-folded out of the loop ("sfold"), and to M = 16 the small-M kernel's grids with 2 or 3 register buffers or a 2-stage
-cp.async ring. `X_<shape>_<M>_<bits>='[{config}, ...]'` replaces a case's neighbours by those configs ("kernel":
-"cuda" is added). Every variant is checked against x @ W first, then timed as CUDA-graph replays with L2 cold
+folded out of the loop ("sfold"; at M 9..16 also with a 3-stage cp.async ring), and to M = 16 the small-M kernel's
+grids with 2 or 3 register buffers or a 2-stage cp.async ring. Each neighbour names every option the plans set: a
+config's keys override the plan's and the rest stay. `X_<shape>_<M>_<bits>='[{config}, ...]'` replaces a case's
+neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's other keys). Every variant is checked against x @ W first, then timed as CUDA-graph replays with L2 cold
 (`gpu.graph_us`). The kernels are compiled first on 14 threads (NVRTC runs without the GIL).
 
     CASES=down:16:4,down:1:8 python benchmarks/gptq_plan_sweep.py
@@ -30,6 +31,10 @@ from gptq_sweep_kit import GB, K, log, timed
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
 SMS = 132
+# A config's keys override the plan's and the rest stay (`gptq_cuda_specs.launch_plan`), so each neighbour names every
+# option the plans set: without these, a neighbour of a plan with a ring or folded scales would have them too.
+MID_BASE: dict[str, Any] = {"mid": True, "sfold": False, "cpa": 0, "bufs": 1}
+SMALL_BASE: dict[str, Any] = {"mid": False, "cpa": 0, "bufs": 2, "fold": False}
 SHAPES = {label: (k_in, n_out) for label, k_in, n_out in GB.SHAPES}
 DEFAULT_CASES = "qkv:1:8,o_proj:1:8,gate_up:1:8,down:1:8,qkv:16:4,o_proj:16:4,gate_up:16:4,down:16:4"
 Config = dict[str, Any]
@@ -41,7 +46,8 @@ def _divisors(n: int) -> list[int]:
 
 def mid_neighbours(m: int, k: int, n: int, bits: int) -> list[Config]:
     """The mid-M kernel's grids: 8, 4 or 2 strips a CTA, split ≤ 8 (a cluster), 0.7-4 CTAs an SM, the CTAs an SM
-    needed to hold them all (and 8 warps an SM if more), each with and without sfold to M = 16."""
+    needed to hold them all (and 8 warps an SM if more), each with and without sfold to M = 16 (past 8, with a ring
+    too)."""
     out: list[Config] = []
     for warps in (w for w in (8, 4, 2) if (n // 64) % w == 0):
         for split in (d for d in _divisors(k // 128) if d <= 8):
@@ -50,18 +56,14 @@ def mid_neighbours(m: int, k: int, n: int, bits: int) -> list[Config]:
                 continue
             resident = math.ceil(ctas / SMS)
             for min_blocks in (b for b in sorted({resident, max(resident, 8 // warps)}) if b * warps <= 16):
-                cfg = {
-                    "mid": True,
-                    "split_k": split,
-                    "warps": warps,
-                    "cluster": split > 1,
-                    "min_blocks": min_blocks,
-                }
-                out.append(cfg)
+                grid = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks}
+                out.append(MID_BASE | grid)
                 if m <= 16 and (
                     bits == 4 or min_blocks * warps <= 8
                 ):  # 8-bit fold sums spill at 128 registers
-                    out.append(cfg | {"sfold": True})
+                    out.append(MID_BASE | grid | {"sfold": True})
+                    if m > 8:
+                        out.append(MID_BASE | grid | {"sfold": True, "cpa": 3})
     return out
 
 
@@ -76,7 +78,12 @@ def small_neighbours(m: int, k: int, n: int) -> list[Config]:
             resident = math.ceil(ctas / SMS)
             if not 0.7 * SMS <= ctas <= 4 * SMS or m * blocks // split * 256 > 65536 or resident * warps > 16:
                 continue
-            base = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": resident}
+            base = SMALL_BASE | {
+                "split_k": split,
+                "warps": warps,
+                "cluster": split > 1,
+                "min_blocks": resident,
+            }
             out += [base, base | {"bufs": 3}] + ([base | {"cpa": 2}] if m <= 8 else [])
     return out
 
