@@ -145,7 +145,7 @@ def default_specs(n: int, k: int, ms: Sequence[int], kinds: Sequence[tuple[int, 
     `gptq_cuda.maybe_gptq_cuda` would launch it: a `KernelSpec`, `MidSpec` or `RswgSpec` (zeros stored as z − 1).
 
     Example:
-        >>> [type(s).__name__ for _, _, s in default_specs(6144, 4096, (1, 64), [(4, False, False)], sms=132,
+        >>> [type(s).__name__ for _, _, s in default_specs(4096, 4096, (1, 64), [(4, False, False)], sms=132,
         ...                                                cap=(9, 0), chain={})]
         ['KernelSpec', 'RswgSpec']
     """

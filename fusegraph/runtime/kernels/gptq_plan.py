@@ -39,10 +39,6 @@ _CUDA_SMALL_CPA_MAX_M = 8
 # and 8 bits with > 2 blocks a warp (down, 7) to this M (H200, 15th session, chained, two calls: down M=1 17.86-17.87 vs
 # 18.42-18.43 µs; M=2 18.70 vs 18.44, M=4 20.88-21.12 vs 18.71-18.85; 3 stages at M=1 20.31)
 _CUDA_SMALL_CPA_8BIT_DEEP_MAX_M = 1
-# M ≤ this, 4 bits: that one-CTA plan with its ring wherever it fits, also on N ≥ _CUDA_MID_SMALL_M_MIN_N (qkv: 96 CTAs,
-# 4 blocks a warp; H200, 10th session, chained: M=1 6.98 vs the mid-M kernel's 7.17 µs, 4 warps with 3 stages 6.94-6.96;
-# act-order's own gather on it 7.78 vs x permuted first on the mid-M kernel 8.34; M=4 a tie, 7.53 vs 7.51)
-_CUDA_SMALL_RING_MAX_M = 1
 
 
 def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -104,7 +100,9 @@ _CUDA_MID_FROM_M = 9
 # slower than Triton at M=32 (13.6 vs 13.3 us) and M=64 (20.7 vs 18.3); qkv (3072) faster (14.3 vs 17.0, 21.8 vs 22.3)
 _CUDA_MID_MIN_WORK = 2500
 # M ≤ 8 (plain, or x permuted first) takes the mid-M kernel on shapes of N ≥ this (H200 M=1: qkv 8.55 vs 9.20 µs,
-# gate_up 24.90 vs 25.46; M=4: 8.81 vs 9.75, 25.57 vs 30.09; 8-bit M=1 qkv 11.09 vs 12.29); o_proj and down do not
+# gate_up 24.90 vs 25.46; M=4: 8.81 vs 9.75, 25.57 vs 30.09; 8-bit M=1 qkv 11.09 vs 12.29); o_proj and down do not.
+# qkv M=1 too since the fourteenth session's mid-M loop (H200, 15th session, chained, 3 rounds: 6.69-6.80 vs the small-M
+# kernel's one CTA an SM with its ring, 6.89-7.01, which the 10th session had measured faster, 6.98 vs 7.17)
 _CUDA_MID_SMALL_M_MIN_N = 6144
 # M ≤ this (one n-tile of x), 4/8 bits, fp16: < 2 CTAs an SM get twice the split where all fit at 16 warps an SM (H200,
 # 6th session: gate_up split 4, M=1 24.6 -> 22.4-22.7 µs, M=8 26.8 -> 24.4, 8-bit M=1 34.8 -> 32.9; at 3 CTAs an SM,
@@ -117,9 +115,6 @@ _CUDA_MID_ONE_TILE_M = 8
 # (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82) and, with
 # their ring, of 2 (`_CUDA_MID_CPA_M`)
 _CUDA_MID_SFOLD_MAX_M = 8
-# 4 bits, M ≤ this, one n-tile whose split is at its cap (qkv: 192 CTAs of 4 strips, < 2 an SM): 2 strips a CTA, twice the
-# CTAs (H200, 7th session, with sfold: qkv M=1 7.88 vs 8.57 µs, M=4 8.17 vs 8.78; before sfold 8.53 vs 8.51, a tie)
-_CUDA_MID_HALF_STRIPS_MAX_M = 4
 # 4 bits, M 9..16 (two n-tiles), CTAs of 2 strips (down: 224 CTAs): a 3-stage cp.async ring (`cpa`) with the scale out of
 # the loop, at 4 CTAs an SM (H200, 15th session, chained, µs, 3 rounds: down M=16 16.59-16.77 vs the 10th session's rule,
 # the ring alone at 2 CTAs an SM, 18.47-18.93; M=9 16.06-16.20 vs 17.94-17.98; the ring and sfold at 2 an SM 16.91-17.11,
@@ -142,9 +137,9 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     variant on every shape at M = 16, 32 and 64 but one (gate_up M=16: 2 strips, 1% faster).
     Registers are capped for 8 warps an SM (255 a thread at 4 bits and M > 56, no spills). At M ≤ 8
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
-    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster), or, where the split is at its cap,
-    2 strips a CTA at 4 bits and M ≤ 4 (`_CUDA_MID_HALF_STRIPS_MAX_M`: qkv 8% faster); and the scale leaves the
-    inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster), and at M 9..16 at 4 bits, where CTAs of 2 strips
+    still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster); where the split is at its cap (qkv)
+    the CTAs stay 4 strips (192; 15th session, H200, chained: M=1 6.69-6.80 µs, M=4 6.96-6.99 against 2 strips at M=4,
+    7.04-7.17, the 7th session's rule). The scale leaves the inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster), and at M 9..16 at 4 bits, where CTAs of 2 strips
     also stream through a 3-stage cp.async ring (`_CUDA_MID_CPA_M`: down 11% faster than the ring alone).
 
     Example:
@@ -169,9 +164,6 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     one_tile = m <= _CUDA_MID_ONE_TILE_M and bits in (4, 8) and not bf16
     if one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms:
         split, min_blocks = 2 * split, 16 // warps
-    elif one_tile and bits == 4 and m <= _CUDA_MID_HALF_STRIPS_MAX_M and warps == 4 and ctas < 2 * sms:
-        warps, ctas = 2, 2 * ctas
-        min_blocks = -(-ctas // sms)
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
     if bits == 4 and warps == 2 and _CUDA_MID_CPA_M[0] <= m <= _CUDA_MID_CPA_M[1]:
         plan["cpa"] = 3
@@ -231,11 +223,6 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     wide = m <= _CUDA_MAX_M or n >= _CUDA_8BIT_MID_MIN_N  # 8 bits past M=16: only wide shapes (measured)
     if mid is None and bits == 8 and not forced and _CUDA_MID_FROM_M <= m <= _CUDA_MID_MAX_M and wide:
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
-    # M=1, 4 bits: the small-M kernel's one-CTA plan with its ring wherever it fits (qkv too)
-    if mid is None and m <= _CUDA_SMALL_RING_MAX_M and bits == 4:
-        one = cuda_small_m_plan(m, n, k, bits, sms, **kw)
-        if one is not None and one.get("cpa"):
-            return one
     if mid is None and m < _CUDA_MID_FROM_M and n >= _CUDA_MID_SMALL_M_MIN_N and not (bf16 and bits == 8):
         return cuda_mid_m_plan(m, n, k, bits, sms, **(kw | {"forced": True}))
     # 8 bits at M 5..8 (past the small-M kernel's range): the mid-M kernel, not Triton
@@ -290,8 +277,7 @@ def cuda_plan(
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`; at M ≤ 16 not where the small-M kernel's plan is
-    one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N` (but not at M ≤ `_CUDA_SMALL_RING_MAX_M`,
-    4 bits, where that one-CTA plan fits with a cp.async ring: qkv M=1), else the small-M kernel for M ≤ 16.
+    one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`, else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
     8 bits: the mid-M kernel for M 5..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
