@@ -199,7 +199,9 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     assert (
         kernel(1, 28672, 4096) == "mid" and kernel(1, 6144, 4096, bits=8) == "mid"
     )  # no such plan fits / no ring
-    assert [kernel(m, 4096, 14336) for m in (1, 8, 9)] == ["small", "small", "mid"]
+    # down: the small-M kernel while its one CTA of 8 warps an SM fits (x's slice ≤ 64 KB: M ≤ 4), then the mid-M
+    # kernel (15th session, M 5..8: 1.12-1.25x its 4-warp CTAs)
+    assert [kernel(m, 4096, 14336) for m in (1, 4, 5, 8, 9)] == ["small", "small", "mid", "mid", "mid"]
     # o_proj (2048 strip-blocks) is below the work threshold past M=16 (measured slower than Triton there); at M 9..16
     # the small-M kernel's one CTA of 8 warps an SM fits it (chained, 1.11x the mid-M kernel; after act-order's
     # permutation of x 1.00-1.11x)
@@ -419,9 +421,9 @@ def test_cuda_small_plan__three_register_buffers_where_a_warp_has_at_most_two_bl
 def test_cuda_plans__a_cp_async_ring_where_registers_cannot_hold_the_words_in_flight() -> None:
     """The small-M kernel's one CTA of 8 warps an SM: a 2-stage ring to M = 8 for 4-bit down (7 blocks a warp) and
     8-bit o_proj (2 blocks of twice the words), and for 8-bit down at M = 1 only (H200, 15th session: 1.03x, M=2 0.99x,
-    M=4 0.89x), not 4-bit o_proj (its 3 register buffers); the mid-M kernel's CTAs of 2 strips at M 9..16, 4 bits:
-    a 3-stage ring with the scale out of the loop at 4 CTAs an SM (H200, 15th session, chained: down 1.11x the ring
-    alone at 2 an SM, 1.15x sfold alone)."""
+    M=4 0.89x), not 4-bit o_proj (its 3 register buffers); the mid-M kernel's CTAs of 2 strips: a 3-stage ring, at 4
+    bits from M=5 with the scale out of the loop at 4 CTAs an SM, at 8 bits from M=9 at 2 an SM (H200, 15th session,
+    chained: 4-bit down M=16 1.11x the ring alone, M=8 1.23x without a ring; 8-bit down M 9..16 1.16x)."""
     from fusegraph.runtime.kernels.gptq_plan import cuda_mid_m_plan, cuda_plan
 
     assert all((cuda_small_m_plan(m, 4096, 14336, 4, 132) or {}).get("cpa") == 2 for m in (1, 4))  # M ≤ 4 fit
@@ -433,14 +435,18 @@ def test_cuda_plans__a_cp_async_ring_where_registers_cannot_hold_the_words_in_fl
     assert "cpa" not in (
         cuda_small_m_plan(1, 28672, 4096, 4, 132) or {"cpa": 0}
     )  # 4 warps, not one CTA an SM
-    down16 = cuda_plan(16, 4096, 14336, 4, 132)
-    assert down16 is not None and down16["kernel"] == "mid"
-    assert (down16["warps"], down16["cpa"], down16.get("sfold"), down16["min_blocks"]) == (2, 3, True, 4)
+    for m in (5, 8, 9, 16):  # 4 bits: with the scale out of the loop, at 4 CTAs an SM
+        down = cuda_plan(m, 4096, 14336, 4, 132)
+        assert down is not None and down["kernel"] == "mid"
+        assert (down["warps"], down["cpa"], down.get("sfold"), down["min_blocks"]) == (2, 3, True, 4)
+    for m, k in ((9, 14336), (16, 14336), (16, 4096)):  # 8 bits past 8 rows (down, o_proj): at 2 CTAs an SM
+        eight = cuda_mid_m_plan(m, 4096, k, 8, 132, forced=True)
+        assert eight is not None and (eight["warps"], eight["cpa"], eight["min_blocks"]) == (2, 3, 2), (m, k)
     for m, n, k, bits in (
-        (8, 4096, 14336, 4),
+        (4, 4096, 14336, 4),
         (17, 4096, 14336, 4),
         (16, 6144, 4096, 4),
-        (16, 4096, 14336, 8),
+        (8, 4096, 14336, 8),
     ):
         assert "cpa" not in (cuda_mid_m_plan(m, n, k, bits, 132, forced=True) or {"cpa": 0}), (m, n, k, bits)
     act = cuda_plan(1, 4096, 14336, 4, 132, act_order=True)  # x permuted first, then the plain plan

@@ -113,13 +113,20 @@ _CUDA_MID_ONE_TILE_M = 8
 # session: gate_up M=1 22.9 -> 20.2 µs, M=8 24.8 -> 21.7; qkv 8.75 -> 8.73, M=8 9.48 -> 9.34; 8-bit qkv M=4 11.28 ->
 # 10.88. (a probe without the multiply: gate_up M=1 18.7 µs.) M 9..16, two n-tiles: 4 bits only, on CTAs of 4 strips
 # (H200, 9th session, chained: qkv M=16 9.85 vs 10.00 µs, 9.86 vs 10.17 in another run; gate_up 29.10 vs 29.82) and, with
-# their ring, of 2 (`_CUDA_MID_CPA_M`)
+# their ring, of 2 (`_CUDA_MID_RING`)
 _CUDA_MID_SFOLD_MAX_M = 8
-# 4 bits, M 9..16 (two n-tiles), CTAs of 2 strips (down: 224 CTAs): a 3-stage cp.async ring (`cpa`) with the scale out of
-# the loop, at 4 CTAs an SM (H200, 15th session, chained, µs, 3 rounds: down M=16 16.59-16.77 vs the 10th session's rule,
-# the ring alone at 2 CTAs an SM, 18.47-18.93; M=9 16.06-16.20 vs 17.94-17.98; the ring and sfold at 2 an SM 16.91-17.11,
-# sfold alone 19.12-19.40, neither 20.08-20.29; qkv's and gate_up's 4-strip CTAs: the ring 1.25-1.35x slower)
-_CUDA_MID_CPA_M = (9, 16)
+# CTAs of 2 strips (down: 224 CTAs; 8-bit o_proj: 256): a 3-stage cp.async ring (`cpa`), by bits: (from M, to M, CTAs an
+# SM for `__launch_bounds__`). H200, 15th session, chained, µs, 3 rounds each:
+# - 4 bits, with the scale out of the loop: down M=16 16.59-16.77 vs the 10th session's rule (the ring alone at 2 CTAs an
+#   SM, M 9..16) 18.47-18.93; M=9 16.06-16.20 vs 17.94-17.98 (the ring and sfold at 2 an SM 16.91-17.11, sfold alone
+#   19.12-19.40, neither 20.08-20.29); M=8 14.26-14.35 vs sfold alone 17.54, M=5 14.01-14.08 and M=6 13.93-14.00 vs the
+#   small-M kernel's 4-warp CTAs, 15.66-15.96 (where its one CTA an SM does not fit, `_small_or_mid`);
+# - 8 bits (no sfold past 8 rows): down M=12 21.29-21.41 vs 25.33-25.64, M=16 21.83-22.01 vs 25.30-25.47 (at 4 an SM
+#   22.40-22.57), o_proj M=16 11.34-11.36 vs 11.93-12.08; not at M ≤ 8 (down M=5 24.06-24.42 vs 22.79-23.14, M=8 23.9-24.1
+#   vs 23.0-23.1; o_proj M=8 11.4 vs 9.8);
+# - not on 4-strip CTAs (qkv, gate_up M=16 4 bits: 1.25-1.35x slower), nor 4-bit down at M ≤ 4 (the small-M kernel's one
+#   CTA an SM: M=2 12.15-12.40 vs 13.26-13.57).
+_CUDA_MID_RING: dict[int, tuple[int, int, int]] = {4: (5, 16, 4), 8: (9, 16, 2)}
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -139,8 +146,10 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     (4 or 8 bits, fp16), fewer than 2 CTAs an SM get twice the split at 16 warps an SM where all
     still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster); where the split is at its cap (qkv)
     the CTAs stay 4 strips (192; 15th session, H200, chained: M=1 6.69-6.80 µs, M=4 6.96-6.99 against 2 strips at M=4,
-    7.04-7.17, the 7th session's rule). The scale leaves the inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up M=1 12% faster), and at M 9..16 at 4 bits, where CTAs of 2 strips
-    also stream through a 3-stage cp.async ring (`_CUDA_MID_CPA_M`: down 11% faster than the ring alone).
+    7.04-7.17, the 7th session's rule). The scale leaves the inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up
+    M=1 12% faster), and at M 9..16 at 4 bits. CTAs of 2 strips stream through a 3-stage cp.async ring
+    (`_CUDA_MID_RING`: 4-bit down M=16 11% faster than the ring alone, M=8 23% faster than without; 8-bit down
+    M 9..16 16% faster, o_proj M=16 5%).
 
     Example:
         >>> cuda_mid_m_plan(64, 6144, 4096, 4, 132)
@@ -165,8 +174,9 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     if one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms:
         split, min_blocks = 2 * split, 16 // warps
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
-    if bits == 4 and warps == 2 and _CUDA_MID_CPA_M[0] <= m <= _CUDA_MID_CPA_M[1]:
-        plan["cpa"] = 3
+    ring_from, ring_to, ring_ctas = _CUDA_MID_RING.get(bits, (0, -1, 0))
+    if warps == 2 and ring_from <= m <= ring_to:
+        plan |= {"cpa": 3, "min_blocks": ring_ctas}
     one_tile_fold = m <= _CUDA_MID_SFOLD_MAX_M and (bits == 4 or warps * min_blocks <= 8)
     if one_tile_fold or (m <= 16 and bits == 4):  # two n-tiles: at 4 bits
         plan["sfold"] = True
@@ -234,11 +244,13 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
         plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if m >= _CUDA_MID_FROM_M and big else None
         # M 9..16: the small-M kernel where its one CTA of 8 warps an SM fits (H200, 9th session, chained, o_proj M=16:
         # 8.98-9.16 vs 10.13-10.21 µs; after act-order's permutation of x, M=9 9.54 vs 10.50, M=16 10.98 vs 11.02)
-        one = cuda_small_m_plan(m, n, k, bits, sms, **kw) if plan and m <= _CUDA_MAX_M else None
-        plan = one if one is not None and one["warps"] == 8 else plan
-        if plan is None and m <= _CUDA_MAX_M:
-            plan = cuda_small_m_plan(m, n, k, bits, sms, **kw)
-        return plan
+        one = cuda_small_m_plan(m, n, k, bits, sms, **kw) if m <= _CUDA_MAX_M else None
+        plan = one if plan and one is not None and one["warps"] == 8 else plan
+        # 4 bits, M < _CUDA_MID_FROM_M where that one CTA does not fit (x's slice past 64 KB: down from M=5): the mid-M
+        # kernel with its ring (`_CUDA_MID_RING`; H200, 15th session: down M=5 14.01-14.08 vs 15.66-15.74 µs)
+        if plan is None and bits == 4 and one is not None and one["warps"] != 8:
+            plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw)
+        return plan if plan is not None else one
     return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
 
 
