@@ -12,7 +12,8 @@ neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's 
     CASES=down:16:4,down:1:8 python benchmarks/gptq_plan_sweep.py
 
 Prints each case's six fastest with their ratio to cuBLAS fp16; with OUT set, all of them to $OUT/plan_sweep.txt.
-(The fifteenth session's sweep, docs/benchmarks.md: 4-bit down M 9..16 and 8-bit down M=1 changed plan.)
+(The fifteenth session's sweeps, docs/benchmarks.md, and the A/B runs of explicit configs that followed them changed
+the plans of qkv M 1..4, down M 5..16 at 4 and 8 bits, 8-bit down M=1 and 8-bit o_proj M 9..16.)
 """
 
 from __future__ import annotations
