@@ -202,6 +202,8 @@ def test_cuda_plan__routes_small_mid_and_large_m() -> None:
     # down: the small-M kernel while its one CTA of 8 warps an SM fits (x's slice ≤ 64 KB: M ≤ 4), then the mid-M
     # kernel (15th session, M 5..8: 1.12-1.25x its 4-warp CTAs)
     assert [kernel(m, 4096, 14336) for m in (1, 4, 5, 8, 9)] == ["small", "small", "mid", "mid", "mid"]
+    # not where that one CTA fits at no M (K/128 < 8 blocks; not measured): the small-M kernel's 4-warp CTAs as before
+    assert [kernel(m, 256, 512) for m in (1, 5, 8)] == ["small", "small", "small"]
     # o_proj (2048 strip-blocks) is below the work threshold past M=16 (measured slower than Triton there); at M 9..16
     # the small-M kernel's one CTA of 8 warps an SM fits it (chained, 1.11x the mid-M kernel; after act-order's
     # permutation of x 1.00-1.11x)

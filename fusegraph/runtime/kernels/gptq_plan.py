@@ -246,10 +246,13 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
         # 8.98-9.16 vs 10.13-10.21 µs; after act-order's permutation of x, M=9 9.54 vs 10.50, M=16 10.98 vs 11.02)
         one = cuda_small_m_plan(m, n, k, bits, sms, **kw) if m <= _CUDA_MAX_M else None
         plan = one if plan and one is not None and one["warps"] == 8 else plan
-        # 4 bits, M < _CUDA_MID_FROM_M where that one CTA does not fit (x's slice past 64 KB: down from M=5): the mid-M
-        # kernel with its ring (`_CUDA_MID_RING`; H200, 15th session: down M=5 14.01-14.08 vs 15.66-15.74 µs)
-        if plan is None and bits == 4 and one is not None and one["warps"] != 8:
-            plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw)
+        # 4 bits, M < _CUDA_MID_FROM_M where that one CTA fits at M=1 but x's slice outgrows it (past 64 KB: down from
+        # M=5): the mid-M kernel with its ring (`_CUDA_MID_RING`; H200, 15th session: down M=5 14.01-14.08 vs the 4-warp
+        # CTAs' 15.66-15.74 µs). Shapes too small for that one CTA at any M (K/128 < 8) were not measured: unchanged.
+        outgrown = one is not None and one["warps"] != 8 and m < _CUDA_MID_FROM_M
+        if plan is None and bits == 4 and outgrown:
+            at_one = cuda_small_m_plan(1, n, k, bits, sms, **kw)
+            plan = cuda_mid_m_plan(m, n, k, bits, sms, **kw) if at_one and at_one["warps"] == 8 else None
         return plan if plan is not None else one
     return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
 
