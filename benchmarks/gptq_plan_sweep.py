@@ -11,7 +11,8 @@ neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's 
 
     CASES=down:16:4,down:1:8 python benchmarks/gptq_plan_sweep.py
 
-Prints each case's six fastest with their ratio to cuBLAS fp16; with OUT set, all of them to $OUT/plan_sweep.txt.
+Prints each case's six fastest (by their best of `SWEEP_ROUNDS` rounds, default 1, each variant timed in turn each
+round) with their ratio to cuBLAS fp16; with OUT set, all of them to $OUT/plan_sweep.txt.
 (The fifteenth session's sweeps, docs/benchmarks.md, and the A/B runs of explicit configs that followed them changed
 the plans of qkv M 1..4, down M 5..16 at 4 and 8 bits, 8-bit down M=1 and 8-bit o_proj M 9..16.)
 """
@@ -106,6 +107,7 @@ def variants(label: str, m: int, bits: int) -> list[Config]:
 
 def main() -> None:
     kit.BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "400"))
+    rounds = int(os.environ.get("SWEEP_ROUNDS", "1"))
     cases = [(label, int(m), int(bits)) for label, m, bits in
              (c.split(":") for c in os.environ.get("CASES", DEFAULT_CASES).split(",") if c)]  # fmt: skip
     layers: dict[tuple[str, int], list[Any]] = {}
@@ -136,16 +138,21 @@ def main() -> None:
         row = f"{label} M={m} {bits}-bit"
         cublas = timed(row, "cuBLAS", lambda lay, x: torch.matmul(x, lay.w), lays, xs)
         first = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
-        got = [(t[0], cfg) for cfg in cfgs if (t := timed(row, str(cfg), lambda lay, x, c=cfg: GB.ours(K, lay, x, c), lays, xs))]  # fmt: skip
+        times: dict[int, list[float]] = {}
+        for _ in range(rounds):  # each variant in turn, `rounds` times: the spread of the run shows
+            for i, cfg in enumerate(cfgs):
+                if t := timed(row, str(cfg), lambda lay, x, c=cfg: GB.ours(K, lay, x, c), lays, xs):
+                    times.setdefault(i, []).append(t[0])
         last = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
-        if not (cublas and first and last and got):
+        if not (cublas and first and last and times):
             log(f"== {row}: not timed (see above)")
             continue
-        got.sort(key=lambda item: item[0])
+        got = sorted((min(us), i) for i, us in times.items())
         lines = [
             f"== {row}: cuBLAS {cublas[0]:.2f} µs, default {first[0]:.2f} / {last[0]:.2f} (first / last)"
         ]
-        lines += [f"   {us:7.2f}  {cublas[0] / us:4.2f}x  {cfg}" for us, cfg in got]
+        lines += [f"   {us:7.2f}  {cublas[0] / us:4.2f}x  {cfgs[i]}  ({', '.join(f'{t:.2f}' for t in times[i])})"
+                  for us, i in got]  # fmt: skip
         for line in lines[:7]:
             log(line)
         if out := os.environ.get("OUT"):
