@@ -292,7 +292,8 @@ def cuda_plan(
 
     `mid` None: the mid-M kernel for M 9..64 where it takes the call (past M=16 only on shapes of at
     least `_CUDA_MID_MIN_WORK` strip-blocks, unless `forced`; at M ≤ 16 not where the small-M kernel's plan is
-    one CTA of 8 warps an SM) and for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`, else the small-M kernel for M ≤ 16.
+    one CTA of 8 warps an SM), for M ≤ 8 on N ≥ `_CUDA_MID_SMALL_M_MIN_N`, and at 4 bits for M ≤ 8 where that one CTA
+    fits at M = 1 but x's slice outgrows it (down from M=5); else the small-M kernel for M ≤ 16.
     True: the mid-M kernel at any M ≤ 64; False: the small-M kernel only (M ≤ 16).
     8 bits: the mid-M kernel for M 5..16 (≤ 16 on N ≥ 6144), and to 64 on shapes of N ≥ `_CUDA_8BIT_MID_MIN_N`.
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
