@@ -6,8 +6,9 @@ kernel's CTAs of 8, 4 or 2 strips at every split-K ≤ 8 whose CTAs fit one to f
 folded out of the loop ("sfold"; at M 9..16 also with a 3-stage cp.async ring), and to M = 16 the small-M kernel's
 grids with 2 or 3 register buffers or a 2-stage cp.async ring. Each neighbour names every option the plans set: a
 config's keys override the plan's and the rest stay. `X_<shape>_<M>_<bits>='[{config}, ...]'` replaces a case's
-neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's other keys). Every variant is checked against x @ W first, then timed as CUDA-graph replays with L2 cold
-(`gpu.graph_us`). The kernels are compiled first on 14 threads (NVRTC runs without the GIL).
+neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's other keys). Every variant is checked
+against x @ W first, then timed as CUDA-graph replays with L2 cold (`gpu.graph_us`). The kernels are compiled first on
+14 threads (NVRTC runs without the GIL).
 
     CASES=down:16:4,down:1:8 python benchmarks/gptq_plan_sweep.py
 
