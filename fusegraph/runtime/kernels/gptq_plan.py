@@ -30,15 +30,15 @@ _CUDA_X_SLICE_BYTES = 64 * 1024  # a CTA's staged slice of x (M rows of its K sl
 # M=16 8.98 vs 9.13; after act-order's gather / permutation M=1 6.56 vs 6.84, M=4 7.22 vs 8.16; down, 7 blocks a
 # warp, 0.91x, and 8 bits 0.93x, so not there)
 _CUDA_SMALL_BUFS3_MAX_M = 16
-# M ≤ this on that one-CTA plan: each warp's words through a 2-stage cp.async ring (`cpa`) where registers cannot hold
-# them all: 4 bits with > 2 blocks a warp, 8 bits with ≤ 2 (H200, 10th session, chained: down M=1 11.65-11.74 vs
-# 12.59-12.61 µs, M=4 13.32 vs 13.87, act-order (x permuted first) M=1 13.35 vs 14.24, M=4 14.85 vs 16.27; 8-bit o_proj
-# M=1 7.80 vs 8.29, M=4 7.93 vs 8.58; not o_proj at 4 bits (its 3 buffers: 1.03x plain, 0.96-0.97x act-order), not
-# 8-bit down (M=4 0.93x), not past M=8 (o_proj M=16 1.00x))
-_CUDA_SMALL_CPA_MAX_M = 8
-# and 8 bits with > 2 blocks a warp (down, 7) to this M (H200, 15th session, chained, two calls: down M=1 17.86-17.87 vs
-# 18.42-18.43 µs; M=2 18.70 vs 18.44, M=4 20.88-21.12 vs 18.71-18.85; 3 stages at M=1 20.31)
-_CUDA_SMALL_CPA_8BIT_DEEP_MAX_M = 1
+# On that one-CTA plan, each warp's words through a 2-stage cp.async ring (`cpa`) to the M given by (bits, whether a warp
+# has ≤ 2 blocks); none where the key is missing:
+# - (4, False), (8, True): registers cannot hold the words in flight (H200, 10th session, chained: down M=1 11.65-11.74
+#   vs 12.59-12.61 µs, M=4 13.32 vs 13.87, act-order (x permuted first) M=1 13.35 vs 14.24, M=4 14.85 vs 16.27; 8-bit
+#   o_proj M=1 7.80 vs 8.29, M=4 7.93 vs 8.58; not past M=8: o_proj M=16 1.00x);
+# - (8, False): 8-bit down (7 blocks a warp) at M=1 only (H200, 15th session, chained, two calls: 17.86-17.87 vs
+#   18.42-18.43 µs; M=2 18.70 vs 18.44, M=4 20.88-21.12 vs 18.71-18.85; 3 stages at M=1 20.31);
+# - not (4, True), o_proj at 4 bits: its 3 buffers (1.03x plain, 0.96-0.97x act-order).
+_CUDA_SMALL_CPA_MAX_M: dict[tuple[int, bool], int] = {(4, False): 8, (8, True): 8, (8, False): 1}
 
 
 def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -51,10 +51,10 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
     Measured on an H200 (benchmarks/gptq_cuda_probe.py, 2026-11-30; docs/benchmarks.md): one CTA of 8 warps
     an SM where it fits, split-K the largest divisor d of K/128 with (N/64)·d ≤ SMs, ≥ 8 blocks and ≤ 64 KB of
     x a CTA (o_proj/down d = 2, a cluster: M=1 7.20 / 13.58 µs, 4 warps × 4 CTAs 7.77 / 14.65), with 3 register
-    buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj), or to M = 8 a 2-stage cp.async
-    ring where registers cannot hold a warp's blocks (`_CUDA_SMALL_CPA_MAX_M`: 4-bit down, 8-bit o_proj; 8-bit down
-    only at M=1, `_CUDA_SMALL_CPA_8BIT_DEEP_MAX_M`). Else 4 warps, the smallest d with (N/64)·d ≥ 1.4·SMs (larger
-    while x passes 64 KB), a cluster at d = 2, else a ticket.
+    buffers at 4 bits where a warp has ≤ 2 blocks (`_CUDA_SMALL_BUFS3_MAX_M`: o_proj), or a 2-stage cp.async ring
+    where registers cannot hold a warp's blocks (`_CUDA_SMALL_CPA_MAX_M`: 4-bit down and 8-bit o_proj to M = 8,
+    8-bit down at M=1). Else 4 warps, the smallest d with (N/64)·d ≥ 1.4·SMs (larger while x passes 64 KB), a
+    cluster at d = 2, else a ticket.
     `bufs` > 2 elsewhere, `l2pf`, `tma` and `fold` were slower on every shape: off.
 
     Example:
@@ -76,8 +76,7 @@ def cuda_small_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order:
             "min_blocks": 1,
         }
         two = blocks // fits[-1] <= 2 * 8  # ≤ 2 blocks a warp
-        deep8 = bits == 8 and not two and m <= _CUDA_SMALL_CPA_8BIT_DEEP_MAX_M
-        if (m <= _CUDA_SMALL_CPA_MAX_M and (bits == 4) != two and bits in (4, 8)) or deep8:
+        if m <= _CUDA_SMALL_CPA_MAX_M.get((bits, two), 0):
             plan["cpa"] = 2
         elif bits == 4 and m <= _CUDA_SMALL_BUFS3_MAX_M and two:
             plan["bufs"] = 3
