@@ -1,6 +1,7 @@
 """The small- and mid-M CUDA GPTQ plans against their neighbours, as the runtime launches them (in the PDL chain).
 
-For each case "shape:M:bits" of `CASES` (default: the issue's cells where a target is short), the default dispatch is
+For each case "shape:M:bits" of `CASES` (default: the issue's cells where a target is short; bits "4a": 4 bits
+act-order, the weight rows sorted and x permuted first), the default dispatch is
 timed first and last (the spread of the run), then the plan `gptq_plan.cuda_plan` gives and each neighbour: the mid-M
 kernel's CTAs of 8, 4 or 2 strips at every split-K ≤ 8 whose CTAs fit one to four an SM, with and without the scale
 folded out of the loop ("sfold"; at M 9..16 also with a 3-stage cp.async ring), and to M = 16 the small-M kernel's
@@ -8,7 +9,8 @@ grids with 2 or 3 register buffers or a 2-stage cp.async ring. Each neighbour na
 config's keys override the plan's and the rest stay. `X_<shape>_<M>_<bits>='[{config}, ...]'` replaces a case's
 neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's other keys). Every variant is checked
 against x @ W first, then timed as CUDA-graph replays with L2 cold (`gpu.graph_us`). The kernels are compiled first on
-14 threads (NVRTC runs without the GIL).
+14 threads (NVRTC runs without the GIL). An act-order case's neighbours are its plan launched in the chain and with
+"xperm_pdl" outside it (`ACT_LAUNCHES`), and each plain neighbour on x permuted first, launched both ways.
 
     CASES=down:16:4,down:1:8 python benchmarks/gptq_plan_sweep.py
 
@@ -34,13 +36,16 @@ from gptq_sweep_kit import GB, K, log, timed
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
 SMS = 132
+Config = dict[str, Any]
 # A config's keys override the plan's and the rest stay (`gptq_cuda_specs.launch_plan`), so each neighbour names every
 # option the plans set: without these, a neighbour of a plan with a ring or folded scales would have them too.
 MID_BASE: dict[str, Any] = {"mid": True, "sfold": False, "cpa": 0, "bufs": 1}
 SMALL_BASE: dict[str, Any] = {"mid": False, "cpa": 0, "bufs": 2, "fold": False}
+# Act-order's two launches after the permutation of x: in the runtime's chain (L2 prefetches before the wait), or
+# with PDL outside it (the first blocks' words in registers before the wait; `launch_plan` drops "xperm_pdl" in the chain)
+ACT_LAUNCHES: tuple[Config, ...] = ({"xperm_pdl": False}, {"xperm_pdl": True, "chain": False})
 SHAPES = {label: (k_in, n_out) for label, k_in, n_out in GB.SHAPES}
 DEFAULT_CASES = "qkv:1:8,o_proj:1:8,gate_up:1:8,down:1:8,qkv:16:4,o_proj:16:4,gate_up:16:4,down:16:4"
-Config = dict[str, Any]
 
 
 def _divisors(n: int) -> list[int]:
@@ -91,17 +96,28 @@ def small_neighbours(m: int, k: int, n: int) -> list[Config]:
     return out
 
 
-def variants(label: str, m: int, bits: int) -> list[Config]:
+def parse_bits(token: str) -> tuple[int, bool]:
+    """A case's bits: "4" or "8", or "4a" for 4-bit act-order."""
+    return int(token.removesuffix("a")), token.endswith("a")
+
+
+def variants(label: str, m: int, bits_token: str) -> list[Config]:
     """The case's plan (as a config), then its neighbours or the configs of `X_<label>_<m>_<bits>`, each once."""
     k, n = SHAPES[label]
-    plan = cuda_plan(m, n, k, bits, SMS, cap=(9, 0))
+    bits, act = parse_bits(bits_token)
+    plan = cuda_plan(m, n, k, bits, SMS, cap=(9, 0), act_order=act)
     found: list[Config] = []
     if plan is not None and plan["kernel"] != "wgmma":
         found.append({key: value for key, value in plan.items() if key != "kernel"})
-    if extra := os.environ.get(f"X_{label}_{m}_{bits}"):
+    if act:  # the plan launched both ways after the permutation of x
+        found += [cfg | launch for cfg in found if cfg.get("xperm") for launch in ACT_LAUNCHES]
+    if extra := os.environ.get(f"X_{label}_{m}_{bits_token}"):
         found += json.loads(extra)
     else:
-        found += mid_neighbours(m, k, n, bits) + (small_neighbours(m, k, n) if m <= 16 else [])
+        plain = mid_neighbours(m, k, n, bits) + (small_neighbours(m, k, n) if m <= 16 else [])
+        found += (
+            [cfg | {"xperm": True} | launch for cfg in plain for launch in ACT_LAUNCHES] if act else plain
+        )
     unique = {tuple(sorted(cfg.items())): {"kernel": "cuda"} | cfg for cfg in found}
     return list(unique.values())
 
@@ -109,12 +125,12 @@ def variants(label: str, m: int, bits: int) -> list[Config]:
 def main() -> None:
     kit.BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "400"))
     rounds = int(os.environ.get("SWEEP_ROUNDS", "1"))
-    cases = [(label, int(m), int(bits)) for label, m, bits in
+    cases = [(label, int(m), bits) for label, m, bits in
              (c.split(":") for c in os.environ.get("CASES", DEFAULT_CASES).split(",") if c)]  # fmt: skip
-    layers: dict[tuple[str, int], list[Any]] = {}
+    layers: dict[tuple[str, str], list[Any]] = {}
     for label, _, bits in cases:
         if (label, bits) not in layers:
-            kind = "int8" if bits == 8 else "plain"
+            kind = "int8" if bits == "8" else "act" if parse_bits(bits)[1] else "plain"
             layers[(label, bits)] = GB.Bench(*SHAPES[label], (kind,)).layers[kind]
     runs = [(label, m, bits, variants(label, m, bits)) for label, m, bits in cases]
     started = time.time()
@@ -136,7 +152,7 @@ def main() -> None:
     for label, m, bits, cfgs in runs:
         lays = layers[(label, bits)]
         xs = [torch.randn(m, SHAPES[label][0], device="cuda", dtype=torch.float16) for _ in lays]
-        row = f"{label} M={m} {bits}-bit"
+        row = f"{label} M={m} {bits.removesuffix('a')}-bit{' act-order' if bits.endswith('a') else ''}"
         cublas = timed(row, "cuBLAS", lambda lay, x: torch.matmul(x, lay.w), lays, xs)
         first = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
         times: dict[int, list[float]] = {}

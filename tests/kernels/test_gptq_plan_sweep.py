@@ -14,23 +14,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 
 @pytest.mark.parametrize(
-    ("label", "m", "bits"), [("down", 16, 4), ("down", 1, 8), ("qkv", 1, 4), ("o_proj", 4, 4)]
+    ("label", "m", "token"),
+    [
+        ("down", 16, "4"),
+        ("down", 1, "8"),
+        ("qkv", 1, "4"),
+        ("o_proj", 4, "4"),
+        ("down", 16, "4a"),
+        ("o_proj", 8, "4a"),
+    ],
 )
-def test_plan_sweep__each_neighbour_launches_the_options_it_names(label: str, m: int, bits: int) -> None:
+def test_plan_sweep__each_neighbour_launches_the_options_it_names(label: str, m: int, token: str) -> None:
     import gptq_plan_sweep as sweep
 
     from fusegraph.runtime.kernels.gptq_cuda_specs import launch_plan, mid_m_spec, small_m_spec, takes_mid
     from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
     k, n = sweep.SHAPES[label]
-    cfgs = sweep.variants(label, m, bits)
+    bits, act = sweep.parse_bits(token)
+    cfgs = sweep.variants(label, m, token)
     assert len(cfgs) > 4 and all(cfg["kernel"] == "cuda" for cfg in cfgs)
     for cfg in cfgs[1:]:  # the first is the plan itself
         # as `maybe_gptq_cuda` plans a forced config, then merges it
         forced = cuda_plan(m, n, k, bits, 132, forced=True, mid=cfg.get("mid"), cap=(9, 0), configured=True)
         assert forced is not None, cfg
-        plan, _ = launch_plan({key: v for key, v in forced.items() if key != "kernel"}, cfg, act_order=False,
-                              chain={}, cap=(9, 0))  # fmt: skip
+        chain = {"chain": True, "chain_l2": 1}  # the runtime's
+        plan, permuted = launch_plan({key: v for key, v in forced.items() if key != "kernel"}, cfg, act_order=act,
+                                     chain=chain, cap=(9, 0))  # fmt: skip
+        # act-order: x permuted first, then the kernel launched in the chain, or with PDL where the config leaves it
+        assert permuted == act, cfg
+        assert bool(plan.get("xperm_pdl")) == (act and cfg.get("chain") is False), cfg
+        split = int(plan["split_k"])  # no chain on clusters of 3, 5, 6 or 7 CTAs
+        in_chain = cfg.get("chain") is not False and not (plan.get("cluster") and split & (split - 1))
+        assert bool(plan.get("chain")) == in_chain, cfg
         kind: dict[str, Any] = {
             "bits": bits,
             "bf16": False,
