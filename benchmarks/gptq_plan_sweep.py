@@ -1,13 +1,14 @@
 """The small- and mid-M CUDA GPTQ plans against their neighbours, as the runtime launches them (in the PDL chain).
 
 For each case "shape:M:bits" of `CASES` (default: the issue's cells where a target is short; bits "4a": 4 bits
-act-order, the weight rows sorted and x permuted first), the default dispatch is
+act-order, the weight rows sorted and x permuted first; "4b": x in bf16, cuBLAS still fp16), the default dispatch is
 timed first and last (the spread of the run), then the plan `gptq_plan.cuda_plan` gives and each neighbour: the mid-M
 kernel's CTAs of 8, 4 or 2 strips at every split-K ≤ 8 whose CTAs fit one to four an SM, with and without the scale
 folded out of the loop ("sfold"; at M 9..16 also with a 3-stage cp.async ring), and to M = 16 the small-M kernel's
 grids with 2 or 3 register buffers or a 2-stage cp.async ring. Each neighbour names every option the plans set: a
 config's keys override the plan's and the rest stay. `X_<shape>_<M>_<bits>='[{config}, ...]'` replaces a case's
-neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's other keys). Every variant is checked
+neighbours by those configs ("kernel": "cuda" is added; they inherit the plan's other keys). `SWEEP_PEERS=1` adds
+the wgmma kernel (`{"wgmma": True, "pdl": 1}`, its chained launch) and the Triton kernels (`{"cuda": False}`). Every variant is checked
 against x @ W first, then timed as CUDA-graph replays with L2 cold (`gpu.graph_us`). The kernels are compiled first on
 14 threads (NVRTC runs without the GIL). An act-order case's neighbours are its plan launched in the chain and with
 "xperm_pdl" outside it (`ACT_LAUNCHES`), and each plain neighbour on x permuted first, launched both ways.
@@ -27,6 +28,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import gptq_sweep_kit as kit
@@ -55,7 +57,7 @@ def _divisors(n: int) -> list[int]:
 def mid_neighbours(m: int, k: int, n: int, bits: int) -> list[Config]:
     """The mid-M kernel's grids: 8, 4 or 2 strips a CTA, split ≤ 8 (a cluster), 0.7-4 CTAs an SM, the CTAs an SM
     needed to hold them all (and 8 warps an SM if more), each with and without sfold to M = 16 (past 8, with a ring
-    too)."""
+    too), and M 17..32 with and without the ring."""
     out: list[Config] = []
     for warps in (w for w in (8, 4, 2) if (n // 64) % w == 0):
         for split in (d for d in _divisors(k // 128) if d <= 8):
@@ -72,6 +74,8 @@ def mid_neighbours(m: int, k: int, n: int, bits: int) -> list[Config]:
                     out.append(MID_BASE | grid | {"sfold": True})
                     if m > 8:
                         out.append(MID_BASE | grid | {"sfold": True, "cpa": 3})
+                elif 16 < m <= 32:  # three or four n-tiles: the ring without sfold's partial sums
+                    out.append(MID_BASE | grid | {"cpa": 3})
     return out
 
 
@@ -96,16 +100,16 @@ def small_neighbours(m: int, k: int, n: int) -> list[Config]:
     return out
 
 
-def parse_bits(token: str) -> tuple[int, bool]:
-    """A case's bits: "4" or "8", or "4a" for 4-bit act-order."""
-    return int(token.removesuffix("a")), token.endswith("a")
+def parse_bits(token: str) -> tuple[int, bool, bool]:
+    """A case's (bits, act-order, bf16) from "4" or "8", with "a" for act-order (4 bits) or "b" for bf16 x."""
+    return int(token.rstrip("ab")), "a" in token, "b" in token
 
 
 def variants(label: str, m: int, bits_token: str) -> list[Config]:
     """The case's plan (as a config), then its neighbours or the configs of `X_<label>_<m>_<bits>`, each once."""
     k, n = SHAPES[label]
-    bits, act = parse_bits(bits_token)
-    plan = cuda_plan(m, n, k, bits, SMS, cap=(9, 0), act_order=act)
+    bits, act, bf16 = parse_bits(bits_token)
+    plan = cuda_plan(m, n, k, bits, SMS, cap=(9, 0), act_order=act, bf16=bf16)
     found: list[Config] = []
     if plan is not None and plan["kernel"] != "wgmma":
         found.append({key: value for key, value in plan.items() if key != "kernel"})
@@ -118,7 +122,11 @@ def variants(label: str, m: int, bits_token: str) -> list[Config]:
         found += (
             [cfg | {"xperm": True} | launch for cfg in plain for launch in ACT_LAUNCHES] if act else plain
         )
-    unique = {tuple(sorted(cfg.items())): {"kernel": "cuda"} | cfg for cfg in found}
+    if os.environ.get(
+        "SWEEP_PEERS"
+    ):  # the other kernels: wgmma (chained as the runtime launches it) and Triton
+        found += [{"wgmma": True, "pdl": 1}, {"cuda": False}]
+    unique = {tuple(sorted(cfg.items())): cfg if "cuda" in cfg else {"kernel": "cuda"} | cfg for cfg in found}
     return list(unique.values())
 
 
@@ -130,11 +138,21 @@ def main() -> None:
     layers: dict[tuple[str, str], list[Any]] = {}
     for label, _, bits in cases:
         if (label, bits) not in layers:
-            kind = "int8" if bits == "8" else "act" if parse_bits(bits)[1] else "plain"
-            layers[(label, bits)] = GB.Bench(*SHAPES[label], (kind,)).layers[kind]
+            kind = "int8" if parse_bits(bits)[0] == 8 else "act" if parse_bits(bits)[1] else "plain"
+            made = GB.Bench(*SHAPES[label], (kind,)).layers[kind]
+            if parse_bits(bits)[
+                2
+            ]:  # bf16 x takes bf16 scales (the dense reference keeps the fp16 ones: within tol)
+                made = [SimpleNamespace(**(vars(lay) | {"t": lay.t | {"scales": lay.t["scales"].bfloat16()}}))
+                        for lay in made]  # fmt: skip
+            layers[(label, bits)] = made
     runs = [(label, m, bits, variants(label, m, bits)) for label, m, bits in cases]
     started = time.time()
-    jobs = [(layers[(label, bits)][0], torch.randn(m, SHAPES[label][0], device="cuda", dtype=torch.float16), cfg)
+
+    def x_dtype(token: str) -> torch.dtype:
+        return torch.bfloat16 if parse_bits(token)[2] else torch.float16
+
+    jobs = [(layers[(label, bits)][0], torch.randn(m, SHAPES[label][0], device="cuda", dtype=x_dtype(bits)), cfg)
             for label, m, bits, cfgs in runs for cfg in cfgs]  # fmt: skip
 
     def compile_one(job: tuple[Any, torch.Tensor, Config]) -> str | None:
@@ -151,16 +169,21 @@ def main() -> None:
     kit.T0 = time.time()
     for label, m, bits, cfgs in runs:
         lays = layers[(label, bits)]
-        xs = [torch.randn(m, SHAPES[label][0], device="cuda", dtype=torch.float16) for _ in lays]
-        row = f"{label} M={m} {bits.removesuffix('a')}-bit{' act-order' if bits.endswith('a') else ''}"
-        cublas = timed(row, "cuBLAS", lambda lay, x: torch.matmul(x, lay.w), lays, xs)
-        first = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
+        xs16 = [torch.randn(m, SHAPES[label][0], device="cuda", dtype=torch.float16) for _ in lays]
+        xs = [x.to(x_dtype(bits)) for x in xs16]
+        tol = 2e-2 if parse_bits(bits)[2] else 5e-3
+        nbits, act, bf16 = parse_bits(bits)
+        row = f"{label} M={m} {nbits}-bit{' act-order' if act else ''}{' bf16' if bf16 else ''}"
+        cublas = timed(
+            row, "cuBLAS", lambda lay, x: torch.matmul(x, lay.w), lays, xs16
+        )  # fp16 (as the table)
+        first = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs, tol)
         times: dict[int, list[float]] = {}
         for _ in range(rounds):  # each variant in turn, `rounds` times: the spread of the run shows
             for i, cfg in enumerate(cfgs):
-                if t := timed(row, str(cfg), lambda lay, x, c=cfg: GB.ours(K, lay, x, c), lays, xs):
+                if t := timed(row, str(cfg), lambda lay, x, c=cfg: GB.ours(K, lay, x, c), lays, xs, tol):
                     times.setdefault(i, []).append(t[0])
-        last = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs)
+        last = timed(row, "default", lambda lay, x: GB.ours(K, lay, x), lays, xs, tol)
         if not (cublas and first and last and times):
             log(f"== {row}: not timed (see above)")
             continue

@@ -403,9 +403,15 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
     assert [kernel(m, 6144, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 28672, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
-    # bf16 and 8-bit fp16 from M = 32 too (gptq_cuda_wgmma._RSWG_DEFAULT_BF16 / _8BIT, measured faster there)
+    # from M = 17 on every Llama-3-8B shape, at 8 bits, in bf16 and with act-order too (gptq_cuda_wgmma._RSWG_DEFAULT,
+    # _8BIT and _BF16, measured faster there); at M = 16 the small- and mid-M kernels
+    for n, k in [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]:
+        for kw in ({}, {"bf16": True}, {"act_order": True}):
+            assert [kernel(m, n, k, cap=hopper, **kw) for m in (17, 24, 31)] == ["wgmma"] * 3, (n, k, kw)
+            assert kernel(16, n, k, cap=hopper, **kw) != "wgmma", (n, k, kw)
+        assert [str((cuda_plan(m, n, k, 8, 132, cap=hopper) or {}).get("kernel")) for m in (16, 17, 64)] == [
+            "mid", "wgmma", "wgmma"]  # fmt: skip
     assert kernel(256, 6144, 4096, cap=hopper, bf16=True) == "wgmma"
-    assert str((cuda_plan(64, 6144, 4096, 8, 132, cap=hopper) or {}).get("kernel")) == "wgmma"
     assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small"] * 3 + ["triton"] * 2
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)
     assert cuda_plan(1, 6144, 4096, 4, 132, wgmma=True) == {"kernel": "wgmma", "wgmma": True}

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
         ("o_proj", 4, "4"),
         ("down", 16, "4a"),
         ("o_proj", 8, "4a"),
+        ("o_proj", 24, "4"),
+        ("qkv", 4, "4b"),
     ],
 )
 def test_plan_sweep__each_neighbour_launches_the_options_it_names(label: str, m: int, token: str) -> None:
@@ -31,12 +33,14 @@ def test_plan_sweep__each_neighbour_launches_the_options_it_names(label: str, m:
     from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
     k, n = sweep.SHAPES[label]
-    bits, act = sweep.parse_bits(token)
+    bits, act, bf16 = sweep.parse_bits(token)
     cfgs = sweep.variants(label, m, token)
     assert len(cfgs) > 4 and all(cfg["kernel"] == "cuda" for cfg in cfgs)
     for cfg in cfgs[1:]:  # the first is the plan itself
         # as `maybe_gptq_cuda` plans a forced config, then merges it
-        forced = cuda_plan(m, n, k, bits, 132, forced=True, mid=cfg.get("mid"), cap=(9, 0), configured=True)
+        forced = cuda_plan(
+            m, n, k, bits, 132, forced=True, mid=cfg.get("mid"), cap=(9, 0), configured=True, bf16=bf16
+        )
         assert forced is not None, cfg
         chain = {"chain": True, "chain_l2": 1}  # the runtime's
         plan, permuted = launch_plan({key: v for key, v in forced.items() if key != "kernel"}, cfg, act_order=act,
@@ -49,7 +53,7 @@ def test_plan_sweep__each_neighbour_launches_the_options_it_names(label: str, m:
         assert bool(plan.get("chain")) == in_chain, cfg
         kind: dict[str, Any] = {
             "bits": bits,
-            "bf16": False,
+            "bf16": bf16,
             "has_perm": False,
             "zero_v1": True,
             "cap": (9, 0),
@@ -79,3 +83,14 @@ def test_plan_sweep__each_neighbour_launches_the_options_it_names(label: str, m:
                 cfg["warps"],
                 cfg["min_blocks"],
             )
+
+
+def test_plan_sweep__peers_are_the_wgmma_kernel_chained_and_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gptq_plan_sweep as sweep
+
+    monkeypatch.setenv("SWEEP_PEERS", "1")
+    cfgs = sweep.variants("o_proj", 24, "4")
+    # Triton keeps no "kernel" key (a forced "cuda" kernel would override "cuda": False)
+    assert cfgs[-2:] == [{"kernel": "cuda", "wgmma": True, "pdl": 1}, {"cuda": False}]
+    monkeypatch.delenv("SWEEP_PEERS")
+    assert {"cuda": False} not in sweep.variants("o_proj", 24, "4")

@@ -4,7 +4,7 @@ The kernel itself is the warp-specialized RS-wgmma one of `gptq_cuda_wgmma_ws.py
 for sm_90a, launch) and `gptq_cuda_wgmma_ws_src.py` (its source): plain 4-bit x `[M, K]` fp16/bf16 or 8-bit fp16
 on a compute-capability-9.0 GPU. A config with {"wgmma": True} asks for it (its plan's keys,
 `gptq_cuda_wgmma_ws.RSWG_KEYS`, override the plan); `wgmma_takes_by_default` says where the default
-dispatch (`gptq_plan.cuda_plan`) runs it: 4-bit fp16 or bf16 and 8-bit fp16 from M = 32 up (measured faster there).
+dispatch (`gptq_plan.cuda_plan`) runs it: 4-bit fp16 or bf16 and 8-bit fp16 from M = 17 up (measured faster there).
 (A first, single-warpgroup wgmma kernel lost to it at every measured cell and was removed; its code
 is in the history at 8d3255a, `gptq_cuda_wgmma_src.py`.)
 """
@@ -92,16 +92,20 @@ def maybe_wgmma(
 
 
 # The default dispatch's use of the kernel: plain 4-bit fp16 on sm_90 with M in one of these ranges on
-# shapes of at least that many strip-blocks (N/64 · K/128); an empty tuple: never. Set from the H200 benchmark (benchmarks/gpu_gptq_wgmma.py, docs/benchmarks.md, run D): with x
-# by the copy engine it beat the dispatch without it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x,
-# o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x; qkv 0.99x, a tie). Below M = 32 it lost on all four
-# shapes at M = 1, 8 and 16 (sixth session: its best plan took 1.10-1.77x the default's time; qkv M=16 12.2 vs 10.9 µs).
-_RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
-# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above), from the H200 runs of the fifth session
-# (docs/benchmarks.md): 8-bit beat the dispatch without it on all four Llama-3-8B shapes at M = 32, 64, 128, 256,
-# 512 and 1024 (1.08-2.64x); bf16 at M = 64, 256 and 1024 on all four and M = 32 on three (1.02-1.94x).
-_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
-_RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ((32, 1 << 20, 0),)
+# shapes of at least that many strip-blocks (N/64 · K/128); an empty tuple: never. Set from the H200 benchmark
+# (benchmarks/gpu_gptq_wgmma.py, docs/benchmarks.md, run D): with x by the copy engine it beat the dispatch without
+# it on all four Llama-3-8B shapes at M = 32..512 (1.02-3.1x, o_proj M=256 1.02x) and at 1024 on three (1.11-1.31x;
+# qkv 0.99x, a tie). From M = 17 (sixteenth session, `gptq_plan_sweep.py` with its peers, chained, µs): M=17 o_proj
+# 7.20 against Triton's 17.0, qkv 9.20 against the mid-M kernel's 11.05, gate_up 29.2 against 33.1, down 19.9
+# against 21.8; at M = 20..31 1.1-1.9x the same way on all four. At M ≤ 16 the small- and mid-M kernels stay: M=16
+# o_proj 6.94 against 7.23 and qkv 8.77 against 8.94 (within 4%), gate_up 27.9 against 25.8, down 19.0 against 16.6.
+_RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((17, 1 << 20, 0),)
+# The same for 8-bit fp16 and for 4-bit bf16 (ranges as above). Fifth session: 8-bit beat the dispatch without it on
+# all four shapes at M = 32..1024 (1.08-2.64x); bf16 at M = 64, 256 and 1024 on all four and M = 32 on three
+# (1.02-1.94x). Sixteenth: from M = 17 on all four, 8-bit M=17..28 1.6-2.1x (o_proj M=17 8.5 against 17.8 µs; down
+# M=28 23.1 against 40.2), bf16 M=17..24 1.2-2.3x (qkv M=24 9.7 against 12.0).
+_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((17, 1 << 20, 0),)
+_RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ((17, 1 << 20, 0),)
 
 
 def wgmma_takes_by_default(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
