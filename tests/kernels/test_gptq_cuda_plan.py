@@ -409,8 +409,9 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
         for kw in ({}, {"bf16": True}, {"act_order": True}):
             assert [kernel(m, n, k, cap=hopper, **kw) for m in (17, 24, 31)] == ["wgmma"] * 3, (n, k, kw)
             assert kernel(16, n, k, cap=hopper, **kw) != "wgmma", (n, k, kw)
-        assert [str((cuda_plan(m, n, k, 8, 132, cap=hopper) or {}).get("kernel")) for m in (16, 17, 64)] == [
-            "mid", "wgmma", "wgmma"]  # fmt: skip
+        # 8 bits from M = 9 (o_proj and gate_up faster, qkv and down within 6%: the layer gains)
+        assert [str((cuda_plan(m, n, k, 8, 132, cap=hopper) or {}).get("kernel")) for m in (8, 9, 16, 64)] == [
+            "mid", "wgmma", "wgmma", "wgmma"]  # fmt: skip
     assert kernel(256, 6144, 4096, cap=hopper, bf16=True) == "wgmma"
     assert [kernel(m, 4096, 4096) for m in (1, 8, 9, 64, 65)] == ["small"] * 3 + ["triton"] * 2
     # asked for by name: any M, any device (the kernels refuse what they cannot run, naming why)

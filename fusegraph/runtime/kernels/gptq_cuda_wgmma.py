@@ -4,7 +4,7 @@ The kernel itself is the warp-specialized RS-wgmma one of `gptq_cuda_wgmma_ws.py
 for sm_90a, launch) and `gptq_cuda_wgmma_ws_src.py` (its source): plain 4-bit x `[M, K]` fp16/bf16 or 8-bit fp16
 on a compute-capability-9.0 GPU. A config with {"wgmma": True} asks for it (its plan's keys,
 `gptq_cuda_wgmma_ws.RSWG_KEYS`, override the plan); `wgmma_takes_by_default` says where the default
-dispatch (`gptq_plan.cuda_plan`) runs it: 4-bit fp16 or bf16 and 8-bit fp16 from M = 17 up (measured faster there).
+dispatch (`gptq_plan.cuda_plan`) runs it: 4-bit fp16 or bf16 from M = 17 up, 8-bit fp16 from M = 9 (measured faster there).
 (A first, single-warpgroup wgmma kernel lost to it at every measured cell and was removed; its code
 is in the history at 8d3255a, `gptq_cuda_wgmma_src.py`.)
 """
@@ -103,8 +103,10 @@ _RSWG_DEFAULT: tuple[tuple[int, int, int], ...] = ((17, 1 << 20, 0),)
 # The same for 8-bit fp16 and for 4-bit bf16 (ranges as above). Fifth session: 8-bit beat the dispatch without it on
 # all four shapes at M = 32..1024 (1.08-2.64x); bf16 at M = 64, 256 and 1024 on all four and M = 32 on three
 # (1.02-1.94x). Sixteenth: from M = 17 on all four, 8-bit M=17..28 1.6-2.1x (o_proj M=17 8.5 against 17.8 µs; down
-# M=28 23.1 against 40.2), bf16 M=17..24 1.2-2.3x (qkv M=24 9.7 against 12.0).
-_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((17, 1 << 20, 0),)
+# M=28 23.1 against 40.2), bf16 M=17..24 1.2-2.3x (qkv M=24 9.7 against 12.0). 8-bit from M = 9, against the mid-M
+# kernel (M = 9, 12, 16): o_proj 8.3-8.6 against 10.9-11.3 µs, gate_up 33.5-34.0 against 35.9-37.9, but qkv 12.05-12.07
+# against 11.34-11.72 and down 21.55-21.70 against 21.44-21.47: a layer's four gain about 4.5 µs of 80.
+_RSWG_DEFAULT_8BIT: tuple[tuple[int, int, int], ...] = ((9, 1 << 20, 0),)
 _RSWG_DEFAULT_BF16: tuple[tuple[int, int, int], ...] = ((17, 1 << 20, 0),)
 
 
