@@ -109,6 +109,14 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     for m, k in ((32, 4096), (64, 4096), (128, 4096), (64, 14336), (128, 14336)):
         assert rswg(m, 4096, k).items() >= one.items(), (m, k)
     assert rswg(64, 4096, 4096, bits=8).items() >= one.items() and rswg(256, 4096, 4096)["ncw"] == 2
+    # but down to 32 rows (112 blocks): two strips a CTA, two an SM, split 7 (224 CTAs fill the SMs; a cluster of 8
+    # was slower); o_proj's 32 blocks split in 2 would leave 64 CTAs: one strip stays
+    fill = {"split_k": 7, "ncw": 2, "minb": 2, "stages": 4, "sk": 0, "vred": 1}
+    for m in (17, 24, 32):
+        for bits in (4, 8):
+            assert rswg(m, 4096, 14336, bits).items() >= fill.items(), (m, bits)
+        assert rswg(m, 4096, 4096).items() >= one.items(), m
+    assert rswg(33, 4096, 14336).items() >= one.items()  # past 32 rows: one strip (M=48 a tie, M=64 slower)
     assert (
         rswg(128, 4096, 4096, bits=8)["stages"] == 5 and rswg(64, 4096, 640)["ncw"] == 2
     )  # 5 blocks: no split

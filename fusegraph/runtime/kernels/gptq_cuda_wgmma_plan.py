@@ -108,11 +108,32 @@ _OSTAGE_MIN_M = 129
 # 14.39, M=56 18.83 / 15.10, M=64 19.23 / 14.40. Not at M=32 (11.95 / 11.97), 80 (13.57 / 13.16 at split 2) or 96
 # (18.73 / 14.60). bf16 takes it too, not timed.
 _ONE_STRIP: tuple[tuple[int, tuple[int, int], int], ...] = ((1, (1, 128), 6), (2, (41, 64), 4))
+# Before the one-strip plan, to this tok (M ≤ 32): two-strip CTAs two an SM at the largest split s ≤ 7 (a cluster;
+# 8 was 1.3x slower) that leaves each CTA `_MIN_BLOCKS` blocks, where those CTAs are at least `_TWO_STRIP_MIN_FILL`
+# SMs' worth (down: 224 CTAs at split 7; o_proj's 32 blocks allow split 2, 64 CTAs: not there). H200, 16th session,
+# down, µs, split 7 / the one-strip plan: M=17 17.86 / 20.05, M=24 18.34 / 20.24, M=32 19.54 / 20.57; bf16 M=24
+# 19.11 / 20.61; 8 bits M=24 21.98 / 22.46. Not at M=48 (20.60-21.68 / 21.17) or 64 (23.22 / 22.21), nor at M=16 against
+# the mid-M kernel (17.02 / 16.57).
+_TWO_STRIP_MAX_TOK, _TWO_STRIP_MAX_SPLIT, _TWO_STRIP_MIN_FILL = 32, 7, 1.5
 
 
 def _fill(ctas: int, sms: int) -> float:
     """The share of the SMs' CTA slots the grid keeps busy over its rounds (1 CTA an SM)."""
     return ctas / (-(-ctas // sms) * sms)
+
+
+def _two_strip_fill_plan(tok: int, n: int, k: int, sms: int, bits: int) -> dict[str, Any] | None:
+    """Two-strip CTAs two an SM at a split that fills the SMs, in place of the one-strip plan (`_TWO_STRIP_MAX_TOK`),
+    or None where no split ≤ `_TWO_STRIP_MAX_SPLIT` leaves `_MIN_BLOCKS` blocks a CTA and fills them."""
+    blocks, tiles = k // 128, n // 128
+    if tok > _TWO_STRIP_MAX_TOK or (n // 64) % 2:
+        return None
+    splits = [s for s in range(1, _TWO_STRIP_MAX_SPLIT + 1) if blocks % s == 0 and blocks // s >= _MIN_BLOCKS]
+    split = max((s for s in splits if tiles * s <= 2 * sms), default=0)
+    if not split or tiles * split < _TWO_STRIP_MIN_FILL * sms:
+        return None
+    return {"split_k": split, "tok": tok, "stages": ring_stages(tok, split, 2, 2, bits), "ncw": 2, "minb": 2, "tma": 1,
+            "sk": 0, "vred": int(split > 1), "pdl": 0, "ostage": 0}  # fmt: skip
 
 
 def _three_strip_plan(m: int, n: int, k: int, sms: int, bits: int, two: float) -> dict[str, Any] | None:
@@ -138,7 +159,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
     M = 256 and 512); at split 1 the outputs staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
     One-strip CTAs at split 2 where they fit in one round (`_ONE_STRIP`): one an SM to 128 rows with the deepest ring
-    to 6 stages (o_proj, down), two an SM at 41..64 rows with 4 (qkv).
+    to 6 stages (o_proj, down), two an SM at 41..64 rows with 4 (qkv); but to 32 rows two-strip CTAs two an SM at a
+    split ≤ 7 where they fill the SMs (`_two_strip_fill_plan`: down at split 7).
     Else split-K: of the s ≤ 8 that leave each CTA at least `_MIN_BLOCKS` blocks (16; 8 at tok ≤ 64),
     the least ⌈tiles·s / (SMs·minb)⌉ · (blocks/s + `_FIXED_BLOCKS`) + `_REDUCE_BLOCKS` (s > 1), its
     cluster sum 4 floats a load ("vred"); stream-K instead where the tiles are at most a quarter of the
@@ -170,6 +192,8 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
                 "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1 and m >= _OSTAGE_MIN_M)}  # fmt: skip
     for per_sm, (lo, hi), most in _ONE_STRIP:
         if lo <= m <= hi and (n // 64) * 2 <= per_sm * sms and k // 128 >= 2 * _MIN_BLOCKS:
+            if two := _two_strip_fill_plan(tok, n, k, sms, bits):
+                return two
             return {"split_k": 2, "tok": tok, "stages": ring_stages(tok, 2, 1, per_sm, bits, most), "ncw": 1,
                     "minb": per_sm, "tma": 1, "sk": 0, "vred": 1, "pdl": 0, "ostage": 0}  # fmt: skip
     minb = 2 if tok <= 64 else 1
