@@ -3,9 +3,9 @@
 `python benchmarks/gpu_rms_norm.py` (a CUDA machine) prints:
 - ULPS: the kernels' and the aten math's largest error in ulps of the float64 math (fp16/bf16/fp32, D up
   to 20000, with and without perm);
-- TIME / RATIO (fp16, D = 4096, M = 1, 32, 256): CUDA-graph device time (`gpu.graph_us`, x rotated over 8
+- TIME / RATIO (fp16, D = 4096, M = 1, 32, 256, or `NORM_MS=1,16,64`): CUDA-graph device time (`gpu.graph_us`, x rotated over 8
   copies) of the aten math, the Triton kernel, with perm (in the kernel, by `index_select`, by
-  `gptq_cuda_permute.permute_rows` after the norm) and the kernel's perm split over 1/4/16 programs;
+  `gptq_cuda_permute.permute_rows` after the norm) and the kernel's perm split over 1/2/4/16 programs;
 - ADD / ADD RATIO: the residual add + norm fused against aten add + the Triton norm, with and without perm.
 `python benchmarks/gpu_rms_norm.py ncu M`: three launches of the perm kernel at M rows, for Nsight Compute.
 """
@@ -13,6 +13,7 @@
 # ruff: noqa: B023, E402, E731, N803
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -30,6 +31,7 @@ from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
 from fusegraph.runtime.kernels.rms_norm import add_rms_norm_rows, rms_norm_plan, rms_norm_rows
 
 EPS, D = 1e-5, 4096
+MS = [int(m) for m in os.environ.get("NORM_MS", "1,32,256").split(",")]
 MANT = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23}
 
 
@@ -48,6 +50,12 @@ def ref(x: torch.Tensor, w: torch.Tensor, EPS: float, perm: torch.Tensor | None)
 
 def main() -> None:
     print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
+    ulps_main()
+    time_main()
+
+
+def ulps_main() -> None:
+    """The kernels' and the aten math's largest error in ulps of the float64 math."""
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for d in (128, 4096, 14336, 20000):
             x = torch.randn(64, d, device="cuda").mul(3).to(dtype)
@@ -59,7 +67,11 @@ def main() -> None:
                 f"aten+perm {ulps(rms_norm_math(x, w, p, EPS), r):.3f} triton {ulps(rms_norm_rows(x, w, EPS), ref(x, w, EPS, None)):.3f}"
             )
     sys.stdout.flush()
-    for m in (1, 32, 256):
+
+
+def time_main() -> None:
+    """CUDA-graph device time of the norm, with and without perm, against aten and a separate permute."""
+    for m in MS:
         xs = [torch.randn(m, D, device="cuda", dtype=torch.float16) for _ in range(8)]
         w = (torch.rand(D, device="cuda") + 0.5).half()
         p = torch.randperm(D, device="cuda").to(torch.int32)
@@ -78,7 +90,7 @@ def main() -> None:
             "triton(perm)": graph_us([partial(tri, x, perm=p) for x in xs]),
             **{
                 f"perm split {k}": graph_us([partial(tri, x, perm=p, split=k) for x in xs])
-                for k in (1, 4, 16)
+                for k in (1, 2, 4, 16)
             },
             "permute_rows alone": graph_us([partial(permute_rows, x, p) for x in xs]),
         }
@@ -94,7 +106,7 @@ def main() -> None:
 
 def add_main() -> None:
     """The residual add + norm: fused kernel vs aten add + the Triton norm (the unfused CUDA path)."""
-    for m in (1, 32, 256):
+    for m in MS:
         a_s = [torch.randn(m, D, device="cuda", dtype=torch.float16) for _ in range(8)]
         bs = [torch.randn(m, D, device="cuda", dtype=torch.float16) for _ in range(8)]
         w = (torch.rand(D, device="cuda") + 0.5).half()

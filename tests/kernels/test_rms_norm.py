@@ -63,9 +63,28 @@ def test_rms_norm_rows__splits_a_rows_permuted_stores_over_programs(
     )
 
 
+@pytest.mark.parametrize(
+    ("shape", "split", "residual"), [((1, 40), 4, False), ((5, 12), 1, True), ((3, 64), 2, True)]
+)
+def test_rms_norm_rows__permuted_is_the_plain_result_gathered_bit_for_bit(
+    shape: tuple[int, ...], split: int, residual: bool
+) -> None:
+    # fused (the norm writes the act-order GEMM's input permuted) equals unfused (norm, then x[:, perm])
+    x, w, perm = _operands(shape, F16, seed=3 * split)
+    if residual:
+        r = _operands(shape, F16, seed=5)[0]
+        s, y = kernel.add_rms_norm_rows(x, r, w, 1e-5, perm, split=split)
+        s0, y0 = kernel.add_rms_norm_rows(x, r, w, 1e-5)
+        assert torch.equal(s, s0)
+    else:
+        y, y0 = kernel.rms_norm_rows(x, w, 1e-5, perm, split=split), kernel.rms_norm_rows(x, w, 1e-5)
+    assert torch.equal(y, y0.index_select(-1, perm.long()))
+
+
 def test_rms_norm_plan__splits_only_permuted_rows_and_only_as_far_as_the_sms_go() -> None:
     assert kernel.rms_norm_plan(1, 4096, True, 132)["SPLIT"] == 16  # 4096 / 256 columns a program
-    assert kernel.rms_norm_plan(32, 4096, True, 132)["SPLIT"] == 4
+    assert kernel.rms_norm_plan(16, 4096, True, 132)["SPLIT"] == 4  # 64 programs: half the SMs
+    assert kernel.rms_norm_plan(32, 4096, True, 132)["SPLIT"] == 2
     assert kernel.rms_norm_plan(256, 4096, True, 132)["SPLIT"] == 1
     assert kernel.rms_norm_plan(1, 4096, False, 132)["SPLIT"] == 1
     assert kernel.rms_norm_plan(1, 20000, True, 132)["SPLIT"] == 1  # chunked

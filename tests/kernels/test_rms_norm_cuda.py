@@ -50,6 +50,23 @@ def test_rms_norm_rows_cuda__matches_the_math(dtype: torch.dtype, d: int, rows: 
     )
 
 
+@pytest.mark.parametrize("d", [128, 4096, 14336])
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("split", [None, 4])
+def test_rms_norm_rows_cuda__permuted_is_the_plain_result_gathered_bit_for_bit(
+    d: int, rows: int, split: int | None
+) -> None:
+    from fusegraph.runtime.kernels.rms_norm import add_rms_norm_rows, rms_norm_rows
+
+    x, w, perm = _operands(rows, d, torch.float16, seed=d + rows)
+    r = _operands(rows, d, torch.float16, seed=7)[0]
+    y = rms_norm_rows(x, w, 1e-5, perm, split=split)
+    assert torch.equal(y, rms_norm_rows(x, w, 1e-5).index_select(-1, perm.long()))
+    s, y = add_rms_norm_rows(x, r, w, 1e-5, perm, split=split)
+    s0, y0 = add_rms_norm_rows(x, r, w, 1e-5)
+    assert torch.equal(s, s0) and torch.equal(y, y0.index_select(-1, perm.long()))
+
+
 def test_rms_norm_rows_cuda__chunks_rows_longer_than_max_block() -> None:
     from fusegraph.runtime.kernels.rms_norm import MAX_BLOCK, rms_norm_rows
 

@@ -135,8 +135,8 @@ def rms_norm_plan(
 ) -> dict[str, Any]:
     """The launch shape for `m` rows of `d` columns: rows a program (ROWS), columns held at
     once (BLOCK), whether a row is chunked (CHUNKED), the programs a row's permuted stores are
-    split over (SPLIT; with a perm and few rows, up to one program an SM of `sms`, unless
-    `split` is given), num_warps and the grid.
+    split over (SPLIT; with a perm and few rows, up to one program for two of the `sms` SMs,
+    unless `split` is given), num_warps and the grid.
 
     Example:
         >>> rms_norm_plan(1, 4096)
@@ -146,8 +146,8 @@ def rms_norm_plan(
     block = min(_CHUNK, MAX_BLOCK) if chunked else min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK)
     rows = 1 if chunked else max(1, min(triton.next_power_of_2(max(m, 1)), _ROW_ELEMS // block))
     programs = triton.cdiv(m, rows)
-    if split is None:
-        fits = max(1, sms // programs)
+    if split is None:  # about half the SMs: at M = 16, D = 4096 split 4 takes 2.48 us, split 8 2.80 (H200)
+        fits = max(1, sms // (2 * programs))
         split = 1 if chunked or not perm else min(1 << (fits.bit_length() - 1), max(1, block // _MIN_SLICE))
     if split < 1 or split & (split - 1) or (split > 1 and (chunked or split > block)):
         raise ValueError(
