@@ -5,7 +5,8 @@
   to 20000, with and without perm);
 - TIME / RATIO (fp16, D = 4096, M = 1, 32, 256, or `NORM_MS=1,16,64`): CUDA-graph device time (`gpu.graph_us`, x rotated over 8
   copies) of the aten math, the Triton kernel, with perm (in the kernel, by `index_select`, by
-  `gptq_cuda_permute.permute_rows` after the norm) and the kernel's perm split over 1/2/4/16 programs;
+  `gptq_cuda_permute.permute_rows` after the norm) and the kernel's perm split over 1/2/4/16 programs, and the
+  op's kernel (`rms_norm_cuda`: from `SEPARATE_PERM_ROWS` rows, the norm then `permute_rows`);
 - ADD / ADD RATIO: the residual add + norm fused against aten add + the Triton norm, with and without perm.
 `python benchmarks/gpu_rms_norm.py ncu M`: three launches of the perm kernel at M rows, for Nsight Compute.
 """
@@ -28,7 +29,13 @@ from gpu import graph_us
 
 from fusegraph.ops.norm import rms_norm_math
 from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
-from fusegraph.runtime.kernels.rms_norm import add_rms_norm_rows, rms_norm_plan, rms_norm_rows
+from fusegraph.runtime.kernels.rms_norm import (
+    add_rms_norm_cuda,
+    add_rms_norm_rows,
+    rms_norm_cuda,
+    rms_norm_plan,
+    rms_norm_rows,
+)
 
 EPS, D = 1e-5, 4096
 MS = [int(m) for m in os.environ.get("NORM_MS", "1,32,256").split(",")]
@@ -93,6 +100,7 @@ def time_main() -> None:
                 for k in (1, 2, 4, 16)
             },
             "permute_rows alone": graph_us([partial(permute_rows, x, p) for x in xs]),
+            "op kernel(perm)": graph_us([partial(rms_norm_cuda, x, w, p, EPS) for x in xs]),
         }
         cells = " | ".join(f"{k} {v:.2f}" for k, v in t.items())
         print(f"TIME fp16 M={m:3d} D={D} us: {cells}")
@@ -127,6 +135,7 @@ def add_main() -> None:
             "fused": graph_us([partial(add_rms_norm_rows, a, b, w, EPS) for a, b in pairs]),
             "aten add+triton norm(perm)": graph_us([partial(unfused, tri_p, a, b) for a, b in pairs]),
             "fused(perm)": graph_us([partial(add_rms_norm_rows, a, b, w, EPS, p) for a, b in pairs]),
+            "op fused(perm)": graph_us([partial(add_rms_norm_cuda, a, b, w, p, EPS) for a, b in pairs]),
         }
         cells = " | ".join(f"{k} {v:.2f}" for k, v in t.items())
         print(f"ADD fp16 M={m:3d} D={D} us: {cells}")

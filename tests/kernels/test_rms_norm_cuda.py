@@ -67,6 +67,41 @@ def test_rms_norm_rows_cuda__permuted_is_the_plain_result_gathered_bit_for_bit(
     assert torch.equal(s, s0) and torch.equal(y, y0.index_select(-1, perm.long()))
 
 
+@pytest.mark.parametrize("rows", [63, 64, 200])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_rms_norm_op_kernels_cuda__from_64_rows_permute_after_the_norm_bit_for_bit(
+    rows: int, dtype: torch.dtype
+) -> None:
+    """From SEPARATE_PERM_ROWS rows (fp16/bf16) the op kernels run the plain norm, then
+    `fg_permute_rows`; fewer rows, or fp32, gather in the norm kernel. Either way: the plain
+    result gathered, bit for bit, also replayed from a CUDA graph."""
+    from fusegraph.runtime.kernels.rms_norm import (
+        SEPARATE_PERM_ROWS,
+        add_rms_norm_cuda,
+        add_rms_norm_rows,
+        rms_norm_cuda,
+        rms_norm_rows,
+    )
+
+    x, w, perm = _operands(rows, 4096, dtype, seed=rows)
+    r = _operands(rows, 4096, dtype, seed=11)[0]
+    apart = rows >= SEPARATE_PERM_ROWS and dtype != torch.float32
+    names = _kernel_names(lambda: rms_norm_cuda(x, w, perm, 1e-5))
+    assert ("fg_permute_rows" in names) == apart, names
+    add_rms_norm_cuda(x, r, w, perm, 1e-5)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = rms_norm_cuda(x, w, perm, 1e-5)
+        s, ys = add_rms_norm_cuda(x, r, w, perm, 1e-5)
+    x.copy_(_operands(rows, 4096, dtype, seed=rows + 1)[0])
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, rms_norm_rows(x, w, 1e-5).index_select(-1, perm.long()))
+    s0, y0 = add_rms_norm_rows(x, r, w, 1e-5)
+    assert torch.equal(s, s0) and torch.equal(ys, y0.index_select(-1, perm.long()))
+
+
 def test_rms_norm_rows_cuda__chunks_rows_longer_than_max_block() -> None:
     from fusegraph.runtime.kernels.rms_norm import MAX_BLOCK, rms_norm_rows
 
