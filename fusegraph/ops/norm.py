@@ -173,6 +173,18 @@ def check_perm(perm: torch.Tensor, d: int) -> None:
     _PERM_CHECKED[key] = (perm.data_ptr(), perm._version)
 
 
+def perm_checked(perm: torch.Tensor) -> bool:
+    """Whether `check_perm` has read these very values (not written since).
+
+    Example:
+        >>> p = torch.tensor([1, 0], dtype=torch.int32)
+        >>> perm_checked(p), check_perm(p, 2), perm_checked(p)
+        (False, None, True)
+    """
+    stamp = _PERM_CHECKED.get(id(perm))
+    return stamp is not None and stamp == (perm.data_ptr(), perm._version)
+
+
 @torch.library.custom_op("fusegraph::rms_norm", mutates_args=())
 def rms_norm_custom(
     x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float

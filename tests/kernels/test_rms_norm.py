@@ -186,3 +186,34 @@ def test_add_rms_norm_rows__a_residual_of_another_shape_or_dtype_raises() -> Non
             kernel.add_rms_norm_rows(x, r, w, 1e-6)
     with pytest.raises(ValueError, match=r"^fg.add_rms_norm: weight shape \[4\] != \[8\]"):
         kernel.add_rms_norm_rows(x, x, torch.ones(4), 1e-6)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_op_kernels__permuted_apart_is_the_gathered_result_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, residual: bool
+) -> None:
+    # the op kernels' many-rows path (norm in order, then a permutation; aten's where
+    # `permute_rows` cannot run, as here) against the in-kernel gather
+    x, w, perm = _operands((6, 64), F16, seed=9)
+    r = _operands((6, 64), F16, seed=10)[0]
+    if residual:
+        gathered = kernel.add_rms_norm_rows(x, r, w, 1e-5, perm)
+        monkeypatch.setattr(kernel, "_permute_apart", lambda x: True)
+        apart = kernel.add_rms_norm_cuda(x, r, w, perm, 1e-5)
+        assert torch.equal(apart[0], gathered[0]) and torch.equal(apart[1], gathered[1])
+    else:
+        gathered = kernel.rms_norm_rows(x, w, 1e-5, perm)
+        monkeypatch.setattr(kernel, "_permute_apart", lambda x: True)
+        assert torch.equal(kernel.rms_norm_cuda(x, w, perm, 1e-5), gathered)
+
+
+def test_rms_norm_op_kernels__check_the_perm_before_either_path() -> None:
+    x, w, perm = _operands((64, 32), F16, seed=2)
+    with pytest.raises(ValueError, match=r"fg\.rms_norm: perm dtype must be int32, got torch\.int64"):
+        kernel.rms_norm_cuda(x, w, perm.long(), 1e-5)
+    with pytest.raises(ValueError, match=r"fg\.add_rms_norm: perm shape \[2, 16\] != \[32\]"):
+        kernel.add_rms_norm_cuda(x, x, w, perm.reshape(2, 16), 1e-5)
+    twice = torch.arange(32, dtype=torch.int32)
+    twice[5] = 1
+    with pytest.raises(ValueError, match=r"perm\[1\] = perm\[5\] = 1"):
+        kernel.rms_norm_cuda(x, w, twice, 1e-5)

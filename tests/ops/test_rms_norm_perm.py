@@ -217,3 +217,14 @@ def test_rms_norm_perm__is_checked_again_after_it_is_written() -> None:
     del perm
     gc.collect()
     assert key not in norm_module._PERM_CHECKED  # a freed perm's entry goes with it
+
+
+def test_perm_checked__only_for_the_values_check_perm_read() -> None:
+    perm = torch.tensor([2, 0, 1], dtype=torch.int32)
+    assert not norm_module.perm_checked(perm)
+    norm_module.check_perm(perm, 3)
+    assert norm_module.perm_checked(perm)
+    perm[1] = 2  # written after the check (a duplicate now): no longer vouched for
+    assert not norm_module.perm_checked(perm)
+    with pytest.raises(ValueError, match=r"perm\[0\] = perm\[1\] = 2"):
+        norm_module.check_perm(perm.clone(), 3)

@@ -16,7 +16,8 @@ loads are what a permuted row costs; with few rows they are split over SPLIT pro
 op's kernel) checks the perm's values once per tensor; the kernel reads 0 for an entry outside
 [0, D) as a last guard. No host sync after that check: it can be captured in a CUDA graph.
 From `SEPARATE_PERM_ROWS` rows (fp16/bf16) the op kernels norm the rows in order and permute
-them with `gptq_cuda_permute.permute_rows` instead: two passes are cheaper there.
+them with `gptq_cuda_permute.permute_rows` instead (two passes are cheaper there), once the
+perm's values have been checked: that kernel does not mask a bad entry.
 """
 
 # ruff: noqa: N803, N806 - Triton's convention: constexpr parameters are UPPER_CASE
@@ -301,13 +302,10 @@ def rms_norm_cuda(
     x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """`torch.ops.fusegraph.rms_norm`'s CUDA kernel: `rms_norm_rows` in the op's schema order,
-    its perm's values checked once per tensor first (`ops.norm.check_perm`)."""
-    if perm is not None and x.dim() >= 1:
-        from fusegraph.ops.norm import check_perm  # here: the kernel modules import only torch, triton
-
-        check_perm(perm, x.shape[-1])
-        if (y := _permuted_after(rms_norm_rows, x, perm, weight, eps)) is not None:
-            return y[1]
+    its perm's values checked once per tensor first (`ops.norm.check_perm`); from
+    `SEPARATE_PERM_ROWS` rows the norm in order, then `permute_rows`."""
+    if perm is not None and _checked_perm(_OP, x, weight, perm) and _permute_apart(x):
+        return _permuted(rms_norm_rows(x, weight, eps), perm)
     return rms_norm_rows(x, weight, eps, perm)
 
 
@@ -315,30 +313,34 @@ def add_rms_norm_cuda(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.ops.fusegraph.add_rms_norm`'s CUDA kernel: `add_rms_norm_rows` in the op's schema
-    order, its perm checked once per tensor first."""
-    if perm is not None and x.dim() >= 1:
-        from fusegraph.ops.norm import check_perm  # here: the kernel modules import only torch, triton
-
-        check_perm(perm, x.shape[-1])
-        if (sy := _permuted_after(add_rms_norm_rows, x, perm, residual, weight, eps)) is not None:
-            return sy
+    order, its perm checked once per tensor first; permuted apart as `rms_norm_cuda` does."""
+    if perm is not None and _checked_perm(_ADD_OP, x, weight, perm) and _permute_apart(x):
+        s, y = add_rms_norm_rows(x, residual, weight, eps)
+        return s, _permuted(y, perm)
     return add_rms_norm_rows(x, residual, weight, eps, perm)
 
 
-def _permuted_after(
-    norm: Any, x: torch.Tensor, perm: torch.Tensor, *args: Any
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(s, y) of `norm(x, *args)` (in order) with y's columns permuted by `permute_rows`, for
-    `SEPARATE_PERM_ROWS` rows or more of fp16/bf16 on CUDA; None (nothing run) otherwise: the
-    caller gathers in the kernel. Where `permute_rows` cannot run (no NVRTC) aten's
-    `index_select` permutes."""
+def _checked_perm(op: str, x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor) -> bool:
+    """ValueErrors for a bad perm (its dtype, shape and device naming `op`; its values, once per
+    tensor); True when its values have been read, so that `permute_rows`, which does not mask an
+    entry outside [0, D) as the norm kernel does, may run on it (not under a first capture)."""
+    from fusegraph.ops.norm import check_perm, perm_checked  # here: kernel modules import only torch, triton
+
+    _check(op, x, weight, perm)
+    check_perm(perm, x.shape[-1])
+    return perm_checked(perm)
+
+
+def _permute_apart(x: torch.Tensor) -> bool:
+    """Whether x's rows are permuted after the norm (`SEPARATE_PERM_ROWS` rows or more of
+    fp16/bf16 on CUDA, within `permute_rows`' K) rather than gathered in the kernel."""
     d = x.shape[-1]
-    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16) or not 0 < d <= PERMUTE_MAX_K:
-        return None
-    if x.numel() // d < SEPARATE_PERM_ROWS:
-        return None
-    out = norm(x, *args)
-    s, y = (x, out) if isinstance(out, torch.Tensor) else out
-    y2, p = y.reshape(-1, d), perm.contiguous()
+    ok = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and 0 < d <= PERMUTE_MAX_K
+    return ok and x.numel() // d >= SEPARATE_PERM_ROWS
+
+
+def _permuted(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """`y[..., perm]` by `permute_rows` (aten's `index_select` where it cannot run: no NVRTC)."""
+    y2, p = y.reshape(-1, y.shape[-1]), perm.contiguous()
     yp = permute_rows(y2, p)
-    return s, (y2.index_select(1, p.long()) if yp is None else yp).reshape(x.shape)
+    return (y2.index_select(1, p.long()) if yp is None else yp).reshape(y.shape)
