@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_model  # noqa: E402
-from gpu_model import DEV, PAGE, random_state, time_steps  # noqa: E402
+from gpu_model import DEV, PAGE, decode_inputs, random_state, time_steps  # noqa: E402
 
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
 from fusegraph.nn import DecoderModel  # noqa: E402
@@ -56,14 +56,7 @@ def case_ms(act_order: bool, fold: bool, batches: list[int], ctx: int) -> dict[i
     assert isinstance(run, CompiledGraph)  # the eager backend's, with `bind`
     results = {}
     for bs in batches:
-        manager = model.kv_manager(max(batches) * pages)
-        manager.kv_blocks.normal_(0, 1)
-        seqs = [manager.claim(max_len=ctx + 1) for _ in range(bs)]
-        manager.prepare(seqs, [ctx] * bs)
-        manager.commit(seqs, [ctx] * bs)  # as if `ctx` tokens had been prefilled (random KV)
-        batch = manager.prepare(seqs, [1] * bs)
-        tokens = torch.randint(0, config.vocab_size, (bs,), device=DEV)
-        inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
+        manager, inputs = decode_inputs(model, max(batches) * pages, bs, ctx)
         (logits,) = run(*inputs)  # warm-up + capture
         if not bool(torch.isfinite(logits).all()):
             raise RuntimeError(f"act_order={act_order} fold={fold} bs {bs}: non-finite logits")

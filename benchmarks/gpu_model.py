@@ -122,6 +122,20 @@ def random_state(model: DecoderModel) -> dict[str, torch.Tensor]:
     return state
 
 
+def decode_inputs(
+    model: DecoderModel, num_blocks: int, bs: int, ctx: int
+) -> tuple[Any, tuple[torch.Tensor, ...]]:
+    """(the KV manager, a decode step's inputs): `bs` sequences holding `ctx` cached tokens (random KV) add one."""
+    manager = model.kv_manager(num_blocks)
+    manager.kv_blocks.normal_(0, 1)
+    seqs = [manager.claim(max_len=ctx + 1) for _ in range(bs)]
+    manager.prepare(seqs, [ctx] * bs)
+    manager.commit(seqs, [ctx] * bs)  # as if `ctx` tokens had been prefilled
+    batch = manager.prepare(seqs, [1] * bs)
+    tokens = torch.randint(0, model.config.vocab_size, (bs,), device=DEV)
+    return manager, (tokens, batch.row_offsets, *batch.kv_inputs)
+
+
 def fusegraph_model(batches: list[int], ctx: int) -> dict[int, float]:
     """ms/step of the fusegraph model at each batch size."""
     config = replace(SHAPE, dtype=DType.float16 if DEV == "cuda" else DType.float32)
@@ -141,14 +155,7 @@ def fusegraph_model(batches: list[int], ctx: int) -> dict[int, float]:
     print(f"fusegraph: pipeline {run.pipeline!r}, compile {time.perf_counter() - t:.1f}s", flush=True)
     results = {}
     for bs in batches:
-        manager = model.kv_manager(num_blocks)
-        manager.kv_blocks.normal_(0, 1)
-        seqs = [manager.claim(max_len=ctx + 1) for _ in range(bs)]
-        manager.prepare(seqs, [ctx] * bs)
-        manager.commit(seqs, [ctx] * bs)  # as if `ctx` tokens had been prefilled (random KV)
-        batch = manager.prepare(seqs, [1] * bs)
-        tokens = torch.randint(0, config.vocab_size, (bs,), device=DEV)
-        inputs = (tokens, batch.row_offsets, *batch.kv_inputs)
+        manager, inputs = decode_inputs(model, num_blocks, bs, ctx)
         (logits,) = run(*inputs)  # warm-up + capture
         (logits,) = run(*inputs)
         finite = bool(torch.isfinite(logits).all())
