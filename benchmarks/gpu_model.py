@@ -37,6 +37,7 @@ from frontend import LLAMA3_8B  # noqa: E402
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
 from fusegraph.nn import DecoderModel  # noqa: E402
 from fusegraph.ops.gptq import act_order_g_idx  # noqa: E402
+from fusegraph.runtime.kv_cache_manager import PagedKVCacheManager  # noqa: E402
 
 PAGE = 128
 START = time.perf_counter()
@@ -124,7 +125,7 @@ def random_state(model: DecoderModel) -> dict[str, torch.Tensor]:
 
 def decode_inputs(
     model: DecoderModel, num_blocks: int, bs: int, ctx: int
-) -> tuple[Any, tuple[torch.Tensor, ...]]:
+) -> tuple[PagedKVCacheManager, tuple[torch.Tensor, ...]]:
     """(the KV manager, a decode step's inputs): `bs` sequences holding `ctx` cached tokens (random KV) add one."""
     manager = model.kv_manager(num_blocks)
     manager.kv_blocks.normal_(0, 1)

@@ -144,6 +144,18 @@ def rms_norm_math(
 _PERM_CHECKED: dict[int, tuple[int, int]] = {}
 
 
+def perm_checked(perm: torch.Tensor) -> bool:
+    """Whether `check_perm` has read these very values (not written since).
+
+    Example:
+        >>> p = torch.tensor([1, 0], dtype=torch.int32)
+        >>> perm_checked(p), check_perm(p, 2), perm_checked(p)
+        (False, None, True)
+    """
+    stamp = _PERM_CHECKED.get(id(perm))
+    return stamp is not None and stamp == (perm.data_ptr(), perm._version)
+
+
 def check_perm(perm: torch.Tensor, d: int) -> None:
     """A ValueError naming the first bad entry unless `perm` holds each of 0..d-1 once.
 
@@ -155,10 +167,7 @@ def check_perm(perm: torch.Tensor, d: int) -> None:
     Example:
         >>> check_perm(torch.tensor([2, 0, 1], dtype=torch.int32), 3)  # passes
     """
-    key = id(perm)  # only real tensors are recorded (and dropped when freed), so look first
-    if (stamp := _PERM_CHECKED.get(key)) is not None and stamp == (perm.data_ptr(), perm._version):
-        return
-    if is_tracing(perm):
+    if perm_checked(perm) or is_tracing(perm):  # only real tensors are recorded, so look first
         return
     first_at: dict[int, int] = {}
     for j, v in enumerate(perm.reshape(-1).tolist()):
@@ -168,21 +177,10 @@ def check_perm(perm: torch.Tensor, d: int) -> None:
             raise ValueError(
                 f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{i}] = perm[{j}] = {v}"
             )
-    if stamp is None:
+    key = id(perm)
+    if key not in _PERM_CHECKED:  # an entry goes with its tensor (a freed one's id can be reused)
         weakref.finalize(perm, _PERM_CHECKED.pop, key, None)
     _PERM_CHECKED[key] = (perm.data_ptr(), perm._version)
-
-
-def perm_checked(perm: torch.Tensor) -> bool:
-    """Whether `check_perm` has read these very values (not written since).
-
-    Example:
-        >>> p = torch.tensor([1, 0], dtype=torch.int32)
-        >>> perm_checked(p), check_perm(p, 2), perm_checked(p)
-        (False, None, True)
-    """
-    stamp = _PERM_CHECKED.get(id(perm))
-    return stamp is not None and stamp == (perm.data_ptr(), perm._version)
 
 
 @torch.library.custom_op("fusegraph::rms_norm", mutates_args=())

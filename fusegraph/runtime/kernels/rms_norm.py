@@ -304,7 +304,7 @@ def rms_norm_cuda(
     """`torch.ops.fusegraph.rms_norm`'s CUDA kernel: `rms_norm_rows` in the op's schema order,
     its perm's values checked once per tensor first (`ops.norm.check_perm`); from
     `SEPARATE_PERM_ROWS` rows the norm in order, then `permute_rows`."""
-    if perm is not None and _checked_perm(_OP, x, weight, perm) and _permute_apart(x):
+    if perm is not None and _permute_apart(_OP, x, weight, perm):
         return _permuted(rms_norm_rows(x, weight, eps), perm)
     return rms_norm_rows(x, weight, eps, perm)
 
@@ -314,33 +314,36 @@ def add_rms_norm_cuda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.ops.fusegraph.add_rms_norm`'s CUDA kernel: `add_rms_norm_rows` in the op's schema
     order, its perm checked once per tensor first; permuted apart as `rms_norm_cuda` does."""
-    if perm is not None and _checked_perm(_ADD_OP, x, weight, perm) and _permute_apart(x):
+    if perm is not None and _permute_apart(_ADD_OP, x, weight, perm):
         s, y = add_rms_norm_rows(x, residual, weight, eps)
         return s, _permuted(y, perm)
     return add_rms_norm_rows(x, residual, weight, eps, perm)
 
 
-def _checked_perm(op: str, x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor) -> bool:
-    """ValueErrors for a bad perm (its dtype, shape and device naming `op`; its values, once per
-    tensor); True when its values have been read, so that `permute_rows`, which does not mask an
-    entry outside [0, D) as the norm kernel does, may run on it (not under a first capture)."""
+def _permute_apart(op: str, x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor) -> bool:
+    """Checks the perm's values (once per tensor); whether x's rows are permuted after the norm
+    rather than gathered in the kernel: `_many_rows(x)`, and a perm whose values were read, as
+    `permute_rows` does not mask an entry outside [0, D) (not so under a first capture). Then its
+    dtype, shape and device are checked here (ValueErrors naming `op`), else by the kernel's launch."""
     from fusegraph.ops.norm import check_perm, perm_checked  # here: kernel modules import only torch, triton
 
+    if x.dim() >= 1:
+        check_perm(perm, x.shape[-1])
+    if not (_many_rows(x) and perm_checked(perm)):
+        return False
     _check(op, x, weight, perm)
-    check_perm(perm, x.shape[-1])
-    return perm_checked(perm)
+    return True
 
 
-def _permute_apart(x: torch.Tensor) -> bool:
-    """Whether x's rows are permuted after the norm (`SEPARATE_PERM_ROWS` rows or more of
-    fp16/bf16 on CUDA, within `permute_rows`' K) rather than gathered in the kernel."""
-    d = x.shape[-1]
+def _many_rows(x: torch.Tensor) -> bool:
+    """`SEPARATE_PERM_ROWS` rows or more of fp16/bf16 on CUDA, within `permute_rows`' K."""
+    d = x.shape[-1] if x.dim() >= 1 else 0
     ok = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and 0 < d <= PERMUTE_MAX_K
     return ok and x.numel() // d >= SEPARATE_PERM_ROWS
 
 
 def _permuted(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """`y[..., perm]` by `permute_rows` (aten's `index_select` where it cannot run: no NVRTC)."""
-    y2, p = y.reshape(-1, y.shape[-1]), perm.contiguous()
-    yp = permute_rows(y2, p)
-    return (y2.index_select(1, p.long()) if yp is None else yp).reshape(y.shape)
+    y2 = y.reshape(-1, y.shape[-1])
+    yp = permute_rows(y2, perm)
+    return (y2.index_select(1, perm.long()) if yp is None else yp).reshape(y.shape)
