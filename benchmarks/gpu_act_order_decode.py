@@ -1,6 +1,6 @@
 """What act-order costs a decode step: the plain model, act-order folded, act-order not folded, side by side.
 
-Usage: `python benchmarks/gpu_act_order_decode.py [--batch 1 16 64] [--ctx 2048] [--tiny]`
+Usage: `python benchmarks/gpu_act_order_decode.py [--batch 1 16 64] [--ctx 2048] [--profile] [--tiny]`
 
 The Llama-3-8B-shaped GPTQ model of `gpu_model.py` (4-bit g128, stacked q/k/v and gate/up, random weights, every
 sequence holding `ctx` cached tokens and adding one) is built three times in one process:
@@ -14,8 +14,11 @@ sequence holding `ctx` cached tokens and adding one) is built three times in one
 
 For each batch size it prints ms a step timed two ways, each the median of 30 (CUDA events on a GPU): `run(...)`
 (input copies, the CUDA-graph replay, the output clone: what `gpu_model.py` reports) and a `model.bind(...)` step (the
-replay on bound tensors, no copies), and each case over the plain model. `--tiny` is a dry run (2 small layers, no
-CUDA graphs on the CPU).
+replay on bound tensors, no copies), and each case over the plain model. `--profile` also prints, per batch, each
+kernel's device µs a step (`CompiledGraph.profile`, 10 steps) in every case side by side, the kernels whose time
+differs most from the plain model's first: where act-order's time goes. Run it with `FUSEGRAPH_PDL=0` for kernel times
+that do not overlap (with the PDL chain, a kernel's time includes its wait for the one before). `--tiny` is a dry run
+(2 small layers, no CUDA graphs on the CPU).
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ from fusegraph.runtime.eager import CompiledGraph  # noqa: E402
 from fusegraph.runtime.pipeline import default_pipeline  # noqa: E402
 
 CASES = (("plain", False, True), ("act-order", True, True), ("act-order, no fold", True, False))
+Kernels = dict[str, tuple[float, float]]  # kernel name: (device us a step, calls a step)
 
 
-def case_ms(act_order: bool, fold: bool, batches: list[int], ctx: int) -> dict[int, tuple[float, float]]:
-    """{batch: (run() ms, bound step ms)} of one model."""
+def case_ms(
+    act_order: bool, fold: bool, batches: list[int], ctx: int, profile: bool
+) -> tuple[dict[int, tuple[float, float]], dict[int, Kernels]]:
+    """{batch: (run() ms, bound step ms)} of one model, and {batch: its kernels} when `profile`."""
     shape = gpu_model.SHAPE
     assert shape.quantization is not None
     shape = replace(shape, quantization=replace(shape.quantization, desc_act=act_order))
@@ -54,7 +60,7 @@ def case_ms(act_order: bool, fold: bool, batches: list[int], ctx: int) -> dict[i
     pipeline = default_pipeline("eager", DEV, off=() if fold else ("fold-act-order-permutation",))
     run = model.compile(max(batches) * pages, device=DEV, pipeline=pipeline, cuda_graphs=DEV == "cuda")
     assert isinstance(run, CompiledGraph)  # the eager backend's, with `bind`
-    results = {}
+    results, kernels = {}, {}
     for bs in batches:
         manager, inputs = decode_inputs(model, max(batches) * pages, bs, ctx)
         (logits,) = run(*inputs)  # warm-up + capture
@@ -63,14 +69,38 @@ def case_ms(act_order: bool, fold: bool, batches: list[int], ctx: int) -> dict[i
         step = run.bind(*inputs)
         step()
         results[bs] = (time_steps(lambda inputs=inputs: run(*inputs)), time_steps(step))
+        if profile:
+            report = run.profile(*inputs, steps=10)
+            kernels[bs] = {name: (us, calls) for name, us, calls in report.ops}
         del manager, step
-    return results
+    return results, kernels
+
+
+def print_kernels(bs: int, by_case: dict[str, Kernels], rows: int = 14) -> None:
+    """Each kernel's us a step in every case, the largest difference from the plain model first."""
+    names = {name for kernels in by_case.values() for name in kernels}
+    plain = by_case["plain"]
+
+    def spread(name: str) -> float:
+        base = plain.get(name, (0.0, 0.0))[0]
+        return max(abs(kernels.get(name, (0.0, 0.0))[0] - base) for kernels in by_case.values())
+
+    print(f"bs {bs}: device us a step (calls a step), total first")
+    print("  " + "".join(f"{label:>24}" for label in by_case) + "  kernel")
+    totals = [sum(us for us, _ in kernels.values()) for kernels in by_case.values()]
+    print("  " + "".join(f"{total:24.1f}" for total in totals) + "  (all)")
+    for name in sorted(names, key=spread, reverse=True)[:rows]:
+        cells = [kernels.get(name, (0.0, 0.0)) for kernels in by_case.values()]
+        print("  " + "".join(f"{us:14.1f} ({calls:5.1f})   " for us, calls in cells) + f"  {name[:70]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument(
+        "--profile", action="store_true", help="each kernel's device time a step, side by side"
+    )
     parser.add_argument("--tiny", action="store_true", help="2 small layers (a dry run, e.g. on the CPU)")
     args = parser.parse_args()
     if args.tiny:
@@ -80,7 +110,8 @@ def main() -> None:
         args.ctx = min(args.ctx, 64)
     name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, ctx {args.ctx}", flush=True)
-    table = {label: case_ms(act, fold, args.batch, args.ctx) for label, act, fold in CASES}
+    measured = {label: case_ms(act, fold, args.batch, args.ctx, args.profile) for label, act, fold in CASES}
+    table = {label: times for label, (times, _) in measured.items()}
     print(
         f"{'bs':>4} {'case':>20} {'run() ms':>10} {'bound ms':>10} {'run / plain':>12} {'bound / plain':>14}"
     )
@@ -91,6 +122,10 @@ def main() -> None:
             print(
                 f"{bs:>4} {label:>20} {ran:10.3f} {bound:10.3f} {ran / plain[0]:11.3f}x {bound / plain[1]:13.3f}x"
             )
+
+    if args.profile:
+        for bs in args.batch:
+            print_kernels(bs, {label: kernels[bs] for label, (_, kernels) in measured.items()})
 
 
 if __name__ == "__main__":
