@@ -12,11 +12,14 @@ sequence holding `ctx` cached tokens and adding one) is built three times in one
 - act-order, no fold: the same without that pass (as `FUSEGRAPH_FOLD_ACT_ORDER=0` runs it: every GEMM permutes its own
   input).
 
-For each batch size it prints ms a step timed two ways, each the median of 30 (CUDA events on a GPU): `run(...)`
-(input copies, the CUDA-graph replay, the output clone: what `gpu_model.py` reports) and a `model.bind(...)` step (the
-replay on bound tensors, no copies), and each case over the plain model. `--profile` also prints, per batch, each
-kernel's device µs a step (`CompiledGraph.profile`, 10 steps) in every case side by side, the kernels whose time
-differs most from the plain model's first: where act-order's time goes. Run it with `FUSEGRAPH_PDL=0` for kernel times
+For each batch size it prints ms a step timed two ways, each the median of 30 (CUDA events on a GPU, each step
+synchronized, as a generate loop that reads its token runs): `run(...)` (input copies, the CUDA-graph replay, the output
+clone: what `gpu_model.py` reports) and a `model.bind(...)` step (the replay on bound tensors, no copies); then the bound
+step's ms when 30 run back to back (the device's own time: the host's launch hidden behind the step before) and the
+host µs one bound step's call takes (median of 30, the queue empty: chiefly `cudaGraphLaunch`, which a synchronized
+step waits for); and each case over the plain model. `--profile` also prints, per batch, each
+kernel's device µs a step (`CompiledGraph.profile`, 10 steps) and the device's idle µs right before it, in every case
+side by side, the kernels whose time or idle differs most from the plain model's first: where act-order's time goes. Run it with `FUSEGRAPH_PDL=0` for kernel times
 that do not overlap (with the PDL chain, a kernel's time includes its wait for the one before). `--tiny` is a dry run
 (2 small layers, no CUDA graphs on the CPU).
 """
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,13 +45,15 @@ from fusegraph.runtime.eager import CompiledGraph  # noqa: E402
 from fusegraph.runtime.pipeline import default_pipeline  # noqa: E402
 
 CASES = (("plain", False, True), ("act-order", True, True), ("act-order, no fold", True, False))
-Kernels = dict[str, tuple[float, float]]  # kernel name: (device us a step, calls a step)
+# kernel name: (device us, calls, the device's idle us right before it) a step
+Kernels = dict[str, tuple[float, float, float]]
 
 
 def case_ms(
     act_order: bool, fold: bool, batches: list[int], ctx: int, profile: bool
-) -> tuple[dict[int, tuple[float, float]], dict[int, Kernels]]:
-    """{batch: (run() ms, bound step ms)} of one model, and {batch: its kernels} when `profile`."""
+) -> tuple[dict[int, tuple[float, float, float, float]], dict[int, Kernels]]:
+    """{batch: (run() ms, bound step ms, pipelined bound ms, launch us)} of one model, and {batch: its
+    kernels} when `profile`."""
     shape = gpu_model.SHAPE
     assert shape.quantization is not None
     shape = replace(shape, quantization=replace(shape.quantization, desc_act=act_order))
@@ -68,30 +75,57 @@ def case_ms(
             raise RuntimeError(f"act_order={act_order} fold={fold} bs {bs}: non-finite logits")
         step = run.bind(*inputs)
         step()
-        results[bs] = (time_steps(lambda inputs=inputs: run(*inputs)), time_steps(step))
+        results[bs] = (time_steps(lambda inputs=inputs: run(*inputs)), time_steps(step), *pipelined(step))
         if profile:
             report = run.profile(*inputs, steps=10)
-            kernels[bs] = {name: (us, calls) for name, us, calls in report.ops}
+            kernels[bs] = {name: (us, calls, report.idle.get(name, 0.0)) for name, us, calls in report.ops}
         del manager, step
     return results, kernels
 
 
+def pipelined(step: Callable[[], object], iters: int = 30) -> tuple[float, float]:
+    """(ms a step when `iters` steps run back to back, median host µs of one call with the queue empty)."""
+    step()
+    sync = torch.cuda.synchronize if DEV == "cuda" else (lambda: None)
+    sync()
+    launches = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        launches.append((time.perf_counter() - start) * 1e6)
+        sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    return (time.perf_counter() - start) * 1e3 / iters, sorted(launches)[iters // 2]
+
+
 def print_kernels(bs: int, by_case: dict[str, Kernels], rows: int = 14) -> None:
-    """Each kernel's us a step in every case, the largest difference from the plain model first."""
+    """Each kernel's us a step (calls, and the device's idle us right before it) in every case, the
+    largest difference in time or idle from the plain model first."""
     names = {name for kernels in by_case.values() for name in kernels}
     plain = by_case["plain"]
+    none = (0.0, 0.0, 0.0)
 
     def spread(name: str) -> float:
-        base = plain.get(name, (0.0, 0.0))[0]
-        return max(abs(kernels.get(name, (0.0, 0.0))[0] - base) for kernels in by_case.values())
+        base = plain.get(name, none)
+        return max(
+            abs(cell[0] - base[0]) + abs(cell[2] - base[2])
+            for cell in (kernels.get(name, none) for kernels in by_case.values())
+        )
 
-    print(f"bs {bs}: device us a step (calls a step), total first")
-    print("  " + "".join(f"{label:>24}" for label in by_case) + "  kernel")
-    totals = [sum(us for us, _ in kernels.values()) for kernels in by_case.values()]
-    print("  " + "".join(f"{total:24.1f}" for total in totals) + "  (all)")
+    print(f"bs {bs}: device us a step (calls a step) idle us before, totals first")
+    print("  " + "".join(f"{label:>30}" for label in by_case) + "  kernel")
+    totals = [[sum(cell[i] for cell in kernels.values()) for i in (0, 2)] for kernels in by_case.values()]
+    print("  " + "".join(f"{us:14.1f}         {idle:7.1f}" for us, idle in totals) + "  (all)")
     for name in sorted(names, key=spread, reverse=True)[:rows]:
-        cells = [kernels.get(name, (0.0, 0.0)) for kernels in by_case.values()]
-        print("  " + "".join(f"{us:14.1f} ({calls:5.1f})   " for us, calls in cells) + f"  {name[:70]}")
+        cells = [kernels.get(name, none) for kernels in by_case.values()]
+        print(
+            "  "
+            + "".join(f"{us:14.1f} ({calls:5.1f}) {idle:7.1f}" for us, calls, idle in cells)
+            + f"  {name[:70]}"
+        )
 
 
 def main() -> None:
@@ -113,14 +147,16 @@ def main() -> None:
     measured = {label: case_ms(act, fold, args.batch, args.ctx, args.profile) for label, act, fold in CASES}
     table = {label: times for label, (times, _) in measured.items()}
     print(
-        f"{'bs':>4} {'case':>20} {'run() ms':>10} {'bound ms':>10} {'run / plain':>12} {'bound / plain':>14}"
+        f"{'bs':>4} {'case':>20} {'run() ms':>10} {'bound ms':>10} {'pipelined ms':>13} {'launch us':>10}"
+        f" {'run / plain':>12} {'bound / plain':>14} {'pipelined / plain':>18}"
     )
     for bs in args.batch:
         plain = table["plain"][bs]
         for label, _, _ in CASES:
-            ran, bound = table[label][bs]
+            ran, bound, back_to_back, launch = table[label][bs]
             print(
-                f"{bs:>4} {label:>20} {ran:10.3f} {bound:10.3f} {ran / plain[0]:11.3f}x {bound / plain[1]:13.3f}x"
+                f"{bs:>4} {label:>20} {ran:10.3f} {bound:10.3f} {back_to_back:13.3f} {launch:10.1f}"
+                f" {ran / plain[0]:11.3f}x {bound / plain[1]:13.3f}x {back_to_back / plain[2]:17.3f}x"
             )
 
     if args.profile:

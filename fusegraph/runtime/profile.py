@@ -3,7 +3,11 @@
 `profile_steps(model, inputs)` runs the step a few times to warm up, then measures:
 - host: the time a call takes to return (Python, checks, launches; no sync inside);
 - wall: the time per step when the device is kept busy (synchronized once at the end);
-- device: per kernel (CUDA) or per aten op (CPU), from `torch.profiler`, per step.
+- device: per kernel (CUDA) or per aten op (CPU), from `torch.profiler`, per step;
+- idle (CUDA): per kernel, the time the device sat idle right before it started (its start
+  minus the latest end of the kernels that started before it; an overlap, as under
+  programmatic dependent launch, counts 0), per step. Wall minus device time says how much
+  idle a step has; this says which kernels wait on it.
 
 The same inputs run every time, so a step that writes the KV cache rewrites the same slots.
 
@@ -12,8 +16,8 @@ Example:
     >>> print(report)
     profile of 'attn' on cuda (pipeline ..., cuda_graphs=True), 20 steps
       host 41.2 us/call, wall 123.0 us/step, device 119.8 us/step in 9 kernels
-        device us/step  calls/step  name
-                  61.0           2  _gptq_gemv_kernel
+         us/step  calls/step  idle before  name
+            61.0         2.0          1.3  _gptq_gemv_kernel
     ...
 """
 
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ProfileReport", "profile_steps"]
+__all__ = ["ProfileReport", "idle_before", "profile_steps"]
 
 _ROWS = 30  # rows printed; the rest are summed in one line
 
@@ -40,6 +44,12 @@ class ProfileReport:
     wall_us: float
     device: str
     ops: list[tuple[str, float, float]] = field(default_factory=list)  # name, us/step, calls/step
+    idle: dict[str, float] = field(default_factory=dict)  # name: device idle us/step before it
+
+    @property
+    def idle_us(self) -> float:
+        """Total device idle time per step between kernels (CUDA; 0 on the CPU)."""
+        return sum(self.idle.values())
 
     @property
     def device_us(self) -> float:
@@ -51,10 +61,16 @@ class ProfileReport:
         lines = [
             f"{self.title}, {self.steps} steps",
             f"  host {self.host_us:.1f} us/call, wall {self.wall_us:.1f} us/step, "
-            f"{'device' if self.device == 'cuda' else 'cpu'} {self.device_us:.1f} us/step in {len(self.ops)} {unit}",
-            f"    {'us/step':>10}  {'calls/step':>10}  name",
+            f"{'device' if self.device == 'cuda' else 'cpu'} {self.device_us:.1f} us/step in {len(self.ops)} {unit}"
+            + (f", idle {self.idle_us:.1f} us/step between them" if self.idle else ""),
+            f"    {'us/step':>10}  {'calls/step':>10}  " + ("idle before  " if self.idle else "") + "name",
         ]
-        lines += [f"    {us:10.1f}  {calls:10.1f}  {name}" for name, us, calls in self.ops[:_ROWS]]
+        lines += [
+            f"    {us:10.1f}  {calls:10.1f}  "
+            + (f"{self.idle.get(name, 0.0):11.1f}  " if self.idle else "")
+            + name
+            for name, us, calls in self.ops[:_ROWS]
+        ]
         if len(self.ops) > _ROWS:
             rest = sum(us for _, us, _ in self.ops[_ROWS:])
             lines.append(f"    {rest:10.1f}  {'':>10}  ({len(self.ops) - _ROWS} more)")
@@ -98,9 +114,37 @@ def profile_steps(
             step()
         sync()
     kind = "cuda" if on_cuda else "cpu"
+    idle = {}
+    if on_cuda:
+        spans = [
+            (e.name, e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == torch.profiler.DeviceType.CUDA
+        ]
+        idle = {name: us / steps for name, us in idle_before(spans).items()}
     return ProfileReport(
-        title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps)
+        title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps), idle
     )
+
+
+def idle_before(spans: list[tuple[str, float, float]]) -> dict[str, float]:
+    """{name: summed idle time right before its spans} of (name, start, end) device spans.
+
+    A span's idle is its start minus the latest end among the spans that started before it, or 0
+    when they still run (an overlap); the first span has none. The sum over names is the time
+    between the first start and the last end when no span was running.
+
+    Example:
+        >>> idle_before([("a", 0.0, 2.0), ("b", 3.0, 5.0), ("a", 4.5, 6.0), ("b", 8.0, 9.0)])
+        {'a': 0.0, 'b': 3.0}
+    """
+    idle: dict[str, float] = {}
+    busy_until: float | None = None
+    for name, start, end in sorted(spans, key=lambda span: span[1]):
+        gap = 0.0 if busy_until is None else max(0.0, start - busy_until)
+        idle[name] = idle.get(name, 0.0) + gap
+        busy_until = end if busy_until is None else max(busy_until, end)
+    return idle
 
 
 def _ops(prof: torch.profiler.profile, on_cuda: bool, steps: int) -> list[tuple[str, float, float]]:

@@ -1,0 +1,48 @@
+"""`profile.idle_before`: where a step's device idle time sits, checked against the spans' own arithmetic."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fusegraph.runtime.profile import ProfileReport, idle_before
+
+
+def test_idle_before__gaps_go_to_the_kernel_that_waited() -> None:
+    spans = [("norm", 0.0, 2.0), ("gemv", 3.5, 6.0), ("norm", 6.0, 7.0), ("gemv", 9.0, 10.0)]
+    assert idle_before(spans) == {"norm": 0.0, "gemv": 1.5 + 2.0}
+
+
+def test_idle_before__an_overlap_is_not_idle_and_order_of_the_list_does_not_matter() -> None:
+    # "b" starts while "a" runs (programmatic dependent launch); "c" starts after b but before a ends
+    spans = [("c", 7.0, 8.0), ("a", 0.0, 7.5), ("b", 1.0, 3.0)]
+    assert idle_before(spans) == {"a": 0.0, "b": 0.0, "c": 0.0}
+    assert idle_before([("a", 0.0, 7.5), ("b", 1.0, 3.0), ("c", 9.0, 9.5)]) == {"a": 0.0, "b": 0.0, "c": 1.5}
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 1000), st.integers(0, 50)), min_size=1, max_size=30
+    )
+)
+def test_idle_before__sums_to_the_uncovered_time_between_first_start_and_last_end(raw) -> None:
+    spans = [(name, float(start), float(start + length)) for name, start, length in raw]
+    first, last = min(s for _, s, _ in spans), max(e for _, _, e in spans)
+    covered = [False] * int(last - first)
+    for _, start, end in spans:
+        for t in range(int(start - first), int(end - first)):
+            covered[t] = True
+    assert sum(idle_before(spans).values()) == covered.count(False)
+
+
+def test_profile_report__prints_the_idle_column_only_when_measured() -> None:
+    ops = [("gemv", 61.0, 2.0), ("norm", 5.0, 1.0)]
+    with_idle = str(
+        ProfileReport("profile of 'm'", 20, 40.0, 80.0, "cuda", ops, {"gemv": 1.25, "norm": 10.0})
+    )
+    assert "device 66.0 us/step in 2 kernels, idle 11.2 us/step between them" in with_idle
+    assert with_idle.splitlines()[2].split() == ["us/step", "calls/step", "idle", "before", "name"]
+    assert with_idle.splitlines()[3].split() == ["61.0", "2.0", "1.2", "gemv"]
+    assert with_idle.splitlines()[4].split() == ["5.0", "1.0", "10.0", "norm"]
+    cpu = str(ProfileReport("profile of 'm'", 20, 40.0, 80.0, "cpu", ops))
+    assert "idle" not in cpu and cpu.splitlines()[3].split() == ["61.0", "2.0", "gemv"]
