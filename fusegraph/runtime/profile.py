@@ -7,7 +7,9 @@
 - idle (CUDA): per kernel, the time the device sat idle right before it started (its start
   minus the latest end of the kernels that started before it; an overlap, as under
   programmatic dependent launch, counts 0), per step. Wall minus device time says how much
-  idle a step has; this says which kernels wait on it.
+  idle a step has; this says which kernels wait on it. The first profiled step starts on an
+  idle device, so its wait for the host's launch (a CUDA graph's `cudaGraphLaunch`: hundreds
+  of µs under the profiler) shows, divided by `steps`, as idle before the step's first kernel.
 
 The same inputs run every time, so a step that writes the KV cache rewrites the same slots.
 
