@@ -1,6 +1,6 @@
 """What act-order costs a decode step: the plain model, act-order folded, act-order not folded, side by side.
 
-Usage: `python benchmarks/gpu_act_order_decode.py [--batch 1 16 64] [--ctx 2048] [--profile] [--tiny]`
+Usage: `python benchmarks/gpu_act_order_decode.py [--batch 1 16 64] [--ctx 2048] [--profile] [--reverse] [--tiny]`
 
 The Llama-3-8B-shaped GPTQ model of `gpu_model.py` (4-bit g128, stacked q/k/v and gate/up, random weights, every
 sequence holding `ctx` cached tokens and adding one) is built three times in one process:
@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="each kernel's device time a step, side by side"
     )
+    parser.add_argument(
+        "--reverse", action="store_true", help="build and time the cases in reverse order (an order effect?)"
+    )
     parser.add_argument("--tiny", action="store_true", help="2 small layers (a dry run, e.g. on the CPU)")
     args = parser.parse_args()
     if args.tiny:
@@ -144,7 +147,8 @@ def main() -> None:
         args.ctx = min(args.ctx, 64)
     name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, ctx {args.ctx}", flush=True)
-    measured = {label: case_ms(act, fold, args.batch, args.ctx, args.profile) for label, act, fold in CASES}
+    order = CASES[::-1] if args.reverse else CASES
+    measured = {label: case_ms(act, fold, args.batch, args.ctx, args.profile) for label, act, fold in order}
     table = {label: times for label, (times, _) in measured.items()}
     print(
         f"{'bs':>4} {'case':>20} {'run() ms':>10} {'bound ms':>10} {'pipelined ms':>13} {'launch us':>10}"
