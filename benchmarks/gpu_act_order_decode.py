@@ -17,11 +17,12 @@ synchronized, as a generate loop that reads its token runs): `run(...)` (input c
 clone: what `gpu_model.py` reports) and a `model.bind(...)` step (the replay on bound tensors, no copies); then the bound
 step's ms when 30 run back to back (the device's own time: the host's launch hidden behind the step before) and the
 host µs one bound step's call takes (median of 30, the queue empty: chiefly `cudaGraphLaunch`, which a synchronized
-step waits for); and each case over the plain model. `--profile` also prints, per batch, each
-kernel's device µs a step (`CompiledGraph.profile`, 10 steps) and the device's idle µs right before it, in every case
-side by side, the kernels whose time or idle differs most from the plain model's first: where act-order's time goes. Run it with `FUSEGRAPH_PDL=0` for kernel times
-that do not overlap (with the PDL chain, a kernel's time includes its wait for the one before). `--tiny` is a dry run
-(2 small layers, no CUDA graphs on the CPU).
+step waits for); and each case over the plain model. `--profile` also prints, per batch, each kernel's device µs a
+step (`CompiledGraph.profile`, 10 steps) and the device's idle µs right before it, in every case side by side, the
+kernels whose time or idle differs most from the plain model's first: where act-order's time goes. Run it with
+`FUSEGRAPH_PDL=0` for kernel times that do not overlap (with the PDL chain, a kernel's time includes its wait for the
+one before). `--reverse` builds and times the cases in reverse order. `--tiny` is a dry run (2 small layers, no CUDA
+graphs on the CPU).
 """
 
 from __future__ import annotations

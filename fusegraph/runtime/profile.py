@@ -17,7 +17,7 @@ Example:
     >>> report = model.profile(x, row_offsets, kv_blocks, cache_lengths, lookup_table)
     >>> print(report)
     profile of 'attn' on cuda (pipeline ..., cuda_graphs=True), 20 steps
-      host 41.2 us/call, wall 123.0 us/step, device 119.8 us/step in 9 kernels
+      host 41.2 us/call, wall 123.0 us/step, device 119.8 us/step in 9 kernels, idle 6.1 us/step between them
          us/step  calls/step  idle before  name
             61.0         2.0          1.3  _gptq_gemv_kernel
     ...
