@@ -1,11 +1,10 @@
 """What a CUDA graph's launch costs the device, by node count and node kind (a decode step is one graph).
 
 `python benchmarks/gpu_graph_launch.py [--no-eager] [--n 64 448 ...]` (a CUDA machine; `--n` last) captures chains
-of `n` tiny Triton kernels (each adds 1 to one element: about 2 µs of work a node at most) and replays each graph 50
-times back to back. For each chain it
-prints the µs a replay back to back and a node, the µs a replay synchronized (CUDA events around each, as a
-generate loop that reads its token waits) and the host µs of one `replay()` call with the queue empty
-(`cudaGraphLaunch`), the device's idle µs before the graph's first node (what the GPU waits between one replay
+of `n` tiny Triton kernels (each adds 1 to one element: under 1 µs a node) and replays each graph 50 times back to
+back. For each chain it prints the µs a replay back to back and a node, the µs a replay synchronized (CUDA events
+around each, as a generate loop that reads its token waits) and the host µs of one `replay()` call with the queue
+empty (`cudaGraphLaunch`), the device's idle µs before the graph's first node (what the GPU waits between one replay
 and the next) and its idle µs a step in all (`profile.idle_before`, from `torch.profiler`). The chains are:
 - `kernels`: kernel nodes only;
 - `memset first` / `memset middle`: the same with one `cudaMemsetAsync` node (what "Memset" rows in a
@@ -13,13 +12,14 @@ and the next) and its idle µs a step in all (`profile.idle_before`, from `torch
 - `4 graphs` / `n/32 graphs`: the same kernels captured as 4 graphs, or graphs of 32 nodes, replayed in order (the
   device starts on the first while the host launches the rest);
 - `eager`: the same launches without a graph (host-bound: the Python launch rate).
-A decode step of Llama-3-8B shapes is a graph of about 420 nodes (`gpu_act_order_decode.py --profile`).
-"""
+A decode step of Llama-3-8B shapes is a graph of about 340 nodes (`gpu_act_order_decode.py --profile`)."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
+import itertools
 import os
 import sys
 import time
@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusegraph.runtime.profile import idle_before
+from fusegraph.runtime.profile import device_spans, idle_before
 
 REPLAYS = 50
 
@@ -42,6 +42,7 @@ def _touch(x_ptr):
     tl.store(x_ptr, tl.load(x_ptr) + 1)
 
 
+@functools.cache
 def cudart() -> ctypes.CDLL:
     """libcudart, for `cudaMemsetAsync` (torch does not expose a raw memset)."""
     for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
@@ -102,7 +103,7 @@ def measure(steps: list[Callable[[], None]], graph: bool) -> tuple[float, float,
         run()
     end.record()
     torch.cuda.synchronize()
-    per_step = start.elapsed_time(end) * 1e3 / REPLAYS
+    back_to_back = start.elapsed_time(end) * 1e3 / REPLAYS
     synced, launches = [], []
     for _ in range(REPLAYS):
         start.record()
@@ -116,20 +117,14 @@ def measure(steps: list[Callable[[], None]], graph: bool) -> tuple[float, float,
         for _ in range(10):
             run()
         torch.cuda.synchronize()
-    spans = sorted(
-        ((e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-         if e.device_type == torch.profiler.DeviceType.CUDA),
-        key=lambda span: span[1],
-    )  # fmt: skip
-    per_graph = len(spans) // 10
-    firsts = [spans[i * per_graph] for i in range(1, 10)]  # the first node of replays 2..10
-    gaps = []
-    for first in firsts:
-        before = [s for s in spans if s[1] < first[1]]
-        gaps.append(first[1] - max(e for _, _, e in before))
+    spans = device_spans(prof)
+    busy_until = list(itertools.accumulate((stop for _, _, stop in spans), max))
+    per_step = len(spans) // 10
+    # the first node of replays 2..10: its start minus the latest end before it
+    gaps = [spans[i * per_step][1] - busy_until[i * per_step - 1] for i in range(1, 10)]
     median = REPLAYS // 2
     idle = sum(idle_before(spans).values()) / 10
-    return per_step, sorted(synced)[median], sorted(launches)[median], sum(gaps) / len(gaps), idle
+    return back_to_back, sorted(synced)[median], sorted(launches)[median], sum(gaps) / len(gaps), idle
 
 
 def main() -> None:
@@ -143,7 +138,6 @@ def main() -> None:
         f" {'idle before first':>18} {'idle a step':>12}"
     )
     sizes = [int(n) for n in sys.argv[sys.argv.index("--n") + 1 :]] if "--n" in sys.argv else [64, 448]
-    # label, where the memset goes (a fraction of n; None: no memset), captured in a graph
     # label, where the memset goes (a fraction of n; None: no memset), graphs a step (0: eager)
     chains: list[tuple[str, float | None, int]] = [
         ("kernels", None, 1),

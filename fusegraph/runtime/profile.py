@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ProfileReport", "idle_before", "profile_steps"]
+__all__ = ["ProfileReport", "device_spans", "idle_before", "profile_steps"]
 
 _ROWS = 30  # rows printed; the rest are summed in one line
 
@@ -118,15 +118,20 @@ def profile_steps(
     kind = "cuda" if on_cuda else "cpu"
     idle = {}
     if on_cuda:
-        spans = [
-            (e.name, e.time_range.start, e.time_range.end)
-            for e in prof.events()
-            if e.device_type == torch.profiler.DeviceType.CUDA
-        ]
-        idle = {name: us / steps for name, us in idle_before(spans).items()}
+        idle = {name: us / steps for name, us in idle_before(device_spans(prof)).items()}
     return ProfileReport(
         title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps), idle
     )
+
+
+def device_spans(prof: torch.profiler.profile) -> list[tuple[str, float, float]]:
+    """(name, start µs, end µs) of each CUDA kernel, copy or memset a profile recorded, by start."""
+    spans = [
+        (e.name, e.time_range.start, e.time_range.end)
+        for e in prof.events()  # type: ignore[no-untyped-call]
+        if e.device_type == torch.profiler.DeviceType.CUDA
+    ]
+    return sorted(spans, key=lambda span: span[1])
 
 
 def idle_before(spans: list[tuple[str, float, float]]) -> dict[str, float]:
