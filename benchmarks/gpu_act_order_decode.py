@@ -18,8 +18,9 @@ clone: what `gpu_model.py` reports) and a `model.bind(...)` step (the replay on 
 step's ms when 30 run back to back (the device's own time: the host's launch hidden behind the step before) and the
 host µs one bound step's call takes (median of 30, the queue empty: chiefly `cudaGraphLaunch`, which a synchronized
 step waits for); and each case over the plain model. `--profile` also prints, per batch, each kernel's device µs a
-step (`CompiledGraph.profile`, 10 steps) and the device's idle µs right before it, in every case side by side, the
-kernels whose time or idle differs most from the plain model's first: where act-order's time goes. Run it with
+step (`CompiledGraph.profile`, 10 steps), the device's idle µs right before it and the µs by which it advanced the
+step's end (`profile.advance`: under PDL, what it added beyond the kernel it overlapped), in every case side by side,
+the kernels whose advance or idle differs most from the plain model's first: where act-order's time goes. Run it with
 `FUSEGRAPH_PDL=0` for kernel times that do not overlap (with the PDL chain, a kernel's time includes its wait for the
 one before). `--reverse` builds and times the cases in reverse order. `--tiny` is a dry run (2 small layers, no CUDA
 graphs on the CPU).
@@ -46,8 +47,8 @@ from fusegraph.runtime.eager import CompiledGraph  # noqa: E402
 from fusegraph.runtime.pipeline import default_pipeline  # noqa: E402
 
 CASES = (("plain", False, True), ("act-order", True, True), ("act-order, no fold", True, False))
-# kernel name: (device us, calls, the device's idle us right before it) a step
-Kernels = dict[str, tuple[float, float, float]]
+# kernel name: (device us, calls, the device's idle us right before it, us it advanced the step's end) a step
+Kernels = dict[str, tuple[float, float, float, float]]
 
 
 def case_ms(
@@ -79,7 +80,10 @@ def case_ms(
         results[bs] = (time_steps(lambda inputs=inputs: run(*inputs)), time_steps(step), *pipelined(step))
         if profile:
             report = run.profile(*inputs, steps=10)
-            kernels[bs] = {name: (us, calls, report.idle.get(name, 0.0)) for name, us, calls in report.ops}
+            kernels[bs] = {
+                name: (us, calls, report.idle.get(name, 0.0), report.advance.get(name, 0.0))
+                for name, us, calls in report.ops
+            }
         del manager, step
     return results, kernels
 
@@ -103,28 +107,35 @@ def pipelined(step: Callable[[], object], iters: int = 30) -> tuple[float, float
 
 
 def print_kernels(bs: int, by_case: dict[str, Kernels], rows: int = 14) -> None:
-    """Each kernel's us a step (calls, and the device's idle us right before it) in every case, the
-    largest difference in time or idle from the plain model first."""
+    """Each kernel's us a step (calls, the device's idle us right before it, and the us by which it advanced the
+    step's end: `profile.advance`) in every case, the largest difference in advance or idle from the plain model
+    first."""
     names = {name for kernels in by_case.values() for name in kernels}
     plain = by_case["plain"]
-    none = (0.0, 0.0, 0.0)
+    none = (0.0, 0.0, 0.0, 0.0)
 
     def spread(name: str) -> float:
         base = plain.get(name, none)
         return max(
-            abs(cell[0] - base[0]) + abs(cell[2] - base[2])
+            abs(cell[3] - base[3]) + abs(cell[2] - base[2])
             for cell in (kernels.get(name, none) for kernels in by_case.values())
         )
 
-    print(f"bs {bs}: device us a step (calls a step) idle us before, totals first")
-    print("  " + "".join(f"{label:>30}" for label in by_case) + "  kernel")
-    totals = [[sum(cell[i] for cell in kernels.values()) for i in (0, 2)] for kernels in by_case.values()]
-    print("  " + "".join(f"{us:14.1f}         {idle:7.1f}" for us, idle in totals) + "  (all)")
+    print(f"bs {bs}: device us a step (calls a step) idle us before, advance us; totals first")
+    print("  " + "".join(f"{label:>38}" for label in by_case) + "  kernel")
+    totals = [[sum(cell[i] for cell in kernels.values()) for i in (0, 2, 3)] for kernels in by_case.values()]
+    print(
+        "  "
+        + "".join(f"{us:14.1f}         {idle:7.1f} {moved:7.1f}" for us, idle, moved in totals)
+        + "  (all)"
+    )
     for name in sorted(names, key=spread, reverse=True)[:rows]:
         cells = [kernels.get(name, none) for kernels in by_case.values()]
         print(
             "  "
-            + "".join(f"{us:14.1f} ({calls:5.1f}) {idle:7.1f}" for us, calls, idle in cells)
+            + "".join(
+                f"{us:14.1f} ({calls:5.1f}) {idle:7.1f} {moved:7.1f}" for us, calls, idle, moved in cells
+            )
             + f"  {name[:70]}"
         )
 

@@ -10,6 +10,9 @@
   idle a step has; this says which kernels wait on it. The first profiled step starts on an
   idle device, so its wait for the host's launch (a CUDA graph's `cudaGraphLaunch`: hundreds
   of µs under the profiler) shows, divided by `steps`, as idle before the step's first kernel.
+- advance (CUDA): per kernel, the time by which it moved the latest end of the kernels before
+  it, per step (`advance`). Under PDL kernels overlap and their own times sum past the step;
+  the advances do not: with the idle they sum to the time from the first start to the last end.
 
 The same inputs run every time, so a step that writes the KV cache rewrites the same slots.
 
@@ -17,9 +20,10 @@ Example:
     >>> report = model.profile(x, row_offsets, kv_blocks, cache_lengths, lookup_table)
     >>> print(report)
     profile of 'attn' on cuda (pipeline ..., cuda_graphs=True), 20 steps
-      host 41.2 us/call, wall 123.0 us/step, device 119.8 us/step in 9 kernels, idle 6.1 us/step between them
-         us/step  calls/step  idle before  name
-            61.0         2.0          1.3  _gptq_gemv_kernel
+      host 41.2 us/call, wall 123.0 us/step, device 119.8 us/step in 9 kernels, idle 6.1 us/step between them,
+      114.9 us/step on the path
+         us/step  calls/step  idle before     advance  name
+            61.0         2.0          1.3        58.7  _gptq_gemv_kernel
     ...
 """
 
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ProfileReport", "device_spans", "idle_before", "profile_steps"]
+__all__ = ["ProfileReport", "advance", "device_spans", "idle_before", "profile_steps"]
 
 _ROWS = 30  # rows printed; the rest are summed in one line
 
@@ -47,6 +51,7 @@ class ProfileReport:
     device: str
     ops: list[tuple[str, float, float]] = field(default_factory=list)  # name, us/step, calls/step
     idle: dict[str, float] = field(default_factory=dict)  # name: device idle us/step before it
+    advance: dict[str, float] = field(default_factory=dict)  # name: us/step it moved the device's latest end
 
     @property
     def idle_us(self) -> float:
@@ -64,12 +69,17 @@ class ProfileReport:
             f"{self.title}, {self.steps} steps",
             f"  host {self.host_us:.1f} us/call, wall {self.wall_us:.1f} us/step, "
             f"{'device' if self.device == 'cuda' else 'cpu'} {self.device_us:.1f} us/step in {len(self.ops)} {unit}"
-            + (f", idle {self.idle_us:.1f} us/step between them" if self.idle else ""),
-            f"    {'us/step':>10}  {'calls/step':>10}  " + ("idle before  " if self.idle else "") + "name",
+            + (f", idle {self.idle_us:.1f} us/step between them" if self.idle else "")
+            + (f", {sum(self.advance.values()):.1f} us/step on the path" if self.advance else ""),
+            f"    {'us/step':>10}  {'calls/step':>10}  "
+            + ("idle before  " if self.idle else "")
+            + ("   advance  " if self.advance else "")
+            + "name",
         ]
         lines += [
             f"    {us:10.1f}  {calls:10.1f}  "
             + (f"{self.idle.get(name, 0.0):11.1f}  " if self.idle else "")
+            + (f"{self.advance.get(name, 0.0):10.1f}  " if self.advance else "")
             + name
             for name, us, calls in self.ops[:_ROWS]
         ]
@@ -116,11 +126,13 @@ def profile_steps(
             step()
         sync()
     kind = "cuda" if on_cuda else "cpu"
-    idle = {}
+    idle, moved = {}, {}
     if on_cuda:
-        idle = {name: us / steps for name, us in idle_before(device_spans(prof)).items()}
+        gaps, moves = _sweep(device_spans(prof))
+        idle = {name: us / steps for name, us in gaps.items()}
+        moved = {name: us / steps for name, us in moves.items()}
     return ProfileReport(
-        title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps), idle
+        title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps), idle, moved
     )
 
 
@@ -145,13 +157,36 @@ def idle_before(spans: list[tuple[str, float, float]]) -> dict[str, float]:
         >>> idle_before([("a", 0.0, 2.0), ("b", 3.0, 5.0), ("a", 4.5, 6.0), ("b", 8.0, 9.0)])
         {'a': 0.0, 'b': 3.0}
     """
+    return _sweep(spans)[0]
+
+
+def advance(spans: list[tuple[str, float, float]]) -> dict[str, float]:
+    """{name: summed time by which its spans moved the device's latest end} of (name, start, end) spans.
+
+    A span's advance is its end minus the later of its start and the latest end among the spans that
+    started before it, or 0 when it ends before them. Under programmatic dependent launch a kernel
+    starts while the one before runs, so its own span counts that kernel's tail too; its advance
+    counts only what it added. The advances and the idle (`idle_before`) sum to the time from the
+    first start to the last end: a step's device time, split between its kernels without overlap.
+
+    Example:
+        >>> advance([("norm", 0.0, 2.0), ("gemv", 1.0, 5.0), ("norm", 6.0, 7.0), ("gemv", 6.5, 6.8)])
+        {'norm': 3.0, 'gemv': 3.0}
+    """
+    return _sweep(spans)[1]
+
+
+def _sweep(spans: list[tuple[str, float, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """({name: idle before}, {name: advance}) of the spans, swept in order of start."""
     idle: dict[str, float] = {}
+    moved: dict[str, float] = {}
     busy_until: float | None = None
     for name, start, end in sorted(spans, key=lambda span: span[1]):
-        gap = 0.0 if busy_until is None else max(0.0, start - busy_until)
-        idle[name] = idle.get(name, 0.0) + gap
+        ahead = start if busy_until is None else max(start, busy_until)  # where this span starts to add
+        idle[name] = idle.get(name, 0.0) + (0.0 if busy_until is None else ahead - busy_until)
+        moved[name] = moved.get(name, 0.0) + max(0.0, end - ahead)
         busy_until = end if busy_until is None else max(busy_until, end)
-    return idle
+    return idle, moved
 
 
 def _ops(prof: torch.profiler.profile, on_cuda: bool, steps: int) -> list[tuple[str, float, float]]:
