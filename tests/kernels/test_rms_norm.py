@@ -217,3 +217,34 @@ def test_rms_norm_op_kernels__check_the_perm_before_either_path() -> None:
     twice[5] = 1
     with pytest.raises(ValueError, match=r"perm\[1\] = perm\[5\] = 1"):
         kernel.rms_norm_cuda(x, w, twice, 1e-5)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_rows__the_weight_in_perm_order_equals_its_gather_in_the_kernel(
+    residual: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the launcher passes weight[perm] (W_IN_PERM); under a first capture it cannot make one and the kernel gathers
+    x, w, perm = _operands((3, 64), F16, seed=11)
+    r = _operands((3, 64), F16, seed=12)[0]
+    run = (lambda: kernel.add_rms_norm_rows(x, r, w, 1e-5, perm)[1]) if residual else (
+        lambda: kernel.rms_norm_rows(x, w, 1e-5, perm))  # fmt: skip
+    in_perm = run()
+    assert torch.equal(kernel._weight_in_perm_order(w, perm), w[perm.long()])
+    monkeypatch.setattr(kernel, "_weight_in_perm_order", lambda weight, perm: None)
+    assert torch.equal(run(), in_perm)
+    assert_within_ulps(in_perm, reference(x + r if residual else x, w, 1e-5, perm), ULPS[F16])
+
+
+def test_weight_in_perm_order__kept_per_pair_and_made_again_once_either_is_written() -> None:
+    _, w, perm = _operands((1, 32), F16, seed=13)
+    first = kernel._weight_in_perm_order(w, perm)
+    assert kernel._weight_in_perm_order(w, perm) is first
+    w.mul_(2)  # the weight written: its version moves
+    again = kernel._weight_in_perm_order(w, perm)
+    assert again is not first and torch.equal(again, w[perm.long()])
+    other = perm.flip(0).contiguous()  # another perm for the same weight
+    assert torch.equal(kernel._weight_in_perm_order(w, other), w[other.long()])
+    perm[0], perm[1] = perm[1].item(), perm[0].item()  # the perm written in place
+    assert torch.equal(kernel._weight_in_perm_order(w, perm), w[perm.long()])
+    bad = torch.tensor([3, -1, 0, 99], dtype=torch.int32)  # an entry outside [0, D) gets weight 0
+    assert kernel._weight_in_perm_order(torch.ones(4, dtype=F16), bad).tolist() == [1.0, 0.0, 1.0, 0.0]
