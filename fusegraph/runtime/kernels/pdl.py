@@ -9,7 +9,7 @@ nothing the earlier kernels write, and wait (`griddepcontrol.wait`) for them bef
   it: L2 is coherent, so nothing they read later can be stale, whoever wrote the weights;
 - the Triton kernels around them (RMSNorm, rope-split-store, paged attention and its split combine,
   silu·mul) and the act-order permutation of x are, at mode 2, PDL launches themselves that wait before
-  their first load;
+  their first load (the RMSNorm asks L2 for its weight's lines first, `pdl_prefetch_l2`);
 - every kernel of the chain lets the kernel after it launch (`griddepcontrol.launch_dependents`) once it
   is past its own wait (at its start where it waits for nothing), so one kernel at most waits ahead of the
   one that runs. A trigger before the wait let a run of short kernels all launch at once, each one's
@@ -44,7 +44,7 @@ try:  # Triton's grid-dependency control (PDL) intrinsics
 except ImportError:  # pragma: no cover - an older Triton: the chain is off
     gdc_launch_dependents = gdc_wait = None
 
-__all__ = ["chain_error", "gemm_chain", "pdl_enter", "pdl_mode", "triton_pdl"]
+__all__ = ["chain_error", "gemm_chain", "pdl_enter", "pdl_mode", "pdl_prefetch_l2", "triton_pdl"]
 
 _CAP: dict[torch.device, tuple[int, int]] = {}
 # the weight blocks (128 rows of a 64-column strip) each warp of a GPTQ kernel asks L2 for before its wait
@@ -121,3 +121,25 @@ def pdl_enter(PDL: tl.constexpr):  # noqa: N803 - Triton's constexpr convention
         gdc_wait()
     if PDL >= 1:
         gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_prefetch_l2(ptr, start, N: tl.constexpr, D, PDL: tl.constexpr):  # noqa: N803 - Triton's constexpr convention
+    """Ask L2 for the lines of `ptr[start : start + N]` (the part below D) before `pdl_enter`'s wait, in a kernel
+    that is a PDL launch itself (PDL 2), so that it starts while the kernel before it runs: for operands that no
+    kernel writes (weights), which its first load after the wait would otherwise bring from HBM. An L2 prefetch is
+    the only read the chain allows before the wait (L2 is coherent: nothing read later is stale)."""
+    if PDL >= 2:
+        if N >= 32:  # noqa: SIM108 - a constexpr branch: tl.arange(0, 0) must not be built
+            # every 32nd element: 4-byte ones are 128 bytes apart, one a line
+            cols = start + tl.arange(0, N // 32) * 32
+        else:
+            cols = start + tl.arange(0, N)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
+            "=r,l",
+            [ptr + tl.where(cols < D, cols, 0)],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from fusegraph.runtime.kernels.gptq_cuda_permute import PERMUTE_MAX_K, permute_rows
-from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
+from fusegraph.runtime.kernels.pdl import pdl_enter, pdl_prefetch_l2, triton_pdl
 
 __all__ = [
     "MAX_BLOCK",
@@ -90,6 +90,13 @@ def _rms_norm_kernel(
     ROWS: tl.constexpr, BLOCK: tl.constexpr, HAS_PERM: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
     HAS_RES: tl.constexpr, PDL: tl.constexpr, W_IN_PERM: tl.constexpr,
 ):  # fmt: skip
+    if not CHUNKED:  # the weights (and perm) this program reads, into L2 while the kernel before runs
+        if HAS_PERM:
+            pdl_prefetch_l2(perm_ptr, tl.program_id(1) * (BLOCK // SPLIT), BLOCK // SPLIT, D, PDL)
+        if W_IN_PERM:
+            pdl_prefetch_l2(w_ptr, tl.program_id(1) * (BLOCK // SPLIT), BLOCK // SPLIT, D, PDL)
+        else:
+            pdl_prefetch_l2(w_ptr, 0, BLOCK, D, PDL)
     pdl_enter(PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     if HAS_PERM and not CHUNKED:
