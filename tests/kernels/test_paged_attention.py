@@ -80,6 +80,11 @@ def test_paged_attention_kernel__matches_dense_attention_over_gathered_cache(cas
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
 
+def test_combine_rows__a_program_an_sm_down_to_one_row() -> None:
+    assert [kernel.combine_rows(n, 132) for n in (1, 32, 264, 512, 2048, 8192)] == [1, 1, 2, 2, 8, 16]
+    assert kernel.combine_rows(32, 1) == 16  # enough programs at 16 rows: 16
+
+
 SPLIT_CASES = [
     # (tokens, cache lengths, h, hkv, d, page_size, dtype, window, num_splits)
     ([1, 1, 1], [9, 0, 40], 4, 1, 16, 4, torch.float16, None, 3),  # decode, a split past seq 1's end
@@ -89,9 +94,13 @@ SPLIT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("combine", [None, 1, 16], ids=["rows-plan", "rows-1", "rows-16"])
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=[f"split{i}" for i in range(len(SPLIT_CASES))])
-def test_paged_attention_kernel__split_kv_matches_dense_attention(case):
-    """Split-KV (flash-decoding): partial softmax states per key slice, merged by the combine kernel."""
+def test_paged_attention_kernel__split_kv_matches_dense_attention(case, combine, monkeypatch):
+    """Split-KV (flash-decoding): partial softmax states per key slice, merged by the combine kernel (its plan's
+    rows a program, or forced to 1 or 16: rows masked past the end)."""
+    if combine is not None:
+        monkeypatch.setattr(kernel, "combine_rows", lambda n_rows, sms: combine)
     tokens, lens, h, hkv, d, page_size, dtype, window, splits = case
     torch.manual_seed(sum(lens) + d)
     max_pages = 48 // page_size + 2

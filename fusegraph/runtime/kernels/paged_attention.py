@@ -24,7 +24,7 @@ import triton.language as tl
 from fusegraph.runtime.kernels.metadata import as_index
 from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
 
-__all__ = ["paged_attention_triton"]
+__all__ = ["combine_rows", "paged_attention_triton"]
 
 _LOG2E = 1.4426950408889634
 
@@ -154,6 +154,21 @@ def _combine_splits_kernel(
              out.to(out_ptr.dtype.element_ty), mask=ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
+def combine_rows(n_rows: int, sms: int) -> int:
+    """(token, head) rows a program of the split combine merges: 16, or fewer (a power of two) until there is a
+    program an SM. At decode batch 1 (32 rows) 16 a program left 2 programs, each streaming 17 splits' partial rows
+    through one SM: 3.1 µs of a step's critical path a layer (H200).
+
+    Example:
+        >>> combine_rows(32, 132), combine_rows(512, 132), combine_rows(8192, 132)
+        (1, 2, 16)
+    """
+    rows = 16
+    while rows > 1 and triton.cdiv(n_rows, rows) < sms:
+        rows //= 2
+    return rows
+
+
 def paged_attention_triton(
     q: torch.Tensor,
     row_offsets: torch.Tensor,
@@ -246,7 +261,10 @@ def paged_attention_triton(
         num_warps=num_warps, num_stages=num_stages, **triton_pdl(q.device),
     )  # fmt: skip
     if split:
-        n_rows, block_r = t_rows * n_heads, 16
+        n_rows = t_rows * n_heads
+        block_r = combine_rows(
+            n_rows, torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
+        )
         _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
             ws, ml, out, n_rows, ws.stride(0), ml.stride(0), out.stride(0), out.stride(1), n_heads,
             NUM_SPLITS=num_splits, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_R=block_r,
