@@ -20,18 +20,26 @@ def test_idle_before__an_overlap_is_not_idle_and_order_of_the_list_does_not_matt
     assert idle_before([("a", 0.0, 7.5), ("b", 1.0, 3.0), ("c", 9.0, 9.5)]) == {"a": 0.0, "b": 0.0, "c": 1.5}
 
 
-@given(
-    st.lists(
-        st.tuples(st.sampled_from("abc"), st.integers(0, 1000), st.integers(0, 50)), min_size=1, max_size=30
-    )
+_RAW_SPANS = st.lists(
+    st.tuples(st.sampled_from("abc"), st.integers(0, 1000), st.integers(0, 50)), min_size=1, max_size=30
 )
-def test_idle_before__sums_to_the_uncovered_time_between_first_start_and_last_end(raw) -> None:
+
+
+def _spans_and_coverage(raw) -> tuple[list[tuple[str, float, float]], list[bool]]:
+    """The spans of (name, start, length) triples, and for each unit of time from the first start to the last end
+    whether a span covers it (counted unit by unit, not by the sweep under test)."""
     spans = [(name, float(start), float(start + length)) for name, start, length in raw]
     first, last = min(s for _, s, _ in spans), max(e for _, _, e in spans)
     covered = [False] * int(last - first)
     for _, start, end in spans:
         for t in range(int(start - first), int(end - first)):
             covered[t] = True
+    return spans, covered
+
+
+@given(_RAW_SPANS)
+def test_idle_before__sums_to_the_uncovered_time_between_first_start_and_last_end(raw) -> None:
+    spans, covered = _spans_and_coverage(raw)
     assert sum(idle_before(spans).values()) == covered.count(False)
 
 
@@ -55,20 +63,11 @@ def test_advance__an_overlapped_kernel_counts_only_what_it_added() -> None:
     assert idle_before(spans) == {"norm": 1.0, "gemv": 0.0}
 
 
-@given(
-    st.lists(
-        st.tuples(st.sampled_from("abc"), st.integers(0, 1000), st.integers(0, 50)), min_size=1, max_size=30
-    )
-)
+@given(_RAW_SPANS)
 def test_advance__with_the_idle_sums_to_the_time_from_first_start_to_last_end(raw) -> None:
-    spans = [(name, float(start), float(start + length)) for name, start, length in raw]
-    first, last = min(s for _, s, _ in spans), max(e for _, _, e in spans)
-    covered = [False] * int(last - first)
-    for _, start, end in spans:
-        for t in range(int(start - first), int(end - first)):
-            covered[t] = True
+    spans, covered = _spans_and_coverage(raw)
     assert sum(advance(spans).values()) == covered.count(True)
-    assert sum(advance(spans).values()) + sum(idle_before(spans).values()) == last - first
+    assert sum(advance(spans).values()) + sum(idle_before(spans).values()) == len(covered)
 
 
 def test_profile_report__prints_the_advance_column_and_its_total() -> None:
