@@ -9,8 +9,9 @@ the aten math (`ops/norm.py: rms_norm_math`), then rounded once to x's dtype.
 
 `perm` (int32 `[D]`, a permutation) gathers inside the row: the sum of squares is taken from x's
 row read in order (coalesced; a permutation does not change it), then column j loads
-`x[perm[j]]` (from L1: that read brought the lines in) and `weight[perm[j]]` and stores `y[j]`,
-so an act-order GEMM gets its permuted input without a separate permute kernel. The scattered
+`x[perm[j]]` (from L1: that read brought the lines in) and stores `y[j]`, so an act-order GEMM gets its
+permuted input without a separate permute kernel. `perm[j]` and `weight[perm[j]]` are loaded beside the row, the
+weight from a copy in perm order made once (`_weight_in_perm_order`), so neither waits on another load. The scattered
 loads are what a permuted row costs; with few rows they are split over SPLIT programs a row
 (each re-reads the row for its sum from L2) to use more SMs. `rms_norm_cuda` (the
 op's kernel) checks the perm's values once per tensor; the kernel reads 0 for an entry outside
@@ -325,8 +326,9 @@ def _launch(
 def _weight_in_perm_order(weight: torch.Tensor, perm: torch.Tensor) -> torch.Tensor | None:
     """`weight[perm]` (0 at an entry outside [0, D)), made once per (weight, perm) pair and kept with the weight
     until either is written; None under CUDA-graph capture for a pair not seen before (the kernel then gathers
-    the weight through the perm itself). Its own load no longer waits for the perm's: in a decode step both come
-    from HBM (H200, twentieth session: the permuted norm then advanced the step 1.05 µs more than the plain one)."""
+    the weight through the perm itself). Its load then does not wait for the perm's: in a decode step both come from
+    HBM (H200, twentieth session: gathering it through the perm after the row's sum, the permuted norm advanced the
+    step 1.04 µs more than the plain one)."""
     stamp = (weight.data_ptr(), weight._version, perm.data_ptr(), perm._version)
     hit = _W_IN_PERM.get(id(weight))
     if hit is not None and hit[0] == stamp and hit[1]() is perm:
