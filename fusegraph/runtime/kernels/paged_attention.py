@@ -157,7 +157,7 @@ def _combine_splits_kernel(
 def combine_rows(n_rows: int, sms: int) -> int:
     """(token, head) rows a program of the split combine merges: 16, or fewer (a power of two) until there is a
     program an SM. At decode batch 1 (32 rows) 16 a program left 2 programs, each streaming 17 splits' partial rows
-    through one SM: 3.1 µs of a step's critical path a layer (H200).
+    through one SM: 3.1 µs of a step's critical path a layer; 32 programs of 1 row take 1.7 (H200, Llama-3-8B).
 
     Example:
         >>> combine_rows(32, 132), combine_rows(512, 132), combine_rows(8192, 132)
