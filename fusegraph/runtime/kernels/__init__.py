@@ -26,7 +26,6 @@ GPTQ at 3 bits runs the aten decomposition.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
 from fusegraph.runtime.kernels.rms_norm import add_rms_norm_cuda, rms_norm_cuda
 from fusegraph.runtime.kernels.rope_split_store import rope_split_store_triton
 from fusegraph.runtime.kernels.silu_mul import silu_mul_cuda
+from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
 
 __all__ = [
     "REGISTERED",
@@ -54,29 +54,23 @@ REGISTERED: dict[str, Callable[..., Any]] = {}
 """Op name -> the CUDA function registered for it in this process."""
 
 
-_TRIVIAL_G_IDX: dict[int, tuple[int, bool]] = {}
-
-
 def _g_idx_is_trivial(g_idx: torch.Tensor, group_size: int) -> bool:
-    """Whether g_idx is k // group_size (what desc_act=False checkpoints store), cached per tensor.
+    """Whether g_idx is k // group_size (what desc_act=False checkpoints store), cached per tensor
+    (`tensor_cache.derived`).
 
     The op carries g_idx whenever the checkpoint has one, and a trivial one lets the kernel use
     per-tile scales (several times faster). The first look costs one host sync, so it is made
     outside CUDA-graph capture (the runtime warms up first); during capture an unseen tensor
     counts as act-order, which is always correct.
     """
-    key = id(g_idx)
-    if (seen := _TRIVIAL_G_IDX.get(key)) is not None and seen[0] == g_idx._version:
-        return seen[1]
-    if torch.cuda.is_current_stream_capturing():
-        return False
-    k = g_idx.numel()
-    rows = torch.arange(k, device=g_idx.device) // (k if group_size == -1 else group_size)
-    trivial = bool(torch.equal(g_idx.to(torch.int64), rows))
-    if seen is None:
-        weakref.finalize(g_idx, _TRIVIAL_G_IDX.pop, key, None)
-    _TRIVIAL_G_IDX[key] = (g_idx._version, trivial)
-    return trivial
+
+    def build() -> bool:
+        k = g_idx.numel()
+        rows = torch.arange(k, device=g_idx.device) // (k if group_size == -1 else group_size)
+        return bool(torch.equal(g_idx.to(torch.int64), rows))
+
+    trivial = derived("g_idx is trivial", (g_idx,), build, extra=group_size)
+    return trivial is not UNSEEN and trivial
 
 
 def _qmatmul_gptq_cuda(

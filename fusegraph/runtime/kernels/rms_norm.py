@@ -25,7 +25,6 @@ perm's values have been checked: that kernel does not mask a bad entry.
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ import triton.language as tl
 
 from fusegraph.runtime.kernels.gptq_cuda_permute import PERMUTE_MAX_K, permute_rows
 from fusegraph.runtime.kernels.pdl import pdl_enter, pdl_prefetch_l2, triton_pdl
+from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
 
 __all__ = [
     "MAX_BLOCK",
@@ -52,8 +52,6 @@ _MIN_SLICE = 256  # the fewest columns a program stores when a row's permuted st
 _OP = "fg.rms_norm"
 _ADD_OP = "fg.add_rms_norm"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-# id(weight): ((its data_ptr and version, the perm's), a weak reference to the perm, weight[perm])
-_W_IN_PERM: dict[int, tuple[tuple[int, int, int, int], weakref.ref[torch.Tensor], torch.Tensor]] = {}
 SEPARATE_PERM_ROWS = 64
 """From this many rows the op kernels (`rms_norm_cuda`, `add_rms_norm_cuda`) norm the rows in order and
 permute them with `permute_rows` after: at M = 64, D = 4096 (H200) that takes 3.25 us against the
@@ -324,25 +322,19 @@ def _launch(
 
 
 def _weight_in_perm_order(weight: torch.Tensor, perm: torch.Tensor) -> torch.Tensor | None:
-    """`weight[perm]` (0 at an entry outside [0, D)), made once per (weight, perm) pair and kept with the weight
-    until either is written; None under CUDA-graph capture for a pair not seen before (the kernel then gathers
-    the weight through the perm itself). Its load then does not wait for the perm's: in a decode step both come from
-    HBM (H200, twentieth session: gathering it through the perm after the row's sum, the permuted norm advanced the
-    step 1.04 µs more than the plain one)."""
-    stamp = (weight.data_ptr(), weight._version, perm.data_ptr(), perm._version)
-    hit = _W_IN_PERM.get(id(weight))
-    if hit is not None and hit[0] == stamp and hit[1]() is perm:
-        return hit[2]
-    if weight.is_cuda and torch.cuda.is_current_stream_capturing():
-        return None
-    d = weight.shape[0]
-    src = perm.to(torch.int64)
-    ok = (src >= 0) & (src < d)
-    w_in_perm = torch.where(ok, weight.index_select(0, src.clamp(0, max(d - 1, 0))), 0).contiguous()
-    if id(weight) not in _W_IN_PERM:  # an entry goes with its weight (a freed one's id can be reused)
-        weakref.finalize(weight, _W_IN_PERM.pop, id(weight), None)
-    _W_IN_PERM[id(weight)] = (stamp, weakref.ref(perm), w_in_perm)
-    return w_in_perm
+    """`weight[perm]` (0 at an entry outside [0, D)), made once per (weight, perm) pair (`tensor_cache.derived`);
+    None under CUDA-graph capture for a pair not seen before (the kernel then gathers the weight through the perm).
+    Its load then does not wait for the perm's: in a decode step both come from HBM (H200, twentieth session:
+    gathering it through the perm after the row's sum, the permuted norm advanced the step 1.04 µs more)."""
+
+    def build() -> torch.Tensor:
+        d = weight.shape[0]
+        src = perm.to(torch.int64)
+        ok = (src >= 0) & (src < d)
+        return torch.where(ok, weight.index_select(0, src.clamp(0, max(d - 1, 0))), 0).contiguous()
+
+    w_in_perm = derived("rms_norm weight[perm]", (weight, perm), build)
+    return None if w_in_perm is UNSEEN else w_in_perm
 
 
 def _rows(x: torch.Tensor, d: int) -> torch.Tensor:
