@@ -5,7 +5,7 @@ of `n` tiny Triton kernels (each adds 1 to one element: under 1 µs a node) and 
 back. For each chain it prints the µs a replay back to back and a node, the µs a replay synchronized (CUDA events
 around each, as a generate loop that reads its token waits) and the host µs of one `replay()` call with the queue
 empty (`cudaGraphLaunch`), the device's idle µs before the graph's first node (what the GPU waits between one replay
-and the next) and its idle µs a step in all (`profile.idle_before`, from `torch.profiler`). The chains are:
+and the next) and its idle µs a step in all (`profile.span_times`, from `torch.profiler`). The chains are:
 - `kernels`: kernel nodes only;
 - `memset first` / `memset middle`: the same with one `cudaMemsetAsync` node (what "Memset" rows in a
   `CompiledGraph.profile` are) at the start / in the middle;
@@ -17,10 +17,6 @@ A decode step of Llama-3-8B shapes is a graph of about 340 nodes (`gpu_act_order
 from __future__ import annotations
 
 import ctypes
-import functools
-import glob
-import itertools
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusegraph.runtime.profile import device_spans, idle_before
+from fusegraph.runtime.profile import device_spans, span_times
 
 REPLAYS = 50
 
@@ -42,34 +38,23 @@ def _touch(x_ptr):
     tl.store(x_ptr, tl.load(x_ptr) + 1)
 
 
-@functools.cache
-def cudart() -> ctypes.CDLL:
-    """libcudart, for `cudaMemsetAsync` (torch does not expose a raw memset)."""
-    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            pass
-    roots = [os.path.dirname(torch.__file__), *sys.path]
-    for root in roots:
-        for path in glob.glob(os.path.join(root, "**", "libcudart.so*"), recursive=True):
-            return ctypes.CDLL(path)
-    raise RuntimeError("libcudart not found")
+def memset_async(t: torch.Tensor) -> None:
+    """Zero `t`'s bytes with one driver memset (`cuMemsetD8Async`, through the CUDA library torch loads) on torch's
+    current stream: in a capture, one memset node (torch exposes no raw memset)."""
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    fn = _get_gpu_runtime_library().cuMemsetD8Async
+    fn.argtypes = [ctypes.c_uint64, ctypes.c_ubyte, ctypes.c_size_t, ctypes.c_void_p]
+    _check_cuda(fn(t.data_ptr(), 0, t.numel() * t.element_size(), torch.cuda.current_stream().cuda_stream))
 
 
 def chain(n: int, memset_at: int | None, x: torch.Tensor, pad: torch.Tensor) -> Callable[[], None]:
     """n launches of `_touch` on x, with one memset of `pad` before launch `memset_at`."""
-    lib = cudart()
 
     def step() -> None:
         for i in range(n):
             if i == memset_at:
-                stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-                err = lib.cudaMemsetAsync(
-                    ctypes.c_void_p(pad.data_ptr()), 0, ctypes.c_size_t(pad.numel()), stream
-                )
-                if err != 0:
-                    raise RuntimeError(f"cudaMemsetAsync failed: {err}")
+                memset_async(pad)
             _touch[(1,)](x)
 
     return step
@@ -117,13 +102,11 @@ def measure(steps: list[Callable[[], None]], graph: bool) -> tuple[float, float,
         for _ in range(10):
             run()
         torch.cuda.synchronize()
-    spans = device_spans(prof)
-    busy_until = list(itertools.accumulate((stop for _, _, stop in spans), max))
-    per_step = len(spans) // 10
-    # the first node of replays 2..10: its start minus the latest end before it
-    gaps = [spans[i * per_step][1] - busy_until[i * per_step - 1] for i in range(1, 10)]
+    times = span_times(device_spans(prof))
+    per_step = len(times) // 10
+    gaps = [times[i * per_step][1] for i in range(1, 10)]  # the idle before the first node of replays 2..10
     median = REPLAYS // 2
-    idle = sum(idle_before(spans).values()) / 10
+    idle = sum(gap for _, gap, _ in times) / 10
     return back_to_back, sorted(synced)[median], sorted(launches)[median], sum(gaps) / len(gaps), idle
 
 

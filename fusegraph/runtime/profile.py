@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ProfileReport", "advance", "device_spans", "idle_before", "profile_steps"]
+__all__ = ["ProfileReport", "advance", "device_spans", "idle_before", "profile_steps", "span_times"]
 
 _ROWS = 30  # rows printed; the rest are summed in one line
 
@@ -128,9 +128,9 @@ def profile_steps(
     kind = "cuda" if on_cuda else "cpu"
     idle, moved = {}, {}
     if on_cuda:
-        gaps, moves = _sweep(device_spans(prof))
-        idle = {name: us / steps for name, us in gaps.items()}
-        moved = {name: us / steps for name, us in moves.items()}
+        times = span_times(device_spans(prof))
+        idle = {name: us / steps for name, us in _by_name(times, 1).items()}
+        moved = {name: us / steps for name, us in _by_name(times, 2).items()}
     return ProfileReport(
         title, steps, host / steps * 1e6, wall / steps * 1e6, kind, _ops(prof, on_cuda, steps), idle, moved
     )
@@ -157,7 +157,7 @@ def idle_before(spans: list[tuple[str, float, float]]) -> dict[str, float]:
         >>> idle_before([("a", 0.0, 2.0), ("b", 3.0, 5.0), ("a", 4.5, 6.0), ("b", 8.0, 9.0)])
         {'a': 0.0, 'b': 3.0}
     """
-    return _sweep(spans)[0]
+    return _by_name(span_times(spans), 1)
 
 
 def advance(spans: list[tuple[str, float, float]]) -> dict[str, float]:
@@ -173,20 +173,32 @@ def advance(spans: list[tuple[str, float, float]]) -> dict[str, float]:
         >>> advance([("norm", 0.0, 2.0), ("gemv", 1.0, 5.0), ("norm", 6.0, 7.0), ("gemv", 6.5, 6.8)])
         {'norm': 3.0, 'gemv': 3.0}
     """
-    return _sweep(spans)[1]
+    return _by_name(span_times(spans), 2)
 
 
-def _sweep(spans: list[tuple[str, float, float]]) -> tuple[dict[str, float], dict[str, float]]:
-    """({name: idle before}, {name: advance}) of the spans, swept in order of start."""
-    idle: dict[str, float] = {}
-    moved: dict[str, float] = {}
+def span_times(spans: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """(name, idle before, advance) of each (name, start, end) span, in order of start (see `idle_before` and
+    `advance`).
+
+    Example:
+        >>> span_times([("b", 3.0, 5.0), ("a", 0.0, 4.0)])
+        [('a', 0.0, 4.0), ('b', 0.0, 1.0)]
+    """
+    times = []
     busy_until: float | None = None
     for name, start, end in sorted(spans, key=lambda span: span[1]):
         ahead = start if busy_until is None else max(start, busy_until)  # where this span starts to add
-        idle[name] = idle.get(name, 0.0) + (0.0 if busy_until is None else ahead - busy_until)
-        moved[name] = moved.get(name, 0.0) + max(0.0, end - ahead)
+        times.append((name, 0.0 if busy_until is None else ahead - busy_until, max(0.0, end - ahead)))
         busy_until = end if busy_until is None else max(busy_until, end)
-    return idle, moved
+    return times
+
+
+def _by_name(times: list[tuple[str, float, float]], column: int) -> dict[str, float]:
+    """{name: the sum of a `span_times` column (1 idle, 2 advance) over its spans}."""
+    out: dict[str, float] = {}
+    for name, idle, moved in times:
+        out[name] = out.get(name, 0.0) + (idle if column == 1 else moved)
+    return out
 
 
 def _ops(prof: torch.profiler.profile, on_cuda: bool, steps: int) -> list[tuple[str, float, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusegraph.runtime.profile import ProfileReport, advance, idle_before
+from fusegraph.runtime.profile import ProfileReport, advance, idle_before, span_times
 
 
 def test_idle_before__gaps_go_to_the_kernel_that_waited() -> None:
@@ -78,3 +78,13 @@ def test_profile_report__prints_the_advance_column_and_its_total() -> None:
     assert ", 62.5 us/step on the path" in text
     assert text.splitlines()[2].split() == ["us/step", "calls/step", "idle", "before", "advance", "name"]
     assert text.splitlines()[3].split() == ["61.0", "2.0", "1.2", "58.5", "gemv"]
+
+
+def test_span_times__each_span_in_order_of_start_with_its_idle_and_advance() -> None:
+    spans = [("gemv", 1.0, 5.0), ("norm", 0.0, 2.0), ("gemv", 6.5, 6.8), ("norm", 6.0, 7.0)]
+    assert span_times(spans) == [
+        ("norm", 0.0, 2.0),
+        ("gemv", 0.0, 3.0),
+        ("norm", 1.0, 1.0),
+        ("gemv", 0.0, 0.0),
+    ]
