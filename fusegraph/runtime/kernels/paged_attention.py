@@ -230,11 +230,11 @@ def paged_attention_triton(
         block_n = (128 if t_rows <= batch else 64) if head_dim <= 128 else 32
     tiles = triton.cdiv(t_rows, block_m) + batch
     on_gpu = q.device.type == "cuda"
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
     capacity = lookup_table.shape[1] * kv_blocks.shape[3]
     if num_splits is None:
         # programs that have rows (decode: one tile per sequence; the exact count needs a sync)
         busy = (t_rows if t_rows <= batch else triton.cdiv(t_rows, block_m)) * n_kv_heads
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
         # a split down to one key step (block_n): H200, Llama-3-8B heads, ctx 2048, cache cold, attention + combine,
         # 2026-11-30: bs 1 17 splits 11.8 µs against 6 of 256+ keys 15.9; bs 4 9 splits 17.2 against 19.6
         num_splits = max(1, min(triton.cdiv(2 * sms, busy), capacity // block_n)) if busy < sms else 1
@@ -262,9 +262,7 @@ def paged_attention_triton(
     )  # fmt: skip
     if split:
         n_rows = t_rows * n_heads
-        block_r = combine_rows(
-            n_rows, torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
-        )
+        block_r = combine_rows(n_rows, sms)
         _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
             ws, ml, out, n_rows, ws.stride(0), ml.stride(0), out.stride(0), out.stride(1), n_heads,
             NUM_SPLITS=num_splits, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_R=block_r,
