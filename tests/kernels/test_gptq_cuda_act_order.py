@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 _AHEAD = {"kernel": "cuda", "xperm": False, "perm_ahead": True}
 _PDL = {"kernel": "cuda", "xperm": True, "xperm_pdl": True}
 _XFULL = {"kernel": "cuda", "xperm": False, "xfull": True}
+_GATHER = {"kernel": "cuda", "xperm": False, "mid": False, "split_k": 1, "warps": 8}
 # (m, k, n, bits, dtype, config, kernel ("small" | "mid"), x permuted first)
 CASES = [
     (5, 512, 256, 4, torch.float16, None, "small", True),
@@ -84,6 +85,11 @@ CASES = [
     (1, 1024, 256, 4, torch.float16, _XFULL, "small", False),
     (4, 2048, 128, 4, torch.bfloat16, _XFULL | {"split_k": 4, "cluster": False}, "small", False),
     (13, 1024, 192, 8, torch.float16, _XFULL | {"mid": False, "split_k": 1, "warps": 2}, "small", False),
+    # the small-M kernel's own gather past M = 1, one CTA of 256 threads a strip (slices of 128, 64 and 48 chunks of
+    # 8 columns), 1 and 2 n-tiles
+    (6, 1024, 256, 4, torch.float16, _GATHER, "small", False),
+    (9, 512, 256, 4, torch.bfloat16, _GATHER, "small", False),
+    (5, 384, 128, 4, torch.float16, _GATHER, "small", False),
     # the small-M kernel after the permutation with PDL by default past K = 8192 (the mid-M kernel stops there)
     (4, 9216, 128, 4, torch.float16, None, "small", True),
 ]
