@@ -85,8 +85,7 @@ CASES = [
     (1, 1024, 256, 4, torch.float16, _XFULL, "small", False),
     (4, 2048, 128, 4, torch.bfloat16, _XFULL | {"split_k": 4, "cluster": False}, "small", False),
     (13, 1024, 192, 8, torch.float16, _XFULL | {"mid": False, "split_k": 1, "warps": 2}, "small", False),
-    # the small-M kernel's own gather past M = 1, one CTA of 256 threads a strip (slices of 128, 64 and 48 chunks of
-    # 8 columns), 1 and 2 n-tiles
+    # the small-M kernel's own gather past M = 1 (one CTA of 8 warps a strip): 6, 9 and 5 rows of x, 1 and 2 n-tiles
     (6, 1024, 256, 4, torch.float16, _GATHER, "small", False),
     (9, 512, 256, 4, torch.bfloat16, _GATHER, "small", False),
     (5, 384, 128, 4, torch.float16, _GATHER, "small", False),
