@@ -40,18 +40,18 @@ def derived(kind: str, tensors: tuple[torch.Tensor, ...], build: Callable[[], T]
     stamp = (tuple((t.data_ptr(), t._version, tuple(t.shape), t.device) for t in tensors), extra)
     hit = _CACHE.get(key)
     # the entry must be for these very tensors: a freed tensor's id can be reused
-    same = hit is not None and all(ref() is t for ref, t in zip(hit[1], tensors, strict=True))
-    if same and hit is not None and hit[0] == stamp:
+    if (
+        hit is not None
+        and hit[0] == stamp
+        and all(ref() is t for ref, t in zip(hit[1], tensors, strict=True))
+    ):
         return hit[2]  # type: ignore[no-any-return]
     if any(t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing():
         return UNSEEN  # type: ignore[no-any-return]
     value = build()
-    if same and hit is not None:  # the same tensors, written since: their finalizers already drop this key
-        refs = hit[1]
-    else:
-        refs = tuple(weakref.ref(t) for t in tensors)
-        for t in tensors:  # the entry goes when any of its tensors does
-            weakref.finalize(t, _drop, key, refs)
+    refs = tuple(weakref.ref(t) for t in tensors)
+    for t in tensors:  # the entry goes when any of its tensors does
+        weakref.finalize(t, _drop, key, refs)
     _CACHE[key] = (stamp, refs, value)
     return value
 
