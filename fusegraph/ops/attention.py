@@ -6,13 +6,18 @@ and attends to the keys of sequence `b` at positions `0 .. p` (the causal mask o
 keys must already be stored (the layer stores before it attends). Query head `h` reads
 kv head `h // (n_heads / n_kv_heads)` (GQA; MQA when n_kv_heads = 1).
 
+With the optional `perm` operand (int32 `[H·D]`, H and D static) the result, read as
+`[T, H·D]`, has its columns permuted: `out[:, j] = attn[:, perm[j]]` (an act-order o_proj's
+input, written by the attention instead of by a separate permute kernel; `fold-act-order-permutation`).
+
 torch.library op (stable; kernels may be registered for it):
     `fusegraph::paged_attention(Tensor q, Tensor input_row_offsets, Tensor kv_blocks,
     Tensor cache_lengths, Tensor lookup_table, int layer_idx, float scale,
-    int? sliding_window) -> Tensor` (pure; the mask is always causal).
+    int? sliding_window, Tensor? perm=None) -> Tensor` (pure; the mask is always causal).
 
 Example:
     >>> out = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=head_dim**-0.5)
+    >>> outp = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=0.125, perm=p)
 """
 
 from __future__ import annotations
@@ -24,16 +29,25 @@ from typing import Any
 import torch
 from xdsl.dialects.builtin import Float64Type, FloatAttr, IntegerAttr, StringAttr, i64
 from xdsl.ir import Attribute
-from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def, traits_def
+from xdsl.irdl import (
+    irdl_op_definition,
+    operand_def,
+    opt_operand_def,
+    opt_prop_def,
+    prop_def,
+    result_def,
+    traits_def,
+)
 from xdsl.traits import Pure
 
+from fusegraph.compiler.dtypes import DType
 from fusegraph.compiler.effects import RaggedOperands
 from fusegraph.compiler.graph import emit_tensor
 from fusegraph.compiler.impls import LoweringContext, torch_impl
 from fusegraph.compiler.opbase import FgOp, Operand, register_op
-from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.compiler.types import BufferType, TensorType, shape_str
 from fusegraph.compiler.values import BufferValue, TensorValue
-from fusegraph.ops._common import expect_rank, expect_tensor
+from fusegraph.ops._common import expect_dim, expect_dtype, expect_rank, expect_same_device, expect_tensor
 from fusegraph.ops._ragged import (
     as_index,
     cache_rows,
@@ -42,14 +56,16 @@ from fusegraph.ops._ragged import (
     check_metadata,
     token_positions,
 )
+from fusegraph.ops.norm import check_perm
 
 MASKS = ("causal",)
+_OP = "fg.attention.paged"
 
 
 @register_op
 @irdl_op_definition
 class PagedAttentionOp(FgOp):
-    """`%o = fg.attention.paged %q, %ro, %kv, %lens, %lookup {layer_idx = 0, scale = 0.25, mask = "causal"}`"""
+    """`%o = fg.attention.paged %q, %ro, %kv, %lens, %lookup (perm %p)? {layer_idx = 0, scale = 0.25, mask = "causal"}`"""
 
     name = "fg.attention.paged"
     q = operand_def(TensorType)
@@ -57,6 +73,7 @@ class PagedAttentionOp(FgOp):
     kv_blocks = operand_def(BufferType)
     cache_lengths = operand_def(TensorType)
     lookup_table = operand_def(TensorType)
+    perm = opt_operand_def(TensorType)
     layer_idx_attr = prop_def(IntegerAttr, prop_name="layer_idx")
     scale_attr = prop_def(FloatAttr, prop_name="scale")
     mask_attr = prop_def(StringAttr, prop_name="mask")
@@ -73,9 +90,9 @@ class PagedAttentionOp(FgOp):
         ),
     )
     assembly_format = (
-        "$q `,` $input_row_offsets `,` $kv_blocks `,` $cache_lengths `,` $lookup_table attr-dict `:` "
-        "type($q) `,` type($input_row_offsets) `,` type($kv_blocks) `,` type($cache_lengths) `,` "
-        "type($lookup_table) `->` type($result)"
+        "$q `,` $input_row_offsets `,` $kv_blocks `,` $cache_lengths `,` $lookup_table (`perm` $perm^)? "
+        "attr-dict `:` type($q) `,` type($input_row_offsets) `,` type($kv_blocks) `,` type($cache_lengths) `,` "
+        "type($lookup_table) (`perm` type($perm)^)? `->` type($result)"
     )
 
     def __init__(
@@ -85,6 +102,7 @@ class PagedAttentionOp(FgOp):
         kv_blocks: Operand,
         cache_lengths: Operand,
         lookup_table: Operand,
+        perm: Operand | None = None,
         *,
         layer_idx: int,
         scale: float,
@@ -99,7 +117,8 @@ class PagedAttentionOp(FgOp):
         if sliding_window is not None:
             props["sliding_window"] = IntegerAttr(sliding_window, i64)
         rule = partial(self.rule, layer_idx=layer_idx, mask=mask, sliding_window=sliding_window)
-        super().__init__([q, input_row_offsets, kv_blocks, cache_lengths, lookup_table], props, rule=rule)
+        operands = [q, input_row_offsets, kv_blocks, cache_lengths, lookup_table, perm]
+        super().__init__(operands, props, rule=rule)
 
     @property
     def layer_idx(self) -> int:
@@ -122,8 +141,19 @@ class PagedAttentionOp(FgOp):
         return None if self.sliding_window_attr is None else self.sliding_window_attr.value.data
 
     def infer_types(self) -> Sequence[Attribute]:
-        types = (v.type for v in self.operands)
-        return self.rule(*types, layer_idx=self.layer_idx, mask=self.mask, sliding_window=self.sliding_window)
+        q, ro, kv, lens, lookup = (v.type for v in self.operands[:5])
+        perm = None if self.perm is None else self.perm.type
+        return self.rule(
+            q,
+            ro,
+            kv,
+            lens,
+            lookup,
+            perm,
+            layer_idx=self.layer_idx,
+            mask=self.mask,
+            sliding_window=self.sliding_window,
+        )
 
     @staticmethod
     def rule(
@@ -132,14 +162,15 @@ class PagedAttentionOp(FgOp):
         kv_blocks: Attribute,
         cache_lengths: Attribute,
         lookup_table: Attribute,
+        perm: Attribute | None = None,
         *,
         layer_idx: int,
         mask: str,
         sliding_window: int | None,
     ) -> list[Attribute]:
         """The shape rule: the result is q's type; q is `[T, H, D]` with H a multiple of the
-        cache's kv heads and the cache's D and dtype."""
-        op = "fg.attention.paged"
+        cache's kv heads and the cache's D and dtype; perm, when present, is int32 `[H·D]`, H and D static."""
+        op = _OP
         if mask not in MASKS:
             raise ValueError(f"{op}: mask must be one of {', '.join(MASKS)}, got {mask!r}")
         if sliding_window is not None and sliding_window < 1:
@@ -154,7 +185,19 @@ class PagedAttentionOp(FgOp):
                 f"{op}: q n_heads ({n_heads}) must be a multiple of kv_blocks n_kv_heads ({n_kv_heads})"
             )
         check_metadata(op, row_offsets, cache_lengths, lookup_table)
+        if perm is not None:
+            _check_perm_type(qt, expect_tensor(op, "perm", perm))
         return [qt]
+
+
+def _check_perm_type(q: TensorType, perm: TensorType) -> None:
+    expect_same_device(_OP, q=q, perm=perm)
+    expect_rank(_OP, "perm", perm, 1)
+    expect_dtype(_OP, "perm", perm, [DType.int32])
+    heads, dim = q.shape[1], q.shape[2]
+    if not (heads.is_static and dim.is_static):
+        raise ValueError(f"{_OP}: perm needs static q heads and head dim, got q {shape_str(q.shape)}")
+    expect_dim(_OP, "perm dim 0", perm.shape[0], heads.value * dim.value)
 
 
 def paged_attention(
@@ -168,6 +211,7 @@ def paged_attention(
     scale: float,
     mask: str = "causal",
     sliding_window: int | None = None,
+    perm: TensorValue | None = None,
 ) -> TensorValue:
     """Causal attention of `q [T, H, D]` over each sequence's cached keys and values.
 
@@ -181,6 +225,8 @@ def paged_attention(
         scale: multiplies `q·k` before the softmax.
         mask: "causal" (the only kind).
         sliding_window: if set, a query at position `p` sees keys `p - w + 1 .. p` only.
+        perm: optional int32 `[H·D]` (H, D static): the output read as `[T, H·D]` is
+            column-permuted, `out[:, j] = attn[:, perm[j]]`.
 
     Returns:
         The attention output, same type as `q`.
@@ -192,7 +238,7 @@ def paged_attention(
     """
     meta = (input_row_offsets, kv_blocks, cache_lengths, lookup_table)
     op = PagedAttentionOp(
-        q, *meta, layer_idx=layer_idx, scale=scale, mask=mask, sliding_window=sliding_window
+        q, *meta, perm, layer_idx=layer_idx, scale=scale, mask=mask, sliding_window=sliding_window
     )
     return emit_tensor(op)
 
@@ -225,9 +271,11 @@ def paged_attention_decomposed(
     layer_idx: int,
     scale: float,
     sliding_window: int | None,
+    perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The aten form: gather each query's sequence K/V over the padded context, then a dense
-    masked softmax in float32. GQA by reshaping q to `[T, Hkv, group, D]`."""
+    masked softmax in float32. GQA by reshaping q to `[T, Hkv, group, D]`. With `perm`, an
+    index_select of the `[T, H·D]` result's columns."""
     t, n_heads, head_dim = q.shape
     n_kv_heads = kv_blocks.shape[4]
     lookup = as_index(lookup_table)
@@ -242,7 +290,28 @@ def paged_attention_decomposed(
     scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, v.to(torch.float32).permute(0, 2, 1, 3))  # [T, Hkv, G, D]
-    return out.reshape(t, n_heads, head_dim).to(q.dtype)
+    out = out.reshape(t, n_heads, head_dim).to(q.dtype)
+    if perm is None:
+        return out
+    return out.reshape(t, n_heads * head_dim).index_select(1, perm).reshape(t, n_heads, head_dim)
+
+
+def check_attention_perm(q: torch.Tensor, perm: torch.Tensor | None) -> None:
+    """ValueErrors naming `fg.attention.paged` unless `perm` is None or an int32 `[H·D]` permutation on q's device
+    (its values read once per tensor, never under capture: `ops.norm.check_perm`).
+
+    Example:
+        >>> check_attention_perm(torch.zeros(1, 2, 2), torch.tensor([1, 0, 3, 2], dtype=torch.int32))
+    """
+    if perm is None:
+        return
+    d = q.shape[1] * q.shape[2] if q.dim() == 3 else -1
+    if perm.dtype != torch.int32 or perm.dim() != 1 or perm.shape[0] != d or perm.device != q.device:
+        raise ValueError(
+            f"{_OP}: perm must be int32 [{d}] (q heads x head dim) on {q.device}, "
+            f"got {perm.dtype} {list(perm.shape)} on {perm.device}"
+        )
+    check_perm(perm, d, _OP)
 
 
 @torch.library.custom_op("fusegraph::paged_attention", mutates_args=())
@@ -255,9 +324,11 @@ def _attention_custom(
     layer_idx: int,
     scale: float,
     sliding_window: int | None,
+    perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    check_attention_perm(q, perm)
     return paged_attention_decomposed(
-        q, input_row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx, scale, sliding_window
+        q, input_row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx, scale, sliding_window, perm
     )
 
 
@@ -274,11 +345,18 @@ def _attention_torch(
     kv_blocks: torch.Tensor,
     cache_lengths: torch.Tensor,
     lookup_table: torch.Tensor,
+    perm: torch.Tensor | None = None,
     *,
     ctx: LoweringContext,
 ) -> torch.Tensor:
+    check_attention_perm(q, perm)
     args = (q, row_offsets, kv_blocks, cache_lengths, lookup_table, op.layer_idx, op.scale, op.sliding_window)
     if ctx.mode == "custom":
-        out: torch.Tensor = torch.ops.fusegraph.paged_attention(*args)
+        # no perm: the schema's default, so a graph without one lowers to the 8-operand call it always had
+        out: torch.Tensor = (
+            torch.ops.fusegraph.paged_attention(*args)
+            if perm is None
+            else torch.ops.fusegraph.paged_attention(*args, perm)
+        )
         return out
-    return paged_attention_decomposed(*args)
+    return paged_attention_decomposed(*args, perm)

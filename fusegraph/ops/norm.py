@@ -156,8 +156,8 @@ def perm_checked(perm: torch.Tensor) -> bool:
     return stamp is not None and stamp == (perm.data_ptr(), perm._version)
 
 
-def check_perm(perm: torch.Tensor, d: int) -> None:
-    """A ValueError naming the first bad entry unless `perm` holds each of 0..d-1 once.
+def check_perm(perm: torch.Tensor, d: int, op: str = _RMS) -> None:
+    """A ValueError naming `op` and the first bad entry unless `perm` holds each of 0..d-1 once.
 
     Each tensor is read once (one host sync on a GPU) and again only after it is written (its
     `_version` moves); nothing is read under tracing or CUDA-graph capture, where values cannot
@@ -172,10 +172,10 @@ def check_perm(perm: torch.Tensor, d: int) -> None:
     first_at: dict[int, int] = {}
     for j, v in enumerate(perm.reshape(-1).tolist()):
         if not 0 <= v < d:
-            raise ValueError(f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{j}] = {v}")
+            raise ValueError(f"{op}: perm must be a permutation of 0..{d - 1}, got perm[{j}] = {v}")
         if (i := first_at.setdefault(v, j)) != j:
             raise ValueError(
-                f"{_RMS}: perm must be a permutation of 0..{d - 1}, got perm[{i}] = perm[{j}] = {v}"
+                f"{op}: perm must be a permutation of 0..{d - 1}, got perm[{i}] = perm[{j}] = {v}"
             )
     key = id(perm)
     if key not in _PERM_CHECKED:  # an entry goes with its tensor (a freed one's id can be reused)

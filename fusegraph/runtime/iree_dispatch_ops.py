@@ -87,9 +87,11 @@ def rope_split_store(op: Operator, fname: str, opts: DispatchOptions) -> Emitted
 
 
 def paged_attention(op: Operator, fname: str, opts: DispatchOptions) -> Emitted:
-    """`fg.attention.paged` -> `_paged_attention_kernel` with the decode tiles, no key splits."""
+    """`fg.attention.paged` -> `_paged_attention_kernel` with the decode tiles, no key splits (and no perm)."""
+    if len(op.tensors) != 5 or any(a is not None for a in op.args[8:]):
+        raise DispatchUnsupportedError("iree_dispatch: paged_attention: no dispatch for an output perm")
     q, ro, kv, lens, lut = op.tensors
-    layer_idx, scale, window = op.args[5:]
+    layer_idx, scale, window = op.args[5:8]
     _t, n_heads, head_dim = q.dims
     hkv = kv.dims[4]
     if n_heads is None or head_dim is None or hkv is None or n_heads % hkv:
@@ -102,7 +104,7 @@ def paged_attention(op: Operator, fname: str, opts: DispatchOptions) -> Emitted:
     const = {"layer_idx": layer_idx, "page_size": kv.dims[3], "qk_scale": as_float(scale, op.op, "scale") * LOG2E,
              "window": 0 if window is None else as_int(window, op.op, "sliding_window"), "split_len": 0, "num_blocks": kv.dims[0], "stride_qt": n_heads * head_dim,
              "stride_qh": head_dim, "stride_ot": n_heads * head_dim, "stride_oh": head_dim, "stride_os": 0,
-             "stride_ms": 0, **kv_strides(kv, op.op), "ml_ptr": None, "G": group, "GP": gp, "D": head_dim,
+             "stride_ms": 0, **kv_strides(kv, op.op), "ml_ptr": None, "inv_ptr": None, "HAS_PERM": False, "G": group, "GP": gp, "D": head_dim,
              "BLOCK_D": max(16, pow2(head_dim)), "BLOCK_M": block_m, "BLOCK_N": block_n,
              "BLOCK_B": pow2(opts.max_batch), "HAS_WINDOW": window is not None, "SPLIT": False, "DOT_FP32": False,
              "DOT_PRECISION": "ieee" if q.dtype == "f32" else "tf32", "PDL": 0}  # fmt: skip

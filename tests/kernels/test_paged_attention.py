@@ -115,3 +115,40 @@ def test_paged_attention_kernel__split_kv_matches_dense_attention(case, combine,
                                         scale=d**-0.5, sliding_window=window, num_splits=splits, block_n=16)  # fmt: skip
     tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+
+
+PERM_CASES = [
+    # (tokens, cache lengths, h, hkv, d, dtype, num_splits): the attention kernel stores, or the split combine
+    ([3, 1, 5], [0, 6, 2], 4, 2, 16, torch.float32, 1),  # prefill rows, no split
+    ([1, 1, 1], [9, 0, 40], 4, 1, 16, torch.float16, 3),  # decode, split keys
+]
+
+
+@pytest.mark.parametrize("case", PERM_CASES, ids=["stored-by-attention", "stored-by-combine"])
+def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permuted(case):
+    """With a perm, `out.reshape(T, H·D)[:, j]` is column `perm[j]` of the dense attention's, whichever kernel
+    stores; the perm's values are checked first (a ValueError naming the op and the entry)."""
+    tokens, lens, h, hkv, d, dtype, splits = case
+    torch.manual_seed(sum(lens) + h)
+    max_pages, page_size = 14, 4
+    row_offsets = torch.tensor([0, *torch.tensor(tokens).cumsum(0).tolist()])
+    kv = torch.randn(len(tokens) * max_pages, 2, 2, page_size, hkv, d).to(dtype)
+    lookup = torch.randperm(kv.shape[0]).reshape(len(tokens), max_pages).to(torch.int32)
+    q = torch.randn(int(row_offsets[-1]), h, d).to(dtype)
+    lengths = torch.tensor(lens, dtype=torch.int32)
+    perm = torch.randperm(h * d, generator=torch.Generator().manual_seed(5)).to(torch.int32)
+    ref = _reference(q, row_offsets, kv, lengths, lookup, layer_idx=1, scale=d**-0.5, window=None)
+    ref = ref.reshape(len(q), h * d)[:, perm.long()].reshape(len(q), h, d)
+
+    def run(p: torch.Tensor) -> torch.Tensor:
+        return kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, lengths, lookup, 1, d**-0.5, None,
+                                             p, num_splits=splits, block_n=16)  # fmt: skip
+
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(run(perm).double(), ref, atol=tol, rtol=tol)
+    bad = perm.clone()
+    bad[7] = -1
+    with pytest.raises(
+        ValueError, match=r"^fg.attention.paged: perm must be a permutation of 0..63, got perm\[7\] = -1"
+    ):
+        run(bad)

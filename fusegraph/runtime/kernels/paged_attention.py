@@ -12,6 +12,11 @@ launch needs no host sync and can be captured in a CUDA graph). The grid has
 ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return at once.
 
 The softmax is the online (flash) form, in fp32 with exp2.
+
+With a `perm` (int32 `[H·D]`: `fg.attention.paged ... perm`, an act-order o_proj's input) the kernel that writes
+the output (the attention, or the split combine) stores element (t, c = h·D + d) at column `inv[c]` of the `[T, H·D]`
+output, `inv` the inverse permutation (made once per perm tensor, `tensor_cache.derived`): `out[:, j] = attn[:, perm[j]]`
+with no pass of its own. The scattered 2-byte stores merge in L2.
 """
 
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
@@ -23,6 +28,7 @@ import triton.language as tl
 
 from fusegraph.runtime.kernels.metadata import as_index
 from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
+from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
 
 __all__ = ["combine_rows", "paged_attention_triton"]
 
@@ -30,15 +36,24 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _out_columns(inv_ptr, head, d, stride_oh, D: tl.constexpr, mask, HAS_PERM: tl.constexpr):
+    """Where (head, d) goes in its output row: `inv[head·D + d]` with a perm (the output then is `[T, H·D]`
+    contiguous), else `head·stride_oh + d`."""
+    if HAS_PERM:
+        return tl.load(inv_ptr + head[:, None] * D + d[None, :], mask=mask, other=0)
+    return head[:, None] * stride_oh + d[None, :]
+
+
+@triton.jit
 def _paged_attention_kernel(
-    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr,
+    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr, inv_ptr,
     B, layer_idx, page_size, qk_scale, window, split_len, max_pages, num_blocks,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lut, stride_os, stride_ms,
     s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5, T,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, HAS_PERM: tl.constexpr = False,
 ):  # fmt: skip
     pdl_enter(PDL)
     tile = tl.program_id(0)
@@ -119,14 +134,16 @@ def _paged_attention_kernel(
         tl.store(ml + 1, l_i, mask=row_ok)
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(out_ptr + t[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+        o_mask = row_ok[:, None] & d_ok[None, :]
+        col = _out_columns(inv_ptr, head, d, stride_oh, D, o_mask, HAS_PERM)
+        tl.store(out_ptr + t[:, None] * stride_ot + col, out.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit
 def _combine_splits_kernel(
-    acc_ptr, ml_ptr, out_ptr, n_rows, stride_os, stride_ms, stride_ot, stride_oh, H,
+    acc_ptr, ml_ptr, out_ptr, inv_ptr, n_rows, stride_os, stride_ms, stride_ot, stride_oh, H,
     NUM_SPLITS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    HAS_PERM: tl.constexpr,
 ):  # fmt: skip
     """out[t, h] = Σ_s 2^(m_s − M)·acc_s / Σ_s 2^(m_s − M)·l_s over the key splits (flash-decoding)."""
     pdl_enter(PDL)
@@ -149,9 +166,9 @@ def _combine_splits_kernel(
         den += w * l_s
     out = num / tl.where(den > 0, den, 1.0)[:, None]
     t = rows // H
-    h = rows % H
-    tl.store(out_ptr + t[:, None] * stride_ot + h[:, None] * stride_oh + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=ok[:, None] & d_ok[None, :])  # fmt: skip
+    o_mask = ok[:, None] & d_ok[None, :]
+    col = _out_columns(inv_ptr, rows % H, d, stride_oh, D, o_mask, HAS_PERM)
+    tl.store(out_ptr + t[:, None] * stride_ot + col, out.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 def combine_rows(n_rows: int, sms: int) -> int:
@@ -178,6 +195,7 @@ def paged_attention_triton(
     layer_idx: int,
     scale: float,
     sliding_window: int | None = None,
+    perm: torch.Tensor | None = None,
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -193,7 +211,8 @@ def paged_attention_triton(
         q: `[T, n_heads, head_dim]`.
         row_offsets: `[B+1]`; cache_lengths: `[B]`; lookup_table: `[B, max_pages]`.
         kv_blocks: `[num_blocks, 2, num_layers, page_size, n_kv_heads, head_dim]`.
-        layer_idx, scale, sliding_window: as on `fg.attention.paged`.
+        layer_idx, scale, sliding_window, perm: as on `fg.attention.paged` (perm's values are checked once per
+            tensor, a ValueError naming the first bad entry).
         block_m, block_n: query rows per tile and keys per step (default: picked from the shape).
         num_splits: split each sequence's keys into this many slices, one program each, merged
             by a second kernel (flash-decoding). Default: enough to fill the GPU when the query
@@ -216,9 +235,15 @@ def paged_attention_triton(
         )
     if q.stride(2) != 1:
         q = q.contiguous()
+    inv = None if perm is None else _inverse(q, perm)
+    if perm is not None and inv is None:  # a perm first seen under CUDA-graph capture: attend, then permute
+        out = paged_attention_triton(q, row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx, scale,
+                                     sliding_window, block_m=block_m, block_n=block_n, num_splits=num_splits,
+                                     num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+        return out.reshape(t_rows, -1).index_select(1, perm).reshape(q.shape)
     row_offsets, cache_lengths = as_index(row_offsets), as_index(cache_lengths)
     lookup_table = as_index(lookup_table)
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous: a perm's columns are of [T, H·D]
     batch = row_offsets.shape[0] - 1
     if t_rows == 0 or batch == 0:
         return out
@@ -248,7 +273,7 @@ def paged_attention_triton(
     else:
         dest, ml, strides = out, out, (out.stride(0), out.stride(1), 0, 0)
     _paged_attention_kernel[(tiles, n_kv_heads, num_splits)](
-        q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml,
+        q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml, out if inv is None else inv,
         batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0, split_len,
         lookup_table.shape[1], kv_blocks.shape[0],
         q.stride(0), q.stride(1), strides[0], strides[1], lookup_table.stride(0), strides[2], strides[3],
@@ -258,14 +283,29 @@ def paged_attention_triton(
         HAS_WINDOW=sliding_window is not None, SPLIT=split,
         # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
         DOT_FP32=not on_gpu, DOT_PRECISION="ieee" if q.dtype == torch.float32 or not on_gpu else "tf32",
-        num_warps=num_warps, num_stages=num_stages, **triton_pdl(q.device),
+        HAS_PERM=inv is not None and not split, num_warps=num_warps, num_stages=num_stages, **triton_pdl(q.device),
     )  # fmt: skip
     if split:
         n_rows = t_rows * n_heads
         block_r = combine_rows(n_rows, sms)
         _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
-            ws, ml, out, n_rows, ws.stride(0), ml.stride(0), out.stride(0), out.stride(1), n_heads,
-            NUM_SPLITS=num_splits, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_R=block_r,
-            num_warps=4, **triton_pdl(q.device),
+            ws, ml, out, out if inv is None else inv, n_rows, ws.stride(0), ml.stride(0), out.stride(0),
+            out.stride(1), n_heads, NUM_SPLITS=num_splits, D=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+            BLOCK_R=block_r, HAS_PERM=inv is not None, num_warps=4, **triton_pdl(q.device),
         )  # fmt: skip
     return out
+
+
+def _inverse(q: torch.Tensor, perm: torch.Tensor) -> torch.Tensor | None:
+    """`inv` with `inv[perm[j]] = j` (int32, on perm's device), made once per perm tensor after its values are checked
+    (`ops.attention.check_attention_perm`); None under CUDA-graph capture for a perm not seen before."""
+    from fusegraph.ops.attention import check_attention_perm  # here: kernel modules import only torch, triton
+
+    check_attention_perm(q, perm)
+
+    def build() -> torch.Tensor:
+        inv = torch.empty_like(perm)
+        return inv.scatter_(0, perm.long(), torch.arange(perm.shape[0], dtype=perm.dtype, device=perm.device))
+
+    inv = derived("attention inverse perm", (perm,), build)
+    return None if inv is UNSEEN else inv

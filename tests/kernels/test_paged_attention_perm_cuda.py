@@ -1,0 +1,83 @@
+"""`fusegraph::paged_attention` with a perm on CUDA (skipped without a GPU): the `[T, H·D]` output's columns come out
+permuted (`out[:, j] = attn[:, perm[j]]`) whichever kernel stores them (the attention, or the split combine at
+decode), against dense causal attention over the K/V gathered by hand (float64); a perm first seen inside a CUDA-graph
+capture takes the attend-then-permute path and replays right; a bad perm is refused before any launch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ops.paged_reference import dense_attention, make_step, read_reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+H, HKV, D, LAYER = 8, 2, 64, 1
+
+
+def _case(
+    cache_lengths: list[int], tokens: list[int], seed: int
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """(the op's CUDA arguments before perm, the float64 reference `[T, H·D]` on the CPU)."""
+    step = make_step(cache_lengths, tokens, page_size=16, num_blocks=64, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    kv = torch.randn(64, 2, 2, 16, HKV, D, generator=gen).half()
+    q = torch.randn(step.total, H, D, generator=gen).half()
+    want = torch.empty(step.total, H, D, dtype=torch.float64)
+    for b, (cached, new) in enumerate(zip(step.cache_lengths, step.tokens, strict=True)):
+        k, v = (read_reference(kv, step, b, cached + new, LAYER, which) for which in (0, 1))
+        rows = slice(step.row_offsets[b], step.row_offsets[b + 1])
+        want[rows] = dense_attention(q[rows], k, v, cached, D**-0.5)
+    args = tuple(t.cuda() for t in (q, *step.metadata()[:1], kv, *step.metadata()[1:]))
+    return args, want.reshape(step.total, H * D)
+
+
+def _call(args: tuple[torch.Tensor, ...], perm: torch.Tensor) -> torch.Tensor:
+    return torch.ops.fusegraph.paged_attention(*args, LAYER, D**-0.5, None, perm)
+
+
+@pytest.mark.parametrize(
+    ("cache_lengths", "tokens"),
+    [([0, 5, 40], [17, 9, 3]), ([100, 7, 300, 33], [1, 1, 1, 1])],
+    ids=["prefill-attention-stores", "decode-combine-stores"],
+)
+def test_paged_attention_perm_cuda__columns_come_out_permuted(
+    cache_lengths: list[int], tokens: list[int]
+) -> None:
+    args, want = _case(cache_lengths, tokens, seed=len(tokens))
+    perm = torch.randperm(H * D, generator=torch.Generator().manual_seed(2)).to(torch.int32)
+    got = _call(args, perm.cuda())
+    assert got.shape == (len(want), H, D)
+    torch.testing.assert_close(
+        got.reshape(len(want), -1).cpu().double(), want[:, perm.long()], atol=2e-3, rtol=2e-3
+    )
+
+
+def test_paged_attention_perm_cuda__a_perm_first_seen_in_a_capture_replays_right() -> None:
+    args, want = _case([30, 2], [1, 1], seed=9)
+    _call(
+        args, torch.arange(H * D, dtype=torch.int32, device="cuda")
+    )  # compiles the kernels outside the capture
+    torch.cuda.synchronize()
+    perm = torch.randperm(H * D, generator=torch.Generator().manual_seed(4)).to(torch.int32).cuda()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _call(args, perm)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(
+        out.reshape(2, -1).cpu().double(), want[:, perm.cpu().long()], atol=2e-3, rtol=2e-3
+    )
+
+
+def test_paged_attention_perm_cuda__refuses_a_bad_perm_before_any_launch() -> None:
+    args, _ = _case([3], [2], seed=1)
+    bad = torch.arange(H * D, dtype=torch.int32)
+    bad[10] = 3
+    with pytest.raises(
+        ValueError,
+        match=r"^fg.attention.paged: perm must be a permutation of 0..511, got perm\[3\] = perm\[10\] = 3",
+    ):
+        _call(args, bad.cuda())
+    with pytest.raises(ValueError, match=r"fg.attention.paged: perm must be int32 \[512\]"):
+        _call(args, torch.arange(H * D, device="cuda"))
