@@ -13,14 +13,18 @@ The checks read the ragged metadata on the host (one copy per tensor) and refuse
 - a position past the rope table (`freqs_cis` rows, the model's `max_seq_len`);
 - a non-contiguous buffer input (the KV blocks are written in place);
 - a dim of the graph that the call's sizes make negative or fractional (`n - 11` with
-  n = 8: a slice `x[11:]` of 8 rows), naming the dim, where it is, and its value.
+  n = 8: a slice `x[11:]` of 8 rows), naming the dim, where it is, and its value;
+- a `perm` operand (`fg.rms_norm`, `fg.attention.paged`, ...) fed by a graph input that is not
+  a permutation (`check_perms`: each tensor read once, again only after it is written; IREE would
+  read 0 for an entry out of range, a silent wrong answer).
 
 `check_host` is the part that reads no tensor values (shapes, strides, dims): the CUDA eager
 runtime runs it on every call and checks the values on the device (`write_guard.py`).
 
 So IREE, which has no bounds checks, is never handed metadata that can index out of bounds,
 and both backends refuse the same inputs with the same messages. `check_weights` runs once,
-when weights are bound: every GPTQ `g_idx` entry must name a group, every scale be finite.
+when weights are bound: every GPTQ `g_idx` entry must name a group, every scale be finite, every
+`perm` operand bound to a weight be a permutation.
 
 Example:
     >>> checks = InputChecks.for_graph(graph, weights=dict(zip(graph.weights, bound)))
@@ -183,18 +187,24 @@ class InputChecks:
     """
 
     def __init__(
-        self, uses: Sequence[MetadataUse], buffers: Sequence[int], dims: Sequence[tuple[str, Dim]] = ()
+        self,
+        uses: Sequence[MetadataUse],
+        buffers: Sequence[int],
+        dims: Sequence[tuple[str, Dim]] = (),
+        perms: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.uses = list(uses)
         self.buffers = list(buffers)
         self.dims = list(dims)
+        self.perms = list(perms)
         self._dims_ok: set[tuple[tuple[str, int], ...]] = set()  # bindings already checked
 
     @classmethod
     def for_graph(cls, graph: Graph, strict: bool = True) -> InputChecks:
         """The checks `graph`'s ragged ops need (see `metadata_uses` for `strict`)."""
         buffers = [a.index for a in graph.block.args if isinstance(a.type, BufferType)]
-        return cls(metadata_uses(graph, strict), buffers, graph_dims(graph))
+        perms = [(op.name, v.index) for op, v in _perm_operands(graph) if isinstance(v, BlockArgument)]
+        return cls(metadata_uses(graph, strict), buffers, graph_dims(graph), perms)
 
     def check_host(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
         """The checks that read no tensor values (no host sync on CUDA): contiguous buffers,
@@ -226,6 +236,7 @@ class InputChecks:
             ValueError: the first failed check, naming the op, the operand and the sequence.
         """
         self.check_host(inputs, dims)
+        self.check_perms(inputs)
         host: dict[int, list[int] | list[list[int]]] = {}
 
         def values(i: int) -> list[int]:
@@ -248,6 +259,14 @@ class InputChecks:
                 blocks = _check_pages(use.op, ro, ln, lookup, kv.shape[0], kv.shape[3])
                 if use.writes:
                     _check_private_writes(use.op, blocks)
+
+    def check_perms(self, inputs: Sequence[torch.Tensor]) -> None:
+        """Refuse a `perm` input that is not a permutation of 0..len-1 (`ops.norm.check_perm`: one host read a
+        tensor, again only after it is written), naming the op and the first bad entry."""
+        from fusegraph.ops.norm import check_perm
+
+        for op, i in self.perms:
+            check_perm(inputs[i], inputs[i].shape[0], op)
 
     def _check_dims(self, dims: Mapping[str, int]) -> None:
         key = tuple(sorted(dims.items()))
@@ -330,7 +349,8 @@ def _check_private_writes(op: str, blocks: list[list[int]]) -> None:
 
 
 def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
-    """Check bound weight values once: GPTQ `g_idx` entries in `[0, groups)`, finite scales.
+    """Check bound weight values once: GPTQ `g_idx` entries in `[0, groups)`, finite scales, `perm` operands
+    that are permutations.
 
     Args:
         graph: the compiled graph.
@@ -341,6 +361,14 @@ def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
     """
     weight_of: dict[SSAValue, str] = {op.result: name for name, op in graph.weight_ops.items()}
     from fusegraph.ops.gptq import QMatmulGptqOp
+    from fusegraph.ops.norm import check_perm
+
+    for user, value in _perm_operands(graph):
+        if (name := weight_of.get(value)) is not None:
+            try:
+                check_perm(weights[name], weights[name].shape[0], user.name)
+            except ValueError as err:
+                raise ValueError(f"weight {name!r}: {err}") from None
 
     for op in graph.block.ops:
         if not isinstance(op, QMatmulGptqOp):
@@ -363,3 +391,13 @@ def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
                 f"weight {g_idx_name!r}: g_idx entries must lie in [0, {groups.value}) (the groups of "
                 f"{scales_name or 'scales'}), but entry {i} is {int(g_idx[i])}"
             )
+
+
+def _perm_operands(graph: Graph) -> list[tuple[Operation, SSAValue]]:
+    """(op, value) for each op's operand named `perm` (rms_norm, add_rms_norm, attention, gptq permute/tiled)."""
+    found = []
+    for op in graph.block.walk():
+        value = getattr(op, "perm", None)
+        if isinstance(value, SSAValue) and value in op.operands:
+            found.append((op, value))
+    return found

@@ -200,6 +200,7 @@ class IreeCompiledGraph:
         dims = check_inputs(self.input_types, inputs, self.device)
         if self._device_guards is not None:  # CUDA: device checks, refused before IREE writes
             self.input_checks.check_host(inputs, dims)
+            self.input_checks.check_perms(inputs)  # a perm input: one host read per tensor
             self._device_guards.launch(inputs, dims)
             self._device_guards.publish(inputs)
             torch.cuda.current_stream(self.device).synchronize()  # IREE runs on its own stream
