@@ -22,8 +22,13 @@ RMSNorm (q/k/v, gate/up inputs): `%x = fg.rms_norm %h, %w` feeding the matmul be
 `fg.rms_norm %h, %w perm %p` (one per distinct (rms_norm, perm) pair); the original stays for
 its other users, and is erased when there are none.
 
-Anything else (o_proj's input from attention, a reshape in between, a chain with other users)
-is left as is, counted in `skipped` with the reason (`--debug`): the runtime permutation stays.
+Attention (o_proj's input): `%x = fg.reshape (fg.attention.paged %q, ... )` `[T, H, D] -> [T, H·D]`
+becomes `fg.reshape (fg.attention.paged %q, ... perm %p)`: the attention's last kernel stores each
+output element at its permuted column. The new attention goes right before the matmul (after perm's
+repack), so the guard refuses a buffer written between the two (the attention would read it later).
+
+Anything else (a chain with other users, a cache write in between, another producer) is left as
+is, counted in `skipped` with the reason (`--debug`): the runtime permutation stays.
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter
 from xdsl.rewriter import InsertPoint
 
+from fusegraph.ops.attention import PagedAttentionOp
 from fusegraph.ops.elementwise import AddOp, MulOp, SiluOp
 from fusegraph.ops.gptq_permute import GptqPermuteColumnsOp
 from fusegraph.ops.gptq_repack import GptqRepackOp, QMatmulGptqTiledOp
 from fusegraph.ops.norm import RmsNormOp
-from fusegraph.ops.shape import SplitOp
-from fusegraph.passes.fold_act_order_match import MlpFold, NormFold, Projection, match_fold
+from fusegraph.ops.shape import ReshapeOp, SplitOp
+from fusegraph.passes.fold_act_order_match import AttentionFold, MlpFold, NormFold, Projection, match_fold
 from fusegraph.passes.patterns import (
     GuardedPattern,
     NoMatch,
@@ -53,7 +59,7 @@ from fusegraph.passes.patterns import (
 )
 
 
-class FoldActOrderPattern(GuardedPattern[MlpFold | NormFold]):
+class FoldActOrderPattern(GuardedPattern[MlpFold | NormFold | AttentionFold]):
     """fg.qmatmul.gptq_tiled ... perm %p  ->  its producer writes x[:, p]; the matmul has no perm"""
 
     anchor = QMatmulGptqTiledOp
@@ -63,10 +69,14 @@ class FoldActOrderPattern(GuardedPattern[MlpFold | NormFold]):
         super().__init__(report)
         self.norms: dict[tuple[RmsNormOp, SSAValue], RmsNormOp] = {}
 
-    def match(self, op: QMatmulGptqTiledOp) -> MlpFold | NormFold | NoMatch:
+    def match(self, op: QMatmulGptqTiledOp) -> MlpFold | NormFold | AttentionFold | NoMatch:
         return match_fold(op)
 
-    def rewrite(self, match: MlpFold | NormFold, rewriter: PatternRewriter) -> None:
+    def rewrite(self, match: MlpFold | NormFold | AttentionFold, rewriter: PatternRewriter) -> None:
+        if isinstance(match, AttentionFold):
+            self.report.count("attention")
+            _rewrite_attention(match, rewriter)
+            return
         if isinstance(match, NormFold):
             self.report.count("norm")
             _replace_x(match.matmul, self._permuted_norm(match, rewriter).result, rewriter)
@@ -96,6 +106,20 @@ def _replace_x(matmul: QMatmulGptqTiledOp, x: SSAValue, rewriter: PatternRewrite
     rewriter.insert(new, InsertPoint.before(matmul))
     rewriter.replace_all_uses_with(matmul.result, new.result)
     rewriter.erase(matmul)
+
+
+def _rewrite_attention(m: AttentionFold, rewriter: PatternRewriter) -> None:
+    """The attention again with perm, and its reshape, right before the matmul (perm's owner precedes it)."""
+    old = m.attention
+    attention = PagedAttentionOp(
+        old.q, old.input_row_offsets, old.kv_blocks, old.cache_lengths, old.lookup_table, m.perm,
+        layer_idx=old.layer_idx, scale=old.scale, mask=old.mask, sliding_window=old.sliding_window,
+    )  # fmt: skip
+    reshape = ReshapeOp(attention.result, shape=m.reshape.result.type.shape)
+    rewriter.insert([attention, reshape], InsertPoint.before(m.matmul))
+    _replace_x(m.matmul, reshape.result, rewriter)
+    rewriter.erase(m.reshape)
+    rewriter.erase(old)
 
 
 def _rewrite_mlp(m: MlpFold, rewriter: PatternRewriter) -> None:
@@ -148,12 +172,12 @@ def _permuted_projection(proj: Projection, perm: SSAValue, parts: int, new_ops: 
 
 @dataclass(frozen=True)
 class FoldActOrderPermutation(ModulePass):
-    """An act-order fg.qmatmul.gptq_tiled's x[:, perm] folded into x's producer (MLP weights, rms_norm)"""
+    """An act-order fg.qmatmul.gptq_tiled's x[:, perm] folded into x's producer (MLP weights, rms_norm, attention)"""
 
     name = "fold-act-order-permutation"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         report = current_report(self.name)
-        report.declare("folded", "mlp", "norm", "skipped")
+        report.declare("folded", "mlp", "norm", "attention", "skipped")
         # reverse: a down_proj is folded before its gate_up, whose new repack's perm the norm fold then reads
         apply_patterns(op, [FoldActOrderPattern(report)], reverse=True)

@@ -2,7 +2,8 @@
 
 `match_fold(op)` looks at an `fg.qmatmul.gptq_tiled` that permutes its input (`perm %p`)
 without touching anything and returns an `MlpFold` (x is `silu(a) * b` of GPTQ projections),
-a `NormFold` (x is an `fg.rms_norm`) or the first reason it failed.
+a `NormFold` (x is an `fg.rms_norm`), an `AttentionFold` (x is `reshape(fg.attention.paged)`,
+o_proj's input) or the first reason it failed.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import dataclass
 from xdsl.ir import Operation, SSAValue
 
 from fusegraph.compiler.dims import Dim
+from fusegraph.compiler.effects import writes_buffer
 from fusegraph.compiler.types import tensor_type
+from fusegraph.ops.attention import PagedAttentionOp
 from fusegraph.ops.elementwise import AddOp, MulOp, SiluOp
 from fusegraph.ops.gptq_repack import GptqRepackOp, QMatmulGptqTiledOp
 from fusegraph.ops.norm import RmsNormOp
-from fusegraph.ops.shape import SplitOp
-from fusegraph.passes.patterns import NoMatch, NotCandidate, defined_by, no_match, num_uses
+from fusegraph.ops.shape import ReshapeOp, SplitOp
+from fusegraph.passes.patterns import NoMatch, NotCandidate, block_index, defined_by, no_match, num_uses
 
 
 @dataclass
@@ -61,7 +64,18 @@ class NormFold:
     perm: SSAValue
 
 
-def match_fold(op: QMatmulGptqTiledOp) -> MlpFold | NormFold | NoMatch:
+@dataclass
+class AttentionFold:
+    """`x = reshape(fg.attention.paged(q, ...))` `[T, H, D] -> [T, H·D]` feeding the matmul (o_proj): the
+    attention can store its output columns permuted."""
+
+    matmul: QMatmulGptqTiledOp
+    reshape: ReshapeOp
+    attention: PagedAttentionOp
+    perm: SSAValue
+
+
+def match_fold(op: QMatmulGptqTiledOp) -> MlpFold | NormFold | AttentionFold | NoMatch:
     """The fold of `op`'s input permutation into its producer, or why there is none."""
     if op.perm is None:
         return NotCandidate("the matmul does not permute x")
@@ -72,11 +86,39 @@ def match_fold(op: QMatmulGptqTiledOp) -> MlpFold | NormFold | NoMatch:
         return NormFold(op, owner, op.perm)
     if isinstance(owner, MulOp):
         return _match_mlp(op, owner)
+    if isinstance(owner, ReshapeOp) and isinstance(owner.input.owner, PagedAttentionOp):
+        return _match_attention(op, owner, owner.input.owner)
     what = owner.name if isinstance(owner, Operation) else "a graph input"
     return no_match(
-        f"x is produced by {what}, not by silu(gate) * up of GPTQ projections or by fg.rms_norm: "
-        "the permutation of x stays at run time"
+        f"x is produced by {what}, not by silu(gate) * up of GPTQ projections, fg.rms_norm or "
+        "reshape(fg.attention.paged): the permutation of x stays at run time"
     )
+
+
+def _match_attention(
+    op: QMatmulGptqTiledOp, reshape: ReshapeOp, attention: PagedAttentionOp
+) -> AttentionFold | NoMatch:
+    assert op.perm is not None  # match_fold checked it
+    if attention.perm is not None:
+        return no_match("x is an fg.attention.paged that already permutes its result")
+    if num_uses(reshape.result) != 1 or num_uses(attention.result) != 1:
+        return no_match("the attention's output has other users (they need its columns unpermuted)")
+    q, x = tensor_type(attention.q), tensor_type(reshape.result)
+    heads, dim = q.shape[1], q.shape[2]
+    if (
+        not (heads.is_static and dim.is_static)
+        or x.rank != 2
+        or x.shape != (q.shape[0], Dim(heads.value * dim.value))
+    ):
+        return no_match(f"the reshape of the attention's {q.shape} output is not [T, heads x head dim]")
+    between = op.parent_block()
+    assert between is not None
+    lo, hi = block_index(attention), block_index(op)
+    if any(writes_buffer(o) for o in list(between.ops)[lo + 1 : hi]):
+        return no_match(
+            "a buffer is written between the attention and the matmul (the attention cannot move)"
+        )
+    return AttentionFold(op, reshape, attention, op.perm)
 
 
 def _match_mlp(down: QMatmulGptqTiledOp, mul: MulOp) -> MlpFold | NoMatch:

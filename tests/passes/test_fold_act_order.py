@@ -1,7 +1,7 @@
 """`fold-act-order-permutation` on a tiny act-order GPTQ Llama, run on the CPU through the CUDA
 pipeline's passes: with the fold == without it (logits of every step and the whole KV cache),
 and both == transformers on the same dequantized weights. The graph that runs permutes x per
-call only for o_proj (its input comes from attention)."""
+call for no matmul (o_proj's input is stored permuted by the attention)."""
 
 from __future__ import annotations
 
@@ -69,13 +69,14 @@ def test_fold_act_order__model_equals_unfolded_on_logits_and_cache_and_equals_tr
         torch.testing.assert_close(got, hf_last_logits(reference, s), atol=1e-4, rtol=1e-4,
                                    msg=lambda m: f"step {i} vs transformers: {m}")  # fmt: skip
     ran = str(run.graph)
-    # only o_proj still gathers x per call; every other act-order matmul reads x permuted
-    tiled_with_perm = [
-        line for line in ran.splitlines() if "fg.qmatmul.gptq_tiled" in line and " perm %" in line
-    ]
-    assert len(tiled_with_perm) == LAYERS
+    # no act-order matmul gathers x per call: each reads x permuted by its producer
+    assert not [line for line in ran.splitlines() if "fg.qmatmul.gptq_tiled" in line and " perm %" in line]
+    assert (
+        len([line for line in ran.splitlines() if "fg.attention.paged" in line and " perm %" in line])
+        == LAYERS
+    )
     counters = cast(PassStatistics, run.pass_stats)["fold-act-order-permutation"].counters
-    assert counters["mlp"] == LAYERS and counters["skipped"] == LAYERS  # one down_proj and one o_proj a layer
+    assert counters["mlp"] == LAYERS and counters["attention"] == LAYERS and counters["skipped"] == 0
     assert counters["norm"] >= 2 * LAYERS  # qkv and gate_up inputs (more when projections are separate)
     assert ran.count("fg.rms_norm") == counters["norm"] + 1  # the originals are gone; the final norm stays
 
@@ -97,7 +98,7 @@ def test_fuse_silu_mul__model_equals_unfused_on_logits_and_cache(
     assert "fg.split" not in ran  # stacked: the gate_up split is gone (its halves are read in place)
 
 
-def test_fold_act_order__report_says_why_o_proj_stays() -> None:
+def test_fold_act_order__report_says_why_a_graph_inputs_permutation_stays() -> None:
     from fusegraph import DType, Graph, TensorType
     from fusegraph.compiler import DeviceRef
     from fusegraph.nn.linear import GPTQLinear
@@ -108,7 +109,8 @@ def test_fold_act_order__report_says_why_o_proj_stays() -> None:
     with Graph("o_proj", input_types=[TensorType(DType.float16, ["m", 128], cpu)]) as g:
         g.output(proj(g.inputs[0]))
     stats = PassManager("gptq-repack,fold-act-order-permutation").run(g)
-    assert stats["fold-act-order-permutation"].counters == {"folded": 0, "mlp": 0, "norm": 0, "skipped": 1}
+    counters = stats["fold-act-order-permutation"].counters
+    assert counters == {"folded": 0, "mlp": 0, "norm": 0, "attention": 0, "skipped": 1}
     assert any("x is produced by a graph input" in r and "stays at run time" in r for r in stats.reasons)
 
 

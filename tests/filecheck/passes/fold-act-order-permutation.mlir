@@ -4,12 +4,16 @@
 // WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: gate is produced by fg.matmul, not fg.qmatmul.gptq_tiled
 // WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: neither operand of the fg.mul is an fg.silu
 // WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: the fg.silu has 2 users
-// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: x is produced by a graph input, not by silu(gate) * up of GPTQ projections or by fg.rms_norm
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: x is produced by a graph input, not by silu(gate) * up of GPTQ projections, fg.rms_norm or reshape(fg.attention.paged)
 // WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: x is produced by fg.reshape, not by
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: the attention's output has other users (they need its columns unpermuted)
+// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{[0-9]+}}: a buffer is written between the attention and the matmul (the attention cannot move)
 // Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),
-// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)).
+// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)), o_proj's into
+// fg.attention.paged perm.
 // Left (the matmul keeps perm, the reason in --debug): silu(gate) * up or the silu with another user,
-// dense gate/up, relu instead of silu, x from a graph input (o_proj-like), a reshape after the norm.
+// dense gate/up, relu instead of silu, x from a graph input, a reshape after the norm, an attention
+// output read twice or followed by a cache write before o_proj.
 
 // CHECK-LABEL: func.func @fold_stacked_gate_up
 // CHECK: %{{.*}}, %{{.*}}, %[[P:[0-9]+]] = fg.gptq.repack
@@ -345,5 +349,63 @@ builtin.module {
     %9, %10, %11 = fg.gptq.repack %5 zeros %7 g_idx %8 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 128], i32, cpu> zeros !fg.tensor<[1, 16], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>, !fg.tensor<[128], i32, cpu>
     %12 = fg.qmatmul.gptq_tiled %4, %9, %6, %10 perm %11 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 128], f16, cpu>, !fg.tensor<[1, 16], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
     func.return %12 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @fold_attention_o_proj
+// CHECK: %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[P:[0-9]+]] = fg.gptq.repack
+// CHECK: %[[A:[0-9]+]] = fg.attention.paged %0, %1, %2, %3, %4 perm %[[P]] {layer_idx = 0 : i64, scale = 1.250000e-01
+// CHECK: %[[X:[0-9]+]] = fg.reshape %[[A]] : !fg.tensor<[m, 2, 64], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+// CHECK: fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %{{[0-9]+}}, %[[ZT]] {bits
+// CHECK-NOT: fg.attention.paged
+// CHECK-NOT: fg.qmatmul.gptq_tiled {{.*}} perm %
+builtin.module {
+  func.func @fold_attention_o_proj(%0: !fg.tensor<[m, 2, 64], f16, cpu>, %1: !fg.tensor<[b_plus_1], u32, cpu>, %2: !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, %3: !fg.tensor<[b], u32, cpu>, %4: !fg.tensor<[b, 2], u32, cpu>) -> !fg.tensor<[m, 128], f16, cpu> {
+    %5 = fg.attention.paged %0, %1, %2, %3, %4 {layer_idx = 0 : i64, scale = 1.250000e-01 : f64, mask = "causal"} : !fg.tensor<[m, 2, 64], f16, cpu>, !fg.tensor<[b_plus_1], u32, cpu>, !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, !fg.tensor<[b], u32, cpu>, !fg.tensor<[b, 2], u32, cpu> -> !fg.tensor<[m, 2, 64], f16, cpu>
+    %6 = fg.reshape %5 : !fg.tensor<[m, 2, 64], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %7 = fg.weight "o_proj.qweight" : !fg.tensor<[16, 128], i32, cpu>
+    %8 = fg.weight "o_proj.scales" : !fg.tensor<[1, 128], f16, cpu>
+    %9 = fg.weight "o_proj.qzeros" : !fg.tensor<[1, 16], i32, cpu>
+    %10 = fg.weight "o_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %11, %12, %13 = fg.gptq.repack %7 zeros %9 g_idx %10 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 128], i32, cpu> zeros !fg.tensor<[1, 16], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %14 = fg.qmatmul.gptq_tiled %6, %11, %8, %12 perm %13 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 128], f16, cpu>, !fg.tensor<[1, 16], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %14 : !fg.tensor<[m, 128], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_attention_read_twice
+// CHECK-NOT: fg.attention.paged {{.*}} perm
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: func.return
+builtin.module {
+  func.func @refuse_attention_read_twice(%0: !fg.tensor<[m, 2, 64], f16, cpu>, %1: !fg.tensor<[b_plus_1], u32, cpu>, %2: !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, %3: !fg.tensor<[b], u32, cpu>, %4: !fg.tensor<[b, 2], u32, cpu>) -> (!fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 2, 64], f16, cpu>) {
+    %5 = fg.attention.paged %0, %1, %2, %3, %4 {layer_idx = 0 : i64, scale = 1.250000e-01 : f64, mask = "causal"} : !fg.tensor<[m, 2, 64], f16, cpu>, !fg.tensor<[b_plus_1], u32, cpu>, !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, !fg.tensor<[b], u32, cpu>, !fg.tensor<[b, 2], u32, cpu> -> !fg.tensor<[m, 2, 64], f16, cpu>
+    %6 = fg.reshape %5 : !fg.tensor<[m, 2, 64], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %7 = fg.weight "o_proj.qweight" : !fg.tensor<[16, 128], i32, cpu>
+    %8 = fg.weight "o_proj.scales" : !fg.tensor<[1, 128], f16, cpu>
+    %9 = fg.weight "o_proj.qzeros" : !fg.tensor<[1, 16], i32, cpu>
+    %10 = fg.weight "o_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %11, %12, %13 = fg.gptq.repack %7 zeros %9 g_idx %10 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 128], i32, cpu> zeros !fg.tensor<[1, 16], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %14 = fg.qmatmul.gptq_tiled %6, %11, %8, %12 perm %13 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 128], f16, cpu>, !fg.tensor<[1, 16], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %14, %5 : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[m, 2, 64], f16, cpu>
+  }
+}
+// -----
+// CHECK-LABEL: func.func @refuse_cache_written_before_o_proj
+// CHECK-NOT: fg.attention.paged {{.*}} perm
+// CHECK: fg.qmatmul.gptq_tiled {{.*}} perm %
+// CHECK: func.return
+builtin.module {
+  func.func @refuse_cache_written_before_o_proj(%0: !fg.tensor<[m, 2, 64], f16, cpu>, %1: !fg.tensor<[b_plus_1], u32, cpu>, %2: !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, %3: !fg.tensor<[b], u32, cpu>, %4: !fg.tensor<[b, 2], u32, cpu>) -> (!fg.tensor<[m, 128], f16, cpu>, !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>) {
+    %5 = fg.attention.paged %0, %1, %2, %3, %4 {layer_idx = 0 : i64, scale = 1.250000e-01 : f64, mask = "causal"} : !fg.tensor<[m, 2, 64], f16, cpu>, !fg.tensor<[b_plus_1], u32, cpu>, !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, !fg.tensor<[b], u32, cpu>, !fg.tensor<[b, 2], u32, cpu> -> !fg.tensor<[m, 2, 64], f16, cpu>
+    %6 = fg.kv_cache.store %2, %0, %1, %3, %4 {layer_idx = 0 : i64, key_or_value = 0 : i64} : !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>, !fg.tensor<[m, 2, 64], f16, cpu>, !fg.tensor<[b_plus_1], u32, cpu>, !fg.tensor<[b], u32, cpu>, !fg.tensor<[b, 2], u32, cpu> -> !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>
+    %7 = fg.reshape %5 : !fg.tensor<[m, 2, 64], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    %8 = fg.weight "o_proj.qweight" : !fg.tensor<[16, 128], i32, cpu>
+    %9 = fg.weight "o_proj.scales" : !fg.tensor<[1, 128], f16, cpu>
+    %10 = fg.weight "o_proj.qzeros" : !fg.tensor<[1, 16], i32, cpu>
+    %11 = fg.weight "o_proj.g_idx" : !fg.tensor<[128], i32, cpu>
+    %12, %13, %14 = fg.gptq.repack %8 zeros %10 g_idx %11 {bits = 4 : i64, group_size = 128 : i64, sym = false, desc_act = true, zero_format = "v1"} : !fg.tensor<[16, 128], i32, cpu> zeros !fg.tensor<[1, 16], i32, cpu> g_idx !fg.tensor<[128], i32, cpu> -> !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 16], i32, cpu>, !fg.tensor<[128], i32, cpu>
+    %15 = fg.qmatmul.gptq_tiled %7, %12, %9, %13 perm %14 {bits = 4 : i64, group_size = 128 : i64, zero_format = "v1"} : !fg.tensor<[m, 128], f16, cpu>, !fg.tensor<[2, 16, 64], i32, cpu>, !fg.tensor<[1, 128], f16, cpu>, !fg.tensor<[1, 16], i32, cpu> perm !fg.tensor<[128], i32, cpu> -> !fg.tensor<[m, 128], f16, cpu>
+    func.return %15, %6 : !fg.tensor<[m, 128], f16, cpu>, !fg.buffer<[8, 2, 1, 4, 2, 64], f16, cpu>
   }
 }

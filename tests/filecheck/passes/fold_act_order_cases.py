@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fusegraph import DeviceRef, DType, Graph, TensorType, TensorValue, ops
+from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, TensorValue, ops
+from fusegraph.compiler.values import BufferValue
 from fusegraph.nn import QuantizationConfig
 from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.mlp import MLP
@@ -26,8 +27,11 @@ WHY = [
     "gate is produced by fg.matmul, not fg.qmatmul.gptq_tiled",
     "neither operand of the fg.mul is an fg.silu",
     "the fg.silu has 2 users",
-    "x is produced by a graph input, not by silu(gate) * up of GPTQ projections or by fg.rms_norm",
+    "x is produced by a graph input, not by silu(gate) * up of GPTQ projections, fg.rms_norm or "
+    "reshape(fg.attention.paged)",
     "x is produced by fg.reshape, not by",
+    "the attention's output has other users (they need its columns unpermuted)",
+    "a buffer is written between the attention and the matmul (the attention cannot move)",
 ]
 HEADER = (
     "// RUN: fusegraph opt %s -p fold-act-order-permutation --split-input-file --debug 2>&1 >/dev/null"
@@ -36,9 +40,11 @@ HEADER = (
         f"// WHY: fold-act-order-permutation: fg.qmatmul.gptq_tiled #{{{{[0-9]+}}}}: {w}\n" for w in WHY
     )
     + "// Folded: down_proj's x[:, perm] into the gate/up weights (stacked or separate, with a bias),\n"
-    "// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)).\n"
+    "// the q/k/v and gate/up inputs' into fg.rms_norm perm (one per (norm, perm)), o_proj's into\n"
+    "// fg.attention.paged perm.\n"
     "// Left (the matmul keeps perm, the reason in --debug): silu(gate) * up or the silu with another user,\n"
-    "// dense gate/up, relu instead of silu, x from a graph input (o_proj-like), a reshape after the norm.\n"
+    "// dense gate/up, relu instead of silu, x from a graph input, a reshape after the norm, an attention\n"
+    "// output read twice or followed by a cache write before o_proj.\n"
 )
 
 
@@ -109,6 +115,27 @@ def _o_proj(g: Graph, x: TensorValue) -> list[TensorValue]:
     o = GPTQLinear(H, H, ACT, F16, CPU)
     o._set_prefix("o_proj.")  # noqa: SLF001
     return [o(x)]
+
+
+def _attention_o_proj(name: str, leak: bool = False, store_between: bool = False) -> Graph:
+    """`o_proj(reshape(fg.attention.paged(q)))` (H = 2 heads x 64); `leak`: the attention is an output too;
+    `store_between`: a cache store comes between the attention and o_proj."""
+    kv_type = BufferType(F16, [8, 2, 1, 4, 2, 64], CPU)
+    meta: list[TensorType | BufferType] = [
+        _t("b_plus_1", dtype=DType.uint32),
+        kv_type,
+        _t("b", dtype=DType.uint32),
+        _t("b", 2, dtype=DType.uint32),
+    ]
+    with Graph(name, input_types=[_t("m", 2, 64), *meta]) as g:
+        q, ro, kv, lens, lookup = g.inputs
+        attn = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=0.125)
+        outs: list[TensorValue | BufferValue] = [attn] if leak else []
+        if store_between:
+            outs.append(ops.kv_cache_store(kv, q, ro, lens, lookup, layer_idx=0, key_or_value=0))
+        g.output(_proj(g, "o_proj", H, H)(attn.reshape(["m", H])), *outs)
+    PassManager("gptq-repack").run(g)
+    return g
 
 
 def _reshaped_norm(g: Graph, x: TensorValue) -> list[TensorValue]:
@@ -214,6 +241,16 @@ def fold_act_order_cases() -> list[Case]:
         ": func.return",
     ]
     refused = ["-NOT: fg.rms_norm {{.*}} perm", f": {KEEPS_PERM}", ": func.return"]
+    attention = [
+        "-LABEL: func.func @fold_attention_o_proj",
+        ": %[[QT:[0-9]+]], %[[ZT:[0-9]+]], %[[P:[0-9]+]] = fg.gptq.repack",
+        ": %[[A:[0-9]+]] = fg.attention.paged %0, %1, %2, %3, %4 perm %[[P]] {layer_idx = 0 : i64, scale = 1.250000e-01",
+        ": %[[X:[0-9]+]] = fg.reshape %[[A]] : !fg.tensor<[m, 2, 64], f16, cpu> -> !fg.tensor<[m, 128], f16, cpu>",
+        ": fg.qmatmul.gptq_tiled %[[X]], %[[QT]], %{{[0-9]+}}, %[[ZT]] {bits",
+        "-NOT: fg.attention.paged",
+        f"-NOT: {KEEPS_PERM}",
+    ]
+    attention_refused = ["-NOT: fg.attention.paged {{.*}} perm", f": {KEEPS_PERM}", ": func.return"]
     return [
         (_repacked("fold_stacked_gate_up", _mlp(stacked=True)), stacked),
         (_repacked("fold_separate_gate_up_bias", _mlp(stacked=False, bias=True)), separate),
@@ -230,4 +267,9 @@ def fold_act_order_cases() -> list[Case]:
         (_repacked("refuse_o_proj_input", _o_proj), ["-LABEL: func.func @refuse_o_proj_input", *refused]),
         (_repacked("refuse_reshape_after_norm", _reshaped_norm), ["-LABEL: func.func @refuse_reshape_after_norm",
                                                                    *refused]),
+        (_attention_o_proj("fold_attention_o_proj"), attention),
+        (_attention_o_proj("refuse_attention_read_twice", leak=True),
+         ["-LABEL: func.func @refuse_attention_read_twice", *attention_refused]),
+        (_attention_o_proj("refuse_cache_written_before_o_proj", store_between=True),
+         ["-LABEL: func.func @refuse_cache_written_before_o_proj", *attention_refused]),
     ]  # fmt: skip
