@@ -7,8 +7,8 @@ sequence holding `ctx` cached tokens and adding one) is built three times in one
 
 - plain: desc_act=False;
 - act-order: desc_act=True (every projection's rows quantized in a random order), through the default pipeline, whose
-  `fold-act-order-permutation` moves q/k/v's and gate/up's `x[:, perm]` into the norm in front of them and down's
-  into gate/up's weights (o_proj's stays in its GEMM);
+  `fold-act-order-permutation` moves q/k/v's and gate/up's `x[:, perm]` into the norm in front of them, down's
+  into gate/up's weights and o_proj's into the attention's stores;
 - act-order, no fold: the same without that pass (as `FUSEGRAPH_FOLD_ACT_ORDER=0` runs it: every GEMM permutes its own
   input).
 
