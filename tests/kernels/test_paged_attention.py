@@ -124,10 +124,12 @@ PERM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["stored-permuted", "permuted-after"])
 @pytest.mark.parametrize("case", PERM_CASES, ids=["stored-by-attention", "stored-by-combine"])
-def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permuted(case):
+def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permuted(case, apart):
     """With a perm, `out.reshape(T, H·D)[:, j]` is column `perm[j]` of the dense attention's, whichever kernel
-    stores; the perm's values are checked first (a ValueError naming the op and the entry)."""
+    stores (or permuted after the attention); the perm's values are checked first (a ValueError naming the op and
+    the entry)."""
     tokens, lens, h, hkv, d, dtype, splits = case
     torch.manual_seed(sum(lens) + h)
     max_pages, page_size = 14, 4
@@ -142,7 +144,7 @@ def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permu
 
     def run(p: torch.Tensor) -> torch.Tensor:
         return kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, lengths, lookup, 1, d**-0.5, None,
-                                             p, num_splits=splits, block_n=16)  # fmt: skip
+                                             p, num_splits=splits, block_n=16, perm_apart=apart)  # fmt: skip
 
     tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(run(perm).double(), ref, atol=tol, rtol=tol)

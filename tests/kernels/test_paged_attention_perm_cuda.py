@@ -1,13 +1,15 @@
 """`fusegraph::paged_attention` with a perm on CUDA (skipped without a GPU): the `[T, H·D]` output's columns come out
 permuted (`out[:, j] = attn[:, perm[j]]`) whichever kernel stores them (the attention, or the split combine at
-decode), against dense causal attention over the K/V gathered by hand (float64); a perm first seen inside a CUDA-graph
-capture takes the attend-then-permute path and replays right; a bad perm is refused before any launch."""
+decode) or when `permute_rows` permutes them after (many rows), against dense causal attention over the K/V gathered
+by hand (float64); a perm first seen inside a CUDA-graph capture takes the attend-then-permute path and replays right;
+a bad perm is refused before any launch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from fusegraph.runtime.kernels.paged_attention import paged_attention_triton
 from tests.ops.paged_reference import dense_attention, make_step, read_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -32,8 +34,12 @@ def _case(
     return args, want.reshape(step.total, H * D)
 
 
-def _call(args: tuple[torch.Tensor, ...], perm: torch.Tensor) -> torch.Tensor:
-    return torch.ops.fusegraph.paged_attention(*args, LAYER, D**-0.5, None, perm)
+def _call(args: tuple[torch.Tensor, ...], perm: torch.Tensor, apart: bool | None = None) -> torch.Tensor:
+    """The op (its CUDA kernel picks the path), or the kernel told to store permuted / permute after (`apart`)."""
+    if apart is None:
+        return torch.ops.fusegraph.paged_attention(*args, LAYER, D**-0.5, None, perm)
+    q, ro, kv, lengths, lookup = args
+    return paged_attention_triton(q, ro, kv, lengths, lookup, LAYER, D**-0.5, None, perm, perm_apart=apart)
 
 
 @pytest.mark.parametrize(
@@ -41,12 +47,13 @@ def _call(args: tuple[torch.Tensor, ...], perm: torch.Tensor) -> torch.Tensor:
     [([0, 5, 40], [17, 9, 3]), ([100, 7, 300, 33], [1, 1, 1, 1])],
     ids=["prefill-attention-stores", "decode-combine-stores"],
 )
+@pytest.mark.parametrize("apart", [None, False, True], ids=["op", "stored-permuted", "permute_rows-after"])
 def test_paged_attention_perm_cuda__columns_come_out_permuted(
-    cache_lengths: list[int], tokens: list[int]
+    cache_lengths: list[int], tokens: list[int], apart: bool | None
 ) -> None:
     args, want = _case(cache_lengths, tokens, seed=len(tokens))
     perm = torch.randperm(H * D, generator=torch.Generator().manual_seed(2)).to(torch.int32)
-    got = _call(args, perm.cuda())
+    got = _call(args, perm.cuda(), apart)
     assert got.shape == (len(want), H, D)
     torch.testing.assert_close(
         got.reshape(len(want), -1).cpu().double(), want[:, perm.long()], atol=2e-3, rtol=2e-3

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
 from fusegraph.runtime.kernels.metadata import as_index
 from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
 from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
@@ -33,6 +34,12 @@ from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
 __all__ = ["combine_rows", "paged_attention_triton"]
 
 _LOG2E = 1.4426950408889634
+SEPARATE_PERM_ROWS = 16
+"""From this many query rows an output perm is applied after the attention by `permute_rows` (one coalesced pass over
+`[T, H·D]`) rather than by the storing kernel's scattered 2-byte stores. H200, Llama-3-8B heads, decode at ctx 2048
+(`benchmarks/gpu_attention_perm.py`, 2026-12-02): stored permuted, the attention took 11.82 / 12.41 / 16.89 / 28.99 /
+54.29 / 157.86 µs at 1 / 2 / 4 / 8 / 16 / 64 rows; attention then `permute_rows`, 12.10 / 12.89 / 17.66 / 29.30 /
+53.73 / 152.64 (the attention alone, 11.29 / 11.85 / 16.17 / 28.03 / 51.84 / 149.77)."""
 
 
 @triton.jit
@@ -202,6 +209,7 @@ def paged_attention_triton(
     num_splits: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    perm_apart: bool | None = None,
 ) -> torch.Tensor:
     """Causal paged attention of the ragged queries `q [T, H, D]` over the cache.
 
@@ -220,6 +228,8 @@ def paged_attention_triton(
             capacity (max_pages · page_size), a shape, so the launch needs no host sync and can
             be captured in a CUDA graph; slices past a sequence's length do no work.
         num_warps, num_stages: Triton launch options of the attention kernel.
+        perm_apart: with a perm, attend then permute the output by `permute_rows` (True) or store it permuted (False);
+            default: apart from `SEPARATE_PERM_ROWS` query rows.
 
     Returns:
         `[T, n_heads, head_dim]` in q's dtype.
@@ -235,12 +245,16 @@ def paged_attention_triton(
         )
     if q.stride(2) != 1:
         q = q.contiguous()
-    inv = None if perm is None else _inverse(q, perm)
-    if perm is not None and inv is None:  # a perm first seen under CUDA-graph capture: attend, then permute
-        out = paged_attention_triton(q, row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx, scale,
-                                     sliding_window, block_m=block_m, block_n=block_n, num_splits=num_splits,
-                                     num_warps=num_warps, num_stages=num_stages)  # fmt: skip
-        return out.reshape(t_rows, -1).index_select(1, perm).reshape(q.shape)
+    inv = None
+    if perm is not None:
+        _check_perm(q, perm)
+        apart = t_rows >= SEPARATE_PERM_ROWS if perm_apart is None else perm_apart
+        inv = None if apart else _inverse(perm)
+        if inv is None:  # many rows, or a perm first seen under CUDA-graph capture: attend, then permute
+            out = paged_attention_triton(q, row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx, scale,
+                                         sliding_window, block_m=block_m, block_n=block_n, num_splits=num_splits,
+                                         num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+            return _permuted(out.reshape(t_rows, -1), perm).reshape(q.shape)
     row_offsets, cache_lengths = as_index(row_offsets), as_index(cache_lengths)
     lookup_table = as_index(lookup_table)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous: a perm's columns are of [T, H·D]
@@ -296,12 +310,24 @@ def paged_attention_triton(
     return out
 
 
-def _inverse(q: torch.Tensor, perm: torch.Tensor) -> torch.Tensor | None:
-    """`inv` with `inv[perm[j]] = j` (int32, on perm's device), made once per perm tensor after its values are checked
-    (`ops.attention.check_attention_perm`); None under CUDA-graph capture for a perm not seen before."""
+def _check_perm(q: torch.Tensor, perm: torch.Tensor) -> None:
     from fusegraph.ops.attention import check_attention_perm  # here: kernel modules import only torch, triton
 
     check_attention_perm(q, perm)
+
+
+def _permuted(out: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """`out[:, perm]` of the `[T, H·D]` output: `permute_rows` (one coalesced pass) once the perm's values were read
+    (that kernel does not mask an entry outside [0, H·D)), else aten's `index_select` (a first capture, the CPU)."""
+    from fusegraph.ops.norm import perm_checked
+
+    permuted = permute_rows(out, perm) if perm_checked(perm) else None
+    return out.index_select(1, perm) if permuted is None else permuted
+
+
+def _inverse(perm: torch.Tensor) -> torch.Tensor | None:
+    """`inv` with `inv[perm[j]] = j` (int32, on perm's device), made once per perm tensor (checked before); None under
+    CUDA-graph capture for a perm not seen before."""
 
     def build() -> torch.Tensor:
         inv = torch.empty_like(perm)
