@@ -38,13 +38,14 @@ def write_model(
     cut_groups: bool = False,
     quant: QuantizationConfig = QUANT,
     seed: int = 0,
+    **dims: int,
 ) -> Path:
     """Write `config.json`, `quantize_config.json` and `model.safetensors` into `folder`
     (`cut_groups`: random act orders for o_proj/down_proj too, so that a 2-way row split
-    leaves groups on both ranks)."""
+    leaves groups on both ranks; `dims`: config sizes other than `DIMS`')."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    d = {**DIMS, "num_key_value_heads": n_kv_heads}
+    d = {**DIMS, **dims, "num_key_value_heads": n_kv_heads}
     h, inter, hd, heads = d["hidden_size"], d["intermediate_size"], d["head_dim"], d["num_attention_heads"]
 
     def rand(*shape: int, scale: float = 0.15) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from fusegraph import DeviceRef, DType, Graph, TensorType, ops
 from fusegraph.distributed import CollectiveError, RankInfo
 from fusegraph.runtime import compile as fg_compile
+from fusegraph.runtime.eager import CompiledGraph
 
 
 def _x(rank: int) -> torch.Tensor:
@@ -47,4 +48,27 @@ def tp_model(info: RankInfo, folders: list[str], steps: list, new_tokens: int) -
     for folder in folders:
         model = load_model_shard(folder, rank=info.rank, world_size=info.world_size)
         out.append(run_model(model, steps, new_tokens))
+    return out
+
+
+def tp_fold(info: RankInfo, folder: str, steps: list, pipelines: list[str]) -> list[dict[str, Any]]:
+    """This rank's shard run through each pipeline: every step's logits, the KV blocks, the pass counters and the
+    graph that ran."""
+    from fusegraph.distributed.model import load_model_shard
+    from tests.models.runner import NUM_BLOCKS, run_steps
+
+    out = []
+    for pipeline in pipelines:
+        model = load_model_shard(folder, rank=info.rank, world_size=info.world_size)
+        manager = model.kv_manager(NUM_BLOCKS)
+        run = model.compile(NUM_BLOCKS, pipeline=pipeline)
+        assert isinstance(run, CompiledGraph)  # eager on the CPU
+        logits = run_steps(run, manager, steps)
+        stats = run.pass_stats
+        ran = [] if stats is None else [r.name for r in stats.records]
+        counters = {name: dict(stats[name].counters) for name in ("gptq-repack", "fold-act-order-permutation")
+                    if stats is not None and name in ran}  # fmt: skip
+        out.append(
+            {"logits": logits, "kv": manager.kv_blocks.clone(), "counters": counters, "graph": str(run.graph)}
+        )
     return out
