@@ -97,7 +97,10 @@ def _paged_unfused() -> Graph:
         kv = ops.kv_cache_store(kv, k, ro, lens, lookup, layer_idx=1, key_or_value=0)
         kv = ops.kv_cache_store(kv, v, ro, lens, lookup, layer_idx=1, key_or_value=1)
         out = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=1, scale=0.125, sliding_window=8)
-        g.output(out, ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=0.125))
+        # the act-order form (o_proj's input)
+        perm = g.add_weight("o_proj.perm", _tensor(32, dtype=DType.int32))
+        permuted = ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=1, scale=0.125, perm=perm)
+        g.output(out, ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=0, scale=0.125), permuted)
     return g
 
 

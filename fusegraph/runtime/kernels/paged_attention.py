@@ -16,7 +16,8 @@ The softmax is the online (flash) form, in fp32 with exp2.
 With a `perm` (int32 `[H·D]`: `fg.attention.paged ... perm`, an act-order o_proj's input) the kernel that writes
 the output (the attention, or the split combine) stores element (t, c = h·D + d) at column `inv[c]` of the `[T, H·D]`
 output, `inv` the inverse permutation (made once per perm tensor, `tensor_cache.derived`): `out[:, j] = attn[:, perm[j]]`
-with no pass of its own. The scattered 2-byte stores merge in L2.
+with no pass of its own. The stores are scattered 2-byte ones, so from `SEPARATE_PERM_ROWS` query rows a separate
+coalesced pass (`permute_rows`) after the attention is cheaper, and that is what runs there.
 """
 
 # ruff: noqa: N803, N806, SIM108 - Triton's convention: constexpr parameters are UPPER_CASE
