@@ -157,6 +157,22 @@ def test_unsupported_op_is_refused_by_name() -> None:
         add_dispatches(text, "/nonexistent-unused")
 
 
+def test_an_attention_with_an_output_perm_is_refused_so_it_compiles_decomposed(tmp_path: Path) -> None:
+    """`fg.attention.paged ... perm` (the act-order fold's form) lowers with the perm as the custom op's last operand;
+    the attention dispatch has no perm, so it refuses by name (`iree_compile` then compiles the graph decomposed)."""
+    from fusegraph import DeviceRef, DType, TensorType
+    from fusegraph.compiler.lowering.torch_mlir import to_torch_mlir
+    from fusegraph.runtime.iree_dispatch import DispatchUnsupportedError, add_dispatches
+    from tests.ops.test_attention_perm import D, H, _build
+
+    graph = _build(TensorType(DType.int32, [H * D], DeviceRef.CPU()))
+    text = to_torch_mlir(graph, mode="custom", inplace_buffers=True, outputs_as_args=True).text
+    (call,) = [line for line in text.splitlines() if "torch.fusegraph.paged_attention" in line]
+    assert "%none, %arg5) :" in call and "!torch.vtensor<[32],si32>) ->" in call
+    with pytest.raises(DispatchUnsupportedError, match="paged_attention: no dispatch for an output perm"):
+        add_dispatches(text, tmp_path)
+
+
 def test_dispatch_module_compiles_for_cuda_with_no_cache_copy(dispatch_module: tuple[str, str]) -> None:
     from fusegraph.runtime.iree_inplace import stage_inplace
 
