@@ -71,6 +71,8 @@ class CompiledGraph:
         # before the step, so (as for IREE) the metadata must be graph inputs.
         self._input_checks = InputChecks.for_graph(self.graph, strict=on_cuda)
         self._check = self._input_checks.check_host if on_cuda else self._input_checks.check
+        if on_cuda and self._input_checks.perms:  # a perm graph input: read once a tensor, before anything runs
+            self._check = self._check_host_and_perms
         bound = bind_weights(self.graph.weights, weights or {}, device)
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))  # g_idx range, finite scales
         if on_cuda:
@@ -85,6 +87,10 @@ class CompiledGraph:
         self._device_guards = DeviceWriteGuards(guards) if guards else None
         self._cuda_graphs = CudaGraphRunner(self._step, device) if cuda_graphs else None
         self._dims_by_key: dict[tuple[tuple[torch.Size, torch.dtype, torch.device], ...], dict[str, int]] = {}
+
+    def _check_host_and_perms(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
+        self._input_checks.check_host(inputs, dims)
+        self._input_checks.check_perms(inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph. Buffer inputs are updated in place; returns the graph outputs

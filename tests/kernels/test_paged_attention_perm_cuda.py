@@ -88,3 +88,42 @@ def test_paged_attention_perm_cuda__refuses_a_bad_perm_before_any_launch() -> No
         _call(args, bad.cuda())
     with pytest.raises(ValueError, match=r"fg.attention.paged: perm must be int32 \[512\]"):
         _call(args, torch.arange(H * D, device="cuda"))
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_paged_attention_perm_cuda__eager_refuses_a_bad_perm_input_before_the_step_writes(
+    cuda_graphs: bool,
+) -> None:
+    """A graph whose attention reads a perm graph input, after a store into the cache: the eager CUDA runtime reads
+    the perm before the step (`InputChecks.check_perms`), so a bad one is refused and the cache keeps every byte;
+    then a good perm runs and gives the output gathered through it."""
+    import fusegraph
+    from fusegraph import BufferType, DeviceRef, DType, Graph, TensorType, ops
+
+    cuda, f16, u32 = DeviceRef.GPU(), DType.float16, DType.uint32
+    types: list[TensorType | BufferType] = [TensorType(f16, ["t", H, D], cuda), TensorType(u32, ["b1"], cuda),
+             BufferType(f16, [64, 2, 2, 16, HKV, D], cuda), TensorType(u32, ["b"], cuda),
+             TensorType(u32, ["b", "p"], cuda), TensorType(f16, ["t", HKV, D], cuda),
+             TensorType(DType.int32, [H * D], cuda)]  # fmt: skip
+    with Graph("store_then_attend", input_types=types) as g:
+        q, ro, kv, lens, lookup, k, perm = g.inputs
+        kv = ops.kv_cache_store(kv, k, ro, lens, lookup, layer_idx=LAYER, key_or_value=0)
+        g.output(ops.paged_attention(q, ro, kv, lens, lookup, layer_idx=LAYER, scale=D**-0.5, perm=perm))
+    model = fusegraph.compile(g, device="cuda", cuda_graphs=cuda_graphs, pipeline=None)
+    (q, ro, kv, lens, lookup), _ = _case([30, 2], [1, 1], seed=3)
+    k = torch.randn(2, HKV, D, device="cuda").half()
+    bad = torch.arange(H * D, dtype=torch.int32)
+    bad[7] = H * D
+    before = kv.clone()
+    with pytest.raises(
+        ValueError, match=r"^fg.attention.paged: perm must be a permutation of 0..511, got perm\[7\] = 512"
+    ):
+        model(q, ro, kv, lens, lookup, k, bad.cuda())
+    torch.cuda.synchronize()
+    assert torch.equal(
+        kv.view(torch.int16), before.view(torch.int16)
+    )  # the store before the attention never ran
+    perm = torch.randperm(H * D, generator=torch.Generator().manual_seed(8)).to(torch.int32).cuda()
+    (got,) = model(q, ro, kv, lens, lookup, k, perm)
+    plain = torch.ops.fusegraph.paged_attention(q, ro, kv, lens, lookup, LAYER, D**-0.5, None)
+    assert torch.equal(got.reshape(2, -1), plain.reshape(2, -1)[:, perm.long()])
