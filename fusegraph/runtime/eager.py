@@ -71,7 +71,7 @@ class CompiledGraph:
         # before the step, so (as for IREE) the metadata must be graph inputs.
         self._input_checks = InputChecks.for_graph(self.graph, strict=on_cuda)
         self._check = self._input_checks.check_host if on_cuda else self._input_checks.check
-        if on_cuda and self._input_checks.perms:  # a perm graph input: read once a tensor, before anything runs
+        if on_cuda and self._input_checks.perms:  # a perm graph input: read before anything runs
             self._check = self._check_host_and_perms
         bound = bind_weights(self.graph.weights, weights or {}, device)
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))  # g_idx range, finite scales
