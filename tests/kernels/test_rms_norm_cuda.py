@@ -67,9 +67,9 @@ def test_rms_norm_rows_cuda__permuted_is_the_plain_result_gathered_bit_for_bit(
     assert torch.equal(s, s0) and torch.equal(y, y0.index_select(-1, perm.long()))
 
 
-@pytest.mark.parametrize("rows", [63, 64, 200])
+@pytest.mark.parametrize("rows", [15, 16, 64, 200])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_rms_norm_op_kernels_cuda__from_64_rows_permute_after_the_norm_bit_for_bit(
+def test_rms_norm_op_kernels_cuda__from_separate_perm_rows_permute_after_the_norm_bit_for_bit(
     rows: int, dtype: torch.dtype
 ) -> None:
     """From SEPARATE_PERM_ROWS rows (fp16/bf16) the op kernels run the plain norm, then

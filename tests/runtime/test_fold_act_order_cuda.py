@@ -1,7 +1,7 @@
 """`fold-act-order-permutation` on CUDA (skipped without a GPU): a tiny act-order GPTQ Llama (norms,
 attention, stacked or separate MLP) compiled for CUDA with the fold on and off gives the same logits
 and KV cache; with the fold no matmul permutes x per call (o_proj's input comes permuted from the
-attention), and a permutation kernel runs only after the prefill's attention."""
+attention), and permutation kernels run only in the prefill, after its permuted norms and attention."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusegraph.nn import QuantizationConfig, load_model
+from fusegraph.runtime.kernels import paged_attention, rms_norm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 pytest.importorskip("transformers")
@@ -70,9 +71,9 @@ def run_steps(run: Any, manager: Any, steps: list[list[list[int]]]) -> list[torc
 
 def _run(
     folder: Path, fuse: bool, pipeline: str
-) -> tuple[list[torch.Tensor], torch.Tensor, Counter[str], int]:
+) -> tuple[list[torch.Tensor], torch.Tensor, Counter[str], int, int]:
     """Logits of every step and the KV cache; GEMM calls of the prefill step with and without perm; how
-    many permutation kernels ran over all steps."""
+    many permutation kernels ran over all steps; the norms and attentions of the graph that permute their output."""
     model = load_model(folder, device="cuda", dtype="float16", fuse=fuse)
     run = model.compile(NUM_BLOCKS, pipeline=pipeline)
     with _CountTiled() as counts:
@@ -83,15 +84,19 @@ def _run(
         torch.cuda.synchronize()
     torch.testing.assert_close(logits[0], first[0])  # the same first step, run twice
     permutes = sum(e.count for e in prof.key_averages() if any(p in e.key for p in PERMUTE_KERNELS))
-    return logits, manager.kv_blocks.clone(), counts.calls, permutes
+    lines = str(run.graph).splitlines()
+    permuted = sum(
+        " perm %" in line and ("fg.rms_norm" in line or "fg.attention.paged" in line) for line in lines
+    )
+    return logits, manager.kv_blocks.clone(), counts.calls, permutes, permuted
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["stacked", "separate"])
 def test_fold_act_order_cuda__equals_unfolded_and_no_matmul_permutes_x(
     llama_act_order: Path, fuse: bool
 ) -> None:
-    logits, kv, calls, permutes = _run(llama_act_order, fuse, FOLDED)
-    want, kv_want, calls_want, permutes_want = _run(llama_act_order, fuse, UNFOLDED)
+    logits, kv, calls, permutes, permuted = _run(llama_act_order, fuse, FOLDED)
+    want, kv_want, calls_want, permutes_want, _ = _run(llama_act_order, fuse, UNFOLDED)
     for i, (got, exp) in enumerate(zip(logits, want, strict=True)):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, exp, atol=2e-2, rtol=2e-2, msg=lambda m: f"step {i}: {m}")
@@ -99,10 +104,14 @@ def test_fold_act_order_cuda__equals_unfolded_and_no_matmul_permutes_x(
     assert kv.abs().sum() > 0
     assert calls["perm"] == 0  # folded: x comes permuted from the norms, the MLP weights and the attention
     assert calls_want["perm"] == calls["no_perm"] > 0  # unfolded: every GPTQ matmul permutes x
-    # unfolded, the 32-token prefill permutes each GEMM's x in a separate kernel; folded, only the attention's output
-    # there (from SEPARATE_PERM_ROWS rows, permute_rows after the attention beats its scattered stores); the decode
-    # steps' attention stores its output permuted
-    assert permutes == LAYERS < permutes_want
+    # unfolded, every step permutes each GEMM's x in a separate kernel past M = 1; folded, only the 32-token prefill
+    # runs one, after each permuted norm and attention (from their SEPARATE_PERM_ROWS rows a separate pass beats the
+    # in-kernel gather or scattered store); the decode steps' norms and attentions write their outputs permuted
+    rows = [sum(len(seq) for seq in step) for step in STEPS]
+    assert rows[0] >= max(rms_norm.SEPARATE_PERM_ROWS, paged_attention.SEPARATE_PERM_ROWS)
+    assert max(rows[1:]) < min(rms_norm.SEPARATE_PERM_ROWS, paged_attention.SEPARATE_PERM_ROWS)
+    # a layer's attention and its permuted norms (two when q/k/v and gate/up are stacked, more when separate)
+    assert permuted >= 3 * LAYERS and permutes == permuted < permutes_want
 
 
 def test_fuse_silu_mul_cuda__the_default_pipeline_equals_it_without_the_fusion(llama_act_order: Path) -> None:
@@ -110,8 +119,8 @@ def test_fuse_silu_mul_cuda__the_default_pipeline_equals_it_without_the_fusion(l
 
     full = default_pipeline("eager", "cuda")
     assert "fold-act-order-permutation,fuse-silu-mul" in full
-    logits, kv, _, _ = _run(llama_act_order, True, full)
-    want, kv_want, _, _ = _run(
+    logits, kv, _, _, _ = _run(llama_act_order, True, full)
+    want, kv_want, _, _, _ = _run(
         llama_act_order, True, default_pipeline("eager", "cuda", off=["fuse-silu-mul"])
     )
     for i, (got, exp) in enumerate(zip(logits, want, strict=True)):

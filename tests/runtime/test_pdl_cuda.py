@@ -31,7 +31,8 @@ STEPS = [
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "act_order"])
 def llama(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
-    """A tiny GPTQ Llama; act-order: o_proj's x is permuted per call (`fg_permute_rows`, itself in the chain)."""
+    """A tiny GPTQ Llama; act-order: the 40-token prefill permutes the norms' and the attention's outputs after them
+    (`fg_permute_rows`, itself in the chain)."""
     folder = tmp_path_factory.mktemp("llama_pdl_cuda")
     quant = QuantizationConfig(bits=4, group_size=128, sym=False, desc_act=request.param)
     make_model_dir("llama", folder, quant=quant, seed=9, **DIMS)

@@ -52,10 +52,14 @@ _MIN_SLICE = 256  # the fewest columns a program stores when a row's permuted st
 _OP = "fg.rms_norm"
 _ADD_OP = "fg.add_rms_norm"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-SEPARATE_PERM_ROWS = 64
+SEPARATE_PERM_ROWS = 16
 """From this many rows the op kernels (`rms_norm_cuda`, `add_rms_norm_cuda`) norm the rows in order and
-permute them with `permute_rows` after: at M = 64, D = 4096 (H200) that takes 3.25 us against the
-in-kernel gather's 3.70 (they tie at 32 rows; below that the gather wins)."""
+permute them with `permute_rows` after. Alone, at M = 64, D = 4096 (H200) that took 3.25 us against the
+in-kernel gather's 3.70, tying at 32 rows; in the decode step's PDL chain the gather loses from fewer rows.
+The act-order Llama-3-8B decode step (`gpu_act_order_decode.py`, ctx 2048, H200, 2026-12-02, over the plain
+model, two rounds each): gathering below 64 rows, batch 16 1.041x / 1.040x, batch 32 1.042x / 1.043x; below 16
+rows, 1.037x / 1.036x and 1.014x / 1.016x. Apart from 1 row instead, batches 1 / 4 / 8 went from 1.011-1.021x to
+1.042-1.048x: there the gather wins."""
 
 
 @triton.jit
