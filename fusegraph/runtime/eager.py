@@ -25,9 +25,10 @@ from fusegraph.compiler.lowering import to_fx
 from fusegraph.compiler.types import BufferType, TensorType, shape_str
 from fusegraph.runtime.cuda_graphs import CudaGraphRunner
 from fusegraph.runtime.fold import fold_constants
-from fusegraph.runtime.input_checks import InputChecks, check_weights
+from fusegraph.runtime.input_checks import InputChecks
 from fusegraph.runtime.pipeline import run_pipeline
 from fusegraph.runtime.profile import ProfileReport, profile_steps
+from fusegraph.runtime.weight_checks import check_weights
 from fusegraph.runtime.write_guard import DeviceWriteGuards, write_guards
 
 
@@ -70,9 +71,7 @@ class CompiledGraph:
         # tensor values (shapes, strides, dims) on the host, the metadata values on the device
         # before the step, so (as for IREE) the metadata must be graph inputs.
         self._input_checks = InputChecks.for_graph(self.graph, strict=on_cuda)
-        self._check = self._input_checks.check_host if on_cuda else self._input_checks.check
-        if on_cuda and self._input_checks.perms:  # a perm graph input: read before anything runs
-            self._check = self._check_host_and_perms
+        self._check = self._input_checks.check_host_and_perms if on_cuda else self._input_checks.check
         bound = bind_weights(self.graph.weights, weights or {}, device)
         check_weights(self.graph, dict(zip(self.graph.weights, bound)))  # g_idx range, finite scales
         if on_cuda:
@@ -87,10 +86,6 @@ class CompiledGraph:
         self._device_guards = DeviceWriteGuards(guards) if guards else None
         self._cuda_graphs = CudaGraphRunner(self._step, device) if cuda_graphs else None
         self._dims_by_key: dict[tuple[tuple[torch.Size, torch.dtype, torch.device], ...], dict[str, int]] = {}
-
-    def _check_host_and_perms(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
-        self._input_checks.check_host(inputs, dims)
-        self._input_checks.check_perms(inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run the graph. Buffer inputs are updated in place; returns the graph outputs

@@ -46,12 +46,12 @@ from fusegraph.compiler.effects import ragged_operands, writes_buffer
 from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.impls import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType
+from fusegraph.runtime.weight_checks import perm_operands
 
 __all__ = [
     "InputChecks",
     "MetadataUse",
     "buffer_root",
-    "check_weights",
     "graph_dims",
     "metadata_uses",
 ]
@@ -203,7 +203,7 @@ class InputChecks:
     def for_graph(cls, graph: Graph, strict: bool = True) -> InputChecks:
         """The checks `graph`'s ragged ops need (see `metadata_uses` for `strict`)."""
         buffers = [a.index for a in graph.block.args if isinstance(a.type, BufferType)]
-        perms = [(op.name, v.index) for op, v in _perm_operands(graph) if isinstance(v, BlockArgument)]
+        perms = [(op.name, v.index) for op, v in perm_operands(graph) if isinstance(v, BlockArgument)]
         return cls(metadata_uses(graph, strict), buffers, graph_dims(graph), perms)
 
     def check_host(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
@@ -259,6 +259,12 @@ class InputChecks:
                 blocks = _check_pages(use.op, ro, ln, lookup, kv.shape[0], kv.shape[3])
                 if use.writes:
                     _check_private_writes(use.op, blocks)
+
+    def check_host_and_perms(self, inputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> None:
+        """`check_host`, then `check_perms`: what the CUDA runtimes (eager, IREE with device checks) run on the host
+        before a step whose metadata values the device checks."""
+        self.check_host(inputs, dims)
+        self.check_perms(inputs)
 
     def check_perms(self, inputs: Sequence[torch.Tensor]) -> None:
         """Refuse a `perm` input that is not a permutation of 0..len-1 (`ops.norm.check_perm`: one host read a
@@ -346,58 +352,3 @@ def _check_private_writes(op: str, blocks: list[list[int]]) -> None:
                     f"{op}: sequences {other} and {b} both write block {blk} of kv_blocks; "
                     "each sequence must write only its own pages"
                 )
-
-
-def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
-    """Check bound weight values once: GPTQ `g_idx` entries in `[0, groups)`, finite scales, `perm` operands
-    that are permutations.
-
-    Args:
-        graph: the compiled graph.
-        weights: name -> bound tensor (any device), for every weight of the graph.
-
-    Raises:
-        ValueError: naming the weight, the bad entry and the allowed range.
-    """
-    weight_of: dict[SSAValue, str] = {op.result: name for name, op in graph.weight_ops.items()}
-    from fusegraph.ops.gptq import QMatmulGptqOp
-    from fusegraph.ops.norm import check_perm
-
-    for user, value in _perm_operands(graph):
-        if (name := weight_of.get(value)) is not None:
-            try:
-                check_perm(weights[name], weights[name].shape[0], user.name)
-            except ValueError as err:
-                raise ValueError(f"weight {name!r}: {err}") from None
-
-    for op in graph.block.ops:
-        if not isinstance(op, QMatmulGptqOp):
-            continue
-        scales_name = weight_of.get(op.scales)
-        g_idx_name = weight_of.get(op.g_idx) if op.g_idx is not None else None
-        groups = _shape(op.scales)[0]
-        if scales_name is not None and not bool(torch.isfinite(scales := weights[scales_name]).all()):
-            bad = torch.nonzero(~torch.isfinite(scales))[0].tolist()
-            raise ValueError(
-                f"weight {scales_name!r}: scales must be finite, but entry {bad} is {scales[tuple(bad)].item()}"
-            )
-        if g_idx_name is None or not groups.is_static:
-            continue
-        g_idx = weights[g_idx_name]
-        wrong = torch.nonzero((g_idx < 0) | (g_idx >= groups.value))
-        if wrong.numel():
-            i = int(wrong[0, 0])
-            raise ValueError(
-                f"weight {g_idx_name!r}: g_idx entries must lie in [0, {groups.value}) (the groups of "
-                f"{scales_name or 'scales'}), but entry {i} is {int(g_idx[i])}"
-            )
-
-
-def _perm_operands(graph: Graph) -> list[tuple[Operation, SSAValue]]:
-    """(op, value) for each op's operand named `perm` (rms_norm, add_rms_norm, attention, gptq permute/tiled)."""
-    found = []
-    for op in graph.block.walk():
-        value = getattr(op, "perm", None)
-        if isinstance(value, SSAValue) and value in op.operands:
-            found.append((op, value))
-    return found

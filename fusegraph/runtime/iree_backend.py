@@ -48,7 +48,7 @@ from fusegraph.compiler.graph import Graph
 from fusegraph.compiler.impls import evaluate_dim
 from fusegraph.compiler.types import BufferType, TensorType, shaped_type
 from fusegraph.runtime.eager import bind_weights, check_inputs
-from fusegraph.runtime.input_checks import InputChecks, MetadataUse, check_weights
+from fusegraph.runtime.input_checks import InputChecks, MetadataUse
 from fusegraph.runtime.iree_compile import (
     IreeCompileError,
     compile_count,
@@ -58,6 +58,7 @@ from fusegraph.runtime.iree_compile import (
     device_kind,
     target_flags,
 )
+from fusegraph.runtime.weight_checks import check_weights
 from fusegraph.runtime.write_guard import DeviceWriteGuards, write_guards
 
 # The compile side lives in iree_compile.py; its public names are the backend's too.
@@ -199,8 +200,7 @@ class IreeCompiledGraph:
         """Run the graph; buffer inputs are updated in the caller's tensors."""
         dims = check_inputs(self.input_types, inputs, self.device)
         if self._device_guards is not None:  # CUDA: device checks, refused before IREE writes
-            self.input_checks.check_host(inputs, dims)
-            self.input_checks.check_perms(inputs)  # a perm input: one host read per tensor
+            self.input_checks.check_host_and_perms(inputs, dims)  # a perm input: one host read per tensor
             self._device_guards.launch(inputs, dims)
             self._device_guards.publish(inputs)
             torch.cuda.current_stream(self.device).synchronize()  # IREE runs on its own stream
