@@ -28,7 +28,7 @@ import torch
 from fusegraph.runtime.kernels.gptq_cuda_launch import KernelCache, launch
 from fusegraph.runtime.kernels.pdl import pdl_mode
 
-__all__ = ["PERMUTE_MAX_K", "permute_plan", "permute_rows", "permute_rows_source"]
+__all__ = ["PERMUTE_MAX_K", "gather_last_dim", "permute_plan", "permute_rows", "permute_rows_source"]
 
 PERMUTE_ROWS_NAME = "fg_permute_rows"
 PERMUTE_MAX_K = 32768  # two rows of x in shared memory: 128 KB
@@ -234,3 +234,15 @@ def permute_rows(x: torch.Tensor, perm: torch.Tensor, sms: int | None = None, *,
     launch(kern, (plan["grid_x"], plan["grid_y"], 1), (_THREADS, 1, 1), plan["smem"],
            [x, perm, y, m, k, stride, plan["rows"], plan["cols"]], pdl=chain)  # fmt: skip
     return y
+
+
+def gather_last_dim(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """`y[..., perm]` by `permute_rows` over y's rows, or aten's `index_select` where that cannot run (not fp16/bf16
+    on CUDA, no NVRTC, a first capture). `permute_rows` does not mask: perm's values must already be checked.
+
+    Example:
+        >>> yp = gather_last_dim(y, perm)  # == y.index_select(-1, perm.long())
+    """
+    y2 = y.reshape(-1, y.shape[-1])
+    yp = permute_rows(y2, perm)
+    return (y2.index_select(1, perm.long()) if yp is None else yp).reshape(y.shape)

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusegraph.runtime.kernels.gptq_cuda_permute import permute_rows
+from fusegraph.runtime.kernels.gptq_cuda_permute import gather_last_dim
 from fusegraph.runtime.kernels.metadata import as_index
 from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
 from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
@@ -318,12 +318,11 @@ def _check_perm(q: torch.Tensor, perm: torch.Tensor) -> None:
 
 
 def _permuted(out: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """`out[:, perm]` of the `[T, H·D]` output: `permute_rows` (one coalesced pass) once the perm's values were read
-    (that kernel does not mask an entry outside [0, H·D)), else aten's `index_select` (a first capture, the CPU)."""
+    """`out[:, perm]` of the `[T, H·D]` output: `gather_last_dim` (`permute_rows`, one coalesced pass) once the perm's
+    values were read (that kernel does not mask), else aten's `index_select` (a perm first seen under capture)."""
     from fusegraph.ops.norm import perm_checked
 
-    permuted = permute_rows(out, perm) if perm_checked(perm) else None
-    return out.index_select(1, perm) if permuted is None else permuted
+    return gather_last_dim(out, perm) if perm_checked(perm) else out.index_select(1, perm)
 
 
 def _inverse(perm: torch.Tensor) -> torch.Tensor | None:

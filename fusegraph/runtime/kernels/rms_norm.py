@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusegraph.runtime.kernels.gptq_cuda_permute import PERMUTE_MAX_K, permute_rows
+from fusegraph.runtime.kernels.gptq_cuda_permute import PERMUTE_MAX_K, gather_last_dim
 from fusegraph.runtime.kernels.pdl import pdl_enter, pdl_prefetch_l2, triton_pdl
 from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
 
@@ -354,7 +354,7 @@ def rms_norm_cuda(
     its perm's values checked once per tensor first (`ops.norm.check_perm`); from
     `SEPARATE_PERM_ROWS` rows the norm in order, then `permute_rows`."""
     if perm is not None and _permute_apart(_OP, x, weight, perm):
-        return _permuted(rms_norm_rows(x, weight, eps), perm)
+        return gather_last_dim(rms_norm_rows(x, weight, eps), perm)
     return rms_norm_rows(x, weight, eps, perm)
 
 
@@ -365,7 +365,7 @@ def add_rms_norm_cuda(
     order, its perm checked once per tensor first; permuted apart as `rms_norm_cuda` does."""
     if perm is not None and _permute_apart(_ADD_OP, x, weight, perm):
         s, y = add_rms_norm_rows(x, residual, weight, eps)
-        return s, _permuted(y, perm)
+        return s, gather_last_dim(y, perm)
     return add_rms_norm_rows(x, residual, weight, eps, perm)
 
 
@@ -389,10 +389,3 @@ def _many_rows(x: torch.Tensor) -> bool:
     d = x.shape[-1] if x.dim() >= 1 else 0
     ok = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and 0 < d <= PERMUTE_MAX_K
     return ok and x.numel() // d >= SEPARATE_PERM_ROWS
-
-
-def _permuted(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """`y[..., perm]` by `permute_rows` (aten's `index_select` where it cannot run: no NVRTC)."""
-    y2 = y.reshape(-1, y.shape[-1])
-    yp = permute_rows(y2, perm)
-    return (y2.index_select(1, perm.long()) if yp is None else yp).reshape(y.shape)
