@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusegraph import ops
 from fusegraph.compiler import DeviceRef, DType, TensorValue
+from fusegraph.distributed.act_order_mlp import mlp_channels
 from fusegraph.distributed.groups import DEFAULT_GROUP
 from fusegraph.distributed.shards import SafetensorsSource, TensorSource, row_group_size, shard_state
 from fusegraph.nn.decoder import DecoderModel
@@ -33,6 +34,7 @@ from fusegraph.nn.hf_config import ModelConfig, ModelLoadError, parse_dtype
 from fusegraph.nn.hf_loader import SafetensorsDir, _device, _stack_layers
 from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.mlp import make_linear
+from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import (
     GroupSplitError,
     RankShare,
@@ -89,15 +91,15 @@ def build_model_shard(
     rank: int,
     *,
     group: str = DEFAULT_GROUP,
-    row_group_sizes: Mapping[str, int] | None = None,
+    row_quant: Mapping[str, QuantizationConfig] | None = None,
     **model_kwargs: Any,
 ) -> DecoderModel:
     """The (unloaded) `DecoderModel` of `rank`: divided heads and channels, collectives wired.
 
-    `row_group_sizes` maps a row-parallel GPTQ projection (`model.layers.3.mlp.down_proj`)
-    to the group size its shard declares when that differs from the checkpoint's (act-order
-    groups shared between ranks; see `shards.row_group_size`). `model_kwargs` go to
-    `DecoderModel` (dtype, device, fuse, stacked_qkv, ...).
+    `row_quant` maps a row-parallel GPTQ projection (`model.layers.3.mlp.down_proj`) to the
+    GPTQ settings its shard declares where they differ from the checkpoint's (see
+    `row_quant_configs`). `model_kwargs` go to `DecoderModel` (dtype, device, fuse,
+    stacked_qkv, ...).
     """
     layout = model_layout(config, strategy)
     share, n = layout.rank(rank), strategy.world_size
@@ -124,13 +126,13 @@ def build_model_shard(
             quant_config=quant,
             scales_dtype=model.scales_dtype,
         )
-    for prefix, size in (row_group_sizes or {}).items():
-        _regroup(model, prefix, size)
+    for prefix, quant in (row_quant or {}).items():
+        _regroup(model, prefix, quant)
     return model
 
 
-def _regroup(model: DecoderModel, prefix: str, group_size: int) -> None:
-    """Replace the GPTQ projection `prefix` by one declaring `group_size` (same names)."""
+def _regroup(model: DecoderModel, prefix: str, cfg: QuantizationConfig) -> None:
+    """Replace the GPTQ projection `prefix` by one declaring `cfg` (same names)."""
     *path, leaf = prefix.split(".")
     parent: Any = model
     for part in path:
@@ -138,27 +140,38 @@ def _regroup(model: DecoderModel, prefix: str, group_size: int) -> None:
     old = getattr(parent, leaf)
     if not isinstance(old, GPTQLinear):
         raise ShardingError(f"tensor parallel: {prefix} is not a GPTQ projection; cannot regroup it")
-    cfg = dataclasses.replace(old.quant_config, group_size=group_size)
     new = GPTQLinear(old.in_dim, old.out_dim, cfg, old.dtype, old.device, old.has_bias, old.clip_weight,
                      scales_dtype=old._params["scales"].dtype)  # fmt: skip
     setattr(parent, leaf, new)
 
 
-def row_group_sizes(
-    source: TensorSource, config: ModelConfig, layout: TensorParallelLayout, rank: int
-) -> dict[str, int]:
-    """The row-parallel projections whose shard must declare another group size, and that size."""
+def row_quant_configs(
+    source: TensorSource,
+    config: ModelConfig,
+    layout: TensorParallelLayout,
+    rank: int,
+    mlp_by_groups: bool = True,
+) -> dict[str, QuantizationConfig]:
+    """The row-parallel GPTQ projections of act-order models whose shard declares other settings than the
+    checkpoint's, and those settings: a `down_proj` whose channels are dealt out in group order is plain
+    (`desc_act=False`, `act_order_mlp.py`); a shard whose groups other ranks share declares a smaller group size
+    (`shards.row_group_size`). `mlp_by_groups` as for `shard_state`."""
     q = config.quantization
     if q is None or not q.desc_act or q.group_size == -1 or layout.world_size == 1:
         return {}
     share, out = layout.rank(rank), {}
     for i in range(config.num_hidden_layers):
+        mlp = f"model.layers.{i}.mlp"
+        if mlp_by_groups and mlp_channels(source, mlp, layout, rank, q) is not None:
+            out[f"{mlp}.down_proj"] = dataclasses.replace(q, desc_act=False)
         for prefix, rows in (
             (f"model.layers.{i}.self_attn.o_proj", share.q_cols),
-            (f"model.layers.{i}.mlp.down_proj", share.channels),
+            (f"{mlp}.down_proj", share.channels),
         ):
-            if rows is not None and (size := row_group_size(source, prefix, rows, q)) != q.group_size:
-                out[prefix] = size
+            if prefix in out or rows is None:
+                continue
+            if (size := row_group_size(source, prefix, rows, q)) != q.group_size:
+                out[prefix] = dataclasses.replace(q, group_size=size)
     return out
 
 
@@ -213,7 +226,7 @@ def load_model_shard(
     )
     source = SafetensorsSource(sorted(set(files.origin.values())))
     layout = model_layout(config, strategy)
-    kwargs["row_group_sizes"] = row_group_sizes(source, config, layout, rank)
+    kwargs["row_quant"] = row_quant_configs(source, config, layout, rank)
     plain = build_model_shard(config, strategy, rank, group=group, **kwargs)
     wanted = [n for n, _ in plain.named_params()]
     wanted += [n for n, _ in plain.named_accepted() if n in files]

@@ -16,7 +16,9 @@ GPTQ (`qweight [K·bits/32, N]`, `qzeros [G, N·bits/32]`, `scales [G, N]`, `g_i
 - column: `qweight`, `scales` and `qzeros` are cut along N (N boundaries must fall on whole
   int32 words of qzeros); `g_idx` is kept whole.
 - row: `qweight` is cut along K; a rank takes the groups its rows use. Without act-order
-  the K boundaries must be group boundaries, else `GroupSplitError`. With act-order the
+  the K boundaries must be group boundaries, else `GroupSplitError`. With act-order an
+  MLP's channels are dealt out in `down_proj`'s group order (`act_order_mlp.py`): each rank
+  holds whole groups and its `down_proj` shard is plain. Elsewhere (`o_proj`) the
   rank's groups are renumbered (`g_idx` remapped, `scales`/`qzeros` rows picked); a group
   whose rows lie on several ranks is duplicated on each, as vLLM does, and the shard's layer
   then declares a smaller group size (`row_group_size`) so that its group count holds them.
@@ -36,6 +38,7 @@ from typing import Literal, Protocol, TypeVar
 
 import torch
 
+from fusegraph.distributed.act_order_mlp import MLP_LEAVES, mlp_channels, shard_by_channels
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingError, TensorParallelLayout
 
@@ -175,6 +178,7 @@ def shard_state(
     rank: int,
     quant_config: QuantizationConfig | None = None,
     names: Iterable[str] | None = None,
+    mlp_by_groups: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Rank `rank`'s tensors of a full checkpoint, named as in the checkpoint.
 
@@ -184,6 +188,9 @@ def shard_state(
         rank: Which rank's share to read.
         quant_config: The GPTQ settings of the quantized projections (None: dense model).
         names: Only these tensors (default: all of the source's).
+        mlp_by_groups: Deal an act-order MLP's channels out in `down_proj`'s group order
+            (`act_order_mlp.py`); False: in index order, every rank's down_proj duplicating
+            the groups it shares (the split before; the benchmarks' baseline).
 
     Raises:
         GroupSplitError: A row split would cut a GPTQ group.
@@ -193,9 +200,11 @@ def shard_state(
     wanted = list(names) if names is not None else source.names()
     out: dict[str, torch.Tensor] = {}
     done: set[str] = set()
+    # each MLP's channels in down_proj's group order (act_order_mlp.py), or None
+    orders: dict[str, torch.Tensor | None] = {}
     for name in wanted:
         prefix, _, param = name.rpartition(".")
-        leaf = prefix.rpartition(".")[2]
+        mlp, _, leaf = prefix.rpartition(".")
         split = projection_split(leaf, share, layout) if prefix else None
         if split is None:
             out[name] = source.read(name)
@@ -204,7 +213,12 @@ def shard_state(
             continue
         done.add(prefix)
         present = {p for p in ("weight", "bias", *GPTQ_PARAMS) if f"{prefix}.{p}" in wanted}
-        out.update(_shard_projection(source, prefix, present, split, rank, quant_config))
+        if leaf in MLP_LEAVES and mlp not in orders:
+            orders[mlp] = mlp_channels(source, mlp, layout, rank, quant_config) if mlp_by_groups else None
+        if leaf in MLP_LEAVES and (channels := orders[mlp]) is not None and quant_config is not None:
+            out.update(shard_by_channels(source, prefix, present, channels, layout, rank, quant_config))
+        else:
+            out.update(_shard_projection(source, prefix, present, split, rank, quant_config))
     return out
 
 

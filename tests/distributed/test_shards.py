@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from fusegraph.distributed.act_order_mlp import mlp_channels
 from fusegraph.distributed.shards import DictSource, SafetensorsSource, row_group_size, shard_state
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import (
@@ -50,18 +51,99 @@ def _dense(t: dict, prefix: str, cfg: QuantizationConfig) -> torch.Tensor:
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_shard_state__gptq_column_and_row_slices_dequantize_to_the_full_slices(bits: int) -> None:
     cfg = QuantizationConfig(bits=bits, group_size=32, desc_act=True, sym=False)
-    hidden, inter = 64, 128
-    full = {
-        **_gptq("mlp.gate_proj", inter, hidden, cfg, None, 1),  # column: any act-order is fine
-        **_gptq("mlp.down_proj", hidden, inter, cfg, _blockwise_perm(inter, 2, 2), 2),
-    }
-    layout = _layout(intermediate_size=inter)
+    hidden = 64
+    # an act order that keeps each rank's o_proj groups whole
+    full = _gptq("self_attn.o_proj", hidden, 64, cfg, _blockwise_perm(64, 2, 2), 2)
     for rank in range(2):
-        part = shard_state(DictSource(full), layout, rank, cfg)
-        cols = slice(rank * 64, (rank + 1) * 64)
-        assert torch.equal(_dense(part, "mlp.gate_proj", cfg), _dense(full, "mlp.gate_proj", cfg)[:, cols])
-        assert torch.equal(_dense(part, "mlp.down_proj", cfg), _dense(full, "mlp.down_proj", cfg)[cols, :])
-        assert part["mlp.down_proj.scales"].shape == (2, hidden)  # 64 rows / group_size 32
+        part = shard_state(DictSource(full), _layout(), rank, cfg)
+        rows = slice(rank * 32, (rank + 1) * 32)
+        want = _dense(full, "self_attn.o_proj", cfg)[rows, :]
+        assert torch.equal(_dense(part, "self_attn.o_proj", cfg), want)
+        assert part["self_attn.o_proj.scales"].shape == (1, hidden)  # 32 rows / group_size 32
+
+
+def _column_of(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """For each column of `part`, the index of the equal column of `whole` (each must have exactly one)."""
+    same = (part.t()[:, None, :] == whole.t()[None, :, :]).all(-1)
+    assert (same.sum(1) == 1).all(), "a shard column equals no column, or several, of the full weight"
+    return same.int().argmax(1)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_shard_state__act_order_mlp_channels_go_by_down_proj_groups(bits: int) -> None:
+    # down_proj's act order spreads every group over both halves of its rows; the ranks still get whole groups:
+    # the gate/up columns and the down rows of the same channels, down's shard plain (g_idx = arange // 32)
+    cfg = QuantizationConfig(bits=bits, group_size=32, desc_act=True, sym=False)
+    plain = QuantizationConfig(bits=bits, group_size=32, desc_act=False, sym=False)
+    hidden, inter = 64, 128
+    gen = torch.Generator().manual_seed(3)
+    full = {
+        **_gptq("mlp.gate_proj", inter, hidden, cfg, torch.randperm(hidden, generator=gen), 1),
+        **_gptq("mlp.up_proj", inter, hidden, cfg, torch.randperm(hidden, generator=gen), 2),
+        **_gptq("mlp.down_proj", hidden, inter, cfg, torch.randperm(inter, generator=gen), 3),
+    }
+    down_groups = full["mlp.down_proj.g_idx"].long()
+    # each half of the rows holds rows of all 4 groups: a contiguous split would cut every group
+    assert all(len(set(down_groups[h * 64 : (h + 1) * 64].tolist())) == 4 for h in range(2))
+    gate, up, down = (_dense(full, f"mlp.{p}", cfg) for p in ("gate_proj", "up_proj", "down_proj"))
+    h = torch.randn(3, inter, generator=gen)
+    summed, seen = torch.zeros(3, hidden), []
+    for rank in range(2):
+        part = shard_state(DictSource(full), _layout(intermediate_size=inter), rank, cfg)
+        channels = _column_of(_dense(part, "mlp.gate_proj", cfg), gate)
+        assert torch.equal(_dense(part, "mlp.up_proj", cfg), up[:, channels])
+        assert torch.equal(part["mlp.down_proj.g_idx"].long(), torch.arange(64) // 32)
+        assert part["mlp.down_proj.scales"].shape == (2, hidden)  # its own two groups, none duplicated
+        assert torch.equal(_dense(part, "mlp.down_proj", plain), down[channels, :])
+        assert set(down_groups[channels].tolist()) == {2 * rank, 2 * rank + 1}
+        summed += h[:, channels] @ _dense(part, "mlp.down_proj", plain)
+        seen += channels.tolist()
+    assert sorted(seen) == list(range(inter))
+    torch.testing.assert_close(summed, h @ down)
+
+
+def test_shard_state__act_order_stacked_gate_up_takes_the_same_channels_of_gate_and_up() -> None:
+    cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
+    gen = torch.Generator().manual_seed(6)
+    # gate and up share their input's act order, as GPTQ gives them
+    attn_order = torch.randperm(64, generator=gen)
+    apart = {
+        **_gptq("mlp.gate_proj", 128, 64, cfg, attn_order, 1),
+        **_gptq("mlp.up_proj", 128, 64, cfg, attn_order, 2),
+        **_gptq("mlp.down_proj", 64, 128, cfg, torch.randperm(128, generator=gen), 3),
+    }
+    stacked = {
+        f"mlp.down_proj.{p}": apart[f"mlp.down_proj.{p}"] for p in ("qweight", "qzeros", "scales", "g_idx")
+    }
+    for p in ("qweight", "qzeros", "scales"):
+        stacked[f"mlp.gate_up_proj.{p}"] = torch.cat(
+            [apart[f"mlp.gate_proj.{p}"], apart[f"mlp.up_proj.{p}"]], 1
+        )
+    stacked["mlp.gate_up_proj.g_idx"] = apart["mlp.gate_proj.g_idx"]
+    layout = _layout(intermediate_size=128)
+    for rank in range(2):
+        one, two = (
+            shard_state(DictSource(stacked), layout, rank, cfg),
+            shard_state(DictSource(apart), layout, rank, cfg),
+        )
+        want = torch.cat([_dense(two, "mlp.gate_proj", cfg), _dense(two, "mlp.up_proj", cfg)], 1)
+        assert torch.equal(_dense(one, "mlp.gate_up_proj", cfg), want)
+        assert torch.equal(one["mlp.down_proj.qweight"], two["mlp.down_proj.qweight"])
+
+
+def test_shard_state__act_order_groups_of_other_sizes_keep_the_contiguous_split() -> None:
+    # groups of 40 and 24 rows (a valid g_idx, not GPTQ's whole groups): no rank can hold whole groups of 32
+    cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
+    full = _gptq("mlp.down_proj", 64, 128, cfg, None, 4)
+    g_idx = torch.tensor([0] * 40 + [1] * 24 + [2] * 32 + [3] * 32, dtype=torch.int32)
+    full["mlp.down_proj.g_idx"] = g_idx[torch.randperm(128, generator=torch.Generator().manual_seed(5))]
+    layout = _layout(intermediate_size=128)
+    assert mlp_channels(DictSource(full), "mlp", layout, 0, cfg) is None
+    part = shard_state(DictSource(full), layout, 0, cfg)
+    size = row_group_size(DictSource(full), "mlp.down_proj", range(64), cfg)
+    local = QuantizationConfig(bits=4, group_size=size, desc_act=True, sym=False)
+    assert size < 32
+    assert torch.equal(_dense(part, "mlp.down_proj", local), _dense(full, "mlp.down_proj", cfg)[:64])
 
 
 def test_shard_state__heads_and_gqa_replication() -> None:

@@ -4,6 +4,7 @@ its kv heads; and the named errors for models that do not split."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, cast
 
@@ -97,6 +98,11 @@ def test_act_order_shared_groups__shard_declares_a_smaller_group_size(tmp_path: 
         model.state_dict()["model.layers.0.self_attn.o_proj.scales"].shape[0]
         == 32 // o_proj.quant_config.group_size
     )
+    # down_proj's groups are cut by its index order too, but its channels go to the ranks in group order:
+    # whole groups, a plain shard of the checkpoint's group size, its own 64 / 16 groups' scales
+    down = cast(GPTQLinear, model.model.layers[0].mlp.down_proj)
+    assert down.quant_config == dataclasses.replace(_tiny.QUANT, desc_act=False)
+    assert model.state_dict()["model.layers.0.mlp.down_proj.scales"].shape[0] == 64 // _tiny.QUANT.group_size
 
 
 def test_world_size_not_matching_the_devices__named_error(tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""Act-order MLP shards by channel order: each rank takes whole `down_proj` groups.
+
+With act order (`desc_act`), `down_proj`'s rows (the intermediate channels) belong to their
+GPTQ groups in a scattered order, so the contiguous channel split of `shards.py` leaves every
+group partly on each rank: each shard then duplicates the groups' scales and declares a
+smaller group size, which the tiled CUDA layout does not take (`gptq-repack` refuses it and
+the shard runs the slower Triton GEMM).
+
+But a column-parallel `gate_proj`/`up_proj` can hand a rank any set of channels, in any order,
+and `down_proj` only needs its rows in the same order. So the rank takes the channels
+`argsort(g_idx)[r·I/n : (r+1)·I/n]`: sorted by group, they hold whole groups
+`[r·G/n, (r+1)·G/n)`, and the shard's rows come out in group order. Its `g_idx` is then
+`arange(I/n) // group_size`: the shard is a plain (`desc_act=False`) GPTQ weight, with no
+permutation of x left to run, and it holds exactly its own groups' scales.
+
+This needs each group to hold exactly `group_size` rows (GPTQ's act order gives that) and
+`I/n` to be a multiple of `group_size`; otherwise `mlp_channels` returns None and the shard
+takes the contiguous split. `o_proj` cannot do the same: its input rows are the rank's
+attention heads, which fix its channels.
+
+Reading: a rank reads its shards' whole tensors here (the channels are scattered), not only
+its slice as `SafetensorsSource.read` does for contiguous splits.
+
+Example:
+    >>> order = mlp_channels(source, "model.layers.0.mlp", layout, rank=1, cfg=quant)
+    >>> part = shard_by_channels(source, "model.layers.0.mlp.down_proj", present, order, layout, 1, quant)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from fusegraph.nn.quant import QuantizationConfig
+from fusegraph.nn.sharding import ShardingError, TensorParallelLayout
+from fusegraph.ops.gptq_packing import pack_rows, unpack_rows
+
+if TYPE_CHECKING:  # shards.py imports this module
+    from fusegraph.distributed.shards import TensorSource
+
+MLP_LEAVES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
+
+__all__ = ["MLP_LEAVES", "mlp_channels", "shard_by_channels"]
+
+
+def mlp_channels(
+    source: TensorSource, mlp: str, layout: TensorParallelLayout, rank: int, cfg: QuantizationConfig | None
+) -> torch.Tensor | None:
+    """Rank `rank`'s intermediate channels of the MLP `mlp` (`model.layers.3.mlp`) in `down_proj`'s
+    group order (int64), or None where the contiguous split applies: no act order, no `down_proj.g_idx`,
+    a group not of exactly `group_size` rows, or a rank's share not a whole number of groups."""
+    if cfg is None or not cfg.desc_act or cfg.group_size == -1 or layout.world_size == 1:
+        return None
+    name = f"{mlp}.down_proj.g_idx" if mlp else "down_proj.g_idx"
+    share = layout.rank(rank).channels
+    if share is None or name not in source.names() or len(share) % cfg.group_size:
+        return None
+    g_idx = source.read(name).to(torch.int64)
+    order = torch.argsort(g_idx, stable=True)
+    if not torch.equal(g_idx[order], torch.arange(g_idx.numel()) // cfg.group_size):
+        return None
+    return order[share.start : share.stop]
+
+
+def shard_by_channels(
+    source: TensorSource,
+    prefix: str,
+    present: set[str],
+    channels: torch.Tensor,
+    layout: TensorParallelLayout,
+    rank: int,
+    cfg: QuantizationConfig,
+) -> dict[str, torch.Tensor]:
+    """The rank's tensors of MLP projection `prefix` for `channels` (from `mlp_channels`): columns of
+    `gate_proj`/`up_proj`/`gate_up_proj`, rows of `down_proj` (then plain: `g_idx` is `arange // group_size`),
+    named as in the checkpoint."""
+    leaf = prefix.rpartition(".")[2]
+    inter = layout.intermediate_size
+    if leaf not in MLP_LEAVES or inter is None:
+        raise ShardingError(
+            f"tensor parallel: {prefix} is not an MLP projection of a layout with intermediate_size"
+        )
+    if leaf == "down_proj":
+        out = _rows(source, prefix, present, channels, rank, cfg)
+    else:  # a stacked gate_up_proj holds gate's I columns, then up's
+        cols = torch.cat([channels, channels + inter]) if leaf == "gate_up_proj" else channels
+        out = _columns(source, prefix, present, cols, cfg)
+    return {f"{prefix}.{k}": v for k, v in out.items()}
+
+
+def _columns(
+    src: TensorSource, prefix: str, present: set[str], cols: torch.Tensor, cfg: QuantizationConfig
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if "weight" in present:  # dense [N, K]
+        out["weight"] = src.read(f"{prefix}.weight").index_select(0, cols).contiguous()
+    if "qweight" in present:
+        out["qweight"] = src.read(f"{prefix}.qweight").index_select(1, cols).contiguous()
+        out["scales"] = src.read(f"{prefix}.scales").index_select(1, cols).contiguous()
+        if "qzeros" in present:  # packed along N: unpack the columns, pick, pack again
+            zeros = unpack_rows(src.read(f"{prefix}.qzeros").t(), cfg.bits).index_select(0, cols)
+            out["qzeros"] = pack_rows(zeros, cfg.bits).t().contiguous()
+        if "g_idx" in present:
+            out["g_idx"] = src.read(f"{prefix}.g_idx")
+    if "bias" in present:
+        out["bias"] = src.read(f"{prefix}.bias").index_select(0, cols).contiguous()
+    return out
+
+
+def _rows(
+    src: TensorSource, prefix: str, present: set[str], rows: torch.Tensor, rank: int, cfg: QuantizationConfig
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if "weight" in present:  # dense [N, K]
+        out["weight"] = src.read(f"{prefix}.weight").index_select(1, rows).contiguous()
+    if "qweight" in present:  # packed along K: unpack the rows, pick them in group order, pack again
+        q = unpack_rows(src.read(f"{prefix}.qweight"), cfg.bits).index_select(0, rows)
+        out["qweight"] = pack_rows(q, cfg.bits)
+        g_idx = src.read(f"{prefix}.g_idx").to(torch.int64).index_select(0, rows)  # sorted: whole groups
+        first, groups = int(g_idx[0]), rows.numel() // cfg.group_size
+        out["scales"] = src.read(f"{prefix}.scales", 0, first, first + groups).contiguous()
+        if "qzeros" in present:
+            out["qzeros"] = src.read(f"{prefix}.qzeros", 0, first, first + groups).contiguous()
+        if "g_idx" in present:
+            out["g_idx"] = (g_idx - first).to(torch.int32)
+    if "bias" in present:  # summed over the ranks by the allreduce: add it once
+        bias = src.read(f"{prefix}.bias")
+        out["bias"] = bias if rank == 0 else torch.zeros_like(bias)
+    return out
