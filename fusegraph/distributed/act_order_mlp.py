@@ -57,6 +57,8 @@ def mlp_channels(
     if share is None or name not in source.names() or len(share) % cfg.group_size:
         return None
     g_idx = source.read(name).to(torch.int64)
+    if tuple(g_idx.shape) != (layout.intermediate_size,):  # malformed: the contiguous split's checks name it
+        return None
     order = torch.argsort(g_idx, stable=True)
     if not torch.equal(g_idx[order], torch.arange(g_idx.numel()) // cfg.group_size):
         return None

@@ -139,6 +139,8 @@ def test_shard_state__act_order_groups_of_other_sizes_keep_the_contiguous_split(
     full["mlp.down_proj.g_idx"] = g_idx[torch.randperm(128, generator=torch.Generator().manual_seed(5))]
     layout = _layout(intermediate_size=128)
     assert mlp_channels(DictSource(full), "mlp", layout, 0, cfg) is None
+    short = full | {"mlp.down_proj.g_idx": torch.arange(96, dtype=torch.int32) // 32}  # malformed: K is 128
+    assert mlp_channels(DictSource(short), "mlp", layout, 0, cfg) is None
     part = shard_state(DictSource(full), layout, 0, cfg)
     size = row_group_size(DictSource(full), "mlp.down_proj", range(64), cfg)
     local = QuantizationConfig(bits=4, group_size=size, desc_act=True, sym=False)
