@@ -39,7 +39,7 @@ from frontend import LLAMA3_8B  # noqa: E402
 
 from fusegraph.compiler import DeviceRef, DType  # noqa: E402
 from fusegraph.distributed import RankInfo, launch  # noqa: E402
-from fusegraph.distributed.model import build_model_shard, model_layout, row_quant_configs  # noqa: E402
+from fusegraph.distributed.model import act_order_plan, build_model_shard, model_layout  # noqa: E402
 from fusegraph.distributed.shards import DictSource, shard_state  # noqa: E402
 from fusegraph.nn import DEFAULT_PIPELINE, ModelConfig  # noqa: E402
 from fusegraph.nn.quant import QuantizationConfig  # noqa: E402
@@ -131,8 +131,8 @@ def check(info: RankInfo, config: ModelConfig) -> dict[str, Any]:
     del one
     strategy = ShardingStrategy.tensor_parallel(info.world_size)
     layout = model_layout(config, strategy)
-    regroup = row_quant_configs(DictSource(full), config, layout, info.rank)
-    two = build_model_shard(config, strategy, info.rank, device=ref, page_size=PAGE, row_quant=regroup)
+    plan = act_order_plan(DictSource(full), config, layout, info.rank)
+    two = build_model_shard(config, strategy, info.rank, device=ref, page_size=PAGE, act_order=plan)
     names = [n for n, _ in two.named_params()]
     two.load_state_dict(shard_state(DictSource(full), layout, info.rank, config.quantization, names))
     tp2 = _run_steps(two, steps, config.vocab_size, dev)

@@ -20,13 +20,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fusegraph import ops
 from fusegraph.compiler import DeviceRef, DType, TensorValue
-from fusegraph.distributed.act_order_mlp import mlp_channels
+from fusegraph.distributed.act_order_shards import mlp_channels, o_proj_gathered
 from fusegraph.distributed.groups import DEFAULT_GROUP
 from fusegraph.distributed.shards import SafetensorsSource, TensorSource, row_group_size, shard_state
 from fusegraph.nn.decoder import DecoderModel
@@ -42,6 +43,7 @@ from fusegraph.nn.sharding import (
     ShardingStrategy,
     TensorParallelLayout,
 )
+from fusegraph.nn.transformer import TransformerBlock
 
 if TYPE_CHECKING:
     import torch
@@ -85,21 +87,64 @@ def rank_config(config: ModelConfig, share: RankShare) -> ModelConfig:
     )
 
 
+@dataclass(frozen=True)
+class ActOrderPlan:
+    """A rank's act-order GPTQ projections that are not plain row shards (see `act_order_plan`).
+
+    Attributes:
+        row_quant: A row-parallel projection (`model.layers.3.mlp.down_proj`) -> the GPTQ settings its shard
+            declares: `desc_act=False` for a down_proj in group order, a smaller group size for a shard of
+            duplicated groups.
+        gathered: The `o_proj`s every rank holds whole and runs on the gathered heads (`fg.allgather` before,
+            no `fg.allreduce` after).
+    """
+
+    row_quant: Mapping[str, QuantizationConfig] = field(default_factory=dict)
+    gathered: frozenset[str] = frozenset()
+
+
+def act_order_plan(
+    source: TensorSource,
+    config: ModelConfig,
+    layout: TensorParallelLayout,
+    rank: int,
+    whole_groups: bool = True,
+) -> ActOrderPlan:
+    """How rank `rank` holds the act-order projections of `config` (`act_order_shards.py`): with `whole_groups`
+    (as for `shard_state`), the MLP's channels in down_proj's group order (a plain down_proj shard) and an o_proj
+    whose groups the heads' split cuts gathered; otherwise a shard whose groups other ranks share declares a
+    smaller group size (`shards.row_group_size`)."""
+    q = config.quantization
+    if q is None or not q.desc_act or q.group_size == -1 or layout.world_size == 1:
+        return ActOrderPlan()
+    share, row_quant, gathered = layout.rank(rank), {}, set()
+    for i in range(config.num_hidden_layers):
+        mlp, o_proj = f"model.layers.{i}.mlp", f"model.layers.{i}.self_attn.o_proj"
+        if whole_groups and o_proj_gathered(source, o_proj, layout, q):
+            gathered.add(o_proj)
+        if whole_groups and mlp_channels(source, mlp, layout, rank, q) is not None:
+            row_quant[f"{mlp}.down_proj"] = dataclasses.replace(q, desc_act=False)
+        for prefix, rows in ((o_proj, share.q_cols), (f"{mlp}.down_proj", share.channels)):
+            if prefix in row_quant or prefix in gathered or rows is None:
+                continue
+            if (size := row_group_size(source, prefix, rows, q)) != q.group_size:
+                row_quant[prefix] = dataclasses.replace(q, group_size=size)
+    return ActOrderPlan(row_quant, frozenset(gathered))
+
+
 def build_model_shard(
     config: ModelConfig,
     strategy: ShardingStrategy,
     rank: int,
     *,
     group: str = DEFAULT_GROUP,
-    row_quant: Mapping[str, QuantizationConfig] | None = None,
+    act_order: ActOrderPlan | None = None,
     **model_kwargs: Any,
 ) -> DecoderModel:
     """The (unloaded) `DecoderModel` of `rank`: divided heads and channels, collectives wired.
 
-    `row_quant` maps a row-parallel GPTQ projection (`model.layers.3.mlp.down_proj`) to the
-    GPTQ settings its shard declares where they differ from the checkpoint's (see
-    `row_quant_configs`). `model_kwargs` go to `DecoderModel` (dtype, device, fuse,
-    stacked_qkv, ...).
+    `act_order` (from `act_order_plan`) names the act-order projections sharded otherwise than by
+    a plain row split. `model_kwargs` go to `DecoderModel` (dtype, device, fuse, stacked_qkv, ...).
     """
     layout = model_layout(config, strategy)
     share, n = layout.rank(rank), strategy.world_size
@@ -109,8 +154,10 @@ def build_model_shard(
     def reduce(x: TensorValue) -> TensorValue:
         return ops.allreduce(x, group=group, world_size=n)
 
-    def gather(logits: TensorValue) -> TensorValue:
-        return ops.allgather(logits, axis=1, group=group, world_size=n)
+    def gather(
+        x: TensorValue,
+    ) -> TensorValue:  # the logits' vocabulary, or the heads before a gathered o_proj
+        return ops.allgather(x, axis=1, group=group, world_size=n)
 
     tied = config.tie_word_embeddings
     model = DecoderModel(
@@ -126,17 +173,25 @@ def build_model_shard(
             quant_config=quant,
             scales_dtype=model.scales_dtype,
         )
-    for prefix, quant in (row_quant or {}).items():
+    plan = act_order or ActOrderPlan()
+    for prefix, quant in plan.row_quant.items():
         _regroup(model, prefix, quant)
+    for prefix in sorted(plan.gathered):
+        _gather_o_proj(model, prefix, n, gather)
     return model
+
+
+def _module(model: DecoderModel, path: list[str]) -> Any:
+    node: Any = model
+    for part in path:
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
 
 
 def _regroup(model: DecoderModel, prefix: str, cfg: QuantizationConfig) -> None:
     """Replace the GPTQ projection `prefix` by one declaring `cfg` (same names)."""
     *path, leaf = prefix.split(".")
-    parent: Any = model
-    for part in path:
-        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    parent = _module(model, path)
     old = getattr(parent, leaf)
     if not isinstance(old, GPTQLinear):
         raise ShardingError(f"tensor parallel: {prefix} is not a GPTQ projection; cannot regroup it")
@@ -145,34 +200,37 @@ def _regroup(model: DecoderModel, prefix: str, cfg: QuantizationConfig) -> None:
     setattr(parent, leaf, new)
 
 
-def row_quant_configs(
-    source: TensorSource,
-    config: ModelConfig,
-    layout: TensorParallelLayout,
-    rank: int,
-    mlp_by_groups: bool = True,
-) -> dict[str, QuantizationConfig]:
-    """The row-parallel GPTQ projections of act-order models whose shard declares other settings than the
-    checkpoint's, and those settings: a `down_proj` whose channels are dealt out in group order is plain
-    (`desc_act=False`, `act_order_mlp.py`); a shard whose groups other ranks share declares a smaller group size
-    (`shards.row_group_size`). `mlp_by_groups` as for `shard_state`."""
-    q = config.quantization
-    if q is None or not q.desc_act or q.group_size == -1 or layout.world_size == 1:
-        return {}
-    share, out = layout.rank(rank), {}
-    for i in range(config.num_hidden_layers):
-        mlp = f"model.layers.{i}.mlp"
-        if mlp_by_groups and mlp_channels(source, mlp, layout, rank, q) is not None:
-            out[f"{mlp}.down_proj"] = dataclasses.replace(q, desc_act=False)
-        for prefix, rows in (
-            (f"model.layers.{i}.self_attn.o_proj", share.q_cols),
-            (f"{mlp}.down_proj", share.channels),
-        ):
-            if prefix in out or rows is None:
-                continue
-            if (size := row_group_size(source, prefix, rows, q)) != q.group_size:
-                out[prefix] = dataclasses.replace(q, group_size=size)
-    return out
+def _gather_o_proj(
+    model: DecoderModel, prefix: str, world_size: int, gather: Callable[[TensorValue], TensorValue]
+) -> None:
+    """Make `prefix` (`model.layers.3.self_attn.o_proj`) the whole projection, fed the heads of all ranks, and
+    take the all-reduce off its block's attention output."""
+    *block_path, attn_name, leaf = prefix.split(".")
+    block = _module(model, block_path)
+    attention = getattr(block, attn_name)
+    old = getattr(attention, leaf)
+    if not isinstance(block, TransformerBlock) or not isinstance(old, GPTQLinear):
+        raise ShardingError(
+            f"tensor parallel: {prefix} is not the GPTQ o_proj of a decoder block; cannot gather it"
+        )
+    new = GatheredGPTQLinear(old.in_dim * world_size, old.out_dim, old.quant_config, old.dtype, old.device,
+                             old.has_bias, old.clip_weight, scales_dtype=old._params["scales"].dtype)  # fmt: skip
+    new.gather = gather
+    setattr(attention, leaf, new)
+    block.reduce_attention = False
+
+
+class GatheredGPTQLinear(GPTQLinear):
+    """A whole GPTQ projection run on its input gathered from every rank (`gather`, set after construction):
+    a tensor-parallel o_proj whose act-order groups the heads' split would cut. Same parameters and names as
+    `GPTQLinear`."""
+
+    gather: Callable[[TensorValue], TensorValue] | None = None
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        if self.gather is None:
+            raise ShardingError("tensor parallel: a gathered o_proj was built without its gather")
+        return super().__call__(self.gather(x))
 
 
 def load_model_shard(
@@ -226,7 +284,7 @@ def load_model_shard(
     )
     source = SafetensorsSource(sorted(set(files.origin.values())))
     layout = model_layout(config, strategy)
-    kwargs["row_quant"] = row_quant_configs(source, config, layout, rank)
+    kwargs["act_order"] = act_order_plan(source, config, layout, rank)
     plain = build_model_shard(config, strategy, rank, group=group, **kwargs)
     wanted = [n for n, _ in plain.named_params()]
     wanted += [n for n, _ in plain.named_accepted() if n in files]

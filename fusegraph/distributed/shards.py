@@ -17,9 +17,9 @@ GPTQ (`qweight [K·bits/32, N]`, `qzeros [G, N·bits/32]`, `scales [G, N]`, `g_i
   int32 words of qzeros); `g_idx` is kept whole.
 - row: `qweight` is cut along K; a rank takes the groups its rows use. Without act-order
   the K boundaries must be group boundaries, else `GroupSplitError`. With act-order an
-  MLP's channels are dealt out in `down_proj`'s group order (`act_order_mlp.py`): each rank
-  holds whole groups and its `down_proj` shard is plain. Elsewhere (`o_proj`) the
-  rank's groups are renumbered (`g_idx` remapped, `scales`/`qzeros` rows picked); a group
+  MLP's channels are dealt out in `down_proj`'s group order, and an `o_proj` whose groups the
+  heads' split cuts is replicated (`act_order_shards.py`). Otherwise (`whole_groups=False`, or
+  groups not of exactly group_size rows) the rank's groups are renumbered (`g_idx` remapped, `scales`/`qzeros` rows picked); a group
   whose rows lie on several ranks is duplicated on each, as vLLM does, and the shard's layer
   then declares a smaller group size (`row_group_size`) so that its group count holds them.
 - a row-parallel bias is added once: rank 0 holds it, the other ranks hold zeros.
@@ -38,7 +38,12 @@ from typing import Literal, Protocol, TypeVar
 
 import torch
 
-from fusegraph.distributed.act_order_mlp import MLP_LEAVES, mlp_channels, shard_by_channels
+from fusegraph.distributed.act_order_shards import (
+    MLP_LEAVES,
+    mlp_channels,
+    o_proj_gathered,
+    shard_by_channels,
+)
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingError, TensorParallelLayout
 
@@ -178,7 +183,7 @@ def shard_state(
     rank: int,
     quant_config: QuantizationConfig | None = None,
     names: Iterable[str] | None = None,
-    mlp_by_groups: bool = True,
+    whole_groups: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Rank `rank`'s tensors of a full checkpoint, named as in the checkpoint.
 
@@ -188,9 +193,10 @@ def shard_state(
         rank: Which rank's share to read.
         quant_config: The GPTQ settings of the quantized projections (None: dense model).
         names: Only these tensors (default: all of the source's).
-        mlp_by_groups: Deal an act-order MLP's channels out in `down_proj`'s group order
-            (`act_order_mlp.py`); False: in index order, every rank's down_proj duplicating
-            the groups it shares (the split before; the benchmarks' baseline).
+        whole_groups: Act-order shards hold whole groups (`act_order_shards.py`): the MLP's
+            channels in `down_proj`'s group order, an `o_proj` whose groups the heads' split
+            cuts read whole (replicated). False: the index-order split, each row-parallel shard
+            duplicating the groups it shares (the split before; the benchmarks' baseline).
 
     Raises:
         GroupSplitError: A row split would cut a GPTQ group.
@@ -200,13 +206,16 @@ def shard_state(
     wanted = list(names) if names is not None else source.names()
     out: dict[str, torch.Tensor] = {}
     done: set[str] = set()
-    # each MLP's channels in down_proj's group order (act_order_mlp.py), or None
+    # each MLP's channels in down_proj's group order (act_order_shards.py), or None
     orders: dict[str, torch.Tensor | None] = {}
+    gathered: dict[str, bool] = {}  # each o_proj: replicated, fed the gathered heads (act_order_shards.py)
     for name in wanted:
         prefix, _, param = name.rpartition(".")
         mlp, _, leaf = prefix.rpartition(".")
         split = projection_split(leaf, share, layout) if prefix else None
-        if split is None:
+        if leaf == "o_proj" and prefix not in gathered:
+            gathered[prefix] = whole_groups and o_proj_gathered(source, prefix, layout, quant_config)
+        if split is None or gathered.get(prefix, False):
             out[name] = source.read(name)
             continue
         if prefix in done:
@@ -214,7 +223,7 @@ def shard_state(
         done.add(prefix)
         present = {p for p in ("weight", "bias", *GPTQ_PARAMS) if f"{prefix}.{p}" in wanted}
         if leaf in MLP_LEAVES and mlp not in orders:
-            orders[mlp] = mlp_channels(source, mlp, layout, rank, quant_config) if mlp_by_groups else None
+            orders[mlp] = mlp_channels(source, mlp, layout, rank, quant_config) if whole_groups else None
         if leaf in MLP_LEAVES and (channels := orders[mlp]) is not None and quant_config is not None:
             out.update(shard_by_channels(source, prefix, present, channels, layout, rank, quant_config))
         else:

@@ -27,7 +27,9 @@ class TransformerBlock(Module):
         attention_norm: The norm before attention (`input_layernorm`).
         mlp_norm: The norm before the MLP (`post_attention_layernorm`).
         tp_reduce: Tensor parallelism: applied to the attention output and to the MLP output
-            before each residual add (an all-reduce of the per-rank partial sums).
+            before each residual add (an all-reduce of the per-rank partial sums). The attribute
+            `reduce_attention = False` leaves the attention output alone (a tensor-parallel
+            o_proj that already ran on the heads of all ranks: `distributed/model.py`).
 
     Example:
         >>> block = TransformerBlock(attn, MLP(64, 96), RMSNorm(64), RMSNorm(64))
@@ -44,6 +46,7 @@ class TransformerBlock(Module):
     ) -> None:
         super().__init__()
         self.tp_reduce = tp_reduce
+        self.reduce_attention = True
         self.self_attn = attention
         self.mlp = mlp
         self.input_layernorm = attention_norm
@@ -60,5 +63,5 @@ class TransformerBlock(Module):
         """`x` `[T, hidden]` -> `[T, hidden]`; writes layer `layer_idx` of the cache."""
         reduce = self.tp_reduce if self.tp_reduce is not None else (lambda y: y)
         attn = self.self_attn(layer_idx, self.input_layernorm(x), kv_collection, freqs_cis, input_row_offsets)
-        h = x + reduce(attn)
+        h = x + (reduce(attn) if self.reduce_attention else attn)
         return h + reduce(self.mlp(self.post_attention_layernorm(h)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fusegraph.distributed.act_order_mlp import mlp_channels
+from fusegraph.distributed.act_order_shards import mlp_channels, o_proj_gathered
 from fusegraph.distributed.shards import DictSource, SafetensorsSource, row_group_size, shard_state
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import (
@@ -70,7 +70,7 @@ def _column_of(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
-def test_shard_state__act_order_mlp_channels_go_by_down_proj_groups(bits: int) -> None:
+def test_shard_state__act_order_shards_channels_go_by_down_proj_groups(bits: int) -> None:
     # down_proj's act order spreads every group over both halves of its rows; the ranks still get whole groups:
     # the gate/up columns and the down rows of the same channels, down's shard plain (g_idx = arange // 32)
     cfg = QuantizationConfig(bits=bits, group_size=32, desc_act=True, sym=False)
@@ -189,7 +189,25 @@ def test_shard_state__row_split_cutting_a_group_is_refused() -> None:
         shard_state(DictSource(full), _layout(intermediate_size=96), 0, cfg)
 
 
+def test_shard_state__act_order_o_proj_whose_groups_the_heads_cut_is_read_whole() -> None:
+    cfg = QuantizationConfig(bits=4, group_size=16, desc_act=True, sym=False)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(7))  # groups span both halves
+    cut = _gptq("self_attn.o_proj", 64, 64, cfg, perm, 6)
+    whole = _gptq("self_attn.o_proj", 64, 64, cfg, _blockwise_perm(64, 2, 8), 6)
+    layout = _layout()
+    assert o_proj_gathered(DictSource(cut), "self_attn.o_proj", layout, cfg)
+    assert not o_proj_gathered(DictSource(whole), "self_attn.o_proj", layout, cfg)
+    assert not o_proj_gathered(DictSource(cut), "self_attn.o_proj", _layout(world=1), cfg)
+    for rank in range(2):
+        part = shard_state(DictSource(cut), layout, rank, cfg)
+        assert part.keys() == cut.keys() and all(torch.equal(part[k], cut[k]) for k in cut)
+        assert part["self_attn.o_proj.qweight"].shape == (8, 64)  # all 64 rows, 8 to an int32 word
+        row_split = shard_state(DictSource(whole), layout, rank, cfg)
+        assert row_split["self_attn.o_proj.qweight"].shape == (4, 64)
+
+
 def test_shard_state__act_order_groups_shared_by_ranks_are_duplicated() -> None:
+    # the index-order split (`whole_groups=False`; also what a down_proj whose groups are not all group_size rows gets)
     cfg = QuantizationConfig(bits=4, group_size=16, desc_act=True, sym=False)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(7))  # groups span both halves
     full = _gptq("self_attn.o_proj", 64, 64, cfg, perm, 6)
@@ -197,7 +215,7 @@ def test_shard_state__act_order_groups_shared_by_ranks_are_duplicated() -> None:
     for rank in range(2):
         rows = range(rank * 32, (rank + 1) * 32)
         size = row_group_size(DictSource(full), "self_attn.o_proj", rows, cfg)
-        part = shard_state(DictSource(full), layout, rank, cfg)
+        part = shard_state(DictSource(full), layout, rank, cfg, whole_groups=False)
         local = QuantizationConfig(bits=4, group_size=size, desc_act=True, sym=False)
         assert size < 16 and part["self_attn.o_proj.scales"].shape == (32 // size, 64)
         assert torch.equal(

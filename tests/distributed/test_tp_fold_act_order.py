@@ -2,7 +2,7 @@
 per-rank shapes fit the tiled layout (`_tiny.write_model`: each rank's o_proj and down_proj groups whole), each rank's shard run through the CUDA pipeline's passes with the fold and
 without it: the same logits at every step and the same KV blocks on each rank, and with the fold no matmul permutes
 x (o_proj's row-parallel input comes permuted from the rank's attention; down_proj's shard has no act order left:
-`distributed/act_order_mlp.py`)."""
+`distributed/act_order_shards.py`)."""
 
 from __future__ import annotations
 

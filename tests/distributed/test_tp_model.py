@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fusegraph.distributed import launch
-from fusegraph.distributed.model import load_model_shard
+from fusegraph.distributed.model import GatheredGPTQLinear, load_model_shard
 from fusegraph.nn import QuantizationConfig, load_model
 from fusegraph.nn.linear import GPTQLinear
 from fusegraph.nn.sharding import GroupSplitError, HeadsNotDivisibleError, WorldSizeMismatchError
@@ -22,7 +22,7 @@ NEW_TOKENS = 3
 # (name, write_model kwargs): GQA with an untied (column-parallel, gathered) lm_head and
 # act orders that keep each rank's o_proj/down_proj groups whole; and one kv head replicated
 # on both ranks, a tied (replicated) lm_head, and random act orders whose groups the row split
-# shares between the ranks (duplicated on each, the shard declaring a smaller group size).
+# would cut (o_proj gathered, the MLP channels dealt out in down_proj's group order).
 MODELS: list[tuple[str, dict[str, Any]]] = [
     ("gqa_untied", {"n_kv_heads": 2}),
     ("mqa_tied_shared_groups", {"n_kv_heads": 1, "tied": True, "cut_groups": True}),
@@ -89,20 +89,27 @@ def test_row_split_cutting_a_group_without_act_order__named_error(tmp_path: Path
         load_model_shard(folder, rank=0, world_size=2)
 
 
-def test_act_order_shared_groups__shard_declares_a_smaller_group_size(tmp_path: Path) -> None:
+def test_act_order_groups_cut_by_the_split__each_rank_still_holds_whole_groups(tmp_path: Path) -> None:
     folder = _tiny.write_model(tmp_path / "m", cut_groups=True)
     model = load_model_shard(folder, rank=1, world_size=2)
-    o_proj = cast(GPTQLinear, model.model.layers[0].self_attn.o_proj)
-    assert o_proj.quant_config.group_size < _tiny.QUANT.group_size
+    # o_proj's groups are cut by the heads' split: the rank holds the whole o_proj (all 4 heads of 16) and runs it
+    # on the heads gathered from both ranks, with the checkpoint's groups, instead of an all-reduce after it
+    o_proj = model.model.layers[0].self_attn.o_proj
+    assert isinstance(o_proj, GatheredGPTQLinear) and o_proj.in_dim == 64
+    assert o_proj.quant_config == _tiny.QUANT
     assert (
-        model.state_dict()["model.layers.0.self_attn.o_proj.scales"].shape[0]
-        == 32 // o_proj.quant_config.group_size
+        model.state_dict()["model.layers.0.self_attn.o_proj.scales"].shape[0] == 64 // _tiny.QUANT.group_size
     )
-    # down_proj's groups are cut by its index order too, but its channels go to the ranks in group order:
+    # down_proj's groups are cut by the index order too, but its channels go to the ranks in group order:
     # whole groups, a plain shard of the checkpoint's group size, its own 64 / 16 groups' scales
     down = cast(GPTQLinear, model.model.layers[0].mlp.down_proj)
     assert down.quant_config == dataclasses.replace(_tiny.QUANT, desc_act=False)
     assert model.state_dict()["model.layers.0.mlp.down_proj.scales"].shape[0] == 64 // _tiny.QUANT.group_size
+    text = str(model.build_graph(num_blocks=4))
+    layers = _tiny.DIMS[
+        "num_hidden_layers"
+    ]  # per layer: o_proj's gather, the MLP's reduce; then the logits' gather
+    assert text.count("fg.allgather") == layers + 1 and text.count("fg.allreduce") == layers, text
 
 
 def test_world_size_not_matching_the_devices__named_error(tmp_path: Path) -> None:

@@ -1,29 +1,33 @@
-"""Act-order MLP shards by channel order: each rank takes whole `down_proj` groups.
+"""Act-order GPTQ shards that hold whole groups: the MLP's channels in `down_proj`'s group order, and `o_proj`
+replicated behind an all-gather where the heads' split would cut its groups.
 
-With act order (`desc_act`), `down_proj`'s rows (the intermediate channels) belong to their
-GPTQ groups in a scattered order, so the contiguous channel split of `shards.py` leaves every
-group partly on each rank: each shard then duplicates the groups' scales and declares a
-smaller group size, which the tiled CUDA layout does not take (`gptq-repack` refuses it and
-the shard runs the slower Triton GEMM).
+With act order (`desc_act`), a row-parallel projection's rows belong to their GPTQ groups in a scattered order, so
+the contiguous split of `shards.py` leaves groups partly on several ranks. Such a shard duplicates the groups'
+scales and declares a smaller group size (`shards.row_group_size`) whose groups are not whole: `gptq-repack` refuses
+it and `fg.qmatmul.gptq` reads the scales through g_idx row by row (Triton's general kernel: 307 µs for a Llama-3-8B
+`down_proj` shard at TP=2, M=1, on an H200, against 7.4 µs for a plain shard; `benchmarks/gpu_tp_act_order.py`).
 
-But a column-parallel `gate_proj`/`up_proj` can hand a rank any set of channels, in any order,
-and `down_proj` only needs its rows in the same order. So the rank takes the channels
-`argsort(g_idx)[r·I/n : (r+1)·I/n]`: sorted by group, they hold whole groups
-`[r·G/n, (r+1)·G/n)`, and the shard's rows come out in group order. Its `g_idx` is then
-`arange(I/n) // group_size`: the shard is a plain (`desc_act=False`) GPTQ weight, with no
-permutation of x left to run, and it holds exactly its own groups' scales.
+- **MLP** (`mlp_channels`, `shard_by_channels`): a column-parallel `gate_proj`/`up_proj` can hand a rank any set of
+  channels, in any order, and `down_proj` only needs its rows in the same order. So the rank takes the channels
+  `argsort(g_idx)[r·I/n : (r+1)·I/n]`: sorted by group, they hold whole groups `[r·G/n, (r+1)·G/n)`, and the shard's
+  `g_idx` is `arange(I/n) // group_size`: a plain (`desc_act=False`) GPTQ weight, with no permutation of x left to
+  run, holding only its own groups' scales. This needs each group to hold exactly `group_size` rows (GPTQ's act order
+  gives that) and `I/n` to be a multiple of `group_size`; otherwise `mlp_channels` returns None and the shard takes
+  the contiguous split.
+- **o_proj** (`o_proj_gathered`): its input rows are the rank's attention heads, which fix its channels. Where the
+  heads' split cuts a group, every rank holds the whole `o_proj` instead and runs it on the heads of all ranks,
+  gathered (`fg.allgather` in place of the `fg.allreduce` after it): the act-order GEMM of one GPU, with the
+  checkpoint's groups. It reads all of o_proj's bytes on each rank (4 bits: 8 MiB a Llama-3-8B layer).
 
-This needs each group to hold exactly `group_size` rows (GPTQ's act order gives that) and
-`I/n` to be a multiple of `group_size`; otherwise `mlp_channels` returns None and the shard
-takes the contiguous split. `o_proj` cannot do the same: its input rows are the rank's
-attention heads, which fix its channels.
-
-Reading: a rank reads its shards' whole tensors here (the channels are scattered), not only
-its slice as `SafetensorsSource.read` does for contiguous splits.
+The decisions read only the checkpoint's full `g_idx`, so every rank makes the same ones (the collectives match).
+Reading: a rank reads these shards' whole tensors (scattered channels, a replicated o_proj), not only its slice as
+`SafetensorsSource.read` does for contiguous splits.
 
 Example:
     >>> order = mlp_channels(source, "model.layers.0.mlp", layout, rank=1, cfg=quant)
     >>> part = shard_by_channels(source, "model.layers.0.mlp.down_proj", present, order, layout, 1, quant)
+    >>> o_proj_gathered(source, "model.layers.0.self_attn.o_proj", layout, quant)
+    True
 """
 
 from __future__ import annotations
@@ -41,7 +45,26 @@ if TYPE_CHECKING:  # shards.py imports this module
 
 MLP_LEAVES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
-__all__ = ["MLP_LEAVES", "mlp_channels", "shard_by_channels"]
+__all__ = ["MLP_LEAVES", "mlp_channels", "o_proj_gathered", "shard_by_channels"]
+
+
+def o_proj_gathered(
+    source: TensorSource, prefix: str, layout: TensorParallelLayout, cfg: QuantizationConfig | None
+) -> bool:
+    """Whether the act-order `o_proj` `prefix` is replicated and fed the gathered heads: some GPTQ group has rows on
+    two ranks' heads (the same answer on every rank: it reads the full `g_idx`)."""
+    name = f"{prefix}.g_idx"
+    if cfg is None or not cfg.desc_act or cfg.group_size == -1 or layout.world_size == 1:
+        return False
+    if name not in source.names():
+        return False
+    g_idx = source.read(name).to(torch.int64)
+    per = layout.rank(0).n_heads * layout.head_dim  # o_proj's rows a rank (every rank the same)
+    if g_idx.numel() != per * layout.world_size:  # malformed: the contiguous split's checks name it
+        return False
+    owner = torch.arange(g_idx.numel()) // per
+    pairs = torch.unique(g_idx * layout.world_size + owner)  # one entry per (group, rank holding its rows)
+    return bool(torch.unique(pairs // layout.world_size).numel() < pairs.numel())
 
 
 def mlp_channels(
