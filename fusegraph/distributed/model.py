@@ -154,9 +154,8 @@ def build_model_shard(
     def reduce(x: TensorValue) -> TensorValue:
         return ops.allreduce(x, group=group, world_size=n)
 
-    def gather(
-        x: TensorValue,
-    ) -> TensorValue:  # the logits' vocabulary, or the heads before a gathered o_proj
+    # the logits' vocabulary, or the heads before a gathered o_proj
+    def gather(x: TensorValue) -> TensorValue:
         return ops.allgather(x, axis=1, group=group, world_size=n)
 
     tied = config.tie_word_embeddings
