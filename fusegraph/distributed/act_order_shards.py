@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # shards.py imports this module
 
 MLP_LEAVES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
-__all__ = ["MLP_LEAVES", "mlp_channels", "o_proj_gathered", "shard_by_channels"]
+__all__ = ["MLP_LEAVES", "mlp_channels", "o_proj_gathered", "pick_packed_rows", "shard_by_channels"]
 
 
 def o_proj_gathered(
@@ -114,6 +114,20 @@ def shard_by_channels(
     return {f"{prefix}.{k}": v for k, v in out.items()}
 
 
+def pick_packed_rows(qweight: torch.Tensor, rows: torch.Tensor, bits: int, chunk: int = 512) -> torch.Tensor:
+    """`pack_rows(unpack_rows(qweight)[rows])`: GPTQ words packed along K, the rows picked in order, `chunk` columns
+    at a time (unpacking works in int64: a whole Llama-3-70B down_proj at once would take several GB).
+
+    Example:
+        >>> pick_packed_rows(pack_rows(q, 4), torch.tensor([3, 0, 1, 2, 4, 5, 6, 7]), 4)  # == pack_rows(q[order], 4)
+    """
+    parts = [
+        pack_rows(unpack_rows(qweight[:, c : c + chunk], bits).index_select(0, rows), bits)
+        for c in range(0, qweight.shape[1], chunk)
+    ]
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
 def _columns(
     src: TensorSource, prefix: str, present: set[str], cols: torch.Tensor, cfg: QuantizationConfig
 ) -> dict[str, torch.Tensor]:
@@ -139,9 +153,8 @@ def _rows(
     out: dict[str, torch.Tensor] = {}
     if "weight" in present:  # dense [N, K]
         out["weight"] = src.read(f"{prefix}.weight").index_select(1, rows).contiguous()
-    if "qweight" in present:  # packed along K: unpack the rows, pick them in group order, pack again
-        q = unpack_rows(src.read(f"{prefix}.qweight"), cfg.bits).index_select(0, rows)
-        out["qweight"] = pack_rows(q, cfg.bits)
+    if "qweight" in present:
+        out["qweight"] = pick_packed_rows(src.read(f"{prefix}.qweight"), rows, cfg.bits)
         g_idx = src.read(f"{prefix}.g_idx").to(torch.int64).index_select(0, rows)  # sorted: whole groups
         first, groups = int(g_idx[0]), rows.numel() // cfg.group_size
         out["scales"] = src.read(f"{prefix}.scales", 0, first, first + groups).contiguous()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fusegraph.distributed.act_order_shards import mlp_channels, o_proj_gathered
+from fusegraph.distributed.act_order_shards import mlp_channels, o_proj_gathered, pick_packed_rows
 from fusegraph.distributed.shards import DictSource, SafetensorsSource, row_group_size, shard_state
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import (
@@ -19,7 +19,7 @@ from fusegraph.nn.sharding import (
     ShardingStrategy,
     WorldSizeMismatchError,
 )
-from fusegraph.ops.gptq_packing import dequantize, pack
+from fusegraph.ops.gptq_packing import dequantize, pack, pack_rows
 
 
 def _layout(world: int = 2, **kw: int):  # type: ignore[no-untyped-def]
@@ -100,6 +100,15 @@ def test_shard_state__act_order_shards_channels_go_by_down_proj_groups(bits: int
         seen += channels.tolist()
     assert sorted(seen) == list(range(inter))
     torch.testing.assert_close(summed, h @ down)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pick_packed_rows__equals_packing_the_picked_rows_chunk_by_chunk(bits: int) -> None:
+    gen = torch.Generator().manual_seed(bits)
+    q = torch.randint(0, 2**bits, (128, 70), generator=gen)
+    rows = torch.randperm(128, generator=gen)[:64]
+    got = pick_packed_rows(pack_rows(q, bits), rows, bits, chunk=32)  # three chunks, the last of 6 columns
+    assert torch.equal(got, pack_rows(q[rows], bits))
 
 
 def test_shard_state__act_order_stacked_gate_up_takes_the_same_channels_of_gate_and_up() -> None:
