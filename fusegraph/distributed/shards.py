@@ -18,10 +18,11 @@ GPTQ (`qweight [K·bits/32, N]`, `qzeros [G, N·bits/32]`, `scales [G, N]`, `g_i
 - row: `qweight` is cut along K; a rank takes the groups its rows use. Without act-order
   the K boundaries must be group boundaries, else `GroupSplitError`. With act-order an
   MLP's channels are dealt out in `down_proj`'s group order, and an `o_proj` whose groups the
-  heads' split cuts is replicated (`act_order_shards.py`). Otherwise (`whole_groups=False`, or
-  groups not of exactly group_size rows) the rank's groups are renumbered (`g_idx` remapped, `scales`/`qzeros` rows picked); a group
-  whose rows lie on several ranks is duplicated on each, as vLLM does, and the shard's layer
-  then declares a smaller group size (`row_group_size`) so that its group count holds them.
+  heads' split cuts is replicated (`act_order_shards.py`). Otherwise (`whole_groups=False`,
+  or groups not of exactly group_size rows) the rank's groups are renumbered (`g_idx`
+  remapped, `scales`/`qzeros` rows picked); a group whose rows lie on several ranks is
+  duplicated on each, as vLLM does, and the shard's layer then declares a smaller group size
+  (`row_group_size`) so that its group count holds them.
 - a row-parallel bias is added once: rank 0 holds it, the other ranks hold zeros.
 
 Example:
