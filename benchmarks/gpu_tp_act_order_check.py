@@ -17,52 +17,34 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEV, DT = os.environ.get("DEV", "cuda:0"), os.environ.get("DT", "float16")
 DIMS: dict[str, Any] = dict(
     hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, head_dim=64
 )  # per rank: o_proj K 128 (cut: held whole, 256), down_proj K 256 (2 groups of 128)
-NUM_BLOCKS = 16
 
 
-def run_model(model: Any, steps: list[list[list[int]]], new_tokens: int) -> dict[str, Any]:
-    """Every step's logits (f32, CPU) and the greedy tokens, inputs moved to the model's device."""
-    run, manager = model.compile(NUM_BLOCKS), model.kv_manager(NUM_BLOCKS)
-    seqs = [manager.claim(max_len=64) for _ in steps[0]]
+def run_model(model: Any, steps: list[list[list[int]]]) -> dict[str, Any]:
+    """`_tiny.run_model` on DEV with 2 greedy steps: every step's logits (f32, CPU), the greedy tokens, and the GEMMs
+    and collectives of the graph that ran."""
+    from tests.distributed import _tiny
 
-    def step(ids: list[list[int]]) -> torch.Tensor:
-        lengths = [len(x) for x in ids]
-        batch = manager.prepare(seqs, lengths)
-        kv = [t.to(DEV) if isinstance(t, torch.Tensor) else t for t in batch.kv_inputs]
-        tokens = torch.tensor([t for x in ids for t in x]).to(DEV)
-        (logits,) = run(tokens, batch.row_offsets.to(DEV), *kv)
-        manager.commit(seqs, lengths)
-        return logits.float().cpu()
-
-    logits = [step(ids) for ids in steps]
-    generated: list[list[int]] = [[] for _ in seqs]
-    for _ in range(new_tokens):
-        nxt = logits[-1].argmax(-1).tolist()
-        for out, t in zip(generated, nxt, strict=True):
-            out.append(t)
-        logits.append(step([[t] for t in nxt]))
-    graph = str(run.graph)
+    out = _tiny.run_model(model, steps, 2, device=DEV)
+    graph = out["graph"]
     ops = {name: graph.count(name + " ") for name in ("fg.qmatmul.gptq_tiled", "fg.qmatmul.gptq", "fg.allgather",
                                                        "fg.allreduce")}  # fmt: skip
     ops["gptq_tiled with perm"] = sum(
         1 for line in graph.splitlines() if "gptq_tiled" in line and " perm %" in line
     )
-    return {"logits": logits, "generated": generated, "ops": ops}
+    return {"logits": [t.float().cpu() for t in out["logits"]], "generated": out["generated"], "ops": ops}
 
 
 def rank_main(info: Any, folder: str, steps: list[list[list[int]]]) -> dict[str, Any]:
     from fusegraph.distributed.model import load_model_shard
 
     model = load_model_shard(folder, rank=info.rank, world_size=info.world_size, device=DEV, dtype=DT)
-    return run_model(model, steps, 2)
+    return run_model(model, steps)
 
 
 def main() -> None:
@@ -75,7 +57,7 @@ def main() -> None:
         folder = _tiny.write_model(Path(d), quant=quant, seed=4, cut_groups=True, **DIMS)
         steps = _tiny.tokens()
         ranks = launch(rank_main, 2, str(folder), steps, backend="gloo", start_method="spawn")
-        one = run_model(load_model(folder, device=DEV, dtype=DT), steps, 2)
+        one = run_model(load_model(folder, device=DEV, dtype=DT), steps)
     scale = max(float(b.abs().max()) for b in one["logits"])
     print(f"device {DEV} {DT}; TP=1 graph: {one['ops']}", flush=True)
     for r, got in enumerate(ranks):

@@ -150,9 +150,7 @@ def _columns(
 def _rows(
     src: TensorSource, prefix: str, present: set[str], rows: torch.Tensor, rank: int, cfg: QuantizationConfig
 ) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    if "weight" in present:  # dense [N, K]
-        out["weight"] = src.read(f"{prefix}.weight").index_select(1, rows).contiguous()
+    out: dict[str, torch.Tensor] = {}  # a GPTQ down_proj: `mlp_channels` read its g_idx
     if "qweight" in present:
         out["qweight"] = pick_packed_rows(src.read(f"{prefix}.qweight"), rows, cfg.bits)
         g_idx = src.read(f"{prefix}.g_idx").to(torch.int64).index_select(0, rows)  # sorted: whole groups

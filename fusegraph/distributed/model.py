@@ -212,23 +212,22 @@ def _gather_o_proj(
         raise ShardingError(
             f"tensor parallel: {prefix} is not the GPTQ o_proj of a decoder block; cannot gather it"
         )
-    new = GatheredGPTQLinear(old.in_dim * world_size, old.out_dim, old.quant_config, old.dtype, old.device,
+    new = GatheredGPTQLinear(gather, old.in_dim * world_size, old.out_dim, old.quant_config, old.dtype, old.device,
                              old.has_bias, old.clip_weight, scales_dtype=old._params["scales"].dtype)  # fmt: skip
-    new.gather = gather
     setattr(attention, leaf, new)
     block.reduce_attention = False
 
 
 class GatheredGPTQLinear(GPTQLinear):
-    """A whole GPTQ projection run on its input gathered from every rank (`gather`, set after construction):
-    a tensor-parallel o_proj whose act-order groups the heads' split would cut. Same parameters and names as
-    `GPTQLinear`."""
+    """A whole GPTQ projection run on its input gathered from every rank by `gather`: a tensor-parallel o_proj whose
+    act-order groups the heads' split would cut. The other arguments, the parameters and their names are
+    `GPTQLinear`'s."""
 
-    gather: Callable[[TensorValue], TensorValue] | None = None
+    def __init__(self, gather: Callable[[TensorValue], TensorValue], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gather = gather
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        if self.gather is None:
-            raise ShardingError("tensor parallel: a gathered o_proj was built without its gather")
         return super().__call__(self.gather(x))
 
 

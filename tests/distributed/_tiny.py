@@ -98,16 +98,21 @@ def tokens(seed: int = 1) -> list[list[list[int]]]:
     ]
 
 
-def run_model(model: Any, steps: list[list[list[int]]], new_tokens: int) -> dict[str, Any]:
+def run_model(
+    model: Any, steps: list[list[list[int]]], new_tokens: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Run `steps` (ragged prefill, decode), then greedy-generate `new_tokens` per sequence;
-    return every step's logits, the generated ids and each sequence's cache per layer."""
+    return every step's logits, the generated ids, each sequence's cache per layer and the
+    graph that ran (the inputs on `device`, the model's)."""
     run, manager = model.compile(NUM_BLOCKS), model.kv_manager(NUM_BLOCKS)
     seqs = [manager.claim(max_len=64) for _ in steps[0]]
 
     def step(ids: list[list[int]]) -> torch.Tensor:
         lengths = [len(x) for x in ids]
         batch = manager.prepare(seqs, lengths)
-        (logits,) = run(torch.tensor([t for x in ids for t in x]), batch.row_offsets, *batch.kv_inputs)
+        kv = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch.kv_inputs]
+        tokens = torch.tensor([t for x in ids for t in x]).to(device)
+        (logits,) = run(tokens, batch.row_offsets.to(device), *kv)
         manager.commit(seqs, lengths)
         return logits.clone()
 
@@ -124,4 +129,5 @@ def run_model(model: Any, steps: list[list[list[int]]], new_tokens: int) -> dict
         "generated": generated,
         "caches": caches,
         "blocks_shape": list(manager.kv_blocks.shape),
+        "graph": str(run.graph),
     }
