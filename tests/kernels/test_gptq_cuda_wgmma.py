@@ -175,9 +175,6 @@ def test_gptq_cuda_wgmma__ws_config_keys_reach_the_kernel_instance() -> None:
         assert getattr(rswg_spec(over, bf16=False, zero_v1=True), key) == value
     with pytest.raises(ValueError, match="sk .stream-K. needs split=1, got 2"):
         rswg_spec(plan | {"sk": 1}, bf16=False, zero_v1=True)
-    one_strip = rswg_plan(64, 4096, 4096, 132)
-    assert one_strip is not None
-    assert rswg_spec(one_strip | {"kcw": 2}, bf16=False, zero_v1=True).kcw == 2 and "kcw" in RSWG_KEYS
 
 
 def test_gptq_cuda_wgmma__a_config_overrides_the_plan_and_its_split_drops_the_staged_stores() -> None:
@@ -228,33 +225,6 @@ def test_gptq_cuda_wgmma__ws_spec_refuses_bad_fields_and_shares_the_registers() 
     assert "#define OSTAGE 1" in rswg_kernel_source(
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, ostage=True)
     )
-    # two consumer warpgroups a strip: 384 threads share the registers; parts 1.. leave their sums past the fp32 tile
-    two = RswgSpec(bf16=False, tok=64, split=2, zero_v1=True, stages=6, ncw=1, kcw=2)
-    assert two.compiled_regs() == 168 and two.regs() == (40, 232)
-    assert rswg_smem_bytes(two) == 256 + 1024 + 6 * ((64 * 256 + 4096 + 256 + 1023) // 1024 * 1024)
-    src2 = rswg_kernel_source(two)
-    assert "#define KCW 2" in src2 and "__launch_bounds__(128 * (NCW * KCW + 1), 1)" in src2
-    assert f"#define KPART_OFF {64 * 68 * 4}" in src2 and src2.index("bar.sync 2") < src2.index(
-        "if (kp == 0) {"
-    )
-    small = RswgSpec(bf16=False, tok=200, split=1, zero_v1=True, stages=3, ncw=1, kcw=2, ostage=True)
-    assert rswg_smem_bytes(small) == max(256 + 1024 + 3 * ((200 * 256 + 4352 + 1023) // 1024 * 1024),
-                                         256 + 1024 + 200 * 68 * 4 + 200 * 256)  # fmt: skip
-    with pytest.raises(ValueError, match="kcw .consumer warpgroups a strip. must be 1 or 2, got 3"):
-        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, kcw=3)
-    bads: list[dict[str, Any]] = [
-        {"sk": True},
-        {"split": 2, "sred": True},
-        {"tma": True, "mc": True},
-        {"stages": 2},
-    ]
-    for bad in bads:
-        with pytest.raises(ValueError, match="kcw=2 needs no sk, sred or mc and stages > kcw"):
-            RswgSpec(**({"bf16": False, "tok": 64, "split": 1, "zero_v1": True, "kcw": 2, "stages": 3} | bad))
-    with pytest.raises(
-        ValueError, match="minb=2 with ncw=2, kcw=2 leaves 48 registers a thread: tok <= 0, got 64"
-    ):
-        RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, minb=2, kcw=2, stages=3)
     with pytest.raises(ValueError, match="stages must be 2..8, got 1"):
         RswgSpec(bf16=False, tok=64, split=1, zero_v1=True, stages=1)
     with pytest.raises(ValueError, match="bits must be 4 or 8, got 3"):
@@ -348,32 +318,6 @@ WS_CASES = [
     (33, 512, 256, False, torch.float16, {"split_k": 1, "ncw": 1, "minb": 1, "stages": 2, "ostage": 1}),
     (200, 512, 384, False, torch.float16, {"ncw": 3, "tok": 104, "split_k": 1, "tma": 0, "ostage": 1}),
     (300, 512, 1024, False, torch.bfloat16, {"split_k": 1, "mc": 1, "ostage": 1}),
-    # two consumer warpgroups a strip (kcw 2: blocks alternate, summed in shared memory): 4 blocks a CTA in a cluster
-    # of 2; 11 blocks, 6 and 5 a part, bf16; 11 over a cluster of 3 (3, 4, 4), two CTAs an SM; staged stores;
-    # one block a CTA (part 1 idle); act-order; x by cp.async with rows past M; 4 steps in flight; 2 strips a CTA
-    (64, 1024, 256, False, torch.float16, {"kcw": 2, "split_k": 2, "ncw": 1, "minb": 1, "stages": 6}),
-    (33, 1408, 256, False, torch.bfloat16, {"kcw": 2, "split_k": 1, "ncw": 1, "minb": 1, "stages": 3}),
-    (64, 1408, 384, False, torch.float16, {"kcw": 2, "split_k": 3, "ncw": 1, "minb": 2, "stages": 4}),
-    (64, 1024, 256, False, torch.float16, {"kcw": 2, "split_k": 1, "ncw": 1, "stages": 3, "ostage": 1}),
-    (16, 256, 128, False, torch.float16, {"kcw": 2, "split_k": 2, "ncw": 1, "minb": 1, "stages": 3}),
-    (96, 1024, 192, True, torch.float16, {"kcw": 2, "split_k": 1, "ncw": 1, "minb": 1, "stages": 3}),
-    (
-        40,
-        1024,
-        256,
-        False,
-        torch.float16,
-        {"kcw": 2, "split_k": 1, "ncw": 1, "minb": 1, "stages": 3, "tma": 0},
-    ),
-    (
-        64,
-        2048,
-        256,
-        False,
-        torch.float16,
-        {"kcw": 2, "split_k": 2, "ncw": 1, "minb": 1, "stages": 6, "infl": 4},
-    ),
-    (48, 1024, 512, False, torch.bfloat16, {"kcw": 2, "split_k": 2, "ncw": 2, "minb": 1, "stages": 4}),
 ]
 # 8-bit: the words twice the bytes, 32 word rows a block (m, k, n, desc_act, config)
 WS8_CASES = [
@@ -396,7 +340,6 @@ WS8_CASES = [
         False,
         {"split_k": 1, "ostage": 1},
     ),  # 32 blocks a CTA: the staged tile after a long ring
-    (64, 1408, 256, False, {"kcw": 2, "split_k": 2, "ncw": 1, "minb": 1, "stages": 5}),  # 2 consumers a strip
 ]
 
 

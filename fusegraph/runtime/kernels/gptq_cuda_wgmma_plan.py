@@ -27,7 +27,6 @@ RSWG_KEYS = (
     "mc",
     "infl",
     "ostage",
-    "kcw",
 )  # what a config may set (overrides the plan)
 _MIN_BLOCKS = 16  # split-K leaves a CTA at least this many 128-row blocks (half at tok ≤ 64): its fixed costs
 _FIXED_BLOCKS = 4.0  # a CTA's cost outside its loop (ring fill, epilogue), in blocks of its loop
@@ -242,5 +241,4 @@ def rswg_spec(plan: dict[str, Any], *, bf16: bool, zero_v1: bool, bits: int = 4)
                     sk=bool(plan.get("sk", False)), probe=int(plan.get("probe", 0)),
                     tma=bool(plan.get("tma", False)), bits=bits, pdl=int(plan.get("pdl", 0)),
                     sred=bool(plan.get("sred", False)), mc=bool(plan.get("mc", False)),
-                    infl=int(plan.get("infl", 2)), ostage=bool(plan.get("ostage", False)),
-                    kcw=int(plan.get("kcw", 1)))  # fmt: skip
+                    infl=int(plan.get("infl", 2)), ostage=bool(plan.get("ostage", False)))  # fmt: skip

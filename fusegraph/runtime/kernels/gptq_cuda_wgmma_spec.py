@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["META", "RswgSpec", "rswg_kpart_offset", "rswg_smem_bytes", "rswg_stage_bytes"]
+__all__ = ["META", "RswgSpec", "rswg_smem_bytes", "rswg_stage_bytes"]
 
 META = 256  # bytes a stage gives one strip's scales (128) and zero words (32 or 64), rounded up
 
@@ -41,9 +41,6 @@ class RswgSpec:
             of A, so the dequantization of a step runs under the wgmmas of the INFL − 1 before it.
         ostage: split 1 (not stream-K): the outputs staged in shared memory and stored a row at a time by 16-byte
             stores, not 2-byte stores from the accumulator fragments.
-        kcw: consumer warpgroups a strip, 1 or 2: with 2, each strip's blocks alternate between two warpgroups (block u
-            to part u mod 2), which sum their accumulators through shared memory before the epilogue: a split-K
-            inside the CTA, with no cluster. Needs no stream-K, no sred, no mc, and stages > kcw.
         probe: for benchmarks only (the results are wrong): 1 skips the dequantization, 2 the loads of x,
             3 the wgmmas, 4 the loads of the words, 5 every block (what is left: launch, prologue, epilogue), 6 every
             block and the epilogue (launch and prologue); 0 (default) none.
@@ -66,7 +63,6 @@ class RswgSpec:
     mc: bool = False
     infl: int = 2
     ostage: bool = False
-    kcw: int = 1
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -101,37 +97,26 @@ class RswgSpec:
             raise ValueError(f"gptq_cuda_wgmma: infl (steps in flight) must be 2, 4 or 8, got {self.infl}")
         if not 2 <= self.stages <= 8:
             raise ValueError(f"gptq_cuda_wgmma: stages must be 2..8, got {self.stages}")
-        if self.kcw not in (1, 2):
-            raise ValueError(
-                f"gptq_cuda_wgmma: kcw (consumer warpgroups a strip) must be 1 or 2, got {self.kcw}"
-            )
-        if self.kcw > 1 and (self.sk or self.sred or self.mc or self.stages <= self.kcw):
-            raise ValueError(
-                f"gptq_cuda_wgmma: kcw={self.kcw} needs no sk, sred or mc and stages > kcw, got sk={self.sk},"
-                f" sred={self.sred}, mc={self.mc}, stages={self.stages}"
-            )
         if self.ncw not in (1, 2, 3) or self.minb not in (1, 2):
             raise ValueError(
                 f"gptq_cuda_wgmma: ncw must be 1..3 and minb 1 or 2, got {self.ncw}, {self.minb}"
             )
         if self.tok // 2 + (40 if self.minb == 1 else 48) > self.compiled_regs():
             raise ValueError(
-                f"gptq_cuda_wgmma: minb={self.minb} with ncw={self.ncw}{'' if self.kcw == 1 else f', kcw={self.kcw}'}"
-                f" leaves {self.compiled_regs()} registers a thread:"
-                f" tok <= {2 * (self.compiled_regs() - (40 if self.minb == 1 else 48))}, got {self.tok}"
+                f"gptq_cuda_wgmma: minb={self.minb} with ncw={self.ncw} leaves {self.compiled_regs()} registers a"
+                f" thread: tok <= {2 * (self.compiled_regs() - (40 if self.minb == 1 else 48))}, got {self.tok}"
             )
 
     def compiled_regs(self) -> int:
-        """The registers a thread ptxas gets under `__launch_bounds__(128·(ncw·kcw + 1), minb)`."""
-        return min(255, 65536 // (self.minb * 128 * (self.ncw * self.kcw + 1))) // 8 * 8
+        """The registers a thread ptxas gets under `__launch_bounds__(128·(ncw + 1), minb)`."""
+        return min(255, 65536 // (self.minb * 128 * (self.ncw + 1))) // 8 * 8
 
     def regs(self) -> tuple[int, int]:
         """(producer, consumer) registers a thread after `setmaxnreg`, within the SM's 64K per `minb` CTAs."""
-        consumers = self.ncw * self.kcw
-        threads = 128 * (consumers + 1)
+        threads = 128 * (self.ncw + 1)
         per = self.compiled_regs()
         prod = 40 if self.minb == 1 else 32  # 24 spilled the cluster sum and 8-bit meta copies (13th session)
-        cons = min(240, (per * threads - prod * 128) // (128 * consumers) // 8 * 8)
+        cons = min(240, (per * threads - prod * 128) // (128 * self.ncw) // 8 * 8)
         return prod, cons
 
 
@@ -141,18 +126,9 @@ def rswg_stage_bytes(spec: RswgSpec) -> int:
     return (spec.tok * 256 + spec.ncw * (wbytes + META) + 1023) // 1024 * 1024  # 1024-byte aligned stages
 
 
-def rswg_kpart_offset(spec: RswgSpec) -> int:
-    """Where, from the ring's start, the k-parts past the first (kcw > 1) leave their accumulators: past the split-K sums
-    or staged outputs (`[TOK][64·NCW + 4]` fp32) where the epilogue has them, else at the start."""
-    staged = spec.split > 1 or spec.ostage  # the split-K sums, or the staged outputs, in fp32
-    return spec.tok * (64 * spec.ncw + 4) * 4 if staged else 0
-
-
 def rswg_smem_bytes(spec: RswgSpec) -> int:
     """Dynamic shared memory of one CTA: 256 bytes of barriers (and a flag), then the ring (or, after the loop, split-K
-    sums or staged outputs, and with kcw > 1 the other k-parts' accumulators past them)."""
-    fin = rswg_kpart_offset(spec)
-    parts = (
-        (spec.kcw - 1) * spec.ncw * spec.tok * 256
-    )  # (kcw - 1) · ncw warpgroups of 128 threads, tok/2 floats each
-    return 256 + 1024 + max(spec.stages * rswg_stage_bytes(spec), fin + parts)  # (+ the ring's alignment)
+    sums or staged outputs)."""
+    staged = spec.split > 1 or spec.ostage  # the split-K sums, or the staged outputs, in fp32
+    fin = spec.tok * (64 * spec.ncw + 4) * 4 if staged else 0
+    return 256 + 1024 + max(spec.stages * rswg_stage_bytes(spec), fin)  # (+ the ring's alignment)

@@ -155,7 +155,7 @@ def gptq_rswg_matmul(
         cnt, ws = _sk_buffers(x.device, tiles_m * (n // (64 * ncw)), ctas * 2 * tok * 64 * ncw)
         grid = (ctas, 1, 1)
     tmap = _tma_map(x, tok) if spec.tma else ctypes.create_string_buffer(192)
-    _launch(kern, grid, (128 * (ncw * spec.kcw + 1), 1, 1), smem,
+    _launch(kern, grid, (128 * (ncw + 1), 1, 1), smem,
             [x, qweight_t, scales, qzeros_t, out, m, n, k, k if group_size == -1 else group_size, blocks,
              x.stride(0), s_row, z_row, out.stride(0), tiles_m, cnt, ws, tmap],
             pdl=spec.pdl > 0)  # fmt: skip

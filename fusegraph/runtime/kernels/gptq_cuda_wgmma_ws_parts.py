@@ -5,8 +5,7 @@
 from registers, mbarrier init/arrive, the cp.async barrier arrive). `CONSUMER_STORE`: the end of a consumer
 warpgroup: its accumulators to the output (SPLIT = 1, straight from the registers) or to
 the CTA's split-K sums in shared memory. With SRED the split-K sum is the consumers' own (in `CONSUMER_STORE`):
-each CTA owns a band of rows and the others send it their fragments of it by `st.async`. `KPART_SUM`: with KCW > 1,
-the sum of a strip's k-parts (its consumer warpgroups) through shared memory, before `CONSUMER_STORE`. `CLUSTER_SUM`:
+each CTA owns a band of rows and the others send it their fragments of it by `st.async`. `CLUSTER_SUM`:
 otherwise the split-K sum over the thread-block cluster
 (distributed shared memory, rank order; VRED: 4 floats a remote load). `SK_EPILOGUE`: stream-K's end
 of a tile's run of blocks in a consumer (a whole tile stored; a part written to the workspace, and the
@@ -16,7 +15,7 @@ locals.
 
 from __future__ import annotations
 
-__all__ = ["CLUSTER_SUM", "CONSUMER_STORE", "KPART_SUM", "SK_EPILOGUE", "X_ZERO_FILL", "ws_device"]
+__all__ = ["CLUSTER_SUM", "CONSUMER_STORE", "SK_EPILOGUE", "X_ZERO_FILL", "ws_device"]
 
 
 def _wgmma_asm(tok: int, bf16: bool) -> str:
@@ -125,32 +124,6 @@ X_ZERO_FILL = r"""
     p[0] = p[1] = p[2] = p[3] = 0u;
   }
 #endif
-"""
-
-KPART_SUM = r"""
-    {  // KCW > 1: once every consumer's loop is done (the ring is free), parts 1.. leave their accumulators in shared
-       // memory past the split-K sums or staged outputs, and part 0 adds them in part order
-      f32x4* part = (f32x4*)(ringp + KPART_OFF);
-      asm volatile("bar.sync 2, %0;" :: "r"(128 * NCW * KCW) : "memory");
-      if (kp > 0) {
-#pragma unroll
-        for (int i = 0; i < NACC / 4; ++i) {
-          f32x4 v;
-          v.x = acc[4 * i]; v.y = acc[4 * i + 1]; v.z = acc[4 * i + 2]; v.w = acc[4 * i + 3];
-          part[((kp - 1) * (NACC / 4) + i) * (128 * NCW) + cw * 128 + ctid] = v;
-        }
-      }
-      asm volatile("bar.sync 2, %0;" :: "r"(128 * NCW * KCW) : "memory");
-      if (kp == 0) {
-#pragma unroll
-        for (int q = 0; q < KCW - 1; ++q)
-#pragma unroll
-          for (int i = 0; i < NACC / 4; ++i) {
-            const f32x4 v = part[(q * (NACC / 4) + i) * (128 * NCW) + cw * 128 + ctid];
-            acc[4 * i] += v.x; acc[4 * i + 1] += v.y; acc[4 * i + 2] += v.z; acc[4 * i + 3] += v.w;
-          }
-      }
-    }
 """
 
 CONSUMER_STORE = r"""

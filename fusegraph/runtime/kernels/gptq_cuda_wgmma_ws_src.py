@@ -4,9 +4,8 @@
 layout of `fg.gptq.repack` (`gptq_cuda_src.py`'s docstring; strip s, 128-row block b: 16 (8-bit: 32) word
 rows of 64 columns, 4 (8) KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 accumulate), N = TOK tokens ≤ 256:
 
-- A CTA is one producer warpgroup and NCW·KCW consumer warpgroups; consumer c owns the 64-column strip
-  NCW·blockIdx.y + c mod NCW and, with KCW = 2, every other block of the K slice (part c / NCW; the parts' sums meet
-  in shared memory before the epilogue), all share one tile of TOK rows of x (blockIdx.x) and one K slice (blockIdx.z of
+- A CTA is one producer warpgroup and NCW consumer warpgroups; consumer c owns the 64-column strip
+  NCW·blockIdx.y + c, all share one tile of TOK rows of x (blockIdx.x) and one K slice (blockIdx.z of
   SPLIT, a cluster when SPLIT > 1, need not divide K/128), or with SK a stream-K run of (tile, block)
   pairs (gridDim.x resident CTAs). `setmaxnreg` gives the consumers the registers.
 - Producer: each 128-row block into a STAGES-deep ring (1024-byte aligned stages): with TMA x's
@@ -27,17 +26,10 @@ rows of 64 columns, 4 (8) KB contiguous) with `wgmma.mma_async.m64nNk16` (f32 ac
 from __future__ import annotations
 
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
-from fusegraph.runtime.kernels.gptq_cuda_wgmma_spec import (
-    META,
-    RswgSpec,
-    rswg_kpart_offset,
-    rswg_smem_bytes,
-    rswg_stage_bytes,
-)
+from fusegraph.runtime.kernels.gptq_cuda_wgmma_spec import META, RswgSpec, rswg_smem_bytes, rswg_stage_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws_parts import (
     CLUSTER_SUM,
     CONSUMER_STORE,
-    KPART_SUM,
     SK_EPILOGUE,
     X_ZERO_FILL,
     ws_device,
@@ -66,8 +58,6 @@ _SOURCE = r"""
 #define STAGES %(stages)d
 #define INFL %(infl)d  // a consumer's 16-row steps in flight (wgmma groups; its A register sets): 2, 4 or 8
 #define NCW %(ncw)d
-#define KCW %(kcw)d  // consumer warpgroups a strip: part p takes the blocks u with u %% KCW == p (a split-K in the CTA)
-#define KPART_OFF %(kpart_off)d  // where, from the ring's start, parts 1.. leave their accumulators for part 0
 #define STAGE_BYTES %(stage_bytes)d
 #define XBYTES (TOK * 256)
 #define META %(meta)d
@@ -83,7 +73,7 @@ __cluster_dims__(1, 1, SPLIT)
 #elif MC
 __cluster_dims__(1, 2, 1)
 #endif
-__launch_bounds__(128 * (NCW * KCW + 1), %(minb)d)
+__launch_bounds__(128 * (NCW + 1), %(minb)d)
 fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16* __restrict__ sc,
              const u32* __restrict__ qz, u16* __restrict__ out, int M, int N, int K, int group_size, int blocks,
              int stride_xm, int stride_s, int stride_qz, int stride_om, int tiles_m, int* __restrict__ cnt,
@@ -106,8 +96,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init_n(bars + 8 * s, 128 + TMA);  // full: the producer's 128 threads (+ the copy engine's bytes)
-      // empty: every thread of the stage's consumers (one k-part's NCW warpgroups; MC: a warp of each in both CTAs)
-      mbar_init_n(bars + 8 * (STAGES + s), MC ? 8 * NCW : 128 * NCW);
+      mbar_init_n(bars + 8 * (STAGES + s), MC ? 8 * NCW : 128 * NCW);  // empty: every consumer thread (MC: warp of both)
     }
     if (SRED) mbar_init_n(bars + 8 * (2 * STAGES), 1);  // the split-K band's parts (st.async bytes)
     mbar_init_fence();
@@ -205,12 +194,7 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
 #endif
   } else {  // ---------------- consumers ----------------
     %(inc)s
-#if KCW > 1
-    const int cw = (wg - 1) %% NCW, kp = (wg - 1) / NCW;  // strip cw, k-part kp
-#else
-    const int cw = wg - 1;
-#endif
-    const int ctid = tid & 127, lane = tid & 31, warp = ctid >> 5;
+    const int cw = wg - 1, ctid = tid & 127, lane = tid & 31, warp = ctid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int c0 = 16 * warp + g, c1 = c0 + 8;  // this lane's A rows g, g + 8: the strip's columns c0, c1
     float acc[NACC];
@@ -231,18 +215,11 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
     u32 zsh0 = BITS * (c0 %% P), zsh1 = BITS * (c1 %% P);
     hold(lw0), hold(lw1), hold(lz0), hold(lz1), hold(ls0), hold(ls1), hold(zsh0), hold(zsh1);
     u32 a[INFL][4];
-#if KCW > 1
-    int s = kp, pend = -1;  // part kp's first block is block kp, in stage kp
-#else
     int s = 0, pend = -1;  // pend: the stage whose wgmmas are the last in flight, to release once done
-#endif
     u32 ph = 0;
 #if SK
 #pragma unroll 1
     for (int u = u0; u < u1; ++u) {
-#elif KCW > 1
-#pragma unroll 1
-    for (int u = kp; u < bps; u += KCW) {
 #else
 #pragma unroll 1
     for (int u = 0; u < bps; ++u) {
@@ -330,25 +307,14 @@ fg_gptq_rswg(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16*
         }
       }
       pend = s;
-#if KCW > 1
-      s += KCW;
-      if (s >= STAGES) s -= STAGES, ph ^= 1u;  // (STAGES > KCW: at most one wrap)
-#else
       if (++s == STAGES) s = 0, ph ^= 1u;
-#endif
 #if SK && PROBE < 6
 %(sk_epilogue)s#endif
     }
     wg_wait<0>();
     keep(acc);
-#if KCW > 1 && PROBE < 6
-%(kpart_sum)s    if (kp == 0) {
-#else
-    {
-#endif
 #if !SK && PROBE < 6
 %(store)s#endif
-    }
   }
 #if PROBE < 6
 %(cluster_sum)s#endif
@@ -379,9 +345,6 @@ def rswg_kernel_source(spec: RswgSpec) -> str:
         "stages": spec.stages,
         "infl": spec.infl,
         "ncw": spec.ncw,
-        "kcw": spec.kcw,
-        "kpart_off": rswg_kpart_offset(spec),
-        "kpart_sum": KPART_SUM,
         "minb": spec.minb,
         "stage_bytes": rswg_stage_bytes(spec),
         "meta": META,
