@@ -404,11 +404,18 @@ def test_cuda_plan__names_the_kernel_the_dispatcher_runs_for_every_m_and_asked_k
     assert [kernel(m, 28672, 4096, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     assert [kernel(m, 4096, 14336, **act) for m in (64, 256, 1024)] == ["wgmma"] * 3
     # from M = 17 on every Llama-3-8B shape, at 8 bits, in bf16 and with act-order too (gptq_cuda_wgmma._RSWG_DEFAULT,
-    # _8BIT and _BF16, measured faster there); at M = 16 the small- and mid-M kernels
+    # _8BIT and _BF16, measured faster there); at M = 14..16 on o_proj (and qkv in fp16), plain only; else at M ≤ 16
+    # the small- and mid-M kernels
+    at_16 = {(6144, 4096): (True, False, False), (4096, 4096): (True, True, False)}  # (fp16, bf16, act-order)
     for n, k in [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]:
         for kw in ({}, {"bf16": True}, {"act_order": True}):
             assert [kernel(m, n, k, cap=hopper, **kw) for m in (17, 24, 31)] == ["wgmma"] * 3, (n, k, kw)
-            assert kernel(16, n, k, cap=hopper, **kw) != "wgmma", (n, k, kw)
+            assert kernel(13, n, k, cap=hopper, **kw) != "wgmma", (n, k, kw)
+        for kw, want in zip(
+            ({}, {"bf16": True}, {"act_order": True}), at_16.get((n, k), (False,) * 3), strict=True
+        ):
+            got = [kernel(m, n, k, cap=hopper, **kw) for m in (14, 15, 16)]
+            assert got == ["wgmma"] * 3 if want else "wgmma" not in got, (n, k, kw, got)
         # 8 bits from M = 9 (o_proj and gate_up faster, qkv and down within 6%: the layer gains)
         assert [str((cuda_plan(m, n, k, 8, 132, cap=hopper) or {}).get("kernel")) for m in (8, 9, 16, 64)] == [
             "mid", "wgmma", "wgmma", "wgmma"]  # fmt: skip

@@ -28,7 +28,7 @@ def test_gptq_cuda_wgmma__the_default_dispatch_runs_it_in_its_range(
 ) -> None:
     from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
 
-    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((64, 256, 0), (257, 1 << 20, 5000)))
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((64, 256, 0, 1 << 30), (257, 1 << 20, 5000, 1 << 30)))
     calls: list[int] = []
     real = wg.gptq_rswg_matmul
 
@@ -137,14 +137,18 @@ def test_gptq_cuda_wgmma__the_default_takes_plain_4bit_fp16_on_sm90_in_its_range
 ) -> None:
     from fusegraph.runtime.kernels import gptq_cuda_wgmma as wg
 
-    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((129, 1024, 3000),))
-    monkeypatch.setattr(wg, "_RSWG_DEFAULT_8BIT", ((300, 1024, 0),))
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT", ((129, 1024, 3000, 1 << 30), (16, 16, 0, 2048)))
+    monkeypatch.setattr(wg, "_RSWG_DEFAULT_8BIT", ((300, 1024, 0, 1 << 30),))
     monkeypatch.setattr(wg, "_RSWG_DEFAULT_BF16", ())
     fp16, hopper_cc = torch.float16, (9, 0)
     assert wg.wgmma_takes_by_default(256, 6144, 4096, 4, fp16, hopper_cc)  # 3072 strip-blocks
     assert not wg.wgmma_takes_by_default(256, 4096, 4096, 4, fp16, hopper_cc)  # 2048: too small
     assert not wg.wgmma_takes_by_default(128, 28672, 4096, 4, fp16, hopper_cc)  # M below the range
     assert not wg.wgmma_takes_by_default(1025, 28672, 4096, 4, fp16, hopper_cc)  # M above it
+    assert wg.wgmma_takes_by_default(
+        16, 4096, 4096, 4, fp16, hopper_cc
+    )  # 2048 strip-blocks: at most the range's
+    assert not wg.wgmma_takes_by_default(16, 6144, 4096, 4, fp16, hopper_cc)  # 3072: too many
     assert not wg.wgmma_takes_by_default(256, 6144, 4096, 8, fp16, hopper_cc)  # 8-bit: its own ranges
     assert wg.wgmma_takes_by_default(300, 6144, 4096, 8, fp16, hopper_cc)
     assert not wg.wgmma_takes_by_default(300, 6144, 4096, 8, torch.bfloat16, hopper_cc)  # no 8-bit bf16

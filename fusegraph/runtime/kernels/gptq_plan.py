@@ -256,13 +256,19 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
 
 
+# act-order takes the wgmma kernel's default ranges from this M: below it (plain o_proj and qkv at M = 14..16) it was not
+# measured after the permutation of x, so act-order keeps the small- and mid-M kernels' plans there
+_ACT_ORDER_WGMMA_MIN_M = 17
+
+
 def _act_order_wgmma(m: int, n: int, k: int) -> bool:
     """Whether act-order takes the wgmma kernel where plain does (x permuted once first, M·K values, the kernel
     launched with PDL under it) rather than the dequantize path (W's N·K values written once in checkpoint row
-    order, cuBLAS on the unpermuted x): while M ≤ N, the permutation moving fewer bytes. H200, fifth session run B,
+    order, cuBLAS on the unpermuted x): while M ≤ N, the permutation moving fewer bytes, from M =
+    `_ACT_ORDER_WGMMA_MIN_M`. H200, fifth session run B,
     wgmma / dequantize at M=256: qkv 28.6 / 40.2 µs, o_proj 18.8 / 26.5, gate_up 97.9 / 182.6, down 54.3 / 93.8;
     M=1024: 87.5 / 86.5 (a tie), 53.9 / 57.7, 386.2 / 449.3, 182.3 / 203.5."""
-    return m <= n
+    return _ACT_ORDER_WGMMA_MIN_M <= m <= n
 
 
 def cuda_plan(
