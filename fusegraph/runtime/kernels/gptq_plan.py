@@ -265,7 +265,7 @@ def _act_order_wgmma(m: int, n: int, k: int) -> bool:
     """Whether act-order takes the wgmma kernel where plain does (x permuted once first, M·K values, the kernel
     launched with PDL under it) rather than the dequantize path (W's N·K values written once in checkpoint row
     order, cuBLAS on the unpermuted x): while M ≤ N, the permutation moving fewer bytes, from M =
-    `_ACT_ORDER_WGMMA_MIN_M`. H200, fifth session run B,
+    `_ACT_ORDER_WGMMA_MIN_M` (below it the small- and mid-M kernels' act-order plans run). H200, fifth session run B,
     wgmma / dequantize at M=256: qkv 28.6 / 40.2 µs, o_proj 18.8 / 26.5, gate_up 97.9 / 182.6, down 54.3 / 93.8;
     M=1024: 87.5 / 86.5 (a tie), 53.9 / 57.7, 386.2 / 449.3, 182.3 / 203.5."""
     return _ACT_ORDER_WGMMA_MIN_M <= m <= n
