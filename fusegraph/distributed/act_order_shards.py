@@ -20,6 +20,8 @@ it and `fg.qmatmul.gptq` reads the scales through g_idx row by row (Triton's gen
   checkpoint's groups. It reads all of o_proj's bytes on each rank (4 bits: 8 MiB a Llama-3-8B layer).
 
 The decisions read only the checkpoint's full `g_idx`, so every rank makes the same ones (the collectives match).
+`WholeGroupDecisions` makes each once a rank and keeps it: the model's shapes (`model.act_order_plan`) and its tensors
+(`shards.shard_state`) read the same decisions, and each `g_idx` is read for them once.
 Reading: a rank reads these shards' whole tensors (scattered channels, a replicated o_proj), not only its slice as
 `SafetensorsSource.read` does for contiguous splits.
 
@@ -32,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,7 +48,51 @@ if TYPE_CHECKING:  # shards.py imports this module
 
 MLP_LEAVES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
-__all__ = ["MLP_LEAVES", "mlp_channels", "o_proj_gathered", "pick_packed_rows", "shard_by_channels"]
+__all__ = [
+    "MLP_LEAVES",
+    "WholeGroupDecisions",
+    "mlp_channels",
+    "o_proj_gathered",
+    "pick_packed_rows",
+    "shard_by_channels",
+]
+
+
+@dataclass(eq=False)  # compared by identity: it holds tensors
+class WholeGroupDecisions:
+    """One rank's act-order decisions over a checkpoint, each made on first use and kept: an MLP's channels in
+    down_proj's group order (`mlp_channels`; None: the contiguous split) and whether an `o_proj` is gathered
+    (`o_proj_gathered`). Whoever holds it reads the same answers, and each `g_idx` once.
+
+    Example:
+        >>> decided = WholeGroupDecisions(source, layout, rank=1, cfg=quant)
+        >>> decided.o_proj("model.layers.0.self_attn.o_proj"), decided.mlp("model.layers.0.mlp") is None
+        (True, False)
+    """
+
+    source: TensorSource
+    layout: TensorParallelLayout
+    rank: int
+    cfg: QuantizationConfig | None
+    channels: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    gathered: dict[str, bool] = field(default_factory=dict)
+
+    def mlp(self, mlp: str) -> torch.Tensor | None:
+        """This rank's channels of the MLP `mlp` (`model.layers.3.mlp`) in down_proj's group order, or None."""
+        if mlp not in self.channels:
+            self.channels[mlp] = mlp_channels(self.source, mlp, self.layout, self.rank, self.cfg)
+        return self.channels[mlp]
+
+    def o_proj(self, prefix: str) -> bool:
+        """Whether the `o_proj` `prefix` is held whole and fed the gathered heads."""
+        if prefix not in self.gathered:
+            self.gathered[prefix] = o_proj_gathered(self.source, prefix, self.layout, self.cfg)
+        return self.gathered[prefix]
+
+    def matches(self, source: TensorSource, layout: TensorParallelLayout, rank: int,
+                cfg: QuantizationConfig | None) -> bool:  # fmt: skip
+        """Whether these decisions were made for this checkpoint, split, rank and GPTQ settings."""
+        return self.source is source and self.layout == layout and self.rank == rank and self.cfg == cfg
 
 
 def o_proj_gathered(

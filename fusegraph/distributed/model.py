@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusegraph import ops
 from fusegraph.compiler import DeviceRef, DType, TensorValue
-from fusegraph.distributed.act_order_shards import mlp_channels, o_proj_gathered
+from fusegraph.distributed.act_order_shards import WholeGroupDecisions
 from fusegraph.distributed.groups import DEFAULT_GROUP
 from fusegraph.distributed.shards import SafetensorsSource, TensorSource, row_group_size, shard_state
 from fusegraph.nn.decoder import DecoderModel
@@ -97,10 +97,13 @@ class ActOrderPlan:
             duplicated groups.
         gathered: The `o_proj`s every rank holds whole and runs on the gathered heads (`fg.allgather` before,
             no `fg.allreduce` after).
+        decisions: The act-order decisions these came from (None where there are none to make), for
+            `shard_state` to read the rank's tensors by instead of reading each g_idx again.
     """
 
     row_quant: Mapping[str, QuantizationConfig] = field(default_factory=dict)
     gathered: frozenset[str] = frozenset()
+    decisions: WholeGroupDecisions | None = None
 
 
 def act_order_plan(
@@ -118,18 +121,19 @@ def act_order_plan(
     if q is None or not q.desc_act or q.group_size == -1 or layout.world_size == 1:
         return ActOrderPlan()
     share, row_quant, gathered = layout.rank(rank), {}, set()
+    decided = WholeGroupDecisions(source, layout, rank, q)
     for i in range(config.num_hidden_layers):
         mlp, o_proj = f"model.layers.{i}.mlp", f"model.layers.{i}.self_attn.o_proj"
-        if whole_groups and o_proj_gathered(source, o_proj, layout, q):
+        if whole_groups and decided.o_proj(o_proj):
             gathered.add(o_proj)
-        if whole_groups and mlp_channels(source, mlp, layout, rank, q) is not None:
+        if whole_groups and decided.mlp(mlp) is not None:
             row_quant[f"{mlp}.down_proj"] = dataclasses.replace(q, desc_act=False)
         for prefix, rows in ((o_proj, share.q_cols), (f"{mlp}.down_proj", share.channels)):
             if prefix in row_quant or prefix in gathered or rows is None:
                 continue
             if (size := row_group_size(source, prefix, rows, q)) != q.group_size:
                 row_quant[prefix] = dataclasses.replace(q, group_size=size)
-    return ActOrderPlan(row_quant, frozenset(gathered))
+    return ActOrderPlan(row_quant, frozenset(gathered), decided if whole_groups else None)
 
 
 def build_model_shard(
@@ -282,11 +286,11 @@ def load_model_shard(
     )
     source = SafetensorsSource(sorted(set(files.origin.values())))
     layout = model_layout(config, strategy)
-    kwargs["act_order"] = act_order_plan(source, config, layout, rank)
+    kwargs["act_order"] = plan = act_order_plan(source, config, layout, rank)
     plain = build_model_shard(config, strategy, rank, group=group, **kwargs)
     wanted = [n for n, _ in plain.named_params()]
     wanted += [n for n, _ in plain.named_accepted() if n in files]
-    state = shard_state(source, layout, rank, config.quantization, wanted)
+    state = shard_state(source, layout, rank, config.quantization, wanted, decisions=plan.decisions)
     specs = dict(plain.named_params())
     for name, tensor in state.items():
         want = specs[name].dtype.to_torch() if name in specs else tensor.dtype

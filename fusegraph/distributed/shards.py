@@ -39,12 +39,7 @@ from typing import Literal, Protocol, TypeVar
 
 import torch
 
-from fusegraph.distributed.act_order_shards import (
-    MLP_LEAVES,
-    mlp_channels,
-    o_proj_gathered,
-    shard_by_channels,
-)
+from fusegraph.distributed.act_order_shards import MLP_LEAVES, WholeGroupDecisions, shard_by_channels
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import GroupSplitError, RankShare, ShardingError, TensorParallelLayout
 
@@ -185,6 +180,7 @@ def shard_state(
     quant_config: QuantizationConfig | None = None,
     names: Iterable[str] | None = None,
     whole_groups: bool = True,
+    decisions: WholeGroupDecisions | None = None,
 ) -> dict[str, torch.Tensor]:
     """Rank `rank`'s tensors of a full checkpoint, named as in the checkpoint.
 
@@ -198,34 +194,40 @@ def shard_state(
             channels in `down_proj`'s group order, an `o_proj` whose groups the heads' split
             cuts read whole (replicated). False: the index-order split, each row-parallel shard
             duplicating the groups it shares (the split before; the benchmarks' baseline).
+        decisions: The act-order decisions already made for this source, layout, rank and
+            quant_config (`model.act_order_plan` keeps them), reused instead of read again.
 
     Raises:
         GroupSplitError: A row split would cut a GPTQ group.
-        ShardingError: A column split does not fall on whole qzeros words.
+        ShardingError: A column split does not fall on whole qzeros words, or `decisions` were made
+            for another source, layout, rank or quant_config.
     """
+    if decisions is None:
+        decisions = WholeGroupDecisions(source, layout, rank, quant_config)
+    elif not decisions.matches(source, layout, rank, quant_config):
+        raise ShardingError(
+            f"tensor parallel: shard_state for rank {rank} was given act-order decisions made for rank"
+            f" {decisions.rank} or for another source, layout or quant_config"
+        )
     share = layout.rank(rank)
     wanted = list(names) if names is not None else source.names()
     out: dict[str, torch.Tensor] = {}
     done: set[str] = set()
-    # each MLP's channels in down_proj's group order (act_order_shards.py), or None
-    orders: dict[str, torch.Tensor | None] = {}
-    gathered: dict[str, bool] = {}  # each o_proj: replicated, fed the gathered heads (act_order_shards.py)
     for name in wanted:
         prefix, _, param = name.rpartition(".")
         mlp, _, leaf = prefix.rpartition(".")
         split = projection_split(leaf, share, layout) if prefix else None
-        if leaf == "o_proj" and prefix not in gathered:
-            gathered[prefix] = whole_groups and o_proj_gathered(source, prefix, layout, quant_config)
-        if split is None or gathered.get(prefix, False):
+        # an o_proj replicated and fed the gathered heads (act_order_shards.py)
+        if split is None or (leaf == "o_proj" and whole_groups and decisions.o_proj(prefix)):
             out[name] = source.read(name)
             continue
         if prefix in done:
             continue
         done.add(prefix)
         present = {p for p in ("weight", "bias", *GPTQ_PARAMS) if f"{prefix}.{p}" in wanted}
-        if leaf in MLP_LEAVES and mlp not in orders:
-            orders[mlp] = mlp_channels(source, mlp, layout, rank, quant_config) if whole_groups else None
-        if leaf in MLP_LEAVES and (channels := orders[mlp]) is not None and quant_config is not None:
+        # each MLP's channels in down_proj's group order (act_order_shards.py), or None
+        channels = decisions.mlp(mlp) if leaf in MLP_LEAVES and whole_groups else None
+        if channels is not None and quant_config is not None:
             out.update(shard_by_channels(source, prefix, present, channels, layout, rank, quant_config))
         else:
             out.update(_shard_projection(source, prefix, present, split, rank, quant_config))

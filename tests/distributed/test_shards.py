@@ -9,7 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fusegraph.distributed.act_order_shards import mlp_channels, o_proj_gathered, pick_packed_rows
+from fusegraph.distributed.act_order_shards import (
+    WholeGroupDecisions,
+    mlp_channels,
+    o_proj_gathered,
+    pick_packed_rows,
+)
 from fusegraph.distributed.shards import DictSource, SafetensorsSource, row_group_size, shard_state
 from fusegraph.nn.quant import QuantizationConfig
 from fusegraph.nn.sharding import (
@@ -231,6 +236,48 @@ def test_shard_state__act_order_groups_shared_by_ranks_are_duplicated() -> None:
             _dense(part, "self_attn.o_proj", local),
             _dense(full, "self_attn.o_proj", cfg)[32 * rank : 32 * (rank + 1)],
         )
+
+
+class _CountingSource(DictSource):
+    """A DictSource that counts the reads of each tensor."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__(tensors)
+        self.reads: dict[str, int] = {}
+
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int = 0) -> torch.Tensor:
+        self.reads[name] = self.reads.get(name, 0) + 1
+        return super().read(name, dim, start, stop)
+
+
+def test_shard_state__reuses_the_act_order_decisions_made_for_the_model() -> None:
+    # the model's shapes (act_order_plan) and its tensors (shard_state) read the same decisions: each g_idx is read for
+    # them once, and the shards equal those of a shard_state that decides alone
+    cfg = QuantizationConfig(bits=4, group_size=32, desc_act=True, sym=False)
+    gen = torch.Generator().manual_seed(11)
+    full = {
+        **_gptq("mlp.gate_proj", 128, 64, cfg, torch.randperm(64, generator=gen), 1),
+        **_gptq("mlp.up_proj", 128, 64, cfg, torch.randperm(64, generator=gen), 2),
+        **_gptq("mlp.down_proj", 64, 128, cfg, torch.randperm(128, generator=gen), 3),
+        **_gptq("self_attn.o_proj", 64, 64, cfg, torch.randperm(64, generator=gen), 4),
+    }
+    layout = _layout()
+    for rank in range(2):
+        source = _CountingSource(full)
+        decided = WholeGroupDecisions(source, layout, rank, cfg)
+        assert decided.o_proj("self_attn.o_proj") and decided.mlp("mlp") is not None  # as act_order_plan asks
+        assert source.reads == {"self_attn.o_proj.g_idx": 1, "mlp.down_proj.g_idx": 1}
+        part = shard_state(source, layout, rank, cfg, decisions=decided)
+        # again only to copy them: o_proj's whole, and down's picked rows' groups
+        assert source.reads["self_attn.o_proj.g_idx"] == 2 and source.reads["mlp.down_proj.g_idx"] == 2
+        alone = shard_state(DictSource(full), layout, rank, cfg)
+        assert part.keys() == alone.keys() and all(torch.equal(part[k], alone[k]) for k in part)
+    with pytest.raises(ShardingError, match="rank 1 was given act-order decisions made for rank 0"):
+        shard_state(source, layout, 1, cfg, decisions=WholeGroupDecisions(source, layout, 0, cfg))
+    with pytest.raises(
+        ShardingError, match="rank 0 was given act-order decisions made for rank 0 or for another"
+    ):
+        shard_state(DictSource(full), layout, 0, cfg, decisions=WholeGroupDecisions(source, layout, 0, cfg))
 
 
 def test_layout__named_errors() -> None:
