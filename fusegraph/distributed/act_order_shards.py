@@ -89,10 +89,15 @@ class WholeGroupDecisions:
             self.gathered[prefix] = o_proj_gathered(self.source, prefix, self.layout, self.cfg)
         return self.gathered[prefix]
 
-    def matches(self, source: TensorSource, layout: TensorParallelLayout, rank: int,
-                cfg: QuantizationConfig | None) -> bool:  # fmt: skip
-        """Whether these decisions were made for this checkpoint, split, rank and GPTQ settings."""
-        return self.source is source and self.layout == layout and self.rank == rank and self.cfg == cfg
+    def mismatch(self, source: TensorSource, layout: TensorParallelLayout, rank: int,
+                 cfg: QuantizationConfig | None) -> str | None:  # fmt: skip
+        """What these decisions were made for that differs from this checkpoint, split, rank and GPTQ settings (as
+        "rank 0, another source"), or None."""
+        differs = [f"rank {self.rank}"] if self.rank != rank else []
+        differs += ["another source"] if self.source is not source else []
+        differs += ["another layout"] if self.layout != layout else []
+        differs += ["another quant_config"] if self.cfg != cfg else []
+        return ", ".join(differs) or None
 
 
 def o_proj_gathered(

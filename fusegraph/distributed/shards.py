@@ -204,10 +204,9 @@ def shard_state(
     """
     if decisions is None:
         decisions = WholeGroupDecisions(source, layout, rank, quant_config)
-    elif not decisions.matches(source, layout, rank, quant_config):
+    elif why := decisions.mismatch(source, layout, rank, quant_config):
         raise ShardingError(
-            f"tensor parallel: shard_state for rank {rank} was given act-order decisions made for rank"
-            f" {decisions.rank} or for another source, layout or quant_config"
+            f"tensor parallel: shard_state for rank {rank} was given act-order decisions made for {why}"
         )
     share = layout.rank(rank)
     wanted = list(names) if names is not None else source.names()

@@ -272,12 +272,15 @@ def test_shard_state__reuses_the_act_order_decisions_made_for_the_model() -> Non
         assert source.reads["self_attn.o_proj.g_idx"] == 2 and source.reads["mlp.down_proj.g_idx"] == 2
         alone = shard_state(DictSource(full), layout, rank, cfg)
         assert part.keys() == alone.keys() and all(torch.equal(part[k], alone[k]) for k in part)
-    with pytest.raises(ShardingError, match="rank 1 was given act-order decisions made for rank 0"):
+    with pytest.raises(ShardingError, match="for rank 1 was given act-order decisions made for rank 0$"):
         shard_state(source, layout, 1, cfg, decisions=WholeGroupDecisions(source, layout, 0, cfg))
-    with pytest.raises(
-        ShardingError, match="rank 0 was given act-order decisions made for rank 0 or for another"
-    ):
-        shard_state(DictSource(full), layout, 0, cfg, decisions=WholeGroupDecisions(source, layout, 0, cfg))
+    with pytest.raises(ShardingError, match="made for another source, another layout$"):
+        shard_state(
+            DictSource(full), layout, 0, cfg, decisions=WholeGroupDecisions(source, _layout(4), 0, cfg)
+        )
+    plain = QuantizationConfig(bits=4, group_size=32, desc_act=False, sym=False)
+    with pytest.raises(ShardingError, match="made for rank 1, another quant_config$"):
+        shard_state(source, layout, 0, cfg, decisions=WholeGroupDecisions(source, layout, 1, plain))
 
 
 def test_layout__named_errors() -> None:
