@@ -131,10 +131,13 @@ def check(info: RankInfo, config: ModelConfig) -> dict[str, Any]:
     del one
     strategy = ShardingStrategy.tensor_parallel(info.world_size)
     layout = model_layout(config, strategy)
-    plan = act_order_plan(DictSource(full), config, layout, info.rank)
+    source = DictSource(full)
+    plan = act_order_plan(source, config, layout, info.rank)
     two = build_model_shard(config, strategy, info.rank, device=ref, page_size=PAGE, act_order=plan)
     names = [n for n, _ in two.named_params()]
-    two.load_state_dict(shard_state(DictSource(full), layout, info.rank, config.quantization, names))
+    two.load_state_dict(
+        shard_state(source, layout, info.rank, config.quantization, names, decisions=plan.decisions)
+    )
     tp2 = _run_steps(two, steps, config.vocab_size, dev)
     diff = max(float((a - b).abs().max()) for a, b in zip(tp1, tp2, strict=True))
     scale = max(float(a.abs().max()) for a in tp1)

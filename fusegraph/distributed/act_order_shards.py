@@ -51,6 +51,7 @@ MLP_LEAVES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 __all__ = [
     "MLP_LEAVES",
     "WholeGroupDecisions",
+    "act_order_splits",
     "mlp_channels",
     "o_proj_gathered",
     "pick_packed_rows",
@@ -100,13 +101,18 @@ class WholeGroupDecisions:
         return ", ".join(differs) or None
 
 
+def act_order_splits(cfg: QuantizationConfig, layout: TensorParallelLayout) -> bool:
+    """Whether a split has act-order GPTQ decisions to make: act order (`desc_act`) with groups, over several ranks."""
+    return cfg.desc_act and cfg.group_size != -1 and layout.world_size > 1
+
+
 def o_proj_gathered(
     source: TensorSource, prefix: str, layout: TensorParallelLayout, cfg: QuantizationConfig | None
 ) -> bool:
     """Whether the act-order `o_proj` `prefix` is replicated and fed the gathered heads: some GPTQ group has rows on
     two ranks' heads (the same answer on every rank: it reads the full `g_idx`)."""
     name = f"{prefix}.g_idx"
-    if cfg is None or not cfg.desc_act or cfg.group_size == -1 or layout.world_size == 1:
+    if cfg is None or not act_order_splits(cfg, layout):
         return False
     if name not in source.names():
         return False
@@ -125,7 +131,7 @@ def mlp_channels(
     """Rank `rank`'s intermediate channels of the MLP `mlp` (`model.layers.3.mlp`) in `down_proj`'s
     group order (int64), or None where the contiguous split applies: no act order, no `down_proj.g_idx`,
     a group not of exactly `group_size` rows, or a rank's share not a whole number of groups."""
-    if cfg is None or not cfg.desc_act or cfg.group_size == -1 or layout.world_size == 1:
+    if cfg is None or not act_order_splits(cfg, layout):
         return None
     name = f"{mlp}.down_proj.g_idx" if mlp else "down_proj.g_idx"
     share = layout.rank(rank).channels

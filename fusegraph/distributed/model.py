@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusegraph import ops
 from fusegraph.compiler import DeviceRef, DType, TensorValue
-from fusegraph.distributed.act_order_shards import WholeGroupDecisions
+from fusegraph.distributed.act_order_shards import WholeGroupDecisions, act_order_splits
 from fusegraph.distributed.groups import DEFAULT_GROUP
 from fusegraph.distributed.shards import SafetensorsSource, TensorSource, row_group_size, shard_state
 from fusegraph.nn.decoder import DecoderModel
@@ -118,7 +118,7 @@ def act_order_plan(
     whose groups the heads' split cuts gathered; otherwise a shard whose groups other ranks share declares a
     smaller group size (`shards.row_group_size`)."""
     q = config.quantization
-    if q is None or not q.desc_act or q.group_size == -1 or layout.world_size == 1:
+    if q is None or not act_order_splits(q, layout):
         return ActOrderPlan()
     share, row_quant, gathered = layout.rank(rank), {}, set()
     decided = WholeGroupDecisions(source, layout, rank, q)
