@@ -256,8 +256,8 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
     return cuda_mid_m_plan(m, n, k, bits, sms, **kw) if mid else cuda_small_m_plan(m, n, k, bits, sms, **kw)
 
 
-# act-order takes the wgmma kernel's default ranges from this M: below it (plain o_proj and qkv at M = 14..16) it was not
-# measured after the permutation of x, so act-order keeps the small- and mid-M kernels' plans there
+# act-order takes the wgmma kernel's default ranges from this M: below it (plain o_proj and qkv at M = 14..16), after the
+# permutation of x, it tied or lost (twenty-fourth session, call 5), so act-order keeps the small- and mid-M plans there
 _ACT_ORDER_WGMMA_MIN_M = 17
 
 
