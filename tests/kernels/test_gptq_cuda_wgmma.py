@@ -84,7 +84,7 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     three = plan | {"ncw": 3, "tok": 128, "stages": 4}
     assert rswg(256, 6144, 4096) == three | {"split_k": 2, "vred": 1, "ostage": 0}
     assert rswg(512, 6144, 4096) == three
-    assert rswg(512, 6144, 4096, bits=8)["ncw"] == 2  # measured at 4 bits only
+    assert rswg(512, 6144, 4096, bits=8) == three | {"stages": 3}  # 8 bits: 3 stages fit three strips
     assert rswg(512, 4096, 4096)["split_k"] == 2  # 64 tiles
     assert rswg(1024, 4096, 4096)["split_k"] == 1  # 128 tiles: one an SM
     # 192 tiles: 3 rounds of 16 blocks beat 2 of 32; they fill 97% of the rounds, as three strips would
@@ -130,6 +130,33 @@ def test_gptq_cuda_wgmma__ws_plan_takes_m_up_to_256_in_one_pass_and_fills_the_sm
     eight = rswg_plan(256, 28672, 4096, 132, 8)
     assert eight is not None and eight["stages"] == 2 and rswg_plan(128, 28672, 4096, 132, 8)["stages"] == 4  # type: ignore[index]
     assert [rswg_tok(m) for m in (1, 64, 200, 256, 257, 520, 1024)] == [8, 64, 200, 256, 136, 176, 256]
+
+
+def test_gptq_cuda_wgmma__ws_plan_weighs_192_rows_and_8_bits_2_stage_ring_by_rows() -> None:
+    from fusegraph.runtime.kernels.gptq_cuda_wgmma_ws import rswg_plan
+
+    def tok_split_stages(m: int, n: int, k: int, bits: int) -> tuple[int, int, int]:
+        plan = rswg_plan(m, n, k, 132, bits)
+        assert plan is not None
+        return plan["tok"], plan["split_k"], plan["stages"]
+
+    # M = 768: 4 tiles of 192 rows (128 CTAs of o_proj, down) beat 3 of 256 (96) and 6 of 128 (192), at 4 and 8 bits
+    for bits in (4, 8):
+        assert tok_split_stages(768, 4096, 4096, bits) == (192, 1, 3), bits
+        assert tok_split_stages(768, 4096, 14336, bits) == (192, 1, 3), bits
+        assert tok_split_stages(768, 28672, 4096, bits) == (192, 1, 3), bits
+        assert tok_split_stages(768, 6144, 4096, bits) == (192, 2, 3), bits  # 384 CTAs: split 2
+    # 8 bits at M = 512: 256 rows on a 2-stage ring (it costs 256 rows nothing, 128 rows 1.2x)
+    assert tok_split_stages(512, 28672, 4096, 8) == (256, 1, 2)
+    assert tok_split_stages(512, 4096, 14336, 8) == (256, 2, 2)
+    assert tok_split_stages(512, 4096, 4096, 8) == (256, 2, 2)
+    # 8-bit qkv at M = 256: three strips a CTA, 128 rows split 2 (128 CTAs) on 3 stages
+    three = rswg_plan(256, 6144, 4096, 132, 8)
+    assert three is not None
+    assert (three["ncw"], three["tok"], three["split_k"], three["stages"]) == (3, 128, 2, 3)
+    # M = 1024: 256 rows still (4 tiles fill the rounds; 6 of 176 do not)
+    assert tok_split_stages(1024, 4096, 4096, 8) == (256, 1, 2)
+    assert tok_split_stages(1024, 4096, 4096, 4)[0] == 256
 
 
 def test_gptq_cuda_wgmma__the_default_takes_plain_4bit_fp16_on_sm90_in_its_ranges(
@@ -301,6 +328,8 @@ WS_CASES = [
     (256, 1024, 384, False, torch.float16, {"ncw": 3, "tok": 128, "split_k": 2, "stages": 4}),
     (96, 1024, 576, False, torch.bfloat16, {"ncw": 3, "split_k": 3}),
     (200, 512, 384, False, torch.float16, {"ncw": 3, "tok": 104, "split_k": 1, "tma": 0}),
+    # 4 row tiles of 192
+    (768, 1024, 512, False, torch.float16, {"tok": 192, "split_k": 2, "stages": 3, "vred": 1}),
     # 4 or 8 steps' wgmmas in flight (a stage freed INFL - 2 steps into the next block): a CTA of one block,
     # split-K in a cluster, stream-K, x multicast, bf16, 256 rows
     (64, 1024, 256, False, torch.float16, {"infl": 4}),
@@ -334,6 +363,10 @@ WS8_CASES = [
     (200, 1024, 256, False, {"split_k": 4, "sred": 1}),
     (520, 1024, 512, False, {"split_k": 1, "tok": 128, "stages": 4, "mc": 1}),
     (256, 512, 384, False, {"ncw": 3, "tok": 128, "split_k": 1, "stages": 3}),
+    # qkv's plan at M=256; M=768's (4 row tiles of 192); 176 rows with rows past M in the last tile
+    (256, 1024, 384, False, {"ncw": 3, "tok": 128, "split_k": 2, "stages": 3, "vred": 1}),
+    (768, 1024, 256, False, {"tok": 192, "split_k": 1, "stages": 3, "ostage": 1}),
+    (700, 1024, 256, False, {"tok": 176, "split_k": 2, "stages": 3, "vred": 1}),
     (64, 1024, 256, False, {"split_k": 3, "infl": 4}),
     (256, 1024, 384, True, {"infl": 8}),
     (200, 512, 256, False, {"split_k": 1, "ostage": 1}),

@@ -41,13 +41,26 @@ def rswg_tok(m: int, cap: int = 256) -> int:
     return max(8, (per + 7) // 8 * 8)
 
 
-# Past 128 rows a tile (M > 128) the plan weighs tok and tok halved (≤ 128 rows) at split 1 and 2 by an
-# estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row block costs a
-# CTA 0.25 + tok/256 µs (×1.2 for 8-bit's 2-stage ring), a CTA 2.6 µs more (ring fill, epilogue) and the
-# cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs. (Split 4 and stream-K lost
-# at every M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's fp32 parts.)
+# Past 128 rows a tile (M > 128) the plan weighs M over tiles of at most 256, 192 and 128 rows (`_WIDE_CAPS`) at
+# split 1 and 2 by an estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row
+# block costs a CTA 0.25 + tok/256 µs (× `_two_stage(tok)` for a 2-stage ring: 8 bits past 176 rows), a CTA 2.6 µs
+# more (ring fill, epilogue) and the cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs.
+# (Split 4 and stream-K lost at every M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's
+# fp32 parts.)
 _BLOCK_US, _CTA_US, _SUM_US = (0.25, 1.0), 2.6, (0.8, 2.1)
-_TWO_STAGE = 1.2
+# The 192-row tiles: at M=768 they make 4 row tiles where 256 make 3 and 128 make 6. H200, 25th session, 8 bits,
+# µs, split 1 at 192 rows / 256 / the plan then (128 rows): o_proj 39.8-40.1 / 48.3 / 55.5-56.7; gate_up 280.9-305.5
+# / 322.5-327.8 / 364.2-367.2; down 126.0-146.2 / 162.7-164.4 / 186.2; qkv (split 2) 71.7-72.1 / 81.3-83.2 / 89.8-90.8.
+_WIDE_CAPS = (256, 192, 128)
+
+
+def _two_stage(tok: int) -> float:
+    """What a 2-stage ring costs a block over a deeper one: 1.2 at 128 rows, falling to 1.0 at 256 (the dequantized
+    words of a block overlap more tensor work the more rows a CTA takes). H200, 4 bits forced to 2 stages (25th
+    session): 1.00x at 256 rows on gate_up M=512, 1.05x on down, 1.3x at 128 rows on qkv; 8 bits at 256 rows (the
+    only 2-stage ring the plan builds) against 128 rows and 4 stages, µs: gate_up M=512 214.3-215.5 / 236.6-242.1, down
+    (split 2) 86.2-96.0 / 116.4-119.8 (split 2; 112.1-114.5 at split 1), o_proj (split 2) 28.7-28.9 / 30.8-31.3."""
+    return 1.0 + 0.2 * max(0.0, min(1.0, (256 - tok) / 128))
 
 
 def ring_stages(tok: int, split: int, ncw: int, minb: int, bits: int, most: int = 4) -> int:
@@ -62,15 +75,16 @@ def ring_stages(tok: int, split: int, ncw: int, minb: int, bits: int, most: int 
 
 
 def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[int, int, int]:
-    """(tok, split, stages) for tok > 128: the least estimate (above) of tok or tok halved at split 1 or 2."""
+    """(tok, split, stages) for tok > 128: the least estimate (above) over the tiles of `_WIDE_CAPS` rows at split 1
+    or 2."""
     blocks = k // 128
     best: tuple[float, int, int, int] | None = None
-    for cap in (256, 128):
+    for cap in _WIDE_CAPS:
         tok = rswg_tok(m, cap)
         for split in (1, 2) if blocks >= 2 else (1,):
             stages = ring_stages(tok, split, ncw, 1, bits)
             ctas = -(-m // tok) * (n // (64 * ncw)) * split
-            block = (_BLOCK_US[0] + _BLOCK_US[1] * tok / 256) * (_TWO_STAGE if stages == 2 else 1.0)
+            block = (_BLOCK_US[0] + _BLOCK_US[1] * tok / 256) * (_two_stage(tok) if stages == 2 else 1.0)
             fixed = _CTA_US + ((_SUM_US[0] + _SUM_US[1] * tok / 256) if split > 1 else 0.0)
             est = -(-ctas // sms) * (blocks / split * block + fixed)
             if best is None or est < best[0]:
@@ -79,10 +93,12 @@ def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[i
     return best[1], best[2], best[3]
 
 
-# Three strips a CTA (ncw = 3, 512 threads, ≤ 128 rows) where N/64 divides by 3, 4 bits, past 128 rows: taken when
-# its CTAs fill the last round of SMs by more than this factor over the two-strip plan's. H200, seventh session (qkv,
-# 96 strips: 32 column tiles; docs/benchmarks.md): M=256 128 rows split 2 (128 CTAs) 24.5 µs vs 26.2 (96 CTAs);
-# M=512 split 1 45.9 vs 50.5; M=1024 (both fill 97%) 93.6 vs 93.3; four strips a CTA lost on every shape.
+# Three strips a CTA (ncw = 3, 512 threads, ≤ 128 rows) where N/64 divides by 3, past 128 rows: taken when its CTAs
+# fill the last round of SMs by more than this factor over the two-strip plan's. H200, seventh session (qkv, 96 strips:
+# 32 column tiles; docs/benchmarks.md): M=256 128 rows split 2 (128 CTAs) 24.5 µs vs 26.2 (96 CTAs); M=512 split 1
+# 45.9 vs 50.5; M=1024 (both fill 97%) 93.6 vs 93.3; four strips a CTA lost on every shape. 8 bits (3 stages),
+# 25th session, µs, three strips / the best two-strip variant: M=256 split 2 24.5-26.2 / 27.4-27.6 (256 rows split 2);
+# M=512 split 1 45.2-48.0 / 47.6-50.1 (256 rows split 1); M=768 (both fill 97%) 74.6-78.6 / 71.7-72.1 (192 rows).
 _NCW3_FILL_GAIN = 1.1
 
 
@@ -139,7 +155,7 @@ def _two_strip_fill_plan(tok: int, n: int, k: int, sms: int, bits: int) -> dict[
 def _three_strip_plan(m: int, n: int, k: int, sms: int, bits: int, two: float) -> dict[str, Any] | None:
     """The ncw = 3 plan past 128 rows (split 1 or 2, whichever fills more), or None where the two-strip plan's
     fill `two` is within `_NCW3_FILL_GAIN` of it or N/64 does not divide by 3."""
-    if bits != 4 or (n // 64) % 3 or m <= 128:
+    if (n // 64) % 3 or m <= 128:
         return None
     tok, blocks = rswg_tok(m, 128), k // 128
     tiles = -(-m // tok) * (n // 192)
