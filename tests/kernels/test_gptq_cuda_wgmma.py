@@ -154,6 +154,10 @@ def test_gptq_cuda_wgmma__ws_plan_weighs_192_rows_and_8_bits_2_stage_ring_by_row
     three = rswg_plan(256, 6144, 4096, 132, 8)
     assert three is not None
     assert (three["ncw"], three["tok"], three["split_k"], three["stages"]) == (3, 128, 2, 3)
+    # qkv at M = 640: three strips of 160 rows (128 CTAs) beat two of 128 rows (240 CTAs, two rounds)
+    for bits in (4, 8):
+        plan = rswg_plan(640, 6144, 4096, 132, bits)
+        assert plan is not None and (plan["ncw"], plan["tok"], plan["split_k"]) == (3, 160, 1), bits
     # M = 1024: 256 rows still (4 tiles fill the rounds; 6 of 176 do not)
     assert tok_split_stages(1024, 4096, 4096, 8) == (256, 1, 2)
     assert tok_split_stages(1024, 4096, 4096, 4)[0] == 256
@@ -328,7 +332,8 @@ WS_CASES = [
     (256, 1024, 384, False, torch.float16, {"ncw": 3, "tok": 128, "split_k": 2, "stages": 4}),
     (96, 1024, 576, False, torch.bfloat16, {"ncw": 3, "split_k": 3}),
     (200, 512, 384, False, torch.float16, {"ncw": 3, "tok": 104, "split_k": 1, "tma": 0}),
-    # 4 row tiles of 192
+    # 4 row tiles of 192; three strips of 176 rows (qkv's plan at M=704), rows past M in the last tile
+    (700, 512, 384, False, torch.float16, {"ncw": 3, "tok": 176, "split_k": 1, "stages": 3, "ostage": 1}),
     (768, 1024, 512, False, torch.float16, {"tok": 192, "split_k": 2, "stages": 3, "vred": 1}),
     # 4 or 8 steps' wgmmas in flight (a stage freed INFL - 2 steps into the next block): a CTA of one block,
     # split-K in a cluster, stream-K, x multicast, bf16, 256 rows
@@ -366,6 +371,7 @@ WS8_CASES = [
     # qkv's plan at M=256; M=768's (4 row tiles of 192); 176 rows with rows past M in the last tile
     (256, 1024, 384, False, {"ncw": 3, "tok": 128, "split_k": 2, "stages": 3, "vred": 1}),
     (768, 1024, 256, False, {"tok": 192, "split_k": 1, "stages": 3, "ostage": 1}),
+    (640, 1024, 384, False, {"ncw": 3, "tok": 160, "split_k": 1, "stages": 3, "ostage": 1}),  # qkv's at M=640
     (700, 1024, 256, False, {"tok": 176, "split_k": 2, "stages": 3, "vred": 1}),
     (64, 1024, 256, False, {"split_k": 3, "infl": 4}),
     (256, 1024, 384, True, {"infl": 8}),

@@ -74,32 +74,37 @@ def ring_stages(tok: int, split: int, ncw: int, minb: int, bits: int, most: int 
     return stages
 
 
-def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[int, int, int]:
-    """(tok, split, stages) for tok > 128: the least estimate (above) over the tiles of `_WIDE_CAPS` rows at split 1
-    or 2."""
+def _wide_plan(m: int, n: int, k: int, sms: int, bits: int, ncw: int) -> tuple[int, int, int, int]:
+    """(ncw, tok, split, stages) for tok > 128: the least estimate (above) over the tiles of `_WIDE_CAPS` rows at split 1
+    or 2, and where N/64 divides by 3 over three strips a CTA (`_THREE_STRIP_CAPS`); a tie keeps two strips."""
     blocks = k // 128
-    best: tuple[float, int, int, int] | None = None
-    for cap in _WIDE_CAPS:
+    three = [(3, cap) for cap in _THREE_STRIP_CAPS] if (n // 64) % 3 == 0 else []
+    shapes = [(ncw, cap) for cap in _WIDE_CAPS] + three
+    best: tuple[float, int, int, int, int] | None = None
+    for strips, cap in shapes:
         tok = rswg_tok(m, cap)
         for split in (1, 2) if blocks >= 2 else (1,):
-            stages = ring_stages(tok, split, ncw, 1, bits)
-            ctas = -(-m // tok) * (n // (64 * ncw)) * split
+            stages = ring_stages(tok, split, strips, 1, bits)
+            ctas = -(-m // tok) * (n // (64 * strips)) * split
             block = (_BLOCK_US[0] + _BLOCK_US[1] * tok / 256) * (_two_stage(tok) if stages == 2 else 1.0)
+            block *= _THREE_STRIP_BLOCK if strips == 3 else 1.0
             fixed = _CTA_US + ((_SUM_US[0] + _SUM_US[1] * tok / 256) if split > 1 else 0.0)
             est = -(-ctas // sms) * (blocks / split * block + fixed)
             if best is None or est < best[0]:
-                best = (est, tok, split, stages)
+                best = (est, strips, tok, split, stages)
     assert best is not None
-    return best[1], best[2], best[3]
+    return best[1], best[2], best[3], best[4]
 
 
-# Three strips a CTA (ncw = 3, 512 threads, ≤ 128 rows) where N/64 divides by 3, past 128 rows: taken when its CTAs
-# fill the last round of SMs by more than this factor over the two-strip plan's. H200, seventh session (qkv, 96 strips:
-# 32 column tiles; docs/benchmarks.md): M=256 128 rows split 2 (128 CTAs) 24.5 µs vs 26.2 (96 CTAs); M=512 split 1
-# 45.9 vs 50.5; M=1024 (both fill 97%) 93.6 vs 93.3; four strips a CTA lost on every shape. 8 bits (3 stages),
-# 25th session, µs, three strips / the best two-strip variant: M=256 split 2 24.5-26.2 / 27.4-27.6 (256 rows split 2);
-# M=512 split 1 45.2-48.0 / 47.6-50.1 (256 rows split 1); M=768 (both fill 97%) 74.6-78.6 / 71.7-72.1 (192 rows).
-_NCW3_FILL_GAIN = 1.1
+# Three strips a CTA (ncw = 3, 512 threads, at most 176 rows: its registers) where N/64 divides by 3 (qkv's 96 strips:
+# 32 column tiles), weighed by the estimate above with a block 1.5 times a two-strip CTA's (it does 3 strips' work for
+# 2's). H200, seventh session: M=256 128 rows split 2 24.5 µs vs 26.2 (two strips, 96 CTAs); M=512 split 1 45.9 vs
+# 50.5; M=1024 93.6 vs 93.3; four strips a CTA lost on every shape. 25th session, 8 bits (3 stages), three strips / the
+# best two-strip variant: M=256 split 2 24.5-26.2 / 27.4-27.6; M=512 split 1 45.2-48.0 / 47.6-50.1; M=768 split 2
+# 74.6-78.6 / 71.7-72.1 (192 rows; the estimate: 67 against 63). 26th session, 176-row tiles: M=640 (4 tiles of 160
+# rows, 128 CTAs) split 1 52.1 µs at 8 bits against 59.4-63.4 for the two-strip plan (128 rows, 240 CTAs), 49.8 against
+# 56.2 at 4 bits; M=768 (5 tiles) 100.2, M=1024 (6 tiles, split 2) 91.0 against 86.8-90.5 (256 rows split 2).
+_THREE_STRIP_CAPS, _THREE_STRIP_BLOCK = (176, 128), 1.5
 
 
 # Past 128 rows a tile, split 1: the outputs staged in shared memory and stored a row at a time (16-byte stores) instead
@@ -133,11 +138,6 @@ _ONE_STRIP: tuple[tuple[int, tuple[int, int], int], ...] = ((1, (1, 128), 6), (2
 _TWO_STRIP_MAX_TOK, _TWO_STRIP_MAX_SPLIT, _TWO_STRIP_MIN_FILL = 32, 7, 1.5
 
 
-def _fill(ctas: int, sms: int) -> float:
-    """The share of the SMs' CTA slots the grid keeps busy over its rounds (1 CTA an SM)."""
-    return ctas / (-(-ctas // sms) * sms)
-
-
 def _two_strip_fill_plan(tok: int, n: int, k: int, sms: int, bits: int) -> dict[str, Any] | None:
     """Two-strip CTAs two an SM at a split that fills the SMs, in place of the one-strip plan (`_TWO_STRIP_MAX_TOK`),
     or None where no split ≤ `_TWO_STRIP_MAX_SPLIT` leaves `_MIN_BLOCKS` blocks a CTA and fills them."""
@@ -152,28 +152,14 @@ def _two_strip_fill_plan(tok: int, n: int, k: int, sms: int, bits: int) -> dict[
             "sk": 0, "vred": int(split > 1), "pdl": 0, "ostage": 0}  # fmt: skip
 
 
-def _three_strip_plan(m: int, n: int, k: int, sms: int, bits: int, two: float) -> dict[str, Any] | None:
-    """The ncw = 3 plan past 128 rows (split 1 or 2, whichever fills more), or None where the two-strip plan's
-    fill `two` is within `_NCW3_FILL_GAIN` of it or N/64 does not divide by 3."""
-    if (n // 64) % 3 or m <= 128:
-        return None
-    tok, blocks = rswg_tok(m, 128), k // 128
-    tiles = -(-m // tok) * (n // 192)
-    split = max((s for s in (1, 2) if s <= blocks), key=lambda s: (_fill(tiles * s, sms), -s))
-    if _fill(tiles * split, sms) <= _NCW3_FILL_GAIN * two:
-        return None
-    return {"split_k": split, "tok": tok, "stages": ring_stages(tok, split, 3, 1, bits), "ncw": 3, "minb": 1, "tma": 1,
-            "sk": 0, "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1)}  # fmt: skip
-
-
 def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any] | None:
     """{"split_k", "tok", "stages", "ncw", "minb", "tma", "sk", "vred", "pdl", "ostage"} for x `[m, k]` · W `[k, n]`, or
     None when the kernel cannot take it.
 
     tok = `rswg_tok(m)`; two strips a CTA (one where N/64 is odd); two CTAs an SM at tok ≤ 64; x by the
-    copy engine. Past tok = 128: tok or tok halved at split 1 or 2, by the estimate above `_wide_plan`; three
-    strips a CTA of ≤ 128 rows instead where that fills the SMs' last round better (`_NCW3_FILL_GAIN`: qkv at
-    M = 256 and 512); at split 1 the outputs staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
+    copy engine. Past tok = 128: tiles of at most 256, 192 or 128 rows at split 1 or 2, or three strips a CTA of at
+    most 176 or 128 rows where N/64 divides by 3 (qkv), by the estimate above `_wide_plan`; at split 1 the outputs
+    staged in shared memory ("ostage", `_OSTAGE_MIN_M`).
     One-strip CTAs at split 2 where they fit in one round (`_ONE_STRIP`): one an SM to 128 rows with the deepest ring
     to 6 stages (o_proj, down), two an SM at 41..64 rows with 4 (qkv); but to 32 rows two-strip CTAs two an SM at a
     split ≤ 7 where they fill the SMs (`_two_strip_fill_plan`: down at split 7).
@@ -200,10 +186,7 @@ def rswg_plan(m: int, n: int, k: int, sms: int, bits: int = 4) -> dict[str, Any]
     tok = rswg_tok(m)
     ncw = 2 if (n // 64) % 2 == 0 else 1
     if tok > 128:
-        tok, split, stages = _wide_plan(m, n, k, sms, bits, ncw)
-        three = _three_strip_plan(m, n, k, sms, bits, _fill(-(-m // tok) * (n // (64 * ncw)) * split, sms))
-        if three is not None:
-            return three
+        ncw, tok, split, stages = _wide_plan(m, n, k, sms, bits, ncw)
         return {"split_k": split, "tok": tok, "stages": stages, "ncw": ncw, "minb": 1, "tma": 1, "sk": 0,
                 "vred": int(split > 1), "pdl": 0, "ostage": int(split == 1 and m >= _OSTAGE_MIN_M)}  # fmt: skip
     for per_sm, (lo, hi), most in _ONE_STRIP:
