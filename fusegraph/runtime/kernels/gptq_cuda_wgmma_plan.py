@@ -41,8 +41,8 @@ def rswg_tok(m: int, cap: int = 256) -> int:
     return max(8, (per + 7) // 8 * 8)
 
 
-# Past 128 rows a tile (M > 128) the plan weighs M over tiles of at most 256, 192 and 128 rows (`_WIDE_CAPS`) at
-# split 1 and 2 by an estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row
+# Past 128 rows a tile (M > 128) the plan weighs M over tiles of at most 256, 192 and 128 rows (`_WIDE_CAPS`), and
+# three strips a CTA where N/64 divides by 3 (`_THREE_STRIP_CAPS`), at split 1 and 2 by an estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row
 # block costs a CTA 0.25 + tok/256 µs (× `_two_stage(tok)` for a 2-stage ring: 8 bits past 176 rows), a CTA 2.6 µs
 # more (ring fill, epilogue) and the cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs.
 # (Split 4 and stream-K lost at every M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's
