@@ -42,11 +42,12 @@ def rswg_tok(m: int, cap: int = 256) -> int:
 
 
 # Past 128 rows a tile (M > 128) the plan weighs M over tiles of at most 256, 192 and 128 rows (`_WIDE_CAPS`), and
-# three strips a CTA where N/64 divides by 3 (`_THREE_STRIP_CAPS`), at split 1 and 2 by an estimate in µs, fitted to the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row
-# block costs a CTA 0.25 + tok/256 µs (× `_two_stage(tok)` for a 2-stage ring: 8 bits past 176 rows), a CTA 2.6 µs
-# more (ring fill, epilogue) and the cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs.
-# (Split 4 and stream-K lost at every M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's
-# fp32 parts.)
+# three strips a CTA where N/64 divides by 3 (`_THREE_STRIP_CAPS`), at split 1 and 2 by an estimate in µs fitted to
+# the H200 benchmark (docs/benchmarks.md, fifth session): a 128-row block costs a two-strip CTA 0.25 + tok/256 µs
+# (× `_two_stage(tok)` for a 2-stage ring: 8 bits past 176 rows), a CTA 2.6 µs more (ring fill, epilogue) and the
+# cluster sum of split 2 0.8 + 2.1·tok/256 µs more; rounds of CTAs over the SMs. (Split 4 and stream-K lost at every
+# M ≥ 256 cell: clusters of 4 a CTA an SM do not all fit at once; stream-K's fp32 parts.) A one-strip CTA (N/64 odd)
+# is charged the two-strip block: never measured against three strips (N/64 odd and a multiple of 3).
 _BLOCK_US, _CTA_US, _SUM_US = (0.25, 1.0), 2.6, (0.8, 2.1)
 # The 192-row tiles: at M=768 they make 4 row tiles where 256 make 3 and 128 make 6. H200, 25th session, 8 bits,
 # µs, split 1 at 192 rows / 256 / the plan then (128 rows): o_proj 39.8-40.1 / 48.3 / 55.5-56.7; gate_up 280.9-305.5
