@@ -11,10 +11,17 @@ results are returned), then captures it without running it.
 - `run_bound` (what `model.bind(...)` steps do) captures on the caller's own tensors: the
   caller updates them in place, and the outputs are the graph's static tensors, overwritten
   by the next replay. No copies at all.
+
+The graphs go with their runner, when its owner is freed: the runner holds a bound-method step weakly, so a compiled
+model and its runner make no reference cycle for the garbage collector to free later, perhaps inside another capture,
+which destroying a graph would break. For the same reason the collector is off while a graph is captured.
 """
 
 from __future__ import annotations
 
+import gc
+import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,10 +44,21 @@ class CudaGraphRunner:
             raise ValueError(
                 "compile: cuda_graphs=True needs a CUDA device; torch.cuda.is_available() is False"
             )
-        self.step = step
+        # a bound method weakly: its object (the compiled model) owns this runner
+        self._step_ref: Callable[[], Step | None] = (
+            weakref.WeakMethod(step) if inspect.ismethod(step) else lambda: step
+        )
         self.device = device
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[object, ...], _Entry] = {}
+
+    @property
+    def step(self) -> Step:
+        """The step this runner captures (its object still alive: it owns the runner)."""
+        step = self._step_ref()
+        if step is None:
+            raise RuntimeError("cuda_graphs: the compiled model whose step this runner captures was freed")
+        return step
 
     def run(
         self, inputs: Sequence[torch.Tensor], types: Sequence[Any], dims: dict[str, int]
@@ -83,9 +101,12 @@ class CudaGraphRunner:
     ) -> _Entry:
         args = [x if s is None else s for x, s in zip(inputs, static_inputs)]
         graph = torch.cuda.CUDAGraph()
+        step = self.step
+        collecting = gc.isenabled()
+        gc.disable()  # a dead graph the collector destroyed inside the capture would break it
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                static_outputs = self.step(args, dims)
+                static_outputs = step(args, dims)
         except RuntimeError as err:
             shapes = [list(x.shape) for x in inputs]
             raise RuntimeError(
@@ -94,6 +115,9 @@ class CudaGraphRunner:
                 "compile with cuda_graphs=False, or skip that host work when "
                 "torch.cuda.is_current_stream_capturing()."
             ) from err
+        finally:
+            if collecting:
+                gc.enable()
         return graph, static_inputs, static_outputs
 
 
