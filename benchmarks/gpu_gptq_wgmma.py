@@ -14,12 +14,16 @@ operand rotated over enough copies that L2 stays cold (`gpu_gptq.Bench`); each v
 against x @ W first. Writes the lines to $OUT/gptq_wgmma.txt. WGMMA_BUDGET_S (default 60) stops
 timing new rows once spent; WGMMA_ONLY (a regex) keeps the plan and the variants whose names match;
 WGMMA_EXTRA ("name:{json config};...") adds variants of the plan (4 wgmma steps in flight: 'i4:{"infl":4}').
+WGMMA_OLD_PLAN (a .py file holding an earlier `rswg_plan`, e.g. `git show REV:fusegraph/runtime/kernels/
+gptq_cuda_wgmma_plan.py > old_plan.py` in the tree) adds that plan as the variant "ws/old", to time a plan change side
+by side ('WGMMA_ONLY=old$' keeps just the two). WGMMA_SHAPES ("qkv,o_proj") times only those shapes.
 """
 
 # ruff: noqa: B023, E731, N812
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import sys
@@ -54,6 +58,23 @@ PROBE_MS = {
 
 class K:
     tiled = staticmethod(T.gptq_tiled_matmul)
+
+
+def _old_plan() -> Callable[..., dict[str, Any] | None] | None:
+    """The `rswg_plan` of the file WGMMA_OLD_PLAN names, or None."""
+    path = os.environ.get("WGMMA_OLD_PLAN")
+    if not path:
+        return None
+    spec = importlib.util.spec_from_file_location("old_rswg_plan", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"WGMMA_OLD_PLAN: cannot load {path!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.rswg_plan  # type: ignore[no-any-return]
+
+
+OLD_PLAN = _old_plan()
+SHAPES = tuple(s for s in GB.SHAPES if s[0] in os.environ.get("WGMMA_SHAPES", s[0]).split(","))
 
 
 def log(s: str = "") -> None:
@@ -121,6 +142,8 @@ def ws_variants(m: int, k_in: int, n_out: int, sms: int, bits: int = 4) -> list[
         out.append((f"ws/{tag}/cpasync", {"tma": 0}))
     extra = GB.named_configs(os.environ.get("WGMMA_EXTRA", ""))  # "name:{json config};..."
     out += [(f"ws/{name}", c) for name, c in extra]
+    if OLD_PLAN is not None and (old := OLD_PLAN(m, n_out, k_in, sms, bits)) is not None:
+        out.append(("ws/old", dict(old)))  # every key set: with_config gives the old plan itself
     if only := os.environ.get("WGMMA_ONLY"):  # a regex: the plan and the variants whose names match it
         out = out[:1] + [(name, c) for name, c in out[1:] if re.search(only, name)]
     if os.environ.get("WGMMA_NO_TMA") == "1":
@@ -141,7 +164,7 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4, bf16: bool = False) -> No
     t0 = time.time()
     specs = []
     for m in ms:
-        for _, k_in, n_out in GB.SHAPES:
+        for _, k_in, n_out in SHAPES:
             for _, c in ws_variants(m, k_in, n_out, sms, bits):
                 plan = with_config(rswg_plan(m, n_out, k_in, sms, bits), c)  # type: ignore[arg-type]
                 # as its row's call merges it (`maybe_wgmma`); a variant the spec refuses fails in its row
@@ -153,12 +176,12 @@ def run(ms: tuple[int, ...], bw: float, bits: int = 4, bf16: bool = False) -> No
     if errors:
         log(f"  first precompile failure: {errors[0]}")
     kind = "int8" if bits == 8 else "plain"
-    benches = {label: GB.Bench(k_in, n_out, (kind,)) for label, k_in, n_out in GB.SHAPES}
+    benches = {label: GB.Bench(k_in, n_out, (kind,)) for label, k_in, n_out in SHAPES}
     if bf16:
         for b in benches.values():
             b.layers[kind] = [_bf16(lay) for lay in b.layers[kind]]
     for m in ms:
-        for label, k_in, n_out in GB.SHAPES:
+        for label, k_in, n_out in SHAPES:
             layers = benches[label].layers[kind]
             xs = benches[label].xs(m, len(layers), torch.bfloat16 if bf16 else torch.float16)
             runs: list[tuple[str, Callable[..., Any]]] = [
