@@ -74,7 +74,10 @@ def _old_plan() -> Callable[..., dict[str, Any] | None] | None:
 
 
 OLD_PLAN = _old_plan()
-SHAPES = tuple(s for s in GB.SHAPES if s[0] in os.environ.get("WGMMA_SHAPES", s[0]).split(","))
+_WANT = os.environ.get("WGMMA_SHAPES", ",".join(GB.SHAPES_LABELS)).split(",")
+if bad := [w for w in _WANT if w not in GB.SHAPES_LABELS]:
+    raise SystemExit(f"WGMMA_SHAPES: unknown shapes {bad}; allowed: {', '.join(GB.SHAPES_LABELS)}")
+SHAPES = tuple(s for s in GB.SHAPES if s[0] in _WANT)
 
 
 def log(s: str = "") -> None:
