@@ -47,6 +47,9 @@ CASES = [
     ([1, 1, 1], [9, 0, 20], 4, 1, 16, 1, torch.float16, None, None),  # decode, MQA, page 1
     ([7, 0, 2], [3, 4, 0], 2, 2, 8, 16, torch.float32, 3, 2),  # sliding window, empty seq
     ([4], [17], 6, 2, 16, 16, torch.bfloat16, None, None),  # G = 3 (padded to 4)
+    # T = B rows of 2-row and empty sequences, a row a tile, 128 (sequence, kv head) programs: the wide decode plan
+    # launches exactly T tiles, and every one is live
+    ([2, 0] * 32, [5, 3] * 32, 4, 2, 16, 4, torch.float32, None, 1),
 ]
 
 
@@ -154,3 +157,20 @@ def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permu
         ValueError, match=r"^fg.attention.paged: perm must be a permutation of 0..63, got perm\[7\] = -1"
     ):
         run(bad)
+
+
+def test_key_plan__decode_splits_fill_the_sms_and_wide_batches_take_64_key_steps():
+    # decode at batch 1..128 (8 kv heads, 132 SMs, a 17-page row): 128-key steps and ~2 programs an SM below 128
+    # (sequence, kv head) programs, 64-key steps and ~4 an SM from there; exactly T tiles at one sequence and there
+    plans = [kernel.key_plan(b, b, 4, 8, 128, 2176, 132) for b in (1, 4, 16, 32, 64, 128)]
+    assert plans == [
+        (128, 17, True),
+        (128, 9, False),
+        (64, 4, True),
+        (64, 2, True),
+        (64, 1, True),
+        (64, 1, True),
+    ]
+    assert kernel.key_plan(512, 4, 16, 8, 128, 2176, 132) == (64, 1, False)  # prefill: the tiles fill the SMs
+    # wide heads take 32-key steps; a short lookup row caps the splits at one key step each
+    assert kernel.key_plan(1, 1, 4, 8, 256, 256, 132) == (32, 8, True)

@@ -9,7 +9,8 @@ times the G = H/Hkv query heads that share a kv head, so each K/V tile loaded fr
 cache serves BLOCK_M·G query rows. Tiles are numbered sequence by sequence; a program finds
 its sequence from the running sum of ceil(n_b / BLOCK_M) (computed in the kernel, so the
 launch needs no host sync and can be captured in a CUDA graph). The grid has
-ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return at once.
+ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return at once. A decode step of one
+sequence, or of `WIDE_DECODE_PROGRAMS` (sequence, kv head) programs or more, launches exactly its T tiles (`key_plan`).
 
 The softmax is the online (flash) form, in fp32 with exp2.
 
@@ -194,6 +195,48 @@ def combine_rows(n_rows: int, sms: int) -> int:
     return rows
 
 
+WIDE_DECODE_PROGRAMS = 128
+"""From this many (sequence, kv head) programs a decode step takes 64-key steps, about 4 programs an SM and exactly
+its T query tiles (`key_plan`). H200, Llama-3-8B heads (8 kv heads), ctx 2048, the cache rotated past L2, attention +
+combine, µs (2026-12-03, `docs/benchmarks.md`; the earlier plan first): batch 16 52.0 → 42.3, 32 78.3 → 73.7, 64
+151.5 → 132.9; the 32-layer decode step 1.3% and 3.2% faster at batch 16 and 32 (steps back to back), 7.5% at 64
+(one step synchronized). Below it the 128-key plan stayed: at batch 1 to 8 no 64-key plan was faster by more than the spread."""
+
+
+def key_plan(
+    t_rows: int, batch: int, block_m: int, n_kv_heads: int, head_dim: int, capacity: int, sms: int
+) -> tuple[int, int, bool]:
+    """(keys a step, key splits, whether the grid holds exactly T query tiles) for `paged_attention_triton`.
+
+    Prefill (more rows than sequences): 64-key steps, one split once the query tiles fill the SMs. Decode: the
+    (sequence, kv head) programs alone leave SMs idle, so each sequence's keys are split, down to one key step a
+    split: below `WIDE_DECODE_PROGRAMS` programs in 128-key steps and about 2 programs an SM (H200, ctx 2048, bs 1:
+    17 splits 11.8 µs against 6 of 256+ keys 15.9; bs 4: 9 splits 17.2 against 19.6), from it in 64-key steps and
+    about 4 programs an SM. Head dims past 128 take 32-key steps.
+
+    The grid's `ceil(T / BLOCK_M) + B` query tiles bound the tiles of any ragged batch; at decode (T = B) it holds a
+    dead program beside each live one, and the block scheduler places the live ones by where the dead ones fall. T
+    tiles (a tile holds at least one row) are exact there, and measured faster for one sequence (H200, ctx 2048:
+    10.3-10.7 → 9.6-10.0 µs alone, the decode step 1.4% faster) and in the wide plan, but slower for 2 to 8 sequences
+    (3-11% alone, 0.8-1.0% on the step), so those keep the bound.
+
+    Example:
+        >>> [key_plan(b, b, 4, 8, 128, 2176, 132) for b in (1, 4, 16, 32, 64, 128)]
+        [(128, 17, True), (128, 9, False), (64, 4, True), (64, 2, True), (64, 1, True), (64, 1, True)]
+        >>> key_plan(512, 4, 16, 8, 128, 2176, 132)
+        (64, 1, False)
+    """
+    decode = t_rows <= batch
+    busy = (t_rows if decode else triton.cdiv(t_rows, block_m)) * n_kv_heads  # programs that have rows
+    wide = decode and busy >= WIDE_DECODE_PROGRAMS
+    block_n = 32 if head_dim > 128 else 128 if decode and not wide else 64
+    if wide:
+        splits = 4 * sms // busy
+    else:
+        splits = triton.cdiv(2 * sms, busy) if decode and busy < sms else 1
+    return block_n, max(1, min(splits, capacity // block_n)), wide or (decode and batch == 1)
+
+
 def paged_attention_triton(
     q: torch.Tensor,
     row_offsets: torch.Tensor,
@@ -266,18 +309,15 @@ def paged_attention_triton(
     gp = triton.next_power_of_2(group)
     if block_m is None:  # decode (one row per sequence) wants few rows; prefill wants 64 rows
         block_m = max(1, (16 if t_rows <= batch else 64) // gp)
-    if block_n is None:  # decode streams long key ranges: wider steps (H100 sweep, bs32 ctx2048: 78 vs 93 us)
-        block_n = (128 if t_rows <= batch else 64) if head_dim <= 128 else 32
-    tiles = triton.cdiv(t_rows, block_m) + batch
     on_gpu = q.device.type == "cuda"
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
     capacity = lookup_table.shape[1] * kv_blocks.shape[3]
+    plan_n, plan_splits, exact = key_plan(t_rows, batch, block_m, n_kv_heads, head_dim, capacity, sms)
+    block_n = plan_n if block_n is None else block_n
     if num_splits is None:
-        # programs that have rows (decode: one tile per sequence; the exact count needs a sync)
-        busy = (t_rows if t_rows <= batch else triton.cdiv(t_rows, block_m)) * n_kv_heads
-        # a split down to one key step (block_n): H200, Llama-3-8B heads, ctx 2048, cache cold, attention + combine,
-        # 2026-11-30: bs 1 17 splits 11.8 µs against 6 of 256+ keys 15.9; bs 4 9 splits 17.2 against 19.6
-        num_splits = max(1, min(triton.cdiv(2 * sms, busy), capacity // block_n)) if busy < sms else 1
+        num_splits = max(1, min(plan_splits, capacity // block_n))
+    tiles = triton.cdiv(t_rows, block_m) + batch
+    tiles = min(t_rows, tiles) if exact else tiles
     split_len = triton.cdiv(triton.cdiv(max(capacity, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(capacity, split_len))
     split = num_splits > 1
