@@ -178,10 +178,11 @@ def sweep_act_order() -> None:
 # ---- paged attention -----------------------------------------------------------------------------------
 
 
-def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
+def sweep_attention(batch: int = 32, ctx: int = 2048, ragged: bool = True) -> None:
     """Decode attention (one query row a sequence, Llama-3-8B heads, fp16) over key splits and tiles, each checked
     against SDPA on the gathered cache; the cache rotated over copies past L2 (as in a model, where each
-    layer's cache is cold)."""
+    layer's cache is cold). `ragged`: every third sequence holds a random context; else each holds `ctx` keys and adds
+    one (a decode step of equal contexts)."""
     h, hkv, d, ps = 32, 8, 128, 128
     pages = ctx // ps + 1  # the lookup table's capacity past the context, as the model's max_seq_len gives it
     lut = torch.randperm(batch * pages, device=DEV).reshape(batch, pages).to(torch.int32)
@@ -189,8 +190,9 @@ def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
     kvs = [torch.randn(batch * pages, 2, 1, ps, hkv, d, device=DEV, dtype=torch.float16)
            for _ in range(max(1, -(-(160 << 20) // kv_bytes)))]  # fmt: skip
     kv = kvs[0]
-    lens = torch.full((batch,), ctx - 1, device=DEV, dtype=torch.int32)
-    lens[1::3] = torch.randint(1, ctx - 1, (len(lens[1::3]),), device=DEV, dtype=torch.int32)  # ragged too
+    lens = torch.full((batch,), ctx - 1 if ragged else ctx, device=DEV, dtype=torch.int32)
+    if ragged:
+        lens[1::3] = torch.randint(1, ctx - 1, (len(lens[1::3]),), device=DEV, dtype=torch.int32)
     ro = torch.arange(batch + 1, device=DEV, dtype=torch.int32)
     q = torch.randn(batch, h, d, device=DEV, dtype=torch.float16)
     # reference: gather each sequence's cache, SDPA per sequence in fp32
@@ -204,10 +206,9 @@ def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
             enable_gqa=True)[:, 0]  # fmt: skip
     floor_bytes = int((lens.long() + 1).sum()) * hkv * d * 2 * 2
     res = []
-    for splits in (1, 2, 4, 8, 12, 16, 24, 32, None):
-        for bn, ns, nw in ((64, 2, 4), (128, 2, 4), (64, 3, 4)):
-            if splits is None and (bn, ns, nw) != (128, 2, 4):
-                continue
+    configs = ((64, 2, 4), (128, 2, 4), (64, 3, 4), (64, 4, 4), (128, 2, 8))
+    for splits in (1, 2, 4, 8, 12, 17, 24, 34, None):
+        for bn, ns, nw in configs if splits is not None else ((None, 2, 4),):  # None: the default plan
 
             def fn(kv: Tensor = kv) -> Tensor:
                 return PA.paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=d**-0.5, num_splits=splits,
@@ -222,7 +223,7 @@ def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
                 res.append((us, splits, bn, ns, nw))
             except Exception as e:  # noqa: BLE001
                 log(f"  attn splits={splits} bn={bn} ns={ns}: FAILED {type(e).__name__}: {str(e)[:300]}")
-    res.sort()
+    res.sort(key=lambda r: r[0])
     print(
         f"  attn bs{batch} all:",
         "; ".join(f"{r[0]:.1f} s={r[1]} bn={r[2]} ns={r[3]} nw={r[4]}" for r in res),
@@ -230,16 +231,16 @@ def sweep_attention(batch: int = 32, ctx: int = 2048) -> None:
     )
     bw = 4.2e12
     one = min((r for r in res if r[1] == 1), default=None)
-    dflt = next((r for r in res if r[1] is None), None)
+    dflt = next((r for r in res if r[1] is None), None)  # the default plan (`paged_attention.key_plan`)
     log(f"paged attention decode bs{batch} ctx{ctx} fp16 graph: best {res[0][0]:6.1f} us (splits={res[0][1]} "
         f"bn={res[0][2]} ns={res[0][3]} nw={res[0][4]}) | default {dflt[0] if dflt else float('nan'):6.1f} | "
         f"no split {one[0] if one else float('nan'):6.1f} | KV floor {floor_bytes / bw * 1e6:5.1f} us")  # fmt: skip
 
 
 def sweep_decode_attention() -> None:
-    """`sweep_attention` at the small decode batches, context 2048."""
-    for batch in (1, 4, 16):
-        sweep_attention(batch, 2048)
+    """`sweep_attention` at the decode batches, every sequence at context 2048 (`key_plan`'s measurement)."""
+    for batch in (1, 2, 4, 8, 16, 32, 64):
+        sweep_attention(batch, 2048, ragged=False)
 
 
 def main() -> int:
