@@ -9,8 +9,9 @@ times the G = H/Hkv query heads that share a kv head, so each K/V tile loaded fr
 cache serves BLOCK_M·G query rows. Tiles are numbered sequence by sequence; a program finds
 its sequence from the running sum of ceil(n_b / BLOCK_M) (computed in the kernel, so the
 launch needs no host sync and can be captured in a CUDA graph). The grid has
-ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return at once. A decode step of one
-sequence, or of `WIDE_DECODE_PROGRAMS` (sequence, kv head) programs or more, launches exactly its T tiles (`key_plan`).
+ceil(T / BLOCK_M) + B tiles, an upper bound; programs past the last tile return at once. A decode
+step of one sequence, or of `WIDE_DECODE_PROGRAMS` (sequence, kv head) programs or more, launches
+exactly its T tiles (`key_plan`).
 
 The softmax is the online (flash) form, in fp32 with exp2.
 
@@ -200,7 +201,8 @@ WIDE_DECODE_PROGRAMS = 128
 its T query tiles (`key_plan`). H200, Llama-3-8B heads (8 kv heads), ctx 2048, the cache rotated past L2, attention +
 combine, µs (2026-12-03, `docs/benchmarks.md`; the earlier plan first): batch 16 52.0 → 42.3, 32 78.3 → 73.7, 64
 151.5 → 132.9; the 32-layer decode step 1.3% and 3.2% faster at batch 16 and 32 (steps back to back), 7.5% at 64
-(one step synchronized). Below it the 128-key plan stayed: at batch 1 to 8 no 64-key plan was faster by more than the spread."""
+(one step synchronized). Below it the 128-key plan stayed: 64-key steps at 3 stages were 4-5% faster alone at
+batch 2 and 8 in one call, slower at 4, and the one decode step timed with them there (batch 4) was 1.2% slower."""
 
 
 def key_plan(
