@@ -6,7 +6,9 @@ captured in one graph, the weights rotated over enough copies to overflow L2, me
 replays / REPS), so host launch overhead is out; do_bench of one eager call (launch included)
 is printed beside the chosen configs. The best config per shape is printed in a table last and
 written to $OUT/gpu_sweep.txt; they are what `gptq_plan.pick_config` and the attention
-default use.
+default use. The decode attention rows also time the default plan with its splits merged by the combine kernel
+("kernel") beside the default (which merges in place where `paged_attention_plan.merges_in_place` says);
+ATTN_DEFAULT_ONLY=1 times only those two.
 """
 
 # ruff: noqa: B023, E731, N812
@@ -207,12 +209,19 @@ def sweep_attention(batch: int = 32, ctx: int = 2048, ragged: bool = True) -> No
     floor_bytes = int((lens.long() + 1).sum()) * hkv * d * 2 * 2
     res = []
     configs = ((64, 2, 4), (128, 2, 4), (64, 3, 4), (64, 4, 4), (128, 2, 8))
-    for splits in (1, 2, 4, 8, 12, 17, 24, 34, None):
-        for bn, ns, nw in configs if splits is not None else ((None, 2, 4),):  # None: the default plan
+    grid = (
+        (None, "kernel")
+        if os.environ.get("ATTN_DEFAULT_ONLY")
+        else (1, 2, 4, 8, 12, 17, 24, 34, None, "kernel")
+    )
+    for splits in grid:  # None: the default plan; "kernel": the same, its splits merged by the combine kernel
+        for bn, ns, nw in configs if isinstance(splits, int) else ((None, 2, 4),):
 
             def fn(kv: Tensor = kv) -> Tensor:
-                return PA.paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=d**-0.5, num_splits=splits,
-                                                 block_n=bn, num_stages=ns, num_warps=nw)  # fmt: skip
+                return PA.paged_attention_triton(q, ro, kv, lens, lut, layer_idx=0, scale=d**-0.5,
+                                                 num_splits=splits if isinstance(splits, int) else None, block_n=bn,
+                                                 num_stages=ns, num_warps=nw,
+                                                 merge_in_place=False if splits == "kernel" else None)  # fmt: skip
 
             try:
                 err = rel_err(fn(), ref)
@@ -232,8 +241,10 @@ def sweep_attention(batch: int = 32, ctx: int = 2048, ragged: bool = True) -> No
     bw = 4.2e12
     one = min((r for r in res if r[1] == 1), default=None)
     dflt = next((r for r in res if r[1] is None), None)  # the default plan (`paged_attention.key_plan`)
+    kern = next((r for r in res if r[1] == "kernel"), None)
     log(f"paged attention decode bs{batch} ctx{ctx} fp16 graph: best {res[0][0]:6.1f} us (splits={res[0][1]} "
         f"bn={res[0][2]} ns={res[0][3]} nw={res[0][4]}) | default {dflt[0] if dflt else float('nan'):6.1f} | "
+        f"default, combine kernel {kern[0] if kern else float('nan'):6.1f} | "
         f"no split {one[0] if one else float('nan'):6.1f} | KV floor {floor_bytes / bw * 1e6:5.1f} us")  # fmt: skip
 
 

@@ -97,12 +97,16 @@ SPLIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("combine", [None, 1, 16], ids=["rows-plan", "rows-1", "rows-16"])
+@pytest.mark.parametrize(
+    "combine",
+    ["in-place", None, 1, 16],
+    ids=["merged-in-place", "kernel-rows-plan", "kernel-rows-1", "kernel-rows-16"],
+)
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=[f"split{i}" for i in range(len(SPLIT_CASES))])
 def test_paged_attention_kernel__split_kv_matches_dense_attention(case, combine, monkeypatch):
-    """Split-KV (flash-decoding): partial softmax states per key slice, merged by the combine kernel (its plan's
-    rows a program, or forced to 1 or 16: rows masked past the end)."""
-    if combine is not None:
+    """Split-KV (flash-decoding): partial softmax states per key slice, merged by the split that finishes last (the
+    default), or by the combine kernel (its plan's rows a program, or forced to 1 or 16: rows masked past the end)."""
+    if isinstance(combine, int):
         monkeypatch.setattr(kernel, "combine_rows", lambda n_rows, sms: combine)
     tokens, lens, h, hkv, d, page_size, dtype, window, splits = case
     torch.manual_seed(sum(lens) + d)
@@ -115,21 +119,42 @@ def test_paged_attention_kernel__split_kv_matches_dense_attention(case, combine,
     cache_lengths = torch.tensor(lens, dtype=torch.int32)
     ref = _reference(q, row_offsets, kv, cache_lengths, lookup, layer_idx=1, scale=d**-0.5, window=window)
     out = kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, cache_lengths, lookup, layer_idx=1,
-                                        scale=d**-0.5, sliding_window=window, num_splits=splits, block_n=16)  # fmt: skip
+                                        scale=d**-0.5, sliding_window=window, num_splits=splits, block_n=16,
+                                        merge_in_place=combine == "in-place")  # fmt: skip
     tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
 
+def test_paged_attention_kernel__the_in_place_merge_leaves_its_tickets_at_zero_for_the_next_launch():
+    # Two ragged decode steps of different shapes in a row: each tile's last split merges, resets its ticket, and the
+    # next launch (more tiles, other splits) counts from zero again; a ticket left at 1 would merge a split early.
+    for tokens, lens, splits in (([1, 1, 1], [9, 0, 40], 3), ([2, 0, 1, 1], [5, 3, 30, 44], 4)):
+        torch.manual_seed(len(tokens))
+        page_size, max_pages = 4, 14
+        row_offsets = torch.tensor([0, *torch.tensor(tokens).cumsum(0).tolist()])
+        kv = torch.randn(len(tokens) * max_pages, 2, 2, page_size, 2, 16)
+        lookup = torch.randperm(kv.shape[0]).reshape(len(tokens), max_pages).to(torch.int32)
+        q = torch.randn(int(row_offsets[-1]), 4, 16)
+        lengths = torch.tensor(lens, dtype=torch.int32)
+        ref = _reference(q, row_offsets, kv, lengths, lookup, layer_idx=1, scale=0.25, window=None)
+        for _ in range(2):
+            out = kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, lengths, lookup, 1, 0.25,
+                                                num_splits=splits, block_n=16, merge_in_place=True)  # fmt: skip
+            torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+            assert not kernel._TICKETS[q.device].any()
+
+
 PERM_CASES = [
-    # (tokens, cache lengths, h, hkv, d, dtype, num_splits): the attention kernel stores, or the split combine
+    # (tokens, cache lengths, h, hkv, d, dtype, num_splits): the attention kernel stores, or the split merge
     ([3, 1, 5], [0, 6, 2], 4, 2, 16, torch.float32, 1),  # prefill rows, no split
     ([1, 1, 1], [9, 0, 40], 4, 1, 16, torch.float16, 3),  # decode, split keys
 ]
 
 
+@pytest.mark.parametrize("merge", [True, False], ids=["merged-in-place", "combine-kernel"])
 @pytest.mark.parametrize("apart", [False, True], ids=["stored-permuted", "permuted-after"])
-@pytest.mark.parametrize("case", PERM_CASES, ids=["stored-by-attention", "stored-by-combine"])
-def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permuted(case, apart):
+@pytest.mark.parametrize("case", PERM_CASES, ids=["stored-by-attention", "stored-by-the-merge"])
+def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permuted(case, apart, merge):
     """With a perm, `out.reshape(T, H·D)[:, j]` is column `perm[j]` of the dense attention's, whichever kernel
     stores (or permuted after the attention); the perm's values are checked first (a ValueError naming the op and
     the entry)."""
@@ -147,7 +172,8 @@ def test_paged_attention_kernel__perm_stores_the_columns_of_t_by_heads_dim_permu
 
     def run(p: torch.Tensor) -> torch.Tensor:
         return kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, lengths, lookup, 1, d**-0.5, None,
-                                             p, num_splits=splits, block_n=16, perm_apart=apart)  # fmt: skip
+                                             p, num_splits=splits, block_n=16, perm_apart=apart,
+                                             merge_in_place=merge)  # fmt: skip
 
     tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(run(perm).double(), ref, atol=tol, rtol=tol)
@@ -174,3 +200,10 @@ def test_key_plan__decode_splits_fill_the_sms_and_wide_batches_take_64_key_steps
     assert kernel.key_plan(512, 4, 16, 8, 128, 2176, 132) == (64, 1, False)  # prefill: the tiles fill the SMs
     # wide heads take 32-key steps; a short lookup row caps the splits at one key step each
     assert kernel.key_plan(1, 1, 4, 8, 256, 256, 132) == (32, 8, True)
+
+
+def test_merges_in_place__the_wide_decode_plan_merges_in_place_and_smaller_steps_launch_the_combine():
+    # 8 kv heads: from 16 sequences (128 programs) the tile's last split merges; below, and for prefill, the kernel
+    assert [kernel.merges_in_place(b, b, 8) for b in (1, 4, 8, 15, 16, 32, 64)] == [False] * 4 + [True] * 3
+    assert not kernel.merges_in_place(512, 16, 8)  # prefill rows
+    assert kernel.merges_in_place(64, 64, 2)  # 2 kv heads: 128 programs from 64 sequences

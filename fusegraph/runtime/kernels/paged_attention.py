@@ -31,10 +31,16 @@ import triton.language as tl
 
 from fusegraph.runtime.kernels.gptq_cuda_permute import gather_last_dim
 from fusegraph.runtime.kernels.metadata import as_index
+from fusegraph.runtime.kernels.paged_attention_plan import (
+    WIDE_DECODE_PROGRAMS,
+    combine_rows,
+    key_plan,
+    merges_in_place,
+)
 from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
 from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
 
-__all__ = ["combine_rows", "paged_attention_triton"]
+__all__ = ["WIDE_DECODE_PROGRAMS", "combine_rows", "key_plan", "merges_in_place", "paged_attention_triton"]
 
 _LOG2E = 1.4426950408889634
 SEPARATE_PERM_ROWS = 16
@@ -56,14 +62,14 @@ def _out_columns(inv_ptr, head, d, stride_oh, D: tl.constexpr, mask, HAS_PERM: t
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr, inv_ptr,
+    q_ptr, ro_ptr, kv_ptr, lens_ptr, lut_ptr, out_ptr, ml_ptr, inv_ptr, fin_ptr, cnt_ptr,
     B, layer_idx, page_size, qk_scale, window, split_len, max_pages, num_blocks,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lut, stride_os, stride_ms,
     s_kv0, s_kv1, s_kv2, s_kv3, s_kv4, s_kv5, T,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    PDL: tl.constexpr, HAS_PERM: tl.constexpr = False,
+    PDL: tl.constexpr, HAS_PERM: tl.constexpr = False, NUM_SPLITS: tl.constexpr = 1, MERGE: tl.constexpr = False,
 ):  # fmt: skip
     pdl_enter(PDL)
     tile = tl.program_id(0)
@@ -136,17 +142,53 @@ def _paged_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-    if SPLIT:  # partial state: unnormalized acc, running max and sum; the combine kernel merges
-        tl.store(out_ptr + split * stride_os + t[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
-                 acc, mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
-        ml = ml_ptr + split * stride_ms + (t * (stride_ot // stride_oh) + head) * 2
+    # partial states (unnormalized acc, running max, sum), merged by the tile's last split or the combine kernel
+    if SPLIT:
+        rows = t * (stride_ot // stride_oh) + head  # row t·H + h of the [T·H] partial states
+        acc_mask = row_ok[:, None] & d_ok[None, :]
+        tl.store(out_ptr + split * stride_os + rows[:, None] * D + d[None, :], acc, mask=acc_mask)
+        ml = ml_ptr + split * stride_ms + rows * 2
         tl.store(ml, m_i, mask=row_ok)
         tl.store(ml + 1, l_i, mask=row_ok)
+        if MERGE:  # a ticket per (tile, kv head): the split that arrives last merges them all and resets it
+            tl.debug_barrier()  # every thread's stores happen before the ticket's release
+            slot = cnt_ptr + tile * tl.num_programs(1) + kvh
+            if tl.atomic_add(slot, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
+                tl.atomic_xchg(slot, 0, sem="relaxed", scope="gpu")
+                out = _merge_splits(
+                    out_ptr, ml_ptr, rows, row_ok, d, d_ok, stride_os, stride_ms, NUM_SPLITS, D
+                )
+                col = _out_columns(inv_ptr, head, d, stride_oh, D, acc_mask, HAS_PERM)
+                out = out.to(fin_ptr.dtype.element_ty)
+                tl.store(fin_ptr + t[:, None] * stride_ot + col, out, mask=acc_mask)
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         o_mask = row_ok[:, None] & d_ok[None, :]
         col = _out_columns(inv_ptr, head, d, stride_oh, D, o_mask, HAS_PERM)
         tl.store(out_ptr + t[:, None] * stride_ot + col, out.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit
+def _merge_splits(acc_ptr, ml_ptr, rows, ok, d, d_ok, stride_os, stride_ms,
+                  NUM_SPLITS: tl.constexpr, D: tl.constexpr):  # fmt: skip
+    """Σ_s 2^(m_s − M)·acc_s / Σ_s 2^(m_s − M)·l_s of the partial rows `rows` (t·H + h) over the key splits, in one
+    pass (the running max rescales the sums, so no load waits on another), read from L2 (".cg": another program or
+    kernel wrote them)."""
+    m_run = tl.full(rows.shape, -1.0e30, dtype=tl.float32)
+    num = tl.zeros([rows.shape[0], d.shape[0]], dtype=tl.float32)
+    den = tl.zeros(rows.shape, dtype=tl.float32)
+    for s in tl.static_range(NUM_SPLITS):
+        m_s = tl.load(ml_ptr + s * stride_ms + rows * 2, mask=ok, other=-1.0e30, cache_modifier=".cg")
+        l_s = tl.load(ml_ptr + s * stride_ms + rows * 2 + 1, mask=ok, other=0.0, cache_modifier=".cg")
+        a = tl.load(acc_ptr + s * stride_os + rows[:, None] * D + d[None, :], mask=ok[:, None] & d_ok[None, :],
+                    other=0.0, cache_modifier=".cg")  # fmt: skip
+        m_new = tl.maximum(m_run, m_s)
+        alpha = tl.exp2(m_run - m_new)
+        w = tl.exp2(m_s - m_new)
+        num = num * alpha[:, None] + w[:, None] * a
+        den = den * alpha + w * l_s
+        m_run = m_new
+    return num / tl.where(den > 0, den, 1.0)[:, None]
 
 
 @triton.jit
@@ -161,82 +203,11 @@ def _combine_splits_kernel(
     ok = rows < n_rows
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    m_max = tl.full([BLOCK_R], -1.0e30, dtype=tl.float32)
-    for s in tl.static_range(NUM_SPLITS):
-        m_max = tl.maximum(m_max, tl.load(ml_ptr + s * stride_ms + rows * 2, mask=ok, other=-1.0e30))
-    num = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
-    den = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for s in tl.static_range(NUM_SPLITS):
-        m_s = tl.load(ml_ptr + s * stride_ms + rows * 2, mask=ok, other=-1.0e30)
-        l_s = tl.load(ml_ptr + s * stride_ms + rows * 2 + 1, mask=ok, other=0.0)
-        w = tl.exp2(m_s - m_max)
-        a = tl.load(acc_ptr + s * stride_os + rows[:, None] * D + d[None, :], mask=ok[:, None] & d_ok[None, :],
-                    other=0.0)  # fmt: skip
-        num += w[:, None] * a
-        den += w * l_s
-    out = num / tl.where(den > 0, den, 1.0)[:, None]
+    out = _merge_splits(acc_ptr, ml_ptr, rows, ok, d, d_ok, stride_os, stride_ms, NUM_SPLITS, D)
     t = rows // H
     o_mask = ok[:, None] & d_ok[None, :]
     col = _out_columns(inv_ptr, rows % H, d, stride_oh, D, o_mask, HAS_PERM)
     tl.store(out_ptr + t[:, None] * stride_ot + col, out.to(out_ptr.dtype.element_ty), mask=o_mask)
-
-
-def combine_rows(n_rows: int, sms: int) -> int:
-    """(token, head) rows a program of the split combine merges: 16, or fewer (a power of two) until there is a
-    program an SM. At decode batch 1 (32 rows) 16 a program left 2 programs, each streaming 17 splits' partial rows
-    through one SM: 3.1 µs of a step's critical path a layer; 32 programs of 1 row take 1.7 (H200, Llama-3-8B).
-
-    Example:
-        >>> combine_rows(32, 132), combine_rows(512, 132), combine_rows(8192, 132)
-        (1, 2, 16)
-    """
-    rows = 16
-    while rows > 1 and triton.cdiv(n_rows, rows) < sms:
-        rows //= 2
-    return rows
-
-
-WIDE_DECODE_PROGRAMS = 128
-"""From this many (sequence, kv head) programs a decode step takes 64-key steps, about 4 programs an SM and exactly
-its T query tiles (`key_plan`). H200, Llama-3-8B heads (8 kv heads), ctx 2048, the cache rotated past L2, attention +
-combine, µs (2026-12-03, `docs/benchmarks.md`; the earlier plan first): batch 16 52.0 → 42.3, 32 78.3 → 73.7, 64
-151.5 → 132.9; the 32-layer decode step 1.3% and 3.2% faster at batch 16 and 32 (steps back to back), 7.5% at 64
-(one step synchronized). Below it the 128-key plan stayed: 64-key steps at 3 stages were 4-5% faster alone at
-batch 2 and 8 in one call, slower at 4, and the one decode step timed with them there (batch 4) was 1.2% slower."""
-
-
-def key_plan(
-    t_rows: int, batch: int, block_m: int, n_kv_heads: int, head_dim: int, capacity: int, sms: int
-) -> tuple[int, int, bool]:
-    """(keys a step, key splits, whether the grid holds exactly T query tiles) for `paged_attention_triton`.
-
-    Prefill (more rows than sequences): 64-key steps, one split once the query tiles fill the SMs. Decode: the
-    (sequence, kv head) programs alone leave SMs idle, so each sequence's keys are split, down to one key step a
-    split: below `WIDE_DECODE_PROGRAMS` programs in 128-key steps and about 2 programs an SM (H200, ctx 2048, bs 1:
-    17 splits 11.8 µs against 6 of 256+ keys 15.9; bs 4: 9 splits 17.2 against 19.6), from it in 64-key steps and
-    about 4 programs an SM. Head dims past 128 take 32-key steps.
-
-    The grid's `ceil(T / BLOCK_M) + B` query tiles bound the tiles of any ragged batch; at decode (T = B) it holds a
-    dead program beside each live one, and the block scheduler places the live ones by where the dead ones fall. T
-    tiles (a tile holds at least one row) are exact there, and measured faster for one sequence (H200, ctx 2048:
-    10.3-10.7 → 9.6-10.0 µs alone, the decode step 1.4% faster) and in the wide plan, but slower for 2 to 8 sequences
-    (3-11% alone, 0.8-1.0% on the step), so those keep the bound.
-
-    Example:
-        >>> [key_plan(b, b, 4, 8, 128, 2176, 132) for b in (1, 4, 16, 32, 64, 128)]
-        [(128, 17, True), (128, 9, False), (64, 4, True), (64, 2, True), (64, 1, True), (64, 1, True)]
-        >>> key_plan(512, 4, 16, 8, 128, 2176, 132)
-        (64, 1, False)
-    """
-    decode = t_rows <= batch
-    busy = (t_rows if decode else triton.cdiv(t_rows, block_m)) * n_kv_heads  # programs that have rows
-    wide = decode and busy >= WIDE_DECODE_PROGRAMS
-    block_n = 32 if head_dim > 128 else 128 if decode and not wide else 64
-    if wide:
-        splits = 4 * sms // busy
-    else:
-        splits = triton.cdiv(2 * sms, busy) if decode and busy < sms else 1
-    return block_n, max(1, min(splits, capacity // block_n)), wide or (decode and batch == 1)
 
 
 def paged_attention_triton(
@@ -256,6 +227,7 @@ def paged_attention_triton(
     num_warps: int = 4,
     num_stages: int = 2,
     perm_apart: bool | None = None,
+    merge_in_place: bool | None = None,
 ) -> torch.Tensor:
     """Causal paged attention of the ragged queries `q [T, H, D]` over the cache.
 
@@ -268,14 +240,17 @@ def paged_attention_triton(
         layer_idx, scale, sliding_window, perm: as on `fg.attention.paged` (perm's values are checked once per
             tensor, a ValueError naming the first bad entry).
         block_m, block_n: query rows per tile and keys per step (default: picked from the shape).
-        num_splits: split each sequence's keys into this many slices, one program each, merged
-            by a second kernel (flash-decoding). Default: enough to fill the GPU when the query
+        num_splits: split each sequence's keys into this many slices, one program each, merged by a second
+            kernel or by the slice that finishes last (flash-decoding; `merge_in_place`). Default: enough to fill the GPU when the query
             tiles alone cannot (decode), else 1. The slices are cut from the lookup table's
             capacity (max_pages · page_size), a shape, so the launch needs no host sync and can
             be captured in a CUDA graph; slices past a sequence's length do no work.
         num_warps, num_stages: Triton launch options of the attention kernel.
         perm_apart: with a perm, attend then permute the output by `permute_rows` (True) or store it permuted (False);
             default: apart from `SEPARATE_PERM_ROWS` query rows.
+        merge_in_place: with splits, the last of a tile's split programs to finish (an atomic ticket per tile and kv
+            head, left at zero for the next launch) merges the partial states (True), or a second kernel does (False);
+            default: in place in the wide decode plan (`merges_in_place`).
 
     Returns:
         `[T, n_heads, head_dim]` in q's dtype.
@@ -299,7 +274,8 @@ def paged_attention_triton(
         if inv is None:  # many rows, or a perm first seen under CUDA-graph capture: attend, then permute
             out = paged_attention_triton(q, row_offsets, kv_blocks, cache_lengths, lookup_table, layer_idx, scale,
                                          sliding_window, block_m=block_m, block_n=block_n, num_splits=num_splits,
-                                         num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+                                         num_warps=num_warps, num_stages=num_stages,
+                                         merge_in_place=merge_in_place)  # fmt: skip
             return _permuted(out.reshape(t_rows, -1), perm).reshape(q.shape)
     row_offsets, cache_lengths = as_index(row_offsets), as_index(cache_lengths)
     lookup_table = as_index(lookup_table)
@@ -323,14 +299,17 @@ def paged_attention_triton(
     split_len = triton.cdiv(triton.cdiv(max(capacity, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(capacity, split_len))
     split = num_splits > 1
+    in_place = merges_in_place(t_rows, batch, n_kv_heads) if merge_in_place is None else merge_in_place
+    merge = split and in_place
     if split:
         ws = torch.empty((num_splits, t_rows, n_heads, head_dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((num_splits, t_rows, n_heads, 2), dtype=torch.float32, device=q.device)
         dest, strides = ws, (ws.stride(1), ws.stride(2), ws.stride(0), ml.stride(0))
     else:
         dest, ml, strides = out, out, (out.stride(0), out.stride(1), 0, 0)
+    tickets = _tickets(q.device, tiles * n_kv_heads) if merge else out
     _paged_attention_kernel[(tiles, n_kv_heads, num_splits)](
-        q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml, out if inv is None else inv,
+        q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml, out if inv is None else inv, out, tickets,
         batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0, split_len,
         lookup_table.shape[1], kv_blocks.shape[0],
         q.stride(0), q.stride(1), strides[0], strides[1], lookup_table.stride(0), strides[2], strides[3],
@@ -340,9 +319,10 @@ def paged_attention_triton(
         HAS_WINDOW=sliding_window is not None, SPLIT=split,
         # Triton 3.9's interpreter gets bf16 dots wrong, so on the CPU the dots run in fp32.
         DOT_FP32=not on_gpu, DOT_PRECISION="ieee" if q.dtype == torch.float32 or not on_gpu else "tf32",
-        HAS_PERM=inv is not None and not split, num_warps=num_warps, num_stages=num_stages, **triton_pdl(q.device),
+        HAS_PERM=inv is not None and (merge or not split), NUM_SPLITS=num_splits, MERGE=merge, num_warps=num_warps,
+        num_stages=num_stages, **triton_pdl(q.device),
     )  # fmt: skip
-    if split:
+    if split and not merge:
         n_rows = t_rows * n_heads
         block_r = combine_rows(n_rows, sms)
         _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
@@ -351,6 +331,19 @@ def paged_attention_triton(
             BLOCK_R=block_r, HAS_PERM=inv is not None, num_warps=4, **triton_pdl(q.device),
         )  # fmt: skip
     return out
+
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tickets(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets of the in-place split merge, one per (query tile, kv head); each launch leaves them zeroed.
+    Grown (a new zeroed buffer) only outside CUDA-graph capture in practice: a step's shapes are warmed up first."""
+    buf = _TICKETS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _TICKETS[device] = buf
+    return buf
 
 
 def _check_perm(q: torch.Tensor, perm: torch.Tensor) -> None:
