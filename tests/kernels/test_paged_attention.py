@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from fusegraph.runtime.kernels.tensor_cache import zeroed_tickets
 from tests.kernels._interp import load_interpreted
 
 kernel = load_interpreted("paged_attention", kernel_deps=("pdl",))
@@ -141,7 +142,7 @@ def test_paged_attention_kernel__the_in_place_merge_leaves_its_tickets_at_zero_f
             out = kernel.paged_attention_triton(q, row_offsets.to(torch.int32), kv, lengths, lookup, 1, 0.25,
                                                 num_splits=splits, block_n=16, merge_in_place=True)  # fmt: skip
             torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
-            assert not kernel._TICKETS[q.device].any()
+            assert not zeroed_tickets("paged attention merge", q.device, 1).any()
 
 
 PERM_CASES = [

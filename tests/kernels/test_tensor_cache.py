@@ -1,14 +1,16 @@
 """`tensor_cache.derived`: a value made once per tuple of tensors, made again once one is written, dropped when one
-is freed, and keyed by the very tensors and the extra arguments."""
+is freed, and keyed by the very tensors and the extra arguments. `zeroed_tickets`: one buffer a kind, grown without
+freeing the old one."""
 
 from __future__ import annotations
 
 import gc
+import weakref
 
 import torch
 
 from fusegraph.runtime.kernels import tensor_cache
-from fusegraph.runtime.kernels.tensor_cache import derived
+from fusegraph.runtime.kernels.tensor_cache import derived, zeroed_tickets
 
 
 def test_derived__made_once_then_again_after_a_write() -> None:
@@ -42,3 +44,17 @@ def test_derived__an_entry_goes_with_its_tensors() -> None:
     del b
     gc.collect()
     assert key not in tensor_cache._CACHE
+
+
+def test_zeroed_tickets__reused_by_kind_and_grown_without_freeing_the_old_buffer() -> None:
+    # A CUDA graph captured with the old buffer replays its address: growing must keep that buffer alive.
+    cpu = torch.device("cpu")
+    small = zeroed_tickets("test tickets", cpu, 8, at_least=8)
+    assert small.dtype == torch.int32 and small.shape == (8,) and not small.any()
+    assert zeroed_tickets("test tickets", cpu, 5) is small  # fits: the same buffer
+    assert zeroed_tickets("other tickets", cpu, 5) is not small  # another kind: its own buffer
+    old = weakref.ref(small)
+    del small
+    grown = zeroed_tickets("test tickets", cpu, 20, at_least=8)
+    gc.collect()
+    assert grown.shape == (20,) and old() is not None

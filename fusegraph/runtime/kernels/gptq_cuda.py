@@ -47,6 +47,7 @@ from fusegraph.runtime.kernels.gptq_cuda_wgmma import maybe_wgmma
 from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 from fusegraph.runtime.kernels.gptq_tiled_kernels import _permute_cols_kernel
 from fusegraph.runtime.kernels.pdl import gemm_chain
+from fusegraph.runtime.kernels.tensor_cache import zeroed_tickets
 
 __all__ = ["cuda_path_status", "gptq_cuda_matmul", "group_rows", "maybe_gptq_cuda"]
 
@@ -54,7 +55,6 @@ _log = logging.getLogger(__name__)
 
 _CACHE: KernelCache[tuple[int, KernelSpec | MidSpec]] = KernelCache()  # by (device index, spec)
 _KERNELS, _FAILED = _CACHE.kernels, _CACHE.failed
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
 _STATUS: dict[str, str] = {}
 _SM: dict[torch.device, tuple[int, tuple[int, int]]] = {}
 _CUDA_KEYS = {"kernel", "cuda", "wgmma", *PLAN_KEYS}  # "wgmma": gptq_cuda_wgmma
@@ -109,11 +109,7 @@ def _kernel(spec: KernelSpec | MidSpec, device: torch.device, smem: int) -> Any 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 tickets, one per strip; each launch leaves them zeroed again."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
+    return zeroed_tickets("gptq cuda split-k", device, n)
 
 
 def _unsupported(x: torch.Tensor, qweight_t: torch.Tensor, scales: torch.Tensor, qzeros_t: torch.Tensor,

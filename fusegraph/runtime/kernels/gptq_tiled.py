@@ -54,6 +54,7 @@ from fusegraph.runtime.kernels.gptq_tiled_mma import (
     _tiled_nat_kernel,
 )
 from fusegraph.runtime.kernels.gptq_triton_plan import sm_count
+from fusegraph.runtime.kernels.tensor_cache import zeroed_tickets
 
 __all__ = ["gptq_tiled_matmul", "tiled_dequantize", "plan"]
 
@@ -61,18 +62,13 @@ KB, NB = 128, 64
 _DEQUANT_MIN_M = 192
 _GEMV_MAX_M = 2
 _PERMUTE_X_MIN_K = 8192  # act-order GEMV: from this K on, permute x once instead of gathering per program
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 tickets (one per output tile) of a device; every launch leaves them zeroed again,
     so later launches and CUDA-graph replays reuse them. Launches on one device share them: two
     split-K launches must not run at the same time on two streams."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
+    return zeroed_tickets("gptq triton split-k", device, n, at_least=1 << 16)
 
 
 def _triton_has_pdl() -> bool:

@@ -38,7 +38,7 @@ from fusegraph.runtime.kernels.paged_attention_plan import (
     merges_in_place,
 )
 from fusegraph.runtime.kernels.pdl import pdl_enter, triton_pdl
-from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived
+from fusegraph.runtime.kernels.tensor_cache import UNSEEN, derived, zeroed_tickets
 
 __all__ = ["WIDE_DECODE_PROGRAMS", "combine_rows", "key_plan", "merges_in_place", "paged_attention_triton"]
 
@@ -307,7 +307,7 @@ def paged_attention_triton(
         dest, strides = ws, (ws.stride(1), ws.stride(2), ws.stride(0), ml.stride(0))
     else:
         dest, ml, strides = out, out, (out.stride(0), out.stride(1), 0, 0)
-    tickets = _tickets(q.device, tiles * n_kv_heads) if merge else out
+    tickets = zeroed_tickets("paged attention merge", q.device, tiles * n_kv_heads) if merge else out
     _paged_attention_kernel[(tiles, n_kv_heads, num_splits)](
         q, row_offsets, kv_blocks, cache_lengths, lookup_table, dest, ml, out if inv is None else inv, out, tickets,
         batch, layer_idx, kv_blocks.shape[3], scale * _LOG2E, sliding_window or 0, split_len,
@@ -331,19 +331,6 @@ def paged_attention_triton(
             BLOCK_R=block_r, HAS_PERM=inv is not None, num_warps=4, **triton_pdl(q.device),
         )  # fmt: skip
     return out
-
-
-_TICKETS: dict[torch.device, torch.Tensor] = {}
-
-
-def _tickets(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 tickets of the in-place split merge, one per (query tile, kv head); each launch leaves them zeroed.
-    Grown (a new zeroed buffer) only outside CUDA-graph capture in practice: a step's shapes are warmed up first."""
-    buf = _TICKETS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _TICKETS[device] = buf
-    return buf
 
 
 def _check_perm(q: torch.Tensor, perm: torch.Tensor) -> None:

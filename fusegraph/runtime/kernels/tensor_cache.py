@@ -5,6 +5,8 @@ The kernels' host code derives such values on the first call, which may cost a h
 CUDA-graph capture neither is allowed, so an unseen value is not made there (the eager runtime runs every op once
 before it captures) and the caller takes its always-correct path instead. Shared by act-order's row-sorted weight
 (`gptq_act_order`), the trivial-g_idx check (`kernels/__init__`) and the RMSNorm's weight in perm order (`rms_norm`).
+
+`zeroed_tickets`: the split-K and split-merge kernels' atomic tickets, a zeroed int32 buffer per (kind, device).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["UNSEEN", "derived"]
+__all__ = ["UNSEEN", "derived", "zeroed_tickets"]
 
 T = TypeVar("T")
 
@@ -61,3 +63,28 @@ def _drop(key: tuple[str, tuple[int, ...]], refs: tuple[weakref.ref[torch.Tensor
     hit = _CACHE.get(key)
     if hit is not None and hit[1] is refs:
         del _CACHE[key]
+
+
+# (kind, device): the buffer handed out now. Every buffer ever handed out stays referenced (`_RETIRED`): a CUDA graph
+# captured with one replays its address, so growing must never free one.
+_TICKETS: dict[tuple[str, torch.device], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+
+
+def zeroed_tickets(kind: str, device: torch.device, n: int, at_least: int = 4096) -> torch.Tensor:
+    """At least `n` zeroed int32 tickets of `kind` on `device` (at least `at_least`): the kernels that count on them
+    leave them zeroed again, so later launches and CUDA-graph replays reuse them. Launches of one kind on one device
+    share them, so two must not run at the same time on two streams.
+
+    Example:
+        >>> t = zeroed_tickets("example", torch.device("cpu"), 10, at_least=16)
+        >>> t.shape, int(t.sum()), zeroed_tickets("example", torch.device("cpu"), 16) is t
+        (torch.Size([16]), 0, True)
+    """
+    buf = _TICKETS.get((kind, device))
+    if buf is None or buf.numel() < n:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = torch.zeros(max(n, at_least), dtype=torch.int32, device=device)
+        _TICKETS[(kind, device)] = buf
+    return buf
