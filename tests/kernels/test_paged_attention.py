@@ -105,8 +105,8 @@ SPLIT_CASES = [
 )
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=[f"split{i}" for i in range(len(SPLIT_CASES))])
 def test_paged_attention_kernel__split_kv_matches_dense_attention(case, combine, monkeypatch):
-    """Split-KV (flash-decoding): partial softmax states per key slice, merged by the split that finishes last (the
-    default), or by the combine kernel (its plan's rows a program, or forced to 1 or 16: rows masked past the end)."""
+    """Split-KV (flash-decoding): partial softmax states per key slice, merged in place by the split that finishes
+    last, or by the combine kernel (its plan's rows a program, or forced to 1 or 16: rows masked past the end)."""
     if isinstance(combine, int):
         monkeypatch.setattr(kernel, "combine_rows", lambda n_rows, sms: combine)
     tokens, lens, h, hkv, d, page_size, dtype, window, splits = case
@@ -128,7 +128,8 @@ def test_paged_attention_kernel__split_kv_matches_dense_attention(case, combine,
 
 def test_paged_attention_kernel__the_in_place_merge_leaves_its_tickets_at_zero_for_the_next_launch():
     # Two ragged decode steps of different shapes in a row: each tile's last split merges, resets its ticket, and the
-    # next launch (more tiles, other splits) counts from zero again; a ticket left at 1 would merge a split early.
+    # next launch (more tiles, other splits) counts from zero again; a ticket left over would merge at the wrong
+    # arrival, or never.
     for tokens, lens, splits in (([1, 1, 1], [9, 0, 40], 3), ([2, 0, 1, 1], [5, 3, 30, 44], 4)):
         torch.manual_seed(len(tokens))
         page_size, max_pages = 4, 14
