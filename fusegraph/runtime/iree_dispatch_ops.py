@@ -104,7 +104,8 @@ def paged_attention(op: Operator, fname: str, opts: DispatchOptions) -> Emitted:
     const = {"layer_idx": layer_idx, "page_size": kv.dims[3], "qk_scale": as_float(scale, op.op, "scale") * LOG2E,
              "window": 0 if window is None else as_int(window, op.op, "sliding_window"), "split_len": 0, "num_blocks": kv.dims[0], "stride_qt": n_heads * head_dim,
              "stride_qh": head_dim, "stride_ot": n_heads * head_dim, "stride_oh": head_dim, "stride_os": 0,
-             "stride_ms": 0, **kv_strides(kv, op.op), "ml_ptr": None, "inv_ptr": None, "HAS_PERM": False, "G": group, "GP": gp, "D": head_dim,
+             "stride_ms": 0, **kv_strides(kv, op.op), "ml_ptr": None, "inv_ptr": None, "fin_ptr": None, "cnt_ptr": None, "HAS_PERM": False,
+             "NUM_SPLITS": 1, "MERGE": False, "G": group, "GP": gp, "D": head_dim,
              "BLOCK_D": max(16, pow2(head_dim)), "BLOCK_M": block_m, "BLOCK_N": block_n,
              "BLOCK_B": pow2(opts.max_batch), "HAS_WINDOW": window is not None, "SPLIT": False, "DOT_FP32": False,
              "DOT_PRECISION": "ieee" if q.dtype == "f32" else "tf32", "PDL": 0}  # fmt: skip
