@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import triton
 
-__all__ = ["WIDE_DECODE_PROGRAMS", "combine_rows", "key_plan", "merges_in_place"]
+__all__ = ["WIDE_DECODE_PROGRAMS", "combine_rows", "key_plan", "merges_in_place", "wide_decode"]
 
 
 def combine_rows(n_rows: int, sms: int) -> int:
@@ -32,6 +32,13 @@ combine, µs (2026-12-03, `docs/benchmarks.md`; the earlier plan first): batch 1
 151.5 → 132.9; the 32-layer decode step 1.3% and 3.2% faster at batch 16 and 32 (steps back to back), 7.5% at 64
 (one step synchronized). Below it the 128-key plan stayed: 64-key steps at 3 stages were 4-5% faster alone at
 batch 2 and 8 in one call, slower at 4, and the one decode step timed with them there (batch 4) was 1.2% slower."""
+
+
+def wide_decode(t_rows: int, batch: int, n_kv_heads: int) -> bool:
+    """Whether a call is a decode step (at most a row a sequence) of `WIDE_DECODE_PROGRAMS` (sequence, kv head)
+    programs or more: the plan of 64-key steps and exact tiles (`key_plan`), whose splits merge in place
+    (`merges_in_place`)."""
+    return t_rows <= batch and t_rows * n_kv_heads >= WIDE_DECODE_PROGRAMS
 
 
 def key_plan(
@@ -59,7 +66,7 @@ def key_plan(
     """
     decode = t_rows <= batch
     busy = (t_rows if decode else triton.cdiv(t_rows, block_m)) * n_kv_heads  # programs that have rows
-    wide = decode and busy >= WIDE_DECODE_PROGRAMS
+    wide = wide_decode(t_rows, batch, n_kv_heads)
     block_n = 32 if head_dim > 128 else 128 if decode and not wide else 64
     splits = 4 * sms // busy if wide else triton.cdiv(2 * sms, busy) if decode and busy < sms else 1
     return block_n, max(1, min(splits, capacity // block_n)), wide or (decode and batch == 1)
@@ -78,4 +85,4 @@ def merges_in_place(t_rows: int, batch: int, n_kv_heads: int) -> bool:
         >>> merges_in_place(1, 1, 8), merges_in_place(16, 16, 8), merges_in_place(512, 4, 8)
         (False, True, False)
     """
-    return t_rows <= batch and t_rows * n_kv_heads >= WIDE_DECODE_PROGRAMS
+    return wide_decode(t_rows, batch, n_kv_heads)
