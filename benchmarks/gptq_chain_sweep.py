@@ -1,7 +1,7 @@
 """The small-M GPTQ plans re-measured in the PDL chain (issue #11): one GPU call.
 
 `python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...] [--cpa]`: for
-each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same without the chain ("nochain"),
+each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same without the chain ("nochain") or without the small-M kernel's words before its wait ("noearly"),
 with deeper register buffers, L2 prefetches ahead or the scale out of the mid-M loop ("bufs3", "l2pf1", "sfold"),
 and forced plans of the small-M and mid-M CUDA kernels around it (warps, split-K, cluster or ticket, register caps);
 for act-order, the three fastest plain plans with x permuted first and with the kernel's own gather through perm.
@@ -47,6 +47,7 @@ SMS = 132
 ABLATIONS = (
     "plain plan/xperm",
     "nochain",
+    "noearly",
     "bufs2",
     "bufs3",
     "nosfold",
@@ -67,6 +68,10 @@ def candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | None]
     """The default, its chain ablations, and forced small-M / mid-M plans of one plain cell."""
     out: list[tuple[str, dict[str, Any] | None]] = [("default", None), ("nochain", {"chain": False})]
     out += [
+        (
+            "noearly",
+            {"early": False},
+        ),  # the chain's L2 prefetches only (the small-M kernel's words after the wait)
         ("bufs2", {"bufs": 2}),
         ("bufs3", {"bufs": 3}),
         ("bufs4", {"bufs": 4}),

@@ -81,6 +81,32 @@ def test_small_m_spec__what_each_gpu_and_dtype_gets() -> None:
     assert not small_m_spec(plan | CHAIN, m=1, bps=16, cap=AMPERE, **KIND).chain
 
 
+def test_early_in_the_chain__only_the_small_m_kernel_without_perm_loads_before_its_wait() -> None:
+    early = CHAIN | {"early": True}  # the runtime's chain by default (`pdl.gemm_chain`)
+    small = {"split_k": 2, "warps": 8, "cluster": True, "min_blocks": 1, "cpa": 2}
+    plan, _ = launch_plan(small, {}, act_order=False, chain=early, cap=HOPPER)
+    spec = small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND)
+    assert (spec.pdl, spec.chain, spec.chain_l2) == (True, False, 0)
+    # a config's own "early" stands against the chain's; with a perm (x gathered in the kernel) no early loads
+    plan, _ = launch_plan(small, {"early": False}, act_order=False, chain=early, cap=HOPPER)
+    assert (small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND).pdl, plan["chain"]) == (False, True)
+    gathered = small_m_spec(small | early, m=1, bps=16, cap=HOPPER, **(KIND | {"has_perm": True}))
+    assert (gathered.pdl, gathered.chain) == (False, True)
+    # not outside the chain (a config's "chain": False), nor on a 3-CTA cluster (no chain), nor before sm_90
+    plan, _ = launch_plan(small, {"chain": False, "early": True}, act_order=False, chain=early, cap=HOPPER)
+    assert not small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND).pdl
+    plan, _ = launch_plan(small | {"split_k": 3}, {}, act_order=False, chain=early, cap=HOPPER)
+    assert not small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND).pdl
+    assert not small_m_spec(small | early, m=1, bps=16, cap=AMPERE, **KIND).pdl
+    ring = small_m_spec(small | early | {"cpa": 0, "tma": 3}, m=1, bps=16, cap=HOPPER, **KIND)
+    assert (ring.pdl, ring.chain, ring.tma) == (False, True, 3)  # the bulk-copy ring waits first
+    # the mid-M kernel keeps L2 prefetches only (early was slower there: H200 gate_up M=1 20.0 against 18.3 µs)
+    mid = mid_m_spec(
+        {"split_k": 4, "warps": 4, "cluster": True, "mid": True} | early, m=1, cap=HOPPER, **KIND
+    )
+    assert (mid.pdl, mid.chain, mid.chain_l2) == (False, True, 1)
+
+
 def test_mid_m_spec__n_tiles_and_the_ring_gives_way_to_the_gather_ahead() -> None:
     plan = {"split_k": 2, "warps": 2, "cluster": True, "min_blocks": 2, "cpa": 3, "sfold": True}
     spec = mid_m_spec(plan, m=16, cap=HOPPER, **KIND)

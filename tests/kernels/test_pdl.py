@@ -38,7 +38,7 @@ def test_pdl_mode__from_the_environment(monkeypatch: pytest.MonkeyPatch, env: st
     else:
         monkeypatch.setenv("FUSEGRAPH_PDL", env)
     assert pdl.pdl_mode(HOPPER) == mode
-    assert pdl.gemm_chain(HOPPER) == ({"chain": True, "chain_l2": 1} if chain else {})
+    assert pdl.gemm_chain(HOPPER) == ({"chain": True, "chain_l2": 1, "early": True} if chain else {})
     assert pdl.triton_pdl(HOPPER)["PDL"] == mode or (mode == 2 and not pdl._triton_launches_pdl())
 
 
@@ -51,6 +51,12 @@ def test_pdl_mode__a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("FUSEGRAPH_PDL_L2", "-1")
     with pytest.raises(ValueError, match=r"FUSEGRAPH_PDL_L2 must be 0..64 .*, got '-1'"):
         pdl.gemm_chain(HOPPER)
+    monkeypatch.setenv("FUSEGRAPH_PDL_L2", "1")
+    monkeypatch.setenv("FUSEGRAPH_PDL_EARLY", "small")
+    with pytest.raises(ValueError, match=r"FUSEGRAPH_PDL_EARLY must be 0 or 1 .*, got 'small'"):
+        pdl.gemm_chain(HOPPER)
+    monkeypatch.setenv("FUSEGRAPH_PDL_EARLY", "0")
+    assert pdl.gemm_chain(HOPPER) == {"chain": True, "chain_l2": 1, "early": False}
 
 
 def test_chain_spec__refused_with_register_pdl_or_out_of_range() -> None:

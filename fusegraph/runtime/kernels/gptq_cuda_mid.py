@@ -209,7 +209,10 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     if (b < bps) issue(b, !PDL);
     cp_commit();
   }
-  if (PDL) pdl_wait();
+  if (PDL) {
+    pdl_wait();
+    pdl_trigger();  // as in the chain: the next kernel may launch once this one is past its wait
+  }
   for (int b = 0; PDL && b < CPA - 1 && b < bps; ++b) stage((u32*)(smem + b * STAGE), b, false);
 #elif PERM_AHEAD
   load_perm(0);
@@ -234,6 +237,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   load_meta();
   if (PDL) {
     pdl_wait();  // x is written by the kernel before this one
+    pdl_trigger();
     stage(xs, 0, true);
     cp_commit();
   }

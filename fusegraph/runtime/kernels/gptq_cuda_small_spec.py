@@ -48,8 +48,10 @@ class KernelSpec:
             ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
         perm_ahead: act-order only: x's slice gathered column-chunk major, loads ahead (`gather_x`).
         bufs: register buffers of words a warp (2..4): bufs − 1 blocks in flight while one is used.
-        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
-            the first blocks' words are requested before `griddepcontrol.wait`, x after it.
+        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm; our own
+            permutation of x, or the chain's "early", `pdl.py`): the first blocks' words and zeros (int32) are
+            requested before `griddepcontrol.wait`, their scales asked of L2; x and the scales after it, then
+            the kernel after it may launch.
         xfull: act-order: all of x's rows and the slice's perm are copied to shared memory first (with the
             first words in flight), and the slice is gathered from there, not from global memory.
         chain: launched with programmatic dependent launch after whatever kernel comes before (the eager

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 PLAN_KEYS = ("split_k", "warps", "cluster", "min_blocks", "l2pf", "tma", "mid", "xperm", "perm_ahead",
-             "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2", "cpa")  # fmt: skip
+             "bufs", "xperm_pdl", "xfull", "fold", "sfold", "chain", "chain_l2", "cpa", "early")  # fmt: skip
 
 
 def launch_plan(
@@ -67,13 +67,16 @@ def launch_plan(
         plan["xperm_pdl"] = bool(plan.get("xperm_pdl")) and cap >= (9, 0) and not chain
     else:  # registers before the wait only right after our own permutation (no earlier writer of the weights)
         plan.pop("xperm_pdl", None)
-    return plan | chain, permute_x
+    return chain | plan, permute_x  # a config's own "early" stands
 
 
-def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int]) -> dict[str, Any]:
-    """A spec's PDL fields from the plan (both kernels): "pdl" (registers loaded before the wait, right after our
-    own permutation of x), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
-    pdl = bool(plan.get("xperm_pdl")) and not has_perm and cap >= (9, 0)
+def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int], *, small: bool) -> dict[str, Any]:
+    """A spec's PDL fields from the plan (both kernels): "pdl" (the first blocks loaded before the wait: right after
+    our own permutation of x, or in the chain with "early", the small-M kernel only and not with its bulk-copy
+    ring), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
+    early = small and bool(plan.get("early")) and bool(plan.get("chain")) and not plan.get("tma")
+    early = early or bool(plan.get("xperm_pdl"))
+    pdl = early and not has_perm and cap >= (9, 0)
     chain = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
     return {"pdl": pdl, "chain": chain, "chain_l2": int(plan.get("chain_l2", 0)) if chain else 0}
 
@@ -96,7 +99,7 @@ def small_m_spec(plan: dict[str, Any], *, m: int, bits: int, bf16: bool, has_per
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and has_perm,
-                      bufs=int(plan.get("bufs", 2)), cpa=int(plan.get("cpa", 0)), **_pdl_fields(plan, has_perm, cap),
+                      bufs=int(plan.get("bufs", 2)), cpa=int(plan.get("cpa", 0)), **_pdl_fields(plan, has_perm, cap, small=True),
                       xfull=bool(plan.get("xfull")) and has_perm and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and not bf16 and not plan.get("tma") and bps <= 32 * warps)  # fmt: skip
 
@@ -118,7 +121,7 @@ def mid_m_spec(plan: dict[str, Any], *, m: int, bits: int, bf16: bool, has_perm:
                    perm_ahead=bool(plan.get("perm_ahead")) and has_perm,
                    bufs=int(plan.get("bufs", 1)), l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                    sfold=bool(plan.get("sfold")), cpa=0 if plan.get("perm_ahead") else int(plan.get("cpa", 0)),
-                   **_pdl_fields(plan, has_perm, cap))  # fmt: skip
+                   **_pdl_fields(plan, has_perm, cap, small=False))  # fmt: skip
 
 
 def takes_mid(plan: dict[str, Any], m: int) -> bool:

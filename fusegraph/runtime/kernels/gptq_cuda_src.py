@@ -17,7 +17,7 @@ in 128-row block b word row r holds in slot i = eÂ·P/2 + j the value of row 128Â
   padded so that the B-fragment loads hit 32 distinct banks.
 - Split-K: each CTA sums its warps in shared memory, then the last CTA of a strip (atomic ticket) sums the
   SPLIT fp32 slices of a workspace, or (CLUSTER) the strip's CTAs sum through distributed shared memory.
-Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL the weights stream before x is read.
+Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL (spec `pdl`) the first blocks' words and zeros stream before the wait, their scales and x after it.
 """
 
 from __future__ import annotations
@@ -90,7 +90,6 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #endif
 
   const u32x4* wsrc = qw + (u64)strip * (K / P) * 16 + t * 16 + g;
-  const u16* ssrc = sc + strip * 64 + 4 * g;
 #if BITS == 4
   const u32* zsrc = qz + strip * 8 + (g >> 1);
   const int zoff_y = 4, zshift = 16 * (g & 1);
@@ -100,7 +99,16 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #endif
   const int nbw = warp < bps ? (bps - warp + NWARPS - 1) / NWARPS : 0;  // this warp's blocks: warp + NWARPS u
 
-  auto load = [&](Blk& b, int u) {
+  auto scale_row = [&](int u) {  // the scales of block u's group: 64 columns, one 128-byte row
+    const int blk = kb0 + warp + NWARPS * u;
+    return sc + (u64)(group_size == 128 ? blk : blk * 128 / group_size) * stride_s + strip * 64;
+  };
+  auto load_scales = [&](Blk& b, int u) {
+    const u16* sp = scale_row(u) + 4 * g;
+    b.sx = ldg8(sp);
+    b.sy = ldg8(sp + 32);
+  };
+  auto load = [&](Blk& b, int u, bool with_scales) {  // with_scales false: words and zeros only (int32)
     const int blk = kb0 + warp + NWARPS * u;
 #if L2PF
     if (lane == 0 && u + L2PF < nbw)  // the block L2PF ahead of this one: one bulk L2 request of its words
@@ -113,9 +121,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
       b.w[2 * q + 1] = ldg_stream(src + q * 64 + 8);
     }
     const int grp = group_size == 128 ? blk : blk * 128 / group_size;
-    const u16* sp = ssrc + (u64)grp * stride_s;
-    b.sx = ldg8(sp);
-    b.sy = ldg8(sp + 32);
+    if (with_scales) load_scales(b, u);
     const u32* zp = zsrc + (u64)grp * stride_qz;
     b.zx = ldg4(zp);
     b.zy = ldg4(zp + zoff_y);
@@ -123,13 +129,14 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 
 #if CPA
   // block u of this warp into stage u %% CPA: its words (`cpa_words`), scales and zeros (lanes 0..9)
-  auto issue = [&](int u) {
+  // parts: 1 the words and zeros (int32), 2 the scales, 3 both
+  auto issue = [&](int u, int parts) {
     const int blk = kb0 + warp + NWARPS * u, grp = group_size == 128 ? blk : blk * 128 / group_size;
     unsigned char* st = cring + (u %% CPA) * WSTAGE;
-    cpa_words(smem_u32(st), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
-    if (lane < 8)
-      cp16ca(smem_u32(st + R * 256 + lane * 16), sc + (u64)grp * stride_s + strip * 64 + lane * 8);
-    else if (lane < 8 + BITS / 2)
+    if (parts & 1) cpa_words(smem_u32(st), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
+    if (lane < 8) {
+      if (parts & 2) cp16ca(smem_u32(st + R * 256 + lane * 16), scale_row(u) + lane * 8);
+    } else if (lane < 8 + BITS / 2 && (parts & 1))
       cp16ca(smem_u32(st + R * 256 + 128 + (lane - 8) * 16),
            (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * ZB + (lane - 8) * 16);
   };
@@ -148,13 +155,20 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #endif
   // x's slice to shared memory (16-byte chunks of 8 values), while the first block's words stream in
   const int row_chunks = bps * 16, chunks = M * row_chunks;
-  Blk bb[NBUF];  // the first NBUF - 1 blocks' words in flight while x is staged
+  // The first NBUF - 1 blocks' words in flight while x is staged. With PDL their words and zeros come before the
+  // wait: int32 tensors of `fg.gptq.repack`, which no kernel of the chain writes (pdl.py); their scales (a float
+  // weight) are only asked of L2 there (coherent), and loaded after it.
+  Blk bb[NBUF];
 #pragma unroll
   for (int s = 0; s < NBUF - 1; ++s)
-    if (s < nbw && !TMA && !CPA) load(bb[s], s);
-#if CPA  // the first CPA - 1 blocks (with PDL before the wait), x after them by plain loads
+    if (s < nbw && !TMA && !CPA) {
+      load(bb[s], s, !PDL);
+      if (PDL && lane == 0) prefetch_l2(scale_row(s), 128);
+    }
+#if CPA  // the first CPA - 1 blocks (with PDL their words and zeros before the wait), x after them by plain loads
   for (int s = 0; s < CPA - 1; ++s) {
-    if (s < nbw) issue(s);
+    if (s < nbw) issue(s, PDL ? 1 : 3);
+    if (PDL && s < nbw && lane == 0) prefetch_l2(scale_row(s), 128);
     cp_commit();
   }
 #endif
@@ -189,7 +203,17 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   }
 #endif
 #else
-  if (PDL) pdl_wait();  // x is written by the kernel before this one
+  if (PDL) {  // x is written by the kernel before this one; then the next kernel may launch (as in the chain)
+    pdl_wait();
+    pdl_trigger();
+#pragma unroll
+    for (int s = 0; s < NBUF - 1; ++s)  // the first blocks' scales
+      if (s < nbw && !CPA) load_scales(bb[s], s);
+#if CPA
+    for (int s = 0; s < CPA - 1 && s < nbw; ++s) issue(s, 2);
+    cp_commit();
+#endif
+  }
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
     const u16* src = x + (u64)m * stride_xm + kb0 * 128 + cc * 8;
@@ -298,11 +322,14 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 %(tma_loop)s#elif CPA
   Blk& a = bb[0];
   for (int u = 0; u < nbw; ++u) {  // block u's stage is in; stage (u - 1) %% CPA takes block u + CPA - 1
-    cp_wait<CPA - 2>();
+    if (PDL && u == 0)  // the first stages' scales are in the newest group (after the wait)
+      cp_wait<0>();
+    else
+      cp_wait<CPA - 2>();
     __syncwarp();  // every lane's copies are seen by all; all lanes are done with stage (u - 1) %% CPA
     const unsigned char* st = cring + (u %% CPA) * WSTAGE;
     cpa_read(st, g, t, zoff_y, a.w, a.sx, a.sy, a.zx, a.zy);
-    if (u + CPA - 1 < nbw) issue(u + CPA - 1);
+    if (u + CPA - 1 < nbw) issue(u + CPA - 1, 3);
     cp_commit();
     compute(a, u);
   }
@@ -312,7 +339,7 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
 #pragma unroll
     for (int s = 0; s < NBUF; ++s)
       if (u + s < nbw) {
-        if (u + s + NBUF - 1 < nbw) load(bb[(s + NBUF - 1) %% NBUF], u + s + NBUF - 1);
+        if (u + s + NBUF - 1 < nbw) load(bb[(s + NBUF - 1) %% NBUF], u + s + NBUF - 1, true);
         compute(bb[s], u + s);
       }
   }
