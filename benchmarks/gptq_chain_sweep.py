@@ -67,11 +67,9 @@ def _arg(name: str, default: str) -> list[str]:
 def candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | None]]:
     """The default, its chain ablations, and forced small-M / mid-M plans of one plain cell."""
     out: list[tuple[str, dict[str, Any] | None]] = [("default", None), ("nochain", {"chain": False})]
+    # "noearly": the chain's L2 prefetches only (the small-M kernel's words after its wait)
     out += [
-        (
-            "noearly",
-            {"early": False},
-        ),  # the chain's L2 prefetches only (the small-M kernel's words after the wait)
+        ("noearly", {"early": False}),
         ("bufs2", {"bufs": 2}),
         ("bufs3", {"bufs": 3}),
         ("bufs4", {"bufs": 4}),
