@@ -138,7 +138,8 @@ def act_candidates(
     """Act-order's default and chain ablations, the plain call's default plan on x permuted first, then the three
     fastest forced plain plans with x permuted first and with the kernel's own gather through perm."""
     out: list[tuple[str, dict[str, Any] | None]] = [("default", None), ("nochain", {"chain": False}),
-                                                    ("xperm", {"xperm": True}), ("gather", {"xperm": False})]  # fmt: skip
+                                                    ("noearly", {"early": False}), ("xperm", {"xperm": True}),
+                                                    ("gather", {"xperm": False})]  # fmt: skip
     if (
         plain_plan is not None and plain_plan["kernel"] != "wgmma"
     ):  # as the plain call runs it, x permuted first

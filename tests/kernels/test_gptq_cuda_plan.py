@@ -77,7 +77,7 @@ def test_kernel_source__carries_the_spec_as_defines() -> None:
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 3}, "mt must be 1 or 2"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"), ({"split": 9, "cluster": True}, "cluster needs"),
      ({"tma": 1}, "tma must be 0 or a ring"), ({"bufs": 5}, "bufs must be 2..4"), ({"bufs": 3, "tma": 2}, "2 with tma"),
-     ({"pdl": True, "has_perm": True}, "pdl needs no perm"), ({"xfull": True}, "xfull needs has_perm"),
+     ({"pdl": True, "tma": 2}, "pdl needs tma off"), ({"xfull": True}, "xfull needs has_perm"),
      ({"cpa": 1}, "cpa must be 0 or a ring of 2..16"), ({"cpa": 17}, "cpa must be 0 or a ring"),
      ({"cpa": 3, "tma": 2}, "tma, xfull, fold off"), ({"cpa": 3, "bufs": 3}, "cpa keeps one block in registers")],
 )  # fmt: skip

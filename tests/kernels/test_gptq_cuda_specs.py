@@ -81,17 +81,17 @@ def test_small_m_spec__what_each_gpu_and_dtype_gets() -> None:
     assert not small_m_spec(plan | CHAIN, m=1, bps=16, cap=AMPERE, **KIND).chain
 
 
-def test_early_in_the_chain__only_the_small_m_kernel_without_perm_loads_before_its_wait() -> None:
+def test_early_in_the_chain__only_the_small_m_kernel_loads_words_before_its_wait() -> None:
     early = CHAIN | {"early": True}  # the runtime's chain by default (`pdl.gemm_chain`)
     small = {"split_k": 2, "warps": 8, "cluster": True, "min_blocks": 1, "cpa": 2}
     plan, _ = launch_plan(small, {}, act_order=False, chain=early, cap=HOPPER)
     spec = small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND)
     assert (spec.pdl, spec.chain, spec.chain_l2) == (True, False, 0)
-    # a config's own "early" stands against the chain's; with a perm (x gathered in the kernel) no early loads
+    # a config's own "early" stands against the chain's; act-order's gather of x through perm waits before it
     plan, _ = launch_plan(small, {"early": False}, act_order=False, chain=early, cap=HOPPER)
     assert (small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND).pdl, plan["chain"]) == (False, True)
     gathered = small_m_spec(small | early, m=1, bps=16, cap=HOPPER, **(KIND | {"has_perm": True}))
-    assert (gathered.pdl, gathered.chain) == (False, True)
+    assert (gathered.pdl, gathered.chain, gathered.has_perm) == (True, False, True)
     # not outside the chain (a config's "chain": False), nor on a 3-CTA cluster (no chain), nor before sm_90
     plan, _ = launch_plan(small, {"chain": False, "early": True}, act_order=False, chain=early, cap=HOPPER)
     assert not small_m_spec(plan, m=1, bps=16, cap=HOPPER, **KIND).pdl

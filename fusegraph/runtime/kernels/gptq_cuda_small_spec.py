@@ -48,10 +48,10 @@ class KernelSpec:
             ring per warp filled by bulk copies (TMA, one per 256-byte word row, mbarrier completion).
         perm_ahead: act-order only: x's slice gathered column-chunk major, loads ahead (`gather_x`).
         bufs: register buffers of words a warp (2..4): bufs − 1 blocks in flight while one is used.
-        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm; our own
+        pdl: launched with programmatic dependent launch after the kernel that writes x (after our own
             permutation of x, or the chain's "early", `pdl.py`): the first blocks' words and zeros (int32) are
-            requested before `griddepcontrol.wait`, their scales asked of L2; x and the scales after it, then
-            the kernel after it may launch.
+            requested before `griddepcontrol.wait`, their scales asked of L2; x (gathered through perm with
+            has_perm) and the scales after it, then the kernel after it may launch.
         xfull: act-order: all of x's rows and the slice's perm are copied to shared memory first (with the
             first words in flight), and the slice is gathered from there, not from global memory.
         chain: launched with programmatic dependent launch after whatever kernel comes before (the eager
@@ -98,8 +98,8 @@ class KernelSpec:
             raise ValueError(f"gptq_cuda: bufs must be 2..4 (2 with tma), got {self.bufs}")
         if self.perm_ahead and not self.has_perm:
             raise ValueError("gptq_cuda: perm_ahead needs has_perm (it changes the act-order gather)")
-        if self.pdl and (self.has_perm or self.tma):
-            raise ValueError("gptq_cuda: pdl needs no perm and tma off (x is read after the wait)")
+        if self.pdl and self.tma:
+            raise ValueError("gptq_cuda: pdl needs tma off (its ring's first copies carry the scales)")
         if why := chain_error(self.chain, self.chain_l2, self.pdl):
             raise ValueError(f"gptq_cuda: {why}")
         if self.xfull and (not self.has_perm or self.perm_ahead or self.tma):

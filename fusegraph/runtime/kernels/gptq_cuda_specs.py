@@ -76,7 +76,7 @@ def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int], *, s
     ring), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
     early = small and bool(plan.get("early")) and bool(plan.get("chain")) and not plan.get("tma")
     early = early or bool(plan.get("xperm_pdl"))
-    pdl = early and not has_perm and cap >= (9, 0)
+    pdl = early and (small or not has_perm) and cap >= (9, 0)  # the small-M kernel's gather waits too
     chain = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
     return {"pdl": pdl, "chain": chain, "chain_l2": int(plan.get("chain_l2", 0)) if chain else 0}
 
@@ -99,7 +99,8 @@ def small_m_spec(plan: dict[str, Any], *, m: int, bits: int, bf16: bool, has_per
                       l2pf=int(plan.get("l2pf", 0)) if cap >= (9, 0) else 0,
                       tma=int(plan.get("tma", 0)) if cap >= (9, 0) else 0,
                       perm_ahead=bool(plan.get("perm_ahead")) and has_perm,
-                      bufs=int(plan.get("bufs", 2)), cpa=int(plan.get("cpa", 0)), **_pdl_fields(plan, has_perm, cap, small=True),
+                      bufs=int(plan.get("bufs", 2)), cpa=int(plan.get("cpa", 0)),
+                      **_pdl_fields(plan, has_perm, cap, small=True),
                       xfull=bool(plan.get("xfull")) and has_perm and not plan.get("perm_ahead"),
                       fold=bool(plan.get("fold")) and not bf16 and not plan.get("tma") and bps <= 32 * warps)  # fmt: skip
 

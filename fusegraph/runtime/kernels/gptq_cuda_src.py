@@ -17,7 +17,8 @@ in 128-row block b word row r holds in slot i = e·P/2 + j the value of row 128�
   padded so that the B-fragment loads hit 32 distinct banks.
 - Split-K: each CTA sums its warps in shared memory, then the last CTA of a strip (atomic ticket) sums the
   SPLIT fp32 slices of a workspace, or (CLUSTER) the strip's CTAs sum through distributed shared memory.
-Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL (spec `pdl`) the first blocks' words and zeros stream before the wait, their scales and x after it.
+Helpers and the split-K epilogue: `gptq_cuda_ptx.py`. With PDL (spec `pdl`) the first blocks' words and zeros
+stream before the wait, their scales and x after it.
 """
 
 from __future__ import annotations
@@ -172,6 +173,17 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
     cp_commit();
   }
 #endif
+  if (PDL) {  // x is written by the kernel before this one; then the next kernel may launch (as in the chain)
+    pdl_wait();
+    pdl_trigger();
+#pragma unroll
+    for (int s = 0; s < NBUF - 1; ++s)  // the first blocks' scales
+      if (s < nbw && !CPA) load_scales(bb[s], s);
+#if CPA
+    for (int s = 0; s < CPA - 1 && s < nbw; ++s) issue(s, 2);
+    cp_commit();
+#endif
+  }
 #if HAS_PERM
   u16* xf = (u16*)(fin + M * 64);      // XFULL: x's rows [M][K] and the slice's perm [bps·128] in shared memory
   int* ps = (int*)(xf + (u64)M * K);
@@ -203,17 +215,6 @@ fg_gptq_small_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u
   }
 #endif
 #else
-  if (PDL) {  // x is written by the kernel before this one; then the next kernel may launch (as in the chain)
-    pdl_wait();
-    pdl_trigger();
-#pragma unroll
-    for (int s = 0; s < NBUF - 1; ++s)  // the first blocks' scales
-      if (s < nbw && !CPA) load_scales(bb[s], s);
-#if CPA
-    for (int s = 0; s < CPA - 1 && s < nbw; ++s) issue(s, 2);
-    cp_commit();
-#endif
-  }
   for (int c = tid; c < chunks; c += NWARPS * 32) {
     const int m = c / row_chunks, cc = c - m * row_chunks;
     const u16* src = x + (u64)m * stride_xm + kb0 * 128 + cc * 8;
