@@ -11,7 +11,7 @@ import pytest
 from fusegraph.runtime.kernels.gptq_cuda_mid import mid_kernel_source, mid_smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_mid_spec import MidSpec
 from fusegraph.runtime.kernels.gptq_cuda_specs import default_specs, launch_plan, mid_m_spec, small_m_spec
-from fusegraph.runtime.kernels.gptq_cuda_src import kernel_source, smem_bytes
+from fusegraph.runtime.kernels.gptq_cuda_src import KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_spec import RswgSpec
 
 CHAIN = {"chain": True, "chain_l2": 1}
@@ -129,7 +129,8 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
     shared-memory size within the 227 KB a CTA may have."""
     n, k = SHAPES[shape]
     built = 0
-    for chain, kinds in ((CHAIN, [(4, False, False), (8, False, False), (4, False, True)]),
+    plain_kinds = [(4, False, False), (8, False, False), (4, False, True)]
+    for chain, kinds in ((CHAIN, plain_kinds), (CHAIN | {"early": True}, plain_kinds),
                          ({}, [(4, True, False), (4, False, True)])):  # fmt: skip
         for m, kind, spec in default_specs(n, k, range(1, 65), kinds, sms=132, cap=HOPPER, chain=chain):
             if isinstance(spec, RswgSpec):
@@ -143,6 +144,9 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
             assert smem <= 227 * 1024 and "%(" not in text, (m, kind, spec)
             odd_cluster = spec.cluster and spec.split & (spec.split - 1)  # 3, 5, 6 or 7 CTAs: no chain
             assert spec.chain == (bool(chain) and not spec.pdl and not odd_cluster), (m, kind, spec)
+            if chain:  # in the chain only "early" loads before the wait, and only in the small-M kernel
+                early = bool(chain.get("early")) and isinstance(spec, KernelSpec) and not odd_cluster
+                assert spec.pdl == early, (m, kind, spec)
             built += 1
     assert built >= 64  # each shape runs these kernels over much of M ≤ 64
 
