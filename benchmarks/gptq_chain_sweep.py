@@ -1,8 +1,8 @@
 """The small-M GPTQ plans re-measured in the PDL chain (issue #11): one GPU call.
 
 `python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...] [--cpa]`: for
-each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same without the chain ("nochain") or without the small-M kernel's words before its wait ("noearly"),
-with deeper register buffers, L2 prefetches ahead or the scale out of the mid-M loop ("bufs3", "l2pf1", "sfold"),
+each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same
+without the chain ("nochain") or without the small-M kernel's words before its wait ("noearly"), with deeper register buffers, L2 prefetches ahead or the scale out of the mid-M loop ("bufs3", "l2pf1", "sfold"),
 and forced plans of the small-M and mid-M CUDA kernels around it (warps, split-K, cluster or ticket, register caps);
 for act-order, the three fastest plain plans with x permuted first and with the kernel's own gather through perm.
 The default is timed again last ("default again": the spread of a cell). As in `gpu.py`, 24 calls of one variant

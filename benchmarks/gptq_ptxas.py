@@ -5,8 +5,8 @@ distinct spec that `gptq_cuda.maybe_gptq_cuda` would launch for the Llama-3-8B s
 plain and act-order; the runtime's PDL chain as `pdl.gemm_chain` gives it on an H200) is compiled by `nvcc -arch=sm_90a
 -Xptxas -v`, and its registers a thread, its `__launch_bounds__` cap and its spill bytes are printed with the cells that
 use it. `--mid-early` adds each mid-M spec as it would be with the first block's words loaded before the PDL wait (spec
-`pdl`; not a default). The twenty-ninth session found this way that gate_up's mid-M plan (4 CTAs an SM, so 128 registers)
-spills with early loads and the chained kernel does not (docs/benchmarks.md).
+`pdl`; not a default). The twenty-ninth session found this way that gate_up's mid-M plan (4 CTAs an SM, so 128
+registers) spills with early loads and the chained kernel does not (docs/benchmarks.md).
 
 Needs `nvcc` (CUDA 12.4 or later) on PATH; compiles in parallel threads.
 """

@@ -268,7 +268,8 @@ def maybe_gptq_cuda(
 
     `config` as in `gptq_tiled_matmul`: {"kernel": "cuda", "split_k", "warps", "cluster", "min_blocks", "l2pf",
     "tma", "mid", "xperm", "perm_ahead", "bufs", "xperm_pdl", "xfull", "fold", "sfold", "cpa", "early"} forces it (a
-    ValueError if it cannot run); a config with only those keys (no "kernel") adjusts the plan where it takes the call; {"cuda": False} or any Triton key skips it;
+    ValueError if it cannot run); a config with only those keys (no "kernel") adjusts the plan where it takes the
+    call; {"cuda": False} or any Triton key skips it;
     "wgmma": True asks for the Hopper wgmma kernel (with its own keys, `gptq_cuda_wgmma.maybe_wgmma`).
     Act-order past `gptq_plan._CUDA_ACT_GATHER_MAX_M` ("xperm": True forces it, False the in-kernel
     gather): x is permuted once (`_permute_x`; "xperm_pdl": the kernel launched with programmatic

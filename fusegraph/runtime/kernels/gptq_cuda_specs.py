@@ -74,8 +74,8 @@ def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int], *, s
     """A spec's PDL fields from the plan (both kernels): "pdl" (the first blocks loaded before the wait: right after
     our own permutation of x, or in the chain with "early", the small-M kernel only and not with its bulk-copy
     ring), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
-    early = small and bool(plan.get("early")) and bool(plan.get("chain")) and not plan.get("tma")
-    early = early or bool(plan.get("xperm_pdl"))
+    chain_early = small and bool(plan.get("early")) and bool(plan.get("chain")) and not plan.get("tma")
+    early = chain_early or bool(plan.get("xperm_pdl"))
     pdl = early and (small or not has_perm) and cap >= (9, 0)  # the small-M kernel's gather waits too
     chain = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
     return {"pdl": pdl, "chain": chain, "chain_l2": int(plan.get("chain_l2", 0)) if chain else 0}

@@ -241,8 +241,8 @@ def paged_attention_triton(
             tensor, a ValueError naming the first bad entry).
         block_m, block_n: query rows per tile and keys per step (default: picked from the shape).
         num_splits: split each sequence's keys into this many slices, one program each, merged by a second
-            kernel or by the slice that finishes last (flash-decoding; `merge_in_place`). Default: enough to fill the GPU when the query
-            tiles alone cannot (decode), else 1. The slices are cut from the lookup table's
+            kernel or by the slice that finishes last (flash-decoding; `merge_in_place`). Default: enough to fill
+            the GPU when the query tiles alone cannot (decode), else 1. The slices are cut from the lookup table's
             capacity (max_pages · page_size), a shape, so the launch needs no host sync and can
             be captured in a CUDA graph; slices past a sequence's length do no work.
         num_warps, num_stages: Triton launch options of the attention kernel.
