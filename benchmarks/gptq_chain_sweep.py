@@ -2,17 +2,19 @@
 
 `python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...] [--cpa]`: for
 each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same
-without the chain ("nochain") or without the small-M kernel's words before its wait ("noearly"), with deeper register buffers, L2 prefetches ahead or the scale out of the mid-M loop ("bufs3", "l2pf1", "sfold"),
-and forced plans of the small-M and mid-M CUDA kernels around it (warps, split-K, cluster or ticket, register caps);
-for act-order, the three fastest plain plans with x permuted first and with the kernel's own gather through perm.
+without the chain ("nochain") or without the kernels' words before their wait ("noearly"; "early2": the mid-M kernel's
+too where its registers are capped at 128), with deeper register buffers, L2 prefetches ahead or the scale out of
+the mid-M loop ("bufs3", "l2pf1", "sfold"), and forced plans of the small-M and mid-M CUDA kernels around it (warps, split-K, cluster or ticket, register caps);
+for act-order, the plain default plan and the three fastest plain plans with x permuted first and with the kernel's
+own gather through perm.
 The default is timed again last ("default again": the spread of a cell). As in `gpu.py`, 24 calls of one variant
 are captured back to back in a CUDA graph with the operands rotated past L2, so chained calls overlap as in a decode
 step. Every variant is checked against `x.float() @ W` first. The plans were last swept without the chain (fourth
 session); a kernel that keeps one CTA an SM leaves no room for the next kernel's CTAs to start early.
 
 `--cpa`: the plain and 8-bit cells take `cpa_candidates` instead (the cp.async rings of both kernels).
-SWEEP_EXTRA ("name:{json config};...") adds variants to every plain and 8-bit cell; SWEEP_ONLY (a regex) keeps the
-default, "default again" and the variants whose names match it.
+SWEEP_EXTRA ("name:{json config};...") adds variants to every cell; SWEEP_ONLY (a regex) keeps the default, "default
+again" and the variants whose names match it.
 
 All the variants' kernels are compiled first by NVRTC in parallel threads (`gptq_cuda_probe_kit.compile_all`).
 Every line goes to stdout and $OUT/gptq_chain_sweep.txt.
@@ -46,8 +48,10 @@ from fusegraph.runtime.kernels.gptq_plan import cuda_plan  # noqa: E402
 SMS = 132
 ABLATIONS = (
     "plain plan/xperm",
+    "plain plan/gather",
     "nochain",
     "noearly",
+    "early2",
     "bufs2",
     "bufs3",
     "nosfold",
@@ -69,7 +73,8 @@ def candidates(m: int, n: int, k: int) -> list[tuple[str, dict[str, Any] | None]
     out: list[tuple[str, dict[str, Any] | None]] = [("default", None), ("nochain", {"chain": False})]
     # "noearly": the chain's L2 prefetches only (the small-M kernel's words after its wait)
     out += [
-        ("noearly", {"early": False}),
+        ("noearly", {"early": 0}),
+        ("early2", {"early": 2}),
         ("bufs2", {"bufs": 2}),
         ("bufs3", {"bufs": 3}),
         ("bufs4", {"bufs": 4}),
@@ -138,17 +143,14 @@ def act_candidates(
     """Act-order's default and chain ablations, the plain call's default plan on x permuted first, then the three
     fastest forced plain plans with x permuted first and with the kernel's own gather through perm."""
     out: list[tuple[str, dict[str, Any] | None]] = [("default", None), ("nochain", {"chain": False}),
-                                                    ("noearly", {"early": False}), ("xperm", {"xperm": True}),
+                                                    ("noearly", {"early": 0}), ("xperm", {"xperm": True}),
                                                     ("gather", {"xperm": False})]  # fmt: skip
     if (
         plain_plan is not None and plain_plan["kernel"] != "wgmma"
     ):  # as the plain call runs it, x permuted first
-        out.append(
-            (
-                "plain plan/xperm",
-                plain_plan | {"kernel": "cuda", "mid": plain_plan["kernel"] == "mid", "xperm": True},
-            )
-        )
+        forced_plain = plain_plan | {"kernel": "cuda", "mid": plain_plan["kernel"] == "mid"}
+        out += [("plain plan/xperm", forced_plain | {"xperm": True}),
+                ("plain plan/gather", forced_plain | {"xperm": False, "perm_ahead": False})]  # fmt: skip
     forced = [(name, cfg) for _, name, cfg in sorted(plain, key=lambda r: r[0]) if cfg and "kernel" in cfg]
     for name, cfg in forced[:3]:
         out += [(f"{name}/xperm", cfg | {"xperm": True}), (f"{name}/gather", cfg | {"xperm": False})]
@@ -224,7 +226,7 @@ def sweep(bw: float) -> None:
             plain = cell(b, label, "plain", m, with_extra(pick(m, n_out, k_in)), bw)
             if "act" in kinds and time.time() - T0 < BUDGET_S:
                 plain_plan = cuda_plan(m, n_out, k_in, 4, SMS, cap=(9, 0))
-                cell(b, label, "act", m, act_candidates(plain, plain_plan), bw)
+                cell(b, label, "act", m, with_extra(act_candidates(plain, plain_plan)), bw)
             if "int8" in kinds and m in ms8 and time.time() - T0 < BUDGET_S:
                 cell(b, label, "int8", m, with_extra(pick(m, n_out, k_in)), bw)
         del b

@@ -37,6 +37,7 @@ def test_gptq_cuda_mid__its_plan_runs_the_mid_kernel_and_matches_the_math(m: int
 
 
 # (m, k, n, bits, desc_act, dtype, config)
+EARLY = {"chain": True, "chain_l2": 1, "early": 2, "cluster": True}  # the runtime's chain, early in any plan
 CASES = [
     (64, 512, 256, 4, False, torch.float16, {"split_k": 4, "cluster": True, "warps": 4}),
     (64, 1024, 256, 4, False, torch.float16, {"split_k": 2, "cluster": False, "warps": 2}),
@@ -125,6 +126,30 @@ CASES = [
             "chain": False,
         },
     ),
+    # in the PDL chain with "early" (words and zeros before the wait, the scales after it): the words in registers
+    # (group 128 a block, 4 bits at 128 registers, 8 bits, bf16), act-order's gather, the cp.async ring
+    (
+        1,
+        1024,
+        512,
+        4,
+        False,
+        torch.float16,
+        EARLY | {"split_k": 2, "warps": 4, "min_blocks": 4, "sfold": True},
+    ),
+    (8, 2048, 256, 8, False, torch.float16, EARLY | {"split_k": 2, "cluster": False, "warps": 2}),
+    (5, 1024, 256, 4, False, torch.bfloat16, EARLY | {"split_k": 1, "warps": 4, "sfold": True}),
+    (
+        4,
+        1024,
+        512,
+        4,
+        True,
+        torch.float16,
+        EARLY | {"split_k": 4, "warps": 4, "min_blocks": 2, "xperm": False},
+    ),
+    (16, 2048, 256, 4, False, torch.float16, EARLY | {"split_k": 2, "warps": 4, "cpa": 3}),
+    (1, 1024, 256, 4, True, torch.float16, EARLY | {"split_k": 2, "warps": 4, "cpa": 2, "sfold": True}),
 ]
 
 

@@ -271,7 +271,7 @@ def test_mid_kernel_source__carries_the_spec_and_the_shared_memory_fits_both_use
     [({"bits": 3}, "bits must be 4 or 8"), ({"bits": 8, "bf16": True}, "bf16 needs bits=4"),
      ({"mt": 9}, "mt must be 1..8"), ({"warps": 3}, "warps must be 1, 2, 4 or 8"),
      ({"split": 9, "cluster": True}, "cluster needs"), ({"min_blocks": 0}, "min_blocks ≥ 1"),
-     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True}, "pdl, no perm"),
+     ({"bufs": 0}, "bufs 1..4"), ({"pdl": True, "has_perm": True, "perm_ahead": True}, "not with pdl"),
      ({"sfold": True, "mt": 3}, "sfold needs mt <= 2"), ({"cpa": 1}, "cpa must be 0 or a ring of 2..16"),
      ({"cpa": 3, "bufs": 2}, "with bufs 1"), ({"cpa": 3, "has_perm": True, "perm_ahead": True}, "perm_ahead off")],
 )  # fmt: skip

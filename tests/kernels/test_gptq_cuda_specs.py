@@ -81,7 +81,7 @@ def test_small_m_spec__what_each_gpu_and_dtype_gets() -> None:
     assert not small_m_spec(plan | CHAIN, m=1, bps=16, cap=AMPERE, **KIND).chain
 
 
-def test_early_in_the_chain__only_the_small_m_kernel_loads_words_before_its_wait() -> None:
+def test_early_in_the_chain__which_kernels_load_words_before_their_wait() -> None:
     early = CHAIN | {"early": True}  # the runtime's chain by default (`pdl.gemm_chain`)
     small = {"split_k": 2, "warps": 8, "cluster": True, "min_blocks": 1, "cpa": 2}
     plan, _ = launch_plan(small, {}, act_order=False, chain=early, cap=HOPPER)
@@ -100,11 +100,22 @@ def test_early_in_the_chain__only_the_small_m_kernel_loads_words_before_its_wait
     assert not small_m_spec(small | early, m=1, bps=16, cap=AMPERE, **KIND).pdl
     ring = small_m_spec(small | early | {"cpa": 0, "tma": 3}, m=1, bps=16, cap=HOPPER, **KIND)
     assert (ring.pdl, ring.chain, ring.tma) == (False, True, 3)  # the bulk-copy ring waits first
-    # the mid-M kernel keeps L2 prefetches only (early was slower there: H200 gate_up M=1 20.0 against 18.3 µs)
-    mid = mid_m_spec(
-        {"split_k": 4, "warps": 4, "cluster": True, "mid": True} | early, m=1, cap=HOPPER, **KIND
-    )
+    # the mid-M kernel where a thread may hold more than 128 registers or its words go through the ring (at 128,
+    # 4-bit gate_up spilled with the first block held across the wait); "early" 2 in any plan; not with the gather
+    # ahead (it reads x first)
+    mid_plan = {"split_k": 4, "warps": 4, "cluster": True, "mid": True, "min_blocks": 4}
+    mid = mid_m_spec(mid_plan | early, m=1, cap=HOPPER, **KIND)
     assert (mid.pdl, mid.chain, mid.chain_l2) == (False, True, 1)
+    for fits in ({"min_blocks": 2}, {"cpa": 2}, {"early": 2}):
+        mid = mid_m_spec(mid_plan | early | fits, m=1, cap=HOPPER, **KIND)
+        assert (mid.pdl, mid.chain, mid.chain_l2) == (True, False, 0), fits
+    mid_gather = mid_m_spec(
+        mid_plan | early | {"min_blocks": 2}, m=4, cap=HOPPER, **(KIND | {"has_perm": True})
+    )
+    assert (mid_gather.pdl, mid_gather.has_perm) == (True, True)
+    ahead = mid_m_spec(mid_plan | early | {"early": 2, "perm_ahead": True}, m=4, cap=HOPPER,
+                       **(KIND | {"has_perm": True}))  # fmt: skip
+    assert (ahead.pdl, ahead.chain, ahead.perm_ahead) == (False, True, True)
 
 
 def test_mid_m_spec__n_tiles_and_the_ring_gives_way_to_the_gather_ahead() -> None:
@@ -144,8 +155,12 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
             assert smem <= 227 * 1024 and "%(" not in text, (m, kind, spec)
             odd_cluster = spec.cluster and spec.split & (spec.split - 1)  # 3, 5, 6 or 7 CTAs: no chain
             assert spec.chain == (bool(chain) and not spec.pdl and not odd_cluster), (m, kind, spec)
-            if chain:  # in the chain only "early" loads before the wait, and only in the small-M kernel
-                early = bool(chain.get("early")) and isinstance(spec, KernelSpec) and not odd_cluster
+            if (
+                chain
+            ):  # in the chain only "early" loads before the wait: the small-M kernel, the mid-M where it fits
+                regs = 65536 // (spec.min_blocks * spec.warps * 32)
+                fits = isinstance(spec, KernelSpec) or regs > 128 or spec.cpa > 0
+                early = bool(chain.get("early")) and fits and not odd_cluster
                 assert spec.pdl == early, (m, kind, spec)
             built += 1
     assert built >= 64  # each shape runs these kernels over much of M ≤ 64

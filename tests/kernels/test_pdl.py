@@ -53,7 +53,7 @@ def test_pdl_mode__a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
         pdl.gemm_chain(HOPPER)
     monkeypatch.setenv("FUSEGRAPH_PDL_L2", "1")
     monkeypatch.setenv("FUSEGRAPH_PDL_EARLY", "small")
-    with pytest.raises(ValueError, match=r"FUSEGRAPH_PDL_EARLY must be 0 or 1 .*, got 'small'"):
+    with pytest.raises(ValueError, match=r"FUSEGRAPH_PDL_EARLY must be 0, 1 or 2 .*, got 'small'"):
         pdl.gemm_chain(HOPPER)
     monkeypatch.setenv("FUSEGRAPH_PDL_EARLY", "0")
     assert pdl.gemm_chain(HOPPER) == {"chain": True, "chain_l2": 1, "early": False}

@@ -125,17 +125,21 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #endif
     }
   };
+  auto scale_row = [&](int blk) {  // the strip's 64 scales of block blk's group: one 128-byte row
+    return sc + (u64)(group_size == 128 ? blk : blk * 128 / group_size) * stride_s + strip * 64;
+  };
 #if CPA
-  // block u into stage u %% CPA: x's rows (CTA-wide), then this lane's words and the warp's scales and zeros
-  auto issue = [&](int u, bool with_x) {
+  // block u into stage u %% CPA; parts: 1 x's rows (CTA-wide), 2 this lane's words and the warp's zeros (int32),
+  // 4 the warp's scales
+  auto issue = [&](int u, int parts) {
     unsigned char* st = smem + (u %% CPA) * STAGE;
-    if (with_x) stage((u32*)st, u, true);
+    if (parts & 1) stage((u32*)st, u, true);
     unsigned char* wst = st + XSTAGE + warp * WSTAGE;
     const int blk = kb0 + u, grp = group_size == 128 ? blk : blk * 128 / group_size;
-    cpa_words(smem_u32(wst), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
-    if (lane < 8)  // the strip's 64 scales of the group
-      cp16ca(smem_u32(wst + R * 256 + lane * 16), sc + (u64)grp * stride_s + strip * 64 + lane * 8);
-    else if (lane < 8 + BITS / 2)  // its packed zeros (8·BITS bytes)
+    if (parts & 2) cpa_words(smem_u32(wst), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
+    if (lane < 8) {  // the strip's 64 scales of the group
+      if (parts & 4) cp16ca(smem_u32(wst + R * 256 + lane * 16), scale_row(blk) + lane * 8);
+    } else if (lane < 8 + BITS / 2 && (parts & 2))  // its packed zeros (8·BITS bytes)
       cp16ca(smem_u32(wst + R * 256 + 128 + (lane - 8) * 16),
            (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * 8 * BITS + (lane - 8) * 16);
   };
@@ -185,11 +189,16 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   int gk = kb0 * 128 %% group_size;
   const u16* sp = ssrc + (u64)(kb0 * 128 / group_size) * stride_s;
   const u32* zp = zsrc + (u64)(kb0 * 128 / group_size) * stride_qz;
-  auto load_meta = [&]() {  // the next block's
-    sx = ldg8(sp);
-    sy = ldg8(sp + 32);
-    zx = ldg4(zp);
-    zy = ldg4(zp + zoff_y);
+  auto load_meta = [&](bool scales, bool zeros) {  // the next block's (then the pointers step to the one after)
+    if (scales) {
+      sx = ldg8(sp);
+      sy = ldg8(sp + 32);
+    }
+    if (zeros) {
+      zx = ldg4(zp);
+      zy = ldg4(zp + zoff_y);
+    }
+    if (!scales) return;  // the zeros alone come first (PDL: before the wait); the scales step the pointers
     for (gk += 128; gk >= group_size; gk -= group_size) {
       sp += stride_s;
       zp += stride_qz;
@@ -204,16 +213,23 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   pdl_wait();
   pdl_trigger();  // after the wait: one kernel at most starts ahead of the one that runs
 #endif
-#if CPA  // the first CPA - 1 blocks in flight (with PDL their words before the wait, x after it)
+  // With PDL the first blocks' words and zeros come before the wait: int32 tensors of `fg.gptq.repack`, which no
+  // kernel of the chain writes (pdl.py); their scales (a float weight) are only asked of L2 there, and loaded after it.
+#if CPA  // the first CPA - 1 blocks in flight (with PDL words and zeros before the wait; x and scales after it)
   for (int b = 0; b < CPA - 1; ++b) {
-    if (b < bps) issue(b, !PDL);
+    if (b < bps) issue(b, PDL ? 2 : 7);
+    if (PDL && b < bps && lane == 0) prefetch_l2(scale_row(kb0 + b), 128);
     cp_commit();
   }
   if (PDL) {
     pdl_wait();
     pdl_trigger();  // as in the chain: the next kernel may launch once this one is past its wait
+    for (int b = 0; b < CPA - 1 && b < bps; ++b) {
+      stage((u32*)(smem + b * STAGE), b, false);
+      issue(b, 4);
+    }
+    cp_commit();  // the newest group: the loop's first wait takes it whole
   }
-  for (int b = 0; PDL && b < CPA - 1 && b < bps; ++b) stage((u32*)(smem + b * STAGE), b, false);
 #elif PERM_AHEAD
   load_perm(0);
   gather(0);
@@ -234,10 +250,12 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
 #pragma unroll
     for (int q = 0; q < NQ; ++q)
       if (b < bps) load_words(wb[b], kb0 + b, q);
-  load_meta();
+  load_meta(!PDL, true);
   if (PDL) {
-    pdl_wait();  // x is written by the kernel before this one
+    if (lane == 0) prefetch_l2(scale_row(kb0), 128);
+    pdl_wait();  // x (and perhaps the scales) are written by the kernels before this one
     pdl_trigger();
+    load_meta(true, false);
     stage(xs, 0, true);
     cp_commit();
   }
@@ -265,9 +283,12 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     u32x4* w = wb[sb];
     const bool more = u + 1 < bps;
 #if CPA
-    cp_wait<CPA - 2>();
+    if (PDL && u == 0)  // the first stages' scales are in the newest group (after the wait)
+      cp_wait<0>();
+    else
+      cp_wait<CPA - 2>();
     __syncthreads();  // block u's stage is in; every warp is done with block u - 1's stage: it takes u + CPA - 1
-    if (u + CPA - 1 < bps) issue(u + CPA - 1, true);
+    if (u + CPA - 1 < bps) issue(u + CPA - 1, 7);
     cp_commit();
     const unsigned char* cst = smem + (u %% CPA) * STAGE;
     {
@@ -310,7 +331,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
         const u32 sw = h ? (i < 2 ? sy.x : sy.y) : (i < 2 ? sx.x : sx.y);
         s2[i][h] = prmt(sw, 0u, (i & 1) ? 0x3232u : 0x1010u);
       }
-    if (more && !CPA) load_meta();
+    if (more && !CPA) load_meta(true, true);
 #if SFOLD  // this block's sums of (q - z)·x, scaled once at its end
     float pacc[4][MT][4];
 #pragma unroll

@@ -32,8 +32,10 @@ class MidSpec:
             of gathered and stored before the math.
         bufs: register blocks of words a lane (1..4): 1 refills its one block half a block ahead; n ≥ 2
             requests block u + n − 1 whole before block u's math (n − 1 blocks in flight).
-        pdl: launched with programmatic dependent launch after the kernel that writes x (no perm):
-            the first blocks' words are requested before `griddepcontrol.wait`, x after it.
+        pdl: launched with programmatic dependent launch after the kernel that writes x (after our own
+            permutation of x, or in the chain with "early", `pdl.py`): the first blocks' words and zeros (int32)
+            are requested before `griddepcontrol.wait`; the scales (a float weight) only of L2, and x (through
+            perm with has_perm) and the scales are loaded after it. Not with perm_ahead (its gather comes first).
         l2pf: each warp first asks L2 for its strip's first `l2pf` blocks (one bulk prefetch each, Hopper;
             with pdl, before the wait), 0: no.
         chain: launched with programmatic dependent launch after whatever kernel comes before (the eager
@@ -75,8 +77,8 @@ class MidSpec:
             raise ValueError(f"gptq_cuda_mid: mt must be 1..8, got {self.mt}")
         if not 1 <= self.bufs <= 4 or self.min_blocks < 1:
             raise ValueError(f"gptq_cuda_mid: bufs 1..4, min_blocks ≥ 1, got {self.bufs}, {self.min_blocks}")
-        if (self.perm_ahead and not self.has_perm) or (self.pdl and self.has_perm):
-            raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm; pdl, no perm")
+        if (self.perm_ahead and not self.has_perm) or (self.pdl and self.perm_ahead):
+            raise ValueError("gptq_cuda_mid: perm_ahead needs has_perm, and not with pdl")
         if self.sfold and self.mt > 2:
             raise ValueError(
                 f"gptq_cuda_mid: sfold needs mt <= 2 (its partial sums in registers), got mt={self.mt}"

@@ -25,6 +25,7 @@ __all__ = [
     "PLAN_KEYS",
     "default_specs",
     "launch_plan",
+    "mid_early_fits",
     "mid_m_spec",
     "small_m_spec",
     "takes_mid",
@@ -70,13 +71,30 @@ def launch_plan(
     return chain | plan, permute_x  # a config's own "early" stands
 
 
+def mid_early_fits(plan: dict[str, Any]) -> bool:
+    """Whether the mid-M kernel takes the chain's "early" 1: where a thread may hold more than 128 registers
+    (`__launch_bounds__` of warps·32 threads and min_blocks CTAs an SM), or its words stream through the cp.async
+    ring. At 128 the first block's words held across the wait spill (4-bit gate_up, `gptq_ptxas.py --mid-early`).
+
+    Example:
+        >>> mid_early_fits({"warps": 4, "min_blocks": 2}), mid_early_fits({"warps": 4, "min_blocks": 4})
+        (True, False)
+    """
+    regs = 65536 // (int(plan.get("min_blocks", 1)) * int(plan["warps"]) * 32)
+    return regs > 128 or bool(plan.get("cpa"))
+
+
 def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int], *, small: bool) -> dict[str, Any]:
-    """A spec's PDL fields from the plan (both kernels): "pdl" (the first blocks loaded before the wait: right after
-    our own permutation of x, or in the chain with "early", the small-M kernel only and not with its bulk-copy
-    ring), else the runtime's chain ("chain", "chain_l2"); neither before sm_90."""
-    chain_early = small and bool(plan.get("early")) and bool(plan.get("chain")) and not plan.get("tma")
+    """A spec's PDL fields from the plan (both kernels): "pdl" (the first blocks' words and zeros loaded before the
+    wait: right after our own permutation of x, or in the chain with "early": 1 the small-M kernel and the mid-M one
+    where `mid_early_fits`, 2 both; not with the bulk-copy ring nor the mid-M kernel's gather ahead), else the
+    runtime's chain ("chain", "chain_l2"); neither before sm_90."""
+    early_key = int(plan.get("early") or 0)
+    takes = small or early_key >= 2 or (early_key == 1 and mid_early_fits(plan))
+    chain_early = takes and early_key > 0 and bool(plan.get("chain")) and not plan.get("tma")
     early = chain_early or bool(plan.get("xperm_pdl"))
-    pdl = early and (small or not has_perm) and cap >= (9, 0)  # the small-M kernel's gather waits too
+    gather_ahead = has_perm and bool(plan.get("perm_ahead"))  # the mid-M kernel gathers x before any wait
+    pdl = early and (small or not gather_ahead) and cap >= (9, 0)
     chain = bool(plan.get("chain")) and not pdl and cap >= (9, 0)
     return {"pdl": pdl, "chain": chain, "chain_l2": int(plan.get("chain_l2", 0)) if chain else 0}
 

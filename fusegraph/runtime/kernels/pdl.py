@@ -7,14 +7,17 @@ nothing the earlier kernels write, and wait (`griddepcontrol.wait`) for them bef
 - the GPTQ kernels (`gptq_cuda.py`'s small-M and mid-M kernels, spec fields `chain` and `chain_l2`; the
   wgmma kernel, plan key "pdl") ask L2 for their first weight blocks before the wait: L2 is coherent, so nothing
   they read later can be stale, whoever wrote the weights;
-- the small-M kernel also loads its first blocks' words and zeros into registers (or its cp.async ring) before the
-  wait (plan key "early", `FUSEGRAPH_PDL_EARLY`, default 1; spec field `pdl`). These are int32 tensors of
+- the small-M kernel, and the mid-M kernel where a thread may hold more than 128 registers
+  (`gptq_cuda_specs.mid_early_fits`), also load their first blocks' words and zeros into registers (or a cp.async
+  ring) before the wait (plan key "early", `FUSEGRAPH_PDL_EARLY`, default 1; 2 the mid-M kernel in every plan; spec
+  field `pdl`). These are int32 tensors of
   `fg.gptq.repack`, which no kernel of the chain writes: the chain's kernels write float activations, the KV
   cache and their own tickets and workspaces. A kernel outside the chain never lets the next one launch early, so
   a PDL launch after it starts only once it has ended. The scales, a float weight that a graph could compute, are
   only asked of L2 before the wait and loaded after it. (H200, chained: o_proj M=1 5.27 against 5.66 µs, 8-bit
-  6.92 against 7.59; the 32-layer decode step at batch 1 about 1% faster. The mid-M kernel lost with it, gate_up
-  M=1 20.0 against 18.3 µs, and keeps L2 prefetches only);
+  6.92 against 7.59; the 32-layer decode step at batch 1 about 1% faster. In the mid-M kernel qkv M=4 6.76-6.91
+  against 6.99-7.10, 8 bits 9.38 against 9.69, M=1 unchanged; at 128 registers it lost, gate_up M=1 18.8 against
+  18.4, so gate_up's plan keeps L2 prefetches only);
 - the Triton kernels around them (RMSNorm, rope-split-store, paged attention and its split combine,
   silu·mul) and the act-order permutation of x are, at mode 2, PDL launches themselves that wait before
   their first load (the RMSNorm asks L2 for its weight's lines first, `pdl_prefetch_l2`);
@@ -30,7 +33,7 @@ kernels before it, and none writes what an earlier one still reads.
 `FUSEGRAPH_PDL` picks the mode: 0 off; 1 the GPTQ kernels are PDL launches and the Triton kernels let
 them start early; 2 (the default) also the Triton kernels are PDL launches. `FUSEGRAPH_PDL_L2` sets the
 weight blocks a warp of the small- and mid-M kernels prefetches before its wait (default 1); `FUSEGRAPH_PDL_EARLY`
-0 keeps the small-M kernel's words after its wait. Off where the GPU is not
+0 keeps every kernel's words after its wait. Off where the GPU is not
 sm_90+ or Triton has no `gdc_*` (`triton.language.extra.cuda`).
 
 Example:
@@ -76,19 +79,20 @@ def pdl_mode(device: torch.device) -> int:
 
 def gemm_chain(device: torch.device) -> dict[str, Any]:
     """The small- and mid-M GPTQ kernels' plan keys on `device`: {"chain": True, "chain_l2": the weight blocks a
-    warp asks L2 for before its wait (`FUSEGRAPH_PDL_L2`, default 1), "early": whether the small-M kernel loads
-    its first blocks' words before it (`FUSEGRAPH_PDL_EARLY`, default 1)}, or {} with the chain off."""
+    warp asks L2 for before its wait (`FUSEGRAPH_PDL_L2`, default 1), "early": which kernels load their first
+    blocks' words before it (`FUSEGRAPH_PDL_EARLY`: 0 none, 1 (the default) the small-M kernel and the mid-M one
+    where `gptq_cuda_specs.mid_early_fits`, 2 both always)}, or {} with the chain off."""
     if pdl_mode(device) == 0:
         return {}
     blocks = os.environ.get("FUSEGRAPH_PDL_L2", str(_CHAIN_BLOCKS))
     if not blocks.isdigit() or int(blocks) > 64:
         raise ValueError(f"FUSEGRAPH_PDL_L2 must be 0..64 (weight blocks a warp prefetches), got {blocks!r}")
     early = os.environ.get("FUSEGRAPH_PDL_EARLY", "1")
-    if early not in ("0", "1"):
+    if early not in ("0", "1", "2"):
         raise ValueError(
-            f"FUSEGRAPH_PDL_EARLY must be 0 or 1 (the small-M kernel's words before the wait), got {early!r}"
+            f"FUSEGRAPH_PDL_EARLY must be 0, 1 or 2 (which kernels load words before the wait), got {early!r}"
         )
-    return {"chain": True, "chain_l2": int(blocks), "early": early == "1"}
+    return {"chain": True, "chain_l2": int(blocks), "early": int(early)}
 
 
 def chain_error(chain: bool, chain_l2: int, pdl: bool) -> str | None:
