@@ -4,9 +4,10 @@
 distinct spec that `gptq_cuda.maybe_gptq_cuda` would launch for the Llama-3-8B shapes at those M (4 and 8 bits, fp16,
 plain and act-order; the runtime's PDL chain as `pdl.gemm_chain` gives it on an H200) is compiled by `nvcc -arch=sm_90a
 -Xptxas -v`, and its registers a thread, its `__launch_bounds__` cap and its spill bytes are printed with the cells that
-use it. `--mid-early` adds each mid-M spec as it would be with the first block's words loaded before the PDL wait (spec
-`pdl`; not a default). The twenty-ninth session found this way that gate_up's mid-M plan (4 CTAs an SM, so 128
-registers) spills with early loads and the chained kernel does not (docs/benchmarks.md).
+use it. `--mid-early` adds each mid-M spec that the chain leaves without early loads as it would be with them (spec
+`pdl`; `FUSEGRAPH_PDL_EARLY=2`, not a default). The twenty-ninth session found this way that gate_up's mid-M plan
+(4 CTAs an SM, so 128 registers) spilled with early loads, scales included; with the scales after the wait it spills
+no more, but still lost on an H200 (18.8 against 18.4 µs; docs/benchmarks.md).
 
 Needs `nvcc` (CUDA 12.4 or later) on PATH; compiles in parallel threads.
 """
@@ -64,7 +65,12 @@ def main() -> None:
                 continue  # the wgmma kernel: its own module
             name = f"{shape} M={m} {bits}-bit{' act' if act else ''}"
             cells.setdefault(spec, []).append(name)
-            if "--mid-early" in sys.argv and isinstance(spec, MidSpec) and not spec.has_perm:
+            if (
+                "--mid-early" in sys.argv
+                and isinstance(spec, MidSpec)
+                and not spec.pdl
+                and not spec.perm_ahead
+            ):
                 early = replace(spec, pdl=True, chain=False, chain_l2=0)
                 cells.setdefault(early, []).append(name + " (mid early, not a default)")
     specs = list(cells)
