@@ -13,6 +13,7 @@ from fusegraph.runtime.kernels.gptq_cuda_mid_spec import MidSpec
 from fusegraph.runtime.kernels.gptq_cuda_specs import default_specs, launch_plan, mid_m_spec, small_m_spec
 from fusegraph.runtime.kernels.gptq_cuda_src import KernelSpec, kernel_source, smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_wgmma_spec import RswgSpec
+from fusegraph.runtime.kernels.gptq_plan import cuda_plan
 
 CHAIN = {"chain": True, "chain_l2": 1}
 HOPPER, AMPERE = (9, 0), (8, 0)
@@ -160,7 +161,10 @@ def test_every_default_plan_of_the_small_and_mid_kernels_builds_a_valid_spec_and
             ):  # in the chain only "early" loads before the wait: the small-M kernel, the mid-M where it fits
                 regs = 65536 // (spec.min_blocks * spec.warps * 32)
                 fits = isinstance(spec, KernelSpec) or regs > 128 or spec.cpa > 0
-                early = bool(chain.get("early")) and fits and not odd_cluster
+                plan_early = (cuda_plan(m, n, k, kind[0], 132, act_order=kind[2], bf16=kind[1]) or {}).get(
+                    "early", 1
+                )
+                early = bool(chain.get("early")) and bool(plan_early) and fits and not odd_cluster
                 assert spec.pdl == early, (m, kind, spec)
             built += 1
     assert built >= 64  # each shape runs these kernels over much of M ≤ 64

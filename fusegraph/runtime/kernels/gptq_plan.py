@@ -191,6 +191,10 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
 _CUDA_ACT_GATHER_MAX_M, _CUDA_ACT_GATHER_MAX_WORK, _CUDA_ACT_GATHER_RING_MAX_WORK = 1, 1 << 18, 1 << 19
 # the gather with its loads ahead ("perm_ahead"), or from all of x in shared memory ("xfull"): slower, so off
 _CUDA_ACT_AHEAD = False
+# the gather that the ring's plan extends (qkv M=1) keeps its words after the chain's wait ("early": 0): H200,
+# thirtieth session, three calls, without / with early 7.80-7.89 / 7.98-8.27 µs (o_proj's gather, in registers,
+# gains with it: 5.82 against 6.34)
+_CUDA_ACT_RING_GATHER_EARLY = 0
 # x permuted (`gptq_cuda_permute.permute_rows`), the kernel launched with PDL (sm_90), at these M, the mid-M kernel
 # only to this K (H200, x permuted first without / with: M=16 qkv 12.49 / 12.10 us, o_proj 11.87 / 11.34; M=4 qkv
 # 11.15 / 10.45; gate_up M=1 26.59 / 25.81; mid-M down (K=14336) M=16 22.82 / 30.36; small-M down M=4 16.76 / 15.74)
@@ -223,6 +227,10 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
         plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced,
                              mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None)  # fmt: skip
+        if plan is not None and gather and plan.get("cpa") and work > _CUDA_ACT_GATHER_MAX_WORK:
+            plan["early"] = (
+                _CUDA_ACT_RING_GATHER_EARLY  # the gather the ring's plan extends (measured there only)
+            )
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
         pdl = (_CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1]
@@ -304,7 +312,8 @@ def cuda_plan(
     Act-order takes the plain plan (None where it is None): up to M = `_CUDA_ACT_GATHER_MAX_M`, where
     the gathers are at most `_CUDA_ACT_GATHER_MAX_WORK` values (`_CUDA_ACT_GATHER_RING_MAX_WORK` where the plain
     plan is the small-M kernel's one CTA an SM with a ring, 4 bits), its kernel gathers x through perm (with
-    {"perm_ahead": True} if `_CUDA_ACT_AHEAD`); elsewhere (or with `xperm` True) the plan gets
+    {"perm_ahead": True} if `_CUDA_ACT_AHEAD`; past the first limit, {"early": `_CUDA_ACT_RING_GATHER_EARLY`});
+    elsewhere (or with `xperm` True) the plan gets
     {"xperm": True, "xperm_pdl": M in `_CUDA_ACT_PDL` and K ≤ `_CUDA_ACT_PDL_MAX_K`}: x is permuted once (with
     "xperm_pdl" the kernel launched with programmatic dependent launch after the permutation), then the kernel
     runs without perm. `xperm` False: the in-kernel gather (past `_CUDA_ACT_GATHER_MAX_M` only when `forced`).
