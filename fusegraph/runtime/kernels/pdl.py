@@ -121,8 +121,11 @@ def triton_pdl(device: torch.device) -> dict[str, Any]:
     """The launch options of a Triton kernel of the chain on `device`: its `PDL` constexpr (for `pdl_enter`)
     and, at mode 2, `launch_pdl`.
 
+    A kernel takes them as `_kernel[grid](x, y, n, BLOCK=1024, **triton_pdl(x.device))`.
+
     Example:
-        >>> _kernel[grid](x, y, n, BLOCK=1024, **triton_pdl(x.device))
+        >>> triton_pdl(torch.device("cpu"))  # no chain off the GPU
+        {'PDL': 0}
     """
     mode = pdl_mode(device)
     if mode == 2 and _triton_launches_pdl():
