@@ -117,6 +117,8 @@ def test_early_in_the_chain__which_kernels_load_words_before_their_wait() -> Non
     ahead = mid_m_spec(mid_plan | early | {"early": 2, "perm_ahead": True}, m=4, cap=HOPPER,
                        **(KIND | {"has_perm": True}))  # fmt: skip
     assert (ahead.pdl, ahead.chain, ahead.perm_ahead) == (False, True, True)
+    with pytest.raises(ValueError, match=r"config key 'early' must be 0, 1 or 2 \(or a bool\), got 'yes'"):
+        mid_m_spec(mid_plan | early | {"early": "yes"}, m=1, cap=HOPPER, **KIND)
 
 
 def test_mid_m_spec__n_tiles_and_the_ring_gives_way_to_the_gather_ahead() -> None:

@@ -74,7 +74,8 @@ def launch_plan(
 def mid_early_fits(plan: dict[str, Any]) -> bool:
     """Whether the mid-M kernel takes the chain's "early" 1: where a thread may hold more than 128 registers
     (`__launch_bounds__` of warps·32 threads and min_blocks CTAs an SM), or its words stream through the cp.async
-    ring. At 128 the first block's words held across the wait spill (4-bit gate_up, `gptq_ptxas.py --mid-early`).
+    ring. At 128 (gate_up's plan) it lost on an H200 (M=1 18.8 against 18.4 µs), though with the scales loaded
+    after the wait it no longer spills (`gptq_ptxas.py --mid-early`).
 
     Example:
         >>> mid_early_fits({"warps": 4, "min_blocks": 2}), mid_early_fits({"warps": 4, "min_blocks": 4})
@@ -89,7 +90,9 @@ def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int], *, s
     wait: right after our own permutation of x, or in the chain with "early": 1 the small-M kernel and the mid-M one
     where `mid_early_fits`, 2 both; not with the bulk-copy ring nor the mid-M kernel's gather ahead), else the
     runtime's chain ("chain", "chain_l2"); neither before sm_90."""
-    early_key = int(plan.get("early") or 0)
+    early_key = plan.get("early") or 0
+    if early_key not in (0, 1, 2):  # True is 1
+        raise ValueError(f"gptq_cuda: config key 'early' must be 0, 1 or 2 (or a bool), got {early_key!r}")
     takes = small or early_key >= 2 or (early_key == 1 and mid_early_fits(plan))
     chain_early = takes and early_key > 0 and bool(plan.get("chain")) and not plan.get("tma")
     early = chain_early or bool(plan.get("xperm_pdl"))

@@ -227,10 +227,9 @@ def _small_or_mid(m: int, n: int, k: int, bits: int, sms: int, *, act_order: boo
             return None  # the in-kernel gather was slower than Triton there (docs/benchmarks.md)
         plan = _small_or_mid(m, n, k, bits, sms, act_order=False, bf16=bf16, forced=forced,
                              mid=False if gather and mid is None and m < _CUDA_MID_FROM_M else mid, xperm=None)  # fmt: skip
+        # the gather that the ring's plan extends (measured there only)
         if plan is not None and gather and plan.get("cpa") and work > _CUDA_ACT_GATHER_MAX_WORK:
-            plan["early"] = (
-                _CUDA_ACT_RING_GATHER_EARLY  # the gather the ring's plan extends (measured there only)
-            )
+            plan["early"] = _CUDA_ACT_RING_GATHER_EARLY
         if plan is None or (gather and not (_CUDA_ACT_AHEAD and xperm is None)):
             return plan
         pdl = (_CUDA_ACT_PDL is not None and _CUDA_ACT_PDL[0] <= m <= _CUDA_ACT_PDL[1]
