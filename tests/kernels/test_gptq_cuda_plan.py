@@ -166,6 +166,10 @@ def test_cuda_mid_plan__one_x_tile_doubles_a_short_split_at_16_warps_an_sm() -> 
     for m, bits in ((1, 4), (4, 4), (5, 4), (8, 4), (1, 8)):
         qkv = cuda_mid_m_plan(m, 6144, 4096, bits, 132, forced=True)
         assert qkv is not None and (qkv["split_k"], qkv["warps"], qkv["min_blocks"]) == (8, 4, 2)
+        assert qkv["l2pf"] == 2  # and each warp's second block asked of L2 with its first (measured faster)
+    # the doubled split (gate_up) and two n-tiles (qkv M=9) keep no L2 prefetch ahead (slower or not measured)
+    assert "l2pf" not in (cuda_mid_m_plan(1, 28672, 4096, 4, 132) or {"l2pf": 0})
+    assert "l2pf" not in (cuda_mid_m_plan(9, 6144, 4096, 4, 132) or {"l2pf": 0})
 
 
 def test_cuda_mid_plan__folds_the_scale_out_of_the_loop_at_one_x_tile_where_the_registers_allow() -> None:

@@ -126,6 +126,11 @@ _CUDA_MID_SFOLD_MAX_M = 8
 # - not on 4-strip CTAs (qkv, gate_up M=16 4 bits: 1.25-1.35x slower), nor 4-bit down at M ≤ 4 (the small-M kernel's one
 #   CTA an SM: M=2 12.15-12.40 vs 13.26-13.57).
 _CUDA_MID_RING: dict[int, tuple[int, int, int]] = {4: (5, 16, 4), 8: (9, 16, 2)}
+# One n-tile of x on CTAs of 4 strips that stay 2 an SM (qkv at M ≤ 8): "l2pf" 2, each warp's second block asked of
+# L2 with its first (before the PDL wait). H200, thirtieth session, chained, three rounds, µs, default / l2pf 2: M=1
+# 6.73-6.88 / 6.64-6.74, 8 bits 9.32-9.49 / 9.01-9.27, M=4 6.78-6.92 / 6.77-6.85. More blocks ahead were slower
+# everywhere (qkv M=1 7.2-7.4 at 4 to 32; gate_up M=1 20.3-23.3 against 18.3-18.7; down and o_proj too).
+_CUDA_MID_L2PF = 2
 
 
 def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: bool = False, bf16: bool = False,
@@ -146,7 +151,8 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     still fit at once (`_CUDA_MID_ONE_TILE_M`: gate_up M=1 d = 4, 9% faster); where the split is at its cap (qkv)
     the CTAs stay 4 strips (192; 15th session, H200, chained: M=1 6.69-6.80 µs, M=4 6.96-6.99 against 2 strips at M=4,
     7.04-7.17, the 7th session's rule). The scale leaves the inner loop (`_CUDA_MID_SFOLD_MAX_M`, "sfold": gate_up
-    M=1 12% faster), and at M 9..16 at 4 bits. CTAs of 2 strips stream through a 3-stage cp.async ring
+    M=1 12% faster), and at M 9..16 at 4 bits. Those 4-strip CTAs at M ≤ 8 ask L2 for each warp's second block
+    first (`_CUDA_MID_L2PF`). CTAs of 2 strips stream through a 3-stage cp.async ring
     (`_CUDA_MID_RING`: 4-bit down M=16 11% faster than the ring alone, M=8 23% faster than without; 8-bit down
     M 9..16 16% faster, o_proj M=16 5%).
 
@@ -170,9 +176,14 @@ def cuda_mid_m_plan(m: int, n: int, k: int, bits: int, sms: int, *, act_order: b
     ctas, min_blocks = (n // 64 // warps) * split, 8 // warps
     # one n-tile of x: 128 registers a thread suffice, so twice the split keeps every CTA resident (16 warps an SM)
     one_tile = m <= _CUDA_MID_ONE_TILE_M and bits in (4, 8) and not bf16
-    if one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms:
+    doubled = one_tile and ctas < 2 * sms and 2 * split in small and 2 * ctas <= (16 // warps) * sms
+    if doubled:
         split, min_blocks = 2 * split, 16 // warps
     plan = {"split_k": split, "warps": warps, "cluster": split > 1, "min_blocks": min_blocks, "mid": True}
+    if (
+        one_tile and not doubled and warps == 4
+    ):  # qkv: each warp's second block asked of L2 first (`_CUDA_MID_L2PF`)
+        plan["l2pf"] = _CUDA_MID_L2PF
     ring_from, ring_to, ring_ctas = _CUDA_MID_RING.get(bits, (0, -1, 0))
     if warps == 2 and ring_from <= m <= ring_to:
         plan |= {"cpa": 3, "min_blocks": ring_ctas}
