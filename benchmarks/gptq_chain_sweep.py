@@ -1,12 +1,12 @@
 """The small-M GPTQ plans re-measured in the PDL chain (issue #11): one GPU call.
 
-`python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...] [--cpa]`: for
-each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default dispatch, the same
-without the chain ("nochain") or without the kernels' words before their wait ("noearly"; "early2": the mid-M kernel's
-too where its registers are capped at 128), with deeper register buffers, L2 prefetches ahead or the scale out of
-the mid-M loop ("bufs3", "l2pf1", "sfold"), and forced plans of the small-M and mid-M CUDA kernels around it (warps, split-K, cluster or ticket, register caps);
-for act-order, the plain default plan and the three fastest plain plans with x permuted first and with the kernel's
-own gather through perm.
+`python benchmarks/gptq_chain_sweep.py [--ms 1,4,16] [--kinds plain,act,int8] [--ms8 1] [--shapes qkv,...] [--cpa]
+[--nowait]`: for each Llama-3-8B shape, M and kind (4-bit plain, act-order, 8-bit at the M of --ms8), the default
+dispatch, the same without the chain ("nochain") or without the kernels' words before their wait ("noearly"; "early2":
+the mid-M kernel's too where its registers are capped at 128), with deeper register buffers, L2 prefetches ahead or
+the scale out of the mid-M loop ("bufs3", "l2pf1", "sfold"), and forced plans of the small-M and mid-M CUDA kernels
+around it (warps, split-K, cluster or ticket, register caps); for act-order, the plain default plan and the three
+fastest plain plans with x permuted first and with the kernel's own gather through perm.
 The default is timed again last ("default again": the spread of a cell). As in `gpu.py`, 24 calls of one variant
 are captured back to back in a CUDA graph with the operands rotated past L2, so chained calls overlap as in a decode
 step. Every variant is checked against `x.float() @ W` first. The plans were last swept without the chain (fourth
@@ -15,6 +15,12 @@ session); a kernel that keeps one CTA an SM leaves no room for the next kernel's
 `--cpa`: the plain and 8-bit cells take `cpa_candidates` instead (the cp.async rings of both kernels).
 SWEEP_EXTRA ("name:{json config};...") adds variants to every cell; SWEEP_ONLY (a regex) keeps the default, "default
 again" and the variants whose names match it.
+
+`--nowait` (a diagnostic, never a result): the small- and mid-M kernels are compiled without their
+`griddepcontrol.wait`, so each chained call overlaps the one before as if nothing depended on it: the time the chain's
+dependency costs. Sound only because the benchmark's x is an input that no kernel writes; a ticket's shared workspace
+(split-K without a cluster) may race, so read only cluster cells (the thirtieth session: qkv M=1 6.70-6.79 µs with the
+wait, 5.40-5.57 without; gate_up M=1 18.39-18.52 against 15.63-15.91).
 
 All the variants' kernels are compiled first by NVRTC in parallel threads (`gptq_cuda_probe_kit.compile_all`).
 Every line goes to stdout and $OUT/gptq_chain_sweep.txt.
@@ -184,6 +190,8 @@ def collect_specs(b: GB.Bench, kind: str, m: int, variants: list[tuple[str, dict
     t = time.time()
     sources = [(mid_kernel_source(s), MID_KERNEL_NAME) if isinstance(s, MidSpec) else (kernel_source(s), KERNEL_NAME)
                for s in todo]  # fmt: skip
+    if "--nowait" in sys.argv:  # the diagnostic bound (module docstring): no kernel waits for the one before
+        sources = [(text.replace("pdl_wait();", ""), name) for text, name in sources]
     for spec, kern in zip(todo, compile_all(sources), strict=True):
         C._KERNELS[(0, spec)] = kern
     log(f"  (compiled {len(todo)} kernels in {time.time() - t:.1f} s)")
