@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from fusegraph.runtime.kernels.gptq_cuda_mid_parts import MID_EPILOGUE
+from fusegraph.runtime.kernels.gptq_cuda_mid_parts import MID_EPILOGUE, MID_GATHER_AHEAD
 from fusegraph.runtime.kernels.gptq_cuda_mid_spec import XS, MidSpec, mid_smem_bytes
 from fusegraph.runtime.kernels.gptq_cuda_ptx import HELPERS, SCALED_DEQUANT
 from fusegraph.runtime.kernels.gptq_cuda_rings import RING_HELPERS
@@ -144,38 +144,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
            (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * 8 * BITS + (lane - 8) * 16);
   };
 #endif
-#if PERM_AHEAD
-  u32x4 gv[GCH];  // block u+1's chunks (rows tid/16 + i·NWARPS·2, columns 8·(tid%%16)..), gathered ahead
-  i32x4 p0, p1;   // the perm of the thread's 8 columns of the next block to gather
-  auto load_perm = [&](int u) {
-    const int* pp = perm + (kb0 + u) * 128 + (tid & 15) * 8;
-    p0 = *(const i32x4*)pp;
-    p1 = *(const i32x4*)(pp + 4);
-  };
-  auto gather = [&](int u) {  // block u's chunks into gv (its perm is in p0/p1), then block u+1's perm
-#pragma unroll
-    for (int i = 0; i < GCH; ++i) {
-      const int m = (tid + i * NWARPS * 32) >> 4;
-      if (m < M) {
-        const u16* xr = x + (u64)m * stride_xm;
-        gv[i].x = (u32)xr[p0.x] | ((u32)xr[p0.y] << 16);
-        gv[i].y = (u32)xr[p0.z] | ((u32)xr[p0.w] << 16);
-        gv[i].z = (u32)xr[p1.x] | ((u32)xr[p1.y] << 16);
-        gv[i].w = (u32)xr[p1.z] | ((u32)xr[p1.w] << 16);
-      }
-    }
-    if (u + 1 < bps) load_perm(u + 1);  // in flight until the next gather: its loads need no wait
-  };
-  auto put = [&](int u) {  // the gathered chunks into buffer u & 1
-    u32* dst = xs + (u & 1) * MROWS * XS + (tid & 15) * 4;
-#pragma unroll
-    for (int i = 0; i < GCH; ++i) {
-      const int m = (tid + i * NWARPS * 32) >> 4;
-      if (m < M) *(u32x4*)(dst + m * XS) = gv[i];
-    }
-  };
-#endif
-  u32x4 wb[NBUF][NW];  // this lane's words of NBUF blocks (rows t + 4q; columns 4g.. and 32 + 4g..)
+%(gather_ahead)s  u32x4 wb[NBUF][NW];  // this lane's words of NBUF blocks (rows t + 4q; columns 4g.. and 32 + 4g..)
   u32x2 sx, sy;  // the scales of those columns
   u32 zx, zy;    // their packed zeros
   auto load_words = [&](u32x4* w, int blk, int q) {
@@ -415,5 +384,6 @@ def mid_kernel_source(spec: MidSpec) -> str:
             "ring_helpers": RING_HELPERS,
             "scaled_dequant": SCALED_DEQUANT,
             "epilogue": MID_EPILOGUE,
+            "gather_ahead": MID_GATHER_AHEAD,
         }
     )
