@@ -93,8 +93,8 @@ def _pdl_fields(plan: dict[str, Any], has_perm: bool, cap: tuple[int, int], *, s
     early_key = plan.get("early") or 0
     if early_key not in (0, 1, 2):  # True is 1
         raise ValueError(f"gptq_cuda: config key 'early' must be 0, 1 or 2 (or a bool), got {early_key!r}")
-    takes = small or early_key >= 2 or (early_key == 1 and mid_early_fits(plan))
-    chain_early = takes and early_key > 0 and bool(plan.get("chain")) and not plan.get("tma")
+    takes = early_key == 2 or (early_key == 1 and (small or mid_early_fits(plan)))
+    chain_early = takes and bool(plan.get("chain")) and not plan.get("tma")
     early = chain_early or bool(plan.get("xperm_pdl"))
     gather_ahead = has_perm and bool(plan.get("perm_ahead"))  # the mid-M kernel gathers x before any wait
     pdl = early and (small or not gather_ahead) and cap >= (9, 0)
