@@ -129,17 +129,17 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     return sc + (u64)(group_size == 128 ? blk : blk * 128 / group_size) * stride_s + strip * 64;
   };
 #if CPA
-  // block u into stage u %% CPA; parts: 1 x's rows (CTA-wide), 2 this lane's words and the warp's zeros (int32),
-  // 4 the warp's scales
+  // block u into stage u %% CPA; parts as in the small-M kernel: 1 this lane's words and the warp's zeros (int32),
+  // 2 the warp's scales; and 4 x's rows (CTA-wide)
   auto issue = [&](int u, int parts) {
     unsigned char* st = smem + (u %% CPA) * STAGE;
-    if (parts & 1) stage((u32*)st, u, true);
+    if (parts & 4) stage((u32*)st, u, true);
     unsigned char* wst = st + XSTAGE + warp * WSTAGE;
     const int blk = kb0 + u, grp = group_size == 128 ? blk : blk * 128 / group_size;
-    if (parts & 2) cpa_words(smem_u32(wst), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
+    if (parts & 1) cpa_words(smem_u32(wst), qw + ((u64)strip * (K / P) + (u64)blk * R) * 16, lane);
     if (lane < 8) {  // the strip's 64 scales of the group
-      if (parts & 4) cp16ca(smem_u32(wst + R * 256 + lane * 16), scale_row(blk) + lane * 8);
-    } else if (lane < 8 + BITS / 2 && (parts & 2))  // its packed zeros (8·BITS bytes)
+      if (parts & 2) cp16ca(smem_u32(wst + R * 256 + lane * 16), scale_row(blk) + lane * 8);
+    } else if (lane < 8 + BITS / 2 && (parts & 1))  // its packed zeros (8·BITS bytes)
       cp16ca(smem_u32(wst + R * 256 + 128 + (lane - 8) * 16),
            (const unsigned char*)(qz + (u64)grp * stride_qz) + strip * 8 * BITS + (lane - 8) * 16);
   };
@@ -186,7 +186,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
   // kernel of the chain writes (pdl.py); their scales (a float weight) are only asked of L2 there, and loaded after it.
 #if CPA  // the first CPA - 1 blocks in flight (with PDL words and zeros before the wait; x and scales after it)
   for (int b = 0; b < CPA - 1; ++b) {
-    if (b < bps) issue(b, PDL ? 2 : 7);
+    if (b < bps) issue(b, PDL ? 1 : 7);
     if (PDL && b < bps && lane == 0) prefetch_l2(scale_row(kb0 + b), 128);
     cp_commit();
   }
@@ -195,7 +195,7 @@ fg_gptq_mid_m(const u16* __restrict__ x, const u32x4* __restrict__ qw, const u16
     pdl_trigger();  // as in the chain: the next kernel may launch once this one is past its wait
     for (int b = 0; b < CPA - 1 && b < bps; ++b) {
       stage((u32*)(smem + b * STAGE), b, false);
-      issue(b, 4);
+      issue(b, 2);
     }
     cp_commit();  // the newest group: the loop's first wait takes it whole
   }
